@@ -1,0 +1,55 @@
+"""Shared fixtures.
+
+Tiers: unit tests use the in-process emulator; tests marked ``pcscd`` run a
+private pcscd + vpcd (tests/support/pcscd.py); ``opensc`` tests run OpenSC's
+tools and PKCS#11 module. Missing system parts skip a test on a developer's
+machine and FAIL it when ``CI`` is set, so CI never counts a skip as a pass.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.pcscd import missing_tools, start_pcscd
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENSC_PKCS11 = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+SOFTHSM2 = Path("/usr/lib/softhsm/libsofthsm2.so")
+
+
+def require(missing: list[str]) -> None:
+    """Fail under CI, skip elsewhere, when system parts are missing."""
+    if not missing:
+        return
+    msg = "missing: " + "; ".join(missing) + " (scripts/setup installs them)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory):
+    """A private pcscd for the whole session; the pytest process talks to it through pyscard."""
+    require(missing_tools())
+    inst = start_pcscd(tmp_path_factory.mktemp("pcscd"))
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(inst.socket_path)
+    yield inst
+    inst.stop()
+
+
+@pytest.fixture(scope="session")
+def opensc_tools():
+    missing = [t for t in ("opensc-tool", "pkcs15-tool", "pkcs11-tool") if not shutil.which(t)]
+    if not OPENSC_PKCS11.exists():
+        missing.append(str(OPENSC_PKCS11))
+    require([f"{m} (apt-get install opensc)" for m in missing])
+    return OPENSC_PKCS11
+
+
+@pytest.fixture(scope="session")
+def softhsm2_module():
+    require([] if SOFTHSM2.exists() and shutil.which("softhsm2-util") else ["softhsm2 (apt-get install softhsm2)"])
+    return SOFTHSM2
