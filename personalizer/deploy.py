@@ -1,0 +1,204 @@
+"""``cns-personalizer init``: a complete test deployment in one folder.
+
+Creates, under DIR::
+
+    personalizer.toml            the daemon's config (server, store, CA)
+    ca/root.pem, ca/issuing.pem  the embedded CNS CA (RSA; issuing RSA-3072)
+    ca/*.key.pem, ca/passphrase  encrypted PKCS#8 keys and their passphrase (0600)
+    tls/tls-ca.pem               the service TLS CA (EC P-256), trust anchor of both sides
+    tls/server.pem, .key.pem     server certificate for localhost / 127.0.0.1
+    stations/<id>/station.toml   station config for the agent (station_config schema)
+    stations/<id>/client.pem ... the station's client certificate and key
+    admin/admin.toml             cnsctl config (station_config schema, role admin)
+    data/                        the request store
+
+The CNS CA and the TLS CA are distinct on purpose: the certificates on cards
+never authenticate services. Must not import grpc, proto or the service.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from personalizer.ca import profiles
+from personalizer.ca.keys import save_encrypted_key, write_private
+from personalizer.identity import ROLE_ADMIN, ROLE_STATION, identity_uri
+
+DEFAULT_CA_KEY_BITS = 3072
+DEFAULT_LISTEN = "127.0.0.1:50051"
+CA_ORGANIZATION = "CNS Demo Camere di Commercio"
+CA_ORG_IDENTIFIER = "VATIT-00000000000"
+SERVER_NAMES = ["localhost", "127.0.0.1"]
+PASSPHRASE_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Deployment:
+    root: Path
+    server_config: Path
+    station_config: Path
+    admin_config: Path
+    root_cert: Path
+    issuing_cert: Path
+    tls_ca: Path
+    listen: str
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _plain_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def create_ca(ca_dir: Path, *, key_bits: int = DEFAULT_CA_KEY_BITS, root_key_bits: int | None = None,
+              issuing_public_key=None) -> tuple[x509.Certificate, x509.Certificate, rsa.RSAPrivateKey | None]:
+    """Root + issuing CA. With ``issuing_public_key`` (a key held in a token) no issuing key file is written."""
+    now = _now()
+    passphrase = secrets.token_urlsafe(PASSPHRASE_BYTES).encode()
+    write_private(ca_dir / "passphrase", passphrase + b"\n")
+    root_key = rsa.generate_private_key(65537, root_key_bits or key_bits)
+    root = profiles.build_ca(profiles.ca_name("CNS Demo Root CA", CA_ORGANIZATION, CA_ORG_IDENTIFIER),
+                             root_key.public_key(), issuer=None, now=now, path_length=1,
+                             validity=profiles.ROOT_VALIDITY).sign(root_key, profiles_hash())
+    issuing_key = None
+    if issuing_public_key is None:
+        issuing_key = rsa.generate_private_key(65537, key_bits)
+        issuing_public_key = issuing_key.public_key()
+        save_encrypted_key(ca_dir / "issuing.key.pem", issuing_key, passphrase)
+    issuing = profiles.build_ca(profiles.ca_name("CNS Demo Issuing CA", CA_ORGANIZATION, CA_ORG_IDENTIFIER),
+                                issuing_public_key, issuer=root, now=now, path_length=0,
+                                validity=profiles.ISSUING_VALIDITY).sign(root_key, profiles_hash())
+    save_encrypted_key(ca_dir / "root.key.pem", root_key, passphrase)
+    _write_public(ca_dir / "root.pem", _pem(root))
+    _write_public(ca_dir / "issuing.pem", _pem(issuing))
+    return root, issuing, issuing_key
+
+
+def profiles_hash():
+    from personalizer.ca.keys import SIGNATURE_HASH
+    return SIGNATURE_HASH
+
+
+class TlsCA:
+    """The deployment's service TLS CA (EC P-256: fast handshakes)."""
+
+    def __init__(self, tls_dir: Path):
+        self.dir = tls_dir
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CNS Demo Service TLS CA")])
+        self.cert = profiles.build_ca(name, self.key.public_key(), issuer=None, now=_now(), path_length=0,
+                                      validity=profiles.ROOT_VALIDITY).sign(self.key, profiles_hash())
+        write_private(tls_dir / "tls-ca.key.pem", _plain_key(self.key))
+        _write_public(tls_dir / "tls-ca.pem", _pem(self.cert))
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "tls-ca.pem"
+
+    def issue(self, cert_path: Path, key_path: Path, common_name: str, *, server_names=None,
+              identity: str | None = None) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = profiles.build_tls_leaf(common_name, key.public_key(), issuer=self.cert, now=_now(),
+                                       server_names=server_names, identity_uri=identity).sign(self.key, profiles_hash())
+        write_private(key_path, _plain_key(key))
+        _write_public(cert_path, _pem(cert))
+
+
+SERVER_TOML = """\
+# cns-personalizer configuration written by `cns-personalizer init` (test deployment).
+[server]
+listen = "{listen}"
+tls_cert = "tls/server.pem"
+tls_key = "tls/server.key.pem"
+client_trust_anchors = "tls/tls-ca.pem"
+require_client_auth = true
+grace_seconds = 5
+
+[store]
+data_dir = "data"
+synchronous = "FULL"
+
+[ca]
+connector = "embedded"
+root_cert = "ca/root.pem"
+issuing_cert = "ca/issuing.pem"
+key_store = "file"
+issuing_key = "ca/issuing.key.pem"
+key_passphrase_file = "ca/passphrase"
+
+[profiles.cns-auth]
+min_rsa_bits = 2048
+
+[profiles.qualified-signature]
+min_rsa_bits = 2048
+"""
+
+STATION_TOML = """\
+# Station configuration (station_config schema) written by `cns-personalizer init`.
+[station]
+id = "{station_id}"
+chamber_code = "{chamber}"
+role = "{role}"
+data_dir = "{data_dir}"
+socket_dir = "{socket_dir}"
+
+[personalizer]
+primary = "{endpoint}"
+trust_anchors = "{trust}"
+client_certificate = "client.pem"
+client_key = "client.key.pem"
+timeout_seconds = 30
+"""
+
+
+def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-STATION-01",
+                    listen: str = DEFAULT_LISTEN, ca_key_bits: int = DEFAULT_CA_KEY_BITS,
+                    admin_name: str = "central-it") -> Deployment:
+    root = root.resolve()
+    if (root / "personalizer.toml").exists():
+        raise FileExistsError(f"{root / 'personalizer.toml'} exists; refusing to overwrite a deployment")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    _, _, _ = create_ca(root / "ca", key_bits=ca_key_bits)
+    tls = TlsCA(root / "tls")
+    tls.issue(root / "tls" / "server.pem", root / "tls" / "server.key.pem", "cns-personalizer",
+              server_names=SERVER_NAMES)
+    host, _, port = listen.rpartition(":")
+    endpoint = f"localhost:{port}"
+    station_dir = root / "stations" / station_id
+    tls.issue(station_dir / "client.pem", station_dir / "client.key.pem", station_id,
+              identity=identity_uri(ROLE_STATION, station_id, chamber))
+    _write_public(station_dir / "station.toml", STATION_TOML.format(
+        station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir=station_dir / "agent-data",
+        socket_dir=station_dir / "agent-sockets", endpoint=endpoint, trust="../../tls/tls-ca.pem").encode())
+    admin_dir = root / "admin"
+    tls.issue(admin_dir / "client.pem", admin_dir / "client.key.pem", admin_name,
+              identity=identity_uri(ROLE_ADMIN, admin_name))
+    _write_public(admin_dir / "admin.toml", STATION_TOML.format(
+        station_id=admin_name, chamber=chamber, role=ROLE_ADMIN, data_dir=admin_dir / "data",
+        socket_dir=admin_dir / "sockets", endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
+    _write_public(root / "personalizer.toml", SERVER_TOML.format(listen=listen).encode())
+    return Deployment(root=root, server_config=root / "personalizer.toml", station_config=station_dir / "station.toml",
+                      admin_config=admin_dir / "admin.toml", root_cert=root / "ca" / "root.pem",
+                      issuing_cert=root / "ca" / "issuing.pem", tls_ca=tls.cert_path, listen=listen)

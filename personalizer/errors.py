@@ -1,0 +1,79 @@
+"""The personalizer's exception tree; the service maps it to gRPC status codes.
+
+::
+
+    PersonalizerError
+     ├── InvalidRequest(field, message)     → INVALID_ARGUMENT
+     ├── RequestConflict(request_id)        → ALREADY_EXISTS
+     ├── NotFound(what)                     → NOT_FOUND
+     ├── PermissionDenied(message)          → PERMISSION_DENIED
+     ├── Unauthenticated(message)           → UNAUTHENTICATED
+     ├── NotSupported(operation)            → UNIMPLEMENTED
+     ├── CAError(message)                   → INTERNAL
+     │    └── CAUnavailable(message)        → UNAVAILABLE (transient; retry)
+     ├── StoreError(message)                → INTERNAL
+     └── ConfigError(path, key, message)    (startup only)
+
+Imports nothing of ours. Messages never contain key material, PINs or
+passphrases.
+"""
+from __future__ import annotations
+
+
+class PersonalizerError(Exception):
+    """Base of every error the personalizer raises on purpose."""
+
+    code = "INTERNAL"
+
+
+class InvalidRequest(PersonalizerError):
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class RequestConflict(PersonalizerError):
+    code = "ALREADY_EXISTS"
+
+    def __init__(self, request_id: str):
+        super().__init__(f"request id {request_id!r} was already used with a different payload")
+        self.request_id = request_id
+
+
+class NotFound(PersonalizerError):
+    code = "NOT_FOUND"
+
+
+class PermissionDenied(PersonalizerError):
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(PersonalizerError):
+    code = "UNAUTHENTICATED"
+
+
+class NotSupported(PersonalizerError):
+    code = "UNIMPLEMENTED"
+
+
+class CAError(PersonalizerError):
+    code = "INTERNAL"
+
+
+class CAUnavailable(CAError):
+    code = "UNAVAILABLE"
+
+
+class StoreError(PersonalizerError):
+    code = "INTERNAL"
+
+
+class ConfigError(PersonalizerError):
+    def __init__(self, path: object, key: str, message: str):
+        super().__init__(f"{path}: {key}: {message}")
+        self.path = path
+        self.key = key
+        self.message = message

@@ -1,0 +1,178 @@
+"""Pure checks of an issuance request: CSR, key size, holder data, request id.
+
+Raises ``errors.InvalidRequest(field, message)`` with a precise message; the
+service turns it into INVALID_ARGUMENT. No I/O; must not import grpc, proto,
+the store or the CA.
+
+Key size policy (decided for issue "Personalizer daemon"): new issuance needs
+RSA ≥ 2048 bits for every profile. The tender's cards also do RSA-1024
+(REFERENCE.md §1) and such CNS cards are in the field; a deployment may lower
+the CNS authentication profile to 1024 in its config (``min_rsa_bits``) for
+that legacy card model. The qualified signature profile never goes below
+2048 (``QUALIFIED_FLOOR_BITS``): a qualified certificate on a 1024-bit key
+would not meet ETSI TS 119 312.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from personalizer import codice_fiscale, dati_personali
+from personalizer.errors import InvalidRequest
+
+PROFILE_CNS_AUTH = "cns-auth"
+PROFILE_QUALIFIED = "qualified-signature"
+PROFILES = (PROFILE_CNS_AUTH, PROFILE_QUALIFIED)
+
+DEFAULT_MIN_RSA_BITS = 2048
+CNS_AUTH_FLOOR_BITS = 1024          # legacy CNS card model, opt-in per deployment
+QUALIFIED_FLOOR_BITS = 2048
+PROFILE_FLOOR_BITS = {PROFILE_CNS_AUTH: CNS_AUTH_FLOOR_BITS, PROFILE_QUALIFIED: QUALIFIED_FLOOR_BITS}
+ACCEPTED_CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CARD_ID_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
+NAME_MAX = 64
+SERIAL_PREFIX = "TINIT-"            # ETSI EN 319 412-1 semantics identifier, natural person
+
+
+@dataclass(frozen=True)
+class Holder:
+    codice_fiscale: str
+    given_name: str
+    surname: str
+    birth_date: _dt.date
+
+
+@dataclass(frozen=True)
+class ValidIssue:
+    """What survives validation: everything the CA needs, parsed."""
+
+    request_id: str
+    profile: str
+    csr: x509.CertificateSigningRequest
+    holder: Holder
+    card_id: str
+    dati_personali_hash: str | None
+
+
+def check_request_id(request_id: str) -> str:
+    if not REQUEST_ID_RE.match(request_id or ""):
+        raise InvalidRequest("request_id", "must be 1..128 characters of [A-Za-z0-9._:-]")
+    return request_id
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise InvalidRequest("profile", f"unknown CA profile {profile!r}; known: {', '.join(PROFILES)}")
+    return profile
+
+
+def check_holder(cf: str, given_name: str, surname: str, birth_date: str) -> Holder:
+    try:
+        parsed = codice_fiscale.parse(cf)
+    except codice_fiscale.CodiceFiscaleError as exc:
+        raise InvalidRequest("holder.codice_fiscale", f"invalid codice fiscale: {exc.reason}") from exc
+    for field, value in (("holder.given_name", given_name), ("holder.surname", surname)):
+        if not value or not value.strip():
+            raise InvalidRequest(field, "is required")
+        if len(value) > NAME_MAX:
+            raise InvalidRequest(field, f"longer than {NAME_MAX} characters")
+    try:
+        born = _dt.date.fromisoformat(birth_date)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("holder.birth_date", f"not an ISO date YYYY-MM-DD: {birth_date!r}") from exc
+    if not parsed.matches_birth_date(born):
+        raise InvalidRequest("holder.birth_date", f"{born.isoformat()} does not match the birth date encoded in the codice fiscale")
+    return Holder(parsed.code, given_name.strip(), surname.strip(), born)
+
+
+def check_csr(csr_der: bytes, profile: str, min_rsa_bits: int) -> x509.CertificateSigningRequest:
+    if not csr_der:
+        raise InvalidRequest("csr_der", "is required")
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError as exc:
+        raise InvalidRequest("csr_der", "not a DER-encoded PKCS#10 certificate signing request") from exc
+    try:
+        algo = csr.signature_hash_algorithm
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for unknown OIDs
+        raise InvalidRequest("csr_der", f"unsupported CSR signature algorithm: {exc}") from exc
+    if not isinstance(algo, ACCEPTED_CSR_HASHES):
+        name = getattr(algo, "name", "none")
+        raise InvalidRequest("csr_der", f"CSR signature hash {name} not accepted; use SHA-256 or stronger")
+    try:
+        key = csr.public_key()
+    except Exception as exc:
+        raise InvalidRequest("csr_der", f"unreadable CSR public key: {exc}") from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise InvalidRequest("csr_der", f"{type(key).__name__} keys are not accepted; CNS devices use RSA")
+    if not csr.is_signature_valid:
+        raise InvalidRequest("csr_der", "CSR signature invalid (no proof of possession of the private key)")
+    if key.key_size < min_rsa_bits:
+        raise InvalidRequest(
+            "csr_der", f"RSA key of {key.key_size} bits is below the {min_rsa_bits}-bit minimum of profile {profile}")
+    return csr
+
+
+def check_subject_matches(csr: x509.CertificateSigningRequest, holder: Holder) -> None:
+    """Every identifying attribute the CSR subject carries must agree with the holder data."""
+    subj = csr.subject
+
+    def values(oid) -> list[str]:
+        return [str(a.value) for a in subj.get_attributes_for_oid(oid)]
+
+    cf = holder.codice_fiscale
+    for v in values(NameOID.SERIAL_NUMBER):
+        if v.upper() not in (cf, SERIAL_PREFIX + cf):
+            raise InvalidRequest("holder", f"CSR subject serialNumber {v!r} does not match codice fiscale {cf}")
+    for v in values(NameOID.GIVEN_NAME):
+        if v.casefold() != holder.given_name.casefold():
+            raise InvalidRequest("holder.given_name", f"CSR subject givenName {v!r} does not match {holder.given_name!r}")
+    for v in values(NameOID.SURNAME):
+        if v.casefold() != holder.surname.casefold():
+            raise InvalidRequest("holder.surname", f"CSR subject surname {v!r} does not match {holder.surname!r}")
+    for v in values(NameOID.COMMON_NAME):
+        text = v.upper()
+        names_ok = holder.given_name.upper() in text and holder.surname.upper() in text
+        if not (text.startswith(cf) or names_ok):
+            raise InvalidRequest("holder", f"CSR subject CN {v!r} names neither codice fiscale {cf} nor the holder")
+    if not (values(NameOID.SERIAL_NUMBER) or values(NameOID.COMMON_NAME)):
+        raise InvalidRequest("csr_der", "CSR subject must identify the holder (serialNumber TINIT-<CF> or CN)")
+
+
+def check_dati_personali(raw: bytes, holder: Holder, profile: str) -> str | None:
+    if profile != PROFILE_CNS_AUTH:
+        return None
+    if not raw:
+        raise InvalidRequest("ef_dati_personali", "is required for profile cns-auth (its hash goes into the CN)")
+    try:
+        dp = dati_personali.decode(raw)
+    except dati_personali.DatiPersonaliError as exc:
+        raise InvalidRequest("ef_dati_personali", f"malformed EF_DatiPersonali: {exc}") from exc
+    if dp.codice_fiscale.upper() != holder.codice_fiscale:
+        raise InvalidRequest("ef_dati_personali", "codice fiscale differs from holder.codice_fiscale")
+    if dp.surname.casefold() != holder.surname.casefold() or dp.given_name.casefold() != holder.given_name.casefold():
+        raise InvalidRequest("ef_dati_personali", "names differ from the holder data")
+    if dp.birth() != holder.birth_date:
+        raise InvalidRequest("ef_dati_personali", "birth date differs from holder.birth_date")
+    return dati_personali.cn_hash(raw)
+
+
+def check_issue(*, request_id: str, profile: str, csr_der: bytes, holder: Holder, card_id: str,
+                ef_dati_personali: bytes, min_rsa_bits: dict[str, int]) -> ValidIssue:
+    """Validate one issuance; ``holder`` already passed ``check_holder``."""
+    check_request_id(request_id)
+    check_profile(profile)
+    if not CARD_ID_RE.match(card_id or ""):
+        raise InvalidRequest("card.card_id", "must be 1..16 letters or digits (EF_IDCarta)")
+    csr = check_csr(csr_der, profile, min_rsa_bits.get(profile, DEFAULT_MIN_RSA_BITS))
+    check_subject_matches(csr, holder)
+    digest = check_dati_personali(ef_dati_personali, holder, profile)
+    return ValidIssue(request_id, profile, csr, holder, card_id, digest)
