@@ -1,0 +1,66 @@
+"""A synchronous client of the local API, for the CLI. gRPC errors become ``AgentUnavailableError``
+or ``AgentCallError`` here. Imports ``proto`` only."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from proto.cns.v1 import agent_pb2 as pb
+from proto.cns.v1 import agent_pb2_grpc as pb_grpc
+
+DEADLINE_S = 5.0
+
+
+class AgentUnavailableError(Exception):
+    """No agent answers on the socket."""
+
+
+class AgentCallError(Exception):
+    """The agent answered with an error."""
+
+
+class AgentClient:
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._channel = grpc.insecure_channel(f"unix:{socket_path}")
+        self._stub = pb_grpc.AgentLocalStub(self._channel)
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+    def _call(self, method, request):
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run`")
+        try:
+            return method(request, timeout=DEADLINE_S)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: grpc.RpcError) -> Exception:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return AgentUnavailableError(f"no agent answers on {self.socket_path} ({exc.details()}); "
+                                         "start one with `cns-agent run`")
+        return AgentCallError(f"agent error {code.name if code else '?'}: {exc.details()}")
+
+    def info(self) -> pb.AgentInfo:
+        return self._call(self._stub.GetAgentInfo, pb.GetAgentInfoRequest())
+
+    def devices(self) -> pb.ListDevicesResponse:
+        return self._call(self._stub.ListDevices, pb.ListDevicesRequest())
+
+    def watch(self) -> Iterator[pb.DeviceEvent]:
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path})")
+        try:
+            yield from self._stub.WatchDevices(pb.WatchDevicesRequest())
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._translate(exc) from exc

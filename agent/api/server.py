@@ -1,0 +1,98 @@
+"""The ``AgentLocal`` gRPC service on the user's private Unix socket (grpc.aio).
+
+Access control is the file system: the socket is 0600 in a 0700 directory
+owned by the user (``agent.api.rundir``). gRPC Python does not expose the
+connection's fd, so SO_PEERCRED cannot be read per call; ``context.peer()`` is
+only ``unix:``. Imports ``agent.devices`` (registry views), ``proto``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from agent.api.convert import event_pb, reader_pb
+from agent.api.rundir import prepare_socket_path
+from agent.devices.registry import DeviceEvent, DeviceRegistry
+from proto.cns.v1 import agent_pb2 as pb
+from proto.cns.v1 import agent_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+WATCH_QUEUE_MAX = 1024  # events buffered per watcher before it is cut off
+SHUTDOWN_GRACE_S = 2.0
+
+
+@dataclass
+class AgentFacts:
+    version: str
+    socket_path: str
+    profiles_dir: str
+    model_ids: list[str]
+    pcsc_status: Callable[[], str]
+    started_unix_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+class AgentLocalService(pb_grpc.AgentLocalServicer):
+    def __init__(self, registry: DeviceRegistry, facts: AgentFacts) -> None:
+        self.registry = registry
+        self.facts = facts
+
+    async def GetAgentInfo(self, request, context):  # noqa: N802 (gRPC names)
+        f = self.facts
+        return pb.AgentInfo(version=f.version, pid=os.getpid(), uid=os.getuid(), socket_path=f.socket_path,
+                            pcsc_status=f.pcsc_status(), model_ids=f.model_ids, profiles_dir=f.profiles_dir,
+                            started_unix_ms=f.started_unix_ms)
+
+    async def ListDevices(self, request, context):  # noqa: N802
+        sequence, readers = self.registry.snapshot()
+        return pb.ListDevicesResponse(readers=[reader_pb(r) for r in readers], sequence=sequence)
+
+    async def WatchDevices(self, request, context):  # noqa: N802
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[DeviceEvent | None] = asyncio.Queue(WATCH_QUEUE_MAX)
+
+        def push(event: DeviceEvent | None) -> None:  # runs in the loop
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                queue.get_nowait()  # make room for the sentinel: this watcher is too slow
+                queue.put_nowait(None)
+
+        def listener(event: DeviceEvent) -> None:  # runs in the monitor thread
+            loop.call_soon_threadsafe(push, event)
+
+        sequence, readers, unsubscribe = self.registry.subscribe_with_snapshot(listener)
+        try:
+            yield pb.DeviceEvent(sequence=sequence, kind=pb.DEVICE_EVENT_KIND_SNAPSHOT,
+                                 snapshot=[reader_pb(r) for r in readers], time_unix_ms=int(time.time() * 1000))
+            while True:
+                event = await queue.get()
+                if event is None:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher too slow; events dropped")
+                    return
+                yield event_pb(event)
+        finally:
+            unsubscribe()
+
+
+async def start_server(socket_path: Path, service: AgentLocalService) -> grpc.aio.Server:
+    """Bind ``socket_path`` (0600, in a private directory) and start serving."""
+    prepare_socket_path(socket_path)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_AgentLocalServicer_to_server(service, server)
+    old_umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o600)
+    log.info("local API listening on %s", socket_path)
+    return server

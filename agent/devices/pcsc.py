@@ -1,0 +1,105 @@
+"""PC/SC through pyscard's ``smartcard.scard``: the card transport and the context.
+
+Owns every pyscard call of the agent. PC/SC return codes become
+``agent.card.errors`` exceptions here (``from`` the original where one exists),
+so nothing above sees pyscard. Imports ``agent.card`` only; never the emulator.
+"""
+from __future__ import annotations
+
+import logging
+
+from smartcard import scard
+
+from agent.card.errors import CardError, CardRemovedError, ReaderError
+from agent.card.transport import split_response
+
+log = logging.getLogger(__name__)
+
+PNP_READER = "\\\\?PnP?\\Notification"
+
+_REMOVED = {scard.SCARD_W_REMOVED_CARD, scard.SCARD_E_NO_SMARTCARD, scard.SCARD_W_RESET_CARD,
+            scard.SCARD_W_UNPOWERED_CARD, scard.SCARD_W_UNRESPONSIVE_CARD}
+_SERVICE_GONE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED, scard.SCARD_E_INVALID_HANDLE}
+
+
+def pcsc_message(hresult: int) -> str:
+    try:
+        return f"{scard.SCardGetErrorMessage(hresult).strip()} (0x{hresult & 0xFFFFFFFF:08X})"
+    except Exception:  # pragma: no cover - pyscard always has a message
+        return f"PC/SC error 0x{hresult & 0xFFFFFFFF:08X}"
+
+
+def check(hresult: int, what: str) -> None:
+    """Raise the card-layer exception for a PC/SC return code."""
+    if hresult == scard.SCARD_S_SUCCESS:
+        return
+    if hresult in _REMOVED:
+        raise CardRemovedError(f"{what}: {pcsc_message(hresult)}")
+    raise ReaderError(f"{what}: {pcsc_message(hresult)}")
+
+
+def is_service_gone(hresult: int) -> bool:
+    return hresult in _SERVICE_GONE
+
+
+class PcscContext:
+    """An established PC/SC context; ``close()`` releases it."""
+
+    def __init__(self) -> None:
+        try:
+            hresult, self.handle = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        except scard.error as exc:  # pragma: no cover - pyscard raises only on bad arguments
+            raise ReaderError(f"SCardEstablishContext: {exc}") from exc
+        check(hresult, "SCardEstablishContext")
+
+    def readers(self) -> list[str]:
+        hresult, readers = scard.SCardListReaders(self.handle, [])
+        if hresult in (scard.SCARD_E_NO_READERS_AVAILABLE,):
+            return []
+        check(hresult, "SCardListReaders")
+        return list(readers)
+
+    def cancel(self) -> None:
+        scard.SCardCancel(self.handle)
+
+    def close(self) -> None:
+        scard.SCardReleaseContext(self.handle)
+
+
+class PcscTransport:
+    """An ``ApduTransport`` on one card in one reader, shared mode, T=1 or T=0."""
+
+    def __init__(self, context: PcscContext, reader: str) -> None:
+        self.reader = reader
+        hresult, self.hcard, self.protocol = scard.SCardConnect(
+            context.handle, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+        check(hresult, f"connect to {reader!r}")
+        self._pci = scard.SCARD_PCI_T1 if self.protocol == scard.SCARD_PROTOCOL_T1 else scard.SCARD_PCI_T0
+
+    def transmit(self, apdu: bytes) -> tuple[bytes, int]:
+        hresult, response = scard.SCardTransmit(self.hcard, self._pci, list(apdu))
+        check(hresult, f"transmit on {self.reader!r}")
+        return split_response(bytes(response))
+
+    def begin(self) -> None:
+        check(scard.SCardBeginTransaction(self.hcard), f"begin transaction on {self.reader!r}")
+
+    def end(self) -> None:
+        scard.SCardEndTransaction(self.hcard, scard.SCARD_LEAVE_CARD)
+
+    def close(self) -> None:
+        scard.SCardDisconnect(self.hcard, scard.SCARD_LEAVE_CARD)
+
+    def __enter__(self) -> "PcscTransport":
+        try:
+            self.begin()
+        except CardError:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.end()
+        finally:
+            self.close()
