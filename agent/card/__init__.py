@@ -4,7 +4,7 @@ Public API::
 
     from agent.card import ApduTransport, processed, CnsSession, PersonalData
     session = CnsSession(transport, model)      # transport: any .transmit(apdu) -> (data, sw)
-    session.read_serial(); session.read_personal_data(); session.pin_tries_left("auth")
+    session.read_serial(); session.read_personal_data(); session.pin_tries_left("CNS0")
 
 No I/O of its own and no pyscard: devices (``agent.devices``) supply transports.
 Never imports ``firmware_profiles.emulator``.

@@ -189,7 +189,7 @@ class CnsSession:
             raise WrongPinError(sw, left)
         raise ApduError(sw, what)
 
-    def pin_tries_left(self, name: str = "auth") -> int | None:
+    def pin_tries_left(self, name: str = "CNS0") -> int | None:
         """VERIFY without data: tries left (0 when blocked); None when already verified."""
         pin = self._pin(name)
         self._select_pin_df(pin)
@@ -203,21 +203,21 @@ class CnsSession:
             raise ApduError(sw, "PIN status")
         return left
 
-    def verify_pin(self, pin_value: str, name: str = "auth") -> None:
+    def verify_pin(self, pin_value: str, name: str = "CNS0") -> None:
         pin = self._pin(name)
         self._select_pin_df(pin)
         block = _pin_block(pin_value, "PIN")
         _, sw = self._send(Apdu(CLA_ISO, INS.VERIFY, 0x00, pin.pin_ref, block))
         self._pin_sw(sw, "PIN")
 
-    def change_pin(self, old: str, new: str, name: str = "auth") -> None:
+    def change_pin(self, old: str, new: str, name: str = "CNS0") -> None:
         pin = self._pin(name)
         self._select_pin_df(pin)
         data = _pin_block(old, "current PIN") + _pin_block(new, "new PIN")
         _, sw = self._send(Apdu(CLA_ISO, INS.CHANGE_REFERENCE_DATA, 0x00, pin.pin_ref, data))
         self._pin_sw(sw, "PIN")
 
-    def unblock_pin(self, puk: str, new_pin: str, name: str = "auth") -> None:
+    def unblock_pin(self, puk: str, new_pin: str, name: str = "CNS0") -> None:
         """RESET RETRY COUNTER: the PUK and a new PIN (P1 00) for the PIN's reference."""
         pin = self._pin(name)
         self._select_pin_df(pin)

@@ -18,7 +18,9 @@ DEFAULT_DATI_PERSONALI = "3F00/1100/1102"
 
 @dataclass(frozen=True)
 class PinRef:
-    """One PIN: its VERIFY reference, the PUK that unblocks it, the DF to select first."""
+    """One PIN: its VERIFY reference, the PUK that unblocks it, the DF to select first.
+
+    Named after the keyset it guards (``CNS0`` authentication, ``CNS1`` signature)."""
 
     name: str
     pin_ref: int
@@ -27,8 +29,8 @@ class PinRef:
 
 
 DEFAULT_PINS = {
-    "auth": PinRef("auth", 0x10, 0x11, None),
-    "sign": PinRef("sign", 0x1A, 0x1B, "3F00/1400"),
+    "CNS0": PinRef("CNS0", 0x10, 0x11, None),
+    "CNS1": PinRef("CNS1", 0x1A, 0x1B, "3F00/1400/8110"),
 }
 
 
