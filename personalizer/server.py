@@ -1,0 +1,125 @@
+"""Assemble and run the daemon: CA + store + broker + grpc.aio server with mTLS.
+
+``Daemon.create(cfg)`` builds everything from a ``DaemonConfig``;
+``start()`` binds (port 0 → ephemeral, returned), ``stop()`` drains with the
+configured grace period, marks health NOT_SERVING first, then closes the
+store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
+SIGINT handling. Health checking (grpc.health.v1) and reflection are on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from personalizer import identity
+from personalizer.broker import Broker
+from personalizer.ca import profiles
+from personalizer.ca.embedded import EmbeddedCA
+from personalizer.ca.keys import FileSigner, Pkcs11Signer
+from personalizer.config import DaemonConfig
+from personalizer.errors import ConfigError
+from personalizer.service import SERVICE_NAME, PersonalizerService
+from personalizer.store import RequestStore
+from proto.cns.v1 import personalizer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Keepalive: clients ping at most every 20 s (station_config); accept that, ping idle clients every 60 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 1 << 20),
+]
+
+
+def build_ca(cfg: DaemonConfig) -> EmbeddedCA:
+    c = cfg.ca
+    try:
+        root = x509.load_pem_x509_certificate(c.root_cert.read_bytes())
+        issuing = x509.load_pem_x509_certificate(c.issuing_cert.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "ca.root_cert/issuing_cert", "not a PEM certificate") from exc
+    if c.key_store == "pkcs11":
+        pin = c.pin_file.read_text().strip()
+        signer = Pkcs11Signer(module=c.pkcs11_module, token_label=c.token_label, pin=pin, key_label=c.key_label)
+    else:
+        signer = FileSigner.load(c.issuing_key, c.key_passphrase_file)
+    urls = profiles.CAUrls(**c.urls)
+    return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
+                      sign_in_thread=c.sign_in_thread)
+
+
+@dataclass
+class Daemon:
+    cfg: DaemonConfig
+    server: grpc.aio.Server
+    store: RequestStore
+    ca: EmbeddedCA
+    health: health.aio.HealthServicer
+    port: int = 0
+
+    @classmethod
+    async def create(cls, cfg: DaemonConfig) -> "Daemon":
+        ca = build_ca(cfg)
+        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+        ca.attach_registry(store)
+        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits)
+        server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=SERVER_OPTIONS)
+        personalizer_pb2_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=broker), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server)
+        s = cfg.server
+        creds = grpc.ssl_server_credentials(
+            [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+            root_certificates=s.client_trust_anchors.read_bytes(),
+            require_client_auth=s.require_client_auth)
+        daemon = cls(cfg=cfg, server=server, store=store, ca=ca, health=health_servicer)
+        daemon.port = server.add_secure_port(s.listen, creds)
+        if daemon.port == 0:
+            raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
+        return daemon
+
+    async def start(self) -> int:
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
+                 "required" if self.cfg.server.require_client_auth else "optional")
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
+        await self.store.close()
+        await self.ca.close()
+
+
+async def serve(cfg: DaemonConfig, *, ready=None) -> None:
+    daemon = await Daemon.create(cfg)
+    port = await daemon.start()
+    if ready is not None:
+        ready(port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down (grace %.1f s)", cfg.server.grace_seconds)
+    await daemon.stop()
+
+
+def run(cfg: DaemonConfig, *, ready=None) -> None:
+    asyncio.run(serve(cfg, ready=ready))

@@ -1,0 +1,199 @@
+"""One station's configuration: TOML → typed, frozen dataclasses, validated at load.
+
+``load(path) -> StationConfig`` reads the file once and raises
+``StationConfigError(path, key, message)`` naming the file, the dotted key and
+what was expected. Relative file paths are resolved against the file's folder.
+The schema is described in SCHEMA.md; examples are in ``examples/``.
+
+Imports nothing of ours (and not grpc: ``station_config.channel`` holds the
+optional gRPC helpers). Used by the agent (``agent`` uplink) and by cnsctl.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "StationConfigError",
+           "load", "ROLES"]
+
+ROLE_STATION = "station"
+ROLE_OPERATOR_TOOL = "operator-tool"
+ROLE_ADMIN = "admin"
+ROLES = (ROLE_STATION, ROLE_OPERATOR_TOOL, ROLE_ADMIN)
+STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHAMBER_RE = re.compile(r"^[A-Z]{2,4}$")
+ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
+PROXY_RE = re.compile(r"^https?://[^\s/]+(:[0-9]{1,5})?/?$")
+PEM_MARKER = b"-----BEGIN "
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_KEEPALIVE_S = 20.0        # below common proxy idle timeouts (REFERENCE.md §5)
+
+
+class StationConfigError(ValueError):
+    def __init__(self, path: Path | str, key: str, message: str):
+        super().__init__(f"{path}: {key}: {message}")
+        self.path = path
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StationSection:
+    id: str
+    chamber_code: str
+    role: str                      # station | operator-tool | admin
+    data_dir: Path                 # the agent's journal and state
+    socket_dir: Path               # where the agent's local per-user socket lives
+
+
+@dataclass(frozen=True)
+class PersonalizerSection:
+    primary: str                   # host:port
+    dr: str | None                 # disaster-recovery host:port, optional
+    trust_anchors: Path            # PEM bundle of the CA(s) that sign the personalizer's server certificate
+    client_certificate: Path       # PEM, this station's mTLS identity
+    client_key: Path               # PEM, unencrypted, readable by the agent's user only
+    server_name: str | None        # TLS name override (tests, IP endpoints); None = the endpoint host
+    timeout_seconds: float         # default deadline of unary calls
+    keepalive_seconds: float       # HTTP/2 keepalive ping interval of the agent's stream
+
+
+@dataclass(frozen=True)
+class ProxySection:
+    url: str                       # http://host:port (HTTP CONNECT); mTLS stays end to end
+    no_proxy: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    source: Path
+    station: StationSection
+    personalizer: PersonalizerSection
+    proxy: ProxySection | None
+
+    def endpoints(self) -> tuple[str, ...]:
+        """Primary first, then DR."""
+        return (self.personalizer.primary,) + ((self.personalizer.dr,) if self.personalizer.dr else ())
+
+
+_SECTIONS = {
+    "station": {"id", "chamber_code", "role", "data_dir", "socket_dir"},
+    "personalizer": {"primary", "dr", "trust_anchors", "client_certificate", "client_key", "server_name",
+                     "timeout_seconds", "keepalive_seconds"},
+    "proxy": {"url", "no_proxy"},
+}
+_REQUIRED_SECTIONS = ("station", "personalizer")
+
+
+class _Loader:
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data, self.base = path, data, path.parent
+
+    def fail(self, key: str, message: str) -> StationConfigError:
+        return StationConfigError(self.path, key, message)
+
+    def value(self, section: str, key: str, kind: type, *, default: Any = ...) -> Any:
+        table = self.data.get(section, {})
+        dotted = f"{section}.{key}"
+        if key not in table:
+            if default is ...:
+                return self._missing(dotted, kind)
+            return default
+        v = table[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+            raise self.fail(dotted, f"expected {kind.__name__}, got {type(v).__name__} {v!r}")
+        return v
+
+    def _missing(self, dotted: str, kind: type):
+        raise self.fail(dotted, f"missing; expected {kind.__name__}")
+
+    def pattern(self, section: str, key: str, regex: re.Pattern, what: str, *, optional: bool = False) -> str | None:
+        v = self.value(section, key, str, default=None if optional else ...)
+        if v is None:
+            return None
+        if not regex.match(v):
+            raise self.fail(f"{section}.{key}", f"expected {what}, got {v!r}")
+        return v
+
+    def file_path(self, section: str, key: str) -> Path:
+        return (self.base / Path(self.value(section, key, str)).expanduser()).resolve()
+
+    def pem_file(self, section: str, key: str) -> Path:
+        p = self.file_path(section, key)
+        try:
+            head = p.read_bytes()
+        except FileNotFoundError:
+            raise self.fail(f"{section}.{key}", f"file not found: {p}") from None
+        except OSError as exc:
+            raise self.fail(f"{section}.{key}", f"cannot read {p}: {exc.strerror}") from None
+        if PEM_MARKER not in head:
+            raise self.fail(f"{section}.{key}", f"{p} is not a PEM file")
+        return p
+
+    def positive(self, section: str, key: str, default: float) -> float:
+        v = self.value(section, key, float, default=default)
+        if v <= 0:
+            raise self.fail(f"{section}.{key}", f"expected a positive number of seconds, got {v}")
+        return v
+
+
+def load(path: str | Path) -> StationConfig:
+    """Read and validate a station configuration file."""
+    path = Path(path).resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StationConfigError(path, "-", "file not found") from None
+    except OSError as exc:
+        raise StationConfigError(path, "-", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise StationConfigError(path, "-", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StationConfigError(path, "-", f"not valid TOML: {exc}") from None
+    ld = _Loader(path, data)
+    for name, table in data.items():
+        if name not in _SECTIONS:
+            raise ld.fail(name, f"unknown section; expected one of {sorted(_SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ld.fail(name, "expected a table")
+        unknown = set(table) - _SECTIONS[name]
+        if unknown:
+            raise ld.fail(f"{name}.{sorted(unknown)[0]}", f"unknown key; expected one of {sorted(_SECTIONS[name])}")
+    for name in _REQUIRED_SECTIONS:
+        if name not in data:
+            raise ld.fail(name, "missing section")
+    role = ld.value("station", "role", str, default=ROLE_STATION)
+    if role not in ROLES:
+        raise ld.fail("station.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+    station = StationSection(
+        id=ld.pattern("station", "id", STATION_ID_RE, "1..64 characters of [A-Za-z0-9._-]"),
+        chamber_code=ld.pattern("station", "chamber_code", CHAMBER_RE, "2..4 upper-case letters (e.g. RM)"),
+        role=role, data_dir=ld.file_path("station", "data_dir"), socket_dir=ld.file_path("station", "socket_dir"))
+    primary = ld.pattern("personalizer", "primary", ENDPOINT_RE, "HOST:PORT")
+    dr = ld.pattern("personalizer", "dr", ENDPOINT_RE, "HOST:PORT", optional=True)
+    if dr is not None and dr == primary:
+        raise ld.fail("personalizer.dr", "must differ from personalizer.primary")
+    for section, key in (("personalizer", "primary"), ("personalizer", "dr")):
+        v = data["personalizer"].get(key)
+        if v and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
+            raise ld.fail(f"{section}.{key}", f"port out of range in {v!r}")
+    personalizer = PersonalizerSection(
+        primary=primary, dr=dr, trust_anchors=ld.pem_file("personalizer", "trust_anchors"),
+        client_certificate=ld.pem_file("personalizer", "client_certificate"),
+        client_key=ld.pem_file("personalizer", "client_key"),
+        server_name=ld.value("personalizer", "server_name", str, default=None) or None,
+        timeout_seconds=ld.positive("personalizer", "timeout_seconds", DEFAULT_TIMEOUT_S),
+        keepalive_seconds=ld.positive("personalizer", "keepalive_seconds", DEFAULT_KEEPALIVE_S))
+    proxy = None
+    if "proxy" in data:
+        url = ld.pattern("proxy", "url", PROXY_RE, "http://HOST[:PORT]")
+        no_proxy = ld.value("proxy", "no_proxy", list, default=[])
+        if not all(isinstance(x, str) for x in no_proxy):
+            raise ld.fail("proxy.no_proxy", "expected a list of host names")
+        proxy = ProxySection(url=url, no_proxy=tuple(no_proxy))
+    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy)
