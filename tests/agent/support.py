@@ -7,8 +7,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -174,50 +172,8 @@ class Emulator:
                 self.proc.wait()
 
 
-class RawVpcdCard:
-    """A bare vpcd card: answers its ATR, and 6D00 to every APDU. For ATRs no profile knows."""
+def raw_vpcd_card(address: str, atr: bytes):
+    """A bare vpcd card with ``atr`` that answers 6D00 to everything; ``.remove()`` pulls it."""
+    from tests.agent.vpcd import RawCard, VpcdBridge
 
-    def __init__(self, address: str, atr: bytes) -> None:
-        host, port = address.rsplit(":", 1)
-        self.addr = (host, int(port))
-        self.atr = atr
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-
-    def insert(self) -> "RawVpcdCard":
-        self._sock = socket.create_connection(self.addr, timeout=5)
-        self._sock.settimeout(None)
-        self._thread = threading.Thread(target=self._serve, name="raw-vpcd-card", daemon=True)
-        self._thread.start()
-        return self
-
-    def _recv(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self._sock.recv(n - len(buf))
-            if not chunk:
-                raise OSError("closed")
-            buf += chunk
-        return buf
-
-    def _serve(self) -> None:
-        try:
-            while True:
-                (n,) = struct.unpack(">H", self._recv(2))
-                msg = self._recv(n)
-                if n == 1:
-                    if msg[0] == 0x04:
-                        self._sock.sendall(struct.pack(">H", len(self.atr)) + self.atr)
-                    continue
-                self._sock.sendall(struct.pack(">H", 2) + b"\x6d\x00")
-        except OSError:
-            return
-
-    def remove(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
-            self._sock = None
+    return VpcdBridge(address, RawCard(atr)).insert()

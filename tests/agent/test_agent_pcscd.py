@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from tests.agent.support import AgentUnderTest, Emulator, RawVpcdCard, allow_traverse, ensure_test_user, wait_for
+from tests.agent.support import AgentUnderTest, Emulator, allow_traverse, raw_vpcd_card, ensure_test_user, wait_for
 
 pytestmark = pytest.mark.pcscd
 
@@ -53,7 +53,7 @@ def test_empty_readers_are_listed(agent):
 
 
 def test_unknown_atr_is_listed_as_unsupported(agent, pcscd):
-    raw = RawVpcdCard(pcscd.vpcd_address(1), UNKNOWN_ATR).insert()
+    raw = raw_vpcd_card(pcscd.vpcd_address(1), UNKNOWN_ATR)
     try:
         c = card(agent.wait_reader(R1, lambda r: r["card_present"]))
         assert c["state"] == "unsupported" and not c["supported"] and c["atr"] == UNKNOWN_ATR.hex().upper()
