@@ -112,7 +112,7 @@ def check_csr(csr_der: bytes, profile: str, min_rsa_bits: int) -> x509.Certifica
     except Exception as exc:
         raise InvalidRequest("csr_der", f"unreadable CSR public key: {exc}") from exc
     if not isinstance(key, rsa.RSAPublicKey):
-        raise InvalidRequest("csr_der", f"{type(key).__name__} keys are not accepted; CNS devices use RSA")
+        raise InvalidRequest("csr_der", f"only RSA keys are accepted (CNS devices use RSA), got {type(key).__name__.removeprefix('_')}")
     if not csr.is_signature_valid:
         raise InvalidRequest("csr_der", "CSR signature invalid (no proof of possession of the private key)")
     if key.key_size < min_rsa_bits:

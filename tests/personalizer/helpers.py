@@ -1,0 +1,125 @@
+"""Test helpers: CSRs, holders, requests, extra client certificates, a daemon subprocess."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from personalizer import codice_fiscale, dati_personali
+from personalizer.ca import profiles
+from proto.cns.v1 import common_pb2, personalizer_pb2 as pb
+
+VENV_BIN = Path(sys.executable).parent
+CF = "RSSMRA80A01H501U"
+CARD_ID = "7420000000000001"
+
+
+@functools.cache
+def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, bits)
+
+
+def csr_der(key=None, *, cf: str = CF, given: str = "Mario", surname: str = "Rossi",
+            hash_alg=hashes.SHA256()) -> bytes:
+    key = key or rsa_key()
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "IT"),
+        x509.NameAttribute(NameOID.GIVEN_NAME, given),
+        x509.NameAttribute(NameOID.SURNAME, surname),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf),
+    ])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hash_alg)
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def ef_dati(cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: str = "01011980") -> bytes:
+    return dati_personali.encode(dati_personali.DatiPersonali(
+        issuer="CCIAA di Roma", issue_date="01012026", expiry_date="01012032", surname=surname,
+        given_name=given, birth_date=birth, sex="M", codice_fiscale=cf))
+
+
+def issue_request(*, request_id: str | None = None, profile=pb.CA_PROFILE_CNS_AUTH, csr: bytes | None = None,
+                  cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: str = "1980-01-01",
+                  chamber: str = "RM", station: str = "RM-STATION-01", ef: bytes | None = None) -> pb.SubmitIssueRequest:
+    return pb.SubmitIssueRequest(
+        request_id=request_id or str(uuid.uuid4()), profile=profile,
+        csr_der=csr if csr is not None else csr_der(),
+        holder=common_pb2.Holder(codice_fiscale=cf, given_name=given, surname=surname, birth_date=birth),
+        card=common_pb2.Card(card_id=CARD_ID, model="test-card"),
+        requester=common_pb2.Requester(station_id=station, chamber_code=chamber, operator_id="op-001"),
+        ef_dati_personali=ef if ef is not None else ef_dati(cf, given, surname))
+
+
+def random_cf(n: int) -> str:
+    """A valid codice fiscale numbered n (birth 1980-01-01, digits vary in the municipality)."""
+    return codice_fiscale.make(f"RSSMRA80A01H{n % 1000:03d}"[:15])
+
+
+@dataclass
+class ClientCert:
+    cert: bytes
+    key: bytes
+
+
+def client_cert(tls_dir: Path, *, common_name: str, identity: str | None, foreign: bool = False) -> ClientCert:
+    """A client certificate from the deployment's TLS CA (or from a foreign CA)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    if foreign:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = profiles.build_ca(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Foreign CA")]),
+                                    ca_key.public_key(), issuer=None, now=now, path_length=0,
+                                    validity=dt.timedelta(days=10)).sign(ca_key, hashes.SHA256())
+    else:
+        ca_key = serialization.load_pem_private_key((tls_dir / "tls-ca.key.pem").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate((tls_dir / "tls-ca.pem").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = profiles.build_tls_leaf(common_name, key.public_key(), issuer=ca_cert, now=now,
+                                   identity_uri=identity).sign(ca_key, hashes.SHA256())
+    return ClientCert(cert.public_bytes(serialization.Encoding.PEM),
+                      key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+
+
+def channel(port: int, tls_dir: Path, cc: ClientCert | None) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "tls-ca.pem").read_bytes(),
+        private_key=cc.key if cc else None, certificate_chain=cc.cert if cc else None)
+    return grpc.secure_channel(f"localhost:{port}", creds)
+
+
+class DaemonProcess:
+    """``cns-personalizer serve`` as a subprocess; the port comes from its first stdout line."""
+
+    LISTEN_RE = re.compile(r"listening on port (\d+)")
+
+    def __init__(self, config: Path, *, env: dict | None = None):
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "cns-personalizer"), "--log-level", "WARNING", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        line = self.proc.stdout.readline()
+        m = self.LISTEN_RE.search(line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"daemon did not start: {line!r} {self.proc.stderr.read()}")
+        self.port = int(m.group(1))
+
+    def stop(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
