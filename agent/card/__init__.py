@@ -19,6 +19,7 @@ from agent.card.errors import (
     FileNotFoundOnCardError,
     MalformedResponseError,
     PinBlockedError,
+    PinNotSetError,
     ReaderError,
     SecurityStatusError,
     WrongPinError,
@@ -36,7 +37,7 @@ from agent.card.transport import (
 __all__ = [
     "INS", "SW", "Apdu", "sw_name", "CardSummary", "CnsSession", "PersonalData",
     "ApduError", "CardError", "CardRemovedError", "FileNotFoundOnCardError", "MalformedResponseError",
-    "PinBlockedError", "ReaderError", "SecurityStatusError", "WrongPinError",
+    "PinBlockedError", "PinNotSetError", "ReaderError", "SecurityStatusError", "WrongPinError",
     "CnsLayout", "PinRef", "layout_from_model",
     "ApduTransport", "ChainingProcessor", "RecordingTransport", "ResponseProcessor", "processed", "split_response",
 ]

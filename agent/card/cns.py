@@ -20,6 +20,7 @@ from agent.card.errors import (
     FileNotFoundOnCardError,
     MalformedResponseError,
     PinBlockedError,
+    PinNotSetError,
     SecurityStatusError,
     WrongPinError,
 )
@@ -185,12 +186,16 @@ class CnsSession:
         left = tries_left(sw)
         if left == 0 or sw == SW.AUTH_METHOD_BLOCKED:
             raise PinBlockedError(sw, what)
+        if sw == SW.REFERENCE_DATA_NOT_USABLE:
+            raise PinNotSetError(sw, what)
         if left is not None:
             raise WrongPinError(sw, left)
         raise ApduError(sw, what)
 
     def pin_tries_left(self, name: str = "CNS0") -> int | None:
-        """VERIFY without data: tries left (0 when blocked); None when already verified."""
+        """VERIFY without data: tries left (0 when blocked); None when already verified.
+
+        Raises ``PinNotSetError`` when the PIN has no value yet."""
         pin = self._pin(name)
         self._select_pin_df(pin)
         _, sw = self._send(Apdu(CLA_ISO, INS.VERIFY, 0x00, pin.pin_ref))
@@ -200,6 +205,7 @@ class CnsSession:
             return 0
         left = tries_left(sw)
         if left is None:
+            self._pin_sw(sw, "PIN")
             raise ApduError(sw, "PIN status")
         return left
 

@@ -10,7 +10,8 @@
           ├── FileNotFoundOnCardError(path)
           ├── SecurityStatusError    6982: the file or key needs a PIN first
           ├── WrongPinError(tries_left)
-          └── PinBlockedError        6983: PIN (or PUK) blocked
+          ├── PinBlockedError        6983: PIN (or PUK) blocked
+          └── PinNotSetError         6984: no PIN yet (a blank card of a set-at-personalization model)
 
 Imports nothing but ``agent.card.apdu``. Messages never carry PINs or PUKs.
 """
@@ -67,3 +68,10 @@ class PinBlockedError(ApduError):
 
     def __init__(self, sw: int, what: str = "PIN") -> None:
         super().__init__(sw, f"{what} blocked")
+
+
+class PinNotSetError(ApduError):
+    """6984: the PIN has no value yet (set at personalization)."""
+
+    def __init__(self, sw: int, what: str = "PIN") -> None:
+        super().__init__(sw, f"{what} not set yet")

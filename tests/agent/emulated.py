@@ -21,3 +21,32 @@ class EmulatedTransport:
         except self.removed_errors as exc:
             raise CardRemovedError(f"emulated card removed: {exc}") from exc
         return split_response(bytes(raw))
+
+
+def admin_login(session, model) -> None:
+    """Issuer (admin) authentication on the EMULATED card with its factory test key: GET CHALLENGE,
+    then EXTERNAL AUTHENTICATE with AES-ECB(challenge). Tests only; the personalizer owns the real flow."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from agent.card.apdu import Apdu
+
+    d = model.dialect
+    challenge, sw = session.transport.transmit(Apdu(0, 0x84, 0, 0, le=d.challenge_bytes).encode())
+    assert sw == 0x9000, hex(sw)
+    enc = Cipher(algorithms.AES(d.admin_test_key), modes.ECB()).encryptor()
+    response = enc.update(challenge) + enc.finalize()
+    _, sw = session.transport.transmit(Apdu(0, 0x82, 0, d.admin_key_ref, response).encode())
+    assert sw == 0x9000, hex(sw)
+
+
+def personalized_card(model, data, **kwargs):
+    """An EmulatedCard (powered) whose EF_DatiPersonali holds ``data``."""
+    from agent.card.cns import CnsSession
+    from firmware_profiles.emulator import CardRemovedError, EmulatedCard
+
+    card = EmulatedCard(model, **kwargs)
+    card.power_on()
+    session = CnsSession(EmulatedTransport(card, (CardRemovedError,)), model)
+    admin_login(session, model)
+    session.write_personal_data(data)
+    return card
