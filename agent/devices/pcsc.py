@@ -7,6 +7,7 @@ so nothing above sees pyscard. Imports ``agent.card`` only; never the emulator.
 from __future__ import annotations
 
 import logging
+import time
 
 from smartcard import scard
 
@@ -16,6 +17,8 @@ from agent.card.transport import split_response
 log = logging.getLogger(__name__)
 
 PNP_READER = "\\\\?PnP?\\Notification"
+REMOVAL_SETTLE_S = 1.5  # how long an empty answer waits for the reader to report a removal
+_PCSC_ABSENT = 0x0002  # SCardStatus state bit (pcsc-lite), not exported by pyscard
 
 _REMOVED = {scard.SCARD_W_REMOVED_CARD, scard.SCARD_E_NO_SMARTCARD, scard.SCARD_W_RESET_CARD,
             scard.SCARD_W_UNPOWERED_CARD, scard.SCARD_W_UNRESPONSIVE_CARD}
@@ -79,7 +82,21 @@ class PcscTransport:
     def transmit(self, apdu: bytes) -> tuple[bytes, int]:
         hresult, response = scard.SCardTransmit(self.hcard, self._pci, list(apdu))
         check(hresult, f"transmit on {self.reader!r}")
+        if len(response) < 2 and self._card_gone():
+            # vpcd (and some readers) answer a card pulled mid-command with an empty
+            # response and success; the reader state tells removal from a mute card.
+            raise CardRemovedError(f"transmit on {self.reader!r}: card removed during the command")
         return split_response(bytes(response))
+
+    def _card_gone(self, wait_s: float = REMOVAL_SETTLE_S) -> bool:
+        deadline = time.monotonic() + wait_s
+        while True:
+            hresult, _reader, state, _proto, _atr = scard.SCardStatus(self.hcard)
+            if hresult in _REMOVED or (hresult == scard.SCARD_S_SUCCESS and state & _PCSC_ABSENT):
+                return True
+            if hresult != scard.SCARD_S_SUCCESS or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def begin(self) -> None:
         check(scard.SCardBeginTransaction(self.hcard), f"begin transaction on {self.reader!r}")

@@ -149,8 +149,10 @@ class Emulator:
     """``cns-emulator serve`` on one vpcd port, as a subprocess: start = insert, stop = remove."""
 
     def __init__(self, env: dict[str, str], profile: str, address: str, *, state: Path | None = None,
-                 faults: tuple[str, ...] = ()) -> None:
+                 faults: tuple[str, ...] = (), reinsert_after: float | None = None) -> None:
         self.argv = [str(BIN / "cns-emulator"), "serve", "--profile", profile, "--vpcd", address]
+        if reinsert_after is not None:
+            self.argv += ["--reinsert-after", str(reinsert_after)]
         if state is not None:
             self.argv += ["--state", str(state)]
         for f in faults:

@@ -70,3 +70,56 @@ def test_client_without_agent_says_so(pcscd, tmp_path):
         assert res.returncode == 1 and "no agent is running" in res.stderr and "Traceback" not in res.stderr
     finally:
         other.cleanup()
+
+
+def test_blank_card_inserted_removed_reinserted(agent, pcscd, tmp_path):
+    emu = Emulator(pcscd.env, PROFILE, pcscd.vpcd_address(0), state=tmp_path / "blank.json").start()
+    try:
+        c = card(agent.wait_reader(R0, lambda r: r["card_present"] and r["card"]["state"] != "reading"))
+        assert c["state"] == "ready" and c["supported"] and c["model_id"] == PROFILE, c
+        assert len(c["serial"]) == 16 and c["blank"] and c["holder_label"] == ""
+        serial = c["serial"]
+        emu.stop()
+        agent.wait_reader(R0, lambda r: not r["card_present"])
+        emu.start()
+        c = card(agent.wait_reader(R0, lambda r: r["card_present"] and r["card"]["state"] == "ready"))
+        assert c["serial"] == serial  # the same card (state file) came back
+    finally:
+        emu.stop()
+    agent.wait_reader(R0, lambda r: not r["card_present"])
+
+
+def test_personalized_card_shows_its_holder(agent, pcscd, tmp_path):
+    from firmware_profiles import load_models
+    from tests.agent.emulated import personalized_card
+    from tests.agent.test_cns_emulated import HOLDER
+
+    state = tmp_path / "mario.json"
+    personalized_card(load_models()[PROFILE], HOLDER, state_path=state).power_off()
+    emu = Emulator(pcscd.env, PROFILE, pcscd.vpcd_address(0), state=state).start()
+    try:
+        c = card(agent.wait_reader(R0, lambda r: r["card_present"] and r["card"]["state"] == "ready"))
+        assert c["holder_label"] == "MARIO ROSSI" and not c["blank"]
+        table = agent.cli("devices").stdout
+        assert "MARIO ROSSI" in table and PROFILE not in table  # the human view shows the model's name
+    finally:
+        emu.stop()
+    agent.wait_reader(R0, lambda r: not r["card_present"])
+
+
+def test_card_pulled_mid_read_is_reported_then_read_on_reinsertion(agent, pcscd, tmp_path):
+    seen = len(agent.events)
+    emu = Emulator(pcscd.env, PROFILE, pcscd.vpcd_address(0), state=tmp_path / "pulled.json",
+                   faults=("drop:ins=B0,nth=2",), reinsert_after=1.0).start()
+    try:
+        c = card(agent.wait_reader(R0, lambda r: r["card_present"] and r["card"]["state"] == "ready"))
+        assert c["blank"] and len(c["serial"]) == 16
+        events = [e for e in agent.events[seen:] if e.get("reader", {}).get("name") == R0]
+        kinds = [(e["kind"], e.get("interrupted")) for e in events]
+        assert ("card_removed", True) in kinds, [e["reader"]["card"]["error"] for e in events if e["kind"] == "card_error"]
+        pulled = kinds.index(("card_removed", True))
+        assert kinds[pulled - 1][0] == "card_inserted" and kinds[-1][0] == "card_read", kinds
+        assert agent.proc.poll() is None  # the agent lives on
+    finally:
+        emu.stop()
+    agent.wait_reader(R0, lambda r: not r["card_present"])
