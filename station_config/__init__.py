@@ -68,11 +68,25 @@ class ProxySection:
 
 
 @dataclass(frozen=True)
+class CardsSection:
+    """Where the agent gets the issuer (admin) keys that personalization needs.
+
+    ``admin_keys``: a TOML file readable by the agent's user only, mapping a card
+    model id to its 32-hex-digit AES-128 issuer key (``infocamere-cns-2048 = "…"``).
+    ``allow_test_admin_keys``: accept the TEST key a model file states for its
+    emulated cards — for test deployments and hardware testers only.
+    """
+    admin_keys: Path | None
+    allow_test_admin_keys: bool
+
+
+@dataclass(frozen=True)
 class StationConfig:
     source: Path
     station: StationSection
     personalizer: PersonalizerSection
     proxy: ProxySection | None
+    cards: CardsSection = CardsSection(None, False)
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -84,6 +98,7 @@ _SECTIONS = {
     "personalizer": {"primary", "dr", "trust_anchors", "client_certificate", "client_key", "server_name",
                      "timeout_seconds", "keepalive_seconds"},
     "proxy": {"url", "no_proxy"},
+    "cards": {"admin_keys", "allow_test_admin_keys"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 
@@ -196,4 +211,15 @@ def load(path: str | Path) -> StationConfig:
         if not all(isinstance(x, str) for x in no_proxy):
             raise ld.fail("proxy.no_proxy", "expected a list of host names")
         proxy = ProxySection(url=url, no_proxy=tuple(no_proxy))
-    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy)
+    cards = CardsSection(None, False)
+    if "cards" in data:
+        admin_keys = None
+        if "admin_keys" in data["cards"]:
+            admin_keys = ld.file_path("cards", "admin_keys")
+            if not admin_keys.is_file():
+                raise ld.fail("cards.admin_keys", f"file not found: {admin_keys}")
+            if admin_keys.stat().st_mode & 0o077:
+                raise ld.fail("cards.admin_keys", f"{admin_keys} must be readable by its owner only (chmod 600)")
+        cards = CardsSection(admin_keys=admin_keys,
+                             allow_test_admin_keys=ld.value("cards", "allow_test_admin_keys", bool, default=False))
+    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards)

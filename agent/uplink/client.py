@@ -1,42 +1,25 @@
 """The agent's outbound link to the personalizer: gRPC over mutual TLS.
 
-Owns the channel (trust anchors, client certificate, proxy via grpcio's own
-``https_proxy``/``grpc_proxy`` handling, keepalive), the primary → DR endpoint
-fallback, deadlines on every call, and the translation of gRPC status codes
+Owns the primary → DR endpoint fallback (the channel itself — trust anchors,
+client certificate, proxy, keepalive, retries — is ``station_config.channel``), deadlines on every call, and the translation of gRPC status codes
 into ``agent.ops.errors``: UNAVAILABLE and DEADLINE_EXCEEDED become
 ``UplinkUnavailable`` (retry later, the journaled operation stays resumable);
 anything else becomes ``UplinkError`` with the server's message.
 
-Outbound only: nothing here listens. Imports ``proto`` and ``agent.ops.errors``;
+Outbound only: nothing here listens. Imports ``proto``, ``station_config`` and ``agent.ops.errors``;
 never ``personalizer``.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
 from proto.cns.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
+from station_config import StationConfig, channel
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-# Retries of idempotent calls on UNAVAILABLE, done by grpcio (request ids make them safe).
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "cns.v1.Personalizer"}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})
 
 PROFILES = {
     "cns-auth": personalizer_pb2.CA_PROFILE_CNS_AUTH,
@@ -44,31 +27,21 @@ PROFILES = {
 }
 
 
-@dataclass(frozen=True)
-class UplinkSettings:
-    endpoints: tuple[str, ...]            # "host:port", primary first, then DR
-    ca_pem: bytes                         # trust anchors for the personalizer's server certificate
-    cert_pem: bytes                       # this station's client certificate
-    key_pem: bytes = field(repr=False)    # its key: never printed
-    server_name: str | None = None        # TLS name override (tests, IP endpoints)
-    deadline_s: float = 15.0
-    keepalive_ms: int = 30_000            # below any proxy idle timeout
-
-    @classmethod
-    def from_files(cls, endpoints, ca: Path, cert: Path, key: Path, **kw) -> "UplinkSettings":
-        return cls(tuple(endpoints), Path(ca).read_bytes(), Path(cert).read_bytes(), Path(key).read_bytes(), **kw)
-
-
 class PersonalizerClient:
-    """Async client; ``async with PersonalizerClient(settings) as c: ...``."""
+    """Async client built from a station configuration; ``async with PersonalizerClient(cfg) as c: ...``.
 
-    def __init__(self, settings: UplinkSettings):
-        if not settings.endpoints:
-            raise UplinkError("no personalizer endpoint configured")
-        self.settings = settings
-        self._index = 0
+    Credentials, keepalive, proxy and retry options come from ``station_config.channel``.
+    """
+
+    def __init__(self, cfg: StationConfig):
+        self.cfg = cfg
+        self._dr = False
         self._channel: grpc.aio.Channel | None = None
         self._stub: personalizer_pb2_grpc.PersonalizerStub | None = None
+
+    @property
+    def deadline_s(self) -> float:
+        return self.cfg.personalizer.timeout_seconds
 
     async def __aenter__(self) -> "PersonalizerClient":
         self._connect()
@@ -78,19 +51,10 @@ class PersonalizerClient:
         await self.close()
 
     def _connect(self) -> None:
-        s = self.settings
-        creds = grpc.ssl_channel_credentials(root_certificates=s.ca_pem, private_key=s.key_pem,
-                                             certificate_chain=s.cert_pem)
-        options = [
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.keepalive_time_ms", s.keepalive_ms),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-        if s.server_name:
-            options.append(("grpc.ssl_target_name_override", s.server_name))
-        self._channel = grpc.aio.secure_channel(s.endpoints[self._index], creds, options=options)
+        try:
+            self._channel = channel.secure_channel(self.cfg, dr=self._dr)
+        except OSError as exc:  # trust anchors or client key unreadable
+            raise UplinkError(f"cannot build the personalizer channel from {self.cfg.source}: {exc}") from exc
         self._stub = personalizer_pb2_grpc.PersonalizerStub(self._channel)
 
     async def close(self) -> None:
@@ -99,11 +63,11 @@ class PersonalizerClient:
             self._channel = None
 
     async def _failover(self) -> bool:
-        """Move to the next endpoint (primary → DR); False when none is left."""
-        if self._index + 1 >= len(self.settings.endpoints):
+        """Move from the primary to the DR endpoint; False when already there or none is configured."""
+        if self._dr or not self.cfg.personalizer.dr:
             return False
         await self.close()
-        self._index += 1
+        self._dr = True
         self._connect()
         return True
 
@@ -112,7 +76,7 @@ class PersonalizerClient:
             if self._stub is None:
                 self._connect()
             try:
-                return await getattr(self._stub, method)(request, timeout=self.settings.deadline_s)
+                return await getattr(self._stub, method)(request, timeout=self.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in TRANSIENT and await self._failover():
                     continue
