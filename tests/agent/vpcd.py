@@ -51,6 +51,9 @@ class VpcdBridge:
         buf = b""
         while len(buf) < n:
             chunk = sock.recv(n - len(buf))
+            # vpcd writes the length and the payload separately (Nagle on its side);
+            # a delayed ACK from us would then cost ~40 ms per APDU.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             if not chunk:
                 raise OSError("closed")
             buf += chunk
