@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
-from tests.agent.support import AgentUnderTest, Emulator, allow_traverse, raw_vpcd_card, ensure_test_user, wait_for
+from tests.agent.support import BIN, AgentUnderTest, Emulator, allow_traverse, as_user, ensure_test_user, raw_vpcd_card
 
 pytestmark = pytest.mark.pcscd
 
@@ -123,3 +124,50 @@ def test_card_pulled_mid_read_is_reported_then_read_on_reinsertion(agent, pcscd,
     finally:
         emu.stop()
     agent.wait_reader(R0, lambda r: not r["card_present"])
+
+
+class GarbageCard:
+    """A known CNS ATR whose files make no sense: SELECT answers 9000, READ BINARY 5 bytes + 6282."""
+
+    def __init__(self, atr: bytes) -> None:
+        self.atr = atr
+
+    def power_on(self) -> bytes:
+        return self.atr
+
+    def power_off(self) -> None:
+        pass
+
+    def reset(self) -> bytes:
+        return self.atr
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return b"\x01\x02\x03\x04\x05\x62\x82" if apdu[1] == 0xB0 else b"\x90\x00"
+
+
+def test_malformed_answers_are_a_card_error_not_a_crash(agent, pcscd):
+    from firmware_profiles import load_models
+    from tests.agent.vpcd import VpcdBridge
+
+    bridge = VpcdBridge(pcscd.vpcd_address(1), GarbageCard(load_models()[PROFILE].atr)).insert()
+    try:
+        c = card(agent.wait_reader(R1, lambda r: r["card_present"] and r["card"]["state"] != "reading"))
+        assert c["state"] == "error" and c["model_id"] == PROFILE and "EF_IDCarta" in c["error"], c
+        assert agent.proc.poll() is None
+    finally:
+        bridge.remove()
+    agent.wait_reader(R1, lambda r: not r["card_present"])
+
+
+def test_agent_refuses_a_runtime_dir_owned_by_someone_else(pcscd):
+    ids = ensure_test_user()
+    if ids is None:
+        pytest.skip("needs root to hand the directory to another user")
+    other = AgentUnderTest(pcscd.env, ids)
+    try:
+        (other.runtime / "cns-agent").mkdir(mode=0o700)  # owned by root, not by the test user
+        res = subprocess.run(as_user(ids, [str(BIN / "cns-agent"), "run"]), env=other.env, cwd="/",
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1 and "refusing to start" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        other.cleanup()
