@@ -1,0 +1,345 @@
+"""Personalization of a blank CNS card ("decentrata immediata") as a journaled state machine.
+
+The plan, one journal step each, recorded *before* it runs:
+
+    set-codes                 (models with pin_mode = set_at_personalization)
+    generate-key:CNS0/CNS1    key pairs generated on the card (public key kept)
+    csr:CNS0/CNS1             PKCS#10 signed by the card after PIN verification
+    submit:CNS0/CNS1          SubmitIssue with a request id derived from the operation
+    write-dati-personali      EF_DatiPersonali (the exact bytes whose hash is in the CN)
+    write-cert:CNS0/CNS1      certificate files, read back
+    verify                    each slot's public key equals its certificate's; with the
+                              PIN at hand, a test signature per key checked against it
+
+Resume rules (``resume``), for a crash, a pulled card or an unreachable personalizer:
+every step is safe to repeat (key generation before any CSR left the station; the
+same request id and CSR return the certificate already issued; files are rewritten).
+Only ``csr:*`` needs the holder's PIN. Without it, an operation that has all CSRs
+rolls *forward* (submit, write, verify by public-key match); one that has not yet
+produced them rolls *back* (``undo``): keys erased, certificate files deleted,
+EF_DatiPersonali cleared — a blank card again, and nothing was sent to the CA.
+A request the CA refused rolls back too. UNAVAILABLE leaves the operation open for
+the next attempt; the card holds no certificate and nobody holds it.
+
+PINs and PUKs live in ``Codes`` for the call only. Imports ``agent.card``,
+``agent.ops`` and ``agent.uplink``; card I/O runs in a worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from agent.card import datipersonali
+from agent.card.cns import CnsSession
+from agent.card.issuer import IssuerSession
+from agent.card.transport import ApduTransport
+from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
+from agent.ops.holder import Codes, HolderRecord
+from agent.ops.journal import DONE, UNDONE, Journal, Operation
+
+log = logging.getLogger("cns.agent.personalize")
+
+KIND = "personalize"
+PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
+STATE_ISSUED, STATE_FAILED = 3, 4   # cns.v1.RequestState values the uplink returns
+
+
+class NeedsCodes(OperationError):
+    """The next step needs the holder's PIN; the operator must supply it."""
+
+
+@dataclass
+class Outcome:
+    op_id: str
+    card_serial: str
+    state: str                         # done | undone | open
+    holder_label: str = ""
+    certificates: dict[str, bytes] = field(default_factory=dict)
+    test_signatures: bool = False      # False when verified by public-key match only (no PIN at hand)
+    message: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        subjects = {ks: x509.load_der_x509_certificate(der).subject.rfc4514_string()
+                    for ks, der in self.certificates.items()}
+        return {"op_id": self.op_id, "card_serial": self.card_serial, "state": self.state,
+                "holder_label": self.holder_label, "certificate_subjects": subjects,
+                "test_signatures": self.test_signatures, "message": self.message,
+                "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}}
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def _spki(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class Personalizer:
+    """Runs and resumes personalizations for one station.
+
+    ``connect()`` opens the card in the operation's reader and returns an
+    ``ApduTransport``; ``uplink`` is an open ``PersonalizerClient``;
+    ``admin_key_for(model)`` returns the issuer key for a card model.
+    """
+
+    def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
+                 admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
+                 watch_timeout_s: float = 600.0):
+        self.journal = journal
+        self.uplink = uplink
+        self.requester = requester
+        self.admin_key_for = admin_key_for
+        self.progress = progress or (lambda step, msg: None)
+        self.watch_timeout_s = watch_timeout_s
+        self.stage: dict[str, float] = {}
+
+    # -- timing per stage (card, ca, broker) for the benchmark -------------------------
+    async def _timed(self, stage: str, fn, *args, **kwargs):
+        t = asyncio.get_running_loop().time()
+        try:
+            if asyncio.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        finally:
+            self.stage[stage] = self.stage.get(stage, 0.0) + asyncio.get_running_loop().time() - t
+
+    # -- entry points -------------------------------------------------------------------
+    async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, holder: HolderRecord,
+                    codes: Codes) -> Outcome:
+        self.stage = {}
+        link = await self._timed("card", self._open, connect, model)
+        serial = await self._timed("card", link.cns.read_serial)
+        open_ops = await self.journal.open_operations(serial)
+        if open_ops:
+            return await self.resume(open_ops[0], connect=connect, model=model, codes=codes, link=link)
+        await self._timed("card", self._check_blank, link, model)
+        if model.pin_mode == "set_at_personalization" and codes.puk is None:
+            raise PreconditionError(f"model {model.id} sets PIN and PUK at personalization: give both")
+        dp = datipersonali.serialize(holder.personal_data())
+        op = await self.journal.begin_operation(
+            kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
+            data={"holder": holder.as_dict(), "dati_personali": _b64(dp)})
+        op.data["request_ids"] = {ks.name: f"pers-{op.op_id}-{ks.name}" for ks in model.keysets}
+        self.progress("start", f"card {serial}: personalization {op.op_id} for {holder.given_name} {holder.surname}")
+        return await self._drive(op, link, model, codes)
+
+    async def resume(self, op: Operation, *, connect: Callable[[], ApduTransport], model, codes: Codes | None = None,
+                     link=None) -> Outcome:
+        """Finish or undo an open operation (agent start, card reinsert, operator retry)."""
+        if link is None:
+            self.stage = {}
+            link = await self._timed("card", self._open, connect, model)
+            serial = await self._timed("card", link.cns.read_serial)
+            if serial != op.card_serial:
+                raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
+        self.progress("resume", f"card {op.card_serial}: resuming {op.kind} {op.op_id} after step {op.step}")
+        return await self._drive(op, link, model, codes)
+
+    # -- the state machine --------------------------------------------------------------
+    def _plan(self, model) -> list[str]:
+        names = [ks.name for ks in model.keysets]
+        plan = ["set-codes"] if model.pin_mode == "set_at_personalization" else []
+        plan += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
+        plan += [f"submit:{n}" for n in names] + ["write-dati-personali"]
+        plan += [f"write-cert:{n}" for n in names] + ["verify"]
+        return plan
+
+    async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
+        plan = self._plan(model)
+        all_csrs = all(op.step_done(s) for s in plan if s.startswith("csr:"))
+        if codes is None and not all_csrs:
+            # Nothing has reached the CA yet: without the PIN the safe way is back to blank.
+            return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were signed")
+        for step in plan:
+            if op.step_done(step):
+                continue
+            await self.journal.step_begun(op, step)
+            try:
+                results = await self._step(step, op, link, model, codes)
+            except UplinkUnavailable as exc:
+                self.progress(step, f"personalizer unreachable; operation {op.op_id} kept open: {exc}")
+                return Outcome(op.op_id, op.card_serial, "open", message=str(exc), stage_seconds=dict(self.stage))
+            except _Refused as exc:
+                return await self._undo(op, link, model, str(exc))
+            await self.journal.step_done(op, step, **results)
+        await self.journal.finish(op, DONE)
+        certs = {n: _unb64(op.data[f"cert_{n}"]) for n in (ks.name for ks in model.keysets)}
+        holder = HolderRecord.from_dict(op.data["holder"])
+        self.progress("done", f"card {op.card_serial} personalized")
+        return Outcome(op.op_id, op.card_serial, DONE, f"{holder.given_name.upper()} {holder.surname.upper()}", certs,
+                       bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage))
+
+    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None) -> dict[str, Any]:
+        name, _, ks_name = step.partition(":")
+        ks = model.keyset(ks_name) if ks_name else None
+        self.progress(step, {"set-codes": "setting the holder's PIN and PUK",
+                             "generate-key": f"generating the {ks_name} key pair on the card",
+                             "csr": f"signing the {ks_name} certificate request on the card",
+                             "submit": f"requesting the {PROFILE_OF_KEYSET.get(ks_name, '')} certificate",
+                             "write-dati-personali": "writing EF_DatiPersonali",
+                             "write-cert": f"writing the {ks_name} certificate",
+                             "verify": "verifying keys and certificates"}[name])
+        if name == "set-codes":
+            await self._timed("card", self._set_codes, link, model, codes)
+            return {}
+        if name == "generate-key":
+            key = await self._timed("card", self._admin_then, link, model, link.issuer.generate_key, ks.key_ref,
+                                    model.rsa_bits)
+            return {f"pubkey_{ks.name}": _b64(_spki(key))}
+        if name == "csr":
+            der = await self._timed("card", self._make_csr, link, model, ks, op, codes)
+            return {f"csr_{ks.name}": _b64(der)}
+        if name == "submit":
+            cert, chain = await self._submit(op, model, ks)
+            return {f"cert_{ks.name}": _b64(cert), "chain": [_b64(c) for c in chain]}
+        if name == "write-dati-personali":
+            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
+                              model.paths.dati_personali, _unb64(op.data["dati_personali"]))
+            return {}
+        if name == "write-cert":
+            await self._timed("card", self._admin_then, link, model, link.issuer.write_ef, ks.cert_path,
+                              _unb64(op.data[f"cert_{ks.name}"]))
+            return {}
+        if name == "verify":
+            tested = await self._timed("card", self._verify, link, model, op, codes)
+            return {"test_signatures": tested}
+        raise AssertionError(step)
+
+    # -- card side (worker thread) ------------------------------------------------------
+    def _open(self, connect, model):
+        transport = connect()
+        cns = CnsSession(transport, model)
+        return _Link(cns, IssuerSession(cns, model))
+
+    def _admin_then(self, link, model, fn, *args):
+        link.issuer.authenticate(self.admin_key_for(model))
+        return fn(*args)
+
+    def _check_blank(self, link, model) -> None:
+        for ks in model.keysets:
+            if link.issuer.read_ef(ks.cert_path) is not None:
+                raise PreconditionError(f"the card already carries a {ks.name} certificate: it is not blank "
+                                        "(renew it, or use a blank card)")
+
+    def _set_codes(self, link, model, codes: Codes) -> None:
+        link.issuer.authenticate(self.admin_key_for(model))
+        for ks in model.keysets:
+            link.issuer.set_code(ks.pin_ref, codes.pin, "PIN")
+            link.issuer.set_code(ks.puk_ref, codes.puk, "PUK")
+
+    def _make_csr(self, link, model, ks, op: Operation, codes: Codes) -> bytes:
+        pub = serialization.load_der_public_key(_unb64(op.data[f"pubkey_{ks.name}"]))
+        slot = link.issuer.read_public_key(ks.key_ref)
+        if slot is None or slot.public_numbers() != pub.public_numbers():
+            raise VerificationError(f"key slot {ks.key_ref:02X} no longer holds the generated {ks.name} key",
+                                    op_id=op.op_id)
+        link.cns.verify_pin(codes.pin, ks.name)
+        h = HolderRecord.from_dict(op.data["holder"])
+        subject = [("country_name", "IT"), ("serial_number", f"TINIT-{h.codice_fiscale}"),
+                   ("given_name", h.given_name.upper()), ("surname", h.surname.upper()),
+                   ("common_name", f"{h.surname.upper()} {h.given_name.upper()}")]
+        return build_csr(pub, subject, lambda block: link.issuer.raw_sign(ks, ks.key_ref, block))
+
+    def _verify(self, link, model, op: Operation, codes: Codes | None) -> bool:
+        for ks in model.keysets:
+            der = _unb64(op.data[f"cert_{ks.name}"])
+            if link.issuer.read_ef(ks.cert_path) != der:
+                raise VerificationError(f"{ks.name} certificate does not read back as written", op_id=op.op_id)
+            cert = x509.load_der_x509_certificate(der)
+            slot = link.issuer.read_public_key(ks.key_ref)
+            if slot is None or slot.public_numbers() != cert.public_key().public_numbers():
+                raise VerificationError(f"{ks.name} key on the card does not match its certificate", op_id=op.op_id)
+            if codes is not None:
+                link.cns.verify_pin(codes.pin, ks.name)
+                challenge = b"cns-agent test signature " + op.op_id.encode() + ks.name.encode()
+                block = pkcs1_v15_sha256_block(challenge, (cert.public_key().key_size + 7) // 8)
+                sig = link.issuer.raw_sign(ks, ks.key_ref, block)
+                try:
+                    cert.public_key().verify(sig, challenge, padding.PKCS1v15(), hashes.SHA256())
+                except Exception as exc:
+                    raise VerificationError(f"{ks.name} test signature does not verify", op_id=op.op_id) from exc
+        if link.cns.read_file(model.paths.dati_personali)[:len(_unb64(op.data["dati_personali"]))] != \
+                _unb64(op.data["dati_personali"]):
+            raise VerificationError("EF_DatiPersonali does not read back as written", op_id=op.op_id)
+        return codes is not None
+
+    def _wipe(self, link, model) -> None:
+        link.issuer.authenticate(self.admin_key_for(model))
+        for ks in model.keysets:
+            link.issuer.delete_ef(ks.cert_path)
+            link.issuer.erase_key(ks.key_ref)
+        size = len(link.cns.read_file(model.paths.dati_personali))
+        link.cns.update_binary(model.paths.dati_personali, bytes(size))
+
+    # -- personalizer side ----------------------------------------------------------------
+    async def _submit(self, op: Operation, model, ks) -> tuple[bytes, list[bytes]]:
+        holder = HolderRecord.from_dict(op.data["holder"])
+        request_id = op.data["request_ids"][ks.name]
+        try:
+            resp = await self._timed("broker", self.uplink.submit_issue, request_id=request_id,
+                                     profile=PROFILE_OF_KEYSET[ks.name], csr_der=_unb64(op.data[f"csr_{ks.name}"]),
+                                     holder=holder.as_proto_fields(), card_id=op.card_serial, model=model.id,
+                                     requester=self.requester, ef_dati_personali=_unb64(op.data["dati_personali"]))
+        except UplinkUnavailable:
+            raise
+        except UplinkError as exc:
+            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS"):
+                raise _Refused(f"the personalizer refused the {ks.name} request: {exc}") from exc
+            raise UplinkUnavailable(str(exc), code=exc.code) from exc
+        if resp.state not in (STATE_ISSUED, STATE_FAILED):
+            self.progress(f"submit:{ks.name}", f"request {request_id} queued at the personalizer; following it")
+            resp = await self._follow(request_id)
+        if resp.state == STATE_FAILED:
+            raise _Refused(f"the CA refused the {ks.name} request: {resp.error.code} {resp.error.message}")
+        return resp.certificate_der, list(resp.chain_der)
+
+    async def _follow(self, request_id: str):
+        async def watch():
+            last = None
+            async for update in self.uplink.watch_request(request_id):
+                last = update
+                if update.state in (STATE_ISSUED, STATE_FAILED):
+                    return update
+            return last
+        try:
+            resp = await asyncio.wait_for(watch(), self.watch_timeout_s)
+        except asyncio.TimeoutError:
+            raise UplinkUnavailable(f"request {request_id} still queued after {self.watch_timeout_s:.0f} s") from None
+        if resp is None or resp.state not in (STATE_ISSUED, STATE_FAILED):
+            raise UplinkUnavailable(f"request {request_id} not finished yet")
+        return resp
+
+    async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
+        self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")
+        await self.journal.step_begun(op, "undo", reason=reason)
+        await self._timed("card", self._wipe, link, model)
+        issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
+        await self.journal.step_done(op, "undo", orphaned_requests=issued)
+        await self.journal.finish(op, UNDONE, error=reason)
+        return Outcome(op.op_id, op.card_serial, UNDONE, message=reason, stage_seconds=dict(self.stage))
+
+
+@dataclass
+class _Link:
+    cns: CnsSession
+    issuer: IssuerSession
+
+
+class _Refused(Exception):
+    pass

@@ -1,0 +1,49 @@
+"""A personalizer deployment and daemon for the agent's operation tests, and a station config for it.
+
+The station config that ``cns-personalizer init`` writes is completed here with
+the daemon's real port and ``[cards] allow_test_admin_keys`` (the emulated
+cards' issuer keys are TEST keys stated in their model files).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from personalizer import deploy
+from tests.personalizer import helpers
+
+
+def station_config_for(deployment, port: int):
+    import station_config
+
+    path = deployment.station_config
+    text = path.read_text()
+    text = re.sub(r'primary = "localhost:\d+"', f'primary = "localhost:{port}"', text)
+    if "[cards]" not in text:
+        text += "\n[cards]\nallow_test_admin_keys = true\n"
+    path.write_text(text)
+    return station_config.load(path)
+
+
+@pytest.fixture(scope="session")
+def ops_deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ops-deploy") / "cns"
+    dep = deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+    cfg = dep.server_config.read_text()
+    # The legacy RSA-1024 card model: this deployment accepts its keys (config opt-in).
+    cfg = cfg.replace("[profiles.cns-auth]\nmin_rsa_bits = 2048", "[profiles.cns-auth]\nmin_rsa_bits = 1024")
+    dep.server_config.write_text(cfg)
+    return dep
+
+
+@pytest.fixture(scope="session")
+def ops_daemon(ops_deployment):
+    d = helpers.DaemonProcess(ops_deployment.server_config)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def station(ops_deployment, ops_daemon):
+    return station_config_for(ops_deployment, ops_daemon.port)
