@@ -32,7 +32,10 @@ PROFILES = (PROFILE_CNS_AUTH, PROFILE_QUALIFIED)
 
 DEFAULT_MIN_RSA_BITS = 2048
 CNS_AUTH_FLOOR_BITS = 1024          # legacy CNS card model, opt-in per deployment
-QUALIFIED_FLOOR_BITS = 2048
+# Legacy RSA-1024 CNS cards (ATR version 0x10) can hold only 1024-bit keys, for both
+# keysets; a deployment that still serves them opts in per profile. The default
+# stays DEFAULT_MIN_RSA_BITS: new qualified certificates want 2048 (ETSI TS 119 312).
+QUALIFIED_FLOOR_BITS = 1024
 PROFILE_FLOOR_BITS = {PROFILE_CNS_AUTH: CNS_AUTH_FLOOR_BITS, PROFILE_QUALIFIED: QUALIFIED_FLOOR_BITS}
 ACCEPTED_CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 

@@ -32,7 +32,7 @@ def ops_deployment(tmp_path_factory):
     dep = deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
     cfg = dep.server_config.read_text()
     # The legacy RSA-1024 card model: this deployment accepts its keys (config opt-in).
-    cfg = cfg.replace("[profiles.cns-auth]\nmin_rsa_bits = 2048", "[profiles.cns-auth]\nmin_rsa_bits = 1024")
+    cfg = cfg.replace("min_rsa_bits = 2048", "min_rsa_bits = 1024")
     dep.server_config.write_text(cfg)
     return dep
 
