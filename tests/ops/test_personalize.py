@@ -99,9 +99,13 @@ def test_blank_card_personalized(model_id, station, ops_deployment, tmp_path):
     assert "RSSMRA80A01H501U" in subjects["CNS0"] and "TINIT-RSSMRA80A01H501U" in subjects["CNS1"]
     assert_personalized(card, model, codes, ops_deployment.issuing_cert.read_bytes())
     if model.pin_mode == "set_at_personalization":
-        # the holder's new codes are in force: the PUK unblocks
+        # the holder's new codes are in force, with full counters; the PUK unblocks
+        card.power_off()
+        card.power_on()
         cns = CnsSession(EmulatedTransport(card), model)
         assert cns.pin_tries_left("CNS0") == model.pin_policy.pin_tries
+        cns.unblock_pin(codes.puk, codes.pin, "CNS0")
+        cns.verify_pin(codes.pin, "CNS0")
 
 
 def test_not_blank_is_refused(station, tmp_path):
