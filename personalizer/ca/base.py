@@ -82,14 +82,21 @@ class CAConnector(Protocol):
                     request_id: str) -> IssuedCertificate:
         """Issue under ``profile``. Raise InvalidRequest (refused), CAUnavailable (retry later)."""
 
+    async def find_issued(self, request_id: str) -> IssuedCertificate | None:
+        """The certificate already issued for ``request_id``, if any. Brokers call it before a retry,
+        and ``issue`` itself never returns a second certificate for one request id."""
+
     async def status(self, ref: CertRef) -> CertStatusInfo | None: ...
 
     async def revoke(self, ref: CertRef, reason: str) -> CertStatusInfo:
-        """Later issue; connectors raise errors.NotSupported until then."""
+        """Permanent revocation; ``reason`` is an RFC 5280 name (``keyCompromise``…, see ``reasons``).
+        Raise ca.errors.InvalidTransition when the state forbids it, NotFound for an unknown certificate."""
 
-    async def suspend(self, ref: CertRef) -> CertStatusInfo: ...
+    async def suspend(self, ref: CertRef) -> CertStatusInfo:
+        """Hold (CRL reason certificateHold); only from active."""
 
-    async def reactivate(self, ref: CertRef) -> CertStatusInfo: ...
+    async def reactivate(self, ref: CertRef) -> CertStatusInfo:
+        """Lift a hold (removeFromCRL); only from suspended, else InvalidTransition."""
 
     async def health(self) -> CAHealth: ...
 

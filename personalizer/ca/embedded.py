@@ -1,15 +1,27 @@
 """The embedded CA: an issuing CA inside the daemon, signing through a key store.
 
-Implements ``base.CAConnector``. Certificate state lives in the daemon's store
-(the ``CertificateRegistry``), so this class keeps no database of its own.
-Lifecycle changes (suspend, reactivate, revoke) and CRL/OCSP publication are
-later issues: those methods raise ``NotSupported`` (→ UNIMPLEMENTED).
-Must not import grpc, proto or the store module.
+Implements ``base.CAConnector`` and ``pki.RevocationAuthority``. The CA owns
+its records: ``ca.db`` in the CA directory (``index.CertificateIndex``) holds
+every certificate it issued, the request id it issued it for, its status and
+the CRL number. Lifecycle::
+
+    active ──suspend──▶ suspended ──reactivate──▶ active
+      │                    │
+      └──revoke(reason)────┴──revoke(reason)──▶ revoked (final)
+
+Anything else raises ``InvalidTransition`` (FAILED_PRECONDITION); certificates
+past notAfter report ``expired`` and accept no change. ``issue`` is idempotent
+per request id: a second call returns the first certificate, and a per-id lock
+means it is never even signed twice in one process. With ``ca_dir=None`` the
+index lives in memory (tests, or a daemon not yet wired to give a directory).
+Must not import grpc, proto, the store or ``personalizer.pki``.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import logging
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -17,10 +29,26 @@ from cryptography.hazmat.primitives import serialization
 from personalizer.ca import profiles
 from personalizer.ca.base import (CAHealth, CertificateRegistry, CertificateSubject, CertRef, CertState,
                                   CertStatusInfo, IssuedCertificate, ref_of)
+from personalizer.ca.errors import InvalidTransition
+from personalizer.ca.index import (DB_NAME, MEMORY, STATUS_ACTIVE, STATUS_REVOKED, STATUS_SUSPENDED,
+                                   CertificateIndex, IndexRow)
 from personalizer.ca.keys import Signer
-from personalizer.errors import CAError, InvalidRequest, NotSupported
+from personalizer.ca.reasons import PERMANENT_REASONS, parse_reason
+from personalizer.ca.responder import ResponderIdentity, ensure_responder
+from personalizer.errors import CAError, InvalidRequest, NotFound, RequestConflict
+
+log = logging.getLogger(__name__)
 
 CONNECTOR_NAME = "embedded"
+HOLD = x509.ReasonFlags.certificate_hold.value
+
+
+def normalize_serial(serial_hex: str) -> str:
+    """Upper-case hex without leading zeros (the form ``ref_of`` produces)."""
+    try:
+        return f"{int(serial_hex, 16):X}"
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest("serial_hex", f"not a hexadecimal serial number: {serial_hex!r}") from exc
 
 
 class EmbeddedCA:
@@ -28,24 +56,77 @@ class EmbeddedCA:
 
     def __init__(self, *, signer: Signer, issuing_cert: x509.Certificate, root_cert: x509.Certificate,
                  urls: profiles.CAUrls = profiles.CAUrls(), registry: CertificateRegistry | None = None,
-                 sign_in_thread: bool = False):
+                 sign_in_thread: bool = False, ca_dir: Path | None = None):
         if signer.public_key().public_numbers() != issuing_cert.public_key().public_numbers():
             raise CAError("the CA key does not match the issuing CA certificate")
         self._signer = signer
         self._issuing = issuing_cert
+        self._root = root_cert
+        self._issuer_dn = issuing_cert.subject.rfc4514_string()
         self._chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in (issuing_cert, root_cert))
         self._urls = urls
         self._registry = registry
         self._sign_in_thread = sign_in_thread
+        self._ca_dir = Path(ca_dir) if ca_dir is not None else None
+        self._index: CertificateIndex | None = None
+        self._responder: ResponderIdentity | None = None
+        self._open_lock = asyncio.Lock()
+        self._request_locks: dict[str, asyncio.Lock] = {}
+        self._state_lock = asyncio.Lock()
+
+    # -- set-up --------------------------------------------------------------------
 
     def attach_registry(self, registry: CertificateRegistry) -> None:
+        """The daemon's store: consulted by ``status`` for certificates issued before ``ca.db`` existed."""
         self._registry = registry
+
+    async def open(self) -> "EmbeddedCA":
+        """Open ``ca.db`` and load (or issue) the OCSP responder. Called lazily by every method."""
+        async with self._open_lock:
+            if self._index is None:
+                path = self._ca_dir / DB_NAME if self._ca_dir else MEMORY
+                if self._ca_dir is None:
+                    log.warning("embedded CA has no directory: its certificate index is in memory only")
+                self._responder = await self._run(ensure_responder, self._ca_dir, self._issuing, self._signer)
+                self._index = await CertificateIndex.open(path)
+        return self
+
+    async def _db(self) -> CertificateIndex:
+        if self._index is None:
+            await self.open()
+        return self._index
+
+    async def _run(self, fn, *args):
+        if self._sign_in_thread:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    # -- identity ------------------------------------------------------------------
 
     def chain_der(self) -> tuple[bytes, ...]:
         return self._chain
 
+    @property
+    def issuing_certificate(self) -> x509.Certificate:
+        return self._issuing
+
+    @property
+    def root_certificate(self) -> x509.Certificate:
+        return self._root
+
+    @property
+    def urls(self) -> profiles.CAUrls:
+        return self._urls
+
+    async def ocsp_responder(self) -> ResponderIdentity:
+        await self._db()
+        return self._responder
+
+    # -- issuance ------------------------------------------------------------------
+
     def issue_sync(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
                    request_id: str) -> IssuedCertificate:
+        """Sign only (no index, no idempotency): for benchmarks of the raw signing path."""
         build = profiles.BUILDERS.get(profile)
         if build is None:
             raise InvalidRequest("profile", f"profile {profile!r} is not offered by the embedded CA")
@@ -57,13 +138,55 @@ class EmbeddedCA:
             ref=ref_of(cert), certificate_der=cert.public_bytes(serialization.Encoding.DER), chain_der=self._chain,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
+    def _issued(self, row: IndexRow) -> IssuedCertificate:
+        return IssuedCertificate(ref=CertRef(row.issuer_dn, row.serial_hex), certificate_der=row.certificate_der,
+                                 chain_der=self._chain, not_before=row.not_before, not_after=row.not_after)
+
     async def issue(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
                     request_id: str) -> IssuedCertificate:
-        if self._sign_in_thread:
-            return await asyncio.to_thread(self.issue_sync, profile, csr, subject, request_id)
-        return self.issue_sync(profile, csr, subject, request_id)
+        db = await self._db()
+        lock = self._request_locks.setdefault(request_id, asyncio.Lock())
+        try:
+            async with lock:
+                row = await db.by_request(request_id)
+                if row is None:
+                    issued = await self._run(self.issue_sync, profile, csr, subject, request_id)
+                    row = await db.record(serial_hex=issued.ref.serial_hex, issuer_dn=issued.ref.issuer_dn,
+                                          request_id=request_id, profile=profile, not_before=issued.not_before,
+                                          not_after=issued.not_after, certificate_der=issued.certificate_der)
+                elif row.profile != profile:
+                    raise RequestConflict(request_id)
+                return self._issued(row)
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._request_locks.pop(request_id, None)
+
+    async def find_issued(self, request_id: str) -> IssuedCertificate | None:
+        row = await (await self._db()).by_request(request_id)
+        return self._issued(row) if row else None
+
+    # -- status and lifecycle ------------------------------------------------------
+
+    @staticmethod
+    def _info(row: IndexRow, now: _dt.datetime | None = None) -> CertStatusInfo:
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        state = {STATUS_ACTIVE: CertState.ACTIVE, STATUS_SUSPENDED: CertState.SUSPENDED,
+                 STATUS_REVOKED: CertState.REVOKED}[row.status]
+        if state is not CertState.REVOKED and row.not_after < now:
+            state = CertState.EXPIRED
+        return CertStatusInfo(ref=CertRef(row.issuer_dn, row.serial_hex), state=state, not_before=row.not_before,
+                              not_after=row.not_after, request_id=row.request_id,
+                              revocation_reason=row.revocation_reason or "", revoked_at=row.revoked_at)
+
+    async def _row(self, ref: CertRef) -> IndexRow | None:
+        if ref.issuer_dn != self._issuer_dn:
+            return None
+        return await (await self._db()).by_serial(normalize_serial(ref.serial_hex))
 
     async def status(self, ref: CertRef) -> CertStatusInfo | None:
+        row = await self._row(ref)
+        if row is not None:
+            return self._info(row)
         if self._registry is None:
             return None
         info = await self._registry.get_certificate_status(ref)
@@ -71,17 +194,67 @@ class EmbeddedCA:
             info = CertStatusInfo(info.ref, CertState.EXPIRED, info.not_before, info.not_after, info.request_id)
         return info
 
+    async def status_by_serial(self, serial: int) -> CertStatusInfo | None:
+        """OCSP lookup: a serial under this issuing CA."""
+        return await self.status(CertRef(self._issuer_dn, f"{serial:X}"))
+
+    async def _change(self, ref: CertRef, operation: str, allowed: dict[CertState, str], to_status: str,
+                      reason: str | None, hint: str = "") -> CertStatusInfo:
+        async with self._state_lock:
+            row = await self._row(ref)
+            if row is None:
+                raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r} in the embedded CA")
+            info = self._info(row)
+            if info.state not in allowed:
+                raise InvalidTransition(row.serial_hex, info.state.value, operation, hint)
+            at = None if to_status == STATUS_ACTIVE else _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+            ok = await (await self._db()).transition(row.serial_hex, from_status=allowed[info.state],
+                                                     to_status=to_status, reason=reason, at=at)
+            if not ok:
+                raise CAError(f"certificate {row.serial_hex} changed state concurrently; retry")
+            log.info("certificate %s: %s → %s (%s)", row.serial_hex, info.state.value, to_status, reason or "-")
+            return self._info(await (await self._db()).by_serial(row.serial_hex))
+
     async def revoke(self, ref: CertRef, reason: str) -> CertStatusInfo:
-        raise NotSupported("revocation is not implemented by the embedded CA yet")
+        flag = parse_reason(reason)
+        if flag not in PERMANENT_REASONS:
+            raise InvalidRequest("reason", f"{flag.value} is not a revocation reason here: use suspend() for "
+                                           "certificateHold and reactivate() to lift a hold")
+        return await self._change(ref, "revoke", {CertState.ACTIVE: STATUS_ACTIVE,
+                                                  CertState.SUSPENDED: STATUS_SUSPENDED},
+                                  STATUS_REVOKED, flag.value)
 
     async def suspend(self, ref: CertRef) -> CertStatusInfo:
-        raise NotSupported("suspension is not implemented by the embedded CA yet")
+        return await self._change(ref, "suspend", {CertState.ACTIVE: STATUS_ACTIVE}, STATUS_SUSPENDED, HOLD)
 
     async def reactivate(self, ref: CertRef) -> CertStatusInfo:
-        raise NotSupported("reactivation is not implemented by the embedded CA yet")
+        return await self._change(ref, "reactivate", {CertState.SUSPENDED: STATUS_SUSPENDED}, STATUS_ACTIVE, None,
+                                  hint="only a suspended (certificateHold) certificate can be reactivated")
+
+    # -- what the CRL publisher needs (pki.RevocationAuthority) --------------------
+
+    async def revoked_entries(self) -> list[CertStatusInfo]:
+        """Every revoked or suspended certificate, expired ones included (ExpiredCertsOnCRL)."""
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return [self._info(r, now) for r in await (await self._db()).not_active()]
+
+    async def next_crl_number(self) -> int:
+        return await (await self._db()).next_crl_number()
+
+    async def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        return await self._run(self._signer.sign_crl, builder)
+
+    # -- health --------------------------------------------------------------------
 
     async def health(self) -> CAHealth:
-        return CAHealth(connector=self.name, operational=True, detail="issuing CA key loaded")
+        try:
+            await self._db()
+        except CAError as exc:
+            return CAHealth(connector=self.name, operational=False, detail=str(exc))
+        return CAHealth(connector=self.name, operational=True, detail="issuing CA key loaded, CA database open")
 
     async def close(self) -> None:
+        if self._index is not None:
+            await self._index.close()
+            self._index = None
         self._signer.close()

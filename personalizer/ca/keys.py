@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +36,8 @@ class Signer(Protocol):
     def public_key(self) -> rsa.RSAPublicKey: ...
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate: ...
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList: ...
 
     def close(self) -> None: ...
 
@@ -77,6 +80,9 @@ class FileSigner:
         return self._key.public_key()
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self._key, SIGNATURE_HASH)
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         return builder.sign(self._key, SIGNATURE_HASH)
 
     def raw_sign(self, data: bytes) -> bytes:
@@ -147,6 +153,22 @@ class Pkcs11Signer:
         except Exception as exc:
             raise CAError("PKCS#11 signature does not verify with the CA public key") from exc
         return cert
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        """Same pattern as certificates: draft with a throw-away key, token signs the TBSCertList."""
+        draft = asn1_crl.CertificateList.load(builder.sign(_throwaway_key(), SIGNATURE_HASH).public_bytes(
+            serialization.Encoding.DER))
+        tbs = draft["tbs_cert_list"]
+        signature = self.raw_sign(tbs.dump())
+        der = asn1_crl.CertificateList({
+            "tbs_cert_list": tbs,
+            "signature_algorithm": draft["signature_algorithm"],
+            "signature": signature,
+        }).dump()
+        crl = x509.load_der_x509_crl(der)
+        if not crl.is_signature_valid(self._pub):
+            raise CAError("PKCS#11 CRL signature does not verify with the CA public key")
+        return crl
 
     def close(self) -> None:
         try:

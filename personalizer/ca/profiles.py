@@ -240,3 +240,28 @@ def build_tls_leaf(common_name: str, public_key, *, issuer: x509.Certificate, no
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return b
+
+
+# --- OCSP responder (RFC 6960 §4.2.2.2 delegated responder) ---------------------
+
+OCSP_RESPONDER_VALIDITY = _dt.timedelta(days=90)   # short-lived: it carries id-pkix-ocsp-nocheck
+
+
+def build_ocsp_responder(common_name: str, public_key, *, issuer: x509.Certificate,
+                         now: _dt.datetime) -> x509.CertificateBuilder:
+    """A responder certificate issued by the issuing CA: EKU id-kp-OCSPSigning, ocsp-nocheck."""
+    subject = x509.Name([a for a in issuer.subject if a.oid != NameOID.COMMON_NAME]
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + OCSP_RESPONDER_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+            .add_extension(x509.OCSPNoCheck(), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
