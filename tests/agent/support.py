@@ -99,8 +99,9 @@ class AgentUnderTest:
         last: list[dict] = []
 
         def check() -> bool:
-            last[:] = [self.reader(name)]
-            return pred(last[0])
+            found = [r for r in self.devices()["readers"] if r["name"] == name]
+            last[:] = found or [{"name": name, "listed": False}]
+            return bool(found) and pred(found[0])
         wait_for(check, timeout, lambda: f"reader {name} never matched; last {last}\nagent log:\n{self.log_text()}")
         return last[0]
 

@@ -9,7 +9,16 @@ import subprocess
 
 import pytest
 
-from tests.agent.support import BIN, AgentUnderTest, Emulator, allow_traverse, as_user, ensure_test_user, raw_vpcd_card
+from tests.agent.support import (
+    BIN,
+    AgentUnderTest,
+    Emulator,
+    allow_traverse,
+    as_user,
+    ensure_test_user,
+    raw_vpcd_card,
+    wait_for,
+)
 
 pytestmark = pytest.mark.pcscd
 
@@ -171,3 +180,28 @@ def test_agent_refuses_a_runtime_dir_owned_by_someone_else(pcscd):
         assert res.returncode == 1 and "refusing to start" in res.stderr and "Traceback" not in res.stderr
     finally:
         other.cleanup()
+
+
+def test_agent_survives_pcscd_restart(pcscd, tmp_path):
+    """pcscd stops: readers vanish and info says so; pcscd comes back: readers return, agent never died."""
+    from tests.support.pcscd import start_pcscd
+
+    own = start_pcscd(tmp_path / "own-pcscd")
+    allow_traverse(own.socket_path.parent)
+    ids = ensure_test_user()
+    agent = AgentUnderTest(own.env, ids)
+    try:
+        agent.start()
+        agent.wait_reader(R0, lambda r: True)
+        own.stop()
+        wait_for(lambda: agent.devices()["readers"] == [], 15, lambda: f"readers not cleared: {agent.log_text()}")
+        assert "unavailable" in agent.cli("info").stdout
+        own = start_pcscd(tmp_path / "own-pcscd")  # same socket path, new vpcd ports
+        allow_traverse(own.socket_path.parent)
+        agent.wait_reader(R0, lambda r: not r["card_present"], timeout=20)
+        assert agent.proc.poll() is None
+    finally:
+        rc = agent.stop()
+        own.stop()
+        agent.cleanup()
+    assert rc == 0
