@@ -20,6 +20,7 @@ from firmware_profiles.emulator.card import CardRemovedError, EmulatedCard
 
 log = logging.getLogger(__name__)
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 35963
 
@@ -110,6 +111,10 @@ class VpcdClient:
         buf = b""
         while len(buf) < n:
             try:
+                # vpcd writes the length and the payload separately; with Nagle on its side and
+                # delayed ACKs on ours every APDU would wait ~40 ms. Ask for immediate ACKs.
+                if _QUICKACK is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
                 chunk = sock.recv(n - len(buf))
             except OSError:
                 return None
