@@ -1,35 +1,54 @@
-"""The request broker: idempotent issuance, request states, watchers.
+"""The request broker: the outbox's front door, idempotency, request watchers.
 
-Request states: RECEIVED (row written before the CA is called) → ISSUED or
-FAILED. The row is committed before the side effect it describes (DESIGN.md),
-so a crash between the two leaves a RECEIVED row that the next submission
-with the same id and payload resumes.
+Every accepted request (issue, renew, suspend, reactivate, revoke) is
+validated, then committed — request row, outbox row and audit row in ONE
+transaction — before anything answers; the relay (``relay.py``) delivers it.
+The caller then waits up to ``answer_wait`` seconds for the relay's result
+(so a quick CA still answers ISSUED directly) and otherwise gets the durable
+state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest.
 
 Idempotency: the payload fingerprint is SHA-256 over a length-prefixed
 canonical encoding of every request field except the request id. Same id +
-same fingerprint → the stored result (or wait for the in-flight one); same
-id + other fingerprint → RequestConflict. Validation runs first, so an
-invalid payload is reported as INVALID_ARGUMENT even when its id is known.
+same fingerprint → the stored (or in-flight) request; same id + other
+fingerprint → RequestConflict. Validation runs first, so an invalid payload
+is reported as INVALID_ARGUMENT even when its id is known.
 
-No grpc or proto here; the service maps both directions. The CA is reached
-only through ``CAConnector``; the store only through ``RequestStore``'s methods.
+Watchers: the relay calls ``notify(record)`` on every state change; ``watch``
+streams them. No grpc or proto here; the service maps both directions. The
+store only through ``RequestStore``'s methods; the CA through ``CAConnector``.
 """
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
-from personalizer import validation
-from personalizer.ca.base import CAConnector, CertificateSubject
-from personalizer.errors import CAError, CAUnavailable, InvalidRequest, NotFound, PersonalizerError, RequestConflict
-from personalizer.store import (STATE_FAILED, STATE_ISSUED, STATE_RECEIVED, RequestRecord, RequestStore)
+from cryptography import x509
+
+from personalizer import lifecycle, validation
+from personalizer.ca import profiles
+from personalizer.ca.base import CAConnector, CertRef
+from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
+from personalizer.outbox import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
+                                 IssuancePayload)
+from personalizer.store import STATE_RECEIVED, AuditEntry, RequestRecord, RequestStore
 
 log = logging.getLogger(__name__)
-KIND_ISSUE = "issue"
 STATS_WINDOW_SECONDS = 600
+DEFAULT_ANSWER_WAIT = 2.0
+
+
+def _fingerprint(*values) -> bytes:
+    h = hashlib.sha256()
+    for value in values:
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        h.update(len(raw).to_bytes(8, "big"))
+        h.update(raw)
+    return h.digest()
 
 
 @dataclass(frozen=True)
@@ -51,27 +70,69 @@ class IssueInput:
     ef_dati_personali: bytes
 
     def fingerprint(self) -> bytes:
-        h = hashlib.sha256()
-        for name in ("profile", "csr_der", "codice_fiscale", "given_name", "surname", "birth_date", "card_id",
-                     "card_model", "station_id", "chamber_code", "operator_id", "ef_dati_personali"):
-            value = getattr(self, name)
-            raw = value if isinstance(value, bytes) else value.encode("utf-8")
-            h.update(len(raw).to_bytes(8, "big"))
-            h.update(raw)
-        return h.digest()
+        return _fingerprint(*(getattr(self, n) for n in (
+            "profile", "csr_der", "codice_fiscale", "given_name", "surname", "birth_date", "card_id",
+            "card_model", "station_id", "chamber_code", "operator_id", "ef_dati_personali")))
+
+
+@dataclass(frozen=True)
+class RenewInput:
+    request_id: str
+    profile: str
+    csr_der: bytes
+    current_certificate_der: bytes
+    proof_of_possession: bytes
+    station_id: str
+    chamber_code: str
+    operator_id: str
+
+    def fingerprint(self) -> bytes:
+        return _fingerprint(KIND_RENEW, self.profile, self.csr_der, self.current_certificate_der,
+                            self.proof_of_possession, self.station_id, self.chamber_code, self.operator_id)
+
+
+@dataclass(frozen=True)
+class ChangeInput:
+    request_id: str
+    kind: str            # suspend | reactivate | revoke
+    ref: CertRef
+    reason: str
+    station_id: str
+    chamber_code: str
+    operator_id: str
+
+    def fingerprint(self) -> bytes:
+        return _fingerprint(self.kind, self.ref.issuer_dn, self.ref.serial_hex, self.reason, self.station_id,
+                            self.chamber_code, self.operator_id)
+
+
+@dataclass(frozen=True)
+class RenewalRules:
+    window_days: int = 90
+    device_life_years: int = lifecycle.DEVICE_LIFE_YEARS
 
 
 class Broker:
-    def __init__(self, *, store: RequestStore, ca: CAConnector, min_rsa_bits: dict[str, int]):
+    def __init__(self, *, store: RequestStore, ca: CAConnector, min_rsa_bits: dict[str, int],
+                 answer_wait: float = DEFAULT_ANSWER_WAIT, renewal: RenewalRules = RenewalRules(),
+                 clock: Callable[[], float] = time.time):
         self._store = store
         self._ca = ca
         self._min_rsa_bits = dict(min_rsa_bits)
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._answer_wait = answer_wait
+        self._renewal = renewal
+        self._clock = clock
         self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self.wake_relay: Callable[[], None] = lambda: None
+        self.waiting_reason: Callable[[RequestRecord], str] = lambda rec: ""
 
     @property
     def ca(self) -> CAConnector:
         return self._ca
+
+    @property
+    def store(self) -> RequestStore:
+        return self._store
 
     # -- issuance ----------------------------------------------------------------
 
@@ -79,79 +140,120 @@ class Broker:
         validation.check_request_id(inp.request_id)
         validation.check_profile(inp.profile)
         holder = validation.check_holder(inp.codice_fiscale, inp.given_name, inp.surname, inp.birth_date)
-        if not inp.station_id or not inp.chamber_code:
-            raise InvalidRequest("requester", "station_id and chamber_code are required")
-        if not inp.operator_id:
-            raise InvalidRequest("requester.operator_id", "is required")
+        _check_requester(inp.station_id, inp.chamber_code, inp.operator_id)
         return validation.check_issue(
             request_id=inp.request_id, profile=inp.profile, csr_der=inp.csr_der, holder=holder,
             card_id=inp.card_id, ef_dati_personali=inp.ef_dati_personali, min_rsa_bits=self._min_rsa_bits)
 
-    async def submit_issue(self, inp: IssueInput) -> RequestRecord:
+    async def submit_issue(self, inp: IssueInput, *, actor: str = "") -> RequestRecord:
         valid = self._validate(inp)
+        payload = IssuancePayload(
+            profile=valid.profile, csr_der=inp.csr_der, codice_fiscale=valid.holder.codice_fiscale,
+            given_name=valid.holder.given_name, surname=valid.holder.surname,
+            birth_date=valid.holder.birth_date.isoformat(), card_id=valid.card_id,
+            dati_personali_hash=valid.dati_personali_hash)
+        rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
+                            payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
+                            station_id=inp.station_id, operator_id=inp.operator_id)
+        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id)
+
+    async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
+        validation.check_request_id(inp.request_id)
+        validation.check_profile(inp.profile)
+        _check_requester(inp.station_id, inp.chamber_code, inp.operator_id)
+        csr = validation.check_csr(inp.csr_der, inp.profile, self._min_rsa_bits[inp.profile])
+        try:
+            current = x509.load_der_x509_certificate(inp.current_certificate_der)
+        except ValueError:
+            raise InvalidRequest("current_certificate_der", "not a DER-encoded X.509 certificate") from None
         fp = inp.fingerprint()
-        rid = inp.request_id
-        pending = self._inflight.get(rid)
-        if pending is not None:
-            await asyncio.wait([pending])
-            return await self._existing(valid, fp)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[rid] = fut
-        try:
-            rec = RequestRecord(request_id=rid, kind=KIND_ISSUE, profile=inp.profile, payload_sha256=fp,
-                                chamber_code=inp.chamber_code, station_id=inp.station_id,
-                                operator_id=inp.operator_id)
-            if not await self._store.create_request(rec):
-                existing = await self._store.get_request(rid)
-                self._check_same(existing, fp)
-                if existing.terminal:
-                    return existing
+        existing = await self._store.get_request(inp.request_id)
+        if existing is not None:   # a retry: do not re-judge the window, return the stored request
+            return await self._accept(existing, b"", actor=actor, target="", fingerprint=fp)
+        ref = CertRef(current.issuer.rfc4514_string(), f"{current.serial_number:X}")
+        row = await self._store.get_certificate(ref)
+        info = await self._ca.status(ref)
+        issuing = x509.load_der_x509_certificate(self._ca.chain_der()[0])
+        card_id = row.card_id if row and row.card_id else ""
+        if not card_id:
+            raise FailedPrecondition("the current certificate has no device on record; renew by issuance")
+        now = _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
+        lifecycle.check_renewal(
+            request_id=inp.request_id, csr_der=inp.csr_der, proof=inp.proof_of_possession, csr=csr,
+            current=current, issuing=issuing, state=info.state if info else None,
+            first_issued=await self._store.first_issued_for_card(card_id), now=now,
+            new_validity=profiles.EE_VALIDITY, renewal_window=_dt.timedelta(days=self._renewal.window_days),
+            device_life_years=self._renewal.device_life_years)
+        original = await self._store.get_payload(row.request_id)
+        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
+            raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
+        first = IssuancePayload.decode(original.payload)
+        payload = IssuancePayload(
+            profile=inp.profile, csr_der=inp.csr_der, codice_fiscale=first.codice_fiscale,
+            given_name=first.given_name, surname=first.surname, birth_date=first.birth_date,
+            card_id=card_id, dati_personali_hash=_cn_hash(current) if inp.profile == validation.PROFILE_CNS_AUTH else None)
+        rec = RequestRecord(request_id=inp.request_id, kind=KIND_RENEW, profile=inp.profile, payload_sha256=fp,
+                            chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
+                            issuer_dn=None, serial_hex=None)
+        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}")
+
+    async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
+        validation.check_request_id(inp.request_id)
+        if inp.kind not in CHANGE_KINDS:
+            raise InvalidRequest("kind", f"unknown status change {inp.kind!r}")
+        if not inp.ref.issuer_dn or not inp.ref.serial_hex:
+            raise InvalidRequest("certificate", "issuer_dn and serial_hex are required")
+        reason = lifecycle.check_reason(inp.reason) if inp.kind == KIND_REVOKE else ""
+        fp = inp.fingerprint()
+        existing = await self._store.get_request(inp.request_id)
+        if existing is None:
+            info = await self._ca.status(inp.ref)
+            if info is None:
+                raise NotFound(f"no certificate {inp.ref.serial_hex} from {inp.ref.issuer_dn!r}")
+            lifecycle.check_transition(inp.kind, info.state)
+        rec = RequestRecord(request_id=inp.request_id, kind=inp.kind, profile="", payload_sha256=fp,
+                            chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
+                            issuer_dn=inp.ref.issuer_dn, serial_hex=inp.ref.serial_hex)
+        payload = ChangePayload(inp.ref.issuer_dn, inp.ref.serial_hex, reason).encode()
+        return await self._accept(existing or rec, payload, actor=actor,
+                                  target=f"{inp.ref.issuer_dn}#{inp.ref.serial_hex}", fingerprint=fp)
+
+    async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
+                      fingerprint: bytes | None = None) -> RequestRecord:
+        """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
+        rid = rec.request_id
+        fp = fingerprint or rec.payload_sha256
+        created = False
+        if rec.created_at == 0.0 and payload:   # a fresh record, not one read back from the store
+            created = await self._store.enqueue(rec, lane=LANE_OF[rec.kind], payload=payload, audit=AuditEntry(
+                actor, rec.station_id, rec.kind, rid, target, "accepted"))
+        if created:
+            self.wake_relay()
+            self.notify(await self._store.get_request(rid) or rec)
+        else:
+            existing = await self._store.get_request(rid)
+            if existing is None:
+                raise CAError("request row vanished")
+            if existing.payload_sha256 != fp:
+                await self._store.append_audit(AuditEntry(actor, rec.station_id, rec.kind, rid, target,
+                                                          "refused:ALREADY_EXISTS"))
+                raise RequestConflict(rid)
+            if existing.terminal:
+                return existing
+            if existing.outbox_status is None and payload:   # left by a version without the outbox
                 log.info("resuming request %s left in state %s", rid, existing.state)
-                rec = existing
-            else:
-                self._notify(rec)
-            return await self._run_issue(valid, rec)
-        finally:
-            del self._inflight[rid]
-            fut.set_result(None)
+                await self._store.ensure_outbox(rid, lane=LANE_OF[existing.kind], kind=existing.kind,
+                                                payload=payload)
+                self.wake_relay()
+        return await self.wait(rid, self._answer_wait)
 
-    @staticmethod
-    def _check_same(rec: RequestRecord | None, fp: bytes) -> None:
-        if rec is None:
-            raise CAError("request row vanished")
-        if rec.payload_sha256 != fp:
-            raise RequestConflict(rec.request_id)
-
-    async def _existing(self, valid: validation.ValidIssue, fp: bytes) -> RequestRecord:
-        rec = await self._store.get_request(valid.request_id)
-        if rec is None:   # the in-flight attempt failed before writing; try ourselves
-            raise CAUnavailable("the first attempt with this request id did not complete; retry")
-        self._check_same(rec, fp)
-        if not rec.terminal:
-            raise CAUnavailable("the first attempt with this request id did not complete; retry")
-        return rec
-
-    async def _run_issue(self, valid: validation.ValidIssue, rec: RequestRecord) -> RequestRecord:
-        subject = CertificateSubject(valid.holder, valid.card_id, valid.dati_personali_hash)
+    async def audit_refusal(self, *, actor: str, station_id: str, operation: str, request_id: str,
+                            exc: PersonalizerError) -> None:
         try:
-            issued = await self._ca.issue(valid.profile, valid.csr, subject, valid.request_id)
-        except InvalidRequest as exc:
-            await self._store.fail_request(rec.request_id, exc.code, exc.field, exc.message)
-            self._notify(replace(rec, state=STATE_FAILED, error_code=exc.code, error_field=exc.field,
-                                 error_message=exc.message))
-            raise
-        except CAUnavailable:
-            raise   # the row stays RECEIVED; a retry with the same id resumes
+            await self._store.append_audit(AuditEntry(actor, station_id, operation, request_id or None, "",
+                                                      f"refused:{exc.code}", str(exc)[:500]))
         except PersonalizerError:
-            raise
-        except Exception as exc:
-            log.exception("CA connector %s failed on request %s", self._ca.name, rec.request_id)
-            raise CAError("the CA failed to issue; the request can be retried") from exc
-        await self._store.complete_request(rec.request_id, issued, valid.profile)
-        done = replace(rec, state=STATE_ISSUED, issuer_dn=issued.ref.issuer_dn, serial_hex=issued.ref.serial_hex,
-                       certificate_der=issued.certificate_der, chain_der=issued.chain_der)
-        self._notify(done)
-        return done
+            log.exception("could not write the audit row of a refused %s", operation)
 
     # -- reads and watches -------------------------------------------------------
 
@@ -162,34 +264,75 @@ class Broker:
             raise NotFound(f"no request with id {request_id!r}")
         return rec
 
-    def _notify(self, rec: RequestRecord) -> None:
+    def notify(self, rec: RequestRecord) -> None:
         for q in self._watchers.get(rec.request_id, ()):
             q.put_nowait(rec)
 
-    async def watch(self, request_id: str) -> AsyncIterator[RequestRecord]:
+    def _subscribe(self, request_id: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
         self._watchers.setdefault(request_id, set()).add(q)
+        return q
+
+    def _unsubscribe(self, request_id: str, q: asyncio.Queue) -> None:
+        ws = self._watchers.get(request_id)
+        if ws is not None:
+            ws.discard(q)
+            if not ws:
+                del self._watchers[request_id]
+
+    async def wait(self, request_id: str, timeout: float) -> RequestRecord:
+        """The request once terminal, or its state after ``timeout`` seconds."""
+        q = self._subscribe(request_id)
+        try:
+            rec = await self.get(request_id)
+            deadline = time.monotonic() + timeout
+            while not rec.terminal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(q.get(), left)
+                except asyncio.TimeoutError:
+                    break
+                rec = await self.get(request_id)
+            return rec
+        finally:
+            self._unsubscribe(request_id, q)
+
+    async def watch(self, request_id: str) -> AsyncIterator[RequestRecord]:
+        """The current state, then every change (as the relay makes it), until a terminal state."""
+        q = self._subscribe(request_id)
         try:
             rec = await self.get(request_id)
             yield rec
-            last = rec.state
-            while last not in (STATE_ISSUED, STATE_FAILED):
-                rec = await q.get()
-                if rec.state == last:
-                    continue
-                if rec.certificate_der is None and rec.state == STATE_ISSUED:
-                    rec = await self.get(request_id)
-                last = rec.state
-                yield rec
+            last = (rec.state, rec.attempts, rec.outbox_status)
+            while not rec.terminal:
+                await q.get()
+                while not q.empty():
+                    q.get_nowait()
+                rec = await self.get(request_id)
+                now = (rec.state, rec.attempts, rec.outbox_status)
+                if now != last:
+                    last = now
+                    yield rec
         finally:
-            ws = self._watchers.get(request_id)
-            if ws is not None:
-                ws.discard(q)
-                if not ws:
-                    del self._watchers[request_id]
+            self._unsubscribe(request_id, q)
 
     async def issuance_stats(self) -> tuple[int, float]:
         return await self._store.recent_issuance_stats(STATS_WINDOW_SECONDS)
 
 
-__all__ = ["Broker", "IssueInput", "STATE_RECEIVED"]
+def _check_requester(station_id: str, chamber_code: str, operator_id: str) -> None:
+    if not station_id or not chamber_code:
+        raise InvalidRequest("requester", "station_id and chamber_code are required")
+    if not operator_id:
+        raise InvalidRequest("requester.operator_id", "is required")
+
+
+def _cn_hash(cert: x509.Certificate) -> str | None:
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = cn[0].value if cn else ""
+    return value.split(".", 1)[1] if "." in value else None
+
+
+__all__ = ["Broker", "IssueInput", "RenewInput", "ChangeInput", "RenewalRules", "STATE_RECEIVED"]

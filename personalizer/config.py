@@ -35,9 +35,48 @@ Example (``cns-personalizer init`` writes one)::
 
     [profiles.cns-auth]
     min_rsa_bits = 2048         # 1024 allowed here only, for the legacy card model
+
+    [broker]                    # the durable outbox and its relay (all optional)
+    answer_wait_seconds = 2.0   # how long SubmitIssue & co. wait for the CA before answering RECEIVED/PENDING
+    retry_initial_seconds = 1.0 # backoff: full jitter, doubling, capped
+    retry_max_seconds = 300.0
+    breaker_failures = 5        # consecutive CA failures that open the circuit
+    breaker_reset_seconds = 30.0  # open → half-open (health() probe) after this
+    relay_concurrency = 32
+    renewal_window_days = 90    # renewal accepted this many days before expiry
+    device_life_years = 6       # no certificate beyond this from the card's first one
+
+    [service_window]            # issuance/renewal; suspension & revocation are 24x7
+    timezone = "Europe/Rome"
+    weekdays = "08-21"          # Monday..Friday, local hours [open, close)
+    saturday = "08-14"
+    sunday = "closed"
+    national_holidays = true    # Italian national holidays closed (incl. Easter Monday)
+    closed_dates = []           # extra closed days, "YYYY-MM-DD"
+    always_open = false         # true only for test deployments
+
+    [[maintenance]]             # planned CA maintenance (also: cnsctl maintenance add)
+    id = "2026-12-upgrade"
+    starts_at = "2026-12-05T20:00:00+01:00"
+    ends_at = "2026-12-06T02:00:00+01:00"
+    reason = "CA software upgrade"
+
+    [metrics]                   # Prometheus text format; off unless enabled
+    enabled = false
+    http_host = "127.0.0.1"
+    http_port = 9464
+
+    [pki]                       # CRL (HTTP + files) and OCSP publication, if personalizer.pki is installed
+    enabled = false
+    http_host = "127.0.0.1"
+    http_port = 8080
+    crl_dir = "crl"
+    refresh_seconds = 3600      # SLA4.3: at least every 2 hours
 """
 from __future__ import annotations
 
+import datetime as _dt
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +84,7 @@ from typing import Any
 
 from personalizer import validation
 from personalizer.errors import ConfigError
+from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 KEY_STORES = ("file", "pkcs11")
@@ -88,12 +128,134 @@ class CAConfig:
 
 
 @dataclass(frozen=True)
+class BrokerConfig:
+    answer_wait_seconds: float = 2.0
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 30.0
+    relay_concurrency: int = 32
+    renewal_window_days: int = 90
+    device_life_years: int = 6
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int = 9464
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    enabled: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    crl_dir: Path | None = None
+    refresh_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     source: Path
     server: ServerConfig
     store: StoreConfig
     ca: CAConfig
     min_rsa_bits: dict[str, int]
+    broker: BrokerConfig = BrokerConfig()
+    calendar: ServiceCalendar = ServiceCalendar()
+    maintenance: tuple[Maintenance, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
+    pki: PkiConfig = PkiConfig()
+
+
+_HOURS_RE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
+
+
+def _hours(path: Path, key: str, value: object) -> tuple[int, int] | None:
+    if value == "closed":
+        return None
+    m = _HOURS_RE.match(value) if isinstance(value, str) else None
+    if not m or not (0 <= int(m.group(1)) < int(m.group(2)) <= 24):
+        raise ConfigError(path, key, f'expected "HH-HH" (open-close, 0..24) or "closed", got {value!r}')
+    return int(m.group(1)), int(m.group(2))
+
+
+def _when(path: Path, key: str, value: object) -> _dt.datetime:
+    try:
+        t = value if isinstance(value, _dt.datetime) else _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(path, key, f"expected an ISO 8601 date-time with offset, got {value!r}") from None
+    if t.tzinfo is None:
+        raise ConfigError(path, key, f"needs a UTC offset (e.g. +01:00), got {value!r}")
+    return t.astimezone(_dt.timezone.utc)
+
+
+def _load_operations(r: "_Reader") -> dict:
+    path = r.path
+    b = r.table("broker", required=False)
+    broker = BrokerConfig(
+        answer_wait_seconds=r.get(b, "broker", "answer_wait_seconds", float, 2.0),
+        retry_initial_seconds=r.get(b, "broker", "retry_initial_seconds", float, 1.0),
+        retry_max_seconds=r.get(b, "broker", "retry_max_seconds", float, 300.0),
+        breaker_failures=r.get(b, "broker", "breaker_failures", int, 5),
+        breaker_reset_seconds=r.get(b, "broker", "breaker_reset_seconds", float, 30.0),
+        relay_concurrency=r.get(b, "broker", "relay_concurrency", int, 32),
+        renewal_window_days=r.get(b, "broker", "renewal_window_days", int, 90),
+        device_life_years=r.get(b, "broker", "device_life_years", int, 6))
+    for key in ("answer_wait_seconds", "retry_initial_seconds", "retry_max_seconds", "breaker_reset_seconds"):
+        if getattr(broker, key) < 0:
+            raise ConfigError(path, f"broker.{key}", "must be >= 0")
+    for key in ("breaker_failures", "relay_concurrency", "renewal_window_days", "device_life_years"):
+        if getattr(broker, key) < 1:
+            raise ConfigError(path, f"broker.{key}", "must be >= 1")
+    w = r.table("service_window", required=False)
+    hours = dict(DEFAULT_HOURS)
+    wk = _hours(path, "service_window.weekdays", r.get(w, "service_window", "weekdays", str, "08-21"))
+    for d in range(5):
+        hours[d] = wk
+    hours[5] = _hours(path, "service_window.saturday", r.get(w, "service_window", "saturday", str, "08-14"))
+    hours[6] = _hours(path, "service_window.sunday", r.get(w, "service_window", "sunday", str, "closed"))
+    closed = []
+    for raw in r.get(w, "service_window", "closed_dates", list, []):
+        try:
+            closed.append(raw if isinstance(raw, _dt.date) else _dt.date.fromisoformat(str(raw)))
+        except ValueError:
+            raise ConfigError(path, "service_window.closed_dates", f"expected YYYY-MM-DD dates, got {raw!r}") from None
+    tz = r.get(w, "service_window", "timezone", str, "Europe/Rome")
+    try:
+        calendar = ServiceCalendar(timezone=tz, hours=hours, extra_closed=frozenset(closed),
+                                   national_holidays=r.get(w, "service_window", "national_holidays", bool, True),
+                                   always_open=r.get(w, "service_window", "always_open", bool, False))
+    except Exception as exc:
+        raise ConfigError(path, "service_window.timezone", f"unknown time zone {tz!r}: {exc}") from None
+    maint = []
+    raw_m = r.data.get("maintenance", [])
+    if not isinstance(raw_m, list):
+        raise ConfigError(path, "maintenance", "expected an array of tables [[maintenance]]")
+    for i, m in enumerate(raw_m):
+        prefix = f"maintenance[{i}]"
+        if not isinstance(m, dict):
+            raise ConfigError(path, prefix, "expected a table")
+        start = _when(path, f"{prefix}.starts_at", m.get("starts_at"))
+        end = _when(path, f"{prefix}.ends_at", m.get("ends_at"))
+        if end <= start:
+            raise ConfigError(path, f"{prefix}.ends_at", "must be after starts_at")
+        maint.append(Maintenance(r.get(m, prefix, "id", str, f"config-{i}"), start, end,
+                                 r.get(m, prefix, "reason", str, "")))
+    mt = r.table("metrics", required=False)
+    metrics = MetricsConfig(enabled=r.get(mt, "metrics", "enabled", bool, False),
+                            http_host=r.get(mt, "metrics", "http_host", str, "127.0.0.1"),
+                            http_port=r.get(mt, "metrics", "http_port", int, 9464))
+    pk = r.table("pki", required=False)
+    pki = PkiConfig(enabled=r.get(pk, "pki", "enabled", bool, False),
+                    http_host=r.get(pk, "pki", "http_host", str, "127.0.0.1"),
+                    http_port=r.get(pk, "pki", "http_port", int, 8080),
+                    crl_dir=r.path_(pk, "pki", "crl_dir", must_exist=False, default="crl"),
+                    refresh_seconds=r.get(pk, "pki", "refresh_seconds", float, 3600.0))
+    if pki.refresh_seconds <= 0 or pki.refresh_seconds > 7200:
+        raise ConfigError(path, "pki.refresh_seconds", "must be in (0, 7200]: CRLs are refreshed at least every 2 hours")
+    return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki)
 
 
 class _Reader:
@@ -189,4 +351,4 @@ def load(path: str | Path) -> DaemonConfig:
         if bits < floor:
             raise ConfigError(path, f"profiles.{name}.min_rsa_bits", f"must be at least {floor}, got {bits}")
         min_bits[name] = bits
-    return DaemonConfig(source=path, server=server, store=store, ca=ca, min_rsa_bits=min_bits)
+    return DaemonConfig(source=path, server=server, store=store, ca=ca, min_rsa_bits=min_bits, **_load_operations(r))

@@ -152,6 +152,19 @@ min_rsa_bits = 2048
 
 [profiles.qualified-signature]
 min_rsa_bits = 2048
+
+[broker]
+answer_wait_seconds = 2.0
+
+# A test deployment answers at any hour. Without this section the tender's calendar applies:
+# weekdays 08-21, Saturday 08-14, Sundays and Italian national holidays closed (Europe/Rome).
+[service_window]
+always_open = true
+
+[metrics]
+enabled = false
+http_host = "127.0.0.1"
+http_port = 0
 """
 
 STATION_TOML = """\

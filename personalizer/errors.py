@@ -9,6 +9,7 @@
      ├── PermissionDenied(message)          → PERMISSION_DENIED
      ├── Unauthenticated(message)           → UNAUTHENTICATED
      ├── NotSupported(operation)            → UNIMPLEMENTED
+     ├── FailedPrecondition(message)        → FAILED_PRECONDITION (invalid transition, renewal refused)
      ├── CAError(message)                   → INTERNAL
      │    └── CAUnavailable(message)        → UNAVAILABLE (transient; retry)
      ├── StoreError(message)                → INTERNAL
@@ -57,6 +58,10 @@ class Unauthenticated(PersonalizerError):
 
 class NotSupported(PersonalizerError):
     code = "UNIMPLEMENTED"
+
+
+class FailedPrecondition(PersonalizerError):
+    code = "FAILED_PRECONDITION"
 
 
 class CAError(PersonalizerError):

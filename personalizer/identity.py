@@ -50,6 +50,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _SERVICE + "Reactivate": frozenset({ROLE_OPERATOR_TOOL, ROLE_ADMIN}),
     _SERVICE + "Revoke": frozenset({ROLE_OPERATOR_TOOL, ROLE_ADMIN}),
 }
+# Central IT's queue and maintenance administration: admins only.
+_ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
+METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
+    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance")})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -1,9 +1,12 @@
-"""Assemble and run the daemon: CA + store + broker + grpc.aio server with mTLS.
+"""Assemble and run the daemon: CA + store + broker + relay + grpc.aio server with mTLS.
 
 ``Daemon.create(cfg)`` builds everything from a ``DaemonConfig``;
-``start()`` binds (port 0 → ephemeral, returned), ``stop()`` drains with the
-configured grace period, marks health NOT_SERVING first, then closes the
-store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
+``start()`` binds (port 0 → ephemeral, returned) and starts the supervised
+relay task, the optional metrics endpoint and the optional PKI publisher
+(``personalizer.pki``, when installed and ``[pki] enabled``); ``stop()``
+marks health NOT_SERVING, drains the gRPC server with the configured grace
+period, stops the relay (rows it claimed stay ``sending`` and are retried
+after ``find_issued`` on the next start), then closes the store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
 SIGINT handling. Health checking (grpc.health.v1) and reflection are on.
 """
 from __future__ import annotations
@@ -19,15 +22,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from personalizer import identity
-from personalizer.broker import Broker
+from personalizer.admin_service import QueueAdminService
+from personalizer.broker import Broker, RenewalRules
 from personalizer.ca import profiles
 from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
+from personalizer.metrics import CAMetrics, MetricsServer
+from personalizer.policy import CircuitBreaker, RetryPolicy
+from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
-from proto.cns.v1 import personalizer_pb2_grpc
+from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc
+
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_name
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +64,22 @@ def build_ca(cfg: DaemonConfig) -> EmbeddedCA:
     else:
         signer = FileSigner.load(c.issuing_key, c.key_passphrase_file)
     urls = profiles.CAUrls(**c.urls)
+    # the CA's own index (ca.db) and OCSP responder live next to its certificates
     return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
-                      sign_in_thread=c.sign_in_thread)
+                      sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent)
+
+
+def build_publisher(cfg: DaemonConfig, ca):
+    """E's ``personalizer.pki.PkiPublisher`` when ``[pki] enabled``; None otherwise."""
+    if not cfg.pki.enabled:
+        return None
+    try:
+        from personalizer.pki import PkiPublisher
+    except ImportError as exc:
+        raise ConfigError(cfg.source, "pki.enabled", f"CRL/OCSP publication is not installed ({exc})") from exc
+    p = cfg.pki
+    return PkiPublisher(ca, crl_dir=p.crl_dir, http_host=p.http_host, http_port=p.http_port,
+                        refresh_seconds=p.refresh_seconds)
 
 
 @dataclass
@@ -66,33 +89,57 @@ class Daemon:
     store: RequestStore
     ca: EmbeddedCA
     health: health.aio.HealthServicer
+    relay: Relay
+    metrics_server: MetricsServer | None = None
+    publisher: object | None = None
     port: int = 0
 
     @classmethod
     async def create(cls, cfg: DaemonConfig) -> "Daemon":
         ca = build_ca(cfg)
+        await ca.open()
         store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
         ca.attach_registry(store)
-        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits)
+        b = cfg.broker
+        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=b.answer_wait_seconds,
+                        renewal=RenewalRules(b.renewal_window_days, b.device_life_years))
+        publisher = build_publisher(cfg, ca)
+        metrics = CAMetrics()
+        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=metrics,
+                      retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
+                      breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
+                      concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
+                      on_status_change=publisher.publish_now if publisher is not None else None)
+        broker.wake_relay = relay.wake
         server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=SERVER_OPTIONS)
-        personalizer_pb2_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=broker), server)
+        personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
+            PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
+        admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server)
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
         s = cfg.server
         creds = grpc.ssl_server_credentials(
             [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
             root_certificates=s.client_trust_anchors.read_bytes(),
             require_client_auth=s.require_client_auth)
-        daemon = cls(cfg=cfg, server=server, store=store, ca=ca, health=health_servicer)
+        daemon = cls(cfg=cfg, server=server, store=store, ca=ca, health=health_servicer, relay=relay,
+                     publisher=publisher)
+        if cfg.metrics.enabled:
+            daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port)
         daemon.port = server.add_secure_port(s.listen, creds)
         if daemon.port == 0:
             raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
         return daemon
 
     async def start(self) -> int:
+        await self.relay.start()
+        if self.publisher is not None:
+            await self.publisher.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -103,6 +150,11 @@ class Daemon:
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
+        await self.relay.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         await self.store.close()
         await self.ca.close()
 
@@ -112,6 +164,8 @@ async def serve(cfg: DaemonConfig, *, ready=None) -> None:
     port = await daemon.start()
     if ready is not None:
         ready(port)
+    if daemon.metrics_server is not None:
+        print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

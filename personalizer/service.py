@@ -14,10 +14,13 @@ import logging
 import grpc
 
 from personalizer import identity, validation
-from personalizer.broker import Broker, IssueInput
-from personalizer.ca.base import CertRef, CertState
-from personalizer.errors import InvalidRequest, NotFound, NotSupported, PersonalizerError
-from personalizer.store import RequestRecord
+from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
+from personalizer.ca.base import CertRef, CertState, CertStatusInfo
+from personalizer.errors import InvalidRequest, NotFound, PersonalizerError
+from personalizer.metrics import CAMetrics
+from personalizer.outbox import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
+from personalizer.relay import Relay
+from personalizer.store import STATE_DONE, RequestRecord
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ PROFILE_ENUMS = {v: k for k, v in PROFILE_NAMES.items()}
 STATE_ENUMS = {
     "RECEIVED": pb.REQUEST_STATE_RECEIVED, "PENDING": pb.REQUEST_STATE_PENDING,
     "ISSUED": pb.REQUEST_STATE_ISSUED, "FAILED": pb.REQUEST_STATE_FAILED,
+    "DONE": pb.REQUEST_STATE_DONE, "CANCELLED": pb.REQUEST_STATE_CANCELLED,
 }
 CERT_STATE_ENUMS = {
     CertState.ACTIVE: pb.CERTIFICATE_STATUS_ACTIVE, CertState.SUSPENDED: pb.CERTIFICATE_STATUS_SUSPENDED,
@@ -75,10 +79,12 @@ def profile_name(value: int) -> str:
                              + ", ".join(f"{pb.CAProfile.Name(k)} ({v})" for k, v in PROFILE_NAMES.items())) from None
 
 
-def record_to_proto(rec: RequestRecord) -> pb.IssueResponse:
+def record_to_proto(rec: RequestRecord, waiting_reason: str = "") -> pb.IssueResponse:
     out = pb.IssueResponse(request_id=rec.request_id, state=STATE_ENUMS[rec.state],
                            profile=PROFILE_ENUMS.get(rec.profile, pb.CA_PROFILE_UNSPECIFIED),
-                           created_at=int(rec.created_at), updated_at=int(rec.updated_at))
+                           created_at=int(rec.created_at), updated_at=int(rec.updated_at), kind=rec.kind,
+                           attempts=rec.attempts, waiting_reason=waiting_reason,
+                           next_attempt_at=int(rec.next_attempt_at) if not rec.terminal else 0)
     if rec.certificate_der:
         out.certificate_der = rec.certificate_der
         out.chain_der.extend(rec.chain_der)
@@ -90,21 +96,108 @@ def record_to_proto(rec: RequestRecord) -> pb.IssueResponse:
     return out
 
 
+def status_to_proto(info: CertStatusInfo) -> pb.CertificateStatusResponse:
+    return pb.CertificateStatusResponse(
+        certificate=common_pb2.CertificateRef(issuer_dn=info.ref.issuer_dn, serial_hex=info.ref.serial_hex),
+        status=CERT_STATE_ENUMS[info.state], not_before=int(info.not_before.timestamp()),
+        not_after=int(info.not_after.timestamp()), revocation_reason=info.revocation_reason,
+        revoked_at=int(info.revoked_at.timestamp()) if info.revoked_at else 0, request_id=info.request_id)
+
+
+def _ref(msg: common_pb2.CertificateRef) -> CertRef:
+    if not msg.issuer_dn or not msg.serial_hex:
+        raise InvalidRequest("certificate", "issuer_dn and serial_hex are required")
+    return CertRef(msg.issuer_dn, msg.serial_hex.upper().lstrip("0") or "0")
+
+
 class PersonalizerService(pb_grpc.PersonalizerServicer):
-    def __init__(self, *, broker: Broker):
+    def __init__(self, *, broker: Broker, relay: Relay | None = None, metrics: CAMetrics | None = None):
         self._broker = broker
+        self._relay = relay
+        self._metrics = metrics or (relay.metrics if relay else None)
+
+    def _out(self, rec: RequestRecord) -> pb.IssueResponse:
+        return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
+
+    async def _audited(self, operation: str, request_id: str, requester, coro):
+        """Run a mutating call; a refusal (any PersonalizerError) is written to the audit table."""
+        ident = identity.current_identity()
+        try:
+            return await coro
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=ident.uri, station_id=requester.station_id if requester else "",
+                                             operation=operation, request_id=request_id, exc=exc)
+            raise
 
     @_translate
     async def SubmitIssue(self, request: pb.SubmitIssueRequest, context) -> pb.IssueResponse:
         ident = identity.current_identity()
         r, h = request.requester, request.holder
-        identity.check_requester(ident, r.chamber_code, r.station_id)
-        inp = IssueInput(
-            request_id=request.request_id, profile=profile_name(request.profile), csr_der=request.csr_der,
-            codice_fiscale=h.codice_fiscale, given_name=h.given_name, surname=h.surname, birth_date=h.birth_date,
-            card_id=request.card.card_id, card_model=request.card.model, station_id=r.station_id,
-            chamber_code=r.chamber_code, operator_id=r.operator_id, ef_dati_personali=request.ef_dati_personali)
-        return record_to_proto(await self._broker.submit_issue(inp))
+
+        async def go():
+            identity.check_requester(ident, r.chamber_code, r.station_id)
+            inp = IssueInput(
+                request_id=request.request_id, profile=profile_name(request.profile), csr_der=request.csr_der,
+                codice_fiscale=h.codice_fiscale, given_name=h.given_name, surname=h.surname,
+                birth_date=h.birth_date, card_id=request.card.card_id, card_model=request.card.model,
+                station_id=r.station_id, chamber_code=r.chamber_code, operator_id=r.operator_id,
+                ef_dati_personali=request.ef_dati_personali)
+            return await self._broker.submit_issue(inp, actor=ident.uri)
+        return self._out(await self._audited("issue", request.request_id, r, go()))
+
+    @_translate
+    async def Renew(self, request: pb.RenewRequest, context) -> pb.IssueResponse:
+        ident = identity.current_identity()
+        r = request.requester
+
+        async def go():
+            identity.check_requester(ident, r.chamber_code, r.station_id)
+            inp = RenewInput(request_id=request.request_id, profile=profile_name(request.profile),
+                             csr_der=request.csr_der, current_certificate_der=request.current_certificate_der,
+                             proof_of_possession=request.proof_of_possession, station_id=r.station_id,
+                             chamber_code=r.chamber_code, operator_id=r.operator_id)
+            return await self._broker.submit_renew(inp, actor=ident.uri)
+        return self._out(await self._audited("renew", request.request_id, r, go()))
+
+    async def _change(self, kind: str, request: pb.ChangeStatusRequest) -> pb.CertificateStatusResponse:
+        ident = identity.current_identity()
+        r = request.requester
+
+        async def go():
+            if request.HasField("requester"):
+                identity.check_requester(ident, r.chamber_code, r.station_id)
+            ref = _ref(request.certificate)
+            if ident.role in identity.CHAMBER_SCOPED:   # an operator tool changes only its chamber's certificates
+                info = await self._broker.ca.status(ref)
+                if info is not None and info.request_id:
+                    owner = await self._broker.store.get_request(info.request_id)
+                    if owner is not None:
+                        identity.check_chamber_access(ident, owner.chamber_code)
+            inp = ChangeInput(request_id=request.request_id, kind=kind, ref=ref, reason=request.reason,
+                              station_id=r.station_id or ident.subject_id,
+                              chamber_code=r.chamber_code or (ident.chamber_code or ""),
+                              operator_id=r.operator_id or ident.subject_id)
+            return await self._broker.submit_change(inp, actor=ident.uri)
+        rec = await self._audited(kind, request.request_id, r, go())
+        info = await self._broker.ca.status(CertRef(rec.issuer_dn, rec.serial_hex))
+        if info is None:
+            raise NotFound(f"no certificate {rec.serial_hex} from {rec.issuer_dn!r}")
+        out = status_to_proto(info)
+        out.change_request_id = rec.request_id
+        out.change_state = STATE_ENUMS[rec.state]
+        return out
+
+    @_translate
+    async def Suspend(self, request, context):
+        return await self._change(KIND_SUSPEND, request)
+
+    @_translate
+    async def Reactivate(self, request, context):
+        return await self._change(KIND_REACTIVATE, request)
+
+    @_translate
+    async def Revoke(self, request, context):
+        return await self._change(KIND_REVOKE, request)
 
     async def _readable(self, request_id: str) -> RequestRecord:
         rec = await self._broker.get(request_id)
@@ -113,13 +206,13 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
     @_translate
     async def GetRequest(self, request: pb.GetRequestRequest, context) -> pb.IssueResponse:
-        return record_to_proto(await self._readable(request.request_id))
+        return self._out(await self._readable(request.request_id))
 
     @_translate
     async def WatchRequest(self, request: pb.GetRequestRequest, context):
         await self._readable(request.request_id)
         async for rec in self._broker.watch(request.request_id):
-            yield record_to_proto(rec)
+            yield self._out(rec)
 
     @_translate
     async def GetCertificateStatus(self, request: pb.GetCertificateStatusRequest, context):
@@ -130,43 +223,48 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
                 raise NotFound(f"request {request.request_id!r} has no certificate (state {rec.state})")
             ref = CertRef(rec.issuer_dn, rec.serial_hex)
         elif which == "certificate":
-            if not request.certificate.issuer_dn or not request.certificate.serial_hex:
-                raise InvalidRequest("certificate", "issuer_dn and serial_hex are required")
-            ref = CertRef(request.certificate.issuer_dn, request.certificate.serial_hex.upper().lstrip("0") or "0")
+            ref = _ref(request.certificate)
         else:
             raise InvalidRequest("ref", "give a certificate reference or a request id")
         info = await self._broker.ca.status(ref)
         if info is None:
             raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}")
-        return pb.CertificateStatusResponse(
-            certificate=common_pb2.CertificateRef(issuer_dn=info.ref.issuer_dn, serial_hex=info.ref.serial_hex),
-            status=CERT_STATE_ENUMS[info.state], not_before=int(info.not_before.timestamp()),
-            not_after=int(info.not_after.timestamp()), revocation_reason=info.revocation_reason,
-            revoked_at=int(info.revoked_at.timestamp()) if info.revoked_at else 0, request_id=info.request_id)
+        return status_to_proto(info)
 
     @_translate
     async def GetCAStatus(self, request, context) -> pb.CAStatusResponse:
         ca = self._broker.ca
         health = await ca.health()
         count, mean_ms = await self._broker.issuance_stats()
-        return pb.CAStatusResponse(
+        out = pb.CAStatusResponse(
             connector=health.connector, operational=health.operational, detail=health.detail,
             reactivation_at=int(health.reactivation_at.timestamp()) if health.reactivation_at else 0,
             chain_der=list(ca.chain_der()), profiles=list(PROFILE_ENUMS.values()),
             issued_last_10_min=count, mean_issue_ms_last_10_min=mean_ms)
-
-    @_translate
-    async def Renew(self, request, context):
-        raise NotSupported("Renew is declared for the renewal issue and not implemented by this server version")
-
-    @_translate
-    async def Suspend(self, request, context):
-        raise NotSupported("Suspend is not implemented by this server version")
-
-    @_translate
-    async def Reactivate(self, request, context):
-        raise NotSupported("Reactivate is not implemented by this server version")
-
-    @_translate
-    async def Revoke(self, request, context):
-        raise NotSupported("Revoke is not implemented by this server version")
+        depth = await self._broker.store.queue_depth()
+        out.queue_depth.extend(pb.LaneDepth(lane=lane, depth=n) for lane, n in sorted(depth.items()))
+        relay = self._relay
+        if relay is not None:
+            now = relay.now_dt()
+            m = relay.active_maintenance()
+            if m is not None:
+                out.operational = False
+                out.in_maintenance = True
+                out.detail = f"planned maintenance: {m.reason}" if m.reason else "planned maintenance"
+                out.reactivation_at = int(m.ends_at.timestamp())
+            elif relay.breaker.state != "closed":
+                out.operational = False
+                out.detail = f"CA unreachable (circuit {relay.breaker.state}): {relay.last_health_detail}".rstrip(": ")
+            out.breaker_state = relay.breaker.state
+            out.planned_maintenance.extend(
+                pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()),
+                                     ends_at=int(w.ends_at.timestamp()), reason=w.reason)
+                for w in relay.maintenance if w.ends_at > now)
+            out.service_window_open = relay.calendar.is_open(now)
+            change = relay.calendar.next_change(now)
+            out.service_window_changes_at = int(change.timestamp()) if change else 0
+        if self._metrics is not None:
+            out.response_times.extend(pb.ResponseTime(kind=f.kind, p50_ms=f.p50_ms, p95_ms=f.p95_ms,
+                                                      samples=f.samples) for f in self._metrics.per_kind())
+            out.requests_last_10_min = self._metrics.load()
+        return out

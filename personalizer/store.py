@@ -1,14 +1,24 @@
 """The request store: SQLite (WAL) through aiosqlite. All SQL of the daemon lives here.
 
-Narrow interface used by the broker::
+Tables: ``requests`` (one row per caller request id, any kind), ``outbox``
+(one row per request to deliver to the CA: lane, payload, attempts,
+``next_attempt_at``), ``certificates`` (what the CA issued and its state),
+``audit`` (append-only: triggers refuse UPDATE and DELETE), ``maintenance``
+(planned CA maintenance windows).
 
-    RequestStore.open(path, synchronous) / close()
-    create_request(rec) -> bool          False when the id exists (nothing written)
+Narrow interface used by the broker and the relay::
+
+    RequestStore.open(path, synchronous, clock) / close()
+    enqueue(rec, lane, payload, audit) -> bool   request + outbox + audit rows, ONE transaction
     get_request(request_id) -> RequestRecord | None
-    complete_request(request_id, issued, profile)   request ISSUED + certificate row, one transaction
-    fail_request(request_id, code, field, message)
-    get_certificate_status(ref) -> CertStatusInfo | None   (the embedded CA's registry)
-    recent_issuance_stats(seconds) -> (count, mean_ms)
+    due(now, lanes, limit) / mark_sending(id, now) / schedule_retry(id, at, error)
+    complete_issue(...) / complete_change(...) / fail_request(...)   request + outbox + audit, one transaction
+    record_issued(...) / find_issued(request_id)   the CertificateRegistry side a CA may use
+    list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
+
+Outbox states: queued (never sent) → sending (claimed; an attempt may have
+reached the CA) → retry (waiting for next_attempt_at) → done | failed;
+queued → cancelled (QueueAdmin, only before any attempt).
 
 Writes go through one writer task that commits whatever is queued in a single
 transaction (group commit: one fsync for many requests under load); reads use
@@ -29,7 +39,7 @@ import aiosqlite
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
@@ -67,33 +77,122 @@ CREATE TABLE IF NOT EXISTS certificates (
 );
 CREATE INDEX IF NOT EXISTS certificates_by_request ON certificates(request_id);
 CREATE INDEX IF NOT EXISTS requests_by_update ON requests(state, updated_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    request_id       TEXT PRIMARY KEY REFERENCES requests(request_id),
+    lane             TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT,
+    updated_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, lane, next_attempt_at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           REAL NOT NULL,
+    actor        TEXT NOT NULL,
+    station_id   TEXT NOT NULL,
+    operation    TEXT NOT NULL,
+    request_id   TEXT,
+    target       TEXT,
+    result       TEXT NOT NULL,
+    detail       TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TABLE IF NOT EXISTS maintenance (
+    id         TEXT PRIMARY KEY,
+    starts_at  REAL NOT NULL,
+    ends_at    REAL NOT NULL,
+    reason     TEXT NOT NULL,
+    source     TEXT NOT NULL
+);
 """
+# Columns added after schema 1 (ALTER TABLE when an older database is opened).
+MIGRATIONS = (("certificates", "card_id", "TEXT"), ("certificates", "holder_cf", "TEXT"))
 
 Q_INSERT_REQUEST = """INSERT OR IGNORE INTO requests
-    (request_id, kind, profile, payload_sha256, chamber_code, station_id, operator_id, state, created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    (request_id, kind, profile, payload_sha256, chamber_code, station_id, operator_id, state, issuer_dn, serial_hex,
+     created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# Only when the request row above was just inserted (changes() = 1): the outbox and audit rows.
+Q_INSERT_OUTBOX_IF_NEW = """INSERT INTO outbox (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
+    SELECT ?, ?, ?, ?, 'queued', 0, ?, ? WHERE changes() = 1"""
+Q_INSERT_AUDIT_IF_NEW = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
+    SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1"""
+Q_ENSURE_OUTBOX = """INSERT OR IGNORE INTO outbox
+    (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
+    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?)"""
+Q_INSERT_AUDIT = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_SELECT_REQUEST = """SELECT r.request_id, r.kind, r.profile, r.payload_sha256, r.chamber_code, r.station_id,
     r.operator_id, r.state, r.error_code, r.error_field, r.error_message, r.issuer_dn, r.serial_hex,
-    r.created_at, r.updated_at, c.certificate_der, c.chain_der
+    r.created_at, r.updated_at, c.certificate_der, c.chain_der,
+    o.lane, o.status, o.attempts, o.next_attempt_at, o.last_error
     FROM requests r LEFT JOIN certificates c ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex
+    LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.request_id = ?"""
-Q_COMPLETE_REQUEST = """UPDATE requests SET state = 'ISSUED', issuer_dn = ?, serial_hex = ?, updated_at = ?
+Q_SELECT_PAYLOAD = "SELECT lane, kind, payload, status, attempts FROM outbox WHERE request_id = ?"
+Q_DUE = """SELECT request_id FROM outbox WHERE status IN ('queued', 'retry') AND lane = ? AND next_attempt_at <= ?
+    ORDER BY next_attempt_at LIMIT ?"""
+Q_NEXT_DUE = "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'retry') AND lane IN (%s)"
+Q_MARK_SENDING = """UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?
+    WHERE request_id = ? AND status IN ('queued', 'retry')"""
+Q_REQUEST_PENDING = "UPDATE requests SET state = 'PENDING', updated_at = ? WHERE request_id = ? AND state = 'RECEIVED'"
+Q_SCHEDULE_RETRY = """UPDATE outbox SET status = 'retry', next_attempt_at = ?, last_error = ?, updated_at = ?
+    WHERE request_id = ? AND status = 'sending'"""
+Q_DEFER = """UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ?
+    WHERE request_id = ? AND status IN ('queued', 'retry')"""
+Q_RESET_SENDING = "UPDATE outbox SET status = 'retry', next_attempt_at = ?, updated_at = ? WHERE status = 'sending'"
+Q_OUTBOX_DONE = "UPDATE outbox SET status = ?, last_error = ?, updated_at = ? WHERE request_id = ?"
+Q_COMPLETE_REQUEST = """UPDATE requests SET state = ?, issuer_dn = ?, serial_hex = ?, updated_at = ?
     WHERE request_id = ?"""
-Q_INSERT_CERTIFICATE = """INSERT INTO certificates
-    (issuer_dn, serial_hex, request_id, profile, not_before, not_after, status, certificate_der, chain_der)
-    VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)"""
+Q_INSERT_CERTIFICATE = """INSERT OR IGNORE INTO certificates
+    (issuer_dn, serial_hex, request_id, profile, not_before, not_after, status, certificate_der, chain_der,
+     card_id, holder_cf)
+    VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)"""
 Q_FAIL_REQUEST = """UPDATE requests SET state = 'FAILED', error_code = ?, error_field = ?, error_message = ?,
     updated_at = ? WHERE request_id = ?"""
+Q_CANCEL_OUTBOX = """UPDATE outbox SET status = 'cancelled', updated_at = ?
+    WHERE request_id = ? AND status IN ('queued', 'retry') AND attempts = 0"""
+Q_CANCEL_REQUEST = """UPDATE requests SET state = 'CANCELLED', updated_at = ? WHERE request_id = ?
+    AND EXISTS (SELECT 1 FROM outbox WHERE request_id = ? AND status = 'cancelled')"""
+Q_RETRY_NOW = """UPDATE outbox SET next_attempt_at = ?, updated_at = ?
+    WHERE request_id = ? AND status IN ('queued', 'retry')"""
 Q_SELECT_CERTIFICATE = """SELECT issuer_dn, serial_hex, request_id, not_before, not_after, status,
     revocation_reason, revoked_at FROM certificates WHERE issuer_dn = ? AND serial_hex = ?"""
+Q_SELECT_CERTIFICATE_ROW = """SELECT issuer_dn, serial_hex, request_id, profile, not_before, not_after, status,
+    certificate_der, chain_der, card_id, holder_cf FROM certificates WHERE issuer_dn = ? AND serial_hex = ?"""
+Q_CERTIFICATES_BY_REQUEST = """SELECT issuer_dn, serial_hex, certificate_der, chain_der, not_before, not_after
+    FROM certificates WHERE request_id = ?"""
+Q_FIRST_FOR_CARD = "SELECT MIN(not_before) FROM certificates WHERE card_id = ?"
+Q_UPDATE_CERT_STATUS = """UPDATE certificates SET status = ?, revocation_reason = ?, revoked_at = ?
+    WHERE issuer_dn = ? AND serial_hex = ?"""
 Q_ISSUANCE_STATS = """SELECT COUNT(*), AVG(updated_at - created_at) FROM requests
     WHERE state = 'ISSUED' AND updated_at >= ?"""
+Q_QUEUE_DEPTH = "SELECT lane, COUNT(*) FROM outbox WHERE status IN ('queued', 'retry', 'sending') GROUP BY lane"
+Q_LIST_QUEUE = """SELECT request_id FROM outbox WHERE status IN ('queued', 'retry', 'sending')
+    ORDER BY CASE lane WHEN 'priority' THEN 0 ELSE 1 END, next_attempt_at LIMIT ?"""
+Q_INSERT_MAINTENANCE = """INSERT OR REPLACE INTO maintenance (id, starts_at, ends_at, reason, source)
+    VALUES (?, ?, ?, ?, ?)"""
+Q_LIST_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance WHERE ends_at > ? ORDER BY starts_at"
+Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail FROM audit
+    WHERE seq > ? ORDER BY seq LIMIT ?"""
 
 STATE_RECEIVED = "RECEIVED"
 STATE_PENDING = "PENDING"
 STATE_ISSUED = "ISSUED"
+STATE_DONE = "DONE"
 STATE_FAILED = "FAILED"
-TERMINAL_STATES = (STATE_ISSUED, STATE_FAILED)
+STATE_CANCELLED = "CANCELLED"
+TERMINAL_STATES = (STATE_ISSUED, STATE_DONE, STATE_FAILED, STATE_CANCELLED)
+LANE_PRIORITY = "priority"
+LANE_STANDARD = "standard"
+LANES = (LANE_PRIORITY, LANE_STANDARD)
 CHAIN_SEPARATOR_LEN = 4   # chain stored as length-prefixed DER blobs
 
 
@@ -116,10 +215,51 @@ class RequestRecord:
     updated_at: float = 0.0
     certificate_der: bytes | None = None
     chain_der: tuple[bytes, ...] = ()
+    lane: str | None = None
+    outbox_status: str | None = None
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str            # identity URI from the client certificate, or "relay"
+    station_id: str       # the requester's station, "" when none
+    operation: str        # issue, renew, suspend, reactivate, revoke, queue-cancel, ...
+    request_id: str | None
+    target: str           # certificate "issuer_dn#serial" or card id, "" when none
+    result: str           # accepted, done, failed:<code>, refused:<code>, ...
+    detail: str = ""
+    at: float = 0.0
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxPayload:
+    lane: str
+    kind: str
+    payload: bytes
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    ref: CertRef
+    request_id: str
+    profile: str
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+    status: str
+    certificate_der: bytes
+    chain_der: tuple[bytes, ...]
+    card_id: str | None
+    holder_cf: str | None
 
 
 def _pack_chain(chain: tuple[bytes, ...]) -> bytes:
@@ -140,17 +280,22 @@ def _utc(ts: int) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
 
 
+def _audit_params(a: AuditEntry, now: float) -> tuple:
+    return (a.at or now, a.actor, a.station_id, a.operation, a.request_id, a.target, a.result, a.detail)
+
+
 class RequestStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, clock=time.time):
         self._w = writer
         self._r = reader
+        self._clock = clock
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task = asyncio.create_task(self._writer_loop(), name="store-writer")
         self.commits = 0          # for the benchmark: transactions actually committed
         self.writes = 0
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> "RequestStore":
+    async def open(cls, path: Path, *, synchronous: str = "FULL", clock=time.time) -> "RequestStore":
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             writer = await aiosqlite.connect(path, isolation_level=None)
@@ -159,14 +304,20 @@ class RequestStore:
             await writer.execute(f"PRAGMA synchronous = {synchronous}")
             await writer.execute("PRAGMA foreign_keys = ON")
             await writer.executescript(SCHEMA)
-            await writer.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            for table, column, kind in MIGRATIONS:
+                async with writer.execute(f"PRAGMA table_info({table})") as cur:
+                    names = {row[1] for row in await cur.fetchall()}
+                if column not in names:
+                    await writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            await writer.execute("CREATE INDEX IF NOT EXISTS certificates_by_card ON certificates(card_id)")
+            await writer.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open request store {path}: {exc}") from exc
-        return cls(writer, reader)
+        return cls(writer, reader, clock)
 
     async def close(self) -> None:
         await self._queue.put(None)
@@ -195,13 +346,17 @@ class RequestStore:
             await self._w.execute("BEGIN IMMEDIATE")
             for statements, fut in work:
                 try:
-                    changed = 0
+                    await self._w.execute("SAVEPOINT item")
+                    changed = []
                     for sql, params in statements:
                         cur = await self._w.execute(sql, params)
-                        changed += cur.rowcount
+                        changed.append(cur.rowcount)
+                    await self._w.execute("RELEASE item")
                     results.append((fut, changed, None))
                 except sqlite3.Error as exc:
-                    results.append((fut, 0, StoreError(f"write failed: {exc}")))
+                    await self._w.execute("ROLLBACK TO item")
+                    await self._w.execute("RELEASE item")
+                    results.append((fut, [], StoreError(f"write failed: {exc}")))
             await self._w.execute("COMMIT")
             self.commits += 1
             self.writes += len(work)
@@ -222,53 +377,205 @@ class RequestStore:
             else:
                 fut.set_result(changed)
 
-    async def _write(self, statements: list[tuple[str, tuple]]) -> int:
+    async def _write(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        """Run the statements atomically (one savepoint) in the next group commit; rowcount per statement."""
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((statements, fut))
         return await fut
 
-    # -- interface -------------------------------------------------------------
-
-    async def create_request(self, rec: RequestRecord) -> bool:
-        now = time.time()
-        changed = await self._write([(Q_INSERT_REQUEST, (
-            rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
-            rec.operator_id, STATE_RECEIVED, now, now))])
-        return changed == 1
-
-    async def get_request(self, request_id: str) -> RequestRecord | None:
+    async def _one(self, sql: str, params: tuple):
         try:
-            async with self._r.execute(Q_SELECT_REQUEST, (request_id,)) as cur:
-                row = await cur.fetchone()
+            async with self._r.execute(sql, params) as cur:
+                return await cur.fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
+
+    async def _all(self, sql: str, params: tuple):
+        try:
+            async with self._r.execute(sql, params) as cur:
+                return await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+
+    # -- requests and outbox ----------------------------------------------------
+
+    async def create_request(self, rec: RequestRecord) -> bool:
+        """A request row alone (no outbox row): what older versions wrote before calling the CA."""
+        now = self._clock()
+        changed = await self._write([(Q_INSERT_REQUEST, (
+            rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
+            rec.operator_id, STATE_RECEIVED, rec.issuer_dn, rec.serial_hex, now, now))])
+        return changed[0] == 1
+
+    async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry) -> bool:
+        """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists."""
+        now = self._clock()
+        changed = await self._write([
+            (Q_INSERT_REQUEST, (rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code,
+                                rec.station_id, rec.operator_id, STATE_RECEIVED, rec.issuer_dn, rec.serial_hex,
+                                now, now)),
+            (Q_INSERT_OUTBOX_IF_NEW, (rec.request_id, lane, rec.kind, payload, now, now)),
+            (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
+        ])
+        return changed[0] == 1
+
+    async def ensure_outbox(self, request_id: str, *, lane: str, kind: str, payload: bytes) -> None:
+        """Give a request row left by an older version (no outbox row) its outbox row."""
+        now = self._clock()
+        await self._write([(Q_ENSURE_OUTBOX, (request_id, lane, kind, payload, now, now))])
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        row = await self._one(Q_SELECT_REQUEST, (request_id,))
         if row is None:
             return None
-        return RequestRecord(*row[:15], certificate_der=row[15], chain_der=_unpack_chain(row[16]))
+        return RequestRecord(*row[:15], certificate_der=row[15], chain_der=_unpack_chain(row[16]), lane=row[17],
+                             outbox_status=row[18], attempts=row[19] or 0, next_attempt_at=row[20] or 0.0,
+                             last_error=row[21])
 
-    async def complete_request(self, request_id: str, issued: IssuedCertificate, profile: str) -> None:
+    async def get_payload(self, request_id: str) -> OutboxPayload | None:
+        row = await self._one(Q_SELECT_PAYLOAD, (request_id,))
+        return OutboxPayload(*row) if row else None
+
+    async def due(self, now: float, lane: str, limit: int) -> list[str]:
+        return [r[0] for r in await self._all(Q_DUE, (lane, now, limit))]
+
+    async def next_due(self, lanes: tuple[str, ...]) -> float | None:
+        if not lanes:
+            return None
+        row = await self._one(Q_NEXT_DUE % ",".join("?" * len(lanes)), tuple(lanes))
+        return row[0] if row else None
+
+    async def mark_sending(self, request_id: str) -> bool:
+        """Claim a due row before calling the CA (committed first: after a crash we know it may have reached it)."""
+        now = self._clock()
+        changed = await self._write([(Q_MARK_SENDING, (now, request_id)), (Q_REQUEST_PENDING, (now, request_id))])
+        return changed[0] == 1
+
+    async def schedule_retry(self, request_id: str, at: float, error: str) -> None:
+        await self._write([(Q_SCHEDULE_RETRY, (at, error, self._clock(), request_id))])
+
+    async def defer(self, request_ids: list[str], at: float, reason: str) -> None:
+        """Move waiting rows (never claimed now) to ``at``: window closed, maintenance, breaker open."""
+        now = self._clock()
+        await self._write([(Q_DEFER, (at, reason, now, rid)) for rid in request_ids])
+
+    async def reset_sending(self) -> int:
+        """At relay start: rows claimed by a process that died become due now (they may have reached the CA)."""
+        now = self._clock()
+        return (await self._write([(Q_RESET_SENDING, (now, now))]))[0]
+
+    async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
+                             holder_cf: str, audit: AuditEntry) -> None:
+        now = self._clock()
         await self._write([
             (Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
                                     int(issued.not_before.timestamp()), int(issued.not_after.timestamp()),
-                                    issued.certificate_der, _pack_chain(issued.chain_der))),
-            (Q_COMPLETE_REQUEST, (issued.ref.issuer_dn, issued.ref.serial_hex, time.time(), request_id)),
+                                    issued.certificate_der, _pack_chain(issued.chain_der), card_id, holder_cf)),
+            (Q_COMPLETE_REQUEST, (STATE_ISSUED, issued.ref.issuer_dn, issued.ref.serial_hex, now, request_id)),
+            (Q_OUTBOX_DONE, ("done", None, now, request_id)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now)),
         ])
 
-    async def fail_request(self, request_id: str, code: str, field: str, message: str) -> None:
-        await self._write([(Q_FAIL_REQUEST, (code, field, message, time.time(), request_id))])
+    async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
+        now = self._clock()
+        revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
+        await self._write([
+            (Q_UPDATE_CERT_STATUS, (info.state.value, info.revocation_reason or None, revoked_at,
+                                    info.ref.issuer_dn, info.ref.serial_hex)),
+            (Q_COMPLETE_REQUEST, (STATE_DONE, info.ref.issuer_dn, info.ref.serial_hex, now, request_id)),
+            (Q_OUTBOX_DONE, ("done", None, now, request_id)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now)),
+        ])
+
+    async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
+                           audit: AuditEntry | None = None) -> None:
+        now = self._clock()
+        statements = [(Q_FAIL_REQUEST, (code, field, message, now, request_id)),
+                      (Q_OUTBOX_DONE, ("failed", f"{code}: {message}", now, request_id))]
+        if audit is not None:
+            statements.append((Q_INSERT_AUDIT, _audit_params(audit, now)))
+        await self._write(statements)
+
+    async def cancel(self, request_id: str, audit: AuditEntry) -> bool:
+        now = self._clock()
+        changed = await self._write([(Q_CANCEL_OUTBOX, (now, request_id)),
+                                     (Q_CANCEL_REQUEST, (now, request_id, request_id)),
+                                     (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def retry_now(self, request_id: str, audit: AuditEntry) -> bool:
+        now = self._clock()
+        changed = await self._write([(Q_RETRY_NOW, (now, now, request_id)), (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def queue_depth(self) -> dict[str, int]:
+        depth = {lane: 0 for lane in LANES}
+        depth.update({lane: n for lane, n in await self._all(Q_QUEUE_DEPTH, ())})
+        return depth
+
+    async def list_queue(self, limit: int) -> list[RequestRecord]:
+        ids = [r[0] for r in await self._all(Q_LIST_QUEUE, (limit,))]
+        return [rec for rec in [await self.get_request(i) for i in ids] if rec is not None]
+
+    # -- certificates (the CertificateRegistry side) ------------------------------
 
     async def get_certificate_status(self, ref: CertRef) -> CertStatusInfo | None:
-        try:
-            async with self._r.execute(Q_SELECT_CERTIFICATE, (ref.issuer_dn, ref.serial_hex.upper())) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"read failed: {exc}") from exc
+        row = await self._one(Q_SELECT_CERTIFICATE, (ref.issuer_dn, ref.serial_hex.upper()))
         if row is None:
             return None
         return CertStatusInfo(CertRef(row[0], row[1]), CertState(row[5]), _utc(row[3]), _utc(row[4]), row[2],
                               row[6] or "", _utc(row[7]) if row[7] else None)
 
+    async def get_certificate(self, ref: CertRef) -> CertificateRow | None:
+        row = await self._one(Q_SELECT_CERTIFICATE_ROW, (ref.issuer_dn, ref.serial_hex.upper()))
+        if row is None:
+            return None
+        return CertificateRow(CertRef(row[0], row[1]), row[2], row[3], _utc(row[4]), _utc(row[5]), row[6], row[7],
+                              _unpack_chain(row[8]), row[9], row[10])
+
+    async def record_issued(self, request_id: str, profile: str, issued: IssuedCertificate, *,
+                            card_id: str | None = None, holder_cf: str | None = None) -> None:
+        """A CA without its own database records an issuance here before answering (durable, idempotent)."""
+        await self._write([(Q_INSERT_CERTIFICATE, (
+            issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile, int(issued.not_before.timestamp()),
+            int(issued.not_after.timestamp()), issued.certificate_der, _pack_chain(issued.chain_der), card_id,
+            holder_cf))])
+
+    async def find_issued(self, request_id: str) -> list[IssuedCertificate]:
+        rows = await self._all(Q_CERTIFICATES_BY_REQUEST, (request_id,))
+        return [IssuedCertificate(CertRef(r[0], r[1]), r[2], _unpack_chain(r[3]), _utc(r[4]), _utc(r[5]))
+                for r in rows]
+
+    async def update_certificate_status(self, info: CertStatusInfo) -> None:
+        revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
+        await self._write([(Q_UPDATE_CERT_STATUS, (info.state.value, info.revocation_reason or None, revoked_at,
+                                                   info.ref.issuer_dn, info.ref.serial_hex))])
+
+    async def first_issued_for_card(self, card_id: str) -> _dt.datetime | None:
+        row = await self._one(Q_FIRST_FOR_CARD, (card_id,))
+        return _utc(row[0]) if row and row[0] is not None else None
+
     async def recent_issuance_stats(self, seconds: float) -> tuple[int, float]:
-        async with self._r.execute(Q_ISSUANCE_STATS, (time.time() - seconds,)) as cur:
-            count, mean = await cur.fetchone()
+        row = await self._one(Q_ISSUANCE_STATS, (self._clock() - seconds,))
+        count, mean = row
         return int(count or 0), float(mean or 0.0) * 1000.0
+
+    # -- maintenance and audit ------------------------------------------------------
+
+    async def add_maintenance(self, id_: str, starts_at: float, ends_at: float, reason: str, source: str,
+                              audit: AuditEntry | None = None) -> None:
+        statements = [(Q_INSERT_MAINTENANCE, (id_, starts_at, ends_at, reason, source))]
+        if audit is not None:
+            statements.append((Q_INSERT_AUDIT, _audit_params(audit, self._clock())))
+        await self._write(statements)
+
+    async def list_maintenance(self, after: float) -> list[tuple[str, float, float, str, str]]:
+        return [tuple(r) for r in await self._all(Q_LIST_MAINTENANCE, (after,))]
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self._write([(Q_INSERT_AUDIT, _audit_params(entry, self._clock()))])
+
+    async def list_audit(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        rows = await self._all(Q_LIST_AUDIT, (after_seq, limit))
+        return [AuditEntry(actor=r[2], station_id=r[3], operation=r[4], request_id=r[5], target=r[6] or "",
+                           result=r[7], detail=r[8] or "", at=r[1], seq=r[0]) for r in rows]

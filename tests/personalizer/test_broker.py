@@ -1,4 +1,4 @@
-"""In-process broker + SQLite store + embedded CA: crash resume, legacy key policy."""
+"""In-process broker + relay + SQLite store + embedded CA: crash resume, legacy key policy."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,9 @@ import pytest
 from personalizer import config, validation
 from personalizer.broker import Broker, IssueInput
 from personalizer.errors import InvalidRequest
+from personalizer.relay import Relay
 from personalizer.server import build_ca
+from personalizer.windows import ServiceCalendar
 from personalizer.store import STATE_ISSUED, RequestRecord, RequestStore
 from tests.personalizer import helpers
 
@@ -31,9 +33,14 @@ def test_received_row_left_by_a_crash_is_resumed(deployment, tmp_path):
         await store.create_request(RequestRecord(request_id=inp.request_id, kind="issue", profile=inp.profile,
                                                  payload_sha256=inp.fingerprint(), chamber_code="RM",
                                                  station_id="RM-STATION-01", operator_id="op"))
-        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits)
+        # the row has no outbox row (written by a version without one): resubmitting gives it one
+        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=10)
+        relay = Relay(store=store, ca=ca, calendar=ServiceCalendar(always_open=True), notify=broker.notify)
+        broker.wake_relay = relay.wake
+        await relay.start()
         rec = await broker.submit_issue(inp)
         stored = await store.get_request(inp.request_id)
+        await relay.stop()
         await store.close()
         return rec, stored
 

@@ -210,12 +210,15 @@ def test_get_request_watch_and_certificate_status(station_stub, admin_stub):
     assert _code(ei) == grpc.StatusCode.NOT_FOUND
 
 
-def test_ca_status_and_unimplemented_lifecycle(admin_stub):
+def test_ca_status_and_lifecycle_argument_checks(admin_stub):
     st = admin_stub.GetCAStatus(pb.GetCAStatusRequest(), timeout=TIMEOUT)
     assert st.operational and st.connector == "embedded" and len(st.chain_der) == 2
+    assert not st.in_maintenance and st.breaker_state == "closed"
+    assert {d.lane for d in st.queue_depth} == {"priority", "standard"}
+    # Revoke is implemented now (it was UNIMPLEMENTED before the lifecycle issue): an empty reference is refused
     with pytest.raises(grpc.RpcError) as ei:
         admin_stub.Revoke(pb.ChangeStatusRequest(request_id="r", certificate=common_pb2.CertificateRef()), timeout=TIMEOUT)
-    assert _code(ei) == grpc.StatusCode.UNIMPLEMENTED
+    assert _code(ei) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_and_reflection(daemon, tls_dir, station_cert):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from personalizer import codice_fiscale as cf, config, dati_personali
+from personalizer import validation, codice_fiscale as cf, config, dati_personali
 from personalizer.errors import ConfigError
 
 
@@ -46,14 +46,17 @@ def test_dati_personali_round_trip_and_hash_length():
         dati_personali.decode(raw[:-3])
 
 
-def test_config_refuses_1024_for_qualified(deployment, tmp_path):
+def test_config_refuses_qualified_below_its_floor(deployment, tmp_path):
+    # 2b1cec1 lowered the qualified floor to 1024 (legacy cards, opt-in); below the floor is still refused
+    floor = validation.PROFILE_FLOOR_BITS["qualified-signature"]
     text = deployment.server_config.read_text().replace(
-        "[profiles.qualified-signature]\nmin_rsa_bits = 2048", "[profiles.qualified-signature]\nmin_rsa_bits = 1024")
+        "[profiles.qualified-signature]\nmin_rsa_bits = 2048",
+        f"[profiles.qualified-signature]\nmin_rsa_bits = {floor // 2}")
     p = deployment.server_config.with_name("bad.toml")
     p.write_text(text)
     with pytest.raises(ConfigError) as ei:
         config.load(p)
-    assert ei.value.key == "profiles.qualified-signature.min_rsa_bits" and "at least 2048" in str(ei.value)
+    assert ei.value.key == "profiles.qualified-signature.min_rsa_bits" and f"at least {floor}" in str(ei.value)
 
 
 def test_config_allows_1024_for_legacy_cns_auth(deployment):

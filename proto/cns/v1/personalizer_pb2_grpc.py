@@ -121,9 +121,15 @@ class PersonalizerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Renew(self, request, context):
-        """Declared for the renewal and lifecycle issues; the daemon answers
-        UNIMPLEMENTED until those land. Clients must treat UNIMPLEMENTED as
-        "not offered by this server version", never as a transient error.
+        """Lifecycle, through the durable outbox. Renew follows the service window
+        like SubmitIssue; Suspend, Reactivate and Revoke use the 24x7 priority
+        lane. Each answers once the request is durable: with the result when the
+        CA answered within the daemon's short wait, otherwise with the request's
+        state (follow it with GetRequest / WatchRequest by request id).
+        Invalid transitions (reactivating a revoked certificate, renewing outside
+        the renewal window or beyond the device's 6-year life) → FAILED_PRECONDITION.
+        Servers older than this contract answer UNIMPLEMENTED: treat it as "not
+        offered by this server version", never as a transient error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,87 @@
+"""The QueueAdmin gRPC servicer: central IT's view of the outbox and of planned CA maintenance.
+
+Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited.
+Must not import the store's SQL, the CA's key stores or anything of the agent.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+
+from personalizer import identity, validation
+from personalizer.broker import Broker
+from personalizer.errors import FailedPrecondition, InvalidRequest
+from personalizer.relay import Relay
+from personalizer.service import STATE_ENUMS, _translate
+from personalizer.store import AuditEntry, RequestRecord
+from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
+
+DEFAULT_LIMIT = 100
+MAX_MAINTENANCE = _dt.timedelta(days=7)
+
+
+def item(rec: RequestRecord) -> apb.QueueItem:
+    return apb.QueueItem(
+        request_id=rec.request_id, kind=rec.kind, lane=rec.lane or "", state=STATE_ENUMS[rec.state],
+        attempts=rec.attempts, next_attempt_at=0 if rec.terminal else int(rec.next_attempt_at),
+        last_error=rec.last_error or "", created_at=int(rec.created_at), updated_at=int(rec.updated_at),
+        chamber_code=rec.chamber_code, station_id=rec.station_id)
+
+
+class QueueAdminService(apb_grpc.QueueAdminServicer):
+    def __init__(self, *, broker: Broker, relay: Relay):
+        self._broker = broker
+        self._relay = relay
+
+    def _audit(self, operation: str, request_id: str | None, result: str, detail: str = "") -> AuditEntry:
+        return AuditEntry(identity.current_identity().uri, "", operation, request_id, "", result, detail)
+
+    @_translate
+    async def ListQueue(self, request, context):
+        limit = min(request.limit or DEFAULT_LIMIT, 10_000)
+        return apb.ListQueueResponse(items=[item(r) for r in await self._broker.store.list_queue(limit)])
+
+    @_translate
+    async def ShowQueued(self, request, context):
+        return item(await self._broker.get(request.request_id))
+
+    @_translate
+    async def RetryNow(self, request, context):
+        rec = await self._broker.get(request.request_id)
+        if not await self._broker.store.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done")):
+            raise FailedPrecondition(f"request {rec.request_id} is {rec.state} and not waiting in the queue")
+        self._relay.wake()
+        return item(await self._broker.get(rec.request_id))
+
+    @_translate
+    async def Cancel(self, request, context):
+        rec = await self._broker.get(request.request_id)
+        if not await self._broker.store.cancel(rec.request_id, self._audit("queue-cancel", rec.request_id, "done")):
+            raise FailedPrecondition(
+                f"request {rec.request_id} is {rec.state} after {rec.attempts} attempt(s); only a request that "
+                "never reached the CA can be cancelled")
+        done = await self._broker.get(rec.request_id)
+        self._broker.notify(done)
+        return item(done)
+
+    @_translate
+    async def AddMaintenance(self, request: pb.MaintenanceWindow, context):
+        if request.ends_at <= request.starts_at:
+            raise InvalidRequest("ends_at", "must be after starts_at")
+        if request.ends_at - request.starts_at > MAX_MAINTENANCE.total_seconds():
+            raise InvalidRequest("ends_at", f"a maintenance window is at most {MAX_MAINTENANCE.days} days")
+        id_ = request.id or f"m-{uuid.uuid4().hex[:12]}"
+        validation.check_request_id(id_)
+        await self._broker.store.add_maintenance(
+            id_, float(request.starts_at), float(request.ends_at), request.reason, "admin",
+            audit=self._audit("maintenance-add", None, "done", f"{id_} {request.starts_at}..{request.ends_at}"))
+        await self._relay.reload_maintenance()
+        return pb.MaintenanceWindow(id=id_, starts_at=request.starts_at, ends_at=request.ends_at,
+                                    reason=request.reason)
+
+    @_translate
+    async def ListMaintenance(self, request, context):
+        now = self._relay.now_dt()
+        return apb.ListMaintenanceResponse(windows=[
+            pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()), ends_at=int(w.ends_at.timestamp()),
+                                 reason=w.reason) for w in self._relay.maintenance if w.ends_at > now])

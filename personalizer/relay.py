@@ -1,0 +1,323 @@
+"""The relay: delivers outbox rows to the CA, at least once, never issuing twice.
+
+One supervised task (``relay``) loops: load the due rows of the priority lane
+(suspend, reactivate, revoke: 24x7), then — only inside the service window —
+of the standard lane (issue, renew); claim them (``sending``, committed before
+the CA is called), deliver them with bounded concurrency, and record the
+outcome in one transaction (request + outbox + audit):
+
+* success → ISSUED / DONE; after a status change the ``on_status_change``
+  hook runs (CRL/OCSP publication);
+* ``InvalidRequest`` / ``NotSupported`` (terminal) → FAILED with the reason;
+* ``CAUnavailable`` or anything unexpected → retry at ``next_attempt_at``
+  (exponential backoff with jitter, persisted), and the circuit breaker
+  counts the failure; while it is open nothing is sent and ``health()``
+  probes decide when to close it.
+
+An issuance row whose earlier attempt may have reached the CA (attempts > 1)
+is first looked up with ``find_issued(request_id)`` (the connector's, else the
+store's registry), so a retry never issues a second certificate.
+
+During planned maintenance nothing is sent. Time comes from the injected
+``clock``; tests drive ``run_once()`` directly. Must not import grpc or proto.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from cryptography import x509
+
+from personalizer import validation
+from personalizer.ca.base import CAConnector, CertificateSubject, CertRef, CertState
+from personalizer.errors import CAUnavailable, InvalidRequest, NotSupported, PersonalizerError
+from personalizer.metrics import CAMetrics
+from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
+                                 ChangePayload, IssuancePayload)
+from personalizer.policy import CircuitBreaker, RetryPolicy
+from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, RequestRecord, RequestStore
+from personalizer.windows import Maintenance, ServiceCalendar, active_maintenance
+
+log = logging.getLogger(__name__)
+RELAY_ACTOR = "relay"
+IDLE_POLL_SECONDS = 5.0       # upper bound of one sleep when nothing is due (wake() cuts it short)
+TARGET_STATE = {KIND_SUSPEND: CertState.SUSPENDED, KIND_REACTIVATE: CertState.ACTIVE, KIND_REVOKE: CertState.REVOKED}
+
+
+class Relay:
+    def __init__(self, *, store: RequestStore, ca: CAConnector, calendar: ServiceCalendar,
+                 retry: RetryPolicy = RetryPolicy(), breaker: CircuitBreaker | None = None,
+                 metrics: CAMetrics | None = None, clock: Callable[[], float] = time.time,
+                 concurrency: int = 32, batch: int = 256,
+                 notify: Callable[[RequestRecord], None] = lambda rec: None,
+                 on_status_change: Callable[[], Awaitable[None]] | None = None,
+                 maintenance: list[Maintenance] = ()):
+        self._store, self._ca, self.calendar = store, ca, calendar
+        self._retry = retry
+        self.breaker = breaker or CircuitBreaker()
+        self.metrics = metrics or CAMetrics(clock=clock)
+        self._clock = clock
+        self._sem = asyncio.Semaphore(concurrency)
+        self._batch = batch
+        self._notify = notify
+        self._on_status_change = on_status_change
+        self._config_maintenance = list(maintenance)
+        self.maintenance: list[Maintenance] = list(maintenance)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._hooks: set[asyncio.Task] = set()
+        self.last_health_detail = ""
+
+    # -- control -------------------------------------------------------------------
+
+    def now_dt(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def reload_maintenance(self) -> None:
+        rows = await self._store.list_maintenance(self._clock() - 1)
+        stored = [Maintenance(r[0], _dt.datetime.fromtimestamp(r[1], _dt.timezone.utc),
+                              _dt.datetime.fromtimestamp(r[2], _dt.timezone.utc), r[3]) for r in rows]
+        ids = {m.id for m in stored}
+        self.maintenance = sorted(stored + [m for m in self._config_maintenance if m.id not in ids],
+                                  key=lambda m: m.starts_at)
+        self.wake()
+
+    async def start(self) -> None:
+        await self._store.reset_sending()
+        await self.reload_maintenance()
+        self._task = asyncio.create_task(self._supervise(), name="relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for t in list(self._hooks):
+            t.cancel()
+        await asyncio.gather(*self._hooks, return_exceptions=True)
+
+    async def _supervise(self) -> None:
+        """Restart the loop after an unexpected error (logged), with a pause; cancellation ends it."""
+        while True:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relay loop failed; restarting in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.run_once()
+            delay = await self._next_wake_delay()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+
+    # -- state questions --------------------------------------------------------------
+
+    def active_maintenance(self) -> Maintenance | None:
+        return active_maintenance(self.maintenance, self.now_dt())
+
+    def lanes_open(self) -> tuple[str, ...]:
+        if self.active_maintenance() is not None:
+            return ()
+        return (LANE_PRIORITY, LANE_STANDARD) if self.calendar.is_open(self.now_dt()) else (LANE_PRIORITY,)
+
+    def waiting_reason(self, rec: RequestRecord) -> str:
+        if rec.terminal or rec.outbox_status in (None, "done", "failed", "cancelled"):
+            return ""
+        m = self.active_maintenance()
+        if m is not None:
+            return f"CA maintenance until {m.ends_at.isoformat()}"
+        if self.breaker.state != "closed":
+            return f"CA unavailable (circuit {self.breaker.state}): {rec.last_error or self.last_health_detail}"
+        if rec.lane == LANE_STANDARD and not self.calendar.is_open(self.now_dt()):
+            nxt = self.calendar.next_change(self.now_dt())
+            return "outside the CA service window" + (f"; opens {nxt.isoformat()}" if nxt else "")
+        if rec.last_error:
+            return f"retrying: {rec.last_error}"
+        return ""
+
+    async def _next_wake_delay(self) -> float:
+        now = self._clock()
+        candidates = [IDLE_POLL_SECONDS]
+        m = self.active_maintenance()
+        if m is not None:
+            candidates.append(m.ends_at.timestamp() - now)
+        else:
+            upcoming = [w.starts_at.timestamp() - now for w in self.maintenance if w.starts_at.timestamp() > now]
+            candidates.extend(upcoming[:1])
+            if self.breaker.state == "open":
+                candidates.append(self.breaker.opened_at + self.breaker.reset_seconds - now)
+            nxt = await self._store.next_due(self.lanes_open())
+            if nxt is not None:
+                candidates.append(nxt - now)
+            if LANE_STANDARD not in self.lanes_open():
+                change = self.calendar.next_change(self.now_dt())
+                if change is not None:
+                    candidates.append(change.timestamp() - now)
+        return max(0.0, min(candidates))
+
+    # -- one pass ----------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Deliver everything due now (priority lane first). Returns the number of rows attempted."""
+        self.metrics.queue_depth = await self._store.queue_depth()
+        m = self.active_maintenance()
+        self.metrics.in_maintenance = m is not None
+        self.metrics.window_open = self.calendar.is_open(self.now_dt())
+        if m is not None:
+            return 0
+        if not await self._breaker_allows():
+            return 0
+        done = 0
+        for lane in self.lanes_open():
+            while True:
+                ids = await self._store.due(self._clock(), lane, self._batch)
+                if not ids:
+                    break
+                await asyncio.gather(*(self._deliver(rid) for rid in ids))
+                done += len(ids)
+                if self.breaker.state != "closed":
+                    break
+            if self.breaker.state != "closed":
+                break
+        self.metrics.queue_depth = await self._store.queue_depth()
+        self.metrics.breaker_state = self.breaker.state
+        return done
+
+    async def _breaker_allows(self) -> bool:
+        now = self._clock()
+        if self.breaker.allow(now):
+            return True
+        if not self.breaker.needs_probe(now):
+            self.metrics.breaker_state = self.breaker.state
+            return False
+        try:
+            health = await self._ca.health()
+            ok, self.last_health_detail = health.operational, health.detail
+        except Exception as exc:   # a probe that raises is a failed probe
+            ok, self.last_health_detail = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            log.info("CA health probe succeeded; circuit closed")
+            self.breaker.success(self._clock())
+        else:
+            log.warning("CA health probe failed (%s); circuit stays open", self.last_health_detail)
+            self.breaker.failure(self._clock())
+        self.metrics.breaker_state = self.breaker.state
+        return self.breaker.state == "closed"
+
+    async def _deliver(self, request_id: str) -> None:
+        async with self._sem:
+            if self.breaker.state != "closed":
+                return   # opened by a sibling in this batch: leave the row due
+            if not await self._store.mark_sending(request_id):
+                return   # cancelled or taken meanwhile
+            rec = await self._store.get_request(request_id)
+            payload = await self._store.get_payload(request_id)
+            self._notify(rec)
+            t0 = time.perf_counter()
+            try:
+                if payload.kind in ISSUANCE_KINDS:
+                    await self._deliver_issuance(rec, IssuancePayload.decode(payload.payload))
+                elif payload.kind in CHANGE_KINDS:
+                    await self._deliver_change(rec, payload.kind, ChangePayload.decode(payload.payload))
+                else:
+                    raise InvalidRequest("kind", f"unknown outbox kind {payload.kind!r}")
+            except (InvalidRequest, NotSupported) as exc:
+                self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
+                self.breaker.success(self._clock())
+                field = getattr(exc, "field", "")
+                message = getattr(exc, "message", str(exc))
+                await self._store.fail_request(request_id, exc.code, field, message, audit=AuditEntry(
+                    RELAY_ACTOR, rec.station_id, payload.kind, request_id, _target(rec), f"failed:{exc.code}",
+                    message))
+                log.info("request %s (%s) refused by the CA: %s", request_id, payload.kind, exc)
+            except Exception as exc:   # CAUnavailable, and anything unexpected: retry later
+                self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
+                self.breaker.failure(self._clock())
+                if not isinstance(exc, CAUnavailable):
+                    log.exception("unexpected error delivering %s; will retry", request_id)
+                reason = str(exc) if isinstance(exc, PersonalizerError) else f"{type(exc).__name__}"
+                at = self._clock() + self._retry.delay(rec.attempts)
+                await self._store.schedule_retry(request_id, at, reason)
+                log.info("request %s attempt %d failed (%s); next attempt in %.1f s", request_id, rec.attempts,
+                         reason, at - self._clock())
+            else:
+                self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
+                self.breaker.success(self._clock())
+            final = await self._store.get_request(request_id)
+            if final is not None:
+                self._notify(final)
+
+    async def _deliver_issuance(self, rec: RequestRecord, p: IssuancePayload) -> None:
+        audit = AuditEntry(RELAY_ACTOR, rec.station_id, rec.kind, rec.request_id, p.card_id, "done")
+        if rec.attempts > 1:   # an earlier attempt may have reached the CA: look before issuing again
+            found = await self._find_issued(rec.request_id)
+            if found is not None:
+                log.info("request %s was already issued by the CA (serial %s); recording it", rec.request_id,
+                         found.ref.serial_hex)
+                await self._store.complete_issue(rec.request_id, found, p.profile, card_id=p.card_id,
+                                                 holder_cf=p.codice_fiscale, audit=audit)
+                return
+        csr = x509.load_der_x509_csr(p.csr_der)
+        holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
+        subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
+        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id)
+        await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
+                                         holder_cf=p.codice_fiscale, audit=audit)
+
+    async def _find_issued(self, request_id: str):
+        finder = getattr(self._ca, "find_issued", None)
+        if finder is not None:
+            return await finder(request_id)
+        found = await self._store.find_issued(request_id)
+        return found[0] if found else None
+
+    async def _deliver_change(self, rec: RequestRecord, kind: str, p: ChangePayload) -> None:
+        ref = CertRef(p.issuer_dn, p.serial_hex)
+        if rec.attempts > 1:   # idempotent on retry: already in the target state → done
+            info = await self._ca.status(ref)
+            if info is not None and info.state is TARGET_STATE[kind] and (
+                    kind != KIND_SUSPEND or info.revocation_reason in ("", "certificateHold")):
+                await self._complete_change(rec, kind, info)
+                return
+        if kind == KIND_SUSPEND:
+            info = await self._ca.suspend(ref)
+        elif kind == KIND_REACTIVATE:
+            info = await self._ca.reactivate(ref)
+        else:
+            info = await self._ca.revoke(ref, p.reason)
+        await self._complete_change(rec, kind, info)
+
+    async def _complete_change(self, rec: RequestRecord, kind: str, info) -> None:
+        await self._store.complete_change(rec.request_id, info, audit=AuditEntry(
+            RELAY_ACTOR, rec.station_id, kind, rec.request_id, _target(rec), "done", info.state.value))
+        if self._on_status_change is not None:
+            task = asyncio.create_task(self._run_hook(), name=f"publish-after-{kind}")
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
+
+    async def _run_hook(self) -> None:
+        try:
+            await self._on_status_change()
+        except Exception:
+            log.exception("publication after a status change failed; the periodic refresh will retry")
+
+
+def _target(rec: RequestRecord) -> str:
+    return f"{rec.issuer_dn}#{rec.serial_hex}" if rec.issuer_dn else ""
