@@ -16,7 +16,7 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices")
+COMMAND_MODULES = ("run", "devices", "personalize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,3 +64,16 @@ class AgentClient:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return
             raise self._translate(exc) from exc
+
+    def personalize(self, request: pb.PersonalizeRequest, timeout_s: float = 900.0) -> Iterator[pb.OperationProgress]:
+        """Progress messages of a personalization; the last one carries the result."""
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run --config FILE`")
+        try:
+            yield from self._stub.Personalize(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from exc
+
+    def operations(self) -> pb.ListOperationsResponse:
+        return self._call(self._stub.ListOperations, pb.ListOperationsRequest())

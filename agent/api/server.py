@@ -40,9 +40,23 @@ class AgentFacts:
 
 
 class AgentLocalService(pb_grpc.AgentLocalServicer):
-    def __init__(self, registry: DeviceRegistry, facts: AgentFacts) -> None:
+    def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None) -> None:
         self.registry = registry
         self.facts = facts
+        self.operations = operations   # agent.api.operations.Operations, when run with a station config
+
+    async def Personalize(self, request, context):  # noqa: N802
+        if self.operations is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent runs without a station configuration: start it with "
+                                "`cns-agent run --config FILE`")
+        async for message in self.operations.personalize(request, context):
+            yield message
+
+    async def ListOperations(self, request, context):  # noqa: N802
+        if self.operations is None:
+            return pb.ListOperationsResponse()
+        return await self.operations.list_operations(request, context)
 
     async def GetAgentInfo(self, request, context):  # noqa: N802 (gRPC names)
         f = self.facts

@@ -19,7 +19,12 @@ from agent.api.server import SHUTDOWN_GRACE_S, AgentFacts, AgentLocalService, st
 from agent.commands import CommandError, add_socket_option, socket_path
 from agent.devices.catalog import Catalog, CatalogError
 from agent.devices.monitor import PcscMonitor
+from agent.devices.pcsc import PcscContext, PcscTransport
 from agent.devices.registry import DeviceRegistry
+from agent.api.operations import Operations
+from agent.ops.errors import OperationError
+from agent.ops.station import StationOps
+import station_config
 
 log = logging.getLogger("agent.run")
 MONITOR_CHECK_S = 1.0
@@ -28,6 +33,8 @@ MONITOR_CHECK_S = 1.0
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the agent: watch readers and cards, serve the local API")
     p.add_argument("--profiles", type=Path, default=None, help="card profile directory (default: the built-in set)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="station configuration (station_config schema); enables device operations")
     add_socket_option(p)
     p.set_defaults(func=run)
 
@@ -45,14 +52,71 @@ async def _watch_monitor(monitor: PcscMonitor) -> None:
     raise RuntimeError(f"the PC/SC monitor thread stopped: {monitor.failure!r}")
 
 
-async def run_agent(sock: Path, profiles: Path | None) -> None:
+class PcscLink:
+    """A PC/SC connection owning its own context (operations run in worker threads)."""
+
+    def __init__(self, reader: str) -> None:
+        self.context = PcscContext()
+        try:
+            self.transport = PcscTransport(self.context, reader)
+        except Exception:
+            self.context.close()
+            raise
+
+    def transmit(self, apdu: bytes):
+        return self.transport.transmit(apdu)
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            self.context.close()
+
+
+async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops) -> None:
+    """Finish or undo an interrupted operation as soon as its card is seen again (or at start)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    _seq, readers, unsubscribe = registry.subscribe_with_snapshot(
+        lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev.reader))
+    for r in readers:
+        queue.put_nowait(r)
+    try:
+        while True:
+            reader = await queue.get()
+            card = reader.card
+            if card is None or not card.serial or card.model_id not in catalog.models:
+                continue
+            try:
+                out = await ops.recover(connect=PcscLink, reader=reader.name, card_serial=card.serial,
+                                        model=catalog.models[card.model_id])
+                if out is not None:
+                    log.info("card %s: interrupted %s finished as %s", card.serial, out.op_id, out.state)
+            except Exception as exc:  # a card pulled again, the personalizer down: retried next insert
+                log.warning("card %s: recovery not finished (%s); retried when the card is seen again",
+                            card.serial, exc)
+    finally:
+        unsubscribe()
+
+
+async def run_agent(sock: Path, profiles: Path | None, config: Path | None = None) -> None:
     catalog = Catalog.load(profiles)
     log.info("loaded %d card model(s): %s", len(catalog.models), ", ".join(catalog.model_ids) or "none")
     registry = DeviceRegistry()
     monitor = PcscMonitor(registry, catalog)
     facts = AgentFacts(version=_version(), socket_path=str(sock), profiles_dir=str(profiles or ""),
                        model_ids=catalog.model_ids, pcsc_status=lambda: monitor.status)
-    server = await start_server(sock, AgentLocalService(registry, facts))
+    ops = operations = None
+    if config is not None:
+        try:
+            cfg = station_config.load(config)
+            ops = await StationOps.open(cfg)
+        except (station_config.StationConfigError, OperationError) as exc:
+            raise CommandError(str(exc)) from exc
+        operations = Operations(ops, catalog, registry, PcscLink)
+        log.info("station %s (%s): device operations enabled, personalizer %s", cfg.station.id,
+                 cfg.station.chamber_code, cfg.personalizer.primary)
+    server = await start_server(sock, AgentLocalService(registry, facts, operations))
     monitor.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -63,6 +127,8 @@ async def run_agent(sock: Path, profiles: Path | None) -> None:
         asyncio.create_task(server.wait_for_termination(), name="grpc-server"),
         asyncio.create_task(_watch_monitor(monitor), name="pcsc-monitor-watch"),
     }
+    if ops is not None:
+        tasks.add(asyncio.create_task(_recover_on_insert(registry, catalog, ops), name="recover-on-insert"))
     log.info("agent running (pid %d)", __import__("os").getpid())
     failure: BaseException | None = None
     try:
@@ -84,6 +150,8 @@ async def run_agent(sock: Path, profiles: Path | None) -> None:
             sock.unlink()
         except FileNotFoundError:
             pass
+        if ops is not None:
+            await ops.close()
         log.info("agent stopped")
     if failure is not None:
         raise CommandError(f"agent stopped on an error: {failure}")
@@ -91,7 +159,7 @@ async def run_agent(sock: Path, profiles: Path | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(run_agent(socket_path(args), args.profiles))
+        asyncio.run(run_agent(socket_path(args), args.profiles, args.config))
     except (CatalogError, RunDirError) as exc:
         raise CommandError(str(exc)) from exc
     return 0

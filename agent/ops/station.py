@@ -76,10 +76,10 @@ class StationOps:
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
                           progress: Callable[[str, str], None] | None = None) -> Outcome:
-        async with self._lock:
+        async with self._lock, _Links(connect, reader) as links:
             async with PersonalizerClient(self.cfg) as uplink:
                 return await self._personalizer(uplink, progress).start(
-                    connect=lambda: connect(reader), reader=reader, model=model, holder=holder, codes=codes)
+                    connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
 
     async def recover(self, *, connect: Connect, reader: str, card_serial: str, model,
                       codes: Codes | None = None, progress=None) -> Outcome | None:
@@ -87,12 +87,36 @@ class StationOps:
         ops = await self.journal.open_operations(card_serial)
         if not ops:
             return None
-        async with self._lock:
+        async with self._lock, _Links(connect, reader) as links:
             async with PersonalizerClient(self.cfg) as uplink:
-                out = await self._personalizer(uplink, progress).resume(ops[0], connect=lambda: connect(reader),
+                out = await self._personalizer(uplink, progress).resume(ops[0], connect=links.open,
                                                                         model=model, codes=codes)
         log.info("recovered %s on card %s: %s %s", ops[0].kind, card_serial, out.state, out.message)
         return out
 
     async def open_operations(self) -> list[Any]:
         return await self.journal.open_operations()
+
+
+class _Links:
+    """Opens card connections for one operation and closes them all at its end."""
+
+    def __init__(self, connect: Connect, reader: str):
+        self.connect, self.reader, self.opened = connect, reader, []
+
+    def open(self) -> ApduTransport:
+        link = self.connect(self.reader)
+        self.opened.append(link)
+        return link
+
+    async def __aenter__(self) -> "_Links":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for link in self.opened:
+            close = getattr(link, "close", None)
+            if close is not None:
+                try:
+                    await asyncio.to_thread(close)
+                except Exception:  # the card may be gone already
+                    pass

@@ -24,33 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/cns/v1/agent.proto\x12\x06\x63ns.v1\"\x15\n\x13GetAgentInfoRequest\"\xa2\x01\n\tAgentInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x0b\n\x03uid\x18\x03 \x01(\r\x12\x13\n\x0bsocket_path\x18\x04 \x01(\t\x12\x13\n\x0bpcsc_status\x18\x05 \x01(\t\x12\x11\n\tmodel_ids\x18\x06 \x03(\t\x12\x14\n\x0cprofiles_dir\x18\x07 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\"\xc2\x01\n\nDeviceCard\x12\x0f\n\x07\x61tr_hex\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.cns.v1.DeviceCardState\x12\x11\n\tsupported\x18\x03 \x01(\x08\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x0e\n\x06serial\x18\x06 \x01(\t\x12\x14\n\x0cholder_label\x18\x07 \x01(\t\x12\r\n\x05\x62lank\x18\x08 \x01(\x08\x12\r\n\x05\x65rror\x18\t \x01(\t\"T\n\x0c\x44\x65viceReader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61rd_present\x18\x02 \x01(\x08\x12 \n\x04\x63\x61rd\x18\x03 \x01(\x0b\x32\x12.cns.v1.DeviceCard\"\x14\n\x12ListDevicesRequest\"N\n\x13ListDevicesResponse\x12%\n\x07readers\x18\x01 \x03(\x0b\x32\x14.cns.v1.DeviceReader\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x15\n\x13WatchDevicesRequest\"\xd4\x01\n\x0b\x44\x65viceEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.cns.v1.DeviceEventKind\x12\x13\n\x0breader_name\x18\x03 \x01(\t\x12$\n\x06reader\x18\x04 \x01(\x0b\x32\x14.cns.v1.DeviceReader\x12\x13\n\x0binterrupted\x18\x05 \x01(\x08\x12\x14\n\x0ctime_unix_ms\x18\x06 \x01(\x03\x12&\n\x08snapshot\x18\x07 \x03(\x0b\x32\x14.cns.v1.DeviceReader*\xb0\x01\n\x0f\x44\x65viceCardState\x12!\n\x1d\x44\x45VICE_CARD_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45VICE_CARD_STATE_READING\x10\x01\x12\x1b\n\x17\x44\x45VICE_CARD_STATE_READY\x10\x02\x12!\n\x1d\x44\x45VICE_CARD_STATE_UNSUPPORTED\x10\x03\x12\x1b\n\x17\x44\x45VICE_CARD_STATE_ERROR\x10\x04*\xaa\x02\n\x0f\x44\x65viceEventKind\x12!\n\x1d\x44\x45VICE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45VICE_EVENT_KIND_SNAPSHOT\x10\x01\x12\"\n\x1e\x44\x45VICE_EVENT_KIND_READER_ADDED\x10\x02\x12$\n DEVICE_EVENT_KIND_READER_REMOVED\x10\x03\x12#\n\x1f\x44\x45VICE_EVENT_KIND_CARD_INSERTED\x10\x04\x12\x1f\n\x1b\x44\x45VICE_EVENT_KIND_CARD_READ\x10\x05\x12\"\n\x1e\x44\x45VICE_EVENT_KIND_CARD_REMOVED\x10\x06\x12 \n\x1c\x44\x45VICE_EVENT_KIND_CARD_ERROR\x10\x07\x32\xd8\x01\n\nAgentLocal\x12>\n\x0cGetAgentInfo\x12\x1b.cns.v1.GetAgentInfoRequest\x1a\x11.cns.v1.AgentInfo\x12\x46\n\x0bListDevices\x12\x1a.cns.v1.ListDevicesRequest\x1a\x1b.cns.v1.ListDevicesResponse\x12\x42\n\x0cWatchDevices\x12\x1b.cns.v1.WatchDevicesRequest\x1a\x13.cns.v1.DeviceEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/cns/v1/agent.proto\x12\x06\x63ns.v1\"\x8e\x01\n\nHolderData\x12\x16\n\x0e\x63odice_fiscale\x18\x01 \x01(\t\x12\x12\n\ngiven_name\x18\x02 \x01(\t\x12\x0f\n\x07surname\x18\x03 \x01(\t\x12\x12\n\nbirth_date\x18\x04 \x01(\t\x12\x0b\n\x03sex\x18\x05 \x01(\t\x12\x12\n\nbirth_town\x18\x06 \x01(\t\x12\x0e\n\x06issuer\x18\x07 \x01(\t\"b\n\x12PersonalizeRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\"\n\x06holder\x18\x02 \x01(\x0b\x32\x12.cns.v1.HolderData\x12\x0b\n\x03pin\x18\x03 \x01(\t\x12\x0b\n\x03puk\x18\x04 \x01(\t\"\x87\x03\n\x0fOperationResult\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x14\n\x0cholder_label\x18\x04 \x01(\t\x12N\n\x14\x63\x65rtificate_subjects\x18\x05 \x03(\x0b\x32\x30.cns.v1.OperationResult.CertificateSubjectsEntry\x12\x17\n\x0ftest_signatures\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12@\n\rstage_seconds\x18\x08 \x03(\x0b\x32).cns.v1.OperationResult.StageSecondsEntry\x1a:\n\x18\x43\x65rtificateSubjectsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x11OperationProgress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.cns.v1.OperationResult\"\x17\n\x15ListOperationsRequest\"s\n\rOpenOperation\x12\r\n\x05op_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61rd_serial\x18\x03 \x01(\t\x12\x0e\n\x06reader\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\x12\x12\n\nstep_phase\x18\x06 \x01(\t\"C\n\x16ListOperationsResponse\x12)\n\noperations\x18\x01 \x03(\x0b\x32\x15.cns.v1.OpenOperation\"\x15\n\x13GetAgentInfoRequest\"\xa2\x01\n\tAgentInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x0b\n\x03uid\x18\x03 \x01(\r\x12\x13\n\x0bsocket_path\x18\x04 \x01(\t\x12\x13\n\x0bpcsc_status\x18\x05 \x01(\t\x12\x11\n\tmodel_ids\x18\x06 \x03(\t\x12\x14\n\x0cprofiles_dir\x18\x07 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\"\xc2\x01\n\nDeviceCard\x12\x0f\n\x07\x61tr_hex\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.cns.v1.DeviceCardState\x12\x11\n\tsupported\x18\x03 \x01(\x08\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x0e\n\x06serial\x18\x06 \x01(\t\x12\x14\n\x0cholder_label\x18\x07 \x01(\t\x12\r\n\x05\x62lank\x18\x08 \x01(\x08\x12\r\n\x05\x65rror\x18\t \x01(\t\"T\n\x0c\x44\x65viceReader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61rd_present\x18\x02 \x01(\x08\x12 \n\x04\x63\x61rd\x18\x03 \x01(\x0b\x32\x12.cns.v1.DeviceCard\"\x14\n\x12ListDevicesRequest\"N\n\x13ListDevicesResponse\x12%\n\x07readers\x18\x01 \x03(\x0b\x32\x14.cns.v1.DeviceReader\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x15\n\x13WatchDevicesRequest\"\xd4\x01\n\x0b\x44\x65viceEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.cns.v1.DeviceEventKind\x12\x13\n\x0breader_name\x18\x03 \x01(\t\x12$\n\x06reader\x18\x04 \x01(\x0b\x32\x14.cns.v1.DeviceReader\x12\x13\n\x0binterrupted\x18\x05 \x01(\x08\x12\x14\n\x0ctime_unix_ms\x18\x06 \x01(\x03\x12&\n\x08snapshot\x18\x07 \x03(\x0b\x32\x14.cns.v1.DeviceReader*\xb0\x01\n\x0f\x44\x65viceCardState\x12!\n\x1d\x44\x45VICE_CARD_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45VICE_CARD_STATE_READING\x10\x01\x12\x1b\n\x17\x44\x45VICE_CARD_STATE_READY\x10\x02\x12!\n\x1d\x44\x45VICE_CARD_STATE_UNSUPPORTED\x10\x03\x12\x1b\n\x17\x44\x45VICE_CARD_STATE_ERROR\x10\x04*\xaa\x02\n\x0f\x44\x65viceEventKind\x12!\n\x1d\x44\x45VICE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45VICE_EVENT_KIND_SNAPSHOT\x10\x01\x12\"\n\x1e\x44\x45VICE_EVENT_KIND_READER_ADDED\x10\x02\x12$\n DEVICE_EVENT_KIND_READER_REMOVED\x10\x03\x12#\n\x1f\x44\x45VICE_EVENT_KIND_CARD_INSERTED\x10\x04\x12\x1f\n\x1b\x44\x45VICE_EVENT_KIND_CARD_READ\x10\x05\x12\"\n\x1e\x44\x45VICE_EVENT_KIND_CARD_REMOVED\x10\x06\x12 \n\x1c\x44\x45VICE_EVENT_KIND_CARD_ERROR\x10\x07\x32\xf1\x02\n\nAgentLocal\x12>\n\x0cGetAgentInfo\x12\x1b.cns.v1.GetAgentInfoRequest\x1a\x11.cns.v1.AgentInfo\x12\x46\n\x0bListDevices\x12\x1a.cns.v1.ListDevicesRequest\x1a\x1b.cns.v1.ListDevicesResponse\x12\x42\n\x0cWatchDevices\x12\x1b.cns.v1.WatchDevicesRequest\x1a\x13.cns.v1.DeviceEvent0\x01\x12\x46\n\x0bPersonalize\x12\x1a.cns.v1.PersonalizeRequest\x1a\x19.cns.v1.OperationProgress0\x01\x12O\n\x0eListOperations\x12\x1d.cns.v1.ListOperationsRequest\x1a\x1e.cns.v1.ListOperationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICECARDSTATE']._serialized_start=848
-  _globals['_DEVICECARDSTATE']._serialized_end=1024
-  _globals['_DEVICEEVENTKIND']._serialized_start=1027
-  _globals['_DEVICEEVENTKIND']._serialized_end=1325
-  _globals['_GETAGENTINFOREQUEST']._serialized_start=36
-  _globals['_GETAGENTINFOREQUEST']._serialized_end=57
-  _globals['_AGENTINFO']._serialized_start=60
-  _globals['_AGENTINFO']._serialized_end=222
-  _globals['_DEVICECARD']._serialized_start=225
-  _globals['_DEVICECARD']._serialized_end=419
-  _globals['_DEVICEREADER']._serialized_start=421
-  _globals['_DEVICEREADER']._serialized_end=505
-  _globals['_LISTDEVICESREQUEST']._serialized_start=507
-  _globals['_LISTDEVICESREQUEST']._serialized_end=527
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=529
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=607
-  _globals['_WATCHDEVICESREQUEST']._serialized_start=609
-  _globals['_WATCHDEVICESREQUEST']._serialized_end=630
-  _globals['_DEVICEEVENT']._serialized_start=633
-  _globals['_DEVICEEVENT']._serialized_end=845
-  _globals['_AGENTLOCAL']._serialized_start=1328
-  _globals['_AGENTLOCAL']._serialized_end=1544
+  _globals['_OPERATIONRESULT_CERTIFICATESUBJECTSENTRY']._loaded_options = None
+  _globals['_OPERATIONRESULT_CERTIFICATESUBJECTSENTRY']._serialized_options = b'8\001'
+  _globals['_OPERATIONRESULT_STAGESECONDSENTRY']._loaded_options = None
+  _globals['_OPERATIONRESULT_STAGESECONDSENTRY']._serialized_options = b'8\001'
+  _globals['_DEVICECARDSTATE']._serialized_start=1791
+  _globals['_DEVICECARDSTATE']._serialized_end=1967
+  _globals['_DEVICEEVENTKIND']._serialized_start=1970
+  _globals['_DEVICEEVENTKIND']._serialized_end=2268
+  _globals['_HOLDERDATA']._serialized_start=37
+  _globals['_HOLDERDATA']._serialized_end=179
+  _globals['_PERSONALIZEREQUEST']._serialized_start=181
+  _globals['_PERSONALIZEREQUEST']._serialized_end=279
+  _globals['_OPERATIONRESULT']._serialized_start=282
+  _globals['_OPERATIONRESULT']._serialized_end=673
+  _globals['_OPERATIONRESULT_CERTIFICATESUBJECTSENTRY']._serialized_start=562
+  _globals['_OPERATIONRESULT_CERTIFICATESUBJECTSENTRY']._serialized_end=620
+  _globals['_OPERATIONRESULT_STAGESECONDSENTRY']._serialized_start=622
+  _globals['_OPERATIONRESULT_STAGESECONDSENTRY']._serialized_end=673
+  _globals['_OPERATIONPROGRESS']._serialized_start=675
+  _globals['_OPERATIONPROGRESS']._serialized_end=766
+  _globals['_LISTOPERATIONSREQUEST']._serialized_start=768
+  _globals['_LISTOPERATIONSREQUEST']._serialized_end=791
+  _globals['_OPENOPERATION']._serialized_start=793
+  _globals['_OPENOPERATION']._serialized_end=908
+  _globals['_LISTOPERATIONSRESPONSE']._serialized_start=910
+  _globals['_LISTOPERATIONSRESPONSE']._serialized_end=977
+  _globals['_GETAGENTINFOREQUEST']._serialized_start=979
+  _globals['_GETAGENTINFOREQUEST']._serialized_end=1000
+  _globals['_AGENTINFO']._serialized_start=1003
+  _globals['_AGENTINFO']._serialized_end=1165
+  _globals['_DEVICECARD']._serialized_start=1168
+  _globals['_DEVICECARD']._serialized_end=1362
+  _globals['_DEVICEREADER']._serialized_start=1364
+  _globals['_DEVICEREADER']._serialized_end=1448
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1450
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1470
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1472
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1550
+  _globals['_WATCHDEVICESREQUEST']._serialized_start=1552
+  _globals['_WATCHDEVICESREQUEST']._serialized_end=1573
+  _globals['_DEVICEEVENT']._serialized_start=1576
+  _globals['_DEVICEEVENT']._serialized_end=1788
+  _globals['_AGENTLOCAL']._serialized_start=2271
+  _globals['_AGENTLOCAL']._serialized_end=2640
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,106 @@ DEVICE_EVENT_KIND_CARD_READ: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_REMOVED: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_ERROR: DeviceEventKind
 
+class HolderData(_message.Message):
+    __slots__ = ("codice_fiscale", "given_name", "surname", "birth_date", "sex", "birth_town", "issuer")
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SURNAME_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_TOWN_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    codice_fiscale: str
+    given_name: str
+    surname: str
+    birth_date: str
+    sex: str
+    birth_town: str
+    issuer: str
+    def __init__(self, codice_fiscale: _Optional[str] = ..., given_name: _Optional[str] = ..., surname: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ..., issuer: _Optional[str] = ...) -> None: ...
+
+class PersonalizeRequest(_message.Message):
+    __slots__ = ("reader", "holder", "pin", "puk")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    PUK_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    holder: HolderData
+    pin: str
+    puk: str
+    def __init__(self, reader: _Optional[str] = ..., holder: _Optional[_Union[HolderData, _Mapping]] = ..., pin: _Optional[str] = ..., puk: _Optional[str] = ...) -> None: ...
+
+class OperationResult(_message.Message):
+    __slots__ = ("op_id", "card_serial", "state", "holder_label", "certificate_subjects", "test_signatures", "message", "stage_seconds")
+    class CertificateSubjectsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StageSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TEST_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    card_serial: str
+    state: str
+    holder_label: str
+    certificate_subjects: _containers.ScalarMap[str, str]
+    test_signatures: bool
+    message: str
+    stage_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, op_id: _Optional[str] = ..., card_serial: _Optional[str] = ..., state: _Optional[str] = ..., holder_label: _Optional[str] = ..., certificate_subjects: _Optional[_Mapping[str, str]] = ..., test_signatures: _Optional[bool] = ..., message: _Optional[str] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class OperationProgress(_message.Message):
+    __slots__ = ("step", "message", "result")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    message: str
+    result: OperationResult
+    def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., result: _Optional[_Union[OperationResult, _Mapping]] = ...) -> None: ...
+
+class ListOperationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OpenOperation(_message.Message):
+    __slots__ = ("op_id", "kind", "card_serial", "reader", "step", "step_phase")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_PHASE_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    kind: str
+    card_serial: str
+    reader: str
+    step: str
+    step_phase: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., card_serial: _Optional[str] = ..., reader: _Optional[str] = ..., step: _Optional[str] = ..., step_phase: _Optional[str] = ...) -> None: ...
+
+class ListOperationsResponse(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[OpenOperation]
+    def __init__(self, operations: _Optional[_Iterable[_Union[OpenOperation, _Mapping]]] = ...) -> None: ...
+
 class GetAgentInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

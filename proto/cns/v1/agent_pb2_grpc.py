@@ -49,6 +49,16 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.WatchDevicesRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.DeviceEvent.FromString,
                 _registered_method=True)
+        self.Personalize = channel.unary_stream(
+                '/cns.v1.AgentLocal/Personalize',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PersonalizeRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
+                _registered_method=True)
+        self.ListOperations = channel.unary_unary(
+                '/cns.v1.AgentLocal/ListOperations',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentLocalServicer:
@@ -75,6 +85,22 @@ class AgentLocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Personalize(self, request, context):
+        """Personalize the blank card in `reader` ("decentrata immediata"): progress
+        messages, then one message with `result`. Needs `cns-agent run --config`.
+        The PIN/PUK travel only over this 0600 socket and live in memory for the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperations(self, request, context):
+        """Operations the journal holds open (interrupted, waiting to be finished or undone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +118,16 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.WatchDevices,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.WatchDevicesRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.DeviceEvent.SerializeToString,
+            ),
+            'Personalize': grpc.unary_stream_rpc_method_handler(
+                    servicer.Personalize,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PersonalizeRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.SerializeToString,
+            ),
+            'ListOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperations,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +211,60 @@ class AgentLocal:
             '/cns.v1.AgentLocal/WatchDevices',
             proto_dot_cns_dot_v1_dot_agent__pb2.WatchDevicesRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.DeviceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Personalize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cns.v1.AgentLocal/Personalize',
+            proto_dot_cns_dot_v1_dot_agent__pb2.PersonalizeRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/ListOperations',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
