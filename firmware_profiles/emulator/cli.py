@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. tear:ins=D6,bytes=10  drop:ins=2A,nth=2  sw:ins=20,sw=6581  delay:ins=46,seconds=3")
     s.add_argument("--serial", help="16-character card serial for a new card")
     s.add_argument("--apdu-log", type=Path, metavar="FILE", help="append APDUs as JSON lines (secrets masked)")
-    s.add_argument("--reinsert-after", type=float, default=0.5, metavar="SECONDS",
-                   help="after a fault pulls the card, reinsert it after this delay")
+    s.add_argument("--reinsert-after", type=float, default=1.0, metavar="SECONDS",
+                   help="after a fault pulls the card, reinsert it after this delay (at least ~1 s, so pcscd sees the removal)")
     s.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="show the card models")

@@ -43,7 +43,7 @@ class VpcdClient:
     """Serve one card to one vpcd reader until ``stop()``; reinserts after a fault pulls it."""
 
     def __init__(self, card: EmulatedCard, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 reinsert_after: float = 0.5, connect_retry: float = 0.2):
+                 reinsert_after: float = 1.0, connect_retry: float = 0.2):
         self.card, self.host, self.port = card, host, port
         self.reinsert_after = reinsert_after
         self.connect_retry = connect_retry

@@ -202,7 +202,7 @@ def test_torn_update_binary_over_pcsc(pcscd, tmp_path):
     state = tmp_path / "card.json"
     card = EmulatedCard(model, state_path=state, faults=["tear:ins=D6,bytes=7"])
     host, port = parse_address(pcscd.vpcd_address(1))
-    client = VpcdClient(card, host, port, reinsert_after=0.3).start()
+    client = VpcdClient(card, host, port, reinsert_after=1.0).start()
     try:
         assert client.inserted.wait(10)
         reader = next(r for r in readers() if str(r).startswith(pcscd.reader_names[1]))
