@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         step("what OpenSC sees (pkcs15-tool -D)")
         time.sleep(0.5)
         dump = subprocess.run(["pkcs15-tool", "-D"], env=env, capture_output=True, text=True, timeout=60).stdout
-        report["opensc_token_label"] = (re.search(r"Token label\s*:\s*(.+)", dump) or [None, ""])[1].strip()
+        report["opensc_token_label"] = (re.search(r"PKCS#15 Card \[(.+?)\]", dump) or [None, ""])[1].strip()
         report["opensc_certificates"] = re.findall(r"X\.509 Certificate \[(.+?)\]", dump)
         if not args.json:
             print("\n".join("       " + x for x in dump.splitlines() if x.strip()), flush=True)
