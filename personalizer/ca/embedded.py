@@ -157,7 +157,7 @@ class EmbeddedCA:
                 elif row.profile != profile:
                     raise RequestConflict(request_id)
                 return self._issued(row)
-        finally:
+        finally:   # drop the lock once nobody holds or awaits it (asyncio.Lock keeps waiters in _waiters)
             if not lock.locked() and not getattr(lock, "_waiters", None):
                 self._request_locks.pop(request_id, None)
 

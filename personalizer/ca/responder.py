@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -53,7 +54,7 @@ def _load(ca_dir: Path, issuing: x509.Certificate, now: _dt.datetime) -> Respond
         return None
     try:
         cert.verify_directly_issued_by(issuing)
-    except (ValueError, TypeError, Exception):
+    except (ValueError, TypeError, InvalidSignature):
         return None
     return ResponderIdentity(cert, key)
 

@@ -14,6 +14,7 @@ import datetime as _dt
 from typing import Awaitable, Callable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
@@ -50,7 +51,7 @@ async def respond(request_der: bytes, *, issuing: x509.Certificate, responder: R
         algorithm = req.hash_algorithm
         serial = req.serial_number
         name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
-    except (ValueError, TypeError, x509.UnsupportedGeneralNameType, Exception):
+    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     if (name_hash, key_hash) != _issuer_hashes(issuing, algorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
