@@ -1,4 +1,7 @@
-"""``cns-personalizer``: ``serve --config FILE`` and ``init DIR``.
+"""``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``.
+
+``audit`` reads the append-only audit table straight from the store (no
+daemon needed; the database is opened read-only alongside a running one).
 
 One top-level error handler turns our errors into one line on stderr and a
 non-zero exit code. Must not import agent or firmware_profiles.
@@ -29,6 +32,36 @@ def _serve(opts) -> int:
     return 0
 
 
+def _audit(opts) -> int:
+    import asyncio
+    import datetime as _dt
+    import json
+
+    from personalizer.store import RequestStore
+
+    cfg = config.load(opts.config)
+    if not cfg.store.database.exists():
+        raise config.ConfigError(cfg.source, "store.data_dir", f"no request store at {cfg.store.database}")
+
+    async def read():
+        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+        try:
+            return await store.list_audit(opts.after, opts.limit)
+        finally:
+            await store.close()
+
+    for e in asyncio.run(read()):
+        when = _dt.datetime.fromtimestamp(e.at, _dt.timezone.utc).isoformat(timespec="seconds")
+        if opts.json:
+            print(json.dumps({"seq": e.seq, "at": when, "actor": e.actor, "station_id": e.station_id,
+                              "operation": e.operation, "request_id": e.request_id, "target": e.target,
+                              "result": e.result, "detail": e.detail}, sort_keys=True))
+        else:
+            print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operation:11} "
+                  f"{e.request_id or '-':36} {e.result} {e.detail}")
+    return 0
+
+
 def _init(opts) -> int:
     dep = deploy.init_deployment(Path(opts.dir), chamber=opts.chamber, station_id=opts.station_id,
                                  listen=opts.listen, ca_key_bits=opts.ca_key_bits)
@@ -52,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--config", required=True, help="personalizer TOML file")
     s.set_defaults(func=_serve)
+    a = sub.add_parser("audit", help="print the audit trail (who, from which station, when, what, result)")
+    a.add_argument("--config", required=True, help="personalizer TOML file")
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
+    a.add_argument("--limit", type=int, default=100_000)
+    a.set_defaults(func=_audit)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")
