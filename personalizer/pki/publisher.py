@@ -9,7 +9,8 @@
 
 HTTP routes: ``GET /crl/<name>.crl`` (DER), ``GET /crl/<name>.pem``,
 ``GET /ca/<name>.cer`` (the issuing CA, for AIA caIssuers), ``POST /ocsp``
-and ``GET /ocsp/<base64 request>``. The bind address (``http_host``,
+(or ``POST /``, for an AIA OCSP URL that is a bare host) and
+``GET /ocsp/<base64 request>``. The bind address (``http_host``,
 ``http_port``) is separate from the public URLs written in certificates
 (``CAUrls``): a proxy or DNS name fronts the publisher in production.
 
@@ -161,7 +162,7 @@ class PkiPublisher:
 
     async def _handle(self, method: str, target: str, body: bytes) -> Response:
         path = urllib.parse.urlsplit(target).path
-        if method == "POST" and path.rstrip("/") == OCSP_PATH:
+        if method == "POST" and path.rstrip("/") in (OCSP_PATH, ""):   # AIA URL may be the bare host
             return await self._ocsp(body)
         if method != "GET":
             return Response(405, b"method not allowed\n")
