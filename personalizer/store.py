@@ -119,7 +119,8 @@ Q_INSERT_REQUEST = """INSERT OR IGNORE INTO requests
     (request_id, kind, profile, payload_sha256, chamber_code, station_id, operator_id, state, issuer_dn, serial_hex,
      created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-# Only when the request row above was just inserted (changes() = 1): the outbox and audit rows.
+# Only when the statement before changed one row (changes() = 1): the outbox and audit rows of a new
+# request; the audit row of a cancel or retry that took effect.
 Q_INSERT_OUTBOX_IF_NEW = """INSERT INTO outbox (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
     SELECT ?, ?, ?, ?, 'queued', 0, ?, ? WHERE changes() = 1"""
 Q_INSERT_AUDIT_IF_NEW = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
@@ -500,12 +501,13 @@ class RequestStore:
         now = self._clock()
         changed = await self._write([(Q_CANCEL_OUTBOX, (now, request_id)),
                                      (Q_CANCEL_REQUEST, (now, request_id, request_id)),
-                                     (Q_INSERT_AUDIT, _audit_params(audit, now))])
+                                     (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
     async def retry_now(self, request_id: str, audit: AuditEntry) -> bool:
         now = self._clock()
-        changed = await self._write([(Q_RETRY_NOW, (now, now, request_id)), (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        changed = await self._write([(Q_RETRY_NOW, (now, now, request_id)),
+                                     (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
     async def queue_depth(self) -> dict[str, int]:
