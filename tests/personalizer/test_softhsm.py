@@ -1,7 +1,9 @@
 """The embedded CA signing through a PKCS#11 token (SoftHSM2), end to end through the daemon."""
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -33,13 +35,19 @@ def token(tmp_path, softhsm2_module, monkeypatch):
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN_LABEL, "--pin", USER_PIN,
                     "--so-pin", SO_PIN], check=True, capture_output=True, timeout=60)
-    lib = pkcs11.lib(str(softhsm2_module))
-    with lib.get_token(token_label=TOKEN_LABEL).open(rw=True, user_pin=USER_PIN) as session:
-        pub, _ = session.generate_keypair(
-            KeyType.RSA, KEY_BITS, label=KEY_LABEL, store=True,
-            private_template={Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True})
-        n = int.from_bytes(pub[Attribute.MODULUS], "big")
-        e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
+    # In a fresh process: SoftHSM reads SOFTHSM2_CONF once per process, and another test
+    # may already have loaded it here with its own token directory.
+    script = (
+        "import pkcs11, sys\n"
+        "from pkcs11 import Attribute, KeyType\n"
+        f"lib = pkcs11.lib({str(softhsm2_module)!r})\n"
+        f"with lib.get_token(token_label={TOKEN_LABEL!r}).open(rw=True, user_pin={USER_PIN!r}) as s:\n"
+        f"    pub, _ = s.generate_keypair(KeyType.RSA, {KEY_BITS}, label={KEY_LABEL!r}, store=True,\n"
+        "        private_template={Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True})\n"
+        "    print(int.from_bytes(pub[Attribute.MODULUS], 'big'), int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], 'big'))\n")
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SOFTHSM2_CONF": str(conf)}).stdout.split()
+    n, e = int(out[0]), int(out[1])
     return conf, rsa.RSAPublicNumbers(e, n).public_key()
 
 
