@@ -1,0 +1,209 @@
+"""Durable outbox: enqueue rate with the CA closed, drain rate after an outage, lost/duplicated incl. a SIGKILL round.
+
+Phase 1 (in process, the real broker + SQLite store + relay + embedded CA):
+K issuance requests are accepted while the service window is closed (each
+one validated and committed: request + outbox + audit rows in one
+transaction, group commit) → accepted requests/s (target >= 1,000/s).
+Phase 2: the window opens and the relay drains the K queued requests through
+the embedded CA → drained requests/s (target >= 300/s). Phase 3: the real
+``cns-personalizer serve`` receives a stream over gRPC + mTLS, is SIGKILLed
+halfway and restarted; afterwards every request must be ISSUED exactly once
+(the CA's own ``ca.db`` is counted). lost and duplicated must both be 0.
+
+Usage: scripts/bench queue [--queued K] [--kill-requests N] [--synchronous FULL|NORMAL]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from personalizer import codice_fiscale, config, dati_personali, deploy
+from personalizer.broker import Broker, IssueInput
+from personalizer.relay import Relay
+from personalizer.server import build_ca
+from personalizer.store import RequestStore
+from personalizer.windows import ServiceCalendar
+
+TARGET_ENQUEUE = 1000.0
+TARGET_DRAIN = 300.0
+CLOSED = ServiceCalendar(hours={d: None for d in range(7)})
+OPEN = ServiceCalendar(always_open=True)
+CHUNK = 256
+
+
+def _holder(i: int, key) -> tuple[str, bytes, bytes]:
+    cf = codice_fiscale.make(f"RSSMRA80A01H{i % 1000:03d}")
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    ef = dati_personali.encode(dati_personali.DatiPersonali(surname="Rossi", given_name="Mario",
+                                                            birth_date="01011980", codice_fiscale=cf))
+    return cf, csr, ef
+
+
+def _input(i: int, holder) -> IssueInput:
+    cf, csr, ef = holder
+    return IssueInput(request_id=str(uuid.uuid4()), profile="cns-auth", csr_der=csr, codice_fiscale=cf,
+                      given_name="Mario", surname="Rossi", birth_date="1980-01-01",
+                      card_id=f"74200000{i:08d}"[:16], card_model="bench", station_id="RM-STATION-01",
+                      chamber_code="RM", operator_id="bench", ef_dati_personali=ef)
+
+
+async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders) -> dict:
+    cfg = config.load(dep.server_config)
+    cfg = dataclasses.replace(cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=dep.root / "ca" / "issuing.pem"))
+    ca = build_ca(cfg)
+    await ca.open()
+    store = await RequestStore.open(dep.root / "bench.sqlite", synchronous=synchronous)
+    broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=0.0)
+    relay = Relay(store=store, ca=ca, calendar=CLOSED, notify=broker.notify, concurrency=64, batch=512)
+    inputs = [_input(i, holders[i % len(holders)]) for i in range(queued)]
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, queued, CHUNK):
+            recs = await asyncio.gather(*(broker.submit_issue(x) for x in inputs[start:start + CHUNK]))
+            assert all(r.state == "RECEIVED" for r in recs)
+        enqueue_s = time.perf_counter() - t0
+        depth = (await store.queue_depth())["standard"]
+        relay.calendar = OPEN                     # the CA's window opens
+        t0 = time.perf_counter()
+        while await relay.run_once():
+            pass
+        drain_s = time.perf_counter() - t0
+        states = [(await store.get_request(x.request_id)).state for x in inputs]
+    finally:
+        await relay.stop()
+        await store.close()
+        await ca.close()
+    dup = _duplicates(dep.root / "ca" / "ca.db")
+    return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "queued_depth_seen": depth,
+            "lost": sum(s != "ISSUED" for s in states), "duplicated": dup, "commits": store.commits}
+
+
+def _duplicates(ca_db: Path) -> int:
+    db = sqlite3.connect(ca_db)
+    try:
+        return db.execute("SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) n FROM certificates "
+                          "GROUP BY request_id)").fetchone()[0]
+    finally:
+        db.close()
+
+
+def _kill_round(dep: deploy.Deployment, n: int, holders) -> dict:
+    import grpc
+
+    from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shutil.rmtree(dep.root / "data", ignore_errors=True)
+    for f in ("ca.db", "ca.db-wal", "ca.db-shm"):
+        (dep.root / "ca" / f).unlink(missing_ok=True)
+    cfg = dep.server_config
+    cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+                   .replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 0.2"))
+
+    def start():
+        p = subprocess.Popen([sys.executable, "-m", "personalizer.cli", "--log-level", "ERROR", "serve", "--config",
+                              str(cfg)], stdout=subprocess.PIPE, text=True)
+        if "listening" not in p.stdout.readline():
+            raise RuntimeError("daemon did not start")
+        return p
+
+    station = dep.station_config.parent
+    creds = grpc.ssl_channel_credentials((dep.root / "tls" / "tls-ca.pem").read_bytes(),
+                                         (station / "client.key.pem").read_bytes(), (station / "client.pem").read_bytes())
+    reqs = []
+    for i in range(n):
+        cf, csr, ef = holders[i % len(holders)]
+        reqs.append(pb.SubmitIssueRequest(
+            request_id=str(uuid.uuid4()), profile=pb.CA_PROFILE_CNS_AUTH, csr_der=csr,
+            holder=common_pb2.Holder(codice_fiscale=cf, given_name="Mario", surname="Rossi", birth_date="1980-01-01"),
+            card=common_pb2.Card(card_id=f"74200000{i:08d}"[:16]),
+            requester=common_pb2.Requester(station_id="RM-STATION-01", chamber_code="RM", operator_id="bench"),
+            ef_dati_personali=ef))
+    answered = []
+
+    def send(chunk):
+        with grpc.secure_channel(f"localhost:{port}", creds, options=[("grpc.max_reconnect_backoff_ms", 300)]) as ch:
+            stub = pb_grpc.PersonalizerStub(ch)
+            for r in chunk:
+                while True:
+                    try:
+                        stub.SubmitIssue(r, timeout=5, wait_for_ready=True)
+                        answered.append(r.request_id)
+                        break
+                    except grpc.RpcError:
+                        time.sleep(0.05)
+
+    proc = start()
+    threads = [threading.Thread(target=send, args=(reqs[i::4],), name=f"bench-sender-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    while len(answered) < n // 2:
+        time.sleep(0.01)
+    at_kill = len(answered)
+    proc.kill()
+    proc.wait()
+    proc = start()
+    for t in threads:
+        t.join()
+    lost = 0
+    with grpc.secure_channel(f"localhost:{port}", creds) as ch:
+        stub = pb_grpc.PersonalizerStub(ch)
+        deadline = time.monotonic() + 60
+        for r in reqs:
+            while True:
+                st = stub.GetRequest(pb.GetRequestRequest(request_id=r.request_id), timeout=10).state
+                if st == pb.REQUEST_STATE_ISSUED or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            lost += st != pb.REQUEST_STATE_ISSUED
+    proc.terminate()
+    proc.wait(30)
+    return {"kill_round_requests": n, "kill_round_answered_at_kill": at_kill, "kill_round_lost": lost,
+            "kill_round_duplicated": _duplicates(dep.root / "ca" / "ca.db")}
+
+
+def main(argv: list[str]) -> dict:
+    ap = argparse.ArgumentParser(prog="bench queue", description=__doc__.splitlines()[0])
+    ap.add_argument("--queued", type=int, default=3000, help="K requests queued while the CA is closed")
+    ap.add_argument("--kill-requests", type=int, default=400)
+    ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    opts = ap.parse_args(argv)
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
+    holders = [_holder(i, keys[i % 4]) for i in range(32)]
+    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
+        dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
+        res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders))
+        res.update(_kill_round(dep, opts.kill_requests, holders))
+    lost = res["lost"] + res["kill_round_lost"]
+    dup = res["duplicated"] + res["kill_round_duplicated"]
+    return {
+        "ok": lost == 0 and dup == 0,
+        "enqueue_rate": round(res["enqueue_rate"], 1), "enqueue_rate_unit": "accepted requests/s (CA closed, in process)",
+        "drain_rate": round(res["drain_rate"], 1), "drain_rate_unit": "requests/s issued by the embedded CA after the outage",
+        "queued": opts.queued, "lost": lost, "duplicated": dup,
+        "kill_round": {k: v for k, v in res.items() if k.startswith("kill_round")},
+        "target_enqueue_rate": TARGET_ENQUEUE, "target_drain_rate": TARGET_DRAIN,
+        "meets_target": res["enqueue_rate"] >= TARGET_ENQUEUE and res["drain_rate"] >= TARGET_DRAIN and lost == dup == 0,
+        "synchronous": opts.synchronous, "store_commits_phase1_2": res["commits"], "cpus": os.cpu_count(),
+    }
