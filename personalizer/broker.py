@@ -291,10 +291,10 @@ class Broker:
                 if left <= 0:
                     break
                 try:
-                    await asyncio.wait_for(q.get(), left)
+                    pushed = await asyncio.wait_for(q.get(), left)
                 except asyncio.TimeoutError:
                     break
-                rec = await self.get(request_id)
+                rec = pushed if pushed.terminal else await self.get(request_id)
             return rec
         finally:
             self._unsubscribe(request_id, q)

@@ -43,7 +43,8 @@ from personalizer.windows import Maintenance, ServiceCalendar, active_maintenanc
 
 log = logging.getLogger(__name__)
 RELAY_ACTOR = "relay"
-IDLE_POLL_SECONDS = 5.0       # upper bound of one sleep when nothing is due (wake() cuts it short)
+IDLE_POLL_SECONDS = 5.0
+DEPTH_REFRESH_SECONDS = 1.0       # upper bound of one sleep when nothing is due (wake() cuts it short)
 TARGET_STATE = {KIND_SUSPEND: CertState.SUSPENDED, KIND_REACTIVATE: CertState.ACTIVE, KIND_REVOKE: CertState.REVOKED}
 
 
@@ -70,6 +71,7 @@ class Relay:
         self._task: asyncio.Task | None = None
         self._hooks: set[asyncio.Task] = set()
         self.last_health_detail = ""
+        self._depth_at = 0.0
 
     # -- control -------------------------------------------------------------------
 
@@ -174,9 +176,16 @@ class Relay:
 
     # -- one pass ----------------------------------------------------------------------
 
+    async def _refresh_depth(self, force: bool = False) -> None:
+        """Queue depth for the metrics, at most once per DEPTH_REFRESH_SECONDS (it is a scan)."""
+        now = time.monotonic()
+        if force or now - self._depth_at >= DEPTH_REFRESH_SECONDS:
+            self._depth_at = now
+            self.metrics.queue_depth = await self._store.queue_depth()
+
     async def run_once(self) -> int:
         """Deliver everything due now (priority lane first). Returns the number of rows attempted."""
-        self.metrics.queue_depth = await self._store.queue_depth()
+        await self._refresh_depth()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
@@ -196,7 +205,7 @@ class Relay:
                     break
             if self.breaker.state != "closed":
                 break
-        self.metrics.queue_depth = await self._store.queue_depth()
+        await self._refresh_depth(force=done == 0)
         self.metrics.breaker_state = self.breaker.state
         return done
 
