@@ -8,9 +8,11 @@ Key size policy (decided for issue "Personalizer daemon"): new issuance needs
 RSA ≥ 2048 bits for every profile. The tender's cards also do RSA-1024
 (REFERENCE.md §1) and such CNS cards are in the field; a deployment may lower
 the CNS authentication profile to 1024 in its config (``min_rsa_bits``) for
-that legacy card model. The qualified signature profile never goes below
-2048 (``QUALIFIED_FLOOR_BITS``): a qualified certificate on a 1024-bit key
-would not meet ETSI TS 119 312.
+that legacy card model. Those cards hold only 1024-bit keys in both keysets,
+so the qualified signature profile may be lowered too, by the same explicit
+opt-in; the default stays 2048, and a qualified certificate on a 1024-bit key
+does not meet ETSI TS 119 312: a deployment opts in only while it still
+serves legacy cards.
 """
 from __future__ import annotations
 
