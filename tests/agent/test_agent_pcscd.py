@@ -9,6 +9,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import require
+
 from tests.agent.support import (
     BIN,
     AgentUnderTest,
@@ -171,7 +173,7 @@ def test_malformed_answers_are_a_card_error_not_a_crash(agent, pcscd):
 def test_agent_refuses_a_runtime_dir_owned_by_someone_else(pcscd):
     ids = ensure_test_user()
     if ids is None:
-        pytest.skip("needs root to hand the directory to another user")
+        require(["root, to hand the directory to another user (CI runs as root)"])
     other = AgentUnderTest(pcscd.env, ids)
     try:
         (other.runtime / "cns-agent").mkdir(mode=0o700)  # owned by root, not by the test user

@@ -7,6 +7,8 @@ import stat
 
 import pytest
 
+from tests.conftest import require
+
 from agent.api.rundir import RunDirError, default_socket_path, ensure_private_dir, prepare_socket_path
 
 
@@ -28,7 +30,7 @@ def test_dir_is_created_0700_and_tightened(tmp_path):
 
 def test_dir_owned_by_someone_else_is_refused(tmp_path):
     if os.getuid() != 0:
-        pytest.skip("needs root to chown")
+        require(["root, to chown (CI runs as root)"])
     d = tmp_path / "cns-agent"
     d.mkdir(mode=0o700)
     os.chown(d, 12345, 12345)
