@@ -16,7 +16,7 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices", "personalize")
+COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 
 from agent.api.convert import event_pb, reader_pb
+from agent.api.lifecycle import LifecycleHandlers
+from agent.api.renewal import RenewalHandlers
 from agent.api.rundir import prepare_socket_path
 from agent.devices.registry import DeviceEvent, DeviceRegistry
 from proto.cns.v1 import agent_pb2 as pb
@@ -39,7 +41,7 @@ class AgentFacts:
     started_unix_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
-class AgentLocalService(pb_grpc.AgentLocalServicer):
+class AgentLocalService(RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
     def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None) -> None:
         self.registry = registry
         self.facts = facts

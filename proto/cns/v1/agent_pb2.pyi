@@ -39,6 +39,112 @@ DEVICE_EVENT_KIND_CARD_READ: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_REMOVED: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_ERROR: DeviceEventKind
 
+class RenewCardRequest(_message.Message):
+    __slots__ = ("reader", "pin")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    pin: str
+    def __init__(self, reader: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
+
+class CardCertificatesRequest(_message.Message):
+    __slots__ = ("reader", "certificate_serials")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    certificate_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CardCertificate(_message.Message):
+    __slots__ = ("keyset", "serial_hex", "subject", "issuer", "not_before_unix", "not_after_unix", "status", "revocation_reason", "status_changed_unix")
+    KEYSET_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_HEX_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CHANGED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    keyset: str
+    serial_hex: str
+    subject: str
+    issuer: str
+    not_before_unix: int
+    not_after_unix: int
+    status: str
+    revocation_reason: str
+    status_changed_unix: int
+    def __init__(self, keyset: _Optional[str] = ..., serial_hex: _Optional[str] = ..., subject: _Optional[str] = ..., issuer: _Optional[str] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., status: _Optional[str] = ..., revocation_reason: _Optional[str] = ..., status_changed_unix: _Optional[int] = ...) -> None: ...
+
+class CardCertificatesResponse(_message.Message):
+    __slots__ = ("card_serial", "certificates", "message")
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    card_serial: str
+    certificates: _containers.RepeatedCompositeFieldContainer[CardCertificate]
+    message: str
+    def __init__(self, card_serial: _Optional[str] = ..., certificates: _Optional[_Iterable[_Union[CardCertificate, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ChangeCertificateStatusRequest(_message.Message):
+    __slots__ = ("action", "reason", "reader", "certificate_serials")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    reason: str
+    reader: str
+    certificate_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PinStatusRequest(_message.Message):
+    __slots__ = ("reader",)
+    READER_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    def __init__(self, reader: _Optional[str] = ...) -> None: ...
+
+class PinStatus(_message.Message):
+    __slots__ = ("card_serial", "pin_tries_left", "pin_tries_max", "puk_tries_left", "puk_tries_max", "pin_blocked", "puk_blocked", "message")
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    PIN_TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PIN_TRIES_MAX_FIELD_NUMBER: _ClassVar[int]
+    PUK_TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PUK_TRIES_MAX_FIELD_NUMBER: _ClassVar[int]
+    PIN_BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    PUK_BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    card_serial: str
+    pin_tries_left: int
+    pin_tries_max: int
+    puk_tries_left: int
+    puk_tries_max: int
+    pin_blocked: bool
+    puk_blocked: bool
+    message: str
+    def __init__(self, card_serial: _Optional[str] = ..., pin_tries_left: _Optional[int] = ..., pin_tries_max: _Optional[int] = ..., puk_tries_left: _Optional[int] = ..., puk_tries_max: _Optional[int] = ..., pin_blocked: _Optional[bool] = ..., puk_blocked: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ChangePinRequest(_message.Message):
+    __slots__ = ("reader", "old_pin", "new_pin")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    OLD_PIN_FIELD_NUMBER: _ClassVar[int]
+    NEW_PIN_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    old_pin: str
+    new_pin: str
+    def __init__(self, reader: _Optional[str] = ..., old_pin: _Optional[str] = ..., new_pin: _Optional[str] = ...) -> None: ...
+
+class UnblockPinRequest(_message.Message):
+    __slots__ = ("reader", "puk", "new_pin")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    PUK_FIELD_NUMBER: _ClassVar[int]
+    NEW_PIN_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    puk: str
+    new_pin: str
+    def __init__(self, reader: _Optional[str] = ..., puk: _Optional[str] = ..., new_pin: _Optional[str] = ...) -> None: ...
+
 class HolderData(_message.Message):
     __slots__ = ("codice_fiscale", "given_name", "surname", "birth_date", "sex", "birth_town", "issuer")
     CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,36 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_stream(
+                '/cns.v1.AgentLocal/Renew',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.RenewCardRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
+                _registered_method=True)
+        self.GetCertificateStatus = channel.unary_unary(
+                '/cns.v1.AgentLocal/GetCertificateStatus',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.FromString,
+                _registered_method=True)
+        self.ChangeCertificateStatus = channel.unary_unary(
+                '/cns.v1.AgentLocal/ChangeCertificateStatus',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ChangeCertificateStatusRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.FromString,
+                _registered_method=True)
+        self.GetPinStatus = channel.unary_unary(
+                '/cns.v1.AgentLocal/GetPinStatus',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatusRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+                _registered_method=True)
+        self.ChangePin = channel.unary_unary(
+                '/cns.v1.AgentLocal/ChangePin',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ChangePinRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+                _registered_method=True)
+        self.UnblockPin = channel.unary_unary(
+                '/cns.v1.AgentLocal/UnblockPin',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+                _registered_method=True)
 
 
 class AgentLocalServicer:
@@ -101,6 +131,48 @@ class AgentLocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Renew both certificates of the personalized card in `reader` (spare slots,
+        proof of possession, atomic switch): progress messages, then `result`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCertificateStatus(self, request, context):
+        """Lifecycle through the personalizer. The card may be absent (a lost card is
+        suspended by certificate serial); with `reader`, the card's certificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeCertificateStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPinStatus(self, request, context):
+        """PIN management on the card in `reader`; every answer carries the tries left
+        (OpenSC cannot show them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnblockPin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +200,36 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.ListOperations,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_stream_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.RenewCardRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.SerializeToString,
+            ),
+            'GetCertificateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificateStatus,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.SerializeToString,
+            ),
+            'ChangeCertificateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeCertificateStatus,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ChangeCertificateStatusRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.SerializeToString,
+            ),
+            'GetPinStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPinStatus,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatusRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.SerializeToString,
+            ),
+            'ChangePin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePin,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ChangePinRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.SerializeToString,
+            ),
+            'UnblockPin': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnblockPin,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +367,168 @@ class AgentLocal:
             '/cns.v1.AgentLocal/ListOperations',
             proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cns.v1.AgentLocal/Renew',
+            proto_dot_cns_dot_v1_dot_agent__pb2.RenewCardRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/GetCertificateStatus',
+            proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeCertificateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/ChangeCertificateStatus',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ChangeCertificateStatusRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.CardCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPinStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/GetPinStatus',
+            proto_dot_cns_dot_v1_dot_agent__pb2.PinStatusRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/ChangePin',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ChangePinRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnblockPin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/UnblockPin',
+            proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,6 @@
+"""``cns-agent lifecycle``: see register()."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    """Add the ``lifecycle`` commands to the ``cns-agent`` parser (filled in with the operation)."""
