@@ -105,6 +105,36 @@ class PersonalizerClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"watching request {request_id}") from exc
 
+    async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
+                    proof_of_possession: bytes, requester: dict):
+        """Renew: a new certificate for the same holder and card, authorised by a signature of the
+        current key over SHA-256(request_id || csr_der) (``proof_of_possession``)."""
+        req = personalizer_pb2.RenewRequest(
+            request_id=request_id, profile=PROFILES[profile], csr_der=csr_der,
+            current_certificate_der=current_certificate_der, proof_of_possession=proof_of_possession,
+            requester=common_pb2.Requester(**requester))
+        return await self._call("Renew", req, f"renew request {request_id}")
+
+    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = ""):
+        """Status of a certificate, named by issuer and serial (hex) or by the request that issued it."""
+        if request_id:
+            req = personalizer_pb2.GetCertificateStatusRequest(request_id=request_id)
+        else:
+            req = personalizer_pb2.GetCertificateStatusRequest(
+                certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
+        return await self._call("GetCertificateStatus", req, f"status of {serial_hex or request_id}")
+
+    async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
+                            requester: dict, reason: str = ""):
+        """``action`` is suspend, reactivate or revoke (``reason``: an RFC 5280 CRLReason name)."""
+        method = {"suspend": "Suspend", "reactivate": "Reactivate", "revoke": "Revoke"}.get(action)
+        if method is None:
+            raise ValueError(f"unknown status change {action!r}: suspend, reactivate or revoke")
+        req = personalizer_pb2.ChangeStatusRequest(
+            request_id=request_id, reason=reason, requester=common_pb2.Requester(**requester),
+            certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
+        return await self._call(method, req, f"{action} {serial_hex}")
+
     async def ca_status(self):
         return await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status")
 
