@@ -1,6 +1,9 @@
 """The QueueAdmin gRPC servicer: central IT's view of the outbox and of planned CA maintenance.
 
-Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited.
+Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited,
+refused ones too (``refused:<CODE>`` with the reason); a caller without the
+admin role is refused by the interceptor, which audits it through
+``audit_refusal``.
 Must not import the store's SQL, the CA's key stores or anything of the agent.
 """
 from __future__ import annotations
@@ -10,9 +13,9 @@ import uuid
 
 from personalizer import identity, validation
 from personalizer.broker import Broker
-from personalizer.errors import FailedPrecondition, InvalidRequest
+from personalizer.errors import FailedPrecondition, InvalidRequest, PersonalizerError
 from personalizer.relay import Relay
-from personalizer.service import STATE_ENUMS, _translate
+from personalizer.service import STATE_ENUMS, _translate, audit_denied
 from personalizer.store import AuditEntry, RequestRecord
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
 
@@ -36,6 +39,19 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
     def _audit(self, operation: str, request_id: str | None, result: str, detail: str = "") -> AuditEntry:
         return AuditEntry(identity.current_identity().uri, "", operation, request_id, "", result, detail)
 
+    async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
+        """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
+        await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request,
+                           exc=exc)
+
+    async def _audited(self, operation: str, request_id: str, coro):
+        try:
+            return await coro
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=identity.current_identity().uri, station_id="",
+                                             operation=operation, request_id=request_id, exc=exc)
+            raise
+
     @_translate
     async def ListQueue(self, request, context):
         limit = min(request.limit or DEFAULT_LIMIT, 10_000)
@@ -47,6 +63,9 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def RetryNow(self, request, context):
+        return await self._audited("queue-retry", request.request_id, self._retry_now(request))
+
+    async def _retry_now(self, request):
         rec = await self._broker.get(request.request_id)
         if not await self._broker.store.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done")):
             raise FailedPrecondition(f"request {rec.request_id} is {rec.state} and not waiting in the queue")
@@ -55,6 +74,9 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def Cancel(self, request, context):
+        return await self._audited("queue-cancel", request.request_id, self._cancel(request))
+
+    async def _cancel(self, request):
         rec = await self._broker.get(request.request_id)
         if not await self._broker.store.cancel(rec.request_id, self._audit("queue-cancel", rec.request_id, "done")):
             raise FailedPrecondition(
@@ -66,6 +88,9 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def AddMaintenance(self, request: pb.MaintenanceWindow, context):
+        return await self._audited("maintenance-add", "", self._add_maintenance(request))
+
+    async def _add_maintenance(self, request: pb.MaintenanceWindow):
         if request.ends_at <= request.starts_at:
             raise InvalidRequest("ends_at", "must be after starts_at")
         if request.ends_at - request.starts_at > MAX_MAINTENANCE.total_seconds():

@@ -13,12 +13,23 @@ Stations and operator tools are scoped to their chamber; admins are not.
 station acts only for its own chamber and station id. The identity of the
 current call is then available to the service via ``current_identity()``.
 
+A refusal here (no or bad certificate, a role calling what it may not, a
+station acting for another) is audited like any other refused call: the
+interceptor hands it to the servicer's ``audit_refusal(actor=, station_id=,
+method=, request=, exc=)`` when the servicer has one (duck-typed, so this
+module still imports neither the service nor the store), then aborts.
+
+Stations may suspend, reactivate and revoke (the operator at the workstation,
+issue 4), but only with a ``requester`` naming themselves, and the service
+lets a chamber-scoped caller change only certificates its chamber requested.
+
 Imports grpc and ``errors`` only; must not import the service or the store.
 """
 from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 import re
 from dataclasses import dataclass
 
@@ -26,6 +37,9 @@ import grpc
 from cryptography import x509
 
 from personalizer.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+UNAUTHENTICATED_ACTOR = "unauthenticated"
 
 ROLE_STATION = "station"
 ROLE_OPERATOR_TOOL = "operator-tool"
@@ -46,9 +60,9 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _SERVICE + "WatchRequest": _ANY,
     _SERVICE + "GetCertificateStatus": _ANY,
     _SERVICE + "GetCAStatus": _ANY,
-    _SERVICE + "Suspend": frozenset({ROLE_OPERATOR_TOOL, ROLE_ADMIN}),
-    _SERVICE + "Reactivate": frozenset({ROLE_OPERATOR_TOOL, ROLE_ADMIN}),
-    _SERVICE + "Revoke": frozenset({ROLE_OPERATOR_TOOL, ROLE_ADMIN}),
+    _SERVICE + "Suspend": _ANY,
+    _SERVICE + "Reactivate": _ANY,
+    _SERVICE + "Revoke": _ANY,
 }
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
@@ -119,6 +133,19 @@ def check_chamber_access(ident: Identity, chamber_code: str) -> None:
         raise PermissionDenied(f"{ident.role} of chamber {ident.chamber_code} may not read records of chamber {chamber_code}")
 
 
+def check_method(ident: Identity, method: str, request) -> None:
+    """``PermissionDenied`` unless ``ident``'s role may call ``method`` with this request's requester."""
+    if method.startswith(OPEN_PREFIXES):
+        return
+    allowed = METHOD_ROLES.get(method)
+    if allowed is None or ident.role not in allowed:
+        raise PermissionDenied(f"role {ident.role} may not call {method}")
+    if request is not None and hasattr(request, "requester") and request.HasField("requester"):
+        check_requester(ident, request.requester.chamber_code, request.requester.station_id)
+    elif request is not None and hasattr(request, "requester") and ident.role in CHAMBER_SCOPED:
+        raise PermissionDenied("requester (station id, chamber code) is required")
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Resolves the caller's identity per call and enforces METHOD_ROLES and the requester's chamber."""
 
@@ -148,20 +175,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _authorize(self, method: str, request, context) -> Identity:
         ident = self._identity(context)
-        if method.startswith(OPEN_PREFIXES):
-            return ident
-        allowed = METHOD_ROLES.get(method)
-        if allowed is None or ident.role not in allowed:
-            raise PermissionDenied(f"role {ident.role} may not call {method}")
-        if request is not None and hasattr(request, "requester") and request.HasField("requester"):
-            check_requester(ident, request.requester.chamber_code, request.requester.station_id)
-        elif request is not None and hasattr(request, "requester") and ident.role in CHAMBER_SCOPED:
-            raise PermissionDenied("requester (station id, chamber code) is required")
+        check_method(ident, method, request)
         return ident
 
     async def _deny(self, context, exc) -> None:
         code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated) else grpc.StatusCode.PERMISSION_DENIED
         await context.abort(code, str(exc))
+
+    async def _refuse(self, inner, method: str, request, context, exc) -> None:
+        """Audit the refusal through the servicer (when it audits), then abort the call."""
+        audit = getattr(getattr(inner, "__self__", None), "audit_refusal", None)
+        if audit is not None:
+            try:
+                ident = self._identity(context)
+            except Unauthenticated:
+                ident = None
+            requester = getattr(request, "requester", None) if request is not None else None
+            station_id = (requester.station_id if requester is not None and requester.station_id
+                          else ident.subject_id if ident is not None and ident.role == ROLE_STATION else "")
+            try:
+                await audit(actor=ident.uri if ident else UNAUTHENTICATED_ACTOR, station_id=station_id,
+                            method=method, request=request, exc=exc)
+            except Exception:   # the refusal stands even if its audit row cannot be written
+                log.exception("could not audit the refused call %s", method)
+        await self._deny(context, exc)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -177,7 +214,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     ident = outer._authorize(method, request, context)
                 except (Unauthenticated, PermissionDenied) as exc:
-                    await outer._deny(context, exc)
+                    await outer._refuse(inner, method, request, context, exc)
                 token = _current.set(ident)
                 try:
                     result = inner(request, context)
@@ -196,7 +233,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     ident = outer._authorize(method, request, context)
                 except (Unauthenticated, PermissionDenied) as exc:
-                    await outer._deny(context, exc)
+                    await outer._refuse(inner_us, method, request, context, exc)
                 _current.set(ident)
                 if inspect.isasyncgenfunction(inner_us):
                     async for item in inner_us(request, context):
@@ -217,7 +254,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     ident = outer._authorize(method, None, context)
                 except (Unauthenticated, PermissionDenied) as exc:
-                    await outer._deny(context, exc)
+                    await outer._refuse(inner_ss, method, None, context, exc)
                 _current.set(ident)
                 if inspect.isasyncgenfunction(inner_ss):
                     async for item in inner_ss(request_iterator, context):

@@ -37,11 +37,20 @@ REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliati
                       "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
+FINAL_STATES = {
+    CertState.REVOKED: "revocation is final: the holder needs new certificates (a new card, or a new issuance)",
+    CertState.EXPIRED: "an expired certificate cannot change status; the holder needs new certificates",
+}
+
+
 def check_transition(kind: str, state: CertState) -> None:
+    """``FailedPrecondition`` (with what to do) unless ``kind`` is allowed from ``state``."""
     allowed = ALLOWED_FROM[kind]
     if state not in allowed:
         need = " or ".join(s.value for s in allowed)
-        raise FailedPrecondition(f"cannot {kind} a certificate that is {state.value}; it must be {need}")
+        why = FINAL_STATES.get(state, "")
+        raise FailedPrecondition(f"cannot {kind} a certificate that is {state.value}; it must be {need}"
+                                 + (f" ({why})" if why else ""))
 
 
 def check_reason(reason: str) -> str:

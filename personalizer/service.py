@@ -4,6 +4,12 @@ This is the boundary where our exceptions become gRPC statuses (``ERROR_CODES``)
 and unexpected ones become INTERNAL without details. Identity comes from
 ``identity.current_identity()`` (set by the interceptor). Must not import the
 store's SQL, the CA's key stores or anything of the agent.
+
+Audit (who, from which station, when, what, result): accepted requests are
+written by the broker with the request, outcomes by the relay; refusals here
+(``_audited``) and in the interceptor (``audit_refusal``); certificate status
+reads as ``status`` rows. Invalid lifecycle transitions and renewals
+(``personalizer.lifecycle``) come back as FAILED_PRECONDITION with the reason.
 """
 from __future__ import annotations
 
@@ -16,11 +22,11 @@ import grpc
 from personalizer import identity, validation
 from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo
-from personalizer.errors import InvalidRequest, NotFound, PersonalizerError
+from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, PersonalizerError
 from personalizer.metrics import CAMetrics
 from personalizer.outbox import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
 from personalizer.relay import Relay
-from personalizer.store import STATE_DONE, RequestRecord
+from personalizer.store import STATE_DONE, AuditEntry, RequestRecord
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,29 @@ def status_to_proto(info: CertStatusInfo) -> pb.CertificateStatusResponse:
         revoked_at=int(info.revoked_at.timestamp()) if info.revoked_at else 0, request_id=info.request_id)
 
 
+# Audit names of the calls (the same as the request kinds where there is one).
+OPERATION_NAMES = {"SubmitIssue": "issue", "Renew": "renew", "Suspend": KIND_SUSPEND,
+                   "Reactivate": KIND_REACTIVATE, "Revoke": KIND_REVOKE, "GetCertificateStatus": "status",
+                   "GetRequest": "get-request", "WatchRequest": "watch-request", "GetCAStatus": "ca-status",
+                   "ListQueue": "queue-list", "ShowQueued": "queue-show", "RetryNow": "queue-retry",
+                   "Cancel": "queue-cancel", "AddMaintenance": "maintenance-add",
+                   "ListMaintenance": "maintenance-list"}
+
+
+def operation_name(method: str) -> str:
+    """"/cns.v1.Personalizer/Suspend" → "suspend"; unknown methods keep their gRPC name."""
+    short = method.rsplit("/", 1)[-1]
+    return OPERATION_NAMES.get(short, method.strip("/"))
+
+
+async def audit_denied(broker: Broker, *, actor: str, station_id: str, method: str, request,
+                       exc: PersonalizerError) -> None:
+    """The audit row of a call the interceptor refused (no identity, wrong role, foreign requester)."""
+    rid = getattr(request, "request_id", "") if request is not None else ""
+    await broker.audit_refusal(actor=actor, station_id=station_id, operation=operation_name(method),
+                               request_id=rid[:128] if isinstance(rid, str) else "", exc=exc)
+
+
 def _ref(msg: common_pb2.CertificateRef) -> CertRef:
     if not msg.issuer_dn or not msg.serial_hex:
         raise InvalidRequest("certificate", "issuer_dn and serial_hex are required")
@@ -119,14 +148,22 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
     def _out(self, rec: RequestRecord) -> pb.IssueResponse:
         return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
 
-    async def _audited(self, operation: str, request_id: str, requester, coro):
-        """Run a mutating call; a refusal (any PersonalizerError) is written to the audit table."""
+    async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
+        """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
+        await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request,
+                           exc=exc)
+
+    async def _audited(self, operation: str, request_id: str, requester, coro, *, station_id: str = ""):
+        """Run a call; a refusal (any PersonalizerError) is written to the audit table."""
         ident = identity.current_identity()
         try:
             return await coro
         except PersonalizerError as exc:
-            await self._broker.audit_refusal(actor=ident.uri, station_id=requester.station_id if requester else "",
-                                             operation=operation, request_id=request_id, exc=exc)
+            station = requester.station_id if requester is not None and requester.station_id else station_id
+            if not station and ident.role == identity.ROLE_STATION:
+                station = ident.subject_id
+            await self._broker.audit_refusal(actor=ident.uri, station_id=station, operation=operation,
+                                             request_id=request_id, exc=exc)
             raise
 
     @_translate
@@ -167,12 +204,14 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
             if request.HasField("requester"):
                 identity.check_requester(ident, r.chamber_code, r.station_id)
             ref = _ref(request.certificate)
-            if ident.role in identity.CHAMBER_SCOPED:   # an operator tool changes only its chamber's certificates
+            if ident.role in identity.CHAMBER_SCOPED:   # a station or tool changes only its chamber's certificates
                 info = await self._broker.ca.status(ref)
-                if info is not None and info.request_id:
-                    owner = await self._broker.store.get_request(info.request_id)
-                    if owner is not None:
-                        identity.check_chamber_access(ident, owner.chamber_code)
+                if info is not None:
+                    owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
+                    if owner is None:
+                        raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
+                                               f"personalizer by chamber {ident.chamber_code}; ask central IT")
+                    identity.check_chamber_access(ident, owner.chamber_code)
             inp = ChangeInput(request_id=request.request_id, kind=kind, ref=ref, reason=request.reason,
                               station_id=r.station_id or ident.subject_id,
                               chamber_code=r.chamber_code or (ident.chamber_code or ""),
@@ -216,6 +255,15 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
     @_translate
     async def GetCertificateStatus(self, request: pb.GetCertificateStatusRequest, context):
+        ident = identity.current_identity()
+        station = ident.subject_id if ident.role == identity.ROLE_STATION else ""
+        info = await self._audited("status", request.request_id, None, self._status(request), station_id=station)
+        await self._broker.store.append_audit(AuditEntry(
+            ident.uri, station, "status", request.request_id or None,
+            f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value))
+        return status_to_proto(info)
+
+    async def _status(self, request: pb.GetCertificateStatusRequest) -> CertStatusInfo:
         which = request.WhichOneof("ref")
         if which == "request_id":
             rec = await self._readable(request.request_id)
@@ -229,7 +277,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
         info = await self._broker.ca.status(ref)
         if info is None:
             raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}")
-        return status_to_proto(info)
+        return info
 
     @_translate
     async def GetCAStatus(self, request, context) -> pb.CAStatusResponse:
