@@ -1,4 +1,4 @@
-"""Device operations on the local API: ``Personalize`` (stream) and ``ListOperations``.
+"""Device operations on the local API: ``Personalize`` and ``Renew`` (streams) and ``ListOperations``.
 
 A thin adapter: request messages become ``HolderRecord``/``Codes``; the work is
 ``agent.ops.station.StationOps``; ops errors become gRPC status codes with
@@ -62,15 +62,38 @@ class Operations:
         model, why = self._model_in(request.reader)
         if model is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        async for message in self._stream("personalize", request.reader, context, lambda progress:
+                                          self.ops.personalize(connect=self.connect, reader=request.reader,
+                                                               model=model, holder=holder, codes=codes,
+                                                               progress=progress)):
+            yield message
+
+    async def renew(self, request: pb.RenewCardRequest, context):
+        """Renew both certificates of the card in ``request.reader``: progress messages, then the result."""
+        if self.ops is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent runs without a station configuration: start it with "
+                                "`cns-agent run --config FILE`")
+        try:
+            codes = Codes(request.pin, None)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the holder's PIN is required to renew: {exc}")
+        model, why = self._model_in(request.reader)
+        if model is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        async for message in self._stream("renew", request.reader, context, lambda progress: self.ops.renew(
+                connect=self.connect, reader=request.reader, model=model, codes=codes, progress=progress)):
+            yield message
+
+    async def _stream(self, what: str, reader: str, context, start):
+        """Run ``start(progress)`` as a named task; yield its progress, then the result (errors → status codes)."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
         def progress(step: str, message: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, pb.OperationProgress(step=step, message=message))
 
-        task = asyncio.create_task(self.ops.personalize(connect=self.connect, reader=request.reader, model=model,
-                                                        holder=holder, codes=codes, progress=progress),
-                                   name=f"personalize:{request.reader}")
+        task = asyncio.create_task(start(progress), name=f"{what}:{reader}")
         while not (task.done() and queue.empty()):
             try:
                 yield await asyncio.wait_for(queue.get(), 0.1)
@@ -82,7 +105,7 @@ class Operations:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"PIN refused: {exc}")
         except CardRemovedError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"card removed: {exc}; reinsert it: the agent finishes "
-                                                         "or undoes the personalization")
+                                                         f"or undoes the {what}")
         except PreconditionError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except UplinkUnavailable as exc:

@@ -43,6 +43,7 @@ from agent.card.cns import CnsSession
 from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
@@ -127,6 +128,9 @@ class Personalizer:
         serial = await self._timed("card", link.cns.read_serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
+            if open_ops[0].kind != KIND:
+                raise PreconditionError(f"card {serial} has an unfinished {open_ops[0].kind} operation "
+                                        f"{open_ops[0].op_id}; it is finished or undone first (reinsert the card)")
             return await self.resume(open_ops[0], connect=connect, model=model, codes=codes, link=link)
         await self._timed("card", self._check_blank, link, model)
         if model.pin_mode == "set_at_personalization" and codes.puk is None:
@@ -134,7 +138,7 @@ class Personalizer:
         dp = datipersonali.serialize(holder.personal_data())
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
-            data={"holder": holder.as_dict(), "dati_personali": _b64(dp)})
+            data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester)})
         op.data["request_ids"] = {ks.name: f"pers-{op.op_id}-{ks.name}" for ks in model.keysets}
         self.progress("start", f"card {serial}: personalization {op.op_id} for {holder.given_name} {holder.surname}")
         return await self._drive(op, link, model, codes)
@@ -148,6 +152,8 @@ class Personalizer:
             serial = await self._timed("card", link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
+        if op.data.get("requester"):
+            self.requester = dict(op.data["requester"])   # the same payload on every retry of a request id
         self.progress("resume", f"card {op.card_serial}: resuming {op.kind} {op.op_id} after step {op.step}")
         return await self._drive(op, link, model, codes)
 
@@ -292,38 +298,37 @@ class Personalizer:
         holder = HolderRecord.from_dict(op.data["holder"])
         request_id = op.data["request_ids"][ks.name]
         try:
-            resp = await self._timed("broker", self.uplink.submit_issue, request_id=request_id,
-                                     profile=PROFILE_OF_KEYSET[ks.name], csr_der=_unb64(op.data[f"csr_{ks.name}"]),
-                                     holder=holder.as_proto_fields(), card_id=op.card_serial, model=model.id,
-                                     requester=self.requester, ef_dati_personali=_unb64(op.data["dati_personali"]))
+            resp = None
+            if op.data.get("_submitted", {}).get(ks.name):
+                # sent before (agent killed, answer lost, request queued): follow that request, never a new one
+                resp = await self._timed("broker", find_or_none, self.uplink, request_id)
+            if resp is None:
+                op.data.setdefault("_submitted", {})[ks.name] = True
+                await self.journal.step_begun(op, f"submit:{ks.name}", request_id=request_id)
+                resp = await self._timed("broker", self.uplink.submit_issue, request_id=request_id,
+                                         profile=PROFILE_OF_KEYSET[ks.name],
+                                         csr_der=_unb64(op.data[f"csr_{ks.name}"]),
+                                         holder=holder.as_proto_fields(), card_id=op.card_serial, model=model.id,
+                                         requester=self.requester,
+                                         ef_dati_personali=_unb64(op.data["dati_personali"]))
+            if resp.state not in (STATE_ISSUED, STATE_FAILED):
+                self.progress(f"submit:{ks.name}", f"request {request_id} queued at the personalizer; following it")
+                resp = await self._follow(request_id)
         except UplinkUnavailable:
             raise
         except UplinkError as exc:
             if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS"):
                 raise _Refused(f"the personalizer refused the {ks.name} request: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
-        if resp.state not in (STATE_ISSUED, STATE_FAILED):
-            self.progress(f"submit:{ks.name}", f"request {request_id} queued at the personalizer; following it")
-            resp = await self._follow(request_id)
         if resp.state == STATE_FAILED:
             raise _Refused(f"the CA refused the {ks.name} request: {resp.error.code} {resp.error.message}")
         return resp.certificate_der, list(resp.chain_der)
 
     async def _follow(self, request_id: str):
-        async def watch():
-            last = None
-            async for update in self.uplink.watch_request(request_id):
-                last = update
-                if update.state in (STATE_ISSUED, STATE_FAILED):
-                    return update
-            return last
-        try:
-            resp = await asyncio.wait_for(watch(), self.watch_timeout_s)
-        except asyncio.TimeoutError:
-            raise UplinkUnavailable(f"request {request_id} still queued after {self.watch_timeout_s:.0f} s") from None
-        if resp is None or resp.state not in (STATE_ISSUED, STATE_FAILED):
-            raise UplinkUnavailable(f"request {request_id} not finished yet")
-        return resp
+        """Watch the queued request (GetRequest polling when the stream breaks); UplinkUnavailable after
+        ``watch_timeout_s`` keeps the operation open for the next start or insert, same request id."""
+        return await self._timed("broker", follow, self.uplink, request_id, timeout_s=self.watch_timeout_s,
+                                 progress=lambda m: self.progress("submit", m))
 
     async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
         self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")

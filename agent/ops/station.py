@@ -22,6 +22,8 @@ from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.personalize import Outcome, Personalizer
+from agent.ops import renew as _renew
+from agent.ops.renew import RenewalPolicy, Renewer
 from agent.uplink.client import PersonalizerClient
 from station_config import StationConfig
 
@@ -31,9 +33,12 @@ Connect = Callable[[str], ApduTransport]
 
 
 class StationOps:
-    def __init__(self, cfg: StationConfig, journal: Journal, *, operator_id: str | None = None):
+    def __init__(self, cfg: StationConfig, journal: Journal, *, operator_id: str | None = None,
+                 renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float = 600.0):
         self.cfg = cfg
         self.journal = journal
+        self.renewal_policy = renewal_policy or RenewalPolicy.from_env()
+        self.watch_timeout_s = watch_timeout_s
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
         self._admin_keys = self._load_admin_keys()
         self._lock = asyncio.Lock()   # one device operation at a time per agent
@@ -72,7 +77,13 @@ class StationOps:
 
     def _personalizer(self, uplink, progress) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
-                            admin_key_for=self.admin_key_for, progress=progress)
+                            admin_key_for=self.admin_key_for, progress=progress,
+                            watch_timeout_s=self.watch_timeout_s)
+
+    def _renewer(self, uplink, progress) -> Renewer:
+        return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
+                       admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
+                       watch_timeout_s=self.watch_timeout_s)
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
                           progress: Callable[[str, str], None] | None = None) -> Outcome:
@@ -81,16 +92,28 @@ class StationOps:
                 return await self._personalizer(uplink, progress).start(
                     connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
 
-    async def recover(self, *, connect: Connect, reader: str, card_serial: str, model,
-                      codes: Codes | None = None, progress=None) -> Outcome | None:
-        """Finish or undo the open operation of a card just seen (agent start, card insert)."""
-        ops = await self.journal.open_operations(card_serial)
-        if not ops:
-            return None
+    async def renew(self, *, connect: Connect, reader: str, model, codes: Codes,
+                    progress: Callable[[str, str], None] | None = None) -> _renew.Outcome:
+        """Renew both certificates of the personalized card in ``reader`` (or finish its open renewal)."""
         async with self._lock, _Links(connect, reader) as links:
             async with PersonalizerClient(self.cfg) as uplink:
-                out = await self._personalizer(uplink, progress).resume(ops[0], connect=links.open,
-                                                                        model=model, codes=codes)
+                return await self._renewer(uplink, progress).start(connect=links.open, reader=reader, model=model,
+                                                                   codes=codes)
+
+    async def recover(self, *, connect: Connect, reader: str, card_serial: str, model,
+                      codes: Codes | None = None, progress=None) -> Outcome | _renew.Outcome | None:
+        """Finish or undo the open operation of a card just seen (agent start, card insert):
+        personalizations and renewals alike, each by its own resume rules."""
+        if not await self.journal.open_operations(card_serial):
+            return None
+        async with self._lock, _Links(connect, reader) as links:
+            ops = await self.journal.open_operations(card_serial)   # again, under the lock: it may have finished
+            if not ops:
+                return None
+            async with PersonalizerClient(self.cfg) as uplink:
+                runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
+                    else self._personalizer(uplink, progress)
+                out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)
         log.info("recovered %s on card %s: %s %s", ops[0].kind, card_serial, out.state, out.message)
         return out
 

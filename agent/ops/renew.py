@@ -1,0 +1,570 @@
+"""Renewal of both certificates of a personalized CNS card, as a journaled state machine.
+
+The card stays usable at every instant: new keys and certificates go to the
+spare slots (firmware_profiles/SCHEMA.md §5); the live ones are untouched until
+ONE atomic ``SWITCH KEYSET`` swaps every keyset at once; the old keys and
+certificates (now in the spare slots) are removed last.
+
+Before anything is written: the current certificates are read and the renewal
+window checked (``RenewalPolicy``: opens ``window_days`` before the earliest
+expiry; refused when a new certificate would outlive the device's
+``device_life_years``), and the holder's PIN is verified for every keyset.
+Nothing is journaled or written when this fails.
+
+The plan, one journal step each, recorded *before* it runs (``_begun`` in the
+operation's data lists every step ever begun):
+
+    mark                      EF_RenewalMarker := "CNSRENEW" + operation id  (models that have it)
+    generate-key:CNS0/CNS1    key pair generated in the keyset's spare slot
+    csr:CNS0/CNS1             PKCS#10 signed by the NEW key, and the proof of possession:
+                              the CURRENT key's signature over request_id || csr_der (PIN verified)
+    renew:CNS0/CNS1           Renew with request id ``renew-<op id>-<keyset>`` (a resume first
+                              asks for that id, so a request is never submitted twice)
+    write-cert:CNS0/CNS1      the new certificate into the spare certificate EF, read back
+    verify                    read back + spare key == certificate key; with the PIN at hand a
+                              test signature by each new key checked against its certificate
+    switch                    SWITCH KEYSET for all keysets in one command; idempotent by
+                              looking first: live key == new certificate's key → already done
+    cleanup                   ERASE KEY and DELETE FILE of the spare slots (the old ones)
+    unmark                    EF_RenewalMarker cleared
+
+Resume and undo (``resume``, after a pulled card, a SIGKILL, a torn write, an
+unreachable personalizer, a CA error, timeout or lost answer):
+
+* ``switch`` begun → always forward: the card tells whether it switched (live key
+  vs the new certificate); a switch never runs twice blindly (it would swap back).
+* before ``switch``: any ``renew:*`` begun → forward (the CA may have issued: the
+  stored result is fetched by request id, never a second issuance); without the
+  PIN the verify step checks key/certificate match instead of signing.
+* before any ``renew:*``: with the PIN, forward (every step is repeatable); without
+  it, and CSRs missing, undo.
+* undo (before ``switch`` only): spare keys erased, spare certificate files
+  deleted, marker cleared. The live (old) keyset was never touched. A request the
+  CA refused (FAILED, INVALID_ARGUMENT, FAILED_PRECONDITION …) is undone too;
+  certificates issued for it are listed as ``orphaned_requests`` in the journal.
+* personalizer unreachable, or a request still queued after ``watch_timeout_s``:
+  the operation stays open (state ``open``), the card works with the old keys,
+  and the next agent start or card insert follows the same request ids.
+
+A card with a renewal marker but no open operation in this journal (journal
+lost, another station) has its spare slots cleaned before a new renewal starts.
+
+The holder's PIN and PUK are never changed; the PIN lives in ``Codes`` for the
+call only and never reaches the journal, a log or the network. Imports
+``agent.card``, ``agent.ops``; the uplink is passed in; card I/O runs in a worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from agent.card.cns import CnsSession
+from agent.card.errors import CardError
+from agent.card.issuer import IssuerSession
+from agent.card.transport import ApduTransport
+from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
+from agent.ops.follow import STATE_FAILED, STATE_ISSUED, find_or_none, follow
+from agent.ops.holder import Codes
+from agent.ops.journal import DONE, UNDONE, Journal, Operation
+
+log = logging.getLogger("cns.agent.renew")
+
+KIND = "renew"
+PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
+MARKER_MAGIC = b"CNSRENEW"
+DEFAULT_WINDOW_DAYS = 90
+DEFAULT_DEVICE_LIFE_YEARS = 6
+ENV_WINDOW_DAYS = "CNS_AGENT_RENEWAL_WINDOW_DAYS"
+ENV_KILL_AT = "CNS_AGENT_FAULT_KILL_AT"   # tests: "renew:<step>[:begun|:done]" → SIGKILL ourselves there
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    """The agent's view of the personalizer's rules (the personalizer has the last word)."""
+    window_days: int = DEFAULT_WINDOW_DAYS          # renewal opens this many days before expiry
+    device_life_years: int = DEFAULT_DEVICE_LIFE_YEARS
+
+    @classmethod
+    def from_env(cls) -> "RenewalPolicy":
+        raw = os.environ.get(ENV_WINDOW_DAYS, "")
+        try:
+            days = int(raw) if raw else DEFAULT_WINDOW_DAYS
+        except ValueError:
+            raise PreconditionError(f"{ENV_WINDOW_DAYS}={raw!r}: expected a whole number of days") from None
+        return cls(window_days=days)
+
+
+@dataclass
+class Outcome:
+    op_id: str
+    card_serial: str
+    state: str                         # done | undone | open
+    holder_label: str = ""
+    certificates: dict[str, bytes] = field(default_factory=dict)
+    test_signatures: bool = False
+    message: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        subjects = {ks: x509.load_der_x509_certificate(der).subject.rfc4514_string()
+                    for ks, der in self.certificates.items()}
+        serials = {ks: f"{x509.load_der_x509_certificate(der).serial_number:X}"
+                   for ks, der in self.certificates.items()}
+        return {"op_id": self.op_id, "card_serial": self.card_serial, "state": self.state,
+                "holder_label": self.holder_label, "certificate_subjects": subjects,
+                "certificate_serials": serials, "test_signatures": self.test_signatures,
+                "message": self.message, "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}}
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def _spki(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _same_key(a, b) -> bool:
+    return a is not None and b is not None and a.public_numbers() == b.public_numbers()
+
+
+def marker_bytes(op_id: str, size: int) -> bytes:
+    raw = MARKER_MAGIC + uuid.UUID(op_id).bytes
+    return raw + bytes(size - len(raw))
+
+
+def parse_marker(raw: bytes | None) -> str | None:
+    """The operation id a renewal marker names; None when clear (or unreadable)."""
+    if not raw or not raw.startswith(MARKER_MAGIC) or len(raw) < len(MARKER_MAGIC) + 16:
+        return None
+    return str(uuid.UUID(bytes=bytes(raw[len(MARKER_MAGIC):len(MARKER_MAGIC) + 16])))
+
+
+def _add_years(t: _dt.datetime, years: int) -> _dt.datetime:
+    try:
+        return t.replace(year=t.year + years)
+    except ValueError:
+        return t.replace(year=t.year + years, day=28)
+
+
+def check_window(certs: dict[str, x509.Certificate], policy: RenewalPolicy, now: _dt.datetime,
+                 first_issued: _dt.datetime | None = None) -> None:
+    """Refuse (``PreconditionError`` with the reason) a renewal outside the window or beyond the device's life."""
+    expiry = min(c.not_valid_after_utc for c in certs.values())
+    if expiry <= now:
+        raise PreconditionError(f"the card's certificates expired on {expiry.date().isoformat()}: an expired "
+                                "certificate cannot be renewed; issue a new card")
+    opens = expiry - _dt.timedelta(days=policy.window_days)
+    if now < opens:
+        raise PreconditionError(f"renewal opens {opens.date().isoformat()} ({policy.window_days} days before the "
+                                f"certificates expire on {expiry.date().isoformat()}); try again then")
+    first = first_issued or min(c.not_valid_before_utc for c in certs.values())
+    validity = max(c.not_valid_after_utc - c.not_valid_before_utc for c in certs.values())
+    end_of_life = _add_years(first, policy.device_life_years)
+    if now + validity > end_of_life:
+        raise PreconditionError(
+            f"renewal refused: new certificates would be valid until {(now + validity).date().isoformat()}, beyond "
+            f"the device's {policy.device_life_years}-year life ending {end_of_life.date().isoformat()} (first "
+            f"issued {first.date().isoformat()}); issue a new card")
+
+
+def _issue_date(raw: str) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.strptime(raw.strip(), "%d%m%Y").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def plan(model) -> list[str]:
+    names = [ks.name for ks in model.keysets]
+    steps = ["mark"] if model.paths.renewal_marker else []
+    steps += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
+    steps += [f"renew:{n}" for n in names] + [f"write-cert:{n}" for n in names]
+    steps += ["verify", "switch", "cleanup"]
+    steps += ["unmark"] if model.paths.renewal_marker else []
+    return steps
+
+
+def _kill_hook(step: str, phase: str) -> None:
+    """Test fault hook: ``CNS_AGENT_FAULT_KILL_AT=renew:<step>[:<phase>]`` makes the agent SIGKILL itself there."""
+    want = os.environ.get(ENV_KILL_AT)
+    if not want:
+        return
+    kind, _, rest = want.partition(":")
+    target, _, when = rest.rpartition(":") if rest.endswith((":begun", ":done")) else (rest, "", "begun")
+    if kind == KIND and target == step and when == phase:
+        log.warning("fault hook %s: killing the agent (SIGKILL) at %s %s", ENV_KILL_AT, step, phase)
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class _Link:
+    cns: CnsSession
+    issuer: IssuerSession
+
+
+class _Refused(Exception):
+    pass
+
+
+class Renewer:
+    """Runs and resumes renewals for one station (same seams as ``Personalizer``).
+
+    ``connect()`` opens the card and returns an ``ApduTransport``; ``uplink`` is an
+    open ``PersonalizerClient``; ``admin_key_for(model)`` returns the issuer key;
+    ``now()`` the current time (UTC); ``on_step(step, phase)`` is a test seam called
+    after a step is journaled begun and after it is journaled done.
+    """
+
+    def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
+                 admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
+                 policy: RenewalPolicy = RenewalPolicy(), watch_timeout_s: float = 600.0,
+                 now: Callable[[], _dt.datetime] | None = None,
+                 on_step: Callable[[str, str], None] | None = None):
+        self.journal = journal
+        self.uplink = uplink
+        self.requester = dict(requester)
+        self.admin_key_for = admin_key_for
+        self.progress = progress or (lambda step, msg: None)
+        self.policy = policy
+        self.watch_timeout_s = watch_timeout_s
+        self.now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
+        self.on_step = on_step or (lambda step, phase: None)
+        self.stage: dict[str, float] = {}
+
+    async def _timed(self, stage: str, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        try:
+            if asyncio.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        finally:
+            self.stage[stage] = self.stage.get(stage, 0.0) + loop.time() - t
+
+    # -- entry points -------------------------------------------------------------------
+    async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, codes: Codes) -> Outcome:
+        self.stage = {}
+        link = await self._timed("card", self._open, connect, model)
+        serial = await self._timed("card", link.cns.read_serial)
+        open_ops = await self.journal.open_operations(serial)
+        if open_ops:
+            if open_ops[0].kind != KIND:
+                raise PreconditionError(f"card {serial} has an unfinished {open_ops[0].kind} operation "
+                                        f"{open_ops[0].op_id}; it is finished or undone first (reinsert the card)")
+            return await self.resume(open_ops[0], connect=connect, model=model, codes=codes, link=link)
+        facts = await self._timed("card", self._precheck, link, model, codes)
+        if facts.pop("stale_marker"):
+            self.progress("cleanup", f"card {serial}: clearing what an interrupted renewal left in the spare slots")
+            await self._timed("card", self._clean_spares, link, model, True)
+        op = await self.journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
+                                                data={"requester": self.requester, **facts})
+        op.data["request_ids"] = {ks.name: f"renew-{op.op_id}-{ks.name}" for ks in model.keysets}
+        self.progress("start", f"card {serial}: renewal {op.op_id} for {facts['holder_label'] or 'the holder'}")
+        return await self._drive(op, link, model, codes)
+
+    async def resume(self, op: Operation, *, connect: Callable[[], ApduTransport], model,
+                     codes: Codes | None = None, link=None) -> Outcome:
+        """Finish or undo an open renewal (agent start, card insert, operator retry)."""
+        if link is None:
+            self.stage = {}
+            link = await self._timed("card", self._open, connect, model)
+            serial = await self._timed("card", link.cns.read_serial)
+            if serial != op.card_serial:
+                raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
+        self.requester = dict(op.data.get("requester") or self.requester)   # same payload on every retry
+        self.progress("resume", f"card {op.card_serial}: resuming renewal {op.op_id} after step {op.step}")
+        return await self._drive(op, link, model, codes)
+
+    # -- the state machine --------------------------------------------------------------
+    @staticmethod
+    def _begun(op: Operation, step: str) -> bool:
+        return step in op.data.get("_begun", [])
+
+    async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
+        steps = plan(model)
+        names = [ks.name for ks in model.keysets]
+        switching = self._begun(op, "switch")
+        any_renew = any(self._begun(op, f"renew:{n}") for n in names)
+        all_csrs = all(op.step_done(f"csr:{n}") for n in names)
+        if not switching and not any_renew and codes is None and not all_csrs:
+            return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were "
+                                                     "signed; the old certificates stay in use")
+        for step in steps:
+            if op.step_done(step):
+                continue
+            op.data.setdefault("_begun", [])
+            if step not in op.data["_begun"]:
+                op.data["_begun"].append(step)
+            await self.journal.step_begun(op, step)
+            self.on_step(step, "begun")
+            _kill_hook(step, "begun")
+            try:
+                results = await self._step(step, op, link, model, codes)
+            except UplinkUnavailable as exc:
+                self.progress(step, f"personalizer unreachable or request queued; renewal {op.op_id} kept open, "
+                                    f"the card keeps working with its current certificates: {exc}")
+                return Outcome(op.op_id, op.card_serial, "open", message=str(exc), stage_seconds=dict(self.stage))
+            except (_Refused, VerificationError) as exc:
+                if self._begun(op, "switch"):
+                    raise
+                return await self._undo(op, link, model, str(exc))
+            await self.journal.step_done(op, step, **results)
+            self.on_step(step, "done")
+            _kill_hook(step, "done")
+        await self.journal.finish(op, DONE)
+        certs = {n: _unb64(op.data[f"cert_{n}"]) for n in names}
+        self.progress("done", f"card {op.card_serial} renewed: new certificates in use")
+        return Outcome(op.op_id, op.card_serial, DONE, op.data.get("holder_label", ""), certs,
+                       bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage))
+
+    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None) -> dict[str, Any]:
+        name, _, ks_name = step.partition(":")
+        ks = model.keyset(ks_name) if ks_name else None
+        self.progress(step, {"mark": "recording the renewal on the card",
+                             "generate-key": f"generating the new {ks_name} key pair in the spare slot",
+                             "csr": f"signing the {ks_name} request with the new key and the proof with the current one",
+                             "renew": f"requesting the new {PROFILE_OF_KEYSET.get(ks_name, '')} certificate",
+                             "write-cert": f"writing the new {ks_name} certificate to the spare file",
+                             "verify": "verifying the new keys and certificates",
+                             "switch": "switching to the new keys and certificates (one atomic step)",
+                             "cleanup": "removing the old keys and certificates",
+                             "unmark": "clearing the renewal record on the card"}[name])
+        if name == "mark":
+            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
+                              model.paths.renewal_marker, marker_bytes(op.op_id, op.data["marker_size"]))
+            return {}
+        if name == "generate-key":
+            key = await self._timed("card", self._admin_then, link, model, link.issuer.generate_key,
+                                    ks.spare_key_ref, op.data[f"bits_{ks.name}"])
+            return {f"pubkey_{ks.name}": _b64(_spki(key))}
+        if name == "csr":
+            if codes is None:
+                raise _Refused("the holder's PIN is needed to sign the renewal request; nothing was sent")
+            csr, pop = await self._timed("card", self._make_csr, link, model, ks, op, codes)
+            return {f"csr_{ks.name}": _b64(csr), f"pop_{ks.name}": _b64(pop)}
+        if name == "renew":
+            cert, chain = await self._renew(op, ks, resumed=False)
+            return {f"cert_{ks.name}": _b64(cert), "chain": [_b64(c) for c in chain]}
+        if name == "write-cert":
+            await self._timed("card", self._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
+                              _unb64(op.data[f"cert_{ks.name}"]))
+            return {}
+        if name == "verify":
+            tested = await self._timed("card", self._verify, link, model, op, codes)
+            return {"test_signatures": tested}
+        if name == "switch":
+            await self._timed("card", self._switch, link, model, op)
+            return {}
+        if name == "cleanup":
+            await self._timed("card", self._cleanup, link, model, op)
+            return {}
+        if name == "unmark":
+            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
+                              model.paths.renewal_marker, bytes(op.data["marker_size"]))
+            return {}
+        raise AssertionError(step)
+
+    # -- card side (worker thread) ------------------------------------------------------
+    def _open(self, connect, model) -> _Link:
+        cns = CnsSession(connect(), model)
+        return _Link(cns, IssuerSession(cns, model))
+
+    def _admin_then(self, link, model, fn, *args):
+        link.issuer.authenticate(self.admin_key_for(model))
+        return fn(*args)
+
+    def _precheck(self, link, model, codes: Codes) -> dict[str, Any]:
+        """Read-only: current certificates and keys, window, PIN. Raises before anything is written."""
+        certs, data = {}, {}
+        for ks in model.keysets:
+            der = link.issuer.read_ef(ks.cert_path)
+            if der is None:
+                raise PreconditionError(f"the card carries no {ks.name} certificate: it is not personalized "
+                                        "(personalize it instead)")
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise PreconditionError(f"the {ks.name} certificate on the card is unreadable: the card cannot "
+                                        "be renewed (issue a new card)") from None
+            live = link.issuer.read_public_key(ks.key_ref)
+            if not _same_key(live, cert.public_key()):
+                raise PreconditionError(f"the {ks.name} key on the card does not match its certificate: the card "
+                                        "cannot be renewed (issue a new card)")
+            certs[ks.name] = cert
+            data[f"current_{ks.name}"] = _b64(der)
+            data[f"bits_{ks.name}"] = cert.public_key().key_size
+        pd = link.cns.read_personal_data()
+        first = _issue_date(pd.issue_date) if pd is not None else None
+        check_window(certs, self.policy, self.now(), first)
+        for ks in model.keysets:
+            link.cns.verify_pin(codes.pin, ks.name)   # a wrong PIN stops here, before anything is written
+        stale = False
+        if model.paths.renewal_marker:
+            raw = link.cns.read_file(model.paths.renewal_marker)
+            data["marker_size"] = len(raw)
+            stale = parse_marker(raw) is not None
+        data["holder_label"] = pd.holder_label.upper() if pd is not None else ""
+        data["stale_marker"] = stale
+        return data
+
+    def _make_csr(self, link, model, ks, op: Operation, codes: Codes) -> tuple[bytes, bytes]:
+        pub = serialization.load_der_public_key(_unb64(op.data[f"pubkey_{ks.name}"]))
+        if not _same_key(link.issuer.read_public_key(ks.spare_key_ref), pub):
+            raise VerificationError(f"spare slot {ks.spare_key_ref:02X} no longer holds the new {ks.name} key",
+                                    op_id=op.op_id)
+        current = x509.load_der_x509_certificate(_unb64(op.data[f"current_{ks.name}"]))
+        link.cns.verify_pin(codes.pin, ks.name)
+        subject = _subject_of(current)
+        csr = build_csr(pub, subject, lambda block: link.issuer.raw_sign(ks, ks.spare_key_ref, block))
+        rid = op.data["request_ids"][ks.name]
+        nbytes = (current.public_key().key_size + 7) // 8
+        pop = link.issuer.raw_sign(ks, ks.key_ref, pkcs1_v15_sha256_block(rid.encode("utf-8") + csr, nbytes))
+        try:
+            current.public_key().verify(pop, rid.encode("utf-8") + csr, padding.PKCS1v15(), hashes.SHA256())
+        except Exception as exc:
+            raise VerificationError(f"the current {ks.name} key's proof of possession does not verify with the "
+                                    "current certificate", op_id=op.op_id) from exc
+        return csr, pop
+
+    def _verify(self, link, model, op: Operation, codes: Codes | None) -> bool:
+        for ks in model.keysets:
+            der = _unb64(op.data[f"cert_{ks.name}"])
+            if link.issuer.read_ef(ks.spare_cert_path) != der:
+                raise VerificationError(f"the new {ks.name} certificate does not read back as written",
+                                        op_id=op.op_id)
+            cert = x509.load_der_x509_certificate(der)
+            if not _same_key(link.issuer.read_public_key(ks.spare_key_ref), cert.public_key()):
+                raise VerificationError(f"the new {ks.name} key on the card does not match its new certificate",
+                                        op_id=op.op_id)
+            if codes is not None:
+                link.cns.verify_pin(codes.pin, ks.name)
+                challenge = b"cns-agent renewal test signature " + op.op_id.encode() + ks.name.encode()
+                block = pkcs1_v15_sha256_block(challenge, (cert.public_key().key_size + 7) // 8)
+                sig = link.issuer.raw_sign(ks, ks.spare_key_ref, block)
+                try:
+                    cert.public_key().verify(sig, challenge, padding.PKCS1v15(), hashes.SHA256())
+                except Exception as exc:
+                    raise VerificationError(f"the new {ks.name} key's test signature does not verify",
+                                            op_id=op.op_id) from exc
+        return codes is not None
+
+    def _where(self, link, model, op: Operation) -> str:
+        """``old`` when every live slot holds its current key, ``new`` when every one holds the new key."""
+        states = set()
+        for ks in model.keysets:
+            live = link.issuer.read_public_key(ks.key_ref)
+            new = x509.load_der_x509_certificate(_unb64(op.data[f"cert_{ks.name}"])).public_key()
+            old = x509.load_der_x509_certificate(_unb64(op.data[f"current_{ks.name}"])).public_key()
+            states.add("new" if _same_key(live, new) else "old" if _same_key(live, old) else "other")
+        if len(states) != 1 or "other" in states:
+            raise VerificationError(f"the card's live keys are neither all old nor all new ({sorted(states)})",
+                                    op_id=op.op_id)
+        return states.pop()
+
+    def _switch(self, link, model, op: Operation) -> None:
+        if self._where(link, model, op) == "old":
+            mask = sum(1 << i for i in range(len(model.keysets)))
+            link.issuer.authenticate(self.admin_key_for(model))
+            link.issuer.switch_keysets(mask)
+        if self._where(link, model, op) != "new":
+            raise VerificationError("SWITCH KEYSET answered OK but the live keys are not the new ones",
+                                    op_id=op.op_id)
+        for ks in model.keysets:
+            if link.issuer.read_ef(ks.cert_path) != _unb64(op.data[f"cert_{ks.name}"]):
+                raise VerificationError(f"after the switch the {ks.name} certificate is not the new one",
+                                        op_id=op.op_id)
+
+    def _cleanup(self, link, model, op: Operation) -> None:
+        if self._where(link, model, op) != "new":   # never erase what is live
+            raise VerificationError("refusing to erase the spare slots: the new keys are not live", op_id=op.op_id)
+        self._clean_spares(link, model, False)
+
+    def _clean_spares(self, link, model, clear_marker: bool) -> None:
+        link.issuer.authenticate(self.admin_key_for(model))
+        for ks in model.keysets:
+            link.issuer.erase_key(ks.spare_key_ref)
+            link.issuer.delete_ef(ks.spare_cert_path)
+        if clear_marker and model.paths.renewal_marker:
+            size = len(link.cns.read_file(model.paths.renewal_marker))
+            link.cns.update_binary(model.paths.renewal_marker, bytes(size))
+
+    # -- personalizer side ----------------------------------------------------------------
+    async def _renew(self, op: Operation, ks, *, resumed: bool) -> tuple[bytes, list[bytes]]:
+        request_id = op.data["request_ids"][ks.name]
+        step = f"renew:{ks.name}"
+        resp = None
+        try:
+            if op.data.get("_submitted", {}).get(ks.name):
+                # submitted before (answer lost, agent killed, queued): look it up, never re-issue
+                resp = await self._timed("broker", find_or_none, self.uplink, request_id)
+            if resp is None:
+                op.data.setdefault("_submitted", {})[ks.name] = True
+                await self.journal.step_begun(op, step, request_id=request_id)
+                resp = await self._timed("broker", self.uplink.renew, request_id=request_id,
+                                         profile=PROFILE_OF_KEYSET[ks.name],
+                                         csr_der=_unb64(op.data[f"csr_{ks.name}"]),
+                                         current_certificate_der=_unb64(op.data[f"current_{ks.name}"]),
+                                         proof_of_possession=_unb64(op.data[f"pop_{ks.name}"]),
+                                         requester=self.requester)
+            if resp.state not in (STATE_ISSUED, STATE_FAILED):
+                self.progress(step, f"request {request_id} queued at the personalizer (CA not available); "
+                                    "waiting for it")
+                resp = await self._timed("broker", follow, self.uplink, request_id, timeout_s=self.watch_timeout_s,
+                                         progress=lambda m: self.progress(step, m))
+        except UplinkUnavailable:
+            raise
+        except UplinkError as exc:
+            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS",
+                            "NOT_FOUND"):
+                raise _Refused(f"the personalizer refused the {ks.name} renewal: {exc}") from exc
+            raise UplinkUnavailable(str(exc), code=exc.code) from exc
+        if resp.state == STATE_FAILED:
+            raise _Refused(f"the CA refused the {ks.name} renewal: {resp.error.code} {resp.error.message}")
+        return resp.certificate_der, list(resp.chain_der)
+
+    async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
+        if self._begun(op, "switch"):
+            raise OperationError(f"renewal {op.op_id} cannot be undone after the switch", op_id=op.op_id)
+        self.progress("undo", f"card {op.card_serial}: undoing renewal {op.op_id}: {reason}")
+        await self.journal.step_begun(op, "undo", reason=reason)
+        self.on_step("undo", "begun")
+        await self._timed("card", self._clean_spares, link, model, True)
+        issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
+        await self.journal.step_done(op, "undo", orphaned_requests=issued)
+        await self.journal.finish(op, UNDONE, error=reason)
+        return Outcome(op.op_id, op.card_serial, UNDONE, op.data.get("holder_label", ""), message=reason,
+                       stage_seconds=dict(self.stage))
+
+
+def _subject_of(cert: x509.Certificate) -> list[tuple[str, str]]:
+    """The CSR subject for a renewal: the holder as the current certificate names them."""
+    oid = x509.NameOID
+    names = {"country_name": oid.COUNTRY_NAME, "serial_number": oid.SERIAL_NUMBER, "given_name": oid.GIVEN_NAME,
+             "surname": oid.SURNAME, "common_name": oid.COMMON_NAME}
+    out = []
+    for key, o in names.items():
+        attrs = cert.subject.get_attributes_for_oid(o)
+        if attrs:
+            out.append((key, str(attrs[0].value)))
+    return out
+
+
+__all__ = ["Renewer", "RenewalPolicy", "Outcome", "check_window", "plan", "marker_bytes", "parse_marker", "KIND",
+           "CardError"]
