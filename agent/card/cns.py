@@ -209,6 +209,23 @@ class CnsSession:
             raise ApduError(sw, "PIN status")
         return left
 
+    def puk_tries_left(self, name: str = "CNS0") -> int | None:
+        """VERIFY without data on the PUK of ``name``: tries left (0 when blocked).
+
+        None when the model names no PUK or the card does not tell (not every mask
+        answers a status query on a PUK reference; OpenSC never asks). Nothing is counted.
+        Raises ``PinNotSetError`` when the PUK has no value yet."""
+        pin = self._pin(name)
+        if pin.puk_ref is None:
+            return None
+        self._select_pin_df(pin)
+        _, sw = self._send(Apdu(CLA_ISO, INS.VERIFY, 0x00, pin.puk_ref))
+        if sw == SW.AUTH_METHOD_BLOCKED:
+            return 0
+        if sw == SW.REFERENCE_DATA_NOT_USABLE:
+            raise PinNotSetError(sw, "PUK")
+        return tries_left(sw)
+
     def verify_pin(self, pin_value: str, name: str = "CNS0") -> None:
         pin = self._pin(name)
         self._select_pin_df(pin)
