@@ -20,6 +20,9 @@ from personalizer.ca.base import CertStatusInfo
 OID_EXPIRED_CERTS_ON_CRL = ObjectIdentifier("2.5.29.60")
 MAX_REFRESH = _dt.timedelta(hours=2)            # tender SLA4.3: CRLs refreshed at least every 2 hours
 NEXT_UPDATE_MARGIN = _dt.timedelta(minutes=15)  # nextUpdate = thisUpdate + refresh + margin
+# the longest refresh interval whose nextUpdate still lies within 2 hours of thisUpdate: a CRL never
+# promises a successor later than SLA4.3 allows, and the successor comes 15 minutes before it is due
+MAX_REFRESH_INTERVAL = MAX_REFRESH - NEXT_UPDATE_MARGIN
 
 
 def expired_certs_on_crl(since: _dt.datetime) -> x509.UnrecognizedExtension:
@@ -29,8 +32,9 @@ def expired_certs_on_crl(since: _dt.datetime) -> x509.UnrecognizedExtension:
 
 def build_crl(issuing: x509.Certificate, entries: list[CertStatusInfo], *, crl_number: int,
               this_update: _dt.datetime, refresh: _dt.timedelta) -> x509.CertificateRevocationListBuilder:
-    if refresh > MAX_REFRESH:
-        raise ValueError(f"CRL refresh {refresh} exceeds {MAX_REFRESH}")
+    if refresh > MAX_REFRESH_INTERVAL:
+        raise ValueError(f"CRL refresh {refresh} exceeds {MAX_REFRESH_INTERVAL} (nextUpdate must stay within "
+                         f"{MAX_REFRESH} of thisUpdate)")
     b = (x509.CertificateRevocationListBuilder()
          .issuer_name(issuing.subject)
          .last_update(this_update)

@@ -15,7 +15,8 @@ HTTP routes: ``GET /crl/<name>.crl`` (DER), ``GET /crl/<name>.pem``,
 (``CAUrls``): a proxy or DNS name fronts the publisher in production.
 
 The refresh task (named ``pki-crl-refresh``) republishes every
-``refresh_seconds`` (at most 2 hours, SLA4.3); a failed refresh is logged and
+``refresh_seconds`` (at most 1 h 45 min, so that nextUpdate = thisUpdate +
+refresh + 15 min stays within the 2 hours of SLA4.3); a failed refresh is logged and
 retried after ``RETRY_SECONDS`` while the last CRL keeps being served. CRL
 files are written atomically (temporary file, fsync, ``os.replace``).
 Imports nothing of ours but ``pki`` modules and ``ca.base``.
@@ -41,7 +42,7 @@ from personalizer.pki.source import RevocationAuthority
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_SECONDS = 3600
-MAX_REFRESH_SECONDS = int(crl_mod.MAX_REFRESH.total_seconds())
+MAX_REFRESH_SECONDS = int(crl_mod.MAX_REFRESH_INTERVAL.total_seconds())
 RETRY_SECONDS = 60
 PUBLIC_FILE_MODE = 0o644
 CRL_CONTENT_TYPE = "application/pkix-crl"

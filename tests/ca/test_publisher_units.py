@@ -40,3 +40,17 @@ def test_refresh_task_republishes_and_stops(tmp_path):
     assert second > first
     assert pub.crl_name == "cns-issuing-ca" and pub.ca_cert_name == "cns-issuing-ca"   # from CAUrls
     assert sorted(p.name for p in pub.crl_dir.iterdir()) == ["cns-issuing-ca.crl", "cns-issuing-ca.pem"]
+
+
+def test_config_and_publisher_agree_on_the_longest_refresh(tmp_path):
+    """nextUpdate = thisUpdate + refresh + margin must stay within SLA4.3's 2 hours at the longest refresh."""
+    import datetime as dt
+
+    from personalizer import config
+    from personalizer.pki import crl, publisher
+    assert config.MAX_CRL_REFRESH_SECONDS == publisher.MAX_REFRESH_SECONDS
+    assert dt.timedelta(seconds=publisher.MAX_REFRESH_SECONDS) + crl.NEXT_UPDATE_MARGIN <= crl.MAX_REFRESH
+    ca = support.make_ca(None, template=support.ca_dir(tmp_path))
+    with pytest.raises(ValueError, match="nextUpdate"):
+        crl.build_crl(ca.issuing_certificate, [], crl_number=1, this_update=dt.datetime.now(dt.timezone.utc),
+                      refresh=crl.MAX_REFRESH)
