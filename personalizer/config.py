@@ -27,6 +27,23 @@ Example (``cns-personalizer init`` writes one)::
     key_passphrase_file = "ca/passphrase"
     # key_store = "pkcs11": pkcs11_module, token_label, key_label, pin_file
 
+    # connector = "ejbca": the CA is an EJBCA reached over its REST API (mTLS); root_cert,
+    # issuing_cert and the key settings are then not used, [ca.ejbca] is required:
+    # [ca.ejbca]
+    # base_url = "https://ejbca.example.it:8443"
+    # client_cert = "ejbca/ra-client.pem"       # our RA administrator certificate (PEM)
+    # client_key = "ejbca/ra-client.key.pem"    # its key (PEM, unencrypted, mode 0600)
+    # trust_anchors = "ejbca/tls-ca.pem"        # CA(s) that sign EJBCA's TLS certificate
+    # ca_name = "CNS-Issuing-CA"                # EJBCA's certificate_authority_name
+    # chain = "ejbca/chain.pem"                 # issuing CA first, root last
+    # timeout_seconds = 10
+    # [ca.ejbca.certificate_profiles]           # our profile → EJBCA certificate profile
+    # cns-auth = "CNS_AUTH"
+    # qualified-signature = "CNS_QUALIFIED"
+    # [ca.ejbca.end_entity_profiles]            # our profile → EJBCA end-entity profile
+    # cns-auth = "CNS_HOLDER"
+    # qualified-signature = "CNS_HOLDER"
+
     [ca.urls]
     ca_issuers = "http://pki.cns-demo.it/ca/cns-issuing-ca.cer"
     ocsp = "http://ocsp.cns-demo.it"
@@ -71,7 +88,7 @@ Example (``cns-personalizer init`` writes one)::
     http_host = "127.0.0.1"
     http_port = 8080
     crl_dir = "crl"
-    refresh_seconds = 3600      # SLA4.3: at least every 2 hours
+    refresh_seconds = 3600      # SLA4.3: at least every 2 hours; at most 6300 (nextUpdate = +refresh+15 min <= 2 h)
 """
 from __future__ import annotations
 
@@ -88,7 +105,8 @@ from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 KEY_STORES = ("file", "pkcs11")
-CONNECTORS = ("embedded",)
+CONNECTORS = ("embedded", "ejbca")
+EJBCA_PROFILE_TABLES = ("certificate_profiles", "end_entity_profiles")
 
 
 @dataclass(frozen=True)
@@ -112,10 +130,25 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class EjbcaConfig:
+    """``[ca.ejbca]``: where EJBCA is, how we authenticate (mTLS) and how our profiles map to EJBCA's."""
+
+    base_url: str
+    client_cert: Path
+    client_key: Path
+    trust_anchors: Path
+    ca_name: str
+    chain: Path
+    certificate_profiles: dict[str, str]
+    end_entity_profiles: dict[str, str]
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class CAConfig:
     connector: str
-    root_cert: Path
-    issuing_cert: Path
+    root_cert: Path | None        # embedded only
+    issuing_cert: Path | None     # embedded only
     key_store: str
     issuing_key: Path | None = None
     key_passphrase_file: Path | None = None
@@ -125,6 +158,7 @@ class CAConfig:
     pin_file: Path | None = None
     urls: dict[str, str] = field(default_factory=dict)
     sign_in_thread: bool = False
+    ejbca: EjbcaConfig | None = None   # connector = "ejbca" only
 
 
 @dataclass(frozen=True)
@@ -168,6 +202,9 @@ class DaemonConfig:
     metrics: MetricsConfig = MetricsConfig()
     pki: PkiConfig = PkiConfig()
 
+
+# SLA4.3 (2 h) minus the CRL nextUpdate margin (personalizer.pki.crl.NEXT_UPDATE_MARGIN, 15 min)
+MAX_CRL_REFRESH_SECONDS = 7200 - 900
 
 _HOURS_RE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
 
@@ -253,8 +290,10 @@ def _load_operations(r: "_Reader") -> dict:
                     http_port=r.get(pk, "pki", "http_port", int, 8080),
                     crl_dir=r.path_(pk, "pki", "crl_dir", must_exist=False, default="crl"),
                     refresh_seconds=r.get(pk, "pki", "refresh_seconds", float, 3600.0))
-    if pki.refresh_seconds <= 0 or pki.refresh_seconds > 7200:
-        raise ConfigError(path, "pki.refresh_seconds", "must be in (0, 7200]: CRLs are refreshed at least every 2 hours")
+    if pki.refresh_seconds <= 0 or pki.refresh_seconds > MAX_CRL_REFRESH_SECONDS:
+        raise ConfigError(path, "pki.refresh_seconds",
+                          f"must be in (0, {MAX_CRL_REFRESH_SECONDS}]: a CRL is refreshed at least every 2 hours and "
+                          "its nextUpdate (refresh + 15 min margin) must not pass 2 hours")
     return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki)
 
 
@@ -330,15 +369,20 @@ def load(path: str | Path) -> DaemonConfig:
     unknown = set(urls) - {"ca_issuers", "ocsp", "crl", "pds"}
     if unknown:
         raise ConfigError(path, "ca.urls", f"unknown keys {sorted(unknown)}")
-    if key_store == "file":
-        extra = dict(issuing_key=r.path_(c, "ca", "issuing_key"),
-                     key_passphrase_file=r.path_(c, "ca", "key_passphrase_file"))
+    if connector == "ejbca":
+        ca = CAConfig(connector=connector, root_cert=None, issuing_cert=None, key_store=key_store,
+                      urls=dict(urls), ejbca=_load_ejbca(r, c))
     else:
-        extra = dict(pkcs11_module=r.get(c, "ca", "pkcs11_module", str), token_label=r.get(c, "ca", "token_label", str),
-                     key_label=r.get(c, "ca", "key_label", str), pin_file=r.path_(c, "ca", "pin_file"))
-    ca = CAConfig(connector=connector, root_cert=r.path_(c, "ca", "root_cert"),
-                  issuing_cert=r.path_(c, "ca", "issuing_cert"), key_store=key_store, urls=dict(urls),
-                  sign_in_thread=r.get(c, "ca", "sign_in_thread", bool, key_store == "pkcs11"), **extra)
+        if key_store == "file":
+            extra = dict(issuing_key=r.path_(c, "ca", "issuing_key"),
+                         key_passphrase_file=r.path_(c, "ca", "key_passphrase_file"))
+        else:
+            extra = dict(pkcs11_module=r.get(c, "ca", "pkcs11_module", str),
+                         token_label=r.get(c, "ca", "token_label", str),
+                         key_label=r.get(c, "ca", "key_label", str), pin_file=r.path_(c, "ca", "pin_file"))
+        ca = CAConfig(connector=connector, root_cert=r.path_(c, "ca", "root_cert"),
+                      issuing_cert=r.path_(c, "ca", "issuing_cert"), key_store=key_store, urls=dict(urls),
+                      sign_in_thread=r.get(c, "ca", "sign_in_thread", bool, key_store == "pkcs11"), **extra)
     profiles = r.table("profiles", required=False)
     min_bits = {p: validation.DEFAULT_MIN_RSA_BITS for p in validation.PROFILES}
     for name, table in profiles.items():
@@ -351,4 +395,39 @@ def load(path: str | Path) -> DaemonConfig:
         if bits < floor:
             raise ConfigError(path, f"profiles.{name}.min_rsa_bits", f"must be at least {floor}, got {bits}")
         min_bits[name] = bits
-    return DaemonConfig(source=path, server=server, store=store, ca=ca, min_rsa_bits=min_bits, **_load_operations(r))
+    ops = _load_operations(r)
+    if ops["pki"].enabled and ca.connector != "embedded":
+        raise ConfigError(path, "pki.enabled", f"CRL/OCSP publication needs the embedded CA; with connector "
+                                               f"{ca.connector!r} the CA publishes its own CRLs and OCSP")
+    return DaemonConfig(source=path, server=server, store=store, ca=ca, min_rsa_bits=min_bits, **ops)
+
+
+def _load_ejbca(r: "_Reader", c: dict) -> EjbcaConfig:
+    path = r.path
+    e = c.get("ejbca")
+    if not isinstance(e, dict):
+        raise ConfigError(path, "ca.ejbca", 'connector = "ejbca" needs a [ca.ejbca] table')
+    base_url = r.get(e, "ca.ejbca", "base_url", str)
+    if not base_url.startswith("https://") or len(base_url) <= len("https://"):
+        raise ConfigError(path, "ca.ejbca.base_url", f"expected https://host[:port], got {base_url!r}")
+    maps = {}
+    for table in EJBCA_PROFILE_TABLES:
+        m = e.get(table)
+        if not isinstance(m, dict) or not m or not all(isinstance(v, str) and v for v in m.values()):
+            raise ConfigError(path, f"ca.ejbca.{table}", "expected a table: our profile name = EJBCA profile name")
+        unknown = set(m) - set(validation.PROFILES)
+        if unknown:
+            raise ConfigError(path, f"ca.ejbca.{table}", f"unknown profiles {sorted(unknown)}; "
+                                                         f"known: {', '.join(validation.PROFILES)}")
+        maps[table] = dict(m)
+    if set(maps["certificate_profiles"]) != set(maps["end_entity_profiles"]):
+        raise ConfigError(path, "ca.ejbca.end_entity_profiles",
+                          "must name the same profiles as ca.ejbca.certificate_profiles")
+    timeout = r.get(e, "ca.ejbca", "timeout_seconds", float, 10.0)
+    if timeout <= 0:
+        raise ConfigError(path, "ca.ejbca.timeout_seconds", "must be > 0")
+    return EjbcaConfig(base_url=base_url, client_cert=r.path_(e, "ca.ejbca", "client_cert"),
+                       client_key=r.path_(e, "ca.ejbca", "client_key"),
+                       trust_anchors=r.path_(e, "ca.ejbca", "trust_anchors"),
+                       ca_name=r.get(e, "ca.ejbca", "ca_name", str), chain=r.path_(e, "ca.ejbca", "chain"),
+                       timeout_seconds=timeout, **maps)

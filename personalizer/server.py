@@ -3,7 +3,11 @@
 ``Daemon.create(cfg)`` builds everything from a ``DaemonConfig``;
 ``start()`` binds (port 0 → ephemeral, returned) and starts the supervised
 relay task, the optional metrics endpoint and the optional PKI publisher
-(``personalizer.pki``, when installed and ``[pki] enabled``); ``stop()``
+(``personalizer.pki``, when installed and ``[pki] enabled``). The CA is the
+embedded one or, with ``[ca] connector = "ejbca"``, the EJBCA REST connector
+(``build_ca``). ``serve`` prints one line per bound port on stdout
+("listening on port N", then "metrics on port N", "pki on port N") so a
+supervisor or a test can find ephemeral ports. ``stop()``
 marks health NOT_SERVING, drains the gRPC server with the configured grace
 period, stops the relay (rows it claimed stay ``sending`` and are retried
 after ``find_issued`` on the next start), then closes the store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
@@ -25,11 +29,12 @@ from personalizer import identity
 from personalizer.admin_service import QueueAdminService
 from personalizer.broker import Broker, RenewalRules
 from personalizer.ca import profiles
+from personalizer.ca.base import CAConnector
 from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
-from personalizer.metrics import CAMetrics, MetricsServer
+from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
 from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
@@ -51,8 +56,28 @@ SERVER_OPTIONS = [
 ]
 
 
-def build_ca(cfg: DaemonConfig) -> EmbeddedCA:
+STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
+
+
+def build_ejbca(cfg: DaemonConfig) -> CAConnector:
+    from personalizer.ca.ejbca import EjbcaConnector, EjbcaSettings
+
+    e = cfg.ca.ejbca
+    try:
+        settings = EjbcaSettings(base_url=e.base_url, client_cert=e.client_cert, client_key=e.client_key,
+                                 trust_anchors=e.trust_anchors, ca_name=e.ca_name, chain_pem=e.chain,
+                                 certificate_profiles=dict(e.certificate_profiles),
+                                 end_entity_profiles=dict(e.end_entity_profiles), timeout_seconds=e.timeout_seconds)
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "ca.ejbca.base_url", str(exc)) from exc
+    return EjbcaConnector(settings)
+
+
+def build_ca(cfg: DaemonConfig) -> CAConnector:
+    """The configured connector: the embedded CA (default) or EJBCA over REST."""
     c = cfg.ca
+    if c.connector == "ejbca":
+        return build_ejbca(cfg)
     try:
         root = x509.load_pem_x509_certificate(c.root_cert.read_bytes())
         issuing = x509.load_pem_x509_certificate(c.issuing_cert.read_bytes())
@@ -87,19 +112,22 @@ class Daemon:
     cfg: DaemonConfig
     server: grpc.aio.Server
     store: RequestStore
-    ca: EmbeddedCA
+    ca: CAConnector
     health: health.aio.HealthServicer
     relay: Relay
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
     port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def create(cls, cfg: DaemonConfig) -> "Daemon":
         ca = build_ca(cfg)
-        await ca.open()
+        if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+            await ca.open()
         store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
-        ca.attach_registry(store)
+        if isinstance(ca, EmbeddedCA):
+            ca.attach_registry(store)
         b = cfg.broker
         broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=b.answer_wait_seconds,
                         renewal=RenewalRules(b.renewal_window_days, b.device_life_years))
@@ -128,13 +156,49 @@ class Daemon:
         daemon = cls(cfg=cfg, server=server, store=store, ca=ca, health=health_servicer, relay=relay,
                      publisher=publisher)
         if cfg.metrics.enabled:
-            daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port)
+            daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port,
+                                                  status=daemon.status_for_scrape)
         daemon.port = server.add_secure_port(s.listen, creds)
         if daemon.port == 0:
             raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
         return daemon
 
+    async def status_figures(self) -> StatusFigures:
+        """GetCAStatus's EM.2 figures, from the same sources the service reads (CA health, relay, store,
+        metrics): the Prometheus endpoint shows these, so both views agree."""
+        relay, m = self.relay, self.relay.metrics
+        health_ = await self.ca.health()
+        now = relay.now_dt()
+        active = relay.active_maintenance()
+        operational = health_.operational and active is None and relay.breaker.state == "closed"
+        if active is not None:
+            reactivation = active.ends_at.timestamp()
+        else:
+            reactivation = health_.reactivation_at.timestamp() if health_.reactivation_at else None
+        return StatusFigures(
+            operational=operational, in_maintenance=active is not None, reactivation_at=reactivation,
+            planned=tuple(PlannedWindow(w.id, w.starts_at.timestamp(), w.ends_at.timestamp(), w.reason)
+                          for w in relay.maintenance if w.ends_at > now),
+            per_kind=tuple(KindFigures(f.kind, f.p50_ms, f.p95_ms, f.samples) for f in m.per_kind()),
+            load=m.load(), queue_depth=await self.store.queue_depth(), breaker_state=relay.breaker.state,
+            window_open=relay.calendar.is_open(now))
+
+    def status_for_scrape(self) -> StatusFigures | None:
+        """Called from the metrics server's thread: run ``status_figures`` in the daemon's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        future = asyncio.run_coroutine_threadsafe(self.status_figures(), loop)
+        try:
+            return future.result(STATUS_SCRAPE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            future.cancel()
+            log.warning("CA status for a metrics scrape took over %.0f s; serving last-known figures",
+                        STATUS_SCRAPE_TIMEOUT_SECONDS)
+            return None
+
     async def start(self) -> int:
+        self._loop = asyncio.get_running_loop()
         await self.relay.start()
         if self.publisher is not None:
             await self.publisher.start()
@@ -166,6 +230,8 @@ async def serve(cfg: DaemonConfig, *, ready=None) -> None:
         ready(port)
     if daemon.metrics_server is not None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
+    if daemon.publisher is not None:
+        print(f"cns-personalizer: pki on port {daemon.publisher.port}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
