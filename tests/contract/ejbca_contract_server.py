@@ -24,7 +24,9 @@ done by the embedded CA's profile builders (``EmbeddedCA.issue_sync``), which
 keeps no records; this mock keeps its own in memory. TLS with client
 certificates required (mTLS). Fault injection for tests: ``delay_next_enroll``
 (answer after the client gave up), ``fail_next`` (status codes to return),
-``maintenance`` (health check fails).
+``fail_after_next_enroll`` (status codes for the calls that follow the next
+enrolment, e.g. the client's search after a lost answer), ``maintenance``
+(health check fails).
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ class MockState:
     requests: list[tuple[str, str]] = field(default_factory=list)
     delay_next_enroll: float = 0.0
     fail_next: list[int] = field(default_factory=list)
+    fail_after_next_enroll: list[int] = field(default_factory=list)
     maintenance: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -252,6 +255,9 @@ def _make_handler(server: EjbcaContractServer):
                     return self._send(400, {"error_code": 400, "error_message": "Malformed JSON."})
                 if rest.endswith("pkcs10enroll"):
                     status, out = server.enroll(body)
+                    if status == 201 and st.fail_after_next_enroll:
+                        st.fail_next.extend(st.fail_after_next_enroll)
+                        st.fail_after_next_enroll.clear()
                     delay = st.delay_next_enroll
                     st.delay_next_enroll = 0.0
                     if delay:
