@@ -38,7 +38,7 @@ REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliati
 
 
 FINAL_STATES = {
-    CertState.REVOKED: "revocation is final: the holder needs new certificates (a new card, or a new issuance)",
+    CertState.REVOKED: "revocation is final: the holder needs new certificates, on a new card or by a new issuance",
     CertState.EXPIRED: "an expired certificate cannot change status; the holder needs new certificates",
 }
 

@@ -65,7 +65,7 @@ def local_call(args: argparse.Namespace, method: str, request, *, timeout: float
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cert", help="certificate status, suspend, reactivate, revoke (through the personalizer)",
-                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.split("\n\nAlso holds")[0].split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = p.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
     for name, help_ in (("status", "show the certificates' status at the CA"),
                         ("suspend", "suspend the certificates (reversible)"),
@@ -112,7 +112,7 @@ def cert(args: argparse.Namespace) -> int:
     except LocalCallError as exc:
         if args.json:
             print(json.dumps({"error": {"code": exc.code, "message": str(exc)}}), flush=True)
-        raise
+        raise CommandError(f"{exc.code}: {exc}") from None
     d = response_dict(resp)
     if args.json:
         print(json.dumps(d), flush=True)
