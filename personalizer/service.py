@@ -162,8 +162,8 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
             station = requester.station_id if requester is not None and requester.station_id else station_id
             if not station and ident.role == identity.ROLE_STATION:
                 station = ident.subject_id
-            await self._broker.audit_refusal(actor=ident.uri, station_id=station, operation=operation,
-                                             request_id=request_id, exc=exc)
+            await self._broker.audit_refusal(actor=ident.uri, station_id=station[:64], operation=operation,
+                                             request_id=(request_id or "")[:128], exc=exc)
             raise
 
     @_translate
