@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ import station_config
 
 log = logging.getLogger("agent.run")
 MONITOR_CHECK_S = 1.0
+RECOVERY_RETRY_S = float(os.environ.get("CNS_AGENT_RECOVERY_RETRY_S", "30"))   # an open operation, card present
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,14 +75,26 @@ class PcscLink:
             self.context.close()
 
 
-async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops) -> None:
-    """Finish or undo an interrupted operation as soon as its card is seen again (or at start)."""
+async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
+                             retry_s: float = RECOVERY_RETRY_S) -> None:
+    """Finish or undo an interrupted operation (personalization or renewal) as soon as its card is
+    seen again, or at start. An operation left open (request still queued at the personalizer,
+    personalizer unreachable) is tried again every ``retry_s`` while its card stays in the reader:
+    it follows the same request ids, so a queued request finishes without a reinsert."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     _seq, readers, unsubscribe = registry.subscribe_with_snapshot(
         lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev.reader))
     for r in readers:
         queue.put_nowait(r)
+
+    def again_later(name: str) -> None:
+        def push() -> None:
+            view = registry.reader(name)
+            if view is not None:
+                queue.put_nowait(view)
+        loop.call_later(retry_s, push)
+
     try:
         while True:
             reader = await queue.get()
@@ -92,9 +106,12 @@ async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops) ->
                                         model=catalog.models[card.model_id])
                 if out is not None:
                     log.info("card %s: interrupted %s finished as %s", card.serial, out.op_id, out.state)
-            except Exception as exc:  # a card pulled again, the personalizer down: retried next insert
-                log.warning("card %s: recovery not finished (%s); retried when the card is seen again",
-                            card.serial, exc)
+                    if out.state == "open":
+                        again_later(reader.name)
+            except Exception as exc:  # a card pulled again, the personalizer down: retried
+                log.warning("card %s: recovery not finished (%s); retried in %.0f s and when the card is seen "
+                            "again", card.serial, exc, retry_s)
+                again_later(reader.name)
     finally:
         unsubscribe()
 

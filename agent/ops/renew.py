@@ -86,7 +86,7 @@ MARKER_MAGIC = b"CNSRENEW"
 DEFAULT_WINDOW_DAYS = 90
 DEFAULT_DEVICE_LIFE_YEARS = 6
 ENV_WINDOW_DAYS = "CNS_AGENT_RENEWAL_WINDOW_DAYS"
-ENV_KILL_AT = "CNS_AGENT_FAULT_KILL_AT"   # tests: "renew:<step>[:begun|:done]" → SIGKILL ourselves there
+ENV_KILL_AT = "CNS_AGENT_FAULT_KILL_AT"   # tests: "renew:<step>[:begun|:answered|:done]" → SIGKILL there
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,8 @@ def _kill_hook(step: str, phase: str) -> None:
     if not want:
         return
     kind, _, rest = want.partition(":")
-    target, _, when = rest.rpartition(":") if rest.endswith((":begun", ":done")) else (rest, "", "begun")
+    target, _, when = rest.rpartition(":") if rest.endswith((":begun", ":done", ":answered")) \
+        else (rest, "", "begun")
     if kind == KIND and target == step and when == phase:
         log.warning("fault hook %s: killing the agent (SIGKILL) at %s %s", ENV_KILL_AT, step, phase)
         import signal
@@ -535,6 +536,8 @@ class Renewer:
                             "NOT_FOUND"):
                 raise _Refused(f"the personalizer refused the {ks.name} renewal: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
+        self.on_step(step, "answered")       # test seam: the answer is here, not yet journaled
+        _kill_hook(step, "answered")
         if resp.state == STATE_FAILED:
             raise _Refused(f"the CA refused the {ks.name} renewal: {resp.error.code} {resp.error.message}")
         return resp.certificate_der, list(resp.chain_der)

@@ -34,11 +34,12 @@ Connect = Callable[[str], ApduTransport]
 
 class StationOps:
     def __init__(self, cfg: StationConfig, journal: Journal, *, operator_id: str | None = None,
-                 renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float = 600.0):
+                 renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float | None = None):
         self.cfg = cfg
         self.journal = journal
         self.renewal_policy = renewal_policy or RenewalPolicy.from_env()
-        self.watch_timeout_s = watch_timeout_s
+        # how long one attempt follows a queued request before leaving the operation open (retried later)
+        self.watch_timeout_s = watch_timeout_s or float(os.environ.get("CNS_AGENT_WATCH_TIMEOUT_S", "600"))
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
         self._admin_keys = self._load_admin_keys()
         self._lock = asyncio.Lock()   # one device operation at a time per agent
