@@ -190,7 +190,13 @@ def check_as_user(world, user_env, card: EmulatedCard, before: dict, journal: Pa
     if state == "new":
         for ks in MODEL.keysets:
             assert issued[f"renew-{op_id}-{ks.name}"] == view[ks.name]["der"]
-    # the user's view: OpenSC's PKCS#11 module through pcscd + vpcd
+    opensc_signs(user_env, card, pin, {ks.name: view[ks.name]["der"] for ks in MODEL.keysets})
+    return state
+
+
+def opensc_signs(user_env, card: EmulatedCard, pin: str, expect_certs: dict[str, bytes]) -> None:
+    """The user's view: OpenSC's PKCS#11 module through pcscd + vpcd logs in with ``pin``, signs with
+    each keyset, and each signature verifies against the certificate OpenSC reads from the card."""
     host, port = parse_address(_pcscd_address(user_env))
     client = VpcdClient(card, host, port).start()
     try:
@@ -205,15 +211,14 @@ def check_as_user(world, user_env, card: EmulatedCard, before: dict, journal: Pa
         assert r is not None and r.returncode == 0, f"OpenSC could not use the card: {r.stderr[-2000:]}"
         seen = json.loads(r.stdout.strip().splitlines()[-1])
         assert set(seen) == {"CNS0", "CNS1"}, seen
-        for ks in MODEL.keysets:
-            der = bytes.fromhex(seen[ks.name]["cert"])
-            assert der == view[ks.name]["der"], f"{ks.name}: OpenSC presents another certificate"
+        for name, want in expect_certs.items():
+            der = bytes.fromhex(seen[name]["cert"])
+            assert der == want, f"{name}: OpenSC presents another certificate"
             x509.load_der_x509_certificate(der).public_key().verify(
-                bytes.fromhex(seen[ks.name]["sig"]), DATA, padding.PKCS1v15(), hashes.SHA256())
+                bytes.fromhex(seen[name]["sig"]), DATA, padding.PKCS1v15(), hashes.SHA256())
     finally:
         client.stop()
         time.sleep(0.3)   # let vpcd see the removal before the next card
-    return state
 
 
 def _pcscd_address(user_env) -> str:
@@ -380,3 +385,97 @@ def test_sigkilled_agent_recovers_on_restart(kill_at, world, served_env, tmp_pat
     final = check_as_user(world, served_env, card, before, agent_journal, op_id, tmp_path)
     step = kill_at.rsplit(":", 1)[0]
     assert final == ("old" if STEPS.index(step) < STEPS.index("renew:CNS0") else "new"), final
+
+
+# -- a request queued at the personalizer survives the agent's SIGKILL (issue 5 item 1, agent side) --
+
+def _journal_row(path: Path, serial: str) -> tuple | None:
+    import sqlite3
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as c:
+        rows = list(c.execute("SELECT op_id, kind, state, data FROM operations WHERE card_serial = ? "
+                              "ORDER BY created_at", (serial,)))
+    return rows[-1] if rows else None
+
+
+@pytest.mark.parametrize("operation", ["personalize", "renew"])
+def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_path):
+    """CA outside its service window → the request waits at the personalizer, the agent watches it →
+    the agent is SIGKILLed → restarted, it finds the card and re-watches the SAME request ids → the
+    window opens → the card finishes; one certificate per keyset, OpenSC signs with them."""
+    p, station, dep = world
+    model_pin = env.codes_for(MODEL).pin
+    if operation == "renew":
+        card = _personalized(world, tmp_path / "prep.db")
+        before = env.card_view(card, MODEL)
+    else:
+        card, before = EmulatedCard(MODEL), None
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    agent_journal = station.station.data_dir / "journal.db"
+    log = tmp_path / "agent.log"
+    aenv = _agent_env(served_env, runtime, None)
+    host, port = parse_address(served_env["_VPCD"])
+    client = VpcdClient(card, host, port).start()
+    p.close_window()
+    try:
+        assert client.inserted.wait(10)
+        agent = _start_agent(dep.station_config, aenv, log)
+        _wait(lambda: any((rd.get("card") or {}).get("model_id") == MODEL.id for rd in
+                          json.loads(_cli(aenv, "devices", "--json").stdout or '{"readers": []}')["readers"]),
+              20, lambda: f"the agent never saw the card: {log.read_text()}")
+        if operation == "renew":
+            cmd = ["renew", "--reader", READER, "--codes-stdin", "--json"]
+        else:
+            holder = tmp_path / "holder.toml"
+            holder.write_text("[holder]\n" + "".join(f'{k} = "{v}"\n' for k, v in env.HOLDER.as_dict().items()))
+            cmd = ["personalize", "--reader", READER, "--holder", str(holder), "--codes-stdin", "--json"]
+        cli = subprocess.Popen([str(Path(sys.executable).parent / "cns-agent"), *cmd], env=aenv,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cli.stdin.write(model_pin + "\n")
+        cli.stdin.close()
+        key = "renew" if operation == "renew" else "submit"
+
+        def queued() -> bool:
+            row = _journal_row(agent_journal, card.serial)
+            if row is None:
+                return False
+            rids = json.loads(row[3]).get("request_ids", {})
+            return bool(rids) and p.request_state(rids["CNS0"]) in ("RECEIVED", "PENDING")
+        _wait(queued, 30, lambda: f"no queued request: {log.read_text()[-3000:]}")
+        first = json.loads(_journal_row(agent_journal, card.serial)[3])
+        assert f"{key}:CNS0" in first.get("_begun", [f"{key}:CNS0"])
+        os.kill(agent.pid, 9)
+        agent.wait(10)
+        cli.wait(30)
+        assert cli.returncode != 0
+        agent = _start_agent(dep.station_config, aenv, log)
+        try:
+            time.sleep(1.0)   # the restarted agent is following the queued request, window still closed
+            assert _open_in_journal(agent_journal, card.serial), "finished while the CA was closed?"
+            p.open_window()
+            _wait(lambda: not _open_in_journal(agent_journal, card.serial), 60,
+                  lambda: f"the card did not finish: {log.read_text()[-4000:]}")
+        finally:
+            agent.terminate()
+            agent.wait(15)
+    finally:
+        p.open_window()
+        client.stop()
+        time.sleep(0.3)
+    row = _journal_row(agent_journal, card.serial)
+    assert row[2] == "done", row
+    data = json.loads(row[3])
+    assert data["request_ids"] == first["request_ids"]      # the same requests, followed after the restart
+    issued = p.issued()
+    rids = sorted(data["request_ids"].values())
+    assert all(r in issued for r in rids)
+    prefix = rids[0].rsplit("-", 1)[0]
+    assert sorted(r for r in issued if r.startswith(prefix)) == rids   # one certificate per keyset
+    view = env.card_view(card, MODEL)
+    certs = {ks.name: view[ks.name]["der"] for ks in MODEL.keysets}
+    assert certs == {ks: issued[data["request_ids"][ks]] for ks in certs}
+    if before is not None:
+        assert all(certs[k] != before[k]["der"] for k in certs)
+    opensc_signs(served_env, card, model_pin, certs)

@@ -114,6 +114,7 @@ class ThreadedPersonalizer:
         self.thread.start()
         self.daemon = None
         self.ca: FaultyCA | None = None
+        self.window_closed = False
         self.start()
 
     def _run(self, coro, timeout=60):
@@ -132,6 +133,8 @@ class ThreadedPersonalizer:
                 d = await pserver.Daemon.create(self.cfg)
             finally:
                 pserver.build_ca = real
+            if self.window_closed:
+                d.relay.calendar = _closed_calendar()
             await d.start()
             return d, holder["ca"]
         old = self.ca
@@ -150,6 +153,21 @@ class ThreadedPersonalizer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def close_window(self) -> None:
+        """The CA's service window closes: issuance and renewal requests wait in the outbox."""
+        self.window_closed = True
+        self.daemon.relay.calendar = _closed_calendar()
+
+    def open_window(self) -> None:
+        from personalizer.windows import ServiceCalendar
+        self.window_closed = False
+        self.daemon.relay.calendar = ServiceCalendar(always_open=True)
+        self.loop.call_soon_threadsafe(self.daemon.relay.wake)
+
+    def request_state(self, request_id: str) -> str | None:
+        rec = self._run(self.daemon.store.get_request(request_id))
+        return rec.state if rec is not None else None
+
     @property
     def running(self) -> bool:
         return self.daemon is not None
@@ -159,6 +177,11 @@ class ThreadedPersonalizer:
         db = self.cfg.ca.issuing_cert.parent / "ca.db"
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
             return {r[0]: r[1] for r in c.execute("SELECT request_id, certificate_der FROM certificates")}
+
+
+def _closed_calendar():
+    from personalizer.windows import ServiceCalendar
+    return ServiceCalendar(hours={d: None for d in range(7)}, national_holidays=False)
 
 
 def connect_to(card):

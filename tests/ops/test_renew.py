@@ -157,3 +157,33 @@ def test_ca_refusal_undoes_and_old_keys_stay(world, tmp_path):
         assert after[ks.name]["der"] == before[ks.name]["der"]
         assert not after[ks.name]["spare_key"] and not after[ks.name]["spare_cert"]
     assert after["marker_clear"]
+
+
+def test_broken_watch_falls_back_to_polling_and_finishes(world, tmp_path):
+    """CA outside its service window: the renewal waits on WatchRequest; the personalizer restarts
+    (the stream breaks), the agent polls GetRequest and watches again; the window opens: done."""
+    p, station = world
+    model, card = _fresh(world, tmp_path)
+    messages: list[str] = []
+    p.close_window()
+    try:
+        async def go(j):
+            task = asyncio.create_task(env.renew(station, j, card, model, watch_timeout_s=60.0,
+                                                 progress=lambda step, m: messages.append(m)))
+            while not any("queued" in m for m in messages):
+                assert not task.done(), task.result()
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(p.stop)
+            while not any("polling" in m for m in messages):
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(p.start)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(p.open_window)
+            return await task
+        out = _run(tmp_path, go)
+    finally:
+        p.open_window()
+    assert out.state == "done" and out.test_signatures, out.message
+    issued = p.issued()
+    assert [r for r in issued if r.startswith(f"renew-{out.op_id}")] == [f"renew-{out.op_id}-{ks.name}"
+                                                                        for ks in model.keysets]
