@@ -230,14 +230,16 @@ class Renewer:
     ``connect()`` opens the card and returns an ``ApduTransport``; ``uplink`` is an
     open ``PersonalizerClient``; ``admin_key_for(model)`` returns the issuer key;
     ``now()`` the current time (UTC); ``on_step(step, phase)`` is a test seam called
-    after a step is journaled begun and after it is journaled done.
+    after a step is journaled begun, when a request's answer arrived (``answered``) and
+    after a step is journaled done. ``card_in_thread=False`` runs card I/O on the event
+    loop (only for a zero-latency in-process card, as the benchmark uses).
     """
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
                  admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
                  policy: RenewalPolicy = RenewalPolicy(), watch_timeout_s: float = 600.0,
                  now: Callable[[], _dt.datetime] | None = None,
-                 on_step: Callable[[str, str], None] | None = None):
+                 on_step: Callable[[str, str], None] | None = None, card_in_thread: bool = True):
         self.journal = journal
         self.uplink = uplink
         self.requester = dict(requester)
@@ -247,6 +249,7 @@ class Renewer:
         self.watch_timeout_s = watch_timeout_s
         self.now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
         self.on_step = on_step or (lambda step, phase: None)
+        self.card_in_thread = card_in_thread   # False only for a zero-latency in-process card (benchmarks)
         self.stage: dict[str, float] = {}
 
     async def _timed(self, stage: str, fn, *args, **kwargs):
@@ -255,6 +258,8 @@ class Renewer:
         try:
             if asyncio.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)
+            if not self.card_in_thread:
+                return fn(*args, **kwargs)
             return await asyncio.to_thread(fn, *args, **kwargs)
         finally:
             self.stage[stage] = self.stage.get(stage, 0.0) + loop.time() - t
@@ -467,15 +472,21 @@ class Renewer:
         return codes is not None
 
     def _where(self, link, model, op: Operation) -> str:
-        """``old`` when every live slot holds its current key, ``new`` when every one holds the new key."""
+        """``old`` when every keyset's live certificate is its current one, ``new`` when every one is the
+        renewed one — and in either case the live key matches it. Certificate and key move together
+        (one SWITCH), and certificates always differ, so the certificate says which side the card is on."""
         states = set()
         for ks in model.keysets:
-            live = link.issuer.read_public_key(ks.key_ref)
-            new = x509.load_der_x509_certificate(_unb64(op.data[f"cert_{ks.name}"])).public_key()
-            old = x509.load_der_x509_certificate(_unb64(op.data[f"current_{ks.name}"])).public_key()
-            states.add("new" if _same_key(live, new) else "old" if _same_key(live, old) else "other")
+            new_der, old_der = _unb64(op.data[f"cert_{ks.name}"]), _unb64(op.data[f"current_{ks.name}"])
+            live_der = link.issuer.read_ef(ks.cert_path)
+            side = "new" if live_der == new_der else "old" if live_der == old_der else "other"
+            if side != "other":
+                cert = x509.load_der_x509_certificate(live_der)
+                if not _same_key(link.issuer.read_public_key(ks.key_ref), cert.public_key()):
+                    side = "other"
+            states.add(side)
         if len(states) != 1 or "other" in states:
-            raise VerificationError(f"the card's live keys are neither all old nor all new ({sorted(states)})",
+            raise VerificationError(f"the card's live keysets are neither all old nor all new ({sorted(states)})",
                                     op_id=op.op_id)
         return states.pop()
 
@@ -485,12 +496,8 @@ class Renewer:
             link.issuer.authenticate(self.admin_key_for(model))
             link.issuer.switch_keysets(mask)
         if self._where(link, model, op) != "new":
-            raise VerificationError("SWITCH KEYSET answered OK but the live keys are not the new ones",
+            raise VerificationError("SWITCH KEYSET answered OK but the live keysets are not the new ones",
                                     op_id=op.op_id)
-        for ks in model.keysets:
-            if link.issuer.read_ef(ks.cert_path) != _unb64(op.data[f"cert_{ks.name}"]):
-                raise VerificationError(f"after the switch the {ks.name} certificate is not the new one",
-                                        op_id=op.op_id)
 
     def _cleanup(self, link, model, op: Operation) -> None:
         if self._where(link, model, op) != "new":   # never erase what is live

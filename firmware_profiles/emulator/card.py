@@ -218,6 +218,24 @@ class EmulatedCard:
     def eeprom_free(self) -> int:
         return self.model.eeprom.total_bytes - self.eeprom_used()
 
+    def snapshot(self) -> dict:
+        """The card's persistent state as the state file's JSON (a test device: it holds its keys)."""
+        with self._lock:
+            return self._state.to_json()
+
+    def restore(self, snapshot: dict) -> None:
+        """Replace the persistent state with ``snapshot`` (from ``snapshot()``), like swapping in a
+        card in that state: power, security state and faults are reset, the state file rewritten."""
+        with self._lock:
+            state = CardState.from_json(snapshot)
+            if state.model_id != self.model.id:
+                raise ValueError(f"snapshot of a {state.model_id} card, not {self.model.id}")
+            self._state = state
+            self.faults.clear()
+            self._powered, self._removed = False, False
+            self._clear_session()
+            self._persist()
+
     def pull(self) -> None:
         """The card leaves the reader (as a fault would): power and security state are gone."""
         with self._lock:
@@ -847,7 +865,14 @@ class EmulatedCard:
             key = keymod.generate(bits)
             self._sleep(max(0.0, seconds - (time.monotonic() - t0)))
         else:
+            # a real card never generates a key it already holds (renewal puts old and new side by side);
+            # the pool cycles, so draw past any modulus on this card
+            held = {k.n for k in self._state.keys.values()}
             key = keymod.from_pool(bits)
+            for _ in range(keymod.POOL_SIZE):
+                if key.n not in held:
+                    break
+                key = keymod.from_pool(bits)
         if self._tear is not None:
             raise _Torn()
         self._state.keys[cmd.p2] = key

@@ -479,3 +479,50 @@ def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_pa
     if before is not None:
         assert all(certs[k] != before[k]["der"] for k in certs)
     opensc_signs(served_env, card, model_pin, certs)
+
+
+def test_cli_renew_through_the_agent(world, served_env, tmp_path):
+    """As an operator runs it: outside the window the agent refuses with the date it opens (nothing
+    written); inside, `cns-agent renew --json` renews both keysets with test signatures, and OpenSC
+    signs with the new certificates under the unchanged PIN."""
+    p, station, dep = world
+    card = _personalized(world, tmp_path / "prep.db")
+    before = env.card_view(card, MODEL)
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    log = tmp_path / "agent.log"
+    codes = tmp_path / "codes.toml"
+    codes.write_text(f'pin = "{env.codes_for(MODEL).pin}"\n')
+    codes.chmod(0o600)
+    host, port = parse_address(served_env["_VPCD"])
+    client = VpcdClient(card, host, port).start()
+    try:
+        assert client.inserted.wait(10)
+        for window in ("90", "36500"):
+            aenv = dict(_agent_env(served_env, runtime, None), CNS_AGENT_RENEWAL_WINDOW_DAYS=window)
+            agent = _start_agent(dep.station_config, aenv, log)
+            try:
+                _wait(lambda: any((rd.get("card") or {}).get("model_id") == MODEL.id for rd in
+                                  json.loads(_cli(aenv, "devices", "--json").stdout or '{"readers": []}')["readers"]),
+                      20, lambda: f"the agent never saw the card: {log.read_text()}")
+                writes = card.snapshot()["write_count"]
+                r = _cli(aenv, "renew", "--reader", READER, "--codes-file", str(codes), "--json")
+                if window == "90":
+                    assert r.returncode != 0 and "renewal opens" in r.stderr, r.stdout + r.stderr
+                    assert card.snapshot()["write_count"] == writes       # refused before touching the card
+                    continue
+                assert r.returncode == 0, r.stdout + r.stderr + log.read_text()[-3000:]
+                lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+                result = lines[-1]["result"]
+                assert result["state"] == "done" and result["test_signatures"]
+                assert [x["step"] for x in lines[:-1] if x["step"] == "switch"] == ["switch"]
+                assert env.codes_for(MODEL).pin not in log.read_text() + r.stdout + r.stderr
+            finally:
+                agent.terminate()
+                agent.wait(15)
+    finally:
+        client.stop()
+        time.sleep(0.3)
+    journal = station.station.data_dir / "journal.db"
+    final = check_as_user(world, served_env, card, before, journal, _last_renewal(journal, card.serial), tmp_path)
+    assert final == "new"

@@ -1,0 +1,15 @@
+"""A bounded sample of ``scripts/bench renew-faults``: randomized faults at random renewal steps,
+recovery without the PIN, then the card checked as a user needs it (see benchmarks/renew_faults.py)."""
+from __future__ import annotations
+
+from benchmarks import renew_faults
+
+
+def test_randomized_renewal_faults_never_leave_a_card_unusable():
+    result = renew_faults.main(["--trials", "90", "--seed", "20261123", "--workers", "1"])
+    assert result["trials"] == 90
+    assert result["devices_unusable"] == 0, result["problems"]
+    assert result["duplicate_issuances"] == 0, result["problems"]
+    assert result["ok"]
+    assert result["ended_old"] > 0 and result["ended_new"] > 0      # both ways out were exercised
+    assert sum(result["trials_per_kind"].values()) == 90 and min(result["trials_per_kind"].values()) > 0
