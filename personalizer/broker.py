@@ -229,7 +229,7 @@ class Broker:
                 actor, rec.station_id, rec.kind, rid, target, "accepted"))
         if created:
             self.wake_relay()
-            self.notify(await self._store.get_request(rid) or rec)
+            self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
         else:
             existing = await self._store.get_request(rid)
             if existing is None:

@@ -1,9 +1,13 @@
 """The relay: delivers outbox rows to the CA, at least once, never issuing twice.
 
-One supervised task (``relay``) loops: load the due rows of the priority lane
-(suspend, reactivate, revoke: 24x7), then — only inside the service window —
-of the standard lane (issue, renew); claim them (``sending``, committed before
-the CA is called), deliver them with bounded concurrency, and record the
+One supervised task (``relay``) keeps up to ``concurrency`` deliveries in
+flight: whenever a slot frees or a request arrives (``wake()``), it loads the
+due rows of the priority lane (suspend, reactivate, revoke: 24x7), then — only
+inside the service window — of the standard lane (issue, renew), skipping rows
+already in flight, and starts one delivery task per row. There are no passes:
+a request that arrives while others are being delivered starts as soon as a
+slot is free, not after the slowest of them. Each delivery claims its row
+(``sending``, committed before the CA is called), calls the CA, and records the
 outcome in one transaction (request + outbox + audit):
 
 * success → ISSUED / DONE; after a status change the ``on_status_change``
@@ -67,8 +71,10 @@ class Relay:
         self._on_status_change = on_status_change
         self._config_maintenance = list(maintenance)
         self.maintenance: list[Maintenance] = list(maintenance)
+        self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._inflight: dict[str, asyncio.Task] = {}
         self._hooks: set[asyncio.Task] = set()
         self.last_health_detail = ""
         self._depth_at = 0.0
@@ -103,6 +109,10 @@ class Relay:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for t in list(self._inflight.values()):   # claimed rows stay 'sending': retried after restart
+            t.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        self._inflight.clear()
         for t in list(self._hooks):
             t.cancel()
         await asyncio.gather(*self._hooks, return_exceptions=True)
@@ -121,13 +131,48 @@ class Relay:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            await self.run_once()
+            await self._pump()
+            if self._wake.is_set():
+                continue
             delay = await self._next_wake_delay()
             if delay > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 except asyncio.TimeoutError:
                     pass
+
+    async def _pump(self) -> int:
+        """Start deliveries for due rows while slots are free (priority lane first). Returns how many started."""
+        await self._refresh_depth()
+        m = self.active_maintenance()
+        self.metrics.in_maintenance = m is not None
+        self.metrics.window_open = self.calendar.is_open(self.now_dt())
+        self.metrics.breaker_state = self.breaker.state
+        if m is not None or not await self._breaker_allows():
+            return 0
+        started = 0
+        for lane in self.lanes_open():
+            free = self._concurrency - len(self._inflight)
+            if free <= 0:
+                break
+            # rows in flight may still look due until their delivery has claimed them
+            ids = await self._store.due(self._clock(), lane, free + len(self._inflight))
+            for rid in ids:
+                if rid in self._inflight:
+                    continue
+                if len(self._inflight) >= self._concurrency:
+                    break
+                task = asyncio.create_task(self._deliver(rid), name=f"deliver:{rid}")
+                self._inflight[rid] = task
+                task.add_done_callback(lambda t, rid=rid: self._delivered(rid, t))
+                started += 1
+        return started
+
+    def _delivered(self, request_id: str, task: asyncio.Task) -> None:
+        self._inflight.pop(request_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery of %s failed unexpectedly: %r; it stays queued", request_id, task.exception())
+        self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
 
     # -- state questions --------------------------------------------------------------
 
@@ -166,7 +211,9 @@ class Relay:
             if self.breaker.state == "open":
                 candidates.append(self.breaker.opened_at + self.breaker.reset_seconds - now)
             nxt = await self._store.next_due(self.lanes_open())
-            if nxt is not None:
+            # a row due now while deliveries run is in flight (claimed a moment later) or waits for a
+            # slot: a finishing delivery wakes the loop, so don't spin on it
+            if nxt is not None and (nxt > now or not self._inflight):
                 candidates.append(nxt - now)
             if LANE_STANDARD not in self.lanes_open():
                 change = self.calendar.next_change(self.now_dt())
@@ -184,7 +231,8 @@ class Relay:
             self.metrics.queue_depth = await self._store.queue_depth()
 
     async def run_once(self) -> int:
-        """Deliver everything due now (priority lane first). Returns the number of rows attempted."""
+        """Deliver everything due now, pass by pass (priority lane first), and return the number of rows
+        attempted. For tests and tools that step the relay by hand; the running daemon uses ``_pump``."""
         await self._refresh_depth()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None

@@ -62,6 +62,8 @@ Q_SET_STATUS = """UPDATE certificates SET status = ?, revocation_reason = ?, rev
 Q_NOT_ACTIVE = f"SELECT {_COLUMNS} FROM certificates WHERE status != 'active' ORDER BY revoked_at, serial_hex"
 Q_GET_META = "SELECT value FROM meta WHERE key = ?"
 Q_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+Q_NEXT_CRL_NUMBER = """INSERT INTO meta (key, value) VALUES (?, '1')
+    ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) RETURNING value"""
 META_CRL_NUMBER = "crl_number"
 META_SCHEMA = "schema_version"
 
@@ -120,9 +122,11 @@ class CertificateIndex:
         await self._conn.close()
 
     async def _one(self, sql: str, args: tuple) -> tuple | None:
+        # execute + fetch in ONE call on the connection's thread: a cursor fetched in several calls
+        # keeps a read transaction open, and statements queued in between would run inside it.
         try:
-            async with self._conn.execute(sql, args) as cur:
-                return await cur.fetchone()
+            rows = await self._conn.execute_fetchall(sql, args)
+            return rows[0] if rows else None
         except sqlite3.Error as exc:
             raise CAError(f"CA database read failed: {exc}") from exc
 
@@ -130,10 +134,14 @@ class CertificateIndex:
                      not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> IndexRow:
         """Record an issued certificate; if ``request_id`` already has one, return that one instead."""
         try:
-            await self._conn.execute(Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before),
-                                                _ts(not_after), certificate_der))
+            cur = await self._conn.execute(Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before),
+                                                      _ts(not_after), certificate_der))
+            inserted = cur.rowcount == 1   # an INSERT runs to completion: no read transaction stays open
         except sqlite3.Error as exc:
             raise CAError(f"CA database write failed: {exc}") from exc
+        if inserted:   # the row is exactly what was written (timestamps at the stored one-second precision)
+            return IndexRow(serial_hex, issuer_dn, request_id, profile, _utc(_ts(not_before)), _utc(_ts(not_after)),
+                            "active", None, None, bytes(certificate_der))
         row = await self.by_request(request_id)
         if row is None:
             raise CAError(f"CA database lost the record of request {request_id!r}")
@@ -159,23 +167,18 @@ class CertificateIndex:
 
     async def not_active(self) -> list[IndexRow]:
         try:
-            async with self._conn.execute(Q_NOT_ACTIVE) as cur:
-                return [IndexRow.from_sql(r) for r in await cur.fetchall()]
+            return [IndexRow.from_sql(r) for r in await self._conn.execute_fetchall(Q_NOT_ACTIVE, ())]
         except sqlite3.Error as exc:
             raise CAError(f"CA database read failed: {exc}") from exc
 
     async def next_crl_number(self) -> int:
-        """Increment and return the CRL number (durable before the CRL is published)."""
+        """Increment and return the CRL number (durable before the CRL is published).
+
+        One statement (upsert … RETURNING): atomic on its own, so no explicit transaction is
+        held open on the shared connection while other coroutines' statements interleave.
+        """
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            r = await self._one(Q_GET_META, (META_CRL_NUMBER,))
-            number = int(r[0]) + 1 if r else 1
-            await self._conn.execute(Q_PUT_META, (META_CRL_NUMBER, str(number)))
-            await self._conn.execute("COMMIT")
-            return number
-        except sqlite3.Error as exc:
-            try:
-                await self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            rows = await self._conn.execute_fetchall(Q_NEXT_CRL_NUMBER, (META_CRL_NUMBER,))
+            return int(rows[0][0])
+        except (sqlite3.Error, IndexError, ValueError) as exc:
             raise CAError(f"CA database write failed: {exc}") from exc
