@@ -12,7 +12,9 @@ outcome in one transaction (request + outbox + audit):
 
 * success → ISSUED / DONE; after a status change the ``on_status_change``
   hook runs (CRL/OCSP publication);
-* ``InvalidRequest`` / ``NotSupported`` (terminal) → FAILED with the reason;
+* a final answer (``TERMINAL_ERRORS``: invalid request, not supported, an
+  invalid transition such as suspending a certificate revoked meanwhile, not
+  found, conflict) → FAILED with its code and reason, never retried;
 * ``CAUnavailable`` or anything unexpected → retry at ``next_attempt_at``
   (exponential backoff with jitter, persisted), and the circuit breaker
   counts the failure; while it is open nothing is sent and ``health()``
@@ -37,7 +39,9 @@ from cryptography import x509
 
 from personalizer import validation
 from personalizer.ca.base import CAConnector, CertificateSubject, CertRef, CertState
-from personalizer.errors import CAUnavailable, InvalidRequest, NotSupported, PersonalizerError
+from personalizer.ca.errors import InvalidTransition
+from personalizer.errors import (CAUnavailable, FailedPrecondition, InvalidRequest, NotFound, NotSupported,
+                                 PersonalizerError, RequestConflict)
 from personalizer.metrics import CAMetrics
 from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
                                  ChangePayload, IssuancePayload)
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 RELAY_ACTOR = "relay"
 IDLE_POLL_SECONDS = 5.0
 DEPTH_REFRESH_SECONDS = 1.0       # upper bound of one sleep when nothing is due (wake() cuts it short)
+# The CA's answer is final: retrying cannot change it (and the CA is not failing: the breaker counts a success).
+TERMINAL_ERRORS = (InvalidRequest, NotSupported, FailedPrecondition, InvalidTransition, NotFound, RequestConflict)
 TARGET_STATE = {KIND_SUSPEND: CertState.SUSPENDED, KIND_REACTIVATE: CertState.ACTIVE, KIND_REVOKE: CertState.REVOKED}
 
 
@@ -295,7 +301,7 @@ class Relay:
                     await self._deliver_change(rec, payload.kind, ChangePayload.decode(payload.payload))
                 else:
                     raise InvalidRequest("kind", f"unknown outbox kind {payload.kind!r}")
-            except (InvalidRequest, NotSupported) as exc:
+            except TERMINAL_ERRORS as exc:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
                 field = getattr(exc, "field", "")

@@ -155,6 +155,37 @@ def test_invalid_transitions_are_failed_precondition(make_env, monday_noon):
     run(go())
 
 
+def test_a_change_the_ca_refuses_at_delivery_fails_once_and_keeps_the_breaker_closed(make_env, monday_noon):
+    """Revoke and suspend queued for one certificate during maintenance: the suspend reaches the CA after the
+    revoke and is refused; that answer is final (FAILED_PRECONDITION), not a CA failure to retry."""
+    clock = FakeClock(monday_noon)
+    end = monday_noon + dt.timedelta(hours=1)
+
+    async def go():
+        async with make_env(clock, breaker_failures=2) as env:
+            rec = await env.broker.submit_issue(issue_input())
+            await env.relay.run_once()
+            cert = await env.store.get_request(rec.request_id)
+            ref = CertRef(cert.issuer_dn, cert.serial_hex)
+            await env.store.add_maintenance("m2", (monday_noon - dt.timedelta(minutes=1)).timestamp(),
+                                            end.timestamp(), "upgrade", "test")
+            await env.relay.reload_maintenance()
+            rv = await env.broker.submit_change(ChangeInput("rv-m", "revoke", ref, "keyCompromise", "S", "RM", "op"))
+            clock.advance(1)
+            sus = await env.broker.submit_change(ChangeInput("sus-m2", "suspend", ref, "", "S", "RM", "op"))
+            clock.set(end)
+            for _ in range(3):
+                await env.relay.run_once()
+                clock.advance(61)
+            assert (await env.store.get_request(rv.request_id)).state == "DONE"
+            failed = await env.store.get_request(sus.request_id)
+            assert failed.state == "FAILED" and failed.error_code == "FAILED_PRECONDITION", failed
+            assert "revoked" in failed.error_message and failed.attempts == 1
+            assert env.relay.breaker.state == "closed"
+            assert (await env.ca.status(ref)).state.value == "revoked"
+    run(go())
+
+
 def test_watch_follows_the_relay_while_the_ca_comes_back(make_env):
     import time
 
