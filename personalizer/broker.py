@@ -20,6 +20,7 @@ store only through ``RequestStore``'s methods; the CA through ``CAConnector``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import hashlib
 import logging
@@ -35,7 +36,7 @@ from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
 from personalizer.outbox import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
-from personalizer.store import STATE_RECEIVED, AuditEntry, RequestRecord, RequestStore
+from personalizer.store import STATE_PENDING, STATE_RECEIVED, AuditEntry, OutboxPayload, RequestRecord, RequestStore
 
 log = logging.getLogger(__name__)
 STATS_WINDOW_SECONDS = 600
@@ -124,6 +125,8 @@ class Broker:
         self._clock = clock
         self._watchers: dict[str, set[asyncio.Queue]] = {}
         self.wake_relay: Callable[[], None] = lambda: None
+        self.relay = None   # the running Relay (set by the daemon): requests accepted while it has a free
+                            # slot are committed claimed and handed to it directly
         self.waiting_reason: Callable[[RequestRecord], str] = lambda rec: ""
 
     @property
@@ -223,12 +226,20 @@ class Broker:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
-        created = False
+        created = claim = False
         if rec.created_at == 0.0 and payload:   # a fresh record, not one read back from the store
-            created = await self._store.enqueue(rec, lane=LANE_OF[rec.kind], payload=payload, audit=AuditEntry(
+            lane = LANE_OF[rec.kind]
+            relay = self.relay
+            claim = relay is not None and relay.can_claim(lane)
+            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
                 actor, rec.station_id, rec.kind, rid, target, "accepted"))
+            if created and claim:   # committed as claimed: straight to the relay, no queue scan
+                relay.start_claimed(
+                    dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
+                    OutboxPayload(lane, rec.kind, payload, "sending", 1))
         if created:
-            self.wake_relay()
+            if not claim:
+                self.wake_relay()
             self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
         else:
             existing = await self._store.get_request(rid)

@@ -46,7 +46,7 @@ from personalizer.metrics import CAMetrics
 from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
                                  ChangePayload, IssuancePayload)
 from personalizer.policy import CircuitBreaker, RetryPolicy
-from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, RequestRecord, RequestStore
+from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, OutboxPayload, RequestRecord, RequestStore
 from personalizer.windows import Maintenance, ServiceCalendar, active_maintenance
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,22 @@ class Relay:
                 started += 1
         return started
 
+    # -- fast path: a request claimed as it is accepted -------------------------------
+
+    def can_claim(self, lane: str) -> bool:
+        """True when a request accepted now into ``lane`` may be written already claimed and handed
+        straight to ``start_claimed`` (relay running, lane open, CA circuit closed, a slot free)."""
+        return (self._task is not None and len(self._inflight) < self._concurrency
+                and self.breaker.state == "closed" and lane in self.lanes_open())
+
+    def start_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> None:
+        """Deliver a row the broker committed already claimed (``sending``, attempt 1): no queue scan,
+        no second claim. If the relay stops first, the row is retried after restart like any claimed row."""
+        rid = rec.request_id
+        task = asyncio.create_task(self._deliver(rid, claimed=(rec, payload)), name=f"deliver:{rid}")
+        self._inflight[rid] = task
+        task.add_done_callback(lambda t: self._delivered(rid, t))
+
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
         self._inflight.pop(request_id, None)
         if not task.cancelled() and task.exception() is not None:
@@ -284,14 +300,21 @@ class Relay:
         self.metrics.breaker_state = self.breaker.state
         return self.breaker.state == "closed"
 
-    async def _deliver(self, request_id: str) -> None:
+    async def _deliver(self, request_id: str,
+                       claimed: tuple[RequestRecord, OutboxPayload] | None = None) -> None:
         async with self._sem:
-            if self.breaker.state != "closed":
-                return   # opened by a sibling in this batch: leave the row due
-            if not await self._store.mark_sending(request_id):
-                return   # cancelled or taken meanwhile
-            rec = await self._store.get_request(request_id)
-            payload = await self._store.get_payload(request_id)
+            if claimed is not None:
+                rec, payload = claimed
+                if self.breaker.state != "closed":   # opened since it was claimed: back to the queue
+                    await self._store.schedule_retry(request_id, self._clock(), "CA circuit open")
+                    return
+            else:
+                if self.breaker.state != "closed":
+                    return   # opened by a sibling in this batch: leave the row due
+                if not await self._store.mark_sending(request_id):
+                    return   # cancelled or taken meanwhile
+                rec = await self._store.get_request(request_id)
+                payload = await self._store.get_payload(request_id)
             self._notify(rec)
             t0 = time.perf_counter()
             try:

@@ -139,6 +139,7 @@ class Daemon:
                       concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
                       on_status_change=publisher.publish_now if publisher is not None else None)
         broker.wake_relay = relay.wake
+        broker.relay = relay
         server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=SERVER_OPTIONS)
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)

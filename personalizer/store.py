@@ -124,6 +124,10 @@ Q_INSERT_REQUEST = """INSERT OR IGNORE INTO requests
 # request; the audit row of a cancel or retry that took effect.
 Q_INSERT_OUTBOX_IF_NEW = """INSERT INTO outbox (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
     SELECT ?, ?, ?, ?, 'queued', 0, ?, ? WHERE changes() = 1"""
+# Claimed at acceptance: the relay delivers it right away (same as queued + mark_sending, one commit).
+Q_INSERT_OUTBOX_CLAIMED_IF_NEW = """INSERT INTO outbox
+    (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
+    SELECT ?, ?, ?, ?, 'sending', 1, ?, ? WHERE changes() = 1"""
 Q_INSERT_AUDIT_IF_NEW = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
     SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1"""
 Q_ENSURE_OUTBOX = """INSERT OR IGNORE INTO outbox
@@ -453,14 +457,20 @@ class RequestStore:
             rec.operator_id, STATE_RECEIVED, rec.issuer_dn, rec.serial_hex, now, now))])
         return changed[0] == 1
 
-    async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry) -> bool:
-        """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists."""
+    async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
+                      claim: bool = False) -> bool:
+        """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists.
+
+        ``claim``: the row is written already claimed by the relay (``sending``, attempt 1, request
+        PENDING), as ``mark_sending`` would leave it; the caller delivers it now.
+        """
         now = self._clock()
         changed = await self._write([
             (Q_INSERT_REQUEST, (rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code,
-                                rec.station_id, rec.operator_id, STATE_RECEIVED, rec.issuer_dn, rec.serial_hex,
-                                now, now)),
-            (Q_INSERT_OUTBOX_IF_NEW, (rec.request_id, lane, rec.kind, payload, now, now)),
+                                rec.station_id, rec.operator_id, STATE_PENDING if claim else STATE_RECEIVED,
+                                rec.issuer_dn, rec.serial_hex, now, now)),
+            (Q_INSERT_OUTBOX_CLAIMED_IF_NEW if claim else Q_INSERT_OUTBOX_IF_NEW,
+             (rec.request_id, lane, rec.kind, payload, now, now)),
             (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
         ])
         return changed[0] == 1
