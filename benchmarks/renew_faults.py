@@ -76,7 +76,7 @@ MAIN_INS = {**WRITE_INS, "write-cert": "E0", "csr": "2A", "verify": "2A"}
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
                       birth_date="1980-01-01", sex="M", birth_town="ROMA", issuer="CCIAA di Roma")
 REQUESTER = {"station_id": "RM-STATION-01", "chamber_code": "RM", "operator_id": "bench"}
-PROFILES = {"cns-auth": "cns-auth", "qualified-signature": "qualified-signature"}
+CARDS = 32   # personalized cards per worker, renewed in turn
 
 
 class Abandon(BaseException):
@@ -281,18 +281,21 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-renew-faults-", dir=shm if shm.is_dir() else None) as tmp:
         tmp = Path(tmp)
         ca, store, uplink = await _setup(tmp, model)
-        journal = await Journal.open(tmp / "journal.db")
-        await journal._db.execute("PRAGMA synchronous=OFF")   # tmpfs: durability is not what is measured
+        # tmpfs: durability is not what is measured
+        journal = await Journal.open(tmp / "journal.db", synchronous="OFF")
         admin = lambda m: m.dialect.admin_test_key   # noqa: E731
-        card = EmulatedCard(model)
-        p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin)
-        out = await p.start(connect=_connect(card), reader="bench", model=model, holder=HOLDER, codes=codes)
-        if out.state != "done":
-            raise RuntimeError(f"could not personalize the benchmark card: {out.message}")
-        snapshot = card.snapshot()
-        card.power_on()
-        cns = CnsSession(Transport(card), model)
-        old = {ks.name: IssuerSession(cns, model).read_ef(ks.cert_path) for ks in model.keysets}
+        # a few personalized cards, each renewed again and again from its snapshot (a card id's
+        # certificate history stays short, as in the field)
+        cards = []
+        for _ in range(min(CARDS, trials) or 1):
+            c = EmulatedCard(model)
+            p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin)
+            out = await p.start(connect=_connect(c), reader="bench", model=model, holder=HOLDER, codes=codes)
+            if out.state != "done":
+                raise RuntimeError(f"could not personalize a benchmark card: {out.message}")
+            cns = CnsSession(Transport(c), model)
+            cards.append((c, c.snapshot(), {ks.name: IssuerSession(cns, model).read_ef(ks.cert_path)
+                                            for ks in model.keysets}))
         steps = plan(model)
         unusable, duplicates, problems = 0, 0, []
         recovery: list[float] = []
@@ -302,6 +305,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
         for i in range(trials):
             kind, step = rng.choice(KINDS), rng.choice(steps)
             by_kind[kind] += 1
+            card, snapshot, old = cards[i % len(cards)]
             card.restore(snapshot)
             ca.issued.clear()
             trial_ops: list[str] = []

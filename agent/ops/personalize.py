@@ -21,6 +21,14 @@ EF_DatiPersonali cleared — a blank card again, and nothing was sent to the CA.
 A request the CA refused rolls back too. UNAVAILABLE leaves the operation open for
 the next attempt; the card holds no certificate and nobody holds it.
 
+A request the personalizer queued (CA outside its service window, CA down) is
+followed with WatchRequest, GetRequest polling when the stream breaks
+(``agent.ops.follow``); after ``watch_timeout_s`` the operation stays open. Once a
+submit has been sent (``_submitted`` in the journal, recorded before the call) a
+resume asks for that request id first and only re-submits when the personalizer
+never saw it — so a restart while a request is queued re-watches the same request,
+and the requester recorded at start is reused so the payload never changes.
+
 PINs and PUKs live in ``Codes`` for the call only. Imports ``agent.card``,
 ``agent.ops`` and ``agent.uplink``; card I/O runs in a worker thread.
 """

@@ -62,13 +62,13 @@ def make_deployment(root: Path, port: int):
     dep = deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen=f"127.0.0.1:{port}")
     cfg = dep.server_config.read_text()
     cfg = cfg.replace("min_rsa_bits = 2048", "min_rsa_bits = 1024")
-    cfg = cfg.replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 2.0\nrenewal_window_days = 36500\n"
+    cfg = cfg.replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 0.5\nrenewal_window_days = 36500\n"
                       "retry_initial_seconds = 0.2\nretry_max_seconds = 0.5\nbreaker_failures = 1000")
     dep.server_config.write_text(cfg)
     text = dep.station_config.read_text()
     if "[cards]" not in text:
         text += "\n[cards]\nallow_test_admin_keys = true\n"
-    dep.station_config.write_text(text.replace("timeout_seconds = 30", "timeout_seconds = 5"))
+    dep.station_config.write_text(text.replace("timeout_seconds = 30", "timeout_seconds = 2"))
     return dep
 
 
