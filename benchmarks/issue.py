@@ -13,10 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from benchmarks._daemon import personalizer_daemon
 from personalizer import codice_fiscale, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -113,22 +110,13 @@ def main(argv: list[str]) -> dict:
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         key_bits = signer.public_key().key_size
         raw = raw_sign_rate(signer)
-        proc = subprocess.Popen([sys.executable, "-m", "personalizer.cli", "--log-level", "WARNING", "serve",
-                                 "--config", str(cfg)], stdout=subprocess.PIPE, text=True)
-        try:
-            m = re.search(r"port (\d+)", proc.stdout.readline())
-            if not m:
-                raise RuntimeError("daemon did not start")
-            port = int(m.group(1))
+        with personalizer_daemon(cfg) as port:
             holders = _holders()
             profiles = (pb.CA_PROFILE_CNS_AUTH, pb.CA_PROFILE_QUALIFIED_SIGNATURE)
             reqs = [_request(i, holders[i % len(holders)], profiles[i % 2]) for i in range(opts.warmup + opts.requests)]
             station = dep.station_config.parent
             asyncio.run(_drive(port, dep.root / "tls", station, reqs[:opts.warmup], opts.concurrency))
             elapsed, lat = asyncio.run(_drive(port, dep.root / "tls", station, reqs[opts.warmup:], opts.concurrency))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
         rate = opts.requests / elapsed
         p50, p99 = _percentile(lat, 0.50) * 1000, _percentile(lat, 0.99) * 1000
         ratio = rate / raw

@@ -36,7 +36,6 @@ import logging
 import multiprocessing
 import os
 import random
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor

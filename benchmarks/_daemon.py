@@ -1,0 +1,28 @@
+"""A ``cns-personalizer serve`` process for benchmarks: start on a config, read its port, stop."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def personalizer_daemon(config: Path, *, log_level: str = "WARNING"):
+    """Yield the gRPC port of a daemon started on ``config`` (listen port 0 is fine); SIGTERM at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "personalizer.cli", "--log-level", log_level, "serve",
+                             "--config", str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        m = re.search(r"port (\d+)", proc.stdout.readline())
+        if not m:
+            raise RuntimeError("the personalizer daemon did not start (see its log above)")
+        yield int(m.group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
