@@ -185,6 +185,15 @@ timeout_seconds = 30
 """
 
 
+TEST_CARDS_TOML = """
+# A TEST deployment personalizes emulated cards, whose issuer keys are the TEST keys
+# their model files state. A production station names its key file instead:
+#   admin_keys = "/etc/cns-agent/issuer-keys.toml"   (mode 0600)
+[cards]
+allow_test_admin_keys = true
+"""
+
+
 def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-STATION-01",
                     listen: str = DEFAULT_LISTEN, ca_key_bits: int = DEFAULT_CA_KEY_BITS,
                     admin_name: str = "central-it") -> Deployment:
@@ -204,7 +213,8 @@ def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-ST
               identity=identity_uri(ROLE_STATION, station_id, chamber))
     _write_public(station_dir / "station.toml", STATION_TOML.format(
         station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir=station_dir / "agent-data",
-        socket_dir=station_dir / "agent-sockets", endpoint=endpoint, trust="../../tls/tls-ca.pem").encode())
+        socket_dir=station_dir / "agent-sockets", endpoint=endpoint, trust="../../tls/tls-ca.pem").encode()
+        + TEST_CARDS_TOML.encode())
     admin_dir = root / "admin"
     tls.issue(admin_dir / "client.pem", admin_dir / "client.key.pem", admin_name,
               identity=identity_uri(ROLE_ADMIN, admin_name))

@@ -34,6 +34,9 @@ def test_init_command_creates_a_deployment(tmp_path):
     assert cfg.server.require_client_auth
     station = (root / "stations/MI-07/station.toml").read_text()
     assert 'chamber_code = "MI"' in station and 'id = "MI-07"' in station
+    import station_config
+    loaded = station_config.load(root / "stations/MI-07/station.toml")
+    assert loaded.cards.allow_test_admin_keys and loaded.cards.admin_keys is None   # a TEST deployment's cards
     again = subprocess.run([str(helpers.VENV_BIN / "cns-personalizer"), "init", str(root)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
