@@ -69,7 +69,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card.cns import CnsSession
-from agent.card.errors import CardError
 from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
@@ -576,5 +575,4 @@ def _subject_of(cert: x509.Certificate) -> list[tuple[str, str]]:
     return out
 
 
-__all__ = ["Renewer", "RenewalPolicy", "Outcome", "check_window", "plan", "marker_bytes", "parse_marker", "KIND",
-           "CardError"]
+__all__ = ["Renewer", "RenewalPolicy", "Outcome", "check_window", "plan", "marker_bytes", "parse_marker", "KIND"]

@@ -14,8 +14,6 @@ so a duplicate issuance would show as a certificate for the same card under any 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime as dt
 import socket
 import sqlite3
 import threading
@@ -256,9 +254,5 @@ def card_view(card, model, pin: str | None = None) -> dict:
     return out
 
 
-def replace_cfg(cfg, **kw):
-    return dataclasses.replace(cfg, **kw)
-
-
 __all__ = ["ThreadedPersonalizer", "FaultyCA", "make_deployment", "free_port", "station_for", "personalize", "renew",
-           "recover", "card_view", "codes_for", "HOLDER", "REQUESTER", "WIDE", "dt"]
+           "recover", "card_view", "codes_for", "HOLDER", "REQUESTER", "WIDE"]
