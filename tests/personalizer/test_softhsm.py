@@ -80,6 +80,11 @@ pkcs11_module = "{softhsm2_module}"
 token_label = "{TOKEN_LABEL}"
 key_label = "{KEY_LABEL}"
 pin_file = "ca/pin"
+
+# This test is about the PKCS#11 key, not the CA's hours: without this the tender's
+# calendar applies and, in the evening or on a Sunday, the request would wait in the queue.
+[service_window]
+always_open = true
 """)
     d = helpers.DaemonProcess(cfg, env={"SOFTHSM2_CONF": str(conf)})
     try:
