@@ -189,6 +189,33 @@ class Journal:
         ])
         op.step, op.step_phase, op.updated_at = step, phase, now
 
+    async def advance(self, op: Operation, done: dict[str, dict[str, Any]], begin: dict[str, dict[str, Any]]) -> None:
+        """Record steps ``done`` (step → results) and steps about to run ``begin`` (step → detail) in ONE
+        transaction: the same guarantees as step_done(...) then step_begun(...) — the journal never shows
+        a later step begun without the earlier one done — for one commit instead of several."""
+        for results in done.values():
+            _check_no_secrets(results)
+        for detail in begin.values():
+            _check_no_secrets(detail)
+        for step, results in done.items():
+            op.data.update(results)
+            op.data.setdefault("_done", [])
+            if step not in op.data["_done"]:
+                op.data["_done"].append(step)
+        now = time.time()
+        records = [(step, "done", results) for step, results in done.items()]
+        records += [(step, "begun", detail) for step, detail in begin.items()]
+        if not records:
+            return
+        statements = [("INSERT INTO steps(op_id, seq, step, phase, detail, at)"
+                       " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ? FROM steps WHERE op_id = ?",
+                       (op.op_id, step, phase, json.dumps(detail), now, op.op_id)) for step, phase, detail in records]
+        last_step, last_phase, _ = records[-1]
+        statements.append(("UPDATE operations SET step = ?, step_phase = ?, data = ?, updated_at = ? WHERE op_id = ?",
+                           (last_step, last_phase, json.dumps(op.data), now, op.op_id)))
+        await self._run(self._transaction, statements)
+        op.step, op.step_phase, op.updated_at = last_step, last_phase, now
+
     async def step_begun(self, op: Operation, step: str, **detail: Any) -> None:
         """Record that ``step`` is about to run. Call before touching the card or the network."""
         await self._log_step(op, step, "begun", detail)

@@ -117,16 +117,26 @@ class Personalizer:
         self.progress = progress or (lambda step, msg: None)
         self.watch_timeout_s = watch_timeout_s
         self.stage: dict[str, float] = {}
+        self._active: dict[str, int] = {}
+        self._since: dict[str, float] = {}
 
     # -- timing per stage (card, ca, broker) for the benchmark -------------------------
     async def _timed(self, stage: str, fn, *args, **kwargs):
-        t = asyncio.get_running_loop().time()
+        """Run ``fn`` (a coroutine function, or a card call in a worker thread) and add the wall time during
+        which at least one call of ``stage`` was running (concurrent calls are not counted twice)."""
+        loop = asyncio.get_running_loop()
+        active = self._active.get(stage, 0)
+        if active == 0:
+            self._since[stage] = loop.time()
+        self._active[stage] = active + 1
         try:
             if asyncio.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)
             return await asyncio.to_thread(fn, *args, **kwargs)
         finally:
-            self.stage[stage] = self.stage.get(stage, 0.0) + asyncio.get_running_loop().time() - t
+            self._active[stage] -= 1
+            if self._active[stage] == 0:
+                self.stage[stage] = self.stage.get(stage, 0.0) + loop.time() - self._since[stage]
 
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, holder: HolderRecord,
@@ -180,18 +190,43 @@ class Personalizer:
         if codes is None and not all_csrs:
             # Nothing has reached the CA yet: without the PIN the safe way is back to blank.
             return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were signed")
-        for step in plan:
-            if op.step_done(step):
-                continue
-            await self.journal.step_begun(op, step)
-            try:
-                results = await self._step(step, op, link, model, codes)
-            except UplinkUnavailable as exc:
-                self.progress(step, f"personalizer unreachable; operation {op.op_id} kept open: {exc}")
-                return Outcome(op.op_id, op.card_serial, "open", message=str(exc), stage_seconds=dict(self.stage))
-            except _Refused as exc:
-                return await self._undo(op, link, model, str(exc))
-            await self.journal.step_done(op, step, **results)
+        # Each group of steps is journaled begun before it runs, in the same commit as the previous
+        # group's results (Journal.advance). The two certificate requests go out together.
+        pending: dict[str, dict[str, Any]] = {}
+        for group in _groups([s for s in plan if not op.step_done(s)]):
+            begin: dict[str, dict[str, Any]] = {}
+            first_attempt: dict[str, bool] = {}
+            for step in group:
+                begin[step] = {}
+                if step.startswith("submit:"):
+                    ks_name = step.partition(":")[2]
+                    # once journaled here the request may have been sent: a resume asks for it by id first
+                    first_attempt[ks_name] = not op.data.get("_submitted", {}).get(ks_name)
+                    op.data.setdefault("_submitted", {})[ks_name] = True
+                    begin[step] = {"request_id": op.data["request_ids"][ks_name]}
+            await self.journal.advance(op, pending, begin)
+            pending = {}
+            outcomes = await asyncio.gather(*(self._step(step, op, link, model, codes, first_attempt)
+                                              for step in group), return_exceptions=True)
+            failure = None
+            for step, result in zip(group, outcomes):
+                if isinstance(result, BaseException):
+                    if failure is None or isinstance(result, _Refused):
+                        failure = result
+                else:
+                    pending[step] = result
+            if failure is not None:
+                if pending:   # what succeeded beside the failure is kept (a resume will not redo it)
+                    await self.journal.advance(op, pending, {})
+                if isinstance(failure, UplinkUnavailable):
+                    self.progress(group[0], f"personalizer unreachable; operation {op.op_id} kept open: {failure}")
+                    return Outcome(op.op_id, op.card_serial, "open", message=str(failure),
+                                   stage_seconds=dict(self.stage))
+                if isinstance(failure, _Refused):
+                    return await self._undo(op, link, model, str(failure))
+                raise failure
+        if pending:
+            await self.journal.advance(op, pending, {})
         await self.journal.finish(op, DONE)
         certs = {n: _unb64(op.data[f"cert_{n}"]) for n in (ks.name for ks in model.keysets)}
         holder = HolderRecord.from_dict(op.data["holder"])
@@ -199,7 +234,8 @@ class Personalizer:
         return Outcome(op.op_id, op.card_serial, DONE, f"{holder.given_name.upper()} {holder.surname.upper()}", certs,
                        bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage))
 
-    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None) -> dict[str, Any]:
+    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None,
+                    first_attempt: dict[str, bool] | None = None) -> dict[str, Any]:
         name, _, ks_name = step.partition(":")
         ks = model.keyset(ks_name) if ks_name else None
         self.progress(step, {"set-codes": "setting the holder's PIN and PUK",
@@ -220,8 +256,8 @@ class Personalizer:
             der = await self._timed("card", self._make_csr, link, model, ks, op, codes)
             return {f"csr_{ks.name}": _b64(der)}
         if name == "submit":
-            cert, chain = await self._submit(op, model, ks)
-            return {f"cert_{ks.name}": _b64(cert), "chain": [_b64(c) for c in chain]}
+            cert, _chain = await self._submit(op, model, ks, (first_attempt or {}).get(ks.name, False))
+            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
         if name == "write-dati-personali":
             await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
                               model.paths.dati_personali, _unb64(op.data["dati_personali"]))
@@ -302,17 +338,17 @@ class Personalizer:
         link.cns.update_binary(model.paths.dati_personali, bytes(size))
 
     # -- personalizer side ----------------------------------------------------------------
-    async def _submit(self, op: Operation, model, ks) -> tuple[bytes, list[bytes]]:
+    async def _submit(self, op: Operation, model, ks, first_attempt: bool) -> tuple[bytes, list[bytes]]:
+        """The CA's certificate for ``ks``. The step's begun record (``_submitted``) is durable before
+        this runs; ``first_attempt`` is False when an earlier run may already have sent the request."""
         holder = HolderRecord.from_dict(op.data["holder"])
         request_id = op.data["request_ids"][ks.name]
         try:
             resp = None
-            if op.data.get("_submitted", {}).get(ks.name):
+            if not first_attempt:
                 # sent before (agent killed, answer lost, request queued): follow that request, never a new one
                 resp = await self._timed("broker", find_or_none, self.uplink, request_id)
             if resp is None:
-                op.data.setdefault("_submitted", {})[ks.name] = True
-                await self.journal.step_begun(op, f"submit:{ks.name}", request_id=request_id)
                 resp = await self._timed("broker", self.uplink.submit_issue, request_id=request_id,
                                          profile=PROFILE_OF_KEYSET[ks.name],
                                          csr_der=_unb64(op.data[f"csr_{ks.name}"]),
@@ -352,6 +388,17 @@ class Personalizer:
 class _Link:
     cns: CnsSession
     issuer: IssuerSession
+
+
+def _groups(steps: list[str]) -> list[list[str]]:
+    """Consecutive ``submit:`` steps form one group (sent concurrently); every other step is alone."""
+    out: list[list[str]] = []
+    for step in steps:
+        if step.startswith("submit:") and out and out[-1][0].startswith("submit:"):
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
 
 
 class _Refused(Exception):

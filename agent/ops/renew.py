@@ -365,8 +365,8 @@ class Renewer:
             csr, pop = await self._timed("card", self._make_csr, link, model, ks, op, codes)
             return {f"csr_{ks.name}": _b64(csr), f"pop_{ks.name}": _b64(pop)}
         if name == "renew":
-            cert, chain = await self._renew(op, ks, resumed=False)
-            return {f"cert_{ks.name}": _b64(cert), "chain": [_b64(c) for c in chain]}
+            cert, _chain = await self._renew(op, ks, resumed=False)
+            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
         if name == "write-cert":
             await self._timed("card", self._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
                               _unb64(op.data[f"cert_{ks.name}"]))
