@@ -81,12 +81,20 @@ class CardsSection:
 
 
 @dataclass(frozen=True)
+class RenewalSection:
+    """When the agent offers renewal: from ``window_days`` before the certificates expire (the
+    personalizer applies its own window too and has the last word)."""
+    window_days: int = 90
+
+
+@dataclass(frozen=True)
 class StationConfig:
     source: Path
     station: StationSection
     personalizer: PersonalizerSection
     proxy: ProxySection | None
     cards: CardsSection = CardsSection(None, False)
+    renewal: RenewalSection = RenewalSection()
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -99,6 +107,7 @@ _SECTIONS = {
                      "timeout_seconds", "keepalive_seconds"},
     "proxy": {"url", "no_proxy"},
     "cards": {"admin_keys", "allow_test_admin_keys"},
+    "renewal": {"window_days"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 
@@ -222,4 +231,11 @@ def load(path: str | Path) -> StationConfig:
                 raise ld.fail("cards.admin_keys", f"{admin_keys} must be readable by its owner only (chmod 600)")
         cards = CardsSection(admin_keys=admin_keys,
                              allow_test_admin_keys=ld.value("cards", "allow_test_admin_keys", bool, default=False))
-    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards)
+    renewal = RenewalSection()
+    if "renewal" in data:
+        days = ld.value("renewal", "window_days", int, default=RenewalSection.window_days)
+        if not 1 <= days <= 366:
+            raise ld.fail("renewal.window_days", f"expected 1 to 366 days, got {days}")
+        renewal = RenewalSection(window_days=days)
+    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards,
+                         renewal=renewal)

@@ -95,10 +95,12 @@ class RenewalPolicy:
     device_life_years: int = DEFAULT_DEVICE_LIFE_YEARS
 
     @classmethod
-    def from_env(cls) -> "RenewalPolicy":
+    def from_env(cls, window_days: int = DEFAULT_WINDOW_DAYS) -> "RenewalPolicy":
+        """``window_days`` from the station config ([renewal]); ``$CNS_AGENT_RENEWAL_WINDOW_DAYS`` overrides it
+        (tests, a hardware tester's one-off run)."""
         raw = os.environ.get(ENV_WINDOW_DAYS, "")
         try:
-            days = int(raw) if raw else DEFAULT_WINDOW_DAYS
+            days = int(raw) if raw else window_days
         except ValueError:
             raise PreconditionError(f"{ENV_WINDOW_DAYS}={raw!r}: expected a whole number of days") from None
         return cls(window_days=days)

@@ -37,7 +37,7 @@ class StationOps:
                  renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float | None = None):
         self.cfg = cfg
         self.journal = journal
-        self.renewal_policy = renewal_policy or RenewalPolicy.from_env()
+        self.renewal_policy = renewal_policy or RenewalPolicy.from_env(cfg.renewal.window_days)
         # how long one attempt follows a queued request before leaving the operation open (retried later)
         self.watch_timeout_s = watch_timeout_s or float(os.environ.get("CNS_AGENT_WATCH_TIMEOUT_S", "600"))
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"

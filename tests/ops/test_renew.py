@@ -187,3 +187,21 @@ def test_broken_watch_falls_back_to_polling_and_finishes(world, tmp_path):
     issued = p.issued()
     assert [r for r in issued if r.startswith(f"renew-{out.op_id}")] == [f"renew-{out.op_id}-{ks.name}"
                                                                         for ks in model.keysets]
+
+
+def test_renewal_window_comes_from_the_station_config(station, monkeypatch):
+    """[renewal] window_days in the station config sets when the agent offers renewal; the env var overrides it."""
+    import station_config
+    from agent.ops.station import StationOps
+
+    path = station.source       # the test deployment's station config, with the daemon's real port
+    text = path.read_text()
+    cfg_path = path.with_name("station-renewal.toml")
+    cfg_path.write_text(text + "\n[renewal]\nwindow_days = 30\n")
+    cfg = station_config.load(cfg_path)
+    monkeypatch.delenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", raising=False)
+    assert StationOps(cfg, journal=None).renewal_policy.window_days == 30
+    monkeypatch.setenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", "45")
+    assert StationOps(cfg, journal=None).renewal_policy.window_days == 45
+    monkeypatch.delenv("CNS_AGENT_RENEWAL_WINDOW_DAYS")
+    assert StationOps(station_config.load(path), journal=None).renewal_policy.window_days == 90

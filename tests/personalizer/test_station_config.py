@@ -24,6 +24,7 @@ def test_example_proxy_and_dr():
     assert cfg.endpoints() == ("personalizer.cns.camcom.example.it:443", "personalizer-dr.cns.camcom.example.it:443")
     assert ("grpc.http_proxy", "http://proxy.rm.camcom.example.it:3128") in channel.channel_options(cfg)
     assert channel.target(cfg, dr=True).startswith("personalizer-dr.")
+    assert cfg.renewal.window_days == 90
 
 
 def test_init_station_config_drives_a_channel(deployment, daemon):
@@ -67,6 +68,8 @@ ERRORS = [
     ('url = "http://proxy.rm.camcom.example.it:3128"', 'url = "socks5://proxy:1080"', "proxy.url", "http://HOST"),
     ('[proxy]', '[proxies]', "proxies", "unknown section"),
     ('primary = "personalizer.cns.camcom.example.it:443"', 'primary = "host:70000"', "personalizer.primary", "port out of range"),
+    ('window_days = 90', 'window_days = 0', "renewal.window_days", "1 to 366 days"),
+    ('window_days = 90', 'window_days = "90"', "renewal.window_days", "expected int"),
 ]
 
 
