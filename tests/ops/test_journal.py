@@ -34,6 +34,30 @@ def test_steps_survive_reopen(tmp_path):
     run(scenario())
 
 
+def test_advance_records_done_and_begun_together(tmp_path):
+    """One commit: the finished steps' results and the next steps' begun records; secrets refused whole."""
+    async def scenario():
+        j = await Journal.open(tmp_path / "j.db")
+        op = await j.begin_operation(kind="personalize", card_serial="S2", model_id="m", reader="r")
+        await j.advance(op, {}, {"csr:CNS0": {}})
+        await j.advance(op, {"csr:CNS0": {"csr_CNS0": "AAAA"}},
+                        {"submit:CNS0": {"request_id": "r0"}, "submit:CNS1": {"request_id": "r1"}})
+        with pytest.raises(JournalError, match="secrets"):
+            await j.advance(op, {"submit:CNS0": {"cert_CNS0": "BB"}}, {"verify": {"pin": "12345678"}})
+        await j.close()
+        j2 = await Journal.open(tmp_path / "j.db")
+        [again] = await j2.open_operations("S2")
+        assert again.step == "submit:CNS1" and again.step_phase == "begun"
+        assert again.step_done("csr:CNS0") and not again.step_done("submit:CNS0")
+        assert again.data["csr_CNS0"] == "AAAA" and "cert_CNS0" not in again.data
+        hist = await j2.history(op.op_id)
+        assert [(s, ph) for s, ph, _ in hist] == [("csr:CNS0", "begun"), ("csr:CNS0", "done"),
+                                                  ("submit:CNS0", "begun"), ("submit:CNS1", "begun")]
+        assert hist[3][2] == {"request_id": "r1"}
+        await j2.close()
+    run(scenario())
+
+
 @pytest.mark.parametrize("key", ["pin", "new_puk", "user_PIN", "private_key"])
 def test_refuses_secrets(tmp_path, key):
     async def scenario():
