@@ -125,6 +125,10 @@ def personalized(rig):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.splitlines()[-1])["result"]
     assert result["state"] == "done"
+    # the device view follows the operation: the card is no longer listed as blank
+    card = rig.card()
+    assert card is not None and card["blank"] is False and card["serial"] == result["card_serial"], card
+    assert card["holder_label"] and card["holder_label"].upper() == result["holder_label"].upper(), card
     return result
 
 
