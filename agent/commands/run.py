@@ -108,6 +108,12 @@ async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
                     log.info("card %s: interrupted %s finished as %s", card.serial, out.op_id, out.state)
                     if out.state == "open":
                         again_later(reader.name)
+                    else:   # the card changed (finished or undone): show it as it is now
+                        try:
+                            await asyncio.to_thread(registry.reread_card, reader.name, PcscLink,
+                                                    catalog.models[card.model_id])
+                        except Exception as exc:
+                            log.info("could not re-read the card in %s after recovery: %s", reader.name, exc)
             except Exception as exc:  # a card pulled again, the personalizer down: retried
                 log.warning("card %s: recovery not finished (%s); retried in %.0f s and when the card is seen "
                             "again", card.serial, exc, retry_s)
