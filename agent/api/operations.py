@@ -4,7 +4,7 @@ A thin adapter: request messages become ``HolderRecord``/``Codes``; the work is
 ``agent.ops.station.StationOps``; ops errors become gRPC status codes with
 their message (never a PIN). Card access is a ``connect(reader)`` callable
 (PC/SC in ``cns-agent run``). After an operation the card is re-read for the device view.
-Imports ``agent.ops``, ``agent.card.errors``, ``proto``.
+Imports ``agent.ops``, ``agent.card.errors``, ``agent.devices.inspect``, ``proto``.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import grpc
 
 from agent.card.errors import CardError, CardRemovedError, WrongPinError, PinBlockedError
+from agent.devices.inspect import reread_card
 from agent.ops.errors import OperationError, PreconditionError, UplinkUnavailable
 from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from proto.cns.v1 import agent_pb2 as pb
@@ -123,7 +124,7 @@ class Operations:
         if model is None:
             return
         try:
-            await asyncio.to_thread(self.registry.reread_card, reader, self.connect, model)
+            await asyncio.to_thread(reread_card, self.registry, reader, self.connect, model)
         except Exception as exc:   # the operation's answer matters more than the view
             log.info("could not re-read the card in %s after the operation: %s", reader, exc)
 

@@ -19,6 +19,7 @@ from agent.api.rundir import RunDirError
 from agent.api.server import SHUTDOWN_GRACE_S, AgentFacts, AgentLocalService, start_server
 from agent.commands import CommandError, add_socket_option, socket_path
 from agent.devices.catalog import Catalog, CatalogError
+from agent.devices.inspect import reread_card
 from agent.devices.monitor import PcscMonitor
 from agent.devices.pcsc import PcscContext, PcscTransport
 from agent.devices.registry import DeviceRegistry
@@ -110,7 +111,7 @@ async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
                         again_later(reader.name)
                     else:   # the card changed (finished or undone): show it as it is now
                         try:
-                            await asyncio.to_thread(registry.reread_card, reader.name, PcscLink,
+                            await asyncio.to_thread(reread_card, registry, reader.name, PcscLink,
                                                     catalog.models[card.model_id])
                         except Exception as exc:
                             log.info("could not re-read the card in %s after recovery: %s", reader.name, exc)

@@ -13,9 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from agent.devices.inspect import inspect_card
 
 
 class CardState(enum.Enum):
@@ -173,16 +170,6 @@ class DeviceRegistry:
             return None
         card = replace(current.card, state=CardState.READY, serial=serial, holder_label=holder_label, blank=blank)
         return self._emit(EventKind.CARD_READ, ReaderView(name, card))
-
-    def reread_card(self, name: str, connect: Callable[[str], Any], model: Any) -> DeviceEvent | None:
-        """Read the card in ``name`` again (after an operation changed it) and update its view; blocking
-        (call it from a worker thread). Raises what reading raises; the view is left as it was then."""
-        link = connect(name)
-        try:
-            found = inspect_card(link, model)
-        finally:
-            link.close()
-        return self.card_read(name, serial=found.serial, holder_label=found.holder_label, blank=found.blank)
 
     def card_error(self, name: str, error: str, *, serial: str = "") -> DeviceEvent | None:
         current = self.reader(name)
