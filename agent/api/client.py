@@ -75,5 +75,15 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc
 
+    def renew(self, request: pb.RenewCardRequest, timeout_s: float = 1800.0) -> Iterator[pb.OperationProgress]:
+        """Progress messages of a renewal (it may wait for the CA's service window); the last carries the result."""
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run --config FILE`")
+        try:
+            yield from self._stub.Renew(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from exc
+
     def operations(self) -> pb.ListOperationsResponse:
         return self._call(self._stub.ListOperations, pb.ListOperationsRequest())

@@ -23,3 +23,40 @@ def add_socket_option(parser: argparse.ArgumentParser) -> None:
 def socket_path(args: argparse.Namespace) -> Path:
     from agent.api.rundir import default_socket_path
     return args.socket or default_socket_path()
+
+
+def follow_operation(messages, args: argparse.Namespace, what: str, headline) -> int:
+    """Print an operation's progress stream (lines, or JSON lines with ``--json``), then its result.
+
+    ``messages``: the agent's ``OperationProgress`` stream; ``headline(result dict) -> str`` the result's
+    first line on a terminal. Exit status 0 when the operation is done, 1 when undone or still open.
+    """
+    import json
+
+    from agent.api.client import AgentCallError, AgentUnavailableError
+
+    result = None
+    try:
+        for msg in messages:
+            if msg.HasField("result"):
+                result = msg.result
+            elif args.json:
+                print(json.dumps({"step": msg.step, "message": msg.message}), flush=True)
+            else:
+                print(f"  {msg.step:24} {msg.message}", flush=True)
+    except (AgentUnavailableError, AgentCallError) as exc:
+        raise CommandError(str(exc)) from exc
+    if result is None:
+        raise CommandError(f"the agent ended the {what} without a result")
+    d = {"op_id": result.op_id, "card_serial": result.card_serial, "state": result.state,
+         "holder_label": result.holder_label, "certificate_subjects": dict(result.certificate_subjects),
+         "test_signatures": result.test_signatures, "message": result.message,
+         "stage_seconds": dict(result.stage_seconds)}
+    if args.json:
+        print(json.dumps({"result": d}), flush=True)
+    else:
+        print(headline(d).rstrip())
+        for ks, subject in sorted(d["certificate_subjects"].items()):
+            print(f"  {ks}: {subject}")
+    return 0 if result.state == "done" else 1
+

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 import tomllib
 from pathlib import Path
 
 from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
-from agent.commands import CommandError, add_socket_option, socket_path
+from agent.commands import CommandError, add_socket_option, follow_operation, socket_path
 from agent.ops.holder import HolderFileError, HolderRecord
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -73,31 +72,9 @@ def personalize(args: argparse.Namespace) -> int:
     request = pb.PersonalizeRequest(reader=args.reader, pin=pin, puk=puk, holder=pb.HolderData(
         codice_fiscale=holder.codice_fiscale, given_name=holder.given_name, surname=holder.surname,
         birth_date=holder.birth_date, sex=holder.sex, birth_town=holder.birth_town, issuer=holder.issuer))
-    result = None
-    try:
-        with AgentClient(socket_path(args)) as client:
-            for msg in client.personalize(request):
-                if msg.HasField("result"):
-                    result = msg.result
-                elif args.json:
-                    print(json.dumps({"step": msg.step, "message": msg.message}), flush=True)
-                else:
-                    print(f"  {msg.step:24} {msg.message}", flush=True)
-    except (AgentUnavailableError, AgentCallError) as exc:
-        raise CommandError(str(exc)) from exc
-    if result is None:
-        raise CommandError("the agent ended the personalization without a result")
-    d = {"op_id": result.op_id, "card_serial": result.card_serial, "state": result.state,
-         "holder_label": result.holder_label, "certificate_subjects": dict(result.certificate_subjects),
-         "test_signatures": result.test_signatures, "message": result.message,
-         "stage_seconds": dict(result.stage_seconds)}
-    if args.json:
-        print(json.dumps({"result": d}), flush=True)
-    else:
-        print(f"card {d['card_serial']}: {d['state']} {d['holder_label']} {d['message']}".rstrip())
-        for ks, subject in sorted(d["certificate_subjects"].items()):
-            print(f"  {ks}: {subject}")
-    return 0 if result.state == "done" else 1
+    with AgentClient(socket_path(args)) as client:
+        return follow_operation(client.personalize(request), args, "personalization",
+                                lambda d: f"card {d['card_serial']}: {d['state']} {d['holder_label']} {d['message']}")
 
 
 def operations(args: argparse.Namespace) -> int:
