@@ -200,6 +200,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("could not audit the refused call %s", method)
         await self._deny(context, exc)
 
+    def _streaming(self, inner, method: str, *, with_request: bool):
+        """A server-streaming handler (unary or client-streaming input) that authorizes first; the request
+        is checked only when it is one message (``with_request``), not an iterator."""
+        async def handler(first, context):
+            request = first if with_request else None
+            try:
+                ident = self._authorize(method, request, context)
+            except (Unauthenticated, PermissionDenied) as exc:
+                await self._refuse(inner, method, request, context, exc)
+            _current.set(ident)
+            if inspect.isasyncgenfunction(inner):
+                async for item in inner(first, context):
+                    yield item
+            else:
+                result = inner(first, context)
+                if inspect.isawaitable(result):
+                    await result
+        return handler
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -227,45 +246,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer)
 
         if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request, context):
-                try:
-                    ident = outer._authorize(method, request, context)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await outer._refuse(inner_us, method, request, context, exc)
-                _current.set(ident)
-                if inspect.isasyncgenfunction(inner_us):
-                    async for item in inner_us(request, context):
-                        yield item
-                else:
-                    result = inner_us(request, context)
-                    if inspect.isawaitable(result):
-                        await result
-
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
+                self._streaming(handler.unary_stream, method, with_request=True),
+                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
         if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(request_iterator, context):
-                try:
-                    ident = outer._authorize(method, None, context)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await outer._refuse(inner_ss, method, None, context, exc)
-                _current.set(ident)
-                if inspect.isasyncgenfunction(inner_ss):
-                    async for item in inner_ss(request_iterator, context):
-                        yield item
-                else:
-                    result = inner_ss(request_iterator, context)
-                    if inspect.isawaitable(result):
-                        await result
-
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, request_deserializer=handler.request_deserializer,
+                self._streaming(handler.stream_stream, method, with_request=False),
+                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
         # stream_unary: not used by our services; refuse rather than pass unchecked.
