@@ -1,4 +1,6 @@
-"""``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``.
+"""``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``,
+``revoke-client --config FILE CERT.pem|--serial HEX`` (a station, tool or admin certificate into the
+client CRL that the running daemon rereads).
 
 ``audit`` reads the append-only audit table straight from the store (no
 daemon needed; the database is opened read-only alongside a running one).
@@ -13,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from personalizer import config, deploy
+from personalizer import config, deploy, tls_clients
 from personalizer.errors import PersonalizerError
 
 EXIT_ERROR = 1
@@ -62,6 +64,58 @@ def _audit(opts) -> int:
     return 0
 
 
+def _revoke_client(opts) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from personalizer import identity
+
+    cfg = config.load(opts.config)
+    crl = cfg.server.client_crl
+    if crl is None:
+        raise config.ConfigError(cfg.source, "server.client_crl",
+                                 'not set; add client_crl = "tls/client-crl.pem" to [server] and restart the daemon')
+    if (opts.cert is None) == (opts.serial is None):
+        raise config.ConfigError("revoke-client", "arguments", "give either a certificate file or --serial HEX")
+    who = ""
+    if opts.cert is not None:
+        try:
+            leaf = x509.load_pem_x509_certificate(Path(opts.cert).read_bytes())
+        except OSError as exc:
+            raise config.ConfigError(opts.cert, "-", f"cannot read: {exc.strerror}") from None
+        except ValueError:
+            raise config.ConfigError(opts.cert, "-", "not a PEM certificate") from None
+        serial = leaf.serial_number
+        try:
+            who = identity.identity_from_certificate(leaf).uri
+        except PersonalizerError:
+            who = "no identity URI"
+    else:
+        try:
+            serial = int(opts.serial.replace(":", ""), 16)
+        except ValueError:
+            raise config.ConfigError("revoke-client", "--serial", f"{opts.serial!r} is not a hexadecimal serial") from None
+    key_path = Path(opts.tls_ca_key) if opts.tls_ca_key else cfg.server.client_trust_anchors.parent / deploy.TLS_CA_KEY
+    try:
+        ca_cert = x509.load_pem_x509_certificate(cfg.server.client_trust_anchors.read_bytes())
+        ca_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except OSError as exc:
+        raise config.ConfigError(key_path, "-", f"cannot read the TLS CA key: {exc.strerror}; give --tls-ca-key") from None
+    except (ValueError, TypeError):
+        raise config.ConfigError(key_path, "-", "not an unencrypted PEM private key of the TLS CA") from None
+    try:
+        added = tls_clients.revoke(crl, ca_cert, ca_key, serial, opts.reason)
+    except ValueError as exc:
+        raise config.ConfigError(crl, "server.client_crl", str(exc)) from None
+    label = f"{serial:X}" + (f" ({who})" if who else "")
+    if added:
+        print(f"cns-personalizer: revoked client certificate {label} in {crl}; the running daemon refuses it "
+              f"within {tls_clients.RELOAD_CHECK_SECONDS:.0f} s")
+    else:
+        print(f"cns-personalizer: client certificate {label} is already revoked in {crl}")
+    return 0
+
+
 def _init(opts) -> int:
     dep = deploy.init_deployment(Path(opts.dir), chamber=opts.chamber, station_id=opts.station_id,
                                  listen=opts.listen, ca_key_bits=opts.ca_key_bits)
@@ -91,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
     a.add_argument("--limit", type=int, default=100_000)
     a.set_defaults(func=_audit)
+    rc = sub.add_parser("revoke-client", help="revoke a station, tool or admin TLS certificate (client CRL)")
+    rc.add_argument("--config", required=True, help="personalizer TOML file")
+    rc.add_argument("cert", nargs="?", help="the client certificate (PEM) to revoke")
+    rc.add_argument("--serial", help="or its serial number in hexadecimal, when the file is lost")
+    rc.add_argument("--reason", default="unspecified", choices=sorted(tls_clients.REASONS))
+    rc.add_argument("--tls-ca-key", help="the TLS CA's private key (default: tls-ca.key.pem beside the anchors)")
+    rc.set_defaults(func=_revoke_client)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")

@@ -18,6 +18,7 @@ import inspect
 import logging
 
 import grpc
+from cryptography import x509
 
 from personalizer import identity, validation
 from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
@@ -189,12 +190,35 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
         async def go():
             identity.check_requester(ident, r.chamber_code, r.station_id)
+            try:   # proof of possession is not enough: only the chamber holding the certificate renews it
+                current = x509.load_der_x509_certificate(request.current_certificate_der)
+            except ValueError:
+                current = None   # the broker refuses it with the field named
+            if current is not None:
+                await self._check_holder(ident, CertRef(current.issuer.rfc4514_string(),
+                                                        f"{current.serial_number:X}"))
             inp = RenewInput(request_id=request.request_id, profile=profile_name(request.profile),
                              csr_der=request.csr_der, current_certificate_der=request.current_certificate_der,
                              proof_of_possession=request.proof_of_possession, station_id=r.station_id,
                              chamber_code=r.chamber_code, operator_id=r.operator_id)
             return await self._broker.submit_renew(inp, actor=ident.uri)
         return self._out(await self._audited("renew", request.request_id, r, go()))
+
+    async def _check_holder(self, ident: identity.Identity, ref: CertRef) -> None:
+        """A station or tool changes or renews only certificates its own chamber requested."""
+        if ident.role not in identity.CHAMBER_SCOPED:
+            return
+        info = await self._broker.ca.status(ref)
+        if info is None:
+            return   # unknown certificate: the broker says NOT_FOUND (or refuses the renewal)
+        owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
+        if owner is None:
+            raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
+                                   f"personalizer by chamber {ident.chamber_code}; ask central IT")
+        if owner.chamber_code != ident.chamber_code:
+            raise PermissionDenied(f"certificate {ref.serial_hex} is held by chamber {owner.chamber_code}; "
+                                   f"{ident.role} {ident.subject_id} of chamber {ident.chamber_code} may not "
+                                   "change or renew it")
 
     async def _change(self, kind: str, request: pb.ChangeStatusRequest) -> pb.CertificateStatusResponse:
         ident = identity.current_identity()
@@ -204,14 +228,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
             if request.HasField("requester"):
                 identity.check_requester(ident, r.chamber_code, r.station_id)
             ref = _ref(request.certificate)
-            if ident.role in identity.CHAMBER_SCOPED:   # a station or tool changes only its chamber's certificates
-                info = await self._broker.ca.status(ref)
-                if info is not None:
-                    owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
-                    if owner is None:
-                        raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
-                                               f"personalizer by chamber {ident.chamber_code}; ask central IT")
-                    identity.check_chamber_access(ident, owner.chamber_code)
+            await self._check_holder(ident, ref)
             inp = ChangeInput(request_id=request.request_id, kind=kind, ref=ref, reason=request.reason,
                               station_id=r.station_id or ident.subject_id,
                               chamber_code=r.chamber_code or (ident.chamber_code or ""),
