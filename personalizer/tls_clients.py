@@ -77,6 +77,8 @@ def read_revocations(path: Path, anchors: list[x509.Certificate]) -> _Revoked:
         crl = load_crl(path.read_bytes())
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{path} is not a CRL (PEM or DER)") from None
     signer = _signer(crl, anchors)
     if signer is None:
         raise ValueError(f"{path} is not a CRL signed by the client trust anchors")

@@ -191,6 +191,7 @@ def test_client_crl_reload_keeps_the_last_good_list(deployment, tmp_path):
         with pytest.raises(Unauthenticated, match="revoked"):
             trust.check_revoked(victim)
     # an unreadable CRL is refused at start-up with the key named
+    crl.write_bytes(b"garbage\n")
     from personalizer.errors import ConfigError
     with pytest.raises(ConfigError, match="server.client_crl"):
         tls_clients.ClientTrust((tls / "tls-ca.pem").read_bytes(), crl)
