@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from personalizer import lifecycle, validation
+from personalizer.audit import RefusalLimiter
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
@@ -124,6 +125,7 @@ class Broker:
         self._renewal = renewal
         self._clock = clock
         self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self.refusals = RefusalLimiter()   # audit rows of refused calls, per identity
         self.wake_relay: Callable[[], None] = lambda: None
         self.relay = None   # the running Relay (set by the daemon): requests accepted while it has a free
                             # slot are committed claimed and handed to it directly
@@ -158,7 +160,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
                             payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
                             station_id=inp.station_id, operator_id=inp.operator_id)
-        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id)
+        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id, card_id=valid.card_id,
+                                  holder_cf=valid.holder.codice_fiscale)
 
     async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -198,7 +201,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_RENEW, profile=inp.profile, payload_sha256=fp,
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
-        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}")
+        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
+                                  card_id=card_id, holder_cf=first.codice_fiscale)
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -222,7 +226,7 @@ class Broker:
                                   target=f"{inp.ref.issuer_dn}#{inp.ref.serial_hex}", fingerprint=fp)
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
-                      fingerprint: bytes | None = None) -> RequestRecord:
+                      fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -232,7 +236,8 @@ class Broker:
             relay = self.relay
             claim = relay is not None and relay.can_claim(lane)
             created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
-                actor, rec.station_id, rec.kind, rid, target, "accepted"))
+                actor, rec.station_id, rec.kind, rid, target, "accepted", operator_id=rec.operator_id,
+                card_id=card_id, holder_cf=holder_cf))
             if created and claim:   # committed as claimed: straight to the relay, no queue scan
                 relay.start_claimed(
                     dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
@@ -245,9 +250,7 @@ class Broker:
             existing = await self._store.get_request(rid)
             if existing is None:
                 raise CAError("request row vanished")
-            if existing.payload_sha256 != fp:
-                await self._store.append_audit(AuditEntry(actor, rec.station_id, rec.kind, rid, target,
-                                                          "refused:ALREADY_EXISTS"))
+            if existing.payload_sha256 != fp:   # audited by the caller, as every refused call: one row
                 raise RequestConflict(rid)
             if existing.terminal:
                 return existing
@@ -259,10 +262,15 @@ class Broker:
         return await self.wait(rid, self._answer_wait)
 
     async def audit_refusal(self, *, actor: str, station_id: str, operation: str, request_id: str,
-                            exc: PersonalizerError) -> None:
+                            exc: PersonalizerError, operator_id: str = "") -> None:
+        """One row per refused call, rate-limited per identity (``audit.RefusalLimiter``)."""
+        skipped = self.refusals.admit(actor)
+        if skipped is None:
+            return
+        detail = str(exc)[:500] if not skipped else f"[{skipped} earlier refusal(s) not recorded] {exc}"[:500]
         try:
             await self._store.append_audit(AuditEntry(actor, station_id, operation, request_id or None, "",
-                                                      f"refused:{exc.code}", str(exc)[:500]))
+                                                      f"refused:{exc.code}", detail, operator_id=operator_id))
         except PersonalizerError:
             log.exception("could not write the audit row of a refused %s", operation)
 

@@ -3,7 +3,8 @@
 client CRL that the running daemon rereads).
 
 ``audit`` reads the append-only audit table straight from the store (no
-daemon needed; the database is opened read-only alongside a running one).
+daemon needed; a read-only connection, so an auditor needs only read access to
+the database), filtered by operator, station, card, codice fiscale and time.
 
 One top-level error handler turns our errors into one line on stderr and a
 non-zero exit code. Must not import agent or firmware_profiles.
@@ -34,33 +35,52 @@ def _serve(opts) -> int:
     return 0
 
 
+def _when(value: str | None, option: str) -> float | None:
+    """An ISO 8601 date or date-time (UTC unless it says otherwise) as a timestamp."""
+    import datetime as _dt
+
+    if value is None:
+        return None
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise config.ConfigError("audit", option, f"{value!r} is not a date; write e.g. 2026-12-31 or "
+                                 "2026-12-31T08:30:00+01:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.timestamp()
+
+
 def _audit(opts) -> int:
-    import asyncio
     import datetime as _dt
     import json
 
-    from personalizer.store import RequestStore
+    from personalizer.store import AuditFilter, read_audit
 
-    cfg = config.load(opts.config)
-    if not cfg.store.database.exists():
-        raise config.ConfigError(cfg.source, "store.data_dir", f"no request store at {cfg.store.database}")
-
-    async def read():
-        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
-        try:
-            return await store.list_audit(opts.after, opts.limit)
-        finally:
-            await store.close()
-
-    for e in asyncio.run(read()):
+    if (opts.config is None) == (opts.database is None):
+        raise config.ConfigError("audit", "arguments", "give either --config FILE or --database FILE")
+    if opts.limit <= 0 or opts.after < 0:
+        raise config.ConfigError("audit", "--limit/--after", "must be positive")
+    if opts.config is not None:
+        cfg = config.load(opts.config)
+        database, source, key = cfg.store.database, cfg.source, "store.data_dir"
+    else:
+        database, source, key = Path(opts.database), opts.database, "--database"
+    if not database.exists():
+        raise config.ConfigError(source, key, f"no request store at {database}")
+    f = AuditFilter(after_seq=opts.after, operator_id=opts.operator, station_id=opts.station, card_id=opts.card,
+                    holder_cf=opts.cf.upper() if opts.cf else None, since=_when(opts.since, "--since"),
+                    until=_when(opts.until, "--until"), limit=opts.limit)
+    for e in read_audit(database, f):
         when = _dt.datetime.fromtimestamp(e.at, _dt.timezone.utc).isoformat(timespec="seconds")
         if opts.json:
             print(json.dumps({"seq": e.seq, "at": when, "actor": e.actor, "station_id": e.station_id,
-                              "operation": e.operation, "request_id": e.request_id, "target": e.target,
+                              "operator_id": e.operator_id, "operation": e.operation, "request_id": e.request_id,
+                              "target": e.target, "card_id": e.card_id, "holder_cf": e.holder_cf,
                               "result": e.result, "detail": e.detail}, sort_keys=True))
         else:
-            print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operation:11} "
-                  f"{e.request_id or '-':36} {e.result} {e.detail}")
+            print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operator_id or '-':12} "
+                  f"{e.operation:11} {e.request_id or '-':36} {e.result} {e.detail}")
     return 0
 
 
@@ -140,10 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="personalizer TOML file")
     s.set_defaults(func=_serve)
     a = sub.add_parser("audit", help="print the audit trail (who, from which station, when, what, result)")
-    a.add_argument("--config", required=True, help="personalizer TOML file")
+    a.add_argument("--config", help="personalizer TOML file")
+    a.add_argument("--database", help="or the request store itself (data/requests.sqlite), read-only")
     a.add_argument("--json", action="store_true", help="one JSON object per line")
     a.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
     a.add_argument("--limit", type=int, default=100_000)
+    a.add_argument("--operator", help="only this operator id")
+    a.add_argument("--station", help="only this station id")
+    a.add_argument("--card", help="only what concerns this card (its requests and certificates)")
+    a.add_argument("--cf", help="only what concerns this holder (codice fiscale)")
+    a.add_argument("--since", help="from this date or date-time (ISO 8601, UTC unless given)")
+    a.add_argument("--until", help="before this date or date-time")
     a.set_defaults(func=_audit)
     rc = sub.add_parser("revoke-client", help="revoke a station, tool or admin TLS certificate (client CRL)")
     rc.add_argument("--config", required=True, help="personalizer TOML file")

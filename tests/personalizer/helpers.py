@@ -53,13 +53,14 @@ def ef_dati(cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: s
 
 def issue_request(*, request_id: str | None = None, profile=pb.CA_PROFILE_CNS_AUTH, csr: bytes | None = None,
                   cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: str = "1980-01-01",
-                  chamber: str = "RM", station: str = "RM-STATION-01", ef: bytes | None = None) -> pb.SubmitIssueRequest:
+                  chamber: str = "RM", station: str = "RM-STATION-01", ef: bytes | None = None,
+                  operator: str = "op-001") -> pb.SubmitIssueRequest:
     return pb.SubmitIssueRequest(
         request_id=request_id or str(uuid.uuid4()), profile=profile,
         csr_der=csr if csr is not None else csr_der(),
         holder=common_pb2.Holder(codice_fiscale=cf, given_name=given, surname=surname, birth_date=birth),
         card=common_pb2.Card(card_id=CARD_ID, model="test-card"),
-        requester=common_pb2.Requester(station_id=station, chamber_code=chamber, operator_id="op-001"),
+        requester=common_pb2.Requester(station_id=station, chamber_code=chamber, operator_id=operator),
         ef_dati_personali=ef if ef is not None else ef_dati(cf, given, surname))
 
 
