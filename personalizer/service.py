@@ -23,7 +23,7 @@ import logging
 import grpc
 from cryptography import x509
 
-from personalizer import identity, validation
+from personalizer import identity, limits, validation
 from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo
 from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, PersonalizerError
@@ -56,11 +56,13 @@ ERROR_CODES = {name: getattr(grpc.StatusCode, name) for name in (
 
 
 def _translate(fn):
-    """Map PersonalizerError → status (after its one audit row); anything else → INTERNAL (logged, never sent)."""
+    """Bound the request (``limits``); map PersonalizerError → status (after its one audit row); anything
+    else → INTERNAL (logged, never sent)."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self, request, context):
             try:
+                limits.check_message(request)
                 async for item in fn(self, request, context):
                     yield item
             except PersonalizerError as exc:
@@ -71,6 +73,7 @@ def _translate(fn):
     @functools.wraps(fn)
     async def unary(self, request, context):
         try:
+            limits.check_message(request)
             return await fn(self, request, context)
         except PersonalizerError as exc:
             await audit_refused_call(self, fn.__name__, request, exc)
