@@ -713,23 +713,20 @@ def audit_query(f: AuditFilter) -> tuple[str, list[tuple[str, dict]]]:
 def read_audit(path: Path, f: AuditFilter) -> list[AuditEntry]:
     """The audit rows matching ``f``, read with a read-only connection (an auditor needs no write access).
 
-    With the daemon running its WAL side files exist and are shared read-only; when it is stopped and the
-    folder is not writable for the auditor, the file is read as immutable (nothing is writing it)."""
+    With the daemon running, its WAL side files exist and are shared read-only. Without them nothing is
+    writing the store, and it is read as immutable: a read-only connection would otherwise create
+    ``-wal``/``-shm`` files owned by the auditor (root, say) that the daemon's user then cannot open."""
     sql, params = audit_query(f)
-    uri = path.resolve().as_uri()
-    wal = path.with_name(path.name + "-wal")
-    last: sqlite3.Error | None = None
-    for suffix in ("?mode=ro",) if wal.exists() else ("?mode=ro", "?mode=ro&immutable=1"):
-        try:
-            conn = sqlite3.connect(uri + suffix, uri=True)
-        except sqlite3.Error as exc:
-            last = exc
-            continue
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            return [_audit_entry(r) for r in conn.execute(sql, params).fetchall()]
-        except sqlite3.Error as exc:
-            last = exc
-        finally:
-            conn.close()
-    raise StoreError(f"cannot read the audit trail in {path}: {last}")
+    running = path.with_name(path.name + "-wal").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if running else "?mode=ro&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return [_audit_entry(r) for r in conn.execute(sql, params).fetchall()]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc
+    finally:
+        conn.close()

@@ -207,7 +207,9 @@ def test_audit_reads_the_store_read_only(readonly_store, trail):
 
 
 def test_audit_filters(readonly_store, trail):
-    cfg, _ = readonly_store
+    """As the current user (root here): the filters, and no side files left that a daemon running as
+    another user could not open."""
+    cfg, data = readonly_store
     rows, marks, _ = trail
     by_op = _json_rows(_audit_cli(cfg, "--json", "--operator", "op-anna"))
     assert by_op and all(r["operator_id"] == "op-anna" for r in by_op)
@@ -234,3 +236,4 @@ def test_audit_filters(readonly_store, trail):
     assert len(bad.stderr.strip().splitlines()) == 1 and "--since" in bad.stderr and "2026-12-31" in bad.stderr
     text = _audit_cli(cfg, "--operator", "op-anna")
     assert text.returncode == 0 and "op-anna" in text.stdout
+    assert sorted(p.name for p in data.iterdir()) == ["requests.sqlite"]
