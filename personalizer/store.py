@@ -298,6 +298,9 @@ AUDIT_LIMITS = dict(actor=160, station_id=64, operation=40, request_id=128, targ
                     operator_id=64, card_id=32, holder_cf=32)
 
 
+MAX_ERROR_TEXT = 500   # a request's error message, an outbox row's last error (CA answers can be huge)
+
+
 def _cut(value: str | None, field: str) -> str | None:
     return value if value is None or len(value) <= AUDIT_LIMITS[field] else value[:AUDIT_LIMITS[field]]
 
@@ -529,12 +532,12 @@ class RequestStore:
         return changed[0] == 1
 
     async def schedule_retry(self, request_id: str, at: float, error: str) -> None:
-        await self._write([(Q_SCHEDULE_RETRY, (at, error, self._clock(), request_id))])
+        await self._write([(Q_SCHEDULE_RETRY, (at, error[:MAX_ERROR_TEXT], self._clock(), request_id))])
 
     async def defer(self, request_ids: list[str], at: float, reason: str) -> None:
         """Move waiting rows (never claimed now) to ``at``: window closed, maintenance, breaker open."""
         now = self._clock()
-        await self._write([(Q_DEFER, (at, reason, now, rid)) for rid in request_ids])
+        await self._write([(Q_DEFER, (at, reason[:MAX_ERROR_TEXT], now, rid)) for rid in request_ids])
 
     async def reset_sending(self) -> int:
         """At relay start: rows claimed by a process that died become due now (they may have reached the CA)."""
@@ -567,8 +570,9 @@ class RequestStore:
     async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
                            audit: AuditEntry | None = None) -> None:
         now = self._clock()
+        code, field, message = code[:64], (field or "")[:128], (message or "")[:MAX_ERROR_TEXT]
         statements = [(Q_FAIL_REQUEST, (code, field, message, now, request_id)),
-                      (Q_OUTBOX_DONE, ("failed", f"{code}: {message}", now, request_id))]
+                      (Q_OUTBOX_DONE, ("failed", f"{code}: {message}"[:MAX_ERROR_TEXT], now, request_id))]
         if audit is not None:
             statements.append((Q_INSERT_AUDIT, _audit_params(audit, now)))
         await self._write(statements)

@@ -82,3 +82,26 @@ def test_oversized_fields_are_refused_and_nothing_is_stored(deployment, tmp_path
         size = sum(len(str(getattr(r, f) or "")) for f in ("actor", "station_id", "operation", "request_id",
                                                             "target", "result", "detail", "operator_id"))
         assert size < 2000, r
+
+
+def test_error_texts_from_the_ca_are_stored_bounded(deployment, tmp_path):
+    """A CA (EJBCA's REST error body, say) may answer a megabyte of text: the request's error and the
+    outbox's last error keep a bounded prefix."""
+    from personalizer.store import MAX_ERROR_TEXT
+    from tests.broker.conftest import issue_input
+    clock = FakeClock(dt.datetime.now(dt.timezone.utc))
+
+    async def go():
+        async with Env(deployment, tmp_path, clock, ServiceCalendar(always_open=False)) as env:
+            a, b = issue_input(1), issue_input(2)
+            await env.broker.submit_issue(a)
+            await env.broker.submit_issue(b)
+            await env.store.schedule_retry(a.request_id, clock() + 60, "e" * 1_000_000)
+            await env.store.defer([b.request_id], clock() + 60, "d" * 1_000_000)
+            await env.store.fail_request(a.request_id, "INVALID_ARGUMENT", "f" * 10_000, "m" * 1_000_000)
+            return await env.store.get_request(a.request_id), await env.store.get_request(b.request_id)
+
+    a, b = asyncio.run(go())
+    assert a.state == "FAILED"
+    assert len(a.error_message) <= MAX_ERROR_TEXT and len(a.error_field) <= 128
+    assert len(a.last_error) <= MAX_ERROR_TEXT and len(b.last_error) <= MAX_ERROR_TEXT
