@@ -23,6 +23,7 @@ from personalizer import config, identity
 from personalizer.admin_service import QueueAdminService
 from personalizer.relay import RELAY_ACTOR
 from personalizer.service import PersonalizerService
+from personalizer.tls_clients import ClientTrust
 from personalizer.windows import ServiceCalendar
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, common_pb2
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -56,7 +57,8 @@ class Server:
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
         s = cfg.server
-        self.server = grpc.aio.server(interceptors=[identity.AuthInterceptor()])
+        trust = ClientTrust(s.client_trust_anchors.read_bytes(), s.client_crl)   # as the daemon does
+        self.server = grpc.aio.server(interceptors=[identity.AuthInterceptor(trust=trust)])
         pb_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=self.env.broker, relay=self.env.relay),
                                                    self.server)
         apb_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=self.env.broker, relay=self.env.relay),
