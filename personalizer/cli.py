@@ -59,8 +59,10 @@ def _audit(opts) -> int:
 
     if (opts.config is None) == (opts.database is None):
         raise config.ConfigError("audit", "arguments", "give either --config FILE or --database FILE")
-    if opts.limit <= 0 or opts.after < 0:
-        raise config.ConfigError("audit", "--limit/--after", "must be positive")
+    if opts.limit <= 0:
+        raise config.ConfigError("audit", "--limit", f"must be at least 1, got {opts.limit}")
+    if opts.after < 0:
+        raise config.ConfigError("audit", "--after", f"is a sequence number (0 or more), got {opts.after}")
     if opts.config is not None:
         cfg = config.load(opts.config)
         database, source, key = cfg.store.database, cfg.source, "store.data_dir"
