@@ -237,3 +237,18 @@ def test_audit_filters(readonly_store, trail):
     text = _audit_cli(cfg, "--operator", "op-anna")
     assert text.returncode == 0 and "op-anna" in text.stdout
     assert sorted(p.name for p in data.iterdir()) == ["requests.sqlite"]
+
+
+def test_refusal_limiter_counts_what_it_leaves_out():
+    from personalizer.audit import RefusalLimiter
+    now = [0.0]
+    lim = RefusalLimiter(burst=3, rate=1.0, clock=lambda: now[0], max_identities=2)
+    assert [lim.admit("a") for _ in range(5)] == [0, 0, 0, None, None]
+    assert lim.admit("b") == 0                     # another identity has its own bucket
+    now[0] += 1.0
+    assert lim.admit("a") == 2                     # the next row says 2 refusals were not recorded
+    assert lim.admit("a") is None
+    now[0] += 10.0
+    assert [lim.admit("a") for _ in range(4)] == [1, 0, 0, None]   # refilled up to the burst only
+    lim.admit("c")                                 # bounded: the least recently used bucket ("b") goes
+    assert len(lim._buckets) == 2 and "b" not in lim._buckets
