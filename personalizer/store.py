@@ -183,6 +183,9 @@ Q_CANCEL_REQUEST = """UPDATE requests SET state = 'CANCELLED', error_code = 'CAN
     AND EXISTS (SELECT 1 FROM outbox WHERE request_id = ? AND status = 'cancelled')"""
 Q_RETRY_NOW = """UPDATE outbox SET next_attempt_at = ?, updated_at = ?
     WHERE request_id = ? AND status IN ('queued', 'retry')"""
+Q_RETRY_NOW_ORPHAN = """UPDATE outbox SET next_attempt_at = ?, updated_at = ?,
+    status = CASE status WHEN 'sending' THEN 'retry' ELSE status END
+    WHERE request_id = ? AND status IN ('queued', 'retry', 'sending')"""
 Q_SELECT_CERTIFICATE = """SELECT issuer_dn, serial_hex, request_id, not_before, not_after, status,
     revocation_reason, revoked_at FROM certificates WHERE issuer_dn = ? AND serial_hex = ?"""
 Q_SELECT_CERTIFICATE_ROW = """SELECT issuer_dn, serial_hex, request_id, profile, not_before, not_after, status,
@@ -587,9 +590,12 @@ class RequestStore:
                                      (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
-    async def retry_now(self, request_id: str, audit: AuditEntry) -> bool:
+    async def retry_now(self, request_id: str, audit: AuditEntry, *, orphaned_claim: bool = False) -> bool:
+        """Make a waiting row due now. ``orphaned_claim``: also a claimed row no live delivery holds
+        (the caller checked with the relay); it becomes due like a reclaimed stale claim."""
         now = self._clock()
-        changed = await self._write([(Q_RETRY_NOW, (now, now, request_id)),
+        sql = Q_RETRY_NOW_ORPHAN if orphaned_claim else Q_RETRY_NOW
+        changed = await self._write([(sql, (now, now, request_id)),
                                      (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
