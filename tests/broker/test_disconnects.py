@@ -8,15 +8,21 @@ recorded at most one certificate per request id, and every stored suspension too
 """
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import sqlite3
+import subprocess
 import time
 import uuid
 
 import grpc
 import pytest
 
+from personalizer.broker import Broker, IssueInput
+from personalizer.outbox import IssuancePayload
+from personalizer.store import AuditEntry, RequestRecord, RequestStore
+from proto.cns.v1 import admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.personalizer import helpers
 
@@ -39,6 +45,7 @@ def storm_daemon(deployment, tmp_path_factory):
              for who, p in (("admin", root / "admin"), ("station", root / "stations" / "RM-STATION-01"))}
     d.station = pb_grpc.PersonalizerStub(chans["station"])
     d.admin = pb_grpc.PersonalizerStub(chans["admin"])
+    d.admin_channel = chans["admin"]
     yield d
     for ch in chans.values():
         ch.close()
@@ -121,3 +128,62 @@ def test_disconnect_storm_leaves_no_request_pending(storm_daemon):
 def test_the_daemon_answers_normally_after_the_storm(storm_daemon):
     r = storm_daemon.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT)
     assert r.state == pb.REQUEST_STATE_ISSUED
+
+
+def _cnsctl(d, deployment, *args):
+    cfg = d.root / deployment.admin_config.relative_to(deployment.root).with_name("admin-storm.toml")
+    admin = d.root / deployment.admin_config.relative_to(deployment.root)
+    cfg.write_text(admin.read_text().replace(':0"', f':{d.port}"'))
+    return subprocess.run([str(helpers.VENV_BIN / "cnsctl"), "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cnsctl_queue_retry_takes_back_a_claim_whose_holder_is_gone(storm_daemon, deployment):
+    """A claim left by a process that is gone (here: written claimed into the daemon's store from outside,
+    as a second daemon that died would leave it): `cnsctl queue retry` makes the daemon deliver it now."""
+    d = storm_daemon
+    req = helpers.issue_request()
+
+    async def orphan():
+        store = await RequestStore.open(d.root / "data" / "requests.sqlite")
+        try:
+            broker = Broker(store=store, ca=None, min_rsa_bits={"cns-auth": 2048, "qualified-signature": 2048})
+            h, r = req.holder, req.requester
+            valid = broker._validate(IssueInput(
+                request_id=req.request_id, profile="cns-auth", csr_der=req.csr_der, codice_fiscale=h.codice_fiscale,
+                given_name=h.given_name, surname=h.surname, birth_date=h.birth_date, card_id=req.card.card_id,
+                card_model=req.card.model, station_id=r.station_id, chamber_code=r.chamber_code,
+                operator_id=r.operator_id, ef_dati_personali=req.ef_dati_personali))
+            payload = IssuancePayload(profile="cns-auth", csr_der=req.csr_der, codice_fiscale=h.codice_fiscale,
+                                      given_name=h.given_name, surname=h.surname, birth_date=h.birth_date,
+                                      card_id=valid.card_id, dati_personali_hash=valid.dati_personali_hash)
+            rec = RequestRecord(request_id=req.request_id, kind="issue", profile="cns-auth",
+                                payload_sha256=b"orphan", chamber_code="RM", station_id="RM-STATION-01",
+                                operator_id="op-001")
+            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claim=True,
+                                       audit=AuditEntry("gone", "RM-STATION-01", "issue", rec.request_id, "",
+                                                        "accepted"))
+        finally:
+            await store.close()
+    asyncio.run(orphan())
+    before = d.admin.GetRequest(pb.GetRequestRequest(request_id=req.request_id), timeout=TIMEOUT)
+    assert before.state == pb.REQUEST_STATE_PENDING
+    out = _cnsctl(d, deployment, "--json", "queue", "retry", req.request_id)
+    assert out.returncode == 0, out.stderr
+    got = _settled(d.admin, [req.request_id])[req.request_id]
+    assert got.state == pb.REQUEST_STATE_ISSUED, got
+
+
+def test_cnsctl_queue_cancel_leaves_a_refusal_the_agent_can_read(storm_daemon, deployment):
+    d = storm_daemon
+    qa = apb_grpc.QueueAdminStub(d.admin_channel)
+    now = int(time.time())
+    qa.AddMaintenance(pb.MaintenanceWindow(starts_at=now - 1, ends_at=now + 4, reason="test"), timeout=TIMEOUT)
+    queued = d.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT)
+    assert queued.state == pb.REQUEST_STATE_RECEIVED
+    out = _cnsctl(d, deployment, "--json", "queue", "cancel", queued.request_id)
+    assert out.returncode == 0, out.stderr
+    time.sleep(max(0.0, now + 5 - time.time()))   # the window ends: the relay runs again
+    got = d.station.GetRequest(pb.GetRequestRequest(request_id=queued.request_id), timeout=TIMEOUT)
+    assert got.state == pb.REQUEST_STATE_CANCELLED and got.error.code == "CANCELLED" and got.error.message
+    assert not got.certificate_der
