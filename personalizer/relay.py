@@ -229,7 +229,8 @@ class Relay:
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
         self._inflight.pop(request_id, None)
         if not task.cancelled() and task.exception() is not None:
-            log.error("delivery of %s failed unexpectedly: %r; it stays queued", request_id, task.exception())
+            log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s", request_id,
+                      task.exception(), self._stale_claim_seconds)
         self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
 
     # -- state questions --------------------------------------------------------------

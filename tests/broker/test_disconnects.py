@@ -86,13 +86,13 @@ def _settled(stub, request_ids):
     return out
 
 
-def test_disconnect_storm_leaves_no_request_pending(storm_daemon):
-    d, rng = storm_daemon, random.Random(20261201)
-    issues = [helpers.issue_request() for _ in range(120)]
+def _storm(d, *, issues: int, suspends: int, seed: int):
+    rng = random.Random(seed)
+    issues = [helpers.issue_request() for _ in range(issues)]
     for req in issues:
         _torn_down(d.station.SubmitIssue, req, rng)
     # certificates to suspend, issued normally, then suspended by callers who give up
-    targets = [d.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT) for _ in range(40)]
+    targets = [d.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT) for _ in range(suspends)]
     suspends = [pb.ChangeStatusRequest(request_id=str(uuid.uuid4()), certificate=t.certificate) for t in targets]
     for req in suspends:
         _torn_down(d.admin.Suspend, req, rng)
@@ -123,6 +123,18 @@ def test_disconnect_storm_leaves_no_request_pending(storm_daemon):
     finally:
         db.close()
     assert twice == []
+    return len(stored)
+
+
+def test_disconnect_storm_leaves_no_request_pending(storm_daemon):
+    _storm(storm_daemon, issues=120, suspends=40, seed=20261201)
+
+
+@pytest.mark.slow
+def test_disconnect_storm_soak(storm_daemon):
+    """The sizes of the reports (500 cancelled SubmitIssue, 150 Suspend), with other seeds."""
+    for seed in range(3):
+        _storm(storm_daemon, issues=500, suspends=150, seed=seed)
 
 
 def test_the_daemon_answers_normally_after_the_storm(storm_daemon):
