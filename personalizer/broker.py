@@ -5,7 +5,9 @@ validated, then committed — request row, outbox row and audit row in ONE
 transaction — before anything answers; the relay (``relay.py``) delivers it.
 The caller then waits up to ``answer_wait`` seconds for the relay's result
 (so a quick CA still answers ISSUED directly) and otherwise gets the durable
-state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest.
+state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest. The
+commit and the hand-off to the relay run in a task of their own (``_commit``,
+shielded): a caller that cancels or whose deadline expires stops only its wait.
 
 Idempotency: the payload fingerprint is SHA-256 over a length-prefixed
 canonical encoding of every request field except the request id. Same id +
