@@ -190,12 +190,12 @@ def test_cnsctl_queue_cancel_leaves_a_refusal_the_agent_can_read(storm_daemon, d
     d = storm_daemon
     qa = apb_grpc.QueueAdminStub(d.admin_channel)
     now = int(time.time())
-    qa.AddMaintenance(pb.MaintenanceWindow(starts_at=now - 1, ends_at=now + 4, reason="test"), timeout=TIMEOUT)
+    qa.AddMaintenance(pb.MaintenanceWindow(starts_at=now - 1, ends_at=now + 2, reason="test"), timeout=TIMEOUT)
     queued = d.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT)
     assert queued.state == pb.REQUEST_STATE_RECEIVED
     out = _cnsctl(d, deployment, "--json", "queue", "cancel", queued.request_id)
     assert out.returncode == 0, out.stderr
-    time.sleep(max(0.0, now + 5 - time.time()))   # the window ends: the relay runs again
+    time.sleep(max(0.0, now + 3 - time.time()))   # the window ends: the relay runs again
     got = d.station.GetRequest(pb.GetRequestRequest(request_id=queued.request_id), timeout=TIMEOUT)
     assert got.state == pb.REQUEST_STATE_CANCELLED and got.error.code == "CANCELLED" and got.error.message
     assert not got.certificate_der
