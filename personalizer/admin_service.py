@@ -60,7 +60,12 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     async def _retry_now(self, request):
         rec = await self._broker.get(request.request_id)
-        if not await self._broker.store.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done")):
+        if rec.outbox_status == "sending" and self._relay.holds(rec.request_id):
+            raise FailedPrecondition(f"request {rec.request_id} is being delivered to the CA now; follow it with "
+                                     "`cnsctl request show`")
+        orphan = rec.outbox_status == "sending"   # claimed, but no live delivery holds it: take it back now
+        if not await self._broker.store.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done"),
+                                                  orphaned_claim=orphan):
             raise FailedPrecondition(f"request {rec.request_id} is {rec.state} and not waiting in the queue")
         self._relay.wake()
         return item(await self._broker.get(rec.request_id))

@@ -12,13 +12,16 @@ Narrow interface used by the broker and the relay::
     enqueue(rec, lane, payload, audit) -> bool   request + outbox + audit rows, ONE transaction
     get_request(request_id) -> RequestRecord | None
     due(now, lanes, limit) / mark_sending(id, now) / schedule_retry(id, at, error)
+    reclaim_stale(claimed_before, held, reason) / release_claim(id, at, reason)   claims whose holder is gone
     complete_issue(...) / complete_change(...) / fail_request(...)   request + outbox + audit, one transaction
     record_issued(...) / find_issued(request_id)   the CertificateRegistry side a CA may use
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
 reached the CA) → retry (waiting for next_attempt_at) → done | failed;
-queued → cancelled (QueueAdmin, only before any attempt).
+queued → cancelled (QueueAdmin, only before any attempt; the request is CANCELLED with error code
+CANCELLED). A claim whose holder is gone goes back to retry (``reclaim_stale``); one given back
+before the CA was called goes back to queued/retry with one attempt fewer (``release_claim``).
 
 Writes go through one writer task that commits whatever is queued in a single
 transaction (group commit: one fsync for many requests under load); reads use
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as _dt
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -158,6 +162,15 @@ Q_SCHEDULE_RETRY = """UPDATE outbox SET status = 'retry', next_attempt_at = ?, l
 Q_DEFER = """UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ?
     WHERE request_id = ? AND status IN ('queued', 'retry')"""
 Q_RESET_SENDING = "UPDATE outbox SET status = 'retry', next_attempt_at = ?, updated_at = ? WHERE status = 'sending'"
+# Stale claims (holder gone): due again now; attempts kept, so the next attempt looks up the CA first.
+Q_RECLAIM_STALE = """UPDATE outbox SET status = 'retry', next_attempt_at = ?, last_error = ?, updated_at = ?
+    WHERE status = 'sending' AND updated_at < ? AND request_id NOT IN (SELECT value FROM json_each(?))"""
+# A claim given back before the CA was called: one attempt fewer, queued again if none is left.
+Q_RELEASE_CLAIM = """UPDATE outbox SET status = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'retry' END,
+    attempts = MAX(attempts - 1, 0), next_attempt_at = ?, last_error = ?, updated_at = ?
+    WHERE request_id = ? AND status = 'sending'"""
+Q_REQUEST_RECEIVED_IF_UNSENT = """UPDATE requests SET state = 'RECEIVED', updated_at = ? WHERE request_id = ?
+    AND state = 'PENDING' AND EXISTS (SELECT 1 FROM outbox WHERE request_id = ? AND attempts = 0)"""
 Q_OUTBOX_DONE = "UPDATE outbox SET status = ?, last_error = ?, updated_at = ? WHERE request_id = ?"
 Q_COMPLETE_REQUEST = """UPDATE requests SET state = ?, issuer_dn = ?, serial_hex = ?, updated_at = ?
     WHERE request_id = ?"""
@@ -169,10 +182,14 @@ Q_FAIL_REQUEST = """UPDATE requests SET state = 'FAILED', error_code = ?, error_
     updated_at = ? WHERE request_id = ?"""
 Q_CANCEL_OUTBOX = """UPDATE outbox SET status = 'cancelled', updated_at = ?
     WHERE request_id = ? AND status IN ('queued', 'retry') AND attempts = 0"""
-Q_CANCEL_REQUEST = """UPDATE requests SET state = 'CANCELLED', updated_at = ? WHERE request_id = ?
+Q_CANCEL_REQUEST = """UPDATE requests SET state = 'CANCELLED', error_code = 'CANCELLED', error_field = '',
+    error_message = ?, updated_at = ? WHERE request_id = ?
     AND EXISTS (SELECT 1 FROM outbox WHERE request_id = ? AND status = 'cancelled')"""
 Q_RETRY_NOW = """UPDATE outbox SET next_attempt_at = ?, updated_at = ?
     WHERE request_id = ? AND status IN ('queued', 'retry')"""
+Q_RETRY_NOW_ORPHAN = """UPDATE outbox SET next_attempt_at = ?, updated_at = ?,
+    status = CASE status WHEN 'sending' THEN 'retry' ELSE status END
+    WHERE request_id = ? AND status IN ('queued', 'retry', 'sending')"""
 Q_SELECT_CERTIFICATE = """SELECT issuer_dn, serial_hex, request_id, not_before, not_after, status,
     revocation_reason, revoked_at FROM certificates WHERE issuer_dn = ? AND serial_hex = ?"""
 Q_SELECT_CERTIFICATE_ROW = """SELECT issuer_dn, serial_hex, request_id, profile, not_before, not_after, status,
@@ -544,6 +561,17 @@ class RequestStore:
         now = self._clock()
         return (await self._write([(Q_RESET_SENDING, (now, now))]))[0]
 
+    async def reclaim_stale(self, claimed_before: float, held: list[str], reason: str) -> int:
+        """Rows claimed before ``claimed_before`` and not in ``held`` (the live deliveries): due now."""
+        now = self._clock()
+        return (await self._write([(Q_RECLAIM_STALE, (now, reason, now, claimed_before, json.dumps(held)))]))[0]
+
+    async def release_claim(self, request_id: str, at: float, reason: str) -> None:
+        """Give back a claim whose delivery did not call the CA (breaker opened meanwhile)."""
+        now = self._clock()
+        await self._write([(Q_RELEASE_CLAIM, (at, reason, now, request_id)),
+                           (Q_REQUEST_RECEIVED_IF_UNSENT, (now, request_id, request_id))])
+
     async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
                              holder_cf: str, audit: AuditEntry) -> None:
         now = self._clock()
@@ -578,15 +606,21 @@ class RequestStore:
         await self._write(statements)
 
     async def cancel(self, request_id: str, audit: AuditEntry) -> bool:
+        """Cancel a request that never reached the CA: CANCELLED with error code CANCELLED (a refusal the
+        caller can act on). A claimed row (``sending``) is never cancelled: the relay may be calling the CA."""
         now = self._clock()
+        message = f"cancelled by central IT ({audit.actor}) before it reached the CA"
         changed = await self._write([(Q_CANCEL_OUTBOX, (now, request_id)),
-                                     (Q_CANCEL_REQUEST, (now, request_id, request_id)),
+                                     (Q_CANCEL_REQUEST, (message, now, request_id, request_id)),
                                      (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
-    async def retry_now(self, request_id: str, audit: AuditEntry) -> bool:
+    async def retry_now(self, request_id: str, audit: AuditEntry, *, orphaned_claim: bool = False) -> bool:
+        """Make a waiting row due now. ``orphaned_claim``: also a claimed row no live delivery holds
+        (the caller checked with the relay); it becomes due like a reclaimed stale claim."""
         now = self._clock()
-        changed = await self._write([(Q_RETRY_NOW, (now, now, request_id)),
+        sql = Q_RETRY_NOW_ORPHAN if orphaned_claim else Q_RETRY_NOW
+        changed = await self._write([(sql, (now, now, request_id)),
                                      (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
         return changed[0] == 1
 
