@@ -39,6 +39,7 @@ import datetime as _dt
 import inspect
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import grpc
@@ -162,10 +163,13 @@ def check_method(ident: Identity, method: str, request) -> None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Resolves the caller's identity per call and enforces METHOD_ROLES and the requester's chamber."""
 
-    def __init__(self, *, trust: ClientTrust | None = None, cache_size: int = 1024):
-        """``trust``: verify the presented chain again (path length) and check the client CRL."""
+    def __init__(self, *, trust: ClientTrust | None = None, cache_size: int = 4096):
+        """``trust``: verify the presented chain again (path length) and check the client CRL.
+
+        Resolved certificates are cached (least recently used dropped): a chain verification costs
+        ~150 µs, the revocation check on every call ~2 µs."""
         self._trust = trust
-        self._cache: dict[bytes, tuple[Identity, x509.Certificate] | Unauthenticated] = {}
+        self._cache: OrderedDict[bytes, tuple[Identity, x509.Certificate] | Unauthenticated] = OrderedDict()
         self._cache_size = cache_size
 
     def _resolve(self, pem: bytes, chain: bytes) -> tuple[Identity, x509.Certificate]:
@@ -195,9 +199,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 hit = self._resolve(pem, chain)
             except Unauthenticated as exc:
                 hit = exc
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
             self._cache[key] = hit
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
         if isinstance(hit, Unauthenticated):
             raise hit
         ident, leaf = hit

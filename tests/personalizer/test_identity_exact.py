@@ -195,3 +195,21 @@ def test_client_crl_reload_keeps_the_last_good_list(deployment, tmp_path):
     from personalizer.errors import ConfigError
     with pytest.raises(ConfigError, match="server.client_crl"):
         tls_clients.ClientTrust((tls / "tls-ca.pem").read_bytes(), crl)
+
+
+def test_identity_cache_is_bounded_lru():
+    """Thousands of stations: the cache keeps the recently used ones instead of emptying itself."""
+    class Ctx:
+        def __init__(self, pem):
+            self.pem = pem
+
+        def auth_context(self):
+            return {identity.AUTH_PEM_KEY: [self.pem]}
+
+    pems = [_cert_with_uris(f"urn:cns:station:RM:S-{i}").public_bytes(serialization.Encoding.PEM) for i in range(4)]
+    interceptor = identity.AuthInterceptor(cache_size=3)
+    for pem in pems[:3]:
+        interceptor._identity(Ctx(pem))
+    interceptor._identity(Ctx(pems[0]))          # recently used
+    interceptor._identity(Ctx(pems[3]))          # evicts S-1, the least recently used
+    assert len(interceptor._cache) == 3 and pems[0] in interceptor._cache and pems[1] not in interceptor._cache
