@@ -66,3 +66,21 @@ def test_a_holder_whose_name_contradicts_the_codice_fiscale_is_refused_before_th
     assert "holder.given_name" in err and "codice fiscale" in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1, err
     assert rig.card() == before
+
+
+def test_local_api_refuses_bad_holder_data_before_the_card(rig):  # noqa: F811
+    # what a CMS web app sends over the local API: the same check, INVALID_ARGUMENT naming the key
+    import grpc
+
+    from proto.cns.v1 import agent_pb2 as apb
+    from proto.cns.v1 import agent_pb2_grpc as apb_grpc
+    before = rig.card()
+    request = apb.PersonalizeRequest(reader=rig.reader, pin=PIN, holder=apb.HolderData(
+        codice_fiscale="DNGNCL85C12D704Y", given_name="NICOLÒ", surname="D'ANGELÒ\u202e", birth_date="1985-03-12",
+        sex="M", birth_town="FORLÌ"))
+    with grpc.insecure_channel(f"unix:{rig.sock}") as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            list(apb_grpc.AgentLocalStub(ch).Personalize(request, timeout=30))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+    assert "holder.surname" in ei.value.details() and "U+202E" in ei.value.details(), ei.value.details()
+    assert rig.card() == before
