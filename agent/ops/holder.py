@@ -14,7 +14,6 @@ is never serialised. Imports ``cns_spec`` and ``agent.card.datipersonali`` only.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import re
 import tomllib
@@ -141,10 +140,9 @@ def check_holder(h: HolderRecord) -> dict:
     except HolderDataError as exc:
         raise HolderFileError("<holder>", f"holder.{exc.field}", exc.reason) from None
     out["given_name"], out["surname"] = normalize(h.given_name.strip()), normalize(h.surname.strip())
-    probe = dataclasses.replace(PersonalData(), issuer=out["issuer"], surname=out["surname"].upper(),
-                                given_name=out["given_name"].upper(), sex=out["sex"],
-                                codice_fiscale=out["codice_fiscale"], birth_town=out["birth_town"],
-                                issue_date="01012000", expiry_date="01012000", birth_date="01012000")
+    probe = PersonalData(issuer=out["issuer"], surname=out["surname"].upper(), given_name=out["given_name"].upper(),
+                         sex=out["sex"], codice_fiscale=out["codice_fiscale"], birth_town=out["birth_town"],
+                         issue_date="01012000", expiry_date="01012000", birth_date="01012000")
     try:
         serialize(probe)            # EF_DatiPersonali's field and file bounds, in bytes as written
     except DatiPersonaliError as exc:
