@@ -186,6 +186,12 @@ class Broker:
         card_id = row.card_id if row and row.card_id else ""
         if not card_id:
             raise FailedPrecondition("the current certificate has no device on record; renew by issuance")
+        original = await self._store.get_payload(row.request_id)
+        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
+            raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
+        first = IssuancePayload.decode(original.payload)
+        validation.check_subject_matches(csr, validation.Holder(   # the CSR names the certificate's holder
+            first.codice_fiscale, first.given_name, first.surname, _dt.date.fromisoformat(first.birth_date)))
         now = _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
         lifecycle.check_renewal(
             request_id=inp.request_id, csr_der=inp.csr_der, proof=inp.proof_of_possession, csr=csr,
@@ -193,10 +199,6 @@ class Broker:
             first_issued=await self._store.first_issued_for_card(card_id), now=now,
             new_validity=profiles.EE_VALIDITY, renewal_window=_dt.timedelta(days=self._renewal.window_days),
             device_life_years=self._renewal.device_life_years)
-        original = await self._store.get_payload(row.request_id)
-        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
-            raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
-        first = IssuancePayload.decode(original.payload)
         payload = IssuancePayload(
             profile=inp.profile, csr_der=inp.csr_der, codice_fiscale=first.codice_fiscale,
             given_name=first.given_name, surname=first.surname, birth_date=first.birth_date,
