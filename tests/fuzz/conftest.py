@@ -69,3 +69,7 @@ def fuzz_daemon(tmp_path_factory):
     yield d
     rc = stop_daemon(d)
     assert rc == 0, f"daemon exited with {rc} on SIGTERM: {d.log()[-2000:]}"
+
+
+# the agent-operation fixtures (a deployment, its daemon, a station config) for the card-key tests
+from tests.ops.conftest import ops_daemon, ops_deployment, station  # noqa: E402,F401
