@@ -111,3 +111,26 @@ def test_personalization_with_an_impossible_card_key_is_undone(station, ops_depl
     for ks in model.keysets:
         assert issuer.read_ef(ks.cert_path) is None and issuer.read_public_key(ks.key_ref) is None
     assert asyncio.run(personalize(station, tmp_path / "j2.db", card, model, codes)).state == "done"
+
+
+@pytest.mark.parametrize("answer", ["another key", "zeros", "above the modulus", "random"])
+def test_a_csr_signature_the_card_got_wrong_is_an_operation_error(answer):
+    """What the card returns from its raw RSA for a CSR: anything that does not verify is a
+    VerificationError (the engine's card-side failure), never a ValueError."""
+    import random
+
+    from agent.ops.csr import build_csr
+    from agent.ops.errors import VerificationError
+
+    key = rsa.generate_private_key(65537, 1024)
+    other = rsa.generate_private_key(65537, 1024)
+    rng = random.Random(5)
+
+    def sign(block):
+        if answer == "another key":
+            p = other.private_numbers()
+            return pow(int.from_bytes(block, "big"), p.d, p.public_numbers.n).to_bytes(len(block), "big")
+        return {"zeros": bytes(len(block)), "above the modulus": b"\xff" * len(block),
+                "random": rng.randbytes(len(block))}[answer]
+    with pytest.raises(VerificationError, match="does not verify"):
+        build_csr(key.public_key(), [("country_name", "IT"), ("common_name", "x")], sign)
