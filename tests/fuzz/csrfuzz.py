@@ -4,21 +4,28 @@ extensions, odd names, mutated DER.
 ``corpus(rng, count)`` yields ``Case(name, csr_der, given, surname, extensions)``: the holder names the
 subject carries (so a refusal is about the CSR, not a name mismatch) and the extensions the CSR asks
 for. ``copied_extensions(cert, case)`` names any requested extension that reached the certificate.
-Used by tests/fuzz/test_csr.py and ``scripts/bench fuzz``. Imports cryptography and asn1crypto only.
+``run_corpus(stub, cases)`` sends them to SubmitIssue (following each accepted one to its end) and
+returns per-case results and findings. Used by tests/fuzz/test_csr.py and ``scripts/bench fuzz``.
 """
 from __future__ import annotations
 
 import functools
 import random
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
 
+import grpc
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from proto.cns.v1 import personalizer_pb2 as pb
+from tests.personalizer import helpers
 
 EVIL_OID = ObjectIdentifier("1.3.6.1.4.1.99999.1")
 EVIL_DNS = "evil.example"
@@ -185,3 +192,44 @@ def copied_extensions(cert: x509.Certificate, case: Case) -> list[str]:
             if any("evil.example" in n or n.startswith("urn:cns:") for n in names):
                 found.append("SAN from the CSR")
     return found
+
+
+REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def submit(stub, case: Case):
+    """(code, IssueResponse or None, details) once the request is answered or terminal."""
+    try:
+        req = helpers.issue_request(request_id=str(uuid.uuid4()), csr=case.csr_der, cf=case.cf,
+                                    given=case.given, surname=case.surname)
+    except ValueError as exc:   # names our own EF_DatiPersonali encoder refuses: not sent
+        return None, None, f"not encodable here: {exc}"
+    try:
+        resp = stub.SubmitIssue(req, timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), None, exc.details()
+    deadline = time.monotonic() + 15
+    while resp.state in (pb.REQUEST_STATE_RECEIVED, pb.REQUEST_STATE_PENDING) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        resp = stub.GetRequest(pb.GetRequestRequest(request_id=resp.request_id), timeout=10)
+    return grpc.StatusCode.OK, resp, ""
+
+
+def run_corpus(stub, cases):
+    """{case name: (code name, state name or '', copied extensions)}, and the findings."""
+    results, findings = {}, []
+    for case in cases:
+        code, resp, details = submit(stub, case)
+        copied = []
+        if resp is not None and resp.certificate_der:
+            copied = copied_extensions(x509.load_der_x509_certificate(resp.certificate_der), case)
+        state = pb.RequestState.Name(resp.state) if resp is not None else ""
+        results[case.name] = (code.name if code else "NOT-SENT", state, copied)
+        if code is not None and code not in REFUSED and code != grpc.StatusCode.OK:
+            findings.append(f"{case.name}: {code.name} {details!r}")
+        if copied:
+            findings.append(f"{case.name}: certificate carries {copied}")
+        if resp is not None and resp.state not in (pb.REQUEST_STATE_ISSUED, pb.REQUEST_STATE_FAILED,
+                                                   pb.REQUEST_STATE_DONE):
+            findings.append(f"{case.name}: left {state}")
+    return results, findings

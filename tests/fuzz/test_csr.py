@@ -4,59 +4,15 @@ brings the daemon down. Real daemon over mTLS, the embedded CA."""
 from __future__ import annotations
 
 import random
-import time
-import uuid
 
-import grpc
 import pytest
-from cryptography import x509
 
-from proto.cns.v1 import personalizer_pb2 as pb
 from proto.cns.v1 import personalizer_pb2_grpc as pb_grpc
 from tests.fuzz import csrfuzz
 from tests.personalizer import helpers
 
-REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 MUTATED = 40
 CF_BASE = 400     # codici fiscali numbered apart from the other suites' (one key is never for two holders)
-
-
-def submit(stub, case: csrfuzz.Case):
-    """(code, IssueResponse or None, details) once the request is answered or terminal."""
-    try:
-        req = helpers.issue_request(request_id=str(uuid.uuid4()), csr=case.csr_der, cf=case.cf,
-                                    given=case.given, surname=case.surname)
-    except ValueError as exc:   # names our own EF_DatiPersonali encoder refuses: not sent
-        return None, None, f"not encodable here: {exc}"
-    try:
-        resp = stub.SubmitIssue(req, timeout=30)
-    except grpc.RpcError as exc:
-        return exc.code(), None, exc.details()
-    deadline = time.monotonic() + 15
-    while resp.state in (pb.REQUEST_STATE_RECEIVED, pb.REQUEST_STATE_PENDING) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        resp = stub.GetRequest(pb.GetRequestRequest(request_id=resp.request_id), timeout=10)
-    return grpc.StatusCode.OK, resp, ""
-
-
-def run_corpus(stub, cases):
-    """{case name: (code name, state name or '', copied extensions)}, and the findings."""
-    results, findings = {}, []
-    for case in cases:
-        code, resp, details = submit(stub, case)
-        copied = []
-        if resp is not None and resp.certificate_der:
-            copied = csrfuzz.copied_extensions(x509.load_der_x509_certificate(resp.certificate_der), case)
-        state = pb.RequestState.Name(resp.state) if resp is not None else ""
-        results[case.name] = (code.name if code else "NOT-SENT", state, copied)
-        if code is not None and code not in REFUSED and code != grpc.StatusCode.OK:
-            findings.append(f"{case.name}: {code.name} {details!r}")
-        if copied:
-            findings.append(f"{case.name}: certificate carries {copied}")
-        if resp is not None and resp.state not in (pb.REQUEST_STATE_ISSUED, pb.REQUEST_STATE_FAILED,
-                                                   pb.REQUEST_STATE_DONE):
-            findings.append(f"{case.name}: left {state}")
-    return results, findings
 
 
 def _run(fuzz_daemon, cases):
@@ -64,7 +20,7 @@ def _run(fuzz_daemon, cases):
     ch = helpers.channel(fuzz_daemon.port, fuzz_daemon.deployment.root / "tls",
                          helpers.ClientCert((d / "client.pem").read_bytes(), (d / "client.key.pem").read_bytes()))
     try:
-        return run_corpus(pb_grpc.PersonalizerStub(ch), cases)
+        return csrfuzz.run_corpus(pb_grpc.PersonalizerStub(ch), cases)
     finally:
         ch.close()
 
@@ -79,7 +35,7 @@ def test_hostile_csrs_are_refused_or_issued_without_their_extensions(fuzz_daemon
     # what must be refused is refused (these cannot be certified whatever the profile)
     for name in ("wrong-signature", "other-key", "ec-key", "ed25519-key", "dsa-key", "rsa-1024", "sha1",
                  "trailing-garbage", "truncated", "empty", "not-der"):
-        assert results[name][0] in {c.name for c in REFUSED}, (name, results[name])
+        assert results[name][0] in {c.name for c in csrfuzz.REFUSED}, (name, results[name])
     assert sum(r[0] == "INVALID_ARGUMENT" for n, r in results.items() if n.startswith("mutated")) >= MUTATED * 0.9
     log_text = fuzz_daemon.log()
     assert "Traceback" not in log_text, log_text[-3000:]

@@ -10,40 +10,15 @@ import asyncio
 import logging
 
 import grpc
-import pytest
-from grpc_health.v1 import health_pb2
 
-from agent.api.operations import Operations
-from agent.api.server import AgentFacts, AgentLocalService, start_server
-from agent.devices import Catalog
-from agent.devices.registry import DeviceRegistry
-from proto.cns.v1 import admin_pb2, agent_pb2, common_pb2, personalizer_pb2
+from agent.api.server import start_server
 from tests.fuzz import protofuzz
-from tests.personalizer import helpers
+from tests.fuzz.targets import ADMIN, AGENT, HEALTH, PERSONALIZER, agent_service, seeds_for
 
 MALFORMED = [b"\xff\xff\xff", b"\x0a\x05ab", b"\x08", b"\x0b" * 300, b"\x0a\xff\xff\xff\xff\x0f"]
 PER_METHOD = 28          # 4 of each case kind
 RSS_SLACK_KIB = 24 * 1024
 
-PERSONALIZER = protofuzz.methods_of(personalizer_pb2.DESCRIPTOR, "Personalizer")
-ADMIN = protofuzz.methods_of(admin_pb2.DESCRIPTOR, "QueueAdmin")
-# Health.List: grpcio-health-checking 1.85's aio HealthServicer does not implement it (the generated base
-# raises NotImplementedError → UNKNOWN + traceback on every call); reported to the lead, left out here.
-HEALTH = [m for m in protofuzz.methods_of(health_pb2.DESCRIPTOR, "Health") if not m.path.endswith("/List")]
-AGENT = protofuzz.methods_of(agent_pb2.DESCRIPTOR, "AgentLocal")
-
-
-def seeds_for(methods, *, chamber="RM", station="RM-STATION-01") -> dict:
-    """A well-formed request per method to mutate: the right requester, and a real SubmitIssue."""
-    out = {}
-    for m in methods:
-        msg = m.input_type()
-        if "requester" in msg.DESCRIPTOR.fields_by_name:
-            msg.requester.CopyFrom(common_pb2.Requester(station_id=station, chamber_code=chamber,
-                                                        operator_id="op-001"))
-        out[m.path] = [msg]
-    out["/cns.v1.Personalizer/SubmitIssue"] = [helpers.issue_request()]
-    return out
 
 
 def assert_clean(tally: protofuzz.Tally, log_text: str) -> None:
@@ -99,24 +74,12 @@ def test_personalizer_protobuf_fuzz(fuzz_daemon):
     assert after - before < RSS_SLACK_KIB, f"RSS grew {after - before} KiB over {tally.requests} requests"
 
 
-def _agent_service(sock):
-    registry = DeviceRegistry()
-    registry.reader_added("R0")
-    registry.card_inserted("R0", b"\x3b\x02\x14\x50", supported=False)
-    facts = AgentFacts(version="t", socket_path=str(sock), profiles_dir="", model_ids=["m"],
-                       pcsc_status=lambda: "ok")
-
-    def connect(reader):
-        raise AssertionError("the fuzz must not reach a card")
-    return AgentLocalService(registry, facts, operations=Operations(None, Catalog.load(), registry, connect))
-
-
 def test_agent_local_api_answers_malformed_protobuf_and_survives_a_fuzz(tmp_path, caplog):
     sock = tmp_path / "run" / "agent.sock"
     caplog.set_level(logging.INFO)
 
     async def scenario():
-        server = await start_server(sock, _agent_service(sock))
+        server = await start_server(sock, agent_service(sock))
         try:
             async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
                 answers = await _malformed(ch, AGENT)
