@@ -58,7 +58,7 @@ class _Decoder:
             self._note()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid {self.type_name} message ({len(raw)} bytes that "
-                                "do not decode); encode it from the published cns.v1 .proto files")
+                                f"do not decode); encode it as {self.type_name} from the service's .proto")
 
     async def stream(self, raw_iterator, context):
         async for raw in raw_iterator:

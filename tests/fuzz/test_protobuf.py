@@ -55,6 +55,31 @@ def test_personalizer_answers_malformed_protobuf_with_invalid_argument(fuzz_daem
     assert log_text.count("refused an undecodable cns.v1.SubmitIssueRequest") == 1
 
 
+def test_streaming_input_is_decoded_in_the_call_too(fuzz_daemon):
+    """Reflection (client-streaming input) still works behind the decoder, and a malformed message in
+    its stream gets INVALID_ARGUMENT."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def scenario():
+        async with fuzz_daemon.channel("station") as ch:
+            async def one():
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+            answers = [r async for r in reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(one())]
+
+            async def junk():
+                yield b"\xff\xff"
+            try:
+                [r async for r in ch.stream_stream(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")(junk())]
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details()
+            return answers, code, details
+    answers, code, details = asyncio.run(scenario())
+    assert "cns.v1.Personalizer" in [s.name for s in answers[0].list_services_response.service]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ServerReflectionRequest" in details, (code, details)
+
+
 def test_personalizer_protobuf_fuzz(fuzz_daemon):
     async def scenario():
         async with fuzz_daemon.channel("station") as st, fuzz_daemon.channel("admin") as ad:
