@@ -134,3 +134,51 @@ def test_a_csr_signature_the_card_got_wrong_is_an_operation_error(answer):
                 "random": rng.randbytes(len(block))}[answer]
     with pytest.raises(VerificationError, match="does not verify"):
         build_csr(key.public_key(), [("country_name", "IT"), ("common_name", "x")], sign)
+
+
+@pytest.fixture(scope="module")
+def renew_world(tmp_path_factory):
+    from tests.ops import renewal_env as env
+
+    dep = env.make_deployment(tmp_path_factory.mktemp("renew-keys") / "cns", env.free_port())
+    p = env.ThreadedPersonalizer(dep)
+    yield p, env.station_for(dep)
+    p.close()
+
+
+def test_renewal_with_an_impossible_spare_key_is_undone(renew_world, tmp_path, monkeypatch):
+    """The new key of a renewal (spare slot) comes back impossible: a card error, and the recovery
+    undoes the renewal; the old certificates and keys stay in force."""
+    from agent.ops.journal import Journal
+    from tests.ops import renewal_env as env
+
+    p, station = renew_world
+    p.ca.reset()
+    model = MODELS["infocamere-cns-2048"]
+    card = EmulatedCard(model)
+
+    async def with_journal(fn):
+        j = await Journal.open(tmp_path / "journal.db")
+        try:
+            return await fn(j)
+        finally:
+            await j.close()
+    assert asyncio.run(with_journal(lambda j: env.personalize(station, j, card, model))).state == "done"
+    before = env.card_view(card, model)
+    state = {"done": False}
+
+    def tampered(c):
+        def connect():
+            if not c.powered:
+                c.power_on()
+            return TamperedKey(c, state)
+        return connect
+    monkeypatch.setattr(env, "connect_to", tampered)
+    with pytest.raises(MalformedResponseError, match="RSA key"):
+        asyncio.run(with_journal(lambda j: env.renew(station, j, card, model)))
+    out = asyncio.run(with_journal(lambda j: env.recover(station, j, card, model)))
+    assert out is not None and out.state == "undone", out and out.message
+    after = env.card_view(card, model, env.codes_for(model).pin)
+    for ks in model.keysets:
+        assert after[ks.name]["der"] == before[ks.name]["der"] and after[ks.name]["key_matches"]
+        assert not after[ks.name]["spare_key"] and not after[ks.name]["spare_cert"]
