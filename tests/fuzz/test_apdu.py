@@ -45,3 +45,10 @@ def test_malformed_card_answers_raise_only_card_errors():
     assert tally.crashes == 0 and not tally.findings, "\n".join(tally.findings)
     assert tally.runs == RUNS
     assert sum(tally.card_errors.values()) > RUNS // 3, tally   # most mutations are noticed, as card errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_malformed_card_answers_long_run():
+    tally = apdufuzz.run(MODELS, RUNS * 10, seed=8)
+    assert tally.crashes == 0 and not tally.findings, "\n".join(tally.findings)

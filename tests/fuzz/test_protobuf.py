@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 import grpc
+import pytest
 
 from agent.api.server import start_server
 from tests.fuzz import protofuzz
@@ -120,3 +121,15 @@ def test_agent_local_api_answers_malformed_protobuf_and_survives_a_fuzz(tmp_path
     assert not tracebacks, [r.getMessage() for r in tracebacks]
     assert_clean(tally, caplog.text)
     assert tally.requests == len(AGENT) * PER_METHOD
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_personalizer_protobuf_fuzz_long_run(fuzz_daemon):
+    async def scenario():
+        async with fuzz_daemon.channel("station") as st:
+            return await protofuzz.fuzz(st, PERSONALIZER + HEALTH, per_method=PER_METHOD * 20, seed=12,
+                                        seeds=seeds_for(PERSONALIZER), timeout=3)
+    tally = asyncio.run(scenario())
+    assert fuzz_daemon.proc.poll() is None
+    assert_clean(tally, fuzz_daemon.log())
