@@ -39,6 +39,7 @@ from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
+from personalizer.tls_clients import ClientTrust
 from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc
 from proto.wire import DecodeInterceptor
 
@@ -141,8 +142,9 @@ class Daemon:
                       on_status_change=publisher.publish_now if publisher is not None else None)
         broker.wake_relay = relay.wake
         broker.relay = relay
+        trust = ClientTrust(cfg.server.client_trust_anchors.read_bytes(), cfg.server.client_crl)
         # DecodeInterceptor first (outermost): undecodable bytes get INVALID_ARGUMENT, the rest see messages
-        server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor()],
+        server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
                                  options=SERVER_OPTIONS)
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
