@@ -85,7 +85,7 @@ def _csr(d, mutations: int, seed: int) -> dict:
     from tests.personalizer import helpers
 
     rng = random.Random(seed)
-    cases = [c for c in csrfuzz.fixed_cases(rng, lambda i: helpers.random_cf(600 + i)) if c.name != "huge-cn"]
+    cases = csrfuzz.fixed_cases(rng, lambda i: helpers.random_cf(600 + i))
     cases += csrfuzz.mutated_cases(rng, mutations, helpers.random_cf(699))
     cdir = d.deployment.station_config.parent
     ch = helpers.channel(d.port, d.deployment.root / "tls",
