@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+import station_config
+from agent.uplink.client import PersonalizerClient
 from personalizer.windows import ServiceCalendar
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb
 from tests.broker.conftest import Env, FakeClock
@@ -112,6 +115,18 @@ def trail(deployment, tmp_path_factory):
                     station_id="RM-STATION-09", chamber_code="RM", operator_id="op-gina")),
                 grpc.StatusCode.PERMISSION_DENIED)
             marks["foreign_requester_reads"] = (await env.store.list_audit())[before:]
+            # the agent's uplink client sends its station and operator on every read
+            live = deployment.station_config.with_name("station-audit-who.toml")   # its paths are relative
+            live.write_text(re.sub(r'primary = "localhost:\d+"', f'primary = "localhost:{srv.port}"',
+                                   deployment.station_config.read_text()))
+            before = len(await env.store.list_audit())
+            async with PersonalizerClient(station_config.load(live), operator_id="op-giulia") as agent:
+                ref = issued.certificate
+                await agent.certificate_status(issuer_dn=ref.issuer_dn, serial_hex=ref.serial_hex)
+                await agent.get_request(issued.request_id)
+                async for _ in agent.watch_request(issued.request_id):
+                    pass
+            marks["agent_reads"] = (await env.store.list_audit())[before:]
             # a suspension accepted and done
             sus = pb.ChangeStatusRequest(request_id=str(uuid.uuid4()), certificate=issued.certificate,
                                          requester=common_pb2.Requester(station_id="RM-STATION-01",
@@ -182,6 +197,14 @@ def test_a_status_read_names_the_operator_the_station_gives(trail):
     assert marks["reads_with_requester"] == (pb.REQUEST_STATE_ISSUED, [pb.REQUEST_STATE_ISSUED])
     anonymous = [r for r in rows if r.operation == "status" and r.result == "done" and r.operator_id == ""]
     assert anonymous, "the status read without a requester is answered and audited with no operator"
+
+
+def test_the_agent_names_its_operator_on_reads(trail):
+    """PersonalizerClient(cfg, operator_id=...) reads as its station: a status read, a request read
+    and a watch leave one row, the status read's, naming the operator."""
+    _, marks, _ = trail
+    assert [(r.operation, r.result, r.station_id, r.operator_id) for r in marks["agent_reads"]] == [
+        ("status", "done", "RM-STATION-01", "op-giulia")]
 
 
 def test_a_read_naming_another_station_is_refused_with_one_row(trail):
