@@ -10,7 +10,8 @@ layer) names its holder in one SAN URI::
 Stations and operator tools are scoped to their chamber; admins are not.
 ``AuthInterceptor`` resolves the identity of every call, enforces
 ``METHOD_ROLES`` and, for requests that carry a ``requester``, that a
-station acts only for its own chamber and station id. The identity of the
+station acts only for its own chamber and station id (required on writes,
+optional on the reads of ``REQUESTER_OPTIONAL``, checked alike when given). The identity of the
 current call is then available to the service via ``current_identity()``.
 
 A refusal here (no or bad certificate, a role calling what it may not, a
@@ -76,6 +77,9 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _SERVICE + "Reactivate": _ANY,
     _SERVICE + "Revoke": _ANY,
 }
+# Reads whose ``requester`` is optional (checked when given, so their audit row names the operator;
+# older stations send none). Every other request that has a ``requester`` needs one from a station or tool.
+REQUESTER_OPTIONAL = frozenset(_SERVICE + m for m in ("GetRequest", "WatchRequest", "GetCertificateStatus"))
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
@@ -156,7 +160,8 @@ def check_method(ident: Identity, method: str, request) -> None:
         raise PermissionDenied(f"role {ident.role} may not call {method}")
     if request is not None and hasattr(request, "requester") and request.HasField("requester"):
         check_requester(ident, request.requester.chamber_code, request.requester.station_id)
-    elif request is not None and hasattr(request, "requester") and ident.role in CHAMBER_SCOPED:
+    elif (request is not None and hasattr(request, "requester") and ident.role in CHAMBER_SCOPED
+          and method not in REQUESTER_OPTIONAL):
         raise PermissionDenied("requester (station id, chamber code) is required")
 
 

@@ -11,7 +11,8 @@ relay; every refused call writes ONE row, here in ``_translate`` (any
 PersonalizerError of a handler) or in the interceptor (``audit_refusal``),
 naming the call's operation (``OPERATION_NAMES``) and the requester's operator,
 rate-limited per identity by the broker; a certificate status read writes one
-``status`` row. Invalid lifecycle transitions and renewals
+``status`` row, naming the operator of the read's optional ``requester`` ("" when
+the station sends none). Invalid lifecycle transitions and renewals
 (``personalizer.lifecycle``) come back as FAILED_PRECONDITION with the reason.
 """
 from __future__ import annotations
@@ -294,12 +295,14 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
     @_translate
     async def GetCertificateStatus(self, request: pb.GetCertificateStatusRequest, context):
         ident = identity.current_identity()
-        station = ident.subject_id if ident.role == identity.ROLE_STATION else ""
+        r = request.requester   # optional on reads; the interceptor checked it when given
+        station = r.station_id or (ident.subject_id if ident.role == identity.ROLE_STATION else "")
         info = await self._status(request)
-        # a read carries no requester: no operator ("" and not None, which would name the request's operator)
+        # the operator the station names, else none ("" and not None, which would name the request's operator)
         await self._broker.store.append_audit(AuditEntry(
             ident.uri, station, "status", request.request_id or None,
-            f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value, operator_id=""))
+            f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value,
+            operator_id=_operator(ident.uri, request)))
         return status_to_proto(info)
 
     async def _status(self, request: pb.GetCertificateStatusRequest) -> CertStatusInfo:

@@ -1,7 +1,8 @@
 """The audit trail says who (issue 9, item 8) and stays bounded (issue 10, item 8).
 
 Every row names the operator (the requester's operator id) beside the station certificate; one
-refused call writes one row naming the right operation; a status read writes one row; refusals
+refused call writes one row naming the right operation; a status read writes one row, naming the
+operator the station sends (the optional ``requester`` of a read, checked like a write's); refusals
 are rate-limited per identity; ``cns-personalizer audit`` reads the store read-only (as another
 user) and filters by operator, station, card, codice fiscale and time.
 """
@@ -11,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+import station_config
+from agent.uplink.client import PersonalizerClient
 from personalizer.windows import ServiceCalendar
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb
 from tests.broker.conftest import Env, FakeClock
@@ -81,6 +85,48 @@ def trail(deployment, tmp_path_factory):
             await _refused(station.GetCertificateStatus, pb.GetCertificateStatusRequest(request_id="no-such-request"),
                            grpc.StatusCode.NOT_FOUND)
             marks["one_refused_status"] = len(await env.store.list_audit()) - before
+            # reads naming the station's operator: one row each, naming that operator
+            fabio = common_pb2.Requester(station_id="RM-STATION-01", chamber_code="RM", operator_id="op-fabio")
+            before = len(await env.store.list_audit())
+            await station.GetCertificateStatus(pb.GetCertificateStatusRequest(certificate=issued.certificate,
+                                                                              requester=fabio), timeout=T)
+            marks["status_by_fabio"] = (await env.store.list_audit())[before:]
+            before = len(await env.store.list_audit())
+            await _refused(station.GetCertificateStatus,
+                           pb.GetCertificateStatusRequest(request_id="no-such-request", requester=fabio),
+                           grpc.StatusCode.NOT_FOUND)
+            await _refused(station.GetRequest, pb.GetRequestRequest(request_id="missing-2", requester=fabio),
+                           grpc.StatusCode.NOT_FOUND)
+            marks["refused_reads_by_fabio"] = (await env.store.list_audit())[before:]
+            read = await station.GetRequest(pb.GetRequestRequest(request_id=issued.request_id, requester=fabio),
+                                            timeout=T)
+            watched = [u.state async for u in station.WatchRequest(
+                pb.GetRequestRequest(request_id=issued.request_id, requester=fabio), timeout=T)]
+            marks["reads_with_requester"] = (read.state, watched)
+            # a read naming another station (or chamber) is refused as a write would be: one row
+            before = len(await env.store.list_audit())
+            for who in (common_pb2.Requester(station_id="RM-STATION-09", chamber_code="RM", operator_id="op-gina"),
+                        common_pb2.Requester(station_id="RM-STATION-01", chamber_code="MI", operator_id="op-gina")):
+                await _refused(station.GetCertificateStatus,
+                               pb.GetCertificateStatusRequest(certificate=issued.certificate, requester=who),
+                               grpc.StatusCode.PERMISSION_DENIED)
+            await _refused(station.GetRequest, pb.GetRequestRequest(
+                request_id=issued.request_id, requester=common_pb2.Requester(
+                    station_id="RM-STATION-09", chamber_code="RM", operator_id="op-gina")),
+                grpc.StatusCode.PERMISSION_DENIED)
+            marks["foreign_requester_reads"] = (await env.store.list_audit())[before:]
+            # the agent's uplink client sends its station and operator on every read
+            live = deployment.station_config.with_name("station-audit-who.toml")   # its paths are relative
+            live.write_text(re.sub(r'primary = "localhost:\d+"', f'primary = "localhost:{srv.port}"',
+                                   deployment.station_config.read_text()))
+            before = len(await env.store.list_audit())
+            async with PersonalizerClient(station_config.load(live), operator_id="op-giulia") as agent:
+                ref = issued.certificate
+                await agent.certificate_status(issuer_dn=ref.issuer_dn, serial_hex=ref.serial_hex)
+                await agent.get_request(issued.request_id)
+                async for _ in agent.watch_request(issued.request_id):
+                    pass
+            marks["agent_reads"] = (await env.store.list_audit())[before:]
             # a suspension accepted and done
             sus = pb.ChangeStatusRequest(request_id=str(uuid.uuid4()), certificate=issued.certificate,
                                          requester=common_pb2.Requester(station_id="RM-STATION-01",
@@ -136,6 +182,39 @@ def test_a_status_read_writes_one_row(trail):
     _, marks, _ = trail
     assert marks["one_status"] == 1
     assert marks["one_refused_status"] == 1
+
+
+def test_a_status_read_names_the_operator_the_station_gives(trail):
+    """A station that sends its requester on a read gets one row naming its operator; a read without
+    one is still answered and its row names no operator ("": not given)."""
+    rows, marks, _ = trail
+    by_fabio = marks["status_by_fabio"]
+    assert [(r.operation, r.result, r.actor, r.station_id, r.operator_id) for r in by_fabio] == [
+        ("status", "done", STATION_URI, "RM-STATION-01", "op-fabio")]
+    refused = marks["refused_reads_by_fabio"]
+    assert [(r.operation, r.result, r.operator_id) for r in refused] == [
+        ("status", "refused:NOT_FOUND", "op-fabio"), ("get-request", "refused:NOT_FOUND", "op-fabio")]
+    assert marks["reads_with_requester"] == (pb.REQUEST_STATE_ISSUED, [pb.REQUEST_STATE_ISSUED])
+    anonymous = [r for r in rows if r.operation == "status" and r.result == "done" and r.operator_id == ""]
+    assert anonymous, "the status read without a requester is answered and audited with no operator"
+
+
+def test_the_agent_names_its_operator_on_reads(trail):
+    """PersonalizerClient(cfg, operator_id=...) reads as its station: a status read, a request read
+    and a watch leave one row, the status read's, naming the operator."""
+    _, marks, _ = trail
+    assert [(r.operation, r.result, r.station_id, r.operator_id) for r in marks["agent_reads"]] == [
+        ("status", "done", "RM-STATION-01", "op-giulia")]
+
+
+def test_a_read_naming_another_station_is_refused_with_one_row(trail):
+    _, marks, _ = trail
+    rows = marks["foreign_requester_reads"]
+    assert [(r.operation, r.result, r.operator_id) for r in rows] == [
+        ("status", "refused:PERMISSION_DENIED", "op-gina")] * 2 + [("get-request", "refused:PERMISSION_DENIED",
+                                                                   "op-gina")]
+    assert "may not act as station RM-STATION-09" in rows[0].detail
+    assert "may not act for chamber MI" in rows[1].detail
 
 
 def test_refusals_are_rate_limited_per_identity(trail):
