@@ -1,0 +1,225 @@
+"""A renewal never leaves a certificate valid that no card uses (issue 9 items 2 and 3, renewal side).
+
+Against the real daemon (mTLS, store, outbox, embedded CA), card in process:
+
+* central IT cancels a queued request of a renewal (``cnsctl queue cancel``): the agent treats it
+  as a refusal, undoes the renewal (old certificates kept) and has the certificate already issued
+  for the other keyset revoked with reason cessationOfOperation;
+* the CA refuses the second request: the same;
+* the personalizer is unreachable when the undo revokes: the undo is journaled and finished by the
+  next recovery (no PIN), the certificate revoked then;
+* after the atomic switch the replaced certificates are revoked (superseded), journaled; a card
+  never has more than its two current certificates active.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from cryptography import x509
+
+from agent.ops.journal import Journal
+from firmware_profiles import load_models
+from firmware_profiles.emulator import EmulatedCard
+from personalizer.ca.base import CertRef
+from personalizer.store import AuditEntry
+from tests.ops import renewal_env as env
+
+MODEL = load_models()["infocamere-cns-2048"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    dep = env.make_deployment(tmp_path_factory.mktemp("renew-revoke") / "cns", env.free_port())
+    p = env.ThreadedPersonalizer(dep)
+    yield p, env.station_for(dep)
+    p.close()
+
+
+def _run(tmp_path, coro_fn):
+    async def go():
+        j = await Journal.open(tmp_path / "journal.db")
+        try:
+            return await coro_fn(j)
+        finally:
+            await j.close()
+    return asyncio.run(go())
+
+
+def _fresh(world, tmp_path) -> EmulatedCard:
+    p, station = world
+    p.ca.reset()
+    p.open_window()
+    card = EmulatedCard(MODEL)
+    assert _run(tmp_path, lambda j: env.personalize(station, j, card, MODEL)).state == "done"
+    return card
+
+
+def _ref(der: bytes) -> CertRef:
+    c = x509.load_der_x509_certificate(der)
+    return CertRef(c.issuer.rfc4514_string(), f"{c.serial_number:X}")
+
+
+def _status(p, der: bytes):
+    return p._run(p.daemon.ca.status(_ref(der)))
+
+
+def _wait_revoked(p, der: bytes, timeout: float = 20.0):
+    end = time.monotonic() + timeout
+    while True:
+        info = _status(p, der)
+        if info.state.value == "revoked" or time.monotonic() > end:
+            return info
+        time.sleep(0.1)
+
+
+def _cancel(p, request_id: str) -> None:
+    """What `cnsctl queue cancel ID` does at the daemon (QueueAdminService._cancel)."""
+    async def go():
+        d = p.daemon
+        assert await d.store.cancel(request_id, AuditEntry("urn:cns:admin:test", "", "queue-cancel",
+                                                           request_id, "", "done", ""))
+        d.relay._notify(await d.store.get_request(request_id))   # the broker's notify: watchers see it
+    p._run(go())
+
+
+def _active_for_card(p, card_serial: str) -> list[str]:
+    found = p._run(p.daemon.store.find_certificates(card_id=card_serial))
+    return sorted(f.info.ref.serial_hex for f in found if f.info.state.value == "active")
+
+
+def test_cancelled_request_undoes_and_revokes_what_was_issued(world, tmp_path):
+    """CNS0 issued, then the CA's window closes; central IT cancels the queued CNS1 request."""
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+    seen: dict[str, str] = {}
+
+    def on_step(step, phase):
+        if step == "renew:CNS0" and phase == "done":
+            p.close_window()
+
+    async def go(j):
+        task = asyncio.create_task(env.renew(station, j, card, MODEL, watch_timeout_s=60.0, on_step=on_step,
+                                             progress=lambda s, m: seen.setdefault(s, m) if "queued" in m else None))
+        while "renew:CNS1" not in seen:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.05)
+        ops = await j.open_operations(card.serial)
+        rid = ops[0].data["request_ids"]["CNS1"]
+        await asyncio.to_thread(_cancel, p, rid)
+        return await task
+    try:
+        out = _run(tmp_path, go)
+    finally:
+        p.open_window()
+    assert out.state == "undone", out.message
+    assert "cancel" in out.message
+    after = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
+    for ks in MODEL.keysets:
+        assert after[ks.name]["der"] == before[ks.name]["der"]          # the old certificates stay in use
+        assert not after[ks.name]["spare_key"] and not after[ks.name]["spare_cert"]
+        assert _status(p, before[ks.name]["der"]).state.value == "active"
+    assert after["marker_clear"]
+    issued = p.issued()
+    orphan = issued[f"renew-{out.op_id}-CNS0"]
+    info = _wait_revoked(p, orphan)
+    assert (info.state.value, info.revocation_reason) == ("revoked", "cessationOfOperation")
+    assert f"renew-{out.op_id}-CNS1" not in issued
+    assert _run(tmp_path, lambda j: j.open_operations()) == []
+    hist = _run(tmp_path, lambda j: j.history(out.op_id))
+    assert ("revoke-orphans", "done") in [(s, ph) for s, ph, _ in hist]
+    assert _active_for_card(p, card.serial) == sorted(_ref(before[ks.name]["der"]).serial_hex
+                                                      for ks in MODEL.keysets)
+
+
+def test_ca_refusing_the_second_request_revokes_the_first(world, tmp_path):
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+
+    def on_step(step, phase):
+        if step == "renew:CNS0" and phase == "done":
+            p.ca.refuse = 1
+
+    out = _run(tmp_path, lambda j: env.renew(station, j, card, MODEL, on_step=on_step))
+    assert out.state == "undone" and "refused" in out.message
+    after = env.card_view(card, MODEL)
+    assert all(after[ks.name]["der"] == before[ks.name]["der"] for ks in MODEL.keysets)
+    info = _wait_revoked(p, p.issued()[f"renew-{out.op_id}-CNS0"])
+    assert (info.state.value, info.revocation_reason) == ("revoked", "cessationOfOperation")
+
+
+def test_undo_interrupted_before_revoking_is_finished_by_recovery(world, tmp_path):
+    """The personalizer goes away right when the undo begins: the card is restored at once, the
+    revocation waits in the journal (operation open), and the next recovery (no PIN) finishes it."""
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+
+    def on_step(step, phase):
+        if step == "renew:CNS0" and phase == "done":
+            p.ca.refuse = 1
+        if step == "undo" and phase == "begun":
+            p.stop()
+
+    try:
+        out = _run(tmp_path, lambda j: env.renew(station, j, card, MODEL, on_step=on_step))
+        assert out.state == "open", out.message
+        assert "revok" in out.message.lower()
+        assert all(env.card_view(card, MODEL)[ks.name]["der"] == before[ks.name]["der"] for ks in MODEL.keysets)
+        assert [o.op_id for o in _run(tmp_path, lambda j: j.open_operations(card.serial))] == [out.op_id]
+    finally:
+        if not p.running:
+            p.start()
+    again = _run(tmp_path, lambda j: env.recover(station, j, card, MODEL))
+    assert again.state == "undone" and again.op_id == out.op_id, again.message
+    info = _wait_revoked(p, p.issued()[f"renew-{out.op_id}-CNS0"])
+    assert (info.state.value, info.revocation_reason) == ("revoked", "cessationOfOperation")
+    assert _run(tmp_path, lambda j: j.open_operations()) == []
+    after = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
+    assert all(after[ks.name]["der"] == before[ks.name]["der"] for ks in MODEL.keysets)
+
+
+def test_switch_then_the_replaced_certificates_are_revoked_superseded(world, tmp_path):
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+    out = _run(tmp_path, lambda j: env.renew(station, j, card, MODEL))
+    assert out.state == "done", out.message
+    after = env.card_view(card, MODEL)
+    for ks in MODEL.keysets:
+        info = _wait_revoked(p, before[ks.name]["der"])
+        assert (info.state.value, info.revocation_reason) == ("revoked", "superseded")
+        assert _status(p, after[ks.name]["der"]).state.value == "active"
+    assert _active_for_card(p, card.serial) == sorted(_ref(after[ks.name]["der"]).serial_hex
+                                                      for ks in MODEL.keysets)
+    hist = _run(tmp_path, lambda j: j.history(out.op_id))
+    steps = [(s, ph) for s, ph, _ in hist]
+    assert steps.index(("revoke-superseded", "begun")) > steps.index(("switch", "done"))
+
+
+def test_superseded_revocation_waits_for_an_unreachable_personalizer(world, tmp_path):
+    """Switched, then the personalizer is gone: the card works with the new keys, the operation
+    stays open for the revocation, and recovery finishes it."""
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+
+    def on_step(step, phase):
+        if step == "revoke-superseded" and phase == "begun":
+            p.stop()
+    try:
+        out = _run(tmp_path, lambda j: env.renew(station, j, card, MODEL, on_step=on_step))
+        assert out.state == "open" and "revok" in out.message.lower(), out.message
+        mid = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
+        assert all(mid[ks.name]["der"] != before[ks.name]["der"] for ks in MODEL.keysets)   # renewed on the card
+    finally:
+        if not p.running:
+            p.start()
+    again = _run(tmp_path, lambda j: env.recover(station, j, card, MODEL))
+    assert again.state == "done" and again.op_id == out.op_id, again.message
+    for ks in MODEL.keysets:
+        info = _wait_revoked(p, before[ks.name]["der"])
+        assert (info.state.value, info.revocation_reason) == ("revoked", "superseded")
