@@ -14,7 +14,11 @@ Against the real daemon (mTLS, store, outbox, embedded CA), card in process:
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -198,6 +202,35 @@ def test_switch_then_the_replaced_certificates_are_revoked_superseded(world, tmp
     hist = _run(tmp_path, lambda j: j.history(out.op_id))
     steps = [(s, ph) for s, ph, _ in hist]
     assert steps.index(("revoke-superseded", "begun")) > steps.index(("switch", "done"))
+    assert out.pkcs11.startswith("not available: ")          # in-process card: no PKCS#11 path, and it says so
+
+    # central IT finds the card's certificates by card serial and by codice fiscale (a lost card)
+    by_card = _cnsctl(p, "--json", "cert", "find", "--card", card.serial)
+    rows = {c["serial"]: c for c in by_card["certificates"]}
+    for ks in MODEL.keysets:
+        old, new = rows[_ref(before[ks.name]["der"]).serial_hex], rows[_ref(after[ks.name]["der"]).serial_hex]
+        assert (old["status"], old["revocation_reason"]) == ("revoked", "superseded")
+        assert new["status"] == "active" and new["card"] == card.serial and new["chamber"] == "RM"
+    assert by_card["active"] == 2 and by_card["count"] == 4
+    by_cf = _cnsctl(p, "--json", "cert", "find", "--cf", env.HOLDER.codice_fiscale.lower())
+    assert set(rows) <= {c["serial"] for c in by_cf["certificates"]}
+    text = subprocess.run(_cnsctl_argv(p, "cert", "find", "--card", card.serial), capture_output=True, text=True,
+                          timeout=60)
+    assert text.returncode == 0 and "revoked (superseded)" in text.stdout, text.stderr
+    bad = subprocess.run(_cnsctl_argv(p, "cert", "find", "--card", "no such card!"), capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def _cnsctl_argv(p, *args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "cnsctl"), "--config", str(p.deployment.admin_config), *args]
+
+
+def _cnsctl(p, *args: str) -> dict:
+    r = subprocess.run(_cnsctl_argv(p, *args), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def test_superseded_revocation_waits_for_an_unreachable_personalizer(world, tmp_path):
