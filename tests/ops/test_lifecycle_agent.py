@@ -125,6 +125,8 @@ def personalized(rig):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.splitlines()[-1])["result"]
     assert result["state"] == "done"
+    # the agent opened the card through OpenSC's PKCS#11 module (pcscd, vpcd) and signed with both keys
+    assert result["pkcs11"] == "verified", result
     # the device view follows the operation: the card is no longer listed as blank
     card = rig.card()
     assert card is not None and card["blank"] is False and card["serial"] == result["card_serial"], card
