@@ -92,16 +92,20 @@ class CardCertificatesResponse(_message.Message):
     def __init__(self, card_serial: _Optional[str] = ..., certificates: _Optional[_Iterable[_Union[CardCertificate, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ChangeCertificateStatusRequest(_message.Message):
-    __slots__ = ("action", "reason", "reader", "certificate_serials")
+    __slots__ = ("action", "reason", "reader", "certificate_serials", "card_serial", "codice_fiscale")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     READER_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
     action: str
     reason: str
     reader: str
     certificate_serials: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+    card_serial: str
+    codice_fiscale: str
+    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ..., card_serial: _Optional[str] = ..., codice_fiscale: _Optional[str] = ...) -> None: ...
 
 class PinStatusRequest(_message.Message):
     __slots__ = ("reader",)
