@@ -379,7 +379,7 @@ class Renewer:
         result = await self._timed("pkcs11", self.pkcs11.check, reader=op.reader, certificates=certs,
                                    pin=codes.pin if codes is not None else None)
         self.progress("pkcs11", f"PKCS#11: {result}")
-        if not result.startswith("verified"):
+        if result.startswith("failed"):
             log.warning("card %s after renewal %s: PKCS#11 check %s", op.card_serial, op.op_id, result)
         return result
 
