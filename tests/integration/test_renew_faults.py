@@ -534,6 +534,8 @@ def test_cli_renew_through_the_agent(world, served_env, tmp_path):
                 lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
                 result = lines[-1]["result"]
                 assert result["state"] == "done" and result["test_signatures"]
+                # the agent itself opened the renewed card through OpenSC's PKCS#11 module and signed with it
+                assert result["pkcs11"] == "verified", result
                 assert [x["step"] for x in lines[:-1] if x["step"] == "switch"] == ["switch"]
                 assert env.codes_for(MODEL).pin not in log.read_text() + r.stdout + r.stderr
             finally:
