@@ -256,3 +256,25 @@ def test_superseded_revocation_waits_for_an_unreachable_personalizer(world, tmp_
     for ks in MODEL.keysets:
         info = _wait_revoked(p, before[ks.name]["der"])
         assert (info.state.value, info.revocation_reason) == ("revoked", "superseded")
+
+
+def test_request_cancelled_while_the_agent_waited_elsewhere_undoes_on_recovery(world, tmp_path):
+    """The CA's window is closed: the agent stops waiting (operation open, old keys in use); overnight
+    central IT cancels the queued request; the next recovery (no PIN) undoes the renewal."""
+    p, station = world
+    card = _fresh(world, tmp_path)
+    before = env.card_view(card, MODEL)
+    p.close_window()
+    try:
+        out = _run(tmp_path, lambda j: env.renew(station, j, card, MODEL, watch_timeout_s=1.0))
+        assert out.state == "open", out.message
+        ops = _run(tmp_path, lambda j: j.open_operations(card.serial))
+        _cancel(p, ops[0].data["request_ids"]["CNS0"])
+        again = _run(tmp_path, lambda j: env.recover(station, j, card, MODEL))
+    finally:
+        p.open_window()
+    assert again.state == "undone" and again.op_id == out.op_id and "cancel" in again.message, again.message
+    after = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
+    assert all(after[ks.name]["der"] == before[ks.name]["der"] for ks in MODEL.keysets)
+    assert not any(r.startswith(f"renew-{out.op_id}") for r in p.issued())
+    assert _run(tmp_path, lambda j: j.open_operations()) == []
