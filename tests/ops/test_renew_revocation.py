@@ -278,3 +278,30 @@ def test_request_cancelled_while_the_agent_waited_elsewhere_undoes_on_recovery(w
     assert all(after[ks.name]["der"] == before[ks.name]["der"] for ks in MODEL.keysets)
     assert not any(r.startswith(f"renew-{out.op_id}") for r in p.issued())
     assert _run(tmp_path, lambda j: j.open_operations()) == []
+
+
+def test_find_certificates_is_chamber_scoped_and_audited_once(world, tmp_path):
+    """A station of another chamber finds nothing of Rome's cards; each lookup writes one audit row."""
+    from proto.cns.v1 import personalizer_pb2 as ppb, personalizer_pb2_grpc as ppb_grpc
+    from tests.personalizer import helpers
+
+    p, station = world
+    card = _fresh(world, tmp_path)
+    tls = p.deployment.root / "tls"
+    port = int(station.personalizer.primary.rsplit(":", 1)[1])
+    before = len(p._run(p.daemon.store.list_audit()))
+    for who, identity in (("RM-STATION-01", "urn:cns:station:RM:RM-STATION-01"), ("MI-1", "urn:cns:station:MI:MI-1")):
+        cc = helpers.client_cert(tls, common_name=who, identity=identity)
+        with helpers.channel(port, tls, cc) as ch:
+            got = ppb_grpc.PersonalizerStub(ch).FindCertificates(ppb.FindCertificatesRequest(card_id=card.serial),
+                                                                 timeout=10)
+        serials = {c.status.certificate.serial_hex for c in got.certificates}
+        if who == "MI-1":
+            assert serials == set()
+        else:
+            assert len(serials) == 2 and {c.card_id for c in got.certificates} == {card.serial}
+            assert all(c.chamber_code == "RM" and "ROSSI" in c.subject for c in got.certificates)
+    rows = p._run(p.daemon.store.list_audit())[before:]
+    finds = [r for r in rows if r.operation == "certificate-find"]
+    assert len(finds) == 2 and all(r.target == f"card:{card.serial}" for r in finds)
+    assert {r.detail for r in finds} == {"2 certificate(s)", "0 certificate(s)"}
