@@ -5,7 +5,9 @@ validated, then committed — request row, outbox row and audit row in ONE
 transaction — before anything answers; the relay (``relay.py``) delivers it.
 The caller then waits up to ``answer_wait`` seconds for the relay's result
 (so a quick CA still answers ISSUED directly) and otherwise gets the durable
-state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest.
+state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest. The
+commit and the hand-off to the relay run in a task of their own (``_commit``,
+shielded): a caller that cancels or whose deadline expires stops only its wait.
 
 Idempotency: the payload fingerprint is SHA-256 over a length-prefixed
 canonical encoding of every request field except the request id. Same id +
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from personalizer import lifecycle, validation
+from personalizer.audit import RefusalLimiter
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
@@ -124,10 +127,12 @@ class Broker:
         self._renewal = renewal
         self._clock = clock
         self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self.refusals = RefusalLimiter()   # audit rows of refused calls, per identity
         self.wake_relay: Callable[[], None] = lambda: None
         self.relay = None   # the running Relay (set by the daemon): requests accepted while it has a free
                             # slot are committed claimed and handed to it directly
         self.waiting_reason: Callable[[RequestRecord], str] = lambda rec: ""
+        self._handoffs: set[asyncio.Task] = set()   # commits in progress (a caller that left does not stop them)
 
     @property
     def ca(self) -> CAConnector:
@@ -158,7 +163,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
                             payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
                             station_id=inp.station_id, operator_id=inp.operator_id)
-        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id)
+        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id, card_id=valid.card_id,
+                                  holder_cf=valid.holder.codice_fiscale)
 
     async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -198,7 +204,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_RENEW, profile=inp.profile, payload_sha256=fp,
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
-        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}")
+        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
+                                  card_id=card_id, holder_cf=first.codice_fiscale)
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -222,32 +229,25 @@ class Broker:
                                   target=f"{inp.ref.issuer_dn}#{inp.ref.serial_hex}", fingerprint=fp)
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
-                      fingerprint: bytes | None = None) -> RequestRecord:
+                      fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
-        created = claim = False
+        created = False
         if rec.created_at == 0.0 and payload:   # a fresh record, not one read back from the store
-            lane = LANE_OF[rec.kind]
-            relay = self.relay
-            claim = relay is not None and relay.can_claim(lane)
-            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
-                actor, rec.station_id, rec.kind, rid, target, "accepted"))
-            if created and claim:   # committed as claimed: straight to the relay, no queue scan
-                relay.start_claimed(
-                    dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
-                    OutboxPayload(lane, rec.kind, payload, "sending", 1))
-        if created:
-            if not claim:
-                self.wake_relay()
-            self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
-        else:
+            # The commit and the hand-off to the relay run as their own task, shielded from the caller:
+            # a client that cancels or whose deadline expires interrupts only its own wait, never a
+            # request committed claimed but not yet handed to the relay (it would stay PENDING).
+            task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
+                                                      card_id=card_id, holder_cf=holder_cf))
+            self._handoffs.add(task)
+            task.add_done_callback(self._handoff_done)
+            created = await asyncio.shield(task)
+        if not created:
             existing = await self._store.get_request(rid)
             if existing is None:
                 raise CAError("request row vanished")
-            if existing.payload_sha256 != fp:
-                await self._store.append_audit(AuditEntry(actor, rec.station_id, rec.kind, rid, target,
-                                                          "refused:ALREADY_EXISTS"))
+            if existing.payload_sha256 != fp:   # audited by the caller, as every refused call: one row
                 raise RequestConflict(rid)
             if existing.terminal:
                 return existing
@@ -258,11 +258,54 @@ class Broker:
                 self.wake_relay()
         return await self.wait(rid, self._answer_wait)
 
+    async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
+                      holder_cf: str = "") -> bool:
+        """Write a new request and hand it to the relay; False (nothing written) if its id exists.
+
+        While the relay has a free slot the rows are committed already claimed and go straight to
+        ``relay.start_claimed`` (no queue scan); the slot is reserved before the commit and released
+        if nothing was written. Otherwise the row is queued and the relay woken.
+        """
+        rid = rec.request_id
+        lane = LANE_OF[rec.kind]
+        relay = self.relay
+        claim = relay is not None and relay.reserve(lane, rid)
+        try:
+            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
+                actor, rec.station_id, rec.kind, rid, target, "accepted", operator_id=rec.operator_id,
+                card_id=card_id, holder_cf=holder_cf))
+        except BaseException:
+            if claim:
+                relay.release(rid)
+            raise
+        if created and claim:
+            relay.start_claimed(
+                dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
+                OutboxPayload(lane, rec.kind, payload, "sending", 1))
+        elif claim:
+            relay.release(rid)
+        if created:
+            if not claim:
+                self.wake_relay()
+            self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
+        return created
+
+    def _handoff_done(self, task: asyncio.Task) -> None:
+        self._handoffs.discard(task)
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(),
+                                                                                     PersonalizerError):
+            log.error("committing a request failed: %r", task.exception())
+
     async def audit_refusal(self, *, actor: str, station_id: str, operation: str, request_id: str,
-                            exc: PersonalizerError) -> None:
+                            exc: PersonalizerError, operator_id: str = "") -> None:
+        """One row per refused call, rate-limited per identity (``audit.RefusalLimiter``)."""
+        skipped = self.refusals.admit(actor)
+        if skipped is None:
+            return
+        detail = str(exc)[:500] if not skipped else f"[{skipped} earlier refusal(s) not recorded] {exc}"[:500]
         try:
             await self._store.append_audit(AuditEntry(actor, station_id, operation, request_id or None, "",
-                                                      f"refused:{exc.code}", str(exc)[:500]))
+                                                      f"refused:{exc.code}", detail, operator_id=operator_id))
         except PersonalizerError:
             log.exception("could not write the audit row of a refused %s", operation)
 

@@ -15,10 +15,22 @@ outcome in one transaction (request + outbox + audit):
 * a final answer (``TERMINAL_ERRORS``: invalid request, not supported, an
   invalid transition such as suspending a certificate revoked meanwhile, not
   found, conflict) → FAILED with its code and reason, never retried;
-* ``CAUnavailable`` or anything unexpected → retry at ``next_attempt_at``
+* a sign of CA unavailability (``UNAVAILABLE_ERRORS``: ``CAUnavailable``, any
+  connector ``CAError``, OS and timeout errors) → retry at ``next_attempt_at``
   (exponential backoff with jitter, persisted), and the circuit breaker
   counts the failure; while it is open nothing is sent and ``health()``
-  probes decide when to close it.
+  probes decide when to close it. A store error is retried too, uncounted;
+* anything else is this request's own data failing inside the CA (e.g. a
+  ValueError from cryptography for an over-long subject attribute) → FAILED
+  once (INVALID_ARGUMENT for a ValueError, else INTERNAL); the breaker does
+  not count it, so such requests never stop the others.
+
+Claims are never stranded: the broker reserves a slot (``reserve``) before it
+commits a request already claimed and hands it over (``start_claimed``) in a
+task its caller cannot cancel; as a safety net a row claimed longer than
+``stale_claim_seconds`` ago that this relay does not hold is due again
+(``_reclaim_stale``). A claimed row bounced by an open breaker is released
+unclaimed (it never reached the CA, so it stays cancellable).
 
 An issuance row whose earlier attempt may have reached the CA (attempts > 1)
 is first looked up with ``find_issued(request_id)`` (the connector's, else the
@@ -40,8 +52,8 @@ from cryptography import x509
 from personalizer import validation
 from personalizer.ca.base import CAConnector, CertificateSubject, CertRef, CertState
 from personalizer.ca.errors import InvalidTransition
-from personalizer.errors import (CAUnavailable, FailedPrecondition, InvalidRequest, NotFound, NotSupported,
-                                 PersonalizerError, RequestConflict)
+from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, NotFound, NotSupported,
+                                 PersonalizerError, RequestConflict, StoreError)
 from personalizer.metrics import CAMetrics
 from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
                                  ChangePayload, IssuancePayload)
@@ -55,6 +67,12 @@ IDLE_POLL_SECONDS = 5.0
 DEPTH_REFRESH_SECONDS = 1.0       # upper bound of one sleep when nothing is due (wake() cuts it short)
 # The CA's answer is final: retrying cannot change it (and the CA is not failing: the breaker counts a success).
 TERMINAL_ERRORS = (InvalidRequest, NotSupported, FailedPrecondition, InvalidTransition, NotFound, RequestConflict)
+# Signs that the CA, or the way to it, is unavailable (CAUnavailable is a CAError; a connector's CAError
+# is the CA misbehaving, e.g. refusing our credentials): retried with backoff, counted by the breaker.
+# Anything else that is not one of the CA's final answers is this request's own and fails it once.
+UNAVAILABLE_ERRORS = (CAError, OSError, TimeoutError)
+LOCAL_TRANSIENT_ERRORS = (StoreError,)
+STALE_CLAIM_SECONDS = 120.0       # a claim older than this that no live delivery holds is taken back
 TARGET_STATE = {KIND_SUSPEND: CertState.SUSPENDED, KIND_REACTIVATE: CertState.ACTIVE, KIND_REVOKE: CertState.REVOKED}
 
 
@@ -65,7 +83,7 @@ class Relay:
                  concurrency: int = 32, batch: int = 256,
                  notify: Callable[[RequestRecord], None] = lambda rec: None,
                  on_status_change: Callable[[], Awaitable[None]] | None = None,
-                 maintenance: list[Maintenance] = ()):
+                 maintenance: list[Maintenance] = (), stale_claim_seconds: float = STALE_CLAIM_SECONDS):
         self._store, self._ca, self.calendar = store, ca, calendar
         self._retry = retry
         self.breaker = breaker or CircuitBreaker()
@@ -81,6 +99,9 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._inflight: dict[str, asyncio.Task] = {}
+        self._reserved: set[str] = set()   # slots promised to requests being committed claimed
+        self._stale_claim_seconds = stale_claim_seconds
+        self._reclaimed_at = float("-inf")
         self._hooks: set[asyncio.Task] = set()
         self.last_health_detail = ""
         self._depth_at = 0.0
@@ -154,11 +175,12 @@ class Relay:
         self.metrics.in_maintenance = m is not None
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
         self.metrics.breaker_state = self.breaker.state
+        await self._reclaim_stale()
         if m is not None or not await self._breaker_allows():
             return 0
         started = 0
         for lane in self.lanes_open():
-            free = self._concurrency - len(self._inflight)
+            free = self._concurrency - len(self._inflight) - len(self._reserved)
             if free <= 0:
                 break
             # rows in flight may still look due until their delivery has claimed them
@@ -166,7 +188,7 @@ class Relay:
             for rid in ids:
                 if rid in self._inflight:
                     continue
-                if len(self._inflight) >= self._concurrency:
+                if len(self._inflight) + len(self._reserved) >= self._concurrency:
                     break
                 task = asyncio.create_task(self._deliver(rid), name=f"deliver:{rid}")
                 self._inflight[rid] = task
@@ -176,16 +198,30 @@ class Relay:
 
     # -- fast path: a request claimed as it is accepted -------------------------------
 
-    def can_claim(self, lane: str) -> bool:
-        """True when a request accepted now into ``lane`` may be written already claimed and handed
-        straight to ``start_claimed`` (relay running, lane open, CA circuit closed, a slot free)."""
-        return (self._task is not None and len(self._inflight) < self._concurrency
-                and self.breaker.state == "closed" and lane in self.lanes_open())
+    def reserve(self, lane: str, request_id: str) -> bool:
+        """Reserve a delivery slot for a request about to be accepted into ``lane``: True when it may be
+        committed already claimed and handed to ``start_claimed`` (relay running, lane open, CA circuit
+        closed, a slot free). The caller releases the slot with ``release`` if it commits nothing."""
+        if (self._task is None or len(self._inflight) + len(self._reserved) >= self._concurrency
+                or self.breaker.state != "closed" or lane not in self.lanes_open()):
+            return False
+        self._reserved.add(request_id)
+        return True
+
+    def release(self, request_id: str) -> None:
+        self._reserved.discard(request_id)
+
+    def holds(self, request_id: str) -> bool:
+        """True while this relay delivers the request (or a slot is reserved for it)."""
+        return request_id in self._inflight or request_id in self._reserved
 
     def start_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> None:
         """Deliver a row the broker committed already claimed (``sending``, attempt 1): no queue scan,
-        no second claim. If the relay stops first, the row is retried after restart like any claimed row."""
+        no second claim. If the relay has stopped, the row stays claimed and is retried after restart."""
         rid = rec.request_id
+        self._reserved.discard(rid)
+        if self._task is None:
+            return
         task = asyncio.create_task(self._deliver(rid, claimed=(rec, payload)), name=f"deliver:{rid}")
         self._inflight[rid] = task
         task.add_done_callback(lambda t: self._delivered(rid, t))
@@ -193,7 +229,8 @@ class Relay:
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
         self._inflight.pop(request_id, None)
         if not task.cancelled() and task.exception() is not None:
-            log.error("delivery of %s failed unexpectedly: %r; it stays queued", request_id, task.exception())
+            log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s", request_id,
+                      task.exception(), self._stale_claim_seconds)
         self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
 
     # -- state questions --------------------------------------------------------------
@@ -256,6 +293,7 @@ class Relay:
         """Deliver everything due now, pass by pass (priority lane first), and return the number of rows
         attempted. For tests and tools that step the relay by hand; the running daemon uses ``_pump``."""
         await self._refresh_depth()
+        await self._reclaim_stale()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
@@ -278,6 +316,22 @@ class Relay:
         await self._refresh_depth(force=done == 0)
         self.metrics.breaker_state = self.breaker.state
         return done
+
+    async def _reclaim_stale(self) -> None:
+        """Safety net: a row claimed (``sending``) longer than ``stale_claim_seconds`` ago that this relay
+        does not hold has lost its holder (a delivery task that died, a process gone): due again now.
+        Checked at most every quarter of that bound, so a claim is reclaimed within 1.25 × the bound
+        (+ one idle poll). The next attempt looks up the CA first (attempts > 1): never delivered twice."""
+        now = self._clock()
+        if now - self._reclaimed_at < self._stale_claim_seconds / 4:
+            return
+        self._reclaimed_at = now
+        held = sorted(set(self._inflight) | self._reserved)
+        n = await self._store.reclaim_stale(now - self._stale_claim_seconds, held,
+                                            f"claim without a live delivery for {self._stale_claim_seconds:.0f} s")
+        if n:
+            log.warning("%d claimed request(s) had no live delivery for %.0f s; due again", n,
+                        self._stale_claim_seconds)
 
     async def _breaker_allows(self) -> bool:
         now = self._clock()
@@ -305,8 +359,9 @@ class Relay:
         async with self._sem:
             if claimed is not None:
                 rec, payload = claimed
-                if self.breaker.state != "closed":   # opened since it was claimed: back to the queue
-                    await self._store.schedule_retry(request_id, self._clock(), "CA circuit open")
+                if self.breaker.state != "closed":   # opened since it was claimed: back to the queue,
+                    # unclaimed (it never reached the CA, so it stays cancellable)
+                    await self._store.release_claim(request_id, self._clock(), "CA circuit open")
                     return
             else:
                 if self.breaker.state != "closed":
@@ -324,31 +379,41 @@ class Relay:
                     await self._deliver_change(rec, payload.kind, ChangePayload.decode(payload.payload))
                 else:
                     raise InvalidRequest("kind", f"unknown outbox kind {payload.kind!r}")
-            except TERMINAL_ERRORS as exc:
+            except TERMINAL_ERRORS as exc:   # the CA's final answer: it is up and said no
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
-                field = getattr(exc, "field", "")
-                message = getattr(exc, "message", str(exc))
-                await self._store.fail_request(request_id, exc.code, field, message, audit=AuditEntry(
-                    RELAY_ACTOR, rec.station_id, payload.kind, request_id, _target(rec), f"failed:{exc.code}",
-                    message))
-                log.info("request %s (%s) refused by the CA: %s", request_id, payload.kind, exc)
-            except Exception as exc:   # CAUnavailable, and anything unexpected: retry later
+                await self._fail(rec, payload.kind, exc.code, getattr(exc, "field", ""),
+                                 getattr(exc, "message", str(exc)))
+            except UNAVAILABLE_ERRORS as exc:   # signs of CA unavailability: retry, and the breaker counts
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
                 self.breaker.failure(self._clock())
-                if not isinstance(exc, CAUnavailable):
-                    log.exception("unexpected error delivering %s; will retry", request_id)
-                reason = str(exc) if isinstance(exc, PersonalizerError) else f"{type(exc).__name__}"
-                at = self._clock() + self._retry.delay(rec.attempts)
-                await self._store.schedule_retry(request_id, at, reason)
-                log.info("request %s attempt %d failed (%s); next attempt in %.1f s", request_id, rec.attempts,
-                         reason, at - self._clock())
+                await self._retry_later(rec, str(exc) if isinstance(exc, PersonalizerError) else
+                                        f"{type(exc).__name__}: {exc}")
+            except LOCAL_TRANSIENT_ERRORS as exc:   # our store, not the CA: retry, the breaker does not count
+                log.warning("store error delivering %s: %s; will retry", request_id, exc)
+                await self._retry_later(rec, str(exc))
+            except Exception as exc:   # deterministic: this request's data fails inside the CA every time
+                code, message = _deterministic_failure(exc)
+                if code == "INTERNAL":
+                    log.exception("unexpected error delivering %s; failing it (retrying cannot help)", request_id)
+                await self._fail(rec, payload.kind, code, "", message)
             else:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
             final = await self._store.get_request(request_id)
             if final is not None:
                 self._notify(final)
+
+    async def _fail(self, rec: RequestRecord, kind: str, code: str, field: str, message: str) -> None:
+        await self._store.fail_request(rec.request_id, code, field, message, audit=AuditEntry(
+            RELAY_ACTOR, rec.station_id, kind, rec.request_id, _target(rec), f"failed:{code}", message))
+        log.info("request %s (%s) failed at the CA: %s %s", rec.request_id, kind, code, message)
+
+    async def _retry_later(self, rec: RequestRecord, reason: str) -> None:
+        at = self._clock() + self._retry.delay(rec.attempts)
+        await self._store.schedule_retry(rec.request_id, at, reason)
+        log.info("request %s attempt %d failed (%s); next attempt in %.1f s", rec.request_id, rec.attempts,
+                 reason, at - self._clock())
 
     async def _deliver_issuance(self, rec: RequestRecord, p: IssuancePayload) -> None:
         audit = AuditEntry(RELAY_ACTOR, rec.station_id, rec.kind, rec.request_id, p.card_id, "done")
@@ -403,6 +468,14 @@ class Relay:
             await self._on_status_change()
         except Exception:
             log.exception("publication after a status change failed; the periodic refresh will retry")
+
+
+def _deterministic_failure(exc: Exception) -> tuple[str, str]:
+    """(code, message) of a request that fails inside the CA for its own data (e.g. cryptography's
+    ValueError for a subject attribute over 64 characters): the same data fails the same way again."""
+    if isinstance(exc, ValueError):
+        return "INVALID_ARGUMENT", f"the CA cannot certify this request's data: {str(exc)[:300]}"
+    return "INTERNAL", f"the CA failed on this request ({type(exc).__name__}); see the daemon's log"
 
 
 def _target(rec: RequestRecord) -> str:

@@ -41,6 +41,7 @@ QUALIFIED_FLOOR_BITS = 1024
 PROFILE_FLOOR_BITS = {PROFILE_CNS_AUTH: CNS_AUTH_FLOOR_BITS, PROFILE_QUALIFIED: QUALIFIED_FLOOR_BITS}
 ACCEPTED_CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
+# fullmatch, not match: "$" also matches before a trailing newline
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CARD_ID_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
 NAME_MAX = 64
@@ -68,7 +69,7 @@ class ValidIssue:
 
 
 def check_request_id(request_id: str) -> str:
-    if not REQUEST_ID_RE.match(request_id or ""):
+    if not REQUEST_ID_RE.fullmatch(request_id or ""):
         raise InvalidRequest("request_id", "must be 1..128 characters of [A-Za-z0-9._:-]")
     return request_id
 
@@ -175,7 +176,7 @@ def check_issue(*, request_id: str, profile: str, csr_der: bytes, holder: Holder
     """Validate one issuance; ``holder`` already passed ``check_holder``."""
     check_request_id(request_id)
     check_profile(profile)
-    if not CARD_ID_RE.match(card_id or ""):
+    if not CARD_ID_RE.fullmatch(card_id or ""):
         raise InvalidRequest("card.card_id", "must be 1..16 letters or digits (EF_IDCarta)")
     csr = check_csr(csr_der, profile, min_rsa_bits.get(profile, DEFAULT_MIN_RSA_BITS))
     check_subject_matches(csr, holder)
