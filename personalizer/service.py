@@ -320,7 +320,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
     @_translate
     async def FindCertificates(self, request: pb.FindCertificatesRequest, context) -> pb.FindCertificatesResponse:
-        """A card's or a holder's certificates (lost card); one audit row per call, refused ones too."""
+        """A card's or a holder's certificates (lost card); one audit row per call (a refused one: _translate's)."""
         ident = identity.current_identity()
         station = ident.subject_id if ident.role == identity.ROLE_STATION else ""
         card_id, cf = request.card_id.strip(), request.codice_fiscale.strip().upper()
@@ -337,9 +337,11 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
             if ident.role in identity.CHAMBER_SCOPED:
                 found = [f for f in found if f.chamber_code == ident.chamber_code]
             return found
-        found = await self._audited("certificate-find", "", None, go(), station_id=station)
+        found = await go()   # a refusal writes its one row in _translate
+        # a read carries no requester: no operator ("" and not None, which would name a request's operator)
         await self._broker.store.append_audit(AuditEntry(ident.uri, station, "certificate-find", None, target[:128],
-                                                         "done", f"{len(found)} certificate(s)"))
+                                                         "done", f"{len(found)} certificate(s)", operator_id="",
+                                                         card_id=card_id, holder_cf=cf))
         out = pb.FindCertificatesResponse()
         for f in found:
             try:
