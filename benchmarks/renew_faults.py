@@ -60,12 +60,13 @@ from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import config as pconfig
 from personalizer import deploy
-from personalizer.broker import Broker, IssueInput, RenewalRules, RenewInput
+from personalizer.broker import Broker, ChangeInput, IssueInput, RenewalRules, RenewInput
+from personalizer.ca.base import CertRef
 from personalizer.errors import CAUnavailable, InvalidRequest, PersonalizerError
 from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.relay import Relay
 from personalizer.server import build_ca
-from personalizer.service import record_to_proto
+from personalizer.service import STATE_ENUMS, record_to_proto, status_to_proto
 from personalizer.store import RequestStore
 from personalizer.windows import ServiceCalendar
 
@@ -116,8 +117,8 @@ class BenchCA:
 
 
 class LocalUplink:
-    """The uplink's interface (submit_issue, renew, get_request, watch_request) over the real broker,
-    relay and store in this process; ``down`` makes every call UNAVAILABLE like an unreachable daemon."""
+    """The uplink's interface (submit_issue, renew, get_request, watch_request, certificate_status,
+    change_status) over the real broker, relay and store in this process; ``down`` makes every call UNAVAILABLE like an unreachable daemon."""
 
     def __init__(self, broker: Broker, relay: Relay, store: RequestStore, clock: Clock):
         self.broker, self.relay, self.store, self.clock = broker, relay, store, clock
@@ -174,6 +175,31 @@ class LocalUplink:
 
     async def watch_request(self, request_id):
         yield await self.get_request(request_id)
+
+    async def certificate_status(self, *, issuer_dn="", serial_hex="", request_id=""):
+        """As GetCertificateStatus by issuer and serial (renewal's undo and superseded revocation ask it)."""
+        self._check()
+        info = await self.broker.ca.status(CertRef(issuer_dn, serial_hex.upper()))
+        if info is None:
+            raise UplinkError(f"personalizer: NOT_FOUND: no certificate {serial_hex}", code="NOT_FOUND")
+        return status_to_proto(info)
+
+    async def change_status(self, action, *, request_id, issuer_dn, serial_hex, requester, reason=""):
+        """As Suspend/Reactivate/Revoke: through the broker's outbox, the relay pumped once."""
+        inp = ChangeInput(request_id=request_id, kind=action, ref=CertRef(issuer_dn, serial_hex.upper()),
+                          reason=reason, station_id=requester["station_id"], chamber_code=requester["chamber_code"],
+                          operator_id=requester["operator_id"])
+        self._check()
+        try:
+            await self.broker.submit_change(inp)
+        except PersonalizerError as exc:
+            raise UplinkError(f"personalizer: {exc.code}: {exc}", code=exc.code) from exc
+        await self._pump()
+        self._check()
+        rec = await self.store.get_request(request_id)
+        out = await self.certificate_status(issuer_dn=issuer_dn, serial_hex=serial_hex)
+        out.change_request_id, out.change_state = request_id, STATE_ENUMS[rec.state]
+        return out
 
 
 class Transport:

@@ -6,6 +6,7 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml request show REQUEST_ID
     cnsctl --config admin.toml queue list|show ID|retry ID|cancel ID
     cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | maintenance list
+    cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
 
 The config is a station configuration (station_config schema) with
 ``role = "admin"``. Output is human-readable, or one JSON object with --json.
@@ -95,6 +96,24 @@ def _request_show(ch, opts, timeout) -> dict:
     return out
 
 
+def _found(f) -> dict:
+    st = f.status
+    return {"serial": st.certificate.serial_hex, "issuer": st.certificate.issuer_dn,
+            "status": pb.CertificateStatus.Name(st.status).removeprefix("CERTIFICATE_STATUS_").lower(),
+            "revocation_reason": st.revocation_reason, "revoked_at": _ts(st.revoked_at),
+            "profile": pb.CAProfile.Name(f.profile), "card": f.card_id, "codice_fiscale": f.codice_fiscale,
+            "chamber": f.chamber_code, "subject": f.subject, "not_before": _ts(st.not_before),
+            "not_after": _ts(st.not_after), "request_id": st.request_id}
+
+
+def _cert_find(ch, opts, timeout) -> dict:
+    r = pb_grpc.PersonalizerStub(ch).FindCertificates(
+        pb.FindCertificatesRequest(card_id=opts.card or "", codice_fiscale=opts.cf or ""), timeout=timeout)
+    certs = [_found(f) for f in r.certificates]
+    return {"certificates": certs, "count": len(certs),
+            "active": sum(1 for c in certs if c["status"] == "active")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cnsctl", description="Central IT client of the CNS personalizer")
     ap.add_argument("--config", required=True, help="station configuration TOML with an admin identity")
@@ -126,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--id", default="")
     ma.set_defaults(func=_maintenance)
     msub.add_parser("list", help="current and future windows").set_defaults(func=_maintenance)
+    c = sub.add_parser("cert", help="certificates issued through the personalizer")
+    csub = c.add_subparsers(dest="cert_command", required=True)
+    cf = csub.add_parser("find", help="every certificate of a card or a holder (e.g. a lost card), oldest first")
+    who = cf.add_mutually_exclusive_group(required=True)
+    who.add_argument("--card", metavar="SERIAL", help="the card's serial (EF_IDCarta)")
+    who.add_argument("--cf", metavar="CODICE_FISCALE", help="the holder's codice fiscale")
+    cf.set_defaults(func=_cert_find)
     return ap
 
 
@@ -145,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         for k, v in result.items():
+            if k == "certificates":
+                for c in v:
+                    status = c["status"] + (f" ({c['revocation_reason']})" if c["revocation_reason"] else "")
+                    print(f"{c['serial']:<40} {status:<32} {c['profile']:<32} card {c['card'] or '-':<16} "
+                          f"until {c['not_after'][:10]}  {c['subject']}")
+                continue
             if k == "items":
                 for i in v:
                     print(f"{i['request_id']:38} {i['kind']:10} {i['lane']:9} {i['state']:24} "

@@ -73,6 +73,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _SERVICE + "WatchRequest": _ANY,
     _SERVICE + "GetCertificateStatus": _ANY,
     _SERVICE + "GetCAStatus": _ANY,
+    _SERVICE + "FindCertificates": _ANY,      # chamber-scoped callers see their chamber's only (service)
     _SERVICE + "Suspend": _ANY,
     _SERVICE + "Reactivate": _ANY,
     _SERVICE + "Revoke": _ANY,

@@ -126,7 +126,7 @@ OPERATION_NAMES = {"SubmitIssue": "issue", "Renew": "renew", "Suspend": KIND_SUS
                    "GetRequest": "get-request", "WatchRequest": "watch-request", "GetCAStatus": "ca-status",
                    "ListQueue": "queue-list", "ShowQueued": "queue-show", "RetryNow": "queue-retry",
                    "Cancel": "queue-cancel", "AddMaintenance": "maintenance-add",
-                   "ListMaintenance": "maintenance-list"}
+                   "ListMaintenance": "maintenance-list", "FindCertificates": "certificate-find"}
 
 
 def operation_name(method: str) -> str:
@@ -320,6 +320,41 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
         if info is None:
             raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}")
         return info
+
+    @_translate
+    async def FindCertificates(self, request: pb.FindCertificatesRequest, context) -> pb.FindCertificatesResponse:
+        """A card's or a holder's certificates (lost card); one audit row per call (a refused one: _translate's)."""
+        ident = identity.current_identity()
+        station = ident.subject_id if ident.role == identity.ROLE_STATION else ""
+        card_id, cf = request.card_id.strip(), request.codice_fiscale.strip().upper()
+        target = " ".join(x for x in (f"card:{card_id}" if card_id else "", f"cf:{cf}" if cf else "") if x)
+
+        async def go():
+            if not card_id and not cf:
+                raise InvalidRequest("card_id", "give a card serial (EF_IDCarta) or a codice fiscale")
+            if card_id and not validation.CARD_ID_RE.match(card_id):
+                raise InvalidRequest("card_id", "must be 1..16 letters or digits (EF_IDCarta)")
+            if cf and not (len(cf) == 16 and cf.isalnum() and cf.isascii()):
+                raise InvalidRequest("codice_fiscale", "must be 16 letters or digits")
+            found = await self._broker.store.find_certificates(card_id=card_id, holder_cf=cf)
+            if ident.role in identity.CHAMBER_SCOPED:
+                found = [f for f in found if f.chamber_code == ident.chamber_code]
+            return found
+        found = await go()   # a refusal writes its one row in _translate
+        # a read carries no requester: no operator ("" and not None, which would name a request's operator)
+        await self._broker.store.append_audit(AuditEntry(ident.uri, station, "certificate-find", None, target[:128],
+                                                         "done", f"{len(found)} certificate(s)", operator_id="",
+                                                         card_id=card_id, holder_cf=cf))
+        out = pb.FindCertificatesResponse()
+        for f in found:
+            try:
+                subject = x509.load_der_x509_certificate(f.certificate_der).subject.rfc4514_string()
+            except ValueError:
+                subject = ""
+            out.certificates.append(pb.FoundCertificate(
+                status=status_to_proto(f.info), profile=PROFILE_ENUMS.get(f.profile, pb.CA_PROFILE_UNSPECIFIED),
+                card_id=f.card_id, codice_fiscale=f.holder_cf, subject=subject, chamber_code=f.chamber_code))
+        return out
 
     @_translate
     async def GetCAStatus(self, request, context) -> pb.CAStatusResponse:

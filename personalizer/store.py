@@ -15,6 +15,7 @@ Narrow interface used by the broker and the relay::
     reclaim_stale(claimed_before, held, reason) / release_claim(id, at, reason)   claims whose holder is gone
     complete_issue(...) / complete_change(...) / fail_request(...)   request + outbox + audit, one transaction
     record_issued(...) / find_issued(request_id)   the CertificateRegistry side a CA may use
+    find_certificates(card_id=, holder_cf=)       a card's or a holder's certificates (lost card, cnsctl cert find)
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
@@ -197,6 +198,12 @@ Q_SELECT_CERTIFICATE_ROW = """SELECT issuer_dn, serial_hex, request_id, profile,
 Q_CERTIFICATES_BY_REQUEST = """SELECT issuer_dn, serial_hex, certificate_der, chain_der, not_before, not_after
     FROM certificates WHERE request_id = ?"""
 Q_FIRST_FOR_CARD = "SELECT MIN(not_before) FROM certificates WHERE card_id = ?"
+# A card's certificates (by EF_IDCarta serial) or a holder's (by codice fiscale), with the requesting chamber.
+Q_FIND_CERTIFICATES = """SELECT c.issuer_dn, c.serial_hex, c.request_id, c.profile, c.not_before, c.not_after, c.status,
+    c.revocation_reason, c.revoked_at, c.card_id, c.holder_cf, r.chamber_code, c.certificate_der
+    FROM certificates c LEFT JOIN requests r ON r.request_id = c.request_id
+    WHERE (? = '' OR c.card_id = ?) AND (? = '' OR c.holder_cf = ?)
+    ORDER BY c.not_before, c.serial_hex LIMIT ?"""
 Q_UPDATE_CERT_STATUS = """UPDATE certificates SET status = ?, revocation_reason = ?, revoked_at = ?
     WHERE issuer_dn = ? AND serial_hex = ?"""
 Q_ISSUANCE_STATS = """SELECT COUNT(*), AVG(updated_at - created_at) FROM requests
@@ -276,6 +283,17 @@ class OutboxPayload:
     payload: bytes
     status: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class FoundCertificate:
+    """One row of ``find_certificates``: the certificate's state and whom it was issued for."""
+    info: CertStatusInfo
+    profile: str
+    card_id: str
+    holder_cf: str
+    chamber_code: str
+    certificate_der: bytes
 
 
 @dataclass(frozen=True)
@@ -670,6 +688,17 @@ class RequestStore:
     async def first_issued_for_card(self, card_id: str) -> _dt.datetime | None:
         row = await self._one(Q_FIRST_FOR_CARD, (card_id,))
         return _utc(row[0]) if row and row[0] is not None else None
+
+    async def find_certificates(self, *, card_id: str = "", holder_cf: str = "",
+                                limit: int = 1000) -> list[FoundCertificate]:
+        """Every certificate issued for a card (EF_IDCarta serial) and/or a holder (codice fiscale), oldest
+        first. At least one of the two is required (``ValueError``)."""
+        if not card_id and not holder_cf:
+            raise ValueError("give a card serial or a codice fiscale")
+        rows = await self._all(Q_FIND_CERTIFICATES, (card_id, card_id, holder_cf.upper(), holder_cf.upper(), limit))
+        return [FoundCertificate(CertStatusInfo(CertRef(r[0], r[1]), CertState(r[6]), _utc(r[4]), _utc(r[5]), r[2],
+                                                r[7] or "", _utc(r[8]) if r[8] else None),
+                                 r[3], r[9] or "", r[10] or "", r[11] or "", r[12]) for r in rows]
 
     async def recent_issuance_stats(self, seconds: float) -> tuple[int, float]:
         row = await self._one(Q_ISSUANCE_STATS, (self._clock() - seconds,))

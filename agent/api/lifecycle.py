@@ -1,6 +1,8 @@
 """Certificate lifecycle and PIN management on the local API (mixed into ``AgentLocalService``).
 
-    GetCertificateStatus / ChangeCertificateStatus   the card's certificates (``reader``) or serials
+    GetCertificateStatus / ChangeCertificateStatus   the card's certificates (``reader``), serials, or
+                                                     every certificate of a card serial / codice fiscale
+                                                     (status only by codice fiscale)
     GetPinStatus / ChangePin / UnblockPin            the card in ``reader``; every answer has the tries
 
 The work is ``agent.ops.lifecycle`` and ``agent.ops.pin``; this adapter turns
@@ -122,9 +124,24 @@ class LifecycleHandlers:
         await context.abort(_grpc_code(exc), _message(exc), trailing_metadata=metadata or ())
 
     # -- certificates ----------------------------------------------------------------------
-    async def _targets(self, ops, request, context, uplink: PersonalizerClient):
-        if request.reader and request.certificate_serials:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a reader or certificate serials, not both")
+    async def _targets(self, ops, request, context, uplink: PersonalizerClient, *, change: bool = False):
+        given = [bool(request.reader), bool(request.certificate_serials), bool(request.card_serial),
+                 bool(request.codice_fiscale)]
+        if sum(given) > 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "give one of: a reader, certificate serials, a card serial, a codice fiscale")
+        if change and request.codice_fiscale:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "a holder may have several cards: change a card's certificates by its card serial "
+                                "(--card) or by certificate serials (see `cns-agent cert status --cf ...`)")
+        if request.card_serial or request.codice_fiscale:
+            life = lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops))
+            targets = await life.targets_by_holder(card_serial=request.card_serial,
+                                                   codice_fiscale=request.codice_fiscale)
+            if not targets:
+                raise PreconditionError(f"the personalizer knows no certificate of this chamber for "
+                                        f"{request.card_serial or request.codice_fiscale.upper()}")
+            return request.card_serial, targets
         if request.reader:
             model = await self._model(request.reader, context)
             async with self._device_lock(ops):
@@ -150,7 +167,7 @@ class LifecycleHandlers:
                 raise ValueError(f"unknown action {request.action!r}: one of {', '.join(lc.ACTIONS)}")
             reason = lc.check_reason(action, request.reason)
             async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as uplink:
-                card_serial, targets = await self._targets(ops, request, context, uplink)
+                card_serial, targets = await self._targets(ops, request, context, uplink, change=True)
                 life = lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops))
                 infos = await life.change(action, targets, reason=reason)
         except lc.ChangeRefused as exc:

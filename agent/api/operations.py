@@ -27,7 +27,7 @@ def result_pb(out) -> pb.OperationResult:
     return pb.OperationResult(op_id=d["op_id"], card_serial=d["card_serial"], state=d["state"],
                               holder_label=d["holder_label"], certificate_subjects=d["certificate_subjects"],
                               test_signatures=d["test_signatures"], message=d["message"],
-                              stage_seconds=d["stage_seconds"])
+                              stage_seconds=d["stage_seconds"], pkcs11=d.get("pkcs11", ""))
 
 
 class Operations:

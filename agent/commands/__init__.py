@@ -51,12 +51,14 @@ def follow_operation(messages, args: argparse.Namespace, what: str, headline) ->
     d = {"op_id": result.op_id, "card_serial": result.card_serial, "state": result.state,
          "holder_label": result.holder_label, "certificate_subjects": dict(result.certificate_subjects),
          "test_signatures": result.test_signatures, "message": result.message,
-         "stage_seconds": dict(result.stage_seconds)}
+         "stage_seconds": dict(result.stage_seconds), "pkcs11": result.pkcs11}
     if args.json:
         print(json.dumps({"result": d}), flush=True)
     else:
         print(headline(d).rstrip())
         for ks, subject in sorted(d["certificate_subjects"].items()):
             print(f"  {ks}: {subject}")
+        if d["pkcs11"]:
+            print(f"  PKCS#11 (OpenSC): {d['pkcs11']}")
     return 0 if result.state == "done" else 1
 

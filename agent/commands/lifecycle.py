@@ -1,13 +1,17 @@
 """``cns-agent cert``: certificate status, suspension, reactivation and revocation through the agent.
 
-    cns-agent cert status     (--reader R | --serial HEX [HEX...]) [--json]
-    cns-agent cert suspend    (--reader R | --serial HEX [HEX...]) [--json]
-    cns-agent cert reactivate (--reader R | --serial HEX [HEX...]) [--json]
-    cns-agent cert revoke     [--reason R] (--reader R | --serial HEX [HEX...]) [--json]
+    cns-agent cert status     (--reader R | --serial HEX [HEX...] | --card SERIAL | --cf CF) [--json]
+    cns-agent cert suspend    (--reader R | --serial HEX [HEX...] | --card SERIAL) [--json]
+    cns-agent cert reactivate (--reader R | --serial HEX [HEX...] | --card SERIAL) [--json]
+    cns-agent cert revoke     [--reason R] [--yes] (--reader R | --serial HEX [HEX...] | --card SERIAL) [--json]
 
 With ``--reader`` the command acts on both certificates of the card in that
 reader (CNS0 authentication, CNS1 signature); with ``--serial`` on the
-certificates named (the card is lost or absent). The running agent
+certificates named (the card is lost or absent); with ``--card`` on every
+certificate the personalizer issued for that card serial, and ``status --cf``
+lists every certificate of a holder (codice fiscale). ``revoke`` is final: on
+a terminal it shows the certificates and asks for "yes"; elsewhere it needs
+``--yes``. The running agent
 (``cns-agent run --config``) asks the personalizer, which records who, from
 which station and with what result in its audit trail. A change the
 personalizer refuses (e.g. reactivating a revoked certificate) prints its
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import sys
 
 import grpc
 
@@ -76,9 +81,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         target.add_argument("--reader", help="both certificates of the card in this reader (see `cns-agent devices`)")
         target.add_argument("--serial", nargs="+", metavar="HEX",
                             help="certificate serial numbers in hex (card absent, e.g. lost)")
+        target.add_argument("--card", metavar="SERIAL",
+                            help="every certificate issued for this card serial (card absent, e.g. lost)")
+        if name == "status":
+            target.add_argument("--cf", metavar="CODICE_FISCALE", help="every certificate of this holder")
         if name == "revoke":
             c.add_argument("--reason", default="unspecified", choices=REASONS, metavar="REASON",
                            help="RFC 5280 reason: " + ", ".join(REASONS) + " (default unspecified)")
+            c.add_argument("--yes", action="store_true",
+                           help="revoke without asking (scripts); on a terminal the command asks first")
         c.add_argument("--json", action="store_true", help="one JSON object")
         add_socket_option(c)
         c.set_defaults(func=cert, action=name)
@@ -98,15 +109,37 @@ def response_dict(resp: pb.CardCertificatesResponse) -> dict:
         for c in resp.certificates]}
 
 
+def _confirm_revoke(args: argparse.Namespace, target: dict) -> None:
+    """``revoke`` is final: on a terminal show what it hits and ask; elsewhere require ``--yes``."""
+    if args.yes:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CommandError("revoke is final: not on a terminal, so nothing was asked and nothing revoked; "
+                           "add --yes to revoke from a script")
+    try:
+        st = local_call(args, "GetCertificateStatus", pb.CardCertificatesRequest(**target))
+    except LocalCallError as exc:
+        raise CommandError(f"{exc.code}: {exc}") from None
+    _print(response_dict(st))
+    try:
+        answer = input(f"Revoke these certificates ({args.reason})? This cannot be undone. Type yes: ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() != "yes":
+        raise CommandError("not revoked (the answer was not yes)")
+
+
 def cert(args: argparse.Namespace) -> int:
     serials = list(args.serial or [])
+    target = {"reader": args.reader or "", "certificate_serials": serials, "card_serial": args.card or ""}
     if args.action == "status":
         method, request = "GetCertificateStatus", pb.CardCertificatesRequest(
-            reader=args.reader or "", certificate_serials=serials)
+            **target, codice_fiscale=getattr(args, "cf", None) or "")
     else:
+        if args.action == "revoke":
+            _confirm_revoke(args, target)
         method, request = "ChangeCertificateStatus", pb.ChangeCertificateStatusRequest(
-            action=args.action, reason=getattr(args, "reason", "") if args.action == "revoke" else "",
-            reader=args.reader or "", certificate_serials=serials)
+            action=args.action, reason=getattr(args, "reason", "") if args.action == "revoke" else "", **target)
     try:
         resp = local_call(args, method, request)
     except LocalCallError as exc:
@@ -117,6 +150,11 @@ def cert(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d), flush=True)
         return 0
+    _print(d)
+    return 0
+
+
+def _print(d: dict) -> None:
     if d["card_serial"]:
         print(f"card {d['card_serial']}")
     for c in d["certificates"]:
@@ -125,4 +163,3 @@ def cert(args: argparse.Namespace) -> int:
               f"valid {c['not_before']} to {c['not_after']}  {c['subject']}".rstrip())
     if d["message"]:
         print(d["message"])
-    return 0

@@ -16,6 +16,18 @@ is harmless. A refused change (FAILED_PRECONDITION: reactivating a revoked
 certificate, ...) is reported with the personalizer's message, after the other
 certificates of the card have been handled.
 
+Targets may also be every certificate the personalizer issued for a card
+serial or a codice fiscale (``targets_by_holder``: a lost card; only this
+chamber's are visible to a station).
+
+A change is never journaled on the agent: it is done when the personalizer
+has accepted it (its outbox makes it durable and delivers it to the CA). When
+the personalizer cannot be reached, the command stops and says, per
+certificate, what was done and what was NOT (``ChangeNotDone``): a change
+whose answer was lost is "not confirmed", to be checked with ``status`` and
+sent again (a certificate already in the wanted state is not sent twice).
+Nothing is kept or retried behind the operator's back.
+
 Imports ``agent.card``, ``agent.ops``; the uplink is an open
 ``agent.uplink.client.PersonalizerClient`` passed in. Card I/O in a worker thread.
 """
@@ -51,6 +63,17 @@ REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged",
            "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
+PROFILE_KEYSET = {1: "CNS0", 2: "CNS1"}   # cns.v1.CAProfile → keyset
+
+
+class ChangeNotDone(UplinkUnavailable):
+    """The personalizer could not be reached: ``results`` says per certificate what was and was not done."""
+
+    def __init__(self, message: str, *, code: str | None, results: list["CertificateInfo"]):
+        super().__init__(message, code=code)
+        self.results = results
+
+
 class ChangeRefused(UplinkError):
     """One or more certificates were refused; ``results`` holds what happened to each."""
 
@@ -65,6 +88,7 @@ class Target:
     issuer_dn: str       # RFC 4514, as the personalizer names it
     serial_hex: str      # upper case, no leading zeros
     certificate: x509.Certificate | None = None
+    subject: str = ""    # when known without the certificate (found by card serial or codice fiscale)
 
 
 @dataclass
@@ -166,6 +190,7 @@ def _load_padded(der: bytes) -> x509.Certificate:
 def _info(target: Target, resp=None) -> CertificateInfo:
     out = CertificateInfo(keyset=target.keyset, serial_hex=target.serial_hex, issuer=target.issuer_dn)
     cert = target.certificate
+    out.subject = target.subject
     if cert is not None:
         out.subject = cert.subject.rfc4514_string()
         out.not_before_unix = int(cert.not_valid_before_utc.timestamp())
@@ -202,6 +227,16 @@ class CertificateLifecycle:
         dn = await self.issuer_dn()
         return [Target("", dn, s) for s in normal]
 
+    async def targets_by_holder(self, *, card_serial: str = "", codice_fiscale: str = "") -> list[Target]:
+        """Every certificate the personalizer issued for a card (EF_IDCarta serial) or a holder, oldest first."""
+        card_serial, codice_fiscale = card_serial.strip(), codice_fiscale.strip().upper()
+        if not card_serial and not codice_fiscale:
+            raise ValueError("give a card serial or a codice fiscale")
+        found = await self.uplink.find_certificates(card_id=card_serial, codice_fiscale=codice_fiscale)
+        return [Target(PROFILE_KEYSET.get(f.profile, ""), f.status.certificate.issuer_dn,
+                       normalize_serial(f.status.certificate.serial_hex), subject=f.subject)
+                for f in found.certificates]
+
     async def status(self, targets: list[Target]) -> list[CertificateInfo]:
         out = []
         for t in targets:
@@ -218,11 +253,11 @@ class CertificateLifecycle:
         attempt = attempt or new_attempt()
         results: list[CertificateInfo] = []
         refused: list[UplinkError] = []
-        for t in targets:
+        for i, t in enumerate(targets):
             try:
                 results.append(await self._change_one(action, t, reason, attempt))
-            except UplinkUnavailable:
-                raise
+            except UplinkUnavailable as exc:
+                raise self._not_done(action, targets, results, i, exc) from None
             except UplinkError as exc:
                 info = _info(t)
                 info.message = f"refused: {_server_message(exc)}"
@@ -240,6 +275,26 @@ class CertificateLifecycle:
             raise ChangeRefused(f"{action} refused by the personalizer: {lines}", code=first.code, results=results)
         return results
 
+    @staticmethod
+    def _not_done(action: str, targets: list[Target], results: list[CertificateInfo], failed_at: int,
+                  exc: UplinkUnavailable) -> ChangeNotDone:
+        """What the operator must know when the personalizer went away half-way: nothing is kept."""
+        out = list(results)
+        sent = getattr(exc, "sent", False)
+        for j, t in enumerate(targets[failed_at:]):
+            info = _info(t)
+            if j == 0 and sent:
+                info.request_id = getattr(exc, "request_id", "")
+                info.message = (f"NOT confirmed: the {ACTION_NOUN[action]} request {info.request_id} got no answer; "
+                                "check with `cns-agent cert status` and run the command again")
+            else:
+                info.message = f"NOT done: the {ACTION_NOUN[action]} was not sent"
+            out.append(info)
+        lines = "; ".join(f"{r.keyset or r.serial_hex}: {r.message}" for r in out)
+        return ChangeNotDone(f"{action} not done: the personalizer could not be reached "
+                             f"({_server_message(exc)}); nothing is kept or retried by the agent. {lines}",
+                             code=exc.code, results=out)
+
     async def _change_one(self, action: str, t: Target, reason: str, attempt: str) -> CertificateInfo:
         now = await self.uplink.certificate_status(issuer_dn=t.issuer_dn, serial_hex=t.serial_hex)
         current = _info(t, now)
@@ -249,8 +304,12 @@ class CertificateLifecycle:
         rid = request_id(action, t.serial_hex, attempt)
         log.info("%s certificate %s (%s) as request %s for operator %s", action, t.serial_hex, t.keyset or "by serial",
                  rid, self.requester.get("operator_id", ""))
-        resp = await self.uplink.change_status(action, request_id=rid, issuer_dn=t.issuer_dn,
-                                               serial_hex=t.serial_hex, requester=self.requester, reason=reason)
+        try:
+            resp = await self.uplink.change_status(action, request_id=rid, issuer_dn=t.issuer_dn,
+                                                   serial_hex=t.serial_hex, requester=self.requester, reason=reason)
+        except UplinkUnavailable as exc:
+            exc.sent, exc.request_id = True, rid   # it may have reached the personalizer: not confirmed
+            raise
         info = _info(t, resp)
         info.request_id = rid
         state = resp.change_state
@@ -288,5 +347,6 @@ async def card_targets(connect: Callable[[], ApduTransport], model) -> tuple[str
     return await asyncio.to_thread(go)
 
 
-__all__ = ["ACTIONS", "REASONS", "CardCertificates", "CertificateInfo", "CertificateLifecycle", "ChangeRefused",
+__all__ = ["ACTIONS", "REASONS", "CardCertificates", "CertificateInfo", "CertificateLifecycle", "ChangeNotDone",
+           "ChangeRefused",
            "OperationError", "Target", "card_targets", "check_reason", "normalize_serial", "read_card_certificates"]

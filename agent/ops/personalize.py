@@ -55,6 +55,7 @@ from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
+from agent.ops.p11check import IN_PROCESS
 
 log = logging.getLogger("cns.agent.personalize")
 
@@ -77,6 +78,7 @@ class Outcome:
     test_signatures: bool = False      # False when verified by public-key match only (no PIN at hand)
     message: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    pkcs11: str = "not available: the operation did not finish"   # agent.ops.p11check's answer
 
     def as_dict(self) -> dict[str, Any]:
         subjects = {ks: x509.load_der_x509_certificate(der).subject.rfc4514_string()
@@ -84,7 +86,7 @@ class Outcome:
         return {"op_id": self.op_id, "card_serial": self.card_serial, "state": self.state,
                 "holder_label": self.holder_label, "certificate_subjects": subjects,
                 "test_signatures": self.test_signatures, "message": self.message,
-                "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}}
+                "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}, "pkcs11": self.pkcs11}
 
 
 def _b64(b: bytes) -> str:
@@ -109,13 +111,14 @@ class Personalizer:
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
                  admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
-                 watch_timeout_s: float = 600.0):
+                 watch_timeout_s: float = 600.0, pkcs11=None):
         self.journal = journal
         self.uplink = uplink
         self.requester = requester
         self.admin_key_for = admin_key_for
         self.progress = progress or (lambda step, msg: None)
         self.watch_timeout_s = watch_timeout_s
+        self.pkcs11 = pkcs11 or IN_PROCESS   # agent.ops.p11check: the card as PKCS#11 applications see it
         self.stage: dict[str, float] = {}
         self._active: dict[str, int] = {}
         self._since: dict[str, float] = {}
@@ -231,8 +234,11 @@ class Personalizer:
         certs = {n: _unb64(op.data[f"cert_{n}"]) for n in (ks.name for ks in model.keysets)}
         holder = HolderRecord.from_dict(op.data["holder"])
         self.progress("done", f"card {op.card_serial} personalized")
+        pkcs11 = await self._timed("pkcs11", self.pkcs11.check, reader=op.reader, certificates=certs,
+                                   pin=codes.pin if codes is not None else None)
+        self.progress("pkcs11", f"PKCS#11 (OpenSC): {pkcs11}")
         return Outcome(op.op_id, op.card_serial, DONE, f"{holder.given_name.upper()} {holder.surname.upper()}", certs,
-                       bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage))
+                       bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage), pkcs11=pkcs11)
 
     async def _step(self, step: str, op: Operation, link, model, codes: Codes | None,
                     first_attempt: dict[str, bool] | None = None) -> dict[str, Any]:

@@ -27,6 +27,8 @@ operation's data lists every step ever begun):
                               looking first: live key == new certificate's key → already done
     cleanup                   ERASE KEY and DELETE FILE of the spare slots (the old ones)
     unmark                    EF_RenewalMarker cleared
+    revoke-superseded         the replaced (old) certificates revoked, reason superseded, through the
+                              personalizer's outbox (``agent.ops.revoke_orphans``; idempotent request ids)
 
 Resume and undo (``resume``, after a pulled card, a SIGKILL, a torn write, an
 unreachable personalizer, a CA error, timeout or lost answer):
@@ -40,8 +42,15 @@ unreachable personalizer, a CA error, timeout or lost answer):
   it, and CSRs missing, undo.
 * undo (before ``switch`` only): spare keys erased, spare certificate files
   deleted, marker cleared. The live (old) keyset was never touched. A request the
-  CA refused (FAILED, INVALID_ARGUMENT, FAILED_PRECONDITION …) is undone too;
-  certificates issued for it are listed as ``orphaned_requests`` in the journal.
+  CA refused (FAILED, INVALID_ARGUMENT, FAILED_PRECONDITION …) or central IT
+  cancelled (CANCELLED, ``cnsctl queue cancel``) is undone too, and so is an answer
+  without a certificate for the new key (nothing is written). The undo then has
+  every certificate issued for the operation revoked (``revoke-orphans``, reason
+  cessationOfOperation); until the personalizer confirms it (unreachable, a request
+  still queued) the operation stays open, and a resume finishes the undo — an
+  ``undo`` begun never turns back into a renewal.
+* ``revoke-superseded`` unreachable: the card already works with the new keys; the
+  operation stays open (state ``open``) until the revocation is accepted.
 * personalizer unreachable, or a request still queued after ``watch_timeout_s``:
   the operation stays open (state ``open``), the card works with the old keys,
   and the next agent start or card insert follows the same request ids.
@@ -51,7 +60,8 @@ lost, another station) has its spare slots cleaned before a new renewal starts.
 
 The holder's PIN and PUK are never changed; the PIN lives in ``Codes`` for the
 call only and never reaches the journal, a log or the network. Imports
-``agent.card``, ``agent.ops``; the uplink is passed in; card I/O runs in a worker thread.
+``agent.card``, ``agent.ops``; the uplink and the PKCS#11 check (``agent.ops.p11check``, run after
+a finished renewal; its answer is ``Outcome.pkcs11``) are passed in; card I/O runs in a worker thread.
 """
 from __future__ import annotations
 
@@ -76,10 +86,14 @@ from agent.ops.errors import OperationError, PreconditionError, UplinkError, Upl
 from agent.ops.follow import STATE_FAILED, STATE_ISSUED, find_or_none, follow
 from agent.ops.holder import Codes
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
+from agent.ops.p11check import IN_PROCESS
+from agent.ops.revoke_orphans import Orphan, revoke_orphans
 
 log = logging.getLogger("cns.agent.renew")
 
 KIND = "renew"
+STATE_CANCELLED = 6                      # cns.v1.RequestState: central IT cancelled it (cnsctl queue cancel)
+SUPERSEDED = "superseded"                # RFC 5280 reason of the certificates a renewal replaced
 PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
 MARKER_MAGIC = b"CNSRENEW"
 DEFAULT_WINDOW_DAYS = 90
@@ -116,6 +130,7 @@ class Outcome:
     test_signatures: bool = False
     message: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    pkcs11: str = "not available: the operation did not finish"   # agent.ops.p11check: verified | not available: … | failed: …
 
     def as_dict(self) -> dict[str, Any]:
         subjects = {ks: x509.load_der_x509_certificate(der).subject.rfc4514_string()
@@ -125,7 +140,8 @@ class Outcome:
         return {"op_id": self.op_id, "card_serial": self.card_serial, "state": self.state,
                 "holder_label": self.holder_label, "certificate_subjects": subjects,
                 "certificate_serials": serials, "test_signatures": self.test_signatures,
-                "message": self.message, "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}}
+                "message": self.message, "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
+                "pkcs11": self.pkcs11}
 
 
 def _b64(b: bytes) -> str:
@@ -198,7 +214,7 @@ def plan(model) -> list[str]:
     steps += [f"renew:{n}" for n in names] + [f"write-cert:{n}" for n in names]
     steps += ["verify", "switch", "cleanup"]
     steps += ["unmark"] if model.paths.renewal_marker else []
-    return steps
+    return steps + ["revoke-superseded"]
 
 
 def _kill_hook(step: str, phase: str) -> None:
@@ -240,7 +256,8 @@ class Renewer:
                  admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
                  policy: RenewalPolicy = RenewalPolicy(), watch_timeout_s: float = 600.0,
                  now: Callable[[], _dt.datetime] | None = None,
-                 on_step: Callable[[str, str], None] | None = None, card_in_thread: bool = True):
+                 on_step: Callable[[str, str], None] | None = None, card_in_thread: bool = True,
+                 pkcs11=None):
         self.journal = journal
         self.uplink = uplink
         self.requester = dict(requester)
@@ -251,6 +268,7 @@ class Renewer:
         self.now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
         self.on_step = on_step or (lambda step, phase: None)
         self.card_in_thread = card_in_thread   # False only for a zero-latency in-process card (benchmarks)
+        self.pkcs11 = pkcs11 or IN_PROCESS     # agent.ops.p11check: the card as PKCS#11 applications see it
         self.stage: dict[str, float] = {}
 
     async def _timed(self, stage: str, fn, *args, **kwargs):
@@ -310,6 +328,8 @@ class Renewer:
         switching = self._begun(op, "switch")
         any_renew = any(self._begun(op, f"renew:{n}") for n in names)
         all_csrs = all(op.step_done(f"csr:{n}") for n in names)
+        if self._begun(op, "undo"):        # an undo never turns back into a renewal: finish it
+            return await self._undo(op, link, model, op.data.get("undo_reason") or "resumed undo")
         if not switching and not any_renew and codes is None and not all_csrs:
             return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were "
                                                      "signed; the old certificates stay in use")
@@ -325,9 +345,15 @@ class Renewer:
             try:
                 results = await self._step(step, op, link, model, codes)
             except UplinkUnavailable as exc:
-                self.progress(step, f"personalizer unreachable or request queued; renewal {op.op_id} kept open, "
-                                    f"the card keeps working with its current certificates: {exc}")
-                return Outcome(op.op_id, op.card_serial, "open", message=str(exc), stage_seconds=dict(self.stage))
+                if step == "revoke-superseded":
+                    msg = (f"card {op.card_serial} renewed: the new certificates are in use; revoking the replaced "
+                           f"ones waits for the personalizer (journaled, retried on the next agent start or card "
+                           f"insert): {exc}")
+                else:
+                    msg = (f"personalizer unreachable or request queued; renewal {op.op_id} kept open, the card "
+                           f"keeps working with its current certificates: {exc}")
+                self.progress(step, msg)
+                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
             except (_Refused, VerificationError) as exc:
                 if self._begun(op, "switch"):
                     raise
@@ -337,9 +363,25 @@ class Renewer:
             _kill_hook(step, "done")
         await self.journal.finish(op, DONE)
         certs = {n: _unb64(op.data[f"cert_{n}"]) for n in names}
-        self.progress("done", f"card {op.card_serial} renewed: new certificates in use")
+        refused = [r for r in op.data.get("superseded", []) if r.get("outcome") == "error"]
+        message = "; ".join(f"the replaced certificate {r['serial_hex'] or r['source']} was NOT revoked: "
+                            f"{r['error']} (ask central IT to revoke it)" for r in refused)
+        self.progress("done", f"card {op.card_serial} renewed: new certificates in use"
+                      + ("; the replaced ones are revoked (superseded)" if not refused else f"; {message}"))
+        pkcs11 = await self._pkcs11(op, certs, codes)
         return Outcome(op.op_id, op.card_serial, DONE, op.data.get("holder_label", ""), certs,
-                       bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage))
+                       bool(op.data.get("test_signatures")), message=message, stage_seconds=dict(self.stage),
+                       pkcs11=pkcs11)
+
+    async def _pkcs11(self, op: Operation, certs: dict[str, bytes], codes: Codes | None) -> str:
+        """The card through OpenSC's PKCS#11 module, as holders' applications will open it (agent.ops.p11check)."""
+        self.progress("pkcs11", "checking the card through PKCS#11 (OpenSC), as holders' applications see it")
+        result = await self._timed("pkcs11", self.pkcs11.check, reader=op.reader, certificates=certs,
+                                   pin=codes.pin if codes is not None else None)
+        self.progress("pkcs11", f"PKCS#11: {result}")
+        if result.startswith("failed"):
+            log.warning("card %s after renewal %s: PKCS#11 check %s", op.card_serial, op.op_id, result)
+        return result
 
     async def _step(self, step: str, op: Operation, link, model, codes: Codes | None) -> dict[str, Any]:
         name, _, ks_name = step.partition(":")
@@ -352,7 +394,8 @@ class Renewer:
                              "verify": "verifying the new keys and certificates",
                              "switch": "switching to the new keys and certificates (one atomic step)",
                              "cleanup": "removing the old keys and certificates",
-                             "unmark": "clearing the renewal record on the card"}[name])
+                             "unmark": "clearing the renewal record on the card",
+                             "revoke-superseded": "revoking the replaced certificates (superseded)"}[name])
         if name == "mark":
             await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
                               model.paths.renewal_marker, marker_bytes(op.op_id, op.data["marker_size"]))
@@ -386,6 +429,12 @@ class Renewer:
             await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
                               model.paths.renewal_marker, bytes(op.data["marker_size"]))
             return {}
+        if name == "revoke-superseded":
+            olds = [x509.load_der_x509_certificate(_unb64(op.data[f"current_{ks.name}"])) for ks in model.keysets]
+            results = await self._timed("broker", revoke_orphans, self.uplink,
+                                        [Orphan(issuer_dn=c.issuer.rfc4514_string(), serial_hex=f"{c.serial_number:X}")
+                                         for c in olds], requester=self.requester, reason=SUPERSEDED)
+            return {"superseded": [r.as_dict() for r in results]}
         raise AssertionError(step)
 
     # -- card side (worker thread) ------------------------------------------------------
@@ -548,19 +597,75 @@ class Renewer:
         _kill_hook(step, "answered")
         if resp.state == STATE_FAILED:
             raise _Refused(f"the CA refused the {ks.name} renewal: {resp.error.code} {resp.error.message}")
+        if resp.state == STATE_CANCELLED:
+            raise _Refused(f"central IT cancelled the {ks.name} renewal request {request_id} at the personalizer")
+        if resp.state != STATE_ISSUED:
+            raise _Refused(f"the {ks.name} renewal request {request_id} ended without a certificate (state "
+                           f"{resp.state})")
+        self._check_issued(op, ks, resp.certificate_der)
         return resp.certificate_der, list(resp.chain_der)
 
+    @staticmethod
+    def _check_issued(op: Operation, ks, der: bytes) -> None:
+        """A certificate is written to the card only when it is one, for the new key in the spare slot."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise _Refused(f"the personalizer answered the {ks.name} renewal without a readable certificate "
+                           f"({len(der)} bytes); nothing was written") from None
+        new = serialization.load_der_public_key(_unb64(op.data[f"pubkey_{ks.name}"]))
+        if not _same_key(cert.public_key(), new):
+            raise _Refused(f"the certificate issued for {ks.name} is not for the new key; nothing was written")
+
     async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
+        """Back to the old keyset (spare slots emptied, marker cleared), then every certificate issued for
+        this renewal revoked (cessationOfOperation) through the personalizer's outbox. Both are journal
+        steps: a crash or an unreachable personalizer leaves the operation open and the next resume
+        finishes the undo (never turns it into a renewal again)."""
         if self._begun(op, "switch"):
             raise OperationError(f"renewal {op.op_id} cannot be undone after the switch", op_id=op.op_id)
-        self.progress("undo", f"card {op.card_serial}: undoing renewal {op.op_id}: {reason}")
-        await self.journal.step_begun(op, "undo", reason=reason)
-        self.on_step("undo", "begun")
-        await self._timed("card", self._clean_spares, link, model, True)
-        issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
-        await self.journal.step_done(op, "undo", orphaned_requests=issued)
+        if not op.step_done("undo"):
+            self.progress("undo", f"card {op.card_serial}: undoing renewal {op.op_id}: {reason}")
+            op.data.setdefault("_begun", [])
+            if "undo" not in op.data["_begun"]:
+                op.data["_begun"].append("undo")
+            op.data["undo_reason"] = reason
+            await self.journal.step_begun(op, "undo", reason=reason)
+            self.on_step("undo", "begun")
+            await self._timed("card", self._clean_spares, link, model, True)
+            issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
+            await self.journal.step_done(op, "undo", orphaned_requests=issued)
+        reason = op.data.get("undo_reason") or reason
+        # every request id of the operation: one may have been issued without the agent hearing the answer
+        orphans = [Orphan(request_id=rid) for rid in op.data.get("request_ids", {}).values()]
+        await self.journal.step_begun(op, "revoke-orphans", request_ids=[o.request_id for o in orphans])
+        self.on_step("revoke-orphans", "begun")
+        try:
+            results = await self._timed("broker", revoke_orphans, self.uplink, orphans, requester=self.requester)
+        except UplinkUnavailable as exc:
+            return self._undo_waits(op, reason, f"the personalizer is unreachable ({exc})")
+        pending = [r.source for r in results if r.outcome == "pending"]
+        if pending:
+            await self.journal.step_done(op, "revoke-orphans-attempt", orphans=[r.as_dict() for r in results])
+            return self._undo_waits(op, reason, f"request(s) {', '.join(pending)} still queued at the personalizer "
+                                                "(a certificate issued for them is revoked as soon as it exists)")
+        await self.journal.step_done(op, "revoke-orphans", orphans=[r.as_dict() for r in results])
         await self.journal.finish(op, UNDONE, error=reason)
-        return Outcome(op.op_id, op.card_serial, UNDONE, op.data.get("holder_label", ""), message=reason,
+        errors = [f"{r.serial_hex or r.source}: {r.error}" for r in results if r.outcome == "error"]
+        message = reason + ("; NOT revoked (ask central IT): " + "; ".join(errors) if errors else "")
+        revoked = [r.serial_hex for r in results if r.outcome in ("revoked", "already")]
+        if revoked:
+            message += f"; certificate(s) issued for it revoked (cessationOfOperation): {', '.join(revoked)}"
+        self.progress("undone", f"card {op.card_serial}: renewal {op.op_id} undone, the old certificates stay in use")
+        return Outcome(op.op_id, op.card_serial, UNDONE, op.data.get("holder_label", ""), message=message,
+                       stage_seconds=dict(self.stage), pkcs11="not available: the renewal was undone")
+
+    def _undo_waits(self, op: Operation, reason: str, why: str) -> Outcome:
+        msg = (f"renewal {op.op_id} undone on the card ({reason}); the old certificates stay in use. Revoking "
+               f"the certificates issued for it waits: {why}; kept in the journal and retried on the next agent "
+               "start or card insert")
+        self.progress("undo", msg)
+        return Outcome(op.op_id, op.card_serial, "open", op.data.get("holder_label", ""), message=msg,
                        stage_seconds=dict(self.stage))
 
 

@@ -21,6 +21,7 @@ from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
+from agent.ops.p11check import Pkcs11Check
 from agent.ops.personalize import Outcome, Personalizer
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
@@ -43,6 +44,7 @@ class StationOps:
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
         self._admin_keys = self._load_admin_keys()
         self._lock = asyncio.Lock()   # one device operation at a time per agent
+        self.pkcs11 = Pkcs11Check.from_env()   # cards are reached through PC/SC here: OpenSC can open them
 
     @classmethod
     async def open(cls, cfg: StationConfig, **kw) -> "StationOps":
@@ -79,12 +81,12 @@ class StationOps:
     def _personalizer(self, uplink, progress) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
                             admin_key_for=self.admin_key_for, progress=progress,
-                            watch_timeout_s=self.watch_timeout_s)
+                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11)
 
     def _renewer(self, uplink, progress) -> Renewer:
         return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
                        admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
-                       watch_timeout_s=self.watch_timeout_s)
+                       watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11)
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
                           progress: Callable[[str, str], None] | None = None) -> Outcome:

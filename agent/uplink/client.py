@@ -145,6 +145,11 @@ class PersonalizerClient:
             certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
         return await self._call(method, req, f"{action} {serial_hex}")
 
+    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = ""):
+        """Every certificate issued for a card and/or a holder (this chamber's), oldest first."""
+        req = personalizer_pb2.FindCertificatesRequest(card_id=card_id, codice_fiscale=codice_fiscale)
+        return await self._call("FindCertificates", req, f"certificates of {card_id or codice_fiscale}")
+
     async def ca_status(self):
         return await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status")
 
@@ -153,5 +158,6 @@ def _translate(exc: grpc.aio.AioRpcError, what: str) -> UplinkError:
     code = exc.code()
     msg = f"personalizer: {what}: {code.name}: {exc.details() or 'no detail'}"
     if code in TRANSIENT:
-        return UplinkUnavailable(msg + " (the operation is kept and can be resumed)", code=code.name)
+        # whether anything is kept is the caller's to say: journaled operations are, a status change is not
+        return UplinkUnavailable(msg, code=code.name)
     return UplinkError(msg, code=code.name)

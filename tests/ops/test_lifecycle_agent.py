@@ -125,11 +125,38 @@ def personalized(rig):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.splitlines()[-1])["result"]
     assert result["state"] == "done"
+    # the agent opened the card through OpenSC's PKCS#11 module (pcscd, vpcd) and signed with both keys
+    assert result["pkcs11"] == "verified", result
     # the device view follows the operation: the card is no longer listed as blank
     card = rig.card()
     assert card is not None and card["blank"] is False and card["serial"] == result["card_serial"], card
     assert card["holder_label"] and card["holder_label"].upper() == result["holder_label"].upper(), card
     return result
+
+
+def _on_terminal(rig, args: list[str], answer: str) -> tuple[int, str]:
+    """Run a cns-agent command on a pseudo-terminal, answer its question, return (exit status, output)."""
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(BIN / "cns-agent"), *args, "--socket", str(rig.sock)], stdin=slave, stdout=slave,
+                         stderr=slave, env=rig.pcscd.env, close_fds=True)
+    os.close(slave)
+    out = b""
+    answered = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:   # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not answered and b"Type yes:" in out:
+            os.write(master, answer.encode() + b"\n")
+            answered = True
+    os.close(master)
+    return p.wait(30), out.decode(errors="replace")
 
 
 def _states(resp: dict) -> dict[str, str]:
@@ -152,8 +179,27 @@ def test_suspend_reactivate_revoke_through_the_agent(rig, personalized):
     out = rig.json("cert", "reactivate", "--reader", rig.reader)
     assert _states(out) == {"CNS0": "active", "CNS1": "active"}
 
-    out = rig.json("cert", "revoke", "--reason", "keyCompromise", "--reader", rig.reader)
+    # revoke is final: not on a terminal it needs --yes; on a terminal it shows the certificates and asks
+    r = rig.cli("cert", "revoke", "--reason", "keyCompromise", "--reader", rig.reader)
+    assert r.returncode == 1 and "add --yes" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rc, text = _on_terminal(rig, ["cert", "revoke", "--reason", "keyCompromise", "--reader", rig.reader], "no")
+    assert rc == 1 and "Type yes" in text and serials["CNS0"] in text and "not revoked" in text, text
+    assert _states(rig.json("cert", "status", "--reader", rig.reader)) == {"CNS0": "active", "CNS1": "active"}
+
+    # central IT's view from the station: the card's certificates by card serial and by codice fiscale
+    by_card = rig.json("cert", "status", "--card", card_serial)
+    assert {c["serial_hex"] for c in by_card["certificates"]} >= set(serials.values())
+    by_cf = rig.json("cert", "status", "--cf", "RSSMRA80A01H501U")
+    assert {c["serial_hex"] for c in by_cf["certificates"]} >= set(serials.values())
+    r = rig.cli("cert", "status", "--card", "NOSUCHCARD0000")
+    assert r.returncode == 1 and "knows no certificate" in r.stderr, r.stderr
+
+    rc, text = _on_terminal(rig, ["cert", "revoke", "--reason", "keyCompromise", "--card", card_serial], "yes")
+    assert rc == 0 and "revoked" in text, text
+    out = rig.json("cert", "status", "--reader", rig.reader)
     assert _states(out) == {"CNS0": "revoked", "CNS1": "revoked"}
+    again = rig.json("cert", "revoke", "--yes", "--reason", "keyCompromise", "--reader", rig.reader)
+    assert "already revoked" in again["message"]
     assert {c["revocation_reason"] for c in out["certificates"]} == {"keyCompromise"}
 
     r = rig.cli("cert", "reactivate", "--reader", rig.reader)               # a revoked certificate stays revoked

@@ -48,12 +48,16 @@ class RenewCardRequest(_message.Message):
     def __init__(self, reader: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
 
 class CardCertificatesRequest(_message.Message):
-    __slots__ = ("reader", "certificate_serials")
+    __slots__ = ("reader", "certificate_serials", "card_serial", "codice_fiscale")
     READER_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
     reader: str
     certificate_serials: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+    card_serial: str
+    codice_fiscale: str
+    def __init__(self, reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ..., card_serial: _Optional[str] = ..., codice_fiscale: _Optional[str] = ...) -> None: ...
 
 class CardCertificate(_message.Message):
     __slots__ = ("keyset", "serial_hex", "subject", "issuer", "not_before_unix", "not_after_unix", "status", "revocation_reason", "status_changed_unix")
@@ -88,16 +92,20 @@ class CardCertificatesResponse(_message.Message):
     def __init__(self, card_serial: _Optional[str] = ..., certificates: _Optional[_Iterable[_Union[CardCertificate, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ChangeCertificateStatusRequest(_message.Message):
-    __slots__ = ("action", "reason", "reader", "certificate_serials")
+    __slots__ = ("action", "reason", "reader", "certificate_serials", "card_serial", "codice_fiscale")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     READER_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
     action: str
     reason: str
     reader: str
     certificate_serials: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+    card_serial: str
+    codice_fiscale: str
+    def __init__(self, action: _Optional[str] = ..., reason: _Optional[str] = ..., reader: _Optional[str] = ..., certificate_serials: _Optional[_Iterable[str]] = ..., card_serial: _Optional[str] = ..., codice_fiscale: _Optional[str] = ...) -> None: ...
 
 class PinStatusRequest(_message.Message):
     __slots__ = ("reader",)
@@ -176,7 +184,7 @@ class PersonalizeRequest(_message.Message):
     def __init__(self, reader: _Optional[str] = ..., holder: _Optional[_Union[HolderData, _Mapping]] = ..., pin: _Optional[str] = ..., puk: _Optional[str] = ...) -> None: ...
 
 class OperationResult(_message.Message):
-    __slots__ = ("op_id", "card_serial", "state", "holder_label", "certificate_subjects", "test_signatures", "message", "stage_seconds")
+    __slots__ = ("op_id", "card_serial", "state", "holder_label", "certificate_subjects", "test_signatures", "message", "stage_seconds", "pkcs11")
     class CertificateSubjectsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +207,7 @@ class OperationResult(_message.Message):
     TEST_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PKCS11_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     card_serial: str
     state: str
@@ -207,7 +216,8 @@ class OperationResult(_message.Message):
     test_signatures: bool
     message: str
     stage_seconds: _containers.ScalarMap[str, float]
-    def __init__(self, op_id: _Optional[str] = ..., card_serial: _Optional[str] = ..., state: _Optional[str] = ..., holder_label: _Optional[str] = ..., certificate_subjects: _Optional[_Mapping[str, str]] = ..., test_signatures: _Optional[bool] = ..., message: _Optional[str] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    pkcs11: str
+    def __init__(self, op_id: _Optional[str] = ..., card_serial: _Optional[str] = ..., state: _Optional[str] = ..., holder_label: _Optional[str] = ..., certificate_subjects: _Optional[_Mapping[str, str]] = ..., test_signatures: _Optional[bool] = ..., message: _Optional[str] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ..., pkcs11: _Optional[str] = ...) -> None: ...
 
 class OperationProgress(_message.Message):
     __slots__ = ("step", "message", "result")

@@ -135,6 +135,36 @@ class CertificateStatusResponse(_message.Message):
     change_state: RequestState
     def __init__(self, certificate: _Optional[_Union[_common_pb2.CertificateRef, _Mapping]] = ..., status: _Optional[_Union[CertificateStatus, str]] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., revocation_reason: _Optional[str] = ..., revoked_at: _Optional[int] = ..., request_id: _Optional[str] = ..., change_request_id: _Optional[str] = ..., change_state: _Optional[_Union[RequestState, str]] = ...) -> None: ...
 
+class FindCertificatesRequest(_message.Message):
+    __slots__ = ("card_id", "codice_fiscale")
+    CARD_ID_FIELD_NUMBER: _ClassVar[int]
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
+    card_id: str
+    codice_fiscale: str
+    def __init__(self, card_id: _Optional[str] = ..., codice_fiscale: _Optional[str] = ...) -> None: ...
+
+class FoundCertificate(_message.Message):
+    __slots__ = ("status", "profile", "card_id", "codice_fiscale", "subject", "chamber_code")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    CARD_ID_FIELD_NUMBER: _ClassVar[int]
+    CODICE_FISCALE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
+    status: CertificateStatusResponse
+    profile: CAProfile
+    card_id: str
+    codice_fiscale: str
+    subject: str
+    chamber_code: str
+    def __init__(self, status: _Optional[_Union[CertificateStatusResponse, _Mapping]] = ..., profile: _Optional[_Union[CAProfile, str]] = ..., card_id: _Optional[str] = ..., codice_fiscale: _Optional[str] = ..., subject: _Optional[str] = ..., chamber_code: _Optional[str] = ...) -> None: ...
+
+class FindCertificatesResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[FoundCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[FoundCertificate, _Mapping]]] = ...) -> None: ...
+
 class GetCAStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class PersonalizerStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.GetCAStatusRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CAStatusResponse.FromString,
                 _registered_method=True)
+        self.FindCertificates = channel.unary_unary(
+                '/cns.v1.Personalizer/FindCertificates',
+                request_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesResponse.FromString,
+                _registered_method=True)
         self.Renew = channel.unary_unary(
                 '/cns.v1.Personalizer/Renew',
                 request_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.RenewRequest.SerializeToString,
@@ -115,6 +120,15 @@ class PersonalizerServicer:
 
     def GetCAStatus(self, request, context):
         """Operational state of the CA behind the daemon. Implemented.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindCertificates(self, request, context):
+        """Every certificate issued for a card (EF_IDCarta serial) and/or a holder
+        (codice fiscale), oldest first: a lost card's certificates. Stations and
+        operator tools see only their chamber's; central IT sees all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +194,11 @@ def add_PersonalizerServicer_to_server(servicer, server):
                     servicer.GetCAStatus,
                     request_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.GetCAStatusRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CAStatusResponse.SerializeToString,
+            ),
+            'FindCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCertificates,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesResponse.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
@@ -337,6 +356,33 @@ class Personalizer:
             '/cns.v1.Personalizer/GetCAStatus',
             proto_dot_cns_dot_v1_dot_personalizer__pb2.GetCAStatusRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_personalizer__pb2.CAStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.Personalizer/FindCertificates',
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.FindCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
