@@ -1,0 +1,290 @@
+"""APDU recordings for tests: make them, and replay them in both directions.
+
+- ``replay_against_card(card, recording)``: send a recording's commands to an
+  emulated card and check every answer is the recorded one (for a recording
+  made at the card side, e.g. OpenSC through pcscd: the emulator's
+  ``apdu_log``).
+- ``personalize_flow`` / ``renew_flow``: the card-layer sequence of a
+  personalization and of a renewal (the same ``CnsSession``/``IssuerSession``
+  calls in the same order as ``agent.ops.personalize``/``renew``, with the CA
+  replaced by a callback). Run over a ``RecordingTransport`` they record; run
+  over a ``ReplayTransport`` with the recording's inputs they replay.
+- ``python -m tests.support.replay OUTDIR`` (``scripts/record-apdus``) writes
+  the committed fixtures (tests/fixtures/apdu/).
+
+Randomness: the card's random numbers (GET CHALLENGE, generated key pairs)
+are in the recorded responses, so a replay serves the same ones; what the CA
+returned (certificates) is stored in the recording's ``meta`` line and fed
+back in. PIN data is redacted (``**``) and matches any PIN of the same length.
+
+Tests only: imports the agent's card layer, ``agent.ops.csr`` and the emulator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from agent.card.cns import CnsSession
+from agent.card.issuer import IssuerSession
+from agent.card.transport import Recording, RecordingTransport, ReplayDivergence
+from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "apdu"
+MODEL_ID = "oberthur-cns-1024"  # the smaller keys keep recordings short; its PINs are set at personalization
+TEST_PIN, TEST_PUK = "24681357", "97531864"
+SUBJECT = [("country_name", "IT"), ("serial_number", "TINIT-RSSMRA80A01H501U"), ("given_name", "MARIO"),
+           ("surname", "ROSSI"), ("common_name", "ROSSI MARIO")]
+Issue = Callable[[str, bytes], bytes]  # (keyset name, CSR DER) -> certificate DER
+
+
+def _spki(key) -> str:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo).hex()
+
+
+def _open(transport, model) -> tuple[CnsSession, IssuerSession]:
+    cns = CnsSession(transport, model)
+    return cns, IssuerSession(cns, model)
+
+
+def personalize_flow(transport, model, *, dati_personali: bytes, pin: str, puk: str, issue: Issue) -> dict:
+    """Blank card → personalized, as ``agent.ops.personalize`` drives the card. Returns what the card gave."""
+    cns, issuer = _open(transport, model)
+    admin = model.dialect.admin_test_key
+    out: dict = {"pubkeys": {}, "csrs": {}}
+    for ks in model.keysets:                                     # precheck: the card is blank
+        assert issuer.read_ef(ks.cert_path) is None, f"{ks.name} certificate already on the card"
+    if model.pin_mode == "set_at_personalization":
+        issuer.authenticate(admin)                               # set-codes
+        for ks in model.keysets:
+            issuer.set_code(ks.pin_ref, pin, "PIN")
+            issuer.set_code(ks.puk_ref, puk, "PUK")
+    certs = {}
+    for ks in model.keysets:
+        issuer.authenticate(admin)                               # generate-key
+        pub = issuer.generate_key(ks.key_ref, model.rsa_bits)
+        out["pubkeys"][ks.name] = _spki(pub)
+        slot = issuer.read_public_key(ks.key_ref)                # csr
+        assert slot is not None and slot.public_numbers() == pub.public_numbers()
+        cns.verify_pin(pin, ks.name)
+        csr = build_csr(pub, SUBJECT, lambda block, ks=ks: issuer.raw_sign(ks, ks.key_ref, block))
+        out["csrs"][ks.name] = csr.hex()
+        certs[ks.name] = issue(ks.name, csr)                     # submit
+    issuer.authenticate(admin)                                   # write-dati-personali
+    cns.update_binary(model.paths.dati_personali, dati_personali)
+    for ks in model.keysets:                                     # write-cert
+        issuer.authenticate(admin)
+        issuer.write_ef(ks.cert_path, certs[ks.name])
+    for ks in model.keysets:                                     # verify
+        assert issuer.read_ef(ks.cert_path) == certs[ks.name]
+        cert = x509.load_der_x509_certificate(certs[ks.name])
+        assert issuer.read_public_key(ks.key_ref).public_numbers() == cert.public_key().public_numbers()
+        cns.verify_pin(pin, ks.name)
+        block = pkcs1_v15_sha256_block(b"replay test signature " + ks.name.encode(), cert.public_key().key_size // 8)
+        out.setdefault("signatures", {})[ks.name] = issuer.raw_sign(ks, ks.key_ref, block).hex()
+    assert cns.read_file(model.paths.dati_personali)[:len(dati_personali)] == dati_personali
+    return out
+
+
+def renew_flow(transport, model, *, pin: str, issue: Issue) -> dict:
+    """Personalized card → renewed, as ``agent.ops.renew`` drives the card (spare slots, one SWITCH)."""
+    cns, issuer = _open(transport, model)
+    admin = model.dialect.admin_test_key
+    out: dict = {"pubkeys": {}, "csrs": {}, "pops": {}}
+    current = {}
+    for ks in model.keysets:                                     # precheck
+        der = issuer.read_ef(ks.cert_path)
+        assert der is not None, f"no {ks.name} certificate: not personalized"
+        current[ks.name] = x509.load_der_x509_certificate(der)
+        assert issuer.read_public_key(ks.key_ref).public_numbers() == \
+            current[ks.name].public_key().public_numbers()
+    out["holder"] = cns.read_personal_data().holder_label
+    for ks in model.keysets:
+        cns.verify_pin(pin, ks.name)
+    certs = {}
+    for ks in model.keysets:
+        issuer.authenticate(admin)                               # generate-key (spare slot)
+        pub = issuer.generate_key(ks.spare_key_ref, model.rsa_bits)
+        out["pubkeys"][ks.name] = _spki(pub)
+        cns.verify_pin(pin, ks.name)                             # csr + proof of possession
+        csr = build_csr(pub, SUBJECT, lambda block, ks=ks: issuer.raw_sign(ks, ks.spare_key_ref, block))
+        nbytes = (current[ks.name].public_key().key_size + 7) // 8
+        pop = issuer.raw_sign(ks, ks.key_ref, pkcs1_v15_sha256_block(b"request-" + ks.name.encode() + csr, nbytes))
+        out["csrs"][ks.name], out["pops"][ks.name] = csr.hex(), pop.hex()
+        certs[ks.name] = issue(ks.name, csr)
+    for ks in model.keysets:                                     # write-cert (spare)
+        issuer.authenticate(admin)
+        issuer.write_ef(ks.spare_cert_path, certs[ks.name])
+    for ks in model.keysets:                                     # verify
+        assert issuer.read_ef(ks.spare_cert_path) == certs[ks.name]
+    issuer.authenticate(admin)                                   # switch
+    issuer.switch_keysets(sum(1 << i for i in range(len(model.keysets))))
+    for ks in model.keysets:
+        assert issuer.read_ef(ks.cert_path) == certs[ks.name], f"{ks.name}: the new certificate is not live"
+    issuer.authenticate(admin)                                   # cleanup
+    for ks in model.keysets:
+        issuer.erase_key(ks.spare_key_ref)
+        issuer.delete_ef(ks.spare_cert_path)
+    return out
+
+
+def replay_against_card(card, recording: Recording) -> int:
+    """Send every recorded command to ``card`` (powered here) and require the recorded answer.
+    Returns the number of exchanges; raises ``ReplayDivergence`` naming the first line that differs."""
+    if not card.powered:
+        card.power_on()
+    for e in recording.exchanges:
+        where = f"{recording.source}:{e.line}"
+        if "**" in e.command:
+            raise ReplayDivergence(f"{where}: a redacted (PIN) command cannot be sent to a card")
+        got = card.transmit(bytes.fromhex(e.command))
+        if got != e.response:
+            raise ReplayDivergence(f"{where}: the card answered {got.hex()} to {e.command}, "
+                                   f"the recording has {e.response.hex() if e.response else None}")
+    return len(recording.exchanges)
+
+
+# ------------------------------------------------------------------------------- making recordings
+def _model():
+    from firmware_profiles import load_models
+    return load_models()[MODEL_ID]
+
+
+def _fresh_card(model):
+    from firmware_profiles.emulator import CardRemovedError, EmulatedCard
+    from tests.agent.emulated import EmulatedTransport
+    card = EmulatedCard(model)
+    card.power_on()
+    return card, EmulatedTransport(card, (CardRemovedError,))
+
+
+def _test_ca_issue(certs: dict[str, str]) -> Issue:
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    from tests.support.cardprep import TestCA
+    ca = TestCA.create()
+
+    def issue(ks_name: str, csr: bytes) -> bytes:
+        req = x509.load_der_x509_csr(csr)
+        pub = load_der_public_key(req.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+        der = ca.issue(pub, cn="ROSSI MARIO", usage="auth" if ks_name == "CNS0" else "sign").public_bytes(
+            serialization.Encoding.DER)
+        certs[ks_name] = der.hex()
+        return der
+    return issue
+
+
+def dati_personali() -> bytes:
+    from tests.support.cardprep import dati_personali as dp
+    return dp("MARIO", "ROSSI")
+
+
+def record_personalization(path: Path) -> Recording:
+    model = _model()
+    _card, transport = _fresh_card(model)
+    rec, certs = RecordingTransport(transport), {}
+    out = personalize_flow(rec, model, dati_personali=dati_personali(), pin=TEST_PIN, puk=TEST_PUK,
+                           issue=_test_ca_issue(certs))
+    recording = rec.recording({"kind": "personalization", "model": MODEL_ID,
+                               "inputs": {"dati_personali": dati_personali().hex(), "certs": certs},
+                               "outputs": out})
+    recording.save(path)
+    return Recording.load(path)
+
+
+def record_renewal(path: Path) -> Recording:
+    model = _model()
+    card, transport = _fresh_card(model)
+    personalize_flow(transport, model, dati_personali=dati_personali(), pin=TEST_PIN, puk=TEST_PUK,
+                     issue=_test_ca_issue({}))
+    rec, certs = RecordingTransport(transport), {}
+    out = renew_flow(rec, model, pin=TEST_PIN, issue=_test_ca_issue(certs))
+    recording = rec.recording({"kind": "renewal", "model": MODEL_ID, "inputs": {"certs": certs},
+                               "outputs": out})
+    recording.save(path)
+    return Recording.load(path)
+
+
+OPENSC_CONF = 'app default { framework pkcs15 { use_file_caching = false; use_pin_caching = false; } }\n'
+
+
+def record_opensc(path: Path, snapshot_path: Path, workdir: Path, commands: list[list[str]]) -> Recording:
+    """OpenSC reads a personalized emulated card through a private pcscd + vpcd; the emulator logs
+    every APDU at the card side. Saves the card's state before (``snapshot_path``) and the exchanges."""
+    from firmware_profiles.emulator import EmulatedCard
+    from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
+    from tests.support import cardprep
+    from tests.support.pcscd import start_pcscd
+
+    model = _model()
+    card = EmulatedCard(model)
+    card.power_on()
+    cardprep.personalize(card)
+    snapshot = card.snapshot()
+    log = workdir / "apdu.jsonl"
+    served = EmulatedCard(model, apdu_log=log)
+    served.restore(snapshot)
+    pcscd = start_pcscd(workdir / "pcscd")
+    conf = workdir / "opensc.conf"
+    conf.write_text(OPENSC_CONF)
+    env = dict(pcscd.env, OPENSC_CONF=str(conf))
+    host, port = parse_address(pcscd.vpcd_address(0))
+    client = VpcdClient(served, host, port).start()
+    try:
+        if not client.inserted.wait(10):
+            raise SystemExit("record-apdus: the emulated card never connected to vpcd")
+        deadline = time.monotonic() + 10
+        while model.atr.hex(":").upper() not in subprocess.run(
+                ["opensc-tool", "-r", "0", "-a"], env=env, capture_output=True, text=True).stdout.upper():
+            if time.monotonic() > deadline:
+                raise SystemExit("record-apdus: the reader never showed the card's ATR")
+            time.sleep(0.2)
+        log.write_text("")  # only what the recorded commands send
+        for argv in commands:
+            r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            if r.returncode:
+                raise SystemExit(f"record-apdus: {' '.join(argv)} failed: {r.stderr.strip()}")
+    finally:
+        client.stop()
+        pcscd.stop()
+    recording = Recording.load(log)
+    recording.meta = {"kind": "opensc", "model": MODEL_ID, "commands": [" ".join(c) for c in commands],
+                      "card_state": snapshot_path.name}
+    recording.save(path)
+    snapshot_path.write_text(json.dumps(snapshot, sort_keys=True, indent=1) + "\n")
+    return Recording.load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="record-apdus", description="Write the APDU recordings of tests/fixtures/apdu.")
+    ap.add_argument("outdir", nargs="?", type=Path, default=FIXTURES)
+    ap.add_argument("--only", choices=["personalization", "renewal", "opensc"], action="append")
+    args = ap.parse_args(argv)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    which = args.only or ["personalization", "renewal", "opensc"]
+    made = []
+    if "personalization" in which:
+        made.append(record_personalization(args.outdir / "personalization.jsonl"))
+    if "renewal" in which:
+        made.append(record_renewal(args.outdir / "renewal.jsonl"))
+    if "opensc" in which:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="record-apdus-") as tmp:
+            made.append(record_opensc(args.outdir / "opensc-read.jsonl", args.outdir / "opensc-read.card.json",
+                                      Path(tmp), [["pkcs15-tool", "--dump"],
+                                                  ["pkcs15-tool", "--read-certificate", "01"]]))
+    for r in made:
+        print(f"{r.source}: {len(r.exchanges)} exchanges ({r.meta['kind']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
