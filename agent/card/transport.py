@@ -141,10 +141,22 @@ class Exchange:
     response: bytes | None  # data + SW; None: the card went away during the command
     line: int = 0           # 1-based line in the recording file (0: not from a file)
 
-    def matches(self, apdu: bytes) -> bool:
+    def first_difference(self, apdu: bytes) -> int | None:
+        """Offset of the first byte of ``apdu`` the command does not match (``**`` matches any byte)."""
         want = self.command
-        return len(want) == 2 * len(apdu) and all(
-            want[i:i + 2] == "**" or want[i:i + 2] == apdu[i // 2:i // 2 + 1].hex() for i in range(0, len(want), 2))
+        for i in range(max(len(want) // 2, len(apdu))):
+            pair = want[2 * i:2 * i + 2]
+            if i >= len(apdu) or not pair or (pair != "**" and pair != apdu[i:i + 1].hex()):
+                return i
+        return None
+
+    def matches(self, apdu: bytes) -> bool:
+        return self.first_difference(apdu) is None
+
+
+def _short(hex_command: str, limit: int = 80) -> str:
+    n = len(hex_command) // 2
+    return hex_command if len(hex_command) <= limit else f"{hex_command[:limit]}… ({n} bytes)"
 
 
 @dataclass
@@ -250,7 +262,8 @@ class ReplayTransport:
                                    f"exchange ({len(self.recording.exchanges)} recorded)")
         e = self.recording.exchanges[self.position]
         if not e.matches(apdu):
-            raise ReplayDivergence(f"{self._where(e)}: sent {redacted_hex(apdu)}, the recording has {e.command}")
+            raise ReplayDivergence(f"{self._where(e)}: sent {_short(redacted_hex(apdu))}, the recording has "
+                                   f"{_short(e.command)} (first difference at byte {e.first_difference(apdu)})")
         self.position += 1
         if e.response is None:
             raise CardRemovedError(f"{self._where(e)}: the card went away during this command (recorded)")

@@ -129,7 +129,9 @@ def test_replay_names_the_line_of_a_divergent_command(tmp_path):
     path.write_text('{"c": "00a4000c023f00", "r": "9000"}\n{"c": "00b0000010", "r": "00119000"}\n')
     t = ReplayTransport(path)
     assert t.transmit(bytes.fromhex("00a4000c023f00")) == (b"", 0x9000)
-    with pytest.raises(ReplayDivergence, match=rf"{path}:2: sent 00b0000020, the recording has 00b0000010"):
+    with pytest.raises(ReplayDivergence, match=r"first difference at byte 7"):
+        ReplayTransport(path).transmit(bytes.fromhex("00a4000c023f0000"))   # one byte longer
+    with pytest.raises(ReplayDivergence, match=rf"{path}:2: sent 00b0000020, the recording has 00b0000010 \(first difference at byte 4\)"):
         t.transmit(bytes.fromhex("00b0000020"))
 
 

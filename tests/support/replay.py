@@ -276,7 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     if "renewal" in which:
         made.append(record_renewal(args.outdir / "renewal.jsonl"))
     if "opensc" in which:
+        import shutil
         import tempfile
+
+        from tests.support.pcscd import missing_tools
+        missing = missing_tools() + (["pkcs15-tool (apt-get install opensc)"] if not shutil.which("pkcs15-tool")
+                                     else [])
+        if missing:
+            print(f"record-apdus: the OpenSC recording needs {', '.join(missing)}; "
+                  "or record only the others with --only personalization --only renewal", file=sys.stderr)
+            return 2
         with tempfile.TemporaryDirectory(prefix="record-apdus-") as tmp:
             made.append(record_opensc(args.outdir / "opensc-read.jsonl", args.outdir / "opensc-read.card.json",
                                       Path(tmp), [["pkcs15-tool", "--dump"],
