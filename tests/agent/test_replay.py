@@ -77,7 +77,7 @@ def test_the_renewal_recording_replays_through_the_card_layer():
 def test_a_renewal_that_stops_early_leaves_recorded_exchanges_unsent():
     rec = Recording.load(FIXTURES / "renewal.jsonl")
     transport = ReplayTransport(rec)
-    replay.CnsSession(transport, MODEL).read_file(MODEL.keysets[0].cert_path)  # not what the renewal does
+    assert replay.CnsSession(transport, MODEL).read_serial() == rec.meta["outputs"]["serial"]  # then stops
     with pytest.raises(ReplayDivergence, match=r"renewal\.jsonl:\d+: \d+ recorded exchange\(s\) never sent"):
         transport.finish()
 

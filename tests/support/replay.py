@@ -6,8 +6,9 @@
   ``apdu_log``).
 - ``personalize_flow`` / ``renew_flow``: the card-layer sequence of a
   personalization and of a renewal (the same ``CnsSession``/``IssuerSession``
-  calls in the same order as ``agent.ops.personalize``/``renew``, with the CA
-  replaced by a callback). Run over a ``RecordingTransport`` they record; run
+  calls in the order of the ``agent.ops.personalize``/``renew`` plans, with the
+  CA replaced by a callback; the ops engine itself needs the personalizer, and a
+  replay must not). Run over a ``RecordingTransport`` they record; run
   over a ``ReplayTransport`` with the recording's inputs they replay.
 - ``python -m tests.support.replay OUTDIR`` (``scripts/record-apdus``) writes
   the committed fixtures (tests/fixtures/apdu/).
@@ -17,7 +18,7 @@ are in the recorded responses, so a replay serves the same ones; what the CA
 returned (certificates) is stored in the recording's ``meta`` line and fed
 back in. PIN data is redacted (``**``) and matches any PIN of the same length.
 
-Tests only: imports the agent's card layer, ``agent.ops.csr`` and the emulator.
+Tests only: imports the agent's card layer, ``agent.ops.csr``/``renew`` (CSR, marker) and the emulator.
 """
 from __future__ import annotations
 
@@ -36,12 +37,14 @@ from agent.card.cns import CnsSession
 from agent.card.issuer import IssuerSession
 from agent.card.transport import Recording, RecordingTransport, ReplayDivergence
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+from agent.ops.renew import marker_bytes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "apdu"
 MODEL_ID = "oberthur-cns-1024"  # the smaller keys keep recordings short; its PINs are set at personalization
 TEST_PIN, TEST_PUK = "24681357", "97531864"
 SUBJECT = [("country_name", "IT"), ("serial_number", "TINIT-RSSMRA80A01H501U"), ("given_name", "MARIO"),
            ("surname", "ROSSI"), ("common_name", "ROSSI MARIO")]
+RENEWAL_OP_ID = "00000000-0000-4000-8000-00000000cafe"  # the renewal's operation id (marker, request ids)
 Issue = Callable[[str, bytes], bytes]  # (keyset name, CSR DER) -> certificate DER
 
 
@@ -55,10 +58,12 @@ def _open(transport, model) -> tuple[CnsSession, IssuerSession]:
 
 
 def personalize_flow(transport, model, *, dati_personali: bytes, pin: str, puk: str, issue: Issue) -> dict:
-    """Blank card → personalized, as ``agent.ops.personalize`` drives the card. Returns what the card gave."""
+    """Blank card → personalized: the card calls of ``agent.ops.personalize`` in its plan's order
+    (read serial, blank check, [set-codes], generate-key:*, csr:*, submit:*, write-dati-personali,
+    write-cert:*, verify). Returns what the card gave (serial, public keys, CSRs, test signatures)."""
     cns, issuer = _open(transport, model)
     admin = model.dialect.admin_test_key
-    out: dict = {"pubkeys": {}, "csrs": {}}
+    out: dict = {"serial": cns.read_serial(), "pubkeys": {}, "csrs": {}, "signatures": {}}
     for ks in model.keysets:                                     # precheck: the card is blank
         assert issuer.read_ef(ks.cert_path) is None, f"{ks.name} certificate already on the card"
     if model.pin_mode == "set_at_personalization":
@@ -66,20 +71,22 @@ def personalize_flow(transport, model, *, dati_personali: bytes, pin: str, puk: 
         for ks in model.keysets:
             issuer.set_code(ks.pin_ref, pin, "PIN")
             issuer.set_code(ks.puk_ref, puk, "PUK")
-    certs = {}
-    for ks in model.keysets:
-        issuer.authenticate(admin)                               # generate-key
-        pub = issuer.generate_key(ks.key_ref, model.rsa_bits)
-        out["pubkeys"][ks.name] = _spki(pub)
-        slot = issuer.read_public_key(ks.key_ref)                # csr
-        assert slot is not None and slot.public_numbers() == pub.public_numbers()
+    pubs = {}
+    for ks in model.keysets:                                     # generate-key:*
+        issuer.authenticate(admin)
+        pubs[ks.name] = issuer.generate_key(ks.key_ref, model.rsa_bits)
+        out["pubkeys"][ks.name] = _spki(pubs[ks.name])
+    csrs = {}
+    for ks in model.keysets:                                     # csr:*
+        slot = issuer.read_public_key(ks.key_ref)
+        assert slot is not None and slot.public_numbers() == pubs[ks.name].public_numbers()
         cns.verify_pin(pin, ks.name)
-        csr = build_csr(pub, SUBJECT, lambda block, ks=ks: issuer.raw_sign(ks, ks.key_ref, block))
-        out["csrs"][ks.name] = csr.hex()
-        certs[ks.name] = issue(ks.name, csr)                     # submit
+        csrs[ks.name] = build_csr(pubs[ks.name], SUBJECT, lambda block, ks=ks: issuer.raw_sign(ks, ks.key_ref, block))
+        out["csrs"][ks.name] = csrs[ks.name].hex()
+    certs = {ks.name: issue(ks.name, csrs[ks.name]) for ks in model.keysets}   # submit:*
     issuer.authenticate(admin)                                   # write-dati-personali
     cns.update_binary(model.paths.dati_personali, dati_personali)
-    for ks in model.keysets:                                     # write-cert
+    for ks in model.keysets:                                     # write-cert:*
         issuer.authenticate(admin)
         issuer.write_ef(ks.cert_path, certs[ks.name])
     for ks in model.keysets:                                     # verify
@@ -88,16 +95,19 @@ def personalize_flow(transport, model, *, dati_personali: bytes, pin: str, puk: 
         assert issuer.read_public_key(ks.key_ref).public_numbers() == cert.public_key().public_numbers()
         cns.verify_pin(pin, ks.name)
         block = pkcs1_v15_sha256_block(b"replay test signature " + ks.name.encode(), cert.public_key().key_size // 8)
-        out.setdefault("signatures", {})[ks.name] = issuer.raw_sign(ks, ks.key_ref, block).hex()
+        out["signatures"][ks.name] = issuer.raw_sign(ks, ks.key_ref, block).hex()
     assert cns.read_file(model.paths.dati_personali)[:len(dati_personali)] == dati_personali
     return out
 
 
-def renew_flow(transport, model, *, pin: str, issue: Issue) -> dict:
-    """Personalized card → renewed, as ``agent.ops.renew`` drives the card (spare slots, one SWITCH)."""
+def renew_flow(transport, model, *, pin: str, issue: Issue, op_id: str = RENEWAL_OP_ID) -> dict:
+    """Personalized card → renewed: the card calls of ``agent.ops.renew`` in its plan's order (read
+    serial, precheck, [mark], generate-key:* and csr:* in the spare slots, renew:*, write-cert:*,
+    verify, switch, cleanup, [unmark])."""
     cns, issuer = _open(transport, model)
     admin = model.dialect.admin_test_key
-    out: dict = {"pubkeys": {}, "csrs": {}, "pops": {}}
+    marker = model.paths.renewal_marker
+    out: dict = {"serial": cns.read_serial(), "pubkeys": {}, "csrs": {}, "pops": {}}
     current = {}
     for ks in model.keysets:                                     # precheck
         der = issuer.read_ef(ks.cert_path)
@@ -108,30 +118,61 @@ def renew_flow(transport, model, *, pin: str, issue: Issue) -> dict:
     out["holder"] = cns.read_personal_data().holder_label
     for ks in model.keysets:
         cns.verify_pin(pin, ks.name)
-    certs = {}
-    for ks in model.keysets:
-        issuer.authenticate(admin)                               # generate-key (spare slot)
-        pub = issuer.generate_key(ks.spare_key_ref, model.rsa_bits)
-        out["pubkeys"][ks.name] = _spki(pub)
-        cns.verify_pin(pin, ks.name)                             # csr + proof of possession
-        csr = build_csr(pub, SUBJECT, lambda block, ks=ks: issuer.raw_sign(ks, ks.spare_key_ref, block))
+    marker_size = len(cns.read_file(marker)) if marker else 0
+    if marker:                                                   # mark
+        issuer.authenticate(admin)
+        cns.update_binary(marker, marker_bytes(op_id, marker_size))
+    pubs = {}
+    for ks in model.keysets:                                     # generate-key:* (spare slots)
+        issuer.authenticate(admin)
+        pubs[ks.name] = issuer.generate_key(ks.spare_key_ref, current[ks.name].public_key().key_size)
+        out["pubkeys"][ks.name] = _spki(pubs[ks.name])
+    csrs = {}
+    for ks in model.keysets:                                     # csr:* with the proof of possession
+        assert issuer.read_public_key(ks.spare_key_ref).public_numbers() == pubs[ks.name].public_numbers()
+        cns.verify_pin(pin, ks.name)
+        csrs[ks.name] = build_csr(pubs[ks.name], SUBJECT,
+                                  lambda block, ks=ks: issuer.raw_sign(ks, ks.spare_key_ref, block))
         nbytes = (current[ks.name].public_key().key_size + 7) // 8
-        pop = issuer.raw_sign(ks, ks.key_ref, pkcs1_v15_sha256_block(b"request-" + ks.name.encode() + csr, nbytes))
-        out["csrs"][ks.name], out["pops"][ks.name] = csr.hex(), pop.hex()
-        certs[ks.name] = issue(ks.name, csr)
-    for ks in model.keysets:                                     # write-cert (spare)
+        rid = f"renew-{op_id}-{ks.name}".encode()
+        pop = issuer.raw_sign(ks, ks.key_ref, pkcs1_v15_sha256_block(rid + csrs[ks.name], nbytes))
+        out["csrs"][ks.name], out["pops"][ks.name] = csrs[ks.name].hex(), pop.hex()
+    certs = {ks.name: issue(ks.name, csrs[ks.name]) for ks in model.keysets}   # renew:*
+    for ks in model.keysets:                                     # write-cert:* (spare files)
         issuer.authenticate(admin)
         issuer.write_ef(ks.spare_cert_path, certs[ks.name])
-    for ks in model.keysets:                                     # verify
+    for ks in model.keysets:                                     # verify, with a test signature
         assert issuer.read_ef(ks.spare_cert_path) == certs[ks.name]
-    issuer.authenticate(admin)                                   # switch
+        new = x509.load_der_x509_certificate(certs[ks.name])
+        assert issuer.read_public_key(ks.spare_key_ref).public_numbers() == new.public_key().public_numbers()
+        cns.verify_pin(pin, ks.name)
+        block = pkcs1_v15_sha256_block(b"replay renewal signature " + ks.name.encode(), new.public_key().key_size // 8)
+        out.setdefault("signatures", {})[ks.name] = issuer.raw_sign(ks, ks.spare_key_ref, block).hex()
+
+    def live_side() -> str:                                      # as Renewer._where: old, new or other
+        sides = set()
+        for ks in model.keysets:
+            der = issuer.read_ef(ks.cert_path)
+            side = "new" if der == certs[ks.name] else "old" if der == current_der[ks.name] else "other"
+            if side != "other":
+                key = x509.load_der_x509_certificate(der).public_key()
+                if issuer.read_public_key(ks.key_ref).public_numbers() != key.public_numbers():
+                    side = "other"
+            sides.add(side)
+        return sides.pop() if len(sides) == 1 else "other"
+    current_der = {n: c.public_bytes(serialization.Encoding.DER) for n, c in current.items()}
+    assert live_side() == "old"                                  # switch
+    issuer.authenticate(admin)
     issuer.switch_keysets(sum(1 << i for i in range(len(model.keysets))))
-    for ks in model.keysets:
-        assert issuer.read_ef(ks.cert_path) == certs[ks.name], f"{ks.name}: the new certificate is not live"
-    issuer.authenticate(admin)                                   # cleanup
+    assert live_side() == "new", "the new certificates are not live"
+    assert live_side() == "new"                                  # cleanup: never erase what is live
+    issuer.authenticate(admin)
     for ks in model.keysets:
         issuer.erase_key(ks.spare_key_ref)
         issuer.delete_ef(ks.spare_cert_path)
+    if marker:                                                   # unmark
+        issuer.authenticate(admin)
+        cns.update_binary(marker, bytes(marker_size))
     return out
 
 
