@@ -11,8 +11,9 @@ Layers, outermost first::
 
     cli / cnsctl ─ server (grpc.aio, mTLS, health, reflection, signals)
                     ├─ identity (client certificate → role, chamber; interceptor)
-                    └─ service (proto ↔ domain; errors → status codes)
-                         └─ broker (idempotency, request states, watchers)
+                    │    └─ tls_clients (chain with path length, client CRL; pure)
+                    └─ service (proto ↔ domain; errors → status codes; limits: request bounds)
+                         └─ broker (idempotency, request states, watchers; audit: refusal rate limit)
                               ├─ store (SQLite via aiosqlite; all SQL)
                               ├─ validation, codice_fiscale, dati_personali (pure)
                               └─ ca (CAConnector protocol; embedded CA; key stores)

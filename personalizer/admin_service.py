@@ -1,9 +1,9 @@
 """The QueueAdmin gRPC servicer: central IT's view of the outbox and of planned CA maintenance.
 
-Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited,
-refused ones too (``refused:<CODE>`` with the reason); a caller without the
-admin role is refused by the interceptor, which audits it through
-``audit_refusal``.
+Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited
+with the admin's name as operator; every refused call writes one row
+(``refused:<CODE>`` with the reason), by ``_translate`` or, for a caller
+without the admin role, by the interceptor through ``audit_refusal``.
 Must not import the store's SQL, the CA's key stores or anything of the agent.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 
 from personalizer import identity, validation
 from personalizer.broker import Broker
-from personalizer.errors import FailedPrecondition, InvalidRequest, PersonalizerError
+from personalizer.errors import FailedPrecondition, InvalidRequest
 from personalizer.relay import Relay
 from personalizer.service import STATE_ENUMS, _translate, audit_denied
 from personalizer.store import AuditEntry, RequestRecord
@@ -37,20 +37,13 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
         self._relay = relay
 
     def _audit(self, operation: str, request_id: str | None, result: str, detail: str = "") -> AuditEntry:
-        return AuditEntry(identity.current_identity().uri, "", operation, request_id, "", result, detail)
+        ident = identity.current_identity()
+        return AuditEntry(ident.uri, "", operation, request_id, "", result, detail, operator_id=ident.subject_id)
 
     async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
         """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
         await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request,
                            exc=exc)
-
-    async def _audited(self, operation: str, request_id: str, coro):
-        try:
-            return await coro
-        except PersonalizerError as exc:
-            await self._broker.audit_refusal(actor=identity.current_identity().uri, station_id="",
-                                             operation=operation, request_id=request_id, exc=exc)
-            raise
 
     @_translate
     async def ListQueue(self, request, context):
@@ -63,7 +56,7 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def RetryNow(self, request, context):
-        return await self._audited("queue-retry", request.request_id, self._retry_now(request))
+        return await self._retry_now(request)
 
     async def _retry_now(self, request):
         rec = await self._broker.get(request.request_id)
@@ -79,7 +72,7 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def Cancel(self, request, context):
-        return await self._audited("queue-cancel", request.request_id, self._cancel(request))
+        return await self._cancel(request)
 
     async def _cancel(self, request):
         rec = await self._broker.get(request.request_id)
@@ -93,7 +86,7 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     @_translate
     async def AddMaintenance(self, request: pb.MaintenanceWindow, context):
-        return await self._audited("maintenance-add", "", self._add_maintenance(request))
+        return await self._add_maintenance(request)
 
     async def _add_maintenance(self, request: pb.MaintenanceWindow):
         if request.ends_at <= request.starts_at:

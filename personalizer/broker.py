@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from personalizer import lifecycle, validation
+from personalizer.audit import RefusalLimiter
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
@@ -126,6 +127,7 @@ class Broker:
         self._renewal = renewal
         self._clock = clock
         self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self.refusals = RefusalLimiter()   # audit rows of refused calls, per identity
         self.wake_relay: Callable[[], None] = lambda: None
         self.relay = None   # the running Relay (set by the daemon): requests accepted while it has a free
                             # slot are committed claimed and handed to it directly
@@ -161,7 +163,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
                             payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
                             station_id=inp.station_id, operator_id=inp.operator_id)
-        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id)
+        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id, card_id=valid.card_id,
+                                  holder_cf=valid.holder.codice_fiscale)
 
     async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -183,6 +186,12 @@ class Broker:
         card_id = row.card_id if row and row.card_id else ""
         if not card_id:
             raise FailedPrecondition("the current certificate has no device on record; renew by issuance")
+        original = await self._store.get_payload(row.request_id)
+        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
+            raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
+        first = IssuancePayload.decode(original.payload)
+        validation.check_subject_matches(csr, validation.Holder(   # the CSR names the certificate's holder
+            first.codice_fiscale, first.given_name, first.surname, _dt.date.fromisoformat(first.birth_date)))
         now = _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
         lifecycle.check_renewal(
             request_id=inp.request_id, csr_der=inp.csr_der, proof=inp.proof_of_possession, csr=csr,
@@ -190,10 +199,6 @@ class Broker:
             first_issued=await self._store.first_issued_for_card(card_id), now=now,
             new_validity=profiles.EE_VALIDITY, renewal_window=_dt.timedelta(days=self._renewal.window_days),
             device_life_years=self._renewal.device_life_years)
-        original = await self._store.get_payload(row.request_id)
-        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
-            raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
-        first = IssuancePayload.decode(original.payload)
         payload = IssuancePayload(
             profile=inp.profile, csr_der=inp.csr_der, codice_fiscale=first.codice_fiscale,
             given_name=first.given_name, surname=first.surname, birth_date=first.birth_date,
@@ -201,7 +206,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_RENEW, profile=inp.profile, payload_sha256=fp,
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
-        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}")
+        return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
+                                  card_id=card_id, holder_cf=first.codice_fiscale)
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -225,7 +231,7 @@ class Broker:
                                   target=f"{inp.ref.issuer_dn}#{inp.ref.serial_hex}", fingerprint=fp)
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
-                      fingerprint: bytes | None = None) -> RequestRecord:
+                      fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -234,7 +240,8 @@ class Broker:
             # The commit and the hand-off to the relay run as their own task, shielded from the caller:
             # a client that cancels or whose deadline expires interrupts only its own wait, never a
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
-            task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target))
+            task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
+                                                      card_id=card_id, holder_cf=holder_cf))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
             created = await asyncio.shield(task)
@@ -242,9 +249,7 @@ class Broker:
             existing = await self._store.get_request(rid)
             if existing is None:
                 raise CAError("request row vanished")
-            if existing.payload_sha256 != fp:
-                await self._store.append_audit(AuditEntry(actor, rec.station_id, rec.kind, rid, target,
-                                                          "refused:ALREADY_EXISTS"))
+            if existing.payload_sha256 != fp:   # audited by the caller, as every refused call: one row
                 raise RequestConflict(rid)
             if existing.terminal:
                 return existing
@@ -255,7 +260,8 @@ class Broker:
                 self.wake_relay()
         return await self.wait(rid, self._answer_wait)
 
-    async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str) -> bool:
+    async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
+                      holder_cf: str = "") -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
 
         While the relay has a free slot the rows are committed already claimed and go straight to
@@ -268,7 +274,8 @@ class Broker:
         claim = relay is not None and relay.reserve(lane, rid)
         try:
             created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
-                actor, rec.station_id, rec.kind, rid, target, "accepted"))
+                actor, rec.station_id, rec.kind, rid, target, "accepted", operator_id=rec.operator_id,
+                card_id=card_id, holder_cf=holder_cf))
         except BaseException:
             if claim:
                 relay.release(rid)
@@ -292,10 +299,15 @@ class Broker:
             log.error("committing a request failed: %r", task.exception())
 
     async def audit_refusal(self, *, actor: str, station_id: str, operation: str, request_id: str,
-                            exc: PersonalizerError) -> None:
+                            exc: PersonalizerError, operator_id: str = "") -> None:
+        """One row per refused call, rate-limited per identity (``audit.RefusalLimiter``)."""
+        skipped = self.refusals.admit(actor)
+        if skipped is None:
+            return
+        detail = str(exc)[:500] if not skipped else f"[{skipped} earlier refusal(s) not recorded] {exc}"[:500]
         try:
             await self._store.append_audit(AuditEntry(actor, station_id, operation, request_id or None, "",
-                                                      f"refused:{exc.code}", str(exc)[:500]))
+                                                      f"refused:{exc.code}", detail, operator_id=operator_id))
         except PersonalizerError:
             log.exception("could not write the audit row of a refused %s", operation)
 

@@ -1,7 +1,10 @@
-"""``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``.
+"""``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``,
+``revoke-client --config FILE CERT.pem|--serial HEX`` (a station, tool or admin certificate into the
+client CRL that the running daemon rereads).
 
 ``audit`` reads the append-only audit table straight from the store (no
-daemon needed; the database is opened read-only alongside a running one).
+daemon needed; a read-only connection, so an auditor needs only read access to
+the database), filtered by operator, station, card, codice fiscale and time.
 
 One top-level error handler turns our errors into one line on stderr and a
 non-zero exit code. Must not import agent or firmware_profiles.
@@ -13,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from personalizer import config, deploy
+from personalizer import config, deploy, tls_clients
 from personalizer.errors import PersonalizerError
 
 EXIT_ERROR = 1
@@ -32,33 +35,106 @@ def _serve(opts) -> int:
     return 0
 
 
+def _when(value: str | None, option: str) -> float | None:
+    """An ISO 8601 date or date-time (UTC unless it says otherwise) as a timestamp."""
+    import datetime as _dt
+
+    if value is None:
+        return None
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise config.ConfigError("audit", option, f"{value!r} is not a date; write e.g. 2026-12-31 or "
+                                 "2026-12-31T08:30:00+01:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.timestamp()
+
+
 def _audit(opts) -> int:
-    import asyncio
     import datetime as _dt
     import json
 
-    from personalizer.store import RequestStore
+    from personalizer.store import AuditFilter, read_audit
 
-    cfg = config.load(opts.config)
-    if not cfg.store.database.exists():
-        raise config.ConfigError(cfg.source, "store.data_dir", f"no request store at {cfg.store.database}")
-
-    async def read():
-        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
-        try:
-            return await store.list_audit(opts.after, opts.limit)
-        finally:
-            await store.close()
-
-    for e in asyncio.run(read()):
+    if (opts.config is None) == (opts.database is None):
+        raise config.ConfigError("audit", "arguments", "give either --config FILE or --database FILE")
+    if opts.limit <= 0:
+        raise config.ConfigError("audit", "--limit", f"must be at least 1, got {opts.limit}")
+    if opts.after < 0:
+        raise config.ConfigError("audit", "--after", f"is a sequence number (0 or more), got {opts.after}")
+    if opts.config is not None:
+        cfg = config.load(opts.config)
+        database, source, key = cfg.store.database, cfg.source, "store.data_dir"
+    else:
+        database, source, key = Path(opts.database), opts.database, "--database"
+    if not database.exists():
+        raise config.ConfigError(source, key, f"no request store at {database}")
+    f = AuditFilter(after_seq=opts.after, operator_id=opts.operator, station_id=opts.station, card_id=opts.card,
+                    holder_cf=opts.cf.upper() if opts.cf else None, since=_when(opts.since, "--since"),
+                    until=_when(opts.until, "--until"), limit=opts.limit)
+    for e in read_audit(database, f):
         when = _dt.datetime.fromtimestamp(e.at, _dt.timezone.utc).isoformat(timespec="seconds")
         if opts.json:
             print(json.dumps({"seq": e.seq, "at": when, "actor": e.actor, "station_id": e.station_id,
-                              "operation": e.operation, "request_id": e.request_id, "target": e.target,
+                              "operator_id": e.operator_id, "operation": e.operation, "request_id": e.request_id,
+                              "target": e.target, "card_id": e.card_id, "holder_cf": e.holder_cf,
                               "result": e.result, "detail": e.detail}, sort_keys=True))
         else:
-            print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operation:11} "
-                  f"{e.request_id or '-':36} {e.result} {e.detail}")
+            print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operator_id or '-':12} "
+                  f"{e.operation:11} {e.request_id or '-':36} {e.result} {e.detail}")
+    return 0
+
+
+def _revoke_client(opts) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from personalizer import identity
+
+    cfg = config.load(opts.config)
+    crl = cfg.server.client_crl
+    if crl is None:
+        raise config.ConfigError(cfg.source, "server.client_crl",
+                                 'not set; add client_crl = "tls/client-crl.pem" to [server] and restart the daemon')
+    if (opts.cert is None) == (opts.serial is None):
+        raise config.ConfigError("revoke-client", "arguments", "give either a certificate file or --serial HEX")
+    who = ""
+    if opts.cert is not None:
+        try:
+            leaf = x509.load_pem_x509_certificate(Path(opts.cert).read_bytes())
+        except OSError as exc:
+            raise config.ConfigError(opts.cert, "-", f"cannot read: {exc.strerror}") from None
+        except ValueError:
+            raise config.ConfigError(opts.cert, "-", "not a PEM certificate") from None
+        serial = leaf.serial_number
+        try:
+            who = identity.identity_from_certificate(leaf).uri
+        except PersonalizerError:
+            who = "no identity URI"
+    else:
+        try:
+            serial = int(opts.serial.replace(":", ""), 16)
+        except ValueError:
+            raise config.ConfigError("revoke-client", "--serial", f"{opts.serial!r} is not a hexadecimal serial") from None
+    key_path = Path(opts.tls_ca_key) if opts.tls_ca_key else cfg.server.client_trust_anchors.parent / deploy.TLS_CA_KEY
+    try:
+        ca_cert = x509.load_pem_x509_certificate(cfg.server.client_trust_anchors.read_bytes())
+        ca_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except OSError as exc:
+        raise config.ConfigError(key_path, "-", f"cannot read the TLS CA key: {exc.strerror}; give --tls-ca-key") from None
+    except (ValueError, TypeError):
+        raise config.ConfigError(key_path, "-", "not an unencrypted PEM private key of the TLS CA") from None
+    try:
+        added = tls_clients.revoke(crl, ca_cert, ca_key, serial, opts.reason)
+    except ValueError as exc:
+        raise config.ConfigError(crl, "server.client_crl", str(exc)) from None
+    label = f"{serial:X}" + (f" ({who})" if who else "")
+    if added:
+        print(f"cns-personalizer: revoked client certificate {label} in {crl}; the running daemon refuses it "
+              f"within {tls_clients.RELOAD_CHECK_SECONDS:.0f} s")
+    else:
+        print(f"cns-personalizer: client certificate {label} is already revoked in {crl}")
     return 0
 
 
@@ -86,11 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="personalizer TOML file")
     s.set_defaults(func=_serve)
     a = sub.add_parser("audit", help="print the audit trail (who, from which station, when, what, result)")
-    a.add_argument("--config", required=True, help="personalizer TOML file")
+    a.add_argument("--config", help="personalizer TOML file")
+    a.add_argument("--database", help="or the request store itself (data/requests.sqlite), read-only")
     a.add_argument("--json", action="store_true", help="one JSON object per line")
     a.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
     a.add_argument("--limit", type=int, default=100_000)
+    a.add_argument("--operator", help="only this operator id")
+    a.add_argument("--station", help="only this station id")
+    a.add_argument("--card", help="only what concerns this card (its requests and certificates)")
+    a.add_argument("--cf", help="only what concerns this holder (codice fiscale)")
+    a.add_argument("--since", help="from this date or date-time (ISO 8601, UTC unless given)")
+    a.add_argument("--until", help="before this date or date-time")
     a.set_defaults(func=_audit)
+    rc = sub.add_parser("revoke-client", help="revoke a station, tool or admin TLS certificate (client CRL)")
+    rc.add_argument("--config", required=True, help="personalizer TOML file")
+    rc.add_argument("cert", nargs="?", help="the client certificate (PEM) to revoke")
+    rc.add_argument("--serial", help="or its serial number in hexadecimal, when the file is lost")
+    rc.add_argument("--reason", default="unspecified", choices=sorted(tls_clients.REASONS))
+    rc.add_argument("--tls-ca-key", help="the TLS CA's private key (default: tls-ca.key.pem beside the anchors)")
+    rc.set_defaults(func=_revoke_client)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")

@@ -117,6 +117,7 @@ class ServerConfig:
     client_trust_anchors: Path
     require_client_auth: bool = True
     grace_seconds: float = 10.0
+    client_crl: Path | None = None   # CRL of revoked client certificates, signed by the TLS CA (reread on change)
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ def load(path: str | Path) -> DaemonConfig:
         listen=listen, tls_cert=r.path_(s, "server", "tls_cert"), tls_key=r.path_(s, "server", "tls_key"),
         client_trust_anchors=r.path_(s, "server", "client_trust_anchors"),
         require_client_auth=r.get(s, "server", "require_client_auth", bool, True),
-        grace_seconds=r.get(s, "server", "grace_seconds", float, 10.0))
+        grace_seconds=r.get(s, "server", "grace_seconds", float, 10.0),
+        client_crl=r.path_(s, "server", "client_crl", default=None))
     st = r.table("store")
     sync = r.get(st, "store", "synchronous", str, "FULL").upper()
     if sync not in SYNCHRONOUS_MODES:

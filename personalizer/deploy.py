@@ -7,6 +7,7 @@ Creates, under DIR::
     ca/*.key.pem, ca/passphrase  encrypted PKCS#8 keys and their passphrase (0600)
     tls/tls-ca.pem               the service TLS CA (EC P-256), trust anchor of both sides
     tls/server.pem, .key.pem     server certificate for localhost / 127.0.0.1
+    tls/client-crl.pem           revoked client certificates (empty; ``cns-personalizer revoke-client``)
     stations/<id>/station.toml   station config for the agent (station_config schema)
     stations/<id>/client.pem ... the station's client certificate and key
     admin/admin.toml             cnsctl config (station_config schema, role admin)
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from personalizer.ca import profiles
 from personalizer.ca.keys import save_encrypted_key, write_private
 from personalizer.identity import ROLE_ADMIN, ROLE_STATION, identity_uri
+from personalizer.tls_clients import write_empty_crl
 
 DEFAULT_CA_KEY_BITS = 3072
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -37,6 +39,8 @@ CA_ORGANIZATION = "CNS Demo Camere di Commercio"
 CA_ORG_IDENTIFIER = "VATIT-00000000000"
 SERVER_NAMES = ["localhost", "127.0.0.1"]
 PASSPHRASE_BYTES = 32
+CLIENT_CRL = "client-crl.pem"
+TLS_CA_KEY = "tls-ca.key.pem"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class TlsCA:
                                       validity=profiles.ROOT_VALIDITY).sign(self.key, profiles_hash())
         write_private(tls_dir / "tls-ca.key.pem", _plain_key(self.key))
         _write_public(tls_dir / "tls-ca.pem", _pem(self.cert))
+        write_empty_crl(tls_dir / CLIENT_CRL, self.cert, self.key)
 
     @property
     def cert_path(self) -> Path:
@@ -132,6 +137,8 @@ listen = "{listen}"
 tls_cert = "tls/server.pem"
 tls_key = "tls/server.key.pem"
 client_trust_anchors = "tls/tls-ca.pem"
+# Revoked station, tool and admin certificates (cns-personalizer revoke-client); reread when it changes.
+client_crl = "tls/client-crl.pem"
 require_client_auth = true
 grace_seconds = 5
 

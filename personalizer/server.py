@@ -39,7 +39,9 @@ from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
+from personalizer.tls_clients import ClientTrust
 from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc
+from proto.wire import DecodeInterceptor
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_name
 
@@ -140,7 +142,10 @@ class Daemon:
                       on_status_change=publisher.publish_now if publisher is not None else None)
         broker.wake_relay = relay.wake
         broker.relay = relay
-        server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=SERVER_OPTIONS)
+        trust = ClientTrust(cfg.server.client_trust_anchors.read_bytes(), cfg.server.client_crl)
+        # DecodeInterceptor first (outermost): undecodable bytes get INVALID_ARGUMENT, the rest see messages
+        server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
+                                 options=SERVER_OPTIONS)
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay), server)

@@ -5,10 +5,14 @@ and unexpected ones become INTERNAL without details. Identity comes from
 ``identity.current_identity()`` (set by the interceptor). Must not import the
 store's SQL, the CA's key stores or anything of the agent.
 
-Audit (who, from which station, when, what, result): accepted requests are
-written by the broker with the request, outcomes by the relay; refusals here
-(``_audited``) and in the interceptor (``audit_refusal``); certificate status
-reads as ``status`` rows. Invalid lifecycle transitions and renewals
+Audit (who, from which station, which operator, when, what, result):
+accepted requests are written by the broker with the request, outcomes by the
+relay; every refused call writes ONE row, here in ``_translate`` (any
+PersonalizerError of a handler) or in the interceptor (``audit_refusal``),
+naming the call's operation (``OPERATION_NAMES``) and the requester's operator,
+rate-limited per identity by the broker; a certificate status read writes one
+``status`` row, naming the operator of the read's optional ``requester`` ("" when
+the station sends none). Invalid lifecycle transitions and renewals
 (``personalizer.lifecycle``) come back as FAILED_PRECONDITION with the reason.
 """
 from __future__ import annotations
@@ -18,8 +22,9 @@ import inspect
 import logging
 
 import grpc
+from cryptography import x509
 
-from personalizer import identity, validation
+from personalizer import identity, limits, validation
 from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo
 from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, PersonalizerError
@@ -52,22 +57,27 @@ ERROR_CODES = {name: getattr(grpc.StatusCode, name) for name in (
 
 
 def _translate(fn):
-    """Map PersonalizerError → status; anything else → INTERNAL (logged, never sent)."""
+    """Bound the request (``limits``); map PersonalizerError → status (after its one audit row); anything
+    else → INTERNAL (logged, never sent)."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self, request, context):
             try:
+                limits.check_message(request)
                 async for item in fn(self, request, context):
                     yield item
             except PersonalizerError as exc:
+                await audit_refused_call(self, fn.__name__, request, exc)
                 await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return stream
 
     @functools.wraps(fn)
     async def unary(self, request, context):
         try:
+            limits.check_message(request)
             return await fn(self, request, context)
         except PersonalizerError as exc:
+            await audit_refused_call(self, fn.__name__, request, exc)
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         except grpc.aio.AbortError:
             raise
@@ -125,12 +135,38 @@ def operation_name(method: str) -> str:
     return OPERATION_NAMES.get(short, method.strip("/"))
 
 
+def _operator(actor: str, request) -> str:
+    """The requester's operator id; for central IT's calls (no requester) the admin's name."""
+    requester = getattr(request, "requester", None) if request is not None else None
+    if requester is not None and requester.operator_id:
+        return requester.operator_id
+    admin = identity.URI_PREFIX + identity.ROLE_ADMIN + ":"
+    return actor[len(admin):] if actor.startswith(admin) else ""
+
+
 async def audit_denied(broker: Broker, *, actor: str, station_id: str, method: str, request,
                        exc: PersonalizerError) -> None:
-    """The audit row of a call the interceptor refused (no identity, wrong role, foreign requester)."""
+    """The one audit row of a refused call: by the interceptor (no identity, wrong role, foreign
+    requester) or by a handler (``audit_refused_call``)."""
     rid = getattr(request, "request_id", "") if request is not None else ""
     await broker.audit_refusal(actor=actor, station_id=station_id, operation=operation_name(method),
-                               request_id=rid[:128] if isinstance(rid, str) else "", exc=exc)
+                               request_id=rid if isinstance(rid, str) else "", exc=exc,
+                               operator_id=_operator(actor, request))
+
+
+async def audit_refused_call(servicer, method: str, request, exc: PersonalizerError) -> None:
+    """The audit row of a call a handler of ``servicer`` refused; the identity is the interceptor's."""
+    broker = getattr(servicer, "_broker", None)
+    try:
+        ident = identity.current_identity()
+    except PersonalizerError:
+        return
+    if broker is None:
+        return
+    requester = getattr(request, "requester", None)
+    station = requester.station_id if requester is not None and requester.station_id else (
+        ident.subject_id if ident.role == identity.ROLE_STATION else "")
+    await audit_denied(broker, actor=ident.uri, station_id=station, method=method, request=request, exc=exc)
 
 
 def _ref(msg: common_pb2.CertificateRef) -> CertRef:
@@ -153,19 +189,6 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
         await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request,
                            exc=exc)
 
-    async def _audited(self, operation: str, request_id: str, requester, coro, *, station_id: str = ""):
-        """Run a call; a refusal (any PersonalizerError) is written to the audit table."""
-        ident = identity.current_identity()
-        try:
-            return await coro
-        except PersonalizerError as exc:
-            station = requester.station_id if requester is not None and requester.station_id else station_id
-            if not station and ident.role == identity.ROLE_STATION:
-                station = ident.subject_id
-            await self._broker.audit_refusal(actor=ident.uri, station_id=station[:64], operation=operation,
-                                             request_id=(request_id or "")[:128], exc=exc)
-            raise
-
     @_translate
     async def SubmitIssue(self, request: pb.SubmitIssueRequest, context) -> pb.IssueResponse:
         ident = identity.current_identity()
@@ -180,7 +203,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
                 station_id=r.station_id, chamber_code=r.chamber_code, operator_id=r.operator_id,
                 ef_dati_personali=request.ef_dati_personali)
             return await self._broker.submit_issue(inp, actor=ident.uri)
-        return self._out(await self._audited("issue", request.request_id, r, go()))
+        return self._out(await go())
 
     @_translate
     async def Renew(self, request: pb.RenewRequest, context) -> pb.IssueResponse:
@@ -189,12 +212,35 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
         async def go():
             identity.check_requester(ident, r.chamber_code, r.station_id)
+            try:   # proof of possession is not enough: only the chamber holding the certificate renews it
+                current = x509.load_der_x509_certificate(request.current_certificate_der)
+            except ValueError:
+                current = None   # the broker refuses it with the field named
+            if current is not None:
+                await self._check_holder(ident, CertRef(current.issuer.rfc4514_string(),
+                                                        f"{current.serial_number:X}"))
             inp = RenewInput(request_id=request.request_id, profile=profile_name(request.profile),
                              csr_der=request.csr_der, current_certificate_der=request.current_certificate_der,
                              proof_of_possession=request.proof_of_possession, station_id=r.station_id,
                              chamber_code=r.chamber_code, operator_id=r.operator_id)
             return await self._broker.submit_renew(inp, actor=ident.uri)
-        return self._out(await self._audited("renew", request.request_id, r, go()))
+        return self._out(await go())
+
+    async def _check_holder(self, ident: identity.Identity, ref: CertRef) -> None:
+        """A station or tool changes or renews only certificates its own chamber requested."""
+        if ident.role not in identity.CHAMBER_SCOPED:
+            return
+        info = await self._broker.ca.status(ref)
+        if info is None:
+            return   # unknown certificate: the broker says NOT_FOUND (or refuses the renewal)
+        owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
+        if owner is None:
+            raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
+                                   f"personalizer by chamber {ident.chamber_code}; ask central IT")
+        if owner.chamber_code != ident.chamber_code:
+            raise PermissionDenied(f"certificate {ref.serial_hex} is held by chamber {owner.chamber_code}; "
+                                   f"{ident.role} {ident.subject_id} of chamber {ident.chamber_code} may not "
+                                   "change or renew it")
 
     async def _change(self, kind: str, request: pb.ChangeStatusRequest) -> pb.CertificateStatusResponse:
         ident = identity.current_identity()
@@ -204,20 +250,13 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
             if request.HasField("requester"):
                 identity.check_requester(ident, r.chamber_code, r.station_id)
             ref = _ref(request.certificate)
-            if ident.role in identity.CHAMBER_SCOPED:   # a station or tool changes only its chamber's certificates
-                info = await self._broker.ca.status(ref)
-                if info is not None:
-                    owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
-                    if owner is None:
-                        raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
-                                               f"personalizer by chamber {ident.chamber_code}; ask central IT")
-                    identity.check_chamber_access(ident, owner.chamber_code)
+            await self._check_holder(ident, ref)
             inp = ChangeInput(request_id=request.request_id, kind=kind, ref=ref, reason=request.reason,
                               station_id=r.station_id or ident.subject_id,
                               chamber_code=r.chamber_code or (ident.chamber_code or ""),
                               operator_id=r.operator_id or ident.subject_id)
             return await self._broker.submit_change(inp, actor=ident.uri)
-        rec = await self._audited(kind, request.request_id, r, go())
+        rec = await go()
         info = await self._broker.ca.status(CertRef(rec.issuer_dn, rec.serial_hex))
         if info is None:
             raise NotFound(f"no certificate {rec.serial_hex} from {rec.issuer_dn!r}")
@@ -256,11 +295,14 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
     @_translate
     async def GetCertificateStatus(self, request: pb.GetCertificateStatusRequest, context):
         ident = identity.current_identity()
-        station = ident.subject_id if ident.role == identity.ROLE_STATION else ""
-        info = await self._audited("status", request.request_id, None, self._status(request), station_id=station)
+        r = request.requester   # optional on reads; the interceptor checked it when given
+        station = r.station_id or (ident.subject_id if ident.role == identity.ROLE_STATION else "")
+        info = await self._status(request)
+        # the operator the station names, else none ("" and not None, which would name the request's operator)
         await self._broker.store.append_audit(AuditEntry(
             ident.uri, station, "status", request.request_id or None,
-            f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value))
+            f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value,
+            operator_id=_operator(ident.uri, request)))
         return status_to_proto(info)
 
     async def _status(self, request: pb.GetCertificateStatusRequest) -> CertStatusInfo:

@@ -118,7 +118,9 @@ CREATE TABLE IF NOT EXISTS maintenance (
 );
 """
 # Columns added after schema 1 (ALTER TABLE when an older database is opened).
-MIGRATIONS = (("certificates", "card_id", "TEXT"), ("certificates", "holder_cf", "TEXT"))
+MIGRATIONS = (("certificates", "card_id", "TEXT"), ("certificates", "holder_cf", "TEXT"),
+              # who and for whom (issue 9): the requester's operator, the card and its holder
+              ("audit", "operator_id", "TEXT"), ("audit", "card_id", "TEXT"), ("audit", "holder_cf", "TEXT"))
 
 Q_INSERT_REQUEST = """INSERT OR IGNORE INTO requests
     (request_id, kind, profile, payload_sha256, chamber_code, station_id, operator_id, state, issuer_dn, serial_hex,
@@ -132,13 +134,15 @@ Q_INSERT_OUTBOX_IF_NEW = """INSERT INTO outbox (request_id, lane, kind, payload,
 Q_INSERT_OUTBOX_CLAIMED_IF_NEW = """INSERT INTO outbox
     (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
     SELECT ?, ?, ?, ?, 'sending', 1, ?, ? WHERE changes() = 1"""
-Q_INSERT_AUDIT_IF_NEW = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
-    SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1"""
+# operator_id NULL (AuditEntry.operator_id None, e.g. the relay's rows): the operator of the row's request.
+_AUDIT_COLUMNS = "at, actor, station_id, operation, request_id, target, result, detail, operator_id, card_id, holder_cf"
+_AUDIT_VALUES = ("?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT operator_id FROM requests WHERE request_id = ?), ''), "
+                 "?, ?")
+Q_INSERT_AUDIT_IF_NEW = f"INSERT INTO audit ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} WHERE changes() = 1"
 Q_ENSURE_OUTBOX = """INSERT OR IGNORE INTO outbox
     (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
     VALUES (?, ?, ?, ?, 'queued', 0, ?, ?)"""
-Q_INSERT_AUDIT = """INSERT INTO audit (at, actor, station_id, operation, request_id, target, result, detail)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+Q_INSERT_AUDIT = f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({_AUDIT_VALUES})"
 Q_SELECT_REQUEST = """SELECT r.request_id, r.kind, r.profile, r.payload_sha256, r.chamber_code, r.station_id,
     r.operator_id, r.state, r.error_code, r.error_field, r.error_message, r.issuer_dn, r.serial_hex,
     r.created_at, r.updated_at, c.certificate_der, c.chain_der,
@@ -203,8 +207,8 @@ Q_LIST_QUEUE = """SELECT request_id FROM outbox WHERE status IN ('queued', 'retr
 Q_INSERT_MAINTENANCE = """INSERT OR REPLACE INTO maintenance (id, starts_at, ends_at, reason, source)
     VALUES (?, ?, ?, ?, ?)"""
 Q_LIST_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance WHERE ends_at > ? ORDER BY starts_at"
-Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail FROM audit
-    WHERE seq > ? ORDER BY seq LIMIT ?"""
+Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
+    card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
 STATE_RECEIVED = "RECEIVED"
 STATE_PENDING = "PENDING"
@@ -260,6 +264,9 @@ class AuditEntry:
     detail: str = ""
     at: float = 0.0
     seq: int = 0
+    operator_id: str | None = None   # the requester's operator; None: the operator of request_id's request
+    card_id: str = ""                # the card concerned, when the writer knows it
+    holder_cf: str = ""              # its holder's codice fiscale, when the writer knows it
 
 
 @dataclass(frozen=True)
@@ -303,8 +310,23 @@ def _utc(ts: int) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
 
 
+# Every text an audit row stores is bounded (issue 10): a caller cannot grow a row past these.
+AUDIT_LIMITS = dict(actor=160, station_id=64, operation=40, request_id=128, target=600, result=64, detail=500,
+                    operator_id=64, card_id=32, holder_cf=32)
+
+
+MAX_ERROR_TEXT = 500   # a request's error message, an outbox row's last error (CA answers can be huge)
+
+
+def _cut(value: str | None, field: str) -> str | None:
+    return value if value is None or len(value) <= AUDIT_LIMITS[field] else value[:AUDIT_LIMITS[field]]
+
+
 def _audit_params(a: AuditEntry, now: float) -> tuple:
-    return (a.at or now, a.actor, a.station_id, a.operation, a.request_id, a.target, a.result, a.detail)
+    return (a.at or now, _cut(a.actor, "actor"), _cut(a.station_id, "station_id"), _cut(a.operation, "operation"),
+            _cut(a.request_id, "request_id"), _cut(a.target, "target"), _cut(a.result, "result"),
+            _cut(a.detail, "detail"), _cut(a.operator_id, "operator_id"), _cut(a.request_id, "request_id"),
+            _cut(a.card_id, "card_id") or None, _cut(a.holder_cf, "holder_cf") or None)
 
 
 class _Writer:
@@ -350,6 +372,8 @@ def _open_writer_sync(w: _Writer, synchronous: str) -> None:
         if column not in names:
             c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     c.execute("CREATE INDEX IF NOT EXISTS certificates_by_card ON certificates(card_id)")
+    c.execute("CREATE INDEX IF NOT EXISTS audit_by_card ON audit(card_id)")
+    c.execute("CREATE INDEX IF NOT EXISTS audit_by_holder ON audit(holder_cf)")
     c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
@@ -525,12 +549,12 @@ class RequestStore:
         return changed[0] == 1
 
     async def schedule_retry(self, request_id: str, at: float, error: str) -> None:
-        await self._write([(Q_SCHEDULE_RETRY, (at, error, self._clock(), request_id))])
+        await self._write([(Q_SCHEDULE_RETRY, (at, error[:MAX_ERROR_TEXT], self._clock(), request_id))])
 
     async def defer(self, request_ids: list[str], at: float, reason: str) -> None:
         """Move waiting rows (never claimed now) to ``at``: window closed, maintenance, breaker open."""
         now = self._clock()
-        await self._write([(Q_DEFER, (at, reason, now, rid)) for rid in request_ids])
+        await self._write([(Q_DEFER, (at, reason[:MAX_ERROR_TEXT], now, rid)) for rid in request_ids])
 
     async def reset_sending(self) -> int:
         """At relay start: rows claimed by a process that died become due now (they may have reached the CA)."""
@@ -574,8 +598,9 @@ class RequestStore:
     async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
                            audit: AuditEntry | None = None) -> None:
         now = self._clock()
+        code, field, message = code[:64], (field or "")[:128], (message or "")[:MAX_ERROR_TEXT]
         statements = [(Q_FAIL_REQUEST, (code, field, message, now, request_id)),
-                      (Q_OUTBOX_DONE, ("failed", f"{code}: {message}", now, request_id))]
+                      (Q_OUTBOX_DONE, ("failed", f"{code}: {message}"[:MAX_ERROR_TEXT], now, request_id))]
         if audit is not None:
             statements.append((Q_INSERT_AUDIT, _audit_params(audit, now)))
         await self._write(statements)
@@ -667,6 +692,79 @@ class RequestStore:
         await self._write([(Q_INSERT_AUDIT, _audit_params(entry, self._clock()))])
 
     async def list_audit(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
-        rows = await self._all(Q_LIST_AUDIT, (after_seq, limit))
-        return [AuditEntry(actor=r[2], station_id=r[3], operation=r[4], request_id=r[5], target=r[6] or "",
-                           result=r[7], detail=r[8] or "", at=r[1], seq=r[0]) for r in rows]
+        return [_audit_entry(r) for r in await self._all(Q_LIST_AUDIT, (after_seq, limit))]
+
+
+def _audit_entry(r) -> AuditEntry:
+    return AuditEntry(actor=r[2], station_id=r[3], operation=r[4], request_id=r[5], target=r[6] or "", result=r[7],
+                      detail=r[8] or "", at=r[1], seq=r[0], operator_id=r[9] or "", card_id=r[10] or "",
+                      holder_cf=r[11] or "")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What an auditor asks for; every given criterion must hold. Card and codice fiscale also find the
+    rows of the same requests, of the card's certificates and of changes to them."""
+
+    after_seq: int = 0
+    operator_id: str | None = None
+    station_id: str | None = None
+    card_id: str | None = None
+    holder_cf: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 10_000
+
+
+# Requests and certificates of a card (or of a holder): rows naming them directly, rows of the same
+# request id, rows whose target is one of their certificates, and the change requests of those.
+_AUDIT_OF = """(a.{col} = :v
+    OR a.request_id IN (SELECT request_id FROM audit WHERE {col} = :v AND request_id IS NOT NULL)
+    OR a.request_id IN (SELECT request_id FROM certificates WHERE {col} = :v)
+    OR a.target IN (SELECT issuer_dn || '#' || serial_hex FROM certificates WHERE {col} = :v)
+    OR a.request_id IN (SELECT r.request_id FROM requests r JOIN certificates c
+                        ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex WHERE c.{col} = :v))"""
+
+
+def audit_query(f: AuditFilter) -> tuple[str, list[tuple[str, dict]]]:
+    """The SELECT for ``f`` and its named parameters (one dict: sqlite3 named style)."""
+    where, params = ["a.seq > :after"], {"after": f.after_seq, "limit": f.limit}
+    for col, value in (("operator_id", f.operator_id), ("station_id", f.station_id)):
+        if value is not None:
+            where.append(f"a.{col} = :{col}")
+            params[col] = value
+    for col, value, key in (("card_id", f.card_id, "card"), ("holder_cf", f.holder_cf, "cf")):
+        if value is not None:
+            where.append(_AUDIT_OF.format(col=col).replace(":v", f":{key}"))
+            params[key] = value
+    if f.since is not None:
+        where.append("a.at >= :since")
+        params["since"] = f.since
+    if f.until is not None:
+        where.append("a.at < :until")
+        params["until"] = f.until
+    sql = (f"SELECT a.seq, a.at, a.actor, a.station_id, a.operation, a.request_id, a.target, a.result, a.detail, "
+           f"a.operator_id, a.card_id, a.holder_cf FROM audit a WHERE {' AND '.join(where)} ORDER BY a.seq LIMIT :limit")
+    return sql, params
+
+
+def read_audit(path: Path, f: AuditFilter) -> list[AuditEntry]:
+    """The audit rows matching ``f``, read with a read-only connection (an auditor needs no write access).
+
+    With the daemon running, its WAL side files exist and are shared read-only. Without them nothing is
+    writing the store, and it is read as immutable: a read-only connection would otherwise create
+    ``-wal``/``-shm`` files owned by the auditor (root, say) that the daemon's user then cannot open."""
+    sql, params = audit_query(f)
+    running = path.with_name(path.name + "-wal").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if running else "?mode=ro&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return [_audit_entry(r) for r in conn.execute(sql, params).fetchall()]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc
+    finally:
+        conn.close()

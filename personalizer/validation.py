@@ -1,5 +1,10 @@
 """Pure checks of an issuance request: CSR, key size, holder data, request id.
 
+Holder rules (character policy, X.520 bounds, codice fiscale check character
+and consistency with names, birth date, sex and birth place code) are
+``cns_spec``'s, the same the agent applies before it touches a card: here they
+run again on whatever arrives, and for EF_DatiPersonali on every field.
+
 Raises ``errors.InvalidRequest(field, message)`` with a precise message; the
 service turns it into INVALID_ARGUMENT. No I/O; must not import grpc, proto,
 the store or the CA.
@@ -25,7 +30,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from personalizer import codice_fiscale, dati_personali
+from cns_spec import codice_fiscale, dati_personali
+from cns_spec import holder as holder_rules
+from cns_spec.text import normalize
 from personalizer.errors import InvalidRequest
 
 PROFILE_CNS_AUTH = "cns-auth"
@@ -41,10 +48,16 @@ QUALIFIED_FLOOR_BITS = 1024
 PROFILE_FLOOR_BITS = {PROFILE_CNS_AUTH: CNS_AUTH_FLOOR_BITS, PROFILE_QUALIFIED: QUALIFIED_FLOOR_BITS}
 ACCEPTED_CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
+# RSA keys: at most 4096 bits (what CNS devices generate; bounds the CA's work per request) and the
+# public exponent 65537 only (every CNS card and token generates it; small exponents are refused).
+MAX_RSA_BITS = 4096
+ACCEPTED_RSA_EXPONENTS = (65537,)
+
+# fullmatch, not match: "$" also matches before a trailing newline
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CARD_ID_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
-NAME_MAX = 64
-SERIAL_PREFIX = "TINIT-"            # ETSI EN 319 412-1 semantics identifier, natural person
+NAME_MAX = holder_rules.ATTRIBUTE_UPPER_BOUNDS["given_name"]
+SERIAL_PREFIX = holder_rules.SERIAL_PREFIX
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ class ValidIssue:
 
 
 def check_request_id(request_id: str) -> str:
-    if not REQUEST_ID_RE.match(request_id or ""):
+    if not REQUEST_ID_RE.fullmatch(request_id or ""):
         raise InvalidRequest("request_id", "must be 1..128 characters of [A-Za-z0-9._:-]")
     return request_id
 
@@ -80,22 +93,28 @@ def check_profile(profile: str) -> str:
 
 
 def check_holder(cf: str, given_name: str, surname: str, birth_date: str) -> Holder:
-    try:
-        parsed = codice_fiscale.parse(cf)
-    except codice_fiscale.CodiceFiscaleError as exc:
-        raise InvalidRequest("holder.codice_fiscale", f"invalid codice fiscale: {exc.reason}") from exc
-    for field, value in (("holder.given_name", given_name), ("holder.surname", surname)):
-        if not value or not value.strip():
-            raise InvalidRequest(field, "is required")
-        if len(value) > NAME_MAX:
-            raise InvalidRequest(field, f"longer than {NAME_MAX} characters")
+    """The holder's identifying fields, judged by ``cns_spec.holder`` (profile-independent part)."""
     try:
         born = _dt.date.fromisoformat(birth_date)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("holder.birth_date", f"not an ISO date YYYY-MM-DD: {birth_date!r}") from exc
-    if not parsed.matches_birth_date(born):
-        raise InvalidRequest("holder.birth_date", f"{born.isoformat()} does not match the birth date encoded in the codice fiscale")
-    return Holder(parsed.code, given_name.strip(), surname.strip(), born)
+    try:
+        parsed = holder_rules.check_holder(codice_fiscale_code=cf, given_name=given_name, surname=surname,
+                                           birth_date=born, qualified=False)
+    except holder_rules.HolderDataError as exc:
+        raise InvalidRequest(f"holder.{exc.field}", exc.reason) from None
+    return Holder(parsed.code, normalize(given_name.strip()), normalize(surname.strip()), born)
+
+
+def check_subject_bounds(holder: Holder, profile: str) -> None:
+    """Every attribute the profile's subject will carry fits its X.520 bound (the CA would fail on it forever)."""
+    if profile == PROFILE_QUALIFIED:
+        cn = holder_rules.qualified_common_name(holder.given_name, holder.surname)
+        bound = holder_rules.ATTRIBUTE_UPPER_BOUNDS["common_name"]
+        if len(cn) > bound:
+            field = "holder.given_name" if len(holder.given_name) >= len(holder.surname) else "holder.surname"
+            raise InvalidRequest(field, f"\"GIVEN SURNAME\" is {len(cn)} characters, longer than the {bound} of "
+                                        "the qualified certificate's common name; shorten the names")
 
 
 def check_csr(csr_der: bytes, profile: str, min_rsa_bits: int) -> x509.CertificateSigningRequest:
@@ -123,6 +142,12 @@ def check_csr(csr_der: bytes, profile: str, min_rsa_bits: int) -> x509.Certifica
     if key.key_size < min_rsa_bits:
         raise InvalidRequest(
             "csr_der", f"RSA key of {key.key_size} bits is below the {min_rsa_bits}-bit minimum of profile {profile}")
+    if key.key_size > MAX_RSA_BITS:
+        raise InvalidRequest("csr_der", f"RSA key of {key.key_size} bits is above the {MAX_RSA_BITS}-bit maximum")
+    exponent = key.public_numbers().e
+    if exponent not in ACCEPTED_RSA_EXPONENTS:
+        shown = exponent if exponent.bit_length() <= 64 else f"of {exponent.bit_length()} bits"
+        raise InvalidRequest("csr_der", f"RSA public exponent {shown} not accepted; the key must use 65537")
     return csr
 
 
@@ -159,14 +184,21 @@ def check_dati_personali(raw: bytes, holder: Holder, profile: str) -> str | None
         raise InvalidRequest("ef_dati_personali", "is required for profile cns-auth (its hash goes into the CN)")
     try:
         dp = dati_personali.decode(raw)
+        dati_personali.check_fields(dp)
     except dati_personali.DatiPersonaliError as exc:
         raise InvalidRequest("ef_dati_personali", f"malformed EF_DatiPersonali: {exc}") from exc
     if dp.codice_fiscale.upper() != holder.codice_fiscale:
         raise InvalidRequest("ef_dati_personali", "codice fiscale differs from holder.codice_fiscale")
-    if dp.surname.casefold() != holder.surname.casefold() or dp.given_name.casefold() != holder.given_name.casefold():
+    if normalize(dp.surname).casefold() != holder.surname.casefold() or \
+            normalize(dp.given_name).casefold() != holder.given_name.casefold():
         raise InvalidRequest("ef_dati_personali", "names differ from the holder data")
     if dp.birth() != holder.birth_date:
         raise InvalidRequest("ef_dati_personali", "birth date differs from holder.birth_date")
+    try:
+        codice_fiscale.check_consistency(codice_fiscale.parse(holder.codice_fiscale), sex=dp.sex or None,
+                                         birth_place_code=dp.birth_town or None)
+    except codice_fiscale.CodiceFiscaleError as exc:
+        raise InvalidRequest("ef_dati_personali", f"field {exc.field}: {exc.reason}") from None
     return dati_personali.cn_hash(raw)
 
 
@@ -175,8 +207,9 @@ def check_issue(*, request_id: str, profile: str, csr_der: bytes, holder: Holder
     """Validate one issuance; ``holder`` already passed ``check_holder``."""
     check_request_id(request_id)
     check_profile(profile)
-    if not CARD_ID_RE.match(card_id or ""):
+    if not CARD_ID_RE.fullmatch(card_id or ""):
         raise InvalidRequest("card.card_id", "must be 1..16 letters or digits (EF_IDCarta)")
+    check_subject_bounds(holder, profile)
     csr = check_csr(csr_der, profile, min_rsa_bits.get(profile, DEFAULT_MIN_RSA_BITS))
     check_subject_matches(csr, holder)
     digest = check_dati_personali(ef_dati_personali, holder, profile)

@@ -135,7 +135,7 @@ class LifecycleHandlers:
     async def GetCertificateStatus(self, request: pb.CardCertificatesRequest, context):  # noqa: N802
         ops = await self._station(context)
         try:
-            async with PersonalizerClient(ops.cfg) as uplink:
+            async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as uplink:
                 card_serial, targets = await self._targets(ops, request, context, uplink)
                 infos = await lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops)).status(targets)
         except (OperationError, CardError, ValueError) as exc:
@@ -149,7 +149,7 @@ class LifecycleHandlers:
             if action not in lc.ACTIONS:
                 raise ValueError(f"unknown action {request.action!r}: one of {', '.join(lc.ACTIONS)}")
             reason = lc.check_reason(action, request.reason)
-            async with PersonalizerClient(ops.cfg) as uplink:
+            async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as uplink:
                 card_serial, targets = await self._targets(ops, request, context, uplink)
                 life = lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops))
                 infos = await life.change(action, targets, reason=reason)

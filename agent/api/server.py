@@ -3,7 +3,8 @@
 Access control is the file system: the socket is 0600 in a 0700 directory
 owned by the user (``agent.api.rundir``). gRPC Python does not expose the
 connection's fd, so SO_PEERCRED cannot be read per call; ``context.peer()`` is
-only ``unix:``. Imports ``agent.devices`` (registry views), ``proto``.
+only ``unix:``. Undecodable requests get INVALID_ARGUMENT (``proto.wire``). Imports ``agent.devices``
+(registry views), ``proto``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from agent.api.rundir import prepare_socket_path
 from agent.devices.registry import DeviceEvent, DeviceRegistry
 from proto.cns.v1 import agent_pb2 as pb
 from proto.cns.v1 import agent_pb2_grpc as pb_grpc
+from proto.wire import DecodeInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class AgentLocalService(RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalSe
 async def start_server(socket_path: Path, service: AgentLocalService) -> grpc.aio.Server:
     """Bind ``socket_path`` (0600, in a private directory) and start serving."""
     prepare_socket_path(socket_path)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[DecodeInterceptor()], options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_AgentLocalServicer_to_server(service, server)
     old_umask = os.umask(0o177)
     try:

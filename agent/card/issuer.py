@@ -30,6 +30,8 @@ MSE_P1_SET_COMPUTE, MSE_P2_DST = 0xF1, 0xB6
 PSO_P1_CDS, PSO_P2_CDS = 0x9E, 0x9A
 TAG_PUBKEY, TAG_MODULUS, TAG_EXPONENT = 0x7F49, 0x81, 0x82
 CHALLENGE_LEN = 16
+# what a card key may be (the card models are RSA 1024 or 2048; the CA certifies at most 4096)
+MIN_RSA_BITS, MAX_RSA_BITS, MAX_EXPONENT_BITS = 1024, 4096, 256
 
 
 def _tlv(data: bytes, pos: int) -> tuple[int, bytes, int]:
@@ -54,6 +56,18 @@ def _tlv(data: bytes, pos: int) -> tuple[int, bytes, int]:
     return tag, value, pos + length
 
 
+def _key_problem(n: int, e: int) -> str | None:
+    """Why (n, e) cannot be a card's RSA key, or None."""
+    if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
+        return f"a modulus of {n.bit_length()} bits (expected {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+    if n % 2 == 0:
+        return "an even modulus"
+    if e < 3 or e % 2 == 0 or e.bit_length() > MAX_EXPONENT_BITS or e >= n:
+        shown = e if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
+        return f"the exponent {shown} (expected odd, at least 3, below 2^{MAX_EXPONENT_BITS} and the modulus)"
+    return None
+
+
 def parse_public_key(data: bytes) -> rsa.RSAPublicKey:
     """``7F49 {81 modulus} {82 exponent}`` → an RSA public key."""
     tag, body, _ = _tlv(data, 0)
@@ -66,9 +80,21 @@ def parse_public_key(data: bytes) -> rsa.RSAPublicKey:
     if TAG_MODULUS not in parts or TAG_EXPONENT not in parts:
         raise MalformedResponseError("public key without modulus or exponent")
     n, e = int.from_bytes(parts[TAG_MODULUS], "big"), int.from_bytes(parts[TAG_EXPONENT], "big")
-    if n.bit_length() < 1000 or e < 3:
-        raise MalformedResponseError(f"implausible RSA key from the card ({n.bit_length()} bits, e={e})")
-    return rsa.RSAPublicNumbers(e, n).public_key()
+    problem = _key_problem(n, e)
+    if problem is None:
+        try:
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError as exc:   # whatever else the crypto library refuses is still the card's answer
+            problem = str(exc)
+    raise MalformedResponseError(f"the card answered an impossible RSA key: {problem}")
+
+
+def check_key_size(key: rsa.RSAPublicKey, bits: int | None, what: str) -> rsa.RSAPublicKey:
+    """``key`` when it has the ``bits`` the model (or the request) says; a card error otherwise."""
+    if bits and key.key_size != bits:
+        raise MalformedResponseError(f"the card answered a {key.key_size}-bit RSA key for {what}, "
+                                     f"expected {bits} bits")
+    return key
 
 
 class IssuerSession:
@@ -108,7 +134,8 @@ class IssuerSession:
             body = bytes([0x80, 0x02]) + bits.to_bytes(2, "big")
         data, sw = self._send(Apdu(CLA_ISO, INS.GENERATE_ASYMMETRIC_KEY_PAIR, GENERATE_P1_NEW, key_ref, body, le=256))
         self._ok(sw, f"GENERATE KEY PAIR in slot {key_ref:02X}")
-        return parse_public_key(data)
+        return check_key_size(parse_public_key(data), bits or getattr(self.model, "rsa_bits", None),
+                              f"slot {key_ref:02X}")
 
     def read_public_key(self, key_ref: int) -> rsa.RSAPublicKey | None:
         """The public key in a slot, None when the slot is empty."""
@@ -116,7 +143,7 @@ class IssuerSession:
         if sw == SW.REFERENCE_DATA_NOT_FOUND:
             return None
         self._ok(sw, f"read public key of slot {key_ref:02X}")
-        return parse_public_key(data)
+        return check_key_size(parse_public_key(data), getattr(self.model, "rsa_bits", None), f"slot {key_ref:02X}")
 
     # -- §4.3 ------------------------------------------------------------------
     def delete_ef(self, path: str) -> bool:

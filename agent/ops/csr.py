@@ -6,7 +6,8 @@ request info is built with asn1crypto, its DER is hashed here, padded
 operation — and the result is assembled into the CertificationRequest.
 
 Also: the PKCS#1 v1.5 padding the card session needs for test signatures.
-Imports nothing of ours.
+A card signature that does not verify is the card's failure: ``VerificationError``
+(the step engine's card-side error), never a ValueError. Imports ``agent.ops.errors``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent.ops.errors import VerificationError
 
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
@@ -61,5 +64,5 @@ def build_csr(public_key: rsa.RSAPublicKey, subject: list[tuple[str, str]], raw_
     der = req.dump()
     parsed = x509.load_der_x509_csr(der)
     if not parsed.is_signature_valid:
-        raise ValueError("the card's signature over the CSR does not verify with the key it generated")
+        raise VerificationError("the card's signature over the CSR does not verify with the key it generated")
     return der

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -87,6 +88,15 @@ class Operation:
         return name in self.data.get("_done", [])
 
 
+def _private_files(path: Path) -> None:
+    """Create the database 0600 before SQLite opens it (SQLite gives ``-wal``/``-shm`` the database's
+    mode), and make an existing database and side files 0600: they hold the same records."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists():
+            p.chmod(0o600)
+
+
 class Journal:
     """Async journal over one SQLite file. Use ``await Journal.open(path)``."""
 
@@ -103,6 +113,10 @@ class Journal:
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _private_files(path)
+        except OSError as exc:
+            raise JournalError(f"cannot open the operation journal {path}: {exc}") from exc
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
         def connect() -> sqlite3.Connection:

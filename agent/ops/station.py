@@ -89,7 +89,7 @@ class StationOps:
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
                           progress: Callable[[str, str], None] | None = None) -> Outcome:
         async with self._lock, _Links(connect, reader) as links:
-            async with PersonalizerClient(self.cfg) as uplink:
+            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
                 return await self._personalizer(uplink, progress).start(
                     connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
 
@@ -97,7 +97,7 @@ class StationOps:
                     progress: Callable[[str, str], None] | None = None) -> _renew.Outcome:
         """Renew both certificates of the personalized card in ``reader`` (or finish its open renewal)."""
         async with self._lock, _Links(connect, reader) as links:
-            async with PersonalizerClient(self.cfg) as uplink:
+            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
                 return await self._renewer(uplink, progress).start(connect=links.open, reader=reader, model=model,
                                                                    codes=codes)
 
@@ -111,7 +111,7 @@ class StationOps:
             ops = await self.journal.open_operations(card_serial)   # again, under the lock: it may have finished
             if not ops:
                 return None
-            async with PersonalizerClient(self.cfg) as uplink:
+            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
                 runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
                     else self._personalizer(uplink, progress)
                 out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)

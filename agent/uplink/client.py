@@ -30,14 +30,23 @@ PROFILES = {
 class PersonalizerClient:
     """Async client built from a station configuration; ``async with PersonalizerClient(cfg) as c: ...``.
 
-    Credentials, keepalive, proxy and retry options come from ``station_config.channel``.
+    Credentials, keepalive, proxy and retry options come from ``station_config.channel``. Reads
+    (request and certificate status) name this station and ``operator_id`` (the operator at the
+    workstation) so the personalizer's audit row of each read says who read it.
     """
 
-    def __init__(self, cfg: StationConfig):
+    def __init__(self, cfg: StationConfig, *, operator_id: str = ""):
         self.cfg = cfg
+        self.operator_id = operator_id
         self._dr = False
         self._channel: grpc.aio.Channel | None = None
         self._stub: personalizer_pb2_grpc.PersonalizerStub | None = None
+
+    @property
+    def reader(self) -> common_pb2.Requester:
+        """Who reads: this station, its chamber and the operator (none when not given)."""
+        return common_pb2.Requester(station_id=self.cfg.station.id, chamber_code=self.cfg.station.chamber_code,
+                                    operator_id=self.operator_id)
 
     @property
     def deadline_s(self) -> float:
@@ -91,16 +100,16 @@ class PersonalizerClient:
         return await self._call("SubmitIssue", req, f"issue request {request_id}")
 
     async def get_request(self, request_id: str):
-        return await self._call("GetRequest", personalizer_pb2.GetRequestRequest(request_id=request_id),
-                                f"request {request_id}")
+        return await self._call("GetRequest", personalizer_pb2.GetRequestRequest(
+            request_id=request_id, requester=self.reader), f"request {request_id}")
 
     async def watch_request(self, request_id: str) -> AsyncIterator:
         """Server stream of a request's states until a terminal one."""
         if self._stub is None:
             self._connect()
         try:
-            async for update in self._stub.WatchRequest(personalizer_pb2.GetRequestRequest(request_id=request_id),
-                                                        timeout=None):
+            async for update in self._stub.WatchRequest(personalizer_pb2.GetRequestRequest(
+                    request_id=request_id, requester=self.reader), timeout=None):
                 yield update
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"watching request {request_id}") from exc
@@ -118,10 +127,11 @@ class PersonalizerClient:
     async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = ""):
         """Status of a certificate, named by issuer and serial (hex) or by the request that issued it."""
         if request_id:
-            req = personalizer_pb2.GetCertificateStatusRequest(request_id=request_id)
+            req = personalizer_pb2.GetCertificateStatusRequest(request_id=request_id, requester=self.reader)
         else:
             req = personalizer_pb2.GetCertificateStatusRequest(
-                certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
+                certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()),
+                requester=self.reader)
         return await self._call("GetCertificateStatus", req, f"status of {serial_hex or request_id}")
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from cns_spec import holder as holder_rules
 from personalizer import validation
 from personalizer.ca.base import CertificateSubject
 
@@ -134,10 +135,23 @@ def _common(builder: x509.CertificateBuilder, *, issuer: x509.Certificate, publi
                 x509.DistributionPoint([x509.UniformResourceIdentifier(urls.crl)], None, None, None)]), critical=False))
 
 
+_ATTRIBUTE_NAMES = {NameOID.COMMON_NAME: "common_name", NameOID.GIVEN_NAME: "given_name",
+                    NameOID.SURNAME: "surname", NameOID.SERIAL_NUMBER: "serial_number",
+                    NameOID.COUNTRY_NAME: "country_name", NameOID.DN_QUALIFIER: "dn_qualifier"}
+
+
+def _bounded(attributes: list[x509.NameAttribute]) -> x509.Name:
+    """The subject, after a last check of every value against its X.520 bound and the character policy
+    (``cns_spec.holder``): validation refuses such data first; this keeps any other path from issuing it."""
+    for a in attributes:
+        holder_rules.check_attribute(_ATTRIBUTE_NAMES[a.oid], str(a.value))
+    return x509.Name(attributes)
+
+
 def cns_auth_subject(s: CertificateSubject) -> x509.Name:
     h = s.holder
     cn = f"{h.codice_fiscale}/{s.card_id}.{s.dati_personali_hash}"
-    return x509.Name([
+    return _bounded([
         x509.NameAttribute(NameOID.COUNTRY_NAME, COUNTRY),
         x509.NameAttribute(NameOID.SURNAME, h.surname.upper()),
         x509.NameAttribute(NameOID.GIVEN_NAME, h.given_name.upper()),
@@ -149,12 +163,12 @@ def cns_auth_subject(s: CertificateSubject) -> x509.Name:
 
 def qualified_subject(s: CertificateSubject) -> x509.Name:
     h = s.holder
-    return x509.Name([
+    return _bounded([
         x509.NameAttribute(NameOID.COUNTRY_NAME, COUNTRY),
         x509.NameAttribute(NameOID.SURNAME, h.surname.upper()),
         x509.NameAttribute(NameOID.GIVEN_NAME, h.given_name.upper()),
         x509.NameAttribute(NameOID.SERIAL_NUMBER, SERIAL_PREFIX + h.codice_fiscale),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{h.given_name.upper()} {h.surname.upper()}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, holder_rules.qualified_common_name(h.given_name, h.surname)),
         x509.NameAttribute(NameOID.DN_QUALIFIER, s.card_id),
     ])
 

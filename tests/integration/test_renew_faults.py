@@ -429,7 +429,7 @@ def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_pa
             cmd = ["renew", "--reader", READER, "--codes-stdin", "--json"]
         else:
             holder = tmp_path / "holder.toml"
-            holder.write_text("[holder]\n" + "".join(f'{k} = "{v}"\n' for k, v in env.HOLDER.as_dict().items()))
+            holder.write_text("[holder]\n" + "".join(f'{k} = {json.dumps(v)}\n' for k, v in env.HOLDER.as_dict().items()))
             cmd = ["personalize", "--reader", READER, "--holder", str(holder), "--codes-stdin", "--json"]
         cli = subprocess.Popen([str(Path(sys.executable).parent / "cns-agent"), *cmd], env=aenv,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -4,6 +4,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
+from agent.ops.errors import VerificationError
 
 
 def raw_signer(key):
@@ -26,7 +27,7 @@ def test_csr_signed_by_raw_rsa_verifies(bits):
 def test_wrong_card_key_is_caught():
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     other = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    with pytest.raises(ValueError, match="does not verify"):
+    with pytest.raises(VerificationError, match="does not verify"):
         build_csr(key.public_key(), [("common_name", "x")], raw_signer(other))
 
 

@@ -53,13 +53,14 @@ def ef_dati(cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: s
 
 def issue_request(*, request_id: str | None = None, profile=pb.CA_PROFILE_CNS_AUTH, csr: bytes | None = None,
                   cf: str = CF, given: str = "Mario", surname: str = "Rossi", birth: str = "1980-01-01",
-                  chamber: str = "RM", station: str = "RM-STATION-01", ef: bytes | None = None) -> pb.SubmitIssueRequest:
+                  chamber: str = "RM", station: str = "RM-STATION-01", ef: bytes | None = None,
+                  operator: str = "op-001") -> pb.SubmitIssueRequest:
     return pb.SubmitIssueRequest(
         request_id=request_id or str(uuid.uuid4()), profile=profile,
         csr_der=csr if csr is not None else csr_der(),
         holder=common_pb2.Holder(codice_fiscale=cf, given_name=given, surname=surname, birth_date=birth),
         card=common_pb2.Card(card_id=CARD_ID, model="test-card"),
-        requester=common_pb2.Requester(station_id=station, chamber_code=chamber, operator_id="op-001"),
+        requester=common_pb2.Requester(station_id=station, chamber_code=chamber, operator_id=operator),
         ef_dati_personali=ef if ef is not None else ef_dati(cf, given, surname))
 
 
@@ -123,3 +124,21 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+def sub_ca_client_cert(tls_dir: Path, *, identity: str) -> ClientCert:
+    """A client certificate under a sub-CA that the deployment's TLS CA (pathLen 0) signed; the chain
+    (leaf + sub-CA) is what the client presents. ``openssl verify`` refuses it: path length exceeded."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = serialization.load_pem_private_key((tls_dir / "tls-ca.key.pem").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((tls_dir / "tls-ca.pem").read_bytes())
+    sub_key = ec.generate_private_key(ec.SECP256R1())
+    sub = profiles.build_ca(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue sub-CA")]),
+                            sub_key.public_key(), issuer=ca_cert, now=now, path_length=0,
+                            validity=dt.timedelta(days=10)).sign(ca_key, hashes.SHA256())
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = profiles.build_tls_leaf("rogue", key.public_key(), issuer=sub, now=now,
+                                   identity_uri=identity).sign(sub_key, hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    return ClientCert(leaf.public_bytes(pem) + sub.public_bytes(pem),
+                      key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

@@ -23,6 +23,7 @@ from personalizer import config, identity
 from personalizer.admin_service import QueueAdminService
 from personalizer.relay import RELAY_ACTOR
 from personalizer.service import PersonalizerService
+from personalizer.tls_clients import ClientTrust
 from personalizer.windows import ServiceCalendar
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, common_pb2
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -49,13 +50,15 @@ def _change(ref, reason: str = "", requester=REQUESTER) -> pb.ChangeStatusReques
 class Server:
     """The daemon's gRPC services around an ``Env`` (broker + relay + store + CA), on a TLS port."""
 
-    def __init__(self, env: Env, deployment):
+    def __init__(self, env: Env, deployment, extra: dict[str, str] | None = None):
         self.env, self.deployment = env, deployment
+        self.extra = extra or {}   # more client identities: name -> identity URI
 
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
         s = cfg.server
-        self.server = grpc.aio.server(interceptors=[identity.AuthInterceptor()])
+        trust = ClientTrust(s.client_trust_anchors.read_bytes(), s.client_crl)   # as the daemon does
+        self.server = grpc.aio.server(interceptors=[identity.AuthInterceptor(trust=trust)])
         pb_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=self.env.broker, relay=self.env.relay),
                                                    self.server)
         apb_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=self.env.broker, relay=self.env.relay),
@@ -63,14 +66,16 @@ class Server:
         creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
                                             root_certificates=s.client_trust_anchors.read_bytes(),
                                             require_client_auth=True)
-        port = self.server.add_secure_port("127.0.0.1:0", creds)
+        self.port = port = self.server.add_secure_port("127.0.0.1:0", creds)
         await self.server.start()
         tls = self.deployment.root / "tls"
         self.channels = {}
         for who, cc in (("station", _cert(self.deployment.station_config.parent)),
                         ("admin", _cert(self.deployment.admin_config.parent)),
                         ("other-station", helpers.client_cert(tls, common_name="RM-STATION-02",
-                                                              identity="urn:cns:station:RM:RM-STATION-02"))):
+                                                              identity="urn:cns:station:RM:RM-STATION-02")),
+                        *((who, helpers.client_cert(tls, common_name=who, identity=uri))
+                          for who, uri in self.extra.items())):
             creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
                                                  private_key=cc.key, certificate_chain=cc.cert)
             self.channels[who] = grpc.aio.secure_channel(f"localhost:{port}", creds)

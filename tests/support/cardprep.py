@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cns_spec import dati_personali as dp_codec
 from firmware_profiles.emulator.card import EmulatedCard
 
 TEST_PIN = "12345678"
@@ -157,10 +158,11 @@ def update_binary(card: EmulatedCard, content: bytes, offset: int = 0) -> None:
 
 
 def dati_personali(first: str, last: str, codice_fiscale: str = "RSSMRA80A01H501U") -> bytes:
-    fields = ["TESTCCIAA", "01012024", "01012030", last, first, "01011980", "M", "", codice_fiscale,
-              "", "H501", "", "", "H501", "VIA ROMA 1", ""]
-    body = "".join(f"{len(f):02X}{f}" for f in fields)
-    return (f"{len(body):06X}" + body).encode("ascii")
+    """EF_DatiPersonali for a test holder, through the one codec (``cns_spec.dati_personali``)."""
+    return dp_codec.encode(dp_codec.PersonalData(
+        issuer="TESTCCIAA", issue_date="01012024", expiry_date="01012030", surname=last, given_name=first,
+        birth_date="01011980", sex="M", codice_fiscale=codice_fiscale, birth_town="H501", residence_town="H501",
+        residence_address="VIA ROMA 1"))
 
 
 def personalize(card: EmulatedCard, *, first: str = "MARIO", last: str = "ROSSI",

@@ -66,10 +66,12 @@ class SubmitIssueRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., profile: _Optional[_Union[CAProfile, str]] = ..., csr_der: _Optional[bytes] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., card: _Optional[_Union[_common_pb2.Card, _Mapping]] = ..., requester: _Optional[_Union[_common_pb2.Requester, _Mapping]] = ..., ef_dati_personali: _Optional[bytes] = ...) -> None: ...
 
 class GetRequestRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "requester")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    requester: _common_pb2.Requester
+    def __init__(self, request_id: _Optional[str] = ..., requester: _Optional[_Union[_common_pb2.Requester, _Mapping]] = ...) -> None: ...
 
 class IssueResponse(_message.Message):
     __slots__ = ("request_id", "state", "profile", "certificate_der", "chain_der", "certificate", "error", "created_at", "updated_at", "kind", "attempts", "next_attempt_at", "waiting_reason")
@@ -102,12 +104,14 @@ class IssueResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., profile: _Optional[_Union[CAProfile, str]] = ..., certificate_der: _Optional[bytes] = ..., chain_der: _Optional[_Iterable[bytes]] = ..., certificate: _Optional[_Union[_common_pb2.CertificateRef, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ErrorDetail, _Mapping]] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., kind: _Optional[str] = ..., attempts: _Optional[int] = ..., next_attempt_at: _Optional[int] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
 
 class GetCertificateStatusRequest(_message.Message):
-    __slots__ = ("certificate", "request_id")
+    __slots__ = ("certificate", "request_id", "requester")
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
     certificate: _common_pb2.CertificateRef
     request_id: str
-    def __init__(self, certificate: _Optional[_Union[_common_pb2.CertificateRef, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    requester: _common_pb2.Requester
+    def __init__(self, certificate: _Optional[_Union[_common_pb2.CertificateRef, _Mapping]] = ..., request_id: _Optional[str] = ..., requester: _Optional[_Union[_common_pb2.Requester, _Mapping]] = ...) -> None: ...
 
 class CertificateStatusResponse(_message.Message):
     __slots__ = ("certificate", "status", "not_before", "not_after", "revocation_reason", "revoked_at", "request_id", "change_request_id", "change_state")

@@ -1,0 +1,10 @@
+"""Formats and rules the agent and the personalizer must agree on, in one place.
+
+Owns: the EF_DatiPersonali codec (``dati_personali``), the codice fiscale rules
+(``codice_fiscale``), the character policy and length bounds of holder data and
+certificate attributes (``text``, ``holder``).
+
+Pure: no I/O, no grpc, no proto; imports only the standard library and nothing
+of ours. Both ``agent`` and ``personalizer`` import it (DESIGN: "share only
+``proto`` and ``cns_spec``"); neither keeps a copy of what is here.
+"""
