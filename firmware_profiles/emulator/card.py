@@ -265,6 +265,8 @@ class EmulatedCard:
         self._persist()
 
     def _log(self, apdu: bytes, resp: bytes | None) -> None:
+        """One JSON line per APDU at the card side: the recording format that tests replay
+        (described in agent/card/transport.py; tests/support/replay.py makes fixtures of it)."""
         if not self._apdu_log:
             return
         shown = apdu[:5].hex() + ("**" * (len(apdu) - 5)) if len(apdu) > 5 and apdu[1] in SECRET_INS else apdu.hex()
