@@ -146,7 +146,7 @@ def _translate(exc: grpc.aio.AioRpcError, what: str, cfg: StationConfig, dr: boo
     (``station_config.channel.connection_problem``), else the server's code and message."""
     code = exc.code()
     problem = channel.connection_problem(code, exc.details(), cfg, dr=dr)
-    msg = f"personalizer: {what}: {code.name}: {problem or exc.details() or 'no detail'}"
+    msg = f"personalizer: {what}: " + (problem or f"{code.name}: {exc.details() or 'no detail'}")
     if code in TRANSIENT:
         return UplinkUnavailable(msg + " (the operation is kept and can be resumed)", code=code.name)
     return UplinkError(msg, code=code.name)
