@@ -2,7 +2,8 @@
 pcscd with the vpcd reader (``pcscd``), list the models, run the conformance
 self-check.
 
-Owns argument parsing and the one top-level error handler; the work is done by
+Owns argument parsing and the one top-level error handler (``--json`` before or
+after the command; a closed output pipe exits quietly); the work is done by
 ``card``, ``vpcd``, ``pcscd`` and ``check``. Exit codes: 0 ok, 1 check failed, 2 usage or
 profile/state error.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cns-emulator", description="Emulated Italian CNS cards for pcscd/vpcd and tests")
     p.add_argument("--profiles", metavar="DIR", help="folder of card model TOML files (default: the built-in set)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", action="store_true", dest="json_first", help="JSON output (also after the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="insert an emulated card into pcscd's vpcd reader until SIGTERM/SIGINT")
@@ -207,11 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json_first:
+        if not hasattr(args, "json"):
+            parser.error(f"{args.command} has no JSON output")
+        args.json = True
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:          # `cns-emulator list | head -1`: the reader stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ProfileError, StateFileError, FaultSpecError, UsageError, ValueError) as exc:
         print(f"cns-emulator: error: {exc}", file=sys.stderr)
         return 2

@@ -50,3 +50,13 @@ def test_unknown_card_model_is_a_usage_error(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "p" / "pcscd.comm").exists()
+
+
+def test_json_before_the_command_and_closed_pipe():
+    from tests.cli.conftest import run, run_into_closed_pipe
+
+    before, after = run("cns-emulator", "--json", "list"), run("cns-emulator", "list", "--json")
+    assert before.returncode == 0 and before.stdout == after.stdout and json.loads(before.stdout.splitlines()[0])
+    for args in (("list",), ("list", "--json")):
+        r = run_into_closed_pipe("cns-emulator", *args)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
