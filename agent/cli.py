@@ -3,7 +3,8 @@
 One file per command group in ``agent.commands`` (each has ``register(subparsers)``
 setting ``func``); this module builds the parser, configures logging and is the
 one top-level error handler: our errors print one line and exit 1, Ctrl-C exits
-130, a closed output pipe (``cns-agent devices | head -1``) exits quietly,
+130, an unusable path (``OSError`` naming a file) prints one line and exits 1,
+a closed output pipe (``cns-agent devices | head -1``) exits quietly,
 anything else is a bug and shows its traceback. ``--json`` is accepted before
 the command too (``cns-agent --json devices``) for every command that has it. To add a group (e.g.
 ``personalize``, ``renew``, ``pin``) write ``agent/commands/<group>.py`` and list
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"cns-agent {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:           # a path we were told to use is missing or not ours to write
+        if exc.filename is None:
+            raise
+        print(f"cns-agent {args.command}: cannot use {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

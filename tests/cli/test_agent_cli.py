@@ -221,3 +221,21 @@ def test_unblock_on_a_terminal_asks_the_new_pin_twice(rig):
     rc, out = on_terminal(rig.argv("pin", "unblock", "--reader", "Virtual PCD 00 00"), rig.env,
                           answers=["87654321", "87654321", "87654321"])
     assert rc == 1 and "equals the PUK" in out
+
+
+def test_an_unusable_data_dir_is_one_line(deployment, tmp_path):
+    (tmp_path / "file").write_text("x")
+    cfg = tmp_path / "station.toml"
+    text = deployment.station_config.read_text()
+    text = re.sub(r'data_dir = ".*"', f'data_dir = "{tmp_path / "file" / "data"}"', text)
+    text = re.sub(r'primary = "([^"]*):\d+"', r'primary = "\g<1>:1"', text)     # never reached: it stops before
+    cfg.write_text(text.replace('"tls-ca.pem"', f'"{deployment.station_config.parent / "tls-ca.pem"}"')
+                   .replace('"client.pem"', f'"{deployment.station_config.parent / "client.pem"}"')
+                   .replace('"client.key.pem"', f'"{deployment.station_config.parent / "client.key.pem"}"'))
+    r = subprocess.run([str(BIN / "cns-agent"), "--log-level", "ERROR", "run", "--config", str(cfg),
+                        "--socket", str(tmp_path / "s" / "agent.sock")],
+                       env={**os.environ, "PCSCLITE_CSOCK_NAME": str(tmp_path / "none.comm")},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    err = one_line_error(r)
+    assert str(tmp_path / "file") in err and "cannot use" in err
