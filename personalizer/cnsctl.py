@@ -181,6 +181,20 @@ def _print(result: dict, as_json: bool) -> None:
                 print(f"{i['request_id']:38} {i['kind']:10} {i['lane']:9} {i['state']:24} "
                       f"attempts={i['attempts']} next={i['next_attempt_at']} {i['last_error']}")
             continue
+        if isinstance(v, list) and all(isinstance(x, dict) for x in v):
+            print(f"{k:28} {len(v)}")
+            for x in v:
+                print("  " + "  ".join(f"{a}={b}" for a, b in x.items()))
+            continue
+        if isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()):
+            print(f"{k:28}")
+            for name, x in v.items():
+                print(f"  {name:26} " + "  ".join(f"{a}={b}" for a, b in x.items()))
+            continue
+        if isinstance(v, dict):
+            v = "  ".join(f"{a}={b}" for a, b in v.items()) or "-"
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v)) or "-"
         print(f"{k:28} {v}")
 
 

@@ -96,8 +96,12 @@ def connection_problem(code: grpc.StatusCode, details: str | None, cfg: StationC
     if "resolv" in details or "Domain name not found" in details or "DNS" in details:
         return f"cannot resolve the host name of {where}; check the name and the network"
     if "Connection refused" in details or "connect" in details.lower():
+        hint = ""
+        if endpoint.startswith("localhost:") and "::1" in details:
+            hint = (f" (localhost was tried as ::1 last; a daemon listening on 127.0.0.1 only is reached as "
+                    f"127.0.0.1:{endpoint.rsplit(':', 1)[1]}, and only then would a TLS problem show)")
         return (f"nothing answers at {where}: is `cns-personalizer serve` running there, and is the "
-                "address right?")
+                f"address right?{hint}")
     return None
 
 

@@ -55,7 +55,7 @@ def test_negative_limit_and_bad_dates(deployment, daemon, tmp_path):
         err = one_line_error(r)
         assert start in err and "e.g. 2026-12-05T20:00:00+01:00" in err
     r = run("cnsctl", "--config", cfg, "maintenance", "list", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["windows"] == []     # nothing was added
+    assert r.returncode == 0 and not [w for w in json.loads(r.stdout)["windows"] if "2026-12-05" in w["starts_at"]]
 
 
 def test_refused_role_is_one_line(deployment, daemon, tmp_path):
@@ -71,3 +71,15 @@ def test_closed_pipe_exits_quietly(deployment, daemon, tmp_path):
     for args in (("ca-status",), ("--json", "ca-status")):
         r = run_into_closed_pipe("cnsctl", "--config", cfg, *args)
         assert r.stderr == "" and r.returncode == 0, r.stderr
+
+
+def test_text_output_is_lines_not_python_reprs(deployment, daemon, tmp_path):
+    cfg = str(_admin(deployment, daemon, tmp_path))
+    add = run("cnsctl", "--config", cfg, "maintenance", "add", "--start", "2030-01-05T20:00:00+01:00",
+              "--end", "2030-01-05T22:00:00+01:00", "--reason", "cli test")
+    assert add.returncode == 0, add.stderr
+    for args in (("maintenance", "list"), ("ca-status",)):
+        r = run("cnsctl", "--config", cfg, *args)
+        assert r.returncode == 0, r.stderr
+        assert "{" not in r.stdout and "[" not in r.stdout and "'" not in r.stdout, r.stdout
+    assert "reason=cli test" in run("cnsctl", "--config", cfg, "maintenance", "list").stdout
