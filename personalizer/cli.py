@@ -98,6 +98,9 @@ def _init(opts) -> int:
   listen             {dep.listen}   (stations connect to {dep.endpoint})
 Run:  cns-personalizer serve --config {dep.server_config}
       cnsctl --config {dep.admin_config} ca-status""")
+    if dep.endpoint.endswith(":0"):
+        print("Port 0: serve picks a free port and prints it; write that port into personalizer.primary of "
+              f"{dep.station_config} and {dep.admin_config}")
     return 0
 
 
