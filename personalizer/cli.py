@@ -30,7 +30,10 @@ def _serve(opts) -> int:
     cfg = config.load(opts.config)
 
     def ready(port: int) -> None:
-        print(f"cns-personalizer: listening on port {port}", flush=True)
+        if opts.json:
+            print(json.dumps({"listening": cfg.server.listen, "port": port}), flush=True)
+        else:
+            print(f"cns-personalizer: listening on port {port}", flush=True)
 
     server.run(cfg, ready=ready)
     return 0
@@ -130,9 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hand the station folder to this operator user, who runs `cns-agent run` (needs root)")
     i.add_argument("--json", action="store_true", help="print the created paths as one JSON object")
     i.set_defaults(func=_init)
-    for p in (s, i, a):
-        if not any("--json" in x.option_strings for x in p._actions):
-            p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help='print {"listening": ..., "port": N} once serving')
     return ap
 
 

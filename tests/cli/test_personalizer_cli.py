@@ -105,3 +105,21 @@ def test_station_folder_belongs_to_the_operator_and_is_self_contained(shared_tmp
                                cwd="/", env={"PYTHONPATH": str(ROOT)})
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.strip().startswith(os.path.dirname(path))
+
+
+def test_serve_json_after_or_before_the_command(tmp_path):
+    import signal
+
+    from tests.cli.conftest import BIN
+    r = run("cns-personalizer", "init", str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--ca-key-bits", "2048")
+    assert r.returncode == 0, r.stderr
+    cfg = str(tmp_path / "d" / "personalizer.toml")
+    for argv in (["serve", "--config", cfg, "--json"], ["--json", "serve", "--config", cfg]):
+        proc = subprocess.Popen([str(BIN / "cns-personalizer"), *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            first = json.loads(proc.stdout.readline())
+            assert first["port"] > 0 and first["listening"] == "127.0.0.1:0"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
