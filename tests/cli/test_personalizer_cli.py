@@ -123,3 +123,39 @@ def test_serve_json_after_or_before_the_command(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_the_operator_runs_the_agent_from_the_station_folder(shared_tmp):
+    """init --station-owner, then `cns-agent run --config` and `cns-agent devices` as that user (setpriv)."""
+    import time
+
+    from tests.cli.conftest import BIN
+    user = _operator()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to run as the operator")
+    r = run("cns-personalizer", "init", str(shared_tmp / "d"), "--ca-key-bits", "2048", "--listen",
+            "127.0.0.1:47999", "--station-owner", user.pw_name, "--json")
+    assert r.returncode == 0, r.stderr
+    station = json.loads(r.stdout)["station_config"]
+    runtime = shared_tmp / "xdg"
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, user.pw_uid, user.pw_gid)
+    env = {"PATH": os.environ.get("PATH", ""), "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime),
+           "PCSCLITE_CSOCK_NAME": str(shared_tmp / "no-pcscd.comm")}
+    as_operator = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+    agent = subprocess.Popen([*as_operator, str(BIN / "cns-agent"), "run", "--config", station], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            d = subprocess.run([*as_operator, str(BIN / "cns-agent"), "devices"], env=env, capture_output=True,
+                               text=True, timeout=30)
+            if d.returncode == 0 or agent.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert d.returncode == 0, (d.stderr, agent.poll())
+        assert "cannot reach pcscd" in d.stdout
+        assert (Path(station).parent / "agent-data").stat().st_uid == user.pw_uid    # its journal, its folder
+    finally:
+        agent.terminate()
+        agent.wait(20)
