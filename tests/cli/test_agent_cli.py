@@ -10,6 +10,7 @@ import pty
 import re
 import signal
 import struct
+import sys
 import subprocess
 import termios
 import time
@@ -239,3 +240,23 @@ def test_an_unusable_data_dir_is_one_line(deployment, tmp_path):
     assert r.returncode == 1
     err = one_line_error(r)
     assert str(tmp_path / "file") in err and "cannot use" in err
+
+
+ASK = [sys.executable, "-c",
+       "from agent.commands import ask_personalization_codes, CommandError\n"
+       "try:\n    pin, puk = ask_personalization_codes(); print('GOT', len(pin), len(puk))\n"
+       "except CommandError as e:\n    print('REFUSED', e); raise SystemExit(1)\n"]
+
+
+@pytest.mark.parametrize("answers,rc,expect", [
+    (["", "12345678"], 0, "GOT 8 0"),                                          # preset: the sealed PIN, once
+    (["87654321", "87654321", "11223344", "11223344"], 0, "GOT 8 8"),          # new codes, each twice
+    (["87654321", "87654320"], 1, "the two new PUKs differ"),
+    (["87654321", "87654321", "11223344", "11223345"], 1, "the two new PINs differ"),
+    (["87654321", "87654321", "87654321", "87654321"], 1, "equals the PUK"),
+], ids=["preset", "new", "puk-typo", "pin-typo", "pin-is-puk"])
+def test_personalization_codes_on_a_terminal(answers, rc, expect):
+    from tests.conftest import ROOT
+    code, out = on_terminal(ASK, {**os.environ, "PYTHONPATH": str(ROOT)}, answers=answers)
+    assert code == rc and expect in out, out
+    assert not any(a and a in out for a in answers), out                      # never echoed
