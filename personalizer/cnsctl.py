@@ -9,7 +9,10 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
 
 The config is a station configuration (station_config schema) with
-``role = "admin"``. Output is human-readable, or one JSON object with --json.
+``role = "admin"``. Output is human-readable, or one JSON object with --json
+(accepted before or after the command). One top-level error handler: a bad
+argument, a config error or a failed call prints one line (``cnsctl: ...``) and
+exits 1 (2 for usage); a closed output pipe exits quietly.
 Must not import agent or firmware_profiles.
 """
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 
-import grpc
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")   # gRPC's own log lines are not for the operator
+import grpc  # noqa: E402
 
 import station_config
 from station_config import channel
@@ -27,6 +32,21 @@ from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command-line value that cannot be right (a date, a limit): one line, exit 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
 
 
 def _ts(value: int) -> str:
@@ -68,9 +88,13 @@ def _queue(ch, opts, timeout) -> dict:
 
 
 def _parse_when(text: str) -> int:
-    t = _dt.datetime.fromisoformat(text)
+    try:
+        t = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a date and time; write ISO 8601 with a UTC offset, "
+                         "e.g. 2026-12-05T20:00:00+01:00") from None
     if t.tzinfo is None:
-        raise SystemExit(f"cnsctl: {text!r} needs a UTC offset, e.g. 2026-12-05T20:00:00+01:00")
+        raise UsageError(f"{text!r} needs a UTC offset, e.g. 2026-12-05T20:00:00+01:00")
     return int(t.timestamp())
 
 
@@ -129,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", help="the personalizer's outbox (admin)")
     qsub = q.add_subparsers(dest="queue_command", required=True)
     ql = qsub.add_parser("list", help="waiting and in-flight requests, priority lane first")
-    ql.add_argument("--limit", type=int, default=100)
+    ql.add_argument("--limit", type=positive_int, default=100)
     ql.set_defaults(func=_queue)
     for name, text in (("show", "one request's outbox state"), ("retry", "make a waiting request due now"),
                        ("cancel", "cancel a request that never reached the CA")):
@@ -155,34 +179,93 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _accept_json_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Every command also takes ``--json`` after its name (``cnsctl queue list --json``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _accept_json_after_the_command(child)
+            return
+    if not any("--json" in a.option_strings for a in parser._actions):
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="print one JSON object")
+
+
+def _call_failed(exc: grpc.RpcError, cfg, dr: bool) -> str:
+    code = exc.code()
+    return channel.connection_problem(code, exc.details(), cfg, dr=dr) or \
+        f"the personalizer refused: {code.name}: {exc.details() or 'no detail'}"
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    for k, v in result.items():
+        if k == "certificates":
+            for c in v:
+                status = c["status"] + (f" ({c['revocation_reason']})" if c["revocation_reason"] else "")
+                print(f"{c['serial']:<40} {status:<32} {c['profile']:<32} card {c['card'] or '-':<16} "
+                      f"until {c['not_after'][:10]}  {c['subject']}")
+            continue
+        if k == "items":
+            for i in v:
+                print(f"{i['request_id']:38} {i['kind']:10} {i['lane']:9} {i['state']:24} "
+                      f"attempts={i['attempts']} next={i['next_attempt_at']} {i['last_error']}")
+            continue
+        if isinstance(v, list) and all(isinstance(x, dict) for x in v):
+            print(f"{k:28} {len(v)}")
+            for x in v:
+                print("  " + "  ".join(f"{a}={b}" for a, b in x.items()))
+            continue
+        if isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()):
+            print(f"{k:28}")
+            for name, x in v.items():
+                print(f"  {name:26} " + "  ".join(f"{a}={b}" for a, b in x.items()))
+            continue
+        if isinstance(v, dict):
+            v = "  ".join(f"{a}={b}" for a, b in v.items()) or "-"
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v)) or "-"
+        print(f"{k:28} {v}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    parser = build_parser()
+    _accept_json_after_the_command(parser)
+    opts = parser.parse_args(argv)
+    cfg = None
     try:
         cfg = station_config.load(opts.config)
+        if opts.dr and not cfg.personalizer.dr:
+            raise UsageError(f"--dr: {cfg.source} has no personalizer.dr endpoint; add one or leave out --dr")
         with channel.secure_channel_sync(cfg, dr=opts.dr) as ch:
             result = opts.func(ch, opts, cfg.personalizer.timeout_seconds)
+        _print(result, opts.json)
+        sys.stdout.flush()
+    except UsageError as exc:
+        print(f"cnsctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except station_config.StationConfigError as exc:
         print(f"cnsctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except grpc.RpcError as exc:
-        print(f"cnsctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"cnsctl: {_call_failed(exc, cfg, opts.dr)}", file=sys.stderr)
         return EXIT_ERROR
-    if opts.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        for k, v in result.items():
-            if k == "certificates":
-                for c in v:
-                    status = c["status"] + (f" ({c['revocation_reason']})" if c["revocation_reason"] else "")
-                    print(f"{c['serial']:<40} {status:<32} {c['profile']:<32} card {c['card'] or '-':<16} "
-                          f"until {c['not_after'][:10]}  {c['subject']}")
-                continue
-            if k == "items":
-                for i in v:
-                    print(f"{i['request_id']:38} {i['kind']:10} {i['lane']:9} {i['state']:24} "
-                          f"attempts={i['attempts']} next={i['next_attempt_at']} {i['last_error']}")
-                continue
-            print(f"{k:28} {v}")
+    except OSError as exc:   # a key or trust anchor unreadable after load
+        if isinstance(exc, BrokenPipeError):
+            return _quiet_after_closed_pipe()
+        print(f"cnsctl: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _quiet_after_closed_pipe() -> int:
+    """The reader of our output went away (``cnsctl ... | head``): exit without a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
     return 0
 
 

@@ -9,9 +9,17 @@ Creates, under DIR::
     tls/server.pem, .key.pem     server certificate for localhost / 127.0.0.1
     tls/client-crl.pem           revoked client certificates (empty; ``cns-personalizer revoke-client``)
     stations/<id>/station.toml   station config for the agent (station_config schema)
-    stations/<id>/client.pem ... the station's client certificate and key
+    stations/<id>/client.pem ... the station's client certificate and key, and a copy
+                                 of tls-ca.pem: the folder is self-contained (paths
+                                 relative to it), so it can be copied to a workstation
+                                 or handed to the operator user (``station_owner``)
     admin/admin.toml             cnsctl config (station_config schema, role admin)
     data/                        the request store
+
+The stations' and cnsctl's endpoint is the address the daemon listens on (a
+wildcard listen address becomes the loopback address), and the server
+certificate names it. Arguments are checked before anything is written:
+``DeploymentError`` (a ``PersonalizerError``) says what is wrong.
 
 The CNS CA and the TLS CA are distinct on purpose: the certificates on cards
 never authenticate services. Must not import grpc, proto or the service.
@@ -19,8 +27,11 @@ never authenticate services. Must not import grpc, proto or the service.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import os
+import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +41,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from personalizer.ca import profiles
 from personalizer.ca.keys import save_encrypted_key, write_private
+from personalizer.errors import PersonalizerError
 from personalizer.identity import ROLE_ADMIN, ROLE_STATION, identity_uri
 from personalizer.tls_clients import write_empty_crl
 
 DEFAULT_CA_KEY_BITS = 3072
+CA_KEY_BITS_RANGE = (2048, 8192)
+STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")     # as station_config
+CHAMBER_RE = re.compile(r"^[A-Z]{2,4}$")
+LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 CA_ORGANIZATION = "CNS Demo Camere di Commercio"
 CA_ORG_IDENTIFIER = "VATIT-00000000000"
@@ -41,6 +57,10 @@ SERVER_NAMES = ["localhost", "127.0.0.1"]
 PASSPHRASE_BYTES = 32
 CLIENT_CRL = "client-crl.pem"
 TLS_CA_KEY = "tls-ca.key.pem"
+
+
+class DeploymentError(PersonalizerError):
+    """An argument of ``init`` that cannot make a working deployment; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ class Deployment:
     issuing_cert: Path
     tls_ca: Path
     listen: str
+    endpoint: str = ""         # what the stations and cnsctl connect to
 
 
 def _now() -> _dt.datetime:
@@ -181,7 +202,6 @@ id = "{station_id}"
 chamber_code = "{chamber}"
 role = "{role}"
 data_dir = "{data_dir}"
-socket_dir = "{socket_dir}"
 
 [personalizer]
 primary = "{endpoint}"
@@ -201,34 +221,93 @@ allow_test_admin_keys = true
 """
 
 
+def endpoint_for(listen: str) -> tuple[str, str]:
+    """(endpoint clients use, the host name the server certificate must carry) for a listen address."""
+    m = LISTEN_RE.match(listen)
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise DeploymentError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 "
+                              "(port 0: any free port, then set the stations' personalizer.primary)")
+    host, port = m.group(1), m.group(2)
+    bare = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return f"{host}:{port}", host
+    if ip.is_unspecified:                                   # 0.0.0.0 / [::]: reachable on the loopback
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    name = str(ip)
+    return (f"[{name}]:{port}" if ip.version == 6 else f"{name}:{port}"), name
+
+
+def _check(root: Path, chamber: str, station_id: str, ca_key_bits: int, station_owner: str | None) -> None:
+    if not CHAMBER_RE.match(chamber):
+        raise DeploymentError(f"--chamber {chamber!r}: expected 2 to 4 upper-case letters, e.g. RM")
+    if not STATION_ID_RE.match(station_id):
+        raise DeploymentError(f"--station-id {station_id!r}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    low, high = CA_KEY_BITS_RANGE
+    if not low <= ca_key_bits <= high or ca_key_bits % 256:
+        raise DeploymentError(f"--ca-key-bits {ca_key_bits}: expected a multiple of 256 from {low} to {high} "
+                              f"(default {DEFAULT_CA_KEY_BITS})")
+    if station_owner is not None:
+        import pwd
+        try:
+            pwd.getpwnam(station_owner)
+        except KeyError:
+            raise DeploymentError(f"--station-owner {station_owner!r}: no such user on this machine") from None
+        if os.geteuid() != 0:
+            raise DeploymentError("--station-owner needs root (it hands the station folder to that user); "
+                                  "or run init as that user")
+    if (root / "personalizer.toml").exists():
+        raise DeploymentError(f"{root / 'personalizer.toml'} exists; refusing to overwrite a deployment")
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DeploymentError(f"cannot create {root}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DeploymentError(f"cannot create {root}: {probe} is not writable by this user")
+
+
+def _give_to(folder: Path, user: str) -> None:
+    import pwd
+    pw = pwd.getpwnam(user)
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-STATION-01",
                     listen: str = DEFAULT_LISTEN, ca_key_bits: int = DEFAULT_CA_KEY_BITS,
-                    admin_name: str = "central-it") -> Deployment:
+                    admin_name: str = "central-it", station_owner: str | None = None) -> Deployment:
+    """Write a test deployment under ``root``; ``station_owner``: a user to hand the station folder to."""
     root = root.resolve()
-    if (root / "personalizer.toml").exists():
-        raise FileExistsError(f"{root / 'personalizer.toml'} exists; refusing to overwrite a deployment")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data").mkdir(exist_ok=True)
+    endpoint, server_host = endpoint_for(listen)
+    _check(root, chamber, station_id, ca_key_bits, station_owner)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "data").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise DeploymentError(f"cannot create {root}: {exc.strerror}") from None
     _, _, _ = create_ca(root / "ca", key_bits=ca_key_bits)
     tls = TlsCA(root / "tls")
-    tls.issue(root / "tls" / "server.pem", root / "tls" / "server.key.pem", "cns-personalizer",
-              server_names=SERVER_NAMES)
-    host, _, port = listen.rpartition(":")
-    endpoint = f"localhost:{port}"
+    names = SERVER_NAMES + ([server_host] if server_host not in SERVER_NAMES else [])
+    tls.issue(root / "tls" / "server.pem", root / "tls" / "server.key.pem", "cns-personalizer", server_names=names)
     station_dir = root / "stations" / station_id
     tls.issue(station_dir / "client.pem", station_dir / "client.key.pem", station_id,
               identity=identity_uri(ROLE_STATION, station_id, chamber))
+    shutil.copyfile(tls.cert_path, station_dir / "tls-ca.pem")
     _write_public(station_dir / "station.toml", STATION_TOML.format(
-        station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir=station_dir / "agent-data",
-        socket_dir=station_dir / "agent-sockets", endpoint=endpoint, trust="../../tls/tls-ca.pem").encode()
-        + TEST_CARDS_TOML.encode())
+        station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir="agent-data",
+        endpoint=endpoint, trust="tls-ca.pem").encode() + TEST_CARDS_TOML.encode())
     admin_dir = root / "admin"
     tls.issue(admin_dir / "client.pem", admin_dir / "client.key.pem", admin_name,
               identity=identity_uri(ROLE_ADMIN, admin_name))
     _write_public(admin_dir / "admin.toml", STATION_TOML.format(
-        station_id=admin_name, chamber=chamber, role=ROLE_ADMIN, data_dir=admin_dir / "data",
-        socket_dir=admin_dir / "sockets", endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
+        station_id=admin_name, chamber=chamber, role=ROLE_ADMIN, data_dir="data",
+        endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
+    if station_owner is not None:
+        _give_to(station_dir, station_owner)
     _write_public(root / "personalizer.toml", SERVER_TOML.format(listen=listen).encode())
     return Deployment(root=root, server_config=root / "personalizer.toml", station_config=station_dir / "station.toml",
                       admin_config=admin_dir / "admin.toml", root_cert=root / "ca" / "root.pem",
-                      issuing_cert=root / "ca" / "issuing.pem", tls_ca=tls.cert_path, listen=listen)
+                      issuing_cert=root / "ca" / "issuing.pem", tls_ca=tls.cert_path, listen=listen,
+                      endpoint=endpoint)

@@ -46,7 +46,8 @@ class StationSection:
     chamber_code: str
     role: str                      # station | operator-tool | admin
     data_dir: Path                 # the agent's journal and state
-    socket_dir: Path               # where the agent's local per-user socket lives
+    # No socket_dir: the agent's socket is per user session ($XDG_RUNTIME_DIR/cns-agent/agent.sock,
+    # or `cns-agent run --socket`), which a station-wide file cannot know; the key is refused.
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class StationConfig:
 
 
 _SECTIONS = {
-    "station": {"id", "chamber_code", "role", "data_dir", "socket_dir"},
+    "station": {"id", "chamber_code", "role", "data_dir"},
     "personalizer": {"primary", "dr", "trust_anchors", "client_certificate", "client_key", "server_name",
                      "timeout_seconds", "keepalive_seconds"},
     "proxy": {"url", "no_proxy"},
@@ -110,6 +111,8 @@ _SECTIONS = {
     "renewal": {"window_days"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
+_RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
+                                       "(or `cns-agent run --socket PATH`); delete this line"}
 
 
 class _Loader:
@@ -185,6 +188,9 @@ def load(path: str | Path) -> StationConfig:
             raise ld.fail(name, f"unknown section; expected one of {sorted(_SECTIONS)}")
         if not isinstance(table, dict):
             raise ld.fail(name, "expected a table")
+        for key in table:
+            if (name, key) in _RETIRED:
+                raise ld.fail(f"{name}.{key}", _RETIRED[name, key])
         unknown = set(table) - _SECTIONS[name]
         if unknown:
             raise ld.fail(f"{name}.{sorted(unknown)[0]}", f"unknown key; expected one of {sorted(_SECTIONS[name])}")
@@ -197,7 +203,7 @@ def load(path: str | Path) -> StationConfig:
     station = StationSection(
         id=ld.pattern("station", "id", STATION_ID_RE, "1..64 characters of [A-Za-z0-9._-]"),
         chamber_code=ld.pattern("station", "chamber_code", CHAMBER_RE, "2..4 upper-case letters (e.g. RM)"),
-        role=role, data_dir=ld.file_path("station", "data_dir"), socket_dir=ld.file_path("station", "socket_dir"))
+        role=role, data_dir=ld.file_path("station", "data_dir"))
     primary = ld.pattern("personalizer", "primary", ENDPOINT_RE, "HOST:PORT")
     dr = ld.pattern("personalizer", "dr", ENDPOINT_RE, "HOST:PORT", optional=True)
     if dr is not None and dr == primary:

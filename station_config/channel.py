@@ -10,6 +10,10 @@ Imports grpc (not anything of ours). The agent's uplink and cnsctl use::
 ``channel_credentials(cfg)`` gives mTLS credentials (trust anchors, client key
 and certificate); ``channel_options(cfg)`` the keepalive, proxy, TLS-name and
 retry settings (retries on UNAVAILABLE only; request ids make them safe).
+``connection_problem(code, details, cfg)`` turns a failed connection's gRPC
+status into one sentence a person can act on (untrusted server certificate,
+refused client certificate, nothing listening, unknown host, no answer in time),
+naming the endpoint and the configuration key to check; None for other errors.
 """
 from __future__ import annotations
 
@@ -57,6 +61,48 @@ def channel_options(cfg: StationConfig, *, dr: bool = False) -> list[tuple[str, 
     if cfg.proxy is not None and not _bypass_proxy(cfg, target(cfg, dr=dr)):
         opts.append(("grpc.http_proxy", cfg.proxy.url))
     return opts
+
+
+def connection_problem(code: grpc.StatusCode, details: str | None, cfg: StationConfig, *,
+                       dr: bool = False) -> str | None:
+    """One actionable sentence for a call that failed to reach the personalizer, or None.
+
+    gRPC reports only the last address it tried (``localhost`` may end on ``::1``), so the
+    checks look for the TLS failure anywhere in ``details`` before falling back to the socket error.
+    """
+    details = details or ""
+    key = "personalizer.dr" if dr else "personalizer.primary"
+    try:
+        endpoint = target(cfg, dr=dr)
+    except ValueError:
+        endpoint = "?"
+    where = f"the personalizer at {endpoint} ({key} in {cfg.source})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"no answer from {where} within {cfg.personalizer.timeout_seconds:g} s "
+                "(personalizer.timeout_seconds); try again later or ask central IT whether it is up")
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details.lower():
+        return (f"the server certificate of {where} is not trusted: it is not signed by a CA in "
+                f"personalizer.trust_anchors ({cfg.personalizer.trust_anchors}); install the personalizer's "
+                "TLS CA there")
+    if "Peer name" in details and "not in peer certificate" in details:
+        return (f"the server certificate of {where} does not name {endpoint.rsplit(':', 1)[0]}; use the name "
+                "it was issued for, or set personalizer.server_name")
+    if ("Socket closed" in details or "ALERT" in details or "CERTIFICATE_REQUIRED" in details
+            or "handshake" in details.lower()):
+        return (f"{where} refused this client's certificate ({cfg.personalizer.client_certificate}): it is not "
+                "issued by the personalizer's client CA, or has expired; ask central IT for a new one")
+    if "resolv" in details or "Domain name not found" in details or "DNS" in details:
+        return f"cannot resolve the host name of {where}; check the name and the network"
+    if "Connection refused" in details or "connect" in details.lower():
+        hint = ""
+        if endpoint.startswith("localhost:") and "::1" in details:
+            hint = (f" (localhost was tried as ::1 last; a daemon listening on 127.0.0.1 only is reached as "
+                    f"127.0.0.1:{endpoint.rsplit(':', 1)[1]}, and only then would a TLS problem show)")
+        return (f"nothing answers at {where}: is `cns-personalizer serve` running there, and is the "
+                f"address right?{hint}")
+    return None
 
 
 def target(cfg: StationConfig, *, dr: bool = False) -> str:

@@ -1,9 +1,16 @@
-"""``cns-agent devices`` and ``cns-agent watch``: ask the running agent what it sees."""
+"""``cns-agent devices``, ``watch`` and ``info``: ask the running agent what it sees.
+
+``devices`` prints a table on a terminal (full serials, at any width down to 80
+columns), aligned plain columns in a pipe, one JSON object with ``--json``; it
+says when the agent cannot reach pcscd. ``watch`` follows the agent across
+restarts: when the stream breaks it says so on stderr and reconnects.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
 from agent.commands import CommandError, add_socket_option, socket_path
@@ -20,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_socket_option(w)
     w.set_defaults(func=watch)
     i = sub.add_parser("info", help="show the running agent's version, socket and PC/SC status")
+    i.add_argument("--json", action="store_true", help="one JSON object (the output is always JSON)")
     add_socket_option(i)
     i.set_defaults(func=info)
 
@@ -55,45 +63,104 @@ def _client(args: argparse.Namespace) -> AgentClient:
     return AgentClient(socket_path(args))
 
 
+PCSC_OK = "ok"
+WATCH_RETRY_S = 1.0
+
+
+def pcsc_notice(status: str) -> str:
+    return (f"the agent cannot reach pcscd ({status}): start it (`sudo systemctl start pcscd.socket`, or "
+            "`cns-emulator pcscd` for emulated cards); the agent reconnects by itself")
+
+
 def devices(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             resp = client.devices()
+            pcsc = client.info().pcsc_status
     except (AgentUnavailableError, AgentCallError) as exc:
         raise CommandError(str(exc)) from exc
     readers = [reader_dict(r) for r in resp.readers]
     if args.json:
-        print(json.dumps({"sequence": resp.sequence, "readers": readers}, sort_keys=True))
+        print(json.dumps({"sequence": resp.sequence, "readers": readers, "pcsc": pcsc}, sort_keys=True))
         return 0
+    if pcsc != PCSC_OK:
+        print(pcsc_notice(pcsc))
+    if not readers:
+        if pcsc == PCSC_OK:
+            print("no readers: plug one in (the agent sees it at once)")
+        return 0
+    rows = [_row(r) for r in readers]
+    if sys.stdout.isatty():
+        _print_table(rows)
+    else:
+        _print_plain(rows)
+    return 0
+
+
+HEADERS = ("reader", "card", "model", "serial", "holder")
+
+
+def _row(r: dict) -> tuple[str, ...]:
+    card = r["card"]
+    if card is None:
+        return (r["name"], "no card", "", "", "")
+    model = card["model_name"] or ("unsupported" if not card["supported"] else "")
+    holder = "(blank card)" if card["blank"] else card["holder_label"]
+    status = card["state"] + (f": {card['error']}" if card["error"] else "")
+    return (r["name"], status, model, card["serial"], holder)
+
+
+def _print_plain(rows: list[tuple[str, ...]]) -> None:
+    """Aligned columns without decoration or truncation: greppable, and every value whole."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(HEADERS)]
+    for row in [HEADERS, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("reader", "card", "model", "serial", "holder")
-    for r in readers:
-        card = r["card"]
-        if card is None:
-            table.add_row(r["name"], "—", "", "", "")
-            continue
-        model = card["model_name"] or ("unsupported" if not card["supported"] else "")
-        holder = "(blank card)" if card["blank"] else card["holder_label"]
-        status = card["state"] + (f": {card['error']}" if card["error"] else "")
-        table.add_row(r["name"], status, model, card["serial"], holder)
-    if not readers:
-        print("no readers")
-        return 0
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in HEADERS:     # the serial is never cut: an operator reads it out or types it
+        table.add_column(name, no_wrap=name == "serial", overflow="fold",
+                         min_width=max((len(row[3]) for row in rows), default=0) if name == "serial" else None)
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
-    return 0
 
 
 def watch(args: argparse.Namespace) -> int:
+    """Print events until Ctrl-C; when the agent goes away, say so and follow it when it comes back."""
+    connected_once = False
+    while True:
+        try:
+            with _client(args) as client:
+                for event in client.watch():
+                    if not connected_once:
+                        connected_once = True
+                    d = event_dict(event)
+                    print(json.dumps(d, sort_keys=True) if args.json else _describe(d), flush=True)
+        except AgentUnavailableError as exc:
+            if not connected_once:
+                raise CommandError(str(exc)) from exc
+        except AgentCallError as exc:
+            raise CommandError(str(exc)) from exc
+        if not connected_once:
+            return 0
+        print(f"cns-agent watch: the agent on {socket_path(args)} went away; reconnecting when it is back "
+              "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+        while not _agent_answers(args):
+            time.sleep(WATCH_RETRY_S)
+
+
+def _agent_answers(args: argparse.Namespace) -> bool:
     try:
         with _client(args) as client:
-            for event in client.watch():
-                d = event_dict(event)
-                print(json.dumps(d, sort_keys=True) if args.json else _describe(d), flush=True)
-    except (AgentUnavailableError, AgentCallError) as exc:
-        raise CommandError(str(exc)) from exc
-    return 0
+            client.info()
+        return True
+    except (AgentUnavailableError, AgentCallError):
+        return False
 
 
 def _describe(d: dict) -> str:

@@ -8,7 +8,7 @@ Every answer shows the PIN and PUK tries left (OpenSC cannot show them). The
 card's one PIN (and PUK) guards both keysets; change and unblock apply to both.
 
 Codes never go on the command line. They come from a prompt on a terminal
-(the new PIN asked twice), or:
+(the new PIN asked twice; a new PIN equal to the PUK is refused), or:
   --codes-file F   TOML, mode 0600: pin = current PIN, new_pin = ..., puk = ...
   --codes-stdin    one per line: change: current PIN, new PIN; unblock: PUK, new PIN
   --codes-env      CNS_PIN, CNS_NEW_PIN, CNS_PUK
@@ -20,14 +20,12 @@ Wrong PIN: the tries left are shown; a blocked PIN is unblocked with the PUK
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 
-from agent.commands import CommandError, add_socket_option
+from agent.commands import CommandError, add_socket_option, ask_code, check_new_codes, read_codes_file
 from agent.commands.lifecycle import LocalCallError, local_call
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -58,27 +56,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _codes(args) -> dict[str, str]:
     wanted = ASKED[args.action]
     if args.codes_file:
-        path: Path = args.codes_file
-        try:
-            if path.stat().st_mode & 0o077:
-                raise CommandError(f"{path}: holds PINs, so it must be readable by its owner only (chmod 600)")
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise CommandError(f"{path}: file not found") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CommandError(f"{path}: not a readable TOML file ({type(exc).__name__})") from None
-        return {k: str(table.get(k, "")) for k in wanted}
-    if args.codes_stdin:
+        codes = read_codes_file(args.codes_file, wanted)
+    elif args.codes_stdin:
         lines = sys.stdin.read().split()
-        return {k: (lines[i] if len(lines) > i else "") for i, k in enumerate(wanted)}
-    if args.codes_env:
-        return {k: os.environ.get(ENV[k], "") for k in wanted}
-    if not sys.stdin.isatty():
+        codes = {k: (lines[i] if len(lines) > i else "") for i, k in enumerate(wanted)}
+    elif args.codes_env:
+        codes = {k: os.environ.get(ENV[k], "") for k in wanted}
+    elif not sys.stdin.isatty():
         raise CommandError("no codes given: use --codes-file, --codes-stdin, --codes-env, or run on a terminal "
                            "to be asked")
-    codes = {k: getpass.getpass(PROMPTS[k]) for k in wanted}
-    if getpass.getpass("New PIN again: ") != codes["new_pin"]:
-        raise CommandError("the two new PINs differ; nothing was changed")
+    else:
+        codes = {k: ask_code(PROMPTS[k], new=k == "new_pin") for k in wanted}
+    check_new_codes(new_pin=codes["new_pin"], puk=codes.get("puk", ""))
     return codes
 
 

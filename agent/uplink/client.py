@@ -3,8 +3,10 @@
 Owns the primary → DR endpoint fallback (the channel itself — trust anchors,
 client certificate, proxy, keepalive, retries — is ``station_config.channel``), deadlines on every call, and the translation of gRPC status codes
 into ``agent.ops.errors``: UNAVAILABLE and DEADLINE_EXCEEDED become
-``UplinkUnavailable`` (retry later, the journaled operation stays resumable);
-anything else becomes ``UplinkError`` with the server's message.
+``UplinkUnavailable`` (retry later, the journaled operation stays resumable),
+worded by ``station_config.channel.connection_problem`` (an untrusted server
+certificate, a refused client certificate, nothing listening); anything else
+becomes ``UplinkError`` with the server's message.
 
 Outbound only: nothing here listens. Imports ``proto``, ``station_config`` and ``agent.ops.errors``;
 never ``personalizer``.
@@ -89,7 +91,7 @@ class PersonalizerClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in TRANSIENT and await self._failover():
                     continue
-                raise _translate(exc, what) from exc
+                raise _translate(exc, what, self.cfg, self._dr) from exc
 
     async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict,
                            card_id: str, model: str, requester: dict, ef_dati_personali: bytes = b""):
@@ -112,7 +114,7 @@ class PersonalizerClient:
                     request_id=request_id, requester=self.reader), timeout=None):
                 yield update
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"watching request {request_id}") from exc
+            raise _translate(exc, f"watching request {request_id}", self.cfg, self._dr) from exc
 
     async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
                     proof_of_possession: bytes, requester: dict):
@@ -154,9 +156,12 @@ class PersonalizerClient:
         return await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status")
 
 
-def _translate(exc: grpc.aio.AioRpcError, what: str) -> UplinkError:
+def _translate(exc: grpc.aio.AioRpcError, what: str, cfg: StationConfig, dr: bool) -> UplinkError:
+    """Our error for a failed call: a connection problem in words a person can act on
+    (``station_config.channel.connection_problem``), else the server's code and message."""
     code = exc.code()
-    msg = f"personalizer: {what}: {code.name}: {exc.details() or 'no detail'}"
+    problem = channel.connection_problem(code, exc.details(), cfg, dr=dr)
+    msg = f"personalizer: {what}: " + (problem or f"{code.name}: {exc.details() or 'no detail'}")
     if code in TRANSIENT:
         # whether anything is kept is the caller's to say: journaled operations are, a status change is not
         return UplinkUnavailable(msg, code=code.name)

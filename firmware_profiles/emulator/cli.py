@@ -1,8 +1,10 @@
-"""``cns-emulator``: serve an emulated card to pcscd (vpcd), list the models,
-run the conformance self-check.
+"""``cns-emulator``: serve an emulated card to pcscd (vpcd), start a private
+pcscd with the vpcd reader (``pcscd``), list the models, run the conformance
+self-check.
 
-Owns argument parsing and the one top-level error handler; the work is done by
-``card``, ``vpcd`` and ``check``. Exit codes: 0 ok, 1 check failed, 2 usage or
+Owns argument parsing and the one top-level error handler (``--json`` before or
+after the command; a closed output pipe exits quietly); the work is done by
+``card``, ``vpcd``, ``pcscd`` and ``check``. Exit codes: 0 ok, 1 check failed, 2 usage or
 profile/state error.
 
 Imports: ``firmware_profiles`` and ``firmware_profiles.emulator.*``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -78,6 +81,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_signal() -> None:
+    done = threading.Event()
+
+    def _stop(signum, frame):  # noqa: ARG001
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    done.wait()
+
+
+def _codes_note(model: CardModel) -> str:
+    p = model.pin_policy
+    if model.pin_mode == "preset":
+        return f"a new card of this model has test PIN {p.factory_test_pin}, PUK {p.factory_test_puk}"
+    return "a new card of this model has no PIN or PUK until personalization sets them"
+
+
+def cmd_pcscd(args: argparse.Namespace) -> int:
+    """A private pcscd (its own socket, its own vpcd ports) until SIGTERM/SIGINT; optionally a card in reader 0."""
+    import tempfile
+
+    from firmware_profiles.emulator.pcscd import missing_tools, start_pcscd
+
+    missing = missing_tools()
+    if missing:
+        raise UsageError("cannot start pcscd, missing: " + "; ".join(missing))
+    model = _model(args) if args.profile else None
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="cns-pcscd-"))
+    try:
+        inst = start_pcscd(workdir)
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"pcscd did not start in {workdir}: {exc}") from None
+    client = None
+    try:
+        card = None
+        if model is not None:
+            card = EmulatedCard(model, state_path=args.state, timing=args.timing)
+            client = VpcdClient(card, "127.0.0.1", inst.port).start()
+            if not client.inserted.wait(10):
+                raise UsageError(f"the emulated card could not reach pcscd's vpcd port {inst.port}; see {inst.log_path}")
+        readers = {name: inst.vpcd_address(i) for i, name in enumerate(inst.reader_names)}
+        if args.json:
+            print(json.dumps({"pid": inst.proc.pid, "dir": str(workdir), "socket": str(inst.socket_path),
+                              "env": {"PCSCLITE_CSOCK_NAME": str(inst.socket_path)}, "readers": readers,
+                              "card": None if card is None else {"reader": inst.reader_names[0],
+                                                                 "profile": model.id, "serial": card.serial,
+                                                                 "codes": _codes_note(model)}}),
+                  flush=True)
+        else:
+            lines = [f"private pcscd running (pid {inst.proc.pid}), log {inst.log_path}",
+                     "in every shell that should see its readers (agent, OpenSC tools):",
+                     f"  export PCSCLITE_CSOCK_NAME={inst.socket_path}"]
+            for name, address in readers.items():
+                lines.append(f"reader {name!r}: cns-emulator serve --profile MODEL --vpcd {address}")
+            if card is not None:
+                lines.append(f"{model.id} card {card.serial} is in {inst.reader_names[0]!r} ({_codes_note(model)})"
+                             + (f", state {args.state}" if args.state else ", state in memory only"))
+            lines.append("Ctrl-C stops it.")
+            print("\n".join(lines), flush=True)
+        _wait_for_signal()
+    finally:
+        if client is not None:
+            client.stop()
+        inst.stop()
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from firmware_profiles.emulator.check import run_checks
 
@@ -98,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cns-emulator", description="Emulated Italian CNS cards for pcscd/vpcd and tests")
     p.add_argument("--profiles", metavar="DIR", help="folder of card model TOML files (default: the built-in set)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", action="store_true", dest="json_first", help="JSON output (also after the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="insert an emulated card into pcscd's vpcd reader until SIGTERM/SIGINT")
@@ -117,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=cmd_list)
 
+    d = sub.add_parser("pcscd", help="run a private pcscd with the vpcd reader (and optionally a card) until Ctrl-C",
+                       description="Start pcscd on its own socket with a vpcd reader pair on free ports, print the "
+                                   "PCSCLITE_CSOCK_NAME to export and the vpcd address of each reader, and stop it "
+                                   "on SIGTERM/SIGINT. Needs the Debian packages pcscd and vsmartcard-vpcd.")
+    d.add_argument("--dir", type=Path, metavar="DIR", help="pcscd's socket, reader config and log (default: a new "
+                   "temporary folder)")
+    d.add_argument("--card", metavar="MODEL", dest="profile", help="also serve an emulated card of this model in "
+                   "the first reader (see `list`)")
+    d.add_argument("--state", type=Path, metavar="FILE", help="with --card: card state file (created blank if missing)")
+    d.add_argument("--timing", choices=("zero", "realistic"), default="zero")
+    d.add_argument("--json", action="store_true", help="print one JSON object (socket, readers, card)")
+    d.set_defaults(func=cmd_pcscd)
+
     c = sub.add_parser("check", help="conformance self-check of a model, in-process")
     c.add_argument("--profile", required=True)
     c.add_argument("--json", action="store_true")
@@ -125,11 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json_first:
+        if not hasattr(args, "json"):
+            parser.error(f"{args.command} has no JSON output")
+        args.json = True
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:          # `cns-emulator list | head -1`: the reader stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ProfileError, StateFileError, FaultSpecError, UsageError, ValueError) as exc:
         print(f"cns-emulator: error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ def station_config_for(deployment, port: int):
 
     path = deployment.station_config
     text = path.read_text()
-    text = re.sub(r'primary = "localhost:\d+"', f'primary = "localhost:{port}"', text)
+    text = re.sub(r'primary = "([^"]*):\d+"', rf'primary = "\g<1>:{port}"', text)
     if "[cards]" not in text:
         text += "\n[cards]\nallow_test_admin_keys = true\n"
     path.write_text(text)

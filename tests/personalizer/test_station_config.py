@@ -32,7 +32,7 @@ def test_init_station_config_drives_a_channel(deployment, daemon):
     from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
     live = deployment.station_config.with_name("station-live.toml")
-    live.write_text(deployment.station_config.read_text().replace('localhost:0"', f'localhost:{daemon.port}"'))
+    live.write_text(deployment.station_config.read_text().replace(':0"', f':{daemon.port}"'))
     cfg = station_config.load(live)
     assert (cfg.station.id, cfg.station.chamber_code, cfg.station.role) == ("RM-STATION-01", "RM", "station")
     with channel.secure_channel_sync(cfg) as ch:
@@ -70,6 +70,8 @@ ERRORS = [
     ('primary = "personalizer.cns.camcom.example.it:443"', 'primary = "host:70000"', "personalizer.primary", "port out of range"),
     ('window_days = 90', 'window_days = 0', "renewal.window_days", "1 to 366 days"),
     ('window_days = 90', 'window_days = "90"', "renewal.window_days", "expected int"),
+    ('data_dir = "/var/lib/cns-agent"', 'data_dir = "/var/lib/cns-agent"\nsocket_dir = "/run/cns-agent"',
+     "station.socket_dir", "no longer read"),
 ]
 
 
@@ -85,7 +87,7 @@ def test_errors_name_file_key_and_problem(workdir, old, new, key, message):
 
 def test_missing_section_and_bad_toml(workdir):
     p = workdir / "station.toml"
-    p.write_text("[station]\nid = \"x\"\nchamber_code = \"RM\"\ndata_dir = \"d\"\nsocket_dir = \"s\"\n")
+    p.write_text("[station]\nid = \"x\"\nchamber_code = \"RM\"\ndata_dir = \"d\"\n")
     with pytest.raises(station_config.StationConfigError) as ei:
         station_config.load(p)
     assert ei.value.key == "personalizer" and "missing section" in ei.value.message
