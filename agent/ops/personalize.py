@@ -284,8 +284,9 @@ class Personalizer:
         if not any(op.data.get("_submitted", {}).values()):
             return await self._undo(op, link, model, "stopped by the operator before any certificate was requested")
         msg = (f"stopped by the operator; the certificate requests are at the personalizer, so personalization "
-               f"{op.op_id} is kept open: it is finished when the card is seen again, or run `cns-agent operations "
-               f"finish {op.op_id}` (or `discard {op.op_id}`: blank card, certificates revoked)")
+               f"{op.op_id} is kept open: the agent finishes it by itself while the card is in a reader, or run "
+               f"`cns-agent operations finish {op.op_id}` (or `discard {op.op_id}`: blank card, certificates "
+               "revoked)")
         self.progress("stopped", msg)
         return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
 
@@ -440,8 +441,9 @@ class Personalizer:
     async def _ca_closed(self, resp) -> str:
         """A message saying the CA is closed and when it reopens, or "" when it is open (the request is just
         queued behind others): from the request's waiting reason and GetCAStatus."""
+        ca_status = getattr(self.uplink, "ca_status", None)   # an in-memory uplink may not offer it
         try:
-            st = await self._timed("broker", self.uplink.ca_status)
+            st = await self._timed("broker", ca_status) if ca_status is not None else None
         except UplinkError:
             st = None
         reason = getattr(resp, "waiting_reason", "") or ""
