@@ -17,6 +17,9 @@ card. A second Ctrl-C leaves at once (the agent still settles the card).
     cns-agent operations [--json]                        every open operation (device and PIN)
     cns-agent operations finish ID [--codes-file F]      finish it (the PIN when not yet signed)
     cns-agent operations discard ID                      undo it safely (certificates revoked)
+
+``operations finish`` exits 0 when the operation is done, ``discard`` when it is
+undone; 1 while it is still settling (the agent goes on by itself).
 """
 from __future__ import annotations
 
@@ -159,7 +162,17 @@ def _resolve(args: argparse.Namespace) -> int:
     pin = ""
     if args.action == "finish" and (args.codes_file or args.codes_stdin):
         pin = _codes(args)[0]
+    states: list[str] = []
+
+    def recording(messages):
+        for msg in messages:
+            if msg.HasField("result"):
+                states.append(msg.result.state)
+            yield msg
+
     with AgentClient(socket_path(args)) as client:
-        return follow_operation(client.resolve(args.op_id, args.action, pin), args, args.action,
+        code = follow_operation(recording(client.resolve(args.op_id, args.action, pin)), args, args.action,
                                 lambda d: f"operation {d['op_id']} card {d['card_serial']}: {d['state']} "
                                           f"{d['message']}")
+    # success is "done" for finish and "undone" for discard; "open" (still settling) is not
+    return 0 if states and states[-1] == ("done" if args.action == "finish" else "undone") else code

@@ -157,7 +157,7 @@ def test_closed_ca_releases_the_card_then_operations_lists_and_discards(world, p
         d = _cli(aenv, "operations", "discard", result["op_id"], "--json")
         # the card is blank at once; the requests still queued keep the undo open until they are settled
         final = json.loads(d.stdout.splitlines()[-1])["result"]
-        assert d.returncode == 1 and final["state"] == "open", d.stdout + d.stderr
+        assert d.returncode == 1 and final["state"] == "open", d.stdout + d.stderr   # still settling
         assert "blank again" in final["message"] and "still queued" in final["message"], final
         [op] = json.loads(_cli(aenv, "operations", "--json").stdout)
         assert op["note"].startswith("being undone (discarded by the operator")
@@ -165,6 +165,12 @@ def test_closed_ca_releases_the_card_then_operations_lists_and_discards(world, p
         _wait(lambda: not _open_in_journal(station.station.data_dir / "journal.db", card.serial), 60,
               lambda: f"the undo never settled: {Path(agent_env['_LOG']).read_text()[-3000:]}")
         assert json.loads(_cli(aenv, "operations", "--json").stdout) == []
+
+        def shown_blank() -> bool:   # `devices` shows the card as it is now, not as it was inserted
+            out = json.loads(_cli(aenv, "devices", "--json").stdout)["readers"]
+            view = next(r for r in out if r["name"] == READERS[0]).get("card") or {}
+            return view.get("blank") is True and not view.get("holder_label")
+        _wait(shown_blank, 10, lambda: "devices does not show the card blank after the undo")
         again = _cli(aenv, "operations", "discard", result["op_id"])
         assert again.returncode == 1 and "no open operation" in again.stderr
     finally:
