@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import getpass
 import json
 import signal
 import sys
-import tomllib
 from pathlib import Path
 
 from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
-from agent.commands import CommandError, add_socket_option, follow_operation, socket_path
+from agent.commands import (CommandError, add_socket_option, ask_personalization_codes, follow_operation,
+                            read_codes_file, socket_path)
 from agent.ops.holder import HolderFileError, HolderRecord
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -63,24 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _codes(args) -> tuple[str, str]:
     if args.codes_file:
-        path: Path = args.codes_file
-        try:
-            if path.stat().st_mode & 0o077:
-                raise CommandError(f"{path}: holds PINs, so it must be readable by its owner only (chmod 600)")
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise CommandError(f"{path}: file not found") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CommandError(f"{path}: not a readable TOML file ({type(exc).__name__})") from None
-        return str(table.get("pin", "")), str(table.get("puk", ""))
+        codes = read_codes_file(args.codes_file, ("pin", "puk"))
+        return codes["pin"], codes["puk"]
     if args.codes_stdin:
         lines = sys.stdin.read().split()
         return (lines[0] if lines else ""), (lines[1] if len(lines) > 1 else "")
     if not sys.stdin.isatty():
         raise CommandError("no codes given: use --codes-file, --codes-stdin, or run on a terminal to be asked")
-    pin = getpass.getpass("Holder PIN (8 digits): ")
-    puk = getpass.getpass("New PUK (8 digits; Enter if the card's codes are preset): ")
-    return pin, puk
+    return ask_personalization_codes()   # new codes asked twice, PIN != PUK
 
 
 def personalize(args: argparse.Namespace) -> int:
