@@ -68,7 +68,7 @@ def _seen(aenv, reader: str) -> bool:
 
 def _holder(tmp_path) -> Path:
     path = tmp_path / "holder.toml"
-    path.write_text("[holder]\n" + "".join(f'{k} = "{v}"\n' for k, v in env.HOLDER.as_dict().items()))
+    path.write_text("[holder]\n" + "".join(f'{k} = {json.dumps(v)}\n' for k, v in env.HOLDER.as_dict().items()))
     return path
 
 
