@@ -150,25 +150,26 @@ def test_wrong_issuer_key_stops_the_run_before_anything_is_written():
 class Nonsense:
     """A transport whose card answers garbage to one instruction (after the card really ran it)."""
 
-    def __init__(self, inner, ins: int, answer: bytes, sw: int = 0x9000):
-        self.inner, self.ins, self.answer, self.sw = inner, ins, answer, sw
+    def __init__(self, inner, ins: int, answer: bytes, sw: int = 0x9000, p1: int | None = None):
+        self.inner, self.ins, self.answer, self.sw, self.p1 = inner, ins, answer, sw, p1
 
     def transmit(self, apdu: bytes):
         data, sw = self.inner.transmit(apdu)
-        if apdu[1] == self.ins:
+        if apdu[1] == self.ins and self.p1 in (None, apdu[2]):
             return self.answer, self.sw
         return data, sw
 
 
-@pytest.mark.parametrize("ins,answer,check", [
-    (0x46, b"\x7f\x49\x05\x81\x01\x07\x82", "rsa_keygen"),        # GENERATE: a truncated public key
-    (0xCA, b"\x00\x01", "eeprom"),                                 # GET DATA: 2 bytes instead of 12
-    (0x2A, b"\x01\x02\x03", "sha256"),                             # PSO: a 3-byte "signature"
+@pytest.mark.parametrize("ins,p1,answer,check", [
+    (0x46, 0x00, b"\x7f\x49\x05\x81\x01\x07\x82", "rsa_keygen"),   # GENERATE (the key IS made): truncated answer
+    (0x46, 0x01, b"\x7f\x49\x02\x81\x00", "rsa_keygen"),            # reading the spare slot: nonsense
+    (0xCA, None, b"\x00\x01", "eeprom"),                             # GET DATA: 2 bytes instead of 12
+    (0x2A, None, b"\x01\x02\x03", "sha256"),                         # PSO: a 3-byte "signature"
 ])
-def test_nonsense_answer_fails_its_check_clearly_and_nothing_is_left_half_written(ins, answer, check):
+def test_nonsense_answer_fails_its_check_clearly_and_nothing_is_left_half_written(ins, p1, answer, check):
     c, model, t = card()
     before = c.snapshot()
-    report = run(Nonsense(t, ins, answer), model)
+    report = run(Nonsense(t, ins, answer, p1=p1), model)
     got = by_id(report)
     assert got[check].status == FAIL and "the card answered" in got[check].detail, got[check]
     assert "Traceback" not in got[check].detail and "\n" not in got[check].detail
