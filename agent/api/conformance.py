@@ -11,6 +11,8 @@ Imports ``agent.conformance``, ``agent.card.errors``, ``agent.ops.errors``, ``pr
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 
 import grpc
 
@@ -18,6 +20,8 @@ from agent.card.errors import CardError
 from agent.conformance import checks, opensc
 from agent.ops.errors import OperationError
 from proto.cns.v1 import agent_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 NO_CONFIG = ("this agent runs without a station configuration: start it with `cns-agent run --config FILE` "
              "(the conformance run uses the station's issuer keys and the agent's device lock)")
@@ -30,6 +34,17 @@ def report_pb(report: checks.Report) -> pb.ConformanceReport:
         conforming=d["conforming"], seconds=d["seconds"], left_on_card=d["left_on_card"],
         checks=[pb.ConformanceCheck(id=c["id"], clause=c["clause"], requirement=c["requirement"], status=c["status"],
                                     detail=c["detail"], figures=c["figures"]) for c in d["checks"]])
+
+
+def _log_abandoned(task: asyncio.Task) -> None:
+    """The outcome of a run whose caller went away (nobody else will read it)."""
+    exc = task.exception() if not task.cancelled() else None
+    if isinstance(exc, checks.ConformanceError):
+        log.info("conformance run on %s: %s", task.get_name(), exc)
+    elif exc is not None:
+        log.warning("conformance run on %s ended after its caller left: %s", task.get_name(), exc)
+    else:
+        log.info("conformance run on %s finished after its caller left", task.get_name())
 
 
 class ConformanceHandlers:
@@ -47,6 +62,7 @@ class ConformanceHandlers:
             admin_key, problem = None, str(exc)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()   # the client went away (Ctrl-C): stop between card commands, clean up
 
         def progress(step: str, message: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, pb.ConformanceProgress(step=step, message=message))
@@ -57,7 +73,7 @@ class ConformanceHandlers:
                 return checks.run(link, model, reader=request.reader, pin=request.pin, puk=request.puk,
                                   admin_key=admin_key, admin_key_problem=problem,
                                   samples=request.samples or checks.DEFAULT_SAMPLES, opensc=opensc.probe,
-                                  progress=progress)
+                                  progress=progress, cancelled=cancelled.is_set)
             finally:
                 getattr(link, "close", lambda: None)()
 
@@ -65,12 +81,19 @@ class ConformanceHandlers:
             async with self._device_lock(ops):
                 return await asyncio.to_thread(work)
 
+        # its own task: a cancelled call does not cancel it, so the device lock is held until the card is
+        # put back as it was
         task = asyncio.create_task(locked(), name=f"conformance:{request.reader}")
-        while not (task.done() and queue.empty()):
-            try:
-                yield await asyncio.wait_for(queue.get(), 0.1)
-            except asyncio.TimeoutError:
-                continue
+        try:
+            while not (task.done() and queue.empty()):
+                try:
+                    yield await asyncio.wait_for(queue.get(), 0.1)
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            if not task.done():
+                cancelled.set()
+                task.add_done_callback(_log_abandoned)
         try:
             report = task.result()
         except checks.ConformanceError as exc:

@@ -79,6 +79,10 @@ class ConformanceError(Exception):
     """The run cannot go on (wrong code, card pulled, not a CNS card); one line for the user."""
 
 
+class Cancelled(ConformanceError):
+    """The operator cancelled the run; it stopped between two card commands and cleaned up."""
+
+
 @dataclass
 class Check:
     id: str
@@ -141,13 +145,14 @@ def _pkcs1_sha256(message: bytes, key_bytes: int) -> bytes:
 
 class _Run:
     def __init__(self, transport, model, *, reader: str, pin: str, puk: str, admin_key: bytes | None,
-                 admin_key_problem: str, samples: int, opensc: OpenscProbe, progress, clock):
+                 admin_key_problem: str, samples: int, opensc: OpenscProbe, progress, clock, cancelled):
         self.cns = CnsSession(transport, model)
         self.issuer = IssuerSession(self.cns, model)
         self.model, self.reader = model, reader
         self.pin, self.puk = pin, puk
         self.admin_key, self.admin_key_problem = admin_key, admin_key_problem
         self.samples, self.opensc, self.clock = samples, opensc, clock
+        self.cancelled = cancelled or (lambda: False)
         self.progress = progress or (lambda step, message: None)
         self.keyset = model.keysets[0]
         self.pinref = self.cns.layout.pins[self.keyset.name]
@@ -168,7 +173,13 @@ class _Run:
         self.checks.append(Check(cid, status, detail, figures))
         self.progress(cid, f"{status}: {detail}")
 
+    def stop_if_cancelled(self) -> None:
+        if self.cancelled():
+            raise Cancelled("the conformance run was cancelled; the card was put back as it was "
+                            "(test key erased, PIN counter full)")
+
     def guarded(self, cid: str, fn: Callable[[], None]) -> None:
+        self.stop_if_cancelled()
         self.progress(cid, REQUIREMENTS[cid])
         try:
             fn()
@@ -435,6 +446,7 @@ class _Run:
         block = _pkcs1_sha256(MESSAGE, 256)
         times = []
         for i in range(self.samples):
+            self.stop_if_cancelled()
             self.cns.verify_pin(self.pin, self.keyset.name)
             t0 = self.clock()
             self.issuer.raw_sign(self.keyset, ref, block)
@@ -490,8 +502,10 @@ class _Run:
 
 def run(transport, model, *, reader: str = "", pin: str = "", puk: str = "", admin_key: bytes | None = None,
         admin_key_problem: str = "", samples: int = DEFAULT_SAMPLES, opensc: OpenscProbe | None = None,
-        progress: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> Report:
-    """Run every check on the card behind ``transport`` (see the module docstring)."""
+        progress: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+        cancelled: Callable[[], bool] | None = None) -> Report:
+    """Run every check on the card behind ``transport`` (see the module docstring). ``cancelled()`` is
+    asked between card operations: when it turns true the run cleans up and raises ``Cancelled``."""
     for name, code in (("PIN", pin), ("PUK", puk)):
         if code and not (code.isascii() and code.isdigit() and 4 <= len(code) <= 8):
             raise ConformanceError(f"the {name} must be 4 to 8 digits; nothing was sent to the card")
@@ -499,7 +513,7 @@ def run(transport, model, *, reader: str = "", pin: str = "", puk: str = "", adm
         raise ConformanceError(f"samples must be 1..{MAX_SAMPLES}, got {samples}")
     r = _Run(transport, model, reader=reader, pin=pin, puk=puk, admin_key=admin_key,
              admin_key_problem=admin_key_problem, samples=samples, opensc=opensc or _not_in_process,
-             progress=progress, clock=clock)
+             progress=progress, clock=clock, cancelled=cancelled)
     t0 = clock()
     try:
         serial = r.cns.read_serial()

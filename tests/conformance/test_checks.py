@@ -185,3 +185,18 @@ def test_card_answering_nonsense_to_its_serial_is_refused_before_anything_is_wri
         run(Nonsense(t, 0xB0, b"\x00\xff" * 8, 0x9000), model)
     assert "does not answer as a CNS card" in str(err.value) and "nothing was written" in str(err.value)
     assert c.snapshot() == before
+
+
+def test_cancel_mid_run_cleans_up_and_says_so():
+    c, model, t = card()
+    seen = []
+
+    def progress(step, message):
+        seen.append(step)
+
+    with pytest.raises(checks.Cancelled) as err:
+        run(t, model, progress=progress, cancelled=lambda: "sha256" in seen)   # after keygen made a key
+    assert "cancelled" in str(err.value) and "put back" in str(err.value)
+    assert "rsa_keygen" in seen and "sign_time" not in seen
+    assert c.snapshot()["keys"] == {}
+    assert all(p["tries_left"] == p["max_tries"] for p in c.snapshot()["pins"].values())

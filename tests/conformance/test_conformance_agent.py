@@ -174,3 +174,33 @@ def test_without_a_card_the_operator_gets_one_line(rig):
     r = rig.cli("conformance", "--reader", reader_name(1))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no card in" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "StatusCode" not in r.stderr
+
+
+def test_ctrl_c_mid_run_leaves_the_card_as_it_was_and_the_reader_usable(rig):
+    import signal
+
+    state = rig.work / "cancelled.json"
+    emu = rig.serve(0, "--state", str(state), "--timing", "realistic", *(f"--override={o}" for o in FAST_KEYGEN))
+    try:
+        rig.wait_card(reader_name(0))
+        cli = subprocess.Popen([str(BIN / "cns-agent"), "conformance", "--reader", reader_name(0), "--codes-file",
+                                str(rig.work / "codes.toml"), "--json", "--socket", str(rig.sock)],
+                               env=rig.pcscd.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in cli.stdout:                   # the operator presses Ctrl-C while the card signs
+            if json.loads(line).get("step") == "sign_time":
+                break
+        assert json.loads(state.read_text())["keys"] != {}     # the test key is on the card right now
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 130 and "Traceback" not in cli.stderr.read()
+        # the agent finishes the cleanup under its device lock; the next run waits for it, then runs whole
+        r = rig.cli("conformance", "--reader", reader_name(0), "--codes-file", str(rig.work / "codes.toml"),
+                    "--json", "--samples", "1")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        s = json.loads(state.read_text())
+        assert s["keys"] == {} and all(p["tries_left"] == p["max_tries"] for p in s["pins"].values())
+        log = rig.log.read_text(errors="replace")
+        assert "the conformance run was cancelled; the card was put back" in log and "Traceback" not in log
+    finally:
+        emu.terminate()
+        emu.wait(10)
+    rig.wait_card(reader_name(0), present=False)
