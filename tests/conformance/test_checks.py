@@ -200,3 +200,12 @@ def test_cancel_mid_run_cleans_up_and_says_so():
     assert "rsa_keygen" in seen and "sign_time" not in seen
     assert c.snapshot()["keys"] == {}
     assert all(p["tries_left"] == p["max_tries"] for p in c.snapshot()["pins"].values())
+
+
+@pytest.mark.slow
+def test_conforming_card_with_full_realistic_timing_passes():
+    # key generation as the model states it (6 s and 25 s): about 45 s of card time
+    c, model, t = card(timing="realistic")
+    report = run(t, model, samples=5)
+    assert [x.id for x in report.checks if x.status != PASS] == ["opensc"] and report.conforming
+    assert report.checks[3].figures["keygen_2048_seconds"] >= 25
