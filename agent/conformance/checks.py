@@ -164,6 +164,7 @@ class _Run:
         self.pin_ok = False
         self.puk_verified = False
         self.destructive = False
+        self.no_pin = "" if pin else "no PIN given"
 
     # -- plumbing ------------------------------------------------------------------------
     def send(self, apdu: Apdu) -> tuple[bytes, int]:
@@ -241,7 +242,9 @@ class _Run:
         if sw == SW.AUTH_METHOD_BLOCKED:
             raise ConformanceError("the card's PIN is blocked: unblock it with the PUK (`cns-agent pin unblock`) "
                                    "and run again")
-        if sw == SW.REFERENCE_DATA_NOT_USABLE:
+        if sw == SW.REFERENCE_DATA_NOT_USABLE:    # a blank card of a model that sets codes at personalization
+            self.no_pin = "the card has no PIN yet (its model sets the codes at personalization)"
+            self.pin = self.puk = ""
             return None
         return tries_left(sw)
 
@@ -249,8 +252,10 @@ class _Run:
         why_not = ""
         if not blank:
             why_not = "the card is not blank (personalized cards are never blocked on purpose)"
-        elif not self.pin or not self.puk:
-            why_not = "no PIN and PUK given (both are needed to unblock the card afterwards)"
+        elif self.no_pin:
+            why_not = self.no_pin
+        elif not self.puk:
+            why_not = "no PUK given (it is needed to unblock the card afterwards)"
         elif len(self.pin) != REQUIRED_DIGITS or len(self.puk) != REQUIRED_DIGITS:
             why_not = "the codes are not 8 digits, so the card might not take them back in an unblock"
         elif self.pinref.puk_ref is None:
@@ -332,7 +337,7 @@ class _Run:
 
     def pin_length(self) -> None:
         if not self.pin:
-            self.add("pin_length", NOT_RUN, "no PIN given")
+            self.add("pin_length", NOT_RUN, self.no_pin)
             return
         if not self.pin_ok:
             self.verify_pin_or_stop()
@@ -419,7 +424,7 @@ class _Run:
 
     def sha256(self) -> None:
         if not self.pin_ok:
-            self.add("sha256", NOT_RUN, "no PIN given: the card signs only after the PIN")
+            self.add("sha256", NOT_RUN, f"{self.no_pin}: the card signs only after the PIN")
             return
         ref, key, which = self.signing_key()
         if key is None:
@@ -437,7 +442,7 @@ class _Run:
 
     def sign_time(self) -> None:
         if not self.pin_ok:
-            self.add("sign_time", NOT_RUN, "no PIN given: the card signs only after the PIN")
+            self.add("sign_time", NOT_RUN, f"{self.no_pin}: the card signs only after the PIN")
             return
         ref, key, which = self.signing_key()
         if key is None or key.key_size != 2048:

@@ -100,6 +100,17 @@ def test_1024_only_card_fails_keygen_and_cannot_time_2048():
     assert c.snapshot()["keys"] == {}
 
 
+def test_blank_card_without_codes_yet_says_so_instead_of_failing():
+    c, model, t = card(model_id="oberthur-cns-1024")     # codes are set at personalization
+    report = run(t, model, pin="24681357", puk="97531864")
+    got = by_id(report)
+    for cid in ("pin_length", "sha256", "sign_time"):
+        assert got[cid].status == NOT_RUN and "no PIN yet" in got[cid].detail, got[cid]
+    assert got["pin_block"].status == NOT_RUN and "no PIN yet" in got["pin_block"].detail
+    assert [x.id for x in report.failures] == ["rsa_keygen"]           # RSA-2048 refused: a real failure
+    assert c.snapshot()["keys"] == {}
+
+
 def test_personalized_card_gets_only_non_destructive_checks():
     from tests.agent.emulated import personalized_card
     from agent.card import PersonalData
