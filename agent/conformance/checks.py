@@ -9,8 +9,10 @@ model only gives paths, references and the dialect. What it checks, in order:
                   otherwise read from the card's status answer without counting a try
     pin_length    PIN and PUK of 8 digits: the codes the card accepts, and the card
                   refuses a 6-digit new PIN (put back at once if it took it)
-    rsa_keygen    RSA-1024 and RSA-2048 generated on the card (into a renewal spare
-                  slot, erased at the end; the live keys are never touched)
+    rsa_keygen    RSA-1024 and RSA-2048 generated on the card (into CNS0's renewal spare
+                  slot, erased at the end; the live keys are never touched). A key found
+                  there with no renewal marker set is what a pulled card left: erased first;
+                  with the marker set it belongs to a renewal and the check is not run
     sha256        a SHA-256 PKCS#1 v1.5 signature made by the card verifies
     sign_time     a 2048-bit signature in at most 4 s (median of N, APDUs included)
     symmetric     AES-128 (issuer authentication) and 3DES where the card exposes them
@@ -378,9 +380,10 @@ class _Run:
             self.add("rsa_keygen", NOT_RUN, f"no issuer key: {self.admin_key_problem}")
             return
         slot = self.keyset.spare_key_ref
-        if self.issuer.read_public_key(slot) is not None:
-            self.add("rsa_keygen", NOT_RUN, f"the spare slot {slot:02X} holds a key (a renewal in progress?): "
-                                            "finish it and run again")
+        stale = self.issuer.read_public_key(slot) is not None
+        if stale and self.renewal_in_progress():
+            self.add("rsa_keygen", NOT_RUN, f"the spare slot {slot:02X} holds the key of a renewal in progress: "
+                                            "finish it (`cns-agent renew`) and run again")
             return
         try:
             self.issuer.authenticate(self.admin_key)
@@ -392,6 +395,9 @@ class _Run:
             raise
         self.aes_ok = True
         made, refused, figures = [], [], {}
+        if stale:   # no renewal owns it: what an interrupted run (card pulled) left; renewal would overwrite it
+            self.issuer.erase_key(slot)
+            made.append(f"a stale key in the spare slot {slot:02X} erased first")
         for bits in (1024, 2048):
             t0 = self.clock()
             data, sw = self.send(Apdu(CLA_ISO, INS.GENERATE_ASYMMETRIC_KEY_PAIR, 0, slot,
@@ -412,6 +418,14 @@ class _Run:
             self.add("rsa_keygen", FAIL, "; ".join(made + refused) + f" {where}", **figures)
         else:
             self.add("rsa_keygen", PASS, "; ".join(made) + f" {where}", **figures)
+
+    def renewal_in_progress(self) -> bool:
+        """The renewal marker (SCHEMA.md §5) is set, or the model has none (then a spare key is never ours)."""
+        marker = getattr(self.model.paths, "renewal_marker", None)
+        if not marker:
+            return True
+        data = self.issuer.read_ef(marker)
+        return data is None or any(data)
 
     def signing_key(self):
         """(key ref, public key) of a 2048-bit key to sign with: our test key, else the live CNS0 key."""
@@ -501,7 +515,7 @@ class _Run:
                 self.test_key_ref = None
             except CardError as exc:
                 left.append(f"the test key stays in the spare slot {self.test_key_ref:02X} ({exc}); the next "
-                            "conformance run or renewal cleans it")
+                            "conformance run erases it (a renewal overwrites it)")
         return left
 
 
@@ -547,7 +561,8 @@ def run(transport, model, *, reader: str = "", pin: str = "", puk: str = "", adm
         r.guarded("opensc", r.opensc_check)
     except (CardRemovedError, ReaderError) as exc:
         raise ConformanceError(f"the card left {reader or 'the reader'} during the run ({exc}): reinsert it; "
-                               "a test key left in its spare slot is cleaned by the next run or renewal") from None
+                               "a test key left in its spare slot is erased by the next conformance run "
+                               "(a renewal overwrites it)") from None
     finally:
         try:
             undone = r.cleanup()

@@ -220,3 +220,45 @@ def test_conforming_card_with_full_realistic_timing_passes():
     report = run(t, model, samples=5)
     assert [x.id for x in report.checks if x.status != PASS] == ["opensc"] and report.conforming
     assert report.checks[3].figures["keygen_2048_seconds"] >= 25
+
+
+def _key_in_spare_slot(c, model, t, marker: bytes):
+    from agent.card.cns import CnsSession
+    from agent.card.issuer import IssuerSession
+    from tests.agent.emulated import admin_login
+    s = CnsSession(t, model)
+    admin_login(s, model)
+    IssuerSession(s, model).generate_key(model.keysets[0].spare_key_ref)
+    s.update_binary(model.paths.renewal_marker, marker)
+
+
+def test_a_test_key_left_by_a_pulled_card_is_erased_by_the_next_run():
+    c, model, t = card()
+    _key_in_spare_slot(c, model, t, bytes(64))
+    report = run(t, model)
+    got = by_id(report)
+    assert got["rsa_keygen"].status == PASS and "stale key in the spare slot 02 erased" in got["rsa_keygen"].detail
+    assert c.snapshot()["keys"] == {}
+
+
+def test_the_key_of_a_renewal_in_progress_is_never_touched():
+    c, model, t = card()
+    _key_in_spare_slot(c, model, t, b"CNSRENEW" + bytes(range(16)) + bytes(40))
+    key_before = c.snapshot()["keys"]
+    report = run(t, model)
+    got = by_id(report)
+    assert got["rsa_keygen"].status == NOT_RUN and "renewal in progress" in got["rsa_keygen"].detail
+    assert c.snapshot()["keys"] == key_before
+
+
+def test_card_pulled_mid_run_one_line_then_the_next_run_cleans_up():
+    c, model, t = card(faults=["drop:ins=2A"])           # pulled as the card is about to sign
+    with pytest.raises(ConformanceError) as err:
+        run(t, model)
+    assert str(err.value).startswith("the card left emulated during the run")
+    assert "erased by the next conformance run" in str(err.value)
+    assert c.snapshot()["keys"] != {}                     # the test key is still there: the card was gone
+    c.power_on()
+    report = run(t, model, samples=1)
+    assert report.conforming
+    assert "stale key" in by_id(report)["rsa_keygen"].detail and c.snapshot()["keys"] == {}
