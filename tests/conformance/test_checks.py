@@ -74,8 +74,9 @@ def test_six_digit_pin_fails_the_length_clause():
 
 def test_card_accepting_a_six_digit_new_pin_fails_and_gets_its_pin_back():
     # an 8-digit card whose policy lets the holder choose 6 digits
-    c, model, t = card()
     import dataclasses
+
+    c, model, t = card()
     lax = dataclasses.replace(model.pin_policy, min_length=6)
     c.model = dataclasses.replace(model, pin_policy=lax)
     report = run(t, model)
@@ -112,14 +113,13 @@ def test_blank_card_without_codes_yet_says_so_instead_of_failing():
 
 
 def test_personalized_card_gets_only_non_destructive_checks():
-    from tests.agent.emulated import personalized_card
-    from agent.card import PersonalData
-    c, model, t = card()
     from agent.card.cns import CnsSession
-    from tests.agent.emulated import admin_login
-    s = CnsSession(t, model)
-    admin_login(s, model)
     from agent.card.issuer import IssuerSession
+    from tests.agent.emulated import admin_login
+
+    c, model, t = card()
+    s = CnsSession(t, model)          # a live CNS0 key and certificate file: not a blank card any more
+    admin_login(s, model)
     IssuerSession(s, model).generate_key(model.keysets[0].key_ref)
     IssuerSession(s, model).write_ef(model.keysets[0].cert_path, b"\x30\x03\x02\x01\x01")
     before = c.snapshot()
