@@ -36,6 +36,20 @@ def report_pb(report: checks.Report) -> pb.ConformanceReport:
                                     detail=c["detail"], figures=c["figures"]) for c in d["checks"]])
 
 
+def _card_model(operations, reader: str):
+    """(the card model of the card in ``reader``, None) or (None, why not) from the agent's device view."""
+    view = operations.registry.reader(reader)
+    if view is None:
+        return None, f"no reader named {reader!r} (see `cns-agent devices`)"
+    card = getattr(view, "card", None)
+    if card is None:
+        return None, f"no card in {reader!r}: insert it"
+    model = operations.catalog.models.get(card.model_id) if card.model_id else None
+    if model is None:
+        return None, f"the card in {reader!r} is not a known CNS model (`cns-agent devices` shows its ATR)"
+    return model, ""
+
+
 def _log_abandoned(task: asyncio.Task) -> None:
     """The outcome of a run whose caller went away (nobody else will read it)."""
     exc = task.exception() if not task.cancelled() else None
@@ -53,7 +67,7 @@ class ConformanceHandlers:
         if operations is None or operations.ops is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_CONFIG)
         ops = operations.ops
-        model, why = operations._model_in(request.reader)
+        model, why = _card_model(operations, request.reader)
         if model is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
         try:

@@ -88,6 +88,8 @@ def conformance(args: argparse.Namespace) -> int:
                 else:
                     print(f"  {msg.step:12} {msg.message}", flush=True)
     except (AgentUnavailableError, AgentCallError) as exc:
+        if args.json:
+            print(json.dumps({"error": {"message": str(exc)}}), flush=True)
         raise CommandError(str(exc)) from exc
     if result is None:
         raise CommandError("the agent ended the conformance run without a report")

@@ -204,3 +204,23 @@ def test_ctrl_c_mid_run_leaves_the_card_as_it_was_and_the_reader_usable(rig):
         emu.terminate()
         emu.wait(10)
     rig.wait_card(reader_name(0), present=False)
+
+
+def test_mistyped_pin_is_one_line_with_the_tries_left_and_nothing_else_runs(rig):
+    wrong = rig.work / "wrong.toml"
+    wrong.write_text('pin = "12345679"\npuk = "87654321"\n')
+    wrong.chmod(0o600)
+    state = rig.work / "mistyped.json"
+    emu = rig.serve(1, "--state", str(state))
+    try:
+        rig.wait_card(reader_name(1))
+        r = rig.cli("conformance", "--reader", reader_name(1), "--codes-file", str(wrong), "--json")
+    finally:
+        emu.terminate()
+        emu.wait(10)
+    rig.wait_card(reader_name(1), present=False)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "refused the PIN (2 tries left)" in r.stderr, r.stderr
+    assert "12345679" not in r.stderr + r.stdout and "StatusCode" not in r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["error"]["message"].startswith("the card refused the PIN")
+    assert json.loads(state.read_text())["keys"] == {}
