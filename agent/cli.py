@@ -20,7 +20,7 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin")
+COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance")
 
 
 def build_parser() -> argparse.ArgumentParser:

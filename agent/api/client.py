@@ -102,3 +102,16 @@ class AgentClient:
                                                    timeout=timeout_s)
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc
+
+    def conformance(self, request: pb.ConformanceRequest, timeout_s: float = 1800.0
+                    ) -> Iterator[pb.ConformanceProgress]:
+        """Progress messages of a tender conformance run; the last one carries the report."""
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run --config FILE`")
+        try:
+            yield from self._stub.RunConformance(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+                raise AgentCallError(exc.details()) from exc      # the agent's own one-line message
+            raise self._translate(exc) from exc

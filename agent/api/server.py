@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.api.conformance import ConformanceHandlers
 from agent.api.convert import event_pb, reader_pb
 from agent.api.lifecycle import LifecycleHandlers
 from agent.api.renewal import RenewalHandlers
@@ -43,7 +44,7 @@ class AgentFacts:
     started_unix_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
-class AgentLocalService(RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
+class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
     def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None) -> None:
         self.registry = registry
         self.facts = facts

@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from firmware_profiles.emulator import overrides
 from firmware_profiles.emulator.card import EmulatedCard
 from firmware_profiles.emulator.faults import FaultPlan, FaultSpecError
 from firmware_profiles.emulator.state import StateFileError
@@ -63,8 +64,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host, port = parse_address(args.vpcd)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        model, timing = overrides.apply(model, model.timing[args.timing], args.override or [])
+    except overrides.OverrideError as exc:
+        raise UsageError(str(exc)) from None
     card = EmulatedCard(model, state_path=args.state, faults=FaultPlan(args.fault or []),
-                        timing=args.timing, serial=args.serial, apdu_log=args.apdu_log)
+                        timing=timing, serial=args.serial, apdu_log=args.apdu_log)
     client = VpcdClient(card, host, port, reinsert_after=args.reinsert_after)
     done = threading.Event()
 
@@ -179,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timing", choices=("zero", "realistic"), default="zero")
     s.add_argument("--fault", action="append", metavar="SPEC",
                    help="e.g. tear:ins=D6,bytes=10  drop:ins=2A,nth=2  sw:ins=20,sw=6581  delay:ins=46,seconds=3")
+    s.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="TEST card that deviates from its model: " + ", ".join(overrides.KEYS) + " (SCHEMA.md §8)")
     s.add_argument("--serial", help="16-character card serial for a new card")
     s.add_argument("--apdu-log", type=Path, metavar="FILE", help="append APDUs as JSON lines (secrets masked)")
     s.add_argument("--reinsert-after", type=float, default=1.0, metavar="SECONDS",

@@ -380,3 +380,68 @@ class DeviceEvent(_message.Message):
     time_unix_ms: int
     snapshot: _containers.RepeatedCompositeFieldContainer[DeviceReader]
     def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[DeviceEventKind, str]] = ..., reader_name: _Optional[str] = ..., reader: _Optional[_Union[DeviceReader, _Mapping]] = ..., interrupted: _Optional[bool] = ..., time_unix_ms: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ...) -> None: ...
+
+class ConformanceRequest(_message.Message):
+    __slots__ = ("reader", "pin", "puk", "samples")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    PUK_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    pin: str
+    puk: str
+    samples: int
+    def __init__(self, reader: _Optional[str] = ..., pin: _Optional[str] = ..., puk: _Optional[str] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class ConformanceCheck(_message.Message):
+    __slots__ = ("id", "clause", "requirement", "status", "detail", "figures")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    clause: str
+    requirement: str
+    status: str
+    detail: str
+    figures: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., clause: _Optional[str] = ..., requirement: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., figures: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ConformanceReport(_message.Message):
+    __slots__ = ("reader", "card_serial", "model_id", "mode", "conforming", "checks", "seconds", "left_on_card")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CONFORMING_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEFT_ON_CARD_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    card_serial: str
+    model_id: str
+    mode: str
+    conforming: bool
+    checks: _containers.RepeatedCompositeFieldContainer[ConformanceCheck]
+    seconds: float
+    left_on_card: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reader: _Optional[str] = ..., card_serial: _Optional[str] = ..., model_id: _Optional[str] = ..., mode: _Optional[str] = ..., conforming: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[ConformanceCheck, _Mapping]]] = ..., seconds: _Optional[float] = ..., left_on_card: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConformanceProgress(_message.Message):
+    __slots__ = ("step", "message", "report")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    message: str
+    report: ConformanceReport
+    def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., report: _Optional[_Union[ConformanceReport, _Mapping]] = ...) -> None: ...

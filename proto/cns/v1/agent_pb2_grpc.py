@@ -99,6 +99,11 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
                 _registered_method=True)
+        self.RunConformance = channel.unary_stream(
+                '/cns.v1.AgentLocal/RunConformance',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.FromString,
+                _registered_method=True)
 
 
 class AgentLocalServicer:
@@ -202,6 +207,15 @@ class AgentLocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunConformance(self, request, context):
+        """Tender conformance run (§5.2.1.2) on the card in `reader`: progress
+        messages, then one message with `report`. Blocks the PIN on purpose only on
+        a blank test card (and unblocks it with the PUK). Needs `cns-agent run --config`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +283,11 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.UnblockPin,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.SerializeToString,
+            ),
+            'RunConformance': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunConformance,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -622,6 +641,33 @@ class AgentLocal:
             '/cns.v1.AgentLocal/UnblockPin',
             proto_dot_cns_dot_v1_dot_agent__pb2.UnblockPinRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.PinStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunConformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cns.v1.AgentLocal/RunConformance',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.FromString,
             options,
             channel_credentials,
             insecure,
