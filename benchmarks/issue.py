@@ -155,13 +155,18 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--scaling", default="1,4,16,64", help="client counts of the scaling figure")
     ap.add_argument("--scaling-requests", type=int, default=400, help="sample per side and client count")
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="[server] workers of the daemon (signing threads); default: the daemon's default")
     opts = ap.parse_args(argv)
     levels = _levels(opts.scaling)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-issue-") as tmp:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
         cfg = dep.server_config
-        cfg.write_text(cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"'))
+        text = cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"')
+        if opts.workers is not None:
+            text = text.replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1)
+        cfg.write_text(text)
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         key_bits = signer.public_key().key_size
         raw = raw_sign_rate(signer)
@@ -219,7 +224,8 @@ def main(argv: list[str]) -> dict:
         "load_generator": "this process, one blocking client per thread (gRPC: one channel; CFSSL: one keep-alive "
                           "HTTPS connection per thread); server CPU from /proc of each server's process tree",
         "requests": opts.requests, "concurrency": opts.concurrency, "scaling_requests": opts.scaling_requests,
-        "synchronous": opts.synchronous, "cpus": os.cpu_count(),
+        "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
+        "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
