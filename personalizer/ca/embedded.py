@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from personalizer.ca import profiles
 from personalizer.ca.base import (CAHealth, CertificateRegistry, CertificateSubject, CertRef, CertState,
-                                  CertStatusInfo, IssuedCertificate, ref_of)
+                                  CertStatusInfo, IssuedCertificate)
 from personalizer.ca.errors import InvalidTransition
 from personalizer.ca.index import (DB_NAME, MEMORY, STATUS_ACTIVE, STATUS_REVOKED, STATUS_SUSPENDED,
                                    CertificateIndex, IndexRow)
@@ -137,11 +137,12 @@ class EmbeddedCA:
         if build is None:
             raise InvalidRequest("profile", f"profile {profile!r} is not offered by the embedded CA")
         now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
-        builder = build(subject, csr.public_key(), issuer=self._issuing, urls=self._urls, now=now,
-                        serial=x509.random_serial_number())
+        serial = x509.random_serial_number()
+        builder = build(subject, csr.public_key(), issuer=self._issuing, urls=self._urls, now=now, serial=serial)
         cert = self._signer.sign_certificate(builder)
+        # the builder's issuer is this CA's subject: its DN string is known (ref_of would re-encode it per call)
         return IssuedCertificate(
-            ref=ref_of(cert), certificate_der=cert.public_bytes(serialization.Encoding.DER), chain_der=self._chain,
+            ref=CertRef(self._issuer_dn, f"{serial:X}"), certificate_der=cert.public_bytes(serialization.Encoding.DER), chain_der=self._chain,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
     def _issued(self, row: IndexRow) -> IssuedCertificate:

@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 
 from personalizer import config
+from personalizer.ca.base import ref_of
 from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.index import DB_NAME
 from personalizer.ca.keys import FileSigner
@@ -58,6 +59,7 @@ def test_signatures_run_on_the_signing_threads_not_the_event_loop(tmp_path, work
     ca, signer = _ca(support.ca_dir(tmp_path), workers)
     issued = asyncio.run(_issue_many(ca, [f"req-{i}" for i in range(6)]))
     assert len({c.ref.serial_hex for c in issued}) == 6
+    assert all(c.ref == ref_of(x509.load_der_x509_certificate(c.certificate_der)) for c in issued)
     assert len(signer.threads) == 6 and all(t.startswith("ca-sign") for t in signer.threads), signer.threads
 
 
