@@ -88,17 +88,19 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
         enqueue_s = time.perf_counter() - t0
         depth = (await store.queue_depth())["standard"]
         relay.calendar = OPEN                     # the CA's window opens
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while await relay.run_once():
             pass
         drain_s = time.perf_counter() - t0
+        drain_cores = (time.process_time() - c0) / drain_s
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
         await relay.stop()
         await store.close()
         await ca.close()
     dup = _duplicates(dep.root / "ca" / "ca.db")
-    return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "queued_depth_seen": depth,
+    return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
+            "queued_depth_seen": depth,
             "lost": sum(s != "ISSUED" for s in states), "duplicated": dup, "commits": store.commits}
 
 
@@ -215,6 +217,8 @@ def main(argv: list[str]) -> dict:
         "drain_rate": round(res["drain_rate"], 1), "drain_rate_unit": "requests/s issued by the embedded CA after the outage",
         "drain_ratio": round(res["drain_rate"] / raw, 3),
         "drain_ratio_unit": "drain rate / raw signing rate of the same key (one thread), same run",
+        "drain_cores_used": round(res["drain_cores"], 2),
+        "drain_cores_used_unit": "process CPU time / wall time during the drain (this machine: %d cores)" % os.cpu_count(),
         "raw_sign_rate": round(raw, 1), "raw_sign_rate_unit": "RSA signatures/s, one thread (reference)",
         "target_drain_ratio": TARGET_DRAIN_RATIO,
         "queued": opts.queued, "lost": lost, "duplicated": dup,
