@@ -1,7 +1,7 @@
 """Issuance through gRPC + mTLS + request store + embedded CA (RSA-3072), side by side with CFSSL.
 
 Starts ``cns-personalizer serve`` on a fresh test deployment and, in the same
-run, CFSSL's ``cfssl serve`` (``benchmarks.cfssl``: same CA key and
+run, CFSSL's ``cfssl serve`` (``benchmarks._cfssl``: same CA key and
 certificate, mutual TLS, SQLite certdb in WAL with synchronous=FULL). Both are
 driven by the same closed-loop load generator (``benchmarks._load``: one
 blocking client per thread in this process; gRPC SubmitIssue over one channel
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from benchmarks import cfssl
+from benchmarks import _cfssl as cfssl
 from benchmarks._daemon import personalizer_process
 from benchmarks._load import Run, drive
 from personalizer import codice_fiscale, dati_personali, deploy
@@ -159,6 +159,10 @@ def main(argv: list[str]) -> dict:
                     help="[server] workers of the daemon (signing threads); default: the daemon's default")
     opts = ap.parse_args(argv)
     levels = _levels(opts.scaling)
+    try:
+        cfssl.ensure_installed()
+    except cfssl.Missing as exc:
+        raise SystemExit(f"bench issue: {exc}") from None
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-issue-") as tmp:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from benchmarks import cfssl
+from benchmarks import _cfssl as cfssl
 from personalizer import deploy
 from tests.conftest import ROOT, require
 
