@@ -1,19 +1,29 @@
-"""Issuance rate through gRPC + mTLS + request store + embedded CA (RSA-3072), vs raw signing.
+"""Issuance through gRPC + mTLS + request store + embedded CA (RSA-3072), side by side with CFSSL.
 
-Starts ``cns-personalizer serve`` on a fresh test deployment (its own process),
-drives it from an asyncio gRPC client in this process with CONCURRENCY calls
-in flight, and measures in the same run the single-thread raw RSA-3072
-PKCS#1 v1.5 SHA-256 signing rate of the same CA key. Headline:
-issuance_rate / raw_sign_rate (target >= 0.30) and p99 latency (< 100 ms).
+Starts ``cns-personalizer serve`` on a fresh test deployment and, in the same
+run, CFSSL's ``cfssl serve`` (``benchmarks._cfssl``: same CA key and
+certificate, mutual TLS, SQLite certdb in WAL with synchronous=FULL). Both are
+driven by the same closed-loop load generator (``benchmarks._load``: one
+blocking client per thread in this process; gRPC SubmitIssue over one channel
+for ours, one keep-alive HTTPS connection per thread with
+``POST /api/v1/cfssl/sign`` for CFSSL), with the same CSRs (RSA-2048 subject
+keys) and the same concurrency; measurements alternate between the two so
+a change of machine load hits both. For each side: rate, p50, p99, server CPU
+per certificate, cores used (server CPU time / wall time), client CPU per
+certificate, errors and timeouts; at CONCURRENCY (headline, default 16) and at
+1, 4, 16, 64 clients (scaling). Reference: the raw RSA-3072 PKCS#1 v1.5
+SHA-256 signing rate of the same CA key, one thread and all cores.
+Headline: our rate / CFSSL's rate (target >= 1.1) and our p99 <= CFSSL's p99.
 
-Usage: scripts/bench issue [--requests N] [--concurrency C] [--synchronous FULL|NORMAL]
+Usage: scripts/bench issue [--requests N] [--concurrency C] [--scaling 1,4,16,64] [--scaling-requests N]
+                           [--workers N] [--synchronous FULL|NORMAL]
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,25 +34,39 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from benchmarks._daemon import personalizer_daemon
+from benchmarks import _cfssl as cfssl
+from benchmarks._daemon import personalizer_process
+from benchmarks._load import Run, drive
 from personalizer import codice_fiscale, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 TARGET_RATIO = 0.30
 TARGET_P99_MS = 100.0
+TARGET_VS_CFSSL = 1.1
+CALL_TIMEOUT_S = 30.0
 RAW_SIGN_SECONDS = 2.0
 DISTINCT_HOLDERS = 32
 CLIENT_KEYS = 4
 
 
-def raw_sign_rate(signer: FileSigner, seconds: float = RAW_SIGN_SECONDS) -> float:
+def raw_sign_rate(signer: FileSigner, seconds: float = RAW_SIGN_SECONDS, threads: int = 1) -> float:
+    """Signatures/s of ``signer`` from ``threads`` threads (cryptography releases the GIL while signing)."""
     data = os.urandom(512)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        signer.raw_sign(data)
-        n += 1
-    return n / (time.perf_counter() - start)
+    counts = [0] * threads
+    start = time.perf_counter()
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            signer.raw_sign(data)
+            counts[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,), name=f"bench-raw-{i}") for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def _holders() -> list[tuple[str, bytes, bytes]]:
@@ -69,64 +93,143 @@ def _request(i: int, holder, profile) -> pb.SubmitIssueRequest:
         ef_dati_personali=ef)
 
 
-async def _drive(port: int, tls: Path, station: Path, requests: list, concurrency: int) -> tuple[float, list[float]]:
+
+def _grpc_client(port: int, tls: Path, station: Path):
+    """A blocking ``call(request)`` for the load generator over one gRPC + mTLS channel; and the channel."""
     creds = grpc.ssl_channel_credentials((tls / "tls-ca.pem").read_bytes(), (station / "client.key.pem").read_bytes(),
                                          (station / "client.pem").read_bytes())
-    latencies: list[float] = []
-    async with grpc.aio.secure_channel(f"localhost:{port}", creds) as ch:
-        stub = pb_grpc.PersonalizerStub(ch)
-        await stub.GetCAStatus(pb.GetCAStatusRequest(), timeout=30)
-        queue = list(reversed(requests))
+    channel = grpc.secure_channel(f"localhost:{port}", creds)
+    stub = pb_grpc.PersonalizerStub(channel)
+    stub.GetCAStatus(pb.GetCAStatusRequest(), timeout=CALL_TIMEOUT_S, wait_for_ready=True)
 
-        async def worker():
-            while queue:
-                req = queue.pop()
-                t0 = time.perf_counter()
-                resp = await stub.SubmitIssue(req, timeout=30)
-                latencies.append(time.perf_counter() - t0)
-                assert resp.state == pb.REQUEST_STATE_ISSUED
+    def call(req: pb.SubmitIssueRequest) -> None:
+        try:
+            resp = stub.SubmitIssue(req, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(exc.details()) from exc
+            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from exc
+        if resp.state != pb.REQUEST_STATE_ISSUED:
+            raise RuntimeError(f"answered {pb.RequestState.Name(resp.state)}, not ISSUED")
 
-        start = time.perf_counter()
-        await asyncio.gather(*(asyncio.create_task(worker(), name=f"bench-client-{i}") for i in range(concurrency)))
-        return time.perf_counter() - start, latencies
+    return call, channel
 
 
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
+class _Side:
+    """One server under test: its call, its pid, and a supply of fresh requests."""
+
+    def __init__(self, name: str, call, pid: int, make):
+        self.name, self.call, self.pid, self._make, self._next = name, call, pid, make, 0
+
+    def requests(self, n: int) -> list:
+        out = [self._make(self._next + i) for i in range(n)]
+        self._next += n
+        return out
+
+    def run(self, n: int, concurrency: int) -> Run:
+        return drive(self.call, self.requests(n), concurrency, server_pid=self.pid, name=f"bench-{self.name}")
+
+
+def _ca_key_pem(dep: deploy.Deployment) -> bytes:
+    passphrase = (dep.root / "ca" / "passphrase").read_bytes().strip()
+    key = serialization.load_pem_private_key((dep.root / "ca" / "issuing.key.pem").read_bytes(), passphrase)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench issue: --scaling wants comma-separated client counts, got {text!r}") from None
+    if not levels or any(c < 1 or c > 256 for c in levels):
+        raise SystemExit(f"bench issue: --scaling counts must be 1..256, got {text!r}")
+    return levels
 
 
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="bench issue", description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=2000, help="headline sample per side")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--scaling", default="1,4,16,64", help="client counts of the scaling figure")
+    ap.add_argument("--scaling-requests", type=int, default=400, help="sample per side and client count")
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="[server] workers of the daemon (signing threads); default: the daemon's default")
     opts = ap.parse_args(argv)
+    levels = _levels(opts.scaling)
+    try:
+        cfssl.ensure_installed()
+    except cfssl.Missing as exc:
+        raise SystemExit(f"bench issue: {exc}") from None
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-issue-") as tmp:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
         cfg = dep.server_config
-        cfg.write_text(cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"'))
+        text = cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"')
+        if opts.workers is not None:
+            text = text.replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1)
+        cfg.write_text(text)
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         key_bits = signer.public_key().key_size
         raw = raw_sign_rate(signer)
-        with personalizer_daemon(cfg) as port:
-            holders = _holders()
-            profiles = (pb.CA_PROFILE_CNS_AUTH, pb.CA_PROFILE_QUALIFIED_SIGNATURE)
-            reqs = [_request(i, holders[i % len(holders)], profiles[i % 2]) for i in range(opts.warmup + opts.requests)]
-            station = dep.station_config.parent
-            asyncio.run(_drive(port, dep.root / "tls", station, reqs[:opts.warmup], opts.concurrency))
-            elapsed, lat = asyncio.run(_drive(port, dep.root / "tls", station, reqs[opts.warmup:], opts.concurrency))
-        rate = opts.requests / elapsed
-        p50, p99 = _percentile(lat, 0.50) * 1000, _percentile(lat, 0.99) * 1000
-        ratio = rate / raw
-        return {
-            "ok": True,
-            "issuance_rate": round(rate, 1), "issuance_rate_unit": "certificates/s",
-            "p50_latency_ms": round(p50, 2), "p99_latency_ms": round(p99, 2),
-            "raw_sign_rate": round(raw, 1), "raw_sign_rate_unit": f"RSA-{key_bits} signatures/s, one thread (reference)",
-            "ratio": round(ratio, 3), "target_ratio": TARGET_RATIO, "target_p99_ms": TARGET_P99_MS,
-            "meets_target": ratio >= TARGET_RATIO and p99 < TARGET_P99_MS,
-            "requests": opts.requests, "concurrency": opts.concurrency, "synchronous": opts.synchronous,
-            "cpus": os.cpu_count(),
-        }
+        raw_all = raw_sign_rate(signer, threads=os.cpu_count() or 1)
+        holders = _holders()
+        profiles = (pb.CA_PROFILE_CNS_AUTH, pb.CA_PROFILE_QUALIFIED_SIGNATURE)
+        csr_pems = [x509.load_der_x509_csr(h[1]).public_bytes(serialization.Encoding.PEM).decode() for h in holders]
+        station = dep.station_config.parent
+        tls = dep.root / "tls"
+        with personalizer_process(cfg) as (port, pid), \
+                cfssl.cfssl_serve(Path(tmp) / "cfssl", ca_cert=dep.root / "ca" / "issuing.pem",
+                                  ca_key_pem=_ca_key_pem(dep), tls_cert=tls / "server.pem",
+                                  tls_key=tls / "server.key.pem", client_ca=tls / "tls-ca.pem") as peer:
+            ours_call, channel = _grpc_client(port, tls, station)
+            sides = [
+                _Side("personalizer", ours_call, pid,
+                      lambda i: _request(i, holders[i % len(holders)], profiles[i % 2])),
+                _Side("cfssl", cfssl.client(peer.port, trust=tls / "tls-ca.pem", cert=station / "client.pem",
+                                            key=station / "client.key.pem"), peer.pid,
+                      lambda i: csr_pems[i % len(csr_pems)]),
+            ]
+            try:
+                for side in sides:
+                    side.run(opts.warmup, opts.concurrency)
+                headline = {s.name: s.run(opts.requests, opts.concurrency) for s in sides}
+                scaling: dict[str, dict[str, dict]] = {s.name: {} for s in sides}
+                for c in levels:                      # alternate sides so a change of machine load hits both
+                    for s in sides:
+                        scaling[s.name][str(c)] = s.run(opts.scaling_requests, c).figures()
+            finally:
+                channel.close()
+            certdb_rows = cfssl.certdb_rows(peer.certdb)
+    ours, theirs = headline["personalizer"], headline["cfssl"]
+    fo, ft = ours.figures(), theirs.figures()
+    vs = fo["rate"] / ft["rate"] if ft["rate"] else float("inf")
+    ratio = fo["rate"] / raw
+    failures = sum(r["errors"] + r["timeouts"] for side in scaling.values() for r in side.values()) \
+        + fo["errors"] + fo["timeouts"] + ft["errors"] + ft["timeouts"]
+    return {
+        "ok": failures == 0,
+        "issuance_rate": fo["rate"], "issuance_rate_unit": "certificates/s",
+        "p50_latency_ms": fo["p50_latency_ms"], "p99_latency_ms": fo["p99_latency_ms"],
+        "vs_cfssl": round(vs, 3), "vs_cfssl_unit": "our rate / CFSSL's rate, same run, same clients",
+        "personalizer": fo, "cfssl": ft,
+        "first_error": {"personalizer": ours.first_error, "cfssl": theirs.first_error},
+        "scaling": scaling,
+        "raw_sign_rate": round(raw, 1), "raw_sign_rate_unit": f"RSA-{key_bits} signatures/s, one thread (reference)",
+        "raw_sign_rate_all_cores": round(raw_all, 1),
+        "raw_sign_rate_all_cores_unit": f"RSA-{key_bits} signatures/s, {os.cpu_count()} threads, same key",
+        "ratio": round(ratio, 3), "target_ratio": TARGET_RATIO, "target_p99_ms": TARGET_P99_MS,
+        "target_vs_cfssl": TARGET_VS_CFSSL,
+        "meets_target": (ratio >= TARGET_RATIO and fo["p99_latency_ms"] < TARGET_P99_MS and vs >= TARGET_VS_CFSSL
+                         and fo["p99_latency_ms"] <= ft["p99_latency_ms"] and failures == 0),
+        "cfssl_certdb_rows": certdb_rows,
+        "load_generator": "this process, one blocking client per thread (gRPC: one channel; CFSSL: one keep-alive "
+                          "HTTPS connection per thread); server CPU from /proc of each server's process tree",
+        "requests": opts.requests, "concurrency": opts.concurrency, "scaling_requests": opts.scaling_requests,
+        "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }

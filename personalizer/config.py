@@ -2,7 +2,8 @@
 
 Relative paths are resolved against the config file's folder. Errors raise
 ``ConfigError(path, key, message)`` naming the file, the dotted key and what
-was expected. Imports nothing of ours but ``errors`` and ``validation``.
+was expected. Imports nothing of ours but ``errors``, ``validation`` and
+``ca.signing`` (the default number of workers).
 
 Example (``cns-personalizer init`` writes one)::
 
@@ -13,6 +14,7 @@ Example (``cns-personalizer init`` writes one)::
     client_trust_anchors = "tls/tls-ca.pem"
     require_client_auth = true
     grace_seconds = 10
+    # workers = 2               # embedded CA signing threads (default: the number of cores; 0 = inline)
 
     [store]
     data_dir = "data"
@@ -100,6 +102,7 @@ from pathlib import Path
 from typing import Any
 
 from personalizer import validation
+from personalizer.ca.signing import default_workers
 from personalizer.errors import ConfigError
 from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar
 
@@ -118,6 +121,7 @@ class ServerConfig:
     require_client_auth: bool = True
     grace_seconds: float = 10.0
     client_crl: Path | None = None   # CRL of revoked client certificates, signed by the TLS CA (reread on change)
+    workers: int = 1                 # embedded CA signing threads ([server] workers; default: number of cores)
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,16 @@ class DaemonConfig:
 
 # SLA4.3 (2 h) minus the CRL nextUpdate margin (personalizer.pki.crl.NEXT_UPDATE_MARGIN, 15 min)
 MAX_CRL_REFRESH_SECONDS = 7200 - 900
+
+MAX_WORKERS = 64
+
+
+def _workers(path: Path, value: int) -> int:
+    if not 0 <= value <= MAX_WORKERS:
+        raise ConfigError(path, "server.workers", f"expected 0..{MAX_WORKERS} signing threads (0 = sign on the "
+                                                  f"event loop; default: the number of cores), got {value}")
+    return value
+
 
 _HOURS_RE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
 
@@ -352,7 +366,8 @@ def load(path: str | Path) -> DaemonConfig:
         client_trust_anchors=r.path_(s, "server", "client_trust_anchors"),
         require_client_auth=r.get(s, "server", "require_client_auth", bool, True),
         grace_seconds=r.get(s, "server", "grace_seconds", float, 10.0),
-        client_crl=r.path_(s, "server", "client_crl", default=None))
+        client_crl=r.path_(s, "server", "client_crl", default=None),
+        workers=_workers(path, r.get(s, "server", "workers", int, default_workers())))
     st = r.table("store")
     sync = r.get(st, "store", "synchronous", str, "FULL").upper()
     if sync not in SYNCHRONOUS_MODES:

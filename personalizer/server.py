@@ -93,7 +93,8 @@ def build_ca(cfg: DaemonConfig) -> CAConnector:
     urls = profiles.CAUrls(**c.urls)
     # the CA's own index (ca.db) and OCSP responder live next to its certificates
     return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
-                      sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent)
+                      sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent,
+                      signing_workers=cfg.server.workers)
 
 
 def build_publisher(cfg: DaemonConfig, ca):

@@ -3,7 +3,9 @@
 Implements ``base.CAConnector`` and ``pki.RevocationAuthority``. The CA owns
 its records: ``ca.db`` in the CA directory (``index.CertificateIndex``) holds
 every certificate it issued, the request id it issued it for, its status and
-the CRL number. Lifecycle::
+the CRL number. Signatures run where ``signing.SigningPool`` puts them
+(``signing_workers`` threads; 0 = inline, or a thread per call with
+``sign_in_thread``). Lifecycle::
 
     active ──suspend──▶ suspended ──reactivate──▶ active
       │                    │
@@ -28,13 +30,14 @@ from cryptography.hazmat.primitives import serialization
 
 from personalizer.ca import profiles
 from personalizer.ca.base import (CAHealth, CertificateRegistry, CertificateSubject, CertRef, CertState,
-                                  CertStatusInfo, IssuedCertificate, ref_of)
+                                  CertStatusInfo, IssuedCertificate)
 from personalizer.ca.errors import InvalidTransition
 from personalizer.ca.index import (DB_NAME, MEMORY, STATUS_ACTIVE, STATUS_REVOKED, STATUS_SUSPENDED,
                                    CertificateIndex, IndexRow)
 from personalizer.ca.keys import Signer
 from personalizer.ca.reasons import PERMANENT_REASONS, parse_reason
 from personalizer.ca.responder import ResponderIdentity, ensure_responder
+from personalizer.ca.signing import SigningPool
 from personalizer.errors import CAError, InvalidRequest, NotFound, RequestConflict
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ class EmbeddedCA:
 
     def __init__(self, *, signer: Signer, issuing_cert: x509.Certificate, root_cert: x509.Certificate,
                  urls: profiles.CAUrls = profiles.CAUrls(), registry: CertificateRegistry | None = None,
-                 sign_in_thread: bool = False, ca_dir: Path | None = None):
+                 sign_in_thread: bool = False, ca_dir: Path | None = None, signing_workers: int = 0):
         if signer.public_key().public_numbers() != issuing_cert.public_key().public_numbers():
             raise CAError("the CA key does not match the issuing CA certificate")
         self._signer = signer
@@ -67,6 +70,7 @@ class EmbeddedCA:
         self._urls = urls
         self._registry = registry
         self._sign_in_thread = sign_in_thread
+        self._signing = SigningPool(signing_workers)
         self._ca_dir = Path(ca_dir) if ca_dir is not None else None
         self._index: CertificateIndex | None = None
         self._responder: ResponderIdentity | None = None
@@ -97,6 +101,8 @@ class EmbeddedCA:
         return self._index
 
     async def _run(self, fn, *args):
+        if self._signing.workers:
+            return await self._signing.run(fn, *args)
         if self._sign_in_thread:
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
@@ -131,11 +137,12 @@ class EmbeddedCA:
         if build is None:
             raise InvalidRequest("profile", f"profile {profile!r} is not offered by the embedded CA")
         now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
-        builder = build(subject, csr.public_key(), issuer=self._issuing, urls=self._urls, now=now,
-                        serial=x509.random_serial_number())
+        serial = x509.random_serial_number()
+        builder = build(subject, csr.public_key(), issuer=self._issuing, urls=self._urls, now=now, serial=serial)
         cert = self._signer.sign_certificate(builder)
+        # the builder's issuer is this CA's subject: its DN string is known (ref_of would re-encode it per call)
         return IssuedCertificate(
-            ref=ref_of(cert), certificate_der=cert.public_bytes(serialization.Encoding.DER), chain_der=self._chain,
+            ref=CertRef(self._issuer_dn, f"{serial:X}"), certificate_der=cert.public_bytes(serialization.Encoding.DER), chain_der=self._chain,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
     def _issued(self, row: IndexRow) -> IssuedCertificate:
@@ -257,4 +264,5 @@ class EmbeddedCA:
         if self._index is not None:
             await self._index.close()
             self._index = None
+        self._signing.close()
         self._signer.close()

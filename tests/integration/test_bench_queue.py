@@ -1,0 +1,30 @@
+"""``scripts/bench queue`` on a tiny sample: nothing lost or duplicated (SIGKILL round included), drain ratio reported.
+
+No speed is asserted here; the ratio must be the drain rate over the raw signing
+rate measured in the same run, and the broker's promises must hold with the
+CA's signing threads on (the default ``[server] workers``) and off (0).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("workers", ["default", "0"])
+def test_bench_queue_small_sample(workers):
+    args = [sys.executable, "-m", "benchmarks", "queue", "--queued", "60", "--kill-requests", "40"]
+    if workers != "default":
+        args += ["--workers", workers]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["ok"] and r["lost"] == 0 and r["duplicated"] == 0
+    assert r["kill_round"]["kill_round_lost"] == 0 and r["kill_round"]["kill_round_duplicated"] == 0
+    assert r["raw_sign_rate"] > 0 and r["drain_rate"] > 0
+    assert r["drain_ratio"] == pytest.approx(r["drain_rate"] / r["raw_sign_rate"], rel=0.01)
+    assert r["workers"] == (workers if workers == "default" else int(workers))
