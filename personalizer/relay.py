@@ -105,6 +105,7 @@ class Relay:
         self._hooks: set[asyncio.Task] = set()
         self.last_health_detail = ""
         self._depth_at = 0.0
+        self._breaker_recorded = len(self.breaker.transitions)   # transitions already in ca_breaker_events
 
     # -- control -------------------------------------------------------------------
 
@@ -129,6 +130,10 @@ class Relay:
         self._task = asyncio.create_task(self._supervise(), name="relay")
 
     async def stop(self) -> None:
+        try:
+            await self._record_breaker()
+        except Exception:   # the store may be closing; the event is lost, not the shutdown
+            log.warning("could not record the CA circuit breaker's last transitions")
         if self._task is not None:
             self._task.cancel()
             try:
@@ -170,6 +175,7 @@ class Relay:
 
     async def _pump(self) -> int:
         """Start deliveries for due rows while slots are free (priority lane first). Returns how many started."""
+        await self._record_breaker()
         await self._refresh_depth()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None
@@ -292,6 +298,7 @@ class Relay:
     async def run_once(self) -> int:
         """Deliver everything due now, pass by pass (priority lane first), and return the number of rows
         attempted. For tests and tools that step the relay by hand; the running daemon uses ``_pump``."""
+        await self._record_breaker()
         await self._refresh_depth()
         await self._reclaim_stale()
         m = self.active_maintenance()
@@ -315,7 +322,15 @@ class Relay:
                 break
         await self._refresh_depth(force=done == 0)
         self.metrics.breaker_state = self.breaker.state
+        await self._record_breaker()
         return done
+
+    async def _record_breaker(self) -> None:
+        """Persist the breaker's new transitions (the outages of the monthly report, issue 19)."""
+        new = self.breaker.transitions[self._breaker_recorded:]
+        for at, state in new:
+            await self._store.record_breaker_event(at, state, self.last_health_detail if state != "closed" else "")
+        self._breaker_recorded += len(new)
 
     async def _reclaim_stale(self) -> None:
         """Safety net: a row claimed (``sending``) longer than ``stale_claim_seconds`` ago that this relay
@@ -352,6 +367,7 @@ class Relay:
             log.warning("CA health probe failed (%s); circuit stays open", self.last_health_detail)
             self.breaker.failure(self._clock())
         self.metrics.breaker_state = self.breaker.state
+        await self._record_breaker()
         return self.breaker.state == "closed"
 
     async def _deliver(self, request_id: str,

@@ -1,0 +1,68 @@
+"""Fixtures for the report tests: a store filled by the real broker, relay and embedded CA (the
+broker tests' ``Env``) over two scripted days in Rome, and the facts the reports must show."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import uuid
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from personalizer import deploy
+from personalizer.broker import ChangeInput
+from personalizer.ca.base import CertRef
+from personalizer.windows import ServiceCalendar
+from tests.broker.conftest import Env, FakeClock, issue_input
+from tests.personalizer import helpers
+
+ROME = ZoneInfo("Europe/Rome")
+DAY1 = dt.date(2026, 11, 23)    # a Monday
+DAY2 = dt.date(2026, 11, 24)
+QUIET = dt.date(2026, 11, 25)   # nothing happens that day
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reports-deploy") / "cns"
+    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+
+
+async def _change(env, kind, issued, operator, reason=""):
+    ref = CertRef(issued.issuer_dn, issued.serial_hex)
+    rec = await env.broker.submit_change(ChangeInput(
+        request_id=str(uuid.uuid4()), kind=kind, ref=ref, reason=reason, station_id="RM-STATION-01",
+        chamber_code="RM", operator_id=operator))
+    await env.relay.run_once()
+    return rec.request_id
+
+
+@pytest.fixture(scope="session")
+def history(deployment, tmp_path_factory):
+    """Day 1, 10:00 Rome: two cards issued by op-1 (card models "alpha", "beta"), 11:00 the first one
+    suspended by op-2, 12:00 the second revoked (keyCompromise) by op-2. Day 2, 09:00: the first card
+    reactivated by op-3. Returns the store path and what was done."""
+    tmp = tmp_path_factory.mktemp("reports-store")
+    clock = FakeClock(dt.datetime.combine(DAY1, dt.time(10, 0), ROME))
+
+    async def go():
+        async with Env(deployment, tmp, clock, ServiceCalendar(always_open=True)) as env:
+            cards = []
+            for n, model in ((1, "alpha"), (2, "beta")):
+                inp = dataclasses.replace(issue_input(n), card_model=model)
+                await env.broker.submit_issue(inp)
+                clock.advance(2.0)   # the CA answers 2 s later
+                await env.relay.run_once()
+                cards.append((inp, await env.store.get_request(inp.request_id)))
+            clock.set(dt.datetime.combine(DAY1, dt.time(11, 0), ROME))
+            suspend = await _change(env, "suspend", cards[0][1], "op-2")
+            clock.set(dt.datetime.combine(DAY1, dt.time(12, 0), ROME))
+            revoke = await _change(env, "revoke", cards[1][1], "op-2", "keyCompromise")
+            clock.set(dt.datetime.combine(DAY2, dt.time(9, 0), ROME))
+            reactivate = await _change(env, "reactivate", cards[0][1], "op-3")
+            return cards, suspend, revoke, reactivate
+
+    cards, suspend, revoke, reactivate = asyncio.run(go())
+    return dict(database=tmp / "requests.sqlite", cards=cards, suspend=suspend, revoke=revoke,
+                reactivate=reactivate, after=dt.datetime.combine(QUIET + dt.timedelta(days=1), dt.time(12), ROME).timestamp())
