@@ -13,6 +13,7 @@ import pytest
 from personalizer import deploy
 from personalizer.broker import ChangeInput
 from personalizer.ca.base import CertRef
+from personalizer.store import AuditEntry
 from personalizer.windows import ServiceCalendar
 from tests.broker.conftest import Env, FakeClock, issue_input
 from tests.personalizer import helpers
@@ -48,6 +49,15 @@ def history(deployment, tmp_path_factory):
 
     async def go():
         async with Env(deployment, tmp, clock, ServiceCalendar(always_open=True)) as env:
+            # October: one issuance answered in 1 s (the previous month of the monthly report)
+            clock.set(dt.datetime(2026, 10, 20, 10, 0, tzinfo=ROME))
+            await env.broker.submit_issue(issue_input(90))
+            clock.advance(1.0)
+            await env.relay.run_once()
+            clock.set(dt.datetime.combine(DAY1, dt.time(8, 0), ROME))
+            await env.store.add_stock("RM", 10, "first delivery", AuditEntry("urn:cns:admin:it", "", "stock-add",
+                                                                               None, "RM", "done"))
+            clock.set(dt.datetime.combine(DAY1, dt.time(10, 0), ROME))
             cards = []
             for n, model in ((1, "alpha"), (2, "beta")):
                 inp = dataclasses.replace(issue_input(n), card_model=model)
@@ -61,6 +71,31 @@ def history(deployment, tmp_path_factory):
             revoke = await _change(env, "revoke", cards[1][1], "op-2", "keyCompromise")
             clock.set(dt.datetime.combine(DAY2, dt.time(9, 0), ROME))
             reactivate = await _change(env, "reactivate", cards[0][1], "op-3")
+            # Day 2, 14:00: the CA goes down; an issuance waits; three failed attempts open the circuit;
+            # at 14:10 the CA is back, the probe closes it and the request is issued (600 s in the queue)
+            clock.set(dt.datetime.combine(DAY2, dt.time(14, 0), ROME))
+            env.ca.down = True
+            slow = issue_input(3)
+            await env.broker.submit_issue(slow)
+            for _ in range(3):
+                await env.relay.run_once()
+                clock.advance(61)
+            assert env.relay.breaker.state == "open"
+            env.ca.down = False
+            clock.set(dt.datetime.combine(DAY2, dt.time(14, 10), ROME))
+            await env.relay.run_once()
+            assert (await env.store.get_request(slow.request_id)).state == "ISSUED"
+            # 15:00 a request the CA refused (recorded as the relay records a refusal) and one cancelled
+            clock.set(dt.datetime.combine(DAY2, dt.time(15, 0), ROME))
+            env.ca.down = True
+            refused, cancelled = issue_input(4), issue_input(5)
+            for inp in (refused, cancelled):
+                await env.broker.submit_issue(inp)
+            clock.advance(30)   # both wait 30 s: the month's peak queue depth is 2
+            await env.store.fail_request(refused.request_id, "INVALID_ARGUMENT", "csr", "the CA refused the CSR")
+            await env.store.cancel(cancelled.request_id, AuditEntry("urn:cns:admin:it", "", "queue-cancel",
+                                                                    cancelled.request_id, "", "done"))
+            env.ca.down = False
             return cards, suspend, revoke, reactivate
 
     cards, suspend, revoke, reactivate = asyncio.run(go())

@@ -81,7 +81,7 @@ def test_archive_of_a_day_has_the_tender_content(history, tmp_path):
 def test_lists_are_the_state_at_the_end_of_that_day(history, tmp_path):
     """Reactivated on day 2: still in day 1's suspended list, gone from day 2's; revoked stays revoked."""
     _, day2 = _write(history, tmp_path, DAY2)
-    assert [o["operation"] for o in day2["operations"]] == ["reactivation"]
+    assert [o["operation"] for o in day2["operations"]] == ["reactivation", "issuance"]   # not the failed, cancelled
     assert day2["operations"][0]["operators"] == ["op-3"]
     assert day2["suspended"] == []
     assert [r["certificate_serial"] for r in day2["revoked"]] == [history["cards"][1][1].serial_hex]
