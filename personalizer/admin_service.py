@@ -116,8 +116,9 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
     @_translate
     async def AddStock(self, request: apb.AddStockRequest, context):
         chamber, quantity, note = check_stock(request)
+        model = request.device_model.strip()
         entry = await self._broker.store.add_stock(chamber, quantity, note, self._audit(
-            "stock-add", None, "done", f"{chamber} {quantity:+d}"))
+            "stock-add", None, "done", f"{chamber} {model or 'any type'} {quantity:+d}"), device_model=model)
         return _stock_entry(entry)
 
     @_translate
@@ -127,18 +128,20 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
         balances = await store.stock_balance()
         return apb.ListStockResponse(
             entries=[_stock_entry(e) for e in await store.list_stock(chamber)],
-            balances=[apb.StockBalance(chamber_code=b.chamber_code, sent=b.sent, used=b.used, left=b.left)
+            balances=[apb.StockBalance(chamber_code=b.chamber_code, device_model=b.device_model, sent=b.sent,
+                                       used=b.used, left=b.left)
                       for b in balances.values() if not chamber or b.chamber_code == chamber])
 
 
 CHAMBER_CODE = re.compile(r"[A-Z0-9]{2,8}")
 MAX_STOCK_QUANTITY = 100_000
 MAX_STOCK_NOTE = 200
+MAX_STOCK_MODEL = 64   # as the card model kept from issuance
 
 
 def _stock_entry(e) -> apb.StockEntry:
-    return apb.StockEntry(seq=e.seq, at=int(e.at), chamber_code=e.chamber_code, quantity=e.quantity, actor=e.actor,
-                          note=e.note)
+    return apb.StockEntry(seq=e.seq, at=int(e.at), chamber_code=e.chamber_code, device_model=e.device_model,
+                          quantity=e.quantity, actor=e.actor, note=e.note)
 
 
 def check_stock(request: apb.AddStockRequest) -> tuple[str, int, str]:
@@ -149,6 +152,8 @@ def check_stock(request: apb.AddStockRequest) -> tuple[str, int, str]:
     if request.quantity == 0 or abs(request.quantity) > MAX_STOCK_QUANTITY:
         raise InvalidRequest("quantity", f"must be a non-zero number of devices, at most {MAX_STOCK_QUANTITY} "
                                          f"either way, got {request.quantity}")
+    if len(request.device_model) > MAX_STOCK_MODEL:
+        raise InvalidRequest("device_model", f"at most {MAX_STOCK_MODEL} characters, got {len(request.device_model)}")
     if len(request.note) > MAX_STOCK_NOTE:
         raise InvalidRequest("note", f"at most {MAX_STOCK_NOTE} characters, got {len(request.note)}")
     return chamber, request.quantity, request.note

@@ -7,7 +7,7 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml queue list|show ID|retry ID|cancel ID
     cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | maintenance list
     cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
-    cnsctl --config admin.toml stock add --chamber RM --quantity N [--note TEXT] | stock list [--chamber RM]
+    cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
 
 The config is a station configuration (station_config schema) with
 ``role = "admin"``. Output is human-readable, or one JSON object with --json
@@ -114,17 +114,17 @@ def _stock(ch, opts, timeout) -> dict:
     stub = apb_grpc.QueueAdminStub(ch)
 
     def entry(e):
-        return {"seq": e.seq, "at": _ts(e.at), "chamber": e.chamber_code, "quantity": e.quantity, "by": e.actor,
-                "note": e.note}
+        return {"seq": e.seq, "at": _ts(e.at), "chamber": e.chamber_code, "model": e.device_model or "any",
+                "quantity": e.quantity, "by": e.actor, "note": e.note}
 
     if opts.stock_command == "add":
         if opts.quantity == 0:
             raise UsageError("--quantity must not be 0: give the devices sent (or, negative, taken back)")
         return entry(stub.AddStock(apb.AddStockRequest(chamber_code=opts.chamber, quantity=opts.quantity,
-                                                       note=opts.note), timeout=timeout))
+                                                       note=opts.note, device_model=opts.model), timeout=timeout))
     r = stub.ListStock(apb.ListStockRequest(chamber_code=opts.chamber or ""), timeout=timeout)
-    return {"balances": [{"chamber": b.chamber_code, "sent": b.sent, "used": b.used, "left": b.left}
-                         for b in r.balances],
+    return {"balances": [{"chamber": b.chamber_code, "model": b.device_model or "any", "sent": b.sent,
+                          "used": b.used, "left": b.left} for b in r.balances],
             "entries": [entry(e) for e in r.entries]}
 
 
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa = stsub.add_parser("add", help="record devices sent to a chamber (negative: taken back)")
     sa.add_argument("--chamber", required=True, help="chamber code, e.g. RM")
     sa.add_argument("--quantity", required=True, type=int, help="devices sent (negative: taken back)")
+    sa.add_argument("--model", default="", help="the device type (card model as stations report it); default any")
     sa.add_argument("--note", default="", help="delivery note or shipment id")
     sa.set_defaults(func=_stock)
     sl = stsub.add_parser("list", help="the ledger and each chamber's balance (sent, used, left)")

@@ -122,6 +122,7 @@ CREATE TABLE IF NOT EXISTS stock_ledger (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     at            REAL NOT NULL,
     chamber_code  TEXT NOT NULL,
+    device_model  TEXT NOT NULL DEFAULT '',
     quantity      INTEGER NOT NULL,
     actor         TEXT NOT NULL,
     note          TEXT NOT NULL DEFAULT ''
@@ -235,14 +236,17 @@ Q_INSERT_MAINTENANCE = """INSERT OR REPLACE INTO maintenance (id, starts_at, end
     VALUES (?, ?, ?, ?, ?)"""
 Q_LIST_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance WHERE ends_at > ? ORDER BY starts_at"
 Q_INSERT_BREAKER_EVENT = "INSERT INTO ca_breaker_events (at, state, detail) VALUES (?, ?, ?)"
-Q_INSERT_STOCK = "INSERT INTO stock_ledger (at, chamber_code, quantity, actor, note) VALUES (?, ?, ?, ?, ?)"
-Q_LIST_STOCK = """SELECT seq, at, chamber_code, quantity, actor, note FROM stock_ledger
+Q_INSERT_STOCK = """INSERT INTO stock_ledger (at, chamber_code, device_model, quantity, actor, note)
+    VALUES (?, ?, ?, ?, ?, ?)"""
+Q_LIST_STOCK = """SELECT seq, at, chamber_code, device_model, quantity, actor, note FROM stock_ledger
     WHERE (? = '' OR chamber_code = ?) ORDER BY seq"""
-# Devices used per chamber: distinct cards first issued (kind issue, ISSUED) by that chamber's stations.
-Q_STOCK_USED = """SELECT r.chamber_code, COUNT(DISTINCT c.card_id) FROM requests r
-    JOIN certificates c ON c.request_id = r.request_id
+# Devices used per chamber and model: distinct cards first issued (kind issue, ISSUED) by that chamber's
+# stations before a time, with the model the station reported (outbox payload; '' for older rows).
+Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS TEXT), '$.card_model'), ''),
+    COUNT(DISTINCT c.card_id) FROM requests r
+    JOIN certificates c ON c.request_id = r.request_id LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
-    GROUP BY r.chamber_code"""
+    GROUP BY 1, 2"""
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
@@ -310,6 +314,7 @@ class StockEntry:
     seq: int
     at: float
     chamber_code: str
+    device_model: str     # "" when central IT did not say which type
     quantity: int
     actor: str
     note: str
@@ -318,6 +323,7 @@ class StockEntry:
 @dataclass(frozen=True)
 class StockBalance:
     chamber_code: str
+    device_model: str     # "": devices of no type, or of a type the ledger has no row for in that chamber
     sent: int
     used: int
 
@@ -326,14 +332,18 @@ class StockBalance:
         return self.sent - self.used
 
 
-def stock_balance(entries, used_rows, before: float | None = None) -> dict[str, StockBalance]:
-    """Fold ledger rows and (chamber, used) rows into balances per chamber, sorted by chamber."""
-    sent: dict[str, int] = {}
+def stock_balance(entries, used_rows, before: float | None = None) -> dict[tuple[str, str], StockBalance]:
+    """Fold ledger rows and (chamber, model, used) rows into balances per (chamber, model), sorted. A card
+    of a model the chamber's ledger does not name counts against the chamber's untyped row ("")."""
+    sent: dict[tuple[str, str], int] = {}
     for e in entries:
         if before is None or e.at < before:
-            sent[e.chamber_code] = sent.get(e.chamber_code, 0) + e.quantity
-    used = {chamber: int(n) for chamber, n in used_rows}
-    return {c: StockBalance(c, sent.get(c, 0), used.get(c, 0)) for c in sorted(set(sent) | set(used))}
+            sent[(e.chamber_code, e.device_model)] = sent.get((e.chamber_code, e.device_model), 0) + e.quantity
+    used: dict[tuple[str, str], int] = {}
+    for chamber, model, n in used_rows:
+        key = (chamber, model) if (chamber, model) in sent else (chamber, "")
+        used[key] = used.get(key, 0) + int(n)
+    return {k: StockBalance(k[0], k[1], sent.get(k, 0), used.get(k, 0)) for k in sorted(set(sent) | set(used))}
 
 
 @dataclass(frozen=True)
@@ -781,20 +791,21 @@ class RequestStore:
         """The relay's circuit breaker moved to ``state`` (open, half_open, closed) at ``at``."""
         await self._write([(Q_INSERT_BREAKER_EVENT, (at, state[:16], (detail or "")[:MAX_ERROR_TEXT]))])
 
-    async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry) -> StockEntry:
+    async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry, *,
+                        device_model: str = "") -> StockEntry:
         """Append a ledger row (devices sent to a chamber; negative: taken back) with its audit row."""
         now = self._clock()
-        await self._write([(Q_INSERT_STOCK, (now, chamber_code, quantity, audit.actor, note)),
+        await self._write([(Q_INSERT_STOCK, (now, chamber_code, device_model, quantity, audit.actor, note)),
                            (Q_INSERT_AUDIT, _audit_params(audit, now))])
-        rows = await self._all("SELECT seq, at, chamber_code, quantity, actor, note FROM stock_ledger "
+        rows = await self._all("SELECT seq, at, chamber_code, device_model, quantity, actor, note FROM stock_ledger "
                                "WHERE chamber_code = ? AND at = ? ORDER BY seq DESC LIMIT 1", (chamber_code, now))
         return StockEntry(*rows[0])
 
     async def list_stock(self, chamber_code: str = "") -> list[StockEntry]:
         return [StockEntry(*r) for r in await self._all(Q_LIST_STOCK, (chamber_code, chamber_code))]
 
-    async def stock_balance(self, before: float | None = None) -> dict[str, StockBalance]:
-        """Per chamber: devices sent (ledger), used (cards first issued there), left = sent - used."""
+    async def stock_balance(self, before: float | None = None) -> dict[tuple[str, str], StockBalance]:
+        """Per chamber and model: devices sent (ledger), used (cards first issued there), left = sent - used."""
         return stock_balance(await self.list_stock(),
                              await self._all(Q_STOCK_USED, (self._clock() if before is None else before,)),
                              before)

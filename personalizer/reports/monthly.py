@@ -1,6 +1,6 @@
 """The monthly report (tender §6.2, §6.4.2; issue 19 item 4) as a dict (JSON), read from the store.
 
-Sections: ``issued`` (devices, and certificates per profile), ``renewals`` (per profile and mode),
+Sections: ``issued`` (devices, per model, and certificates per profile), ``renewals`` (per profile and mode),
 ``status_changes`` (suspensions, reactivations, revocations), ``processing_seconds`` per request kind
 (count, mean, min, max, p95; and the same for the ``previous`` months), ``failed`` (requests the CA
 refused or that failed, per kind and code, and cancelled ones), ``outages`` (the relay's circuit
@@ -21,10 +21,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from personalizer.outbox import KINDS
+from personalizer.outbox import KINDS, IssuancePayload
 from personalizer.reports import bundle
 from personalizer.reports.bundle import ReportError
-from personalizer.store import StockEntry, stock_balance
+from personalizer.store import Q_LIST_STOCK, Q_STOCK_USED, StockEntry, stock_balance
 
 FORMAT = "cns-monthly-report/1"
 PREVIOUS_MONTHS = 3
@@ -33,8 +33,9 @@ MODE_IMMEDIATE = "immediate"
 NAME_PATTERN = r"cns-monthly-\d{4}-\d{2}"
 
 Q_FINISHED = """SELECT r.kind, r.profile, r.state, r.error_code, r.created_at, r.updated_at, r.request_id,
-    r.chamber_code, c.card_id, r.error_message
+    r.chamber_code, c.card_id, r.error_message, o.payload
     FROM requests r LEFT JOIN certificates c ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex
+    LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.state IN ('ISSUED', 'DONE', 'FAILED', 'CANCELLED') AND r.updated_at >= ? AND r.updated_at < ?"""
 # Every request that was in the queue at some point of [start, end): accepted before the end, and
 # not finished before the start. Non-terminal requests are still waiting.
@@ -43,15 +44,25 @@ Q_OVERLAP = """SELECT created_at, CASE WHEN state IN ('ISSUED', 'DONE', 'FAILED'
 Q_ANY = "SELECT COUNT(*) FROM requests WHERE created_at < ? AND updated_at >= ?"
 Q_BREAKER = "SELECT at, state, detail FROM ca_breaker_events WHERE at < ? ORDER BY seq"
 Q_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance WHERE starts_at < ? AND ends_at > ? ORDER BY starts_at"
-Q_STOCK = "SELECT seq, at, chamber_code, quantity, actor, note FROM stock_ledger ORDER BY seq"
-Q_USED = """SELECT r.chamber_code, COUNT(DISTINCT c.card_id) FROM requests r
-    JOIN certificates c ON c.request_id = r.request_id
-    WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
-    GROUP BY r.chamber_code"""
 
 
 def bundle_name(year: int, month: int) -> str:
     return f"cns-monthly-{year:04d}-{month:02d}"
+
+
+def _model(payload: bytes | None) -> str:
+    try:
+        return IssuancePayload.decode(payload).card_model if payload else ""
+    except (ValueError, TypeError, KeyError):
+        return ""
+
+
+def _by_model(devices: dict[str, str]) -> dict[str, int]:
+    """Devices per type: the model the station reported ("unknown" for requests from before it was kept)."""
+    out: dict[str, int] = {}
+    for model in devices.values():
+        out[model or "unknown"] = out.get(model or "unknown", 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _times(values: list[float]) -> dict:
@@ -120,12 +131,12 @@ def _queue_depth(conn, start: float, end: float, tz) -> dict:
 def _stock(conn, end: float, month_start: float) -> list[dict]:
     if not bundle.has_table(conn, "stock_ledger"):
         return []
-    entries = [StockEntry(*r) for r in conn.execute(Q_STOCK)]
-    at_end = stock_balance(entries, conn.execute(Q_USED, (end,)).fetchall(), end)
-    at_start = stock_balance(entries, conn.execute(Q_USED, (month_start,)).fetchall(), month_start)
-    return [{"chamber_code": c, "sent": b.sent, "used": b.used, "left": b.left,
-             "sent_in_month": b.sent - (at_start[c].sent if c in at_start else 0),
-             "used_in_month": b.used - (at_start[c].used if c in at_start else 0)} for c, b in at_end.items()]
+    entries = [StockEntry(*r) for r in conn.execute(Q_LIST_STOCK, ("", ""))]
+    at_end = stock_balance(entries, conn.execute(Q_STOCK_USED, (end,)).fetchall(), end)
+    at_start = stock_balance(entries, conn.execute(Q_STOCK_USED, (month_start,)).fetchall(), month_start)
+    return [{"chamber_code": b.chamber_code, "device_model": b.device_model, "sent": b.sent, "used": b.used,
+             "left": b.left, "sent_in_month": b.sent - (at_start[k].sent if k in at_start else 0),
+             "used_in_month": b.used - (at_start[k].used if k in at_start else 0)} for k, b in at_end.items()]
 
 
 def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle.DEFAULT_TIMEZONE, *,
@@ -147,14 +158,14 @@ def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle
         changes = {"suspend": 0, "reactivate": 0, "revoke": 0}
         failed: dict[str, dict[str, int]] = {}
         cancelled = 0
-        devices: set[str] = set()
+        devices: dict[str, str] = {}   # card → model
         refused = []
-        for kind, profile, state, code, created, updated, rid, chamber, card, message in conn.execute(
+        for kind, profile, state, code, created, updated, rid, chamber, card, message, payload in conn.execute(
                 Q_FINISHED, (start, until)):
             if state == "ISSUED" and kind == "issue":
                 issued[profile] = issued.get(profile, 0) + 1
                 if card:
-                    devices.add(card)
+                    devices[card] = _model(payload) or devices.get(card, "")
             elif state == "ISSUED" and kind == "renew":
                 renewals[profile] = renewals.get(profile, 0) + 1
             elif state == "DONE" and kind in changes:
@@ -175,7 +186,8 @@ def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle
         report = {
             "format": FORMAT, "month": label, "timezone": tz_name, "generated_at": bundle.iso(now, tz),
             "partial": end > now,
-            "issued": {"devices": len(devices), "certificates": dict(sorted(issued.items())),
+            "issued": {"devices": len(devices), "devices_by_model": _by_model(devices),
+                       "certificates": dict(sorted(issued.items())),
                        "certificates_total": sum(issued.values())},
             "renewals": {"by_profile": dict(sorted(renewals.items())), "total": sum(renewals.values()),
                          "by_mode": {MODE_IMMEDIATE: sum(renewals.values())}},

@@ -98,6 +98,7 @@ def render(r: dict) -> bytes:
                        + ("; the month is not over: figures so far" if r["partial"] else ""), ss["Normal"]),
              Spacer(1, 0.3 * cm), Image(_volumes_chart(r), width=16 * cm, height=6.4 * cm)]
     certs = [["Issued", "count"], ["devices", r["issued"]["devices"]]]
+    certs += [[f"devices {m}", n] for m, n in r["issued"]["devices_by_model"].items()]
     certs += [[f"certificates {p}", n] for p, n in r["issued"]["certificates"].items()]
     certs += [[f"renewals {p}", n] for p, n in r["renewals"]["by_profile"].items()]
     certs += [[f"mode {m}", n] for m, n in r["issuance_modes"].items()]
@@ -120,9 +121,9 @@ def render(r: dict) -> bytes:
         outages.append(["none", "", "", ""])
     story += [_table(outages), Spacer(1, 0.3 * cm), Image(_queue_chart(r), width=16 * cm, height=5.5 * cm),
               Paragraph("Device stock per chamber", ss["Heading2"])]
-    stock = [["chamber", "sent", "used", "left", "sent in month", "used in month"]]
-    stock += [[s["chamber_code"], s["sent"], s["used"], s["left"], s["sent_in_month"], s["used_in_month"]]
-              for s in r["stock"]] or [["none recorded (cnsctl stock add)", "", "", "", "", ""]]
+    stock = [["chamber", "device type", "sent", "used", "left", "sent in month", "used in month"]]
+    stock += [[s["chamber_code"], s["device_model"] or "any", s["sent"], s["used"], s["left"], s["sent_in_month"],
+               s["used_in_month"]] for s in r["stock"]] or [["none recorded (cnsctl stock add)", "", "", "", "", "", ""]]
     story.append(_table(stock))
     buf = io.BytesIO()
     SimpleDocTemplate(buf, pagesize=A4, title=f"CNS monthly report {r['month']}", author="cns-personalizer",

@@ -55,8 +55,9 @@ def history(deployment, tmp_path_factory):
             clock.advance(1.0)
             await env.relay.run_once()
             clock.set(dt.datetime.combine(DAY1, dt.time(8, 0), ROME))
-            await env.store.add_stock("RM", 10, "first delivery", AuditEntry("urn:cns:admin:it", "", "stock-add",
-                                                                               None, "RM", "done"))
+            admin = AuditEntry("urn:cns:admin:it", "", "stock-add", None, "RM", "done")
+            await env.store.add_stock("RM", 10, "first delivery", admin)                 # of any type
+            await env.store.add_stock("RM", 5, "alpha cards", admin, device_model="alpha")
             clock.set(dt.datetime.combine(DAY1, dt.time(10, 0), ROME))
             cards = []
             for n, model in ((1, "alpha"), (2, "beta")):

@@ -26,7 +26,8 @@ def test_volumes_modes_and_status_changes(report):
     path, r = report
     assert json.loads((path / "report.json").read_text()) == r
     assert r["month"] == "2026-11" and r["partial"] is True   # "now" is 26 November
-    assert r["issued"] == {"devices": 3, "certificates": {"cns-auth": 3}, "certificates_total": 3}
+    assert r["issued"] == {"devices": 3, "devices_by_model": {"alpha": 1, "beta": 1, "test": 1},
+                           "certificates": {"cns-auth": 3}, "certificates_total": 3}
     assert r["issuance_modes"] == {"immediate": 3}
     assert r["renewals"]["total"] == 0 and r["renewals"]["by_mode"] == {"immediate": 0}
     assert r["status_changes"] == {"suspensions": 1, "reactivations": 1, "revocations": 1}
@@ -58,9 +59,13 @@ def test_outages_queue_depth_and_stock(report):
     assert at["2026-11-24T14:00:00+01:00"] == 1 and at["2026-11-24T15:00:00+01:00"] == 2
     assert at["2026-11-24T16:00:00+01:00"] == 0   # the refused and the cancelled are finished
     assert q["peak"] == 2
-    # 10 sent on 23 November; used: October's card and November's three (the ledger is cumulative)
-    assert r["stock"] == [{"chamber_code": "RM", "sent": 10, "used": 4, "left": 6, "sent_in_month": 10,
-                           "used_in_month": 3}]
+    # sent on 23 November: 10 of any type, 5 "alpha". Used (the ledger is cumulative): October's card
+    # ("test") and November's "beta" and "test" count against the untyped row, the "alpha" card against its own
+    assert r["stock"] == [
+        {"chamber_code": "RM", "device_model": "", "sent": 10, "used": 3, "left": 7, "sent_in_month": 10,
+         "used_in_month": 2},
+        {"chamber_code": "RM", "device_model": "alpha", "sent": 5, "used": 1, "left": 4, "sent_in_month": 5,
+         "used_in_month": 1}]
 
 
 def _non_white(img, colour_hex, tol=40):
@@ -87,7 +92,7 @@ def test_the_pdf_renders_with_its_charts(report, tmp_path):
     text = subprocess.run(["pdftotext", "-layout", str(path / "report.pdf"), "-"], capture_output=True,
                           text=True, timeout=60).stdout
     assert "CNS monthly report 2026-11" in text and "the month is not over" in text
-    assert "INVALID_ARGUMENT" in text and "RM" in text
+    assert "INVALID_ARGUMENT" in text and "RM" in text and "devices alpha" in text
 
 
 def _cli(capsys, *args):

@@ -22,9 +22,13 @@ def test_add_and_list_stock(deployment, daemon, tmp_path):
     assert (added["chamber"], added["quantity"], added["note"]) == ("RM", 25, "DDT 118")
     assert added["by"].startswith("urn:cns:admin:")
     assert run("cnsctl", "--config", cfg, "stock", "add", "--chamber", "RM", "--quantity", "-5").returncode == 0
+    assert run("cnsctl", "--config", cfg, "stock", "add", "--chamber", "MI", "--quantity", "7", "--model",
+               "alpha").returncode == 0
     listed = json.loads(run("cnsctl", "--config", cfg, "stock", "list", "--chamber", "RM", "--json").stdout)
-    assert listed["balances"] == [{"chamber": "RM", "sent": 20, "used": 0, "left": 20}]
+    assert listed["balances"] == [{"chamber": "RM", "model": "any", "sent": 20, "used": 0, "left": 20}]
     assert [e["quantity"] for e in listed["entries"]][-2:] == [25, -5]
+    every = json.loads(run("cnsctl", "--config", cfg, "stock", "list", "--json").stdout)
+    assert {"chamber": "MI", "model": "alpha", "sent": 7, "used": 0, "left": 7} in every["balances"]
     text = run("cnsctl", "--config", cfg, "stock", "list")
     assert text.returncode == 0 and "chamber=RM" in text.stdout and "left=20" in text.stdout
 
