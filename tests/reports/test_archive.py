@@ -162,3 +162,23 @@ def test_prune_keeps_the_newest(tmp_path):
     assert [p.name for p in gone] == ["cns-archive-2026-11-20", "cns-archive-2026-11-21"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cns-archive-2026-11-22", "cns-archive-2026-11-23",
                                                          "unrelated"]
+
+
+def test_ctrl_c_while_writing_leaves_no_half_bundle(history, tmp_path, monkeypatch):
+    """The operator presses Ctrl-C in the middle of ``report archive --replace``: the old bundle stays."""
+    path, _ = _write(history, tmp_path, DAY1)
+    old = {p.name: p.read_bytes() for p in path.iterdir()}
+    real_fsync, calls = os.fsync, []
+
+    def interrupted(fd):
+        calls.append(fd)
+        if len(calls) == 7:    # after every file, before the rename
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(bundle.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write(history, tmp_path, DAY1, replace=True)
+    monkeypatch.setattr(bundle.os, "fsync", real_fsync)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cns-archive-2026-11-23"]
