@@ -66,7 +66,7 @@ def bundle_name(day: _dt.date) -> str:
     return f"cns-archive-{day.isoformat()}"
 
 
-def _utc_day(ts: int | None) -> str | None:
+def _utc_iso(ts: int | None) -> str | None:
     return None if ts is None else _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -134,7 +134,7 @@ def _operation(rd: _Reader, row, tz) -> dict:
         "device_model": holder.card_model if holder else "",
         "certificate_issuer": issuer or "", "certificate_serial": serial or "",
         "profile": profile or (cert[1] if cert else ""),
-        "not_before": _utc_day(cert[2]) if cert else None, "not_after": _utc_day(cert[3]) if cert else None,
+        "not_before": _utc_iso(cert[2]) if cert else None, "not_after": _utc_iso(cert[3]) if cert else None,
         "key_id": key_id, "public_key": public_key, "reason": reason,
     }
 

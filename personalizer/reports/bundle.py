@@ -2,8 +2,8 @@
 
 A bundle is a directory (``cns-archive-2026-11-30``) written under a temporary name beside its
 final place, every file fsynced, a ``SHA256SUMS`` file added (``sha256sum -c`` reads it), then
-renamed into place in one step: a reader sees the whole bundle or none. Imports only ``errors``
-and ``store``.
+renamed into place in one step: a reader sees the whole bundle or none. Bundles hold holders'
+personal data: folders 0750, files 0640 whatever the umask. Imports only ``errors`` and ``store``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from personalizer.store import connect_readonly
 
 DEFAULT_TIMEZONE = "Europe/Rome"   # the chambers' day, not UTC's
 CHECKSUMS = "SHA256SUMS"
+DIR_MODE, FILE_MODE = 0o750, 0o640   # holders' personal data: the daemon's user and its group (auditors)
 
 
 class ReportError(PersonalizerError):
@@ -110,9 +111,12 @@ def write_bundle(out_dir: Path, name: str, files: dict[str, bytes], *, replace: 
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {fname}\n" for fname, data in sorted(files.items()))
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=DIR_MODE)
+        os.chmod(tmp, DIR_MODE)   # whatever the umask: holders' personal data
         for fname, data in {**files, CHECKSUMS: sums.encode()}.items():
-            with open(tmp / fname, "wb") as fh:
+            fd = os.open(tmp / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -16,7 +16,6 @@ from personalizer.ca.base import CertRef
 from personalizer.store import AuditEntry
 from personalizer.windows import ServiceCalendar
 from tests.broker.conftest import Env, FakeClock, issue_input
-from tests.personalizer import helpers
 
 ROME = ZoneInfo("Europe/Rome")
 DAY1 = dt.date(2026, 11, 23)    # a Monday

@@ -1,12 +1,12 @@
 """The daily archive (issue 19 items 3 and 6): content, schema, checksums, atomic write, bad input."""
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -53,7 +53,6 @@ def test_archive_of_a_day_has_the_tender_content(history, tmp_path):
     cert = x509.load_der_x509_certificate(rec1.certificate_der)
     assert (first["certificate_issuer"], first["certificate_serial"]) == (rec1.issuer_dn, rec1.serial_hex)
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    import base64
     assert base64.b64decode(first["public_key"]) == spki
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert first["key_id"] == ski.hex().upper()
@@ -76,6 +75,9 @@ def test_archive_of_a_day_has_the_tender_content(history, tmp_path):
     done = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(": OK") == 5
+    # personal data: readable by the daemon's user and group only
+    assert path.stat().st_mode & 0o777 == 0o750
+    assert {p.stat().st_mode & 0o777 for p in path.iterdir()} == {0o640}
 
 
 def test_lists_are_the_state_at_the_end_of_that_day(history, tmp_path):
