@@ -87,3 +87,18 @@ class AgentClient:
 
     def operations(self) -> pb.ListOperationsResponse:
         return self._call(self._stub.ListOperations, pb.ListOperationsRequest())
+
+    def stop(self, reader: str = "", op_id: str = "") -> pb.StopOperationResponse:
+        """Ask the running operation in ``reader`` to stop at its next safe point."""
+        return self._call(self._stub.StopOperation, pb.StopOperationRequest(reader=reader, op_id=op_id))
+
+    def resolve(self, op_id: str, action: str, pin: str = "", timeout_s: float = 900.0) -> Iterator[pb.OperationProgress]:
+        """``finish`` or ``discard`` an open operation: progress messages, the last one carries the result."""
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run --config FILE`")
+        try:
+            yield from self._stub.ResolveOperation(pb.ResolveOperationRequest(op_id=op_id, action=action, pin=pin),
+                                                   timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from exc

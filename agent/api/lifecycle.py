@@ -105,19 +105,12 @@ class LifecycleHandlers:
                 "operator_id": ops.operator_id}
 
     @staticmethod
-    def _device_lock(ops) -> asyncio.Lock:
-        # StationOps serialises device operations with this lock (one at a time per agent)
-        lock = getattr(ops, "_lock", None)
-        if lock is None:
-            lock = ops.__dict__.setdefault("_lifecycle_lock", asyncio.Lock())
-        return lock
+    def _device_lock(ops, reader: str) -> asyncio.Lock:
+        # StationOps locks per device: a call on one reader never waits for an operation on another
+        return ops.device_lock(reader)
 
-    def _pins(self, ops) -> PinManager:
-        manager = getattr(self, "_pin_manager", None)
-        if manager is None:
-            manager = PinManager(journal_path=ops.cfg.station.data_dir / PIN_JOURNAL, lock=self._device_lock(ops))
-            self._pin_manager = manager
-        return manager
+    def _pins(self, ops, reader: str) -> PinManager:
+        return PinManager(journal_path=ops.cfg.station.data_dir / PIN_JOURNAL, lock=self._device_lock(ops, reader))
 
     async def _fail(self, context, exc: BaseException, state: PinState | None = None):
         metadata = ((PIN_STATUS_KEY, pin_status_pb(state).SerializeToString()),) if state is not None else None
@@ -144,7 +137,7 @@ class LifecycleHandlers:
             return request.card_serial, targets
         if request.reader:
             model = await self._model(request.reader, context)
-            async with self._device_lock(ops):
+            async with self._device_lock(ops, request.reader):
                 return await lc.card_targets(self._connect(request.reader), model)
         return "", await lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops)).targets_by_serial(
             list(request.certificate_serials))
@@ -185,7 +178,7 @@ class LifecycleHandlers:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the reader of the card")
         model = await self._model(request.reader, context)
         try:
-            state = await work(self._pins(ops), self._connect(request.reader), model)
+            state = await work(self._pins(ops, request.reader), self._connect(request.reader), model)
         except PinError as exc:
             await self._fail(context, exc, exc.state)
         except (OperationError, CardError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""Device operations on the local API: ``Personalize`` and ``Renew`` (streams) and ``ListOperations``.
+"""Device operations on the local API: ``Personalize``, ``Renew`` and ``ResolveOperation`` (streams),
+``ListOperations`` (device and PIN journals) and ``StopOperation`` (the operator's Ctrl-C).
 
 A thin adapter: request messages become ``HolderRecord``/``Codes``; the work is
 ``agent.ops.station.StationOps``; ops errors become gRPC status codes with
@@ -17,6 +18,8 @@ from agent.card.errors import CardError, CardRemovedError, WrongPinError, PinBlo
 from agent.devices.inspect import reread_card
 from agent.ops.errors import OperationError, PreconditionError, UplinkUnavailable
 from agent.ops.holder import Codes, HolderFileError, HolderRecord
+from agent.ops.journal import FAILED, Journal
+from agent.ops.personalize import describe_holder
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -128,8 +131,100 @@ class Operations:
         except Exception as exc:   # the operation's answer matters more than the view
             log.info("could not re-read the card in %s after the operation: %s", reader, exc)
 
+    async def _pin_journal(self) -> Journal | None:
+        from agent.api.lifecycle import PIN_JOURNAL   # where the PIN operations are journaled
+        path = self.ops.cfg.station.data_dir / PIN_JOURNAL
+        return await Journal.open(path) if path.exists() else None
+
     async def list_operations(self, request, context):
-        ops = await self.ops.open_operations() if self.ops else []
+        if not self.ops:
+            return pb.ListOperationsResponse()
+        rows = [(o, "device") for o in await self.ops.open_operations()]
+        pins = await self._pin_journal()
+        if pins is not None:
+            try:
+                rows += [(o, "pin") for o in await pins.open_operations()]
+            finally:
+                await pins.close()
         return pb.ListOperationsResponse(operations=[
             pb.OpenOperation(op_id=o.op_id, kind=o.kind, card_serial=o.card_serial, reader=o.reader,
-                             step=o.step or "", step_phase=o.step_phase or "") for o in ops])
+                             step=o.step or "", step_phase=o.step_phase or "",
+                             holder_label=describe_holder(o.data["holder"]) if o.data.get("holder") else "",
+                             created_unix=int(o.created_at), updated_unix=int(o.updated_at), journal=journal,
+                             note=_note(o)) for o, journal in rows])
+
+    async def stop(self, request: pb.StopOperationRequest, context) -> pb.StopOperationResponse:
+        if not self.ops:
+            return pb.StopOperationResponse(stopping=False, message="no device operations on this agent")
+        reader = request.reader
+        if not reader and request.op_id:
+            op = await self.ops.journal.get(request.op_id)
+            reader = op.reader if op is not None else ""
+        if reader and self.ops.stop(reader):
+            return pb.StopOperationResponse(stopping=True, message=f"the operation in {reader!r} stops at its next "
+                                                                   "safe point")
+        return pb.StopOperationResponse(stopping=False, message=f"no operation is running in {reader or '?'!r}")
+
+    async def resolve(self, request: pb.ResolveOperationRequest, context):
+        """``operations finish|discard ID``: the card must be in a reader; PIN operations are only discarded
+        (marked abandoned: nothing on the card is changed) or finished by repeating the PIN command."""
+        if not self.ops:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent runs without a station configuration: start it with "
+                                "`cns-agent run --config FILE`")
+        action = request.action.strip().lower()
+        if action not in ("finish", "discard"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {request.action!r}: finish or discard")
+        op = await self.ops.journal.get(request.op_id)
+        if op is None or op.state != "running":
+            pin_op = await self._resolve_pin(request.op_id, action, context)
+            yield pb.OperationProgress(step="result", message=pin_op.state, result=pin_op)
+            return
+        reader = self._reader_of(op.card_serial) or op.reader
+        model, why = self._model_in(reader)
+        if model is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"operation {op.op_id} is for card {op.card_serial}: insert it in a reader ({why})")
+        try:
+            codes = Codes(request.pin, None) if request.pin else None
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async for message in self._stream(action, reader, context, lambda progress: self.ops.resolve(
+                op.op_id, action, connect=self.connect, reader=reader, model=model, codes=codes,
+                progress=progress)):
+            yield message
+
+    async def _resolve_pin(self, op_id: str, action: str, context) -> pb.OperationResult:
+        pins = await self._pin_journal()
+        op = await pins.get(op_id) if pins is not None else None
+        try:
+            if op is None or op.state != "running":
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no open operation {op_id} (see `cns-agent operations`)")
+            if action == "finish":
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"{op.kind} {op_id} is finished by running the same PIN command again with the "
+                                    f"same codes; or discard it (`cns-agent operations discard {op_id}`)")
+            done = [s for s in op.data.get("_done", [])]
+            await pins.finish(op, FAILED, error="discarded by the operator")
+        finally:
+            if pins is not None:
+                await pins.close()
+        msg = (f"{op.kind} {op_id} discarded; the card was not changed by this"
+               + (f" (already done on the card: {', '.join(done)})" if done else ""))
+        return pb.OperationResult(op_id=op_id, card_serial=op.card_serial, state="undone", message=msg)
+
+    def _reader_of(self, card_serial: str) -> str:
+        _, readers = self.registry.snapshot()
+        for r in readers:
+            card = getattr(r, "card", None)
+            if card is not None and card.serial == card_serial:
+                return r.name
+        return ""
+
+
+def _note(op) -> str:
+    if op.data.get("undo_reason"):
+        return f"being undone ({op.data['undo_reason']})"
+    if op.step and op.step.startswith("submit:") and op.step_phase == "begun":
+        return "certificate requests at the personalizer"
+    return ""

@@ -62,6 +62,19 @@ class AgentLocalService(RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalSe
             return pb.ListOperationsResponse()
         return await self.operations.list_operations(request, context)
 
+    async def StopOperation(self, request, context):  # noqa: N802
+        if self.operations is None:
+            return pb.StopOperationResponse(stopping=False, message="no device operations on this agent")
+        return await self.operations.stop(request, context)
+
+    async def ResolveOperation(self, request, context):  # noqa: N802
+        if self.operations is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent runs without a station configuration: start it with "
+                                "`cns-agent run --config FILE`")
+        async for message in self.operations.resolve(request, context):
+            yield message
+
     async def GetAgentInfo(self, request, context):  # noqa: N802 (gRPC names)
         f = self.facts
         return pb.AgentInfo(version=f.version, pid=os.getpid(), uid=os.getuid(), socket_path=f.socket_path,

@@ -9,18 +9,31 @@ them at personalization) — come from ``--codes-file`` (TOML ``pin = "…"``,
 ``puk = "…"``, mode 0600), from standard input with ``--codes-stdin`` (PIN then
 PUK, one a line), or from a prompt on a terminal. They go to the agent over its
 private socket only. Progress: lines on a terminal, JSON lines with ``--json``.
+
+Ctrl-C (``stop_on_interrupt``, also used by ``renew``) asks the agent to stop the
+operation at its next safe point; the command then prints what became of the
+card. A second Ctrl-C leaves at once (the agent still settles the card).
+
+    cns-agent operations [--json]                        every open operation (device and PIN)
+    cns-agent operations finish ID [--codes-file F]      finish it (the PIN when not yet signed)
+    cns-agent operations discard ID                      undo it safely (certificates revoked)
+
+``operations finish`` exits 0 when the operation is done, ``discard`` when it is
+undone; 1 while it is still settling (the agent goes on by itself).
 """
 from __future__ import annotations
 
 import argparse
-import getpass
+import contextlib
+import datetime as _dt
 import json
+import signal
 import sys
-import tomllib
 from pathlib import Path
 
 from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
-from agent.commands import CommandError, add_socket_option, follow_operation, socket_path
+from agent.commands import (CommandError, add_socket_option, ask_personalization_codes, follow_operation,
+                            read_codes_file, socket_path)
 from agent.ops.holder import HolderFileError, HolderRecord
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -35,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines: progress, then the result")
     add_socket_option(p)
     p.set_defaults(func=personalize)
-    o = sub.add_parser("operations", help="list interrupted operations the agent will finish or undo")
+    o = sub.add_parser("operations", help="list open operations; finish or discard one")
+    o.add_argument("action", nargs="?", choices=["list", "finish", "discard"], default="list",
+                   help="list (default), finish ID or discard ID")
+    o.add_argument("op_id", nargs="?", help="the operation id, as `cns-agent operations` lists it")
+    og = o.add_mutually_exclusive_group()
+    og.add_argument("--codes-file", type=Path, help="finish: TOML file with the holder's pin, mode 0600")
+    og.add_argument("--codes-stdin", action="store_true", help="finish: read the PIN from standard input")
     o.add_argument("--json", action="store_true")
     add_socket_option(o)
     o.set_defaults(func=operations)
@@ -43,24 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _codes(args) -> tuple[str, str]:
     if args.codes_file:
-        path: Path = args.codes_file
-        try:
-            if path.stat().st_mode & 0o077:
-                raise CommandError(f"{path}: holds PINs, so it must be readable by its owner only (chmod 600)")
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise CommandError(f"{path}: file not found") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CommandError(f"{path}: not a readable TOML file ({type(exc).__name__})") from None
-        return str(table.get("pin", "")), str(table.get("puk", ""))
+        codes = read_codes_file(args.codes_file, ("pin", "puk"))
+        return codes["pin"], codes["puk"]
     if args.codes_stdin:
         lines = sys.stdin.read().split()
         return (lines[0] if lines else ""), (lines[1] if len(lines) > 1 else "")
     if not sys.stdin.isatty():
         raise CommandError("no codes given: use --codes-file, --codes-stdin, or run on a terminal to be asked")
-    pin = getpass.getpass("Holder PIN (8 digits): ")
-    puk = getpass.getpass("New PUK (8 digits; Enter if the card's codes are preset): ")
-    return pin, puk
+    return ask_personalization_codes()   # new codes asked twice, PIN != PUK
 
 
 def personalize(args: argparse.Namespace) -> int:
@@ -72,22 +81,87 @@ def personalize(args: argparse.Namespace) -> int:
     request = pb.PersonalizeRequest(reader=args.reader, pin=pin, puk=puk, holder=pb.HolderData(
         codice_fiscale=holder.codice_fiscale, given_name=holder.given_name, surname=holder.surname,
         birth_date=holder.birth_date, sex=holder.sex, birth_town=holder.birth_town, issuer=holder.issuer))
-    with AgentClient(socket_path(args)) as client:
+    with AgentClient(socket_path(args)) as client, stop_on_interrupt(socket_path(args), args.reader, args):
         return follow_operation(client.personalize(request), args, "personalization",
                                 lambda d: f"card {d['card_serial']}: {d['state']} {d['holder_label']} {d['message']}")
 
 
+@contextlib.contextmanager
+def stop_on_interrupt(sock: Path, reader: str, args):
+    """While the body runs, the first Ctrl-C asks the agent to stop the operation in ``reader`` at its next
+    safe point (the stream then ends with what became of the card); a second one leaves at once."""
+    asked = []
+
+    def on_sigint(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+        try:
+            with AgentClient(sock) as c:
+                answer = c.stop(reader=reader)
+            text = answer.message if answer.stopping else f"nothing to stop: {answer.message}"
+        except (AgentUnavailableError, AgentCallError) as exc:
+            text = f"could not ask the agent to stop: {exc}"
+        line = f"Ctrl-C: {text}; waiting for the agent to say what became of the card (Ctrl-C again to leave now)"
+        print(json.dumps({"step": "interrupt", "message": line}) if args.json else f"  {'interrupt':24} {line}",
+              flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("left before the agent answered; it still finishes or undoes the operation: see "
+              "`cns-agent operations`", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def operations(args: argparse.Namespace) -> int:
+    if args.action != "list":
+        return _resolve(args)
+    if args.op_id:
+        raise CommandError("give an action before the operation id: `operations finish ID` or `operations discard ID`")
     try:
         with AgentClient(socket_path(args)) as client:
             resp = client.operations()
     except (AgentUnavailableError, AgentCallError) as exc:
         raise CommandError(str(exc)) from exc
     rows = [{"op_id": o.op_id, "kind": o.kind, "card_serial": o.card_serial, "reader": o.reader,
-             "step": o.step, "step_phase": o.step_phase} for o in resp.operations]
+             "step": o.step, "step_phase": o.step_phase, "holder": o.holder_label, "journal": o.journal,
+             "started": _dt.datetime.fromtimestamp(o.created_unix).isoformat(timespec="seconds") if o.created_unix
+             else "", "note": o.note} for o in resp.operations]
     if args.json:
         print(json.dumps(rows))
+    elif not rows:
+        print("no open operations")
     else:
-        for r in rows or [{"op_id": "(none)", "kind": "", "card_serial": "", "step": "", "step_phase": ""}]:
-            print(f"{r['op_id']}  {r['kind']}  {r['card_serial']}  {r['step']} {r['step_phase']}".rstrip())
+        for r in rows:
+            print(f"{r['op_id']}  {r['kind']}  card {r['card_serial']}  {r['reader']}  started {r['started']}")
+            print(f"    at {r['step'] or '(start)'} {r['step_phase']}".rstrip()
+                  + (f"; holder {r['holder']}" if r["holder"] else "") + (f"; {r['note']}" if r["note"] else ""))
+        print("finish or undo one with `cns-agent operations finish ID` or `cns-agent operations discard ID`")
     return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    if not args.op_id:
+        raise CommandError(f"give the operation id: `cns-agent operations {args.action} ID` "
+                           "(ids from `cns-agent operations`)")
+    pin = ""
+    if args.action == "finish" and (args.codes_file or args.codes_stdin):
+        pin = _codes(args)[0]
+    states: list[str] = []
+
+    def recording(messages):
+        for msg in messages:
+            if msg.HasField("result"):
+                states.append(msg.result.state)
+            yield msg
+
+    with AgentClient(socket_path(args)) as client:
+        code = follow_operation(recording(client.resolve(args.op_id, args.action, pin)), args, args.action,
+                                lambda d: f"operation {d['op_id']} card {d['card_serial']}: {d['state']} "
+                                          f"{d['message']}")
+    # success is "done" for finish and "undone" for discard; "open" (still settling) is not
+    return 0 if states and states[-1] == ("done" if args.action == "finish" else "undone") else code

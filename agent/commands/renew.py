@@ -9,6 +9,7 @@ It goes to the agent over its private socket only. Progress: lines on a
 terminal, JSON lines with ``--json``; the last line is the result. Exit status
 0 when the card carries the new certificates, 1 when the renewal was undone or
 is still open (the agent finishes it on its next start or card insert).
+Ctrl-C asks the agent to stop at the next safe point (``stop_on_interrupt``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from agent.api.client import AgentClient
 from agent.commands import add_socket_option, follow_operation, socket_path
-from agent.commands.personalize import _codes as _codes_from
+from agent.commands.personalize import _codes as _codes_from, stop_on_interrupt
 from proto.cns.v1 import agent_pb2 as pb
 
 
@@ -44,6 +45,6 @@ def _pin(args) -> str:
 
 def renew(args: argparse.Namespace) -> int:
     request = pb.RenewCardRequest(reader=args.reader, pin=_pin(args))
-    with AgentClient(socket_path(args)) as client:
+    with AgentClient(socket_path(args)) as client, stop_on_interrupt(socket_path(args), args.reader, args):
         return follow_operation(client.renew(request), args, "renewal",
                                 lambda d: f"card {d['card_serial']}: renewal {d['state']} {d['message']}")

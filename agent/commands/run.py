@@ -81,7 +81,8 @@ async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
     """Finish or undo an interrupted operation (personalization or renewal) as soon as its card is
     seen again, or at start. An operation left open (request still queued at the personalizer,
     personalizer unreachable) is tried again every ``retry_s`` while its card stays in the reader:
-    it follows the same request ids, so a queued request finishes without a reinsert."""
+    it follows the same request ids, so a queued request finishes without a reinsert. Each device
+    recovers in its own task: a recovery waiting on one reader never delays another."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     _seq, readers, unsubscribe = registry.subscribe_with_snapshot(
@@ -96,31 +97,42 @@ async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
                 queue.put_nowait(view)
         loop.call_later(retry_s, push)
 
+    ops.on_open = again_later   # an operation the API left open (CA closed, stopped) is retried too
+    running: dict[str, asyncio.Task] = {}
+
+    async def recover_one(reader) -> None:
+        card = reader.card
+        try:
+            out = await ops.recover(connect=PcscLink, reader=reader.name, card_serial=card.serial,
+                                    model=catalog.models[card.model_id])
+            if out is not None:
+                log.info("card %s: interrupted %s finished as %s", card.serial, out.op_id, out.state)
+                if out.state != "open":   # the card changed (finished or undone): show it as it is now
+                    try:
+                        await asyncio.to_thread(reread_card, registry, reader.name, PcscLink,
+                                                catalog.models[card.model_id])
+                    except Exception as exc:
+                        log.info("could not re-read the card in %s after recovery: %s", reader.name, exc)
+        except Exception as exc:  # a card pulled again, the personalizer down: retried
+            log.warning("card %s: recovery not finished (%s); retried in %.0f s and when the card is seen "
+                        "again", card.serial, exc, retry_s)
+            again_later(reader.name)
+
     try:
         while True:
             reader = await queue.get()
             card = reader.card
             if card is None or not card.serial or card.model_id not in catalog.models:
                 continue
-            try:
-                out = await ops.recover(connect=PcscLink, reader=reader.name, card_serial=card.serial,
-                                        model=catalog.models[card.model_id])
-                if out is not None:
-                    log.info("card %s: interrupted %s finished as %s", card.serial, out.op_id, out.state)
-                    if out.state == "open":
-                        again_later(reader.name)
-                    else:   # the card changed (finished or undone): show it as it is now
-                        try:
-                            await asyncio.to_thread(reread_card, registry, reader.name, PcscLink,
-                                                    catalog.models[card.model_id])
-                        except Exception as exc:
-                            log.info("could not re-read the card in %s after recovery: %s", reader.name, exc)
-            except Exception as exc:  # a card pulled again, the personalizer down: retried
-                log.warning("card %s: recovery not finished (%s); retried in %.0f s and when the card is seen "
-                            "again", card.serial, exc, retry_s)
-                again_later(reader.name)
+            task = running.get(reader.name)
+            if task is not None and not task.done():
+                continue   # one recovery per device at a time; others go on (locks are per device)
+            running[reader.name] = asyncio.create_task(recover_one(reader), name=f"recover:{reader.name}")
     finally:
         unsubscribe()
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
 
 
 async def run_agent(sock: Path, profiles: Path | None, config: Path | None = None) -> None:

@@ -21,7 +21,28 @@ EF_DatiPersonali cleared — a blank card again, and nothing was sent to the CA.
 A request the CA refused rolls back too. UNAVAILABLE leaves the operation open for
 the next attempt; the card holds no certificate and nobody holds it.
 
-A request the personalizer queued (CA outside its service window, CA down) is
+Binding (``start``): an open personalization of the card is resumed only for the
+same holder data; another holder is refused with what is open and how to finish
+or discard it. The PIN (preset models) is verified before the operation is
+journaled, so a wrong PIN costs one try and changes nothing on the card.
+
+Refusals: a request the CA refused or central IT cancelled (``cnsctl queue
+cancel``) undoes the operation: ``undo`` wipes the card, then ``revoke-orphans``
+revokes what the CA issued for it (``agent.ops.revoke_orphans``,
+cessationOfOperation), both journaled, so a crash mid-undo is finished by the
+next resume. An undo whose revocation could not be settled (personalizer
+unreachable, a request still queued) stays open and is retried.
+
+Stopping (``stop`` event, set by the operator's Ctrl-C): checked between step
+groups and while following a queued request. Before any request was sent the
+card is undone (blank again); after, the operation stays open (card released)
+and is finished on the next insert, or by ``operations finish|discard``.
+
+A closed CA (service window, maintenance, unreachable, from GetCAStatus) is not
+waited for with the card held: the operation returns ``open`` with a message
+saying when the CA reopens; the agent retries it by itself (``agent.commands.run``).
+
+A request the personalizer queued while the CA is up is
 followed with WatchRequest, GetRequest polling when the stream breaks
 (``agent.ops.follow``); after ``watch_timeout_s`` the operation stays open. Once a
 submit has been sent (``_submitted`` in the journal, recorded before the call) a
@@ -56,12 +77,13 @@ from agent.ops.errors import OperationError, PreconditionError, UplinkError, Upl
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
+from agent.ops.revoke_orphans import Orphan, revoke_orphans
 
 log = logging.getLogger("cns.agent.personalize")
 
 KIND = "personalize"
 PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
-STATE_ISSUED, STATE_FAILED = 3, 4   # cns.v1.RequestState values the uplink returns
+STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = 3, 4, 6   # cns.v1.RequestState values the uplink returns
 
 
 class NeedsCodes(OperationError):
@@ -111,8 +133,9 @@ class Personalizer:
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
                  admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
-                 watch_timeout_s: float = 600.0, pkcs11=None):
+                 watch_timeout_s: float = 600.0, pkcs11=None, stop: asyncio.Event | None = None):
         self.journal = journal
+        self.stop = stop or asyncio.Event()   # set: stop at the next safe point (operator's Ctrl-C)
         self.uplink = uplink
         self.requester = requester
         self.admin_key_for = admin_key_for
@@ -149,13 +172,24 @@ class Personalizer:
         serial = await self._timed("card", link.cns.read_serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
-            if open_ops[0].kind != KIND:
-                raise PreconditionError(f"card {serial} has an unfinished {open_ops[0].kind} operation "
-                                        f"{open_ops[0].op_id}; it is finished or undone first (reinsert the card)")
-            return await self.resume(open_ops[0], connect=connect, model=model, codes=codes, link=link)
+            other = open_ops[0]
+            if other.kind != KIND:
+                raise PreconditionError(f"card {serial} has an unfinished {other.kind} operation {other.op_id}; "
+                                        f"finish or discard it first (`cns-agent operations finish|discard "
+                                        f"{other.op_id}`)", op_id=other.op_id)
+            if other.data.get("holder") != holder.as_dict():
+                raise PreconditionError(
+                    f"card {serial} has an open personalization {other.op_id} for another holder "
+                    f"({describe_holder(other.data.get('holder', {}))}); finish it with `cns-agent operations finish "
+                    f"{other.op_id}` or discard it (blank card, its certificates revoked) with `cns-agent operations "
+                    f"discard {other.op_id}`", op_id=other.op_id)
+            return await self.resume(other, connect=connect, model=model, codes=codes, link=link)
         await self._timed("card", self._check_blank, link, model)
         if model.pin_mode == "set_at_personalization" and codes.puk is None:
             raise PreconditionError(f"model {model.id} sets PIN and PUK at personalization: give both")
+        if model.pin_mode != "set_at_personalization":
+            # before anything is journaled or generated: a wrong PIN costs one try and changes nothing
+            await self._timed("card", self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
@@ -189,6 +223,9 @@ class Personalizer:
 
     async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
         plan = self._plan(model)
+        if op.data.get("undo_reason"):
+            # an undo was begun (crash, personalizer unreachable while revoking): it is finished, never reversed
+            return await self._undo(op, link, model, op.data["undo_reason"])
         all_csrs = all(op.step_done(s) for s in plan if s.startswith("csr:"))
         if codes is None and not all_csrs:
             # Nothing has reached the CA yet: without the PIN the safe way is back to blank.
@@ -197,6 +234,10 @@ class Personalizer:
         # group's results (Journal.advance). The two certificate requests go out together.
         pending: dict[str, dict[str, Any]] = {}
         for group in _groups([s for s in plan if not op.step_done(s)]):
+            if self.stop.is_set():
+                if pending:
+                    await self.journal.advance(op, pending, {})
+                return await self._stopped(op, link, model)
             begin: dict[str, dict[str, Any]] = {}
             first_attempt: dict[str, bool] = {}
             for step in group:
@@ -221,12 +262,15 @@ class Personalizer:
             if failure is not None:
                 if pending:   # what succeeded beside the failure is kept (a resume will not redo it)
                     await self.journal.advance(op, pending, {})
-                if isinstance(failure, UplinkUnavailable):
-                    self.progress(group[0], f"personalizer unreachable; operation {op.op_id} kept open: {failure}")
-                    return Outcome(op.op_id, op.card_serial, "open", message=str(failure),
-                                   stage_seconds=dict(self.stage))
                 if isinstance(failure, _Refused):
                     return await self._undo(op, link, model, str(failure))
+                if isinstance(failure, _Stopped):
+                    return await self._stopped(op, link, model)
+                if isinstance(failure, (UplinkUnavailable, CAClosed)):
+                    why = "" if isinstance(failure, CAClosed) else "personalizer unreachable; "
+                    self.progress(group[0], f"{why}operation {op.op_id} kept open: {failure}")
+                    return Outcome(op.op_id, op.card_serial, "open", message=str(failure),
+                                   stage_seconds=dict(self.stage))
                 raise failure
         if pending:
             await self.journal.advance(op, pending, {})
@@ -239,6 +283,18 @@ class Personalizer:
         self.progress("pkcs11", f"PKCS#11 (OpenSC): {pkcs11}")
         return Outcome(op.op_id, op.card_serial, DONE, f"{holder.given_name.upper()} {holder.surname.upper()}", certs,
                        bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage), pkcs11=pkcs11)
+
+    async def _stopped(self, op: Operation, link, model) -> Outcome:
+        """The operator asked to stop: before any request left the station the card is made blank again;
+        after, the operation is kept open (the card is released) to be finished or discarded."""
+        if not any(op.data.get("_submitted", {}).values()):
+            return await self._undo(op, link, model, "stopped by the operator before any certificate was requested")
+        msg = (f"stopped by the operator; the certificate requests are at the personalizer, so personalization "
+               f"{op.op_id} is kept open: the agent finishes it by itself while the card is in a reader, or run "
+               f"`cns-agent operations finish {op.op_id}` (or `discard {op.op_id}`: blank card, certificates "
+               "revoked)")
+        self.progress("stopped", msg)
+        return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
 
     async def _step(self, step: str, op: Operation, link, model, codes: Codes | None,
                     first_attempt: dict[str, bool] | None = None) -> dict[str, Any]:
@@ -292,6 +348,11 @@ class Personalizer:
             if link.issuer.read_ef(ks.cert_path) is not None:
                 raise PreconditionError(f"the card already carries a {ks.name} certificate: it is not blank "
                                         "(renew it, or use a blank card)")
+
+    def _check_pin(self, link, model, codes: Codes) -> None:
+        """The holder's PIN on every keyset, in order: the first refusal stops (one try used)."""
+        for ks in model.keysets:
+            link.cns.verify_pin(codes.pin, ks.name)
 
     def _set_codes(self, link, model, codes: Codes) -> None:
         link.issuer.authenticate(self.admin_key_for(model))
@@ -361,10 +422,14 @@ class Personalizer:
                                          holder=holder.as_proto_fields(), card_id=op.card_serial, model=model.id,
                                          requester=self.requester,
                                          ef_dati_personali=_unb64(op.data["dati_personali"]))
-            if resp.state not in (STATE_ISSUED, STATE_FAILED):
+            if resp.state not in (STATE_ISSUED, STATE_FAILED, STATE_CANCELLED):
+                closed = await self._ca_closed(resp)
+                if closed:   # not waited for with the card held: the agent retries by itself
+                    self.progress(f"submit:{ks.name}", closed)
+                    raise CAClosed(closed)
                 self.progress(f"submit:{ks.name}", f"request {request_id} queued at the personalizer; following it")
                 resp = await self._follow(request_id)
-        except UplinkUnavailable:
+        except (UplinkUnavailable, CAClosed, _Stopped):
             raise
         except UplinkError as exc:
             if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS"):
@@ -372,21 +437,93 @@ class Personalizer:
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
         if resp.state == STATE_FAILED:
             raise _Refused(f"the CA refused the {ks.name} request: {resp.error.code} {resp.error.message}")
+        if resp.state == STATE_CANCELLED:
+            raise _Refused(f"central IT cancelled the {ks.name} request {request_id} at the personalizer")
+        if resp.state != STATE_ISSUED or not resp.certificate_der:
+            raise UplinkUnavailable(f"request {request_id} answered without a certificate (state {resp.state}); "
+                                    "the operation is kept and follows the same request when resumed")
         return resp.certificate_der, list(resp.chain_der)
+
+    async def _ca_closed(self, resp) -> str:
+        """A message saying the CA is closed and when it reopens, or "" when it is open (the request is just
+        queued behind others): from the request's waiting reason and GetCAStatus."""
+        ca_status = getattr(self.uplink, "ca_status", None)   # an in-memory uplink may not offer it
+        try:
+            st = await self._timed("broker", ca_status) if ca_status is not None else None
+        except UplinkError:
+            st = None
+        reason = getattr(resp, "waiting_reason", "") or ""
+        if st is not None and st.operational and st.service_window_open and not st.in_maintenance:
+            return ""
+        if st is None and not reason:
+            return ""
+        reopen = 0
+        why = reason or "the CA is not available"
+        if st is not None:
+            if st.in_maintenance:
+                why, reopen = st.detail or "CA maintenance", st.reactivation_at
+            elif not st.service_window_open:
+                why, reopen = "outside the CA service window", st.service_window_changes_at
+            elif not st.operational:
+                why, reopen = st.detail or why, st.reactivation_at
+        when = (_dt.datetime.fromtimestamp(reopen).astimezone().strftime("%a %d %b %Y %H:%M %Z")
+                if reopen else "when it answers again")
+        return (f"the CA is closed ({why}); it reopens {('at ' + when) if reopen else when}. The request stays "
+                "queued at the personalizer; the card is released (you may take it out) and the agent finishes "
+                "the personalization by itself when the CA has answered and the card is in a reader")
 
     async def _follow(self, request_id: str):
         """Watch the queued request (GetRequest polling when the stream breaks); UplinkUnavailable after
         ``watch_timeout_s`` keeps the operation open for the next start or insert, same request id."""
-        return await self._timed("broker", follow, self.uplink, request_id, timeout_s=self.watch_timeout_s,
-                                 progress=lambda m: self.progress("submit", m))
+        watch = asyncio.ensure_future(self._timed("broker", follow, self.uplink, request_id,
+                                                  timeout_s=self.watch_timeout_s,
+                                                  progress=lambda m: self.progress("submit", m)))
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({watch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not watch.done():
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            raise _Stopped(f"stopped while request {request_id} was queued")
+        return watch.result()
 
     async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
-        self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")
-        await self.journal.step_begun(op, "undo", reason=reason)
-        await self._timed("card", self._wipe, link, model)
-        issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
-        await self.journal.step_done(op, "undo", orphaned_requests=issued)
+        """Back to a blank card, then the certificates issued for the operation revoked. Journaled in two
+        steps (``undo``, ``revoke-orphans``) with the reason in the data, so a resume finishes it."""
+        if not op.step_done("undo"):
+            self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")
+            op.data["undo_reason"] = reason
+            await self.journal.step_begun(op, "undo", reason=reason)
+            await self._timed("card", self._wipe, link, model)
+            await self.journal.step_done(op, "undo")
+        # every request that may have been sent: one issued but not journaled (answer lost) is found by id
+        sent = [op.data["request_ids"][n] for n, was in op.data.get("_submitted", {}).items() if was]
+        if sent:
+            await self.journal.step_begun(op, "revoke-orphans", requests=sent)
+            try:
+                results = await self._timed("broker", revoke_orphans, self.uplink,
+                                            [Orphan(request_id=r) for r in sent], requester=self.requester)
+            except UplinkError as exc:
+                msg = (f"card {op.card_serial} is blank again; revoking the certificates issued for {op.op_id} "
+                       f"is not finished ({exc}); the agent retries it")
+                self.progress("revoke-orphans", msg)
+                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
+            unsettled = [r for r in results if not r.settled]
+            if unsettled:
+                msg = (f"card {op.card_serial} is blank again; "
+                       + "; ".join(f"request {r.source}: {r.error or 'still queued at the personalizer'}"
+                                   for r in unsettled)
+                       + f". Operation {op.op_id} stays open until its certificates are revoked; the agent retries")
+                self.progress("revoke-orphans", msg)
+                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
+            revoked = [r.serial_hex for r in results if r.outcome in ("revoked", "already")]
+            await self.journal.step_done(op, "revoke-orphans", revoked_serials=revoked)
+            if revoked:
+                reason += f"; certificate(s) {', '.join(revoked)} issued for it revoked (cessationOfOperation)"
         await self.journal.finish(op, UNDONE, error=reason)
+        self.progress("undone", f"card {op.card_serial} is blank again: {reason}")
         return Outcome(op.op_id, op.card_serial, UNDONE, message=reason, stage_seconds=dict(self.stage))
 
 
@@ -409,3 +546,17 @@ def _groups(steps: list[str]) -> list[list[str]]:
 
 class _Refused(Exception):
     pass
+
+
+class _Stopped(Exception):
+    """The operator asked to stop while a request was followed."""
+
+
+class CAClosed(OperationError):
+    """The CA is closed (service window, maintenance, down): the operation stays open and is retried."""
+
+
+def describe_holder(d: dict) -> str:
+    """"MARIO ROSSI, RSSMRA80A01H501U" from a journaled holder (no secrets in it)."""
+    name = f"{d.get('given_name', '')} {d.get('surname', '')}".strip().upper()
+    return ", ".join(x for x in (name, d.get("codice_fiscale", "")) if x) or "unknown holder"

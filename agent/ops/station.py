@@ -6,7 +6,14 @@ it. Card access goes through a ``connect(reader) -> ApduTransport`` callable
 (PC/SC in the agent, in-process emulation in tests). Issuer (admin) keys come
 from the station's ``[cards] admin_keys`` file, or — only when
 ``allow_test_admin_keys`` is set — from the TEST key a model states for its
-emulated cards. Imports ``agent.ops``, ``agent.uplink``, ``station_config``.
+emulated cards.
+
+Locks are per device (``device_lock(reader)``): an operation on one reader never
+waits for another, and a personalization waiting for a closed CA does not hold
+its card (it returns ``open``; ``on_open(reader)`` asks the agent to retry it).
+Each running operation has a stop event (``stop(reader)``: the operator's
+Ctrl-C); ``resolve(op_id, "finish"|"discard")`` settles an open operation
+explicitly. Imports ``agent.ops``, ``agent.uplink``, ``station_config``.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
-from agent.ops.personalize import Outcome, Personalizer
+from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
 from agent.uplink.client import PersonalizerClient
@@ -43,8 +50,33 @@ class StationOps:
         self.watch_timeout_s = watch_timeout_s or float(os.environ.get("CNS_AGENT_WATCH_TIMEOUT_S", "600"))
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
         self._admin_keys = self._load_admin_keys()
-        self._lock = asyncio.Lock()   # one device operation at a time per agent
         self.pkcs11 = Pkcs11Check.from_env()   # cards are reached through PC/SC here: OpenSC can open them
+        self._locks: dict[str, asyncio.Lock] = {}      # per reader: one operation at a time per device
+        self._stops: dict[str, asyncio.Event] = {}     # per reader: the running operation's stop request
+        self.on_open: Callable[[str], None] = lambda reader: None   # an operation left open: retry it later
+
+    def device_lock(self, reader: str) -> asyncio.Lock:
+        """The lock of one device (reader): operations, PIN and lifecycle calls on it take it."""
+        return self._locks.setdefault(reader, asyncio.Lock())
+
+    def stop(self, reader: str) -> bool:
+        """Ask the operation running in ``reader`` to stop at its next safe point; False when none runs."""
+        event = self._stops.get(reader)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def _stop_event(self, reader: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._stops[reader] = event
+        return event
+
+    def _done(self, reader: str, out):
+        self._stops.pop(reader, None)
+        if out is not None and getattr(out, "state", "") == "open":
+            self.on_open(reader)
+        return out
 
     @classmethod
     async def open(cls, cfg: StationConfig, **kw) -> "StationOps":
@@ -78,30 +110,60 @@ class StationOps:
         return {"station_id": self.cfg.station.id, "chamber_code": self.cfg.station.chamber_code,
                 "operator_id": self.operator_id}
 
-    def _personalizer(self, uplink, progress) -> Personalizer:
+    def _personalizer(self, uplink, progress, stop: asyncio.Event | None = None) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
                             admin_key_for=self.admin_key_for, progress=progress,
-                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11)
+                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop)
 
-    def _renewer(self, uplink, progress) -> Renewer:
+    def _renewer(self, uplink, progress, stop: asyncio.Event | None = None) -> Renewer:
+        def on_step(step: str, phase: str) -> None:
+            # the renewal's safe points are its journaled step ends (the old certificates stay in use)
+            if stop is not None and stop.is_set() and phase == "done" and step not in ("switch",):
+                raise _StopRenewal(step)
         return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
                        admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
-                       watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11)
+                       watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, on_step=on_step)
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
                           progress: Callable[[str, str], None] | None = None) -> Outcome:
-        async with self._lock, _Links(connect, reader) as links:
-            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
-                return await self._personalizer(uplink, progress).start(
-                    connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
+        async with self.device_lock(reader), _Links(connect, reader) as links:
+            stop = self._stop_event(reader)
+            out = None
+            try:
+                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                    out = await self._personalizer(uplink, progress, stop).start(
+                        connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
+            finally:
+                self._done(reader, out)
+            return out
 
     async def renew(self, *, connect: Connect, reader: str, model, codes: Codes,
                     progress: Callable[[str, str], None] | None = None) -> _renew.Outcome:
         """Renew both certificates of the personalized card in ``reader`` (or finish its open renewal)."""
-        async with self._lock, _Links(connect, reader) as links:
-            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
-                return await self._renewer(uplink, progress).start(connect=links.open, reader=reader, model=model,
-                                                                   codes=codes)
+        async with self.device_lock(reader), _Links(connect, reader) as links:
+            stop = self._stop_event(reader)
+            out = None
+            try:
+                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                    try:
+                        out = await self._renewer(uplink, progress, stop).start(
+                            connect=links.open, reader=reader, model=model, codes=codes)
+                    except _StopRenewal as stopped:
+                        out = await self._renewal_stopped(reader, stopped, progress)
+            finally:
+                self._done(reader, out)
+            return out
+
+    async def _renewal_stopped(self, reader: str, stopped: "_StopRenewal", progress) -> _renew.Outcome:
+        [op] = [o for o in await self.journal.open_operations() if o.reader == reader and o.kind == _renew.KIND][:1] \
+            or [None]
+        op_id, serial = (op.op_id, op.card_serial) if op else ("", "")
+        msg = (f"stopped by the operator after step {stopped.step}; the card keeps its current certificates. "
+               f"Renewal {op_id} is kept open: `cns-agent operations finish {op_id}` (with the PIN) or "
+               f"`cns-agent operations discard {op_id}`; without either it is undone when the card is seen again")
+        if progress:
+            progress("stopped", msg)
+        return _renew.Outcome(op_id, serial, "open", message=msg)
 
     async def recover(self, *, connect: Connect, reader: str, card_serial: str, model,
                       codes: Codes | None = None, progress=None) -> Outcome | _renew.Outcome | None:
@@ -109,19 +171,84 @@ class StationOps:
         personalizations and renewals alike, each by its own resume rules."""
         if not await self.journal.open_operations(card_serial):
             return None
-        async with self._lock, _Links(connect, reader) as links:
+        lock = self.device_lock(reader)
+        if lock.locked():
+            return None   # an operation runs on this device now; it settles the card itself
+        async with lock, _Links(connect, reader) as links:
             ops = await self.journal.open_operations(card_serial)   # again, under the lock: it may have finished
             if not ops:
                 return None
-            async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
-                runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
-                    else self._personalizer(uplink, progress)
-                out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)
+            out = None
+            try:
+                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                    runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
+                        else self._personalizer(uplink, progress)
+                    out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)
+            finally:
+                if out is not None and out.state == "open":
+                    self.on_open(reader)
         log.info("recovered %s on card %s: %s %s", ops[0].kind, card_serial, out.state, out.message)
         return out
 
+    async def resolve(self, op_id: str, action: str, *, connect: Connect, reader: str, model,
+                      codes: Codes | None = None, progress=None) -> Outcome | _renew.Outcome:
+        """``finish`` (resume forward; needs the PIN when the requests are not signed yet) or ``discard``
+        (undo: blank card or old certificates kept, certificates issued for it revoked) an open operation
+        whose card is in ``reader``."""
+        if action not in ("finish", "discard"):
+            raise PreconditionError(f"unknown action {action!r}: finish or discard")
+        async with self.device_lock(reader), _Links(connect, reader) as links:
+            op = await self.journal.get(op_id)
+            if op is None or op.state != "running":
+                raise PreconditionError(f"no open operation {op_id} (see `cns-agent operations`)")
+            stop = self._stop_event(reader)
+            out = None
+            try:
+                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                    if op.kind == PERSONALIZE:
+                        runner = self._personalizer(uplink, progress, stop)
+                        if action == "discard":
+                            link = await asyncio.to_thread(runner._open, links.open, model)
+                            serial = await asyncio.to_thread(link.cns.read_serial)
+                            if serial != op.card_serial:
+                                raise PreconditionError(f"operation {op_id} is for card {op.card_serial}, "
+                                                        f"not the card {serial} in {reader!r}")
+                            out = await runner._undo(op, link, model, op.data.get("undo_reason")
+                                                     or "discarded by the operator")
+                        else:
+                            csrs = all(op.step_done(f"csr:{ks.name}") for ks in model.keysets)
+                            if codes is None and not csrs and not op.data.get("undo_reason"):
+                                raise PreconditionError(f"finishing {op_id} needs the holder's PIN: its certificate "
+                                                        "requests are not signed yet (give --codes-file)")
+                            out = await runner.resume(op, connect=links.open, model=model, codes=codes)
+                    elif op.kind == _renew.KIND:
+                        runner = self._renewer(uplink, progress, stop)
+                        if action == "discard":
+                            if op.step_done("switch") or "switch" in op.data.get("_begun", []):
+                                raise PreconditionError(f"renewal {op_id} has switched to the new certificates: it "
+                                                        f"can only be finished (`cns-agent operations finish {op_id}`)")
+                            codes = None   # a renewal resumed without the PIN before its CSRs is undone
+                            if all(op.step_done(f"csr:{ks.name}") for ks in model.keysets):
+                                link = await asyncio.to_thread(runner._open, links.open, model)
+                                out = await runner._undo(op, link, model, "discarded by the operator")
+                        if out is None:
+                            out = await runner.resume(op, connect=links.open, model=model, codes=codes)
+                    else:
+                        raise PreconditionError(f"operation {op_id} is a {op.kind}: it is resolved by its own command")
+            except _StopRenewal as stopped:
+                out = await self._renewal_stopped(reader, stopped, progress)
+            finally:
+                self._done(reader, out)
+            return out
+
     async def open_operations(self) -> list[Any]:
         return await self.journal.open_operations()
+
+
+class _StopRenewal(Exception):
+    def __init__(self, step: str):
+        super().__init__(f"stopped after {step}")
+        self.step = step
 
 
 class _Links:

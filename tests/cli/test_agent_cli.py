@@ -260,3 +260,19 @@ def test_personalization_codes_on_a_terminal(answers, rc, expect):
     code, out = on_terminal(ASK, {**os.environ, "PYTHONPATH": str(ROOT)}, answers=answers)
     assert code == rc and expect in out, out
     assert not any(a and a in out for a in answers), out                      # never echoed
+
+
+def test_personalize_asks_new_codes_twice_before_the_agent_is_reached(tmp_path):
+    """`cns-agent personalize` on a terminal: a PUK typo is refused in one line before anything reaches the
+    agent (no socket exists here: reaching it would be a different error)."""
+    holder = tmp_path / "holder.toml"
+    holder.write_text('[holder]\ncodice_fiscale = "DNGNCL85C12D704Y"\ngiven_name = "Nicolò"\n'
+                      'surname = "D\'Angelò"\nbirth_date = 1985-03-12\nsex = "M"\nbirth_town = "FORLÌ"\n'
+                      'issuer = "CCIAA di Forlì-Cesena"\n')
+    argv = [str(BIN / "cns-agent"), "personalize", "--reader", "R0", "--holder", str(holder),
+            "--socket", str(tmp_path / "none" / "agent.sock")]
+    code, out = on_terminal(argv, dict(os.environ), answers=["87654321", "87654320"])
+    assert code == 1 and "the two new PUKs differ" in out, out
+    assert "Traceback" not in out and "87654320" not in out
+    code, out = on_terminal(argv, dict(os.environ), answers=["87654321", "87654321", "87654321", "87654321"])
+    assert code == 1 and "equals the PUK" in out, out

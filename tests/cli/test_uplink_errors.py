@@ -25,7 +25,7 @@ def test_wrong_trust_anchor_is_named(deployment, daemon, tmp_path):
     with pytest.raises(UplinkUnavailable) as ei:
         asyncio.run(_ca_status(station_config.load(path)))
     msg = str(ei.value)
-    assert "not trusted" in msg and str(other.tls_ca) in msg and "kept and can be resumed" in msg
+    assert "not trusted" in msg and str(other.tls_ca) in msg
     assert ei.value.code == "UNAVAILABLE"
 
 

@@ -117,7 +117,7 @@ def trail(deployment, tmp_path_factory):
             marks["foreign_requester_reads"] = (await env.store.list_audit())[before:]
             # the agent's uplink client sends its station and operator on every read
             live = deployment.station_config.with_name("station-audit-who.toml")   # its paths are relative
-            live.write_text(re.sub(r'primary = "localhost:\d+"', f'primary = "localhost:{srv.port}"',
+            live.write_text(re.sub(r'primary = "([^":]+):\d+"', rf'primary = "\1:{srv.port}"',
                                    deployment.station_config.read_text()))
             before = len(await env.store.list_audit())
             async with PersonalizerClient(station_config.load(live), operator_id="op-giulia") as agent:

@@ -234,20 +234,56 @@ class ListOperationsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class OpenOperation(_message.Message):
-    __slots__ = ("op_id", "kind", "card_serial", "reader", "step", "step_phase")
+    __slots__ = ("op_id", "kind", "card_serial", "reader", "step", "step_phase", "holder_label", "created_unix", "updated_unix", "journal", "note")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
     READER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEP_PHASE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     kind: str
     card_serial: str
     reader: str
     step: str
     step_phase: str
-    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., card_serial: _Optional[str] = ..., reader: _Optional[str] = ..., step: _Optional[str] = ..., step_phase: _Optional[str] = ...) -> None: ...
+    holder_label: str
+    created_unix: int
+    updated_unix: int
+    journal: str
+    note: str
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[str] = ..., card_serial: _Optional[str] = ..., reader: _Optional[str] = ..., step: _Optional[str] = ..., step_phase: _Optional[str] = ..., holder_label: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., journal: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class StopOperationRequest(_message.Message):
+    __slots__ = ("reader", "op_id")
+    READER_FIELD_NUMBER: _ClassVar[int]
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    reader: str
+    op_id: str
+    def __init__(self, reader: _Optional[str] = ..., op_id: _Optional[str] = ...) -> None: ...
+
+class StopOperationResponse(_message.Message):
+    __slots__ = ("stopping", "message")
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stopping: bool
+    message: str
+    def __init__(self, stopping: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ResolveOperationRequest(_message.Message):
+    __slots__ = ("op_id", "action", "pin")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    action: str
+    pin: str
+    def __init__(self, op_id: _Optional[str] = ..., action: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
 
 class ListOperationsResponse(_message.Message):
     __slots__ = ("operations",)

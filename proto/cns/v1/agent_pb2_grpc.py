@@ -59,6 +59,16 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
                 _registered_method=True)
+        self.StopOperation = channel.unary_unary(
+                '/cns.v1.AgentLocal/StopOperation',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationResponse.FromString,
+                _registered_method=True)
+        self.ResolveOperation = channel.unary_stream(
+                '/cns.v1.AgentLocal/ResolveOperation',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ResolveOperationRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
+                _registered_method=True)
         self.Renew = channel.unary_stream(
                 '/cns.v1.AgentLocal/Renew',
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.RenewCardRequest.SerializeToString,
@@ -125,7 +135,26 @@ class AgentLocalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOperations(self, request, context):
-        """Operations the journal holds open (interrupted, waiting to be finished or undone).
+        """Operations the journals hold open (interrupted, waiting to be finished or
+        undone), device operations and PIN operations alike.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopOperation(self, request, context):
+        """Ask the operation running in `reader` (or the one named `op_id`) to stop at
+        its next safe point (the operator's Ctrl-C); its own stream then ends with
+        a result saying what became of the card.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveOperation(self, request, context):
+        """Settle an open operation explicitly: action "finish" (forward; `pin` when
+        its requests are not signed yet) or "discard" (undone safely: blank card or
+        old certificates kept, certificates issued for it revoked). Progress, then `result`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +229,16 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.ListOperations,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.SerializeToString,
+            ),
+            'StopOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopOperation,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationResponse.SerializeToString,
+            ),
+            'ResolveOperation': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResolveOperation,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ResolveOperationRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.SerializeToString,
             ),
             'Renew': grpc.unary_stream_rpc_method_handler(
                     servicer.Renew,
@@ -367,6 +406,60 @@ class AgentLocal:
             '/cns.v1.AgentLocal/ListOperations',
             proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.ListOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/StopOperation',
+            proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.StopOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cns.v1.AgentLocal/ResolveOperation',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ResolveOperationRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.OperationProgress.FromString,
             options,
             channel_credentials,
             insecure,

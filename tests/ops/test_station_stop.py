@@ -1,0 +1,89 @@
+"""Issue 9 item 6 at the ``StationOps`` level: the operator's stop request and ``finish|discard``.
+
+Real daemon, emulated card in process. A stop during a renewal ends after a journaled step with the
+old certificates in use; ``discard`` then undoes it. A stop during a personalization before any
+request was sent leaves a blank card; ``resolve`` of an unknown operation says so."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.ops.errors import PreconditionError
+from agent.ops.journal import Journal
+from agent.ops.station import StationOps
+from firmware_profiles.emulator import CardRemovedError as EmuRemoved
+from firmware_profiles.emulator import EmulatedCard
+from tests.agent.emulated import EmulatedTransport
+from tests.ops import renewal_env as env
+
+
+
+def _model():
+    from firmware_profiles import load_models
+    return load_models()["infocamere-cns-2048"]
+
+
+def _connect(card):
+    def connect(reader):
+        if not card.powered:
+            card.power_on()
+        return EmulatedTransport(card, (EmuRemoved,))
+    return connect
+
+
+async def _with_ops(station, path, fn):
+    journal = await Journal.open(path)
+    try:
+        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5))
+    finally:
+        await journal.close()
+
+
+def _stop_at(ops, step_name: str):
+    def progress(step, msg):
+        if step == step_name:
+            ops.stop("r0")
+    return progress
+
+
+def test_stopped_renewal_keeps_the_old_certificates_and_discard_undoes_it(station, tmp_path):
+    model = _model()
+    card = EmulatedCard(model)
+    out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.personalize(
+        connect=_connect(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
+    assert out.state == "done", out.message
+    before = env.card_view(card, model)
+
+    async def stopped(ops):
+        return await ops.renew(connect=_connect(card), reader="r0", model=model, codes=env.codes_for(model),
+                               progress=_stop_at(ops, "generate-key:CNS0"))
+    out = asyncio.run(_with_ops(station, tmp_path / "j.db", stopped))
+    assert out.state == "open" and "stopped by the operator" in out.message, out.message
+    assert "keeps its current certificates" in out.message and out.op_id
+    assert env.card_view(card, model)["CNS0"]["der"] == before["CNS0"]["der"]
+
+    async def listed_then_discarded(ops):
+        [op] = await ops.open_operations()
+        done = await ops.resolve(op.op_id, "discard", connect=_connect(card), reader="r0", model=model)
+        return op, done, await ops.open_operations()
+    op, done, left = asyncio.run(_with_ops(station, tmp_path / "j.db", listed_then_discarded))
+    assert op.op_id == out.op_id and op.kind == "renew"
+    assert done.state == "undone" and left == []
+    after = env.card_view(card, model)
+    assert all(after[ks.name]["der"] == before[ks.name]["der"] for ks in model.keysets)
+
+
+def test_stopped_personalization_before_any_request_is_blank_and_unknown_ids_are_refused(station, tmp_path):
+    model = _model()
+    card = EmulatedCard(model)
+
+    async def stopped(ops):
+        return await ops.personalize(connect=_connect(card), reader="r0", model=model, holder=env.HOLDER,
+                                     codes=env.codes_for(model), progress=_stop_at(ops, "csr:CNS0"))
+    out = asyncio.run(_with_ops(station, tmp_path / "j.db", stopped))
+    assert out.state == "undone" and "stopped by the operator before any certificate" in out.message
+    assert asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.open_operations())) == []
+    with pytest.raises(PreconditionError, match="no open operation nope"):
+        asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.resolve(
+            "nope", "discard", connect=_connect(card), reader="r0", model=model)))
