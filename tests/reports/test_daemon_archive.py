@@ -61,3 +61,21 @@ def test_a_bad_reports_section_stops_the_start_with_one_line(history, tmp_path):
     r = run("cns-personalizer", "serve", "--config", str(cfg), timeout=60)
     assert r.returncode == 1
     assert "reports.keep" in one_line_error(r)
+
+
+def test_cli_with_the_daemon_config_defaults_to_yesterday_and_its_reports_dir(history, tmp_path):
+    dep, cfg = _deployment_with_history(tmp_path, history, 'dir = "archive"\nenabled = false\n')
+    yesterday = (dt.datetime.now(ROME) - dt.timedelta(days=1)).date().isoformat()
+    r = run("cns-personalizer", "report", "archive", "--config", str(cfg))
+    if r.returncode == 1:   # nothing happened yesterday in this store (the usual case): said, nothing written
+        assert f"no operation was completed on {yesterday}" in one_line_error(r)
+        assert not (dep.root / "archive").exists()
+    r = run("cns-personalizer", "report", "archive", "--config", str(cfg), "--allow-empty", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["archive"] == str(dep.root / "archive" / f"cns-archive-{yesterday}")
+    r = run("cns-personalizer", "report", "archive", "--config", str(cfg), "--date", "2026-11-23", "--timezone",
+            "Mars/Olympus")
+    assert r.returncode == 1 and "unknown time zone 'Mars/Olympus'" in one_line_error(r)
+    r = run("cns-personalizer", "report", "monthly", "--config", str(cfg), "--month", "2026-11", "--json")
+    assert r.returncode == 0, r.stderr
+    assert (dep.root / "archive" / "cns-monthly-2026-11" / "report.pdf").read_bytes().startswith(b"%PDF-")
