@@ -106,6 +106,7 @@ class Relay:
         self.last_health_detail = ""
         self._depth_at = 0.0
         self._breaker_recorded = len(self.breaker.transitions)   # transitions already in ca_breaker_events
+        self._breaker_why = ""   # the last sign of CA unavailability: the detail of an outage
 
     # -- control -------------------------------------------------------------------
 
@@ -326,11 +327,15 @@ class Relay:
         return done
 
     async def _record_breaker(self) -> None:
-        """Persist the breaker's new transitions (the outages of the monthly report, issue 19)."""
-        new = self.breaker.transitions[self._breaker_recorded:]
-        for at, state in new:
-            await self._store.record_breaker_event(at, state, self.last_health_detail if state != "closed" else "")
-        self._breaker_recorded += len(new)
+        """Persist the breaker's new transitions (the outages of the monthly report, issue 19). A store
+        error keeps them for the next call: recording never stops deliveries."""
+        for at, state in self.breaker.transitions[self._breaker_recorded:]:
+            try:
+                await self._store.record_breaker_event(at, state, self._breaker_why if state != "closed" else "")
+            except StoreError as exc:
+                log.warning("CA circuit %s at %.0f not recorded yet: %s", state, at, exc)
+                return
+            self._breaker_recorded += 1
 
     async def _reclaim_stale(self) -> None:
         """Safety net: a row claimed (``sending``) longer than ``stale_claim_seconds`` ago that this relay
@@ -365,6 +370,7 @@ class Relay:
             self.breaker.success(self._clock())
         else:
             log.warning("CA health probe failed (%s); circuit stays open", self.last_health_detail)
+            self._breaker_why = f"health probe: {self.last_health_detail}"
             self.breaker.failure(self._clock())
         self.metrics.breaker_state = self.breaker.state
         await self._record_breaker()
@@ -402,6 +408,7 @@ class Relay:
                                  getattr(exc, "message", str(exc)))
             except UNAVAILABLE_ERRORS as exc:   # signs of CA unavailability: retry, and the breaker counts
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
+                self._breaker_why = f"{type(exc).__name__}: {exc}"
                 self.breaker.failure(self._clock())
                 await self._retry_later(rec, str(exc) if isinstance(exc, PersonalizerError) else
                                         f"{type(exc).__name__}: {exc}")

@@ -53,6 +53,7 @@ def test_outages_queue_depth_and_stock(report):
     o = r["outages"][0]
     assert o["started_at"].startswith("2026-11-24T14:0") and o["ended_at"] == "2026-11-24T14:10:00+01:00"
     assert not o["ongoing"] and 0 < o["seconds_in_month"] <= 600
+    assert o["detail"] == "CAUnavailable: CA unreachable (test double)"   # why it opened
     q = r["queue_depth"]
     assert len(q["samples"]) == 24 * 25 + 12    # hourly from 1 November to the 26th at noon
     at = {s["at"]: s["depth"] for s in q["samples"]}
