@@ -19,6 +19,9 @@ Narrow interface used by the broker and the relay::
     record_issued(...) / find_issued(request_id)   the CertificateRegistry side a CA may use
     find_certificates(card_id=, holder_cf=)       a card's or a holder's certificates (lost card, cnsctl cert find)
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
+    record_breaker_event(at, state, detail)       the relay's circuit transitions (CA outages)
+    add_stock / list_stock / stock_balance        the device stock ledger (cnsctl stock, monthly report)
+    connect_readonly(path)                        a read-only connection (audit, reports)
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
 reached the CA) → retry (waiting for next_attempt_at) → done | failed;
