@@ -21,7 +21,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from personalizer.outbox import KINDS, IssuancePayload
+from personalizer.outbox import KINDS
 from personalizer.reports import bundle
 from personalizer.reports.bundle import ReportError
 from personalizer.store import Q_LIST_STOCK, Q_STOCK_USED, StockEntry, stock_balance
@@ -33,7 +33,8 @@ MODE_IMMEDIATE = "immediate"
 NAME_PATTERN = r"cns-monthly-\d{4}-\d{2}"
 
 Q_FINISHED = """SELECT r.kind, r.profile, r.state, r.error_code, r.created_at, r.updated_at, r.request_id,
-    r.chamber_code, c.card_id, r.error_message, o.payload
+    r.chamber_code, c.card_id, r.error_message,
+    CASE WHEN r.kind = 'issue' THEN json_extract(CAST(o.payload AS TEXT), '$.card_model') END
     FROM requests r LEFT JOIN certificates c ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex
     LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.state IN ('ISSUED', 'DONE', 'FAILED', 'CANCELLED') AND r.updated_at >= ? AND r.updated_at < ?"""
@@ -48,13 +49,6 @@ Q_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance 
 
 def bundle_name(year: int, month: int) -> str:
     return f"cns-monthly-{year:04d}-{month:02d}"
-
-
-def _model(payload: bytes | None) -> str:
-    try:
-        return IssuancePayload.decode(payload).card_model if payload else ""
-    except (ValueError, TypeError, KeyError):
-        return ""
 
 
 def _by_model(devices: dict[str, str]) -> dict[str, int]:
@@ -109,21 +103,28 @@ def _maintenance(conn, start: float, end: float, tz) -> list[dict]:
 
 
 def _queue_depth(conn, start: float, end: float, tz) -> dict:
+    """Hourly samples and the peak, in one sweep over the accept (+1) and finish (-1) events: O(n log n)."""
     spans = conn.execute(Q_OVERLAP, (end, start)).fetchall()
-    samples = []
+    # a finish sorts before an accept at the same instant: a request answered at once never waited
+    events = sorted([(c, 1) for c, _ in spans] + [(f, -1) for _, f in spans if f is not None],
+                    key=lambda e: (e[0], e[1]))
+    samples, depth, peak, i = [], 0, 0, 0
     t = start
+    while i < len(events) and events[i][0] <= start:   # the queue as the month starts
+        depth += events[i][1]
+        i += 1
+    peak = depth
     while t < end:
-        depth = sum(1 for created, finished in spans if created <= t and (finished is None or finished > t))
+        while i < len(events) and events[i][0] <= t:
+            depth += events[i][1]
+            peak = max(peak, depth)
+            i += 1
         samples.append({"at": bundle.iso(t, tz), "depth": depth})
         t += QUEUE_SAMPLE_SECONDS
-    # the peak between samples: sweep the events
-    events = sorted([(c, 1) for c, _ in spans] + [(f, -1) for _, f in spans if f is not None])
-    depth = sum(1 for c, f in spans if c < start and (f is None or f > start))
-    peak = depth
-    for at, step in events:
-        if start <= at < end:
-            depth += step
-            peak = max(peak, depth)
+    while i < len(events) and events[i][0] < end:
+        depth += events[i][1]
+        peak = max(peak, depth)
+        i += 1
     return {"sample_seconds": QUEUE_SAMPLE_SECONDS, "peak": peak, "samples": samples,
             "method": "derived: requests accepted (created_at) and not yet finished (terminal updated_at)"}
 
@@ -160,12 +161,12 @@ def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle
         cancelled = 0
         devices: dict[str, str] = {}   # card → model
         refused = []
-        for kind, profile, state, code, created, updated, rid, chamber, card, message, payload in conn.execute(
+        for kind, profile, state, code, created, updated, rid, chamber, card, message, model in conn.execute(
                 Q_FINISHED, (start, until)):
             if state == "ISSUED" and kind == "issue":
                 issued[profile] = issued.get(profile, 0) + 1
                 if card:
-                    devices[card] = _model(payload) or devices.get(card, "")
+                    devices[card] = model or devices.get(card, "")
             elif state == "ISSUED" and kind == "renew":
                 renewals[profile] = renewals.get(profile, 0) + 1
             elif state == "DONE" and kind in changes:
