@@ -1,4 +1,5 @@
-"""The QueueAdmin gRPC servicer: central IT's view of the outbox and of planned CA maintenance.
+"""The QueueAdmin gRPC servicer: central IT's view of the outbox, of planned CA maintenance and of
+the device stock ledger (``AddStock``/``ListStock``: devices sent to each chamber).
 
 Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited
 with the admin's name as operator; every refused call writes one row
@@ -9,6 +10,7 @@ Must not import the store's SQL, the CA's key stores or anything of the agent.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import uuid
 
 from personalizer import identity, validation
@@ -108,3 +110,51 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
         return apb.ListMaintenanceResponse(windows=[
             pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()), ends_at=int(w.ends_at.timestamp()),
                                  reason=w.reason) for w in self._relay.maintenance if w.ends_at > now])
+
+    # -- the stock ledger (issue 19 item 4): devices sent to each chamber ---------------------------
+
+    @_translate
+    async def AddStock(self, request: apb.AddStockRequest, context):
+        chamber, quantity, note = check_stock(request)
+        model = request.device_model.strip()
+        entry = await self._broker.store.add_stock(chamber, quantity, note, self._audit(
+            "stock-add", None, "done", f"{chamber} {model or 'any type'} {quantity:+d}"), device_model=model)
+        return _stock_entry(entry)
+
+    @_translate
+    async def ListStock(self, request: apb.ListStockRequest, context):
+        chamber = request.chamber_code.strip().upper()
+        store = self._broker.store
+        balances = await store.stock_balance()
+        return apb.ListStockResponse(
+            entries=[_stock_entry(e) for e in await store.list_stock(chamber)],
+            balances=[apb.StockBalance(chamber_code=b.chamber_code, device_model=b.device_model, sent=b.sent,
+                                       used=b.used, left=b.left)
+                      for b in balances.values() if not chamber or b.chamber_code == chamber])
+
+
+CHAMBER_CODE = re.compile(r"[A-Z0-9]{2,8}")
+MAX_STOCK_QUANTITY = 100_000
+MAX_STOCK_NOTE = 200
+MAX_STOCK_MODEL = 64   # as the card model kept from issuance
+
+
+def _stock_entry(e) -> apb.StockEntry:
+    return apb.StockEntry(seq=e.seq, at=int(e.at), chamber_code=e.chamber_code, device_model=e.device_model,
+                          quantity=e.quantity, actor=e.actor, note=e.note)
+
+
+def check_stock(request: apb.AddStockRequest) -> tuple[str, int, str]:
+    chamber = request.chamber_code.strip().upper()
+    if not CHAMBER_CODE.fullmatch(chamber):
+        raise InvalidRequest("chamber_code", f"{request.chamber_code!r} is not a chamber code (2-8 letters or "
+                                             "digits, e.g. RM)")
+    if request.quantity == 0 or abs(request.quantity) > MAX_STOCK_QUANTITY:
+        raise InvalidRequest("quantity", f"must be a non-zero number of devices, at most {MAX_STOCK_QUANTITY} "
+                                         f"either way, got {request.quantity}")
+    if len(request.device_model) > MAX_STOCK_MODEL:
+        raise InvalidRequest("device_model", f"at most {MAX_STOCK_MODEL} characters, got {len(request.device_model)}")
+    if len(request.note) > MAX_STOCK_NOTE:
+        raise InvalidRequest("note", f"at most {MAX_STOCK_NOTE} characters, got {len(request.note)}")
+    return chamber, request.quantity, request.note
+

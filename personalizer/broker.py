@@ -159,7 +159,7 @@ class Broker:
             profile=valid.profile, csr_der=inp.csr_der, codice_fiscale=valid.holder.codice_fiscale,
             given_name=valid.holder.given_name, surname=valid.holder.surname,
             birth_date=valid.holder.birth_date.isoformat(), card_id=valid.card_id,
-            dati_personali_hash=valid.dati_personali_hash)
+            dati_personali_hash=valid.dati_personali_hash, card_model=inp.card_model[:64])
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
                             payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
                             station_id=inp.station_id, operator_id=inp.operator_id)
@@ -202,7 +202,8 @@ class Broker:
         payload = IssuancePayload(
             profile=inp.profile, csr_der=inp.csr_der, codice_fiscale=first.codice_fiscale,
             given_name=first.given_name, surname=first.surname, birth_date=first.birth_date,
-            card_id=card_id, dati_personali_hash=_cn_hash(current) if inp.profile == validation.PROFILE_CNS_AUTH else None)
+            card_id=card_id, dati_personali_hash=_cn_hash(current) if inp.profile == validation.PROFILE_CNS_AUTH else None,
+            card_model=first.card_model)
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_RENEW, profile=inp.profile, payload_sha256=fp,
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)

@@ -1,6 +1,8 @@
 """``cns-personalizer``: ``serve --config FILE``, ``init DIR``, ``audit [--json] --config FILE``,
 ``revoke-client --config FILE CERT.pem|--serial HEX`` (a station, tool or admin certificate into the
-client CRL that the running daemon rereads).
+client CRL that the running daemon rereads), ``report archive --date D`` (the daily archive) and
+``report monthly --month YYYY-MM`` (the monthly report, JSON and PDF): both read the store read-only
+and write one bundle atomically (``personalizer.reports``).
 
 ``audit`` reads the append-only audit table straight from the store (no
 daemon needed; a read-only connection, so an auditor needs only read access to
@@ -90,6 +92,59 @@ def _audit(opts) -> int:
         else:
             print(f"{e.seq:6} {when} {e.actor:40} {e.station_id or '-':16} {e.operator_id or '-':12} "
                   f"{e.operation:11} {e.request_id or '-':36} {e.result} {e.detail}")
+    return 0
+
+
+def _report_sources(opts):
+    """(database, output folder, time zone) from --config and/or --database, --out, --timezone."""
+    if (opts.config is None) == (opts.database is None):
+        raise config.ConfigError("report", "arguments", "give either --config FILE or --database FILE")
+    out, tz = None, opts.timezone
+    if opts.config is not None:
+        cfg = config.load(opts.config)
+        database, out, tz = cfg.store.database, cfg.reports.dir, tz or cfg.reports.timezone
+    else:
+        database = Path(opts.database)
+    if opts.out:
+        out = Path(opts.out)
+    if out is None:
+        raise config.ConfigError("report", "--out", "give the folder to write into (or --config FILE with [reports] dir)")
+    return database, out, tz or "Europe/Rome"
+
+
+def _report_archive(opts) -> int:
+    import datetime as _dt
+
+    from personalizer.reports import archive, bundle
+
+    database, out, tz = _report_sources(opts)
+    if opts.date is None:   # the previous day, in the chambers' time zone
+        day = (_dt.datetime.now(bundle.zone(tz)) - _dt.timedelta(days=1)).date()
+    else:
+        day = bundle.parse_day(opts.date)
+    path, data = archive.write_archive(database, out, day, tz_name=tz, allow_empty=opts.allow_empty,
+                                       replace=opts.replace)
+    if opts.json:
+        print(json.dumps({"archive": str(path), "date": data["date"], **data["counts"]}))
+    else:
+        c = data["counts"]
+        print(f"cns-personalizer: archive of {data['date']} written to {path} ({c['operations']} operations, "
+              f"{c['suspended']} suspended and {c['revoked']} revoked certificates)")
+    return 0
+
+
+def _report_monthly(opts) -> int:
+    from personalizer.reports import bundle, monthly
+
+    database, out, tz = _report_sources(opts)
+    year, month = bundle.parse_month(opts.month)
+    path, data = monthly.write_monthly(database, out, year, month, tz_name=tz, pdf=not opts.no_pdf,
+                                       allow_empty=opts.allow_empty, replace=opts.replace)
+    if opts.json:
+        print(json.dumps({"report": str(path), "month": data["month"], "partial": data["partial"]}))
+    else:
+        note = " (month not over: figures so far)" if data["partial"] else ""
+        print(f"cns-personalizer: monthly report of {data['month']} written to {path}{note}")
     return 0
 
 
@@ -212,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--reason", default="unspecified", choices=sorted(tls_clients.REASONS))
     rc.add_argument("--tls-ca-key", help="the TLS CA's private key (default: tls-ca.key.pem beside the anchors)")
     rc.set_defaults(func=_revoke_client)
+    rp = sub.add_parser("report", help="write the daily archive or the monthly report (tender §5.1.8, §6.2)")
+    rsub = rp.add_subparsers(dest="report", required=True)
+    ra = rsub.add_parser("archive", help="the archive of one day: CSV, JSON, schema, SHA256SUMS")
+    ra.add_argument("--date", help="the day, YYYY-MM-DD (default: yesterday)")
+    rm = rsub.add_parser("monthly", help="the monthly report: JSON and PDF with charts")
+    rm.add_argument("--month", required=True, help="the month, YYYY-MM")
+    rm.add_argument("--no-pdf", action="store_true", help="JSON only")
+    for r in (ra, rm):
+        r.add_argument("--config", help="personalizer TOML file (store, [reports] dir and timezone)")
+        r.add_argument("--database", help="or the request store itself (data/requests.sqlite), read-only")
+        r.add_argument("--out", help="folder to write into (default: [reports] dir)")
+        r.add_argument("--timezone", help="the chambers' time zone (default: [reports] timezone, Europe/Rome)")
+        r.add_argument("--allow-empty", action="store_true", help="write it even when nothing happened")
+        r.add_argument("--replace", action="store_true", help="write it again over an existing one")
+        r.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+    ra.set_defaults(func=_report_archive)
+    rm.set_defaults(func=_report_monthly)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")

@@ -7,6 +7,7 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml queue list|show ID|retry ID|cancel ID
     cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | maintenance list
     cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
+    cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
 
 The config is a station configuration (station_config schema) with
 ``role = "admin"``. Output is human-readable, or one JSON object with --json
@@ -108,6 +109,25 @@ def _maintenance(ch, opts, timeout) -> dict:
     return {"windows": [_window(w) for w in stub.ListMaintenance(apb.ListMaintenanceRequest(), timeout=timeout).windows]}
 
 
+def _stock(ch, opts, timeout) -> dict:
+    """The device stock ledger (monthly report): devices sent to a chamber, and each chamber's balance."""
+    stub = apb_grpc.QueueAdminStub(ch)
+
+    def entry(e):
+        return {"seq": e.seq, "at": _ts(e.at), "chamber": e.chamber_code, "model": e.device_model or "any",
+                "quantity": e.quantity, "by": e.actor, "note": e.note}
+
+    if opts.stock_command == "add":
+        if opts.quantity == 0:
+            raise UsageError("--quantity must not be 0: give the devices sent (or, negative, taken back)")
+        return entry(stub.AddStock(apb.AddStockRequest(chamber_code=opts.chamber, quantity=opts.quantity,
+                                                       note=opts.note, device_model=opts.model), timeout=timeout))
+    r = stub.ListStock(apb.ListStockRequest(chamber_code=opts.chamber or ""), timeout=timeout)
+    return {"balances": [{"chamber": b.chamber_code, "model": b.device_model or "any", "sent": b.sent,
+                          "used": b.used, "left": b.left} for b in r.balances],
+            "entries": [entry(e) for e in r.entries]}
+
+
 def _request_show(ch, opts, timeout) -> dict:
     r = pb_grpc.PersonalizerStub(ch).GetRequest(pb.GetRequestRequest(request_id=opts.request_id), timeout=timeout)
     out = {"request_id": r.request_id, "state": pb.RequestState.Name(r.state),
@@ -169,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--id", default="")
     ma.set_defaults(func=_maintenance)
     msub.add_parser("list", help="current and future windows").set_defaults(func=_maintenance)
+    st = sub.add_parser("stock", help="devices sent to each chamber (the monthly report's stock, admin)")
+    stsub = st.add_subparsers(dest="stock_command", required=True)
+    sa = stsub.add_parser("add", help="record devices sent to a chamber (negative: taken back)")
+    sa.add_argument("--chamber", required=True, help="chamber code, e.g. RM")
+    sa.add_argument("--quantity", required=True, type=int, help="devices sent (negative: taken back)")
+    sa.add_argument("--model", default="", help="the device type (card model as stations report it); default any")
+    sa.add_argument("--note", default="", help="delivery note or shipment id")
+    sa.set_defaults(func=_stock)
+    sl = stsub.add_parser("list", help="the ledger and each chamber's balance (sent, used, left)")
+    sl.add_argument("--chamber", default="", help="only this chamber")
+    sl.set_defaults(func=_stock)
     c = sub.add_parser("cert", help="certificates issued through the personalizer")
     csub = c.add_subparsers(dest="cert_command", required=True)
     cf = csub.add_parser("find", help="every certificate of a card or a holder (e.g. a lost card), oldest first")

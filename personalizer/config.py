@@ -91,6 +91,13 @@ Example (``cns-personalizer init`` writes one)::
     http_port = 8080
     crl_dir = "crl"
     refresh_seconds = 3600      # SLA4.3: at least every 2 hours; at most 6300 (nextUpdate = +refresh+15 min <= 2 h)
+
+    [reports]                   # the daily archive (tender §5.1.8), written by the daemon each day
+    enabled = true
+    dir = "reports"             # cns-archive-YYYY-MM-DD/ bundles (cns-personalizer report archive|monthly)
+    keep = 400                  # archives kept (the oldest beyond this are deleted)
+    hour = 1                    # local hour after which yesterday's archive is written
+    timezone = "Europe/Rome"    # the day of the chambers
 """
 from __future__ import annotations
 
@@ -195,6 +202,15 @@ class PkiConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    enabled: bool = True
+    dir: Path | None = None
+    keep: int = 400
+    hour: int = 1
+    timezone: str = "Europe/Rome"
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     source: Path
     server: ServerConfig
@@ -206,6 +222,7 @@ class DaemonConfig:
     maintenance: tuple[Maintenance, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     pki: PkiConfig = PkiConfig()
+    reports: ReportsConfig = ReportsConfig()
 
 
 # SLA4.3 (2 h) minus the CRL nextUpdate margin (personalizer.pki.crl.NEXT_UPDATE_MARGIN, 15 min)
@@ -309,7 +326,26 @@ def _load_operations(r: "_Reader") -> dict:
         raise ConfigError(path, "pki.refresh_seconds",
                           f"must be in (0, {MAX_CRL_REFRESH_SECONDS}]: a CRL is refreshed at least every 2 hours and "
                           "its nextUpdate (refresh + 15 min margin) must not pass 2 hours")
-    return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki)
+    return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki,
+                reports=_load_reports(r))
+
+
+def _load_reports(r: "_Reader") -> ReportsConfig:
+    rp = r.table("reports", required=False)
+    rep = ReportsConfig(enabled=r.get(rp, "reports", "enabled", bool, True),
+                        dir=r.path_(rp, "reports", "dir", must_exist=False, default="reports"),
+                        keep=r.get(rp, "reports", "keep", int, 400), hour=r.get(rp, "reports", "hour", int, 1),
+                        timezone=r.get(rp, "reports", "timezone", str, "Europe/Rome"))
+    if rep.keep < 1:
+        raise ConfigError(r.path, "reports.keep", f"must be at least 1 (archives kept), got {rep.keep}")
+    if not 0 <= rep.hour <= 23:
+        raise ConfigError(r.path, "reports.hour", f"must be a local hour 0-23, got {rep.hour}")
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(rep.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(r.path, "reports.timezone", f"unknown time zone {rep.timezone!r}; e.g. Europe/Rome") from None
+    return rep
 
 
 class _Reader:

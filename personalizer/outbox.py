@@ -39,6 +39,7 @@ class IssuancePayload:
     birth_date: str          # ISO date
     card_id: str
     dati_personali_hash: str | None
+    card_model: str = ""     # the device model the station reported (daily archive); "" in older rows
 
     def encode(self) -> bytes:
         d = asdict(self)

@@ -105,6 +105,8 @@ class Relay:
         self._hooks: set[asyncio.Task] = set()
         self.last_health_detail = ""
         self._depth_at = 0.0
+        self._breaker_recorded = len(self.breaker.transitions)   # transitions already in ca_breaker_events
+        self._breaker_why = ""   # the last sign of CA unavailability: the detail of an outage
 
     # -- control -------------------------------------------------------------------
 
@@ -129,6 +131,10 @@ class Relay:
         self._task = asyncio.create_task(self._supervise(), name="relay")
 
     async def stop(self) -> None:
+        try:
+            await self._record_breaker()
+        except Exception:   # the store may be closing; the event is lost, not the shutdown
+            log.warning("could not record the CA circuit breaker's last transitions")
         if self._task is not None:
             self._task.cancel()
             try:
@@ -170,6 +176,7 @@ class Relay:
 
     async def _pump(self) -> int:
         """Start deliveries for due rows while slots are free (priority lane first). Returns how many started."""
+        await self._record_breaker()
         await self._refresh_depth()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None
@@ -292,6 +299,7 @@ class Relay:
     async def run_once(self) -> int:
         """Deliver everything due now, pass by pass (priority lane first), and return the number of rows
         attempted. For tests and tools that step the relay by hand; the running daemon uses ``_pump``."""
+        await self._record_breaker()
         await self._refresh_depth()
         await self._reclaim_stale()
         m = self.active_maintenance()
@@ -315,7 +323,19 @@ class Relay:
                 break
         await self._refresh_depth(force=done == 0)
         self.metrics.breaker_state = self.breaker.state
+        await self._record_breaker()
         return done
+
+    async def _record_breaker(self) -> None:
+        """Persist the breaker's new transitions (the outages of the monthly report, issue 19). A store
+        error keeps them for the next call: recording never stops deliveries."""
+        for at, state in self.breaker.transitions[self._breaker_recorded:]:
+            try:
+                await self._store.record_breaker_event(at, state, self._breaker_why if state != "closed" else "")
+            except StoreError as exc:
+                log.warning("CA circuit %s at %.0f not recorded yet: %s", state, at, exc)
+                return
+            self._breaker_recorded += 1
 
     async def _reclaim_stale(self) -> None:
         """Safety net: a row claimed (``sending``) longer than ``stale_claim_seconds`` ago that this relay
@@ -350,8 +370,10 @@ class Relay:
             self.breaker.success(self._clock())
         else:
             log.warning("CA health probe failed (%s); circuit stays open", self.last_health_detail)
+            self._breaker_why = f"health probe: {self.last_health_detail}"
             self.breaker.failure(self._clock())
         self.metrics.breaker_state = self.breaker.state
+        await self._record_breaker()
         return self.breaker.state == "closed"
 
     async def _deliver(self, request_id: str,
@@ -386,6 +408,7 @@ class Relay:
                                  getattr(exc, "message", str(exc)))
             except UNAVAILABLE_ERRORS as exc:   # signs of CA unavailability: retry, and the breaker counts
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
+                self._breaker_why = f"{type(exc).__name__}: {exc}"
                 self.breaker.failure(self._clock())
                 await self._retry_later(rec, str(exc) if isinstance(exc, PersonalizerError) else
                                         f"{type(exc).__name__}: {exc}")

@@ -120,6 +120,7 @@ class Daemon:
     relay: Relay
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
+    archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -165,6 +166,10 @@ class Daemon:
         if cfg.metrics.enabled:
             daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port,
                                                   status=daemon.status_for_scrape)
+        if cfg.reports.enabled:
+            from personalizer.reports.scheduler import ArchiveScheduler
+            r = cfg.reports
+            daemon.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)
         daemon.port = server.add_secure_port(s.listen, creds)
         if daemon.port == 0:
             raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
@@ -211,6 +216,8 @@ class Daemon:
             await self.publisher.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
+        if self.archiver is not None:
+            await self.archiver.start()
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -222,6 +229,8 @@ class Daemon:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
         await self.relay.stop()
+        if self.archiver is not None:
+            await self.archiver.stop()
         if self.publisher is not None:
             await self.publisher.stop()
         if self.metrics_server is not None:

@@ -4,7 +4,9 @@ Tables: ``requests`` (one row per caller request id, any kind), ``outbox``
 (one row per request to deliver to the CA: lane, payload, attempts,
 ``next_attempt_at``), ``certificates`` (what the CA issued and its state),
 ``audit`` (append-only: triggers refuse UPDATE and DELETE), ``maintenance``
-(planned CA maintenance windows).
+(planned CA maintenance windows), ``ca_breaker_events`` (the relay's circuit breaker opening and
+closing: the CA outages of the monthly report), ``stock_ledger`` (devices central IT sent to a chamber,
+``cnsctl stock``; append-only like the audit).
 
 Narrow interface used by the broker and the relay::
 
@@ -17,6 +19,9 @@ Narrow interface used by the broker and the relay::
     record_issued(...) / find_issued(request_id)   the CertificateRegistry side a CA may use
     find_certificates(card_id=, holder_cf=)       a card's or a holder's certificates (lost card, cnsctl cert find)
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
+    record_breaker_event(at, state, detail)       the relay's circuit transitions (CA outages)
+    add_stock / list_stock / stock_balance        the device stock ledger (cnsctl stock, monthly report)
+    connect_readonly(path)                        a read-only connection (audit, reports)
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
 reached the CA) → retry (waiting for next_attempt_at) → done | failed;
@@ -110,6 +115,25 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TABLE IF NOT EXISTS ca_breaker_events (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     REAL NOT NULL,
+    state  TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS stock_ledger (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at            REAL NOT NULL,
+    chamber_code  TEXT NOT NULL,
+    device_model  TEXT NOT NULL DEFAULT '',
+    quantity      INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    note          TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS stock_no_update BEFORE UPDATE ON stock_ledger
+    BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS stock_no_delete BEFORE DELETE ON stock_ledger
+    BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
 CREATE TABLE IF NOT EXISTS maintenance (
     id         TEXT PRIMARY KEY,
     starts_at  REAL NOT NULL,
@@ -214,6 +238,18 @@ Q_LIST_QUEUE = """SELECT request_id FROM outbox WHERE status IN ('queued', 'retr
 Q_INSERT_MAINTENANCE = """INSERT OR REPLACE INTO maintenance (id, starts_at, ends_at, reason, source)
     VALUES (?, ?, ?, ?, ?)"""
 Q_LIST_MAINTENANCE = "SELECT id, starts_at, ends_at, reason, source FROM maintenance WHERE ends_at > ? ORDER BY starts_at"
+Q_INSERT_BREAKER_EVENT = "INSERT INTO ca_breaker_events (at, state, detail) VALUES (?, ?, ?)"
+Q_INSERT_STOCK = """INSERT INTO stock_ledger (at, chamber_code, device_model, quantity, actor, note)
+    VALUES (?, ?, ?, ?, ?, ?)"""
+Q_LIST_STOCK = """SELECT seq, at, chamber_code, device_model, quantity, actor, note FROM stock_ledger
+    WHERE (? = '' OR chamber_code = ?) ORDER BY seq"""
+# Devices used per chamber and model: distinct cards first issued (kind issue, ISSUED) by that chamber's
+# stations before a time, with the model the station reported (outbox payload; '' for older rows).
+Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS TEXT), '$.card_model'), ''),
+    COUNT(DISTINCT c.card_id) FROM requests r
+    JOIN certificates c ON c.request_id = r.request_id LEFT JOIN outbox o ON o.request_id = r.request_id
+    WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
+    GROUP BY 1, 2"""
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
@@ -274,6 +310,43 @@ class AuditEntry:
     operator_id: str | None = None   # the requester's operator; None: the operator of request_id's request
     card_id: str = ""                # the card concerned, when the writer knows it
     holder_cf: str = ""              # its holder's codice fiscale, when the writer knows it
+
+
+@dataclass(frozen=True)
+class StockEntry:
+    seq: int
+    at: float
+    chamber_code: str
+    device_model: str     # "" when central IT did not say which type
+    quantity: int
+    actor: str
+    note: str
+
+
+@dataclass(frozen=True)
+class StockBalance:
+    chamber_code: str
+    device_model: str     # "": devices of no type, or of a type the ledger has no row for in that chamber
+    sent: int
+    used: int
+
+    @property
+    def left(self) -> int:
+        return self.sent - self.used
+
+
+def stock_balance(entries, used_rows, before: float | None = None) -> dict[tuple[str, str], StockBalance]:
+    """Fold ledger rows and (chamber, model, used) rows into balances per (chamber, model), sorted. A card
+    of a model the chamber's ledger does not name counts against the chamber's untyped row ("")."""
+    sent: dict[tuple[str, str], int] = {}
+    for e in entries:
+        if before is None or e.at < before:
+            sent[(e.chamber_code, e.device_model)] = sent.get((e.chamber_code, e.device_model), 0) + e.quantity
+    used: dict[tuple[str, str], int] = {}
+    for chamber, model, n in used_rows:
+        key = (chamber, model) if (chamber, model) in sent else (chamber, "")
+        used[key] = used.get(key, 0) + int(n)
+    return {k: StockBalance(k[0], k[1], sent.get(k, 0), used.get(k, 0)) for k in sorted(set(sent) | set(used))}
 
 
 @dataclass(frozen=True)
@@ -717,6 +790,29 @@ class RequestStore:
     async def list_maintenance(self, after: float) -> list[tuple[str, float, float, str, str]]:
         return [tuple(r) for r in await self._all(Q_LIST_MAINTENANCE, (after,))]
 
+    async def record_breaker_event(self, at: float, state: str, detail: str = "") -> None:
+        """The relay's circuit breaker moved to ``state`` (open, half_open, closed) at ``at``."""
+        await self._write([(Q_INSERT_BREAKER_EVENT, (at, state[:16], (detail or "")[:MAX_ERROR_TEXT]))])
+
+    async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry, *,
+                        device_model: str = "") -> StockEntry:
+        """Append a ledger row (devices sent to a chamber; negative: taken back) with its audit row."""
+        now = self._clock()
+        await self._write([(Q_INSERT_STOCK, (now, chamber_code, device_model, quantity, audit.actor, note)),
+                           (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        rows = await self._all("SELECT seq, at, chamber_code, device_model, quantity, actor, note FROM stock_ledger "
+                               "WHERE chamber_code = ? AND at = ? ORDER BY seq DESC LIMIT 1", (chamber_code, now))
+        return StockEntry(*rows[0])
+
+    async def list_stock(self, chamber_code: str = "") -> list[StockEntry]:
+        return [StockEntry(*r) for r in await self._all(Q_LIST_STOCK, (chamber_code, chamber_code))]
+
+    async def stock_balance(self, before: float | None = None) -> dict[tuple[str, str], StockBalance]:
+        """Per chamber and model: devices sent (ledger), used (cards first issued there), left = sent - used."""
+        return stock_balance(await self.list_stock(),
+                             await self._all(Q_STOCK_USED, (self._clock() if before is None else before,)),
+                             before)
+
     async def append_audit(self, entry: AuditEntry) -> None:
         await self._write([(Q_INSERT_AUDIT, _audit_params(entry, self._clock()))])
 
@@ -777,6 +873,18 @@ def audit_query(f: AuditFilter) -> tuple[str, list[tuple[str, dict]]]:
     return sql, params
 
 
+def connect_readonly(path: Path, what: str = "the request store") -> sqlite3.Connection:
+    """A read-only connection to the store at ``path`` (see ``read_audit`` for why immutable when idle)."""
+    running = path.with_name(path.name + "-wal").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if running else "?mode=ro&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {what} in {path}: {exc}") from exc
+    return conn
+
+
 def read_audit(path: Path, f: AuditFilter) -> list[AuditEntry]:
     """The audit rows matching ``f``, read with a read-only connection (an auditor needs no write access).
 
@@ -784,14 +892,8 @@ def read_audit(path: Path, f: AuditFilter) -> list[AuditEntry]:
     writing the store, and it is read as immutable: a read-only connection would otherwise create
     ``-wal``/``-shm`` files owned by the auditor (root, say) that the daemon's user then cannot open."""
     sql, params = audit_query(f)
-    running = path.with_name(path.name + "-wal").exists()
-    uri = path.resolve().as_uri() + ("?mode=ro" if running else "?mode=ro&immutable=1")
+    conn = connect_readonly(path, "the audit trail")
     try:
-        conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return [_audit_entry(r) for r in conn.execute(sql, params).fetchall()]
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the audit trail in {path}: {exc}") from exc

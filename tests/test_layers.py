@@ -103,6 +103,7 @@ VIOLATIONS = [
     ("station_config/_violation.py", "import agent\n", "station_config imports nothing of ours"),
     ("proto/_violation.py", "import personalizer\n", "proto imports nothing of ours"),
     ("personalizer/ca/_violation.py", "import grpc\n", "CA and PKI never import grpc"),
+    ("personalizer/reports/_violation.py", "from proto.cns.v1 import admin_pb2\n", "nor do its reports"),
 ]
 
 

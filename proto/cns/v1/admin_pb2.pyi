@@ -60,3 +60,61 @@ class ListMaintenanceResponse(_message.Message):
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     windows: _containers.RepeatedCompositeFieldContainer[_personalizer_pb2.MaintenanceWindow]
     def __init__(self, windows: _Optional[_Iterable[_Union[_personalizer_pb2.MaintenanceWindow, _Mapping]]] = ...) -> None: ...
+
+class AddStockRequest(_message.Message):
+    __slots__ = ("chamber_code", "quantity", "note", "device_model")
+    CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    chamber_code: str
+    quantity: int
+    note: str
+    device_model: str
+    def __init__(self, chamber_code: _Optional[str] = ..., quantity: _Optional[int] = ..., note: _Optional[str] = ..., device_model: _Optional[str] = ...) -> None: ...
+
+class StockEntry(_message.Message):
+    __slots__ = ("seq", "at", "chamber_code", "quantity", "actor", "note", "device_model")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: int
+    chamber_code: str
+    quantity: int
+    actor: str
+    note: str
+    device_model: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[int] = ..., chamber_code: _Optional[str] = ..., quantity: _Optional[int] = ..., actor: _Optional[str] = ..., note: _Optional[str] = ..., device_model: _Optional[str] = ...) -> None: ...
+
+class ListStockRequest(_message.Message):
+    __slots__ = ("chamber_code",)
+    CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
+    chamber_code: str
+    def __init__(self, chamber_code: _Optional[str] = ...) -> None: ...
+
+class StockBalance(_message.Message):
+    __slots__ = ("chamber_code", "sent", "used", "left", "device_model")
+    CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    chamber_code: str
+    sent: int
+    used: int
+    left: int
+    device_model: str
+    def __init__(self, chamber_code: _Optional[str] = ..., sent: _Optional[int] = ..., used: _Optional[int] = ..., left: _Optional[int] = ..., device_model: _Optional[str] = ...) -> None: ...
+
+class ListStockResponse(_message.Message):
+    __slots__ = ("entries", "balances")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BALANCES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[StockEntry]
+    balances: _containers.RepeatedCompositeFieldContainer[StockBalance]
+    def __init__(self, entries: _Optional[_Iterable[_Union[StockEntry, _Mapping]]] = ..., balances: _Optional[_Iterable[_Union[StockBalance, _Mapping]]] = ...) -> None: ...

@@ -65,6 +65,16 @@ class QueueAdminStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceResponse.FromString,
                 _registered_method=True)
+        self.AddStock = channel.unary_unary(
+                '/cns.v1.QueueAdmin/AddStock',
+                request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.AddStockRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.StockEntry.FromString,
+                _registered_method=True)
+        self.ListStock = channel.unary_unary(
+                '/cns.v1.QueueAdmin/ListStock',
+                request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.FromString,
+                _registered_method=True)
 
 
 class QueueAdminServicer:
@@ -111,6 +121,20 @@ class QueueAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddStock(self, request, context):
+        """Record devices sent to a chamber (negative quantity: taken back): the stock ledger, append-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStock(self, request, context):
+        """The ledger and each chamber's balance: sent minus cards first issued by its stations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_QueueAdminServicer_to_server(servicer, server):
                     servicer.ListMaintenance,
                     request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceResponse.SerializeToString,
+            ),
+            'AddStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddStock,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.AddStockRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.StockEntry.SerializeToString,
+            ),
+            'ListStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStock,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class QueueAdmin:
             '/cns.v1.QueueAdmin/ListMaintenance',
             proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_admin__pb2.ListMaintenanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.QueueAdmin/AddStock',
+            proto_dot_cns_dot_v1_dot_admin__pb2.AddStockRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_admin__pb2.StockEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.QueueAdmin/ListStock',
+            proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.FromString,
             options,
             channel_credentials,
             insecure,
