@@ -8,8 +8,10 @@ Tables: ``requests`` (one row per caller request id, any kind), ``outbox``
 SHA-256 of every public key an accepted issue or renew request certifies,
 UNIQUE, with its holder, profile and request: a key is certified for one
 holder, one profile, one request; it is freed only if that request ended
-FAILED or CANCELLED without a certificate; every issuance reaches the CA
-through this store's outbox, so the CA's own index needs no second check).
+FAILED or CANCELLED without a certificate; ``complete_issue`` and the
+one-time back-fill at open also bind keys of requests accepted before the
+table existed; every issuance reaches the CA through this store's outbox,
+so the CA's own index needs no second check).
 
 Narrow interface used by the broker and the relay::
 
@@ -168,6 +170,8 @@ Q_MARK_KEYS_BACKFILLED = "INSERT INTO meta (key, value) VALUES ('certified_keys_
 Q_CERTIFICATES_TO_BIND = "SELECT certificate_der, COALESCE(holder_cf, ''), profile, request_id FROM certificates"
 Q_BACKFILL_KEY = """INSERT OR IGNORE INTO certified_keys (key_sha256, holder_cf, profile, request_id, bound_at)
     VALUES (?, ?, ?, ?, ?)"""
+# At completion: the issued certificate's key, for requests accepted before this table existed (no-op otherwise).
+Q_BIND_ISSUED_KEY = Q_BACKFILL_KEY
 KEY_CONSTRAINT = "certified_keys.key_sha256"   # in sqlite's "UNIQUE constraint failed: ..." message
 Q_INSERT_AUDIT_IF_NEW = f"INSERT INTO audit ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} WHERE changes() = 1"
 Q_ENSURE_OUTBOX = """INSERT OR IGNORE INTO outbox
@@ -661,14 +665,20 @@ class RequestStore:
     async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
                              holder_cf: str, audit: AuditEntry) -> None:
         now = self._clock()
-        await self._write([
+        statements = [
             (Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
                                     int(issued.not_before.timestamp()), int(issued.not_after.timestamp()),
                                     issued.certificate_der, _pack_chain(issued.chain_der), card_id, holder_cf)),
             (Q_COMPLETE_REQUEST, (STATE_ISSUED, issued.ref.issuer_dn, issued.ref.serial_hex, now, request_id)),
             (Q_OUTBOX_DONE, ("done", None, now, request_id)),
             (Q_INSERT_AUDIT, _audit_params(audit, now)),
-        ])
+        ]
+        try:
+            statements.append((Q_BIND_ISSUED_KEY, (certificate_key_sha256(issued.certificate_der), holder_cf or "",
+                                                   profile, request_id, now)))
+        except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
+            pass
+        await self._write(statements)
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         now = self._clock()

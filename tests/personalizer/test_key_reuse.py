@@ -205,3 +205,29 @@ def test_the_daemon_answers_key_reuse_with_invalid_argument_on_csr_der(station_s
     details = ei.value.details()
     assert details.startswith("csr_der: ") and "another holder" in details and "\n" not in details, details
     assert helpers.CF not in details, details
+
+
+def test_a_request_accepted_before_the_rule_binds_its_key_when_issued(deployment, tmp_path):
+    """Queued by an older version (no key row) and issued after the upgrade: its key is bound then."""
+    from personalizer.outbox import KIND_ISSUE, LANE_OF, IssuancePayload
+    from personalizer.store import RequestRecord
+    clock = FakeClock(dt.datetime.now(dt.timezone.utc))
+
+    async def go():
+        async with Env(deployment, tmp_path, clock, ServiceCalendar(always_open=True)) as env:
+            key = keys.fresh_key()
+            rid = str(uuid.uuid4())
+            payload = IssuancePayload(profile="qualified-signature", csr_der=helpers.csr_der(key),
+                                      codice_fiscale=helpers.CF, given_name="Mario", surname="Rossi",
+                                      birth_date="1980-01-01", card_id="7420000000009999", dati_personali_hash=None)
+            rec = RequestRecord(request_id=rid, kind=KIND_ISSUE, profile="qualified-signature",
+                                payload_sha256=uuid.uuid4().bytes, chamber_code="RM", station_id="RM-STATION-01",
+                                operator_id="op-1")
+            assert await env.store.enqueue(rec, lane=LANE_OF[KIND_ISSUE], payload=payload.encode(),
+                                           audit=AuditEntry("test", "RM-STATION-01", KIND_ISSUE, rid, "", "accepted"))
+            await env.relay.run_once()
+            assert (await env.store.get_request(rid)).state == "ISSUED"
+            with pytest.raises(InvalidRequest) as ei:
+                await env.broker.submit_issue(_issue(helpers.csr_der(key)))
+            _refused(ei, "qualified-signature profile")
+    asyncio.run(go())
