@@ -4,7 +4,12 @@ raw RSA private operations.
 Owns: the precomputed key pool used by the ``zero`` timing model, so that tests
 and benchmarks measure our code rather than Python key generation. The pool is
 generated once per RSA size and cached under ``$CNS_EMULATOR_CACHE`` (default
-``~/.cache/cns-emulator``); draws rotate through it.
+``~/.cache/cns-emulator``). A draw is a PAIR of the pool's primes, so draws in
+one process never repeat a modulus (the personalizer certifies a public key
+once, as real cards never generate the same key twice): POOL_SIZE keys give
+2·POOL_SIZE primes, and more primes are generated in memory when a long run
+(a benchmark of thousands of renewals) has used every pair. Keys sharing a
+prime are weak: this is an emulator for tests only.
 
 Imports: ``firmware_profiles.emulator.state`` only.
 """
@@ -25,7 +30,7 @@ PUBLIC_EXPONENT = 65537
 POOL_SIZE = 16
 
 _lock = threading.Lock()
-_pools: dict[int, list[KeyRecord]] = {}
+_primes: dict[int, list[int]] = {}
 _next: dict[int, int] = {}
 
 
@@ -62,17 +67,38 @@ def _load_pool(bits: int) -> list[KeyRecord]:
         return keys
 
 
+def _pair(bits: int, i: int) -> KeyRecord | None:
+    """The i-th pair of primes (1,0), (2,0), (2,1), (3,0), ... as a key; None if its modulus is short."""
+    a = int((1 + (1 + 8 * i) ** 0.5) / 2)
+    while a * (a - 1) // 2 > i:
+        a -= 1
+    while (a + 1) * a // 2 <= i:
+        a += 1
+    b = i - a * (a - 1) // 2
+    primes = _primes[bits]
+    while len(primes) <= a:   # every pair used: more primes (in memory)
+        k = generate(bits)
+        primes.extend((k.p, k.q))
+    p, q = max(primes[a], primes[b]), min(primes[a], primes[b])
+    if (p * q).bit_length() != bits:
+        return None
+    d = rsa.rsa_recover_private_exponent(PUBLIC_EXPONENT, p, q)
+    return KeyRecord(p * q, PUBLIC_EXPONENT, d, p, q)
+
+
 def from_pool(bits: int) -> KeyRecord:
-    """A key from the cached pool (distinct on consecutive draws within a process)."""
+    """A key built from the cached pool's primes, never the same modulus twice in a process."""
     with _lock:
-        if bits not in _pools:
-            _pools[bits] = _load_pool(bits)
-            _next[bits] = random.randrange(POOL_SIZE)
-        pool = _pools[bits]
-        i = _next[bits]
-        _next[bits] = (i + 1) % len(pool)
-        k = pool[i]
-        return KeyRecord(k.n, k.e, k.d, k.p, k.q)
+        if bits not in _primes:
+            _primes[bits] = [p for k in _load_pool(bits) for p in (k.p, k.q)]
+            n = len(_primes[bits])
+            _next[bits] = random.randrange(n * (n - 1) // 2)   # processes start apart
+        while True:
+            i = _next[bits]
+            _next[bits] = i + 1
+            key = _pair(bits, i)
+            if key is not None:
+                return key
 
 
 def private_op(key: KeyRecord, block: bytes) -> bytes | None:
