@@ -4,12 +4,12 @@ raw RSA private operations.
 Owns: the precomputed key pool used by the ``zero`` timing model, so that tests
 and benchmarks measure our code rather than Python key generation. The pool is
 generated once per RSA size and cached under ``$CNS_EMULATOR_CACHE`` (default
-``~/.cache/cns-emulator``). A draw is a PAIR of the pool's primes, so draws in
-one process never repeat a modulus (the personalizer certifies a public key
-once, as real cards never generate the same key twice): POOL_SIZE keys give
-2·POOL_SIZE primes, and more primes are generated in memory when a long run
-(a benchmark of thousands of renewals) has used every pair. Keys sharing a
-prime are weak: this is an emulator for tests only.
+``~/.cache/cns-emulator``). A draw is a PAIR of primes, one of them generated
+by this process (one key generation per ~2·(2·POOL_SIZE) draws), the other
+from the pool or earlier in this process: no modulus is ever drawn twice, in
+this process or another (the personalizer certifies a public key once, and
+real cards never generate the same key twice). Keys sharing a prime are weak:
+this is an emulator for tests only.
 
 Imports: ``firmware_profiles.emulator.state`` only.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -30,8 +30,7 @@ PUBLIC_EXPONENT = 65537
 POOL_SIZE = 16
 
 _lock = threading.Lock()
-_primes: dict[int, list[int]] = {}
-_next: dict[int, int] = {}
+_draws: dict[int, Iterator[tuple[int, int]]] = {}
 
 
 def cache_dir() -> Path:
@@ -67,38 +66,27 @@ def _load_pool(bits: int) -> list[KeyRecord]:
         return keys
 
 
-def _pair(bits: int, i: int) -> KeyRecord | None:
-    """The i-th pair of primes (1,0), (2,0), (2,1), (3,0), ... as a key; None if its modulus is short."""
-    a = int((1 + (1 + 8 * i) ** 0.5) / 2)
-    while a * (a - 1) // 2 > i:
-        a -= 1
-    while (a + 1) * a // 2 <= i:
-        a += 1
-    b = i - a * (a - 1) // 2
-    primes = _primes[bits]
-    while len(primes) <= a:   # every pair used: more primes (in memory)
-        k = generate(bits)
-        primes.extend((k.p, k.q))
-    p, q = max(primes[a], primes[b]), min(primes[a], primes[b])
-    if (p * q).bit_length() != bits:
-        return None
-    d = rsa.rsa_recover_private_exponent(PUBLIC_EXPONENT, p, q)
-    return KeyRecord(p * q, PUBLIC_EXPONENT, d, p, q)
+def _pairs(bits: int) -> Iterator[tuple[int, int]]:
+    """Pairs of primes, each with one prime of this process's own: no other process draws its moduli."""
+    shared = [p for k in _load_pool(bits) for p in (k.p, k.q)]
+    own: list[int] = []
+    while True:   # one key generated per 2·(pool + own) draws
+        fresh = generate(bits)
+        for prime in (fresh.p, fresh.q):
+            for other in shared + own:
+                yield max(prime, other), min(prime, other)
+            own.append(prime)
 
 
 def from_pool(bits: int) -> KeyRecord:
-    """A key built from the cached pool's primes, never the same modulus twice in a process."""
+    """A key made of the cached pool's primes and this process's own: never the same modulus twice."""
     with _lock:
-        if bits not in _primes:
-            _primes[bits] = [p for k in _load_pool(bits) for p in (k.p, k.q)]
-            n = len(_primes[bits])
-            _next[bits] = random.randrange(n * (n - 1) // 2)   # processes start apart
+        pairs = _draws.setdefault(bits, _pairs(bits))
         while True:
-            i = _next[bits]
-            _next[bits] = i + 1
-            key = _pair(bits, i)
-            if key is not None:
-                return key
+            p, q = next(pairs)
+            if (p * q).bit_length() == bits:
+                d = rsa.rsa_recover_private_exponent(PUBLIC_EXPONENT, p, q)
+                return KeyRecord(p * q, PUBLIC_EXPONENT, d, p, q)
 
 
 def private_op(key: KeyRecord, block: bytes) -> bytes | None:
