@@ -67,7 +67,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
-    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance")})
+    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "EndMaintenance",
+    "RemoveMaintenance")})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

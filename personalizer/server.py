@@ -16,6 +16,7 @@ SIGINT handling. Health checking (grpc.health.v1) and reflection are on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
+from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
 from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
 from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.relay import Relay
@@ -45,15 +47,28 @@ ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_na
 
 log = logging.getLogger(__name__)
 
-# Keepalive: clients ping at most every 20 s (station_config); accept that, ping idle clients every 60 s.
-SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 1 << 20),
-]
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+def server_options(s) -> list[tuple[str, object]]:
+    """grpc core channel arguments of the server, from ``[server]`` (names as in grpc's
+    include/grpc/impl/channel_arg_names.h; an unknown name is silently ignored by grpc, so
+    tests/personalizer/test_daemon_limits.py proves each one takes effect)."""
+    return [
+        # ping idle clients every 60 s; accept client pings every keepalive_min_ping_seconds (agents: 20 s)
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_ping_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # idle or slow clients: TLS must finish in time; total connections are capped (fd budget)
+        ("grpc.server_handshake_timeout_ms", int(s.handshake_timeout_seconds * 1000)),
+        ("grpc.max_allowed_incoming_connections", s.max_connections),
+        # a second daemon on the same port must fail to bind, not share it (grpc sets SO_REUSEPORT by default)
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
@@ -118,14 +133,29 @@ class Daemon:
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
     port: int = 0
+    lock: StoreLock | None = None
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def create(cls, cfg: DaemonConfig) -> "Daemon":
-        ca = build_ca(cfg)
-        if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
-            await ca.open()
-        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+        """Lock the store, open the CA and the store, assemble. On any failure everything opened so far is
+        closed again (an open store or CA keeps threads that would keep a failed process alive)."""
+        async with contextlib.AsyncExitStack() as undo:
+            lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
+            undo.callback(lock.release)
+            ca = build_ca(cfg)
+            undo.push_async_callback(ca.close)
+            if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+                await ca.open()
+            store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+            undo.push_async_callback(store.close)
+            daemon = await cls._assemble(cfg, ca, store)
+            daemon.lock = lock
+            undo.pop_all()
+            return daemon
+
+    @classmethod
+    async def _assemble(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore) -> "Daemon":
         if isinstance(ca, EmbeddedCA):
             ca.attach_registry(store)
         b = cfg.broker
@@ -140,10 +170,11 @@ class Daemon:
                       on_status_change=publisher.publish_now if publisher is not None else None)
         broker.wake_relay = relay.wake
         broker.relay = relay
-        server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=SERVER_OPTIONS)
+        server = grpc.aio.server(interceptors=[identity.AuthInterceptor()], options=server_options(cfg.server))
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
-        admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay), server)
+        admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
+                                                                            config_windows=cfg.maintenance), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -159,9 +190,16 @@ class Daemon:
         if cfg.metrics.enabled:
             daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port,
                                                   status=daemon.status_for_scrape)
-        daemon.port = server.add_secure_port(s.listen, creds)
+        try:
+            daemon.port = 0 if address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
+        except RuntimeError:   # grpcio raises on a failed bind
+            daemon.port = 0
         if daemon.port == 0:
-            raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
+            port = s.listen.rpartition(":")[2]
+            holder = port_holder(int(port)) if port.isdigit() and int(port) else None
+            raise ConfigError(cfg.source, "server.listen",
+                              f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
+                                                                   "the address is in use or not local"))
         return daemon
 
     async def status_figures(self) -> StatusFigures:
@@ -222,21 +260,29 @@ class Daemon:
             self.metrics_server.stop()
         await self.store.close()
         await self.ca.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 async def serve(cfg: DaemonConfig, *, ready=None) -> None:
+    before, after = raise_fd_limit()
+    log.info("open files limit %d%s", after, f" (raised from {before})" if after != before else "")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):   # before "listening" is printed: a prompt SIGTERM is clean too
+        loop.add_signal_handler(sig, stopping.set)
     daemon = await Daemon.create(cfg)
-    port = await daemon.start()
+    try:
+        port = await daemon.start()
+    except BaseException:
+        await daemon.stop(0)   # nothing half-started stays up without listening
+        raise
     if ready is not None:
         ready(port)
     if daemon.metrics_server is not None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
     if daemon.publisher is not None:
         print(f"cns-personalizer: pki on port {daemon.publisher.port}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down (grace %.1f s)", cfg.server.grace_seconds)
     await daemon.stop()
