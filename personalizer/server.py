@@ -119,7 +119,8 @@ def build_publisher(cfg: DaemonConfig, ca):
         raise ConfigError(cfg.source, "pki.enabled", f"CRL/OCSP publication is not installed ({exc})") from exc
     p = cfg.pki
     return PkiPublisher(ca, crl_dir=p.crl_dir, http_host=p.http_host, http_port=p.http_port,
-                        refresh_seconds=p.refresh_seconds)
+                        refresh_seconds=p.refresh_seconds, max_connections=p.max_connections,
+                        request_timeout=p.request_timeout_seconds)
 
 
 @dataclass

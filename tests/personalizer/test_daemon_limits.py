@@ -262,3 +262,139 @@ crl_dir = "crl-cannot-serve"
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "serve failed" in err, err
     assert "listening on port" not in r.stdout
+
+
+# -- no exhaustion by idle or slow clients ---------------------------------------------------------
+
+def _idle_sockets(port: int, n: int, payload: bytes = b"") -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if payload:
+            s.sendall(payload)
+        out.append(s)
+    return out
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def _fd_limits(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files line")
+
+
+def _low_fd_limit():
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))   # a stock systemd/login default
+
+
+def test_handshake_timeout_closes_idle_connections(dep):
+    # grpc's default handshake timeout is 120 s: an idle socket still open after 4 s means the option was ignored
+    d = helpers.DaemonProcess(variant(dep, "handshake", server="handshake_timeout_seconds = 1"))
+    try:
+        (s,) = _idle_sockets(d.port, 1)
+        assert _closed_by_server(s, 4)
+        s.close()
+    finally:
+        assert d.stop() == 0
+
+
+def test_connection_cap_refuses_beyond_the_limit(dep):
+    d = helpers.DaemonProcess(variant(dep, "cap", server="max_connections = 10\nhandshake_timeout_seconds = 60"))
+    try:
+        idle = _idle_sockets(d.port, 10)
+        time.sleep(0.3)
+        (extra,) = _idle_sockets(d.port, 1)
+        assert _closed_by_server(extra, 2), "the 11th connection was accepted: grpc.max_allowed_incoming_connections ignored"
+        assert not _closed_by_server(idle[0], 0.2)
+        for s in idle + [extra]:
+            s.close()
+        # once the idle ones are gone a station connects again
+        deadline = time.time() + 10
+        ch = station_channel(dep, d.port)
+        while True:
+            try:
+                assert pb_grpc.PersonalizerStub(ch).GetCAStatus(pb.GetCAStatusRequest(), timeout=5).connector
+                break
+            except grpc.RpcError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        ch.close()
+    finally:
+        assert d.stop() == 0
+
+
+PKI = """
+[pki]
+enabled = true
+http_host = "127.0.0.1"
+http_port = 0
+crl_dir = "crl-{name}"
+{more}
+"""
+
+
+def _pki_daemon(dep, name: str, *, server: str = "", more: str = ""):
+    import re
+    d = helpers.DaemonProcess(variant(dep, name, server=server, extra=PKI.format(name=name, more=more)),
+                              preexec_fn=_low_fd_limit)
+    m = re.search(r"pki on port (\d+)", d.proc.stdout.readline())
+    assert m, "no pki port"
+    d.pki_port = int(m.group(1))
+    return d
+
+
+def _get_crl(port: int, timeout: float = 5) -> bytes:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/crl/cns-issuing-ca.crl", timeout=timeout) as r:
+        return r.read()
+
+
+def test_http_connection_cap_evicts_slow_loris_and_keeps_serving(dep):
+    d = _pki_daemon(dep, "loris-cap", more="max_connections = 50\nrequest_timeout_seconds = 60")
+    try:
+        loris = _idle_sockets(d.pki_port, 200, b"GET /crl/cns-issuing-ca.crl HTTP/1.1\r\nHost: x\r\n")
+        assert _get_crl(d.pki_port)[:1] == b"\x30"
+        closed = sum(_closed_by_server(s, 0.05) for s in loris)
+        assert closed >= 150, f"only {closed} of 200 slow requests were dropped with a cap of 50"
+        for s in loris:
+            s.close()
+    finally:
+        assert d.stop() == 0
+
+
+def test_1100_idle_and_slow_clients_do_not_stop_issuance_or_crls(dep):
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # this test process holds 2,200 sockets too
+    # started with the stock soft limit of 1024 open files: the daemon raises it to the hard limit
+    d = _pki_daemon(dep, "flood", server="handshake_timeout_seconds = 10")
+    try:
+        soft, hard = _fd_limits(d.proc.pid)
+        assert soft == hard, (soft, hard)
+        idle = _idle_sockets(d.port, 1100)
+        loris = _idle_sockets(d.pki_port, 1100, b"GET /crl/cns-issuing-ca.crl HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        ch = station_channel(dep, d.port)
+        resp = pb_grpc.PersonalizerStub(ch).SubmitIssue(helpers.issue_request(), timeout=TIMEOUT)
+        assert resp.state == pb.REQUEST_STATE_ISSUED and resp.certificate_der
+        assert _get_crl(d.pki_port)[:1] == b"\x30"
+        assert time.monotonic() - t0 < 10
+        ch.close()
+        for s in idle + loris:
+            s.close()
+    finally:
+        assert d.stop() == 0
