@@ -12,6 +12,13 @@ marks health NOT_SERVING, drains the gRPC server with the configured grace
 period, stops the relay (rows it claimed stay ``sending`` and are retried
 after ``find_issued`` on the next start), then closes the store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
 SIGINT handling. Health checking (grpc.health.v1) and reflection are on.
+
+One daemon per store and port: ``create`` first takes ``guard.StoreLock`` on
+the data directory (a second daemon is refused with the holder's pid) and
+binds without SO_REUSEPORT (a busy port is refused naming its holder). If
+start-up fails, everything opened is closed and the process exits non-zero.
+``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
+handshake timeout and a cap on concurrent connections.
 """
 from __future__ import annotations
 

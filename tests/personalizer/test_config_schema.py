@@ -78,3 +78,21 @@ def test_from_rows_skips_unreadable_rows_and_says_why():
     got, problems = windows.from_rows(rows, now=now)
     assert [w.id for w in got] == ["ok"]
     assert len(problems) == 3 and all("skipped" in p for p in problems)
+
+
+def test_repeated_identical_log_lines_are_rate_limited():
+    import logging
+
+    from personalizer.guard import RepeatFilter
+    now = [0.0]
+    f = RepeatFilter(burst=3, window=60, clock=lambda: now[0])
+
+    def rec(msg, *args):
+        return logging.LogRecord("personalizer.x", logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [f.filter(rec("CA refused %s", "the same")) for _ in range(1000)]
+    assert sum(passed) == 3
+    assert f.filter(rec("CA refused %s", "another"))   # a different message is not held back
+    now[0] = 61.0
+    r = rec("CA refused %s", "the same")
+    assert f.filter(r) and "997 identical message(s) suppressed" in r.getMessage()
