@@ -84,7 +84,8 @@ REQUESTER_OPTIONAL = frozenset(_SERVICE + m for m in ("GetRequest", "WatchReques
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
-    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "AddStock", "ListStock")})
+    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "EndMaintenance",
+    "RemoveMaintenance", "AddStock", "ListStock")})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
