@@ -75,8 +75,10 @@ def test_closed_pipe_exits_quietly(deployment, daemon, tmp_path):
 
 def test_text_output_is_lines_not_python_reprs(deployment, daemon, tmp_path):
     cfg = str(_admin(deployment, daemon, tmp_path))
-    add = run("cnsctl", "--config", cfg, "maintenance", "add", "--start", "2030-01-05T20:00:00+01:00",
-              "--end", "2030-01-05T22:00:00+01:00", "--reason", "cli test")
+    import datetime as dt
+    start = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)).replace(microsecond=0)
+    add = run("cnsctl", "--config", cfg, "maintenance", "add", "--start", start.isoformat(),
+              "--end", (start + dt.timedelta(hours=2)).isoformat(), "--reason", "cli test")
     assert add.returncode == 0, add.stderr
     for args in (("maintenance", "list"), ("ca-status",)):
         r = run("cnsctl", "--config", cfg, *args)
