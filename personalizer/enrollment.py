@@ -180,7 +180,8 @@ class Enrollment:
                                                  f"refused:{exc.code}", why, operator_id=""))
         raise exc
 
-    async def enroll(self, code: str, csr_der: bytes, *, peer: str = "") -> IssuedStation:
+    async def enroll(self, code: str, csr_der: bytes, *, peer: str = "",
+                     expect: tuple[str, str] | None = None) -> IssuedStation:
         """Spend ``code`` and return the certificate for its station; refused (nothing changed) otherwise."""
         if not re.fullmatch(r"[a-z2-7]{32}", code or ""):
             await self._refuse_enroll(peer, "", "malformed code", InvalidRequest(
@@ -200,6 +201,10 @@ class Enrollment:
             when = _dt.datetime.fromtimestamp(expires_at, _dt.timezone.utc).isoformat(timespec="minutes")
             await self._refuse_enroll(peer, station, "code expired", Unauthenticated(
                 f"this enrollment code expired at {when}; ask central IT for a new one"))
+        if expect is not None and expect != (station, chamber):
+            await self._refuse_enroll(peer, station, "code for another station", FailedPrecondition(
+                f"this enrollment code is for station {station} ({chamber}), not {expect[0]} ({expect[1]}) whose "
+                "configuration is in that folder; use another --dir (the code is still valid)"))
         cert, serial = self._issue(station, chamber, key)
         if not await self.store.use_enrollment_code(
                 h, now, serial, cert.not_valid_after_utc.timestamp(),

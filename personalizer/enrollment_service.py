@@ -42,7 +42,10 @@ class StationEnrollmentService(epb_grpc.StationEnrollmentServicer):
 
     @_translate
     async def _enroll(self, request, context):
-        return _cert(await self._enrollment.enroll(request.code, request.csr_der, peer=context.peer() or ""))
+        expect = ((request.expect_station_id, request.expect_chamber_code)
+                  if request.expect_station_id or request.expect_chamber_code else None)
+        return _cert(await self._enrollment.enroll(request.code, request.csr_der, peer=context.peer() or "",
+                                                   expect=expect))
 
 
 class StationAdminService(epb_grpc.StationAdminServicer):

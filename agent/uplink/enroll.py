@@ -180,8 +180,9 @@ def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int 
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
     with grpc.secure_channel(target, creds, options=options) as ch:
         try:
-            r = epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(code=code, csr_der=csr_der),
-                                                          timeout=timeout)
+            r = epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(
+                code=code, csr_der=csr_der, expect_station_id=existing[0] if existing else "",
+                expect_chamber_code=existing[1] if existing else ""), timeout=timeout)
         except grpc.RpcError as exc:
             raise _rpc_error(exc, f"the personalizer at {target}") from None
     cert = _check_issued(r.certificate_pem.encode(), key, ca_pem)

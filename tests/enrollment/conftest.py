@@ -14,7 +14,10 @@ ENROLL_RE = re.compile(r"enrollment on port (\d+)")
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("enroll") / "cns"
-    return deploy.init_deployment(root, chamber="RM", listen="127.0.0.1:0", demo_station=False)
+    dep = deploy.init_deployment(root, chamber="RM", listen="127.0.0.1:0", demo_station=False)
+    cfg = dep.server_config                      # room for this module's enrollments from one address
+    cfg.write_text(cfg.read_text().replace("code_hours = 72", "code_hours = 72\nattempts_per_minute = 20"))
+    return dep
 
 
 @pytest.fixture(scope="module")

@@ -175,3 +175,29 @@ def test_only_enroll_is_reachable_without_a_client_certificate(admin, daemon, de
         with pytest.raises(grpc.RpcError) as exc:                   # nor reach Enroll there
             epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(code="a" * 32), timeout=5)
         assert exc.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_a_code_for_another_station_does_not_overwrite_this_one(admin, daemon, capsys, tmp_path):
+    d = tmp_path / "station"
+    assert _enroll(daemon, capsys, _add(admin, capsys, "RM-ENR-06"), d)[0] == 0
+    before = _snapshot(d)
+    other = _add(admin, capsys, "RM-ENR-07")
+    rc, _, err = _enroll(daemon, capsys, other, d)
+    assert rc == 1 and "RM-ENR-06" in err and "another --dir" in err
+    assert _snapshot(d) == before
+    rc, _, err = _enroll(daemon, capsys, other, tmp_path / "other")   # the code was not spent
+    assert rc == 0, err
+
+
+def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
+    """Last in this module: it uses up this address's enrollment attempts."""
+    _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
+    errors = []
+    for _ in range(25):
+        rc, _, err = _enroll(daemon, capsys, f"{enrollment_code.new_code()}-{fp}", tmp_path / "s")
+        assert rc == 1
+        errors.append(err)
+        if "too many" in err:
+            break
+    assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
+    assert len(errors) <= 20

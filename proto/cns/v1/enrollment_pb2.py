@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cns/v1/enrollment.proto\x12\x06\x63ns.v1\".\n\rEnrollRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\"\x92\x01\n\x12StationCertificate\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\t\x12\x12\n\ntls_ca_pem\x18\x04 \x01(\t\x12\x11\n\tnot_after\x18\x05 \x01(\x03\x12\x12\n\nserial_hex\x18\x06 \x01(\t\"R\n\x11\x41\x64\x64StationRequest\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x13\n\x0bvalid_hours\x18\x03 \x01(\r\"=\n\x12\x41\x64\x64StationResponse\x12\x13\n\x0b\x63ode_bundle\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"P\n\x14RevokeStationRequest\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xa1\x01\n\rStationRecord\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\x03\x12\x12\n\nserial_hex\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x1c\n\x14revoked_certificates\x18\x07 \x01(\r\"+\n\x13ListStationsRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\"?\n\x14ListStationsResponse\x12\'\n\x08stations\x18\x01 \x03(\x0b\x32\x15.cns.v1.StationRecord\"&\n\x13RenewStationRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x32P\n\x11StationEnrollment\x12;\n\x06\x45nroll\x12\x15.cns.v1.EnrollRequest\x1a\x1a.cns.v1.StationCertificate2\xad\x02\n\x0cStationAdmin\x12\x43\n\nAddStation\x12\x19.cns.v1.AddStationRequest\x1a\x1a.cns.v1.AddStationResponse\x12\x44\n\rRevokeStation\x12\x1c.cns.v1.RevokeStationRequest\x1a\x15.cns.v1.StationRecord\x12I\n\x0cListStations\x12\x1b.cns.v1.ListStationsRequest\x1a\x1c.cns.v1.ListStationsResponse\x12G\n\x0cRenewStation\x12\x1b.cns.v1.RenewStationRequest\x1a\x1a.cns.v1.StationCertificateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cns/v1/enrollment.proto\x12\x06\x63ns.v1\"f\n\rEnrollRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\x12\x19\n\x11\x65xpect_station_id\x18\x03 \x01(\t\x12\x1b\n\x13\x65xpect_chamber_code\x18\x04 \x01(\t\"\x92\x01\n\x12StationCertificate\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\t\x12\x12\n\ntls_ca_pem\x18\x04 \x01(\t\x12\x11\n\tnot_after\x18\x05 \x01(\x03\x12\x12\n\nserial_hex\x18\x06 \x01(\t\"R\n\x11\x41\x64\x64StationRequest\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x13\n\x0bvalid_hours\x18\x03 \x01(\r\"=\n\x12\x41\x64\x64StationResponse\x12\x13\n\x0b\x63ode_bundle\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"P\n\x14RevokeStationRequest\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xa1\x01\n\rStationRecord\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\x03\x12\x12\n\nserial_hex\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x1c\n\x14revoked_certificates\x18\x07 \x01(\r\"+\n\x13ListStationsRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\"?\n\x14ListStationsResponse\x12\'\n\x08stations\x18\x01 \x03(\x0b\x32\x15.cns.v1.StationRecord\"&\n\x13RenewStationRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x32P\n\x11StationEnrollment\x12;\n\x06\x45nroll\x12\x15.cns.v1.EnrollRequest\x1a\x1a.cns.v1.StationCertificate2\xad\x02\n\x0cStationAdmin\x12\x43\n\nAddStation\x12\x19.cns.v1.AddStationRequest\x1a\x1a.cns.v1.AddStationResponse\x12\x44\n\rRevokeStation\x12\x1c.cns.v1.RevokeStationRequest\x1a\x15.cns.v1.StationRecord\x12I\n\x0cListStations\x12\x1b.cns.v1.ListStationsRequest\x1a\x1c.cns.v1.ListStationsResponse\x12G\n\x0cRenewStation\x12\x1b.cns.v1.RenewStationRequest\x1a\x1a.cns.v1.StationCertificateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.enrollment_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST']._serialized_start=41
-  _globals['_ENROLLREQUEST']._serialized_end=87
-  _globals['_STATIONCERTIFICATE']._serialized_start=90
-  _globals['_STATIONCERTIFICATE']._serialized_end=236
-  _globals['_ADDSTATIONREQUEST']._serialized_start=238
-  _globals['_ADDSTATIONREQUEST']._serialized_end=320
-  _globals['_ADDSTATIONRESPONSE']._serialized_start=322
-  _globals['_ADDSTATIONRESPONSE']._serialized_end=383
-  _globals['_REVOKESTATIONREQUEST']._serialized_start=385
-  _globals['_REVOKESTATIONREQUEST']._serialized_end=465
-  _globals['_STATIONRECORD']._serialized_start=468
-  _globals['_STATIONRECORD']._serialized_end=629
-  _globals['_LISTSTATIONSREQUEST']._serialized_start=631
-  _globals['_LISTSTATIONSREQUEST']._serialized_end=674
-  _globals['_LISTSTATIONSRESPONSE']._serialized_start=676
-  _globals['_LISTSTATIONSRESPONSE']._serialized_end=739
-  _globals['_RENEWSTATIONREQUEST']._serialized_start=741
-  _globals['_RENEWSTATIONREQUEST']._serialized_end=779
-  _globals['_STATIONENROLLMENT']._serialized_start=781
-  _globals['_STATIONENROLLMENT']._serialized_end=861
-  _globals['_STATIONADMIN']._serialized_start=864
-  _globals['_STATIONADMIN']._serialized_end=1165
+  _globals['_ENROLLREQUEST']._serialized_end=143
+  _globals['_STATIONCERTIFICATE']._serialized_start=146
+  _globals['_STATIONCERTIFICATE']._serialized_end=292
+  _globals['_ADDSTATIONREQUEST']._serialized_start=294
+  _globals['_ADDSTATIONREQUEST']._serialized_end=376
+  _globals['_ADDSTATIONRESPONSE']._serialized_start=378
+  _globals['_ADDSTATIONRESPONSE']._serialized_end=439
+  _globals['_REVOKESTATIONREQUEST']._serialized_start=441
+  _globals['_REVOKESTATIONREQUEST']._serialized_end=521
+  _globals['_STATIONRECORD']._serialized_start=524
+  _globals['_STATIONRECORD']._serialized_end=685
+  _globals['_LISTSTATIONSREQUEST']._serialized_start=687
+  _globals['_LISTSTATIONSREQUEST']._serialized_end=730
+  _globals['_LISTSTATIONSRESPONSE']._serialized_start=732
+  _globals['_LISTSTATIONSRESPONSE']._serialized_end=795
+  _globals['_RENEWSTATIONREQUEST']._serialized_start=797
+  _globals['_RENEWSTATIONREQUEST']._serialized_end=835
+  _globals['_STATIONENROLLMENT']._serialized_start=837
+  _globals['_STATIONENROLLMENT']._serialized_end=917
+  _globals['_STATIONADMIN']._serialized_start=920
+  _globals['_STATIONADMIN']._serialized_end=1221
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("code", "csr_der")
+    __slots__ = ("code", "csr_der", "expect_station_id", "expect_chamber_code")
     CODE_FIELD_NUMBER: _ClassVar[int]
     CSR_DER_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_STATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
     code: str
     csr_der: bytes
-    def __init__(self, code: _Optional[str] = ..., csr_der: _Optional[bytes] = ...) -> None: ...
+    expect_station_id: str
+    expect_chamber_code: str
+    def __init__(self, code: _Optional[str] = ..., csr_der: _Optional[bytes] = ..., expect_station_id: _Optional[str] = ..., expect_chamber_code: _Optional[str] = ...) -> None: ...
 
 class StationCertificate(_message.Message):
     __slots__ = ("station_id", "chamber_code", "certificate_pem", "tls_ca_pem", "not_after", "serial_hex")
