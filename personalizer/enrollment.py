@@ -214,8 +214,13 @@ class Enrollment:
                 "this enrollment code was already used; each code enrolls once: ask central IT for a new one"))
         return self._result(station, chamber, cert, serial)
 
-    async def renew(self, station_id: str, chamber_code: str, csr_der: bytes) -> IssuedStation:
-        """A new certificate (new key) for an enrolled station calling as itself."""
+    async def renew(self, station_id: str, chamber_code: str, csr_der: bytes, *,
+                    current_serial: str = "") -> IssuedStation:
+        """A new certificate (new key) for an enrolled station calling as itself (with ``current_serial``).
+
+        Every other certificate of the station (older ones, which it no longer uses) is revoked as
+        superseded; the calling one stays valid until the agent has switched to the new one, so a crash
+        between this answer and the agent's write never locks the station out."""
         key = public_key_of(csr_der)
         state = await self.store.station_state(chamber_code, station_id)
         if state == "revoked":
@@ -229,6 +234,12 @@ class Enrollment:
                 AuditEntry(identity_uri(ROLE_STATION, station_id, chamber_code), station_id, "station-renew", None,
                            serial, "done", operator_id="")):
             raise PermissionDenied(f"station {station_id} of chamber {chamber_code} is no longer enrolled")
+        keep = {serial, current_serial.upper().lstrip("0")}
+        superseded = [s for s in await self.store.station_serials(chamber_code, station_id)
+                      if s.lstrip("0") not in keep]
+        for s in superseded:
+            tls_clients.revoke(self.client_crl, self.ca_cert, self._ca_key, int(s, 16), "superseded")
+        await self.store.mark_station_certificates_revoked(superseded)
         return self._result(station_id, chamber_code, cert, serial)
 
     async def revoke(self, actor: str, station_id: str, chamber_code: str, reason: str = "") -> int:

@@ -84,7 +84,15 @@ class StationAdminService(epb_grpc.StationAdminServicer):
     @_translate
     async def RenewStation(self, request, context):
         ident = identity.current_identity()
-        return _cert(await self._enrollment.renew(ident.subject_id, ident.chamber_code, request.csr_der))
+        return _cert(await self._enrollment.renew(ident.subject_id, ident.chamber_code, request.csr_der,
+                                                  current_serial=_caller_serial(context)))
+
+
+def _caller_serial(context) -> str:
+    """The serial (hex) of the client certificate this call came with (verified by the interceptor)."""
+    from cryptography import x509
+    pems = context.auth_context().get(identity.AUTH_PEM_KEY) or []
+    return f"{x509.load_pem_x509_certificate(pems[0]).serial_number:X}" if pems else ""
 
 
 def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: bytes, tls_chain: bytes,

@@ -898,6 +898,12 @@ class RequestStore:
                                "AND not_after > ? ORDER BY issued_at", (chamber_code, station_id, self._clock()))
         return [r[0] for r in rows]
 
+    async def mark_station_certificates_revoked(self, serials: list[str]) -> None:
+        """Record that these station certificates are now in the client CRL (superseded by a renewal)."""
+        now = self._clock()
+        await self._write([("UPDATE station_certificates SET revoked_at = ? WHERE serial_hex = ? AND revoked_at IS NULL",
+                            (now, s)) for s in serials] or [("SELECT 1", ())])
+
     async def revoke_station(self, chamber_code: str, station_id: str, audit: AuditEntry) -> bool:
         """Mark the station revoked, its certificates revoked and its unused codes spent; False if unknown."""
         now = self._clock()

@@ -154,6 +154,22 @@ def test_renewal_over_mtls_switches_to_a_new_key(admin, daemon, capsys, tmp_path
     assert (d / "client.key.pem").stat().st_mode & 0o777 == 0o600
     assert not list(d.glob("*.new")) and not list(d.glob("*.tmp"))
     assert _ca_status(station_config.load(d / "station.toml")).connector
+    # the next renewal supersedes the first certificate: revoked, while the one renewing stays valid
+    first = helpers.ClientCert(old_cert.public_bytes(serialization.Encoding.PEM), old_key)
+    assert agent_cli.main(["renew-station", "--config", str(d / "station.toml"), "--force"]) == 0
+    assert _ca_status(station_config.load(d / "station.toml")).connector
+    deadline = time.monotonic() + 5
+    with helpers.channel(daemon.port, admin.root / "tls", first) as ch:
+        while True:
+            try:
+                pb_grpc.PersonalizerStub(ch).GetCAStatus(pb.GetCAStatusRequest(), timeout=5)
+            except grpc.RpcError as exc:
+                assert "revoked" in exc.details()
+                break
+            assert time.monotonic() < deadline, "superseded station certificate still accepted"
+            time.sleep(0.3)
+    rc, listed, _ = _cnsctl(admin, capsys, "station", "list")
+    assert next(s for s in listed["stations"] if s["station"] == "RM-ENR-05")["revoked_certificates"] == 1
 
 
 def test_only_enroll_is_reachable_without_a_client_certificate(admin, daemon, deployment):
