@@ -173,6 +173,36 @@ def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int 
     host, _port = split_endpoint(personalizer)
     config = directory / "station.toml"
     existing = _existing_identity(config)
+    created = _writable_folder(directory)       # before the code is spent: a folder we cannot write loses it
+    try:
+        return _enroll(code, fingerprint, host, personalizer, directory, config, existing, enroll_port=enroll_port,
+                       server_name=server_name, timeout=timeout)
+    except BaseException:
+        if created:
+            try:
+                directory.rmdir()               # only if still empty: nothing of ours is left behind
+            except OSError:
+                pass
+        raise
+
+
+def _writable_folder(directory: Path) -> bool:
+    """Create ``directory`` (0700) if needed and prove it writable; True when it was created here."""
+    created = not directory.exists()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = directory / ".cns-enroll-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EnrollError(f"cannot write the station folder {directory}: {exc.strerror or exc}; choose another --dir "
+                          "(nothing was sent, the code is still valid)") from None
+    return created
+
+
+def _enroll(code: str, fingerprint: str, host: str, personalizer: str, directory: Path, config: Path,
+            existing: tuple[str, str] | None, *, enroll_port: int, server_name: str | None,
+            timeout: float) -> Enrolled:
     ca_pem = fetch_pinned_ca(host, enroll_port, fingerprint, timeout=min(timeout, 10.0))
     key, csr_der = new_key_and_csr("cns-station")
     target = f"[{host}]:{enroll_port}" if ":" in host else f"{host}:{enroll_port}"
@@ -189,7 +219,6 @@ def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int 
     if existing is not None and existing != (r.station_id, r.chamber_code):
         raise EnrollError(f"{config} is the configuration of station {existing[0]} ({existing[1]}), but this code is "
                           f"for {r.station_id} ({r.chamber_code}): use another --dir; nothing was changed")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     recover_credentials(directory / "client.key.pem", directory / "client.pem")
     _write(directory / "tls-ca.pem", ca_pem, 0o644)
     install_credentials(directory / "client.key.pem", directory / "client.pem", _key_pem(key),

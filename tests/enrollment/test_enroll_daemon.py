@@ -205,6 +205,14 @@ def test_a_code_for_another_station_does_not_overwrite_this_one(admin, daemon, c
     assert rc == 0, err
 
 
+def test_an_unwritable_folder_is_refused_before_the_code_is_spent(admin, daemon, capsys, tmp_path):
+    code = _add(admin, capsys, "RM-ENR-09")
+    (tmp_path / "file").write_text("not a folder")
+    rc, _, err = _enroll(daemon, capsys, code, tmp_path / "file" / "station")
+    assert rc == 1 and "cannot write the station folder" in err and "still valid" in err
+    assert _enroll(daemon, capsys, code, tmp_path / "station")[0] == 0
+
+
 def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
     """Last in this module: it uses up this address's enrollment attempts."""
     _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
@@ -217,3 +225,4 @@ def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
             break
     assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
     assert len(errors) <= 20
+
