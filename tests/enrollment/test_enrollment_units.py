@@ -182,3 +182,41 @@ def test_renewal_is_due_with_a_third_of_the_lifetime_left(tls):
             .not_valid_after(now + dt.timedelta(days=300)).sign(tls.key, hashes.SHA256()))
     assert not agent_enroll.renewal_due(cert, now + dt.timedelta(days=199))
     assert agent_enroll.renewal_due(cert, now + dt.timedelta(days=200))
+
+
+def test_the_agents_renewal_check_survives_a_failure_and_runs_again(monkeypatch):
+    calls = []
+
+    def fake_renew(cfg):                      # a mock of the personalizer call: the loop is under test
+        calls.append(cfg)
+        if len(calls) == 1:
+            raise agent_enroll.EnrollError("the personalizer did not answer (unavailable); try again later")
+        return None
+
+    monkeypatch.setattr(agent_enroll, "renew_if_due", fake_renew)
+
+    async def go():
+        task = asyncio.create_task(agent_enroll.renewal_loop("cfg", every=0.01))
+        await asyncio.sleep(0.2)
+        assert not task.done()                # a failed check never stops the agent
+        task.cancel()
+    asyncio.run(go())
+    assert len(calls) >= 2                    # checked at start, and again after the failure
+
+
+def test_enrollment_config_is_checked_at_load(tmp_path):
+    from personalizer import config
+    from personalizer.errors import ConfigError
+    dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:0", demo_station=False, ca_key_bits=2048)
+    assert not (dep.root / "stations").exists()                     # no station key written
+    cfg = config.load(dep.server_config)
+    assert cfg.enrollment.enabled and cfg.enrollment.tls_ca_key == dep.root / "tls" / "tls-ca.key.pem"
+    text = dep.server_config.read_text()
+    dep.server_config.write_text(text.replace('tls_ca_key = "tls/tls-ca.key.pem"\n', ""))
+    with pytest.raises(ConfigError, match="enrollment.tls_ca_key"):
+        config.load(dep.server_config)
+    dep.server_config.write_text(text.replace("code_hours = 72", "code_hours = 0"))
+    with pytest.raises(ConfigError, match="enrollment.code_hours"):
+        config.load(dep.server_config)
+    assert deploy.enroll_listen_for("127.0.0.1:50051") == "127.0.0.1:50052"
+    assert deploy.enroll_listen_for("[::1]:0") == "[::1]:0"
