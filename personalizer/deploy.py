@@ -204,7 +204,7 @@ http_port = 0
 # Stations enroll with a one-time code (cnsctl station add; cns-agent enroll), no key copied.
 [enrollment]
 enabled = true
-listen = "{enroll_listen}"
+address = "{enroll_listen}"
 tls_ca_key = "tls/tls-ca.key.pem"
 cert_days = 365
 code_hours = 72

@@ -84,7 +84,8 @@ REQUESTER_OPTIONAL = frozenset(_SERVICE + m for m in ("GetRequest", "WatchReques
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
-    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "AddStock", "ListStock")})
+    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "EndMaintenance",
+    "RemoveMaintenance", "AddStock", "ListStock")})
 # Station enrollment (personalizer.enrollment): central IT adds and revokes stations; a station renews its
 # own certificate. StationEnrollment.Enroll is not listed: it is served only on the enrollment port, without
 # this interceptor, and is refused here like any unlisted method.
