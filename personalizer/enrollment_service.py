@@ -19,7 +19,9 @@ from personalizer.service import _translate
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.wire import DecodeInterceptor
 
-ENROLL_SERVER_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024), ("grpc.max_concurrent_streams", 16)]
+# Tighter than the mTLS port: one small message per call, few callers at a time (merged over the daemon's options).
+ENROLL_SERVER_OPTIONS = {"grpc.max_receive_message_length": 64 * 1024, "grpc.max_concurrent_streams": 4,
+                         "grpc.max_allowed_incoming_connections": 64}
 
 
 def _cert(issued: IssuedStation) -> epb.StationCertificate:
@@ -96,9 +98,13 @@ def _caller_serial(context) -> str:
 
 
 def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: bytes, tls_chain: bytes,
-                            attempts_per_minute: int) -> tuple[grpc.aio.Server, int]:
-    """The enrollment port: TLS with the server certificate and its CA (the agent pins that CA), no client auth."""
-    server = grpc.aio.server(interceptors=[DecodeInterceptor()], options=ENROLL_SERVER_OPTIONS,
+                            attempts_per_minute: int, base_options: list | None = None) -> tuple[grpc.aio.Server, int]:
+    """The enrollment port: TLS with the server certificate and its CA (the agent pins that CA), no client auth.
+    ``base_options``: the mTLS port's (keepalive, handshake timeout, no SO_REUSEPORT), tightened here."""
+    options = dict(base_options or [])
+    for key, value in ENROLL_SERVER_OPTIONS.items():
+        options[key] = min(options.get(key, value), value)
+    server = grpc.aio.server(interceptors=[DecodeInterceptor()], options=list(options.items()),
                              maximum_concurrent_rpcs=32)
     epb_grpc.add_StationEnrollmentServicer_to_server(
         StationEnrollmentService(enrollment, EnrollLimiter(per_peer=attempts_per_minute)), server)

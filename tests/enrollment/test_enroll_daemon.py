@@ -213,6 +213,13 @@ def test_an_unwritable_folder_is_refused_before_the_code_is_spent(admin, daemon,
     assert _enroll(daemon, capsys, code, tmp_path / "station")[0] == 0
 
 
+def test_enrollment_port_refuses_oversized_requests(admin, daemon):
+    with helpers.channel(daemon.enroll_port, admin.root / "tls", None) as ch:
+        with pytest.raises(grpc.RpcError) as exc:
+            epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(code="a" * 32, csr_der=b"x" * 100_000),
+                                                      timeout=5)
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
 def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
     """Last in this module: it uses up this address's enrollment attempts."""
     _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
