@@ -135,6 +135,10 @@ def test_revoked_station_is_refused_and_cannot_renew(admin, daemon, capsys, tmp_
     capsys.readouterr()
     rc = agent_cli.main(["renew-station", "--config", str(d / "station.toml"), "--force"])
     assert rc == 1 and "revoked" in capsys.readouterr().err
+    # central IT lets the station back in with a new code: it re-enrolls in the same folder
+    rc, out, err = _enroll(daemon, capsys, _add(admin, capsys, "RM-ENR-04"), d)
+    assert rc == 0, err
+    assert _ca_status(station_config.load(d / "station.toml")).connector
 
 
 def test_renewal_over_mtls_switches_to_a_new_key(admin, daemon, capsys, tmp_path):
