@@ -158,6 +158,14 @@ def install_credentials(key_path: Path, cert_path: Path, key_pem: bytes, cert_pe
 
 def _rpc_error(exc: grpc.RpcError, where: str) -> EnrollError:
     code, detail = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ("CERTIFICATE_VERIFY_FAILED" in detail
+                                                or "certificate verify failed" in detail.lower()):
+        return EnrollError(f"{where} presented an unexpected certificate (not issued by the CA the enrollment "
+                           "code names): the code was not sent and nothing was changed; check the address, or "
+                           "ask central IT")
+    if code == grpc.StatusCode.UNAVAILABLE and "Peer name" in detail and "not in peer certificate" in detail:
+        return EnrollError(f"the certificate of {where} does not carry that host name: nothing was changed; use the "
+                           "name it was issued for, or --server-name")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return EnrollError(f"{where} did not answer ({code.name.lower()}); try again later")
     return EnrollError(f"{where} refused: {detail or code.name}")

@@ -224,6 +224,52 @@ def test_enrollment_port_refuses_oversized_requests(admin, daemon):
                                                       timeout=5)
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
+def test_a_server_showing_the_right_ca_with_a_foreign_certificate_is_refused(admin, daemon, capsys, tmp_path):
+    """An impostor can present the (public) CA certificate in its chain: the pin finds it, and gRPC then
+    verifies the impostor's own certificate against it, which fails. The code is never sent."""
+    from concurrent import futures
+    import datetime as dt
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from personalizer.ca import profiles
+
+    code = _add(admin, capsys, "RM-ENR-10")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor")])
+    fake_ca = profiles.build_ca(name, key.public_key(), issuer=None, now=dt.datetime.now(dt.timezone.utc),
+                                path_length=0, validity=dt.timedelta(days=1)).sign(key, hashes.SHA256())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = profiles.build_tls_leaf("impostor", leaf_key.public_key(), issuer=fake_ca,
+                                   now=dt.datetime.now(dt.timezone.utc), server_names=["localhost"]
+                                   ).sign(key, hashes.SHA256())
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)   # noqa: E731
+    chain = pem(leaf) + (admin.root / "tls" / "tls-ca.pem").read_bytes()
+    seen = []
+
+    class Spy(epb_grpc.StationEnrollmentServicer):
+        def Enroll(self, request, context):
+            seen.append(request.code)
+            return epb.StationCertificate()
+
+    impostor = grpc.server(futures.ThreadPoolExecutor(2))
+    epb_grpc.add_StationEnrollmentServicer_to_server(Spy(), impostor)
+    port = impostor.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(
+        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()), chain)]))
+    impostor.start()
+    try:
+        capsys.readouterr()
+        rc = agent_cli.main(["enroll", "--code", code, "--personalizer", f"localhost:{daemon.port}",
+                             "--enroll-port", str(port), "--dir", str(tmp_path / "s")])
+        err = capsys.readouterr().err
+    finally:
+        impostor.stop(0)
+    assert rc == 1 and "certificate" in err and "nothing was changed" in err, err
+    assert seen == [] and not (tmp_path / "s").exists()
+    assert _enroll(daemon, capsys, code, tmp_path / "s")[0] == 0      # the code is still good
+
+
 def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
     """Last in this module: it uses up this address's enrollment attempts."""
     _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
@@ -236,4 +282,5 @@ def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
             break
     assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
     assert len(errors) <= 20
+
 
