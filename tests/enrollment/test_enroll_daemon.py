@@ -192,6 +192,11 @@ def test_only_enroll_is_reachable_without_a_client_certificate(admin, daemon, de
             epb_grpc.StationAdminStub(ch).AddStation(epb.AddStationRequest(station_id="RM-Y", chamber_code="RM"),
                                                      timeout=5)
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        from personalizer import config
+        from personalizer.store import AuditFilter, read_audit
+        rows = read_audit(config.load(deployment.server_config).store.database, AuditFilter())
+        assert any(r.actor == "urn:cns:station:RM:RM-X" and r.result == "refused:PERMISSION_DENIED"
+                   and "AddStation" in r.operation for r in rows)   # the refusal is audited
         with pytest.raises(grpc.RpcError) as exc:                   # nor reach Enroll there
             epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(code="a" * 32), timeout=5)
         assert exc.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED)
