@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cns_spec import enrollment_code
+import station_config
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from station_config import StationConfig, channel
 
@@ -240,7 +241,6 @@ def _enroll(code: str, fingerprint: str, host: str, personalizer: str, directory
 def _existing_identity(config: Path) -> tuple[str, str] | None:
     if not config.exists():
         return None
-    import station_config
     try:
         cfg = station_config.load(config)
     except station_config.StationConfigError:
@@ -259,7 +259,7 @@ def _check_issued(cert_pem: bytes, key, ca_pem: bytes) -> x509.Certificate:
         cert = x509.load_pem_x509_certificate(cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception) as exc:   # InvalidSignature is not a ValueError
+    except Exception as exc:   # ValueError, TypeError, InvalidSignature (not a ValueError)
         raise EnrollError(f"the personalizer sent a certificate that does not verify ({type(exc).__name__}); "
                           "nothing was changed") from None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
