@@ -216,17 +216,18 @@ def _count(minimum: int):
 
 def _init(opts) -> int:
     dep = deploy.init_deployment(Path(opts.dir), chamber=opts.chamber, station_id=opts.station_id,
-                                 listen=opts.listen, ca_key_bits=opts.ca_key_bits, station_owner=opts.station_owner)
+                                 listen=opts.listen, ca_key_bits=opts.ca_key_bits, station_owner=opts.station_owner,
+                                 demo_station=not opts.no_demo_station)
     if opts.json:
         print(json.dumps({"root": str(dep.root), "server_config": str(dep.server_config),
-                          "station_config": str(dep.station_config), "admin_config": str(dep.admin_config),
+                          "station_config": str(dep.station_config or ""), "admin_config": str(dep.admin_config),
                           "root_cert": str(dep.root_cert), "issuing_cert": str(dep.issuing_cert),
                           "tls_ca": str(dep.tls_ca), "listen": dep.listen, "endpoint": dep.endpoint}))
         return 0
     owner = f"   (owned by {opts.station_owner})" if opts.station_owner else ""
     print(f"""cns-personalizer: test deployment created in {dep.root}
   server config      {dep.server_config}
-  station config     {dep.station_config}{owner}   (cns-agent run --config)
+  station config     {dep.station_config or '(none: enroll stations with cnsctl station add)'}{owner}   (cns-agent run --config)
   admin config       {dep.admin_config}   (for cnsctl --config)
   CNS root CA        {dep.root_cert}
   CNS issuing CA     {dep.issuing_cert}
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"RSA size of the CNS CA keys, {deploy.CA_KEY_BITS_RANGE[0]}-{deploy.CA_KEY_BITS_RANGE[1]}")
     i.add_argument("--station-owner", metavar="USER", default=None,
                    help="hand the station folder to this operator user, who runs `cns-agent run` (needs root)")
+    i.add_argument("--no-demo-station", action="store_true",
+                   help="write no station key: stations enroll (cnsctl station add, cns-agent enroll)")
     i.add_argument("--json", action="store_true", help="print the created paths as one JSON object")
     i.set_defaults(func=_init)
     s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

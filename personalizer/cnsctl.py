@@ -7,6 +7,8 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml queue list|show ID|retry ID|cancel ID
     cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | list | end ID | remove ID
     cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
+    cnsctl --config admin.toml station add --station-id ID --chamber RM [--valid-hours H] | station revoke
+           --station-id ID --chamber RM [--reason R] | station list [--chamber RM]
     cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
 
 The config is a station configuration (station_config schema) with
@@ -30,6 +32,7 @@ import grpc  # noqa: E402
 import station_config
 from station_config import channel
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
+from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 EXIT_ERROR = 1
@@ -134,6 +137,26 @@ def _stock(ch, opts, timeout) -> dict:
             "entries": [entry(e) for e in r.entries]}
 
 
+def _station_row(r) -> dict:
+    return {"station": r.station_id, "chamber": r.chamber_code, "state": r.state, "updated_at": _ts(r.updated_at),
+            "serial": r.serial_hex or "-", "not_after": _ts(r.not_after), "revoked_certificates": r.revoked_certificates}
+
+
+def _station(ch, opts, timeout) -> dict:
+    stub = epb_grpc.StationAdminStub(ch)
+    if opts.station_command == "add":
+        r = stub.AddStation(epb.AddStationRequest(station_id=opts.station_id, chamber_code=opts.chamber,
+                                                  valid_hours=opts.valid_hours or 0), timeout=timeout)
+        return {"station": opts.station_id, "chamber": opts.chamber, "code": r.code_bundle,
+                "expires_at": _ts(r.expires_at),
+                "next": f"on the workstation: cns-agent enroll --code {r.code_bundle} --personalizer HOST:PORT"}
+    if opts.station_command == "revoke":
+        return _station_row(stub.RevokeStation(epb.RevokeStationRequest(
+            station_id=opts.station_id, chamber_code=opts.chamber, reason=opts.reason), timeout=timeout))
+    r = stub.ListStations(epb.ListStationsRequest(chamber_code=opts.chamber or ""), timeout=timeout)
+    return {"stations": [_station_row(x) for x in r.stations]}
+
+
 def _request_show(ch, opts, timeout) -> dict:
     r = pb_grpc.PersonalizerStub(ch).GetRequest(pb.GetRequestRequest(request_id=opts.request_id), timeout=timeout)
     out = {"request_id": r.request_id, "state": pb.RequestState.Name(r.state),
@@ -211,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     sl = stsub.add_parser("list", help="the ledger and each chamber's balance (sent, used, left)")
     sl.add_argument("--chamber", default="", help="only this chamber")
     sl.set_defaults(func=_stock)
+    sn = sub.add_parser("station", help="enroll and revoke workstations (admin)")
+    snsub = sn.add_subparsers(dest="station_command", required=True)
+    for name, text in (("add", "issue a one-time enrollment code for a station"),
+                       ("revoke", "revoke every certificate of a station: it is refused from now on")):
+        x = snsub.add_parser(name, help=text)
+        x.add_argument("--station-id", required=True)
+        x.add_argument("--chamber", required=True, help="chamber code, e.g. RM")
+        if name == "add":
+            x.add_argument("--valid-hours", type=positive_int, default=None, help="how long the code may be used")
+        else:
+            x.add_argument("--reason", default="cessationOfOperation",
+                           help="unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation")
+        x.set_defaults(func=_station)
+    snl = snsub.add_parser("list", help="stations, their state and newest certificate")
+    snl.add_argument("--chamber", default="", help="only this chamber")
+    snl.set_defaults(func=_station)
     c = sub.add_parser("cert", help="certificates issued through the personalizer")
     csub = c.add_subparsers(dest="cert_command", required=True)
     cf = csub.add_parser("find", help="every certificate of a card or a holder (e.g. a lost card), oldest first")
@@ -235,6 +274,9 @@ def _accept_json_after_the_command(parser: argparse.ArgumentParser) -> None:
 
 def _call_failed(exc: grpc.RpcError, cfg, dr: bool) -> str:
     code = exc.code()
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return ("the personalizer does not offer this command (station enrollment needs [enrollment] enabled = true "
+                "in its personalizer.toml)")
     return channel.connection_problem(code, exc.details(), cfg, dr=dr) or \
         f"the personalizer refused: {code.name}: {exc.details() or 'no detail'}"
 
@@ -249,6 +291,11 @@ def _print(result: dict, as_json: bool) -> None:
                 status = c["status"] + (f" ({c['revocation_reason']})" if c["revocation_reason"] else "")
                 print(f"{c['serial']:<40} {status:<32} {c['profile']:<32} card {c['card'] or '-':<16} "
                       f"until {c['not_after'][:10]}  {c['subject']}")
+            continue
+        if k == "stations":
+            for x in v:
+                print(f"{x['chamber']:5} {x['station']:32} {x['state']:9} {x['serial']:40} until {x['not_after'][:10]}"
+                      f"  revoked={x['revoked_certificates']}")
             continue
         if k == "items":
             for i in v:

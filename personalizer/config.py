@@ -95,6 +95,14 @@ Example (``cns-personalizer init`` writes one)::
     crl_dir = "crl"
     refresh_seconds = 3600      # SLA4.3: at least every 2 hours; at most 6300 (nextUpdate = +refresh+15 min <= 2 h)
 
+    [enrollment]                # stations enroll with a one-time code (cnsctl station add); off unless enabled
+    enabled = false
+    address = "0.0.0.0:50052"   # TLS without client auth; serves StationEnrollment.Enroll only
+    tls_ca_key = "tls/tls-ca.key.pem"   # signs station certificates and the client CRL (0600)
+    cert_days = 365             # station certificate lifetime; the agent renews with 1/3 of it left
+    code_hours = 72             # how long a code may be used
+    attempts_per_minute = 10    # Enroll calls per minute from one address
+
     [reports]                   # the daily archive (tender §5.1.8), written by the daemon each day
     enabled = true
     dir = "reports"             # cns-archive-YYYY-MM-DD/ bundles (cns-personalizer report archive|monthly)
@@ -223,6 +231,18 @@ class ReportsConfig:
 
 
 @dataclass(frozen=True)
+class EnrollmentConfig:
+    """``[enrollment]``: stations get their certificate with a one-time code (personalizer.enrollment)."""
+    enabled: bool = False
+    listen: str = ""                 # the server-auth-only port serving StationEnrollment.Enroll alone
+    tls_ca_cert: Path | None = None  # the service TLS CA (default: server.client_trust_anchors)
+    tls_ca_key: Path | None = None   # its key: signs station certificates and the client CRL
+    cert_days: int = 365
+    code_hours: int = 72
+    attempts_per_minute: int = 10    # Enroll calls per minute from one address (120 overall)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     source: Path
     server: ServerConfig
@@ -235,6 +255,7 @@ class DaemonConfig:
     metrics: MetricsConfig = MetricsConfig()
     pki: PkiConfig = PkiConfig()
     reports: ReportsConfig = ReportsConfig()
+    enrollment: EnrollmentConfig = EnrollmentConfig()
 
 
 # SLA4.3 (2 h) minus the CRL nextUpdate margin (personalizer.pki.crl.NEXT_UPDATE_MARGIN, 15 min)
@@ -269,6 +290,7 @@ _SECTIONS: dict[str, set[str] | None] = {
     "pki": {"enabled", "http_host", "http_port", "crl_dir", "refresh_seconds", "max_connections",
             "request_timeout_seconds"},
     "reports": {"enabled", "dir", "keep", "hour", "timezone"},
+    "enrollment": {"enabled", "address", "tls_ca_cert", "tls_ca_key", "cert_days", "code_hours", "attempts_per_minute"},
 }
 _SUBTABLES = {
     "ca.ejbca": {"base_url", "client_cert", "client_key", "trust_anchors", "ca_name", "chain", "timeout_seconds",
@@ -407,7 +429,32 @@ def _load_operations(r: "_Reader") -> dict:
                           f"must be in (0, {MAX_CRL_REFRESH_SECONDS}]: a CRL is refreshed at least every 2 hours and "
                           "its nextUpdate (refresh + 15 min margin) must not pass 2 hours")
     return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki,
-                reports=_load_reports(r))
+                reports=_load_reports(r), enrollment=_load_enrollment(r))
+
+
+def _load_enrollment(r: "_Reader") -> EnrollmentConfig:
+    e = r.table("enrollment", required=False)
+    if not r.get(e, "enrollment", "enabled", bool, False):
+        return EnrollmentConfig()
+    listen = r.get(e, "enrollment", "address", str)
+    if ":" not in listen:
+        raise ConfigError(r.path, "enrollment.address", f"expected HOST:PORT, got {listen!r}")
+    s = r.table("server")
+    cfg = EnrollmentConfig(
+        enabled=True, listen=listen,
+        tls_ca_cert=r.path_(e, "enrollment", "tls_ca_cert", default=s.get("client_trust_anchors")),
+        tls_ca_key=r.path_(e, "enrollment", "tls_ca_key"),
+        cert_days=r.get(e, "enrollment", "cert_days", int, 365), code_hours=r.get(e, "enrollment", "code_hours", int, 72),
+        attempts_per_minute=r.get(e, "enrollment", "attempts_per_minute", int, 10))
+    if not 1 <= cfg.cert_days <= 825:
+        raise ConfigError(r.path, "enrollment.cert_days", f"must be 1 to 825 days, got {cfg.cert_days}")
+    if not 1 <= cfg.code_hours <= 720:
+        raise ConfigError(r.path, "enrollment.code_hours", f"must be 1 to 720 hours, got {cfg.code_hours}")
+    if not 1 <= cfg.attempts_per_minute <= 600:
+        raise ConfigError(r.path, "enrollment.attempts_per_minute", f"must be 1 to 600, got {cfg.attempts_per_minute}")
+    if r.get(s, "server", "client_crl", str, None) is None:
+        raise ConfigError(r.path, "server.client_crl", "enrollment needs a client CRL (station revocation writes it)")
+    return cfg
 
 
 def _load_reports(r: "_Reader") -> ReportsConfig:

@@ -8,13 +8,20 @@ Creates, under DIR::
     tls/tls-ca.pem               the service TLS CA (EC P-256), trust anchor of both sides
     tls/server.pem, .key.pem     server certificate for localhost / 127.0.0.1
     tls/client-crl.pem           revoked client certificates (empty; ``cns-personalizer revoke-client``)
-    stations/<id>/station.toml   station config for the agent (station_config schema)
+    stations/<id>/station.toml   the DEMO station's config for the agent (station_config schema)
     stations/<id>/client.pem ... the station's client certificate and key, and a copy
                                  of tls-ca.pem: the folder is self-contained (paths
                                  relative to it), so it can be copied to a workstation
                                  or handed to the operator user (``station_owner``)
     admin/admin.toml             cnsctl config (station_config schema, role admin)
     data/                        the request store
+
+The demo station's key is written here only for the demo and the tests
+(``demo_station``, the default; ``init --no-demo-station`` leaves it out).
+Production stations are enrolled instead, and no key is copied: central IT
+runs ``cnsctl station add``, the operator ``cns-agent enroll --code ...``
+(``[enrollment]`` is on in the config written here, on the port after the
+listen port, or an ephemeral one when that is 0).
 
 The stations' and cnsctl's endpoint is the address the daemon listens on (a
 wildcard listen address becomes the loopback address), and the server
@@ -67,7 +74,7 @@ class DeploymentError(PersonalizerError):
 class Deployment:
     root: Path
     server_config: Path
-    station_config: Path
+    station_config: Path | None      # None with demo_station=False
     admin_config: Path
     root_cert: Path
     issuing_cert: Path
@@ -193,6 +200,14 @@ always_open = true
 enabled = false
 http_host = "127.0.0.1"
 http_port = 0
+
+# Stations enroll with a one-time code (cnsctl station add; cns-agent enroll), no key copied.
+[enrollment]
+enabled = true
+address = "{enroll_listen}"
+tls_ca_key = "tls/tls-ca.key.pem"
+cert_days = 365
+code_hours = 72
 """
 
 STATION_TOML = """\
@@ -239,6 +254,12 @@ def endpoint_for(listen: str) -> tuple[str, str]:
     return (f"[{name}]:{port}" if ip.version == 6 else f"{name}:{port}"), name
 
 
+def enroll_listen_for(listen: str) -> str:
+    """The enrollment port beside ``listen``: the next port, or any free one (0) when ``listen``'s is 0."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1 if 0 < int(port) < 65535 else 0}"
+
+
 def _check(root: Path, chamber: str, station_id: str, ca_key_bits: int, station_owner: str | None) -> None:
     if not CHAMBER_RE.match(chamber):
         raise DeploymentError(f"--chamber {chamber!r}: expected 2 to 4 upper-case letters, e.g. RM")
@@ -277,8 +298,10 @@ def _give_to(folder: Path, user: str) -> None:
 
 def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-STATION-01",
                     listen: str = DEFAULT_LISTEN, ca_key_bits: int = DEFAULT_CA_KEY_BITS,
-                    admin_name: str = "central-it", station_owner: str | None = None) -> Deployment:
-    """Write a test deployment under ``root``; ``station_owner``: a user to hand the station folder to."""
+                    admin_name: str = "central-it", station_owner: str | None = None,
+                    demo_station: bool = True) -> Deployment:
+    """Write a test deployment under ``root``; ``station_owner``: a user to hand the station folder to;
+    ``demo_station=False``: no station key at all (stations enroll)."""
     root = root.resolve()
     endpoint, server_host = endpoint_for(listen)
     _check(root, chamber, station_id, ca_key_bits, station_owner)
@@ -292,22 +315,25 @@ def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-ST
     names = SERVER_NAMES + ([server_host] if server_host not in SERVER_NAMES else [])
     tls.issue(root / "tls" / "server.pem", root / "tls" / "server.key.pem", "cns-personalizer", server_names=names)
     station_dir = root / "stations" / station_id
-    tls.issue(station_dir / "client.pem", station_dir / "client.key.pem", station_id,
-              identity=identity_uri(ROLE_STATION, station_id, chamber))
-    shutil.copyfile(tls.cert_path, station_dir / "tls-ca.pem")
-    _write_public(station_dir / "station.toml", STATION_TOML.format(
-        station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir="agent-data",
-        endpoint=endpoint, trust="tls-ca.pem").encode() + TEST_CARDS_TOML.encode())
+    if demo_station:
+        tls.issue(station_dir / "client.pem", station_dir / "client.key.pem", station_id,
+                  identity=identity_uri(ROLE_STATION, station_id, chamber))
+        shutil.copyfile(tls.cert_path, station_dir / "tls-ca.pem")
+        _write_public(station_dir / "station.toml", STATION_TOML.format(
+            station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir="agent-data",
+            endpoint=endpoint, trust="tls-ca.pem").encode() + TEST_CARDS_TOML.encode())
     admin_dir = root / "admin"
     tls.issue(admin_dir / "client.pem", admin_dir / "client.key.pem", admin_name,
               identity=identity_uri(ROLE_ADMIN, admin_name))
     _write_public(admin_dir / "admin.toml", STATION_TOML.format(
         station_id=admin_name, chamber=chamber, role=ROLE_ADMIN, data_dir="data",
         endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
-    if station_owner is not None:
+    if station_owner is not None and demo_station:
         _give_to(station_dir, station_owner)
-    _write_public(root / "personalizer.toml", SERVER_TOML.format(listen=listen).encode())
-    return Deployment(root=root, server_config=root / "personalizer.toml", station_config=station_dir / "station.toml",
+    _write_public(root / "personalizer.toml",
+                  SERVER_TOML.format(listen=listen, enroll_listen=enroll_listen_for(listen)).encode())
+    return Deployment(root=root, server_config=root / "personalizer.toml",
+                      station_config=station_dir / "station.toml" if demo_station else None,
                       admin_config=admin_dir / "admin.toml", root_cert=root / "ca" / "root.pem",
                       issuing_cert=root / "ca" / "issuing.pem", tls_ca=tls.cert_path, listen=listen,
                       endpoint=endpoint)

@@ -86,6 +86,12 @@ _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
     "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "EndMaintenance",
     "RemoveMaintenance", "AddStock", "ListStock")})
+# Station enrollment (personalizer.enrollment): central IT adds and revokes stations; a station renews its
+# own certificate. StationEnrollment.Enroll is not listed: it is served only on the enrollment port, without
+# this interceptor, and is refused here like any unlisted method.
+_STATIONS = "/cns.v1.StationAdmin/"
+METHOD_ROLES.update({_STATIONS + m: frozenset({ROLE_ADMIN}) for m in ("AddStation", "RevokeStation", "ListStations")})
+METHOD_ROLES[_STATIONS + "RenewStation"] = frozenset({ROLE_STATION})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -145,6 +145,8 @@ class Daemon:
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
+    enroll_server: grpc.aio.Server | None = None   # [enrollment]: the server-auth-only Enroll port
+    enroll_port: int = 0
     port: int = 0
     lock: StoreLock | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -220,7 +222,37 @@ class Daemon:
             raise ConfigError(cfg.source, "server.listen",
                               f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
                                                                    "the address is in use or not local"))
+        if cfg.enrollment.enabled:
+            daemon._add_enrollment(broker)
         return daemon
+
+    def _add_enrollment(self, broker) -> None:
+        """[enrollment]: StationAdmin on the mTLS port, StationEnrollment alone on its own port."""
+        from personalizer.enrollment import Enrollment
+        from personalizer.enrollment_service import StationAdminService, build_enrollment_server
+        from proto.cns.v1 import enrollment_pb2_grpc
+        e, s = self.cfg.enrollment, self.cfg.server
+        try:
+            enrollment = Enrollment.from_files(self.store, ca_cert=e.tls_ca_cert, ca_key=e.tls_ca_key,
+                                               client_crl=s.client_crl, cert_days=e.cert_days,
+                                               code_hours=e.code_hours)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(self.cfg.source, "enrollment.tls_ca_key", str(exc)) from exc
+        enrollment_pb2_grpc.add_StationAdminServicer_to_server(StationAdminService(enrollment, broker), self.server)
+        chain = s.tls_cert.read_bytes().rstrip(b"\n") + b"\n" + enrollment.ca_pem
+        port = e.listen.rpartition(":")[2]
+        holder = port_holder(int(port)) if port.isdigit() and int(port) else None
+        if holder is None and not address_in_use(e.listen):
+            try:
+                self.enroll_server, self.enroll_port = build_enrollment_server(
+                    enrollment, listen=e.listen, tls_key=s.tls_key.read_bytes(), tls_chain=chain,
+                    attempts_per_minute=e.attempts_per_minute, base_options=server_options(s))
+            except RuntimeError:   # grpcio raises on a failed bind
+                self.enroll_port = 0
+        if self.enroll_port == 0:
+            raise ConfigError(self.cfg.source, "enrollment.address",
+                              f"cannot listen on {e.listen}: " + (f"the port is in use by {holder}" if holder else
+                                                                   "the address is in use or not local"))
 
     async def status_figures(self) -> StatusFigures:
         """GetCAStatus's EM.2 figures, from the same sources the service reads (CA health, relay, store,
@@ -266,6 +298,8 @@ class Daemon:
         if self.archiver is not None:
             await self.archiver.start()
         await self.server.start()
+        if self.enroll_server is not None:
+            await self.enroll_server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
@@ -274,6 +308,8 @@ class Daemon:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.enroll_server is not None:
+            await self.enroll_server.stop(0)
         await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
         await self.relay.stop()
         if self.archiver is not None:
@@ -307,6 +343,8 @@ async def serve(cfg: DaemonConfig, *, ready=None) -> None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
     if daemon.publisher is not None:
         print(f"cns-personalizer: pki on port {daemon.publisher.port}", flush=True)
+    if daemon.enroll_server is not None:
+        print(f"cns-personalizer: enrollment on port {daemon.enroll_port}", flush=True)
     await stopping.wait()
     log.info("shutting down (grace %.1f s)", cfg.server.grace_seconds)
     await daemon.stop()

@@ -151,6 +151,32 @@ CREATE TABLE IF NOT EXISTS certified_keys (
     request_id  TEXT NOT NULL REFERENCES requests(request_id),
     bound_at    REAL NOT NULL
 );
+-- Station enrollment (personalizer.enrollment): one-time codes, stored as their SHA-256 only, bound to one
+-- station of one chamber; the station certificates issued through them and by renewal.
+CREATE TABLE IF NOT EXISTS enrollment_codes (
+    code_sha256   TEXT PRIMARY KEY,
+    chamber_code  TEXT NOT NULL,
+    station_id    TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    used_at       REAL,
+    created_by    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stations (
+    chamber_code  TEXT NOT NULL,
+    station_id    TEXT NOT NULL,
+    state         TEXT NOT NULL,          -- pending | enrolled | revoked
+    updated_at    REAL NOT NULL,
+    PRIMARY KEY (chamber_code, station_id)
+);
+CREATE TABLE IF NOT EXISTS station_certificates (
+    serial_hex    TEXT PRIMARY KEY,
+    chamber_code  TEXT NOT NULL,
+    station_id    TEXT NOT NULL,
+    issued_at     REAL NOT NULL,
+    not_after     REAL NOT NULL,
+    revoked_at    REAL
+);
 CREATE TABLE IF NOT EXISTS maintenance (
     id         TEXT PRIMARY KEY,
     starts_at  REAL NOT NULL,
@@ -908,6 +934,98 @@ class RequestStore:
         return stock_balance(await self.list_stock(),
                              await self._all(Q_STOCK_USED, (self._clock() if before is None else before,)),
                              before)
+
+    # -- station enrollment (personalizer.enrollment) -----------------------------
+
+    async def add_enrollment_code(self, code_sha256: str, chamber_code: str, station_id: str, expires_at: float,
+                                  audit: AuditEntry) -> None:
+        """A new one-time code for the station; an enrolled station stays enrolled until it uses it."""
+        now = self._clock()
+        await self._write([
+            ("INSERT INTO enrollment_codes (code_sha256, chamber_code, station_id, created_at, expires_at, created_by)"
+             " VALUES (?, ?, ?, ?, ?, ?)", (code_sha256, chamber_code, station_id, now, expires_at, audit.actor)),
+            ("INSERT INTO stations (chamber_code, station_id, state, updated_at) VALUES (?, ?, 'pending', ?) "
+             "ON CONFLICT (chamber_code, station_id) DO UPDATE SET updated_at = excluded.updated_at, "
+             "state = CASE WHEN state = 'enrolled' THEN 'enrolled' ELSE 'pending' END", (chamber_code, station_id, now)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+
+    async def find_enrollment_code(self, code_sha256: str) -> tuple | None:
+        """(chamber_code, station_id, expires_at, used_at) of a code, or None."""
+        row = await self._one("SELECT chamber_code, station_id, expires_at, used_at FROM enrollment_codes "
+                              "WHERE code_sha256 = ?", (code_sha256,))
+        return tuple(row) if row else None
+
+    async def use_enrollment_code(self, code_sha256: str, now: float, serial_hex: str, not_after: float,
+                                  audit: AuditEntry) -> bool:
+        """Spend the code and record the certificate issued with it, in one commit; False if it was already
+        used or has expired meanwhile (then nothing is recorded)."""
+        changed = await self._write([
+            ("UPDATE enrollment_codes SET used_at = ? WHERE code_sha256 = ? AND used_at IS NULL AND expires_at > ?",
+             (now, code_sha256, now)),
+            ("INSERT INTO station_certificates (serial_hex, chamber_code, station_id, issued_at, not_after) "
+             "SELECT ?, chamber_code, station_id, ?, ? FROM enrollment_codes WHERE code_sha256 = ? AND changes() = 1",
+             (serial_hex, now, not_after, code_sha256)),
+            ("UPDATE stations SET state = 'enrolled', updated_at = ? WHERE (chamber_code, station_id) = "
+             "(SELECT chamber_code, station_id FROM enrollment_codes WHERE code_sha256 = ?) AND changes() = 1",
+             (now, code_sha256)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def station_state(self, chamber_code: str, station_id: str) -> str | None:
+        row = await self._one("SELECT state FROM stations WHERE chamber_code = ? AND station_id = ?",
+                              (chamber_code, station_id))
+        return row[0] if row else None
+
+    async def record_station_renewal(self, chamber_code: str, station_id: str, serial_hex: str, not_after: float,
+                                     audit: AuditEntry) -> bool:
+        """Record a renewed station certificate; False (nothing recorded) unless the station is enrolled."""
+        now = self._clock()
+        changed = await self._write([
+            ("UPDATE stations SET updated_at = ? WHERE chamber_code = ? AND station_id = ? AND state = 'enrolled'",
+             (now, chamber_code, station_id)),
+            ("INSERT INTO station_certificates (serial_hex, chamber_code, station_id, issued_at, not_after) "
+             "SELECT ?, ?, ?, ?, ? WHERE changes() = 1", (serial_hex, chamber_code, station_id, now, not_after)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def station_serials(self, chamber_code: str, station_id: str) -> list[str]:
+        """Serials of the station's certificates still valid (not expired), revoked or not."""
+        rows = await self._all("SELECT serial_hex FROM station_certificates WHERE chamber_code = ? AND station_id = ? "
+                               "AND not_after > ? ORDER BY issued_at", (chamber_code, station_id, self._clock()))
+        return [r[0] for r in rows]
+
+    async def mark_station_certificates_revoked(self, serials: list[str]) -> None:
+        """Record that these station certificates are now in the client CRL (superseded by a renewal)."""
+        now = self._clock()
+        await self._write([("UPDATE station_certificates SET revoked_at = ? WHERE serial_hex = ? AND revoked_at IS NULL",
+                            (now, s)) for s in serials] or [("SELECT 1", ())])
+
+    async def revoke_station(self, chamber_code: str, station_id: str, audit: AuditEntry) -> bool:
+        """Mark the station revoked, its certificates revoked and its unused codes spent; False if unknown."""
+        now = self._clock()
+        changed = await self._write([
+            ("UPDATE stations SET state = 'revoked', updated_at = ? WHERE chamber_code = ? AND station_id = ?",
+             (now, chamber_code, station_id)),
+            ("UPDATE station_certificates SET revoked_at = ? WHERE chamber_code = ? AND station_id = ? "
+             "AND revoked_at IS NULL", (now, chamber_code, station_id)),
+            ("UPDATE enrollment_codes SET used_at = ? WHERE chamber_code = ? AND station_id = ? AND used_at IS NULL",
+             (now, chamber_code, station_id)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def list_stations(self, chamber_code: str = "") -> list[tuple]:
+        """(chamber, station, state, updated_at, newest serial, its not_after, revoked certificates) per station."""
+        rows = await self._all(
+            "SELECT s.chamber_code, s.station_id, s.state, s.updated_at, "
+            "(SELECT serial_hex FROM station_certificates c WHERE c.chamber_code = s.chamber_code "
+            " AND c.station_id = s.station_id ORDER BY issued_at DESC LIMIT 1), "
+            "(SELECT MAX(not_after) FROM station_certificates c WHERE c.chamber_code = s.chamber_code "
+            " AND c.station_id = s.station_id), "
+            "(SELECT COUNT(*) FROM station_certificates c WHERE c.chamber_code = s.chamber_code "
+            " AND c.station_id = s.station_id AND revoked_at IS NOT NULL) "
+            "FROM stations s WHERE ? = '' OR s.chamber_code = ? ORDER BY s.chamber_code, s.station_id",
+            (chamber_code, chamber_code))
+        return [tuple(r) for r in rows]
 
     async def append_audit(self, entry: AuditEntry) -> None:
         await self._write([(Q_INSERT_AUDIT, _audit_params(entry, self._clock()))])

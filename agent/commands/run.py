@@ -165,6 +165,9 @@ async def run_agent(sock: Path, profiles: Path | None, config: Path | None = Non
     }
     if ops is not None:
         tasks.add(asyncio.create_task(_recover_on_insert(registry, catalog, ops), name="recover-on-insert"))
+        if cfg.station.role == "station":   # issue 18: renew the station certificate at start, then daily
+            from agent.uplink.enroll import renewal_loop
+            tasks.add(asyncio.create_task(renewal_loop(cfg), name="station-cert-renewal"))
     log.info("agent running (pid %d)", __import__("os").getpid())
     failure: BaseException | None = None
     try:

@@ -230,7 +230,8 @@ def build_ca(subject: x509.Name, public_key, *, issuer: x509.Certificate | None,
 
 
 def build_tls_leaf(common_name: str, public_key, *, issuer: x509.Certificate, now: _dt.datetime,
-                   server_names: list[str] | None = None, identity_uri: str | None = None) -> x509.CertificateBuilder:
+                   server_names: list[str] | None = None, identity_uri: str | None = None,
+                   validity: _dt.timedelta = TLS_VALIDITY) -> x509.CertificateBuilder:
     sans: list[x509.GeneralName] = []
     for name in server_names or []:
         try:
@@ -246,7 +247,7 @@ def build_tls_leaf(common_name: str, public_key, *, issuer: x509.Certificate, no
          .public_key(public_key)
          .serial_number(x509.random_serial_number())
          .not_valid_before(now - BACKDATE)
-         .not_valid_after(now + TLS_VALIDITY)
+         .not_valid_after(now + validity)
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
          .add_extension(_key_usage(digital_signature=True), critical=True)
          .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)

@@ -1,0 +1,314 @@
+"""Station enrollment and station-certificate renewal, on the workstation (issue 18 item 4).
+
+``enroll`` turns a code bundle from central IT (``cns_spec.enrollment_code``)
+into this station's mTLS identity without anyone copying a key:
+
+1. pin: a TLS handshake with the enrollment port reads the chain the server
+   presents (nothing is sent) and keeps the certificate whose SHA-256 is the
+   bundle's fingerprint; none → ``EnrollError`` ("unexpected certificate").
+2. a new EC P-256 key is made here, in memory; a CSR is sent with the code over
+   gRPC whose only trust anchor is the pinned CA (gRPC then verifies the
+   server's certificate and name as for any call).
+3. the key (0600), the certificate, the CA and, when absent, ``station.toml``
+   are written; the previous key and certificate stay in place until the new
+   pair is complete (``install_credentials``).
+
+``renew_if_due`` renews over the existing mTLS channel (``StationAdmin.RenewStation``)
+when a third of the certificate's lifetime or less is left: a new key and CSR,
+the same two-phase write. ``recover_credentials`` finishes or undoes a write a
+crash interrupted; both call it first.
+
+A PKCS#11 station key ([station] key_pkcs11) is not implemented: the key is a 0600 file.
+Imports grpc, cryptography, ``proto``, ``station_config`` and ``cns_spec``; never ``personalizer``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cns_spec import enrollment_code
+import station_config
+from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
+from station_config import StationConfig, channel
+
+DEFAULT_ENROLL_PORT = 50052
+RENEW_FRACTION = 1 / 3            # renew when this fraction of the lifetime, or less, is left
+CALL_TIMEOUT_S = 30.0
+NEW = ".new"
+
+STATION_TOML = """\
+# Station configuration written by `cns-agent enroll` (station_config schema).
+[station]
+id = "{station_id}"
+chamber_code = "{chamber}"
+role = "station"
+data_dir = "agent-data"
+
+[personalizer]
+primary = "{endpoint}"
+trust_anchors = "tls-ca.pem"
+client_certificate = "client.pem"
+client_key = "client.key.pem"
+timeout_seconds = 30
+"""
+
+
+class EnrollError(Exception):
+    """Enrollment or renewal failed; one line for the operator. Nothing on disk was changed."""
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    station_id: str
+    chamber_code: str
+    config: Path
+    serial_hex: str
+    not_after: _dt.datetime
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EnrollError(f"--personalizer {endpoint!r}: expected HOST:PORT, e.g. personalizer.cciaa.it:50051")
+    return host.strip("[]"), int(port)
+
+
+def fetch_pinned_ca(host: str, port: int, fingerprint: str, *, timeout: float = 10.0) -> bytes:
+    """The PEM of the certificate the server presents in its chain whose SHA-256 is ``fingerprint``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE          # nothing is trusted from this handshake but the pinned certificate
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as tls:
+            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # < 3.13
+            chain = [c.public_bytes(ssl._ssl.ENCODING_DER) if not isinstance(c, bytes) else c for c in getter() or []]
+    except (OSError, ssl.SSLError) as exc:
+        raise EnrollError(f"cannot reach the personalizer's enrollment port {host}:{port}: "
+                          f"{getattr(exc, 'strerror', None) or exc}; check the address and that enrollment is on") from None
+    for der in chain:
+        if enrollment_code.fingerprint(der) == fingerprint:
+            cert = x509.load_der_x509_certificate(der)
+            return cert.public_bytes(serialization.Encoding.PEM)
+    raise EnrollError(f"the personalizer at {host}:{port} presented an unexpected certificate (not from the CA the "
+                      "enrollment code names): nothing was sent; check the address, or ask central IT")
+
+
+def new_key_and_csr(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+           .sign(key, hashes.SHA256()))
+    return key, csr.public_bytes(serialization.Encoding.DER)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` complete or not at all (temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _new(path: Path) -> Path:
+    return path.with_name(path.name + NEW)
+
+
+def recover_credentials(key_path: Path, cert_path: Path) -> str:
+    """Finish or undo an interrupted ``install_credentials``: "none", "finished" or "undone"."""
+    key_new, cert_new = _new(key_path), _new(cert_path)
+    if cert_new.exists():          # both new files were complete before the first switch
+        if key_new.exists():
+            os.replace(key_new, key_path)
+        os.replace(cert_new, cert_path)
+        return "finished"
+    if key_new.exists():           # the new certificate never got written: keep the old pair
+        key_new.unlink()
+        return "undone"
+    return "none"
+
+
+def install_credentials(key_path: Path, cert_path: Path, key_pem: bytes, cert_pem: bytes) -> None:
+    """Replace the key and certificate: both new files written first, then switched (``recover_credentials``)."""
+    _write(_new(key_path), key_pem, 0o600)
+    _write(_new(cert_path), cert_pem, 0o644)
+    os.replace(_new(key_path), key_path)
+    os.replace(_new(cert_path), cert_path)
+
+
+def _rpc_error(exc: grpc.RpcError, where: str) -> EnrollError:
+    code, detail = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ("CERTIFICATE_VERIFY_FAILED" in detail
+                                                or "certificate verify failed" in detail.lower()):
+        return EnrollError(f"{where} presented an unexpected certificate (not issued by the CA the enrollment "
+                           "code names): the code was not sent and nothing was changed; check the address, or "
+                           "ask central IT")
+    if code == grpc.StatusCode.UNAVAILABLE and "Peer name" in detail and "not in peer certificate" in detail:
+        return EnrollError(f"the certificate of {where} does not carry that host name: nothing was changed; use the "
+                           "name it was issued for, or --server-name")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return EnrollError(f"{where} did not answer ({code.name.lower()}); try again later")
+    return EnrollError(f"{where} refused: {detail or code.name}")
+
+
+def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int = DEFAULT_ENROLL_PORT,
+           server_name: str | None = None, timeout: float = CALL_TIMEOUT_S) -> Enrolled:
+    """Enroll this workstation; writes into ``directory`` (created 0700). Refused → nothing changed."""
+    try:
+        code, fingerprint = enrollment_code.parse_bundle(bundle)
+    except enrollment_code.BadCode as exc:
+        raise EnrollError(str(exc)) from None
+    host, _port = split_endpoint(personalizer)
+    config = directory / "station.toml"
+    existing = _existing_identity(config)
+    created = _writable_folder(directory)       # before the code is spent: a folder we cannot write loses it
+    try:
+        return _enroll(code, fingerprint, host, personalizer, directory, config, existing, enroll_port=enroll_port,
+                       server_name=server_name, timeout=timeout)
+    except BaseException:
+        if created:
+            try:
+                directory.rmdir()               # only if still empty: nothing of ours is left behind
+            except OSError:
+                pass
+        raise
+
+
+def _writable_folder(directory: Path) -> bool:
+    """Create ``directory`` (0700) if needed and prove it writable; True when it was created here."""
+    created = not directory.exists()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = directory / ".cns-enroll-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EnrollError(f"cannot write the station folder {directory}: {exc.strerror or exc}; choose another --dir "
+                          "(nothing was sent, the code is still valid)") from None
+    return created
+
+
+def _enroll(code: str, fingerprint: str, host: str, personalizer: str, directory: Path, config: Path,
+            existing: tuple[str, str] | None, *, enroll_port: int, server_name: str | None,
+            timeout: float) -> Enrolled:
+    ca_pem = fetch_pinned_ca(host, enroll_port, fingerprint, timeout=min(timeout, 10.0))
+    key, csr_der = new_key_and_csr("cns-station")
+    target = f"[{host}]:{enroll_port}" if ":" in host else f"{host}:{enroll_port}"
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    with grpc.secure_channel(target, creds, options=options) as ch:
+        try:
+            r = epb_grpc.StationEnrollmentStub(ch).Enroll(epb.EnrollRequest(
+                code=code, csr_der=csr_der, expect_station_id=existing[0] if existing else "",
+                expect_chamber_code=existing[1] if existing else ""), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, f"the personalizer at {target}") from None
+    cert = _check_issued(r.certificate_pem.encode(), key, ca_pem)
+    if existing is not None and existing != (r.station_id, r.chamber_code):
+        raise EnrollError(f"{config} is the configuration of station {existing[0]} ({existing[1]}), but this code is "
+                          f"for {r.station_id} ({r.chamber_code}): use another --dir; nothing was changed")
+    recover_credentials(directory / "client.key.pem", directory / "client.pem")
+    _write(directory / "tls-ca.pem", ca_pem, 0o644)
+    install_credentials(directory / "client.key.pem", directory / "client.pem", _key_pem(key),
+                        r.certificate_pem.encode())
+    if existing is None:
+        _write(config, STATION_TOML.format(station_id=r.station_id, chamber=r.chamber_code,
+                                           endpoint=personalizer).encode(), 0o644)
+    return Enrolled(r.station_id, r.chamber_code, config, r.serial_hex, cert.not_valid_after_utc)
+
+
+def _existing_identity(config: Path) -> tuple[str, str] | None:
+    if not config.exists():
+        return None
+    try:
+        cfg = station_config.load(config)
+    except station_config.StationConfigError:
+        import tomllib
+        try:
+            st = tomllib.loads(config.read_text()).get("station", {})
+            return st.get("id", ""), st.get("chamber_code", "")
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            raise EnrollError(f"{config} exists and is not a station configuration; use another --dir") from None
+    return cfg.station.id, cfg.station.chamber_code
+
+
+def _check_issued(cert_pem: bytes, key, ca_pem: bytes) -> x509.Certificate:
+    """The certificate is for our key and signed by the pinned CA (never install what does not fit)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except Exception as exc:   # ValueError, TypeError, InvalidSignature (not a ValueError)
+        raise EnrollError(f"the personalizer sent a certificate that does not verify ({type(exc).__name__}); "
+                          "nothing was changed") from None
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        raise EnrollError("the personalizer sent a certificate for another key; nothing was changed")
+    return cert
+
+
+def renewal_due(cert: x509.Certificate, now: _dt.datetime | None = None) -> bool:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after_utc - now <= life * RENEW_FRACTION
+
+
+def renew_if_due(cfg: StationConfig, *, force: bool = False, now: _dt.datetime | None = None,
+                 timeout: float | None = None) -> x509.Certificate | None:
+    """Renew the station certificate when due (or ``force``); the new certificate, or None when not due."""
+    p = cfg.personalizer
+    recover_credentials(p.client_key, p.client_certificate)
+    current = x509.load_pem_x509_certificate(p.client_certificate.read_bytes())
+    if not force and not renewal_due(current, now):
+        return None
+    key, csr_der = new_key_and_csr(cfg.station.id)
+    with channel.secure_channel_sync(cfg) as ch:
+        try:
+            r = epb_grpc.StationAdminStub(ch).RenewStation(epb.RenewStationRequest(csr_der=csr_der),
+                                                           timeout=timeout or p.timeout_seconds)
+        except grpc.RpcError as exc:
+            problem = channel.connection_problem(exc.code(), exc.details(), cfg)
+            raise EnrollError(problem) if problem else _rpc_error(exc, "the personalizer") from None
+    cert = _check_issued(r.certificate_pem.encode(), key, p.trust_anchors.read_bytes())
+    install_credentials(p.client_key, p.client_certificate, _key_pem(key), r.certificate_pem.encode())
+    return cert
+
+
+RENEWAL_CHECK_S = 24 * 3600.0
+
+
+async def renewal_loop(cfg: StationConfig, *, every: float = RENEWAL_CHECK_S) -> None:
+    """``cns-agent run``: check the station certificate at start and then daily; a failure is logged and
+    retried at the next check (the current certificate stays in use)."""
+    import asyncio
+    import logging
+    log = logging.getLogger("agent.enroll")
+    while True:
+        try:
+            cert = await asyncio.to_thread(renew_if_due, cfg)
+            if cert is not None:
+                log.info("station certificate renewed: serial %X, valid until %s", cert.serial_number,
+                         cert.not_valid_after_utc.isoformat())
+        except (EnrollError, OSError, ValueError) as exc:
+            log.warning("station certificate not renewed (will retry in %.0f h): %s", every / 3600, exc)
+        await asyncio.sleep(every)
