@@ -36,11 +36,12 @@ from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
 from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
 from personalizer.policy import CircuitBreaker, RetryPolicy
+from personalizer.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
 from personalizer.tls_clients import ClientTrust
-from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc
+from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc, registrations_pb2_grpc
 from proto.wire import DecodeInterceptor
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_name
@@ -54,7 +55,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 1 << 20),
+    # 12 MiB: a registration's signed request form (≤ 10 MiB, registrations.MAX_FORM_BYTES) must reach the
+    # handler to get its clear message; every other field stays bounded by personalizer.limits.
+    ("grpc.max_receive_message_length", 12 << 20),
 ]
 
 
@@ -151,10 +154,11 @@ class Daemon:
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay), server)
+        registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, REGISTRATIONS_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         s = cfg.server
         creds = grpc.ssl_server_credentials(

@@ -21,6 +21,7 @@ Narrow interface used by the broker and the relay::
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
     record_breaker_event(at, state, detail)       the relay's circuit transitions (CA outages)
     add_stock / list_stock / stock_balance        the device stock ledger (cnsctl stock, monthly report)
+    add_registration / get_registration / list_registrations   deferred issuance (enqueue marks one used)
     connect_readonly(path)                        a read-only connection (audit, reports)
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
@@ -49,6 +50,7 @@ import aiosqlite
 
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
+from personalizer.registrations import Registration
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
@@ -134,6 +136,34 @@ CREATE TRIGGER IF NOT EXISTS stock_no_update BEFORE UPDATE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS stock_no_delete BEFORE DELETE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
+-- Deferred issuance (personalizer.registrations): a holder registered by an IR, used once by one request.
+CREATE TABLE IF NOT EXISTS registrations (
+    registration_id   TEXT PRIMARY KEY,
+    chamber_code      TEXT NOT NULL,
+    codice_fiscale    TEXT NOT NULL,
+    given_name        TEXT NOT NULL,
+    surname           TEXT NOT NULL,
+    birth_date        TEXT NOT NULL,
+    form_sha256       TEXT NOT NULL,
+    form_type         TEXT NOT NULL,
+    form              BLOB NOT NULL,
+    created_by        TEXT NOT NULL,
+    created_at        REAL NOT NULL,
+    expires_at        REAL NOT NULL,
+    used_by           TEXT,
+    used_operator_id  TEXT,
+    used_at           REAL,
+    request_id        TEXT
+);
+CREATE INDEX IF NOT EXISTS registrations_by_chamber ON registrations(chamber_code, created_at);
+CREATE TRIGGER IF NOT EXISTS registration_used_once BEFORE UPDATE ON registrations
+    WHEN OLD.request_id IS NOT NULL AND NEW.request_id IS NOT OLD.request_id
+    BEGIN SELECT RAISE(ABORT, 'registration already used'); END;
+CREATE TRIGGER IF NOT EXISTS registration_holder_fixed BEFORE UPDATE OF registration_id, chamber_code,
+    codice_fiscale, given_name, surname, birth_date, form_sha256, form, created_by, created_at ON registrations
+    BEGIN SELECT RAISE(ABORT, 'a registration is not edited'); END;
+CREATE TRIGGER IF NOT EXISTS registration_no_delete BEFORE DELETE ON registrations
+    BEGIN SELECT RAISE(ABORT, 'registrations are kept'); END;
 CREATE TABLE IF NOT EXISTS maintenance (
     id         TEXT PRIMARY KEY,
     starts_at  REAL NOT NULL,
@@ -250,6 +280,19 @@ Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS
     JOIN certificates c ON c.request_id = r.request_id LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
     GROUP BY 1, 2"""
+_REGISTRATION_COLUMNS = """registration_id, chamber_code, codice_fiscale, given_name, surname, birth_date, form_sha256,
+    form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id"""
+Q_INSERT_REGISTRATION = """INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name, surname,
+    birth_date, form_sha256, form_type, form, created_by, created_at, expires_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+Q_SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE registration_id = ?"
+Q_LIST_REGISTRATIONS = f"""SELECT {_REGISTRATION_COLUMNS} FROM registrations
+    WHERE (? = '' OR chamber_code = ?) AND (? OR (request_id IS NULL AND expires_at > ?))
+    ORDER BY created_at DESC LIMIT ?"""
+# Last statement of a new issuance's commit (after its audit row: changes() = 1 only for a new request);
+# the trigger registration_used_once aborts the whole request if another request used it first.
+Q_USE_REGISTRATION = """UPDATE registrations SET used_by = ?, used_operator_id = ?, used_at = ?, request_id = ?
+    WHERE registration_id = ? AND changes() = 1"""
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
@@ -590,8 +633,11 @@ class RequestStore:
         return changed[0] == 1
 
     async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
-                      claim: bool = False) -> bool:
+                      claim: bool = False, registration_id: str = "") -> bool:
         """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists.
+
+        ``registration_id``: a deferred issuance; the registration is marked used by this request in the
+        same transaction (StoreError "registration already used", nothing written, if another request was first).
 
         ``claim``: the row is written already claimed by the relay (``sending``, attempt 1, request
         PENDING), as ``mark_sending`` would leave it; the caller delivers it now.
@@ -604,8 +650,28 @@ class RequestStore:
             (Q_INSERT_OUTBOX_CLAIMED_IF_NEW if claim else Q_INSERT_OUTBOX_IF_NEW,
              (rec.request_id, lane, rec.kind, payload, now, now)),
             (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
+            *([(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, registration_id))]
+              if registration_id else []),
         ])
         return changed[0] == 1
+
+    async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> None:
+        """The registration (with its form) and its audit row, one transaction."""
+        now = self._clock()
+        await self._write([
+            (Q_INSERT_REGISTRATION, (reg.registration_id, reg.chamber_code, reg.codice_fiscale, reg.given_name,
+                                     reg.surname, reg.birth_date, reg.form_sha256, reg.form_type, form,
+                                     reg.created_by, reg.created_at, reg.expires_at)),
+            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+
+    async def get_registration(self, registration_id: str) -> Registration | None:
+        row = await self._one(Q_SELECT_REGISTRATION, (registration_id,))
+        return Registration(*row) if row else None
+
+    async def list_registrations(self, chamber_code: str, *, include_closed: bool, now: float,
+                                 limit: int) -> list[Registration]:
+        rows = await self._all(Q_LIST_REGISTRATIONS, (chamber_code, chamber_code, int(include_closed), now, limit))
+        return [Registration(*r) for r in rows]
 
     async def ensure_outbox(self, request_id: str, *, lane: str, kind: str, payload: bytes) -> None:
         """Give a request row left by an older version (no outbox row) its outbox row."""

@@ -1,0 +1,131 @@
+"""Deferred issuance ("decentrata differita", issue 19): the rules of a registration.
+
+A recognition officer (IR) registers a holder with the signed request form;
+later a station of the same chamber issues to that holder on a blank card,
+naming the registration. This module owns what a registration is
+(``Registration``), how the form is judged (``check_form``: present, at most
+``MAX_FORM_BYTES``, a PDF, PNG or JPEG by its magic bytes), how a new one is
+made (``new_registration``: holder judged by ``validation.check_holder``, i.e.
+``cns_spec``'s rules), and when an issuance may use one (``check_usable``:
+same chamber, not expired, not used by another request, the same holder).
+
+Marking a registration used is the store's (one statement in the issuance
+request's own commit, guarded by a trigger against a second request).
+
+Pure: no I/O, the time is passed in. Imports ``errors`` and ``validation`` only.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from personalizer import validation
+from personalizer.errors import FailedPrecondition, InvalidRequest, PermissionDenied
+
+MAX_FORM_BYTES = 10 * 1024 * 1024
+DEFAULT_EXPIRES_DAYS = 30
+MAX_EXPIRES_DAYS = 365
+# Magic bytes of the accepted form types (the signed paper form, scanned or signed as PDF).
+FORM_TYPES = ((b"%PDF-", "application/pdf"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+REGISTRATION_ID_RE = re.compile(r"REG-[0-9A-F]{16}")
+STATE_OPEN, STATE_USED, STATE_EXPIRED = "open", "used", "expired"
+
+
+@dataclass(frozen=True)
+class Registration:
+    registration_id: str
+    chamber_code: str
+    codice_fiscale: str
+    given_name: str
+    surname: str
+    birth_date: str          # ISO YYYY-MM-DD
+    form_sha256: str         # hex
+    form_type: str
+    form_size: int
+    created_by: str          # the IR's identity URI
+    created_at: float
+    expires_at: float
+    used_by: str | None = None          # the issuing station's identity URI
+    used_operator_id: str | None = None
+    used_at: float | None = None
+    request_id: str | None = None
+
+    def state(self, now: float) -> str:
+        if self.request_id:
+            return STATE_USED
+        return STATE_EXPIRED if now >= self.expires_at else STATE_OPEN
+
+
+def form_type(form: bytes) -> str:
+    for magic, media in FORM_TYPES:
+        if form.startswith(magic):
+            return media
+    return ""
+
+
+def check_form(form: bytes) -> str:
+    """The form's media type; ``InvalidRequest("form", …)`` when missing, too large or of another type."""
+    if not form:
+        raise InvalidRequest("form", "the signed request form is required (a PDF, PNG or JPEG file)")
+    if len(form) > MAX_FORM_BYTES:
+        raise InvalidRequest("form", f"at most {MAX_FORM_BYTES // (1024 * 1024)} MiB (got {len(form)} bytes); "
+                                     "scan it at a lower resolution")
+    media = form_type(form)
+    if not media:
+        raise InvalidRequest("form", "not a PDF, PNG or JPEG file (judged by its first bytes); "
+                                     "send the signed request form as one of these")
+    return media
+
+
+def check_expires_days(days: int) -> int:
+    days = days or DEFAULT_EXPIRES_DAYS
+    if not 1 <= days <= MAX_EXPIRES_DAYS:
+        raise InvalidRequest("expires_days", f"must be 1..{MAX_EXPIRES_DAYS} days (got {days})")
+    return days
+
+
+def new_id() -> str:
+    """``REG-`` and 16 random hex digits: unguessable, valid as a request id part."""
+    return "REG-" + secrets.token_hex(8).upper()
+
+
+def new_registration(*, chamber_code: str, created_by: str, cf: str, given_name: str, surname: str,
+                     birth_date: str, form: bytes, expires_days: int, now: float) -> Registration:
+    """Judge everything first (holder, form, expiry): a refused registration writes nothing."""
+    holder = validation.check_holder(cf, given_name, surname, birth_date)
+    media = check_form(form)
+    days = check_expires_days(expires_days)
+    return Registration(
+        registration_id=new_id(), chamber_code=chamber_code, codice_fiscale=holder.codice_fiscale,
+        given_name=holder.given_name, surname=holder.surname, birth_date=holder.birth_date.isoformat(),
+        form_sha256=hashlib.sha256(form).hexdigest(), form_type=media, form_size=len(form), created_by=created_by,
+        created_at=now, expires_at=now + days * 86400)
+
+
+def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Holder, request_id: str,
+                 now: float) -> None:
+    """May issuance request ``request_id`` of ``chamber_code`` for ``holder`` use ``reg``? Raises if not.
+
+    A retry of the request that already used it passes (idempotent requests)."""
+    if reg.chamber_code != chamber_code:
+        raise PermissionDenied(f"registration {reg.registration_id} belongs to chamber {reg.chamber_code}; "
+                               f"a station of chamber {chamber_code} may not complete it")
+    if reg.request_id:
+        if reg.request_id == request_id:
+            return
+        raise FailedPrecondition(f"registration {reg.registration_id} was already used (request {reg.request_id}); "
+                                 "a registration issues one card: register the holder again")
+    if now >= reg.expires_at:
+        when = _dt.datetime.fromtimestamp(reg.expires_at, _dt.timezone.utc).isoformat(timespec="seconds")
+        raise FailedPrecondition(f"registration {reg.registration_id} expired at {when}; register the holder again")
+    expected = (reg.codice_fiscale, reg.given_name.casefold(), reg.surname.casefold(), reg.birth_date)
+    got = (holder.codice_fiscale, holder.given_name.casefold(), holder.surname.casefold(),
+           holder.birth_date.isoformat())
+    if expected != got:
+        names = ("codice_fiscale", "given_name", "surname", "birth_date")
+        field = next(n for n, a, b in zip(names, expected, got) if a != b)
+        raise InvalidRequest(f"holder.{field}", f"differs from registration {reg.registration_id}; issue to the "
+                                                "registered holder (the agent fetches its data)")
