@@ -33,7 +33,7 @@ def to_proto(reg: registrations.Registration, now: float) -> rpb.Registration:
         form_sha256=reg.form_sha256, form_type=reg.form_type, form_size=reg.form_size, created_by=reg.created_by,
         created_at=int(reg.created_at), expires_at=int(reg.expires_at), used_by=reg.used_by or "",
         used_operator_id=reg.used_operator_id or "", used_at=int(reg.used_at or 0), request_id=reg.request_id or "",
-        state=reg.state(now))
+        state=reg.state(now), sex=reg.sex, birth_town=reg.birth_town)
 
 
 class RegistrationsService(rpb_grpc.RegistrationsServicer):
@@ -54,7 +54,7 @@ class RegistrationsService(rpb_grpc.RegistrationsServicer):
         reg = registrations.new_registration(
             chamber_code=ident.chamber_code or "", created_by=ident.uri, cf=h.codice_fiscale,
             given_name=h.given_name, surname=h.surname, birth_date=h.birth_date, form=request.form,
-            expires_days=request.expires_days, now=now)
+            expires_days=request.expires_days, now=now, sex=request.sex, birth_town=request.birth_town)
         await self._broker.store.add_registration(reg, request.form, AuditEntry(
             ident.uri, "", "registration-add", None, reg.registration_id, "done",
             f"form {reg.form_type} sha256:{reg.form_sha256}", operator_id=ident.subject_id,

@@ -12,7 +12,7 @@ same chamber, not expired, not used by another request, the same holder).
 Marking a registration used is the store's (one statement in the issuance
 request's own commit, guarded by a trigger against a second request).
 
-Pure: no I/O, the time is passed in. Imports ``errors`` and ``validation`` only.
+Pure: no I/O, the time is passed in. Imports ``cns_spec``, ``errors`` and ``validation`` only.
 """
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from cns_spec import holder as cns_holder
+from cns_spec.text import TextPolicyError, check_text, normalize
 from personalizer import validation
 from personalizer.errors import FailedPrecondition, InvalidRequest, PermissionDenied
 
 MAX_FORM_BYTES = 10 * 1024 * 1024
 DEFAULT_EXPIRES_DAYS = 30
 MAX_EXPIRES_DAYS = 365
+MAX_BIRTH_TOWN = 64
 # Magic bytes of the accepted form types (the signed paper form, scanned or signed as PDF).
 FORM_TYPES = ((b"%PDF-", "application/pdf"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 REGISTRATION_ID_RE = re.compile(r"REG-[0-9A-F]{16}")
@@ -52,6 +55,8 @@ class Registration:
     used_operator_id: str | None = None
     used_at: float | None = None
     request_id: str | None = None
+    sex: str = ""
+    birth_town: str = ""
 
     def state(self, now: float) -> str:
         if self.request_id:
@@ -92,17 +97,41 @@ def new_id() -> str:
     return "REG-" + secrets.token_hex(8).upper()
 
 
+def check_card_fields(holder: validation.Holder, sex: str, birth_town: str) -> tuple[str, str]:
+    """Sex and birth town as EF_DatiPersonali keeps them, consistent with the codice fiscale."""
+    sex = (sex or "").strip().upper()
+    if sex not in ("", "M", "F"):
+        raise InvalidRequest("sex", f"expected M or F (or nothing), got {sex[:8]!r}")
+    town = normalize((birth_town or "").strip())
+    try:
+        check_text(town)
+    except TextPolicyError as exc:
+        raise InvalidRequest("birth_town", exc.reason) from None
+    if len(town) > MAX_BIRTH_TOWN:
+        raise InvalidRequest("birth_town", f"at most {MAX_BIRTH_TOWN} characters (got {len(town)})")
+    try:
+        cns_holder.check_holder(codice_fiscale_code=holder.codice_fiscale, given_name=holder.given_name,
+                                surname=holder.surname, birth_date=holder.birth_date, sex=sex or None,
+                                birth_place=town or None, qualified=False)
+    except cns_holder.HolderDataError as exc:
+        raise InvalidRequest(exc.field if exc.field in ("sex", "birth_town") else f"holder.{exc.field}",
+                             exc.reason) from None
+    return sex, town
+
+
 def new_registration(*, chamber_code: str, created_by: str, cf: str, given_name: str, surname: str,
-                     birth_date: str, form: bytes, expires_days: int, now: float) -> Registration:
+                     birth_date: str, form: bytes, expires_days: int, now: float, sex: str = "",
+                     birth_town: str = "") -> Registration:
     """Judge everything first (holder, form, expiry): a refused registration writes nothing."""
     holder = validation.check_holder(cf, given_name, surname, birth_date)
+    sex, birth_town = check_card_fields(holder, sex, birth_town)
     media = check_form(form)
     days = check_expires_days(expires_days)
     return Registration(
         registration_id=new_id(), chamber_code=chamber_code, codice_fiscale=holder.codice_fiscale,
         given_name=holder.given_name, surname=holder.surname, birth_date=holder.birth_date.isoformat(),
         form_sha256=hashlib.sha256(form).hexdigest(), form_type=media, form_size=len(form), created_by=created_by,
-        created_at=now, expires_at=now + days * 86400)
+        created_at=now, expires_at=now + days * 86400, sex=sex, birth_town=birth_town)
 
 
 def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Holder, request_id: str,

@@ -153,7 +153,9 @@ CREATE TABLE IF NOT EXISTS registrations (
     used_by           TEXT,
     used_operator_id  TEXT,
     used_at           REAL,
-    request_id        TEXT
+    request_id        TEXT,
+    sex               TEXT NOT NULL DEFAULT '',
+    birth_town        TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS registrations_by_chamber ON registrations(chamber_code, created_at);
 CREATE TRIGGER IF NOT EXISTS registration_used_once BEFORE UPDATE ON registrations
@@ -281,10 +283,11 @@ Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS
     WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
     GROUP BY 1, 2"""
 _REGISTRATION_COLUMNS = """registration_id, chamber_code, codice_fiscale, given_name, surname, birth_date, form_sha256,
-    form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id"""
+    form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id,
+    sex, birth_town"""
 Q_INSERT_REGISTRATION = """INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name, surname,
-    birth_date, form_sha256, form_type, form, created_by, created_at, expires_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE registration_id = ?"
 Q_LIST_REGISTRATIONS = f"""SELECT {_REGISTRATION_COLUMNS} FROM registrations
     WHERE (? = '' OR chamber_code = ?) AND (? OR (request_id IS NULL AND expires_at > ?))
@@ -661,7 +664,7 @@ class RequestStore:
         await self._write([
             (Q_INSERT_REGISTRATION, (reg.registration_id, reg.chamber_code, reg.codice_fiscale, reg.given_name,
                                      reg.surname, reg.birth_date, reg.form_sha256, reg.form_type, form,
-                                     reg.created_by, reg.created_at, reg.expires_at)),
+                                     reg.created_by, reg.created_at, reg.expires_at, reg.sex, reg.birth_town)),
             (Q_INSERT_AUDIT, _audit_params(audit, now))])
 
     async def get_registration(self, registration_id: str) -> Registration | None:

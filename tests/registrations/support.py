@@ -30,8 +30,8 @@ def holder(cf: str = helpers.CF, given: str = "Mario", surname: str = "Rossi", b
     return common_pb2.Holder(codice_fiscale=cf, given_name=given, surname=surname, birth_date=birth)
 
 
-def register_request(form: bytes = PDF, **kw) -> rpb.RegisterHolderRequest:
-    return rpb.RegisterHolderRequest(holder=holder(**kw), form=form)
+def register_request(form: bytes = PDF, sex: str = "M", birth_town: str = "H501", **kw) -> rpb.RegisterHolderRequest:
+    return rpb.RegisterHolderRequest(holder=holder(**kw), form=form, sex=sex, birth_town=birth_town)
 
 
 def _cert(directory) -> helpers.ClientCert:

@@ -66,6 +66,7 @@ def test_an_ir_registers_and_a_station_of_the_chamber_issues_once(deployment, tm
         seen = await srv.registrations("station").GetRegistration(
             rpb.GetRegistrationRequest(registration_id=reg.registration_id), timeout=T)
         assert seen.holder.codice_fiscale == helpers.CF and seen.holder.surname == "Rossi"
+        assert (seen.sex, seen.birth_town, seen.state) == ("M", "H501", "open")
         first = _issue(reg.registration_id, operator="rao-anna")
         answer = await srv.personalizer("station").SubmitIssue(first, timeout=T)
         await env.relay.run_once()
@@ -156,6 +157,8 @@ def test_each_refused_use_of_a_registration_is_clear_writes_nothing_and_one_audi
 @pytest.mark.parametrize("name, request_kw, field, words", [
     ("invalid codice fiscale", {"cf": "RSSMRA80A01H501X"}, "holder.codice_fiscale", "invalid codice fiscale"),
     ("codice fiscale of another person", {"cf": helpers.CF, "surname": "Bianchi"}, "holder.", ""),
+    ("sex against the codice fiscale", {"sex": "F"}, "sex", "contradicts the codice fiscale"),
+    ("birth town code against the codice fiscale", {"birth_town": "F205"}, "birth_town", "differs from H501"),
     ("missing form", {"form": b""}, "form", "is required"),
     ("oversized form", {"form": b"%PDF-" + b"0" * registrations.MAX_FORM_BYTES}, "form", "at most 10 MiB"),
     ("wrong type", {"form": b"GIF89a" + b"\0" * 100}, "form", "not a PDF, PNG or JPEG"),
