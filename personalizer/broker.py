@@ -178,7 +178,7 @@ class Broker:
             if reg is None:
                 raise NotFound(f"no registration {rid!r}; check the id on the IR's receipt")
             registrations.check_usable(reg, chamber_code=inp.chamber_code, holder=valid.holder,
-                                       request_id=inp.request_id, now=self._clock())
+                                       card_id=valid.card_id, now=self._clock())
         try:
             return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id,
                                       card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale,

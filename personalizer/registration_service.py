@@ -33,7 +33,7 @@ def to_proto(reg: registrations.Registration, now: float) -> rpb.Registration:
         form_sha256=reg.form_sha256, form_type=reg.form_type, form_size=reg.form_size, created_by=reg.created_by,
         created_at=int(reg.created_at), expires_at=int(reg.expires_at), used_by=reg.used_by or "",
         used_operator_id=reg.used_operator_id or "", used_at=int(reg.used_at or 0), request_id=reg.request_id or "",
-        state=reg.state(now), sex=reg.sex, birth_town=reg.birth_town)
+        state=reg.state(now), sex=reg.sex, birth_town=reg.birth_town, card_id=reg.card_id or "")
 
 
 class RegistrationsService(rpb_grpc.RegistrationsServicer):

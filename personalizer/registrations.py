@@ -57,9 +57,10 @@ class Registration:
     request_id: str | None = None
     sex: str = ""
     birth_town: str = ""
+    card_id: str | None = None          # the card it issued (bound by its first request)
 
     def state(self, now: float) -> str:
-        if self.request_id:
+        if self.card_id:
             return STATE_USED
         return STATE_EXPIRED if now >= self.expires_at else STATE_OPEN
 
@@ -134,20 +135,22 @@ def new_registration(*, chamber_code: str, created_by: str, cf: str, given_name:
         created_at=now, expires_at=now + days * 86400, sex=sex, birth_town=birth_town)
 
 
-def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Holder, request_id: str,
+def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Holder, card_id: str,
                  now: float) -> None:
-    """May issuance request ``request_id`` of ``chamber_code`` for ``holder`` use ``reg``? Raises if not.
+    """May an issuance of ``chamber_code`` for ``holder`` on card ``card_id`` use ``reg``? Raises if not.
 
-    A retry of the request that already used it passes (idempotent requests)."""
+    A registration issues one card: once its first request bound it to a card, that card's requests
+    (the other keyset's certificate, a retry, a re-personalization of the same card after an undo)
+    pass, even past the expiry; any other card is refused."""
     if reg.chamber_code != chamber_code:
         raise PermissionDenied(f"registration {reg.registration_id} belongs to chamber {reg.chamber_code}; "
                                f"a station of chamber {chamber_code} may not complete it")
-    if reg.request_id:
-        if reg.request_id == request_id:
-            return
-        raise FailedPrecondition(f"registration {reg.registration_id} was already used (request {reg.request_id}); "
-                                 "a registration issues one card: register the holder again")
-    if now >= reg.expires_at:
+    used = bool(reg.card_id)
+    if used and reg.card_id != card_id:
+        raise FailedPrecondition(f"registration {reg.registration_id} was already used for card {reg.card_id} "
+                                 f"(request {reg.request_id}); a registration issues one card: register the "
+                                 "holder again")
+    if not used and now >= reg.expires_at:
         when = _dt.datetime.fromtimestamp(reg.expires_at, _dt.timezone.utc).isoformat(timespec="seconds")
         raise FailedPrecondition(f"registration {reg.registration_id} expired at {when}; register the holder again")
     expected = (reg.codice_fiscale, reg.given_name.casefold(), reg.surname.casefold(), reg.birth_date)

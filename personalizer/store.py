@@ -155,11 +155,12 @@ CREATE TABLE IF NOT EXISTS registrations (
     used_at           REAL,
     request_id        TEXT,
     sex               TEXT NOT NULL DEFAULT '',
-    birth_town        TEXT NOT NULL DEFAULT ''
+    birth_town        TEXT NOT NULL DEFAULT '',
+    card_id           TEXT
 );
 CREATE INDEX IF NOT EXISTS registrations_by_chamber ON registrations(chamber_code, created_at);
 CREATE TRIGGER IF NOT EXISTS registration_used_once BEFORE UPDATE ON registrations
-    WHEN OLD.request_id IS NOT NULL AND NEW.request_id IS NOT OLD.request_id
+    WHEN OLD.card_id IS NOT NULL AND NEW.card_id IS NOT OLD.card_id
     BEGIN SELECT RAISE(ABORT, 'registration already used'); END;
 CREATE TRIGGER IF NOT EXISTS registration_holder_fixed BEFORE UPDATE OF registration_id, chamber_code,
     codice_fiscale, given_name, surname, birth_date, form_sha256, form, created_by, created_at ON registrations
@@ -284,7 +285,7 @@ Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS
     GROUP BY 1, 2"""
 _REGISTRATION_COLUMNS = """registration_id, chamber_code, codice_fiscale, given_name, surname, birth_date, form_sha256,
     form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id,
-    sex, birth_town"""
+    sex, birth_town, card_id"""
 Q_INSERT_REGISTRATION = """INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name, surname,
     birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -292,9 +293,12 @@ Q_SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHER
 Q_LIST_REGISTRATIONS = f"""SELECT {_REGISTRATION_COLUMNS} FROM registrations
     WHERE (? = '' OR chamber_code = ?) AND (? OR (request_id IS NULL AND expires_at > ?))
     ORDER BY created_at DESC LIMIT ?"""
-# Last statement of a new issuance's commit (after its audit row: changes() = 1 only for a new request);
-# the trigger registration_used_once aborts the whole request if another request used it first.
-Q_USE_REGISTRATION = """UPDATE registrations SET used_by = ?, used_operator_id = ?, used_at = ?, request_id = ?
+# Last statement of a new issuance's commit (after its audit row: changes() = 1 only for a new request).
+# A registration issues ONE card: its first request binds it to the card (the card's other keyset's
+# request passes); the trigger registration_used_once aborts the whole request for another card.
+Q_USE_REGISTRATION = """UPDATE registrations SET used_by = COALESCE(used_by, ?),
+    used_operator_id = COALESCE(used_operator_id, ?), used_at = COALESCE(used_at, ?),
+    request_id = COALESCE(request_id, ?), card_id = ?
     WHERE registration_id = ? AND changes() = 1"""
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
@@ -639,8 +643,9 @@ class RequestStore:
                       claim: bool = False, registration_id: str = "") -> bool:
         """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists.
 
-        ``registration_id``: a deferred issuance; the registration is marked used by this request in the
-        same transaction (StoreError "registration already used", nothing written, if another request was first).
+        ``registration_id``: a deferred issuance; the registration is marked used for this request's card
+        (``audit.card_id``) in the same transaction (StoreError "registration already used", nothing
+        written, if a request for another card was first).
 
         ``claim``: the row is written already claimed by the relay (``sending``, attempt 1, request
         PENDING), as ``mark_sending`` would leave it; the caller delivers it now.
@@ -653,7 +658,8 @@ class RequestStore:
             (Q_INSERT_OUTBOX_CLAIMED_IF_NEW if claim else Q_INSERT_OUTBOX_IF_NEW,
              (rec.request_id, lane, rec.kind, payload, now, now)),
             (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
-            *([(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, registration_id))]
+            *([(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
+                                     registration_id))]
               if registration_id else []),
         ])
         return changed[0] == 1

@@ -44,9 +44,10 @@ async def _refused(call, request, code) -> str:
     return details
 
 
-def _issue(reg_id: str, **kw) -> pb.SubmitIssueRequest:
+def _issue(reg_id: str, card_id: str = helpers.CARD_ID, **kw) -> pb.SubmitIssueRequest:
     req = helpers.issue_request(**kw)
     req.registration_id = reg_id
+    req.card.card_id = card_id
     return req
 
 
@@ -68,15 +69,19 @@ def test_an_ir_registers_and_a_station_of_the_chamber_issues_once(deployment, tm
         assert seen.holder.codice_fiscale == helpers.CF and seen.holder.surname == "Rossi"
         assert (seen.sex, seen.birth_town, seen.state) == ("M", "H501", "open")
         first = _issue(reg.registration_id, operator="rao-anna")
-        answer = await srv.personalizer("station").SubmitIssue(first, timeout=T)
+        station = srv.personalizer("station")
+        answer = await station.SubmitIssue(first, timeout=T)
         await env.relay.run_once()
         done = await srv.personalizer("station").GetRequest(pb.GetRequestRequest(request_id=answer.request_id),
                                                             timeout=T)
         assert done.state == pb.REQUEST_STATE_ISSUED
         used = await srv.registrations("ir").GetRegistration(
             rpb.GetRegistrationRequest(registration_id=reg.registration_id), timeout=T)
-        assert (used.state, used.request_id, used.used_by, used.used_operator_id) == (
-            "used", first.request_id, STATION_URI, "rao-anna")
+        assert (used.state, used.request_id, used.used_by, used.used_operator_id, used.card_id) == (
+            "used", first.request_id, STATION_URI, "rao-anna", helpers.CARD_ID)
+        # the card's second certificate (qualified signature keyset) completes the same registration
+        second = _issue(reg.registration_id, operator="rao-anna", profile=pb.CA_PROFILE_QUALIFIED_SIGNATURE)
+        assert (await station.SubmitIssue(second, timeout=T)).request_id == second.request_id
         # a retry of the same request (lost answer) is the same request, not a reuse
         again = await srv.personalizer("station").SubmitIssue(first, timeout=T)
         assert again.request_id == first.request_id and again.state == pb.REQUEST_STATE_ISSUED
@@ -129,8 +134,8 @@ def test_each_refused_use_of_a_registration_is_clear_writes_nothing_and_one_audi
         used = _issue(reg)
         await station.SubmitIssue(used, timeout=T)
         seq = (await env.store.list_audit())[-1].seq
-        with pytest.raises(grpc.aio.AioRpcError) as ei:
-            await station.SubmitIssue(_issue(reg), timeout=T)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:   # a second card for the same registration
+            await station.SubmitIssue(_issue(reg, card_id="7420000000000002"), timeout=T)
         assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         found["reused"] = ei.value.details()
         rows, seq = await _new_rows(env, seq)
@@ -150,7 +155,7 @@ def test_each_refused_use_of_a_registration_is_clear_writes_nothing_and_one_audi
     assert "role ir may not call /cns.v1.Personalizer/SubmitIssue" in found["ir issues"]
     assert "belongs to chamber RM" in found["other chamber"]
     assert "holder.codice_fiscale" in found["other holder"] and "differs from registration" in found["other holder"]
-    assert "already used" in found["reused"] and "register the holder again" in found["reused"]
+    assert "already used for card 7420000000000001" in found["reused"] and "register the holder again" in found["reused"]
     assert "expired at" in found["expired"]
 
 

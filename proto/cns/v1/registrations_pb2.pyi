@@ -38,7 +38,7 @@ class ListRegistrationsRequest(_message.Message):
     def __init__(self, chamber_code: _Optional[str] = ..., include_closed: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Registration(_message.Message):
-    __slots__ = ("registration_id", "chamber_code", "holder", "form_sha256", "form_type", "form_size", "created_by", "created_at", "expires_at", "used_by", "used_operator_id", "used_at", "request_id", "state", "sex", "birth_town")
+    __slots__ = ("registration_id", "chamber_code", "holder", "form_sha256", "form_type", "form_size", "created_by", "created_at", "expires_at", "used_by", "used_operator_id", "used_at", "request_id", "state", "sex", "birth_town", "card_id")
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class Registration(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     SEX_FIELD_NUMBER: _ClassVar[int]
     BIRTH_TOWN_FIELD_NUMBER: _ClassVar[int]
+    CARD_ID_FIELD_NUMBER: _ClassVar[int]
     registration_id: str
     chamber_code: str
     holder: _common_pb2.Holder
@@ -71,7 +72,8 @@ class Registration(_message.Message):
     state: str
     sex: str
     birth_town: str
-    def __init__(self, registration_id: _Optional[str] = ..., chamber_code: _Optional[str] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., form_sha256: _Optional[str] = ..., form_type: _Optional[str] = ..., form_size: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., used_by: _Optional[str] = ..., used_operator_id: _Optional[str] = ..., used_at: _Optional[int] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ...) -> None: ...
+    card_id: str
+    def __init__(self, registration_id: _Optional[str] = ..., chamber_code: _Optional[str] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., form_sha256: _Optional[str] = ..., form_type: _Optional[str] = ..., form_size: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., used_by: _Optional[str] = ..., used_operator_id: _Optional[str] = ..., used_at: _Optional[int] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ..., card_id: _Optional[str] = ...) -> None: ...
 
 class ListRegistrationsResponse(_message.Message):
     __slots__ = ("registrations",)
