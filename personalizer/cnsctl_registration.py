@@ -93,7 +93,7 @@ def _out(r: rpb.Registration) -> dict:
             "sex": r.sex, "birth_town": r.birth_town, "form": f"{r.form_type} {r.form_size} bytes",
             "form_sha256": r.form_sha256, "created_by": r.created_by, "created_at": _ts(r.created_at),
             "expires_at": _ts(r.expires_at), "used_by": r.used_by or "-", "used_operator": r.used_operator_id or "-",
-            "used_at": _ts(r.used_at), "request_id": r.request_id or "-"}
+            "used_at": _ts(r.used_at), "card": r.card_id or "-", "request_id": r.request_id or "-"}
 
 
 def run(ch, opts, timeout) -> dict:
