@@ -3,6 +3,7 @@
     cnsctl --config ir.toml registration add --holder holder.toml --form form.pdf [--expires-days N]
     cnsctl --config ir.toml registration show REG-…
     cnsctl --config ir.toml registration list [--all]
+    cnsctl --config ir.toml registration cancel REG-… [--reason TEXT]
 
 The holder file is the agent's holder TOML (a ``[holder]`` table: codice_fiscale,
 given_name, surname, birth_date YYYY-MM-DD, sex, birth_town; issuer and
@@ -93,7 +94,8 @@ def _out(r: rpb.Registration) -> dict:
             "sex": r.sex, "birth_town": r.birth_town, "form": f"{r.form_type} {r.form_size} bytes",
             "form_sha256": r.form_sha256, "created_by": r.created_by, "created_at": _ts(r.created_at),
             "expires_at": _ts(r.expires_at), "used_by": r.used_by or "-", "used_operator": r.used_operator_id or "-",
-            "used_at": _ts(r.used_at), "card": r.card_id or "-", "request_id": r.request_id or "-"}
+            "used_at": _ts(r.used_at), "card": r.card_id or "-", "request_id": r.request_id or "-",
+            "cancelled_by": r.cancelled_by or "-", "cancelled_at": _ts(r.cancelled_at)}
 
 
 def run(ch, opts, timeout) -> dict:
@@ -107,6 +109,9 @@ def run(ch, opts, timeout) -> dict:
             sex=h.get("sex", ""), birth_town=h.get("birth_town", ""), form=form, expires_days=opts.expires_days),
             timeout=timeout)
         return _out(r)
+    if opts.registration_command == "cancel":
+        return _out(stub.CancelRegistration(rpb.CancelRegistrationRequest(registration_id=opts.registration_id,
+                                                                          reason=opts.reason), timeout=timeout))
     if opts.registration_command == "show":
         return _out(stub.GetRegistration(rpb.GetRegistrationRequest(registration_id=opts.registration_id),
                                          timeout=timeout))
@@ -128,6 +133,10 @@ def add_parser(sub, positive_int) -> None:
     s = rsub.add_parser("show", help="one registration")
     s.add_argument("registration_id")
     s.set_defaults(func=run)
+    c = rsub.add_parser("cancel", help="cancel a registration not yet used for a card (e.g. a mistyped one)")
+    c.add_argument("registration_id")
+    c.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    c.set_defaults(func=run)
     li = rsub.add_parser("list", help="the chamber's open registrations, newest first")
     li.add_argument("--all", action="store_true", help="also used and expired ones")
     li.add_argument("--chamber", default="", help="central IT: only this chamber")

@@ -92,7 +92,8 @@ METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
 _REGISTRATIONS = "/cns.v1.Registrations/"
 METHOD_ROLES.update({_REGISTRATIONS + "RegisterHolder": frozenset({ROLE_IR}),
                      _REGISTRATIONS + "GetRegistration": frozenset(ROLES),
-                     _REGISTRATIONS + "ListRegistrations": frozenset(ROLES)})
+                     _REGISTRATIONS + "ListRegistrations": frozenset(ROLES),
+                     _REGISTRATIONS + "CancelRegistration": frozenset({ROLE_IR, ROLE_ADMIN})})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

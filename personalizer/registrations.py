@@ -34,7 +34,7 @@ MAX_BIRTH_TOWN = 64
 # Magic bytes of the accepted form types (the signed paper form, scanned or signed as PDF).
 FORM_TYPES = ((b"%PDF-", "application/pdf"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 REGISTRATION_ID_RE = re.compile(r"REG-[0-9A-F]{16}")
-STATE_OPEN, STATE_USED, STATE_EXPIRED = "open", "used", "expired"
+STATE_OPEN, STATE_USED, STATE_EXPIRED, STATE_CANCELLED = "open", "used", "expired", "cancelled"
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,14 @@ class Registration:
     sex: str = ""
     birth_town: str = ""
     card_id: str | None = None          # the card it issued (bound by its first request)
+    cancelled_by: str | None = None     # identity URI of who cancelled it (never once bound to a card)
+    cancelled_at: float | None = None
 
     def state(self, now: float) -> str:
         if self.card_id:
             return STATE_USED
+        if self.cancelled_at is not None:
+            return STATE_CANCELLED
         return STATE_EXPIRED if now >= self.expires_at else STATE_OPEN
 
 
@@ -135,6 +139,13 @@ def new_registration(*, chamber_code: str, created_by: str, cf: str, given_name:
         created_at=now, expires_at=now + days * 86400, sex=sex, birth_town=birth_town)
 
 
+def same_registration(a: Registration, b: Registration) -> bool:
+    """``b`` asks for what ``a`` already holds (an IR's retry after a lost answer)."""
+    fields = ("chamber_code", "codice_fiscale", "given_name", "surname", "birth_date", "sex", "birth_town",
+              "form_sha256")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
 def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Holder, card_id: str,
                  now: float) -> None:
     """May an issuance of ``chamber_code`` for ``holder`` on card ``card_id`` use ``reg``? Raises if not.
@@ -150,6 +161,9 @@ def check_usable(reg: Registration, *, chamber_code: str, holder: validation.Hol
         raise FailedPrecondition(f"registration {reg.registration_id} was already used for card {reg.card_id} "
                                  f"(request {reg.request_id}); a registration issues one card: register the "
                                  "holder again")
+    if not used and reg.cancelled_at is not None:
+        raise FailedPrecondition(f"registration {reg.registration_id} was cancelled by {reg.cancelled_by}; "
+                                 "register the holder again")
     if not used and now >= reg.expires_at:
         when = _dt.datetime.fromtimestamp(reg.expires_at, _dt.timezone.utc).isoformat(timespec="seconds")
         raise FailedPrecondition(f"registration {reg.registration_id} expired at {when}; register the holder again")

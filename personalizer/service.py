@@ -128,7 +128,7 @@ OPERATION_NAMES = {"SubmitIssue": "issue", "Renew": "renew", "Suspend": KIND_SUS
                    "Cancel": "queue-cancel", "AddMaintenance": "maintenance-add",
                    "ListMaintenance": "maintenance-list", "FindCertificates": "certificate-find",
                    "RegisterHolder": "registration-add", "GetRegistration": "registration-get",
-                   "ListRegistrations": "registration-list"}
+                   "ListRegistrations": "registration-list", "CancelRegistration": "registration-cancel"}
 
 
 def operation_name(method: str) -> str:

@@ -21,7 +21,8 @@ Narrow interface used by the broker and the relay::
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
     record_breaker_event(at, state, detail)       the relay's circuit transitions (CA outages)
     add_stock / list_stock / stock_balance        the device stock ledger (cnsctl stock, monthly report)
-    add_registration / get_registration / list_registrations   deferred issuance (enqueue marks one used)
+    add_registration / open_registration / get_registration / list_registrations / cancel_registration
+                                                  deferred issuance (enqueue marks one used)
     connect_readonly(path)                        a read-only connection (audit, reports)
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
@@ -156,12 +157,17 @@ CREATE TABLE IF NOT EXISTS registrations (
     request_id        TEXT,
     sex               TEXT NOT NULL DEFAULT '',
     birth_town        TEXT NOT NULL DEFAULT '',
-    card_id           TEXT
+    card_id           TEXT,
+    cancelled_by      TEXT,
+    cancelled_at      REAL
 );
 CREATE INDEX IF NOT EXISTS registrations_by_chamber ON registrations(chamber_code, created_at);
 CREATE TRIGGER IF NOT EXISTS registration_used_once BEFORE UPDATE ON registrations
     WHEN OLD.card_id IS NOT NULL AND NEW.card_id IS NOT OLD.card_id
     BEGIN SELECT RAISE(ABORT, 'registration already used'); END;
+CREATE TRIGGER IF NOT EXISTS registration_not_cancelled BEFORE UPDATE OF card_id ON registrations
+    WHEN OLD.cancelled_at IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'registration cancelled'); END;
 CREATE TRIGGER IF NOT EXISTS registration_holder_fixed BEFORE UPDATE OF registration_id, chamber_code,
     codice_fiscale, given_name, surname, birth_date, form_sha256, form, created_by, created_at ON registrations
     BEGIN SELECT RAISE(ABORT, 'a registration is not edited'); END;
@@ -285,13 +291,20 @@ Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS
     GROUP BY 1, 2"""
 _REGISTRATION_COLUMNS = """registration_id, chamber_code, codice_fiscale, given_name, surname, birth_date, form_sha256,
     form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id,
-    sex, birth_town, card_id"""
-Q_INSERT_REGISTRATION = """INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name, surname,
-    birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    sex, birth_town, card_id, cancelled_by, cancelled_at"""
+# Open: not bound to a card, not cancelled, not expired. One open registration per holder and chamber
+# (an IR's retry or a second registration cannot issue a second card): the insert checks it itself.
+_OPEN_FOR_HOLDER = """SELECT {cols} FROM registrations WHERE chamber_code = ? AND codice_fiscale = ?
+    AND card_id IS NULL AND cancelled_at IS NULL AND expires_at > ?"""
+Q_INSERT_REGISTRATION = f"""INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name,
+    surname, birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_OPEN_FOR_HOLDER.format(cols="1")})"""
+Q_OPEN_REGISTRATION = _OPEN_FOR_HOLDER.format(cols=_REGISTRATION_COLUMNS)
+Q_CANCEL_REGISTRATION = """UPDATE registrations SET cancelled_by = ?, cancelled_at = ?
+    WHERE registration_id = ? AND card_id IS NULL AND cancelled_at IS NULL"""
 Q_SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE registration_id = ?"
 Q_LIST_REGISTRATIONS = f"""SELECT {_REGISTRATION_COLUMNS} FROM registrations
-    WHERE (? = '' OR chamber_code = ?) AND (? OR (request_id IS NULL AND expires_at > ?))
+    WHERE (? = '' OR chamber_code = ?) AND (? OR (card_id IS NULL AND cancelled_at IS NULL AND expires_at > ?))
     ORDER BY created_at DESC LIMIT ?"""
 # Last statement of a new issuance's commit (after its audit row: changes() = 1 only for a new request).
 # A registration issues ONE card: its first request binds it to the card (the card's other keyset's
@@ -664,14 +677,28 @@ class RequestStore:
         ])
         return changed[0] == 1
 
-    async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> None:
-        """The registration (with its form) and its audit row, one transaction."""
+    async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> bool:
+        """The registration (with its form) and its audit row, one transaction; False (nothing written)
+        when the holder already has an open registration in that chamber (``open_registration``)."""
         now = self._clock()
-        await self._write([
+        changed = await self._write([
             (Q_INSERT_REGISTRATION, (reg.registration_id, reg.chamber_code, reg.codice_fiscale, reg.given_name,
                                      reg.surname, reg.birth_date, reg.form_sha256, reg.form_type, form,
-                                     reg.created_by, reg.created_at, reg.expires_at, reg.sex, reg.birth_town)),
-            (Q_INSERT_AUDIT, _audit_params(audit, now))])
+                                     reg.created_by, reg.created_at, reg.expires_at, reg.sex, reg.birth_town,
+                                     reg.chamber_code, reg.codice_fiscale, reg.created_at)),
+            (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def open_registration(self, chamber_code: str, codice_fiscale: str, now: float) -> Registration | None:
+        row = await self._one(Q_OPEN_REGISTRATION, (chamber_code, codice_fiscale, now))
+        return Registration(*row) if row else None
+
+    async def cancel_registration(self, registration_id: str, *, by: str, audit: AuditEntry) -> bool:
+        """Cancel an open or expired registration not yet bound to a card, with its audit row; False if not."""
+        now = self._clock()
+        changed = await self._write([(Q_CANCEL_REGISTRATION, (by, now, registration_id)),
+                                     (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
+        return changed[0] == 1
 
     async def get_registration(self, registration_id: str) -> Registration | None:
         row = await self._one(Q_SELECT_REGISTRATION, (registration_id,))

@@ -588,8 +588,8 @@ async def registration_holder(uplink, registration_id: str) -> tuple[Any, Holder
         raise PreconditionError(f"{registration_id!r} is not a registration id (REG- and 16 hex digits, as on "
                                 "the recognition officer's receipt)")
     reg = await uplink.get_registration(registration_id)
-    if reg.state == "expired":
-        raise PreconditionError(f"registration {registration_id} has expired; the recognition officer must "
+    if reg.state in ("expired", "cancelled"):
+        raise PreconditionError(f"registration {registration_id} is {reg.state}; the recognition officer must "
                                 "register the holder again")
     h = reg.holder
     try:

@@ -113,3 +113,21 @@ def test_an_admin_cannot_register(daemon, deployment, files):
     r = _cnsctl(admin, "registration", "add", "--holder", str(files / "holder.toml"), "--form", str(files / "form.pdf"))
     assert r.returncode == 1
     assert "PERMISSION_DENIED: role admin may not call /cns.v1.Registrations/RegisterHolder" in one_line_error(r)
+
+
+def test_a_mistyped_registration_is_cancelled_then_registered_again(ir_config, tmp_path):
+    cf = helpers.random_cf(42)
+    holder = tmp_path / "h.toml"
+    holder.write_text(HOLDER.format(cf=cf).replace('birth_town = "H501"\n', ""))
+    form = tmp_path / "f.pdf"
+    form.write_bytes(PDF)
+    add = ["registration", "add", "--holder", str(holder), "--form", str(form)]
+    first = json.loads(_cnsctl(ir_config, "--json", *add).stdout)
+    holder.write_text(holder.read_text().replace('sex = "M"\n', ""))   # the officer fixes a field
+    r = _cnsctl(ir_config, *add)
+    assert r.returncode == 1 and f"already has an open registration {first['registration_id']}" in one_line_error(r)
+    r = _cnsctl(ir_config, "--json", "registration", "cancel", first["registration_id"], "--reason", "sex mistyped")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "cancelled"
+    second = json.loads(_cnsctl(ir_config, "--json", *add).stdout)
+    assert second["state"] == "open" and second["registration_id"] != first["registration_id"]

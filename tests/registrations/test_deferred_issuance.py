@@ -190,7 +190,8 @@ def test_a_bad_registration_is_refused_clearly_and_writes_nothing_half(deploymen
 def test_png_and_jpeg_forms_are_accepted_and_typed(deployment, tmp_path):
     async def scenario(env, srv, clock):
         ir = srv.registrations("ir")
-        return [(await ir.RegisterHolder(register_request(form=f), timeout=T)).form_type for f in (PNG, JPEG)]
+        return [(await ir.RegisterHolder(register_request(form=f, cf=helpers.random_cf(n), birth_town=""),
+                                          timeout=T)).form_type for n, f in ((1, PNG), (2, JPEG))]
     assert _run(deployment, tmp_path, scenario) == ["image/png", "image/jpeg"]
 
 
@@ -210,3 +211,45 @@ def test_two_stations_racing_for_one_registration_issue_one_card(deployment, tmp
     assert len(refused) == 1 and isinstance(refused[0], FailedPrecondition), results
     assert sum(s is not None for s in stored) == 1
     assert reg.request_id == next(s.request_id for s in stored if s is not None)
+
+
+def test_one_open_registration_per_holder_a_retry_gets_it_and_cancel_frees_the_holder(deployment, tmp_path):
+    """An IR's retry after a lost answer must not make a second registration (a second card); another
+    registration for the same holder is refused until the open one is cancelled; a cancelled one issues nothing."""
+    async def scenario(env, srv, clock):
+        ir, station = srv.registrations("ir"), srv.personalizer("station")
+        first = await ir.RegisterHolder(register_request(), timeout=T)
+        retry = await ir.RegisterHolder(register_request(), timeout=T)
+        other_form = await _refused(ir.RegisterHolder, register_request(form=PNG), grpc.StatusCode.FAILED_PRECONDITION)
+        other_chamber = await srv.registrations("mi-ir").RegisterHolder(register_request(), timeout=T)
+        refused_cancel = await _refused(srv.registrations("mi-ir").CancelRegistration,
+                                        rpb.CancelRegistrationRequest(registration_id=first.registration_id),
+                                        grpc.StatusCode.NOT_FOUND)
+        station_cancel = await _refused(srv.registrations("station").CancelRegistration,
+                                        rpb.CancelRegistrationRequest(registration_id=first.registration_id),
+                                        grpc.StatusCode.PERMISSION_DENIED)
+        cancelled = await ir.CancelRegistration(rpb.CancelRegistrationRequest(
+            registration_id=first.registration_id, reason="birth town mistyped"), timeout=T)
+        issue_cancelled = await _refused(station.SubmitIssue, _issue(first.registration_id),
+                                         grpc.StatusCode.FAILED_PRECONDITION)
+        again = await ir.RegisterHolder(register_request(form=PNG), timeout=T)
+        answer = await station.SubmitIssue(_issue(again.registration_id), timeout=T)
+        cancel_used = await _refused(ir.CancelRegistration, rpb.CancelRegistrationRequest(
+            registration_id=again.registration_id), grpc.StatusCode.FAILED_PRECONDITION)
+        rows = await env.store.list_audit()
+        return locals()
+
+    r = _run(deployment, tmp_path, scenario)
+    assert r["retry"].registration_id == r["first"].registration_id
+    assert f"already has an open registration {r['first'].registration_id}" in r["other_form"]
+    assert r["other_chamber"].registration_id != r["first"].registration_id   # chambers register on their own
+    assert "PERMISSION_DENIED" not in r["refused_cancel"] and "no registration" in r["refused_cancel"]
+    assert "role station may not call /cns.v1.Registrations/CancelRegistration" in r["station_cancel"]
+    assert (r["cancelled"].state, r["cancelled"].cancelled_by) == ("cancelled", IR_URI)
+    assert "was cancelled by" in r["issue_cancelled"]
+    assert r["again"].registration_id != r["first"].registration_id and r["answer"].request_id
+    assert "is used" in r["cancel_used"]
+    adds = [x for x in r["rows"] if x.operation == "registration-add" and x.result == "done"]
+    assert len(adds) == 3   # first, MI's, again: the retry wrote no second registration
+    [cancel] = [x for x in r["rows"] if x.operation == "registration-cancel" and x.result == "done"]
+    assert (cancel.actor, cancel.target, cancel.detail) == (IR_URI, r["first"].registration_id, "birth town mistyped")

@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from proto.cns.v1 import common_pb2 as proto_dot_cns_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/cns/v1/registrations.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"|\n\x15RegisterHolderRequest\x12\x1e\n\x06holder\x18\x01 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x0c\n\x04\x66orm\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_days\x18\x03 \x01(\r\x12\x0b\n\x03sex\x18\x04 \x01(\t\x12\x12\n\nbirth_town\x18\x05 \x01(\t\"1\n\x16GetRegistrationRequest\x12\x17\n\x0fregistration_id\x18\x01 \x01(\t\"W\n\x18ListRegistrationsRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\r\"\xe5\x02\n\x0cRegistration\x12\x17\n\x0fregistration_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x1e\n\x06holder\x18\x03 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x13\n\x0b\x66orm_sha256\x18\x04 \x01(\t\x12\x11\n\tform_type\x18\x05 \x01(\t\x12\x11\n\tform_size\x18\x06 \x01(\x04\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x0f\n\x07used_by\x18\n \x01(\t\x12\x18\n\x10used_operator_id\x18\x0b \x01(\t\x12\x0f\n\x07used_at\x18\x0c \x01(\x03\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\r\n\x05state\x18\x0e \x01(\t\x12\x0b\n\x03sex\x18\x0f \x01(\t\x12\x12\n\nbirth_town\x18\x10 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x11 \x01(\t\"H\n\x19ListRegistrationsResponse\x12+\n\rregistrations\x18\x01 \x03(\x0b\x32\x14.cns.v1.Registration2\xf9\x01\n\rRegistrations\x12\x45\n\x0eRegisterHolder\x12\x1d.cns.v1.RegisterHolderRequest\x1a\x14.cns.v1.Registration\x12G\n\x0fGetRegistration\x12\x1e.cns.v1.GetRegistrationRequest\x1a\x14.cns.v1.Registration\x12X\n\x11ListRegistrations\x12 .cns.v1.ListRegistrationsRequest\x1a!.cns.v1.ListRegistrationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/cns/v1/registrations.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"D\n\x19\x43\x61ncelRegistrationRequest\x12\x17\n\x0fregistration_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"|\n\x15RegisterHolderRequest\x12\x1e\n\x06holder\x18\x01 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x0c\n\x04\x66orm\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_days\x18\x03 \x01(\r\x12\x0b\n\x03sex\x18\x04 \x01(\t\x12\x12\n\nbirth_town\x18\x05 \x01(\t\"1\n\x16GetRegistrationRequest\x12\x17\n\x0fregistration_id\x18\x01 \x01(\t\"W\n\x18ListRegistrationsRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\r\"\x91\x03\n\x0cRegistration\x12\x17\n\x0fregistration_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x1e\n\x06holder\x18\x03 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x13\n\x0b\x66orm_sha256\x18\x04 \x01(\t\x12\x11\n\tform_type\x18\x05 \x01(\t\x12\x11\n\tform_size\x18\x06 \x01(\x04\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\x03\x12\x0f\n\x07used_by\x18\n \x01(\t\x12\x18\n\x10used_operator_id\x18\x0b \x01(\t\x12\x0f\n\x07used_at\x18\x0c \x01(\x03\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\r\n\x05state\x18\x0e \x01(\t\x12\x0b\n\x03sex\x18\x0f \x01(\t\x12\x12\n\nbirth_town\x18\x10 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x11 \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\x12 \x01(\t\x12\x14\n\x0c\x63\x61ncelled_at\x18\x13 \x01(\x03\"H\n\x19ListRegistrationsResponse\x12+\n\rregistrations\x18\x01 \x03(\x0b\x32\x14.cns.v1.Registration2\xc8\x02\n\rRegistrations\x12\x45\n\x0eRegisterHolder\x12\x1d.cns.v1.RegisterHolderRequest\x1a\x14.cns.v1.Registration\x12G\n\x0fGetRegistration\x12\x1e.cns.v1.GetRegistrationRequest\x1a\x14.cns.v1.Registration\x12X\n\x11ListRegistrations\x12 .cns.v1.ListRegistrationsRequest\x1a!.cns.v1.ListRegistrationsResponse\x12M\n\x12\x43\x61ncelRegistration\x12!.cns.v1.CancelRegistrationRequest\x1a\x14.cns.v1.Registrationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.registrations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERHOLDERREQUEST']._serialized_start=71
-  _globals['_REGISTERHOLDERREQUEST']._serialized_end=195
-  _globals['_GETREGISTRATIONREQUEST']._serialized_start=197
-  _globals['_GETREGISTRATIONREQUEST']._serialized_end=246
-  _globals['_LISTREGISTRATIONSREQUEST']._serialized_start=248
-  _globals['_LISTREGISTRATIONSREQUEST']._serialized_end=335
-  _globals['_REGISTRATION']._serialized_start=338
-  _globals['_REGISTRATION']._serialized_end=695
-  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_start=697
-  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_end=769
-  _globals['_REGISTRATIONS']._serialized_start=772
-  _globals['_REGISTRATIONS']._serialized_end=1021
+  _globals['_CANCELREGISTRATIONREQUEST']._serialized_start=71
+  _globals['_CANCELREGISTRATIONREQUEST']._serialized_end=139
+  _globals['_REGISTERHOLDERREQUEST']._serialized_start=141
+  _globals['_REGISTERHOLDERREQUEST']._serialized_end=265
+  _globals['_GETREGISTRATIONREQUEST']._serialized_start=267
+  _globals['_GETREGISTRATIONREQUEST']._serialized_end=316
+  _globals['_LISTREGISTRATIONSREQUEST']._serialized_start=318
+  _globals['_LISTREGISTRATIONSREQUEST']._serialized_end=405
+  _globals['_REGISTRATION']._serialized_start=408
+  _globals['_REGISTRATION']._serialized_end=809
+  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_start=811
+  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_end=883
+  _globals['_REGISTRATIONS']._serialized_start=886
+  _globals['_REGISTRATIONS']._serialized_end=1214
 # @@protoc_insertion_point(module_scope)

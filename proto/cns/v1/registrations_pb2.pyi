@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CancelRegistrationRequest(_message.Message):
+    __slots__ = ("registration_id", "reason")
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    registration_id: str
+    reason: str
+    def __init__(self, registration_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class RegisterHolderRequest(_message.Message):
     __slots__ = ("holder", "form", "expires_days", "sex", "birth_town")
     HOLDER_FIELD_NUMBER: _ClassVar[int]
@@ -38,7 +46,7 @@ class ListRegistrationsRequest(_message.Message):
     def __init__(self, chamber_code: _Optional[str] = ..., include_closed: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Registration(_message.Message):
-    __slots__ = ("registration_id", "chamber_code", "holder", "form_sha256", "form_type", "form_size", "created_by", "created_at", "expires_at", "used_by", "used_operator_id", "used_at", "request_id", "state", "sex", "birth_town", "card_id")
+    __slots__ = ("registration_id", "chamber_code", "holder", "form_sha256", "form_type", "form_size", "created_by", "created_at", "expires_at", "used_by", "used_operator_id", "used_at", "request_id", "state", "sex", "birth_town", "card_id", "cancelled_by", "cancelled_at")
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CHAMBER_CODE_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +64,8 @@ class Registration(_message.Message):
     SEX_FIELD_NUMBER: _ClassVar[int]
     BIRTH_TOWN_FIELD_NUMBER: _ClassVar[int]
     CARD_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_AT_FIELD_NUMBER: _ClassVar[int]
     registration_id: str
     chamber_code: str
     holder: _common_pb2.Holder
@@ -73,7 +83,9 @@ class Registration(_message.Message):
     sex: str
     birth_town: str
     card_id: str
-    def __init__(self, registration_id: _Optional[str] = ..., chamber_code: _Optional[str] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., form_sha256: _Optional[str] = ..., form_type: _Optional[str] = ..., form_size: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., used_by: _Optional[str] = ..., used_operator_id: _Optional[str] = ..., used_at: _Optional[int] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ..., card_id: _Optional[str] = ...) -> None: ...
+    cancelled_by: str
+    cancelled_at: int
+    def __init__(self, registration_id: _Optional[str] = ..., chamber_code: _Optional[str] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., form_sha256: _Optional[str] = ..., form_type: _Optional[str] = ..., form_size: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., used_by: _Optional[str] = ..., used_operator_id: _Optional[str] = ..., used_at: _Optional[int] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ..., card_id: _Optional[str] = ..., cancelled_by: _Optional[str] = ..., cancelled_at: _Optional[int] = ...) -> None: ...
 
 class ListRegistrationsResponse(_message.Message):
     __slots__ = ("registrations",)

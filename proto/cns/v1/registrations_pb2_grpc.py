@@ -49,6 +49,11 @@ class RegistrationsStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsResponse.FromString,
                 _registered_method=True)
+        self.CancelRegistration = channel.unary_unary(
+                '/cns.v1.Registrations/CancelRegistration',
+                request_serializer=proto_dot_cns_dot_v1_dot_registrations__pb2.CancelRegistrationRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_registrations__pb2.Registration.FromString,
+                _registered_method=True)
 
 
 class RegistrationsServicer:
@@ -78,6 +83,14 @@ class RegistrationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRegistration(self, request, context):
+        """IR of its chamber, or central IT: cancel a registration not yet used
+        for a card (a mistyped one, a holder who withdrew). Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistrationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_RegistrationsServicer_to_server(servicer, server):
                     servicer.ListRegistrations,
                     request_deserializer=proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsResponse.SerializeToString,
+            ),
+            'CancelRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRegistration,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_registrations__pb2.CancelRegistrationRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_registrations__pb2.Registration.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Registrations:
             '/cns.v1.Registrations/ListRegistrations',
             proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_registrations__pb2.ListRegistrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.Registrations/CancelRegistration',
+            proto_dot_cns_dot_v1_dot_registrations__pb2.CancelRegistrationRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_registrations__pb2.Registration.FromString,
             options,
             channel_credentials,
             insecure,
