@@ -59,3 +59,20 @@ def test_ir_registers_then_the_operator_personalizes_with_the_registration(rig, 
     assert again.returncode != 0
     assert one_line_error(again)
     assert rig.card() == card
+
+
+def test_local_api_refuses_holder_data_and_a_registration_together(rig):  # noqa: F811
+    """What a CMS web app sends over the local API: one or the other, never both (nothing touched)."""
+    import grpc
+
+    from proto.cns.v1 import agent_pb2 as apb, agent_pb2_grpc as apb_grpc
+    before = rig.card()
+    request = apb.PersonalizeRequest(reader=rig.reader, pin=PIN, registration_id="REG-0123456789ABCDEF",
+                                     holder=apb.HolderData(codice_fiscale="RSSMRA80A01H501U", given_name="Mario",
+                                                           surname="Rossi", birth_date="1980-01-01"))
+    with grpc.insecure_channel(f"unix:{rig.sock}") as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            list(apb_grpc.AgentLocalStub(ch).Personalize(request, timeout=30))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+    assert "either holder data or a registration id" in ei.value.details()
+    assert rig.card() == before
