@@ -31,7 +31,6 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from benchmarks import _cfssl as cfssl
@@ -40,6 +39,7 @@ from benchmarks._load import Run, drive
 from personalizer import codice_fiscale, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
+from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
 TARGET_RATIO = 0.30
 TARGET_P99_MS = 100.0
@@ -47,7 +47,6 @@ TARGET_VS_CFSSL = 1.1
 CALL_TIMEOUT_S = 30.0
 RAW_SIGN_SECONDS = 2.0
 DISTINCT_HOLDERS = 32
-CLIENT_KEYS = 4
 
 
 def raw_sign_rate(signer: FileSigner, seconds: float = RAW_SIGN_SECONDS, threads: int = 1) -> float:
@@ -69,22 +68,22 @@ def raw_sign_rate(signer: FileSigner, seconds: float = RAW_SIGN_SECONDS, threads
     return sum(counts) / (time.perf_counter() - start)
 
 
-def _holders() -> list[tuple[str, bytes, bytes]]:
-    keys = [rsa.generate_private_key(65537, 2048) for _ in range(CLIENT_KEYS)]
+def _holders() -> list[tuple[str, bytes]]:
     out = []
     for i in range(DISTINCT_HOLDERS):
         cf = codice_fiscale.make(f"RSSMRA80A01H{i:03d}")
-        csr = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
-               .sign(keys[i % CLIENT_KEYS], hashes.SHA256()).public_bytes(serialization.Encoding.DER))
         ef = dati_personali.encode(dati_personali.DatiPersonali(
             surname="Rossi", given_name="Mario", birth_date="01011980", codice_fiscale=cf))
-        out.append((cf, csr, ef))
+        out.append((cf, ef))
     return out
 
 
 def _request(i: int, holder, profile) -> pb.SubmitIssueRequest:
-    cf, csr, ef = holder
+    """One request on a key of its own: the personalizer certifies a public key once (issue 10 item 6)."""
+    cf, ef = holder
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
+           .sign(test_keys.fresh_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
     return pb.SubmitIssueRequest(
         request_id=str(uuid.uuid4()), profile=profile, csr_der=csr,
         holder=common_pb2.Holder(codice_fiscale=cf, given_name="Mario", surname="Rossi", birth_date="1980-01-01"),

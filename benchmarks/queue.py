@@ -33,7 +33,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from benchmarks.issue import raw_sign_rate
@@ -44,6 +43,7 @@ from personalizer.relay import Relay
 from personalizer.server import build_ca
 from personalizer.store import RequestStore
 from personalizer.windows import ServiceCalendar
+from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
 TARGET_ENQUEUE = 1000.0
 TARGET_DRAIN = 300.0
@@ -53,18 +53,23 @@ OPEN = ServiceCalendar(always_open=True)
 CHUNK = 256
 
 
-def _holder(i: int, key) -> tuple[str, bytes, bytes]:
+def _holder(i: int) -> tuple[str, bytes]:
     cf = codice_fiscale.make(f"RSSMRA80A01H{i % 1000:03d}")
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
-           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
     ef = dati_personali.encode(dati_personali.DatiPersonali(surname="Rossi", given_name="Mario",
                                                             birth_date="01011980", codice_fiscale=cf))
-    return cf, csr, ef
+    return cf, ef
+
+
+def _csr(cf: str) -> bytes:
+    """A CSR on a key of its own: the personalizer certifies a public key once (issue 10 item 6)."""
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
+            .sign(test_keys.fresh_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
 
 
 def _input(i: int, holder) -> IssueInput:
-    cf, csr, ef = holder
+    cf, ef = holder
+    csr = _csr(cf)
     return IssueInput(request_id=str(uuid.uuid4()), profile="cns-auth", csr_der=csr, codice_fiscale=cf,
                       given_name="Mario", surname="Rossi", birth_date="1980-01-01",
                       card_id=f"74200000{i:08d}"[:16], card_model="bench", station_id="RM-STATION-01",
@@ -140,14 +145,16 @@ def _kill_round(dep: deploy.Deployment, n: int, holders) -> dict:
                                          (station / "client.key.pem").read_bytes(), (station / "client.pem").read_bytes())
     reqs = []
     for i in range(n):
-        cf, csr, ef = holders[i % len(holders)]
+        cf, ef = holders[i % len(holders)]
         reqs.append(pb.SubmitIssueRequest(
-            request_id=str(uuid.uuid4()), profile=pb.CA_PROFILE_CNS_AUTH, csr_der=csr,
+            request_id=str(uuid.uuid4()), profile=pb.CA_PROFILE_CNS_AUTH, csr_der=_csr(cf),
             holder=common_pb2.Holder(codice_fiscale=cf, given_name="Mario", surname="Rossi", birth_date="1980-01-01"),
             card=common_pb2.Card(card_id=f"74200000{i:08d}"[:16]),
             requester=common_pb2.Requester(station_id="RM-STATION-01", chamber_code="RM", operator_id="bench"),
             ef_dati_personali=ef))
     answered = []
+    REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.FAILED_PRECONDITION)
 
     def send(chunk):
         with grpc.secure_channel(f"localhost:{port}", creds, options=[("grpc.max_reconnect_backoff_ms", 300)]) as ch:
@@ -158,7 +165,9 @@ def _kill_round(dep: deploy.Deployment, n: int, holders) -> dict:
                         stub.SubmitIssue(r, timeout=5, wait_for_ready=True)
                         answered.append(r.request_id)
                         break
-                    except grpc.RpcError:
+                    except grpc.RpcError as exc:   # the kill: retried; a refusal would loop forever
+                        if exc.code() in REFUSALS:
+                            raise
                         time.sleep(0.05)
 
     proc = start()
@@ -198,8 +207,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--workers", type=int, default=None,
                     help="[server] workers (CA signing threads) for both phases; default: the daemon's default")
     opts = ap.parse_args(argv)
-    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
-    holders = [_holder(i, keys[i % 4]) for i in range(32)]
+    holders = [_holder(i) for i in range(32)]
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
         if opts.workers is not None:

@@ -1,6 +1,9 @@
 """The QueueAdmin gRPC servicer: central IT's view of the outbox, of planned CA maintenance and of
 the device stock ledger (``AddStock``/``ListStock``: devices sent to each chamber).
 
+Maintenance windows are checked by ``windows.check_window`` (INVALID_ARGUMENT naming the
+field); ``EndMaintenance`` ends an active window now and ``RemoveMaintenance`` withdraws an
+added one, both by storing the changed window under its id (the row stays as history).
 Admin role only (``identity.METHOD_ROLES``). Every mutating call is audited
 with the admin's name as operator; every refused call writes one row
 (``refused:<CODE>`` with the reason), by ``_translate`` or, for a caller
@@ -13,16 +16,21 @@ import datetime as _dt
 import re
 import uuid
 
-from personalizer import identity, validation
+from personalizer import identity, validation, windows
 from personalizer.broker import Broker
-from personalizer.errors import FailedPrecondition, InvalidRequest
+from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
 from personalizer.relay import Relay
 from personalizer.service import STATE_ENUMS, _translate, audit_denied
 from personalizer.store import AuditEntry, RequestRecord
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
 
 DEFAULT_LIMIT = 100
-MAX_MAINTENANCE = _dt.timedelta(days=7)
+ONE_SECOND = _dt.timedelta(seconds=1)
+
+
+def _window(w: windows.Maintenance) -> pb.MaintenanceWindow:
+    return pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()), ends_at=int(w.ends_at.timestamp()),
+                                reason=w.reason)
 
 
 def item(rec: RequestRecord) -> apb.QueueItem:
@@ -34,9 +42,10 @@ def item(rec: RequestRecord) -> apb.QueueItem:
 
 
 class QueueAdminService(apb_grpc.QueueAdminServicer):
-    def __init__(self, *, broker: Broker, relay: Relay):
+    def __init__(self, *, broker: Broker, relay: Relay, config_windows=()):
         self._broker = broker
         self._relay = relay
+        self._config_ids = frozenset(w.id for w in config_windows)
 
     def _audit(self, operation: str, request_id: str | None, result: str, detail: str = "") -> AuditEntry:
         ident = identity.current_identity()
@@ -91,25 +100,65 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
         return await self._add_maintenance(request)
 
     async def _add_maintenance(self, request: pb.MaintenanceWindow):
-        if request.ends_at <= request.starts_at:
-            raise InvalidRequest("ends_at", "must be after starts_at")
-        if request.ends_at - request.starts_at > MAX_MAINTENANCE.total_seconds():
-            raise InvalidRequest("ends_at", f"a maintenance window is at most {MAX_MAINTENANCE.days} days")
+        now = self._relay.now_dt()
         id_ = request.id or f"m-{uuid.uuid4().hex[:12]}"
         validation.check_request_id(id_)
+        try:
+            w = windows.check_window(id_, request.starts_at, request.ends_at, request.reason, now=now)
+        except windows.WindowError as exc:
+            raise InvalidRequest(exc.field, exc.message) from None
+        if w.ends_at <= now:
+            raise InvalidRequest("ends_at", "the window has already ended")
+        await self._store_window(w, "maintenance-add", "admin")
+        return _window(w)
+
+    async def _store_window(self, w: windows.Maintenance, operation: str, source: str) -> None:
         await self._broker.store.add_maintenance(
-            id_, float(request.starts_at), float(request.ends_at), request.reason, "admin",
-            audit=self._audit("maintenance-add", None, "done", f"{id_} {request.starts_at}..{request.ends_at}"))
+            w.id, w.starts_at.timestamp(), w.ends_at.timestamp(), w.reason, source,
+            audit=self._audit(operation, None, "done",
+                              f"{w.id} {int(w.starts_at.timestamp())}..{int(w.ends_at.timestamp())}"))
         await self._relay.reload_maintenance()
-        return pb.MaintenanceWindow(id=id_, starts_at=request.starts_at, ends_at=request.ends_at,
-                                    reason=request.reason)
+
+    def _find_added(self, id_: str) -> windows.Maintenance:
+        """A current or future window added over the API (config-file windows are the file's to change)."""
+        now = self._relay.now_dt()
+        for w in self._relay.maintenance:
+            if w.id == id_ and w.ends_at > now:
+                if w.id in self._config_ids:
+                    raise FailedPrecondition(f"maintenance window {w.id!r} is defined in the daemon's config file; "
+                                             "change it there and restart the daemon")
+                return w
+        raise NotFound(f"no current or future maintenance window {id_!r} (cnsctl maintenance list)")
+
+    @_translate
+    async def EndMaintenance(self, request: apb.MaintenanceWindowRequest, context):
+        return await self._audited("maintenance-end", "", self._end_maintenance(request))
+
+    async def _end_maintenance(self, request):
+        w = self._find_added(request.id)
+        now = self._relay.now_dt()
+        if not w.active(now):
+            raise FailedPrecondition(f"maintenance window {w.id!r} starts at {w.starts_at.isoformat()} and has not "
+                                     "started; remove it instead (cnsctl maintenance remove)")
+        ended = windows.Maintenance(w.id, w.starts_at, max(now, w.starts_at + ONE_SECOND), w.reason)
+        await self._store_window(ended, "maintenance-end", "admin")
+        return _window(ended)
+
+    @_translate
+    async def RemoveMaintenance(self, request: apb.MaintenanceWindowRequest, context):
+        return await self._audited("maintenance-remove", "", self._remove_maintenance(request))
+
+    async def _remove_maintenance(self, request):
+        w = self._find_added(request.id)
+        # kept as history: a zero-length window in the past, which nothing reads again
+        past = self._relay.now_dt() - 2 * ONE_SECOND
+        await self._store_window(windows.Maintenance(w.id, past, past, w.reason), "maintenance-remove", "removed")
+        return _window(w)
 
     @_translate
     async def ListMaintenance(self, request, context):
         now = self._relay.now_dt()
-        return apb.ListMaintenanceResponse(windows=[
-            pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()), ends_at=int(w.ends_at.timestamp()),
-                                 reason=w.reason) for w in self._relay.maintenance if w.ends_at > now])
+        return apb.ListMaintenanceResponse(windows=[_window(w) for w in self._relay.maintenance if w.ends_at > now])
 
     # -- the stock ledger (issue 19 item 4): devices sent to each chamber ---------------------------
 

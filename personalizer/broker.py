@@ -15,6 +15,13 @@ same fingerprint → the stored (or in-flight) request; same id + other
 fingerprint → RequestConflict. Validation runs first, so an invalid payload
 is reported as INVALID_ARGUMENT even when its id is known.
 
+One key, one certification (issue 10 item 6): an accepted issue or renew binds
+the SHA-256 of its CSR's public key to its holder and profile in the same
+commit (``store.enqueue(key=)``); a new request presenting a key another
+request holds — another holder, the other profile, or the same holder and
+profile again (a renewal generates new keys in the card's spare slots) — is
+INVALID_ARGUMENT on ``csr_der``, without naming the other holder.
+
 Watchers: the relay calls ``notify(record)`` on every state change; ``watch``
 streams them. No grpc or proto here; the service maps both directions. The
 store only through ``RequestStore``'s methods; the CA through ``CAConnector``.
@@ -40,7 +47,8 @@ from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, No
                                  StoreError)
 from personalizer.outbox import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
-from personalizer.store import STATE_PENDING, STATE_RECEIVED, AuditEntry, OutboxPayload, RequestRecord, RequestStore
+from personalizer.store import (STATE_PENDING, STATE_RECEIVED, AuditEntry, KeyAlreadyCertified, KeyBinding,
+                                OutboxPayload, RequestRecord, RequestStore)
 
 log = logging.getLogger(__name__)
 STATS_WINDOW_SECONDS = 600
@@ -170,6 +178,8 @@ class Broker:
         rec = RequestRecord(request_id=inp.request_id, kind=KIND_ISSUE, profile=valid.profile,
                             payload_sha256=inp.fingerprint(), chamber_code=inp.chamber_code,
                             station_id=inp.station_id, operator_id=inp.operator_id)
+        key = KeyBinding(validation.public_key_sha256(valid.csr.public_key()), valid.holder.codice_fiscale,
+                         valid.profile)
         rid = inp.registration_id
         if rid:
             if not registrations.REGISTRATION_ID_RE.fullmatch(rid):
@@ -181,7 +191,7 @@ class Broker:
                                        card_id=valid.card_id, now=self._clock())
         try:
             return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id,
-                                      card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale,
+                                      card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale, key=key,
                                       registration_id=rid)
         except StoreError as exc:
             if rid and "registration already used" in str(exc):   # another request won the race: nothing written
@@ -214,6 +224,10 @@ class Broker:
         first = IssuancePayload.decode(original.payload)
         validation.check_subject_matches(csr, validation.Holder(   # the CSR names the certificate's holder
             first.codice_fiscale, first.given_name, first.surname, _dt.date.fromisoformat(first.birth_date)))
+        key = KeyBinding(validation.public_key_sha256(csr.public_key()), first.codice_fiscale, inp.profile)
+        if key.key_sha256 == validation.public_key_sha256(current.public_key()):   # also when not yet bound
+            raise validation.key_reuse_refusal(bound_cf=first.codice_fiscale, bound_profile=row.profile,
+                                               cf=first.codice_fiscale, profile=inp.profile)
         now = _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
         lifecycle.check_renewal(
             request_id=inp.request_id, csr_der=inp.csr_der, proof=inp.proof_of_possession, csr=csr,
@@ -230,7 +244,7 @@ class Broker:
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
         return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
-                                  card_id=card_id, holder_cf=first.codice_fiscale)
+                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key)
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -255,7 +269,7 @@ class Broker:
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
                       fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "",
-                      registration_id: str = "") -> RequestRecord:
+                      key: KeyBinding | None = None, registration_id: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -265,7 +279,7 @@ class Broker:
             # a client that cancels or whose deadline expires interrupts only its own wait, never a
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
             task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
-                                                      card_id=card_id, holder_cf=holder_cf,
+                                                      card_id=card_id, holder_cf=holder_cf, key=key,
                                                       registration_id=registration_id))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
@@ -286,8 +300,11 @@ class Broker:
         return await self.wait(rid, self._answer_wait)
 
     async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
-                      holder_cf: str = "", registration_id: str = "") -> bool:
+                      holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "") -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
+
+        ``key`` is bound in the same commit; if another request holds it nothing is written and the
+        refusal (INVALID_ARGUMENT on csr_der) is raised.
 
         While the relay has a free slot the rows are committed already claimed and go straight to
         ``relay.start_claimed`` (no queue scan); the slot is reserved before the commit and released
@@ -298,10 +315,21 @@ class Broker:
         relay = self.relay
         claim = relay is not None and relay.reserve(lane, rid)
         try:
-            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, audit=AuditEntry(
-                actor, rec.station_id, rec.kind, rid, target, "accepted",
-                f"registration {registration_id}" if registration_id else "", operator_id=rec.operator_id,
-                card_id=card_id, holder_cf=holder_cf), registration_id=registration_id)
+            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, key=key,
+                                                audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
+                                                                 "accepted",
+                                                                 f"registration {registration_id}"
+                                                                 if registration_id else "",
+                                                                 operator_id=rec.operator_id,
+                                                                 card_id=card_id, holder_cf=holder_cf),
+                                                registration_id=registration_id)
+        except KeyAlreadyCertified:
+            if claim:
+                relay.release(rid)
+            bound = await self._store.key_binding(key.key_sha256)
+            raise validation.key_reuse_refusal(bound_cf=bound.holder_cf if bound else None,
+                                               bound_profile=bound.profile if bound else None,
+                                               cf=key.holder_cf, profile=key.profile) from None
         except BaseException:
             if claim:
                 relay.release(rid)

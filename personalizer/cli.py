@@ -30,9 +30,11 @@ EXIT_USAGE = 2
 
 
 def _serve(opts) -> int:
-    from personalizer import server   # grpc is imported only for serving
+    from personalizer import guard, server   # grpc is imported only for serving
 
     cfg = config.load(opts.config)
+    for handler in logging.getLogger().handlers:   # a flood of identical errors must not flood the log
+        handler.addFilter(guard.RepeatFilter())
 
     def ready(port: int) -> None:
         if opts.json:
@@ -322,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:   # e.g. the daemon could not start serving: say so in one line, exit non-zero
+        logging.getLogger(__name__).debug("failed", exc_info=True)
+        print(f"cns-personalizer: {opts.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml ca-status
     cnsctl --config admin.toml request show REQUEST_ID
     cnsctl --config admin.toml queue list|show ID|retry ID|cancel ID
-    cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | maintenance list
+    cnsctl --config admin.toml maintenance add --start ISO --end ISO [--reason TEXT] | list | end ID | remove ID
     cnsctl --config admin.toml cert find (--card SERIAL | --cf CODICE_FISCALE)
     cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
     cnsctl --config ir.toml registration add --holder H.toml --form F.pdf [--expires-days N] | show ID | list [--all]
@@ -99,7 +99,10 @@ def _parse_when(text: str) -> int:
                          "e.g. 2026-12-05T20:00:00+01:00") from None
     if t.tzinfo is None:
         raise UsageError(f"{text!r} needs a UTC offset, e.g. 2026-12-05T20:00:00+01:00")
-    return int(t.timestamp())
+    try:
+        return int(t.timestamp())
+    except (OverflowError, ValueError, OSError):
+        raise UsageError(f"{text!r} is out of range") from None
 
 
 def _maintenance(ch, opts, timeout) -> dict:
@@ -109,6 +112,9 @@ def _maintenance(ch, opts, timeout) -> dict:
                                                      ends_at=_parse_when(opts.end), reason=opts.reason),
                                 timeout=timeout)
         return _window(w)
+    if opts.maintenance_command in ("end", "remove"):
+        call = stub.EndMaintenance if opts.maintenance_command == "end" else stub.RemoveMaintenance
+        return _window(call(apb.MaintenanceWindowRequest(id=opts.window_id), timeout=timeout))
     return {"windows": [_window(w) for w in stub.ListMaintenance(apb.ListMaintenanceRequest(), timeout=timeout).windows]}
 
 
@@ -192,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--id", default="")
     ma.set_defaults(func=_maintenance)
     msub.add_parser("list", help="current and future windows").set_defaults(func=_maintenance)
+    for name, text in (("end", "end an active window now (the CA is back early)"),
+                       ("remove", "withdraw a window added with 'maintenance add'")):
+        c = msub.add_parser(name, help=text)
+        c.add_argument("window_id", help="the window's id (maintenance list)")
+        c.set_defaults(func=_maintenance)
     st = sub.add_parser("stock", help="devices sent to each chamber (the monthly report's stock, admin)")
     stsub = st.add_subparsers(dest="stock_command", required=True)
     sa = stsub.add_parser("add", help="record devices sent to a chamber (negative: taken back)")

@@ -15,6 +15,9 @@ Example (``cns-personalizer init`` writes one)::
     require_client_auth = true
     grace_seconds = 10
     # workers = 2               # embedded CA signing threads (default: the number of cores; 0 = inline)
+    keepalive_min_ping_seconds = 10   # accept client keepalive pings this often (agents ping every 20 s)
+    handshake_timeout_seconds = 10    # a connection that has not finished TLS by then is closed
+    max_connections = 4096            # concurrent connections, authenticated or not (fd budget)
 
     [store]
     data_dir = "data"
@@ -98,6 +101,10 @@ Example (``cns-personalizer init`` writes one)::
     keep = 400                  # archives kept (the oldest beyond this are deleted)
     hour = 1                    # local hour after which yesterday's archive is written
     timezone = "Europe/Rome"    # the day of the chambers
+    max_connections = 512       # concurrent HTTP connections; at the limit the oldest unfinished request is dropped
+    request_timeout_seconds = 10  # a request (line, headers, body) must arrive within this
+
+Unknown sections and keys are refused, naming the key and the keys expected there.
 """
 from __future__ import annotations
 
@@ -111,7 +118,7 @@ from typing import Any
 from personalizer import validation
 from personalizer.ca.signing import default_workers
 from personalizer.errors import ConfigError
-from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar
+from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar, WindowError, check_window
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 KEY_STORES = ("file", "pkcs11")
@@ -129,6 +136,9 @@ class ServerConfig:
     grace_seconds: float = 10.0
     client_crl: Path | None = None   # CRL of revoked client certificates, signed by the TLS CA (reread on change)
     workers: int = 1                 # embedded CA signing threads ([server] workers; default: number of cores)
+    keepalive_min_ping_seconds: float = 10.0
+    handshake_timeout_seconds: float = 10.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,8 @@ class PkiConfig:
     http_port: int = 8080
     crl_dir: Path | None = None
     refresh_seconds: float = 3600.0
+    max_connections: int = 512
+    request_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,66 @@ def _workers(path: Path, value: int) -> int:
     return value
 
 
+MAX_CONNECTIONS = 1_000_000
+
+# every section and key the daemon reads; anything else is a typo and refused (as station_config does)
+_SECTIONS: dict[str, set[str] | None] = {
+    "server": {"listen", "tls_cert", "tls_key", "client_trust_anchors", "require_client_auth", "grace_seconds",
+               "keepalive_min_ping_seconds", "handshake_timeout_seconds", "max_connections", "client_crl", "workers"},
+    "store": {"data_dir", "synchronous"},
+    "ca": {"connector", "root_cert", "issuing_cert", "key_store", "issuing_key", "key_passphrase_file",
+           "pkcs11_module", "token_label", "key_label", "pin_file", "urls", "sign_in_thread", "ejbca"},
+    "profiles": None,   # profile names, checked where read
+    "broker": {"answer_wait_seconds", "retry_initial_seconds", "retry_max_seconds", "breaker_failures",
+               "breaker_reset_seconds", "relay_concurrency", "renewal_window_days", "device_life_years"},
+    "service_window": {"timezone", "weekdays", "saturday", "sunday", "national_holidays", "closed_dates",
+                       "always_open"},
+    "maintenance": None,   # array of tables, checked where read
+    "metrics": {"enabled", "http_host", "http_port"},
+    "pki": {"enabled", "http_host", "http_port", "crl_dir", "refresh_seconds", "max_connections",
+            "request_timeout_seconds"},
+    "reports": {"enabled", "dir", "keep", "hour", "timezone"},
+}
+_SUBTABLES = {
+    "ca.ejbca": {"base_url", "client_cert", "client_key", "trust_anchors", "ca_name", "chain", "timeout_seconds",
+                 "certificate_profiles", "end_entity_profiles"},
+    "profiles.*": {"min_rsa_bits"},
+    "maintenance[]": {"id", "starts_at", "ends_at", "reason"},
+}
+
+
+def _refuse_unknown(path: Path, key: str, table: object, allowed: set[str]) -> None:
+    if isinstance(table, dict):
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(path, f"{key}.{unknown[0]}", f"unknown key; expected one of {sorted(allowed)}")
+
+
+def _check_names(path: Path, data: dict) -> None:
+    for name in data:
+        if name not in _SECTIONS:
+            raise ConfigError(path, name, f"unknown section; expected one of {sorted(_SECTIONS)}")
+    for name, allowed in _SECTIONS.items():
+        if allowed is not None:
+            _refuse_unknown(path, name, data.get(name), allowed)
+    ca = data.get("ca")
+    if isinstance(ca, dict):
+        _refuse_unknown(path, "ca.ejbca", ca.get("ejbca"), _SUBTABLES["ca.ejbca"])
+    profiles = data.get("profiles")
+    if isinstance(profiles, dict):
+        for name, table in profiles.items():
+            _refuse_unknown(path, f"profiles.{name}", table, _SUBTABLES["profiles.*"])
+    maint = data.get("maintenance")
+    if isinstance(maint, list):
+        for i, table in enumerate(maint):
+            _refuse_unknown(path, f"maintenance[{i}]", table, _SUBTABLES["maintenance[]"])
+
+
+def _bounded(path: Path, key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(path, key, f"must be between {low:g} and {high:g}, got {value!r}")
+
+
 _HOURS_RE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
 
 
@@ -257,7 +329,10 @@ def _when(path: Path, key: str, value: object) -> _dt.datetime:
         raise ConfigError(path, key, f"expected an ISO 8601 date-time with offset, got {value!r}") from None
     if t.tzinfo is None:
         raise ConfigError(path, key, f"needs a UTC offset (e.g. +01:00), got {value!r}")
-    return t.astimezone(_dt.timezone.utc)
+    try:
+        return t.astimezone(_dt.timezone.utc)
+    except OverflowError:
+        raise ConfigError(path, key, f"out of range, got {value!r}") from None
 
 
 def _load_operations(r: "_Reader") -> dict:
@@ -308,10 +383,11 @@ def _load_operations(r: "_Reader") -> dict:
             raise ConfigError(path, prefix, "expected a table")
         start = _when(path, f"{prefix}.starts_at", m.get("starts_at"))
         end = _when(path, f"{prefix}.ends_at", m.get("ends_at"))
-        if end <= start:
-            raise ConfigError(path, f"{prefix}.ends_at", "must be after starts_at")
-        maint.append(Maintenance(r.get(m, prefix, "id", str, f"config-{i}"), start, end,
-                                 r.get(m, prefix, "reason", str, "")))
+        try:
+            maint.append(check_window(r.get(m, prefix, "id", str, f"config-{i}"), start, end,
+                                      r.get(m, prefix, "reason", str, ""), now=_dt.datetime.now(_dt.timezone.utc)))
+        except WindowError as exc:
+            raise ConfigError(path, f"{prefix}.{exc.field}", exc.message) from None
     mt = r.table("metrics", required=False)
     metrics = MetricsConfig(enabled=r.get(mt, "metrics", "enabled", bool, False),
                             http_host=r.get(mt, "metrics", "http_host", str, "127.0.0.1"),
@@ -321,7 +397,11 @@ def _load_operations(r: "_Reader") -> dict:
                     http_host=r.get(pk, "pki", "http_host", str, "127.0.0.1"),
                     http_port=r.get(pk, "pki", "http_port", int, 8080),
                     crl_dir=r.path_(pk, "pki", "crl_dir", must_exist=False, default="crl"),
-                    refresh_seconds=r.get(pk, "pki", "refresh_seconds", float, 3600.0))
+                    refresh_seconds=r.get(pk, "pki", "refresh_seconds", float, 3600.0),
+                    max_connections=r.get(pk, "pki", "max_connections", int, 512),
+                    request_timeout_seconds=r.get(pk, "pki", "request_timeout_seconds", float, 10.0))
+    _bounded(path, "pki.max_connections", pki.max_connections, 1, MAX_CONNECTIONS)
+    _bounded(path, "pki.request_timeout_seconds", pki.request_timeout_seconds, 0.1, 600)
     if pki.refresh_seconds <= 0 or pki.refresh_seconds > MAX_CRL_REFRESH_SECONDS:
         raise ConfigError(path, "pki.refresh_seconds",
                           f"must be in (0, {MAX_CRL_REFRESH_SECONDS}]: a CRL is refreshed at least every 2 hours and "
@@ -392,6 +472,7 @@ def load(path: str | Path) -> DaemonConfig:
         raise ConfigError(path, "-", f"cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "-", f"not valid TOML: {exc}") from exc
+    _check_names(path, data)
     r = _Reader(path, data)
     s = r.table("server")
     listen = r.get(s, "server", "listen", str)
@@ -403,7 +484,13 @@ def load(path: str | Path) -> DaemonConfig:
         require_client_auth=r.get(s, "server", "require_client_auth", bool, True),
         grace_seconds=r.get(s, "server", "grace_seconds", float, 10.0),
         client_crl=r.path_(s, "server", "client_crl", default=None),
-        workers=_workers(path, r.get(s, "server", "workers", int, default_workers())))
+        workers=_workers(path, r.get(s, "server", "workers", int, default_workers())),
+        keepalive_min_ping_seconds=r.get(s, "server", "keepalive_min_ping_seconds", float, 10.0),
+        handshake_timeout_seconds=r.get(s, "server", "handshake_timeout_seconds", float, 10.0),
+        max_connections=r.get(s, "server", "max_connections", int, 4096))
+    _bounded(path, "server.keepalive_min_ping_seconds", server.keepalive_min_ping_seconds, 0.1, 3600)
+    _bounded(path, "server.handshake_timeout_seconds", server.handshake_timeout_seconds, 0.1, 600)
+    _bounded(path, "server.max_connections", server.max_connections, 1, MAX_CONNECTIONS)
     st = r.table("store")
     sync = r.get(st, "store", "synchronous", str, "FULL").upper()
     if sync not in SYNCHRONOUS_MODES:

@@ -87,7 +87,8 @@ REQUESTER_OPTIONAL = frozenset(_SERVICE + m for m in ("GetRequest", "WatchReques
 # Central IT's queue and maintenance administration: admins only.
 _ADMIN_SERVICE = "/cns.v1.QueueAdmin/"
 METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
-    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "AddStock", "ListStock")})
+    "ListQueue", "ShowQueued", "RetryNow", "Cancel", "AddMaintenance", "ListMaintenance", "EndMaintenance",
+    "RemoveMaintenance", "AddStock", "ListStock")})
 # Deferred issuance: the IR registers; every role of the chamber (and central IT) reads.
 _REGISTRATIONS = "/cns.v1.Registrations/"
 METHOD_ROLES.update({_REGISTRATIONS + "RegisterHolder": frozenset({ROLE_IR}),

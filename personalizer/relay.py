@@ -60,6 +60,7 @@ from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, 
 from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, OutboxPayload, RequestRecord, RequestStore
 from personalizer.windows import Maintenance, ServiceCalendar, active_maintenance
+from personalizer.windows import from_rows as windows_from_rows
 
 log = logging.getLogger(__name__)
 RELAY_ACTOR = "relay"
@@ -118,8 +119,9 @@ class Relay:
 
     async def reload_maintenance(self) -> None:
         rows = await self._store.list_maintenance(self._clock() - 1)
-        stored = [Maintenance(r[0], _dt.datetime.fromtimestamp(r[1], _dt.timezone.utc),
-                              _dt.datetime.fromtimestamp(r[2], _dt.timezone.utc), r[3]) for r in rows]
+        stored, problems = windows_from_rows(rows, now=self.now_dt())   # a bad row never stops the daemon
+        for problem in problems:
+            log.warning("%s", problem)
         ids = {m.id for m in stored}
         self.maintenance = sorted(stored + [m for m in self._config_maintenance if m.id not in ids],
                                   key=lambda m: m.starts_at)

@@ -12,10 +12,18 @@ marks health NOT_SERVING, drains the gRPC server with the configured grace
 period, stops the relay (rows it claimed stay ``sending`` and are retried
 after ``find_issued`` on the next start), then closes the store and the CA. ``run(cfg)`` is the foreground entry point with SIGTERM /
 SIGINT handling. Health checking (grpc.health.v1) and reflection are on.
+
+One daemon per store and port: ``create`` first takes ``guard.StoreLock`` on
+the data directory (a second daemon is refused with the holder's pid) and
+binds without SO_REUSEPORT (a busy port is refused naming its holder). If
+start-up fails, everything opened is closed and the process exits non-zero.
+``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
+handshake timeout and a cap on concurrent connections.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -34,8 +42,10 @@ from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
+from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
 from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
 from personalizer.policy import CircuitBreaker, RetryPolicy
+from personalizer.health import HealthServicer
 from personalizer.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
@@ -48,17 +58,30 @@ ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_na
 
 log = logging.getLogger(__name__)
 
-# Keepalive: clients ping at most every 20 s (station_config); accept that, ping idle clients every 60 s.
-SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # 12 MiB: a registration's signed request form (≤ 10 MiB, registrations.MAX_FORM_BYTES) must reach the
-    # handler to get its clear message; every other field stays bounded by personalizer.limits.
-    ("grpc.max_receive_message_length", 12 << 20),
-]
+# 12 MiB: a registration's signed request form (≤ 10 MiB, registrations.MAX_FORM_BYTES) must reach the
+# handler to get its clear message; every other field stays bounded by personalizer.limits.
+MAX_MESSAGE_BYTES = 12 << 20
+
+
+def server_options(s) -> list[tuple[str, object]]:
+    """grpc core channel arguments of the server, from ``[server]`` (names as in grpc's
+    include/grpc/impl/channel_arg_names.h; an unknown name is silently ignored by grpc, so
+    tests/personalizer/test_daemon_limits.py proves each one takes effect)."""
+    return [
+        # ping idle clients every 60 s; accept client pings every keepalive_min_ping_seconds (agents: 20 s)
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_ping_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # idle or slow clients: TLS must finish in time; total connections are capped (fd budget)
+        ("grpc.server_handshake_timeout_ms", int(s.handshake_timeout_seconds * 1000)),
+        ("grpc.max_allowed_incoming_connections", s.max_connections),
+        # a second daemon on the same port must fail to bind, not share it (grpc sets SO_REUSEPORT by default)
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
@@ -110,7 +133,8 @@ def build_publisher(cfg: DaemonConfig, ca):
         raise ConfigError(cfg.source, "pki.enabled", f"CRL/OCSP publication is not installed ({exc})") from exc
     p = cfg.pki
     return PkiPublisher(ca, crl_dir=p.crl_dir, http_host=p.http_host, http_port=p.http_port,
-                        refresh_seconds=p.refresh_seconds)
+                        refresh_seconds=p.refresh_seconds, max_connections=p.max_connections,
+                        request_timeout=p.request_timeout_seconds)
 
 
 @dataclass
@@ -125,14 +149,29 @@ class Daemon:
     publisher: object | None = None
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
     port: int = 0
+    lock: StoreLock | None = None
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def create(cls, cfg: DaemonConfig) -> "Daemon":
-        ca = build_ca(cfg)
-        if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
-            await ca.open()
-        store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+        """Lock the store, open the CA and the store, assemble. On any failure everything opened so far is
+        closed again (an open store or CA keeps threads that would keep a failed process alive)."""
+        async with contextlib.AsyncExitStack() as undo:
+            lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
+            undo.callback(lock.release)
+            ca = build_ca(cfg)
+            undo.push_async_callback(ca.close)
+            if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+                await ca.open()
+            store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+            undo.push_async_callback(store.close)
+            daemon = await cls._assemble(cfg, ca, store)
+            daemon.lock = lock
+            undo.pop_all()
+            return daemon
+
+    @classmethod
+    async def _assemble(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore) -> "Daemon":
         if isinstance(ca, EmbeddedCA):
             ca.attach_registry(store)
         b = cfg.broker
@@ -150,15 +189,17 @@ class Daemon:
         trust = ClientTrust(cfg.server.client_trust_anchors.read_bytes(), cfg.server.client_crl)
         # DecodeInterceptor first (outermost): undecodable bytes get INVALID_ARGUMENT, the rest see messages
         server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
-                                 options=SERVER_OPTIONS)
+                                 options=server_options(cfg.server))
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
-        admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay), server)
+        admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
+                                                                            config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, ADMIN_SERVICE_NAME, REGISTRATIONS_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, REGISTRATIONS_SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         s = cfg.server
         creds = grpc.ssl_server_credentials(
@@ -174,9 +215,16 @@ class Daemon:
             from personalizer.reports.scheduler import ArchiveScheduler
             r = cfg.reports
             daemon.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)
-        daemon.port = server.add_secure_port(s.listen, creds)
+        try:
+            daemon.port = 0 if address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
+        except RuntimeError:   # grpcio raises on a failed bind
+            daemon.port = 0
         if daemon.port == 0:
-            raise ConfigError(cfg.source, "server.listen", f"cannot bind {s.listen}")
+            port = s.listen.rpartition(":")[2]
+            holder = port_holder(int(port)) if port.isdigit() and int(port) else None
+            raise ConfigError(cfg.source, "server.listen",
+                              f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
+                                                                   "the address is in use or not local"))
         return daemon
 
     async def status_figures(self) -> StatusFigures:
@@ -241,21 +289,29 @@ class Daemon:
             self.metrics_server.stop()
         await self.store.close()
         await self.ca.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 async def serve(cfg: DaemonConfig, *, ready=None) -> None:
+    before, after = raise_fd_limit()
+    log.info("open files limit %d%s", after, f" (raised from {before})" if after != before else "")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):   # before "listening" is printed: a prompt SIGTERM is clean too
+        loop.add_signal_handler(sig, stopping.set)
     daemon = await Daemon.create(cfg)
-    port = await daemon.start()
+    try:
+        port = await daemon.start()
+    except BaseException:
+        await daemon.stop(0)   # nothing half-started stays up without listening
+        raise
     if ready is not None:
         ready(port)
     if daemon.metrics_server is not None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
     if daemon.publisher is not None:
         print(f"cns-personalizer: pki on port {daemon.publisher.port}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down (grace %.1f s)", cfg.server.grace_seconds)
     await daemon.stop()

@@ -6,12 +6,21 @@ Tables: ``requests`` (one row per caller request id, any kind), ``outbox``
 ``audit`` (append-only: triggers refuse UPDATE and DELETE), ``maintenance``
 (planned CA maintenance windows), ``ca_breaker_events`` (the relay's circuit breaker opening and
 closing: the CA outages of the monthly report), ``stock_ledger`` (devices central IT sent to a chamber,
-``cnsctl stock``; append-only like the audit).
+``cnsctl stock``; append-only like the audit), ``certified_keys`` (issue 10 item 6: the
+SHA-256 of every public key an accepted issue or renew request certifies,
+UNIQUE, with its holder, profile and request: a key is certified for one
+holder, one profile, one request; it is freed only if that request ended
+FAILED or CANCELLED without a certificate; ``complete_issue`` and the
+one-time back-fill at open also bind keys of requests accepted before the
+table existed; every issuance reaches the CA through this store's outbox,
+so the CA's own index needs no second check).
 
 Narrow interface used by the broker and the relay::
 
     RequestStore.open(path, synchronous, clock) / close()
-    enqueue(rec, lane, payload, audit) -> bool   request + outbox + audit rows, ONE transaction
+    enqueue(rec, lane, payload, audit, key=) -> bool   request + key + outbox + audit rows, ONE transaction;
+                                                KeyAlreadyCertified if another request holds the key
+    key_binding(key_sha256) -> KeyBinding | None  who holds a key (the broker words the refusal)
     get_request(request_id) -> RequestRecord | None
     due(now, lanes, limit) / mark_sending(id, now) / schedule_retry(id, at, error)
     reclaim_stale(claimed_before, held, reason) / release_claim(id, at, reason)   claims whose holder is gone
@@ -52,6 +61,7 @@ import aiosqlite
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
 from personalizer.registrations import Registration
+from personalizer.validation import certificate_key_sha256
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
@@ -173,6 +183,13 @@ CREATE TRIGGER IF NOT EXISTS registration_holder_fixed BEFORE UPDATE OF registra
     BEGIN SELECT RAISE(ABORT, 'a registration is not edited'); END;
 CREATE TRIGGER IF NOT EXISTS registration_no_delete BEFORE DELETE ON registrations
     BEGIN SELECT RAISE(ABORT, 'registrations are kept'); END;
+CREATE TABLE IF NOT EXISTS certified_keys (
+    key_sha256  BLOB NOT NULL UNIQUE,   -- SHA-256 of the DER SubjectPublicKeyInfo
+    holder_cf   TEXT NOT NULL,
+    profile     TEXT NOT NULL,
+    request_id  TEXT NOT NULL REFERENCES requests(request_id),
+    bound_at    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS maintenance (
     id         TEXT PRIMARY KEY,
     starts_at  REAL NOT NULL,
@@ -202,6 +219,24 @@ Q_INSERT_OUTBOX_CLAIMED_IF_NEW = """INSERT INTO outbox
 _AUDIT_COLUMNS = "at, actor, station_id, operation, request_id, target, result, detail, operator_id, card_id, holder_cf"
 _AUDIT_VALUES = ("?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT operator_id FROM requests WHERE request_id = ?), ''), "
                  "?, ?")
+# A key held by a request that ended without a certificate (cancelled, refused by the CA) is free again.
+Q_FREE_KEY = """DELETE FROM certified_keys WHERE key_sha256 = ?
+    AND request_id IN (SELECT request_id FROM requests WHERE state IN ('FAILED', 'CANCELLED'))
+    AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.request_id = certified_keys.request_id)"""
+# Only for a new request (changes() = 1 after Q_INSERT_REQUEST); a key held by another request fails the
+# UNIQUE constraint and rolls the whole request back (KeyAlreadyCertified). Its own changes() = 1 lets the
+# outbox and audit rows follow.
+Q_BIND_KEY_IF_NEW = """INSERT INTO certified_keys (key_sha256, holder_cf, profile, request_id, bound_at)
+    SELECT ?, ?, ?, ?, ? WHERE changes() = 1"""
+Q_SELECT_KEY = "SELECT holder_cf, profile, request_id FROM certified_keys WHERE key_sha256 = ?"
+Q_KEYS_BACKFILLED = "SELECT 1 FROM meta WHERE key = 'certified_keys_backfilled'"
+Q_MARK_KEYS_BACKFILLED = "INSERT INTO meta (key, value) VALUES ('certified_keys_backfilled', ?)"
+Q_CERTIFICATES_TO_BIND = "SELECT certificate_der, COALESCE(holder_cf, ''), profile, request_id FROM certificates"
+Q_BACKFILL_KEY = """INSERT OR IGNORE INTO certified_keys (key_sha256, holder_cf, profile, request_id, bound_at)
+    VALUES (?, ?, ?, ?, ?)"""
+# At completion: the issued certificate's key, for requests accepted before this table existed (no-op otherwise).
+Q_BIND_ISSUED_KEY = Q_BACKFILL_KEY
+KEY_CONSTRAINT = "certified_keys.key_sha256"   # in sqlite's "UNIQUE constraint failed: ..." message
 Q_INSERT_AUDIT_IF_NEW = f"INSERT INTO audit ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} WHERE changes() = 1"
 Q_ENSURE_OUTBOX = """INSERT OR IGNORE INTO outbox
     (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
@@ -413,6 +448,20 @@ def stock_balance(entries, used_rows, before: float | None = None) -> dict[tuple
 
 
 @dataclass(frozen=True)
+class KeyBinding:
+    """A public key certified (or being certified) by one request, for one holder and profile."""
+
+    key_sha256: bytes     # SHA-256 of the DER SubjectPublicKeyInfo
+    holder_cf: str
+    profile: str
+    request_id: str = ""
+
+
+class KeyAlreadyCertified(StoreError):
+    """enqueue: another request holds the key (nothing was written)."""
+
+
+@dataclass(frozen=True)
 class OutboxPayload:
     lane: str
     kind: str
@@ -529,6 +578,27 @@ def _open_writer_sync(w: _Writer, synchronous: str) -> None:
     c.execute("CREATE INDEX IF NOT EXISTS audit_by_card ON audit(card_id)")
     c.execute("CREATE INDEX IF NOT EXISTS audit_by_holder ON audit(holder_cf)")
     c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    _backfill_keys_sync(c)
+
+
+def _backfill_keys_sync(c: sqlite3.Connection) -> None:
+    """Once per database: bind the keys of certificates issued before ``certified_keys`` existed."""
+    if c.execute(Q_KEYS_BACKFILLED).fetchone():
+        return
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        now = time.time()
+        for der, cf, profile, request_id in c.execute(Q_CERTIFICATES_TO_BIND).fetchall():
+            try:
+                digest = certificate_key_sha256(der)
+            except ValueError:   # unreadable DER: nothing to bind (the row stays as it was)
+                continue
+            c.execute(Q_BACKFILL_KEY, (digest, cf, profile, request_id, now))
+        c.execute(Q_MARK_KEYS_BACKFILLED, (str(now),))
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
 
 
 def _commit_sync(conn: sqlite3.Connection, work: list) -> list:
@@ -548,7 +618,7 @@ def _commit_sync(conn: sqlite3.Connection, work: list) -> list:
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK TO item")
                 conn.execute("RELEASE item")
-                out.append((None, f"write failed: {exc}"))
+                out.append((None, exc))
         conn.execute("COMMIT")
     except BaseException:
         try:
@@ -557,6 +627,12 @@ def _commit_sync(conn: sqlite3.Connection, work: list) -> list:
             pass
         raise
     return out
+
+
+def _item_error(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.IntegrityError) and KEY_CONSTRAINT in str(exc):
+        return KeyAlreadyCertified("the public key is already certified by another request")
+    return StoreError(f"write failed: {exc}")
 
 
 class RequestStore:
@@ -618,7 +694,7 @@ class RequestStore:
             if fut.done():
                 continue
             if err is not None:
-                fut.set_exception(StoreError(err))
+                fut.set_exception(_item_error(err))
             else:
                 fut.set_result(changed)
 
@@ -653,8 +729,12 @@ class RequestStore:
         return changed[0] == 1
 
     async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
-                      claim: bool = False, registration_id: str = "") -> bool:
+                      claim: bool = False, key: KeyBinding | None = None, registration_id: str = "") -> bool:
         """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists.
+
+        ``key``: the public key the request certifies, bound to it in the same transaction; if another
+        request holds it, nothing is written and ``KeyAlreadyCertified`` is raised. A retry (the id
+        exists) binds nothing and raises nothing: the caller compares it with the stored request.
 
         ``registration_id``: a deferred issuance; the registration is marked used for this request's card
         (``audit.card_id``) in the same transaction (StoreError "registration already used", nothing
@@ -664,18 +744,28 @@ class RequestStore:
         PENDING), as ``mark_sending`` would leave it; the caller delivers it now.
         """
         now = self._clock()
-        changed = await self._write([
+        statements = [(Q_FREE_KEY, (key.key_sha256,))] if key else []
+        first = len(statements)
+        statements.append(
             (Q_INSERT_REQUEST, (rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code,
                                 rec.station_id, rec.operator_id, STATE_PENDING if claim else STATE_RECEIVED,
-                                rec.issuer_dn, rec.serial_hex, now, now)),
+                                rec.issuer_dn, rec.serial_hex, now, now)))
+        if key:
+            statements.append((Q_BIND_KEY_IF_NEW, (key.key_sha256, key.holder_cf, key.profile, rec.request_id, now)))
+        statements += [
             (Q_INSERT_OUTBOX_CLAIMED_IF_NEW if claim else Q_INSERT_OUTBOX_IF_NEW,
              (rec.request_id, lane, rec.kind, payload, now, now)),
             (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
-            *([(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
-                                     registration_id))]
-              if registration_id else []),
-        ])
-        return changed[0] == 1
+        ]
+        if registration_id:   # after the audit row: its changes() = 1 only for a new request
+            statements.append((Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
+                                                    registration_id)))
+        changed = await self._write(statements)
+        return changed[first] == 1
+
+    async def key_binding(self, key_sha256: bytes) -> KeyBinding | None:
+        row = await self._one(Q_SELECT_KEY, (key_sha256,))
+        return KeyBinding(key_sha256, row[0], row[1], row[2]) if row else None
 
     async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> bool:
         """The registration (with its form) and its audit row, one transaction; False (nothing written)
@@ -768,14 +858,20 @@ class RequestStore:
     async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
                              holder_cf: str, audit: AuditEntry) -> None:
         now = self._clock()
-        await self._write([
+        statements = [
             (Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
                                     int(issued.not_before.timestamp()), int(issued.not_after.timestamp()),
                                     issued.certificate_der, _pack_chain(issued.chain_der), card_id, holder_cf)),
             (Q_COMPLETE_REQUEST, (STATE_ISSUED, issued.ref.issuer_dn, issued.ref.serial_hex, now, request_id)),
             (Q_OUTBOX_DONE, ("done", None, now, request_id)),
             (Q_INSERT_AUDIT, _audit_params(audit, now)),
-        ])
+        ]
+        try:
+            statements.append((Q_BIND_ISSUED_KEY, (certificate_key_sha256(issued.certificate_der), holder_cf or "",
+                                                   profile, request_id, now)))
+        except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
+            pass
+        await self._write(statements)
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         now = self._clock()

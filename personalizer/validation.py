@@ -22,11 +22,12 @@ serves legacy cards.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import re
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
@@ -149,6 +150,34 @@ def check_csr(csr_der: bytes, profile: str, min_rsa_bits: int) -> x509.Certifica
         shown = exponent if exponent.bit_length() <= 64 else f"of {exponent.bit_length()} bits"
         raise InvalidRequest("csr_der", f"RSA public exponent {shown} not accepted; the key must use 65537")
     return csr
+
+
+def public_key_sha256(public_key) -> bytes:
+    """SHA-256 of the DER SubjectPublicKeyInfo: what identifies a certified key (issue 10 item 6)."""
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
+
+
+def certificate_key_sha256(certificate_der: bytes) -> bytes:
+    """``public_key_sha256`` of a DER certificate's key; ValueError if it is not one."""
+    return public_key_sha256(x509.load_der_x509_certificate(certificate_der).public_key())
+
+
+def key_reuse_refusal(*, bound_cf: str | None, bound_profile: str | None, cf: str, profile: str) -> InvalidRequest:
+    """The refusal of a CSR whose key another request certifies (or is certifying).
+
+    Never names the other holder: a caller must not learn whose key it presented."""
+    todo = "generate a new key pair on the device and submit a new CSR"
+    if bound_cf is None:
+        why = "this public key is already certified by another request"
+    elif bound_cf != cf:
+        why = "this public key is already certified (or being certified) for another holder"
+    elif bound_profile != profile:
+        why = (f"this public key is already certified for the {bound_profile} profile; "
+               "each profile needs its own key pair")
+    else:
+        why = "this public key is already certified by an earlier request; a renewal or a new issuance needs a new key pair"
+    return InvalidRequest("csr_der", f"{why}: {todo}")
 
 
 def check_subject_matches(csr: x509.CertificateSigningRequest, holder: Holder) -> None:

@@ -10,6 +10,14 @@ Italian national holidays: 1 Jan, 6 Jan, Easter Monday, 25 Apr, 1 May,
 2 Jun, 15 Aug, 1 Nov, 8 Dec, 25 Dec, 26 Dec. Easter is computed with the
 anonymous Gregorian algorithm (Meeus/Jones/Butcher).
 
+``check_window`` is the one rule for a maintenance window, wherever it comes
+from (the config file, ``cnsctl maintenance add``, a stored row): it starts
+after ``EARLIEST`` and at most ``MAX_AHEAD`` from now, ends after it starts,
+lasts at most ``MAX_DURATION``, and has a short printable reason. Times in
+milliseconds (or any year past 9999) fall outside the horizon and are refused
+with the field named. ``from_rows`` turns stored rows into windows and
+reports, rather than raises on, the rows it cannot read.
+
 Imports nothing of ours.
 """
 from __future__ import annotations
@@ -24,6 +32,19 @@ FIXED_HOLIDAYS = ((1, 1), (1, 6), (4, 25), (5, 1), (6, 2), (8, 15), (11, 1), (12
 DEFAULT_HOURS: dict[int, tuple[int, int] | None] = {
     0: (8, 21), 1: (8, 21), 2: (8, 21), 3: (8, 21), 4: (8, 21), 5: (8, 14), 6: None}
 SEARCH_DAYS = 30   # next_change looks this far ahead at most
+MAX_DURATION = _dt.timedelta(days=7)
+MAX_AHEAD = _dt.timedelta(days=2 * 366)
+EARLIEST = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+MAX_ID_CHARS = 64
+MAX_REASON_CHARS = 200
+
+
+class WindowError(ValueError):
+    """A maintenance window that breaks ``check_window``: ``field`` names the offending field."""
+
+    def __init__(self, field_: str, message: str):
+        super().__init__(f"{field_}: {message}")
+        self.field, self.message = field_, message
 
 
 def easter_sunday(year: int) -> _dt.date:
@@ -105,6 +126,53 @@ class ServiceCalendar:
             if self.is_open(t) != state:
                 return t.astimezone(_dt.timezone.utc)
         return None
+
+
+def _instant(field_: str, value: float | _dt.datetime, now: _dt.datetime) -> _dt.datetime:
+    if isinstance(value, _dt.datetime):
+        t = value
+    else:
+        try:
+            seconds = float(value)
+            if seconds != seconds:   # NaN
+                raise ValueError
+            t = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
+        except (TypeError, ValueError, OverflowError, OSError):
+            t = None
+    if t is None or t.tzinfo is None or t < EARLIEST or t > now + MAX_AHEAD:
+        unit = "" if isinstance(value, _dt.datetime) else " (seconds since the epoch, not milliseconds)"
+        shown = value.isoformat() if isinstance(value, _dt.datetime) else repr(value)
+        raise WindowError(field_, f"must be a time between {EARLIEST.date()} and {MAX_AHEAD.days} days from now"
+                                  f"{unit}, got {shown}")
+    return t.astimezone(_dt.timezone.utc)
+
+
+def check_window(id_: str, starts_at: float | _dt.datetime, ends_at: float | _dt.datetime, reason: str,
+                 *, now: _dt.datetime) -> Maintenance:
+    """The validated window, or ``WindowError`` naming the field that is wrong."""
+    if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_CHARS or not id_.isprintable():
+        raise WindowError("id", f"must be 1..{MAX_ID_CHARS} printable characters")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        raise WindowError("reason", f"must be at most {MAX_REASON_CHARS} printable characters")
+    start = _instant("starts_at", starts_at, now)
+    end = _instant("ends_at", ends_at, now + MAX_DURATION)
+    if end <= start:
+        raise WindowError("ends_at", "must be after starts_at")
+    if end - start > MAX_DURATION:
+        raise WindowError("ends_at", f"a maintenance window lasts at most {MAX_DURATION.days} days, "
+                                     f"got {end - start}")
+    return Maintenance(id_, start, end, reason)
+
+
+def from_rows(rows, *, now: _dt.datetime) -> tuple[list[Maintenance], list[str]]:
+    """Stored ``(id, starts_at, ends_at, reason, ...)`` rows → windows, and one problem line per unreadable row."""
+    windows, problems = [], []
+    for row in rows:
+        try:
+            windows.append(check_window(row[0], row[1], row[2], row[3] or "", now=now))
+        except (WindowError, IndexError, TypeError) as exc:
+            problems.append(f"maintenance window {row[0] if row else '?'!r} skipped: {exc}")
+    return windows, problems
 
 
 def active_maintenance(windows: list[Maintenance], now: _dt.datetime) -> Maintenance | None:

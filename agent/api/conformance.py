@@ -92,7 +92,7 @@ class ConformanceHandlers:
                 getattr(link, "close", lambda: None)()
 
         async def locked() -> checks.Report:
-            async with self._device_lock(ops):
+            async with ops.device_lock(request.reader):   # per device: other readers stay free
                 return await asyncio.to_thread(work)
 
         # its own task: a cancelled call does not cancel it, so the device lock is held until the card is

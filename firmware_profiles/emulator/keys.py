@@ -4,7 +4,12 @@ raw RSA private operations.
 Owns: the precomputed key pool used by the ``zero`` timing model, so that tests
 and benchmarks measure our code rather than Python key generation. The pool is
 generated once per RSA size and cached under ``$CNS_EMULATOR_CACHE`` (default
-``~/.cache/cns-emulator``); draws rotate through it.
+``~/.cache/cns-emulator``). A draw is a PAIR of primes, one of them generated
+by this process (one key generation per ~2·(2·POOL_SIZE) draws), the other
+from the pool or earlier in this process: no modulus is ever drawn twice, in
+this process or another (the personalizer certifies a public key once, and
+real cards never generate the same key twice). Keys sharing a prime are weak:
+this is an emulator for tests only.
 
 Imports: ``firmware_profiles.emulator.state`` only.
 """
@@ -13,8 +18,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,8 +30,7 @@ PUBLIC_EXPONENT = 65537
 POOL_SIZE = 16
 
 _lock = threading.Lock()
-_pools: dict[int, list[KeyRecord]] = {}
-_next: dict[int, int] = {}
+_draws: dict[int, Iterator[tuple[int, int]]] = {}
 
 
 def cache_dir() -> Path:
@@ -62,17 +66,27 @@ def _load_pool(bits: int) -> list[KeyRecord]:
         return keys
 
 
+def _pairs(bits: int) -> Iterator[tuple[int, int]]:
+    """Pairs of primes, each with one prime of this process's own: no other process draws its moduli."""
+    shared = [p for k in _load_pool(bits) for p in (k.p, k.q)]
+    own: list[int] = []
+    while True:   # one key generated per 2·(pool + own) draws
+        fresh = generate(bits)
+        for prime in (fresh.p, fresh.q):
+            for other in shared + own:
+                yield max(prime, other), min(prime, other)
+            own.append(prime)
+
+
 def from_pool(bits: int) -> KeyRecord:
-    """A key from the cached pool (distinct on consecutive draws within a process)."""
+    """A key made of the cached pool's primes and this process's own: never the same modulus twice."""
     with _lock:
-        if bits not in _pools:
-            _pools[bits] = _load_pool(bits)
-            _next[bits] = random.randrange(POOL_SIZE)
-        pool = _pools[bits]
-        i = _next[bits]
-        _next[bits] = (i + 1) % len(pool)
-        k = pool[i]
-        return KeyRecord(k.n, k.e, k.d, k.p, k.q)
+        pairs = _draws.setdefault(bits, _pairs(bits))
+        while True:
+            p, q = next(pairs)
+            if (p * q).bit_length() == bits:
+                d = rsa.rsa_recover_private_exponent(PUBLIC_EXPONENT, p, q)
+                return KeyRecord(p * q, PUBLIC_EXPONENT, d, p, q)
 
 
 def private_op(key: KeyRecord, block: bytes) -> bytes | None:

@@ -3,7 +3,13 @@
 Enough for CRL downloads and OCSP (RFC 6960 Appendix A: POST with
 ``application/ocsp-request``, or GET with the base64 request in the path).
 The application is one coroutine ``handler(method, path, body) -> Response``.
-Every connection is closed after its answer (``Connection: close``). Imports
+Every connection is closed after its answer (``Connection: close``).
+
+Idle and slow clients cannot exhaust it: a request (line, headers, body) must
+arrive within ``request_timeout`` seconds, and at most ``max_connections``
+are open at once; at the limit, a new connection closes the oldest one that
+has not finished sending its request (a slow-loris holder), so complete
+requests are still served while file descriptors stay bounded. Imports
 nothing of ours.
 """
 from __future__ import annotations
@@ -33,11 +39,19 @@ class Response:
 Handler = Callable[[str, str, bytes], Awaitable[Response]]
 
 
+DEFAULT_MAX_CONNECTIONS = 512
+
+
 class HttpServer:
-    def __init__(self, handler: Handler, *, host: str, port: int):
+    def __init__(self, handler: Handler, *, host: str, port: int, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 request_timeout: float = READ_TIMEOUT_SECONDS):
         self._handler = handler
         self._host, self._port = host, port
         self._server: asyncio.AbstractServer | None = None
+        self.max_connections, self.request_timeout = max_connections, request_timeout
+        self._live: set[asyncio.StreamWriter] = set()
+        self._reading: dict[asyncio.StreamWriter, None] = {}   # still sending their request, oldest first
+        self.evicted = 0
 
     @property
     def port(self) -> int:
@@ -71,12 +85,34 @@ class HttpServer:
         body = await reader.readexactly(int(length)) if int(length) else b""
         return parts[0].upper(), parts[1], body
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._live)
+
+    def _make_room(self) -> None:
+        while len(self._live) >= self.max_connections and self._reading:
+            oldest = next(iter(self._reading))
+            del self._reading[oldest]
+            self._live.discard(oldest)
+            oldest.transport.abort()
+            self.evicted += 1
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._make_room()
+        if len(self._live) >= self.max_connections:   # all of them are being answered: refuse this one
+            writer.transport.abort()
+            return
+        self._live.add(writer)
+        self._reading[writer] = None
         try:
             try:
-                got = await asyncio.wait_for(self._read(reader), READ_TIMEOUT_SECONDS)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+                got = await asyncio.wait_for(self._read(reader), self.request_timeout)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError,
+                    ConnectionError):
                 got = Response(400, b"incomplete or oversized request\n")
+            if writer not in self._live:   # evicted meanwhile
+                return
+            self._reading.pop(writer, None)
             if isinstance(got, Response):
                 resp = got
             else:
@@ -93,6 +129,8 @@ class HttpServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._live.discard(writer)
+            self._reading.pop(writer, None)
             writer.close()
             try:
                 await writer.wait_closed()

@@ -5,7 +5,10 @@ that it names our issuing CA (issuerNameHash and issuerKeyHash under the
 request's hash algorithm), look the serial up, and answer good / revoked
 (with reason; a suspension is revoked with reason certificateHold, RFC 6960
 §2.2) / unknown, echoing the nonce. Malformed requests get the
-malformedRequest status; requests for another CA get unauthorized.
+malformedRequest status, never an exception: undecodable DER, more than one
+request, a serial that is not positive or longer than 20 octets, more than one
+nonce, a nonce outside 1..32 octets (RFC 8954), a request over 8 KiB.
+Requests for another CA get unauthorized.
 Imports nothing of ours but ``ca.base`` and ``ca.responder``.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Awaitable, Callable
 
+from asn1crypto import ocsp as aocsp
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +29,9 @@ RESPONSE_VALIDITY = _dt.timedelta(minutes=15)   # nextUpdate: relying parties re
 SIGNATURE_HASH = hashes.SHA256()
 CONTENT_TYPE_REQUEST = "application/ocsp-request"
 CONTENT_TYPE_RESPONSE = "application/ocsp-response"
+MAX_NONCE_BYTES = 32            # RFC 8954 §2.1: 1..32 octets
+MAX_SERIAL = 1 << 159           # RFC 5280 §4.1.2.2: positive, at most 20 octets
+MAX_REQUEST_BYTES = 8 * 1024    # one CertID and a nonce fit in a few hundred bytes
 
 Lookup = Callable[[int], Awaitable[CertStatusInfo | None]]
 
@@ -44,21 +51,42 @@ def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
     return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
 
 
-async def respond(request_der: bytes, *, issuing: x509.Certificate, responder: ResponderIdentity,
-                  lookup: Lookup, now: _dt.datetime | None = None) -> bytes:
+def _nonces(request_der: bytes) -> list[bytes]:
+    """Every nonce extension of the request, as sent (cryptography's view would hide duplicates)."""
+    req = aocsp.OCSPRequest.load(request_der, strict=True)
+    extensions = req["tbs_request"]["request_extensions"]
+    if not extensions.native:
+        return []
+    return [e["extn_value"].parsed.native for e in extensions if e["extn_id"].native == "nonce"]
+
+
+def _parse(request_der: bytes):
+    """(request, nonce or None), or None when the request is malformed."""
+    if len(request_der) > MAX_REQUEST_BYTES:
+        return None
     try:
         req = ocsp.load_der_ocsp_request(request_der)
-        algorithm = req.hash_algorithm
-        serial = req.serial_number
-        name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
-    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
+        req.hash_algorithm, req.issuer_name_hash, req.issuer_key_hash   # noqa: B018 (parse now, not later)
+        nonces = _nonces(request_der)
+    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm, KeyError):
+        return None
+    if not 0 < req.serial_number < MAX_SERIAL or len(nonces) > 1:
+        return None
+    if nonces and not 1 <= len(nonces[0]) <= MAX_NONCE_BYTES:
+        return None
+    return req, (nonces[0] if nonces else None)
+
+
+async def respond(request_der: bytes, *, issuing: x509.Certificate, responder: ResponderIdentity,
+                  lookup: Lookup, now: _dt.datetime | None = None) -> bytes:
+    parsed = _parse(request_der)
+    if parsed is None:
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    req, nonce = parsed
+    algorithm, serial = req.hash_algorithm, req.serial_number
+    name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
     if (name_hash, key_hash) != _issuer_hashes(issuing, algorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-    try:
-        nonce = req.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
-    except x509.ExtensionNotFound:
-        nonce = None
     info = await lookup(serial)
     now = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0)
     revocation_time = reason = None

@@ -72,7 +72,7 @@ def _name_from_url(url: str | None, suffix: str, default: str) -> str:
 class PkiPublisher:
     def __init__(self, ca: RevocationAuthority, *, crl_dir: Path, http_host: str, http_port: int,
                  refresh_seconds: int = DEFAULT_REFRESH_SECONDS, crl_name: str | None = None,
-                 ca_cert_name: str | None = None):
+                 ca_cert_name: str | None = None, max_connections: int = 512, request_timeout: float = 10.0):
         if not 0 < refresh_seconds <= MAX_REFRESH_SECONDS:
             raise ValueError(f"refresh_seconds must be in 1..{MAX_REFRESH_SECONDS}, got {refresh_seconds}")
         urls = getattr(ca, "urls", None)
@@ -81,7 +81,8 @@ class PkiPublisher:
         self.refresh = _dt.timedelta(seconds=refresh_seconds)
         self.crl_name = crl_name or _name_from_url(getattr(urls, "crl", None), ".crl", "ca")
         self.ca_cert_name = ca_cert_name or _name_from_url(getattr(urls, "ca_issuers", None), ".cer", "ca")
-        self._http = HttpServer(self._handle, host=http_host, port=http_port)
+        self._http = HttpServer(self._handle, host=http_host, port=http_port, max_connections=max_connections,
+                                request_timeout=request_timeout)
         self._lock = asyncio.Lock()
         self._crl_der: bytes | None = None
         self._crl_pem: bytes | None = None

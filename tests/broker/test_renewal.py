@@ -21,7 +21,7 @@ from tests.personalizer import helpers
 def _renew(cert_der: bytes, *, request_id: str | None = None, key=None) -> RenewInput:
     rid = request_id or str(uuid.uuid4())
     csr = helpers.csr_der()
-    proof = (key or helpers.rsa_key()).sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
+    proof = (key or helpers.key_of(cert_der)).sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
     return RenewInput(request_id=rid, profile="cns-auth", csr_der=csr, current_certificate_der=cert_der,
                       proof_of_possession=proof, station_id="RM-STATION-01", chamber_code="RM", operator_id="op")
 

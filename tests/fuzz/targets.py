@@ -15,9 +15,8 @@ from tests.personalizer import helpers
 
 PERSONALIZER = protofuzz.methods_of(personalizer_pb2.DESCRIPTOR, "Personalizer")
 ADMIN = protofuzz.methods_of(admin_pb2.DESCRIPTOR, "QueueAdmin")
-# Health.List: grpcio-health-checking 1.85's aio HealthServicer does not implement it (the generated base
-# raises NotImplementedError → UNKNOWN + traceback on every call); reported to the lead, left out here.
-HEALTH = [m for m in protofuzz.methods_of(health_pb2.DESCRIPTOR, "Health") if not m.path.endswith("/List")]
+# Health.List included: personalizer.health implements it (grpcio-health-checking's aio servicer does not)
+HEALTH = protofuzz.methods_of(health_pb2.DESCRIPTOR, "Health")
 AGENT = protofuzz.methods_of(agent_pb2.DESCRIPTOR, "AgentLocal")
 
 

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from personalizer import codice_fiscale, dati_personali
 from personalizer.ca import profiles
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb
+from tests.support import keys
 
 VENV_BIN = Path(sys.executable).parent
 CF = "RSSMRA80A01H501U"
@@ -29,12 +30,22 @@ CARD_ID = "7420000000000001"
 
 @functools.cache
 def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """One fixed key per size (for a CSR that must not be accepted, or a proof by a wrong key)."""
     return rsa.generate_private_key(65537, bits)
+
+
+def key_of(certificate_der: bytes) -> rsa.RSAPrivateKey:
+    """The private key of a certificate issued on a CSR from ``csr_der`` (the test's "card")."""
+    key = keys.key_for(x509.load_der_x509_certificate(certificate_der).public_key())
+    assert key is not None, "the certificate's key did not come from tests.support.keys"
+    return key
 
 
 def csr_der(key=None, *, cf: str = CF, given: str = "Mario", surname: str = "Rossi",
             hash_alg=hashes.SHA256()) -> bytes:
-    key = key or rsa_key()
+    """A CSR for the holder; without ``key``, on a key no other CSR of this process used (the
+    personalizer certifies a public key once: one holder, one profile, one request)."""
+    key = key or keys.fresh_key()
     name = x509.Name([
         x509.NameAttribute(NameOID.COUNTRY_NAME, "IT"),
         x509.NameAttribute(NameOID.GIVEN_NAME, given),
@@ -106,10 +117,11 @@ class DaemonProcess:
 
     LISTEN_RE = re.compile(r"listening on port (\d+)")
 
-    def __init__(self, config: Path, *, env: dict | None = None):
+    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None):
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "cns-personalizer"), "--log-level", "WARNING", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn)
         line = self.proc.stdout.readline()
         m = self.LISTEN_RE.search(line)
         if not m:

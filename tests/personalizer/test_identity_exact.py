@@ -140,7 +140,7 @@ def test_only_the_holding_chamber_may_renew(deployment, tmp_path):
             clock.set(cert.not_valid_after_utc - dt.timedelta(days=30))   # inside the renewal window
             rid = str(uuid.uuid4())
             csr = helpers.csr_der()
-            proof = helpers.rsa_key().sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
+            proof = helpers.key_of(issued.certificate_der).sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
             req = pb.RenewRequest(request_id=rid, profile=pb.CA_PROFILE_CNS_AUTH, csr_der=csr,
                                   current_certificate_der=issued.certificate_der, proof_of_possession=proof,
                                   requester=mi)
@@ -149,7 +149,7 @@ def test_only_the_holding_chamber_may_renew(deployment, tmp_path):
             stored = await env.store.get_request(rid)
             # the holding chamber may renew the same certificate
             rid2 = str(uuid.uuid4())
-            proof2 = helpers.rsa_key().sign(rid2.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
+            proof2 = helpers.key_of(issued.certificate_der).sign(rid2.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
             ok = await srv.stub("station").Renew(pb.RenewRequest(
                 request_id=rid2, profile=pb.CA_PROFILE_CNS_AUTH, csr_der=csr,
                 current_certificate_der=issued.certificate_der, proof_of_possession=proof2,

@@ -23,7 +23,7 @@ from tests.personalizer import helpers
 
 def _renew(cert_der: bytes, csr: bytes) -> RenewInput:
     rid = str(uuid.uuid4())
-    proof = helpers.rsa_key().sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
+    proof = helpers.key_of(cert_der).sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
     return RenewInput(request_id=rid, profile="cns-auth", csr_der=csr, current_certificate_der=cert_der,
                       proof_of_possession=proof, station_id="RM-STATION-01", chamber_code="RM", operator_id="op")
 

@@ -38,7 +38,7 @@ T = 10
 def _renew(cert_der: bytes) -> pb.RenewRequest:
     rid = str(uuid.uuid4())
     csr = helpers.csr_der()
-    proof = helpers.rsa_key().sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
+    proof = helpers.key_of(cert_der).sign(rid.encode() + csr, padding.PKCS1v15(), hashes.SHA256())
     return pb.RenewRequest(request_id=rid, profile=pb.CA_PROFILE_CNS_AUTH, csr_der=csr,
                            current_certificate_der=cert_der, proof_of_possession=proof, requester=REQUESTER)
 

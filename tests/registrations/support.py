@@ -10,7 +10,7 @@ import grpc
 
 from personalizer import config, identity
 from personalizer.registration_service import RegistrationsService
-from personalizer.server import SERVER_OPTIONS
+from personalizer.server import server_options
 from personalizer.service import PersonalizerService
 from personalizer.tls_clients import ClientTrust
 from proto.cns.v1 import common_pb2, personalizer_pb2_grpc as pb_grpc, registrations_pb2 as rpb
@@ -46,7 +46,7 @@ class Server:
         s = config.load(self.deployment.server_config).server
         trust = ClientTrust(s.client_trust_anchors.read_bytes(), s.client_crl)
         self.server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
-                                      options=SERVER_OPTIONS)
+                                      options=server_options(s))
         pb_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=self.env.broker, relay=self.env.relay),
                                                    self.server)
         rpb_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=self.env.broker), self.server)

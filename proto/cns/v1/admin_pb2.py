@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from proto.cns.v1 import personalizer_pb2 as proto_dot_cns_dot_v1_dot_personalizer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/cns/v1/admin.proto\x12\x06\x63ns.v1\x1a\x1fproto/cns/v1/personalizer.proto\"!\n\x10ListQueueRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xf1\x01\n\tQueueItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04lane\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.cns.v1.RequestState\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x17\n\x0fnext_attempt_at\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nupdated_at\x18\t \x01(\x03\x12\x14\n\x0c\x63hamber_code\x18\n \x01(\t\x12\x12\n\nstation_id\x18\x0b \x01(\t\"5\n\x11ListQueueResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.cns.v1.QueueItem\"&\n\x10QueueItemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x18\n\x16ListMaintenanceRequest\"E\n\x17ListMaintenanceResponse\x12*\n\x07windows\x18\x01 \x03(\x0b\x32\x19.cns.v1.MaintenanceWindow\"]\n\x0f\x41\x64\x64StockRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x04 \x01(\t\"\x80\x01\n\nStockEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\x03\x12\x14\n\x0c\x63hamber_code\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x07 \x01(\t\"(\n\x10ListStockRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\"d\n\x0cStockBalance\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x03\x12\x0c\n\x04used\x18\x03 \x01(\x03\x12\x0c\n\x04left\x18\x04 \x01(\x03\x12\x14\n\x0c\x64\x65vice_model\x18\x05 \x01(\t\"`\n\x11ListStockResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.cns.v1.StockEntry\x12&\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x14.cns.v1.StockBalance2\x90\x04\n\nQueueAdmin\x12@\n\tListQueue\x12\x18.cns.v1.ListQueueRequest\x1a\x19.cns.v1.ListQueueResponse\x12\x39\n\nShowQueued\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x37\n\x08RetryNow\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x35\n\x06\x43\x61ncel\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x46\n\x0e\x41\x64\x64Maintenance\x12\x19.cns.v1.MaintenanceWindow\x1a\x19.cns.v1.MaintenanceWindow\x12R\n\x0fListMaintenance\x12\x1e.cns.v1.ListMaintenanceRequest\x1a\x1f.cns.v1.ListMaintenanceResponse\x12\x37\n\x08\x41\x64\x64Stock\x12\x17.cns.v1.AddStockRequest\x1a\x12.cns.v1.StockEntry\x12@\n\tListStock\x12\x18.cns.v1.ListStockRequest\x1a\x19.cns.v1.ListStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/cns/v1/admin.proto\x12\x06\x63ns.v1\x1a\x1fproto/cns/v1/personalizer.proto\"&\n\x18MaintenanceWindowRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x10ListQueueRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xf1\x01\n\tQueueItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04lane\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.cns.v1.RequestState\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x17\n\x0fnext_attempt_at\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nupdated_at\x18\t \x01(\x03\x12\x14\n\x0c\x63hamber_code\x18\n \x01(\t\x12\x12\n\nstation_id\x18\x0b \x01(\t\"5\n\x11ListQueueResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.cns.v1.QueueItem\"&\n\x10QueueItemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x18\n\x16ListMaintenanceRequest\"E\n\x17ListMaintenanceResponse\x12*\n\x07windows\x18\x01 \x03(\x0b\x32\x19.cns.v1.MaintenanceWindow\"]\n\x0f\x41\x64\x64StockRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x04 \x01(\t\"\x80\x01\n\nStockEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\x03\x12\x14\n\x0c\x63hamber_code\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x07 \x01(\t\"(\n\x10ListStockRequest\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\"d\n\x0cStockBalance\x12\x14\n\x0c\x63hamber_code\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x03\x12\x0c\n\x04used\x18\x03 \x01(\x03\x12\x0c\n\x04left\x18\x04 \x01(\x03\x12\x14\n\x0c\x64\x65vice_model\x18\x05 \x01(\t\"`\n\x11ListStockResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.cns.v1.StockEntry\x12&\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x14.cns.v1.StockBalance2\xb1\x05\n\nQueueAdmin\x12@\n\tListQueue\x12\x18.cns.v1.ListQueueRequest\x1a\x19.cns.v1.ListQueueResponse\x12\x39\n\nShowQueued\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x37\n\x08RetryNow\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x35\n\x06\x43\x61ncel\x12\x18.cns.v1.QueueItemRequest\x1a\x11.cns.v1.QueueItem\x12\x46\n\x0e\x41\x64\x64Maintenance\x12\x19.cns.v1.MaintenanceWindow\x1a\x19.cns.v1.MaintenanceWindow\x12R\n\x0fListMaintenance\x12\x1e.cns.v1.ListMaintenanceRequest\x1a\x1f.cns.v1.ListMaintenanceResponse\x12\x37\n\x08\x41\x64\x64Stock\x12\x17.cns.v1.AddStockRequest\x1a\x12.cns.v1.StockEntry\x12@\n\tListStock\x12\x18.cns.v1.ListStockRequest\x1a\x19.cns.v1.ListStockResponse\x12M\n\x0e\x45ndMaintenance\x12 .cns.v1.MaintenanceWindowRequest\x1a\x19.cns.v1.MaintenanceWindow\x12P\n\x11RemoveMaintenance\x12 .cns.v1.MaintenanceWindowRequest\x1a\x19.cns.v1.MaintenanceWindowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTQUEUEREQUEST']._serialized_start=69
-  _globals['_LISTQUEUEREQUEST']._serialized_end=102
-  _globals['_QUEUEITEM']._serialized_start=105
-  _globals['_QUEUEITEM']._serialized_end=346
-  _globals['_LISTQUEUERESPONSE']._serialized_start=348
-  _globals['_LISTQUEUERESPONSE']._serialized_end=401
-  _globals['_QUEUEITEMREQUEST']._serialized_start=403
-  _globals['_QUEUEITEMREQUEST']._serialized_end=441
-  _globals['_LISTMAINTENANCEREQUEST']._serialized_start=443
-  _globals['_LISTMAINTENANCEREQUEST']._serialized_end=467
-  _globals['_LISTMAINTENANCERESPONSE']._serialized_start=469
-  _globals['_LISTMAINTENANCERESPONSE']._serialized_end=538
-  _globals['_ADDSTOCKREQUEST']._serialized_start=540
-  _globals['_ADDSTOCKREQUEST']._serialized_end=633
-  _globals['_STOCKENTRY']._serialized_start=636
-  _globals['_STOCKENTRY']._serialized_end=764
-  _globals['_LISTSTOCKREQUEST']._serialized_start=766
-  _globals['_LISTSTOCKREQUEST']._serialized_end=806
-  _globals['_STOCKBALANCE']._serialized_start=808
-  _globals['_STOCKBALANCE']._serialized_end=908
-  _globals['_LISTSTOCKRESPONSE']._serialized_start=910
-  _globals['_LISTSTOCKRESPONSE']._serialized_end=1006
-  _globals['_QUEUEADMIN']._serialized_start=1009
-  _globals['_QUEUEADMIN']._serialized_end=1537
+  _globals['_MAINTENANCEWINDOWREQUEST']._serialized_start=69
+  _globals['_MAINTENANCEWINDOWREQUEST']._serialized_end=107
+  _globals['_LISTQUEUEREQUEST']._serialized_start=109
+  _globals['_LISTQUEUEREQUEST']._serialized_end=142
+  _globals['_QUEUEITEM']._serialized_start=145
+  _globals['_QUEUEITEM']._serialized_end=386
+  _globals['_LISTQUEUERESPONSE']._serialized_start=388
+  _globals['_LISTQUEUERESPONSE']._serialized_end=441
+  _globals['_QUEUEITEMREQUEST']._serialized_start=443
+  _globals['_QUEUEITEMREQUEST']._serialized_end=481
+  _globals['_LISTMAINTENANCEREQUEST']._serialized_start=483
+  _globals['_LISTMAINTENANCEREQUEST']._serialized_end=507
+  _globals['_LISTMAINTENANCERESPONSE']._serialized_start=509
+  _globals['_LISTMAINTENANCERESPONSE']._serialized_end=578
+  _globals['_ADDSTOCKREQUEST']._serialized_start=580
+  _globals['_ADDSTOCKREQUEST']._serialized_end=673
+  _globals['_STOCKENTRY']._serialized_start=676
+  _globals['_STOCKENTRY']._serialized_end=804
+  _globals['_LISTSTOCKREQUEST']._serialized_start=806
+  _globals['_LISTSTOCKREQUEST']._serialized_end=846
+  _globals['_STOCKBALANCE']._serialized_start=848
+  _globals['_STOCKBALANCE']._serialized_end=948
+  _globals['_LISTSTOCKRESPONSE']._serialized_start=950
+  _globals['_LISTSTOCKRESPONSE']._serialized_end=1046
+  _globals['_QUEUEADMIN']._serialized_start=1049
+  _globals['_QUEUEADMIN']._serialized_end=1738
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,16 @@ class QueueAdminStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.FromString,
                 _registered_method=True)
+        self.EndMaintenance = channel.unary_unary(
+                '/cns.v1.QueueAdmin/EndMaintenance',
+                request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.FromString,
+                _registered_method=True)
+        self.RemoveMaintenance = channel.unary_unary(
+                '/cns.v1.QueueAdmin/RemoveMaintenance',
+                request_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.FromString,
+                _registered_method=True)
 
 
 class QueueAdminServicer:
@@ -109,7 +119,10 @@ class QueueAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddMaintenance(self, request, context):
-        """Declare a planned maintenance window of the CA: nothing is sent during it.
+        """Declare a planned maintenance window of the CA: nothing is sent during it. Times are
+        seconds since the Unix epoch; INVALID_ARGUMENT (naming the field) for a window that ends
+        before it starts or already ended, lasts over 7 days, starts over 2 years ahead (e.g.
+        milliseconds), or has a reason over 200 characters. An existing id is replaced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +143,21 @@ class QueueAdminServicer:
 
     def ListStock(self, request, context):
         """The ledger and each chamber's balance: sent minus cards first issued by its stations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndMaintenance(self, request, context):
+        """End an active window now (the CA is back early). FAILED_PRECONDITION when it has not started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMaintenance(self, request, context):
+        """Withdraw a window added with AddMaintenance (active or future). Both answer NOT_FOUND for an
+        unknown or past id and FAILED_PRECONDITION for a window from the daemon's config file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +205,16 @@ def add_QueueAdminServicer_to_server(servicer, server):
                     servicer.ListStock,
                     request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.SerializeToString,
+            ),
+            'EndMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndMaintenance,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.SerializeToString,
+            ),
+            'RemoveMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMaintenance,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +433,60 @@ class QueueAdmin:
             '/cns.v1.QueueAdmin/ListStock',
             proto_dot_cns_dot_v1_dot_admin__pb2.ListStockRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_admin__pb2.ListStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.QueueAdmin/EndMaintenance',
+            proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.QueueAdmin/RemoveMaintenance',
+            proto_dot_cns_dot_v1_dot_admin__pb2.MaintenanceWindowRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.MaintenanceWindow.FromString,
             options,
             channel_credentials,
             insecure,
