@@ -39,11 +39,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from personalizer import lifecycle, validation
+from personalizer import lifecycle, registrations, validation
 from personalizer.audit import RefusalLimiter
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
-from personalizer.errors import CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict
+from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict,
+                                 StoreError)
 from personalizer.outbox import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
 from personalizer.store import (STATE_PENDING, STATE_RECEIVED, AuditEntry, KeyAlreadyCertified, KeyBinding,
@@ -80,11 +81,13 @@ class IssueInput:
     chamber_code: str
     operator_id: str
     ef_dati_personali: bytes
+    registration_id: str = ""    # deferred issuance: the registration this completes
 
     def fingerprint(self) -> bytes:
+        extra = (self.registration_id,) if self.registration_id else ()   # unchanged for immediate issuance
         return _fingerprint(*(getattr(self, n) for n in (
             "profile", "csr_der", "codice_fiscale", "given_name", "surname", "birth_date", "card_id",
-            "card_model", "station_id", "chamber_code", "operator_id", "ef_dati_personali")))
+            "card_model", "station_id", "chamber_code", "operator_id", "ef_dati_personali")), *extra)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,10 @@ class Broker:
         return self._ca
 
     @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
     def store(self) -> RequestStore:
         return self._store
 
@@ -173,8 +180,23 @@ class Broker:
                             station_id=inp.station_id, operator_id=inp.operator_id)
         key = KeyBinding(validation.public_key_sha256(valid.csr.public_key()), valid.holder.codice_fiscale,
                          valid.profile)
-        return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id, card_id=valid.card_id,
-                                  holder_cf=valid.holder.codice_fiscale, key=key)
+        rid = inp.registration_id
+        if rid:
+            if not registrations.REGISTRATION_ID_RE.fullmatch(rid):
+                raise InvalidRequest("registration_id", "not a registration id (REG- and 16 hex digits)")
+            reg = await self._store.get_registration(rid)
+            if reg is None:
+                raise NotFound(f"no registration {rid!r}; check the id on the IR's receipt")
+            registrations.check_usable(reg, chamber_code=inp.chamber_code, holder=valid.holder,
+                                       card_id=valid.card_id, now=self._clock())
+        try:
+            return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id,
+                                      card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale, key=key,
+                                      registration_id=rid)
+        except StoreError as exc:
+            if rid and "registration already used" in str(exc):   # another request won the race: nothing written
+                raise FailedPrecondition(f"registration {rid} was already used by another request") from None
+            raise
 
     async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -247,7 +269,7 @@ class Broker:
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
                       fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "",
-                      key: KeyBinding | None = None) -> RequestRecord:
+                      key: KeyBinding | None = None, registration_id: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -257,7 +279,8 @@ class Broker:
             # a client that cancels or whose deadline expires interrupts only its own wait, never a
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
             task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
-                                                      card_id=card_id, holder_cf=holder_cf, key=key))
+                                                      card_id=card_id, holder_cf=holder_cf, key=key,
+                                                      registration_id=registration_id))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
             created = await asyncio.shield(task)
@@ -277,7 +300,7 @@ class Broker:
         return await self.wait(rid, self._answer_wait)
 
     async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
-                      holder_cf: str = "", key: KeyBinding | None = None) -> bool:
+                      holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "") -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
 
         ``key`` is bound in the same commit; if another request holds it nothing is written and the
@@ -294,8 +317,12 @@ class Broker:
         try:
             created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, key=key,
                                                 audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
-                                                                 "accepted", operator_id=rec.operator_id,
-                                                                 card_id=card_id, holder_cf=holder_cf))
+                                                                 "accepted",
+                                                                 f"registration {registration_id}"
+                                                                 if registration_id else "",
+                                                                 operator_id=rec.operator_id,
+                                                                 card_id=card_id, holder_cf=holder_cf),
+                                                registration_id=registration_id)
         except KeyAlreadyCertified:
             if claim:
                 relay.release(rid)

@@ -221,6 +221,7 @@ def _init(opts) -> int:
     if opts.json:
         print(json.dumps({"root": str(dep.root), "server_config": str(dep.server_config),
                           "station_config": str(dep.station_config or ""), "admin_config": str(dep.admin_config),
+                          "ir_config": str(dep.ir_config),
                           "root_cert": str(dep.root_cert), "issuing_cert": str(dep.issuing_cert),
                           "tls_ca": str(dep.tls_ca), "listen": dep.listen, "endpoint": dep.endpoint}))
         return 0
@@ -229,6 +230,7 @@ def _init(opts) -> int:
   server config      {dep.server_config}
   station config     {dep.station_config or '(none: enroll stations with cnsctl station add)'}{owner}   (cns-agent run --config)
   admin config       {dep.admin_config}   (for cnsctl --config)
+  IR config          {dep.ir_config}   (recognition officer: cnsctl --config ... registration add)
   CNS root CA        {dep.root_cert}
   CNS issuing CA     {dep.issuing_cert}
   service TLS CA     {dep.tls_ca}

@@ -10,9 +10,11 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml station add --station-id ID --chamber RM [--valid-hours H] | station revoke
            --station-id ID --chamber RM [--reason R] | station list [--chamber RM]
     cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
+    cnsctl --config ir.toml registration add --holder H.toml --form F.pdf [--expires-days N] | show ID | list [--all]
 
 The config is a station configuration (station_config schema) with
-``role = "admin"``. Output is human-readable, or one JSON object with --json
+``role = "admin"`` (``role = "ir"`` for a recognition officer's ``registration``, in
+``personalizer.cnsctl_registration``). Output is human-readable, or one JSON object with --json
 (accepted before or after the command). One top-level error handler: a bad
 argument, a config error or a failed call prints one line (``cnsctl: ...``) and
 exits 1 (2 for usage); a closed output pipe exits quietly.
@@ -34,6 +36,7 @@ from station_config import channel
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
+from personalizer import cnsctl_registration
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--card", metavar="SERIAL", help="the card's serial (EF_IDCarta)")
     who.add_argument("--cf", metavar="CODICE_FISCALE", help="the holder's codice fiscale")
     cf.set_defaults(func=_cert_find)
+    cnsctl_registration.add_parser(sub, positive_int)
     return ap
 
 
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cnsctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except station_config.StationConfigError as exc:
+    except (station_config.StationConfigError, cnsctl_registration.InputError) as exc:
         print(f"cnsctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except grpc.RpcError as exc:

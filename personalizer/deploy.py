@@ -14,6 +14,7 @@ Creates, under DIR::
                                  relative to it), so it can be copied to a workstation
                                  or handed to the operator user (``station_owner``)
     admin/admin.toml             cnsctl config (station_config schema, role admin)
+    ir/ir.toml                   cnsctl config of a recognition officer (role ir: cnsctl registration)
     data/                        the request store
 
 The demo station's key is written here only for the demo and the tests
@@ -49,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from personalizer.ca import profiles
 from personalizer.ca.keys import save_encrypted_key, write_private
 from personalizer.errors import PersonalizerError
-from personalizer.identity import ROLE_ADMIN, ROLE_STATION, identity_uri
+from personalizer.identity import ROLE_ADMIN, ROLE_IR, ROLE_STATION, identity_uri
 from personalizer.tls_clients import write_empty_crl
 
 DEFAULT_CA_KEY_BITS = 3072
@@ -76,6 +77,7 @@ class Deployment:
     server_config: Path
     station_config: Path | None      # None with demo_station=False
     admin_config: Path
+    ir_config: Path          # the recognition officer's cnsctl config (role ir)
     root_cert: Path
     issuing_cert: Path
     tls_ca: Path
@@ -299,7 +301,7 @@ def _give_to(folder: Path, user: str) -> None:
 def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-STATION-01",
                     listen: str = DEFAULT_LISTEN, ca_key_bits: int = DEFAULT_CA_KEY_BITS,
                     admin_name: str = "central-it", station_owner: str | None = None,
-                    demo_station: bool = True) -> Deployment:
+                    demo_station: bool = True, ir_name: str = "ir-001") -> Deployment:
     """Write a test deployment under ``root``; ``station_owner``: a user to hand the station folder to;
     ``demo_station=False``: no station key at all (stations enroll)."""
     root = root.resolve()
@@ -328,12 +330,19 @@ def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-ST
     _write_public(admin_dir / "admin.toml", STATION_TOML.format(
         station_id=admin_name, chamber=chamber, role=ROLE_ADMIN, data_dir="data",
         endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
+    ir_dir = root / "ir"   # a recognition officer of the chamber (deferred issuance: cnsctl registration)
+    tls.issue(ir_dir / "client.pem", ir_dir / "client.key.pem", ir_name,
+              identity=identity_uri(ROLE_IR, ir_name, chamber))
+    _write_public(ir_dir / "ir.toml", STATION_TOML.format(
+        station_id=ir_name, chamber=chamber, role=ROLE_IR, data_dir="data",
+        endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
     if station_owner is not None and demo_station:
         _give_to(station_dir, station_owner)
     _write_public(root / "personalizer.toml",
                   SERVER_TOML.format(listen=listen, enroll_listen=enroll_listen_for(listen)).encode())
     return Deployment(root=root, server_config=root / "personalizer.toml",
                       station_config=station_dir / "station.toml" if demo_station else None,
-                      admin_config=admin_dir / "admin.toml", root_cert=root / "ca" / "root.pem",
+                      admin_config=admin_dir / "admin.toml", ir_config=ir_dir / "ir.toml",
+                      root_cert=root / "ca" / "root.pem",
                       issuing_cert=root / "ca" / "issuing.pem", tls_ca=tls.cert_path, listen=listen,
                       endpoint=endpoint)

@@ -6,8 +6,10 @@ layer) names its holder in one SAN URI::
     urn:cns:station:<chamber>:<station-id>
     urn:cns:operator-tool:<chamber>:<tool-id>
     urn:cns:admin:<name>
+    urn:cns:ir:<chamber>:<officer-id>        recognition officer (deferred issuance, issue 19)
 
-Stations and operator tools are scoped to their chamber; admins are not.
+Stations, operator tools and IRs are scoped to their chamber; admins are not. An IR registers
+holders (the Registrations service) and may read its chamber's registrations; nothing else.
 ``AuthInterceptor`` resolves the identity of every call, enforces
 ``METHOD_ROLES`` and, for requests that carry a ``requester``, that a
 station acts only for its own chamber and station id (required on writes,
@@ -55,17 +57,18 @@ UNAUTHENTICATED_ACTOR = "unauthenticated"
 ROLE_STATION = "station"
 ROLE_OPERATOR_TOOL = "operator-tool"
 ROLE_ADMIN = "admin"
-ROLES = (ROLE_STATION, ROLE_OPERATOR_TOOL, ROLE_ADMIN)
-CHAMBER_SCOPED = (ROLE_STATION, ROLE_OPERATOR_TOOL)
+ROLE_IR = "ir"
+ROLES = (ROLE_STATION, ROLE_OPERATOR_TOOL, ROLE_ADMIN, ROLE_IR)
+CHAMBER_SCOPED = (ROLE_STATION, ROLE_OPERATOR_TOOL, ROLE_IR)
 URI_PREFIX = "urn:cns:"
 # Matched with fullmatch: "$" would also match before a trailing newline.
-_URI_RE = re.compile(r"urn:cns:(station|operator-tool):([A-Z]{2,4}):([A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+_URI_RE = re.compile(r"urn:cns:(station|operator-tool|ir):([A-Z]{2,4}):([A-Za-z0-9][A-Za-z0-9._-]{0,63})"
                      r"|urn:cns:(admin):([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 AUTH_PEM_KEY = "x509_pem_cert"
 AUTH_CHAIN_KEY = "x509_pem_cert_chain"   # the chain the client presented, leaf first
 
 _SERVICE = "/cns.v1.Personalizer/"
-_ANY = frozenset(ROLES)
+_ANY = frozenset({ROLE_STATION, ROLE_OPERATOR_TOOL, ROLE_ADMIN})   # not the IR: it registers only
 METHOD_ROLES: dict[str, frozenset[str]] = {
     _SERVICE + "SubmitIssue": frozenset({ROLE_STATION}),
     _SERVICE + "Renew": frozenset({ROLE_STATION}),
@@ -92,6 +95,12 @@ METHOD_ROLES.update({_ADMIN_SERVICE + m: frozenset({ROLE_ADMIN}) for m in (
 _STATIONS = "/cns.v1.StationAdmin/"
 METHOD_ROLES.update({_STATIONS + m: frozenset({ROLE_ADMIN}) for m in ("AddStation", "RevokeStation", "ListStations")})
 METHOD_ROLES[_STATIONS + "RenewStation"] = frozenset({ROLE_STATION})
+# Deferred issuance: the IR registers; every role of the chamber (and central IT) reads.
+_REGISTRATIONS = "/cns.v1.Registrations/"
+METHOD_ROLES.update({_REGISTRATIONS + "RegisterHolder": frozenset({ROLE_IR}),
+                     _REGISTRATIONS + "GetRegistration": frozenset(ROLES),
+                     _REGISTRATIONS + "ListRegistrations": frozenset(ROLES),
+                     _REGISTRATIONS + "CancelRegistration": frozenset({ROLE_IR, ROLE_ADMIN})})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -46,18 +46,21 @@ from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_
 from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
 from personalizer.policy import CircuitBreaker, RetryPolicy
 from personalizer.health import HealthServicer
+from personalizer.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
 from personalizer.relay import Relay
 from personalizer.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
 from personalizer.tls_clients import ClientTrust
-from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc
+from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc, registrations_pb2_grpc
 from proto.wire import DecodeInterceptor
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_name
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1 << 20
+# 12 MiB: a registration's signed request form (≤ 10 MiB, registrations.MAX_FORM_BYTES) must reach the
+# handler to get its clear message; every other field stays bounded by personalizer.limits.
+MAX_MESSAGE_BYTES = 12 << 20
 
 
 def server_options(s) -> list[tuple[str, object]]:
@@ -193,10 +196,12 @@ class Daemon:
             PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
                                                                             config_windows=cfg.maintenance), server)
+        registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
         health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, REGISTRATIONS_SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         s = cfg.server
         creds = grpc.ssl_server_credentials(

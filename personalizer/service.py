@@ -126,7 +126,9 @@ OPERATION_NAMES = {"SubmitIssue": "issue", "Renew": "renew", "Suspend": KIND_SUS
                    "GetRequest": "get-request", "WatchRequest": "watch-request", "GetCAStatus": "ca-status",
                    "ListQueue": "queue-list", "ShowQueued": "queue-show", "RetryNow": "queue-retry",
                    "Cancel": "queue-cancel", "AddMaintenance": "maintenance-add",
-                   "ListMaintenance": "maintenance-list", "FindCertificates": "certificate-find"}
+                   "ListMaintenance": "maintenance-list", "FindCertificates": "certificate-find",
+                   "RegisterHolder": "registration-add", "GetRegistration": "registration-get",
+                   "ListRegistrations": "registration-list", "CancelRegistration": "registration-cancel"}
 
 
 def operation_name(method: str) -> str:
@@ -201,7 +203,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
                 codice_fiscale=h.codice_fiscale, given_name=h.given_name, surname=h.surname,
                 birth_date=h.birth_date, card_id=request.card.card_id, card_model=request.card.model,
                 station_id=r.station_id, chamber_code=r.chamber_code, operator_id=r.operator_id,
-                ef_dati_personali=request.ef_dati_personali)
+                ef_dati_personali=request.ef_dati_personali, registration_id=request.registration_id)
             return await self._broker.submit_issue(inp, actor=ident.uri)
         return self._out(await go())
 

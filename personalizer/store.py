@@ -30,6 +30,8 @@ Narrow interface used by the broker and the relay::
     list_queue / queue_depth / retry_now / cancel / maintenance / audit reads
     record_breaker_event(at, state, detail)       the relay's circuit transitions (CA outages)
     add_stock / list_stock / stock_balance        the device stock ledger (cnsctl stock, monthly report)
+    add_registration / open_registration / get_registration / list_registrations / cancel_registration
+                                                  deferred issuance (enqueue marks one used)
     connect_readonly(path)                        a read-only connection (audit, reports)
 
 Outbox states: queued (never sent) → sending (claimed; an attempt may have
@@ -58,6 +60,7 @@ import aiosqlite
 
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
+from personalizer.registrations import Registration
 from personalizer.validation import certificate_key_sha256
 
 SCHEMA_VERSION = 2
@@ -144,6 +147,42 @@ CREATE TRIGGER IF NOT EXISTS stock_no_update BEFORE UPDATE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS stock_no_delete BEFORE DELETE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
+-- Deferred issuance (personalizer.registrations): a holder registered by an IR, used once by one request.
+CREATE TABLE IF NOT EXISTS registrations (
+    registration_id   TEXT PRIMARY KEY,
+    chamber_code      TEXT NOT NULL,
+    codice_fiscale    TEXT NOT NULL,
+    given_name        TEXT NOT NULL,
+    surname           TEXT NOT NULL,
+    birth_date        TEXT NOT NULL,
+    form_sha256       TEXT NOT NULL,
+    form_type         TEXT NOT NULL,
+    form              BLOB NOT NULL,
+    created_by        TEXT NOT NULL,
+    created_at        REAL NOT NULL,
+    expires_at        REAL NOT NULL,
+    used_by           TEXT,
+    used_operator_id  TEXT,
+    used_at           REAL,
+    request_id        TEXT,
+    sex               TEXT NOT NULL DEFAULT '',
+    birth_town        TEXT NOT NULL DEFAULT '',
+    card_id           TEXT,
+    cancelled_by      TEXT,
+    cancelled_at      REAL
+);
+CREATE INDEX IF NOT EXISTS registrations_by_chamber ON registrations(chamber_code, created_at);
+CREATE TRIGGER IF NOT EXISTS registration_used_once BEFORE UPDATE ON registrations
+    WHEN OLD.card_id IS NOT NULL AND NEW.card_id IS NOT OLD.card_id
+    BEGIN SELECT RAISE(ABORT, 'registration already used'); END;
+CREATE TRIGGER IF NOT EXISTS registration_not_cancelled BEFORE UPDATE OF card_id ON registrations
+    WHEN OLD.cancelled_at IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'registration cancelled'); END;
+CREATE TRIGGER IF NOT EXISTS registration_holder_fixed BEFORE UPDATE OF registration_id, chamber_code,
+    codice_fiscale, given_name, surname, birth_date, form_sha256, form, created_by, created_at ON registrations
+    BEGIN SELECT RAISE(ABORT, 'a registration is not edited'); END;
+CREATE TRIGGER IF NOT EXISTS registration_no_delete BEFORE DELETE ON registrations
+    BEGIN SELECT RAISE(ABORT, 'registrations are kept'); END;
 CREATE TABLE IF NOT EXISTS certified_keys (
     key_sha256  BLOB NOT NULL UNIQUE,   -- SHA-256 of the DER SubjectPublicKeyInfo
     holder_cf   TEXT NOT NULL,
@@ -311,6 +350,30 @@ Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_extract(CAST(o.payload AS
     JOIN certificates c ON c.request_id = r.request_id LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < ?
     GROUP BY 1, 2"""
+_REGISTRATION_COLUMNS = """registration_id, chamber_code, codice_fiscale, given_name, surname, birth_date, form_sha256,
+    form_type, LENGTH(form), created_by, created_at, expires_at, used_by, used_operator_id, used_at, request_id,
+    sex, birth_town, card_id, cancelled_by, cancelled_at"""
+# Open: not bound to a card, not cancelled, not expired. One open registration per holder and chamber
+# (an IR's retry or a second registration cannot issue a second card): the insert checks it itself.
+_OPEN_FOR_HOLDER = """SELECT {cols} FROM registrations WHERE chamber_code = ? AND codice_fiscale = ?
+    AND card_id IS NULL AND cancelled_at IS NULL AND expires_at > ?"""
+Q_INSERT_REGISTRATION = f"""INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name,
+    surname, birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
+    SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_OPEN_FOR_HOLDER.format(cols="1")})"""
+Q_OPEN_REGISTRATION = _OPEN_FOR_HOLDER.format(cols=_REGISTRATION_COLUMNS)
+Q_CANCEL_REGISTRATION = """UPDATE registrations SET cancelled_by = ?, cancelled_at = ?
+    WHERE registration_id = ? AND card_id IS NULL AND cancelled_at IS NULL"""
+Q_SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM registrations WHERE registration_id = ?"
+Q_LIST_REGISTRATIONS = f"""SELECT {_REGISTRATION_COLUMNS} FROM registrations
+    WHERE (? = '' OR chamber_code = ?) AND (? OR (card_id IS NULL AND cancelled_at IS NULL AND expires_at > ?))
+    ORDER BY created_at DESC LIMIT ?"""
+# Last statement of a new issuance's commit (after its audit row: changes() = 1 only for a new request).
+# A registration issues ONE card: its first request binds it to the card (the card's other keyset's
+# request passes); the trigger registration_used_once aborts the whole request for another card.
+Q_USE_REGISTRATION = """UPDATE registrations SET used_by = COALESCE(used_by, ?),
+    used_operator_id = COALESCE(used_operator_id, ?), used_at = COALESCE(used_at, ?),
+    request_id = COALESCE(request_id, ?), card_id = ?
+    WHERE registration_id = ? AND changes() = 1"""
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
@@ -692,12 +755,16 @@ class RequestStore:
         return changed[0] == 1
 
     async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
-                      claim: bool = False, key: KeyBinding | None = None) -> bool:
+                      claim: bool = False, key: KeyBinding | None = None, registration_id: str = "") -> bool:
         """Request row + outbox row + audit row in one transaction; False (nothing written) if the id exists.
 
         ``key``: the public key the request certifies, bound to it in the same transaction; if another
         request holds it, nothing is written and ``KeyAlreadyCertified`` is raised. A retry (the id
         exists) binds nothing and raises nothing: the caller compares it with the stored request.
+
+        ``registration_id``: a deferred issuance; the registration is marked used for this request's card
+        (``audit.card_id``) in the same transaction (StoreError "registration already used", nothing
+        written, if a request for another card was first).
 
         ``claim``: the row is written already claimed by the relay (``sending``, attempt 1, request
         PENDING), as ``mark_sending`` would leave it; the caller delivers it now.
@@ -716,12 +783,47 @@ class RequestStore:
              (rec.request_id, lane, rec.kind, payload, now, now)),
             (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now)),
         ]
+        if registration_id:   # after the audit row: its changes() = 1 only for a new request
+            statements.append((Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
+                                                    registration_id)))
         changed = await self._write(statements)
         return changed[first] == 1
 
     async def key_binding(self, key_sha256: bytes) -> KeyBinding | None:
         row = await self._one(Q_SELECT_KEY, (key_sha256,))
         return KeyBinding(key_sha256, row[0], row[1], row[2]) if row else None
+
+    async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> bool:
+        """The registration (with its form) and its audit row, one transaction; False (nothing written)
+        when the holder already has an open registration in that chamber (``open_registration``)."""
+        now = self._clock()
+        changed = await self._write([
+            (Q_INSERT_REGISTRATION, (reg.registration_id, reg.chamber_code, reg.codice_fiscale, reg.given_name,
+                                     reg.surname, reg.birth_date, reg.form_sha256, reg.form_type, form,
+                                     reg.created_by, reg.created_at, reg.expires_at, reg.sex, reg.birth_town,
+                                     reg.chamber_code, reg.codice_fiscale, reg.created_at)),
+            (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def open_registration(self, chamber_code: str, codice_fiscale: str, now: float) -> Registration | None:
+        row = await self._one(Q_OPEN_REGISTRATION, (chamber_code, codice_fiscale, now))
+        return Registration(*row) if row else None
+
+    async def cancel_registration(self, registration_id: str, *, by: str, audit: AuditEntry) -> bool:
+        """Cancel an open or expired registration not yet bound to a card, with its audit row; False if not."""
+        now = self._clock()
+        changed = await self._write([(Q_CANCEL_REGISTRATION, (by, now, registration_id)),
+                                     (Q_INSERT_AUDIT_IF_NEW, _audit_params(audit, now))])
+        return changed[0] == 1
+
+    async def get_registration(self, registration_id: str) -> Registration | None:
+        row = await self._one(Q_SELECT_REGISTRATION, (registration_id,))
+        return Registration(*row) if row else None
+
+    async def list_registrations(self, chamber_code: str, *, include_closed: bool, now: float,
+                                 limit: int) -> list[Registration]:
+        rows = await self._all(Q_LIST_REGISTRATIONS, (chamber_code, chamber_code, int(include_closed), now, limit))
+        return [Registration(*r) for r in rows]
 
     async def ensure_outbox(self, request_id: str, *, lane: str, kind: str, payload: bytes) -> None:
         """Give a request row left by an older version (no outbox row) its outbox row."""

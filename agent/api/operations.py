@@ -56,11 +56,15 @@ class Operations:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "this agent runs without a station configuration: start it with `cns-agent run --config FILE`")
         h = request.holder
+        holder = None
         try:
-            holder = HolderRecord.from_dict({k: v for k, v in {
-                "codice_fiscale": h.codice_fiscale, "given_name": h.given_name, "surname": h.surname,
-                "birth_date": h.birth_date, "sex": h.sex, "birth_town": h.birth_town,
-                "issuer": h.issuer}.items() if v}, "request")
+            if request.registration_id and request.HasField("holder"):
+                raise ValueError("give either holder data or a registration id, not both")
+            if not request.registration_id:
+                holder = HolderRecord.from_dict({k: v for k, v in {
+                    "codice_fiscale": h.codice_fiscale, "given_name": h.given_name, "surname": h.surname,
+                    "birth_date": h.birth_date, "sex": h.sex, "birth_town": h.birth_town,
+                    "issuer": h.issuer}.items() if v}, "request")
             codes = Codes(request.pin, request.puk or None)
         except (HolderFileError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -70,7 +74,8 @@ class Operations:
         async for message in self._stream("personalize", request.reader, context, lambda progress:
                                           self.ops.personalize(connect=self.connect, reader=request.reader,
                                                                model=model, holder=holder, codes=codes,
-                                                               progress=progress)):
+                                                               progress=progress,
+                                                               registration_id=request.registration_id)):
             yield message
 
     async def renew(self, request: pb.RenewCardRequest, context):

@@ -1,6 +1,11 @@
 """``cns-agent personalize``: personalize the blank card in a reader through the running agent.
 
     cns-agent personalize --reader "Virtual PCD 00 00" --holder holder.toml --codes-file codes.toml [--json]
+    cns-agent personalize --reader "Virtual PCD 00 00" --registration REG-… --codes-file codes.toml
+
+With ``--registration`` (deferred issuance, "decentrata differita") the holder is
+the one the chamber's recognition officer registered (``cnsctl registration add``):
+the agent reads it from the personalizer and the operation stays bound to it.
 
 The holder file is TOML with a ``[holder]`` table (codice_fiscale, given_name,
 surname, birth_date YYYY-MM-DD, sex, birth_town, issuer). The codes — the
@@ -41,7 +46,10 @@ from proto.cns.v1 import agent_pb2 as pb
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("personalize", help="personalize the blank card in a reader")
     p.add_argument("--reader", required=True, help="reader name, as `cns-agent devices` lists it")
-    p.add_argument("--holder", required=True, type=Path, help="holder TOML file ([holder] table)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--holder", type=Path, help="holder TOML file ([holder] table)")
+    who.add_argument("--registration", metavar="ID",
+                     help="a registration id (REG-…) from the recognition officer: deferred issuance")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--codes-file", type=Path, help="TOML file with pin (and puk), mode 0600")
     g.add_argument("--codes-stdin", action="store_true", help="read the PIN (and PUK) from standard input")
@@ -73,14 +81,18 @@ def _codes(args) -> tuple[str, str]:
 
 
 def personalize(args: argparse.Namespace) -> int:
-    try:
-        holder = HolderRecord.load(args.holder)
-    except HolderFileError as exc:
-        raise CommandError(str(exc)) from exc
-    pin, puk = _codes(args)
-    request = pb.PersonalizeRequest(reader=args.reader, pin=pin, puk=puk, holder=pb.HolderData(
-        codice_fiscale=holder.codice_fiscale, given_name=holder.given_name, surname=holder.surname,
-        birth_date=holder.birth_date, sex=holder.sex, birth_town=holder.birth_town, issuer=holder.issuer))
+    if args.registration:
+        pin, puk = _codes(args)
+        request = pb.PersonalizeRequest(reader=args.reader, pin=pin, puk=puk, registration_id=args.registration)
+    else:
+        try:
+            holder = HolderRecord.load(args.holder)
+        except HolderFileError as exc:
+            raise CommandError(str(exc)) from exc
+        pin, puk = _codes(args)
+        request = pb.PersonalizeRequest(reader=args.reader, pin=pin, puk=puk, holder=pb.HolderData(
+            codice_fiscale=holder.codice_fiscale, given_name=holder.given_name, surname=holder.surname,
+            birth_date=holder.birth_date, sex=holder.sex, birth_town=holder.birth_town, issuer=holder.issuer))
     with AgentClient(socket_path(args)) as client, stop_on_interrupt(socket_path(args), args.reader, args):
         return follow_operation(client.personalize(request), args, "personalization",
                                 lambda d: f"card {d['card_serial']}: {d['state']} {d['holder_label']} {d['message']}")

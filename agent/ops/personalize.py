@@ -50,6 +50,13 @@ resume asks for that request id first and only re-submits when the personalizer
 never saw it — so a restart while a request is queued re-watches the same request,
 and the requester recorded at start is reused so the payload never changes.
 
+Deferred issuance (issue 19, "decentrata differita"): ``registration_holder`` reads a
+registration the chamber's IR made (through the uplink, before the card is touched) and
+gives its holder; ``start(registration=…)`` refuses, before anything is journaled, a
+registration that is expired or used for another card, journals its id with the holder
+(a resume with another registration, or none, is refused like another holder) and every
+submit names it, so the personalizer checks the holder and binds the registration to the card.
+
 PINs and PUKs live in ``Codes`` for the call only. Imports ``agent.card``,
 ``agent.ops`` and ``agent.uplink``; card I/O runs in a worker thread.
 """
@@ -60,6 +67,7 @@ import base64
 import datetime as _dt
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -74,13 +82,14 @@ from agent.card.transport import ApduTransport
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
-from agent.ops.holder import Codes, HolderRecord
+from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
 
 log = logging.getLogger("cns.agent.personalize")
 
+REGISTRATION_ID_RE = re.compile(r"REG-[0-9A-F]{16}")   # as the personalizer makes them
 KIND = "personalize"
 PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
 STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = 3, 4, 6   # cns.v1.RequestState values the uplink returns
@@ -166,13 +175,24 @@ class Personalizer:
 
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, holder: HolderRecord,
-                    codes: Codes) -> Outcome:
+                    codes: Codes, registration=None) -> Outcome:
+        """``registration``: a deferred issuance (``registration_holder``'s registration; ``holder`` is its)."""
         self.stage = {}
         link = await self._timed("card", self._open, connect, model)
         serial = await self._timed("card", link.cns.read_serial)
+        registration_id = registration.registration_id if registration is not None else ""
+        if registration is not None:
+            check_registration_for_card(registration, serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
             other = open_ops[0]
+            if other.kind == KIND and other.data.get("registration_id", "") != registration_id:
+                was = other.data.get("registration_id", "")
+                raise PreconditionError(
+                    f"card {serial} has an open personalization {other.op_id} "
+                    + (f"for registration {was}" if was else "without a registration")
+                    + f"; finish it with `cns-agent operations finish {other.op_id}` or discard it with "
+                    f"`cns-agent operations discard {other.op_id}`", op_id=other.op_id)
             if other.kind != KIND:
                 raise PreconditionError(f"card {serial} has an unfinished {other.kind} operation {other.op_id}; "
                                         f"finish or discard it first (`cns-agent operations finish|discard "
@@ -193,7 +213,8 @@ class Personalizer:
         dp = datipersonali.serialize(holder.personal_data())
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
-            data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester)})
+            data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
+                  **({"registration_id": registration_id} if registration_id else {})})
         op.data["request_ids"] = {ks.name: f"pers-{op.op_id}-{ks.name}" for ks in model.keysets}
         self.progress("start", f"card {serial}: personalization {op.op_id} for {holder.given_name} {holder.surname}")
         return await self._drive(op, link, model, codes)
@@ -421,7 +442,9 @@ class Personalizer:
                                          csr_der=_unb64(op.data[f"csr_{ks.name}"]),
                                          holder=holder.as_proto_fields(), card_id=op.card_serial, model=model.id,
                                          requester=self.requester,
-                                         ef_dati_personali=_unb64(op.data["dati_personali"]))
+                                         ef_dati_personali=_unb64(op.data["dati_personali"]),
+                                         **({"registration_id": op.data["registration_id"]}
+                                            if op.data.get("registration_id") else {}))
             if resp.state not in (STATE_ISSUED, STATE_FAILED, STATE_CANCELLED):
                 closed = await self._ca_closed(resp)
                 if closed:   # not waited for with the card held: the agent retries by itself
@@ -554,6 +577,37 @@ class _Stopped(Exception):
 
 class CAClosed(OperationError):
     """The CA is closed (service window, maintenance, down): the operation stays open and is retried."""
+
+
+async def registration_holder(uplink, registration_id: str) -> tuple[Any, HolderRecord]:
+    """The registration ``registration_id`` and its holder, from the personalizer (deferred issuance).
+
+    Refused here, before any card is touched: an id of the wrong shape, an expired registration."""
+    registration_id = (registration_id or "").strip().upper()
+    if not REGISTRATION_ID_RE.fullmatch(registration_id):
+        raise PreconditionError(f"{registration_id!r} is not a registration id (REG- and 16 hex digits, as on "
+                                "the recognition officer's receipt)")
+    reg = await uplink.get_registration(registration_id)
+    if reg.state in ("expired", "cancelled"):
+        raise PreconditionError(f"registration {registration_id} is {reg.state}; the recognition officer must "
+                                "register the holder again")
+    h = reg.holder
+    try:
+        holder = HolderRecord.from_dict({k: v for k, v in {
+            "codice_fiscale": h.codice_fiscale, "given_name": h.given_name, "surname": h.surname,
+            "birth_date": h.birth_date, "sex": reg.sex, "birth_town": reg.birth_town}.items() if v},
+            f"registration {registration_id}")
+    except (HolderFileError, ValueError) as exc:
+        raise PreconditionError(f"registration {registration_id} holds holder data this agent refuses: {exc}") from None
+    return reg, holder
+
+
+def check_registration_for_card(reg, serial: str) -> None:
+    """A registration used for another card is refused before anything is journaled or written."""
+    if reg.state == "used" and reg.card_id and reg.card_id != serial:
+        raise PreconditionError(f"registration {reg.registration_id} was already used for card {reg.card_id}; "
+                                "a registration issues one card: the recognition officer must register the "
+                                "holder again")
 
 
 def describe_holder(d: dict) -> str:

@@ -29,7 +29,7 @@ from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
-from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer
+from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer, registration_holder
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
 from agent.uplink.client import PersonalizerClient
@@ -124,15 +124,24 @@ class StationOps:
                        admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
                        watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, on_step=on_step)
 
-    async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord, codes: Codes,
-                          progress: Callable[[str, str], None] | None = None) -> Outcome:
+    async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord | None, codes: Codes,
+                          progress: Callable[[str, str], None] | None = None,
+                          registration_id: str = "") -> Outcome:
+        """``registration_id`` (deferred issuance): the holder comes from that registration, not ``holder``."""
         async with self.device_lock(reader), _Links(connect, reader) as links:
             stop = self._stop_event(reader)
             out = None
             try:
                 async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                    registration = None
+                    if registration_id:
+                        registration, holder = await registration_holder(uplink, registration_id)
+                        if progress:
+                            progress("registration", f"registration {registration.registration_id}: "
+                                                     f"{holder.given_name} {holder.surname}, {holder.codice_fiscale}")
                     out = await self._personalizer(uplink, progress, stop).start(
-                        connect=links.open, reader=reader, model=model, holder=holder, codes=codes)
+                        connect=links.open, reader=reader, model=model, holder=holder, codes=codes,
+                        registration=registration)
             finally:
                 self._done(reader, out)
             return out

@@ -19,6 +19,7 @@ import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
 from proto.cns.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
+from proto.cns.v1 import registrations_pb2, registrations_pb2_grpc
 from station_config import StationConfig, channel
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -43,6 +44,7 @@ class PersonalizerClient:
         self._dr = False
         self._channel: grpc.aio.Channel | None = None
         self._stub: personalizer_pb2_grpc.PersonalizerStub | None = None
+        self._registrations: registrations_pb2_grpc.RegistrationsStub | None = None
 
     @property
     def reader(self) -> common_pb2.Requester:
@@ -67,6 +69,7 @@ class PersonalizerClient:
         except OSError as exc:  # trust anchors or client key unreadable
             raise UplinkError(f"cannot build the personalizer channel from {self.cfg.source}: {exc}") from exc
         self._stub = personalizer_pb2_grpc.PersonalizerStub(self._channel)
+        self._registrations = registrations_pb2_grpc.RegistrationsStub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -82,24 +85,32 @@ class PersonalizerClient:
         self._connect()
         return True
 
-    async def _call(self, method: str, request, what: str):
+    async def _call(self, method: str, request, what: str, *, registrations: bool = False):
         while True:
             if self._stub is None:
                 self._connect()
+            stub = self._registrations if registrations else self._stub
             try:
-                return await getattr(self._stub, method)(request, timeout=self.deadline_s)
+                return await getattr(stub, method)(request, timeout=self.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in TRANSIENT and await self._failover():
                     continue
                 raise _translate(exc, what, self.cfg, self._dr) from exc
 
     async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict,
-                           card_id: str, model: str, requester: dict, ef_dati_personali: bytes = b""):
+                           card_id: str, model: str, requester: dict, ef_dati_personali: bytes = b"",
+                           registration_id: str = ""):
         req = personalizer_pb2.SubmitIssueRequest(
             request_id=request_id, profile=PROFILES[profile], csr_der=csr_der,
             holder=common_pb2.Holder(**holder), card=common_pb2.Card(card_id=card_id, model=model),
-            requester=common_pb2.Requester(**requester), ef_dati_personali=ef_dati_personali)
+            requester=common_pb2.Requester(**requester), ef_dati_personali=ef_dati_personali,
+            registration_id=registration_id)
         return await self._call("SubmitIssue", req, f"issue request {request_id}")
+
+    async def get_registration(self, registration_id: str):
+        """A holder registered by the chamber's IR (deferred issuance): its data, state and expiry."""
+        return await self._call("GetRegistration", registrations_pb2.GetRegistrationRequest(
+            registration_id=registration_id), f"registration {registration_id}", registrations=True)
 
     async def get_request(self, request_id: str):
         return await self._call("GetRequest", personalizer_pb2.GetRequestRequest(

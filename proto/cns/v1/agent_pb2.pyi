@@ -172,16 +172,18 @@ class HolderData(_message.Message):
     def __init__(self, codice_fiscale: _Optional[str] = ..., given_name: _Optional[str] = ..., surname: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[str] = ..., birth_town: _Optional[str] = ..., issuer: _Optional[str] = ...) -> None: ...
 
 class PersonalizeRequest(_message.Message):
-    __slots__ = ("reader", "holder", "pin", "puk")
+    __slots__ = ("reader", "holder", "pin", "puk", "registration_id")
     READER_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
     PUK_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     reader: str
     holder: HolderData
     pin: str
     puk: str
-    def __init__(self, reader: _Optional[str] = ..., holder: _Optional[_Union[HolderData, _Mapping]] = ..., pin: _Optional[str] = ..., puk: _Optional[str] = ...) -> None: ...
+    registration_id: str
+    def __init__(self, reader: _Optional[str] = ..., holder: _Optional[_Union[HolderData, _Mapping]] = ..., pin: _Optional[str] = ..., puk: _Optional[str] = ..., registration_id: _Optional[str] = ...) -> None: ...
 
 class OperationResult(_message.Message):
     __slots__ = ("op_id", "card_serial", "state", "holder_label", "certificate_subjects", "test_signatures", "message", "stage_seconds", "pkcs11")

@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from proto.cns.v1 import common_pb2 as proto_dot_cns_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/cns/v1/personalizer.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"\xda\x01\n\x12SubmitIssueRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1e\n\x06holder\x18\x04 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x1a\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x0c.cns.v1.Card\x12$\n\trequester\x18\x06 \x01(\x0b\x32\x11.cns.v1.Requester\x12\x19\n\x11\x65\x66_dati_personali\x18\x07 \x01(\x0c\"M\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\trequester\x18\x02 \x01(\x0b\x32\x11.cns.v1.Requester\"\xe2\x02\n\rIssueResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.cns.v1.RequestState\x12\"\n\x07profile\x18\x03 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x17\n\x0f\x63\x65rtificate_der\x18\x04 \x01(\x0c\x12\x11\n\tchain_der\x18\x05 \x03(\x0c\x12+\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.cns.v1.ErrorDetail\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nupdated_at\x18\t \x01(\x03\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\r\x12\x17\n\x0fnext_attempt_at\x18\x0c \x01(\x03\x12\x16\n\x0ewaiting_reason\x18\r \x01(\t\"\x8f\x01\n\x1bGetCertificateStatusRequest\x12-\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x16.cns.v1.CertificateRefH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x12$\n\trequester\x18\x03 \x01(\x0b\x32\x11.cns.v1.RequesterB\x05\n\x03ref\"\xa4\x02\n\x19\x43\x65rtificateStatusResponse\x12+\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.cns.v1.CertificateStatus\x12\x12\n\nnot_before\x18\x03 \x01(\x03\x12\x11\n\tnot_after\x18\x04 \x01(\x03\x12\x19\n\x11revocation_reason\x18\x05 \x01(\t\x12\x12\n\nrevoked_at\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x19\n\x11\x63hange_request_id\x18\x08 \x01(\t\x12*\n\x0c\x63hange_state\x18\t \x01(\x0e\x32\x14.cns.v1.RequestState\"B\n\x17\x46indCertificatesRequest\x12\x0f\n\x07\x63\x61rd_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63odice_fiscale\x18\x02 \x01(\t\"\xb9\x01\n\x10\x46oundCertificate\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.cns.v1.CertificateStatusResponse\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63\x61rd_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63odice_fiscale\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x06 \x01(\t\"J\n\x18\x46indCertificatesResponse\x12.\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x18.cns.v1.FoundCertificate\"\x14\n\x12GetCAStatusRequest\"\xf5\x03\n\x10\x43\x41StatusResponse\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x13\n\x0boperational\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x17\n\x0freactivation_at\x18\x04 \x01(\x03\x12\x11\n\tchain_der\x18\x05 \x03(\x0c\x12#\n\x08profiles\x18\x06 \x03(\x0e\x32\x11.cns.v1.CAProfile\x12\x1a\n\x12issued_last_10_min\x18\x07 \x01(\r\x12!\n\x19mean_issue_ms_last_10_min\x18\x08 \x01(\x01\x12\x16\n\x0ein_maintenance\x18\t \x01(\x08\x12\x36\n\x13planned_maintenance\x18\n \x03(\x0b\x32\x19.cns.v1.MaintenanceWindow\x12,\n\x0eresponse_times\x18\x0b \x03(\x0b\x32\x14.cns.v1.ResponseTime\x12\x1c\n\x14requests_last_10_min\x18\x0c \x01(\r\x12&\n\x0bqueue_depth\x18\r \x03(\x0b\x32\x11.cns.v1.LaneDepth\x12\x15\n\rbreaker_state\x18\x0e \x01(\t\x12\x1b\n\x13service_window_open\x18\x0f \x01(\x08\x12!\n\x19service_window_changes_at\x18\x10 \x01(\x03\"S\n\x11MaintenanceWindow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tstarts_at\x18\x02 \x01(\x03\x12\x0f\n\x07\x65nds_at\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x0cResponseTime\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\r\"(\n\tLaneDepth\x12\x0c\n\x04lane\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\"\xbb\x01\n\x0cRenewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63urrent_certificate_der\x18\x04 \x01(\x0c\x12\x1b\n\x13proof_of_possession\x18\x05 \x01(\x0c\x12$\n\trequester\x18\x06 \x01(\x0b\x32\x11.cns.v1.Requester\"\x8c\x01\n\x13\x43hangeStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12$\n\trequester\x18\x04 \x01(\x0b\x32\x11.cns.v1.Requester*d\n\tCAProfile\x12\x1a\n\x16\x43\x41_PROFILE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41_PROFILE_CNS_AUTH\x10\x01\x12\"\n\x1e\x43\x41_PROFILE_QUALIFIED_SIGNATURE\x10\x02*\xcd\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATE_RECEIVED\x10\x01\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x02\x12\x18\n\x14REQUEST_STATE_ISSUED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04\x12\x16\n\x12REQUEST_STATE_DONE\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06*\xb8\x01\n\x11\x43\x65rtificateStatus\x12\"\n\x1e\x43\x45RTIFICATE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x45RTIFICATE_STATUS_ACTIVE\x10\x01\x12 \n\x1c\x43\x45RTIFICATE_STATUS_SUSPENDED\x10\x02\x12\x1e\n\x1a\x43\x45RTIFICATE_STATUS_REVOKED\x10\x03\x12\x1e\n\x1a\x43\x45RTIFICATE_STATUS_EXPIRED\x10\x04\x32\xe9\x05\n\x0cPersonalizer\x12@\n\x0bSubmitIssue\x12\x1a.cns.v1.SubmitIssueRequest\x1a\x15.cns.v1.IssueResponse\x12>\n\nGetRequest\x12\x19.cns.v1.GetRequestRequest\x1a\x15.cns.v1.IssueResponse\x12\x42\n\x0cWatchRequest\x12\x19.cns.v1.GetRequestRequest\x1a\x15.cns.v1.IssueResponse0\x01\x12^\n\x14GetCertificateStatus\x12#.cns.v1.GetCertificateStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12\x43\n\x0bGetCAStatus\x12\x1a.cns.v1.GetCAStatusRequest\x1a\x18.cns.v1.CAStatusResponse\x12U\n\x10\x46indCertificates\x12\x1f.cns.v1.FindCertificatesRequest\x1a .cns.v1.FindCertificatesResponse\x12\x34\n\x05Renew\x12\x14.cns.v1.RenewRequest\x1a\x15.cns.v1.IssueResponse\x12I\n\x07Suspend\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12L\n\nReactivate\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12H\n\x06Revoke\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/cns/v1/personalizer.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"\xf3\x01\n\x12SubmitIssueRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1e\n\x06holder\x18\x04 \x01(\x0b\x32\x0e.cns.v1.Holder\x12\x1a\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x0c.cns.v1.Card\x12$\n\trequester\x18\x06 \x01(\x0b\x32\x11.cns.v1.Requester\x12\x19\n\x11\x65\x66_dati_personali\x18\x07 \x01(\x0c\x12\x17\n\x0fregistration_id\x18\x08 \x01(\t\"M\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\trequester\x18\x02 \x01(\x0b\x32\x11.cns.v1.Requester\"\xe2\x02\n\rIssueResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.cns.v1.RequestState\x12\"\n\x07profile\x18\x03 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x17\n\x0f\x63\x65rtificate_der\x18\x04 \x01(\x0c\x12\x11\n\tchain_der\x18\x05 \x03(\x0c\x12+\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.cns.v1.ErrorDetail\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x12\n\nupdated_at\x18\t \x01(\x03\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\r\x12\x17\n\x0fnext_attempt_at\x18\x0c \x01(\x03\x12\x16\n\x0ewaiting_reason\x18\r \x01(\t\"\x8f\x01\n\x1bGetCertificateStatusRequest\x12-\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x16.cns.v1.CertificateRefH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x12$\n\trequester\x18\x03 \x01(\x0b\x32\x11.cns.v1.RequesterB\x05\n\x03ref\"\xa4\x02\n\x19\x43\x65rtificateStatusResponse\x12+\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.cns.v1.CertificateStatus\x12\x12\n\nnot_before\x18\x03 \x01(\x03\x12\x11\n\tnot_after\x18\x04 \x01(\x03\x12\x19\n\x11revocation_reason\x18\x05 \x01(\t\x12\x12\n\nrevoked_at\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x19\n\x11\x63hange_request_id\x18\x08 \x01(\t\x12*\n\x0c\x63hange_state\x18\t \x01(\x0e\x32\x14.cns.v1.RequestState\"B\n\x17\x46indCertificatesRequest\x12\x0f\n\x07\x63\x61rd_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63odice_fiscale\x18\x02 \x01(\t\"\xb9\x01\n\x10\x46oundCertificate\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.cns.v1.CertificateStatusResponse\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63\x61rd_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63odice_fiscale\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x06 \x01(\t\"J\n\x18\x46indCertificatesResponse\x12.\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x18.cns.v1.FoundCertificate\"\x14\n\x12GetCAStatusRequest\"\xf5\x03\n\x10\x43\x41StatusResponse\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x13\n\x0boperational\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x17\n\x0freactivation_at\x18\x04 \x01(\x03\x12\x11\n\tchain_der\x18\x05 \x03(\x0c\x12#\n\x08profiles\x18\x06 \x03(\x0e\x32\x11.cns.v1.CAProfile\x12\x1a\n\x12issued_last_10_min\x18\x07 \x01(\r\x12!\n\x19mean_issue_ms_last_10_min\x18\x08 \x01(\x01\x12\x16\n\x0ein_maintenance\x18\t \x01(\x08\x12\x36\n\x13planned_maintenance\x18\n \x03(\x0b\x32\x19.cns.v1.MaintenanceWindow\x12,\n\x0eresponse_times\x18\x0b \x03(\x0b\x32\x14.cns.v1.ResponseTime\x12\x1c\n\x14requests_last_10_min\x18\x0c \x01(\r\x12&\n\x0bqueue_depth\x18\r \x03(\x0b\x32\x11.cns.v1.LaneDepth\x12\x15\n\rbreaker_state\x18\x0e \x01(\t\x12\x1b\n\x13service_window_open\x18\x0f \x01(\x08\x12!\n\x19service_window_changes_at\x18\x10 \x01(\x03\"S\n\x11MaintenanceWindow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tstarts_at\x18\x02 \x01(\x03\x12\x0f\n\x07\x65nds_at\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x0cResponseTime\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\r\"(\n\tLaneDepth\x12\x0c\n\x04lane\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\"\xbb\x01\n\x0cRenewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63urrent_certificate_der\x18\x04 \x01(\x0c\x12\x1b\n\x13proof_of_possession\x18\x05 \x01(\x0c\x12$\n\trequester\x18\x06 \x01(\x0b\x32\x11.cns.v1.Requester\"\x8c\x01\n\x13\x43hangeStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12$\n\trequester\x18\x04 \x01(\x0b\x32\x11.cns.v1.Requester*d\n\tCAProfile\x12\x1a\n\x16\x43\x41_PROFILE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41_PROFILE_CNS_AUTH\x10\x01\x12\"\n\x1e\x43\x41_PROFILE_QUALIFIED_SIGNATURE\x10\x02*\xcd\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATE_RECEIVED\x10\x01\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x02\x12\x18\n\x14REQUEST_STATE_ISSUED\x10\x03\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x04\x12\x16\n\x12REQUEST_STATE_DONE\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06*\xb8\x01\n\x11\x43\x65rtificateStatus\x12\"\n\x1e\x43\x45RTIFICATE_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x45RTIFICATE_STATUS_ACTIVE\x10\x01\x12 \n\x1c\x43\x45RTIFICATE_STATUS_SUSPENDED\x10\x02\x12\x1e\n\x1a\x43\x45RTIFICATE_STATUS_REVOKED\x10\x03\x12\x1e\n\x1a\x43\x45RTIFICATE_STATUS_EXPIRED\x10\x04\x32\xe9\x05\n\x0cPersonalizer\x12@\n\x0bSubmitIssue\x12\x1a.cns.v1.SubmitIssueRequest\x1a\x15.cns.v1.IssueResponse\x12>\n\nGetRequest\x12\x19.cns.v1.GetRequestRequest\x1a\x15.cns.v1.IssueResponse\x12\x42\n\x0cWatchRequest\x12\x19.cns.v1.GetRequestRequest\x1a\x15.cns.v1.IssueResponse0\x01\x12^\n\x14GetCertificateStatus\x12#.cns.v1.GetCertificateStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12\x43\n\x0bGetCAStatus\x12\x1a.cns.v1.GetCAStatusRequest\x1a\x18.cns.v1.CAStatusResponse\x12U\n\x10\x46indCertificates\x12\x1f.cns.v1.FindCertificatesRequest\x1a .cns.v1.FindCertificatesResponse\x12\x34\n\x05Renew\x12\x14.cns.v1.RenewRequest\x1a\x15.cns.v1.IssueResponse\x12I\n\x07Suspend\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12L\n\nReactivate\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponse\x12H\n\x06Revoke\x12\x1b.cns.v1.ChangeStatusRequest\x1a!.cns.v1.CertificateStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.personalizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPROFILE']._serialized_start=2565
-  _globals['_CAPROFILE']._serialized_end=2665
-  _globals['_REQUESTSTATE']._serialized_start=2668
-  _globals['_REQUESTSTATE']._serialized_end=2873
-  _globals['_CERTIFICATESTATUS']._serialized_start=2876
-  _globals['_CERTIFICATESTATUS']._serialized_end=3060
+  _globals['_CAPROFILE']._serialized_start=2590
+  _globals['_CAPROFILE']._serialized_end=2690
+  _globals['_REQUESTSTATE']._serialized_start=2693
+  _globals['_REQUESTSTATE']._serialized_end=2898
+  _globals['_CERTIFICATESTATUS']._serialized_start=2901
+  _globals['_CERTIFICATESTATUS']._serialized_end=3085
   _globals['_SUBMITISSUEREQUEST']._serialized_start=71
-  _globals['_SUBMITISSUEREQUEST']._serialized_end=289
-  _globals['_GETREQUESTREQUEST']._serialized_start=291
-  _globals['_GETREQUESTREQUEST']._serialized_end=368
-  _globals['_ISSUERESPONSE']._serialized_start=371
-  _globals['_ISSUERESPONSE']._serialized_end=725
-  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_start=728
-  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_end=871
-  _globals['_CERTIFICATESTATUSRESPONSE']._serialized_start=874
-  _globals['_CERTIFICATESTATUSRESPONSE']._serialized_end=1166
-  _globals['_FINDCERTIFICATESREQUEST']._serialized_start=1168
-  _globals['_FINDCERTIFICATESREQUEST']._serialized_end=1234
-  _globals['_FOUNDCERTIFICATE']._serialized_start=1237
-  _globals['_FOUNDCERTIFICATE']._serialized_end=1422
-  _globals['_FINDCERTIFICATESRESPONSE']._serialized_start=1424
-  _globals['_FINDCERTIFICATESRESPONSE']._serialized_end=1498
-  _globals['_GETCASTATUSREQUEST']._serialized_start=1500
-  _globals['_GETCASTATUSREQUEST']._serialized_end=1520
-  _globals['_CASTATUSRESPONSE']._serialized_start=1523
-  _globals['_CASTATUSRESPONSE']._serialized_end=2024
-  _globals['_MAINTENANCEWINDOW']._serialized_start=2026
-  _globals['_MAINTENANCEWINDOW']._serialized_end=2109
-  _globals['_RESPONSETIME']._serialized_start=2111
-  _globals['_RESPONSETIME']._serialized_end=2188
-  _globals['_LANEDEPTH']._serialized_start=2190
-  _globals['_LANEDEPTH']._serialized_end=2230
-  _globals['_RENEWREQUEST']._serialized_start=2233
-  _globals['_RENEWREQUEST']._serialized_end=2420
-  _globals['_CHANGESTATUSREQUEST']._serialized_start=2423
-  _globals['_CHANGESTATUSREQUEST']._serialized_end=2563
-  _globals['_PERSONALIZER']._serialized_start=3063
-  _globals['_PERSONALIZER']._serialized_end=3808
+  _globals['_SUBMITISSUEREQUEST']._serialized_end=314
+  _globals['_GETREQUESTREQUEST']._serialized_start=316
+  _globals['_GETREQUESTREQUEST']._serialized_end=393
+  _globals['_ISSUERESPONSE']._serialized_start=396
+  _globals['_ISSUERESPONSE']._serialized_end=750
+  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_start=753
+  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_end=896
+  _globals['_CERTIFICATESTATUSRESPONSE']._serialized_start=899
+  _globals['_CERTIFICATESTATUSRESPONSE']._serialized_end=1191
+  _globals['_FINDCERTIFICATESREQUEST']._serialized_start=1193
+  _globals['_FINDCERTIFICATESREQUEST']._serialized_end=1259
+  _globals['_FOUNDCERTIFICATE']._serialized_start=1262
+  _globals['_FOUNDCERTIFICATE']._serialized_end=1447
+  _globals['_FINDCERTIFICATESRESPONSE']._serialized_start=1449
+  _globals['_FINDCERTIFICATESRESPONSE']._serialized_end=1523
+  _globals['_GETCASTATUSREQUEST']._serialized_start=1525
+  _globals['_GETCASTATUSREQUEST']._serialized_end=1545
+  _globals['_CASTATUSRESPONSE']._serialized_start=1548
+  _globals['_CASTATUSRESPONSE']._serialized_end=2049
+  _globals['_MAINTENANCEWINDOW']._serialized_start=2051
+  _globals['_MAINTENANCEWINDOW']._serialized_end=2134
+  _globals['_RESPONSETIME']._serialized_start=2136
+  _globals['_RESPONSETIME']._serialized_end=2213
+  _globals['_LANEDEPTH']._serialized_start=2215
+  _globals['_LANEDEPTH']._serialized_end=2255
+  _globals['_RENEWREQUEST']._serialized_start=2258
+  _globals['_RENEWREQUEST']._serialized_end=2445
+  _globals['_CHANGESTATUSREQUEST']._serialized_start=2448
+  _globals['_CHANGESTATUSREQUEST']._serialized_end=2588
+  _globals['_PERSONALIZER']._serialized_start=3088
+  _globals['_PERSONALIZER']._serialized_end=3833
 # @@protoc_insertion_point(module_scope)

@@ -48,7 +48,7 @@ CERTIFICATE_STATUS_REVOKED: CertificateStatus
 CERTIFICATE_STATUS_EXPIRED: CertificateStatus
 
 class SubmitIssueRequest(_message.Message):
-    __slots__ = ("request_id", "profile", "csr_der", "holder", "card", "requester", "ef_dati_personali")
+    __slots__ = ("request_id", "profile", "csr_der", "holder", "card", "requester", "ef_dati_personali", "registration_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CSR_DER_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class SubmitIssueRequest(_message.Message):
     CARD_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     EF_DATI_PERSONALI_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     profile: CAProfile
     csr_der: bytes
@@ -63,7 +64,8 @@ class SubmitIssueRequest(_message.Message):
     card: _common_pb2.Card
     requester: _common_pb2.Requester
     ef_dati_personali: bytes
-    def __init__(self, request_id: _Optional[str] = ..., profile: _Optional[_Union[CAProfile, str]] = ..., csr_der: _Optional[bytes] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., card: _Optional[_Union[_common_pb2.Card, _Mapping]] = ..., requester: _Optional[_Union[_common_pb2.Requester, _Mapping]] = ..., ef_dati_personali: _Optional[bytes] = ...) -> None: ...
+    registration_id: str
+    def __init__(self, request_id: _Optional[str] = ..., profile: _Optional[_Union[CAProfile, str]] = ..., csr_der: _Optional[bytes] = ..., holder: _Optional[_Union[_common_pb2.Holder, _Mapping]] = ..., card: _Optional[_Union[_common_pb2.Card, _Mapping]] = ..., requester: _Optional[_Union[_common_pb2.Requester, _Mapping]] = ..., ef_dati_personali: _Optional[bytes] = ..., registration_id: _Optional[str] = ...) -> None: ...
 
 class GetRequestRequest(_message.Message):
     __slots__ = ("request_id", "requester")
