@@ -216,3 +216,13 @@ def test_windows_logon_task_has_the_task_scheduler_shape(home):
     ex = task.find("t:Actions/t:Exec", ns)
     assert ex.findtext("t:Command", namespaces=ns) == AGENT
     assert ex.findtext("t:Arguments", namespaces=ns) == f'run --config "{cfg}"'
+
+
+def test_a_relative_config_path_is_written_absolute(home):
+    """The operator types the path relative to where they stand; the service starts elsewhere."""
+    (home / "station.toml").write_text("")
+    r = subprocess.run([AGENT, "service", "install", "--platform", "linux", "--no-start", "--config", "station.toml"],
+                       capture_output=True, text=True, env=_env(home), cwd=home, timeout=60)
+    assert r.returncode == 0, r.stderr
+    unit = (home / ".config" / "systemd" / "user" / "cns-agent.service").read_text()
+    assert f'"--config" "{home / "station.toml"}"' in unit
