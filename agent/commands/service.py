@@ -119,8 +119,19 @@ def service(args: argparse.Namespace) -> int:
     path = _target(platform)
     try:
         if args.action == "install":
-            done = files.install_file(path, _render(platform, _spec(args)), replace=args.replace)
-            started = "not started (--no-start)" if args.no_start else _manager(platform, "install")
+            content = _render(platform, _spec(args))
+            previous = path.read_bytes() if path.exists() else None
+            done = files.install_file(path, content, replace=args.replace)
+            try:
+                started = "not started (--no-start)" if args.no_start else _manager(platform, "install")
+            except ServiceError as exc:   # the manager refused it: put back what was there
+                if done != "unchanged":
+                    if previous is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        files.install_file(path, previous, replace=True)
+                raise ServiceError(f"{exc}; {'the previous file was put back' if previous else 'no file left'}"
+                                   f" at {path}") from exc
             result = {"action": "install", "file": str(path), "file_state": done, "service": started}
         elif args.action == "uninstall":
             stopped = "not stopped (--no-start)" if args.no_start or not path.exists() else _manager(platform, "uninstall")

@@ -1,12 +1,12 @@
-"""The agent as a per-user logon task on Windows (Task Scheduler XML), or the per-user Run key.
+"""The agent as a per-user logon task on Windows (Task Scheduler XML).
 
 ``render_task`` is a Task Scheduler 1.2 task (schema ``http://schemas.microsoft.com/windows/2004/
 02/mit/task``): a LogonTrigger for this user only, the user's interactive token at least
 privilege (no admin, no stored password), one instance, no time limit, restarted on failure.
 It is written to ``%LOCALAPPDATA%\\cns-agent\\cns-agent-task.xml`` and registered with
-``schtasks /Create /XML`` (``schtasks_args``). Where policy forbids users to create tasks, the
-``HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run`` value ``run_key_value`` does the same
-at logon (``RUN_KEY``, ``RUN_VALUE_NAME``). Standard library only.
+``schtasks /Create /XML`` (``schtasks_args``). (Where policy forbids users to create tasks, an
+``HKCU\\...\\CurrentVersion\\Run`` value with the same command line would do; not written by us
+yet.) Standard library only.
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from agent.service.files import MARKER
 
 TASK_NS = "http://schemas.microsoft.com/windows/2004/02/mit/task"
 TASK_NAME = "CNS agent"
-RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
-RUN_VALUE_NAME = "cns-agent"
 
 
 def task_path(env: dict[str, str] | None = None) -> Path:
@@ -90,10 +88,6 @@ def render_task(spec: ServiceSpec, env: dict[str, str] | None = None) -> bytes:
         el(act, "Arguments", _args(spec.argv[1:]))
     # schtasks reads the encoding the declaration names; UTF-16 is what it writes itself
     return ET.tostring(task, encoding="utf-16", xml_declaration=True)
-
-
-def run_key_value(spec: ServiceSpec) -> str:
-    return _args(spec.argv)
 
 
 def schtasks_args(action: str, env: dict[str, str] | None = None) -> list[str]:

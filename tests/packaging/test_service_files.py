@@ -226,3 +226,39 @@ def test_a_relative_config_path_is_written_absolute(home):
     assert r.returncode == 0, r.stderr
     unit = (home / ".config" / "systemd" / "user" / "cns-agent.service").read_text()
     assert f'"--config" "{home / "station.toml"}"' in unit
+
+
+MOCK_SYSTEMCTL = """#!/bin/sh
+# MOCK of systemctl: a user manager cannot run on this host (see test_systemd_user.py). It refuses
+# 'enable' the way a broken user manager does and records every call.
+echo "$@" >> "$(dirname "$0")/calls"
+case "$*" in *enable*) echo "Failed to enable unit: Access denied" >&2; exit 1 ;; esac
+exit 0
+"""
+
+
+def test_a_manager_that_refuses_the_unit_leaves_the_previous_unit(home, tmp_path):
+    rt = tmp_path / "rt"
+    (rt / "systemd").mkdir(parents=True)
+    (rt / "systemd" / "private").write_text("")        # what has_user_manager looks for
+    mock = tmp_path / "mockbin"
+    mock.mkdir()
+    (mock / "systemctl").write_text(MOCK_SYSTEMCTL)
+    (mock / "systemctl").chmod(0o755)
+    path = f"{mock}:{os.environ['PATH']}"
+    unit = home / ".config" / "systemd" / "user" / "cns-agent.service"
+    # first install: refused by the manager, so no unit is left behind
+    r = service(home, "install", "--platform", "linux", XDG_RUNTIME_DIR=str(rt), PATH=path)
+    assert r.returncode == 1
+    err = one_line_error(r)
+    assert "Access denied" in err and "no file left" in err
+    assert not unit.exists()
+    assert "--user enable --now cns-agent.service" in (mock / "calls").read_text()
+    # an installed unit, then a reinstall with other options that the manager refuses: the old one stays
+    assert service(home, "install", "--platform", "linux", "--no-start").returncode == 0
+    before = unit.read_bytes()
+    (home / "other.toml").write_text("")
+    r = service(home, "install", "--platform", "linux", "--replace", "--config", str(home / "other.toml"),
+                XDG_RUNTIME_DIR=str(rt), PATH=path)
+    assert r.returncode == 1 and "previous file was put back" in one_line_error(r)
+    assert unit.read_bytes() == before
