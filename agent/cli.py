@@ -20,11 +20,14 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll")
+COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent.commands.run import _version
+
     parser = argparse.ArgumentParser(prog="cns-agent", description="CNS workstation agent and its local client")
+    parser.add_argument("--version", action="version", version=f"cns-agent {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--json", action="store_true", dest="json_first",
                         help="JSON output (the same as --json after the command)")

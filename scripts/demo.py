@@ -64,7 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     ap.add_argument("--timing", default="zero", choices=["zero", "realistic"])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--agent", type=Path, default=BIN / "cns-agent",
+                    help="the cns-agent to run (default: the venv's; e.g. the one-file build in dist/)")
     args = ap.parse_args(argv)
+    agent = args.agent.resolve()
     step = Step(args.json)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="cns-demo-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -119,10 +122,10 @@ def main(argv=None) -> int:
         step("start the agent as the current user")
         sock = work / "agent" / "agent.sock"
         (work / "agent").mkdir(mode=0o700, exist_ok=True)
-        spawn("agent", [BIN / "cns-agent", "run", "--config", str(station_toml), "--socket", str(sock)], env=env)
+        spawn("agent", [agent, "run", "--config", str(station_toml), "--socket", str(sock)], env=env)
 
         def card_ready():
-            r = subprocess.run([BIN / "cns-agent", "devices", "--json", "--socket", str(sock)], env=env,
+            r = subprocess.run([agent, "devices", "--json", "--socket", str(sock)], env=env,
                                capture_output=True, text=True)
             if r.returncode != 0:
                 return None
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         puk = "" if model.pin_mode == "preset" else "97531864"
         codes.write_text(f'pin = "{pin}"\npuk = "{puk}"\n')
         codes.chmod(0o600)
-        r = subprocess.run([BIN / "cns-agent", "personalize", "--reader", reader, "--holder", str(work / "holder.toml"),
+        r = subprocess.run([agent, "personalize", "--reader", reader, "--holder", str(work / "holder.toml"),
                             "--codes-file", str(codes), "--socket", str(sock), "--json"],
                            env=env, capture_output=True, text=True, timeout=600)
         lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]

@@ -1,0 +1,167 @@
+"""The one-file agent beside the venv's: binary size, start time, idle RSS and CPU (two readers, a card).
+
+Start time is the wall time of ``cns-agent --version`` (median of ``--starts`` runs; the one-file
+binary unpacks itself to a temporary folder on every start, so this is its real cost). Idle: a
+private pcscd with two vpcd readers, an emulated card in the first, and both agents
+(``cns-agent run``, no station configuration: readers and cards watched, local API served) side by
+side for ``--window`` seconds (default 60) once each sees the card. RSS is the whole process tree
+(the one-file bootloader and the Python process it starts), sampled every second, the peak
+reported; CPU is the tree's user+system time over the window. Targets: RSS < 60 MB, CPU < 0.5 %.
+
+Usage: scripts/bench agent [--binary dist/cns-agent] [--window 60] [--starts 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from firmware_profiles.emulator.pcscd import missing_tools, start_pcscd
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_RSS_MB = 60.0
+TARGET_CPU_PCT = 0.5
+PROFILE = "infocamere-cns-2048"
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc: the one-file bootloader runs the agent as its child)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(d)] = int(fields[1])
+            except (OSError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])          # utime, stime
+        except (OSError, IndexError):
+            pass
+    return total / TICK
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError):
+            pass
+    return total / 2**20
+
+
+def _start_s(argv: list[str], n: int, env: dict) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([*argv, "--version"], check=True, capture_output=True, env=env, timeout=120)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _sees_card(agent: str, sock: Path, env: dict) -> bool:
+    r = subprocess.run([agent, "devices", "--json", "--socket", str(sock)], capture_output=True, text=True,
+                       env=env, timeout=30)
+    if r.returncode != 0:
+        return False
+    readers = json.loads(r.stdout).get("readers", [])
+    return len(readers) == 2 and any((rd.get("card") or {}).get("state") == "ready" for rd in readers)
+
+
+def main(argv: list[str]) -> dict:
+    ap = argparse.ArgumentParser(prog="bench agent")
+    ap.add_argument("--binary", type=Path, default=ROOT / "dist" / "cns-agent",
+                    help="the one-file build (made with scripts/build-agent when missing)")
+    ap.add_argument("--window", type=float, default=60.0, help="idle measurement window, seconds")
+    ap.add_argument("--starts", type=int, default=5, help="start-time samples per variant")
+    opts = ap.parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        return {"ok": False, "error": f"missing {', '.join(missing)}: run scripts/setup (as root) first"}
+    if not opts.binary.exists():
+        subprocess.run([str(ROOT / "scripts" / "build-agent"), "--out", str(opts.binary.parent)], check=True,
+                       stdout=sys.stderr)
+    variants = {"onefile": str(opts.binary.resolve()), "venv": str(Path(sys.executable).parent / "cns-agent")}
+    base_env = dict(os.environ)
+    result: dict = {"ok": True, "window_s": opts.window, "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT},
+                    "binary_bytes": opts.binary.stat().st_size,
+                    "binary_mb": round(opts.binary.stat().st_size / 2**20, 1),
+                    "start_s": {k: round(_start_s([v], opts.starts, base_env), 3) for k, v in variants.items()},
+                    "cpus": os.cpu_count()}
+    work = Path(tempfile.mkdtemp(prefix="cns-bench-agent-"))
+    pcscd = start_pcscd(work / "pcscd")
+    procs: list[subprocess.Popen] = []
+    try:
+        env = pcscd.env
+        procs.append(subprocess.Popen(
+            [str(Path(sys.executable).parent / "cns-emulator"), "serve", "--profile", PROFILE,
+             "--vpcd", pcscd.vpcd_address(0), "--state", str(work / "card.json")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        agents: dict[str, tuple[subprocess.Popen, Path]] = {}
+        for name, exe in variants.items():
+            sock = work / name / "agent.sock"
+            sock.parent.mkdir(mode=0o700)
+            log = open(work / f"{name}.log", "wb")
+            p = subprocess.Popen([exe, "--log-level", "WARNING", "run", "--socket", str(sock)], env=env,
+                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            procs.append(p)
+            agents[name] = (p, sock)
+        deadline = time.monotonic() + 60
+        for name, (p, sock) in agents.items():
+            while not _sees_card(variants[name], sock, env):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    return {**result, "ok": False,
+                            "error": f"the {name} agent did not see 2 readers and the card: "
+                                     f"{(work / f'{name}.log').read_text(errors='replace')[-500:]}"}
+                time.sleep(0.3)
+        time.sleep(1.0)                            # let the devices calls' work settle
+        start = {n: _cpu_s(_tree(p.pid)) for n, (p, _) in agents.items()}
+        peak = {n: 0.0 for n in agents}
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < opts.window:
+            for n, (p, _) in agents.items():
+                peak[n] = max(peak[n], _rss_mb(_tree(p.pid)))
+            time.sleep(min(1.0, max(0.0, opts.window - (time.monotonic() - t0))))
+        elapsed = time.monotonic() - t0
+        idle = {}
+        for n, (p, _) in agents.items():
+            cpu = (_cpu_s(_tree(p.pid)) - start[n]) / elapsed * 100
+            idle[n] = {"rss_mb": round(peak[n], 1), "cpu_pct": round(cpu, 3), "processes": len(_tree(p.pid))}
+        result["idle"] = idle
+        one = idle["onefile"]
+        result["meets_targets"] = one["rss_mb"] < TARGET_RSS_MB and one["cpu_pct"] < TARGET_CPU_PCT
+        result["note"] = ("idle = 2 vpcd readers, 1 emulated card, no station configuration; RSS = process tree "
+                          "peak; start = `cns-agent --version` median")
+        return result
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        pcscd.stop()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
