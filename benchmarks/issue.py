@@ -78,12 +78,16 @@ def _holders() -> list[tuple[str, bytes]]:
     return out
 
 
+def _csr(cf: str) -> bytes:
+    """A CSR on a key of its own: the personalizer certifies a public key once (issue 10 item 6)."""
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
+            .sign(test_keys.fresh_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
 def _request(i: int, holder, profile) -> pb.SubmitIssueRequest:
-    """One request on a key of its own: the personalizer certifies a public key once (issue 10 item 6)."""
     cf, ef = holder
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "TINIT-" + cf)]))
-           .sign(test_keys.fresh_key(), hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    csr = _csr(cf)
     return pb.SubmitIssueRequest(
         request_id=str(uuid.uuid4()), profile=profile, csr_der=csr,
         holder=common_pb2.Holder(codice_fiscale=cf, given_name="Mario", surname="Rossi", birth_date="1980-01-01"),
@@ -176,7 +180,9 @@ def main(argv: list[str]) -> dict:
         raw_all = raw_sign_rate(signer, threads=os.cpu_count() or 1)
         holders = _holders()
         profiles = (pb.CA_PROFILE_CNS_AUTH, pb.CA_PROFILE_QUALIFIED_SIGNATURE)
-        csr_pems = [x509.load_der_x509_csr(h[1]).public_bytes(serialization.Encoding.PEM).decode() for h in holders]
+        # CFSSL gets CSRs built the same way (same subject, RSA-2048 keys from the same pool), one per request
+        csr_pems = [x509.load_der_x509_csr(_csr(cf)).public_bytes(serialization.Encoding.PEM).decode()
+                    for cf, _ in holders]
         station = dep.station_config.parent
         tls = dep.root / "tls"
         with personalizer_process(cfg) as (port, pid), \

@@ -41,8 +41,8 @@ def test_default_calendar_is_the_tenders(deployment, tmp_path):
     text = deployment.server_config.read_text()
     start = text.index("[service_window]")
     cfg = tmp_path / "default-window.toml"
-    cfg.write_text(text[:start].replace('"tls/', f'"{deployment.root}/tls/').replace('"ca/', f'"{deployment.root}/ca/')
-                   + text[text.index("[metrics]"):])
+    cfg.write_text((text[:start] + text[text.index("[metrics]"):])
+                   .replace('"tls/', f'"{deployment.root}/tls/').replace('"ca/', f'"{deployment.root}/ca/'))
     cal = config.load(cfg).calendar
     assert cal == ServiceCalendar()
     assert (cal.timezone, cal.national_holidays, cal.always_open) == ("Europe/Rome", True, False)
