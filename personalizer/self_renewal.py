@@ -28,7 +28,8 @@ per holder by the broker's ``RefusalLimiter``. Reads (GetRequest,
 WatchRequest) need the request id and the certificate it renews, and only
 reach self-renewal requests of that holder.
 
-Imports grpc, proto, ``broker``, ``lifecycle``, ``service`` (status mapping).
+SelfRenew calls pass a per-address ``EnrollLimiter`` first. Imports grpc, proto, ``broker``,
+``lifecycle``, ``enrollment`` (limiter), ``service`` (status mapping).
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ import grpc
 from cryptography import x509
 
 from personalizer import limits
-from personalizer.broker import Broker, RenewInput
+from personalizer.broker import Broker, ChangeInput, RenewInput
 from personalizer.ca.base import CertRef
-from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
+from personalizer.enrollment import EnrollLimiter, peer_host
+from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
 from personalizer.lifecycle import holder_cf
-from personalizer.service import ERROR_CODES, profile_name, record_to_proto
+from personalizer.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
 from proto.cns.v1 import self_renewal_pb2_grpc as srpb_grpc
 
 MODE = "self-renewal"
@@ -97,13 +99,60 @@ class SelfRenewal:
         cf = holder_cf(_current(current_certificate_der)) or ""
         rec = await self._broker.store.get_request(request_id)
         if rec is None or rec.station_id != STATION or rec.operator_id != HOLDER_PREFIX + cf:
-            raise NotFound("request", f"no self-renewal request {request_id!r} for this certificate's holder")
+            raise NotFound(f"no self-renewal request {request_id!r} for this certificate's holder")
         return rec
 
 
+    async def status(self, ref: CertRef):
+        info = await self._broker.ca.status(ref)
+        if info is None:
+            raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}")
+        return info
+
+    async def revoke_own(self, *, request_id: str, ref: CertRef, reason: str):
+        """The renewal's own revocations only (see the proto): superseded after a self-renewal issued the
+        successor for the same card and profile; cessationOfOperation of a self-renewal's certificate the agent
+        undid, named by ``undo-<that request id>``. Anything else is refused (one audit row)."""
+        actor = f"{HOLDER_PREFIX}unknown"
+        try:
+            row = await self._broker.store.get_certificate(ref)
+            if row is None or not row.holder_cf or not row.card_id:
+                raise NotFound(f"no holder certificate {ref.serial_hex} from {ref.issuer_dn!r}")
+            actor = HOLDER_PREFIX + row.holder_cf
+            issuing = await self._broker.store.get_request(row.request_id)
+            if reason == "cessationOfOperation":
+                if not (issuing and issuing.station_id == STATION and issuing.operator_id == actor
+                        and request_id == f"undo-{row.request_id}"):
+                    raise PermissionDenied("a holder revokes only a certificate their own self-renewal issued and "
+                                           "undid; ask your chamber to revoke any other")
+            elif reason == "superseded":
+                others = [c for c in await self._broker.store.find_certificates(card_id=row.card_id)
+                          if c.profile == row.profile and c.info.ref != ref]
+                ok = False
+                for c in others:   # a successor: requested later, by a self-renewal of this holder
+                    succ = await self._broker.store.get_certificate(c.info.ref)
+                    req = await self._broker.store.get_request(succ.request_id) if succ else None
+                    ok = ok or bool(req and issuing and req.created_at > issuing.created_at
+                                    and req.station_id == STATION and req.operator_id == actor)
+                if not ok:
+                    raise PermissionDenied("this certificate was not superseded by a self-renewal; ask your "
+                                           "chamber to revoke it")
+            else:
+                raise InvalidRequest("reason", "a holder's revocation is superseded or cessationOfOperation")
+            chamber = issuing.chamber_code if issuing else ""
+            rec = await self._broker.submit_change(ChangeInput(request_id, "revoke", ref, reason, STATION, chamber,
+                                                               actor), actor=actor)
+            return rec, await self.status(ref)
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION + "-revoke",
+                                             request_id=request_id, exc=exc, operator_id=actor)
+            raise
+
+
 class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
-    def __init__(self, broker: Broker, relay=None):
+    def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None):
         self._rules = SelfRenewal(broker)
+        self._limiter = limiter
         self._broker = broker
         self._relay = relay
 
@@ -111,6 +160,9 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
         return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
 
     async def SelfRenew(self, request, context):
+        if self._limiter is not None and not self._limiter.allow(peer_host(context.peer() or "")):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many renewal attempts from this address; wait a minute and try again")
         try:
             limits.check_message(request)
             profile = profile_name(request.profile)
@@ -135,3 +187,22 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         async for rec in self._broker.watch(request.request_id):
             yield self._out(rec)
+
+    async def GetCertificateStatus(self, request, context):
+        try:
+            info = await self._rules.status(_ref(request))
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return status_to_proto(info)
+
+    async def RevokeOwn(self, request, context):
+        try:
+            limits.check_message(request)
+            rec, info = await self._rules.revoke_own(request_id=request.request_id, ref=_ref(request.certificate),
+                                                     reason=request.reason)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        out = status_to_proto(info)
+        out.change_request_id = rec.request_id
+        out.change_state = STATE_ENUMS[rec.state]
+        return out

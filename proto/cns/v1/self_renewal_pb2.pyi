@@ -1,6 +1,8 @@
+from proto.cns.v1 import common_pb2 as _common_pb2
 from proto.cns.v1 import personalizer_pb2 as _personalizer_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -26,3 +28,13 @@ class SelfRequestRef(_message.Message):
     request_id: str
     current_certificate_der: bytes
     def __init__(self, request_id: _Optional[str] = ..., current_certificate_der: _Optional[bytes] = ...) -> None: ...
+
+class SelfRevokeRequest(_message.Message):
+    __slots__ = ("request_id", "certificate", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    certificate: _common_pb2.CertificateRef
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., certificate: _Optional[_Union[_common_pb2.CertificateRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...

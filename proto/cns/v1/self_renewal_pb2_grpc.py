@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from proto.cns.v1 import common_pb2 as proto_dot_cns_dot_v1_dot_common__pb2
 from proto.cns.v1 import personalizer_pb2 as proto_dot_cns_dot_v1_dot_personalizer__pb2
 from proto.cns.v1 import self_renewal_pb2 as proto_dot_cns_dot_v1_dot_self__renewal__pb2
 
@@ -50,6 +51,16 @@ class HolderRenewalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRequestRef.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.IssueResponse.FromString,
                 _registered_method=True)
+        self.GetCertificateStatus = channel.unary_unary(
+                '/cns.v1.HolderRenewal/GetCertificateStatus',
+                request_serializer=proto_dot_cns_dot_v1_dot_common__pb2.CertificateRef.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
+                _registered_method=True)
+        self.RevokeOwn = channel.unary_unary(
+                '/cns.v1.HolderRenewal/RevokeOwn',
+                request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
+                _registered_method=True)
 
 
 class HolderRenewalServicer:
@@ -74,6 +85,22 @@ class HolderRenewalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCertificateStatus(self, request, context):
+        """A certificate's status (what OCSP tells anyone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOwn(self, request, context):
+        """The renewal's own revocations: the replaced certificate (reason superseded, once a self-renewal
+        issued its successor for the same card and profile), or a certificate a self-renewal issued and
+        the agent undid (reason cessationOfOperation, request_id "undo-" + that renewal's request id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HolderRenewalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +118,16 @@ def add_HolderRenewalServicer_to_server(servicer, server):
                     servicer.WatchRequest,
                     request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRequestRef.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.IssueResponse.SerializeToString,
+            ),
+            'GetCertificateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificateStatus,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_common__pb2.CertificateRef.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.SerializeToString,
+            ),
+            'RevokeOwn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOwn,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +211,60 @@ class HolderRenewal:
             '/cns.v1.HolderRenewal/WatchRequest',
             proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRequestRef.SerializeToString,
             proto_dot_cns_dot_v1_dot_personalizer__pb2.IssueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.HolderRenewal/GetCertificateStatus',
+            proto_dot_cns_dot_v1_dot_common__pb2.CertificateRef.SerializeToString,
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOwn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.HolderRenewal/RevokeOwn',
+            proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
