@@ -150,3 +150,57 @@ def test_personalizer_down_mid_self_renewal_is_finished_by_the_next_run(world, t
         assert after[ks.name]["der"] == issued[f"renew-{done.op_id}-{ks.name}"]
     assert len([r for r in issued if r.startswith(f"renew-{done.op_id}")]) == 2   # one issuance per keyset
 
+
+
+def test_refusals_over_the_port_are_one_clear_line(world, tmp_path):
+    """Through the real port: a bad proof and a suspended certificate are refused with the status and the rule
+    (no traceback, no raw gRPC text in the agent's error), one audit row each; the port serves nothing else."""
+    import grpc
+    import uuid
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from agent.ops.errors import UplinkError
+    from agent.uplink.client import PersonalizerClient
+    from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
+    from tests.personalizer import helpers
+
+    p, station, port = world
+    card = _personalized(world, tmp_path)
+    current = env.card_view(card, MODEL)["CNS0"]["der"]
+    wrong = rsa.generate_private_key(65537, 2048)
+
+    async def go():
+        async with _holder_uplink(station, port) as uplink:
+            rid = f"renew-{uuid.uuid4()}-CNS0"
+            csr = helpers.csr_der()
+            with pytest.raises(UplinkError) as bad:
+                await uplink.renew(request_id=rid, profile="cns-auth", csr_der=csr, current_certificate_der=current,
+                                   proof_of_possession=wrong.sign(rid.encode() + csr, padding.PKCS1v15(),
+                                                                  hashes.SHA256()))
+            assert bad.value.code == "INVALID_ARGUMENT" and "proof_of_possession" in str(bad.value)
+            # central IT suspends the certificate: the holder cannot renew it
+            cert = x509.load_der_x509_certificate(current)
+            async with PersonalizerClient(station) as ops:
+                await ops.change_status("suspend", request_id=f"susp-{uuid.uuid4()}",
+                                        issuer_dn=cert.issuer.rfc4514_string(), serial_hex=f"{cert.serial_number:X}",
+                                        requester=env.REQUESTER)
+            rid2 = f"renew-{uuid.uuid4()}-CNS0"
+            with pytest.raises(UplinkError) as susp:
+                await uplink.renew(request_id=rid2, profile="cns-auth", csr_der=csr, current_certificate_der=current,
+                                   proof_of_possession=b"\0" * 256)
+            assert susp.value.code == "FAILED_PRECONDITION" and "suspended" in str(susp.value)
+            return rid, rid2
+    rid, rid2 = asyncio.run(go())
+    with sqlite3.connect(f"file:{p.cfg.store.database}?mode=ro", uri=True) as c:
+        for r in (rid, rid2):
+            rows = list(c.execute("SELECT actor, result FROM audit WHERE request_id = ?", (r,)))
+            assert len(rows) == 1 and rows[0][1].startswith("refused:"), rows
+    # the port has no client certificate: nothing but enrollment and self-renewal is served there
+    creds = grpc.ssl_channel_credentials(root_certificates=station.personalizer.trust_anchors.read_bytes())
+    opts = [("grpc.ssl_target_name_override", station.personalizer.server_name)] if station.personalizer.server_name \
+        else []
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=opts) as ch:
+        with pytest.raises(grpc.RpcError) as exc:
+            pb_grpc.PersonalizerStub(ch).GetCAStatus(pb.GetCAStatusRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -133,3 +133,38 @@ def _foreign_cert_der() -> bytes:
             .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
     from cryptography.hazmat.primitives.serialization import Encoding
     return cert.public_bytes(Encoding.DER)
+
+
+def test_holder_revokes_only_the_renewals_own_certificates(make_env):
+    """RevokeOwn: no proof of the card is asked, so it must never reach an active certificate nobody replaced,
+    nor a self-renewal's certificate without its request id; each refusal is one audit row."""
+    from personalizer.errors import PermissionDenied
+
+    async def body(env, clock, sr):
+        first, cert = await _issued(env, clock, 43)
+        old = CertRef(first.issuer_dn, first.serial_hex)
+        with pytest.raises(PermissionDenied, match="not superseded by a self-renewal"):
+            await sr.revoke_own(request_id=f"undo-{first.serial_hex}", ref=old, reason="superseded")
+        with pytest.raises(PermissionDenied, match="own self-renewal issued"):
+            await sr.revoke_own(request_id=f"undo-{first.request_id}", ref=old, reason="cessationOfOperation")
+        with pytest.raises(InvalidRequest, match="reason"):
+            await sr.revoke_own(request_id="undo-x", ref=old, reason="keyCompromise")
+        assert len([a for a in await env.store.list_audit() if a.operation == "self-renew-revoke"]) == 3
+        assert (await env.ca.status(old)).state.value == "active"
+        clock.set(cert.not_valid_after_utc - dt.timedelta(days=30))
+        rec = await sr.renew(**_args(first.certificate_der))
+        await env.relay.run_once()
+        rec = await env.store.get_request(rec.request_id)
+        new = CertRef(rec.issuer_dn, rec.serial_hex)
+        # the new certificate is not "superseded" by the old one, and without its request id it stays active
+        with pytest.raises(PermissionDenied):
+            await sr.revoke_own(request_id=f"undo-{rec.serial_hex}", ref=new, reason="superseded")
+        with pytest.raises(PermissionDenied):
+            await sr.revoke_own(request_id="undo-guess", ref=new, reason="cessationOfOperation")
+        # the replaced one is, now that a self-renewal issued its successor
+        change, info = await sr.revoke_own(request_id=f"undo-{first.serial_hex}", ref=old, reason="superseded")
+        await env.relay.run_once()
+        assert (await env.ca.status(old)).state.value == "revoked"
+        assert (await env.ca.status(new)).state.value == "active"
+        assert change.operator_id == HOLDER
+    _run(make_env, body)
