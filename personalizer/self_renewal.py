@@ -78,10 +78,13 @@ class SelfRenewal:
             raise FailedPrecondition("the certificate's issuing request is not on record; renew at your chamber")
         return cf, original.chamber_code, ref
 
-    async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
+    async def renew(self, *, request_id: str, profile: str | int, csr_der: bytes, current_certificate_der: bytes,
                     proof_of_possession: bytes):
+        """``profile``: its name, or the wire enum value (refused with an audit row when unknown)."""
         actor = f"{HOLDER_PREFIX}unknown"
         try:
+            if not isinstance(profile, str):
+                profile = profile_name(profile)
             cf, chamber, _ = await self._holder(_current(current_certificate_der))
             actor = HOLDER_PREFIX + cf
             inp = RenewInput(request_id=request_id, profile=profile, csr_der=csr_der,
@@ -159,14 +162,17 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
     def _out(self, rec):
         return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
 
-    async def SelfRenew(self, request, context):
+    async def _limit(self, context) -> None:
         if self._limiter is not None and not self._limiter.allow(peer_host(context.peer() or "")):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 "too many renewal attempts from this address; wait a minute and try again")
+
+    async def SelfRenew(self, request, context):
+        await self._limit(context)
         try:
             limits.check_message(request)
-            profile = profile_name(request.profile)
-            rec = await self._rules.renew(request_id=request.request_id, profile=profile, csr_der=request.csr_der,
+            rec = await self._rules.renew(request_id=request.request_id, profile=request.profile,
+                                          csr_der=request.csr_der,
                                           current_certificate_der=request.current_certificate_der,
                                           proof_of_possession=request.proof_of_possession)
         except PersonalizerError as exc:
@@ -196,6 +202,7 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
         return status_to_proto(info)
 
     async def RevokeOwn(self, request, context):
+        await self._limit(context)
         try:
             limits.check_message(request)
             rec, info = await self._rules.revoke_own(request_id=request.request_id, ref=_ref(request.certificate),

@@ -168,3 +168,14 @@ def test_holder_revokes_only_the_renewals_own_certificates(make_env):
         assert (await env.ca.status(new)).state.value == "active"
         assert change.operator_id == HOLDER
     _run(make_env, body)
+
+
+def test_unknown_profile_refused_with_one_audit_row(make_env):
+    async def body(env, clock, sr):
+        first, cert = await _issued(env, clock, 44)
+        clock.set(cert.not_valid_after_utc - dt.timedelta(days=30))
+        args = dict(_args(first.certificate_der), profile=99)
+        with pytest.raises(InvalidRequest, match="profile"):
+            await sr.renew(**args)
+        assert len(await _refused_rows(env)) == 1
+    _run(make_env, body)
