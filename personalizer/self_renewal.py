@@ -25,8 +25,8 @@ requested the certificate being renewed; it goes through the same broker,
 outbox and audit as an operator's, with audit detail ``mode self-renewal``.
 Every refusal writes one audit row (operation ``self-renew``), rate-limited
 per holder by the broker's ``RefusalLimiter``. Reads (GetRequest,
-WatchRequest) need the request id and the certificate it renews, and only
-reach self-renewal requests of that holder.
+WatchRequest) need the request id and a certificate of the holder this CA has
+on record, and only reach self-renewal requests of that holder.
 
 SelfRenew calls pass a per-address ``EnrollLimiter`` first. Imports grpc, proto, ``broker``,
 ``lifecycle``, ``enrollment`` (limiter), ``service`` (status mapping).
@@ -99,7 +99,10 @@ class SelfRenewal:
 
     async def readable(self, request_id: str, current_certificate_der: bytes):
         """The request, when it is a self-renewal of the holder of ``current_certificate_der``."""
-        cf = holder_cf(_current(current_certificate_der)) or ""
+        cert = _current(current_certificate_der)
+        on_record = await self._broker.store.get_certificate(CertRef(cert.issuer.rfc4514_string(),
+                                                                     f"{cert.serial_number:X}"))
+        cf = (on_record.certificate_der == current_certificate_der and holder_cf(cert)) if on_record else ""
         rec = await self._broker.store.get_request(request_id)
         if rec is None or rec.station_id != STATION or rec.operator_id != HOLDER_PREFIX + cf:
             raise NotFound(f"no self-renewal request {request_id!r} for this certificate's holder")

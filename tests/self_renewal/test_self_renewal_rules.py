@@ -82,6 +82,8 @@ def test_self_renewal_accepted_as_the_holder(make_env):
         assert (await sr.readable(rec.request_id, first.certificate_der)).request_id == rec.request_id
         with pytest.raises(NotFound):
             await sr.readable(first.request_id, first.certificate_der)   # an operator's issuance
+        with pytest.raises(NotFound):   # a look-alike certificate naming the holder, not issued here
+            await sr.readable(rec.request_id, _foreign_cert_der())
     _run(make_env, body)
 
 
