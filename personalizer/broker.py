@@ -198,7 +198,8 @@ class Broker:
                 raise FailedPrecondition(f"registration {rid} was already used by another request") from None
             raise
 
-    async def submit_renew(self, inp: RenewInput, *, actor: str = "") -> RequestRecord:
+    async def submit_renew(self, inp: RenewInput, *, actor: str = "", mode: str = "") -> RequestRecord:
+        """``mode``: "" for an operator's renewal, "self-renewal" for a holder's (``self_renewal``); audited."""
         validation.check_request_id(inp.request_id)
         validation.check_profile(inp.profile)
         _check_requester(inp.station_id, inp.chamber_code, inp.operator_id)
@@ -244,7 +245,7 @@ class Broker:
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
         return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
-                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key)
+                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key, mode=mode)
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -269,7 +270,7 @@ class Broker:
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
                       fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "",
-                      key: KeyBinding | None = None, registration_id: str = "") -> RequestRecord:
+                      key: KeyBinding | None = None, registration_id: str = "", mode: str = "") -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -280,7 +281,7 @@ class Broker:
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
             task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
                                                       card_id=card_id, holder_cf=holder_cf, key=key,
-                                                      registration_id=registration_id))
+                                                      registration_id=registration_id, mode=mode))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
             created = await asyncio.shield(task)
@@ -300,7 +301,8 @@ class Broker:
         return await self.wait(rid, self._answer_wait)
 
     async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
-                      holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "") -> bool:
+                      holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "",
+                      mode: str = "") -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
 
         ``key`` is bound in the same commit; if another request holds it nothing is written and the
@@ -319,7 +321,8 @@ class Broker:
                                                 audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
                                                                  "accepted",
                                                                  f"registration {registration_id}"
-                                                                 if registration_id else "",
+                                                                 if registration_id else
+                                                                 (f"mode {mode}" if mode else ""),
                                                                  operator_id=rec.operator_id,
                                                                  card_id=card_id, holder_cf=holder_cf),
                                                 registration_id=registration_id)

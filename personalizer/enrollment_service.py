@@ -98,9 +98,11 @@ def _caller_serial(context) -> str:
 
 
 def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: bytes, tls_chain: bytes,
-                            attempts_per_minute: int, base_options: list | None = None) -> tuple[grpc.aio.Server, int]:
+                            attempts_per_minute: int, base_options: list | None = None, broker=None,
+                            relay=None) -> tuple[grpc.aio.Server, int]:
     """The enrollment port: TLS with the server certificate and its CA (the agent pins that CA), no client auth.
-    ``base_options``: the mTLS port's (keepalive, handshake timeout, no SO_REUSEPORT), tightened here."""
+    ``base_options``: the mTLS port's (keepalive, handshake timeout, no SO_REUSEPORT), tightened here.
+    With ``broker``, the port also serves ``HolderRenewal`` (``self_renewal``: holder self-renewal)."""
     options = dict(base_options or [])
     for key, value in ENROLL_SERVER_OPTIONS.items():
         options[key] = min(options.get(key, value), value)
@@ -108,6 +110,11 @@ def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: byt
                              maximum_concurrent_rpcs=32)
     epb_grpc.add_StationEnrollmentServicer_to_server(
         StationEnrollmentService(enrollment, EnrollLimiter(per_peer=attempts_per_minute)), server)
+    if broker is not None:
+        from personalizer.self_renewal import HolderRenewalService
+        from proto.cns.v1 import self_renewal_pb2_grpc
+        self_renewal_pb2_grpc.add_HolderRenewalServicer_to_server(
+            HolderRenewalService(broker, relay, limiter=EnrollLimiter(per_peer=attempts_per_minute)), server)
     port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_chain)],
                                                                       require_client_auth=False))
     return server, port

@@ -251,7 +251,8 @@ class Daemon:
             try:
                 self.enroll_server, self.enroll_port = build_enrollment_server(
                     enrollment, listen=e.listen, tls_key=s.tls_key.read_bytes(), tls_chain=chain,
-                    attempts_per_minute=e.attempts_per_minute, base_options=server_options(s))
+                    attempts_per_minute=e.attempts_per_minute, base_options=server_options(s), broker=broker,
+                    relay=self.relay)
             except RuntimeError:   # grpcio raises on a failed bind
                 self.enroll_port = 0
         if self.enroll_port == 0:

@@ -1,6 +1,8 @@
 """``cns-agent renew``: renew both certificates of the card in a reader through the running agent.
 
     cns-agent renew --reader "Virtual PCD 00 00" [--codes-file codes.toml | --codes-stdin] [--json]
+    cns-agent renew --self --reader "…" --personalizer HOST[:PORT] --trust CA.pem   (holder, no station:
+                                                                    ``agent.commands.self_renew``)
 
 The holder's current PIN (unchanged by the renewal) comes from ``--codes-file``
 (TOML ``pin = "…"``, mode 0600), from standard input with ``--codes-stdin`` (the
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from agent.api.client import AgentClient
 from agent.commands import add_socket_option, follow_operation, socket_path
+from agent.commands import self_renew
 from agent.commands.personalize import _codes as _codes_from, stop_on_interrupt
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -34,6 +37,7 @@ def register(sub) -> None:
     g.add_argument("--codes-stdin", action="store_true", help="read the PIN from standard input")
     p.add_argument("--json", action="store_true", help="JSON lines: progress, then the result")
     add_socket_option(p)
+    self_renew.add_options(p)
     p.set_defaults(func=renew)
 
 
@@ -44,6 +48,8 @@ def _pin(args) -> str:
 
 
 def renew(args: argparse.Namespace) -> int:
+    if args.self_renewal:
+        return self_renew.self_renew(args, lambda: _pin(args))
     request = pb.RenewCardRequest(reader=args.reader, pin=_pin(args))
     with AgentClient(socket_path(args)) as client, stop_on_interrupt(socket_path(args), args.reader, args):
         return follow_operation(client.renew(request), args, "renewal",

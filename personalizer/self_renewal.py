@@ -1,0 +1,218 @@
+"""Holder self-renewal: ``HolderRenewal`` on the enrollment port (TLS, no client certificate).
+
+A holder renews the certificates of their own card from their own computer.
+There is no station certificate, so the authority is the card itself: each
+keyset's request carries the certificate being renewed and the proof of
+possession the agent's ``Renewer`` already makes on the card after the
+holder's PIN — the CURRENT key's RSA PKCS#1 v1.5 SHA-256 signature over
+``request_id || csr_der``. ``Broker.submit_renew`` checks, exactly as for an
+operator's renewal (``lifecycle.check_renewal``): the certificate was issued by
+this CA and is on record, is active (not suspended, revoked or expired), the
+proof verifies with its key, the CSR names the same holder, the request is in
+the renewal window and within the device's 6-year life.
+
+Why a request-bound proof and not a server challenge: the proof is bound to
+one request id and one CSR, and the request id is stored with the request, so
+a replayed proof can never get a second certificate — the same bytes again are
+the idempotent retry the Renewer's fault matrix relies on (a lost answer, a
+killed agent) and return the same request; the proof under another request id
+or CSR does not verify. A challenge would need a second card signature per
+call and a server-side challenge store, and would break resume-by-request-id.
+
+The request is the holder's: requester station ``self-renewal``, operator
+``holder:<codice fiscale>`` (from the certificate), chamber = the chamber that
+requested the certificate being renewed; it goes through the same broker,
+outbox and audit as an operator's, with audit detail ``mode self-renewal``.
+Every refusal writes one audit row (operation ``self-renew``), rate-limited
+per holder by the broker's ``RefusalLimiter``. Reads (GetRequest,
+WatchRequest) need the request id and a certificate of the holder this CA has
+on record, and only reach self-renewal requests of that holder.
+
+SelfRenew calls pass a per-address ``EnrollLimiter`` first. Imports grpc, proto, ``broker``,
+``lifecycle``, ``enrollment`` (limiter), ``service`` (status mapping).
+"""
+from __future__ import annotations
+
+import grpc
+from cryptography import x509
+
+from personalizer import limits
+from personalizer.broker import Broker, ChangeInput, RenewInput
+from personalizer.ca.base import CertRef
+from personalizer.enrollment import EnrollLimiter, peer_host
+from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
+from personalizer.lifecycle import holder_cf
+from personalizer.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
+from proto.cns.v1 import self_renewal_pb2_grpc as srpb_grpc
+
+MODE = "self-renewal"
+STATION = "self-renewal"          # the requester's station_id of a holder's request
+OPERATION = "self-renew"          # audit operation of a refused self-renewal call
+HOLDER_PREFIX = "holder:"
+
+
+def _current(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise InvalidRequest("current_certificate_der", "not a DER-encoded X.509 certificate; send the "
+                             "certificate on the card being renewed") from None
+
+
+class SelfRenewal:
+    """The rules of the port, without gRPC (tests drive it directly)."""
+
+    def __init__(self, broker: Broker):
+        self._broker = broker
+
+    async def _holder(self, cert: x509.Certificate) -> tuple[str, str, CertRef]:
+        """(codice fiscale, chamber, ref) of a certificate this CA issued and has on record."""
+        ref = CertRef(cert.issuer.rfc4514_string(), f"{cert.serial_number:X}")
+        row = await self._broker.store.get_certificate(ref)
+        cf = holder_cf(cert)
+        if row is None or not cf:
+            raise FailedPrecondition("the certificate is not one this CA issued for a holder; self-renewal is "
+                                     "only for a CNS card issued here (ask your chamber)")
+        original = await self._broker.store.get_request(row.request_id)
+        if original is None or not original.chamber_code:
+            raise FailedPrecondition("the certificate's issuing request is not on record; renew at your chamber")
+        return cf, original.chamber_code, ref
+
+    async def renew(self, *, request_id: str, profile: str | int, csr_der: bytes, current_certificate_der: bytes,
+                    proof_of_possession: bytes):
+        """``profile``: its name, or the wire enum value (refused with an audit row when unknown)."""
+        actor = f"{HOLDER_PREFIX}unknown"
+        try:
+            if not isinstance(profile, str):
+                profile = profile_name(profile)
+            cf, chamber, _ = await self._holder(_current(current_certificate_der))
+            actor = HOLDER_PREFIX + cf
+            inp = RenewInput(request_id=request_id, profile=profile, csr_der=csr_der,
+                             current_certificate_der=current_certificate_der,
+                             proof_of_possession=proof_of_possession, station_id=STATION, chamber_code=chamber,
+                             operator_id=actor)
+            return await self._broker.submit_renew(inp, actor=actor, mode=MODE)
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION,
+                                             request_id=request_id, exc=exc, operator_id=actor)
+            raise
+
+    async def readable(self, request_id: str, current_certificate_der: bytes):
+        """The request, when it is a self-renewal of the holder of ``current_certificate_der``."""
+        cert = _current(current_certificate_der)
+        on_record = await self._broker.store.get_certificate(CertRef(cert.issuer.rfc4514_string(),
+                                                                     f"{cert.serial_number:X}"))
+        cf = (on_record.certificate_der == current_certificate_der and holder_cf(cert)) if on_record else ""
+        rec = await self._broker.store.get_request(request_id)
+        if rec is None or rec.station_id != STATION or rec.operator_id != HOLDER_PREFIX + cf:
+            raise NotFound(f"no self-renewal request {request_id!r} for this certificate's holder")
+        return rec
+
+
+    async def status(self, ref: CertRef):
+        info = await self._broker.ca.status(ref)
+        if info is None:
+            raise NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}")
+        return info
+
+    async def revoke_own(self, *, request_id: str, ref: CertRef, reason: str):
+        """The renewal's own revocations only (see the proto): superseded after a self-renewal issued the
+        successor for the same card and profile; cessationOfOperation of a self-renewal's certificate the agent
+        undid, named by ``undo-<that request id>``. Anything else is refused (one audit row)."""
+        actor = f"{HOLDER_PREFIX}unknown"
+        try:
+            row = await self._broker.store.get_certificate(ref)
+            if row is None or not row.holder_cf or not row.card_id:
+                raise NotFound(f"no holder certificate {ref.serial_hex} from {ref.issuer_dn!r}")
+            actor = HOLDER_PREFIX + row.holder_cf
+            issuing = await self._broker.store.get_request(row.request_id)
+            if reason == "cessationOfOperation":
+                if not (issuing and issuing.station_id == STATION and issuing.operator_id == actor
+                        and request_id == f"undo-{row.request_id}"):
+                    raise PermissionDenied("a holder revokes only a certificate their own self-renewal issued and "
+                                           "undid; ask your chamber to revoke any other")
+            elif reason == "superseded":
+                others = [c for c in await self._broker.store.find_certificates(card_id=row.card_id)
+                          if c.profile == row.profile and c.info.ref != ref]
+                ok = False
+                for c in others:   # a successor: requested later, by a self-renewal of this holder
+                    succ = await self._broker.store.get_certificate(c.info.ref)
+                    req = await self._broker.store.get_request(succ.request_id) if succ else None
+                    ok = ok or bool(req and issuing and req.created_at > issuing.created_at
+                                    and req.station_id == STATION and req.operator_id == actor)
+                if not ok:
+                    raise PermissionDenied("this certificate was not superseded by a self-renewal; ask your "
+                                           "chamber to revoke it")
+            else:
+                raise InvalidRequest("reason", "a holder's revocation is superseded or cessationOfOperation")
+            chamber = issuing.chamber_code if issuing else ""
+            rec = await self._broker.submit_change(ChangeInput(request_id, "revoke", ref, reason, STATION, chamber,
+                                                               actor), actor=actor)
+            return rec, await self.status(ref)
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION + "-revoke",
+                                             request_id=request_id, exc=exc, operator_id=actor)
+            raise
+
+
+class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
+    def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None):
+        self._rules = SelfRenewal(broker)
+        self._limiter = limiter
+        self._broker = broker
+        self._relay = relay
+
+    def _out(self, rec):
+        return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
+
+    async def _limit(self, context) -> None:
+        if self._limiter is not None and not self._limiter.allow(peer_host(context.peer() or "")):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many renewal attempts from this address; wait a minute and try again")
+
+    async def SelfRenew(self, request, context):
+        await self._limit(context)
+        try:
+            limits.check_message(request)
+            rec = await self._rules.renew(request_id=request.request_id, profile=request.profile,
+                                          csr_der=request.csr_der,
+                                          current_certificate_der=request.current_certificate_der,
+                                          proof_of_possession=request.proof_of_possession)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return self._out(rec)
+
+    async def GetRequest(self, request, context):
+        try:
+            rec = await self._rules.readable(request.request_id, request.current_certificate_der)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return self._out(rec)
+
+    async def WatchRequest(self, request, context):
+        try:
+            await self._rules.readable(request.request_id, request.current_certificate_der)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        async for rec in self._broker.watch(request.request_id):
+            yield self._out(rec)
+
+    async def GetCertificateStatus(self, request, context):
+        try:
+            info = await self._rules.status(_ref(request))
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return status_to_proto(info)
+
+    async def RevokeOwn(self, request, context):
+        await self._limit(context)
+        try:
+            limits.check_message(request)
+            rec, info = await self._rules.revoke_own(request_id=request.request_id, ref=_ref(request.certificate),
+                                                     reason=request.reason)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        out = status_to_proto(info)
+        out.change_request_id = rec.request_id
+        out.change_state = STATE_ENUMS[rec.state]
+        return out
