@@ -12,7 +12,7 @@
   would not outlive the device: ``device_life`` from the first certificate
   issued for that card id.
 
-Imports cryptography and ``errors``/``ca.base`` only.
+Imports cryptography, ``cns_spec`` and ``errors``/``ca.base`` only.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cns_spec.reasons import check_revocation_reason
 from personalizer.ca.base import CertState
 from personalizer.errors import FailedPrecondition, InvalidRequest
 
@@ -33,8 +34,6 @@ ALLOWED_FROM = {
     "reactivate": (CertState.SUSPENDED,),
     "revoke": (CertState.ACTIVE, CertState.SUSPENDED),
 }
-REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-                      "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
 FINAL_STATES = {
@@ -54,11 +53,10 @@ def check_transition(kind: str, state: CertState) -> None:
 
 
 def check_reason(reason: str) -> str:
-    reason = reason or "unspecified"
-    if reason not in REVOCATION_REASONS:
-        raise InvalidRequest("reason", f"unknown RFC 5280 revocation reason {reason!r}; known: "
-                             + ", ".join(REVOCATION_REASONS))
-    return reason
+    try:
+        return check_revocation_reason(reason)
+    except ValueError as e:
+        raise InvalidRequest("reason", f"{e} (RFC 5280)") from None
 
 
 def add_years(t: _dt.datetime, years: int) -> _dt.datetime:
