@@ -48,6 +48,7 @@ from agent.card.errors import FileNotFoundOnCardError
 from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable
 from cns_spec.reasons import REVOCATION_REASONS as REASONS
+from cns_spec import requests
 from cns_spec.reasons import check_revocation_reason
 
 log = logging.getLogger("cns.agent.lifecycle")
@@ -57,9 +58,7 @@ TARGET_STATE = {"suspend": "suspended", "reactivate": "active", "revoke": "revok
 ACTION_NOUN = {"suspend": "suspension", "reactivate": "reactivation", "revoke": "revocation"}
 # cns.v1.CertificateStatus and RequestState values as the uplink returns them
 STATUS_NAMES = {0: "unknown", 1: "active", 2: "suspended", 3: "revoked", 4: "expired"}
-REQUEST_DONE, REQUEST_FAILED = 5, 4
-REQUEST_STATE_NAMES = {0: "unspecified", 1: "received", 2: "pending", 3: "issued", 4: "failed", 5: "done",
-                       6: "cancelled"}
+REQUEST_DONE, REQUEST_FAILED = requests.CODE_DONE, requests.CODE_FAILED   # cns.v1.RequestState values
 SERIAL_RE = re.compile(r"^(?:0[xX])?[0-9A-Fa-f:]{1,64}$")
 
 
@@ -317,7 +316,7 @@ class CertificateLifecycle:
                               f"{ACTION_NOUN[action]} (request {rid})", code="FAILED_PRECONDITION")
         else:
             info.message = (f"{ACTION_NOUN[action]} queued at the personalizer as request {rid} "
-                            f"({REQUEST_STATE_NAMES.get(state, state)}); it takes effect when the CA is reachable")
+                            f"({requests.name_of(state)}); it takes effect when the CA is reachable")
         return info
 
 

@@ -88,13 +88,13 @@ from agent.ops.holder import Codes
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
-from cns_spec import validity
+from cns_spec import requests, validity
 from cns_spec.profiles import PROFILE_OF_KEYSET
 
 log = logging.getLogger("cns.agent.renew")
 
 KIND = "renew"
-STATE_CANCELLED = 6                      # cns.v1.RequestState: central IT cancelled it (cnsctl queue cancel)
+STATE_CANCELLED = requests.CODE_CANCELLED   # central IT cancelled it (cnsctl queue cancel)
 SUPERSEDED = "superseded"                # RFC 5280 reason of the certificates a renewal replaced
 MARKER_MAGIC = b"CNSRENEW"
 DEFAULT_WINDOW_DAYS = validity.DEFAULT_RENEWAL_WINDOW_DAYS
