@@ -12,7 +12,7 @@
   would not outlive the device: ``device_life`` from the first certificate
   issued for that card id.
 
-Imports cryptography and ``errors``/``ca.base`` only.
+Imports cryptography, ``cns_spec`` and ``errors``/``ca.base`` only.
 """
 from __future__ import annotations
 
@@ -23,18 +23,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cns_spec import validity
+from cns_spec.reasons import check_revocation_reason
 from personalizer.ca.base import CertState
 from personalizer.errors import FailedPrecondition, InvalidRequest
 
-DEFAULT_RENEWAL_WINDOW = _dt.timedelta(days=90)
-DEVICE_LIFE_YEARS = 6
+DEFAULT_RENEWAL_WINDOW = _dt.timedelta(days=validity.DEFAULT_RENEWAL_WINDOW_DAYS)
+DEVICE_LIFE_YEARS = validity.DEVICE_LIFE_YEARS
 ALLOWED_FROM = {
     "suspend": (CertState.ACTIVE,),
     "reactivate": (CertState.SUSPENDED,),
     "revoke": (CertState.ACTIVE, CertState.SUSPENDED),
 }
-REVOCATION_REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-                      "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
 FINAL_STATES = {
@@ -54,18 +54,10 @@ def check_transition(kind: str, state: CertState) -> None:
 
 
 def check_reason(reason: str) -> str:
-    reason = reason or "unspecified"
-    if reason not in REVOCATION_REASONS:
-        raise InvalidRequest("reason", f"unknown RFC 5280 revocation reason {reason!r}; known: "
-                             + ", ".join(REVOCATION_REASONS))
-    return reason
-
-
-def add_years(t: _dt.datetime, years: int) -> _dt.datetime:
     try:
-        return t.replace(year=t.year + years)
-    except ValueError:   # 29 February
-        return t.replace(year=t.year + years, day=28)
+        return check_revocation_reason(reason)
+    except ValueError as e:
+        raise InvalidRequest("reason", f"{e} (RFC 5280)") from None
 
 
 def holder_cf(cert_or_csr) -> str | None:
@@ -94,13 +86,13 @@ def check_renewal(*, request_id: str, csr_der: bytes, proof: bytes, csr: x509.Ce
     cf_cert, cf_csr = holder_cf(current), holder_cf(csr)
     if cf_cert is None or cf_cert != cf_csr:
         raise FailedPrecondition(f"the CSR names holder {cf_csr!r}, the current certificate {cf_cert!r}")
-    opens = current.not_valid_after_utc - renewal_window
+    opens = validity.renewal_opens(current.not_valid_after_utc, renewal_window)
     if now < opens:
         raise FailedPrecondition(f"renewal opens {opens.date().isoformat()} ({renewal_window.days} days before the "
                                  f"current certificate expires on {current.not_valid_after_utc.date().isoformat()})")
     first = first_issued or current.not_valid_before_utc
-    end_of_life = add_years(first, device_life_years)
-    if now + new_validity > end_of_life:
+    end_of_life = validity.device_end_of_life(first, device_life_years)
+    if validity.outlives_device(now, new_validity, first, device_life_years):
         raise FailedPrecondition(
             f"renewal refused: a new certificate would be valid until {(now + new_validity).date().isoformat()}, "
             f"beyond the device's {device_life_years}-year life ending {end_of_life.date().isoformat()} "

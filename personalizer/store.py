@@ -58,6 +58,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from cns_spec import requests
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
 from personalizer.registrations import Registration
@@ -377,13 +378,13 @@ Q_USE_REGISTRATION = """UPDATE registrations SET used_by = COALESCE(used_by, ?),
 Q_LIST_AUDIT = """SELECT seq, at, actor, station_id, operation, request_id, target, result, detail, operator_id,
     card_id, holder_cf FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"""
 
-STATE_RECEIVED = "RECEIVED"
-STATE_PENDING = "PENDING"
-STATE_ISSUED = "ISSUED"
-STATE_DONE = "DONE"
-STATE_FAILED = "FAILED"
-STATE_CANCELLED = "CANCELLED"
-TERMINAL_STATES = (STATE_ISSUED, STATE_DONE, STATE_FAILED, STATE_CANCELLED)
+STATE_RECEIVED = requests.RECEIVED     # the vocabulary is cns_spec.requests'
+STATE_PENDING = requests.PENDING
+STATE_ISSUED = requests.ISSUED
+STATE_DONE = requests.DONE
+STATE_FAILED = requests.FAILED
+STATE_CANCELLED = requests.CANCELLED
+TERMINAL_STATES = requests.TERMINAL
 LANE_PRIORITY = "priority"
 LANE_STANDARD = "standard"
 LANES = (LANE_PRIORITY, LANE_STANDARD)

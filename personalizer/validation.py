@@ -31,14 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from cns_spec import codice_fiscale, dati_personali
+from cns_spec import codice_fiscale, dati_personali, profiles
 from cns_spec import holder as holder_rules
 from cns_spec.text import normalize
 from personalizer.errors import InvalidRequest
 
-PROFILE_CNS_AUTH = "cns-auth"
-PROFILE_QUALIFIED = "qualified-signature"
-PROFILES = (PROFILE_CNS_AUTH, PROFILE_QUALIFIED)
+PROFILE_CNS_AUTH = profiles.CNS_AUTH            # the names are cns_spec.profiles'
+PROFILE_QUALIFIED = profiles.QUALIFIED_SIGNATURE
+PROFILES = profiles.PROFILES
 
 DEFAULT_MIN_RSA_BITS = 2048
 CNS_AUTH_FLOOR_BITS = 1024          # legacy CNS card model, opt-in per deployment

@@ -30,13 +30,12 @@ import sys
 import grpc
 
 from agent.commands import CommandError, add_socket_option, socket_path
+from cns_spec.reasons import REVOCATION_REASONS as REASONS
 from proto.cns.v1 import agent_pb2 as pb
 from proto.cns.v1 import agent_pb2_grpc as pb_grpc
 
 PIN_STATUS_KEY = "cns-pin-status-bin"   # agent.api.lifecycle.PIN_STATUS_KEY
 CALL_TIMEOUT_S = 120.0                  # a change waits for the CA per certificate
-REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-           "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
 class LocalCallError(CommandError):

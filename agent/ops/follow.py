@@ -22,11 +22,12 @@ import time
 from typing import Callable
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
+from cns_spec import requests
 
 log = logging.getLogger("cns.agent.follow")
 
-STATE_ISSUED, STATE_FAILED = 3, 4
-TERMINAL = (STATE_ISSUED, STATE_FAILED, 5, 6)   # ISSUED, FAILED, DONE, CANCELLED (cns.v1.RequestState)
+STATE_ISSUED, STATE_FAILED = requests.CODE_ISSUED, requests.CODE_FAILED   # cns.v1.RequestState values
+TERMINAL = requests.TERMINAL_CODES
 POLL_INTERVAL_S = 2.0
 
 

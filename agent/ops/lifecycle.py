@@ -47,6 +47,9 @@ from agent.card.cns import CnsSession
 from agent.card.errors import FileNotFoundOnCardError
 from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable
+from cns_spec.reasons import REVOCATION_REASONS as REASONS
+from cns_spec import requests
+from cns_spec.reasons import check_revocation_reason
 
 log = logging.getLogger("cns.agent.lifecycle")
 
@@ -55,12 +58,8 @@ TARGET_STATE = {"suspend": "suspended", "reactivate": "active", "revoke": "revok
 ACTION_NOUN = {"suspend": "suspension", "reactivate": "reactivation", "revoke": "revocation"}
 # cns.v1.CertificateStatus and RequestState values as the uplink returns them
 STATUS_NAMES = {0: "unknown", 1: "active", 2: "suspended", 3: "revoked", 4: "expired"}
-REQUEST_DONE, REQUEST_FAILED = 5, 4
-REQUEST_STATE_NAMES = {0: "unspecified", 1: "received", 2: "pending", 3: "issued", 4: "failed", 5: "done",
-                       6: "cancelled"}
+REQUEST_DONE, REQUEST_FAILED = requests.CODE_DONE, requests.CODE_FAILED   # cns.v1.RequestState values
 SERIAL_RE = re.compile(r"^(?:0[xX])?[0-9A-Fa-f:]{1,64}$")
-REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-           "cessationOfOperation", "privilegeWithdrawn", "aACompromise")
 
 
 PROFILE_KEYSET = {1: "CNS0", 2: "CNS1"}   # cns.v1.CAProfile → keyset
@@ -131,10 +130,7 @@ def check_reason(action: str, reason: str) -> str:
         if reason:
             raise ValueError(f"a reason is given only to revoke, not to {action}")
         return ""
-    reason = reason or "unspecified"
-    if reason not in REASONS:
-        raise ValueError(f"unknown revocation reason {reason!r}: one of {', '.join(REASONS)}")
-    return reason
+    return check_revocation_reason(reason)
 
 
 def new_attempt() -> str:
@@ -320,7 +316,7 @@ class CertificateLifecycle:
                               f"{ACTION_NOUN[action]} (request {rid})", code="FAILED_PRECONDITION")
         else:
             info.message = (f"{ACTION_NOUN[action]} queued at the personalizer as request {rid} "
-                            f"({REQUEST_STATE_NAMES.get(state, state)}); it takes effect when the CA is reachable")
+                            f"({requests.name_of(state)}); it takes effect when the CA is reachable")
         return info
 
 

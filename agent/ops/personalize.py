@@ -86,13 +86,14 @@ from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from cns_spec import requests
+from cns_spec.profiles import PROFILE_OF_KEYSET
 
 log = logging.getLogger("cns.agent.personalize")
 
 REGISTRATION_ID_RE = re.compile(r"REG-[0-9A-F]{16}")   # as the personalizer makes them
 KIND = "personalize"
-PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
-STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = 3, 4, 6   # cns.v1.RequestState values the uplink returns
+STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = requests.CODE_ISSUED, requests.CODE_FAILED, requests.CODE_CANCELLED
 
 
 class NeedsCodes(OperationError):

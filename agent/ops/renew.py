@@ -88,16 +88,17 @@ from agent.ops.holder import Codes
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from cns_spec import requests, validity
+from cns_spec.profiles import PROFILE_OF_KEYSET
 
 log = logging.getLogger("cns.agent.renew")
 
 KIND = "renew"
-STATE_CANCELLED = 6                      # cns.v1.RequestState: central IT cancelled it (cnsctl queue cancel)
+STATE_CANCELLED = requests.CODE_CANCELLED   # central IT cancelled it (cnsctl queue cancel)
 SUPERSEDED = "superseded"                # RFC 5280 reason of the certificates a renewal replaced
-PROFILE_OF_KEYSET = {"CNS0": "cns-auth", "CNS1": "qualified-signature"}
 MARKER_MAGIC = b"CNSRENEW"
-DEFAULT_WINDOW_DAYS = 90
-DEFAULT_DEVICE_LIFE_YEARS = 6
+DEFAULT_WINDOW_DAYS = validity.DEFAULT_RENEWAL_WINDOW_DAYS
+DEFAULT_DEVICE_LIFE_YEARS = validity.DEVICE_LIFE_YEARS
 ENV_WINDOW_DAYS = "CNS_AGENT_RENEWAL_WINDOW_DAYS"
 ENV_KILL_AT = "CNS_AGENT_FAULT_KILL_AT"   # tests: "renew:<step>[:begun|:answered|:done]" → SIGKILL there
 
@@ -172,13 +173,6 @@ def parse_marker(raw: bytes | None) -> str | None:
     return str(uuid.UUID(bytes=bytes(raw[len(MARKER_MAGIC):len(MARKER_MAGIC) + 16])))
 
 
-def _add_years(t: _dt.datetime, years: int) -> _dt.datetime:
-    try:
-        return t.replace(year=t.year + years)
-    except ValueError:
-        return t.replace(year=t.year + years, day=28)
-
-
 def check_window(certs: dict[str, x509.Certificate], policy: RenewalPolicy, now: _dt.datetime,
                  first_issued: _dt.datetime | None = None) -> None:
     """Refuse (``PreconditionError`` with the reason) a renewal outside the window or beyond the device's life."""
@@ -186,16 +180,16 @@ def check_window(certs: dict[str, x509.Certificate], policy: RenewalPolicy, now:
     if expiry <= now:
         raise PreconditionError(f"the card's certificates expired on {expiry.date().isoformat()}: an expired "
                                 "certificate cannot be renewed; issue a new card")
-    opens = expiry - _dt.timedelta(days=policy.window_days)
+    opens = validity.renewal_opens(expiry, _dt.timedelta(days=policy.window_days))
     if now < opens:
         raise PreconditionError(f"renewal opens {opens.date().isoformat()} ({policy.window_days} days before the "
                                 f"certificates expire on {expiry.date().isoformat()}); try again then")
     first = first_issued or min(c.not_valid_before_utc for c in certs.values())
-    validity = max(c.not_valid_after_utc - c.not_valid_before_utc for c in certs.values())
-    end_of_life = _add_years(first, policy.device_life_years)
-    if now + validity > end_of_life:
+    new_validity = max(c.not_valid_after_utc - c.not_valid_before_utc for c in certs.values())
+    end_of_life = validity.device_end_of_life(first, policy.device_life_years)
+    if validity.outlives_device(now, new_validity, first, policy.device_life_years):
         raise PreconditionError(
-            f"renewal refused: new certificates would be valid until {(now + validity).date().isoformat()}, beyond "
+            f"renewal refused: new certificates would be valid until {(now + new_validity).date().isoformat()}, beyond "
             f"the device's {policy.device_life_years}-year life ending {end_of_life.date().isoformat()} (first "
             f"issued {first.date().isoformat()}); issue a new card")
 

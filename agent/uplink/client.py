@@ -18,6 +18,7 @@ from typing import AsyncIterator
 import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
+from cns_spec import profiles
 from proto.cns.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
 from proto.cns.v1 import registrations_pb2, registrations_pb2_grpc
 from station_config import StationConfig, channel
@@ -25,8 +26,8 @@ from station_config import StationConfig, channel
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 PROFILES = {
-    "cns-auth": personalizer_pb2.CA_PROFILE_CNS_AUTH,
-    "qualified-signature": personalizer_pb2.CA_PROFILE_QUALIFIED_SIGNATURE,
+    profiles.CNS_AUTH: personalizer_pb2.CA_PROFILE_CNS_AUTH,
+    profiles.QUALIFIED_SIGNATURE: personalizer_pb2.CA_PROFILE_QUALIFIED_SIGNATURE,
 }
 
 

@@ -2,27 +2,19 @@
 
 Pure data. ``parse_reason`` accepts the RFC 5280 name ("keyCompromise") or the
 EJBCA/enum spelling ("KEY_COMPROMISE"), case-insensitively, and returns the
-``cryptography`` flag. Imports nothing of ours but ``errors``.
+``cryptography`` flag. The RFC 5280 names and codes are ``cns_spec.reasons``'s; this module
+adds the ``cryptography`` flags and EJBCA's spelling. Imports nothing of ours but ``cns_spec`` and ``errors``.
 """
 from __future__ import annotations
 
 from cryptography import x509
 
+from cns_spec import reasons as spec
 from personalizer.errors import InvalidRequest
 
-# RFC 5280 CRLReason codes (value 7 is not used).
-CRL_REASON_CODES: dict[x509.ReasonFlags, int] = {
-    x509.ReasonFlags.unspecified: 0,
-    x509.ReasonFlags.key_compromise: 1,
-    x509.ReasonFlags.ca_compromise: 2,
-    x509.ReasonFlags.affiliation_changed: 3,
-    x509.ReasonFlags.superseded: 4,
-    x509.ReasonFlags.cessation_of_operation: 5,
-    x509.ReasonFlags.certificate_hold: 6,
-    x509.ReasonFlags.remove_from_crl: 8,
-    x509.ReasonFlags.privilege_withdrawn: 9,
-    x509.ReasonFlags.aa_compromise: 10,
-}
+# RFC 5280 CRLReason codes, by cryptography's flag (the names and codes live in cns_spec.reasons).
+CRL_REASON_CODES: dict[x509.ReasonFlags, int] = {x509.ReasonFlags(name): code
+                                                  for name, code in spec.CRL_REASON_CODES.items()}
 
 # EJBCA REST ``reason`` query values (RevocationReasons CLI values).
 EJBCA_REASON_NAMES: dict[x509.ReasonFlags, str] = {
@@ -40,8 +32,7 @@ EJBCA_REASON_NAMES: dict[x509.ReasonFlags, str] = {
 EJBCA_NOT_REVOKED = "NOT_REVOKED"
 
 # Reasons a permanent revocation may carry (hold and removeFromCRL have their own operations).
-PERMANENT_REASONS = frozenset(CRL_REASON_CODES) - {x509.ReasonFlags.certificate_hold,
-                                                   x509.ReasonFlags.remove_from_crl}
+PERMANENT_REASONS = frozenset(x509.ReasonFlags(name) for name in spec.REVOCATION_REASONS)
 
 _BY_NAME: dict[str, x509.ReasonFlags] = {}
 for _flag, _ejbca in EJBCA_REASON_NAMES.items():
