@@ -53,3 +53,38 @@ def opensc_tools():
 def softhsm2_module():
     require([] if SOFTHSM2.exists() and shutil.which("softhsm2-util") else ["softhsm2 (apt-get install softhsm2)"])
     return SOFTHSM2
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """An aiosqlite connection a test left open keeps a non-daemon worker thread alive, and the run then
+    never exits after its summary (seen: CI would sit until its time limit). Stop any such connection and
+    say how many there were, so the leak is visible instead of a hang."""
+    import gc
+    import warnings
+
+    import aiosqlite
+
+    leaked = [o for o in gc.get_objects() if isinstance(o, aiosqlite.Connection) and getattr(o, "_running", False)]
+    for conn in leaked:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            conn.stop()
+    if leaked:
+        print(f"\nconftest: stopped {len(leaked)} aiosqlite connection(s) a test left open")
+    session.config._cns_exitstatus = exitstatus
+
+
+def pytest_unconfigure(config):
+    """Last resort after the summary: a non-daemon thread still alive 10 s on would keep the run from ever
+    exiting. Name it and exit with the run's own status rather than hang until CI's time limit."""
+    import os
+    import threading
+
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in stuck:
+        t.join(timeout=10)
+    stuck = [t for t in stuck if t.is_alive()]
+    if stuck:
+        print(f"conftest: thread(s) still running after the run: {', '.join(t.name for t in stuck)}; exiting",
+              flush=True)
+        os._exit(int(getattr(config, "_cns_exitstatus", 1)))
