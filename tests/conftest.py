@@ -80,7 +80,11 @@ def pytest_unconfigure(config):
     import os
     import threading
 
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    import concurrent.futures.thread as _cft
+
+    # idle executor workers (e.g. the OCSP signing pool) end at interpreter exit on their own: not stuck
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+             and getattr(t, "_target", None) is not _cft._worker]
     for t in stuck:
         t.join(timeout=10)
     stuck = [t for t in stuck if t.is_alive()]
