@@ -259,7 +259,15 @@ def endpoint_for(listen: str) -> tuple[str, str]:
 def enroll_listen_for(listen: str) -> str:
     """The enrollment port beside ``listen``: the next port, or any free one (0) when ``listen``'s is 0."""
     host, _, port = listen.rpartition(":")
-    return f"{host}:{int(port) + 1 if 0 < int(port) < 65535 else 0}"
+    nxt = int(port) + 1 if 0 < int(port) < 65535 else 0
+    if nxt:
+        import socket
+        try:                                   # taken already (a test's random port, another service): any free one
+            with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
+                probe.bind((host.strip("[]"), nxt))
+        except OSError:
+            nxt = 0
+    return f"{host}:{nxt}"
 
 
 def _check(root: Path, chamber: str, station_id: str, ca_key_bits: int, station_owner: str | None) -> None:
