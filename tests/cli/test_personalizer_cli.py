@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+
 import station_config
 from tests.conftest import ROOT
 from tests.cli.conftest import one_line_error, run, run_into_closed_pipe
@@ -66,7 +68,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"     # the operator cannot run root's .venv; s
 
 def _operator() -> pwd.struct_passwd:
     if os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
-        pytest.skip("handing a folder to another user needs root and a system python3")
+        require(["root and a system python3 (handing a folder to another user)"])
     return pwd.getpwnam("nobody")
 
 
@@ -132,7 +134,7 @@ def test_the_operator_runs_the_agent_from_the_station_folder(shared_tmp):
     from tests.cli.conftest import BIN
     user = _operator()
     if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is needed to run as the operator")
+        require(["setpriv (util-linux), to run as the operator"])
     r = run("cns-personalizer", "init", str(shared_tmp / "d"), "--ca-key-bits", "2048", "--listen",
             "127.0.0.1:47999", "--station-owner", user.pw_name, "--json")
     assert r.returncode == 0, r.stderr
