@@ -257,17 +257,22 @@ def endpoint_for(listen: str) -> tuple[str, str]:
 
 
 def enroll_listen_for(listen: str) -> str:
-    """The enrollment port beside ``listen``: the next port, or any free one (0) when ``listen``'s is 0."""
+    """The enrollment port beside ``listen``: the next port when it is free at init, else a free port chosen now.
+
+    Always a concrete port, written into the config: the daemon listens there on every start, so an agent's
+    enrollment or self-renewal address stays valid across restarts (a port 0 would move on each start)."""
+    import socket
     host, _, port = listen.rpartition(":")
-    nxt = int(port) + 1 if 0 < int(port) < 65535 else 0
-    if nxt:
-        import socket
-        try:                                   # taken already (a test's random port, another service): any free one
-            with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
-                probe.bind((host.strip("[]"), nxt))
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    for candidate in ((int(port) + 1,) if 0 < int(port) < 65535 else ()) + (0,):
+        try:
+            with socket.socket(family) as probe:
+                probe.bind((bare, candidate))
+                return f"{host}:{probe.getsockname()[1]}"
         except OSError:
-            nxt = 0
-    return f"{host}:{nxt}"
+            continue
+    return f"{host}:0"
 
 
 def _check(root: Path, chamber: str, station_id: str, ca_key_bits: int, station_owner: str | None) -> None:

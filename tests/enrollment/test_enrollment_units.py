@@ -218,5 +218,12 @@ def test_enrollment_config_is_checked_at_load(tmp_path):
     dep.server_config.write_text(text.replace("code_hours = 72", "code_hours = 0"))
     with pytest.raises(ConfigError, match="enrollment.code_hours"):
         config.load(dep.server_config)
-    assert deploy.enroll_listen_for("127.0.0.1:50051") == "127.0.0.1:50052"
-    assert deploy.enroll_listen_for("[::1]:0") == "[::1]:0"
+    import socket
+    with socket.socket() as taken:                    # listen + 1 when free; a concrete free port otherwise
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        chosen = int(deploy.enroll_listen_for(f"127.0.0.1:{busy - 1}").rpartition(":")[2])
+        assert chosen not in (0, busy)
+    for listen in ("127.0.0.1:0", "127.0.0.1:65535"):
+        # never port 0: the daemon's enrollment address must survive a restart (a self-renewing holder keeps it)
+        assert int(deploy.enroll_listen_for(listen).rpartition(":")[2]) > 0
