@@ -257,15 +257,19 @@ def endpoint_for(listen: str) -> tuple[str, str]:
 
 
 def enroll_listen_for(listen: str) -> str:
-    """The enrollment port beside ``listen``: the next port when it is free at init, else a free port chosen now.
+    """The enrollment port beside ``listen``: any free one (0) when ``listen``'s is 0; else the next port when it
+    is free at init, else a free port chosen now.
 
-    Always a concrete port, written into the config: the daemon listens there on every start, so an agent's
-    enrollment or self-renewal address stays valid across restarts (a port 0 would move on each start)."""
+    A concrete ``listen`` gets a concrete enrollment port, written into the config: the daemon listens there on
+    every start, so an agent's enrollment or self-renewal address stays valid across restarts (a port 0 would
+    move on each start)."""
     import socket
     host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return f"{host}:0"
     bare = host.strip("[]")
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    for candidate in ((int(port) + 1,) if 0 < int(port) < 65535 else ()) + (0,):
+    for candidate in ((int(port) + 1,) if int(port) < 65535 else ()) + (0,):
         try:
             with socket.socket(family) as probe:
                 probe.bind((bare, candidate))

@@ -55,6 +55,21 @@ def softhsm2_module():
     return SOFTHSM2
 
 
+def pytest_configure(config):
+    """Remember which test opened each aiosqlite connection, so a leak names its test (see below)."""
+    import aiosqlite
+
+    init = aiosqlite.Connection.__init__
+    if getattr(init, "_cns_tracked", False):
+        return
+
+    def tracked(self, *a, **kw):
+        init(self, *a, **kw)
+        self._cns_opened_by = os.environ.get("PYTEST_CURRENT_TEST", "outside a test")
+    tracked._cns_tracked = True
+    aiosqlite.Connection.__init__ = tracked
+
+
 def pytest_sessionfinish(session, exitstatus):
     """An aiosqlite connection a test left open keeps a non-daemon worker thread alive, and the run then
     never exits after its summary (seen: CI would sit until its time limit). Stop any such connection and
@@ -70,7 +85,9 @@ def pytest_sessionfinish(session, exitstatus):
             warnings.simplefilter("ignore")
             conn.stop()
     if leaked:
-        print(f"\nconftest: stopped {len(leaked)} aiosqlite connection(s) a test left open")
+        where = sorted({getattr(c, "_cns_opened_by", "?") for c in leaked})
+        print(f"\nconftest: stopped {len(leaked)} aiosqlite connection(s) a test left open, opened by: "
+              + "; ".join(where))
     session.config._cns_exitstatus = exitstatus
 
 

@@ -18,7 +18,9 @@ from tests.ca import support
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    return support.make_ca(None, template=support.ca_dir(tmp_path_factory.mktemp("ocsp-hostile")))
+    ca = support.make_ca(None, template=support.ca_dir(tmp_path_factory.mktemp("ocsp-hostile")))
+    yield ca
+    asyncio.run(ca.close())   # its index connection's worker thread would outlive the run (it hung after the summary)
 
 
 def _request(ca, serial: int, nonces=(), *, requests: int = 1) -> bytes:
