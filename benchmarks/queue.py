@@ -38,11 +38,11 @@ from cryptography.x509.oid import NameOID
 from benchmarks.issue import raw_sign_rate
 from personalizer import codice_fiscale, config, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
-from personalizer.broker import Broker, IssueInput
-from personalizer.relay import Relay
+from personalizer.outbox.broker import Broker, IssueInput
+from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
 from personalizer.store import RequestStore
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
 TARGET_ENQUEUE = 1000.0

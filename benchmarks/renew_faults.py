@@ -60,15 +60,15 @@ from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import config as pconfig
 from personalizer import deploy
-from personalizer.broker import Broker, ChangeInput, IssueInput, RenewalRules, RenewInput
+from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewalRules, RenewInput
 from personalizer.ca.base import CertRef
 from personalizer.errors import CAUnavailable, InvalidRequest, PersonalizerError
-from personalizer.policy import CircuitBreaker, RetryPolicy
-from personalizer.relay import Relay
+from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
+from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
-from personalizer.service import STATE_ENUMS, record_to_proto, status_to_proto
+from personalizer.edge.service import STATE_ENUMS, record_to_proto, status_to_proto
 from personalizer.store import RequestStore
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 
 KINDS = ("tear", "drop", "sw", "kill", "kill-answered", "down", "ca-error", "ca-timeout", "ca-lost")
 WRITE_INS = {"mark": "D6", "generate-key": "46", "write-cert": "D6", "switch": "D8", "cleanup": "EA", "unmark": "D6"}

@@ -22,7 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from personalizer import config, deploy, tls_clients
+from personalizer import config, deploy
+
+from personalizer.edge import tls_clients
 from personalizer.errors import PersonalizerError
 
 EXIT_ERROR = 1
@@ -154,7 +156,7 @@ def _revoke_client(opts) -> int:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from personalizer import identity
+    from personalizer.edge import identity
 
     cfg = config.load(opts.config)
     crl = cfg.server.client_crl

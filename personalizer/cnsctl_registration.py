@@ -12,7 +12,7 @@ are judged here first (``cns_spec`` rules, ``registrations.check_form``) so a
 mistake costs no call, and judged again by the personalizer. ``InputError``
 names the file and the key; ``cnsctl`` prints it as one line.
 
-Imports proto, ``cns_spec`` and ``personalizer.registrations`` / ``validation`` (pure); never the agent.
+Imports proto, ``cns_spec`` and ``personalizer.rules.registrations`` / ``validation`` (pure); never the agent.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import datetime as _dt
 import tomllib
 from pathlib import Path
 
-from personalizer import registrations
+from personalizer.rules import registrations
 from personalizer.errors import InvalidRequest
 from proto.cns.v1 import common_pb2, registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 
@@ -61,7 +61,7 @@ def load_holder(path: Path) -> dict[str, str]:
         if not out.get(key, "").strip():
             raise InputError(f"{path}: holder.{key}: missing; expected a non-empty string")
     try:
-        from personalizer import validation
+        from personalizer.rules import validation
         holder = validation.check_holder(out["codice_fiscale"], out["given_name"], out["surname"], out["birth_date"])
         registrations.check_card_fields(holder, out.get("sex", ""), out.get("birth_town", ""))
     except InvalidRequest as exc:

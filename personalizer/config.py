@@ -123,10 +123,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personalizer import validation
+from personalizer.rules import validation
 from personalizer.ca.signing import default_workers
 from personalizer.errors import ConfigError
-from personalizer.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar, WindowError, check_window
+from personalizer.outbox.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar, WindowError, check_window
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 KEY_STORES = ("file", "pkcs11")

@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from personalizer.ca import profiles
 from personalizer.ca.keys import save_encrypted_key, write_private
 from personalizer.errors import PersonalizerError
-from personalizer.identity import ROLE_ADMIN, ROLE_IR, ROLE_STATION, identity_uri
-from personalizer.tls_clients import write_empty_crl
+from personalizer.edge.identity import ROLE_ADMIN, ROLE_IR, ROLE_STATION, identity_uri
+from personalizer.edge.tls_clients import write_empty_crl
 
 DEFAULT_CA_KEY_BITS = 3072
 CA_KEY_BITS_RANGE = (2048, 8192)

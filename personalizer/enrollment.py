@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cns_spec import enrollment_code
 from personalizer.ca import profiles
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
-from personalizer.identity import ROLE_STATION, identity_uri
+from personalizer.edge.identity import ROLE_STATION, identity_uri
 from personalizer.store import AuditEntry, RequestStore
-from personalizer import tls_clients
+from personalizer.edge import tls_clients
 
 STATION_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 CHAMBER_RE = r"[A-Z]{2,4}"

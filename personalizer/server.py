@@ -33,9 +33,9 @@ from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from personalizer import identity
-from personalizer.admin_service import QueueAdminService
-from personalizer.broker import Broker, RenewalRules
+from personalizer.edge import identity
+from personalizer.edge.admin_service import QueueAdminService
+from personalizer.outbox.broker import Broker, RenewalRules
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector
 from personalizer.ca.embedded import EmbeddedCA
@@ -43,14 +43,14 @@ from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
 from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
-from personalizer.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
-from personalizer.policy import CircuitBreaker, RetryPolicy
-from personalizer.health import HealthServicer
-from personalizer.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
-from personalizer.relay import Relay
-from personalizer.service import SERVICE_NAME, PersonalizerService
+from personalizer.outbox.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
+from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
+from personalizer.edge.health import HealthServicer
+from personalizer.edge.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
+from personalizer.outbox.relay import Relay
+from personalizer.edge.service import SERVICE_NAME, PersonalizerService
 from personalizer.store import RequestStore
-from personalizer.tls_clients import ClientTrust
+from personalizer.edge.tls_clients import ClientTrust
 from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc, registrations_pb2_grpc
 from proto.wire import DecodeInterceptor
 
@@ -59,7 +59,7 @@ ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["QueueAdmin"].full_na
 log = logging.getLogger(__name__)
 
 # 12 MiB: a registration's signed request form (≤ 10 MiB, registrations.MAX_FORM_BYTES) must reach the
-# handler to get its clear message; every other field stays bounded by personalizer.limits.
+# handler to get its clear message; every other field stays bounded by personalizer.edge.limits.
 MAX_MESSAGE_BYTES = 12 << 20
 
 
@@ -234,7 +234,7 @@ class Daemon:
     def _add_enrollment(self, broker) -> None:
         """[enrollment]: StationAdmin on the mTLS port, StationEnrollment alone on its own port."""
         from personalizer.enrollment import Enrollment
-        from personalizer.enrollment_service import StationAdminService, build_enrollment_server
+        from personalizer.edge.enrollment_service import StationAdminService, build_enrollment_server
         from proto.cns.v1 import enrollment_pb2_grpc
         e, s = self.cfg.enrollment, self.cfg.server
         try:

@@ -5,7 +5,7 @@
 
 No station certificate: the personalizer's enrollment port (TLS, server
 authenticated by ``--trust`` only) takes the renewal because the card signs it
-with its current keys after the holder's PIN (``personalizer.self_renewal``).
+with its current keys after the holder's PIN (``personalizer.edge.self_renewal``).
 The renewal is the operator's — ``agent.ops.renew.Renewer``, same steps,
 journal and recovery — with ``agent.uplink.self_renewal.HolderUplink``; the
 journal lives in ``--data-dir`` (default ``$XDG_DATA_HOME/cns-agent/holder``).

@@ -25,7 +25,7 @@ caller's journal keeps the step open and retries later. Other refusals are
 reported per certificate (``error``), never raised half-way.
 
 A station may revoke only certificates its own chamber requested
-(``personalizer.service.PersonalizerService._change``); that is always the case
+(``personalizer.edge.service.PersonalizerService._change``); that is always the case
 for certificates of its own operations.
 
 Imports ``agent.ops.errors`` only; ``uplink`` is an open

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
-from personalizer.validation import Holder
+from personalizer.rules.validation import Holder
 
 
 @dataclass(frozen=True)

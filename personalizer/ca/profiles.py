@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from cns_spec import holder as holder_rules
-from personalizer import validation
+from personalizer.rules import validation
 from personalizer.ca.base import CertificateSubject
 
 # Certificate policies

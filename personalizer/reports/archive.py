@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from personalizer.outbox import ISSUANCE_KINDS, IssuancePayload
+from personalizer.outbox.payloads import ISSUANCE_KINDS, IssuancePayload
 from personalizer.reports import bundle
 from personalizer.reports.bundle import ReportError
 

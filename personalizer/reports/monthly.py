@@ -21,7 +21,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from personalizer.outbox import KINDS
+from personalizer.outbox.payloads import KINDS
 from personalizer.reports import bundle
 from personalizer.reports.bundle import ReportError
 from personalizer.store import Q_LIST_STOCK, Q_STOCK_USED, StockEntry, stock_balance

@@ -9,14 +9,14 @@ import shutil
 import pytest
 
 from personalizer import config, deploy
-from personalizer.broker import Broker, IssueInput, RenewalRules
+from personalizer.outbox.broker import Broker, IssueInput, RenewalRules
 from personalizer.ca.base import CAHealth
 from personalizer.errors import CAUnavailable
-from personalizer.policy import CircuitBreaker, RetryPolicy
-from personalizer.relay import Relay
+from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
+from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
 from personalizer.store import RequestStore
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.personalizer import helpers
 
 ROME = dt.timezone(dt.timedelta(hours=1))   # CET; the tests pick winter dates

@@ -19,8 +19,8 @@ import uuid
 import grpc
 import pytest
 
-from personalizer.broker import Broker, IssueInput
-from personalizer.outbox import IssuancePayload
+from personalizer.outbox.broker import Broker, IssueInput
+from personalizer.outbox.payloads import IssuancePayload
 from personalizer.store import AuditEntry, RequestRecord, RequestStore
 from proto.cns.v1 import admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc

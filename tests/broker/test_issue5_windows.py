@@ -11,10 +11,10 @@ import time
 import uuid
 
 from personalizer import config
-from personalizer.broker import ChangeInput
+from personalizer.outbox.broker import ChangeInput
 from personalizer.ca.base import CertRef
 from personalizer.server import build_ca
-from personalizer.windows import DEFAULT_HOURS, ServiceCalendar
+from personalizer.outbox.windows import DEFAULT_HOURS, ServiceCalendar
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.broker.conftest import ROME, issue_input
 from tests.ca import support

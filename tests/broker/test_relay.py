@@ -8,10 +8,10 @@ import sqlite3
 import pytest
 
 from personalizer.ca.base import CertRef
-from personalizer.broker import ChangeInput
+from personalizer.outbox.broker import ChangeInput
 from personalizer.errors import FailedPrecondition
 from personalizer.store import RequestStore
-from personalizer.windows import Maintenance, ServiceCalendar
+from personalizer.outbox.windows import Maintenance, ServiceCalendar
 from tests.broker.conftest import ROME, FakeClock, issue_input
 
 
@@ -228,7 +228,7 @@ def test_audit_table_is_append_only_in_sql(make_env, monday_noon, tmp_path):
 
 def test_italian_calendar():
     cal = ServiceCalendar()
-    from personalizer.windows import easter_sunday, italian_holidays
+    from personalizer.outbox.windows import easter_sunday, italian_holidays
     assert easter_sunday(2026) == dt.date(2026, 4, 5) and easter_sunday(2027) == dt.date(2027, 3, 28)
     assert dt.date(2027, 3, 29) in italian_holidays(2027)                      # Pasquetta
     assert not cal.is_open(dt.datetime(2027, 3, 29, 10, tzinfo=dt.timezone.utc))

@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from personalizer.broker import ChangeInput, RenewalRules, RenewInput
+from personalizer.outbox.broker import ChangeInput, RenewalRules, RenewInput
 from personalizer.ca.base import CertRef
 from personalizer.errors import FailedPrecondition, InvalidRequest
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import FakeClock, issue_input
 from tests.personalizer import helpers
 

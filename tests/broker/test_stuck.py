@@ -19,13 +19,13 @@ import uuid
 
 from cryptography import x509
 
-from personalizer.broker import ChangeInput
+from personalizer.outbox.broker import ChangeInput
 from personalizer.ca.base import CertRef
-from personalizer.outbox import KIND_ISSUE, LANE_OF, IssuancePayload
+from personalizer.outbox.payloads import KIND_ISSUE, LANE_OF, IssuancePayload
 from personalizer.pki import PkiPublisher
-from personalizer.relay import STALE_CLAIM_SECONDS
+from personalizer.outbox.relay import STALE_CLAIM_SECONDS
 from personalizer.store import AuditEntry, RequestRecord
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import FakeClock, issue_input
 from tests.personalizer import helpers
 

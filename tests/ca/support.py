@@ -17,7 +17,7 @@ from personalizer import deploy
 from personalizer.ca.base import CertificateSubject
 from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner
-from personalizer.validation import Holder
+from personalizer.rules.validation import Holder
 
 VENV_BIN = Path(sys.executable).parent
 CA_KEY_BITS = 2048

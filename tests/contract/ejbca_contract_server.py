@@ -44,7 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from personalizer.ca.base import CertificateSubject
 from personalizer.ca.embedded import EmbeddedCA
-from personalizer.validation import Holder
+from personalizer.rules.validation import Holder
 
 API = "/ejbca/ejbca-rest-api/"
 HEALTH = "/ejbca/publicweb/healthcheck/ejbcahealth"

@@ -15,7 +15,7 @@ from tests.personalizer import helpers
 
 PERSONALIZER = protofuzz.methods_of(personalizer_pb2.DESCRIPTOR, "Personalizer")
 ADMIN = protofuzz.methods_of(admin_pb2.DESCRIPTOR, "QueueAdmin")
-# Health.List included: personalizer.health implements it (grpcio-health-checking's aio servicer does not)
+# Health.List included: personalizer.edge.health implements it (grpcio-health-checking's aio servicer does not)
 HEALTH = protofuzz.methods_of(health_pb2.DESCRIPTOR, "Health")
 AGENT = protofuzz.methods_of(agent_pb2.DESCRIPTOR, "AgentLocal")
 

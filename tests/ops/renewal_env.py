@@ -157,7 +157,7 @@ class ThreadedPersonalizer:
         self.daemon.relay.calendar = _closed_calendar()
 
     def open_window(self) -> None:
-        from personalizer.windows import ServiceCalendar
+        from personalizer.outbox.windows import ServiceCalendar
         self.window_closed = False
         self.daemon.relay.calendar = ServiceCalendar(always_open=True)
         self.loop.call_soon_threadsafe(self.daemon.relay.wake)
@@ -178,7 +178,7 @@ class ThreadedPersonalizer:
 
 
 def _closed_calendar():
-    from personalizer.windows import ServiceCalendar
+    from personalizer.outbox.windows import ServiceCalendar
     return ServiceCalendar(hours={d: None for d in range(7)}, national_holidays=False)
 
 

@@ -25,7 +25,7 @@ import pytest
 
 import station_config
 from agent.uplink.client import PersonalizerClient
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb
 from tests.broker.conftest import Env, FakeClock
 from tests.personalizer import helpers
@@ -221,7 +221,7 @@ def test_refusals_are_rate_limited_per_identity(trail):
     """300 refused calls from one station leave a bounded number of rows, the last saying how many
     were not written; the calls themselves are still refused, and other identities are still recorded."""
     rows, marks, _ = trail
-    from personalizer.audit import REFUSAL_BURST
+    from personalizer.outbox.audit import REFUSAL_BURST
     assert marks["flood_code"] == grpc.StatusCode.PERMISSION_DENIED
     assert marks["flood_rows"] <= REFUSAL_BURST + 2, marks["flood_rows"]
     assert marks["other_identity_rows"] == 1
@@ -319,7 +319,7 @@ def test_audit_filters(readonly_store, trail):
 
 
 def test_refusal_limiter_counts_what_it_leaves_out():
-    from personalizer.audit import RefusalLimiter
+    from personalizer.outbox.audit import RefusalLimiter
     now = [0.0]
     lim = RefusalLimiter(burst=3, rate=1.0, clock=lambda: now[0], max_identities=2)
     assert [lim.admit("a") for _ in range(5)] == [0, 0, 0, None, None]

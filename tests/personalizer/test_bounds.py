@@ -10,9 +10,9 @@ import uuid
 import grpc
 import pytest
 
-from personalizer import limits
+from personalizer.edge import limits
 from personalizer.errors import InvalidRequest
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from proto.cns.v1 import admin_pb2 as apb, common_pb2, personalizer_pb2 as pb
 from tests.broker.conftest import Env, FakeClock
 from tests.personalizer import helpers

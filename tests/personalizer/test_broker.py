@@ -5,12 +5,14 @@ import asyncio
 
 import pytest
 
-from personalizer import config, validation
-from personalizer.broker import Broker, IssueInput
+from personalizer import config
+
+from personalizer.rules import validation
+from personalizer.outbox.broker import Broker, IssueInput
 from personalizer.errors import InvalidRequest
-from personalizer.relay import Relay
+from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from personalizer.store import STATE_ISSUED, RequestRecord, RequestStore
 from tests.personalizer import helpers
 

@@ -5,7 +5,9 @@ import datetime as dt
 
 import pytest
 
-from personalizer import config, windows
+from personalizer import config
+
+from personalizer.outbox import windows
 from personalizer.errors import ConfigError
 
 BASE = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=180)

@@ -6,7 +6,7 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from personalizer.health import HealthServicer
+from personalizer.edge.health import HealthServicer
 
 
 def test_list_names_every_service_with_its_status():

@@ -155,7 +155,7 @@ def test_profiles_never_build_a_subject_with_a_control_character(given):
     from cns_spec.holder import HolderDataError
     from personalizer.ca import profiles
     from personalizer.ca.base import CertificateSubject
-    from personalizer.validation import Holder
+    from personalizer.rules.validation import Holder
     subject = CertificateSubject(Holder(helpers.CF, given, "ROSSI", dt.date(1980, 1, 1)), helpers.CARD_ID, "h" * 28)
     for build in (profiles.cns_auth_subject, profiles.qualified_subject):
         with pytest.raises(HolderDataError) as ei:

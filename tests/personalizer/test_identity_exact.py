@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
 
-from personalizer import identity
+from personalizer.edge import identity
 from personalizer.errors import Unauthenticated
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.broker.conftest import Env, FakeClock
 from tests.personalizer import helpers
@@ -168,7 +168,7 @@ def test_client_crl_reload_keeps_the_last_good_list(deployment, tmp_path):
     """A garbage CRL, or one older than the one in force (a rollback), does not unrevoke anything."""
     import shutil
 
-    from personalizer import tls_clients
+    from personalizer.edge import tls_clients
 
     tls = deployment.root / "tls"
     crl = tmp_path / "client-crl.pem"

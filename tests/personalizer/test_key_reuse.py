@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from personalizer.broker import RenewInput
+from personalizer.outbox.broker import RenewInput
 from personalizer.errors import InvalidRequest
 from personalizer.store import AuditEntry
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env, FakeClock, issue_input
 from tests.personalizer import helpers
 from tests.support import keys
@@ -209,7 +209,7 @@ def test_the_daemon_answers_key_reuse_with_invalid_argument_on_csr_der(station_s
 
 def test_a_request_accepted_before_the_rule_binds_its_key_when_issued(deployment, tmp_path):
     """Queued by an older version (no key row) and issued after the upgrade: its key is bound then."""
-    from personalizer.outbox import KIND_ISSUE, LANE_OF, IssuancePayload
+    from personalizer.outbox.payloads import KIND_ISSUE, LANE_OF, IssuancePayload
     from personalizer.store import RequestRecord
     clock = FakeClock(dt.datetime.now(dt.timezone.utc))
 

@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from personalizer.broker import RenewInput
+from personalizer.outbox.broker import RenewInput
 from personalizer.errors import InvalidRequest
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env, FakeClock, issue_input
 from tests.personalizer import helpers
 

@@ -19,12 +19,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from personalizer import config, identity
-from personalizer.admin_service import QueueAdminService
-from personalizer.relay import RELAY_ACTOR
-from personalizer.service import PersonalizerService
-from personalizer.tls_clients import ClientTrust
-from personalizer.windows import ServiceCalendar
+from personalizer import config
+
+from personalizer.edge import identity
+from personalizer.edge.admin_service import QueueAdminService
+from personalizer.outbox.relay import RELAY_ACTOR
+from personalizer.edge.service import PersonalizerService
+from personalizer.edge.tls_clients import ClientTrust
+from personalizer.outbox.windows import ServiceCalendar
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, common_pb2
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.broker.conftest import Env, FakeClock, issue_input

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from personalizer import validation, codice_fiscale as cf, config, dati_personali
+from personalizer import codice_fiscale as cf, config, dati_personali
+
+from personalizer.rules import validation
 from personalizer.errors import ConfigError
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import grpc
 
-from personalizer import config, identity
-from personalizer.registration_service import RegistrationsService
+from personalizer import config
+
+from personalizer.edge import identity
+from personalizer.edge.registration_service import RegistrationsService
 from personalizer.server import server_options
-from personalizer.service import PersonalizerService
-from personalizer.tls_clients import ClientTrust
+from personalizer.edge.service import PersonalizerService
+from personalizer.edge.tls_clients import ClientTrust
 from proto.cns.v1 import common_pb2, personalizer_pb2_grpc as pb_grpc, registrations_pb2 as rpb
 from proto.cns.v1 import registrations_pb2_grpc as rpb_grpc
 from proto.wire import DecodeInterceptor

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from personalizer import registrations
+from personalizer.rules import registrations
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc, registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 from tests.cli.conftest import one_line_error, run, with_endpoint
 from tests.personalizer import helpers

@@ -16,9 +16,9 @@ import uuid
 import grpc
 import pytest
 
-from personalizer import registrations
+from personalizer.rules import registrations
 from personalizer.errors import FailedPrecondition
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from proto.cns.v1 import personalizer_pb2 as pb, registrations_pb2 as rpb
 from tests.broker.conftest import Env, FakeClock, issue_input
 from tests.personalizer import helpers
@@ -200,7 +200,7 @@ def test_two_stations_racing_for_one_registration_issue_one_card(deployment, tmp
     async def scenario(env, srv, clock):
         reg = (await srv.registrations("ir").RegisterHolder(register_request(), timeout=T)).registration_id
         inputs = [dict(vars(issue_input(n)), registration_id=reg) for n in (1, 2)]
-        from personalizer.broker import IssueInput
+        from personalizer.outbox.broker import IssueInput
         results = await asyncio.gather(*(env.broker.submit_issue(IssueInput(**i), actor=STATION_URI)
                                          for i in inputs), return_exceptions=True)
         stored = [await env.store.get_request(i["request_id"]) for i in inputs]

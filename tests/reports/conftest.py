@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from personalizer import deploy
-from personalizer.broker import ChangeInput
+from personalizer.outbox.broker import ChangeInput
 from personalizer.ca.base import CertRef
 from personalizer.store import AuditEntry
-from personalizer.windows import ServiceCalendar
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env, FakeClock, issue_input
 
 ROME = ZoneInfo("Europe/Rome")

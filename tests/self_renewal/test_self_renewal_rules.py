@@ -1,4 +1,4 @@
-"""Holder self-renewal at the personalizer (personalizer.self_renewal): accepted in the window with the card's
+"""Holder self-renewal at the personalizer (personalizer.edge.self_renewal): accepted in the window with the card's
 proof, audited as the holder with mode self-renewal; refused — one audit row each — for a suspended, revoked or
 expired certificate, outside the window, beyond the device life, a bad proof and a replayed proof."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from personalizer.broker import ChangeInput, RenewalRules
+from personalizer.outbox.broker import ChangeInput, RenewalRules
 from personalizer.ca.base import CertRef
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, RequestConflict
-from personalizer.self_renewal import SelfRenewal
-from personalizer.windows import ServiceCalendar
+from personalizer.edge.self_renewal import SelfRenewal
+from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import FakeClock, issue_input
 from tests.personalizer import helpers
 

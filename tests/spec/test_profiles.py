@@ -14,7 +14,8 @@ def test_keysets_map_to_the_two_profiles_and_back():
 def test_agent_and_personalizer_use_the_one_map():
     from agent.ops import personalize, renew
     from agent.uplink import client
-    from personalizer import service, validation
+    from personalizer.edge import service
+    from personalizer.rules import validation
     from proto.cns.v1 import personalizer_pb2 as pb
 
     assert personalize.PROFILE_OF_KEYSET is renew.PROFILE_OF_KEYSET is profiles.PROFILE_OF_KEYSET

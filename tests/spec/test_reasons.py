@@ -48,7 +48,7 @@ def test_check_refuses_anything_else_naming_the_known_ones(given):
 def test_agent_and_personalizer_use_the_one_list():
     from agent.commands import lifecycle as cli
     from agent.ops import lifecycle as ops
-    from personalizer import lifecycle as rules
+    from personalizer.rules import lifecycle as rules
     from personalizer.ca import reasons as ca_reasons
     from personalizer.errors import InvalidRequest
 

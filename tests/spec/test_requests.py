@@ -23,7 +23,8 @@ def test_terminal_states_and_names_for_messages():
 
 def test_agent_and_personalizer_use_it():
     from agent.ops import follow, lifecycle, personalize, renew
-    from personalizer import service, store
+    from personalizer import store
+    from personalizer.edge import service
 
     assert follow.TERMINAL == requests.TERMINAL_CODES
     assert (personalize.STATE_ISSUED, personalize.STATE_FAILED, personalize.STATE_CANCELLED) == (3, 4, 6)

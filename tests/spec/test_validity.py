@@ -46,7 +46,7 @@ def test_device_life_edge(now, new_validity, outlives):
 
 def test_both_sides_use_it():
     from agent.ops import renew
-    from personalizer import lifecycle
+    from personalizer.rules import lifecycle
 
     assert not hasattr(lifecycle, "add_years") and not hasattr(renew, "_add_years")
     assert renew.DEFAULT_DEVICE_LIFE_YEARS == lifecycle.DEVICE_LIFE_YEARS == validity.DEVICE_LIFE_YEARS == 6

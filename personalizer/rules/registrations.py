@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from cns_spec import holder as cns_holder
 from cns_spec.text import TextPolicyError, check_text, normalize
-from personalizer import validation
+from personalizer.rules import validation
 from personalizer.errors import FailedPrecondition, InvalidRequest, PermissionDenied
 
 MAX_FORM_BYTES = 10 * 1024 * 1024

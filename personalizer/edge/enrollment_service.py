@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import grpc
 
-from personalizer import identity
+from personalizer.edge import identity
 from personalizer.enrollment import Enrollment, EnrollLimiter, IssuedStation, peer_host
-from personalizer.service import _translate
+from personalizer.edge.service import _translate
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.wire import DecodeInterceptor
 
@@ -57,7 +57,7 @@ class StationAdminService(epb_grpc.StationAdminServicer):
 
     async def audit_refusal(self, *, actor, station_id, method, request, exc) -> None:
         if self._broker is not None:
-            from personalizer.service import audit_denied
+            from personalizer.edge.service import audit_denied
             await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request,
                                exc=exc)
 
@@ -111,7 +111,7 @@ def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: byt
     epb_grpc.add_StationEnrollmentServicer_to_server(
         StationEnrollmentService(enrollment, EnrollLimiter(per_peer=attempts_per_minute)), server)
     if broker is not None:
-        from personalizer.self_renewal import HolderRenewalService
+        from personalizer.edge.self_renewal import HolderRenewalService
         from proto.cns.v1 import self_renewal_pb2_grpc
         self_renewal_pb2_grpc.add_HolderRenewalServicer_to_server(
             HolderRenewalService(broker, relay, limiter=EnrollLimiter(per_peer=attempts_per_minute)), server)

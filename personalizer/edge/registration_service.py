@@ -1,7 +1,7 @@
 """The Registrations gRPC servicer: deferred issuance's first step (issue 19), proto ↔ rules and store.
 
 ``RegisterHolder`` (IR only, by ``identity.METHOD_ROLES``): the holder and the
-form are judged by ``personalizer.registrations`` before anything is written;
+form are judged by ``personalizer.rules.registrations`` before anything is written;
 then the registration, its form and its audit row (``registration-add``: the
 IR as actor and operator, the holder's codice fiscale, the form's SHA-256) are
 one transaction. ``GetRegistration`` / ``ListRegistrations``: the caller's
@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from personalizer import identity, registrations
-from personalizer.broker import Broker
+from personalizer.edge import identity
+
+from personalizer.rules import registrations
+from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound
-from personalizer.service import _translate, audit_denied
+from personalizer.edge.service import _translate, audit_denied
 from personalizer.store import AuditEntry
 from proto.cns.v1 import common_pb2, registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 

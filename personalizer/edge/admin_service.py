@@ -16,11 +16,15 @@ import datetime as _dt
 import re
 import uuid
 
-from personalizer import identity, validation, windows
-from personalizer.broker import Broker
+from personalizer.edge import identity
+
+from personalizer.rules import validation
+
+from personalizer.outbox import windows
+from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
-from personalizer.relay import Relay
-from personalizer.service import STATE_ENUMS, _translate, audit_denied
+from personalizer.outbox.relay import Relay
+from personalizer.edge.service import STATE_ENUMS, _translate, audit_denied
 from personalizer.store import AuditEntry, RequestRecord
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
 

@@ -49,18 +49,18 @@ from collections.abc import Awaitable, Callable
 
 from cryptography import x509
 
-from personalizer import validation
+from personalizer.rules import validation
 from personalizer.ca.base import CAConnector, CertificateSubject, CertRef, CertState
 from personalizer.ca.errors import InvalidTransition
 from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, NotFound, NotSupported,
                                  PersonalizerError, RequestConflict, StoreError)
-from personalizer.metrics import CAMetrics
-from personalizer.outbox import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
+from personalizer.outbox.metrics import CAMetrics
+from personalizer.outbox.payloads import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
                                  ChangePayload, IssuancePayload)
-from personalizer.policy import CircuitBreaker, RetryPolicy
+from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
 from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, OutboxPayload, RequestRecord, RequestStore
-from personalizer.windows import Maintenance, ServiceCalendar, active_maintenance
-from personalizer.windows import from_rows as windows_from_rows
+from personalizer.outbox.windows import Maintenance, ServiceCalendar, active_maintenance
+from personalizer.outbox.windows import from_rows as windows_from_rows
 
 log = logging.getLogger(__name__)
 RELAY_ACTOR = "relay"

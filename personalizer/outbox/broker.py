@@ -39,13 +39,13 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from personalizer import lifecycle, registrations, validation
-from personalizer.audit import RefusalLimiter
+from personalizer.rules import lifecycle, registrations, validation
+from personalizer.outbox.audit import RefusalLimiter
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict,
                                  StoreError)
-from personalizer.outbox import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
+from personalizer.outbox.payloads import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
 from personalizer.store import (STATE_PENDING, STATE_RECEIVED, AuditEntry, KeyAlreadyCertified, KeyBinding,
                                 OutboxPayload, RequestRecord, RequestStore)

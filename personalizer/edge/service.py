@@ -13,7 +13,7 @@ naming the call's operation (``OPERATION_NAMES``) and the requester's operator,
 rate-limited per identity by the broker; a certificate status read writes one
 ``status`` row, naming the operator of the read's optional ``requester`` ("" when
 the station sends none). Invalid lifecycle transitions and renewals
-(``personalizer.lifecycle``) come back as FAILED_PRECONDITION with the reason.
+(``personalizer.rules.lifecycle``) come back as FAILED_PRECONDITION with the reason.
 """
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ import logging
 import grpc
 from cryptography import x509
 
-from personalizer import identity, limits, validation
-from personalizer.broker import Broker, ChangeInput, IssueInput, RenewInput
+from personalizer.edge import identity, limits
+
+from personalizer.rules import validation
+from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo
 from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, PersonalizerError
-from personalizer.metrics import CAMetrics
-from personalizer.outbox import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
-from personalizer.relay import Relay
+from personalizer.outbox.metrics import CAMetrics
+from personalizer.outbox.payloads import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
+from personalizer.outbox.relay import Relay
 from personalizer.store import STATE_DONE, AuditEntry, RequestRecord
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 

@@ -36,13 +36,13 @@ from __future__ import annotations
 import grpc
 from cryptography import x509
 
-from personalizer import limits
-from personalizer.broker import Broker, ChangeInput, RenewInput
+from personalizer.edge import limits
+from personalizer.outbox.broker import Broker, ChangeInput, RenewInput
 from personalizer.ca.base import CertRef
 from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
-from personalizer.lifecycle import holder_cf
-from personalizer.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
+from personalizer.rules.lifecycle import holder_cf
+from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
 from proto.cns.v1 import self_renewal_pb2_grpc as srpb_grpc
 
 MODE = "self-renewal"

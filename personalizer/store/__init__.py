@@ -61,8 +61,8 @@ import aiosqlite
 from cns_spec import requests
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
-from personalizer.registrations import Registration
-from personalizer.validation import certificate_key_sha256
+from personalizer.rules.registrations import Registration
+from personalizer.rules.validation import certificate_key_sha256
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
@@ -148,7 +148,7 @@ CREATE TRIGGER IF NOT EXISTS stock_no_update BEFORE UPDATE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS stock_no_delete BEFORE DELETE ON stock_ledger
     BEGIN SELECT RAISE(ABORT, 'the stock ledger is append-only'); END;
--- Deferred issuance (personalizer.registrations): a holder registered by an IR, used once by one request.
+-- Deferred issuance (personalizer.rules.registrations): a holder registered by an IR, used once by one request.
 CREATE TABLE IF NOT EXISTS registrations (
     registration_id   TEXT PRIMARY KEY,
     chamber_code      TEXT NOT NULL,

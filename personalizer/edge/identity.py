@@ -49,7 +49,7 @@ import grpc
 from cryptography import x509
 
 from personalizer.errors import PermissionDenied, Unauthenticated
-from personalizer.tls_clients import ClientTrust
+from personalizer.edge.tls_clients import ClientTrust
 
 log = logging.getLogger(__name__)
 UNAUTHENTICATED_ACTOR = "unauthenticated"

@@ -1,0 +1,7 @@
+"""The outbox: every CA call goes through it, durably.
+
+``broker`` (front door: idempotency, validation, watchers), ``relay`` (delivers due rows to the CA at least once,
+never issuing twice), ``payloads`` (what a row carries and its lane), ``policy`` (retry and circuit breaker, pure),
+``windows`` (the CA's service calendar and planned maintenance, pure), ``metrics`` (CA health figures).
+Imports rules, store and ca; never grpc or proto.
+"""
