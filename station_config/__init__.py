@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "StationConfigError",
+__all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "UpdatesSection", "StationConfigError",
            "load", "ROLES"]
 
 ROLE_STATION = "station"
@@ -28,6 +28,7 @@ STATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CHAMBER_RE = re.compile(r"^[A-Z]{2,4}$")
 ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 PROXY_RE = re.compile(r"^https?://[^\s/]+(:[0-9]{1,5})?/?$")
+UPDATES_URL_RE = re.compile(r"^https?://[^\s/]+(/[^\s]*)?$")
 PEM_MARKER = b"-----BEGIN "
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_KEEPALIVE_S = 20.0        # below common proxy idle timeouts (REFERENCE.md §5)
@@ -90,6 +91,13 @@ class RenewalSection:
 
 
 @dataclass(frozen=True)
+class UpdatesSection:
+    """The release repository (TUF over plain HTTP) the agent takes token releases and its own builds from."""
+    url: str                       # base URL: {url}/metadata/, {url}/targets/
+    proxy: str | None = None       # http://HOST:PORT forward proxy for it; None = direct
+
+
+@dataclass(frozen=True)
 class StationConfig:
     source: Path
     station: StationSection
@@ -97,6 +105,7 @@ class StationConfig:
     proxy: ProxySection | None
     cards: CardsSection = CardsSection(None, False)
     renewal: RenewalSection = RenewalSection()
+    updates: UpdatesSection | None = None
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -110,6 +119,7 @@ _SECTIONS = {
     "proxy": {"url", "no_proxy"},
     "cards": {"admin_keys", "allow_test_admin_keys"},
     "renewal": {"window_days"},
+    "updates": {"url", "proxy"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 _RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
@@ -244,5 +254,9 @@ def load(path: str | Path) -> StationConfig:
         if not 1 <= days <= 366:
             raise ld.fail("renewal.window_days", f"expected 1 to 366 days, got {days}")
         renewal = RenewalSection(window_days=days)
+    updates = None
+    if "updates" in data:
+        updates = UpdatesSection(url=ld.pattern("updates", "url", UPDATES_URL_RE, "http(s)://HOST[:PORT]/PATH"),
+                                 proxy=ld.pattern("updates", "proxy", PROXY_RE, "http://HOST[:PORT]", optional=True))
     return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards,
-                         renewal=renewal)
+                         renewal=renewal, updates=updates)
