@@ -10,7 +10,7 @@ were announced with ``expect()`` is downloaded by ``download_file`` into a parti
   (``retries`` times, with a short backoff), never from zero;
 * every chunk is checked against its signed hash as soon as it is complete: a bad chunk is caught
   after at most one chunk (1 MiB), the partial file is removed and ``DownloadError`` raised;
-* never more than the target's signed length is read (a server sending an endless file is cut off).
+* reading stops at the target's signed length (a server sending an endless file is cut off there).
 
 ``progress(done, total)`` is called after each chunk. ``proxy`` is an ``http://HOST:PORT`` URL
 (the station config's ``[updates] proxy``); the environment's proxy variables are not used.
@@ -168,9 +168,6 @@ class RangeFetcher(FetcherInterface):
                     for block in resp.stream(_READ):
                         self.bytes_received += len(block)
                         buf += block
-                        if offset + len(buf) > plan.length:
-                            raise exceptions.DownloadLengthMismatchError(
-                                f"{url}: the server sends more than the signed {plan.length} bytes")
                         while buf and index < len(plan.chunks):
                             size = min(plan.chunk_size, plan.length - index * plan.chunk_size)
                             if len(buf) < size:
@@ -186,6 +183,8 @@ class RangeFetcher(FetcherInterface):
                             index += 1
                             if self.progress:
                                 self.progress(offset, plan.length)
+                        if offset == plan.length:
+                            break          # every signed byte is here: whatever else the server sends is not read
                 except urllib3.exceptions.TimeoutError as exc:
                     raise exceptions.SlowRetrievalError(f"{url}: stalled at byte {offset}") from exc
                 except urllib3.exceptions.HTTPError as exc:
