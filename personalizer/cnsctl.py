@@ -11,6 +11,7 @@ Commands (more come with the fleet issues)::
            --station-id ID --chamber RM [--reason R] | station list [--chamber RM]
     cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
     cnsctl --config ir.toml registration add --holder H.toml --form F.pdf [--expires-days N] | show ID | list [--all]
+    cnsctl release init|add|sign|publish|rotate|list --repo DIR ...   (no --config: personalizer.cnsctl_release)
 
 The config is a station configuration (station_config schema) with
 ``role = "admin"`` (``role = "ir"`` for a recognition officer's ``registration``, in
@@ -36,7 +37,7 @@ from station_config import channel
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
-from personalizer import cnsctl_registration
+from personalizer import cnsctl_registration, cnsctl_release
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -192,7 +193,7 @@ def _cert_find(ch, opts, timeout) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cnsctl", description="Central IT client of the CNS personalizer")
-    ap.add_argument("--config", required=True, help="station configuration TOML with an admin identity")
+    ap.add_argument("--config", help="station configuration TOML with an admin identity (all but 'release')")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dr", action="store_true", help="talk to the disaster-recovery endpoint")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--cf", metavar="CODICE_FISCALE", help="the holder's codice fiscale")
     cf.set_defaults(func=_cert_find)
     cnsctl_registration.add_parser(sub, positive_int)
+    cnsctl_release.add_parser(sub)
     return ap
 
 
@@ -328,6 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     _accept_json_after_the_command(parser)
     opts = parser.parse_args(argv)
     cfg = None
+    if getattr(opts, "offline", False):                # cnsctl release: a local repository, no personalizer call
+        try:
+            _print(cnsctl_release.run(opts), opts.json)
+        except cnsctl_release.ERRORS as exc:
+            print(f"cnsctl: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except OSError as exc:
+            print(f"cnsctl: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        return 0
+    if not opts.config:
+        parser.error("--config is required for this command")
     try:
         cfg = station_config.load(opts.config)
         if opts.dr and not cfg.personalizer.dr:

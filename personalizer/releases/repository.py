@@ -192,7 +192,7 @@ class ReleaseRepo:
     def _add_target(self, md: Metadata, tf: TargetFile) -> None:
         old = md.signed.targets.get(tf.path)
         if old is not None and old.hashes != tf.hashes:
-            raise ReleaseError(f"{tf.path} is already published with other content; give it a new version")
+            raise ReleaseError(f"{tf.path} is already in the repository with other content; give it a new version")
         md.signed.targets[tf.path] = tf
 
     def add_token_release(self, spec_file: Path) -> spec.Release:
