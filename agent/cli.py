@@ -20,7 +20,7 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service")
+COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service", "update")
 
 
 def build_parser() -> argparse.ArgumentParser:
