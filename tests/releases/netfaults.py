@@ -2,7 +2,7 @@
 
 It stands for the station's corporate proxy (the agent must use it: every request it relays is
 recorded) and for a bad network (``cut_after``: the first N responses are cut after ``cut_bytes``
-body-and-header bytes, as a dropped connection).
+body-and-header bytes, as a dropped connection; ``stall``: they hang instead, as a stalled server).
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class _Handler(socketserver.BaseRequestHandler):
                     break
                 if budget is not None and sent + len(block) > budget:
                     self.request.sendall(block[:budget - sent])
+                    if srv.stall_s:                      # a server that stops sending but keeps the connection
+                        srv.stopped.wait(srv.stall_s)
                     self.request.shutdown(socket.SHUT_RDWR)
                     return
                 self.request.sendall(block)
@@ -60,6 +62,8 @@ class FaultyProxy(socketserver.ThreadingTCPServer):
         self.lock = threading.Lock()
         self.cut_remaining = 0
         self.cut_bytes = 0
+        self.stall_s = 0.0
+        self.stopped = threading.Event()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
 
@@ -71,6 +75,12 @@ class FaultyProxy(socketserver.ThreadingTCPServer):
         with self.lock:
             self.cut_remaining, self.cut_bytes = responses, after_bytes
 
+    def stall(self, responses: int, after_bytes: int, seconds: float) -> None:
+        """The next ``responses`` stop after ``after_bytes`` and hang for ``seconds`` before closing."""
+        with self.lock:
+            self.cut_remaining, self.cut_bytes, self.stall_s = responses, after_bytes, seconds
+
     def close(self) -> None:
+        self.stopped.set()
         self.shutdown()
         self.server_close()

@@ -127,3 +127,19 @@ def test_a_missing_target_file_is_an_http_error_and_nothing_is_kept(served, make
     with pytest.raises(UpdateError, match="HTTP 404"):
         c.download(target)
     assert not (c.targets_dir / target).exists()
+
+
+def test_a_stalled_server_is_given_up_after_the_timeout_and_retries_with_a_clear_error(served, make_release,
+                                                                                      new_client, proxy):
+    rel = make_release("1.0.0", {"firmware": ("2.1", BIG)})
+    c = new_client(proxy=proxy.url, timeout_s=0.5, retries=1)
+    c.refresh()
+    c.info(rel.component("firmware").target)
+    proxy.stall(responses=2, after_bytes=MiB + 5000, seconds=10)
+    with pytest.raises(UpdateError, match="too slow"):
+        c.download(rel.component("firmware").target)
+    assert not (c.targets_dir / rel.component("firmware").target).exists()
+    # what was verified stays for the next attempt: it resumes instead of starting over
+    proxy.cut(0, 0)
+    assert c.download(rel.component("firmware").target).read_bytes() == BIG
+    assert _gets(served, ".firmware-2.1")[-1][1] == "bytes=2097152-"     # two stalled tries verified 1 MiB each
