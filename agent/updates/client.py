@@ -9,7 +9,7 @@ rollback, signature thresholds, mix-and-match checks are ngclient's); ``token_re
 checked chunk by chunk and then whole. Every refusal is an ``UpdateError`` with one line.
 
 ``url`` is the repository's base (``{url}/metadata/``, ``{url}/targets/``) on any plain HTTP file
-server. (Offline install from a folder is not done yet.)
+server, or a folder holding the same tree (offline: a release copied to a folder or a USB stick).
 """
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ class UpdateClient:
         if bootstrap_root is None and not (self.meta_dir / "root.json").is_file():
             raise UpdateError(f"{self.meta_dir}: no trusted root.json yet; install the one central IT publishes "
                               "(cns-agent update --trust ROOT.json)")
+        if "://" not in url:              # a folder: the TUF repository copied to a USB stick, read with the same checks
+            url = Path(url).resolve().as_uri()
         self.url = url.rstrip("/")
         self.fetcher = RangeFetcher(self.state_dir / "partial", proxy=proxy, progress=progress, retries=retries,
                                     timeout_s=timeout_s)

@@ -12,6 +12,7 @@ were announced with ``expect()`` is downloaded by ``download_file`` into a parti
   after at most one chunk (1 MiB), the partial file is removed and ``DownloadError`` raised;
 * reading stops at the target's signed length (a server sending an endless file is cut off there).
 
+``file://`` URLs (a release copied to a folder or a USB stick) go through the same checks.
 ``progress(done, total)`` is called after each chunk. ``proxy`` is an ``http://HOST:PORT`` URL
 (the station config's ``[updates] proxy``); the environment's proxy variables are not used.
 """
@@ -46,6 +47,37 @@ class ChunkMismatch(exceptions.DownloadError):
     """A chunk's bytes do not match the hash signed for it."""
 
 
+class _FileResponse:
+    """A ``file://`` URL read like an HTTP response (a release copied to a folder or a USB stick): the same
+    range, length and chunk checks apply."""
+
+    def __init__(self, f, status: int):
+        self._f, self.status = f, status
+
+    @classmethod
+    def open(cls, url: str, headers: dict) -> "_FileResponse":
+        from urllib.parse import unquote, urlsplit
+        path = Path(unquote(urlsplit(url).path))
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise exceptions.DownloadHTTPError(f"{path}: no such file (HTTP 404 equivalent)", 404) from None
+        except OSError as exc:
+            raise exceptions.DownloadError(f"{path}: cannot read: {exc.strerror}") from None
+        rng = headers.get("Range", "")
+        if rng.startswith("bytes=") and rng.endswith("-"):
+            f.seek(int(rng[6:-1]))
+            return cls(f, 206)
+        return cls(f, 200)
+
+    def stream(self, n: int):
+        while block := self._f.read(n):
+            yield block
+
+    def release_conn(self) -> None:
+        self._f.close()
+
+
 class RangeFetcher(FetcherInterface):
     def __init__(self, partial_dir: Path, *, proxy: str | None = None, timeout_s: float = 30.0, retries: int = 5,
                  backoff_s: float = 0.2, progress: Callable[[int, int], None] | None = None,
@@ -70,8 +102,10 @@ class RangeFetcher(FetcherInterface):
             raise exceptions.RepositoryError(f"{url}: its chunk list does not match its length")
         self._plans[url] = plan
 
-    def _get(self, url: str, headers: dict | None = None) -> urllib3.BaseHTTPResponse:
+    def _get(self, url: str, headers: dict | None = None):
         self.requests += 1
+        if url.startswith("file://"):
+            return _FileResponse.open(url, headers or {})
         try:
             resp = self._http.request("GET", url, headers=headers or {}, preload_content=False,
                                       timeout=self.timeout, redirect=False)

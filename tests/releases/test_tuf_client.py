@@ -184,3 +184,19 @@ def test_garbage_from_the_server_is_a_clear_refusal(served, make_release, new_cl
 def test_an_agent_without_a_trusted_root_says_how_to_get_one(tmp_path):
     with pytest.raises(UpdateError, match="no trusted root.json"):
         UpdateClient(tmp_path / "s", "http://127.0.0.1:9")
+
+
+def test_a_release_copied_to_a_folder_installs_with_the_same_checks(served, make_release, tmp_path):
+    rel = make_release("1.0.0", {"firmware": ("2.1", FW)})
+    usb = tmp_path / "usb stick"
+    shutil.copytree(served.repo.served, usb)
+    c = UpdateClient(tmp_path / "offline-agent", str(usb), bootstrap_root=served.first_root())
+    [got] = c.token_releases("tok1")
+    assert c.download(got.component("firmware").target).read_bytes() == FW
+    # a stick whose image was altered is refused like a mirror would be
+    d, _, base = rel.component("firmware").target.rpartition("/")
+    [blob] = (usb / "targets" / d).glob(f"*.{base}")
+    blob.write_bytes(FW[:-1] + b"\0")
+    c2 = UpdateClient(tmp_path / "offline-agent-2", str(usb), bootstrap_root=served.first_root())
+    with pytest.raises(UpdateError, match="chunk 3 .*does not match its signed hash"):
+        c2.download(rel.component("firmware").target)
