@@ -103,14 +103,26 @@ class UpdateClient:
             raise UpdateError(f"{path}: not offered by the release repository")
         return ti
 
-    def download(self, path: str, dest: Path | None = None) -> Path:
-        """Download ``path`` (verified by chunk and whole) to ``dest`` or the targets folder."""
+    def _previous_version(self, path: str) -> Path | None:
+        """A component downloaded earlier (``components/M/NAME-OLDVERSION``): the seed for a delta download."""
+        d, _, base = path.rpartition("/")
+        if not path.startswith("components/") or "-" not in base:
+            return None
+        name = base.rsplit("-", 1)[0]
+        older = [p for p in (self.targets_dir / d).glob(f"{name}-*") if p.name != base and p.is_file()]
+        return max(older, key=lambda p: p.stat().st_mtime) if older else None
+
+    def download(self, path: str, dest: Path | None = None, seed: Path | None = None) -> Path:
+        """Download ``path`` (verified by chunk and whole) to ``dest`` or the targets folder. Chunks that
+        ``seed`` (default: the previous version of the same component, if kept) already has are not
+        downloaded again."""
         ti = self.info(path)
         cns = (ti.custom or {}).get("cns") if isinstance(ti.custom, dict) else None
         url = self._url_of(ti)
         if isinstance(cns, dict) and isinstance(cns.get("chunks"), list):
             try:
-                self.fetcher.expect(url, ChunkPlan(ti.length, int(cns["chunk_size"]), tuple(cns["chunks"])))
+                self.fetcher.expect(url, ChunkPlan(ti.length, int(cns["chunk_size"]), tuple(cns["chunks"])),
+                                    seed=seed or self._previous_version(path))
             except (exceptions.RepositoryError, KeyError, TypeError, ValueError) as exc:
                 raise UpdateError(f"{path}: its signed chunk list is unusable ({exc}): refused") from None
         dest = Path(dest) if dest else self.targets_dir / path

@@ -10,6 +10,8 @@ were announced with ``expect()`` is downloaded by ``download_file`` into a parti
   (``retries`` times, with a short backoff), never from zero;
 * every chunk is checked against its signed hash as soon as it is complete: a bad chunk is caught
   after at most one chunk (1 MiB), the partial file is removed and ``DownloadError`` raised;
+* with a seed (the previous version of the same image kept locally), chunks whose signed hash the seed
+  has are copied from it and only the runs of changed chunks are requested (``Range: bytes=A-B``);
 * reading stops at the target's signed length (a server sending an endless file is cut off there).
 
 ``file://`` URLs (a release copied to a folder or a USB stick) go through the same checks.
@@ -51,8 +53,8 @@ class _FileResponse:
     """A ``file://`` URL read like an HTTP response (a release copied to a folder or a USB stick): the same
     range, length and chunk checks apply."""
 
-    def __init__(self, f, status: int):
-        self._f, self.status = f, status
+    def __init__(self, f, status: int, length: int | None = None):
+        self._f, self.status, self._left = f, status, length
 
     @classmethod
     def open(cls, url: str, headers: dict) -> "_FileResponse":
@@ -65,13 +67,20 @@ class _FileResponse:
         except OSError as exc:
             raise exceptions.DownloadError(f"{path}: cannot read: {exc.strerror}") from None
         rng = headers.get("Range", "")
-        if rng.startswith("bytes=") and rng.endswith("-"):
-            f.seek(int(rng[6:-1]))
-            return cls(f, 206)
+        if rng.startswith("bytes="):
+            first, _, last = rng[6:].partition("-")
+            f.seek(int(first))
+            return cls(f, 206, int(last) - int(first) + 1 if last else None)
         return cls(f, 200)
 
     def stream(self, n: int):
-        while block := self._f.read(n):
+        left = self._left
+        while left is None or left > 0:
+            block = self._f.read(n if left is None else min(n, left))
+            if not block:
+                return
+            if left is not None:
+                left -= len(block)
             yield block
 
     def release_conn(self) -> None:
@@ -92,15 +101,21 @@ class RangeFetcher(FetcherInterface):
         self._http = (urllib3.ProxyManager(proxy, headers=headers, retries=False) if proxy
                       else urllib3.PoolManager(headers=headers, retries=False))
         self._plans: dict[str, ChunkPlan] = {}
+        self._seeds: dict[str, Path] = {}
+        self.bytes_reused = 0          # bytes copied from a seed instead of downloaded
         self.requests = 0              # HTTP requests made (for tests and the benchmark)
         self.bytes_received = 0        # body bytes received
 
-    def expect(self, url: str, plan: ChunkPlan) -> None:
-        """Announce the signed chunk hashes of the target at ``url`` (from its TUF ``custom`` field)."""
+    def expect(self, url: str, plan: ChunkPlan, seed: Path | None = None) -> None:
+        """Announce the signed chunk hashes of the target at ``url`` (from its TUF ``custom`` field), and
+        optionally a ``seed``: an older version of it on this machine whose matching chunks are copied
+        instead of downloaded (each still checked against the signed hash)."""
         n = -(-plan.length // plan.chunk_size) if plan.length else 0
         if plan.chunk_size < 1024 or len(plan.chunks) != n:
             raise exceptions.RepositoryError(f"{url}: its chunk list does not match its length")
         self._plans[url] = plan
+        if seed is not None:
+            self._seeds[url] = Path(seed)
 
     def _get(self, url: str, headers: dict | None = None):
         self.requests += 1
@@ -186,24 +201,68 @@ class RangeFetcher(FetcherInterface):
             f.close()
             path.unlink(missing_ok=True)    # verified and copied by the caller, or refused: not kept either way
 
-    def _download_from(self, url: str, path: Path, plan: ChunkPlan, offset: int) -> int:
-        """Download from ``offset`` (a chunk boundary) to the end or until the connection breaks; return the
-        offset of verified bytes on disk. Raises ``ChunkMismatch`` at the first chunk that is wrong."""
-        resp = self._get(url, {"Range": f"bytes={offset}-"} if offset else None)
+    def _seed_chunks(self, url: str, plan: ChunkPlan) -> dict[str, int]:
+        """Chunk hash → offset in the seed file (an older version of the same target kept locally)."""
+        seed = self._seeds.get(url)
+        if seed is None:
+            return {}
+        out: dict[str, int] = {}
         try:
-            if offset and resp.status != 206:      # the server ignored the range: start over, counted as such
-                offset = 0
-            index = offset // plan.chunk_size
-            buf = bytearray()
-            with open(path, "r+b" if offset else "wb") as out:
-                out.truncate(offset)
-                out.seek(offset)
+            with open(seed, "rb") as f:
+                pos = 0
+                while block := f.read(plan.chunk_size):
+                    out.setdefault(hashlib.sha256(block).hexdigest(), pos)
+                    pos += len(block)
+        except OSError:
+            return {}
+        return out
+
+    def _download_from(self, url: str, path: Path, plan: ChunkPlan, offset: int) -> int:
+        """From ``offset`` (a chunk boundary): copy the chunks the seed already has, then download the next run
+        of missing chunks with one range request, until the end or the connection breaks; return the offset of
+        verified bytes on disk. Raises ``ChunkMismatch`` at the first chunk that is wrong."""
+        have = self._seed_chunks(url, plan)
+        cs, n = plan.chunk_size, len(plan.chunks)
+        with open(path, "r+b" if offset else "wb") as out:
+            out.truncate(offset)
+            out.seek(offset)
+            index = offset // cs
+            if have:
+                with open(self._seeds[url], "rb") as seed:
+                    while index < n and plan.chunks[index] in have:
+                        seed.seek(have[plan.chunks[index]])
+                        chunk = seed.read(min(cs, plan.length - index * cs))
+                        if hashlib.sha256(chunk).hexdigest() != plan.chunks[index]:
+                            break                       # the seed changed under us: download this one
+                        out.write(chunk)
+                        offset += len(chunk)
+                        index += 1
+                        self.bytes_reused += len(chunk)
+                        if self.progress:
+                            self.progress(offset, plan.length)
+                out.flush()
+            if offset == plan.length:
+                os.fsync(out.fileno())
+                return offset
+            j = index
+            while j < n and plan.chunks[j] not in have:
+                j += 1
+            end = min(j * cs, plan.length)
+            ranged = offset > 0 or end < plan.length
+            last = "" if end == plan.length else str(end - 1)
+            resp = self._get(url, {"Range": f"bytes={offset}-{last}"} if ranged else None)
+            try:
+                if ranged and resp.status != 206:      # the server ignored the range: take the body from byte 0
+                    offset, index, end = 0, 0, plan.length
+                    out.truncate(0)
+                    out.seek(0)
+                buf = bytearray()
                 try:
                     for block in resp.stream(_READ):
                         self.bytes_received += len(block)
                         buf += block
-                        while buf and index < len(plan.chunks):
-                            size = min(plan.chunk_size, plan.length - index * plan.chunk_size)
+                        while buf and offset < end:
+                            size = min(cs, plan.length - index * cs)
                             if len(buf) < size:
                                 break
                             chunk = bytes(buf[:size])
@@ -217,15 +276,15 @@ class RangeFetcher(FetcherInterface):
                             index += 1
                             if self.progress:
                                 self.progress(offset, plan.length)
-                        if offset == plan.length:
-                            break          # every signed byte is here: whatever else the server sends is not read
+                        if offset >= end:
+                            break          # every byte asked for is here: whatever else the server sends is not read
                 except urllib3.exceptions.TimeoutError as exc:
                     raise exceptions.SlowRetrievalError(f"{url}: stalled at byte {offset}") from exc
                 except urllib3.exceptions.HTTPError as exc:
                     raise exceptions.DownloadError(f"{url}: connection lost at byte {offset}: {exc}") from exc
+            finally:
+                resp.release_conn()
                 os.fsync(out.fileno())
-            if offset < plan.length:
-                raise exceptions.DownloadError(f"{url}: the connection closed at byte {offset} of {plan.length}")
-            return offset
-        finally:
-            resp.release_conn()
+        if offset < end:
+            raise exceptions.DownloadError(f"{url}: the connection closed at byte {offset} of {plan.length}")
+        return offset

@@ -143,3 +143,34 @@ def test_a_stalled_server_is_given_up_after_the_timeout_and_retries_with_a_clear
     proxy.cut(0, 0)
     assert c.download(rel.component("firmware").target).read_bytes() == BIG
     assert _gets(served, ".firmware-2.1")[-1][1] == "bytes=2097152-"     # two stalled tries verified 1 MiB each
+
+
+def test_a_new_release_downloads_only_the_changed_chunks(served, make_release, new_client):
+    old = image(8 * MiB + 777, seed=11)
+    new = bytearray(old)
+    new[3 * MiB + 100: 3 * MiB + 200] = b"\x55" * 100            # one block changed in chunk 3
+    new[7 * MiB + 5] ^= 1                                       # and one byte in chunk 7
+    new = bytes(new)
+    r1 = make_release("1.0.0", {"cdrom": ("3.0", old)})
+    r2 = make_release("1.1.0", {"cdrom": ("3.1", new)})
+    c = new_client()
+    c.download(r1.component("cdrom").target)                    # the token's current image, kept by the agent
+    before = c.fetcher.bytes_received
+    assert c.download(r2.component("cdrom").target).read_bytes() == new
+    received = c.fetcher.bytes_received - before
+    assert received <= 2 * MiB + 64 * 1024                       # the two changed chunks (plus one read block)
+    assert c.fetcher.bytes_reused == 6 * MiB + 777                 # the seven unchanged chunks, copied locally
+    ranges = [g[1] for g in _gets(served, ".cdrom-3.1")]
+    assert ranges == [f"bytes={3 * MiB}-{4 * MiB - 1}", f"bytes={7 * MiB}-{8 * MiB - 1}"]
+
+
+def test_a_seed_whose_chunk_rotted_is_not_trusted_for_that_chunk(served, make_release, new_client, tmp_path):
+    data = image(4 * MiB, seed=12)
+    rel = make_release("1.0.0", {"cdrom": ("3.0", data)})
+    seed = tmp_path / "seed.img"
+    bad = bytearray(data)
+    bad[MiB + 1] ^= 0xFF
+    seed.write_bytes(bytes(bad))
+    c = new_client()
+    assert c.download(rel.component("cdrom").target, seed=seed).read_bytes() == data
+    assert [g[1] for g in _gets(served, ".cdrom-3.0")] == [f"bytes={MiB}-{2 * MiB - 1}"]
