@@ -102,6 +102,7 @@ class RangeFetcher(FetcherInterface):
                       else urllib3.PoolManager(headers=headers, retries=False))
         self._plans: dict[str, ChunkPlan] = {}
         self._seeds: dict[str, Path] = {}
+        self._seed_index: dict[str, dict[str, int]] = {}
         self.bytes_reused = 0          # bytes copied from a seed instead of downloaded
         self.requests = 0              # HTTP requests made (for tests and the benchmark)
         self.bytes_received = 0        # body bytes received
@@ -194,6 +195,7 @@ class RangeFetcher(FetcherInterface):
                 log.info("download of %s interrupted (%s); resuming at byte %d", url, exc, offset)
                 time.sleep(self.backoff_s * attempts)
                 offset = self._good_prefix(path, plan)
+        self._seed_index.pop(url, None)
         f = open(path, "rb")
         try:
             yield f
@@ -206,7 +208,9 @@ class RangeFetcher(FetcherInterface):
         seed = self._seeds.get(url)
         if seed is None:
             return {}
-        out: dict[str, int] = {}
+        if url in self._seed_index:
+            return self._seed_index[url]
+        out: dict[str, int] = self._seed_index.setdefault(url, {})
         try:
             with open(seed, "rb") as f:
                 pos = 0
