@@ -21,7 +21,7 @@ from pathlib import Path
 from personalizer.releases import keys as keymod
 from personalizer.releases.repository import ReleaseError, ReleaseRepo
 
-ERRORS = (ReleaseError, keymod.KeyError_)
+ERRORS = (ReleaseError, keymod.KeyFileError)
 
 
 def _init(opts) -> dict:
@@ -67,7 +67,8 @@ def _rotate(opts) -> dict:
 
 
 def _list(opts) -> dict:
-    return {"releases": ReleaseRepo(opts.repo).list()}
+    repo = ReleaseRepo(opts.repo)
+    return {"releases": repo.list(), "expires": repo.expiries()}
 
 
 def add_parser(sub) -> None:

@@ -125,6 +125,10 @@ class UpdateClient:
                                     seed=seed or self._previous_version(path))
             except (exceptions.RepositoryError, KeyError, TypeError, ValueError) as exc:
                 raise UpdateError(f"{path}: its signed chunk list is unusable ({exc}): refused") from None
+        if dest is None:
+            parts = Path(path).parts
+            if not parts or Path(path).is_absolute() or ".." in parts:
+                raise UpdateError(f"{path!r}: not a target path this agent writes (absolute or with ..): refused")
         dest = Path(dest) if dest else self.targets_dir / path
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -17,7 +17,7 @@ OFFLINE_ROLES = ("root", "targets")
 ONLINE_ROLES = ("snapshot", "timestamp")
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that cannot be used (names the file)."""
 
 
@@ -39,11 +39,11 @@ def load(path: Path) -> CryptoSigner:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read the key: {exc.strerror or exc}") from None
+        raise KeyFileError(f"{path}: cannot read the key: {exc.strerror or exc}") from None
     try:
         return CryptoSigner(load_pem_private_key(data, password=None))
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"{path}: not an unencrypted PEM private key: {exc}") from None
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key: {exc}") from None
 
 
 def role_of(path: Path) -> str:
@@ -53,7 +53,7 @@ def role_of(path: Path) -> str:
 def load_folder(folder: Path, roles: tuple[str, ...] | None = None) -> dict[str, list[CryptoSigner]]:
     """Every ``<role>-<n>.pem`` in ``folder`` (only ``roles`` when given), by role."""
     if not folder.is_dir():
-        raise KeyError_(f"{folder}: no such key folder")
+        raise KeyFileError(f"{folder}: no such key folder")
     out: dict[str, list[CryptoSigner]] = {}
     for p in sorted(folder.glob("*-*.pem")):
         role = role_of(p)

@@ -150,13 +150,12 @@ class ReleaseRepo:
         _atomic_write(self.staged_dir / f"{role}.json", _to_bytes(md))
 
     def _targets_for_edit(self) -> Metadata:
-        staged = self._staged("targets")
-        if staged is not None:
-            staged.signatures.clear()          # the payload changes: every earlier signature is void
-            return staged
-        md = self._latest("targets")
-        md.signed.version += 1
-        md.signatures.clear()
+        md = self._staged("targets")
+        if md is None:
+            md = self._latest("targets")
+            md.signed.version += 1
+        md.signatures.clear()                  # the payload changes: every earlier signature is void
+        md.signed.expires = _now() + _dt.timedelta(days=self.expiry_days["targets"])
         return md
 
     # ---- adding targets -------------------------------------------------------------------------------------
@@ -374,6 +373,12 @@ class ReleaseRepo:
         return {"snapshot": snap_v, "timestamp": ts_v}
 
     # ---- listing --------------------------------------------------------------------------------------------
+    def expiries(self) -> dict[str, str]:
+        """When each published role expires (targets and root need the offline keys to be renewed in time:
+        ``release add`` or ``release rotate``; snapshot and timestamp by the periodic ``release publish``)."""
+        return {role: self._latest(role).signed.expires.isoformat() for role in ("root", "targets", "snapshot",
+                                                                                  "timestamp")}
+
     def list(self) -> list[dict]:
         rows = []
         for state, md in (("published", self._latest("targets")), ("staged", self._staged("targets"))):

@@ -91,3 +91,17 @@ def test_release_commands_need_no_personalizer_config_but_others_still_do(repo, 
     assert exc.value.code == 2 and "--config is required" in capsys.readouterr().err
     rc, _, err = run(capsys, "release", "list", "--repo", str(repo / "nowhere"))
     assert rc == 1 and "not a release repository; create one with 'cnsctl release init'" in err
+
+
+def test_each_release_renews_the_targets_expiry_and_list_shows_every_expiry(tmp_path, capsys):
+    import datetime as dt
+    from personalizer.releases.repository import ReleaseRepo
+    repo = ReleaseRepo.init(tmp_path / "r", tmp_path / "off", tmp_path / "on", expiry_days={"targets": 30})
+    first = dt.datetime.fromisoformat(repo.expiries()["targets"])
+    repo.expiry_days["targets"] = 60                   # later: the policy allows longer, or simply time has passed
+    repo.add_token_release(write_release(tmp_path / "in", "tok1", "1.0.0", {"firmware": ("2.1", b"fw")}))
+    repo.sign(tmp_path / "off")
+    repo.publish(tmp_path / "on")
+    assert dt.datetime.fromisoformat(repo.expiries()["targets"]) - first >= dt.timedelta(days=29)
+    rc, out, _ = run(capsys, "release", "list", "--repo", str(tmp_path / "r"), "--json")
+    assert rc == 0 and set(json.loads(out)["expires"]) == {"root", "targets", "snapshot", "timestamp"}
