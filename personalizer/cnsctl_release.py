@@ -6,7 +6,7 @@
     cnsctl release add --repo DIR --agent BINARY --agent-version V [--platform linux-x86_64]
     cnsctl release sign --repo DIR --keys OFFLINE_DIR                (root/targets keys; mount them only to sign)
     cnsctl release publish --repo DIR --online-keys DIR              (snapshot + timestamp; also the periodic refresh)
-    cnsctl release rotate --repo DIR --role ROLE --offline-keys DIR --online-keys DIR
+    cnsctl release rotate --repo DIR --role ROLE --offline-keys DIR --online-keys DIR [--keys N --threshold K]
     cnsctl release list --repo DIR
 
 Works on a local repository folder and needs no personalizer connection (no ``--config``): the
@@ -61,8 +61,9 @@ def _publish(opts) -> dict:
 
 
 def _rotate(opts) -> dict:
-    path = ReleaseRepo(opts.repo).rotate(opts.role, opts.offline_keys, opts.online_keys)
-    return {"new_key": str(path), "next": f"cnsctl release sign --repo {opts.repo} --keys OFFLINE_KEYS (old and new "
+    paths = ReleaseRepo(opts.repo).rotate(opts.role, opts.offline_keys, opts.online_keys, keys=opts.keys,
+                                          threshold=opts.threshold)
+    return {"new_keys": [str(p) for p in paths], "next": f"cnsctl release sign --repo {opts.repo} --keys OFFLINE_KEYS (old and new "
                                           "root keys), then publish"}
 
 
@@ -98,6 +99,8 @@ def add_parser(sub) -> None:
     p.add_argument("--online-keys", type=Path, required=True)
     p = cmd("rotate", _rotate, "replace a role's keys by a new key (stages a new root)")
     p.add_argument("--role", required=True, choices=["root", "targets", "snapshot", "timestamp"])
+    p.add_argument("--keys", type=int, default=None, help="number of new keys (default: as many as now)")
+    p.add_argument("--threshold", type=int, default=None, help="signatures required (default: as now)")
     p.add_argument("--offline-keys", type=Path, required=True)
     p.add_argument("--online-keys", type=Path, required=True)
     cmd("list", _list, "releases and agent builds, published and staged")

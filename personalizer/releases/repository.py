@@ -260,32 +260,42 @@ class ReleaseRepo:
         return tpath
 
     # ---- key rotation ---------------------------------------------------------------------------------------
-    def rotate(self, role: str, offline_keys: Path, online_keys: Path) -> Path:
-        """Stage a new root replacing ``role``'s keys by one new key (written to the offline or online folder).
-        The new root needs the old root's threshold and the new one's (``sign`` with both key sets)."""
+    def rotate(self, role: str, offline_keys: Path, online_keys: Path, *, keys: int | None = None,
+               threshold: int | None = None) -> list[Path]:
+        """Stage a new root replacing all of ``role``'s keys by ``keys`` new ones (default: as many as now) with
+        ``threshold`` (default: as now), written to the offline or online folder. The new root needs the old
+        root's threshold and the new one's (``sign`` with both key sets). ``role = "root"`` with the same
+        keys is not offered: every rotation also renews the root's expiry."""
         if role not in ("root", "targets", "snapshot", "timestamp"):
             raise ReleaseError(f"--role {role!r}: expected root, targets, snapshot or timestamp")
         md = self._staged("root") or self._latest("root")
         if self._staged("root") is None:
             md.signed.version += 1
-            md.signed.expires = _now() + _dt.timedelta(days=self.expiry_days["root"])
+        md.signed.expires = _now() + _dt.timedelta(days=self.expiry_days["root"])
         md.signatures.clear()
+        keys = keys or len(md.signed.roles[role].keyids)
+        threshold = threshold or min(md.signed.roles[role].threshold, keys)
+        if not 1 <= threshold <= keys:
+            raise ReleaseError(f"--threshold {threshold}: must be from 1 to the number of keys ({keys})")
         folder = Path(offline_keys if role in keymod.OFFLINE_ROLES else online_keys)
-        path, signer = keymod.generate(folder, role)
         for keyid in list(md.signed.roles[role].keyids):
             md.signed.revoke_key(keyid, role)
-        md.signed.add_key(signer.public_key, role)
-        md.signed.roles[role].threshold = 1
+        paths = []
+        for _ in range(keys):
+            path, signer = keymod.generate(folder, role)
+            md.signed.add_key(signer.public_key, role)
+            paths.append(path)
+        md.signed.roles[role].threshold = threshold
         self._stage("root", md)
         if role == "targets":       # the published targets carry the old key's signature: stage a re-signing
             self._stage("targets", self._targets_for_edit())
-        return path
+        return paths
 
     # ---- signing --------------------------------------------------------------------------------------------
     def sign(self, key_folder: Path) -> list[SignReport]:
         """Add the signatures of the keys in ``key_folder`` to what is staged; report each role's count."""
         found = keymod.load_folder(Path(key_folder), keymod.OFFLINE_ROLES)
-        reports = []
+        reports, added = [], 0
         staged_root = self._staged("root")
         if staged_root is not None:
             old = self._latest("root").signed
@@ -293,26 +303,30 @@ class ReleaseRepo:
             for s in found.get("root", []):
                 if s.public_key.keyid in allowed:
                     staged_root.sign(s, append=True)
+                    added += 1
             self._stage("root", staged_root)
-            reports.append(self._count("root", staged_root, staged_root.signed))
+            reports.append(self._count("root (old keys)", staged_root, old, "root"))
+            reports.append(self._count("root (new keys)", staged_root, staged_root.signed, "root"))
         staged_targets = self._staged("targets")
         if staged_targets is not None:
             r = (staged_root or self._latest("root")).signed
             for s in found.get("targets", []):
                 if s.public_key.keyid in r.roles["targets"].keyids:
                     staged_targets.sign(s, append=True)
+                    added += 1
             self._stage("targets", staged_targets)
             reports.append(self._count("targets", staged_targets, r))
         if not reports:
             raise ReleaseError("nothing is staged to sign; run 'cnsctl release add' or 'release rotate' first")
-        if not any(r.signatures for r in reports):
+        if not added:
             raise ReleaseError(f"{key_folder}: none of its keys is a root or targets key of this repository")
         return reports
 
     @staticmethod
-    def _count(role: str, md: Metadata, delegator: Root) -> SignReport:
+    def _count(label: str, md: Metadata, delegator: Root, role: str | None = None) -> SignReport:
+        role = role or label
         res = delegator.get_verification_result(role, md.signed_bytes, md.signatures)
-        return SignReport(role, md.signed.version, len(res.signed), delegator.roles[role].threshold)
+        return SignReport(label, md.signed.version, len(res.signed), delegator.roles[role].threshold)
 
     # ---- publishing -----------------------------------------------------------------------------------------
     def publish(self, online_keys: Path, *, expires: dict[str, _dt.datetime] | None = None) -> dict[str, int]:

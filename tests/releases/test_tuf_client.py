@@ -126,7 +126,7 @@ def test_the_client_follows_a_root_and_targets_key_rotation(served, make_release
     served.repo.rotate("root", served.offline, served.online)
     served.repo.rotate("targets", served.offline, served.online)
     reports = {r.role: r for r in served.repo.sign(served.offline)}     # old root key + new root key sign
-    assert reports["root"].signatures >= reports["root"].threshold
+    assert all(reports[k].signatures >= reports[k].threshold for k in ("root (old keys)", "root (new keys)", "targets"))
     served.repo.publish(served.online)
     for p in old_targets_keys:
         p.unlink()                                                       # the old targets key is retired
@@ -200,3 +200,34 @@ def test_a_release_copied_to_a_folder_installs_with_the_same_checks(served, make
     c2 = UpdateClient(tmp_path / "offline-agent-2", str(usb), bootstrap_root=served.first_root())
     with pytest.raises(UpdateError, match="chunk 3 .*does not match its signed hash"):
         c2.download(rel.component("firmware").target)
+
+
+def test_a_rotation_to_two_of_three_root_keys_needs_both_thresholds(served, make_release, new_client, tmp_path):
+    from personalizer import cnsctl
+    from personalizer.releases.repository import ReleaseError
+    make_release("1.0.0", {"firmware": ("2.1", FW)})
+    new_client().refresh()
+    old_root_keys = tmp_path / "old-root-key"
+    old_root_keys.mkdir()
+    for p in served.offline.glob("root-*.pem"):
+        p.rename(old_root_keys / p.name)
+    assert cnsctl.main(["release", "rotate", "--repo", str(served.repo.root), "--role", "root", "--keys", "3",
+                        "--threshold", "2", "--offline-keys", str(served.offline),
+                        "--online-keys", str(served.online)]) == 0
+    new_keys = sorted(served.offline.glob("root-*.pem"))
+    assert len(new_keys) == 3
+    served.repo.sign(old_root_keys)                           # the old root's 1-of-1
+    with pytest.raises(ReleaseError, match="not signed by enough keys"):
+        served.repo.publish(served.online)                    # the new root's 2-of-3 is still missing
+    one = tmp_path / "holder-1"
+    one.mkdir()
+    new_keys[0].rename(one / new_keys[0].name)                # each holder signs from their own medium
+    served.repo.sign(one)
+    with pytest.raises(ReleaseError, match="not signed by enough keys"):
+        served.repo.publish(served.online)
+    served.repo.sign(served.offline)                          # holders 2 and 3
+    served.repo.publish(served.online)
+    c = new_client()
+    c.refresh()
+    trusted = json.loads((c.meta_dir / "root.json").read_text())["signed"]
+    assert trusted["version"] == 2 and trusted["roles"]["root"]["threshold"] == 2
