@@ -97,6 +97,7 @@ class Plan:
     replay: bool = False                # a resume runs every step again (forward decides from ``resumed``)
     batch: bool = False                 # a group's done records share the next group's begun commit
     without_codes: str = "resumed without the holder's codes"   # the undo reason of rule 4
+    noun: str = ""                      # how messages name it ("renewal"); the kind when empty
     undo_done: Callable[[Operation], dict[str, Any]] | None = None   # results journaled with ``undo`` done
     undo_on: tuple[type[BaseException], ...] = ()
     hold_on: tuple[type[BaseException], ...] = ()
@@ -299,7 +300,7 @@ class Engine:
         finishes it), then the plan's ``after_undo`` steps; then the operation is finished undone."""
         point = self._past_no_return(plan, op)
         if point is not None:
-            raise OperationError(f"{plan.kind} {op.op_id} cannot be undone after the {point}", op_id=op.op_id)
+            raise OperationError(f"{plan.noun or plan.kind} {op.op_id} cannot be undone after the {point}", op_id=op.op_id)
         reason = op.data.get("undo_reason") or reason
         if not op.step_done(UNDO_STEP):
             state = JournalState.of(plan, op, codes_at_hand=True)

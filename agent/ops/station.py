@@ -222,7 +222,7 @@ class StationOps:
                             if serial != op.card_serial:
                                 raise PreconditionError(f"operation {op_id} is for card {op.card_serial}, "
                                                         f"not the card {serial} in {reader!r}")
-                            out = await runner._undo(op, link, model, op.data.get("undo_reason")
+                            out = await runner.undo(op, link, model, op.data.get("undo_reason")
                                                      or "discarded by the operator")
                         else:
                             csrs = all(op.step_done(f"csr:{ks.name}") for ks in model.keysets)
@@ -239,7 +239,7 @@ class StationOps:
                             codes = None   # a renewal resumed without the PIN before its CSRs is undone
                             if all(op.step_done(f"csr:{ks.name}") for ks in model.keysets):
                                 link = await asyncio.to_thread(runner._open, links.open, model)
-                                out = await runner._undo(op, link, model, "discarded by the operator")
+                                out = await runner.undo(op, link, model, "discarded by the operator")
                         if out is None:
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
                     else:
