@@ -54,6 +54,9 @@ class StationOps:
         self._locks: dict[str, asyncio.Lock] = {}      # per reader: one operation at a time per device
         self._stops: dict[str, asyncio.Event] = {}     # per reader: the running operation's stop request
         self.on_open: Callable[[str], None] = lambda reader: None   # an operation left open: retry it later
+        # the engine's step callback (agent.ops.engine) of every operation run here: (kind, step, phase);
+        # tests' fault hooks hang on it (tests/support/kill_at.py)
+        self.on_step: Callable[[str, str, str], None] = lambda kind, step, phase: None
 
     def device_lock(self, reader: str) -> asyncio.Lock:
         """The lock of one device (reader): operations, PIN and lifecycle calls on it take it."""
@@ -113,10 +116,12 @@ class StationOps:
     def _personalizer(self, uplink, progress, stop: asyncio.Event | None = None) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
                             admin_key_for=self.admin_key_for, progress=progress,
-                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop)
+                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop,
+                            on_step=lambda step, phase: self.on_step(PERSONALIZE, step, phase))
 
     def _renewer(self, uplink, progress, stop: asyncio.Event | None = None) -> Renewer:
         def on_step(step: str, phase: str) -> None:
+            self.on_step(_renew.KIND, step, phase)
             # the renewal's safe points are its journaled step ends (the old certificates stay in use)
             if stop is not None and stop.is_set() and phase == "done" and step not in ("switch",):
                 raise _StopRenewal(step)
