@@ -1,6 +1,8 @@
-"""Personalization of a blank CNS card ("decentrata immediata") as a journaled state machine.
+"""Personalization of a blank CNS card ("decentrata immediata") as a plan of the step engine.
 
-The plan, one journal step each, recorded *before* it runs:
+The plan (``build_plan``), run by ``agent.ops.engine`` (each step journaled before it
+runs; forward or undo decided by ``decide`` from the journal; the two submits run
+concurrently, begun in one commit):
 
     set-codes                 (models with pin_mode = set_at_personalization)
     generate-key:CNS0/CNS1    key pairs generated on the card (public key kept)
@@ -17,7 +19,8 @@ same request id and CSR return the certificate already issued; files are rewritt
 Only ``csr:*`` needs the holder's PIN. Without it, an operation that has all CSRs
 rolls *forward* (submit, write, verify by public-key match); one that has not yet
 produced them rolls *back* (``undo``): keys erased, certificate files deleted,
-EF_DatiPersonali cleared — a blank card again, and nothing was sent to the CA.
+EF_DatiPersonali cleared (each step's undo, last first) — a blank card again, and
+nothing was sent to the CA.
 A request the CA refused rolls back too. UNAVAILABLE leaves the operation open for
 the next attempt; the card holds no certificate and nobody holds it.
 

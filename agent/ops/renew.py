@@ -11,8 +11,8 @@ expiry; refused when a new certificate would outlive the device's
 ``device_life_years``), and the holder's PIN is verified for every keyset.
 Nothing is journaled or written when this fails.
 
-The plan, one journal step each, recorded *before* it runs (``_begun`` in the
-operation's data lists every step ever begun):
+The plan (``build_plan``), run by the step engine (``agent.ops.engine``: each step
+journaled before it runs, forward or undo decided by ``decide`` from the journal):
 
     mark                      EF_RenewalMarker := "CNSRENEW" + operation id  (models that have it)
     generate-key:CNS0/CNS1    key pair generated in the keyset's spare slot
@@ -30,30 +30,19 @@ operation's data lists every step ever begun):
     revoke-superseded         the replaced (old) certificates revoked, reason superseded, through the
                               personalizer's outbox (``agent.ops.revoke_orphans``; idempotent request ids)
 
-Resume and undo (``resume``, after a pulled card, a SIGKILL, a torn write, an
-unreachable personalizer, a CA error, timeout or lost answer):
-
-* ``switch`` begun → always forward: the card tells whether it switched (live key
-  vs the new certificate); a switch never runs twice blindly (it would swap back).
-* before ``switch``: any ``renew:*`` begun → forward (the CA may have issued: the
-  stored result is fetched by request id, never a second issuance); without the
-  PIN the verify step checks key/certificate match instead of signing.
-* before any ``renew:*``: with the PIN, forward (every step is repeatable); without
-  it, and CSRs missing, undo.
-* undo (before ``switch`` only): spare keys erased, spare certificate files
-  deleted, marker cleared. The live (old) keyset was never touched. A request the
-  CA refused (FAILED, INVALID_ARGUMENT, FAILED_PRECONDITION …) or central IT
-  cancelled (CANCELLED, ``cnsctl queue cancel``) is undone too, and so is an answer
-  without a certificate for the new key (nothing is written). The undo then has
-  every certificate issued for the operation revoked (``revoke-orphans``, reason
-  cessationOfOperation); until the personalizer confirms it (unreachable, a request
-  still queued) the operation stays open, and a resume finishes the undo — an
-  ``undo`` begun never turns back into a renewal.
-* ``revoke-superseded`` unreachable: the card already works with the new keys; the
-  operation stays open (state ``open``) until the revocation is accepted.
-* personalizer unreachable, or a request still queued after ``watch_timeout_s``:
-  the operation stays open (state ``open``), the card works with the old keys,
-  and the next agent start or card insert follows the same request ids.
+Resume (after a pulled card, a SIGKILL, a torn write, an unreachable personalizer, a
+CA error, timeout or lost answer): ``switch`` is the point of no return (the card tells
+whether it switched: live key vs the new certificate, so a switch never runs twice
+blindly); a ``renew:*`` begun goes forward (the stored result is fetched by request id,
+never a second issuance); before that, without the PIN, undo. The undo (before
+``switch`` only) empties the spare slots and clears the marker (the live keyset was
+never touched), also after a refusal (FAILED, INVALID_ARGUMENT, CANCELLED by central IT,
+an answer without a certificate for the new key: nothing is written); then every
+certificate issued for the operation is revoked (``revoke-orphans``,
+cessationOfOperation), the operation open until the personalizer confirms. The
+personalizer unreachable (or ``revoke-superseded`` not accepted yet, or a request still
+queued after ``watch_timeout_s``): the operation stays open, retried on the next agent
+start or card insert with the same request ids.
 
 A card with a renewal marker but no open operation in this journal (journal
 lost, another station) has its spare slots cleaned before a new renewal starts.
