@@ -178,3 +178,17 @@ def test_a_group_is_begun_in_one_commit_and_runs_concurrently(tmp_path):
         assert toy.seen_in_journal["b"] == ("c", "begun")   # c's begun record was already durable when b ran
         await j.close()
     run(go())
+
+
+def test_the_engine_imports_only_the_journal_and_the_errors():
+    """The engine decides and journals; it never reaches a card, the network or an operation."""
+    import ast
+    from pathlib import Path
+
+    import agent.ops.engine as engine
+    tree = ast.parse(Path(engine.__file__).read_text())
+    ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+            and n.module.split(".")[0] in ("agent", "personalizer", "cns_spec", "firmware_profiles", "proto")}
+    ours |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+             if a.name.split(".")[0] in ("agent", "personalizer", "cns_spec", "firmware_profiles", "proto")}
+    assert ours == {"agent.ops.journal", "agent.ops.errors"}
