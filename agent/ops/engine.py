@@ -285,12 +285,13 @@ class Engine:
             return Result("stopped", step, failure)
         if isinstance(failure, plan.hold_on):
             return Result("open", step, failure, str(failure))
-        if isinstance(failure, plan.undo_on) and not self._past_no_return(plan, op):
+        if isinstance(failure, plan.undo_on) and not self.past_no_return(plan, op):
             return await self.undo(plan, op, str(failure))
         raise failure
 
     @staticmethod
-    def _past_no_return(plan: Plan, op: Operation) -> str | None:
+    def past_no_return(plan: Plan, op: Operation) -> str | None:
+        """The point-of-no-return step the journal shows begun (or done), if any: then there is no undo."""
         state = JournalState.of(plan, op, codes_at_hand=True)
         return next((s.name for s in plan.steps if s.point_of_no_return and state.phase(s.name) is not
                      Phase.NOT_BEGUN), None)
@@ -298,7 +299,7 @@ class Engine:
     async def undo(self, plan: Plan, op: Operation, reason: str) -> Result:
         """Reverse every step begun, last first, in ONE journaled ``undo`` step (its reason kept: a resume
         finishes it), then the plan's ``after_undo`` steps; then the operation is finished undone."""
-        point = self._past_no_return(plan, op)
+        point = self.past_no_return(plan, op)
         if point is not None:
             raise OperationError(f"{plan.noun or plan.kind} {op.op_id} cannot be undone after the {point}", op_id=op.op_id)
         reason = op.data.get("undo_reason") or reason

@@ -66,7 +66,6 @@ PINs and PUKs live in ``Codes`` for the call only. Imports ``agent.card``,
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as _dt
 import hashlib
 import logging
@@ -79,9 +78,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card import datipersonali
-from agent.card.cns import CnsSession
-from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import b64 as _b64, open_link, spki as _spki, unb64 as _unb64
 from agent.ops.engine import Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
@@ -148,18 +146,6 @@ class Outcome:
                 "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}, "pkcs11": self.pkcs11}
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s)
-
-
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 class Personalizer:
     """Runs and resumes personalizations for one station.
 
@@ -208,7 +194,7 @@ class Personalizer:
                     codes: Codes, registration=None) -> Outcome:
         """``registration``: a deferred issuance (``registration_holder``'s registration; ``holder`` is its)."""
         self.stage = {}
-        link = await self._timed("card", self._open, connect, model)
+        link = await self._timed("card", open_link, connect, model)
         serial = await self._timed("card", link.cns.read_serial)
         registration_id = registration.registration_id if registration is not None else ""
         if registration is not None:
@@ -254,7 +240,7 @@ class Personalizer:
         """Finish or undo an open operation (agent start, card reinsert, operator retry)."""
         if link is None:
             self.stage = {}
-            link = await self._timed("card", self._open, connect, model)
+            link = await self._timed("card", open_link, connect, model)
             serial = await self._timed("card", link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
@@ -323,11 +309,6 @@ class Personalizer:
         return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
 
     # -- card side (worker thread) ------------------------------------------------------
-    def _open(self, connect, model):
-        transport = connect()
-        cns = CnsSession(transport, model)
-        return _Link(cns, IssuerSession(cns, model))
-
     def _admin_then(self, link, model, fn, *args):
         link.issuer.authenticate(self.admin_key_for(model))
         return fn(*args)
@@ -552,12 +533,6 @@ class _Actions:
         size = len(self.link.cns.read_file(self.model.paths.dati_personali))
         self.p._admin_then(self.link, self.model, self.link.cns.update_binary, self.model.paths.dati_personali,
                            bytes(size))
-
-
-@dataclass
-class _Link:
-    cns: CnsSession
-    issuer: IssuerSession
 
 
 class _Refused(Exception):

@@ -55,7 +55,6 @@ a finished renewal; its answer is ``Outcome.pkcs11``) are passed in; card I/O ru
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as _dt
 import logging
 import os
@@ -67,9 +66,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from agent.card.cns import CnsSession
-from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import b64 as _b64, open_link, same_key as _same_key, spki as _spki, unb64 as _unb64
 from agent.ops.engine import Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
@@ -132,22 +130,6 @@ class Outcome:
                 "certificate_serials": serials, "test_signatures": self.test_signatures,
                 "message": self.message, "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
                 "pkcs11": self.pkcs11}
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s)
-
-
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _same_key(a, b) -> bool:
-    return a is not None and b is not None and a.public_numbers() == b.public_numbers()
 
 
 def marker_bytes(op_id: str, size: int) -> bytes:
@@ -222,12 +204,6 @@ def plan(model) -> list[str]:
     return build_plan(model).names
 
 
-@dataclass
-class _Link:
-    cns: CnsSession
-    issuer: IssuerSession
-
-
 class _Refused(Exception):
     pass
 
@@ -277,7 +253,7 @@ class Renewer:
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, codes: Codes) -> Outcome:
         self.stage = {}
-        link = await self._timed("card", self._open, connect, model)
+        link = await self._timed("card", open_link, connect, model)
         serial = await self._timed("card", link.cns.read_serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
@@ -300,7 +276,7 @@ class Renewer:
         """Finish or undo an open renewal (agent start, card insert, operator retry)."""
         if link is None:
             self.stage = {}
-            link = await self._timed("card", self._open, connect, model)
+            link = await self._timed("card", open_link, connect, model)
             serial = await self._timed("card", link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
@@ -378,10 +354,6 @@ class Renewer:
         return result
 
     # -- card side (worker thread) ------------------------------------------------------
-    def _open(self, connect, model) -> _Link:
-        cns = CnsSession(connect(), model)
-        return _Link(cns, IssuerSession(cns, model))
-
     def _admin_then(self, link, model, fn, *args):
         link.issuer.authenticate(self.admin_key_for(model))
         return fn(*args)

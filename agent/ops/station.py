@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import open_link
+from agent.ops.engine import UNDO, Engine, JournalState, decide
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
+from agent.ops import personalize as _personalize
 from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer, registration_holder
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
@@ -222,7 +225,7 @@ class StationOps:
                     if op.kind == PERSONALIZE:
                         runner = self._personalizer(uplink, progress, stop)
                         if action == "discard":
-                            link = await asyncio.to_thread(runner._open, links.open, model)
+                            link = await asyncio.to_thread(open_link, links.open, model)
                             serial = await asyncio.to_thread(link.cns.read_serial)
                             if serial != op.card_serial:
                                 raise PreconditionError(f"operation {op_id} is for card {op.card_serial}, "
@@ -230,20 +233,22 @@ class StationOps:
                             out = await runner.undo(op, link, model, op.data.get("undo_reason")
                                                      or "discarded by the operator")
                         else:
-                            csrs = all(op.step_done(f"csr:{ks.name}") for ks in model.keysets)
-                            if codes is None and not csrs and not op.data.get("undo_reason"):
+                            plan = _personalize.build_plan(model)
+                            st = JournalState.of(plan, op, codes_at_hand=codes is not None)
+                            if decide(plan, st).action == UNDO and not st.undoing:
                                 raise PreconditionError(f"finishing {op_id} needs the holder's PIN: its certificate "
                                                         "requests are not signed yet (give --codes-file)")
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
                     elif op.kind == _renew.KIND:
                         runner = self._renewer(uplink, progress, stop)
                         if action == "discard":
-                            if op.step_done("switch") or "switch" in op.data.get("_begun", []):
+                            plan = _renew.build_plan(model)
+                            if Engine.past_no_return(plan, op):
                                 raise PreconditionError(f"renewal {op_id} has switched to the new certificates: it "
                                                         f"can only be finished (`cns-agent operations finish {op_id}`)")
                             codes = None   # a renewal resumed without the PIN before its CSRs is undone
-                            if all(op.step_done(f"csr:{ks.name}") for ks in model.keysets):
-                                link = await asyncio.to_thread(runner._open, links.open, model)
+                            if decide(plan, JournalState.of(plan, op, codes_at_hand=False)).action != UNDO:
+                                link = await asyncio.to_thread(open_link, links.open, model)
                                 out = await runner.undo(op, link, model, "discarded by the operator")
                         if out is None:
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
