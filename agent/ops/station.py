@@ -126,7 +126,7 @@ class StationOps:
         def on_step(step: str, phase: str) -> None:
             self.on_step(_renew.KIND, step, phase)
             # the renewal's safe points are its journaled step ends (the old certificates stay in use)
-            if stop is not None and stop.is_set() and phase == "done" and step not in ("switch",):
+            if stop is not None and stop.is_set() and phase == "done" and step not in ("switch", *_UNDOING):
                 raise _StopRenewal(step)
         return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
                        admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
@@ -262,6 +262,9 @@ class StationOps:
 
     async def open_operations(self) -> list[Any]:
         return await self.journal.open_operations()
+
+
+_UNDOING = ("undo", "revoke-orphans")   # an undo under way is finished, not stopped
 
 
 class _StopRenewal(Exception):
