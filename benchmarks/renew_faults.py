@@ -69,10 +69,9 @@ from personalizer.server import build_ca
 from personalizer.edge.service import STATE_ENUMS, record_to_proto, status_to_proto
 from personalizer.store import RequestStore
 from personalizer.outbox.windows import ServiceCalendar
+from tests.support.faults import WRITE_INS, arm_card_fault, step_name
 
 KINDS = ("tear", "drop", "sw", "kill", "kill-answered", "down", "ca-error", "ca-timeout", "ca-lost")
-WRITE_INS = {"mark": "D6", "generate-key": "46", "write-cert": "D6", "switch": "D8", "cleanup": "EA", "unmark": "D6"}
-MAIN_INS = {**WRITE_INS, "write-cert": "E0", "csr": "2A", "verify": "2A"}
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
                       birth_date="1980-01-01", sex="M", birth_town="ROMA", issuer="CCIAA di Roma")
 REQUESTER = {"station_id": "RM-STATION-01", "chamber_code": "RM", "operator_id": "bench"}
@@ -222,17 +221,13 @@ def _connect(card):
 
 
 def _arm(kind: str, step: str, card, uplink: LocalUplink, ca: BenchCA) -> None:
-    name = step.split(":")[0]
+    writes = step_name(step) in WRITE_INS   # the random draws as before: a seed gives the same trials
     if kind == "tear":
-        if name in WRITE_INS:
-            card.faults.add(f"tear:ins={WRITE_INS[name]},bytes={random.choice((1, 8, 100))}")
-        else:
-            card.pull()
+        arm_card_fault(kind, step, card, tear_bytes=random.choice((1, 8, 100)) if writes else None)
     elif kind == "drop":
-        card.faults.add(f"drop:ins={WRITE_INS[name]},after=1" if name in WRITE_INS and random.random() < 0.5
-                        else "drop:ins=*")
+        arm_card_fault(kind, step, card, drop_after_write=writes and random.random() < 0.5)
     elif kind == "sw":
-        card.faults.add(f"sw:ins={MAIN_INS.get(name, '*')},sw=6581")
+        arm_card_fault(kind, step, card)
     elif kind == "kill":
         raise Abandon()
     elif kind == "down":

@@ -1,6 +1,8 @@
-"""Personalization of a blank CNS card ("decentrata immediata") as a journaled state machine.
+"""Personalization of a blank CNS card ("decentrata immediata") as a plan of the step engine.
 
-The plan, one journal step each, recorded *before* it runs:
+The plan (``build_plan``), run by ``agent.ops.engine`` (each step journaled before it
+runs; forward or undo decided by ``decide`` from the journal; the two submits run
+concurrently, begun in one commit):
 
     set-codes                 (models with pin_mode = set_at_personalization)
     generate-key:CNS0/CNS1    key pairs generated on the card (public key kept)
@@ -17,7 +19,8 @@ same request id and CSR return the certificate already issued; files are rewritt
 Only ``csr:*`` needs the holder's PIN. Without it, an operation that has all CSRs
 rolls *forward* (submit, write, verify by public-key match); one that has not yet
 produced them rolls *back* (``undo``): keys erased, certificate files deleted,
-EF_DatiPersonali cleared — a blank card again, and nothing was sent to the CA.
+EF_DatiPersonali cleared (each step's undo, last first) — a blank card again, and
+nothing was sent to the CA.
 A request the CA refused rolls back too. UNAVAILABLE leaves the operation open for
 the next attempt; the card holds no certificate and nobody holds it.
 
@@ -63,7 +66,6 @@ PINs and PUKs live in ``Codes`` for the call only. Imports ``agent.card``,
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as _dt
 import hashlib
 import logging
@@ -76,9 +78,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card import datipersonali
-from agent.card.cns import CnsSession
-from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import b64 as _b64, open_link, spki as _spki, unb64 as _unb64
+from agent.ops.engine import Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
@@ -96,8 +98,31 @@ KIND = "personalize"
 STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = requests.CODE_ISSUED, requests.CODE_FAILED, requests.CODE_CANCELLED
 
 
-class NeedsCodes(OperationError):
-    """The next step needs the holder's PIN; the operator must supply it."""
+WITHOUT_PIN = "resumed without the holder's PIN before the requests were signed"
+
+
+def build_plan(model, runner=None) -> Plan:
+    """The personalization of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``)."""
+    fwd, rev = actions(runner)
+    names = [ks.name for ks in model.keysets]
+    steps = [Step("set-codes", fwd("set-codes"), needs_codes=True)] \
+        if model.pin_mode == "set_at_personalization" else []
+    steps += [Step(f"generate-key:{n}", fwd(f"generate-key:{n}"), rev(f"generate-key:{n}")) for n in names]
+    steps += [Step(f"csr:{n}", fwd(f"csr:{n}"), needs_codes=True) for n in names]
+    steps += [Step(f"submit:{n}", fwd(f"submit:{n}"), submits=n, group="submit",
+                   detail=lambda op, n=n: {"request_id": op.data["request_ids"][n]}) for n in names]
+    steps += [Step("write-dati-personali", fwd("write-dati-personali"), rev("write-dati-personali"))]
+    steps += [Step(f"write-cert:{n}", fwd(f"write-cert:{n}"), rev(f"write-cert:{n}")) for n in names]
+    steps += [Step("verify", fwd("verify"))]
+    revoke = Step("revoke-orphans", fwd("revoke-orphans"), applies=lambda op: bool(_sent(op)),
+                  detail=lambda op: {"requests": _sent(op)})
+    return Plan(KIND, tuple(steps), after_undo=(revoke,), noun="personalization", batch=True, without_codes=WITHOUT_PIN,
+                undo_on=(_Refused,), hold_on=(UplinkUnavailable, CAClosed), stop_on=(_Stopped,))
+
+
+def _sent(op: Operation) -> list[str]:
+    """Every request that may have been sent: one issued but not journaled (answer lost) is found by id."""
+    return [op.data["request_ids"][n] for n, was in op.data.get("_submitted", {}).items() if was]
 
 
 @dataclass
@@ -121,18 +146,6 @@ class Outcome:
                 "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()}, "pkcs11": self.pkcs11}
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s)
-
-
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 class Personalizer:
     """Runs and resumes personalizations for one station.
 
@@ -143,8 +156,10 @@ class Personalizer:
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
                  admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
-                 watch_timeout_s: float = 600.0, pkcs11=None, stop: asyncio.Event | None = None):
+                 watch_timeout_s: float = 600.0, pkcs11=None, stop: asyncio.Event | None = None,
+                 on_step: Callable[[str, str], None] | None = None):
         self.journal = journal
+        self.on_step = on_step or (lambda step, phase: None)   # the engine's step callback (agent.ops.engine)
         self.stop = stop or asyncio.Event()   # set: stop at the next safe point (operator's Ctrl-C)
         self.uplink = uplink
         self.requester = requester
@@ -179,7 +194,7 @@ class Personalizer:
                     codes: Codes, registration=None) -> Outcome:
         """``registration``: a deferred issuance (``registration_holder``'s registration; ``holder`` is its)."""
         self.stage = {}
-        link = await self._timed("card", self._open, connect, model)
+        link = await self._timed("card", open_link, connect, model)
         serial = await self._timed("card", link.cns.read_serial)
         registration_id = registration.registration_id if registration is not None else ""
         if registration is not None:
@@ -225,7 +240,7 @@ class Personalizer:
         """Finish or undo an open operation (agent start, card reinsert, operator retry)."""
         if link is None:
             self.stage = {}
-            link = await self._timed("card", self._open, connect, model)
+            link = await self._timed("card", open_link, connect, model)
             serial = await self._timed("card", link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
@@ -234,69 +249,42 @@ class Personalizer:
         self.progress("resume", f"card {op.card_serial}: resuming {op.kind} {op.op_id} after step {op.step}")
         return await self._drive(op, link, model, codes)
 
-    # -- the state machine --------------------------------------------------------------
-    def _plan(self, model) -> list[str]:
-        names = [ks.name for ks in model.keysets]
-        plan = ["set-codes"] if model.pin_mode == "set_at_personalization" else []
-        plan += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
-        plan += [f"submit:{n}" for n in names] + ["write-dati-personali"]
-        plan += [f"write-cert:{n}" for n in names] + ["verify"]
-        return plan
+    # -- the plan, run by the engine ----------------------------------------------------
+    def _engine(self, op: Operation) -> Engine:
+        def on_step(step: str, phase: str) -> None:
+            if (step, phase) == ("undo", "begun"):
+                self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: "
+                                      f"{op.data.get('undo_reason', '')}")
+            self.on_step(step, phase)
+        return Engine(self.journal, on_step=on_step)
 
     async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
-        plan = self._plan(model)
-        if op.data.get("undo_reason"):
-            # an undo was begun (crash, personalizer unreachable while revoking): it is finished, never reversed
-            return await self._undo(op, link, model, op.data["undo_reason"])
-        all_csrs = all(op.step_done(s) for s in plan if s.startswith("csr:"))
-        if codes is None and not all_csrs:
-            # Nothing has reached the CA yet: without the PIN the safe way is back to blank.
-            return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were signed")
-        # Each group of steps is journaled begun before it runs, in the same commit as the previous
-        # group's results (Journal.advance). The two certificate requests go out together.
-        pending: dict[str, dict[str, Any]] = {}
-        for group in _groups([s for s in plan if not op.step_done(s)]):
-            if self.stop.is_set():
-                if pending:
-                    await self.journal.advance(op, pending, {})
-                return await self._stopped(op, link, model)
-            begin: dict[str, dict[str, Any]] = {}
-            first_attempt: dict[str, bool] = {}
-            for step in group:
-                begin[step] = {}
-                if step.startswith("submit:"):
-                    ks_name = step.partition(":")[2]
-                    # once journaled here the request may have been sent: a resume asks for it by id first
-                    first_attempt[ks_name] = not op.data.get("_submitted", {}).get(ks_name)
-                    op.data.setdefault("_submitted", {})[ks_name] = True
-                    begin[step] = {"request_id": op.data["request_ids"][ks_name]}
-            await self.journal.advance(op, pending, begin)
-            pending = {}
-            outcomes = await asyncio.gather(*(self._step(step, op, link, model, codes, first_attempt)
-                                              for step in group), return_exceptions=True)
-            failure = None
-            for step, result in zip(group, outcomes):
-                if isinstance(result, BaseException):
-                    if failure is None or isinstance(result, _Refused):
-                        failure = result
-                else:
-                    pending[step] = result
-            if failure is not None:
-                if pending:   # what succeeded beside the failure is kept (a resume will not redo it)
-                    await self.journal.advance(op, pending, {})
-                if isinstance(failure, _Refused):
-                    return await self._undo(op, link, model, str(failure))
-                if isinstance(failure, _Stopped):
-                    return await self._stopped(op, link, model)
-                if isinstance(failure, (UplinkUnavailable, CAClosed)):
-                    why = "" if isinstance(failure, CAClosed) else "personalizer unreachable; "
-                    self.progress(group[0], f"{why}operation {op.op_id} kept open: {failure}")
-                    return Outcome(op.op_id, op.card_serial, "open", message=str(failure),
-                                   stage_seconds=dict(self.stage))
-                raise failure
-        if pending:
-            await self.journal.advance(op, pending, {})
-        await self.journal.finish(op, DONE)
+        plan = build_plan(model, _Actions(self, link, model, codes))
+        res = await self._engine(op).run(plan, op, codes_at_hand=codes is not None, stop=self.stop)
+        return await self._outcome(op, plan, res, model, codes)
+
+    async def undo(self, op: Operation, link, model, reason: str) -> Outcome:
+        """Back to a blank card, then the certificates issued for the operation revoked (``discard``)."""
+        plan = build_plan(model, _Actions(self, link, model, None))
+        return await self._outcome(op, plan, await self._engine(op).undo(plan, op, reason), model, None)
+
+    async def _outcome(self, op: Operation, plan, res: Result, model, codes: Codes | None) -> Outcome:
+        if res.state == "stopped":
+            return await self._stopped(op, plan, model)
+        if res.state == "open":
+            if res.step == "revoke-orphans":
+                self.progress("revoke-orphans", str(res.error))
+            else:
+                why = "" if isinstance(res.error, CAClosed) else "personalizer unreachable; "
+                self.progress(res.step or "", f"{why}operation {op.op_id} kept open: {res.error}")
+            return Outcome(op.op_id, op.card_serial, "open", message=str(res.error), stage_seconds=dict(self.stage))
+        if res.state == UNDONE:
+            reason = res.reason
+            if op.data.get("revoked_serials"):
+                reason += (f"; certificate(s) {', '.join(op.data['revoked_serials'])} issued for it revoked "
+                           "(cessationOfOperation)")
+            self.progress("undone", f"card {op.card_serial} is blank again: {reason}")
+            return Outcome(op.op_id, op.card_serial, UNDONE, message=reason, stage_seconds=dict(self.stage))
         certs = {n: _unb64(op.data[f"cert_{n}"]) for n in (ks.name for ks in model.keysets)}
         holder = HolderRecord.from_dict(op.data["holder"])
         self.progress("done", f"card {op.card_serial} personalized")
@@ -306,11 +294,13 @@ class Personalizer:
         return Outcome(op.op_id, op.card_serial, DONE, f"{holder.given_name.upper()} {holder.surname.upper()}", certs,
                        bool(op.data.get("test_signatures")), stage_seconds=dict(self.stage), pkcs11=pkcs11)
 
-    async def _stopped(self, op: Operation, link, model) -> Outcome:
+    async def _stopped(self, op: Operation, plan, model) -> Outcome:
         """The operator asked to stop: before any request left the station the card is made blank again;
         after, the operation is kept open (the card is released) to be finished or discarded."""
-        if not any(op.data.get("_submitted", {}).values()):
-            return await self._undo(op, link, model, "stopped by the operator before any certificate was requested")
+        if not Engine.submitted(op):
+            res = await self._engine(op).undo(plan, op, "stopped by the operator before any certificate was "
+                                                        "requested")
+            return await self._outcome(op, plan, res, model, None)
         msg = (f"stopped by the operator; the certificate requests are at the personalizer, so personalization "
                f"{op.op_id} is kept open: the agent finishes it by itself while the card is in a reader, or run "
                f"`cns-agent operations finish {op.op_id}` (or `discard {op.op_id}`: blank card, certificates "
@@ -318,49 +308,7 @@ class Personalizer:
         self.progress("stopped", msg)
         return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
 
-    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None,
-                    first_attempt: dict[str, bool] | None = None) -> dict[str, Any]:
-        name, _, ks_name = step.partition(":")
-        ks = model.keyset(ks_name) if ks_name else None
-        self.progress(step, {"set-codes": "setting the holder's PIN and PUK",
-                             "generate-key": f"generating the {ks_name} key pair on the card",
-                             "csr": f"signing the {ks_name} certificate request on the card",
-                             "submit": f"requesting the {PROFILE_OF_KEYSET.get(ks_name, '')} certificate",
-                             "write-dati-personali": "writing EF_DatiPersonali",
-                             "write-cert": f"writing the {ks_name} certificate",
-                             "verify": "verifying keys and certificates"}[name])
-        if name == "set-codes":
-            await self._timed("card", self._set_codes, link, model, codes)
-            return {}
-        if name == "generate-key":
-            key = await self._timed("card", self._admin_then, link, model, link.issuer.generate_key, ks.key_ref,
-                                    model.rsa_bits)
-            return {f"pubkey_{ks.name}": _b64(_spki(key))}
-        if name == "csr":
-            der = await self._timed("card", self._make_csr, link, model, ks, op, codes)
-            return {f"csr_{ks.name}": _b64(der)}
-        if name == "submit":
-            cert, _chain = await self._submit(op, model, ks, (first_attempt or {}).get(ks.name, False))
-            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
-        if name == "write-dati-personali":
-            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
-                              model.paths.dati_personali, _unb64(op.data["dati_personali"]))
-            return {}
-        if name == "write-cert":
-            await self._timed("card", self._admin_then, link, model, link.issuer.write_ef, ks.cert_path,
-                              _unb64(op.data[f"cert_{ks.name}"]))
-            return {}
-        if name == "verify":
-            tested = await self._timed("card", self._verify, link, model, op, codes)
-            return {"test_signatures": tested}
-        raise AssertionError(step)
-
     # -- card side (worker thread) ------------------------------------------------------
-    def _open(self, connect, model):
-        transport = connect()
-        cns = CnsSession(transport, model)
-        return _Link(cns, IssuerSession(cns, model))
-
     def _admin_then(self, link, model, fn, *args):
         link.issuer.authenticate(self.admin_key_for(model))
         return fn(*args)
@@ -417,14 +365,6 @@ class Personalizer:
                 _unb64(op.data["dati_personali"]):
             raise VerificationError("EF_DatiPersonali does not read back as written", op_id=op.op_id)
         return codes is not None
-
-    def _wipe(self, link, model) -> None:
-        link.issuer.authenticate(self.admin_key_for(model))
-        for ks in model.keysets:
-            link.issuer.delete_ef(ks.cert_path)
-            link.issuer.erase_key(ks.key_ref)
-        size = len(link.cns.read_file(model.paths.dati_personali))
-        link.cns.update_binary(model.paths.dati_personali, bytes(size))
 
     # -- personalizer side ----------------------------------------------------------------
     async def _submit(self, op: Operation, model, ks, first_attempt: bool) -> tuple[bytes, list[bytes]]:
@@ -513,59 +453,86 @@ class Personalizer:
             raise _Stopped(f"stopped while request {request_id} was queued")
         return watch.result()
 
-    async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
-        """Back to a blank card, then the certificates issued for the operation revoked. Journaled in two
-        steps (``undo``, ``revoke-orphans``) with the reason in the data, so a resume finishes it."""
-        if not op.step_done("undo"):
-            self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")
-            op.data["undo_reason"] = reason
-            await self.journal.step_begun(op, "undo", reason=reason)
-            await self._timed("card", self._wipe, link, model)
-            await self.journal.step_done(op, "undo")
-        # every request that may have been sent: one issued but not journaled (answer lost) is found by id
-        sent = [op.data["request_ids"][n] for n, was in op.data.get("_submitted", {}).items() if was]
-        if sent:
-            await self.journal.step_begun(op, "revoke-orphans", requests=sent)
-            try:
-                results = await self._timed("broker", revoke_orphans, self.uplink,
-                                            [Orphan(request_id=r) for r in sent], requester=self.requester)
-            except UplinkError as exc:
-                msg = (f"card {op.card_serial} is blank again; revoking the certificates issued for {op.op_id} "
-                       f"is not finished ({exc}); the agent retries it")
-                self.progress("revoke-orphans", msg)
-                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
-            unsettled = [r for r in results if not r.settled]
-            if unsettled:
-                msg = (f"card {op.card_serial} is blank again; "
-                       + "; ".join(f"request {r.source}: {r.error or 'still queued at the personalizer'}"
-                                   for r in unsettled)
-                       + f". Operation {op.op_id} stays open until its certificates are revoked; the agent retries")
-                self.progress("revoke-orphans", msg)
-                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
-            revoked = [r.serial_hex for r in results if r.outcome in ("revoked", "already")]
-            await self.journal.step_done(op, "revoke-orphans", revoked_serials=revoked)
-            if revoked:
-                reason += f"; certificate(s) {', '.join(revoked)} issued for it revoked (cessationOfOperation)"
-        await self.journal.finish(op, UNDONE, error=reason)
-        self.progress("undone", f"card {op.card_serial} is blank again: {reason}")
-        return Outcome(op.op_id, op.card_serial, UNDONE, message=reason, stage_seconds=dict(self.stage))
+    async def _revoke_orphans(self, op: Operation) -> dict[str, Any]:
+        """The undo's tail: every certificate issued for the operation revoked (cessationOfOperation)."""
+        try:
+            results = await self._timed("broker", revoke_orphans, self.uplink,
+                                        [Orphan(request_id=r) for r in _sent(op)], requester=self.requester)
+        except UplinkError as exc:
+            raise UplinkUnavailable(f"card {op.card_serial} is blank again; revoking the certificates issued for "
+                                    f"{op.op_id} is not finished ({exc}); the agent retries it") from exc
+        unsettled = [r for r in results if not r.settled]
+        if unsettled:
+            raise UplinkUnavailable(
+                f"card {op.card_serial} is blank again; "
+                + "; ".join(f"request {r.source}: {r.error or 'still queued at the personalizer'}" for r in unsettled)
+                + f". Operation {op.op_id} stays open until its certificates are revoked; the agent retries")
+        return {"revoked_serials": [r.serial_hex for r in results if r.outcome in ("revoked", "already")]}
 
 
-@dataclass
-class _Link:
-    cns: CnsSession
-    issuer: IssuerSession
+class _Actions:
+    """One run's step actions (``build_plan``'s runner): the card link, the model and the codes of the call."""
 
+    PROGRESS = {"set-codes": "setting the holder's PIN and PUK",
+                "generate-key": "generating the {} key pair on the card",
+                "csr": "signing the {} certificate request on the card",
+                "submit": "requesting the {} certificate",
+                "write-dati-personali": "writing EF_DatiPersonali",
+                "write-cert": "writing the {} certificate",
+                "verify": "verifying keys and certificates"}
 
-def _groups(steps: list[str]) -> list[list[str]]:
-    """Consecutive ``submit:`` steps form one group (sent concurrently); every other step is alone."""
-    out: list[list[str]] = []
-    for step in steps:
-        if step.startswith("submit:") and out and out[-1][0].startswith("submit:"):
-            out[-1].append(step)
-        else:
-            out.append([step])
-    return out
+    def __init__(self, p: "Personalizer", link, model, codes: Codes | None):
+        self.p, self.link, self.model, self.codes = p, link, model, codes
+
+    async def forward(self, step: str, op: Operation, resumed: bool) -> dict[str, Any]:
+        p, link, model, codes = self.p, self.link, self.model, self.codes
+        name, _, ks_name = step.partition(":")
+        if name == "revoke-orphans":
+            return await p._revoke_orphans(op)
+        ks = model.keyset(ks_name) if ks_name else None
+        p.progress(step, self.PROGRESS[name].format(PROFILE_OF_KEYSET.get(ks_name, "") if name == "submit"
+                                                    else ks_name))
+        card = p._timed
+        if name == "set-codes":
+            await card("card", p._set_codes, link, model, codes)
+            return {}
+        if name == "generate-key":
+            key = await card("card", p._admin_then, link, model, link.issuer.generate_key, ks.key_ref,
+                             model.rsa_bits)
+            return {f"pubkey_{ks.name}": _b64(_spki(key))}
+        if name == "csr":
+            return {f"csr_{ks.name}": _b64(await card("card", p._make_csr, link, model, ks, op, codes))}
+        if name == "submit":
+            cert, _chain = await p._submit(op, model, ks, not resumed)
+            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
+        if name == "write-dati-personali":
+            await card("card", p._admin_then, link, model, link.cns.update_binary,
+                       model.paths.dati_personali, _unb64(op.data["dati_personali"]))
+            return {}
+        if name == "write-cert":
+            await card("card", p._admin_then, link, model, link.issuer.write_ef, ks.cert_path,
+                       _unb64(op.data[f"cert_{ks.name}"]))
+            return {}
+        if name == "verify":
+            return {"test_signatures": await card("card", p._verify, link, model, op, codes)}
+        raise AssertionError(step)
+
+    async def undo(self, step: str, op: Operation) -> None:
+        """Back towards a blank card: each undo is idempotent (an empty slot, a missing file)."""
+        link, model = self.link, self.model
+        name, _, ks_name = step.partition(":")
+        ks = model.keyset(ks_name) if ks_name else None
+        if name == "generate-key":
+            await self.p._timed("card", self.p._admin_then, link, model, link.issuer.erase_key, ks.key_ref)
+        elif name == "write-cert":
+            await self.p._timed("card", self.p._admin_then, link, model, link.issuer.delete_ef, ks.cert_path)
+        elif name == "write-dati-personali":
+            await self.p._timed("card", self._clear_dati_personali)
+
+    def _clear_dati_personali(self) -> None:
+        size = len(self.link.cns.read_file(self.model.paths.dati_personali))
+        self.p._admin_then(self.link, self.model, self.link.cns.update_binary, self.model.paths.dati_personali,
+                           bytes(size))
 
 
 class _Refused(Exception):

@@ -35,6 +35,7 @@ from agent.card.cns import CnsSession
 from agent.card.errors import PinBlockedError, PinNotSetError, WrongPinError
 from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError
+from agent.ops.engine import Engine, Plan, Step, actions
 from agent.ops.journal import DONE, FAILED, Journal, Operation
 
 log = logging.getLogger("cns.agent.pin")
@@ -99,6 +100,17 @@ class CodeBlockedError(PinError):
 
 class CodeFormatError(PinError):
     """A new PIN (or a PUK) that the model cannot accept: nothing was sent to the card."""
+
+
+def build_plan(kind: str, model, runner=None) -> Plan:
+    """A PIN change or unblock of ``model``: one step per keyset, in order. A ``replay`` plan: a resume runs
+    every step again with the codes given now (a change checks a touched keyset with the new PIN first)."""
+    if kind not in (KIND_CHANGE, KIND_UNBLOCK):
+        raise ValueError(f"not a PIN operation: {kind}")
+    fwd, _ = actions(runner)
+    verb = "change" if kind == KIND_CHANGE else "unblock"
+    return Plan(kind, tuple(Step(f"{verb}:{ks.name}", fwd(f"{verb}:{ks.name}"), needs_codes=True)
+                            for ks in model.keysets), replay=True)
 
 
 HINT_UNBLOCK = "unblock it with the PUK (`cns-agent pin unblock --reader READER`)"
@@ -234,30 +246,19 @@ class PinManager:
         if op is None:
             op = await journal.begin_operation(kind=kind, card_serial=card.serial, model_id=card.model.id,
                                                reader=reader, data={"keysets": [k.name for k in card.model.keysets]})
-        for index, ks in enumerate(card.model.keysets):
-            step = f"{'change' if kind == KIND_CHANGE else 'unblock'}:{ks.name}"
-            touched = op.step_done(step) or op.step == step   # done, or begun when the card was pulled
-            if kind == KIND_CHANGE and touched and await self._has(card, ks.name, new):
-                if not op.step_done(step):
-                    await journal.step_done(op, step)
-                continue
-            await journal.step_begun(op, step)
-            try:
-                if kind == KIND_CHANGE:
-                    await asyncio.to_thread(card.cns.change_pin, code, new, ks.name)
-                else:
-                    await asyncio.to_thread(card.cns.unblock_pin, code, new, ks.name)
-            except (WrongPinError, PinBlockedError) as exc:
-                after = await asyncio.to_thread(card.state)
-                what = "PIN" if kind == KIND_CHANGE else "PUK"
-                detail = f"{what} refused at {ks.name}" + (" after earlier keysets were changed" if index else "")
-                await journal.finish(op, FAILED, error=detail)
-                log.info("card %s: %s %s", card.serial, kind, detail)
-                if isinstance(exc, WrongPinError):
-                    raise WrongCodeError(what, exc.tries_left, after) from None
-                raise CodeBlockedError(what, after, HINT_UNBLOCK if what == "PIN" else HINT_REPLACE) from None
-            await journal.step_done(op, step)
-        await journal.finish(op, DONE)
+        steps = _PinSteps(self, card, kind, code, new)
+        try:
+            await Engine(journal).run(build_plan(kind, card.model, steps), op, codes_at_hand=True)
+        except (WrongPinError, PinBlockedError) as exc:
+            after = await asyncio.to_thread(card.state)
+            what = "PIN" if kind == KIND_CHANGE else "PUK"
+            index = [k.name for k in card.model.keysets].index(steps.at)
+            detail = f"{what} refused at {steps.at}" + (" after earlier keysets were changed" if index else "")
+            await journal.finish(op, FAILED, error=detail)
+            log.info("card %s: %s %s", card.serial, kind, detail)
+            if isinstance(exc, WrongPinError):
+                raise WrongCodeError(what, exc.tries_left, after) from None
+            raise CodeBlockedError(what, after, HINT_UNBLOCK if what == "PIN" else HINT_REPLACE) from None
         after = await asyncio.to_thread(card.state)
         after.message = ("PIN changed" if kind == KIND_CHANGE else "PIN unblocked and set") + (
             f"; {after.message}" if after.message else "")
@@ -272,6 +273,25 @@ class PinManager:
             return True
         except WrongPinError:
             return False
+
+
+class _PinSteps:
+    """One call's step actions (``build_plan``'s runner). The codes live here for the call only."""
+
+    def __init__(self, manager: PinManager, card: _Card, kind: str, code: str, new: str):
+        self.manager, self.card, self.kind, self.code, self.new = manager, card, kind, code, new
+        self.at = ""   # the keyset being changed (named in a refusal)
+
+    async def forward(self, step: str, op: Operation, resumed: bool) -> dict[str, Any]:
+        self.at = name = step.partition(":")[2]
+        if self.kind == KIND_CHANGE:
+            # done, or begun when the card was pulled: the new PIN may be set already
+            if resumed and await self.manager._has(self.card, name, self.new):
+                return {}
+            await asyncio.to_thread(self.card.cns.change_pin, self.code, self.new, name)
+        else:   # an unblock is simply repeated: the PUK resets the keyset again
+            await asyncio.to_thread(self.card.cns.unblock_pin, self.code, self.new, name)
+        return {}
 
 
 def _close(link) -> None:

@@ -11,8 +11,8 @@ expiry; refused when a new certificate would outlive the device's
 ``device_life_years``), and the holder's PIN is verified for every keyset.
 Nothing is journaled or written when this fails.
 
-The plan, one journal step each, recorded *before* it runs (``_begun`` in the
-operation's data lists every step ever begun):
+The plan (``build_plan``), run by the step engine (``agent.ops.engine``: each step
+journaled before it runs, forward or undo decided by ``decide`` from the journal):
 
     mark                      EF_RenewalMarker := "CNSRENEW" + operation id  (models that have it)
     generate-key:CNS0/CNS1    key pair generated in the keyset's spare slot
@@ -30,30 +30,19 @@ operation's data lists every step ever begun):
     revoke-superseded         the replaced (old) certificates revoked, reason superseded, through the
                               personalizer's outbox (``agent.ops.revoke_orphans``; idempotent request ids)
 
-Resume and undo (``resume``, after a pulled card, a SIGKILL, a torn write, an
-unreachable personalizer, a CA error, timeout or lost answer):
-
-* ``switch`` begun → always forward: the card tells whether it switched (live key
-  vs the new certificate); a switch never runs twice blindly (it would swap back).
-* before ``switch``: any ``renew:*`` begun → forward (the CA may have issued: the
-  stored result is fetched by request id, never a second issuance); without the
-  PIN the verify step checks key/certificate match instead of signing.
-* before any ``renew:*``: with the PIN, forward (every step is repeatable); without
-  it, and CSRs missing, undo.
-* undo (before ``switch`` only): spare keys erased, spare certificate files
-  deleted, marker cleared. The live (old) keyset was never touched. A request the
-  CA refused (FAILED, INVALID_ARGUMENT, FAILED_PRECONDITION …) or central IT
-  cancelled (CANCELLED, ``cnsctl queue cancel``) is undone too, and so is an answer
-  without a certificate for the new key (nothing is written). The undo then has
-  every certificate issued for the operation revoked (``revoke-orphans``, reason
-  cessationOfOperation); until the personalizer confirms it (unreachable, a request
-  still queued) the operation stays open, and a resume finishes the undo — an
-  ``undo`` begun never turns back into a renewal.
-* ``revoke-superseded`` unreachable: the card already works with the new keys; the
-  operation stays open (state ``open``) until the revocation is accepted.
-* personalizer unreachable, or a request still queued after ``watch_timeout_s``:
-  the operation stays open (state ``open``), the card works with the old keys,
-  and the next agent start or card insert follows the same request ids.
+Resume (after a pulled card, a SIGKILL, a torn write, an unreachable personalizer, a
+CA error, timeout or lost answer): ``switch`` is the point of no return (the card tells
+whether it switched: live key vs the new certificate, so a switch never runs twice
+blindly); a ``renew:*`` begun goes forward (the stored result is fetched by request id,
+never a second issuance); before that, without the PIN, undo. The undo (before
+``switch`` only) empties the spare slots and clears the marker (the live keyset was
+never touched), also after a refusal (FAILED, INVALID_ARGUMENT, CANCELLED by central IT,
+an answer without a certificate for the new key: nothing is written); then every
+certificate issued for the operation is revoked (``revoke-orphans``,
+cessationOfOperation), the operation open until the personalizer confirms. The
+personalizer unreachable (or ``revoke-superseded`` not accepted yet, or a request still
+queued after ``watch_timeout_s``): the operation stays open, retried on the next agent
+start or card insert with the same request ids.
 
 A card with a renewal marker but no open operation in this journal (journal
 lost, another station) has its spare slots cleaned before a new renewal starts.
@@ -66,7 +55,6 @@ a finished renewal; its answer is ``Outcome.pkcs11``) are passed in; card I/O ru
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as _dt
 import logging
 import os
@@ -78,9 +66,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from agent.card.cns import CnsSession
-from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import b64 as _b64, open_link, same_key as _same_key, spki as _spki, unb64 as _unb64
+from agent.ops.engine import Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
 from agent.ops.follow import STATE_FAILED, STATE_ISSUED, find_or_none, follow
@@ -100,7 +88,6 @@ MARKER_MAGIC = b"CNSRENEW"
 DEFAULT_WINDOW_DAYS = validity.DEFAULT_RENEWAL_WINDOW_DAYS
 DEFAULT_DEVICE_LIFE_YEARS = validity.DEVICE_LIFE_YEARS
 ENV_WINDOW_DAYS = "CNS_AGENT_RENEWAL_WINDOW_DAYS"
-ENV_KILL_AT = "CNS_AGENT_FAULT_KILL_AT"   # tests: "renew:<step>[:begun|:answered|:done]" → SIGKILL there
 
 
 @dataclass(frozen=True)
@@ -145,22 +132,6 @@ class Outcome:
                 "pkcs11": self.pkcs11}
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s)
-
-
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _same_key(a, b) -> bool:
-    return a is not None and b is not None and a.public_numbers() == b.public_numbers()
-
-
 def marker_bytes(op_id: str, size: int) -> bytes:
     raw = MARKER_MAGIC + uuid.UUID(op_id).bytes
     return raw + bytes(size - len(raw))
@@ -201,34 +172,36 @@ def _issue_date(raw: str) -> _dt.datetime | None:
         return None
 
 
-def plan(model) -> list[str]:
+WITHOUT_PIN = ("resumed without the holder's PIN before the requests were signed; the old certificates stay "
+               "in use")
+
+
+def build_plan(model, runner=None) -> Plan:
+    """The renewal of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``)."""
+    fwd, rev = actions(runner)
     names = [ks.name for ks in model.keysets]
-    steps = ["mark"] if model.paths.renewal_marker else []
-    steps += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
-    steps += [f"renew:{n}" for n in names] + [f"write-cert:{n}" for n in names]
-    steps += ["verify", "switch", "cleanup"]
-    steps += ["unmark"] if model.paths.renewal_marker else []
-    return steps + ["revoke-superseded"]
+    marker = bool(model.paths.renewal_marker)
+    steps = [Step("mark", fwd("mark"), rev("mark"))] if marker else []
+    steps += [Step(f"generate-key:{n}", fwd(f"generate-key:{n}"), rev(f"generate-key:{n}")) for n in names]
+    steps += [Step(f"csr:{n}", fwd(f"csr:{n}"), needs_codes=True) for n in names]
+    steps += [Step(f"renew:{n}", fwd(f"renew:{n}"), submits=n,
+                   detail=lambda op, n=n: {"request_id": op.data["request_ids"][n]}) for n in names]
+    steps += [Step(f"write-cert:{n}", fwd(f"write-cert:{n}"), rev(f"write-cert:{n}")) for n in names]
+    steps += [Step("verify", fwd("verify")), Step("switch", fwd("switch"), point_of_no_return=True),
+              Step("cleanup", fwd("cleanup"))]
+    steps += [Step("unmark", fwd("unmark"))] if marker else []
+    steps += [Step("revoke-superseded", fwd("revoke-superseded"))]
+    revoke = Step("revoke-orphans", fwd("revoke-orphans"),
+                  detail=lambda op: {"request_ids": list(op.data.get("request_ids", {}).values())})
+    return Plan(KIND, tuple(steps), after_undo=(revoke,), noun="renewal", without_codes=WITHOUT_PIN,
+                undo_done=lambda op: {"orphaned_requests": [op.data["request_ids"][n] for n in op.data.get(
+                    "request_ids", {}) if f"cert_{n}" in op.data]},
+                undo_on=(_Refused, VerificationError), hold_on=(UplinkUnavailable,))
 
 
-def _kill_hook(step: str, phase: str) -> None:
-    """Test fault hook: ``CNS_AGENT_FAULT_KILL_AT=renew:<step>[:<phase>]`` makes the agent SIGKILL itself there."""
-    want = os.environ.get(ENV_KILL_AT)
-    if not want:
-        return
-    kind, _, rest = want.partition(":")
-    target, _, when = rest.rpartition(":") if rest.endswith((":begun", ":done", ":answered")) \
-        else (rest, "", "begun")
-    if kind == KIND and target == step and when == phase:
-        log.warning("fault hook %s: killing the agent (SIGKILL) at %s %s", ENV_KILL_AT, step, phase)
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class _Link:
-    cns: CnsSession
-    issuer: IssuerSession
+def plan(model) -> list[str]:
+    """The renewal's step names, in order."""
+    return build_plan(model).names
 
 
 class _Refused(Exception):
@@ -280,7 +253,7 @@ class Renewer:
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, codes: Codes) -> Outcome:
         self.stage = {}
-        link = await self._timed("card", self._open, connect, model)
+        link = await self._timed("card", open_link, connect, model)
         serial = await self._timed("card", link.cns.read_serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
@@ -303,7 +276,7 @@ class Renewer:
         """Finish or undo an open renewal (agent start, card insert, operator retry)."""
         if link is None:
             self.stage = {}
-            link = await self._timed("card", self._open, connect, model)
+            link = await self._timed("card", open_link, connect, model)
             serial = await self._timed("card", link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
@@ -311,52 +284,55 @@ class Renewer:
         self.progress("resume", f"card {op.card_serial}: resuming renewal {op.op_id} after step {op.step}")
         return await self._drive(op, link, model, codes)
 
-    # -- the state machine --------------------------------------------------------------
-    @staticmethod
-    def _begun(op: Operation, step: str) -> bool:
-        return step in op.data.get("_begun", [])
+    # -- the plan, run by the engine ----------------------------------------------------
+    def _engine(self, op: Operation) -> Engine:
+        def on_step(step: str, phase: str) -> None:
+            if (step, phase) == ("undo", "begun"):
+                self.progress("undo", f"card {op.card_serial}: undoing renewal {op.op_id}: "
+                                      f"{op.data.get('undo_reason', '')}")
+            self.on_step(step, phase)
+        return Engine(self.journal, on_step=on_step)
 
     async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
-        steps = plan(model)
-        names = [ks.name for ks in model.keysets]
-        switching = self._begun(op, "switch")
-        any_renew = any(self._begun(op, f"renew:{n}") for n in names)
-        all_csrs = all(op.step_done(f"csr:{n}") for n in names)
-        if self._begun(op, "undo"):        # an undo never turns back into a renewal: finish it
-            return await self._undo(op, link, model, op.data.get("undo_reason") or "resumed undo")
-        if not switching and not any_renew and codes is None and not all_csrs:
-            return await self._undo(op, link, model, "resumed without the holder's PIN before the requests were "
-                                                     "signed; the old certificates stay in use")
-        for step in steps:
-            if op.step_done(step):
-                continue
-            op.data.setdefault("_begun", [])
-            if step not in op.data["_begun"]:
-                op.data["_begun"].append(step)
-            await self.journal.step_begun(op, step)
-            self.on_step(step, "begun")
-            _kill_hook(step, "begun")
-            try:
-                results = await self._step(step, op, link, model, codes)
-            except UplinkUnavailable as exc:
-                if step == "revoke-superseded":
-                    msg = (f"card {op.card_serial} renewed: the new certificates are in use; revoking the replaced "
-                           f"ones waits for the personalizer (journaled, retried on the next agent start or card "
-                           f"insert): {exc}")
-                else:
-                    msg = (f"personalizer unreachable or request queued; renewal {op.op_id} kept open, the card "
-                           f"keeps working with its current certificates: {exc}")
-                self.progress(step, msg)
-                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
-            except (_Refused, VerificationError) as exc:
-                if self._begun(op, "switch"):
-                    raise
-                return await self._undo(op, link, model, str(exc))
-            await self.journal.step_done(op, step, **results)
-            self.on_step(step, "done")
-            _kill_hook(step, "done")
-        await self.journal.finish(op, DONE)
-        certs = {n: _unb64(op.data[f"cert_{n}"]) for n in names}
+        plan = build_plan(model, _Actions(self, link, model, codes))
+        return await self._outcome(op, await self._engine(op).run(plan, op, codes_at_hand=codes is not None),
+                                   model, codes)
+
+    async def undo(self, op: Operation, link, model, reason: str) -> Outcome:
+        """Back to the old keyset, then every certificate issued for this renewal revoked (``discard``)."""
+        plan = build_plan(model, _Actions(self, link, model, None))
+        return await self._outcome(op, await self._engine(op).undo(plan, op, reason), model, None)
+
+    async def _outcome(self, op: Operation, res: Result, model, codes: Codes | None) -> Outcome:
+        if res.state == "open" and res.step == "revoke-orphans":
+            msg = (f"renewal {op.op_id} undone on the card ({res.reason}); the old certificates stay in use. "
+                   f"Revoking the certificates issued for it waits: {res.error}; kept in the journal and retried on "
+                   "the next agent start or card insert")
+            self.progress("undo", msg)
+            return Outcome(op.op_id, op.card_serial, "open", op.data.get("holder_label", ""), message=msg,
+                           stage_seconds=dict(self.stage))
+        if res.state == "open":
+            if res.step == "revoke-superseded":
+                msg = (f"card {op.card_serial} renewed: the new certificates are in use; revoking the replaced "
+                       f"ones waits for the personalizer (journaled, retried on the next agent start or card "
+                       f"insert): {res.error}")
+            else:
+                msg = (f"personalizer unreachable or request queued; renewal {op.op_id} kept open, the card "
+                       f"keeps working with its current certificates: {res.error}")
+            self.progress(res.step or "", msg)
+            return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
+        if res.state == UNDONE:
+            results = op.data.get("orphans", [])
+            errors = [f"{r['serial_hex'] or r['source']}: {r['error']}" for r in results if r["outcome"] == "error"]
+            message = res.reason + ("; NOT revoked (ask central IT): " + "; ".join(errors) if errors else "")
+            revoked = [r["serial_hex"] for r in results if r["outcome"] in ("revoked", "already")]
+            if revoked:
+                message += f"; certificate(s) issued for it revoked (cessationOfOperation): {', '.join(revoked)}"
+            self.progress("undone", f"card {op.card_serial}: renewal {op.op_id} undone, the old certificates stay "
+                                    "in use")
+            return Outcome(op.op_id, op.card_serial, UNDONE, op.data.get("holder_label", ""), message=message,
+                           stage_seconds=dict(self.stage), pkcs11="not available: the renewal was undone")
+        certs = {ks.name: _unb64(op.data[f"cert_{ks.name}"]) for ks in model.keysets}
         refused = [r for r in op.data.get("superseded", []) if r.get("outcome") == "error"]
         message = "; ".join(f"the replaced certificate {r['serial_hex'] or r['source']} was NOT revoked: "
                             f"{r['error']} (ask central IT to revoke it)" for r in refused)
@@ -377,65 +353,7 @@ class Renewer:
             log.warning("card %s after renewal %s: PKCS#11 check %s", op.card_serial, op.op_id, result)
         return result
 
-    async def _step(self, step: str, op: Operation, link, model, codes: Codes | None) -> dict[str, Any]:
-        name, _, ks_name = step.partition(":")
-        ks = model.keyset(ks_name) if ks_name else None
-        self.progress(step, {"mark": "recording the renewal on the card",
-                             "generate-key": f"generating the new {ks_name} key pair in the spare slot",
-                             "csr": f"signing the {ks_name} request with the new key and the proof with the current one",
-                             "renew": f"requesting the new {PROFILE_OF_KEYSET.get(ks_name, '')} certificate",
-                             "write-cert": f"writing the new {ks_name} certificate to the spare file",
-                             "verify": "verifying the new keys and certificates",
-                             "switch": "switching to the new keys and certificates (one atomic step)",
-                             "cleanup": "removing the old keys and certificates",
-                             "unmark": "clearing the renewal record on the card",
-                             "revoke-superseded": "revoking the replaced certificates (superseded)"}[name])
-        if name == "mark":
-            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
-                              model.paths.renewal_marker, marker_bytes(op.op_id, op.data["marker_size"]))
-            return {}
-        if name == "generate-key":
-            key = await self._timed("card", self._admin_then, link, model, link.issuer.generate_key,
-                                    ks.spare_key_ref, op.data[f"bits_{ks.name}"])
-            return {f"pubkey_{ks.name}": _b64(_spki(key))}
-        if name == "csr":
-            if codes is None:
-                raise _Refused("the holder's PIN is needed to sign the renewal request; nothing was sent")
-            csr, pop = await self._timed("card", self._make_csr, link, model, ks, op, codes)
-            return {f"csr_{ks.name}": _b64(csr), f"pop_{ks.name}": _b64(pop)}
-        if name == "renew":
-            cert, _chain = await self._renew(op, ks, resumed=False)
-            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
-        if name == "write-cert":
-            await self._timed("card", self._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
-                              _unb64(op.data[f"cert_{ks.name}"]))
-            return {}
-        if name == "verify":
-            tested = await self._timed("card", self._verify, link, model, op, codes)
-            return {"test_signatures": tested}
-        if name == "switch":
-            await self._timed("card", self._switch, link, model, op)
-            return {}
-        if name == "cleanup":
-            await self._timed("card", self._cleanup, link, model, op)
-            return {}
-        if name == "unmark":
-            await self._timed("card", self._admin_then, link, model, link.cns.update_binary,
-                              model.paths.renewal_marker, bytes(op.data["marker_size"]))
-            return {}
-        if name == "revoke-superseded":
-            olds = [x509.load_der_x509_certificate(_unb64(op.data[f"current_{ks.name}"])) for ks in model.keysets]
-            results = await self._timed("broker", revoke_orphans, self.uplink,
-                                        [Orphan(issuer_dn=c.issuer.rfc4514_string(), serial_hex=f"{c.serial_number:X}")
-                                         for c in olds], requester=self.requester, reason=SUPERSEDED)
-            return {"superseded": [r.as_dict() for r in results]}
-        raise AssertionError(step)
-
     # -- card side (worker thread) ------------------------------------------------------
-    def _open(self, connect, model) -> _Link:
-        cns = CnsSession(connect(), model)
-        return _Link(cns, IssuerSession(cns, model))
-
     def _admin_then(self, link, model, fn, *args):
         link.issuer.authenticate(self.admin_key_for(model))
         return fn(*args)
@@ -563,12 +481,10 @@ class Renewer:
         step = f"renew:{ks.name}"
         resp = None
         try:
-            if op.data.get("_submitted", {}).get(ks.name):
-                # submitted before (answer lost, agent killed, queued): look it up, never re-issue
+            if resumed:
+                # begun before (answer lost, agent killed, queued): look it up, never re-issue
                 resp = await self._timed("broker", find_or_none, self.uplink, request_id)
             if resp is None:
-                op.data.setdefault("_submitted", {})[ks.name] = True
-                await self.journal.step_begun(op, step, request_id=request_id)
                 resp = await self._timed("broker", self.uplink.renew, request_id=request_id,
                                          profile=PROFILE_OF_KEYSET[ks.name],
                                          csr_der=_unb64(op.data[f"csr_{ks.name}"]),
@@ -587,8 +503,7 @@ class Renewer:
                             "NOT_FOUND"):
                 raise _Refused(f"the personalizer refused the {ks.name} renewal: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
-        self.on_step(step, "answered")       # test seam: the answer is here, not yet journaled
-        _kill_hook(step, "answered")
+        self.on_step(step, "answered")       # the answer is here, not yet journaled (tests' fault hooks)
         if resp.state == STATE_FAILED:
             raise _Refused(f"the CA refused the {ks.name} renewal: {resp.error.code} {resp.error.message}")
         if resp.state == STATE_CANCELLED:
@@ -611,56 +526,104 @@ class Renewer:
         if not _same_key(cert.public_key(), new):
             raise _Refused(f"the certificate issued for {ks.name} is not for the new key; nothing was written")
 
-    async def _undo(self, op: Operation, link, model, reason: str) -> Outcome:
-        """Back to the old keyset (spare slots emptied, marker cleared), then every certificate issued for
-        this renewal revoked (cessationOfOperation) through the personalizer's outbox. Both are journal
-        steps: a crash or an unreachable personalizer leaves the operation open and the next resume
-        finishes the undo (never turns it into a renewal again)."""
-        if self._begun(op, "switch"):
-            raise OperationError(f"renewal {op.op_id} cannot be undone after the switch", op_id=op.op_id)
-        if not op.step_done("undo"):
-            self.progress("undo", f"card {op.card_serial}: undoing renewal {op.op_id}: {reason}")
-            op.data.setdefault("_begun", [])
-            if "undo" not in op.data["_begun"]:
-                op.data["_begun"].append("undo")
-            op.data["undo_reason"] = reason
-            await self.journal.step_begun(op, "undo", reason=reason)
-            self.on_step("undo", "begun")
-            await self._timed("card", self._clean_spares, link, model, True)
-            issued = [op.data["request_ids"][n] for n in op.data.get("request_ids", {}) if f"cert_{n}" in op.data]
-            await self.journal.step_done(op, "undo", orphaned_requests=issued)
-        reason = op.data.get("undo_reason") or reason
-        # every request id of the operation: one may have been issued without the agent hearing the answer
+    async def _revoke_orphans(self, op: Operation) -> dict[str, Any]:
+        """The undo's tail: every request id of the operation (one may have been issued without the agent
+        hearing the answer) revoked, cessationOfOperation. Until the personalizer confirms, it is held."""
         orphans = [Orphan(request_id=rid) for rid in op.data.get("request_ids", {}).values()]
-        await self.journal.step_begun(op, "revoke-orphans", request_ids=[o.request_id for o in orphans])
-        self.on_step("revoke-orphans", "begun")
         try:
             results = await self._timed("broker", revoke_orphans, self.uplink, orphans, requester=self.requester)
         except UplinkUnavailable as exc:
-            return self._undo_waits(op, reason, f"the personalizer is unreachable ({exc})")
+            raise UplinkUnavailable(f"the personalizer is unreachable ({exc})") from exc
         pending = [r.source for r in results if r.outcome == "pending"]
         if pending:
             await self.journal.step_done(op, "revoke-orphans-attempt", orphans=[r.as_dict() for r in results])
-            return self._undo_waits(op, reason, f"request(s) {', '.join(pending)} still queued at the personalizer "
-                                                "(a certificate issued for them is revoked as soon as it exists)")
-        await self.journal.step_done(op, "revoke-orphans", orphans=[r.as_dict() for r in results])
-        await self.journal.finish(op, UNDONE, error=reason)
-        errors = [f"{r.serial_hex or r.source}: {r.error}" for r in results if r.outcome == "error"]
-        message = reason + ("; NOT revoked (ask central IT): " + "; ".join(errors) if errors else "")
-        revoked = [r.serial_hex for r in results if r.outcome in ("revoked", "already")]
-        if revoked:
-            message += f"; certificate(s) issued for it revoked (cessationOfOperation): {', '.join(revoked)}"
-        self.progress("undone", f"card {op.card_serial}: renewal {op.op_id} undone, the old certificates stay in use")
-        return Outcome(op.op_id, op.card_serial, UNDONE, op.data.get("holder_label", ""), message=message,
-                       stage_seconds=dict(self.stage), pkcs11="not available: the renewal was undone")
+            raise UplinkUnavailable(f"request(s) {', '.join(pending)} still queued at the personalizer (a "
+                                    "certificate issued for them is revoked as soon as it exists)")
+        return {"orphans": [r.as_dict() for r in results]}
 
-    def _undo_waits(self, op: Operation, reason: str, why: str) -> Outcome:
-        msg = (f"renewal {op.op_id} undone on the card ({reason}); the old certificates stay in use. Revoking "
-               f"the certificates issued for it waits: {why}; kept in the journal and retried on the next agent "
-               "start or card insert")
-        self.progress("undo", msg)
-        return Outcome(op.op_id, op.card_serial, "open", op.data.get("holder_label", ""), message=msg,
-                       stage_seconds=dict(self.stage))
+
+class _Actions:
+    """One run's step actions (``build_plan``'s runner): the card link, the model and the codes of the call."""
+
+    PROGRESS = {"mark": "recording the renewal on the card",
+                "generate-key": "generating the new {} key pair in the spare slot",
+                "csr": "signing the {} request with the new key and the proof with the current one",
+                "renew": "requesting the new {} certificate",
+                "write-cert": "writing the new {} certificate to the spare file",
+                "verify": "verifying the new keys and certificates",
+                "switch": "switching to the new keys and certificates (one atomic step)",
+                "cleanup": "removing the old keys and certificates",
+                "unmark": "clearing the renewal record on the card",
+                "revoke-superseded": "revoking the replaced certificates (superseded)"}
+
+    def __init__(self, r: "Renewer", link, model, codes: Codes | None):
+        self.r, self.link, self.model, self.codes = r, link, model, codes
+
+    async def forward(self, step: str, op: Operation, resumed: bool) -> dict[str, Any]:
+        r, link, model, codes = self.r, self.link, self.model, self.codes
+        name, _, ks_name = step.partition(":")
+        if name == "revoke-orphans":
+            return await r._revoke_orphans(op)
+        ks = model.keyset(ks_name) if ks_name else None
+        r.progress(step, self.PROGRESS[name].format(PROFILE_OF_KEYSET.get(ks_name, "") if name == "renew"
+                                                    else ks_name))
+        card = r._timed
+        if name == "mark":
+            await card("card", r._admin_then, link, model, link.cns.update_binary,
+                       model.paths.renewal_marker, marker_bytes(op.op_id, op.data["marker_size"]))
+            return {}
+        if name == "generate-key":
+            key = await card("card", r._admin_then, link, model, link.issuer.generate_key,
+                             ks.spare_key_ref, op.data[f"bits_{ks.name}"])
+            return {f"pubkey_{ks.name}": _b64(_spki(key))}
+        if name == "csr":
+            if codes is None:
+                raise _Refused("the holder's PIN is needed to sign the renewal request; nothing was sent")
+            csr, pop = await card("card", r._make_csr, link, model, ks, op, codes)
+            return {f"csr_{ks.name}": _b64(csr), f"pop_{ks.name}": _b64(pop)}
+        if name == "renew":
+            cert, _chain = await r._renew(op, ks, resumed=resumed)
+            return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
+        if name == "write-cert":
+            await card("card", r._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
+                       _unb64(op.data[f"cert_{ks.name}"]))
+            return {}
+        if name == "verify":
+            return {"test_signatures": await card("card", r._verify, link, model, op, codes)}
+        if name == "switch":
+            await card("card", r._switch, link, model, op)
+            return {}
+        if name == "cleanup":
+            await card("card", r._cleanup, link, model, op)
+            return {}
+        if name == "unmark":
+            await card("card", r._admin_then, link, model, link.cns.update_binary,
+                       model.paths.renewal_marker, bytes(op.data["marker_size"]))
+            return {}
+        if name == "revoke-superseded":
+            olds = [x509.load_der_x509_certificate(_unb64(op.data[f"current_{k.name}"])) for k in model.keysets]
+            results = await r._timed("broker", revoke_orphans, r.uplink,
+                                     [Orphan(issuer_dn=c.issuer.rfc4514_string(), serial_hex=f"{c.serial_number:X}")
+                                      for c in olds], requester=r.requester, reason=SUPERSEDED)
+            return {"superseded": [x.as_dict() for x in results]}
+        raise AssertionError(step)
+
+    async def undo(self, step: str, op: Operation) -> None:
+        """Back to the old keyset: spare slots emptied, marker cleared (each idempotent)."""
+        link, model, card = self.link, self.model, self.r._timed
+        name, _, ks_name = step.partition(":")
+        ks = model.keyset(ks_name) if ks_name else None
+        if name == "generate-key":
+            await card("card", self.r._admin_then, link, model, link.issuer.erase_key, ks.spare_key_ref)
+        elif name == "write-cert":
+            await card("card", self.r._admin_then, link, model, link.issuer.delete_ef, ks.spare_cert_path)
+        elif name == "mark":
+            await card("card", self._clear_marker)
+
+    def _clear_marker(self) -> None:
+        size = len(self.link.cns.read_file(self.model.paths.renewal_marker))
+        self.r._admin_then(self.link, self.model, self.link.cns.update_binary, self.model.paths.renewal_marker,
+                           bytes(size))
 
 
 def _subject_of(cert: x509.Certificate) -> list[tuple[str, str]]:

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.card.transport import ApduTransport
+from agent.ops.cardlink import open_link
+from agent.ops.engine import UNDO, Engine, JournalState, decide
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
+from agent.ops import personalize as _personalize
 from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer, registration_holder
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
@@ -54,6 +57,9 @@ class StationOps:
         self._locks: dict[str, asyncio.Lock] = {}      # per reader: one operation at a time per device
         self._stops: dict[str, asyncio.Event] = {}     # per reader: the running operation's stop request
         self.on_open: Callable[[str], None] = lambda reader: None   # an operation left open: retry it later
+        # the engine's step callback (agent.ops.engine) of every operation run here: (kind, step, phase);
+        # tests' fault hooks hang on it (tests/support/kill_at.py)
+        self.on_step: Callable[[str, str, str], None] = lambda kind, step, phase: None
 
     def device_lock(self, reader: str) -> asyncio.Lock:
         """The lock of one device (reader): operations, PIN and lifecycle calls on it take it."""
@@ -113,12 +119,14 @@ class StationOps:
     def _personalizer(self, uplink, progress, stop: asyncio.Event | None = None) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
                             admin_key_for=self.admin_key_for, progress=progress,
-                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop)
+                            watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop,
+                            on_step=lambda step, phase: self.on_step(PERSONALIZE, step, phase))
 
     def _renewer(self, uplink, progress, stop: asyncio.Event | None = None) -> Renewer:
         def on_step(step: str, phase: str) -> None:
+            self.on_step(_renew.KIND, step, phase)
             # the renewal's safe points are its journaled step ends (the old certificates stay in use)
-            if stop is not None and stop.is_set() and phase == "done" and step not in ("switch",):
+            if stop is not None and stop.is_set() and phase == "done" and step not in ("switch", *_UNDOING):
                 raise _StopRenewal(step)
         return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
                        admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
@@ -217,29 +225,31 @@ class StationOps:
                     if op.kind == PERSONALIZE:
                         runner = self._personalizer(uplink, progress, stop)
                         if action == "discard":
-                            link = await asyncio.to_thread(runner._open, links.open, model)
+                            link = await asyncio.to_thread(open_link, links.open, model)
                             serial = await asyncio.to_thread(link.cns.read_serial)
                             if serial != op.card_serial:
                                 raise PreconditionError(f"operation {op_id} is for card {op.card_serial}, "
                                                         f"not the card {serial} in {reader!r}")
-                            out = await runner._undo(op, link, model, op.data.get("undo_reason")
+                            out = await runner.undo(op, link, model, op.data.get("undo_reason")
                                                      or "discarded by the operator")
                         else:
-                            csrs = all(op.step_done(f"csr:{ks.name}") for ks in model.keysets)
-                            if codes is None and not csrs and not op.data.get("undo_reason"):
+                            plan = _personalize.build_plan(model)
+                            st = JournalState.of(plan, op, codes_at_hand=codes is not None)
+                            if decide(plan, st).action == UNDO and not st.undoing:
                                 raise PreconditionError(f"finishing {op_id} needs the holder's PIN: its certificate "
                                                         "requests are not signed yet (give --codes-file)")
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
                     elif op.kind == _renew.KIND:
                         runner = self._renewer(uplink, progress, stop)
                         if action == "discard":
-                            if op.step_done("switch") or "switch" in op.data.get("_begun", []):
+                            plan = _renew.build_plan(model)
+                            if Engine.past_no_return(plan, op):
                                 raise PreconditionError(f"renewal {op_id} has switched to the new certificates: it "
                                                         f"can only be finished (`cns-agent operations finish {op_id}`)")
                             codes = None   # a renewal resumed without the PIN before its CSRs is undone
-                            if all(op.step_done(f"csr:{ks.name}") for ks in model.keysets):
-                                link = await asyncio.to_thread(runner._open, links.open, model)
-                                out = await runner._undo(op, link, model, "discarded by the operator")
+                            if decide(plan, JournalState.of(plan, op, codes_at_hand=False)).action != UNDO:
+                                link = await asyncio.to_thread(open_link, links.open, model)
+                                out = await runner.undo(op, link, model, "discarded by the operator")
                         if out is None:
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
                     else:
@@ -252,6 +262,9 @@ class StationOps:
 
     async def open_operations(self) -> list[Any]:
         return await self.journal.open_operations()
+
+
+_UNDOING = ("undo", "revoke-orphans")   # an undo under way is finished, not stopped
 
 
 class _StopRenewal(Exception):

@@ -13,8 +13,9 @@ Kinds (armed when the step is journaled begun):
 * ``ca-lost``    the CA issues but the answer is lost (the relay retries and finds it); at a
                  ``renew:*`` step the agent also loses the personalizer's answer (abandoned as
                  a SIGKILL would leave it, right after the answer arrived)
-* ``sigkill``    a real ``cns-agent run`` process SIGKILLs itself at the step (fault hook
-                 ``CNS_AGENT_FAULT_KILL_AT``), is restarted, and recovers on start
+* ``sigkill``    a real ``cns-agent run`` process SIGKILLs itself at the step (the test entry
+                 point ``tests/support/kill_at.py`` on the step engine's callback), is restarted,
+                 and recovers on start
 
 CA kinds armed at a step after the last ``renew:*`` have nothing left to break: those runs
 check that a late CA fault does not disturb the rest.
@@ -53,6 +54,8 @@ from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
 from tests.conftest import OPENSC_PKCS11
 from tests.ops import renewal_env as env
+from tests.support import kill_at as kill_entry
+from tests.support.faults import arm_card_fault
 
 pytestmark = [pytest.mark.pcscd, pytest.mark.opensc]
 
@@ -65,8 +68,6 @@ DATA = b"renewal fault matrix: signed through OpenSC\n"
 # revoke-superseded, the last step, sends no command to the card: a card fault armed there has nothing
 # left to break (the card is already renewed); those runs check the card is still the renewed one.
 CARDLESS_LAST = {"revoke-superseded"}
-WRITE_INS = {"mark": "D6", "generate-key": "46", "write-cert": "D6", "switch": "D8", "cleanup": "EA", "unmark": "D6"}
-MAIN_INS = {**WRITE_INS, "write-cert": "E0", "csr": "2A", "verify": "2A"}
 
 PKCS11_SCRIPT = r"""
 import json, sys, pkcs11
@@ -131,17 +132,9 @@ def _personalized(world, journal: Path) -> EmulatedCard:
 
 
 def _arm(kind: str, step: str, card: EmulatedCard, p: env.ThreadedPersonalizer) -> None:
-    name = step.split(":")[0]
-    if kind == "tear":
-        if name in WRITE_INS:
-            card.faults.add(f"tear:ins={WRITE_INS[name]},bytes={100 if name == 'write-cert' else 8}")
-        else:
-            card.pull()
-    elif kind == "drop":
-        card.faults.add(f"drop:ins={WRITE_INS[name]},after=1" if name in WRITE_INS else "drop:ins=*")
-    elif kind == "sw":
-        card.faults.add(f"sw:ins={MAIN_INS.get(name, '*')},sw=6581")
-    elif kind == "down":
+    if arm_card_fault(kind, step, card):
+        return
+    if kind == "down":
         p.stop()
     elif kind == "ca-error":
         p.ca.refuse = 1
@@ -310,16 +303,18 @@ def _agent_env(base: dict, runtime: Path, kill_at: str | None) -> dict:
     e = {k: v for k, v in base.items() if not k.startswith("_")}
     e.update(XDG_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1", CNS_AGENT_RENEWAL_WINDOW_DAYS="36500",
              CNS_AGENT_RECOVERY_RETRY_S="1", CNS_AGENT_WATCH_TIMEOUT_S="20")
-    e.pop("CNS_AGENT_FAULT_KILL_AT", None)
+    e.pop(kill_entry.ENV, None)
     if kill_at:
-        e["CNS_AGENT_FAULT_KILL_AT"] = kill_at
+        e[kill_entry.ENV] = kill_at
     return e
 
 
 def _start_agent(config: Path, agent_env: dict, log: Path) -> subprocess.Popen:
     sock = Path(agent_env["XDG_RUNTIME_DIR"]) / "cns-agent" / "agent.sock"
     with open(log, "ab") as fh:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "cns-agent"), "run", "--config", str(config)],
+        program = [sys.executable, kill_entry.__file__] if agent_env.get(kill_entry.ENV) \
+            else [str(Path(sys.executable).parent / "cns-agent")]
+        proc = subprocess.Popen([*program, "run", "--config", str(config)],
                                 env=agent_env, stdout=fh, stderr=subprocess.STDOUT, cwd="/")
     _wait(lambda: sock.exists() or proc.poll() is not None, 20, lambda: f"agent did not start: {log.read_text()}")
     assert proc.poll() is None, log.read_text()

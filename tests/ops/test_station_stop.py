@@ -87,3 +87,30 @@ def test_stopped_personalization_before_any_request_is_blank_and_unknown_ids_are
     with pytest.raises(PreconditionError, match="no open operation nope"):
         asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.resolve(
             "nope", "discard", connect=_connect(card), reader="r0", model=model)))
+
+
+def test_a_stop_during_an_undo_lets_the_undo_finish(station, tmp_path):
+    """Ctrl-C while a discarded renewal is being undone: the undo is not a renewal step to stop after;
+    it finishes (old certificates, spare slots empty, nothing left open)."""
+    model = _model()
+    card = EmulatedCard(model)
+    out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.personalize(
+        connect=_connect(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
+    assert out.state == "done", out.message
+    before = env.card_view(card, model)
+    out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.renew(
+        connect=_connect(card), reader="r0", model=model, codes=env.codes_for(model),
+        progress=_stop_at(ops, "generate-key:CNS1"))))
+    assert out.state == "open", out.message
+
+    async def discarded_with_a_stop(ops):
+        [op] = await ops.open_operations()
+        done = await ops.resolve(op.op_id, "discard", connect=_connect(card), reader="r0", model=model,
+                                 progress=_stop_at(ops, "undo"))
+        return done, await ops.open_operations()
+    done, left = asyncio.run(_with_ops(station, tmp_path / "j.db", discarded_with_a_stop))
+    assert done.state == "undone" and left == [], done.message
+    after = env.card_view(card, model)
+    for ks in model.keysets:
+        assert after[ks.name]["der"] == before[ks.name]["der"]
+        assert not after[ks.name]["spare_key"] and not after[ks.name]["spare_cert"]
