@@ -1,0 +1,378 @@
+"""The fleet's gRPC edge: ``Fleet`` (the agent-opened stream and its polling twin) and ``FleetAdmin``.
+
+A station is who its mTLS certificate says (``identity.current_identity()``, resolved by the
+``AuthInterceptor``); no message carries an identity. ``Connect`` expects a hello first (within
+``hello_timeout``), answers a welcome naming the identity it read and the heartbeat interval, then
+writes the station's open commands from the store whenever the hub wakes it; the agent's messages are
+read by a task of the call. A stream silent for ``3 × heartbeat`` is closed (a dead agent behind a
+proxy). ``Poll`` takes the same messages in one call and answers with the open commands: both paths go
+through ``_handle``, so the server treats them alike.
+
+Refusals (bad or oversize inventory, too many hellos, a report on a command never sent to this
+station, a second hello on one stream) get their status code, a row in the fleet audit and change
+nothing. ``FleetAdmin`` reads the inventory and creates commands (admin role only, in METHOD_ROLES).
+
+Imports grpc, proto, ``personalizer.edge.identity``, ``personalizer.errors`` and the fleet's store/hub.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import re
+import time
+
+import grpc
+
+from personalizer.edge import identity
+from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
+from personalizer.fleet import store as fs
+from personalizer.fleet.hub import Hub, Replaced, Session
+from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_DEVICES = 64
+MAX_READERS = 16
+MAX_KEYSETS = 8
+MAX_TEXT = 128
+MAX_POLL_MESSAGES = 256
+MAX_WITHIN_DAYS = 3650
+_TEXT_RE = re.compile(r"[\x20-\x7e]*")
+
+KINDS = {pb.FLEET_COMMAND_REFRESH_INVENTORY: "refresh_inventory", pb.FLEET_COMMAND_RENEW_DUE: "renew_due",
+         pb.FLEET_COMMAND_INSTALL_RELEASE: "install_release", pb.FLEET_COMMAND_COLLECT_LOGS: "collect_logs"}
+KIND_CODES = {v: k for k, v in KINDS.items()}
+STATES = {fs.PENDING: pb.FLEET_COMMAND_PENDING, fs.SENT: pb.FLEET_COMMAND_SENT, fs.ACKED: pb.FLEET_COMMAND_ACKED,
+          fs.RUNNING: pb.FLEET_COMMAND_RUNNING, fs.SUCCEEDED: pb.FLEET_COMMAND_SUCCEEDED,
+          fs.FAILED: pb.FLEET_COMMAND_FAILED, fs.REJECTED: pb.FLEET_COMMAND_REJECTED,
+          fs.TIMED_OUT: pb.FLEET_COMMAND_TIMED_OUT}
+
+
+class TooMany(PersonalizerError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+def _status(exc: PersonalizerError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+
+
+def _text(field: str, value: str) -> str:
+    if len(value) > MAX_TEXT or not _TEXT_RE.fullmatch(value):
+        raise InvalidRequest(field, f"at most {MAX_TEXT} printable ASCII characters")
+    return value
+
+
+def device_from_pb(d: pb.FleetDevice, where: str) -> fs.Device:
+    if not d.serial:
+        raise InvalidRequest(f"{where}.serial", "a device needs its serial")
+    if len(d.certificates) > MAX_KEYSETS:
+        raise InvalidRequest(f"{where}.certificates", f"at most {MAX_KEYSETS} keysets per device")
+    for name in ("kind", "model", "serial", "firmware_version", "partition_version", "token_release", "reader"):
+        _text(f"{where}.{name}", getattr(d, name))
+    certs = tuple(fs.Keyset(_text(f"{where}.certificates.keyset", k.keyset), k.not_after) for k in d.certificates)
+    return fs.Device(serial=d.serial, kind=d.kind or "card", model=d.model, firmware_version=d.firmware_version,
+                     partition_version=d.partition_version, token_release=d.token_release, reader=d.reader,
+                     certificates=certs)
+
+
+def device_to_pb(d: fs.Device) -> pb.FleetDevice:
+    return pb.FleetDevice(kind=d.kind, model=d.model, serial=d.serial, firmware_version=d.firmware_version,
+                          partition_version=d.partition_version, token_release=d.token_release, reader=d.reader,
+                          certificates=[pb.FleetKeysetExpiry(keyset=k.keyset, not_after=k.not_after)
+                                        for k in d.certificates])
+
+
+def _devices(devices, where: str) -> list[fs.Device]:
+    if len(devices) > MAX_DEVICES:
+        raise InvalidRequest(where, f"at most {MAX_DEVICES} devices per station; got {len(devices)}")
+    out = [device_from_pb(d, f"{where}[{i}]") for i, d in enumerate(devices)]
+    if len({d.serial for d in out}) != len(out):
+        raise InvalidRequest(where, "a serial is listed twice")
+    return out
+
+
+def _readers(readers, where: str) -> list[str]:
+    if len(readers) > MAX_READERS:
+        raise InvalidRequest(where, f"at most {MAX_READERS} readers; got {len(readers)}")
+    return [_text(where, r) for r in readers]
+
+
+def command_to_pb(c: fs.Command) -> pb.FleetCommand:
+    return pb.FleetCommand(command_id=c.command_id, kind=KIND_CODES.get(c.kind, 0), device_serial=c.device_serial,
+                           release=c.release)
+
+
+def status_to_pb(c: fs.Command) -> pb.FleetCommandStatus:
+    return pb.FleetCommandStatus(command_id=c.command_id, station=c.station, command=command_to_pb(c),
+                                 state=STATES[c.state], percent=c.percent, message=c.message,
+                                 created=int(c.created), updated=int(c.updated))
+
+
+class _Audited:
+    store: fs.FleetStore
+
+    async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
+        """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
+        await self.store.audit(actor, method.rsplit("/", 1)[-1], "refused", {"reason": str(exc)})
+
+    async def _refused(self, actor: str, action: str, exc: PersonalizerError, context):
+        try:
+            await self.store.audit(actor, action, "refused", {"reason": str(exc), "code": exc.code})
+        except Exception:   # the refusal stands even if its audit row cannot be written
+            log.exception("could not audit a refused fleet call")
+        await context.abort(_status(exc), str(exc))
+
+
+def _unary(fn):
+    """PersonalizerError → its status code, after one audit row; anything else → INTERNAL (logged)."""
+    @functools.wraps(fn)
+    async def call(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except PersonalizerError as exc:
+            await self._refused(identity.current_identity().uri, fn.__name__, exc, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in Fleet %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
+    return call
+
+
+class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
+    def __init__(self, store: fs.FleetStore, hub: Hub, *, heartbeat_seconds: float = 30, poll_seconds: float = 60,
+                 hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic):
+        self.store = store
+        self.hub = hub
+        self.heartbeat_seconds = heartbeat_seconds
+        self.poll_seconds = poll_seconds
+        self.hello_timeout = hello_timeout
+        self.hellos_per_minute = hellos_per_minute
+        self.on_report = on_report   # async (command) -> None after a command moved (rollouts listen here)
+        self._clock = clock
+        self._hellos: dict[str, collections.deque] = {}
+
+    def welcome(self, station: str) -> pb.FleetWelcome:
+        return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
+                               poll_seconds=max(1, round(self.poll_seconds)))
+
+    def _count_hello(self, station: str) -> None:
+        now = self._clock()
+        q = self._hellos.setdefault(station, collections.deque())
+        while q and q[0] < now - 60:
+            q.popleft()
+        if len(q) >= self.hellos_per_minute:
+            raise TooMany(f"more than {self.hellos_per_minute} hellos a minute from {station}; "
+                          "reconnect with backoff")
+        q.append(now)
+        if len(self._hellos) > 100_000:   # bounded: forget the stations quiet for a minute
+            for k in [k for k, v in self._hellos.items() if not v or v[-1] < now - 60]:
+                del self._hellos[k]
+
+    async def _hello(self, ident: identity.Identity, hello: pb.FleetHello) -> None:
+        self._count_hello(ident.uri)
+        devices = _devices(hello.devices, "hello.devices")
+        readers = _readers(hello.readers, "hello.readers")
+        await self.store.record_hello(ident.uri, ident.chamber_code or "", ident.subject_id,
+                                      _text("hello.agent_version", hello.agent_version), readers, devices)
+
+    async def _handle(self, ident: identity.Identity, msg: pb.FleetAgentMessage) -> None:
+        """One agent message after the hello, from the stream or a poll."""
+        station = ident.uri
+        body = msg.WhichOneof("body")
+        if body == "heartbeat":
+            await self.store.seen(station)
+            return
+        if body == "inventory":
+            inv = msg.inventory
+            present = _devices(inv.present, "inventory.present")
+            if len(inv.removed_serials) > MAX_DEVICES:
+                raise InvalidRequest("inventory.removed_serials", f"at most {MAX_DEVICES}")
+            removed = [_text("inventory.removed_serials", s) for s in inv.removed_serials]
+            readers = _readers(inv.readers, "inventory.readers") if inv.readers_changed else None
+            await self.store.apply_delta(station, present, removed, readers)
+            return
+        if body == "ack":
+            a = msg.ack
+            cmd = await self.store.update_command(station, a.command_id, fs.ACKED if a.accepted else fs.REJECTED,
+                                                  message=a.reason)
+        elif body == "progress":
+            p = msg.progress
+            cmd = await self.store.update_command(station, p.command_id, fs.RUNNING, percent=p.percent,
+                                                  message=p.message)
+        elif body == "result":
+            r = msg.result
+            if len(r.attestation) > 16384:
+                raise InvalidRequest("result.attestation", "at most 16 KiB")
+            cmd = await self.store.update_command(station, r.command_id, fs.SUCCEEDED if r.success else fs.FAILED,
+                                                  percent=100 if r.success else None, message=r.message,
+                                                  attestation=bytes(r.attestation) or None)
+        elif body == "hello":
+            raise FailedPrecondition("a stream or poll session sends one hello, first")
+        else:
+            raise InvalidRequest("message", "empty agent message")
+        if self.on_report is not None:
+            await self.on_report(cmd)
+
+    async def _deliver(self, session: Session) -> list[pb.FleetCommand]:
+        cmds = [c for c in await self.store.open_commands(session.station) if c.command_id not in session.sent]
+        await self.store.mark_sent([c.command_id for c in cmds])
+        session.sent.update(c.command_id for c in cmds)
+        return [command_to_pb(c) for c in cmds]
+
+    async def _read(self, it, ident: identity.Identity, session: Session) -> None:
+        """The agent's messages after the hello; a failure ends the call through the session's queue."""
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(it.__anext__(), 3 * self.heartbeat_seconds)
+                except StopAsyncIteration:
+                    session.fail(EOFError())
+                    return
+                except asyncio.TimeoutError:
+                    session.fail(TimeoutError(f"no heartbeat from {ident.uri} in {3 * self.heartbeat_seconds:g} s"))
+                    return
+                await self._handle(ident, msg)
+        except PersonalizerError as exc:
+            session.fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # the stream broke under us (client gone): end the call
+            session.fail(exc)
+
+    async def Connect(self, request_iterator, context):
+        ident = identity.current_identity()
+        it = request_iterator.__aiter__()
+        try:
+            try:
+                first = await asyncio.wait_for(it.__anext__(), self.hello_timeout)
+            except (asyncio.TimeoutError, StopAsyncIteration):
+                raise InvalidRequest("hello", f"no hello within {self.hello_timeout:g} s of connecting") from None
+            if first.WhichOneof("body") != "hello":
+                raise InvalidRequest("hello", "the first message of a stream must be a hello")
+            await self._hello(ident, first.hello)
+        except PersonalizerError as exc:
+            await self._refused(ident.uri, "Connect", exc, context)
+        session = self.hub.attach(ident.uri)
+        reader = asyncio.create_task(self._read(it, ident, session))
+        try:
+            yield pb.FleetServerMessage(welcome=self.welcome(ident.uri))
+            while True:
+                item = await session.queue.get()
+                if isinstance(item, PersonalizerError):
+                    await self._refused(ident.uri, "Connect", item, context)
+                if isinstance(item, Replaced):
+                    await context.abort(grpc.StatusCode.ABORTED, str(item))
+                if isinstance(item, TimeoutError):
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(item))
+                if isinstance(item, BaseException):   # the agent closed its side, or the connection broke
+                    return
+                for cmd in await self._deliver(session):
+                    yield pb.FleetServerMessage(command=cmd)
+        finally:
+            reader.cancel()
+            if self.hub.detach(session):
+                try:
+                    await self.store.set_connected(ident.uri, False)
+                except Exception:
+                    log.exception("could not mark %s disconnected", ident.uri)
+
+    @_unary
+    async def Poll(self, request: pb.FleetPollRequest, context) -> pb.FleetPollResponse:
+        ident = identity.current_identity()
+        if len(request.messages) > MAX_POLL_MESSAGES:
+            raise InvalidRequest("messages", f"at most {MAX_POLL_MESSAGES} per poll")
+        msgs = list(request.messages)
+        if msgs and msgs[0].WhichOneof("body") == "hello":
+            await self._hello(ident, msgs.pop(0).hello)
+            await self.store.set_connected(ident.uri, False)   # polling: reachable, but not on a stream
+        elif await self.store.get_station(ident.uri) is None:
+            raise FailedPrecondition("this station has not said hello; start the poll session with a hello")
+        else:
+            await self.store.seen(ident.uri)
+        for m in msgs:
+            await self._handle(ident, m)
+        session = Session(ident.uri)   # a poll delivers every open command each time until acknowledged
+        return pb.FleetPollResponse(welcome=self.welcome(ident.uri), commands=await self._deliver(session))
+
+
+def query_from_pb(q: pb.FleetInventoryQuery) -> fs.Query:
+    for name in ("chamber", "model", "firmware_version", "token_release", "agent_version", "search", "page_token"):
+        _text(name, getattr(q, name))
+    return fs.Query(chamber=q.chamber, model=q.model, firmware_version=q.firmware_version,
+                    token_release=q.token_release, agent_version=q.agent_version,
+                    last_seen_before=q.last_seen_before, last_seen_after=q.last_seen_after, search=q.search,
+                    page_size=q.page_size, page_token=q.page_token)
+
+
+class FleetAdminService(_Audited, fleet_pb2_grpc.FleetAdminServicer):
+    def __init__(self, store: fs.FleetStore, hub: Hub, *, clock=time.time):
+        self.store = store
+        self.hub = hub
+        self._clock = clock
+
+    @_unary
+    async def ListStations(self, request, context) -> pb.FleetListStationsResponse:
+        page = await self.store.list_stations(query_from_pb(request))
+        return pb.FleetListStationsResponse(
+            stations=[pb.FleetStationRecord(station=s.station, chamber=s.chamber, station_id=s.station_id,
+                                            agent_version=s.agent_version, readers=list(s.readers),
+                                            last_seen=int(s.last_seen), connected=self.hub.is_connected(s.station),
+                                            device_count=s.device_count) for s in page.rows],
+            next_page_token=page.next_page_token, total=page.total)
+
+    @_unary
+    async def ListDevices(self, request, context) -> pb.FleetListDevicesResponse:
+        page = await self.store.list_devices(query_from_pb(request))
+        return pb.FleetListDevicesResponse(
+            devices=[pb.FleetDeviceRecord(station=d.station, chamber=d.chamber, device=device_to_pb(d.device),
+                                          last_seen=int(d.last_seen)) for d in page.rows],
+            next_page_token=page.next_page_token, total=page.total)
+
+    @_unary
+    async def ExpiringCertificates(self, request, context) -> pb.FleetExpiringResponse:
+        if not 0 < request.within_days <= MAX_WITHIN_DAYS:
+            raise InvalidRequest("within_days", f"between 1 and {MAX_WITHIN_DAYS}; got {request.within_days}")
+        before = int(self._clock() + request.within_days * 86400)
+        page = await self.store.expiring(query_from_pb(request.query), before)
+        return pb.FleetExpiringResponse(
+            certificates=[pb.FleetExpiringCertificate(station=r.station, chamber=r.chamber, serial=r.serial,
+                                                      model=r.model, keyset=r.keyset, not_after=r.not_after)
+                          for r in page.rows],
+            next_page_token=page.next_page_token, total=page.total)
+
+    @_unary
+    async def SendCommand(self, request, context) -> pb.FleetCommandStatus:
+        ident = identity.current_identity()
+        kind = KINDS.get(request.kind)
+        if kind is None:
+            raise InvalidRequest("kind", "name a command kind (refresh_inventory, renew_due, install_release, "
+                                         "collect_logs)")
+        if kind == "install_release" and not request.release:
+            raise InvalidRequest("release", "install_release needs the release to install")
+        _text("release", request.release)
+        _text("device_serial", request.device_serial)
+        station = await self._station(request.station)
+        cmd = await self.store.add_command(fs.Command(command_id="", station=station, kind=kind,
+                                                     device_serial=request.device_serial, release=request.release,
+                                                     actor=ident.uri))
+        await self.store.audit(ident.uri, "SendCommand", "accepted", {"command_id": cmd.command_id,
+                                                                      "station": station, "kind": kind})
+        self.hub.wake(station)
+        return status_to_pb(cmd)
+
+    async def _station(self, uri: str) -> str:
+        _text("station", uri)
+        m = identity._URI_RE.fullmatch(uri)
+        if not m or m.group(1) != identity.ROLE_STATION:
+            raise InvalidRequest("station", f"not a station identity urn:cns:station:<chamber>:<id>: {uri!r}")
+        if await self.store.get_station(uri) is None:
+            raise NotFound(f"station {uri} has never connected; check the identity (cnsctl fleet stations)")
+        return uri
+
+    @_unary
+    async def GetCommand(self, request, context) -> pb.FleetCommandStatus:
+        _text("command_id", request.command_id)
+        return status_to_pb(await self.store.get_command(request.command_id))

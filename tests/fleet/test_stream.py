@@ -1,0 +1,192 @@
+"""Fleet.Connect end to end over real mTLS (issue 15 item 1): hello and inventory under the certificate's
+identity, commands down with ack/progress/result, reconnect after a daemon restart, tinyproxy in between,
+and the polling fallback when the proxy breaks streams."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from agent.fleet import FleetAgent, Options
+from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
+from tests.conftest import require
+from tests.fleet import support
+
+FAST = Options(initial_backoff=0.2, max_backoff=1.0, jitter=0.2, min_stream_seconds=0, welcome_timeout=5,
+               call_timeout=5)
+STATION = "urn:cns:station:RM:RM-ST-1"
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _admin(deployment, port):
+    ch = support.aio_channel(deployment, port, support.admin_cert(deployment))
+    return ch, fleet_pb2_grpc.FleetAdminStub(ch)
+
+
+async def _state(admin, command_id):
+    return (await admin.GetCommand(pb.FleetCommandRef(command_id=command_id))).state
+
+
+def test_hello_files_the_inventory_under_the_certificate_identity_and_commands_run(deployment, tmp_path):
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", heartbeat_seconds=1) as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            ex = support.FakeExecutor(gate=asyncio.Event())
+            agent = FleetAgent(cfg, support.FakeInventory(), ex, version="1.2.3", options=FAST)
+            task = asyncio.create_task(agent.run())
+            ch, admin = await _admin(deployment, port)
+            try:
+                await support.until(lambda: fleet.hub.is_connected(STATION), what="the agent's stream")
+                assert agent.stats.station == STATION and agent.stats.mode == "streaming"
+                stations = await admin.ListStations(pb.FleetInventoryQuery(chamber="RM"))
+                assert [(s.station, s.agent_version, s.connected, s.device_count) for s in stations.stations] == [
+                    (STATION, "1.2.3", True, 1)]
+                devices = await admin.ListDevices(pb.FleetInventoryQuery(model="infocamere-cns-2048"))
+                assert devices.devices[0].device.serial == "7420000000000001"
+                soon = await admin.ExpiringCertificates(pb.FleetExpiringQuery(within_days=30))
+                late = await admin.ExpiringCertificates(pb.FleetExpiringQuery(within_days=10))
+                assert [c.keyset for c in soon.certificates] == ["cns-auth"] and not late.certificates
+
+                st = await admin.SendCommand(pb.FleetSendCommandRequest(
+                    station=STATION, kind=pb.FLEET_COMMAND_INSTALL_RELEASE, release="2026.12"))
+                await support.until(lambda: _state(admin, st.command_id), what="a state")
+                got = await support.until(
+                    lambda: _is(admin, st.command_id, pb.FLEET_COMMAND_RUNNING), what="progress")
+                assert got.percent == 50 and got.message == "half way"
+                ex.gate.set()
+                done = await support.until(lambda: _is(admin, st.command_id, pb.FLEET_COMMAND_SUCCEEDED),
+                                           what="the result")
+                assert done.percent == 100 and ex.ran == [st.command_id]
+
+                # hotplug: the card leaves, a token arrives
+                agent.report_delta(present=[support.DeviceInfo(serial="TK-1", kind="token", model="tok")],
+                                   removed=["7420000000000001"])
+                await support.until(lambda: _serials(admin), what="the delta")
+                assert await _serials(admin) == ["TK-1"]
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await ch.close()
+    run(go())
+
+
+async def _is(admin, command_id, state):
+    st = await admin.GetCommand(pb.FleetCommandRef(command_id=command_id))
+    return st if st.state == state else None
+
+
+async def _serials(admin):
+    got = [d.device.serial for d in (await admin.ListDevices(pb.FleetInventoryQuery())).devices]
+    return got if got != ["7420000000000001"] else []
+
+
+def test_a_refused_command_is_rejected_and_not_run(deployment, tmp_path):
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite") as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            ex = support.FakeExecutor(refuse={pb.FLEET_COMMAND_COLLECT_LOGS})
+            task = asyncio.create_task(FleetAgent(cfg, support.FakeInventory(), ex, version="1", options=FAST).run())
+            ch, admin = await _admin(deployment, port)
+            try:
+                await support.until(lambda: fleet.hub.is_connected(STATION))
+                st = await admin.SendCommand(pb.FleetSendCommandRequest(station=STATION,
+                                                                        kind=pb.FLEET_COMMAND_COLLECT_LOGS))
+                got = await support.until(lambda: _is(admin, st.command_id, pb.FLEET_COMMAND_REJECTED))
+                assert got.message == "this agent does not do that" and ex.ran == []
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await ch.close()
+    run(go())
+
+
+def test_after_a_daemon_restart_the_agent_reconnects_and_gets_what_is_pending(deployment, tmp_path):
+    """The command is created while the agent is cut off; it is in the store, not in the dead stream."""
+    async def go():
+        port = support.free_port()
+        db = tmp_path / "db.sqlite"
+        cfg = support.station(deployment, tmp_path / "st", port)
+        ex = support.FakeExecutor()
+        agent = FleetAgent(cfg, support.FakeInventory(), ex, version="1", options=FAST)
+        task = asyncio.create_task(agent.run())
+        try:
+            async with support.fleet_server(deployment, db, port=port) as (_, fleet):
+                await support.until(lambda: fleet.hub.is_connected(STATION))
+            assert agent.stats.welcomes == 1
+            await asyncio.sleep(0.5)   # the agent is now backing off against a closed port
+            async with support.fleet_server(deployment, db, port=port) as (_, fleet):
+                ch, admin = await _admin(deployment, port)
+                st = await admin.SendCommand(pb.FleetSendCommandRequest(station=STATION,
+                                                                        kind=pb.FLEET_COMMAND_RENEW_DUE))
+                await support.until(lambda: _is(admin, st.command_id, pb.FLEET_COMMAND_SUCCEEDED), what="delivery")
+                assert agent.stats.welcomes >= 2 and ex.ran == [st.command_id]
+                await ch.close()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    run(go())
+
+
+@pytest.fixture
+def tinyproxy_ok():
+    require([] if shutil.which("tinyproxy") else ["tinyproxy (apt-get install tinyproxy)"])
+
+
+def test_the_stream_goes_through_an_http_connect_proxy_with_mtls_end_to_end(deployment, tmp_path, tinyproxy_ok):
+    proxy = support.start_tinyproxy(tmp_path)
+    try:
+        async def go():
+            async with support.fleet_server(deployment, tmp_path / "db.sqlite") as (port, fleet):
+                cfg = support.station(deployment, tmp_path / "st", port, proxy=proxy.url)
+                agent = FleetAgent(cfg, support.FakeInventory(), support.FakeExecutor(), version="1", options=FAST)
+                task = asyncio.create_task(agent.run())
+                try:
+                    await support.until(lambda: agent.stats.mode == "streaming")
+                    # the server read the station's identity from its certificate: TLS ran end to end
+                    assert agent.stats.station == STATION and agent.stats.mode == "streaming"
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                return port
+        port = run(go())
+        assert f"localhost:{port}" in proxy.log.read_text(), "the connection did not go through tinyproxy"
+    finally:
+        proxy.stop()
+
+
+def test_when_the_proxy_breaks_streams_the_agent_polls_and_commands_still_complete(deployment, tmp_path,
+                                                                                   tinyproxy_ok):
+    """tinyproxy closes a tunnel idle for 2 s; heartbeats every 5 s cannot keep a stream alive through it."""
+    proxy = support.start_tinyproxy(tmp_path, idle_timeout=2)
+    try:
+        async def go():
+            async with support.fleet_server(deployment, tmp_path / "db.sqlite", heartbeat_seconds=5,
+                                            poll_seconds=1) as (port, fleet):
+                cfg = support.station(deployment, tmp_path / "st", port, proxy=proxy.url)
+                ex = support.FakeExecutor()
+                agent = FleetAgent(cfg, support.FakeInventory(), ex, version="1",
+                                   options=Options(initial_backoff=0.2, max_backoff=1, jitter=0.2,
+                                                   min_stream_seconds=4, welcome_timeout=5, call_timeout=5))
+                task = asyncio.create_task(agent.run())
+                ch, admin = await _admin(deployment, port)
+                try:
+                    await support.until(lambda: agent.stats.mode == "polling", timeout=30, what="polling")
+                    st = await admin.SendCommand(pb.FleetSendCommandRequest(station=STATION,
+                                                                            kind=pb.FLEET_COMMAND_REFRESH_INVENTORY))
+                    await support.until(lambda: _is(admin, st.command_id, pb.FLEET_COMMAND_SUCCEEDED),
+                                        timeout=20, what="the polled command's result")
+                    assert ex.ran == [st.command_id] and agent.stats.polls >= 2 and agent.stats.streams >= 1
+                    stations = await admin.ListStations(pb.FleetInventoryQuery())
+                    assert stations.stations[0].station == STATION
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    await ch.close()
+        run(go())
+        assert "Idle Timeout" in proxy.log.read_text(), "tinyproxy did not break the stream; the test proves nothing"
+    finally:
+        proxy.stop()
