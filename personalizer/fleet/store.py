@@ -178,6 +178,9 @@ class FleetStore(Protocol):
     async def close(self) -> None: ...
 
 
+_LIKE = "LIKE ? ESCAPE '\\'"
+
+
 def _page_bounds(q: Query) -> tuple[int, int]:
     size = q.page_size or DEFAULT_PAGE
     if size > MAX_PAGE:
@@ -356,13 +359,15 @@ class SqliteFleetStore:
         if q.last_seen_after:
             conds.append("s.last_seen >= ?")
             args.append(q.last_seen_after)
-        like = f"%{q.search.replace('%', '').replace('_', '')}%" if q.search else ""
+        # the search is text, not a pattern: LIKE's wildcards (and the escape character) are escaped
+        text = q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{text}%" if q.search else ""
         if devices:
             for c, v in dev:
                 conds.append(f"{c} = ?")
                 args.append(v)
             if like:
-                conds.append("(s.station_id LIKE ? OR d.serial LIKE ? OR d.model LIKE ?)")
+                conds.append(f"(s.station_id {_LIKE} OR d.serial {_LIKE} OR d.model {_LIKE})")
                 args += [like] * 3
         else:
             if dev:
@@ -370,8 +375,8 @@ class SqliteFleetStore:
                 conds.append(f"EXISTS (SELECT 1 FROM fleet_devices d WHERE d.station = s.station AND {sub})")
                 args += [v for _, v in dev]
             if like:
-                conds.append("(s.station_id LIKE ? OR EXISTS (SELECT 1 FROM fleet_devices d WHERE"
-                             " d.station = s.station AND (d.serial LIKE ? OR d.model LIKE ?)))")
+                conds.append(f"(s.station_id {_LIKE} OR EXISTS (SELECT 1 FROM fleet_devices d WHERE"
+                             f" d.station = s.station AND (d.serial {_LIKE} OR d.model {_LIKE})))")
                 args += [like] * 3
         return (" WHERE " + " AND ".join(conds)) if conds else "", args
 
