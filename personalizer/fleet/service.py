@@ -27,8 +27,9 @@ import grpc
 
 from personalizer.edge import identity
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
-from personalizer.fleet import store as fs
+from personalizer.fleet import rollout_rules as rr, store as fs
 from personalizer.fleet.hub import Hub, Replaced, Session
+from personalizer.fleet.rollouts import Rollouts
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ KIND_CODES = {v: k for k, v in KINDS.items()}
 STATES = {fs.PENDING: pb.FLEET_COMMAND_PENDING, fs.SENT: pb.FLEET_COMMAND_SENT, fs.ACKED: pb.FLEET_COMMAND_ACKED,
           fs.RUNNING: pb.FLEET_COMMAND_RUNNING, fs.SUCCEEDED: pb.FLEET_COMMAND_SUCCEEDED,
           fs.FAILED: pb.FLEET_COMMAND_FAILED, fs.REJECTED: pb.FLEET_COMMAND_REJECTED,
-          fs.TIMED_OUT: pb.FLEET_COMMAND_TIMED_OUT}
+          fs.TIMED_OUT: pb.FLEET_COMMAND_TIMED_OUT, fs.CANCELLED: pb.FLEET_COMMAND_CANCELLED}
 
 
 class TooMany(PersonalizerError):
@@ -153,6 +154,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self.on_report = on_report   # async (command) -> None after a command moved (rollouts listen here)
         self._clock = clock
         self._hellos: dict[str, collections.deque] = {}
+        self.closing = False   # set before the store closes: streams ending then leave the store alone
 
     def welcome(self, station: str) -> pb.FleetWelcome:
         return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
@@ -214,7 +216,10 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         else:
             raise InvalidRequest("message", "empty agent message")
         if self.on_report is not None:
-            await self.on_report(cmd)
+            try:
+                await self.on_report(cmd)
+            except Exception:   # the report is recorded; the rollout engine's tick looks again
+                log.exception("rollout bookkeeping failed for command %s", cmd.command_id)
 
     async def _deliver(self, session: Session) -> list[pb.FleetCommand]:
         cmds = [c for c in await self.store.open_commands(session.station) if c.command_id not in session.sent]
@@ -273,7 +278,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                     yield pb.FleetServerMessage(command=cmd)
         finally:
             reader.cancel()
-            if self.hub.detach(session):
+            if self.hub.detach(session) and not self.closing:
                 try:
                     await self.store.set_connected(ident.uri, False)
                 except Exception:
@@ -307,10 +312,11 @@ def query_from_pb(q: pb.FleetInventoryQuery) -> fs.Query:
                     page_size=q.page_size, page_token=q.page_token)
 
 
-class FleetAdminService(_Audited, fleet_pb2_grpc.FleetAdminServicer):
-    def __init__(self, store: fs.FleetStore, hub: Hub, *, clock=time.time):
+class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
+    def __init__(self, store: fs.FleetStore, hub: Hub, *, rollouts: Rollouts | None = None, clock=time.time):
         self.store = store
         self.hub = hub
+        self.rollouts = rollouts
         self._clock = clock
 
     @_unary
@@ -376,3 +382,98 @@ class FleetAdminService(_Audited, fleet_pb2_grpc.FleetAdminServicer):
     async def GetCommand(self, request, context) -> pb.FleetCommandStatus:
         _text("command_id", request.command_id)
         return status_to_pb(await self.store.get_command(request.command_id))
+
+
+_FAILURE_KINDS = {pb.FLEET_FAILURE_FAILED: "failed", pb.FLEET_FAILURE_REJECTED: "rejected",
+                  pb.FLEET_FAILURE_TIMED_OUT: "timed_out", pb.FLEET_FAILURE_ANY: "any"}
+_FAILURE_CODES = {v: k for k, v in _FAILURE_KINDS.items()}
+_ROLLOUT_STATES = {rr.RUNNING: pb.FLEET_ROLLOUT_RUNNING, rr.PAUSED: pb.FLEET_ROLLOUT_PAUSED,
+                   rr.R_CANCELLED: pb.FLEET_ROLLOUT_CANCELLED, rr.ABORTED: pb.FLEET_ROLLOUT_ABORTED,
+                   rr.COMPLETED: pb.FLEET_ROLLOUT_COMPLETED}
+
+
+def spec_from_pb(s: pb.FleetRolloutSpec) -> rr.RolloutSpec:
+    for name in ("name", "release", "chamber", "model", "firmware_version", "token_release"):
+        _text(name, getattr(s, name))
+    if len(s.stations) > rr.MAX_TARGETS or len(s.abort) > 8 or len(s.windows) > 24:
+        raise InvalidRequest("spec", "too many stations, abort criteria (8) or windows (24)")
+    for c in s.abort:
+        if c.kind not in _FAILURE_KINDS:
+            raise InvalidRequest("abort.kind", "one of failed, rejected, timed_out, any")
+    return rr.RolloutSpec(
+        name=s.name, release=s.release, chamber=s.chamber, model=s.model, firmware_version=s.firmware_version,
+        token_release=s.token_release, stations=tuple(_text("stations", x) for x in s.stations),
+        group_size=s.group_size, rate_per_minute=s.rate_per_minute or 60.0, rate_factor=s.rate_factor or 1.0,
+        grow_after_successes=s.grow_after_successes,
+        abort=tuple(rr.Criterion(_FAILURE_KINDS[c.kind], c.threshold_percent, c.min_executed) for c in s.abort),
+        timeout_seconds=s.timeout_seconds or 3600,
+        windows=tuple((w.start_minute, w.end_minute) for w in s.windows))
+
+
+def spec_to_pb(s: rr.RolloutSpec) -> pb.FleetRolloutSpec:
+    return pb.FleetRolloutSpec(
+        name=s.name, release=s.release, chamber=s.chamber, model=s.model, firmware_version=s.firmware_version,
+        token_release=s.token_release, stations=list(s.stations), group_size=s.group_size,
+        rate_per_minute=s.rate_per_minute, rate_factor=s.rate_factor, grow_after_successes=s.grow_after_successes,
+        abort=[pb.FleetAbortCriterion(kind=_FAILURE_CODES[c.kind], threshold_percent=c.threshold_percent,
+                                      min_executed=c.min_executed) for c in s.abort],
+        timeout_seconds=s.timeout_seconds,
+        windows=[pb.FleetDailyWindow(start_minute=a, end_minute=b) for a, b in s.windows])
+
+
+def rollout_to_pb(st: dict) -> pb.FleetRolloutStatus:
+    return pb.FleetRolloutStatus(
+        rollout_id=st["rollout_id"], spec=spec_to_pb(st["spec"]), state=_ROLLOUT_STATES[st["state"]],
+        reason=st["reason"], counts=st["counts"], total=st["total"], current_rate_per_minute=st["rate"],
+        current_group=st["group"], targets=[pb.FleetRolloutTarget(**t) for t in st["targets"]],
+        created=int(st["created"]), updated=int(st["updated"]))
+
+
+class RolloutAdmin:
+    """FleetAdmin's rollout methods (mixed into ``FleetAdminService``)."""
+    rollouts: Rollouts | None
+
+    def _engine(self) -> Rollouts:
+        if self.rollouts is None:
+            raise FailedPrecondition("rollouts are not enabled on this daemon")
+        return self.rollouts
+
+    @_unary
+    async def CreateRollout(self, request, context) -> pb.FleetRolloutStatus:
+        ident = identity.current_identity()
+        rid = await self._engine().create(spec_from_pb(request), actor=ident.uri)
+        await self.store.audit(ident.uri, "CreateRollout", "accepted", {"rollout_id": rid, "release": request.release})
+        return rollout_to_pb(await self._engine().status(rid))
+
+    @_unary
+    async def GetRollout(self, request, context) -> pb.FleetRolloutStatus:
+        _text("rollout_id", request.rollout_id)
+        return rollout_to_pb(await self._engine().status(request.rollout_id, targets=True))
+
+    @_unary
+    async def ListRollouts(self, request, context) -> pb.FleetListRolloutsResponse:
+        return pb.FleetListRolloutsResponse(rollouts=[rollout_to_pb(s) for s in
+                                                      await self._engine().list(active_only=request.active_only)])
+
+    async def _change(self, request, what: str):
+        ident = identity.current_identity()
+        _text("rollout_id", request.rollout_id)
+        await getattr(self._engine(), what)(request.rollout_id)
+        await self.store.audit(ident.uri, what + " rollout", "accepted", {"rollout_id": request.rollout_id})
+        return rollout_to_pb(await self._engine().status(request.rollout_id))
+
+    @_unary
+    async def PauseRollout(self, request, context):
+        return await self._change(request, "pause")
+
+    @_unary
+    async def ResumeRollout(self, request, context):
+        return await self._change(request, "resume")
+
+    @_unary
+    async def CancelRollout(self, request, context):
+        return await self._change(request, "cancel")
+
+
+class FleetAdminService(RolloutAdmin, _FleetAdminBase):
+    """Central IT's inventory, commands and rollouts (admin role only)."""

@@ -5,7 +5,7 @@ the daemon's database file (the request store's file, opened on a connection of 
 created on open). Nothing here knows gRPC: rows are plain dataclasses, the service maps them to proto.
 
 Commands move PENDING → SENT → ACKED → RUNNING → SUCCEEDED | FAILED, or to REJECTED (the agent
-refused) or TIMED_OUT. A repeated ack changes nothing. ``update_command`` accepts a transition only for the station the command was
+refused), TIMED_OUT, or CANCELLED (still pending when its rollout stopped). A repeated ack changes nothing. ``update_command`` accepts a transition only for the station the command was
 sent to and only from a state the agent can be in (a result for a command never sent is refused).
 The audit table is append-only (triggers refuse UPDATE and DELETE).
 
@@ -31,11 +31,12 @@ DEFAULT_PAGE = 100
 
 PENDING, SENT, ACKED, RUNNING = "pending", "sent", "acked", "running"
 SUCCEEDED, FAILED, REJECTED, TIMED_OUT = "succeeded", "failed", "rejected", "timed_out"
+CANCELLED = "cancelled"   # withdrawn before delivery (its rollout stopped)
 OPEN_STATES = (PENDING, SENT, ACKED, RUNNING)
-TERMINAL_STATES = (SUCCEEDED, FAILED, REJECTED, TIMED_OUT)
+TERMINAL_STATES = (SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELLED)
 # the states an agent's report may move a command from, per target state
 _FROM = {ACKED: (SENT,), REJECTED: (SENT,), RUNNING: (ACKED, RUNNING),
-         SUCCEEDED: (ACKED, RUNNING), FAILED: (ACKED, RUNNING), TIMED_OUT: OPEN_STATES}
+         SUCCEEDED: (ACKED, RUNNING), FAILED: (ACKED, RUNNING), TIMED_OUT: OPEN_STATES, CANCELLED: (PENDING,)}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fleet_stations (

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from personalizer.fleet.attestation import ModelRoots
 from personalizer.fleet.hub import Hub
+from personalizer.fleet.rollouts import Rollouts
 from personalizer.fleet.service import FleetAdminService, FleetService
 from personalizer.fleet.store import SqliteFleetStore
 from proto.cns.v1 import fleet_pb2, fleet_pb2_grpc
@@ -22,16 +24,25 @@ class Fleet:
     hub: Hub
     service: FleetService
     admin: FleetAdminService
+    rollouts: Rollouts
 
     async def close(self) -> None:
+        self.service.closing = True
+        await self.rollouts.stop()
         await self.store.close()
 
 
-async def attach(server, database: Path, **service_options) -> Fleet:
+async def attach(server, database: Path, *, model_roots: ModelRoots | None = None, tick_seconds: float = 1.0,
+                 **service_options) -> Fleet:
+    """``model_roots``: the attestation CA of each device model; by default the PEM files in
+    ``<database folder>/fleet-model-roots/<model id>.pem`` (none: no success is attested)."""
     store = await SqliteFleetStore.open(database)
     hub = Hub()
-    service = FleetService(store, hub, **service_options)
-    admin = FleetAdminService(store, hub)
+    roots = model_roots if model_roots is not None else ModelRoots.load(database.parent / "fleet-model-roots")
+    rollouts = await Rollouts(store, hub, roots, tick_seconds=tick_seconds).open()
+    service = FleetService(store, hub, on_report=rollouts.on_report, **service_options)
+    admin = FleetAdminService(store, hub, rollouts=rollouts)
     fleet_pb2_grpc.add_FleetServicer_to_server(service, server)
     fleet_pb2_grpc.add_FleetAdminServicer_to_server(admin, server)
-    return Fleet(store, hub, service, admin)
+    rollouts.start()
+    return Fleet(store, hub, service, admin, rollouts)

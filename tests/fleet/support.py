@@ -182,3 +182,79 @@ def start_tinyproxy(where: Path, *, idle_timeout: int = 600) -> Tinyproxy:
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("tinyproxy did not listen")
+
+
+class ModelCA:
+    """A TEST attestation CA for one device model, issuing each emulated device's key (the emulator's
+    device key: the tests hold the private keys and sign for the device)."""
+
+    def __init__(self, model: str):
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        self.model = model
+        self._x509, self._hashes, self._ec, self._oid, self._dt = x509, hashes, ec, NameOID, dt
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"TEST attestation CA {model}")])
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                     .serial_number(x509.random_serial_number()).not_valid_before(now)
+                     .not_valid_after(now + dt.timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.devices: dict[str, tuple] = {}
+
+    def device(self, serial: str):
+        """(private key, certificate DER) of the device ``serial``."""
+        if serial not in self.devices:
+            x509, oid = self._x509, self._oid
+            key = self._ec.generate_private_key(self._ec.SECP256R1())
+            now = self._dt.datetime.now(self._dt.timezone.utc)
+            cert = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(oid.SERIAL_NUMBER, serial)]))
+                    .issuer_name(self.cert.subject).public_key(key.public_key())
+                    .serial_number(x509.random_serial_number()).not_valid_before(now)
+                    .not_valid_after(now + self._dt.timedelta(days=30)).sign(self.key, self._hashes.SHA256()))
+            from cryptography.hazmat.primitives.serialization import Encoding
+            self.devices[serial] = (key, cert.public_bytes(Encoding.DER))
+        return self.devices[serial]
+
+
+@dataclass
+class TokenExecutor:
+    """Stands for the agent's token update: "installs" a release on a device and relays the device's
+    attestation. ``honest=False``: a host that reports success without installing (no attestation);
+    ``fail=True``: the install fails; ``replay``: sends the attestation of an earlier command."""
+    ca: ModelCA
+    honest: bool = True
+    fail: bool = False
+    replay: bool = False
+    ran: list = field(default_factory=list)
+    _last: bytes = b""
+
+    def accept(self, command):
+        return None
+
+    async def run(self, command, progress):
+        from agent.fleet.attest import attestation
+        from cryptography.hazmat.primitives import hashes
+        self.ran.append(command.command_id)
+        if self.fail:
+            return Outcome(False, "flash verify failed")
+        if not self.honest:
+            return Outcome(True, "installed (not really)")
+        if self.replay and self._last:
+            return Outcome(True, "installed", self._last)
+        key, cert = self.ca.device(command.device_serial)
+        att = attestation(command, serial=command.device_serial, model=self.ca.model, release=command.release,
+                          sign=lambda m: key.sign(m, self._ec.ECDSA(hashes.SHA256())), device_certificate=cert)
+        self._last = att
+        return Outcome(True, "installed", att)
+
+    @property
+    def _ec(self):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        return ec

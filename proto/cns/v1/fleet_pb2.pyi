@@ -26,6 +26,24 @@ class FleetCommandState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLEET_COMMAND_FAILED: _ClassVar[FleetCommandState]
     FLEET_COMMAND_REJECTED: _ClassVar[FleetCommandState]
     FLEET_COMMAND_TIMED_OUT: _ClassVar[FleetCommandState]
+    FLEET_COMMAND_CANCELLED: _ClassVar[FleetCommandState]
+
+class FleetFailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLEET_FAILURE_KIND_UNSPECIFIED: _ClassVar[FleetFailureKind]
+    FLEET_FAILURE_FAILED: _ClassVar[FleetFailureKind]
+    FLEET_FAILURE_REJECTED: _ClassVar[FleetFailureKind]
+    FLEET_FAILURE_TIMED_OUT: _ClassVar[FleetFailureKind]
+    FLEET_FAILURE_ANY: _ClassVar[FleetFailureKind]
+
+class FleetRolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLEET_ROLLOUT_STATE_UNSPECIFIED: _ClassVar[FleetRolloutState]
+    FLEET_ROLLOUT_RUNNING: _ClassVar[FleetRolloutState]
+    FLEET_ROLLOUT_PAUSED: _ClassVar[FleetRolloutState]
+    FLEET_ROLLOUT_CANCELLED: _ClassVar[FleetRolloutState]
+    FLEET_ROLLOUT_ABORTED: _ClassVar[FleetRolloutState]
+    FLEET_ROLLOUT_COMPLETED: _ClassVar[FleetRolloutState]
 FLEET_COMMAND_KIND_UNSPECIFIED: FleetCommandKind
 FLEET_COMMAND_REFRESH_INVENTORY: FleetCommandKind
 FLEET_COMMAND_RENEW_DUE: FleetCommandKind
@@ -40,6 +58,18 @@ FLEET_COMMAND_SUCCEEDED: FleetCommandState
 FLEET_COMMAND_FAILED: FleetCommandState
 FLEET_COMMAND_REJECTED: FleetCommandState
 FLEET_COMMAND_TIMED_OUT: FleetCommandState
+FLEET_COMMAND_CANCELLED: FleetCommandState
+FLEET_FAILURE_KIND_UNSPECIFIED: FleetFailureKind
+FLEET_FAILURE_FAILED: FleetFailureKind
+FLEET_FAILURE_REJECTED: FleetFailureKind
+FLEET_FAILURE_TIMED_OUT: FleetFailureKind
+FLEET_FAILURE_ANY: FleetFailureKind
+FLEET_ROLLOUT_STATE_UNSPECIFIED: FleetRolloutState
+FLEET_ROLLOUT_RUNNING: FleetRolloutState
+FLEET_ROLLOUT_PAUSED: FleetRolloutState
+FLEET_ROLLOUT_CANCELLED: FleetRolloutState
+FLEET_ROLLOUT_ABORTED: FleetRolloutState
+FLEET_ROLLOUT_COMPLETED: FleetRolloutState
 
 class FleetKeysetExpiry(_message.Message):
     __slots__ = ("keyset", "not_after")
@@ -140,6 +170,30 @@ class FleetCommandResult(_message.Message):
     message: str
     attestation: bytes
     def __init__(self, command_id: _Optional[str] = ..., success: _Optional[bool] = ..., message: _Optional[str] = ..., attestation: _Optional[bytes] = ...) -> None: ...
+
+class FleetInstalledManifest(_message.Message):
+    __slots__ = ("command_id", "device_serial", "model", "release", "installed_at")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_AT_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    device_serial: str
+    model: str
+    release: str
+    installed_at: int
+    def __init__(self, command_id: _Optional[str] = ..., device_serial: _Optional[str] = ..., model: _Optional[str] = ..., release: _Optional[str] = ..., installed_at: _Optional[int] = ...) -> None: ...
+
+class FleetAttestation(_message.Message):
+    __slots__ = ("manifest", "signature", "device_certificate")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    signature: bytes
+    device_certificate: bytes
+    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., device_certificate: _Optional[bytes] = ...) -> None: ...
 
 class FleetAgentMessage(_message.Message):
     __slots__ = ("hello", "heartbeat", "inventory", "ack", "progress", "result")
@@ -336,3 +390,120 @@ class FleetCommandStatus(_message.Message):
     created: int
     updated: int
     def __init__(self, command_id: _Optional[str] = ..., station: _Optional[str] = ..., command: _Optional[_Union[FleetCommand, _Mapping]] = ..., state: _Optional[_Union[FleetCommandState, str]] = ..., percent: _Optional[int] = ..., message: _Optional[str] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
+
+class FleetAbortCriterion(_message.Message):
+    __slots__ = ("kind", "threshold_percent", "min_executed")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    kind: FleetFailureKind
+    threshold_percent: float
+    min_executed: int
+    def __init__(self, kind: _Optional[_Union[FleetFailureKind, str]] = ..., threshold_percent: _Optional[float] = ..., min_executed: _Optional[int] = ...) -> None: ...
+
+class FleetDailyWindow(_message.Message):
+    __slots__ = ("start_minute", "end_minute")
+    START_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    END_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    start_minute: int
+    end_minute: int
+    def __init__(self, start_minute: _Optional[int] = ..., end_minute: _Optional[int] = ...) -> None: ...
+
+class FleetRolloutSpec(_message.Message):
+    __slots__ = ("name", "release", "chamber", "model", "firmware_version", "token_release", "stations", "group_size", "rate_per_minute", "rate_factor", "grow_after_successes", "abort", "timeout_seconds", "windows")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CHAMBER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FIRMWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    STATIONS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    RATE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    GROW_AFTER_SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    release: str
+    chamber: str
+    model: str
+    firmware_version: str
+    token_release: str
+    stations: _containers.RepeatedScalarFieldContainer[str]
+    group_size: int
+    rate_per_minute: float
+    rate_factor: float
+    grow_after_successes: int
+    abort: _containers.RepeatedCompositeFieldContainer[FleetAbortCriterion]
+    timeout_seconds: int
+    windows: _containers.RepeatedCompositeFieldContainer[FleetDailyWindow]
+    def __init__(self, name: _Optional[str] = ..., release: _Optional[str] = ..., chamber: _Optional[str] = ..., model: _Optional[str] = ..., firmware_version: _Optional[str] = ..., token_release: _Optional[str] = ..., stations: _Optional[_Iterable[str]] = ..., group_size: _Optional[int] = ..., rate_per_minute: _Optional[float] = ..., rate_factor: _Optional[float] = ..., grow_after_successes: _Optional[int] = ..., abort: _Optional[_Iterable[_Union[FleetAbortCriterion, _Mapping]]] = ..., timeout_seconds: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[FleetDailyWindow, _Mapping]]] = ...) -> None: ...
+
+class FleetRolloutTarget(_message.Message):
+    __slots__ = ("station", "device_serial", "group", "state", "command_id", "message")
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    station: str
+    device_serial: str
+    group: int
+    state: str
+    command_id: str
+    message: str
+    def __init__(self, station: _Optional[str] = ..., device_serial: _Optional[str] = ..., group: _Optional[int] = ..., state: _Optional[str] = ..., command_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FleetRolloutStatus(_message.Message):
+    __slots__ = ("rollout_id", "spec", "state", "reason", "counts", "total", "current_rate_per_minute", "current_group", "targets", "created", "updated")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_RATE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_GROUP_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    spec: FleetRolloutSpec
+    state: FleetRolloutState
+    reason: str
+    counts: _containers.ScalarMap[str, int]
+    total: int
+    current_rate_per_minute: float
+    current_group: int
+    targets: _containers.RepeatedCompositeFieldContainer[FleetRolloutTarget]
+    created: int
+    updated: int
+    def __init__(self, rollout_id: _Optional[str] = ..., spec: _Optional[_Union[FleetRolloutSpec, _Mapping]] = ..., state: _Optional[_Union[FleetRolloutState, str]] = ..., reason: _Optional[str] = ..., counts: _Optional[_Mapping[str, int]] = ..., total: _Optional[int] = ..., current_rate_per_minute: _Optional[float] = ..., current_group: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[FleetRolloutTarget, _Mapping]]] = ..., created: _Optional[int] = ..., updated: _Optional[int] = ...) -> None: ...
+
+class FleetRolloutRef(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    def __init__(self, rollout_id: _Optional[str] = ...) -> None: ...
+
+class FleetListRolloutsRequest(_message.Message):
+    __slots__ = ("active_only",)
+    ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    active_only: bool
+    def __init__(self, active_only: _Optional[bool] = ...) -> None: ...
+
+class FleetListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[FleetRolloutStatus]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[FleetRolloutStatus, _Mapping]]] = ...) -> None: ...

@@ -179,6 +179,36 @@ class FleetAdminStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.FromString,
                 _registered_method=True)
+        self.CreateRollout = channel.unary_unary(
+                '/cns.v1.FleetAdmin/CreateRollout',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutSpec.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/cns.v1.FleetAdmin/GetRollout',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/cns.v1.FleetAdmin/ListRollouts',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/cns.v1.FleetAdmin/PauseRollout',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/cns.v1.FleetAdmin/ResumeRollout',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+                _registered_method=True)
+        self.CancelRollout = channel.unary_unary(
+                '/cns.v1.FleetAdmin/CancelRollout',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+                _registered_method=True)
 
 
 class FleetAdminServicer:
@@ -215,6 +245,43 @@ class FleetAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRollout(self, request, context):
+        """Rollouts of a token release that halt themselves (issue 15 item 3); durable across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +309,36 @@ def add_FleetAdminServicer_to_server(servicer, server):
                     servicer.GetCommand,
                     request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.SerializeToString,
+            ),
+            'CreateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRollout,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutSpec.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsResponse.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.SerializeToString,
+            ),
+            'CancelRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRollout,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +476,168 @@ class FleetAdmin:
             '/cns.v1.FleetAdmin/GetCommand',
             proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.SerializeToString,
             proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/CreateRollout',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutSpec.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/GetRollout',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/ListRollouts',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/PauseRollout',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/ResumeRollout',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/CancelRollout',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutRef.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutStatus.FromString,
             options,
             channel_credentials,
             insecure,
