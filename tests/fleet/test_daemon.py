@@ -2,7 +2,6 @@
 keeps the inventory in its database across a restart, and stops cleanly."""
 from __future__ import annotations
 
-import grpc
 
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from tests.fleet import support
