@@ -232,6 +232,8 @@ class Daemon:
             daemon._add_enrollment(broker)
         from personalizer.fleet import wiring as fleet_wiring   # last: nothing after it can fail and leak it
         daemon.fleet = await fleet_wiring.attach(server, cfg.store.database)
+        if daemon.metrics_server is not None:
+            daemon.metrics_server.registry.register(daemon.fleet.collector())
         return daemon
 
     def _add_enrollment(self, broker) -> None:

@@ -23,6 +23,7 @@ import uuid
 from personalizer.errors import FailedPrecondition, NotFound, PersonalizerError
 from personalizer.fleet import attestation, rollout_rules as rr, store as fs
 from personalizer.fleet.hub import Hub
+from personalizer.fleet.metrics import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Rollouts:
         self._clock = clock
         self._step_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self.snapshot = Snapshot()   # for the metrics thread: refreshed every tick
 
     async def open(self) -> "Rollouts":
         await self._db.executescript(SCHEMA)
@@ -70,6 +72,7 @@ class Rollouts:
         while True:
             try:
                 await self.tick()
+                await self.refresh_snapshot()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -235,6 +238,15 @@ class Rollouts:
                 log.warning("rollout %s: %s %s %s", cmd.rollout_id, t[0], t[1], message)
         await self._target(cmd.rollout_id, t[0], t[1], state, message=message)
         await self.step(cmd.rollout_id)
+
+    async def refresh_snapshot(self) -> None:
+        stations = (await self._one("SELECT COUNT(*) FROM fleet_stations", ()))[0]
+        by_state = {s: n for s, n in await self._all("SELECT state, COUNT(*) FROM fleet_rollouts GROUP BY state")}
+        targets = tuple(await self._all(
+            "SELECT r.rollout_id, json_extract(r.spec, '$.name'), t.state, COUNT(*) FROM fleet_rollouts r JOIN"
+            " fleet_rollout_targets t ON t.rollout_id = r.rollout_id WHERE r.state IN ('running', 'paused')"
+            " GROUP BY r.rollout_id, t.state"))
+        self.snapshot = Snapshot(stations, by_state, targets)
 
     async def tick(self) -> None:
         for (rid,) in await self._all("SELECT rollout_id FROM fleet_rollouts WHERE state = 'running'"):

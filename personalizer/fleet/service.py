@@ -29,6 +29,7 @@ from personalizer.edge import identity
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
 from personalizer.fleet import rollout_rules as rr, store as fs
 from personalizer.fleet.hub import Hub, Replaced, Session
+from personalizer.fleet.metrics import FleetFigures
 from personalizer.fleet.rollouts import Rollouts
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 
@@ -113,12 +114,15 @@ def status_to_pb(c: fs.Command) -> pb.FleetCommandStatus:
 
 class _Audited:
     store: fs.FleetStore
+    figures: FleetFigures
 
     async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
         """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
+        self.figures.refusals[getattr(exc, "code", "PERMISSION_DENIED")] += 1
         await self.store.audit(actor, method.rsplit("/", 1)[-1], "refused", {"reason": str(exc)})
 
     async def _refused(self, actor: str, action: str, exc: PersonalizerError, context):
+        self.figures.refusals[exc.code] += 1
         try:
             await self.store.audit(actor, action, "refused", {"reason": str(exc), "code": exc.code})
         except Exception:   # the refusal stands even if its audit row cannot be written
@@ -144,7 +148,9 @@ def _unary(fn):
 
 class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     def __init__(self, store: fs.FleetStore, hub: Hub, *, heartbeat_seconds: float = 30, poll_seconds: float = 60,
-                 hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic):
+                 hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic,
+                 figures: FleetFigures | None = None):
+        self.figures = figures or FleetFigures()
         self.store = store
         self.hub = hub
         self.heartbeat_seconds = heartbeat_seconds
@@ -173,12 +179,13 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             for k in [k for k, v in self._hellos.items() if not v or v[-1] < now - 60]:
                 del self._hellos[k]
 
-    async def _hello(self, ident: identity.Identity, hello: pb.FleetHello) -> None:
+    async def _hello(self, ident: identity.Identity, hello: pb.FleetHello, path: str) -> None:
         self._count_hello(ident.uri)
         devices = _devices(hello.devices, "hello.devices")
         readers = _readers(hello.readers, "hello.readers")
         await self.store.record_hello(ident.uri, ident.chamber_code or "", ident.subject_id,
                                       _text("hello.agent_version", hello.agent_version), readers, devices)
+        self.figures.hellos[path] += 1
 
     async def _handle(self, ident: identity.Identity, msg: pb.FleetAgentMessage) -> None:
         """One agent message after the hello, from the stream or a poll."""
@@ -215,6 +222,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             raise FailedPrecondition("a stream or poll session sends one hello, first")
         else:
             raise InvalidRequest("message", "empty agent message")
+        self.figures.reports[cmd.state] += 1
         if self.on_report is not None:
             try:
                 await self.on_report(cmd)
@@ -257,7 +265,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 raise InvalidRequest("hello", f"no hello within {self.hello_timeout:g} s of connecting") from None
             if first.WhichOneof("body") != "hello":
                 raise InvalidRequest("hello", "the first message of a stream must be a hello")
-            await self._hello(ident, first.hello)
+            await self._hello(ident, first.hello, "stream")
         except PersonalizerError as exc:
             await self._refused(ident.uri, "Connect", exc, context)
         session = self.hub.attach(ident.uri)
@@ -291,7 +299,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             raise InvalidRequest("messages", f"at most {MAX_POLL_MESSAGES} per poll")
         msgs = list(request.messages)
         if msgs and msgs[0].WhichOneof("body") == "hello":
-            await self._hello(ident, msgs.pop(0).hello)
+            await self._hello(ident, msgs.pop(0).hello, "poll")
             await self.store.set_connected(ident.uri, False)   # polling: reachable, but not on a stream
         elif await self.store.get_station(ident.uri) is None:
             raise FailedPrecondition("this station has not said hello; start the poll session with a hello")
@@ -299,6 +307,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             await self.store.seen(ident.uri)
         for m in msgs:
             await self._handle(ident, m)
+        self.figures.polls += 1
         session = Session(ident.uri)   # a poll delivers every open command each time until acknowledged
         return pb.FleetPollResponse(welcome=self.welcome(ident.uri), commands=await self._deliver(session))
 
@@ -313,7 +322,9 @@ def query_from_pb(q: pb.FleetInventoryQuery) -> fs.Query:
 
 
 class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
-    def __init__(self, store: fs.FleetStore, hub: Hub, *, rollouts: Rollouts | None = None, clock=time.time):
+    def __init__(self, store: fs.FleetStore, hub: Hub, *, rollouts: Rollouts | None = None, clock=time.time,
+                 figures: FleetFigures | None = None):
+        self.figures = figures or FleetFigures()
         self.store = store
         self.hub = hub
         self.rollouts = rollouts

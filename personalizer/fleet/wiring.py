@@ -10,6 +10,7 @@ from pathlib import Path
 
 from personalizer.fleet.attestation import ModelRoots
 from personalizer.fleet.hub import Hub
+from personalizer.fleet.metrics import FleetCollector, FleetFigures
 from personalizer.fleet.rollouts import Rollouts
 from personalizer.fleet.service import FleetAdminService, FleetService
 from personalizer.fleet.store import SqliteFleetStore
@@ -25,6 +26,11 @@ class Fleet:
     service: FleetService
     admin: FleetAdminService
     rollouts: Rollouts
+    figures: FleetFigures
+
+    def collector(self) -> FleetCollector:
+        """For the daemon's Prometheus registry (``registry.register(fleet.collector())``)."""
+        return FleetCollector(self.figures, self.hub, lambda: self.rollouts.snapshot)
 
     async def close(self) -> None:
         self.service.closing = True
@@ -40,9 +46,10 @@ async def attach(server, database: Path, *, model_roots: ModelRoots | None = Non
     hub = Hub()
     roots = model_roots if model_roots is not None else ModelRoots.load(database.parent / "fleet-model-roots")
     rollouts = await Rollouts(store, hub, roots, tick_seconds=tick_seconds).open()
-    service = FleetService(store, hub, on_report=rollouts.on_report, **service_options)
-    admin = FleetAdminService(store, hub, rollouts=rollouts)
+    figures = FleetFigures()
+    service = FleetService(store, hub, on_report=rollouts.on_report, figures=figures, **service_options)
+    admin = FleetAdminService(store, hub, rollouts=rollouts, figures=figures)
     fleet_pb2_grpc.add_FleetServicer_to_server(service, server)
     fleet_pb2_grpc.add_FleetAdminServicer_to_server(admin, server)
     rollouts.start()
-    return Fleet(store, hub, service, admin, rollouts)
+    return Fleet(store, hub, service, admin, rollouts, figures)
