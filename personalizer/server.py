@@ -319,6 +319,8 @@ class Daemon:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.fleet is not None:
+            self.fleet.hub.close_all()   # fleet streams end now, normally: their agents reconnect
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
         await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)

@@ -56,6 +56,13 @@ class Hub:
         s.wake()
         return True
 
+    def close_all(self) -> int:
+        """End every stream normally (the daemon is stopping): agents reconnect, to another instance or
+        to this one restarted, instead of seeing their calls cancelled at the end of the grace period."""
+        for s in list(self._sessions.values()):
+            s.fail(EOFError("the personalizer is stopping"))
+        return len(self._sessions)
+
     def is_connected(self, station: str) -> bool:
         return station in self._sessions
 

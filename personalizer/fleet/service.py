@@ -161,6 +161,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self._clock = clock
         self._hellos: dict[str, collections.deque] = {}
         self.closing = False   # set before the store closes: streams ending then leave the store alone
+        self._bookkeeping: set[asyncio.Task] = set()
 
     def welcome(self, station: str) -> pb.FleetWelcome:
         return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
@@ -287,10 +288,22 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         finally:
             reader.cancel()
             if self.hub.detach(session) and not self.closing:
-                try:
-                    await self.store.set_connected(ident.uri, False)
-                except Exception:
-                    log.exception("could not mark %s disconnected", ident.uri)
+                # a task of its own: this handler may be cancelled (server stopping, peer gone), and
+                # ``drain`` lets the store finish these writes before it closes
+                task = asyncio.create_task(self._mark_gone(ident.uri))
+                self._bookkeeping.add(task)
+                task.add_done_callback(self._bookkeeping.discard)
+
+    async def _mark_gone(self, station: str) -> None:
+        try:
+            await self.store.set_connected(station, False)
+        except Exception:
+            log.exception("could not mark %s disconnected", station)
+
+    async def drain(self) -> None:
+        """Before the store closes: no new bookkeeping, and the pending writes done."""
+        self.closing = True
+        await asyncio.gather(*list(self._bookkeeping), return_exceptions=True)
 
     @_unary
     async def Poll(self, request: pb.FleetPollRequest, context) -> pb.FleetPollResponse:
@@ -379,6 +392,21 @@ class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
                                                                       "station": station, "kind": kind})
         self.hub.wake(station)
         return status_to_pb(cmd)
+
+    @_unary
+    async def BroadcastCommand(self, request, context) -> pb.FleetBroadcastResponse:
+        ident = identity.current_identity()
+        kind = KINDS.get(request.kind)
+        if kind is None or kind == "install_release":
+            raise InvalidRequest("kind", "refresh_inventory, renew_due or collect_logs (a release goes out by a "
+                                         "rollout, which halts itself)")
+        q = query_from_pb(request.query)
+        stations = await self.store.broadcast(fs.Query(**{**q.__dict__, "page_size": 0, "page_token": ""}),
+                                              fs.Command(command_id="", station="", kind=kind, actor=ident.uri))
+        await self.store.audit(ident.uri, "BroadcastCommand", "accepted", {"kind": kind, "stations": len(stations)})
+        for st in stations:
+            self.hub.wake(st)
+        return pb.FleetBroadcastResponse(commands=len(stations))
 
     async def _station(self, uri: str) -> str:
         _text("station", uri)

@@ -166,6 +166,7 @@ class FleetStore(Protocol):
     async def seen(self, station: str) -> None: ...
     async def set_connected(self, station: str, connected: bool) -> None: ...
     async def add_command(self, cmd: Command) -> Command: ...
+    async def broadcast(self, q: Query, cmd: Command) -> list[str]: ...
     async def get_command(self, command_id: str) -> Command: ...
     async def open_commands(self, station: str) -> list[Command]: ...
     async def mark_sent(self, command_ids: list[str]) -> None: ...
@@ -298,6 +299,18 @@ class SqliteFleetStore:
                          (cmd.command_id, cmd.station, cmd.kind, cmd.device_serial, cmd.release, cmd.state,
                           cmd.rollout_id, cmd.actor, now, now))])
         return cmd
+
+    async def broadcast(self, q: Query, cmd: Command) -> list[str]:
+        """``cmd`` for every station matching ``q`` (paging ignored), in one transaction; the stations."""
+        where, args = self._where(q, devices=False)
+        async with self._db.execute(f"SELECT s.station FROM fleet_stations s{where}", args) as cur:
+            stations = [r[0] for r in await cur.fetchall()]
+        now = self._clock()
+        await self._tx([("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release, state,"
+                         " rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (str(uuid.uuid4()), st, cmd.kind, "", cmd.release, PENDING, None, cmd.actor, now, now))
+                        for st in stations])
+        return stations
 
     _CMD_COLS = ("command_id, station, kind, device_serial, release, state, percent, message, attestation,"
                  " rollout_id, actor, created, updated")

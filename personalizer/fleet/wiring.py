@@ -33,7 +33,7 @@ class Fleet:
         return FleetCollector(self.figures, self.hub, lambda: self.rollouts.snapshot)
 
     async def close(self) -> None:
-        self.service.closing = True
+        await self.service.drain()
         await self.rollouts.stop()
         await self.store.close()
 

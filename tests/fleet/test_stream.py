@@ -190,3 +190,34 @@ def test_when_the_proxy_breaks_streams_the_agent_polls_and_commands_still_comple
         assert "Idle Timeout" in proxy.log.read_text(), "tinyproxy did not break the stream; the test proves nothing"
     finally:
         proxy.stop()
+
+
+def test_a_broadcast_reaches_every_matching_station_and_no_other(deployment, tmp_path):
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite") as (port, fleet):
+            exs, tasks = {}, []
+            for sid, chamber in (("A", "RM"), ("B", "RM"), ("C", "MI")):
+                cfg = support.station(deployment, tmp_path / sid, port, sid=sid, chamber=chamber)
+                exs[sid] = support.FakeExecutor()
+                tasks.append(asyncio.create_task(FleetAgent(cfg, support.FakeInventory(), exs[sid], version="1",
+                                                            options=FAST).run()))
+            ch, admin = await _admin(deployment, port)
+            try:
+                await support.until(lambda: len(fleet.hub) == 3)
+                r = await admin.BroadcastCommand(pb.FleetBroadcastRequest(
+                    query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY))
+                assert r.commands == 2
+                await support.until(lambda: exs["A"].ran and exs["B"].ran, what="both RM stations")
+                await asyncio.sleep(0.3)
+                assert exs["C"].ran == []
+                import grpc
+                with pytest.raises(grpc.aio.AioRpcError) as e:   # a release goes out by a rollout only
+                    await admin.BroadcastCommand(pb.FleetBroadcastRequest(kind=pb.FLEET_COMMAND_INSTALL_RELEASE,
+                                                                          release="r9"))
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await ch.close()
+    run(go())

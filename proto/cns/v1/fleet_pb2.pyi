@@ -365,6 +365,22 @@ class FleetSendCommandRequest(_message.Message):
     release: str
     def __init__(self, station: _Optional[str] = ..., kind: _Optional[_Union[FleetCommandKind, str]] = ..., device_serial: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
 
+class FleetBroadcastRequest(_message.Message):
+    __slots__ = ("query", "kind", "release")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    query: FleetInventoryQuery
+    kind: FleetCommandKind
+    release: str
+    def __init__(self, query: _Optional[_Union[FleetInventoryQuery, _Mapping]] = ..., kind: _Optional[_Union[FleetCommandKind, str]] = ..., release: _Optional[str] = ...) -> None: ...
+
+class FleetBroadcastResponse(_message.Message):
+    __slots__ = ("commands",)
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    commands: int
+    def __init__(self, commands: _Optional[int] = ...) -> None: ...
+
 class FleetCommandRef(_message.Message):
     __slots__ = ("command_id",)
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]

@@ -179,6 +179,11 @@ class FleetAdminStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.FromString,
                 _registered_method=True)
+        self.BroadcastCommand = channel.unary_unary(
+                '/cns.v1.FleetAdmin/BroadcastCommand',
+                request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastResponse.FromString,
+                _registered_method=True)
         self.CreateRollout = channel.unary_unary(
                 '/cns.v1.FleetAdmin/CreateRollout',
                 request_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetRolloutSpec.SerializeToString,
@@ -241,6 +246,13 @@ class FleetAdminServicer:
 
     def GetCommand(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BroadcastCommand(self, request, context):
+        """One command to every station the query matches (e.g. refresh the inventory of a chamber).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -309,6 +321,11 @@ def add_FleetAdminServicer_to_server(servicer, server):
                     servicer.GetCommand,
                     request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.SerializeToString,
+            ),
+            'BroadcastCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.BroadcastCommand,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastResponse.SerializeToString,
             ),
             'CreateRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRollout,
@@ -476,6 +493,33 @@ class FleetAdmin:
             '/cns.v1.FleetAdmin/GetCommand',
             proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandRef.SerializeToString,
             proto_dot_cns_dot_v1_dot_fleet__pb2.FleetCommandStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BroadcastCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.FleetAdmin/BroadcastCommand',
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_fleet__pb2.FleetBroadcastResponse.FromString,
             options,
             channel_credentials,
             insecure,
