@@ -2,8 +2,8 @@
 
 A station has at most one session: a new stream of the same station replaces the old one (whose
 connection is most likely dead behind a proxy), and the old writer ends with ``Replaced``. ``wake``
-tells a station's writer to look in the store for commands to send; the store, not the session, holds
-what is pending, so nothing is lost when a stream breaks. Pure asyncio: no grpc, no proto, no store.
+tells a station's writer to look in the store for commands to send, or hands it the new commands; the
+store, not the session, holds what is pending, so nothing is lost when a stream breaks. Pure asyncio: no grpc, no proto, no store.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ class Session:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     sent: set[str] = field(default_factory=set)   # command ids written on this stream
 
-    def wake(self) -> None:
-        self.queue.put_nowait(WAKE)
+    def wake(self, commands: list | None = None) -> None:
+        self.queue.put_nowait(commands if commands else WAKE)
 
     def fail(self, exc: BaseException) -> None:
         self.queue.put_nowait(exc)
@@ -49,11 +49,13 @@ class Hub:
             return True
         return False
 
-    def wake(self, station: str) -> bool:
+    def wake(self, station: str, commands: list | None = None) -> bool:
+        """``commands``: the new commands themselves (written as they are, no store read); else the writer
+        reads the station's open commands from the store."""
         s = self._sessions.get(station)
         if s is None:
             return False
-        s.wake()
+        s.wake(commands)
         return True
 
     def close_all(self) -> int:

@@ -162,6 +162,8 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self._hellos: dict[str, collections.deque] = {}
         self.closing = False   # set before the store closes: streams ending then leave the store alone
         self._bookkeeping: set[asyncio.Task] = set()
+        self._sent_batch: list[str] = []
+        self._flusher: asyncio.Task | None = None
 
     def welcome(self, station: str) -> pb.FleetWelcome:
         return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
@@ -283,6 +285,13 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(item))
                 if isinstance(item, BaseException):   # the agent closed its side, or the connection broke
                     return
+                if isinstance(item, list):   # new commands handed over by the hub: no store read
+                    fresh = [c for c in item if c.command_id not in session.sent]
+                    session.sent.update(c.command_id for c in fresh)
+                    for c in fresh:
+                        yield pb.FleetServerMessage(command=command_to_pb(c))
+                    self._note_sent([c.command_id for c in fresh])
+                    continue
                 for cmd in await self._deliver(session):
                     yield pb.FleetServerMessage(command=cmd)
         finally:
@@ -293,6 +302,23 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 task = asyncio.create_task(self._mark_gone(ident.uri))
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
+
+    def _note_sent(self, ids: list[str]) -> None:
+        """Mark written commands SENT in batches (one transaction for a broadcast's thousands of streams)."""
+        self._sent_batch += ids
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_sent())
+            self._bookkeeping.add(self._flusher)
+            self._flusher.add_done_callback(self._bookkeeping.discard)
+
+    async def _flush_sent(self) -> None:
+        await asyncio.sleep(0.05)
+        while self._sent_batch and not self.closing:
+            batch, self._sent_batch = self._sent_batch, []
+            try:
+                await self.store.mark_sent(batch)
+            except Exception:   # they stay pending and are sent again on the next stream: harmless
+                log.exception("could not mark %d fleet commands sent", len(batch))
 
     async def _mark_gone(self, station: str) -> None:
         try:
@@ -390,7 +416,7 @@ class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
                                                      actor=ident.uri))
         await self.store.audit(ident.uri, "SendCommand", "accepted", {"command_id": cmd.command_id,
                                                                       "station": station, "kind": kind})
-        self.hub.wake(station)
+        self.hub.wake(station, [cmd])
         return status_to_pb(cmd)
 
     @_unary
@@ -401,12 +427,12 @@ class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
             raise InvalidRequest("kind", "refresh_inventory, renew_due or collect_logs (a release goes out by a "
                                          "rollout, which halts itself)")
         q = query_from_pb(request.query)
-        stations = await self.store.broadcast(fs.Query(**{**q.__dict__, "page_size": 0, "page_token": ""}),
-                                              fs.Command(command_id="", station="", kind=kind, actor=ident.uri))
-        await self.store.audit(ident.uri, "BroadcastCommand", "accepted", {"kind": kind, "stations": len(stations)})
-        for st in stations:
-            self.hub.wake(st)
-        return pb.FleetBroadcastResponse(commands=len(stations))
+        cmds = await self.store.broadcast(fs.Query(**{**q.__dict__, "page_size": 0, "page_token": ""}),
+                                          fs.Command(command_id="", station="", kind=kind, actor=ident.uri))
+        await self.store.audit(ident.uri, "BroadcastCommand", "accepted", {"kind": kind, "stations": len(cmds)})
+        for c in cmds:
+            self.hub.wake(c.station, [c])
+        return pb.FleetBroadcastResponse(commands=len(cmds))
 
     async def _station(self, uri: str) -> str:
         _text("station", uri)

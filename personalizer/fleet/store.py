@@ -35,7 +35,8 @@ CANCELLED = "cancelled"   # withdrawn before delivery (its rollout stopped)
 OPEN_STATES = (PENDING, SENT, ACKED, RUNNING)
 TERMINAL_STATES = (SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELLED)
 # the states an agent's report may move a command from, per target state
-_FROM = {ACKED: (SENT,), REJECTED: (SENT,), RUNNING: (ACKED, RUNNING),
+# (an ack may overtake the batched PENDING → SENT write of the command it answers)
+_FROM = {ACKED: (PENDING, SENT), REJECTED: (PENDING, SENT), RUNNING: (ACKED, RUNNING),
          SUCCEEDED: (ACKED, RUNNING), FAILED: (ACKED, RUNNING), TIMED_OUT: OPEN_STATES, CANCELLED: (PENDING,)}
 
 SCHEMA = """
@@ -166,7 +167,7 @@ class FleetStore(Protocol):
     async def seen(self, station: str) -> None: ...
     async def set_connected(self, station: str, connected: bool) -> None: ...
     async def add_command(self, cmd: Command) -> Command: ...
-    async def broadcast(self, q: Query, cmd: Command) -> list[str]: ...
+    async def broadcast(self, q: Query, cmd: Command) -> list[Command]: ...
     async def get_command(self, command_id: str) -> Command: ...
     async def open_commands(self, station: str) -> list[Command]: ...
     async def mark_sent(self, command_ids: list[str]) -> None: ...
@@ -300,17 +301,19 @@ class SqliteFleetStore:
                           cmd.rollout_id, cmd.actor, now, now))])
         return cmd
 
-    async def broadcast(self, q: Query, cmd: Command) -> list[str]:
-        """``cmd`` for every station matching ``q`` (paging ignored), in one transaction; the stations."""
+    async def broadcast(self, q: Query, cmd: Command) -> list[Command]:
+        """``cmd`` for every station matching ``q`` (paging ignored), in one transaction; the commands."""
         where, args = self._where(q, devices=False)
         async with self._db.execute(f"SELECT s.station FROM fleet_stations s{where}", args) as cur:
             stations = [r[0] for r in await cur.fetchall()]
         now = self._clock()
+        cmds = [Command(**{**cmd.__dict__, "command_id": str(uuid.uuid4()), "station": st, "state": PENDING,
+                           "created": now, "updated": now}) for st in stations]
         await self._tx([("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release, state,"
                          " rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         (str(uuid.uuid4()), st, cmd.kind, "", cmd.release, PENDING, None, cmd.actor, now, now))
-                        for st in stations])
-        return stations
+                         (c.command_id, c.station, c.kind, c.device_serial, c.release, PENDING, None, c.actor, now,
+                          now)) for c in cmds])
+        return cmds
 
     _CMD_COLS = ("command_id, station, kind, device_serial, release, state, percent, message, attestation,"
                  " rollout_id, actor, created, updated")

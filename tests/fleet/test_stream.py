@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from agent.fleet import FleetAgent, Options
+from personalizer.fleet import store as fs
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from tests.conftest import require
 from tests.fleet import support
@@ -221,3 +222,57 @@ def test_a_broadcast_reaches_every_matching_station_and_no_other(deployment, tmp
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await ch.close()
     run(go())
+
+
+def test_a_station_agent_reports_its_registry_and_follows_hotplug(deployment, tmp_path):
+    """agent.fleet.station over the real DeviceRegistry, fed as the PC/SC monitor feeds it."""
+    import threading
+
+    from agent.devices.registry import DeviceRegistry
+    from agent.fleet.station import run_station
+
+    async def go():
+        reg = DeviceRegistry()
+        reg.card_inserted("Virtual PCD 00 00", b"\x3b\x00", supported=True, model_id="infocamere-cns-2048")
+        reg.card_read("Virtual PCD 00 00", serial="7420000000000009", holder_label="ROSSI MARIO", blank=False)
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite") as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            task = asyncio.create_task(run_station(cfg, reg, version="4.0", options=FAST))
+            ch, admin = await _admin(deployment, port)
+
+            async def serials():
+                return sorted(d.device.serial for d in (await admin.ListDevices(pb.FleetInventoryQuery())).devices)
+            try:
+                await support.until(lambda: fleet.hub.is_connected(STATION))
+                assert await serials() == ["7420000000000009"]
+                st = (await admin.ListStations(pb.FleetInventoryQuery())).stations[0]
+                assert list(st.readers) == ["Virtual PCD 00 00"]
+                # hotplug from the monitor's thread: the card leaves, a second reader with a card arrives
+                def monitor():
+                    reg.card_removed("Virtual PCD 00 00")
+                    reg.card_inserted("Virtual PCD 01 00", b"\x3b\x01", supported=True, model_id="m2")
+                    reg.card_read("Virtual PCD 01 00", serial="7420000000000010", holder_label="X", blank=False)
+                t = threading.Thread(target=monitor)
+                t.start()
+                t.join()
+                await support.until(lambda: _eq(serials, ["7420000000000010"]), what="the hotplug deltas")
+                st = (await admin.ListStations(pb.FleetInventoryQuery())).stations[0]
+                assert sorted(st.readers) == ["Virtual PCD 00 00", "Virtual PCD 01 00"]
+                ok = await admin.SendCommand(pb.FleetSendCommandRequest(station=STATION,
+                                                                        kind=pb.FLEET_COMMAND_REFRESH_INVENTORY))
+                no = await admin.SendCommand(pb.FleetSendCommandRequest(station=STATION,
+                                                                        kind=pb.FLEET_COMMAND_COLLECT_LOGS))
+                await support.until(lambda: _is(admin, ok.command_id, pb.FLEET_COMMAND_SUCCEEDED))
+                got = await support.until(lambda: _is(admin, no.command_id, pb.FLEET_COMMAND_REJECTED))
+                assert "not supported by this agent version yet" in got.message
+                rows = await fleet.store.list_devices(fs.Query())
+                assert all("ROSSI" not in repr(r) for r in rows.rows)   # no holder data left the station
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await ch.close()
+    run(go())
+
+
+async def _eq(fn, want):
+    return (await fn()) == want
