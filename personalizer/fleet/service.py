@@ -149,7 +149,7 @@ def _unary(fn):
 class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     def __init__(self, store: fs.FleetStore, hub: Hub, *, heartbeat_seconds: float = 30, poll_seconds: float = 60,
                  hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic,
-                 figures: FleetFigures | None = None):
+                 figures: FleetFigures | None = None, seen_flush_seconds: float = 5.0):
         self.figures = figures or FleetFigures()
         self.store = store
         self.hub = hub
@@ -163,6 +163,9 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self.closing = False   # set before the store closes: streams ending then leave the store alone
         self._bookkeeping: set[asyncio.Task] = set()
         self._sent_batch: list[str] = []
+        self._seen_batch: dict[str, float] = {}
+        self._seen_flusher: asyncio.Task | None = None
+        self.seen_flush_seconds = seen_flush_seconds
         self._flusher: asyncio.Task | None = None
 
     def welcome(self, station: str) -> pb.FleetWelcome:
@@ -195,7 +198,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         station = ident.uri
         body = msg.WhichOneof("body")
         if body == "heartbeat":
-            await self.store.seen(station)
+            self._note_seen(station)
             return
         if body == "inventory":
             inv = msg.inventory
@@ -303,6 +306,24 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 self._bookkeeping.add(task)
                 task.add_done_callback(self._bookkeeping.discard)
 
+    def _note_seen(self, station: str) -> None:
+        """Heartbeats are written in batches every ``seen_flush_seconds`` (one commit, not one per agent)."""
+        self._seen_batch[station] = time.time()
+        if self._seen_flusher is None or self._seen_flusher.done():
+            self._seen_flusher = asyncio.create_task(self._flush_seen())
+            self._bookkeeping.add(self._seen_flusher)
+            self._seen_flusher.add_done_callback(self._bookkeeping.discard)
+
+    async def _flush_seen(self) -> None:
+        if not self.closing:
+            await asyncio.sleep(self.seen_flush_seconds)
+        if self._seen_batch:
+            batch, self._seen_batch = self._seen_batch, {}
+            try:
+                await self.store.seen_many(batch)
+            except Exception:   # the next heartbeat tries again
+                log.exception("could not record %d heartbeats", len(batch))
+
     def _note_sent(self, ids: list[str]) -> None:
         """Mark written commands SENT in batches (one transaction for a broadcast's thousands of streams)."""
         self._sent_batch += ids
@@ -327,9 +348,12 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             log.exception("could not mark %s disconnected", station)
 
     async def drain(self) -> None:
-        """Before the store closes: no new bookkeeping, and the pending writes done."""
+        """Before the store closes: no new bookkeeping, and the pending writes (heartbeats included) done."""
         self.closing = True
+        if self._seen_flusher is not None and not self._seen_flusher.done():
+            self._seen_flusher.cancel()
         await asyncio.gather(*list(self._bookkeeping), return_exceptions=True)
+        await self._flush_seen()
 
     @_unary
     async def Poll(self, request: pb.FleetPollRequest, context) -> pb.FleetPollResponse:

@@ -276,3 +276,26 @@ def test_a_station_agent_reports_its_registry_and_follows_hotplug(deployment, tm
 
 async def _eq(fn, want):
     return (await fn()) == want
+
+
+def test_heartbeats_move_last_seen_written_in_batches(deployment, tmp_path):
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", heartbeat_seconds=1,
+                                        seen_flush_seconds=0.3) as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            task = asyncio.create_task(FleetAgent(cfg, support.FakeInventory(), support.FakeExecutor(), version="1",
+                                                  options=FAST).run())
+            try:
+                await support.until(lambda: fleet.hub.is_connected(STATION))
+                first = (await fleet.store.get_station(STATION)).last_seen
+                later = await support.until(lambda: _later(fleet, first + 1.5), what="a later heartbeat recorded")
+                assert later.last_seen >= first + 1.5
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    run(go())
+
+
+async def _later(fleet, t):
+    st = await fleet.store.get_station(STATION)
+    return st if st.last_seen >= t else None
