@@ -11,11 +11,14 @@ and results of commands while reading commands. A command runs once per id (``ex
 refuse it: a rejected ack; ``executor.run(command, progress)`` gives an ``Outcome``); a command seen
 again (its ack was lost with a broken stream) is acknowledged again, not run again.
 
-When a stream fails, or breaks sooner than ``Options.min_stream_seconds``, the agent tries one
-``Fleet.Poll``: if that works the network (a proxy) breaks streams, so it polls the same messages for
-``Options.poll_mode_seconds`` before trying a stream again. When neither works the personalizer is
-unreachable: the next attempt waits with exponential backoff and jitter (tenacity). A stream that
-lasted ends with a short random pause, so a restarted daemon is not reconnected by every agent at once.
+When a stream gets no welcome, or breaks (UNAVAILABLE, DEADLINE_EXCEEDED, ... : ``BROKEN_CODES``) sooner
+than ``Options.min_stream_seconds``, the agent tries one ``Fleet.Poll``: if that works the network (a
+proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_seconds`` before trying a
+stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
+When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
+with exponential backoff and jitter (tenacity). A stream that lasted, or that the server ended cleanly
+(it stops: ``Hub.close_all``), is reopened after a short random pause, so a restarted daemon is not
+reconnected by every agent at once.
 
 Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never ``personalizer``.
 """
@@ -37,6 +40,9 @@ from station_config import StationConfig, channel as station_channel
 log = logging.getLogger(__name__)
 
 MAX_POLL_MESSAGES = 256
+# how a stream fails when the network (a proxy) breaks it, rather than the personalizer refusing it
+BROKEN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
+                          grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -204,15 +210,17 @@ class FleetAgent:
             started = time.monotonic()
             try:
                 await self._stream(fleet_pb2_grpc.FleetStub(channel))
-                broken = time.monotonic() - started < self.options.min_stream_seconds
                 self.stats.last_error = ""
-            except (grpc.aio.AioRpcError, _Unreachable) as exc:
-                self.stats.last_error = (f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError)
-                                         else str(exc))
+                return   # the server ended the stream (OK): it is stopping or handing agents over; reopen
+            except _Unreachable as exc:   # connected, but no welcome: something in between eats the stream
+                self.stats.last_error = str(exc)
+            except grpc.aio.AioRpcError as exc:
+                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
                 log.warning("fleet stream to the personalizer ended: %s", self.stats.last_error)
-                broken = True
-            if not broken:
-                return
+                if exc.code() not in BROKEN_CODES:   # refused: not the network's fault; back off, do not poll
+                    raise _Unreachable(self.stats.last_error) from None
+                if time.monotonic() - started >= self.options.min_stream_seconds:
+                    return   # it lasted: reopen a stream
             await self._poll_mode(fleet_pb2_grpc.FleetStub(channel))
         finally:
             self.stats.mode = "idle"

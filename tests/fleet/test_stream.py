@@ -299,3 +299,41 @@ def test_heartbeats_move_last_seen_written_in_batches(deployment, tmp_path):
 async def _later(fleet, t):
     st = await fleet.store.get_station(STATION)
     return st if st.last_seen >= t else None
+
+
+def test_a_stream_the_server_ends_cleanly_is_reopened_not_replaced_by_polling(deployment, tmp_path):
+    """A daemon that stops (or hands its agents over) ends streams with OK: that is no broken proxy, so the
+    agent opens a stream again even when the last one was short."""
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite") as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            opts = Options(initial_backoff=0.2, max_backoff=1.0, jitter=0.2, min_stream_seconds=60)
+            agent = FleetAgent(cfg, support.FakeInventory(), support.FakeExecutor(), version="1", options=opts)
+            task = asyncio.create_task(agent.run())
+            try:
+                await support.until(lambda: agent.stats.welcomes == 1)
+                assert fleet.hub.close_all() == 1
+                await support.until(lambda: agent.stats.welcomes == 2, what="a second welcome")
+                assert agent.stats.mode == "streaming" and agent.stats.polls == 0
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    run(go())
+
+
+def test_a_refused_stream_backs_off_without_polling(deployment, tmp_path):
+    """A refusal (here: too many hellos) is not a proxy problem: no poll, exponential backoff."""
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", hellos_per_minute=1) as (port, fleet):
+            cfg = support.station(deployment, tmp_path / "st", port)
+            agent = FleetAgent(cfg, support.FakeInventory(), support.FakeExecutor(), version="1", options=FAST)
+            task = asyncio.create_task(agent.run())
+            try:
+                await support.until(lambda: agent.stats.welcomes == 1)
+                fleet.hub.close_all()
+                await support.until(lambda: agent.stats.streams >= 3, what="stream attempts")
+                assert agent.stats.polls == 0 and "RESOURCE_EXHAUSTED" in agent.stats.last_error
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    run(go())
