@@ -37,7 +37,7 @@ from station_config import channel
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
-from personalizer import cnsctl_registration, cnsctl_release
+from personalizer import cnsctl_fleet, cnsctl_registration, cnsctl_release
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=_cert_find)
     cnsctl_registration.add_parser(sub, positive_int)
     cnsctl_release.add_parser(sub)
+    cnsctl_fleet.add_parser(sub, positive_int)
     return ap
 
 

@@ -147,6 +147,7 @@ class Daemon:
     relay: Relay
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
+    fleet: object | None = None      # personalizer.fleet.wiring.Fleet (issue 15)
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
     enroll_server: grpc.aio.Server | None = None   # [enrollment]: the server-auth-only Enroll port
     enroll_port: int = 0
@@ -229,6 +230,10 @@ class Daemon:
                                                                    "the address is in use or not local"))
         if cfg.enrollment.enabled:
             daemon._add_enrollment(broker)
+        from personalizer.fleet import wiring as fleet_wiring   # last: nothing after it can fail and leak it
+        daemon.fleet = await fleet_wiring.attach(server, cfg.store.database)
+        if daemon.metrics_server is not None:
+            daemon.metrics_server.registry.register(daemon.fleet.collector())
         return daemon
 
     def _add_enrollment(self, broker) -> None:
@@ -314,6 +319,8 @@ class Daemon:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.fleet is not None:
+            self.fleet.hub.close_all()   # fleet streams end now, normally: their agents reconnect
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
         await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
@@ -324,6 +331,8 @@ class Daemon:
             await self.publisher.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.store.close()
         await self.ca.close()
         if self.lock is not None:

@@ -101,6 +101,11 @@ METHOD_ROLES.update({_REGISTRATIONS + "RegisterHolder": frozenset({ROLE_IR}),
                      _REGISTRATIONS + "GetRegistration": frozenset(ROLES),
                      _REGISTRATIONS + "ListRegistrations": frozenset(ROLES),
                      _REGISTRATIONS + "CancelRegistration": frozenset({ROLE_IR, ROLE_ADMIN})})
+# Fleet (issue 15): a station opens its stream or polls; central IT reads the inventory and sends commands.
+METHOD_ROLES.update({"/cns.v1.Fleet/" + m: frozenset({ROLE_STATION}) for m in ("Connect", "Poll")})
+METHOD_ROLES.update({"/cns.v1.FleetAdmin/" + m: frozenset({ROLE_ADMIN}) for m in (
+    "ListStations", "ListDevices", "ExpiringCertificates", "SendCommand", "GetCommand", "BroadcastCommand", "CreateRollout",
+    "GetRollout", "ListRollouts", "PauseRollout", "ResumeRollout", "CancelRollout")})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -1,0 +1,94 @@
+"""A station agent's fleet stream, fed by its device registry: the task the composition root supervises.
+
+``run_station(cfg, registry, version=...)`` runs a ``FleetAgent`` whose hello lists the registry's
+readers and its read cards (serial, model, reader: no holder data leaves the station), and whose
+inventory deltas follow the registry's events (card read → present; card removed or its reader gone →
+removed; readers added or removed → the reader list). The registry calls its listeners from the
+monitor thread; they hand the event to the loop with ``call_soon_threadsafe`` and never block.
+
+Commands this agent runs today (``StationExecutor``): refresh_inventory (the whole inventory again,
+as a delta). Renewals, token releases and log collection are refused with a reason naming what is
+missing, until the operations behind them are wired here; a refused command is reported REJECTED.
+Certificate expiry per keyset is not in the registry yet, so cards are reported without it.
+Imports ``agent.devices.registry`` and ``agent.fleet.client``.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from agent.devices.registry import CardState, DeviceEvent, DeviceRegistry, EventKind, ReaderView
+from agent.fleet.client import DeviceInfo, FleetAgent, Options, Outcome
+from proto.cns.v1 import fleet_pb2 as pb
+
+
+def card_device(reader: ReaderView) -> DeviceInfo | None:
+    card = reader.card
+    if card is None or card.state is not CardState.READY or not card.serial:
+        return None
+    return DeviceInfo(serial=card.serial, kind="card", model=card.model_id, reader=reader.name)
+
+
+class RegistryInventory:
+    def __init__(self, registry: DeviceRegistry):
+        self.registry = registry
+
+    async def snapshot(self) -> tuple[list[str], list[DeviceInfo]]:
+        _, readers = self.registry.snapshot()
+        return [r.name for r in readers], [d for d in map(card_device, readers) if d is not None]
+
+
+class StationExecutor:
+    def __init__(self, inventory: RegistryInventory):
+        self.inventory = inventory
+        self.agent: FleetAgent | None = None
+
+    def accept(self, command: pb.FleetCommand) -> str | None:
+        if command.kind == pb.FLEET_COMMAND_REFRESH_INVENTORY:
+            return None
+        return f"{pb.FleetCommandKind.Name(command.kind)} is not supported by this agent version yet"
+
+    async def run(self, command: pb.FleetCommand, progress) -> Outcome:
+        readers, devices = await self.inventory.snapshot()
+        self.agent.report_delta(present=devices, readers=readers)
+        return Outcome(True, f"{len(devices)} device(s) in {len(readers)} reader(s)")
+
+
+class _Follower:
+    """Registry events → inventory deltas, on the loop."""
+
+    def __init__(self, agent: FleetAgent, registry: DeviceRegistry, loop: asyncio.AbstractEventLoop):
+        self.agent, self.registry, self.loop = agent, registry, loop
+        self.serials: dict[str, str] = {}   # reader → serial reported present
+
+    def listener(self, event: DeviceEvent) -> None:   # the monitor thread
+        self.loop.call_soon_threadsafe(self.apply, event)
+
+    def apply(self, event: DeviceEvent) -> None:
+        name = event.reader.name
+        if event.kind is EventKind.CARD_READ:
+            dev = card_device(event.reader)
+            if dev is not None:
+                self.serials[name] = dev.serial
+                self.agent.report_delta(present=[dev])
+        elif event.kind in (EventKind.CARD_REMOVED, EventKind.READER_REMOVED, EventKind.CARD_INSERTED):
+            serial = self.serials.pop(name, None)
+            if serial is not None:
+                self.agent.report_delta(removed=[serial])
+        if event.kind in (EventKind.READER_ADDED, EventKind.READER_REMOVED):
+            self.agent.report_delta(readers=[r.name for r in self.registry.snapshot()[1]])
+
+
+async def run_station(cfg, registry: DeviceRegistry, *, version: str, options: Options = Options()) -> None:
+    """Until cancelled. One line in the composition root:
+    ``agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version))``."""
+    inventory = RegistryInventory(registry)
+    executor = StationExecutor(inventory)
+    agent = executor.agent = FleetAgent(cfg, inventory, executor, version=version, options=options)
+    follower = _Follower(agent, registry, asyncio.get_running_loop())
+    _, readers = registry.snapshot()
+    follower.serials = {r.name: d.serial for r in readers if (d := card_device(r)) is not None}
+    unsubscribe = registry.subscribe(follower.listener)
+    try:
+        await agent.run()
+    finally:
+        unsubscribe()

@@ -1,0 +1,112 @@
+"""Client process of ``scripts/bench fleet``: COUNT simulated agents, one TLS connection each.
+
+Each agent is the real ``agent.fleet.FleetAgent`` (hello, heartbeats, reconnect with backoff and
+jitter) with its own client certificate (station ``BENCH-<i>``, issued here from the test deployment's
+TLS CA key with the personalizer's certificate profile) and its own channel (``grpc.use_local_subchannel_pool``: channels with equal arguments
+would otherwise share one TCP connection). The inventory and the executor are stand-ins that record when
+a command arrived. Prints JSON lines: ``connected`` (all welcomed once), ``command`` (all got one, with
+the latest arrival time), ``reconnected`` (all welcomed again). Runs until killed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.fleet import DeviceInfo, FleetAgent, Options, Outcome
+from personalizer.ca import profiles
+
+OPTIONS = Options(initial_backoff=0.5, max_backoff=5.0, jitter=2.0, min_stream_seconds=0, welcome_timeout=60,
+                  call_timeout=30)
+
+
+def client_cert(ca_key, ca_cert, sid: str) -> tuple[bytes, bytes]:
+    """A station certificate as the deployment issues them (``profiles.build_tls_leaf``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = profiles.build_tls_leaf(sid, key.public_key(), issuer=ca_cert, now=now,
+                                   identity_uri=f"urn:cns:station:RM:{sid}").sign(ca_key, hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    return cert.public_bytes(pem), key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())
+
+
+class Inventory:
+    def __init__(self, sid):
+        self.devices = [DeviceInfo(serial=f"{sid}-TK", kind="token", model="bench", token_release="r1")]
+
+    async def snapshot(self):
+        return [], self.devices
+
+
+class Recorder:
+    def __init__(self):
+        self.got: dict[int, float] = {}
+
+    def executor(self, i):
+        rec = self
+
+        class Ex:
+            def accept(self, command):
+                rec.got.setdefault(i, time.time())
+                return None
+
+            async def run(self, command, progress):
+                return Outcome(True, "ok")
+        return Ex()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--tls", type=Path, required=True)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--count", type=int, required=True)
+    o = ap.parse_args()
+    ca_key = serialization.load_pem_private_key((o.tls / "tls-ca.key.pem").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((o.tls / "tls-ca.pem").read_bytes())
+    anchors = (o.tls / "tls-ca.pem").read_bytes()
+    rec = Recorder()
+    agents = []
+    for i in range(o.start, o.start + o.count):
+        sid = f"BENCH-{i}"
+        cert, key = client_cert(ca_key, ca_cert, sid)
+        creds = grpc.ssl_channel_credentials(root_certificates=anchors, private_key=key, certificate_chain=cert)
+
+        def factory(creds=creds):
+            return grpc.aio.secure_channel(o.target, creds, options=[
+                ("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 300_000),
+                ("grpc.keepalive_permit_without_calls", 0)])
+        agents.append(FleetAgent(None, Inventory(sid), rec.executor(i), version="bench", options=OPTIONS,
+                                 channel_factory=factory))
+    def emit(event, **kw):
+        print(json.dumps({"event": event, "t": time.time(), "n": o.count, **kw}), flush=True)
+
+    emit("ready")   # certificates made: connect time starts here
+    tasks = []
+    for a in agents:
+        tasks.append(asyncio.create_task(a.run()))
+        await asyncio.sleep(0)
+
+    while not all(a.stats.welcomes >= 1 for a in agents):
+        await asyncio.sleep(0.1)
+    emit("connected")
+    while len(rec.got) < o.count:
+        await asyncio.sleep(0.05)
+    emit("command", latest=max(rec.got.values()))
+    while not all(a.stats.welcomes >= 2 for a in agents):
+        await asyncio.sleep(0.1)
+    emit("reconnected")
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

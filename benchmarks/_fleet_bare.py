@@ -1,0 +1,84 @@
+"""The reference of ``scripts/bench fleet``: a bare grpc.aio server doing what Fleet.Connect does, no more.
+
+Same TLS (server certificate, client certificates required from the same CA), same messages: it reads
+the hello, answers a welcome, reads heartbeats; on SIGUSR1 it writes one command to every open stream.
+No interceptors, no identity, no store. ``python -m benchmarks._fleet_bare --port P --tls DIR`` prints
+"listening on port N".
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import signal
+from pathlib import Path
+
+import grpc
+
+from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
+
+
+class Bare(fleet_pb2_grpc.FleetServicer):
+    def __init__(self):
+        self.queues: set[asyncio.Queue] = set()
+        self.n = 0
+
+    async def Connect(self, request_iterator, context):
+        it = request_iterator.__aiter__()
+        await it.__anext__()   # the hello
+        q: asyncio.Queue = asyncio.Queue()
+        self.queues.add(q)
+
+        async def read():
+            async for _ in it:
+                pass
+            q.put_nowait(None)
+        reader = asyncio.create_task(read())
+        try:
+            yield pb.FleetServerMessage(welcome=pb.FleetWelcome(station="bare", heartbeat_seconds=30,
+                                                                poll_seconds=60))
+            while True:
+                cmd = await q.get()
+                if cmd is None:
+                    return
+                yield pb.FleetServerMessage(command=cmd)
+        finally:
+            reader.cancel()
+            self.queues.discard(q)
+
+    def broadcast(self):
+        self.n += 1
+        cmd = pb.FleetCommand(command_id=f"bare-{self.n}", kind=pb.FLEET_COMMAND_REFRESH_INVENTORY)
+        for q in list(self.queues):
+            q.put_nowait(cmd)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls", type=Path, required=True)
+    o = ap.parse_args()
+    t = o.tls
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 60_000),
+                                      ("grpc.keepalive_permit_without_calls", 1),
+                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
+    bare = Bare()
+    fleet_pb2_grpc.add_FleetServicer_to_server(bare, server)
+    creds = grpc.ssl_server_credentials([((t / "server.key.pem").read_bytes(), (t / "server.pem").read_bytes())],
+                                        root_certificates=(t / "tls-ca.pem").read_bytes(), require_client_auth=True)
+    port = server.add_secure_port(f"127.0.0.1:{o.port}", creds)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, bare.broadcast)
+    loop.add_signal_handler(signal.SIGUSR2, gc.freeze)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"listening on port {port}", flush=True)
+    await stop.wait()
+    for q in list(bare.queues):   # end the streams normally, as the personalizer does when it stops
+        q.put_nowait(None)
+    await server.stop(5)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

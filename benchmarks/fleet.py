@@ -1,0 +1,186 @@
+"""Fleet streams: N agents on one personalizer process vs a bare grpc.aio server (RSS, idle CPU, command, reconnect).
+
+N agents (the real ``agent.fleet.FleetAgent``, one TLS connection and client certificate each) run in
+P separate client processes (``benchmarks._fleet_agents``) and connect to one server process, first
+the bare reference (``benchmarks._fleet_bare``: same TLS, same messages, nothing else), then the real
+``cns-personalizer serve`` (mTLS identity, store, hub). Per server: the time to connect all (from the
+clients' start, certificates already made), its RSS and idle CPU over ``--idle-seconds`` with every
+agent connected and heartbeating, the time for one command to reach all (bare: SIGUSR1 broadcasts;
+personalizer: FleetAdmin.BroadcastCommand, which also writes one command row per station), and the
+time to reconnect all after the server process is restarted on the same port.
+
+Targets (issue 15 item 6, on this machine at 20,000 agents): personalizer RSS < 2 GiB, command reach
+≤ 1.2 × the bare server's, reconnect ≤ 1.5 × its own connect time. ``targets_met`` says which held;
+a small N (CI) reports them without judging speed. Usage:
+scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from personalizer import deploy
+from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
+
+TARGET_RSS_BYTES = 2 << 30
+TARGET_REACH_RATIO = 1.2
+TARGET_RECONNECT_RATIO = 1.5
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on port" not in line:
+            raise RuntimeError(f"server did not start: {line!r}")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()   # drain later lines
+        return time.time()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Clients:
+    def __init__(self, target: str, tls: Path, agents: int, processes: int):
+        per = -(-agents // processes)
+        self.procs = []
+        for k in range(processes):
+            n = min(per, agents - k * per)
+            if n <= 0:
+                break
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "benchmarks._fleet_agents", "--target", target, "--tls", str(tls),
+                 "--start", str(k * per), "--count", str(n)], stdout=subprocess.PIPE, text=True))
+
+    def wait(self, event: str, timeout: float) -> list[dict]:
+        out, deadline = [], time.monotonic() + timeout
+        for p in self.procs:
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"clients did not report {event!r} in {timeout:g} s")
+                line = p.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"a client process exited before {event!r}")
+                msg = json.loads(line)
+                if msg["event"] == event:
+                    out.append(msg)
+                    break
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _phase(name: str, server: Server, trigger, target: str, tls: Path, o) -> dict:
+    server.start()
+    clients = Clients(target, tls, o.agents, o.processes)
+    try:
+        ready = clients.wait("ready", o.timeout)
+        connected = clients.wait("connected", o.timeout)
+        connect_s = max(c["t"] - r["t"] for r, c in zip(ready, connected))
+        pid = server.proc.pid
+        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        time.sleep(o.idle_seconds)
+        idle_cpu = (_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        rss = _rss(pid)
+        t_trigger = time.time()
+        trigger(pid)
+        reach_s = max(c["latest"] for c in clients.wait("command", o.timeout)) - t_trigger
+        server.stop()
+        t_restart = server.start()
+        reconnect_s = max(c["t"] for c in clients.wait("reconnected", o.timeout)) - t_restart
+    finally:
+        clients.stop()
+        server.stop()
+    print(f"bench fleet: {name}: connect {connect_s:.2f} s, rss {rss / 2**20:.0f} MiB, idle cpu "
+          f"{100 * idle_cpu:.1f} %, command reach {reach_s:.3f} s, reconnect {reconnect_s:.2f} s", file=sys.stderr)
+    return {"connect_s": round(connect_s, 3), "rss_bytes": rss, "idle_cpu_fraction": round(idle_cpu, 4),
+            "command_reach_s": round(reach_s, 4), "reconnect_s": round(reconnect_s, 3)}
+
+
+def main(argv: list[str]) -> dict:
+    ap = argparse.ArgumentParser(prog="scripts/bench fleet")
+    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--idle-seconds", type=float, default=5.0)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    o = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        port = _free_port()
+        dep = deploy.init_deployment(Path(tmp) / "cns", listen=f"127.0.0.1:{port}", ca_key_bits=2048)
+        tls = dep.root / "tls"
+        target = f"localhost:{port}"
+        bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port)])
+        results = {"bare": _phase("bare grpc.aio", bare, lambda pid: os.kill(pid, signal.SIGUSR1), target, tls, o)}
+        admin = dep.admin_config.parent
+
+        def broadcast(_pid):
+            creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
+                                                 private_key=(admin / "client.key.pem").read_bytes(),
+                                                 certificate_chain=(admin / "client.pem").read_bytes())
+            with grpc.secure_channel(target, creds) as ch:
+                r = fleet_pb2_grpc.FleetAdminStub(ch).BroadcastCommand(pb.FleetBroadcastRequest(
+                    query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY),
+                    timeout=o.timeout)
+            if r.commands < o.agents:
+                raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
+        daemon = Server([sys.executable, "-m", "personalizer.cli", "--log-level", "WARNING", "serve", "--config",
+                         str(dep.server_config)])
+        results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o)
+    b, p = results["bare"], results["personalizer"]
+    reach_ratio = p["command_reach_s"] / b["command_reach_s"] if b["command_reach_s"] > 0 else None
+    reconnect_ratio = p["reconnect_s"] / p["connect_s"] if p["connect_s"] > 0 else None
+    return {
+        "benchmark": "fleet", "agents": o.agents, "client_processes": o.processes, "agents_per_instance": o.agents,
+        "units": {"connect_s": "s", "rss_bytes": "bytes", "idle_cpu_fraction": "CPU seconds per second",
+                  "command_reach_s": "s", "reconnect_s": "s"},
+        "bare": b, "personalizer": p, "reference": "bare grpc.aio server, same TLS and messages, same run",
+        "command_reach_ratio": reach_ratio and round(reach_ratio, 3),
+        "reconnect_over_connect": reconnect_ratio and round(reconnect_ratio, 3),
+        "targets_met": {"rss_under_2GiB": p["rss_bytes"] < TARGET_RSS_BYTES,
+                        "reach_within_1.2x_bare": reach_ratio is not None and reach_ratio <= TARGET_REACH_RATIO,
+                        "reconnect_within_1.5x_connect": reconnect_ratio is not None and
+                        reconnect_ratio <= TARGET_RECONNECT_RATIO},
+        "targets_judged": o.agents >= 20_000, "ok": True,
+    }

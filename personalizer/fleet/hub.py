@@ -1,0 +1,72 @@
+"""The fleet streams connected to this process: one session per station, woken when it has commands.
+
+A station has at most one session: a new stream of the same station replaces the old one (whose
+connection is most likely dead behind a proxy), and the old writer ends with ``Replaced``. ``wake``
+tells a station's writer to look in the store for commands to send, or hands it the new commands; the
+store, not the session, holds what is pending, so nothing is lost when a stream breaks. Pure asyncio: no grpc, no proto, no store.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+WAKE = "wake"
+
+
+class Replaced(Exception):
+    """Another stream of the same station connected."""
+
+
+@dataclass(eq=False)
+class Session:
+    station: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    sent: set[str] = field(default_factory=set)   # command ids written on this stream
+
+    def wake(self, commands: list | None = None) -> None:
+        self.queue.put_nowait(commands if commands else WAKE)
+
+    def fail(self, exc: BaseException) -> None:
+        self.queue.put_nowait(exc)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def attach(self, station: str) -> Session:
+        old = self._sessions.get(station)
+        if old is not None:
+            old.fail(Replaced(f"another stream of {station} connected; this one is closed"))
+        s = self._sessions[station] = Session(station)
+        s.wake()   # deliver whatever is pending
+        return s
+
+    def detach(self, session: Session) -> bool:
+        """True when ``session`` was still the station's current one."""
+        if self._sessions.get(session.station) is session:
+            del self._sessions[session.station]
+            return True
+        return False
+
+    def wake(self, station: str, commands: list | None = None) -> bool:
+        """``commands``: the new commands themselves (written as they are, no store read); else the writer
+        reads the station's open commands from the store."""
+        s = self._sessions.get(station)
+        if s is None:
+            return False
+        s.wake(commands)
+        return True
+
+    def close_all(self) -> int:
+        """End every stream normally (the daemon is stopping): agents reconnect, to another instance or
+        to this one restarted, instead of seeing their calls cancelled at the end of the grace period."""
+        for s in list(self._sessions.values()):
+            s.fail(EOFError("the personalizer is stopping"))
+        return len(self._sessions)
+
+    def is_connected(self, station: str) -> bool:
+        return station in self._sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)

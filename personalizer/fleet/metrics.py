@@ -1,0 +1,70 @@
+"""The fleet's Prometheus figures, on the daemon's metrics endpoint beside the CA's.
+
+``FleetFigures`` counts in the daemon's loop (hellos by path, polls, refusals by status code, command
+reports by state); ``FleetCollector`` reads them, the hub's connected streams and the last snapshot the
+rollout engine took of the store (stations known, rollouts by state, targets of active rollouts by
+state), from the metrics server's thread without touching the database. Imports prometheus_client.
+
+Families: ``cns_fleet_streams_connected``, ``cns_fleet_stations_known``, ``cns_fleet_hellos_total{path}``,
+``cns_fleet_polls_total``, ``cns_fleet_refusals_total{code}``, ``cns_fleet_command_reports_total{state}``,
+``cns_fleet_rollouts{state}``, ``cns_fleet_rollout_targets{rollout_id,name,state}``.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+@dataclass
+class FleetFigures:
+    hellos: collections.Counter = field(default_factory=collections.Counter)
+    polls: int = 0
+    refusals: collections.Counter = field(default_factory=collections.Counter)
+    reports: collections.Counter = field(default_factory=collections.Counter)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    stations: int = 0
+    rollouts: dict = field(default_factory=dict)          # state -> count
+    targets: tuple = ()                                   # (rollout_id, name, state, count) of active rollouts
+
+
+class FleetCollector:
+    def __init__(self, figures: FleetFigures, hub, snapshot):
+        self._figures, self._hub, self._snapshot = figures, hub, snapshot   # snapshot: () -> Snapshot
+
+    def collect(self):
+        f, snap = self._figures, self._snapshot()
+        g = GaugeMetricFamily("cns_fleet_streams_connected", "fleet streams connected to this daemon now")
+        g.add_metric([], len(self._hub))
+        yield g
+        g = GaugeMetricFamily("cns_fleet_stations_known", "stations in the inventory")
+        g.add_metric([], snap.stations)
+        yield g
+        c = CounterMetricFamily("cns_fleet_hellos", "hellos accepted", labels=["path"])
+        for path in ("stream", "poll"):
+            c.add_metric([path], f.hellos[path])
+        yield c
+        c = CounterMetricFamily("cns_fleet_polls", "Fleet.Poll calls answered")
+        c.add_metric([], f.polls)
+        yield c
+        c = CounterMetricFamily("cns_fleet_refusals", "fleet calls and messages refused", labels=["code"])
+        for code, n in sorted(f.refusals.items()):
+            c.add_metric([code], n)
+        yield c
+        c = CounterMetricFamily("cns_fleet_command_reports", "command reports by resulting state", labels=["state"])
+        for state, n in sorted(f.reports.items()):
+            c.add_metric([state], n)
+        yield c
+        g = GaugeMetricFamily("cns_fleet_rollouts", "rollouts by state", labels=["state"])
+        for state in ("running", "paused", "cancelled", "aborted", "completed"):
+            g.add_metric([state], snap.rollouts.get(state, 0))
+        yield g
+        g = GaugeMetricFamily("cns_fleet_rollout_targets", "devices of active rollouts by state",
+                              labels=["rollout_id", "name", "state"])
+        for rid, name, state, n in snap.targets:
+            g.add_metric([rid, name, state], n)
+        yield g

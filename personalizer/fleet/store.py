@@ -1,0 +1,470 @@
+"""The fleet's durable state: stations, their devices and certificates, commands, and the fleet audit.
+
+``FleetStore`` is the protocol the fleet service uses; ``SqliteFleetStore`` keeps its own tables in
+the daemon's database file (the request store's file, opened on a connection of its own, schema
+created on open). Nothing here knows gRPC: rows are plain dataclasses, the service maps them to proto.
+
+Commands move PENDING → SENT → ACKED → RUNNING → SUCCEEDED | FAILED, or to REJECTED (the agent
+refused), TIMED_OUT, or CANCELLED (still pending when its rollout stopped). A repeated ack changes nothing. ``update_command`` accepts a transition only for the station the command was
+sent to and only from a state the agent can be in (a result for a command never sent is refused).
+The audit table is append-only (triggers refuse UPDATE and DELETE).
+
+Imports aiosqlite and ``personalizer.errors`` only; no grpc, no proto, no edge.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+PENDING, SENT, ACKED, RUNNING = "pending", "sent", "acked", "running"
+SUCCEEDED, FAILED, REJECTED, TIMED_OUT = "succeeded", "failed", "rejected", "timed_out"
+CANCELLED = "cancelled"   # withdrawn before delivery (its rollout stopped)
+OPEN_STATES = (PENDING, SENT, ACKED, RUNNING)
+TERMINAL_STATES = (SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELLED)
+# the states an agent's report may move a command from, per target state
+# (an ack may overtake the batched PENDING → SENT write of the command it answers)
+_FROM = {ACKED: (PENDING, SENT), REJECTED: (PENDING, SENT), RUNNING: (ACKED, RUNNING),
+         SUCCEEDED: (ACKED, RUNNING), FAILED: (ACKED, RUNNING), TIMED_OUT: OPEN_STATES, CANCELLED: (PENDING,)}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS fleet_stations (
+    station TEXT PRIMARY KEY, chamber TEXT NOT NULL, station_id TEXT NOT NULL,
+    agent_version TEXT NOT NULL DEFAULT '', readers TEXT NOT NULL DEFAULT '[]',
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, connected INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS fleet_stations_chamber ON fleet_stations(chamber);
+CREATE TABLE IF NOT EXISTS fleet_devices (
+    station TEXT NOT NULL, serial TEXT NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL,
+    firmware_version TEXT NOT NULL, partition_version TEXT NOT NULL, token_release TEXT NOT NULL,
+    reader TEXT NOT NULL, last_seen REAL NOT NULL, PRIMARY KEY (station, serial));
+CREATE INDEX IF NOT EXISTS fleet_devices_model ON fleet_devices(model);
+CREATE TABLE IF NOT EXISTS fleet_certificates (
+    station TEXT NOT NULL, serial TEXT NOT NULL, keyset TEXT NOT NULL, not_after INTEGER NOT NULL,
+    PRIMARY KEY (station, serial, keyset));
+CREATE INDEX IF NOT EXISTS fleet_certificates_not_after ON fleet_certificates(not_after);
+CREATE TABLE IF NOT EXISTS fleet_commands (
+    command_id TEXT PRIMARY KEY, station TEXT NOT NULL, kind TEXT NOT NULL, device_serial TEXT NOT NULL,
+    release TEXT NOT NULL, state TEXT NOT NULL, percent INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '', attestation BLOB, rollout_id TEXT, actor TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS fleet_commands_open ON fleet_commands(station, state);
+CREATE TABLE IF NOT EXISTS fleet_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    outcome TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS fleet_audit_no_update BEFORE UPDATE ON fleet_audit
+    BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS fleet_audit_no_delete BEFORE DELETE ON fleet_audit
+    BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
+"""
+
+
+@dataclass(frozen=True)
+class Keyset:
+    keyset: str
+    not_after: int
+
+
+@dataclass(frozen=True)
+class Device:
+    serial: str
+    kind: str = "card"
+    model: str = ""
+    firmware_version: str = ""
+    partition_version: str = ""
+    token_release: str = ""
+    reader: str = ""
+    certificates: tuple[Keyset, ...] = ()
+
+
+@dataclass(frozen=True)
+class Station:
+    station: str
+    chamber: str
+    station_id: str
+    agent_version: str
+    readers: tuple[str, ...]
+    first_seen: float
+    last_seen: float
+    connected: bool
+    device_count: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    station: str
+    chamber: str
+    device: Device
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class ExpiringRow:
+    station: str
+    chamber: str
+    serial: str
+    model: str
+    keyset: str
+    not_after: int
+
+
+@dataclass(frozen=True)
+class Command:
+    command_id: str
+    station: str
+    kind: str
+    device_serial: str = ""
+    release: str = ""
+    state: str = PENDING
+    percent: int = 0
+    message: str = ""
+    attestation: bytes | None = None
+    rollout_id: str | None = None
+    actor: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class Query:
+    """Inventory filters (empty / 0: no filter) and paging (an opaque token from the previous page)."""
+    chamber: str = ""
+    model: str = ""
+    firmware_version: str = ""
+    token_release: str = ""
+    agent_version: str = ""
+    last_seen_before: float = 0
+    last_seen_after: float = 0
+    search: str = ""
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list = field(default_factory=list)
+    next_page_token: str = ""
+    total: int = 0
+
+
+class FleetStore(Protocol):
+    async def record_hello(self, station: str, chamber: str, station_id: str, agent_version: str,
+                           readers: list[str], devices: list[Device]) -> None: ...
+    async def apply_delta(self, station: str, present: list[Device], removed: list[str],
+                          readers: list[str] | None) -> None: ...
+    async def get_station(self, station: str) -> Station | None: ...
+    async def seen(self, station: str) -> None: ...
+    async def seen_many(self, last_seen: dict[str, float]) -> None: ...
+    async def set_connected(self, station: str, connected: bool) -> None: ...
+    async def add_command(self, cmd: Command) -> Command: ...
+    async def broadcast(self, q: Query, cmd: Command) -> list[Command]: ...
+    async def get_command(self, command_id: str) -> Command: ...
+    async def open_commands(self, station: str) -> list[Command]: ...
+    async def mark_sent(self, command_ids: list[str]) -> None: ...
+    async def update_command(self, station: str, command_id: str, state: str, *, percent: int | None = None,
+                             message: str = "", attestation: bytes | None = None) -> Command: ...
+    async def list_stations(self, q: Query) -> Page: ...
+    async def list_devices(self, q: Query) -> Page: ...
+    async def expiring(self, q: Query, before: int) -> Page: ...
+    async def audit(self, actor: str, action: str, outcome: str, detail: dict) -> None: ...
+    async def audit_rows(self, limit: int = 100) -> list[dict]: ...
+    async def close(self) -> None: ...
+
+
+_LIKE = "LIKE ? ESCAPE '\\'"
+
+
+def _page_bounds(q: Query) -> tuple[int, int]:
+    size = q.page_size or DEFAULT_PAGE
+    if size > MAX_PAGE:
+        raise InvalidRequest("page_size", f"at most {MAX_PAGE}; got {size}")
+    if not q.page_token:
+        return size, 0
+    if not q.page_token.isdigit() or len(q.page_token) > 9:
+        raise InvalidRequest("page_token", "not a token from a previous page; start again without one")
+    return size, int(q.page_token)
+
+
+def _next(offset: int, size: int, got: int, total: int) -> str:
+    return str(offset + size) if got == size and offset + size < total else ""
+
+
+class SqliteFleetStore:
+    """``FleetStore`` on the daemon's SQLite database (WAL), one connection, writes serialized."""
+
+    def __init__(self, conn: aiosqlite.Connection, clock=time.time):
+        self._db = conn
+        self._lock = asyncio.Lock()
+        self._clock = clock
+
+    @classmethod
+    async def open(cls, path: Path, *, clock=time.time) -> "SqliteFleetStore":
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.executescript(SCHEMA)
+            # a daemon that died left stations marked connected: nothing is connected to a new process
+            await conn.execute("UPDATE fleet_stations SET connected = 0 WHERE connected = 1")
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, clock)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _tx(self, statements: list[tuple[str, tuple]]) -> None:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    await self._db.execute(sql, args)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @staticmethod
+    def _device_rows(station: str, devices: list[Device], now: float) -> list[tuple[str, tuple]]:
+        out = []
+        for d in devices:
+            out.append(("INSERT OR REPLACE INTO fleet_devices VALUES (?,?,?,?,?,?,?,?,?)",
+                        (station, d.serial, d.kind, d.model, d.firmware_version, d.partition_version,
+                         d.token_release, d.reader, now)))
+            out.append(("DELETE FROM fleet_certificates WHERE station = ? AND serial = ?", (station, d.serial)))
+            out += [("INSERT OR REPLACE INTO fleet_certificates VALUES (?,?,?,?)",
+                     (station, d.serial, k.keyset, int(k.not_after))) for k in d.certificates]
+        return out
+
+    async def record_hello(self, station, chamber, station_id, agent_version, readers, devices) -> None:
+        """The station's whole inventory as its hello states it (devices not named are gone)."""
+        now = self._clock()
+        await self._tx([
+            ("INSERT INTO fleet_stations (station, chamber, station_id, agent_version, readers, first_seen,"
+             " last_seen, connected) VALUES (?,?,?,?,?,?,?,1) ON CONFLICT(station) DO UPDATE SET"
+             " agent_version = excluded.agent_version, readers = excluded.readers,"
+             " last_seen = excluded.last_seen, connected = 1",
+             (station, chamber, station_id, agent_version, json.dumps(list(readers)), now, now)),
+            ("DELETE FROM fleet_devices WHERE station = ?", (station,)),
+            ("DELETE FROM fleet_certificates WHERE station = ?", (station,)),
+            *self._device_rows(station, devices, now)])
+
+    async def apply_delta(self, station, present, removed, readers) -> None:
+        now = self._clock()
+        stmts = [("UPDATE fleet_stations SET last_seen = ? WHERE station = ?", (now, station))]
+        if readers is not None:
+            stmts.append(("UPDATE fleet_stations SET readers = ? WHERE station = ?",
+                          (json.dumps(list(readers)), station)))
+        for serial in removed:
+            stmts += [("DELETE FROM fleet_devices WHERE station = ? AND serial = ?", (station, serial)),
+                      ("DELETE FROM fleet_certificates WHERE station = ? AND serial = ?", (station, serial))]
+        stmts += self._device_rows(station, present, now)
+        await self._tx(stmts)
+
+    async def get_station(self, station) -> Station | None:
+        async with self._db.execute(
+                "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
+                " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                " FROM fleet_stations s WHERE s.station = ?", (station,)) as cur:
+            r = await cur.fetchone()
+        return None if r is None else Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6],
+                                              bool(r[7]), r[8])
+
+    async def seen(self, station) -> None:
+        async with self._lock:
+            await self._db.execute("UPDATE fleet_stations SET last_seen = ? WHERE station = ?",
+                                   (self._clock(), station))
+
+    async def seen_many(self, last_seen) -> None:
+        """Heartbeats in one transaction (station → time): thousands of stations, one commit."""
+        await self._tx([("UPDATE fleet_stations SET last_seen = MAX(last_seen, ?) WHERE station = ?", (t, st))
+                        for st, t in last_seen.items()])
+
+    async def set_connected(self, station, connected) -> None:
+        async with self._lock:
+            await self._db.execute("UPDATE fleet_stations SET connected = ? WHERE station = ?",
+                                   (int(connected), station))
+
+    async def add_command(self, cmd: Command) -> Command:
+        now = self._clock()
+        cmd = Command(**{**cmd.__dict__, "command_id": cmd.command_id or str(uuid.uuid4()), "state": PENDING,
+                         "created": now, "updated": now})
+        await self._tx([("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release, state,"
+                         " rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (cmd.command_id, cmd.station, cmd.kind, cmd.device_serial, cmd.release, cmd.state,
+                          cmd.rollout_id, cmd.actor, now, now))])
+        return cmd
+
+    async def broadcast(self, q: Query, cmd: Command) -> list[Command]:
+        """``cmd`` for every station matching ``q`` (paging ignored), in one transaction; the commands."""
+        where, args = self._where(q, devices=False)
+        async with self._db.execute(f"SELECT s.station FROM fleet_stations s{where}", args) as cur:
+            stations = [r[0] for r in await cur.fetchall()]
+        now = self._clock()
+        cmds = [Command(**{**cmd.__dict__, "command_id": str(uuid.uuid4()), "station": st, "state": PENDING,
+                           "created": now, "updated": now}) for st in stations]
+        await self._tx([("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release, state,"
+                         " rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (c.command_id, c.station, c.kind, c.device_serial, c.release, PENDING, None, c.actor, now,
+                          now)) for c in cmds])
+        return cmds
+
+    _CMD_COLS = ("command_id, station, kind, device_serial, release, state, percent, message, attestation,"
+                 " rollout_id, actor, created, updated")
+
+    async def get_command(self, command_id) -> Command:
+        async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
+                                    (command_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no fleet command {command_id!r}")
+        return Command(*row)
+
+    async def open_commands(self, station) -> list[Command]:
+        """Commands not yet acknowledged by the station (pending, or sent on a stream that may have broken)."""
+        async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE station = ? AND state IN"
+                                    " (?, ?) ORDER BY created", (station, PENDING, SENT)) as cur:
+            return [Command(*r) for r in await cur.fetchall()]
+
+    async def mark_sent(self, command_ids) -> None:
+        now = self._clock()
+        await self._tx([("UPDATE fleet_commands SET state = ?, updated = ? WHERE command_id = ? AND state = ?",
+                         (SENT, now, i, PENDING)) for i in command_ids])
+
+    async def update_command(self, station, command_id, state, *, percent=None, message="", attestation=None):
+        """Move a command the agent reports on. NotFound unless it was sent to ``station``;
+        FailedPrecondition when it is not in a state this report can follow (e.g. already finished)."""
+        async with self._lock:
+            async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
+                                        (command_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None or row[1] != station:
+                raise NotFound(f"command {command_id!r} was not sent to this station")
+            cmd = Command(*row)
+            if state == ACKED and cmd.state in (ACKED, RUNNING, SUCCEEDED, FAILED):
+                return cmd   # the ack again (the first was lost with a broken stream): nothing changes
+            if cmd.state not in _FROM[state]:
+                raise FailedPrecondition(f"command {command_id!r} is {cmd.state}; a {state} report cannot follow")
+            now = self._clock()
+            pct = cmd.percent if percent is None else max(0, min(100, percent))
+            await self._db.execute("UPDATE fleet_commands SET state = ?, percent = ?, message = ?,"
+                                   " attestation = COALESCE(?, attestation), updated = ? WHERE command_id = ?",
+                                   (state, pct, message[:500], attestation, now, command_id))
+        return Command(**{**cmd.__dict__, "state": state, "percent": pct, "message": message[:500],
+                          "attestation": attestation if attestation is not None else cmd.attestation,
+                          "updated": now})
+
+    @staticmethod
+    def _where(q: Query, *, devices: bool) -> tuple[str, list]:
+        """WHERE over fleet_stations s (and fleet_devices d when ``devices``)."""
+        conds, args = [], []
+        for col, val in (("s.chamber", q.chamber), ("s.agent_version", q.agent_version)):
+            if val:
+                conds.append(f"{col} = ?")
+                args.append(val)
+        dev = [(c, v) for c, v in (("d.model", q.model), ("d.firmware_version", q.firmware_version),
+                                   ("d.token_release", q.token_release)) if v]
+        if q.last_seen_before:
+            conds.append("s.last_seen < ?")
+            args.append(q.last_seen_before)
+        if q.last_seen_after:
+            conds.append("s.last_seen >= ?")
+            args.append(q.last_seen_after)
+        # the search is text, not a pattern: LIKE's wildcards (and the escape character) are escaped
+        text = q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{text}%" if q.search else ""
+        if devices:
+            for c, v in dev:
+                conds.append(f"{c} = ?")
+                args.append(v)
+            if like:
+                conds.append(f"(s.station_id {_LIKE} OR d.serial {_LIKE} OR d.model {_LIKE})")
+                args += [like] * 3
+        else:
+            if dev:
+                sub = " AND ".join(f"{c} = ?" for c, _ in dev)
+                conds.append(f"EXISTS (SELECT 1 FROM fleet_devices d WHERE d.station = s.station AND {sub})")
+                args += [v for _, v in dev]
+            if like:
+                conds.append(f"(s.station_id {_LIKE} OR EXISTS (SELECT 1 FROM fleet_devices d WHERE"
+                             f" d.station = s.station AND (d.serial {_LIKE} OR d.model {_LIKE})))")
+                args += [like] * 3
+        return (" WHERE " + " AND ".join(conds)) if conds else "", args
+
+    async def _count(self, sql: str, args) -> int:
+        async with self._db.execute(f"SELECT COUNT(*) FROM ({sql})", args) as cur:
+            return (await cur.fetchone())[0]
+
+    async def list_stations(self, q: Query) -> Page:
+        size, offset = _page_bounds(q)
+        where, args = self._where(q, devices=False)
+        base = ("SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
+                " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                f" FROM fleet_stations s{where}")
+        total = await self._count(base, args)
+        async with self._db.execute(base + " ORDER BY s.chamber, s.station_id LIMIT ? OFFSET ?",
+                                    (*args, size, offset)) as cur:
+            rows = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
+                    for r in await cur.fetchall()]
+        return Page(rows, _next(offset, size, len(rows), total), total)
+
+    async def _certs(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Keyset, ...]]:
+        out: dict[tuple[str, str], list[Keyset]] = {}
+        for station, serial in keys:
+            async with self._db.execute("SELECT keyset, not_after FROM fleet_certificates WHERE station = ? AND"
+                                        " serial = ? ORDER BY keyset", (station, serial)) as cur:
+                out[(station, serial)] = [Keyset(*r) for r in await cur.fetchall()]
+        return {k: tuple(v) for k, v in out.items()}
+
+    async def list_devices(self, q: Query) -> Page:
+        size, offset = _page_bounds(q)
+        where, args = self._where(q, devices=True)
+        base = ("SELECT d.station, s.chamber, d.serial, d.kind, d.model, d.firmware_version, d.partition_version,"
+                " d.token_release, d.reader, d.last_seen FROM fleet_devices d JOIN fleet_stations s"
+                f" ON s.station = d.station{where}")
+        total = await self._count(base, args)
+        async with self._db.execute(base + " ORDER BY s.chamber, d.station, d.serial LIMIT ? OFFSET ?",
+                                    (*args, size, offset)) as cur:
+            raw = await cur.fetchall()
+        certs = await self._certs([(r[0], r[2]) for r in raw])
+        rows = [DeviceRow(r[0], r[1], Device(serial=r[2], kind=r[3], model=r[4], firmware_version=r[5],
+                                             partition_version=r[6], token_release=r[7], reader=r[8],
+                                             certificates=certs[(r[0], r[2])]), r[9]) for r in raw]
+        return Page(rows, _next(offset, size, len(rows), total), total)
+
+    async def expiring(self, q: Query, before: int) -> Page:
+        size, offset = _page_bounds(q)
+        where, args = self._where(q, devices=True)
+        where = (where + " AND" if where else " WHERE") + " c.not_after < ?"
+        base = ("SELECT c.station, s.chamber, c.serial, d.model, c.keyset, c.not_after FROM fleet_certificates c"
+                " JOIN fleet_devices d ON d.station = c.station AND d.serial = c.serial"
+                f" JOIN fleet_stations s ON s.station = c.station{where}")
+        args = [*args, before]
+        total = await self._count(base, args)
+        async with self._db.execute(base + " ORDER BY c.not_after, c.station, c.serial LIMIT ? OFFSET ?",
+                                    (*args, size, offset)) as cur:
+            rows = [ExpiringRow(*r) for r in await cur.fetchall()]
+        return Page(rows, _next(offset, size, len(rows), total), total)
+
+    async def audit(self, actor, action, outcome, detail) -> None:
+        async with self._lock:
+            await self._db.execute("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
+                                   (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))
+
+    async def audit_rows(self, limit=100) -> list[dict]:
+        async with self._db.execute("SELECT at, actor, action, outcome, detail FROM fleet_audit ORDER BY id DESC"
+                                    " LIMIT ?", (limit,)) as cur:
+            return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}
+                    for r in await cur.fetchall()]
