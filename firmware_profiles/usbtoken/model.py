@@ -100,6 +100,7 @@ class FirmwareRules:
     bootloader: str       # factory bootloader
     min_bootloader: str   # firmware images for this model need at least this bootloader
     allow_downgrade: bool  # and then only with an image that says so
+    signing_public_key: bytes  # Ed25519 (raw 32 bytes) that signs firmware and partition images
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,17 @@ def _version(r: _Reader, name: str) -> str:
     return v
 
 
+def _key(r: _Reader, name: str) -> bytes:
+    v = r.str(name, expected="an Ed25519 public key as 64 hex digits")
+    try:
+        raw = bytes.fromhex(v)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise r.err(name, "an Ed25519 public key as 64 hex digits", v)
+    return raw
+
+
 def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
     r = _Reader(path, raw)
     r.int("schema", SCHEMA_VERSION, SCHEMA_VERSION, expected=f"schema version {SCHEMA_VERSION}")
@@ -200,7 +212,8 @@ def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
     fw = r.table_("firmware")
     rules = FirmwareRules(version=_version(fw, "version"), bootloader=_version(fw, "bootloader"),
                           min_bootloader=_version(fw, "min_bootloader"),
-                          allow_downgrade=fw.bool("allow_downgrade"))
+                          allow_downgrade=fw.bool("allow_downgrade"),
+                          signing_public_key=_key(fw, "signing_public_key"))
     if parse_version(rules.bootloader) < parse_version(rules.min_bootloader):
         raise fw.err("bootloader", f"at least min_bootloader ({rules.min_bootloader})", rules.bootloader)
 
