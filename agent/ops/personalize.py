@@ -79,6 +79,7 @@ from agent.card import datipersonali
 from agent.card.cns import CnsSession
 from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.engine import Engine, Plan, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
@@ -96,8 +97,31 @@ KIND = "personalize"
 STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = requests.CODE_ISSUED, requests.CODE_FAILED, requests.CODE_CANCELLED
 
 
-class NeedsCodes(OperationError):
-    """The next step needs the holder's PIN; the operator must supply it."""
+WITHOUT_PIN = "resumed without the holder's PIN before the requests were signed"
+
+
+def build_plan(model, runner=None) -> Plan:
+    """The personalization of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``)."""
+    fwd, rev = actions(runner)
+    names = [ks.name for ks in model.keysets]
+    steps = [Step("set-codes", fwd("set-codes"), needs_codes=True)] \
+        if model.pin_mode == "set_at_personalization" else []
+    steps += [Step(f"generate-key:{n}", fwd(f"generate-key:{n}"), rev(f"generate-key:{n}")) for n in names]
+    steps += [Step(f"csr:{n}", fwd(f"csr:{n}"), needs_codes=True) for n in names]
+    steps += [Step(f"submit:{n}", fwd(f"submit:{n}"), submits=n, group="submit",
+                   detail=lambda op, n=n: {"request_id": op.data["request_ids"][n]}) for n in names]
+    steps += [Step("write-dati-personali", fwd("write-dati-personali"), rev("write-dati-personali"))]
+    steps += [Step(f"write-cert:{n}", fwd(f"write-cert:{n}"), rev(f"write-cert:{n}")) for n in names]
+    steps += [Step("verify", fwd("verify"))]
+    revoke = Step("revoke-orphans", fwd("revoke-orphans"), applies=lambda op: bool(_sent(op)),
+                  detail=lambda op: {"requests": _sent(op)})
+    return Plan(KIND, tuple(steps), after_undo=(revoke,), batch=True, without_codes=WITHOUT_PIN,
+                undo_on=(_Refused,), hold_on=(UplinkUnavailable, CAClosed), stop_on=(_Stopped,))
+
+
+def _sent(op: Operation) -> list[str]:
+    """Every request that may have been sent: one issued but not journaled (answer lost) is found by id."""
+    return [op.data["request_ids"][n] for n, was in op.data.get("_submitted", {}).items() if was]
 
 
 @dataclass

@@ -35,6 +35,7 @@ from agent.card.cns import CnsSession
 from agent.card.errors import PinBlockedError, PinNotSetError, WrongPinError
 from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError
+from agent.ops.engine import Engine, Plan, Step, actions
 from agent.ops.journal import DONE, FAILED, Journal, Operation
 
 log = logging.getLogger("cns.agent.pin")
@@ -99,6 +100,17 @@ class CodeBlockedError(PinError):
 
 class CodeFormatError(PinError):
     """A new PIN (or a PUK) that the model cannot accept: nothing was sent to the card."""
+
+
+def build_plan(kind: str, model, runner=None) -> Plan:
+    """A PIN change or unblock of ``model``: one step per keyset, in order. A ``replay`` plan: a resume runs
+    every step again with the codes given now (a change checks a touched keyset with the new PIN first)."""
+    if kind not in (KIND_CHANGE, KIND_UNBLOCK):
+        raise ValueError(f"not a PIN operation: {kind}")
+    fwd, _ = actions(runner)
+    verb = "change" if kind == KIND_CHANGE else "unblock"
+    return Plan(kind, tuple(Step(f"{verb}:{ks.name}", fwd(f"{verb}:{ks.name}"), needs_codes=True)
+                            for ks in model.keysets), replay=True)
 
 
 HINT_UNBLOCK = "unblock it with the PUK (`cns-agent pin unblock --reader READER`)"

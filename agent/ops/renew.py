@@ -81,6 +81,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from agent.card.cns import CnsSession
 from agent.card.issuer import IssuerSession
 from agent.card.transport import ApduTransport
+from agent.ops.engine import Engine, Plan, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
 from agent.ops.follow import STATE_FAILED, STATE_ISSUED, find_or_none, follow
@@ -201,14 +202,36 @@ def _issue_date(raw: str) -> _dt.datetime | None:
         return None
 
 
-def plan(model) -> list[str]:
+WITHOUT_PIN = ("resumed without the holder's PIN before the requests were signed; the old certificates stay "
+               "in use")
+
+
+def build_plan(model, runner=None) -> Plan:
+    """The renewal of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``)."""
+    fwd, rev = actions(runner)
     names = [ks.name for ks in model.keysets]
-    steps = ["mark"] if model.paths.renewal_marker else []
-    steps += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
-    steps += [f"renew:{n}" for n in names] + [f"write-cert:{n}" for n in names]
-    steps += ["verify", "switch", "cleanup"]
-    steps += ["unmark"] if model.paths.renewal_marker else []
-    return steps + ["revoke-superseded"]
+    marker = bool(model.paths.renewal_marker)
+    steps = [Step("mark", fwd("mark"), rev("mark"))] if marker else []
+    steps += [Step(f"generate-key:{n}", fwd(f"generate-key:{n}"), rev(f"generate-key:{n}")) for n in names]
+    steps += [Step(f"csr:{n}", fwd(f"csr:{n}"), needs_codes=True) for n in names]
+    steps += [Step(f"renew:{n}", fwd(f"renew:{n}"), submits=n,
+                   detail=lambda op, n=n: {"request_id": op.data["request_ids"][n]}) for n in names]
+    steps += [Step(f"write-cert:{n}", fwd(f"write-cert:{n}"), rev(f"write-cert:{n}")) for n in names]
+    steps += [Step("verify", fwd("verify")), Step("switch", fwd("switch"), point_of_no_return=True),
+              Step("cleanup", fwd("cleanup"))]
+    steps += [Step("unmark", fwd("unmark"))] if marker else []
+    steps += [Step("revoke-superseded", fwd("revoke-superseded"))]
+    revoke = Step("revoke-orphans", fwd("revoke-orphans"),
+                  detail=lambda op: {"request_ids": list(op.data.get("request_ids", {}).values())})
+    return Plan(KIND, tuple(steps), after_undo=(revoke,), without_codes=WITHOUT_PIN,
+                undo_done=lambda op: {"orphaned_requests": [op.data["request_ids"][n] for n in op.data.get(
+                    "request_ids", {}) if f"cert_{n}" in op.data]},
+                undo_on=(_Refused, VerificationError), hold_on=(UplinkUnavailable,))
+
+
+def plan(model) -> list[str]:
+    """The renewal's step names, in order."""
+    return build_plan(model).names
 
 
 def _kill_hook(step: str, phase: str) -> None:
