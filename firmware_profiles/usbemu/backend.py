@@ -47,6 +47,8 @@ class EmulatedUsbBus(usb.backend.IBackend):
         self._unplug_in: int | None = None
         self.events: list[tuple[str, str]] = []  # ("arrived" | "left", serial)
         self.transfers = 0
+        # tests that play the OS driver (mass storage, CCID) set this; the agent never does
+        self.host_owns_os_interfaces = False
 
     # -------------------------------------------------------------- hotplug
     def plug(self, token: EmulatedToken) -> None:
@@ -151,7 +153,9 @@ class EmulatedUsbBus(usb.backend.IBackend):
         self._live(dev_handle)
 
     def claim_interface(self, dev_handle, intf):
-        self._live(dev_handle)
+        # as on a real machine: mass storage and CCID are bound to the OS drivers, claiming them fails
+        if self._live(dev_handle).role_of.get(intf) in ("msc", "ccid") and not self.host_owns_os_interfaces:
+            raise USBError("Resource busy (the OS driver owns this interface)", -6, errno.EBUSY)
 
     def release_interface(self, dev_handle, intf):
         pass

@@ -23,20 +23,15 @@ from firmware_profiles.usbemu.flash import (FIRMWARE_MAX, FIRMWARE_OFFSET, Flash
 from firmware_profiles.usbemu.msc import CDROM, DISK, BadCbw, MassStorage
 from firmware_profiles.usbtoken.image import ImageError, check_for, parse_image
 from firmware_profiles.usbtoken.model import TokenModel, bcd_device
+from firmware_profiles.usbtoken.protocol import (APP_IDLE, DFU_ABORT, DFU_CLRSTATUS, DFU_DETACH, DFU_DNLOAD,
+                                                 DFU_DNLOAD_IDLE, DFU_ERROR, DFU_GETSTATE, DFU_GETSTATUS,
+                                                 DFU_IDLE, DFU_MANIFEST_WAIT_RESET, ERR_FILE, ERR_OK, ERR_UNKNOWN,
+                                                 ERR_VERIFY, MGMT_REPORT_ID, OP_CONFIRM, OP_COPY, OP_HASH,
+                                                 OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS, REQ_COMMAND,
+                                                 REQ_RESPONSE, ST_BAD_REQUEST, ST_OK, ST_PROTECTED,
+                                                 ST_TOO_LARGE, ST_VERIFY)
 
-REGIONS = ("cdrom", "disk", "A", "B")
-PARTS = ("cdrom", "disk")
 HID_REPORT = 64
-MGMT_REPORT_ID = 2
-# management op codes (SCHEMA.md §10)
-OP_INFO, OP_HASH, OP_WRITE, OP_COPY, OP_SWITCH, OP_CONFIRM = 1, 2, 3, 4, 5, 6
-ST_OK, ST_BAD_REQUEST, ST_PROTECTED, ST_VERIFY, ST_TOO_LARGE, ST_NO_SLOT = 0, 1, 2, 3, 4, 5
-# DFU 1.1
-DFU_DETACH, DFU_DNLOAD, DFU_GETSTATUS, DFU_CLRSTATUS, DFU_GETSTATE, DFU_ABORT = 0, 1, 3, 4, 5, 6
-APP_IDLE, DFU_IDLE, DFU_DNLOAD_IDLE, DFU_MANIFEST_WAIT_RESET, DFU_ERROR = 0, 2, 5, 8, 10
-ERR_OK, ERR_FILE, ERR_WRITE, ERR_VERIFY, ERR_UNKNOWN = 0x00, 0x02, 0x03, 0x07, 0x0E
-
-
 class Stall(Exception):
     """The endpoint answers STALL (pyusb: USBError with errno EPIPE)."""
 
@@ -203,7 +198,7 @@ class EmulatedToken:
         if kind == 2 and role == "mgmt":  # vendor, interface: the management channel
             return self._mgmt_control(req, data, length)
         if kind == 1 and role == "hid" and (value >> 8) == 3 and (value & 0xFF) == MGMT_REPORT_ID:
-            return self._mgmt_control(1 if req == 0x09 else 2, data, length)  # SET_REPORT / GET_REPORT feature
+            return self._mgmt_control(REQ_COMMAND if req == 0x09 else REQ_RESPONSE, data, length)  # SET_REPORT / GET_REPORT feature
         if kind == 1 and role == "msc":
             if req == 0xFE:  # Get Max LUN
                 return bytes([1])
@@ -216,11 +211,11 @@ class EmulatedToken:
 
     # -------------------------------------------------------------- management (SCHEMA.md §10)
     def _mgmt_control(self, req: int, data: bytes | None, length: int) -> bytes | None:
-        if req == 1 and data is not None:
+        if req == REQ_COMMAND and data is not None:
             self.account(len(data))
             self._mgmt_reply = self._mgmt(bytes(data))
             return None
-        if req == 2 and data is None:
+        if req == REQ_RESPONSE and data is None:
             out = self._mgmt_reply[:length]
             self._mgmt_reply = b""
             return out

@@ -15,6 +15,11 @@ from tests.tokens.bot import read10, scsi, sense, write10
 from tests.tokens.conftest import find
 
 
+@pytest.fixture(autouse=True)
+def _as_the_os(bus):
+    bus.host_owns_os_interfaces = True  # these tests play the OS's mass-storage and CCID drivers
+
+
 def _eps(dev, role_class):
     intf = next(i for i in dev.get_active_configuration() if i.bInterfaceClass == role_class)
     out = next(e.bEndpointAddress for e in intf if not e.bEndpointAddress & 0x80 and e.bmAttributes == 2)
@@ -165,6 +170,7 @@ def test_custom_cdrom_image_is_served(tmp_path, token_models):
     iso = build_cdrom_image({"SIGN.EXE": b"MZ" + b"\0" * 5000})
     t = make_token(token_models["cns-token-ccid"], tmp_path / "f.bin", cdrom=iso)
     b = EmulatedUsbBus()
+    b.host_owns_os_interfaces = True
     b.plug(t)
     dev = find(b, idVendor=0x1209)
     _, cap = scsi(dev, 0x04, 0x85, 0, bytes([0x25] + [0] * 9), data_in=8)
