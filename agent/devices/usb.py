@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import usb.core
+import usb.util
 
 from firmware_profiles.usbtoken import TokenModel, load_token_models
 from firmware_profiles.usbtoken import protocol as P
@@ -93,6 +94,8 @@ class TokenInfo:
 def _usb_call(fn, what: str):
     try:
         return fn()
+    except (ValueError, UnicodeDecodeError):
+        raise TokenProtocolError(f"the token answered {what} with something that is not USB") from None
     except usb.core.USBError as exc:
         if exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN) or exc.backend_error_code == -4:
             raise TokenGone(f"the token was removed during {what}: plug it in again; the operation resumes") from None
@@ -106,7 +109,8 @@ class TokenLink:
 
     def __init__(self, dev, model: TokenModel):
         self.dev, self.model = dev, model
-        self.serial = _usb_call(lambda: dev.serial_number, "reading its serial") or ""
+        # langid given: pyusb's langids lookup would swallow an unplug and answer ValueError
+        self.serial = _usb_call(lambda: usb.util.get_string(dev, dev.iSerialNumber, 0x0409), "reading its serial") or ""
         cfg = _usb_call(dev.get_active_configuration, "reading its configuration")
         intfs = list(cfg)
         self.mode = "bootloader" if dev.idProduct == model.usb.bootloader_product_id else "runtime"

@@ -51,7 +51,14 @@ class EmulatedToken:
     def power_up(self, *, bootloader: bool = False) -> None:
         """Boot: runtime when the firmware is valid and no download is pending, else (or after a
         DFU detach, ``bootloader``) the bootloader."""
-        self.meta = read_meta(self.flash) or self.meta
+        meta = read_meta(self.flash)
+        if meta is None:  # no intact record on flash (what a torn single-copy write would cause): bricked
+            meta = factory_meta(self.model, self.serial)
+            meta["images"]["cdrom"]["length"] = 0
+            meta["firmware"]["valid"] = False
+        self.meta = meta
+        if self.card.powered:
+            self.card.power_off()  # the chip loses power with the token
         fw = self.meta["firmware"]
         self.mode = "runtime" if fw["valid"] and not fw.get("pending") and not bootloader else "bootloader"
         self.msc = MassStorage(self.flash, self._lun_region, self.serial, self.model.usb.product)
@@ -274,8 +281,7 @@ class EmulatedToken:
                 if slot not in self._free_slots():
                     return bytes([ST_PROTECTED])
                 off, ln = self.region(slot)
-                need = self.model.flash.disk_bytes if part_name == "disk" else length
-                if length > ln or need > ln:
+                if length > ln or (part_name == "disk" and length != self.model.flash.disk_bytes):
                     return bytes([ST_TOO_LARGE])
                 h = hashlib.sha256()
                 for pos in range(0, length, 1 << 20):

@@ -205,9 +205,9 @@ def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
     if res - 2 * slot < RESERVED_FOR_APPS:
         raise pt.err("slot_mib", "two A/B slots that leave ≥ 100 MB of the reserved area for future applications",
                      slot // MIB)
-    if slot < cd:
-        raise pt.err("slot_mib", f"slots at least as large as the CD-ROM ({cd // MIB} MiB) so a CD-ROM image fits",
-                     slot // MIB)
+    if slot < max(cd, disk):
+        raise pt.err("slot_mib", f"slots at least as large as the CD-ROM and the disk ({max(cd, disk) // MIB} MiB) "
+                     "so either image fits", slot // MIB)
 
     fw = r.table_("firmware")
     rules = FirmwareRules(version=_version(fw, "version"), bootloader=_version(fw, "bootloader"),

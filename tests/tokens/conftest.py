@@ -24,13 +24,6 @@ def bus():
 
 
 @pytest.fixture
-def os_bus(bus):
-    """The bus as the OS drivers see it (tests that drive mass storage or CCID themselves)."""
-    bus.host_owns_os_interfaces = True
-    return bus
-
-
-@pytest.fixture
 def token(model, tmp_path, bus):
     t = make_token(model, tmp_path / "flash.bin")
     bus.plug(t)

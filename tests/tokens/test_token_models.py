@@ -39,7 +39,7 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
     ("bootloader_product_id = 0xC502", "bootloader_product_id = 0xC501", "usb.bootloader_product_id",
      "other than runtime_product_id"),
     ("slot_mib = 200", "slot_mib = 250", "partitions.slot_mib", "≥ 100 MB"),
-    ("slot_mib = 200", "slot_mib = 100", "partitions.slot_mib", "at least as large as the CD-ROM"),
+    ("slot_mib = 200", "slot_mib = 100", "partitions.slot_mib", "at least as large as the CD-ROM and the disk"),
     ("reserved_mib = 512", "reserved_mib = 900", "partitions.reserved_mib", "fit the flash"),
     ('bootloader = "1.0.0"', 'bootloader = "0.9.0"', "firmware.bootloader", "at least min_bootloader"),
     ('version = "1.2.0"', 'version = "1.2"', "firmware.version", "a version like 1.2.3"),
