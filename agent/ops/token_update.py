@@ -182,7 +182,10 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
                      blob: bytes, *, progress: Progress | None = None) -> tuple[Result, UpdateStats]:
     """Start, or resume with the same image, the partition update of the token ``connect`` reaches."""
     image = load_image(blob, model, partition)
-    link = connect()
+    try:
+        link = connect()
+    except TokenError as exc:
+        raise PreconditionError(str(exc).replace("the operation resumes", "repeat the command")) from None
     serial = link.serial
     open_ops = [o for o in await journal.open_operations(serial)]
     op = next((o for o in open_ops if o.kind == KIND), None)
@@ -195,8 +198,8 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
     else:
         try:
             info = link.info()
-        except TokenError as exc:
-            raise PreconditionError(str(exc)) from None
+        except TokenError as exc:  # nothing begun yet: the token is as it was
+            raise PreconditionError(str(exc).replace("the operation resumes", "repeat the command")) from None
         if info["images"][partition]["sha256"] == image.sha256:
             raise PreconditionError(f"the token's {partition} already holds version {image.version}")
         if not info["free_slots"]:
