@@ -45,6 +45,8 @@ class EmulatedToken:
         self.meta = meta
         self.serial = meta["serial"]
         self.link_seconds = 0.0  # modelled time on the USB link
+        # fault: the management channel "stall"s or answers "garbage" from the n-th request on
+        self.mgmt_fault: tuple[str, int] | None = None
         self.power_up()
 
     # -------------------------------------------------------------- power / mode
@@ -218,6 +220,14 @@ class EmulatedToken:
 
     # -------------------------------------------------------------- management (SCHEMA.md §10)
     def _mgmt_control(self, req: int, data: bytes | None, length: int) -> bytes | None:
+        if self.mgmt_fault is not None and req == REQ_COMMAND:
+            kind, n = self.mgmt_fault
+            self.mgmt_fault = (kind, n - 1)
+            if n <= 1:
+                if kind == "stall":
+                    raise Stall()
+                self._mgmt_reply = bytes([ST_OK]) + b"\xde\xad\xbe\xef" * 3
+                return None
         if req == REQ_COMMAND and data is not None:
             self.account(len(data))
             self._mgmt_reply = self._mgmt(bytes(data))
