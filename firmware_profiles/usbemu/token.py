@@ -32,6 +32,7 @@ from firmware_profiles.usbtoken.protocol import (APP_IDLE, DFU_ABORT, DFU_CLRSTA
                                                  ST_TOO_LARGE, ST_VERIFY)
 
 HID_REPORT = 64
+LINK_EFFICIENCY = 0.8  # share of the signalling rate a bulk/control payload gets on a real bus
 class Stall(Exception):
     """The endpoint answers STALL (pyusb: USBError with errno EPIPE)."""
 
@@ -45,6 +46,7 @@ class EmulatedToken:
         self.meta = meta
         self.serial = meta["serial"]
         self.link_seconds = 0.0  # modelled time on the USB link
+        self.link_bytes = 0      # bytes over the link (management frames with their 8-byte setup packets, bulk data)
         # fault: the management channel "stall"s or answers "garbage" from the n-th request on
         self.mgmt_fault: tuple[str, int] | None = None
         self.power_up()
@@ -112,8 +114,9 @@ class EmulatedToken:
                 d.STR_DFU: "CNS DFU"}
 
     def account(self, nbytes: int) -> None:
-        """Model the link: bulk payload at ~80 % of the signalling rate (protocol overhead)."""
-        self.link_seconds += nbytes * 8 / (self.model.link_bits_per_second * 0.8)
+        """Model the link: payload at ~80 % of the signalling rate (protocol overhead)."""
+        self.link_bytes += nbytes
+        self.link_seconds += nbytes * 8 / (self.model.link_bits_per_second * LINK_EFFICIENCY)
 
     # -------------------------------------------------------------- regions
     def region(self, name: str) -> tuple[int, int]:
@@ -229,12 +232,13 @@ class EmulatedToken:
                 self._mgmt_reply = bytes([ST_OK]) + b"\xde\xad\xbe\xef" * 3
                 return None
         if req == REQ_COMMAND and data is not None:
-            self.account(len(data))
+            self.account(8 + len(data))
             self._mgmt_reply = self._mgmt(bytes(data))
             return None
         if req == REQ_RESPONSE and data is None:
             out = self._mgmt_reply[:length]
             self._mgmt_reply = b""
+            self.account(8 + len(out))
             return out
         raise Stall()
 

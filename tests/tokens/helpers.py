@@ -5,7 +5,11 @@ import hashlib
 
 import usb.core
 
-from firmware_profiles.usbemu import build_cdrom_image, test_release_key
+from agent.devices.usb import UsbTokenBackend
+from agent.ops.journal import Journal
+from agent.ops.token_firmware import run_firmware
+from agent.ops.token_update import run_update
+from firmware_profiles.usbemu import EmulatedUsbBus, build_cdrom_image, make_token, test_release_key
 from firmware_profiles.usbtoken.image import build_image
 from tests.tokens.bot import read10, scsi
 
@@ -46,3 +50,43 @@ def read_cdrom(bus, token) -> bytes:
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
+
+
+FW = bytes(range(256)) * 400  # 100 KiB of "firmware"
+
+
+def setup_token(tmp_path, model, *, n_files: int = 8):
+    """A token with a factory CD-ROM of ``n_files`` files, plugged into a fresh bus."""
+    bus = EmulatedUsbBus()
+    token = make_token(model, tmp_path / "flash.bin", cdrom=cdrom_payload(n_files=n_files))
+    bus.plug(token)
+    return bus, token
+
+
+def connect(bus, serial):
+    return lambda: UsbTokenBackend(bus).open(serial)
+
+
+async def update(tmp_path, bus, token, blob, partition="cdrom", **kw):
+    j = await Journal.open(tmp_path / "journal.db")
+    try:
+        return await run_update(j, connect(bus, token.serial), token.model, partition, blob, **kw)
+    finally:
+        await j.close()
+
+
+async def flash_firmware(tmp_path, bus, token, blob, **kw):
+    j = await Journal.open(tmp_path / "journal.db")
+    try:
+        return await run_firmware(j, connect(bus, token.serial), token.model, blob, **kw)
+    finally:
+        await j.close()
+
+
+def firmware(model, version="3.0.0", **kw):
+    return signed(model, FW, kind="firmware", version=version, **kw)
+
+
+def running(bus):
+    [info] = UsbTokenBackend(bus).scan()
+    return info.mode, info.firmware

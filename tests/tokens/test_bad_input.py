@@ -8,8 +8,7 @@ import pytest
 from agent.devices.usb import TokenProtocolError, UsbTokenBackend
 from agent.ops.errors import PreconditionError
 from firmware_profiles.usbemu.flash import write_meta
-from tests.tokens.helpers import cdrom_payload, read_cdrom, signed
-from tests.tokens.test_token_update import _setup, _update
+from tests.tokens.helpers import cdrom_payload, read_cdrom, setup_token as _setup, signed, update as _update
 
 
 def test_a_token_answering_garbage_is_refused_and_left_alone(tmp_path, model):

@@ -2,36 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
 from agent.devices.usb import UsbTokenBackend
 from agent.ops.errors import PreconditionError
-from agent.ops.journal import Journal
-from agent.ops.token_update import run_update
-from firmware_profiles.usbemu import EmulatedUsbBus, make_token
 from tests.tokens.bot import scsi
-from tests.tokens.helpers import cdrom_payload, read_cdrom, sha, signed
+from tests.tokens.faults import partition_fault_matrix, partition_trial, partition_update_bytes
+from tests.tokens.helpers import cdrom_payload, read_cdrom, setup_token, signed, update
 
 
-def _setup(tmp_path, model, name="flash.bin"):
-    bus = EmulatedUsbBus()
-    token = make_token(model, tmp_path / name, cdrom=cdrom_payload())
-    bus.plug(token)
-    return bus, token
-
-
-def _connect(bus, serial):
-    return lambda: UsbTokenBackend(bus).open(serial)
-
-
-async def _update(tmp_path, bus, token, blob, partition="cdrom", **kw):
-    j = await Journal.open(tmp_path / "journal.db")
-    try:
-        return await run_update(j, _connect(bus, token.serial), token.model, partition, blob, **kw)
-    finally:
-        await j.close()
+def _setup(tmp_path, model):
+    return setup_token(tmp_path, model)
 
 
 def test_cdrom_update_switches_atomically_sends_only_changed_blocks(tmp_path, model):
@@ -39,7 +21,7 @@ def test_cdrom_update_switches_atomically_sends_only_changed_blocks(tmp_path, mo
     old = read_cdrom(bus, token)
     new_payload = cdrom_payload(change=3)
     progress = []
-    result, stats = asyncio.run(_update(tmp_path, bus, token, signed(model, new_payload),
+    result, stats = asyncio.run(update(tmp_path, bus, token, signed(model, new_payload),
                                         progress=lambda s, d, t: progress.append((s, d, t))))
     assert result.state == "done"
     assert read_cdrom(bus, token) == new_payload and old != new_payload
@@ -60,7 +42,7 @@ def test_the_os_is_told_the_medium_changed(tmp_path, token_models):
     dev = usb.core.find(backend=bus, idVendor=0x1209)
     assert scsi(dev, 0x04, 0x85, 0, bytes(6))[0] == 0  # TEST UNIT READY: good before
     bus.host_owns_os_interfaces = False
-    asyncio.run(_update(tmp_path, bus, token, signed(model, cdrom_payload(change=1))))
+    asyncio.run(update(tmp_path, bus, token, signed(model, cdrom_payload(change=1))))
     bus.host_owns_os_interfaces = True
     dev = usb.core.find(backend=bus, idVendor=0x1209)
     assert scsi(dev, 0x04, 0x85, 0, bytes(6))[0] == 1
@@ -87,7 +69,7 @@ def test_bad_images_are_refused_before_a_byte_is_written(tmp_path, model, make_b
     bus, token = _setup(tmp_path, model)
     before = token.flash.bytes_written
     with pytest.raises(PreconditionError, match=message) as ei:
-        asyncio.run(_update(tmp_path, bus, token, make_bad(model, cdrom_payload(change=2))))
+        asyncio.run(update(tmp_path, bus, token, make_bad(model, cdrom_payload(change=2))))
     assert "\n" not in str(ei.value)
     assert token.flash.bytes_written == before
 
@@ -106,86 +88,26 @@ def test_an_image_for_another_model_is_refused(tmp_path, token_models):
     ccid, hid = token_models["cns-token-ccid"], token_models["cns-token-hid"]
     bus, token = _setup(tmp_path, ccid)
     with pytest.raises(PreconditionError, match="image is for token model cns-token-hid"):
-        asyncio.run(_update(tmp_path, bus, token, signed(hid, cdrom_payload(change=2))))
+        asyncio.run(update(tmp_path, bus, token, signed(hid, cdrom_payload(change=2))))
 
 
 def test_same_image_again_is_refused_and_resume_with_another_image_is_refused(tmp_path, model):
     bus, token = _setup(tmp_path, model)
     with pytest.raises(PreconditionError, match="already holds version 1.0.0"):
-        asyncio.run(_update(tmp_path, bus, token, signed(model, cdrom_payload(), version="1.0.0")))
+        asyncio.run(update(tmp_path, bus, token, signed(model, cdrom_payload(), version="1.0.0")))
     blob = signed(model, cdrom_payload(change=1))  # built once: an ISO carries its build time
     token.flash.cut_after(30_000)
-    result, _ = asyncio.run(_update(tmp_path, bus, token, blob))
+    result, _ = asyncio.run(update(tmp_path, bus, token, blob))
     assert result.state == "open"  # the token lost power: the update stays open
     bus.replug(token)
     with pytest.raises(PreconditionError, match="run it again with that image, not another"):
-        asyncio.run(_update(tmp_path, bus, token, signed(model, cdrom_payload(change=5), version="3.0.0")))
-    result, _ = asyncio.run(_update(tmp_path, bus, token, blob))
+        asyncio.run(update(tmp_path, bus, token, signed(model, cdrom_payload(change=5), version="3.0.0")))
+    result, _ = asyncio.run(update(tmp_path, bus, token, blob))
     assert result.state == "done"
 
 
-def _trial(tmp_path, model, cut: int | None, unplug_at: int | None, kill_at: int | None, i: int) -> str:
-    """One fault: returns which image the CD-ROM showed right after it ("old" | "new")."""
-    d = tmp_path / f"t{i}"
-    d.mkdir()
-    bus, token = _setup(d, model)
-    old = read_cdrom(bus, token)
-    new = cdrom_payload(change=4)
-    blob = signed(model, new)
-    token.flash.cut_after(cut)
-    bus.unplug_after(unplug_at)
-
-    class Killed(BaseException):
-        pass
-    calls = [0]
-
-    def progress(step, done, total):
-        calls[0] += 1
-        if kill_at is not None and calls[0] == kill_at:
-            raise Killed()  # the agent dies mid-operation (SIGKILL: nothing after this line runs)
-    try:
-        asyncio.run(_update(d, bus, token, blob, progress=progress))
-    except Killed:
-        pass
-    except PreconditionError as exc:  # pulled before the operation began: nothing was done
-        assert "repeat the command" in str(exc)
-    token.flash.cut_after(None)
-    bus.unplug_after(None)
-    bus.replug(token)
-    seen = read_cdrom(bus, token)
-    assert seen in (old, new), "the CD-ROM shows neither the old nor the new image: bricked"
-    state = "new" if seen == new else "old"
-    result, _ = asyncio.run(_update(d, bus, token, blob)) if state == "old" or token.meta["previous"] else (None, None)
-    assert result is None or result.state == "done"
-    assert read_cdrom(bus, token) == new
-    assert token.card.power_on() == token.card.atr  # the chip still answers
-    assert token.card.transmit(bytes.fromhex("00A4000C023F00"))[-2:] == b"\x90\x00"
-    token.flash.close()
-    return state
-
-
-def _total_bytes(tmp_path, model) -> int:
-    bus, token = _setup(tmp_path / "probe", model) if (tmp_path / "probe").mkdir() is None else None
-    before = token.flash.bytes_written
-    asyncio.run(_update(tmp_path / "probe", bus, token, signed(model, cdrom_payload(change=4))))
-    return token.flash.bytes_written - before
-
-
-def _fault_matrix(tmp_path, model, n: int, seed: int) -> dict:
-    total = _total_bytes(tmp_path, model)
-    rng = random.Random(seed)
-    seen = {"old": 0, "new": 0}
-    for i in range(n):
-        kind = i % 3
-        cut = rng.randrange(total) if kind == 0 else None
-        unplug = rng.randrange(1, 60) if kind == 1 else None
-        kill = rng.randrange(1, 6) if kind == 2 else None
-        seen[_trial(tmp_path, model, cut, unplug, kill, i)] += 1
-    return seen
-
-
 def test_fault_matrix_bounded_sample(tmp_path, model):
-    seen = _fault_matrix(tmp_path, model, 12, seed=13)
+    seen = partition_fault_matrix(tmp_path, model, 12, seed=13)
     assert sum(seen.values()) == 12
 
 
@@ -193,13 +115,26 @@ def test_power_cut_inside_the_switch_and_confirm_metadata_writes(tmp_path, model
     """The last two writes of an update are the 4 KiB metadata records of the switch and the confirm:
     a cut inside either record (its header and JSON come first) leaves the old or the new image,
     and the update finishes."""
-    total = _total_bytes(tmp_path, model)
-    seen = [_trial(tmp_path, model, cut, None, None, i)
-            for i, cut in enumerate((total - 8192 + 20, total - 8192 + 200, total - 4096 + 20))]
+    (tmp_path / "probe").mkdir()
+    total = partition_update_bytes(tmp_path / "probe", model)
+    seen = []
+    for i, cut in enumerate((total - 8192 + 20, total - 8192 + 200, total - 4096 + 20)):
+        (tmp_path / f"c{i}").mkdir()
+        seen.append(partition_trial(tmp_path / f"c{i}", model, "tear", _Fixed(cut), total))
     assert seen == ["old", "old", "new"]  # a torn switch record is ignored; a torn confirm is redone
+
+
+class _Fixed:
+    """A stand-in for random.Random that draws one fixed tear point."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def randrange(self, *a) -> int:
+        return self.value
 
 
 @pytest.mark.slow
 def test_fault_matrix_full(tmp_path, model):
-    seen = _fault_matrix(tmp_path, model, 300, seed=1313)
+    seen = partition_fault_matrix(tmp_path, model, 300, seed=1313)
     assert seen["old"] and seen["new"]
