@@ -10,6 +10,8 @@ interface the OS drivers own (mass storage, CCID): it speaks only on the managem
 
 ``TokenLink`` is the transport seam for one token: management requests, DFU requests, USB
 reset; every USB failure is a ``TokenError`` subclass with a one-line message.
+``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
+``status``, ``monitor()``, ``open_link(serial)``), with ``snapshot()`` for ``cns-agent devices``.
 
 Imports pyusb, ``firmware_profiles.usbtoken`` (models and protocol); never the emulator.
 The pyusb backend is injected (None: libusb on a real machine, the emulated bus in tests).
@@ -308,3 +310,68 @@ class UsbTokenBackend:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+class UsbBackend:
+    """The USB-token ``DeviceBackend`` (the seam of ``agent.devices.backend`` on the composition-root
+    branch, implemented structurally): ``name``, ``status``, ``monitor()`` (a coroutine polling the
+    bus, keeping ``tokens`` current and telling listeners ``arrived`` / ``left``), ``open_link(serial)``.
+
+    A token's link is its ``TokenLink`` (management channel and DFU) with a per-token lock as its
+    transaction; the chip inside is reached through the token's PC/SC reader (paired by the chip
+    serial the token reports), never by claiming the CCID interface.
+    """
+
+    name = "usb"
+
+    def __init__(self, registry=None, catalog=None, *, usb_backend=None, models: dict[str, TokenModel] | None = None,
+                 poll_s: float = POLL_S) -> None:
+        self.detector = UsbTokenBackend(usb_backend, models)
+        self.poll_s = poll_s
+        self.tokens: dict[str, TokenInfo] = {}
+        self._listeners: list[Callable[[str, TokenInfo], None]] = []
+        self._locks: dict[str, threading.RLock] = {}
+        self._status = "starting"
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def subscribe(self, listener: Callable[[str, TokenInfo], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def snapshot(self) -> list[dict]:
+        """What ``cns-agent devices --json`` shows of the tokens."""
+        return [t.as_dict() for t in sorted(self.tokens.values(), key=lambda t: t.serial)]
+
+    async def monitor(self) -> None:
+        import asyncio
+        while True:
+            found = await asyncio.to_thread(self.detector.scan)
+            self._status = "ok"
+            now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in found}
+            events = [("left", self.tokens[k]) for k in self.tokens.keys() - now.keys()]
+            events += [("arrived", now[k]) for k in now.keys() - self.tokens.keys()]
+            events += [("changed", now[k]) for k in now.keys() & self.tokens.keys() if now[k] != self.tokens[k]]
+            self.tokens = now
+            for kind, info in events:
+                for listener in list(self._listeners):
+                    listener(kind, info)
+            await asyncio.sleep(self.poll_s)
+
+    def open_link(self, device: str) -> "TokenDeviceLink":
+        return TokenDeviceLink(self.detector.open(device), self._locks.setdefault(device, threading.RLock()))
+
+
+class TokenDeviceLink:
+    """A token's link for operations: ``transaction()`` holds the token for one step (per-token lock)."""
+
+    def __init__(self, link: TokenLink, lock: threading.RLock):
+        self.token, self._lock = link, lock
+
+    def transaction(self):
+        return self._lock
+
+    def close(self) -> None:
+        pass  # pyusb handles are released with the device object

@@ -67,3 +67,40 @@ def test_hotplug_events_within_100_ms(tmp_path, token_models, bus):
             assert seen[-1][0] == kind and seen[-1][1] - t0 < 0.1
     finally:
         backend.stop()
+
+
+def test_usb_backend_monitor_keeps_tokens_and_reports_events(tmp_path, token_models, bus):
+    import asyncio
+
+    from agent.devices.usb import UsbBackend
+    t = make_token(token_models["cns-token-ccid"], tmp_path / "f.bin")
+    backend = UsbBackend(usb_backend=bus)
+    events = []
+    backend.subscribe(lambda kind, info: events.append((kind, info.serial, time.monotonic())))
+
+    async def scenario():
+        task = asyncio.create_task(backend.monitor())
+        try:
+            await asyncio.sleep(0.05)
+            assert backend.status == "ok" and backend.snapshot() == []
+            t0 = time.monotonic()
+            bus.plug(t)
+            while not events:
+                await asyncio.sleep(0.005)
+            assert events[-1][:2] == ("arrived", t.serial) and events[-1][2] - t0 < 0.1
+            [row] = backend.snapshot()
+            assert row["model"] == "cns-token-ccid" and row["firmware"] == "1.2.0"
+            assert row["partitions"]["cdrom"]["version"] == "1.0.0" and row["chip_serial"] == t.card.serial
+            link = backend.open_link(t.serial)
+            with link.transaction():
+                assert link.token.info()["serial"] == t.serial
+            t0 = time.monotonic()
+            bus.unplug(t)
+            while events[-1][0] != "left":
+                await asyncio.sleep(0.005)
+            assert events[-1][2] - t0 < 0.1 and backend.snapshot() == []
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    asyncio.run(scenario())
