@@ -138,3 +138,27 @@ class _Fixed:
 def test_fault_matrix_full(tmp_path, model):
     seen = partition_fault_matrix(tmp_path, model, 300, seed=1313)
     assert seen["old"] and seen["new"]
+
+
+def test_disk_image_update_keeps_the_cdrom_and_serves_the_new_disk(tmp_path, token_models):
+    from dataclasses import replace
+
+    import usb.core
+    hid = token_models["cns-token-hid"]
+    model = replace(hid, flash=replace(hid.flash, disk_bytes=4 << 20))  # a 4 MiB disk keeps the test fast
+    bus, token = _setup(tmp_path, model)
+    cd_before = read_cdrom(bus, token)
+    disk = bytearray(model.flash.disk_bytes)
+    disk[0:512] = b"\xeb\x3c\x90" + b"CNSDISK " + bytes(501)  # a boot sector; the rest zero (sparse)
+    disk[1 << 20:(1 << 20) + 5] = b"hello"  # LBA 2048
+    with pytest.raises(PreconditionError, match="exactly the token's disk size"):
+        asyncio.run(update(tmp_path, bus, token, signed(model, bytes(disk[:4096]), kind="disk"), "disk"))
+    result, stats = asyncio.run(update(tmp_path, bus, token, signed(model, bytes(disk), kind="disk"), "disk"))
+    assert result.state == "done" and stats.sent_blocks <= 2  # zero blocks already match the blank slot
+    assert read_cdrom(bus, token) == cd_before
+    bus.host_owns_os_interfaces = True
+    dev = usb.core.find(backend=bus, idVendor=0x1209)
+    scsi(dev, 0x02, 0x83, 1, bytes(6))  # the UNIT ATTENTION of the medium change
+    from tests.tokens.bot import read10
+    assert scsi(dev, 0x02, 0x83, 1, read10(0, 1), data_in=512)[1][:11] == b"\xeb\x3c\x90CNSDISK "
+    assert scsi(dev, 0x02, 0x83, 1, read10(2048, 1), data_in=512)[1][:5] == b"hello"
