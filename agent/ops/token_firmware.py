@@ -18,6 +18,7 @@ Imports ``agent.ops.engine``/``journal``/``errors``, ``agent.devices.usb``, ``fi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 
 from agent.devices.usb import TokenError, TokenGone, TokenLink, TokenProtocolError, TokenRefused
@@ -147,8 +148,9 @@ def load_firmware(blob: bytes, model: TokenModel, *, current: str | None, bootlo
 
 
 async def run_firmware(journal: Journal, connect: Callable[[], TokenLink], model: TokenModel, blob: bytes, *,
-                       progress: Progress | None = None) -> Result:
-    """Start, or resume with the same image, the firmware refresh of the token ``connect`` reaches."""
+                       progress: Progress | None = None, image_path: str | None = None) -> Result:
+    """Start, or resume with the same image, the firmware refresh of the token ``connect`` reaches.
+    ``image_path`` (journaled) lets ``agent.ops.token_recovery`` finish it on the next insert or start."""
     try:
         link = connect()
     except TokenError as exc:
@@ -171,10 +173,12 @@ async def run_firmware(journal: Journal, connect: Callable[[], TokenLink], model
         if current == image.version:
             raise PreconditionError(f"the token already runs firmware {image.version}")
         op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
-            "image_sha256": image.sha256, "version": image.version, "from": current or "bootloader"})
+            # bound to the whole signed file: another release (even with the same payload) is another input
+            "image_sha256": hashlib.sha256(blob).hexdigest(), "version": image.version, "from": current or "bootloader",
+            "image_path": image_path})
     else:
         image = load_firmware(blob, model, current=None, bootloader=None)
-        if image.sha256 != op.data["image_sha256"]:
+        if hashlib.sha256(blob).hexdigest() != op.data["image_sha256"]:
             raise PreconditionError(f"token {serial} has an unfinished firmware update to {op.data['version']}: "
                                     "run it again with that image, not another")
     return await Engine(journal).run(build_plan(_Runner(connect, blob, image, model, progress)), op,

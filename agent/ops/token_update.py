@@ -179,8 +179,10 @@ def build_plan(runner: _Runner | None) -> Plan:
 
 
 async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: TokenModel, partition: str,
-                     blob: bytes, *, progress: Progress | None = None) -> tuple[Result, UpdateStats]:
-    """Start, or resume with the same image, the partition update of the token ``connect`` reaches."""
+                     blob: bytes, *, progress: Progress | None = None,
+                     image_path: str | None = None) -> tuple[Result, UpdateStats]:
+    """Start, or resume with the same image, the partition update of the token ``connect`` reaches.
+    ``image_path`` (journaled) lets ``agent.ops.token_recovery`` finish it on the next insert or start."""
     image = load_image(blob, model, partition)
     try:
         link = connect()
@@ -192,7 +194,7 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
     if open_ops and op is None:
         raise PreconditionError(f"token {serial} has an unfinished {open_ops[0].kind}: finish that first")
     if op is not None:
-        if (op.data["partition"], op.data["image_sha256"]) != (partition, image.sha256):
+        if (op.data["partition"], op.data["image_sha256"]) != (partition, hashlib.sha256(blob).hexdigest()):
             raise PreconditionError(f"token {serial} has an unfinished update of its {op.data['partition']} to "
                                     f"version {op.data['version']}: run it again with that image, not another")
     else:
@@ -206,8 +208,9 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
             raise PreconditionError("the token's reserved area has no free slot (both A and B hold images): "
                                     "confirm or finish the previous update first")
         op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
-            "partition": partition, "image_sha256": image.sha256, "version": image.version,
-            "slot": info["free_slots"][0], "length": len(image.payload)})
+            # bound to the whole signed file: another release (even with the same payload) is another input
+            "partition": partition, "image_sha256": hashlib.sha256(blob).hexdigest(), "version": image.version,
+            "slot": info["free_slots"][0], "length": len(image.payload), "image_path": image_path})
     runner = _Runner(connect, image, partition, model.flash.block_bytes, progress)
     result = await Engine(journal).run(build_plan(runner), op, codes_at_hand=True)
     return result, runner.stats

@@ -92,3 +92,14 @@ def test_firmware_fault_sample(tmp_path, model):
 def test_firmware_fault_matrix_full(tmp_path, model):
     out = firmware_fault_trials(tmp_path, model, 200, seed=55)
     assert out["bootloader"] and out["new"]
+
+
+def test_resuming_with_another_release_of_the_same_payload_is_refused(tmp_path, token_models):
+    model = token_models["cns-token-ccid"]
+    bus, token = _setup(tmp_path, model)
+    token.flash.cut_after(30_000)
+    assert asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model, "3.0.0"))).state == "open"
+    bus.replug(token)
+    with pytest.raises(PreconditionError, match="run it again with that image, not another"):
+        asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model, "4.0.0")))  # same bytes, other release
+    assert asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model, "3.0.0"))).state == "done"
