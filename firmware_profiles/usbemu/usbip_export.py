@@ -52,6 +52,8 @@ class UsbipExport:
             for kind in ("bulk", "interrupt"):
                 if (False, kind) in eps and (True, kind) in eps:
                     self._pumps.append((intf.role, eps[(False, kind)], eps[(True, kind)], kind))
+            if intf.role == "mgmt":
+                group.enable_winusb()  # MS OS 2.0 descriptors: Windows binds WinUSB itself, no admin needed
             dev.on_control(ifnum, self._control)
         self.dev = dev
         self._plug = None
