@@ -165,6 +165,13 @@ class TokenLink:
             raise TokenProtocolError("the token answered a hash request with the wrong length")
         return [raw[i * 32:(i + 1) * 32] for i in range(count)]
 
+    def digest(self, region: str, length: int) -> bytes:
+        raw = self.request(P.OP_DIGEST, struct.pack(">BQ", P.REGIONS.index(region), length),
+                           what=f"hashing {region}")
+        if len(raw) != 32:
+            raise TokenProtocolError("the token answered a digest request with the wrong length")
+        return raw
+
     def write_block(self, slot: str, block: int, data: bytes) -> None:
         self.request(P.OP_WRITE, struct.pack(">BI", P.REGIONS.index(slot), block) + data,
                      what=f"writing block {block} of slot {slot}")

@@ -27,7 +27,7 @@ from firmware_profiles.usbtoken.protocol import (APP_IDLE, DFU_ABORT, DFU_CLRSTA
                                                  DFU_DNLOAD_IDLE, DFU_ERROR, DFU_GETSTATE, DFU_GETSTATUS,
                                                  DFU_IDLE, DFU_MANIFEST_WAIT_RESET, ERR_FILE, ERR_OK, ERR_UNKNOWN,
                                                  ERR_VERIFY, MGMT_REPORT_ID, OP_CONFIRM, OP_COPY, OP_HASH,
-                                                 OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS, REQ_COMMAND,
+                                                 OP_DIGEST, OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS, REQ_COMMAND,
                                                  REQ_RESPONSE, ST_BAD_REQUEST, ST_OK, ST_PROTECTED,
                                                  ST_TOO_LARGE, ST_VERIFY)
 
@@ -246,6 +246,12 @@ class EmulatedToken:
         used = set(self.meta["map"].values()) | set(self.meta["previous"].values())
         return [s for s in ("A", "B") if s not in used]
 
+    def _digest(self, off: int, length: int) -> bytes:
+        h = hashlib.sha256()
+        for pos in range(0, length, 1 << 20):
+            h.update(self.flash.read(off + pos, min(1 << 20, length - pos)))
+        return h.digest()
+
     def info(self) -> dict:
         m = self.meta
         return {"model": self.model.id, "serial": self.serial, "firmware": m["firmware"]["version"],
@@ -288,6 +294,12 @@ class EmulatedToken:
                 for i in range(count):
                     self.flash.write(off + (block + i) * bs, self.flash.read(soff + (block + i) * bs, bs))
                 return bytes([ST_OK])
+            if op == OP_DIGEST:  # region u8, length u64
+                reg, length = struct.unpack(">BQ", args[:9])
+                off, ln = self.region(REGIONS[reg])
+                if length > ln:
+                    return bytes([ST_TOO_LARGE])
+                return bytes([ST_OK]) + self._digest(off, length)
             if op == OP_SWITCH:  # partition u8, slot u8, length u64, sha256[32], version (UTF-8)
                 part, reg, length = struct.unpack(">BBQ", args[:10])
                 digest, version = args[10:42], args[42:].decode()
@@ -297,10 +309,7 @@ class EmulatedToken:
                 off, ln = self.region(slot)
                 if length > ln or (part_name == "disk" and length != self.model.flash.disk_bytes):
                     return bytes([ST_TOO_LARGE])
-                h = hashlib.sha256()
-                for pos in range(0, length, 1 << 20):
-                    h.update(self.flash.read(off + pos, min(1 << 20, length - pos)))
-                if h.digest() != digest:
+                if self._digest(off, length) != digest:
                     return bytes([ST_VERIFY])
                 meta = json.loads(json.dumps(self.meta))
                 meta["previous"][part_name] = meta["map"][part_name]

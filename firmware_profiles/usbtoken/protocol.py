@@ -19,6 +19,7 @@ OP_WRITE = 3     # slot u8, block u32, data (≤ one block); only a free slot
 OP_COPY = 4      # src region u8, dst slot u8, block u32, count u16: copy blocks within the flash
 OP_SWITCH = 5    # partition u8, slot u8, length u64, sha256[32], version UTF-8: verify, then the atomic switch
 OP_CONFIRM = 6   # partition u8: the new image was read back; the old region is freed
+OP_DIGEST = 7    # region u8, length u64 → SHA-256 of the region's first ``length`` bytes
 
 REGIONS = ("cdrom", "disk", "A", "B")  # region codes 0..3: the factory homes, then the reserved area's slots
 PARTS = ("cdrom", "disk")              # partition codes 0..1
