@@ -213,6 +213,13 @@ class TokenLink:
         elif state != P.DFU_IDLE:
             self._dfu(P.DFU_ABORT, what="aborting a DFU transfer")
 
+    def dfu_abort(self) -> None:
+        """Leave a download: ABORT (after CLRSTATUS when the bootloader is in its error state)."""
+        status, state = self.dfu_status()
+        if state == P.DFU_ERROR:
+            self._dfu(P.DFU_CLRSTATUS, what="clearing the DFU error")
+        self._dfu(P.DFU_ABORT, what="aborting the firmware download")
+
     def dfu_download(self, block: int, data: bytes) -> None:
         self._dfu(P.DFU_DNLOAD, block & 0xFFFF, data, what=f"sending firmware block {block}")
 

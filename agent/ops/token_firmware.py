@@ -115,11 +115,7 @@ class _Runner:
         link = self.connect()
         if link.mode != "bootloader":
             return
-        try:
-            link._dfu(P.DFU_ABORT, what="aborting the firmware download")
-        except TokenProtocolError:
-            link._dfu(P.DFU_CLRSTATUS, what="clearing the DFU error")
-            link._dfu(P.DFU_ABORT, what="aborting the firmware download")
+        link.dfu_abort()
         link.reset()
 
 

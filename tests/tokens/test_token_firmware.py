@@ -64,8 +64,7 @@ def test_the_bootloader_refuses_a_tampered_image_at_manifest_and_keeps_the_old_f
     boot.dfu_download(0, b"")
     status, state = boot.dfu_status()
     assert (status, state) == (0x07, 10)  # errVERIFY, dfuERROR
-    boot._dfu(4, what="clear")
-    boot._dfu(6, what="abort")
+    boot.dfu_abort()
     boot.reset()
     assert running(bus) == ("runtime", "1.2.0")
 
@@ -103,3 +102,18 @@ def test_resuming_with_another_release_of_the_same_payload_is_refused(tmp_path, 
     with pytest.raises(PreconditionError, match="run it again with that image, not another"):
         asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model, "4.0.0")))  # same bytes, other release
     assert asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model, "3.0.0"))).state == "done"
+
+
+def test_an_image_the_bootloader_refuses_is_undone_back_to_the_old_firmware(tmp_path, token_models, monkeypatch):
+    from firmware_profiles.usbemu import token as emulated
+    from firmware_profiles.usbtoken.image import ImageError
+    model = token_models["cns-token-ccid"]
+    bus, token = _setup(tmp_path, model)
+
+    def stricter(*a, **kw):  # a bootloader with a rule the agent does not know
+        raise ImageError("refused by this bootloader")
+    monkeypatch.setattr(emulated, "check_for", stricter)
+    result = asyncio.run(flash_firmware(tmp_path, bus, token, firmware(model)))
+    assert result.state == "undone" and "bootloader refused the firmware image" in result.reason
+    assert running(bus) == ("runtime", "1.2.0")
+    assert read_cdrom(bus, token)
