@@ -230,6 +230,16 @@ class TokenLink:
             pass  # the reset re-enumerates: this handle is gone by design
 
 
+def reader_for(token_serial: str, reader_names: list[str]) -> str | None:
+    """The PC/SC reader of a token: pcsc-lite names a USB CCID reader ``Product [Interface] (SERIAL) NN MM``
+    with the device's USB serial, so the token's serial pairs it. None: no such reader (a HID-reader
+    token, or pcscd has not listed it yet)."""
+    if not token_serial:
+        return None
+    hits = [r for r in reader_names if f"({token_serial})" in r]
+    return hits[0] if len(hits) == 1 else None
+
+
 class UsbTokenBackend:
     """Detects tokens on one pyusb backend; ``scan`` lists them, ``open`` gives a ``TokenLink``."""
 

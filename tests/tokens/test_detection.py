@@ -104,3 +104,13 @@ def test_usb_backend_monitor_keeps_tokens_and_reports_events(tmp_path, token_mod
             with pytest.raises(asyncio.CancelledError):
                 await task
     asyncio.run(scenario())
+
+
+def test_a_token_is_paired_with_its_pcsc_reader_by_usb_serial():
+    from agent.devices.usb import reader_for
+    names = ["Virtual PCD 00 00", "CNS Token CCID [CNS reader] (TKC12345678) 00 00",
+             "CNS Token CCID [CNS reader] (TKC87654321) 01 00"]
+    assert reader_for("TKC12345678", names) == names[1]
+    assert reader_for("TKC1234567", names) is None  # exact serial only, never a prefix
+    assert reader_for("", names) is None
+    assert reader_for("TKC12345678", names + [names[1].replace(" 00 00", " 02 00")]) is None  # ambiguous
