@@ -1,0 +1,401 @@
+"""USB tokens: detection and the token's USB device interface (issue 13 item 3).
+
+``UsbTokenBackend`` finds composite CNS tokens through pyusb, by the VID/PID table of the
+token models (runtime and DFU bootloader ids) and, for tokens we have no model of, by their
+interface classes (a smart-card reader, CCID 0B or HID 03, beside mass storage 08/06/50);
+real composite tokens libccid lists are seeded as known-but-unmanaged. It never claims an
+interface the OS drivers own (mass storage, CCID): it speaks only on the management channel
+(vendor interface or HID feature report) and DFU. ``watch`` polls the bus and reports
+``arrived`` / ``left`` events (polling every 20 ms: well inside 100 ms of a hotplug).
+
+``TokenLink`` is the transport seam for one token: management requests, DFU requests, USB
+reset; every USB failure is a ``TokenError`` subclass with a one-line message.
+``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
+``status``, ``monitor()``, ``open_link(serial)``), with ``snapshot()`` for ``cns-agent devices``.
+
+Imports pyusb, ``firmware_profiles.usbtoken`` (models and protocol); never the emulator.
+The pyusb backend is injected (None: libusb on a real machine, the emulated bus in tests).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import usb.core
+import usb.util
+
+from firmware_profiles.usbtoken import TokenModel, load_token_models
+from firmware_profiles.usbtoken import protocol as P
+from firmware_profiles.usbtoken.model import version_from_bcd
+
+# Real composite tokens with a CCID reader that libccid's Info.plist lists (REFERENCE.md §7):
+# recognised and shown, not managed (no published management protocol).
+KNOWN_FOREIGN = {(0x25DD, 0x2351): "Bit4id Digital DNA Key", (0x0DC3, 0x100F): "Athena IDProtect Flash"}
+POLL_S = 0.02
+
+
+class TokenError(Exception):
+    """A token operation failed; the message says what and what to do."""
+
+
+class TokenGone(TokenError):
+    """The token was pulled (or lost power) mid-transfer."""
+
+
+class TokenProtocolError(TokenError):
+    """The token stalled or answered something that is not our protocol."""
+
+
+class TokenRefused(TokenError):
+    """The token refused a request (status code in ``status``)."""
+
+    def __init__(self, msg: str, status: int):
+        super().__init__(msg)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    serial: str
+    vendor_id: int
+    product_id: int
+    mode: str              # runtime | bootloader | foreign
+    model_id: str = ""
+    model_name: str = ""
+    firmware: str = ""
+    bootloader: str = ""
+    partitions: dict[str, Any] = field(default_factory=dict)   # cdrom/disk → {version, length, sha256, region}
+    chip_serial: str = ""
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        return {"kind": "usb-token", "serial": self.serial, "usb_id": f"{self.vendor_id:04x}:{self.product_id:04x}",
+                "mode": self.mode, "model": self.model_id, "model_name": self.model_name,
+                "firmware": self.firmware, "bootloader": self.bootloader, "partitions": self.partitions,
+                "chip_serial": self.chip_serial, "error": self.error}
+
+    def describe(self) -> str:
+        if self.mode == "foreign":
+            return f"USB token {self.model_name} ({self.vendor_id:04x}:{self.product_id:04x}) serial {self.serial}: not managed"
+        parts = ", ".join(f"{k} {v.get('version', '?')}" for k, v in sorted(self.partitions.items()))
+        s = f"USB token {self.model_id} serial {self.serial} firmware {self.firmware}"
+        if self.mode == "bootloader":
+            s += " (in DFU bootloader mode: a firmware update did not finish; run the update again)"
+        if parts:
+            s += f"; partitions: {parts}"
+        if self.chip_serial:
+            s += f"; chip {self.chip_serial}"
+        return s + (f" [{self.error}]" if self.error else "")
+
+
+def _usb_call(fn, what: str):
+    try:
+        return fn()
+    except (ValueError, UnicodeDecodeError):
+        raise TokenProtocolError(f"the token answered {what} with something that is not USB") from None
+    except usb.core.USBError as exc:
+        if exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN) or exc.backend_error_code == -4:
+            raise TokenGone(f"the token was removed during {what}: plug it in again; the operation resumes") from None
+        if exc.errno == errno.EPIPE:
+            raise TokenProtocolError(f"the token refused {what} (endpoint stalled)") from None
+        raise TokenError(f"USB error during {what}: {exc.strerror or exc}") from None
+
+
+class TokenLink:
+    """The USB device interface of one token (management channel, DFU, reset)."""
+
+    def __init__(self, dev, model: TokenModel):
+        self.dev, self.model = dev, model
+        # langid given: pyusb's langids lookup would swallow an unplug and answer ValueError
+        self.serial = _usb_call(lambda: usb.util.get_string(dev, dev.iSerialNumber, 0x0409), "reading its serial") or ""
+        cfg = _usb_call(dev.get_active_configuration, "reading its configuration")
+        intfs = list(cfg)
+        self.mode = "bootloader" if dev.idProduct == model.usb.bootloader_product_id else "runtime"
+        self.dfu_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0xFE
+                              and i.bInterfaceSubClass == 1), None)
+        self.mgmt_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0xFF), None)
+        self.hid_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0x03), None)
+
+    @property
+    def bcd_version(self) -> str:
+        return version_from_bcd(self.dev.bcdDevice)
+
+    # -------------------------------------------------------------- management
+    def request(self, op: int, args: bytes = b"", *, what: str = "a management request") -> bytes:
+        frame = bytes([op]) + args
+        if self.mgmt_intf is not None:
+            _usb_call(lambda: self.dev.ctrl_transfer(0x41, P.REQ_COMMAND, 0, self.mgmt_intf, frame), what)
+            raw = _usb_call(lambda: self.dev.ctrl_transfer(0xC1, P.REQ_RESPONSE, 0, self.mgmt_intf,
+                                                           P.MAX_RESPONSE), what)
+        elif self.hid_intf is not None:
+            wv = 0x0300 | P.MGMT_REPORT_ID
+            _usb_call(lambda: self.dev.ctrl_transfer(0x21, 0x09, wv, self.hid_intf, frame), what)
+            raw = _usb_call(lambda: self.dev.ctrl_transfer(0xA1, 0x01, wv, self.hid_intf, P.MAX_RESPONSE), what)
+        else:
+            raise TokenError("this token has no management channel in its current mode")
+        raw = bytes(raw)
+        if not raw:
+            raise TokenProtocolError(f"the token gave no answer to {what}")
+        if raw[0] != P.ST_OK:
+            text = P.STATUS_TEXT.get(raw[0])
+            if text is None:
+                raise TokenProtocolError(f"the token answered {what} with an unknown status {raw[0]:#04x}")
+            raise TokenRefused(f"{text} ({what})", raw[0])
+        return raw[1:]
+
+    def info(self) -> dict:
+        raw = self.request(P.OP_INFO, what="reading its state")
+        try:
+            info = json.loads(raw)
+            if not isinstance(info, dict) or not {"map", "images", "firmware"} <= set(info):
+                raise ValueError
+        except ValueError:
+            raise TokenProtocolError("the token's state is not what this agent understands (garbage answer)") from None
+        return info
+
+    def hashes(self, region: str, first: int, count: int) -> list[bytes]:
+        raw = self.request(P.OP_HASH, struct.pack(">BIH", P.REGIONS.index(region), first, count),
+                           what=f"hashing blocks of {region}")
+        if len(raw) != 32 * count:
+            raise TokenProtocolError("the token answered a hash request with the wrong length")
+        return [raw[i * 32:(i + 1) * 32] for i in range(count)]
+
+    def digest(self, region: str, length: int) -> bytes:
+        raw = self.request(P.OP_DIGEST, struct.pack(">BQ", P.REGIONS.index(region), length),
+                           what=f"hashing {region}")
+        if len(raw) != 32:
+            raise TokenProtocolError("the token answered a digest request with the wrong length")
+        return raw
+
+    def write_block(self, slot: str, block: int, data: bytes) -> None:
+        self.request(P.OP_WRITE, struct.pack(">BI", P.REGIONS.index(slot), block) + data,
+                     what=f"writing block {block} of slot {slot}")
+
+    def copy_blocks(self, src: str, slot: str, block: int, count: int) -> None:
+        self.request(P.OP_COPY, struct.pack(">BBIH", P.REGIONS.index(src), P.REGIONS.index(slot), block, count),
+                     what=f"copying blocks {block}+{count} into slot {slot}")
+
+    def switch(self, part: str, slot: str, length: int, sha256: bytes, version: str) -> None:
+        self.request(P.OP_SWITCH, struct.pack(">BBQ", P.PARTS.index(part), P.REGIONS.index(slot), length)
+                     + sha256 + version.encode(), what=f"switching the {part} to slot {slot}")
+
+    def confirm(self, part: str) -> None:
+        self.request(P.OP_CONFIRM, bytes([P.PARTS.index(part)]), what=f"confirming the new {part}")
+
+    # -------------------------------------------------------------- DFU 1.1
+    def _dfu(self, req: int, value: int = 0, data=None, length: int = 0, *, what: str):
+        if self.dfu_intf is None:
+            raise TokenError("this token has no DFU interface")
+        if data is not None:
+            return _usb_call(lambda: self.dev.ctrl_transfer(0x21, req, value, self.dfu_intf, data), what)
+        if length:
+            return bytes(_usb_call(lambda: self.dev.ctrl_transfer(0xA1, req, value, self.dfu_intf, length), what))
+        return _usb_call(lambda: self.dev.ctrl_transfer(0x21, req, value, self.dfu_intf, b""), what)
+
+    def dfu_status(self) -> tuple[int, int]:
+        raw = self._dfu(P.DFU_GETSTATUS, length=6, what="reading the DFU status")
+        if len(raw) != 6:
+            raise TokenProtocolError("the token's DFU status is not 6 bytes")
+        return raw[0], raw[4]  # bStatus, bState
+
+    def dfu_detach(self) -> None:
+        self._dfu(P.DFU_DETACH, 1000, what="asking the token to enter its bootloader")
+
+    def dfu_clear(self) -> None:
+        status, state = self.dfu_status()
+        if state == P.DFU_ERROR:
+            self._dfu(P.DFU_CLRSTATUS, what="clearing the DFU error")
+        elif state != P.DFU_IDLE:
+            self._dfu(P.DFU_ABORT, what="aborting a DFU transfer")
+
+    def dfu_abort(self) -> None:
+        """Leave a download: ABORT (after CLRSTATUS when the bootloader is in its error state)."""
+        status, state = self.dfu_status()
+        if state == P.DFU_ERROR:
+            self._dfu(P.DFU_CLRSTATUS, what="clearing the DFU error")
+        self._dfu(P.DFU_ABORT, what="aborting the firmware download")
+
+    def dfu_download(self, block: int, data: bytes) -> None:
+        self._dfu(P.DFU_DNLOAD, block & 0xFFFF, data, what=f"sending firmware block {block}")
+
+    def reset(self) -> None:
+        try:
+            _usb_call(self.dev.reset, "a USB reset")
+        except TokenGone:
+            pass  # the reset re-enumerates: this handle is gone by design
+
+
+def reader_for(token_serial: str, reader_names: list[str]) -> str | None:
+    """The PC/SC reader of a token: pcsc-lite names a USB CCID reader ``Product [Interface] (SERIAL) NN MM``
+    with the device's USB serial, so the token's serial pairs it. None: no such reader (a HID-reader
+    token, or pcscd has not listed it yet)."""
+    if not token_serial:
+        return None
+    hits = [r for r in reader_names if f"({token_serial})" in r]
+    return hits[0] if len(hits) == 1 else None
+
+
+class UsbTokenBackend:
+    """Detects tokens on one pyusb backend; ``scan`` lists them, ``open`` gives a ``TokenLink``."""
+
+    def __init__(self, usb_backend=None, models: dict[str, TokenModel] | None = None):
+        self.usb_backend = usb_backend
+        self.models = models if models is not None else load_token_models()
+        self._by_id: dict[tuple[int, int], tuple[TokenModel, str]] = {}
+        for m in self.models.values():
+            self._by_id[(m.usb.vendor_id, m.usb.runtime_product_id)] = (m, "runtime")
+            self._by_id[(m.usb.vendor_id, m.usb.bootloader_product_id)] = (m, "bootloader")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.present: dict[str, TokenInfo] = {}
+
+    def _devices(self):
+        try:
+            return list(usb.core.find(find_all=True, backend=self.usb_backend))
+        except (usb.core.NoBackendError, usb.core.USBError):
+            return []
+
+    @staticmethod
+    def _composite_reader(dev) -> bool:
+        try:
+            classes = {(i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+                       for i in dev.get_active_configuration()}
+        except usb.core.USBError:
+            return False
+        return (0x08, 0x06, 0x50) in classes and any(c[0] in (0x0B, 0x03) for c in classes)
+
+    def scan(self) -> list[TokenInfo]:
+        out = []
+        for dev in self._devices():
+            key = (dev.idVendor, dev.idProduct)
+            if key in self._by_id:
+                out.append(self._describe(dev, *self._by_id[key]))
+            elif key in KNOWN_FOREIGN or self._composite_reader(dev):
+                try:
+                    serial = dev.serial_number or ""
+                except (usb.core.USBError, ValueError):
+                    serial = ""
+                out.append(TokenInfo(serial, dev.idVendor, dev.idProduct, "foreign",
+                                     model_name=KNOWN_FOREIGN.get(key, "unknown composite token")))
+        return out
+
+    def _describe(self, dev, model: TokenModel, mode: str) -> TokenInfo:
+        base = dict(vendor_id=dev.idVendor, product_id=dev.idProduct, mode=mode, model_id=model.id,
+                    model_name=model.name)
+        try:
+            link = TokenLink(dev, model)
+            if mode == "bootloader":
+                return TokenInfo(link.serial, firmware="none (bootloader)", bootloader=link.bcd_version, **base)
+            info = link.info()
+        except TokenError as exc:
+            return TokenInfo("", error=str(exc), **base)
+        parts = {p: dict(info["images"][p], region=info["map"][p]) for p in ("cdrom", "disk")}
+        return TokenInfo(link.serial, firmware=info["firmware"], bootloader=info.get("bootloader", ""),
+                         partitions=parts, chip_serial=info.get("chip", ""), **base)
+
+    def open(self, serial: str | None = None) -> TokenLink:
+        """The link to the token with ``serial`` (None: the only managed token present)."""
+        found = []
+        for dev in self._devices():
+            hit = self._by_id.get((dev.idVendor, dev.idProduct))
+            if hit is None:
+                continue
+            link = TokenLink(dev, hit[0])
+            if serial is None or link.serial == serial:
+                found.append(link)
+        if not found:
+            raise TokenGone(f"no CNS token{' ' + serial if serial else ''} is plugged in: plug it in and retry")
+        if len(found) > 1:
+            raise TokenError("more than one CNS token is plugged in: name one with --serial")
+        return found[0]
+
+    # -------------------------------------------------------------- hotplug
+    def watch(self, on_event: Callable[[str, TokenInfo], None], *, poll_s: float = POLL_S) -> None:
+        """Start a thread calling ``on_event("arrived" | "left", info)``; ``stop()`` ends it."""
+        def loop() -> None:
+            while not self._stop.is_set():
+                now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in self.scan()}
+                for k in self.present.keys() - now.keys():
+                    on_event("left", self.present[k])
+                for k in now.keys() - self.present.keys():
+                    on_event("arrived", now[k])
+                self.present = now
+                self._stop.wait(poll_s)
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="usb-token-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+class UsbBackend:
+    """The USB-token ``DeviceBackend`` (the seam of ``agent.devices.backend`` on the composition-root
+    branch, implemented structurally): ``name``, ``status``, ``monitor()`` (a coroutine polling the
+    bus, keeping ``tokens`` current and telling listeners ``arrived`` / ``left``), ``open_link(serial)``.
+
+    A token's link is its ``TokenLink`` (management channel and DFU) with a per-token lock as its
+    transaction; the chip inside is reached through the token's PC/SC reader (paired by the chip
+    serial the token reports), never by claiming the CCID interface.
+    """
+
+    name = "usb"
+
+    def __init__(self, registry=None, catalog=None, *, usb_backend=None, models: dict[str, TokenModel] | None = None,
+                 poll_s: float = POLL_S) -> None:
+        self.detector = UsbTokenBackend(usb_backend, models)
+        self.poll_s = poll_s
+        self.tokens: dict[str, TokenInfo] = {}
+        self._listeners: list[Callable[[str, TokenInfo], None]] = []
+        self._locks: dict[str, threading.RLock] = {}
+        self._status = "starting"
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def subscribe(self, listener: Callable[[str, TokenInfo], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def snapshot(self) -> list[dict]:
+        """What ``cns-agent devices --json`` shows of the tokens."""
+        return [t.as_dict() for t in sorted(self.tokens.values(), key=lambda t: t.serial)]
+
+    async def monitor(self) -> None:
+        import asyncio
+        while True:
+            found = await asyncio.to_thread(self.detector.scan)
+            self._status = "ok"
+            now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in found}
+            events = [("left", self.tokens[k]) for k in self.tokens.keys() - now.keys()]
+            events += [("arrived", now[k]) for k in now.keys() - self.tokens.keys()]
+            events += [("changed", now[k]) for k in now.keys() & self.tokens.keys() if now[k] != self.tokens[k]]
+            self.tokens = now
+            for kind, info in events:
+                for listener in list(self._listeners):
+                    listener(kind, info)
+            await asyncio.sleep(self.poll_s)
+
+    def open_link(self, device: str) -> "TokenDeviceLink":
+        return TokenDeviceLink(self.detector.open(device), self._locks.setdefault(device, threading.RLock()))
+
+
+class TokenDeviceLink:
+    """A token's link for operations: ``transaction()`` holds the token for one step (per-token lock)."""
+
+    def __init__(self, link: TokenLink, lock: threading.RLock):
+        self.token, self._lock = link, lock
+
+    def transaction(self):
+        return self._lock
+
+    def close(self) -> None:
+        pass  # pyusb handles are released with the device object

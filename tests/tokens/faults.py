@@ -1,0 +1,213 @@
+"""Randomized fault trials on emulated tokens, shared by the tests (a bounded sample) and
+``scripts/bench token-faults`` (the full run).
+
+Faults: ``tear`` (power cut after N flash bytes, N uniform over the whole operation's
+writes), ``unplug`` (the token pulled at the n-th USB transfer), ``kill`` (the agent dies
+at a progress point: nothing after it runs, as under SIGKILL). After the fault the token is
+replugged and checked as a user needs it, BEFORE anything repairs it: the CD-ROM reads the
+old or the new image in full, the firmware is the old or the new one or the token is in its
+bootloader (found by its ids, flashable). Then the operation is run again as the agent does on
+the next insert, and must end done with no operation left open, the chip answering.
+A trial that finds the token otherwise raises ``Bricked``.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+
+from agent.devices.usb import UsbTokenBackend
+from agent.ops.errors import PreconditionError
+from agent.ops.journal import Journal
+from tests.tokens.helpers import cdrom_payload, firmware, flash_firmware, read_cdrom, running, setup_token, signed, update
+
+FAULTS = ("tear", "unplug", "kill")
+
+
+class Bricked(AssertionError):
+    """The token was left in a state no user can use."""
+
+
+class _Killed(BaseException):
+    pass
+
+
+def _killer(kill_at: int | None):
+    calls = [0]
+
+    def progress(step, done, total):
+        calls[0] += 1
+        if kill_at is not None and calls[0] == kill_at:
+            raise _Killed()
+    return progress
+
+
+class TearPoints:
+    """Where a clean run of the operation writes. A tear is drawn, in thirds: uniformly over all its
+    bytes; within the first 64 bytes of a randomly chosen data write; within the first 64 bytes of a
+    randomly chosen metadata-record write (a record's header and JSON come first: uniform bytes alone
+    would almost never cut one of the few 4 KiB records where it matters)."""
+
+    def __init__(self, total: int, starts: list[int], meta_starts: list[int]):
+        self.total, self.starts, self.meta_starts = total, starts, meta_starts
+
+    def draw(self, rng: random.Random) -> int:
+        kind = rng.randrange(3)
+        pool = self.starts if kind == 1 else self.meta_starts if kind == 2 else []
+        if not pool:
+            return rng.randrange(self.total)
+        return min(self.total - 1, rng.choice(pool) + rng.randrange(64))
+
+
+def _arm(bus, token, fault: str, rng: random.Random, tears: "TearPoints | int", transfers: int) -> int | None:
+    if fault == "tear":
+        token.flash.cut_after(tears.draw(rng) if isinstance(tears, TearPoints) else rng.randrange(tears))
+    elif fault == "unplug":
+        bus.unplug_after(rng.randrange(1, transfers))
+    else:
+        return rng.randrange(1, 8)
+    return None
+
+
+def _disarm(bus, token) -> None:
+    token.flash.cut_after(None)
+    bus.unplug_after(None)
+    bus.replug(token)
+
+
+def _open_ops(d, serial) -> int:
+    async def count():
+        j = await Journal.open(d / "journal.db")
+        try:
+            return len(await j.open_operations(serial))
+        finally:
+            await j.close()
+    return asyncio.run(count())
+
+
+def _cdrom(bus, token) -> bytes:
+    try:
+        return read_cdrom(bus, token)
+    except Exception as exc:  # no mass storage (stuck in a mode it should not be in), no medium, an error
+        raise Bricked(f"the CD-ROM cannot be read: {type(exc).__name__} {exc}") from None
+
+
+def _chip_answers(token) -> None:
+    if token.card.power_on() != token.card.atr or \
+            token.card.transmit(bytes.fromhex("00A4000C023F00"))[-2:] != b"\x90\x00":
+        raise Bricked("the chip does not answer through the token")
+
+
+def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "TearPoints | int") -> str:
+    """One partition-update trial in the empty folder ``d``; returns "old" | "new" (what the CD-ROM showed)."""
+    bus, token = setup_token(d, model)
+    old = _cdrom(bus, token)
+    new = cdrom_payload(change=4)
+    blob = signed(model, new)
+    kill_at = _arm(bus, token, fault, rng, total_bytes, 80)
+    try:
+        asyncio.run(update(d, bus, token, blob, progress=_killer(kill_at)))
+    except _Killed:
+        pass
+    except PreconditionError as exc:  # pulled before the operation began: nothing was done
+        if "repeat the command" not in str(exc):
+            raise
+    _disarm(bus, token)
+    seen = _cdrom(bus, token)
+    if seen not in (old, new):
+        raise Bricked("the CD-ROM shows neither the old nor the new image")
+    try:
+        result, _ = asyncio.run(update(d, bus, token, blob))
+        if result.state != "done":
+            raise Bricked(f"the resumed update ended {result.state}: {result.reason}")
+    except PreconditionError as exc:
+        if "already holds" not in str(exc):
+            raise
+    if _cdrom(bus, token) != new or _open_ops(d, token.serial):
+        raise Bricked("the update did not finish on the next run")
+    _chip_answers(token)
+    token.flash.close()
+    return "new" if seen == new else "old"
+
+
+def partition_tear_points(d, model) -> TearPoints:
+    """The flash writes of one clean partition update (what tear points are drawn from)."""
+    bus, token = setup_token(d, model)
+    before = token.flash.bytes_written
+    starts: list[int] = []
+    meta: list[int] = []
+    write = token.flash.write
+
+    def recording(offset, data):
+        (meta if offset < 8192 else starts).append(token.flash.bytes_written - before)
+        return write(offset, data)
+    token.flash.write = recording
+    asyncio.run(update(d, bus, token, signed(model, cdrom_payload(change=4))))
+    token.flash.close()
+    return TearPoints(token.flash.bytes_written - before, starts, meta)
+
+
+def partition_update_bytes(d, model) -> int:
+    """Flash bytes one clean partition update writes."""
+    return partition_tear_points(d, model).total
+
+
+def firmware_trial(d, model, fault: str, rng: random.Random, blob: bytes) -> str:
+    """One firmware-refresh trial; returns "old" | "new" | "bootloader" (what the token was after the fault)."""
+    bus, token = setup_token(d, model, n_files=2)
+    old_version = model.firmware.version
+    kill_at = _arm(bus, token, fault, rng, len(blob) + 12_288, len(blob) // 4096 * 2 + 12)
+    try:
+        asyncio.run(flash_firmware(d, bus, token, blob, progress=_killer(kill_at)))
+    except _Killed:
+        pass
+    except PreconditionError as exc:
+        if "repeat the command" not in str(exc):
+            raise
+    _disarm(bus, token)
+    found = UsbTokenBackend(bus).scan()
+    if len(found) != 1:
+        raise Bricked("the token is not found on the bus after the fault")
+    info = found[0]
+    if info.mode == "bootloader":
+        state = "bootloader"
+    elif info.firmware in (old_version, "3.0.0"):
+        state = "new" if info.firmware == "3.0.0" else "old"
+        _cdrom(bus, token)
+    else:
+        raise Bricked(f"the token runs firmware {info.firmware!r}, neither old nor new")
+    try:
+        result = asyncio.run(flash_firmware(d, bus, token, blob))
+        if result.state != "done":
+            raise Bricked(f"the resumed firmware update ended {result.state}: {result.reason}")
+    except PreconditionError as exc:
+        if "already runs" not in str(exc):
+            raise
+    if running(bus) != ("runtime", "3.0.0") or _open_ops(d, token.serial):
+        raise Bricked("the firmware update did not finish on the next run")
+    _cdrom(bus, token)
+    _chip_answers(token)
+    token.flash.close()
+    return state
+
+
+def partition_fault_matrix(tmp_path, model, n: int, seed: int) -> dict:
+    (tmp_path / "probe").mkdir()
+    total = partition_tear_points(tmp_path / "probe", model)
+    rng = random.Random(seed)
+    seen = {"old": 0, "new": 0}
+    for i in range(n):
+        d = tmp_path / f"p{i}"
+        d.mkdir()
+        seen[partition_trial(d, model, FAULTS[i % 3], rng, total)] += 1
+    return seen
+
+
+def firmware_fault_trials(tmp_path, model, n: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    blob = firmware(model)
+    seen = {"old": 0, "new": 0, "bootloader": 0}
+    for i in range(n):
+        d = tmp_path / f"f{i}"
+        d.mkdir()
+        seen[firmware_trial(d, model, FAULTS[i % 3], rng, blob)] += 1
+    return seen
