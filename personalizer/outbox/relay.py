@@ -123,6 +123,10 @@ class Relay:
     def wake(self) -> None:
         self._wake.set()
 
+    def set_on_status_change(self, hook: Callable[[], Awaitable[None]] | None) -> None:
+        """Run ``hook`` after every status change delivered (the PKI publisher's publish_now)."""
+        self._on_status_change = hook
+
     async def reload_maintenance(self) -> None:
         rows = await self._store.list_maintenance(self._clock() - 1)
         stored, problems = windows_from_rows(rows, now=self.now_dt())   # a bad row never stops the daemon

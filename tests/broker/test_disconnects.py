@@ -172,7 +172,7 @@ def test_cnsctl_queue_retry_takes_back_a_claim_whose_holder_is_gone(storm_daemon
             rec = RequestRecord(request_id=req.request_id, kind="issue", profile="cns-auth",
                                 payload_sha256=b"orphan", chamber_code="RM", station_id="RM-STATION-01",
                                 operator_id="op-001")
-            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claimer="relay",
+            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claimer="gone-daemon",
                                        audit=AuditEntry("gone", "RM-STATION-01", "issue", rec.request_id, "",
                                                         "accepted"))
         finally:
