@@ -181,9 +181,13 @@ class Relay:
                 continue
             delay = await self._next_wake_delay()
             if delay > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives as the
+                # event is set (stop() then waited forever; seen with the in-memory store, whose calls
+                # never yield)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
 
     async def _pump(self) -> int:

@@ -9,7 +9,7 @@
 * ``slow`` (a count): ``issue`` waits ``slow_seconds`` and then fails as a timeout;
 * ``delay`` (seconds): every ``issue`` waits that long before issuing (deliveries overlap).
 
-Counts: ``issue_calls`` (every call that reached issuing), ``issued`` (request id → certificates really
+Counts: ``issue_calls`` (every call that reached issuing) and ``calls`` (the same per request id), ``issued`` (request id → certificates really
 issued), ``change_calls``. ``reset()`` clears the switches. Used by tests/broker, tests/ops,
 tests/store and benchmarks/renew_faults.
 """
@@ -29,6 +29,7 @@ class FaultyCA:
         self.issue_calls = 0
         self.change_calls = 0
         self.issued: dict[str, int] = {}
+        self.calls: dict[str, int] = {}    # request id → issue calls that reached the CA
         self.reset()
 
     def reset(self) -> None:
@@ -62,6 +63,7 @@ class FaultyCA:
             await asyncio.sleep(self.slow_seconds)
             raise CAUnavailable("CA timeout (test double)")
         self.issue_calls += 1
+        self.calls[request_id] = self.calls.get(request_id, 0) + 1
         if self.delay:
             await asyncio.sleep(self.delay)
         issued = await self.inner.issue(profile, csr, subject, request_id)
