@@ -97,7 +97,7 @@ class Relay:
         self.metrics = metrics or CAMetrics(clock=clock)
         self._clock = clock
         self._sem = asyncio.Semaphore(concurrency)
-        self._batch = batch
+        self.batch = batch
         self._notify = notify
         self._on_status_change = on_status_change
         self._config_maintenance = list(maintenance)
@@ -323,7 +323,7 @@ class Relay:
         done = 0
         for lane in self.lanes_open():
             while True:
-                claimed = await self._store.claim_due(self._clock(), (lane,), self._batch, self.claimer)
+                claimed = await self._store.claim_due(self._clock(), (lane,), self.batch, self.claimer)
                 if not claimed:
                     break
                 await asyncio.gather(*(self._deliver(c.record.request_id, claimed=(c.record, c.payload))
