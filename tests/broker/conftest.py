@@ -13,6 +13,7 @@ from personalizer import config, deploy
 from personalizer.outbox.broker import IssueInput, RenewalRules
 from personalizer.server import Daemon, build_ca
 from personalizer.outbox.windows import ServiceCalendar
+from personalizer.store import MemoryRequestStore
 from tests.support.ca import FaultyCA
 from tests.personalizer import helpers
 
@@ -45,11 +46,12 @@ def deployment(tmp_path_factory):
 
 class Env:
     """Broker + relay + store + FlakyCA(EmbeddedCA) in this event loop, time from ``clock``: the daemon as
-    ``Daemon.build(serve=False)`` wires it, with this test's calendar, retry and breaker settings."""
+    ``Daemon.build(serve=False)`` wires it, with this test's calendar, retry and breaker settings.
+    ``store="memory"``: over the in-memory store instead of SQLite."""
 
-    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3):
+    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3, store="sqlite"):
         self.deployment, self.tmp, self.clock, self.calendar = deployment, tmp_path, clock, calendar
-        self.answer_wait, self.breaker_failures = answer_wait, breaker_failures
+        self.answer_wait, self.breaker_failures, self.store_kind = answer_wait, breaker_failures, store
 
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
@@ -64,7 +66,8 @@ class Env:
                                        retry_max_seconds=60.0, breaker_failures=self.breaker_failures,
                                        breaker_reset_seconds=30.0, renewal_window_days=RenewalRules().window_days))
         self.ca = await FlakyCA(build_ca(cfg)).open()
-        self.daemon = await Daemon.build(cfg, ca=self.ca, clock=self.clock, claimer="relay", serve=False)
+        store = MemoryRequestStore(clock=self.clock) if self.store_kind == "memory" else None   # None: SQLite
+        self.daemon = await Daemon.build(cfg, ca=self.ca, store=store, clock=self.clock, claimer="relay", serve=False)
         self.store, self.broker, self.relay = self.daemon.store, self.daemon.broker, self.daemon.relay
         await self.store.reset_sending(self.relay.claimer)   # as relay.start() would, without the task
         await self.relay.reload_maintenance()
