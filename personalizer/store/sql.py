@@ -195,7 +195,7 @@ Q_INSERT_REQUEST = """INSERT OR IGNORE INTO requests
 # request; the audit row of a cancel or retry that took effect.
 Q_INSERT_OUTBOX_IF_NEW = """INSERT INTO outbox (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
     SELECT ?, ?, ?, ?, 'queued', 0, ?, ? WHERE changes() = 1"""
-# Claimed at acceptance: the relay delivers it right away (same as queued + mark_sending, one commit).
+# Claimed at acceptance: the relay delivers it right away (as claim_due would leave it, in the same commit).
 Q_INSERT_OUTBOX_CLAIMED_IF_NEW = """INSERT INTO outbox
     (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at, claimed_by)
     SELECT ?, ?, ?, ?, 'sending', 1, ?, ?, ? WHERE changes() = 1"""
