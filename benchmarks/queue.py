@@ -38,10 +38,8 @@ from cryptography.x509.oid import NameOID
 from benchmarks.issue import raw_sign_rate
 from personalizer import codice_fiscale, config, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
-from personalizer.outbox.broker import Broker, IssueInput
-from personalizer.outbox.relay import Relay
-from personalizer.server import build_ca
-from personalizer.store import RequestStore
+from personalizer.outbox.broker import IssueInput
+from personalizer.server import Daemon
 from personalizer.outbox.windows import ServiceCalendar
 from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
@@ -78,12 +76,13 @@ def _input(i: int, holder) -> IssueInput:
 
 async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders) -> dict:
     cfg = config.load(dep.server_config)
-    cfg = dataclasses.replace(cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=dep.root / "ca" / "issuing.pem"))
-    ca = build_ca(cfg)
-    await ca.open()
-    store = await RequestStore.open(dep.root / "bench.sqlite", synchronous=synchronous)
-    broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=0.0)
-    relay = Relay(store=store, ca=ca, calendar=CLOSED, notify=broker.notify, concurrency=64, batch=512)
+    cfg = dataclasses.replace(
+        cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=dep.root / "ca" / "issuing.pem"), calendar=CLOSED,
+        store=dataclasses.replace(cfg.store, data_dir=dep.root / "bench-data", synchronous=synchronous),
+        broker=dataclasses.replace(cfg.broker, answer_wait_seconds=0.0, relay_concurrency=64))
+    daemon = await Daemon.build(cfg, serve=False)   # broker + relay + SQLite store + embedded CA, no servers
+    daemon.relay.batch = 512
+    store, broker, relay = daemon.store, daemon.broker, daemon.relay
     inputs = [_input(i, holders[i % len(holders)]) for i in range(queued)]
     try:
         t0 = time.perf_counter()
@@ -100,9 +99,7 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
         drain_cores = (time.process_time() - c0) / drain_s
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
-        await relay.stop()
-        await store.close()
-        await ca.close()
+        await daemon.stop()
     dup = _duplicates(dep.root / "ca" / "ca.db")
     return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
             "queued_depth_seen": depth,

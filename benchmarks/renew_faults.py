@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -60,15 +61,15 @@ from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import config as pconfig
 from personalizer import deploy
-from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewalRules, RenewInput
+from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef
-from personalizer.errors import CAUnavailable, InvalidRequest, PersonalizerError
-from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
+from personalizer.errors import PersonalizerError
 from personalizer.outbox.relay import Relay
-from personalizer.server import build_ca
+from personalizer.server import Daemon, build_ca
 from personalizer.edge.service import STATE_ENUMS, record_to_proto, status_to_proto
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import ServiceCalendar
+from tests.support.ca import FaultyCA   # the CA test double (benchmarks use tests/support's fakes)
 from tests.support.faults import WRITE_INS, arm_card_fault, step_name
 
 KINDS = ("tear", "drop", "sw", "kill", "kill-answered", "down", "ca-error", "ca-timeout", "ca-lost")
@@ -90,36 +91,11 @@ class Clock:
         return self.t
 
 
-class BenchCA:
-    """The embedded CA with switchable faults; counts the certificates it really issued per request id."""
-
-    def __init__(self, inner):
-        self.inner, self.name = inner, inner.name
-        self.refuse = self.unavailable = self.lose = False
-        self.issued: dict[str, int] = {}
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def issue(self, profile, csr, subject, request_id):
-        if self.refuse:
-            self.refuse = False
-            raise InvalidRequest("csr_der", "refused by the CA (benchmark fault)")
-        if self.unavailable:
-            raise CAUnavailable("CA timeout (benchmark fault)")
-        issued = await self.inner.issue(profile, csr, subject, request_id)
-        self.issued[request_id] = self.issued.get(request_id, 0) + 1
-        if self.lose:
-            self.lose = False
-            raise CAUnavailable("answer lost after the CA issued (benchmark fault)")
-        return issued
-
-
 class LocalUplink:
     """The uplink's interface (submit_issue, renew, get_request, watch_request, certificate_status,
     change_status) over the real broker, relay and store in this process; ``down`` makes every call UNAVAILABLE like an unreachable daemon."""
 
-    def __init__(self, broker: Broker, relay: Relay, store: RequestStore, clock: Clock):
+    def __init__(self, broker: Broker, relay: Relay, store: SqliteRequestStore, clock: Clock):
         self.broker, self.relay, self.store, self.clock = broker, relay, store, clock
         self.down = False
 
@@ -220,7 +196,7 @@ def _connect(card):
     return connect
 
 
-def _arm(kind: str, step: str, card, uplink: LocalUplink, ca: BenchCA) -> None:
+def _arm(kind: str, step: str, card, uplink: LocalUplink, ca: FaultyCA) -> None:
     writes = step_name(step) in WRITE_INS   # the random draws as before: a seed gives the same trials
     if kind == "tear":
         arm_card_fault(kind, step, card, tear_bytes=random.choice((1, 8, 100)) if writes else None)
@@ -233,11 +209,11 @@ def _arm(kind: str, step: str, card, uplink: LocalUplink, ca: BenchCA) -> None:
     elif kind == "down":
         uplink.down = True
     elif kind == "ca-error":
-        ca.refuse = True
+        ca.refuse = 1
     elif kind == "ca-timeout":
         ca.unavailable = True
     elif kind == "ca-lost":
-        ca.lose = True
+        ca.lose_answers = 1
 
 
 def _user_check(card, model, pin: str, old: dict[str, bytes], issued_for_op: dict[str, int],
@@ -277,18 +253,16 @@ async def _setup(workdir: Path, model):
     dep = deploy.init_deployment(workdir / "cns", listen="127.0.0.1:0")
     cfg = pconfig.load(dep.server_config)
     clock = Clock()
-    ca = BenchCA(build_ca(cfg))
-    await ca.inner.open()
-    store = await RequestStore.open(workdir / "requests.sqlite", synchronous="OFF", clock=clock)
-    ca.inner.attach_registry(store)
-    min_bits = {k: min(v, model.rsa_bits) for k, v in cfg.min_rsa_bits.items()}
-    broker = Broker(store=store, ca=ca, min_rsa_bits=min_bits, answer_wait=0.0,
-                    renewal=RenewalRules(window_days=36500), clock=clock)
-    relay = Relay(store=store, ca=ca, calendar=ServiceCalendar(always_open=True), clock=clock,
-                  retry=RetryPolicy(initial_seconds=0.001, max_seconds=0.001),
-                  breaker=CircuitBreaker(10 ** 9, 0.001), notify=broker.notify)
-    broker.wake_relay = lambda: None
-    return ca, store, LocalUplink(broker, relay, store, clock)
+    cfg = dataclasses.replace(
+        cfg, calendar=ServiceCalendar(always_open=True),
+        min_rsa_bits={k: min(v, model.rsa_bits) for k, v in cfg.min_rsa_bits.items()},
+        broker=dataclasses.replace(cfg.broker, answer_wait_seconds=0.0, renewal_window_days=36500,
+                                   retry_initial_seconds=0.001, retry_max_seconds=0.001, breaker_failures=10 ** 9,
+                                   breaker_reset_seconds=0.001))
+    ca = await FaultyCA(build_ca(cfg)).open()   # the CA test double: counts certificates issued per request id
+    store = await SqliteRequestStore.open(workdir / "requests.sqlite", synchronous="OFF", clock=clock)
+    daemon = await Daemon.build(cfg, ca=ca, store=store, clock=clock, serve=False)   # relay driven by run_once
+    return ca, daemon, LocalUplink(daemon.broker, daemon.relay, store, clock)
 
 
 async def _run(trials: int, seed: int, model_id: str) -> dict:
@@ -300,7 +274,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(prefix="bench-renew-faults-", dir=shm if shm.is_dir() else None) as tmp:
         tmp = Path(tmp)
-        ca, store, uplink = await _setup(tmp, model)
+        ca, daemon, uplink = await _setup(tmp, model)
         # tmpfs: durability is not what is measured
         journal = await Journal.open(tmp / "journal.db", synchronous="OFF")
         admin = lambda m: m.dialect.admin_test_key   # noqa: E731
@@ -353,7 +327,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
             if not card.powered:
                 card.power_on()
             uplink.down = False
-            ca.refuse = ca.unavailable = ca.lose = False
+            ca.reset()
             t0 = time.perf_counter()
             rec = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin,
                           policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0,
@@ -402,8 +376,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                                      "problem": f"new certificates but issuances {per_keyset}"})
         elapsed = time.perf_counter() - t_start
         await journal.close()
-        await store.close()
-        await ca.inner.close()
+        await daemon.stop()
     return {"trials": trials, "unusable": unusable, "duplicates": duplicates, "ended": ended, "by_kind": by_kind,
             "recovery": recovery, "problems": problems[:20], "elapsed": elapsed, "steps": len(steps)}
 

@@ -9,12 +9,13 @@ May import: ``proto`` and ``station_config``.
 
 Layers, outermost first::
 
-    cli / cnsctl ─ server (grpc.aio, mTLS, health, reflection, signals)
-                    ├─ identity (client certificate → role, chamber; interceptor)
-                    │    └─ tls_clients (chain with path length, client CRL; pure)
-                    └─ service (proto ↔ domain; errors → status codes; limits: request bounds)
-                         └─ broker (idempotency, request states, watchers; audit: refusal rate limit)
-                              ├─ store (SQLite via aiosqlite; all SQL)
-                              ├─ validation, codice_fiscale, dati_personali (pure)
-                              └─ ca (CAConnector protocol; embedded CA; key stores)
+    cli / cnsctl ─ server (Daemon.build: the one place the daemon is wired; grpc.aio, mTLS, signals)
+                    ├─ edge/ (servicers: proto ↔ domain, errors → status codes; identity: client
+                    │         certificate → role, chamber; tls_clients; limits)   never imports store/
+                    └─ outbox/ broker (idempotency, watchers, the edge's reads and admin calls)
+                              relay (claim_due → CA, retries, breaker, calendar), ca_status, metrics
+                         ├─ store/ (RequestStore protocol; sqlite.py + sql.py named queries; memory.py)
+                         ├─ records (states, lanes, records shared by store, outbox and edge)
+                         ├─ rules/ (validation, lifecycle, registrations: pure)
+                         └─ ca/ (CAConnector protocol; embedded CA; key stores), pki/ (CRL, OCSP)
 """

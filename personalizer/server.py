@@ -1,6 +1,8 @@
 """Assemble and run the daemon: CA + store + broker + relay + grpc.aio server with mTLS.
 
-``Daemon.create(cfg)`` builds everything from a ``DaemonConfig``;
+``Daemon.build(cfg, *, ca=None, store=None, clock=time.time)`` is the one place the daemon is wired
+(production: ``create(cfg)``; tests and benchmarks inject a store, a CA double, a clock, and
+``serve=False`` for broker + relay without servers);
 ``start()`` binds (port 0 → ephemeral, returned) and starts the supervised
 relay task, the optional metrics endpoint and the optional PKI publisher
 (``personalizer.pki``, when installed and ``[pki] enabled``). The CA is the
@@ -26,6 +28,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -43,13 +48,13 @@ from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import DaemonConfig
 from personalizer.errors import ConfigError
 from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
-from personalizer.outbox.metrics import CAMetrics, KindFigures, MetricsServer, PlannedWindow, StatusFigures
+from personalizer.outbox.metrics import CAMetrics, MetricsServer, StatusFigures
 from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
 from personalizer.edge.health import HealthServicer
 from personalizer.edge.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
 from personalizer.outbox.relay import Relay
 from personalizer.edge.service import SERVICE_NAME, PersonalizerService
-from personalizer.store import RequestStore
+from personalizer.store import RequestStore, SqliteRequestStore
 from personalizer.edge.tls_clients import ClientTrust
 from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc, registrations_pb2_grpc
 from proto.wire import DecodeInterceptor
@@ -140,11 +145,12 @@ def build_publisher(cfg: DaemonConfig, ca):
 @dataclass
 class Daemon:
     cfg: DaemonConfig
-    server: grpc.aio.Server
     store: RequestStore
     ca: CAConnector
-    health: health.aio.HealthServicer
+    broker: Broker
     relay: Relay
+    server: grpc.aio.Server | None = None          # None: built with serve=False (no gRPC, no HTTP)
+    health: health.aio.HealthServicer | None = None
     metrics_server: MetricsServer | None = None
     publisher: object | None = None
     fleet: object | None = None      # personalizer.fleet.wiring.Fleet (issue 15)
@@ -156,45 +162,82 @@ class Daemon:
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    async def create(cls, cfg: DaemonConfig) -> "Daemon":
-        """Lock the store, open the CA and the store, assemble. On any failure everything opened so far is
-        closed again (an open store or CA keeps threads that would keep a failed process alive)."""
+    async def build(cls, cfg: DaemonConfig, *, ca: CAConnector | None = None, store: RequestStore | None = None,
+                    clock: Callable[[], float] = time.time, claimer: str | None = None,
+                    serve: bool = True) -> "Daemon":
+        """The daemon from its config: the one place its parts are wired.
+
+        ``store``: a RequestStore to use (tests: a MemoryRequestStore, or a second store on one file);
+        None opens the configured SQLite store, after taking ``StoreLock`` on the data directory (a
+        second daemon touches nothing). ``ca``: a connector, already opened (tests: a CA double); None
+        builds and opens the configured one. ``clock`` drives the store it opens, the broker, the relay
+        and the metrics. ``claimer``: the name this daemon's relay claims rows under (default: host and
+        database, stable across restarts, so a restart takes back its own claims and never another
+        daemon's). ``serve=False`` leaves out the gRPC servers, metrics, PKI publication and archive
+        (broker and relay only, for in-process tests and benchmarks).
+
+        The daemon owns what it is given: ``stop()`` closes the store and the CA. On a failure here
+        everything opened so far is closed again (an open store or CA keeps threads that would keep a
+        failed process alive)."""
         async with contextlib.AsyncExitStack() as undo:
-            lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
-            undo.callback(lock.release)
-            ca = build_ca(cfg)
-            undo.push_async_callback(ca.close)
-            if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
-                await ca.open()
-            store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+            lock = None
+            if store is None:
+                lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
+                undo.callback(lock.release)
+            if ca is None:
+                ca = build_ca(cfg)
+                undo.push_async_callback(ca.close)
+                if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+                    await ca.open()
+            else:
+                undo.push_async_callback(ca.close)
+            if store is None:
+                store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous,
+                                                      clock=clock)
             undo.push_async_callback(store.close)
-            daemon = await cls._assemble(cfg, ca, store)
+            daemon = cls._wire(cfg, ca, store, clock=clock,
+                               claimer=claimer or f"{socket.gethostname()}:{cfg.store.database}")
             daemon.lock = lock
+            if serve:
+                daemon._add_edge()
+                await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
             undo.pop_all()
             return daemon
 
     @classmethod
-    async def _assemble(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore) -> "Daemon":
-        if isinstance(ca, EmbeddedCA):
-            ca.attach_registry(store)
+    async def create(cls, cfg: DaemonConfig) -> "Daemon":
+        """The production daemon: ``build(cfg)`` with everything from the config."""
+        return await cls.build(cfg)
+
+    @classmethod
+    def _wire(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore, *, clock, claimer: str) -> "Daemon":
+        attach = getattr(ca, "attach_registry", None)
+        if attach is not None:   # a CA with its own index falls back to the store's certificates
+            attach(store)
         b = cfg.broker
         broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=b.answer_wait_seconds,
-                        renewal=RenewalRules(b.renewal_window_days, b.device_life_years))
-        publisher = build_publisher(cfg, ca)
-        metrics = CAMetrics()
-        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=metrics,
+                        renewal=RenewalRules(b.renewal_window_days, b.device_life_years), clock=clock)
+        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=CAMetrics(clock=clock), clock=clock,
                       retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
                       breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
                       concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
-                      on_status_change=publisher.publish_now if publisher is not None else None)
+                      claimer=claimer)
         broker.wake_relay = relay.wake
         broker.relay = relay
+        return cls(cfg=cfg, store=store, ca=ca, broker=broker, relay=relay)
+
+    def _add_edge(self) -> None:
+        """The gRPC servers (mTLS), health, reflection, metrics, PKI publication and the daily archive."""
+        cfg, broker, relay = self.cfg, self.broker, self.relay
+        self.publisher = build_publisher(cfg, self.ca)
+        if self.publisher is not None:
+            relay.set_on_status_change(self.publisher.publish_now)
         trust = ClientTrust(cfg.server.client_trust_anchors.read_bytes(), cfg.server.client_crl)
         # DecodeInterceptor first (outermost): undecodable bytes get INVALID_ARGUMENT, the rest see messages
         server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
                                  options=server_options(cfg.server))
-        personalizer_pb2_grpc.add_PersonalizerServicer_to_server(
-            PersonalizerService(broker=broker, relay=relay, metrics=metrics), server)
+        personalizer_pb2_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=broker, relay=relay),
+                                                                 server)
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
                                                                             config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
@@ -209,32 +252,33 @@ class Daemon:
             [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
             root_certificates=s.client_trust_anchors.read_bytes(),
             require_client_auth=s.require_client_auth)
-        daemon = cls(cfg=cfg, server=server, store=store, ca=ca, health=health_servicer, relay=relay,
-                     publisher=publisher)
+        self.server, self.health = server, health_servicer
         if cfg.metrics.enabled:
-            daemon.metrics_server = MetricsServer(metrics, host=cfg.metrics.http_host, port=cfg.metrics.http_port,
-                                                  status=daemon.status_for_scrape)
+            self.metrics_server = MetricsServer(relay.metrics, host=cfg.metrics.http_host,
+                                                port=cfg.metrics.http_port, status=self.status_for_scrape)
         if cfg.reports.enabled:
             from personalizer.reports.scheduler import ArchiveScheduler
             r = cfg.reports
-            daemon.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)
+            self.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)
         try:
-            daemon.port = 0 if address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
+            self.port = 0 if address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
         except RuntimeError:   # grpcio raises on a failed bind
-            daemon.port = 0
-        if daemon.port == 0:
+            self.port = 0
+        if self.port == 0:
             port = s.listen.rpartition(":")[2]
             holder = port_holder(int(port)) if port.isdigit() and int(port) else None
             raise ConfigError(cfg.source, "server.listen",
                               f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
                                                                    "the address is in use or not local"))
         if cfg.enrollment.enabled:
-            daemon._add_enrollment(broker)
-        from personalizer.fleet import wiring as fleet_wiring   # last: nothing after it can fail and leak it
-        daemon.fleet = await fleet_wiring.attach(server, cfg.store.database)
-        if daemon.metrics_server is not None:
-            daemon.metrics_server.registry.register(daemon.fleet.collector())
-        return daemon
+            self._add_enrollment(broker)
+
+    async def _add_fleet(self) -> None:
+        """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database."""
+        from personalizer.fleet import wiring as fleet_wiring
+        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database)
+        if self.metrics_server is not None:
+            self.metrics_server.registry.register(self.fleet.collector())
 
     def _add_enrollment(self, broker) -> None:
         """[enrollment]: StationAdmin on the mTLS port, StationEnrollment alone on its own port."""
@@ -266,24 +310,9 @@ class Daemon:
                                                                    "the address is in use or not local"))
 
     async def status_figures(self) -> StatusFigures:
-        """GetCAStatus's EM.2 figures, from the same sources the service reads (CA health, relay, store,
-        metrics): the Prometheus endpoint shows these, so both views agree."""
-        relay, m = self.relay, self.relay.metrics
-        health_ = await self.ca.health()
-        now = relay.now_dt()
-        active = relay.active_maintenance()
-        operational = health_.operational and active is None and relay.breaker.state == "closed"
-        if active is not None:
-            reactivation = active.ends_at.timestamp()
-        else:
-            reactivation = health_.reactivation_at.timestamp() if health_.reactivation_at else None
-        return StatusFigures(
-            operational=operational, in_maintenance=active is not None, reactivation_at=reactivation,
-            planned=tuple(PlannedWindow(w.id, w.starts_at.timestamp(), w.ends_at.timestamp(), w.reason)
-                          for w in relay.maintenance if w.ends_at > now),
-            per_kind=tuple(KindFigures(f.kind, f.p50_ms, f.p95_ms, f.samples) for f in m.per_kind()),
-            load=m.load(), queue_depth=await self.store.queue_depth(), breaker_state=relay.breaker.state,
-            window_open=relay.calendar.is_open(now))
+        """The CA-status read model (``outbox.ca_status``) GetCAStatus answers: the Prometheus endpoint shows
+        these, so both views agree."""
+        return await self.broker.ca_status()
 
     def status_for_scrape(self) -> StatusFigures | None:
         """Called from the metrics server's thread: run ``status_figures`` in the daemon's loop."""
@@ -308,6 +337,8 @@ class Daemon:
             self.metrics_server.start()
         if self.archiver is not None:
             await self.archiver.start()
+        if self.server is None:   # serve=False: broker and relay only
+            return 0
         await self.server.start()
         if self.enroll_server is not None:
             await self.enroll_server.start()
@@ -318,12 +349,14 @@ class Daemon:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        await self.health.enter_graceful_shutdown()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         if self.fleet is not None:
             self.fleet.hub.close_all()   # fleet streams end now, normally: their agents reconnect
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
-        await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
+        if self.server is not None:
+            await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
         await self.relay.stop()
         if self.archiver is not None:
             await self.archiver.stop()

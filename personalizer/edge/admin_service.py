@@ -25,7 +25,7 @@ from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
 from personalizer.outbox.relay import Relay
 from personalizer.edge.service import STATE_ENUMS, _translate, audit_denied
-from personalizer.store import AuditEntry, RequestRecord
+from personalizer.records import AuditEntry, RequestRecord
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
 
 DEFAULT_LIMIT = 100
@@ -63,7 +63,7 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
     @_translate
     async def ListQueue(self, request, context):
         limit = min(request.limit or DEFAULT_LIMIT, 10_000)
-        return apb.ListQueueResponse(items=[item(r) for r in await self._broker.store.list_queue(limit)])
+        return apb.ListQueueResponse(items=[item(r) for r in await self._broker.list_queue(limit)])
 
     @_translate
     async def ShowQueued(self, request, context):
@@ -79,10 +79,9 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
             raise FailedPrecondition(f"request {rec.request_id} is being delivered to the CA now; follow it with "
                                      "`cnsctl request show`")
         orphan = rec.outbox_status == "sending"   # claimed, but no live delivery holds it: take it back now
-        if not await self._broker.store.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done"),
-                                                  orphaned_claim=orphan):
+        if not await self._broker.retry_now(rec.request_id, self._audit("queue-retry", rec.request_id, "done"),
+                                            orphaned_claim=orphan):   # wakes the relay
             raise FailedPrecondition(f"request {rec.request_id} is {rec.state} and not waiting in the queue")
-        self._relay.wake()
         return item(await self._broker.get(rec.request_id))
 
     @_translate
@@ -91,13 +90,11 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
 
     async def _cancel(self, request):
         rec = await self._broker.get(request.request_id)
-        if not await self._broker.store.cancel(rec.request_id, self._audit("queue-cancel", rec.request_id, "done")):
+        if not await self._broker.cancel(rec.request_id, self._audit("queue-cancel", rec.request_id, "done")):
             raise FailedPrecondition(
                 f"request {rec.request_id} is {rec.state} after {rec.attempts} attempt(s); only a request that "
                 "never reached the CA can be cancelled")
-        done = await self._broker.get(rec.request_id)
-        self._broker.notify(done)
-        return item(done)
+        return item(await self._broker.get(rec.request_id))   # watchers were told by the broker
 
     @_translate
     async def AddMaintenance(self, request: pb.MaintenanceWindow, context):
@@ -117,7 +114,7 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
         return _window(w)
 
     async def _store_window(self, w: windows.Maintenance, operation: str, source: str) -> None:
-        await self._broker.store.add_maintenance(
+        await self._broker.add_maintenance(
             w.id, w.starts_at.timestamp(), w.ends_at.timestamp(), w.reason, source,
             audit=self._audit(operation, None, "done",
                               f"{w.id} {int(w.starts_at.timestamp())}..{int(w.ends_at.timestamp())}"))
@@ -170,17 +167,16 @@ class QueueAdminService(apb_grpc.QueueAdminServicer):
     async def AddStock(self, request: apb.AddStockRequest, context):
         chamber, quantity, note = check_stock(request)
         model = request.device_model.strip()
-        entry = await self._broker.store.add_stock(chamber, quantity, note, self._audit(
+        entry = await self._broker.add_stock(chamber, quantity, note, self._audit(
             "stock-add", None, "done", f"{chamber} {model or 'any type'} {quantity:+d}"), device_model=model)
         return _stock_entry(entry)
 
     @_translate
     async def ListStock(self, request: apb.ListStockRequest, context):
         chamber = request.chamber_code.strip().upper()
-        store = self._broker.store
-        balances = await store.stock_balance()
+        entries, balances = await self._broker.stock(chamber)
         return apb.ListStockResponse(
-            entries=[_stock_entry(e) for e in await store.list_stock(chamber)],
+            entries=[_stock_entry(e) for e in entries],
             balances=[apb.StockBalance(chamber_code=b.chamber_code, device_model=b.device_model, sent=b.sent,
                                        used=b.used, left=b.left)
                       for b in balances.values() if not chamber or b.chamber_code == chamber])

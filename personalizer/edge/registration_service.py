@@ -22,7 +22,7 @@ from personalizer.rules import registrations
 from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound
 from personalizer.edge.service import _translate, audit_denied
-from personalizer.store import AuditEntry
+from personalizer.records import AuditEntry
 from proto.cns.v1 import common_pb2, registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registrations"].full_name
@@ -60,13 +60,13 @@ class RegistrationsService(rpb_grpc.RegistrationsServicer):
             chamber_code=ident.chamber_code or "", created_by=ident.uri, cf=h.codice_fiscale,
             given_name=h.given_name, surname=h.surname, birth_date=h.birth_date, form=request.form,
             expires_days=request.expires_days, now=now, sex=request.sex, birth_town=request.birth_town)
-        created = await self._broker.store.add_registration(reg, request.form, AuditEntry(
+        created = await self._broker.add_registration(reg, request.form, AuditEntry(
             ident.uri, "", "registration-add", None, reg.registration_id, "done",
             f"form {reg.form_type} sha256:{reg.form_sha256}", operator_id=ident.subject_id,
             holder_cf=reg.codice_fiscale))
         if created:
             return to_proto(reg, now)
-        existing = await self._broker.store.open_registration(reg.chamber_code, reg.codice_fiscale, now)
+        existing = await self._broker.open_registration(reg.chamber_code, reg.codice_fiscale, now)
         if existing is not None and registrations.same_registration(existing, reg):
             return to_proto(existing, now)   # the IR's retry: the registration it already made
         raise FailedPrecondition(
@@ -79,7 +79,7 @@ class RegistrationsService(rpb_grpc.RegistrationsServicer):
     async def _readable(self, registration_id: str) -> registrations.Registration:
         if not registrations.REGISTRATION_ID_RE.fullmatch(registration_id):
             raise InvalidRequest("registration_id", "not a registration id (REG- and 16 hex digits)")
-        reg = await self._broker.store.get_registration(registration_id)
+        reg = await self._broker.get_registration(registration_id)
         ident = identity.current_identity()
         # another chamber's registration reads as missing: ids of other chambers are not confirmed
         if reg is None or (ident.role in identity.CHAMBER_SCOPED and reg.chamber_code != ident.chamber_code):
@@ -98,12 +98,12 @@ class RegistrationsService(rpb_grpc.RegistrationsServicer):
         if reg.state(now) in (registrations.STATE_USED, registrations.STATE_CANCELLED):
             raise FailedPrecondition(f"registration {reg.registration_id} is {reg.state(now)}; only one not yet "
                                      "used for a card can be cancelled")
-        done = await self._broker.store.cancel_registration(reg.registration_id, by=ident.uri, audit=AuditEntry(
+        done = await self._broker.cancel_registration(reg.registration_id, by=ident.uri, audit=AuditEntry(
             ident.uri, "", "registration-cancel", None, reg.registration_id, "done", request.reason[:200],
             operator_id=ident.subject_id, holder_cf=reg.codice_fiscale))
         if not done:   # a station bound it to a card meanwhile
             raise FailedPrecondition(f"registration {reg.registration_id} was used for a card meanwhile")
-        return to_proto(await self._broker.store.get_registration(reg.registration_id), now)
+        return to_proto(await self._broker.get_registration(reg.registration_id), now)
 
     @_translate
     async def ListRegistrations(self, request: rpb.ListRegistrationsRequest, context):
@@ -114,6 +114,6 @@ class RegistrationsService(rpb_grpc.RegistrationsServicer):
             chamber = ident.chamber_code or ""
         limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
         now = self._clock()
-        found = await self._broker.store.list_registrations(chamber, include_closed=request.include_closed, now=now,
+        found = await self._broker.list_registrations(chamber, include_closed=request.include_closed, now=now,
                                                             limit=limit)
         return rpb.ListRegistrationsResponse(registrations=[to_proto(r, now) for r in found])

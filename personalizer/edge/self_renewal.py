@@ -68,12 +68,12 @@ class SelfRenewal:
     async def _holder(self, cert: x509.Certificate) -> tuple[str, str, CertRef]:
         """(codice fiscale, chamber, ref) of a certificate this CA issued and has on record."""
         ref = CertRef(cert.issuer.rfc4514_string(), f"{cert.serial_number:X}")
-        row = await self._broker.store.get_certificate(ref)
+        row = await self._broker.certificate(ref)
         cf = holder_cf(cert)
         if row is None or not cf:
             raise FailedPrecondition("the certificate is not one this CA issued for a holder; self-renewal is "
                                      "only for a CNS card issued here (ask your chamber)")
-        original = await self._broker.store.get_request(row.request_id)
+        original = await self._broker.find_request(row.request_id)
         if original is None or not original.chamber_code:
             raise FailedPrecondition("the certificate's issuing request is not on record; renew at your chamber")
         return cf, original.chamber_code, ref
@@ -100,10 +100,10 @@ class SelfRenewal:
     async def readable(self, request_id: str, current_certificate_der: bytes):
         """The request, when it is a self-renewal of the holder of ``current_certificate_der``."""
         cert = _current(current_certificate_der)
-        on_record = await self._broker.store.get_certificate(CertRef(cert.issuer.rfc4514_string(),
+        on_record = await self._broker.certificate(CertRef(cert.issuer.rfc4514_string(),
                                                                      f"{cert.serial_number:X}"))
         cf = (on_record.certificate_der == current_certificate_der and holder_cf(cert)) if on_record else ""
-        rec = await self._broker.store.get_request(request_id)
+        rec = await self._broker.find_request(request_id)
         if rec is None or rec.station_id != STATION or rec.operator_id != HOLDER_PREFIX + cf:
             raise NotFound(f"no self-renewal request {request_id!r} for this certificate's holder")
         return rec
@@ -121,23 +121,23 @@ class SelfRenewal:
         undid, named by ``undo-<that request id>``. Anything else is refused (one audit row)."""
         actor = f"{HOLDER_PREFIX}unknown"
         try:
-            row = await self._broker.store.get_certificate(ref)
+            row = await self._broker.certificate(ref)
             if row is None or not row.holder_cf or not row.card_id:
                 raise NotFound(f"no holder certificate {ref.serial_hex} from {ref.issuer_dn!r}")
             actor = HOLDER_PREFIX + row.holder_cf
-            issuing = await self._broker.store.get_request(row.request_id)
+            issuing = await self._broker.find_request(row.request_id)
             if reason == "cessationOfOperation":
                 if not (issuing and issuing.station_id == STATION and issuing.operator_id == actor
                         and request_id == f"undo-{row.request_id}"):
                     raise PermissionDenied("a holder revokes only a certificate their own self-renewal issued and "
                                            "undid; ask your chamber to revoke any other")
             elif reason == "superseded":
-                others = [c for c in await self._broker.store.find_certificates(card_id=row.card_id)
+                others = [c for c in await self._broker.find_certificates(card_id=row.card_id)
                           if c.profile == row.profile and c.info.ref != ref]
                 ok = False
                 for c in others:   # a successor: requested later, by a self-renewal of this holder
-                    succ = await self._broker.store.get_certificate(c.info.ref)
-                    req = await self._broker.store.get_request(succ.request_id) if succ else None
+                    succ = await self._broker.certificate(c.info.ref)
+                    req = await self._broker.find_request(succ.request_id) if succ else None
                     ok = ok or bool(req and issuing and req.created_at > issuing.created_at
                                     and req.station_id == STATION and req.operator_id == actor)
                 if not ok:

@@ -30,10 +30,9 @@ from personalizer.rules import validation
 from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo
 from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, PersonalizerError
-from personalizer.outbox.metrics import CAMetrics
 from personalizer.outbox.payloads import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
 from personalizer.outbox.relay import Relay
-from personalizer.store import STATE_DONE, AuditEntry, RequestRecord
+from personalizer.records import STATE_DONE, AuditEntry, RequestRecord
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -180,10 +179,9 @@ def _ref(msg: common_pb2.CertificateRef) -> CertRef:
 
 
 class PersonalizerService(pb_grpc.PersonalizerServicer):
-    def __init__(self, *, broker: Broker, relay: Relay | None = None, metrics: CAMetrics | None = None):
+    def __init__(self, *, broker: Broker, relay: Relay | None = None):
         self._broker = broker
         self._relay = relay
-        self._metrics = metrics or (relay.metrics if relay else None)
 
     def _out(self, rec: RequestRecord) -> pb.IssueResponse:
         return record_to_proto(rec, self._relay.waiting_reason(rec) if self._relay else "")
@@ -237,7 +235,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
         info = await self._broker.ca.status(ref)
         if info is None:
             return   # unknown certificate: the broker says NOT_FOUND (or refuses the renewal)
-        owner = await self._broker.store.get_request(info.request_id) if info.request_id else None
+        owner = await self._broker.find_request(info.request_id) if info.request_id else None
         if owner is None:
             raise PermissionDenied(f"certificate {ref.serial_hex} was not requested through this "
                                    f"personalizer by chamber {ident.chamber_code}; ask central IT")
@@ -303,7 +301,7 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
         station = r.station_id or (ident.subject_id if ident.role == identity.ROLE_STATION else "")
         info = await self._status(request)
         # the operator the station names, else none ("" and not None, which would name the request's operator)
-        await self._broker.store.append_audit(AuditEntry(
+        await self._broker.record_audit(AuditEntry(
             ident.uri, station, "status", request.request_id or None,
             f"{info.ref.issuer_dn}#{info.ref.serial_hex}", "done", info.state.value,
             operator_id=_operator(ident.uri, request)))
@@ -340,13 +338,13 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
                 raise InvalidRequest("card_id", "must be 1..16 letters or digits (EF_IDCarta)")
             if cf and not (len(cf) == 16 and cf.isalnum() and cf.isascii()):
                 raise InvalidRequest("codice_fiscale", "must be 16 letters or digits")
-            found = await self._broker.store.find_certificates(card_id=card_id, holder_cf=cf)
+            found = await self._broker.find_certificates(card_id=card_id, holder_cf=cf)
             if ident.role in identity.CHAMBER_SCOPED:
                 found = [f for f in found if f.chamber_code == ident.chamber_code]
             return found
         found = await go()   # a refusal writes its one row in _translate
         # a read carries no requester: no operator ("" and not None, which would name a request's operator)
-        await self._broker.store.append_audit(AuditEntry(ident.uri, station, "certificate-find", None, target[:128],
+        await self._broker.record_audit(AuditEntry(ident.uri, station, "certificate-find", None, target[:128],
                                                          "done", f"{len(found)} certificate(s)", operator_id="",
                                                          card_id=card_id, holder_cf=cf))
         out = pb.FindCertificatesResponse()
@@ -362,38 +360,19 @@ class PersonalizerService(pb_grpc.PersonalizerServicer):
 
     @_translate
     async def GetCAStatus(self, request, context) -> pb.CAStatusResponse:
-        ca = self._broker.ca
-        health = await ca.health()
-        count, mean_ms = await self._broker.issuance_stats()
+        f = await self._broker.ca_status()   # the read model the Prometheus endpoint shows too
         out = pb.CAStatusResponse(
-            connector=health.connector, operational=health.operational, detail=health.detail,
-            reactivation_at=int(health.reactivation_at.timestamp()) if health.reactivation_at else 0,
-            chain_der=list(ca.chain_der()), profiles=list(PROFILE_ENUMS.values()),
-            issued_last_10_min=count, mean_issue_ms_last_10_min=mean_ms)
-        depth = await self._broker.store.queue_depth()
-        out.queue_depth.extend(pb.LaneDepth(lane=lane, depth=n) for lane, n in sorted(depth.items()))
-        relay = self._relay
-        if relay is not None:
-            now = relay.now_dt()
-            m = relay.active_maintenance()
-            if m is not None:
-                out.operational = False
-                out.in_maintenance = True
-                out.detail = f"planned maintenance: {m.reason}" if m.reason else "planned maintenance"
-                out.reactivation_at = int(m.ends_at.timestamp())
-            elif relay.breaker.state != "closed":
-                out.operational = False
-                out.detail = f"CA unreachable (circuit {relay.breaker.state}): {relay.last_health_detail}".rstrip(": ")
-            out.breaker_state = relay.breaker.state
-            out.planned_maintenance.extend(
-                pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at.timestamp()),
-                                     ends_at=int(w.ends_at.timestamp()), reason=w.reason)
-                for w in relay.maintenance if w.ends_at > now)
-            out.service_window_open = relay.calendar.is_open(now)
-            change = relay.calendar.next_change(now)
-            out.service_window_changes_at = int(change.timestamp()) if change else 0
-        if self._metrics is not None:
-            out.response_times.extend(pb.ResponseTime(kind=f.kind, p50_ms=f.p50_ms, p95_ms=f.p95_ms,
-                                                      samples=f.samples) for f in self._metrics.per_kind())
-            out.requests_last_10_min = self._metrics.load()
+            connector=f.connector, operational=f.operational, detail=f.detail,
+            reactivation_at=int(f.reactivation_at) if f.reactivation_at else 0, in_maintenance=f.in_maintenance,
+            chain_der=list(self._broker.ca.chain_der()), profiles=list(PROFILE_ENUMS.values()),
+            issued_last_10_min=f.issued_recent, mean_issue_ms_last_10_min=f.mean_issue_ms,
+            breaker_state=f.breaker_state, service_window_open=f.window_open,
+            service_window_changes_at=int(f.window_changes_at) if f.window_changes_at else 0,
+            requests_last_10_min=f.load)
+        out.queue_depth.extend(pb.LaneDepth(lane=lane, depth=n) for lane, n in sorted(f.queue_depth.items()))
+        out.planned_maintenance.extend(pb.MaintenanceWindow(id=w.id, starts_at=int(w.starts_at),
+                                                            ends_at=int(w.ends_at), reason=w.reason)
+                                       for w in f.planned)
+        out.response_times.extend(pb.ResponseTime(kind=k.kind, p50_ms=k.p50_ms, p95_ms=k.p95_ms, samples=k.samples)
+                                  for k in f.per_kind)
         return out

@@ -24,7 +24,10 @@ INVALID_ARGUMENT on ``csr_der``, without naming the other holder.
 
 Watchers: the relay calls ``notify(record)`` on every state change; ``watch``
 streams them. No grpc or proto here; the service maps both directions. The
-store only through ``RequestStore``'s methods; the CA through ``CAConnector``.
+store only through the ``RequestStore`` protocol; the CA through ``CAConnector``.
+The gRPC servicers reach requests, certificates, the queue, maintenance,
+registrations, stock and the CA status only through the broker's methods
+(the last section), never the store.
 """
 from __future__ import annotations
 
@@ -47,12 +50,20 @@ from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, No
                                  StoreError)
 from personalizer.outbox.payloads import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
-from personalizer.store import (STATE_PENDING, STATE_RECEIVED, AuditEntry, KeyAlreadyCertified, KeyBinding,
-                                OutboxPayload, RequestRecord, RequestStore)
+from personalizer.outbox.ca_status import CAStatus, read_ca_status
+from personalizer.records import (STATE_PENDING, STATE_RECEIVED, AuditEntry, CertificateRow, FoundCertificate,
+                                  HolderRecord, KeyAlreadyCertified, KeyBinding, OutboxPayload, RequestRecord,
+                                  StockBalance, StockEntry)
+from personalizer.store.protocol import RequestStore
 
 log = logging.getLogger(__name__)
 STATS_WINDOW_SECONDS = 600
 DEFAULT_ANSWER_WAIT = 2.0
+
+
+def _holder_of(p: IssuancePayload) -> HolderRecord:
+    """The holder record an issuance or renewal keeps for later renewals (request id set by the store)."""
+    return HolderRecord("", p.card_id, p.codice_fiscale, p.given_name, p.surname, p.birth_date, p.card_model)
 
 
 def _fingerprint(*values) -> bytes:
@@ -153,10 +164,6 @@ class Broker:
     def clock(self) -> Callable[[], float]:
         return self._clock
 
-    @property
-    def store(self) -> RequestStore:
-        return self._store
-
     # -- issuance ----------------------------------------------------------------
 
     def _validate(self, inp: IssueInput) -> validation.ValidIssue:
@@ -192,7 +199,7 @@ class Broker:
         try:
             return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id,
                                       card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale, key=key,
-                                      registration_id=rid)
+                                      registration_id=rid, holder=_holder_of(payload))
         except StoreError as exc:
             if rid and "registration already used" in str(exc):   # another request won the race: nothing written
                 raise FailedPrecondition(f"registration {rid} was already used by another request") from None
@@ -219,10 +226,9 @@ class Broker:
         card_id = row.card_id if row and row.card_id else ""
         if not card_id:
             raise FailedPrecondition("the current certificate has no device on record; renew by issuance")
-        original = await self._store.get_payload(row.request_id)
-        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
+        first = await self._store.get_holder(row.request_id)
+        if first is None:
             raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
-        first = IssuancePayload.decode(original.payload)
         validation.check_subject_matches(csr, validation.Holder(   # the CSR names the certificate's holder
             first.codice_fiscale, first.given_name, first.surname, _dt.date.fromisoformat(first.birth_date)))
         key = KeyBinding(validation.public_key_sha256(csr.public_key()), first.codice_fiscale, inp.profile)
@@ -245,7 +251,8 @@ class Broker:
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
         return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
-                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key, mode=mode)
+                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key, mode=mode,
+                                  holder=_holder_of(payload))
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -270,7 +277,8 @@ class Broker:
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
                       fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "",
-                      key: KeyBinding | None = None, registration_id: str = "", mode: str = "") -> RequestRecord:
+                      key: KeyBinding | None = None, registration_id: str = "", mode: str = "",
+                      holder: HolderRecord | None = None) -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -281,7 +289,8 @@ class Broker:
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
             task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
                                                       card_id=card_id, holder_cf=holder_cf, key=key,
-                                                      registration_id=registration_id, mode=mode))
+                                                      registration_id=registration_id, mode=mode,
+                                                      holder=holder))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
             created = await asyncio.shield(task)
@@ -302,7 +311,7 @@ class Broker:
 
     async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
                       holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "",
-                      mode: str = "") -> bool:
+                      mode: str = "", holder: HolderRecord | None = None) -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
 
         ``key`` is bound in the same commit; if another request holds it nothing is written and the
@@ -317,7 +326,8 @@ class Broker:
         relay = self.relay
         claim = relay is not None and relay.reserve(lane, rid)
         try:
-            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, key=key,
+            created = await self._store.enqueue(rec, lane=lane, payload=payload,
+                                                claimer=relay.claimer if claim else None, key=key, holder=holder,
                                                 audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
                                                                  "accepted",
                                                                  f"registration {registration_id}"
@@ -433,6 +443,81 @@ class Broker:
 
     async def issuance_stats(self) -> tuple[int, float]:
         return await self._store.recent_issuance_stats(STATS_WINDOW_SECONDS)
+
+    async def ca_status(self) -> CAStatus:
+        """One reading of the CA's status (GetCAStatus and the Prometheus endpoint both show it)."""
+        return await read_ca_status(ca=self._ca, relay=self.relay, store=self._store,
+                                    stats_window=STATS_WINDOW_SECONDS)
+
+    # -- what the gRPC edge reads and administers (servicers never hold the store) --------
+
+    async def find_request(self, request_id: str) -> RequestRecord | None:
+        """The request, or None (no id check: the caller holds an id from a record)."""
+        return await self._store.get_request(request_id)
+
+    async def certificate(self, ref: CertRef) -> CertificateRow | None:
+        """The certificate as this personalizer recorded it (its request, card and holder)."""
+        return await self._store.get_certificate(ref)
+
+    async def find_certificates(self, *, card_id: str = "", holder_cf: str = "") -> list[FoundCertificate]:
+        return await self._store.find_certificates(card_id=card_id, holder_cf=holder_cf)
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        """An audit row for a call that changes nothing (a status read, a certificate search)."""
+        await self._store.append_audit(entry)
+
+    async def queue_depth(self) -> dict[str, int]:
+        return await self._store.queue_depth()
+
+    async def list_queue(self, limit: int) -> list[RequestRecord]:
+        return await self._store.list_queue(limit)
+
+    async def retry_now(self, request_id: str, audit: AuditEntry, *, orphaned_claim: bool = False) -> bool:
+        """Make a waiting request due now (an orphaned claim too, when the caller checked no delivery
+        holds it) and wake the relay; False when it was not waiting."""
+        done = await self._store.retry_now(request_id, audit, orphaned_claim=orphaned_claim)
+        if done:
+            self.wake_relay()
+        return done
+
+    async def cancel(self, request_id: str, audit: AuditEntry) -> bool:
+        """Cancel a request that never reached the CA; False (nothing changed) otherwise."""
+        done = await self._store.cancel(request_id, audit)
+        if done:
+            rec = await self._store.get_request(request_id)
+            if rec is not None:
+                self.notify(rec)   # watchers see CANCELLED now
+        return done
+
+    async def add_maintenance(self, id_: str, starts_at: float, ends_at: float, reason: str, source: str,
+                              audit: AuditEntry) -> None:
+        await self._store.add_maintenance(id_, starts_at, ends_at, reason, source, audit=audit)
+
+    async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry, *,
+                        device_model: str = "") -> StockEntry:
+        return await self._store.add_stock(chamber_code, quantity, note, audit, device_model=device_model)
+
+    async def stock(self, chamber_code: str = "") -> tuple[list[StockEntry], dict[tuple[str, str], StockBalance]]:
+        """The ledger rows (of one chamber, or all) and the balance of every chamber and model."""
+        return await self._store.list_stock(chamber_code), await self._store.stock_balance()
+
+    async def add_registration(self, reg: registrations.Registration, form: bytes, audit: AuditEntry) -> bool:
+        return await self._store.add_registration(reg, form, audit)
+
+    async def open_registration(self, chamber_code: str, codice_fiscale: str,
+                                now: float) -> registrations.Registration | None:
+        return await self._store.open_registration(chamber_code, codice_fiscale, now)
+
+    async def get_registration(self, registration_id: str) -> registrations.Registration | None:
+        return await self._store.get_registration(registration_id)
+
+    async def cancel_registration(self, registration_id: str, *, by: str, audit: AuditEntry) -> bool:
+        return await self._store.cancel_registration(registration_id, by=by, audit=audit)
+
+    async def list_registrations(self, chamber_code: str, *, include_closed: bool, now: float,
+                                 limit: int) -> list[registrations.Registration]:
+        return await self._store.list_registrations(chamber_code, include_closed=include_closed, now=now,
+                                                    limit=limit)
 
 
 def _check_requester(station_id: str, chamber_code: str, operator_id: str) -> None:

@@ -62,7 +62,7 @@ class PlannedWindow:
 
 @dataclass(frozen=True)
 class StatusFigures:
-    """One consistent reading of the CA status, as GetCAStatus answers it."""
+    """One consistent reading of the CA status, as GetCAStatus answers it (``ca_status.read_ca_status``)."""
 
     operational: bool
     in_maintenance: bool
@@ -73,6 +73,11 @@ class StatusFigures:
     queue_depth: dict[str, int]
     breaker_state: str
     window_open: bool
+    connector: str = ""
+    detail: str = ""
+    window_changes_at: float | None = None   # when the service window next opens or closes
+    issued_recent: int = 0                   # issuances in the last stats window (10 minutes)
+    mean_issue_ms: float = 0.0
 
 
 class CAMetrics:

@@ -1,22 +1,20 @@
-"""Fixtures for the broker tests: a deployment, an in-process broker + relay + store around the
-real embedded CA wrapped in ``FlakyCA`` (a test double that can be down or lose answers), and
+"""Fixtures for the broker tests: a deployment, an in-process broker + relay + store (``Daemon.build``,
+``serve=False``) around the real embedded CA wrapped in the CA test double (tests/support/ca.py), and
 an injected clock."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 
 import pytest
 
 from personalizer import config, deploy
-from personalizer.outbox.broker import Broker, IssueInput, RenewalRules
-from personalizer.ca.base import CAHealth
-from personalizer.errors import CAUnavailable
-from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
-from personalizer.outbox.relay import Relay
-from personalizer.server import build_ca
-from personalizer.store import RequestStore
+from personalizer.outbox.broker import IssueInput, RenewalRules
+from personalizer.server import Daemon, build_ca
 from personalizer.outbox.windows import ServiceCalendar
+from personalizer.store import MemoryRequestStore
+from tests.support.ca import FaultyCA
 from tests.personalizer import helpers
 
 ROME = dt.timezone(dt.timedelta(hours=1))   # CET; the tests pick winter dates
@@ -36,63 +34,8 @@ class FakeClock:
         self.t = when.timestamp()
 
 
-class FlakyCA:
-    """Test double around the real EmbeddedCA: ``down`` makes every call raise CAUnavailable;
-    ``lose_answers`` issues for real, then raises as if the answer was lost on the way back."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.down = False
-        self.lose_answers = 0
-        self.issue_calls = 0
-        self.change_calls = 0
-
-    def chain_der(self):
-        return self.inner.chain_der()
-
-    def _check(self):
-        if self.down:
-            raise CAUnavailable("CA unreachable (test double)")
-
-    async def issue(self, profile, csr, subject, request_id):
-        self._check()
-        self.issue_calls += 1
-        issued = await self.inner.issue(profile, csr, subject, request_id)
-        if self.lose_answers:
-            self.lose_answers -= 1
-            raise CAUnavailable("connection reset after the CA answered (test double)")
-        return issued
-
-    async def find_issued(self, request_id):
-        self._check()
-        return await self.inner.find_issued(request_id)
-
-    async def status(self, ref):
-        return await self.inner.status(ref)
-
-    async def suspend(self, ref):
-        self._check()
-        self.change_calls += 1
-        return await self.inner.suspend(ref)
-
-    async def reactivate(self, ref):
-        self._check()
-        self.change_calls += 1
-        return await self.inner.reactivate(ref)
-
-    async def revoke(self, ref, reason):
-        self._check()
-        self.change_calls += 1
-        return await self.inner.revoke(ref, reason)
-
-    async def health(self):
-        if self.down:
-            return CAHealth(self.name, False, "down (test double)")
-        return await self.inner.health()
-
-    async def close(self):
-        await self.inner.close()
+# The CA double (tests/support/ca.py): the real EmbeddedCA with switchable faults. Its old name here.
+FlakyCA = FaultyCA
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +45,13 @@ def deployment(tmp_path_factory):
 
 
 class Env:
-    """Broker + relay + store + FlakyCA(EmbeddedCA) in this event loop, time from ``clock``."""
+    """Broker + relay + store + FlakyCA(EmbeddedCA) in this event loop, time from ``clock``: the daemon as
+    ``Daemon.build(serve=False)`` wires it, with this test's calendar, retry and breaker settings.
+    ``store="memory"``: over the in-memory store instead of SQLite."""
 
-    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3):
+    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3, store="sqlite"):
         self.deployment, self.tmp, self.clock, self.calendar = deployment, tmp_path, clock, calendar
-        self.answer_wait, self.breaker_failures = answer_wait, breaker_failures
+        self.answer_wait, self.breaker_failures, self.store_kind = answer_wait, breaker_failures, store
 
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
@@ -114,27 +59,22 @@ class Env:
         if not ca_dir.exists():
             shutil.copytree(self.deployment.root / "ca", ca_dir)
             (ca_dir / "ca.db").unlink(missing_ok=True)
-        import dataclasses
-        cfg = dataclasses.replace(cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=ca_dir / "issuing.pem"))
-        inner = build_ca(cfg)
-        await inner.open()
-        self.ca = FlakyCA(inner)
-        self.store = await RequestStore.open(self.tmp / "requests.sqlite", clock=self.clock)
-        inner.attach_registry(self.store)
-        self.broker = Broker(store=self.store, ca=self.ca, min_rsa_bits=cfg.min_rsa_bits,
-                             answer_wait=self.answer_wait, renewal=RenewalRules(), clock=self.clock)
-        self.relay = Relay(store=self.store, ca=self.ca, calendar=self.calendar, clock=self.clock,
-                           retry=RetryPolicy(initial_seconds=1.0, max_seconds=60.0),
-                           breaker=CircuitBreaker(self.breaker_failures, 30.0), notify=self.broker.notify)
-        self.broker.wake_relay = self.relay.wake
-        await self.store.reset_sending()
+        cfg = dataclasses.replace(
+            cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=ca_dir / "issuing.pem"),
+            store=dataclasses.replace(cfg.store, data_dir=self.tmp), calendar=self.calendar, maintenance=(),
+            broker=dataclasses.replace(cfg.broker, answer_wait_seconds=self.answer_wait, retry_initial_seconds=1.0,
+                                       retry_max_seconds=60.0, breaker_failures=self.breaker_failures,
+                                       breaker_reset_seconds=30.0, renewal_window_days=RenewalRules().window_days))
+        self.ca = await FlakyCA(build_ca(cfg)).open()
+        store = MemoryRequestStore(clock=self.clock) if self.store_kind == "memory" else None   # None: SQLite
+        self.daemon = await Daemon.build(cfg, ca=self.ca, store=store, clock=self.clock, claimer="relay", serve=False)
+        self.store, self.broker, self.relay = self.daemon.store, self.daemon.broker, self.daemon.relay
+        await self.store.reset_sending(self.relay.claimer)   # as relay.start() would, without the task
         await self.relay.reload_maintenance()
         return self
 
     async def __aexit__(self, *exc):
-        await self.relay.stop()
-        await self.store.close()
-        await self.ca.close()
+        await self.daemon.stop()
 
 
 def issue_input(n: int = 0, request_id: str | None = None) -> IssueInput:

@@ -19,9 +19,9 @@ import uuid
 import grpc
 import pytest
 
-from personalizer.outbox.broker import Broker, IssueInput
+from personalizer.rules import validation
 from personalizer.outbox.payloads import IssuancePayload
-from personalizer.store import AuditEntry, RequestRecord, RequestStore
+from personalizer.store import AuditEntry, RequestRecord, SqliteRequestStore
 from proto.cns.v1 import admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.personalizer import helpers
@@ -157,22 +157,21 @@ def test_cnsctl_queue_retry_takes_back_a_claim_whose_holder_is_gone(storm_daemon
     req = helpers.issue_request()
 
     async def orphan():
-        store = await RequestStore.open(d.root / "data" / "requests.sqlite")
+        store = await SqliteRequestStore.open(d.root / "data" / "requests.sqlite")
         try:
-            broker = Broker(store=store, ca=None, min_rsa_bits={"cns-auth": 2048, "qualified-signature": 2048})
-            h, r = req.holder, req.requester
-            valid = broker._validate(IssueInput(
-                request_id=req.request_id, profile="cns-auth", csr_der=req.csr_der, codice_fiscale=h.codice_fiscale,
-                given_name=h.given_name, surname=h.surname, birth_date=h.birth_date, card_id=req.card.card_id,
-                card_model=req.card.model, station_id=r.station_id, chamber_code=r.chamber_code,
-                operator_id=r.operator_id, ef_dati_personali=req.ef_dati_personali))
+            h = req.holder
+            valid = validation.check_issue(   # the card id and CN hash the broker would compute
+                request_id=req.request_id, profile="cns-auth", csr_der=req.csr_der,
+                holder=validation.check_holder(h.codice_fiscale, h.given_name, h.surname, h.birth_date),
+                card_id=req.card.card_id, ef_dati_personali=req.ef_dati_personali,
+                min_rsa_bits={"cns-auth": 2048, "qualified-signature": 2048})
             payload = IssuancePayload(profile="cns-auth", csr_der=req.csr_der, codice_fiscale=h.codice_fiscale,
                                       given_name=h.given_name, surname=h.surname, birth_date=h.birth_date,
                                       card_id=valid.card_id, dati_personali_hash=valid.dati_personali_hash)
             rec = RequestRecord(request_id=req.request_id, kind="issue", profile="cns-auth",
                                 payload_sha256=b"orphan", chamber_code="RM", station_id="RM-STATION-01",
                                 operator_id="op-001")
-            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claim=True,
+            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claimer="gone-daemon",
                                        audit=AuditEntry("gone", "RM-STATION-01", "issue", rec.request_id, "",
                                                         "accepted"))
         finally:

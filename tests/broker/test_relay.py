@@ -10,7 +10,7 @@ import pytest
 from personalizer.ca.base import CertRef
 from personalizer.outbox.broker import ChangeInput
 from personalizer.errors import FailedPrecondition
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import Maintenance, ServiceCalendar
 from tests.broker.conftest import ROME, FakeClock, issue_input
 
@@ -19,11 +19,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_ca_down_requests_wait_durably_then_drain_once(make_env, monday_noon):
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_ca_down_requests_wait_durably_then_drain_once(make_env, monday_noon, store):
     clock = FakeClock(monday_noon)
 
     async def go():
-        async with make_env(clock, breaker_failures=3) as env:
+        async with make_env(clock, store=store, breaker_failures=3) as env:
             env.ca.down = True
             recs = [await env.broker.submit_issue(issue_input(i)) for i in range(5)]
             assert {r.state for r in recs} == {"RECEIVED"}          # answered as soon as durable
@@ -46,11 +47,12 @@ def test_ca_down_requests_wait_durably_then_drain_once(make_env, monday_noon):
     run(go())
 
 
-def test_lost_answer_is_found_not_issued_again(make_env, monday_noon):
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_lost_answer_is_found_not_issued_again(make_env, monday_noon, store):
     clock = FakeClock(monday_noon)
 
     async def go():
-        async with make_env(clock) as env:
+        async with make_env(clock, store=store) as env:
             env.ca.lose_answers = 1
             rec = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()
@@ -73,20 +75,21 @@ def test_backoff_schedule_survives_a_restart(make_env, monday_noon, tmp_path):
             rec = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()
             first = await env.store.get_request(rec.request_id)
-        store = await RequestStore.open(tmp_path / "requests.sqlite", clock=clock)
+        store = await SqliteRequestStore.open(tmp_path / "requests.sqlite", clock=clock)
         again = await store.get_request(rec.request_id)
-        assert await store.due(clock(), "standard", 10) == []        # not due before its persisted time
+        assert await store.next_due(("standard",)) > clock()        # not due before its persisted time
         await store.close()
         assert again.next_attempt_at == first.next_attempt_at > clock() and again.last_error
     run(go())
 
 
-def test_sunday_issuance_waits_suspension_goes_24x7(make_env):
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_sunday_issuance_waits_suspension_goes_24x7(make_env, store):
     sunday = dt.datetime(2026, 11, 29, 10, 0, tzinfo=ROME)
     clock = FakeClock(dt.datetime(2026, 11, 27, 12, 0, tzinfo=ROME))   # Friday, open
 
     async def go():
-        async with make_env(clock) as env:
+        async with make_env(clock, store=store) as env:
             issued = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()
             cert = await env.store.get_request(issued.request_id)
@@ -108,13 +111,14 @@ def test_sunday_issuance_waits_suspension_goes_24x7(make_env):
     run(go())
 
 
-def test_planned_maintenance_stops_every_lane(make_env, monday_noon):
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_planned_maintenance_stops_every_lane(make_env, monday_noon, store):
     clock = FakeClock(monday_noon)
     start = monday_noon - dt.timedelta(minutes=5)
     end = monday_noon + dt.timedelta(hours=1)
 
     async def go():
-        async with make_env(clock) as env:
+        async with make_env(clock, store=store) as env:
             rec = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()
             cert = await env.store.get_request(rec.request_id)
@@ -155,14 +159,15 @@ def test_invalid_transitions_are_failed_precondition(make_env, monday_noon):
     run(go())
 
 
-def test_a_change_the_ca_refuses_at_delivery_fails_once_and_keeps_the_breaker_closed(make_env, monday_noon):
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_change_the_ca_refuses_at_delivery_fails_once_and_keeps_the_breaker_closed(make_env, monday_noon, store):
     """Revoke and suspend queued for one certificate during maintenance: the suspend reaches the CA after the
     revoke and is refused; that answer is final (FAILED_PRECONDITION), not a CA failure to retry."""
     clock = FakeClock(monday_noon)
     end = monday_noon + dt.timedelta(hours=1)
 
     async def go():
-        async with make_env(clock, breaker_failures=2) as env:
+        async with make_env(clock, store=store, breaker_failures=2) as env:
             rec = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()
             cert = await env.store.get_request(rec.request_id)

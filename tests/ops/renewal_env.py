@@ -2,10 +2,9 @@
 personalized card, run in a thread of the test process so that its CA can fail on demand,
 and helpers to personalize, renew, resume and judge a card.
 
-``ThreadedPersonalizer`` is the real daemon (``personalizer.server.Daemon``: mTLS gRPC,
-store, broker, relay, embedded CA) on a fixed port, with the embedded CA wrapped in
-``FaultyCA`` (tests/broker/conftest.FlakyCA plus a terminal error and a slow, failing
-mode). ``stop()``/``start()`` take it down and bring it back on the same port.
+``ThreadedPersonalizer`` is the real daemon (``personalizer.server.Daemon.build``: mTLS gRPC,
+store, broker, relay, embedded CA) on a fixed port, with the embedded CA wrapped in the CA
+test double ``FaultyCA`` (tests/support/ca.py). ``stop()``/``start()`` take it down and bring it back on the same port.
 
 Issuances are counted in the embedded CA's own index (``ca.db``): a renewal has request
 ids ``renew-<op id>-<keyset>`` and the index refuses a second certificate per request id,
@@ -35,9 +34,8 @@ from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from personalizer import config as pconfig
 from personalizer import deploy
 from personalizer import server as pserver
-from personalizer.errors import CAUnavailable, InvalidRequest
 from tests.agent.emulated import EmulatedTransport
-from tests.broker.conftest import FlakyCA
+from tests.support.ca import FaultyCA
 
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
                       birth_date="1980-01-01", sex="M", birth_town="ROMA", issuer="CCIAA di Roma")
@@ -70,39 +68,6 @@ def make_deployment(root: Path, port: int):
     return dep
 
 
-class FaultyCA(FlakyCA):
-    """FlakyCA plus: ``refuse`` (terminal CA error → FAILED), ``slow`` (the CA does not answer:
-    each issue call waits, then fails as a timeout). Counts every issue call."""
-
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.refuse = 0
-        self.slow = 0
-
-    async def open(self):
-        await self.inner.open()
-        return self
-
-    def attach_registry(self, registry):
-        self.inner.attach_registry(registry)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def issue(self, profile, csr, subject, request_id):
-        if self.refuse:
-            self.refuse -= 1
-            raise InvalidRequest("csr_der", "refused by the CA (test double)")
-        if self.slow:
-            self.slow -= 1
-            await asyncio.sleep(1.0)
-            raise CAUnavailable("CA timeout (test double)")
-        return await super().issue(profile, csr, subject, request_id)
-
-    def reset(self):
-        self.down, self.lose_answers, self.refuse, self.slow = False, 0, 0, 0
-
-
 class ThreadedPersonalizer:
     def __init__(self, deployment):
         self.deployment = deployment
@@ -120,21 +85,12 @@ class ThreadedPersonalizer:
 
     def start(self) -> None:
         async def go():
-            real = pserver.build_ca
-            holder = {}
-
-            def build(cfg):
-                holder["ca"] = FaultyCA(real(cfg))
-                return holder["ca"]
-            pserver.build_ca = build
-            try:
-                d = await pserver.Daemon.create(self.cfg)
-            finally:
-                pserver.build_ca = real
+            ca = await FaultyCA(pserver.build_ca(self.cfg)).open()
+            d = await pserver.Daemon.build(self.cfg, ca=ca)
             if self.window_closed:
                 d.relay.calendar = _closed_calendar()
             await d.start()
-            return d, holder["ca"]
+            return d, ca
         old = self.ca
         self.daemon, self.ca = self._run(go())
         if old is not None:   # keep the armed faults across a restart

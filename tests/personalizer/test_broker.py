@@ -1,19 +1,20 @@
-"""In-process broker + relay + SQLite store + embedded CA: crash resume, legacy key policy."""
+"""In-process broker + relay (Daemon.build, serve=False) over the SQLite and the in-memory store + embedded
+CA: crash resume, legacy key policy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from personalizer import config
 
 from personalizer.rules import validation
-from personalizer.outbox.broker import Broker, IssueInput
+from personalizer.outbox.broker import IssueInput
 from personalizer.errors import InvalidRequest
-from personalizer.outbox.relay import Relay
-from personalizer.server import build_ca
+from personalizer.server import Daemon, build_ca
 from personalizer.outbox.windows import ServiceCalendar
-from personalizer.store import STATE_ISSUED, RequestRecord, RequestStore
+from personalizer.store import STATE_ISSUED, MemoryRequestStore, RequestRecord, SqliteRequestStore
 from tests.personalizer import helpers
 
 
@@ -24,26 +25,27 @@ def _input(csr: bytes, request_id: str = "resume-1") -> IssueInput:
                       ef_dati_personali=helpers.ef_dati())
 
 
-def test_received_row_left_by_a_crash_is_resumed(deployment, tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_received_row_left_by_a_crash_is_resumed(deployment, tmp_path, kind):
     async def run():
         cfg = config.load(deployment.server_config)
-        ca = build_ca(cfg)
-        store = await RequestStore.open(tmp_path / "r.sqlite")
-        ca.attach_registry(store)
+        cfg = dataclasses.replace(cfg, calendar=ServiceCalendar(always_open=True),
+                                  broker=dataclasses.replace(cfg.broker, answer_wait_seconds=10))
+        store = (await SqliteRequestStore.open(tmp_path / "r.sqlite") if kind == "sqlite"
+                 else MemoryRequestStore())
         inp = _input(helpers.csr_der())
         # the state a crash between "row written" and "CA called" leaves behind
         await store.create_request(RequestRecord(request_id=inp.request_id, kind="issue", profile=inp.profile,
                                                  payload_sha256=inp.fingerprint(), chamber_code="RM",
                                                  station_id="RM-STATION-01", operator_id="op"))
         # the row has no outbox row (written by a version without one): resubmitting gives it one
-        broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=10)
-        relay = Relay(store=store, ca=ca, calendar=ServiceCalendar(always_open=True), notify=broker.notify)
-        broker.wake_relay = relay.wake
-        await relay.start()
-        rec = await broker.submit_issue(inp)
-        stored = await store.get_request(inp.request_id)
-        await relay.stop()
-        await store.close()
+        d = await Daemon.build(cfg, ca=build_ca(cfg), store=store, serve=False)
+        await d.start()
+        try:
+            rec = await d.broker.submit_issue(inp)
+            stored = await store.get_request(inp.request_id)
+        finally:
+            await d.stop()
         return rec, stored
 
     rec, stored = asyncio.run(run())
