@@ -21,7 +21,7 @@ from agent.commands import CommandError, add_socket_option, socket_path
 from agent.devices.catalog import Catalog, CatalogError
 from agent.devices.inspect import reread_card
 from agent.devices.monitor import PcscMonitor
-from agent.devices.pcsc import PcscContext, PcscTransport
+from agent.devices.pcsc import PcscLink
 from agent.devices.registry import DeviceRegistry
 from agent.api.operations import Operations
 from agent.ops.errors import OperationError
@@ -53,27 +53,6 @@ async def _watch_monitor(monitor: PcscMonitor) -> None:
     while monitor.is_alive():
         await asyncio.sleep(MONITOR_CHECK_S)
     raise RuntimeError(f"the PC/SC monitor thread stopped: {monitor.failure!r}")
-
-
-class PcscLink:
-    """A PC/SC connection owning its own context (operations run in worker threads)."""
-
-    def __init__(self, reader: str) -> None:
-        self.context = PcscContext()
-        try:
-            self.transport = PcscTransport(self.context, reader)
-        except Exception:
-            self.context.close()
-            raise
-
-    def transmit(self, apdu: bytes):
-        return self.transport.transmit(apdu)
-
-    def close(self) -> None:
-        try:
-            self.transport.close()
-        finally:
-            self.context.close()
 
 
 async def _recover_on_insert(registry: DeviceRegistry, catalog: Catalog, ops,
