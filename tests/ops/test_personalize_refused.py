@@ -20,6 +20,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.station import StationOps
 from agent.uplink.client import PersonalizerClient
+from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import deploy
@@ -93,7 +94,8 @@ def test_cancelled_request_undoes_the_card_and_revokes_the_issued_certificate(cl
     async def personalize_while_closed():
         cfg = station_config_for(dep, daemons[0].port)
         journal = await Journal.open(tmp_path / "j.db")
-        ops = StationOps(cfg, journal, watch_timeout_s=30)
+        uplink = PersonalizerClient(cfg)
+        ops = StationOps(cfg, journal, watch_timeout_s=30, uplink=uplink)
         reopened: list[str] = []
         ops.on_open = reopened.append
         try:
@@ -103,6 +105,7 @@ def test_cancelled_request_undoes_the_card_and_revokes_the_issued_certificate(cl
             took = asyncio.get_running_loop().time() - t0
             return out, took, reopened, ops.device_lock("r0").locked()
         finally:
+            await uplink.close()
             await journal.close()
 
     out, took, reopened, locked = asyncio.run(personalize_while_closed())

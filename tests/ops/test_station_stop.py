@@ -12,6 +12,7 @@ import pytest
 from agent.ops.errors import PreconditionError
 from agent.ops.journal import Journal
 from agent.ops.station import StationOps
+from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from tests.agent.emulated import EmulatedTransport
@@ -34,9 +35,11 @@ def _connect(card):
 
 async def _with_ops(station, path, fn):
     journal = await Journal.open(path)
+    uplink = PersonalizerClient(station)
     try:
-        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5))
+        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5, uplink=uplink))
     finally:
+        await uplink.close()
         await journal.close()
 
 
