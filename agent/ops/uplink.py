@@ -9,11 +9,12 @@ Answers are records read by attribute; their shapes are the ``*Answer``
 protocols below (the gRPC uplink's messages have them; an in-memory uplink
 returns plain records with the same attributes).
 
-Errors are classified once, by the uplink: ``UplinkUnavailable`` (transient:
-the personalizer unreachable or too slow; the journaled operation stays
-resumable) or ``UplinkError`` with ``code`` (refused, with the reason's code
-name, e.g. ``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``, ``PERMISSION_DENIED``);
-``refused(exc)`` is the one test of "the personalizer said no".
+Errors are classified once, by the uplink, with ``is_refusal(code)``:
+``UplinkError`` with ``code`` when the personalizer refused (a code of
+``REFUSED_CODES``: ``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``, ...), else
+``UplinkUnavailable`` with ``code`` (unreachable, too slow, an internal error:
+not now; the journaled operation stays resumable). ``refused(exc)`` is the one
+test of "the personalizer said no".
 
 Imports ``agent.ops.errors`` only.
 """
@@ -23,7 +24,8 @@ from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
 
-__all__ = ["Uplink", "RequestAnswer", "CAStatusAnswer", "refused", "UplinkError", "UplinkUnavailable"]
+__all__ = ["Uplink", "RequestAnswer", "CAStatusAnswer", "REFUSED_CODES", "is_refusal", "refused", "UplinkError",
+           "UplinkUnavailable"]
 
 
 class RequestError(Protocol):
@@ -74,6 +76,18 @@ class Uplink(Protocol):
     async def close(self) -> None: ...
 
 
+# The answers that mean "the personalizer said no, for a reason it named": retrying the same request
+# cannot change them. Every other failure (unreachable, too slow, an internal error, overloaded) is
+# "not now": the journaled operation stays resumable and is retried.
+REFUSED_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS",
+                           "NOT_FOUND", "UNAUTHENTICATED", "OUT_OF_RANGE", "UNIMPLEMENTED"})
+
+
+def is_refusal(code: str) -> bool:
+    """True for a gRPC status code name that is a refusal (``REFUSED_CODES``), False for "not now"."""
+    return code in REFUSED_CODES
+
+
 def refused(exc: BaseException) -> bool:
-    """The personalizer answered and said no (as opposed to: could not be reached)."""
+    """The personalizer answered and said no (as opposed to: could not be reached, or not now)."""
     return isinstance(exc, UplinkError) and not isinstance(exc, UplinkUnavailable)
