@@ -75,7 +75,7 @@ def _holder(tmp_path) -> Path:
 def _blank(card) -> bool:
     from agent.card.cns import CnsSession
     from agent.card.issuer import IssuerSession
-    from tests.agent.emulated import EmulatedTransport
+    from tests.support.emulated import EmulatedTransport
     card.power_off()
     card.power_on()
     cns = CnsSession(EmulatedTransport(card), MODEL)
