@@ -8,7 +8,7 @@ holder read over PC/SC). Then the same READ BINARY is timed through
 pcscd+vpcd and directly on the in-process card. Options: --inserts N (≥ 50
 by default), --apdus N.
 
-The vpcd card side sets TCP_QUICKACK (tests/agent/vpcd.py): without it a
+The vpcd card side sets TCP_QUICKACK (firmware_profiles/emulator/vpcd.py): without it a
 delayed ACK against vpcd's two-write framing costs ~40 ms per APDU.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _run(pcscd, opts) -> dict:
     from agent.card.apdu import INS, Apdu
     from agent.card.cns import CnsSession
     from agent.devices import Catalog, DeviceRegistry, EventKind, PcscContext, PcscMonitor, PcscTransport
-    from tests.agent.vpcd import VpcdBridge
+    from tests.support.vpcd import insert
 
     models = firmware_profiles.load_models()
     model = models[sorted(models)[0]]
@@ -84,7 +84,7 @@ def _run(pcscd, opts) -> dict:
             with cond:
                 arrived.clear()
             t0 = time.perf_counter()
-            bridge = VpcdBridge(pcscd.vpcd_address(0), card).insert()
+            bridge = insert(pcscd.vpcd_address(0), card)
             with cond:
                 ok = cond.wait_for(lambda: EventKind.CARD_READ in arrived or EventKind.CARD_ERROR in arrived, 10)
             if ok and EventKind.CARD_READ in arrived:
@@ -94,14 +94,14 @@ def _run(pcscd, opts) -> dict:
                 failures += 1
             with cond:
                 arrived.clear()
-            bridge.remove()
+            bridge.stop()
             with cond:
                 cond.wait_for(lambda: EventKind.CARD_REMOVED in arrived, 10)
 
         # APDU round trip: the same READ BINARY both ways
         with cond:
             arrived.clear()
-        bridge = VpcdBridge(pcscd.vpcd_address(0), card).insert()
+        bridge = insert(pcscd.vpcd_address(0), card)
         with cond:
             cond.wait_for(lambda: EventKind.CARD_READ in arrived, 10)
         read_cmd = Apdu(0, INS.READ_BINARY, 0, 0, le=16).encode()
@@ -114,10 +114,10 @@ def _run(pcscd, opts) -> dict:
                 transport.transmit(read_cmd)
                 pcsc_times.append(time.perf_counter() - t)
         ctx.close()
-        bridge.remove()
+        bridge.stop()
         local = EmulatedCard(model)
         local.power_on()
-        from tests.agent.emulated import EmulatedTransport
+        from tests.support.emulated import EmulatedTransport
         lt = EmulatedTransport(local)
         CnsSession(lt, model).select(model.paths.id_carta)
         local_times = []

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import grpc
 
-from agent.commands.run import PcscLink
+from agent.devices.pcsc import PcscLink
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.station import StationOps
+from agent.uplink.client import PersonalizerClient
 from benchmarks._daemon import personalizer_daemon
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
@@ -114,7 +115,7 @@ async def _ca_issue_ms(cfg) -> tuple[float, int]:
 
 
 async def _run(cfg, model, slots: list[Slot], cards: int, warmup: int) -> list:
-    ops = await StationOps.open(cfg, operator_id="bench")
+    ops = await StationOps.open(cfg, operator_id="bench", uplink=PersonalizerClient(cfg, operator_id="bench"))
     outcomes = []
     try:
         for i in range(warmup + cards):
@@ -131,6 +132,7 @@ async def _run(cfg, model, slots: list[Slot], cards: int, warmup: int) -> list:
                 outcomes.append((wall, dict(out.stage_seconds)))
     finally:
         await ops.close()
+        await ops.uplink.close()
     return outcomes
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "UpdatesSection", "StationConfigError",
+__all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "UpdatesSection",
+           "OperationsSection", "RenewalSection", "StationConfigError",
            "load", "ROLES"]
 
 ROLE_STATION = "station"
@@ -90,6 +91,23 @@ class RenewalSection:
     window_days: int = 90
 
 
+MAX_WINDOW_DAYS = 3650   # longer than any certificate's life (the 6-year device life): "any time"
+DEFAULT_WATCH_TIMEOUT_S = 600.0
+DEFAULT_RECOVERY_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class OperationsSection:
+    """How the agent runs journaled device operations.
+
+    ``watch_timeout_seconds``: how long one attempt follows a queued certificate request (CA closed,
+    outbox busy) before it leaves the operation open, card released, to be retried.
+    ``recovery_retry_seconds``: how often an operation left open is tried again while its card stays
+    in a reader (it is also tried whenever the card is seen again)."""
+    watch_timeout_seconds: float = DEFAULT_WATCH_TIMEOUT_S
+    recovery_retry_seconds: float = DEFAULT_RECOVERY_RETRY_S
+
+
 @dataclass(frozen=True)
 class UpdatesSection:
     """The release repository (TUF over plain HTTP) the agent takes token releases and its own builds from."""
@@ -106,6 +124,7 @@ class StationConfig:
     cards: CardsSection = CardsSection(None, False)
     renewal: RenewalSection = RenewalSection()
     updates: UpdatesSection | None = None
+    operations: OperationsSection = OperationsSection()
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -120,6 +139,7 @@ _SECTIONS = {
     "cards": {"admin_keys", "allow_test_admin_keys"},
     "renewal": {"window_days"},
     "updates": {"url", "proxy"},
+    "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 _RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
@@ -251,12 +271,15 @@ def load(path: str | Path) -> StationConfig:
     renewal = RenewalSection()
     if "renewal" in data:
         days = ld.value("renewal", "window_days", int, default=RenewalSection.window_days)
-        if not 1 <= days <= 366:
-            raise ld.fail("renewal.window_days", f"expected 1 to 366 days, got {days}")
+        if not 1 <= days <= MAX_WINDOW_DAYS:
+            raise ld.fail("renewal.window_days", f"expected 1 to {MAX_WINDOW_DAYS} days, got {days}")
         renewal = RenewalSection(window_days=days)
     updates = None
     if "updates" in data:
         updates = UpdatesSection(url=ld.pattern("updates", "url", UPDATES_URL_RE, "http(s)://HOST[:PORT]/PATH"),
                                  proxy=ld.pattern("updates", "proxy", PROXY_RE, "http://HOST[:PORT]", optional=True))
+    operations = OperationsSection(
+        watch_timeout_seconds=ld.positive("operations", "watch_timeout_seconds", DEFAULT_WATCH_TIMEOUT_S),
+        recovery_retry_seconds=ld.positive("operations", "recovery_retry_seconds", DEFAULT_RECOVERY_RETRY_S))
     return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards,
-                         renewal=renewal, updates=updates)
+                         renewal=renewal, updates=updates, operations=operations)

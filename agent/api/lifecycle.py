@@ -25,7 +25,7 @@ from agent.card.errors import CardError, CardRemovedError
 from agent.ops import lifecycle as lc
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable
 from agent.ops.pin import CodeFormatError, PinError, PinManager, PinState
-from agent.uplink.client import PersonalizerClient
+from agent.ops.uplink import Uplink
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class LifecycleHandlers:
         await context.abort(_grpc_code(exc), _message(exc), trailing_metadata=metadata or ())
 
     # -- certificates ----------------------------------------------------------------------
-    async def _targets(self, ops, request, context, uplink: PersonalizerClient, *, change: bool = False):
+    async def _targets(self, ops, request, context, uplink: Uplink, *, change: bool = False):
         given = [bool(request.reader), bool(request.certificate_serials), bool(request.card_serial),
                  bool(request.codice_fiscale)]
         if sum(given) > 1:
@@ -145,7 +145,7 @@ class LifecycleHandlers:
     async def GetCertificateStatus(self, request: pb.CardCertificatesRequest, context):  # noqa: N802
         ops = await self._station(context)
         try:
-            async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as uplink:
+            async with ops.uplink_session() as uplink:
                 card_serial, targets = await self._targets(ops, request, context, uplink)
                 infos = await lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops)).status(targets)
         except (OperationError, CardError, ValueError) as exc:
@@ -159,7 +159,7 @@ class LifecycleHandlers:
             if action not in lc.ACTIONS:
                 raise ValueError(f"unknown action {request.action!r}: one of {', '.join(lc.ACTIONS)}")
             reason = lc.check_reason(action, request.reason)
-            async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as uplink:
+            async with ops.uplink_session() as uplink:
                 card_serial, targets = await self._targets(ops, request, context, uplink, change=True)
                 life = lc.CertificateLifecycle(uplink=uplink, requester=self._requester(ops))
                 infos = await life.change(action, targets, reason=reason)

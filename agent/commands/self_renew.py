@@ -35,6 +35,7 @@ from agent.ops.holder import Codes
 from agent.ops.journal import Journal
 from agent.ops.renew import KIND, RenewalPolicy, Renewer
 from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
+from station_config import MAX_WINDOW_DAYS
 
 ENV_TEST_KEYS = "CNS_AGENT_ALLOW_TEST_ADMIN_KEYS"
 DEFAULT_PORT = 50052    # the enrollment port (agent.uplink.enroll.DEFAULT_ENROLL_PORT)
@@ -49,6 +50,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-name", default=None, help="TLS name of the personalizer, when HOST is an address")
     g.add_argument("--data-dir", type=Path, default=None, help="where the renewal journal is kept")
     g.add_argument("--admin-keys", type=Path, default=None, help="TOML file of the card's issuer keys")
+    g.add_argument("--window-days", type=_window_days, default=None, metavar="DAYS",
+                   help=f"offer renewal from DAYS before the certificates expire (default "
+                        f"{RenewalPolicy.window_days}; {MAX_WINDOW_DAYS} = at any time, for hardware testers)")
 
 
 def default_data_dir() -> Path:
@@ -99,6 +103,16 @@ def admin_keys(path: Path | None) -> Callable[[Any], bytes]:
     return key_for
 
 
+def _window_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_WINDOW_DAYS:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days from 1 to {MAX_WINDOW_DAYS}, got {text!r}")
+    return days
+
+
 def _open_certificates(ops) -> list[bytes]:
     """Certificates of the open renewals in this journal: the holder's identity for reading their requests."""
     out = []
@@ -121,7 +135,7 @@ async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: byte
                                 holder_certificates=_open_certificates(ops)) as uplink:
             renewer = Renewer(journal=j, uplink=uplink, admin_key_for=key_for, progress=progress,
                               requester={"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"},
-                              policy=policy or RenewalPolicy.from_env())
+                              policy=policy or RenewalPolicy())
             return await renewer.start(connect=connect, reader=reader, model=model, codes=codes)
     finally:
         await j.close()
@@ -131,7 +145,7 @@ def _pcsc(reader: str):
     """(connect, model) for the card in ``reader`` through PC/SC; the model from its ATR."""
     from smartcard import scard
 
-    from agent.commands.run import PcscLink
+    from agent.devices.pcsc import PcscLink
     from agent.devices.catalog import Catalog
 
     try:
@@ -168,7 +182,9 @@ def self_renew(args: argparse.Namespace, pin: str | Callable[[], str], *, connec
     try:
         out = asyncio.run(run_self_renewal(journal_path=journal, endpoint=endpoint, trust_pem=trust,
                                            server_name=args.server_name, connect=connect, reader=args.reader,
-                                           model=model, codes=codes, key_for=key_for, progress=progress))
+                                           model=model, codes=codes, key_for=key_for, progress=progress,
+                                           policy=RenewalPolicy(window_days=args.window_days)
+                                           if args.window_days else None))
     except UplinkUnavailable as exc:
         raise CommandError(f"{exc}. Your card keeps its current certificates; run the same command again "
                            "later to finish the renewal") from None

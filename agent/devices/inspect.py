@@ -8,6 +8,7 @@ the registry's view. Imports ``agent.card`` only (the registry is passed in).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +30,14 @@ def inspect_card(transport: ApduTransport, model: Any) -> Inspection:
 
 
 def reread_card(registry: Any, name: str, connect: Callable[[str], Any], model: Any) -> None:
-    """Read the card in reader ``name`` again through ``connect(name)`` (a link with ``transmit`` and
-    ``close``) and update ``registry``'s view of it. Blocking: call it from a worker thread. Raises what
+    """Read the card in reader ``name`` again through ``connect(name)`` (a ``DeviceLink``, or any link with
+    ``transmit`` and ``close``) and update ``registry``'s view of it. Blocking: call it from a worker thread. Raises what
     reading raises; the view is then left as it was."""
     link = connect(name)
     try:
-        found = inspect_card(link, model)
+        hold = getattr(link, "transaction", None)   # a DeviceLink: one transaction for the whole read
+        with hold() if hold is not None else contextlib.nullcontext():
+            found = inspect_card(link, model)
     finally:
         link.close()
     registry.card_read(name, serial=found.serial, holder_label=found.holder_label, blank=found.blank)

@@ -1,13 +1,17 @@
-"""PC/SC through pyscard's ``smartcard.scard``: the card transport and the context.
+"""PC/SC through pyscard's ``smartcard.scard``: the context, the card transport and the link.
 
-Owns every pyscard call of the agent. PC/SC return codes become
+Owns every pyscard call of the agent's card I/O (the monitor's status loop in
+``agent.devices.monitor`` is the other caller). PC/SC return codes become
 ``agent.card.errors`` exceptions here (``from`` the original where one exists),
 so nothing above sees pyscard. Imports ``agent.card`` only; never the emulator.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from smartcard import scard
 
@@ -120,3 +124,48 @@ class PcscTransport:
             self.end()
         finally:
             self.close()
+
+
+class PcscLink:
+    """The PC/SC ``DeviceLink`` (``agent.devices.backend``): a connection owning its own context, so that
+    operations can run it from worker threads while the monitor keeps its own.
+
+    ``transaction()`` holds ``SCardBeginTransaction`` … ``SCardEndTransaction`` for the ``with`` block:
+    pcscd then queues every other client's commands to this card (another application, OpenSC's PKCS#11
+    module) until the block ends, so the commands of one step are never interleaved with someone else's
+    (which could select another file or reset a verified PIN mid-step). Re-entrant: a nested block is part
+    of the outer one. Only the outermost block ends the transaction, with ``SCARD_LEAVE_CARD``."""
+
+    def __init__(self, reader: str) -> None:
+        self.reader = reader
+        self.context = PcscContext()
+        try:
+            self.transport = PcscTransport(self.context, reader)
+        except Exception:
+            self.context.close()
+            raise
+        self._depth = 0
+        self._lock = threading.Lock()
+
+    def transmit(self, apdu: bytes) -> tuple[bytes, int]:
+        return self.transport.transmit(apdu)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self.transport.begin()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.transport.end()
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            self.context.close()

@@ -87,7 +87,6 @@ SUPERSEDED = "superseded"                # RFC 5280 reason of the certificates a
 MARKER_MAGIC = b"CNSRENEW"
 DEFAULT_WINDOW_DAYS = validity.DEFAULT_RENEWAL_WINDOW_DAYS
 DEFAULT_DEVICE_LIFE_YEARS = validity.DEVICE_LIFE_YEARS
-ENV_WINDOW_DAYS = "CNS_AGENT_RENEWAL_WINDOW_DAYS"
 
 
 @dataclass(frozen=True)
@@ -95,17 +94,6 @@ class RenewalPolicy:
     """The agent's view of the personalizer's rules (the personalizer has the last word)."""
     window_days: int = DEFAULT_WINDOW_DAYS          # renewal opens this many days before expiry
     device_life_years: int = DEFAULT_DEVICE_LIFE_YEARS
-
-    @classmethod
-    def from_env(cls, window_days: int = DEFAULT_WINDOW_DAYS) -> "RenewalPolicy":
-        """``window_days`` from the station config ([renewal]); ``$CNS_AGENT_RENEWAL_WINDOW_DAYS`` overrides it
-        (tests, a hardware tester's one-off run)."""
-        raw = os.environ.get(ENV_WINDOW_DAYS, "")
-        try:
-            days = int(raw) if raw else window_days
-        except ValueError:
-            raise PreconditionError(f"{ENV_WINDOW_DAYS}={raw!r}: expected a whole number of days") from None
-        return cls(window_days=days)
 
 
 @dataclass

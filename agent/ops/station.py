@@ -18,6 +18,7 @@ explicitly. Imports ``agent.ops``, ``agent.uplink``, ``station_config``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tomllib
@@ -35,7 +36,7 @@ from agent.ops import personalize as _personalize
 from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer, registration_holder
 from agent.ops import renew as _renew
 from agent.ops.renew import RenewalPolicy, Renewer
-from agent.uplink.client import PersonalizerClient
+from agent.ops.uplink import Uplink
 from station_config import StationConfig
 
 log = logging.getLogger("cns.agent.ops")
@@ -45,12 +46,14 @@ Connect = Callable[[str], ApduTransport]
 
 class StationOps:
     def __init__(self, cfg: StationConfig, journal: Journal, *, operator_id: str | None = None,
-                 renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float | None = None):
+                 renewal_policy: RenewalPolicy | None = None, watch_timeout_s: float | None = None,
+                 uplink: Uplink | None = None):
         self.cfg = cfg
+        self.uplink = uplink   # injected by the composition root (agent.app); one for the agent's life
         self.journal = journal
-        self.renewal_policy = renewal_policy or RenewalPolicy.from_env(cfg.renewal.window_days)
+        self.renewal_policy = renewal_policy or RenewalPolicy(window_days=cfg.renewal.window_days)
         # how long one attempt follows a queued request before leaving the operation open (retried later)
-        self.watch_timeout_s = watch_timeout_s or float(os.environ.get("CNS_AGENT_WATCH_TIMEOUT_S", "600"))
+        self.watch_timeout_s = watch_timeout_s or cfg.operations.watch_timeout_seconds
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
         self._admin_keys = self._load_admin_keys()
         self.pkcs11 = Pkcs11Check.from_env()   # cards are reached through PC/SC here: OpenSC can open them
@@ -60,6 +63,11 @@ class StationOps:
         # the engine's step callback (agent.ops.engine) of every operation run here: (kind, step, phase);
         # tests' fault hooks hang on it (tests/support/kill_at.py)
         self.on_step: Callable[[str, str, str], None] = lambda kind, step, phase: None
+
+    def uplink_session(self) -> contextlib.AbstractAsyncContextManager[Uplink]:
+        if self.uplink is None:
+            raise OperationError("no uplink to the personalizer was given to this station (agent.app builds one)")
+        return contextlib.nullcontext(self.uplink)
 
     def device_lock(self, reader: str) -> asyncio.Lock:
         """The lock of one device (reader): operations, PIN and lifecycle calls on it take it."""
@@ -140,7 +148,7 @@ class StationOps:
             stop = self._stop_event(reader)
             out = None
             try:
-                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                async with self.uplink_session() as uplink:
                     registration = None
                     if registration_id:
                         registration, holder = await registration_holder(uplink, registration_id)
@@ -161,7 +169,7 @@ class StationOps:
             stop = self._stop_event(reader)
             out = None
             try:
-                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                async with self.uplink_session() as uplink:
                     try:
                         out = await self._renewer(uplink, progress, stop).start(
                             connect=links.open, reader=reader, model=model, codes=codes)
@@ -197,7 +205,7 @@ class StationOps:
                 return None
             out = None
             try:
-                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                async with self.uplink_session() as uplink:
                     runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
                         else self._personalizer(uplink, progress)
                     out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)
@@ -221,7 +229,7 @@ class StationOps:
             stop = self._stop_event(reader)
             out = None
             try:
-                async with PersonalizerClient(self.cfg, operator_id=self.operator_id) as uplink:
+                async with self.uplink_session() as uplink:
                     if op.kind == PERSONALIZE:
                         runner = self._personalizer(uplink, progress, stop)
                         if action == "discard":

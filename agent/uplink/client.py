@@ -2,13 +2,19 @@
 
 Owns the primary → DR endpoint fallback (the channel itself — trust anchors,
 client certificate, proxy, keepalive, retries — is ``station_config.channel``), deadlines on every call, and the translation of gRPC status codes
-into ``agent.ops.errors``: UNAVAILABLE and DEADLINE_EXCEEDED become
-``UplinkUnavailable`` (retry later, the journaled operation stays resumable),
-worded by ``station_config.channel.connection_problem`` (an untrusted server
-certificate, a refused client certificate, nothing listening); anything else
-becomes ``UplinkError`` with the server's message.
+into ``agent.ops.errors``, once, by ``agent.ops.uplink.is_refusal``: a refusal
+(INVALID_ARGUMENT, FAILED_PRECONDITION, PERMISSION_DENIED, ...) becomes
+``UplinkError`` with the code and the server's message; anything else
+(UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED ...) becomes
+``UplinkUnavailable`` with the code (retry later, the journaled operation stays
+resumable), a connection problem worded by
+``station_config.channel.connection_problem`` (an untrusted server certificate,
+a refused client certificate, nothing listening). One instance owns one
+long-lived channel (the composition root builds one for the agent's life);
+``close()`` closes it.
 
-Outbound only: nothing here listens. Imports ``proto``, ``station_config`` and ``agent.ops.errors``;
+Outbound only: nothing here listens. Imports ``proto``, ``station_config``, ``agent.ops.errors`` and
+``agent.ops.uplink``;
 never ``personalizer``.
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import AsyncIterator
 import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
+from agent.ops.uplink import is_refusal
 from cns_spec import profiles
 from proto.cns.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
 from proto.cns.v1 import registrations_pb2, registrations_pb2_grpc
@@ -174,7 +181,8 @@ def _translate(exc: grpc.aio.AioRpcError, what: str, cfg: StationConfig, dr: boo
     code = exc.code()
     problem = channel.connection_problem(code, exc.details(), cfg, dr=dr)
     msg = f"personalizer: {what}: " + (problem or f"{code.name}: {exc.details() or 'no detail'}")
-    if code in TRANSIENT:
-        # whether anything is kept is the caller's to say: journaled operations are, a status change is not
-        return UplinkUnavailable(msg, code=code.name)
-    return UplinkError(msg, code=code.name)
+    if is_refusal(code.name):
+        return UplinkError(msg, code=code.name)
+    # not now (unreachable, deadline, internal, overloaded): whether anything is kept is the caller's to
+    # say: journaled operations are, a status change is not
+    return UplinkUnavailable(msg, code=code.name)

@@ -176,7 +176,7 @@ class Emulator:
 
 
 def raw_vpcd_card(address: str, atr: bytes):
-    """A bare vpcd card with ``atr`` that answers 6D00 to everything; ``.remove()`` pulls it."""
-    from tests.agent.vpcd import RawCard, VpcdBridge
+    """A bare vpcd card with ``atr`` that answers 6D00 to everything; ``.stop()`` pulls it."""
+    from tests.support.vpcd import RawCard, insert
 
-    return VpcdBridge(address, RawCard(atr)).insert()
+    return insert(address, RawCard(atr))

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.conftest import require
+from tests.support.vpcd import RawCard
 
 from tests.agent.support import (
     BIN,
@@ -71,7 +72,7 @@ def test_unknown_atr_is_listed_as_unsupported(agent, pcscd):
         assert c["state"] == "unsupported" and not c["supported"] and c["atr"] == UNKNOWN_ATR.hex().upper()
         assert c["model_id"] == "" and c["serial"] == ""
     finally:
-        raw.remove()
+        raw.stop()
     agent.wait_reader(R1, lambda r: not r["card_present"])
 
 
@@ -103,7 +104,7 @@ def test_blank_card_inserted_removed_reinserted(agent, pcscd, tmp_path):
 
 def test_personalized_card_shows_its_holder(agent, pcscd, tmp_path):
     from firmware_profiles import load_models
-    from tests.agent.emulated import personalized_card
+    from tests.support.emulated import personalized_card
     from tests.agent.test_cns_emulated import HOLDER
 
     state = tmp_path / "mario.json"
@@ -137,20 +138,8 @@ def test_card_pulled_mid_read_is_reported_then_read_on_reinsertion(agent, pcscd,
     agent.wait_reader(R0, lambda r: not r["card_present"])
 
 
-class GarbageCard:
+class GarbageCard(RawCard):
     """A known CNS ATR whose files make no sense: SELECT answers 9000, READ BINARY 5 bytes + 6282."""
-
-    def __init__(self, atr: bytes) -> None:
-        self.atr = atr
-
-    def power_on(self) -> bytes:
-        return self.atr
-
-    def power_off(self) -> None:
-        pass
-
-    def reset(self) -> bytes:
-        return self.atr
 
     def transmit(self, apdu: bytes) -> bytes:
         return b"\x01\x02\x03\x04\x05\x62\x82" if apdu[1] == 0xB0 else b"\x90\x00"
@@ -158,15 +147,15 @@ class GarbageCard:
 
 def test_malformed_answers_are_a_card_error_not_a_crash(agent, pcscd):
     from firmware_profiles import load_models
-    from tests.agent.vpcd import VpcdBridge
+    from tests.support.vpcd import insert
 
-    bridge = VpcdBridge(pcscd.vpcd_address(1), GarbageCard(load_models()[PROFILE].atr)).insert()
+    bridge = insert(pcscd.vpcd_address(1), GarbageCard(load_models()[PROFILE].atr))
     try:
         c = card(agent.wait_reader(R1, lambda r: r["card_present"] and r["card"]["state"] != "reading"))
         assert c["state"] == "error" and c["model_id"] == PROFILE and "EF_IDCarta" in c["error"], c
         assert agent.proc.poll() is None
     finally:
-        bridge.remove()
+        bridge.stop()
     agent.wait_reader(R1, lambda r: not r["card_present"])
 
 

@@ -9,7 +9,7 @@ from agent.devices.inspect import inspect_card
 from firmware_profiles import identify, load_models
 from firmware_profiles.emulator import CardRemovedError as EmulatorRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport, personalized_card
+from tests.support.emulated import EmulatedTransport, personalized_card
 
 MODELS = load_models()
 HOLDER = PersonalData(issuer="CCIAA Roma", issue_date="01012025", expiry_date="01012031", surname="ROSSI",

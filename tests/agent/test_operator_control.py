@@ -44,9 +44,9 @@ def agent_env(world, pcscd, tmp_path):
     _, _, dep = world
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
-    aenv = dict(_agent_env(pcscd.env, runtime, None), CNS_AGENT_RECOVERY_RETRY_S="2")
+    aenv = _agent_env(pcscd.env, runtime, None)
     log = tmp_path / "agent.log"
-    agent = _start_agent(dep.station_config, aenv, log)
+    agent = _start_agent(dep.station_config, aenv, log, recovery_retry_s=2)
     aenv["_LOG"] = str(log)
     yield aenv
     agent.terminate()
@@ -75,7 +75,7 @@ def _holder(tmp_path) -> Path:
 def _blank(card) -> bool:
     from agent.card.cns import CnsSession
     from agent.card.issuer import IssuerSession
-    from tests.agent.emulated import EmulatedTransport
+    from tests.support.emulated import EmulatedTransport
     card.power_off()
     card.power_on()
     cns = CnsSession(EmulatedTransport(card), MODEL)

@@ -21,7 +21,7 @@ from agent.card.transport import Recording, RecordingError, RecordingTransport, 
 from firmware_profiles import load_models
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 from tests.support import replay
 
 FIXTURES = replay.FIXTURES

@@ -5,7 +5,7 @@ from __future__ import annotations
 from firmware_profiles import load_models
 from firmware_profiles.emulator import CardRemovedError, EmulatedCard
 from firmware_profiles.emulator import overrides as ov
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 
 MODEL_ID = "infocamere-cns-2048"
 

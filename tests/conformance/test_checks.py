@@ -115,7 +115,7 @@ def test_blank_card_without_codes_yet_says_so_instead_of_failing():
 def test_personalized_card_gets_only_non_destructive_checks():
     from agent.card.cns import CnsSession
     from agent.card.issuer import IssuerSession
-    from tests.agent.emulated import admin_login
+    from tests.support.emulated import admin_login
 
     c, model, t = card()
     s = CnsSession(t, model)          # a live CNS0 key and certificate file: not a blank card any more
@@ -225,7 +225,7 @@ def test_conforming_card_with_full_realistic_timing_passes():
 def _key_in_spare_slot(c, model, t, marker: bytes):
     from agent.card.cns import CnsSession
     from agent.card.issuer import IssuerSession
-    from tests.agent.emulated import admin_login
+    from tests.support.emulated import admin_login
     s = CnsSession(t, model)
     admin_login(s, model)
     IssuerSession(s, model).generate_key(model.keysets[0].spare_key_ref)

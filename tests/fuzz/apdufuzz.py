@@ -26,7 +26,7 @@ from agent.ops.errors import VerificationError
 from agent.ops.holder import HolderRecord
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
                       birth_date="1980-01-01", sex="M", birth_town="ROMA", issuer="CCIAA di Roma")

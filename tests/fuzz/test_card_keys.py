@@ -12,7 +12,7 @@ from agent.card.errors import MalformedResponseError
 from agent.card.issuer import IssuerSession, parse_public_key
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 from tests.agent.scripted import ScriptedTransport
 from tests.ops.test_personalize import MODELS, codes_for, personalize, resume
 

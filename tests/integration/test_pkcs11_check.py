@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.card.cns import CnsSession
 from agent.card.issuer import IssuerSession
-from agent.commands.run import PcscLink
+from agent.devices.pcsc import PcscLink
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
 from agent.ops.personalize import Personalizer

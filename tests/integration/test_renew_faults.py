@@ -52,6 +52,7 @@ from agent.ops.renew import plan
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
+from tests.support.station import with_settings
 from tests.conftest import OPENSC_PKCS11
 from tests.ops import renewal_env as env
 from tests.support import kill_at as kill_entry
@@ -301,15 +302,19 @@ def expected(step: str, kind: str) -> str:
 
 def _agent_env(base: dict, runtime: Path, kill_at: str | None) -> dict:
     e = {k: v for k, v in base.items() if not k.startswith("_")}
-    e.update(XDG_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1", CNS_AGENT_RENEWAL_WINDOW_DAYS="36500",
-             CNS_AGENT_RECOVERY_RETRY_S="1", CNS_AGENT_WATCH_TIMEOUT_S="20")
+    e.update(XDG_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
     e.pop(kill_entry.ENV, None)
     if kill_at:
         e[kill_entry.ENV] = kill_at
     return e
 
 
-def _start_agent(config: Path, agent_env: dict, log: Path) -> subprocess.Popen:
+def _start_agent(config: Path, agent_env: dict, log: Path, *, window_days: int = 3650,
+                 recovery_retry_s: float = 1) -> subprocess.Popen:
+    """``cns-agent run`` on a copy of ``config`` with the test's settings (renewal at any time, fast retries)."""
+    config = with_settings(config, renewal={"window_days": window_days},
+                           operations={"recovery_retry_seconds": float(recovery_retry_s),
+                                       "watch_timeout_seconds": 20.0})
     sock = Path(agent_env["XDG_RUNTIME_DIR"]) / "cns-agent" / "agent.sock"
     with open(log, "ab") as fh:
         program = [sys.executable, kill_entry.__file__] if agent_env.get(kill_entry.ENV) \
@@ -512,9 +517,9 @@ def test_cli_renew_through_the_agent(world, served_env, tmp_path):
     client = VpcdClient(card, host, port).start()
     try:
         assert client.inserted.wait(10)
-        for window in ("90", "36500"):
-            aenv = dict(_agent_env(served_env, runtime, None), CNS_AGENT_RENEWAL_WINDOW_DAYS=window)
-            agent = _start_agent(dep.station_config, aenv, log)
+        for window in ("90", "3650"):
+            aenv = _agent_env(served_env, runtime, None)
+            agent = _start_agent(dep.station_config, aenv, log, window_days=int(window))
             try:
                 _wait(lambda: any((rd.get("card") or {}).get("model_id") == MODEL.id for rd in
                                   json.loads(_cli(aenv, "devices", "--json").stdout or '{"readers": []}')["readers"]),

@@ -30,11 +30,10 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.renew import RenewalPolicy, Renewer
 from agent.uplink.client import PersonalizerClient
-from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from personalizer import config as pconfig
 from personalizer import deploy
 from personalizer import server as pserver
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport, connect_to  # noqa: F401  (re-exported to tests)
 from tests.support.ca import FaultyCA
 
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
@@ -136,14 +135,6 @@ class ThreadedPersonalizer:
 def _closed_calendar():
     from personalizer.outbox.windows import ServiceCalendar
     return ServiceCalendar(hours={d: None for d in range(7)}, national_holidays=False)
-
-
-def connect_to(card):
-    def connect():
-        if not card.powered:
-            card.power_on()
-        return EmulatedTransport(card, (EmuRemoved,))
-    return connect
 
 
 def station_for(deployment):

@@ -21,9 +21,8 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.uplink.client import PersonalizerClient
 from firmware_profiles import load_models
-from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport, connect_to  # noqa: F401  (re-exported to tests)
 
 MODELS = load_models()
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
@@ -35,14 +34,6 @@ def codes_for(model) -> Codes:
     if model.pin_mode == "preset":
         return Codes(model.pin_policy.factory_test_pin)
     return Codes("24681357", "97531864")
-
-
-def connect_to(card):
-    def connect():
-        if not card.powered:
-            card.power_on()
-        return EmulatedTransport(card, (EmuRemoved,))
-    return connect
 
 
 async def personalize(station, journal_path, card, model, codes, **kw):

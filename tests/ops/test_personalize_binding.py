@@ -17,7 +17,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for, connect_to
 
 OTHER = HolderRecord(codice_fiscale="BNCLCU85T45F205C", given_name="Lucia", surname="Bianchi",

@@ -20,10 +20,10 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.station import StationOps
 from agent.uplink.client import PersonalizerClient
-from firmware_profiles.emulator import CardRemovedError as EmuRemoved
+from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import deploy
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport, connect_reader
 from tests.ops.conftest import station_config_for
 from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for
 from tests.personalizer import helpers
@@ -63,14 +63,6 @@ def _cnsctl(dep, port, *args):
                           capture_output=True, text=True, timeout=60)
 
 
-def _connect(card):
-    def connect(reader):
-        if not card.powered:
-            card.power_on()
-        return EmulatedTransport(card, (EmuRemoved,))
-    return connect
-
-
 class UnreachableForRevoke:
     """A mock of a network cut that hits only status changes: the real uplink for everything else."""
 
@@ -93,16 +85,18 @@ def test_cancelled_request_undoes_the_card_and_revokes_the_issued_certificate(cl
     async def personalize_while_closed():
         cfg = station_config_for(dep, daemons[0].port)
         journal = await Journal.open(tmp_path / "j.db")
-        ops = StationOps(cfg, journal, watch_timeout_s=30)
+        uplink = PersonalizerClient(cfg)
+        ops = StationOps(cfg, journal, watch_timeout_s=30, uplink=uplink)
         reopened: list[str] = []
         ops.on_open = reopened.append
         try:
             t0 = asyncio.get_running_loop().time()
-            out = await ops.personalize(connect=_connect(card), reader="r0", model=MODEL, holder=HOLDER, codes=codes,
+            out = await ops.personalize(connect=connect_reader(card), reader="r0", model=MODEL, holder=HOLDER, codes=codes,
                                         progress=lambda step, msg: messages.append(msg))
             took = asyncio.get_running_loop().time() - t0
             return out, took, reopened, ops.device_lock("r0").locked()
         finally:
+            await uplink.close()
             await journal.close()
 
     out, took, reopened, locked = asyncio.run(personalize_while_closed())
@@ -129,7 +123,7 @@ def test_cancelled_request_undoes_the_card_and_revokes_the_issued_certificate(cl
                 p = Personalizer(journal=journal, uplink=uplink_wrap(uplink) if uplink_wrap else uplink,
                                  requester=REQUESTER, admin_key_for=lambda m: m.dialect.admin_test_key,
                                  watch_timeout_s=30)
-                return await p.resume(op, connect=lambda: _connect(card)("r0"), model=MODEL), \
+                return await p.resume(op, connect=lambda: connect_reader(card)("r0"), model=MODEL), \
                     await journal.history(op.op_id)
         finally:
             await journal.close()

@@ -12,22 +12,13 @@ from agent.card.errors import CardRemovedError, WrongPinError
 from agent.ops.errors import PreconditionError
 from agent.ops.pin import CodeBlockedError, CodeFormatError, PinManager, WrongCodeError
 from firmware_profiles import load_models
-from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport, connect_to  # noqa: F401  (re-exported to tests)
 
 MODELS = load_models()
 MODEL = MODELS["infocamere-cns-2048"]          # preset codes: PIN 12345678, PUK 87654321, PUK 10 tries
 PIN, PUK = MODEL.pin_policy.factory_test_pin, MODEL.pin_policy.factory_test_puk
 NEW = "24681357"
-
-
-def connect_to(card):
-    def connect():
-        if not card.powered:
-            card.power_on()
-        return EmulatedTransport(card, (EmuRemoved,))
-    return connect
 
 
 def run(coro):

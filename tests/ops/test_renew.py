@@ -190,7 +190,7 @@ def test_broken_watch_falls_back_to_polling_and_finishes(world, tmp_path):
 
 
 def test_renewal_window_comes_from_the_station_config(station, monkeypatch):
-    """[renewal] window_days in the station config sets when the agent offers renewal; the env var overrides it."""
+    """[renewal] window_days in the station config sets when the agent offers renewal (no env override)."""
     import station_config
     from agent.ops.station import StationOps
 
@@ -199,9 +199,6 @@ def test_renewal_window_comes_from_the_station_config(station, monkeypatch):
     cfg_path = path.with_name("station-renewal.toml")
     cfg_path.write_text(text + "\n[renewal]\nwindow_days = 30\n")
     cfg = station_config.load(cfg_path)
-    monkeypatch.delenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", raising=False)
+    monkeypatch.setenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", "45")     # the retired override changes nothing
     assert StationOps(cfg, journal=None).renewal_policy.window_days == 30
-    monkeypatch.setenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", "45")
-    assert StationOps(cfg, journal=None).renewal_policy.window_days == 45
-    monkeypatch.delenv("CNS_AGENT_RENEWAL_WINDOW_DAYS")
     assert StationOps(station_config.load(path), journal=None).renewal_policy.window_days == 90

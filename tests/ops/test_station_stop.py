@@ -12,9 +12,9 @@ import pytest
 from agent.ops.errors import PreconditionError
 from agent.ops.journal import Journal
 from agent.ops.station import StationOps
-from firmware_profiles.emulator import CardRemovedError as EmuRemoved
+from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import connect_reader
 from tests.ops import renewal_env as env
 
 
@@ -24,19 +24,13 @@ def _model():
     return load_models()["infocamere-cns-2048"]
 
 
-def _connect(card):
-    def connect(reader):
-        if not card.powered:
-            card.power_on()
-        return EmulatedTransport(card, (EmuRemoved,))
-    return connect
-
-
 async def _with_ops(station, path, fn):
     journal = await Journal.open(path)
+    uplink = PersonalizerClient(station)
     try:
-        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5))
+        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5, uplink=uplink))
     finally:
+        await uplink.close()
         await journal.close()
 
 
@@ -51,12 +45,12 @@ def test_stopped_renewal_keeps_the_old_certificates_and_discard_undoes_it(statio
     model = _model()
     card = EmulatedCard(model)
     out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.personalize(
-        connect=_connect(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
+        connect=connect_reader(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
     assert out.state == "done", out.message
     before = env.card_view(card, model)
 
     async def stopped(ops):
-        return await ops.renew(connect=_connect(card), reader="r0", model=model, codes=env.codes_for(model),
+        return await ops.renew(connect=connect_reader(card), reader="r0", model=model, codes=env.codes_for(model),
                                progress=_stop_at(ops, "generate-key:CNS0"))
     out = asyncio.run(_with_ops(station, tmp_path / "j.db", stopped))
     assert out.state == "open" and "stopped by the operator" in out.message, out.message
@@ -65,7 +59,7 @@ def test_stopped_renewal_keeps_the_old_certificates_and_discard_undoes_it(statio
 
     async def listed_then_discarded(ops):
         [op] = await ops.open_operations()
-        done = await ops.resolve(op.op_id, "discard", connect=_connect(card), reader="r0", model=model)
+        done = await ops.resolve(op.op_id, "discard", connect=connect_reader(card), reader="r0", model=model)
         return op, done, await ops.open_operations()
     op, done, left = asyncio.run(_with_ops(station, tmp_path / "j.db", listed_then_discarded))
     assert op.op_id == out.op_id and op.kind == "renew"
@@ -79,14 +73,14 @@ def test_stopped_personalization_before_any_request_is_blank_and_unknown_ids_are
     card = EmulatedCard(model)
 
     async def stopped(ops):
-        return await ops.personalize(connect=_connect(card), reader="r0", model=model, holder=env.HOLDER,
+        return await ops.personalize(connect=connect_reader(card), reader="r0", model=model, holder=env.HOLDER,
                                      codes=env.codes_for(model), progress=_stop_at(ops, "csr:CNS0"))
     out = asyncio.run(_with_ops(station, tmp_path / "j.db", stopped))
     assert out.state == "undone" and "stopped by the operator before any certificate" in out.message
     assert asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.open_operations())) == []
     with pytest.raises(PreconditionError, match="no open operation nope"):
         asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.resolve(
-            "nope", "discard", connect=_connect(card), reader="r0", model=model)))
+            "nope", "discard", connect=connect_reader(card), reader="r0", model=model)))
 
 
 def test_a_stop_during_an_undo_lets_the_undo_finish(station, tmp_path):
@@ -95,17 +89,17 @@ def test_a_stop_during_an_undo_lets_the_undo_finish(station, tmp_path):
     model = _model()
     card = EmulatedCard(model)
     out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.personalize(
-        connect=_connect(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
+        connect=connect_reader(card), reader="r0", model=model, holder=env.HOLDER, codes=env.codes_for(model))))
     assert out.state == "done", out.message
     before = env.card_view(card, model)
     out = asyncio.run(_with_ops(station, tmp_path / "j.db", lambda ops: ops.renew(
-        connect=_connect(card), reader="r0", model=model, codes=env.codes_for(model),
+        connect=connect_reader(card), reader="r0", model=model, codes=env.codes_for(model),
         progress=_stop_at(ops, "generate-key:CNS1"))))
     assert out.state == "open", out.message
 
     async def discarded_with_a_stop(ops):
         [op] = await ops.open_operations()
-        done = await ops.resolve(op.op_id, "discard", connect=_connect(card), reader="r0", model=model,
+        done = await ops.resolve(op.op_id, "discard", connect=connect_reader(card), reader="r0", model=model,
                                  progress=_stop_at(ops, "undo"))
         return done, await ops.open_operations()
     done, left = asyncio.run(_with_ops(station, tmp_path / "j.db", discarded_with_a_stop))

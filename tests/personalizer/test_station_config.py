@@ -25,6 +25,7 @@ def test_example_proxy_and_dr():
     assert ("grpc.http_proxy", "http://proxy.rm.camcom.example.it:3128") in channel.channel_options(cfg)
     assert channel.target(cfg, dr=True).startswith("personalizer-dr.")
     assert cfg.renewal.window_days == 90
+    assert (cfg.operations.watch_timeout_seconds, cfg.operations.recovery_retry_seconds) == (600.0, 30.0)
 
 
 def test_init_station_config_drives_a_channel(deployment, daemon):
@@ -68,7 +69,12 @@ ERRORS = [
     ('url = "http://proxy.rm.camcom.example.it:3128"', 'url = "socks5://proxy:1080"', "proxy.url", "http://HOST"),
     ('[proxy]', '[proxies]', "proxies", "unknown section"),
     ('primary = "personalizer.cns.camcom.example.it:443"', 'primary = "host:70000"', "personalizer.primary", "port out of range"),
-    ('window_days = 90', 'window_days = 0', "renewal.window_days", "1 to 366 days"),
+    ('window_days = 90', 'window_days = 0', "renewal.window_days", "1 to 3650 days"),
+    ('window_days = 90', 'window_days = 36500', "renewal.window_days", "1 to 3650 days"),
+    ('watch_timeout_seconds = 600', 'watch_timeout_seconds = 0', "operations.watch_timeout_seconds", "positive"),
+    ('recovery_retry_seconds = 30', 'recovery_retry_seconds = "soon"', "operations.recovery_retry_seconds",
+     "expected float"),
+    ('recovery_retry_seconds = 30', 'recovery_retry_s = 30', "operations.recovery_retry_s", "unknown key"),
     ('window_days = 90', 'window_days = "90"', "renewal.window_days", "expected int"),
     ('data_dir = "/var/lib/cns-agent"', 'data_dir = "/var/lib/cns-agent"\nsocket_dir = "/run/cns-agent"',
      "station.socket_dir", "no longer read"),

@@ -19,7 +19,8 @@ MODEL = load_models()["infocamere-cns-2048"]
 
 
 def _args(station, port, tmp_path, *extra):
-    argv = ["renew", "--self", "--reader", "holder-pc", "--personalizer", f"127.0.0.1:{port}",
+    argv = ["renew", "--self", "--reader", "holder-pc", "--window-days", "3650",
+            "--personalizer", f"127.0.0.1:{port}",
             "--trust", str(station.personalizer.trust_anchors), "--data-dir", str(tmp_path / "holder"), "--json"]
     if station.personalizer.server_name:
         argv += ["--server-name", station.personalizer.server_name]
@@ -29,7 +30,6 @@ def _args(station, port, tmp_path, *extra):
 def test_holder_command_renews_then_retry_after_unreachable(world, tmp_path, capsys, monkeypatch):  # noqa: F811
     p, station, port = world
     monkeypatch.setenv(self_renew.ENV_TEST_KEYS, "1")
-    monkeypatch.setenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", "36500")
     p.ca.reset()
     card = EmulatedCard(MODEL)
     assert _journal(tmp_path, lambda j: env.personalize(station, j, card, MODEL)).state == "done"

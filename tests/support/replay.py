@@ -200,7 +200,7 @@ def _model():
 
 def _fresh_card(model):
     from firmware_profiles.emulator import CardRemovedError, EmulatedCard
-    from tests.agent.emulated import EmulatedTransport
+    from tests.support.emulated import EmulatedTransport
     card = EmulatedCard(model)
     card.power_on()
     return card, EmulatedTransport(card, (CardRemovedError,))

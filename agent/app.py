@@ -1,0 +1,165 @@
+"""The agent's composition root: ``Agent.build(cfg, *, backends, uplink)`` and its supervised tasks.
+
+The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
+
+- ``backends``: one ``DeviceBackend`` factory per kind of hardware
+  (``(registry, catalog) -> DeviceBackend``; PC/SC by default, USB tokens next);
+  each backend's ``monitor()`` becomes a task ``monitor:<name>``;
+- ``uplink``: the ``Uplink`` to the personalizer (``agent.ops.uplink``), built
+  once from the station config (a gRPC uplink with one long-lived channel), or
+  given (tests: an in-memory uplink); operations receive it, never build one;
+- the journal (``StationOps``), the local API server (task ``local-api``) and
+  recovery on insert (task ``recovery``).
+
+``run(stop)`` starts every task and supervises them: the first one to end (the
+``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
+shutdown (server drained with a grace period, tasks cancelled, uplink and
+journal closed, socket removed); a task that died with an error is raised as
+``AgentStopped``. Adding a task is one ``add_task(name, coroutine_factory)``;
+adding a backend is one entry in ``backends``.
+
+Imports ``agent.api``, ``agent.devices``, ``agent.ops``, ``agent.recovery``,
+``agent.uplink`` and ``station_config``; nothing imports it but the CLI and tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.api.operations import Operations
+from agent.api.server import SHUTDOWN_GRACE_S, AgentFacts, AgentLocalService, start_server
+from agent.devices.backend import DeviceBackend, DeviceLink
+from agent.devices.catalog import Catalog
+from agent.devices.pcsc_backend import PcscBackend
+from agent.devices.registry import DeviceRegistry
+from agent.ops.uplink import Uplink
+from agent.recovery import recover_on_insert
+from station_config import ROLE_STATION, StationConfig
+
+log = logging.getLogger("agent.app")
+
+BackendFactory = Callable[[DeviceRegistry, Catalog], DeviceBackend]
+UplinkFactory = Callable[[StationConfig, str], Uplink]
+DEFAULT_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend,)
+CARD_BACKEND = "pcsc"   # the backend whose links are card readers (operations, recovery, conformance)
+
+
+class AgentStopped(Exception):
+    """A supervised task ended with an error (or ended when it should not have)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    socket: Path                          # the local API's Unix socket
+    profiles: Path | None = None          # card profile directory (None: the built-in set)
+    station: StationConfig | None = None  # enables device operations
+    version: str = "0+unknown"
+
+
+def grpc_uplink(cfg: StationConfig, operator_id: str) -> Uplink:
+    from agent.uplink.client import PersonalizerClient
+    return PersonalizerClient(cfg, operator_id=operator_id)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, catalog: Catalog, registry: DeviceRegistry,
+                 backends: list[DeviceBackend], ops=None, uplink: Uplink | None = None) -> None:
+        self.cfg, self.catalog, self.registry = cfg, catalog, registry
+        self.backends = {b.name: b for b in backends}
+        self.ops, self.uplink = ops, uplink
+        self.operations = Operations(ops, catalog, registry, self.open_link) if ops is not None else None
+        self._tasks: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.server = None
+
+    @classmethod
+    async def build(cls, cfg: AgentConfig, *, backends: Sequence[BackendFactory] = DEFAULT_BACKENDS,
+                    uplink: Uplink | UplinkFactory | None = None) -> "Agent":
+        """Assemble the agent. ``uplink``: an ``Uplink``, a factory ``(station cfg, operator id) -> Uplink``,
+        or None for the gRPC uplink; only used with a station config (device operations)."""
+        from agent.ops.station import StationOps
+
+        catalog = Catalog.load(cfg.profiles)
+        log.info("loaded %d card model(s): %s", len(catalog.models), ", ".join(catalog.model_ids) or "none")
+        registry = DeviceRegistry()
+        built = [make(registry, catalog) for make in backends]
+        ops = link = None
+        if cfg.station is not None:
+            operator_id = os.environ.get("USER") or f"uid-{os.getuid()}"
+            if uplink is None or (callable(uplink) and not isinstance(uplink, Uplink)):
+                link = (uplink or grpc_uplink)(cfg.station, operator_id)
+            else:
+                link = uplink
+            ops = await StationOps.open(cfg.station, operator_id=operator_id, uplink=link)
+            log.info("station %s (%s): device operations enabled, personalizer %s", cfg.station.station.id,
+                     cfg.station.station.chamber_code, cfg.station.personalizer.primary)
+        agent = cls(cfg, catalog=catalog, registry=registry, backends=built, ops=ops, uplink=link)
+        for backend in built:
+            agent.add_task(f"monitor:{backend.name}", backend.monitor)
+        if ops is not None:
+            retry_s = cfg.station.operations.recovery_retry_seconds
+            agent.add_task("recovery", lambda: recover_on_insert(registry, catalog, ops, agent.open_link, retry_s))
+            if cfg.station.station.role == ROLE_STATION:   # issue 18: renew the station certificate at start, daily
+                from agent.uplink.enroll import renewal_loop
+                agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
+        return agent
+
+    def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run ``factory()`` as the supervised task ``name`` (it should run until cancelled)."""
+        if name in self._tasks:
+            raise ValueError(f"task {name!r} is already registered")
+        self._tasks[name] = factory
+
+    @property
+    def task_names(self) -> list[str]:
+        return ["local-api", *self._tasks]
+
+    def open_link(self, device: str) -> DeviceLink:
+        """A link to the card in reader ``device`` (blocking: call from a worker thread)."""
+        return self.backends[CARD_BACKEND].open_link(device)
+
+    def _status(self) -> str:
+        card = self.backends.get(CARD_BACKEND)
+        return card.status if card is not None else "no PC/SC backend"
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        facts = AgentFacts(version=self.cfg.version, socket_path=str(self.cfg.socket),
+                           profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
+                           pcsc_status=self._status)
+        self.server = await start_server(self.cfg.socket, AgentLocalService(self.registry, facts, self.operations))
+        tasks = {asyncio.create_task(stop.wait(), name="stop"),
+                 asyncio.create_task(self.server.wait_for_termination(), name="local-api")}
+        tasks |= {asyncio.create_task(factory(), name=name) for name, factory in self._tasks.items()}
+        log.info("agent running (pid %d): %s", os.getpid(), ", ".join(self.task_names))
+        failure: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.get_name() != "stop":
+                    failure = (task.exception() if not task.cancelled() else None) or \
+                        RuntimeError(f"task {task.get_name()} ended unexpectedly")
+                    log.error("task %s ended: %s", task.get_name(), failure)
+        finally:
+            log.info("shutting down")
+            await self.server.stop(SHUTDOWN_GRACE_S)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                self.cfg.socket.unlink()
+            except FileNotFoundError:
+                pass
+            await self.close()
+            log.info("agent stopped")
+        if failure is not None:
+            raise AgentStopped(f"agent stopped on an error: {failure}") from failure
+
+    async def close(self) -> None:
+        if self.ops is not None:
+            await self.ops.close()
+        if self.uplink is not None:
+            await self.uplink.close()

@@ -1,0 +1,137 @@
+"""An in-memory ``Uplink`` (agent.ops.uplink) over a real personalizer broker: no gRPC, no daemon process.
+
+``InMemoryUplink(broker, relay=None)`` answers the calls the agent's operations make
+by calling the broker as the gRPC edge does (``personalizer.edge.service``), in the
+same event loop: requests are validated, journaled in the store and delivered to
+the CA by the relay exactly as in the daemon. What it leaves out is the wire:
+TLS, the caller's certificate and the chamber check of the edge (the requester
+is trusted as given). Answers are plain records with the attributes of the
+``*Answer`` protocols; a ``PersonalizerError`` is classified with
+``agent.ops.uplink.is_refusal`` into ``UplinkError`` / ``UplinkUnavailable``,
+as the gRPC uplink classifies the status it carries.
+
+Only the request path is here (submit_issue, renew, get_request, watch_request,
+ca_status); the certificate lifecycle calls raise ``NotImplementedError`` until
+a test needs them. Tests may import agent and personalizer both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from agent.ops.errors import UplinkError, UplinkUnavailable
+from agent.ops.uplink import is_refusal
+from cns_spec import requests
+from personalizer.errors import PersonalizerError
+from personalizer.outbox.broker import Broker, IssueInput, RenewInput
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    code: str = ""
+    field: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RequestRecordAnswer:
+    request_id: str
+    state: int
+    certificate_der: bytes = b""
+    chain_der: tuple[bytes, ...] = ()
+    error: ErrorRecord = field(default_factory=ErrorRecord)
+    kind: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class CAStatusRecord:
+    operational: bool
+    detail: str
+    service_window_open: bool = True
+    in_maintenance: bool = False
+    reactivation_at: int = 0
+    service_window_changes_at: int = 0
+
+
+def _answer(rec) -> RequestRecordAnswer:
+    return RequestRecordAnswer(request_id=rec.request_id, state=requests.CODES[rec.state],
+                               certificate_der=rec.certificate_der or b"", chain_der=tuple(rec.chain_der),
+                               error=ErrorRecord(rec.error_code or "", rec.error_field or "", rec.error_message or ""),
+                               kind=rec.kind, attempts=rec.attempts)
+
+
+def _classified(exc: PersonalizerError, what: str) -> UplinkError:
+    msg = f"personalizer: {what}: {exc.code}: {exc}"
+    return UplinkError(msg, code=exc.code) if is_refusal(exc.code) else UplinkUnavailable(msg, code=exc.code)
+
+
+class InMemoryUplink:
+    def __init__(self, broker: Broker, *, relay: Any = None, actor: str = "urn:cns:station:in-memory") -> None:
+        self.broker, self.relay, self.actor = broker, relay, actor
+        self.calls: list[str] = []     # method names, in order (what the operation asked)
+
+    async def _do(self, method: str, what: str, coro):
+        self.calls.append(method)
+        try:
+            return await coro
+        except PersonalizerError as exc:
+            raise _classified(exc, what) from exc
+
+    async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict, card_id: str,
+                           model: str, requester: dict, ef_dati_personali: bytes = b"",
+                           registration_id: str = "") -> RequestRecordAnswer:
+        inp = IssueInput(request_id=request_id, profile=profile, csr_der=csr_der,
+                         codice_fiscale=holder.get("codice_fiscale", ""), given_name=holder.get("given_name", ""),
+                         surname=holder.get("surname", ""), birth_date=holder.get("birth_date", ""),
+                         card_id=card_id, card_model=model, station_id=requester.get("station_id", ""),
+                         chamber_code=requester.get("chamber_code", ""), operator_id=requester.get("operator_id", ""),
+                         ef_dati_personali=ef_dati_personali, registration_id=registration_id)
+        return _answer(await self._do("submit_issue", f"issue request {request_id}",
+                                      self.broker.submit_issue(inp, actor=self.actor)))
+
+    async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
+                    proof_of_possession: bytes, requester: dict) -> RequestRecordAnswer:
+        inp = RenewInput(request_id=request_id, profile=profile, csr_der=csr_der,
+                         current_certificate_der=current_certificate_der, proof_of_possession=proof_of_possession,
+                         station_id=requester.get("station_id", ""), chamber_code=requester.get("chamber_code", ""),
+                         operator_id=requester.get("operator_id", ""))
+        return _answer(await self._do("renew", f"renew request {request_id}",
+                                      self.broker.submit_renew(inp, actor=self.actor)))
+
+    async def get_request(self, request_id: str) -> RequestRecordAnswer:
+        return _answer(await self._do("get_request", f"request {request_id}", self.broker.get(request_id)))
+
+    async def watch_request(self, request_id: str) -> AsyncIterator[RequestRecordAnswer]:
+        self.calls.append("watch_request")
+        try:
+            async for rec in self.broker.watch(request_id):
+                yield _answer(rec)
+        except PersonalizerError as exc:
+            raise _classified(exc, f"watching request {request_id}") from exc
+
+    async def ca_status(self) -> CAStatusRecord:
+        health = await self._do("ca_status", "CA status", self.broker.ca.health())
+        out = CAStatusRecord(operational=health.operational, detail=health.detail,
+                             reactivation_at=int(health.reactivation_at.timestamp()) if health.reactivation_at else 0)
+        relay = self.relay
+        if relay is not None and relay.active_maintenance() is not None:
+            m = relay.active_maintenance()
+            out = CAStatusRecord(operational=False, detail=f"planned maintenance: {m.reason}".rstrip(": "),
+                                 in_maintenance=True, reactivation_at=int(m.ends_at.timestamp()))
+        return out
+
+    async def get_registration(self, registration_id: str):
+        raise NotImplementedError("InMemoryUplink: registrations are not wired (use the daemon)")
+
+    async def certificate_status(self, **kw):
+        raise NotImplementedError("InMemoryUplink: certificate status is not wired (use the daemon)")
+
+    async def change_status(self, action: str, **kw):
+        raise NotImplementedError("InMemoryUplink: status changes are not wired (use the daemon)")
+
+    async def find_certificates(self, **kw):
+        raise NotImplementedError("InMemoryUplink: certificate search is not wired (use the daemon)")
+
+    async def close(self) -> None:
+        pass
