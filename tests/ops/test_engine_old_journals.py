@@ -16,7 +16,7 @@ from agent.card.cns import CnsSession
 from agent.card.errors import CardRemovedError
 from agent.card.issuer import IssuerSession
 from firmware_profiles.emulator import EmulatedCard
-from tests.agent.emulated import EmulatedTransport
+from tests.support.emulated import EmulatedTransport
 from tests.ops.test_personalize import MODELS, assert_personalized, codes_for, personalize, resume
 
 
