@@ -41,7 +41,7 @@ from personalizer.ca.keys import FileSigner
 from personalizer.outbox.broker import Broker, IssueInput
 from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import ServiceCalendar
 from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
@@ -81,7 +81,7 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
     cfg = dataclasses.replace(cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=dep.root / "ca" / "issuing.pem"))
     ca = build_ca(cfg)
     await ca.open()
-    store = await RequestStore.open(dep.root / "bench.sqlite", synchronous=synchronous)
+    store = await SqliteRequestStore.open(dep.root / "bench.sqlite", synchronous=synchronous)
     broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=0.0)
     relay = Relay(store=store, ca=ca, calendar=CLOSED, notify=broker.notify, concurrency=64, batch=512)
     inputs = [_input(i, holders[i % len(holders)]) for i in range(queued)]

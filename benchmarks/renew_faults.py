@@ -67,7 +67,7 @@ from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
 from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
 from personalizer.edge.service import STATE_ENUMS, record_to_proto, status_to_proto
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import ServiceCalendar
 
 KINDS = ("tear", "drop", "sw", "kill", "kill-answered", "down", "ca-error", "ca-timeout", "ca-lost")
@@ -120,7 +120,7 @@ class LocalUplink:
     """The uplink's interface (submit_issue, renew, get_request, watch_request, certificate_status,
     change_status) over the real broker, relay and store in this process; ``down`` makes every call UNAVAILABLE like an unreachable daemon."""
 
-    def __init__(self, broker: Broker, relay: Relay, store: RequestStore, clock: Clock):
+    def __init__(self, broker: Broker, relay: Relay, store: SqliteRequestStore, clock: Clock):
         self.broker, self.relay, self.store, self.clock = broker, relay, store, clock
         self.down = False
 
@@ -284,7 +284,7 @@ async def _setup(workdir: Path, model):
     clock = Clock()
     ca = BenchCA(build_ca(cfg))
     await ca.inner.open()
-    store = await RequestStore.open(workdir / "requests.sqlite", synchronous="OFF", clock=clock)
+    store = await SqliteRequestStore.open(workdir / "requests.sqlite", synchronous="OFF", clock=clock)
     ca.inner.attach_registry(store)
     min_bits = {k: min(v, model.rsa_bits) for k, v in cfg.min_rsa_bits.items()}
     broker = Broker(store=store, ca=ca, min_rsa_bits=min_bits, answer_wait=0.0,

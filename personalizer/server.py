@@ -49,7 +49,7 @@ from personalizer.edge.health import HealthServicer
 from personalizer.edge.registration_service import SERVICE_NAME as REGISTRATIONS_SERVICE_NAME, RegistrationsService
 from personalizer.outbox.relay import Relay
 from personalizer.edge.service import SERVICE_NAME, PersonalizerService
-from personalizer.store import RequestStore
+from personalizer.store import RequestStore, SqliteRequestStore
 from personalizer.edge.tls_clients import ClientTrust
 from proto.cns.v1 import admin_pb2, admin_pb2_grpc, personalizer_pb2_grpc, registrations_pb2_grpc
 from proto.wire import DecodeInterceptor
@@ -165,7 +165,7 @@ class Daemon:
             undo.push_async_callback(ca.close)
             if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
                 await ca.open()
-            store = await RequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+            store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
             undo.push_async_callback(store.close)
             daemon = await cls._assemble(cfg, ca, store)
             daemon.lock = lock

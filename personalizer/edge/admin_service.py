@@ -25,7 +25,7 @@ from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
 from personalizer.outbox.relay import Relay
 from personalizer.edge.service import STATE_ENUMS, _translate, audit_denied
-from personalizer.store import AuditEntry, RequestRecord
+from personalizer.records import AuditEntry, RequestRecord
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc, personalizer_pb2 as pb
 
 DEFAULT_LIMIT = 100

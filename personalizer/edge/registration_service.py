@@ -22,7 +22,7 @@ from personalizer.rules import registrations
 from personalizer.outbox.broker import Broker
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound
 from personalizer.edge.service import _translate, audit_denied
-from personalizer.store import AuditEntry
+from personalizer.records import AuditEntry
 from proto.cns.v1 import common_pb2, registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registrations"].full_name

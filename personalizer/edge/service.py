@@ -33,7 +33,7 @@ from personalizer.errors import InvalidRequest, NotFound, PermissionDenied, Pers
 from personalizer.outbox.metrics import CAMetrics
 from personalizer.outbox.payloads import KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND
 from personalizer.outbox.relay import Relay
-from personalizer.store import STATE_DONE, AuditEntry, RequestRecord
+from personalizer.records import STATE_DONE, AuditEntry, RequestRecord
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)

@@ -47,12 +47,18 @@ from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, No
                                  StoreError)
 from personalizer.outbox.payloads import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
-from personalizer.store import (STATE_PENDING, STATE_RECEIVED, AuditEntry, KeyAlreadyCertified, KeyBinding,
-                                OutboxPayload, RequestRecord, RequestStore)
+from personalizer.records import (STATE_PENDING, STATE_RECEIVED, AuditEntry, HolderRecord, KeyAlreadyCertified,
+                                  KeyBinding, OutboxPayload, RequestRecord)
+from personalizer.store.protocol import RequestStore
 
 log = logging.getLogger(__name__)
 STATS_WINDOW_SECONDS = 600
 DEFAULT_ANSWER_WAIT = 2.0
+
+
+def _holder_of(p: IssuancePayload) -> HolderRecord:
+    """The holder record an issuance or renewal keeps for later renewals (request id set by the store)."""
+    return HolderRecord("", p.card_id, p.codice_fiscale, p.given_name, p.surname, p.birth_date, p.card_model)
 
 
 def _fingerprint(*values) -> bytes:
@@ -192,7 +198,7 @@ class Broker:
         try:
             return await self._accept(rec, payload.encode(), actor=actor, target=valid.card_id,
                                       card_id=valid.card_id, holder_cf=valid.holder.codice_fiscale, key=key,
-                                      registration_id=rid)
+                                      registration_id=rid, holder=_holder_of(payload))
         except StoreError as exc:
             if rid and "registration already used" in str(exc):   # another request won the race: nothing written
                 raise FailedPrecondition(f"registration {rid} was already used by another request") from None
@@ -219,10 +225,9 @@ class Broker:
         card_id = row.card_id if row and row.card_id else ""
         if not card_id:
             raise FailedPrecondition("the current certificate has no device on record; renew by issuance")
-        original = await self._store.get_payload(row.request_id)
-        if original is None or original.kind not in (KIND_ISSUE, KIND_RENEW):
+        first = await self._store.get_holder(row.request_id)
+        if first is None:
             raise FailedPrecondition("the holder data of the current certificate is not on record; renew by issuance")
-        first = IssuancePayload.decode(original.payload)
         validation.check_subject_matches(csr, validation.Holder(   # the CSR names the certificate's holder
             first.codice_fiscale, first.given_name, first.surname, _dt.date.fromisoformat(first.birth_date)))
         key = KeyBinding(validation.public_key_sha256(csr.public_key()), first.codice_fiscale, inp.profile)
@@ -245,7 +250,8 @@ class Broker:
                             chamber_code=inp.chamber_code, station_id=inp.station_id, operator_id=inp.operator_id,
                             issuer_dn=None, serial_hex=None)
         return await self._accept(rec, payload.encode(), actor=actor, target=f"{ref.issuer_dn}#{ref.serial_hex}",
-                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key, mode=mode)
+                                  card_id=card_id, holder_cf=first.codice_fiscale, key=key, mode=mode,
+                                  holder=_holder_of(payload))
 
     async def submit_change(self, inp: ChangeInput, *, actor: str = "") -> RequestRecord:
         validation.check_request_id(inp.request_id)
@@ -270,7 +276,8 @@ class Broker:
 
     async def _accept(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str,
                       fingerprint: bytes | None = None, card_id: str = "", holder_cf: str = "",
-                      key: KeyBinding | None = None, registration_id: str = "", mode: str = "") -> RequestRecord:
+                      key: KeyBinding | None = None, registration_id: str = "", mode: str = "",
+                      holder: HolderRecord | None = None) -> RequestRecord:
         """Commit (request + outbox + audit) or find the existing request; then wait briefly for the relay."""
         rid = rec.request_id
         fp = fingerprint or rec.payload_sha256
@@ -281,7 +288,8 @@ class Broker:
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
             task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
                                                       card_id=card_id, holder_cf=holder_cf, key=key,
-                                                      registration_id=registration_id, mode=mode))
+                                                      registration_id=registration_id, mode=mode,
+                                                      holder=holder))
             self._handoffs.add(task)
             task.add_done_callback(self._handoff_done)
             created = await asyncio.shield(task)
@@ -302,7 +310,7 @@ class Broker:
 
     async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
                       holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "",
-                      mode: str = "") -> bool:
+                      mode: str = "", holder: HolderRecord | None = None) -> bool:
         """Write a new request and hand it to the relay; False (nothing written) if its id exists.
 
         ``key`` is bound in the same commit; if another request holds it nothing is written and the
@@ -317,7 +325,8 @@ class Broker:
         relay = self.relay
         claim = relay is not None and relay.reserve(lane, rid)
         try:
-            created = await self._store.enqueue(rec, lane=lane, payload=payload, claim=claim, key=key,
+            created = await self._store.enqueue(rec, lane=lane, payload=payload,
+                                                claimer=relay.claimer if claim else None, key=key, holder=holder,
                                                 audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
                                                                  "accepted",
                                                                  f"registration {registration_id}"

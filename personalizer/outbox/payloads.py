@@ -5,7 +5,7 @@ A payload holds everything the relay needs to call the CA after a restart
 card id and the CN hash; for status changes the certificate reference and
 the reason. No secrets are ever in a payload (a CSR and holder data only).
 
-Imports nothing of ours but ``store`` (lane names).
+Imports nothing of ours but ``records`` (lane names).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import base64
 import json
 from dataclasses import asdict, dataclass
 
-from personalizer.store import LANE_PRIORITY, LANE_STANDARD
+from personalizer.records import LANE_PRIORITY, LANE_STANDARD
 
 KIND_ISSUE = "issue"
 KIND_RENEW = "renew"

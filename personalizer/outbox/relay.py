@@ -6,9 +6,11 @@ due rows of the priority lane (suspend, reactivate, revoke: 24x7), then — only
 inside the service window — of the standard lane (issue, renew), skipping rows
 already in flight, and starts one delivery task per row. There are no passes:
 a request that arrives while others are being delivered starts as soon as a
-slot is free, not after the slowest of them. Each delivery claims its row
-(``sending``, committed before the CA is called), calls the CA, and records the
-outcome in one transaction (request + outbox + audit):
+slot is free, not after the slowest of them. Rows are claimed in one atomic
+store call (``claim_due``: ``sending``, committed before the CA is called, held
+by this relay's ``claimer`` name), so two daemons sharing one database never
+deliver the same row. Each delivery calls the CA and records the outcome in one
+transaction (request + outbox + audit):
 
 * success → ISSUED / DONE; after a status change the ``on_status_change``
   hook runs (CRL/OCSP publication);
@@ -58,7 +60,8 @@ from personalizer.outbox.metrics import CAMetrics
 from personalizer.outbox.payloads import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_REACTIVATE, KIND_REVOKE, KIND_SUSPEND,
                                  ChangePayload, IssuancePayload)
 from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
-from personalizer.store import LANE_PRIORITY, LANE_STANDARD, AuditEntry, OutboxPayload, RequestRecord, RequestStore
+from personalizer.records import LANE_PRIORITY, LANE_STANDARD, AuditEntry, OutboxPayload, RequestRecord
+from personalizer.store.protocol import RequestStore
 from personalizer.outbox.windows import Maintenance, ServiceCalendar, active_maintenance
 from personalizer.outbox.windows import from_rows as windows_from_rows
 
@@ -74,6 +77,7 @@ TERMINAL_ERRORS = (InvalidRequest, NotSupported, FailedPrecondition, InvalidTran
 UNAVAILABLE_ERRORS = (CAError, OSError, TimeoutError)
 LOCAL_TRANSIENT_ERRORS = (StoreError,)
 STALE_CLAIM_SECONDS = 120.0       # a claim older than this that no live delivery holds is taken back
+DEFAULT_CLAIMER = "relay"         # the name this relay's claims carry; reset at its restart (reset_sending)
 TARGET_STATE = {KIND_SUSPEND: CertState.SUSPENDED, KIND_REACTIVATE: CertState.ACTIVE, KIND_REVOKE: CertState.REVOKED}
 
 
@@ -84,8 +88,10 @@ class Relay:
                  concurrency: int = 32, batch: int = 256,
                  notify: Callable[[RequestRecord], None] = lambda rec: None,
                  on_status_change: Callable[[], Awaitable[None]] | None = None,
-                 maintenance: list[Maintenance] = (), stale_claim_seconds: float = STALE_CLAIM_SECONDS):
+                 maintenance: list[Maintenance] = (), stale_claim_seconds: float = STALE_CLAIM_SECONDS,
+                 claimer: str = DEFAULT_CLAIMER):
         self._store, self._ca, self.calendar = store, ca, calendar
+        self.claimer = claimer
         self._retry = retry
         self.breaker = breaker or CircuitBreaker()
         self.metrics = metrics or CAMetrics(clock=clock)
@@ -128,7 +134,7 @@ class Relay:
         self.wake()
 
     async def start(self) -> None:
-        await self._store.reset_sending()
+        await self._store.reset_sending(self.claimer)
         await self.reload_maintenance()
         self._task = asyncio.create_task(self._supervise(), name="relay")
 
@@ -192,14 +198,9 @@ class Relay:
             free = self._concurrency - len(self._inflight) - len(self._reserved)
             if free <= 0:
                 break
-            # rows in flight may still look due until their delivery has claimed them
-            ids = await self._store.due(self._clock(), lane, free + len(self._inflight))
-            for rid in ids:
-                if rid in self._inflight:
-                    continue
-                if len(self._inflight) + len(self._reserved) >= self._concurrency:
-                    break
-                task = asyncio.create_task(self._deliver(rid), name=f"deliver:{rid}")
+            for c in await self._store.claim_due(self._clock(), (lane,), free, self.claimer):
+                rid = c.record.request_id
+                task = asyncio.create_task(self._deliver(rid, claimed=(c.record, c.payload)), name=f"deliver:{rid}")
                 self._inflight[rid] = task
                 task.add_done_callback(lambda t, rid=rid: self._delivered(rid, t))
                 started += 1
@@ -314,11 +315,12 @@ class Relay:
         done = 0
         for lane in self.lanes_open():
             while True:
-                ids = await self._store.due(self._clock(), lane, self._batch)
-                if not ids:
+                claimed = await self._store.claim_due(self._clock(), (lane,), self._batch, self.claimer)
+                if not claimed:
                     break
-                await asyncio.gather(*(self._deliver(rid) for rid in ids))
-                done += len(ids)
+                await asyncio.gather(*(self._deliver(c.record.request_id, claimed=(c.record, c.payload))
+                                       for c in claimed))
+                done += len(claimed)
                 if self.breaker.state != "closed":
                     break
             if self.breaker.state != "closed":
@@ -378,22 +380,14 @@ class Relay:
         await self._record_breaker()
         return self.breaker.state == "closed"
 
-    async def _deliver(self, request_id: str,
-                       claimed: tuple[RequestRecord, OutboxPayload] | None = None) -> None:
+    async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> None:
+        """Deliver one row this relay claimed (``claim_due`` or ``start_claimed``)."""
         async with self._sem:
-            if claimed is not None:
-                rec, payload = claimed
-                if self.breaker.state != "closed":   # opened since it was claimed: back to the queue,
-                    # unclaimed (it never reached the CA, so it stays cancellable)
-                    await self._store.release_claim(request_id, self._clock(), "CA circuit open")
-                    return
-            else:
-                if self.breaker.state != "closed":
-                    return   # opened by a sibling in this batch: leave the row due
-                if not await self._store.mark_sending(request_id):
-                    return   # cancelled or taken meanwhile
-                rec = await self._store.get_request(request_id)
-                payload = await self._store.get_payload(request_id)
+            rec, payload = claimed
+            if self.breaker.state != "closed":   # opened since it was claimed (by a sibling in this batch,
+                # say): back to the queue, unclaimed (it never reached the CA, so it stays cancellable)
+                await self._store.release_claim(request_id, self._clock(), "CA circuit open")
+                return
             self._notify(rec)
             t0 = time.perf_counter()
             try:

@@ -15,7 +15,7 @@ from personalizer.errors import CAUnavailable
 from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
 from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import ServiceCalendar
 from tests.personalizer import helpers
 
@@ -119,7 +119,7 @@ class Env:
         inner = build_ca(cfg)
         await inner.open()
         self.ca = FlakyCA(inner)
-        self.store = await RequestStore.open(self.tmp / "requests.sqlite", clock=self.clock)
+        self.store = await SqliteRequestStore.open(self.tmp / "requests.sqlite", clock=self.clock)
         inner.attach_registry(self.store)
         self.broker = Broker(store=self.store, ca=self.ca, min_rsa_bits=cfg.min_rsa_bits,
                              answer_wait=self.answer_wait, renewal=RenewalRules(), clock=self.clock)
@@ -127,7 +127,7 @@ class Env:
                            retry=RetryPolicy(initial_seconds=1.0, max_seconds=60.0),
                            breaker=CircuitBreaker(self.breaker_failures, 30.0), notify=self.broker.notify)
         self.broker.wake_relay = self.relay.wake
-        await self.store.reset_sending()
+        await self.store.reset_sending("relay")
         await self.relay.reload_maintenance()
         return self
 

@@ -21,7 +21,7 @@ import pytest
 
 from personalizer.outbox.broker import Broker, IssueInput
 from personalizer.outbox.payloads import IssuancePayload
-from personalizer.store import AuditEntry, RequestRecord, RequestStore
+from personalizer.store import AuditEntry, RequestRecord, SqliteRequestStore
 from proto.cns.v1 import admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.personalizer import helpers
@@ -157,7 +157,7 @@ def test_cnsctl_queue_retry_takes_back_a_claim_whose_holder_is_gone(storm_daemon
     req = helpers.issue_request()
 
     async def orphan():
-        store = await RequestStore.open(d.root / "data" / "requests.sqlite")
+        store = await SqliteRequestStore.open(d.root / "data" / "requests.sqlite")
         try:
             broker = Broker(store=store, ca=None, min_rsa_bits={"cns-auth": 2048, "qualified-signature": 2048})
             h, r = req.holder, req.requester
@@ -172,7 +172,7 @@ def test_cnsctl_queue_retry_takes_back_a_claim_whose_holder_is_gone(storm_daemon
             rec = RequestRecord(request_id=req.request_id, kind="issue", profile="cns-auth",
                                 payload_sha256=b"orphan", chamber_code="RM", station_id="RM-STATION-01",
                                 operator_id="op-001")
-            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claim=True,
+            assert await store.enqueue(rec, lane="standard", payload=payload.encode(), claimer="relay",
                                        audit=AuditEntry("gone", "RM-STATION-01", "issue", rec.request_id, "",
                                                         "accepted"))
         finally:

@@ -45,7 +45,7 @@ async def _enqueue_raw(env, *, given="Mario", surname="Rossi", profile="qualifie
                               card_id="7420000000009999", dati_personali_hash=None).encode()
     rec = RequestRecord(request_id=rid, kind=KIND_ISSUE, profile=profile, payload_sha256=uuid.uuid4().bytes,
                         chamber_code="RM", station_id="RM-STATION-01", operator_id="op-1")
-    assert await env.store.enqueue(rec, lane=LANE_OF[KIND_ISSUE], payload=payload, claim=claim,
+    assert await env.store.enqueue(rec, lane=LANE_OF[KIND_ISSUE], payload=payload, claimer="relay" if claim else None,
                                    audit=AuditEntry("test", "RM-STATION-01", KIND_ISSUE, rid, "", "accepted"))
     return rid
 
@@ -107,7 +107,7 @@ def test_a_request_failing_inside_the_ca_fails_once_and_never_opens_the_breaker(
                 assert got.state == "FAILED" and got.error_code == "INVALID_ARGUMENT" and got.attempts == 1, got
                 assert "64" in got.error_message
             clock.advance(3600)
-            assert await env.store.due(clock(), "standard", 10) == []          # never retried
+            assert await env.store.next_due(("standard",)) is None          # never retried
             sus = await env.broker.submit_change(_suspend(ref))
             await env.relay.run_once()
             assert (await env.store.get_request(sus.request_id)).state == "DONE"

@@ -17,7 +17,7 @@ from cns_spec import enrollment_code
 from personalizer import deploy
 from personalizer.enrollment import Enrollment, EnrollLimiter
 from personalizer.errors import InvalidRequest, PermissionDenied, Unauthenticated
-from personalizer.store import RequestStore
+from personalizer.store import SqliteRequestStore
 
 ADMIN = "urn:cns:admin:central-it"
 
@@ -44,7 +44,7 @@ def _csr(key=None) -> bytes:
 def _run(tls, tmp_path, body):
     async def go():
         clock = Clock()
-        store = await RequestStore.open(tmp_path / "r.sqlite", clock=clock)
+        store = await SqliteRequestStore.open(tmp_path / "r.sqlite", clock=clock)
         e = Enrollment(store=store, tls_ca_cert=tls.cert, tls_ca_key=tls.key, client_crl=tls.dir / deploy.CLIENT_CRL,
                        clock=clock)
         try:

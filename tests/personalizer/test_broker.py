@@ -13,7 +13,7 @@ from personalizer.errors import InvalidRequest
 from personalizer.outbox.relay import Relay
 from personalizer.server import build_ca
 from personalizer.outbox.windows import ServiceCalendar
-from personalizer.store import STATE_ISSUED, RequestRecord, RequestStore
+from personalizer.store import STATE_ISSUED, RequestRecord, SqliteRequestStore
 from tests.personalizer import helpers
 
 
@@ -28,7 +28,7 @@ def test_received_row_left_by_a_crash_is_resumed(deployment, tmp_path):
     async def run():
         cfg = config.load(deployment.server_config)
         ca = build_ca(cfg)
-        store = await RequestStore.open(tmp_path / "r.sqlite")
+        store = await SqliteRequestStore.open(tmp_path / "r.sqlite")
         ca.attach_registry(store)
         inp = _input(helpers.csr_der())
         # the state a crash between "row written" and "CA called" leaves behind
