@@ -101,8 +101,9 @@ def build_ejbca(cfg: DaemonConfig) -> CAConnector:
     return EjbcaConnector(settings)
 
 
-def build_ca(cfg: DaemonConfig) -> CAConnector:
-    """The configured connector: the embedded CA (default) or EJBCA over REST."""
+def build_ca(cfg: DaemonConfig, index_opener=None) -> CAConnector:
+    """The configured connector: the embedded CA (default) or EJBCA over REST. ``index_opener``: the
+    embedded CA's index elsewhere than ca.db (the replicated database with backend = "postgresql")."""
     c = cfg.ca
     if c.connector == "ejbca":
         return build_ejbca(cfg)
@@ -120,7 +121,7 @@ def build_ca(cfg: DaemonConfig) -> CAConnector:
     # the CA's own index (ca.db) and OCSP responder live next to its certificates
     return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
                       sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent,
-                      signing_workers=cfg.server.workers)
+                      signing_workers=cfg.server.workers, index_opener=index_opener)
 
 
 def build_publisher(cfg: DaemonConfig, ca):
@@ -161,12 +162,25 @@ class Daemon:
         async with contextlib.AsyncExitStack() as undo:
             lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
             undo.callback(lock.release)
-            ca = build_ca(cfg)
-            undo.push_async_callback(ca.close)
-            if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
-                await ca.open()
-            store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
-            undo.push_async_callback(store.close)
+            if cfg.store.backend == "postgresql":   # issue 17: store and CA index in one replicated database
+                from personalizer.ca.index_postgres import PgCertificateIndex
+                from personalizer.store.postgres import PostgresRequestStore
+                store = await PostgresRequestStore.open(cfg.store.postgres_dsn())
+                undo.push_async_callback(store.close)
+
+                async def pg_index():
+                    return PgCertificateIndex.over(store.database)
+                ca = build_ca(cfg, index_opener=pg_index)
+                undo.push_async_callback(ca.close)
+                if isinstance(ca, EmbeddedCA):
+                    await ca.open()
+            else:
+                ca = build_ca(cfg)
+                undo.push_async_callback(ca.close)
+                if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+                    await ca.open()
+                store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous)
+                undo.push_async_callback(store.close)
             daemon = await cls._assemble(cfg, ca, store)
             daemon.lock = lock
             undo.pop_all()

@@ -416,7 +416,15 @@ class Cluster:
         return killed
 
     def down(self, *, purge: bool = False) -> None:
-        """Stop every process we started (TERM, then KILL after a grace period); ``purge`` removes the folder."""
+        """Stop every process we started (TERM, then KILL after a grace period); ``purge`` removes the folder
+        (its data is discarded, so the processes are killed at once rather than shut down cleanly)."""
+        if purge:
+            for site in SITES:
+                self.kill(site)
+            self._stop(self.procs.get("etcd"), grace=0)
+            self.procs = {}
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
         for site in SITES:
             self._stop(self.procs.get(f"patroni-{site}"))
         for site in SITES:   # a Patroni killed earlier leaves its postmaster: stop it fast and clean

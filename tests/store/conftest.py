@@ -12,6 +12,8 @@ import itertools
 import pytest
 
 from personalizer.store import MemoryRequestStore, SqliteRequestStore
+from tests.conftest import require
+from tests.support import pg_cluster
 
 
 class Clock:
@@ -39,7 +41,21 @@ async def _memory(tmp_path, clock):
     return MemoryRequestStore(clock=clock)
 
 
-STORES = {"sqlite": _sqlite, "memory": _memory}
+async def _postgresql(tmp_path, clock, cluster):
+    from personalizer.store.postgres import PostgresRequestStore
+    return await PostgresRequestStore.open(pg_cluster.fresh_dsn(cluster), clock=clock, max_connections=4)
+
+
+STORES = {"sqlite": _sqlite, "memory": _memory, "postgresql": _postgresql}
+
+
+@pytest.fixture(scope="session")
+def pg_session_cluster():
+    """etcd + Patroni + PostgreSQL 15 primary and synchronous standby, once per session (issue 17)."""
+    require(pg_cluster.missing())
+    c = pg_cluster.session_cluster()
+    yield c
+    c.down(purge=True)
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -53,11 +69,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def open_store(store_kind, tmp_path, clock):
+def open_store(store_kind, tmp_path, clock, request):
     """``async with open_store() as store``: a fresh store of this run's implementation, closed after."""
+    extra = (request.getfixturevalue("pg_session_cluster"),) if store_kind == "postgresql" else ()
+
     @contextlib.asynccontextmanager
     async def opener():
-        store = await STORES[store_kind](tmp_path, clock)
+        store = await STORES[store_kind](tmp_path, clock, *extra)
         try:
             yield store
         finally:

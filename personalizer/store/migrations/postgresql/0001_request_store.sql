@@ -186,3 +186,6 @@ CREATE TABLE maintenance (
     reason     TEXT NOT NULL,
     source     TEXT NOT NULL
 );
+-- An outbox payload as JSON when it is JSON, else NULL (the stock report reads the station's card model).
+CREATE FUNCTION json_or_null(data BYTEA) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN RETURN convert_from(data, 'UTF8')::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
