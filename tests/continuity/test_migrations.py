@@ -53,3 +53,20 @@ def test_a_failing_sqlite_migration_leaves_nothing_of_itself(tmp_path, monkeypat
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "c" not in tables
     assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 0
+
+
+def test_the_sqlite_store_records_its_migrations(tmp_path):
+    import asyncio
+
+    from personalizer.store import SqliteRequestStore
+
+    async def go():
+        s = await SqliteRequestStore.open(tmp_path / "requests.sqlite")
+        await s.close()
+        s = await SqliteRequestStore.open(tmp_path / "requests.sqlite")   # a second open applies nothing
+        await s.close()
+    asyncio.run(go())
+    conn = sqlite3.connect(tmp_path / "requests.sqlite")
+    rows = conn.execute("SELECT version, name, sha256 FROM schema_migrations").fetchall()
+    assert [(v, n) for v, n, _ in rows] == [(m.version, m.name) for m in migrations.migrations("sqlite")]
+    assert rows[0][2] == migrations.migrations("sqlite")[0].sha256
