@@ -194,6 +194,7 @@ class Cluster:
             "wal_log_hints": "on", "wal_retrieve_retry_interval": "200ms", "max_connections": 60,
             "shared_buffers": "32MB", "max_wal_senders": 10, "max_replication_slots": 10,
             "unix_socket_directories": str(d), "wal_keep_size": "128MB",
+            "archive_mode": "on",   # WAL to pgBackRest's repository (personalizer.continuity.pitr)
         }
         config = {
             "scope": SCOPE, "namespace": "/cns/", "name": site,
@@ -217,7 +218,9 @@ class Cluster:
                     "replication": {"username": "replicator", "password": s["replication"]},
                     "rewind": {"username": "rewinder", "password": s["rewind"]},
                 },
-                "parameters": {"unix_socket_directories": str(d)},
+                "parameters": {"unix_socket_directories": str(d),
+                               "archive_command": f"pgbackrest --config={d / 'pgbackrest.conf'} --stanza={SCOPE} "
+                                                  f"archive-push %p"},
                 "pg_hba": [
                     "local all all scram-sha-256",
                     "host replication replicator 127.0.0.1/32 scram-sha-256",
@@ -303,7 +306,23 @@ class Cluster:
         with os.fdopen(fd, "w") as f:
             f.write(self._patroni_yaml(site))
         self._chown(cfg, account)
+        self.write_pgbackrest_conf(site, account)
         self._spawn(f"patroni-{site}", [shutil.which("patroni"), str(cfg)], d / "patroni.log", account)
+
+    def write_pgbackrest_conf(self, site: str, account: pwd.struct_passwd | None = None) -> Path:
+        """pgBackRest's configuration for one node: the shared repository under the run folder."""
+        account = account if account is not None else self._account()
+        d, repo = self.run_dir / site, self.run_dir / "backups"
+        for folder in (repo, d / "pgbackrest"):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            self._chown(folder, account)
+        conf = d / "pgbackrest.conf"
+        conf.write_text(f"[global]\nrepo1-path={repo}\nrepo1-retention-full=2\nlog-path={d / 'pgbackrest'}\n"
+                        f"lock-path={d / 'pgbackrest'}\nspool-path={d / 'pgbackrest'}\nstart-fast=y\n"
+                        f"log-level-console=warn\nlog-level-file=info\n\n[{SCOPE}]\npg1-path={d / 'data'}\n"
+                        f"pg1-port={self.ports.pg(site)}\npg1-socket-path={d}\npg1-user=postgres\n")
+        self._chown(conf, account)
+        return conf
 
     def _ensure_app_database(self) -> None:
         s = self.secrets()

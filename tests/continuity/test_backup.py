@@ -13,7 +13,7 @@ import pytest
 
 from personalizer.ca.index import CertificateIndex, STATUS_ACTIVE, STATUS_REVOKED
 from personalizer.continuity import backup
-from personalizer.store import AuditEntry, RequestRecord, RequestStore
+from personalizer.store import AuditEntry, RequestRecord, SqliteRequestStore as RequestStore
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = _dt.datetime(2026, 12, 1, tzinfo=_dt.timezone.utc)

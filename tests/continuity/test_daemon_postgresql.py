@@ -13,6 +13,12 @@ from tests.personalizer import helpers
 TIMEOUT = 30
 
 
+@pytest.fixture(scope="module")
+def cluster(pg_session_cluster):
+    """The session's cluster (these tests kill nothing), not a module's own."""
+    return pg_session_cluster
+
+
 def _site_config(dep, cluster, name: str, *, enrollment: bool) -> str:
     text = dep.server_config.read_text()
     pw = dep.root / f"pg-password-{name}"

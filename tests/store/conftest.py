@@ -12,7 +12,6 @@ import itertools
 import pytest
 
 from personalizer.store import MemoryRequestStore, SqliteRequestStore
-from tests.conftest import require
 from tests.support import pg_cluster
 
 
@@ -48,14 +47,7 @@ async def _postgresql(tmp_path, clock, cluster):
 
 STORES = {"sqlite": _sqlite, "memory": _memory, "postgresql": _postgresql}
 
-
-@pytest.fixture(scope="session")
-def pg_session_cluster():
-    """etcd + Patroni + PostgreSQL 15 primary and synchronous standby, once per session (issue 17)."""
-    require(pg_cluster.missing())
-    c = pg_cluster.session_cluster()
-    yield c
-    c.down(purge=True)
+# pg_session_cluster: tests/support/pg_cluster.py (a plugin of tests/conftest.py)
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -1,5 +1,7 @@
 """A Patroni cluster for a whole test session, and a fresh PostgreSQL schema per test (the contract suite).
 
+Loaded as a pytest plugin (tests/conftest.py): the ``pg_session_cluster`` fixture is one cluster for the
+whole session, shared by the store contract suite and the continuity tests that do not kill nodes.
 ``session_cluster()`` brings up ``personalizer.continuity.cluster`` once in a folder under /tmp that its
 unprivileged user can reach; ``stop()`` stops every process and removes the folder. ``fresh_dsn(c)`` makes
 an empty schema and returns the application's DSN with that schema as its search path (migrations then
@@ -10,6 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+
+import pytest
 
 from personalizer.continuity.cluster import Cluster, free_port_base, missing_tools
 
@@ -39,3 +43,13 @@ def fresh_dsn(c: Cluster) -> str:
     with psycopg.connect(c.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     return c.dsn() + f" options='-csearch_path={schema}'"
+
+
+@pytest.fixture(scope="session")
+def pg_session_cluster():
+    """etcd + Patroni + PostgreSQL 15 primary and synchronous standby, once per session (issue 17)."""
+    from tests.conftest import require
+    require(missing())
+    c = session_cluster()
+    yield c
+    c.down(purge=True)
