@@ -2,7 +2,8 @@
 ``revoke-client --config FILE CERT.pem|--serial HEX`` (a station, tool or admin certificate into the
 client CRL that the running daemon rereads), ``report archive --date D`` (the daily archive) and
 ``report monthly --month YYYY-MM`` (the monthly report, JSON and PDF): both read the store read-only
-and write one bundle atomically (``personalizer.reports``).
+and write one bundle atomically (``personalizer.reports``). ``backup --out DIR`` / ``restore BACKUP``: the
+SQLite store and ``ca.db``, online, checked against a manifest (``personalizer.continuity.backup``).
 
 ``audit`` reads the append-only audit table straight from the store (no
 daemon needed; a read-only connection, so an auditor needs only read access to
@@ -204,6 +205,41 @@ def _revoke_client(opts) -> int:
     return 0
 
 
+def _backup_targets(opts):
+    from personalizer.continuity import backup
+
+    if (opts.config is None) == (opts.database is None):
+        raise config.ConfigError(opts.command, "arguments", "give either --config FILE or --database FILE")
+    if opts.config is not None:
+        return backup.targets_from_config(config.load(opts.config))
+    return backup.targets_of(Path(opts.database), Path(opts.ca_dir) if opts.ca_dir else None)
+
+
+def _backup(opts) -> int:
+    from personalizer.continuity import backup
+
+    folder = backup.backup(_backup_targets(opts), Path(opts.out))
+    files = backup.read_manifest(folder)["files"]
+    if opts.json:
+        print(json.dumps({"backup": str(folder), "files": files}))
+    else:
+        print(f"cns-personalizer: backup written to {folder} ({', '.join(sorted(files))})")
+    return 0
+
+
+def _restore(opts) -> int:
+    from personalizer.continuity import backup
+
+    manifest = backup.restore(Path(opts.backup), _backup_targets(opts))
+    if opts.json:
+        print(json.dumps({"restored": str(opts.backup), "created_at": manifest["created_at"],
+                          "files": manifest["files"]}))
+    else:
+        print(f"cns-personalizer: restored the backup of {manifest['created_at']} "
+              f"({', '.join(sorted(manifest['files']))}); start the daemon")
+    return 0
+
+
 def _count(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -291,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
     ra.set_defaults(func=_report_archive)
     rm.set_defaults(func=_report_monthly)
+    b = sub.add_parser("backup", help="online backup of the SQLite request store and ca.db (SQLite backup API)")
+    b.add_argument("--out", required=True, help="folder to write the cns-backup-<time> folder into")
+    rs = sub.add_parser("restore", help="restore a backup into a store that does not exist yet")
+    rs.add_argument("backup", help="the cns-backup-<time> folder")
+    for x in (b, rs):
+        x.add_argument("--config", help="personalizer TOML file (store.data_dir, the embedded CA's folder)")
+        x.add_argument("--database", help="or the request store itself (data/requests.sqlite)")
+        x.add_argument("--ca-dir", help="with --database: the embedded CA's folder holding ca.db")
+        x.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+    b.set_defaults(func=_backup)
+    rs.set_defaults(func=_restore)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")

@@ -22,6 +22,9 @@ Example (``cns-personalizer init`` writes one)::
     [store]
     data_dir = "data"
     synchronous = "FULL"        # FULL | NORMAL (WAL either way)
+    # backend = "postgresql"    # issue 17: both sites on one Patroni cluster (default "sqlite")
+    # dsn = "host=site-a,site-b port=5432,5432 dbname=cns user=cns target_session_attrs=read-write"
+    # password_file = "secrets/pg-password"   # the DSN's password, kept out of the config (mode 0600)
 
     [ca]
     connector = "embedded"
@@ -129,6 +132,7 @@ from personalizer.errors import ConfigError
 from personalizer.outbox.windows import DEFAULT_HOURS, Maintenance, ServiceCalendar, WindowError, check_window
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+STORE_BACKENDS = ("sqlite", "postgresql")
 KEY_STORES = ("file", "pkcs11")
 CONNECTORS = ("embedded", "ejbca")
 EJBCA_PROFILE_TABLES = ("certificate_profiles", "end_entity_profiles")
@@ -153,6 +157,16 @@ class ServerConfig:
 class StoreConfig:
     data_dir: Path
     synchronous: str = "FULL"
+    backend: str = "sqlite"
+    dsn: str = ""                      # postgresql: libpq DSN listing both sites (no password)
+    password_file: Path | None = None
+
+    def postgres_dsn(self) -> str:
+        """The DSN with the password read from ``password_file`` (never logged, never in the config)."""
+        if self.password_file is None:
+            return self.dsn
+        password = self.password_file.read_text().strip().replace("\\", "\\\\").replace("'", "\\'")
+        return f"{self.dsn} password='{password}'"
 
     @property
     def database(self) -> Path:
@@ -277,7 +291,7 @@ MAX_CONNECTIONS = 1_000_000
 _SECTIONS: dict[str, set[str] | None] = {
     "server": {"listen", "tls_cert", "tls_key", "client_trust_anchors", "require_client_auth", "grace_seconds",
                "keepalive_min_ping_seconds", "handshake_timeout_seconds", "max_connections", "client_crl", "workers"},
-    "store": {"data_dir", "synchronous"},
+    "store": {"data_dir", "synchronous", "backend", "dsn", "password_file"},
     "ca": {"connector", "root_cert", "issuing_cert", "key_store", "issuing_key", "key_passphrase_file",
            "pkcs11_module", "token_label", "key_label", "pin_file", "urls", "sign_in_thread", "ejbca"},
     "profiles": None,   # profile names, checked where read
@@ -542,7 +556,7 @@ def load(path: str | Path) -> DaemonConfig:
     sync = r.get(st, "store", "synchronous", str, "FULL").upper()
     if sync not in SYNCHRONOUS_MODES:
         raise ConfigError(path, "store.synchronous", f"expected one of {SYNCHRONOUS_MODES}, got {sync!r}")
-    store = StoreConfig(data_dir=r.path_(st, "store", "data_dir", must_exist=False), synchronous=sync)
+    store = _load_store(r, st, path, sync)
     c = r.table("ca")
     connector = r.get(c, "ca", "connector", str, "embedded")
     if connector not in CONNECTORS:
@@ -587,6 +601,29 @@ def load(path: str | Path) -> DaemonConfig:
         raise ConfigError(path, "pki.enabled", f"CRL/OCSP publication needs the embedded CA; with connector "
                                                f"{ca.connector!r} the CA publishes its own CRLs and OCSP")
     return DaemonConfig(source=path, server=server, store=store, ca=ca, min_rsa_bits=min_bits, **ops)
+
+
+def _load_store(r: "_Reader", st: dict, path: Path, sync: str) -> StoreConfig:
+    backend = r.get(st, "store", "backend", str, "sqlite")
+    if backend not in STORE_BACKENDS:
+        raise ConfigError(path, "store.backend", f"expected one of {STORE_BACKENDS}, got {backend!r}")
+    data_dir = r.path_(st, "store", "data_dir", must_exist=False)
+    if backend == "sqlite":
+        for key in ("dsn", "password_file"):
+            if key in st:
+                raise ConfigError(path, f"store.{key}", 'only for backend = "postgresql"')
+        return StoreConfig(data_dir=data_dir, synchronous=sync)
+    dsn = r.get(st, "store", "dsn", str)
+    if re.search(r"(^|\s)password\s*=", dsn):
+        raise ConfigError(path, "store.dsn", "holds a password: put it in store.password_file (mode 0600) instead")
+    hosts = re.search(r"(^|\s)host\s*=\s*(\S+)", dsn)
+    if not hosts or "," not in hosts.group(2):
+        raise ConfigError(path, "store.dsn", "expected both sites, e.g. host=site-a,site-b port=5432,5432 ...")
+    tsa = re.search(r"target_session_attrs\s*=\s*(\S+)", dsn)
+    if not tsa or tsa.group(1) != "read-write":
+        raise ConfigError(path, "store.dsn", "expected target_session_attrs=read-write (connect to the primary only)")
+    pw = r.path_(st, "store", "password_file", default=None) if "password_file" in st else None
+    return StoreConfig(data_dir=data_dir, synchronous=sync, backend=backend, dsn=dsn, password_file=pw)
 
 
 def _load_ejbca(r: "_Reader", c: dict) -> EjbcaConfig:

@@ -106,8 +106,9 @@ def build_ejbca(cfg: DaemonConfig) -> CAConnector:
     return EjbcaConnector(settings)
 
 
-def build_ca(cfg: DaemonConfig) -> CAConnector:
-    """The configured connector: the embedded CA (default) or EJBCA over REST."""
+def build_ca(cfg: DaemonConfig, index_opener=None) -> CAConnector:
+    """The configured connector: the embedded CA (default) or EJBCA over REST. ``index_opener``: the
+    embedded CA's index elsewhere than ca.db (the replicated database with backend = "postgresql")."""
     c = cfg.ca
     if c.connector == "ejbca":
         return build_ejbca(cfg)
@@ -125,7 +126,7 @@ def build_ca(cfg: DaemonConfig) -> CAConnector:
     # the CA's own index (ca.db) and OCSP responder live next to its certificates
     return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
                       sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent,
-                      signing_workers=cfg.server.workers)
+                      signing_workers=cfg.server.workers, index_opener=index_opener)
 
 
 def build_publisher(cfg: DaemonConfig, ca):
@@ -181,20 +182,34 @@ class Daemon:
         failed process alive)."""
         async with contextlib.AsyncExitStack() as undo:
             lock = None
+            pg_store = None
             if store is None:
                 lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
                 undo.callback(lock.release)
+                if cfg.store.backend == "postgresql":   # issue 17: store and CA index in one replicated database
+                    from personalizer.store.postgres import PostgresRequestStore
+                    store = pg_store = await PostgresRequestStore.open(cfg.store.postgres_dsn())
+                    undo.push_async_callback(store.close)
             if ca is None:
-                ca = build_ca(cfg)
+                if pg_store is not None:
+                    from personalizer.ca.index_postgres import PgCertificateIndex
+
+                    async def pg_index():
+                        return PgCertificateIndex.over(pg_store.database)
+                    ca = build_ca(cfg, index_opener=pg_index)
+                else:
+                    ca = build_ca(cfg)
                 undo.push_async_callback(ca.close)
-                if isinstance(ca, EmbeddedCA):   # its own index (ca.db); other connectors keep records at the CA
+                if isinstance(ca, EmbeddedCA):   # its own index (ca.db or PostgreSQL); other connectors keep records at the CA
                     await ca.open()
             else:
                 undo.push_async_callback(ca.close)
             if store is None:
                 store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous,
                                                       clock=clock)
-            undo.push_async_callback(store.close)
+                undo.push_async_callback(store.close)
+            elif pg_store is None:
+                undo.push_async_callback(store.close)
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=claimer or f"{socket.gethostname()}:{cfg.store.database}")
             daemon.lock = lock

@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.pcscd import missing_tools, start_pcscd
 
+pytest_plugins = ["tests.support.pg_cluster"]   # the session's Patroni cluster (issue 17)
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENSC_PKCS11 = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
 SOFTHSM2 = Path("/usr/lib/softhsm/libsofthsm2.so")

@@ -59,7 +59,8 @@ class EmbeddedCA:
 
     def __init__(self, *, signer: Signer, issuing_cert: x509.Certificate, root_cert: x509.Certificate,
                  urls: profiles.CAUrls = profiles.CAUrls(), registry: CertificateRegistry | None = None,
-                 sign_in_thread: bool = False, ca_dir: Path | None = None, signing_workers: int = 0):
+                 sign_in_thread: bool = False, ca_dir: Path | None = None, signing_workers: int = 0,
+                 index_opener=None):
         if signer.public_key().public_numbers() != issuing_cert.public_key().public_numbers():
             raise CAError("the CA key does not match the issuing CA certificate")
         self._signer = signer
@@ -73,6 +74,8 @@ class EmbeddedCA:
         self._signing = SigningPool(signing_workers)
         self._ca_dir = Path(ca_dir) if ca_dir is not None else None
         self._index: CertificateIndex | None = None
+        # issue 17: an async callable returning the index (PgCertificateIndex in the replicated database)
+        self._index_opener = index_opener
         self._responder: ResponderIdentity | None = None
         self._open_lock = asyncio.Lock()
         self._request_locks: dict[str, asyncio.Lock] = {}
@@ -92,7 +95,7 @@ class EmbeddedCA:
                 if self._ca_dir is None:
                     log.warning("embedded CA has no directory: its certificate index is in memory only")
                 self._responder = await self._run(ensure_responder, self._ca_dir, self._issuing, self._signer)
-                self._index = await CertificateIndex.open(path)
+                self._index = await (self._index_opener() if self._index_opener else CertificateIndex.open(path))
         return self
 
     async def _db(self) -> CertificateIndex:

@@ -36,6 +36,7 @@ from personalizer.records import (LANE_PRIORITY, LANES, STATE_DONE, STATE_ISSUED
 from personalizer.rules.registrations import Registration
 from personalizer.rules.validation import certificate_key_sha256
 from personalizer.store import sql as q
+from personalizer.store.migrations import migrate_sqlite
 
 CHAIN_SEPARATOR_LEN = 4   # chain stored as length-prefixed DER blobs
 
@@ -111,6 +112,7 @@ def _open_writer_sync(w: _Writer, synchronous: str) -> None:
     for statement in q.INDEXES:
         c.execute(statement)
     c.execute(q.Q_SET_SCHEMA_VERSION, (str(q.SCHEMA_VERSION),))
+    migrate_sqlite(c)   # versioned changes after the baseline (personalizer/store/migrations/sqlite)
     _backfill_keys_sync(c)
     _backfill_once_sync(c, q.Q_HOLDERS_BACKFILLED, q.Q_BACKFILL_HOLDERS, q.Q_MARK_HOLDERS_BACKFILLED)
 

@@ -12,6 +12,7 @@ import itertools
 import pytest
 
 from personalizer.store import MemoryRequestStore, SqliteRequestStore
+from tests.support import pg_cluster
 
 
 class Clock:
@@ -39,7 +40,14 @@ async def _memory(tmp_path, clock):
     return MemoryRequestStore(clock=clock)
 
 
-STORES = {"sqlite": _sqlite, "memory": _memory}
+async def _postgresql(tmp_path, clock, cluster):
+    from personalizer.store.postgres import PostgresRequestStore
+    return await PostgresRequestStore.open(pg_cluster.fresh_dsn(cluster), clock=clock, max_connections=4)
+
+
+STORES = {"sqlite": _sqlite, "memory": _memory, "postgresql": _postgresql}
+
+# pg_session_cluster: tests/support/pg_cluster.py (a plugin of tests/conftest.py)
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -53,11 +61,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def open_store(store_kind, tmp_path, clock):
+def open_store(store_kind, tmp_path, clock, request):
     """``async with open_store() as store``: a fresh store of this run's implementation, closed after."""
+    extra = (request.getfixturevalue("pg_session_cluster"),) if store_kind == "postgresql" else ()
+
     @contextlib.asynccontextmanager
     async def opener():
-        store = await STORES[store_kind](tmp_path, clock)
+        store = await STORES[store_kind](tmp_path, clock, *extra)
         try:
             yield store
         finally:

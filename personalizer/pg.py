@@ -1,0 +1,147 @@
+"""One PostgreSQL database that follows the primary across a failover: a psycopg async pool + retries.
+
+Used by the PostgreSQL request store and the embedded CA's PostgreSQL index (both share one database,
+so a site that takes over has every request, certificate, serial and CRL number). The DSN lists both
+sites with ``target_session_attrs=read-write`` (libpq tries each host until one is the primary).
+
+``run(fn)`` calls ``fn(conn)`` inside one transaction on a pooled connection. When the connection breaks
+(the primary died, Patroni demoted it: ``OperationalError``, or a node that is now read-only) the
+transaction's outcome is unknown, so ``fn`` must be idempotent (every caller writes by request id or
+compare-and-set); it is called again on a fresh connection until ``failover_timeout`` has passed, then the
+error is raised as ``error_cls`` with one line saying what to check. ``open(migrate=)`` runs the caller's
+schema migration once (the store passes ``store.migrations.migrate_postgresql``). Imports psycopg and
+psycopg_pool only.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+log = logging.getLogger(__name__)
+
+FAILOVER_TIMEOUT_S = 45.0   # above Patroni's ttl (20 s) + promotion: a whole-site loss is ridden out
+RETRY_PAUSE_S = 0.2
+RETRYABLE = (psycopg.OperationalError, pgerrors.ReadOnlySqlTransaction, pgerrors.AdminShutdown,
+             pgerrors.CannotConnectNow, PoolTimeout)
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password (for messages and logs)."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+class Database:
+    """Open with ``await Database.open(dsn, error_cls=...)``; ``await close()``."""
+
+    def __init__(self, pool: AsyncConnectionPool, dsn: str, error_cls: type[Exception], failover_timeout: float,
+                 pool_args: dict | None = None):
+        self._pool = pool
+        self._dsn = dsn
+        self._dsn_shown = redact(dsn)
+        self._error = error_cls
+        self.failover_timeout = failover_timeout
+        self._pool_args = pool_args or {}
+        self._generation = 0
+        self._recover_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task] = set()
+        self.failovers = 0   # pools replaced after the primary moved
+
+    @staticmethod
+    def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
+        return AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False, timeout=5.0,
+                                   check=AsyncConnectionPool.check_connection, reconnect_timeout=failover_timeout,
+                                   kwargs={"autocommit": False})
+
+    async def _recover(self, generation: int) -> None:
+        """After a lost connection: once a primary accepts a connection, replace the pool.
+
+        The pool's own reconnection backs off exponentially (1 s, 2 s, 4 s …), which after a 20 s failover
+        would add seconds to the recovery; a direct probe finds the new primary as soon as it is promoted.
+        Raises the probe's OperationalError while no primary answers."""
+        async with self._recover_lock:
+            if generation != self._generation:
+                return   # another caller already replaced the pool
+            probe = await psycopg.AsyncConnection.connect(self._dsn)
+            await probe.close()
+            old, self._pool = self._pool, self._new_pool(self._dsn, **self._pool_args)
+            await self._pool.open(wait=False)
+            self._generation += 1
+            self.failovers += 1
+            task = asyncio.create_task(old.close(timeout=1.0))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            log.warning("PostgreSQL primary found again at %s; connection pool renewed", self._dsn_shown)
+
+    @classmethod
+    async def open(cls, dsn: str, *, error_cls: type[Exception], min_size: int = 1, max_size: int = 8,
+                   failover_timeout: float = FAILOVER_TIMEOUT_S, migrate=None) -> "Database":
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise error_cls(f"the PostgreSQL DSN is not valid ({exc}): expected "
+                            f"'host=a,b port=p1,p2 dbname=... user=... target_session_attrs=read-write'") from None
+        params.setdefault("target_session_attrs", "read-write")
+        params.setdefault("connect_timeout", "3")
+        dsn = psycopg.conninfo.make_conninfo(**params)
+        pool_args = dict(min_size=min_size, max_size=max_size, failover_timeout=failover_timeout)
+        pool = cls._new_pool(dsn, **pool_args)
+        db = cls(pool, dsn, error_cls, failover_timeout, pool_args)
+        deadline = time.monotonic() + failover_timeout
+        while True:
+            try:
+                await pool.open(wait=True, timeout=min(10.0, failover_timeout))
+                break
+            except PoolTimeout as exc:
+                if time.monotonic() >= deadline:
+                    await pool.close()
+                    raise error_cls(f"cannot reach a PostgreSQL primary at {db._dsn_shown}: check that the "
+                                    f"cluster is up (scripts/cluster status) and the DSN's hosts and ports") from exc
+        if migrate:
+            try:
+                await db.run(migrate, what="the schema migration")
+            except BaseException:
+                await pool.close()
+                raise
+        return db
+
+    async def close(self) -> None:
+        await self._pool.close()
+        for task in list(self._retired):
+            await task
+
+    async def run(self, fn, *, what: str = "PostgreSQL"):
+        """``await fn(conn)`` in one transaction; retried on a fresh connection while the primary moves."""
+        deadline = time.monotonic() + self.failover_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            generation = self._generation
+            try:
+                async with self._pool.connection() as conn:
+                    async with conn.transaction():
+                        return await fn(conn)
+            except RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise self._error(f"{what}: no PostgreSQL primary answered within {self.failover_timeout:.0f} s "
+                                      f"({type(exc).__name__}); check scripts/cluster status") from exc
+                if attempt == 1:
+                    log.warning("%s: connection to the primary lost (%s); retrying on the new primary",
+                                what, type(exc).__name__)
+                if isinstance(exc, PoolTimeout) and not self._pool.get_stats().get("connections_errors", 0):
+                    continue   # only busy (every connection in use, none failing): wait for one again
+                try:
+                    await self._recover(generation)
+                except psycopg.OperationalError:
+                    await asyncio.sleep(RETRY_PAUSE_S)   # no primary yet (promotion under way)
+            except psycopg.Error as exc:
+                raise self._error(f"{what} failed: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}") from exc

@@ -1,0 +1,533 @@
+"""The PostgreSQL request store: ``RequestStore`` and ``StationStore`` over a replicated database (issue 17).
+
+``[store] backend = "postgresql"``: both personalizer sites open this store on one Patroni-managed
+database through a DSN listing both sites (``target_session_attrs=read-write``); ``personalizer.pg``
+follows the primary across a failover. The schema is ``migrations/postgresql`` (applied at open, once,
+under an advisory lock).
+
+Every method is ONE transaction (request + outbox + audit rows together, or none). ``claim_due`` selects
+with ``FOR UPDATE SKIP LOCKED``: two daemons on one database never claim one row, and neither waits for
+the other's claim. A transaction whose connection broke is run again on the new primary (``pg.Database``),
+so every write is idempotent: intake is insert-if-absent by request id (a retry whose first attempt did
+commit answers "exists", which the broker already treats as a client's retry), the others are
+compare-and-set updates by request id or inserts with ``ON CONFLICT DO NOTHING``. Where the SQLite store
+chains statements with ``changes() = 1``, this one tests the row count in Python.
+
+Statements identical in both dialects are taken from ``sql.py`` (placeholders converted); only the
+dialect-specific ones are written here. Row decoding and the audit parameters are the SQLite store's.
+Imports psycopg (through ``pg``), ``records``, ``sql``, ``sqlite``'s row helpers, ``ca.base`` and the rules'
+key fingerprint; must not import grpc, proto, the outbox or the CA's implementations.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+
+from psycopg import errors as pgerrors
+
+from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
+from personalizer.errors import StoreError
+from personalizer.pg import Database
+from personalizer.records import (LANE_PRIORITY, LANES, MAX_ERROR_TEXT, STATE_DONE, STATE_ISSUED, STATE_PENDING,
+                                  STATE_RECEIVED, AuditEntry, CertificateRow, Claimed, FoundCertificate, HolderRecord,
+                                  KeyAlreadyCertified, KeyBinding, OutboxPayload, RequestRecord, StockEntry,
+                                  stock_balance)
+from personalizer.rules.registrations import Registration
+from personalizer.rules.validation import certificate_key_sha256
+from personalizer.store import sql as q
+from personalizer.store.migrations import migrate_postgresql
+from personalizer.store.sqlite import _audit_entry, _audit_params, _pack_chain, _record, _unpack_chain, _utc
+
+
+def pg(statement: str) -> str:
+    """A statement of ``sql.py`` that is portable but for its ``?`` placeholders."""
+    return statement.replace("%", "%%").replace("?", "%s")
+
+
+_AUDIT_COLUMNS = q._AUDIT_COLUMNS
+_AUDIT_VALUES = pg(q._AUDIT_VALUES)
+Q_INSERT_AUDIT = f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({_AUDIT_VALUES})"
+Q_INSERT_REQUEST = pg(q.Q_INSERT_REQUEST.replace("INSERT OR IGNORE", "INSERT")) + " ON CONFLICT (request_id) DO NOTHING"
+Q_INSERT_OUTBOX = """INSERT INTO outbox (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at)
+    VALUES (%s, %s, %s, %s, 'queued', 0, %s, %s)"""
+Q_INSERT_OUTBOX_CLAIMED = """INSERT INTO outbox
+    (request_id, lane, kind, payload, status, attempts, next_attempt_at, updated_at, claimed_by)
+    VALUES (%s, %s, %s, %s, 'sending', 1, %s, %s, %s)"""
+Q_ENSURE_OUTBOX = Q_INSERT_OUTBOX + " ON CONFLICT (request_id) DO NOTHING"
+Q_FREE_KEY = pg(q.Q_FREE_KEY)
+Q_BIND_KEY = """INSERT INTO certified_keys (key_sha256, holder_cf, profile, request_id, bound_at)
+    VALUES (%s, %s, %s, %s, %s)"""
+Q_BIND_ISSUED_KEY = Q_BIND_KEY + " ON CONFLICT (key_sha256) DO NOTHING"
+KEY_CONSTRAINT = "certified_keys_key_sha256_key"
+Q_INSERT_HOLDER = """INSERT INTO request_holders
+    (request_id, card_id, codice_fiscale, given_name, surname, birth_date, card_model)
+    VALUES (%s, %s, %s, %s, %s, %s, %s)"""
+Q_USE_REGISTRATION = """UPDATE registrations SET used_by = COALESCE(used_by, %s),
+    used_operator_id = COALESCE(used_operator_id, %s), used_at = COALESCE(used_at, %s),
+    request_id = COALESCE(request_id, %s), card_id = %s
+    WHERE registration_id = %s"""
+# Pick and lock due rows, skipping rows another daemon has locked (it is claiming them), then claim them.
+Q_CLAIM_DUE = """WITH due AS (
+        SELECT request_id FROM outbox WHERE status IN ('queued', 'retry') AND lane = ANY(%(lanes)s)
+        AND next_attempt_at <= %(now)s
+        ORDER BY CASE lane WHEN 'priority' THEN 0 ELSE 1 END, next_attempt_at LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    UPDATE outbox o SET status = 'sending', attempts = o.attempts + 1, updated_at = %(now)s, claimed_by = %(claimer)s
+    FROM due WHERE o.request_id = due.request_id RETURNING o.request_id"""
+Q_NEXT_DUE = "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'retry') AND lane = ANY(%s)"
+Q_RECLAIM_STALE = """UPDATE outbox SET status = 'retry', next_attempt_at = %s, last_error = %s, updated_at = %s
+    WHERE status = 'sending' AND updated_at < %s AND request_id <> ALL(%s)"""
+Q_RELEASE_CLAIM = pg(q.Q_RELEASE_CLAIM.replace("MAX(attempts - 1, 0)", "GREATEST(attempts - 1, 0)"))
+Q_INSERT_CERTIFICATE = pg(q.Q_INSERT_CERTIFICATE.replace("INSERT OR IGNORE", "INSERT")) + " ON CONFLICT DO NOTHING"
+Q_INSERT_MAINTENANCE = """INSERT INTO maintenance (id, starts_at, ends_at, reason, source) VALUES (%s, %s, %s, %s, %s)
+    ON CONFLICT (id) DO UPDATE SET starts_at = excluded.starts_at, ends_at = excluded.ends_at,
+    reason = excluded.reason, source = excluded.source"""
+Q_INSERT_STOCK = pg(q.Q_INSERT_STOCK) + " RETURNING seq, at, chamber_code, device_model, quantity, actor, note"
+Q_STOCK_USED = """SELECT r.chamber_code, COALESCE(json_or_null(o.payload) ->> 'card_model', ''),
+    COUNT(DISTINCT c.card_id) FROM requests r
+    JOIN certificates c ON c.request_id = r.request_id LEFT JOIN outbox o ON o.request_id = r.request_id
+    WHERE r.kind = 'issue' AND r.state = 'ISSUED' AND c.card_id IS NOT NULL AND r.updated_at < %s
+    GROUP BY 1, 2"""
+Q_REGISTRATION_COLUMNS = q._REGISTRATION_COLUMNS.replace("LENGTH(form)", "octet_length(form)")
+_OPEN_FOR_HOLDER = pg(q._OPEN_FOR_HOLDER)
+Q_INSERT_REGISTRATION = f"""INSERT INTO registrations (registration_id, chamber_code, codice_fiscale, given_name,
+    surname, birth_date, form_sha256, form_type, form, created_by, created_at, expires_at, sex, birth_town)
+    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
+    WHERE NOT EXISTS ({_OPEN_FOR_HOLDER.format(cols="1")})"""
+Q_OPEN_REGISTRATION = _OPEN_FOR_HOLDER.format(cols=Q_REGISTRATION_COLUMNS)
+Q_SELECT_REGISTRATION = f"SELECT {Q_REGISTRATION_COLUMNS} FROM registrations WHERE registration_id = %s"
+Q_LIST_REGISTRATIONS = f"""SELECT {Q_REGISTRATION_COLUMNS} FROM registrations
+    WHERE (%s = '' OR chamber_code = %s) AND (%s OR (card_id IS NULL AND cancelled_at IS NULL AND expires_at > %s))
+    ORDER BY created_at DESC LIMIT %s"""
+Q_INSERT_STATION_CERT_FOR_CODE = """INSERT INTO station_certificates
+    (serial_hex, chamber_code, station_id, issued_at, not_after)
+    SELECT %s, chamber_code, station_id, %s, %s FROM enrollment_codes WHERE code_sha256 = %s"""
+Q_STATION_ENROLLED_FOR_CODE = """UPDATE stations SET state = 'enrolled', updated_at = %s
+    WHERE (chamber_code, station_id) = (SELECT chamber_code, station_id FROM enrollment_codes WHERE code_sha256 = %s)"""
+Q_INSERT_STATION_CERT = """INSERT INTO station_certificates
+    (serial_hex, chamber_code, station_id, issued_at, not_after) VALUES (%s, %s, %s, %s, %s)"""
+Q_STATION_PENDING = pg(q.Q_STATION_PENDING).replace(
+    "state = CASE WHEN state", "state = CASE WHEN stations.state")
+
+
+class PostgresRequestStore:
+    """Open with ``await PostgresRequestStore.open(dsn)``; ``await close()``. ``database`` is shared with the
+    embedded CA's index (``PgCertificateIndex.over(store.database)``): one pool, one replicated database."""
+
+    def __init__(self, db: Database, clock=time.time):
+        self.database = db
+        self._clock = clock
+
+    @classmethod
+    async def open(cls, dsn: str, *, clock=time.time, max_connections: int = 8,
+                   failover_timeout: float | None = None) -> "PostgresRequestStore":
+        extra = {"failover_timeout": failover_timeout} if failover_timeout else {}
+        db = await Database.open(dsn, error_cls=StoreError, max_size=max_connections, migrate=migrate_postgresql,
+                                 **extra)
+        return cls(db, clock)
+
+    async def close(self) -> None:
+        await self.database.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _tx(self, fn):
+        return await self.database.run(fn, what="the request store")
+
+    async def _all(self, sql: str, params=()) -> list[tuple]:
+        async def go(conn):
+            return await (await conn.execute(sql, params)).fetchall()
+        return await self._tx(go)
+
+    async def _one(self, sql: str, params=()) -> tuple | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    async def _exec(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        """The statements in one transaction; their row counts."""
+        async def go(conn):
+            return [(await conn.execute(sql, params)).rowcount for sql, params in statements]
+        return await self._tx(go)
+
+    @staticmethod
+    def _audit(a: AuditEntry, now: float) -> tuple[str, tuple]:
+        return Q_INSERT_AUDIT, _audit_params(a, now)
+
+    # -- intake -----------------------------------------------------------------------
+
+    async def create_request(self, rec: RequestRecord) -> bool:
+        now = self._clock()
+        return (await self._exec([(Q_INSERT_REQUEST, (
+            rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
+            rec.operator_id, STATE_RECEIVED, rec.issuer_dn, rec.serial_hex, now, now))]))[0] == 1
+
+    async def enqueue(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
+                      claimer: str | None = None, key: KeyBinding | None = None, registration_id: str = "",
+                      holder: HolderRecord | None = None) -> bool:
+        now = self._clock()
+        claim = claimer is not None
+
+        async def go(conn):
+            if key:
+                await conn.execute(Q_FREE_KEY, (key.key_sha256,))
+            cur = await conn.execute(Q_INSERT_REQUEST, (
+                rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
+                rec.operator_id, STATE_PENDING if claim else STATE_RECEIVED, rec.issuer_dn, rec.serial_hex, now, now))
+            if cur.rowcount != 1:
+                return False   # a known id: nothing more is written (the caller compares)
+            if key:
+                try:
+                    async with conn.transaction():   # a savepoint: the constraint names the refusal
+                        await conn.execute(Q_BIND_KEY, (key.key_sha256, key.holder_cf, key.profile,
+                                                        rec.request_id, now))
+                except pgerrors.UniqueViolation as exc:
+                    if exc.diag.constraint_name == KEY_CONSTRAINT:
+                        raise KeyAlreadyCertified("the public key is already certified by another request") from None
+                    raise
+            if claim:
+                await conn.execute(Q_INSERT_OUTBOX_CLAIMED, (rec.request_id, lane, rec.kind, payload, now, now, claimer))
+            else:
+                await conn.execute(Q_INSERT_OUTBOX, (rec.request_id, lane, rec.kind, payload, now, now))
+            await conn.execute(*self._audit(audit, now))
+            if holder is not None:
+                await conn.execute(Q_INSERT_HOLDER, (rec.request_id, holder.card_id, holder.codice_fiscale,
+                                                     holder.given_name, holder.surname, holder.birth_date,
+                                                     holder.card_model))
+            if registration_id:
+                await conn.execute(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id,
+                                                        audit.card_id, registration_id))
+            return True
+        return await self._tx(go)
+
+    async def ensure_outbox(self, request_id: str, *, lane: str, kind: str, payload: bytes) -> None:
+        now = self._clock()
+        await self._exec([(Q_ENSURE_OUTBOX, (request_id, lane, kind, payload, now, now))])
+
+    async def key_binding(self, key_sha256: bytes) -> KeyBinding | None:
+        row = await self._one(pg(q.Q_SELECT_KEY), (key_sha256,))
+        return KeyBinding(key_sha256, row[0], row[1], row[2]) if row else None
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        row = await self._one(pg(q.Q_SELECT_REQUEST), (request_id,))
+        return _record(row) if row is not None else None
+
+    async def get_payload(self, request_id: str) -> OutboxPayload | None:
+        row = await self._one(pg(q.Q_SELECT_PAYLOAD), (request_id,))
+        return OutboxPayload(*row) if row else None
+
+    async def get_holder(self, request_id: str) -> HolderRecord | None:
+        row = await self._one(pg(q.Q_SELECT_HOLDER), (request_id,))
+        return HolderRecord(*row) if row else None
+
+    # -- delivery ---------------------------------------------------------------------
+
+    async def claim_due(self, now: float, lanes: tuple[str, ...], limit: int, claimer: str) -> list[Claimed]:
+        if not lanes or limit <= 0:
+            return []
+
+        async def go(conn):
+            cur = await conn.execute(Q_CLAIM_DUE, dict(now=now, lanes=list(lanes), limit=limit, claimer=claimer))
+            out = []
+            for (rid,) in await cur.fetchall():
+                await conn.execute(pg(q.Q_REQUEST_PENDING), (now, rid))
+                row = await (await conn.execute(pg(q.Q_SELECT_REQUEST), (rid,))).fetchone()
+                payload = await (await conn.execute(pg(q.Q_SELECT_PAYLOAD), (rid,))).fetchone()
+                out.append(Claimed(_record(row), OutboxPayload(*payload)))
+            out.sort(key=lambda c: (c.record.lane != LANE_PRIORITY, c.record.next_attempt_at))
+            return out
+        return await self._tx(go)
+
+    async def next_due(self, lanes: tuple[str, ...]) -> float | None:
+        if not lanes:
+            return None
+        row = await self._one(Q_NEXT_DUE, (list(lanes),))
+        return row[0] if row else None
+
+    async def schedule_retry(self, request_id: str, at: float, error: str) -> None:
+        await self._exec([(pg(q.Q_SCHEDULE_RETRY), (at, error[:MAX_ERROR_TEXT], self._clock(), request_id))])
+
+    async def defer(self, request_ids: list[str], at: float, reason: str) -> None:
+        now = self._clock()
+        if request_ids:
+            await self._exec([(pg(q.Q_DEFER), (at, reason[:MAX_ERROR_TEXT], now, rid)) for rid in request_ids])
+
+    async def reset_sending(self, claimer: str) -> int:
+        now = self._clock()
+        return (await self._exec([(pg(q.Q_RESET_SENDING), (now, now, claimer))]))[0]
+
+    async def reclaim_stale(self, claimed_before: float, held: list[str], reason: str) -> int:
+        now = self._clock()
+        return (await self._exec([(Q_RECLAIM_STALE, (now, reason, now, claimed_before, list(held)))]))[0]
+
+    async def release_claim(self, request_id: str, at: float, reason: str) -> None:
+        now = self._clock()
+        await self._exec([(Q_RELEASE_CLAIM, (at, reason, now, request_id)),
+                          (pg(q.Q_REQUEST_RECEIVED_IF_UNSENT), (now, request_id, request_id))])
+
+    async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
+                             holder_cf: str, audit: AuditEntry) -> None:
+        now = self._clock()
+        statements = [
+            (Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
+                                    int(issued.not_before.timestamp()), int(issued.not_after.timestamp()),
+                                    issued.certificate_der, _pack_chain(issued.chain_der), card_id, holder_cf)),
+            (pg(q.Q_COMPLETE_REQUEST), (STATE_ISSUED, issued.ref.issuer_dn, issued.ref.serial_hex, now, request_id)),
+            (pg(q.Q_OUTBOX_DONE), ("done", None, now, request_id)),
+            self._audit(audit, now),
+        ]
+        try:
+            statements.append((Q_BIND_ISSUED_KEY, (certificate_key_sha256(issued.certificate_der), holder_cf or "",
+                                                   profile, request_id, now)))
+        except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
+            pass
+        await self._exec(statements)
+
+    async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
+        now = self._clock()
+        revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
+        await self._exec([
+            (pg(q.Q_UPDATE_CERT_STATUS), (info.state.value, info.revocation_reason or None, revoked_at,
+                                          info.ref.issuer_dn, info.ref.serial_hex)),
+            (pg(q.Q_COMPLETE_REQUEST), (STATE_DONE, info.ref.issuer_dn, info.ref.serial_hex, now, request_id)),
+            (pg(q.Q_OUTBOX_DONE), ("done", None, now, request_id)),
+            self._audit(audit, now),
+        ])
+
+    async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
+                           audit: AuditEntry | None = None) -> None:
+        now = self._clock()
+        code, field, message = code[:64], (field or "")[:128], (message or "")[:MAX_ERROR_TEXT]
+        statements = [(pg(q.Q_FAIL_REQUEST), (code, field, message, now, request_id)),
+                      (pg(q.Q_OUTBOX_DONE), ("failed", f"{code}: {message}"[:MAX_ERROR_TEXT], now, request_id))]
+        if audit is not None:
+            statements.append(self._audit(audit, now))
+        await self._exec(statements)
+
+    # -- certificates -----------------------------------------------------------------
+
+    async def record_issued(self, request_id: str, profile: str, issued: IssuedCertificate, *,
+                            card_id: str | None = None, holder_cf: str | None = None) -> None:
+        await self._exec([(Q_INSERT_CERTIFICATE, (
+            issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile, int(issued.not_before.timestamp()),
+            int(issued.not_after.timestamp()), issued.certificate_der, _pack_chain(issued.chain_der), card_id,
+            holder_cf))])
+
+    async def find_issued(self, request_id: str) -> list[IssuedCertificate]:
+        rows = await self._all(pg(q.Q_CERTIFICATES_BY_REQUEST), (request_id,))
+        return [IssuedCertificate(CertRef(r[0], r[1]), r[2], _unpack_chain(r[3]), _utc(r[4]), _utc(r[5]))
+                for r in rows]
+
+    async def get_certificate_status(self, ref: CertRef) -> CertStatusInfo | None:
+        row = await self._one(pg(q.Q_SELECT_CERTIFICATE), (ref.issuer_dn, ref.serial_hex.upper()))
+        if row is None:
+            return None
+        return CertStatusInfo(CertRef(row[0], row[1]), CertState(row[5]), _utc(row[3]), _utc(row[4]), row[2],
+                              row[6] or "", _utc(row[7]) if row[7] else None)
+
+    async def get_certificate(self, ref: CertRef) -> CertificateRow | None:
+        row = await self._one(pg(q.Q_SELECT_CERTIFICATE_ROW), (ref.issuer_dn, ref.serial_hex.upper()))
+        if row is None:
+            return None
+        return CertificateRow(CertRef(row[0], row[1]), row[2], row[3], _utc(row[4]), _utc(row[5]), row[6], row[7],
+                              _unpack_chain(row[8]), row[9], row[10])
+
+    async def update_certificate_status(self, info: CertStatusInfo) -> None:
+        revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
+        await self._exec([(pg(q.Q_UPDATE_CERT_STATUS), (info.state.value, info.revocation_reason or None,
+                                                        revoked_at, info.ref.issuer_dn, info.ref.serial_hex))])
+
+    async def first_issued_for_card(self, card_id: str) -> _dt.datetime | None:
+        row = await self._one(pg(q.Q_FIRST_FOR_CARD), (card_id,))
+        return _utc(row[0]) if row and row[0] is not None else None
+
+    async def find_certificates(self, *, card_id: str = "", holder_cf: str = "",
+                                limit: int = 1000) -> list[FoundCertificate]:
+        if not card_id and not holder_cf:
+            raise ValueError("give a card serial or a codice fiscale")
+        rows = await self._all(pg(q.Q_FIND_CERTIFICATES),
+                               (card_id, card_id, holder_cf.upper(), holder_cf.upper(), limit))
+        return [FoundCertificate(CertStatusInfo(CertRef(r[0], r[1]), CertState(r[6]), _utc(r[4]), _utc(r[5]), r[2],
+                                                r[7] or "", _utc(r[8]) if r[8] else None),
+                                 r[3], r[9] or "", r[10] or "", r[11] or "", r[12]) for r in rows]
+
+    async def recent_issuance_stats(self, seconds: float) -> tuple[int, float]:
+        count, mean = await self._one(pg(q.Q_ISSUANCE_STATS), (self._clock() - seconds,))
+        return int(count or 0), float(mean or 0.0) * 1000.0
+
+    # -- queue administration ---------------------------------------------------------
+
+    async def queue_depth(self) -> dict[str, int]:
+        depth = {lane: 0 for lane in LANES}
+        depth.update({lane: n for lane, n in await self._all(q.Q_QUEUE_DEPTH)})
+        return depth
+
+    async def list_queue(self, limit: int) -> list[RequestRecord]:
+        ids = [r[0] for r in await self._all(pg(q.Q_LIST_QUEUE), (limit,))]
+        return [rec for rec in [await self.get_request(i) for i in ids] if rec is not None]
+
+    async def retry_now(self, request_id: str, audit: AuditEntry, *, orphaned_claim: bool = False) -> bool:
+        now = self._clock()
+        sql = pg(q.Q_RETRY_NOW_ORPHAN if orphaned_claim else q.Q_RETRY_NOW)
+
+        async def go(conn):
+            if (await conn.execute(sql, (now, now, request_id))).rowcount != 1:
+                return False
+            await conn.execute(*self._audit(audit, now))
+            return True
+        return await self._tx(go)
+
+    async def cancel(self, request_id: str, audit: AuditEntry) -> bool:
+        now = self._clock()
+        message = f"cancelled by central IT ({audit.actor}) before it reached the CA"
+
+        async def go(conn):
+            if (await conn.execute(pg(q.Q_CANCEL_OUTBOX), (now, request_id))).rowcount != 1:
+                return False
+            await conn.execute(pg(q.Q_CANCEL_REQUEST), (message, now, request_id, request_id))
+            await conn.execute(*self._audit(audit, now))
+            return True
+        return await self._tx(go)
+
+    # -- maintenance and the CA breaker -----------------------------------------------
+
+    async def add_maintenance(self, id_: str, starts_at: float, ends_at: float, reason: str, source: str,
+                              audit: AuditEntry | None = None) -> None:
+        statements = [(Q_INSERT_MAINTENANCE, (id_, starts_at, ends_at, reason, source))]
+        if audit is not None:
+            statements.append(self._audit(audit, self._clock()))
+        await self._exec(statements)
+
+    async def list_maintenance(self, after: float) -> list[tuple[str, float, float, str, str]]:
+        return [tuple(r) for r in await self._all(pg(q.Q_LIST_MAINTENANCE), (after,))]
+
+    async def record_breaker_event(self, at: float, state: str, detail: str = "") -> None:
+        await self._exec([(pg(q.Q_INSERT_BREAKER_EVENT), (at, state[:16], (detail or "")[:MAX_ERROR_TEXT]))])
+
+    # -- registrations ----------------------------------------------------------------
+
+    async def add_registration(self, reg: Registration, form: bytes, audit: AuditEntry) -> bool:
+        now = self._clock()
+
+        async def go(conn):
+            cur = await conn.execute(Q_INSERT_REGISTRATION, (
+                reg.registration_id, reg.chamber_code, reg.codice_fiscale, reg.given_name, reg.surname, reg.birth_date,
+                reg.form_sha256, reg.form_type, form, reg.created_by, reg.created_at, reg.expires_at, reg.sex,
+                reg.birth_town, reg.chamber_code, reg.codice_fiscale, reg.created_at))
+            if cur.rowcount != 1:
+                return False
+            await conn.execute(*self._audit(audit, now))
+            return True
+        return await self._tx(go)
+
+    async def open_registration(self, chamber_code: str, codice_fiscale: str, now: float) -> Registration | None:
+        row = await self._one(Q_OPEN_REGISTRATION, (chamber_code, codice_fiscale, now))
+        return Registration(*row) if row else None
+
+    async def get_registration(self, registration_id: str) -> Registration | None:
+        row = await self._one(Q_SELECT_REGISTRATION, (registration_id,))
+        return Registration(*row) if row else None
+
+    async def list_registrations(self, chamber_code: str, *, include_closed: bool, now: float,
+                                 limit: int) -> list[Registration]:
+        rows = await self._all(Q_LIST_REGISTRATIONS, (chamber_code, chamber_code, bool(include_closed), now, limit))
+        return [Registration(*r) for r in rows]
+
+    async def cancel_registration(self, registration_id: str, *, by: str, audit: AuditEntry) -> bool:
+        now = self._clock()
+
+        async def go(conn):
+            if (await conn.execute(pg(q.Q_CANCEL_REGISTRATION), (by, now, registration_id))).rowcount != 1:
+                return False
+            await conn.execute(*self._audit(audit, now))
+            return True
+        return await self._tx(go)
+
+    # -- stock ------------------------------------------------------------------------
+
+    async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry, *,
+                        device_model: str = "") -> StockEntry:
+        now = self._clock()
+
+        async def go(conn):
+            row = await (await conn.execute(Q_INSERT_STOCK, (now, chamber_code, device_model, quantity, audit.actor,
+                                                             note))).fetchone()
+            await conn.execute(*self._audit(audit, now))
+            return StockEntry(*row)
+        return await self._tx(go)
+
+    async def list_stock(self, chamber_code: str = "") -> list[StockEntry]:
+        return [StockEntry(*r) for r in await self._all(pg(q.Q_LIST_STOCK), (chamber_code, chamber_code))]
+
+    async def stock_balance(self, before: float | None = None):
+        used = await self._all(Q_STOCK_USED, (self._clock() if before is None else before,))
+        return stock_balance(await self.list_stock(), used, before)
+
+    # -- audit ------------------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self._exec([self._audit(entry, self._clock())])
+
+    async def list_audit(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        return [_audit_entry(r) for r in await self._all(pg(q.Q_LIST_AUDIT), (after_seq, limit))]
+
+    # -- station enrollment (StationStore) --------------------------------------------
+
+    async def add_enrollment_code(self, code_sha256: str, chamber_code: str, station_id: str, expires_at: float,
+                                  audit: AuditEntry) -> None:
+        now = self._clock()
+        await self._exec([
+            (pg(q.Q_INSERT_ENROLLMENT_CODE), (code_sha256, chamber_code, station_id, now, expires_at, audit.actor)),
+            (Q_STATION_PENDING, (chamber_code, station_id, now)),
+            self._audit(audit, now)])
+
+    async def find_enrollment_code(self, code_sha256: str) -> tuple | None:
+        row = await self._one(pg(q.Q_SELECT_ENROLLMENT_CODE), (code_sha256,))
+        return tuple(row) if row else None
+
+    async def use_enrollment_code(self, code_sha256: str, now: float, serial_hex: str, not_after: float,
+                                  audit: AuditEntry) -> bool:
+        async def go(conn):
+            used = (await conn.execute(pg(q.Q_USE_ENROLLMENT_CODE), (now, code_sha256, now))).rowcount == 1
+            if used:
+                await conn.execute(Q_INSERT_STATION_CERT_FOR_CODE, (serial_hex, now, not_after, code_sha256))
+                await conn.execute(Q_STATION_ENROLLED_FOR_CODE, (now, code_sha256))
+            await conn.execute(*self._audit(audit, now))
+            return used
+        return await self._tx(go)
+
+    async def station_state(self, chamber_code: str, station_id: str) -> str | None:
+        row = await self._one(pg(q.Q_STATION_STATE), (chamber_code, station_id))
+        return row[0] if row else None
+
+    async def record_station_renewal(self, chamber_code: str, station_id: str, serial_hex: str, not_after: float,
+                                     audit: AuditEntry) -> bool:
+        now = self._clock()
+
+        async def go(conn):
+            enrolled = (await conn.execute(pg(q.Q_TOUCH_ENROLLED_STATION), (now, chamber_code, station_id))).rowcount == 1
+            if enrolled:
+                await conn.execute(Q_INSERT_STATION_CERT, (serial_hex, chamber_code, station_id, now, not_after))
+            await conn.execute(*self._audit(audit, now))
+            return enrolled
+        return await self._tx(go)
+
+    async def station_serials(self, chamber_code: str, station_id: str) -> list[str]:
+        rows = await self._all(pg(q.Q_STATION_SERIALS), (chamber_code, station_id, self._clock()))
+        return [r[0] for r in rows]
+
+    async def mark_station_certificates_revoked(self, serials: list[str]) -> None:
+        now = self._clock()
+        if serials:
+            await self._exec([(pg(q.Q_REVOKE_STATION_CERT), (now, s)) for s in serials])
+
+    async def revoke_station(self, chamber_code: str, station_id: str, audit: AuditEntry) -> bool:
+        now = self._clock()
+        changed = await self._exec([
+            (pg(q.Q_REVOKE_STATION), (now, chamber_code, station_id)),
+            (pg(q.Q_REVOKE_STATION_CERTS), (now, chamber_code, station_id)),
+            (pg(q.Q_SPEND_STATION_CODES), (now, chamber_code, station_id)),
+            self._audit(audit, now)])
+        return changed[0] == 1
+
+    async def list_stations(self, chamber_code: str = "") -> list[tuple]:
+        return [tuple(r) for r in await self._all(pg(q.Q_LIST_STATIONS), (chamber_code, chamber_code))]
