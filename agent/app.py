@@ -3,8 +3,9 @@
 The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
 
 - ``backends``: one ``DeviceBackend`` factory per kind of hardware
-  (``(registry, catalog) -> DeviceBackend``; PC/SC by default, USB tokens next);
-  each backend's ``monitor()`` becomes a task ``monitor:<name>``;
+  (``(registry, catalog) -> DeviceBackend``; PC/SC and USB tokens by default,
+  ``CARD_ONLY_BACKENDS`` without tokens); each backend's ``monitor()`` becomes a task
+  ``monitor:<name>``; a backend with ``snapshot()`` (USB) lists its devices in the local API;
 - ``uplink``: the ``Uplink`` to the personalizer (``agent.ops.uplink``), built
   once from the station config (a gRPC uplink with one long-lived channel), or
   given (tests: an in-memory uplink); operations receive it, never build one;
@@ -36,6 +37,7 @@ from agent.devices.backend import DeviceBackend, DeviceLink
 from agent.devices.catalog import Catalog
 from agent.devices.pcsc_backend import PcscBackend
 from agent.devices.registry import DeviceRegistry
+from agent.devices.usb import UsbBackend
 from agent.ops.uplink import Uplink
 from agent.recovery import recover_on_insert
 from station_config import ROLE_STATION, StationConfig
@@ -44,7 +46,8 @@ log = logging.getLogger("agent.app")
 
 BackendFactory = Callable[[DeviceRegistry, Catalog], DeviceBackend]
 UplinkFactory = Callable[[StationConfig, str], Uplink]
-DEFAULT_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend,)
+DEFAULT_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend, UsbBackend)
+CARD_ONLY_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend,)   # `cns-agent run --no-tokens`
 CARD_BACKEND = "pcsc"   # the backend whose links are card readers (operations, recovery, conformance)
 
 
@@ -121,6 +124,10 @@ class Agent:
         """A link to the card in reader ``device`` (blocking: call from a worker thread)."""
         return self.backends[CARD_BACKEND].open_link(device)
 
+    def tokens(self) -> list[dict]:
+        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one)."""
+        return [row for b in self.backends.values() if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+
     def _status(self) -> str:
         card = self.backends.get(CARD_BACKEND)
         return card.status if card is not None else "no PC/SC backend"
@@ -130,7 +137,7 @@ class Agent:
         facts = AgentFacts(version=self.cfg.version, socket_path=str(self.cfg.socket),
                            profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
                            pcsc_status=self._status)
-        self.server = await start_server(self.cfg.socket, AgentLocalService(self.registry, facts, self.operations))
+        self.server = await start_server(self.cfg.socket, AgentLocalService(self.registry, facts, self.operations, self.tokens))
         tasks = {asyncio.create_task(stop.wait(), name="stop"),
                  asyncio.create_task(self.server.wait_for_termination(), name="local-api")}
         tasks |= {asyncio.create_task(factory(), name=name) for name, factory in self._tasks.items()}

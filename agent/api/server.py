@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from agent.api.conformance import ConformanceHandlers
-from agent.api.convert import event_pb, reader_pb
+from agent.api.convert import event_pb, reader_pb, token_pb
 from agent.api.lifecycle import LifecycleHandlers
 from agent.api.renewal import RenewalHandlers
 from agent.api.rundir import prepare_socket_path
@@ -45,10 +45,12 @@ class AgentFacts:
 
 
 class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
-    def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None) -> None:
+    def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None,
+                 tokens: Callable[[], list[dict]] | None = None) -> None:
         self.registry = registry
         self.facts = facts
         self.operations = operations   # agent.api.operations.Operations, when run with a station config
+        self.tokens = tokens or list   # the USB tokens seen (rows of UsbBackend.snapshot()), when a USB backend runs
 
     async def Personalize(self, request, context):  # noqa: N802
         if self.operations is None:
@@ -84,7 +86,8 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
 
     async def ListDevices(self, request, context):  # noqa: N802
         sequence, readers = self.registry.snapshot()
-        return pb.ListDevicesResponse(readers=[reader_pb(r) for r in readers], sequence=sequence)
+        return pb.ListDevicesResponse(readers=[reader_pb(r) for r in readers], sequence=sequence,
+                                      tokens=[token_pb(t) for t in self.tokens()])
 
     async def WatchDevices(self, request, context):  # noqa: N802
         loop = asyncio.get_running_loop()

@@ -13,7 +13,8 @@ reset; every USB failure is a ``TokenError`` subclass with a one-line message.
 ``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
 ``status``, ``monitor()``, ``open_link(serial)``), with ``snapshot()`` for ``cns-agent devices``.
 
-Imports pyusb, ``firmware_profiles.usbtoken`` (models and protocol); never the emulator.
+Imports pyusb, ``agent.devices.backend`` (the seam), ``firmware_profiles.usbtoken`` (models and
+protocol); never the emulator.
 The pyusb backend is injected (None: libusb on a real machine, the emulated bus in tests).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import usb.core
 import usb.util
 
+from agent.devices.backend import DeviceBackend
 from firmware_profiles.usbtoken import TokenModel, load_token_models
 from firmware_profiles.usbtoken import protocol as P
 from firmware_profiles.usbtoken.model import version_from_bcd
@@ -336,9 +338,8 @@ class UsbTokenBackend:
             self._thread.join(timeout)
 
 
-class UsbBackend:
-    """The USB-token ``DeviceBackend`` (the seam of ``agent.devices.backend`` on the composition-root
-    branch, implemented structurally): ``name``, ``status``, ``monitor()`` (a coroutine polling the
+class UsbBackend(DeviceBackend):
+    """The USB-token ``DeviceBackend`` (``agent.devices.backend``, declared): ``name``, ``status``, ``monitor()`` (a coroutine polling the
     bus, keeping ``tokens`` current and telling listeners ``arrived`` / ``left``), ``open_link(serial)``.
 
     A token's link is its ``TokenLink`` (management channel and DFU) with a per-token lock as its
