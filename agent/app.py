@@ -10,7 +10,9 @@ The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
   once from the station config (a gRPC uplink with one long-lived channel), or
   given (tests: an in-memory uplink); operations receive it, never build one;
 - the journal (``StationOps``), the local API server (task ``local-api``) and
-  recovery on insert (task ``recovery``).
+  recovery on insert (task ``recovery``); with a station config, the station
+  certificate's renewal (``station-cert-renewal``) and, when its ``[fleet]`` is
+  enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``).
 
 ``run(stop)`` starts every task and supervises them: the first one to end (the
 ``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
@@ -19,7 +21,7 @@ journal closed, socket removed); a task that died with an error is raised as
 ``AgentStopped``. Adding a task is one ``add_task(name, coroutine_factory)``;
 adding a backend is one entry in ``backends``.
 
-Imports ``agent.api``, ``agent.devices``, ``agent.ops``, ``agent.recovery``,
+Imports ``agent.api``, ``agent.devices``, ``agent.fleet``, ``agent.ops``, ``agent.recovery``,
 ``agent.uplink`` and ``station_config``; nothing imports it but the CLI and tests.
 """
 from __future__ import annotations
@@ -108,6 +110,13 @@ class Agent:
             if cfg.station.station.role == ROLE_STATION:   # issue 18: renew the station certificate at start, daily
                 from agent.uplink.enroll import renewal_loop
                 agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
+            fleet = cfg.station.fleet
+            if fleet is not None and fleet.enabled:        # issue 15: the agent-opened fleet stream
+                from agent.fleet.client import Options
+                from agent.fleet.station import run_station
+                options = Options(max_backoff=fleet.max_backoff_seconds)
+                agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version,
+                                                            options=options))
         return agent
 
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:

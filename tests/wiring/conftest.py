@@ -35,8 +35,8 @@ def token(token_models, tmp_path, bus):
 class RunningAgent:
     """``Agent.build(cfg, backends=...)`` then ``run(stop)`` in a thread with its own loop."""
 
-    def __init__(self, cfg: AgentConfig, backends):
-        self.cfg, self.backends = cfg, backends
+    def __init__(self, cfg: AgentConfig, backends, uplink=None):
+        self.cfg, self.backends, self.uplink = cfg, backends, uplink
         self.agent: Agent | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
@@ -45,7 +45,7 @@ class RunningAgent:
     def _main(self) -> None:
         async def body():
             self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
-            self.agent = await Agent.build(self.cfg, backends=self.backends)
+            self.agent = await Agent.build(self.cfg, backends=self.backends, uplink=self.uplink)
             self._ready.set()
             await self.agent.run(self.stop_event)
         try:
@@ -54,6 +54,15 @@ class RunningAgent:
             self.error = exc
         finally:
             self._ready.set()
+
+    @staticmethod
+    def build_only(cfg: AgentConfig, backends, uplink=None) -> list[str]:
+        """The task names ``Agent.build`` registers (the agent is closed again, never run)."""
+        async def body():
+            agent = await Agent.build(cfg, backends=backends, uplink=uplink)
+            await agent.close()
+            return agent.task_names
+        return asyncio.run(body())
 
     def start(self) -> "RunningAgent":
         self._thread.start()
