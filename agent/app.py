@@ -6,6 +6,8 @@ The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
   (``(registry, catalog) -> DeviceBackend``; PC/SC and USB tokens by default,
   ``CARD_ONLY_BACKENDS`` without tokens); each backend's ``monitor()`` becomes a task
   ``monitor:<name>``; a backend with ``snapshot()`` (USB) lists its devices in the local API;
+  with the USB backend, token operations (``UpdateToken``, ``agent.api.tokens``) over their own
+  journal (``token_journal``) and their recovery on start/insert (task ``token-recovery``);
 - ``uplink``: the ``Uplink`` to the personalizer (``agent.ops.uplink``), built
   once from the station config (a gRPC uplink with one long-lived channel), or
   given (tests: an in-memory uplink); operations receive it, never build one;
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from agent.api.operations import Operations
 from agent.api.server import SHUTDOWN_GRACE_S, AgentFacts, AgentLocalService, start_server
+from agent.api.tokens import TokenOperations
 from agent.devices.backend import DeviceBackend, DeviceLink
 from agent.devices.catalog import Catalog
 from agent.devices.pcsc_backend import PcscBackend
@@ -63,6 +66,16 @@ class AgentConfig:
     profiles: Path | None = None          # card profile directory (None: the built-in set)
     station: StationConfig | None = None  # enables device operations
     version: str = "0+unknown"
+    token_journal: Path | None = None     # journal of token operations (None: beside the station's, else per user)
+
+
+def default_token_journal(cfg: AgentConfig) -> Path:
+    if cfg.token_journal is not None:
+        return cfg.token_journal
+    if cfg.station is not None:
+        return cfg.station.station.data_dir / "tokens.db"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "cns-agent" / "tokens.db"
 
 
 def grpc_uplink(cfg: StationConfig, operator_id: str) -> Uplink:
@@ -77,6 +90,8 @@ class Agent:
         self.backends = {b.name: b for b in backends}
         self.ops, self.uplink = ops, uplink
         self.operations = Operations(ops, catalog, registry, self.open_link) if ops is not None else None
+        usb = next((b for b in backends if isinstance(b, UsbBackend)), None)
+        self.token_ops = TokenOperations(usb, default_token_journal(cfg)) if usb is not None else None
         self._tasks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.server = None
 
@@ -104,6 +119,8 @@ class Agent:
         agent = cls(cfg, catalog=catalog, registry=registry, backends=built, ops=ops, uplink=link)
         for backend in built:
             agent.add_task(f"monitor:{backend.name}", backend.monitor)
+        if agent.token_ops is not None:   # issue 13: unfinished token operations finished on start/insert
+            agent.add_task("token-recovery", agent.token_ops.recover)
         if ops is not None:
             retry_s = cfg.station.operations.recovery_retry_seconds
             agent.add_task("recovery", lambda: recover_on_insert(registry, catalog, ops, agent.open_link, retry_s))
@@ -146,7 +163,8 @@ class Agent:
         facts = AgentFacts(version=self.cfg.version, socket_path=str(self.cfg.socket),
                            profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
                            pcsc_status=self._status)
-        self.server = await start_server(self.cfg.socket, AgentLocalService(self.registry, facts, self.operations, self.tokens))
+        service = AgentLocalService(self.registry, facts, self.operations, self.tokens, self.token_ops)
+        self.server = await start_server(self.cfg.socket, service)
         tasks = {asyncio.create_task(stop.wait(), name="stop"),
                  asyncio.create_task(self.server.wait_for_termination(), name="local-api")}
         tasks |= {asyncio.create_task(factory(), name=name) for name, factory in self._tasks.items()}
@@ -175,6 +193,8 @@ class Agent:
             raise AgentStopped(f"agent stopped on an error: {failure}") from failure
 
     async def close(self) -> None:
+        if self.token_ops is not None:
+            await self.token_ops.close()
         if self.ops is not None:
             await self.ops.close()
         if self.uplink is not None:

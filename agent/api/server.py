@@ -46,11 +46,12 @@ class AgentFacts:
 
 class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
     def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None,
-                 tokens: Callable[[], list[dict]] | None = None) -> None:
+                 tokens: Callable[[], list[dict]] | None = None, token_ops=None) -> None:
         self.registry = registry
         self.facts = facts
         self.operations = operations   # agent.api.operations.Operations, when run with a station config
         self.tokens = tokens or list   # the USB tokens seen (rows of UsbBackend.snapshot()), when a USB backend runs
+        self.token_ops = token_ops     # agent.api.tokens.TokenOperations, when a USB backend runs
 
     async def Personalize(self, request, context):  # noqa: N802
         if self.operations is None:
@@ -76,6 +77,13 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
                                 "this agent runs without a station configuration: start it with "
                                 "`cns-agent run --config FILE`")
         async for message in self.operations.resolve(request, context):
+            yield message
+
+    async def UpdateToken(self, request, context):  # noqa: N802
+        if self.token_ops is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent does not watch USB tokens: start it without --no-tokens")
+        async for message in self.token_ops.update(request, context):
             yield message
 
     async def GetAgentInfo(self, request, context):  # noqa: N802 (gRPC names)

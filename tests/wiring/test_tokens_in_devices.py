@@ -30,9 +30,10 @@ def test_usb_backend_declares_the_device_backend_seam_and_is_a_default():
 
 def test_tokens_are_listed_by_the_local_api_and_devices(tmp_path, bus, token, capsys):
     sock = tmp_path / "run" / "agent.sock"
-    running = RunningAgent(AgentConfig(socket=sock), (TestBackend, usb_on(bus))).start()
+    running = RunningAgent(AgentConfig(socket=sock, token_journal=tmp_path / "tokens.db"),
+                           (TestBackend, usb_on(bus))).start()
     try:
-        assert running.agent.task_names == ["local-api", "monitor:test", "monitor:usb"]
+        assert running.agent.task_names == ["local-api", "monitor:test", "monitor:usb", "token-recovery"]
         resp = wait_for(lambda: (r := _list(sock)).tokens and r, "the token in the device list")
         [t] = resp.tokens
         assert (t.serial, t.model_id, t.mode, t.firmware) == (token.serial, "cns-token-ccid", "runtime", "1.2.0")

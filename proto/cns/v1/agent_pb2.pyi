@@ -494,3 +494,41 @@ class ConformanceProgress(_message.Message):
     message: str
     report: ConformanceReport
     def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., report: _Optional[_Union[ConformanceReport, _Mapping]] = ...) -> None: ...
+
+class UpdateTokenRequest(_message.Message):
+    __slots__ = ("serial", "target", "image_path")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    target: str
+    image_path: str
+    def __init__(self, serial: _Optional[str] = ..., target: _Optional[str] = ..., image_path: _Optional[str] = ...) -> None: ...
+
+class TokenResult(_message.Message):
+    __slots__ = ("serial", "state", "target", "version", "message", "sent_bytes")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    state: str
+    target: str
+    version: str
+    message: str
+    sent_bytes: int
+    def __init__(self, serial: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., message: _Optional[str] = ..., sent_bytes: _Optional[int] = ...) -> None: ...
+
+class TokenProgress(_message.Message):
+    __slots__ = ("step", "done", "total", "result")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    done: int
+    total: int
+    result: TokenResult
+    def __init__(self, step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[TokenResult, _Mapping]] = ...) -> None: ...
