@@ -14,7 +14,9 @@ The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
 - the journal (``StationOps``), the local API server (task ``local-api``) and
   recovery on insert (task ``recovery``); with a station config, the station
   certificate's renewal (``station-cert-renewal``) and, when its ``[fleet]`` is
-  enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``).
+  enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``);
+  with ``[updates]``, the periodic self-update (``self-update``: ``AgentUpdated``
+  stops the agent once a newer build is in place).
 
 ``run(stop)`` starts every task and supervises them: the first one to end (the
 ``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
@@ -60,6 +62,14 @@ class AgentStopped(Exception):
     """A supervised task ended with an error (or ended when it should not have)."""
 
 
+class AgentUpdated(Exception):
+    """The self-update task swapped in a newer build: the agent stops so that it is started on it."""
+
+    def __init__(self, version: str, detail: str = "") -> None:
+        super().__init__(f"agent updated to {version}" + (f" ({detail})" if detail else ""))
+        self.version = version
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     socket: Path                          # the local API's Unix socket
@@ -67,6 +77,8 @@ class AgentConfig:
     station: StationConfig | None = None  # enables device operations
     version: str = "0+unknown"
     token_journal: Path | None = None     # journal of token operations (None: beside the station's, else per user)
+    updates_dir: Path | None = None       # self-update state: updates/ (TUF) and install/ (builds); None: per user
+    update_interval_s: float | None = None   # None: agent.updates.schedule's default (6 h, jittered)
 
 
 def default_token_journal(cfg: AgentConfig) -> Path:
@@ -76,6 +88,45 @@ def default_token_journal(cfg: AgentConfig) -> Path:
         return cfg.station.station.data_dir / "tokens.db"
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "cns-agent" / "tokens.db"
+
+
+def default_updates_dir(cfg: AgentConfig) -> Path:
+    if cfg.updates_dir is not None:
+        return cfg.updates_dir
+    return Path(os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "cns-agent"
+
+
+async def self_update(cfg: AgentConfig) -> None:
+    """The task ``self-update`` (issue 18 item 5): at start and then periodically (jittered), install the newest
+    published agent build (``SelfUpdater.apply``: verified, swapped, health-checked, rolled back on failure).
+    A failed check is logged and retried; an installed build raises ``AgentUpdated`` (the agent stops, and
+    the per-user service starts it again on the new build)."""
+    from agent.updates.client import UpdateClient
+    from agent.updates.schedule import DEFAULT_INTERVAL_S, DEFAULT_JITTER_S, periodic
+    from agent.updates.selfupdate import SelfUpdater
+
+    updates, root = cfg.station.updates, default_updates_dir(cfg)
+    interval = cfg.update_interval_s or DEFAULT_INTERVAL_S
+    installed: asyncio.Queue = asyncio.Queue()
+
+    def check():
+        client = UpdateClient(root / "updates", updates.url, proxy=updates.proxy)
+        return SelfUpdater(root / "install", client).apply()
+
+    def on_result(out) -> None:
+        if out.action == "rolled-back":
+            log.warning("self-update: %s", out.detail)
+        elif out.action == "updated":
+            installed.put_nowait(out)
+
+    checks = asyncio.create_task(periodic(check, interval_s=interval, jitter_s=min(DEFAULT_JITTER_S, interval / 4),
+                                          on_result=on_result), name="self-update-checks")
+    try:
+        out = await installed.get()
+    finally:
+        checks.cancel()
+        await asyncio.gather(checks, return_exceptions=True)
+    raise AgentUpdated(out.version, out.detail)
 
 
 def grpc_uplink(cfg: StationConfig, operator_id: str) -> Uplink:
@@ -127,6 +178,8 @@ class Agent:
             if cfg.station.station.role == ROLE_STATION:   # issue 18: renew the station certificate at start, daily
                 from agent.uplink.enroll import renewal_loop
                 agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
+            if cfg.station.updates is not None:              # issue 18: signed self-update, periodically
+                agent.add_task("self-update", lambda: self_update(cfg))
             fleet = cfg.station.fleet
             if fleet is not None and fleet.enabled:        # issue 15: the agent-opened fleet stream
                 from agent.fleet.client import Options

@@ -4,7 +4,8 @@ Loads the station configuration (when given), builds the agent through its
 composition root with the PC/SC and USB token backends (``--no-tokens``: PC/SC
 only) and the gRPC uplink, and runs it;
 SIGTERM/SIGINT start the graceful shutdown. A supervised task that died makes
-the command fail with one line.
+the command fail with one line; a self-update that installed a newer build
+stops the agent with exit status 75 so the per-user service starts it again on it.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from importlib import metadata
 from pathlib import Path
 
 from agent.api.rundir import RunDirError
-from agent.app import CARD_ONLY_BACKENDS, DEFAULT_BACKENDS, Agent, AgentConfig, AgentStopped
+from agent.app import CARD_ONLY_BACKENDS, DEFAULT_BACKENDS, Agent, AgentConfig, AgentStopped, AgentUpdated
 from agent.commands import CommandError, add_socket_option, socket_path
 from agent.devices.catalog import CatalogError
 from agent.ops.errors import OperationError
 import station_config
+
+
+UPDATED_EXIT = 75   # EX_TEMPFAIL: not a crash, but non-zero so that Restart=on-failure starts the new build
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +58,9 @@ async def run_agent(sock: Path, profiles: Path | None, config: Path | None = Non
     try:
         await agent.run(stop)
     except AgentStopped as exc:
+        if isinstance(exc.__cause__, AgentUpdated):   # the service (Restart=on-failure) starts the new build
+            raise CommandError(f"{exc.__cause__}: stopping to start on it (the per-user service restarts the "
+                               "agent by itself; otherwise run `cns-agent run` again)", UPDATED_EXIT) from exc
         raise CommandError(str(exc)) from exc
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
