@@ -9,6 +9,7 @@ import grpc
 from agent import cli
 from agent.app import CARD_ONLY_BACKENDS, DEFAULT_BACKENDS, AgentConfig
 from agent.devices.backend import DeviceBackend
+from agent.devices.registry import DeviceRegistry
 from agent.devices.pcsc_backend import PcscBackend
 from agent.devices.usb import UsbBackend
 from proto.cns.v1 import agent_pb2 as pb
@@ -24,8 +25,9 @@ def _list(sock) -> pb.ListDevicesResponse:
 
 def test_usb_backend_declares_the_device_backend_seam_and_is_a_default():
     assert DeviceBackend in UsbBackend.__mro__          # declared, not only structurally alike
-    assert UsbBackend in DEFAULT_BACKENDS and PcscBackend in DEFAULT_BACKENDS
-    assert UsbBackend not in CARD_ONLY_BACKENDS
+    made = [make(DeviceRegistry(), None) for make in DEFAULT_BACKENDS]
+    assert [type(b) for b in made] == [PcscBackend, UsbBackend] and made[1].poll_s < 0.1   # hotplug within 100 ms
+    assert [make(DeviceRegistry(), None).name for make in CARD_ONLY_BACKENDS] == ["pcsc"]
 
 
 def test_tokens_are_listed_by_the_local_api_and_devices(tmp_path, bus, token, capsys):
