@@ -85,7 +85,7 @@ def test_bad_images_are_one_line_and_change_nothing(rig, tmp_path, capsys):
             (("token", "update", "--image", str(fw)), "firmware image: use `cns-agent token firmware`"),
             (("token", "firmware", "--image", str(other)), "use `cns-agent token update`"),
             (("token", "update", "--image", str(other)), "cns-token-hid"),
-            (("token", "update", "--image", str(garbage)), ""),
+            (("token", "update", "--image", str(garbage)), "not a CNS token image"),
             (("token", "update", "--image", str(tmp_path / "missing.img")), "no such file"),
             (("token", "update", "--image", str(fw), "--serial", "NOPE"), "NOPE"),
         ]:
@@ -129,3 +129,20 @@ def test_an_update_cut_by_a_power_loss_is_finished_when_the_agent_starts(rig, tm
         assert read_cdrom(bus, token) == new
     finally:
         agent.stop()
+
+
+def test_on_a_terminal_progress_is_a_bar_per_step(monkeypatch, capsys):
+    from agent.commands.token import _Bar
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    bar = _Bar()
+    for done in (0, 50, 100):
+        bar.update("stage", done, 100)
+    bar.update("verify", 7, 7)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "stage" in err and "verify" in err and "100%" in err
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    quiet = _Bar()
+    quiet.update("stage", 1, 2)               # in a pipe without --json: no bar, no noise
+    quiet.close()
+    assert capsys.readouterr().err == ""
