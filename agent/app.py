@@ -3,13 +3,20 @@
 The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
 
 - ``backends``: one ``DeviceBackend`` factory per kind of hardware
-  (``(registry, catalog) -> DeviceBackend``; PC/SC by default, USB tokens next);
-  each backend's ``monitor()`` becomes a task ``monitor:<name>``;
+  (``(registry, catalog) -> DeviceBackend``; PC/SC and USB tokens by default,
+  ``CARD_ONLY_BACKENDS`` without tokens); each backend's ``monitor()`` becomes a task
+  ``monitor:<name>``; a backend with ``snapshot()`` (USB) lists its devices in the local API;
+  with the USB backend, token operations (``UpdateToken``, ``agent.api.tokens``) over their own
+  journal (``token_journal``) and their recovery on start/insert (task ``token-recovery``);
 - ``uplink``: the ``Uplink`` to the personalizer (``agent.ops.uplink``), built
   once from the station config (a gRPC uplink with one long-lived channel), or
   given (tests: an in-memory uplink); operations receive it, never build one;
 - the journal (``StationOps``), the local API server (task ``local-api``) and
-  recovery on insert (task ``recovery``).
+  recovery on insert (task ``recovery``); with a station config, the station
+  certificate's renewal (``station-cert-renewal``) and, when its ``[fleet]`` is
+  enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``);
+  with ``[updates]``, the periodic self-update (``self-update``: ``AgentUpdated``
+  stops the agent once a newer build is in place).
 
 ``run(stop)`` starts every task and supervises them: the first one to end (the
 ``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
@@ -18,7 +25,7 @@ journal closed, socket removed); a task that died with an error is raised as
 ``AgentStopped``. Adding a task is one ``add_task(name, coroutine_factory)``;
 adding a backend is one entry in ``backends``.
 
-Imports ``agent.api``, ``agent.devices``, ``agent.ops``, ``agent.recovery``,
+Imports ``agent.api``, ``agent.devices``, ``agent.fleet``, ``agent.ops``, ``agent.recovery``,
 ``agent.uplink`` and ``station_config``; nothing imports it but the CLI and tests.
 """
 from __future__ import annotations
@@ -32,10 +39,12 @@ from pathlib import Path
 
 from agent.api.operations import Operations
 from agent.api.server import SHUTDOWN_GRACE_S, AgentFacts, AgentLocalService, start_server
+from agent.api.tokens import TokenOperations
 from agent.devices.backend import DeviceBackend, DeviceLink
 from agent.devices.catalog import Catalog
 from agent.devices.pcsc_backend import PcscBackend
 from agent.devices.registry import DeviceRegistry
+from agent.devices.usb import UsbBackend
 from agent.ops.uplink import Uplink
 from agent.recovery import recover_on_insert
 from station_config import ROLE_STATION, StationConfig
@@ -44,12 +53,28 @@ log = logging.getLogger("agent.app")
 
 BackendFactory = Callable[[DeviceRegistry, Catalog], DeviceBackend]
 UplinkFactory = Callable[[StationConfig, str], Uplink]
-DEFAULT_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend,)
+USB_POLL_S = 0.09   # the agent's USB scan: a hotplug seen within 100 ms; 20 ms (UsbBackend's own) cost 2 % CPU idle
+
+
+def usb_backend(registry: DeviceRegistry, catalog: Catalog) -> UsbBackend:
+    return UsbBackend(registry, catalog, poll_s=USB_POLL_S)
+
+
+DEFAULT_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend, usb_backend)
+CARD_ONLY_BACKENDS: tuple[BackendFactory, ...] = (PcscBackend,)   # `cns-agent run --no-tokens`
 CARD_BACKEND = "pcsc"   # the backend whose links are card readers (operations, recovery, conformance)
 
 
 class AgentStopped(Exception):
     """A supervised task ended with an error (or ended when it should not have)."""
+
+
+class AgentUpdated(Exception):
+    """The self-update task swapped in a newer build: the agent stops so that it is started on it."""
+
+    def __init__(self, version: str, detail: str = "") -> None:
+        super().__init__(f"agent updated to {version}" + (f" ({detail})" if detail else ""))
+        self.version = version
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,57 @@ class AgentConfig:
     profiles: Path | None = None          # card profile directory (None: the built-in set)
     station: StationConfig | None = None  # enables device operations
     version: str = "0+unknown"
+    token_journal: Path | None = None     # journal of token operations (None: beside the station's, else per user)
+    updates_dir: Path | None = None       # self-update state: updates/ (TUF) and install/ (builds); None: per user
+    update_interval_s: float | None = None   # None: agent.updates.schedule's default (6 h, jittered)
+
+
+def default_token_journal(cfg: AgentConfig) -> Path:
+    if cfg.token_journal is not None:
+        return cfg.token_journal
+    if cfg.station is not None:
+        return cfg.station.station.data_dir / "tokens.db"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "cns-agent" / "tokens.db"
+
+
+def default_updates_dir(cfg: AgentConfig) -> Path:
+    if cfg.updates_dir is not None:
+        return cfg.updates_dir
+    return Path(os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "cns-agent"
+
+
+async def self_update(cfg: AgentConfig) -> None:
+    """The task ``self-update`` (issue 18 item 5): at start and then periodically (jittered), install the newest
+    published agent build (``SelfUpdater.apply``: verified, swapped, health-checked, rolled back on failure).
+    A failed check is logged and retried; an installed build raises ``AgentUpdated`` (the agent stops, and
+    the per-user service starts it again on the new build)."""
+    from agent.updates.client import UpdateClient
+    from agent.updates.schedule import DEFAULT_INTERVAL_S, DEFAULT_JITTER_S, periodic
+    from agent.updates.selfupdate import SelfUpdater
+
+    updates, root = cfg.station.updates, default_updates_dir(cfg)
+    interval = cfg.update_interval_s or DEFAULT_INTERVAL_S
+    installed: asyncio.Queue = asyncio.Queue()
+
+    def check():
+        client = UpdateClient(root / "updates", updates.url, proxy=updates.proxy)
+        return SelfUpdater(root / "install", client).apply()
+
+    def on_result(out) -> None:
+        if out.action == "rolled-back":
+            log.warning("self-update: %s", out.detail)
+        elif out.action == "updated":
+            installed.put_nowait(out)
+
+    checks = asyncio.create_task(periodic(check, interval_s=interval, jitter_s=min(DEFAULT_JITTER_S, interval / 4),
+                                          on_result=on_result), name="self-update-checks")
+    try:
+        out = await installed.get()
+    finally:
+        checks.cancel()
+        await asyncio.gather(checks, return_exceptions=True)
+    raise AgentUpdated(out.version, out.detail)
 
 
 def grpc_uplink(cfg: StationConfig, operator_id: str) -> Uplink:
@@ -72,6 +148,8 @@ class Agent:
         self.backends = {b.name: b for b in backends}
         self.ops, self.uplink = ops, uplink
         self.operations = Operations(ops, catalog, registry, self.open_link) if ops is not None else None
+        usb = next((b for b in backends if isinstance(b, UsbBackend)), None)
+        self.token_ops = TokenOperations(usb, default_token_journal(cfg)) if usb is not None else None
         self._tasks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.server = None
 
@@ -99,12 +177,23 @@ class Agent:
         agent = cls(cfg, catalog=catalog, registry=registry, backends=built, ops=ops, uplink=link)
         for backend in built:
             agent.add_task(f"monitor:{backend.name}", backend.monitor)
+        if agent.token_ops is not None:   # issue 13: unfinished token operations finished on start/insert
+            agent.add_task("token-recovery", agent.token_ops.recover)
         if ops is not None:
             retry_s = cfg.station.operations.recovery_retry_seconds
             agent.add_task("recovery", lambda: recover_on_insert(registry, catalog, ops, agent.open_link, retry_s))
             if cfg.station.station.role == ROLE_STATION:   # issue 18: renew the station certificate at start, daily
                 from agent.uplink.enroll import renewal_loop
                 agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
+            if cfg.station.updates is not None:              # issue 18: signed self-update, periodically
+                agent.add_task("self-update", lambda: self_update(cfg))
+            fleet = cfg.station.fleet
+            if fleet is not None and fleet.enabled:        # issue 15: the agent-opened fleet stream
+                from agent.fleet.client import Options
+                from agent.fleet.station import run_station
+                options = Options(max_backoff=fleet.max_backoff_seconds)
+                agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version,
+                                                            options=options))
         return agent
 
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -121,6 +210,10 @@ class Agent:
         """A link to the card in reader ``device`` (blocking: call from a worker thread)."""
         return self.backends[CARD_BACKEND].open_link(device)
 
+    def tokens(self) -> list[dict]:
+        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one)."""
+        return [row for b in self.backends.values() if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+
     def _status(self) -> str:
         card = self.backends.get(CARD_BACKEND)
         return card.status if card is not None else "no PC/SC backend"
@@ -130,7 +223,8 @@ class Agent:
         facts = AgentFacts(version=self.cfg.version, socket_path=str(self.cfg.socket),
                            profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
                            pcsc_status=self._status)
-        self.server = await start_server(self.cfg.socket, AgentLocalService(self.registry, facts, self.operations))
+        service = AgentLocalService(self.registry, facts, self.operations, self.tokens, self.token_ops)
+        self.server = await start_server(self.cfg.socket, service)
         tasks = {asyncio.create_task(stop.wait(), name="stop"),
                  asyncio.create_task(self.server.wait_for_termination(), name="local-api")}
         tasks |= {asyncio.create_task(factory(), name=name) for name, factory in self._tasks.items()}
@@ -159,6 +253,8 @@ class Agent:
             raise AgentStopped(f"agent stopped on an error: {failure}") from failure
 
     async def close(self) -> None:
+        if self.token_ops is not None:
+            await self.token_ops.close()
         if self.ops is not None:
             await self.ops.close()
         if self.uplink is not None:

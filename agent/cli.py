@@ -20,7 +20,8 @@ import sys
 
 from agent.commands import CommandError
 
-COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service", "update")
+COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service",
+                   "update", "token")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "UpdatesSection",
-           "OperationsSection", "RenewalSection", "StationConfigError",
+           "FleetSection", "OperationsSection", "RenewalSection", "StationConfigError",
            "load", "ROLES"]
 
 ROLE_STATION = "station"
@@ -115,6 +115,18 @@ class UpdatesSection:
     proxy: str | None = None       # http://HOST:PORT forward proxy for it; None = direct
 
 
+DEFAULT_FLEET_MAX_BACKOFF_S = 120.0
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    """The agent's fleet stream (issue 15): one ``Fleet.Connect`` to the personalizer it already reaches
+    (same endpoints, mTLS identity, proxy and keepalive), supervised by the agent while it runs.
+    ``max_backoff_seconds``: the longest wait between two attempts while the personalizer is unreachable."""
+    enabled: bool = True
+    max_backoff_seconds: float = DEFAULT_FLEET_MAX_BACKOFF_S
+
+
 @dataclass(frozen=True)
 class StationConfig:
     source: Path
@@ -125,6 +137,7 @@ class StationConfig:
     renewal: RenewalSection = RenewalSection()
     updates: UpdatesSection | None = None
     operations: OperationsSection = OperationsSection()
+    fleet: FleetSection | None = None      # None: no [fleet] section, no fleet stream
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -140,6 +153,7 @@ _SECTIONS = {
     "renewal": {"window_days"},
     "updates": {"url", "proxy"},
     "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
+    "fleet": {"enabled", "max_backoff_seconds"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 _RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
@@ -281,5 +295,10 @@ def load(path: str | Path) -> StationConfig:
     operations = OperationsSection(
         watch_timeout_seconds=ld.positive("operations", "watch_timeout_seconds", DEFAULT_WATCH_TIMEOUT_S),
         recovery_retry_seconds=ld.positive("operations", "recovery_retry_seconds", DEFAULT_RECOVERY_RETRY_S))
+    fleet = None
+    if "fleet" in data:
+        fleet = FleetSection(enabled=ld.value("fleet", "enabled", bool, default=True),
+                             max_backoff_seconds=ld.positive("fleet", "max_backoff_seconds",
+                                                             DEFAULT_FLEET_MAX_BACKOFF_S))
     return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards,
-                         renewal=renewal, updates=updates, operations=operations)
+                         renewal=renewal, updates=updates, operations=operations, fleet=fleet)

@@ -75,6 +75,16 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc
 
+    def update_token(self, request: pb.UpdateTokenRequest, timeout_s: float = 3600.0) -> Iterator[pb.TokenProgress]:
+        """Progress messages of a token partition or firmware update; the last one carries the result."""
+        if not self.socket_path.exists():
+            raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
+                                        "start one with `cns-agent run`")
+        try:
+            yield from self._stub.UpdateToken(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from exc
+
     def renew(self, request: pb.RenewCardRequest, timeout_s: float = 1800.0) -> Iterator[pb.OperationProgress]:
         """Progress messages of a renewal (it may wait for the CA's service window); the last carries the result."""
         if not self.socket_path.exists():

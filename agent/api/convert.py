@@ -1,4 +1,4 @@
-"""Registry views → ``proto.cns.v1.agent_pb2`` messages. Pure."""
+"""Registry views and USB token rows (``UsbBackend.snapshot()`` dicts) → ``proto.cns.v1.agent_pb2`` messages. Pure."""
 from __future__ import annotations
 
 from agent.devices.registry import CardState, CardView, DeviceEvent, EventKind, ReaderView
@@ -37,3 +37,14 @@ def event_pb(event: DeviceEvent) -> pb.DeviceEvent:
     return pb.DeviceEvent(sequence=event.sequence, kind=_KIND[event.kind], reader_name=event.reader.name,
                           reader=reader_pb(event.reader), interrupted=event.interrupted,
                           time_unix_ms=event.time_unix_ms)
+
+
+def token_pb(row: dict) -> pb.DeviceToken:
+    """One row of ``UsbBackend.snapshot()`` (``TokenInfo.as_dict``)."""
+    parts = {name: pb.TokenPartition(version=str(p.get("version", "")), length=int(p.get("length", 0) or 0),
+                                     sha256=str(p.get("sha256", "")), region=str(p.get("region", "")))
+             for name, p in (row.get("partitions") or {}).items()}
+    return pb.DeviceToken(serial=row["serial"], usb_id=row["usb_id"], mode=row["mode"], model_id=row["model"],
+                          model_name=row["model_name"], firmware=row["firmware"], bootloader=row["bootloader"],
+                          partitions=parts, release=row.get("release") or "", chip_serial=row["chip_serial"],
+                          error=row["error"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from agent.api.conformance import ConformanceHandlers
-from agent.api.convert import event_pb, reader_pb
+from agent.api.convert import event_pb, reader_pb, token_pb
 from agent.api.lifecycle import LifecycleHandlers
 from agent.api.renewal import RenewalHandlers
 from agent.api.rundir import prepare_socket_path
@@ -45,10 +45,13 @@ class AgentFacts:
 
 
 class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
-    def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None) -> None:
+    def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None,
+                 tokens: Callable[[], list[dict]] | None = None, token_ops=None) -> None:
         self.registry = registry
         self.facts = facts
         self.operations = operations   # agent.api.operations.Operations, when run with a station config
+        self.tokens = tokens or list   # the USB tokens seen (rows of UsbBackend.snapshot()), when a USB backend runs
+        self.token_ops = token_ops     # agent.api.tokens.TokenOperations, when a USB backend runs
 
     async def Personalize(self, request, context):  # noqa: N802
         if self.operations is None:
@@ -76,6 +79,13 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
         async for message in self.operations.resolve(request, context):
             yield message
 
+    async def UpdateToken(self, request, context):  # noqa: N802
+        if self.token_ops is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this agent does not watch USB tokens: start it without --no-tokens")
+        async for message in self.token_ops.update(request, context):
+            yield message
+
     async def GetAgentInfo(self, request, context):  # noqa: N802 (gRPC names)
         f = self.facts
         return pb.AgentInfo(version=f.version, pid=os.getpid(), uid=os.getuid(), socket_path=f.socket_path,
@@ -84,7 +94,8 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
 
     async def ListDevices(self, request, context):  # noqa: N802
         sequence, readers = self.registry.snapshot()
-        return pb.ListDevicesResponse(readers=[reader_pb(r) for r in readers], sequence=sequence)
+        return pb.ListDevicesResponse(readers=[reader_pb(r) for r in readers], sequence=sequence,
+                                      tokens=[token_pb(t) for t in self.tokens()])
 
     async def WatchDevices(self, request, context):  # noqa: N802
         loop = asyncio.get_running_loop()

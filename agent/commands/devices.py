@@ -2,7 +2,9 @@
 
 ``devices`` prints a table on a terminal (full serials, at any width down to 80
 columns), aligned plain columns in a pipe, one JSON object with ``--json``; it
-says when the agent cannot reach pcscd. ``watch`` follows the agent across
+says when the agent cannot reach pcscd. USB tokens (model, serial, firmware,
+partition versions, release, chip) follow the readers, in a second table and
+under ``tokens`` in the JSON. ``watch`` follows the agent across
 restarts: when the stream breaks it says so on stderr and reconnects.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from proto.cns.v1 import agent_pb2 as pb
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("devices", help="list readers and cards seen by the running agent")
+    p = sub.add_parser("devices", help="list readers, cards and USB tokens seen by the running agent")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_socket_option(p)
     p.set_defaults(func=devices)
@@ -59,6 +61,14 @@ def event_dict(event: pb.DeviceEvent) -> dict:
     return out
 
 
+def token_dict(token: pb.DeviceToken) -> dict:
+    return {"serial": token.serial, "usb_id": token.usb_id, "mode": token.mode, "model_id": token.model_id,
+            "model_name": token.model_name, "firmware": token.firmware, "bootloader": token.bootloader,
+            "partitions": {name: {"version": p.version, "length": p.length, "sha256": p.sha256, "region": p.region}
+                           for name, p in sorted(token.partitions.items())},
+            "release": token.release, "chip_serial": token.chip_serial, "error": token.error}
+
+
 def _client(args: argparse.Namespace) -> AgentClient:
     return AgentClient(socket_path(args))
 
@@ -80,20 +90,22 @@ def devices(args: argparse.Namespace) -> int:
     except (AgentUnavailableError, AgentCallError) as exc:
         raise CommandError(str(exc)) from exc
     readers = [reader_dict(r) for r in resp.readers]
+    tokens = [token_dict(t) for t in resp.tokens]
     if args.json:
-        print(json.dumps({"sequence": resp.sequence, "readers": readers, "pcsc": pcsc}, sort_keys=True))
+        print(json.dumps({"sequence": resp.sequence, "readers": readers, "tokens": tokens, "pcsc": pcsc},
+                         sort_keys=True))
         return 0
     if pcsc != PCSC_OK:
         print(pcsc_notice(pcsc))
-    if not readers:
-        if pcsc == PCSC_OK:
-            print("no readers: plug one in (the agent sees it at once)")
-        return 0
-    rows = [_row(r) for r in readers]
-    if sys.stdout.isatty():
-        _print_table(rows)
-    else:
-        _print_plain(rows)
+    if not readers and pcsc == PCSC_OK:
+        print("no readers: plug one in (the agent sees it at once)")
+    for headers, rows in ((HEADERS, [_row(r) for r in readers]), (TOKEN_HEADERS, [_token_row(t) for t in tokens])):
+        if not rows:
+            continue
+        if sys.stdout.isatty():
+            _print_table(headers, rows)
+        else:
+            _print_plain(headers, rows)
     return 0
 
 
@@ -110,21 +122,33 @@ def _row(r: dict) -> tuple[str, ...]:
     return (r["name"], status, model, card["serial"], holder)
 
 
-def _print_plain(rows: list[tuple[str, ...]]) -> None:
+TOKEN_HEADERS = ("token", "model", "serial", "firmware", "partitions", "release", "chip")
+
+
+def _token_row(t: dict) -> tuple[str, ...]:
+    firmware = t["firmware"] + (" (bootloader: finish the firmware update)" if t["mode"] == "bootloader" else "")
+    model = t["model_id"] or t["model_name"] + (" (not managed)" if t["mode"] == "foreign" else "")
+    parts = " ".join(f"{k} {p['version']}" for k, p in t["partitions"].items())
+    return ("USB " + t["usb_id"] + (f": {t['error']}" if t["error"] else ""), model, t["serial"], firmware,
+            parts, t["release"] or "-", t["chip_serial"])
+
+
+def _print_plain(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     """Aligned columns without decoration or truncation: greppable, and every value whole."""
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(HEADERS)]
-    for row in [HEADERS, *rows]:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in HEADERS:     # the serial is never cut: an operator reads it out or types it
+    serial = headers.index("serial")
+    for name in headers:     # the serial is never cut: an operator reads it out or types it
         table.add_column(name, no_wrap=name == "serial", overflow="fold",
-                         min_width=max((len(row[3]) for row in rows), default=0) if name == "serial" else None)
+                         min_width=max((len(row[serial]) for row in rows), default=0) if name == "serial" else None)
     for row in rows:
         table.add_row(*row)
     Console().print(table)

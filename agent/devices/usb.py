@@ -13,7 +13,8 @@ reset; every USB failure is a ``TokenError`` subclass with a one-line message.
 ``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
 ``status``, ``monitor()``, ``open_link(serial)``), with ``snapshot()`` for ``cns-agent devices``.
 
-Imports pyusb, ``firmware_profiles.usbtoken`` (models and protocol); never the emulator.
+Imports pyusb, ``agent.devices.backend`` (the seam), ``firmware_profiles.usbtoken`` (models and
+protocol); never the emulator.
 The pyusb backend is injected (None: libusb on a real machine, the emulated bus in tests).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import usb.core
 import usb.util
 
+from agent.devices.backend import DeviceBackend
 from firmware_profiles.usbtoken import TokenModel, load_token_models
 from firmware_profiles.usbtoken import protocol as P
 from firmware_profiles.usbtoken.model import version_from_bcd
@@ -336,10 +338,10 @@ class UsbTokenBackend:
             self._thread.join(timeout)
 
 
-class UsbBackend:
-    """The USB-token ``DeviceBackend`` (the seam of ``agent.devices.backend`` on the composition-root
-    branch, implemented structurally): ``name``, ``status``, ``monitor()`` (a coroutine polling the
-    bus, keeping ``tokens`` current and telling listeners ``arrived`` / ``left``), ``open_link(serial)``.
+class UsbBackend(DeviceBackend):
+    """The USB-token ``DeviceBackend`` (``agent.devices.backend``, declared): ``name``, ``status``,
+    ``monitor()`` (a coroutine polling the bus, keeping ``tokens`` current and telling listeners
+    ``arrived`` / ``left``), ``open_link(serial)``; ``exclusive()`` pauses the scans for a token operation.
 
     A token's link is its ``TokenLink`` (management channel and DFU) with a per-token lock as its
     transaction; the chip inside is reached through the token's PC/SC reader (paired by the chip
@@ -356,6 +358,7 @@ class UsbBackend:
         self._listeners: list[Callable[[str, TokenInfo], None]] = []
         self._locks: dict[str, threading.RLock] = {}
         self._status = "starting"
+        self._scan_lock = None   # asyncio.Lock, made in the loop: held by a scan, or by ``exclusive()``
 
     @property
     def status(self) -> str:
@@ -369,10 +372,22 @@ class UsbBackend:
         """What ``cns-agent devices --json`` shows of the tokens."""
         return [t.as_dict() for t in sorted(self.tokens.values(), key=lambda t: t.serial)]
 
+    def _lock(self):
+        import asyncio
+        if self._scan_lock is None:
+            self._scan_lock = asyncio.Lock()
+        return self._scan_lock
+
+    def exclusive(self):
+        """``async with backend.exclusive():`` no scan talks to any token meanwhile (a token operation's
+        requests and the scan's INFO would otherwise interleave on the management channel)."""
+        return self._lock()
+
     async def monitor(self) -> None:
         import asyncio
         while True:
-            found = await asyncio.to_thread(self.detector.scan)
+            async with self._lock():
+                found = await asyncio.to_thread(self.detector.scan)
             self._status = "ok"
             now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in found}
             events = [("left", self.tokens[k]) for k in self.tokens.keys() - now.keys()]

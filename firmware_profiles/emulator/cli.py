@@ -1,13 +1,15 @@
 """``cns-emulator``: serve an emulated card to pcscd (vpcd), start a private
 pcscd with the vpcd reader (``pcscd``), list the models, run the conformance
-self-check.
+self-check, serve an emulated USB token over USB/IP (``serve-token``, the work
+of ``firmware_profiles.usbemu``).
 
 Owns argument parsing and the one top-level error handler (``--json`` before or
 after the command; a closed output pipe exits quietly); the work is done by
 ``card``, ``vpcd``, ``pcscd`` and ``check``. Exit codes: 0 ok, 1 check failed, 2 usage or
 profile/state error.
 
-Imports: ``firmware_profiles`` and ``firmware_profiles.emulator.*``.
+Imports: ``firmware_profiles``, ``firmware_profiles.emulator.*`` and, for ``serve-token``,
+``firmware_profiles.usbemu``.
 """
 from __future__ import annotations
 
@@ -170,6 +172,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve_token(args: argparse.Namespace) -> int:
+    """One emulated token over USB/IP until SIGTERM/SIGINT: ``firmware_profiles.usbemu``'s ``serve-token``."""
+    from firmware_profiles.usbemu.__main__ import main as usbemu_main
+
+    argv = ["serve-token", "--profile", args.profile, "--usbip", args.usbip]
+    if args.flash:
+        argv += ["--flash", str(args.flash)]
+    return usbemu_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cns-emulator", description="Emulated Italian CNS cards for pcscd/vpcd and tests")
     p.add_argument("--profiles", metavar="DIR", help="folder of card model TOML files (default: the built-in set)")
@@ -208,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timing", choices=("zero", "realistic"), default="zero")
     d.add_argument("--json", action="store_true", help="print one JSON object (socket, readers, card)")
     d.set_defaults(func=cmd_pcscd)
+
+    t = sub.add_parser("serve-token", help="serve an emulated CNS USB token over USB/IP until SIGTERM/SIGINT",
+                       description="Run one emulated composite token (firmware_profiles/tokens/) and export it over "
+                                   "USB/IP: `usbip list -r HOST` lists it, `usbip attach -r HOST -b 1-1` attaches it "
+                                   "on a machine with the vhci-hcd driver.")
+    t.add_argument("--profile", required=True, help="token model id (cns-token-ccid, cns-token-hid, ...)")
+    t.add_argument("--flash", type=Path, metavar="FILE", help="flash file (sparse; created if missing; default: a "
+                   "temporary one)")
+    t.add_argument("--usbip", default="127.0.0.1:3240", metavar="HOST:PORT", help="where to listen (default "
+                   "127.0.0.1:3240)")
+    t.set_defaults(func=cmd_serve_token)
 
     c = sub.add_parser("check", help="conformance self-check of a model, in-process")
     c.add_argument("--profile", required=True)

@@ -354,12 +354,59 @@ class ListDevicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("readers", "sequence")
+    __slots__ = ("readers", "sequence", "tokens")
     READERS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     readers: _containers.RepeatedCompositeFieldContainer[DeviceReader]
     sequence: int
-    def __init__(self, readers: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    tokens: _containers.RepeatedCompositeFieldContainer[DeviceToken]
+    def __init__(self, readers: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ..., sequence: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[DeviceToken, _Mapping]]] = ...) -> None: ...
+
+class TokenPartition(_message.Message):
+    __slots__ = ("version", "length", "sha256", "region")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    length: int
+    sha256: str
+    region: str
+    def __init__(self, version: _Optional[str] = ..., length: _Optional[int] = ..., sha256: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class DeviceToken(_message.Message):
+    __slots__ = ("serial", "usb_id", "mode", "model_id", "model_name", "firmware", "bootloader", "partitions", "release", "chip_serial", "error")
+    class PartitionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TokenPartition
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TokenPartition, _Mapping]] = ...) -> None: ...
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    USB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FIRMWARE_FIELD_NUMBER: _ClassVar[int]
+    BOOTLOADER_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CHIP_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    usb_id: str
+    mode: str
+    model_id: str
+    model_name: str
+    firmware: str
+    bootloader: str
+    partitions: _containers.MessageMap[str, TokenPartition]
+    release: str
+    chip_serial: str
+    error: str
+    def __init__(self, serial: _Optional[str] = ..., usb_id: _Optional[str] = ..., mode: _Optional[str] = ..., model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., firmware: _Optional[str] = ..., bootloader: _Optional[str] = ..., partitions: _Optional[_Mapping[str, TokenPartition]] = ..., release: _Optional[str] = ..., chip_serial: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class WatchDevicesRequest(_message.Message):
     __slots__ = ()
@@ -447,3 +494,41 @@ class ConformanceProgress(_message.Message):
     message: str
     report: ConformanceReport
     def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., report: _Optional[_Union[ConformanceReport, _Mapping]] = ...) -> None: ...
+
+class UpdateTokenRequest(_message.Message):
+    __slots__ = ("serial", "target", "image_path")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    target: str
+    image_path: str
+    def __init__(self, serial: _Optional[str] = ..., target: _Optional[str] = ..., image_path: _Optional[str] = ...) -> None: ...
+
+class TokenResult(_message.Message):
+    __slots__ = ("serial", "state", "target", "version", "message", "sent_bytes")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    state: str
+    target: str
+    version: str
+    message: str
+    sent_bytes: int
+    def __init__(self, serial: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., message: _Optional[str] = ..., sent_bytes: _Optional[int] = ...) -> None: ...
+
+class TokenProgress(_message.Message):
+    __slots__ = ("step", "done", "total", "result")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    done: int
+    total: int
+    result: TokenResult
+    def __init__(self, step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[TokenResult, _Mapping]] = ...) -> None: ...

@@ -104,6 +104,11 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.FromString,
                 _registered_method=True)
+        self.UpdateToken = channel.unary_stream(
+                '/cns.v1.AgentLocal/UpdateToken',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.FromString,
+                _registered_method=True)
 
 
 class AgentLocalServicer:
@@ -216,6 +221,14 @@ class AgentLocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateToken(self, request, context):
+        """USB tokens (issue 13): a signed partition image (CD-ROM, disk) or firmware onto a token, journaled,
+        resumable; progress messages, then the result. An unfinished one is finished when the token is seen again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +301,11 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.RunConformance,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.SerializeToString,
+            ),
+            'UpdateToken': grpc.unary_stream_rpc_method_handler(
+                    servicer.UpdateToken,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -668,6 +686,33 @@ class AgentLocal:
             '/cns.v1.AgentLocal/RunConformance',
             proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.ConformanceProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cns.v1.AgentLocal/UpdateToken',
+            proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,152 @@
+"""Token operations of the running agent (issue 13 items 4-5): ``UpdateToken`` and recovery on insert/start.
+
+``TokenOperations(usb, journal_path)`` runs the token plans of ``agent.ops`` (``token_update.run_update``
+for a CD-ROM or disk image, ``token_firmware.run_firmware`` for firmware) on the token the USB backend
+(``agent.devices.usb.UsbBackend``) reaches, with the backend's scans paused (``exclusive()``: the scan's
+requests must not interleave with the operation's on the management channel). Each operation is
+journaled in the agent's token journal (SQLite, opened on first use), with the image's path, so
+``recover(...)`` (the supervised task ``token-recovery``) finishes or undoes an unfinished one when the
+token is seen again (at start every token present arrives). Progress is coalesced to about one message
+per percent. Refusals (wrong image, another unfinished operation, no token) are FAILED_PRECONDITION with
+one line; the token is untouched.
+
+Imports ``agent.devices.usb``, ``agent.ops`` (token plans, journal, errors), ``firmware_profiles.usbtoken``,
+``proto``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+
+from agent.devices.usb import TokenError, UsbBackend
+from agent.ops import token_firmware, token_recovery, token_update
+from agent.ops.errors import OperationError, PreconditionError
+from agent.ops.journal import Journal
+from firmware_profiles.usbtoken.image import ImageError, parse_image
+from proto.cns.v1 import agent_pb2 as pb
+
+log = logging.getLogger(__name__)
+TARGETS = ("partition", "firmware")
+MAX_IMAGE_BYTES = 2 << 30     # larger than any token's flash: refused before it is read
+
+
+class TokenOperations:
+    def __init__(self, usb: UsbBackend, journal_path: Path) -> None:
+        self.usb, self.journal_path = usb, journal_path
+        self._journal: Journal | None = None
+        self._journal_lock = asyncio.Lock()
+
+    async def journal(self, *, create: bool = True) -> Journal | None:
+        async with self._journal_lock:
+            if self._journal is None and (create or self.journal_path.exists()):
+                self.journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._journal = await Journal.open(self.journal_path)
+            return self._journal
+
+    async def close(self) -> None:
+        if self._journal is not None:
+            await self._journal.close()
+            self._journal = None
+
+    def _connect(self, serial: str):
+        return lambda: self.usb.detector.open(serial or None)
+
+    # ------------------------------------------------------------------ UpdateToken
+    async def update(self, request: pb.UpdateTokenRequest, context):
+        if request.target not in TARGETS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"target must be one of {', '.join(TARGETS)}")
+        path = Path(request.image_path)
+        try:
+            if not path.is_absolute():
+                raise PreconditionError(f"{path}: give the image's absolute path")
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                raise PreconditionError(f"{path} is larger than any token's flash: pick the right file")
+            blob = await asyncio.to_thread(path.read_bytes)
+        except PreconditionError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{path}: cannot read it ({exc.strerror or exc}); nothing was changed")
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        last: dict[str, int] = {}
+
+        def progress(step: str, done: int, total: int) -> None:   # worker threads
+            pct = done * 100 // total if total else 100
+            if last.get(step) == pct:
+                return
+            last[step] = pct
+            loop.call_soon_threadsafe(queue.put_nowait, pb.TokenProgress(step=step, done=done, total=total))
+
+        task = asyncio.create_task(self._run(request, blob, str(path), progress), name="token-update")
+        while not (task.done() and queue.empty()):
+            try:
+                yield await asyncio.wait_for(queue.get(), 0.1)
+            except asyncio.TimeoutError:
+                continue
+        try:
+            result = task.result()
+        except (PreconditionError, TokenError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; nothing was changed")
+        except OperationError as exc:
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
+        yield pb.TokenProgress(step="result", result=result)
+
+    async def _run(self, request: pb.UpdateTokenRequest, blob: bytes, path: str, progress) -> pb.TokenResult:
+        journal = await self.journal()
+        connect = self._connect(request.serial)
+        async with self.usb.exclusive():
+            link = await asyncio.to_thread(connect)
+            model = link.model
+            try:
+                kind = parse_image(blob, model.firmware.signing_public_key).kind
+            except ImageError as exc:
+                raise PreconditionError(str(exc)) from None
+            connect = self._connect(link.serial)
+            if request.target == "firmware":
+                if kind != "firmware":
+                    raise PreconditionError(f"this is a {kind} image: use `cns-agent token update`")
+                out = await token_firmware.run_firmware(journal, connect, model, blob, progress=progress,
+                                                        image_path=path)
+                sent = 0
+            else:
+                if kind == "firmware":
+                    raise PreconditionError("this is a firmware image: use `cns-agent token firmware`")
+                out, stats = await token_update.run_update(journal, connect, model, kind, blob, progress=progress,
+                                                           image_path=path)
+                sent = stats.sent_bytes
+        version = parse_image(blob, model.firmware.signing_public_key).version
+        return pb.TokenResult(serial=link.serial, state=out.state,
+                              target=kind, version=version, sent_bytes=sent,
+                              message=out.reason or (str(out.error) if out.error else ""))
+
+    # ------------------------------------------------------------------ recovery
+    async def recover(self) -> None:
+        """Until cancelled: every token that arrives (at start, every token present) has its unfinished
+        operations finished or undone; a token without any costs one journal lookup."""
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def listener(kind: str, info) -> None:
+            if kind == "arrived" and info.mode in ("runtime", "bootloader") and info.serial:
+                loop.call_soon_threadsafe(arrived.put_nowait, info.serial)
+        unsubscribe = self.usb.subscribe(listener)
+        try:
+            while True:
+                serial = await arrived.get()
+                journal = await self.journal(create=False)
+                if journal is None or not await journal.open_operations(serial):
+                    continue
+                try:
+                    async with self.usb.exclusive():
+                        for op_id, res in await token_recovery.recover_token(journal, self._connect(serial),
+                                                                             self.usb.detector.models):
+                            log.info("token %s: unfinished operation %s %s%s", serial, op_id, res.state,
+                                     f" ({res.reason})" if res.reason else "")
+                except (TokenError, OperationError) as exc:
+                    log.warning("token %s: unfinished operation not finished yet: %s", serial, exc)
+        finally:
+            unsubscribe()

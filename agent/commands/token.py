@@ -1,0 +1,96 @@
+"""``cns-agent token update|firmware --image FILE [--serial S] [--json]``: a signed image onto a USB token.
+
+The running agent does the work (``UpdateToken`` on the local API, ``agent.api.tokens``): the token
+plans are journaled there, so a token pulled or an agent killed mid-way is finished when the token
+is seen again. ``update`` takes a CD-ROM or disk image (the image says which), ``firmware`` a
+firmware image. Progress: a bar on a terminal (rich, on stderr), ``--json`` lines
+(``{"event": "progress", "step", "done", "total"}`` then one ``{"event": "result", ...}``), nothing
+in a pipe without ``--json``. Exit 0 when done, 1 when undone or left open (the line says why and what
+to do); a refusal is one line and the token is unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
+from agent.commands import CommandError, add_socket_option, socket_path
+from proto.cns.v1 import agent_pb2 as pb
+
+_CODE = re.compile(r"^agent error [A-Z_?]+: ")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="update a USB token's partitions or firmware")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    for name, target, text in (("update", "partition", "write a signed CD-ROM or disk image"),
+                               ("firmware", "firmware", "flash a signed firmware image")):
+        x = tsub.add_parser(name, help=text)
+        x.add_argument("--image", type=Path, required=True, help="the signed image file")
+        x.add_argument("--serial", default="", help="the token's serial (needed when several are plugged in)")
+        x.add_argument("--json", action="store_true", help="JSON lines")
+        add_socket_option(x)
+        x.set_defaults(func=run, target=target)
+
+
+class _Bar:
+    """A rich progress bar on stderr when it is a terminal; one task per step."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def update(self, step: str, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+            self.bar = Progress("{task.description:10}", BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True))
+            self.bar.start()
+        if step not in self.tasks:
+            self.tasks[step] = self.bar.add_task(step, total=total or 1)
+        self.bar.update(self.tasks[step], completed=done, total=total or 1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    image = args.image.expanduser().resolve()
+    if not image.is_file():
+        raise CommandError(f"{args.image}: no such file; give the signed image's path")
+    request = pb.UpdateTokenRequest(serial=args.serial, target=args.target, image_path=str(image))
+    bar, result = _Bar(), None
+    try:
+        with AgentClient(socket_path(args)) as client:
+            for msg in client.update_token(request):
+                if msg.HasField("result"):
+                    result = msg.result
+                elif args.json:
+                    print(json.dumps({"event": "progress", "step": msg.step, "done": msg.done,
+                                      "total": msg.total}), flush=True)
+                else:
+                    bar.update(msg.step, msg.done, msg.total)
+    except AgentUnavailableError as exc:
+        raise CommandError(str(exc)) from None
+    except AgentCallError as exc:
+        raise CommandError(_CODE.sub("", str(exc))) from None
+    finally:
+        bar.close()
+    if result is None:
+        raise CommandError("the agent ended the token update without a result; run the command again")
+    d = {"serial": result.serial, "state": result.state, "target": result.target, "version": result.version,
+         "message": result.message, "sent_bytes": result.sent_bytes}
+    if args.json:
+        print(json.dumps({"event": "result", **d}, sort_keys=True), flush=True)
+    elif result.state == "done":
+        print(f"token {d['serial']}: {d['target']} {d['version']} installed")
+    else:
+        print(f"token {d['serial']}: {d['target']} {d['version']} not installed ({d['state']}): {d['message']}")
+    return 0 if result.state == "done" else 1
