@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_profiles import admin_keys
+
 SCHEMA_VERSION = 1
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -158,7 +160,8 @@ class Dialect:
     name: str
     admin_key_ref: int
     admin_algorithm: str  # "AES-128"
-    admin_test_key: bytes  # the EMULATED card's factory TEST key; real cards get a secret one
+    admin_key_scheme: str  # how a card's key is diversified from a master key (firmware_profiles.admin_keys)
+    admin_test_master_key: bytes  # the EMULATED cards' TEST master key; real masters stay in the personalizer's token
     admin_tries: int
     challenge_bytes: int
     cla_proprietary: int
@@ -488,18 +491,19 @@ def _build(path: str, raw: Mapping[str, Any]) -> CardModel:
     )
 
     dl = r.table_("dialect")
-    key_hex = dl.str("admin_test_key", expected="16 bytes of hex (AES-128)")
+    key_hex = dl.str("admin_test_master_key", expected="16 bytes of hex (AES-128)")
     try:
-        admin_key = bytes.fromhex(key_hex)
+        master_key = bytes.fromhex(key_hex)
     except ValueError:
-        admin_key = b""
-    if len(admin_key) != 16:
-        raise dl.err("admin_test_key", "16 bytes of hex (AES-128)", key_hex)
+        master_key = b""
+    if len(master_key) != 16:
+        raise dl.err("admin_test_master_key", "16 bytes of hex (AES-128)", key_hex)
     dialect = Dialect(
         name=dl.choice("name", DIALECTS),
         admin_key_ref=dl.ref("admin_key_ref"),
         admin_algorithm=dl.choice("admin_algorithm", ("AES-128",)),
-        admin_test_key=admin_key,
+        admin_key_scheme=dl.choice("admin_key_scheme", admin_keys.SCHEMES),
+        admin_test_master_key=master_key,
         admin_tries=dl.int("admin_tries", 1, 15),
         challenge_bytes=dl.int("challenge_bytes", 16, 16, expected="16 (one AES block)"),
         cla_proprietary=dl.int("cla_proprietary", 0x80, 0x80, expected="0x80"),

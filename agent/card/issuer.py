@@ -7,14 +7,19 @@ certificates, setting codes at personalization, ERASE KEY and SWITCH KEYSET
 for renewal — plus raw RSA with a chosen key (MSE SET + PSO CDS) for CSRs and
 test signatures. Works on a ``CnsSession`` (which owns SELECT/READ/UPDATE and PINs).
 
-Status words become ``agent.card.errors``; the admin key and codes never
-reach a message. Imports ``agent.card.*`` and ``cryptography``; the model is a
+Issuer authentication never sees a key: the card's challenge goes to an
+injected ``CardAuthenticator`` (the personalizer's CardAdmin service through
+``agent.uplink.card_admin``, which computes the cryptogram in its token from
+the card's diversified key) and its answer is relayed to the card.
+
+Status words become ``agent.card.errors``; codes never reach a message. Imports ``agent.card.*`` and ``cryptography``; the model is a
 ``firmware_profiles.CardModel`` read as data (never the emulator).
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from agent.card.apdu import CLA_ISO, INS, SW, Apdu
 from agent.card.cns import CnsSession, _pin_block, parse_path
@@ -97,6 +102,12 @@ def check_key_size(key: rsa.RSAPublicKey, bits: int | None, what: str) -> rsa.RS
     return key
 
 
+class CardAuthenticator(Protocol):
+    """Who answers a card's issuer challenge: ``cryptogram`` for card ``serial`` of model ``model_id``."""
+
+    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes) -> bytes: ...
+
+
 class IssuerSession:
     """Issuer operations on one card; ``model`` is its ``CardModel``."""
 
@@ -104,6 +115,7 @@ class IssuerSession:
         self.cns = cns
         self.model = model
         self.dialect = model.dialect
+        self._serial: str | None = None
 
     def _send(self, apdu: Apdu) -> tuple[bytes, int]:
         return self.cns.transport.transmit(apdu.encode_long())
@@ -116,14 +128,18 @@ class IssuerSession:
         raise ApduError(sw, what)
 
     # -- §4.1 ------------------------------------------------------------------
-    def authenticate(self, admin_key: bytes) -> None:
-        """Issuer authentication; valid until power off or reset."""
+    def authenticate(self, authenticator: CardAuthenticator) -> None:
+        """Issuer authentication, valid until power off or reset: the card's fresh challenge is answered
+        by ``authenticator`` (central; the key never comes here) and the answer relayed to the card."""
+        if self._serial is None:
+            self._serial = self.cns.read_serial()
         challenge, sw = self._send(Apdu(CLA_ISO, INS_GET_CHALLENGE, 0, 0, le=CHALLENGE_LEN))
         self._ok(sw, "GET CHALLENGE")
         if len(challenge) != CHALLENGE_LEN:
             raise MalformedResponseError(f"challenge of {len(challenge)} bytes, expected {CHALLENGE_LEN}")
-        enc = Cipher(algorithms.AES(admin_key), modes.ECB()).encryptor()
-        cryptogram = enc.update(challenge) + enc.finalize()
+        cryptogram = authenticator.cryptogram(model_id=self.model.id, serial=self._serial, challenge=challenge)
+        if len(cryptogram) != CHALLENGE_LEN:
+            raise MalformedResponseError(f"the issuer's answer is {len(cryptogram)} bytes, expected {CHALLENGE_LEN}")
         _, sw = self._send(Apdu(CLA_ISO, INS_EXTERNAL_AUTHENTICATE, 0, self.dialect.admin_key_ref, cryptogram))
         self._ok(sw, "EXTERNAL AUTHENTICATE (issuer key)")
 

@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from firmware_profiles.emulator import admin
 from firmware_profiles.emulator import keys as keymod
 from firmware_profiles.emulator.faults import Fault, FaultPlan
 from firmware_profiles.emulator.iso import (
@@ -761,8 +761,8 @@ class EmulatedCard:
         challenge, self._challenge = self._challenge, None
         if challenge is None:
             return _r(SW.CONDITIONS_NOT_SATISFIED)
-        enc = Cipher(algorithms.AES(d.admin_test_key), modes.ECB()).encryptor()
-        expected = enc.update(challenge) + enc.finalize()
+        # this card's own key: the model's TEST master key diversified with its serial (emulator.admin)
+        expected = admin.cryptogram(admin.card_key(self.model, self._state.serial), challenge)
         if secrets.compare_digest(expected, cmd.data):
             self._admin = True
             if self._state.admin_tries_left != d.admin_tries:

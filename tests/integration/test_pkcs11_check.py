@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.card.cns import CnsSession
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from agent.card.issuer import IssuerSession
 from agent.commands.run import PcscLink
 from agent.ops.journal import Journal
@@ -152,7 +153,7 @@ def test_certificate_not_matching_its_key_is_reported(world, served, tmp_path):
     try:
         cns = CnsSession(link, MODEL)
         issuer = IssuerSession(cns, MODEL)
-        issuer.authenticate(MODEL.dialect.admin_test_key)
+        issuer.authenticate(SoftwareAuthenticator(MODEL))
         issuer.write_ef(MODEL.keyset("CNS0").cert_path, foreign)
         # the agent's connection stays open during the check (shared mode, no transaction held)
         result = check.check_sync(READER, {"CNS0": foreign, "CNS1": out.certificates["CNS1"]},
