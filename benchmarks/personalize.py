@@ -159,8 +159,6 @@ def main(argv: list[str]) -> dict:
                 text = dep.station_config.read_text()
                 import re
                 text = re.sub(r'primary = "[^"]*"', f'primary = "localhost:{port}"', text)
-                if "[cards]" not in text:
-                    text += "\n[cards]\nallow_test_admin_keys = true\n"
                 dep.station_config.write_text(text)
                 cfg = station_config.load(dep.station_config)
                 slots = [Slot(model, pcscd.port + r, pcscd.reader_names[r], 7_400_000_000 + r * 1_000_000)

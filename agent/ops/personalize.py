@@ -138,17 +138,17 @@ class Personalizer:
 
     ``connect()`` opens the card in the operation's reader and returns an
     ``ApduTransport``; ``uplink`` is an open ``PersonalizerClient``;
-    ``admin_key_for(model)`` returns the issuer key for a card model.
+    ``card_admin`` answers the card's issuer challenges (``agent.card.issuer.CardAuthenticator``; central).
     """
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
-                 admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
+                 card_admin, progress: Callable[[str, str], None] | None = None,
                  watch_timeout_s: float = 600.0, pkcs11=None, stop: asyncio.Event | None = None):
         self.journal = journal
         self.stop = stop or asyncio.Event()   # set: stop at the next safe point (operator's Ctrl-C)
         self.uplink = uplink
         self.requester = requester
-        self.admin_key_for = admin_key_for
+        self.card_admin = card_admin
         self.progress = progress or (lambda step, msg: None)
         self.watch_timeout_s = watch_timeout_s
         self.pkcs11 = pkcs11 or IN_PROCESS   # agent.ops.p11check: the card as PKCS#11 applications see it
@@ -362,7 +362,7 @@ class Personalizer:
         return _Link(cns, IssuerSession(cns, model))
 
     def _admin_then(self, link, model, fn, *args):
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         return fn(*args)
 
     def _check_blank(self, link, model) -> None:
@@ -377,7 +377,7 @@ class Personalizer:
             link.cns.verify_pin(codes.pin, ks.name)
 
     def _set_codes(self, link, model, codes: Codes) -> None:
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         for ks in model.keysets:
             link.issuer.set_code(ks.pin_ref, codes.pin, "PIN")
             link.issuer.set_code(ks.puk_ref, codes.puk, "PUK")
@@ -419,7 +419,7 @@ class Personalizer:
         return codes is not None
 
     def _wipe(self, link, model) -> None:
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         for ks in model.keysets:
             link.issuer.delete_ef(ks.cert_path)
             link.issuer.erase_key(ks.key_ref)
@@ -520,7 +520,13 @@ class Personalizer:
             self.progress("undo", f"card {op.card_serial}: undoing personalization {op.op_id}: {reason}")
             op.data["undo_reason"] = reason
             await self.journal.step_begun(op, "undo", reason=reason)
-            await self._timed("card", self._wipe, link, model)
+            try:   # the card's issuer key is central (issue 12): no personalizer, no wipe yet
+                await self._timed("card", self._wipe, link, model)
+            except UplinkUnavailable as exc:
+                msg = (f"undoing personalization {op.op_id} ({reason}) needs the personalizer to administer card "
+                       f"{op.card_serial}, and it is unreachable ({exc}); kept in the journal, the agent retries")
+                self.progress("undo", msg)
+                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
             await self.journal.step_done(op, "undo")
         # every request that may have been sent: one issued but not journaled (answer lost) is found by id
         sent = [op.data["request_ids"][n] for n, was in op.data.get("_submitted", {}).items() if was]

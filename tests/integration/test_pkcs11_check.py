@@ -28,6 +28,7 @@ from agent.commands.run import PcscLink
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
 from agent.ops.personalize import Personalizer
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
@@ -98,7 +99,7 @@ def _personalize(station, journal, check):
     async def go():
         async with env.PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=env.REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, pkcs11=check)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", env.REQUESTER), pkcs11=check)
             return await p.start(connect=_connect, reader=READER, model=MODEL, holder=env.HOLDER,
                                  codes=env.codes_for(MODEL))
     return go()

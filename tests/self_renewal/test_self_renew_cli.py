@@ -28,7 +28,6 @@ def _args(station, port, tmp_path, *extra):
 
 def test_holder_command_renews_then_retry_after_unreachable(world, tmp_path, capsys, monkeypatch):  # noqa: F811
     p, station, port = world
-    monkeypatch.setenv(self_renew.ENV_TEST_KEYS, "1")
     monkeypatch.setenv("CNS_AGENT_RENEWAL_WINDOW_DAYS", "36500")
     p.ca.reset()
     card = EmulatedCard(MODEL)

@@ -19,6 +19,7 @@ from agent.ops.errors import UplinkUnavailable
 from agent.ops.journal import Journal
 from agent.ops.renew import Renewer
 from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
+from agent.uplink.card_admin import HolderCardAdmin
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from tests.ops import renewal_env as env
@@ -43,9 +44,12 @@ def _holder_uplink(station, port, certs=()) -> HolderUplink:
                         timeout_s=3.0)
 
 
-def _renewer(j, uplink, **kw) -> Renewer:
-    return Renewer(journal=j, uplink=uplink, requester=HOLDER_REQUESTER,
-                   admin_key_for=lambda m: m.dialect.admin_test_key, policy=env.WIDE, watch_timeout_s=5.0, **kw)
+def _renewer(j, uplink, certificates=(), **kw) -> Renewer:
+    """The holder's Renewer; the card's issuer challenges answered by the personalizer for the card
+    ``certificates`` (its live ones) were issued for."""
+    admin = HolderCardAdmin(uplink, certificates).for_operation("renew", HOLDER_REQUESTER)
+    return Renewer(journal=j, uplink=uplink, requester=HOLDER_REQUESTER, card_admin=admin, policy=env.WIDE,
+                   watch_timeout_s=5.0, **kw)
 
 
 def _journal(tmp_path, fn):
@@ -88,8 +92,8 @@ def test_holder_renews_their_card_without_a_station_certificate(world, tmp_path)
 
     async def run(j):
         async with _holder_uplink(station, port) as uplink:
-            return await _renewer(j, uplink).start(connect=env.connect_to(card), reader="holder-pc", model=MODEL,
-                                                   codes=env.codes_for(MODEL))
+            return await _renewer(j, uplink, [before["CNS0"]["der"]]).start(
+                connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
     out = _journal(tmp_path, run)
     assert out.state == "done" and out.test_signatures, out.message
     after = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
@@ -127,7 +131,7 @@ def test_personalizer_down_mid_self_renewal_is_finished_by_the_next_run(world, t
     async def first(j):
         async with _holder_uplink(station, port) as uplink:
             try:
-                return await _renewer(j, uplink, on_step=on_step).start(
+                return await _renewer(j, uplink, [before["CNS0"]["der"]], on_step=on_step).start(
                     connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
             except UplinkUnavailable as exc:
                 return exc
