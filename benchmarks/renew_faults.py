@@ -127,14 +127,15 @@ class LocalCardAdmin(CardAdminClient):
         super().__init__(uplink)
         self.core = core
 
-    async def authenticate(self, *, serial, model_id, challenge, kind, op_id, requester) -> bytes:
+    async def authenticate(self, *, serial, model_id, challenge, kind, op_id, requester, transport_key=False) -> bytes:
         self.client._check()
         try:
             return await self.core.answer(actor="urn:cns:station:" + requester["chamber_code"] + ":"
                                           + requester["station_id"], station_id=requester["station_id"],
                                           chamber_code=requester["chamber_code"],
                                           operator_id=requester["operator_id"], serial=serial, model_id=model_id,
-                                          challenge=challenge, operation=kind, operation_id=op_id)
+                                          challenge=challenge, operation=kind, operation_id=op_id,
+                                          key_version=0 if transport_key else 1)
         except PersonalizerError as exc:
             raise UplinkError(f"personalizer: {exc.code}: {exc}", code=exc.code) from exc
 

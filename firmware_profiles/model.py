@@ -168,6 +168,8 @@ class Dialect:
     ins_switch_keyset: int
     ins_erase_key: int
     ins_get_info: int
+    ins_put_key: int            # PUT KEY: the issuer key replaced (the transport key at first use)
+    transport_test_key: bytes   # the TEST transport key of emulated blank cards that arrive keyed with one
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,17 @@ class _Reader:
         return out
 
 
+def _aes_key(dl, name: str) -> bytes:
+    key_hex = dl.str(name, expected="16 bytes of hex (AES-128)")
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise dl.err(name, "16 bytes of hex (AES-128)", key_hex)
+    return key
+
+
 def load_model(path: str | Path) -> CardModel:
     """Load and validate one card model file."""
     p = Path(path)
@@ -491,13 +504,7 @@ def _build(path: str, raw: Mapping[str, Any]) -> CardModel:
     )
 
     dl = r.table_("dialect")
-    key_hex = dl.str("admin_test_master_key", expected="16 bytes of hex (AES-128)")
-    try:
-        master_key = bytes.fromhex(key_hex)
-    except ValueError:
-        master_key = b""
-    if len(master_key) != 16:
-        raise dl.err("admin_test_master_key", "16 bytes of hex (AES-128)", key_hex)
+    master_key = _aes_key(dl, "admin_test_master_key")
     dialect = Dialect(
         name=dl.choice("name", DIALECTS),
         admin_key_ref=dl.ref("admin_key_ref"),
@@ -510,6 +517,8 @@ def _build(path: str, raw: Mapping[str, Any]) -> CardModel:
         ins_switch_keyset=dl.int("ins_switch_keyset", 0x01, 0xFE),
         ins_erase_key=dl.int("ins_erase_key", 0x01, 0xFE),
         ins_get_info=dl.int("ins_get_info", 0x01, 0xFE),
+        ins_put_key=dl.int("ins_put_key", 0x01, 0xFE),
+        transport_test_key=_aes_key(dl, "transport_test_key"),
     )
 
     files: list[FileSpec] = []

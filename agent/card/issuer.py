@@ -35,6 +35,8 @@ MSE_P1_SET_COMPUTE, MSE_P2_DST = 0xF1, 0xB6
 PSO_P1_CDS, PSO_P2_CDS = 0x9E, 0x9A
 TAG_PUBKEY, TAG_MODULUS, TAG_EXPONENT = 0x7F49, 0x81, 0x82
 CHALLENGE_LEN = 16
+GET_INFO_ADMIN_KEY = 0x04
+KVN_TRANSPORT, KVN_CARD = 0x00, 0x01
 # what a card key may be (the card models are RSA 1024 or 2048; the CA certifies at most 4096)
 MIN_RSA_BITS, MAX_RSA_BITS, MAX_EXPONENT_BITS = 1024, 4096, 256
 
@@ -103,9 +105,13 @@ def check_key_size(key: rsa.RSAPublicKey, bits: int | None, what: str) -> rsa.RS
 
 
 class CardAuthenticator(Protocol):
-    """Who answers a card's issuer challenge: ``cryptogram`` for card ``serial`` of model ``model_id``."""
+    """Who answers a card's issuer challenge: ``cryptogram`` for card ``serial`` of model ``model_id``
+    (``transport_key``: the card still holds its batch's transport key); ``wrapped_card_key``: PUT KEY's
+    data, the card's own key wrapped under its transport key (first use, SCHEMA.md §4.1)."""
 
-    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes) -> bytes: ...
+    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes, transport_key: bool = False) -> bytes: ...
+
+    def wrapped_card_key(self, *, model_id: str, serial: str) -> bytes: ...
 
 
 class IssuerSession:
@@ -116,6 +122,7 @@ class IssuerSession:
         self.model = model
         self.dialect = model.dialect
         self._serial: str | None = None
+        self._transport: bool | None = None   # the card holds its transport key (read once a session)
 
     def _send(self, apdu: Apdu) -> tuple[bytes, int]:
         return self.cns.transport.transmit(apdu.encode_long())
@@ -133,15 +140,45 @@ class IssuerSession:
         by ``authenticator`` (central; the key never comes here) and the answer relayed to the card."""
         if self._serial is None:
             self._serial = self.cns.read_serial()
+        if self._transport is None:
+            self._transport = self.key_version() == KVN_TRANSPORT
         challenge, sw = self._send(Apdu(CLA_ISO, INS_GET_CHALLENGE, 0, 0, le=CHALLENGE_LEN))
         self._ok(sw, "GET CHALLENGE")
         if len(challenge) != CHALLENGE_LEN:
             raise MalformedResponseError(f"challenge of {len(challenge)} bytes, expected {CHALLENGE_LEN}")
-        cryptogram = authenticator.cryptogram(model_id=self.model.id, serial=self._serial, challenge=challenge)
+        cryptogram = authenticator.cryptogram(model_id=self.model.id, serial=self._serial, challenge=challenge,
+                                              transport_key=self._transport)
         if len(cryptogram) != CHALLENGE_LEN:
             raise MalformedResponseError(f"the issuer's answer is {len(cryptogram)} bytes, expected {CHALLENGE_LEN}")
         _, sw = self._send(Apdu(CLA_ISO, INS_EXTERNAL_AUTHENTICATE, 0, self.dialect.admin_key_ref, cryptogram))
         self._ok(sw, "EXTERNAL AUTHENTICATE (issuer key)")
+
+    def key_version(self) -> int:
+        """The card's issuer key version (GET INFO 04): 0 its batch's transport key, 1 its own key."""
+        data, sw = self._send(Apdu(self.dialect.cla_proprietary, self.dialect.ins_get_info, 0, GET_INFO_ADMIN_KEY,
+                                   le=1))
+        self._ok(sw, "GET INFO (issuer key version)")
+        if len(data) != 1 or data[0] not in (KVN_TRANSPORT, KVN_CARD):
+            raise MalformedResponseError(f"issuer key version {data.hex()}, expected 00 or 01")
+        return data[0]
+
+    def replace_transport_key(self, authenticator: CardAuthenticator) -> bool:
+        """First use (SCHEMA.md §4.1 step 3): the transport key replaced by the card's own key, wrapped
+        centrally; False when the card already holds its own key (a resumed step: nothing to do)."""
+        self._transport = None
+        if self.key_version() != KVN_TRANSPORT:
+            self._transport = False
+            return False
+        self.authenticate(authenticator)
+        wrapped = authenticator.wrapped_card_key(model_id=self.model.id, serial=self._serial)
+        if len(wrapped) != 24:
+            raise MalformedResponseError(f"the wrapped card key is {len(wrapped)} bytes, expected 24")
+        _, sw = self._send(Apdu(self.dialect.cla_proprietary, self.dialect.ins_put_key, 0, self.dialect.admin_key_ref,
+                                wrapped))
+        self._transport = None    # read again: PUT KEY answered, or the card was pulled while writing
+        self._ok(sw, "PUT KEY (the card's own issuer key)")
+        self._transport = False
+        return True
 
     # -- §4.2 ------------------------------------------------------------------
     def generate_key(self, key_ref: int, bits: int | None = None) -> rsa.RSAPublicKey:

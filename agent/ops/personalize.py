@@ -2,6 +2,8 @@
 
 The plan, one journal step each, recorded *before* it runs:
 
+    change-key                (a card that arrived with its batch's transport key, issue 12:
+                              replaced by its own key, wrapped centrally; a resume re-reads the key)
     set-codes                 (models with pin_mode = set_at_personalization)
     generate-key:CNS0/CNS1    key pairs generated on the card (public key kept)
     csr:CNS0/CNS1             PKCS#10 signed by the card after PIN verification
@@ -77,7 +79,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card import datipersonali
 from agent.card.cns import CnsSession
-from agent.card.issuer import IssuerSession
+from agent.card.issuer import KVN_TRANSPORT, IssuerSession
 from agent.card.transport import ApduTransport
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
@@ -212,9 +214,11 @@ class Personalizer:
             # before anything is journaled or generated: a wrong PIN costs one try and changes nothing
             await self._timed("card", self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
+        transport = await self._timed("card", link.issuer.key_version) == KVN_TRANSPORT
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
             data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
+                  **({"transport_key": True} if transport else {}),
                   **({"registration_id": registration_id} if registration_id else {})})
         op.data["request_ids"] = {ks.name: f"pers-{op.op_id}-{ks.name}" for ks in model.keysets}
         self.progress("start", f"card {serial}: personalization {op.op_id} for {holder.given_name} {holder.surname}")
@@ -235,16 +239,17 @@ class Personalizer:
         return await self._drive(op, link, model, codes)
 
     # -- the state machine --------------------------------------------------------------
-    def _plan(self, model) -> list[str]:
+    def _plan(self, model, op: Operation | None = None) -> list[str]:
         names = [ks.name for ks in model.keysets]
-        plan = ["set-codes"] if model.pin_mode == "set_at_personalization" else []
+        plan = ["change-key"] if op is not None and op.data.get("transport_key") else []
+        plan += ["set-codes"] if model.pin_mode == "set_at_personalization" else []
         plan += [f"generate-key:{n}" for n in names] + [f"csr:{n}" for n in names]
         plan += [f"submit:{n}" for n in names] + ["write-dati-personali"]
         plan += [f"write-cert:{n}" for n in names] + ["verify"]
         return plan
 
     async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
-        plan = self._plan(model)
+        plan = self._plan(model, op)
         if op.data.get("undo_reason"):
             # an undo was begun (crash, personalizer unreachable while revoking): it is finished, never reversed
             return await self._undo(op, link, model, op.data["undo_reason"])
@@ -322,13 +327,17 @@ class Personalizer:
                     first_attempt: dict[str, bool] | None = None) -> dict[str, Any]:
         name, _, ks_name = step.partition(":")
         ks = model.keyset(ks_name) if ks_name else None
-        self.progress(step, {"set-codes": "setting the holder's PIN and PUK",
+        self.progress(step, {"change-key": "replacing the card's transport key with its own issuer key",
+                             "set-codes": "setting the holder's PIN and PUK",
                              "generate-key": f"generating the {ks_name} key pair on the card",
                              "csr": f"signing the {ks_name} certificate request on the card",
                              "submit": f"requesting the {PROFILE_OF_KEYSET.get(ks_name, '')} certificate",
                              "write-dati-personali": "writing EF_DatiPersonali",
                              "write-cert": f"writing the {ks_name} certificate",
                              "verify": "verifying keys and certificates"}[name])
+        if name == "change-key":
+            await self._timed("card", link.issuer.replace_transport_key, self.card_admin)
+            return {}
         if name == "set-codes":
             await self._timed("card", self._set_codes, link, model, codes)
             return {}

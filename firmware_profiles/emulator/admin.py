@@ -26,6 +26,21 @@ def card_key(model, serial: str) -> bytes:
     return _aes_ecb(d.admin_test_master_key, diversification_block(d.admin_key_scheme, serial))
 
 
+def wrap(key: bytes, new_key: bytes) -> bytes:
+    """PUT KEY's data: ``new_key`` wrapped under ``key`` (RFC 3394 AES key wrap)."""
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+    return aes_key_wrap(key, new_key)
+
+
+def unwrap(key: bytes, wrapped: bytes) -> bytes:
+    """The key PUT KEY carries; ``ValueError`` when it was not wrapped under ``key`` (integrity check)."""
+    from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
+    try:
+        return aes_key_unwrap(key, wrapped)
+    except InvalidUnwrap:
+        raise ValueError("not wrapped under the card's current key") from None
+
+
 def cryptogram(key: bytes, challenge: bytes) -> bytes:
     """EXTERNAL AUTHENTICATE's data for ``challenge`` under ``key``: AES-128-ECB(key, challenge)."""
     return _aes_ecb(key, challenge)
@@ -38,5 +53,10 @@ class SoftwareAuthenticator:
     def __init__(self, *models) -> None:
         self._models = {m.id: m for m in models}
 
-    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes) -> bytes:
-        return cryptogram(card_key(self._models[model_id], serial), challenge)
+    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes, transport_key: bool = False) -> bytes:
+        m = self._models[model_id]
+        return cryptogram(m.dialect.transport_test_key if transport_key else card_key(m, serial), challenge)
+
+    def wrapped_card_key(self, *, model_id: str, serial: str) -> bytes:
+        m = self._models[model_id]
+        return wrap(m.dialect.transport_test_key, card_key(m, serial))

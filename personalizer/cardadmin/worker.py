@@ -19,7 +19,8 @@ from pathlib import Path
 
 from personalizer.cardadmin.keys import CardKeyError
 
-_CALLS = ("cryptogram", "has_master", "import_master", "generate_master")
+_CALLS = ("cryptogram", "has_master", "import_master", "generate_master", "wrapped_card_key", "batches",
+          "batch_of", "load_batch")
 
 
 class TokenProcess:
@@ -48,9 +49,22 @@ class TokenProcess:
             raise (ValueError if answer.get("kind") == "ValueError" else CardKeyError)(answer["error"])
         return answer["result"]
 
-    def cryptogram(self, *, model_id: str, scheme: str, serial: str, challenge: bytes) -> bytes:
+    def cryptogram(self, *, model_id: str, scheme: str, serial: str, challenge: bytes, key_version: int = 1) -> bytes:
         return bytes.fromhex(self._call("cryptogram", model_id=model_id, scheme=scheme, serial=serial,
-                                        challenge=challenge.hex()))
+                                        challenge=challenge.hex(), key_version=key_version))
+
+    def wrapped_card_key(self, *, model_id: str, scheme: str, serial: str) -> bytes:
+        return bytes.fromhex(self._call("wrapped_card_key", model_id=model_id, scheme=scheme, serial=serial))
+
+    def batches(self) -> list[dict]:
+        return self._call("batches")
+
+    def batch_of(self, serial: str) -> dict | None:
+        return self._call("batch_of", serial=serial)
+
+    def load_batch(self, *, batch: str, chamber: str, model_id: str, first: str, last: str, key: bytes) -> None:
+        self._call("load_batch", batch=batch, chamber=chamber, model_id=model_id, first=first, last=last,
+                   key=key.hex())
 
     def has_master(self, model_id: str) -> bool:
         return bool(self._call("has_master", model_id=model_id))
@@ -87,8 +101,9 @@ def main() -> int:
             elif op in _CALLS and token is not None:
                 if "challenge" in req:
                     req["challenge"] = bytes.fromhex(req["challenge"])
-                if "value" in req:
-                    req["value"] = bytes.fromhex(req["value"])
+                for name in ("value", "key"):
+                    if name in req:
+                        req[name] = bytes.fromhex(req[name])
                 result = getattr(token, op)(**req)
                 if isinstance(result, bytes):
                     result = result.hex()

@@ -103,6 +103,9 @@ METHOD_ROLES.update({_REGISTRATIONS + "RegisterHolder": frozenset({ROLE_IR}),
                      _REGISTRATIONS + "CancelRegistration": frozenset({ROLE_IR, ROLE_ADMIN})})
 # Card administration (issue 12): a station relays its card's challenge; the answer comes from the token.
 METHOD_ROLES["/cns.v1.CardAdmin/Authenticate"] = frozenset({ROLE_STATION})
+METHOD_ROLES["/cns.v1.CardAdmin/ChangeCardKey"] = frozenset({ROLE_STATION})
+METHOD_ROLES["/cns.v1.CardAdmin/LoadBatch"] = frozenset({ROLE_ADMIN})
+METHOD_ROLES["/cns.v1.CardAdmin/ListBatches"] = frozenset({ROLE_ADMIN})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

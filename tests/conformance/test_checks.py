@@ -154,7 +154,7 @@ def test_wrong_puk_stops_before_any_pin_is_blocked():
 class _WrongKey:
     """An issuer that answers every challenge with another card's key (all zeros)."""
 
-    def cryptogram(self, *, model_id, serial, challenge):
+    def cryptogram(self, *, model_id, serial, challenge, transport_key=False):
         from firmware_profiles.emulator import admin
         return admin.cryptogram(bytes(16), challenge)
 

@@ -69,3 +69,39 @@ def test_a_serial_the_scheme_cannot_diversify_is_refused():
         diversification_block("aes128-ecb-serial", "SHORT")
     with pytest.raises(DiversificationError, match="unknown admin key scheme"):
         diversification_block("sp800-108", "A" * 16)
+
+
+def test_a_transport_keyed_card_takes_its_own_key_with_put_key(model):
+    d = model.dialect
+    card = EmulatedCard(model, transport_key=d.transport_test_key)
+    card.power_on()
+    assert tx(card, bytes.fromhex("80CA000400"))[0] == b"\x00"                  # transport key
+    own = admin.card_key(model, card.serial)
+    put = bytes([0x80, d.ins_put_key, 0, d.admin_key_ref, 24])
+    assert tx(card, put + admin.wrap(d.transport_test_key, own))[1] == 0x6982   # not authenticated
+    assert _auth(card, own) & 0xFFF0 == 0x63C0                                   # its own key: not yet
+    assert _auth(card, d.transport_test_key) == 0x9000
+    assert tx(card, put + admin.wrap(bytes(16), own))[1] == 0x6A80               # wrapped under another key
+    assert tx(card, put + admin.wrap(d.transport_test_key, own))[1] == 0x9000
+    assert not card.admin_authenticated and tx(card, bytes.fromhex("80CA000400"))[0] == b"\x01"
+    assert _auth(card, d.transport_test_key) & 0xFFF0 == 0x63C0
+    assert _auth(card, own) == 0x9000
+
+
+def test_put_key_pulled_or_torn_leaves_the_old_or_the_new_key(model, tmp_path):
+    d = model.dialect
+    own = None
+    for fault in ("drop:ins=D2", "tear:ins=D2,bytes=1"):
+        state = tmp_path / f"{fault[:4]}.json"
+        card = EmulatedCard(model, state_path=state, transport_key=d.transport_test_key, faults=[fault])
+        card.power_on()
+        own = admin.card_key(model, card.serial)
+        assert _auth(card, d.transport_test_key) == 0x9000
+        try:
+            tx(card, bytes([0x80, d.ins_put_key, 0, d.admin_key_ref, 24]) + admin.wrap(d.transport_test_key, own))
+        except Exception:
+            pass
+        again = EmulatedCard(model, state_path=state)
+        again.power_on()
+        kvn = tx(again, bytes.fromhex("80CA000400"))[0]
+        assert _auth(again, own if kvn == b"\x01" else d.transport_test_key) == 0x9000

@@ -25,19 +25,31 @@ _sym_db = _symbol_database.Default()
 from proto.cns.v1 import common_pb2 as proto_dot_cns_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cns/v1/card_admin.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"\xb3\x01\n\x0f\x43\x61rdAuthRequest\x12$\n\trequester\x18\x01 \x01(\x0b\x32\x11.cns.v1.Requester\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12(\n\toperation\x18\x05 \x01(\x0e\x32\x15.cns.v1.CardOperation\x12\x14\n\x0coperation_id\x18\x06 \x01(\t\"&\n\x10\x43\x61rdAuthResponse\x12\x12\n\ncryptogram\x18\x01 \x01(\x0c*i\n\rCardOperation\x12\x1e\n\x1a\x43\x41RD_OPERATION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41RD_OPERATION_PERSONALIZE\x10\x01\x12\x18\n\x14\x43\x41RD_OPERATION_RENEW\x10\x02\x32N\n\tCardAdmin\x12\x41\n\x0c\x41uthenticate\x12\x17.cns.v1.CardAuthRequest\x1a\x18.cns.v1.CardAuthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/cns/v1/card_admin.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\"\xca\x01\n\x0f\x43\x61rdAuthRequest\x12$\n\trequester\x18\x01 \x01(\x0b\x32\x11.cns.v1.Requester\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12(\n\toperation\x18\x05 \x01(\x0e\x32\x15.cns.v1.CardOperation\x12\x14\n\x0coperation_id\x18\x06 \x01(\t\x12\x15\n\rtransport_key\x18\x07 \x01(\x08\"{\n\x14\x43\x61rdKeyChangeRequest\x12$\n\trequester\x18\x01 \x01(\x0b\x32\x11.cns.v1.Requester\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x14\n\x0coperation_id\x18\x04 \x01(\t\",\n\x15\x43\x61rdKeyChangeResponse\x12\x13\n\x0bwrapped_key\x18\x01 \x01(\x0c\"\x90\x01\n\x10LoadBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x14\n\x0c\x66irst_serial\x18\x04 \x01(\t\x12\x13\n\x0blast_serial\x18\x05 \x01(\t\x12\x15\n\rtransport_key\x18\x06 \x01(\x0c\"r\n\tCardBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hamber_code\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x14\n\x0c\x66irst_serial\x18\x04 \x01(\t\x12\x13\n\x0blast_serial\x18\x05 \x01(\t\"\x14\n\x12ListBatchesRequest\"9\n\x13ListBatchesResponse\x12\"\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x11.cns.v1.CardBatch\"&\n\x10\x43\x61rdAuthResponse\x12\x12\n\ncryptogram\x18\x01 \x01(\x0c*i\n\rCardOperation\x12\x1e\n\x1a\x43\x41RD_OPERATION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41RD_OPERATION_PERSONALIZE\x10\x01\x12\x18\n\x14\x43\x41RD_OPERATION_RENEW\x10\x02\x32\x9e\x02\n\tCardAdmin\x12\x41\n\x0c\x41uthenticate\x12\x17.cns.v1.CardAuthRequest\x1a\x18.cns.v1.CardAuthResponse\x12L\n\rChangeCardKey\x12\x1c.cns.v1.CardKeyChangeRequest\x1a\x1d.cns.v1.CardKeyChangeResponse\x12\x38\n\tLoadBatch\x12\x18.cns.v1.LoadBatchRequest\x1a\x11.cns.v1.CardBatch\x12\x46\n\x0bListBatches\x12\x1a.cns.v1.ListBatchesRequest\x1a\x1b.cns.v1.ListBatchesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.card_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CARDOPERATION']._serialized_start=290
-  _globals['_CARDOPERATION']._serialized_end=395
+  _globals['_CARDOPERATION']._serialized_start=828
+  _globals['_CARDOPERATION']._serialized_end=933
   _globals['_CARDAUTHREQUEST']._serialized_start=69
-  _globals['_CARDAUTHREQUEST']._serialized_end=248
-  _globals['_CARDAUTHRESPONSE']._serialized_start=250
-  _globals['_CARDAUTHRESPONSE']._serialized_end=288
-  _globals['_CARDADMIN']._serialized_start=397
-  _globals['_CARDADMIN']._serialized_end=475
+  _globals['_CARDAUTHREQUEST']._serialized_end=271
+  _globals['_CARDKEYCHANGEREQUEST']._serialized_start=273
+  _globals['_CARDKEYCHANGEREQUEST']._serialized_end=396
+  _globals['_CARDKEYCHANGERESPONSE']._serialized_start=398
+  _globals['_CARDKEYCHANGERESPONSE']._serialized_end=442
+  _globals['_LOADBATCHREQUEST']._serialized_start=445
+  _globals['_LOADBATCHREQUEST']._serialized_end=589
+  _globals['_CARDBATCH']._serialized_start=591
+  _globals['_CARDBATCH']._serialized_end=705
+  _globals['_LISTBATCHESREQUEST']._serialized_start=707
+  _globals['_LISTBATCHESREQUEST']._serialized_end=727
+  _globals['_LISTBATCHESRESPONSE']._serialized_start=729
+  _globals['_LISTBATCHESRESPONSE']._serialized_end=786
+  _globals['_CARDAUTHRESPONSE']._serialized_start=788
+  _globals['_CARDAUTHRESPONSE']._serialized_end=826
+  _globals['_CARDADMIN']._serialized_start=936
+  _globals['_CARDADMIN']._serialized_end=1222
 # @@protoc_insertion_point(module_scope)

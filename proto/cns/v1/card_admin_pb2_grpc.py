@@ -39,12 +39,48 @@ class CardAdminStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.FromString,
                 _registered_method=True)
+        self.ChangeCardKey = channel.unary_unary(
+                '/cns.v1.CardAdmin/ChangeCardKey',
+                request_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeResponse.FromString,
+                _registered_method=True)
+        self.LoadBatch = channel.unary_unary(
+                '/cns.v1.CardAdmin/LoadBatch',
+                request_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.LoadBatchRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardBatch.FromString,
+                _registered_method=True)
+        self.ListBatches = channel.unary_unary(
+                '/cns.v1.CardAdmin/ListBatches',
+                request_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class CardAdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Authenticate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeCardKey(self, request, context):
+        """First use of a card that arrived with its batch's transport key (station role): PUT KEY's data,
+        the card's own key wrapped (RFC 3394) under the transport key, computed in the token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadBatch(self, request, context):
+        """Central IT (admin role): a batch of blank cards, its transport key and the chamber it is sent to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatches(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +93,21 @@ def add_CardAdminServicer_to_server(servicer, server):
                     servicer.Authenticate,
                     request_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.SerializeToString,
+            ),
+            'ChangeCardKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeCardKey,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeResponse.SerializeToString,
+            ),
+            'LoadBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadBatch,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.LoadBatchRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardBatch.SerializeToString,
+            ),
+            'ListBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatches,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +137,87 @@ class CardAdmin:
             '/cns.v1.CardAdmin/Authenticate',
             proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeCardKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.CardAdmin/ChangeCardKey',
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.CardKeyChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.CardAdmin/LoadBatch',
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.LoadBatchRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.CardBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.CardAdmin/ListBatches',
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.ListBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
