@@ -198,8 +198,8 @@ class Daemon:
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
                                                                             config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
-        from personalizer.cardadmin import setup as card_admin_setup   # [card_admin]: issue 12
-        card_admin = card_admin_setup.register(cfg, broker, server)
+        from personalizer.edge import card_admin_service   # [card_admin]: issue 12
+        card_admin = card_admin_service.register(cfg, broker, server)
         health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -10,7 +10,7 @@ it was made on. The agent never holds a card key; unreachable personalizer →
 ``UplinkUnavailable`` (the journaled operation stays open, nothing is tried
 with any other key). Nothing here logs a challenge or an answer.
 
-Imports ``grpc`` and ``proto`` through ``agent.uplink.client`` only.
+Imports ``proto`` and, for its channel and error translation, ``agent.uplink.client``; never ``personalizer``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""The ``CardAdmin`` gRPC servicer: a card's issuer challenge, answered from the central token (issue 12).
+"""Card administration's rules and answers (issue 12), without gRPC: ``CardAdmin``.
 
-``Authenticate`` (station role, by ``identity.METHOD_ROLES``; the interceptor has
-already checked that the requester is this station of its own chamber):
+The gRPC servicer (``personalizer.edge.card_admin_service``) and in-process callers
+(self-renewal's ``AuthenticateCard``, the renewal fault benchmark) call
+``answer`` / ``change_key`` / ``load_batch``. For ``Authenticate`` (station role, by
+``identity.METHOD_ROLES``; the interceptor has already checked that the requester is
+this station of its own chamber):
 
 - the model must be one this personalizer knows (``firmware_profiles``) and the
   token must hold its master key; the serial and challenge are bounded;
@@ -22,8 +25,8 @@ already checked that the requester is this station of its own chamber):
 
 The cryptogram is computed in the token (``keys.CardKeyToken``, reached through
 its own process, ``worker.TokenProcess``) from a worker thread. Only the 16-byte answer leaves; nothing of a key is logged or audited.
-Imports grpc/proto (it is the edge), ``identity``, the store's ``AuditEntry`` and
-``keys``.
+Imports ``keys``, ``errors``, the store's ``AuditEntry`` and ``firmware_profiles``; never
+grpc, proto or the edge.
 """
 from __future__ import annotations
 
@@ -34,15 +37,11 @@ import time
 
 from firmware_profiles import load_models
 from personalizer.cardadmin.keys import KVN_CARD, KVN_TRANSPORT, CardKeyError
-from personalizer.edge import identity
-from personalizer.edge.service import _translate, audit_denied
 from personalizer.errors import FailedPrecondition, InvalidRequest, PermissionDenied, PersonalizerError
 from personalizer.store import AuditEntry
-from proto.cns.v1 import card_admin_pb2 as pb, card_admin_pb2_grpc as pb_grpc
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CardAdmin"].full_name
-DEFAULT_PER_MINUTE = 120        # a personalization authenticates ~8 times, a renewal ~6
-OPERATIONS = {pb.CARD_OPERATION_PERSONALIZE: "personalize", pb.CARD_OPERATION_RENEW: "renew"}
+DEFAULT_PER_MINUTE = 120        # a personalization authenticates ~5 to 8 times, a renewal ~6
+OPERATIONS = ("personalize", "renew")
 
 
 class RateLimited(PersonalizerError):
@@ -86,7 +85,7 @@ class CardAdmin:
             raise InvalidRequest("key_version", "0 (the batch's transport key) or 1 (the card's own key)")
         if len(challenge) != model.dialect.challenge_bytes:
             raise InvalidRequest("challenge", f"{model.dialect.challenge_bytes} bytes (the card's GET CHALLENGE)")
-        if operation not in OPERATIONS.values():
+        if operation not in OPERATIONS:
             raise InvalidRequest("operation", "a personalization or a renewal")
         if not self._rate.allow(rate_key or station_id):
             raise RateLimited(f"{'station ' + station_id if not rate_key else 'this address'} asked for card administration too often; retry in a minute")
@@ -170,49 +169,3 @@ class CardAdmin:
 
     def close(self) -> None:
         self._token.close()
-
-
-class CardAdminService(pb_grpc.CardAdminServicer):
-    def __init__(self, *, broker, token, per_minute: int = DEFAULT_PER_MINUTE, models=None,
-                 clock=time.monotonic):
-        self._broker = broker
-        self.core = CardAdmin(store=broker.store, token=token, per_minute=per_minute, models=models, clock=clock)
-
-    async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
-        """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
-        await audit_denied(self._broker, actor=actor, station_id=station_id, method=method, request=request, exc=exc)
-
-    @_translate
-    async def Authenticate(self, request: pb.CardAuthRequest, context) -> pb.CardAuthResponse:  # noqa: N802
-        ident = identity.current_identity()
-        r = request.requester
-        return pb.CardAuthResponse(cryptogram=await self.core.answer(
-            actor=ident.uri, station_id=ident.subject_id, chamber_code=r.chamber_code, operator_id=r.operator_id,
-            serial=request.card_serial, model_id=request.card_model, challenge=request.challenge,
-            operation=OPERATIONS.get(request.operation, ""), operation_id=request.operation_id,
-            key_version=KVN_TRANSPORT if request.transport_key else KVN_CARD))
-
-    @_translate
-    async def ChangeCardKey(self, request: pb.CardKeyChangeRequest, context) -> pb.CardKeyChangeResponse:  # noqa: N802
-        ident = identity.current_identity()
-        r = request.requester
-        return pb.CardKeyChangeResponse(wrapped_key=await self.core.change_key(
-            actor=ident.uri, station_id=ident.subject_id, chamber_code=r.chamber_code, operator_id=r.operator_id,
-            serial=request.card_serial, model_id=request.card_model, operation_id=request.operation_id))
-
-    @_translate
-    async def LoadBatch(self, request: pb.LoadBatchRequest, context) -> pb.CardBatch:  # noqa: N802
-        b = await self.core.load_batch(actor=identity.current_identity().uri, batch=request.batch_id,
-                                       chamber=request.chamber_code, model_id=request.card_model,
-                                       first=request.first_serial, last=request.last_serial,
-                                       key=request.transport_key)
-        return _batch(b)
-
-    @_translate
-    async def ListBatches(self, request: pb.ListBatchesRequest, context) -> pb.ListBatchesResponse:  # noqa: N802
-        return pb.ListBatchesResponse(batches=[_batch(b) for b in await asyncio.to_thread(self.core.token.batches)])
-
-
-def _batch(b: dict) -> pb.CardBatch:
-    return pb.CardBatch(batch_id=b["batch"], chamber_code=b["chamber"], card_model=b["model"],
-                        first_serial=b["first"], last_serial=b["last"])

@@ -8,8 +8,8 @@
     per_minute = 120                     # answers per station per minute
 
 Without the section no station can administer a card (there is no fallback
-key anywhere). Paths are relative to the config file. ``register`` is the one
-call ``personalizer.server`` makes. Errors are ``ConfigError`` naming the file
+key anywhere). Paths are relative to the config file; the service is added by
+``personalizer.edge.card_admin_service.register``. Errors are ``ConfigError`` naming the file
 and the key.
 """
 from __future__ import annotations
@@ -76,21 +76,6 @@ def open_token(cfg: CardAdminConfig, source: Path) -> TokenProcess:
                             pin=cfg.pin_file.read_text().strip(), softhsm2_conf=cfg.softhsm2_conf)
     except CardKeyError as exc:
         raise ConfigError(source, SECTION, str(exc)) from None
-
-
-def register(daemon_cfg, broker, server):
-    """Add the CardAdmin service to ``server`` when ``[card_admin]`` is configured: the servicer (its
-    ``core`` answers; ``core.close()`` closes the token), or None."""
-    from personalizer.cardadmin.service import CardAdminService
-    from proto.cns.v1 import card_admin_pb2_grpc
-
-    cfg = load(daemon_cfg.source)
-    if cfg is None:
-        return None
-    token = open_token(cfg, daemon_cfg.source)
-    servicer = CardAdminService(broker=broker, token=token, per_minute=cfg.per_minute)
-    card_admin_pb2_grpc.add_CardAdminServicer_to_server(servicer, server)
-    return servicer
 
 
 SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 from personalizer.cardadmin.keys import CardKeyError
@@ -30,6 +31,8 @@ class TokenProcess:
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([sys.executable, "-m", "personalizer.cardadmin.worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        # a daemon whose start failed after this (a busy port) never calls close(): stop the child with it
+        self._finalizer = weakref.finalize(self, _stop, self._proc)
         self._call("open", module=module, token_label=token_label, pin=pin,
                    softhsm2_conf=str(softhsm2_conf) if softhsm2_conf else None)
 
@@ -76,14 +79,18 @@ class TokenProcess:
         self._call("generate_master", model_id=model_id)
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            try:
-                self._proc.stdin.close()
-                self._proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
-        self._proc.stdout.close()
+        self._finalizer()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+    proc.stdout.close()
 
 
 def main() -> int:
