@@ -59,3 +59,17 @@ def test_unreachable_personalizer_administers_nothing_and_the_operation_waits(st
     assert after["keys"] == blank["keys"] == {} and after["pins"] == blank["pins"]   # nothing administered
     out = asyncio.run(resume(station, tmp_path / "j.db", card, MODEL, codes_for(MODEL)))
     assert out.state == "done", out.message
+
+
+def test_the_retired_key_file_settings_are_refused_saying_what_to_do(station, tmp_path):
+    import pytest
+
+    import station_config
+
+    for line in ('admin_keys = "keys.toml"', "allow_test_admin_keys = true"):
+        cfg = tmp_path / "station.toml"
+        cfg.write_text(station.source.read_text() + f"\n[cards]\n{line}\n")
+        with pytest.raises(station_config.StationConfigError) as err:
+            station_config.load(cfg)
+        assert "no longer read" in str(err.value) and "delete this line" in str(err.value)
+        assert "cards." + line.split(" ")[0] in str(err.value)

@@ -178,3 +178,21 @@ def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
             core.close()
             await store.close()
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("section,key,expected", [
+    ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "missing-pin"\n', "card_admin.pin_file",
+     "file not found"),
+    ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "pin"\nkey_file = "k"\n',
+     "card_admin.key_file", "unknown key"),
+    ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "pin"\nper_minute = 0\n',
+     "card_admin.per_minute", "1 to 6000"),
+])
+def test_card_admin_config_errors_name_file_key_and_expectation(tmp_path, section, key, expected):
+    from personalizer.errors import ConfigError
+    (tmp_path / "pin").write_text("1234\n")
+    cfg = tmp_path / "personalizer.toml"
+    cfg.write_text(section)
+    with pytest.raises(ConfigError) as err:
+        card_admin_setup.load(cfg)
+    assert str(cfg) in str(err.value) and key in str(err.value) and expected in str(err.value)

@@ -208,3 +208,23 @@ def test_refusals_over_the_port_are_one_clear_line(world, tmp_path):
         with pytest.raises(grpc.RpcError) as exc:
             pb_grpc.PersonalizerStub(ch).GetCAStatus(pb.GetCAStatusRequest(), timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_holder_gets_card_administration_only_for_the_card_their_certificate_was_issued_for(world, tmp_path):
+    """HolderRenewal.AuthenticateCard (issue 12): the certificate must be on record for that very card."""
+    from agent.ops.errors import UplinkError
+    from firmware_profiles.emulator import admin
+
+    p, station, port = world
+    card, other = _personalized(world, tmp_path / "a"), _personalized(world, tmp_path / "b")
+    mine = env.card_view(card, MODEL)["CNS0"]["der"]
+
+    async def ask(serial):
+        async with _holder_uplink(station, port) as uplink:
+            return await HolderCardAdmin(uplink, [mine]).authenticate(
+                serial=serial, model_id=MODEL.id, challenge=bytes(16), kind="renew", op_id="t",
+                requester=HOLDER_REQUESTER)
+    assert asyncio.run(ask(card.serial)) == admin.cryptogram(admin.card_key(MODEL, card.serial), bytes(16))
+    with pytest.raises(UplinkError) as err:
+        asyncio.run(ask(other.serial))
+    assert err.value.code == "PERMISSION_DENIED" and f"not issued for card {other.serial}" in str(err.value)
