@@ -65,8 +65,12 @@ def load(source: Path) -> CardAdminConfig | None:
     per_minute = data.get("per_minute", 120)
     if not isinstance(per_minute, int) or isinstance(per_minute, bool) or not 1 <= per_minute <= 6000:
         raise ConfigError(source, f"{SECTION}.per_minute", f"expected 1 to 6000 answers a minute, got {per_minute!r}")
+    pin_file = path("pin_file")
+    if pin_file.stat().st_mode & 0o077:
+        raise ConfigError(source, f"{SECTION}.pin_file", f"{pin_file} holds the token PIN: make it readable by "
+                                                          "the daemon's user only (chmod 600)")
     return CardAdminConfig(pkcs11_module=text("pkcs11_module"), token_label=text("token_label"),
-                           pin_file=path("pin_file"), softhsm2_conf=path("softhsm2_conf", required=False),
+                           pin_file=pin_file, softhsm2_conf=path("softhsm2_conf", required=False),
                            per_minute=per_minute)
 
 

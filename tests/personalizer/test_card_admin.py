@@ -187,11 +187,16 @@ def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
      "card_admin.key_file", "unknown key"),
     ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "pin"\nper_minute = 0\n',
      "card_admin.per_minute", "1 to 6000"),
+    ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "open-pin"\n', "card_admin.pin_file",
+     "chmod 600"),
 ])
 def test_card_admin_config_errors_name_file_key_and_expectation(tmp_path, section, key, expected):
     from personalizer.errors import ConfigError
     (tmp_path / "pin").write_text("1234\n")
+    (tmp_path / "pin").chmod(0o600)
     cfg = tmp_path / "personalizer.toml"
+    (tmp_path / "open-pin").write_text("1234\n")
+    (tmp_path / "open-pin").chmod(0o644)
     cfg.write_text(section)
     with pytest.raises(ConfigError) as err:
         card_admin_setup.load(cfg)
