@@ -156,8 +156,9 @@ def test_ca_refusing_the_second_request_revokes_the_first(world, tmp_path):
 
 
 def test_undo_interrupted_before_revoking_is_finished_by_recovery(world, tmp_path):
-    """The personalizer goes away right when the undo begins: the card is restored at once, the
-    revocation waits in the journal (operation open), and the next recovery (no PIN) finishes it."""
+    """The personalizer goes away right when the undo begins: the old certificates stay live, emptying the
+    spare slots (the card's issuer key is central, issue 12) and the revocation wait in the journal
+    (operation open), and the next recovery (no PIN) finishes both."""
     p, station = world
     card = _fresh(world, tmp_path)
     before = env.card_view(card, MODEL)
