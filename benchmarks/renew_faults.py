@@ -289,7 +289,7 @@ async def _setup(workdir: Path, model):
     uplink = LocalUplink(daemon.broker, daemon.relay, store, clock)
     ca_cfg = card_admin_setup.load(dep.server_config)
     token = card_admin_setup.open_token(ca_cfg, dep.server_config)
-    uplink.admin = LocalCardAdmin(uplink, CardAdmin(store=store, token=token, per_minute=6000))
+    uplink.admin = LocalCardAdmin(uplink, CardAdmin(records=daemon.broker, token=token, per_minute=6000))
     uplink.token = token
     return ca, daemon, uplink
 

@@ -70,8 +70,8 @@ class CardAdmin:
     """The decision and the answer, without gRPC: the servicer below and in-process callers (the
     renewal fault benchmark) use this. ``answer`` raises ``PersonalizerError`` subclasses."""
 
-    def __init__(self, *, store, token, per_minute: int = DEFAULT_PER_MINUTE, models=None, clock=time.monotonic):
-        self.store = store
+    def __init__(self, *, records, token, per_minute: int = DEFAULT_PER_MINUTE, models=None, clock=time.monotonic):
+        self.records = records   # the broker: find_certificates(card_id=) and record_audit(entry)
         self._token = self.token = token
         self._models = models if models is not None else load_models()
         self._rate = StationRate(per_minute, clock)
@@ -96,7 +96,7 @@ class CardAdmin:
         cryptogram = await asyncio.to_thread(self._token.cryptogram, model_id=model.id,
                                              scheme=model.dialect.admin_key_scheme, serial=serial, challenge=challenge,
                                              key_version=key_version)
-        await self.store.append_audit(AuditEntry(
+        await self.records.record_audit(AuditEntry(
             actor, station_id, "card-admin", None, serial, "done",
             f"{operation} {operation_id or '(no operation id)'} model {model.id}"
             + (" transport key" if key_version == KVN_TRANSPORT else ""),
@@ -118,7 +118,7 @@ class CardAdmin:
         if batch is not None and batch["chamber"] != chamber_code:
             raise PermissionDenied(f"card {serial} is in batch {batch['batch']} of chamber {batch['chamber']}'s "
                                    f"stock, not {chamber_code}'s")
-        found = await self.store.find_certificates(card_id=serial)
+        found = await self.records.find_certificates(card_id=serial)
         foreign = sorted({f.chamber_code for f in found if f.chamber_code != chamber_code})
         if foreign:
             raise PermissionDenied(f"card {serial} belongs to chamber {', '.join(foreign)}, not {chamber_code}")
@@ -137,7 +137,7 @@ class CardAdmin:
             raise FailedPrecondition(f"card {serial} already has certificates: it is not a blank card")
         wrapped = await asyncio.to_thread(self._token.wrapped_card_key, model_id=model.id,
                                           scheme=model.dialect.admin_key_scheme, serial=serial)
-        await self.store.append_audit(AuditEntry(
+        await self.records.record_audit(AuditEntry(
             actor, station_id, "card-key-change", None, serial, "done",
             f"personalize {operation_id or '(no operation id)'} model {model.id}", operator_id=operator_id,
             card_id=serial))
@@ -163,7 +163,7 @@ class CardAdmin:
                                     first=first, last=last, key=key)
         except CardKeyError as exc:
             raise FailedPrecondition(str(exc)) from None
-        await self.store.append_audit(AuditEntry(actor, "", "card-batch-load", None, batch, "done",
+        await self.records.record_audit(AuditEntry(actor, "", "card-batch-load", None, batch, "done",
                                                  f"{chamber} {model_id} {first}..{last}", operator_id=actor))
         return {"batch": batch, "chamber": chamber, "model": model_id, "first": first, "last": last}
 

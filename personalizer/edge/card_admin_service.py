@@ -27,7 +27,7 @@ class CardAdminService(pb_grpc.CardAdminServicer):
     def __init__(self, *, broker, token, per_minute: int = DEFAULT_PER_MINUTE, models=None,
                  clock=time.monotonic):
         self._broker = broker
-        self.core = CardAdmin(store=broker.store, token=token, per_minute=per_minute, models=models, clock=clock)
+        self.core = CardAdmin(records=broker, token=token, per_minute=per_minute, models=models, clock=clock)
 
     async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
         """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""

@@ -120,7 +120,7 @@ class SelfRenewal:
             cert = _current(current_certificate_der)
             cf, chamber, ref = await self._holder(cert)
             actor = HOLDER_PREFIX + cf
-            mine = [f for f in await self._broker.store.find_certificates(card_id=card_serial)
+            mine = [f for f in await self._broker.find_certificates(card_id=card_serial)
                     if f.certificate_der == current_certificate_der]
             if not mine:
                 raise PermissionDenied(f"the certificate was not issued for card {card_serial}")

@@ -157,14 +157,16 @@ def test_every_answer_is_audited_with_operator_and_card(stub, deployment):
 
 
 def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
-    """The core with a bucket of 3 a minute, over the deployment's real token and a real store."""
-    from personalizer.store import RequestStore
+    """The core with a bucket of 3 a minute, over the deployment's real token and a real store (through
+    the broker, as in the daemon; no CA: nothing is issued)."""
+    from personalizer.outbox.broker import Broker
+    from personalizer.store import SqliteRequestStore
 
     async def go():
-        store = await RequestStore.open(tmp_path / "requests.sqlite")
+        store = await SqliteRequestStore.open(tmp_path / "requests.sqlite")
         cfg = card_admin_setup.load(deployment.server_config)
         token = card_admin_setup.open_token(cfg, deployment.server_config)
-        core = CardAdmin(store=store, token=token, per_minute=3)
+        core = CardAdmin(records=Broker(store=store, ca=None, min_rsa_bits={}), token=token, per_minute=3)
         try:
             kw = dict(actor="urn:cns:station:RM:S1", station_id="S1", chamber_code="RM", operator_id="op",
                       model_id=MODEL.id, challenge=os.urandom(16), operation="personalize")
