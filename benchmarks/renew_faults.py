@@ -56,11 +56,14 @@ from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.renew import RenewalPolicy, Renewer, plan
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles import load_models
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import config as pconfig
 from personalizer import deploy
+from personalizer.cardadmin import setup as card_admin_setup
+from personalizer.cardadmin.service import CardAdmin
 from personalizer.outbox.broker import Broker, ChangeInput, IssueInput, RenewInput
 from personalizer.ca.base import CertRef
 from personalizer.errors import PersonalizerError
@@ -89,6 +92,27 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+class LocalCardAdmin(CardAdminClient):
+    """The agent's CardAdmin client over the personalizer's real ``CardAdmin`` (its SoftHSM2 token, in
+    its own process) in this process; unreachable when the uplink is ``down``."""
+
+    def __init__(self, uplink: "LocalUplink", core: CardAdmin):
+        super().__init__(uplink)
+        self.core = core
+
+    async def authenticate(self, *, serial, model_id, challenge, kind, op_id, requester, transport_key=False) -> bytes:
+        self.client._check()
+        try:
+            return await self.core.answer(actor="urn:cns:station:" + requester["chamber_code"] + ":"
+                                          + requester["station_id"], station_id=requester["station_id"],
+                                          chamber_code=requester["chamber_code"],
+                                          operator_id=requester["operator_id"], serial=serial, model_id=model_id,
+                                          challenge=challenge, operation=kind, operation_id=op_id,
+                                          key_version=0 if transport_key else 1)
+        except PersonalizerError as exc:
+            raise UplinkError(f"personalizer: {exc.code}: {exc}", code=exc.code) from exc
 
 
 class LocalUplink:
@@ -262,7 +286,12 @@ async def _setup(workdir: Path, model):
     ca = await FaultyCA(build_ca(cfg)).open()   # the CA test double: counts certificates issued per request id
     store = await SqliteRequestStore.open(workdir / "requests.sqlite", synchronous="OFF", clock=clock)
     daemon = await Daemon.build(cfg, ca=ca, store=store, clock=clock, serve=False)   # relay driven by run_once
-    return ca, daemon, LocalUplink(daemon.broker, daemon.relay, store, clock)
+    uplink = LocalUplink(daemon.broker, daemon.relay, store, clock)
+    ca_cfg = card_admin_setup.load(dep.server_config)
+    token = card_admin_setup.open_token(ca_cfg, dep.server_config)
+    uplink.admin = LocalCardAdmin(uplink, CardAdmin(records=daemon.broker, token=token, per_minute=6000))
+    uplink.token = token
+    return ca, daemon, uplink
 
 
 async def _run(trials: int, seed: int, model_id: str) -> dict:
@@ -277,13 +306,14 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
         ca, daemon, uplink = await _setup(tmp, model)
         # tmpfs: durability is not what is measured
         journal = await Journal.open(tmp / "journal.db", synchronous="OFF")
-        admin = lambda m: m.dialect.admin_test_key   # noqa: E731
+        personalize_admin = uplink.admin.for_operation("personalize", REQUESTER)
+        admin = uplink.admin.for_operation("renew", REQUESTER)
         # a few personalized cards, each renewed again and again from its snapshot (a card id's
         # certificate history stays short, as in the field)
         cards = []
         for _ in range(min(CARDS, trials) or 1):
             c = EmulatedCard(model)
-            p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin)
+            p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=personalize_admin)
             out = await p.start(connect=_connect(c), reader="bench", model=model, holder=HOLDER, codes=codes)
             if out.state != "done":
                 raise RuntimeError(f"could not personalize a benchmark card: {out.message}")
@@ -314,9 +344,9 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                 elif phase == "answered" and kind == "kill-answered":
                     raise Abandon()
 
-            r = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin,
+            r = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=admin,
                         policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0, on_step=on_step,
-                        card_in_thread=False)
+                        card_in_thread=True)   # central card admin: the card thread waits for the loop
             try:
                 res = await r.start(connect=_connect(card), reader="bench", model=model, codes=codes)
                 trial_ops.append(res.op_id)
@@ -329,9 +359,9 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
             uplink.down = False
             ca.reset()
             t0 = time.perf_counter()
-            rec = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, admin_key_for=admin,
+            rec = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=admin,
                           policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0,
-                          card_in_thread=False)
+                          card_in_thread=True)   # central card admin: the card thread waits for the loop
             why = ""
             for _ in range(3):
                 open_ops = await journal.open_operations(card.serial)
@@ -377,6 +407,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
         elapsed = time.perf_counter() - t_start
         await journal.close()
         await daemon.stop()
+        uplink.token.close()
     return {"trials": trials, "unusable": unusable, "duplicates": duplicates, "ended": ended, "by_kind": by_kind,
             "recovery": recovery, "problems": problems[:20], "elapsed": elapsed, "steps": len(steps)}
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_profiles import admin_keys
+
 SCHEMA_VERSION = 1
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -158,13 +160,16 @@ class Dialect:
     name: str
     admin_key_ref: int
     admin_algorithm: str  # "AES-128"
-    admin_test_key: bytes  # the EMULATED card's factory TEST key; real cards get a secret one
+    admin_key_scheme: str  # how a card's key is diversified from a master key (firmware_profiles.admin_keys)
+    admin_test_master_key: bytes  # the EMULATED cards' TEST master key; real masters stay in the personalizer's token
     admin_tries: int
     challenge_bytes: int
     cla_proprietary: int
     ins_switch_keyset: int
     ins_erase_key: int
     ins_get_info: int
+    ins_put_key: int            # PUT KEY: the issuer key replaced (the transport key at first use)
+    transport_test_key: bytes   # the TEST transport key of emulated blank cards that arrive keyed with one
 
 
 @dataclass(frozen=True)
@@ -404,6 +409,17 @@ class _Reader:
         return out
 
 
+def _aes_key(dl, name: str) -> bytes:
+    key_hex = dl.str(name, expected="16 bytes of hex (AES-128)")
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise dl.err(name, "16 bytes of hex (AES-128)", key_hex)
+    return key
+
+
 def load_model(path: str | Path) -> CardModel:
     """Load and validate one card model file."""
     p = Path(path)
@@ -488,24 +504,21 @@ def _build(path: str, raw: Mapping[str, Any]) -> CardModel:
     )
 
     dl = r.table_("dialect")
-    key_hex = dl.str("admin_test_key", expected="16 bytes of hex (AES-128)")
-    try:
-        admin_key = bytes.fromhex(key_hex)
-    except ValueError:
-        admin_key = b""
-    if len(admin_key) != 16:
-        raise dl.err("admin_test_key", "16 bytes of hex (AES-128)", key_hex)
+    master_key = _aes_key(dl, "admin_test_master_key")
     dialect = Dialect(
         name=dl.choice("name", DIALECTS),
         admin_key_ref=dl.ref("admin_key_ref"),
         admin_algorithm=dl.choice("admin_algorithm", ("AES-128",)),
-        admin_test_key=admin_key,
+        admin_key_scheme=dl.choice("admin_key_scheme", admin_keys.SCHEMES),
+        admin_test_master_key=master_key,
         admin_tries=dl.int("admin_tries", 1, 15),
         challenge_bytes=dl.int("challenge_bytes", 16, 16, expected="16 (one AES block)"),
         cla_proprietary=dl.int("cla_proprietary", 0x80, 0x80, expected="0x80"),
         ins_switch_keyset=dl.int("ins_switch_keyset", 0x01, 0xFE),
         ins_erase_key=dl.int("ins_erase_key", 0x01, 0xFE),
         ins_get_info=dl.int("ins_get_info", 0x01, 0xFE),
+        ins_put_key=dl.int("ins_put_key", 0x01, 0xFE),
+        transport_test_key=_aes_key(dl, "transport_test_key"),
     )
 
     files: list[FileSpec] = []

@@ -10,6 +10,8 @@ Commands (more come with the fleet issues)::
     cnsctl --config admin.toml station add --station-id ID --chamber RM [--valid-hours H] | station revoke
            --station-id ID --chamber RM [--reason R] | station list [--chamber RM]
     cnsctl --config admin.toml stock add --chamber RM --quantity N [--model M] [--note TEXT] | stock list [--chamber RM]
+    cnsctl --config admin.toml cards load-batch --batch ID --chamber RM --model M --first S --last S --key-file F
+           | cards list                  (personalizer.cnsctl_cards: blank cards' transport keys, issue 12)
     cnsctl --config ir.toml registration add --holder H.toml --form F.pdf [--expires-days N] | show ID | list [--all]
     cnsctl release init|add|sign|publish|rotate|list --repo DIR ...   (no --config: personalizer.cnsctl_release)
 
@@ -37,7 +39,7 @@ from station_config import channel
 from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
-from personalizer import cnsctl_fleet, cnsctl_registration, cnsctl_release
+from personalizer import cnsctl_cards, cnsctl_fleet, cnsctl_registration, cnsctl_release
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     cnsctl_registration.add_parser(sub, positive_int)
     cnsctl_release.add_parser(sub)
     cnsctl_fleet.add_parser(sub, positive_int)
+    cnsctl_cards.add_parser(sub)
     return ap
 
 

@@ -300,6 +300,7 @@ _SECTIONS: dict[str, set[str] | None] = {
     "service_window": {"timezone", "weekdays", "saturday", "sunday", "national_holidays", "closed_dates",
                        "always_open"},
     "maintenance": None,   # array of tables, checked where read
+    "card_admin": None,    # checked where read (personalizer.cardadmin.setup)
     "metrics": {"enabled", "http_host", "http_port"},
     "pki": {"enabled", "http_host", "http_port", "crl_dir", "refresh_seconds", "max_connections",
             "request_timeout_seconds"},

@@ -16,6 +16,8 @@ Creates, under DIR::
     admin/admin.toml             cnsctl config (station_config schema, role admin)
     ir/ir.toml                   cnsctl config of a recognition officer (role ir: cnsctl registration)
     data/                        the request store
+    hsm/                         a SoftHSM2 token with the emulated card models' TEST card
+                                 administration master keys (issue 12; ``[card_admin]``)
 
 The demo station's key is written here only for the demo and the tests
 (``demo_station``, the default; ``init --no-demo-station`` leaves it out).
@@ -49,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from personalizer.ca import profiles
 from personalizer.ca.keys import save_encrypted_key, write_private
+from personalizer.cardadmin import setup as cardadmin_setup
 from personalizer.errors import PersonalizerError
 from personalizer.edge.identity import ROLE_ADMIN, ROLE_IR, ROLE_STATION, identity_uri
 from personalizer.edge.tls_clients import write_empty_crl
@@ -229,15 +232,6 @@ timeout_seconds = 30
 """
 
 
-TEST_CARDS_TOML = """
-# A TEST deployment personalizes emulated cards, whose issuer keys are the TEST keys
-# their model files state. A production station names its key file instead:
-#   admin_keys = "/etc/cns-agent/issuer-keys.toml"   (mode 0600)
-[cards]
-allow_test_admin_keys = true
-"""
-
-
 def endpoint_for(listen: str) -> tuple[str, str]:
     """(endpoint clients use, the host name the server certificate must carry) for a listen address."""
     m = LISTEN_RE.match(listen)
@@ -340,7 +334,7 @@ def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-ST
         shutil.copyfile(tls.cert_path, station_dir / "tls-ca.pem")
         _write_public(station_dir / "station.toml", STATION_TOML.format(
             station_id=station_id, chamber=chamber, role=ROLE_STATION, data_dir="agent-data",
-            endpoint=endpoint, trust="tls-ca.pem").encode() + TEST_CARDS_TOML.encode())
+            endpoint=endpoint, trust="tls-ca.pem").encode())
     admin_dir = root / "admin"
     tls.issue(admin_dir / "client.pem", admin_dir / "client.key.pem", admin_name,
               identity=identity_uri(ROLE_ADMIN, admin_name))
@@ -355,8 +349,9 @@ def init_deployment(root: Path, *, chamber: str = "RM", station_id: str = "RM-ST
         endpoint=endpoint, trust="../tls/tls-ca.pem").encode())
     if station_owner is not None and demo_station:
         _give_to(station_dir, station_owner)
+    card_admin = cardadmin_setup.init_test_token(root)   # the emulated models' TEST master keys
     _write_public(root / "personalizer.toml",
-                  SERVER_TOML.format(listen=listen, enroll_listen=enroll_listen_for(listen)).encode())
+                  (SERVER_TOML.format(listen=listen, enroll_listen=enroll_listen_for(listen)) + card_admin).encode())
     return Deployment(root=root, server_config=root / "personalizer.toml",
                       station_config=station_dir / "station.toml" if demo_station else None,
                       admin_config=admin_dir / "admin.toml", ir_config=ir_dir / "ir.toml",

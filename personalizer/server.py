@@ -158,6 +158,7 @@ class Daemon:
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
     enroll_server: grpc.aio.Server | None = None   # [enrollment]: the server-auth-only Enroll port
     enroll_port: int = 0
+    card_admin: object | None = None   # [card_admin]: the CardAdmin servicer (personalizer.cardadmin), its token
     port: int = 0
     lock: StoreLock | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -256,6 +257,8 @@ class Daemon:
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
                                                                             config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
+        from personalizer.edge import card_admin_service   # [card_admin]: issue 12
+        card_admin = card_admin_service.register(cfg, broker, server)
         health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -267,7 +270,7 @@ class Daemon:
             [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
             root_certificates=s.client_trust_anchors.read_bytes(),
             require_client_auth=s.require_client_auth)
-        self.server, self.health = server, health_servicer
+        self.server, self.health, self.card_admin = server, health_servicer, card_admin
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(relay.metrics, host=cfg.metrics.http_host,
                                                 port=cfg.metrics.http_port, status=self.status_for_scrape)
@@ -316,7 +319,7 @@ class Daemon:
                 self.enroll_server, self.enroll_port = build_enrollment_server(
                     enrollment, listen=e.listen, tls_key=s.tls_key.read_bytes(), tls_chain=chain,
                     attempts_per_minute=e.attempts_per_minute, base_options=server_options(s), broker=broker,
-                    relay=self.relay)
+                    relay=self.relay, card_admin=self.card_admin.core if self.card_admin else None)
             except RuntimeError:   # grpcio raises on a failed bind
                 self.enroll_port = 0
         if self.enroll_port == 0:
@@ -383,6 +386,8 @@ class Daemon:
             await self.fleet.close()
         await self.store.close()
         await self.ca.close()
+        if self.card_admin is not None:
+            self.card_admin.core.close()
         if self.lock is not None:
             self.lock.release()
 

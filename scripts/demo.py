@@ -103,9 +103,6 @@ def main(argv=None) -> int:
         port = int(m.group(1))
         station_toml = next((dep / "stations").glob("*/station.toml"))
         st = re.sub(r'primary = "([^"]*):\d+"', rf'primary = "\g<1>:{port}"', station_toml.read_text())
-        if "[cards]" not in st:
-            st += "\n[cards]\n# the emulated cards' issuer keys are the TEST keys in their model files\n" \
-                  "allow_test_admin_keys = true\n"
         station_toml.write_text(st)
         report["personalizer_port"] = port
 

@@ -72,19 +72,6 @@ class ProxySection:
 
 
 @dataclass(frozen=True)
-class CardsSection:
-    """Where the agent gets the issuer (admin) keys that personalization needs.
-
-    ``admin_keys``: a TOML file readable by the agent's user only, mapping a card
-    model id to its 32-hex-digit AES-128 issuer key (``infocamere-cns-2048 = "…"``).
-    ``allow_test_admin_keys``: accept the TEST key a model file states for its
-    emulated cards — for test deployments and hardware testers only.
-    """
-    admin_keys: Path | None
-    allow_test_admin_keys: bool
-
-
-@dataclass(frozen=True)
 class RenewalSection:
     """When the agent offers renewal: from ``window_days`` before the certificates expire (the
     personalizer applies its own window too and has the last word)."""
@@ -133,7 +120,6 @@ class StationConfig:
     station: StationSection
     personalizer: PersonalizerSection
     proxy: ProxySection | None
-    cards: CardsSection = CardsSection(None, False)
     renewal: RenewalSection = RenewalSection()
     updates: UpdatesSection | None = None
     operations: OperationsSection = OperationsSection()
@@ -149,7 +135,7 @@ _SECTIONS = {
     "personalizer": {"primary", "dr", "trust_anchors", "client_certificate", "client_key", "server_name",
                      "timeout_seconds", "keepalive_seconds"},
     "proxy": {"url", "no_proxy"},
-    "cards": {"admin_keys", "allow_test_admin_keys"},
+    "cards": set(),   # its two keys are retired (issue 12): card administration keys are central
     "renewal": {"window_days"},
     "updates": {"url", "proxy"},
     "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
@@ -157,7 +143,11 @@ _SECTIONS = {
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 _RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
-                                       "(or `cns-agent run --socket PATH`); delete this line"}
+                                       "(or `cns-agent run --socket PATH`); delete this line",
+            ("cards", "admin_keys"): "no longer read: card administration keys never reach a workstation, the "
+                                     "personalizer answers the card (issue 12); delete this line and the key file",
+            ("cards", "allow_test_admin_keys"): "no longer read: even test cards are administered by the "
+                                                "personalizer's token (issue 12); delete this line"}
 
 
 class _Loader:
@@ -271,17 +261,6 @@ def load(path: str | Path) -> StationConfig:
         if not all(isinstance(x, str) for x in no_proxy):
             raise ld.fail("proxy.no_proxy", "expected a list of host names")
         proxy = ProxySection(url=url, no_proxy=tuple(no_proxy))
-    cards = CardsSection(None, False)
-    if "cards" in data:
-        admin_keys = None
-        if "admin_keys" in data["cards"]:
-            admin_keys = ld.file_path("cards", "admin_keys")
-            if not admin_keys.is_file():
-                raise ld.fail("cards.admin_keys", f"file not found: {admin_keys}")
-            if admin_keys.stat().st_mode & 0o077:
-                raise ld.fail("cards.admin_keys", f"{admin_keys} must be readable by its owner only (chmod 600)")
-        cards = CardsSection(admin_keys=admin_keys,
-                             allow_test_admin_keys=ld.value("cards", "allow_test_admin_keys", bool, default=False))
     renewal = RenewalSection()
     if "renewal" in data:
         days = ld.value("renewal", "window_days", int, default=RenewalSection.window_days)
@@ -300,5 +279,5 @@ def load(path: str | Path) -> StationConfig:
         fleet = FleetSection(enabled=ld.value("fleet", "enabled", bool, default=True),
                              max_backoff_seconds=ld.positive("fleet", "max_backoff_seconds",
                                                              DEFAULT_FLEET_MAX_BACKOFF_S))
-    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy, cards=cards,
+    return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy,
                          renewal=renewal, updates=updates, operations=operations, fleet=fleet)

@@ -18,7 +18,8 @@ import grpc
 
 from agent.card.errors import CardError
 from agent.conformance import checks, opensc
-from agent.ops.errors import OperationError
+from agent.ops.errors import UplinkError
+from agent.uplink.client import PersonalizerClient
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,21 @@ def _log_abandoned(task: asyncio.Task) -> None:
         log.info("conformance run on %s finished after its caller left", task.get_name())
 
 
+class _Central:
+    """The personalizer's answer to the card's challenge; unreachable or refused stops the run (nothing
+    was written: authentication comes before the key generation it allows)."""
+
+    def __init__(self, relay) -> None:
+        self._relay = relay
+
+    def cryptogram(self, **kw) -> bytes:
+        try:
+            return self._relay.cryptogram(**kw)
+        except UplinkError as exc:
+            raise checks.ConformanceError(f"card administration: {exc}; the run stopped before anything was "
+                                          "written") from None
+
+
 class ConformanceHandlers:
     async def RunConformance(self, request, context):  # noqa: N802 (gRPC names)
         operations = getattr(self, "operations", None)
@@ -70,10 +86,6 @@ class ConformanceHandlers:
         model, why = _card_model(operations, request.reader)
         if model is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
-        try:
-            admin_key, problem = ops.admin_key_for(model), ""
-        except OperationError as exc:
-            admin_key, problem = None, str(exc)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()   # the client went away (Ctrl-C): stop between card commands, clean up
@@ -81,11 +93,11 @@ class ConformanceHandlers:
         def progress(step: str, message: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, pb.ConformanceProgress(step=step, message=message))
 
-        def work() -> checks.Report:
+        def work(admin_key) -> checks.Report:
             link = operations.connect(request.reader)
             try:
                 return checks.run(link, model, reader=request.reader, pin=request.pin, puk=request.puk,
-                                  admin_key=admin_key, admin_key_problem=problem,
+                                  admin_key=admin_key, admin_key_problem="",
                                   samples=request.samples or checks.DEFAULT_SAMPLES, opensc=opensc.probe,
                                   progress=progress, cancelled=cancelled.is_set)
             finally:
@@ -93,7 +105,9 @@ class ConformanceHandlers:
 
         async def locked() -> checks.Report:
             async with ops.device_lock(request.reader):   # per device: other readers stay free
-                return await asyncio.to_thread(work)
+                # the card's issuer key is central (issue 12): its challenges go to the personalizer
+                async with PersonalizerClient(ops.cfg, operator_id=ops.operator_id) as client:
+                    return await asyncio.to_thread(work, _Central(ops.card_admin("personalize", client)))
 
         # its own task: a cancelled call does not cancel it, so the device lock is held until the card is
         # put back as it was

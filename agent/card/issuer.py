@@ -7,14 +7,19 @@ certificates, setting codes at personalization, ERASE KEY and SWITCH KEYSET
 for renewal — plus raw RSA with a chosen key (MSE SET + PSO CDS) for CSRs and
 test signatures. Works on a ``CnsSession`` (which owns SELECT/READ/UPDATE and PINs).
 
-Status words become ``agent.card.errors``; the admin key and codes never
-reach a message. Imports ``agent.card.*`` and ``cryptography``; the model is a
+Issuer authentication never sees a key: the card's challenge goes to an
+injected ``CardAuthenticator`` (the personalizer's CardAdmin service through
+``agent.uplink.card_admin``, which computes the cryptogram in its token from
+the card's diversified key) and its answer is relayed to the card.
+
+Status words become ``agent.card.errors``; codes never reach a message. Imports ``agent.card.*`` and ``cryptography``; the model is a
 ``firmware_profiles.CardModel`` read as data (never the emulator).
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from agent.card.apdu import CLA_ISO, INS, SW, Apdu
 from agent.card.cns import CnsSession, _pin_block, parse_path
@@ -30,6 +35,8 @@ MSE_P1_SET_COMPUTE, MSE_P2_DST = 0xF1, 0xB6
 PSO_P1_CDS, PSO_P2_CDS = 0x9E, 0x9A
 TAG_PUBKEY, TAG_MODULUS, TAG_EXPONENT = 0x7F49, 0x81, 0x82
 CHALLENGE_LEN = 16
+GET_INFO_ADMIN_KEY = 0x04
+KVN_TRANSPORT, KVN_CARD = 0x00, 0x01
 # what a card key may be (the card models are RSA 1024 or 2048; the CA certifies at most 4096)
 MIN_RSA_BITS, MAX_RSA_BITS, MAX_EXPONENT_BITS = 1024, 4096, 256
 
@@ -97,6 +104,16 @@ def check_key_size(key: rsa.RSAPublicKey, bits: int | None, what: str) -> rsa.RS
     return key
 
 
+class CardAuthenticator(Protocol):
+    """Who answers a card's issuer challenge: ``cryptogram`` for card ``serial`` of model ``model_id``
+    (``transport_key``: the card still holds its batch's transport key); ``wrapped_card_key``: PUT KEY's
+    data, the card's own key wrapped under its transport key (first use, SCHEMA.md §4.1)."""
+
+    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes, transport_key: bool = False) -> bytes: ...
+
+    def wrapped_card_key(self, *, model_id: str, serial: str) -> bytes: ...
+
+
 class IssuerSession:
     """Issuer operations on one card; ``model`` is its ``CardModel``."""
 
@@ -104,6 +121,8 @@ class IssuerSession:
         self.cns = cns
         self.model = model
         self.dialect = model.dialect
+        self._serial: str | None = None
+        self._transport: bool | None = None   # the card holds its transport key (read once a session)
 
     def _send(self, apdu: Apdu) -> tuple[bytes, int]:
         return self.cns.transport.transmit(apdu.encode_long())
@@ -116,16 +135,50 @@ class IssuerSession:
         raise ApduError(sw, what)
 
     # -- §4.1 ------------------------------------------------------------------
-    def authenticate(self, admin_key: bytes) -> None:
-        """Issuer authentication; valid until power off or reset."""
+    def authenticate(self, authenticator: CardAuthenticator) -> None:
+        """Issuer authentication, valid until power off or reset: the card's fresh challenge is answered
+        by ``authenticator`` (central; the key never comes here) and the answer relayed to the card."""
+        if self._serial is None:
+            self._serial = self.cns.read_serial()
+        if self._transport is None:
+            self._transport = self.key_version() == KVN_TRANSPORT
         challenge, sw = self._send(Apdu(CLA_ISO, INS_GET_CHALLENGE, 0, 0, le=CHALLENGE_LEN))
         self._ok(sw, "GET CHALLENGE")
         if len(challenge) != CHALLENGE_LEN:
             raise MalformedResponseError(f"challenge of {len(challenge)} bytes, expected {CHALLENGE_LEN}")
-        enc = Cipher(algorithms.AES(admin_key), modes.ECB()).encryptor()
-        cryptogram = enc.update(challenge) + enc.finalize()
+        cryptogram = authenticator.cryptogram(model_id=self.model.id, serial=self._serial, challenge=challenge,
+                                              transport_key=self._transport)
+        if len(cryptogram) != CHALLENGE_LEN:
+            raise MalformedResponseError(f"the issuer's answer is {len(cryptogram)} bytes, expected {CHALLENGE_LEN}")
         _, sw = self._send(Apdu(CLA_ISO, INS_EXTERNAL_AUTHENTICATE, 0, self.dialect.admin_key_ref, cryptogram))
         self._ok(sw, "EXTERNAL AUTHENTICATE (issuer key)")
+
+    def key_version(self) -> int:
+        """The card's issuer key version (GET INFO 04): 0 its batch's transport key, 1 its own key."""
+        data, sw = self._send(Apdu(self.dialect.cla_proprietary, self.dialect.ins_get_info, 0, GET_INFO_ADMIN_KEY,
+                                   le=1))
+        self._ok(sw, "GET INFO (issuer key version)")
+        if len(data) != 1 or data[0] not in (KVN_TRANSPORT, KVN_CARD):
+            raise MalformedResponseError(f"issuer key version {data.hex()}, expected 00 or 01")
+        return data[0]
+
+    def replace_transport_key(self, authenticator: CardAuthenticator) -> bool:
+        """First use (SCHEMA.md §4.1 step 3): the transport key replaced by the card's own key, wrapped
+        centrally; False when the card already holds its own key (a resumed step: nothing to do)."""
+        self._transport = None
+        if self.key_version() != KVN_TRANSPORT:
+            self._transport = False
+            return False
+        self.authenticate(authenticator)
+        wrapped = authenticator.wrapped_card_key(model_id=self.model.id, serial=self._serial)
+        if len(wrapped) != 24:
+            raise MalformedResponseError(f"the wrapped card key is {len(wrapped)} bytes, expected 24")
+        _, sw = self._send(Apdu(self.dialect.cla_proprietary, self.dialect.ins_put_key, 0, self.dialect.admin_key_ref,
+                                wrapped))
+        self._transport = None    # read again: PUT KEY answered, or the card was pulled while writing
+        self._ok(sw, "PUT KEY (the card's own issuer key)")
+        self._transport = False
+        return True
 
     # -- §4.2 ------------------------------------------------------------------
     def generate_key(self, key_ref: int, bits: int | None = None) -> rsa.RSAPublicKey:

@@ -3,8 +3,9 @@
     cns-agent conformance --reader R [--codes-file F | --codes-stdin | --codes-env] [--samples N]
                           [--json] [--report FILE.html]
 
-The run happens in the running agent (it owns the readers, holds the device lock for the run and
-has the station's issuer key for key generation); progress is shown as it goes, then every check
+The run happens in the running agent (it owns the readers and holds the device lock for the run;
+the card's issuer challenges for key generation are answered by the personalizer, issue 12: an
+unreachable personalizer stops the run before anything is written); progress is shown as it goes, then every check
 with its clause: pass, fail (what was measured) or not run (why). The PIN is blocked on purpose
 only on a BLANK test card and only when both its PIN and PUK are given (it is unblocked with the
 PUK at once); on any other card the checks are non-destructive, and the report says which ran.

@@ -1,7 +1,7 @@
 """``cns-agent renew --self``: a holder renews their own card from their own computer.
 
     cns-agent renew --self --reader "…" --personalizer HOST[:PORT] --trust CA.pem [--server-name NAME]
-                    [--data-dir DIR] [--admin-keys FILE] [--codes-file codes.toml | --codes-stdin] [--json]
+                    [--data-dir DIR] [--codes-file codes.toml | --codes-stdin] [--json]
 
 No station certificate: the personalizer's enrollment port (TLS, server
 authenticated by ``--trust`` only) takes the renewal because the card signs it
@@ -10,10 +10,10 @@ The renewal is the operator's — ``agent.ops.renew.Renewer``, same steps,
 journal and recovery — with ``agent.uplink.self_renewal.HolderUplink``; the
 journal lives in ``--data-dir`` (default ``$XDG_DATA_HOME/cns-agent/holder``).
 An interrupted renewal (card pulled, personalizer unreachable, Ctrl-C) is
-finished by running the same command again. The card's issuer keys (needed
-to write the spare slots) come from ``--admin-keys`` (TOML ``<model id> =
-"<32 hex digits>"``); ``CNS_AGENT_ALLOW_TEST_ADMIN_KEYS=1`` allows the TEST
-keys of emulated models. Exit 0 when the card carries the new certificates,
+finished by running the same command again. The card's issuer key (needed
+to write the spare slots) never comes here (issue 12): its challenges are
+answered by the personalizer (``HolderRenewal.AuthenticateCard``) for the card
+its live certificates were issued for. Exit 0 when the card carries the new certificates,
 1 when undone, left open or refused (one line says why and what to do).
 Imports ``agent.ops``, ``agent.uplink``, ``agent.devices``.
 """
@@ -24,9 +24,8 @@ import asyncio
 import base64
 import json
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from agent.card.errors import CardError
 from agent.commands import CommandError
@@ -34,10 +33,10 @@ from agent.ops.errors import OperationError, UplinkError, UplinkUnavailable
 from agent.ops.holder import Codes
 from agent.ops.journal import Journal
 from agent.ops.renew import KIND, RenewalPolicy, Renewer
+from agent.uplink.card_admin import HolderCardAdmin
 from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
 from station_config import MAX_WINDOW_DAYS
 
-ENV_TEST_KEYS = "CNS_AGENT_ALLOW_TEST_ADMIN_KEYS"
 DEFAULT_PORT = 50052    # the enrollment port (agent.uplink.enroll.DEFAULT_ENROLL_PORT)
 
 
@@ -49,7 +48,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust", type=Path, help="the CA file (PEM) the personalizer's certificate is checked with")
     g.add_argument("--server-name", default=None, help="TLS name of the personalizer, when HOST is an address")
     g.add_argument("--data-dir", type=Path, default=None, help="where the renewal journal is kept")
-    g.add_argument("--admin-keys", type=Path, default=None, help="TOML file of the card's issuer keys")
     g.add_argument("--window-days", type=_window_days, default=None, metavar="DAYS",
                    help=f"offer renewal from DAYS before the certificates expire (default "
                         f"{RenewalPolicy.window_days}; {MAX_WINDOW_DAYS} = at any time, for hardware testers)")
@@ -84,23 +82,17 @@ def _trust(path: Path | None) -> bytes:
     return pem
 
 
-def admin_keys(path: Path | None) -> Callable[[Any], bytes]:
-    table: dict[str, bytes] = {}
-    if path is not None:
-        try:
-            table = {k: bytes.fromhex(v) for k, v in tomllib.loads(path.read_text()).items()}
-        except (OSError, ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
-            raise CommandError(f"--admin-keys {path}: unreadable: expected <model id> = \"<32 hex digits>\" lines "
-                               f"({type(exc).__name__})") from None
-    allow_test = os.environ.get(ENV_TEST_KEYS) == "1"
+def _live_certificates(connect, model) -> list[bytes]:
+    """The certificates on the card now (its live keysets): what the personalizer answers the card for."""
+    from agent.card.cns import CnsSession
+    from agent.card.issuer import IssuerSession
 
-    def key_for(model) -> bytes:
-        key = table.get(model.id) or (model.dialect.admin_test_key if allow_test else None)
-        if key is None or len(key) != 16:
-            raise OperationError(f"no issuer key for card model {model.id}: give it with --admin-keys "
-                                 "(ask your chamber)")
-        return key
-    return key_for
+    link = connect()
+    try:
+        issuer = IssuerSession(CnsSession(link, model), model)
+        return [der for der in (issuer.read_ef(ks.cert_path) for ks in model.keysets) if der]
+    finally:
+        getattr(link, "close", lambda: None)()
 
 
 def _window_days(text: str) -> int:
@@ -124,7 +116,7 @@ def _open_certificates(ops) -> list[bytes]:
 
 
 async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: bytes, server_name: str | None,
-                           connect, reader: str, model, codes: Codes, key_for, progress,
+                           connect, reader: str, model, codes: Codes, progress,
                            policy: RenewalPolicy | None = None):
     """Start the card's renewal, or finish its open one, through ``HolderUplink``; the ``Outcome``."""
     journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,8 +125,11 @@ async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: byte
         ops = [o for o in await j.open_operations() if o.kind == KIND]
         async with HolderUplink(endpoint, trust_pem, server_name=server_name,
                                 holder_certificates=_open_certificates(ops)) as uplink:
-            renewer = Renewer(journal=j, uplink=uplink, admin_key_for=key_for, progress=progress,
-                              requester={"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"},
+            requester = {"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"}
+            live = await asyncio.to_thread(_live_certificates, connect, model)
+            card_admin = HolderCardAdmin(uplink, live + _open_certificates(ops)).for_operation(KIND, requester)
+            renewer = Renewer(journal=j, uplink=uplink, card_admin=card_admin, progress=progress,
+                              requester=requester,
                               policy=policy or RenewalPolicy())
             return await renewer.start(connect=connect, reader=reader, model=model, codes=codes)
     finally:
@@ -168,7 +163,6 @@ def self_renew(args: argparse.Namespace, pin: str | Callable[[], str], *, connec
     are checked: nobody types a PIN for a command that then fails on a typo). ``connect``/``model``: tests pass
     an emulated card."""
     endpoint, trust = _endpoint(args.personalizer), _trust(args.trust)
-    key_for = admin_keys(args.admin_keys)
     try:
         codes = Codes(pin() if callable(pin) else pin, None)
     except ValueError as exc:
@@ -182,7 +176,7 @@ def self_renew(args: argparse.Namespace, pin: str | Callable[[], str], *, connec
     try:
         out = asyncio.run(run_self_renewal(journal_path=journal, endpoint=endpoint, trust_pem=trust,
                                            server_name=args.server_name, connect=connect, reader=args.reader,
-                                           model=model, codes=codes, key_for=key_for, progress=progress,
+                                           model=model, codes=codes, progress=progress,
                                            policy=RenewalPolicy(window_days=args.window_days)
                                            if args.window_days else None))
     except UplinkUnavailable as exc:

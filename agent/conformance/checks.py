@@ -146,7 +146,7 @@ def _pkcs1_sha256(message: bytes, key_bytes: int) -> bytes:
 
 
 class _Run:
-    def __init__(self, transport, model, *, reader: str, pin: str, puk: str, admin_key: bytes | None,
+    def __init__(self, transport, model, *, reader: str, pin: str, puk: str, admin_key,
                  admin_key_problem: str, samples: int, opensc: OpenscProbe, progress, clock, cancelled):
         self.cns = CnsSession(transport, model)
         self.issuer = IssuerSession(self.cns, model)
@@ -389,9 +389,10 @@ class _Run:
             self.issuer.authenticate(self.admin_key)
         except ApduError as exc:
             if tries_left(exc.sw) is not None or exc.sw == SW.AUTH_METHOD_BLOCKED:
-                raise ConformanceError(f"the card refused the station's issuer key for model {self.model.id} "
-                                       f"({sw_name(exc.sw)}): check the [cards] admin_keys file; the run stopped "
-                                       "before anything was written") from None
+                raise ConformanceError(f"the card refused the issuer key for model {self.model.id} "
+                                       f"({sw_name(exc.sw)}): check the personalizer's card administration "
+                                       "master key for this model; the run stopped before anything was "
+                                       "written") from None
             raise
         self.aes_ok = True
         made, refused, figures = [], [], {}
@@ -519,7 +520,7 @@ class _Run:
         return left
 
 
-def run(transport, model, *, reader: str = "", pin: str = "", puk: str = "", admin_key: bytes | None = None,
+def run(transport, model, *, reader: str = "", pin: str = "", puk: str = "", admin_key=None,
         admin_key_problem: str = "", samples: int = DEFAULT_SAMPLES, opensc: OpenscProbe | None = None,
         progress: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic,
         cancelled: Callable[[], bool] | None = None) -> Report:

@@ -26,7 +26,9 @@ journaled by the earlier per-operation loops use the same keys and resume here.
 
 Step bodies signal how a failure ends through the exception classes the plan names:
 ``undo_on`` (a refusal: undo, unless past the point of no return, where it propagates),
-``hold_on`` (personalizer unreachable, CA closed: the operation stays open) and
+``hold_on`` (personalizer unreachable, CA closed: the operation stays open; also while
+undoing, e.g. a card whose issuer key is central: the undo stays begun and is finished on
+the next resume) and
 ``stop_on`` (the operator stopped): the engine returns a ``Result`` saying which.
 Anything else propagates with the operation left open (journal as it was).
 
@@ -314,9 +316,12 @@ class Engine:
             op.data["undo_reason"] = reason
             await self.journal.step_begun(op, UNDO_STEP, reason=reason)
             self.on_step(UNDO_STEP, "begun")
-            for s in reversed(plan.steps[:last + 1]):
-                if s.undo is not None:
-                    await s.undo(op)
+            try:
+                for s in reversed(plan.steps[:last + 1]):
+                    if s.undo is not None:
+                        await s.undo(op)
+            except plan.hold_on as exc:   # e.g. the card's issuer key is central and unreachable: undo stays begun
+                return Result("open", UNDO_STEP, exc, reason)
             await self.journal.step_done(op, UNDO_STEP, **(plan.undo_done(op) if plan.undo_done else {}))
             self.on_step(UNDO_STEP, "done")
         for s in plan.after_undo:

@@ -4,6 +4,8 @@ The plan (``build_plan``), run by ``agent.ops.engine`` (each step journaled befo
 runs; forward or undo decided by ``decide`` from the journal; the two submits run
 concurrently, begun in one commit):
 
+    change-key                (a card that arrived with its batch's transport key, issue 12:
+                              replaced by its own key, wrapped centrally; a resume re-reads the key)
     set-codes                 (models with pin_mode = set_at_personalization)
     generate-key:CNS0/CNS1    key pairs generated on the card (public key kept)
     csr:CNS0/CNS1             PKCS#10 signed by the card after PIN verification
@@ -78,9 +80,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card import datipersonali
+from agent.card.issuer import KVN_TRANSPORT
 from agent.card.transport import ApduTransport
 from agent.ops.cardlink import b64 as _b64, open_link, spki as _spki, unb64 as _unb64
-from agent.ops.engine import Engine, Plan, Result, Step, actions
+from agent.ops.engine import UNDO_STEP, Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
@@ -101,11 +104,17 @@ STATE_ISSUED, STATE_FAILED, STATE_CANCELLED = requests.CODE_ISSUED, requests.COD
 WITHOUT_PIN = "resumed without the holder's PIN before the requests were signed"
 
 
-def build_plan(model, runner=None) -> Plan:
-    """The personalization of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``)."""
+def build_plan(model, runner=None, *, transport_key: bool = False) -> Plan:
+    """The personalization of ``model`` as a plan (``runner``: the run's actions; None: for ``decide``).
+
+    ``transport_key``: the card arrived with its batch's transport key (journaled at start as
+    ``transport_key``): the first step ``change-key`` puts the card's own key in its place. It has
+    no undo (a blank card with its own key is a blank card); a resume re-reads the key version,
+    so a change already made is not made twice."""
     fwd, rev = actions(runner)
     names = [ks.name for ks in model.keysets]
-    steps = [Step("set-codes", fwd("set-codes"), needs_codes=True)] \
+    steps = [Step("change-key", fwd("change-key"))] if transport_key else []
+    steps += [Step("set-codes", fwd("set-codes"), needs_codes=True)] \
         if model.pin_mode == "set_at_personalization" else []
     steps += [Step(f"generate-key:{n}", fwd(f"generate-key:{n}"), rev(f"generate-key:{n}")) for n in names]
     steps += [Step(f"csr:{n}", fwd(f"csr:{n}"), needs_codes=True) for n in names]
@@ -118,6 +127,10 @@ def build_plan(model, runner=None) -> Plan:
                   detail=lambda op: {"requests": _sent(op)})
     return Plan(KIND, tuple(steps), after_undo=(revoke,), noun="personalization", batch=True, without_codes=WITHOUT_PIN,
                 undo_on=(_Refused,), hold_on=(UplinkUnavailable, CAClosed), stop_on=(_Stopped,))
+
+
+def _transport_key(op: Operation) -> bool:
+    return bool(op.data.get("transport_key"))
 
 
 def _sent(op: Operation) -> list[str]:
@@ -151,11 +164,11 @@ class Personalizer:
 
     ``connect()`` opens the card in the operation's reader and returns an
     ``ApduTransport``; ``uplink`` is an open ``PersonalizerClient``;
-    ``admin_key_for(model)`` returns the issuer key for a card model.
+    ``card_admin`` answers the card's issuer challenges (``agent.card.issuer.CardAuthenticator``; central).
     """
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
-                 admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
+                 card_admin, progress: Callable[[str, str], None] | None = None,
                  watch_timeout_s: float = 600.0, pkcs11=None, stop: asyncio.Event | None = None,
                  on_step: Callable[[str, str], None] | None = None):
         self.journal = journal
@@ -163,7 +176,7 @@ class Personalizer:
         self.stop = stop or asyncio.Event()   # set: stop at the next safe point (operator's Ctrl-C)
         self.uplink = uplink
         self.requester = requester
-        self.admin_key_for = admin_key_for
+        self.card_admin = card_admin
         self.progress = progress or (lambda step, msg: None)
         self.watch_timeout_s = watch_timeout_s
         self.pkcs11 = pkcs11 or IN_PROCESS   # agent.ops.p11check: the card as PKCS#11 applications see it
@@ -227,9 +240,11 @@ class Personalizer:
             # before anything is journaled or generated: a wrong PIN costs one try and changes nothing
             await self._timed("card", self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
+        transport = await self._timed("card", link.issuer.key_version) == KVN_TRANSPORT
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
             data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
+                  **({"transport_key": True} if transport else {}),
                   **({"registration_id": registration_id} if registration_id else {})})
         op.data["request_ids"] = {ks.name: f"pers-{op.op_id}-{ks.name}" for ks in model.keysets}
         self.progress("start", f"card {serial}: personalization {op.op_id} for {holder.given_name} {holder.surname}")
@@ -259,13 +274,13 @@ class Personalizer:
         return Engine(self.journal, on_step=on_step)
 
     async def _drive(self, op: Operation, link, model, codes: Codes | None) -> Outcome:
-        plan = build_plan(model, _Actions(self, link, model, codes))
+        plan = build_plan(model, _Actions(self, link, model, codes), transport_key=_transport_key(op))
         res = await self._engine(op).run(plan, op, codes_at_hand=codes is not None, stop=self.stop)
         return await self._outcome(op, plan, res, model, codes)
 
     async def undo(self, op: Operation, link, model, reason: str) -> Outcome:
         """Back to a blank card, then the certificates issued for the operation revoked (``discard``)."""
-        plan = build_plan(model, _Actions(self, link, model, None))
+        plan = build_plan(model, _Actions(self, link, model, None), transport_key=_transport_key(op))
         return await self._outcome(op, plan, await self._engine(op).undo(plan, op, reason), model, None)
 
     async def _outcome(self, op: Operation, plan, res: Result, model, codes: Codes | None) -> Outcome:
@@ -274,6 +289,12 @@ class Personalizer:
         if res.state == "open":
             if res.step == "revoke-orphans":
                 self.progress("revoke-orphans", str(res.error))
+            elif res.step == UNDO_STEP:   # the card's issuer key is central (issue 12): no personalizer, no undo yet
+                msg = (f"undoing personalization {op.op_id} ({res.reason}) needs the personalizer to administer "
+                       f"card {op.card_serial}, and it is unreachable ({res.error}); kept in the journal, the agent "
+                       "retries")
+                self.progress("undo", msg)
+                return Outcome(op.op_id, op.card_serial, "open", message=msg, stage_seconds=dict(self.stage))
             else:
                 why = "" if isinstance(res.error, CAClosed) else "personalizer unreachable; "
                 self.progress(res.step or "", f"{why}operation {op.op_id} kept open: {res.error}")
@@ -310,7 +331,7 @@ class Personalizer:
 
     # -- card side (worker thread) ------------------------------------------------------
     def _admin_then(self, link, model, fn, *args):
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         return fn(*args)
 
     def _check_blank(self, link, model) -> None:
@@ -325,7 +346,7 @@ class Personalizer:
             link.cns.verify_pin(codes.pin, ks.name)
 
     def _set_codes(self, link, model, codes: Codes) -> None:
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         for ks in model.keysets:
             link.issuer.set_code(ks.pin_ref, codes.pin, "PIN")
             link.issuer.set_code(ks.puk_ref, codes.puk, "PUK")
@@ -473,7 +494,8 @@ class Personalizer:
 class _Actions:
     """One run's step actions (``build_plan``'s runner): the card link, the model and the codes of the call."""
 
-    PROGRESS = {"set-codes": "setting the holder's PIN and PUK",
+    PROGRESS = {"change-key": "replacing the card's transport key with its own issuer key",
+                "set-codes": "setting the holder's PIN and PUK",
                 "generate-key": "generating the {} key pair on the card",
                 "csr": "signing the {} certificate request on the card",
                 "submit": "requesting the {} certificate",
@@ -493,6 +515,9 @@ class _Actions:
         p.progress(step, self.PROGRESS[name].format(PROFILE_OF_KEYSET.get(ks_name, "") if name == "submit"
                                                     else ks_name))
         card = p._timed
+        if name == "change-key":   # re-reads the key version first: a resumed change is not made twice
+            await card("card", link.issuer.replace_transport_key, p.card_admin)
+            return {}
         if name == "set-codes":
             await card("card", p._set_codes, link, model, codes)
             return {}

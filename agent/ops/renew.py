@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card.transport import ApduTransport
 from agent.ops.cardlink import b64 as _b64, open_link, same_key as _same_key, spki as _spki, unb64 as _unb64
-from agent.ops.engine import Engine, Plan, Result, Step, actions
+from agent.ops.engine import UNDO_STEP, Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
 from agent.ops.follow import STATE_FAILED, STATE_ISSUED, find_or_none, follow
@@ -200,7 +200,7 @@ class Renewer:
     """Runs and resumes renewals for one station (same seams as ``Personalizer``).
 
     ``connect()`` opens the card and returns an ``ApduTransport``; ``uplink`` is an
-    open ``PersonalizerClient``; ``admin_key_for(model)`` returns the issuer key;
+    open ``PersonalizerClient``; ``card_admin`` answers the card's issuer challenges (central);
     ``now()`` the current time (UTC); ``on_step(step, phase)`` is a test seam called
     after a step is journaled begun, when a request's answer arrived (``answered``) and
     after a step is journaled done. ``card_in_thread=False`` runs card I/O on the event
@@ -208,7 +208,7 @@ class Renewer:
     """
 
     def __init__(self, *, journal: Journal, uplink, requester: dict[str, str],
-                 admin_key_for: Callable[[Any], bytes], progress: Callable[[str, str], None] | None = None,
+                 card_admin, progress: Callable[[str, str], None] | None = None,
                  policy: RenewalPolicy = RenewalPolicy(), watch_timeout_s: float = 600.0,
                  now: Callable[[], _dt.datetime] | None = None,
                  on_step: Callable[[str, str], None] | None = None, card_in_thread: bool = True,
@@ -216,7 +216,7 @@ class Renewer:
         self.journal = journal
         self.uplink = uplink
         self.requester = dict(requester)
-        self.admin_key_for = admin_key_for
+        self.card_admin = card_admin
         self.progress = progress or (lambda step, msg: None)
         self.policy = policy
         self.watch_timeout_s = watch_timeout_s
@@ -299,6 +299,13 @@ class Renewer:
             self.progress("undo", msg)
             return Outcome(op.op_id, op.card_serial, "open", op.data.get("holder_label", ""), message=msg,
                            stage_seconds=dict(self.stage))
+        if res.state == "open" and res.step == UNDO_STEP:   # the card's issuer key is central (issue 12)
+            msg = (f"undoing renewal {op.op_id} ({res.reason}): the old certificates stay in use; emptying the "
+                   f"card's spare slots and revoking what was issued need the personalizer, which is "
+                   f"unreachable ({res.error}); kept in the journal and retried on the next agent start or card insert")
+            self.progress("undo", msg)
+            return Outcome(op.op_id, op.card_serial, "open", op.data.get("holder_label", ""), message=msg,
+                           stage_seconds=dict(self.stage))
         if res.state == "open":
             if res.step == "revoke-superseded":
                 msg = (f"card {op.card_serial} renewed: the new certificates are in use; revoking the replaced "
@@ -343,7 +350,7 @@ class Renewer:
 
     # -- card side (worker thread) ------------------------------------------------------
     def _admin_then(self, link, model, fn, *args):
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         return fn(*args)
 
     def _precheck(self, link, model, codes: Codes) -> dict[str, Any]:
@@ -443,7 +450,7 @@ class Renewer:
     def _switch(self, link, model, op: Operation) -> None:
         if self._where(link, model, op) == "old":
             mask = sum(1 << i for i in range(len(model.keysets)))
-            link.issuer.authenticate(self.admin_key_for(model))
+            link.issuer.authenticate(self.card_admin)
             link.issuer.switch_keysets(mask)
         if self._where(link, model, op) != "new":
             raise VerificationError("SWITCH KEYSET answered OK but the live keysets are not the new ones",
@@ -455,7 +462,7 @@ class Renewer:
         self._clean_spares(link, model, False)
 
     def _clean_spares(self, link, model, clear_marker: bool) -> None:
-        link.issuer.authenticate(self.admin_key_for(model))
+        link.issuer.authenticate(self.card_admin)
         for ks in model.keysets:
             link.issuer.erase_key(ks.spare_key_ref)
             link.issuer.delete_ef(ks.spare_cert_path)

@@ -1,19 +1,18 @@
-"""What one station needs to run device operations: journal, uplink, issuer keys, requester.
+"""What one station needs to run device operations: journal, uplink, central card administration, requester.
 
 ``StationOps`` is built from a ``station_config.StationConfig`` and a card
 ``Catalog``; the local API and the CLI call ``personalize`` and ``recover`` on
 it. Card access goes through a ``connect(reader) -> ApduTransport`` callable
-(PC/SC in the agent, in-process emulation in tests). Issuer (admin) keys come
-from the station's ``[cards] admin_keys`` file, or — only when
-``allow_test_admin_keys`` is set — from the TEST key a model states for its
-emulated cards.
+(PC/SC in the agent, in-process emulation in tests). No issuer (admin) key is
+on the station: a card's challenges are answered by the personalizer's
+CardAdmin service (``card_admin``, issue 12); unreachable, no card is administered.
 
 Locks are per device (``device_lock(reader)``): an operation on one reader never
 waits for another, and a personalization waiting for a closed CA does not hold
 its card (it returns ``open``; ``on_open(reader)`` asks the agent to retry it).
 Each running operation has a stop event (``stop(reader)``: the operator's
 Ctrl-C); ``resolve(op_id, "finish"|"discard")`` settles an open operation
-explicitly. Imports ``agent.ops``, ``agent.uplink``, ``station_config``.
+explicitly. Imports ``agent.ops`` and ``station_config``.
 """
 from __future__ import annotations
 
@@ -21,8 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import tomllib
-from pathlib import Path
 from typing import Any, Callable
 
 from agent.card.transport import ApduTransport
@@ -55,7 +52,6 @@ class StationOps:
         # how long one attempt follows a queued request before leaving the operation open (retried later)
         self.watch_timeout_s = watch_timeout_s or cfg.operations.watch_timeout_seconds
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
-        self._admin_keys = self._load_admin_keys()
         self.pkcs11 = Pkcs11Check.from_env()   # cards are reached through PC/SC here: OpenSC can open them
         self._locks: dict[str, asyncio.Lock] = {}      # per reader: one operation at a time per device
         self._stops: dict[str, asyncio.Event] = {}     # per reader: the running operation's stop request
@@ -99,25 +95,10 @@ class StationOps:
     async def close(self) -> None:
         await self.journal.close()
 
-    def _load_admin_keys(self) -> dict[str, bytes]:
-        path = self.cfg.cards.admin_keys
-        if path is None:
-            return {}
-        try:
-            table = tomllib.loads(Path(path).read_text())
-            return {k: bytes.fromhex(v) for k, v in table.items()}
-        except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
-            raise OperationError(f"{path}: issuer keys unreadable: expected <model id> = \"<32 hex digits>\" lines"
-                                 f" ({type(exc).__name__})") from None
-
-    def admin_key_for(self, model) -> bytes:
-        key = self._admin_keys.get(model.id)
-        if key is None and self.cfg.cards.allow_test_admin_keys:
-            key = model.dialect.admin_test_key
-        if key is None or len(key) != 16:
-            raise PreconditionError(f"no issuer key for card model {model.id}: add it to the station's "
-                                    f"[cards] admin_keys file ({self.cfg.source})")
-        return key
+    def card_admin(self, kind: str, uplink: Uplink):
+        """The card's issuer challenges answered by the personalizer's CardAdmin service through ``uplink``
+        (the one this station received; issue 12): no key is on this station; call on the event loop."""
+        return uplink.card_admin(kind, self.requester)
 
     @property
     def requester(self) -> dict[str, str]:
@@ -126,7 +107,7 @@ class StationOps:
 
     def _personalizer(self, uplink, progress, stop: asyncio.Event | None = None) -> Personalizer:
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
-                            admin_key_for=self.admin_key_for, progress=progress,
+                            card_admin=self.card_admin(PERSONALIZE, uplink), progress=progress,
                             watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop,
                             on_step=lambda step, phase: self.on_step(PERSONALIZE, step, phase))
 
@@ -137,7 +118,7 @@ class StationOps:
             if stop is not None and stop.is_set() and phase == "done" and step not in ("switch", *_UNDOING):
                 raise _StopRenewal(step)
         return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
-                       admin_key_for=self.admin_key_for, progress=progress, policy=self.renewal_policy,
+                       card_admin=self.card_admin(_renew.KIND, uplink), progress=progress, policy=self.renewal_policy,
                        watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, on_step=on_step)
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord | None, codes: Codes,

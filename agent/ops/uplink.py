@@ -73,6 +73,12 @@ class Uplink(Protocol):
 
     async def ca_status(self) -> CAStatusAnswer: ...
 
+    def card_admin(self, kind: str, requester: dict) -> Any:
+        """A ``agent.card.issuer.CardAuthenticator`` for one operation of ``kind`` (issue 12): the card's
+        challenges answered by the personalizer's token, never a key here. Called on the event loop; the
+        result is called from the card's worker thread. Unreachable: ``UplinkUnavailable``."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -174,6 +174,12 @@ class PersonalizerClient:
     async def ca_status(self):
         return await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status")
 
+    def card_admin(self, kind: str, requester: dict):
+        """The card's issuer challenges relayed to the personalizer's CardAdmin service on this channel
+        (``agent.uplink.card_admin``, issue 12); call on the event loop."""
+        from agent.uplink.card_admin import CardAdminClient
+        return CardAdminClient(self).for_operation(kind, requester)
+
 
 def _translate(exc: grpc.aio.AioRpcError, what: str, cfg: StationConfig, dr: bool) -> UplinkError:
     """Our error for a failed call: a connection problem in words a person can act on

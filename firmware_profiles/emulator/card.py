@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from firmware_profiles.emulator import admin
 from firmware_profiles.emulator import keys as keymod
 from firmware_profiles.emulator.faults import Fault, FaultPlan
 from firmware_profiles.emulator.iso import (
@@ -86,6 +86,8 @@ RESERVED_FIDS = {0x3F00, 0x3FFF, 0xFFFF}
 GET_INFO_EEPROM = 0x01
 GET_INFO_KEY_SLOTS = 0x02
 GET_INFO_SERIAL = 0x03
+GET_INFO_ADMIN_KEY = 0x04    # issuer key version: 00 = the batch's transport key, 01 = the card's own
+KVN_TRANSPORT, KVN_CARD = 0x00, 0x01
 SECRET_INS = {INS.VERIFY, INS.CHANGE_REFERENCE_DATA, INS.RESET_RETRY_COUNTER, INS.EXTERNAL_AUTHENTICATE}
 CHAINABLE_INS = {INS.PERFORM_SECURITY_OPERATION, INS.UPDATE_BINARY, INS.CREATE_FILE,
                  INS.GENERATE_ASYMMETRIC_KEY_PAIR, INS.EXTERNAL_AUTHENTICATE}
@@ -122,7 +124,10 @@ class EmulatedCard:
                  faults: FaultPlan | list[Fault | str] | None = None,
                  timing: str | Timing | None = None, serial: str | None = None,
                  apdu_log: str | Path | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, transport_key: bytes | None = None):
+        """``transport_key``: a blank card as it leaves the factory keyed with its batch's transport key
+        (issue 12 item 3), to be replaced by its own key at the first personalization (PUT KEY);
+        without it the blank card already carries its own diversified key."""
         self.model = model
         if timing is None or isinstance(timing, str):
             name = timing or "zero"
@@ -141,6 +146,11 @@ class EmulatedCard:
                 raise ValueError(f"{self.state_path} holds card {self._state.serial}, not {serial}")
         else:
             self._state = CardState.blank(model, serial)
+            if transport_key is not None:
+                if len(transport_key) != 16:
+                    raise ValueError("a transport key is 16 bytes (AES-128)")
+                self._state.extra["admin_key"] = transport_key.hex()
+                self._state.extra["admin_kvn"] = KVN_TRANSPORT
             self._persist()
         self._powered = False
         self._removed = False
@@ -356,7 +366,7 @@ class EmulatedCard:
         if base == CLA_PROPRIETARY:
             d = self.model.dialect
             return {d.ins_switch_keyset: self._switch_keyset, d.ins_erase_key: self._erase_key,
-                    d.ins_get_info: self._get_info}.get(ins)
+                    d.ins_get_info: self._get_info, d.ins_put_key: self._put_key}.get(ins)
         return {
             INS.SELECT: self._select, INS.READ_BINARY: self._read_binary,
             INS.UPDATE_BINARY: self._update_binary, INS.VERIFY: self._verify,
@@ -761,8 +771,8 @@ class EmulatedCard:
         challenge, self._challenge = self._challenge, None
         if challenge is None:
             return _r(SW.CONDITIONS_NOT_SATISFIED)
-        enc = Cipher(algorithms.AES(d.admin_test_key), modes.ECB()).encryptor()
-        expected = enc.update(challenge) + enc.finalize()
+        # the transport key until PUT KEY, then the card's own (emulator.admin)
+        expected = admin.cryptogram(self.admin_key, challenge)
         if secrets.compare_digest(expected, cmd.data):
             self._admin = True
             if self._state.admin_tries_left != d.admin_tries:
@@ -926,9 +936,40 @@ class EmulatedCard:
             self._commit()
         return _r(SW.OK)
 
+    @property
+    def admin_key(self) -> bytes:
+        """The issuer key the card holds now: its batch's transport key, or (PUT KEY done, or a card keyed
+        at the factory) its own key, the model's TEST master key diversified with its serial."""
+        held = self._state.extra.get("admin_key")
+        return bytes.fromhex(held) if held else admin.card_key(self.model, self._state.serial)
+
+    def _put_key(self, cmd: Command) -> Response:
+        """PUT KEY (SCHEMA.md §4.1): the issuer key replaced by one sent wrapped (RFC 3394 AES key wrap)
+        under the current one, after issuer authentication with it. One atomic state write: a torn or
+        pulled card holds the old key or the new one, never another."""
+        if cmd.p1 != 0x00:
+            return _r(SW.INCORRECT_P1P2)
+        if (cmd.p2 & 0x7F) != self.model.dialect.admin_key_ref:
+            return _r(SW.REFERENCED_DATA_NOT_FOUND)
+        if len(cmd.data) != 24:
+            return _r(SW.WRONG_LENGTH)
+        if not self._admin:
+            return _r(SW.SECURITY_STATUS_NOT_SATISFIED)
+        try:
+            new = admin.unwrap(self.admin_key, cmd.data)
+        except ValueError:
+            return _r(SW.WRONG_DATA)
+        self._state.extra["admin_key"] = new.hex()
+        self._state.extra["admin_kvn"] = KVN_CARD
+        self._admin = False          # authenticate again, with the new key
+        self._commit()
+        return _r(SW.OK)
+
     def _get_info(self, cmd: Command) -> Response:
         if cmd.p1 != 0x00:
             return _r(SW.INCORRECT_P1P2)
+        if cmd.p2 == GET_INFO_ADMIN_KEY:
+            return _r(SW.OK, bytes([self._state.extra.get("admin_kvn", KVN_CARD)]))
         if cmd.p2 == GET_INFO_EEPROM:
             total, used = self.model.eeprom.total_bytes, self.eeprom_used()
             return _r(SW.OK, b"".join(v.to_bytes(4, "big") for v in (total, used, total - used)))

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from firmware_profiles.emulator import admin
 from firmware_profiles.emulator.card import EmulatedCard
 from firmware_profiles.emulator.iso import SW
 from firmware_profiles.model import CardModel
@@ -52,8 +52,8 @@ class _Client:
     def admin(self) -> None:
         d = self.card.model.dialect
         rnd = self.expect("0084000010", SW.OK, "GET CHALLENGE")
-        enc = Cipher(algorithms.AES(d.admin_test_key), modes.ECB()).encryptor()
-        self.expect(bytes([0, 0x82, 0, d.admin_key_ref, 16]) + enc.update(rnd) + enc.finalize(), SW.OK,
+        answer = admin.cryptogram(admin.card_key(self.card.model, self.card.serial), rnd)
+        self.expect(bytes([0, 0x82, 0, d.admin_key_ref, 16]) + answer, SW.OK,
                     "EXTERNAL AUTHENTICATE")
 
     def select(self, path: str, sw: int = SW.OK) -> bytes:

@@ -99,7 +99,7 @@ def _caller_serial(context) -> str:
 
 def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: bytes, tls_chain: bytes,
                             attempts_per_minute: int, base_options: list | None = None, broker=None,
-                            relay=None) -> tuple[grpc.aio.Server, int]:
+                            relay=None, card_admin=None) -> tuple[grpc.aio.Server, int]:
     """The enrollment port: TLS with the server certificate and its CA (the agent pins that CA), no client auth.
     ``base_options``: the mTLS port's (keepalive, handshake timeout, no SO_REUSEPORT), tightened here.
     With ``broker``, the port also serves ``HolderRenewal`` (``self_renewal``: holder self-renewal)."""
@@ -114,7 +114,8 @@ def build_enrollment_server(enrollment: Enrollment, *, listen: str, tls_key: byt
         from personalizer.edge.self_renewal import HolderRenewalService
         from proto.cns.v1 import self_renewal_pb2_grpc
         self_renewal_pb2_grpc.add_HolderRenewalServicer_to_server(
-            HolderRenewalService(broker, relay, limiter=EnrollLimiter(per_peer=attempts_per_minute)), server)
+            HolderRenewalService(broker, relay, limiter=EnrollLimiter(per_peer=attempts_per_minute),
+                                 card_admin=card_admin), server)
     port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_chain)],
                                                                       require_client_auth=False))
     return server, port

@@ -106,6 +106,11 @@ METHOD_ROLES.update({"/cns.v1.Fleet/" + m: frozenset({ROLE_STATION}) for m in ("
 METHOD_ROLES.update({"/cns.v1.FleetAdmin/" + m: frozenset({ROLE_ADMIN}) for m in (
     "ListStations", "ListDevices", "ExpiringCertificates", "SendCommand", "GetCommand", "BroadcastCommand", "CreateRollout",
     "GetRollout", "ListRollouts", "PauseRollout", "ResumeRollout", "CancelRollout")})
+# Card administration (issue 12): a station relays its card's challenge; the answer comes from the token.
+METHOD_ROLES["/cns.v1.CardAdmin/Authenticate"] = frozenset({ROLE_STATION})
+METHOD_ROLES["/cns.v1.CardAdmin/ChangeCardKey"] = frozenset({ROLE_STATION})
+METHOD_ROLES["/cns.v1.CardAdmin/LoadBatch"] = frozenset({ROLE_ADMIN})
+METHOD_ROLES["/cns.v1.CardAdmin/ListBatches"] = frozenset({ROLE_ADMIN})
 # Infrastructure services any authenticated caller may use.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -43,7 +43,7 @@ from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
 from personalizer.rules.lifecycle import holder_cf
 from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
-from proto.cns.v1 import self_renewal_pb2_grpc as srpb_grpc
+from proto.cns.v1 import card_admin_pb2, self_renewal_pb2_grpc as srpb_grpc
 
 MODE = "self-renewal"
 STATION = "self-renewal"          # the requester's station_id of a holder's request
@@ -109,6 +109,32 @@ class SelfRenewal:
         return rec
 
 
+    async def authenticate_card(self, card_admin, *, current_certificate_der: bytes, card_serial: str,
+                                card_model: str, challenge: bytes, operation_id: str, rate_key: str = "") -> bytes:
+        """The card's issuer challenge answered (``cardadmin.service.CardAdmin``) for the card that
+        ``current_certificate_der`` (on record here, not revoked unless superseded) was issued for."""
+        actor = f"{HOLDER_PREFIX}unknown"
+        try:
+            if card_admin is None:
+                raise FailedPrecondition("this personalizer has no card administration token ([card_admin])")
+            cert = _current(current_certificate_der)
+            cf, chamber, ref = await self._holder(cert)
+            actor = HOLDER_PREFIX + cf
+            mine = [f for f in await self._broker.find_certificates(card_id=card_serial)
+                    if f.certificate_der == current_certificate_der]
+            if not mine:
+                raise PermissionDenied(f"the certificate was not issued for card {card_serial}")
+            info = mine[0].info
+            if info.state.value == "revoked" and info.revocation_reason != "superseded":
+                raise FailedPrecondition("the certificate is revoked: this card cannot be renewed (ask your chamber)")
+            return await card_admin.answer(actor=actor, station_id=STATION, chamber_code=chamber, operator_id=actor,
+                                           serial=card_serial, model_id=card_model, challenge=challenge,
+                                           operation="renew", operation_id=operation_id, rate_key=rate_key)
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION,
+                                             request_id="", exc=exc, operator_id=actor)
+            raise
+
     async def status(self, ref: CertRef):
         info = await self._broker.ca.status(ref)
         if info is None:
@@ -156,8 +182,9 @@ class SelfRenewal:
 
 
 class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
-    def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None):
+    def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None, card_admin=None):
         self._rules = SelfRenewal(broker)
+        self._card_admin = card_admin   # personalizer.cardadmin.service.CardAdmin, when [card_admin] is set
         self._limiter = limiter
         self._broker = broker
         self._relay = relay
@@ -181,6 +208,17 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
         except PersonalizerError as exc:
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return self._out(rec)
+
+    async def AuthenticateCard(self, request, context):  # noqa: N802
+        try:   # rate-limited by the card admin's own buckets, per address (not the renewal attempts')
+            limits.check_message(request)
+            answer = await self._rules.authenticate_card(
+                self._card_admin, current_certificate_der=request.current_certificate_der,
+                card_serial=request.card_serial, card_model=request.card_model, challenge=request.challenge,
+                operation_id=request.operation_id, rate_key="holder@" + peer_host(context.peer() or ""))
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return card_admin_pb2.CardAuthResponse(cryptogram=answer)
 
     async def GetRequest(self, request, context):
         try:

@@ -14,6 +14,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
@@ -33,11 +34,12 @@ def deployment(tmp_path_factory):
 async def _personalize(deployment, tmp_path, card, holder, model=MODEL):
     async with Env(deployment, tmp_path, time.time, ServiceCalendar(always_open=True), answer_wait=10.0) as env:
         await env.relay.start()
-        uplink = InMemoryUplink(env.broker, relay=env.relay)
+        # the emulator's software derivation stands in for the personalizer's token (a test double)
+        uplink = InMemoryUplink(env.broker, relay=env.relay, card_admin=SoftwareAuthenticator(model))
         journal = await Journal.open(tmp_path / "journal.db")
         try:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, watch_timeout_s=20)
+                             card_admin=uplink.card_admin("personalize", REQUESTER), watch_timeout_s=20)
             out = await p.start(connect=connect_to(card), reader="in-process", model=model, holder=holder,
                                 codes=codes_for(model))
             return out, uplink.calls, await journal.open_operations()

@@ -7,6 +7,7 @@ import pytest
 
 from agent.conformance import checks
 from agent.conformance.checks import FAIL, NOT_RUN, PASS, ConformanceError
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from tests.conformance.emulated import VirtualClock, card
 
 PIN, PUK = "12345678", "87654321"
@@ -19,7 +20,7 @@ def by_id(report) -> dict:
 def run(transport, model, **kw):
     kw.setdefault("pin", PIN)
     kw.setdefault("puk", PUK)
-    kw.setdefault("admin_key", model.dialect.admin_test_key)
+    kw.setdefault("admin_key", SoftwareAuthenticator(model))
     return checks.run(transport, model, reader="emulated", **kw)
 
 
@@ -150,11 +151,19 @@ def test_wrong_puk_stops_before_any_pin_is_blocked():
     assert c.snapshot()["pins"][pin_ref]["tries_left"] == 3
 
 
+class _WrongKey:
+    """An issuer that answers every challenge with another card's key (all zeros)."""
+
+    def cryptogram(self, *, model_id, serial, challenge, transport_key=False):
+        from firmware_profiles.emulator import admin
+        return admin.cryptogram(bytes(16), challenge)
+
+
 def test_wrong_issuer_key_stops_the_run_before_anything_is_written():
     c, model, t = card()
     with pytest.raises(ConformanceError) as err:
-        run(t, model, admin_key=bytes(16))
-    assert "refused the station's issuer key" in str(err.value)
+        run(t, model, admin_key=_WrongKey())
+    assert "refused the issuer key" in str(err.value)
     assert c.snapshot()["keys"] == {}
 
 

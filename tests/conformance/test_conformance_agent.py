@@ -68,9 +68,11 @@ def rig(tmp_path_factory):
     work = tmp_path_factory.mktemp("conformance-agent")
     dep = deploy.init_deployment(work / "cns", chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
     cfg = dep.station_config
-    # no personalizer is needed: the run uses the station's TEST issuer keys and its own data directory
+    # the card's issuer challenges are answered by the personalizer (issue 12: no key on the station)
+    from tests.personalizer.helpers import DaemonProcess
+    daemon = DaemonProcess(dep.server_config)
     text = re.sub(r'data_dir = ".*"', f'data_dir = "{work / "agent-data"}"', cfg.read_text())
-    cfg.write_text(re.sub(r'primary = "([^"]*):\d+"', r'primary = "\g<1>:9"', text))   # never called
+    cfg.write_text(re.sub(r'primary = "([^"]*):\d+"', rf'primary = "\g<1>:{daemon.port}"', text))
     pcscd = start_pcscd(work / "pcscd")
     sock = work / "agent" / "agent.sock"
     sock.parent.mkdir(mode=0o700)
@@ -93,6 +95,7 @@ def rig(tmp_path_factory):
         except subprocess.TimeoutExpired:
             agent.kill()
         pcscd.stop()
+        daemon.stop()
 
 
 def reader_name(n: int) -> str:

@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 import pytest
 
 from agent.conformance import checks, report
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from tests.conformance.emulated import card
 
 
@@ -25,7 +26,7 @@ class Page(HTMLParser):
 def _report(detail: str, serial: str) -> dict:
     c, model, t = card("eeprom_bytes=32768")
     d = checks.run(t, model, reader="R", pin="12345678", puk="87654321",
-                   admin_key=model.dialect.admin_test_key).as_dict()
+                   admin_key=SoftwareAuthenticator(model)).as_dict()
     d["card_serial"] = serial
     d["checks"][0]["detail"] = detail
     return d

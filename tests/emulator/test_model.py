@@ -53,8 +53,10 @@ def _broken(tmp_path, old: str, new: str, name: str = "x.toml"):
     ("total_bytes = 65536", "total_bytes = 1024", "eeprom.total_bytes", "an integer 4096"),
     ('cert = "3F00/1100/1101"', 'cert = "3F00/99/1101"', "keysets[0].cert", "a file path"),
     ("spare_key_ref = 0x12", "spare_key_ref = 0x01", "keysets[1].spare_key_ref", "a key reference no other"),
-    ('admin_test_key = "00112233445566778899AABBCCDDEEFF"', 'admin_test_key = "0011"', "dialect.admin_test_key",
-     "16 bytes"),
+    ('admin_test_master_key = "00112233445566778899AABBCCDDEEFF"', 'admin_test_master_key = "0011"',
+     "dialect.admin_test_master_key", "16 bytes"),
+    ('admin_key_scheme = "aes128-ecb-serial"', 'admin_key_scheme = "sp800-108"', "dialect.admin_key_scheme",
+     'one of "aes128-ecb-serial"'),
     ("sign_seconds = { 1024 = 0.35, 2048 = 1.4 }", "sign_seconds = { 1024 = 0.35, 2048 = 4.5 }",
      "timing.realistic.sign_seconds", "under 4 s"),
 ])

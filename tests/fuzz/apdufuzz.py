@@ -26,6 +26,7 @@ from agent.ops.errors import VerificationError
 from agent.ops.holder import HolderRecord
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from tests.support.emulated import EmulatedTransport
 
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
@@ -146,7 +147,7 @@ def session(model, transport) -> None:
     issuer = IssuerSession(cns, model)
     cns.read_serial()
     cns.read_personal_data()
-    issuer.authenticate(model.dialect.admin_test_key)
+    issuer.authenticate(SoftwareAuthenticator(model))
     pin = model.pin_policy.factory_test_pin if model.pin_mode == "preset" else "24681357"
     for ks in model.keysets:
         if model.pin_mode != "preset":

@@ -22,11 +22,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.card.cns import CnsSession
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from agent.card.issuer import IssuerSession
 from agent.devices.pcsc import PcscLink
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
 from agent.ops.personalize import Personalizer
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
@@ -97,7 +99,7 @@ def _personalize(station, journal, check):
     async def go():
         async with env.PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=env.REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, pkcs11=check)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", env.REQUESTER), pkcs11=check)
             return await p.start(connect=_connect, reader=READER, model=MODEL, holder=env.HOLDER,
                                  codes=env.codes_for(MODEL))
     return go()
@@ -152,7 +154,7 @@ def test_certificate_not_matching_its_key_is_reported(world, served, tmp_path):
     try:
         cns = CnsSession(link, MODEL)
         issuer = IssuerSession(cns, MODEL)
-        issuer.authenticate(MODEL.dialect.admin_test_key)
+        issuer.authenticate(SoftwareAuthenticator(MODEL))
         issuer.write_ef(MODEL.keyset("CNS0").cert_path, foreign)
         # the agent's connection stays open during the check (shared mode, no transaction held)
         result = check.check_sync(READER, {"CNS0": foreign, "CNS1": out.certificates["CNS1"]},

@@ -7,7 +7,8 @@ Kinds (armed when the step is journaled begun):
 * ``drop``    card pulled: after the step's write ran but before its answer (the nastiest case:
               the card changed and the agent does not know), else before the step's first command
 * ``sw``      the card answers 6581 (memory failure) to the step's main command
-* ``down``    the personalizer stops at that step (back before recovery)
+* ``down``    the personalizer stops at that step (back before recovery); the card's issuer key
+              being central (issue 12), a step that needs it waits too
 * ``ca-error``   the CA refuses the next issuance (terminal) → FAILED
 * ``ca-timeout`` the CA keeps timing out; the agent stops waiting (operation left open)
 * ``ca-lost``    the CA issues but the answer is lost (the relay retries and finds it); at a
@@ -294,6 +295,10 @@ def expected(step: str, kind: str) -> str:
     if kind == "ca-error" and i <= STEPS.index("renew:CNS1"):
         return "old"
     if kind in ("tear", "drop", "sw") and i < STEPS.index("renew:CNS0"):
+        return "old"
+    if kind == "down" and i < STEPS.index("csr:CNS0"):
+        # issue 12: the card's issuer key is central: with the personalizer gone these admin steps cannot
+        # run, the operation waits without any CSR, and recovery without the PIN goes back to the old keys
         return "old"
     return "new"
 

@@ -1,8 +1,8 @@
 """A personalizer deployment and daemon for the agent's operation tests, and a station config for it.
 
 The station config that ``cns-personalizer init`` writes is completed here with
-the daemon's real port and ``[cards] allow_test_admin_keys`` (the emulated
-cards' issuer keys are TEST keys stated in their model files).
+the daemon's real port. It names no card key: the daemon's CardAdmin answers the
+emulated cards from its SoftHSM2 token (the models' TEST master keys, issue 12).
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ def station_config_for(deployment, port: int):
     path = deployment.station_config
     text = path.read_text()
     text = re.sub(r'primary = "([^"]*):\d+"', rf'primary = "\g<1>:{port}"', text)
-    if "[cards]" not in text:
-        text += "\n[cards]\nallow_test_admin_keys = true\n"
     path.write_text(text)
     return station_config.load(path)
 

@@ -30,6 +30,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.renew import RenewalPolicy, Renewer
 from agent.uplink.client import PersonalizerClient
+from agent.uplink.card_admin import CardAdminClient
 from personalizer import config as pconfig
 from personalizer import deploy
 from personalizer import server as pserver
@@ -61,8 +62,6 @@ def make_deployment(root: Path, port: int):
                       "retry_initial_seconds = 0.2\nretry_max_seconds = 0.5\nbreaker_failures = 1000")
     dep.server_config.write_text(cfg)
     text = dep.station_config.read_text()
-    if "[cards]" not in text:
-        text += "\n[cards]\nallow_test_admin_keys = true\n"
     dep.station_config.write_text(text.replace("timeout_seconds = 30", "timeout_seconds = 2"))
     return dep
 
@@ -145,7 +144,7 @@ def station_for(deployment):
 async def personalize(station, journal: Journal, card, model):
     async with PersonalizerClient(station) as uplink:
         p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                         admin_key_for=lambda m: m.dialect.admin_test_key)
+                         card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER))
         return await p.start(connect=connect_to(card), reader="in-process", model=model, holder=HOLDER,
                              codes=codes_for(model))
 
@@ -153,7 +152,8 @@ async def personalize(station, journal: Journal, card, model):
 def renewer(journal, uplink, **kw) -> Renewer:
     kw.setdefault("policy", WIDE)
     return Renewer(journal=journal, uplink=uplink, requester=REQUESTER,
-                   admin_key_for=lambda m: m.dialect.admin_test_key, **kw)
+                   card_admin=kw.pop("card_admin", None) or CardAdminClient(uplink).for_operation("renew", REQUESTER),
+                   **kw)
 
 
 async def renew(station, journal: Journal, card, model, codes=None, **kw):

@@ -1,5 +1,6 @@
 """``decide``: every step × {not begun, begun, done} × {requests submitted or not} × {PIN at hand or not},
-for every journaled plan (personalize, renew, PIN change, PIN unblock) of every card model.
+for every journaled plan (personalize, personalize of a card still keyed with its batch's transport key,
+renew, PIN change, PIN unblock) of every card model.
 
 The expectations are written from the operations' documented resume rules, by step position (not by
 the engine's step flags): without the PIN an operation is undone until its certificate requests are
@@ -23,6 +24,8 @@ PHASES = (Phase.NOT_BEGUN, Phase.BEGUN, Phase.DONE)
 def _plans():
     for model_id, model in sorted(MODELS.items()):
         yield model_id, "personalize", personalize.build_plan(model)
+        # issue 12: a card that arrived with its batch's transport key has change-key first
+        yield model_id, "personalize-transport", personalize.build_plan(model, transport_key=True)
         yield model_id, "renew", renew.build_plan(model)
         yield model_id, "pin-change", pin.build_plan(pin.KIND_CHANGE, model)
         yield model_id, "pin-unblock", pin.build_plan(pin.KIND_UNBLOCK, model)
@@ -53,7 +56,7 @@ def _expected_card_op(names, i, phase, submitted, codes, request_prefix):
 
 
 def _expected(kind, names, i, phase, submitted, codes):
-    if kind == "personalize":
+    if kind in ("personalize", "personalize-transport"):
         return _expected_card_op(names, i, phase, submitted, codes, "submit:")
     if kind == "renew":
         return _expected_card_op(names, i, phase, submitted, codes, "renew:")
@@ -82,13 +85,13 @@ def test_decide_table(model_id, kind, i, phase, submitted, codes):
 
 
 def test_the_table_covers_every_step_of_every_plan():
-    assert {k for _, k, _ in PLANS} == {"personalize", "renew", "pin-change", "pin-unblock"}
+    assert {k for _, k, _ in PLANS} == {"personalize", "personalize-transport", "renew", "pin-change", "pin-unblock"}
     for model_id, kind, plan in PLANS:
         rows = [c for c in CASES if c[:2] == (model_id, kind)]
         assert len(rows) == len(plan.steps) * 3 * 2 * 2
 
 
-@pytest.mark.parametrize("kind", ["personalize", "renew"])
+@pytest.mark.parametrize("kind", ["personalize", "personalize-transport", "renew"])
 def test_an_undo_begun_is_finished_whatever_else_the_journal_says(kind):
     for model_id, k, plan in PLANS:
         if k != kind:
@@ -99,6 +102,25 @@ def test_an_undo_begun_is_finished_whatever_else_the_journal_says(kind):
                 st = _state(names, i, Phase.BEGUN, True, codes)
                 d = decide(plan, JournalState(st.phases, submitted=True, undoing=True, codes_at_hand=codes))
                 assert (d.action, d.step) == (UNDO, i)
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_change_key_is_the_first_step_only_for_a_card_with_its_transport_key(model_id):
+    """The step is journaled before any other (set-codes, key generation) and is absent otherwise; it has no
+    undo (a blank card holding its own key is a blank card), so an undo never tries to put the transport key back."""
+    model = MODELS[model_id]
+    plain, keyed = personalize.build_plan(model), personalize.build_plan(model, transport_key=True)
+    assert "change-key" not in plain.names
+    assert keyed.names == ["change-key", *plain.names]
+    step = keyed.step("change-key")
+    assert step.undo is None and not step.needs_codes and step.submits is None
+    # crashed while changing the key, resumed with the PIN: forward from change-key (its forward re-reads
+    # the key version, so a change already made is not made again)
+    d = decide(keyed, JournalState({"change-key": Phase.BEGUN}, codes_at_hand=True))
+    assert (d.action, d.step) == (FORWARD, 0)
+    # the key changed, resumed without the PIN before any CSR: undone (back to a blank card)
+    d = decide(keyed, JournalState({"change-key": Phase.DONE}, codes_at_hand=False))
+    assert (d.action, d.step) == (UNDO, 0)
 
 
 def test_a_renewal_past_its_switch_only_goes_forward_even_if_nothing_says_submitted():

@@ -20,6 +20,7 @@ from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.uplink.client import PersonalizerClient
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from tests.support.emulated import EmulatedTransport, connect_to  # noqa: F401  (re-exported to tests)
@@ -41,7 +42,7 @@ async def personalize(station, journal_path, card, model, codes, **kw):
     try:
         async with PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, **kw)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER), **kw)
             return await p.start(connect=connect_to(card), reader="in-process", model=model, holder=HOLDER,
                                  codes=codes)
     finally:
@@ -54,7 +55,7 @@ async def resume(station, journal_path, card, model, codes):
         [op] = await journal.open_operations()
         async with PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER))
             return await p.resume(op, connect=connect_to(card), model=model, codes=codes)
     finally:
         await journal.close()

@@ -16,6 +16,7 @@ from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.uplink.client import PersonalizerClient
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles.emulator import EmulatedCard
 from tests.support.emulated import EmulatedTransport
 from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for, connect_to
@@ -30,7 +31,7 @@ async def run(station, journal_path, card, holder, codes):
     try:
         async with PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER))
             return await p.start(connect=connect_to(card), reader="in-process", model=MODEL, holder=holder,
                                  codes=codes)
     finally:

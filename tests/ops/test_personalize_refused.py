@@ -20,7 +20,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.station import StationOps
 from agent.uplink.client import PersonalizerClient
-from agent.uplink.client import PersonalizerClient
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import deploy
 from tests.support.emulated import EmulatedTransport, connect_reader
@@ -121,7 +121,7 @@ def test_cancelled_request_undoes_the_card_and_revokes_the_issued_certificate(cl
             [op] = await journal.open_operations()
             async with PersonalizerClient(cfg) as uplink:
                 p = Personalizer(journal=journal, uplink=uplink_wrap(uplink) if uplink_wrap else uplink,
-                                 requester=REQUESTER, admin_key_for=lambda m: m.dialect.admin_test_key,
+                                 requester=REQUESTER, card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER),
                                  watch_timeout_s=30)
                 return await p.resume(op, connect=lambda: connect_reader(card)("r0"), model=MODEL), \
                     await journal.history(op.op_id)

@@ -10,6 +10,8 @@ Against the real daemon (mTLS, store, outbox, embedded CA), card in process:
   next recovery (no PIN), the certificate revoked then;
 * after the atomic switch the replaced certificates are revoked (superseded), journaled; a card
   never has more than its two current certificates active.
+* a personalization undone while the personalizer (which holds the card's issuer key, issue 12)
+  is unreachable: the undo stays begun and the next resume makes the card blank.
 """
 from __future__ import annotations
 
@@ -156,8 +158,9 @@ def test_ca_refusing_the_second_request_revokes_the_first(world, tmp_path):
 
 
 def test_undo_interrupted_before_revoking_is_finished_by_recovery(world, tmp_path):
-    """The personalizer goes away right when the undo begins: the card is restored at once, the
-    revocation waits in the journal (operation open), and the next recovery (no PIN) finishes it."""
+    """The personalizer goes away right when the undo begins: the old certificates stay live, emptying the
+    spare slots (the card's issuer key is central, issue 12) and the revocation wait in the journal
+    (operation open), and the next recovery (no PIN) finishes both."""
     p, station = world
     card = _fresh(world, tmp_path)
     before = env.card_view(card, MODEL)
@@ -305,3 +308,50 @@ def test_find_certificates_is_chamber_scoped_and_audited_once(world, tmp_path):
     finds = [r for r in rows if r.operation == "certificate-find"]
     assert len(finds) == 2 and all(r.target == f"card:{card.serial}" for r in finds)
     assert {r.detail for r in finds} == {"2 certificate(s)", "0 certificate(s)"}
+
+
+def test_personalization_undo_waits_for_the_personalizer_that_holds_the_card_key(world, tmp_path):
+    """Personalization side of the same rule (issue 12): the CA refuses a request, and the personalizer goes
+    away when the undo begins. Erasing the generated keys needs the card's issuer key, which only the
+    personalizer's token answers for: the undo stays begun (operation open, saying why) instead of failing,
+    and the next resume without the PIN finishes it: a blank card, the other keyset's certificate revoked."""
+    from agent.ops.personalize import Personalizer
+    from agent.uplink.card_admin import CardAdminClient
+    from agent.uplink.client import PersonalizerClient
+    from tests.support.emulated import connect_to
+
+    p, station = world
+    p.ca.reset()
+    p.open_window()
+    card = EmulatedCard(MODEL)
+    blank = card.snapshot()
+
+    def on_step(step, phase):
+        if step == "csr:CNS1" and phase == "done":
+            p.ca.refuse = 1              # one of the two requests is refused: the personalization is undone
+        if step == "undo" and phase == "begun":
+            p.stop()
+
+    async def personalize(j, codes, op=None, hook=None):
+        async with PersonalizerClient(station) as uplink:
+            pers = Personalizer(journal=j, uplink=uplink, requester=env.REQUESTER, on_step=hook,
+                                card_admin=CardAdminClient(uplink).for_operation("personalize", env.REQUESTER))
+            if op is None:
+                return await pers.start(connect=connect_to(card), reader="in-process", model=MODEL,
+                                        holder=env.HOLDER, codes=codes)
+            return await pers.resume(op, connect=connect_to(card), model=MODEL, codes=codes)
+
+    try:
+        out = _run(tmp_path, lambda j: personalize(j, env.codes_for(MODEL), hook=on_step))
+        assert out.state == "open", out.message
+        assert "needs the personalizer to administer card" in out.message and "refused" in out.message
+        assert card.snapshot()["keys"] != blank["keys"]          # nothing erased without the central key
+    finally:
+        if not p.running:
+            p.start()
+    [op] = _run(tmp_path, lambda j: j.open_operations(card.serial))
+    assert op.op_id == out.op_id and op.data.get("undo_reason")
+    again = _run(tmp_path, lambda j: personalize(j, None, op=op))
+    assert again.state == "undone" and again.op_id == out.op_id, again.message
+    assert card.snapshot()["keys"] == blank["keys"] == {}
+    assert _run(tmp_path, lambda j: j.open_operations()) == []

@@ -36,7 +36,9 @@ def test_init_command_creates_a_deployment(tmp_path):
     assert 'chamber_code = "MI"' in station and 'id = "MI-07"' in station
     import station_config
     loaded = station_config.load(root / "stations/MI-07/station.toml")
-    assert loaded.cards.allow_test_admin_keys and loaded.cards.admin_keys is None   # a TEST deployment's cards
+    # no card key on the station (issue 12): the daemon's token holds the TEST master keys
+    assert "[cards]" not in station and "admin_keys" not in station and not hasattr(loaded, "cards")
+    assert "[card_admin]" in (root / "personalizer.toml").read_text() and (root / "hsm" / "pin").stat().st_mode & 0o077 == 0
     again = subprocess.run([str(helpers.VENV_BIN / "cns-personalizer"), "init", str(root)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr

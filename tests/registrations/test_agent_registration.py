@@ -18,6 +18,7 @@ from agent.ops.errors import PreconditionError
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer, registration_holder
 from agent.uplink.client import PersonalizerClient
+from agent.uplink.card_admin import CardAdminClient
 from firmware_profiles.emulator import EmulatedCard
 from proto.cns.v1 import registrations_pb2 as rpb, registrations_pb2_grpc as rpb_grpc
 from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for, connect_to
@@ -41,7 +42,7 @@ async def _personalize(station, journal_path, card, registration_id: str | None,
     try:
         async with PersonalizerClient(station) as uplink:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key)
+                             card_admin=CardAdminClient(uplink).for_operation("personalize", REQUESTER))
             reg, who = (await registration_holder(uplink, registration_id)) if registration_id else (None, plain)
             out = await p.start(connect=connect_to(card), reader="in-process", model=MODEL, holder=who, codes=codes,
                                 registration=reg)

@@ -29,7 +29,6 @@ def _args(station, port, tmp_path, *extra):
 
 def test_holder_command_renews_then_retry_after_unreachable(world, tmp_path, capsys, monkeypatch):  # noqa: F811
     p, station, port = world
-    monkeypatch.setenv(self_renew.ENV_TEST_KEYS, "1")
     p.ca.reset()
     card = EmulatedCard(MODEL)
     assert _journal(tmp_path, lambda j: env.personalize(station, j, card, MODEL)).state == "done"

@@ -19,6 +19,7 @@ from agent.ops.errors import UplinkUnavailable
 from agent.ops.journal import Journal
 from agent.ops.renew import Renewer
 from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
+from agent.uplink.card_admin import HolderCardAdmin
 from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from tests.ops import renewal_env as env
@@ -43,9 +44,12 @@ def _holder_uplink(station, port, certs=()) -> HolderUplink:
                         timeout_s=3.0)
 
 
-def _renewer(j, uplink, **kw) -> Renewer:
-    return Renewer(journal=j, uplink=uplink, requester=HOLDER_REQUESTER,
-                   admin_key_for=lambda m: m.dialect.admin_test_key, policy=env.WIDE, watch_timeout_s=5.0, **kw)
+def _renewer(j, uplink, certificates=(), **kw) -> Renewer:
+    """The holder's Renewer; the card's issuer challenges answered by the personalizer for the card
+    ``certificates`` (its live ones) were issued for."""
+    admin = HolderCardAdmin(uplink, certificates).for_operation("renew", HOLDER_REQUESTER)
+    return Renewer(journal=j, uplink=uplink, requester=HOLDER_REQUESTER, card_admin=admin, policy=env.WIDE,
+                   watch_timeout_s=5.0, **kw)
 
 
 def _journal(tmp_path, fn):
@@ -88,8 +92,8 @@ def test_holder_renews_their_card_without_a_station_certificate(world, tmp_path)
 
     async def run(j):
         async with _holder_uplink(station, port) as uplink:
-            return await _renewer(j, uplink).start(connect=env.connect_to(card), reader="holder-pc", model=MODEL,
-                                                   codes=env.codes_for(MODEL))
+            return await _renewer(j, uplink, [before["CNS0"]["der"]]).start(
+                connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
     out = _journal(tmp_path, run)
     assert out.state == "done" and out.test_signatures, out.message
     after = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
@@ -127,7 +131,7 @@ def test_personalizer_down_mid_self_renewal_is_finished_by_the_next_run(world, t
     async def first(j):
         async with _holder_uplink(station, port) as uplink:
             try:
-                return await _renewer(j, uplink, on_step=on_step).start(
+                return await _renewer(j, uplink, [before["CNS0"]["der"]], on_step=on_step).start(
                     connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
             except UplinkUnavailable as exc:
                 return exc
@@ -204,3 +208,23 @@ def test_refusals_over_the_port_are_one_clear_line(world, tmp_path):
         with pytest.raises(grpc.RpcError) as exc:
             pb_grpc.PersonalizerStub(ch).GetCAStatus(pb.GetCAStatusRequest(), timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_holder_gets_card_administration_only_for_the_card_their_certificate_was_issued_for(world, tmp_path):
+    """HolderRenewal.AuthenticateCard (issue 12): the certificate must be on record for that very card."""
+    from agent.ops.errors import UplinkError
+    from firmware_profiles.emulator import admin
+
+    p, station, port = world
+    card, other = _personalized(world, tmp_path / "a"), _personalized(world, tmp_path / "b")
+    mine = env.card_view(card, MODEL)["CNS0"]["der"]
+
+    async def ask(serial):
+        async with _holder_uplink(station, port) as uplink:
+            return await HolderCardAdmin(uplink, [mine]).authenticate(
+                serial=serial, model_id=MODEL.id, challenge=bytes(16), kind="renew", op_id="t",
+                requester=HOLDER_REQUESTER)
+    assert asyncio.run(ask(card.serial)) == admin.cryptogram(admin.card_key(MODEL, card.serial), bytes(16))
+    with pytest.raises(UplinkError) as err:
+        asyncio.run(ask(other.serial))
+    assert err.value.code == "PERMISSION_DENIED" and f"not issued for card {other.serial}" in str(err.value)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cns_spec import dati_personali as dp_codec
+from firmware_profiles.emulator import admin
 from firmware_profiles.emulator.card import EmulatedCard
 
 TEST_PIN = "12345678"
@@ -102,8 +102,8 @@ def apdu(cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None
 def admin_authenticate(card: EmulatedCard, key: bytes | None = None) -> None:
     d = card.model.dialect
     challenge = send(card, apdu(0x00, 0x84, 0, 0, le=d.challenge_bytes), "GET CHALLENGE")
-    enc = Cipher(algorithms.AES(key or d.admin_test_key), modes.ECB()).encryptor()
-    send(card, apdu(0x00, 0x82, 0x00, d.admin_key_ref, enc.update(challenge) + enc.finalize()),
+    answer = admin.cryptogram(key or admin.card_key(card.model, card.serial), challenge)
+    send(card, apdu(0x00, 0x82, 0x00, d.admin_key_ref, answer),
          "EXTERNAL AUTHENTICATE")
 
 

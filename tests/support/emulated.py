@@ -58,17 +58,16 @@ def connect_reader(card):
 
 
 def admin_login(session, model) -> None:
-    """Issuer (admin) authentication on the EMULATED card with its factory test key: GET CHALLENGE,
-    then EXTERNAL AUTHENTICATE with AES-ECB(challenge). Tests only; the personalizer owns the real flow."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
+    """Issuer (admin) authentication on the EMULATED card with its own TEST key (the model's test master
+    key diversified with its serial): GET CHALLENGE, then EXTERNAL AUTHENTICATE with AES-ECB(challenge).
+    Tests only; the personalizer owns the real flow."""
     from agent.card.apdu import Apdu
+    from firmware_profiles.emulator import admin
 
     d = model.dialect
     challenge, sw = session.transport.transmit(Apdu(0, 0x84, 0, 0, le=d.challenge_bytes).encode())
     assert sw == 0x9000, hex(sw)
-    enc = Cipher(algorithms.AES(d.admin_test_key), modes.ECB()).encryptor()
-    response = enc.update(challenge) + enc.finalize()
+    response = admin.cryptogram(admin.card_key(model, session.read_serial()), challenge)
     _, sw = session.transport.transmit(Apdu(0, 0x82, 0, d.admin_key_ref, response).encode())
     assert sw == 0x9000, hex(sw)
 

@@ -38,6 +38,7 @@ from agent.card.issuer import IssuerSession
 from agent.card.transport import Recording, RecordingTransport, ReplayDivergence
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.renew import marker_bytes
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "apdu"
 MODEL_ID = "oberthur-cns-1024"  # the smaller keys keep recordings short; its PINs are set at personalization
@@ -62,7 +63,7 @@ def personalize_flow(transport, model, *, dati_personali: bytes, pin: str, puk: 
     (read serial, blank check, [set-codes], generate-key:*, csr:*, submit:*, write-dati-personali,
     write-cert:*, verify). Returns what the card gave (serial, public keys, CSRs, test signatures)."""
     cns, issuer = _open(transport, model)
-    admin = model.dialect.admin_test_key
+    admin = SoftwareAuthenticator(model)
     out: dict = {"serial": cns.read_serial(), "pubkeys": {}, "csrs": {}, "signatures": {}}
     for ks in model.keysets:                                     # precheck: the card is blank
         assert issuer.read_ef(ks.cert_path) is None, f"{ks.name} certificate already on the card"
@@ -105,7 +106,7 @@ def renew_flow(transport, model, *, pin: str, issue: Issue, op_id: str = RENEWAL
     serial, precheck, [mark], generate-key:* and csr:* in the spare slots, renew:*, write-cert:*,
     verify, switch, cleanup, [unmark])."""
     cns, issuer = _open(transport, model)
-    admin = model.dialect.admin_test_key
+    admin = SoftwareAuthenticator(model)
     marker = model.paths.renewal_marker
     out: dict = {"serial": cns.read_serial(), "pubkeys": {}, "csrs": {}, "pops": {}}
     current = {}

@@ -67,8 +67,10 @@ def _classified(exc: PersonalizerError, what: str) -> UplinkError:
 
 
 class InMemoryUplink:
-    def __init__(self, broker: Broker, *, relay: Any = None, actor: str = "urn:cns:station:in-memory") -> None:
+    def __init__(self, broker: Broker, *, relay: Any = None, actor: str = "urn:cns:station:in-memory",
+                 card_admin: Any = None) -> None:
         self.broker, self.relay, self.actor = broker, relay, actor
+        self._card_admin = card_admin   # a CardAuthenticator (agent.card.issuer) for card_admin()
         self.calls: list[str] = []     # method names, in order (what the operation asked)
 
     async def _do(self, method: str, what: str, coro):
@@ -132,6 +134,13 @@ class InMemoryUplink:
 
     async def find_certificates(self, **kw):
         raise NotImplementedError("InMemoryUplink: certificate search is not wired (use the daemon)")
+
+    def card_admin(self, kind: str, requester: dict):
+        """The ``card_admin`` authenticator this uplink was given (e.g. the emulator's
+        ``SoftwareAuthenticator``: a test double for the personalizer's token, named so)."""
+        if self._card_admin is None:
+            raise NotImplementedError("InMemoryUplink(card_admin=...) was not given a card authenticator")
+        return self._card_admin
 
     async def close(self) -> None:
         pass

@@ -1,11 +1,26 @@
 from proto.cns.v1 import common_pb2 as _common_pb2
 from proto.cns.v1 import personalizer_pb2 as _personalizer_pb2
+from proto.cns.v1 import card_admin_pb2 as _card_admin_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SelfCardAuthRequest(_message.Message):
+    __slots__ = ("current_certificate_der", "card_serial", "card_model", "challenge", "operation_id")
+    CURRENT_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CARD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    current_certificate_der: bytes
+    card_serial: str
+    card_model: str
+    challenge: bytes
+    operation_id: str
+    def __init__(self, current_certificate_der: _Optional[bytes] = ..., card_serial: _Optional[str] = ..., card_model: _Optional[str] = ..., challenge: _Optional[bytes] = ..., operation_id: _Optional[str] = ...) -> None: ...
 
 class SelfRenewRequest(_message.Message):
     __slots__ = ("request_id", "profile", "csr_der", "current_certificate_der", "proof_of_possession")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from proto.cns.v1 import card_admin_pb2 as proto_dot_cns_dot_v1_dot_card__admin__pb2
 from proto.cns.v1 import common_pb2 as proto_dot_cns_dot_v1_dot_common__pb2
 from proto.cns.v1 import personalizer_pb2 as proto_dot_cns_dot_v1_dot_personalizer__pb2
 from proto.cns.v1 import self_renewal_pb2 as proto_dot_cns_dot_v1_dot_self__renewal__pb2
@@ -61,6 +62,11 @@ class HolderRenewalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
                 _registered_method=True)
+        self.AuthenticateCard = channel.unary_unary(
+                '/cns.v1.HolderRenewal/AuthenticateCard',
+                request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardAuthRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.FromString,
+                _registered_method=True)
 
 
 class HolderRenewalServicer:
@@ -101,6 +107,15 @@ class HolderRenewalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthenticateCard(self, request, context):
+        """Card administration during a self-renewal (issue 12): the card's challenge answered from the
+        personalizer's token, for the card a certificate on record (not revoked, or revoked superseded by
+        this renewal) was issued for. The holder never holds a card key either.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HolderRenewalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +143,11 @@ def add_HolderRenewalServicer_to_server(servicer, server):
                     servicer.RevokeOwn,
                     request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.SerializeToString,
+            ),
+            'AuthenticateCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateCard,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardAuthRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +285,33 @@ class HolderRenewal:
             '/cns.v1.HolderRenewal/RevokeOwn',
             proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthenticateCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.HolderRenewal/AuthenticateCard',
+            proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardAuthRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_card__admin__pb2.CardAuthResponse.FromString,
             options,
             channel_credentials,
             insecure,
