@@ -88,6 +88,7 @@ from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from agent.ops.uplink import refused
 from cns_spec import requests
 from cns_spec.profiles import PROFILE_OF_KEYSET
 
@@ -402,7 +403,7 @@ class Personalizer:
         except (UplinkUnavailable, CAClosed, _Stopped):
             raise
         except UplinkError as exc:
-            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS"):
+            if refused(exc):
                 raise _Refused(f"the personalizer refused the {ks.name} request: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
         if resp.state == STATE_FAILED:

@@ -76,6 +76,7 @@ from agent.ops.holder import Codes
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from agent.ops.uplink import refused
 from cns_spec import requests, validity
 from cns_spec.profiles import PROFILE_OF_KEYSET
 
@@ -493,8 +494,7 @@ class Renewer:
         except UplinkUnavailable:
             raise
         except UplinkError as exc:
-            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS",
-                            "NOT_FOUND"):
+            if refused(exc):
                 raise _Refused(f"the personalizer refused the {ks.name} renewal: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
         self.on_step(step, "answered")       # the answer is here, not yet journaled (tests' fault hooks)

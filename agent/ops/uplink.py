@@ -89,5 +89,7 @@ def is_refusal(code: str) -> bool:
 
 
 def refused(exc: BaseException) -> bool:
-    """The personalizer answered and said no (as opposed to: could not be reached, or not now)."""
-    return isinstance(exc, UplinkError) and not isinstance(exc, UplinkUnavailable)
+    """The personalizer answered and said no, with a refusal's code (as opposed to: could not be reached,
+    not now, or an ``UplinkError`` without a code such as an unreadable client key, which a retry after
+    the fix cures)."""
+    return isinstance(exc, UplinkError) and not isinstance(exc, UplinkUnavailable) and is_refusal(exc.code or "")
