@@ -423,7 +423,7 @@ class Personalizer:
             st = await self._timed("broker", ca_status) if ca_status is not None else None
         except UplinkError:
             st = None
-        reason = getattr(resp, "waiting_reason", "") or ""
+        reason = resp.waiting_reason
         if st is not None and st.operational and st.service_window_open and not st.in_maintenance:
             return ""
         if st is None and not reason:
