@@ -6,11 +6,10 @@ in-memory uplink over a real broker in tests, ``tests/support/uplink.py``) and
 never build one. Method names are the ones the operations call.
 
 Answers are the domain records below (frozen dataclasses: ``RequestRecord``,
-``CAStatusRecord``, ``RegistrationRecord``), never protobuf messages: the gRPC
-uplink converts its messages in ``agent.uplink.records``, the in-memory uplink
-builds the same records from the broker's. (The certificate lifecycle calls,
-``certificate_status``, ``change_status`` and ``find_certificates``, still
-answer with the gRPC uplink's messages.)
+``CAStatusRecord``, ``RegistrationRecord``, ``CertificateStatusRecord``,
+``FoundCertificates``), never protobuf messages: the gRPC uplinks convert their
+messages in ``agent.uplink.records``, the in-memory uplink builds the same
+records from the broker's.
 
 Errors are classified once, by the uplink, with ``is_refusal(code)``:
 ``UplinkError`` with ``code`` when the personalizer refused (a code of
@@ -29,7 +28,7 @@ from typing import Any, AsyncIterator, Protocol, runtime_checkable
 from agent.ops.errors import UplinkError, UplinkUnavailable
 
 __all__ = ["Uplink", "RequestRecord", "RequestErrorRecord", "CertificateRef", "CAStatusRecord", "RegisteredHolder",
-           "RegistrationRecord", "REFUSED_CODES", "is_refusal", "refused", "UplinkError",
+           "RegistrationRecord", "CertificateStatusRecord", "FoundCertificate", "FoundCertificates", "REFUSED_CODES", "is_refusal", "refused", "UplinkError",
            "UplinkUnavailable"]
 
 
@@ -59,6 +58,37 @@ class RequestRecord:
     kind: str = ""                             # issue, renew, suspend, reactivate, revoke
     attempts: int = 0
     waiting_reason: str = ""                   # why it waits ("outside the service window", ...)
+
+
+@dataclass(frozen=True)
+class CertificateStatusRecord:
+    """A certificate's status (cns.v1.CertificateStatus codes: 1 active, 2 suspended, 3 revoked, 4 expired;
+    times in seconds since the epoch) and, for a status change, the change request and its state."""
+    certificate: CertificateRef = field(default_factory=CertificateRef)
+    status: int = 0
+    not_before: int = 0
+    not_after: int = 0
+    revocation_reason: str = ""
+    revoked_at: int = 0
+    request_id: str = ""
+    change_request_id: str = ""
+    change_state: int = 0
+
+
+@dataclass(frozen=True)
+class FoundCertificate:
+    """One certificate the personalizer issued (``find_certificates``); ``profile``: cns.v1.CAProfile code."""
+    status: CertificateStatusRecord = field(default_factory=CertificateStatusRecord)
+    profile: int = 0
+    card_id: str = ""
+    codice_fiscale: str = ""
+    subject: str = ""
+    chamber_code: str = ""
+
+
+@dataclass(frozen=True)
+class FoundCertificates:
+    certificates: tuple[FoundCertificate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,12 +142,13 @@ class Uplink(Protocol):
 
     async def get_registration(self, registration_id: str) -> RegistrationRecord: ...
 
-    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = "") -> Any: ...
+    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "",
+                                 request_id: str = "") -> CertificateStatusRecord: ...
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
-                            requester: dict, reason: str = "") -> Any: ...
+                            requester: dict, reason: str = "") -> CertificateStatusRecord: ...
 
-    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = "") -> Any: ...
+    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = "") -> FoundCertificates: ...
 
     async def ca_status(self) -> CAStatusRecord: ...
 

@@ -13,9 +13,8 @@ a refused client certificate, nothing listening). One instance owns one
 long-lived channel (the composition root builds one for the agent's life);
 ``close()`` closes it.
 
-The request path and the CA status answer with the domain records of ``agent.ops.uplink``
-(converted once, in ``agent.uplink.records``); the certificate lifecycle calls still answer
-with their messages.
+Every call answers with the domain records of ``agent.ops.uplink`` (converted once, in
+``agent.uplink.records``), never a protobuf message.
 
 Outbound only: nothing here listens. Imports ``proto``, ``station_config``, ``agent.ops.errors``,
 ``agent.ops.uplink`` and ``agent.uplink.records``;
@@ -158,7 +157,8 @@ class PersonalizerClient:
             req = personalizer_pb2.GetCertificateStatusRequest(
                 certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()),
                 requester=self.reader)
-        return await self._call("GetCertificateStatus", req, f"status of {serial_hex or request_id}")
+        return records.certificate_status(await self._call("GetCertificateStatus", req,
+                                                           f"status of {serial_hex or request_id}"))
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
                             requester: dict, reason: str = ""):
@@ -169,12 +169,12 @@ class PersonalizerClient:
         req = personalizer_pb2.ChangeStatusRequest(
             request_id=request_id, reason=reason, requester=common_pb2.Requester(**requester),
             certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
-        return await self._call(method, req, f"{action} {serial_hex}")
+        return records.certificate_status(await self._call(method, req, f"{action} {serial_hex}"))
 
     async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = ""):
         """Every certificate issued for a card and/or a holder (this chamber's), oldest first."""
         req = personalizer_pb2.FindCertificatesRequest(card_id=card_id, codice_fiscale=codice_fiscale)
-        return await self._call("FindCertificates", req, f"certificates of {card_id or codice_fiscale}")
+        return records.found(await self._call("FindCertificates", req, f"certificates of {card_id or codice_fiscale}"))
 
     async def ca_status(self):
         return records.ca_status(await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status"))

@@ -15,7 +15,7 @@ request only to its holder): the uplink keeps the certificates it was given
 Errors translate like ``client.PersonalizerClient``'s: UNAVAILABLE and
 DEADLINE_EXCEEDED → ``UplinkUnavailable`` (the journaled operation stays
 resumable), anything else → ``UplinkError`` with the server's message.
-Request answers are ``agent.ops.uplink.RequestRecord`` (``agent.uplink.records``), as the operator's uplink gives.
+Answers are ``agent.ops.uplink``'s records (``agent.uplink.records``), as the operator's uplink gives.
 Outbound only. Imports grpc, ``proto``, ``agent.ops.errors`` and ``agent.uplink``; never ``personalizer``.
 """
 from __future__ import annotations
@@ -107,18 +107,18 @@ class HolderUplink:
         if request_id:
             resp = await self.get_request(request_id)
             issuer_dn, serial_hex = resp.certificate.issuer_dn, resp.certificate.serial_hex
-        return await self._call("GetCertificateStatus", common_pb2.CertificateRef(
-            issuer_dn=issuer_dn, serial_hex=serial_hex.upper()), f"status of {serial_hex}")
+        return records.certificate_status(await self._call("GetCertificateStatus", common_pb2.CertificateRef(
+            issuer_dn=issuer_dn, serial_hex=serial_hex.upper()), f"status of {serial_hex}"))
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
                             requester: dict | None = None, reason: str = ""):
         """Only the renewal's own revocations (superseded, or an undone renewal's certificates)."""
         if action != "revoke":
             raise UplinkError(f"a holder cannot {action} a certificate; ask the chamber", code="PERMISSION_DENIED")
-        return await self._call("RevokeOwn", spb.SelfRevokeRequest(
+        return records.certificate_status(await self._call("RevokeOwn", spb.SelfRevokeRequest(
             request_id=request_id, reason=reason,
             certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper())),
-            f"revoke {serial_hex}")
+            f"revoke {serial_hex}"))
 
 
 def _translate(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> UplinkError:

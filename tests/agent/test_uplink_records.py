@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.ops.uplink import (CAStatusRecord, CertificateRef, RegisteredHolder, RegistrationRecord,
+from agent.ops.uplink import (CAStatusRecord, CertificateRef, CertificateStatusRecord, FoundCertificate,
+                              FoundCertificates, RegisteredHolder, RegistrationRecord,
                               RequestErrorRecord, RequestRecord)
 from agent.uplink import records
 from cns_spec import requests
@@ -44,3 +45,18 @@ def test_a_registration_becomes_a_registration_record():
     assert records.registration(msg) == RegistrationRecord(
         "REG-0123456789ABCDEF", "used", RegisteredHolder("RSSMRA80A41H501U", "MARIA", "ROSSI", "1980-01-01"),
         "F", "ROMA", "C1", 5, "urn:st", "op", "pers-1-CNS0")
+
+
+def test_certificate_status_and_found_certificates_become_records():
+    status = personalizer_pb2.CertificateStatusResponse(
+        certificate=common_pb2.CertificateRef(issuer_dn="CN=CA", serial_hex="0B"), status=3, not_before=1, not_after=2,
+        revocation_reason="keyCompromise", revoked_at=3, request_id="pers-1-CNS0", change_request_id="chg-1",
+        change_state=requests.CODE_DONE)
+    rec = CertificateStatusRecord(CertificateRef("CN=CA", "0B"), 3, 1, 2, "keyCompromise", 3, "pers-1-CNS0", "chg-1",
+                                  requests.CODE_DONE)
+    assert records.certificate_status(status) == rec
+    msg = personalizer_pb2.FindCertificatesResponse(certificates=[personalizer_pb2.FoundCertificate(
+        status=status, profile=personalizer_pb2.CA_PROFILE_CNS_AUTH, card_id="C1", codice_fiscale="RSSMRA80A41H501U",
+        subject="CN=ROSSI MARIA", chamber_code="RM")])
+    assert records.found(msg) == FoundCertificates((FoundCertificate(
+        rec, personalizer_pb2.CA_PROFILE_CNS_AUTH, "C1", "RSSMRA80A41H501U", "CN=ROSSI MARIA", "RM"),))
