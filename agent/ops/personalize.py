@@ -82,7 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from agent.card import datipersonali
 from agent.card.issuer import KVN_TRANSPORT
 from agent.card.transport import ApduTransport
-from agent.ops.cardlink import b64 as _b64, open_link, spki as _spki, unb64 as _unb64
+from agent.ops.cardlink import b64 as _b64, held, open_link, spki as _spki, unb64 as _unb64
 from agent.ops.engine import UNDO_STEP, Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
@@ -91,6 +91,7 @@ from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from agent.ops.uplink import refused
 from cns_spec import requests
 from cns_spec.profiles import PROFILE_OF_KEYSET
 
@@ -202,13 +203,19 @@ class Personalizer:
             if self._active[stage] == 0:
                 self.stage[stage] = self.stage.get(stage, 0.0) + loop.time() - self._since[stage]
 
+    async def _card(self, link, fn, *args):
+        """Card work (one step, or a check before the operation): ``fn`` in the card worker thread inside
+        ``link.transaction()`` (agent.ops.cardlink.held): no other client's command lands in between, and the
+        card is released as soon as ``fn`` returns (never held across a wait for the personalizer)."""
+        return await self._timed("card", held(link, fn), *args)
+
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, holder: HolderRecord,
                     codes: Codes, registration=None) -> Outcome:
         """``registration``: a deferred issuance (``registration_holder``'s registration; ``holder`` is its)."""
         self.stage = {}
         link = await self._timed("card", open_link, connect, model)
-        serial = await self._timed("card", link.cns.read_serial)
+        serial = await self._card(link, link.cns.read_serial)
         registration_id = registration.registration_id if registration is not None else ""
         if registration is not None:
             check_registration_for_card(registration, serial)
@@ -233,14 +240,14 @@ class Personalizer:
                     f"{other.op_id}` or discard it (blank card, its certificates revoked) with `cns-agent operations "
                     f"discard {other.op_id}`", op_id=other.op_id)
             return await self.resume(other, connect=connect, model=model, codes=codes, link=link)
-        await self._timed("card", self._check_blank, link, model)
+        await self._card(link, self._check_blank, link, model)
         if model.pin_mode == "set_at_personalization" and codes.puk is None:
             raise PreconditionError(f"model {model.id} sets PIN and PUK at personalization: give both")
         if model.pin_mode != "set_at_personalization":
             # before anything is journaled or generated: a wrong PIN costs one try and changes nothing
-            await self._timed("card", self._check_pin, link, model, codes)
+            await self._card(link, self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
-        transport = await self._timed("card", link.issuer.key_version) == KVN_TRANSPORT
+        transport = await self._card(link, link.issuer.key_version) == KVN_TRANSPORT
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
             data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
@@ -256,7 +263,7 @@ class Personalizer:
         if link is None:
             self.stage = {}
             link = await self._timed("card", open_link, connect, model)
-            serial = await self._timed("card", link.cns.read_serial)
+            serial = await self._card(link, link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
         if op.data.get("requester"):
@@ -417,7 +424,7 @@ class Personalizer:
         except (UplinkUnavailable, CAClosed, _Stopped):
             raise
         except UplinkError as exc:
-            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS"):
+            if refused(exc):
                 raise _Refused(f"the personalizer refused the {ks.name} request: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
         if resp.state == STATE_FAILED:
@@ -437,7 +444,7 @@ class Personalizer:
             st = await self._timed("broker", ca_status) if ca_status is not None else None
         except UplinkError:
             st = None
-        reason = getattr(resp, "waiting_reason", "") or ""
+        reason = resp.waiting_reason
         if st is not None and st.operational and st.service_window_open and not st.in_maintenance:
             return ""
         if st is None and not reason:
@@ -514,32 +521,31 @@ class _Actions:
         ks = model.keyset(ks_name) if ks_name else None
         p.progress(step, self.PROGRESS[name].format(PROFILE_OF_KEYSET.get(ks_name, "") if name == "submit"
                                                     else ks_name))
-        card = p._timed
         if name == "change-key":   # re-reads the key version first: a resumed change is not made twice
-            await card("card", link.issuer.replace_transport_key, p.card_admin)
+            await p._card(link, link.issuer.replace_transport_key, p.card_admin)
             return {}
         if name == "set-codes":
-            await card("card", p._set_codes, link, model, codes)
+            await p._card(link, p._set_codes, link, model, codes)
             return {}
         if name == "generate-key":
-            key = await card("card", p._admin_then, link, model, link.issuer.generate_key, ks.key_ref,
+            key = await p._card(link, p._admin_then, link, model, link.issuer.generate_key, ks.key_ref,
                              model.rsa_bits)
             return {f"pubkey_{ks.name}": _b64(_spki(key))}
         if name == "csr":
-            return {f"csr_{ks.name}": _b64(await card("card", p._make_csr, link, model, ks, op, codes))}
+            return {f"csr_{ks.name}": _b64(await p._card(link, p._make_csr, link, model, ks, op, codes))}
         if name == "submit":
             cert, _chain = await p._submit(op, model, ks, not resumed)
             return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
         if name == "write-dati-personali":
-            await card("card", p._admin_then, link, model, link.cns.update_binary,
+            await p._card(link, p._admin_then, link, model, link.cns.update_binary,
                        model.paths.dati_personali, _unb64(op.data["dati_personali"]))
             return {}
         if name == "write-cert":
-            await card("card", p._admin_then, link, model, link.issuer.write_ef, ks.cert_path,
+            await p._card(link, p._admin_then, link, model, link.issuer.write_ef, ks.cert_path,
                        _unb64(op.data[f"cert_{ks.name}"]))
             return {}
         if name == "verify":
-            return {"test_signatures": await card("card", p._verify, link, model, op, codes)}
+            return {"test_signatures": await p._card(link, p._verify, link, model, op, codes)}
         raise AssertionError(step)
 
     async def undo(self, step: str, op: Operation) -> None:
@@ -548,11 +554,11 @@ class _Actions:
         name, _, ks_name = step.partition(":")
         ks = model.keyset(ks_name) if ks_name else None
         if name == "generate-key":
-            await self.p._timed("card", self.p._admin_then, link, model, link.issuer.erase_key, ks.key_ref)
+            await self.p._card(link, self.p._admin_then, link, model, link.issuer.erase_key, ks.key_ref)
         elif name == "write-cert":
-            await self.p._timed("card", self.p._admin_then, link, model, link.issuer.delete_ef, ks.cert_path)
+            await self.p._card(link, self.p._admin_then, link, model, link.issuer.delete_ef, ks.cert_path)
         elif name == "write-dati-personali":
-            await self.p._timed("card", self._clear_dati_personali)
+            await self.p._card(link, self._clear_dati_personali)
 
     def _clear_dati_personali(self) -> None:
         size = len(self.link.cns.read_file(self.model.paths.dati_personali))

@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from agent.card.transport import ApduTransport
-from agent.ops.cardlink import b64 as _b64, open_link, same_key as _same_key, spki as _spki, unb64 as _unb64
+from agent.ops.cardlink import b64 as _b64, held, open_link, same_key as _same_key, spki as _spki, unb64 as _unb64
 from agent.ops.engine import UNDO_STEP, Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
@@ -76,6 +76,7 @@ from agent.ops.holder import Codes
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
+from agent.ops.uplink import refused
 from cns_spec import requests, validity
 from cns_spec.profiles import PROFILE_OF_KEYSET
 
@@ -238,21 +239,27 @@ class Renewer:
         finally:
             self.stage[stage] = self.stage.get(stage, 0.0) + loop.time() - t
 
+    async def _card(self, link, fn, *args):
+        """Card work (one step, or a check before the operation): ``fn`` in the card worker thread inside
+        ``link.transaction()`` (agent.ops.cardlink.held): no other client's command lands in between, and the
+        card is released as soon as ``fn`` returns (never held across a wait for the personalizer)."""
+        return await self._timed("card", held(link, fn), *args)
+
     # -- entry points -------------------------------------------------------------------
     async def start(self, *, connect: Callable[[], ApduTransport], reader: str, model, codes: Codes) -> Outcome:
         self.stage = {}
         link = await self._timed("card", open_link, connect, model)
-        serial = await self._timed("card", link.cns.read_serial)
+        serial = await self._card(link, link.cns.read_serial)
         open_ops = await self.journal.open_operations(serial)
         if open_ops:
             if open_ops[0].kind != KIND:
                 raise PreconditionError(f"card {serial} has an unfinished {open_ops[0].kind} operation "
                                         f"{open_ops[0].op_id}; it is finished or undone first (reinsert the card)")
             return await self.resume(open_ops[0], connect=connect, model=model, codes=codes, link=link)
-        facts = await self._timed("card", self._precheck, link, model, codes)
+        facts = await self._card(link, self._precheck, link, model, codes)
         if facts.pop("stale_marker"):
             self.progress("cleanup", f"card {serial}: clearing what an interrupted renewal left in the spare slots")
-            await self._timed("card", self._clean_spares, link, model, True)
+            await self._card(link, self._clean_spares, link, model, True)
         op = await self.journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
                                                 data={"requester": self.requester, **facts})
         op.data["request_ids"] = {ks.name: f"renew-{op.op_id}-{ks.name}" for ks in model.keysets}
@@ -265,7 +272,7 @@ class Renewer:
         if link is None:
             self.stage = {}
             link = await self._timed("card", open_link, connect, model)
-            serial = await self._timed("card", link.cns.read_serial)
+            serial = await self._card(link, link.cns.read_serial)
             if serial != op.card_serial:
                 raise PreconditionError(f"operation {op.op_id} is for card {op.card_serial}, not {serial}")
         self.requester = dict(op.data.get("requester") or self.requester)   # same payload on every retry
@@ -494,8 +501,7 @@ class Renewer:
         except UplinkUnavailable:
             raise
         except UplinkError as exc:
-            if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ALREADY_EXISTS",
-                            "NOT_FOUND"):
+            if refused(exc):
                 raise _Refused(f"the personalizer refused the {ks.name} renewal: {exc}") from exc
             raise UplinkUnavailable(str(exc), code=exc.code) from exc
         self.on_step(step, "answered")       # the answer is here, not yet journaled (tests' fault hooks)
@@ -562,37 +568,36 @@ class _Actions:
         ks = model.keyset(ks_name) if ks_name else None
         r.progress(step, self.PROGRESS[name].format(PROFILE_OF_KEYSET.get(ks_name, "") if name == "renew"
                                                     else ks_name))
-        card = r._timed
         if name == "mark":
-            await card("card", r._admin_then, link, model, link.cns.update_binary,
+            await r._card(link, r._admin_then, link, model, link.cns.update_binary,
                        model.paths.renewal_marker, marker_bytes(op.op_id, op.data["marker_size"]))
             return {}
         if name == "generate-key":
-            key = await card("card", r._admin_then, link, model, link.issuer.generate_key,
+            key = await r._card(link, r._admin_then, link, model, link.issuer.generate_key,
                              ks.spare_key_ref, op.data[f"bits_{ks.name}"])
             return {f"pubkey_{ks.name}": _b64(_spki(key))}
         if name == "csr":
             if codes is None:
                 raise _Refused("the holder's PIN is needed to sign the renewal request; nothing was sent")
-            csr, pop = await card("card", r._make_csr, link, model, ks, op, codes)
+            csr, pop = await r._card(link, r._make_csr, link, model, ks, op, codes)
             return {f"csr_{ks.name}": _b64(csr), f"pop_{ks.name}": _b64(pop)}
         if name == "renew":
             cert, _chain = await r._renew(op, ks, resumed=resumed)
             return {f"cert_{ks.name}": _b64(cert)}   # the chain is the CA's, the same for every card: not journaled
         if name == "write-cert":
-            await card("card", r._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
+            await r._card(link, r._admin_then, link, model, link.issuer.write_ef, ks.spare_cert_path,
                        _unb64(op.data[f"cert_{ks.name}"]))
             return {}
         if name == "verify":
-            return {"test_signatures": await card("card", r._verify, link, model, op, codes)}
+            return {"test_signatures": await r._card(link, r._verify, link, model, op, codes)}
         if name == "switch":
-            await card("card", r._switch, link, model, op)
+            await r._card(link, r._switch, link, model, op)
             return {}
         if name == "cleanup":
-            await card("card", r._cleanup, link, model, op)
+            await r._card(link, r._cleanup, link, model, op)
             return {}
         if name == "unmark":
-            await card("card", r._admin_then, link, model, link.cns.update_binary,
+            await r._card(link, r._admin_then, link, model, link.cns.update_binary,
                        model.paths.renewal_marker, bytes(op.data["marker_size"]))
             return {}
         if name == "revoke-superseded":
@@ -605,15 +610,15 @@ class _Actions:
 
     async def undo(self, step: str, op: Operation) -> None:
         """Back to the old keyset: spare slots emptied, marker cleared (each idempotent)."""
-        link, model, card = self.link, self.model, self.r._timed
+        link, model, card = self.link, self.model, self.r._card
         name, _, ks_name = step.partition(":")
         ks = model.keyset(ks_name) if ks_name else None
         if name == "generate-key":
-            await card("card", self.r._admin_then, link, model, link.issuer.erase_key, ks.spare_key_ref)
+            await card(link, self.r._admin_then, link, model, link.issuer.erase_key, ks.spare_key_ref)
         elif name == "write-cert":
-            await card("card", self.r._admin_then, link, model, link.issuer.delete_ef, ks.spare_cert_path)
+            await card(link, self.r._admin_then, link, model, link.issuer.delete_ef, ks.spare_cert_path)
         elif name == "mark":
-            await card("card", self._clear_marker)
+            await card(link, self._clear_marker)
 
     def _clear_marker(self) -> None:
         size = len(self.link.cns.read_file(self.model.paths.renewal_marker))

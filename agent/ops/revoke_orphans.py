@@ -94,8 +94,8 @@ def change_request_id(source: str) -> str:
 
 def _ref_of(resp) -> tuple[str, str]:
     """Issuer DN and serial of an issued request (from its certificate reference, else its certificate)."""
-    ref = getattr(resp, "certificate", None)
-    if ref is not None and ref.issuer_dn and ref.serial_hex:
+    ref = resp.certificate
+    if ref.issuer_dn and ref.serial_hex:
         return ref.issuer_dn, ref.serial_hex.upper()
     cert = x509.load_der_x509_certificate(resp.certificate_der)
     return cert.issuer.rfc4514_string(), format(cert.serial_number, "X")

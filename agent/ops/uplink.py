@@ -5,9 +5,11 @@ Operations receive an ``Uplink`` (``agent.app`` builds it once: the gRPC uplink
 in-memory uplink over a real broker in tests, ``tests/support/uplink.py``) and
 never build one. Method names are the ones the operations call.
 
-Answers are records read by attribute; their shapes are the ``*Answer``
-protocols below (the gRPC uplink's messages have them; an in-memory uplink
-returns plain records with the same attributes).
+Answers are the domain records below (frozen dataclasses: ``RequestRecord``,
+``CAStatusRecord``, ``RegistrationRecord``, ``CertificateStatusRecord``,
+``FoundCertificates``), never protobuf messages: the gRPC uplinks convert their
+messages in ``agent.uplink.records``, the in-memory uplink builds the same
+records from the broker's.
 
 Errors are classified once, by the uplink, with ``is_refusal(code)``:
 ``UplinkError`` with ``code`` when the personalizer refused (a code of
@@ -20,58 +22,135 @@ Imports ``agent.ops.errors`` only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
 
-__all__ = ["Uplink", "RequestAnswer", "CAStatusAnswer", "REFUSED_CODES", "is_refusal", "refused", "UplinkError",
+__all__ = ["Uplink", "RequestRecord", "RequestErrorRecord", "CertificateRef", "CAStatusRecord", "RegisteredHolder",
+           "RegistrationRecord", "CertificateStatusRecord", "FoundCertificate", "FoundCertificates", "REFUSED_CODES", "is_refusal", "refused", "UplinkError",
            "UplinkUnavailable"]
 
 
-class RequestError(Protocol):
-    code: str
-    message: str
+@dataclass(frozen=True)
+class RequestErrorRecord:
+    """Why a request failed (set when its state is FAILED)."""
+    code: str = ""
+    field: str = ""
+    message: str = ""
 
 
-class RequestAnswer(Protocol):
+@dataclass(frozen=True)
+class CertificateRef:
+    issuer_dn: str = ""
+    serial_hex: str = ""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
     """A certificate request's state (``cns_spec.requests`` codes) and, once issued, its certificate."""
     request_id: str
     state: int
-    certificate_der: bytes
-    chain_der: Any            # sequence of DER certificates
-    error: RequestError
+    certificate_der: bytes = b""
+    chain_der: tuple[bytes, ...] = ()          # issuing CA first, root last
+    error: RequestErrorRecord = field(default_factory=RequestErrorRecord)
+    certificate: CertificateRef = field(default_factory=CertificateRef)
+    kind: str = ""                             # issue, renew, suspend, reactivate, revoke
+    attempts: int = 0
+    waiting_reason: str = ""                   # why it waits ("outside the service window", ...)
 
 
-class CAStatusAnswer(Protocol):
+@dataclass(frozen=True)
+class CertificateStatusRecord:
+    """A certificate's status (cns.v1.CertificateStatus codes: 1 active, 2 suspended, 3 revoked, 4 expired;
+    times in seconds since the epoch) and, for a status change, the change request and its state."""
+    certificate: CertificateRef = field(default_factory=CertificateRef)
+    status: int = 0
+    not_before: int = 0
+    not_after: int = 0
+    revocation_reason: str = ""
+    revoked_at: int = 0
+    request_id: str = ""
+    change_request_id: str = ""
+    change_state: int = 0
+
+
+@dataclass(frozen=True)
+class FoundCertificate:
+    """One certificate the personalizer issued (``find_certificates``); ``profile``: cns.v1.CAProfile code."""
+    status: CertificateStatusRecord = field(default_factory=CertificateStatusRecord)
+    profile: int = 0
+    card_id: str = ""
+    codice_fiscale: str = ""
+    subject: str = ""
+    chamber_code: str = ""
+
+
+@dataclass(frozen=True)
+class FoundCertificates:
+    certificates: tuple[FoundCertificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class CAStatusRecord:
+    """What GetCAStatus says the operations need: whether the CA answers now, and if not why and until when
+    (seconds since the epoch, 0: unknown), and the issuing chain."""
     operational: bool
-    service_window_open: bool
-    in_maintenance: bool
-    detail: str
+    detail: str = ""
+    service_window_open: bool = True
+    in_maintenance: bool = False
+    reactivation_at: int = 0
+    service_window_changes_at: int = 0
+    chain_der: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegisteredHolder:
+    codice_fiscale: str = ""
+    given_name: str = ""
+    surname: str = ""
+    birth_date: str = ""
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    """A holder registered by the chamber's IR (deferred issuance)."""
+    registration_id: str
+    state: str                                 # open, used, expired, cancelled
+    holder: RegisteredHolder = field(default_factory=RegisteredHolder)
+    sex: str = ""
+    birth_town: str = ""
+    card_id: str = ""                          # the card it issued, once used
+    expires_at: int = 0
+    used_by: str = ""                          # once used: the station's identity, the operator, the request
+    used_operator_id: str = ""
+    request_id: str = ""
 
 
 @runtime_checkable
 class Uplink(Protocol):
     async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict, card_id: str,
                            model: str, requester: dict, ef_dati_personali: bytes = b"",
-                           registration_id: str = "") -> RequestAnswer: ...
+                           registration_id: str = "") -> RequestRecord: ...
 
     async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
-                    proof_of_possession: bytes, requester: dict) -> RequestAnswer: ...
+                    proof_of_possession: bytes, requester: dict) -> RequestRecord: ...
 
-    async def get_request(self, request_id: str) -> RequestAnswer: ...
+    async def get_request(self, request_id: str) -> RequestRecord: ...
 
-    def watch_request(self, request_id: str) -> AsyncIterator[RequestAnswer]: ...
+    def watch_request(self, request_id: str) -> AsyncIterator[RequestRecord]: ...
 
-    async def get_registration(self, registration_id: str) -> Any: ...
+    async def get_registration(self, registration_id: str) -> RegistrationRecord: ...
 
-    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = "") -> Any: ...
+    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "",
+                                 request_id: str = "") -> CertificateStatusRecord: ...
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
-                            requester: dict, reason: str = "") -> Any: ...
+                            requester: dict, reason: str = "") -> CertificateStatusRecord: ...
 
-    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = "") -> Any: ...
+    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = "") -> FoundCertificates: ...
 
-    async def ca_status(self) -> CAStatusAnswer: ...
+    async def ca_status(self) -> CAStatusRecord: ...
 
     def card_admin(self, kind: str, requester: dict) -> Any:
         """A ``agent.card.issuer.CardAuthenticator`` for one operation of ``kind`` (issue 12): the card's
@@ -95,5 +174,7 @@ def is_refusal(code: str) -> bool:
 
 
 def refused(exc: BaseException) -> bool:
-    """The personalizer answered and said no (as opposed to: could not be reached, or not now)."""
-    return isinstance(exc, UplinkError) and not isinstance(exc, UplinkUnavailable)
+    """The personalizer answered and said no, with a refusal's code (as opposed to: could not be reached,
+    not now, or an ``UplinkError`` without a code such as an unreadable client key, which a retry after
+    the fix cures)."""
+    return isinstance(exc, UplinkError) and not isinstance(exc, UplinkUnavailable) and is_refusal(exc.code or "")

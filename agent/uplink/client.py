@@ -13,8 +13,11 @@ a refused client certificate, nothing listening). One instance owns one
 long-lived channel (the composition root builds one for the agent's life);
 ``close()`` closes it.
 
-Outbound only: nothing here listens. Imports ``proto``, ``station_config``, ``agent.ops.errors`` and
-``agent.ops.uplink``;
+Every call answers with the domain records of ``agent.ops.uplink`` (converted once, in
+``agent.uplink.records``), never a protobuf message.
+
+Outbound only: nothing here listens. Imports ``proto``, ``station_config``, ``agent.ops.errors``,
+``agent.ops.uplink`` and ``agent.uplink.records``;
 never ``personalizer``.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
 from agent.ops.uplink import is_refusal
+from agent.uplink import records
 from cns_spec import profiles
 from proto.cns.v1 import common_pb2, personalizer_pb2, personalizer_pb2_grpc
 from proto.cns.v1 import registrations_pb2, registrations_pb2_grpc
@@ -113,16 +117,16 @@ class PersonalizerClient:
             holder=common_pb2.Holder(**holder), card=common_pb2.Card(card_id=card_id, model=model),
             requester=common_pb2.Requester(**requester), ef_dati_personali=ef_dati_personali,
             registration_id=registration_id)
-        return await self._call("SubmitIssue", req, f"issue request {request_id}")
+        return records.request(await self._call("SubmitIssue", req, f"issue request {request_id}"))
 
     async def get_registration(self, registration_id: str):
         """A holder registered by the chamber's IR (deferred issuance): its data, state and expiry."""
-        return await self._call("GetRegistration", registrations_pb2.GetRegistrationRequest(
-            registration_id=registration_id), f"registration {registration_id}", registrations=True)
+        return records.registration(await self._call("GetRegistration", registrations_pb2.GetRegistrationRequest(
+            registration_id=registration_id), f"registration {registration_id}", registrations=True))
 
     async def get_request(self, request_id: str):
-        return await self._call("GetRequest", personalizer_pb2.GetRequestRequest(
-            request_id=request_id, requester=self.reader), f"request {request_id}")
+        return records.request(await self._call("GetRequest", personalizer_pb2.GetRequestRequest(
+            request_id=request_id, requester=self.reader), f"request {request_id}"))
 
     async def watch_request(self, request_id: str) -> AsyncIterator:
         """Server stream of a request's states until a terminal one."""
@@ -131,7 +135,7 @@ class PersonalizerClient:
         try:
             async for update in self._stub.WatchRequest(personalizer_pb2.GetRequestRequest(
                     request_id=request_id, requester=self.reader), timeout=None):
-                yield update
+                yield records.request(update)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"watching request {request_id}", self.cfg, self._dr) from exc
 
@@ -143,7 +147,7 @@ class PersonalizerClient:
             request_id=request_id, profile=PROFILES[profile], csr_der=csr_der,
             current_certificate_der=current_certificate_der, proof_of_possession=proof_of_possession,
             requester=common_pb2.Requester(**requester))
-        return await self._call("Renew", req, f"renew request {request_id}")
+        return records.request(await self._call("Renew", req, f"renew request {request_id}"))
 
     async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = ""):
         """Status of a certificate, named by issuer and serial (hex) or by the request that issued it."""
@@ -153,7 +157,8 @@ class PersonalizerClient:
             req = personalizer_pb2.GetCertificateStatusRequest(
                 certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()),
                 requester=self.reader)
-        return await self._call("GetCertificateStatus", req, f"status of {serial_hex or request_id}")
+        return records.certificate_status(await self._call("GetCertificateStatus", req,
+                                                           f"status of {serial_hex or request_id}"))
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
                             requester: dict, reason: str = ""):
@@ -164,15 +169,15 @@ class PersonalizerClient:
         req = personalizer_pb2.ChangeStatusRequest(
             request_id=request_id, reason=reason, requester=common_pb2.Requester(**requester),
             certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper()))
-        return await self._call(method, req, f"{action} {serial_hex}")
+        return records.certificate_status(await self._call(method, req, f"{action} {serial_hex}"))
 
     async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = ""):
         """Every certificate issued for a card and/or a holder (this chamber's), oldest first."""
         req = personalizer_pb2.FindCertificatesRequest(card_id=card_id, codice_fiscale=codice_fiscale)
-        return await self._call("FindCertificates", req, f"certificates of {card_id or codice_fiscale}")
+        return records.found(await self._call("FindCertificates", req, f"certificates of {card_id or codice_fiscale}"))
 
     async def ca_status(self):
-        return await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status")
+        return records.ca_status(await self._call("GetCAStatus", personalizer_pb2.GetCAStatusRequest(), "CA status"))
 
     def card_admin(self, kind: str, requester: dict):
         """The card's issuer challenges relayed to the personalizer's CardAdmin service on this channel

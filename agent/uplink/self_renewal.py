@@ -15,7 +15,8 @@ request only to its holder): the uplink keeps the certificates it was given
 Errors translate like ``client.PersonalizerClient``'s: UNAVAILABLE and
 DEADLINE_EXCEEDED → ``UplinkUnavailable`` (the journaled operation stays
 resumable), anything else → ``UplinkError`` with the server's message.
-Outbound only. Imports grpc, ``proto`` and ``agent.ops.errors``; never ``personalizer``.
+Answers are ``agent.ops.uplink``'s records (``agent.uplink.records``), as the operator's uplink gives.
+Outbound only. Imports grpc, ``proto``, ``agent.ops.errors`` and ``agent.uplink``; never ``personalizer``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import AsyncIterator
 import grpc
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
+from agent.uplink import records
 from agent.uplink.client import PROFILES, TRANSIENT
 from proto.cns.v1 import common_pb2, self_renewal_pb2 as spb, self_renewal_pb2_grpc as spb_grpc
 
@@ -77,10 +79,10 @@ class HolderUplink:
                     proof_of_possession: bytes, requester: dict | None = None):
         """``requester`` is ignored: the personalizer takes the holder from the certificate."""
         self._learn(current_certificate_der)
-        return await self._call("SelfRenew", spb.SelfRenewRequest(
+        return records.request(await self._call("SelfRenew", spb.SelfRenewRequest(
             request_id=request_id, profile=PROFILES[profile], csr_der=csr_der,
             current_certificate_der=current_certificate_der, proof_of_possession=proof_of_possession),
-            f"self-renewal request {request_id}")
+            f"self-renewal request {request_id}"))
 
     def _ref(self, request_id: str) -> spb.SelfRequestRef:
         if not self._certs:
@@ -89,7 +91,7 @@ class HolderUplink:
         return spb.SelfRequestRef(request_id=request_id, current_certificate_der=self._certs[0])
 
     async def get_request(self, request_id: str):
-        return await self._call("GetRequest", self._ref(request_id), f"request {request_id}")
+        return records.request(await self._call("GetRequest", self._ref(request_id), f"request {request_id}"))
 
     async def watch_request(self, request_id: str) -> AsyncIterator:
         ref = self._ref(request_id)
@@ -97,7 +99,7 @@ class HolderUplink:
             self._connect()
         try:
             async for update in self._stub.WatchRequest(ref, timeout=None):
-                yield update
+                yield records.request(update)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"watching request {request_id}", self.endpoint) from exc
 
@@ -105,18 +107,18 @@ class HolderUplink:
         if request_id:
             resp = await self.get_request(request_id)
             issuer_dn, serial_hex = resp.certificate.issuer_dn, resp.certificate.serial_hex
-        return await self._call("GetCertificateStatus", common_pb2.CertificateRef(
-            issuer_dn=issuer_dn, serial_hex=serial_hex.upper()), f"status of {serial_hex}")
+        return records.certificate_status(await self._call("GetCertificateStatus", common_pb2.CertificateRef(
+            issuer_dn=issuer_dn, serial_hex=serial_hex.upper()), f"status of {serial_hex}"))
 
     async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
                             requester: dict | None = None, reason: str = ""):
         """Only the renewal's own revocations (superseded, or an undone renewal's certificates)."""
         if action != "revoke":
             raise UplinkError(f"a holder cannot {action} a certificate; ask the chamber", code="PERMISSION_DENIED")
-        return await self._call("RevokeOwn", spb.SelfRevokeRequest(
+        return records.certificate_status(await self._call("RevokeOwn", spb.SelfRevokeRequest(
             request_id=request_id, reason=reason,
             certificate=common_pb2.CertificateRef(issuer_dn=issuer_dn, serial_hex=serial_hex.upper())),
-            f"revoke {serial_hex}")
+            f"revoke {serial_hex}"))
 
 
 def _translate(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> UplinkError:

@@ -5,8 +5,8 @@ by calling the broker as the gRPC edge does (``personalizer.edge.service``), in 
 same event loop: requests are validated, journaled in the store and delivered to
 the CA by the relay exactly as in the daemon. What it leaves out is the wire:
 TLS, the caller's certificate and the chamber check of the edge (the requester
-is trusted as given). Answers are plain records with the attributes of the
-``*Answer`` protocols; a ``PersonalizerError`` is classified with
+is trusted as given). Answers are the domain records of ``agent.ops.uplink``
+(``RequestRecord``, ``CAStatusRecord``), the same the gRPC uplink returns; a ``PersonalizerError`` is classified with
 ``agent.ops.uplink.is_refusal`` into ``UplinkError`` / ``UplinkUnavailable``,
 as the gRPC uplink classifies the status it carries.
 
@@ -16,49 +16,21 @@ a test needs them. Tests may import agent and personalizer both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
-from agent.ops.uplink import is_refusal
+from agent.ops.uplink import CAStatusRecord, CertificateRef, RequestErrorRecord, RequestRecord, is_refusal
 from cns_spec import requests
 from personalizer.errors import PersonalizerError
 from personalizer.outbox.broker import Broker, IssueInput, RenewInput
 
 
-@dataclass(frozen=True)
-class ErrorRecord:
-    code: str = ""
-    field: str = ""
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class RequestRecordAnswer:
-    request_id: str
-    state: int
-    certificate_der: bytes = b""
-    chain_der: tuple[bytes, ...] = ()
-    error: ErrorRecord = field(default_factory=ErrorRecord)
-    kind: str = ""
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
-class CAStatusRecord:
-    operational: bool
-    detail: str
-    service_window_open: bool = True
-    in_maintenance: bool = False
-    reactivation_at: int = 0
-    service_window_changes_at: int = 0
-
-
-def _answer(rec) -> RequestRecordAnswer:
-    return RequestRecordAnswer(request_id=rec.request_id, state=requests.CODES[rec.state],
-                               certificate_der=rec.certificate_der or b"", chain_der=tuple(rec.chain_der),
-                               error=ErrorRecord(rec.error_code or "", rec.error_field or "", rec.error_message or ""),
-                               kind=rec.kind, attempts=rec.attempts)
+def _answer(rec) -> RequestRecord:
+    return RequestRecord(request_id=rec.request_id, state=requests.CODES[rec.state],
+                         certificate_der=rec.certificate_der or b"", chain_der=tuple(rec.chain_der),
+                         error=RequestErrorRecord(rec.error_code or "", rec.error_field or "", rec.error_message or ""),
+                         certificate=CertificateRef(rec.issuer_dn or "", (rec.serial_hex or "").upper()),
+                         kind=rec.kind, attempts=rec.attempts)
 
 
 def _classified(exc: PersonalizerError, what: str) -> UplinkError:
@@ -82,7 +54,7 @@ class InMemoryUplink:
 
     async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict, card_id: str,
                            model: str, requester: dict, ef_dati_personali: bytes = b"",
-                           registration_id: str = "") -> RequestRecordAnswer:
+                           registration_id: str = "") -> RequestRecord:
         inp = IssueInput(request_id=request_id, profile=profile, csr_der=csr_der,
                          codice_fiscale=holder.get("codice_fiscale", ""), given_name=holder.get("given_name", ""),
                          surname=holder.get("surname", ""), birth_date=holder.get("birth_date", ""),
@@ -93,7 +65,7 @@ class InMemoryUplink:
                                       self.broker.submit_issue(inp, actor=self.actor)))
 
     async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
-                    proof_of_possession: bytes, requester: dict) -> RequestRecordAnswer:
+                    proof_of_possession: bytes, requester: dict) -> RequestRecord:
         inp = RenewInput(request_id=request_id, profile=profile, csr_der=csr_der,
                          current_certificate_der=current_certificate_der, proof_of_possession=proof_of_possession,
                          station_id=requester.get("station_id", ""), chamber_code=requester.get("chamber_code", ""),
@@ -101,10 +73,10 @@ class InMemoryUplink:
         return _answer(await self._do("renew", f"renew request {request_id}",
                                       self.broker.submit_renew(inp, actor=self.actor)))
 
-    async def get_request(self, request_id: str) -> RequestRecordAnswer:
+    async def get_request(self, request_id: str) -> RequestRecord:
         return _answer(await self._do("get_request", f"request {request_id}", self.broker.get(request_id)))
 
-    async def watch_request(self, request_id: str) -> AsyncIterator[RequestRecordAnswer]:
+    async def watch_request(self, request_id: str) -> AsyncIterator[RequestRecord]:
         self.calls.append("watch_request")
         try:
             async for rec in self.broker.watch(request_id):
