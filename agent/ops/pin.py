@@ -26,6 +26,7 @@ worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -166,9 +167,19 @@ class _Card:
     cns: CnsSession
     serial: str
     model: Any
+    device: Any = None   # the transport connect() returned: its transaction() holds the card for one step
+
+    def held(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` inside the device's PC/SC transaction (no other client's APDU lands in between); a no-op for a
+        transport without one. Call the result in the card worker thread."""
+        def run(*args):
+            begin = getattr(self.device, "transaction", None)
+            with (begin() if begin is not None else contextlib.nullcontext()):
+                return fn(*args)
+        return run
 
     def state(self) -> PinState:
-        return read_state(self.cns, self.model, self.serial)
+        return self.held(lambda: read_state(self.cns, self.model, self.serial))()
 
 
 class PinManager:
@@ -183,7 +194,9 @@ class PinManager:
             link = connect()
             cns = CnsSession(link, model)
             try:
-                return _Card(cns, cns.read_serial(), model), link
+                card = _Card(cns, "", model, link)
+                card.serial = card.held(cns.read_serial)()
+                return card, link
             except Exception:
                 _close(link)
                 raise
@@ -266,10 +279,10 @@ class PinManager:
         return after
 
     @staticmethod
-    async def _has(card: _Card, name: str, pin: str) -> bool:
+    def _has(card: _Card, name: str, pin: str) -> bool:
         """Whether ``pin`` is the keyset's PIN now (a wrong guess costs a try; a right one restores them)."""
         try:
-            await asyncio.to_thread(card.cns.verify_pin, pin, name)
+            card.cns.verify_pin(pin, name)
             return True
         except WrongPinError:
             return False
@@ -284,13 +297,17 @@ class _PinSteps:
 
     async def forward(self, step: str, op: Operation, resumed: bool) -> dict[str, Any]:
         self.at = name = step.partition(":")[2]
-        if self.kind == KIND_CHANGE:
-            # done, or begun when the card was pulled: the new PIN may be set already
-            if resumed and await self.manager._has(self.card, name, self.new):
-                return {}
-            await asyncio.to_thread(self.card.cns.change_pin, self.code, self.new, name)
-        else:   # an unblock is simply repeated: the PUK resets the keyset again
-            await asyncio.to_thread(self.card.cns.unblock_pin, self.code, self.new, name)
+        card = self.card
+
+        def work() -> None:   # one step, one PC/SC transaction
+            if self.kind == KIND_CHANGE:
+                # done, or begun when the card was pulled: the new PIN may be set already
+                if resumed and self.manager._has(card, name, self.new):
+                    return
+                card.cns.change_pin(self.code, self.new, name)
+            else:   # an unblock is simply repeated: the PUK resets the keyset again
+                card.cns.unblock_pin(self.code, self.new, name)
+        await asyncio.to_thread(card.held(work))
         return {}
 
 

@@ -26,6 +26,7 @@ from agent.devices.pcsc import PcscLink
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from firmware_profiles import load_models
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
@@ -132,7 +133,7 @@ async def _personalize(deployment, tmp_path, card: LoggedCard, uplink_around=lam
             return links[-1]
         try:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, on_step=card.on_step,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, watch_timeout_s=20)
+                             card_admin=SoftwareAuthenticator(MODEL), watch_timeout_s=20)
             return await p.start(connect=connect, reader=READER, model=MODEL, holder=HOLDER, codes=codes_for(MODEL))
         finally:
             for link in links:

@@ -19,6 +19,7 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.uplink import REFUSED_CODES
 from firmware_profiles import load_models
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
 from firmware_profiles.emulator import EmulatedCard
 from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
@@ -52,7 +53,7 @@ async def _personalize(deployment, tmp_path, card, error):
         journal = await Journal.open(tmp_path / "journal.db")
         try:
             p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
-                             admin_key_for=lambda m: m.dialect.admin_test_key, watch_timeout_s=5)
+                             card_admin=SoftwareAuthenticator(MODEL), watch_timeout_s=5)
             out = await p.start(connect=connect_to(card), reader="in-process", model=MODEL, holder=HOLDER,
                                 codes=codes_for(MODEL))
             return out, await journal.open_operations()
