@@ -3,7 +3,7 @@
 Kept in one place so the three spec files differ only in what the platform needs (an icon,
 a console flag, codesigning identity). Inside: the agent and the packages it imports
 (agent, proto, cns_spec, station_config, firmware_profiles minus its emulator), the card
-models (firmware_profiles/cards/*.toml), the distribution's metadata (for ``--version``),
+models (firmware_profiles/cards/*.toml) and token models (tokens/*.toml), the distribution's metadata (for ``--version``),
 and the third-party hooks of pyinstaller-hooks-contrib (grpcio, cryptography, pyscard).
 Names PyInstaller's spec globals (Analysis, PYZ, EXE) that the spec's namespace provides.
 """
@@ -16,13 +16,15 @@ ROOT = os.path.dirname(SPECPATH)  # noqa: F821 - provided by PyInstaller  # the 
 # the agent imports its command groups by name (agent.cli.COMMAND_MODULES): list every module
 OURS = ["agent", "proto", "cns_spec", "station_config"]
 hidden = [m for pkg in OURS for m in collect_submodules(pkg)]
-hidden += [m for m in collect_submodules("firmware_profiles") if not m.startswith("firmware_profiles.emulator")]
+hidden += [m for m in collect_submodules("firmware_profiles")
+           if not m.startswith(("firmware_profiles.emulator", "firmware_profiles.usbemu"))]
 
-datas = collect_data_files("firmware_profiles", includes=["cards/*.toml"])
+# the card models and the USB token models (the agent's USB backend finds tokens by their ids)
+datas = collect_data_files("firmware_profiles", includes=["cards/*.toml", "tokens/*.toml"])
 datas += copy_metadata("cns-devices")
 
 # never in the agent: the emulator (tests only), the personalizer and what only it uses
-EXCLUDES = ["firmware_profiles.emulator", "personalizer", "matplotlib", "reportlab", "tkinter",
+EXCLUDES = ["firmware_profiles.emulator", "firmware_profiles.usbemu", "personalizer", "matplotlib", "reportlab", "tkinter",
             "aiosqlite", "prometheus_client", "pytest"]
 
 
