@@ -400,6 +400,10 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                 problems.append({"trial": i, "kind": kind, "step": step, "problem": side + (f"; {why}" if why else "")})
             else:
                 ended[side] += 1
+                if side == "new":   # the personalizer superseded the old certificates: the next trial of this
+                    # card renews from its new ones (renewing the old snapshot again is refused, and the trials
+                    # would test that refusal instead of the renewal: 32 of 10,000 ended new before)
+                    cards[i % len(cards)] = (card, card.snapshot(), dict(op_certs))
                 if side == "new" and any(per_keyset.get(ks.name, 0) != 1 for ks in model.keysets):
                     duplicates += 1
                     problems.append({"trial": i, "kind": kind, "step": step,
