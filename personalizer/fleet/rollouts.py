@@ -81,12 +81,10 @@ class Rollouts:
 
     # -- reads ---------------------------------------------------------------------------------
     async def _one(self, sql, args):
-        async with self._db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await self.store._first(sql, args)   # one job each read: see SqliteFleetStore._rows
 
     async def _all(self, sql, args=()):
-        async with self._db.execute(sql, args) as cur:
-            return await cur.fetchall()
+        return await self.store._rows(sql, args)
 
     async def _row(self, rid: str):
         r = await self._one("SELECT rollout_id, spec, state, reason, created, updated FROM fleet_rollouts"

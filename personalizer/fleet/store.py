@@ -225,6 +225,16 @@ class SqliteFleetStore:
     async def close(self) -> None:
         await self._db.close()
 
+    # Each read is one aiosqlite job (execute_fetchall). Stepped in one job and fetched in the next,
+    # a write queued on this shared connection in between changed rows under the pending statement:
+    # SQLite then answered rows twice or a column as None (undefined for the same connection).
+    async def _rows(self, sql: str, args=()) -> list:
+        return list(await self._db.execute_fetchall(sql, args))
+
+    async def _first(self, sql: str, args=()):
+        rows = await self._rows(sql, args)
+        return rows[0] if rows else None
+
     async def _tx(self, statements: list[tuple[str, tuple]]) -> None:
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
@@ -274,11 +284,10 @@ class SqliteFleetStore:
         await self._tx(stmts)
 
     async def get_station(self, station) -> Station | None:
-        async with self._db.execute(
-                "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
-                " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
-                " FROM fleet_stations s WHERE s.station = ?", (station,)) as cur:
-            r = await cur.fetchone()
+        r = await self._first(
+            "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
+            " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+            " FROM fleet_stations s WHERE s.station = ?", (station,))
         return None if r is None else Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6],
                                               bool(r[7]), r[8])
 
@@ -310,8 +319,7 @@ class SqliteFleetStore:
     async def broadcast(self, q: Query, cmd: Command) -> list[Command]:
         """``cmd`` for every station matching ``q`` (paging ignored), in one transaction; the commands."""
         where, args = self._where(q, devices=False)
-        async with self._db.execute(f"SELECT s.station FROM fleet_stations s{where}", args) as cur:
-            stations = [r[0] for r in await cur.fetchall()]
+        stations = [r[0] for r in await self._rows(f"SELECT s.station FROM fleet_stations s{where}", args)]
         now = self._clock()
         cmds = [Command(**{**cmd.__dict__, "command_id": str(uuid.uuid4()), "station": st, "state": PENDING,
                            "created": now, "updated": now}) for st in stations]
@@ -325,18 +333,16 @@ class SqliteFleetStore:
                  " rollout_id, actor, created, updated")
 
     async def get_command(self, command_id) -> Command:
-        async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
-                                    (command_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?", (command_id,))
         if row is None:
             raise NotFound(f"no fleet command {command_id!r}")
         return Command(*row)
 
     async def open_commands(self, station) -> list[Command]:
         """Commands not yet acknowledged by the station (pending, or sent on a stream that may have broken)."""
-        async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE station = ? AND state IN"
-                                    " (?, ?) ORDER BY created", (station, PENDING, SENT)) as cur:
-            return [Command(*r) for r in await cur.fetchall()]
+        return [Command(*r) for r in await self._rows(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE"
+                                                      " station = ? AND state IN (?, ?) ORDER BY created",
+                                                      (station, PENDING, SENT))]
 
     async def mark_sent(self, command_ids) -> None:
         now = self._clock()
@@ -347,9 +353,8 @@ class SqliteFleetStore:
         """Move a command the agent reports on. NotFound unless it was sent to ``station``;
         FailedPrecondition when it is not in a state this report can follow (e.g. already finished)."""
         async with self._lock:
-            async with self._db.execute(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
-                                        (command_id,)) as cur:
-                row = await cur.fetchone()
+            row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
+                                    (command_id,))
             if row is None or row[1] != station:
                 raise NotFound(f"command {command_id!r} was not sent to this station")
             cmd = Command(*row)
@@ -404,8 +409,7 @@ class SqliteFleetStore:
         return (" WHERE " + " AND ".join(conds)) if conds else "", args
 
     async def _count(self, sql: str, args) -> int:
-        async with self._db.execute(f"SELECT COUNT(*) FROM ({sql})", args) as cur:
-            return (await cur.fetchone())[0]
+        return (await self._first(f"SELECT COUNT(*) FROM ({sql})", args))[0]
 
     async def list_stations(self, q: Query) -> Page:
         size, offset = _page_bounds(q)
@@ -414,18 +418,17 @@ class SqliteFleetStore:
                 " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
                 f" FROM fleet_stations s{where}")
         total = await self._count(base, args)
-        async with self._db.execute(base + " ORDER BY s.chamber, s.station_id LIMIT ? OFFSET ?",
-                                    (*args, size, offset)) as cur:
-            rows = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
-                    for r in await cur.fetchall()]
+        rows = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
+                for r in await self._rows(base + " ORDER BY s.chamber, s.station_id LIMIT ? OFFSET ?",
+                                          (*args, size, offset))]
         return Page(rows, _next(offset, size, len(rows), total), total)
 
     async def _certs(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Keyset, ...]]:
         out: dict[tuple[str, str], list[Keyset]] = {}
         for station, serial in keys:
-            async with self._db.execute("SELECT keyset, not_after FROM fleet_certificates WHERE station = ? AND"
-                                        " serial = ? ORDER BY keyset", (station, serial)) as cur:
-                out[(station, serial)] = [Keyset(*r) for r in await cur.fetchall()]
+            out[(station, serial)] = [Keyset(*r) for r in await self._rows(
+                "SELECT keyset, not_after FROM fleet_certificates WHERE station = ? AND serial = ? ORDER BY keyset",
+                (station, serial))]
         return {k: tuple(v) for k, v in out.items()}
 
     async def list_devices(self, q: Query) -> Page:
@@ -435,9 +438,8 @@ class SqliteFleetStore:
                 " d.token_release, d.reader, d.last_seen FROM fleet_devices d JOIN fleet_stations s"
                 f" ON s.station = d.station{where}")
         total = await self._count(base, args)
-        async with self._db.execute(base + " ORDER BY s.chamber, d.station, d.serial LIMIT ? OFFSET ?",
-                                    (*args, size, offset)) as cur:
-            raw = await cur.fetchall()
+        raw = await self._rows(base + " ORDER BY s.chamber, d.station, d.serial LIMIT ? OFFSET ?",
+                               (*args, size, offset))
         certs = await self._certs([(r[0], r[2]) for r in raw])
         rows = [DeviceRow(r[0], r[1], Device(serial=r[2], kind=r[3], model=r[4], firmware_version=r[5],
                                              partition_version=r[6], token_release=r[7], reader=r[8],
@@ -453,9 +455,8 @@ class SqliteFleetStore:
                 f" JOIN fleet_stations s ON s.station = c.station{where}")
         args = [*args, before]
         total = await self._count(base, args)
-        async with self._db.execute(base + " ORDER BY c.not_after, c.station, c.serial LIMIT ? OFFSET ?",
-                                    (*args, size, offset)) as cur:
-            rows = [ExpiringRow(*r) for r in await cur.fetchall()]
+        rows = [ExpiringRow(*r) for r in await self._rows(
+            base + " ORDER BY c.not_after, c.station, c.serial LIMIT ? OFFSET ?", (*args, size, offset))]
         return Page(rows, _next(offset, size, len(rows), total), total)
 
     async def audit(self, actor, action, outcome, detail) -> None:
@@ -464,7 +465,6 @@ class SqliteFleetStore:
                                    (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))
 
     async def audit_rows(self, limit=100) -> list[dict]:
-        async with self._db.execute("SELECT at, actor, action, outcome, detail FROM fleet_audit ORDER BY id DESC"
-                                    " LIMIT ?", (limit,)) as cur:
-            return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}
-                    for r in await cur.fetchall()]
+        return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}
+                for r in await self._rows("SELECT at, actor, action, outcome, detail FROM fleet_audit"
+                                          " ORDER BY id DESC LIMIT ?", (limit,))]
