@@ -9,6 +9,8 @@ Pure: standard library only, nothing of ours, no I/O.
 from __future__ import annotations
 
 DEFAULT_REASON = "unspecified"
+SUPERSEDED = "superseded"                       # a renewal replaced the certificate
+CESSATION_OF_OPERATION = "cessationOfOperation"  # an undone operation, a retired station or card
 
 # RFC 5280 CRLReason codes (value 7 is not used).
 CRL_REASON_CODES: dict[str, int] = {
@@ -37,4 +39,5 @@ def check_revocation_reason(reason: str) -> str:
     return reason
 
 
-__all__ = ["CRL_REASON_CODES", "DEFAULT_REASON", "REVOCATION_REASONS", "check_revocation_reason"]
+__all__ = ["CESSATION_OF_OPERATION", "CRL_REASON_CODES", "DEFAULT_REASON", "REVOCATION_REASONS", "SUPERSEDED",
+           "check_revocation_reason"]

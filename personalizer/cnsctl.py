@@ -40,6 +40,7 @@ from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from personalizer import cnsctl_cards, cnsctl_fleet, cnsctl_registration, cnsctl_release
+from cns_spec import reasons as spec_reasons
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -250,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "add":
             x.add_argument("--valid-hours", type=positive_int, default=None, help="how long the code may be used")
         else:
-            x.add_argument("--reason", default="cessationOfOperation",
-                           help="unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation")
+            x.add_argument("--reason", default=spec_reasons.CESSATION_OF_OPERATION,
+                           help=", ".join(spec_reasons.REVOCATION_REASONS))
         x.set_defaults(func=_station)
     snl = snsub.add_parser("list", help="stations, their state and newest certificate")
     snl.add_argument("--chamber", default="", help="only this chamber")

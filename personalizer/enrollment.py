@@ -39,6 +39,7 @@ from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, Pe
 from personalizer.edge.identity import ROLE_STATION, identity_uri
 from personalizer.store import AuditEntry, RequestStore
 from personalizer.edge import tls_clients
+from cns_spec import reasons as spec_reasons
 
 STATION_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 CHAMBER_RE = r"[A-Z]{2,4}"
@@ -238,14 +239,14 @@ class Enrollment:
         superseded = [s for s in await self.store.station_serials(chamber_code, station_id)
                       if s.lstrip("0") not in keep]
         for s in superseded:
-            tls_clients.revoke(self.client_crl, self.ca_cert, self._ca_key, int(s, 16), "superseded")
+            tls_clients.revoke(self.client_crl, self.ca_cert, self._ca_key, int(s, 16), spec_reasons.SUPERSEDED)
         await self.store.mark_station_certificates_revoked(superseded)
         return self._result(station_id, chamber_code, cert, serial)
 
     async def revoke(self, actor: str, station_id: str, chamber_code: str, reason: str = "") -> int:
         """Revoke every certificate of the station (client CRL first, then the store); how many were added."""
         _check_names(station_id, chamber_code)
-        reason = reason or "cessationOfOperation"
+        reason = reason or spec_reasons.CESSATION_OF_OPERATION
         if reason not in tls_clients.REASONS:
             raise InvalidRequest("reason", f"use one of {', '.join(tls_clients.REASONS)}")
         if await self.store.station_state(chamber_code, station_id) is None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from agent.card.datipersonali import DatiPersonaliError, PersonalData, serialize
 from cns_spec.holder import HolderDataError, check_holder as _check_holder_data
+from cns_spec import validity
 from cns_spec.text import TextPolicyError, check_text, normalize
 
 CODE_RE = re.compile(r"^[0-9]{8}$")
-MAX_VALIDITY_YEARS = 6              # the device's life (tender §5.1.6)
+MAX_VALIDITY_YEARS = validity.DEVICE_LIFE_YEARS   # the device's life (tender §5.1.6)
 
 
 class HolderFileError(ValueError):
@@ -43,7 +44,7 @@ class HolderRecord:
     sex: str = ""
     birth_town: str = ""            # a name (FORLÌ) or the cadastral code (D704), which is checked against the CF
     issuer: str = "CCIAA"
-    validity_years: int = 6         # the device's life (tender §5.1.6)
+    validity_years: int = validity.DEVICE_LIFE_YEARS   # the device's life (tender §5.1.6)
 
     def __post_init__(self) -> None:
         for name, value in check_holder(self).items():
@@ -52,10 +53,7 @@ class HolderRecord:
     def personal_data(self, today: _dt.date | None = None) -> PersonalData:
         """EF_DatiPersonali content for this holder, dates as the card keeps them (ddmmyyyy)."""
         today = today or _dt.date.today()
-        try:
-            expiry = today.replace(year=today.year + self.validity_years)
-        except ValueError:          # 29 February
-            expiry = today.replace(year=today.year + self.validity_years, day=28)
+        expiry = validity.add_years(today, self.validity_years)   # 29 February → 28 February
         birth = _dt.date.fromisoformat(self.birth_date)
         return PersonalData(issuer=self.issuer, issue_date=today.strftime("%d%m%Y"),
                             expiry_date=expiry.strftime("%d%m%Y"), surname=self.surname.upper(),

@@ -41,10 +41,11 @@ from dataclasses import asdict, dataclass
 from cryptography import x509
 
 from agent.ops.errors import UplinkError, UplinkUnavailable
+from cns_spec import reasons
 
 log = logging.getLogger("cns.agent.revoke_orphans")
 
-REASON = "cessationOfOperation"
+REASON = reasons.CESSATION_OF_OPERATION
 # cns.v1.RequestState / CertificateStatus values as the uplink returns them
 _RECEIVED, _PENDING, _ISSUED, _FAILED, _DONE, _CANCELLED = 1, 2, 3, 4, 5, 6
 _STATUS_REVOKED = 3

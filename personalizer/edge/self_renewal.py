@@ -42,6 +42,7 @@ from personalizer.ca.base import CertRef
 from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
 from personalizer.rules.lifecycle import holder_cf
+from cns_spec import reasons as spec_reasons
 from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
 from proto.cns.v1 import card_admin_pb2, self_renewal_pb2_grpc as srpb_grpc
 
@@ -125,7 +126,7 @@ class SelfRenewal:
             if not mine:
                 raise PermissionDenied(f"the certificate was not issued for card {card_serial}")
             info = mine[0].info
-            if info.state.value == "revoked" and info.revocation_reason != "superseded":
+            if info.state.value == "revoked" and info.revocation_reason != spec_reasons.SUPERSEDED:
                 raise FailedPrecondition("the certificate is revoked: this card cannot be renewed (ask your chamber)")
             return await card_admin.answer(actor=actor, station_id=STATION, chamber_code=chamber, operator_id=actor,
                                            serial=card_serial, model_id=card_model, challenge=challenge,
@@ -152,12 +153,12 @@ class SelfRenewal:
                 raise NotFound(f"no holder certificate {ref.serial_hex} from {ref.issuer_dn!r}")
             actor = HOLDER_PREFIX + row.holder_cf
             issuing = await self._broker.find_request(row.request_id)
-            if reason == "cessationOfOperation":
+            if reason == spec_reasons.CESSATION_OF_OPERATION:
                 if not (issuing and issuing.station_id == STATION and issuing.operator_id == actor
                         and request_id == f"undo-{row.request_id}"):
                     raise PermissionDenied("a holder revokes only a certificate their own self-renewal issued and "
                                            "undid; ask your chamber to revoke any other")
-            elif reason == "superseded":
+            elif reason == spec_reasons.SUPERSEDED:
                 others = [c for c in await self._broker.find_certificates(card_id=row.card_id)
                           if c.profile == row.profile and c.info.ref != ref]
                 ok = False

@@ -31,14 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from personalizer.errors import ConfigError, Unauthenticated
+from cns_spec import reasons as spec_reasons
 
 log = logging.getLogger(__name__)
 RELOAD_CHECK_SECONDS = 1.0
 CRL_VALIDITY = _dt.timedelta(days=365)
 MAX_CHAIN_CERTS = 4            # leaf + intermediates a client may present
-REASONS = {"unspecified": x509.ReasonFlags.unspecified, "keyCompromise": x509.ReasonFlags.key_compromise,
-           "affiliationChanged": x509.ReasonFlags.affiliation_changed, "superseded": x509.ReasonFlags.superseded,
-           "cessationOfOperation": x509.ReasonFlags.cessation_of_operation}
+# a station certificate may carry any permanent revocation reason (cns_spec's names are cryptography's values)
+REASONS = {name: x509.ReasonFlags(name) for name in spec_reasons.REVOCATION_REASONS}
 
 
 def _pem_certs(data: bytes) -> list[x509.Certificate]:
