@@ -102,13 +102,15 @@ class AgentClient:
         """Ask the running operation in ``reader`` to stop at its next safe point."""
         return self._call(self._stub.StopOperation, pb.StopOperationRequest(reader=reader, op_id=op_id))
 
-    def resolve(self, op_id: str, action: str, pin: str = "", timeout_s: float = 900.0) -> Iterator[pb.OperationProgress]:
+    def resolve(self, op_id: str, action: str, pin: str = "", timeout_s: float = 900.0, *, new_pin: str = "",
+                puk: str = "") -> Iterator[pb.OperationProgress]:
         """``finish`` or ``discard`` an open operation: progress messages, the last one carries the result."""
         if not self.socket_path.exists():
             raise AgentUnavailableError(f"no agent is running (no socket at {self.socket_path}); "
                                         "start one with `cns-agent run --config FILE`")
         try:
-            yield from self._stub.ResolveOperation(pb.ResolveOperationRequest(op_id=op_id, action=action, pin=pin),
+            yield from self._stub.ResolveOperation(pb.ResolveOperationRequest(op_id=op_id, action=action, pin=pin,
+                                                                             new_pin=new_pin, puk=puk),
                                                    timeout=timeout_s)
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc

@@ -20,6 +20,7 @@ from agent.ops.errors import OperationError, PreconditionError, UplinkUnavailabl
 from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import FAILED, Journal
 from agent.ops.personalize import describe_holder
+from agent.ops.pin import KIND_UNBLOCK, PinError, PinManager
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Operations:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {request.action!r}: finish or discard")
         op = await self.ops.journal.get(request.op_id)
         if op is None or op.state != "running":
-            pin_op = await self._resolve_pin(request.op_id, action, context)
+            pin_op = await self._resolve_pin(request, action, context)
             yield pb.OperationProgress(step="result", message=pin_op.state, result=pin_op)
             return
         reader = self._reader_of(op.card_serial) or op.reader
@@ -199,24 +200,66 @@ class Operations:
                 progress=progress)):
             yield message
 
-    async def _resolve_pin(self, op_id: str, action: str, context) -> pb.OperationResult:
+    async def _resolve_pin(self, request, action: str, context) -> pb.OperationResult:
+        """A PIN operation: ``finish`` runs it again with the codes given; ``discard`` of a PIN change that
+        touched the card sets the old PIN back (both codes needed), otherwise it is only closed (nothing to
+        undo: an unblock's keysets keep the new PIN, the old one was blocked)."""
+        from agent.api.lifecycle import PIN_JOURNAL, _grpc_code, _message
+        op_id = request.op_id
         pins = await self._pin_journal()
         op = await pins.get(op_id) if pins is not None else None
         try:
             if op is None or op.state != "running":
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no open operation {op_id} (see `cns-agent operations`)")
-            if action == "finish":
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"{op.kind} {op_id} is finished by running the same PIN command again with the "
-                                    f"same codes; or discard it (`cns-agent operations discard {op_id}`)")
-            done = [s for s in op.data.get("_done", [])]
-            await pins.finish(op, FAILED, error="discarded by the operator")
+            done = list(op.data.get("_done", []))
+            touched = done + ([op.step] if op.step and op.step_phase == "begun" and op.step not in done else [])
+            if action == "discard" and (not touched or op.kind == KIND_UNBLOCK):
+                await pins.finish(op, FAILED, error="discarded by the operator")
+                if not touched:
+                    msg = f"{op.kind} {op_id} discarded; it had not changed the card"
+                else:
+                    msg = (f"{op.kind} {op_id} discarded; an unblock cannot be undone (the old PIN was blocked): "
+                           f"{', '.join(s.partition(':')[2] for s in touched)} may have the new PIN already, the "
+                           "others are as they were (`cns-agent pin status`)")
+                return pb.OperationResult(op_id=op_id, card_serial=op.card_serial, state="undone", message=msg)
         finally:
             if pins is not None:
                 await pins.close()
-        msg = (f"{op.kind} {op_id} discarded; the card was not changed by this"
-               + (f" (already done on the card: {', '.join(done)})" if done else ""))
-        return pb.OperationResult(op_id=op_id, card_serial=op.card_serial, state="undone", message=msg)
+        wanted = ("puk", "new_pin") if op.kind == KIND_UNBLOCK else ("pin", "new_pin")
+        if not all(getattr(request, k) for k in wanted):
+            what = ("the PUK and the new PIN" if op.kind == KIND_UNBLOCK
+                    else "the PIN before the change and the new PIN")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{action} of {op.kind} {op_id} needs {what}: give them with --codes-file or "
+                                f"--codes-stdin, or run on a terminal to be asked")
+        reader = self._reader_of(op.card_serial) or op.reader
+        model, why = self._model_in(reader)
+        if model is None or self._reader_of(op.card_serial) != reader:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"operation {op_id} is for card {op.card_serial}: insert it in a reader "
+                                f"({why or 'not in any reader'})")
+        manager = PinManager(journal_path=self.ops.cfg.station.data_dir / PIN_JOURNAL,
+                             lock=self.ops.device_lock(reader))
+
+        def connect():
+            return self.connect(reader)
+        try:
+            if action == "finish" and op.kind == KIND_UNBLOCK:
+                await manager.unblock(connect=connect, reader=reader, model=model, puk=request.puk,
+                                      new=request.new_pin)
+                state, msg = "done", f"{op.kind} {op_id} finished: the PIN is unblocked and set on every keyset"
+            elif action == "finish":
+                await manager.change(connect=connect, reader=reader, model=model, old=request.pin,
+                                     new=request.new_pin)
+                state, msg = "done", f"{op.kind} {op_id} finished: the new PIN is set on every keyset"
+            else:
+                _, back = await manager.set_back(op_id=op_id, connect=connect, model=model, old=request.pin,
+                                                 new=request.new_pin)
+                state, msg = "undone", (f"{op.kind} {op_id} undone: the PIN before the change is set again"
+                                        + (f" on {', '.join(back)}" if back else "") + "; the card has one PIN")
+        except (PinError, CardError, OperationError) as exc:
+            await context.abort(_grpc_code(exc), _message(exc))
+        return pb.OperationResult(op_id=op_id, card_serial=op.card_serial, state=state, message=msg)
 
     def _reader_of(self, card_serial: str) -> str:
         _, readers = self.registry.snapshot()

@@ -37,8 +37,8 @@ import sys
 from pathlib import Path
 
 from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
-from agent.commands import (CommandError, add_socket_option, ask_personalization_codes, follow_operation,
-                            read_codes_file, socket_path)
+from agent.commands import (CommandError, add_socket_option, ask_code, ask_personalization_codes,
+                            follow_operation, read_codes_file, socket_path)
 from agent.ops.holder import HolderFileError, HolderRecord
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -61,8 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="list (default), finish ID or discard ID")
     o.add_argument("op_id", nargs="?", help="the operation id, as `cns-agent operations` lists it")
     og = o.add_mutually_exclusive_group()
-    og.add_argument("--codes-file", type=Path, help="finish: TOML file with the holder's pin, mode 0600")
-    og.add_argument("--codes-stdin", action="store_true", help="finish: read the PIN from standard input")
+    og.add_argument("--codes-file", type=Path, help="TOML file, mode 0600: finish: the holder's pin; a PIN "
+                    "change: pin (before) and new_pin; an unblock: puk and new_pin")
+    og.add_argument("--codes-stdin", action="store_true", help="read them from standard input, one per line, "
+                    "in that order")
     o.add_argument("--json", action="store_true")
     add_socket_option(o)
     o.set_defaults(func=operations)
@@ -156,13 +158,46 @@ def operations(args: argparse.Namespace) -> int:
     return 0
 
 
+# the codes a PIN operation's finish or discard needs, in --codes-stdin order (a device operation's
+# finish takes the holder's PIN only)
+PIN_OP_CODES = {("pin-change", "finish"): ("pin", "new_pin"), ("pin-change", "discard"): ("pin", "new_pin"),
+                ("pin-unblock", "finish"): ("puk", "new_pin")}
+PIN_OP_PROMPTS = {"pin": "PIN before the change: ", "new_pin": "New PIN (the one the operation sets): ",
+                  "puk": "PUK: "}
+
+
+def _resolve_codes(args: argparse.Namespace) -> dict[str, str]:
+    """The codes ``operations finish|discard ID`` needs: asked for by the operation's kind."""
+    with AgentClient(socket_path(args)) as client:
+        try:
+            listed = {o.op_id: o for o in client.operations().operations}
+        except (AgentUnavailableError, AgentCallError) as exc:
+            raise CommandError(str(exc)) from exc
+    op = listed.get(args.op_id)
+    wanted = PIN_OP_CODES.get((op.kind, args.action), ()) if op is not None and op.journal == "pin" else ()
+    if op is not None and op.journal == "pin" and op.kind == "pin-change" and args.action == "discard" \
+            and not op.step:
+        wanted = ()   # nothing was changed on the card: nothing to set back
+    if not wanted:
+        if args.action == "finish" and (args.codes_file or args.codes_stdin):
+            return {"pin": _codes(args)[0]}
+        return {}
+    if args.codes_file:
+        return read_codes_file(args.codes_file, wanted)
+    if args.codes_stdin:
+        lines = sys.stdin.read().split()
+        return {k: (lines[i] if len(lines) > i else "") for i, k in enumerate(wanted)}
+    if not sys.stdin.isatty():
+        raise CommandError(f"{args.action} of {op.kind} {op.op_id} needs codes ({', '.join(wanted)}): use "
+                           "--codes-file or --codes-stdin, or run on a terminal to be asked")
+    return {k: ask_code(PIN_OP_PROMPTS[k], new=k == "new_pin" and args.action == "finish") for k in wanted}
+
+
 def _resolve(args: argparse.Namespace) -> int:
     if not args.op_id:
         raise CommandError(f"give the operation id: `cns-agent operations {args.action} ID` "
                            "(ids from `cns-agent operations`)")
-    pin = ""
-    if args.action == "finish" and (args.codes_file or args.codes_stdin):
-        pin = _codes(args)[0]
+    codes = _resolve_codes(args)
     states: list[str] = []
 
     def recording(messages):
@@ -172,7 +207,9 @@ def _resolve(args: argparse.Namespace) -> int:
             yield msg
 
     with AgentClient(socket_path(args)) as client:
-        code = follow_operation(recording(client.resolve(args.op_id, args.action, pin)), args, args.action,
+        code = follow_operation(recording(client.resolve(args.op_id, args.action, codes.get("pin", ""),
+                                                         new_pin=codes.get("new_pin", ""), puk=codes.get("puk", ""))),
+                                args, args.action,
                                 lambda d: f"operation {d['op_id']} card {d['card_serial']}: {d['state']} "
                                           f"{d['message']}")
     # success is "done" for finish and "undone" for discard; "open" (still settling) is not

@@ -37,7 +37,7 @@ from agent.card.errors import PinBlockedError, PinNotSetError, WrongPinError
 from agent.card.transport import ApduTransport
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.engine import Engine, Plan, Step, actions
-from agent.ops.journal import DONE, FAILED, Journal, Operation
+from agent.ops.journal import DONE, FAILED, UNDONE, Journal, Operation
 
 log = logging.getLogger("cns.agent.pin")
 
@@ -277,6 +277,54 @@ class PinManager:
             f"; {after.message}" if after.message else "")
         log.info("card %s: %s done (%s)", card.serial, kind, after.summary())
         return after
+
+    async def set_back(self, *, op_id: str, connect: Callable[[], ApduTransport], model, old: str, new: str
+                       ) -> tuple[PinState, list[str]]:
+        """Undo an interrupted PIN change (``operations discard ID``): every keyset the change touched gets
+        ``old`` again, so the card has one PIN, the one it had before; the operation ends undone. A keyset
+        begun but never changed (pulled before the card ran the command) is checked with ``old`` instead.
+        Wrong codes: refused with the tries left, the operation stays open. The keysets set back."""
+        check_format(old, model.pin_policy, "PIN before the change")
+        check_format(new, model.pin_policy, "new PIN")
+        async with self.lock:
+            card, link = await self._open(connect, model)
+            journal = await Journal.open(self.journal_path)
+            try:
+                op = await journal.get(op_id)
+                if op is None or op.state != "running" or op.kind != KIND_CHANGE:
+                    raise PreconditionError(f"no open PIN change {op_id} (see `cns-agent operations`)")
+                if op.card_serial != card.serial:
+                    raise PreconditionError(f"{op_id} is for card {op.card_serial}, not the card {card.serial} "
+                                            "in this reader")
+                done = set(op.data.get("_done", []))
+                touched = [ks.name for ks in model.keysets if f"change:{ks.name}" in done
+                           or (op.step == f"change:{ks.name}" and op.step_phase == "begun")]
+                back: list[str] = []
+
+                def work() -> None:   # one PC/SC transaction for the whole undo
+                    for name in touched:
+                        try:
+                            card.cns.change_pin(new, old, name)
+                            back.append(name)
+                        except WrongPinError:
+                            if f"change:{name}" in done:
+                                raise   # changed for sure: the new PIN given is wrong
+                            card.cns.verify_pin(old, name)   # begun only: never changed (restores the tries)
+                try:
+                    await asyncio.to_thread(card.held(work))
+                except (WrongPinError, PinBlockedError) as exc:
+                    after = await asyncio.to_thread(card.state)
+                    if isinstance(exc, WrongPinError):
+                        raise WrongCodeError("PIN", exc.tries_left, after) from None
+                    raise CodeBlockedError("PIN", after, HINT_UNBLOCK) from None
+                await journal.finish(op, UNDONE, error="discarded by the operator: the PIN before the change is "
+                                                       "set again" + (f" on {', '.join(back)}" if back else ""))
+                after = await asyncio.to_thread(card.state)
+                log.info("card %s: pin-change %s set back (%s)", card.serial, op_id, ", ".join(back) or "nothing")
+                return after, back
+            finally:
+                await journal.close()
+                await asyncio.to_thread(_close, link)
 
     @staticmethod
     def _has(card: _Card, name: str, pin: str) -> bool:

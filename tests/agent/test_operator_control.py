@@ -181,3 +181,56 @@ def test_closed_ca_releases_the_card_then_operations_lists_and_discards(world, p
     for ks in MODEL.keysets:   # issued after the discard, revoked: no certificate outlives the undone card
         st = _status(station, f"pers-{result['op_id']}-{ks.name}")
         assert st.status == 3 and st.revocation_reason == "cessationOfOperation"
+
+
+def _pin_change_interrupted(pcscd, aenv, index: int):
+    """A card pulled by the card itself after CNS0's PIN changed, before CNS1's (vpcd reinserts it)."""
+    card = EmulatedCard(MODEL, faults=["drop:ins=24,nth=2"])
+    client = _insert(pcscd, index, card)
+    _wait(lambda: _seen(aenv, READERS[index]), 20, lambda: "the agent never saw the card")
+    pin, new = env.codes_for(MODEL).pin, "24681357"
+    r = _cli(aenv, "pin", "change", "--reader", READERS[index], "--codes-stdin", "--json", stdin=f"{pin}\n{new}\n")
+    assert r.returncode != 0 and "card removed" in r.stdout + r.stderr, r.stdout + r.stderr
+    _wait(lambda: _seen(aenv, READERS[index]), 20, lambda: "the card was not reinserted")
+    [op] = [o for o in json.loads(_cli(aenv, "operations", "--json").stdout) if o["card_serial"] == card.serial]
+    assert op["journal"] == "pin" and op["kind"] == "pin-change", op
+    return card, client, op, pin, new
+
+
+def _pins_are(card, value: str) -> None:
+    from agent.card.cns import CnsSession
+    from tests.support.emulated import EmulatedTransport
+    card.power_off()
+    card.power_on()
+    cns = CnsSession(EmulatedTransport(card), MODEL)
+    for ks in MODEL.keysets:
+        cns.verify_pin(value, ks.name)
+
+
+def test_an_interrupted_pin_change_is_listed_then_set_back_by_discard_or_finished(world, pcscd, agent_env):
+    """Issue 9 item 6 for PIN operations: `operations` lists the open PIN change; `discard` with the two
+    codes sets the old PIN back on the keyset already changed (one PIN on the card, not two); `finish`
+    with them completes it. Without the codes each says which it needs, and nothing changes."""
+    aenv = {k: v for k, v in agent_env.items() if not k.startswith("_")}
+    card, client, op, pin, new = _pin_change_interrupted(pcscd, aenv, 0)
+    other, other_client, other_op, _, _ = _pin_change_interrupted(pcscd, aenv, 1)
+    try:
+        bare = _cli(aenv, "operations", "discard", op["op_id"])
+        assert bare.returncode != 0 and "needs codes (pin, new_pin)" in bare.stderr, bare.stderr
+        wrong = _cli(aenv, "operations", "discard", op["op_id"], "--codes-stdin", stdin=f"{pin}\n11223344\n")
+        assert wrong.returncode != 0 and "2 tries left" in wrong.stderr and "11223344" not in wrong.stderr
+        d = _cli(aenv, "operations", "discard", op["op_id"], "--codes-stdin", "--json", stdin=f"{pin}\n{new}\n")
+        result = json.loads(d.stdout.splitlines()[-1])["result"]
+        assert d.returncode == 0 and result["state"] == "undone", d.stdout + d.stderr
+        assert "set again on CNS0" in result["message"] and "one PIN" in result["message"]
+        f = _cli(aenv, "operations", "finish", other_op["op_id"], "--codes-stdin", "--json", stdin=f"{pin}\n{new}\n")
+        assert f.returncode == 0 and json.loads(f.stdout.splitlines()[-1])["result"]["state"] == "done", f.stderr
+        assert json.loads(_cli(aenv, "operations", "--json").stdout) == []
+        status = json.loads(_cli(aenv, "pin", "status", "--reader", READERS[0], "--json").stdout)
+        assert status["pin_tries_left"] == 3 and "interrupted" not in status["message"], status
+    finally:
+        client.stop()
+        other_client.stop()
+        time.sleep(0.3)
+    _pins_are(card, pin)     # discarded: the PIN before the change, on both keysets
+    _pins_are(other, new)    # finished: the new PIN, on both keysets

@@ -129,3 +129,34 @@ def test_journal_never_holds_codes(manager, tmp_path):
     run(manager.unblock(connect=connect_to(card), reader="r", model=MODEL, puk=PUK, new=PIN))
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("pin-journal.db*"))
     assert raw and PIN.encode() not in raw and NEW.encode() not in raw and PUK.encode() not in raw
+
+
+@pytest.mark.parametrize("fault", ["drop:ins=24,nth=2", "drop:ins=24,nth=2,after=1"])
+def test_discarding_an_interrupted_change_sets_the_old_pin_back_on_every_keyset(fault, manager):
+    """Issue 9 item 6: discard undoes safely. Pulled after CNS0 was changed (and, with after=1, after CNS1
+    was changed but before its answer): the card ends with one PIN, the old one, and nothing open."""
+    card = EmulatedCard(MODEL, faults=[fault])
+    connect = connect_to(card)
+    with pytest.raises(CardRemovedError):
+        run(manager.change(connect=connect, reader="r", model=MODEL, old=PIN, new=NEW))
+    card.power_on()
+    [op] = run(_open_pin_ops(manager))
+    with pytest.raises(WrongCodeError) as ei:   # a mistyped new PIN: one try, the change stays open
+        run(manager.set_back(op_id=op.op_id, connect=connect, model=MODEL, old=PIN, new="11223344"))
+    assert ei.value.tries_left == 2 and "11223344" not in str(ei.value)
+    assert [o.op_id for o in run(_open_pin_ops(manager))] == [op.op_id]
+    state, back = run(manager.set_back(op_id=op.op_id, connect=connect, model=MODEL, old=PIN, new=NEW))
+    assert back == (["CNS0", "CNS1"] if "after" in fault else ["CNS0"])
+    assert state.pin_tries_left == 3 and not state.pin_blocked
+    pins_are(card, PIN)                      # one PIN again: the one before the change
+    assert run(_open_pin_ops(manager)) == []
+    assert "interrupted" not in run(manager.status(connect=connect, model=MODEL)).message
+
+
+async def _open_pin_ops(manager):
+    from agent.ops.journal import Journal
+    j = await Journal.open(manager.journal_path)
+    try:
+        return await j.open_operations()
+    finally:
+        await j.close()

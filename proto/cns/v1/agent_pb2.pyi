@@ -278,14 +278,18 @@ class StopOperationResponse(_message.Message):
     def __init__(self, stopping: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ResolveOperationRequest(_message.Message):
-    __slots__ = ("op_id", "action", "pin")
+    __slots__ = ("op_id", "action", "pin", "new_pin", "puk")
     OP_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
+    NEW_PIN_FIELD_NUMBER: _ClassVar[int]
+    PUK_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     action: str
     pin: str
-    def __init__(self, op_id: _Optional[str] = ..., action: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
+    new_pin: str
+    puk: str
+    def __init__(self, op_id: _Optional[str] = ..., action: _Optional[str] = ..., pin: _Optional[str] = ..., new_pin: _Optional[str] = ..., puk: _Optional[str] = ...) -> None: ...
 
 class ListOperationsResponse(_message.Message):
     __slots__ = ("operations",)
