@@ -350,7 +350,7 @@ class Relay:
             self._breaker_recorded += 1
 
     async def _reclaim_stale(self) -> None:
-        """Safety net: a row claimed (``sending``) longer than ``stale_claim_seconds`` ago that this relay
+        """Safety net: a row claimed (``sending``) and not renewed for ``stale_claim_seconds`` that this relay
         does not hold has lost its holder (a delivery task that died, a process gone): due again now.
         Checked at most every quarter of that bound, so a claim is reclaimed within 1.25 × the bound
         (+ one idle poll). The next attempt looks up the CA first (attempts > 1): never delivered twice."""
@@ -359,6 +359,9 @@ class Relay:
             return
         self._reclaimed_at = now
         held = sorted(set(self._inflight) | self._reserved)
+        # the lease: this relay's live claims are renewed every quarter bound, so another daemon on the same
+        # database never takes one back while its delivery runs (a slow CA call, a long retry lookup)
+        await self._store.renew_claims(self.claimer, held)
         n = await self._store.reclaim_stale(now - self._stale_claim_seconds, held,
                                             f"claim without a live delivery for {self._stale_claim_seconds:.0f} s")
         if n:

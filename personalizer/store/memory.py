@@ -287,6 +287,15 @@ class MemoryRequestStore:
                 n += 1
         return n
 
+    async def renew_claims(self, claimer: str, request_ids: list[str]) -> int:
+        self._wrote()
+        now, n, ids = self._clock(), 0, set(request_ids)
+        for o in self._outbox.values():
+            if o.status == OUTBOX_SENDING and o.claimed_by == claimer and o.request_id in ids:
+                o.updated_at = now
+                n += 1
+        return n
+
     async def release_claim(self, request_id: str, at: float, reason: str) -> None:
         self._wrote()
         now = self._clock()

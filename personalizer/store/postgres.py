@@ -77,6 +77,8 @@ Q_CLAIM_DUE = """WITH due AS (
 Q_NEXT_DUE = "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'retry') AND lane = ANY(%s)"
 Q_RECLAIM_STALE = """UPDATE outbox SET status = 'retry', next_attempt_at = %s, last_error = %s, updated_at = %s
     WHERE status = 'sending' AND updated_at < %s AND request_id <> ALL(%s)"""
+Q_RENEW_CLAIMS = """UPDATE outbox SET updated_at = %s WHERE status = 'sending' AND claimed_by = %s
+    AND request_id = ANY(%s)"""
 Q_RELEASE_CLAIM = pg(q.Q_RELEASE_CLAIM.replace("MAX(attempts - 1, 0)", "GREATEST(attempts - 1, 0)"))
 Q_INSERT_CERTIFICATE = pg(q.Q_INSERT_CERTIFICATE.replace("INSERT OR IGNORE", "INSERT")) + " ON CONFLICT DO NOTHING"
 Q_INSERT_MAINTENANCE = """INSERT INTO maintenance (id, starts_at, ends_at, reason, source) VALUES (%s, %s, %s, %s, %s)
@@ -258,6 +260,12 @@ class PostgresRequestStore:
     async def reclaim_stale(self, claimed_before: float, held: list[str], reason: str) -> int:
         now = self._clock()
         return (await self._exec([(Q_RECLAIM_STALE, (now, reason, now, claimed_before, list(held)))]))[0]
+
+    async def renew_claims(self, claimer: str, request_ids: list[str]) -> int:
+        if not request_ids:
+            return 0
+        now = self._clock()
+        return (await self._exec([(Q_RENEW_CLAIMS, (now, claimer, list(request_ids)))]))[0]
 
     async def release_claim(self, request_id: str, at: float, reason: str) -> None:
         now = self._clock()

@@ -86,6 +86,10 @@ class RequestStore(Protocol):
         """Sending rows last touched before ``claimed_before`` and not in ``held``: retry, due now,
         attempts kept (the next attempt looks the CA up first)."""
 
+    async def renew_claims(self, claimer: str, request_ids: list[str]) -> int:
+        """The lease of a live delivery: ``claimer``'s sending rows among ``request_ids`` are touched now, so
+        no relay's ``reclaim_stale`` takes them back while their holder is alive. How many were renewed."""
+
     async def release_claim(self, request_id: str, at: float, reason: str) -> None:
         """Give back a claim that never called the CA: one attempt fewer (queued again at 0 attempts, the
         request RECEIVED again), due at ``at``."""

@@ -254,6 +254,10 @@ Q_RESET_SENDING = """UPDATE outbox SET status = 'retry', next_attempt_at = ?, up
 # Stale claims (holder gone): due again now; attempts kept, so the next attempt looks up the CA first.
 Q_RECLAIM_STALE = """UPDATE outbox SET status = 'retry', next_attempt_at = ?, last_error = ?, updated_at = ?
     WHERE status = 'sending' AND updated_at < ? AND request_id NOT IN (SELECT value FROM json_each(?))"""
+# A live delivery renews its claim (a lease): another daemon's safety net never takes back a claim whose
+# holder is alive, however long its CA call takes.
+Q_RENEW_CLAIMS = """UPDATE outbox SET updated_at = ? WHERE status = 'sending' AND claimed_by = ?
+    AND request_id IN (SELECT value FROM json_each(?))"""
 # A claim given back before the CA was called: one attempt fewer, queued again if none is left.
 Q_RELEASE_CLAIM = """UPDATE outbox SET status = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'retry' END,
     attempts = MAX(attempts - 1, 0), next_attempt_at = ?, last_error = ?, updated_at = ?

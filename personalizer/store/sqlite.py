@@ -433,6 +433,13 @@ class SqliteRequestStore:
         now = self._clock()
         return (await self._write([(q.Q_RECLAIM_STALE, (now, reason, now, claimed_before, json.dumps(held)))]))[0]
 
+    async def renew_claims(self, claimer: str, request_ids: list[str]) -> int:
+        """``claimer``'s live claims among ``request_ids`` are touched now: not stale for another bound."""
+        if not request_ids:
+            return 0
+        now = self._clock()
+        return (await self._write([(q.Q_RENEW_CLAIMS, (now, claimer, json.dumps(list(request_ids))))]))[0]
+
     async def release_claim(self, request_id: str, at: float, reason: str) -> None:
         """Give back a claim whose delivery did not call the CA (breaker opened meanwhile)."""
         now = self._clock()

@@ -79,6 +79,40 @@ def test_a_claim_whose_holder_is_gone_is_reclaimed_within_the_bound_and_delivere
     run(go())
 
 
+def test_a_second_daemon_never_reclaims_a_claim_whose_delivery_is_still_running(make_env, monday_noon):
+    """Two relays on one database: A delivers a request for longer than the stale bound (a slow CA).
+    A renews its live claims, so B's safety net does not take the claim back and deliver it again
+    (before: B reclaimed it after 120 s and the CA got the request twice)."""
+    from personalizer.outbox.relay import Relay
+    clock = FakeClock(monday_noon)
+
+    async def go():
+        async with make_env(clock) as env:
+            env.ca.delay = 1.5   # A's delivery is in the CA meanwhile (real seconds; the clock is the test's)
+            b = Relay(store=env.store, ca=env.ca, calendar=env.relay.calendar, clock=clock, claimer="relay-b")
+            await env.relay.start()      # A runs as in the daemon: its loop goes on while deliveries wait
+            rec = await env.broker.submit_issue(issue_input())
+            rid = rec.request_id
+            for _ in range(50):
+                if env.ca.calls.get(rid):
+                    break
+                await asyncio.sleep(0.02)
+            assert env.relay.holds(rid) and env.ca.calls.get(rid) == 1
+            clock.advance(STALE_CLAIM_SECONDS * 1.25 + 1)
+            env.relay.wake()             # A's loop passes (as its idle poll would)
+            await asyncio.sleep(0.2)
+            await b.run_once()           # B: its safety net
+            for _ in range(200):
+                if (await env.store.get_request(rid)).state == "ISSUED" and not env.relay.holds(rid) \
+                        and not b.holds(rid):
+                    break
+                await asyncio.sleep(0.05)
+            got = await env.store.get_request(rid)
+            assert got.state == "ISSUED" and got.attempts == 1, got
+            assert env.ca.calls[rid] == 1, f"the CA got the request {env.ca.calls[rid]} times"
+    run(go())
+
+
 def test_queue_retry_takes_back_an_orphaned_claim_at_once(make_env, monday_noon):
     clock = FakeClock(monday_noon)
 

@@ -208,6 +208,24 @@ def test_reclaim_stale_takes_back_old_claims_no_live_delivery_holds(open_store, 
     run(go())
 
 
+def test_a_renewed_claim_is_not_stale_and_only_its_claimer_renews_it(open_store, clock):
+    async def go():
+        async with open_store() as store:
+            for rid in ("a", "b", "c"):
+                await put(store, rid)
+            await store.claim_due(clock(), (LANE_STANDARD,), 2, "A")          # a, b by A
+            await store.claim_due(clock(), (LANE_STANDARD,), 1, "B")          # c by B
+            clock.advance(200)
+            # A's lease covers a (its live delivery); B cannot renew A's b; c is B's but not named
+            assert await store.renew_claims("A", ["a"]) == 1
+            assert await store.renew_claims("B", ["b"]) == 0
+            assert await store.renew_claims("A", []) == 0
+            n = await store.reclaim_stale(clock() - 120, [], "claim without a live delivery")
+            assert n == 2
+            assert [(await store.get_request(r)).outbox_status for r in "abc"] == ["sending", "retry", "retry"]
+    run(go())
+
+
 def test_defer_moves_waiting_rows_only(open_store, clock):
     async def go():
         async with open_store() as store:
