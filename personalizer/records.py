@@ -27,6 +27,9 @@ STATE_DONE = requests.DONE
 STATE_FAILED = requests.FAILED
 STATE_CANCELLED = requests.CANCELLED
 TERMINAL_STATES = requests.TERMINAL
+# The requester's station_id of a holder's own request (self-renewal, revoking what it undid): the mode
+# "self-renewal" of the archive and the monthly report (issue 19); the edge sets it, reports read it.
+SELF_RENEWAL_STATION = "self-renewal"
 LANE_PRIORITY = "priority"
 LANE_STANDARD = "standard"
 LANES = (LANE_PRIORITY, LANE_STANDARD)

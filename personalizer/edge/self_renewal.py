@@ -41,13 +41,14 @@ from personalizer.outbox.broker import Broker, ChangeInput, RenewInput
 from personalizer.ca.base import CertRef
 from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
+from personalizer.records import SELF_RENEWAL_STATION
 from personalizer.rules.lifecycle import holder_cf
 from cns_spec import reasons as spec_reasons
 from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
 from proto.cns.v1 import card_admin_pb2, self_renewal_pb2_grpc as srpb_grpc
 
 MODE = "self-renewal"
-STATION = "self-renewal"          # the requester's station_id of a holder's request
+STATION = SELF_RENEWAL_STATION    # the requester's station_id of a holder's request
 OPERATION = "self-renew"          # audit operation of a refused self-renewal call
 HOLDER_PREFIX = "holder:"
 

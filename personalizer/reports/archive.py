@@ -10,8 +10,8 @@ archive.schema.json); ``write_archive`` writes the bundle atomically.
 
 A day with no completed operation, today or a later day, refuses with a clear message (nothing
 written) unless ``allow_empty`` (the daemon's daily task writes quiet days too).
-Mode is "immediate" for every operation today: deferred issuance and holder self-renewal
-(issue 19 items 1-2) will fill the column. Imports ``bundle``, ``outbox`` and cryptography.
+Mode (``bundle.mode_sql``): "deferred" for an issuance that completed a registration, "self-renewal"
+for a holder's own request, "immediate" for the rest. Imports ``bundle``, ``outbox`` and cryptography.
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ SCHEMA_FILE = "archive.schema.json"
 NAME_PATTERN = r"cns-archive-\d{4}-\d{2}-\d{2}"
 OPERATION = {"issue": "issuance", "renew": "renewal", "suspend": "suspension", "reactivate": "reactivation",
              "revoke": "revocation"}
-MODE_IMMEDIATE = "immediate"
 
 OPERATION_COLUMNS = ("completed_at", "accepted_at", "operation", "mode", "request_id", "chamber_code", "station_id",
                      "operators", "holder_cf", "holder_given_name", "holder_surname", "holder_birth_date",
@@ -46,7 +45,7 @@ LIST_COLUMNS = ("since", "certificate_issuer", "certificate_serial", "key_id", "
                 "device_serial", "chamber_code", "reason")
 
 Q_COMPLETED = """SELECT r.request_id, r.kind, r.profile, r.chamber_code, r.station_id, r.operator_id, r.issuer_dn,
-    r.serial_hex, r.created_at, r.updated_at, o.payload
+    r.serial_hex, r.created_at, r.updated_at, o.payload, {mode}
     FROM requests r LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.state IN ('ISSUED', 'DONE') AND r.updated_at >= ? AND r.updated_at < ?
     ORDER BY r.updated_at, r.request_id"""
@@ -119,7 +118,7 @@ def _reason(payload: bytes | None) -> str:
 
 
 def _operation(rd: _Reader, row, tz) -> dict:
-    rid, kind, profile, chamber, station, operator, issuer, serial, created, updated, payload = row
+    rid, kind, profile, chamber, station, operator, issuer, serial, created, updated, payload, mode = row
     cert = rd.cert(issuer, serial)
     if kind in ISSUANCE_KINDS:
         holder = rd.holder(rid)
@@ -130,7 +129,7 @@ def _operation(rd: _Reader, row, tz) -> dict:
     key_id, public_key = _key(cert[4]) if cert else ("", "")
     return {
         "completed_at": bundle.iso(updated, tz), "accepted_at": bundle.iso(created, tz),
-        "operation": OPERATION.get(kind, kind), "mode": MODE_IMMEDIATE, "request_id": rid,
+        "operation": OPERATION.get(kind, kind), "mode": mode, "request_id": rid,
         "chamber_code": chamber, "station_id": station, "operators": rd.operators(rid, operator),
         "holder_cf": (holder.codice_fiscale if holder else (cert[6] if cert else "")) or "",
         "holder_given_name": holder.given_name if holder else "", "holder_surname": holder.surname if holder else "",
@@ -175,7 +174,8 @@ def build(conn: sqlite3.Connection, day: _dt.date, tz_name: str = bundle.DEFAULT
                           f"from {first} 00:00. Nothing written")
     try:
         rd = _Reader(conn, start, end)
-        ops = [_operation(rd, row, tz) for row in conn.execute(Q_COMPLETED, (start, end)).fetchall()]
+        completed = conn.execute(Q_COMPLETED.format(mode=bundle.mode_sql(conn)), (start, end)).fetchall()
+        ops = [_operation(rd, row, tz) for row in completed]
         suspended, revoked = _lists(rd, end, tz)
     except sqlite3.Error as exc:
         raise ReportError(f"cannot read the request store: {exc}") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from personalizer.errors import PersonalizerError
+from personalizer.records import SELF_RENEWAL_STATION
 from personalizer.store import connect_readonly
 
 DEFAULT_TIMEZONE = "Europe/Rome"   # the chambers' day, not UTC's
@@ -80,6 +81,20 @@ def open_store(database: Path) -> sqlite3.Connection:
     if not database.is_file():
         raise ReportError(f"no request store at {database}; give the daemon's --config or --database FILE")
     return connect_readonly(database, "the request store")
+
+
+MODE_IMMEDIATE, MODE_DEFERRED, MODE_SELF_RENEWAL = "immediate", "deferred", "self-renewal"
+MODES = (MODE_IMMEDIATE, MODE_DEFERRED, MODE_SELF_RENEWAL)
+
+
+def mode_sql(conn: sqlite3.Connection) -> str:
+    """The SQL expression of a request's mode (over ``requests r``): a holder's own request is
+    self-renewal, an issuance completing a registration is deferred (decentrata differita), the rest
+    immediate. A store from before registrations existed has no deferred requests."""
+    deferred = ("WHEN EXISTS (SELECT 1 FROM registrations g WHERE g.request_id = r.request_id) "
+                f"THEN '{MODE_DEFERRED}' " if has_table(conn, "registrations") else "")
+    return (f"CASE WHEN r.station_id = '{SELF_RENEWAL_STATION}' THEN '{MODE_SELF_RENEWAL}' {deferred}"
+            f"ELSE '{MODE_IMMEDIATE}' END")
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:

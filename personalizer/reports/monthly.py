@@ -29,12 +29,11 @@ from personalizer.store import Q_LIST_STOCK, Q_STOCK_USED, StockEntry, stock_bal
 FORMAT = "cns-monthly-report/1"
 PREVIOUS_MONTHS = 3
 QUEUE_SAMPLE_SECONDS = 3600
-MODE_IMMEDIATE = "immediate"
 NAME_PATTERN = r"cns-monthly-\d{4}-\d{2}"
 
 Q_FINISHED = """SELECT r.kind, r.profile, r.state, r.error_code, r.created_at, r.updated_at, r.request_id,
     r.chamber_code, c.card_id, r.error_message,
-    CASE WHEN r.kind = 'issue' THEN json_extract(CAST(o.payload AS TEXT), '$.card_model') END
+    CASE WHEN r.kind = 'issue' THEN json_extract(CAST(o.payload AS TEXT), '$.card_model') END, {mode}
     FROM requests r LEFT JOIN certificates c ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex
     LEFT JOIN outbox o ON o.request_id = r.request_id
     WHERE r.state IN ('ISSUED', 'DONE', 'FAILED', 'CANCELLED') AND r.updated_at >= ? AND r.updated_at < ?"""
@@ -68,7 +67,7 @@ def _times(values: list[float]) -> dict:
 
 def _processing(conn, start: float, end: float) -> dict:
     by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
-    for kind, _p, state, _c, created, updated, *_ in conn.execute(Q_FINISHED, (start, end)):
+    for kind, _p, state, _c, created, updated, *_ in conn.execute(Q_FINISHED.format(mode=bundle.mode_sql(conn)), (start, end)):
         if state in ("ISSUED", "DONE"):
             by_kind.setdefault(kind, []).append(updated - created)
     return {k: _times(v) for k, v in by_kind.items()}
@@ -161,8 +160,11 @@ def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle
         cancelled = 0
         devices: dict[str, str] = {}   # card → model
         refused = []
-        for kind, profile, state, code, created, updated, rid, chamber, card, message, model in conn.execute(
-                Q_FINISHED, (start, until)):
+        modes = {"issue": dict.fromkeys(bundle.MODES, 0), "renew": dict.fromkeys(bundle.MODES, 0)}
+        for kind, profile, state, code, created, updated, rid, chamber, card, message, model, mode in conn.execute(
+                Q_FINISHED.format(mode=bundle.mode_sql(conn)), (start, until)):
+            if state == "ISSUED" and kind in modes:
+                modes[kind][mode] += 1
             if state == "ISSUED" and kind == "issue":
                 issued[profile] = issued.get(profile, 0) + 1
                 if card:
@@ -191,8 +193,8 @@ def build(conn: sqlite3.Connection, year: int, month: int, tz_name: str = bundle
                        "certificates": dict(sorted(issued.items())),
                        "certificates_total": sum(issued.values())},
             "renewals": {"by_profile": dict(sorted(renewals.items())), "total": sum(renewals.values()),
-                         "by_mode": {MODE_IMMEDIATE: sum(renewals.values())}},
-            "issuance_modes": {MODE_IMMEDIATE: sum(issued.values())},
+                         "by_mode": modes["renew"]},
+            "issuance_modes": modes["issue"],
             "status_changes": {"suspensions": changes["suspend"], "reactivations": changes["reactivate"],
                                "revocations": changes["revoke"]},
             "processing_seconds": _processing(conn, start, until),

@@ -28,8 +28,9 @@ def test_volumes_modes_and_status_changes(report):
     assert r["month"] == "2026-11" and r["partial"] is True   # "now" is 26 November
     assert r["issued"] == {"devices": 3, "devices_by_model": {"alpha": 1, "beta": 1, "test": 1},
                            "certificates": {"cns-auth": 3}, "certificates_total": 3}
-    assert r["issuance_modes"] == {"immediate": 3}
-    assert r["renewals"]["total"] == 0 and r["renewals"]["by_mode"] == {"immediate": 0}
+    assert r["issuance_modes"] == {"immediate": 3, "deferred": 0, "self-renewal": 0}
+    assert r["renewals"]["total"] == 0 and r["renewals"]["by_mode"] == {"immediate": 0, "deferred": 0,
+                                                                        "self-renewal": 0}
     assert r["status_changes"] == {"suspensions": 1, "reactivations": 1, "revocations": 1}
     assert r["failed"]["by_kind"] == {"issue": {"INVALID_ARGUMENT": 1}} and r["failed"]["cancelled"] == 1
     assert r["failed"]["requests"][0]["message"] == "the CA refused the CSR"
