@@ -40,7 +40,9 @@ class CardAdminClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in TRANSIENT and await c._failover():
                     continue
-                raise _translate(exc, what, c.cfg, c._dr) from exc
+                err = _translate(exc, what, c.cfg, c._dr)
+                err.detail = exc.details() or ""   # the personalizer's own sentence, for a one-line refusal
+                raise err from exc
 
     async def authenticate(self, *, serial: str, model_id: str, challenge: bytes, kind: str, op_id: str,
                            requester: dict, transport_key: bool = False) -> bytes:

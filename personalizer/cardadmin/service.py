@@ -90,6 +90,12 @@ class CardAdmin:
         if not self._rate.allow(rate_key or station_id):
             raise RateLimited(f"{'station ' + station_id if not rate_key else 'this address'} asked for card administration too often; retry in a minute")
         found = await self._chamber_card(serial, chamber_code)
+        if key_version == KVN_TRANSPORT and await asyncio.to_thread(self._token.batch_of, serial) is None:
+            raise FailedPrecondition(
+                f"card {serial} still holds a manufacturer transport key but is in no batch loaded here, so its key "
+                f"is unknown: central IT loads the card's batch with `cnsctl cards load-batch --batch BATCH "
+                f"--chamber {chamber_code or 'CHAMBER'} --model {model.id} --first FIRST-SERIAL --last LAST-SERIAL "
+                "--key-file TRANSPORT-KEY-FILE`, then the card is personalized again")
         if operation == "renew" and not found:
             raise FailedPrecondition(f"card {serial} has no certificate on record: it is not a card this "
                                      "personalizer personalized, so there is no renewal to authenticate")
