@@ -248,8 +248,8 @@ class Personalizer:
             await self._card(link, self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
         transport = await self._card(link, link.issuer.key_version) == KVN_TRANSPORT
-        if transport:   # its batch must be known centrally before anything is journaled (issue 12)
-            await self._check_administrable(link, serial)
+        # the card must be one the personalizer can administer (its stock) before anything is journaled (issue 12)
+        await self._check_administrable(link, serial)
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
             data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
@@ -344,9 +344,9 @@ class Personalizer:
         return fn(*args)
 
     async def _check_administrable(self, link, serial: str) -> None:
-        """A card that still holds its manufacturer transport key: one issuer authentication (it changes
-        nothing on the card) proves the personalizer can administer it — its batch is loaded, for this
-        chamber. A refusal stops here, nothing journaled: such an operation could neither go forward nor be
+        """One issuer authentication (it changes nothing on the card) proves the personalizer administers this
+        blank card: its batch is loaded, for this chamber (with the transport key when the card still holds
+        it). A refusal stops here, nothing journaled: such an operation could neither go forward nor be
         undone, and it would block the card. Unreachable: journaled as usual, it waits for the personalizer."""
         try:
             await self._card(link, link.issuer.authenticate, self.card_admin)
