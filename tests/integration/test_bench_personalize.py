@@ -33,3 +33,4 @@ def test_bench_personalize_small_sample():
     assert result["ratio_to_before"] == round(result["mean_ms"] / result["before_change"]["mean_ms"], 3) \
         or abs(result["ratio_to_before"] - result["mean_ms"] / result["before_change"]["mean_ms"]) < 0.01
     assert result["target_ratio_to_before"] == 1.2 and isinstance(result["meets_ratio_target"], bool)
+    assert result["ratio_to_before_p50"] > 0 and result["before_change"]["p50_ms"] > 0
