@@ -37,8 +37,10 @@ validity); ``AuthenticateCard`` takes that nonce (once: a replay is refused)
 and checks the card's signature over it with the certificate's key
 (``rules.card_proof``), then asks ``CardAdmin`` for the cryptogram.
 
-SelfRenew calls pass a per-address ``EnrollLimiter`` first. Imports grpc, proto, ``broker``,
-``lifecycle``, ``enrollment`` (limiter), ``service`` (status mapping).
+SelfRenew calls pass a per-address ``EnrollLimiter`` first, CardAuthNonce calls a per-address
+bucket (``NONCES_PER_MINUTE``); a nonce is answered only for the address it was given to. Imports
+grpc, proto, ``broker``, ``lifecycle``, ``rules.card_proof``, ``enrollment`` (limiter),
+``cardadmin.service`` (its token bucket), ``service`` (status mapping).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from personalizer.outbox.broker import Broker, ChangeInput, RenewInput
 from personalizer.ca.base import CertRef, CertState
 from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
+from personalizer.cardadmin.service import StationRate
 from personalizer.rules.card_proof import NonceBook, check_proof
 from personalizer.rules.lifecycle import holder_cf
 from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
@@ -63,6 +66,7 @@ MODE = "self-renewal"
 STATION = "self-renewal"          # the requester's station_id of a holder's request
 OPERATION = "self-renew"          # audit operation of a refused self-renewal call
 HOLDER_PREFIX = "holder:"
+NONCES_PER_MINUTE = 120           # CardAuthNonce calls per minute from one address
 
 
 def _current(der: bytes) -> x509.Certificate:
@@ -145,13 +149,13 @@ class SelfRenewal:
                                      + ": this card cannot be administered for a self-renewal (ask your chamber)")
         return cf, chamber, cert
 
-    async def card_nonce(self, *, current_certificate_der: bytes, card_serial: str) -> bytes:
-        """A fresh single-use nonce for the card's proof (``card_proof.NonceBook``)."""
+    async def card_nonce(self, *, current_certificate_der: bytes, card_serial: str, peer: str = "") -> bytes:
+        """A fresh single-use nonce for the card's proof (``card_proof.NonceBook``), for the caller at ``peer``."""
         actor = f"{HOLDER_PREFIX}unknown"
         try:
             cf, _, _ = await self._card_certificate(current_certificate_der, card_serial)
             actor = HOLDER_PREFIX + cf
-            return self.nonces.issue(card_serial, current_certificate_der)
+            return self.nonces.issue(card_serial, current_certificate_der, peer)
         except PersonalizerError as exc:
             await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION,
                                              request_id="", exc=exc, operator_id=actor)
@@ -159,7 +163,7 @@ class SelfRenewal:
 
     async def authenticate_card(self, card_admin, *, current_certificate_der: bytes, card_serial: str,
                                 card_model: str, challenge: bytes, operation_id: str, nonce: bytes = b"",
-                                proof: bytes = b"", rate_key: str = "") -> bytes:
+                                proof: bytes = b"", rate_key: str = "", peer: str = "") -> bytes:
         """The card's issuer challenge answered (``cardadmin.service.CardAdmin``) for a caller that proved it
         holds the card: ``proof`` (``card_proof.check_proof``) by the key of ``current_certificate_der`` (the
         card's live authentication certificate, ``_card_certificate``) over a nonce of ``card_nonce``, taken
@@ -172,7 +176,7 @@ class SelfRenewal:
             actor = HOLDER_PREFIX + cf
             if not nonce or not proof:
                 check_proof(cert, nonce=nonce, serial=card_serial, operation_id=operation_id, proof=b"")
-            self.nonces.take(nonce, card_serial, current_certificate_der)
+            self.nonces.take(nonce, card_serial, current_certificate_der, peer)
             check_proof(cert, nonce=nonce, serial=card_serial, operation_id=operation_id, proof=proof)
             return await card_admin.answer(actor=actor, station_id=STATION, chamber_code=chamber, operator_id=actor,
                                            serial=card_serial, model_id=card_model, challenge=challenge,
@@ -232,6 +236,7 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
     def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None, card_admin=None):
         self._rules = SelfRenewal(broker)
         self._card_admin = card_admin   # personalizer.cardadmin.service.CardAdmin, when [card_admin] is set
+        self._nonce_rate = StationRate(NONCES_PER_MINUTE)   # per address: a renewal asks ~10
         self._limiter = limiter
         self._broker = broker
         self._relay = relay
@@ -257,10 +262,14 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
         return self._out(rec)
 
     async def CardAuthNonce(self, request, context):  # noqa: N802
-        try:   # bounded by the nonce book (per card, in all); the answer itself is rate-limited below
+        peer = peer_host(context.peer() or "")
+        if not self._nonce_rate.allow(peer):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many card administration nonces asked from this address; retry in a minute")
+        try:   # bounded by the nonce book too (per card and address, in all)
             limits.check_message(request)
             nonce = await self._rules.card_nonce(current_certificate_der=request.current_certificate_der,
-                                                 card_serial=request.card_serial)
+                                                 card_serial=request.card_serial, peer=peer)
         except PersonalizerError as exc:
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return srpb.SelfCardNonce(nonce=nonce, expires_in_s=int(self._rules.nonces.ttl_s))
@@ -272,7 +281,7 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
                 self._card_admin, current_certificate_der=request.current_certificate_der,
                 card_serial=request.card_serial, card_model=request.card_model, challenge=request.challenge,
                 operation_id=request.operation_id, nonce=request.nonce, proof=request.proof,
-                rate_key="holder@" + peer_host(context.peer() or ""))
+                rate_key="holder@" + peer_host(context.peer() or ""), peer=peer_host(context.peer() or ""))
         except PersonalizerError as exc:
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return card_admin_pb2.CardAuthResponse(cryptogram=answer)

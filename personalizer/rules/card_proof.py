@@ -7,11 +7,13 @@ authentication key, PIN verified on the card) signed, RSA PKCS#1 v1.5 SHA-256,
 nonce this personalizer issued for that card and certificate (``NonceBook``).
 
 ``NonceBook``: a nonce is 32 random bytes bound to (card serial, certificate
-SHA-256), valid ``ttl_s`` seconds and taken at most once — taken (gone) on the
-first attempt that names it, whether the proof then verifies or not, so an old
-or failed proof never buys a second try. Memory is bounded: at most
-``per_card`` outstanding nonces per card (the oldest dropped) and ``capacity``
-in all (expired ones, then the oldest, dropped). Nonces live in this daemon's
+SHA-256, the caller's address), valid ``ttl_s`` seconds and taken at most once
+— taken (gone) on the first attempt that names it, whether the proof then
+verifies or not, so an old or failed proof never buys a second try. Memory is
+bounded: at most ``per_card`` outstanding nonces per card and address (the
+oldest dropped: someone else asking for nonces of the same card, with its
+public certificate, never drops the holder's) and ``capacity`` in all
+(expired ones, then the oldest, dropped). Nonces live in this daemon's
 memory: a restart invalidates every outstanding one (the agent just asks again).
 
 Pure apart from the clock passed in; imports cryptography, ``cns_spec`` and ``errors``.
@@ -45,28 +47,29 @@ class NonceBook:
     def __init__(self, *, ttl_s: float = DEFAULT_TTL_S, capacity: int = DEFAULT_CAPACITY,
                  per_card: int = DEFAULT_PER_CARD, clock=time.monotonic):
         self.ttl_s, self._capacity, self._per_card, self._clock = ttl_s, capacity, per_card, clock
-        self._book: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()   # nonce → (serial, fp, expiry)
+        self._book: OrderedDict[bytes, tuple[str, bytes, str, float]] = OrderedDict()   # nonce → (serial, fp, peer, expiry)
         self._lock = threading.Lock()
 
-    def issue(self, serial: str, certificate_der: bytes) -> bytes:
+    def issue(self, serial: str, certificate_der: bytes, peer: str = "") -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
         now = self._clock()
         with self._lock:
-            for n in [n for n, (_, _, exp) in self._book.items() if exp <= now]:
+            for n in [n for n, e in self._book.items() if e[3] <= now]:
                 del self._book[n]
-            mine = [n for n, (s, _, _) in self._book.items() if s == serial]
+            mine = [n for n, e in self._book.items() if (e[0], e[2]) == (serial, peer)]
             for n in mine[:max(0, len(mine) - self._per_card + 1)]:
                 del self._book[n]
             while len(self._book) >= self._capacity:
                 self._book.popitem(last=False)
-            self._book[nonce] = (serial, fingerprint(certificate_der), now + self.ttl_s)
+            self._book[nonce] = (serial, fingerprint(certificate_der), peer, now + self.ttl_s)
         return nonce
 
-    def take(self, nonce: bytes, serial: str, certificate_der: bytes) -> None:
-        """The nonce, consumed; ``PermissionDenied`` when it is unknown, used, expired or for another card."""
+    def take(self, nonce: bytes, serial: str, certificate_der: bytes, peer: str = "") -> None:
+        """The nonce, consumed; ``PermissionDenied`` when it is unknown, used, expired, or was issued for another
+        card, certificate or address."""
         with self._lock:
             entry = self._book.pop(bytes(nonce), None)
-        if entry is None or entry[2] <= self._clock() or entry[:2] != (serial, fingerprint(certificate_der)):
+        if entry is None or entry[3] <= self._clock() or entry[:3] != (serial, fingerprint(certificate_der), peer):
             raise PermissionDenied("the card administration nonce is unknown, already used or expired (a proof is "
                                    "good for one answer): ask for a fresh nonce and have the card sign it")
 

@@ -48,3 +48,16 @@ def test_a_nonce_expires_and_memory_is_bounded():
     many = [book.issue(f"ICMR0000000001{i:02d}", b"c") for i in range(10)]
     assert len(book._book) <= 5
     book.take(many[-1], "ICMR000000000109", b"c")
+
+
+def test_someone_else_asking_for_the_same_cards_nonces_never_drops_the_holders():
+    """The certificate is public: another address flooding nonces for the card leaves the holder's in place,
+    and a nonce is answered only for the address it was given to."""
+    book = NonceBook(per_card=2, clock=Clock())
+    holder = book.issue(A, b"c", "10.0.0.1")
+    for _ in range(10):
+        book.issue(A, b"c", "192.0.2.66")
+    theirs = book.issue(A, b"c", "192.0.2.66")
+    with pytest.raises(PermissionDenied):
+        book.take(theirs, A, b"c", "10.0.0.1")
+    book.take(holder, A, b"c", "10.0.0.1")
