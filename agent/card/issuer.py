@@ -140,8 +140,7 @@ class IssuerSession:
     def authenticate(self, authenticator: CardAuthenticator) -> None:
         """Issuer authentication, valid until power off or reset: the card's fresh challenge is answered
         by ``authenticator`` (central; the key never comes here) and the answer relayed to the card."""
-        if self._serial is None:
-            self._serial = self.cns.read_serial()
+        self.serial()
         if self._transport is None:
             self._transport = self.key_version() == KVN_TRANSPORT
         before = getattr(authenticator, "before_challenge", None)
