@@ -289,7 +289,8 @@ async def _setup(workdir: Path, model):
     uplink = LocalUplink(daemon.broker, daemon.relay, store, clock)
     ca_cfg = card_admin_setup.load(dep.server_config)
     token = card_admin_setup.open_token(ca_cfg, dep.server_config)
-    uplink.admin = LocalCardAdmin(uplink, CardAdmin(records=daemon.broker, token=token, per_minute=6000))
+    uplink.admin = LocalCardAdmin(uplink, CardAdmin(records=daemon.broker, token=token, per_minute=6000,
+                                                    allow_unlisted_blank=ca_cfg.allow_unlisted_blank_cards))
     uplink.token = token
     return ca, daemon, uplink
 

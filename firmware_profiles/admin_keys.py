@@ -16,6 +16,17 @@ C_DeriveKey mechanism there (it could only be computed with C_Sign, which
 would put the derived key's bytes outside the token). Distinct serials give
 distinct blocks and AES is a permutation, so two cards never share a key.
 
+Checked again for issue 12 item 1 (`pkcs11-tool -M` on SoftHSM2 2.6.1): the
+token lists AES-ECB-ENCRYPT-DATA and AES-CBC-ENCRYPT-DATA (derive) and
+AES-CMAC (sign/verify only), no CKM_SP800_108_COUNTER_KDF. SP 800-108's
+K = CMAC(master, [1] || label || 0x00 || context || [L]) through C_Sign would
+hand K to this process; nor can ENCRYPT_DATA build it in the token (CMAC needs
+the subkey K1 = dbl(AES(master, 0)) XORed into the last block, which a
+sensitive key never gives, and CBC-ENCRYPT-DATA keeps the FIRST block of the
+ciphertext, not the MAC's last). So the standard KDF would cost the rule that
+matters more here (no card key outside the HSM); a model may name another
+scheme here (``SCHEMES``) when a vendor documents one its HSM computes inside.
+
 This module only says what the diversification data is; the personalizer's
 token does the derivation (personalizer.cardadmin.keys) and the emulator does
 the same in software (firmware_profiles.emulator.admin). Imports nothing.

@@ -4,6 +4,8 @@ client CRL that the running daemon rereads), ``report archive --date D`` (the da
 ``report monthly --month YYYY-MM`` (the monthly report, JSON and PDF): both read the store read-only
 and write one bundle atomically (``personalizer.reports``). ``backup --out DIR`` / ``restore BACKUP``: the
 SQLite store and ``ca.db``, online, checked against a manifest (``personalizer.continuity.backup``).
+``card-keys status|init|import --config FILE``: the card administration master keys in the
+``[card_admin]`` token, generated or unwrapped inside it (``personalizer.cardadmin.ceremony``).
 
 ``audit`` reads the append-only audit table straight from the store (no
 daemon needed; a read-only connection, so an auditor needs only read access to
@@ -281,6 +283,26 @@ Run:  cns-personalizer serve --config {dep.server_config}
     return 0
 
 
+def _card_keys(opts) -> int:
+    from personalizer.cardadmin import ceremony
+
+    cfg = Path(opts.config)
+    if opts.card_keys == "status":
+        rows = ceremony.status(cfg)
+    elif opts.card_keys == "init":
+        if bool(opts.all) == bool(opts.model):
+            raise config.ConfigError("card-keys init", "arguments", "give --model MODEL (repeatable) or --all")
+        rows = ceremony.init(cfg, ceremony._models() if opts.all else opts.model)
+    else:
+        rows = [ceremony.import_wrapped(cfg, opts.model, Path(opts.wrapped), opts.unwrapping_key)]
+    if opts.json:
+        print(json.dumps({"master_keys": rows}))
+    else:
+        for row in rows:
+            print(ceremony.describe(row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cns-personalizer", description="Central CNS personalizer daemon")
     ap.add_argument("--log-level", default="INFO", type=str.upper,
@@ -338,6 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
     b.set_defaults(func=_backup)
     rs.set_defaults(func=_restore)
+    ck = sub.add_parser("card-keys", help="the card administration master keys in the [card_admin] token")
+    cks = ck.add_subparsers(dest="card_keys", required=True)
+    ck_status = cks.add_parser("status", help="per card model: is its master key there, and how is it protected")
+    ck_init = cks.add_parser("init", help="generate a model's master key inside the token (never extractable)")
+    ck_init.add_argument("--model", action="append", help="card model id (repeatable)")
+    ck_init.add_argument("--all", action="store_true", help="every known card model")
+    ck_import = cks.add_parser("import", help="unwrap a delivered master key inside the token")
+    ck_import.add_argument("--model", required=True, help="card model id")
+    ck_import.add_argument("--wrapped", required=True,
+                           help="file with the master key wrapped under the token's key-encryption key (RFC 3394, hex)")
+    ck_import.add_argument("--unwrapping-key", required=True, help="label of that key-encryption key in the token")
+    for x in (ck_status, ck_init, ck_import):
+        x.add_argument("--config", required=True, help="personalizer TOML file (its [card_admin] section)")
+        x.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+        x.set_defaults(func=_card_keys)
     i = sub.add_parser("init", help="create a test deployment (CA, certificates, configs)")
     i.add_argument("dir")
     i.add_argument("--chamber", default="RM", help="chamber code of the station (default RM)")

@@ -107,7 +107,9 @@ def check_key_size(key: rsa.RSAPublicKey, bits: int | None, what: str) -> rsa.RS
 class CardAuthenticator(Protocol):
     """Who answers a card's issuer challenge: ``cryptogram`` for card ``serial`` of model ``model_id``
     (``transport_key``: the card still holds its batch's transport key); ``wrapped_card_key``: PUT KEY's
-    data, the card's own key wrapped under its transport key (first use, SCHEMA.md §4.1)."""
+    data, the card's own key wrapped under its transport key (first use, SCHEMA.md §4.1). An authenticator
+    may also have ``before_challenge(issuer)``, called before each GET CHALLENGE with this session (a holder's
+    self-renewal has the card prove its holder there, ``agent.ops.card_proof``)."""
 
     def cryptogram(self, *, model_id: str, serial: str, challenge: bytes, transport_key: bool = False) -> bytes: ...
 
@@ -138,10 +140,12 @@ class IssuerSession:
     def authenticate(self, authenticator: CardAuthenticator) -> None:
         """Issuer authentication, valid until power off or reset: the card's fresh challenge is answered
         by ``authenticator`` (central; the key never comes here) and the answer relayed to the card."""
-        if self._serial is None:
-            self._serial = self.cns.read_serial()
+        self.serial()
         if self._transport is None:
             self._transport = self.key_version() == KVN_TRANSPORT
+        before = getattr(authenticator, "before_challenge", None)
+        if before is not None:
+            before(self)
         challenge, sw = self._send(Apdu(CLA_ISO, INS_GET_CHALLENGE, 0, 0, le=CHALLENGE_LEN))
         self._ok(sw, "GET CHALLENGE")
         if len(challenge) != CHALLENGE_LEN:
@@ -152,6 +156,17 @@ class IssuerSession:
             raise MalformedResponseError(f"the issuer's answer is {len(cryptogram)} bytes, expected {CHALLENGE_LEN}")
         _, sw = self._send(Apdu(CLA_ISO, INS_EXTERNAL_AUTHENTICATE, 0, self.dialect.admin_key_ref, cryptogram))
         self._ok(sw, "EXTERNAL AUTHENTICATE (issuer key)")
+
+    @property
+    def holds_transport_key(self) -> bool:
+        """The card still holds its batch's transport key (as read by this session's last authentication)."""
+        return bool(self._transport)
+
+    def serial(self) -> str:
+        """The card's serial (EF_IDCarta), read once a session."""
+        if self._serial is None:
+            self._serial = self.cns.read_serial()
+        return self._serial
 
     def key_version(self) -> int:
         """The card's issuer key version (GET INFO 04): 0 its batch's transport key, 1 its own key."""

@@ -12,8 +12,9 @@ journal lives in ``--data-dir`` (default ``$XDG_DATA_HOME/cns-agent/holder``).
 An interrupted renewal (card pulled, personalizer unreachable, Ctrl-C) is
 finished by running the same command again. The card's issuer key (needed
 to write the spare slots) never comes here (issue 12): its challenges are
-answered by the personalizer (``HolderRenewal.AuthenticateCard``) for the card
-its live certificates were issued for. Exit 0 when the card carries the new certificates,
+answered by the personalizer (``HolderRenewal.AuthenticateCard``) only with
+the card's proof of its holder: its authentication key signs a fresh nonce
+after the PIN (``agent.ops.card_proof``). Exit 0 when the card carries the new certificates,
 1 when undone, left open or refused (one line says why and what to do).
 Imports ``agent.ops``, ``agent.uplink``, ``agent.devices``.
 """
@@ -82,19 +83,6 @@ def _trust(path: Path | None) -> bytes:
     return pem
 
 
-def _live_certificates(connect, model) -> list[bytes]:
-    """The certificates on the card now (its live keysets): what the personalizer answers the card for."""
-    from agent.card.cns import CnsSession
-    from agent.card.issuer import IssuerSession
-
-    link = connect()
-    try:
-        issuer = IssuerSession(CnsSession(link, model), model)
-        return [der for der in (issuer.read_ef(ks.cert_path) for ks in model.keysets) if der]
-    finally:
-        getattr(link, "close", lambda: None)()
-
-
 def _window_days(text: str) -> int:
     try:
         days = int(text)
@@ -126,8 +114,8 @@ async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: byte
         async with HolderUplink(endpoint, trust_pem, server_name=server_name,
                                 holder_certificates=_open_certificates(ops)) as uplink:
             requester = {"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"}
-            live = await asyncio.to_thread(_live_certificates, connect, model)
-            card_admin = HolderCardAdmin(uplink, live + _open_certificates(ops)).for_operation(KIND, requester)
+            # the card proves its holder (PIN) for each answer (agent.ops.card_proof)
+            card_admin = HolderCardAdmin(uplink, codes).for_operation(KIND, requester)
             renewer = Renewer(journal=j, uplink=uplink, card_admin=card_admin, progress=progress,
                               requester=requester,
                               policy=policy or RenewalPolicy())

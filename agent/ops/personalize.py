@@ -248,6 +248,8 @@ class Personalizer:
             await self._card(link, self._check_pin, link, model, codes)
         dp = datipersonali.serialize(holder.personal_data())
         transport = await self._card(link, link.issuer.key_version) == KVN_TRANSPORT
+        # the card must be one the personalizer can administer (its stock) before anything is journaled (issue 12)
+        await self._check_administrable(link, serial)
         op = await self.journal.begin_operation(
             kind=KIND, card_serial=serial, model_id=model.id, reader=reader,
             data={"holder": holder.as_dict(), "dati_personali": _b64(dp), "requester": dict(self.requester),
@@ -340,6 +342,22 @@ class Personalizer:
     def _admin_then(self, link, model, fn, *args):
         link.issuer.authenticate(self.card_admin)
         return fn(*args)
+
+    async def _check_administrable(self, link, serial: str) -> None:
+        """One issuer authentication (it changes nothing on the card) proves the personalizer administers this
+        blank card: its batch is loaded, for this chamber (with the transport key when the card still holds
+        it). A refusal stops here, nothing journaled: such an operation could neither go forward nor be
+        undone, and it would block the card. Unreachable: journaled as usual, it waits for the personalizer."""
+        try:
+            await self._card(link, link.issuer.authenticate, self.card_admin)
+        except UplinkUnavailable:
+            return
+        except UplinkError as exc:
+            if not refused(exc):
+                return
+            raise PreconditionError(f"card {serial} cannot be personalized here: "
+                                    f"{getattr(exc, 'detail', '') or exc}; nothing was journaled and the card was "
+                                    "not changed") from None
 
     def _check_blank(self, link, model) -> None:
         for ks in model.keysets:

@@ -40,7 +40,9 @@ class CardAdminClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in TRANSIENT and await c._failover():
                     continue
-                raise _translate(exc, what, c.cfg, c._dr) from exc
+                err = _translate(exc, what, c.cfg, c._dr)
+                err.detail = exc.details() or ""   # the personalizer's own sentence, for a one-line refusal
+                raise err from exc
 
     async def authenticate(self, *, serial: str, model_id: str, challenge: bytes, kind: str, op_id: str,
                            requester: dict, transport_key: bool = False) -> bytes:
@@ -87,27 +89,60 @@ class _Relay:
 
 class HolderCardAdmin(CardAdminClient):
     """Card administration during a holder's self-renewal (``HolderUplink``, no station certificate): the
-    personalizer answers for the card a certificate it has on record was issued for. ``certificates``:
-    the card's live certificates, read from it before the renewal (the uplink's learned ones are tried
-    too)."""
+    personalizer answers a card's challenge only with the card's proof of its holder (``agent.ops.card_proof``):
+    before each GET CHALLENGE the relay reads the card's live authentication certificate, asks for a fresh
+    nonce (``CardAuthNonce``) and has the card sign it after the holder's PIN (``codes``, used for that
+    VERIFY only; without codes the card must hold the PIN verification already). One nonce, one answer."""
 
-    def __init__(self, uplink, certificates=()) -> None:
+    def __init__(self, uplink, codes=None) -> None:
         super().__init__(uplink)
-        self._certs = [c for c in certificates if c]
+        self._pin = codes.pin if codes is not None else None
+
+    def for_operation(self, kind: str, requester: dict, op_id: str = "") -> "_HolderRelay":
+        return _HolderRelay(self, kind, op_id, requester, asyncio.get_running_loop())
+
+    async def nonce(self, *, certificate_der: bytes, serial: str) -> bytes:
+        from proto.cns.v1 import self_renewal_pb2
+
+        return bytes((await self.client._call("CardAuthNonce", self_renewal_pb2.SelfCardNonceRequest(
+            current_certificate_der=certificate_der, card_serial=serial),
+            f"card administration of card {serial}")).nonce)
 
     async def authenticate(self, *, serial: str, model_id: str, challenge: bytes, kind: str, op_id: str,
-                           requester: dict, transport_key: bool = False) -> bytes:
+                           requester: dict, transport_key: bool = False, proof: tuple = ()) -> bytes:
+        """``proof``: (live certificate, nonce, signature) the card made for this answer."""
         from agent.ops.errors import UplinkError
         from proto.cns.v1 import self_renewal_pb2
 
         if transport_key:
             raise UplinkError(f"card {serial} still holds its transport key: it was never personalized, there "
                               "is nothing to renew", code="FAILED_PRECONDITION")
-        certs = self._certs + [c for c in getattr(self.client, "_certs", []) if c not in self._certs]
-        if not certs:
-            raise UplinkError("personalizer: card administration: no certificate of the card to show; the card "
-                              "must carry the certificates being renewed", code="FAILED_PRECONDITION")
+        certificate, nonce, signature = proof or (b"", b"", b"")
         resp = await self.client._call("AuthenticateCard", self_renewal_pb2.SelfCardAuthRequest(
-            current_certificate_der=certs[0], card_serial=serial, card_model=model_id, challenge=challenge,
-            operation_id=op_id), f"card administration of card {serial}")
+            current_certificate_der=certificate, card_serial=serial, card_model=model_id, challenge=challenge,
+            operation_id=op_id, nonce=nonce, proof=signature), f"card administration of card {serial}")
         return bytes(resp.cryptogram)
+
+
+class _HolderRelay(_Relay):
+    """The holder's ``CardAuthenticator``: ``before_challenge`` makes the card's proof (card worker thread)."""
+
+    _proof: tuple = ()
+
+    def before_challenge(self, issuer) -> None:
+        from agent.ops import card_proof
+
+        if issuer.holds_transport_key:
+            return     # refused by ``cryptogram``: nothing to prove for a card that was never personalized
+        serial = issuer.serial()
+        certificate = card_proof.live_certificate(issuer)
+        nonce = self._run(self._admin.nonce(certificate_der=certificate, serial=serial))
+        self._proof = (certificate, nonce, card_proof.sign_proof(
+            issuer, certificate_der=certificate, nonce=nonce, serial=serial, operation_id=self._op_id,
+            pin=self._admin._pin))
+
+    def cryptogram(self, *, model_id: str, serial: str, challenge: bytes, transport_key: bool = False) -> bytes:
+        proof, self._proof = self._proof, ()
+        return self._run(self._admin.authenticate(
+            serial=serial, model_id=model_id, challenge=challenge, kind=self._kind, op_id=self._op_id,
+            requester=self._requester, transport_key=transport_key, proof=proof))

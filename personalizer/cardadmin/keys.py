@@ -21,9 +21,13 @@ card's own key derived in the token (sensitive; extractable only wrapped) and
 wrapped under the transport key with ``CKM_AES_KEY_WRAP`` (RFC 3394).
 
 ``import_master`` is for TEST deployments (the emulated cards' TEST master key,
-``cns-personalizer init``); production generates its master in the HSM
-(``generate_master``) and loads the same key into the card factory through
-the HSM vendor's key ceremony.
+``cns-personalizer init``). Production uses ``cns-personalizer card-keys``
+(``personalizer.cardadmin.ceremony``): ``generate_master`` makes the master
+inside the token (``CKA_LOCAL``: it never existed outside), or
+``unwrap_master`` takes one the card factory's key ceremony delivered wrapped
+(RFC 3394, ``CKM_AES_KEY_WRAP``) under a key-encryption key already in the
+token, unwrapped inside the token; ``master_info`` says how a master was made
+(its attributes only, never a key byte).
 
 SoftHSM2 finds its tokens through ``SOFTHSM2_CONF``; ``softhsm2_conf`` sets it for
 this process before the module is loaded. PKCS#11 sessions are not shared
@@ -219,11 +223,54 @@ class CardKeyToken:
             self._session.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
                                          Attribute.VALUE: value, **self._template(model_id)})
 
+    def master_info(self, model_id: str) -> dict | None:
+        """The master key's protection attributes (never its value), or None when there is none."""
+        from pkcs11 import Attribute
+
+        if not self.has_master(model_id):
+            return None
+        with self._lock:
+            key = self._master(model_id)
+            info = {"label": master_label(model_id)}
+            for name, attr in (("sensitive", Attribute.SENSITIVE), ("extractable", Attribute.EXTRACTABLE),
+                               ("always_sensitive", Attribute.ALWAYS_SENSITIVE),
+                               ("never_extractable", Attribute.NEVER_EXTRACTABLE),
+                               ("generated_in_token", Attribute.LOCAL), ("derive", Attribute.DERIVE),
+                               ("encrypt", Attribute.ENCRYPT), ("wrap", Attribute.WRAP)):
+                info[name] = bool(key[attr])
+            return info
+
+    def unwrap_master(self, model_id: str, wrapped: bytes, unwrapping_label: str) -> None:
+        """A master key delivered wrapped (RFC 3394) under the token's AES key ``unwrapping_label``, unwrapped
+        inside the token into a non-extractable, sensitive, derive-only key."""
+        import pkcs11
+        from pkcs11 import KeyType, Mechanism, ObjectClass
+        from pkcs11.exceptions import NoSuchKey
+
+        if len(wrapped) != KEY_BITS // 8 + 8:
+            raise ValueError(f"a wrapped AES-128 master key is {KEY_BITS // 8 + 8} bytes (RFC 3394), got {len(wrapped)}")
+        if self.has_master(model_id):
+            raise CardKeyError(f"the token already holds a master key for model {model_id} "
+                               f"(label {master_label(model_id)}); it is never overwritten")
+        with self._lock:
+            try:
+                kek = self._session.get_key(ObjectClass.SECRET_KEY, KeyType.AES, label=unwrapping_label)
+            except NoSuchKey:
+                raise CardKeyError(f"no AES key-encryption key labelled {unwrapping_label!r} in the token") from None
+            try:
+                kek.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, wrapped, label=master_label(model_id),
+                               mechanism=Mechanism.AES_KEY_WRAP, store=True, template=self._template(model_id))
+            except pkcs11.PKCS11Error as exc:
+                raise CardKeyError(f"the wrapped key does not unwrap under {unwrapping_label!r} "
+                                   f"({type(exc).__name__}): a wrong key-encryption key, a key-encryption key "
+                                   "that may not unwrap, or a damaged file") from None
+
     def generate_master(self, model_id: str) -> None:
         """A fresh master key generated inside the token (production)."""
         from pkcs11 import KeyType
 
         if self.has_master(model_id):
-            raise CardKeyError(f"the token already holds a master key for model {model_id}")
+            raise CardKeyError(f"the token already holds a master key for model {model_id} "
+                               f"(label {master_label(model_id)}); it is never overwritten")
         with self._lock:
             self._session.generate_key(KeyType.AES, KEY_BITS, store=True, template=self._template(model_id))

@@ -15,7 +15,10 @@ this station of its own chamber):
 - at most ``per_minute`` answers per station (token bucket): a station that
   asks faster gets RESOURCE_EXHAUSTED, the card is untouched;
 - a card in a batch central IT loaded (``LoadBatch``: the per-card stock) is
-  answered only for the batch's chamber; a card reporting its transport key
+  answered only for the batch's chamber; a blank card (no certificate on
+  record) in no loaded batch is refused, naming the ``cnsctl cards load-batch``
+  to run (``allow_unlisted_blank``: TEST deployments, whose emulated cards come
+  keyed with their own key and in no batch); a card reporting its transport key
   (``key_version`` 0) must be in a loaded batch, and ``ChangeCardKey`` gives
   PUT KEY's data (its own key wrapped under the transport key) to the
   personalization of such a card only;
@@ -70,8 +73,10 @@ class CardAdmin:
     """The decision and the answer, without gRPC: the servicer below and in-process callers (the
     renewal fault benchmark) use this. ``answer`` raises ``PersonalizerError`` subclasses."""
 
-    def __init__(self, *, records, token, per_minute: int = DEFAULT_PER_MINUTE, models=None, clock=time.monotonic):
+    def __init__(self, *, records, token, per_minute: int = DEFAULT_PER_MINUTE, models=None, clock=time.monotonic,
+                 allow_unlisted_blank: bool = False):
         self.records = records   # the broker: find_certificates(card_id=) and record_audit(entry)
+        self._allow_unlisted = allow_unlisted_blank   # [card_admin] unlisted_blank_cards = "allow" (TEST only)
         self._token = self.token = token
         self._models = models if models is not None else load_models()
         self._rate = StationRate(per_minute, clock)
@@ -89,7 +94,21 @@ class CardAdmin:
             raise InvalidRequest("operation", "a personalization or a renewal")
         if not self._rate.allow(rate_key or station_id):
             raise RateLimited(f"{'station ' + station_id if not rate_key else 'this address'} asked for card administration too often; retry in a minute")
-        found = await self._chamber_card(serial, chamber_code)
+        found, batch = await self._stock(serial, chamber_code)
+        unlisted = batch is None
+        if unlisted and operation == "personalize" and not found and key_version == KVN_CARD \
+                and not self._allow_unlisted:
+            raise FailedPrecondition(
+                f"card {serial} is a blank card of no card batch loaded here, so it is not in chamber "
+                f"{chamber_code or 'CHAMBER'}'s stock: central IT loads its batch with `cnsctl cards load-batch "
+                f"--batch BATCH --chamber {chamber_code or 'CHAMBER'} --model {model.id} --first FIRST-SERIAL "
+                "--last LAST-SERIAL --key-file TRANSPORT-KEY-FILE`, then the card is personalized again")
+        if unlisted and key_version == KVN_TRANSPORT:
+            raise FailedPrecondition(
+                f"card {serial} still holds a manufacturer transport key but is in no batch loaded here, so its key "
+                f"is unknown: central IT loads the card's batch with `cnsctl cards load-batch --batch BATCH "
+                f"--chamber {chamber_code or 'CHAMBER'} --model {model.id} --first FIRST-SERIAL --last LAST-SERIAL "
+                "--key-file TRANSPORT-KEY-FILE`, then the card is personalized again")
         if operation == "renew" and not found:
             raise FailedPrecondition(f"card {serial} has no certificate on record: it is not a card this "
                                      "personalizer personalized, so there is no renewal to authenticate")
@@ -112,8 +131,11 @@ class CardAdmin:
         return model
 
     async def _chamber_card(self, serial: str, chamber_code: str) -> list:
-        """The card's certificates on record; refused when the card is another chamber's (by its batch, the
-        stock central IT sent, or by the certificates issued for it)."""
+        return (await self._stock(serial, chamber_code))[0]
+
+    async def _stock(self, serial: str, chamber_code: str) -> tuple[list, dict | None]:
+        """(the card's certificates on record, its loaded batch or None); refused when the card is another
+        chamber's (by its batch, the stock central IT sent, or by the certificates issued for it)."""
         batch = await asyncio.to_thread(self._token.batch_of, serial)
         if batch is not None and batch["chamber"] != chamber_code:
             raise PermissionDenied(f"card {serial} is in batch {batch['batch']} of chamber {batch['chamber']}'s "
@@ -122,7 +144,7 @@ class CardAdmin:
         foreign = sorted({f.chamber_code for f in found if f.chamber_code != chamber_code})
         if foreign:
             raise PermissionDenied(f"card {serial} belongs to chamber {', '.join(foreign)}, not {chamber_code}")
-        return found
+        return found, batch
 
     async def change_key(self, *, actor: str, station_id: str, chamber_code: str, operator_id: str, serial: str,
                          model_id: str, operation_id: str = "") -> bytes:

@@ -23,7 +23,8 @@ from personalizer.cardadmin.worker import TokenProcess
 from personalizer.errors import ConfigError
 
 SECTION = "card_admin"
-KEYS = {"pkcs11_module", "token_label", "pin_file", "softhsm2_conf", "per_minute"}
+KEYS = {"pkcs11_module", "token_label", "pin_file", "softhsm2_conf", "per_minute", "unlisted_blank_cards"}
+UNLISTED = ("refuse", "allow")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class CardAdminConfig:
     pin_file: Path
     softhsm2_conf: Path | None
     per_minute: int
+    allow_unlisted_blank_cards: bool = False   # "allow" in TEST deployments only (emulated cards, no batches)
 
 
 def load(source: Path) -> CardAdminConfig | None:
@@ -65,13 +67,18 @@ def load(source: Path) -> CardAdminConfig | None:
     per_minute = data.get("per_minute", 120)
     if not isinstance(per_minute, int) or isinstance(per_minute, bool) or not 1 <= per_minute <= 6000:
         raise ConfigError(source, f"{SECTION}.per_minute", f"expected 1 to 6000 answers a minute, got {per_minute!r}")
+    unlisted = data.get("unlisted_blank_cards", "refuse")
+    if unlisted not in UNLISTED:
+        raise ConfigError(source, f"{SECTION}.unlisted_blank_cards",
+                          f'expected "refuse" (a blank card must be in a batch loaded with `cnsctl cards load-batch`) '
+                          f'or "allow" (TEST deployments), got {unlisted!r}')
     pin_file = path("pin_file")
     if pin_file.stat().st_mode & 0o077:
         raise ConfigError(source, f"{SECTION}.pin_file", f"{pin_file} holds the token PIN: make it readable by "
                                                           "the daemon's user only (chmod 600)")
     return CardAdminConfig(pkcs11_module=text("pkcs11_module"), token_label=text("token_label"),
                            pin_file=pin_file, softhsm2_conf=path("softhsm2_conf", required=False),
-                           per_minute=per_minute)
+                           per_minute=per_minute, allow_unlisted_blank_cards=unlisted == "allow")
 
 
 def open_token(cfg: CardAdminConfig, source: Path) -> TokenProcess:
@@ -99,6 +106,9 @@ token_label = "{label}"
 pin_file = "hsm/pin"
 softhsm2_conf = "hsm/softhsm2.conf"
 per_minute = 600
+# TEST deployment: the emulated blank cards come keyed with their own diversified key, in no batch. Production
+# leaves this out ("refuse"): a blank card is personalized only from a batch loaded with `cnsctl cards load-batch`.
+unlisted_blank_cards = "allow"
 """
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from personalizer.cardadmin.keys import CardKeyError
 
 _CALLS = ("cryptogram", "has_master", "import_master", "generate_master", "wrapped_card_key", "batches",
-          "batch_of", "load_batch")
+          "batch_of", "load_batch", "master_info", "unwrap_master")
 
 
 class TokenProcess:
@@ -78,6 +78,12 @@ class TokenProcess:
     def generate_master(self, model_id: str) -> None:
         self._call("generate_master", model_id=model_id)
 
+    def master_info(self, model_id: str) -> dict | None:
+        return self._call("master_info", model_id=model_id)
+
+    def unwrap_master(self, model_id: str, wrapped: bytes, unwrapping_label: str) -> None:
+        self._call("unwrap_master", model_id=model_id, wrapped=wrapped.hex(), unwrapping_label=unwrapping_label)
+
     def close(self) -> None:
         self._finalizer()
 
@@ -108,7 +114,7 @@ def main() -> int:
             elif op in _CALLS and token is not None:
                 if "challenge" in req:
                     req["challenge"] = bytes.fromhex(req["challenge"])
-                for name in ("value", "key"):
+                for name in ("value", "key", "wrapped"):
                     if name in req:
                         req[name] = bytes.fromhex(req[name])
                 result = getattr(token, op)(**req)

@@ -25,9 +25,10 @@ OPERATIONS = {pb.CARD_OPERATION_PERSONALIZE: "personalize", pb.CARD_OPERATION_RE
 
 class CardAdminService(pb_grpc.CardAdminServicer):
     def __init__(self, *, broker, token, per_minute: int = DEFAULT_PER_MINUTE, models=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, allow_unlisted_blank: bool = False):
         self._broker = broker
-        self.core = CardAdmin(records=broker, token=token, per_minute=per_minute, models=models, clock=clock)
+        self.core = CardAdmin(records=broker, token=token, per_minute=per_minute, models=models, clock=clock,
+                              allow_unlisted_blank=allow_unlisted_blank)
 
     async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
         """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
@@ -76,6 +77,6 @@ def register(daemon_cfg, broker, server) -> CardAdminService | None:
     if cfg is None:
         return None
     servicer = CardAdminService(broker=broker, token=setup.open_token(cfg, daemon_cfg.source),
-                                per_minute=cfg.per_minute)
+                                per_minute=cfg.per_minute, allow_unlisted_blank=cfg.allow_unlisted_blank_cards)
     pb_grpc.add_CardAdminServicer_to_server(servicer, server)
     return servicer

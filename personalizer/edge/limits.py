@@ -25,7 +25,7 @@ STRING_LIMITS = {
     "issuer_dn": 512, "serial_hex": 64, "reason": 200, "id": 128,
 }
 BYTES_LIMITS = {"csr_der": 16 * 1024, "current_certificate_der": 16 * 1024, "proof_of_possession": 2048,
-                "ef_dati_personali": 4096,
+                "ef_dati_personali": 4096, "proof": 2048, "nonce": 64, "challenge": 64,
                 # the signed request form of a registration: registrations.check_form says 10 MiB first
                 "form": 11 * 1024 * 1024}
 MAX_DEPTH = 8

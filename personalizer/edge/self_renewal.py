@@ -28,29 +28,47 @@ per holder by the broker's ``RefusalLimiter``. Reads (GetRequest,
 WatchRequest) need the request id and a certificate of the holder this CA has
 on record, and only reach self-renewal requests of that holder.
 
-SelfRenew calls pass a per-address ``EnrollLimiter`` first. Imports grpc, proto, ``broker``,
-``lifecycle``, ``enrollment`` (limiter), ``service`` (status mapping).
+Card administration during a self-renewal (issue 12): the card's issuer
+challenge is answered only for a caller that proves it holds the card and
+knows its PIN — a certificate is public, so presenting one proves nothing.
+``CardAuthNonce`` gives a fresh single-use nonce for the card's live CNS
+authentication certificate (on record for that card, active, inside its
+validity); ``AuthenticateCard`` takes that nonce (once: a replay is refused)
+and checks the card's signature over it with the certificate's key
+(``rules.card_proof``), then asks ``CardAdmin`` for the cryptogram.
+
+SelfRenew calls pass a per-address ``EnrollLimiter`` first, CardAuthNonce calls a per-address
+bucket (``NONCES_PER_MINUTE``); a nonce is answered only for the address it was given to. Imports
+grpc, proto, ``broker``, ``lifecycle``, ``rules.card_proof``, ``enrollment`` (limiter),
+``cardadmin.service`` (its token bucket), ``service`` (status mapping).
 """
 from __future__ import annotations
+
+import datetime as _dt
 
 import grpc
 from cryptography import x509
 
+from cns_spec.profiles import CNS_AUTH
+
 from personalizer.edge import limits
 from personalizer.outbox.broker import Broker, ChangeInput, RenewInput
-from personalizer.ca.base import CertRef
+from personalizer.ca.base import CertRef, CertState
 from personalizer.enrollment import EnrollLimiter, peer_host
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, PersonalizerError
+from personalizer.cardadmin.service import StationRate
 from personalizer.records import SELF_RENEWAL_STATION
+from personalizer.rules.card_proof import NonceBook, check_proof
 from personalizer.rules.lifecycle import holder_cf
 from cns_spec import reasons as spec_reasons
 from personalizer.edge.service import ERROR_CODES, STATE_ENUMS, _ref, profile_name, record_to_proto, status_to_proto
-from proto.cns.v1 import card_admin_pb2, self_renewal_pb2_grpc as srpb_grpc
+from proto.cns.v1 import card_admin_pb2, self_renewal_pb2 as srpb, self_renewal_pb2_grpc as srpb_grpc
 
 MODE = "self-renewal"
 STATION = SELF_RENEWAL_STATION    # the requester's station_id of a holder's request
 OPERATION = "self-renew"          # audit operation of a refused self-renewal call
 HOLDER_PREFIX = "holder:"
+NONCES_PER_MINUTE = 120           # CardAuthNonce calls per minute from one address
 
 
 def _current(der: bytes) -> x509.Certificate:
@@ -64,8 +82,9 @@ def _current(der: bytes) -> x509.Certificate:
 class SelfRenewal:
     """The rules of the port, without gRPC (tests drive it directly)."""
 
-    def __init__(self, broker: Broker):
+    def __init__(self, broker: Broker, nonces: NonceBook | None = None):
         self._broker = broker
+        self.nonces = nonces or NonceBook()
 
     async def _holder(self, cert: x509.Certificate) -> tuple[str, str, CertRef]:
         """(codice fiscale, chamber, ref) of a certificate this CA issued and has on record."""
@@ -111,24 +130,56 @@ class SelfRenewal:
         return rec
 
 
+    async def _card_certificate(self, certificate_der: bytes, card_serial: str) -> tuple[str, str, x509.Certificate]:
+        """(codice fiscale, chamber, cert) when ``certificate_der`` is this card's live CNS authentication
+        certificate as this CA issued it: on record for that very card, active (not suspended or revoked)
+        and inside its validity."""
+        cert = _current(certificate_der)
+        cf, chamber, _ = await self._holder(cert)
+        mine = [f for f in await self._broker.find_certificates(card_id=card_serial)
+                if f.certificate_der == certificate_der]
+        if not mine:
+            raise PermissionDenied(f"the certificate was not issued for card {card_serial}")
+        found = mine[0]
+        if found.profile != CNS_AUTH:
+            raise PermissionDenied("card administration is proven with the card's CNS authentication certificate "
+                                   f"(keyset CNS0), not its {found.profile} one")
+        now = _dt.datetime.now(_dt.timezone.utc)
+        if found.info.state is not CertState.ACTIVE or not found.info.not_before <= now <= found.info.not_after:
+            raise FailedPrecondition(f"the card's certificate is {found.info.state.value}"
+                                     + (" (outside its validity)" if found.info.state is CertState.ACTIVE else "")
+                                     + ": this card cannot be administered for a self-renewal (ask your chamber)")
+        return cf, chamber, cert
+
+    async def card_nonce(self, *, current_certificate_der: bytes, card_serial: str, peer: str = "") -> bytes:
+        """A fresh single-use nonce for the card's proof (``card_proof.NonceBook``), for the caller at ``peer``."""
+        actor = f"{HOLDER_PREFIX}unknown"
+        try:
+            cf, _, _ = await self._card_certificate(current_certificate_der, card_serial)
+            actor = HOLDER_PREFIX + cf
+            return self.nonces.issue(card_serial, current_certificate_der, peer)
+        except PersonalizerError as exc:
+            await self._broker.audit_refusal(actor=actor, station_id=STATION, operation=OPERATION,
+                                             request_id="", exc=exc, operator_id=actor)
+            raise
+
     async def authenticate_card(self, card_admin, *, current_certificate_der: bytes, card_serial: str,
-                                card_model: str, challenge: bytes, operation_id: str, rate_key: str = "") -> bytes:
-        """The card's issuer challenge answered (``cardadmin.service.CardAdmin``) for the card that
-        ``current_certificate_der`` (on record here, not revoked unless superseded) was issued for."""
+                                card_model: str, challenge: bytes, operation_id: str, nonce: bytes = b"",
+                                proof: bytes = b"", rate_key: str = "", peer: str = "") -> bytes:
+        """The card's issuer challenge answered (``cardadmin.service.CardAdmin``) for a caller that proved it
+        holds the card: ``proof`` (``card_proof.check_proof``) by the key of ``current_certificate_der`` (the
+        card's live authentication certificate, ``_card_certificate``) over a nonce of ``card_nonce``, taken
+        here (a replay is refused)."""
         actor = f"{HOLDER_PREFIX}unknown"
         try:
             if card_admin is None:
                 raise FailedPrecondition("this personalizer has no card administration token ([card_admin])")
-            cert = _current(current_certificate_der)
-            cf, chamber, ref = await self._holder(cert)
+            cf, chamber, cert = await self._card_certificate(current_certificate_der, card_serial)
             actor = HOLDER_PREFIX + cf
-            mine = [f for f in await self._broker.find_certificates(card_id=card_serial)
-                    if f.certificate_der == current_certificate_der]
-            if not mine:
-                raise PermissionDenied(f"the certificate was not issued for card {card_serial}")
-            info = mine[0].info
-            if info.state.value == "revoked" and info.revocation_reason != spec_reasons.SUPERSEDED:
-                raise FailedPrecondition("the certificate is revoked: this card cannot be renewed (ask your chamber)")
+            if not nonce or not proof:
+                check_proof(cert, nonce=nonce, serial=card_serial, operation_id=operation_id, proof=b"")
+            self.nonces.take(nonce, card_serial, current_certificate_der, peer)
+            check_proof(cert, nonce=nonce, serial=card_serial, operation_id=operation_id, proof=proof)
             return await card_admin.answer(actor=actor, station_id=STATION, chamber_code=chamber, operator_id=actor,
                                            serial=card_serial, model_id=card_model, challenge=challenge,
                                            operation="renew", operation_id=operation_id, rate_key=rate_key)
@@ -187,6 +238,7 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
     def __init__(self, broker: Broker, relay=None, limiter: EnrollLimiter | None = None, card_admin=None):
         self._rules = SelfRenewal(broker)
         self._card_admin = card_admin   # personalizer.cardadmin.service.CardAdmin, when [card_admin] is set
+        self._nonce_rate = StationRate(NONCES_PER_MINUTE)   # per address: a renewal asks ~10
         self._limiter = limiter
         self._broker = broker
         self._relay = relay
@@ -211,13 +263,27 @@ class HolderRenewalService(srpb_grpc.HolderRenewalServicer):
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return self._out(rec)
 
+    async def CardAuthNonce(self, request, context):  # noqa: N802
+        peer = peer_host(context.peer() or "")
+        if not self._nonce_rate.allow(peer):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many card administration nonces asked from this address; retry in a minute")
+        try:   # bounded by the nonce book too (per card and address, in all)
+            limits.check_message(request)
+            nonce = await self._rules.card_nonce(current_certificate_der=request.current_certificate_der,
+                                                 card_serial=request.card_serial, peer=peer)
+        except PersonalizerError as exc:
+            await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        return srpb.SelfCardNonce(nonce=nonce, expires_in_s=int(self._rules.nonces.ttl_s))
+
     async def AuthenticateCard(self, request, context):  # noqa: N802
         try:   # rate-limited by the card admin's own buckets, per address (not the renewal attempts')
             limits.check_message(request)
             answer = await self._rules.authenticate_card(
                 self._card_admin, current_certificate_der=request.current_certificate_der,
                 card_serial=request.card_serial, card_model=request.card_model, challenge=request.challenge,
-                operation_id=request.operation_id, rate_key="holder@" + peer_host(context.peer() or ""))
+                operation_id=request.operation_id, nonce=request.nonce, proof=request.proof,
+                rate_key="holder@" + peer_host(context.peer() or ""), peer=peer_host(context.peer() or ""))
         except PersonalizerError as exc:
             await context.abort(ERROR_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         return card_admin_pb2.CardAuthResponse(cryptogram=answer)

@@ -17,7 +17,8 @@ import subprocess
 import pytest
 
 from agent.card.errors import CardRemovedError
-from agent.ops.errors import UplinkError
+from agent.ops.errors import PreconditionError
+from agent.ops.journal import Journal
 from firmware_profiles.emulator import EmulatedCard, admin
 from tests.ops.test_personalize import MODELS, codes_for, personalize, resume
 from tests.personalizer.helpers import VENV_BIN
@@ -97,15 +98,29 @@ def test_a_card_pulled_during_put_key_is_finished_on_reinsert(batches, station, 
 
 def test_a_card_of_another_chambers_batch_is_refused_and_untouched(batches, station, tmp_path):
     card = EmulatedCard(MODEL, serial="ICMRU00000000001", transport_key=MI_KEY)
-    with pytest.raises(UplinkError) as err:
+    with pytest.raises(PreconditionError) as err:   # before anything is journaled
         asyncio.run(personalize(station, tmp_path / "j.db", card, MODEL, codes_for(MODEL)))
     assert "batch MI-2026-T1 of chamber MI's stock" in str(err.value)
     assert card.snapshot()["keys"] == {} and _auth(card, MI_KEY) == 0x9000   # still its transport key
 
 
-def test_a_transport_keyed_card_of_no_loaded_batch_is_refused_clearly(batches, station, tmp_path):
-    card = EmulatedCard(MODEL, serial="ICMRW00000000001", transport_key=os.urandom(16))
-    with pytest.raises(UplinkError) as err:
+def test_a_blank_card_of_no_loaded_batch_is_refused_before_anything_is_journaled(batches, station, tmp_path):
+    """Issue 12 item 3: the refusal names the card and the cnsctl command, changes nothing on the card and
+    leaves no operation in the journal (an open one could neither go forward nor be undone: nothing can
+    authenticate to the card until its batch is loaded, and it would block the card's next personalization)."""
+    card = EmulatedCard(MODEL, serial="ICMRX00000000001", transport_key=os.urandom(16))
+    before = card.snapshot()
+    with pytest.raises(PreconditionError) as err:
         asyncio.run(personalize(station, tmp_path / "j.db", card, MODEL, codes_for(MODEL)))
-    assert "in no batch loaded here" in str(err.value) and "cnsctl cards load-batch" in str(err.value)
-    assert card.snapshot()["keys"] == {}
+    msg = str(err.value)
+    assert "ICMRX00000000001" in msg and "cnsctl cards load-batch" in msg and "\n" not in msg, msg
+    assert "FAILED_PRECONDITION" not in msg and "not changed" in msg, msg
+    assert card.snapshot() == before
+
+    async def open_ops():
+        j = await Journal.open(tmp_path / "j.db")
+        try:
+            return await j.open_operations()
+        finally:
+            await j.close()
+    assert asyncio.run(open_ops()) == []

@@ -166,7 +166,8 @@ def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
         store = await SqliteRequestStore.open(tmp_path / "requests.sqlite")
         cfg = card_admin_setup.load(deployment.server_config)
         token = card_admin_setup.open_token(cfg, deployment.server_config)
-        core = CardAdmin(records=Broker(store=store, ca=None, min_rsa_bits={}), token=token, per_minute=3)
+        core = CardAdmin(records=Broker(store=store, ca=None, min_rsa_bits={}), token=token, per_minute=3,
+                         allow_unlisted_blank=cfg.allow_unlisted_blank_cards)
         try:
             kw = dict(actor="urn:cns:station:RM:S1", station_id="S1", chamber_code="RM", operator_id="op",
                       model_id=MODEL.id, challenge=os.urandom(16), operation="personalize")
@@ -182,6 +183,14 @@ def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
     asyncio.run(go())
 
 
+def test_a_production_card_admin_section_refuses_unlisted_blank_cards_by_default(tmp_path):
+    (tmp_path / "pin").write_text("1234\n")
+    (tmp_path / "pin").chmod(0o600)
+    cfg = tmp_path / "personalizer.toml"
+    cfg.write_text('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "pin"\n')
+    assert card_admin_setup.load(cfg).allow_unlisted_blank_cards is False
+
+
 @pytest.mark.parametrize("section,key,expected", [
     ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "missing-pin"\n', "card_admin.pin_file",
      "file not found"),
@@ -191,6 +200,8 @@ def test_a_station_that_asks_too_fast_is_refused(deployment, tmp_path):
      "card_admin.per_minute", "1 to 6000"),
     ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "open-pin"\n', "card_admin.pin_file",
      "chmod 600"),
+    ('[card_admin]\npkcs11_module = "/x.so"\ntoken_label = "t"\npin_file = "pin"\nunlisted_blank_cards = "yes"\n',
+     "card_admin.unlisted_blank_cards", "cnsctl cards load-batch"),
 ])
 def test_card_admin_config_errors_name_file_key_and_expectation(tmp_path, section, key, expected):
     from personalizer.errors import ConfigError

@@ -44,10 +44,10 @@ def _holder_uplink(station, port, certs=()) -> HolderUplink:
                         timeout_s=3.0)
 
 
-def _renewer(j, uplink, certificates=(), **kw) -> Renewer:
-    """The holder's Renewer; the card's issuer challenges answered by the personalizer for the card
-    ``certificates`` (its live ones) were issued for."""
-    admin = HolderCardAdmin(uplink, certificates).for_operation("renew", HOLDER_REQUESTER)
+def _renewer(j, uplink, **kw) -> Renewer:
+    """The holder's Renewer; the card's issuer challenges answered by the personalizer with the card's proof
+    of its holder (the PIN)."""
+    admin = HolderCardAdmin(uplink, env.codes_for(MODEL)).for_operation("renew", HOLDER_REQUESTER)
     return Renewer(journal=j, uplink=uplink, requester=HOLDER_REQUESTER, card_admin=admin, policy=env.WIDE,
                    watch_timeout_s=5.0, **kw)
 
@@ -92,7 +92,7 @@ def test_holder_renews_their_card_without_a_station_certificate(world, tmp_path)
 
     async def run(j):
         async with _holder_uplink(station, port) as uplink:
-            return await _renewer(j, uplink, [before["CNS0"]["der"]]).start(
+            return await _renewer(j, uplink).start(
                 connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
     out = _journal(tmp_path, run)
     assert out.state == "done" and out.test_signatures, out.message
@@ -131,7 +131,7 @@ def test_personalizer_down_mid_self_renewal_is_finished_by_the_next_run(world, t
     async def first(j):
         async with _holder_uplink(station, port) as uplink:
             try:
-                return await _renewer(j, uplink, [before["CNS0"]["der"]], on_step=on_step).start(
+                return await _renewer(j, uplink, on_step=on_step).start(
                     connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
             except UplinkUnavailable as exc:
                 return exc
@@ -221,10 +221,123 @@ def test_a_holder_gets_card_administration_only_for_the_card_their_certificate_w
 
     async def ask(serial):
         async with _holder_uplink(station, port) as uplink:
-            return await HolderCardAdmin(uplink, [mine]).authenticate(
-                serial=serial, model_id=MODEL.id, challenge=bytes(16), kind="renew", op_id="t",
-                requester=HOLDER_REQUESTER)
+            nonce = await _nonce(uplink, mine, card.serial)
+            return await _auth(uplink, mine, serial, nonce=nonce, proof=_card_proof(card, nonce, serial, "t"))
     assert asyncio.run(ask(card.serial)) == admin.cryptogram(admin.card_key(MODEL, card.serial), bytes(16))
     with pytest.raises(UplinkError) as err:
         asyncio.run(ask(other.serial))
     assert err.value.code == "PERMISSION_DENIED" and f"not issued for card {other.serial}" in str(err.value)
+
+
+# -- card administration needs proof of holding the card (issue 12, HolderRenewal.AuthenticateCard) ---------
+def _card_proof(card, nonce: bytes, serial: str, op_id: str = "") -> bytes:
+    """What the card makes for the agent: its CNS authentication key (PIN verified) signs the proof message."""
+    from agent.ops.csr import pkcs1_v15_sha256_block
+    from cns_spec.card_admin_proof import proof_message
+
+    card.power_off()
+    card.power_on()
+    cns = env.CnsSession(env.EmulatedTransport(card), MODEL)
+    issuer = env.IssuerSession(cns, MODEL)
+    ks = MODEL.keyset("CNS0")
+    cns.verify_pin(env.codes_for(MODEL).pin, ks.name)
+    bits = x509.load_der_x509_certificate(issuer.read_ef(ks.cert_path)).public_key().key_size
+    return issuer.raw_sign(ks, ks.key_ref, pkcs1_v15_sha256_block(proof_message(nonce, serial, op_id),
+                                                                  (bits + 7) // 8))
+
+
+async def _nonce(uplink, cert: bytes, serial: str) -> bytes:
+    from proto.cns.v1 import self_renewal_pb2 as spb
+    return bytes((await uplink._call("CardAuthNonce", spb.SelfCardNonceRequest(
+        current_certificate_der=cert, card_serial=serial), "nonce")).nonce)
+
+
+async def _auth(uplink, cert: bytes, serial: str, *, nonce=b"", proof=b"", op_id="t", challenge=bytes(16)) -> bytes:
+    from proto.cns.v1 import self_renewal_pb2 as spb
+    return bytes((await uplink._call("AuthenticateCard", spb.SelfCardAuthRequest(
+        current_certificate_der=cert, card_serial=serial, card_model=MODEL.id, challenge=challenge,
+        operation_id=op_id, nonce=nonce, proof=proof), "card administration")).cryptogram)
+
+
+def test_the_public_certificate_alone_gets_no_card_administration(world, tmp_path):
+    """Anyone can have a holder's certificate (it is public: signed mail, TLS logins); it must not buy a
+    cryptogram that erases or rewrites the card's keys. Refused without a proof, and with a proof made by
+    another card; one audit row each."""
+    from agent.ops.errors import UplinkError
+
+    p, station, port = world
+    card, other = _personalized(world, tmp_path / "a"), _personalized(world, tmp_path / "b")
+    mine = env.card_view(card, MODEL)["CNS0"]["der"]
+
+    async def go():
+        async with _holder_uplink(station, port) as uplink:
+            with pytest.raises(UplinkError) as bare:
+                await _auth(uplink, mine, card.serial)
+            nonce = await _nonce(uplink, mine, card.serial)
+            with pytest.raises(UplinkError) as foreign:   # the other card signs: not the holder of this card
+                await _auth(uplink, mine, card.serial, nonce=nonce, proof=_card_proof(other, nonce, card.serial, "t"))
+            return bare.value, foreign.value
+    bare, foreign = asyncio.run(go())
+    assert bare.code == "PERMISSION_DENIED" and "proof" in str(bare) and "\n" not in str(bare), bare
+    assert foreign.code == "PERMISSION_DENIED" and "does not verify" in str(foreign), foreign
+    with sqlite3.connect(f"file:{p.cfg.store.database}?mode=ro", uri=True) as c:
+        rows = list(c.execute("SELECT result FROM audit WHERE operation = 'self-renew' AND result LIKE 'refused:%'"
+                              " AND detail LIKE ?", ("%proof%",)))
+    assert len(rows) >= 2, rows
+
+
+def test_a_proof_made_by_the_card_is_answered_once(world, tmp_path):
+    """The card's own proof over a fresh nonce gets the cryptogram; the same proof again (a replay) is refused,
+    and so is a proof made for another operation id."""
+    from agent.ops.errors import UplinkError
+    from firmware_profiles.emulator import admin
+
+    p, station, port = world
+    card = _personalized(world, tmp_path)
+    mine = env.card_view(card, MODEL)["CNS0"]["der"]
+
+    async def go():
+        async with _holder_uplink(station, port) as uplink:
+            nonce = await _nonce(uplink, mine, card.serial)
+            proof = _card_proof(card, nonce, card.serial, "op-1")
+            answer = await _auth(uplink, mine, card.serial, nonce=nonce, proof=proof, op_id="op-1")
+            with pytest.raises(UplinkError) as replay:
+                await _auth(uplink, mine, card.serial, nonce=nonce, proof=proof, op_id="op-1")
+            fresh = await _nonce(uplink, mine, card.serial)
+            with pytest.raises(UplinkError) as other_op:
+                await _auth(uplink, mine, card.serial, nonce=fresh, op_id="op-2",
+                            proof=_card_proof(card, fresh, card.serial, "op-1"))
+            return answer, replay.value, other_op.value
+    answer, replay, other_op = asyncio.run(go())
+    assert answer == admin.cryptogram(admin.card_key(MODEL, card.serial), bytes(16))
+    assert replay.code == "PERMISSION_DENIED" and "nonce" in str(replay) and "fresh" in str(replay), replay
+    assert other_op.code == "PERMISSION_DENIED" and "does not verify" in str(other_op), other_op
+
+
+def test_a_suspended_certificate_proves_nothing(world, tmp_path):
+    """Central IT suspended the card's certificate (a lost card): no nonce, no answer, even with the PIN."""
+    import uuid
+
+    from agent.ops.errors import UplinkError
+    from agent.uplink.client import PersonalizerClient
+
+    p, station, port = world
+    card = _personalized(world, tmp_path)
+    mine = env.card_view(card, MODEL)["CNS0"]["der"]
+    cert = x509.load_der_x509_certificate(mine)
+
+    async def go():
+        async with _holder_uplink(station, port) as uplink:
+            nonce = await _nonce(uplink, mine, card.serial)
+            async with PersonalizerClient(station) as ops:
+                await ops.change_status("suspend", request_id=f"susp-{uuid.uuid4()}",
+                                        issuer_dn=cert.issuer.rfc4514_string(), serial_hex=f"{cert.serial_number:X}",
+                                        requester=env.REQUESTER)
+            with pytest.raises(UplinkError) as answer:
+                await _auth(uplink, mine, card.serial, nonce=nonce, proof=_card_proof(card, nonce, card.serial, "t"))
+            with pytest.raises(UplinkError) as again:
+                await _nonce(uplink, mine, card.serial)
+            return answer.value, again.value
+    answer, again = asyncio.run(go())
+    for err in (answer, again):
+        assert err.code == "FAILED_PRECONDITION" and "suspended" in str(err), err

@@ -27,21 +27,25 @@ from proto.cns.v1 import personalizer_pb2 as proto_dot_cns_dot_v1_dot_personaliz
 from proto.cns.v1 import card_admin_pb2 as proto_dot_cns_dot_v1_dot_card__admin__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/cns/v1/self_renewal.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\x1a\x1fproto/cns/v1/personalizer.proto\x1a\x1dproto/cns/v1/card_admin.proto\"\x88\x01\n\x13SelfCardAuthRequest\x12\x1f\n\x17\x63urrent_certificate_der\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12\x14\n\x0coperation_id\x18\x05 \x01(\t\"\x99\x01\n\x10SelfRenewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63urrent_certificate_der\x18\x04 \x01(\x0c\x12\x1b\n\x13proof_of_possession\x18\x05 \x01(\x0c\"E\n\x0eSelfRequestRef\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x17\x63urrent_certificate_der\x18\x02 \x01(\x0c\"d\n\x11SelfRevokeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xb4\x03\n\rHolderRenewal\x12<\n\tSelfRenew\x12\x18.cns.v1.SelfRenewRequest\x1a\x15.cns.v1.IssueResponse\x12;\n\nGetRequest\x12\x16.cns.v1.SelfRequestRef\x1a\x15.cns.v1.IssueResponse\x12?\n\x0cWatchRequest\x12\x16.cns.v1.SelfRequestRef\x1a\x15.cns.v1.IssueResponse0\x01\x12Q\n\x14GetCertificateStatus\x12\x16.cns.v1.CertificateRef\x1a!.cns.v1.CertificateStatusResponse\x12I\n\tRevokeOwn\x12\x19.cns.v1.SelfRevokeRequest\x1a!.cns.v1.CertificateStatusResponse\x12I\n\x10\x41uthenticateCard\x12\x1b.cns.v1.SelfCardAuthRequest\x1a\x18.cns.v1.CardAuthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/cns/v1/self_renewal.proto\x12\x06\x63ns.v1\x1a\x19proto/cns/v1/common.proto\x1a\x1fproto/cns/v1/personalizer.proto\x1a\x1dproto/cns/v1/card_admin.proto\"L\n\x14SelfCardNonceRequest\x12\x1f\n\x17\x63urrent_certificate_der\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\"4\n\rSelfCardNonce\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0c\x65xpires_in_s\x18\x02 \x01(\r\"\xa6\x01\n\x13SelfCardAuthRequest\x12\x1f\n\x17\x63urrent_certificate_der\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63\x61rd_serial\x18\x02 \x01(\t\x12\x12\n\ncard_model\x18\x03 \x01(\t\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12\x14\n\x0coperation_id\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\r\n\x05proof\x18\x07 \x01(\x0c\"\x99\x01\n\x10SelfRenewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x07profile\x18\x02 \x01(\x0e\x32\x11.cns.v1.CAProfile\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63urrent_certificate_der\x18\x04 \x01(\x0c\x12\x1b\n\x13proof_of_possession\x18\x05 \x01(\x0c\"E\n\x0eSelfRequestRef\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x17\x63urrent_certificate_der\x18\x02 \x01(\x0c\"d\n\x11SelfRevokeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.cns.v1.CertificateRef\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xfa\x03\n\rHolderRenewal\x12<\n\tSelfRenew\x12\x18.cns.v1.SelfRenewRequest\x1a\x15.cns.v1.IssueResponse\x12;\n\nGetRequest\x12\x16.cns.v1.SelfRequestRef\x1a\x15.cns.v1.IssueResponse\x12?\n\x0cWatchRequest\x12\x16.cns.v1.SelfRequestRef\x1a\x15.cns.v1.IssueResponse0\x01\x12Q\n\x14GetCertificateStatus\x12\x16.cns.v1.CertificateRef\x1a!.cns.v1.CertificateStatusResponse\x12I\n\tRevokeOwn\x12\x19.cns.v1.SelfRevokeRequest\x1a!.cns.v1.CertificateStatusResponse\x12\x44\n\rCardAuthNonce\x12\x1c.cns.v1.SelfCardNonceRequest\x1a\x15.cns.v1.SelfCardNonce\x12I\n\x10\x41uthenticateCard\x12\x1b.cns.v1.SelfCardAuthRequest\x1a\x18.cns.v1.CardAuthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cns.v1.self_renewal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SELFCARDAUTHREQUEST']._serialized_start=135
-  _globals['_SELFCARDAUTHREQUEST']._serialized_end=271
-  _globals['_SELFRENEWREQUEST']._serialized_start=274
-  _globals['_SELFRENEWREQUEST']._serialized_end=427
-  _globals['_SELFREQUESTREF']._serialized_start=429
-  _globals['_SELFREQUESTREF']._serialized_end=498
-  _globals['_SELFREVOKEREQUEST']._serialized_start=500
-  _globals['_SELFREVOKEREQUEST']._serialized_end=600
-  _globals['_HOLDERRENEWAL']._serialized_start=603
-  _globals['_HOLDERRENEWAL']._serialized_end=1039
+  _globals['_SELFCARDNONCEREQUEST']._serialized_start=134
+  _globals['_SELFCARDNONCEREQUEST']._serialized_end=210
+  _globals['_SELFCARDNONCE']._serialized_start=212
+  _globals['_SELFCARDNONCE']._serialized_end=264
+  _globals['_SELFCARDAUTHREQUEST']._serialized_start=267
+  _globals['_SELFCARDAUTHREQUEST']._serialized_end=433
+  _globals['_SELFRENEWREQUEST']._serialized_start=436
+  _globals['_SELFRENEWREQUEST']._serialized_end=589
+  _globals['_SELFREQUESTREF']._serialized_start=591
+  _globals['_SELFREQUESTREF']._serialized_end=660
+  _globals['_SELFREVOKEREQUEST']._serialized_start=662
+  _globals['_SELFREVOKEREQUEST']._serialized_end=762
+  _globals['_HOLDERRENEWAL']._serialized_start=765
+  _globals['_HOLDERRENEWAL']._serialized_end=1271
 # @@protoc_insertion_point(module_scope)

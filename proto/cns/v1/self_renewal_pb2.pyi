@@ -8,19 +8,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SelfCardNonceRequest(_message.Message):
+    __slots__ = ("current_certificate_der", "card_serial")
+    CURRENT_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    current_certificate_der: bytes
+    card_serial: str
+    def __init__(self, current_certificate_der: _Optional[bytes] = ..., card_serial: _Optional[str] = ...) -> None: ...
+
+class SelfCardNonce(_message.Message):
+    __slots__ = ("nonce", "expires_in_s")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    expires_in_s: int
+    def __init__(self, nonce: _Optional[bytes] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+
 class SelfCardAuthRequest(_message.Message):
-    __slots__ = ("current_certificate_der", "card_serial", "card_model", "challenge", "operation_id")
+    __slots__ = ("current_certificate_der", "card_serial", "card_model", "challenge", "operation_id", "nonce", "proof")
     CURRENT_CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
     CARD_SERIAL_FIELD_NUMBER: _ClassVar[int]
     CARD_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     current_certificate_der: bytes
     card_serial: str
     card_model: str
     challenge: bytes
     operation_id: str
-    def __init__(self, current_certificate_der: _Optional[bytes] = ..., card_serial: _Optional[str] = ..., card_model: _Optional[str] = ..., challenge: _Optional[bytes] = ..., operation_id: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    proof: bytes
+    def __init__(self, current_certificate_der: _Optional[bytes] = ..., card_serial: _Optional[str] = ..., card_model: _Optional[str] = ..., challenge: _Optional[bytes] = ..., operation_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class SelfRenewRequest(_message.Message):
     __slots__ = ("request_id", "profile", "csr_der", "current_certificate_der", "proof_of_possession")

@@ -62,6 +62,11 @@ class HolderRenewalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
                 _registered_method=True)
+        self.CardAuthNonce = channel.unary_unary(
+                '/cns.v1.HolderRenewal/CardAuthNonce',
+                request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonceRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonce.FromString,
+                _registered_method=True)
         self.AuthenticateCard = channel.unary_unary(
                 '/cns.v1.HolderRenewal/AuthenticateCard',
                 request_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardAuthRequest.SerializeToString,
@@ -107,11 +112,21 @@ class HolderRenewalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AuthenticateCard(self, request, context):
+    def CardAuthNonce(self, request, context):
         """Card administration during a self-renewal (issue 12): the card's challenge answered from the
-        personalizer's token, for the card a certificate on record (not revoked, or revoked superseded by
-        this renewal) was issued for. The holder never holds a card key either.
+        personalizer's token only for a caller that proves it holds the card and its PIN. The caller first
+        asks CardAuthNonce for a fresh single-use nonce, has the card's CNS authentication key (PIN verified)
+        sign cns_spec.card_admin_proof.proof_message(nonce, card_serial, operation_id), then sends the card's
+        challenge with the nonce and that proof; current_certificate_der is the card's LIVE authentication
+        certificate (issued by this CA for this card, on record, active and within its validity). A nonce is
+        answered once: a replayed proof is refused. The holder never holds a card key either.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthenticateCard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -143,6 +158,11 @@ def add_HolderRenewalServicer_to_server(servicer, server):
                     servicer.RevokeOwn,
                     request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.SerializeToString,
+            ),
+            'CardAuthNonce': grpc.unary_unary_rpc_method_handler(
+                    servicer.CardAuthNonce,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonceRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonce.SerializeToString,
             ),
             'AuthenticateCard': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthenticateCard,
@@ -285,6 +305,33 @@ class HolderRenewal:
             '/cns.v1.HolderRenewal/RevokeOwn',
             proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfRevokeRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_personalizer__pb2.CertificateStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CardAuthNonce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.HolderRenewal/CardAuthNonce',
+            proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonceRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_self__renewal__pb2.SelfCardNonce.FromString,
             options,
             channel_credentials,
             insecure,
