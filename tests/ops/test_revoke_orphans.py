@@ -1,36 +1,63 @@
-"""``agent.ops.revoke_orphans`` against the real daemon: certificates issued for an operation are revoked
-with reason cessationOfOperation, a second run counts them as done, and a request that issued nothing is
-settled without a call to the CA."""
+"""``agent.ops.revoke_orphans``: certificates issued for an operation are revoked with reason
+cessationOfOperation, a second run counts them as done, and a request that issued nothing is settled
+without a call to the CA.
+
+Ops logic, so no daemon process (issue 11 item 2): the in-memory uplink over the real broker, relay,
+store and embedded CA; card administration through the emulator's software authenticator."""
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
+from cryptography import x509
+
+from agent.ops.journal import Journal
+from agent.ops.personalize import Personalizer
 from agent.ops.revoke_orphans import ALREADY, NONE, REVOKED, Orphan, revoke_orphans
-from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import EmulatedCard
-from tests.ops.test_personalize import MODELS, REQUESTER, codes_for, personalize
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
+from personalizer import deploy
+from personalizer.outbox.windows import ServiceCalendar
+from tests.broker.conftest import Env
+from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for, connect_to
+from tests.support.uplink import InMemoryUplink
+
+MODEL = MODELS["infocamere-cns-2048"]
 
 
-def test_revoke_issued_certificates_idempotently(station, tmp_path):
-    model = MODELS["infocamere-cns-2048"]
-    card = EmulatedCard(model)
-    out = asyncio.run(personalize(station, tmp_path / "j.db", card, model, codes_for(model)))
-    assert out.state == "done", out.message
-    by_rid = Orphan(request_id=f"pers-{out.op_id}-CNS0")
-    from cryptography import x509
-    cert1 = x509.load_der_x509_certificate(out.certificates["CNS1"])
-    by_serial = Orphan(issuer_dn=cert1.issuer.rfc4514_string(), serial_hex=format(cert1.serial_number, "X"))
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("orphans-deploy") / "cns"
+    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+
+
+def test_revoke_issued_certificates_idempotently(deployment, tmp_path):
+    card = EmulatedCard(MODEL)
 
     async def go():
-        async with PersonalizerClient(station) as uplink:
+        async with Env(deployment, tmp_path, time.time, ServiceCalendar(always_open=True), answer_wait=10.0) as p:
+            await p.relay.start()
+            uplink = InMemoryUplink(p.broker, relay=p.relay)
+            journal = await Journal.open(tmp_path / "j.db")
+            try:
+                out = await Personalizer(journal=journal, uplink=uplink, requester=REQUESTER,
+                                         card_admin=SoftwareAuthenticator(MODEL), watch_timeout_s=20).start(
+                    connect=connect_to(card), reader="in-process", model=MODEL, holder=HOLDER, codes=codes_for(MODEL))
+            finally:
+                await journal.close()
+            assert out.state == "done", out.message
+            cert1 = x509.load_der_x509_certificate(out.certificates["CNS1"])
+            by_rid = Orphan(request_id=f"pers-{out.op_id}-CNS0")
+            by_serial = Orphan(issuer_dn=cert1.issuer.rfc4514_string(), serial_hex=format(cert1.serial_number, "X"))
             first = await revoke_orphans(uplink, [by_rid, by_serial, Orphan(request_id="pers-never-seen-CNS0")],
                                          requester=REQUESTER)
             second = await revoke_orphans(uplink, [by_rid, by_serial], requester=REQUESTER)
             statuses = [await uplink.certificate_status(issuer_dn=r.issuer_dn, serial_hex=r.serial_hex)
                         for r in first[:2]]
-            return first, second, statuses
+            return cert1, first, second, statuses
 
-    first, second, statuses = asyncio.run(go())
+    cert1, first, second, statuses = asyncio.run(go())
     assert [r.outcome for r in first] == [REVOKED, REVOKED, NONE], [r.as_dict() for r in first]
     assert all(r.settled for r in first)
     assert [r.outcome for r in second] == [ALREADY, ALREADY]

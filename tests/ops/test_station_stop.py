@@ -1,19 +1,27 @@
 """Issue 9 item 6 at the ``StationOps`` level: the operator's stop request and ``finish|discard``.
 
-Real daemon, emulated card in process. A stop during a renewal ends after a journaled step with the
-old certificates in use; ``discard`` then undoes it. A stop during a personalization before any
-request was sent leaves a blank card; ``resolve`` of an unknown operation says so."""
+Ops logic, so no daemon process (issue 11 item 2): the in-memory uplink over the real broker, relay,
+store and embedded CA, the emulated card in process, card administration through the emulator's
+software authenticator (a test double of the central key). A stop during a renewal ends after a
+journaled step with the old certificates in use; ``discard`` then undoes it. A stop during a
+personalization before any request was sent leaves a blank card; ``resolve`` of an unknown operation
+says so."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from agent.ops.errors import PreconditionError
 from agent.ops.journal import Journal
 from agent.ops.station import StationOps
-from agent.uplink.client import PersonalizerClient
 from firmware_profiles.emulator import EmulatedCard
+from firmware_profiles.emulator.admin import SoftwareAuthenticator
+from personalizer import deploy
+from personalizer.outbox.windows import ServiceCalendar
+from tests.broker.conftest import Env
+from tests.support.uplink import InMemoryUplink
 from tests.support.emulated import connect_reader
 from tests.ops import renewal_env as env
 
@@ -24,14 +32,31 @@ def _model():
     return load_models()["infocamere-cns-2048"]
 
 
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stop-deploy") / "cns"
+    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+
+
+@pytest.fixture
+def station(deployment, tmp_path):
+    """``(station config, deployment, personalizer dir)``: the station's config as init wrote it, its
+    endpoint never dialled (the uplink is in memory; no daemon runs)."""
+    from tests.ops.conftest import station_config_for
+    (tmp_path / "personalizer").mkdir()
+    return station_config_for(deployment, 9), deployment, tmp_path / "personalizer"
+
+
 async def _with_ops(station, path, fn):
-    journal = await Journal.open(path)
-    uplink = PersonalizerClient(station)
-    try:
-        return await fn(StationOps(station, journal, renewal_policy=env.WIDE, watch_timeout_s=5, uplink=uplink))
-    finally:
-        await uplink.close()
-        await journal.close()
+    cfg, deployment, where = station
+    async with Env(deployment, where, time.time, ServiceCalendar(always_open=True), answer_wait=10.0) as pers:
+        await pers.relay.start()
+        uplink = InMemoryUplink(pers.broker, relay=pers.relay, card_admin=SoftwareAuthenticator(_model()))
+        journal = await Journal.open(path)
+        try:
+            return await fn(StationOps(cfg, journal, renewal_policy=env.WIDE, watch_timeout_s=5, uplink=uplink))
+        finally:
+            await journal.close()
 
 
 def _stop_at(ops, step_name: str):

@@ -10,9 +10,10 @@ is trusted as given). Answers are the domain records of ``agent.ops.uplink``
 ``agent.ops.uplink.is_refusal`` into ``UplinkError`` / ``UplinkUnavailable``,
 as the gRPC uplink classifies the status it carries.
 
-Only the request path is here (submit_issue, renew, get_request, watch_request,
-ca_status); the certificate lifecycle calls raise ``NotImplementedError`` until
-a test needs them. Tests may import agent and personalizer both.
+The request path (submit_issue, renew, get_request, watch_request, ca_status) and
+the certificate lifecycle (certificate_status, change_status, find_certificates);
+registrations raise ``NotImplementedError`` until a test needs them. Tests may
+import agent and personalizer both.
 """
 from __future__ import annotations
 
@@ -98,14 +99,58 @@ class InMemoryUplink:
     async def get_registration(self, registration_id: str):
         raise NotImplementedError("InMemoryUplink: registrations are not wired (use the daemon)")
 
-    async def certificate_status(self, **kw):
-        raise NotImplementedError("InMemoryUplink: certificate status is not wired (use the daemon)")
+    # The lifecycle calls convert as the wire does, with both sides' own converters (the edge's
+    # ``status_to_proto`` and the agent's ``records``): no third copy of the mapping.
+    async def _status(self, ref, what: str):
+        from agent.uplink import records
+        from personalizer.edge.service import status_to_proto
+        from personalizer.errors import NotFound
+        info = await self._do("certificate_status", what, self.broker.ca.status(ref))
+        if info is None:
+            raise _classified(NotFound(f"no certificate {ref.serial_hex} from {ref.issuer_dn!r}"), what)
+        return info, records.certificate_status(status_to_proto(info))
 
-    async def change_status(self, action: str, **kw):
-        raise NotImplementedError("InMemoryUplink: status changes are not wired (use the daemon)")
+    async def certificate_status(self, *, issuer_dn: str = "", serial_hex: str = "", request_id: str = ""):
+        from personalizer.ca.base import CertRef
+        from personalizer.errors import NotFound
+        what = f"status of {serial_hex or request_id}"
+        if request_id:
+            rec = await self._do("certificate_status", what, self.broker.get(request_id))
+            if not rec.issuer_dn:
+                raise _classified(NotFound(f"request {request_id!r} has no certificate (state {rec.state})"), what)
+            ref = CertRef(rec.issuer_dn, rec.serial_hex)
+        else:
+            ref = CertRef(issuer_dn, serial_hex.upper())
+        return (await self._status(ref, what))[1]
 
-    async def find_certificates(self, **kw):
-        raise NotImplementedError("InMemoryUplink: certificate search is not wired (use the daemon)")
+    async def change_status(self, action: str, *, request_id: str, issuer_dn: str, serial_hex: str,
+                            requester: dict, reason: str = ""):
+        import dataclasses
+
+        from personalizer.ca.base import CertRef
+        from personalizer.outbox.broker import ChangeInput
+        if action not in ("suspend", "reactivate", "revoke"):
+            raise ValueError(f"unknown status change {action!r}: suspend, reactivate or revoke")
+        what = f"{action} {serial_hex}"
+        inp = ChangeInput(request_id=request_id, kind=action, ref=CertRef(issuer_dn, serial_hex.upper()),
+                          reason=reason, station_id=requester.get("station_id", ""),
+                          chamber_code=requester.get("chamber_code", ""),
+                          operator_id=requester.get("operator_id", ""))
+        rec = await self._do("change_status", what, self.broker.submit_change(inp, actor=self.actor))
+        _, out = await self._status(CertRef(rec.issuer_dn, rec.serial_hex), what)
+        return dataclasses.replace(out, change_request_id=rec.request_id, change_state=requests.CODES[rec.state])
+
+    async def find_certificates(self, *, card_id: str = "", codice_fiscale: str = ""):
+        from agent.ops.uplink import FoundCertificate, FoundCertificates
+        from agent.uplink import records
+        from personalizer.edge.service import PROFILE_ENUMS, status_to_proto
+        found = await self._do("find_certificates", f"certificates of {card_id or codice_fiscale}",
+                               self.broker.find_certificates(card_id=card_id, holder_cf=codice_fiscale.upper()))
+        from cryptography import x509
+        return FoundCertificates(tuple(FoundCertificate(
+            status=records.certificate_status(status_to_proto(f.info)), profile=PROFILE_ENUMS.get(f.profile, 0),
+            card_id=f.card_id, codice_fiscale=f.holder_cf, chamber_code=f.chamber_code,
+            subject=x509.load_der_x509_certificate(f.certificate_der).subject.rfc4514_string()) for f in found))
 
     def card_admin(self, kind: str, requester: dict):
         """The ``card_admin`` authenticator this uplink was given (e.g. the emulator's
