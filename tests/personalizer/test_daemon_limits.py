@@ -377,6 +377,18 @@ def test_http_connection_cap_evicts_slow_loris_and_keeps_serving(dep):
         assert d.stop() == 0
 
 
+def test_the_daemon_raises_its_open_files_limit_and_says_so(dep):
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    d = helpers.DaemonProcess(variant(dep, "fd-report"), preexec_fn=_low_fd_limit, log_level="INFO")
+    try:
+        assert _fd_limits(d.proc.pid) == (hard, hard)
+    finally:
+        assert d.stop() == 0
+    log = d.proc.stderr.read()
+    assert f"open files limit {hard} (raised from 1024)" in log, log[-2000:]
+
+
 def test_1100_idle_and_slow_clients_do_not_stop_issuance_or_crls(dep):
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
