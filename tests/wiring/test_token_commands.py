@@ -82,6 +82,11 @@ def test_bad_images_are_one_line_and_change_nothing(rig, tmp_path, capsys):
     garbage.write_bytes(b"not an image" * 100)
     cdrom = tmp_path / "cdrom.img"
     cdrom.write_bytes(signed(MODEL, cdrom_payload(change=4)))
+    truncated = tmp_path / "truncated.img"
+    truncated.write_bytes(cdrom.read_bytes()[:-5000])
+    from tests.tokens.test_bad_input import _other_key_image
+    foreign_key = tmp_path / "foreign-key.img"
+    foreign_key.write_bytes(_other_key_image(MODEL, cdrom_payload(change=4)))
     disk = tmp_path / "disk.img"
     disk.write_bytes(signed(MODEL, bytes(4096), kind="disk"))   # refused by kind before its size matters
     agent = RunningAgent(cfg, (TestBackend, usb_on(bus))).start()
@@ -94,6 +99,8 @@ def test_bad_images_are_one_line_and_change_nothing(rig, tmp_path, capsys):
             (("token", "update", "--partition", "cdrom", str(garbage)), "not a CNS token image"),
             (("token", "update", "--partition", "cdrom", str(tmp_path / "missing.img")), "no such file"),
             (("token", "update", "--partition", "cdrom", str(fw), "--serial", "NOPE"), "NOPE"),
+            (("token", "update", "--partition", "cdrom", str(truncated)), "signature does not verify"),
+            (("token", "update", "--partition", "cdrom", str(foreign_key)), "signed by someone else"),
             # the operator names the partition: an image of the other one is refused, not written there
             (("token", "update", "--partition", "disk", str(cdrom)), "is a CD-ROM image, not a disk image"),
             (("token", "update", "--partition", "cdrom", str(disk)), "is a disk image, not a CD-ROM image"),
