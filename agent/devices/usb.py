@@ -255,6 +255,25 @@ def reader_for(token_serial: str, reader_names: list[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def paired_reader(token_serial: str, chip_serial: str, readers):
+    """The PC/SC reader (a registry ``ReaderView``) of a token: the one pcsc-lite names with the token's USB
+    serial (``reader_for``), else the only reader whose card has the chip serial the token reports (the
+    chip reached another way, e.g. through vpcd). None: not paired."""
+    readers = list(readers)
+    name = reader_for(token_serial, [r.name for r in readers])
+    if name is None and chip_serial:
+        hits = [r.name for r in readers if r.card is not None and r.card.serial == chip_serial]
+        name = hits[0] if len(hits) == 1 else None
+    return next((r for r in readers if r.name == name), None) if name else None
+
+
+def with_reader(row: dict, readers) -> dict:
+    """A token row (``TokenInfo.as_dict``) with ``reader`` and ``chip_holder`` from its paired reader."""
+    r = paired_reader(row.get("serial", ""), row.get("chip_serial", ""), readers)
+    holder = r.card.holder_label if r is not None and r.card is not None else ""
+    return dict(row, reader=r.name if r is not None else "", chip_holder=holder)
+
+
 class UsbTokenBackend:
     """Detects tokens on one pyusb backend; ``scan`` lists them, ``open`` gives a ``TokenLink``."""
 
