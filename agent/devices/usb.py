@@ -527,6 +527,9 @@ class UsbBackend(DeviceBackend):
                 for kind, info in events:
                     for listener in list(self._listeners):
                         listener(kind, info)
+                if remove is None:      # polling: a plain sleep (a wake-up costs less than wait_for's task)
+                    await asyncio.sleep(interval)
+                    continue
                 try:
                     await asyncio.wait_for(wake.wait(), interval)
                 except asyncio.TimeoutError:
