@@ -174,3 +174,35 @@ def test_on_a_terminal_progress_is_a_bar_per_step(monkeypatch, capsys):
     quiet.update("stage", 1, 2)               # in a pipe without --json: no bar, no noise
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_in_the_client_does_not_cut_the_update_the_agent_finishes_it(rig, tmp_path):
+    """The operator presses Ctrl-C (the stream is cancelled) after the first progress line: the agent, which
+    journaled the operation, carries it to its end; the token shows the new image, nothing is left open."""
+    import grpc
+
+    from proto.cns.v1 import agent_pb2 as pb
+    from proto.cns.v1 import agent_pb2_grpc as pb_grpc
+    bus, token, cfg = rig
+    new = cdrom_payload(change=6)
+    image = tmp_path / "cdrom-2.0.0.img"
+    image.write_bytes(signed(MODEL, new))
+    agent = RunningAgent(cfg, (TestBackend, usb_on(bus))).start()
+    try:
+        with grpc.insecure_channel(f"unix:{cfg.socket}") as ch:
+            stream = pb_grpc.AgentLocalStub(ch).UpdateToken(
+                pb.UpdateTokenRequest(target="cdrom", image_path=str(image)), timeout=30)
+            first = next(stream)
+            assert not first.HasField("result")
+            stream.cancel()                                   # Ctrl-C
+
+        async def open_ops():
+            j = await Journal.open(cfg.token_journal)
+            try:
+                return await j.open_operations(token.serial)
+            finally:
+                await j.close()
+        wait_for(lambda: read_cdrom(bus, token) == new, "the agent to finish the update", timeout=30)
+        wait_for(lambda: not asyncio.run(open_ops()), "no open operation")
+    finally:
+        agent.stop()
