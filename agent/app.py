@@ -44,7 +44,7 @@ from agent.devices.backend import DeviceBackend, DeviceLink
 from agent.devices.catalog import Catalog
 from agent.devices.pcsc_backend import PcscBackend
 from agent.devices.registry import DeviceRegistry
-from agent.devices.usb import UsbBackend
+from agent.devices.usb import UsbBackend, with_reader
 from agent.ops.uplink import Uplink
 from agent.recovery import recover_on_insert
 from station_config import ROLE_STATION, StationConfig
@@ -53,7 +53,7 @@ log = logging.getLogger("agent.app")
 
 BackendFactory = Callable[[DeviceRegistry, Catalog], DeviceBackend]
 UplinkFactory = Callable[[StationConfig, str], Uplink]
-USB_POLL_S = 0.09   # the agent's USB scan: a hotplug seen within 100 ms; 20 ms (UsbBackend's own) cost 2 % CPU idle
+USB_POLL_S = 0.09   # the USB scan without a hotplug signal (libusb via pyusb): a hotplug seen within 100 ms
 
 
 def usb_backend(registry: DeviceRegistry, catalog: Catalog) -> UsbBackend:
@@ -211,8 +211,19 @@ class Agent:
         return self.backends[CARD_BACKEND].open_link(device)
 
     def tokens(self) -> list[dict]:
-        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one)."""
-        return [row for b in self.backends.values() if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one), each with its
+        PC/SC reader and the chip's holder where the reader is paired (``agent.devices.usb.with_reader``)."""
+        _, readers = self.registry.snapshot()
+        return [with_reader(row, readers) for b in self.backends.values()
+                if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+
+    def subscribe_tokens(self, listener: Callable[[str, dict], None]) -> Callable[[], None]:
+        """``listener(kind, row)`` for every token event (arrived | left | changed) of the USB backends, the
+        row paired as in ``tokens()``; returns the function that unsubscribes."""
+        def relay(kind, info) -> None:
+            listener(kind, with_reader(info.as_dict(), self.registry.snapshot()[1]))
+        removers = [b.subscribe(relay) for b in self.backends.values() if isinstance(b, UsbBackend)]
+        return lambda: [remove() for remove in removers] and None
 
     def _status(self) -> str:
         card = self.backends.get(CARD_BACKEND)
@@ -223,7 +234,8 @@ class Agent:
         facts = AgentFacts(version=self.cfg.version, socket_path=str(self.cfg.socket),
                            profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
                            pcsc_status=self._status)
-        service = AgentLocalService(self.registry, facts, self.operations, self.tokens, self.token_ops)
+        service = AgentLocalService(self.registry, facts, self.operations, self.tokens, self.token_ops,
+                                    token_events=self.subscribe_tokens)
         self.server = await start_server(self.cfg.socket, service)
         tasks = {asyncio.create_task(stop.wait(), name="stop"),
                  asyncio.create_task(self.server.wait_for_termination(), name="local-api")}

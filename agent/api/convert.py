@@ -47,4 +47,14 @@ def token_pb(row: dict) -> pb.DeviceToken:
     return pb.DeviceToken(serial=row["serial"], usb_id=row["usb_id"], mode=row["mode"], model_id=row["model"],
                           model_name=row["model_name"], firmware=row["firmware"], bootloader=row["bootloader"],
                           partitions=parts, release=row.get("release") or "", chip_serial=row["chip_serial"],
-                          error=row["error"])
+                          error=row["error"], reader=row.get("reader") or "", chip_holder=row.get("chip_holder") or "")
+
+
+TOKEN_EVENT_KIND = {"arrived": pb.DEVICE_EVENT_KIND_TOKEN_ARRIVED, "left": pb.DEVICE_EVENT_KIND_TOKEN_LEFT,
+                    "changed": pb.DEVICE_EVENT_KIND_TOKEN_CHANGED}
+
+
+def token_event_pb(kind: str, row: dict, *, sequence: int, time_unix_ms: int) -> pb.DeviceEvent:
+    """A token event (``UsbBackend`` listener kind and row) as a watch message."""
+    return pb.DeviceEvent(sequence=sequence, kind=TOKEN_EVENT_KIND[kind], token=token_pb(row),
+                          time_unix_ms=time_unix_ms)

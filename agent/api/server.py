@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from agent.api.conformance import ConformanceHandlers
-from agent.api.convert import event_pb, reader_pb, token_pb
+from agent.api.convert import event_pb, reader_pb, token_event_pb, token_pb
 from agent.api.lifecycle import LifecycleHandlers
 from agent.api.renewal import RenewalHandlers
 from agent.api.rundir import prepare_socket_path
@@ -46,12 +46,14 @@ class AgentFacts:
 
 class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
     def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None,
-                 tokens: Callable[[], list[dict]] | None = None, token_ops=None) -> None:
+                 tokens: Callable[[], list[dict]] | None = None, token_ops=None,
+                 token_events: Callable | None = None) -> None:
         self.registry = registry
         self.facts = facts
         self.operations = operations   # agent.api.operations.Operations, when run with a station config
         self.tokens = tokens or list   # the USB tokens seen (rows of UsbBackend.snapshot()), when a USB backend runs
         self.token_ops = token_ops     # agent.api.tokens.TokenOperations, when a USB backend runs
+        self.token_events = token_events   # subscribe(listener(kind, row)) -> unsubscribe: token events for watch
 
     async def Personalize(self, request, context):  # noqa: N802
         if self.operations is None:
@@ -111,18 +113,26 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
         def listener(event: DeviceEvent) -> None:  # runs in the monitor thread
             loop.call_soon_threadsafe(push, event)
 
+        def token_listener(kind: str, row: dict) -> None:  # the USB monitor runs in this loop; any thread is fine
+            msg = token_event_pb(kind, row, sequence=self.registry.snapshot()[0], time_unix_ms=int(time.time() * 1000))
+            loop.call_soon_threadsafe(push, msg)
+
+        # both subscriptions and both snapshots with no await between them: no event falls in a gap
+        unsubscribe_tokens = self.token_events(token_listener) if self.token_events is not None else (lambda: None)
         sequence, readers, unsubscribe = self.registry.subscribe_with_snapshot(listener)
         try:
             yield pb.DeviceEvent(sequence=sequence, kind=pb.DEVICE_EVENT_KIND_SNAPSHOT,
-                                 snapshot=[reader_pb(r) for r in readers], time_unix_ms=int(time.time() * 1000))
+                                 snapshot=[reader_pb(r) for r in readers], time_unix_ms=int(time.time() * 1000),
+                                 tokens=[token_pb(t) for t in self.tokens()])
             while True:
                 event = await queue.get()
                 if event is None:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher too slow; events dropped")
                     return
-                yield event_pb(event)
+                yield event if isinstance(event, pb.DeviceEvent) else event_pb(event)
         finally:
             unsubscribe()
+            unsubscribe_tokens()
 
 
 async def start_server(socket_path: Path, service: AgentLocalService) -> grpc.aio.Server:

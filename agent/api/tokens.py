@@ -29,7 +29,8 @@ from firmware_profiles.usbtoken.image import ImageError, parse_image
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
-TARGETS = ("partition", "firmware")
+TARGETS = ("cdrom", "disk", "partition", "firmware")   # partition: whichever of cdrom/disk the image is for
+KIND_NAME = {"cdrom": "CD-ROM", "disk": "disk"}
 MAX_IMAGE_BYTES = 2 << 30     # larger than any token's flash: refused before it is read
 
 
@@ -115,6 +116,9 @@ class TokenOperations:
             else:
                 if kind == "firmware":
                     raise PreconditionError("this is a firmware image: use `cns-agent token firmware`")
+                if request.target in KIND_NAME and kind != request.target:
+                    raise PreconditionError(f"{path} is a {KIND_NAME[kind]} image, not a {KIND_NAME[request.target]} "
+                                            f"image: give --partition {kind}, or the {request.target} image")
                 out, stats = await token_update.run_update(journal, connect, model, kind, blob, progress=progress,
                                                            image_path=path)
                 sent = stats.sent_bytes

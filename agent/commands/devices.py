@@ -3,8 +3,9 @@
 ``devices`` prints a table on a terminal (full serials, at any width down to 80
 columns), aligned plain columns in a pipe, one JSON object with ``--json``; it
 says when the agent cannot reach pcscd. USB tokens (model, serial, firmware,
-partition versions, release, chip) follow the readers, in a second table and
-under ``tokens`` in the JSON. ``watch`` follows the agent across
+partition versions, release, chip and its holder when the token's reader is
+paired) follow the readers, in a second table and under ``tokens`` in the JSON;
+``watch`` shows tokens plugged in, pulled or changed as ``token_*`` events. ``watch`` follows the agent across
 restarts: when the stream breaks it says so on stderr and reconnects.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def event_dict(event: pb.DeviceEvent) -> dict:
            "time_unix_ms": event.time_unix_ms}
     if event.kind == pb.DEVICE_EVENT_KIND_SNAPSHOT:
         out["readers"] = [reader_dict(r) for r in event.snapshot]
+        out["tokens"] = [token_dict(t) for t in event.tokens]
+    elif event.HasField("token"):
+        out["token"] = token_dict(event.token)
     else:
         out["reader"] = reader_dict(event.reader)
         out["interrupted"] = event.interrupted
@@ -66,7 +70,8 @@ def token_dict(token: pb.DeviceToken) -> dict:
             "model_name": token.model_name, "firmware": token.firmware, "bootloader": token.bootloader,
             "partitions": {name: {"version": p.version, "length": p.length, "sha256": p.sha256, "region": p.region}
                            for name, p in sorted(token.partitions.items())},
-            "release": token.release, "chip_serial": token.chip_serial, "error": token.error}
+            "release": token.release, "chip_serial": token.chip_serial, "error": token.error,
+            "reader": token.reader, "chip_holder": token.chip_holder}
 
 
 def _client(args: argparse.Namespace) -> AgentClient:
@@ -130,7 +135,7 @@ def _token_row(t: dict) -> tuple[str, ...]:
     model = t["model_id"] or t["model_name"] + (" (not managed)" if t["mode"] == "foreign" else "")
     parts = " ".join(f"{k} {p['version']}" for k, p in t["partitions"].items())
     return ("USB " + t["usb_id"] + (f": {t['error']}" if t["error"] else ""), model, t["serial"], firmware,
-            parts, t["release"] or "-", t["chip_serial"])
+            parts, t["release"] or "-", t["chip_serial"] + (f" ({t['chip_holder']})" if t.get("chip_holder") else ""))
 
 
 def _print_plain(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -190,7 +195,16 @@ def _agent_answers(args: argparse.Namespace) -> bool:
 def _describe(d: dict) -> str:
     if d["kind"] == "snapshot":
         return f"#{d['sequence']} snapshot: " + ", ".join(
-            f"{r['name']}={'card' if r['card_present'] else 'empty'}" for r in d["readers"])
+            [f"{r['name']}={'card' if r['card_present'] else 'empty'}" for r in d["readers"]]
+            + [f"USB token {t['serial'] or t['usb_id']}" for t in d.get("tokens", [])])
+    if "token" in d:
+        t = d["token"]
+        bits = [f"#{d['sequence']}", d["kind"], f"[USB {t['usb_id']}]"]
+        for key in ("serial", "model_id", "mode", "firmware", "chip_serial", "chip_holder", "reader", "error"):
+            if t.get(key):
+                bits.append(f"{key}={t[key]}")
+        bits += [f"{name}={p['version']}" for name, p in t["partitions"].items()]
+        return " ".join(bits)
     r = d["reader"]
     card = r["card"] or {}
     bits = [f"#{d['sequence']}", d["kind"], f"[{r['name']}]"]

@@ -1,9 +1,10 @@
-"""``cns-agent token update|firmware --image FILE [--serial S] [--json]``: a signed image onto a USB token.
+"""``cns-agent token update --partition cdrom|disk IMAGE`` and ``cns-agent token firmware IMAGE``
+(both ``[--serial S] [--json]``): a signed image onto a USB token.
 
 The running agent does the work (``UpdateToken`` on the local API, ``agent.api.tokens``): the token
 plans are journaled there, so a token pulled or an agent killed mid-way is finished when the token
-is seen again. ``update`` takes a CD-ROM or disk image (the image says which), ``firmware`` a
-firmware image. Progress: a bar on a terminal (rich, on stderr), ``--json`` lines
+is seen again. ``update`` writes a CD-ROM or disk image into the partition the operator names (an
+image of the other partition is refused, the token untouched), ``firmware`` flashes a firmware image. Progress: a bar on a terminal (rich, on stderr), ``--json`` lines
 (``{"event": "progress", "step", "done", "total"}`` then one ``{"event": "result", ...}``), nothing
 in a pipe without ``--json``. Exit 0 when done, 1 when undone or left open (the line says why and what
 to do); a refusal is one line and the token is unchanged.
@@ -21,19 +22,23 @@ from agent.commands import CommandError, add_socket_option, socket_path
 from proto.cns.v1 import agent_pb2 as pb
 
 _CODE = re.compile(r"^agent error [A-Z_?]+: ")
+PARTITIONS = ("cdrom", "disk")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("token", help="update a USB token's partitions or firmware")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    for name, target, text in (("update", "partition", "write a signed CD-ROM or disk image"),
-                               ("firmware", "firmware", "flash a signed firmware image")):
+    for name, text in (("update", "write a signed CD-ROM or disk image into that partition"),
+                       ("firmware", "flash a signed firmware image")):
         x = tsub.add_parser(name, help=text)
-        x.add_argument("--image", type=Path, required=True, help="the signed image file")
+        if name == "update":
+            x.add_argument("--partition", required=True, choices=PARTITIONS,
+                           help="the partition the image is for: cdrom (read-only software) or disk")
+        x.add_argument("image", type=Path, metavar="IMAGE", help="the signed image file")
         x.add_argument("--serial", default="", help="the token's serial (needed when several are plugged in)")
         x.add_argument("--json", action="store_true", help="JSON lines")
         add_socket_option(x)
-        x.set_defaults(func=run, target=target)
+        x.set_defaults(func=run, token_target=name)
 
 
 class _Bar:
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     image = args.image.expanduser().resolve()
     if not image.is_file():
         raise CommandError(f"{args.image}: no such file; give the signed image's path")
-    request = pb.UpdateTokenRequest(serial=args.serial, target=args.target, image_path=str(image))
+    target = args.partition if args.token_target == "update" else "firmware"
+    request = pb.UpdateTokenRequest(serial=args.serial, target=target, image_path=str(image))
     bar, result = _Bar(), None
     try:
         with AgentClient(socket_path(args)) as client:

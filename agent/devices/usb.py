@@ -8,6 +8,15 @@ interface the OS drivers own (mass storage, CCID): it speaks only on the managem
 (vendor interface or HID feature report) and DFU. ``watch`` polls the bus and reports
 ``arrived`` / ``left`` events (polling every 20 ms: well inside 100 ms of a hotplug).
 
+Detection is cheap (issue 13 item 3): a scan enumerates the bus (in memory for libusb and the
+emulated bus) and talks to a device only when it is new on the bus: what a device is (its serial,
+state, or "not a token") is cached per bus, address and USB ids, an enumeration the device loses
+on any unplug, reset or DFU re-enumeration. A cached token's state is re-read after ``REFRESH_S``
+(another program may have changed it) and after our own token operations (``invalidate``).
+Where the pyusb backend has a hotplug notification (``add_hotplug_listener``, as the emulated bus
+does) ``UsbBackend.monitor`` scans on each signal and otherwise every ``IDLE_S`` only; without one
+(pyusb exposes no libusb hotplug callback) it polls every ``poll_s``.
+
 ``TokenLink`` is the transport seam for one token: management requests, DFU requests, USB
 reset; every USB failure is a ``TokenError`` subclass with a one-line message.
 ``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
@@ -19,10 +28,12 @@ The pyusb backend is injected (None: libusb on a real machine, the emulated bus 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +50,8 @@ from firmware_profiles.usbtoken.model import version_from_bcd
 # recognised and shown, not managed (no published management protocol).
 KNOWN_FOREIGN = {(0x25DD, 0x2351): "Bit4id Digital DNA Key", (0x0DC3, 0x100F): "Athena IDProtect Flash"}
 POLL_S = 0.02
+REFRESH_S = 10.0   # a cached token's state is read again after this long
+IDLE_S = 5.0       # with a hotplug signal: a scan this often anyway (a signal lost is then seen late, not never)
 
 
 class TokenError(Exception):
@@ -242,6 +255,25 @@ def reader_for(token_serial: str, reader_names: list[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def paired_reader(token_serial: str, chip_serial: str, readers):
+    """The PC/SC reader (a registry ``ReaderView``) of a token: the one pcsc-lite names with the token's USB
+    serial (``reader_for``), else the only reader whose card has the chip serial the token reports (the
+    chip reached another way, e.g. through vpcd). None: not paired."""
+    readers = list(readers)
+    name = reader_for(token_serial, [r.name for r in readers])
+    if name is None and chip_serial:
+        hits = [r.name for r in readers if r.card is not None and r.card.serial == chip_serial]
+        name = hits[0] if len(hits) == 1 else None
+    return next((r for r in readers if r.name == name), None) if name else None
+
+
+def with_reader(row: dict, readers) -> dict:
+    """A token row (``TokenInfo.as_dict``) with ``reader`` and ``chip_holder`` from its paired reader."""
+    r = paired_reader(row.get("serial", ""), row.get("chip_serial", ""), readers)
+    holder = r.card.holder_label if r is not None and r.card is not None else ""
+    return dict(row, reader=r.name if r is not None else "", chip_holder=holder)
+
+
 class UsbTokenBackend:
     """Detects tokens on one pyusb backend; ``scan`` lists them, ``open`` gives a ``TokenLink``."""
 
@@ -255,12 +287,55 @@ class UsbTokenBackend:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.present: dict[str, TokenInfo] = {}
+        self.refresh_s = REFRESH_S
+        # (bus, address, vid, pid) → (what the device is: a TokenInfo, None for "not a token"; when read)
+        self._cache: dict[tuple[int, int, int, int], tuple[TokenInfo | None, float]] = {}
+        self._cache_lock = threading.Lock()
+
+    def _pyusb_backend(self):
+        """The pyusb backend, looked up once (``usb.core.find`` without one looks libusb up on every call)."""
+        if self.usb_backend is None:
+            import usb.backend.libusb0
+            import usb.backend.libusb1
+            import usb.backend.openusb
+            for mod in (usb.backend.libusb1, usb.backend.openusb, usb.backend.libusb0):
+                found = mod.get_backend()
+                if found is not None:
+                    self.usb_backend = found
+                    break
+        return self.usb_backend
 
     def _devices(self):
+        backend = self._pyusb_backend()
+        if backend is None:
+            return []
         try:
-            return list(usb.core.find(find_all=True, backend=self.usb_backend))
+            return list(usb.core.find(find_all=True, backend=backend))
         except (usb.core.NoBackendError, usb.core.USBError):
             return []
+
+    def hotplug_signal(self):
+        """The pyusb backend's hotplug notification, ``add_hotplug_listener(callback) -> remove``, or None."""
+        return getattr(self._pyusb_backend(), "add_hotplug_listener", None)
+
+    @staticmethod
+    def _key(dev) -> tuple[int, int, int, int]:
+        return (dev.bus, dev.address, dev.idVendor, dev.idProduct)
+
+    def invalidate(self) -> None:
+        """Forget what the devices are: the next scan reads every token again (after our own operation)."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    def enumerate(self) -> list:
+        return self._devices()
+
+    def known(self, devices) -> bool:
+        """True when a scan of ``devices`` needs no transfer (every one is cached and fresh)."""
+        now = time.monotonic()
+        with self._cache_lock:
+            return all((hit := self._cache.get(self._key(d))) is not None and now - hit[1] < self.refresh_s
+                       for d in devices)
 
     @staticmethod
     def _composite_reader(dev) -> bool:
@@ -271,20 +346,43 @@ class UsbTokenBackend:
             return False
         return (0x08, 0x06, 0x50) in classes and any(c[0] in (0x0B, 0x03) for c in classes)
 
-    def scan(self) -> list[TokenInfo]:
-        out = []
-        for dev in self._devices():
-            key = (dev.idVendor, dev.idProduct)
-            if key in self._by_id:
-                out.append(self._describe(dev, *self._by_id[key]))
-            elif key in KNOWN_FOREIGN or self._composite_reader(dev):
-                try:
-                    serial = dev.serial_number or ""
-                except (usb.core.USBError, ValueError):
-                    serial = ""
-                out.append(TokenInfo(serial, dev.idVendor, dev.idProduct, "foreign",
-                                     model_name=KNOWN_FOREIGN.get(key, "unknown composite token")))
+    def scan(self, devices=None) -> list[TokenInfo]:
+        """The tokens among ``devices`` (default: the bus enumerated now); only devices new on the bus
+        (or whose state is older than ``refresh_s``) are talked to."""
+        devices = self._devices() if devices is None else devices
+        now = time.monotonic()
+        out, seen = [], set()
+        for dev in devices:
+            key = self._key(dev)
+            seen.add(key)
+            with self._cache_lock:
+                hit = self._cache.get(key)
+            if hit is not None and now - hit[1] < self.refresh_s:
+                info = hit[0]
+            else:
+                info = self._identify(dev)
+                if info is None or not info.error:   # a token that failed to answer is asked again next scan
+                    with self._cache_lock:
+                        self._cache[key] = (info, now)
+            if info is not None:
+                out.append(info)
+        with self._cache_lock:
+            for key in self._cache.keys() - seen:
+                del self._cache[key]
         return out
+
+    def _identify(self, dev) -> TokenInfo | None:
+        key = (dev.idVendor, dev.idProduct)
+        if key in self._by_id:
+            return self._describe(dev, *self._by_id[key])
+        if key in KNOWN_FOREIGN or self._composite_reader(dev):
+            try:
+                serial = dev.serial_number or ""
+            except (usb.core.USBError, ValueError):
+                serial = ""
+            return TokenInfo(serial, dev.idVendor, dev.idProduct, "foreign",
+                             model_name=KNOWN_FOREIGN.get(key, "unknown composite token"))
+        return None
 
     def _describe(self, dev, model: TokenModel, mode: str) -> TokenInfo:
         base = dict(vendor_id=dev.idVendor, product_id=dev.idProduct, mode=mode, model_id=model.id,
@@ -340,8 +438,10 @@ class UsbTokenBackend:
 
 class UsbBackend(DeviceBackend):
     """The USB-token ``DeviceBackend`` (``agent.devices.backend``, declared): ``name``, ``status``,
-    ``monitor()`` (a coroutine polling the bus, keeping ``tokens`` current and telling listeners
-    ``arrived`` / ``left``), ``open_link(serial)``; ``exclusive()`` pauses the scans for a token operation.
+    ``monitor()`` (a coroutine scanning the bus on each hotplug signal, or polling every ``poll_s``
+    without one, keeping ``tokens`` current and telling listeners ``arrived`` / ``left`` /
+    ``changed``), ``open_link(serial)``; ``exclusive()`` pauses the scans for a token operation and
+    has the tokens read again after it.
 
     A token's link is its ``TokenLink`` (management channel and DFU) with a per-token lock as its
     transaction; the chip inside is reached through the token's PC/SC reader (paired by the chip
@@ -351,9 +451,11 @@ class UsbBackend(DeviceBackend):
     name = "usb"
 
     def __init__(self, registry=None, catalog=None, *, usb_backend=None, models: dict[str, TokenModel] | None = None,
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, idle_s: float = IDLE_S) -> None:
         self.detector = UsbTokenBackend(usb_backend, models)
-        self.poll_s = poll_s
+        self.poll_s, self.idle_s = poll_s, idle_s
+        self.detection = ""      # "hotplug signal" | "polling every N ms", once monitoring
+        self._wake = None        # asyncio.Event of the running monitor, with the loop that owns it
         self.tokens: dict[str, TokenInfo] = {}
         self._listeners: list[Callable[[str, TokenInfo], None]] = []
         self._locks: dict[str, threading.RLock] = {}
@@ -378,26 +480,64 @@ class UsbBackend(DeviceBackend):
             self._scan_lock = asyncio.Lock()
         return self._scan_lock
 
-    def exclusive(self):
+    @contextlib.asynccontextmanager
+    async def exclusive(self):
         """``async with backend.exclusive():`` no scan talks to any token meanwhile (a token operation's
-        requests and the scan's INFO would otherwise interleave on the management channel)."""
-        return self._lock()
+        requests and the scan's INFO would otherwise interleave on the management channel); afterwards
+        the tokens are read again at once (the operation changed their state)."""
+        async with self._lock():
+            try:
+                yield
+            finally:
+                self.detector.invalidate()
+                self._signal()
+
+    def _signal(self) -> None:
+        """Wake the monitor for a scan now (from any thread)."""
+        if self._wake is not None:
+            event, loop = self._wake
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:   # the loop has closed: nothing to wake
+                pass
 
     async def monitor(self) -> None:
         import asyncio
-        while True:
-            async with self._lock():
-                found = await asyncio.to_thread(self.detector.scan)
-            self._status = "ok"
-            now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in found}
-            events = [("left", self.tokens[k]) for k in self.tokens.keys() - now.keys()]
-            events += [("arrived", now[k]) for k in now.keys() - self.tokens.keys()]
-            events += [("changed", now[k]) for k in now.keys() & self.tokens.keys() if now[k] != self.tokens[k]]
-            self.tokens = now
-            for kind, info in events:
-                for listener in list(self._listeners):
-                    listener(kind, info)
-            await asyncio.sleep(self.poll_s)
+        wake = asyncio.Event()
+        self._wake = (wake, asyncio.get_running_loop())
+        register = self.detector.hotplug_signal()
+        remove = register(self._signal) if register is not None else None
+        interval = self.idle_s if remove is not None else self.poll_s
+        self.detection = "hotplug signal" if remove is not None else f"polling every {self.poll_s * 1000:.0f} ms"
+        try:
+            while True:
+                wake.clear()
+                async with self._lock():
+                    devices = self.detector.enumerate()     # in memory: no transfer, no thread
+                    if self.detector.known(devices):
+                        found = self.detector.scan(devices)
+                    else:                                    # a device new on the bus is asked what it is
+                        found = await asyncio.to_thread(self.detector.scan, devices)
+                self._status = "ok"
+                now = {i.serial or f"{i.vendor_id:04x}:{i.product_id:04x}": i for i in found}
+                events = [("left", self.tokens[k]) for k in self.tokens.keys() - now.keys()]
+                events += [("arrived", now[k]) for k in now.keys() - self.tokens.keys()]
+                events += [("changed", now[k]) for k in now.keys() & self.tokens.keys() if now[k] != self.tokens[k]]
+                self.tokens = now
+                for kind, info in events:
+                    for listener in list(self._listeners):
+                        listener(kind, info)
+                if remove is None:      # polling: a plain sleep (a wake-up costs less than wait_for's task)
+                    await asyncio.sleep(interval)
+                    continue
+                try:
+                    await asyncio.wait_for(wake.wait(), interval)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if remove is not None:
+                remove()
+            self._wake = None
 
     def open_link(self, device: str) -> "TokenDeviceLink":
         return TokenDeviceLink(self.detector.open(device), self._locks.setdefault(device, threading.RLock()))

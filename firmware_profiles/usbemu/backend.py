@@ -3,6 +3,10 @@ emulated tokens: no libusb, no kernel USB (REFERENCE.md §7). ``usb.core.find(ba
 sees the tokens plugged into the bus.
 
 Hotplug: ``plug`` / ``unplug``; a token's power cut (a flash tear) unplugs it mid-transfer.
+``add_hotplug_listener(callback)`` is the bus's hotplug notification (what libusb's
+``libusb_hotplug_register_callback`` gives a host): ``callback()`` runs after every arrival and
+departure, re-enumerations included (possibly with the bus lock held: it must only signal, never
+block); it returns the function that removes it.
 Re-enumeration (DFU detach, USB reset) gives the token a new address; handles opened before
 fail with ``USBError`` errno ENODEV, as under libusb. A STALL is ``USBError`` errno EPIPE.
 Faults: ``unplug_after(n)`` pulls the token at the n-th next transfer.
@@ -46,20 +50,34 @@ class EmulatedUsbBus(usb.backend.IBackend):
         self._addresses = itertools.count(2)
         self._unplug_in: int | None = None
         self.events: list[tuple[str, str]] = []  # ("arrived" | "left", serial)
+        self._hotplug: list = []
         self.transfers = 0
         # tests that play the OS driver (mass storage, CCID) set this; the agent never does
         self.host_owns_os_interfaces = False
 
     # -------------------------------------------------------------- hotplug
+    def add_hotplug_listener(self, callback):
+        """``callback()`` after every arrival or departure; returns the function that removes it."""
+        self._hotplug.append(callback)
+        return lambda: self._hotplug.remove(callback) if callback in self._hotplug else None
+
+    def _notify(self) -> None:
+        for callback in list(self._hotplug):
+            callback()
+
     def plug(self, token: EmulatedToken) -> None:
         with self._lock:
             self._present[id(token)] = _Enumeration(token, self.bus_number, next(self._addresses))
             self.events.append(("arrived", token.serial))
+        self._notify()
 
     def unplug(self, token: EmulatedToken) -> None:
         with self._lock:
-            if self._present.pop(id(token), None) is not None:
+            gone = self._present.pop(id(token), None) is not None
+            if gone:
                 self.events.append(("left", token.serial))
+        if gone:
+            self._notify()
 
     def replug(self, token: EmulatedToken) -> None:
         """Power the token up again (re-reading its flash) and plug it in."""

@@ -47,8 +47,11 @@ class EmulatedToken:
         self.serial = meta["serial"]
         self.link_seconds = 0.0  # modelled time on the USB link
         self.link_bytes = 0      # bytes over the link (management frames with their 8-byte setup packets, bulk data)
-        # fault: the management channel "stall"s or answers "garbage" from the n-th request on
+        # fault: the management channel "stall"s or answers "garbage" at the n-th request
         self.mgmt_fault: tuple[str, int] | None = None
+        # fault: the DFU interface "stall"s its n-th request, or answers its n-th IN request (GETSTATUS,
+        # GETSTATE) with "garbage" (two bytes that are no DFU answer)
+        self.dfu_fault: tuple[str, int] | None = None
         self.power_up()
 
     # -------------------------------------------------------------- power / mode
@@ -334,6 +337,13 @@ class EmulatedToken:
         return bytes([self._dfu["status"], 0, 0, 0, self._dfu["state"], 0])
 
     def _dfu_control(self, req: int, value: int, data: bytes | None, length: int) -> bytes | None:
+        if self.dfu_fault is not None and (self.dfu_fault[0] == "stall" or data is None):
+            kind, n = self.dfu_fault
+            self.dfu_fault = (kind, n - 1) if n > 1 else None
+            if n <= 1:
+                if kind == "stall":
+                    raise Stall()
+                return b"\xde\xad"
         st = self._dfu
         if req == DFU_GETSTATUS:
             return self._dfu_status()

@@ -58,6 +58,8 @@ def build_image(key: Ed25519PrivateKey, *, kind: str, model: str, version: str, 
 
 def parse_image(blob: bytes, public_key: bytes) -> Image:
     """Check structure, signature and hash; raises ImageError naming what is wrong."""
+    if len(blob) < len(MAGIC) + 4 + 64 and blob[:len(MAGIC)] == MAGIC[:len(blob)] and blob:
+        raise ImageError("image truncated (it ends before its header): download the release again")
     if len(blob) < len(MAGIC) + 4 + 64 or not blob.startswith(MAGIC):
         raise ImageError("not a CNS token image (bad magic or too short): download the release again")
     (hlen,) = struct.unpack(">I", blob[len(MAGIC):len(MAGIC) + 4])

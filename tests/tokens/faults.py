@@ -6,19 +6,24 @@ writes), ``unplug`` (the token pulled at the n-th USB transfer), ``kill`` (the a
 at a progress point: nothing after it runs, as under SIGKILL). After the fault the token is
 replugged and checked as a user needs it, BEFORE anything repairs it: the CD-ROM reads the
 old or the new image in full, the firmware is the old or the new one or the token is in its
-bootloader (found by its ids, flashable). Then the operation is run again as the agent does on
-the next insert, and must end done with no operation left open, the chip answering.
-A trial that finds the token otherwise raises ``Bricked``.
+bootloader (found by its ids, flashable), and a token in runtime mode has a chip that signs
+through its reader. Then the operation is run again as the agent does on the next insert, and must
+end done with no operation left open and the chip signing through its reader (CCID or HID over the
+bus, as the OS's reader driver reaches it: VERIFY PIN, PSO COMPUTE DIGITAL SIGNATURE, the signature
+checked against the chip's certificate). Each token's chip is a personalized CNS (keys, certificates,
+PIN), restored from one snapshot per model. A trial that finds the token otherwise raises ``Bricked``.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 
 from agent.devices.usb import UsbTokenBackend
 from agent.ops.errors import PreconditionError
 from agent.ops.journal import Journal
 from tests.tokens.helpers import cdrom_payload, firmware, flash_firmware, read_cdrom, running, setup_token, signed, update
+from tests.tokens.reader import signs_through_reader
 
 FAULTS = ("tear", "unplug", "kill")
 
@@ -91,15 +96,42 @@ def _cdrom(bus, token) -> bytes:
         raise Bricked(f"the CD-ROM cannot be read: {type(exc).__name__} {exc}") from None
 
 
-def _chip_answers(token) -> None:
-    if token.card.power_on() != token.card.atr or \
-            token.card.transmit(bytes.fromhex("00A4000C023F00"))[-2:] != b"\x90\x00":
-        raise Bricked("the chip does not answer through the token")
+@functools.lru_cache(maxsize=None)
+def _personalized_chip(chip_model_id: str):
+    """(snapshot, Personalized) of one personalized chip of this card model: RSA keys are generated once."""
+    from firmware_profiles.emulator import EmulatedCard
+    from firmware_profiles.model import load_models
+    from tests.support import cardprep
+    card = EmulatedCard(load_models()[chip_model_id])
+    prep = cardprep.personalize(card)
+    return card.snapshot(), prep
+
+
+def _chip(model):
+    """A personalized chip for a trial's token (its own object, restored from the model's snapshot)."""
+    from firmware_profiles.emulator import EmulatedCard
+    from firmware_profiles.model import load_models
+    snapshot, prep = _personalized_chip(model.chip)
+    card = EmulatedCard(load_models()[model.chip])
+    card.restore(snapshot)
+    return card, prep
+
+
+SIGNATURES = [0]   # signatures verified through a token's reader (the bench reports it)
+
+
+def _chip_signs(bus, token, prep) -> None:
+    try:
+        signs_through_reader(bus, token, prep)
+    except Exception as exc:
+        raise Bricked(f"the chip does not sign through the token's reader: {type(exc).__name__} {exc}") from None
+    SIGNATURES[0] += 1
 
 
 def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "TearPoints | int") -> str:
     """One partition-update trial in the empty folder ``d``; returns "old" | "new" (what the CD-ROM showed)."""
-    bus, token = setup_token(d, model)
+    card, prep = _chip(model)
+    bus, token = setup_token(d, model, card=card)
     old = _cdrom(bus, token)
     new = cdrom_payload(change=4)
     blob = signed(model, new)
@@ -115,6 +147,7 @@ def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "Tear
     seen = _cdrom(bus, token)
     if seen not in (old, new):
         raise Bricked("the CD-ROM shows neither the old nor the new image")
+    _chip_signs(bus, token, prep)     # the user can sign while the update waits to be finished
     try:
         result, _ = asyncio.run(update(d, bus, token, blob))
         if result.state != "done":
@@ -124,7 +157,7 @@ def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "Tear
             raise
     if _cdrom(bus, token) != new or _open_ops(d, token.serial):
         raise Bricked("the update did not finish on the next run")
-    _chip_answers(token)
+    _chip_signs(bus, token, prep)
     token.flash.close()
     return "new" if seen == new else "old"
 
@@ -153,7 +186,8 @@ def partition_update_bytes(d, model) -> int:
 
 def firmware_trial(d, model, fault: str, rng: random.Random, blob: bytes) -> str:
     """One firmware-refresh trial; returns "old" | "new" | "bootloader" (what the token was after the fault)."""
-    bus, token = setup_token(d, model, n_files=2)
+    card, prep = _chip(model)
+    bus, token = setup_token(d, model, n_files=2, card=card)
     old_version = model.firmware.version
     kill_at = _arm(bus, token, fault, rng, len(blob) + 12_288, len(blob) // 4096 * 2 + 12)
     try:
@@ -173,6 +207,7 @@ def firmware_trial(d, model, fault: str, rng: random.Random, blob: bytes) -> str
     elif info.firmware in (old_version, "3.0.0"):
         state = "new" if info.firmware == "3.0.0" else "old"
         _cdrom(bus, token)
+        _chip_signs(bus, token, prep)
     else:
         raise Bricked(f"the token runs firmware {info.firmware!r}, neither old nor new")
     try:
@@ -185,7 +220,7 @@ def firmware_trial(d, model, fault: str, rng: random.Random, blob: bytes) -> str
     if running(bus) != ("runtime", "3.0.0") or _open_ops(d, token.serial):
         raise Bricked("the firmware update did not finish on the next run")
     _cdrom(bus, token)
-    _chip_answers(token)
+    _chip_signs(bus, token, prep)
     token.flash.close()
     return state
 

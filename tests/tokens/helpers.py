@@ -55,10 +55,11 @@ def sha(b: bytes) -> str:
 FW = bytes(range(256)) * 400  # 100 KiB of "firmware"
 
 
-def setup_token(tmp_path, model, *, n_files: int = 8):
-    """A token with a factory CD-ROM of ``n_files`` files, plugged into a fresh bus."""
+def setup_token(tmp_path, model, *, n_files: int = 8, card=None):
+    """A token with a factory CD-ROM of ``n_files`` files (and the chip ``card``, default a blank one of
+    the model's chip), plugged into a fresh bus."""
     bus = EmulatedUsbBus()
-    token = make_token(model, tmp_path / "flash.bin", cdrom=cdrom_payload(n_files=n_files))
+    token = make_token(model, tmp_path / "flash.bin", cdrom=cdrom_payload(n_files=n_files), card=card)
     bus.plug(token)
     return bus, token
 

@@ -59,3 +59,65 @@ def test_tokens_are_listed_by_the_local_api_and_devices(tmp_path, bus, token, ca
         wait_for(lambda: not _list(sock).tokens, "the pulled token to leave the list")
     finally:
         running.stop()
+
+
+def test_watch_shows_token_arrivals_and_removals_within_100_ms_and_tokens_carry_their_chip_holder(
+        tmp_path, bus, token):
+    """Issue 13 item 3: ``watch`` shows tokens (the snapshot lists them; insert and remove are events within
+    100 ms of the hotplug), and a token is paired with its PC/SC reader (by the USB serial pcsc-lite puts in
+    a CCID reader's name, else by the chip serial the token reports) so the chip's holder is shown."""
+    import queue
+    import threading
+    import time
+
+    from agent.commands.devices import _describe, event_dict
+    sock = tmp_path / "run" / "agent.sock"
+    running = RunningAgent(AgentConfig(socket=sock, token_journal=tmp_path / "tokens.db"),
+                           (TestBackend, usb_on(bus))).start()
+    got: queue.Queue = queue.Queue()
+    try:
+        wait_for(lambda: _list(sock).tokens, "the token in the device list")
+        registry = running.agent.registry
+        vpcd = "Virtual PCD 00 00"                        # the chip as pcscd sees it through vpcd: no USB serial
+        registry.reader_added(vpcd)
+        registry.card_inserted(vpcd, b"\x3b\x00", supported=True, model_id="m")
+        registry.card_read(vpcd, serial=token.card.serial, holder_label="MARIO ROSSI", blank=False)
+        [t] = wait_for(lambda: (r := _list(sock).tokens) and r[0].chip_holder and r, "the chip's holder")
+        assert (t.chip_holder, t.reader) == ("MARIO ROSSI", vpcd)
+        ccid = f"CNS Token CCID [CNS reader] ({token.serial}) 00 00"   # pcsc-lite's name for the token's reader
+        registry.reader_added(ccid)
+        registry.card_inserted(ccid, b"\x3b\x00", supported=True, model_id="m")
+        registry.card_read(ccid, serial="", holder_label="LUCIA BIANCHI", blank=False)
+        [t] = wait_for(lambda: (r := _list(sock).tokens) and r[0].reader == ccid and r, "pairing by USB serial")
+        assert t.chip_holder == "LUCIA BIANCHI"
+
+        channel = grpc.insecure_channel(f"unix:{sock}")
+        stream = pb_grpc.AgentLocalStub(channel).WatchDevices(pb.WatchDevicesRequest(), timeout=20)
+
+        def read():
+            try:
+                for event in stream:
+                    got.put((event, time.monotonic()))
+            except grpc.RpcError:
+                pass
+        threading.Thread(target=read, daemon=True).start()
+        snapshot, _ = got.get(timeout=5)
+        assert snapshot.kind == pb.DEVICE_EVENT_KIND_SNAPSHOT and [x.serial for x in snapshot.tokens] == [token.serial]
+        for action, kind in ((bus.unplug, pb.DEVICE_EVENT_KIND_TOKEN_LEFT),
+                             (bus.plug, pb.DEVICE_EVENT_KIND_TOKEN_ARRIVED)):
+            t0 = time.monotonic()
+            action(token)
+            while True:
+                event, at = got.get(timeout=2)
+                if event.kind == kind:
+                    break
+            assert event.token.serial == token.serial and at - t0 < 0.1, (kind, at - t0)
+        d = event_dict(event)
+        assert d["kind"] == "token_arrived" and d["token"]["serial"] == token.serial
+        assert d["token"]["chip_holder"] == "LUCIA BIANCHI"
+        line = _describe(d)
+        assert "token_arrived" in line and token.serial in line and "LUCIA BIANCHI" in line
+        stream.cancel()
+        channel.close()
+    finally:
+        running.stop()

@@ -25,6 +25,9 @@ class DeviceEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_EVENT_KIND_CARD_READ: _ClassVar[DeviceEventKind]
     DEVICE_EVENT_KIND_CARD_REMOVED: _ClassVar[DeviceEventKind]
     DEVICE_EVENT_KIND_CARD_ERROR: _ClassVar[DeviceEventKind]
+    DEVICE_EVENT_KIND_TOKEN_ARRIVED: _ClassVar[DeviceEventKind]
+    DEVICE_EVENT_KIND_TOKEN_LEFT: _ClassVar[DeviceEventKind]
+    DEVICE_EVENT_KIND_TOKEN_CHANGED: _ClassVar[DeviceEventKind]
 DEVICE_CARD_STATE_UNSPECIFIED: DeviceCardState
 DEVICE_CARD_STATE_READING: DeviceCardState
 DEVICE_CARD_STATE_READY: DeviceCardState
@@ -38,6 +41,9 @@ DEVICE_EVENT_KIND_CARD_INSERTED: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_READ: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_REMOVED: DeviceEventKind
 DEVICE_EVENT_KIND_CARD_ERROR: DeviceEventKind
+DEVICE_EVENT_KIND_TOKEN_ARRIVED: DeviceEventKind
+DEVICE_EVENT_KIND_TOKEN_LEFT: DeviceEventKind
+DEVICE_EVENT_KIND_TOKEN_CHANGED: DeviceEventKind
 
 class RenewCardRequest(_message.Message):
     __slots__ = ("reader", "pin")
@@ -380,7 +386,7 @@ class TokenPartition(_message.Message):
     def __init__(self, version: _Optional[str] = ..., length: _Optional[int] = ..., sha256: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class DeviceToken(_message.Message):
-    __slots__ = ("serial", "usb_id", "mode", "model_id", "model_name", "firmware", "bootloader", "partitions", "release", "chip_serial", "error")
+    __slots__ = ("serial", "usb_id", "mode", "model_id", "model_name", "firmware", "bootloader", "partitions", "release", "chip_serial", "error", "reader", "chip_holder")
     class PartitionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +405,8 @@ class DeviceToken(_message.Message):
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     CHIP_SERIAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    CHIP_HOLDER_FIELD_NUMBER: _ClassVar[int]
     serial: str
     usb_id: str
     mode: str
@@ -410,14 +418,16 @@ class DeviceToken(_message.Message):
     release: str
     chip_serial: str
     error: str
-    def __init__(self, serial: _Optional[str] = ..., usb_id: _Optional[str] = ..., mode: _Optional[str] = ..., model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., firmware: _Optional[str] = ..., bootloader: _Optional[str] = ..., partitions: _Optional[_Mapping[str, TokenPartition]] = ..., release: _Optional[str] = ..., chip_serial: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    reader: str
+    chip_holder: str
+    def __init__(self, serial: _Optional[str] = ..., usb_id: _Optional[str] = ..., mode: _Optional[str] = ..., model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., firmware: _Optional[str] = ..., bootloader: _Optional[str] = ..., partitions: _Optional[_Mapping[str, TokenPartition]] = ..., release: _Optional[str] = ..., chip_serial: _Optional[str] = ..., error: _Optional[str] = ..., reader: _Optional[str] = ..., chip_holder: _Optional[str] = ...) -> None: ...
 
 class WatchDevicesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class DeviceEvent(_message.Message):
-    __slots__ = ("sequence", "kind", "reader_name", "reader", "interrupted", "time_unix_ms", "snapshot")
+    __slots__ = ("sequence", "kind", "reader_name", "reader", "interrupted", "time_unix_ms", "snapshot", "token", "tokens")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     READER_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +435,8 @@ class DeviceEvent(_message.Message):
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: DeviceEventKind
     reader_name: str
@@ -432,7 +444,9 @@ class DeviceEvent(_message.Message):
     interrupted: bool
     time_unix_ms: int
     snapshot: _containers.RepeatedCompositeFieldContainer[DeviceReader]
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[DeviceEventKind, str]] = ..., reader_name: _Optional[str] = ..., reader: _Optional[_Union[DeviceReader, _Mapping]] = ..., interrupted: _Optional[bool] = ..., time_unix_ms: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ...) -> None: ...
+    token: DeviceToken
+    tokens: _containers.RepeatedCompositeFieldContainer[DeviceToken]
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[DeviceEventKind, str]] = ..., reader_name: _Optional[str] = ..., reader: _Optional[_Union[DeviceReader, _Mapping]] = ..., interrupted: _Optional[bool] = ..., time_unix_ms: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ..., token: _Optional[_Union[DeviceToken, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[DeviceToken, _Mapping]]] = ...) -> None: ...
 
 class ConformanceRequest(_message.Message):
     __slots__ = ("reader", "pin", "puk", "samples")
