@@ -289,3 +289,36 @@ def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
     assert len(errors) <= 20
 
 
+
+
+def _expire(deployment, code_bundle: str) -> None:
+    """As if the operator enrolled after the code's expiry: the daemon's stored expiry moved into the past
+    (the daemon reads the code's row on every call; codes live at least an hour, too long to wait for)."""
+    import sqlite3
+    code, _ = enrollment_code.parse_bundle(code_bundle)
+    dbs = sorted((deployment.root / "data").glob("*.sqlite"))
+    assert dbs, list((deployment.root / "data").iterdir())
+    hits = 0
+    for db in dbs:
+        with sqlite3.connect(db, timeout=10) as con:
+            try:
+                hits += con.execute("UPDATE enrollment_codes SET expires_at = ? WHERE code_sha256 = ?",
+                                    (time.time() - 60, enrollment_code.code_hash(code))).rowcount
+            except sqlite3.OperationalError:      # another of the daemon's files
+                continue
+    assert hits == 1
+
+
+def test_an_expired_code_gives_one_line_and_leaves_the_working_station_as_it_was(admin, daemon, capsys, tmp_path):
+    d = tmp_path / "station"
+    assert _enroll(daemon, capsys, _add(admin, capsys, "RM-ENR-10"), d)[0] == 0
+    before = _snapshot(d)
+    late = _add(admin, capsys, "RM-ENR-11")
+    _expire(admin, late)
+    rc, out, err = _enroll(daemon, capsys, late, tmp_path / "late")    # a fresh folder: nothing is left behind
+    assert rc == 1 and "expired" in err and "central IT" in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and not (tmp_path / "late").exists()
+    rc, out, err = _enroll(daemon, capsys, late, d)                      # over a working station: kept as it was
+    assert rc == 1 and "expired" in err
+    assert _snapshot(d) == before
+    assert _ca_status(station_config.load(d / "station.toml")).connector

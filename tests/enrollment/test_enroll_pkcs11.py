@@ -22,7 +22,8 @@ from tests.enrollment.test_enroll_daemon import _add, _admin_config, _cnsctl  # 
 
 LABEL = "cns-station-test"
 PIN = "246810"
-BIN = os.path.join(os.path.dirname(sys.executable), "cns-agent")
+# the venv's agent, or the one-file build under test (tests/packaging/conftest.py: CNS_AGENT_BINARY)
+BIN = os.environ.get("CNS_AGENT_BINARY") or os.path.join(os.path.dirname(sys.executable), "cns-agent")
 
 # what the token says about this station's keys (run in a child with SOFTHSM2_CONF)
 INSPECT = r"""
