@@ -322,3 +322,19 @@ def test_an_expired_code_gives_one_line_and_leaves_the_working_station_as_it_was
     assert rc == 1 and "expired" in err
     assert _snapshot(d) == before
     assert _ca_status(station_config.load(d / "station.toml")).connector
+
+
+def test_a_read_only_home_is_refused_before_the_code_is_spent(admin, daemon, capsys, tmp_path, monkeypatch):
+    from tests.support.tmpfs import tmpfs
+    code = _add(admin, capsys, "RM-ENR-12")
+    with tmpfs(tmp_path / "home", "1m") as home:
+        home.remount(read_only=True)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(home.path / ".config"))   # the default --dir, under it
+        capsys.readouterr()
+        rc = agent_cli.main(["enroll", "--code", code, "--personalizer", f"localhost:{daemon.port}",
+                             "--enroll-port", str(daemon.enroll_port)])
+        err = capsys.readouterr().err
+        assert rc == 1 and "cannot write the station folder" in err and "Read-only file system" in err, err
+        assert "still valid" in err and len(err.strip().splitlines()) == 1
+        assert list(home.path.iterdir()) == []
+    assert _enroll(daemon, capsys, code, tmp_path / "station")[0] == 0   # the code was not spent
