@@ -14,7 +14,8 @@ certificate is found from the certificate alone: a renewal makes a new pair besi
 switches the certificate file, then deletes the pairs no certificate uses (``prune``).
 
 ``open_token(module, token_label, pin_file)`` gives one shared ``TokenKey`` per token in a process
-(PKCS#11 is initialised once per process; the login is the application's). The PIN is read from
+(PKCS#11 is initialised once per process; the login is the application's); a session the token lost
+(pulled and put back) is replaced by a new login once, so the agent keeps working without a restart. The PIN is read from
 ``pin_file`` when the token is opened and kept by the PKCS#11 library only; it never reaches a message.
 Errors are ``TokenKeyError`` with one line saying what to do. Imports python-pkcs11, asn1crypto (through
 python-pkcs11's EC helpers) and the standard library; nothing of ours.
@@ -64,33 +65,52 @@ class TokenKey:
         import pkcs11
         from pkcs11 import exceptions as px
 
-        self.module, self.token_label = module, token_label
+        self.module, self.token_label, self.pin_file = module, token_label, pin_file
         self._lock = threading.Lock()
         try:
-            lib = pkcs11.lib(str(module))
+            self._lib = pkcs11.lib(str(module))
         except (RuntimeError, OSError, px.PKCS11Error) as exc:
             raise TokenKeyError(f"cannot load the PKCS#11 library {module} ({exc}); check "
                                 "enrollment.pkcs11_module") from None
+        self._session = self._login()
+
+    def _login(self):
+        """A new logged-in session (at start, and once more after the token was pulled and put back)."""
+        from pkcs11 import exceptions as px
+
+        label = self.token_label
         try:
-            token = lib.get_token(token_label=token_label)
+            token = self._lib.get_token(token_label=label)
         except px.NoSuchToken:
-            raise TokenKeyError(f"no PKCS#11 token labelled {token_label!r} in {module}: insert it, or check "
+            raise TokenKeyError(f"no PKCS#11 token labelled {label!r} in {self.module}: insert it, or check "
                                 "enrollment.token_label") from None
         except px.MultipleTokensReturned:
-            raise TokenKeyError(f"more than one token is labelled {token_label!r}: leave one inserted") from None
-        pin = read_pin(pin_file)
+            raise TokenKeyError(f"more than one token is labelled {label!r}: leave one inserted") from None
+        pin = read_pin(self.pin_file)
         try:
-            self._session = token.open(user_pin=pin, rw=True)
+            return token.open(user_pin=pin, rw=True)
         except px.PinIncorrect:
-            raise TokenKeyError(f"the token {token_label!r} refused the PIN in {pin_file}: put its user PIN "
+            raise TokenKeyError(f"the token {label!r} refused the PIN in {self.pin_file}: put its user PIN "
                                 "there (the token counts wrong PINs and locks)") from None
         except px.PinLocked:
-            raise TokenKeyError(f"the token {token_label!r} has its user PIN locked: unlock it with its SO PIN "
+            raise TokenKeyError(f"the token {label!r} has its user PIN locked: unlock it with its SO PIN "
                                 "first") from None
         except px.PKCS11Error as exc:
-            raise TokenKeyError(f"cannot log in to the token {token_label!r}: {type(exc).__name__}") from None
+            raise TokenKeyError(f"cannot log in to the token {label!r}: {type(exc).__name__}") from None
         finally:
             del pin
+
+    def _again(self, work):
+        """``work(session)``; when the session is gone (token pulled and put back, the library reset), once more
+        on a new one. Called with the lock held."""
+        from pkcs11 import exceptions as px
+
+        try:
+            return work(self._session)
+        except (px.SessionHandleInvalid, px.SessionClosed, px.DeviceRemoved, px.TokenNotPresent,
+                px.UserNotLoggedIn):
+            self._session = self._login()
+            return work(self._session)
 
     # -- keys --------------------------------------------------------------------------------
     def generate(self) -> bytes:
@@ -99,29 +119,33 @@ class TokenKey:
         from pkcs11 import exceptions as px
         from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
+        def make(session) -> bytes:
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            pub, priv = params.generate_keypair(
+                store=True, label=KEY_LABEL, id=os.urandom(20),
+                private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                                  Attribute.SIGN: True, Attribute.PRIVATE: True})
+            spki = encode_ec_public_key(pub)
+            for obj in (pub, priv):                       # the id that finds it from its certificate
+                obj[Attribute.ID] = key_id(spki)
+            return spki
         with self._lock:
             try:
-                params = self._session.create_domain_parameters(
-                    KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
-                tmp_id = os.urandom(20)
-                pub, priv = params.generate_keypair(
-                    store=True, label=KEY_LABEL, id=tmp_id,
-                    private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                                      Attribute.SIGN: True, Attribute.PRIVATE: True})
-                spki = encode_ec_public_key(pub)
-                for obj in (pub, priv):                   # the id that finds it from its certificate
-                    obj[Attribute.ID] = key_id(spki)
+                spki = self._again(make)
+            except TokenKeyError:
+                raise
             except px.PKCS11Error as exc:
                 raise TokenKeyError(f"the token {self.token_label!r} could not make an EC P-256 key "
                                     f"({type(exc).__name__}): is it full, or read-only?") from None
         return spki
 
-    def _private(self, spki_der: bytes):
+    def _private(self, session, spki_der: bytes):
         from pkcs11 import KeyType, ObjectClass
         from pkcs11 import exceptions as px
 
         try:
-            return self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC,
+            return session.get_key(object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC,
                                          id=key_id(spki_der))
         except px.NoSuchKey:
             raise TokenKeyError(f"the token {self.token_label!r} holds no key for this station's certificate: "
@@ -135,9 +159,10 @@ class TokenKey:
 
         digest = hashlib.sha256(data).digest()
         with self._lock:
-            key = self._private(spki_der)
             try:
-                raw = key.sign(digest, mechanism=Mechanism.ECDSA)
+                raw = self._again(lambda s: self._private(s, spki_der).sign(digest, mechanism=Mechanism.ECDSA))
+            except TokenKeyError:
+                raise
             except px.PKCS11Error as exc:
                 raise TokenKeyError(f"the token {self.token_label!r} did not sign ({type(exc).__name__}): is it "
                                     "still inserted?") from None
@@ -148,7 +173,7 @@ class TokenKey:
         from pkcs11 import Attribute
 
         with self._lock:
-            key = self._private(spki_der)
+            key = self._again(lambda s: self._private(s, spki_der))
             return bool(key[Attribute.SENSITIVE]) and not key[Attribute.EXTRACTABLE] \
                 and bool(key[Attribute.NEVER_EXTRACTABLE])
 
@@ -156,13 +181,17 @@ class TokenKey:
         """Delete this station's other key pairs (an old certificate's, a renewal that never finished)."""
         from pkcs11 import Attribute
 
-        keep, n = key_id(keep_spki_der), 0
-        with self._lock:
-            for obj in list(self._session.get_objects({Attribute.LABEL: KEY_LABEL})):
+        keep = key_id(keep_spki_der)
+
+        def drop(session) -> int:
+            n = 0
+            for obj in list(session.get_objects({Attribute.LABEL: KEY_LABEL})):
                 if obj[Attribute.ID] != keep:
                     obj.destroy()
                     n += 1
-        return n
+            return n
+        with self._lock:
+            return self._again(drop)
 
     def tls_signer(self, spki_der: bytes):
         """The ``private_key_sign_fn`` of ``grpc.experimental.ssl_channel_credentials_with_custom_signer``."""

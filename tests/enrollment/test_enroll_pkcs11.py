@@ -210,3 +210,27 @@ def test_a_token_that_lost_the_key_gives_one_line_and_keeps_the_certificate(admi
     assert r.returncode == 1 and f"PKCS#11 token '{LABEL}' did not sign" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert (d / "client.pem").read_bytes() == before
+
+
+REPLUG = r"""
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from station_config import token_key
+tk = token_key.open_token(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+spki = tk.generate()
+pub = serialization.load_der_public_key(spki)
+pub.verify(tk.sign(spki, b"before"), b"before", ec.ECDSA(hashes.SHA256()))
+tk._session.close()      # what pulling the token does to the library's session handles: they are gone
+pub.verify(tk.sign(spki, b"after"), b"after", ec.ECDSA(hashes.SHA256()))   # a new login, same key
+assert token_key.open_token(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])) is tk
+print("ok")
+"""
+
+
+def test_the_token_key_survives_a_lost_session(token):
+    # the token pulled and put back while the agent runs: the next handshake logs in again, no restart needed
+    r = subprocess.run([sys.executable, "-c", REPLUG, token["module"], LABEL, str(token["pin_file"])],
+                       env=token["env"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
