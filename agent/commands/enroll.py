@@ -67,6 +67,10 @@ def _token(args, e):
                            "missing; nothing was sent")
     if not args.pkcs11_module.is_file():
         raise CommandError(f"--pkcs11-module {args.pkcs11_module}: no such library; nothing was sent")
+    from station_config import TOKEN_LABEL_RE
+    if not TOKEN_LABEL_RE.match(args.token_label):
+        raise CommandError(f"--token-label {args.token_label!r}: expected 1..32 printable characters (the label "
+                           "`pkcs11-tool --list-slots` shows); nothing was sent")
     return e.TokenSettings(args.pkcs11_module.resolve(), args.token_label, args.token_pin_file.resolve())
 
 

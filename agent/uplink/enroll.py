@@ -123,9 +123,15 @@ class _NewKey:
         return _key_pem(self.key) if self.key is not None else None
 
     def installed(self) -> None:
-        """The certificate for this key is in place: drop the token's other station keys."""
+        """The certificate for this key is in place: drop the token's other station keys (best effort: an
+        old pair left in the token is unused, and the next renewal drops it)."""
         if self.token is not None:
-            self.token.open().prune(self.spki)
+            from station_config import token_key
+            try:
+                self.token.open().prune(self.spki)
+            except (EnrollError, token_key.TokenKeyError) as exc:
+                import logging
+                logging.getLogger("agent.enroll").warning("old station keys left in the token: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,10 @@ def test_half_given_token_options_are_refused_with_what_is_missing(daemon, tmp_p
     r = _agent(token, "enroll", "--code", "x", "--personalizer", f"localhost:{daemon.port}", "--dir",
                str(tmp_path / "s"), "--pkcs11-module", token["module"])
     assert r.returncode == 1 and "--token-label, --token-pin-file missing" in r.stderr, r.stderr
+    r = _agent(token, "enroll", "--code", "x", "--personalizer", f"localhost:{daemon.port}", "--dir",
+               str(tmp_path / "s"), "--pkcs11-module", token["module"], "--token-label", "a\nb",
+               "--token-pin-file", str(token["pin_file"]))
+    assert r.returncode == 1 and "--token-label" in r.stderr and "expected 1..32" in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()
 
 
