@@ -275,22 +275,6 @@ def test_a_server_showing_the_right_ca_with_a_foreign_certificate_is_refused(adm
     assert _enroll(daemon, capsys, code, tmp_path / "s")[0] == 0      # the code is still good
 
 
-def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
-    """Last in this module: it uses up this address's enrollment attempts."""
-    _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
-    errors = []
-    for _ in range(25):
-        rc, _, err = _enroll(daemon, capsys, f"{enrollment_code.new_code()}-{fp}", tmp_path / "s")
-        assert rc == 1
-        errors.append(err)
-        if "too many" in err:
-            break
-    assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
-    assert len(errors) <= 20
-
-
-
-
 def _expire(deployment, code_bundle: str) -> None:
     """As if the operator enrolled after the code's expiry: the daemon's stored expiry moved into the past
     (the daemon reads the code's row on every call; codes live at least an hour, too long to wait for)."""
@@ -338,3 +322,17 @@ def test_a_read_only_home_is_refused_before_the_code_is_spent(admin, daemon, cap
         assert "still valid" in err and len(err.strip().splitlines()) == 1
         assert list(home.path.iterdir()) == []
     assert _enroll(daemon, capsys, code, tmp_path / "station")[0] == 0   # the code was not spent
+
+
+def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
+    """Last in this module: it uses up this address's enrollment attempts."""
+    _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
+    errors = []
+    for _ in range(25):
+        rc, _, err = _enroll(daemon, capsys, f"{enrollment_code.new_code()}-{fp}", tmp_path / "s")
+        assert rc == 1
+        errors.append(err)
+        if "too many" in err:
+            break
+    assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
+    assert len(errors) <= 20
