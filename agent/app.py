@@ -158,14 +158,14 @@ class Agent:
                     uplink: Uplink | UplinkFactory | None = None) -> "Agent":
         """Assemble the agent. ``uplink``: an ``Uplink``, a factory ``(station cfg, operator id) -> Uplink``,
         or None for the gRPC uplink; only used with a station config (device operations)."""
-        from agent.ops.station import StationOps
-
         catalog = Catalog.load(cfg.profiles)
         log.info("loaded %d card model(s): %s", len(catalog.models), ", ".join(catalog.model_ids) or "none")
         registry = DeviceRegistry()
         built = [make(registry, catalog) for make in backends]
         ops = link = None
         if cfg.station is not None:
+            # only here: the operations' modules (cryptography, asn1crypto) are not in an agent without them
+            from agent.ops.station import StationOps
             operator_id = os.environ.get("USER") or f"uid-{os.getuid()}"
             if uplink is None or (callable(uplink) and not isinstance(uplink, Uplink)):
                 link = (uplink or grpc_uplink)(cfg.station, operator_id)

@@ -8,7 +8,10 @@ side for ``--window`` seconds (default 60) once each sees the card. RSS is the w
 (the one-file bootloader and the Python process it starts), sampled every second, the peak
 reported; CPU is the tree's user+system time over the window. Targets: RSS < 60 MB, CPU < 0.5 %.
 
-Usage: scripts/bench agent [--binary dist/cns-agent] [--window 60] [--starts 5]
+``--config station.toml`` runs both agents with that station configuration (device operations on: the
+operations' modules and the station-certificate check are then resident too); the default is none.
+
+Usage: scripts/bench agent [--binary dist/cns-agent] [--window 60] [--starts 5] [--config station.toml]
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ def main(argv: list[str]) -> dict:
                     help="the one-file build (made with scripts/build-agent when missing)")
     ap.add_argument("--window", type=float, default=60.0, help="idle measurement window, seconds")
     ap.add_argument("--starts", type=int, default=5, help="start-time samples per variant")
+    ap.add_argument("--config", type=Path, default=None, help="station configuration for both agents (default none)")
     opts = ap.parse_args(argv)
     missing = missing_tools()
     if missing:
@@ -123,7 +127,8 @@ def main(argv: list[str]) -> dict:
             sock = work / name / "agent.sock"
             sock.parent.mkdir(mode=0o700)
             log = open(work / f"{name}.log", "wb")
-            p = subprocess.Popen([exe, "--log-level", "WARNING", "run", "--socket", str(sock)], env=env,
+            extra = ["--config", str(opts.config.resolve())] if opts.config else []
+            p = subprocess.Popen([exe, "--log-level", "WARNING", "run", "--socket", str(sock), *extra], env=env,
                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             procs.append(p)
             agents[name] = (p, sock)
@@ -151,8 +156,10 @@ def main(argv: list[str]) -> dict:
         result["idle"] = idle
         one = idle["onefile"]
         result["meets_targets"] = one["rss_mb"] < TARGET_RSS_MB and one["cpu_pct"] < TARGET_CPU_PCT
-        result["note"] = ("idle = 2 vpcd readers, 1 emulated card, no station configuration; RSS = process tree "
-                          "peak; start = `cns-agent --version` median")
+        result["config"] = str(opts.config) if opts.config else None
+        result["note"] = (f"idle = 2 vpcd readers, 1 emulated card, "
+                          f"{'station configuration ' + opts.config.name if opts.config else 'no station configuration'}"
+                          "; RSS = process tree peak; start = `cns-agent --version` median")
         return result
     finally:
         for p in reversed(procs):

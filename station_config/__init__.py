@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["StationConfig", "StationSection", "PersonalizerSection", "ProxySection", "UpdatesSection",
-           "FleetSection", "OperationsSection", "RenewalSection", "StationConfigError",
+           "FleetSection", "OperationsSection", "RenewalSection", "EnrollmentSection", "StationConfigError",
            "load", "ROLES"]
 
 ROLE_STATION = "station"
@@ -31,6 +31,7 @@ ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 PROXY_RE = re.compile(r"^https?://[^\s/]+(:[0-9]{1,5})?/?$")
 UPDATES_URL_RE = re.compile(r"^https?://[^\s/]+(/[^\s]*)?$")
 PEM_MARKER = b"-----BEGIN "
+TOKEN_LABEL_RE = re.compile(r"^[^\x00-\x1f]{1,32}$")   # CK_TOKEN_INFO.label: 32 bytes, padded with blanks
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_KEEPALIVE_S = 20.0        # below common proxy idle timeouts (REFERENCE.md §5)
 
@@ -59,7 +60,7 @@ class PersonalizerSection:
     dr: str | None                 # disaster-recovery host:port, optional
     trust_anchors: Path            # PEM bundle of the CA(s) that sign the personalizer's server certificate
     client_certificate: Path       # PEM, this station's mTLS identity
-    client_key: Path               # PEM, unencrypted, readable by the agent's user only
+    client_key: Path | None        # PEM, unencrypted, readable by the agent's user only; None: in a PKCS#11 token
     server_name: str | None        # TLS name override (tests, IP endpoints); None = the endpoint host
     timeout_seconds: float         # default deadline of unary calls
     keepalive_seconds: float       # HTTP/2 keepalive ping interval of the agent's stream
@@ -115,6 +116,17 @@ class FleetSection:
 
 
 @dataclass(frozen=True)
+class EnrollmentSection:
+    """The station key in a PKCS#11 token instead of a file (issue 18 item 4): ``cns-agent enroll`` makes it
+    there (never extractable), the token signs the CSR and every TLS handshake; ``[personalizer] client_key``
+    is then absent. The key is the token's private key whose public key the client certificate carries.
+    ``pin_file``: the token's user PIN (one line, mode 0600), read when the token is opened."""
+    pkcs11_module: Path            # the token's PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)
+    token_label: str
+    pin_file: Path
+
+
+@dataclass(frozen=True)
 class StationConfig:
     source: Path
     station: StationSection
@@ -124,6 +136,7 @@ class StationConfig:
     updates: UpdatesSection | None = None
     operations: OperationsSection = OperationsSection()
     fleet: FleetSection | None = None      # None: no [fleet] section, no fleet stream
+    enrollment: EnrollmentSection | None = None   # None: the station key is the client_key file
 
     def endpoints(self) -> tuple[str, ...]:
         """Primary first, then DR."""
@@ -140,6 +153,7 @@ _SECTIONS = {
     "updates": {"url", "proxy"},
     "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
     "fleet": {"enabled", "max_backoff_seconds"},
+    "enrollment": {"pkcs11_module", "token_label", "pin_file"},
 }
 _REQUIRED_SECTIONS = ("station", "personalizer")
 _RETIRED = {("station", "socket_dir"): "no longer read: the agent's socket is $XDG_RUNTIME_DIR/cns-agent/agent.sock "
@@ -197,6 +211,12 @@ class _Loader:
             raise self.fail(f"{section}.{key}", f"{p} is not a PEM file")
         return p
 
+    def existing_file(self, section: str, key: str) -> Path:
+        p = self.file_path(section, key)
+        if not p.is_file():
+            raise self.fail(f"{section}.{key}", f"file not found: {p}")
+        return p
+
     def positive(self, section: str, key: str, default: float) -> float:
         v = self.value(section, key, float, default=default)
         if v <= 0:
@@ -247,10 +267,19 @@ def load(path: str | Path) -> StationConfig:
         v = data["personalizer"].get(key)
         if v and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
             raise ld.fail(f"{section}.{key}", f"port out of range in {v!r}")
+    enrollment = None
+    if "enrollment" in data:
+        enrollment = EnrollmentSection(pkcs11_module=ld.existing_file("enrollment", "pkcs11_module"),
+                                       token_label=ld.pattern("enrollment", "token_label", TOKEN_LABEL_RE,
+                                                              "1..32 characters (a PKCS#11 token label)"),
+                                       pin_file=ld.existing_file("enrollment", "pin_file"))
+        if "client_key" in data["personalizer"]:
+            raise ld.fail("personalizer.client_key", "the station key is in the PKCS#11 token of [enrollment]: "
+                                                     "delete this line (or the [enrollment] section)")
     personalizer = PersonalizerSection(
         primary=primary, dr=dr, trust_anchors=ld.pem_file("personalizer", "trust_anchors"),
         client_certificate=ld.pem_file("personalizer", "client_certificate"),
-        client_key=ld.pem_file("personalizer", "client_key"),
+        client_key=None if enrollment else ld.pem_file("personalizer", "client_key"),
         server_name=ld.value("personalizer", "server_name", str, default=None) or None,
         timeout_seconds=ld.positive("personalizer", "timeout_seconds", DEFAULT_TIMEOUT_S),
         keepalive_seconds=ld.positive("personalizer", "keepalive_seconds", DEFAULT_KEEPALIVE_S))
@@ -280,4 +309,4 @@ def load(path: str | Path) -> StationConfig:
                              max_backoff_seconds=ld.positive("fleet", "max_backoff_seconds",
                                                              DEFAULT_FLEET_MAX_BACKOFF_S))
     return StationConfig(source=path, station=station, personalizer=personalizer, proxy=proxy,
-                         renewal=renewal, updates=updates, operations=operations, fleet=fleet)
+                         renewal=renewal, updates=updates, operations=operations, fleet=fleet, enrollment=enrollment)

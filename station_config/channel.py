@@ -1,6 +1,6 @@
 """gRPC channels to the personalizer built from a ``StationConfig``.
 
-Imports grpc (not anything of ours). The agent's uplink and cnsctl use::
+Imports grpc (and, for a token key, ``station_config.token_key`` and cryptography), nothing else of ours. The agent's uplink and cnsctl use::
 
     cfg = station_config.load(path)
     channel = station_config.channel.secure_channel(cfg)            # grpc.aio, primary
@@ -8,7 +8,8 @@ Imports grpc (not anything of ours). The agent's uplink and cnsctl use::
     stub = personalizer_pb2_grpc.PersonalizerStub(channel)
 
 ``channel_credentials(cfg)`` gives mTLS credentials (trust anchors, client key
-and certificate); ``channel_options(cfg)`` the keepalive, proxy, TLS-name and
+and certificate; with ``[enrollment]`` the key is in a PKCS#11 token that signs each
+handshake, ``station_config.token_key``); ``channel_options(cfg)`` the keepalive, proxy, TLS-name and
 retry settings (retries on UNAVAILABLE only; request ids make them safe).
 ``connection_problem(code, details, cfg)`` turns a failed connection's gRPC
 status into one sentence a person can act on (untrusted server certificate,
@@ -35,10 +36,34 @@ SERVICE_CONFIG = {"methodConfig": [{"name": [{"service": "cns.v1.Personalizer"}]
 
 def channel_credentials(cfg: StationConfig) -> grpc.ChannelCredentials:
     p = cfg.personalizer
+    if cfg.enrollment is not None:      # the key stays in the token: it signs each handshake (token_key)
+        return token_credentials(cfg)
     return grpc.ssl_channel_credentials(
         root_certificates=p.trust_anchors.read_bytes(),
         private_key=p.client_key.read_bytes(),
         certificate_chain=p.client_certificate.read_bytes())
+
+
+def token_credentials(cfg: StationConfig) -> grpc.ChannelCredentials:
+    """mTLS credentials whose private-key operation is done by the station's PKCS#11 token."""
+    import warnings
+
+    import grpc.experimental
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from station_config import token_key
+
+    e, p = cfg.enrollment, cfg.personalizer
+    chain = p.client_certificate.read_bytes()
+    spki = x509.load_pem_x509_certificate(chain).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = token_key.open_token(e.pkcs11_module, e.token_label, e.pin_file)
+    with warnings.catch_warnings():     # grpc.experimental warns on every call that it is experimental
+        warnings.simplefilter("ignore")
+        return grpc.experimental.ssl_channel_credentials_with_custom_signer(
+            private_key_sign_fn=token.tls_signer(spki), root_certificates=p.trust_anchors.read_bytes(),
+            certificate_chain=chain)
 
 
 def _bypass_proxy(cfg: StationConfig, endpoint: str) -> bool:
@@ -89,6 +114,9 @@ def connection_problem(code: grpc.StatusCode, details: str | None, cfg: StationC
     if "Peer name" in details and "not in peer certificate" in details:
         return (f"the server certificate of {where} does not name {endpoint.rsplit(':', 1)[0]}; use the name "
                 "it was issued for, or set personalizer.server_name")
+    if "PRIVATE_KEY_OPERATION_FAILED" in details and cfg.enrollment is not None:
+        return (f"the station key in the PKCS#11 token {cfg.enrollment.token_label!r} did not sign the connection to "
+                f"{where}: is the token inserted and its PIN in enrollment.pin_file right?")
     if ("Socket closed" in details or "ALERT" in details or "CERTIFICATE_REQUIRED" in details
             or "handshake" in details.lower()):
         return (f"{where} refused this client's certificate ({cfg.personalizer.client_certificate}): it is not "

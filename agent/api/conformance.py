@@ -6,7 +6,8 @@ and the station's issuer key for the model (key generation needs it), and stream
 The work is ``agent.conformance.checks.run`` in a worker thread; OpenSC is asked through
 ``agent.conformance.opensc``. The PIN and PUK in the request are used for the call only.
 
-Imports ``agent.conformance``, ``agent.card.errors``, ``agent.ops.errors``, ``proto``.
+Imports ``agent.conformance``, ``agent.card.errors``, ``agent.ops.errors``, ``proto``; ``agent.conformance``
+(cryptography, statistics) only when a run starts, not in the idle agent (issue 18: idle RSS).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import threading
 import grpc
 
 from agent.card.errors import CardError
-from agent.conformance import checks, opensc
 from agent.ops.errors import UplinkError
 from agent.uplink.client import PersonalizerClient
 from proto.cns.v1 import agent_pb2 as pb
@@ -53,6 +53,7 @@ def _card_model(operations, reader: str):
 
 def _log_abandoned(task: asyncio.Task) -> None:
     """The outcome of a run whose caller went away (nobody else will read it)."""
+    from agent.conformance import checks
     exc = task.exception() if not task.cancelled() else None
     if isinstance(exc, checks.ConformanceError):
         log.info("conformance run on %s: %s", task.get_name(), exc)
@@ -70,6 +71,7 @@ class _Central:
         self._relay = relay
 
     def cryptogram(self, **kw) -> bytes:
+        from agent.conformance import checks
         try:
             return self._relay.cryptogram(**kw)
         except UplinkError as exc:
@@ -79,6 +81,7 @@ class _Central:
 
 class ConformanceHandlers:
     async def RunConformance(self, request, context):  # noqa: N802 (gRPC names)
+        from agent.conformance import checks, opensc
         operations = getattr(self, "operations", None)
         if operations is None or operations.ops is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_CONFIG)

@@ -12,7 +12,8 @@ message that says what to do. A refused PIN operation also carries the card's
 ``PIN_STATUS_KEY``, so a client can show the tries on an error too. PINs and
 PUKs never reach a log or a message.
 
-Imports ``agent.ops``, ``agent.card.errors``, ``agent.uplink``, ``proto``.
+Imports ``agent.ops``, ``agent.card.errors``, ``agent.uplink``, ``proto``; ``agent.ops.lifecycle``
+(cryptography) only in the certificate calls, not in the idle agent (issue 18: idle RSS).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import logging
 import grpc
 
 from agent.card.errors import CardError, CardRemovedError
-from agent.ops import lifecycle as lc
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable
 from agent.ops.pin import CodeFormatError, PinError, PinManager, PinState
 from agent.ops.uplink import Uplink
@@ -118,6 +118,7 @@ class LifecycleHandlers:
 
     # -- certificates ----------------------------------------------------------------------
     async def _targets(self, ops, request, context, uplink: Uplink, *, change: bool = False):
+        from agent.ops import lifecycle as lc
         given = [bool(request.reader), bool(request.certificate_serials), bool(request.card_serial),
                  bool(request.codice_fiscale)]
         if sum(given) > 1:
@@ -143,6 +144,7 @@ class LifecycleHandlers:
             list(request.certificate_serials))
 
     async def GetCertificateStatus(self, request: pb.CardCertificatesRequest, context):  # noqa: N802
+        from agent.ops import lifecycle as lc
         ops = await self._station(context)
         try:
             async with ops.uplink_session() as uplink:
@@ -153,6 +155,7 @@ class LifecycleHandlers:
         return pb.CardCertificatesResponse(card_serial=card_serial, certificates=[certificate_pb(i) for i in infos])
 
     async def ChangeCertificateStatus(self, request: pb.ChangeCertificateStatusRequest, context):  # noqa: N802
+        from agent.ops import lifecycle as lc
         ops = await self._station(context)
         action = request.action.strip().lower()
         try:

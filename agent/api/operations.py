@@ -5,7 +5,8 @@ A thin adapter: request messages become ``HolderRecord``/``Codes``; the work is
 ``agent.ops.station.StationOps``; ops errors become gRPC status codes with
 their message (never a PIN). Card access is a ``connect(reader)`` callable
 (PC/SC in ``cns-agent run``). After an operation the card is re-read for the device view.
-Imports ``agent.ops``, ``agent.card.errors``, ``agent.devices.inspect``, ``proto``.
+Imports ``agent.ops``, ``agent.card.errors``, ``agent.devices.inspect``, ``proto``; the operations' modules
+(cryptography, asn1crypto) only once a station configuration gives the agent operations (idle RSS, issue 18).
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from agent.devices.inspect import reread_card
 from agent.ops.errors import OperationError, PreconditionError, UplinkUnavailable
 from agent.ops.holder import Codes, HolderFileError, HolderRecord
 from agent.ops.journal import FAILED, Journal
-from agent.ops.personalize import describe_holder
-from agent.ops.pin import KIND_UNBLOCK, PinError, PinManager
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -145,6 +144,7 @@ class Operations:
     async def list_operations(self, request, context):
         if not self.ops:
             return pb.ListOperationsResponse()
+        from agent.ops.personalize import describe_holder   # here: with self.ops, ops.station already loaded it
         rows = [(o, "device") for o in await self.ops.open_operations()]
         pins = await self._pin_journal()
         if pins is not None:
@@ -205,6 +205,7 @@ class Operations:
         touched the card sets the old PIN back (both codes needed), otherwise it is only closed (nothing to
         undo: an unblock's keysets keep the new PIN, the old one was blocked)."""
         from agent.api.lifecycle import PIN_JOURNAL, _grpc_code, _message
+        from agent.ops.pin import KIND_UNBLOCK, PinError, PinManager
         op_id = request.op_id
         pins = await self._pin_journal()
         op = await pins.get(op_id) if pins is not None else None

@@ -16,7 +16,8 @@ answered by the personalizer (``HolderRenewal.AuthenticateCard``) only with
 the card's proof of its holder: its authentication key signs a fresh nonce
 after the PIN (``agent.ops.card_proof``). Exit 0 when the card carries the new certificates,
 1 when undone, left open or refused (one line says why and what to do).
-Imports ``agent.ops``, ``agent.uplink``, ``agent.devices``.
+Imports ``agent.ops``, ``agent.uplink``, ``agent.devices``; the renewal's modules (cryptography, asn1crypto,
+gRPC stubs) only when a renewal runs: ``cns-agent run`` imports this module too (issue 18: idle RSS).
 """
 from __future__ import annotations
 
@@ -33,9 +34,7 @@ from agent.commands import CommandError
 from agent.ops.errors import OperationError, UplinkError, UplinkUnavailable
 from agent.ops.holder import Codes
 from agent.ops.journal import Journal
-from agent.ops.renew import KIND, RenewalPolicy, Renewer
-from agent.uplink.card_admin import HolderCardAdmin
-from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
+from cns_spec.validity import DEFAULT_RENEWAL_WINDOW_DAYS
 from station_config import MAX_WINDOW_DAYS
 
 DEFAULT_PORT = 50052    # the enrollment port (agent.uplink.enroll.DEFAULT_ENROLL_PORT)
@@ -51,7 +50,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", type=Path, default=None, help="where the renewal journal is kept")
     g.add_argument("--window-days", type=_window_days, default=None, metavar="DAYS",
                    help=f"offer renewal from DAYS before the certificates expire (default "
-                        f"{RenewalPolicy.window_days}; {MAX_WINDOW_DAYS} = at any time, for hardware testers)")
+                        f"{DEFAULT_RENEWAL_WINDOW_DAYS}; {MAX_WINDOW_DAYS} = at any time, for hardware testers)")
 
 
 def default_data_dir() -> Path:
@@ -107,6 +106,10 @@ async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: byte
                            connect, reader: str, model, codes: Codes, progress,
                            policy: RenewalPolicy | None = None):
     """Start the card's renewal, or finish its open one, through ``HolderUplink``; the ``Outcome``."""
+    from agent.ops.renew import KIND, RenewalPolicy, Renewer
+    from agent.uplink.card_admin import HolderCardAdmin
+    from agent.uplink.self_renewal import HOLDER_STATION, HolderUplink
+
     journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     j = await Journal.open(journal_path)
     try:
@@ -150,6 +153,8 @@ def self_renew(args: argparse.Namespace, pin: str | Callable[[], str], *, connec
     """The ``--self`` branch of ``cns-agent renew``. ``pin``: the PIN, or how to ask for it (after the options
     are checked: nobody types a PIN for a command that then fails on a typo). ``connect``/``model``: tests pass
     an emulated card."""
+    from agent.ops.renew import RenewalPolicy
+
     endpoint, trust = _endpoint(args.personalizer), _trust(args.trust)
     try:
         codes = Codes(pin() if callable(pin) else pin, None)

@@ -48,6 +48,16 @@ def register(sub) -> None:
         x.set_defaults(func=run)
 
 
+def _write_advice(exc: OSError) -> str:
+    """What to do about a write that failed, by its cause."""
+    import errno
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, or choose another --state-dir and --install-dir"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "that folder is not writable for you: choose another --state-dir and --install-dir"
+    return "check that folder, or choose another --state-dir and --install-dir"
+
+
 def _source(args) -> tuple[str, str | None]:
     url, proxy = args.url, args.proxy
     if args.config:
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"cannot write {exc.filename or state}: {exc.strerror or exc}; nothing was changed "
-                           "(free some space, or choose another --state-dir)") from None
+                           f"({_write_advice(exc)})") from None
     _emit(result, args.json)
     return 0
 

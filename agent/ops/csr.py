@@ -7,16 +7,14 @@ operation — and the result is assembled into the CertificationRequest.
 
 Also: the PKCS#1 v1.5 padding the card session needs for test signatures.
 A card signature that does not verify is the card's failure: ``VerificationError``
-(the step engine's card-side error), never a ValueError. Imports ``agent.ops.errors``.
+(the step engine's card-side error), never a ValueError. Imports ``agent.ops.errors``, cryptography and
+asn1crypto (when a request is built: ~8 MB resident otherwise held by every agent, issue 18).
 """
 from __future__ import annotations
 
 import hashlib
 from typing import Callable
 
-from asn1crypto import csr as asn1_csr
-from asn1crypto import keys as asn1_keys
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -45,6 +43,21 @@ def build_csr(public_key: rsa.RSAPublicKey, subject: list[tuple[str, str]], raw_
     that signs with the wrong key is caught here, not at the CA.
     """
     spki_der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    nbytes = (public_key.key_size + 7) // 8
+    return build_signed_csr(spki_der, subject, "sha256_rsa", lambda tbs: raw_sign(pkcs1_v15_sha256_block(tbs, nbytes)),
+                            who="the card")
+
+
+def build_signed_csr(spki_der: bytes, subject: list[tuple[str, str]], algorithm: str,
+                     sign: Callable[[bytes], bytes], *, who: str) -> bytes:
+    """A DER PKCS#10 request for the key of ``spki_der``, ``sign(tbs)`` giving the signature of its
+    ``algorithm`` (asn1crypto's name: "sha256_rsa", "sha256_ecdsa") over the request info; checked
+    before it is returned (``who`` names the signer in the error). Also used for the station key in a
+    PKCS#11 token (``agent.uplink.enroll``)."""
+    from asn1crypto import csr as asn1_csr
+    from asn1crypto import keys as asn1_keys
+    from asn1crypto import x509 as asn1_x509
+
     name = asn1_x509.Name.build(dict(subject), use_printable=False)
     # asn1crypto's Name.build orders attributes itself; keep it, CAs re-order anyway.
     info = asn1_csr.CertificationRequestInfo({
@@ -53,16 +66,14 @@ def build_csr(public_key: rsa.RSAPublicKey, subject: list[tuple[str, str]], raw_
         "subject_pk_info": asn1_keys.PublicKeyInfo.load(spki_der),
         "attributes": [],
     })
-    tbs = info.dump()
-    nbytes = (public_key.key_size + 7) // 8
-    signature = raw_sign(pkcs1_v15_sha256_block(tbs, nbytes))
+    signature = sign(info.dump())
     req = asn1_csr.CertificationRequest({
         "certification_request_info": info,
-        "signature_algorithm": {"algorithm": "sha256_rsa"},
+        "signature_algorithm": {"algorithm": algorithm},
         "signature": signature,
     })
     der = req.dump()
     parsed = x509.load_der_x509_csr(der)
     if not parsed.is_signature_valid:
-        raise VerificationError("the card's signature over the CSR does not verify with the key it generated")
+        raise VerificationError(f"{who}'s signature over the CSR does not verify with the key it generated")
     return der

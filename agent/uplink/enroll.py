@@ -18,8 +18,14 @@ when a third of the certificate's lifetime or less is left: a new key and CSR,
 the same two-phase write. ``recover_credentials`` finishes or undoes a write a
 crash interrupted; both call it first.
 
-A PKCS#11 station key ([station] key_pkcs11) is not implemented: the key is a 0600 file.
-Imports grpc, cryptography, ``proto``, ``station_config`` and ``cns_spec``; never ``personalizer``.
+With a PKCS#11 token (``enroll(..., token=TokenSettings(module, label, pin_file))``, or the
+``[enrollment]`` section of an existing configuration) the key pair is made in the token, never
+extractable, the token signs the CSR (``agent.ops.csr.build_signed_csr``) and, through
+``station_config.token_key``, every TLS handshake; no key file is written, and ``station.toml`` gets
+``[enrollment]`` instead of ``client_key``. A renewal makes the new pair in the same token; the pairs
+no certificate uses any more are deleted once the new certificate is in place.
+Imports grpc, cryptography, ``proto``, ``station_config``, ``agent.ops.csr`` and ``cns_spec``; never
+``personalizer``.
 """
 from __future__ import annotations
 
@@ -45,6 +51,12 @@ DEFAULT_ENROLL_PORT = 50052
 RENEW_FRACTION = 1 / 3            # renew when this fraction of the lifetime, or less, is left
 CALL_TIMEOUT_S = 30.0
 NEW = ".new"
+TOKEN_TOML = """
+[enrollment]
+pkcs11_module = "{module}"
+token_label = "{label}"
+pin_file = "{pin_file}"
+"""
 
 STATION_TOML = """\
 # Station configuration written by `cns-agent enroll` (station_config schema).
@@ -58,13 +70,68 @@ data_dir = "agent-data"
 primary = "{endpoint}"
 trust_anchors = "tls-ca.pem"
 client_certificate = "client.pem"
-client_key = "client.key.pem"
-timeout_seconds = 30
+{client_key}timeout_seconds = 30
 """
 
 
 class EnrollError(Exception):
     """Enrollment or renewal failed; one line for the operator. Nothing on disk was changed."""
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Where the station key is made: a PKCS#11 token (``[enrollment]`` of station_config)."""
+    module: Path
+    label: str
+    pin_file: Path
+
+    def open(self):
+        from station_config import token_key
+        try:
+            return token_key.open_token(self.module, self.label, self.pin_file)
+        except token_key.TokenKeyError as exc:
+            raise EnrollError(f"{exc}; nothing was sent") from None
+
+
+def _toml_str(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class _NewKey:
+    """A new station key and its CSR: in memory (written 0600 later) or in the token (never leaves it)."""
+
+    def __init__(self, common_name: str, token: TokenSettings | None) -> None:
+        self.token = token
+        if token is None:
+            self.key, self.csr_der = new_key_and_csr(common_name)
+            self.spki = self.key.public_key().public_bytes(serialization.Encoding.DER,
+                                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+            return
+        from agent.ops.csr import build_signed_csr
+        from agent.ops.errors import VerificationError
+        from station_config import token_key
+        tk = token.open()
+        try:
+            self.spki = tk.generate()
+            self.csr_der = build_signed_csr(self.spki, [("common_name", common_name)], "sha256_ecdsa",
+                                            lambda tbs: tk.sign(self.spki, tbs), who="the token")
+        except (token_key.TokenKeyError, VerificationError) as exc:
+            raise EnrollError(f"{exc}; nothing was sent") from None
+        self.key = None
+
+    def key_pem(self) -> bytes | None:
+        return _key_pem(self.key) if self.key is not None else None
+
+    def installed(self) -> None:
+        """The certificate for this key is in place: drop the token's other station keys (best effort: an
+        old pair left in the token is unused, and the next renewal drops it)."""
+        if self.token is not None:
+            from station_config import token_key
+            try:
+                self.token.open().prune(self.spki)
+            except (EnrollError, token_key.TokenKeyError) as exc:
+                import logging
+                logging.getLogger("agent.enroll").warning("old station keys left in the token: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -135,25 +202,29 @@ def _new(path: Path) -> Path:
     return path.with_name(path.name + NEW)
 
 
-def recover_credentials(key_path: Path, cert_path: Path) -> str:
-    """Finish or undo an interrupted ``install_credentials``: "none", "finished" or "undone"."""
-    key_new, cert_new = _new(key_path), _new(cert_path)
+def recover_credentials(key_path: Path | None, cert_path: Path) -> str:
+    """Finish or undo an interrupted ``install_credentials``: "none", "finished" or "undone".
+    ``key_path`` None: the key is in a token (only the certificate is switched)."""
+    key_new, cert_new = (_new(key_path) if key_path else None), _new(cert_path)
     if cert_new.exists():          # both new files were complete before the first switch
-        if key_new.exists():
+        if key_new is not None and key_new.exists():
             os.replace(key_new, key_path)
         os.replace(cert_new, cert_path)
         return "finished"
-    if key_new.exists():           # the new certificate never got written: keep the old pair
+    if key_new is not None and key_new.exists():   # the new certificate never got written: keep the old pair
         key_new.unlink()
         return "undone"
     return "none"
 
 
-def install_credentials(key_path: Path, cert_path: Path, key_pem: bytes, cert_pem: bytes) -> None:
-    """Replace the key and certificate: both new files written first, then switched (``recover_credentials``)."""
-    _write(_new(key_path), key_pem, 0o600)
+def install_credentials(key_path: Path | None, cert_path: Path, key_pem: bytes | None, cert_pem: bytes) -> None:
+    """Replace the key and certificate: both new files written first, then switched (``recover_credentials``).
+    ``key_pem`` None: the key is in a token, only the certificate is switched."""
+    if key_pem is not None:
+        _write(_new(key_path), key_pem, 0o600)
     _write(_new(cert_path), cert_pem, 0o644)
-    os.replace(_new(key_path), key_path)
+    if key_pem is not None:
+        os.replace(_new(key_path), key_path)
     os.replace(_new(cert_path), cert_path)
 
 
@@ -173,8 +244,10 @@ def _rpc_error(exc: grpc.RpcError, where: str) -> EnrollError:
 
 
 def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int = DEFAULT_ENROLL_PORT,
-           server_name: str | None = None, timeout: float = CALL_TIMEOUT_S) -> Enrolled:
-    """Enroll this workstation; writes into ``directory`` (created 0700). Refused → nothing changed."""
+           server_name: str | None = None, timeout: float = CALL_TIMEOUT_S,
+           token: TokenSettings | None = None) -> Enrolled:
+    """Enroll this workstation; writes into ``directory`` (created 0700). Refused → nothing changed.
+    ``token``: make the key in this PKCS#11 token (default: the existing configuration's, else a file)."""
     try:
         code, fingerprint = enrollment_code.parse_bundle(bundle)
     except enrollment_code.BadCode as exc:
@@ -182,10 +255,14 @@ def enroll(bundle: str, personalizer: str, directory: Path, *, enroll_port: int 
     host, _port = split_endpoint(personalizer)
     config = directory / "station.toml"
     existing = _existing_identity(config)
+    if token is not None and existing is not None and _existing_token(config) is None:
+        raise EnrollError(f"{config} keeps this station's key in a file: enrolling again with a PKCS#11 token needs "
+                          "another --dir (nothing was sent, the code is still valid)")
+    token = token or _existing_token(config)
     created = _writable_folder(directory)       # before the code is spent: a folder we cannot write loses it
     try:
         return _enroll(code, fingerprint, host, personalizer, directory, config, existing, enroll_port=enroll_port,
-                       server_name=server_name, timeout=timeout)
+                       server_name=server_name, timeout=timeout, token=token)
     except BaseException:
         if created:
             try:
@@ -211,9 +288,10 @@ def _writable_folder(directory: Path) -> bool:
 
 def _enroll(code: str, fingerprint: str, host: str, personalizer: str, directory: Path, config: Path,
             existing: tuple[str, str] | None, *, enroll_port: int, server_name: str | None,
-            timeout: float) -> Enrolled:
+            timeout: float, token: TokenSettings | None) -> Enrolled:
     ca_pem = fetch_pinned_ca(host, enroll_port, fingerprint, timeout=min(timeout, 10.0))
-    key, csr_der = new_key_and_csr("cns-station")
+    new = _NewKey("cns-station", token)
+    csr_der = new.csr_der
     target = f"[{host}]:{enroll_port}" if ":" in host else f"{host}:{enroll_port}"
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
@@ -224,17 +302,22 @@ def _enroll(code: str, fingerprint: str, host: str, personalizer: str, directory
                 expect_chamber_code=existing[1] if existing else ""), timeout=timeout)
         except grpc.RpcError as exc:
             raise _rpc_error(exc, f"the personalizer at {target}") from None
-    cert = _check_issued(r.certificate_pem.encode(), key, ca_pem)
+    cert = _check_issued(r.certificate_pem.encode(), new.spki, ca_pem)
     if existing is not None and existing != (r.station_id, r.chamber_code):
         raise EnrollError(f"{config} is the configuration of station {existing[0]} ({existing[1]}), but this code is "
                           f"for {r.station_id} ({r.chamber_code}): use another --dir; nothing was changed")
     recover_credentials(directory / "client.key.pem", directory / "client.pem")
     _write(directory / "tls-ca.pem", ca_pem, 0o644)
-    install_credentials(directory / "client.key.pem", directory / "client.pem", _key_pem(key),
+    install_credentials(directory / "client.key.pem", directory / "client.pem", new.key_pem(),
                         r.certificate_pem.encode())
     if existing is None:
-        _write(config, STATION_TOML.format(station_id=r.station_id, chamber=r.chamber_code,
-                                           endpoint=personalizer).encode(), 0o644)
+        text = STATION_TOML.format(station_id=r.station_id, chamber=r.chamber_code, endpoint=personalizer,
+                                   client_key='client_key = "client.key.pem"\n' if token is None else "")
+        if token is not None:
+            text += TOKEN_TOML.format(module=_toml_str(str(token.module)), label=_toml_str(token.label),
+                                      pin_file=_toml_str(str(token.pin_file)))
+        _write(config, text.encode(), 0o644)
+    new.installed()
     return Enrolled(r.station_id, r.chamber_code, config, r.serial_hex, cert.not_valid_after_utc)
 
 
@@ -253,7 +336,18 @@ def _existing_identity(config: Path) -> tuple[str, str] | None:
     return cfg.station.id, cfg.station.chamber_code
 
 
-def _check_issued(cert_pem: bytes, key, ca_pem: bytes) -> x509.Certificate:
+def _existing_token(config: Path) -> TokenSettings | None:
+    """The ``[enrollment]`` token of the configuration already in the folder, if it has one."""
+    if not config.exists():
+        return None
+    try:
+        e = station_config.load(config).enrollment
+    except station_config.StationConfigError:
+        return None
+    return TokenSettings(e.pkcs11_module, e.token_label, e.pin_file) if e else None
+
+
+def _check_issued(cert_pem: bytes, spki_der: bytes, ca_pem: bytes) -> x509.Certificate:
     """The certificate is for our key and signed by the pinned CA (never install what does not fit)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
@@ -262,7 +356,8 @@ def _check_issued(cert_pem: bytes, key, ca_pem: bytes) -> x509.Certificate:
     except Exception as exc:   # ValueError, TypeError, InvalidSignature (not a ValueError)
         raise EnrollError(f"the personalizer sent a certificate that does not verify ({type(exc).__name__}); "
                           "nothing was changed") from None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    if cert.public_key().public_bytes(serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo) != spki_der:
         raise EnrollError("the personalizer sent a certificate for another key; nothing was changed")
     return cert
 
@@ -281,7 +376,9 @@ def renew_if_due(cfg: StationConfig, *, force: bool = False, now: _dt.datetime |
     current = x509.load_pem_x509_certificate(p.client_certificate.read_bytes())
     if not force and not renewal_due(current, now):
         return None
-    key, csr_der = new_key_and_csr(cfg.station.id)
+    e = cfg.enrollment
+    new = _NewKey(cfg.station.id, TokenSettings(e.pkcs11_module, e.token_label, e.pin_file) if e else None)
+    csr_der = new.csr_der
     with channel.secure_channel_sync(cfg) as ch:
         try:
             r = epb_grpc.StationAdminStub(ch).RenewStation(epb.RenewStationRequest(csr_der=csr_der),
@@ -289,8 +386,9 @@ def renew_if_due(cfg: StationConfig, *, force: bool = False, now: _dt.datetime |
         except grpc.RpcError as exc:
             problem = channel.connection_problem(exc.code(), exc.details(), cfg)
             raise EnrollError(problem) if problem else _rpc_error(exc, "the personalizer") from None
-    cert = _check_issued(r.certificate_pem.encode(), key, p.trust_anchors.read_bytes())
-    install_credentials(p.client_key, p.client_certificate, _key_pem(key), r.certificate_pem.encode())
+    cert = _check_issued(r.certificate_pem.encode(), new.spki, p.trust_anchors.read_bytes())
+    install_credentials(p.client_key, p.client_certificate, new.key_pem(), r.certificate_pem.encode())
+    new.installed()
     return cert
 
 

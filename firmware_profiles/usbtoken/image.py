@@ -7,7 +7,8 @@ signature over everything before it. Header keys: ``kind`` ("firmware" | "cdrom"
 ``model`` (token model id), ``version``, ``length``, ``sha256`` (of the payload),
 ``min_bootloader`` (firmware), ``downgrade`` (bool: the release allows installing over a newer one).
 
-Imports ``cryptography`` and ``firmware_profiles.usbtoken.model`` only.
+Imports ``cryptography`` (when an image is verified: the idle agent, which imports this module, does not
+load it) and ``firmware_profiles.usbtoken.model`` only.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import json
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from firmware_profiles.usbtoken.model import TokenModel, parse_version
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAGIC = b"CNSIMG1\0"
 KINDS = ("firmware", "cdrom", "disk")
@@ -67,6 +70,8 @@ def parse_image(blob: bytes, public_key: bytes) -> Image:
     if hlen > MAX_HEADER or start + hlen + 64 > len(blob):
         raise ImageError("image truncated or header too long: download the release again")
     body, sig = blob[:-64], blob[-64:]
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(sig, body)
     except InvalidSignature:

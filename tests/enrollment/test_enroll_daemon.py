@@ -275,6 +275,55 @@ def test_a_server_showing_the_right_ca_with_a_foreign_certificate_is_refused(adm
     assert _enroll(daemon, capsys, code, tmp_path / "s")[0] == 0      # the code is still good
 
 
+def _expire(deployment, code_bundle: str) -> None:
+    """As if the operator enrolled after the code's expiry: the daemon's stored expiry moved into the past
+    (the daemon reads the code's row on every call; codes live at least an hour, too long to wait for)."""
+    import sqlite3
+    code, _ = enrollment_code.parse_bundle(code_bundle)
+    dbs = sorted((deployment.root / "data").glob("*.sqlite"))
+    assert dbs, list((deployment.root / "data").iterdir())
+    hits = 0
+    for db in dbs:
+        with sqlite3.connect(db, timeout=10) as con:
+            try:
+                hits += con.execute("UPDATE enrollment_codes SET expires_at = ? WHERE code_sha256 = ?",
+                                    (time.time() - 60, enrollment_code.code_hash(code))).rowcount
+            except sqlite3.OperationalError:      # another of the daemon's files
+                continue
+    assert hits == 1
+
+
+def test_an_expired_code_gives_one_line_and_leaves_the_working_station_as_it_was(admin, daemon, capsys, tmp_path):
+    d = tmp_path / "station"
+    assert _enroll(daemon, capsys, _add(admin, capsys, "RM-ENR-10"), d)[0] == 0
+    before = _snapshot(d)
+    late = _add(admin, capsys, "RM-ENR-11")
+    _expire(admin, late)
+    rc, out, err = _enroll(daemon, capsys, late, tmp_path / "late")    # a fresh folder: nothing is left behind
+    assert rc == 1 and "expired" in err and "central IT" in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and not (tmp_path / "late").exists()
+    rc, out, err = _enroll(daemon, capsys, late, d)                      # over a working station: kept as it was
+    assert rc == 1 and "expired" in err
+    assert _snapshot(d) == before
+    assert _ca_status(station_config.load(d / "station.toml")).connector
+
+
+def test_a_read_only_home_is_refused_before_the_code_is_spent(admin, daemon, capsys, tmp_path, monkeypatch):
+    from tests.support.tmpfs import tmpfs
+    code = _add(admin, capsys, "RM-ENR-12")
+    with tmpfs(tmp_path / "home", "1m") as home:
+        home.remount(read_only=True)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(home.path / ".config"))   # the default --dir, under it
+        capsys.readouterr()
+        rc = agent_cli.main(["enroll", "--code", code, "--personalizer", f"localhost:{daemon.port}",
+                             "--enroll-port", str(daemon.enroll_port)])
+        err = capsys.readouterr().err
+        assert rc == 1 and "cannot write the station folder" in err and "Read-only file system" in err, err
+        assert "still valid" in err and len(err.strip().splitlines()) == 1
+        assert list(home.path.iterdir()) == []
+    assert _enroll(daemon, capsys, code, tmp_path / "station")[0] == 0   # the code was not spent
+
+
 def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
     """Last in this module: it uses up this address's enrollment attempts."""
     _, fp = enrollment_code.parse_bundle(_add(admin, capsys, "RM-ENR-08"))
@@ -287,5 +336,3 @@ def test_guessing_codes_is_rate_limited(admin, daemon, capsys, tmp_path):
             break
     assert "too many enrollment attempts; wait a minute" in errors[-1], errors[-3:]
     assert len(errors) <= 20
-
-
