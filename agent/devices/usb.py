@@ -13,9 +13,10 @@ emulated bus) and talks to a device only when it is new on the bus: what a devic
 state, or "not a token") is cached per bus, address and USB ids, an enumeration the device loses
 on any unplug, reset or DFU re-enumeration. A cached token's state is re-read after ``REFRESH_S``
 (another program may have changed it) and after our own token operations (``invalidate``).
-Where the pyusb backend has a hotplug notification (``add_hotplug_listener``, as the emulated bus
-does) ``UsbBackend.monitor`` scans on each signal and otherwise every ``IDLE_S`` only; without one
-(pyusb exposes no libusb hotplug callback) it polls every ``poll_s``.
+Where there is a hotplug notification ``UsbBackend.monitor`` scans on each signal and otherwise
+every ``IDLE_S`` only: the pyusb backend's own (``add_hotplug_listener``, as the emulated bus does),
+else the kernel's USB uevents on Linux (``agent.devices.uevent``; pyusb exposes no libusb hotplug
+callback). Without either it polls every ``poll_s``.
 
 ``TokenLink`` is the transport seam for one token: management requests, DFU requests, USB
 reset; every USB failure is a ``TokenError`` subclass with a one-line message.
@@ -291,6 +292,7 @@ class UsbTokenBackend:
         # (bus, address, vid, pid) → (what the device is: a TokenInfo, None for "not a token"; when read)
         self._cache: dict[tuple[int, int, int, int], tuple[TokenInfo | None, float]] = {}
         self._cache_lock = threading.Lock()
+        self._uevents = None   # agent.devices.uevent.KernelEvents once looked up (False: none here)
 
     def _pyusb_backend(self):
         """The pyusb backend, looked up once (``usb.core.find`` without one looks libusb up on every call)."""
@@ -315,8 +317,16 @@ class UsbTokenBackend:
             return []
 
     def hotplug_signal(self):
-        """The pyusb backend's hotplug notification, ``add_hotplug_listener(callback) -> remove``, or None."""
-        return getattr(self._pyusb_backend(), "add_hotplug_listener", None)
+        """A hotplug notification, ``register(callback) -> remove``: the pyusb backend's own (the emulated
+        bus), else the kernel's USB uevents (``agent.devices.uevent``, Linux; libusb has none pyusb shows);
+        None when neither exists (the monitor then polls)."""
+        own = getattr(self._pyusb_backend(), "add_hotplug_listener", None)
+        if own is not None:
+            return own
+        if self._uevents is None:
+            from agent.devices.uevent import KernelEvents
+            self._uevents = KernelEvents.open(("usb",)) or False
+        return self._uevents.listen if self._uevents else None
 
     @staticmethod
     def _key(dev) -> tuple[int, int, int, int]:
