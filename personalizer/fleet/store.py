@@ -152,6 +152,20 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """The fleet at a glance (the status page): totals, then the largest groups first."""
+    stations: int
+    connected: int                     # stations whose stream is open (the ``connected`` column)
+    devices: int
+    expiring: int                      # certificates expiring within ``within_days``
+    within_days: int
+    by_chamber: tuple = ()             # (chamber, stations, connected)
+    by_model: tuple = ()               # (model, devices)
+    by_agent_version: tuple = ()       # (agent version, stations)
+    recent: tuple[Station, ...] = ()   # the stations seen last, most recent first
+
+
+@dataclass(frozen=True)
 class Page:
     rows: list = field(default_factory=list)
     next_page_token: str = ""
@@ -458,6 +472,26 @@ class SqliteFleetStore:
         rows = [ExpiringRow(*r) for r in await self._rows(
             base + " ORDER BY c.not_after, c.station, c.serial LIMIT ? OFFSET ?", (*args, size, offset))]
         return Page(rows, _next(offset, size, len(rows), total), total)
+
+    async def counts(self, *, within_days: int = 30, groups: int = 20, recent: int = 10) -> Counts:
+        """Totals and the ``groups`` largest groups per chamber, model and agent version (bounded reads)."""
+        st, conn = await self._first("SELECT COUNT(*), COALESCE(SUM(connected), 0) FROM fleet_stations")
+        devices = (await self._first("SELECT COUNT(*) FROM fleet_devices"))[0]
+        expiring = (await self._first("SELECT COUNT(*) FROM fleet_certificates WHERE not_after < ?",
+                                      (int(self._clock()) + within_days * 86400,)))[0]
+        by_chamber = await self._rows("SELECT chamber, COUNT(*), SUM(connected) FROM fleet_stations GROUP BY chamber"
+                                      " ORDER BY COUNT(*) DESC, chamber LIMIT ?", (groups,))
+        by_model = await self._rows("SELECT model, COUNT(*) FROM fleet_devices GROUP BY model"
+                                    " ORDER BY COUNT(*) DESC, model LIMIT ?", (groups,))
+        by_version = await self._rows("SELECT agent_version, COUNT(*) FROM fleet_stations GROUP BY agent_version"
+                                      " ORDER BY COUNT(*) DESC, agent_version LIMIT ?", (groups,))
+        last = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
+                for r in await self._rows(
+                    "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen,"
+                    " s.last_seen, s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                    " FROM fleet_stations s ORDER BY s.last_seen DESC, s.station LIMIT ?", (recent,))]
+        return Counts(st, conn, devices, expiring, within_days, tuple(map(tuple, by_chamber)),
+                      tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
 
     async def audit(self, actor, action, outcome, detail) -> None:
         async with self._lock:
