@@ -389,7 +389,8 @@ class Daemon:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
-                 "required" if self.cfg.server.require_client_auth else "optional")
+                 "required" if self.cfg.server.require_client_auth else "optional",
+                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth})
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -233,7 +233,8 @@ class Rollouts:
                                      model=t[2], release=cmd.release)
             if why is not None:
                 state, message = rr.FAILED, f"reported success without a valid attestation: {why}"
-                log.warning("rollout %s: %s %s %s", cmd.rollout_id, t[0], t[1], message)
+                log.warning("rollout %s: %s %s %s", cmd.rollout_id, t[0], t[1], message,
+                            extra={"rollout_id": cmd.rollout_id, "station": t[0], "device_serial": t[1]})
         await self._target(cmd.rollout_id, t[0], t[1], state, message=message)
         await self.step(cmd.rollout_id)
 
@@ -279,7 +280,8 @@ class Rollouts:
             async with self._wlock:
                 await self._db.execute("UPDATE fleet_rollout_targets SET state = ? WHERE rollout_id = ? AND state = ?",
                                        (rr.CANCELLED, rid, rr.WAITING))
-            log.warning("rollout %s (%s) stopped: %s", rid, spec.name, reason)
+            log.warning("rollout %s (%s) stopped: %s", rid, spec.name, reason,
+                        extra={"rollout_id": rid, "rollout_state": rr.ABORTED})
             return
         if counts.get(rr.WAITING, 0) + counts.get(rr.SENT, 0) == 0:
             await self._set_state(rid, rr.COMPLETED, "every target finished")

@@ -99,7 +99,7 @@ class StatusPage:
         except (Unauthenticated, PermissionDenied) as exc:
             self.refused += 1
             status = 401 if isinstance(exc, Unauthenticated) else 403
-            log.warning("status page refused (%d): %s", status, exc)
+            log.warning("status page refused (%d): %s", status, exc, extra={"http_status": status})
             return self._page(status, "Unauthorized" if status == 401 else "Forbidden", str(exc))
         if method != "GET":
             return self._page(405, "Method Not Allowed", f"{method[:16]} is not served: the status page is read-only")

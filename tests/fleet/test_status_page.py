@@ -171,7 +171,8 @@ def _get(port: int, dep, client=None, *, method="GET", path="/"):
     if client is not None:
         (dep.root / "c.pem").write_bytes(client.cert + client.key)
         ctx.load_cert_chain(dep.root / "c.pem")
-    req = urllib.request.Request(f"https://localhost:{port}{path}", method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(f"https://localhost:{port}{path}", method=method,
+                                 data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             return r.status, dict(r.headers), r.read().decode()
@@ -192,7 +193,8 @@ def test_only_an_unrevoked_admin_reads_it_and_nothing_else_is_served(status_daem
     assert _get(port, dep, tool)[0] == 403
     assert _get(port, dep, support.admin_cert(dep), method="POST")[0] == 405
     assert _get(port, dep, support.admin_cert(dep), path="/secret")[0] == 404
-    with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):   # another CA's certificate does not get through the handshake
+    # another CA's certificate does not get through the handshake
+    with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
         _get(port, dep, helpers.client_cert(tls, common_name="x", identity=identity_uri("admin", "x"), foreign=True))
     # an admin certificate central IT revoked is refused once the daemon rereads the client CRL
     second = helpers.client_cert(tls, common_name="second-admin", identity=identity_uri("admin", "second"))

@@ -117,9 +117,10 @@ class DaemonProcess:
 
     LISTEN_RE = re.compile(r"listening on port (\d+)")
 
-    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None):
+    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None,
+                 log_args: tuple[str, ...] = ("--log-level", "WARNING")):
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "cns-personalizer"), "--log-level", "WARNING", "serve", "--config", str(config)],
+            [str(VENV_BIN / "cns-personalizer"), *log_args, "serve", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn)
         line = self.proc.stdout.readline()

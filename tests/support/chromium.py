@@ -40,7 +40,8 @@ class Browser:
         nssdb.mkdir(parents=True)
         (where / "ca.pem").write_bytes(ca_pem)
         self._run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"])
-        self._run(["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "cns-tls-ca", "-t", "C,,", "-i", str(where / "ca.pem")])
+        self._run(["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "cns-tls-ca", "-t", "C,,",
+                   "-i", str(where / "ca.pem")])
         if client is not None:
             cert = x509.load_pem_x509_certificate(client.cert)
             key = serialization.load_pem_private_key(client.key, None)
