@@ -370,6 +370,16 @@ class Daemon:
                         STATUS_SCRAPE_TIMEOUT_SECONDS)
             return None
 
+    async def _start_status_page(self) -> None:
+        sp = self.cfg.status_page
+        try:
+            await self.status_page.start()
+        except OSError as exc:   # a busy or foreign address: one line naming the key and, if local, the holder
+            holder = port_holder(sp.http_port) if sp.http_port else None
+            raise ConfigError(self.cfg.source, "status_page.http_port",
+                              f"cannot listen on {sp.http_host}:{sp.http_port}: " +
+                              (f"the port is in use by {holder}" if holder else exc.strerror or str(exc))) from None
+
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         await self.relay.start()
@@ -378,7 +388,7 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.start()
         if self.status_page is not None:
-            await self.status_page.start()
+            await self._start_status_page()
         if self.archiver is not None:
             await self.archiver.start()
         if self.server is None:   # serve=False: broker and relay only

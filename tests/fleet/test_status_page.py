@@ -5,8 +5,11 @@ what stations typed (agent version, device model) is shown as text, never as mar
 from __future__ import annotations
 
 import html.parser
+import os
+import socket
 import ssl
 import struct
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -227,3 +230,23 @@ def test_render_escapes_what_stations_typed_and_shows_a_ca_outage_in_red():
     assert dom.kv("queue-depth") == {"priority": "3", "standard": "12"}
     down = page.render(_view(ca=None, ca_error="CA unreachable"))
     assert '<header class="bad">' in down and "CA NOT operational" in down and "CA unreachable" in down
+
+
+def test_a_busy_status_page_port_is_one_line_naming_the_key_and_the_holder(tmp_path):
+    dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:0", ca_key_bits=2048)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        conf = dep.server_config.read_text().replace(
+            "[status_page]\nenabled = false\nhttp_host = \"127.0.0.1\"\nhttp_port = 0",
+            f"[status_page]\nenabled = true\nhttp_host = \"127.0.0.1\"\nhttp_port = {busy}")
+        assert f"http_port = {busy}" in conf
+        dep.server_config.write_text(conf)
+        r = subprocess.run([str(helpers.VENV_BIN / "cns-personalizer"), "--log-level", "WARNING", "serve", "--config",
+                            str(dep.server_config)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "status_page.http_port" in err and str(busy) in err and f"pid {os.getpid()}" in err, err
