@@ -13,7 +13,7 @@ from personalizer.fleet.hub import Hub
 from personalizer.fleet.metrics import FleetCollector, FleetFigures
 from personalizer.fleet.rollouts import Rollouts
 from personalizer.fleet.service import FleetAdminService, FleetService
-from personalizer.fleet.store import SqliteFleetStore
+from personalizer.fleet.store import SqlFleetStore
 from proto.cns.v1 import fleet_pb2, fleet_pb2_grpc
 
 SERVICE_NAMES = tuple(fleet_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Fleet", "FleetAdmin"))
@@ -21,7 +21,7 @@ SERVICE_NAMES = tuple(fleet_pb2.DESCRIPTOR.services_by_name[n].full_name for n i
 
 @dataclass
 class Fleet:
-    store: SqliteFleetStore
+    store: SqlFleetStore
     hub: Hub
     service: FleetService
     admin: FleetAdminService
@@ -42,7 +42,7 @@ async def attach(server, database: Path, *, model_roots: ModelRoots | None = Non
                  **service_options) -> Fleet:
     """``model_roots``: the attestation CA of each device model; by default the PEM files in
     ``<database folder>/fleet-model-roots/<model id>.pem`` (none: no success is attested)."""
-    store = await SqliteFleetStore.open(database)
+    store = await SqlFleetStore.open(database)
     hub = Hub()
     roots = model_roots if model_roots is not None else ModelRoots.load(database.parent / "fleet-model-roots")
     rollouts = await Rollouts(store, hub, roots, tick_seconds=tick_seconds).open()
