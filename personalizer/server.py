@@ -301,9 +301,13 @@ class Daemon:
             self._add_enrollment(broker)
 
     async def _add_fleet(self) -> None:
-        """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database."""
+        """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database
+        (the SQLite file, or the PostgreSQL database of ``[store] backend = "postgresql"``)."""
         from personalizer.fleet import wiring as fleet_wiring
-        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database)
+        pg = None
+        if self.cfg.store.backend == "postgresql" and hasattr(self.store, "database"):
+            pg = (self.store.database, self.cfg.store.postgres_dsn())   # issue 15 item 8: one fleet, many daemons
+        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg)
         if self.metrics_server is not None:
             self.metrics_server.registry.register(self.fleet.collector())
 

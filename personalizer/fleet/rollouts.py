@@ -56,8 +56,11 @@ _OUTCOME = {fs.SUCCEEDED: rr.SUCCEEDED, fs.FAILED: rr.FAILED, fs.REJECTED: rr.RE
 
 class Rollouts:
     def __init__(self, store: fs.SqlFleetStore, hub: Hub, roots: attestation.ModelRoots, *,
-                 tick_seconds: float = 1.0, clock=time.time):
+                 tick_seconds: float = 1.0, clock=time.time, leader=lambda: True):
+        """``leader``: whether this process steps rollouts now (several processes over PostgreSQL: the one
+        holding ``fleet.notify``'s advisory lock; the others record reports and leave the sending to it)."""
         self.store = store
+        self.leader = leader
         self._db = store.db   # the fleet store's connection and this process's write lock
         self._wlock = store.db.lock
         self.hub = hub
@@ -258,6 +261,8 @@ class Rollouts:
             await self.step(rid)
 
     async def step(self, rid: str) -> None:
+        if not self.leader():
+            return   # the leading process's next tick (tick_seconds) steps it
         async with self._step_lock:
             await self._step(rid)
 

@@ -450,7 +450,7 @@ class SqlFleetStore:
         return (" WHERE " + " AND ".join(conds)) if conds else "", args
 
     async def _count(self, sql: str, args) -> int:
-        return (await self._first(f"SELECT COUNT(*) FROM ({sql})", args))[0]
+        return (await self._first(f"SELECT COUNT(*) FROM ({sql}) AS counted", args))[0]
 
     async def list_stations(self, q: Query) -> Page:
         size, offset = _page_bounds(q)
