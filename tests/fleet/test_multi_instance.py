@@ -1,8 +1,9 @@
 """Beyond one machine (issue 15 item 8): two ``cns-personalizer serve`` processes over one PostgreSQL store
 (the session's Patroni cluster, ``[store] backend = "postgresql"``) behind haproxy (Debian's, TCP mode: TLS
-stays end to end). Agents land on either instance; a command created through one reaches agents connected
-to the other (LISTEN/NOTIFY); when one instance is killed (SIGKILL) its agents reconnect through haproxy to
-the other and get the commands created meanwhile."""
+stays end to end). Agents land on either instance; a command or a rollout created through one reaches agents
+connected to the other (LISTEN/NOTIFY; one instance steps rollouts); when one instance is killed (SIGKILL) its
+agents reconnect through haproxy to the other and get the commands created meanwhile, and the other instance
+takes over the rollouts."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,9 @@ import time
 import uuid
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from agent.fleet import FleetAgent
+from agent.fleet import DeviceInfo, FleetAgent
 from personalizer import deploy
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from tests.conftest import require
@@ -71,7 +73,14 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
     cluster = pg_session_cluster
     dep = deploy.init_deployment(tmp_path / "cns", chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0",
                                  ca_key_bits=2048)
-    a = helpers.DaemonProcess(_site_config(dep, cluster, "a", enrollment=True))
+    tag = uuid.uuid4().hex[:8]   # the session's database is shared: these stations and this model are this test's
+    model = f"tok-{tag}"
+    ca = support.ModelCA(model)
+    for site in ("a", "b"):   # the model's attestation CA, where each daemon looks for it
+        roots = dep.root / f"data-{site}" / "fleet-model-roots"
+        roots.mkdir(parents=True)
+        (roots / f"{model}.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    a = helpers.DaemonProcess(_site_config(dep, cluster, "a", enrollment=True))   # first: it steps the rollouts
     b = helpers.DaemonProcess(_site_config(dep, cluster, "b", enrollment=False))
     run_dir = tempfile.mkdtemp(prefix="cns-haproxy-")   # a unix socket path must stay under 108 bytes
     port, sock = support.free_port(), os.path.join(run_dir, "admin.sock")
@@ -82,16 +91,16 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
     while not os.path.exists(sock):
         assert proxy.poll() is None and time.monotonic() < deadline, f"haproxy did not start: {proxy.stderr.read()}"
         time.sleep(0.05)
-    tag = uuid.uuid4().hex[:8]   # the session's database is shared: these stations are this test's own
     stations = [f"urn:cns:station:RM:MI-{tag}-{i}" for i in range(AGENTS)]
 
     async def go():
-        executors = [support.FakeExecutor() for _ in range(AGENTS)]
+        executors = [support.TokenExecutor(ca) for _ in range(AGENTS)]
         tasks = []
         for i, ex in enumerate(executors):
             cfg = support.station(dep, tmp_path / f"st{i}", port, sid=f"MI-{tag}-{i}")
-            tasks.append(asyncio.create_task(FleetAgent(cfg, support.FakeInventory(), ex, version="1",
-                                                        options=FAST).run()))
+            inventory = support.FakeInventory(readers=[], devices=[DeviceInfo(serial=f"TK-{tag}-{i}", kind="token",
+                                                                              model=model, token_release="r1")])
+            tasks.append(asyncio.create_task(FleetAgent(cfg, inventory, ex, version="1", options=FAST).run()))
         admin_a = support.aio_channel(dep, a.port, support.admin_cert(dep))
         admin_b = support.aio_channel(dep, b.port, support.admin_cert(dep))
         fa, fb = fleet_pb2_grpc.FleetAdminStub(admin_a), fleet_pb2_grpc.FleetAdminStub(admin_b)
@@ -99,6 +108,15 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
         async def connected(stub, want: int):
             page = await stub.ListStations(pb.FleetInventoryQuery(search=f"MI-{tag}"))
             return page.total == AGENTS and sum(s.connected for s in page.stations) == want
+
+        async def rollout_done(stub, rid):
+            st = await stub.GetRollout(pb.FleetRolloutRef(rollout_id=rid))
+            assert st.state in (pb.FLEET_ROLLOUT_RUNNING, pb.FLEET_ROLLOUT_COMPLETED), st
+            return st if st.state == pb.FLEET_ROLLOUT_COMPLETED else None
+
+        def spec(release):
+            return pb.FleetRolloutSpec(name=f"{release} to {model}", release=release, model=model, group_size=2,
+                                       rate_per_minute=1000, timeout_seconds=600)
 
         async def all_done(stub, ids):
             states = [(await stub.GetCommand(pb.FleetCommandRef(command_id=i))).state for i in ids]
@@ -115,6 +133,10 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
                      .command_id for st in stations]
             await support.until(lambda: all_done(fb, first), timeout=30, what="A's commands run on every agent")
             assert sorted(c for ex in executors for c in ex.ran) == sorted(first)
+            # a rollout created through B is stepped by A (the one stepper) and reaches the agents on both
+            r1 = (await fb.CreateRollout(spec("r2"))).rollout_id
+            done = await support.until(lambda: rollout_done(fa, r1), timeout=30, what="the rollout through B")
+            assert dict(done.counts) == {"succeeded": AGENTS}
 
             a.proc.kill()   # SIGKILL: no goodbye to its agents, nothing flushed
             a.proc.wait(10)
@@ -124,7 +146,11 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
                       .command_id for st in stations]
             await support.until(lambda: all_done(fb, second), timeout=60,
                                 what="B's commands run on every agent, those of the killed instance too")
-            assert sorted(c for ex in executors for c in ex.ran) == sorted(first + second)
+            assert {c for ex in executors for c in ex.ran} >= set(first + second)
+            # B took over stepping rollouts when A's session (and its advisory lock) ended
+            r2 = (await fb.CreateRollout(spec("r3"))).rollout_id
+            done = await support.until(lambda: rollout_done(fb, r2), timeout=30, what="a rollout after A died")
+            assert dict(done.counts) == {"succeeded": AGENTS}
             deadline = time.monotonic() + 10
             while _sessions(sock).get("b") != AGENTS:
                 assert time.monotonic() < deadline, _sessions(sock)
