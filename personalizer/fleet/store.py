@@ -227,6 +227,10 @@ class FleetStore(Protocol):
     async def close(self) -> None: ...
 
 
+LIVE_SECONDS = 100.0   # 3 heartbeats of 30 s and a batch of last-seen writes
+
+_LIVE = "(s.connected = 1 AND s.last_seen >= ?)"
+
 _LIKE = {"sqlite": "LIKE ? ESCAPE '\\'", "postgresql": "ILIKE ? ESCAPE '\\'"}   # both: ASCII case ignored
 
 
@@ -252,6 +256,9 @@ class SqlFleetStore:
         self.db = db
         self._lock = db.lock
         self._clock = clock
+        # a station reads as connected while flagged and heard from within this (set by wiring from the
+        # heartbeat): over a shared store a killed instance never clears its stations' flags
+        self.live_seconds = LIVE_SECONDS
 
     @classmethod
     async def open(cls, path: Path, *, clock=time.time) -> "SqlFleetStore":
@@ -274,6 +281,9 @@ class SqlFleetStore:
 
     async def close(self) -> None:
         await self.db.close()
+
+    def _live_after(self) -> float:
+        return self._clock() - self.live_seconds
 
     async def _rows(self, sql: str, args=()) -> list:
         return await self.db.rows(sql, args)
@@ -328,8 +338,8 @@ class SqlFleetStore:
     async def get_station(self, station) -> Station | None:
         r = await self._first(
             "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
-            " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
-            " FROM fleet_stations s WHERE s.station = ?", (station,))
+            f" {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+            " FROM fleet_stations s WHERE s.station = ?", (self._live_after(), station))
         return None if r is None else Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6],
                                               bool(r[7]), r[8])
 
@@ -456,8 +466,9 @@ class SqlFleetStore:
         size, offset = _page_bounds(q)
         where, args = self._where(q, devices=False)
         base = ("SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
-                " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                f" {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
                 f" FROM fleet_stations s{where}")
+        args = [self._live_after(), *args]
         total = await self._count(base, args)
         rows = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
                 for r in await self._rows(base + " ORDER BY s.chamber, s.station_id LIMIT ? OFFSET ?",
@@ -502,12 +513,14 @@ class SqlFleetStore:
 
     async def counts(self, *, within_days: int = 30, groups: int = 20, recent: int = 10) -> Counts:
         """Totals and the ``groups`` largest groups per chamber, model and agent version (bounded reads)."""
-        st, conn = await self._first("SELECT COUNT(*), COALESCE(SUM(connected), 0) FROM fleet_stations")
+        live = f"SUM(CASE WHEN {_LIVE} THEN 1 ELSE 0 END)"
+        st, conn = await self._first(f"SELECT COUNT(*), COALESCE({live}, 0) FROM fleet_stations s",
+                                     (self._live_after(),))
         devices = (await self._first("SELECT COUNT(*) FROM fleet_devices"))[0]
         expiring = (await self._first("SELECT COUNT(*) FROM fleet_certificates WHERE not_after < ?",
                                       (int(self._clock()) + within_days * 86400,)))[0]
-        by_chamber = await self._rows("SELECT chamber, COUNT(*), SUM(connected) FROM fleet_stations GROUP BY chamber"
-                                      " ORDER BY COUNT(*) DESC, chamber LIMIT ?", (groups,))
+        by_chamber = await self._rows(f"SELECT s.chamber, COUNT(*), {live} FROM fleet_stations s GROUP BY s.chamber"
+                                      " ORDER BY COUNT(*) DESC, s.chamber LIMIT ?", (self._live_after(), groups))
         by_model = await self._rows("SELECT model, COUNT(*) FROM fleet_devices GROUP BY model"
                                     " ORDER BY COUNT(*) DESC, model LIMIT ?", (groups,))
         by_version = await self._rows("SELECT agent_version, COUNT(*) FROM fleet_stations GROUP BY agent_version"
@@ -515,8 +528,9 @@ class SqlFleetStore:
         last = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
                 for r in await self._rows(
                     "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen,"
-                    " s.last_seen, s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
-                    " FROM fleet_stations s ORDER BY s.last_seen DESC, s.station LIMIT ?", (recent,))]
+                    f" s.last_seen, {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                    " FROM fleet_stations s ORDER BY s.last_seen DESC, s.station LIMIT ?",
+                    (self._live_after(), recent))]
         return Counts(st, conn, devices, expiring, within_days, tuple(map(tuple, by_chamber)),
                       tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
 

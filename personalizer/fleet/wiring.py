@@ -75,6 +75,8 @@ async def _assemble(server, database, store, hub, bus, model_roots, tick_seconds
                               leader=bus.is_leader if bus is not None else (lambda: True)).open()
     figures = FleetFigures()
     service = FleetService(store, hub, on_report=rollouts.on_report, figures=figures, **service_options)
+    # connected = flagged and heard from within 3 heartbeats and 2 batches of last-seen writes
+    store.live_seconds = 3 * service.heartbeat_seconds + 2 * service.seen_flush_seconds
     admin = FleetAdminService(store, hub, rollouts=rollouts, figures=figures)
     fleet_pb2_grpc.add_FleetServicer_to_server(service, server)
     fleet_pb2_grpc.add_FleetAdminServicer_to_server(admin, server)

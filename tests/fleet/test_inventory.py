@@ -107,3 +107,26 @@ def test_the_fleet_audit_is_append_only(tmp_path):
             c.execute("UPDATE fleet_audit SET actor = 'b'")
         c.close()
     run(go())
+
+
+def test_a_station_whose_stream_went_silent_is_not_shown_connected(tmp_path):
+    """Over a shared store a killed instance never clears its stations' flags: without heartbeats for
+    ``live_seconds`` a station reads as disconnected (in the list, the station, and the counts)."""
+    async def go():
+        clock = [NOW]
+        s = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite", clock=lambda: clock[0])
+        try:
+            s.live_seconds = 100
+            await s.record_hello("urn:cns:station:RM:A", "RM", "A", "2.0", [], [])   # connected = 1
+            clock[0] = NOW + 99
+            assert (await s.get_station("urn:cns:station:RM:A")).connected
+            assert (await s.counts()).connected == 1
+            clock[0] = NOW + 101                       # no heartbeat since: its instance is gone
+            assert not (await s.get_station("urn:cns:station:RM:A")).connected
+            assert [st.connected for st in (await s.list_stations(fs.Query())).rows] == [False]
+            assert (await s.counts()).connected == 0
+            await s.seen("urn:cns:station:RM:A")       # a heartbeat: live again
+            assert (await s.get_station("urn:cns:station:RM:A")).connected
+        finally:
+            await s.close()
+    run(go())
