@@ -26,6 +26,7 @@ from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from tests.conftest import require
 from tests.continuity.test_daemon_postgresql import _site_config
 from tests.fleet import support
+from tests.fleet.test_status_page import Dom, _get
 from tests.fleet.test_stream import FAST
 from tests.personalizer import helpers
 
@@ -80,8 +81,13 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
         roots = dep.root / f"data-{site}" / "fleet-model-roots"
         roots.mkdir(parents=True)
         (roots / f"{model}.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    dep.server_config.write_text(dep.server_config.read_text().replace("[status_page]\nenabled = false",
+                                                                       "[status_page]\nenabled = true"))
     a = helpers.DaemonProcess(_site_config(dep, cluster, "a", enrollment=True))   # first: it steps the rollouts
     b = helpers.DaemonProcess(_site_config(dep, cluster, "b", enrollment=False))
+    line = b.proc.stdout.readline()
+    assert "status page on port" in line, line
+    b_page = int(line.rsplit(" ", 1)[1])
     run_dir = tempfile.mkdtemp(prefix="cns-haproxy-")   # a unix socket path must stay under 108 bytes
     port, sock = support.free_port(), os.path.join(run_dir, "admin.sock")
     (tmp_path / "haproxy.cfg").write_text(HAPROXY_CFG.format(sock=sock, port=port, a=a.port, b=b.port))
@@ -128,6 +134,12 @@ def test_two_instances_one_fleet_commands_cross_and_a_killed_instance_loses_none
             assert spread["a"] >= 1 and spread["b"] >= 1 and sum(spread.values()) == AGENTS, spread
             # each instance reads the inventory the other's agents filed, connected as they are
             assert await connected(fa, AGENTS)
+            # and B's status page counts them all, with the streams B itself holds
+            status, _, body = _get(b_page, dep, support.admin_cert(dep))
+            dom = Dom(body)
+            assert status == 200 and dom.kv("fleet-totals")["streams on this instance"] == str(spread["b"])
+            mine = {r[0]: r[5] for r in dom.tables["fleet-recent"] if r[0].startswith(f"MI-{tag}")}
+            assert mine == {f"MI-{tag}-{i}": "yes" for i in range(AGENTS)}, mine
             # commands created through A reach every agent, those on B too
             first = [(await fa.SendCommand(pb.FleetSendCommandRequest(station=st, kind=pb.FLEET_COMMAND_RENEW_DUE)))
                      .command_id for st in stations]
