@@ -2,7 +2,8 @@
 
 The fleet store and the rollout engine write their SQL once, with ``?`` placeholders and SQL both
 engines accept (``ON CONFLICT … DO UPDATE``, ``TRUE``, ``LIKE … ESCAPE``); ``rows``/``first`` read, ``tx``
-runs statements (and ``executemany`` batches) in one transaction, ``execute`` is one write on its own,
+runs statements (and ``executemany`` batches) in one transaction, ``execute`` is one write on its own
+(answering the rows it changed, for compare-and-set),
 ``script`` creates a schema (the caller passes the DDL of ``dialect``).
 
 ``SqliteDb``: one connection on the daemon's database file, writes serialized by ``lock`` (each read is
@@ -53,9 +54,10 @@ class SqliteDb:
         rows = await self.rows(sql, args)
         return rows[0] if rows else None
 
-    async def execute(self, sql: str, args=()) -> None:
-        """One write (the caller holds ``lock`` when it read what it writes)."""
-        await self.conn.execute(sql, tuple(args))
+    async def execute(self, sql: str, args=()) -> int:
+        """One write (the caller holds ``lock`` when it read what it writes); the rows it changed."""
+        cur = await self.conn.execute(sql, tuple(args))
+        return cur.rowcount
 
     async def tx(self, statements=(), many=()) -> None:
         """``statements`` [(sql, args)] then ``many`` [(sql, [args, …])] in one transaction."""
@@ -103,10 +105,10 @@ class PostgresDb:
         rows = await self.rows(sql, args)
         return rows[0] if rows else None
 
-    async def execute(self, sql: str, args=()) -> None:
+    async def execute(self, sql: str, args=()) -> int:
         async def fn(conn):
-            await conn.execute(self._q(sql), tuple(args))
-        await self.database.run(fn, what=self._what)
+            return (await conn.execute(self._q(sql), tuple(args))).rowcount
+        return await self.database.run(fn, what=self._what)
 
     async def tx(self, statements=(), many=()) -> None:
         async def fn(conn):

@@ -227,6 +227,7 @@ class FleetStore(Protocol):
     async def close(self) -> None: ...
 
 
+CAS_ATTEMPTS = 8
 LIVE_SECONDS = 100.0   # 3 heartbeats of 30 s and a batch of last-seen writes
 
 _LIVE = "(s.connected = 1 AND s.last_seen >= ?)"
@@ -350,7 +351,7 @@ class SqlFleetStore:
 
     async def seen_many(self, last_seen) -> None:
         """Heartbeats in one transaction (station → time): thousands of stations, one commit."""
-        await self._tx([("UPDATE fleet_stations SET last_seen = MAX(last_seen, ?) WHERE station = ?", (t, st))
+        await self._tx([("UPDATE fleet_stations SET last_seen = ? WHERE station = ? AND last_seen < ?", (t, st, t))
                         for st, t in last_seen.items()])
 
     async def set_connected(self, station, connected) -> None:
@@ -403,22 +404,31 @@ class SqlFleetStore:
 
     async def update_command(self, station, command_id, state, *, percent=None, message="", attestation=None):
         """Move a command the agent reports on. NotFound unless it was sent to ``station``;
-        FailedPrecondition when it is not in a state this report can follow (e.g. already finished)."""
+        FailedPrecondition when it is not in a state this report can follow (e.g. already finished).
+        The write is compare-and-set on the state read: another process (over a shared PostgreSQL store)
+        that moved the command in between wins, and this report is decided again on what it wrote."""
         async with self._lock:
-            row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
-                                    (command_id,))
-            if row is None or row[1] != station:
-                raise NotFound(f"command {command_id!r} was not sent to this station")
-            cmd = Command(*row)
-            if state == ACKED and cmd.state in (ACKED, RUNNING, SUCCEEDED, FAILED):
-                return cmd   # the ack again (the first was lost with a broken stream): nothing changes
-            if cmd.state not in _FROM[state]:
-                raise FailedPrecondition(f"command {command_id!r} is {cmd.state}; a {state} report cannot follow")
-            now = self._clock()
-            pct = cmd.percent if percent is None else max(0, min(100, percent))
-            await self.db.execute("UPDATE fleet_commands SET state = ?, percent = ?, message = ?,"
-                                   " attestation = COALESCE(?, attestation), updated = ? WHERE command_id = ?",
-                                   (state, pct, message[:500], attestation, now, command_id))
+            for _attempt in range(CAS_ATTEMPTS):
+                row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
+                                        (command_id,))
+                if row is None or row[1] != station:
+                    raise NotFound(f"command {command_id!r} was not sent to this station")
+                cmd = Command(*row)
+                if state == ACKED and cmd.state in (ACKED, RUNNING, SUCCEEDED, FAILED):
+                    return cmd   # the ack again (the first was lost with a broken stream): nothing changes
+                if cmd.state not in _FROM[state]:
+                    raise FailedPrecondition(f"command {command_id!r} is {cmd.state}; a {state} report cannot "
+                                             "follow")
+                now = self._clock()
+                pct = cmd.percent if percent is None else max(0, min(100, percent))
+                changed = await self.db.execute(
+                    "UPDATE fleet_commands SET state = ?, percent = ?, message = ?, attestation = COALESCE(?,"
+                    " attestation), updated = ? WHERE command_id = ? AND state = ? AND updated = ?",
+                    (state, pct, message[:500], attestation, now, command_id, cmd.state, cmd.updated))
+                if changed:
+                    break
+            else:
+                raise FailedPrecondition(f"command {command_id!r} keeps changing under this report; send it again")
         return Command(**{**cmd.__dict__, "state": state, "percent": pct, "message": message[:500],
                           "attestation": attestation if attestation is not None else cmd.attestation,
                           "updated": now})
