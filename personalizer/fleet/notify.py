@@ -75,7 +75,11 @@ class PgWakeBus:
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="fleet-wake-bus")
 
     async def _connect(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        # the primary only (a standby refuses LISTEN), as the store's pool connects (personalizer.pg)
+        params = psycopg.conninfo.conninfo_to_dict(self._dsn)
+        params.setdefault("target_session_attrs", "read-write")
+        params.setdefault("connect_timeout", "3")
+        conn = await psycopg.AsyncConnection.connect(psycopg.conninfo.make_conninfo(**params), autocommit=True)
         try:
             await conn.execute(f"LISTEN {CHANNEL}")
             self._conn = conn
