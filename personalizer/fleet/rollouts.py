@@ -259,6 +259,20 @@ class Rollouts:
     async def tick(self) -> None:
         for (rid,) in await self._all("SELECT rollout_id FROM fleet_rollouts WHERE state = 'running'"):
             await self.step(rid)
+        if self.leader():
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Undelivered commands of stopped rollouts are withdrawn. Another process (over PostgreSQL) may
+        pause or cancel a rollout while this one, having read it running, sends a device's command: the
+        stopping process withdrew what was pending then, this catches what landed just after."""
+        for rid, state in await self._all(
+                "SELECT DISTINCT r.rollout_id, r.state FROM fleet_rollouts r JOIN fleet_rollout_targets t ON"
+                " t.rollout_id = r.rollout_id JOIN fleet_commands c ON c.command_id = t.command_id WHERE"
+                " r.state IN (?, ?, ?) AND t.state = ? AND c.state = ?",
+                (rr.PAUSED, rr.R_CANCELLED, rr.ABORTED, rr.SENT, fs.PENDING)):
+            async with self._step_lock:
+                await self._withdraw(rid, rr.WAITING if state == rr.PAUSED else rr.CANCELLED)
 
     async def step(self, rid: str) -> None:
         if not self.leader():

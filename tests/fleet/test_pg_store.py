@@ -1,5 +1,6 @@
-"""The fleet store and the rollout engine over PostgreSQL (issue 15 item 8): the same SQL as on SQLite does what
-the fleet relies on, with two stores on one database standing for two daemon processes."""
+"""Several daemon processes, one fleet database (issue 15 item 8): the fleet store and the rollout engine over
+PostgreSQL do what the fleet relies on with the same SQL as on SQLite, two stores on one database standing for
+two daemon processes; and an interleaving of two processes written out step by step (on one SQLite file)."""
 from __future__ import annotations
 
 import asyncio
@@ -69,3 +70,36 @@ class _NoHub:
 
     def wake(self, station, commands=None, **kw):
         return False
+
+
+def test_a_command_sent_just_after_another_process_paused_the_rollout_is_withdrawn(tmp_path):
+    """The stepping process read "running" and sent a device's command while another process paused the
+    rollout (and withdrew what was pending): its next tick withdraws that late command too. Two stores on
+    one SQLite file stand for the two processes; the interleaving is written out step by step."""
+    async def go():
+        one = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite")
+        other = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite")
+        try:
+            for i in range(2):
+                await one.record_hello(f"urn:cns:station:RM:S{i}", "RM", f"S{i}", "2", [], [
+                    fs.Device(serial=f"T{i}", kind="token", model="tok", token_release="r1")])
+            stepper = await ro.Rollouts(one, hub=_NoHub(), roots=None).open()
+            elsewhere = await ro.Rollouts(other, hub=_NoHub(), roots=None, leader=lambda: False).open()
+            rid = await stepper.create(rr.RolloutSpec(name="r2", release="r2", model="tok", rate_per_minute=1,
+                                                      timeout_seconds=600), actor="t")   # T0 sent, T1 waiting
+            assert await stepper.counts(rid) == {"sent": 1, "waiting": 1}
+            await elsewhere.pause(rid)                      # T0's pending command withdrawn, back to waiting
+            assert await stepper.counts(rid) == {"waiting": 2}
+            # the stepper's send of T1, decided on its "running" read before the pause, lands now
+            late = await one.add_command(fs.Command(command_id="", station="urn:cns:station:RM:S1",
+                                                    kind="install_release", device_serial="T1", release="r2",
+                                                    rollout_id=rid, actor=f"rollout:{rid}"))
+            await stepper._target(rid, "urn:cns:station:RM:S1", "T1", rr.SENT, command_id=late.command_id)
+            await stepper.tick()
+            assert (await one.get_command(late.command_id)).state == fs.CANCELLED
+            assert await stepper.counts(rid) == {"waiting": 2}
+            assert (await stepper.status(rid))["state"] == rr.PAUSED
+        finally:
+            await one.close()
+            await other.close()
+    asyncio.run(asyncio.wait_for(go(), 30))
