@@ -117,10 +117,9 @@ class DaemonProcess:
 
     LISTEN_RE = re.compile(r"listening on port (\d+)")
 
-    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None,
-                 log_args: tuple[str, ...] = ("--log-level", "WARNING")):
+    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None, log_level: str = "WARNING"):
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "cns-personalizer"), *log_args, "serve", "--config", str(config)],
+            [str(VENV_BIN / "cns-personalizer"), "--log-level", log_level, "serve", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn)
         line = self.proc.stdout.readline()

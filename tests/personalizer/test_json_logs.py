@@ -29,7 +29,8 @@ def test_the_daemon_logs_one_json_object_per_line_and_no_secret(tmp_path):
     dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:0", ca_key_bits=2048)
     conf = dep.server_config.read_text().replace("[status_page]\nenabled = false", "[status_page]\nenabled = true")
     dep.server_config.write_text(conf)
-    d = helpers.DaemonProcess(dep.server_config, log_args=("--log-level", "DEBUG", "--log-format", "json"))
+    # CNS_LOG_FORMAT, as a service unit would set it (the same as --log-format json)
+    d = helpers.DaemonProcess(dep.server_config, env={"CNS_LOG_FORMAT": "json"}, log_level="DEBUG")
     try:
         page_port = int(d.proc.stdout.readline().rsplit(" ", 1)[1])
         station = dep.station_config.parent
