@@ -8,7 +8,8 @@ a closed output pipe (``cns-agent devices | head -1``) exits quietly,
 anything else is a bug and shows its traceback. ``--json`` is accepted before
 the command too (``cns-agent --json devices``) for every command that has it. To add a group (e.g.
 ``personalize``, ``renew``, ``pin``) write ``agent/commands/<group>.py`` and list
-it in ``COMMAND_MODULES``.
+it in ``COMMAND_MODULES``. ``--log-format json`` (or ``CNS_LOG_FORMAT=json``) writes one JSON object
+per log line (``cns_spec.logs``, the daemon's format).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import sys
 
 from agent.commands import CommandError
+from cns_spec import logs
 
 COMMAND_MODULES = ("run", "devices", "personalize", "renew", "lifecycle", "pin", "conformance", "enroll", "service",
                    "update", "token")
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cns-agent", description="CNS workstation agent and its local client")
     parser.add_argument("--version", action="version", version=f"cns-agent {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=os.environ.get("CNS_LOG_FORMAT", "text"),
+                        help="log lines as text or one JSON object per line (default: $CNS_LOG_FORMAT, else text)")
     parser.add_argument("--json", action="store_true", dest="json_first",
                         help="JSON output (the same as --json after the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "json"):
             parser.error(f"{args.command} has no JSON output")
         args.json = True
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format not in logs.FORMATS:   # from $CNS_LOG_FORMAT: argparse checks only what was typed
+        parser.error(f"CNS_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}; got {args.log_format!r}")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=logs.TEXT_FORMAT)
+    logs.use(args.log_format)
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()

@@ -10,4 +10,6 @@ holder's card signs to get card administration in a self-renewal (``card_admin_p
 Pure: no I/O, no grpc, no proto; imports only the standard library and nothing
 of ours. Both ``agent`` and ``personalizer`` import it (DESIGN: "share only
 ``proto`` and ``cns_spec``"); neither keeps a copy of what is here.
+
+Also owns the JSON log line both programs write (``logs``: a formatter, no handler).
 """

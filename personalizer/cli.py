@@ -11,7 +11,8 @@ SQLite store and ``ca.db``, online, checked against a manifest (``personalizer.c
 daemon needed; a read-only connection, so an auditor needs only read access to
 the database), filtered by operator, station, card, codice fiscale and time.
 
-One top-level error handler turns our errors (and an unwritable path) into one
+``--log-format json`` (or ``CNS_LOG_FORMAT=json``) writes one JSON object per log line
+(``cns_spec.logs``). One top-level error handler turns our errors (and an unwritable path) into one
 line on stderr and exit 1; bad arguments exit 2; a closed output pipe
 (``audit | head``) exits quietly. ``--json`` is accepted before or after the
 command. Must not import agent or firmware_profiles.
@@ -25,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from cns_spec import logs
 from personalizer import config, deploy
 
 from personalizer.edge import tls_clients
@@ -307,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cns-personalizer", description="Central CNS personalizer daemon")
     ap.add_argument("--log-level", default="INFO", type=str.upper,
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--log-format", choices=logs.FORMATS, default=os.environ.get("CNS_LOG_FORMAT", "text"),
+                    help="log lines as text or one JSON object per line (default: $CNS_LOG_FORMAT, else text)")
     ap.add_argument("--json", action="store_true", dest="json_first", help="JSON output (also after the command)")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the daemon in the foreground")
@@ -394,9 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    if opts.log_format not in logs.FORMATS:   # from $CNS_LOG_FORMAT: argparse checks only what was typed
+        parser.error(f"CNS_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}; got {opts.log_format!r}")
     opts.json = getattr(opts, "json", False) or opts.json_first
-    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=opts.log_level, format=logs.TEXT_FORMAT)
+    logs.use(opts.log_format)
     try:
         rc = opts.func(opts)
         sys.stdout.flush()

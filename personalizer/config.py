@@ -91,6 +91,13 @@ Example (``cns-personalizer init`` writes one)::
     http_host = "127.0.0.1"
     http_port = 9464
 
+    [status_page]               # central IT's read-only status page: HTTPS, admin client certificate only
+    enabled = false
+    http_host = "127.0.0.1"
+    http_port = 8443
+    max_connections = 64
+    request_timeout_seconds = 10
+
     [pki]                       # CRL (HTTP + files) and OCSP publication, if personalizer.pki is installed
     enabled = false
     http_host = "127.0.0.1"
@@ -225,6 +232,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StatusPageConfig:
+    """``[status_page]``: personalizer.status, on the server's TLS certificate and client trust anchors."""
+    enabled: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int = 8443
+    max_connections: int = 64
+    request_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class PkiConfig:
     enabled: bool = False
     http_host: str = "127.0.0.1"
@@ -267,6 +284,7 @@ class DaemonConfig:
     calendar: ServiceCalendar = ServiceCalendar()
     maintenance: tuple[Maintenance, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    status_page: StatusPageConfig = StatusPageConfig()
     pki: PkiConfig = PkiConfig()
     reports: ReportsConfig = ReportsConfig()
     enrollment: EnrollmentConfig = EnrollmentConfig()
@@ -302,6 +320,7 @@ _SECTIONS: dict[str, set[str] | None] = {
     "maintenance": None,   # array of tables, checked where read
     "card_admin": None,    # checked where read (personalizer.cardadmin.setup)
     "metrics": {"enabled", "http_host", "http_port"},
+    "status_page": {"enabled", "http_host", "http_port", "max_connections", "request_timeout_seconds"},
     "pki": {"enabled", "http_host", "http_port", "crl_dir", "refresh_seconds", "max_connections",
             "request_timeout_seconds"},
     "reports": {"enabled", "dir", "keep", "hour", "timezone"},
@@ -429,6 +448,16 @@ def _load_operations(r: "_Reader") -> dict:
     metrics = MetricsConfig(enabled=r.get(mt, "metrics", "enabled", bool, False),
                             http_host=r.get(mt, "metrics", "http_host", str, "127.0.0.1"),
                             http_port=r.get(mt, "metrics", "http_port", int, 9464))
+    sp = r.table("status_page", required=False)
+    status_page = StatusPageConfig(enabled=r.get(sp, "status_page", "enabled", bool, False),
+                                   http_host=r.get(sp, "status_page", "http_host", str, "127.0.0.1"),
+                                   http_port=r.get(sp, "status_page", "http_port", int, 8443),
+                                   max_connections=r.get(sp, "status_page", "max_connections", int, 64),
+                                   request_timeout_seconds=r.get(sp, "status_page", "request_timeout_seconds",
+                                                                 float, 10.0))
+    _bounded(path, "status_page.http_port", status_page.http_port, 0, 65535)
+    _bounded(path, "status_page.max_connections", status_page.max_connections, 1, 4096)
+    _bounded(path, "status_page.request_timeout_seconds", status_page.request_timeout_seconds, 0.1, 600)
     pk = r.table("pki", required=False)
     pki = PkiConfig(enabled=r.get(pk, "pki", "enabled", bool, False),
                     http_host=r.get(pk, "pki", "http_host", str, "127.0.0.1"),
@@ -444,6 +473,7 @@ def _load_operations(r: "_Reader") -> dict:
                           f"must be in (0, {MAX_CRL_REFRESH_SECONDS}]: a CRL is refreshed at least every 2 hours and "
                           "its nextUpdate (refresh + 15 min margin) must not pass 2 hours")
     return dict(broker=broker, calendar=calendar, maintenance=tuple(maint), metrics=metrics, pki=pki,
+                status_page=status_page,
                 reports=_load_reports(r), enrollment=_load_enrollment(r))
 
 

@@ -206,6 +206,12 @@ enabled = false
 http_host = "127.0.0.1"
 http_port = 0
 
+# Central IT's read-only status page: HTTPS on this port, for an admin client certificate only.
+[status_page]
+enabled = false
+http_host = "127.0.0.1"
+http_port = 0
+
 # Stations enroll with a one-time code (cnsctl station add; cns-agent enroll), no key copied.
 [enrollment]
 enabled = true

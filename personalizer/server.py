@@ -4,11 +4,12 @@
 (production: ``create(cfg)``; tests and benchmarks inject a store, a CA double, a clock, and
 ``serve=False`` for broker + relay without servers);
 ``start()`` binds (port 0 → ephemeral, returned) and starts the supervised
-relay task, the optional metrics endpoint and the optional PKI publisher
+relay task, the optional metrics endpoint, the optional status page for central IT
+(``personalizer.status``, ``[status_page]``) and the optional PKI publisher
 (``personalizer.pki``, when installed and ``[pki] enabled``). The CA is the
 embedded one or, with ``[ca] connector = "ejbca"``, the EJBCA REST connector
 (``build_ca``). ``serve`` prints one line per bound port on stdout
-("listening on port N", then "metrics on port N", "pki on port N") so a
+("listening on port N", then "metrics on port N", "status page on port N", "pki on port N") so a
 supervisor or a test can find ephemeral ports. ``stop()``
 marks health NOT_SERVING, drains the gRPC server with the configured grace
 period, stops the relay (rows it claimed stay ``sending`` and are retried
@@ -153,6 +154,7 @@ class Daemon:
     server: grpc.aio.Server | None = None          # None: built with serve=False (no gRPC, no HTTP)
     health: health.aio.HealthServicer | None = None
     metrics_server: MetricsServer | None = None
+    status_page: object | None = None   # [status_page]: personalizer.status.server.StatusPage (issue 15)
     publisher: object | None = None
     fleet: object | None = None      # personalizer.fleet.wiring.Fleet (issue 15)
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
@@ -274,6 +276,13 @@ class Daemon:
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(relay.metrics, host=cfg.metrics.http_host,
                                                 port=cfg.metrics.http_port, status=self.status_for_scrape)
+        if cfg.status_page.enabled:
+            from personalizer.status.server import StatusPage
+            sp = cfg.status_page
+            self.status_page = StatusPage(self.status_view, host=sp.http_host, port=sp.http_port, tls_cert=s.tls_cert,
+                                          tls_key=s.tls_key, anchors=s.client_trust_anchors, client_crl=s.client_crl,
+                                          max_connections=sp.max_connections,
+                                          request_timeout=sp.request_timeout_seconds)
         if cfg.reports.enabled:
             from personalizer.reports.scheduler import ArchiveScheduler
             r = cfg.reports
@@ -292,9 +301,13 @@ class Daemon:
             self._add_enrollment(broker)
 
     async def _add_fleet(self) -> None:
-        """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database."""
+        """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database
+        (the SQLite file, or the PostgreSQL database of ``[store] backend = "postgresql"``)."""
         from personalizer.fleet import wiring as fleet_wiring
-        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database)
+        pg = None
+        if self.cfg.store.backend == "postgresql" and hasattr(self.store, "database"):
+            pg = (self.store.database, self.cfg.store.postgres_dsn())   # issue 15 item 8: one fleet, many daemons
+        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg)
         if self.metrics_server is not None:
             self.metrics_server.registry.register(self.fleet.collector())
 
@@ -332,6 +345,21 @@ class Daemon:
         these, so both views agree."""
         return await self.broker.ca_status()
 
+    async def status_view(self):
+        """What the status page shows: the CA-status read model, the fleet's counts and active rollouts."""
+        from personalizer.status.page import StatusView
+        ca, ca_error = None, ""
+        try:
+            ca = await self.status_figures()
+        except Exception as exc:   # the page shows the rest and says the CA status is unknown
+            ca_error = f"{type(exc).__name__}: {exc}"
+        fleet, streams, rollouts = None, 0, ()
+        if self.fleet is not None:
+            fleet, streams = await self.fleet.store.counts(), len(self.fleet.hub)
+            rollouts = tuple(await self.fleet.rollouts.list(active_only=True))
+        return StatusView(generated_at=time.time(), ca=ca, fleet=fleet, streams_here=streams, rollouts=rollouts,
+                          ca_error=ca_error)
+
     def status_for_scrape(self) -> StatusFigures | None:
         """Called from the metrics server's thread: run ``status_figures`` in the daemon's loop."""
         loop = self._loop
@@ -346,6 +374,16 @@ class Daemon:
                         STATUS_SCRAPE_TIMEOUT_SECONDS)
             return None
 
+    async def _start_status_page(self) -> None:
+        sp = self.cfg.status_page
+        try:
+            await self.status_page.start()
+        except OSError as exc:   # a busy or foreign address: one line naming the key and, if local, the holder
+            holder = port_holder(sp.http_port) if sp.http_port else None
+            raise ConfigError(self.cfg.source, "status_page.http_port",
+                              f"cannot listen on {sp.http_host}:{sp.http_port}: " +
+                              (f"the port is in use by {holder}" if holder else exc.strerror or str(exc))) from None
+
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         await self.relay.start()
@@ -353,6 +391,8 @@ class Daemon:
             await self.publisher.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
+        if self.status_page is not None:
+            await self._start_status_page()
         if self.archiver is not None:
             await self.archiver.start()
         if self.server is None:   # serve=False: broker and relay only
@@ -363,7 +403,8 @@ class Daemon:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
-                 "required" if self.cfg.server.require_client_auth else "optional")
+                 "required" if self.cfg.server.require_client_auth else "optional",
+                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth})
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -382,6 +423,8 @@ class Daemon:
             await self.publisher.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.status_page is not None:
+            await self.status_page.stop()
         if self.fleet is not None:
             await self.fleet.close()
         await self.store.close()
@@ -409,6 +452,8 @@ async def serve(cfg: DaemonConfig, *, ready=None) -> None:
         ready(port)
     if daemon.metrics_server is not None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
+    if daemon.status_page is not None:
+        print(f"cns-personalizer: status page on port {daemon.status_page.port}", flush=True)
     if daemon.publisher is not None:
         print(f"cns-personalizer: pki on port {daemon.publisher.port}", flush=True)
     if daemon.enroll_server is not None:

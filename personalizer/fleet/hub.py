@@ -3,7 +3,9 @@
 A station has at most one session: a new stream of the same station replaces the old one (whose
 connection is most likely dead behind a proxy), and the old writer ends with ``Replaced``. ``wake``
 tells a station's writer to look in the store for commands to send, or hands it the new commands; the
-store, not the session, holds what is pending, so nothing is lost when a stream breaks. Pure asyncio: no grpc, no proto, no store.
+store, not the session, holds what is pending, so nothing is lost when a stream breaks. With several
+daemon processes over one store, ``on_miss`` passes a wake for a station connected elsewhere on
+(``fleet.notify``). Pure asyncio: no grpc, no proto, no store.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Session:
 class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
+        self.on_miss = None   # station -> None: called when a station to wake has no stream here (other instances)
 
     def attach(self, station: str) -> Session:
         old = self._sessions.get(station)
@@ -49,14 +52,22 @@ class Hub:
             return True
         return False
 
-    def wake(self, station: str, commands: list | None = None) -> bool:
+    def wake(self, station: str, commands: list | None = None, *, local_only: bool = False) -> bool:
         """``commands``: the new commands themselves (written as they are, no store read); else the writer
-        reads the station's open commands from the store."""
+        reads the station's open commands from the store. A station without a stream here is handed to
+        ``on_miss`` (unless ``local_only``: the wake came from another instance)."""
         s = self._sessions.get(station)
         if s is None:
+            if self.on_miss is not None and not local_only:
+                self.on_miss(station)
             return False
         s.wake(commands)
         return True
+
+    def wake_all(self) -> None:
+        """Every session reads its open commands from the store (wake-ups from elsewhere may have been lost)."""
+        for s in list(self._sessions.values()):
+            s.wake()
 
     def close_all(self) -> int:
         """End every stream normally (the daemon is stopping): agents reconnect, to another instance or

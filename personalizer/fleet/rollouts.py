@@ -8,8 +8,9 @@ when every target finished, and otherwise — inside a maintenance window, not p
 devices of the current group at the current rate. A device's success counts only with a valid
 attestation (``attestation.verify``); without one it counts as failed, with the reason.
 
-Every state lives in the daemon's database (tables ``fleet_rollouts`` and ``fleet_rollout_targets``,
-created on open beside the fleet store's): a restarted daemon resumes each rollout where it was.
+Every state lives in the fleet store's database, SQLite or PostgreSQL (tables ``fleet_rollouts`` and
+``fleet_rollout_targets``, created on open beside the fleet store's, through its ``fleet.db``): a
+restarted daemon resumes each rollout where it was.
 No grpc, no proto beyond what ``attestation`` reads.
 """
 from __future__ import annotations
@@ -38,15 +39,30 @@ CREATE TABLE IF NOT EXISTS fleet_rollout_targets (
 CREATE INDEX IF NOT EXISTS fleet_rollout_targets_command ON fleet_rollout_targets(command_id);
 CREATE INDEX IF NOT EXISTS fleet_rollout_targets_state ON fleet_rollout_targets(rollout_id, state, grp);
 """
+SCHEMA_PG = """
+SELECT pg_advisory_xact_lock(1315010002);
+CREATE TABLE IF NOT EXISTS fleet_rollouts (
+    rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_rollout_targets (
+    rollout_id TEXT NOT NULL, station TEXT NOT NULL, device_serial TEXT NOT NULL, model TEXT NOT NULL,
+    grp INTEGER NOT NULL, state TEXT NOT NULL, command_id TEXT, sent_at DOUBLE PRECISION, done_at DOUBLE PRECISION,
+    message TEXT NOT NULL DEFAULT '', PRIMARY KEY (rollout_id, station, device_serial));
+CREATE INDEX IF NOT EXISTS fleet_rollout_targets_command ON fleet_rollout_targets(command_id);
+CREATE INDEX IF NOT EXISTS fleet_rollout_targets_state ON fleet_rollout_targets(rollout_id, state, grp);
+"""
 _OUTCOME = {fs.SUCCEEDED: rr.SUCCEEDED, fs.FAILED: rr.FAILED, fs.REJECTED: rr.REJECTED, fs.TIMED_OUT: rr.TIMED_OUT}
 
 
 class Rollouts:
-    def __init__(self, store: fs.SqliteFleetStore, hub: Hub, roots: attestation.ModelRoots, *,
-                 tick_seconds: float = 1.0, clock=time.time):
+    def __init__(self, store: fs.SqlFleetStore, hub: Hub, roots: attestation.ModelRoots, *,
+                 tick_seconds: float = 1.0, clock=time.time, leader=lambda: True):
+        """``leader``: whether this process steps rollouts now (several processes over PostgreSQL: the one
+        holding ``fleet.notify``'s advisory lock; the others record reports and leave the sending to it)."""
         self.store = store
-        self._db = store._db   # the fleet store's connection and write lock: one writer per database file
-        self._wlock = store._lock
+        self.leader = leader
+        self._db = store.db   # the fleet store's connection and this process's write lock
+        self._wlock = store.db.lock
         self.hub = hub
         self.roots = roots
         self.tick_seconds = tick_seconds
@@ -56,7 +72,7 @@ class Rollouts:
         self.snapshot = Snapshot()   # for the metrics thread: refreshed every tick
 
     async def open(self) -> "Rollouts":
-        await self._db.executescript(SCHEMA)
+        await self._db.script(SCHEMA if self._db.dialect == "sqlite" else SCHEMA_PG)
         return self
 
     def start(self) -> None:
@@ -123,7 +139,7 @@ class Rollouts:
     # -- changes by central IT -----------------------------------------------------------------
     async def create(self, spec: rr.RolloutSpec, *, actor: str) -> str:
         rr.validate(spec)
-        conds, args = ["1"], []
+        conds, args = ["TRUE"], []
         for col, val in (("s.chamber", spec.chamber), ("d.model", spec.model),
                          ("d.firmware_version", spec.firmware_version), ("d.token_release", spec.token_release)):
             if val:
@@ -143,19 +159,12 @@ class Rollouts:
             raise FailedPrecondition(f"{len(devices)} devices match; at most {rr.MAX_TARGETS} per rollout")
         rid, now = str(uuid.uuid4()), self._clock()
         size = spec.group_size or len(devices)
-        async with self._wlock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._db.execute("INSERT INTO fleet_rollouts VALUES (?,?,?,?,?,?,?)",
-                                       (rid, json.dumps(spec.to_json()), rr.RUNNING, "", actor, now, now))
-                await self._db.executemany(
-                    "INSERT INTO fleet_rollout_targets (rollout_id, station, device_serial, model, grp, state)"
-                    " VALUES (?,?,?,?,?,?)",
-                    [(rid, st, serial, model, i // size, rr.WAITING) for i, (st, serial, model) in enumerate(devices)])
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        await self._db.tx(
+            [("INSERT INTO fleet_rollouts VALUES (?,?,?,?,?,?,?)",
+              (rid, json.dumps(spec.to_json()), rr.RUNNING, "", actor, now, now))],
+            many=[("INSERT INTO fleet_rollout_targets (rollout_id, station, device_serial, model, grp, state)"
+                   " VALUES (?,?,?,?,?,?)",
+                   [(rid, st, serial, model, i // size, rr.WAITING) for i, (st, serial, model) in enumerate(devices)])])
         await self.step(rid)
         return rid
 
@@ -233,24 +242,41 @@ class Rollouts:
                                      model=t[2], release=cmd.release)
             if why is not None:
                 state, message = rr.FAILED, f"reported success without a valid attestation: {why}"
-                log.warning("rollout %s: %s %s %s", cmd.rollout_id, t[0], t[1], message)
+                log.warning("rollout %s: %s %s %s", cmd.rollout_id, t[0], t[1], message,
+                            extra={"rollout_id": cmd.rollout_id, "station": t[0], "device_serial": t[1]})
         await self._target(cmd.rollout_id, t[0], t[1], state, message=message)
         await self.step(cmd.rollout_id)
 
     async def refresh_snapshot(self) -> None:
         stations = (await self._one("SELECT COUNT(*) FROM fleet_stations", ()))[0]
         by_state = {s: n for s, n in await self._all("SELECT state, COUNT(*) FROM fleet_rollouts GROUP BY state")}
-        targets = tuple(await self._all(
-            "SELECT r.rollout_id, json_extract(r.spec, '$.name'), t.state, COUNT(*) FROM fleet_rollouts r JOIN"
+        targets = tuple((rid, json.loads(spec)["name"], state, n) for rid, spec, state, n in await self._all(
+            "SELECT r.rollout_id, r.spec, t.state, COUNT(*) FROM fleet_rollouts r JOIN"
             " fleet_rollout_targets t ON t.rollout_id = r.rollout_id WHERE r.state IN ('running', 'paused')"
-            " GROUP BY r.rollout_id, t.state"))
+            " GROUP BY r.rollout_id, r.spec, t.state"))
         self.snapshot = Snapshot(stations, by_state, targets)
 
     async def tick(self) -> None:
         for (rid,) in await self._all("SELECT rollout_id FROM fleet_rollouts WHERE state = 'running'"):
             await self.step(rid)
+        if self.leader():
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Undelivered commands of stopped rollouts are withdrawn. Another process (over PostgreSQL) may
+        pause or cancel a rollout while this one, having read it running, sends a device's command: the
+        stopping process withdrew what was pending then, this catches what landed just after."""
+        for rid, state in await self._all(
+                "SELECT DISTINCT r.rollout_id, r.state FROM fleet_rollouts r JOIN fleet_rollout_targets t ON"
+                " t.rollout_id = r.rollout_id JOIN fleet_commands c ON c.command_id = t.command_id WHERE"
+                " r.state IN (?, ?, ?) AND t.state = ? AND c.state = ?",
+                (rr.PAUSED, rr.R_CANCELLED, rr.ABORTED, rr.SENT, fs.PENDING)):
+            async with self._step_lock:
+                await self._withdraw(rid, rr.WAITING if state == rr.PAUSED else rr.CANCELLED)
 
     async def step(self, rid: str) -> None:
+        if not self.leader():
+            return   # the leading process's next tick (tick_seconds) steps it
         async with self._step_lock:
             await self._step(rid)
 
@@ -279,7 +305,8 @@ class Rollouts:
             async with self._wlock:
                 await self._db.execute("UPDATE fleet_rollout_targets SET state = ? WHERE rollout_id = ? AND state = ?",
                                        (rr.CANCELLED, rid, rr.WAITING))
-            log.warning("rollout %s (%s) stopped: %s", rid, spec.name, reason)
+            log.warning("rollout %s (%s) stopped: %s", rid, spec.name, reason,
+                        extra={"rollout_id": rid, "rollout_state": rr.ABORTED})
             return
         if counts.get(rr.WAITING, 0) + counts.get(rr.SENT, 0) == 0:
             await self._set_state(rid, rr.COMPLETED, "every target finished")

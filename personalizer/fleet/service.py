@@ -399,7 +399,9 @@ class _FleetAdminBase(_Audited, fleet_pb2_grpc.FleetAdminServicer):
         return pb.FleetListStationsResponse(
             stations=[pb.FleetStationRecord(station=s.station, chamber=s.chamber, station_id=s.station_id,
                                             agent_version=s.agent_version, readers=list(s.readers),
-                                            last_seen=int(s.last_seen), connected=self.hub.is_connected(s.station),
+                                            last_seen=int(s.last_seen),
+                                            # the store's flag: the stream may be open on another instance
+                                            connected=s.connected or self.hub.is_connected(s.station),
                                             device_count=s.device_count) for s in page.rows],
             next_page_token=page.next_page_token, total=page.total)
 

@@ -1,19 +1,21 @@
 """The fleet's durable state: stations, their devices and certificates, commands, and the fleet audit.
 
-``FleetStore`` is the protocol the fleet service uses; ``SqliteFleetStore`` keeps its own tables in
-the daemon's database file (the request store's file, opened on a connection of its own, schema
-created on open). Nothing here knows gRPC: rows are plain dataclasses, the service maps them to proto.
+``FleetStore`` is the protocol the fleet service uses; ``SqlFleetStore`` keeps its tables where the
+request store keeps its own (issue 15 item 8): in the daemon's SQLite file (``open(path)``, a
+connection of its own) or in its PostgreSQL database (``over(PostgresDb(...))``), through
+``fleet.db`` (one SQL text for both, schema created on open). Over PostgreSQL several daemon
+processes share the tables: a process that starts does not mark other processes' stations as
+disconnected. Nothing here knows gRPC: rows are plain dataclasses, the service maps them to proto.
 
 Commands move PENDING → SENT → ACKED → RUNNING → SUCCEEDED | FAILED, or to REJECTED (the agent
 refused), TIMED_OUT, or CANCELLED (still pending when its rollout stopped). A repeated ack changes nothing. ``update_command`` accepts a transition only for the station the command was
 sent to and only from a state the agent can be in (a result for a command never sent is refused).
 The audit table is append-only (triggers refuse UPDATE and DELETE).
 
-Imports aiosqlite and ``personalizer.errors`` only; no grpc, no proto, no edge.
+Imports ``fleet.db`` and ``personalizer.errors`` only; no grpc, no proto, no edge.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -21,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import aiosqlite
-
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound
+from personalizer.fleet.db import PostgresDb, SqliteDb
 
-BUSY_TIMEOUT_MS = 10_000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -67,6 +67,37 @@ CREATE TRIGGER IF NOT EXISTS fleet_audit_no_update BEFORE UPDATE ON fleet_audit
     BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS fleet_audit_no_delete BEFORE DELETE ON fleet_audit
     BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
+"""
+# the same tables in PostgreSQL (several daemon processes: created once, under an advisory lock)
+SCHEMA_PG = """
+SELECT pg_advisory_xact_lock(1315010001);
+CREATE TABLE IF NOT EXISTS fleet_stations (
+    station TEXT PRIMARY KEY, chamber TEXT NOT NULL, station_id TEXT NOT NULL,
+    agent_version TEXT NOT NULL DEFAULT '', readers TEXT NOT NULL DEFAULT '[]',
+    first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, connected INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS fleet_stations_chamber ON fleet_stations(chamber);
+CREATE TABLE IF NOT EXISTS fleet_devices (
+    station TEXT NOT NULL, serial TEXT NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL,
+    firmware_version TEXT NOT NULL, partition_version TEXT NOT NULL, token_release TEXT NOT NULL,
+    reader TEXT NOT NULL, last_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (station, serial));
+CREATE INDEX IF NOT EXISTS fleet_devices_model ON fleet_devices(model);
+CREATE TABLE IF NOT EXISTS fleet_certificates (
+    station TEXT NOT NULL, serial TEXT NOT NULL, keyset TEXT NOT NULL, not_after BIGINT NOT NULL,
+    PRIMARY KEY (station, serial, keyset));
+CREATE INDEX IF NOT EXISTS fleet_certificates_not_after ON fleet_certificates(not_after);
+CREATE TABLE IF NOT EXISTS fleet_commands (
+    command_id TEXT PRIMARY KEY, station TEXT NOT NULL, kind TEXT NOT NULL, device_serial TEXT NOT NULL,
+    release TEXT NOT NULL, state TEXT NOT NULL, percent INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '', attestation BYTEA, rollout_id TEXT, actor TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS fleet_commands_open ON fleet_commands(station, state);
+CREATE TABLE IF NOT EXISTS fleet_audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE OR REPLACE FUNCTION fleet_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'fleet_audit is append-only'; END $$;
+CREATE OR REPLACE TRIGGER fleet_audit_no_change BEFORE UPDATE OR DELETE ON fleet_audit
+    FOR EACH ROW EXECUTE FUNCTION fleet_audit_append_only();
 """
 
 
@@ -152,6 +183,20 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """The fleet at a glance (the status page): totals, then the largest groups first."""
+    stations: int
+    connected: int                     # stations whose stream is open (the ``connected`` column)
+    devices: int
+    expiring: int                      # certificates expiring within ``within_days``
+    within_days: int
+    by_chamber: tuple = ()             # (chamber, stations, connected)
+    by_model: tuple = ()               # (model, devices)
+    by_agent_version: tuple = ()       # (agent version, stations)
+    recent: tuple[Station, ...] = ()   # the stations seen last, most recent first
+
+
+@dataclass(frozen=True)
 class Page:
     rows: list = field(default_factory=list)
     next_page_token: str = ""
@@ -182,7 +227,12 @@ class FleetStore(Protocol):
     async def close(self) -> None: ...
 
 
-_LIKE = "LIKE ? ESCAPE '\\'"
+CAS_ATTEMPTS = 8
+LIVE_SECONDS = 100.0   # 3 heartbeats of 30 s and a batch of last-seen writes
+
+_LIVE = "(s.connected = 1 AND s.last_seen >= ?)"
+
+_LIKE = {"sqlite": "LIKE ? ESCAPE '\\'", "postgresql": "ILIKE ? ESCAPE '\\'"}   # both: ASCII case ignored
 
 
 def _page_bounds(q: Query) -> tuple[int, int]:
@@ -200,61 +250,64 @@ def _next(offset: int, size: int, got: int, total: int) -> str:
     return str(offset + size) if got == size and offset + size < total else ""
 
 
-class SqliteFleetStore:
-    """``FleetStore`` on the daemon's SQLite database (WAL), one connection, writes serialized."""
+class SqlFleetStore:
+    """``FleetStore`` over a ``fleet.db`` connection (SQLite or PostgreSQL); this process's writes serialized."""
 
-    def __init__(self, conn: aiosqlite.Connection, clock=time.time):
-        self._db = conn
-        self._lock = asyncio.Lock()
+    def __init__(self, db: SqliteDb | PostgresDb, clock=time.time):
+        self.db = db
+        self._lock = db.lock
         self._clock = clock
+        # a station reads as connected while flagged and heard from within this (set by wiring from the
+        # heartbeat): over a shared store a killed instance never clears its stations' flags
+        self.live_seconds = LIVE_SECONDS
 
     @classmethod
-    async def open(cls, path: Path, *, clock=time.time) -> "SqliteFleetStore":
-        conn = await aiosqlite.connect(path, isolation_level=None)
+    async def open(cls, path: Path, *, clock=time.time) -> "SqlFleetStore":
+        """On the daemon's SQLite file (a connection of its own, closed by ``close``)."""
+        db = await SqliteDb.open(path)
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.executescript(SCHEMA)
-            # a daemon that died left stations marked connected: nothing is connected to a new process
-            await conn.execute("UPDATE fleet_stations SET connected = 0 WHERE connected = 1")
+            return await cls.over(db, clock=clock)
         except BaseException:
-            await conn.close()
+            await db.close()
             raise
-        return cls(conn, clock)
+
+    @classmethod
+    async def over(cls, db: SqliteDb | PostgresDb, *, clock=time.time) -> "SqlFleetStore":
+        await db.script(SCHEMA if db.dialect == "sqlite" else SCHEMA_PG)
+        if db.dialect == "sqlite":
+            # a daemon that died left stations marked connected: nothing is connected to a new process (over
+            # PostgreSQL other processes may hold those streams: their flags stay)
+            await db.execute("UPDATE fleet_stations SET connected = 0 WHERE connected = 1")
+        return cls(db, clock)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self.db.close()
 
-    # Each read is one aiosqlite job (execute_fetchall). Stepped in one job and fetched in the next,
-    # a write queued on this shared connection in between changed rows under the pending statement:
-    # SQLite then answered rows twice or a column as None (undefined for the same connection).
+    def _live_after(self) -> float:
+        return self._clock() - self.live_seconds
+
     async def _rows(self, sql: str, args=()) -> list:
-        return list(await self._db.execute_fetchall(sql, args))
+        return await self.db.rows(sql, args)
 
     async def _first(self, sql: str, args=()):
-        rows = await self._rows(sql, args)
-        return rows[0] if rows else None
+        return await self.db.first(sql, args)
 
     async def _tx(self, statements: list[tuple[str, tuple]]) -> None:
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    await self._db.execute(sql, args)
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        await self.db.tx(statements)
 
     @staticmethod
     def _device_rows(station: str, devices: list[Device], now: float) -> list[tuple[str, tuple]]:
         out = []
         for d in devices:
-            out.append(("INSERT OR REPLACE INTO fleet_devices VALUES (?,?,?,?,?,?,?,?,?)",
+            out.append(("INSERT INTO fleet_devices VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (station, serial) DO"
+                        " UPDATE SET kind = excluded.kind, model = excluded.model, firmware_version ="
+                        " excluded.firmware_version, partition_version = excluded.partition_version, token_release ="
+                        " excluded.token_release, reader = excluded.reader, last_seen = excluded.last_seen",
                         (station, d.serial, d.kind, d.model, d.firmware_version, d.partition_version,
                          d.token_release, d.reader, now)))
             out.append(("DELETE FROM fleet_certificates WHERE station = ? AND serial = ?", (station, d.serial)))
-            out += [("INSERT OR REPLACE INTO fleet_certificates VALUES (?,?,?,?)",
+            out += [("INSERT INTO fleet_certificates VALUES (?,?,?,?) ON CONFLICT (station, serial, keyset)"
+                     " DO UPDATE SET not_after = excluded.not_after",
                      (station, d.serial, k.keyset, int(k.not_after))) for k in d.certificates]
         return out
 
@@ -286,24 +339,24 @@ class SqliteFleetStore:
     async def get_station(self, station) -> Station | None:
         r = await self._first(
             "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
-            " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
-            " FROM fleet_stations s WHERE s.station = ?", (station,))
+            f" {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+            " FROM fleet_stations s WHERE s.station = ?", (self._live_after(), station))
         return None if r is None else Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6],
                                               bool(r[7]), r[8])
 
     async def seen(self, station) -> None:
         async with self._lock:
-            await self._db.execute("UPDATE fleet_stations SET last_seen = ? WHERE station = ?",
+            await self.db.execute("UPDATE fleet_stations SET last_seen = ? WHERE station = ?",
                                    (self._clock(), station))
 
     async def seen_many(self, last_seen) -> None:
         """Heartbeats in one transaction (station → time): thousands of stations, one commit."""
-        await self._tx([("UPDATE fleet_stations SET last_seen = MAX(last_seen, ?) WHERE station = ?", (t, st))
+        await self._tx([("UPDATE fleet_stations SET last_seen = ? WHERE station = ? AND last_seen < ?", (t, st, t))
                         for st, t in last_seen.items()])
 
     async def set_connected(self, station, connected) -> None:
         async with self._lock:
-            await self._db.execute("UPDATE fleet_stations SET connected = ? WHERE station = ?",
+            await self.db.execute("UPDATE fleet_stations SET connected = ? WHERE station = ?",
                                    (int(connected), station))
 
     async def add_command(self, cmd: Command) -> Command:
@@ -351,30 +404,38 @@ class SqliteFleetStore:
 
     async def update_command(self, station, command_id, state, *, percent=None, message="", attestation=None):
         """Move a command the agent reports on. NotFound unless it was sent to ``station``;
-        FailedPrecondition when it is not in a state this report can follow (e.g. already finished)."""
+        FailedPrecondition when it is not in a state this report can follow (e.g. already finished).
+        The write is compare-and-set on the state read: another process (over a shared PostgreSQL store)
+        that moved the command in between wins, and this report is decided again on what it wrote."""
         async with self._lock:
-            row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
-                                    (command_id,))
-            if row is None or row[1] != station:
-                raise NotFound(f"command {command_id!r} was not sent to this station")
-            cmd = Command(*row)
-            if state == ACKED and cmd.state in (ACKED, RUNNING, SUCCEEDED, FAILED):
-                return cmd   # the ack again (the first was lost with a broken stream): nothing changes
-            if cmd.state not in _FROM[state]:
-                raise FailedPrecondition(f"command {command_id!r} is {cmd.state}; a {state} report cannot follow")
-            now = self._clock()
-            pct = cmd.percent if percent is None else max(0, min(100, percent))
-            await self._db.execute("UPDATE fleet_commands SET state = ?, percent = ?, message = ?,"
-                                   " attestation = COALESCE(?, attestation), updated = ? WHERE command_id = ?",
-                                   (state, pct, message[:500], attestation, now, command_id))
+            for _attempt in range(CAS_ATTEMPTS):
+                row = await self._first(f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE command_id = ?",
+                                        (command_id,))
+                if row is None or row[1] != station:
+                    raise NotFound(f"command {command_id!r} was not sent to this station")
+                cmd = Command(*row)
+                if state == ACKED and cmd.state in (ACKED, RUNNING, SUCCEEDED, FAILED):
+                    return cmd   # the ack again (the first was lost with a broken stream): nothing changes
+                if cmd.state not in _FROM[state]:
+                    raise FailedPrecondition(f"command {command_id!r} is {cmd.state}; a {state} report cannot "
+                                             "follow")
+                now = self._clock()
+                pct = cmd.percent if percent is None else max(0, min(100, percent))
+                changed = await self.db.execute(
+                    "UPDATE fleet_commands SET state = ?, percent = ?, message = ?, attestation = COALESCE(?,"
+                    " attestation), updated = ? WHERE command_id = ? AND state = ? AND updated = ?",
+                    (state, pct, message[:500], attestation, now, command_id, cmd.state, cmd.updated))
+                if changed:
+                    break
+            else:
+                raise FailedPrecondition(f"command {command_id!r} keeps changing under this report; send it again")
         return Command(**{**cmd.__dict__, "state": state, "percent": pct, "message": message[:500],
                           "attestation": attestation if attestation is not None else cmd.attestation,
                           "updated": now})
 
-    @staticmethod
-    def _where(q: Query, *, devices: bool) -> tuple[str, list]:
+    def _where(self, q: Query, *, devices: bool) -> tuple[str, list]:
         """WHERE over fleet_stations s (and fleet_devices d when ``devices``)."""
-        conds, args = [], []
+        conds, args, op = [], [], _LIKE[self.db.dialect]
         for col, val in (("s.chamber", q.chamber), ("s.agent_version", q.agent_version)):
             if val:
                 conds.append(f"{col} = ?")
@@ -395,7 +456,7 @@ class SqliteFleetStore:
                 conds.append(f"{c} = ?")
                 args.append(v)
             if like:
-                conds.append(f"(s.station_id {_LIKE} OR d.serial {_LIKE} OR d.model {_LIKE})")
+                conds.append(f"(s.station_id {op} OR d.serial {op} OR d.model {op})")
                 args += [like] * 3
         else:
             if dev:
@@ -403,20 +464,21 @@ class SqliteFleetStore:
                 conds.append(f"EXISTS (SELECT 1 FROM fleet_devices d WHERE d.station = s.station AND {sub})")
                 args += [v for _, v in dev]
             if like:
-                conds.append(f"(s.station_id {_LIKE} OR EXISTS (SELECT 1 FROM fleet_devices d WHERE"
-                             f" d.station = s.station AND (d.serial {_LIKE} OR d.model {_LIKE})))")
+                conds.append(f"(s.station_id {op} OR EXISTS (SELECT 1 FROM fleet_devices d WHERE"
+                             f" d.station = s.station AND (d.serial {op} OR d.model {op})))")
                 args += [like] * 3
         return (" WHERE " + " AND ".join(conds)) if conds else "", args
 
     async def _count(self, sql: str, args) -> int:
-        return (await self._first(f"SELECT COUNT(*) FROM ({sql})", args))[0]
+        return (await self._first(f"SELECT COUNT(*) FROM ({sql}) AS counted", args))[0]
 
     async def list_stations(self, q: Query) -> Page:
         size, offset = _page_bounds(q)
         where, args = self._where(q, devices=False)
         base = ("SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen, s.last_seen,"
-                " s.connected, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                f" {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
                 f" FROM fleet_stations s{where}")
+        args = [self._live_after(), *args]
         total = await self._count(base, args)
         rows = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
                 for r in await self._rows(base + " ORDER BY s.chamber, s.station_id LIMIT ? OFFSET ?",
@@ -459,12 +521,38 @@ class SqliteFleetStore:
             base + " ORDER BY c.not_after, c.station, c.serial LIMIT ? OFFSET ?", (*args, size, offset))]
         return Page(rows, _next(offset, size, len(rows), total), total)
 
+    async def counts(self, *, within_days: int = 30, groups: int = 20, recent: int = 10) -> Counts:
+        """Totals and the ``groups`` largest groups per chamber, model and agent version (bounded reads)."""
+        live = f"SUM(CASE WHEN {_LIVE} THEN 1 ELSE 0 END)"
+        st, conn = await self._first(f"SELECT COUNT(*), COALESCE({live}, 0) FROM fleet_stations s",
+                                     (self._live_after(),))
+        devices = (await self._first("SELECT COUNT(*) FROM fleet_devices"))[0]
+        expiring = (await self._first("SELECT COUNT(*) FROM fleet_certificates WHERE not_after < ?",
+                                      (int(self._clock()) + within_days * 86400,)))[0]
+        by_chamber = await self._rows(f"SELECT s.chamber, COUNT(*), {live} FROM fleet_stations s GROUP BY s.chamber"
+                                      " ORDER BY COUNT(*) DESC, s.chamber LIMIT ?", (self._live_after(), groups))
+        by_model = await self._rows("SELECT model, COUNT(*) FROM fleet_devices GROUP BY model"
+                                    " ORDER BY COUNT(*) DESC, model LIMIT ?", (groups,))
+        by_version = await self._rows("SELECT agent_version, COUNT(*) FROM fleet_stations GROUP BY agent_version"
+                                      " ORDER BY COUNT(*) DESC, agent_version LIMIT ?", (groups,))
+        last = [Station(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], bool(r[7]), r[8])
+                for r in await self._rows(
+                    "SELECT s.station, s.chamber, s.station_id, s.agent_version, s.readers, s.first_seen,"
+                    f" s.last_seen, {_LIVE}, (SELECT COUNT(*) FROM fleet_devices d WHERE d.station = s.station)"
+                    " FROM fleet_stations s ORDER BY s.last_seen DESC, s.station LIMIT ?",
+                    (self._live_after(), recent))]
+        return Counts(st, conn, devices, expiring, within_days, tuple(map(tuple, by_chamber)),
+                      tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
+
     async def audit(self, actor, action, outcome, detail) -> None:
         async with self._lock:
-            await self._db.execute("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
+            await self.db.execute("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
                                    (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))
 
     async def audit_rows(self, limit=100) -> list[dict]:
         return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}
                 for r in await self._rows("SELECT at, actor, action, outcome, detail FROM fleet_audit"
                                           " ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+SqliteFleetStore = SqlFleetStore   # the name tests and benchmarks know: SqlFleetStore.open(path) is SQLite

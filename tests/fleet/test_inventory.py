@@ -107,3 +107,55 @@ def test_the_fleet_audit_is_append_only(tmp_path):
             c.execute("UPDATE fleet_audit SET actor = 'b'")
         c.close()
     run(go())
+
+
+def test_a_station_whose_stream_went_silent_is_not_shown_connected(tmp_path):
+    """Over a shared store a killed instance never clears its stations' flags: without heartbeats for
+    ``live_seconds`` a station reads as disconnected (in the list, the station, and the counts)."""
+    async def go():
+        clock = [NOW]
+        s = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite", clock=lambda: clock[0])
+        try:
+            s.live_seconds = 100
+            await s.record_hello("urn:cns:station:RM:A", "RM", "A", "2.0", [], [])   # connected = 1
+            clock[0] = NOW + 99
+            assert (await s.get_station("urn:cns:station:RM:A")).connected
+            assert (await s.counts()).connected == 1
+            clock[0] = NOW + 101                       # no heartbeat since: its instance is gone
+            assert not (await s.get_station("urn:cns:station:RM:A")).connected
+            assert [st.connected for st in (await s.list_stations(fs.Query())).rows] == [False]
+            assert (await s.counts()).connected == 0
+            await s.seen("urn:cns:station:RM:A")       # a heartbeat: live again
+            assert (await s.get_station("urn:cns:station:RM:A")).connected
+        finally:
+            await s.close()
+    run(go())
+
+
+def test_a_report_racing_another_instance_never_overwrites_its_change(tmp_path):
+    """Two stores on one database (two daemon processes): a cancel written by one between the other's read
+    and write of the same command stands; the late ack is refused, not written over it."""
+    async def go():
+        one = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite")
+        other = await fs.SqliteFleetStore.open(tmp_path / "db.sqlite")
+        try:
+            await one.record_hello("urn:cns:station:RM:A", "RM", "A", "2.0", [], [])
+            cmd = await one.add_command(fs.Command(command_id="", station="urn:cns:station:RM:A", kind="renew_due",
+                                                   actor="t"))
+            read, raced = one._first, []
+
+            async def read_then_the_other_cancels(sql, args=()):
+                row = await read(sql, args)
+                if "FROM fleet_commands" in sql and not raced:   # once: right after the first read
+                    raced.append(True)
+                    await other.update_command("urn:cns:station:RM:A", cmd.command_id, fs.CANCELLED)
+                return row
+            one._first = read_then_the_other_cancels
+            with pytest.raises(fs.FailedPrecondition):
+                await one.update_command("urn:cns:station:RM:A", cmd.command_id, fs.ACKED)
+            one._first = read
+            assert (await one.get_command(cmd.command_id)).state == fs.CANCELLED
+        finally:
+            await one.close()
+            await other.close()
+    run(go())

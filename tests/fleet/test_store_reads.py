@@ -21,9 +21,9 @@ def test_a_target_update_queued_during_a_status_read_never_yields_partial_counts
         try:
             r = await ro.Rollouts(store, hub=None, roots=None).open()
             spec = rr.RolloutSpec(name="t", release="r2")
-            await store._db.execute("INSERT INTO fleet_rollouts VALUES (?,?,?,?,?,?,?)",
+            await store.db.conn.execute("INSERT INTO fleet_rollouts VALUES (?,?,?,?,?,?,?)",
                                     ("R", json.dumps(spec.to_json()), rr.RUNNING, "", "test", 0, 0))
-            await store._db.executemany(
+            await store.db.conn.executemany(
                 "INSERT INTO fleet_rollout_targets (rollout_id, station, device_serial, model, grp, state)"
                 " VALUES (?,?,?,?,?,?)",
                 [("R", f"S{i}", f"D{i}", "m", i // 3, rr.SENT if i < 3 else rr.WAITING) for i in range(N)])

@@ -98,7 +98,8 @@ def rig(ops_deployment, station, tmp_path_factory):
         cfg.write_text(text)
         sock = work / "agent" / "agent.sock"
         sock.parent.mkdir(mode=0o700)
-        spawn("agent", [str(BIN / "cns-agent"), "--log-level", "DEBUG", "run", "--config", str(cfg),
+        spawn("agent", [str(BIN / "cns-agent"), "--log-level", "DEBUG", "--log-format", "json", "run",
+                        "--config", str(cfg),
                         "--socket", str(sock)])
         r = Rig(work, pcscd, sock, ops_deployment.server_config, logs)
         _wait(r.card, "the agent to see the emulated card")
@@ -274,7 +275,9 @@ def test_pin_change_block_and_unblock_through_the_agent(rig, personalized):
     r = rig.cli("pin", "change", "--reader", rig.reader, "--codes-stdin", stdin=f"{PIN}\n{NEW_PIN}\n")
     assert r.returncode == 0, r.stderr
 
-    # no code ever reached the agent's log or its journals
+    # the agent's log is one JSON object per line (issue 15 item 5), and no code ever reached it or its journals
+    agent_log = [json.loads(line) for line in (rig.work / "agent.log").read_text().splitlines()]
+    assert agent_log and all(list(line)[:4] == ["time", "level", "logger", "message"] for line in agent_log)
     for path in rig.logs + list((rig.work / "agent-data").glob("*")):
         raw = path.read_bytes()
         for secret in (PIN, NEW_PIN, PUK, "11112222"):

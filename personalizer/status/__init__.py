@@ -1,0 +1,1 @@
+"""Central IT's read-only status page (issue 15 item 5): ``page`` renders it, ``server`` serves it over mTLS."""
