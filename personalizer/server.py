@@ -156,7 +156,7 @@ class Daemon:
     metrics_server: MetricsServer | None = None
     status_page: object | None = None   # [status_page]: personalizer.status.server.StatusPage (issue 15)
     publisher: object | None = None
-    fleet: object | None = None      # personalizer.fleet.wiring.Fleet (issue 15)
+    fleet: object | None = None      # personalizer.edge.fleet_wiring.Fleet (issue 15)
     archiver: object | None = None   # the daily archive task ([reports], personalizer.reports.scheduler)
     enroll_server: grpc.aio.Server | None = None   # [enrollment]: the server-auth-only Enroll port
     enroll_port: int = 0
@@ -303,7 +303,7 @@ class Daemon:
     async def _add_fleet(self) -> None:
         """Fleet.Connect/Poll and FleetAdmin on the mTLS server (issue 15), their tables in the daemon's database
         (the SQLite file, or the PostgreSQL database of ``[store] backend = "postgresql"``)."""
-        from personalizer.fleet import wiring as fleet_wiring
+        from personalizer.edge import fleet_wiring
         pg = None
         if self.cfg.store.backend == "postgresql" and hasattr(self.store, "database"):
             pg = (self.store.database, self.cfg.store.postgres_dsn())   # issue 15 item 8: one fleet, many daemons

@@ -108,6 +108,9 @@ VIOLATIONS = [
      "edge reaches data through the broker"),
     ("personalizer/edge/_violation.py", "def later():\n    from personalizer.store import memory\n",
      "edge reaches data through the broker"),
+    ("personalizer/fleet/_violation.py", "import grpc\n", "only the gRPC edge imports grpc or proto"),
+    ("personalizer/releases/_violation.py", "from proto.cns.v1 import fleet_pb2\n",
+     "only the gRPC edge imports grpc or proto"),
 ]
 
 

@@ -6,6 +6,9 @@
 ``hub``      the streams connected now: which station is reachable, and waking its writer
 ``notify``   several daemons over one PostgreSQL store: LISTEN/NOTIFY wake-ups, the one rollout stepper
 ``rollouts`` rollouts that halt themselves; ``rollout_rules`` their pure decisions; ``attestation``
-``service``  the gRPC edge of the fleet: ``Fleet`` (stations) and ``FleetAdmin`` (central IT)
-``wiring``   the one function the daemon calls to put the fleet on its server
+
+Its gRPC side lives in the edge (``personalizer.edge.fleet_service``: ``Fleet`` for stations and
+``FleetAdmin`` for central IT; ``personalizer.edge.fleet_wiring``: the one function the daemon calls
+to put the fleet on its server). This package imports no grpc or proto (an import contract says so),
+but ``attestation``, whose signed manifest is a protobuf message.
 """

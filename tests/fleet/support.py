@@ -18,7 +18,7 @@ import station_config
 from agent.fleet import DeviceInfo, Outcome
 from personalizer.edge.identity import AuthInterceptor, identity_uri
 from personalizer.edge.tls_clients import ClientTrust
-from personalizer.fleet import wiring
+from personalizer.edge import fleet_wiring as wiring
 from proto.wire import DecodeInterceptor
 from tests.personalizer import helpers
 

@@ -16,7 +16,7 @@ from personalizer.fleet.db import PostgresDb
 from personalizer.fleet.hub import Hub
 from personalizer.fleet.metrics import FleetCollector, FleetFigures
 from personalizer.fleet.rollouts import Rollouts
-from personalizer.fleet.service import FleetAdminService, FleetService
+from personalizer.edge.fleet_service import FleetAdminService, FleetService
 from personalizer.fleet.store import SqlFleetStore
 from proto.cns.v1 import fleet_pb2, fleet_pb2_grpc
 
