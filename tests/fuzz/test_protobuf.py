@@ -327,3 +327,37 @@ def test_a_refusal_echoing_a_huge_or_multiline_value_stays_one_short_line(fuzz_d
     for code, details in answers:
         assert protofuzz.unclear(code, details) is None, (protofuzz.unclear(code, details), details[:200])
     assert "may not act for chamber XXX" in answers[0][1] and answers[0][1].endswith("…"), answers[0][1]
+
+
+def test_a_refused_fleet_poll_records_nothing(fuzz_daemon):
+    """Found by the fuzz: a Poll of a hello and an acknowledgement of a command never sent was refused
+    (NOT_FOUND) after its hello had been recorded (the station listed, its devices stored). Each of these
+    refused polls leaves the fleet tables as they were."""
+    from proto.cns.v1 import fleet_pb2
+
+    hello = fleet_pb2.FleetAgentMessage(hello=fleet_pb2.FleetHello(
+        agent_version="2.0", readers=["R9"], devices=[fleet_pb2.FleetDevice(kind="card", model="m", serial="S9")]))
+    polls = {
+        "NOT_FOUND": [hello, fleet_pb2.FleetAgentMessage(ack=fleet_pb2.FleetCommandAck(command_id="never-sent"))],
+        "INVALID_ARGUMENT": [hello, fleet_pb2.FleetAgentMessage(inventory=fleet_pb2.FleetInventoryDelta(
+            present=[fleet_pb2.FleetDevice(kind="card", serial="S\n1")]))],
+        "FAILED_PRECONDITION": [hello, hello],
+    }
+
+    async def scenario():
+        out = {}
+        for i, (expected, messages) in enumerate(polls.items()):
+            async with fuzz_daemon.channel(f"station-{90 + i}") as ch:
+                before = fuzz_daemon.store_digest()
+                try:
+                    await ch.unary_unary("/cns.v1.Fleet/Poll")(
+                        fleet_pb2.FleetPollRequest(messages=messages).SerializeToString(), timeout=5)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                await asyncio.sleep(0.2)
+                after = fuzz_daemon.store_digest()
+                out[expected] = (code, sorted(k for k in after if after[k] != before.get(k)))
+        return out
+    answers = asyncio.run(scenario())
+    assert answers == {code: (code, []) for code in polls}, answers
