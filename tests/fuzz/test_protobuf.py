@@ -140,12 +140,16 @@ def test_agent_local_api_answers_malformed_protobuf_and_survives_a_fuzz(tmp_path
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_personalizer_protobuf_fuzz_long_run(fuzz_daemon):
+    """Every method of both ports, 20 times the CI sample (``scripts/bench fuzz`` runs more)."""
     async def scenario():
-        async with fuzz_daemon.channel("station") as st:
-            return await protofuzz.fuzz(st, PERSONALIZER + HEALTH, per_method=PER_METHOD * 20, seed=12,
-                                        seeds=seeds_for(PERSONALIZER), timeout=3)
+        clients = campaign.Clients(fuzz_daemon, fleet_stations=32)
+        try:
+            return await campaign.fuzz_all(clients, per_method=SERVED_PER_METHOD * 20, seed=12, timeout=3)
+        finally:
+            await clients.close()
     tally = asyncio.run(scenario())
     assert fuzz_daemon.proc.poll() is None
+    assert tally.unexpected == 0 and tally.unclear == 0, "\n".join(tally.findings)
     assert_clean(tally, fuzz_daemon.log())
 
 
