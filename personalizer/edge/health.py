@@ -19,10 +19,12 @@ __all__ = ["HealthServicer"]
 class HealthServicer(health.aio.HealthServicer):
     async def Check(self, request: health_pb2.HealthCheckRequest, context):  # noqa: N802
         if request.service not in self._server_status:
-            name = request.service if len(request.service) <= 64 else request.service[:64] + "…"
+            name = repr(request.service)   # escaped: one line; then bounded, whatever it escaped to
+            if len(name) > 80:
+                name = name[:79] + "…"
             known = ", ".join(sorted(n for n in self._server_status if n))
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no health status for service {name!r}; ask for '' (the whole daemon) or one of: "
+                                f"no health status for service {name}; ask for '' (the whole daemon) or one of: "
                                 f"{known}")
         return await super().Check(request, context)
 
