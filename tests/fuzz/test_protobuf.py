@@ -310,8 +310,9 @@ def test_health_check_of_an_unknown_service_says_what_to_ask_for(fuzz_daemon):
 
 def test_a_refusal_echoing_a_huge_or_multiline_value_stays_one_short_line(fuzz_daemon):
     """Found by the fuzz: a requester chamber of 1,000 characters came back whole in the PERMISSION_DENIED
-    message (1,060 characters), 128 unprintable characters of a maintenance window id 1,280 in NOT_FOUND; a newline in it split the
-    message. Every refusal is one line of at most protofuzz.MAX_DETAILS characters."""
+    message (1,060 characters), 128 unprintable characters of a maintenance window id as 1,280 in
+    NOT_FOUND; a newline in it split the message. Every refusal is one line of at most
+    protofuzz.MAX_DETAILS characters."""
     from proto.cns.v1 import admin_pb2, common_pb2, personalizer_pb2
 
     async def scenario():
