@@ -2,16 +2,22 @@
 
 The same engines as tests/fuzz (``tests.fuzz.protofuzz``, ``csrfuzz``, ``apdufuzz``) with larger samples:
 
-- ``grpc``: N cases per method of Personalizer, QueueAdmin and Health (Check, Watch) against a
-  ``cns-personalizer serve`` subprocess on a fresh test deployment (station and admin identities), RSS of
-  the daemon after a warm-up and at the end, its log scanned for tracebacks;
+- ``grpc``: N cases per method of every service the daemon serves (``tests.fuzz.targets.PORTS``: the
+  mTLS port's Personalizer, QueueAdmin, Registrations, StationAdmin, CardAdmin, Fleet, FleetAdmin,
+  health and reflection; the enrollment port's StationEnrollment and HolderRenewal) against a
+  ``cns-personalizer serve`` subprocess on a fresh test deployment with ``[enrollment]``,
+  ``[card_admin]`` and the fleet on, each as an identity allowed to call it
+  (``tests.fuzz.campaign``), then N/2 per restricted method as one that may not, then refusals one at
+  a time against a digest of the stores; RSS of the daemon after a warm-up and at the end, its log
+  scanned for tracebacks, the seeds' secrets looked for in its log and stores;
 - ``agent_api``: N cases per method of AgentLocal on its Unix socket (in this process);
 - ``csr``: the named hostile CSRs plus M seeded DER mutations into SubmitIssue;
 - ``apdu``: R card sessions with mutated answers.
 
-Counts crashes, UNKNOWN/INTERNAL answers and tracebacks (all must be 0), CSR extensions copied into a
-certificate (0), and RSS growth after warm-up (``ok`` when under RSS_SLACK_KIB). Health.List is left
-out: grpcio-health-checking's aio servicer does not implement it (UNKNOWN by the library).
+Counts crashes, UNKNOWN/INTERNAL answers, answers outside the expected codes, refusals without one
+clear line, wrong identities not refused, refusals that changed the store, secrets seen and tracebacks
+(all must be 0), CSR extensions copied into a certificate (0), and RSS growth after warm-up (``ok``
+when under RSS_SLACK_KIB).
 
 Usage: scripts/bench fuzz [--per-method N] [--csr-mutations M] [--apdu-runs R] [--seed S]
 """
@@ -38,22 +44,38 @@ def _self_rss_kib() -> int:
 
 
 async def _grpc(d, per_method: int, seed: int) -> dict:
-    from tests.fuzz import protofuzz
-    from tests.fuzz.targets import ADMIN, HEALTH, PERSONALIZER, seeds_for
+    from tests.fuzz import campaign
 
-    seeds = seeds_for(PERSONALIZER)
-    async with d.channel("station") as st, d.channel("admin") as ad:
-        await protofuzz.fuzz(st, PERSONALIZER + HEALTH, per_method=WARMUP_PER_METHOD, seed=seed, seeds=seeds)
-        await protofuzz.fuzz(ad, ADMIN, per_method=WARMUP_PER_METHOD, seed=seed + 1)
+    clients = campaign.Clients(d, fleet_stations=min(64, max(8, per_method // 10)))
+    try:
+        await campaign.fuzz_all(clients, per_method=WARMUP_PER_METHOD, seed=seed)
         before = d.rss_kib()
         start = time.perf_counter()
-        tally = await protofuzz.fuzz(st, PERSONALIZER + HEALTH, per_method=per_method, seed=seed + 2, seeds=seeds)
-        tally.merge(await protofuzz.fuzz(ad, ADMIN + PERSONALIZER, per_method=per_method // 2, seed=seed + 3,
-                                         seeds=seeds))
+        tally = await campaign.fuzz_all(clients, per_method=per_method, seed=seed + 2)
         seconds = time.perf_counter() - start
         after = d.rss_kib()
-    return {"requests": tally.requests, "codes": dict(tally.codes), "unknown_internal": tally.bad,
-            "findings": tally.findings[:10], "rss_kib_before": before, "rss_kib_after": after,
+        wrong = await campaign.fuzz_wrong_roles(clients, per_method=max(1, per_method // 2), seed=seed + 3)
+        refusals, store_changes = await campaign.refusals_leave_the_store(
+            d, clients, per_method=max(1, per_method // 100), seed=seed + 4)
+    finally:
+        await clients.close()
+    services: dict[str, dict] = {}
+    for path, codes in tally.by_method.items():
+        svc = services.setdefault(path.split("/")[1], {})
+        for code, n in codes.items():
+            svc[code] = svc.get(code, 0) + n
+    not_denied = [m.path for m in campaign.wrong_role_methods() if not wrong.by_method[m.path]["PERMISSION_DENIED"]]
+    return {"methods": len(tally.by_method), "requests": tally.requests, "codes": dict(tally.codes),
+            "by_service": services, "unknown_internal": tally.bad + wrong.bad + refusals.bad,
+            "unexpected_codes": tally.unexpected + wrong.unexpected + refusals.unexpected,
+            "unclear_messages": tally.unclear + wrong.unclear + refusals.unclear,
+            "findings": (tally.findings + wrong.findings + refusals.findings)[:10],
+            "wrong_identity": {"requests": wrong.requests, "codes": dict(wrong.codes),
+                               "methods_not_denied": not_denied},
+            "refusals_one_at_a_time": {"requests": refusals.requests, "codes": dict(refusals.codes),
+                                       "store_changed": len(store_changes), "findings": store_changes[:10]},
+            "secrets_seen": campaign.secrets_seen(d),
+            "rss_kib_before": before, "rss_kib_after": after,
             "rss_growth_kib": after - before, "requests_per_s": round(tally.requests / seconds, 1)}
 
 
@@ -138,6 +160,9 @@ def main(argv: list[str]) -> dict:
         agent = asyncio.run(_agent_api(tmp, opts.per_method, opts.seed))
     apdu = _apdu(opts.apdu_runs, opts.seed)
     ok = (grpc_figures["unknown_internal"] == 0 and grpc_figures["daemon_crashes"] == 0
+          and grpc_figures["unexpected_codes"] == 0 and grpc_figures["unclear_messages"] == 0
+          and not grpc_figures["wrong_identity"]["methods_not_denied"]
+          and grpc_figures["refusals_one_at_a_time"]["store_changed"] == 0 and not grpc_figures["secrets_seen"]
           and grpc_figures["tracebacks_in_log"] == 0 and grpc_figures["rss_growth_kib"] < RSS_SLACK_KIB
           and agent["unknown_internal"] == 0 and agent["rss_growth_kib"] < RSS_SLACK_KIB
           and csr["bad"] == 0 and apdu["crashes"] == 0)

@@ -77,7 +77,7 @@ Example (``cns-personalizer init`` writes one)::
     saturday = "08-14"
     sunday = "closed"
     national_holidays = true    # Italian national holidays closed (incl. Easter Monday)
-    closed_dates = []           # extra closed days, "YYYY-MM-DD"
+    closed_dates = []           # extra closed days, "YYYY-MM-DD" or TOML dates, 2000..2099, each once
     always_open = false         # true only for test deployments
 
     [[maintenance]]             # planned CA maintenance (also: cnsctl maintenance add)
@@ -367,15 +367,59 @@ def _bounded(path: Path, key: str, value: float, low: float, high: float) -> Non
 
 
 _HOURS_RE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
+_HOURS_FORM = '"HH-HH" (opening-closing hour, 0..24, e.g. "08-21") or "closed"'
 
 
 def _hours(path: Path, key: str, value: object) -> tuple[int, int] | None:
     if value == "closed":
         return None
     m = _HOURS_RE.match(value) if isinstance(value, str) else None
-    if not m or not (0 <= int(m.group(1)) < int(m.group(2)) <= 24):
-        raise ConfigError(path, key, f'expected "HH-HH" (open-close, 0..24) or "closed", got {value!r}')
-    return int(m.group(1)), int(m.group(2))
+    if not m:
+        raise ConfigError(path, key, f"expected {_HOURS_FORM}, got {value!r}")
+    opens, closes = int(m.group(1)), int(m.group(2))
+    if not 0 <= opens < closes <= 24:
+        why = "an hour past 24" if max(opens, closes) > 24 else "it closes at or before it opens"
+        raise ConfigError(path, key, f"expected {_HOURS_FORM}, got {value!r} ({why})")
+    return opens, closes
+
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_FORM = "YYYY-MM-DD dates (e.g. \"2026-12-24\" or 2026-12-24)"
+
+
+def _closed_dates(path: Path, key: str, values: list) -> frozenset[_dt.date]:
+    """Extra closed days: TOML dates or "YYYY-MM-DD" strings, years 2000..2099, each once. Python's
+    ``date.fromisoformat`` alone would take 20261224 and "2026-W52-4", and a TOML date-time (a ``date``
+    subclass) would be kept and never match a day."""
+    out: list[_dt.date] = []
+    for raw in values:
+        if isinstance(raw, _dt.datetime):
+            raise ConfigError(path, key, f"expected {_DATE_FORM}, got the date-time {raw.isoformat()} (a day is "
+                                         "closed whole: write the date, not a date-time)")
+        if isinstance(raw, _dt.date):
+            day = raw
+        elif isinstance(raw, str) and _DATE_RE.match(raw):
+            try:
+                day = _dt.date.fromisoformat(raw)
+            except ValueError:
+                raise ConfigError(path, key, f"expected {_DATE_FORM}, got {raw!r} (no such day)") from None
+        else:
+            raise ConfigError(path, key, f"expected {_DATE_FORM}, got {raw!r}")
+        if not 2000 <= day.year <= 2099:
+            raise ConfigError(path, key, f"expected {_DATE_FORM} between 2000 and 2099, got {day.isoformat()}")
+        if day in out:
+            raise ConfigError(path, key, f"{day.isoformat()} is listed twice; expected {_DATE_FORM}, each once")
+        out.append(day)
+    return frozenset(out)
+
+
+def _timezone(path: Path, key: str, tz: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(path, key, f"unknown time zone {tz!r}; expected a tz database name such as Europe/Rome "
+                                     "(not an offset)") from None
 
 
 def _when(path: Path, key: str, value: object) -> _dt.datetime:
@@ -411,24 +455,17 @@ def _load_operations(r: "_Reader") -> dict:
             raise ConfigError(path, f"broker.{key}", "must be >= 1")
     w = r.table("service_window", required=False)
     hours = dict(DEFAULT_HOURS)
-    wk = _hours(path, "service_window.weekdays", r.get(w, "service_window", "weekdays", str, "08-21"))
+    wk = _hours(path, "service_window.weekdays", r.get(w, "service_window", "weekdays", object, "08-21"))
     for d in range(5):
         hours[d] = wk
-    hours[5] = _hours(path, "service_window.saturday", r.get(w, "service_window", "saturday", str, "08-14"))
-    hours[6] = _hours(path, "service_window.sunday", r.get(w, "service_window", "sunday", str, "closed"))
-    closed = []
-    for raw in r.get(w, "service_window", "closed_dates", list, []):
-        try:
-            closed.append(raw if isinstance(raw, _dt.date) else _dt.date.fromisoformat(str(raw)))
-        except ValueError:
-            raise ConfigError(path, "service_window.closed_dates", f"expected YYYY-MM-DD dates, got {raw!r}") from None
+    hours[5] = _hours(path, "service_window.saturday", r.get(w, "service_window", "saturday", object, "08-14"))
+    hours[6] = _hours(path, "service_window.sunday", r.get(w, "service_window", "sunday", object, "closed"))
+    closed = _closed_dates(path, "service_window.closed_dates", r.get(w, "service_window", "closed_dates", list, []))
     tz = r.get(w, "service_window", "timezone", str, "Europe/Rome")
-    try:
-        calendar = ServiceCalendar(timezone=tz, hours=hours, extra_closed=frozenset(closed),
-                                   national_holidays=r.get(w, "service_window", "national_holidays", bool, True),
-                                   always_open=r.get(w, "service_window", "always_open", bool, False))
-    except Exception as exc:
-        raise ConfigError(path, "service_window.timezone", f"unknown time zone {tz!r}: {exc}") from None
+    _timezone(path, "service_window.timezone", tz)
+    calendar = ServiceCalendar(timezone=tz, hours=hours, extra_closed=closed,
+                               national_holidays=r.get(w, "service_window", "national_holidays", bool, True),
+                               always_open=r.get(w, "service_window", "always_open", bool, False))
     maint = []
     raw_m = r.data.get("maintenance", [])
     if not isinstance(raw_m, list):
@@ -512,11 +549,7 @@ def _load_reports(r: "_Reader") -> ReportsConfig:
         raise ConfigError(r.path, "reports.keep", f"must be at least 1 (archives kept), got {rep.keep}")
     if not 0 <= rep.hour <= 23:
         raise ConfigError(r.path, "reports.hour", f"must be a local hour 0-23, got {rep.hour}")
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-    try:
-        ZoneInfo(rep.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(r.path, "reports.timezone", f"unknown time zone {rep.timezone!r}; e.g. Europe/Rome") from None
+    _timezone(r.path, "reports.timezone", rep.timezone)
     return rep
 
 

@@ -16,15 +16,28 @@
      └── ConfigError(path, key, message)    (startup only)
 
 Imports nothing of ours. Messages never contain key material, PINs or
-passphrases.
+passphrases. A message is one line of at most ``MAX_MESSAGE`` characters
+(``str(exc)``: what a caller, the log and an audit row get): many echo the
+value they refuse, and a caller's 1,000-character or multi-line value must
+not come back whole (issue 10: found by the fuzz of every RPC).
 """
 from __future__ import annotations
+
+MAX_MESSAGE = 300
+_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7f]}
 
 
 class PersonalizerError(Exception):
     """Base of every error the personalizer raises on purpose."""
 
     code = "INTERNAL"
+    max_message: int | None = MAX_MESSAGE
+
+    def __str__(self) -> str:
+        text = super().__str__().translate(_CONTROL)
+        if self.max_message is not None and len(text) > self.max_message:
+            text = text[: self.max_message - 1] + "…"
+        return text
 
 
 class InvalidRequest(PersonalizerError):
@@ -77,6 +90,8 @@ class StoreError(PersonalizerError):
 
 
 class ConfigError(PersonalizerError):
+    max_message = None   # startup only: the whole path, key and expected form
+
     def __init__(self, path: object, key: str, message: str):
         super().__init__(f"{path}: {key}: {message}")
         self.path = path

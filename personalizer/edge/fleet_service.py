@@ -101,6 +101,20 @@ def _readers(readers, where: str) -> list[str]:
     return [_text(where, r) for r in readers]
 
 
+def _inventory(inv: pb.FleetInventoryDelta) -> tuple[list[fs.Device], list[str], list[str] | None]:
+    """(present, removed serials, readers or None when unchanged) of a checked inventory delta."""
+    present = _devices(inv.present, "inventory.present")
+    if len(inv.removed_serials) > MAX_DEVICES:
+        raise InvalidRequest("inventory.removed_serials", f"at most {MAX_DEVICES}")
+    removed = [_text("inventory.removed_serials", s) for s in inv.removed_serials]
+    return present, removed, (_readers(inv.readers, "inventory.readers") if inv.readers_changed else None)
+
+
+def _attestation(r: pb.FleetCommandResult) -> None:
+    if len(r.attestation) > 16384:
+        raise InvalidRequest("result.attestation", "at most 16 KiB")
+
+
 def command_to_pb(c: fs.Command) -> pb.FleetCommand:
     return pb.FleetCommand(command_id=c.command_id, kind=KIND_CODES.get(c.kind, 0), device_serial=c.device_serial,
                            release=c.release)
@@ -201,13 +215,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
             self._note_seen(station)
             return
         if body == "inventory":
-            inv = msg.inventory
-            present = _devices(inv.present, "inventory.present")
-            if len(inv.removed_serials) > MAX_DEVICES:
-                raise InvalidRequest("inventory.removed_serials", f"at most {MAX_DEVICES}")
-            removed = [_text("inventory.removed_serials", s) for s in inv.removed_serials]
-            readers = _readers(inv.readers, "inventory.readers") if inv.readers_changed else None
-            await self.store.apply_delta(station, present, removed, readers)
+            await self.store.apply_delta(station, *_inventory(msg.inventory))
             return
         if body == "ack":
             a = msg.ack
@@ -219,8 +227,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                                                   message=p.message)
         elif body == "result":
             r = msg.result
-            if len(r.attestation) > 16384:
-                raise InvalidRequest("result.attestation", "at most 16 KiB")
+            _attestation(r)
             cmd = await self.store.update_command(station, r.command_id, fs.SUCCEEDED if r.success else fs.FAILED,
                                                   percent=100 if r.success else None, message=r.message,
                                                   attestation=bytes(r.attestation) or None)
@@ -355,12 +362,40 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         await asyncio.gather(*list(self._bookkeeping), return_exceptions=True)
         await self._flush_seen()
 
+    async def _precheck(self, ident: identity.Identity, msgs: list) -> None:
+        """The refusals a poll's messages would meet, before any is applied, so that a refused poll records
+        nothing (issue 10, found by the fuzz: a hello was recorded, then its poll refused). A report on a
+        command in a state it cannot follow is still found only when it is applied."""
+        for i, m in enumerate(msgs):
+            body = m.WhichOneof("body")
+            if body == "hello":
+                if i:
+                    raise FailedPrecondition("a stream or poll session sends one hello, first")
+                _devices(m.hello.devices, "hello.devices")
+                _readers(m.hello.readers, "hello.readers")
+                _text("hello.agent_version", m.hello.agent_version)
+            elif body == "inventory":
+                _inventory(m.inventory)
+            elif body in ("ack", "progress", "result"):
+                report = getattr(m, body)
+                if body == "result":
+                    _attestation(report)
+                try:
+                    cmd = await self.store.get_command(report.command_id)
+                except NotFound:
+                    cmd = None
+                if cmd is None or cmd.station != ident.uri:
+                    raise NotFound(f"command {report.command_id!r} was not sent to this station")
+            elif body != "heartbeat":
+                raise InvalidRequest("message", "empty agent message")
+
     @_unary
     async def Poll(self, request: pb.FleetPollRequest, context) -> pb.FleetPollResponse:
         ident = identity.current_identity()
         if len(request.messages) > MAX_POLL_MESSAGES:
             raise InvalidRequest("messages", f"at most {MAX_POLL_MESSAGES} per poll")
         msgs = list(request.messages)
+        await self._precheck(ident, msgs)
         if msgs and msgs[0].WhichOneof("body") == "hello":
             await self._hello(ident, msgs.pop(0).hello, "poll")
             await self.store.set_connected(ident.uri, False)   # polling: reachable, but not on a stream

@@ -15,8 +15,10 @@ Cases per method (``cases``), all reproducible from one seed:
 - ``nested``: a deeply nested group/message bomb.
 
 ``fuzz`` sends them through an aio channel with the generic
-``channel.unary_unary(method)`` (no serializer: bytes in, bytes out) and
-tallies the status codes; an UNKNOWN or INTERNAL answer is a finding, kept
+``channel.unary_unary(method)`` (no serializer: bytes in, bytes out; a
+client-streaming method gets one to three cases on one stream, the first laid
+over its seed, e.g. Fleet.Connect's hello, then a half-close) and tallies the
+status codes; an UNKNOWN or INTERNAL answer is a finding, kept
 with a reproducer (method and payload hex). Used by tests/fuzz and by
 ``scripts/bench fuzz``. Imports grpc and protobuf only.
 """
@@ -32,6 +34,31 @@ from google.protobuf import descriptor as _d
 from google.protobuf import message_factory
 
 BAD_CODES = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+# What a fuzzed request may be answered: a refusal that names the caller's error, or a success. Anything
+# else (UNKNOWN, INTERNAL, UNIMPLEMENTED, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, DATA_LOSS) is a finding.
+EXPECTED_CODES = frozenset({grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                            grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+                            grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ABORTED,
+                            grpc.StatusCode.UNAUTHENTICATED})
+MAX_DETAILS = 400   # characters of a refusal's message
+
+
+def unclear(code: grpc.StatusCode, details: str) -> str | None:
+    """Why a refusal's message is not the one clear line a caller can act on (None: it is)."""
+    if code == grpc.StatusCode.OK:
+        return None
+    if not details.strip():
+        return "no message"
+    if "\n" in details or "\r" in details:
+        return "more than one line"
+    if len(details) > MAX_DETAILS:
+        return f"{len(details)} characters"
+    for raw in ("Traceback", "Exception", "Error(", " object at 0x", "Method not found", "Unexpected ",
+                "Internal error", "DecodeError"):
+        if raw in details:
+            return f"raw text {raw!r}"
+    return None
 KINDS = ("valid", "random", "truncated", "flipped", "wiretype", "oversize", "nested")
 
 _ODD_STRINGS = ["", " ", "\x00", "A\x00B", "\u202eevil", "é" * 70, "😀", "RM", "../../etc/passwd", "%s%n",
@@ -44,12 +71,13 @@ class Method:
     path: str                # "/cns.v1.Personalizer/SubmitIssue"
     input_type: type         # the request message class
     server_streaming: bool
+    client_streaming: bool = False
 
 
 def methods_of(file_descriptor, service: str) -> list[Method]:
     svc = file_descriptor.services_by_name[service]
     return [Method(f"/{svc.full_name}/{m.name}", message_factory.GetMessageClass(m.input_type),
-                   m.server_streaming) for m in svc.methods]
+                   m.server_streaming, m.client_streaming) for m in svc.methods]
 
 
 def _varint(n: int) -> bytes:
@@ -215,13 +243,23 @@ class Tally:
     requests: int = 0
     codes: Counter = field(default_factory=Counter)
     findings: list[str] = field(default_factory=list)   # "method kind code details payload-hex"
+    by_method: dict = field(default_factory=dict)       # path → Counter of code names
+    unexpected: int = 0                                  # answers outside EXPECTED_CODES
+    unclear: int = 0                                     # refusals without one clear line
 
-    def add(self, method: Method, kind: str, payload: bytes, code: grpc.StatusCode, details: str) -> None:
+    def add(self, method: Method, kind: str, payload, code: grpc.StatusCode, details: str) -> None:
+        if isinstance(payload, tuple):   # a client stream's messages
+            payload = b"|".join(payload)
         self.requests += 1
         self.codes[code.name] += 1
-        if code in BAD_CODES and len(self.findings) < 50:
-            self.findings.append(f"{method.path} {kind} {code.name} {details!r} payload={payload[:64].hex()}"
-                                 f"{'…' if len(payload) > 64 else ''} ({len(payload)} bytes)")
+        self.by_method.setdefault(method.path, Counter())[code.name] += 1
+        why = unclear(code, details)
+        self.unexpected += code not in EXPECTED_CODES
+        self.unclear += why is not None
+        if (code not in EXPECTED_CODES or why) and len(self.findings) < 50:
+            self.findings.append(f"{method.path} {kind} {code.name}{f' ({why})' if why else ''} {details[:300]!r} "
+                                 f"payload={payload[:64].hex()}{'…' if len(payload) > 64 else ''} "
+                                 f"({len(payload)} bytes)")
 
     @property
     def bad(self) -> int:
@@ -230,11 +268,34 @@ class Tally:
     def merge(self, other: "Tally") -> None:
         self.requests += other.requests
         self.codes.update(other.codes)
+        for path, codes in other.by_method.items():
+            self.by_method.setdefault(path, Counter()).update(codes)
+        self.unexpected += other.unexpected
+        self.unclear += other.unclear
         self.findings.extend(other.findings[: max(0, 50 - len(self.findings))])
 
 
-async def _one(channel, method: Method, payload: bytes, timeout: float) -> tuple[grpc.StatusCode, str]:
+def _sync_stream(channel: grpc.Channel, method: Method, messages: tuple, timeout: float):
     try:
+        for _ in channel.stream_stream(method.path)(iter(messages), timeout=timeout):
+            pass   # the stream ends when the server has answered our half-close
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+
+
+async def _one(channel, method: Method, payload, timeout: float, sync_channel=None) -> tuple[grpc.StatusCode, str]:
+    """One call; ``payload``: the request bytes, or for a client-streaming method a tuple of messages
+    (bytes alone: a stream of that one message), sent on ``sync_channel`` when given (see ``fuzz``)."""
+    try:
+        if method.client_streaming:
+            messages = payload if isinstance(payload, tuple) else (payload,)
+            if sync_channel is not None:
+                return await asyncio.to_thread(_sync_stream, sync_channel, method, messages, timeout)
+            call = channel.stream_stream(method.path)(iter(messages), timeout=timeout)
+            async for _ in call:
+                pass
+            return grpc.StatusCode.OK, ""
         if method.server_streaming:
             call = channel.unary_stream(method.path)(payload, timeout=timeout)
             async for _ in call:
@@ -248,22 +309,37 @@ async def _one(channel, method: Method, payload: bytes, timeout: float) -> tuple
 
 
 async def fuzz(channel, methods: list[Method], *, per_method: int, seed: int, seeds: dict | None = None,
-               timeout: float = 5.0, concurrency: int = 8, skip=None) -> Tally:
-    """Send ``per_method`` cases (all kinds in turn) to each method; returns the tally."""
+               timeout: float = 5.0, concurrency: int = 8, skip=None, sync_channel=None) -> Tally:
+    """Send ``per_method`` cases (all kinds in turn) to each method; returns the tally. ``channel``: one
+    channel, or a function of the method giving the channel (the identity) to call it on.
+
+    ``sync_channel`` (a function of the method giving a synchronous ``grpc.Channel``): where client
+    streams go. grpc.aio's client reports INTERNAL "Internal error from Core" of its own when it is
+    still writing a stream's next message as the server ends the call (e.g. INVALID_ARGUMENT for an
+    undecodable first message), hiding the server's answer; the synchronous client reports the
+    server's status, which is what the fuzz judges."""
+    channel_for = channel if callable(channel) else (lambda _m: channel)
     mut = Mutator(seed)
     tally = Tally()
     jobs = []
     for m in methods:
         for i in range(per_method):
             kind = KINDS[i % len(KINDS)]
-            jobs.append((m, kind, mut.case(kind, m.input_type, (seeds or {}).get(m.path, ()))))
+            case = mut.case(kind, m.input_type, (seeds or {}).get(m.path, ()))
+            if m.client_streaming:   # the case alone, after a well-formed opening (a hello), or before more
+                opening = mut.valid(m.input_type, (seeds or {}).get(m.path, ()))
+                more = tuple(mut.case(KINDS[mut.rng.randrange(len(KINDS))], m.input_type)
+                             for _ in range(mut.rng.randint(0, 2)))
+                case = (opening, case) if mut.rng.random() < 0.5 else (case,) + more
+            jobs.append((m, kind, case))
     sem = asyncio.Semaphore(concurrency)
 
     async def run(m, kind, payload):
         if skip is not None and skip(m, payload):
             return
         async with sem:
-            code, details = await _one(channel, m, payload, timeout)
+            code, details = await _one(channel_for(m), m, payload, timeout,
+                                       sync_channel(m) if sync_channel and m.client_streaming else None)
         tally.add(m, kind, payload, code, details)
 
     await asyncio.gather(*(run(*j) for j in jobs))
