@@ -4,7 +4,9 @@ Run instead of the ``cns-agent`` console script (``python tests/support/kill_at.
 with ``CNS_TEST_KILL_AT=<kind>:<step>[:begun|:answered|:done]`` (phase ``begun`` when left out), e.g.
 ``renew:switch:begun`` or ``renew:renew:CNS0:answered``. The kill hangs on the step engine's callback
 (``StationOps.on_step``, called after a step's record is durable, and by a renewal when a request's
-answer has arrived and is not journaled yet): production code reads no fault setting.
+answer has arrived and is not journaled yet): production code reads no fault setting. The holder's
+``cns-agent renew --self`` has no StationOps: its ``Renewer`` (``agent.commands.self_renew``) gets the same
+callback.
 
 Imports ``agent`` only (it runs as a script, outside the tests package).
 """
@@ -46,6 +48,15 @@ def install(spec: str) -> None:
         self.on_step = on_step
 
     station.StationOps.__init__ = patched
+
+    from agent.commands import self_renew
+
+    class KillingRenewer(self_renew.Renewer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.on_step = lambda step, phase: on_step(self_renew.KIND, step, phase)
+
+    self_renew.Renewer = KillingRenewer
 
 
 def main() -> int:
