@@ -216,3 +216,99 @@ def test_sigkilled_holder_command_is_finished_by_the_next_run(kill_at, world, se
     final = check_as_user(world, served_env, card, before, journal, left[0].op_id, tmp_path)
     assert final == "new", final     # the holder's rerun has the PIN: forward from any step
     assert_only_live_certificates_active(world[0], card)
+
+
+def test_holder_reruns_with_a_wrong_pin_then_the_right_one(world, served_env, tmp_path):
+    """People retry with other data: the renewal was interrupted (personalizer gone at renew:CNS1); the holder's
+    rerun with a mistyped PIN is refused in one line with the tries left, the card keeps its old keys live and
+    the renewal stays open with the same request ids; the rerun with the right PIN finishes it (PIN tries full
+    again, one issuance per keyset)."""
+    from agent.card.errors import WrongPinError
+    from agent.ops.holder import Codes
+
+    p, station, _ = world
+    journal = tmp_path / "holder" / "journal.db"
+    journal.parent.mkdir()
+    card = _personalized(world, tmp_path / "station.db")
+    before = env.card_view(card, MODEL)
+    port = _port(p)
+
+    def on_step(s, phase):
+        if (s, phase) == ("renew:CNS1", "begun"):
+            p.stop()
+
+    async def attempt(j):
+        async with _uplink(station, port) as uplink:
+            admin = HolderCardAdmin(uplink, env.codes_for(MODEL)).for_operation("renew", REQUESTER)
+            return await Renewer(journal=j, uplink=uplink, requester=REQUESTER, card_admin=admin, policy=env.WIDE,
+                                 watch_timeout_s=1.5, on_step=on_step).start(
+                connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
+    try:
+        _journal_run(journal, attempt)
+    except Exception:   # noqa: BLE001 - the unreachable personalizer may surface as an error
+        pass
+    p.start()
+    [op] = _journal_run(journal, lambda j: j.open_operations(card.serial))
+    wrong = "1" + env.codes_for(MODEL).pin[1:] if env.codes_for(MODEL).pin[0] != "1" else "2" + env.codes_for(MODEL).pin[1:]
+
+    def rerun(pin: str):
+        return asyncio.run(run_self_renewal(
+            journal_path=journal, endpoint=f"127.0.0.1:{port}", trust_pem=station.personalizer.trust_anchors.read_bytes(),
+            server_name=station.personalizer.server_name, connect=env.connect_to(card), reader="holder-pc",
+            model=MODEL, codes=Codes(pin), progress=lambda s, m: None, policy=env.WIDE))
+    with pytest.raises(WrongPinError) as err:
+        rerun(wrong)
+    assert "\n" not in str(err.value) and err.value.tries_left == MODEL.pin_policy.pin_tries - 1, str(err.value)
+    mid = env.card_view(card, MODEL)
+    assert all(mid[ks.name]["der"] == before[ks.name]["der"] and mid[ks.name]["key_matches"] for ks in MODEL.keysets)
+    [still] = _journal_run(journal, lambda j: j.open_operations(card.serial))
+    assert still.op_id == op.op_id and still.data["request_ids"] == op.data["request_ids"]
+    done = rerun(env.codes_for(MODEL).pin)
+    assert done.state == "done" and done.op_id == op.op_id, done.message
+    assert check_as_user(world, served_env, card, before, journal, op.op_id, tmp_path) == "new"
+    assert_only_live_certificates_active(p, card)
+
+
+def test_open_self_renewal_past_the_switch_when_a_station_renewed_the_card_since(world, served_env, tmp_path):
+    """The holder's command was killed after the switch (new keys live, cleanup not run); the holder, instead of
+    running it again, had the card renewed at the chamber's station. The holder's next run must not stay stuck on
+    a renewal the card has moved past (every rerun refused "neither all old nor all new", the renewal open
+    forever, so the holder could never self-renew again) and must not touch the card (the station's keys are
+    live): it closes the renewal, revokes the certificates it replaced (still active at the CA otherwise), and
+    the card is as the station left it."""
+    from tests.integration.test_renew_faults import opensc_signs
+
+    p, station, _ = world
+    journal = tmp_path / "holder" / "journal.db"
+    journal.parent.mkdir()
+    card = _personalized(world, tmp_path / "station.db")
+    port = _port(p)
+
+    def on_step(s, phase):
+        if (s, phase) == ("cleanup", "begun"):
+            raise Abandon()
+
+    async def attempt(j):
+        async with _uplink(station, port) as uplink:
+            admin = HolderCardAdmin(uplink, env.codes_for(MODEL)).for_operation("renew", REQUESTER)
+            return await Renewer(journal=j, uplink=uplink, requester=REQUESTER, card_admin=admin, policy=env.WIDE,
+                                 watch_timeout_s=1.5, on_step=on_step).start(
+                connect=env.connect_to(card), reader="holder-pc", model=MODEL, codes=env.codes_for(MODEL))
+    with pytest.raises(Abandon):
+        _journal_run(journal, attempt)
+    at_station = _journal_run(tmp_path / "station.db", lambda j: env.renew(station, j, card, MODEL))
+    assert at_station.state == "done", at_station.message
+    station_view = env.card_view(card, MODEL)
+    writes = card.snapshot()["write_count"]
+    outs = _holder_rerun(world, journal, card)
+    assert _journal_run(journal, lambda j: j.open_operations(card.serial)) == [], outs
+    assert len(outs) == 1 and getattr(outs[0], "state", None) == "done", outs
+    assert "renewed again" in outs[0].message, outs[0].message
+    assert card.snapshot()["write_count"] == writes, "the holder's rerun wrote to a card it no longer owns"
+    view = env.card_view(card, MODEL, env.codes_for(MODEL).pin)
+    for ks in MODEL.keysets:
+        assert view[ks.name]["der"] == station_view[ks.name]["der"] and view[ks.name]["key_matches"]
+        assert not view[ks.name]["spare_key"] and not view[ks.name]["spare_cert"]
+    assert view["marker_clear"]
+    assert_only_live_certificates_active(p, card)
+    opensc_signs(served_env, card, env.codes_for(MODEL).pin, {ks.name: view[ks.name]["der"] for ks in MODEL.keysets})
