@@ -49,14 +49,18 @@ def install(spec: str) -> None:
 
     station.StationOps.__init__ = patched
 
-    from agent.commands import self_renew
+    # the holder's command takes Renewer from agent.ops.renew (StationOps bound its own above, unpatched)
+    from agent.ops import renew
 
-    class KillingRenewer(self_renew.Renewer):
+    class KillingRenewer(renew.Renewer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.on_step = lambda step, phase: on_step(self_renew.KIND, step, phase)
+            self.on_step = lambda step, phase: on_step(renew.KIND, step, phase)
 
-    self_renew.Renewer = KillingRenewer
+    renew.Renewer = KillingRenewer
+    holder = sys.modules.get("agent.commands.self_renew")
+    if holder is not None and hasattr(holder, "Renewer"):   # already imported, with its own binding
+        holder.Renewer = KillingRenewer
 
 
 def main() -> int:
