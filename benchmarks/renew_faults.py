@@ -25,7 +25,14 @@ store and embedded CA (RSA-3072) behind a small adapter with the uplink's interf
 the relay is stepped after each call (zero-latency model). Journal and store live on
 tmpfs when available.
 
-Usage: scripts/bench renew-faults [--trials N] [--seed S] [--profile MODEL]
+``--holder``: the same trials over the holder's self-renewal (issue 19 item 2): the attempt goes through
+the agent's ``HolderUplink`` and ``HolderCardAdmin`` (the card's proof for card administration) to the
+personalizer's ``SelfRenewal`` rules in this process (``benchmarks/_holder.py``: the enrollment port without
+gRPC), journaled in the holder's own journal; recovery is the holder's: running ``cns-agent renew --self``
+again (``agent.commands.self_renew.run_self_renewal``, PIN typed) while the journal holds an open renewal.
+The same checks, plus no open operation and every request of the trial recorded as the holder's.
+
+Usage: scripts/bench renew-faults [--trials N] [--seed S] [--profile MODEL] [--holder]
 """
 from __future__ import annotations
 
@@ -56,7 +63,10 @@ from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from agent.ops.renew import RenewalPolicy, Renewer, plan
-from agent.uplink.card_admin import CardAdminClient
+from agent.commands.self_renew import run_self_renewal
+from agent.uplink.card_admin import CardAdminClient, HolderCardAdmin
+from agent.uplink.self_renewal import HOLDER_STATION
+from benchmarks import _holder
 from firmware_profiles import load_models
 from firmware_profiles.emulator import CardRemovedError as EmuRemoved
 from firmware_profiles.emulator import EmulatedCard
@@ -69,6 +79,7 @@ from personalizer.ca.base import CertRef
 from personalizer.errors import PersonalizerError
 from personalizer.outbox.relay import Relay
 from personalizer.server import Daemon, build_ca
+from personalizer.edge.self_renewal import SelfRenewal
 from personalizer.edge.service import STATE_ENUMS, record_to_proto, status_to_proto
 from personalizer.store import SqliteRequestStore
 from personalizer.outbox.windows import ServiceCalendar
@@ -79,6 +90,7 @@ KINDS = ("tear", "drop", "sw", "kill", "kill-answered", "down", "ca-error", "ca-
 HOLDER = HolderRecord(codice_fiscale="RSSMRA80A01H501U", given_name="Mario", surname="Rossi",
                       birth_date="1980-01-01", sex="M", birth_town="ROMA", issuer="CCIAA di Roma")
 REQUESTER = {"station_id": "RM-STATION-01", "chamber_code": "RM", "operator_id": "bench"}
+HOLDER_REQUESTER = {"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"}
 CARDS = 32   # personalized cards per worker, renewed in turn
 
 
@@ -292,10 +304,14 @@ async def _setup(workdir: Path, model):
     uplink.admin = LocalCardAdmin(uplink, CardAdmin(records=daemon.broker, token=token, per_minute=6000,
                                                     allow_unlisted_blank=ca_cfg.allow_unlisted_blank_cards))
     uplink.token = token
+    # the holder's port: the SelfRenewal rules over the same broker, and a CardAdmin whose per-address bucket
+    # lets one bench address renew thousands of times a minute
+    uplink.holder = _holder.factory(uplink, SelfRenewal(daemon.broker), CardAdmin(
+        records=daemon.broker, token=token, per_minute=10 ** 7, allow_unlisted_blank=ca_cfg.allow_unlisted_blank_cards))
     return ca, daemon, uplink
 
 
-async def _run(trials: int, seed: int, model_id: str) -> dict:
+async def _run(trials: int, seed: int, model_id: str, holder: bool = False) -> dict:
     rng = random.Random(seed)
     random.seed(seed)
     model = load_models()[model_id]
@@ -307,6 +323,11 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
         ca, daemon, uplink = await _setup(tmp, model)
         # tmpfs: durability is not what is measured
         journal = await Journal.open(tmp / "journal.db", synchronous="OFF")
+        station_journal = journal
+        holder_path = tmp / "holder" / "journal.db"   # the holder's own journal (renew --self --data-dir)
+        if holder:
+            holder_path.parent.mkdir()
+            journal = await Journal.open(holder_path, synchronous="OFF")
         personalize_admin = uplink.admin.for_operation("personalize", REQUESTER)
         admin = uplink.admin.for_operation("renew", REQUESTER)
         # a few personalized cards, each renewed again and again from its snapshot (a card id's
@@ -314,7 +335,8 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
         cards = []
         for _ in range(min(CARDS, trials) or 1):
             c = EmulatedCard(model)
-            p = Personalizer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=personalize_admin)
+            p = Personalizer(journal=station_journal, uplink=uplink, requester=REQUESTER,
+                             card_admin=personalize_admin)
             out = await p.start(connect=_connect(c), reader="bench", model=model, holder=HOLDER, codes=codes)
             if out.state != "done":
                 raise RuntimeError(f"could not personalize a benchmark card: {out.message}")
@@ -322,7 +344,7 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
             cards.append((c, c.snapshot(), {ks.name: IssuerSession(cns, model).read_ef(ks.cert_path)
                                             for ks in model.keysets}))
         steps = plan(model)
-        unusable, duplicates, problems = 0, 0, []
+        unusable, duplicates, misattributed, problems = 0, 0, 0, []
         recovery: list[float] = []
         ended = {"old": 0, "new": 0}
         by_kind = {k: 0 for k in KINDS}
@@ -345,9 +367,15 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                 elif phase == "answered" and kind == "kill-answered":
                     raise Abandon()
 
-            r = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=admin,
-                        policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0, on_step=on_step,
-                        card_in_thread=True)   # central card admin: the card thread waits for the loop
+            if holder:   # the holder's command, on their own computer: the card authorises it
+                h = uplink.holder("in-process", b"")
+                r = Renewer(journal=journal, uplink=h, requester=HOLDER_REQUESTER, on_step=on_step,
+                            card_admin=HolderCardAdmin(h, codes).for_operation("renew", HOLDER_REQUESTER),
+                            policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0, card_in_thread=True)
+            else:
+                r = Renewer(journal=journal, uplink=uplink, requester=REQUESTER, card_admin=admin,
+                            policy=RenewalPolicy(window_days=36500), watch_timeout_s=0.0, on_step=on_step,
+                            card_in_thread=True)   # central card admin: the card thread waits for the loop
             try:
                 res = await r.start(connect=_connect(card), reader="bench", model=model, codes=codes)
                 trial_ops.append(res.op_id)
@@ -370,7 +398,13 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                     break
                 trial_ops.append(open_ops[0].op_id)
                 try:
-                    await rec.resume(open_ops[0], connect=_connect(card), model=model, codes=None)
+                    if holder:   # the holder runs `cns-agent renew --self` again, PIN typed
+                        await run_self_renewal(journal_path=holder_path, endpoint="in-process", trust_pem=b"",
+                                               server_name=None, connect=_connect(card), reader="bench", model=model,
+                                               codes=codes, progress=lambda s, m: None,
+                                               policy=RenewalPolicy(window_days=36500), holder_uplink=uplink.holder)
+                    else:
+                        await rec.resume(open_ops[0], connect=_connect(card), model=model, codes=None)
                 except Exception as exc:   # recorded below if it leaves the card unusable
                     why = f"recovery raised {type(exc).__name__}: {exc}"
             recovery.append(time.perf_counter() - t0)
@@ -386,6 +420,13 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
             for rid, n in ca.issued.items():
                 ks_name = rid.rsplit("-", 1)[-1]
                 per_keyset[ks_name] = per_keyset.get(ks_name, 0) + n
+            if holder:
+                for rid in ca.issued:
+                    rec_h = await daemon.store.get_request(rid)
+                    if rec_h is None or rec_h.station_id != HOLDER_STATION or not rec_h.operator_id.startswith("holder:"):
+                        problems.append({"trial": i, "kind": kind, "step": step,
+                                         "problem": f"request {rid} not recorded as the holder's"})
+                        misattributed += 1
             if len(op_ids) > 1 or any(n > 1 for n in per_keyset.values()):
                 duplicates += 1
                 problems.append({"trial": i, "kind": kind, "step": step, "problem": f"duplicate issuance {per_keyset}"})
@@ -411,32 +452,38 @@ async def _run(trials: int, seed: int, model_id: str) -> dict:
                                      "problem": f"new certificates but issuances {per_keyset}"})
         elapsed = time.perf_counter() - t_start
         await journal.close()
+        if holder:
+            await station_journal.close()
         await daemon.stop()
         uplink.token.close()
-    return {"trials": trials, "unusable": unusable, "duplicates": duplicates, "ended": ended, "by_kind": by_kind,
+    return {"trials": trials, "unusable": unusable, "duplicates": duplicates, "misattributed": misattributed, "ended": ended, "by_kind": by_kind,
             "recovery": recovery, "problems": problems[:20], "elapsed": elapsed, "steps": len(steps)}
 
 
-def _worker(args: tuple[int, int, str]) -> dict:
+def _worker(args: tuple) -> dict:
     logging.getLogger().setLevel(logging.CRITICAL)   # the faults make the relay and emulator log on purpose
     return asyncio.run(_run(*args))
 
 
-def _merge(parts: list[dict], model_id: str, seed: int, workers: int, wall: float) -> dict:
+def _merge(parts: list[dict], model_id: str, seed: int, workers: int, wall: float, holder: bool = False) -> dict:
     recovery = sorted(x for p in parts for x in p["recovery"])
     unusable = sum(p["unusable"] for p in parts)
     duplicates = sum(p["duplicates"] for p in parts)
     by_kind = {k: sum(p["by_kind"][k] for p in parts) for k in KINDS}
     mean = sum(recovery) / len(recovery) if recovery else 0.0
     p99 = recovery[min(len(recovery) - 1, int(0.99 * len(recovery)))] if recovery else 0.0
-    return {"ok": unusable == 0 and duplicates == 0, "trials": sum(p["trials"] for p in parts),
+    misattributed = sum(p["misattributed"] for p in parts)
+    return {"ok": unusable == 0 and duplicates == 0 and misattributed == 0, "trials": sum(p["trials"] for p in parts),
             "devices_unusable": unusable, "duplicate_issuances": duplicates,
             "ended_old": sum(p["ended"]["old"] for p in parts), "ended_new": sum(p["ended"]["new"] for p in parts),
             "recovery_mean_ms": round(mean * 1000, 3), "recovery_p99_ms": round(p99 * 1000, 3),
             "recovery_unit": "ms of agent recovery per trial (zero-latency card, in-process personalizer)",
             "trials_per_kind": by_kind, "steps": parts[0]["steps"] if parts else 0, "model": model_id,
             "seed": seed, "workers": workers, "elapsed_s": round(wall, 1),
-            "problems": [x for p in parts for x in p["problems"]][:20]}
+            "problems": [x for p in parts for x in p["problems"]][:20],
+            **({"requests_not_the_holders": misattributed,
+                "path": "holder self-renewal (HolderUplink -> SelfRenewal rules, recovery: renew --self again)"}
+               if holder else {})}
 
 
 def main(argv: list[str]) -> dict:
@@ -446,17 +493,20 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--profile", default="infocamere-cns-2048", help="card model id")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes sharing the trials, each with its own personalizer and journal")
+    ap.add_argument("--holder", action="store_true",
+                    help="the holder's self-renewal path (HolderUplink, card proof, recovery by running it again)")
     opts = ap.parse_args(argv)
     seed = opts.seed if opts.seed is not None else int(time.time())
     workers = max(1, min(opts.workers, opts.trials))
     shares = [opts.trials // workers + (1 if i < opts.trials % workers else 0) for i in range(workers)]
     t0 = time.perf_counter()
     if workers == 1:
-        parts = [_worker((opts.trials, seed, opts.profile))]
+        parts = [_worker((opts.trials, seed, opts.profile, opts.holder))]
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_worker, [(n, seed + i, opts.profile) for i, n in enumerate(shares)]))
-    return _merge(parts, opts.profile, seed, workers, time.perf_counter() - t0)
+            parts = list(pool.map(_worker, [(n, seed + i, opts.profile, opts.holder)
+                                            for i, n in enumerate(shares)]))
+    return _merge(parts, opts.profile, seed, workers, time.perf_counter() - t0, opts.holder)
 
 
 __all__ = ["main", "KINDS"]

@@ -104,7 +104,8 @@ def _open_certificates(ops) -> list[bytes]:
 
 async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: bytes, server_name: str | None,
                            connect, reader: str, model, codes: Codes, progress,
-                           policy: RenewalPolicy | None = None):
+                           policy: RenewalPolicy | None = None,
+                           holder_uplink=None):   # HolderUplink, or a factory with its signature (benchmarks)
     """Start the card's renewal, or finish its open one, through ``HolderUplink``; the ``Outcome``."""
     from agent.ops.renew import KIND, RenewalPolicy, Renewer
     from agent.uplink.card_admin import HolderCardAdmin
@@ -114,8 +115,8 @@ async def run_self_renewal(*, journal_path: Path, endpoint: str, trust_pem: byte
     j = await Journal.open(journal_path)
     try:
         ops = [o for o in await j.open_operations() if o.kind == KIND]
-        async with HolderUplink(endpoint, trust_pem, server_name=server_name,
-                                holder_certificates=_open_certificates(ops)) as uplink:
+        async with (holder_uplink or HolderUplink)(endpoint, trust_pem, server_name=server_name,
+                                                   holder_certificates=_open_certificates(ops)) as uplink:
             requester = {"station_id": HOLDER_STATION, "chamber_code": "", "operator_id": "holder"}
             # the card proves its holder (PIN) for each answer (agent.ops.card_proof)
             card_admin = HolderCardAdmin(uplink, codes).for_operation(KIND, requester)

@@ -338,6 +338,13 @@ class Renewer:
         refused = [r for r in op.data.get("superseded", []) if r.get("outcome") == "error"]
         message = "; ".join(f"the replaced certificate {r['serial_hex'] or r['source']} was NOT revoked: "
                             f"{r['error']} (ask central IT to revoke it)" for r in refused)
+        if op.data.get("renewed_since"):
+            message = "; ".join([f"renewal {op.op_id} closed: the card was renewed again since (its live "
+                                 "certificates are not this renewal's) and was not touched; the certificates this "
+                                 "renewal replaced are revoked (superseded)", *([message] if message else [])])
+            self.progress("done", message)
+            return Outcome(op.op_id, op.card_serial, DONE, op.data.get("holder_label", ""), message=message,
+                           stage_seconds=dict(self.stage), pkcs11="not available: the card was renewed again since")
         self.progress("done", f"card {op.card_serial} renewed: new certificates in use"
                       + ("; the replaced ones are revoked (superseded)" if not refused else f"; {message}"))
         pkcs11 = await self._pkcs11(op, certs, codes)
@@ -435,21 +442,36 @@ class Renewer:
                                             op_id=op.op_id) from exc
         return codes is not None
 
-    def _where(self, link, model, op: Operation) -> str:
-        """``old`` when every keyset's live certificate is its current one, ``new`` when every one is the
-        renewed one — and in either case the live key matches it. Certificate and key move together
-        (one SWITCH), and certificates always differ, so the certificate says which side the card is on."""
+    def _sides(self, link, model, op: Operation) -> set[str]:
+        """Per keyset: ``old`` (its live certificate is the current one), ``new`` (the renewed one), ``other``
+        (another certificate, its key live: the card was renewed since by another operation) or ``broken``
+        (the live key does not match the live certificate)."""
         states = set()
         for ks in model.keysets:
             new_der, old_der = _unb64(op.data[f"cert_{ks.name}"]), _unb64(op.data[f"current_{ks.name}"])
             live_der = link.issuer.read_ef(ks.cert_path)
             side = "new" if live_der == new_der else "old" if live_der == old_der else "other"
-            if side != "other":
-                cert = x509.load_der_x509_certificate(live_der)
-                if not _same_key(link.issuer.read_public_key(ks.key_ref), cert.public_key()):
-                    side = "other"
+            try:
+                cert = x509.load_der_x509_certificate(live_der or b"")
+            except ValueError:
+                cert = None
+            if cert is None or not _same_key(link.issuer.read_public_key(ks.key_ref), cert.public_key()):
+                side = "broken"
             states.add(side)
-        if len(states) != 1 or "other" in states:
+        return states
+
+    def _renewed_since(self, link, model, op: Operation) -> bool:
+        """Past this renewal's switch, every live keyset holds a certificate of neither side with its key: another
+        operation (a station, or another journal) renewed the card since, and cleaned up after itself. Nothing
+        of this renewal is on the card any more; it is not touched again."""
+        return op.step_done("switch") and self._sides(link, model, op) == {"other"}
+
+    def _where(self, link, model, op: Operation) -> str:
+        """``old`` when every keyset's live certificate is its current one, ``new`` when every one is the
+        renewed one — and in either case the live key matches it. Certificate and key move together
+        (one SWITCH), and certificates always differ, so the certificate says which side the card is on."""
+        states = self._sides(link, model, op)
+        if len(states) != 1 or not states <= {"old", "new"}:
             raise VerificationError(f"the card's live keysets are neither all old nor all new ({sorted(states)})",
                                     op_id=op.op_id)
         return states.pop()
@@ -463,10 +485,15 @@ class Renewer:
             raise VerificationError("SWITCH KEYSET answered OK but the live keysets are not the new ones",
                                     op_id=op.op_id)
 
-    def _cleanup(self, link, model, op: Operation) -> None:
+    def _cleanup(self, link, model, op: Operation) -> dict[str, Any]:
+        if self._renewed_since(link, model, op):
+            log.warning("card %s: renewed again since renewal %s switched; its spare slots and marker are not ours "
+                        "to clean", op.card_serial, op.op_id)
+            return {"renewed_since": True}
         if self._where(link, model, op) != "new":   # never erase what is live
             raise VerificationError("refusing to erase the spare slots: the new keys are not live", op_id=op.op_id)
         self._clean_spares(link, model, False)
+        return {}
 
     def _clean_spares(self, link, model, clear_marker: bool) -> None:
         link.issuer.authenticate(self.card_admin)
@@ -594,8 +621,9 @@ class _Actions:
             await r._card(link, r._switch, link, model, op)
             return {}
         if name == "cleanup":
-            await r._card(link, r._cleanup, link, model, op)
-            return {}
+            return await r._card(link, r._cleanup, link, model, op)
+        if name == "unmark" and op.data.get("renewed_since"):
+            return {}   # the marker is the later operation's, if any
         if name == "unmark":
             await r._card(link, r._admin_then, link, model, link.cns.update_binary,
                        model.paths.renewal_marker, bytes(op.data["marker_size"]))

@@ -3,9 +3,9 @@ store, outbox, embedded CA), a card emulated in process, the agent's own ``Renew
 
 The holder's renewal is the operator's renewal (same steps, journal, switch and superseded revocations), only
 authorised by the card: the personalizer records it as the holder's (operator holder:<CF>, station
-self-renewal, audit detail "mode self-renewal", chamber of the certificate). One fault-matrix sample: the
+self-renewal, audit detail "mode self-renewal", chamber of the certificate). One fault sample here: the
 personalizer goes down mid-renewal, the operation stays open, and the holder's next run finishes it with the
-same request ids (one issuance per keyset)."""
+same request ids (one issuance per keyset); the whole fault matrix is tests/self_renewal/test_self_renewal_faults.py."""
 from __future__ import annotations
 
 import asyncio

@@ -4,7 +4,9 @@ Run instead of the ``cns-agent`` console script (``python tests/support/kill_at.
 with ``CNS_TEST_KILL_AT=<kind>:<step>[:begun|:answered|:done]`` (phase ``begun`` when left out), e.g.
 ``renew:switch:begun`` or ``renew:renew:CNS0:answered``. The kill hangs on the step engine's callback
 (``StationOps.on_step``, called after a step's record is durable, and by a renewal when a request's
-answer has arrived and is not journaled yet): production code reads no fault setting.
+answer has arrived and is not journaled yet): production code reads no fault setting. The holder's
+``cns-agent renew --self`` has no StationOps: its ``Renewer`` (``agent.commands.self_renew``) gets the same
+callback.
 
 Imports ``agent`` only (it runs as a script, outside the tests package).
 """
@@ -46,6 +48,19 @@ def install(spec: str) -> None:
         self.on_step = on_step
 
     station.StationOps.__init__ = patched
+
+    # the holder's command takes Renewer from agent.ops.renew (StationOps bound its own above, unpatched)
+    from agent.ops import renew
+
+    class KillingRenewer(renew.Renewer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.on_step = lambda step, phase: on_step(renew.KIND, step, phase)
+
+    renew.Renewer = KillingRenewer
+    holder = sys.modules.get("agent.commands.self_renew")
+    if holder is not None and hasattr(holder, "Renewer"):   # already imported, with its own binding
+        holder.Renewer = KillingRenewer
 
 
 def main() -> int:
