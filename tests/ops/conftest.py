@@ -45,3 +45,12 @@ def ops_daemon(ops_deployment):
 @pytest.fixture(scope="session")
 def station(ops_deployment, ops_daemon):
     return station_config_for(ops_deployment, ops_daemon.port)
+
+
+@pytest.fixture(scope="session")
+def inmemory_deployment(tmp_path_factory):
+    """A deployment for tests on the in-memory uplink (tests/support/uplink): its server config builds the
+    broker, relay, store and CA in the test's loop (``Env``); no daemon runs on it."""
+    root = tmp_path_factory.mktemp("inmemory-deploy") / "cns"
+    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+

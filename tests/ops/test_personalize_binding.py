@@ -20,7 +20,6 @@ from agent.ops.journal import Journal
 from agent.ops.personalize import Personalizer
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.admin import SoftwareAuthenticator
-from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
 from tests.support.emulated import EmulatedTransport
@@ -32,10 +31,9 @@ OTHER = HolderRecord(codice_fiscale="BNCLCU85T45F205C", given_name="Lucia", surn
 MODEL = MODELS["infocamere-cns-2048"]
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("binding-deploy") / "cns"
-    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+@pytest.fixture
+def deployment(inmemory_deployment):
+    return inmemory_deployment
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from agent.ops.personalize import Personalizer
 from agent.ops.revoke_orphans import ALREADY, NONE, REVOKED, Orphan, revoke_orphans
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.admin import SoftwareAuthenticator
-from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
 from tests.ops.test_personalize import HOLDER, MODELS, REQUESTER, codes_for, connect_to
@@ -26,10 +25,9 @@ from tests.support.uplink import InMemoryUplink
 MODEL = MODELS["infocamere-cns-2048"]
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("orphans-deploy") / "cns"
-    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+@pytest.fixture
+def deployment(inmemory_deployment):
+    return inmemory_deployment
 
 
 def test_revoke_issued_certificates_idempotently(deployment, tmp_path):

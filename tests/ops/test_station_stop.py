@@ -18,7 +18,6 @@ from agent.ops.journal import Journal
 from agent.ops.station import StationOps
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.admin import SoftwareAuthenticator
-from personalizer import deploy
 from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
 from tests.support.uplink import InMemoryUplink
@@ -32,10 +31,9 @@ def _model():
     return load_models()["infocamere-cns-2048"]
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stop-deploy") / "cns"
-    return deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+@pytest.fixture
+def deployment(inmemory_deployment):
+    return inmemory_deployment
 
 
 @pytest.fixture
