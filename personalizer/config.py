@@ -14,7 +14,8 @@ Example (``cns-personalizer init`` writes one)::
     client_trust_anchors = "tls/tls-ca.pem"
     require_client_auth = true
     grace_seconds = 10
-    # workers = 2               # embedded CA signing threads (default: the number of cores; 0 = inline)
+    # workers = 2               # embedded CA signing threads (default: the number of cores, 0 with processes > 1;
+                                #   0 = on the event loop)
     # processes = 2             # server processes sharing the port (default 1; > 1: no fleet streams, see server.py)
     keepalive_min_ping_seconds = 10   # accept client keepalive pings this often (agents ping every 20 s)
     handshake_timeout_seconds = 10    # a connection that has not finished TLS by then is closed
@@ -559,7 +560,10 @@ def load(path: str | Path) -> DaemonConfig:
         require_client_auth=r.get(s, "server", "require_client_auth", bool, True),
         grace_seconds=r.get(s, "server", "grace_seconds", float, 10.0),
         client_crl=r.path_(s, "server", "client_crl", default=None),
-        workers=_workers(path, r.get(s, "server", "workers", int, default_workers())),
+        # several processes are the parallelism: each signs on its own event loop (measured: less CPU per
+        # certificate than signing threads contending for every process's GIL)
+        workers=_workers(path, r.get(s, "server", "workers", int,
+                                     0 if r.get(s, "server", "processes", int, 1) > 1 else default_workers())),
         processes=_processes(path, r.get(s, "server", "processes", int, 1)),
         keepalive_min_ping_seconds=r.get(s, "server", "keepalive_min_ping_seconds", float, 10.0),
         handshake_timeout_seconds=r.get(s, "server", "handshake_timeout_seconds", float, 10.0),

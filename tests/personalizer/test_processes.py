@@ -101,8 +101,19 @@ def test_processes_out_of_range_is_one_clear_error(tmp_path, value):
 
 
 def test_processes_default_is_one(tmp_path):
+    from personalizer.ca.signing import default_workers
     dep = deploy.init_deployment(tmp_path / "d", listen="127.0.0.1:0")
-    assert config.load(dep.server_config).server.processes == 1
+    s = config.load(dep.server_config).server
+    assert s.processes == 1 and s.workers == default_workers()
+
+
+def test_with_several_processes_each_signs_on_its_loop_unless_workers_is_set(tmp_path):
+    """The processes are the parallelism: signing threads would only contend for each process's GIL."""
+    dep = deploy.init_deployment(tmp_path / "d", listen="127.0.0.1:0")
+    _with_processes(dep, 2)
+    assert config.load(dep.server_config).server.workers == 0
+    dep.server_config.write_text(dep.server_config.read_text().replace("[server]\n", "[server]\nworkers = 3\n", 1))
+    assert config.load(dep.server_config).server.workers == 3
 
 
 def test_two_processes_share_the_port_and_issue_each_request_once(tmp_path):
