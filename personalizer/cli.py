@@ -41,6 +41,10 @@ def _serve(opts) -> int:
 
     if opts.helper:   # helper process I of a daemon with [server] processes > 1 (personalizer.helpers)
         import dataclasses
+        import stat
+        if not stat.S_ISFIFO(os.fstat(0).st_mode) or not 0 < opts.port < 65536:
+            raise config.ConfigError(cfg.source, "server.processes",
+                                     "serve --helper is started by the daemon itself (set [server] processes)")
         host = cfg.server.listen.rpartition(":")[0]
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, listen=f"{host}:{opts.port}"))
 

@@ -418,9 +418,12 @@ async def serve(cfg: DaemonConfig, *, ready=None, helper: int = 0) -> None:
     log.info("open files limit %d%s", after, f" (raised from {before})" if after != before else "")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # before "listening" is printed: a prompt SIGTERM is clean too
-        loop.add_signal_handler(sig, stopping.set)
+    for sig in (signal.SIGTERM,) if helper else (signal.SIGTERM, signal.SIGINT):   # before "listening" is
+        loop.add_signal_handler(sig, stopping.set)                # printed: a prompt SIGTERM is clean too
     if helper:
+        # Ctrl-C reaches the whole process group: the primary stops its helpers itself (SIGTERM), so a
+        # helper leaving on its own meanwhile would only look like a crash to restart
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         helpers.exit_when_primary_gone(loop)
     daemon = await Daemon.build(cfg, helper=helper)
     others = None

@@ -174,3 +174,29 @@ def test_a_killed_primary_takes_its_helpers_and_restarts_on_the_same_port(tmp_pa
         assert set(_ca_rows_per_request(dep).values()) == {1}
     finally:
         assert again.stop(30) == 0
+
+
+def test_ctrl_c_stops_primary_and_helpers_without_a_restart(tmp_path):
+    """Ctrl-C reaches the whole foreground process group: the primary stops its helpers, none is
+    taken for crashed and started again."""
+    dep = deploy.init_deployment(tmp_path / "d", listen="127.0.0.1:0")
+    _with_processes(dep, 2)
+    d = helpers.DaemonProcess(dep.server_config, preexec_fn=os.setsid)
+    helper_pids = _helper_pids(d.proc.pid)
+    assert helper_pids
+    os.killpg(d.proc.pid, signal.SIGINT)
+    assert d.proc.wait(30) == 0
+    err = d.proc.stderr.read()
+    # (the card admin worker, personalizer.cardadmin.worker, prints a KeyboardInterrupt traceback on
+    # Ctrl-C with one process as well: not this test's subject)
+    assert "starting it again" not in err and "helper process" not in err, err
+    assert not any(_alive(p) for p in helper_pids)
+
+
+def test_helper_option_by_hand_is_refused(tmp_path):
+    dep = deploy.init_deployment(tmp_path / "d", listen="127.0.0.1:0")
+    out = subprocess.run([str(helpers.VENV_BIN / "cns-personalizer"), "serve", "--config", str(dep.server_config),
+                          "--helper", "1", "--port", "1"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "started by the daemon itself" in out.stderr and "Traceback" not in out.stderr
+
