@@ -57,7 +57,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """``pid`` and its live descendant processes (Linux /proc)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -74,7 +75,7 @@ def _descendants(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of ``pid`` and its live descendants, in seconds."""
     total = 0
-    for p in _descendants(pid):
+    for p in descendants(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

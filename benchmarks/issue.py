@@ -5,7 +5,7 @@ run, CFSSL's ``cfssl serve`` (``benchmarks._cfssl``: same CA key and
 certificate, mutual TLS, SQLite certdb in WAL with synchronous=FULL). Both are
 driven by the same closed-loop load generator (``benchmarks._load``: one
 blocking client per thread in this process; gRPC SubmitIssue over one channel
-for ours, one keep-alive HTTPS connection per thread with
+(one TCP connection) per thread for ours, one keep-alive HTTPS connection per thread with
 ``POST /api/v1/cfssl/sign`` for CFSSL), with the same CSRs (RSA-2048 subject
 keys) and the same concurrency; measurements alternate between the two so
 a change of machine load hits both. For each side: rate, p50, p99, server CPU
@@ -16,7 +16,7 @@ SHA-256 signing rate of the same CA key, one thread and all cores.
 Headline: our rate / CFSSL's rate (target >= 1.1) and our p99 <= CFSSL's p99.
 
 Usage: scripts/bench issue [--requests N] [--concurrency C] [--scaling 1,4,16,64] [--scaling-requests N]
-                           [--workers N] [--synchronous FULL|NORMAL]
+                           [--workers N] [--processes N] [--synchronous FULL|NORMAL]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from benchmarks import _cfssl as cfssl
 from benchmarks._daemon import personalizer_process
-from benchmarks._load import Run, drive
+from benchmarks._load import Run, descendants, drive
 from personalizer import codice_fiscale, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -98,24 +98,51 @@ def _request(i: int, holder, profile) -> pb.SubmitIssueRequest:
 
 
 def _grpc_client(port: int, tls: Path, station: Path):
-    """A blocking ``call(request)`` for the load generator over one gRPC + mTLS channel; and the channel."""
+    """A blocking ``call(request)`` for the load generator: one gRPC + mTLS channel (one TCP connection,
+    a local subchannel pool) per client thread, as CFSSL's side has one HTTPS connection per thread and
+    every station its own connection; and ``close()`` for all of them."""
     creds = grpc.ssl_channel_credentials((tls / "tls-ca.pem").read_bytes(), (station / "client.key.pem").read_bytes(),
                                          (station / "client.pem").read_bytes())
-    channel = grpc.secure_channel(f"localhost:{port}", creds)
-    stub = pb_grpc.PersonalizerStub(channel)
-    stub.GetCAStatus(pb.GetCAStatusRequest(), timeout=CALL_TIMEOUT_S, wait_for_ready=True)
+    local, channels, lock = threading.local(), [], threading.Lock()
+
+    def stub() -> pb_grpc.PersonalizerStub:
+        s = getattr(local, "stub", None)
+        if s is None:
+            channel = grpc.secure_channel(f"localhost:{port}", creds, options=[("grpc.use_local_subchannel_pool", 1)])
+            with lock:
+                channels.append(channel)
+            s = local.stub = pb_grpc.PersonalizerStub(channel)
+        return s
 
     def call(req: pb.SubmitIssueRequest) -> None:
         try:
-            resp = stub.SubmitIssue(req, timeout=CALL_TIMEOUT_S)
+            resp = stub().SubmitIssue(req, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(exc.details()) from exc
             raise RuntimeError(f"{exc.code().name}: {exc.details()}") from exc
+        if resp.state in (pb.REQUEST_STATE_RECEIVED, pb.REQUEST_STATE_PENDING):
+            # past [broker] answer_wait the answer is the durable state: a station follows it to the
+            # certificate (the agent's uplink does), and so does the load generator, inside the same deadline
+            try:
+                for resp in stub().WatchRequest(pb.GetRequestRequest(request_id=req.request_id),
+                                                timeout=CALL_TIMEOUT_S):
+                    if resp.state not in (pb.REQUEST_STATE_RECEIVED, pb.REQUEST_STATE_PENDING):
+                        break
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError(exc.details()) from exc
+                raise RuntimeError(f"WatchRequest {exc.code().name}: {exc.details()}") from exc
         if resp.state != pb.REQUEST_STATE_ISSUED:
             raise RuntimeError(f"answered {pb.RequestState.Name(resp.state)}, not ISSUED")
 
-    return call, channel
+    def close() -> None:
+        with lock:
+            for channel in channels:
+                channel.close()
+
+    stub().GetCAStatus(pb.GetCAStatusRequest(), timeout=CALL_TIMEOUT_S, wait_for_ready=True)   # it is up
+    return call, close
 
 
 class _Side:
@@ -140,6 +167,18 @@ def _ca_key_pem(dep: deploy.Deployment) -> bytes:
                              serialization.NoEncryption())
 
 
+def _serve_processes(pid: int) -> int:
+    """How many ``cns-personalizer serve`` processes (the daemon and its helpers) the tree of ``pid`` has."""
+    n = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                n += b"\0serve\0" in f.read()
+        except OSError:
+            continue
+    return n
+
+
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
@@ -160,7 +199,11 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     ap.add_argument("--workers", type=int, default=None,
                     help="[server] workers of the daemon (signing threads); default: the daemon's default")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                    help="[server] processes of the daemon (default: the number of cores)")
     opts = ap.parse_args(argv)
+    if not 1 <= opts.processes <= 64:
+        raise SystemExit(f"bench issue: --processes must be 1..64, got {opts.processes}")
     levels = _levels(opts.scaling)
     try:
         cfssl.ensure_installed()
@@ -173,6 +216,7 @@ def main(argv: list[str]) -> dict:
         text = cfg.read_text().replace('synchronous = "FULL"', f'synchronous = "{opts.synchronous}"')
         if opts.workers is not None:
             text = text.replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1)
+        text = text.replace("[server]\n", f"[server]\nprocesses = {opts.processes}\n", 1)
         cfg.write_text(text)
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         key_bits = signer.public_key().key_size
@@ -189,7 +233,7 @@ def main(argv: list[str]) -> dict:
                 cfssl.cfssl_serve(Path(tmp) / "cfssl", ca_cert=dep.root / "ca" / "issuing.pem",
                                   ca_key_pem=_ca_key_pem(dep), tls_cert=tls / "server.pem",
                                   tls_key=tls / "server.key.pem", client_ca=tls / "tls-ca.pem") as peer:
-            ours_call, channel = _grpc_client(port, tls, station)
+            ours_call, close_channels = _grpc_client(port, tls, station)
             sides = [
                 _Side("personalizer", ours_call, pid,
                       lambda i: _request(i, holders[i % len(holders)], profiles[i % 2])),
@@ -204,9 +248,12 @@ def main(argv: list[str]) -> dict:
                 scaling: dict[str, dict[str, dict]] = {s.name: {} for s in sides}
                 for c in levels:                      # alternate sides so a change of machine load hits both
                     for s in sides:
-                        scaling[s.name][str(c)] = s.run(opts.scaling_requests, c).figures()
+                        run = s.run(opts.scaling_requests, c)
+                        scaling[s.name][str(c)] = dict(run.figures(), **({"first_error": run.first_error}
+                                                                         if run.first_error else {}))
+                daemon_processes = _serve_processes(pid)   # the primary and its helpers, still serving
             finally:
-                channel.close()
+                close_channels()
             certdb_rows = cfssl.certdb_rows(peer.certdb)
     ours, theirs = headline["personalizer"], headline["cfssl"]
     fo, ft = ours.figures(), theirs.figures()
@@ -230,10 +277,11 @@ def main(argv: list[str]) -> dict:
         "meets_target": (ratio >= TARGET_RATIO and fo["p99_latency_ms"] < TARGET_P99_MS and vs >= TARGET_VS_CFSSL
                          and fo["p99_latency_ms"] <= ft["p99_latency_ms"] and failures == 0),
         "cfssl_certdb_rows": certdb_rows,
-        "load_generator": "this process, one blocking client per thread (gRPC: one channel; CFSSL: one keep-alive "
+        "load_generator": "this process, one blocking client per thread (gRPC: one channel per thread; CFSSL: one keep-alive "
                           "HTTPS connection per thread); server CPU from /proc of each server's process tree",
         "requests": opts.requests, "concurrency": opts.concurrency, "scaling_requests": opts.scaling_requests,
         "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
+        "processes": opts.processes, "daemon_processes": daemon_processes,
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -7,12 +7,17 @@ transaction, group commit) → accepted requests/s (target >= 1,000/s).
 Phase 2: the window opens and the relay drains the K queued requests through
 the embedded CA → drained requests/s (target >= 300/s), also reported as
 ``drain_ratio`` = drain rate / the raw RSA signing rate of the same CA key
-measured in the same run, one thread (target >= 0.8). Phase 3: the real
+measured in the same run, one thread (the mean of a measure before the queue
+fills and one after it drained; target >= 0.8). Phase 3: the real
 ``cns-personalizer serve`` receives a stream over gRPC + mTLS, is SIGKILLed
 halfway and restarted; afterwards every request must be ISSUED exactly once
 (the CA's own ``ca.db`` is counted). lost and duplicated must both be 0.
 
+The SIGKILL round's daemon runs with ``[server] processes`` = ``--processes``
+(default: the number of cores): the primary is killed, its helpers follow it.
+
 Usage: scripts/bench queue [--queued K] [--kill-requests N] [--synchronous FULL|NORMAL] [--workers N]
+                           [--processes N]
 """
 from __future__ import annotations
 
@@ -115,7 +120,7 @@ def _duplicates(ca_db: Path) -> int:
         db.close()
 
 
-def _kill_round(dep: deploy.Deployment, n: int, holders) -> dict:
+def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1) -> dict:
     import grpc
 
     from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -128,7 +133,8 @@ def _kill_round(dep: deploy.Deployment, n: int, holders) -> dict:
         (dep.root / "ca" / f).unlink(missing_ok=True)
     cfg = dep.server_config
     cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
-                   .replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 0.2"))
+                   .replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 0.2")
+                   .replace("[server]\n", f"[server]\nprocesses = {processes}\n", 1))
 
     def start():
         p = subprocess.Popen([sys.executable, "-m", "personalizer.cli", "--log-level", "ERROR", "serve", "--config",
@@ -203,7 +209,11 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     ap.add_argument("--workers", type=int, default=None,
                     help="[server] workers (CA signing threads) for both phases; default: the daemon's default")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                    help="[server] processes of the SIGKILL round's daemon (default: the number of cores)")
     opts = ap.parse_args(argv)
+    if not 1 <= opts.processes <= 64:
+        raise SystemExit(f"bench queue: --processes must be 1..64, got {opts.processes}")
     holders = [_holder(i) for i in range(32)]
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
@@ -211,9 +221,13 @@ def main(argv: list[str]) -> dict:
             cfg = dep.server_config
             cfg.write_text(cfg.read_text().replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1))
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
-        raw = raw_sign_rate(signer)
+        raw_before = raw_sign_rate(signer)
         res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders))
-        res.update(_kill_round(dep, opts.kill_requests, holders))
+        # measured right before the queue fills and right after it drained: a machine whose load changes
+        # meanwhile (other sessions on a shared host) moves the reference with the drain
+        raw_after = raw_sign_rate(signer)
+        raw = (raw_before + raw_after) / 2
+        res.update(_kill_round(dep, opts.kill_requests, holders, opts.processes))
     lost = res["lost"] + res["kill_round_lost"]
     dup = res["duplicated"] + res["kill_round_duplicated"]
     return {
@@ -224,12 +238,17 @@ def main(argv: list[str]) -> dict:
         "drain_ratio_unit": "drain rate / raw signing rate of the same key (one thread), same run",
         "drain_cores_used": round(res["drain_cores"], 2),
         "drain_cores_used_unit": "process CPU time / wall time during the drain (this machine: %d cores)" % os.cpu_count(),
-        "raw_sign_rate": round(raw, 1), "raw_sign_rate_unit": "RSA signatures/s, one thread (reference)",
+        "drain_cpu_ms_per_certificate": round(res["drain_cores"] / res["drain_rate"] * 1000, 3),
+        "raw_sign_rate": round(raw, 1),
+        "raw_sign_rate_unit": "RSA signatures/s, one thread (reference: mean of before and after the drain)",
+        "raw_sign_rate_before_after": [round(raw_before, 1), round(raw_after, 1)],
         "target_drain_ratio": TARGET_DRAIN_RATIO,
         "queued": opts.queued, "lost": lost, "duplicated": dup,
         "kill_round": {k: v for k, v in res.items() if k.startswith("kill_round")},
         "target_enqueue_rate": TARGET_ENQUEUE, "target_drain_rate": TARGET_DRAIN,
-        "meets_target": res["enqueue_rate"] >= TARGET_ENQUEUE and res["drain_rate"] >= TARGET_DRAIN and lost == dup == 0,
+        "meets_target": (res["enqueue_rate"] >= TARGET_ENQUEUE and res["drain_rate"] >= TARGET_DRAIN
+                         and res["drain_rate"] / raw >= TARGET_DRAIN_RATIO and lost == dup == 0),
         "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
+        "kill_round_processes": opts.processes,
         "store_commits_phase1_2": res["commits"], "cpus": os.cpu_count(),
     }

@@ -43,13 +43,24 @@ def _serve(opts) -> int:
     for handler in logging.getLogger().handlers:   # a flood of identical errors must not flood the log
         handler.addFilter(guard.RepeatFilter())
 
+    if opts.helper:   # helper process I of a daemon with [server] processes > 1 (personalizer.helpers)
+        import dataclasses
+        import stat
+        if not stat.S_ISFIFO(os.fstat(0).st_mode) or not 0 < opts.port < 65536:
+            raise config.ConfigError(cfg.source, "server.processes",
+                                     "serve --helper is started by the daemon itself (set [server] processes)")
+        host = cfg.server.listen.rpartition(":")[0]
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, listen=f"{host}:{opts.port}"))
+
     def ready(port: int) -> None:
-        if opts.json:
+        if opts.helper:
+            print(f"cns-personalizer: helper {opts.helper} listening on port {port}", flush=True)
+        elif opts.json:
             print(json.dumps({"listening": cfg.server.listen, "port": port}), flush=True)
         else:
             print(f"cns-personalizer: listening on port {port}", flush=True)
 
-    server.run(cfg, ready=ready)
+    server.run(cfg, ready=ready, helper=opts.helper)
     return 0
 
 
@@ -315,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--config", required=True, help="personalizer TOML file")
+    s.add_argument("--helper", type=int, default=0, help=argparse.SUPPRESS)   # started by the daemon itself
+    s.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
     a = sub.add_parser("audit", help="print the audit trail (who, from which station, when, what, result)")
     a.add_argument("--config", help="personalizer TOML file")

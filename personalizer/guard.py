@@ -9,6 +9,9 @@
 - ``port_holder(port)``: which local process listens on a TCP port (Linux
   ``/proc``, own user's processes only), for the "address in use" message.
 - ``raise_fd_limit()``: soft ``RLIMIT_NOFILE`` up to the hard limit.
+- ``WriteLock(path)``: a cross-process mutex (``flock``) for the writers of one SQLite file when
+  several daemon processes share it (``[server] processes`` > 1): a blocked writer wakes the moment
+  the holder releases, where SQLite's busy handler sleeps 1, 2, 5, 10 … ms between tries (p99).
 - ``RepeatFilter``: a logging filter that lets the same message (logger,
   level, text) through at most ``burst`` times per ``window`` seconds and then
   says how many it dropped.
@@ -142,3 +145,23 @@ class RepeatFilter(logging.Filter):
             return True
         entry[1] += 1
         return entry[1] <= self.burst
+
+
+class WriteLock:
+    """``with lock:`` holds an exclusive ``flock`` on ``path`` (created 0600); blocking, from a thread."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> "WriteLock":
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

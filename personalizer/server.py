@@ -20,6 +20,11 @@ One daemon per store and port: ``create`` first takes ``guard.StoreLock`` on
 the data directory (a second daemon is refused with the holder's pid) and
 binds without SO_REUSEPORT (a busy port is refused naming its holder). If
 start-up fails, everything opened is closed and the process exits non-zero.
+With ``[server] processes = N`` > 1 the port is shared (SO_REUSEPORT) with the
+daemon's own N - 1 helper processes (``personalizer.helpers``; ``build(helper=I)``
+is one of them: no store lock, no fleet, PKI publication, metrics, archive or
+enrollment port, relay claims under ``<claimer>#I``, maintenance windows reread
+every second since an admin call may reach any process).
 ``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
 handshake timeout and a cap on concurrent connections.
 """
@@ -46,8 +51,9 @@ from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector
 from personalizer.ca.embedded import EmbeddedCA
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
-from personalizer.config import DaemonConfig
+from personalizer.config import MAX_PROCESSES, DaemonConfig
 from personalizer.errors import ConfigError
+from personalizer import helpers
 from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
 from personalizer.outbox.metrics import CAMetrics, MetricsServer, StatusFigures
 from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
@@ -69,7 +75,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 12 << 20
 
 
-def server_options(s) -> list[tuple[str, object]]:
+def server_options(s, *, share_port: bool = False) -> list[tuple[str, object]]:
     """grpc core channel arguments of the server, from ``[server]`` (names as in grpc's
     include/grpc/impl/channel_arg_names.h; an unknown name is silently ignored by grpc, so
     tests/personalizer/test_daemon_limits.py proves each one takes effect)."""
@@ -85,12 +91,14 @@ def server_options(s) -> list[tuple[str, object]]:
         # idle or slow clients: TLS must finish in time; total connections are capped (fd budget)
         ("grpc.server_handshake_timeout_ms", int(s.handshake_timeout_seconds * 1000)),
         ("grpc.max_allowed_incoming_connections", s.max_connections),
-        # a second daemon on the same port must fail to bind, not share it (grpc sets SO_REUSEPORT by default)
-        ("grpc.so_reuseport", 0),
+        # a second daemon on the same port must fail to bind, not share it (grpc sets SO_REUSEPORT by default);
+        # shared only with this daemon's own helper processes ([server] processes > 1, personalizer.helpers)
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ]
 
 
 STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
+MAINTENANCE_REFRESH_SECONDS = 1.0   # [server] processes > 1: each relay rereads the stored maintenance windows
 
 
 def build_ejbca(cfg: DaemonConfig) -> CAConnector:
@@ -127,7 +135,8 @@ def build_ca(cfg: DaemonConfig, index_opener=None) -> CAConnector:
     # the CA's own index (ca.db) and OCSP responder live next to its certificates
     return EmbeddedCA(signer=signer, issuing_cert=issuing, root_cert=root, urls=urls,
                       sign_in_thread=c.sign_in_thread, ca_dir=c.issuing_cert.parent,
-                      signing_workers=cfg.server.workers, index_opener=index_opener)
+                      signing_workers=cfg.server.workers, index_opener=index_opener,
+                      shared_index=cfg.server.processes > 1)
 
 
 def build_publisher(cfg: DaemonConfig, ca):
@@ -163,12 +172,13 @@ class Daemon:
     card_admin: object | None = None   # [card_admin]: the CardAdmin servicer (personalizer.cardadmin), its token
     port: int = 0
     lock: StoreLock | None = None
+    helper: int = 0                  # > 0: helper process I of a daemon with [server] processes > 1
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def build(cls, cfg: DaemonConfig, *, ca: CAConnector | None = None, store: RequestStore | None = None,
                     clock: Callable[[], float] = time.time, claimer: str | None = None,
-                    serve: bool = True) -> "Daemon":
+                    serve: bool = True, helper: int = 0) -> "Daemon":
         """The daemon from its config: the one place its parts are wired.
 
         ``store``: a RequestStore to use (tests: a MemoryRequestStore, or a second store on one file);
@@ -178,7 +188,8 @@ class Daemon:
         and the metrics. ``claimer``: the name this daemon's relay claims rows under (default: host and
         database, stable across restarts, so a restart takes back its own claims and never another
         daemon's). ``serve=False`` leaves out the gRPC servers, metrics, PKI publication and archive
-        (broker and relay only, for in-process tests and benchmarks).
+        (broker and relay only, for in-process tests and benchmarks). ``helper``: I > 0 builds helper
+        process I of a daemon with ``[server] processes`` > 1 (see the module docstring).
 
         The daemon owns what it is given: ``stop()`` closes the store and the CA. On a failure here
         everything opened so far is closed again (an open store or CA keeps threads that would keep a
@@ -187,8 +198,9 @@ class Daemon:
             lock = None
             pg_store = None
             if store is None:
-                lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
-                undo.callback(lock.release)
+                if not helper:   # a helper serves under its primary's lock
+                    lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
+                    undo.callback(lock.release)
                 if cfg.store.backend == "postgresql":   # issue 17: store and CA index in one replicated database
                     from personalizer.store.postgres import PostgresRequestStore
                     store = pg_store = await PostgresRequestStore.open(cfg.store.postgres_dsn())
@@ -209,16 +221,20 @@ class Daemon:
                 undo.push_async_callback(ca.close)
             if store is None:
                 store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous,
-                                                      clock=clock)
+                                                      clock=clock, shared=cfg.server.processes > 1)
                 undo.push_async_callback(store.close)
             elif pg_store is None:
                 undo.push_async_callback(store.close)
+            claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
             daemon = cls._wire(cfg, ca, store, clock=clock,
-                               claimer=claimer or f"{socket.gethostname()}:{cfg.store.database}")
+                               claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
+                               shared=cfg.server.processes > 1)
             daemon.lock = lock
+            daemon.helper = helper
             if serve:
                 daemon._add_edge()
-                await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
+                if not helper:
+                    await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
             undo.pop_all()
             return daemon
 
@@ -228,7 +244,8 @@ class Daemon:
         return await cls.build(cfg)
 
     @classmethod
-    def _wire(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore, *, clock, claimer: str) -> "Daemon":
+    def _wire(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore, *, clock, claimer: str,
+              shared: bool = False) -> "Daemon":
         attach = getattr(ca, "attach_registry", None)
         if attach is not None:   # a CA with its own index falls back to the store's certificates
             attach(store)
@@ -239,7 +256,7 @@ class Daemon:
                       retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
                       breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
                       concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
-                      claimer=claimer)
+                      claimer=claimer, maintenance_refresh_seconds=MAINTENANCE_REFRESH_SECONDS if shared else None)
         broker.wake_relay = relay.wake
         broker.relay = relay
         return cls(cfg=cfg, store=store, ca=ca, broker=broker, relay=relay)
@@ -247,13 +264,14 @@ class Daemon:
     def _add_edge(self) -> None:
         """The gRPC servers (mTLS), health, reflection, metrics, PKI publication and the daily archive."""
         cfg, broker, relay = self.cfg, self.broker, self.relay
-        self.publisher = build_publisher(cfg, self.ca)
+        primary = not self.helper
+        self.publisher = build_publisher(cfg, self.ca) if primary else None
         if self.publisher is not None:
             relay.set_on_status_change(self.publisher.publish_now)
         trust = ClientTrust(cfg.server.client_trust_anchors.read_bytes(), cfg.server.client_crl)
         # DecodeInterceptor first (outermost): undecodable bytes get INVALID_ARGUMENT, the rest see messages
         server = grpc.aio.server(interceptors=[DecodeInterceptor(), identity.AuthInterceptor(trust=trust)],
-                                 options=server_options(cfg.server))
+                                 options=server_options(cfg.server, share_port=cfg.server.processes > 1))
         personalizer_pb2_grpc.add_PersonalizerServicer_to_server(PersonalizerService(broker=broker, relay=relay),
                                                                  server)
         admin_pb2_grpc.add_QueueAdminServicer_to_server(QueueAdminService(broker=broker, relay=relay,
@@ -273,22 +291,23 @@ class Daemon:
             root_certificates=s.client_trust_anchors.read_bytes(),
             require_client_auth=s.require_client_auth)
         self.server, self.health, self.card_admin = server, health_servicer, card_admin
-        if cfg.metrics.enabled:
+        if cfg.metrics.enabled and primary:
             self.metrics_server = MetricsServer(relay.metrics, host=cfg.metrics.http_host,
                                                 port=cfg.metrics.http_port, status=self.status_for_scrape)
-        if cfg.status_page.enabled:
+        if cfg.status_page.enabled and primary:   # one page per daemon: its helpers do not bind the port
             from personalizer.status.server import StatusPage
             sp = cfg.status_page
             self.status_page = StatusPage(self.status_view, host=sp.http_host, port=sp.http_port, tls_cert=s.tls_cert,
                                           tls_key=s.tls_key, anchors=s.client_trust_anchors, client_crl=s.client_crl,
                                           max_connections=sp.max_connections,
                                           request_timeout=sp.request_timeout_seconds)
-        if cfg.reports.enabled:
+        if cfg.reports.enabled and primary:
             from personalizer.reports.scheduler import ArchiveScheduler
             r = cfg.reports
             self.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)
         try:
-            self.port = 0 if address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
+            # a helper joins the port its primary holds (SO_REUSEPORT): the trial bind is the primary's
+            self.port = 0 if primary and address_in_use(s.listen) else server.add_secure_port(s.listen, creds)
         except RuntimeError:   # grpcio raises on a failed bind
             self.port = 0
         if self.port == 0:
@@ -297,7 +316,7 @@ class Daemon:
             raise ConfigError(cfg.source, "server.listen",
                               f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
                                                                    "the address is in use or not local"))
-        if cfg.enrollment.enabled:
+        if cfg.enrollment.enabled and primary:
             self._add_enrollment(broker)
 
     async def _add_fleet(self) -> None:
@@ -435,21 +454,39 @@ class Daemon:
             self.lock.release()
 
 
-async def serve(cfg: DaemonConfig, *, ready=None) -> None:
+async def serve(cfg: DaemonConfig, *, ready=None, helper: int = 0) -> None:
+    """Run the daemon until SIGTERM/SIGINT. ``helper`` > 0: run helper process I (``personalizer.helpers``),
+    whose ``cfg.server.listen`` names the port its primary bound."""
     before, after = raise_fd_limit()
     log.info("open files limit %d%s", after, f" (raised from {before})" if after != before else "")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # before "listening" is printed: a prompt SIGTERM is clean too
-        loop.add_signal_handler(sig, stopping.set)
-    daemon = await Daemon.create(cfg)
+    for sig in (signal.SIGTERM,) if helper else (signal.SIGTERM, signal.SIGINT):   # before "listening" is
+        loop.add_signal_handler(sig, stopping.set)                # printed: a prompt SIGTERM is clean too
+    if helper:
+        # Ctrl-C reaches the whole process group: the primary stops its helpers itself (SIGTERM), so a
+        # helper leaving on its own meanwhile would only look like a crash to restart
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        helpers.exit_when_primary_gone(loop)
+    daemon = await Daemon.build(cfg, helper=helper)
+    others = None
     try:
         port = await daemon.start()
+        if not helper:
+            # rows a helper of an earlier run held (it may have been killed with its primary) are due again
+            await asyncio.gather(*(daemon.store.reset_sending(helpers.claimer_of(daemon.relay.claimer, i))
+                                   for i in range(1, MAX_PROCESSES + 1)))
+        if not helper and cfg.server.processes > 1:
+            others = helpers.Helpers(cfg.source, port, cfg.server.processes)
+            await others.start()
     except BaseException:
         await daemon.stop(0)   # nothing half-started stays up without listening
         raise
     if ready is not None:
         ready(port)
+    if others is not None:
+        log.info("serving with %d processes on port %d (helpers: pids %s)", cfg.server.processes, port,
+                 ", ".join(map(str, others.pids)))
     if daemon.metrics_server is not None:
         print(f"cns-personalizer: metrics on port {daemon.metrics_server.port}", flush=True)
     if daemon.status_page is not None:
@@ -460,8 +497,10 @@ async def serve(cfg: DaemonConfig, *, ready=None) -> None:
         print(f"cns-personalizer: enrollment on port {daemon.enroll_port}", flush=True)
     await stopping.wait()
     log.info("shutting down (grace %.1f s)", cfg.server.grace_seconds)
+    if others is not None:
+        await others.stop(cfg.server.grace_seconds)
     await daemon.stop()
 
 
-def run(cfg: DaemonConfig, *, ready=None) -> None:
-    asyncio.run(serve(cfg, ready=ready))
+def run(cfg: DaemonConfig, *, ready=None, helper: int = 0) -> None:
+    asyncio.run(serve(cfg, ready=ready, helper=helper))

@@ -60,7 +60,7 @@ class EmbeddedCA:
     def __init__(self, *, signer: Signer, issuing_cert: x509.Certificate, root_cert: x509.Certificate,
                  urls: profiles.CAUrls = profiles.CAUrls(), registry: CertificateRegistry | None = None,
                  sign_in_thread: bool = False, ca_dir: Path | None = None, signing_workers: int = 0,
-                 index_opener=None):
+                 index_opener=None, shared_index: bool = False):
         if signer.public_key().public_numbers() != issuing_cert.public_key().public_numbers():
             raise CAError("the CA key does not match the issuing CA certificate")
         self._signer = signer
@@ -76,6 +76,7 @@ class EmbeddedCA:
         self._index: CertificateIndex | None = None
         # issue 17: an async callable returning the index (PgCertificateIndex in the replicated database)
         self._index_opener = index_opener
+        self._shared_index = shared_index   # other processes of this daemon write ca.db too
         self._responder: ResponderIdentity | None = None
         self._open_lock = asyncio.Lock()
         self._request_locks: dict[str, asyncio.Lock] = {}
@@ -95,7 +96,7 @@ class EmbeddedCA:
                 if self._ca_dir is None:
                     log.warning("embedded CA has no directory: its certificate index is in memory only")
                 self._responder = await self._run(ensure_responder, self._ca_dir, self._issuing, self._signer)
-                self._index = await (self._index_opener() if self._index_opener else CertificateIndex.open(path))
+                self._index = await (self._index_opener() if self._index_opener else CertificateIndex.open(path, shared=self._shared_index))
         return self
 
     async def _db(self) -> CertificateIndex:

@@ -2,9 +2,13 @@
 
 A CA owns its records, so the embedded CA keeps them next to its keys rather
 than in the daemon's request store. SQLite in WAL mode with synchronous=FULL,
-reached through aiosqlite on one connection (one writer; statements are
-serialised by aiosqlite's worker thread). Every SQL statement of the CA lives
-in this module. ``sqlite3`` errors are re-raised as ``CAError``.
+on one connection owned by one thread (``_Connection``): every call is one
+hand-off to it, and the calls queued while it works run as one batch, the
+writes among them in ONE transaction (group commit: one fsync for every
+certificate signed meanwhile, each write in its own savepoint, committed
+before any of them returns). With ``shared`` (several daemon processes on the
+file) each write transaction holds ``guard.WriteLock``. Every SQL statement of
+the CA lives in this module. ``sqlite3`` errors are re-raised as ``CAError``.
 
 Rows::
 
@@ -17,19 +21,21 @@ one request. Must not import grpc, proto, the store or the broker.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as _dt
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from personalizer.errors import CAError
+from personalizer.guard import WriteLock
 
 DB_NAME = "ca.db"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 MEMORY = ":memory:"
+WRITE_LOCK_SUFFIX = ".writelock"
 
 STATUS_ACTIVE = "active"
 STATUS_SUSPENDED = "suspended"
@@ -94,26 +100,149 @@ class IndexRow:
         return cls(r[0], r[1], r[2], r[3], _utc(r[4]), _utc(r[5]), r[6], r[7], _utc(r[8]), bytes(r[9]))
 
 
+def _run_batch(conn: sqlite3.Connection, items: list, lock: WriteLock | None) -> list:
+    """Run ``[(fn, writes)]`` on ``conn``: [(result | None, sqlite3.Error | None)]. The writes share one
+    transaction, each in a savepoint (a failing one is undone alone); a failing COMMIT raises."""
+    writing = any(w for _, w in items)
+    if writing and lock is not None:
+        lock.__enter__()
+    try:
+        if writing:
+            conn.execute("BEGIN IMMEDIATE")
+        out = []
+        try:
+            for fn, writes in items:
+                if writes:
+                    conn.execute("SAVEPOINT item")
+                try:
+                    result = fn(conn)
+                    if writes:
+                        conn.execute("RELEASE item")
+                    out.append((result, None))
+                except sqlite3.Error as exc:
+                    if writes:
+                        conn.execute("ROLLBACK TO item")
+                        conn.execute("RELEASE item")
+                    out.append((None, exc))
+            if writing:
+                conn.execute("COMMIT")
+        except BaseException:
+            if writing:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return out
+    finally:
+        if writing and lock is not None:
+            lock.__exit__(None, None, None)
+
+
+class _Connection:
+    """ca.db's one sqlite3 connection and the thread that owns it. Calls queue up; while a batch runs on
+    the thread the next ones gather, and a drain task (on the loop of the call that found it idle: the
+    index is used from more than one event loop in tests) runs them as the next batch."""
+
+    def __init__(self, conn: sqlite3.Connection, pool: concurrent.futures.ThreadPoolExecutor,
+                 lock: WriteLock | None):
+        self._conn, self._pool, self._lock = conn, pool, lock
+        self._pending: list = []
+        self._drainer: asyncio.Task | None = None
+        self.commits = 0   # write transactions committed (tests and benchmarks read it)
+
+    @classmethod
+    async def open(cls, target: str, shared: bool) -> "_Connection":
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-index")
+        lock = WriteLock(Path(target + WRITE_LOCK_SUFFIX)) if shared and target != MEMORY else None
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                if lock is not None:   # executescript commits on its own: no savepoint around it
+                    lock.__enter__()
+                try:
+                    conn.executescript(SCHEMA)
+                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                                 (META_SCHEMA, str(SCHEMA_VERSION)))
+                finally:
+                    if lock is not None:
+                        lock.__exit__(None, None, None)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(pool, connect)
+        except BaseException:
+            pool.shutdown(wait=False)
+            if lock is not None:
+                lock.close()
+            raise
+        return cls(conn, pool, lock)
+
+    async def call(self, fn, *, writes: bool):
+        """``fn(conn)`` in the next batch (a write: inside its transaction); its result once committed."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, writes, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        result, exc = await fut
+        if exc is not None:
+            raise exc
+        return result
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            work, self._pending = self._pending, []
+            try:
+                results = await loop.run_in_executor(self._pool, _run_batch, self._conn,
+                                                     [(fn, w) for fn, w, _ in work], self._lock)
+            except Exception as exc:   # BEGIN or COMMIT failed: every call of the batch failed
+                results = [(None, exc)] * len(work)
+            else:
+                self.commits += any(w for _, w, _ in work)
+            for (_, _, fut), outcome in zip(work, results):
+                if not fut.done():
+                    fut.set_result(outcome)
+
+    async def close(self) -> None:
+        if self._drainer is not None and not self._drainer.done():
+            await self._drainer
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=True)
+        if self._lock is not None:
+            self._lock.close()
+
+
+def _rowcount(sql: str, args: tuple):
+    return lambda conn: conn.execute(sql, args).rowcount
+
+
+def _fetchall(sql: str, args: tuple):
+    return lambda conn: conn.execute(sql, args).fetchall()
+
+
 class CertificateIndex:
     """Open with ``await CertificateIndex.open(path_or_MEMORY)``; close with ``await close()``."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: str):
+    def __init__(self, conn: _Connection, path: str):
         self._conn = conn
         self.path = path
 
     @classmethod
-    async def open(cls, path: Path | str) -> "CertificateIndex":
+    async def open(cls, path: Path | str, *, shared: bool = False) -> "CertificateIndex":
+        """``shared``: other processes of this daemon write the same file (their writes queue on a flock)."""
         target = str(path)
         try:
             if target != MEMORY:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(target, isolation_level=None)
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
-            await conn.executescript(SCHEMA)
-            await conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                               (META_SCHEMA, str(SCHEMA_VERSION)))
+            conn = await _Connection.open(target, shared)
         except (sqlite3.Error, OSError) as exc:
             raise CAError(f"cannot open the CA database {target}: {exc}") from exc
         return cls(conn, target)
@@ -121,24 +250,33 @@ class CertificateIndex:
     async def close(self) -> None:
         await self._conn.close()
 
-    async def _one(self, sql: str, args: tuple) -> tuple | None:
-        # execute + fetch in ONE call on the connection's thread: a cursor fetched in several calls
-        # keeps a read transaction open, and statements queued in between would run inside it.
+    @property
+    def commits(self) -> int:
+        """Write transactions committed on this connection (one per batch of writes: group commit)."""
+        return self._conn.commits
+
+    async def _read(self, sql: str, args: tuple) -> list:
         try:
-            rows = await self._conn.execute_fetchall(sql, args)
-            return rows[0] if rows else None
+            return await self._conn.call(_fetchall(sql, args), writes=False)
         except sqlite3.Error as exc:
             raise CAError(f"CA database read failed: {exc}") from exc
 
-    async def record(self, *, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
-                     not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> IndexRow:
-        """Record an issued certificate; if ``request_id`` already has one, return that one instead."""
+    async def _write(self, fn):
         try:
-            cur = await self._conn.execute(Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before),
-                                                      _ts(not_after), certificate_der))
-            inserted = cur.rowcount == 1   # an INSERT runs to completion: no read transaction stays open
+            return await self._conn.call(fn, writes=True)
         except sqlite3.Error as exc:
             raise CAError(f"CA database write failed: {exc}") from exc
+
+    async def _one(self, sql: str, args: tuple) -> tuple | None:
+        rows = await self._read(sql, args)
+        return rows[0] if rows else None
+
+    async def record(self, *, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
+                     not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> IndexRow:
+        """Record an issued certificate (committed when this returns); if ``request_id`` already has one,
+        return that one instead."""
+        inserted = await self._write(_rowcount(Q_INSERT, (serial_hex, issuer_dn, request_id, profile,
+                                                          _ts(not_before), _ts(not_after), certificate_der))) == 1
         if inserted:   # the row is exactly what was written (timestamps at the stored one-second precision)
             return IndexRow(serial_hex, issuer_dn, request_id, profile, _utc(_ts(not_before)), _utc(_ts(not_after)),
                             "active", None, None, bytes(certificate_der))
@@ -158,27 +296,17 @@ class CertificateIndex:
     async def transition(self, serial_hex: str, *, from_status: str, to_status: str, reason: str | None,
                          at: _dt.datetime | None) -> bool:
         """Compare-and-set the status; False when the row was not in ``from_status``."""
-        try:
-            cur = await self._conn.execute(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None,
-                                                          serial_hex, from_status))
-            return cur.rowcount == 1
-        except sqlite3.Error as exc:
-            raise CAError(f"CA database write failed: {exc}") from exc
+        return await self._write(_rowcount(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None,
+                                                          serial_hex, from_status))) == 1
 
     async def not_active(self) -> list[IndexRow]:
-        try:
-            return [IndexRow.from_sql(r) for r in await self._conn.execute_fetchall(Q_NOT_ACTIVE, ())]
-        except sqlite3.Error as exc:
-            raise CAError(f"CA database read failed: {exc}") from exc
+        return [IndexRow.from_sql(r) for r in await self._read(Q_NOT_ACTIVE, ())]
 
     async def next_crl_number(self) -> int:
-        """Increment and return the CRL number (durable before the CRL is published).
-
-        One statement (upsert … RETURNING): atomic on its own, so no explicit transaction is
-        held open on the shared connection while other coroutines' statements interleave.
-        """
+        """Increment and return the CRL number (durable before the CRL is published): one upsert …
+        RETURNING in the batch's transaction."""
         try:
-            rows = await self._conn.execute_fetchall(Q_NEXT_CRL_NUMBER, (META_CRL_NUMBER,))
+            rows = await self._write(_fetchall(Q_NEXT_CRL_NUMBER, (META_CRL_NUMBER,)))
             return int(rows[0][0])
-        except (sqlite3.Error, IndexError, ValueError) as exc:
+        except (IndexError, ValueError) as exc:
             raise CAError(f"CA database write failed: {exc}") from exc

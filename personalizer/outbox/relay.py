@@ -89,7 +89,7 @@ class Relay:
                  notify: Callable[[RequestRecord], None] = lambda rec: None,
                  on_status_change: Callable[[], Awaitable[None]] | None = None,
                  maintenance: list[Maintenance] = (), stale_claim_seconds: float = STALE_CLAIM_SECONDS,
-                 claimer: str = DEFAULT_CLAIMER):
+                 claimer: str = DEFAULT_CLAIMER, maintenance_refresh_seconds: float | None = None):
         self._store, self._ca, self.calendar = store, ca, calendar
         self.claimer = claimer
         self._retry = retry
@@ -102,6 +102,10 @@ class Relay:
         self._on_status_change = on_status_change
         self._config_maintenance = list(maintenance)
         self.maintenance: list[Maintenance] = list(maintenance)
+        # several processes on one store ([server] processes > 1): a window stored through another
+        # process's QueueAdmin is seen within this many seconds (None: only reload_maintenance() rereads)
+        self._maintenance_refresh = maintenance_refresh_seconds
+        self._maintenance_at = float("-inf")
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -128,6 +132,7 @@ class Relay:
         self._on_status_change = hook
 
     async def reload_maintenance(self) -> None:
+        self._maintenance_at = time.monotonic()
         rows = await self._store.list_maintenance(self._clock() - 1)
         stored, problems = windows_from_rows(rows, now=self.now_dt())   # a bad row never stops the daemon
         for problem in problems:
@@ -136,6 +141,12 @@ class Relay:
         self.maintenance = sorted(stored + [m for m in self._config_maintenance if m.id not in ids],
                                   key=lambda m: m.starts_at)
         self.wake()
+
+    async def _refresh_maintenance(self) -> None:
+        """With ``maintenance_refresh_seconds``: reread the stored windows when the last read is that old."""
+        if self._maintenance_refresh is not None and \
+                time.monotonic() - self._maintenance_at >= self._maintenance_refresh:
+            await self.reload_maintenance()
 
     async def start(self) -> None:
         await self._store.reset_sending(self.claimer)
@@ -194,6 +205,7 @@ class Relay:
         """Start deliveries for due rows while slots are free (priority lane first). Returns how many started."""
         await self._record_breaker()
         await self._refresh_depth()
+        await self._refresh_maintenance()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
@@ -312,6 +324,7 @@ class Relay:
         attempted. For tests and tools that step the relay by hand; the running daemon uses ``_pump``."""
         await self._record_breaker()
         await self._refresh_depth()
+        await self._refresh_maintenance()
         await self._reclaim_stale()
         m = self.active_maintenance()
         self.metrics.in_maintenance = m is not None

@@ -11,7 +11,7 @@ stock``) and the read-only connection auditors and reports use (``connect_readon
 Opening an older database migrates it (columns, the ``request_holders`` table and its one-time
 back-fill from the issuance payloads).
 
-Imports aiosqlite, ``records``, ``sql``, ``ca.base``, ``errors`` and the rules' key fingerprint;
+Imports aiosqlite, ``records``, ``sql``, ``ca.base``, ``errors``, ``guard`` (the cross-process write lock) and the rules' key fingerprint;
 must not import grpc, proto, the outbox or the CA's implementations.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import aiosqlite
 
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
+from personalizer.guard import WriteLock
 from personalizer.records import (LANE_PRIORITY, LANES, STATE_DONE, STATE_ISSUED, STATE_PENDING,
                                   STATE_RECEIVED, AuditEntry, AuditFilter, CertificateRow, Claimed, FoundCertificate,
                                   HolderRecord, KeyAlreadyCertified, KeyBinding, OutboxPayload, RequestRecord,
@@ -39,6 +40,7 @@ from personalizer.store import sql as q
 from personalizer.store.migrations import migrate_sqlite
 
 CHAIN_SEPARATOR_LEN = 4   # chain stored as length-prefixed DER blobs
+WRITE_LOCK_SUFFIX = ".writelock"
 
 
 def _pack_chain(chain: tuple[bytes, ...]) -> bytes:
@@ -76,12 +78,20 @@ class _Writer:
     as one function on the writer's own thread. Reads stay on aiosqlite.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, shared: bool = False):
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._path = path
         self.conn: sqlite3.Connection | None = None
+        # several daemon processes on this file ([server] processes > 1): writers queue on a flock
+        self._lock = WriteLock(path.with_name(path.name + WRITE_LOCK_SUFFIX)) if shared else None
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
 
     async def run(self, fn, *args):
+        if self._lock is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._locked, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def connect_sync(self) -> None:
@@ -95,6 +105,8 @@ class _Writer:
     async def close(self) -> None:
         await self.run(self.close_sync)
         self._pool.shutdown(wait=True)
+        if self._lock is not None:
+            self._lock.close()
 
 
 def _open_writer_sync(w: _Writer, synchronous: str) -> None:
@@ -221,9 +233,11 @@ class SqliteRequestStore:
         self.writes = 0
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL", clock=time.time) -> "SqliteRequestStore":
+    async def open(cls, path: Path, *, synchronous: str = "FULL", clock=time.time,
+                   shared: bool = False) -> "SqliteRequestStore":
+        """``shared``: other processes of this daemon write the same file (their writes queue on a flock)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(path)
+        writer = _Writer(path, shared)
         try:
             await writer.run(_open_writer_sync, writer, synchronous)
             reader = await aiosqlite.connect(path, isolation_level=None)

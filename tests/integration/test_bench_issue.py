@@ -38,7 +38,7 @@ def cfssl_binary():
 def test_bench_issue_reports_both_sides(cfssl_binary):
     out = subprocess.run([sys.executable, "-m", "benchmarks", "issue", "--requests", str(REQUESTS),
                           "--warmup", str(WARMUP), "--scaling", ",".join(map(str, LEVELS)),
-                          "--scaling-requests", str(PER_LEVEL)],
+                          "--scaling-requests", str(PER_LEVEL), "--processes", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,6 +58,7 @@ def test_bench_issue_reports_both_sides(cfssl_binary):
     # CFSSL really ran with its certificate database: every certificate it signed has a row
     assert result["cfssl_certdb_rows"] == WARMUP + REQUESTS + PER_LEVEL * len(LEVELS)
     assert isinstance(result["meets_target"], bool)
+    assert result["processes"] == 2 and result["daemon_processes"] == 2   # [server] processes: primary + helper
 
 
 def test_cfssl_peer_requires_a_client_certificate(cfssl_binary, tmp_path):

@@ -2,7 +2,8 @@
 
 No speed is asserted here; the ratio must be the drain rate over the raw signing
 rate measured in the same run, and the broker's promises must hold with the
-CA's signing threads on (the default ``[server] workers``) and off (0).
+CA's signing threads on (the default ``[server] workers``) and off (0), the
+SIGKILL round's daemon serving from two processes (``[server] processes``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.conftest import ROOT
 
 @pytest.mark.parametrize("workers", ["default", "0"])
 def test_bench_queue_small_sample(workers):
-    args = [sys.executable, "-m", "benchmarks", "queue", "--queued", "60", "--kill-requests", "40"]
+    args = [sys.executable, "-m", "benchmarks", "queue", "--queued", "60", "--kill-requests", "40", "--processes", "2"]
     if workers != "default":
         args += ["--workers", workers]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -28,3 +29,4 @@ def test_bench_queue_small_sample(workers):
     assert r["raw_sign_rate"] > 0 and r["drain_rate"] > 0
     assert r["drain_ratio"] == pytest.approx(r["drain_rate"] / r["raw_sign_rate"], rel=0.01)
     assert r["workers"] == (workers if workers == "default" else int(workers))
+    assert r["kill_round_processes"] == 2
