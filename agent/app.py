@@ -193,7 +193,7 @@ class Agent:
                 from agent.fleet.station import run_station
                 options = Options(max_backoff=fleet.max_backoff_seconds)
                 agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version,
-                                                            options=options))
+                                                            options=options, tokens=agent))
         return agent
 
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -211,8 +211,30 @@ class Agent:
         return self.backends[CARD_BACKEND].open_link(device)
 
     def tokens(self) -> list[dict]:
-        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one)."""
-        return [row for b in self.backends.values() if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+        """The USB tokens the backends see (``snapshot()`` rows of every backend that has one), each with the
+        release it runs as a whole (``release``: "" for a mix or a set no release this agent knows names)."""
+        return [self.with_release(row) for b in self.backends.values() if callable(getattr(b, "snapshot", None))
+                for row in b.snapshot()]
+
+    def with_release(self, row: dict) -> dict:
+        """A token row plus ``release``: the newest verified release manifest (downloaded into the update
+        state, ``agent.updates.client.known_releases``) whose every component the token has."""
+        if row.get("mode") != "runtime" or not row.get("model"):
+            return dict(row, release="")
+        from agent.ops.token_release import installed_from_row, release_of
+        from agent.updates.client import known_releases
+        known = known_releases(default_updates_dir(self.cfg) / "updates", row["model"])
+        return dict(row, release=release_of(installed_from_row(row), known))
+
+    def subscribe_tokens(self, listener: Callable[[str, dict], None]) -> Callable[[], None]:
+        """``listener(kind, row)`` for every token arriving, changing or leaving (rows as ``tokens()``'s)."""
+        subs = [b.subscribe(lambda kind, info: listener(kind, self.with_release(info.as_dict())))
+                for b in self.backends.values() if isinstance(b, UsbBackend)]
+
+        def unsubscribe_all() -> None:
+            for unsubscribe in subs:
+                unsubscribe()
+        return unsubscribe_all
 
     def _status(self) -> str:
         card = self.backends.get(CARD_BACKEND)

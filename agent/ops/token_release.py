@@ -26,7 +26,7 @@ release everywhere. A token pulled or losing power holds the operation open (``h
 insert or start (``agent.ops.token_recovery``) the same images finish it or finish its undo. Resuming
 with another release or other images is refused.
 
-``installed_set`` / ``release_of`` say which release a token runs as a whole (the newest release whose
+``installed_set`` / ``installed_from_row`` / ``release_of`` say which release a token runs as a whole (the newest release whose
 every component the token has; "" for a mix or an unknown set).
 
 Imports ``agent.ops.engine``/``journal``/``errors``/``token_update``/``token_firmware``,
@@ -58,6 +58,13 @@ def installed_set(info: Mapping) -> dict[str, str]:
     """Component → version of a token's INFO answer."""
     return {"firmware": str(info["firmware"]), "cdrom": str(info["images"]["cdrom"]["version"]),
             "disk": str(info["images"]["disk"]["version"])}
+
+
+def installed_from_row(row: Mapping) -> dict[str, str]:
+    """Component → version of a ``cns-agent devices`` token row (``TokenInfo.as_dict``)."""
+    parts = row.get("partitions") or {}
+    return {"firmware": str(row.get("firmware", "")),
+            **{p: str((parts.get(p) or {}).get("version", "")) for p in PARTITIONS}}
 
 
 def release_of(installed: Mapping[str, str], releases: Iterable[spec.Release]) -> str:

@@ -189,3 +189,19 @@ def trust_root(state_dir: Path, root_json: bytes) -> None:
         raise UpdateError(f"{meta / 'root.json'} exists: a trusted root is replaced only by rotation")
     meta.mkdir(parents=True, exist_ok=True, mode=0o700)
     (meta / "root.json").write_bytes(root_json)
+
+
+def known_releases(state_dir: Path, model: str) -> list[spec.Release]:
+    """The release manifests of ``model`` this agent has downloaded (ngclient writes a target into
+    ``state_dir/targets`` only once its length and hashes match the signed metadata); unreadable ones are
+    skipped. What a token runs as a whole is named against these (``agent.ops.token_release.release_of``)."""
+    out = []
+    for p in sorted((Path(state_dir) / "targets" / "releases" / model).glob("*.json")):
+        try:
+            if p.stat().st_size <= MAX_MANIFEST:
+                rel = spec.parse_manifest(p.read_bytes())
+                if rel.model == model:
+                    out.append(rel)
+        except (OSError, spec.ManifestError):
+            continue
+    return out
