@@ -34,11 +34,14 @@ def small_model(model: TokenModel, *, cdrom_mib: int = 4, disk_mib: int = 2, slo
     return replace(model, flash=flash)
 
 
+def _random(rng: random.Random, n: int) -> bytes:
+    return b"".join(rng.randbytes(min(64 * MiB, n - i)) for i in range(0, n, 64 * MiB))
+
+
 def payloads(model: TokenModel, seed: int, *, cdrom_bytes: int | None = None, fw_bytes: int = 64 * 1024) -> dict:
     rng = random.Random(seed)
     cd = cdrom_bytes if cdrom_bytes is not None else model.flash.cdrom_bytes - 2 * MiB
-    return {"firmware": rng.randbytes(fw_bytes), "cdrom": rng.randbytes(cd),
-            "disk": rng.randbytes(model.flash.disk_bytes)}
+    return {"firmware": _random(rng, fw_bytes), "cdrom": _random(rng, cd), "disk": _random(rng, model.flash.disk_bytes)}
 
 
 def changed(base: dict, seed: int, blocks: int = 3, block: int = 4096) -> dict:
