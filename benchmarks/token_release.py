@@ -234,7 +234,8 @@ def _probe(setup: _Setup, d: Path, state: Path) -> dict:
 
 def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random, probe: dict, proxy) -> tuple[str, str]:
     """One trial; returns (state right after the fault, release at the end)."""
-    from agent.ops.errors import PreconditionError
+    from agent.devices.usb import TokenError
+    from agent.ops.errors import OperationError, PreconditionError
     from firmware_profiles.usbemu.token import Stall
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
     from tests.releases.tokenrel import provision
@@ -278,6 +279,8 @@ def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random,
         pass
     except PreconditionError:                 # the fault hit before the operation began (checked below)
         began = False
+    except (TokenError, OperationError):      # e.g. a refusal past the point of no return: left open, resumed
+        pass
     token.flash.cut_after(None)
     bus.unplug_after(None)
     token.__dict__.pop("_mgmt_control", None)

@@ -6,28 +6,29 @@ and the constraints between them. Before anything is begun (``preflight``; nothi
 release is for this token's model, this agent is recent enough, each image is the manifest's (length,
 sha256), signed with the model's release key, of the right kind and version; the constraints hold
 on the final set and on every intermediate set the commit order passes through; and, when the release
-changes more than one component, the images the token runs now (``previous``: the components of the
-release it reports) are at hand, since undoing a committed component means installing its old image
-again (the token keeps one image per partition once a new one is confirmed, and one firmware bank).
+changes the firmware and more, the firmware image the token runs now is at hand (``previous``: the
+component of the release it reports): the token keeps one firmware bank, so undoing new firmware means
+flashing the old one again.
 
 Steps, one per changed component in ``cns_spec.releases.install_order`` (firmware before the CD-ROM
-that needs it), then ``check``:
+that needs it), then ``verify`` and ``commit``:
 
 - ``firmware``: DFU download, manifest (the bootloader verifies and switches banks), reset;
 - ``cdrom`` / ``disk``: stage into a free slot (only changed blocks cross the link), verify (the token
-  hashes the slot), switch (one atomic metadata write), confirm (read back);
-- ``check``: the token reports exactly the release's versions and hashes.
+  hashes the slot), switch (one atomic metadata write); the old image stays kept (``previous``);
+- ``verify``: every component reads back as the release's (firmware version, partition hashes);
+- ``commit`` (the point of no return): each switched partition confirmed, its kept image freed.
 
-Each component's own switch is atomic, so the token is at every moment on a set of committed
-components; the order keeps each such set within the constraints. A refusal or a failed verification
-at any step undoes the steps begun, newest first, each by reinstalling the image the token had (an
-undo is idempotent: a component already on its old image is left alone); the token ends on the old
-release everywhere. A token pulled or losing power holds the operation open (``hold_on``); on the next
-insert or start (``agent.ops.token_recovery``) the same images finish it or finish its undo. Resuming
-with another release or other images is refused.
+Each component's switch is atomic, so the token is at every moment on a set of committed components;
+the order keeps each such set within the constraints. A refusal or a failed verification before
+``commit`` undoes the steps begun, newest first (each undo idempotent: a component already on its old
+image is left alone): a partition is switched back to the image it kept, the firmware flashed again
+from the old image; the token ends on the old release everywhere. A token pulled or losing power holds
+the operation open (``hold_on``); on the next insert or start (``agent.ops.token_recovery``) the same
+images finish it, or finish its undo. Resuming with another release or other images is refused.
 
-``installed_set`` / ``installed_from_row`` / ``release_of`` say which release a token runs as a whole (the newest release whose
-every component the token has; "" for a mix or an unknown set).
+``installed_set`` / ``installed_from_row`` read a token's component versions; ``release_of``
+(``cns_spec.releases``) names the release it runs as a whole ("" for a mix or an unknown set).
 
 Imports ``agent.ops.engine``/``journal``/``errors``/``token_update``/``token_firmware``,
 ``agent.devices.usb`` (the token link, injected as ``connect``), ``firmware_profiles.usbtoken`` and
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -67,10 +69,7 @@ def installed_from_row(row: Mapping) -> dict[str, str]:
             **{p: str((parts.get(p) or {}).get("version", "")) for p in PARTITIONS}}
 
 
-def release_of(installed: Mapping[str, str], releases: Iterable[spec.Release]) -> str:
-    """The newest release whose every component the token has ("" when none: a mix or an unknown set)."""
-    hits = [r for r in releases if all(installed.get(c.name) == c.version for c in r.components)]
-    return max(hits, key=lambda r: spec.parse_version(r.version)).version if hits else ""
+release_of = spec.release_of   # the release a token runs as a whole (pure: cns_spec.releases)
 
 
 @dataclass
@@ -98,6 +97,12 @@ def _parse(blob: bytes, model: TokenModel, kind: str, what: str) -> Image:
     return image
 
 
+def _numeric(version: str) -> str:
+    """``"1.4.2+g1234"`` → ``"1.4.2"``; a development build without a number counts as 0."""
+    m = re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}", version or "")
+    return m.group(0) if m else "0"
+
+
 def _on_token(info: Mapping, name: str, image: Image) -> bool:
     if name == "firmware":
         return info["firmware"] == image.version
@@ -110,7 +115,7 @@ def preflight(rel: spec.Release, model: TokenModel, info: Mapping, blobs: Mappin
     if rel.model != model.id:
         raise PreconditionError(f"release {rel.version} is for token model {rel.model}, this token is a {model.id}: "
                                 "pick the release of this model")
-    if spec.parse_version(agent_version) < spec.parse_version(rel.min_agent_version):
+    if spec.parse_version(_numeric(agent_version)) < spec.parse_version(rel.min_agent_version):
         raise PreconditionError(f"release {rel.version} needs agent {rel.min_agent_version} or newer (this is "
                                 f"{agent_version}): update the agent first (cns-agent update apply)")
     have = installed_set(info)
@@ -147,7 +152,7 @@ def preflight(rel: spec.Release, model: TokenModel, info: Mapping, blobs: Mappin
     inputs.changes = [n for n in spec.install_order(rel) if not _on_token(info, n, inputs.new[n][1])]
     if not inputs.changes:
         raise PreconditionError(f"the token already runs every component of release {rel.version}")
-    for name in inputs.changes if len(inputs.changes) > 1 else ():
+    for name in [n for n in inputs.changes if n == "firmware"] if len(inputs.changes) > 1 else ():
         blob = previous.get(name)
         if blob is None:
             raise PreconditionError(f"release {rel.version} changes {', '.join(inputs.changes)}; undoing it needs the "
@@ -175,60 +180,85 @@ class _Runner:
         self.progress = progress or (lambda step, done, total: None)
         self.sent_bytes = 0
 
-    # -- one component onto the token (idempotent: a component already on ``image`` is left alone) -----------
-    def _put(self, name: str, blob: bytes, image: Image, label: str) -> None:
-        def progress(step: str, done: int, total: int) -> None:
-            self.progress(f"{label}:{step}", done, total)
-        if name == "firmware":
-            self._firmware(blob, image, progress)
-        else:
-            self._partition(name, image, progress)
+    def _labelled(self, label: str) -> Progress:
+        return lambda step, done, total: self.progress(f"{label}:{step}", done, total)
 
-    def _firmware(self, blob: bytes, image: Image, progress: Progress) -> None:
+    # -- firmware: the DFU procedure (idempotent: a token already running ``image`` is left alone) ---------
+    def _firmware(self, blob: bytes, image: Image, label: str) -> None:
         link = self.connect()
         if link.mode == "runtime" and link.bcd_version == image.version:
             return
-        r = token_firmware._Runner(self.connect, blob, image, self.model, progress)
+        r = token_firmware._Runner(self.connect, blob, image, self.model, self._labelled(label))
         op = _Data()
         r.detach(op, False)
         r.download(op, False)
         r.manifest(op, False)
         r.reset(op, False)
 
-    def _partition(self, name: str, image: Image, progress: Progress) -> None:
+    # -- a partition: stage, verify, switch; the old image stays kept (``previous``) until ``commit`` -------
+    def _partition(self, name: str, image: Image) -> None:
         info = self.connect().info()
         if info["images"][name]["sha256"] == image.sha256:
-            slot = info["map"][name]      # switched already (a resume): confirm it
-        else:
-            fits = [s for s in info["free_slots"] if self.model.flash.region(s)[1] >= len(image.payload)]
-            if not fits:
-                raise TokenRefused(f"the token has no free slot for the {name} image: confirm or finish the "
-                                   "previous update first", 5)
-            slot = fits[0]
-        r = token_update._Runner(self.connect, image, name, self.model.flash.block_bytes, progress)
-        op = _Data(slot=slot)
+            return                        # switched already (a resume)
+        fits = [s for s in info["free_slots"] if self.model.flash.region(s)[1] >= len(image.payload)]
+        if not fits:
+            raise TokenRefused(f"the token has no free slot for the {name} image: its reserved area is full", 5)
+        r = token_update._Runner(self.connect, image, name, self.model.flash.block_bytes, self._labelled(name))
+        op = _Data(slot=fits[0])
         r.stage(op)
         r.verify(op)
         r.switch(op)
-        r.confirm(op)
         self.sent_bytes += r.stats.sent_bytes
 
     def forward(self, name: str) -> dict:
         blob, image = self.inputs.new[name]
-        self._put(name, blob, image, name)
+        if name == "firmware":
+            self._firmware(blob, image, name)
+        else:
+            self._partition(name, image)
         return {f"{name}_version": image.version}
 
-    def undo(self, name: str) -> None:
-        if name not in self.inputs.old:
-            return          # a single-component release: its own switch is the one atomic step
-        blob, image = self.inputs.old[name]
-        self._put(name, blob, image, f"undo-{name}")
+    def undo(self, name: str, op: Operation) -> None:
+        """Back to the component the token had: the firmware flashed again from its image; a partition switched
+        back to the image the token kept (re-hashed by the token), then that switch confirmed."""
+        if name == "firmware":
+            if name in self.inputs.old:
+                blob, image = self.inputs.old[name]
+                self._firmware(blob, image, f"undo-{name}")
+            return
+        link = self.connect()
+        info = link.info()
+        old = op.data["from_images"][name]
+        kept = info["previous"].get(name)
+        if info["images"][name]["sha256"] == self.inputs.new[name][1].sha256:
+            if kept is None:
+                raise VerificationError(f"the token no longer keeps its old {name}: the install cannot be undone")
+            link.switch(name, kept, int(old["length"]), bytes.fromhex(old["sha256"]), old["version"])
+            info = link.info()
+        if kept is not None and info["images"][name]["sha256"] == old["sha256"] and name in info["previous"]:
+            link.confirm(name)            # frees the slot the new image was staged in
 
-    def check(self) -> dict:
-        info = self.connect().info()
+    def verify(self) -> dict:
+        """Every component on the token reads back as the release's: firmware running, partitions hashed."""
+        link = self.connect()
+        info = link.info()
         wrong = [n for n, (_, img) in self.inputs.new.items() if not _on_token(info, n, img)]
+        for i, n in enumerate(p for p in PARTITIONS if p in self.inputs.new and p not in wrong):
+            image = self.inputs.new[n][1]
+            if link.digest(info["map"][n], len(image.payload)) != bytes.fromhex(image.sha256):
+                wrong.append(n)
+            self.progress("verify", i + 1, len(PARTITIONS))
         if wrong:
-            raise VerificationError(f"after the install the token does not report the release's {', '.join(wrong)}")
+            raise VerificationError(f"after the install the token does not read back the release's {', '.join(wrong)}")
+        return {}
+
+    def commit(self) -> dict:
+        """The point of no return: every switched partition confirmed (the kept old image freed)."""
+        link = self.connect()
+        info = link.info()
+        for n in PARTITIONS:
+            if n in self.inputs.new and n in info["previous"]:
+                link.confirm(n)
         return {"release": self.inputs.release.version}
 
 
@@ -237,11 +267,15 @@ def build_plan(runner: _Runner | None, changes: list[str]) -> Plan:
         return lambda op, resumed: asyncio.to_thread(runner.forward, name)
 
     def undo(name):
-        return lambda op: asyncio.to_thread(runner.undo, name)
+        return lambda op: asyncio.to_thread(runner.undo, name, op)
 
-    async def check(op, resumed):
-        return await asyncio.to_thread(runner.check)
-    steps = tuple(Step(n, fwd(n), undo=undo(n)) for n in changes) + (Step("check", check),)
+    async def verify(op, resumed):
+        return await asyncio.to_thread(runner.verify)
+
+    async def commit(op, resumed):
+        return await asyncio.to_thread(runner.commit)
+    steps = tuple(Step(n, fwd(n), undo=undo(n)) for n in changes) + (
+        Step("verify", verify), Step("commit", commit, point_of_no_return=True))
     return Plan(kind=KIND, steps=steps, noun="token release",
                 undo_on=(TokenRefused, TokenProtocolError, VerificationError), hold_on=(TokenGone,))
 
@@ -289,6 +323,7 @@ async def run_release(journal: Journal, connect: Callable[[], TokenLink], model:
             inputs = preflight(rel, model, info, blobs, previous, agent_version)
             op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
                 **_binding(rel, blobs), "changes": inputs.changes, "from": installed_set(info),
+                "from_images": {p: dict(info["images"][p]) for p in PARTITIONS},
                 "old_sha256": {n: _sha(b) for n, (b, _) in inputs.old.items()}, "paths": dict(paths or {})})
     except TokenError as exc:   # nothing begun yet: the token is as it was
         raise PreconditionError(str(exc).replace("the operation resumes", "repeat the command")) from None

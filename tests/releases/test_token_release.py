@@ -138,7 +138,7 @@ def test_a_release_whose_constraint_the_token_does_not_meet_is_refused(env):
     ("model", "is for token model other"),
     ("agent", "needs agent 9.0 or newer"),
     ("hash", "not the one the release names"),
-    ("no-old", "undoing it needs the cdrom the token runs now"),
+    ("no-old", "undoing it needs the firmware the token runs now"),
 ])
 def test_bad_input_is_refused_before_a_byte_is_written(env, case, message):
     rel, blobs, previous, agent = env.rel2, dict(env.blobs2), None, "1.0"
@@ -149,7 +149,7 @@ def test_bad_input_is_refused_before_a_byte_is_written(env, case, message):
     elif case == "hash":
         blobs["disk"] = env.blobs1["disk"]
     else:
-        previous = {"firmware": env.blobs1["firmware"]}
+        previous = {"cdrom": env.blobs1["cdrom"]}       # partitions keep their old image; firmware does not
     before = env.token.flash.bytes_written
     with pytest.raises(PreconditionError, match=message):
         env.install(rel, blobs, previous=previous, agent=agent)
@@ -208,3 +208,25 @@ def test_an_install_interrupted_by_a_kill_is_finished_by_recovery_from_the_journ
     [(_, result)] = asyncio.run(go())
     assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
     assert contents(env.token)["disk"] == env.d2["disk"] and env.usable()
+
+
+def test_a_failure_after_the_last_components_switch_ends_on_the_old_release_everywhere(env):
+    """Both partitions switched (each into a slot of the reserved area, none free), then the token stalls: the
+    undo must switch each back to the image it kept (found by the fault trials: the undo had no free slot)."""
+    orig, state = env.token._mgmt_control, {"fired": False}
+
+    def control(req, data, length):
+        if not state["fired"] and req == REQ_COMMAND and env.token.meta["images"]["disk"]["version"] == "1.1.0":
+            state["fired"] = True
+            raise Stall()
+        return orig(req, data, length)
+    env.token._mgmt_control = control
+    result, _ = env.install()
+    assert state["fired"] and result.state == "undone" and "stalled" in result.reason
+    assert token_set(env.token) == V1 and env.on_release() == "1.0.0" and not env.open_ops()
+    got = contents(env.token)
+    assert got["cdrom"] == env.d1["cdrom"] and got["disk"] == env.d1["disk"]
+    assert V2 in env.seen or {"firmware": "2.1.0", "cdrom": "3.0.0", "disk": "1.0.0"} in env.seen
+    assert env.usable()
+    del env.token._mgmt_control
+    assert env.install()[0].state == "done" and env.on_release() == "2.0.0"
