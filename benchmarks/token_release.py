@@ -130,7 +130,7 @@ def _install(setup: _Setup, d: Path, c, r1, r2, token_bus, *, progress=None):
     from cns_spec import releases as spec
 
     bus, token = token_bus
-    new, old = _files(c, r2), _files(c, r1)
+    new, old = _files(c, r2), {"firmware": _files(c, r1)["firmware"]}   # the token keeps its old partitions
     manifest = d / "manifest.json"
     manifest.write_bytes(spec.manifest_json(r2))
     paths = {"manifest": str(manifest), **{f"new:{n}": str(p) for n, p in new.items()},

@@ -134,8 +134,8 @@ class TokenOperations:
     async def install_release(self, serial: str, manifest: Path, progress=None) -> pb.TokenResult:
         """Install the downloaded release ``manifest`` names (``agent.updates.token_releases.files``) on the
         token ``serial`` (empty: the only one), or finish its unfinished install of that release. The
-        images of the release the token runs now (found among the releases downloaded beside it) are read
-        too: the install's undo reinstalls them."""
+        firmware image of the release the token runs now (found among the releases downloaded beside it)
+        is read too: the install's undo flashes it again (the token keeps its old partition images)."""
         from agent.ops.token_release import installed_set, run_release
         from agent.updates.client import UpdateError, known_releases
         from agent.updates.token_releases import files
@@ -163,7 +163,8 @@ class TokenOperations:
                     have = installed_set(await asyncio.to_thread(link.info))
                     now = spec.release_of(have, known_releases(targets.parent, model.id))
                     current = next((r for r in known_releases(targets.parent, model.id) if r.version == now), None)
-                    old_files = {c.name: targets / c.target for c in current.components} if current else {}
+                    fw = current.component("firmware") if current else None
+                    old_files = {"firmware": targets / fw.target} if fw is not None else {}   # partitions: kept
 
                 def read() -> tuple[dict, dict]:
                     try:

@@ -4,9 +4,10 @@ automatic update share (issue 14 item 4).
 ``offer(client, model, installed)``: the newest release of the model that is newer than the release the
 token runs (``cns_spec.releases.release_of``; a token on no known release is offered the newest), with
 the release it runs now; None when it is up to date. ``fetch(client, offer)``: download (verified by
-TUF, chunk by chunk, resumable, seeded by what is kept) the new release's components and the current
-release's (the install's undo reinstalls them); returns the journaled paths ``manifest``, ``new:NAME``,
-``old:NAME``. ``files(manifest_path)`` reads them back: the manifest lives in the client's targets folder
+TUF, chunk by chunk, resumable, seeded by what is kept) the new release's components and, when it
+changes the firmware, the current release's firmware (the install's undo flashes it again: the token
+keeps its old partition images itself); returns the journaled paths ``manifest``, ``new:NAME``,
+``old:firmware``. ``files(manifest_path)`` reads them back: the manifest lives in the client's targets folder
 (``targets/releases/MODEL/VERSION.json``), its components beside it under their target paths.
 
 Works the same online and offline (the client's url a folder: the TUF repository copied to a stick).
@@ -47,9 +48,11 @@ def fetch(client: UpdateClient, chosen: Offer) -> dict[str, str]:
     """Download what the install needs; every file checked against the signed metadata."""
     paths = {"manifest": str(client.targets_dir / spec.release_target_path(chosen.release.model,
                                                                             chosen.release.version))}
-    for kind, rel in (("new", chosen.release), ("old", chosen.current)):
-        for comp in rel.components if rel is not None else ():
-            paths[f"{kind}:{comp.name}"] = str(client.download(comp.target))
+    for comp in chosen.release.components:
+        paths[f"new:{comp.name}"] = str(client.download(comp.target))
+    old = chosen.current.component("firmware") if chosen.current is not None else None
+    if old is not None and "firmware" in chosen.release.versions():
+        paths["old:firmware"] = str(client.download(old.target))
     return paths
 
 
