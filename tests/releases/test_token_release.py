@@ -230,3 +230,18 @@ def test_a_failure_after_the_last_components_switch_ends_on_the_old_release_ever
     assert env.usable()
     del env.token._mgmt_control
     assert env.install()[0].state == "done" and env.on_release() == "2.0.0"
+
+
+def test_a_refusal_during_the_commit_leaves_the_install_open_and_it_is_finished_next_time(env):
+    """Past the point of no return (every component verified on the token) only forward: a stall while
+    confirming is not an undo; the operation stays open and the next run finishes it."""
+    stall_once(env.token, "verify")
+
+    def after_verify(step, done, total):
+        if step == "verify" and done == total:          # the last read-back done: the next request is the commit's
+            env.token.arm(step, done, total)
+    result, _ = env.install(hook=after_verify)
+    assert result.state == "open" and "stalled" in result.reason and "finished when" in result.reason
+    assert token_set(env.token) == V2 and len(env.open_ops()) == 1
+    del env.token._mgmt_control
+    assert env.install()[0].state == "done" and not env.open_ops() and env.token.meta["previous"] == {}
