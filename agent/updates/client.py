@@ -6,7 +6,8 @@ config), partial downloads in ``state_dir/partial`` and verified targets in ``st
 ``refresh()`` runs TUF's client workflow (root rotation, timestamp, snapshot, targets: expiry,
 rollback, signature thresholds, mix-and-match checks are ngclient's); ``token_releases(model)`` and
 ``agent_builds(platform)`` list what the verified targets offer; ``download(path)`` fetches one target,
-checked chunk by chunk and then whole. Every refusal is an ``UpdateError`` with one line.
+checked chunk by chunk and then whole (a copy already there that matches the signed length and hashes
+is used as it is). Every refusal is an ``UpdateError`` with one line.
 
 ``url`` is the repository's base (``{url}/metadata/``, ``{url}/targets/``) on any plain HTTP file
 server, or a folder holding the same tree (offline: a release copied to a folder or a USB stick).
@@ -132,6 +133,9 @@ class UpdateClient:
         dest = Path(dest) if dest else self.targets_dir / path
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            cached = self.updater.find_cached_target(ti, str(dest))   # already here, length and hashes checked
+            if cached:
+                return Path(cached)
             return Path(self.updater.download_target(ti, str(dest)))
         except (exceptions.RepositoryError, exceptions.DownloadError) as exc:
             dest.unlink(missing_ok=True)
