@@ -16,7 +16,8 @@ The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
   certificate's renewal (``station-cert-renewal``) and, when its ``[fleet]`` is
   enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``);
   with ``[updates]``, the periodic self-update (``self-update``: ``AgentUpdated``
-  stops the agent once a newer build is in place).
+  stops the agent once a newer build is in place) and, with the USB backend, the token
+  releases' check, background download and install when idle (``token-updates``).
 
 ``run(stop)`` starts every task and supervises them: the first one to end (the
 ``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
@@ -136,6 +137,78 @@ async def self_update(cfg: AgentConfig) -> None:
     raise AgentUpdated(out.version, out.detail)
 
 
+async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_dir: Path, policy: str,
+                        interval_s: float, jitter_s: float, retry_s: float = 60.0) -> None:
+    """The task ``token-updates`` (issue 14 item 4): at start and then periodically (jittered), for every
+    token plugged in, the newest release of its model newer than the one it runs is downloaded in the
+    background (verified, resumable: ``agent.updates.token_releases``) and kept as an offer
+    (``agent.token_offers``: serial → (version, manifest)). With ``policy`` "auto" an offer is installed
+    when its token is plugged in and idle (``TokenOperations.idle`` with ``token_busy``: no token operation,
+    nothing open in the journal, no other PC/SC client on its chip), tried again at every arrival and every
+    ``retry_s``; with "ask" the holder is told (log) and installs it with ``cns-agent update apply --token``.
+    A failed check or install is logged in one line and tried again later; the agent keeps running."""
+    from agent.devices.usb import TokenError
+    from agent.ops.errors import OperationError, PreconditionError
+    from agent.ops.token_release import installed_from_row
+    from agent.updates import token_releases as tr
+    from agent.updates.client import UpdateClient
+    from agent.updates.schedule import periodic
+
+    offers, wake, loop = agent.token_offers, asyncio.Event(), asyncio.get_running_loop()
+
+    def check() -> dict[str, tuple[str, Path]]:
+        client = UpdateClient(state_dir, url, proxy=proxy)
+        found = {}
+        for row in agent.tokens():
+            if row.get("mode") == "runtime" and row.get("model") and row.get("serial"):
+                offer = tr.offer(client, row["model"], installed_from_row(row))
+                if offer is not None:
+                    found[row["serial"]] = (offer.release.version, Path(tr.fetch(client, offer)["manifest"]))
+        return found
+
+    def on_result(found: dict[str, tuple[str, Path]]) -> None:
+        for serial, (version, _) in found.items():
+            if offers.get(serial, ("",))[0] != version:
+                log.info("token %s: release %s downloaded; %s", serial, version,
+                         "it is installed when the token is idle" if policy == "auto" else
+                         "install it with `cns-agent update apply --token`")
+        offers.update(found)
+        wake.set()
+
+    def arrived(kind: str, info) -> None:
+        if kind == "arrived":
+            loop.call_soon_threadsafe(wake.set)
+    checks = asyncio.create_task(periodic(check, interval_s=interval_s, jitter_s=jitter_s, on_result=on_result),
+                                 name="token-update-checks")
+    unsubscribe = agent.token_ops.usb.subscribe(arrived)
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), retry_s)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            if policy != "auto":
+                continue
+            for serial, (version, manifest) in list(offers.items()):
+                why = await agent.token_ops.idle(serial, agent.token_busy)
+                if why:
+                    log.debug("token %s: release %s waits: %s", serial, version, why)
+                    continue
+                offers.pop(serial, None)
+                try:
+                    res = await agent.token_ops.install_release(serial, manifest)
+                except (PreconditionError, TokenError, OperationError) as exc:
+                    log.warning("token %s: release %s not installed: %s", serial, version, exc)
+                    continue
+                log.info("token %s: release %s %s%s", serial, version, res.state,
+                         f" ({res.message})" if res.message else "")
+    finally:
+        checks.cancel()
+        unsubscribe()
+        await asyncio.gather(checks, return_exceptions=True)
+
+
 def grpc_uplink(cfg: StationConfig, operator_id: str) -> Uplink:
     from agent.uplink.client import PersonalizerClient
     return PersonalizerClient(cfg, operator_id=operator_id)
@@ -149,9 +222,11 @@ class Agent:
         self.ops, self.uplink = ops, uplink
         self.operations = Operations(ops, catalog, registry, self.open_link) if ops is not None else None
         usb = next((b for b in backends if isinstance(b, UsbBackend)), None)
-        self.token_ops = TokenOperations(usb, default_token_journal(cfg)) if usb is not None else None
+        self.token_ops = (TokenOperations(usb, default_token_journal(cfg), agent_version=cfg.version)
+                          if usb is not None else None)
         self._tasks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.server = None
+        self.token_offers: dict[str, tuple[str, Path]] = {}   # token serial → (release, manifest) downloaded
 
     @classmethod
     async def build(cls, cfg: AgentConfig, *, backends: Sequence[BackendFactory] = DEFAULT_BACKENDS,
@@ -187,13 +262,19 @@ class Agent:
                 agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
             if cfg.station.updates is not None:              # issue 18: signed self-update, periodically
                 agent.add_task("self-update", lambda: self_update(cfg))
+                if agent.token_ops is not None:                # issue 14: token releases, downloaded and offered
+                    from agent.updates.schedule import DEFAULT_INTERVAL_S, DEFAULT_JITTER_S
+                    up, every = cfg.station.updates, cfg.update_interval_s or DEFAULT_INTERVAL_S
+                    agent.add_task("token-updates", lambda: token_updates(
+                        agent, url=up.url, proxy=up.proxy, state_dir=default_updates_dir(cfg) / "updates",
+                        policy=up.token_install, interval_s=every, jitter_s=min(DEFAULT_JITTER_S, every / 4)))
             fleet = cfg.station.fleet
             if fleet is not None and fleet.enabled:        # issue 15: the agent-opened fleet stream
                 from agent.fleet.client import Options
                 from agent.fleet.station import run_station
                 options = Options(max_backoff=fleet.max_backoff_seconds)
                 agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version,
-                                                            options=options))
+                                                            options=options, tokens=agent))
         return agent
 
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -212,18 +293,43 @@ class Agent:
 
     def tokens(self) -> list[dict]:
         """The USB tokens the backends see (``snapshot()`` rows of every backend that has one), each with its
-        PC/SC reader and the chip's holder where the reader is paired (``agent.devices.usb.with_reader``)."""
+        PC/SC reader and the chip's holder where the reader is paired (``agent.devices.usb.with_reader``) and the
+        release it runs as a whole (``release``: "" for a mix or a set no release this agent knows names)."""
         _, readers = self.registry.snapshot()
-        return [with_reader(row, readers) for b in self.backends.values()
+        return [self.with_release(with_reader(row, readers)) for b in self.backends.values()
                 if callable(getattr(b, "snapshot", None)) for row in b.snapshot()]
+
+    def with_release(self, row: dict) -> dict:
+        """A token row plus ``release``: the newest verified release manifest (downloaded into the update
+        state, ``agent.updates.client.known_releases``) whose every component the token has."""
+        if row.get("mode") != "runtime" or not row.get("model"):
+            return dict(row, release="")
+        from agent.ops.token_release import installed_from_row, release_of
+        from agent.updates.client import known_releases
+        known = known_releases(default_updates_dir(self.cfg) / "updates", row["model"])
+        return dict(row, release=release_of(installed_from_row(row), known))
+
+    def token_busy(self, serial: str) -> str | None:
+        """Why the token's chip must not be disturbed now (another PC/SC client holds it), or None. The
+        chip's reader is paired by the token's serial (``agent.devices.usb.reader_for``)."""
+        from agent.devices.pcsc import in_use
+        from agent.devices.usb import reader_for
+        reader = reader_for(serial, [r.name for r in self.registry.snapshot()[1]])
+        if reader is not None and in_use(reader):
+            return f"its chip is in use in {reader} (an application has it open)"
+        return None
 
     def subscribe_tokens(self, listener: Callable[[str, dict], None]) -> Callable[[], None]:
         """``listener(kind, row)`` for every token event (arrived | left | changed) of the USB backends, the
-        row paired as in ``tokens()``; returns the function that unsubscribes."""
+        row as ``tokens()``'s; returns the function that unsubscribes."""
         def relay(kind, info) -> None:
-            listener(kind, with_reader(info.as_dict(), self.registry.snapshot()[1]))
+            listener(kind, self.with_release(with_reader(info.as_dict(), self.registry.snapshot()[1])))
         removers = [b.subscribe(relay) for b in self.backends.values() if isinstance(b, UsbBackend)]
-        return lambda: [remove() for remove in removers] and None
+
+        def unsubscribe_all() -> None:
+            for remove in removers:
+                remove()
+        return unsubscribe_all
 
     def _status(self) -> str:
         card = self.backends.get(CARD_BACKEND)

@@ -1,122 +1,404 @@
-"""Token release download (issue 14 item 6, download part): bytes fetched against the changed chunks, time against raw.
+"""Token release: bytes downloaded vs changed chunks, install time vs raw link time, randomized fault trials.
 
-Builds two releases with personalizer.releases (firmware + CD-ROM image + disk content; the second
-changes the firmware and a few scattered blocks of the CD-ROM and disk), serves them with nginx
-(tests.releases.nginx) and downloads release 2 with the agent's client seeded by release 1 (what the
-agent keeps), first cleanly, then under ``--faults`` randomized dropped connections (a proxy that cuts
-each response at a random byte). Reports bytes received against the changed chunks plus metadata
-(target: ≤ 1.1×), the time against a raw GET of the same changed bytes, and that every faulted trial
-ended with the exact release 2 bytes. Options: --cdrom-mib (64; the issue's figure is 700), --disk-mib,
---changed (blocks changed per image), --faults (trials), --seed. Installing on a token (h-e) is not part.
+Item 6 of issue 14. Two releases of one token model are built with personalizer.releases and served by
+nginx (tests.releases.nginx): firmware + a CD-ROM image of ``--cdrom-mib`` (the issue's figure: 700) +
+the disk's content, each a signed token image; release 2 changes the firmware and ``--changed`` scattered
+4 KiB blocks of the CD-ROM and of the disk.
+
+1. **Download**: the agent's TUF client, holding release 1 (what it downloaded before), fetches release
+   2: bytes received against the changed 1 MiB chunks plus the metadata (target ≤ 1.1×), time against a
+   raw GET of the same bytes; then ``--faults`` trials through a proxy that drops each response at a
+   random byte, each ending with the exact release 2 bytes.
+2. **Install**: an emulated token (pyusb over the emulated bus) that runs release 1 from the factory gets
+   release 2 through ``agent.ops.token_release`` from the downloaded files: wall time, the modelled link
+   time of what crossed the link, against the raw link time of the changed bytes and of the whole
+   release at the token's modelled rate; the token must end with release 2's exact bytes.
+3. **Fault trials** (``--install-faults``, on a release of ``--fault-cdrom-mib``: a fresh token per trial):
+   each downloads release 2 and installs it under one random fault: ``drop`` (the connection cut mid-file),
+   ``kill`` (the agent dies at a random progress point), ``tear`` (power cut after a random number of flash
+   bytes), ``unplug`` (the token pulled at a random USB transfer), ``stall`` (the token refuses one random
+   management request: the install is undone). Right after the fault the token must be usable (a committed
+   set meeting the constraints, or its bootloader waiting for the same firmware); then the agent's recovery
+   (``agent.ops.token_recovery``, as on the next insert) runs, and the token must be on release 1 or 2
+   exactly (every byte), never a mix, with no operation left open. Target: 0 mixed or broken.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import random
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 MiB = 1 << 20
+V1 = {"firmware": "1.2.0", "cdrom": "2.5.0", "disk": "1.0.0"}
+V2 = {"firmware": "2.1.0", "cdrom": "3.0.0", "disk": "1.1.0"}
+FAULTS = ("drop", "kill", "tear", "unplug", "stall")
 
 
-def _image(size: int, seed: int) -> bytearray:
-    rng = random.Random(seed)
-    return bytearray(rng.randbytes(size))
+class _Killed(BaseException):
+    """The agent died (nothing after this point runs, as under SIGKILL)."""
+
+
+class _Setup:
+    """Two signed releases of one (shrunk) model, published in a TUF repository served by nginx. Only the
+    hashes of release 2's bytes are kept (a 700 MiB run holds release 1's payloads to provision tokens)."""
+
+    def __init__(self, tmp: Path, base_model, cdrom_mib: int, disk_mib: int, changed: int, seed: int):
+        from personalizer.releases.repository import ReleaseRepo
+        from tests.releases import nginx
+        from tests.releases.conftest import write_release
+        from tests.releases.tokenrel import changed as change, payloads, small_model
+        from firmware_profiles.usbemu import test_release_key
+        from firmware_profiles.usbtoken.image import build_image
+
+        self.tmp = tmp
+        self.model = small_model(base_model, cdrom_mib=cdrom_mib + 1, disk_mib=disk_mib, slot_mib=cdrom_mib + 2)
+        self.d1 = payloads(self.model, seed, cdrom_bytes=cdrom_mib * MiB, fw_bytes=256 * 1024)
+        d2 = change(self.d1, seed + 1, blocks=changed)
+        self.payload_sha = {"1.0.0": {n: _sha(b) for n, b in self.d1.items()}, "2.0.0": {n: _sha(b) for n, b in d2.items()}}
+        self.blob_sha: dict[str, dict[str, str]] = {}
+        self.blob_len: dict[str, int] = {}
+        self.changed_bytes = 0
+        self.repo = ReleaseRepo.init(tmp / "repo", tmp / "off", tmp / "on")
+        previous = None
+        for version, versions, data in (("1.0.0", V1, self.d1), ("2.0.0", V2, d2)):
+            blobs = {n: build_image(test_release_key(), kind=n, model=self.model.id, version=v, payload=data[n])
+                     for n, v in versions.items()}
+            self.blob_sha[version] = {n: _sha(b) for n, b in blobs.items()}
+            if previous is not None:      # the changed 1 MiB chunks of the signed files (what a delta must fetch)
+                for n, b in blobs.items():
+                    a = previous[n]
+                    self.changed_bytes += sum(len(b[i:i + MiB]) for i in range(0, len(b), MiB) if a[i:i + MiB] != b[i:i + MiB])
+                self.blob_len = {n: len(b) for n, b in blobs.items()}
+            rule = () if version == "1.0.0" else (("cdrom>=3", "firmware>=2.1"),)
+            self.repo.add_token_release(write_release(tmp / "in" / version, self.model.id, version,
+                                                      {n: (versions[n], b) for n, b in blobs.items()}, rule))
+            self.repo.sign(tmp / "off")
+            self.repo.publish(tmp / "on")
+            previous = blobs
+        del previous, blobs, d2
+        shutil.rmtree(tmp / "in", ignore_errors=True)
+        self.server = nginx.start(self.repo.served, tmp / "nginx")
+        self.root = (self.repo.meta_dir / "1.root.json").read_bytes()
+        self.metadata_bytes = sum(p.stat().st_size for p in self.repo.meta_dir.glob("*.json"))
+
+    def client(self, state: Path, proxy: str | None = None):
+        from agent.updates.client import UpdateClient
+        return UpdateClient(state, self.server.url, proxy=proxy, bootstrap_root=self.root, retries=50, timeout_s=10)
+
+    def holding_release_1(self, state: Path, proxy: str | None = None):
+        """A client that downloaded release 1 before (what an agent on release 1 keeps)."""
+        c = self.client(state, proxy)
+        r1, r2 = c.token_releases(self.model.id)
+        for comp in r1.components:
+            c.download(comp.target)
+        return c, r1, r2
+
+    def downloaded_exact(self, c, comp) -> bool:
+        return _file_sha(c.download(comp.target)) == self.blob_sha["2.0.0"][comp.name]
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _file_sha(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(c, rel) -> dict[str, Path]:
+    return {comp.name: c.targets_dir / comp.target for comp in rel.components}
+
+
+def _install(setup: _Setup, d: Path, c, r1, r2, token_bus, *, progress=None):
+    """Install r2 (downloaded by ``c``) on the token; the journal and its file paths as the agent keeps them."""
+    from agent.devices.usb import UsbTokenBackend
+    from agent.ops.journal import Journal
+    from agent.ops.token_release import run_release
+    from cns_spec import releases as spec
+
+    bus, token = token_bus
+    new, old = _files(c, r2), {"firmware": _files(c, r1)["firmware"]}   # the token keeps its old partitions
+    manifest = d / "manifest.json"
+    manifest.write_bytes(spec.manifest_json(r2))
+    paths = {"manifest": str(manifest), **{f"new:{n}": str(p) for n, p in new.items()},
+             **{f"old:{n}": str(p) for n, p in old.items()}}
+    backend = UsbTokenBackend(bus, models={setup.model.id: setup.model})
+
+    async def go():
+        j = await Journal.open(d / "journal.db")
+        try:
+            return await run_release(j, lambda: backend.open(token.serial), setup.model, r2,
+                                     {n: p.read_bytes() for n, p in new.items()},
+                                     {n: p.read_bytes() for n, p in old.items()}, agent_version="1.0",
+                                     progress=progress, paths=paths)
+        finally:
+            await j.close()
+    return asyncio.run(go())
+
+
+def _recover(setup: _Setup, d: Path, token_bus) -> list:
+    from agent.devices.usb import UsbTokenBackend
+    from agent.ops.journal import Journal
+    from agent.ops.token_recovery import recover_token
+
+    bus, token = token_bus
+    backend = UsbTokenBackend(bus, models={setup.model.id: setup.model})
+
+    async def go():
+        j = await Journal.open(d / "journal.db")
+        try:
+            return await recover_token(j, lambda: backend.open(token.serial), {setup.model.id: setup.model}), \
+                len(await j.open_operations(token.serial))
+        finally:
+            await j.close()
+    return asyncio.run(go())
+
+
+class Broken(AssertionError):
+    """A token left on a mix, or unusable."""
+
+
+def _partition_sha(token) -> dict[str, str]:
+    from tests.releases.tokenrel import contents
+    return {n: _sha(b) for n, b in contents(token).items() if n != "firmware"}
+
+
+def _which(setup: _Setup, token) -> str:
+    """"1.0.0" | "2.0.0" when every byte is that release's, else raises Broken."""
+    from tests.releases.tokenrel import token_set
+    have, got = token_set(token), _partition_sha(token)
+    for version, versions in (("1.0.0", V1), ("2.0.0", V2)):
+        want = setup.payload_sha[version]
+        if have == versions and got["cdrom"] == want["cdrom"] and got["disk"] == want["disk"]:
+            return version
+    raise Broken(f"the token is on a mix: {have}")
+
+
+def _usable(setup: _Setup, token) -> str:
+    """Right after a fault, before any repair: a committed set within the constraints, every partition
+    reading a whole image of release 1 or 2; or the bootloader (a firmware download was cut)."""
+    from tests.releases.tokenrel import token_set
+    have, got = token_set(token), _partition_sha(token)
+    if any(k.applies(have) and not k.met(have) for k in _constraints()):
+        raise Broken(f"the token runs a set that breaks the release's constraints: {have}")
+    for name in ("cdrom", "disk"):
+        if got[name] not in (setup.payload_sha["1.0.0"][name], setup.payload_sha["2.0.0"][name]):
+            raise Broken(f"the token's {name} reads neither release's image")
+    return "bootloader" if token.mode == "bootloader" else "usable"
+
+
+def _constraints():
+    from cns_spec import releases as spec
+    return (spec.Constraint("cdrom>=3", "firmware>=2.1"),)
+
+
+def _probe(setup: _Setup, d: Path, state: Path) -> dict:
+    """A clean install, counting what the fault draws are drawn over."""
+    from firmware_profiles.usbtoken.protocol import REQ_COMMAND
+    from tests.releases.tokenrel import provision
+
+    d.mkdir()
+    c, r1, r2 = setup.holding_release_1(state)
+    for comp in r2.components:
+        c.download(comp.target)
+    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    calls, mgmt = [0], [0]
+    orig = token._mgmt_control
+
+    def counting(req, data, length):
+        if req == REQ_COMMAND:
+            mgmt[0] += 1
+        return orig(req, data, length)
+    token._mgmt_control = counting
+    w0, t0 = token.flash.bytes_written, bus.transfers
+    result, _ = _install(setup, d, c, r1, r2, (bus, token), progress=lambda *a: calls.__setitem__(0, calls[0] + 1))
+    assert result.state == "done", result.reason
+    out = {"progress": calls[0], "flash_bytes": token.flash.bytes_written - w0, "transfers": bus.transfers - t0,
+           "mgmt": mgmt[0]}
+    token.flash.close()
+    return out
+
+
+def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random, probe: dict, proxy) -> tuple[str, str]:
+    """One trial; returns (state right after the fault, release at the end)."""
+    from agent.devices.usb import TokenError
+    from agent.ops.errors import OperationError, PreconditionError
+    from firmware_profiles.usbemu.token import Stall
+    from firmware_profiles.usbtoken.protocol import REQ_COMMAND
+    from tests.releases.tokenrel import provision
+
+    d.mkdir()
+    shutil.copytree(seeded, d / "state")
+    c = setup.client(d / "state", proxy.url if fault == "drop" else None)
+    r1, r2 = c.token_releases(setup.model.id)
+    if fault == "drop":
+        proxy.cut(responses=1, after_bytes=rng.randrange(1000, 2 * MiB))
+    for comp in r2.components:
+        if not setup.downloaded_exact(c, comp):
+            raise Broken(f"the downloaded {comp.name} is not release 2's")
+    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    progress = None
+    if fault == "kill":
+        at, calls = rng.randrange(1, probe["progress"] + 1), [0]
+
+        def progress(step, done, total):
+            calls[0] += 1
+            if calls[0] == at:
+                raise _Killed()
+    elif fault == "tear":
+        token.flash.cut_after(rng.randrange(probe["flash_bytes"]))
+    elif fault == "unplug":
+        bus.unplug_after(rng.randrange(1, probe["transfers"]))
+    elif fault == "stall":
+        at, seen, orig = rng.randrange(1, probe["mgmt"] + 1), [0], token._mgmt_control
+
+        def control(req, data, length):
+            if req == REQ_COMMAND:
+                seen[0] += 1
+                if seen[0] == at:
+                    raise Stall()
+            return orig(req, data, length)
+        token._mgmt_control = control
+    began = True
+    try:
+        _install(setup, d, c, r1, r2, (bus, token), progress=progress)
+    except _Killed:
+        pass
+    except PreconditionError:                 # the fault hit before the operation began (checked below)
+        began = False
+    except (TokenError, OperationError):      # e.g. a refusal past the point of no return: left open, resumed
+        pass
+    token.flash.cut_after(None)
+    bus.unplug_after(None)
+    token.__dict__.pop("_mgmt_control", None)
+    if token not in bus.tokens():
+        bus.replug(token)                     # the holder plugs it in again
+    after = _usable(setup, token)
+    (results, left) = _recover(setup, d, (bus, token))
+    if left or any(r.state not in ("done", "undone") for _, r in results):
+        raise Broken(f"recovery left the install open: {[(r.state, r.reason) for _, r in results]}")
+    if not began and _which(setup, token) == "1.0.0":
+        result, _ = _install(setup, d, c, r1, r2, (bus, token))   # the holder (or the schedule) runs it again
+        if result.state != "done":
+            raise Broken(f"the repeated install ended {result.state}: {result.reason}")
+    end = _which(setup, token)
+    token.flash.close()
+    shutil.rmtree(d, ignore_errors=True)
+    return after, end
 
 
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="bench token-release")
-    ap.add_argument("--cdrom-mib", type=int, default=64)
+    ap.add_argument("--cdrom-mib", type=int, default=64, help="CD-ROM image of the clean run (the issue's: 700)")
     ap.add_argument("--disk-mib", type=int, default=16)
-    ap.add_argument("--changed", type=int, default=3)
-    ap.add_argument("--faults", type=int, default=20)
+    ap.add_argument("--changed", type=int, default=3, help="4 KiB blocks changed in each of CD-ROM and disk")
+    ap.add_argument("--faults", type=int, default=20, help="download trials with a dropped connection")
+    ap.add_argument("--install-faults", type=int, default=50, help="download + install trials under a random fault")
+    ap.add_argument("--fault-cdrom-mib", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--model", default="cns-token-ccid")
     opts = ap.parse_args(argv)
 
     import urllib3
-    from agent.updates.client import UpdateClient
-    from personalizer.releases.repository import ReleaseRepo
-    from tests.releases import nginx
-    from tests.releases.conftest import write_release
+    from firmware_profiles.usbemu.token import LINK_EFFICIENCY
+    from firmware_profiles.usbtoken import load_token_models
     from tests.releases.netfaults import FaultyProxy
+    from tests.releases.tokenrel import provision
 
+    base = load_token_models()[opts.model]
     rng = random.Random(opts.seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-token-release-"))
-    srv = proxy = None
+    big = small = proxy = None
     try:
-        fw1, fw2 = bytes(_image(MiB // 2, 1)), bytes(_image(MiB // 2, 2))
-        cd1, disk1 = _image(opts.cdrom_mib * MiB, 3), _image(opts.disk_mib * MiB, 4)
-        cd2, disk2 = bytearray(cd1), bytearray(disk1)
-        changed_chunks = set()
-        for name, img in (("cdrom", cd2), ("disk", disk2)):
-            for _ in range(opts.changed):
-                at = rng.randrange(len(img) - 4096)
-                img[at:at + 4096] = rng.randbytes(4096)
-                changed_chunks.add((name, at // MiB))
-                changed_chunks.add((name, (at + 4095) // MiB))
-        cd2, disk2 = bytes(cd2), bytes(disk2)
-        repo = ReleaseRepo.init(tmp / "repo", tmp / "off", tmp / "on")
-        for version, parts in (("1.0.0", {"firmware": ("2.1", fw1), "cdrom": ("3.0", bytes(cd1)),
-                                          "disk": ("1.0", bytes(disk1))}),
-                               ("1.1.0", {"firmware": ("2.2", fw2), "cdrom": ("3.1", cd2), "disk": ("1.1", disk2)})):
-            repo.add_token_release(write_release(tmp / "in" / version, "tok1", version, parts))
-            repo.sign(tmp / "off")
-            repo.publish(tmp / "on")
-        srv = nginx.start(repo.served, tmp / "nginx")
         proxy = FaultyProxy()
-        root = (repo.meta_dir / "1.root.json").read_bytes()
-        want = {"firmware": fw2, "cdrom": cd2, "disk": disk2}
-        changed_bytes = len(fw2) + len(changed_chunks) * MiB
-
-        def trial(name: str, fault: bool) -> tuple[int, float, bool]:
-            state = tmp / name
-            if state.exists():
-                shutil.rmtree(state)
-            c = UpdateClient(state, srv.url, proxy=proxy.url, bootstrap_root=root, retries=50, timeout_s=10)
-            rels = c.token_releases("tok1")
-            for comp in rels[0].components:           # what the agent holds from release 1
-                c.download(comp.target)
-            start_bytes = c.fetcher.bytes_received
-            t0 = time.perf_counter()
-            ok = True
-            for comp in rels[1].components:
-                if fault:
-                    proxy.cut(responses=1, after_bytes=rng.randrange(1000, MiB + 1000))
-                ok &= hashlib.sha256(c.download(comp.target).read_bytes()).digest() == \
-                    hashlib.sha256(want[comp.name]).digest()
-            return c.fetcher.bytes_received - start_bytes, time.perf_counter() - t0, ok
-
-        clean_bytes, clean_s, clean_ok = trial("clean", False)
+        big = _Setup(tmp / "big", base, opts.cdrom_mib, opts.disk_mib, opts.changed, opts.seed)
+        # 1. download
+        c, r1, r2 = big.holding_release_1(tmp / "clean")
+        b0, t0 = c.fetcher.bytes_received, time.perf_counter()
+        ok = all(big.downloaded_exact(c, comp) for comp in r2.components)
+        clean_bytes, clean_s = c.fetcher.bytes_received - b0, time.perf_counter() - t0
         http = urllib3.PoolManager()
-        t0 = time.perf_counter()
-        raw = 0
-        for path in sorted((repo.targets_dir / "components").rglob("*")):
-            if path.is_file() and path.name.split(".", 1)[1] in ("firmware-2.2", "cdrom-3.1", "disk-1.1"):
-                rel = path.relative_to(repo.served)
-                body = http.request("GET", f"{srv.url}/{rel}").data
-                raw += len(body)
+        t0, raw = time.perf_counter(), 0
+        for comp in r2.components:
+            raw += len(http.request("GET", c._url_of(c.info(comp.target))).data)
         raw_full_s = time.perf_counter() - t0
-        raw_changed_s = raw_full_s * changed_bytes / raw
-        faulted = [trial(f"fault-{i}", True) for i in range(opts.faults)]
-        metadata = sum(p.stat().st_size for p in (repo.meta_dir).glob("*.json"))
-        target = 1.1 * changed_bytes + metadata
-        return {
-            "cdrom_mib": opts.cdrom_mib, "disk_mib": opts.disk_mib, "changed_chunks": len(changed_chunks),
-            "changed_bytes": changed_bytes, "metadata_bytes": metadata,
-            "downloaded_target_bytes_clean": clean_bytes, "downloaded_bytes_clean_with_metadata": clean_bytes + metadata, "ratio_clean": round(clean_bytes / changed_bytes, 3),
-            "download_s_clean": round(clean_s, 3), "raw_get_changed_s_estimate": round(raw_changed_s, 3),
-            "raw_get_full_release_s": round(raw_full_s, 3),
-            "fault_trials": len(faulted), "fault_trials_exact": sum(ok for _, _, ok in faulted),
-            "downloaded_bytes_faulted_max": max((b for b, _, _ in faulted), default=0),
-            "target_bytes": int(target),
-            "ok": clean_ok and clean_bytes + metadata <= target and all(ok for _, _, ok in faulted),
+        drops = []
+        for i in range(opts.faults):
+            fc, _, fr2 = big.holding_release_1(tmp / f"drop-{i}", proxy.url)
+            fb0 = fc.fetcher.bytes_received
+            good = True
+            for comp in fr2.components:
+                proxy.cut(responses=1, after_bytes=rng.randrange(1000, MiB + 1000))
+                good &= big.downloaded_exact(fc, comp)
+            drops.append((fc.fetcher.bytes_received - fb0, good))
+            shutil.rmtree(tmp / f"drop-{i}", ignore_errors=True)
+        target = 1.1 * big.changed_bytes + big.metadata_bytes
+        # 2. install
+        bus, token = provision(big.model, tmp / "big-flash.bin", V1, big.d1)
+        link0, bytes0, t0 = token.link_seconds, token.link_bytes, time.perf_counter()
+        result, sent = _install(big, tmp, c, r1, r2, (bus, token))
+        install_s, install_link_s = time.perf_counter() - t0, token.link_seconds - link0
+        installed = result.state == "done" and _which(big, token) == "2.0.0"
+        rate = big.model.link_bits_per_second * LINK_EFFICIENCY / 8
+        whole = sum(big.blob_len.values())
+        changed_link_bytes = big.blob_len["firmware"] + 2 * opts.changed * 4096
+        out = {
+            "cdrom_mib": opts.cdrom_mib, "disk_mib": opts.disk_mib, "changed_blocks_per_image": opts.changed,
+            "changed_bytes": big.changed_bytes, "metadata_bytes": big.metadata_bytes,
+            "downloaded_target_bytes_clean": clean_bytes,
+            "downloaded_bytes_clean_with_metadata": clean_bytes + big.metadata_bytes,
+            "ratio_clean": round(clean_bytes / big.changed_bytes, 3), "target_ratio": 1.1, "target_bytes": int(target),
+            "download_s_clean": round(clean_s, 3), "raw_get_full_release_s": round(raw_full_s, 3),
+            "raw_get_changed_s_estimate": round(raw_full_s * big.changed_bytes / raw, 3),
+            "drop_trials": len(drops), "drop_trials_exact": sum(g for _, g in drops),
+            "downloaded_bytes_dropped_max": max((b for b, _ in drops), default=0),
+            "install_s": round(install_s, 3), "install_link_s_modelled": round(install_link_s, 3),
+            "install_link_bytes": token.link_bytes - bytes0, "install_image_bytes_sent": sent,
+            "raw_link_changed_s": round(changed_link_bytes / rate, 3),
+            "raw_link_whole_release_s": round(whole / rate, 3),
+            "link_bits_per_second": big.model.link_bits_per_second, "units": "bytes, seconds",
         }
+        token.flash.close()
+        big.close()
+        big = None
+        # 3. fault trials
+        small = _Setup(tmp / "small", base, opts.fault_cdrom_mib, 2, opts.changed, opts.seed + 7)
+        seeded = tmp / "seeded"
+        small.holding_release_1(seeded)
+        probe = _probe(small, tmp / "probe", tmp / "probe-state")
+        ends, afters, broken = Counter(), Counter(), []
+        for i in range(opts.install_faults):
+            fault = FAULTS[i % len(FAULTS)]
+            try:
+                after, end = _trial(small, tmp / f"t{i}", seeded, fault, rng, probe, proxy)
+                ends[f"{fault}:{end}"] += 1
+                afters[after] += 1
+            except Broken as exc:
+                broken.append(f"trial {i} ({fault}): {exc}")
+        out.update({
+            "fault_trials": opts.install_faults, "fault_cdrom_mib": opts.fault_cdrom_mib,
+            "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
+            "tokens_mixed_or_broken": len(broken), "broken": broken[:5],
+            "ok": (ok and installed and clean_bytes + out["metadata_bytes"] <= target and all(g for _, g in drops)
+                   and not broken),
+        })
+        return out
     finally:
-        if proxy:
-            proxy.close()
-        if srv:
-            srv.stop()
+        for x in (big, small, proxy):
+            if x is not None:
+                x.close()
         shutil.rmtree(tmp, ignore_errors=True)
+

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 __all__ = ["COMPONENTS", "CHUNK_SIZE", "Component", "Constraint", "Release", "ManifestError", "parse_version",
            "version_satisfies", "parse_manifest", "manifest_json", "release_target_path", "agent_target_path",
-           "chunk_hashes", "cns_custom", "unmet_constraints", "install_order"]
+           "chunk_hashes", "cns_custom", "unmet_constraints", "install_order", "release_of"]
 
 COMPONENTS = ("firmware", "cdrom", "disk")     # a token's parts, in the order they are committed when unconstrained
 CHUNK_SIZE = 1 << 20                           # 1 MiB: a bad chunk costs at most this much download
@@ -214,3 +214,10 @@ def install_order(rel: Release) -> list[str]:
             raise ManifestError("constraints: they form a cycle; no install order keeps the token consistent")
         order.append(ready[0])
     return order
+
+
+def release_of(installed: dict[str, str], releases) -> str:
+    """The release a token runs as a whole: the newest of ``releases`` whose every component the token has
+    (``installed``: component → version); "" when none does (a mix, or a set no known release names)."""
+    hits = [r for r in releases if all(installed.get(c.name) == c.version for c in r.components)]
+    return max(hits, key=lambda r: parse_version(r.version)).version if hits else ""

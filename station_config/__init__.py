@@ -96,11 +96,15 @@ class OperationsSection:
     recovery_retry_seconds: float = DEFAULT_RECOVERY_RETRY_S
 
 
+TOKEN_INSTALL_RE = re.compile(r"^(ask|auto)$")
+
+
 @dataclass(frozen=True)
 class UpdatesSection:
     """The release repository (TUF over plain HTTP) the agent takes token releases and its own builds from."""
     url: str                       # base URL: {url}/metadata/, {url}/targets/
     proxy: str | None = None       # http://HOST:PORT forward proxy for it; None = direct
+    token_install: str = "ask"     # a newer token release, once downloaded: "ask" the holder, or "auto" (when idle)
 
 
 DEFAULT_FLEET_MAX_BACKOFF_S = 120.0
@@ -150,7 +154,7 @@ _SECTIONS = {
     "proxy": {"url", "no_proxy"},
     "cards": set(),   # its two keys are retired (issue 12): card administration keys are central
     "renewal": {"window_days"},
-    "updates": {"url", "proxy"},
+    "updates": {"url", "proxy", "token_install"},
     "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
     "fleet": {"enabled", "max_backoff_seconds"},
     "enrollment": {"pkcs11_module", "token_label", "pin_file"},
@@ -299,7 +303,10 @@ def load(path: str | Path) -> StationConfig:
     updates = None
     if "updates" in data:
         updates = UpdatesSection(url=ld.pattern("updates", "url", UPDATES_URL_RE, "http(s)://HOST[:PORT]/PATH"),
-                                 proxy=ld.pattern("updates", "proxy", PROXY_RE, "http://HOST[:PORT]", optional=True))
+                                 proxy=ld.pattern("updates", "proxy", PROXY_RE, "http://HOST[:PORT]", optional=True),
+                                 token_install=ld.pattern("updates", "token_install", TOKEN_INSTALL_RE,
+                                                          '"ask" (the holder says when) or "auto" (when the token '
+                                                          'is idle)', optional=True) or "ask")
     operations = OperationsSection(
         watch_timeout_seconds=ld.positive("operations", "watch_timeout_seconds", DEFAULT_WATCH_TIMEOUT_S),
         recovery_retry_seconds=ld.positive("operations", "recovery_retry_seconds", DEFAULT_RECOVERY_RETRY_S))

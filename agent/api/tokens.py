@@ -1,7 +1,8 @@
-"""Token operations of the running agent (issue 13 items 4-5): ``UpdateToken`` and recovery on insert/start.
+"""Token operations of the running agent (issue 13 items 4-5, issue 14): ``UpdateToken`` and recovery on insert/start.
 
 ``TokenOperations(usb, journal_path)`` runs the token plans of ``agent.ops`` (``token_update.run_update``
-for a CD-ROM or disk image, ``token_firmware.run_firmware`` for firmware) on the token the USB backend
+for a CD-ROM or disk image, ``token_firmware.run_firmware`` for firmware, ``token_release.run_release``
+for a downloaded token release: target ``release``, the path its manifest) on the token the USB backend
 (``agent.devices.usb.UsbBackend``) reaches, with the backend's scans paused (``exclusive()``: the scan's
 requests must not interleave with the operation's on the management channel). Each operation is
 journaled in the agent's token journal (SQLite, opened on first use), with the image's path, so
@@ -22,23 +23,24 @@ from pathlib import Path
 import grpc
 
 from agent.devices.usb import TokenError, UsbBackend
-from agent.ops import token_firmware, token_recovery, token_update
+from agent.ops import token_firmware, token_recovery, token_release, token_update
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.journal import Journal
 from firmware_profiles.usbtoken.image import ImageError, parse_image
 from proto.cns.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
-TARGETS = ("cdrom", "disk", "partition", "firmware")   # partition: whichever of cdrom/disk the image is for
+TARGETS = ("cdrom", "disk", "partition", "firmware", "release")   # partition: whichever of cdrom/disk the image is for
 KIND_NAME = {"cdrom": "CD-ROM", "disk": "disk"}
 MAX_IMAGE_BYTES = 2 << 30     # larger than any token's flash: refused before it is read
 
 
 class TokenOperations:
-    def __init__(self, usb: UsbBackend, journal_path: Path) -> None:
-        self.usb, self.journal_path = usb, journal_path
+    def __init__(self, usb: UsbBackend, journal_path: Path, *, agent_version: str = "0") -> None:
+        self.usb, self.journal_path, self.agent_version = usb, journal_path, agent_version
         self._journal: Journal | None = None
         self._journal_lock = asyncio.Lock()
+        self._running: set[str] = set()     # serials with a token operation under way in this agent
 
     async def journal(self, *, create: bool = True) -> Journal | None:
         async with self._journal_lock:
@@ -63,9 +65,12 @@ class TokenOperations:
         try:
             if not path.is_absolute():
                 raise PreconditionError(f"{path}: give the image's absolute path")
-            if path.stat().st_size > MAX_IMAGE_BYTES:
+            if request.target == "release":
+                blob = b""            # a release manifest: its images are read by _run_release
+            elif path.stat().st_size > MAX_IMAGE_BYTES:
                 raise PreconditionError(f"{path} is larger than any token's flash: pick the right file")
-            blob = await asyncio.to_thread(path.read_bytes)
+            else:
+                blob = await asyncio.to_thread(path.read_bytes)
         except PreconditionError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except OSError as exc:
@@ -82,7 +87,9 @@ class TokenOperations:
             last[step] = pct
             loop.call_soon_threadsafe(queue.put_nowait, pb.TokenProgress(step=step, done=done, total=total))
 
-        task = asyncio.create_task(self._run(request, blob, str(path), progress), name="token-update")
+        run = (self.install_release(request.serial, path, progress) if request.target == "release"
+               else self._run(request, blob, str(path), progress))
+        task = asyncio.create_task(run, name="token-update")
         while not (task.done() and queue.empty()):
             try:
                 yield await asyncio.wait_for(queue.get(), 0.1)
@@ -126,6 +133,77 @@ class TokenOperations:
         return pb.TokenResult(serial=link.serial, state=out.state,
                               target=kind, version=version, sent_bytes=sent,
                               message=out.reason or (str(out.error) if out.error else ""))
+
+    # ------------------------------------------------------------------ token releases (issue 14)
+    async def install_release(self, serial: str, manifest: Path, progress=None) -> pb.TokenResult:
+        """Install the downloaded release ``manifest`` names (``agent.updates.token_releases.files``) on the
+        token ``serial`` (empty: the only one), or finish its unfinished install of that release. The
+        firmware image of the release the token runs now (found among the releases downloaded beside it)
+        is read too: the install's undo flashes it again (the token keeps its old partition images)."""
+        from agent.ops.token_release import installed_set, run_release
+        from agent.updates.client import UpdateError, known_releases
+        from agent.updates.token_releases import files
+        from cns_spec import releases as spec
+
+        try:
+            rel, new_files, targets = files(manifest)
+        except UpdateError as exc:
+            raise PreconditionError(str(exc)) from None
+        journal = await self.journal()
+        async with self.usb.exclusive():
+            link = await asyncio.to_thread(self._connect(serial))
+            serial, model = link.serial, link.model
+            self._running.add(serial)
+            try:
+                open_op = next((o for o in await journal.open_operations(serial) if o.kind == token_release.KIND),
+                               None)
+                if open_op is not None:      # finishing it: the old images the journal names
+                    old_files = {k[4:]: Path(v) for k, v in (open_op.data.get("paths") or {}).items()
+                                 if k.startswith("old:")}
+                else:
+                    if link.mode != "runtime":
+                        raise PreconditionError(f"token {serial} is in its bootloader (a firmware update did not "
+                                                "finish): plug it in again and let the agent finish it first")
+                    have = installed_set(await asyncio.to_thread(link.info))
+                    now = spec.release_of(have, known_releases(targets.parent, model.id))
+                    current = next((r for r in known_releases(targets.parent, model.id) if r.version == now), None)
+                    fw = current.component("firmware") if current else None
+                    old_files = {"firmware": targets / fw.target} if fw is not None else {}   # partitions: kept
+
+                def read() -> tuple[dict, dict]:
+                    try:
+                        return ({n: p.read_bytes() for n, p in new_files.items()},
+                                {n: p.read_bytes() for n, p in old_files.items() if p.is_file()})
+                    except OSError as exc:
+                        raise PreconditionError(f"{exc.filename}: cannot read it ({exc.strerror}); download "
+                                                f"release {rel.version} again") from None
+                blobs, previous = await asyncio.to_thread(read)
+                paths = {"manifest": str(manifest), **{f"new:{n}": str(p) for n, p in new_files.items()},
+                         **{f"old:{n}": str(p) for n, p in old_files.items() if n in previous}}
+                out, sent = await run_release(journal, self._connect(serial), model, rel, blobs, previous,
+                                              agent_version=self.agent_version, progress=progress, paths=paths)
+            finally:
+                self._running.discard(serial)
+        return pb.TokenResult(serial=serial, state=out.state, target="release", version=rel.version,
+                              sent_bytes=sent, message=out.reason or (str(out.error) if out.error else ""))
+
+    async def idle(self, serial: str, busy=None) -> str | None:
+        """None when the token ``serial`` may be updated now: plugged in and running, no token operation of
+        this agent under way on it, no open operation in the journal, and ``busy(serial)`` (the composition
+        root's check of the token's chip: a PC/SC transaction or a card operation) says nothing. Else why not."""
+        info = next((t for t in self.usb.tokens.values() if t.serial == serial), None)
+        if info is None or info.mode != "runtime":
+            return "the token is not plugged in"
+        if serial in self._running:
+            return "a token operation is under way"
+        journal = await self.journal(create=False)
+        if journal is not None and await journal.open_operations(serial):
+            return "the token has an unfinished operation"
+        if busy is not None:
+            reason = await asyncio.to_thread(busy, serial)
+            if reason:
+                return reason
+        return None
 
     # ------------------------------------------------------------------ recovery
     async def recover(self) -> None:

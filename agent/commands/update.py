@@ -4,12 +4,19 @@
     cns-agent update check [--model MODEL]           what is newer than what runs (and the model's releases)
     cns-agent update download                        fetch and verify the newest agent build (resumes)
     cns-agent update apply                           download, swap, health-check; roll back if it fails
+    cns-agent update check|download|apply --token [--serial S] [--yes]
+                                                     the same for the release of the USB token(s) the running
+                                                     agent sees: the newest release of the token's model newer
+                                                     than the one it runs; apply asks first on a terminal
+                                                     (--yes: do not ask), then the agent installs it
+                                                     (agent.ops.token_release: all components or none)
 
 Where from: ``--config station.toml`` (its ``[updates]`` url and proxy) or ``--url URL [--proxy URL]``.
 State (trusted metadata, partial downloads) in ``--state-dir`` (default ``$XDG_DATA_HOME/cns-agent/updates``),
 the agent's builds in ``--install-dir`` (default ``$XDG_DATA_HOME/cns-agent/install``). Progress: a bar
 on a terminal, or ``--json`` lines (``{"event": "progress", ...}`` then one ``{"event": "result", ...}``).
-Every refusal is one line; nothing installed changes. Imports ``agent.updates``.
+Offline: ``--url /media/stick/repo`` (the TUF repository copied to a folder) is checked the same way.
+Every refusal is one line; nothing installed changes. Imports ``agent.updates`` and ``agent.api.client``.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from agent.commands import CommandError
+from agent.commands import CommandError, add_socket_option, socket_path
 
 
 def _data_home() -> Path:
@@ -45,6 +52,12 @@ def register(sub) -> None:
         x.add_argument("--install-dir", type=Path, default=None)
         x.add_argument("--platform", default=None, help="the build's platform (default: this machine's)")
         x.add_argument("--json", action="store_true", help="JSON lines")
+        if name != "trust":
+            x.add_argument("--token", action="store_true", help="the release of the USB token(s), not the agent")
+            x.add_argument("--serial", default="", help="with --token: only this token")
+            add_socket_option(x)
+        if name == "apply":
+            x.add_argument("--yes", action="store_true", help="with --token: install without asking")
         x.set_defaults(func=run)
 
 
@@ -120,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             url, proxy = _source(args)
             client = UpdateClient(state, url, proxy=proxy, progress=progress)
+            if args.token:
+                return _tokens(args, client, progress)
             up = SelfUpdater(install, client, args.platform)
             if args.update_command == "check":
                 found = up.available()
@@ -159,3 +174,77 @@ def _emit(result: dict, as_json: bool) -> None:
                       + f"  (agent >= {r['min_agent_version']})")
             continue
         print(f"{k:14} {v if v not in (None, '') else '-'}")
+
+
+def _tokens(args: argparse.Namespace, client, progress: _Progress) -> int:
+    """``--token``: offers for the tokens the running agent sees; download them; install them through it."""
+    from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
+    from agent.updates import token_releases as tr
+    from proto.cns.v1 import agent_pb2 as pb
+
+    try:
+        with AgentClient(socket_path(args)) as agent:
+            tokens = [t for t in agent.devices().tokens if t.mode == "runtime" and t.model_id
+                      and (not args.serial or t.serial == args.serial)]
+    except (AgentUnavailableError, AgentCallError) as exc:
+        raise CommandError(str(exc)) from None
+    if not tokens:
+        raise CommandError(f"the agent sees no CNS token{' ' + args.serial if args.serial else ''}: plug it in "
+                           "and run the command again")
+    status = 0
+    for t in tokens:
+        installed = {"firmware": t.firmware, **{p: t.partitions[p].version for p in ("cdrom", "disk")
+                                                  if p in t.partitions}}
+        found = tr.offer(client, t.model_id, installed)
+        row = {"serial": t.serial, "model": t.model_id, "release": t.release or None,
+               "newer_release": found.release.version if found else None}
+        if found is None or args.update_command == "check":
+            _emit(row, args.json)
+            continue
+        paths = tr.fetch(client, found)
+        if args.update_command == "download":
+            _emit({**row, "downloaded": paths["manifest"]}, args.json)
+            continue
+        if not args.yes and not _confirmed(t.serial, found):
+            _emit({**row, "state": "not installed", "message": "the holder said no"}, args.json)
+            continue
+        result = _install(args, pb.UpdateTokenRequest(serial=t.serial, target="release",
+                                                      image_path=paths["manifest"]))
+        _emit({**row, "state": result.state, "installed": result.version if result.state == "done" else None,
+               "sent_bytes": result.sent_bytes, "message": result.message}, args.json)
+        status = status or (0 if result.state == "done" else 1)
+    return status
+
+
+def _confirmed(serial: str, found) -> bool:
+    """Ask the holder on a terminal; without one (a script), --yes is needed."""
+    if not sys.stdin.isatty():
+        raise CommandError("installing a token release asks the holder first: run it on a terminal, or add --yes")
+    answer = input(f"Install {found.describe()} on token {serial} now? Keep it plugged in until it is done. [y/N] ")
+    return answer.strip().lower() in ("y", "yes", "s", "si", "sì")
+
+
+def _install(args: argparse.Namespace, request):
+    from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
+    from agent.commands.token import _CODE, _Bar
+
+    bar, result = _Bar(), None
+    try:
+        with AgentClient(socket_path(args)) as agent:
+            for msg in agent.update_token(request):
+                if msg.HasField("result"):
+                    result = msg.result
+                elif args.json:
+                    print(json.dumps({"event": "progress", "step": msg.step, "done": msg.done, "total": msg.total}),
+                          flush=True)
+                else:
+                    bar.update(msg.step, msg.done, msg.total)
+    except AgentUnavailableError as exc:
+        raise CommandError(str(exc)) from None
+    except AgentCallError as exc:
+        raise CommandError(_CODE.sub("", str(exc))) from None
+    finally:
+        bar.close()
+    if result is None:
+        raise CommandError("the agent ended the install without a result; run the command again")
+    return result

@@ -1,4 +1,5 @@
-"""PC/SC through pyscard's ``smartcard.scard``: the context, the card transport and the link.
+"""PC/SC through pyscard's ``smartcard.scard``: the context, the card transport and the link, and
+``in_use`` (is another client holding a reader's card: the token updater's idle check).
 
 Owns every pyscard call of the agent's card I/O (the monitor's status loop in
 ``agent.devices.monitor`` is the other caller). PC/SC return codes become
@@ -169,3 +170,18 @@ class PcscLink:
             self.transport.close()
         finally:
             self.context.close()
+
+
+def in_use(reader: str) -> bool:
+    """True when another PC/SC client holds the card in ``reader``: a connection of its own, or the
+    transaction it runs over one (pcscd's reader state ``INUSE`` / ``EXCLUSIVE``, read without waiting: an
+    exclusive connect would block behind another client's transaction). False when the card is free or
+    absent, or pcscd does not know the reader. Touches nothing."""
+    ctx = PcscContext()
+    try:
+        hresult, states = scard.SCardGetStatusChange(ctx.handle, 0, [(reader, scard.SCARD_STATE_UNAWARE)])
+        if hresult != scard.SCARD_S_SUCCESS or not states:
+            return False
+        return bool(states[0][1] & (scard.SCARD_STATE_INUSE | scard.SCARD_STATE_EXCLUSIVE))
+    finally:
+        ctx.close()

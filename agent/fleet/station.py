@@ -10,11 +10,16 @@ Commands this agent runs today (``StationExecutor``): refresh_inventory (the who
 as a delta). Renewals, token releases and log collection are refused with a reason naming what is
 missing, until the operations behind them are wired here; a refused command is reported REJECTED.
 Certificate expiry per keyset is not in the registry yet, so cards are reported without it.
+With ``tokens`` (a ``TokenSource``: the composition root's ``Agent``), the USB tokens are in the hello
+and their deltas follow the USB backend's events: each with its firmware, partition versions and the
+release it runs as a whole (``token_release``, issue 14: the fleet store's ``token_release``).
 Imports ``agent.devices.registry`` and ``agent.fleet.client``.
 """
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Protocol
 
 from agent.devices.registry import CardState, DeviceEvent, DeviceRegistry, EventKind, ReaderView
 from agent.fleet.client import DeviceInfo, FleetAgent, Options, Outcome
@@ -28,13 +33,33 @@ def card_device(reader: ReaderView) -> DeviceInfo | None:
     return DeviceInfo(serial=card.serial, kind="card", model=card.model_id, reader=reader.name)
 
 
+class TokenSource(Protocol):
+    def tokens(self) -> list[dict]:
+        """Rows as ``cns-agent devices --json`` lists them, with ``release``."""
+    def subscribe_tokens(self, listener: Callable[[str, dict], None]) -> Callable[[], None]:
+        """``listener("arrived" | "changed" | "left", row)``; returns the unsubscribe."""
+
+
+def token_device(row: dict) -> DeviceInfo | None:
+    if row.get("mode") not in ("runtime", "bootloader") or not row.get("serial"):
+        return None
+    parts = " ".join(f"{k} {p.get('version', '')}" for k, p in sorted((row.get("partitions") or {}).items()))
+    return DeviceInfo(serial=row["serial"], kind="token", model=row.get("model", ""),
+                      firmware_version=row.get("firmware", ""), partition_version=parts,
+                      token_release=row.get("release", ""))
+
+
 class RegistryInventory:
-    def __init__(self, registry: DeviceRegistry):
-        self.registry = registry
+    def __init__(self, registry: DeviceRegistry, tokens: TokenSource | None = None):
+        self.registry, self.tokens = registry, tokens
 
     async def snapshot(self) -> tuple[list[str], list[DeviceInfo]]:
         _, readers = self.registry.snapshot()
-        return [r.name for r in readers], [d for d in map(card_device, readers) if d is not None]
+        devices = [d for d in map(card_device, readers) if d is not None]
+        if self.tokens is not None:
+            rows = await asyncio.to_thread(self.tokens.tokens)   # reads the release manifests on disk
+            devices += [d for d in map(token_device, rows) if d is not None]
+        return [r.name for r in readers], devices
 
 
 class StationExecutor:
@@ -77,18 +102,33 @@ class _Follower:
         if event.kind in (EventKind.READER_ADDED, EventKind.READER_REMOVED):
             self.agent.report_delta(readers=[r.name for r in self.registry.snapshot()[1]])
 
+    def token_listener(self, kind: str, row: dict) -> None:
+        self.loop.call_soon_threadsafe(self.apply_token, kind, row)
 
-async def run_station(cfg, registry: DeviceRegistry, *, version: str, options: Options = Options()) -> None:
+    def apply_token(self, kind: str, row: dict) -> None:
+        dev = token_device(row)
+        if dev is None:
+            return
+        if kind == "left":
+            self.agent.report_delta(removed=[dev.serial])
+        else:
+            self.agent.report_delta(present=[dev])
+
+
+async def run_station(cfg, registry: DeviceRegistry, *, version: str, options: Options = Options(),
+                      tokens: TokenSource | None = None) -> None:
     """Until cancelled. One line in the composition root:
-    ``agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version))``."""
-    inventory = RegistryInventory(registry)
+    ``agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version, tokens=agent))``."""
+    inventory = RegistryInventory(registry, tokens)
     executor = StationExecutor(inventory)
     agent = executor.agent = FleetAgent(cfg, inventory, executor, version=version, options=options)
     follower = _Follower(agent, registry, asyncio.get_running_loop())
     _, readers = registry.snapshot()
     follower.serials = {r.name: d.serial for r in readers if (d := card_device(r)) is not None}
     unsubscribe = registry.subscribe(follower.listener)
+    unsubscribe_tokens = tokens.subscribe_tokens(follower.token_listener) if tokens is not None else (lambda: None)
     try:
         await agent.run()
     finally:
         unsubscribe()
+        unsubscribe_tokens()

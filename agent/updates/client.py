@@ -6,7 +6,8 @@ config), partial downloads in ``state_dir/partial`` and verified targets in ``st
 ``refresh()`` runs TUF's client workflow (root rotation, timestamp, snapshot, targets: expiry,
 rollback, signature thresholds, mix-and-match checks are ngclient's); ``token_releases(model)`` and
 ``agent_builds(platform)`` list what the verified targets offer; ``download(path)`` fetches one target,
-checked chunk by chunk and then whole. Every refusal is an ``UpdateError`` with one line.
+checked chunk by chunk and then whole (a copy already there that matches the signed length and hashes
+is used as it is). Every refusal is an ``UpdateError`` with one line.
 
 ``url`` is the repository's base (``{url}/metadata/``, ``{url}/targets/``) on any plain HTTP file
 server, or a folder holding the same tree (offline: a release copied to a folder or a USB stick).
@@ -132,6 +133,9 @@ class UpdateClient:
         dest = Path(dest) if dest else self.targets_dir / path
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            cached = self.updater.find_cached_target(ti, str(dest))   # already here, length and hashes checked
+            if cached:
+                return Path(cached)
             return Path(self.updater.download_target(ti, str(dest)))
         except (exceptions.RepositoryError, exceptions.DownloadError) as exc:
             dest.unlink(missing_ok=True)
@@ -189,3 +193,19 @@ def trust_root(state_dir: Path, root_json: bytes) -> None:
         raise UpdateError(f"{meta / 'root.json'} exists: a trusted root is replaced only by rotation")
     meta.mkdir(parents=True, exist_ok=True, mode=0o700)
     (meta / "root.json").write_bytes(root_json)
+
+
+def known_releases(state_dir: Path, model: str) -> list[spec.Release]:
+    """The release manifests of ``model`` this agent has downloaded (ngclient writes a target into
+    ``state_dir/targets`` only once its length and hashes match the signed metadata); unreadable ones are
+    skipped. What a token runs as a whole is named against these (``agent.ops.token_release.release_of``)."""
+    out = []
+    for p in sorted((Path(state_dir) / "targets" / "releases" / model).glob("*.json")):
+        try:
+            if p.stat().st_size <= MAX_MANIFEST:
+                rel = spec.parse_manifest(p.read_bytes())
+                if rel.model == model:
+                    out.append(rel)
+        except (OSError, spec.ManifestError):
+            continue
+    return out

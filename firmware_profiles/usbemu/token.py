@@ -307,8 +307,8 @@ class EmulatedToken:
                 part, reg, length = struct.unpack(">BBQ", args[:10])
                 digest, version = args[10:42], args[42:].decode()
                 part_name, slot = PARTS[part], REGIONS[reg]
-                if slot not in self._free_slots():
-                    return bytes([ST_PROTECTED])
+                if slot not in self._free_slots() and slot != self.meta["previous"].get(part_name):
+                    return bytes([ST_PROTECTED])   # a free slot, or the kept image (the revert of a switch)
                 off, ln = self.region(slot)
                 if length > ln or (part_name == "disk" and length != self.model.flash.disk_bytes):
                     return bytes([ST_TOO_LARGE])

@@ -231,3 +231,18 @@ def test_a_rotation_to_two_of_three_root_keys_needs_both_thresholds(served, make
     c.refresh()
     trusted = json.loads((c.meta_dir / "root.json").read_text())["signed"]
     assert trusted["version"] == 2 and trusted["roles"]["root"]["threshold"] == 2
+
+
+def test_a_target_already_downloaded_and_intact_is_not_fetched_again(served, make_release, new_client):
+    """The agent downloads a release in the background; the holder's ``update apply`` then finds it there
+    (length and hashes checked against the signed metadata) instead of fetching 700 MB again."""
+    make_release("1.0.0", {"cdrom": ("3.0", CD)})
+    c = new_client()
+    [rel] = c.token_releases("tok1")
+    path = c.download(rel.component("cdrom").target)
+    before = c.fetcher.bytes_received
+    assert c.download(rel.component("cdrom").target) == path and c.fetcher.bytes_received == before
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    path.write_bytes(bytes(data))                              # a damaged local copy is fetched again
+    assert c.download(rel.component("cdrom").target).read_bytes() == CD and c.fetcher.bytes_received > before

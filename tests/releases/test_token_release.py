@@ -1,0 +1,247 @@
+"""Installing a token release on the emulated composite token (issue 14 item 1): the real USB path
+(pyusb over the emulated bus, the agent's TokenLink, the token_update / token_firmware procedures on the
+step engine, the journal in SQLite). Every test checks what a holder relies on: after the install the
+token runs the old release everywhere or the new one everywhere, and every set it passed through met
+the release's constraints."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.devices.usb import UsbTokenBackend
+from agent.ops.errors import PreconditionError
+from agent.ops.journal import Journal
+from agent.ops.token_release import installed_set, release_of, run_release
+from firmware_profiles.usbemu.token import Stall
+from firmware_profiles.usbtoken.protocol import REQ_COMMAND
+from tests.releases.tokenrel import (RULE, changed, contents, payloads, provision, signed_release, small_model,
+                                     token_set)
+
+def stall_once(token, at_step):
+    """The token stalls ONE management request: the first after the progress point ``at_step``."""
+    orig, state = token._mgmt_control, {"armed": False, "fired": False}
+
+    def control(req, data, length):
+        if state["armed"] and not state["fired"] and req == REQ_COMMAND:
+            state["fired"] = True
+            raise Stall()
+        return orig(req, data, length)
+
+    def arm(step, done, total):
+        if step == at_step:
+            state["armed"] = True
+    token._mgmt_control, token.arm = control, arm
+
+
+V1 = {"firmware": "1.2.0", "cdrom": "2.5.0", "disk": "1.0.0"}
+V2 = {"firmware": "2.1.0", "cdrom": "3.0.0", "disk": "1.1.0"}
+
+
+@pytest.fixture(params=["cns-token-ccid", "cns-token-hid"])
+def env(request, token_models, tmp_path):
+    model = small_model(token_models[request.param])
+    d1 = payloads(model, 1)
+    d2 = changed(d1, 2)
+    rel1, blobs1 = signed_release(model, "1.0.0", V1, d1, constraints=())
+    rel2, blobs2 = signed_release(model, "2.0.0", V2, d2)
+    bus, token = provision(model, tmp_path / "flash.bin", V1, d1)
+    yield Env(tmp_path, model, bus, token, rel1, blobs1, d1, rel2, blobs2, d2)
+    token.flash.close()
+
+
+@pytest.fixture(scope="session")
+def token_models():
+    from firmware_profiles.usbtoken import load_token_models
+    return load_token_models()
+
+
+class Env:
+    def __init__(self, tmp, model, bus, token, rel1, blobs1, d1, rel2, blobs2, d2):
+        self.tmp, self.model, self.bus, self.token = tmp, model, bus, token
+        self.rel1, self.blobs1, self.d1, self.rel2, self.blobs2, self.d2 = rel1, blobs1, d1, rel2, blobs2, d2
+        self.seen: list[dict] = []        # the token's committed set at every progress point
+
+    def connect(self):
+        backend = UsbTokenBackend(self.bus, models={self.model.id: self.model})
+        return lambda: backend.open(self.token.serial)
+
+    def progress(self, hook=None):
+        def cb(step, done, total):
+            self.seen.append(token_set(self.token))
+            if hook:
+                hook(step, done, total)
+        return cb
+
+    def install(self, rel=None, blobs=None, previous=None, hook=None, agent="1.0"):
+        async def go():
+            j = await Journal.open(self.tmp / "journal.db")
+            try:
+                return await run_release(j, self.connect(), self.model, rel or self.rel2, blobs or self.blobs2,
+                                         self.blobs1 if previous is None else previous, agent_version=agent,
+                                         progress=self.progress(hook))
+            finally:
+                await j.close()
+        return asyncio.run(go())
+
+    def open_ops(self):
+        async def go():
+            j = await Journal.open(self.tmp / "journal.db")
+            try:
+                return await j.open_operations(self.token.serial)
+            finally:
+                await j.close()
+        return asyncio.run(go())
+
+    def on_release(self) -> str:
+        info = UsbTokenBackend(self.bus, models={self.model.id: self.model}).open(self.token.serial).info()
+        return release_of(installed_set(info), [self.rel1, self.rel2])
+
+    def usable(self) -> bool:
+        return all(not (k.applies(s) and not k.met(s)) for s in self.seen for k in self.rel2.constraints)
+
+
+def test_a_good_release_ends_on_the_new_set_firmware_first(env):
+    assert env.on_release() == "1.0.0"
+    result, sent = env.install()
+    assert result.state == "done", result.reason
+    assert token_set(env.token) == V2 and env.on_release() == "2.0.0"
+    got = contents(env.token)
+    assert got["cdrom"] == env.d2["cdrom"] and got["disk"] == env.d2["disk"]
+    assert env.usable() and {"firmware": "2.1.0", "cdrom": "2.5.0", "disk": "1.0.0"} in env.seen  # firmware first
+    assert {"firmware": "1.2.0", "cdrom": "3.0.0", "disk": "1.0.0"} not in env.seen
+    assert sent <= 2 * 4 * 4096 and not env.open_ops()           # only the changed blocks crossed the link
+
+
+def test_a_failure_of_the_last_component_ends_on_the_old_release_everywhere(env):
+    stall_once(env.token, "disk:stage")
+    result, _ = env.install(hook=env.token.arm)
+    assert result.state == "undone" and "stalled" in result.reason
+    assert token_set(env.token) == V1 and env.on_release() == "1.0.0"
+    got = contents(env.token)
+    assert got["cdrom"] == env.d1["cdrom"] and got["disk"] == env.d1["disk"]
+    assert {"firmware": "2.1.0", "cdrom": "3.0.0", "disk": "1.0.0"} in env.seen   # it had committed two
+    assert env.usable() and not env.open_ops()
+    assert env.install()[0].state == "done" and env.on_release() == "2.0.0"    # the holder retries: it works
+
+
+def test_a_release_whose_constraint_the_token_does_not_meet_is_refused(env):
+    rel, blobs = signed_release(env.model, "2.0.1", {"cdrom": "3.0.0"}, env.d2, constraints=(RULE,))
+    before = env.token.flash.bytes_written
+    with pytest.raises(PreconditionError, match=r"cdrom>=3 ⇒ firmware>=2.1 on this token") as ei:
+        env.install(rel, blobs)
+    assert "\n" not in str(ei.value)
+    assert env.token.flash.bytes_written == before and token_set(env.token) == V1 and not env.open_ops()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("model", "is for token model other"),
+    ("agent", "needs agent 9.0 or newer"),
+    ("hash", "not the one the release names"),
+    ("no-old", "undoing it needs the firmware the token runs now"),
+])
+def test_bad_input_is_refused_before_a_byte_is_written(env, case, message):
+    rel, blobs, previous, agent = env.rel2, dict(env.blobs2), None, "1.0"
+    if case == "model":
+        rel, blobs = signed_release(env.model, "2.0.0", V2, env.d2, release_model="other")
+    elif case == "agent":
+        rel, blobs = signed_release(env.model, "2.0.0", V2, env.d2, min_agent="9.0")
+    elif case == "hash":
+        blobs["disk"] = env.blobs1["disk"]
+    else:
+        previous = {"cdrom": env.blobs1["cdrom"]}       # partitions keep their old image; firmware does not
+    before = env.token.flash.bytes_written
+    with pytest.raises(PreconditionError, match=message):
+        env.install(rel, blobs, previous=previous, agent=agent)
+    assert env.token.flash.bytes_written == before and token_set(env.token) == V1
+
+
+def test_unplugged_mid_cdrom_the_install_stays_open_and_the_same_release_finishes_it(env):
+    def pull(step, done, total):
+        if step == "cdrom:stage" and env.bus.tokens():
+            env.bus.unplug(env.token)
+    result, _ = env.install(hook=pull)
+    assert result.state == "open" and len(env.open_ops()) == 1
+    env.bus.plug(env.token)
+    assert token_set(env.token)["firmware"] == "2.1.0" and env.usable()
+    rel3, blobs3 = signed_release(env.model, "2.0.2", {**V2, "disk": "1.2.0"}, env.d2)
+    with pytest.raises(PreconditionError, match="unfinished install of release 2.0.0"):
+        env.install(rel3, blobs3)
+    result, _ = env.install()
+    assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
+    assert contents(env.token)["cdrom"] == env.d2["cdrom"]
+
+
+def test_an_install_interrupted_by_a_kill_is_finished_by_recovery_from_the_journaled_files(env):
+    """The agent dies mid-install (nothing after the kill point runs); on the next start token_recovery reads
+    the manifest and images the journal names and finishes the same install."""
+    from agent.ops.token_recovery import recover_token
+    from cns_spec import releases as spec
+
+    files = {"manifest": env.tmp / "rel.json"}
+    files["manifest"].write_bytes(spec.manifest_json(env.rel2))
+    for kind, blobs in (("new", env.blobs2), ("old", env.blobs1)):
+        for n, b in blobs.items():
+            files[f"{kind}:{n}"] = env.tmp / f"{kind}-{n}"
+            files[f"{kind}:{n}"].write_bytes(b)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(step, done, total):
+        if step == "disk:stage":
+            raise Killed()
+
+    async def go():
+        j = await Journal.open(env.tmp / "journal.db")
+        try:
+            with pytest.raises(Killed):
+                await run_release(j, env.connect(), env.model, env.rel2, env.blobs2, env.blobs1, agent_version="1.0",
+                                  progress=env.progress(kill), paths={k: str(v) for k, v in files.items()})
+        finally:
+            await j.close()
+        j = await Journal.open(env.tmp / "journal.db")
+        try:
+            return await recover_token(j, env.connect(), {env.model.id: env.model})
+        finally:
+            await j.close()
+    [(_, result)] = asyncio.run(go())
+    assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
+    assert contents(env.token)["disk"] == env.d2["disk"] and env.usable()
+
+
+def test_a_failure_after_the_last_components_switch_ends_on_the_old_release_everywhere(env):
+    """Both partitions switched (each into a slot of the reserved area, none free), then the token stalls: the
+    undo must switch each back to the image it kept (found by the fault trials: the undo had no free slot)."""
+    orig, state = env.token._mgmt_control, {"fired": False}
+
+    def control(req, data, length):
+        if not state["fired"] and req == REQ_COMMAND and env.token.meta["images"]["disk"]["version"] == "1.1.0":
+            state["fired"] = True
+            raise Stall()
+        return orig(req, data, length)
+    env.token._mgmt_control = control
+    result, _ = env.install()
+    assert state["fired"] and result.state == "undone" and "stalled" in result.reason
+    assert token_set(env.token) == V1 and env.on_release() == "1.0.0" and not env.open_ops()
+    got = contents(env.token)
+    assert got["cdrom"] == env.d1["cdrom"] and got["disk"] == env.d1["disk"]
+    assert V2 in env.seen or {"firmware": "2.1.0", "cdrom": "3.0.0", "disk": "1.0.0"} in env.seen
+    assert env.usable()
+    del env.token._mgmt_control
+    assert env.install()[0].state == "done" and env.on_release() == "2.0.0"
+
+
+def test_a_refusal_during_the_commit_leaves_the_install_open_and_it_is_finished_next_time(env):
+    """Past the point of no return (every component verified on the token) only forward: a stall while
+    confirming is not an undo; the operation stays open and the next run finishes it."""
+    stall_once(env.token, "verify")
+
+    def after_verify(step, done, total):
+        if step == "verify" and done == total:          # the last read-back done: the next request is the commit's
+            env.token.arm(step, done, total)
+    result, _ = env.install(hook=after_verify)
+    assert result.state == "open" and "stalled" in result.reason and "finished when" in result.reason
+    assert token_set(env.token) == V2 and len(env.open_ops()) == 1
+    del env.token._mgmt_control
+    assert env.install()[0].state == "done" and not env.open_ops() and env.token.meta["previous"] == {}
