@@ -320,9 +320,12 @@ class UsbTokenBackend:
         """A hotplug notification, ``register(callback) -> remove``: the pyusb backend's own (the emulated
         bus), else the kernel's USB uevents (``agent.devices.uevent``, Linux; libusb has none pyusb shows);
         None when neither exists (the monitor then polls)."""
-        own = getattr(self._pyusb_backend(), "add_hotplug_listener", None)
+        backend = self._pyusb_backend()
+        own = getattr(backend, "add_hotplug_listener", None)
         if own is not None:
             return own
+        if not type(backend).__module__.startswith("usb.backend."):
+            return None   # another pyusb backend (a test's wrapper): the kernel's events are not its devices'
         if self._uevents is None:
             from agent.devices.uevent import KernelEvents
             self._uevents = KernelEvents.open(("usb",)) or False
