@@ -2,7 +2,8 @@
 
 Brings up ``personalizer.continuity.cluster`` (etcd + PostgreSQL 15 primary and synchronous standby), a
 test deployment, and two ``cns-personalizer serve`` processes ("primary site" A, "DR site" B) on the same
-database (``[store] backend = "postgresql"``), each with its CRL/OCSP publisher. Emulated stations (gRPC
+database (``[store] backend = "postgresql"``), each with its CRL/OCSP publisher and its own copy of the
+SoftHSM2 token that holds the one CA key (``personalizer.continuity.sites``). Emulated stations (gRPC
 clients with the station's mTLS identity, endpoints A then B, failing over on UNAVAILABLE as the agent
 does, retrying with the same request id) send a stream of issuances, suspensions and revocations. At a
 random moment the fault is injected with SIGKILL:
@@ -44,13 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 from cryptography import x509  # noqa: E402
+from cryptography.exceptions import InvalidSignature  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from cryptography.x509 import ocsp  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 from personalizer import codice_fiscale, dati_personali, deploy  # noqa: E402
-from personalizer.continuity import pitr  # noqa: E402
+from personalizer.continuity import pitr, sites as sites_mod  # noqa: E402
 from personalizer.continuity.cluster import SITES, Cluster, free_port_base  # noqa: E402
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -75,44 +77,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def site_config(dep, cluster: Cluster, name: str, *, enrollment: bool) -> tuple[Path, int]:
-    """The deployment's server config for one site: the shared database, its own data dir and CRL/OCSP port."""
-    text = dep.server_config.read_text()
-    pw = dep.root / f"pg-password-{name}"
-    pw.write_text(cluster.secrets()["app"] + "\n")
-    pw.chmod(0o600)
-    ports = ",".join(str(cluster.ports.pg(s)) for s in SITES)
-    store = (f'[store]\ndata_dir = "data-{name}"\nsynchronous = "FULL"\nbackend = "postgresql"\n'
-             f'dsn = "host=127.0.0.1,127.0.0.1 port={ports} dbname=cns user=cns '
-             f'target_session_attrs=read-write connect_timeout=2"\npassword_file = "{pw.name}"\n')
-    text = re.sub(r"\[store\]\n(?:[^\[\n].*\n)*", store + "\n", text)
-    if not enrollment:
-        text = text.replace("[enrollment]\nenabled = true", "[enrollment]\nenabled = false")
-    pki_port = _free_port()
-    text += (f'\n[pki]\nenabled = true\nhttp_host = "127.0.0.1"\nhttp_port = {pki_port}\n'
-             f'crl_dir = "crl-{name}"\n'
-             # both sites are active on one database: each republishes from it every few seconds, so a
-             # revocation done at one site is in the other's CRL within this time (OCSP reads it live)
-             f'refresh_seconds = {CRL_REFRESH_S}\n')
-    path = dep.root / f"server-{name}.toml"
-    path.write_text(text)
-    return path, pki_port
-
-
 class Site:
+    """One ``cns-personalizer serve`` of a ``sites.SiteConfig`` (its own port and CA token copy)."""
     LISTEN_RE = re.compile(r"listening on port (\d+)")
 
-    def __init__(self, name: str, config: Path, pki_port: int, log_dir: Path):
-        self.name, self.config, self.pki_port = name, config, pki_port
-        self.stderr = open(log_dir / f"personalizer-{name}.log", "ab")
+    def __init__(self, sc: "sites.SiteConfig", log_dir: Path):
+        self.name, self.config, self.pki_port, self.token_dir = sc.name, sc.config, sc.pki_port, sc.token_dir
+        self.stderr = open(log_dir / f"personalizer-{sc.name}.log", "ab")
         self.proc = subprocess.Popen([str(ROOT / ".venv/bin/cns-personalizer"), "--log-level", "WARNING", "serve",
-                                      "--config", str(config)], stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, start_new_session=True)
+                                      "--config", str(sc.config)], stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, start_new_session=True, env={**os.environ, **sc.env})
         line = self.proc.stdout.readline()
         m = self.LISTEN_RE.search(line)
         if not m:
             self.proc.kill()
-            raise RuntimeError(f"site {name} did not start ({line.strip()!r}); see {self.stderr.name}")
+            raise RuntimeError(f"site {sc.name} did not start ({line.strip()!r}); see {self.stderr.name}")
         self.port = int(m.group(1))
 
     def kill(self) -> None:
@@ -290,9 +269,11 @@ def run_drill(args, work: Path) -> dict:
             pitr.backup(cluster)   # the full online backup the restore check starts from
         dep = deploy.init_deployment(work / "deployment", chamber="RM", station_id="RM-STATION-01",
                                      listen="127.0.0.1:0")
+        sites_mod.put_ca_key_in_token(dep)   # one CA key in a token, copied to each site as an HSM cluster does
         for name, enroll in (("a", True), ("b", False)):
-            cfg, pki = site_config(dep, cluster, name, enrollment=enroll)
-            sites.append(Site(name, cfg, pki, work))
+            sc = sites_mod.site_config(dep, cluster, name, port=_free_port(), pki_port=_free_port(),
+                                       crl_refresh_s=CRL_REFRESH_S, enrollment=enroll)
+            sites.append(Site(sc, work))
         log(f"sites up: A port {sites[0].port}, B port {sites[1].port} ({time.monotonic() - t0:.1f} s)")
         issuing = x509.load_pem_x509_certificate((dep.root / "ca" / "issuing.pem").read_bytes())
         outcomes: list[Outcome] = []
@@ -419,8 +400,25 @@ def verify(args, cluster: Cluster, sites: list[Site], issuing, outcomes: list[Ou
     missing = sorted(revoked_before - listed)
     sample = sorted(revoked_before)[:5]
     ocsp_states = [ocsp_status(dr, issuing, bytes(next(r[3] for r in ca_rows.values() if r[1] == s))) for s in sample]
+    # one CA key at both sites: every certificate either site acknowledged is signed by the issuing key,
+    # which exists only inside each site's copy of the token (no key file in the deployment)
+    signed_by = {s.name: 0 for s in sites}
+    bad_signatures = 0
+    for o in acked:
+        if o.kind == "issue" and o.request_id in ca_rows:
+            try:
+                x509.load_der_x509_certificate(bytes(ca_rows[o.request_id][3])).verify_directly_issued_by(issuing)
+                signed_by[o.acked_by] = signed_by.get(o.acked_by, 0) + 1
+            except (ValueError, TypeError, InvalidSignature):
+                bad_signatures += 1
+    key_file = (sites[0].config.parent / "ca" / "issuing.key.pem").exists()
     return {
         "kill": args.kill, "stations": args.stations, "seconds": args.seconds, "seed": args.seed,
+        "ca_key": {"store": "pkcs11: SoftHSM2 token copied to each site", "issued_by_site": signed_by,
+                   "bad_signatures": bad_signatures, "key_file_present": key_file,
+                   "token_copies_distinct": len({str(s.token_dir) for s in sites}) == len(sites),
+                   "shared": bad_signatures == 0 and not key_file and all(signed_by.values())
+                   if args.kill in ("site", "personalizer") else bad_signatures == 0 and not key_file},
         "rto_s": rto,
         "requests_sent": len(outcomes), "acknowledged": len(acked),
         "acknowledged_by_kind": {k: sum(1 for o in acked if o.kind == k) for k in ("issue", "suspend", "revoke")},
@@ -491,6 +489,7 @@ def summarize(runs: list[dict]) -> dict:
         "crl_continuous": all(r["crl"]["continuous"] for r in runs),
         "ocsp_continuous": all(r["ocsp"]["continuous"] for r in runs),
         "rebuild_s_max": worst("rebuild_s"),
+        "ca_key_shared": all(r["ca_key"]["shared"] for r in runs),
         "restore_ok": all(r["restore"]["ok"] for r in runs) if all("restore" in r for r in runs) else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "each": runs,
@@ -515,6 +514,8 @@ def markdown(s: dict) -> str:
     if s.get("restore_ok") is not None:
         lines += ["", f"Restore of the online backup + archived WAL to a fresh node: every acknowledged request "
                   f"and certificate present, CRL sequence continues: {s['restore_ok']}."]
+    lines += ["", f"CA key: one key in a PKCS#11 token (SoftHSM2) copied to both sites, no key file; every "
+              f"acknowledged certificate verifies against the issuing CA: {s['ca_key_shared']}."]
     lines += ["", f"Rebuild of the failed node as synchronous standby (worst): {s['rebuild_s_max']} s. "
               f"Requests a client saw fail that had committed (found by request id, not repeated): "
               f"{s['seen_failed_but_committed']}.", "",
