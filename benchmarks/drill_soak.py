@@ -38,6 +38,8 @@ def main(argv: list[str]) -> dict:
     if not lines:
         return {"ok": False, "error": f"scripts/drill exited {r.returncode} without a summary (its log is above)"}
     s = json.loads(lines[-1])
+    if not s.get("runs"):
+        return {"ok": False, "runs": 0, "runs_failed": s.get("runs_failed", []), "report": str(report)}
     rto_each = sorted(x["rto_s"] for x in s["each"] if x["rto_s"] is not None)
     target = RTO_TARGET_S[a.kill]
     return {
@@ -49,8 +51,9 @@ def main(argv: list[str]) -> dict:
         "seen_failed_but_committed": s["seen_failed_but_committed"], "duplicates": s["duplicates"],
         "crl_continuous": s["crl_continuous"], "ocsp_continuous": s["ocsp_continuous"],
         "ca_key_shared": s["ca_key_shared"], "rebuild_s_max": s["rebuild_s_max"],
+        "runs_failed": len(s.get("runs_failed", [])), "runs_failed_errors": [f["error"] for f in s.get("runs_failed", [])][:5],
         "date": s["date"], "versions": s["versions"], "report": str(report),
-        "ok": (s["acknowledged_lost"] == 0 and s["duplicates"] == 0 and s["crl_continuous"] and s["ocsp_continuous"]
+        "ok": (not s.get("runs_failed") and s["acknowledged_lost"] == 0 and s["duplicates"] == 0 and s["crl_continuous"] and s["ocsp_continuous"]
                and s["rto_s_max"] is not None and s["rto_s_max"] <= target
                and all(x["rto_s"] is not None for x in s["each"])),
     }

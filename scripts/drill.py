@@ -53,7 +53,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 
 from personalizer import codice_fiscale, dati_personali, deploy  # noqa: E402
 from personalizer.continuity import pitr, sites as sites_mod  # noqa: E402
-from personalizer.continuity.cluster import SITES, Cluster, free_port_base  # noqa: E402
+from personalizer.continuity.cluster import SITES, Cluster, ClusterError, free_port_base  # noqa: E402
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc  # noqa: E402
 
 CRL_REFRESH_S = 5
@@ -264,7 +264,7 @@ async def _stream(stations: list[Station], seconds: float, kill_at: float, do_ki
 
 def run_drill(args, work: Path) -> dict:
     rng = random.Random(args.seed)
-    cluster = Cluster(work / "cluster", port_base=free_port_base(start=rng.randrange(28000, 34000, 10)))
+    cluster = Cluster(work / "cluster", port_base=free_port_base(start=rng.randrange(28000, 32000, 10)))
     sites: list[Site] = []
     t0 = time.monotonic()
     try:
@@ -538,6 +538,8 @@ def markdown(s: dict) -> str:
                   f"and certificate present, CRL sequence continues: {s['restore_ok']}."]
     lines += ["", f"CA key: one key in a PKCS#11 token (SoftHSM2) copied to both sites, no key file; every "
               f"acknowledged certificate verifies against the issuing CA: {s['ca_key_shared']}."]
+    if s.get("runs_failed"):
+        lines += ["", f"Runs that could not be set up or checked (not counted above): {len(s['runs_failed'])}."]
     lines += ["", f"Rebuild of the failed node as synchronous standby (worst): {s['rebuild_s_max']} s. "
               f"Requests a client saw fail that had committed (found by request id, not repeated): "
               f"{s['seen_failed_but_committed']}.", "",
@@ -563,7 +565,17 @@ def main(argv=None) -> int:
         print("drill: --stations 1..64, --seconds 10..3600, --runs 1..100", file=sys.stderr)
         return 2
     base_seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    runs = []
+    runs, failed = [], []
+    out = Path(args.report) if args.report else None
+
+    def write_report() -> dict:
+        summary = {**summarize(runs), "runs_failed": failed} if runs else {"runs": 0, "runs_failed": failed}
+        if out is not None and runs:   # after every run: a long soak stopped early still leaves its figures
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "drill.json").write_text(json.dumps(summary, indent=1))
+            (out / "drill.md").write_text(markdown(summary))
+        return summary
+
     try:
         for i in range(args.runs):
             args.seed = base_seed + i
@@ -572,23 +584,25 @@ def main(argv=None) -> int:
             log(f"work folder {work}")
             try:
                 runs.append(run_drill(args, work))
+            except (OSError, RuntimeError, ValueError, subprocess.SubprocessError, ClusterError) as exc:
+                # a run that could not be set up or checked is reported as such, and the soak goes on
+                failed.append({"seed": args.seed, "error": f"{type(exc).__name__}: {exc}"[:400]})
+                log(f"run {i + 1} failed: {failed[-1]['error']}")
             finally:
                 if not args.keep:
                     shutil.rmtree(work, ignore_errors=True)
                 else:
                     log(f"work folder kept: {work}")
+            write_report()
     except KeyboardInterrupt:
         print("drill: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
-    summary = summarize(runs)
-    if args.report:
-        out = Path(args.report)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "drill.json").write_text(json.dumps(summary, indent=1))
-        (out / "drill.md").write_text(markdown(summary))
+    summary = write_report()
+    if out is not None and runs:
         log(f"report written to {out}/drill.json and drill.md")
     print(json.dumps(summary))
-    ok = summary["acknowledged_lost"] == 0 and summary["duplicates"] == 0 and summary["restore_ok"] is not False
+    ok = bool(runs) and not failed and summary["acknowledged_lost"] == 0 and summary["duplicates"] == 0 \
+        and summary["restore_ok"] is not False
     return 0 if ok else 1
 
 

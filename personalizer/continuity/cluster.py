@@ -26,6 +26,7 @@ the exposure, and ``status`` says so (``sync: degraded``). Patroni, not a static
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import pwd
@@ -88,12 +89,22 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_base(start: int = 26000, stop: int = 40000) -> int:
-    """The first base port with six consecutive free ports on 127.0.0.1 (tests run beside other work)."""
+    """The first base port with six consecutive free ports on 127.0.0.1 (tests run beside other work),
+    below the kernel's ephemeral range: a client socket may get a port there as its source, and connecting
+    to such a port while nothing listens on it yet connects the socket to itself."""
+    stop = min(stop, _ephemeral_low() - 6)
     for base in range(start, stop, 10):
         if all(_port_free(p) for p in range(base, base + 6)):
             return base
-    raise ClusterError(f"no six free consecutive ports between {start} and {stop}")
+    raise ClusterError(f"no six free consecutive ports between {start} and {stop} (below the ephemeral range)")
 
 
 def _port_free(port: int) -> bool:
@@ -352,7 +363,7 @@ class Cluster:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.rest(site)}/cluster", timeout=1) as r:
                     data = json.loads(r.read())
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):   # not (yet) a Patroni answering
                 continue
             leaders = [m["name"] for m in data.get("members", []) if m.get("role") == "leader"
                        and m.get("state") == "running"]
@@ -488,7 +499,7 @@ def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
-    except (OSError, urllib.error.URLError):
+    except (OSError, urllib.error.URLError, http.client.HTTPException):
         return False
 
 
