@@ -67,5 +67,5 @@ def duplicates(c: Cluster, schema: str) -> int:
     import psycopg
 
     with psycopg.connect(c.dsn(), autocommit=True) as conn:
-        return conn.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT count(*) n FROM {schema}.ca_certificates "
-                            "GROUP BY request_id) d").fetchone()[0]
+        return int(conn.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT count(*) n FROM {schema}.ca_certificates "
+                                "GROUP BY request_id) d").fetchone()[0])
