@@ -1,7 +1,9 @@
 """A two-site PostgreSQL 15 cluster under Patroni with one etcd member, on this machine, without systemd.
 
-Run by ``scripts/cluster up|down|status|kill|start`` and imported by the drill and tests/continuity.
-Standard library only; imports nothing of ours. Layout under the run folder (default ``./cluster-run``)::
+Run by ``scripts/cluster up [--sites]|down|status|kill|start`` and imported by the drill and tests/continuity.
+Standard library only; imports nothing of ours, except that ``up --sites`` hands over to
+``personalizer.continuity.sites`` (two personalizer sites on the database, one CA key in a token copied
+to each), whose processes are recorded here so ``down`` stops them. Layout under the run folder (default ``./cluster-run``)::
 
     cluster.json          ports, user, the processes started (pid + kernel start time, so a reused pid
                           is never signalled)
@@ -447,7 +449,10 @@ class Cluster:
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every process we started (TERM, then KILL after a grace period); ``purge`` removes the folder
-        (its data is discarded, so the processes are killed at once rather than shut down cleanly)."""
+        (its data is discarded, so the processes are killed at once rather than shut down cleanly). The
+        personalizer sites (``up --sites``) stop first, while their database is still there."""
+        for name in [n for n in self.procs if n.startswith("personalizer-")]:
+            self._stop(self.procs.pop(name), grace=0 if purge else STOP_GRACE_S)
         if purge:
             for site in SITES:
                 self.kill(site)
@@ -535,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default="cluster-run", help="run folder (default ./cluster-run)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start etcd and both sites; waits for a leader and a synchronous standby")
+    up.add_argument("--sites", action="store_true",
+                    help="also two personalizer sites on the database (primary a, DR b), one CA key in a SoftHSM2 "
+                         "token copied to each (personalizer.continuity.sites)")
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE,
                     help=f"six consecutive ports from here (default {DEFAULT_PORT_BASE})")
     st = sub.add_parser("status", help="who leads, the synchronous state, each member")
@@ -552,6 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         c = Cluster(args.dir, port_base=getattr(args, "port_base", None))
         if args.cmd == "up":
             _print_status(c.up(), False)
+            if args.sites:   # the one place this module reaches ours: the personalizer sites
+                from personalizer.continuity import sites
+                try:
+                    info = sites.up(c)
+                except (sites.SitesError, OSError) as exc:
+                    raise ClusterError(f"sites: {exc}") from None
+                for name, s in info["sites"].items():
+                    print(f"personalizer site {name}: {s['grpc']}  CRL/OCSP {s['crl_ocsp']}  CA token copy {s['token']}")
+                print(f"station config with both endpoints: {info['station_config']}")
+                print(f"cnsctl config with both endpoints: {info['admin_config']}")
         elif args.cmd == "status":
             _print_status(c.status(), args.json)
         elif args.cmd == "down":

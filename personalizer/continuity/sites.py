@@ -142,3 +142,80 @@ def site_config(dep, cluster, name: str, *, port: int, pki_port: int, crl_refres
     path.write_text(text)
     return SiteConfig(name=name, config=path, port=port, pki_port=pki_port,
                       env={"SOFTHSM2_CONF": str(conf)}, token_dir=conf.parent / "tokens")
+
+
+# -- scripts/cluster up --sites ---------------------------------------------------------------------------
+
+SITE_NAMES = ("a", "b")   # "primary site" and "DR site"; a on the Patroni node site-a's side, b on site-b's
+START_TIMEOUT_S = 60.0
+
+
+def ports_of(cluster) -> dict:
+    """The sites' ports after the cluster's six: gRPC base+6 (a), base+7 (b); CRL/OCSP base+8, base+9."""
+    b = cluster.ports.base
+    return {"a": (b + 6, b + 8), "b": (b + 7, b + 9)}
+
+
+def _listening(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _both_endpoints(config: Path, out: Path, ports: dict) -> Path:
+    text = re.sub(r'primary = "[^"]+"', f'primary = "127.0.0.1:{ports["a"][0]}"\ndr = "127.0.0.1:{ports["b"][0]}"',
+                  config.read_text())
+    out.write_text(text)
+    return out
+
+
+def up(cluster, *, log=print) -> dict:
+    """Two ``cns-personalizer serve`` on the running cluster, recorded in its state so ``down`` stops them.
+
+    First time: a test deployment under ``<run dir>/deployment`` with the CA key in a SoftHSM2 token
+    (``put_ca_key_in_token``), one token copy and config per site; the station's and cnsctl's configs
+    with both endpoints (``station-both.toml``, ``admin-both.toml``). Again: restarts a site not running."""
+    import time
+
+    ports = ports_of(cluster)
+    root = cluster.run_dir / "deployment"
+    if not (root / "personalizer.toml").exists():
+        dep = deploy.init_deployment(root, chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+        put_ca_key_in_token(dep)
+    else:
+        dep = _existing(root)
+    venv_bin = Path(sys.executable).parent
+    out = {"deployment": str(root), "sites": {}}
+    for name in SITE_NAMES:
+        port, pki = ports[name]
+        key = f"personalizer-{name}"
+        running = key in cluster.procs and _listening(port)
+        if not running:
+            if _listening(port):
+                raise SitesError(f"port {port} for site {name} is in use by another program: choose another "
+                                 "--port-base")
+            sc = site_config(dep, cluster, name, port=port, pki_port=pki, crl_refresh_s=60)
+            cluster._spawn(key, [str(venv_bin / "cns-personalizer"), "--log-level", "WARNING", "serve",
+                                 "--config", str(sc.config)], cluster.run_dir / f"{key}.log", None, env=sc.env)
+        out["sites"][name] = {"grpc": f"127.0.0.1:{port}", "crl_ocsp": f"http://127.0.0.1:{pki}",
+                              "token": str(root / f"hsm-{name}" / "tokens")}
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for name in SITE_NAMES:
+        while not _listening(ports[name][0]):
+            if time.monotonic() > deadline:
+                raise SitesError(f"site {name} does not listen on {ports[name][0]} after {START_TIMEOUT_S:.0f} s; "
+                                 f"see {cluster.run_dir / f'personalizer-{name}.log'}")
+            time.sleep(0.25)
+    out["station_config"] = str(_both_endpoints(dep.station_config, dep.station_config.with_name("station-both.toml"),
+                                                ports))
+    out["admin_config"] = str(_both_endpoints(dep.admin_config, dep.admin_config.with_name("admin-both.toml"), ports))
+    return out
+
+
+def _existing(root: Path):
+    """The deployment ``up`` wrote before (its files, not a new CA)."""
+    from types import SimpleNamespace
+    station = next((root / "stations").glob("*/station.toml"))
+    return SimpleNamespace(root=root, server_config=root / "personalizer.toml", station_config=station,
+                           admin_config=root / "admin" / "admin.toml")
