@@ -183,3 +183,17 @@ def test_cnsctl_with_both_sites_down_is_one_line_naming_the_primary(both_up):
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "nothing answers" in err and f"127.0.0.1:{a.port}" in err and "personalizer.primary" in err
+
+
+def test_agent_watch_opens_at_the_dr_site_when_the_primary_is_down(both_up):
+    dep, (a, b) = both_up
+    cfg = station_config.load(dep.station_config.with_name("both-sites.toml"))
+
+    async def go():
+        async with PersonalizerClient(cfg) as client:
+            issued = await _issue(client, 120)
+            a.kill()
+            states = [r.state async for r in client.watch_request(issued.request_id)]
+            return issued, states, client.endpoint
+    issued, states, endpoint = asyncio.run(go())
+    assert states and states[-1] == CODE_ISSUED and endpoint == cfg.personalizer.dr
