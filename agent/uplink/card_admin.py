@@ -1,7 +1,7 @@
 """The agent's side of central card administration (issue 12): relay a card's challenge, get the answer.
 
 ``CardAdminClient(client)`` wraps an open ``PersonalizerClient`` (same channel,
-deadlines, primary/DR failover and error translation): ``authenticate(...)`` sends the
+deadlines, DR fallback and error translation): ``authenticate(...)`` sends the
 card's serial, model and fresh challenge with this station's requester and
 returns the cryptogram the personalizer's token computed. ``for_operation(kind,
 requester)`` gives the synchronous ``agent.card.issuer.CardAuthenticator`` the card
@@ -27,8 +27,20 @@ class CardAdminClient:
         self.client = client
 
     async def _call(self, method: str, req, what: str):
-        """The client's own endpoint failover and error translation, on this service's stub."""
-        return await self.client.invoke(card_admin_pb2_grpc.CardAdminStub, method, req, what)
+        """The client's own DR fallback and error translation, on this service's stub."""
+        import grpc
+
+        from agent.uplink.client import TRANSIENT, _translate
+        c = self.client
+        while True:
+            if c._channel is None:
+                c._connect()
+            try:
+                return await getattr(card_admin_pb2_grpc.CardAdminStub(c._channel), method)(req, timeout=c.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in TRANSIENT and await c._failover():
+                    continue
+                raise _translate(exc, what, c.cfg, c._dr) from exc
 
     async def authenticate(self, *, serial: str, model_id: str, challenge: bytes, kind: str, op_id: str,
                            requester: dict, transport_key: bool = False) -> bytes:

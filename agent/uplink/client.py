@@ -109,9 +109,12 @@ class PersonalizerClient:
         self._dr_since = time.monotonic()
         self._connect()
 
-    async def _failover(self, tried: set[bool]) -> bool:
-        """Move to the other endpoint unless it was already tried in this call or none is configured."""
+    async def _failover(self, tried: set[bool] | None = None) -> bool:
+        """Move to the other endpoint unless it was already tried in this call or none is configured
+        (``tried`` None: a caller that keeps no such set, ``agent.uplink.card_admin``: primary → DR only)."""
         other = not self._dr
+        if tried is None:
+            tried = {False}
         if (other and not self.cfg.personalizer.dr) or other in tried:
             return False
         await self._use(other)
