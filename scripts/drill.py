@@ -60,6 +60,7 @@ CRL_REFRESH_S = 5
 AFTER_KILL_S = 40.0     # the stream goes on at least this long after the kill (RTO <= 25 s + traffic after it)
 GIVE_UP_AFTER_S = 90.0   # after the stream's end, a request no site accepts is given up (and reported)
 KILLS = ("site", "postgres", "personalizer", "standby")
+RTO_TARGET_S = {"site": 25.0, "postgres": 5.0, "personalizer": 25.0, "standby": 25.0}   # issue 17
 CALL_TIMEOUT = 10.0
 FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                   grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
@@ -508,6 +509,7 @@ def summarize(runs: list[dict]) -> dict:
         return f(vals) if vals else None
     return {
         "runs": len(runs), "kill": runs[0]["kill"] if runs else None,
+        "rto_target_s": RTO_TARGET_S.get(runs[0]["kill"]) if runs else None,
         "rto_s_max": worst("rto_s"), "rto_s_median": sorted(r["rto_s"] for r in runs if r["rto_s"] is not None)[
             len(runs) // 2] if any(r["rto_s"] is not None for r in runs) else None,
         "acknowledged": sum(r["acknowledged"] for r in runs),
@@ -599,14 +601,20 @@ def main(argv=None) -> int:
             work = Path(tempfile.mkdtemp(prefix="cns-drill-"))
             os.chmod(work, 0o755)
             log(f"work folder {work}")
+            keep = args.keep
             try:
                 runs.append(run_drill(args, work))
+                rto = runs[-1]["rto_s"]
+                if rto is None or rto > RTO_TARGET_S[args.kill] or runs[-1]["acknowledged_lost"]:
+                    keep = True   # a run off target keeps its logs (Patroni, PostgreSQL, the sites) to look into
+                    runs[-1]["work_folder_kept"] = str(work)
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError, ClusterError) as exc:
                 # a run that could not be set up or checked is reported as such, and the soak goes on
-                failed.append({"seed": args.seed, "error": f"{type(exc).__name__}: {exc}"[:400]})
+                failed.append({"seed": args.seed, "error": f"{type(exc).__name__}: {exc}"[:400], "work_folder": str(work)})
                 log(f"run {i + 1} failed: {failed[-1]['error']}")
+                keep = True
             finally:
-                if not args.keep:
+                if not keep:
                     shutil.rmtree(work, ignore_errors=True)
                 else:
                     log(f"work folder kept: {work}")
