@@ -14,13 +14,18 @@ certificate, errors and timeouts; at CONCURRENCY (headline, default 16) and at
 1, 4, 16, 64 clients (scaling). Reference: the raw RSA-3072 PKCS#1 v1.5
 SHA-256 signing rate of the same CA key, one thread and all cores.
 Headline: our rate / CFSSL's rate (target >= 1.1) and our p99 <= CFSSL's p99.
+``--store postgresql`` (issue 17 item 6) adds, in the same run and alternating with the others, a second
+daemon on the same deployment whose store and CA index are PostgreSQL under Patroni with its synchronous
+standby (``benchmarks._pg``): its figures beside SQLite's (targets: rate >= 0.8 x, p99 <= 1.2 x SQLite's).
 
 Usage: scripts/bench issue [--requests N] [--concurrency C] [--scaling 1,4,16,64] [--scaling-requests N]
                            [--workers N] [--processes N] [--synchronous FULL|NORMAL]
+                           [--store sqlite|postgresql]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -33,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from benchmarks import _cfssl as cfssl
+from benchmarks import _cfssl as cfssl, _pg
 from benchmarks._daemon import personalizer_process
 from benchmarks._load import Run, descendants, drive
 from personalizer import codice_fiscale, dati_personali, deploy
@@ -47,6 +52,8 @@ TARGET_VS_CFSSL = 1.1
 CALL_TIMEOUT_S = 30.0
 RAW_SIGN_SECONDS = 2.0
 DISTINCT_HOLDERS = 32
+PG_TARGET_RATE = 0.8   # PostgreSQL (synchronous standby) rate / SQLite's, same run
+PG_TARGET_P99 = 1.2    # PostgreSQL p99 / SQLite's
 
 
 def raw_sign_rate(signer: FileSigner, seconds: float = RAW_SIGN_SECONDS, threads: int = 1) -> float:
@@ -201,6 +208,8 @@ def main(argv: list[str]) -> dict:
                     help="[server] workers of the daemon (signing threads); default: the daemon's default")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                     help="[server] processes of the daemon (default: the number of cores)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="postgresql: also a daemon on PostgreSQL + synchronous standby, beside SQLite")
     opts = ap.parse_args(argv)
     if not 1 <= opts.processes <= 64:
         raise SystemExit(f"bench issue: --processes must be 1..64, got {opts.processes}")
@@ -229,7 +238,10 @@ def main(argv: list[str]) -> dict:
                     for cf, _ in holders]
         station = dep.station_config.parent
         tls = dep.root / "tls"
-        with personalizer_process(cfg) as (port, pid), \
+        pg_cluster = _pg.cluster() if opts.store == "postgresql" else contextlib.nullcontext()
+        with pg_cluster as pgc, personalizer_process(cfg) as (port, pid), \
+                (personalizer_process(_pg.use_postgresql(cfg, pgc, "pg")[0]) if pgc else
+                 contextlib.nullcontext((None, None))) as (pg_port, pg_pid), \
                 cfssl.cfssl_serve(Path(tmp) / "cfssl", ca_cert=dep.root / "ca" / "issuing.pem",
                                   ca_key_pem=_ca_key_pem(dep), tls_cert=tls / "server.pem",
                                   tls_key=tls / "server.key.pem", client_ca=tls / "tls-ca.pem") as peer:
@@ -241,6 +253,10 @@ def main(argv: list[str]) -> dict:
                                             key=station / "client.key.pem"), peer.pid,
                       lambda i: csr_pems[i % len(csr_pems)]),
             ]
+            if pgc:
+                pg_call, close_pg_channels = _grpc_client(pg_port, tls, station)
+                sides.insert(1, _Side("personalizer-postgresql", pg_call, pg_pid,
+                                      lambda i: _request(i, holders[i % len(holders)], profiles[i % 2])))
             try:
                 for side in sides:
                     side.run(opts.warmup, opts.concurrency)
@@ -254,6 +270,9 @@ def main(argv: list[str]) -> dict:
                 daemon_processes = _serve_processes(pid)   # the primary and its helpers, still serving
             finally:
                 close_channels()
+                if pgc:
+                    close_pg_channels()
+            pg_sync = _pg.sync_state(pgc) if pgc else None
             certdb_rows = cfssl.certdb_rows(peer.certdb)
     ours, theirs = headline["personalizer"], headline["cfssl"]
     fo, ft = ours.figures(), theirs.figures()
@@ -261,7 +280,20 @@ def main(argv: list[str]) -> dict:
     ratio = fo["rate"] / raw
     failures = sum(r["errors"] + r["timeouts"] for side in scaling.values() for r in side.values()) \
         + fo["errors"] + fo["timeouts"] + ft["errors"] + ft["timeouts"]
+    pg = {}
+    if "personalizer-postgresql" in headline:
+        fp = headline["personalizer-postgresql"].figures()
+        rate_x = fp["rate"] / fo["rate"] if fo["rate"] else 0.0
+        p99_x = fp["p99_latency_ms"] / fo["p99_latency_ms"] if fo["p99_latency_ms"] else float("inf")
+        failures += fp["errors"] + fp["timeouts"]
+        pg = {"postgresql": fp, "postgresql_standby": pg_sync,
+              "postgresql_vs_sqlite": {"rate": round(rate_x, 3), "p99": round(p99_x, 3),
+                                       "target_rate": PG_TARGET_RATE, "target_p99": PG_TARGET_P99,
+                                       "meets_target": rate_x >= PG_TARGET_RATE and p99_x <= PG_TARGET_P99
+                                       and pg_sync == "sync",
+                                       "unit": "PostgreSQL (Patroni, synchronous standby) / SQLite, same run"}}
     return {
+        **pg,
         "ok": failures == 0,
         "issuance_rate": fo["rate"], "issuance_rate_unit": "certificates/s",
         "p50_latency_ms": fo["p50_latency_ms"], "p99_latency_ms": fo["p99_latency_ms"],
@@ -282,7 +314,7 @@ def main(argv: list[str]) -> dict:
         "requests": opts.requests, "concurrency": opts.concurrency, "scaling_requests": opts.scaling_requests,
         "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
         "processes": opts.processes, "daemon_processes": daemon_processes,
-        "cpus": os.cpu_count(),
+        "store": opts.store, "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }

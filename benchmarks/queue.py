@@ -16,13 +16,18 @@ halfway and restarted; afterwards every request must be ISSUED exactly once
 The SIGKILL round's daemon runs with ``[server] processes`` = ``--processes``
 (default: the number of cores): the primary is killed, its helpers follow it.
 
+``--store postgresql`` (issue 17 item 6): every phase on PostgreSQL under Patroni with its synchronous
+standby (``benchmarks._pg``, a fresh schema per phase; the CA's index is there too) instead of SQLite;
+target drain rate >= 0.5 x the raw signing rate of the same run (``pg_target_drain_ratio``).
+
 Usage: scripts/bench queue [--queued K] [--kill-requests N] [--synchronous FULL|NORMAL] [--workers N]
-                           [--processes N]
+                           [--processes N] [--store sqlite|postgresql]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -40,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from benchmarks import _pg
 from benchmarks.issue import raw_sign_rate
 from personalizer import codice_fiscale, config, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
@@ -51,6 +57,7 @@ from tests.support import keys as test_keys   # distinct test keys, cheaply (sha
 TARGET_ENQUEUE = 1000.0
 TARGET_DRAIN = 300.0
 TARGET_DRAIN_RATIO = 0.8
+PG_TARGET_DRAIN_RATIO = 0.5
 CLOSED = ServiceCalendar(hours={d: None for d in range(7)})
 OPEN = ServiceCalendar(always_open=True)
 CHUNK = 256
@@ -79,11 +86,14 @@ def _input(i: int, holder) -> IssueInput:
                       chamber_code="RM", operator_id="bench", ef_dati_personali=ef)
 
 
-async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders) -> dict:
-    cfg = config.load(dep.server_config)
+async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders, pg=None) -> dict:
+    """``pg``: (config on PostgreSQL, its duplicates() count) instead of SQLite."""
+    cfg = config.load(pg[0] if pg else dep.server_config)
+    store = cfg.store if pg else dataclasses.replace(cfg.store, data_dir=dep.root / "bench-data",
+                                                     synchronous=synchronous)
     cfg = dataclasses.replace(
         cfg, ca=dataclasses.replace(cfg.ca, issuing_cert=dep.root / "ca" / "issuing.pem"), calendar=CLOSED,
-        store=dataclasses.replace(cfg.store, data_dir=dep.root / "bench-data", synchronous=synchronous),
+        store=store,
         broker=dataclasses.replace(cfg.broker, answer_wait_seconds=0.0, relay_concurrency=64))
     daemon = await Daemon.build(cfg, serve=False)   # broker + relay + SQLite store + embedded CA, no servers
     daemon.relay.batch = 512
@@ -105,10 +115,10 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
         await daemon.stop()
-    dup = _duplicates(dep.root / "ca" / "ca.db")
+    dup = pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")
     return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
-            "queued_depth_seen": depth,
-            "lost": sum(s != "ISSUED" for s in states), "duplicated": dup, "commits": store.commits}
+            "queued_depth_seen": depth, "lost": sum(s != "ISSUED" for s in states), "duplicated": dup,
+            "commits": getattr(store, "commits", None)}
 
 
 def _duplicates(ca_db: Path) -> int:
@@ -120,7 +130,8 @@ def _duplicates(ca_db: Path) -> int:
         db.close()
 
 
-def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1) -> dict:
+def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1, pg=None) -> dict:
+    """``pg``: (config on PostgreSQL, its duplicates() count) instead of SQLite."""
     import grpc
 
     from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
@@ -131,7 +142,7 @@ def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1) -> 
     shutil.rmtree(dep.root / "data", ignore_errors=True)
     for f in ("ca.db", "ca.db-wal", "ca.db-shm"):
         (dep.root / "ca" / f).unlink(missing_ok=True)
-    cfg = dep.server_config
+    cfg = pg[0] if pg else dep.server_config
     cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
                    .replace("answer_wait_seconds = 2.0", "answer_wait_seconds = 0.2")
                    .replace("[server]\n", f"[server]\nprocesses = {processes}\n", 1))
@@ -199,7 +210,7 @@ def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1) -> 
     proc.terminate()
     proc.wait(30)
     return {"kill_round_requests": n, "kill_round_answered_at_kill": at_kill, "kill_round_lost": lost,
-            "kill_round_duplicated": _duplicates(dep.root / "ca" / "ca.db")}
+            "kill_round_duplicated": pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")}
 
 
 def main(argv: list[str]) -> dict:
@@ -211,26 +222,45 @@ def main(argv: list[str]) -> dict:
                     help="[server] workers (CA signing threads) for both phases; default: the daemon's default")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                     help="[server] processes of the SIGKILL round's daemon (default: the number of cores)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="postgresql: every phase on PostgreSQL + synchronous standby (Patroni)")
     opts = ap.parse_args(argv)
     if not 1 <= opts.processes <= 64:
         raise SystemExit(f"bench queue: --processes must be 1..64, got {opts.processes}")
     holders = [_holder(i) for i in range(32)]
-    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
+    pg_sync = None
+    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp, \
+            (_pg.cluster() if opts.store == "postgresql" else contextlib.nullcontext()) as pgc:
         dep = deploy.init_deployment(Path(tmp) / "d", listen="127.0.0.1:0")
         if opts.workers is not None:
             cfg = dep.server_config
             cfg.write_text(cfg.read_text().replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1))
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         raw_before = raw_sign_rate(signer)
-        res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders))
+        pg1 = pg2 = None
+        if pgc:
+            for name in ("drain", "kill"):
+                path, schema = _pg.use_postgresql(dep.server_config, pgc, name)
+                pair = (path, lambda schema=schema: _pg.duplicates(pgc, schema))
+                pg1, pg2 = (pair, pg2) if name == "drain" else (pg1, pair)
+        res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders, pg1))
         # measured right before the queue fills and right after it drained: a machine whose load changes
         # meanwhile (other sessions on a shared host) moves the reference with the drain
         raw_after = raw_sign_rate(signer)
         raw = (raw_before + raw_after) / 2
-        res.update(_kill_round(dep, opts.kill_requests, holders, opts.processes))
+        if pgc:
+            pg_sync = _pg.sync_state(pgc)
+        res.update(_kill_round(dep, opts.kill_requests, holders, opts.processes, pg2))
     lost = res["lost"] + res["kill_round_lost"]
     dup = res["duplicated"] + res["kill_round_duplicated"]
+    pg = {}
+    if opts.store == "postgresql":
+        pg = {"postgresql_standby": pg_sync, "pg_target_drain_ratio": PG_TARGET_DRAIN_RATIO,
+              "pg_meets_target": res["drain_rate"] / raw >= PG_TARGET_DRAIN_RATIO and pg_sync == "sync"
+              and lost == dup == 0}
     return {
+        **pg,
+        "store": opts.store,
         "ok": lost == 0 and dup == 0,
         "enqueue_rate": round(res["enqueue_rate"], 1), "enqueue_rate_unit": "accepted requests/s (CA closed, in process)",
         "drain_rate": round(res["drain_rate"], 1), "drain_rate_unit": "requests/s issued by the embedded CA after the outage",

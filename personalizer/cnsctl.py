@@ -18,7 +18,11 @@ Commands (more come with the fleet issues)::
 The config is a station configuration (station_config schema) with
 ``role = "admin"`` (``role = "ir"`` for a recognition officer's ``registration``, in
 ``personalizer.cnsctl_registration``). Output is human-readable, or one JSON object with --json
-(accepted before or after the command). One top-level error handler: a bad
+(accepted before or after the command). With a ``personalizer.dr`` endpoint in the config, a
+primary that cannot be reached (no connection within ``READY_WAIT_S``) is left for the DR site, with
+one line on stderr saying so; the command is sent to one site only, once (``maintenance add``,
+``stock add`` and ``station add`` carry no request id, so a command is never repeated at the other
+site after it may have reached the first); ``--dr`` goes to the DR site straight away. One top-level error handler: a bad
 argument, a config error or a failed call prints one line (``cnsctl: ...``) and
 exits 1 (2 for usage); a closed output pipe exits quietly.
 Must not import agent or firmware_profiles.
@@ -30,6 +34,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import threading
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")   # gRPC's own log lines are not for the operator
 import grpc  # noqa: E402
@@ -44,6 +49,7 @@ from cns_spec import reasons as spec_reasons
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+READY_WAIT_S = 5.0   # how long the primary may take to accept a connection before the DR site is used
 
 
 class UsageError(Exception):
@@ -351,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = station_config.load(opts.config)
         if opts.dr and not cfg.personalizer.dr:
             raise UsageError(f"--dr: {cfg.source} has no personalizer.dr endpoint; add one or leave out --dr")
-        with channel.secure_channel_sync(cfg, dr=opts.dr) as ch:
+        ch, opts.dr = _open_channel(cfg, opts.dr)
+        with ch:
             result = opts.func(ch, opts, cfg.personalizer.timeout_seconds)
         _print(result, opts.json)
         sys.stdout.flush()
@@ -372,6 +379,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _connects(ch, timeout: float) -> bool:
+    """True when the channel reaches READY (TCP + TLS with mTLS done) within ``timeout``; False on a
+    connection failure or when nothing answers in time."""
+    done, ready = threading.Event(), []
+
+    def seen(state):
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                     grpc.ChannelConnectivity.SHUTDOWN):
+            ready.append(state == grpc.ChannelConnectivity.READY)
+            done.set()
+    ch.subscribe(seen, try_to_connect=True)
+    done.wait(timeout)
+    ch.unsubscribe(seen)
+    return bool(ready and ready[0])
+
+
+def _open_channel(cfg, dr: bool):
+    """(channel, at_dr): the primary, or the DR site when the primary cannot be reached and the DR
+    site can; when neither can, the primary (its error is the one reported)."""
+    ch = channel.secure_channel_sync(cfg, dr=dr)
+    if dr or not cfg.personalizer.dr or _connects(ch, min(READY_WAIT_S, cfg.personalizer.timeout_seconds)):
+        return ch, dr
+    other = channel.secure_channel_sync(cfg, dr=True)
+    if not _connects(other, min(READY_WAIT_S, cfg.personalizer.timeout_seconds)):
+        other.close()
+        return ch, False
+    ch.close()
+    print(f"cnsctl: the primary personalizer at {cfg.personalizer.primary} cannot be reached; "
+          f"using the DR site at {cfg.personalizer.dr} (personalizer.dr)", file=sys.stderr)
+    return other, True
 
 
 def _quiet_after_closed_pipe() -> int:

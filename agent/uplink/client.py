@@ -1,7 +1,12 @@
 """The agent's outbound link to the personalizer: gRPC over mutual TLS.
 
-Owns the primary → DR endpoint fallback (the channel itself — trust anchors,
-client certificate, proxy, keepalive, retries — is ``station_config.channel``), deadlines on every call, and the translation of gRPC status codes
+Owns the failover between the station's two endpoints (``personalizer.primary`` and
+``personalizer.dr``; the channel itself — trust anchors, client certificate, proxy, keepalive,
+retries — is ``station_config.channel``): a call that fails with UNAVAILABLE or DEADLINE_EXCEEDED
+is sent again, the same request with the same request id (the personalizer deduplicates by it, so
+a call that did commit before the failure is never done twice), to the other endpoint, at most once
+per endpoint per call. After ``FAILBACK_AFTER_S`` at the DR site the next call tries the primary
+first again (it comes back when the primary does). Also deadlines on every call, and the translation of gRPC status codes
 into ``agent.ops.errors``, once, by ``agent.ops.uplink.is_refusal``: a refusal
 (INVALID_ARGUMENT, FAILED_PRECONDITION, PERMISSION_DENIED, ...) becomes
 ``UplinkError`` with the code and the server's message; anything else
@@ -22,6 +27,7 @@ never ``personalizer``.
 """
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -35,6 +41,7 @@ from proto.cns.v1 import registrations_pb2, registrations_pb2_grpc
 from station_config import StationConfig, channel
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+FAILBACK_AFTER_S = 60.0   # at the DR endpoint this long, the next call tries the primary first again
 
 PROFILES = {
     profiles.CNS_AUTH: personalizer_pb2.CA_PROFILE_CNS_AUTH,
@@ -54,15 +61,20 @@ class PersonalizerClient:
         self.cfg = cfg
         self.operator_id = operator_id
         self._dr = False
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: personalizer_pb2_grpc.PersonalizerStub | None = None
-        self._registrations: registrations_pb2_grpc.RegistrationsStub | None = None
+        self._dr_since = 0.0
+        self._channel: grpc.aio.Channel | None = None          # the current endpoint's
+        self._channels: dict[bool, grpc.aio.Channel] = {}      # by endpoint (dr or not), built on first use
 
     @property
     def reader(self) -> common_pb2.Requester:
         """Who reads: this station, its chamber and the operator (none when not given)."""
         return common_pb2.Requester(station_id=self.cfg.station.id, chamber_code=self.cfg.station.chamber_code,
                                     operator_id=self.operator_id)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to now (``personalizer.primary``, or ``personalizer.dr`` after a failover)."""
+        return channel.target(self.cfg, dr=self._dr)
 
     @property
     def deadline_s(self) -> float:
@@ -76,38 +88,61 @@ class PersonalizerClient:
         await self.close()
 
     def _connect(self) -> None:
+        """The channel to the current endpoint, built once: switching endpoints keeps the other's
+        channel open, so calls already running on it (other operations of this agent) are not cut."""
+        if self._dr in self._channels:
+            self._channel = self._channels[self._dr]
+            return
         try:
-            self._channel = channel.secure_channel(self.cfg, dr=self._dr)
+            self._channel = self._channels[self._dr] = channel.secure_channel(self.cfg, dr=self._dr)
         except OSError as exc:  # trust anchors or client key unreadable
             raise UplinkError(f"cannot build the personalizer channel from {self.cfg.source}: {exc}") from exc
-        self._stub = personalizer_pb2_grpc.PersonalizerStub(self._channel)
-        self._registrations = registrations_pb2_grpc.RegistrationsStub(self._channel)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channels, self._channels, self._channel = list(self._channels.values()), {}, None
+        for ch in channels:
+            await ch.close()
 
-    async def _failover(self) -> bool:
-        """Move from the primary to the DR endpoint; False when already there or none is configured."""
-        if self._dr or not self.cfg.personalizer.dr:
-            return False
-        await self.close()
-        self._dr = True
+    async def _use(self, dr: bool) -> None:
+        """Point the calls at the DR endpoint (or back at the primary)."""
+        self._dr = dr
+        self._dr_since = time.monotonic()
         self._connect()
+
+    async def _failover(self, tried: set[bool] | None = None) -> bool:
+        """Move to the other endpoint unless it was already tried in this call or none is configured
+        (``tried`` None: a caller that keeps no such set, ``agent.uplink.card_admin``: primary → DR only)."""
+        other = not self._dr
+        if tried is None:
+            tried = {False}
+        if (other and not self.cfg.personalizer.dr) or other in tried:
+            return False
+        await self._use(other)
         return True
 
-    async def _call(self, method: str, request, what: str, *, registrations: bool = False):
+    async def _prefer_primary(self) -> None:
+        if self._dr and time.monotonic() - self._dr_since >= FAILBACK_AFTER_S:
+            await self._use(False)
+
+    async def invoke(self, stub_class, method: str, request, what: str):
+        """One unary call on this channel with the failover above and our error translation
+        (``stub_class``: a generated stub of any service the personalizer serves)."""
+        await self._prefer_primary()
+        tried: set[bool] = set()
         while True:
-            if self._stub is None:
+            if self._channel is None:
                 self._connect()
-            stub = self._registrations if registrations else self._stub
+            tried.add(self._dr)
             try:
-                return await getattr(stub, method)(request, timeout=self.deadline_s)
+                return await getattr(stub_class(self._channel), method)(request, timeout=self.deadline_s)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in TRANSIENT and await self._failover():
+                if exc.code() in TRANSIENT and await self._failover(tried):
                     continue
                 raise _translate(exc, what, self.cfg, self._dr) from exc
+
+    async def _call(self, method: str, request, what: str, *, registrations: bool = False):
+        stub = registrations_pb2_grpc.RegistrationsStub if registrations else personalizer_pb2_grpc.PersonalizerStub
+        return await self.invoke(stub, method, request, what)
 
     async def submit_issue(self, *, request_id: str, profile: str, csr_der: bytes, holder: dict,
                            card_id: str, model: str, requester: dict, ef_dati_personali: bytes = b"",
@@ -129,15 +164,24 @@ class PersonalizerClient:
             request_id=request_id, requester=self.reader), f"request {request_id}"))
 
     async def watch_request(self, request_id: str) -> AsyncIterator:
-        """Server stream of a request's states until a terminal one."""
-        if self._stub is None:
-            self._connect()
-        try:
-            async for update in self._stub.WatchRequest(personalizer_pb2.GetRequestRequest(
-                    request_id=request_id, requester=self.reader), timeout=None):
-                yield records.request(update)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"watching request {request_id}", self.cfg, self._dr) from exc
+        """Server stream of a request's states until a terminal one. A stream that cannot be opened, or
+        breaks, at one endpoint is opened again at the other (a read: it starts from the current state)."""
+        await self._prefer_primary()
+        tried: set[bool] = set()
+        while True:
+            if self._channel is None:
+                self._connect()
+            tried.add(self._dr)
+            try:
+                async for update in personalizer_pb2_grpc.PersonalizerStub(self._channel).WatchRequest(
+                        personalizer_pb2.GetRequestRequest(request_id=request_id, requester=self.reader),
+                        timeout=None):
+                    yield records.request(update)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in TRANSIENT and await self._failover(tried):
+                    continue
+                raise _translate(exc, f"watching request {request_id}", self.cfg, self._dr) from exc
 
     async def renew(self, *, request_id: str, profile: str, csr_der: bytes, current_certificate_der: bytes,
                     proof_of_possession: bytes, requester: dict):

@@ -1,7 +1,9 @@
 """A two-site PostgreSQL 15 cluster under Patroni with one etcd member, on this machine, without systemd.
 
-Run by ``scripts/cluster up|down|status|kill|start`` and imported by the drill and tests/continuity.
-Standard library only; imports nothing of ours. Layout under the run folder (default ``./cluster-run``)::
+Run by ``scripts/cluster up [--sites]|down|status|kill|start`` and imported by the drill and tests/continuity.
+Standard library only; imports nothing of ours, except that ``up --sites`` hands over to
+``personalizer.continuity.sites`` (two personalizer sites on the database, one CA key in a token copied
+to each), whose processes are recorded here so ``down`` stops them. Layout under the run folder (default ``./cluster-run``)::
 
     cluster.json          ports, user, the processes started (pid + kernel start time, so a reused pid
                           is never signalled)
@@ -26,6 +28,7 @@ the exposure, and ``status`` says so (``sync: degraded``). Patroni, not a static
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import pwd
@@ -88,12 +91,22 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_base(start: int = 26000, stop: int = 40000) -> int:
-    """The first base port with six consecutive free ports on 127.0.0.1 (tests run beside other work)."""
+    """The first base port with six consecutive free ports on 127.0.0.1 (tests run beside other work),
+    below the kernel's ephemeral range: a client socket may get a port there as its source, and connecting
+    to such a port while nothing listens on it yet connects the socket to itself."""
+    stop = min(stop, _ephemeral_low() - 6)
     for base in range(start, stop, 10):
         if all(_port_free(p) for p in range(base, base + 6)):
             return base
-    raise ClusterError(f"no six free consecutive ports between {start} and {stop}")
+    raise ClusterError(f"no six free consecutive ports between {start} and {stop} (below the ephemeral range)")
 
 
 def _port_free(port: int) -> bool:
@@ -352,7 +365,7 @@ class Cluster:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.rest(site)}/cluster", timeout=1) as r:
                     data = json.loads(r.read())
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):   # not (yet) a Patroni answering
                 continue
             leaders = [m["name"] for m in data.get("members", []) if m.get("role") == "leader"
                        and m.get("state") == "running"]
@@ -436,7 +449,10 @@ class Cluster:
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every process we started (TERM, then KILL after a grace period); ``purge`` removes the folder
-        (its data is discarded, so the processes are killed at once rather than shut down cleanly)."""
+        (its data is discarded, so the processes are killed at once rather than shut down cleanly). The
+        personalizer sites (``up --sites``) stop first, while their database is still there."""
+        for name in [n for n in self.procs if n.startswith("personalizer-")]:
+            self._stop(self.procs.pop(name), grace=0 if purge else STOP_GRACE_S)
         if purge:
             for site in SITES:
                 self.kill(site)
@@ -488,7 +504,7 @@ def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
-    except (OSError, urllib.error.URLError):
+    except (OSError, urllib.error.URLError, http.client.HTTPException):
         return False
 
 
@@ -524,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default="cluster-run", help="run folder (default ./cluster-run)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start etcd and both sites; waits for a leader and a synchronous standby")
+    up.add_argument("--sites", action="store_true",
+                    help="also two personalizer sites on the database (primary a, DR b), one CA key in a SoftHSM2 "
+                         "token copied to each (personalizer.continuity.sites)")
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE,
                     help=f"six consecutive ports from here (default {DEFAULT_PORT_BASE})")
     st = sub.add_parser("status", help="who leads, the synchronous state, each member")
@@ -541,6 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         c = Cluster(args.dir, port_base=getattr(args, "port_base", None))
         if args.cmd == "up":
             _print_status(c.up(), False)
+            if args.sites:   # the one place this module reaches ours: the personalizer sites
+                from personalizer.continuity import sites
+                try:
+                    info = sites.up(c)
+                except (sites.SitesError, OSError) as exc:
+                    raise ClusterError(f"sites: {exc}") from None
+                for name, s in info["sites"].items():
+                    print(f"personalizer site {name}: {s['grpc']}  CRL/OCSP {s['crl_ocsp']}  CA token copy {s['token']}")
+                print(f"station config with both endpoints: {info['station_config']}")
+                print(f"cnsctl config with both endpoints: {info['admin_config']}")
         elif args.cmd == "status":
             _print_status(c.status(), args.json)
         elif args.cmd == "down":

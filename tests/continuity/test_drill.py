@@ -40,11 +40,19 @@ def test_short_whole_site_drill(tmp_path):
     assert s["acknowledged_lost"] == 0                       # RPO 0 for acknowledged requests
     assert s["duplicates"] == 0                              # no request issued twice, no card twice
     assert run["rto_s"] is not None and run["rto_s"] <= 25   # kill -> first request accepted at the DR site
+    by_class = run["rto_s_by_class"]                         # the continuity study's service classes
+    assert by_class["issuance"] is not None and by_class["suspension_revocation"] is not None
+    assert run["rto_s"] <= by_class["issuance"] <= 25 and by_class["crl_ocsp"] is not None
+    ca = run["ca_key"]                                       # one CA key, in a token copied to each site
+    assert ca["shared"] and not ca["key_file_present"] and ca["token_copies_distinct"]
+    assert ca["issued_by_site"]["a"] > 0 and ca["issued_by_site"]["b"] > 0 and ca["bad_signatures"] == 0
     assert s["crl_continuous"] and s["ocsp_continuous"]      # DR's CRL lists what was revoked before the kill
     assert run["rebuild_s"] is not None                      # the old primary is a synchronous standby again
     assert run["restore"]["ok"] and s["restore_ok"]          # backup + WAL restored to a fresh node: all there
     md = (tmp_path / "drill.md").read_text()
     assert "| Service class | Measured RTO (worst) | RPO | Data checked |" in md and "Suspension and revocation" in md
+    assert f"| Issuance (personalization) | {s['rto_s_max_by_class']['issuance']} s |" in md
+    assert s["date"][:10] in md and s["versions"]["postgresql"] in md and s["versions"]["patroni"] in md
     assert json.loads((tmp_path / "drill.json").read_text())["runs"] == 1
     assert _leftovers(folders) == []
 

@@ -1,0 +1,71 @@
+"""PostgreSQL for ``--store postgresql`` benchmarks: the Patroni cluster with its synchronous standby.
+
+``cluster()`` brings up ``personalizer.continuity.cluster`` (etcd + Patroni + PostgreSQL 15 primary and
+synchronous standby, the deployment of issue 17) in a folder under /tmp its unprivileged user can reach,
+and stops every process and removes the folder at the end. ``use_postgresql(config, c, name)`` writes a
+copy of a daemon config whose ``[store]`` is ``backend = "postgresql"`` on a fresh schema of that cluster
+(the request store and the embedded CA's index both go there), the password in a 0600 file.
+``duplicates(c, schema)`` counts certificates issued twice for one request in that schema.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from personalizer.continuity.cluster import SITES, Cluster, free_port_base, missing_tools
+
+_schemas = itertools.count(1)
+
+
+@contextmanager
+def cluster():
+    missing = missing_tools()
+    if missing:
+        raise SystemExit("bench --store postgresql needs: " + "; ".join(missing))
+    run_dir = tempfile.mkdtemp(prefix="cns-bench-pg-")
+    os.chmod(run_dir, 0o755)
+    c = Cluster(run_dir, port_base=free_port_base(start=31000))
+    try:
+        c.up(timeout=120)
+        yield c
+    finally:
+        c.down(purge=True)
+
+
+def sync_state(c: Cluster) -> str:
+    """Patroni's view of the standby at measuring time (``sync`` is what the figures need)."""
+    return str(c.sync_state())
+
+
+def use_postgresql(config: Path, c: Cluster, name: str) -> tuple[Path, str]:
+    """(config copy on a fresh schema, the schema)."""
+    import psycopg
+
+    schema = f"bench_{name}_{os.getpid()}_{next(_schemas)}"
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    pw = config.parent / f"pg-password-{name}"
+    pw.write_text(c.secrets()["app"] + "\n")
+    pw.chmod(0o600)
+    ports = ",".join(str(c.ports.pg(s)) for s in SITES)
+    store = (f'[store]\ndata_dir = "data-{name}"\nsynchronous = "FULL"\nbackend = "postgresql"\n'
+             f'dsn = "host=127.0.0.1,127.0.0.1 port={ports} dbname=cns user=cns target_session_attrs=read-write '
+             f"connect_timeout=2 options='-csearch_path={schema}'\"\npassword_file = \"{pw.name}\"\n")
+    text, n = re.subn(r"\[store\]\n(?:[^\[\n].*\n)*", store + "\n", config.read_text())
+    if n != 1:
+        raise SystemExit(f"bench: {config} has no [store] section to point at PostgreSQL")
+    out = config.with_name(f"{config.stem}-{name}.toml")
+    out.write_text(text)
+    return out, schema
+
+
+def duplicates(c: Cluster, schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        return int(conn.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT count(*) n FROM {schema}.ca_certificates "
+                                "GROUP BY request_id) d").fetchone()[0])
