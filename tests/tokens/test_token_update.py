@@ -111,6 +111,14 @@ def test_fault_matrix_bounded_sample(tmp_path, model):
     assert sum(seen.values()) == 12
 
 
+def test_fault_matrix_on_a_second_update_back_into_the_factory_home(tmp_path, model):
+    """A/B alternation under faults: the CD-ROM's second update is staged into the home region its first one
+    left; a tear, unplug or kill at any point leaves the old or the new image and the next run finishes it
+    (partition_trial raises Bricked otherwise, and checks the update ended in the home)."""
+    seen = partition_fault_matrix(tmp_path, model, 12, seed=29, second=True)
+    assert sum(seen.values()) == 12
+
+
 def test_power_cut_inside_the_switch_and_confirm_metadata_writes(tmp_path, model):
     """The last two writes of an update are the 4 KiB metadata records of the switch and the confirm:
     a cut inside either record (its header and JSON come first) leaves the old or the new image,
