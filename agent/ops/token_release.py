@@ -14,8 +14,9 @@ Steps, one per changed component in ``cns_spec.releases.install_order`` (firmwar
 that needs it), then ``verify`` and ``commit``:
 
 - ``firmware``: DFU download, manifest (the bootloader verifies and switches banks), reset;
-- ``cdrom`` / ``disk``: stage into a free slot (only changed blocks cross the link), verify (the token
-  hashes the slot), switch (one atomic metadata write); the old image stays kept (``previous``);
+- ``cdrom`` / ``disk``: stage into the partition's free region (``token_update.pick_region``; only changed
+  blocks cross the link), verify (the token hashes the slot), switch (one atomic metadata write); the old
+  image stays kept (``previous``);
 - ``verify``: every component reads back as the release's (firmware version, partition hashes);
 - ``commit`` (the point of no return): each switched partition confirmed, its kept image freed.
 
@@ -200,11 +201,11 @@ class _Runner:
         info = self.connect().info()
         if info["images"][name]["sha256"] == image.sha256:
             return                        # switched already (a resume)
-        fits = [s for s in info["free_slots"] if self.model.flash.region(s)[1] >= len(image.payload)]
-        if not fits:
+        slot = token_update.pick_region(info, self.model, name, len(image.payload))
+        if slot is None:
             raise TokenRefused(f"the token has no free slot for the {name} image: its reserved area is full", 5)
         r = token_update._Runner(self.connect, image, name, self.model.flash.block_bytes, self._labelled(name))
-        op = _Data(slot=fits[0])
+        op = _Data(slot=slot)
         r.stage(op)
         r.verify(op)
         r.switch(op)

@@ -3,8 +3,9 @@
 
 Steps (journaled by ``agent.ops.engine``, each begun before it runs):
 
-1. ``stage``   the signed image goes into the free A/B slot of the reserved area, block by
-               block with a SHA-256 per block: a block the slot already holds is skipped (an
+1. ``stage``   the signed image goes into the partition's inactive region (``pick_region``: A/B,
+               each partition alternating between its factory home and its slot of the reserved
+               area), block by block with a SHA-256 per block: a block the slot already holds is skipped (an
                interrupted write resumes where it stopped), a block the live image already
                has is copied on the token (not sent), only changed blocks cross the link;
 2. ``verify``  the token hashes the staged slot and the digest must be the image's;
@@ -50,6 +51,26 @@ class UpdateStats:
     skipped_blocks: int = 0
 
 
+# Where a partition's next image goes (SCHEMA.md §10, "A/B"): its factory home and "its" slot first, so
+# the CD-ROM alternates cdrom ↔ A and the disk disk ↔ B, and while both partitions have an unconfirmed
+# switch (a release install) each still has its other region free; the other partition's places only
+# when an image does not fit its own (a CD-ROM image larger than its home goes to a slot).
+PREFERENCE = {"cdrom": ("cdrom", "A", "B", "disk"), "disk": ("disk", "B", "A", "cdrom")}
+
+
+def free_regions(info: dict) -> list[str]:
+    """The regions the token reports neither live nor kept (a token that predates ``free_regions``
+    reports only its free A/B slots)."""
+    return list(info.get("free_regions", info["free_slots"]))
+
+
+def pick_region(info: dict, model: TokenModel, partition: str, length: int) -> str | None:
+    """The free region the next ``partition`` image of ``length`` bytes is staged in, or None when the token
+    has none that fits (every region holds a live image or one kept by an unconfirmed switch)."""
+    free = free_regions(info)
+    return next((r for r in PREFERENCE[partition] if r in free and model.flash.region(r)[1] >= length), None)
+
+
 def _blocks(payload: bytes, bs: int) -> list[bytes]:
     padded = payload + b"\0" * (-len(payload) % bs)
     return [padded[i:i + bs] for i in range(0, len(padded), bs)]
@@ -92,8 +113,8 @@ class _Runner:
         slot = op.data["slot"]
         if self._switched(info, slot):
             return {"already": "switched"}
-        if slot not in info["free_slots"]:
-            raise TokenRefused(f"slot {slot} is no longer free on the token", 2)
+        if slot not in free_regions(info):
+            raise TokenRefused(f"region {slot} is no longer free on the token", 2)
         live = info["map"][self.partition]
         live_len = info["images"][self.partition]["length"]
         live_blocks = -(-live_len // self.bs) if self.partition == "cdrom" else len(self.blocks)
@@ -201,13 +222,15 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
             raise PreconditionError(str(exc).replace("the operation resumes", "repeat the command")) from None
         if info["images"][partition]["sha256"] == image.sha256:
             raise PreconditionError(f"the token's {partition} already holds version {image.version}")
-        if not info["free_slots"]:
-            raise PreconditionError("the token's reserved area has no free slot (both A and B hold images): "
-                                    "confirm or finish the previous update first")
+        slot = pick_region(info, model, partition, len(image.payload))
+        if slot is None:
+            raise PreconditionError(f"the token's reserved area has no free slot for the {partition} image (every "
+                                    "region holds a live image or one kept by an unconfirmed switch): finish the "
+                                    "other update on this token first")
         op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
             # bound to the whole signed file: another release (even with the same payload) is another input
             "partition": partition, "image_sha256": hashlib.sha256(blob).hexdigest(), "version": image.version,
-            "slot": info["free_slots"][0], "length": len(image.payload), "image_path": image_path})
+            "slot": slot, "length": len(image.payload), "image_path": image_path})
     runner = _Runner(connect, image, partition, model.flash.block_bytes, progress)
     result = await Engine(journal).run(build_plan(runner), op, codes_at_hand=True)
     return result, runner.stats

@@ -245,9 +245,14 @@ class EmulatedToken:
             return out
         raise Stall()
 
-    def _free_slots(self) -> list[str]:
+    def _free_regions(self) -> list[str]:
+        """Every region (factory home or slot, SCHEMA.md §10) that is neither live nor kept: a confirmed switch
+        frees the region it left, whichever it was; an unconfirmed one keeps it (``previous``) for the revert."""
         used = set(self.meta["map"].values()) | set(self.meta["previous"].values())
-        return [s for s in ("A", "B") if s not in used]
+        return [r for r in REGIONS if r not in used]
+
+    def _free_slots(self) -> list[str]:
+        return [r for r in self._free_regions() if r in ("A", "B")]
 
     def _digest(self, off: int, length: int) -> bytes:
         h = hashlib.sha256()
@@ -259,7 +264,8 @@ class EmulatedToken:
         m = self.meta
         return {"model": self.model.id, "serial": self.serial, "firmware": m["firmware"]["version"],
                 "bootloader": m["bootloader"], "map": m["map"], "previous": m["previous"],
-                "images": m["images"], "free_slots": self._free_slots(), "block_bytes": self.model.flash.block_bytes,
+                "images": m["images"], "free_slots": self._free_slots(), "free_regions": self._free_regions(),
+                "block_bytes": self.model.flash.block_bytes,
                 "slot_bytes": self.model.flash.slot_bytes, "chip": self.card.serial}
 
     def _mgmt(self, req: bytes) -> bytes:
@@ -283,7 +289,7 @@ class EmulatedToken:
                     payload = args[5:]
                 else:  # src region u8, dst slot u8, block u32, count u16: copy within the flash
                     src, reg, block, count = struct.unpack(">BBIH", args[:8])
-                if REGIONS[reg] not in self._free_slots():
+                if REGIONS[reg] not in self._free_regions():
                     return bytes([ST_PROTECTED])  # never a live or kept region
                 off, ln = self.region(REGIONS[reg])
                 if op == OP_WRITE:
@@ -307,8 +313,8 @@ class EmulatedToken:
                 part, reg, length = struct.unpack(">BBQ", args[:10])
                 digest, version = args[10:42], args[42:].decode()
                 part_name, slot = PARTS[part], REGIONS[reg]
-                if slot not in self._free_slots() and slot != self.meta["previous"].get(part_name):
-                    return bytes([ST_PROTECTED])   # a free slot, or the kept image (the revert of a switch)
+                if slot not in self._free_regions() and slot != self.meta["previous"].get(part_name):
+                    return bytes([ST_PROTECTED])   # a free region, or the kept image (the revert of a switch)
                 off, ln = self.region(slot)
                 if length > ln or (part_name == "disk" and length != self.model.flash.disk_bytes):
                     return bytes([ST_TOO_LARGE])

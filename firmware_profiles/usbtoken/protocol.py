@@ -13,7 +13,7 @@ REQ_COMMAND, REQ_RESPONSE = 0x01, 0x02
 MGMT_REPORT_ID = 2
 MAX_RESPONSE = 16 * 1024
 
-OP_INFO = 1      # → JSON: model, serial, firmware, bootloader, map, previous, images, free_slots, ...
+OP_INFO = 1      # → JSON: model, serial, firmware, bootloader, map, previous, images, free_slots, free_regions, ...
 OP_HASH = 2      # region u8, first block u32, count u16 (≤ 256) → count × SHA-256
 OP_WRITE = 3     # slot u8, block u32, data (≤ one block); only a free slot
 OP_COPY = 4      # src region u8, dst slot u8, block u32, count u16: copy blocks within the flash

@@ -245,3 +245,20 @@ def test_a_refusal_during_the_commit_leaves_the_install_open_and_it_is_finished_
     assert token_set(env.token) == V2 and len(env.open_ops()) == 1
     del env.token._mgmt_control
     assert env.install()[0].state == "done" and not env.open_ops() and env.token.meta["previous"] == {}
+
+
+def test_a_third_release_installs_after_the_second(env):
+    """Release 3 after release 2 (issue 13 item 4): release 2 moved the CD-ROM and the disk into the reserved
+    area's slots; release 3 must reuse the regions they left (the factory homes), not be refused as a full
+    reserved area (the defect: a token could be updated once per partition, then never again)."""
+    assert env.install()[0].state == "done" and env.on_release() == "2.0.0"
+    d3 = changed(env.d2, 3)
+    v3 = {"firmware": "2.2.0", "cdrom": "3.1.0", "disk": "1.2.0"}
+    rel3, blobs3 = signed_release(env.model, "3.0.0", v3, d3)
+    result, sent = env.install(rel3, blobs3, previous=env.blobs2)
+    assert result.state == "done", result.reason
+    assert token_set(env.token) == v3 and not env.open_ops() and env.token.meta["previous"] == {}
+    got = contents(env.token)
+    assert got["cdrom"] == d3["cdrom"] and got["disk"] == d3["disk"]
+    assert sent <= 2 * 4 * 4096                     # still only the changed blocks cross the link
+    assert release_of(installed_set(env.token.info()), [env.rel1, env.rel2, rel3]) == "3.0.0"

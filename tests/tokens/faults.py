@@ -128,10 +128,16 @@ def _chip_signs(bus, token, prep) -> None:
     SIGNATURES[0] += 1
 
 
-def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "TearPoints | int") -> str:
-    """One partition-update trial in the empty folder ``d``; returns "old" | "new" (what the CD-ROM showed)."""
+def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "TearPoints | int", *,
+                    second: bool = False) -> str:
+    """One partition-update trial in the empty folder ``d``; returns "old" | "new" (what the CD-ROM showed).
+    ``second``: the faulted update is the CD-ROM's second (a clean one went first), so it is staged back into
+    the factory home the first one left (the A/B alternation)."""
     card, prep = _chip(model)
     bus, token = setup_token(d, model, card=card)
+    if second:
+        result, _ = asyncio.run(update(d, bus, token, signed(model, cdrom_payload(change=2), version="1.5.0")))
+        assert result.state == "done" and token.meta["map"]["cdrom"] == "A", result.reason
     old = _cdrom(bus, token)
     new = cdrom_payload(change=4)
     blob = signed(model, new)
@@ -157,6 +163,8 @@ def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "Tear
             raise
     if _cdrom(bus, token) != new or _open_ops(d, token.serial):
         raise Bricked("the update did not finish on the next run")
+    if second and token.meta["map"]["cdrom"] != "cdrom":
+        raise Bricked(f"the second update went to region {token.meta['map']['cdrom']}, not back to the CD-ROM's home")
     _chip_signs(bus, token, prep)
     token.flash.close()
     return "new" if seen == new else "old"
@@ -225,7 +233,7 @@ def firmware_trial(d, model, fault: str, rng: random.Random, blob: bytes) -> str
     return state
 
 
-def partition_fault_matrix(tmp_path, model, n: int, seed: int) -> dict:
+def partition_fault_matrix(tmp_path, model, n: int, seed: int, *, second: bool = False) -> dict:
     (tmp_path / "probe").mkdir()
     total = partition_tear_points(tmp_path / "probe", model)
     rng = random.Random(seed)
@@ -233,7 +241,7 @@ def partition_fault_matrix(tmp_path, model, n: int, seed: int) -> dict:
     for i in range(n):
         d = tmp_path / f"p{i}"
         d.mkdir()
-        seen[partition_trial(d, model, FAULTS[i % 3], rng, total)] += 1
+        seen[partition_trial(d, model, FAULTS[i % 3], rng, total, second=second)] += 1
     return seen
 
 

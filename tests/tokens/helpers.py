@@ -25,8 +25,9 @@ def signed(model, payload: bytes, *, kind: str = "cdrom", version: str = "2.0.0"
     return build_image(test_release_key(), kind=kind, model=model.id, version=version, payload=payload, **kw)
 
 
-def read_cdrom(bus, token) -> bytes:
-    """The whole CD-ROM LUN as the OS's mass-storage driver reads it (after any UNIT ATTENTION)."""
+def read_cdrom(bus, token, lun: int = 0) -> bytes:
+    """The whole CD-ROM LUN (or, ``lun=1``, the disk) as the OS's mass-storage driver reads it (after any
+    UNIT ATTENTION)."""
     owned = bus.host_owns_os_interfaces
     bus.host_owns_os_interfaces = True
     try:
@@ -35,17 +36,22 @@ def read_cdrom(bus, token) -> bytes:
         out = next(e.bEndpointAddress for e in intf if not e.bEndpointAddress & 0x80)
         inn = next(e.bEndpointAddress for e in intf if e.bEndpointAddress & 0x80)
         for _ in range(2):  # a pending UNIT ATTENTION fails the first command
-            st, cap = scsi(dev, out, inn, 0, bytes([0x25] + [0] * 9), data_in=8)
+            st, cap = scsi(dev, out, inn, lun, bytes([0x25] + [0] * 9), data_in=8)
             if st == 0:
                 break
-        n = int.from_bytes(cap[:4], "big") + 1
+        n, block = int.from_bytes(cap[:4], "big") + 1, int.from_bytes(cap[4:8], "big")
         data = b""
         for lba in range(0, n, 64):
             c = min(64, n - lba)
-            data += scsi(dev, out, inn, 0, read10(lba, c), data_in=c * 2048)[1]
+            data += scsi(dev, out, inn, lun, read10(lba, c), data_in=c * block)[1]
         return data
     finally:
         bus.host_owns_os_interfaces = owned
+
+
+def read_disk(bus, token) -> bytes:
+    """The whole removable-disk LUN as the OS reads it."""
+    return read_cdrom(bus, token, lun=1)
 
 
 def sha(b: bytes) -> str:

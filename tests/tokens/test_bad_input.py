@@ -35,12 +35,52 @@ def test_a_stalled_endpoint_mid_staging_undoes_the_update(tmp_path, model):
 
 
 def test_a_full_reserved_area_is_refused(tmp_path, model):
+    """Genuinely full: both partitions switched and neither confirmed (e.g. left so by an install whose journal
+    is gone), so every region holds a live or a kept image. One line, nothing written."""
     bus, token = _setup(tmp_path, model)
-    meta = dict(token.meta, map={"cdrom": "A", "disk": "B"})
+    meta = dict(token.meta, map={"cdrom": "A", "disk": "B"}, previous={"cdrom": "cdrom", "disk": "disk"})
     token.meta = write_meta(token.flash, meta)
     bus.replug(token)
-    with pytest.raises(PreconditionError, match="reserved area has no free slot"):
+    before = token.flash.bytes_written
+    with pytest.raises(PreconditionError, match="reserved area has no free slot for the cdrom image") as ei:
         asyncio.run(_update(tmp_path, bus, token, signed(model, cdrom_payload(change=1))))
+    assert "\n" not in str(ei.value) and token.flash.bytes_written == before and token.meta["map"]["cdrom"] == "A"
+
+
+def test_a_disk_image_is_refused_when_the_only_free_region_is_too_small(tmp_path, model):
+    """The disk's switch into slot B unconfirmed (its home kept), the CD-ROM on slot A: the one free region is
+    the CD-ROM's 1 MiB home, too small for a 2 MiB disk image: refused in one line, nothing written."""
+    from tests.releases.tokenrel import small_model
+    model = small_model(model, cdrom_mib=1, disk_mib=2)
+    bus, token = _setup(tmp_path, model)
+    meta = dict(token.meta, map={"cdrom": "A", "disk": "B"}, previous={"disk": "disk"})
+    token.meta = write_meta(token.flash, meta)
+    bus.replug(token)
+    assert UsbTokenBackend(bus).open().info()["free_regions"] == ["cdrom"]
+    before = token.flash.bytes_written
+    disk = signed(model, bytes(model.flash.disk_bytes), kind="disk")
+    with pytest.raises(PreconditionError, match="no free slot for the disk image") as ei:
+        asyncio.run(_update(tmp_path, bus, token, disk, "disk"))
+    assert "\n" not in str(ei.value) and token.flash.bytes_written == before and token.meta["map"]["disk"] == "B"
+
+
+def test_a_confirmed_switch_frees_the_region_it_left_an_unconfirmed_one_keeps_it(tmp_path, model):
+    """The token's own rule (SCHEMA.md §10): the factory home a partition left is protected while the switch
+    is unconfirmed (the revert needs it), writable once it is confirmed."""
+    bus, token = _setup(tmp_path, model)
+    link = UsbTokenBackend(bus).open()
+    payload = cdrom_payload(change=2)
+    import hashlib
+    for b in range(0, len(payload), model.flash.block_bytes):
+        link.write_block("A", b // model.flash.block_bytes, payload[b:b + model.flash.block_bytes])
+    link.switch("cdrom", "A", len(payload), hashlib.sha256(payload).digest(), "2.0.0")
+    assert link.info()["free_regions"] == ["B"]              # the CD-ROM's home kept, the disk's live
+    with pytest.raises(Exception, match="refused to write a region in use"):
+        link.write_block("cdrom", 0, b"x" * 4096)
+    link.confirm("cdrom")
+    assert link.info()["free_regions"] == ["cdrom", "B"] and link.info()["free_slots"] == ["B"]
+    link.write_block("cdrom", 0, b"x" * 4096)                # free space now: the next update's
+    assert read_cdrom(bus, token) == payload                   # and the live CD-ROM is untouched
 
 
 def test_the_token_refuses_writes_into_a_live_region(tmp_path, model):

@@ -111,6 +111,14 @@ def test_fault_matrix_bounded_sample(tmp_path, model):
     assert sum(seen.values()) == 12
 
 
+def test_fault_matrix_on_a_second_update_back_into_the_factory_home(tmp_path, model):
+    """A/B alternation under faults: the CD-ROM's second update is staged into the home region its first one
+    left; a tear, unplug or kill at any point leaves the old or the new image and the next run finishes it
+    (partition_trial raises Bricked otherwise, and checks the update ended in the home)."""
+    seen = partition_fault_matrix(tmp_path, model, 12, seed=29, second=True)
+    assert sum(seen.values()) == 12
+
+
 def test_power_cut_inside_the_switch_and_confirm_metadata_writes(tmp_path, model):
     """The last two writes of an update are the 4 KiB metadata records of the switch and the confirm:
     a cut inside either record (its header and JSON come first) leaves the old or the new image,
@@ -162,3 +170,36 @@ def test_disk_image_update_keeps_the_cdrom_and_serves_the_new_disk(tmp_path, tok
     from tests.tokens.bot import read10
     assert scsi(dev, 0x02, 0x83, 1, read10(0, 1), data_in=512)[1][:11] == b"\xeb\x3c\x90CNSDISK "
     assert scsi(dev, 0x02, 0x83, 1, read10(2048, 1), data_in=512)[1][:5] == b"hello"
+
+
+def test_each_partition_alternates_between_two_regions_update_after_update(tmp_path, token_models):
+    """Issue 13 item 4, A/B for real: three successive updates of the CD-ROM, interleaved with three of the
+    disk, through the agent's normal path. Each ends done and readable with the new image (defect: the
+    regions a confirmed switch left behind, the factory homes included, were never reused, so the second
+    update of a partition was refused as a full reserved area and the token was stuck on that version)."""
+    from tests.releases.tokenrel import small_model
+    from tests.tokens.helpers import read_disk
+    for name in ("cns-token-ccid", "cns-token-hid"):
+        model = small_model(token_models[name])
+        sub = tmp_path / name
+        sub.mkdir()
+        bus, token = setup_token(sub, model)
+        regions = {"cdrom": [token.meta["map"]["cdrom"]], "disk": [token.meta["map"]["disk"]]}
+        for n in range(1, 4):
+            cd = cdrom_payload(change=n)
+            result, _ = asyncio.run(update(sub, bus, token, signed(model, cd, version=f"{n + 1}.0.0")))
+            assert result.state == "done", (n, result.reason)
+            assert read_cdrom(bus, token) == cd
+            disk = bytes([n]) * 4096 + bytes(model.flash.disk_bytes - 4096)
+            result, _ = asyncio.run(update(sub, bus, token, signed(model, disk, kind="disk", version=f"{n}.1.0"),
+                                           "disk"))
+            assert result.state == "done", (n, result.reason)
+            assert read_disk(bus, token) == disk and read_cdrom(bus, token) == cd   # the other one untouched
+            assert token.meta["previous"] == {}
+            for part in regions:
+                regions[part].append(token.meta["map"][part])
+        info = UsbTokenBackend(bus).scan()[0]
+        assert info.partitions["cdrom"]["version"] == "4.0.0" and info.partitions["disk"]["version"] == "3.1.0"
+        # each partition alternates between its factory home and one slot; the two never share a region
+        assert regions == {"cdrom": ["cdrom", "A", "cdrom", "A"], "disk": ["disk", "B", "disk", "B"]}
+        token.flash.close()
