@@ -21,6 +21,7 @@ from pathlib import Path
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 10_000
+GROUP_MAX = 64   # transactions per group commit
 
 
 class SqliteDb:
@@ -30,7 +31,7 @@ class SqliteDb:
         self.conn = conn
         self.lock = asyncio.Lock()
         self._queued: list = []   # transactions waiting for the next group commit
-        self._committer: asyncio.Task | None = None
+        self._committers: set[asyncio.Task] = set()   # referenced until done (the loop holds tasks weakly)
 
     @classmethod
     async def open(cls, path: Path) -> "SqliteDb":
@@ -71,12 +72,21 @@ class SqliteDb:
         fut = asyncio.get_running_loop().create_future()
         self._queued.append((statements, many, fut))
         if len(self._queued) == 1:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_queued())
+            self._commit_later()
         await asyncio.shield(fut)   # a caller cancelled meanwhile still has its writes committed or refused
+
+    def _commit_later(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit_queued())
+        self._committers.add(task)
+        task.add_done_callback(self._committers.discard)
 
     async def _commit_queued(self) -> None:
         async with self.lock:
-            group, self._queued = self._queued, []
+            # bounded: a reconnect storm's thousands of hellos in one group held the write lock for seconds
+            # (a thread hop per statement), past the agents' welcome timeout and the request store's busy_timeout
+            group, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            if self._queued:
+                self._commit_later()
             if not group:
                 return
             try:
