@@ -11,7 +11,10 @@ time to reconnect all after the server process is restarted on the same port.
 
 Targets (issue 15 item 6, on this machine at 20,000 agents): personalizer RSS < 2 GiB, command reach
 ≤ 1.2 × the bare server's, reconnect ≤ 1.5 × its own connect time. ``targets_met`` says which held;
-a small N (CI) reports them without judging speed. Usage:
+a small N (CI) reports them without judging speed. At a large N the open-file limit is raised for the
+server and the clients (``_raise_fd_limit``: the hard limit too when run as root; otherwise a one-line
+error names the limit to raise), client processes default to one per ``AGENTS_PER_PROCESS`` agents, and
+the clients' logs (every agent's reconnect warnings) go to a file, not the terminal. Usage:
 scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S]
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -35,6 +39,8 @@ from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 TARGET_RSS_BYTES = 2 << 30
 TARGET_REACH_RATIO = 1.2
 TARGET_RECONNECT_RATIO = 1.5
+AGENTS_PER_PROCESS = 2500
+FD_MARGIN = 256    # the server's own files beyond one socket per agent (database, listeners, grpc's pipes)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -53,6 +59,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class BenchError(Exception):
+    """A set-up this machine cannot give (one line, said as is)."""
+
+
+def _raise_fd_limit(agents: int) -> int:
+    """Open-file limit for this process and its children (server: one socket per agent): the new soft limit."""
+    need = agents + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if need <= soft:
+        return soft
+    if need > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return need
+        except (ValueError, OSError):
+            raise BenchError(f"--agents {agents} needs {need} open files per process; the hard limit is {hard} "
+                             "(raising it needs CAP_SYS_RESOURCE: ulimit -Hn as root; "
+                             f"or ask for --agents {hard - FD_MARGIN})") from None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return need
+
+
+def _allow_connections(server_config: Path, n: int) -> None:
+    """The daemon's ``server.max_connections`` (default 4096, its fd budget) raised to the bench's N."""
+    text = server_config.read_text()
+    if "max_connections" in text.split("[store]", 1)[0]:
+        raise BenchError(f"{server_config} already sets server.max_connections")
+    server_config.write_text(text.replace("[server]\n", f"[server]\nmax_connections = {n}\n", 1))
 
 
 class Server:
@@ -79,7 +115,7 @@ class Server:
 
 
 class Clients:
-    def __init__(self, target: str, tls: Path, agents: int, processes: int):
+    def __init__(self, target: str, tls: Path, agents: int, processes: int, log):
         per = -(-agents // processes)
         self.procs = []
         for k in range(processes):
@@ -88,7 +124,7 @@ class Clients:
                 break
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._fleet_agents", "--target", target, "--tls", str(tls),
-                 "--start", str(k * per), "--count", str(n)], stdout=subprocess.PIPE, text=True))
+                 "--start", str(k * per), "--count", str(n)], stdout=subprocess.PIPE, stderr=log, text=True))
 
     def wait(self, event: str, timeout: float) -> list[dict]:
         out, deadline = [], time.monotonic() + timeout
@@ -112,9 +148,9 @@ class Clients:
             p.wait()
 
 
-def _phase(name: str, server: Server, trigger, target: str, tls: Path, o) -> dict:
+def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log) -> dict:
     server.start()
-    clients = Clients(target, tls, o.agents, o.processes)
+    clients = Clients(target, tls, o.agents, o.processes, log)
     try:
         ready = clients.wait("ready", o.timeout)
         connected = clients.wait("connected", o.timeout)
@@ -142,18 +178,27 @@ def _phase(name: str, server: Server, trigger, target: str, tls: Path, o) -> dic
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="scripts/bench fleet")
     ap.add_argument("--agents", type=int, default=200)
-    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=0,
+                    help=f"client processes (default: one per {AGENTS_PER_PROCESS} agents)")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=600.0)
     o = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+    if o.agents < 1:
+        ap.error("--agents must be at least 1")
+    o.processes = o.processes or -(-o.agents // AGENTS_PER_PROCESS)
+    try:
+        fd_limit = _raise_fd_limit(o.agents)
+    except BenchError as exc:
+        print(f"bench fleet: {exc}", file=sys.stderr)
+        return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, open(Path(tmp) / "clients.log", "w") as log:
         port = _free_port()
         dep = deploy.init_deployment(Path(tmp) / "cns", listen=f"127.0.0.1:{port}", ca_key_bits=2048)
         tls = dep.root / "tls"
         target = f"localhost:{port}"
         bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port)])
-        results = {"bare": _phase("bare grpc.aio", bare, lambda pid: os.kill(pid, signal.SIGUSR1), target, tls, o)}
         admin = dep.admin_config.parent
+        _allow_connections(dep.server_config, o.agents + 64)
 
         def broadcast(_pid):
             creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
@@ -167,12 +212,21 @@ def main(argv: list[str]) -> dict:
                 raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
         daemon = Server([sys.executable, "-m", "personalizer.cli", "--log-level", "WARNING", "serve", "--config",
                          str(dep.server_config)])
-        results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o)
+        try:
+            results = {"bare": _phase("bare grpc.aio", bare, lambda pid: os.kill(pid, signal.SIGUSR1), target,
+                                      tls, o, log)}
+            results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o, log)
+        except (RuntimeError, TimeoutError):
+            log.flush()
+            print("bench fleet: the clients' log ends:\n" + (Path(tmp) / "clients.log").read_text()[-3000:],
+                  file=sys.stderr)
+            raise
     b, p = results["bare"], results["personalizer"]
     reach_ratio = p["command_reach_s"] / b["command_reach_s"] if b["command_reach_s"] > 0 else None
     reconnect_ratio = p["reconnect_s"] / p["connect_s"] if p["connect_s"] > 0 else None
     return {
         "benchmark": "fleet", "agents": o.agents, "client_processes": o.processes, "agents_per_instance": o.agents,
+        "fd_limit": fd_limit,
         "units": {"connect_s": "s", "rss_bytes": "bytes", "idle_cpu_fraction": "CPU seconds per second",
                   "command_reach_s": "s", "reconnect_s": "s"},
         "bare": b, "personalizer": p, "reference": "bare grpc.aio server, same TLS and messages, same run",

@@ -181,6 +181,11 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self._seen_flusher: asyncio.Task | None = None
         self.seen_flush_seconds = seen_flush_seconds
         self._flusher: asyncio.Task | None = None
+        # accepted acks of commands written on the acking stream, written in batches (one transaction)
+        self._ack_batch: dict[str, tuple[str, str]] = {}          # command id -> (station, reason)
+        self._ack_done: asyncio.Future | None = None               # the pending batch's, set once it is written
+        self._ack_waits: dict[str, asyncio.Future] = {}            # command id -> its batch's future
+        self._ack_flusher: asyncio.Task | None = None
 
     def welcome(self, station: str) -> pb.FleetWelcome:
         return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
@@ -207,10 +212,18 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                                       _text("hello.agent_version", hello.agent_version), readers, devices)
         self.figures.hellos[path] += 1
 
-    async def _handle(self, ident: identity.Identity, msg: pb.FleetAgentMessage) -> None:
-        """One agent message after the hello, from the stream or a poll."""
+    async def _handle(self, ident: identity.Identity, msg: pb.FleetAgentMessage,
+                      session: Session | None = None) -> None:
+        """One agent message after the hello, from the stream (``session``) or a poll."""
         station = ident.uri
         body = msg.WhichOneof("body")
+        if body == "ack" and msg.ack.accepted and session is not None and msg.ack.command_id in session.sent:
+            self._note_ack(station, msg.ack.command_id, msg.ack.reason)   # this stream sent it: no refusal possible
+            return
+        if body in ("progress", "result"):   # an ack of the same command still in a batch is written first
+            waiting = self._ack_waits.get(getattr(msg, body).command_id)
+            if waiting is not None:
+                await asyncio.shield(waiting)
         if body == "heartbeat":
             self._note_seen(station)
             return
@@ -260,7 +273,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 except asyncio.TimeoutError:
                     session.fail(TimeoutError(f"no heartbeat from {ident.uri} in {3 * self.heartbeat_seconds:g} s"))
                     return
-                await self._handle(ident, msg)
+                await self._handle(ident, msg, session)
         except PersonalizerError as exc:
             session.fail(exc)
         except asyncio.CancelledError:
@@ -347,6 +360,42 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 await self.store.mark_sent(batch)
             except Exception:   # they stay pending and are sent again on the next stream: harmless
                 log.exception("could not mark %d fleet commands sent", len(batch))
+
+    def _note_ack(self, station: str, command_id: str, reason: str) -> None:
+        """Accepted acks in batches, like SENT: a broadcast's thousands of acks in one transaction instead of a
+        read and a commit each. Until written the command stays SENT: a stream broken meanwhile gets it again
+        and the agent acknowledges it again (it runs a command once per id)."""
+        if self._ack_done is None:
+            self._ack_done = asyncio.get_running_loop().create_future()
+        self._ack_batch[command_id] = (station, reason)
+        self._ack_waits[command_id] = self._ack_done
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = asyncio.create_task(self._flush_acks())
+            self._bookkeeping.add(self._ack_flusher)
+            self._ack_flusher.add_done_callback(self._bookkeeping.discard)
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(0.02)
+        while self._ack_batch:
+            batch, done = self._ack_batch, self._ack_done
+            self._ack_batch, self._ack_done = {}, None
+            moved: list[fs.Command] = []
+            try:
+                moved = await self.store.ack_many([(st, cid, reason) for cid, (st, reason) in batch.items()])
+            except Exception:   # they stay SENT: sent again on the next stream, acknowledged again
+                log.exception("could not record %d fleet command acks", len(batch))
+            finally:
+                for cid in batch:
+                    if self._ack_waits.get(cid) is done:
+                        del self._ack_waits[cid]
+                done.set_result(None)
+            for cmd in moved:
+                self.figures.reports[cmd.state] += 1
+                if self.on_report is not None:
+                    try:
+                        await self.on_report(cmd)
+                    except Exception:
+                        log.exception("rollout bookkeeping failed for command %s", cmd.command_id)
 
     async def _mark_gone(self, station: str) -> None:
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 10_000
+GROUP_MAX = 64   # transactions per group commit
 
 
 class SqliteDb:
@@ -29,6 +30,8 @@ class SqliteDb:
     def __init__(self, conn: aiosqlite.Connection):
         self.conn = conn
         self.lock = asyncio.Lock()
+        self._queued: list = []   # transactions waiting for the next group commit
+        self._committers: set[asyncio.Task] = set()   # referenced until done (the loop holds tasks weakly)
 
     @classmethod
     async def open(cls, path: Path) -> "SqliteDb":
@@ -60,18 +63,65 @@ class SqliteDb:
         return cur.rowcount
 
     async def tx(self, statements=(), many=()) -> None:
-        """``statements`` [(sql, args)] then ``many`` [(sql, [args, …])] in one transaction."""
+        """``statements`` [(sql, args)] then ``many`` [(sql, [args, …])] in one transaction.
+
+        Group commit: the transactions asked for while one commits are written together in the next one,
+        each inside a savepoint (one that fails is rolled back alone and raises to its caller), with one
+        COMMIT, one fsync, for all; each caller returns only once its writes are committed. A reconnect
+        storm's thousands of hellos were one fsync each, queued behind each other."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queued.append((statements, many, fut))
+        if len(self._queued) == 1:
+            self._commit_later()
+        await asyncio.shield(fut)   # a caller cancelled meanwhile still has its writes committed or refused
+
+    def _commit_later(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit_queued())
+        self._committers.add(task)
+        task.add_done_callback(self._committers.discard)
+
+    async def _commit_queued(self) -> None:
         async with self.lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            # bounded: a reconnect storm's thousands of hellos in one group held the write lock for seconds
+            # (a thread hop per statement), past the agents' welcome timeout and the request store's busy_timeout
+            group, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            if self._queued:
+                self._commit_later()
+            if not group:
+                return
             try:
-                for sql, args in statements:
-                    await self.conn.execute(sql, tuple(args))
-                for sql, rows in many:
-                    await self.conn.executemany(sql, rows)
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            await self.conn.execute("COMMIT")
+                await self.conn.execute("BEGIN IMMEDIATE")
+            except BaseException as exc:   # every caller hears it; the task itself ends quietly
+                for *_x, fut in group:
+                    fut.set_exception(exc)
+                return
+            failed: dict[int, BaseException] = {}
+            try:
+                for n, (statements, many, _fut) in enumerate(group):
+                    await self.conn.execute(f"SAVEPOINT tx{n}")
+                    try:
+                        for sql, args in statements:
+                            await self.conn.execute(sql, tuple(args))
+                        for sql, rows in many:
+                            await self.conn.executemany(sql, rows)
+                    except Exception as exc:
+                        failed[n] = exc
+                        await self.conn.execute(f"ROLLBACK TO tx{n}")
+                    await self.conn.execute(f"RELEASE tx{n}")
+                await self.conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    await self.conn.execute("ROLLBACK")
+                finally:
+                    for *_x, fut in group:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                return
+            for n, (*_x, fut) in enumerate(group):
+                if n in failed:
+                    fut.set_exception(failed[n])
+                else:
+                    fut.set_result(None)
 
 
 class PostgresDb:

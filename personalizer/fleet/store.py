@@ -217,6 +217,7 @@ class FleetStore(Protocol):
     async def get_command(self, command_id: str) -> Command: ...
     async def open_commands(self, station: str) -> list[Command]: ...
     async def mark_sent(self, command_ids: list[str]) -> None: ...
+    async def ack_many(self, acks: list[tuple[str, str, str]]) -> list[Command]: ...
     async def update_command(self, station: str, command_id: str, state: str, *, percent: int | None = None,
                              message: str = "", attestation: bytes | None = None) -> Command: ...
     async def list_stations(self, q: Query) -> Page: ...
@@ -351,8 +352,8 @@ class SqlFleetStore:
 
     async def seen_many(self, last_seen) -> None:
         """Heartbeats in one transaction (station → time): thousands of stations, one commit."""
-        await self._tx([("UPDATE fleet_stations SET last_seen = ? WHERE station = ? AND last_seen < ?", (t, st, t))
-                        for st, t in last_seen.items()])
+        await self.db.tx(many=[("UPDATE fleet_stations SET last_seen = ? WHERE station = ? AND last_seen < ?",
+                                [(t, st, t) for st, t in last_seen.items()])])
 
     async def set_connected(self, station, connected) -> None:
         async with self._lock:
@@ -376,10 +377,12 @@ class SqlFleetStore:
         now = self._clock()
         cmds = [Command(**{**cmd.__dict__, "command_id": str(uuid.uuid4()), "station": st, "state": PENDING,
                            "created": now, "updated": now}) for st in stations]
-        await self._tx([("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release, state,"
-                         " rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         (c.command_id, c.station, c.kind, c.device_serial, c.release, PENDING, None, c.actor, now,
-                          now)) for c in cmds])
+        # one executemany: one database job for the whole broadcast, not one per station (20,000 thread hops
+        # before the first command could go out)
+        await self.db.tx(many=[("INSERT INTO fleet_commands (command_id, station, kind, device_serial, release,"
+                                " state, rollout_id, actor, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                [(c.command_id, c.station, c.kind, c.device_serial, c.release, PENDING, None, c.actor,
+                                  now, now) for c in cmds])])
         return cmds
 
     _CMD_COLS = ("command_id, station, kind, device_serial, release, state, percent, message, attestation,"
@@ -399,8 +402,24 @@ class SqlFleetStore:
 
     async def mark_sent(self, command_ids) -> None:
         now = self._clock()
-        await self._tx([("UPDATE fleet_commands SET state = ?, updated = ? WHERE command_id = ? AND state = ?",
-                         (SENT, now, i, PENDING)) for i in command_ids])
+        await self.db.tx(many=[("UPDATE fleet_commands SET state = ?, updated = ? WHERE command_id = ? AND state = ?",
+                                [(SENT, now, i, PENDING) for i in command_ids])])
+
+    async def ack_many(self, acks) -> list[Command]:
+        """Accepted acks [(station, command id, reason)] in one transaction; the commands they moved. An ack
+        of a command that is not the station's, or no longer pending or sent (acknowledged already,
+        cancelled, timed out), changes nothing, as ``update_command`` leaves an ack again."""
+        now = self._clock()
+        await self.db.tx(many=[("UPDATE fleet_commands SET state = ?, message = ?, updated = ? WHERE command_id = ?"
+                                " AND station = ? AND state IN (?, ?)",
+                                [(ACKED, reason[:500], now, cid, st, PENDING, SENT) for st, cid, reason in acks])])
+        ids, moved = [cid for _st, cid, _r in acks], []
+        for k in range(0, len(ids), 500):
+            part = ids[k:k + 500]
+            moved += [Command(*r) for r in await self._rows(
+                f"SELECT {self._CMD_COLS} FROM fleet_commands WHERE state = ? AND updated = ? AND command_id IN"
+                f" ({','.join('?' * len(part))})", (ACKED, now, *part))]
+        return moved
 
     async def update_command(self, station, command_id, state, *, percent=None, message="", attestation=None):
         """Move a command the agent reports on. NotFound unless it was sent to ``station``;

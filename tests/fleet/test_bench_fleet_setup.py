@@ -1,0 +1,55 @@
+"""The set-up ``scripts/bench fleet`` needs at a large N: open-file limits and the daemon's connection cap.
+
+At 20,000 agents the server holds one socket per agent: above the process's hard open-file limit the
+bench either raises it (CAP_SYS_RESOURCE) or stops with one line naming the limit and the largest N it
+allows, before any server starts; and the daemon's ``server.max_connections`` (default 4096) is raised
+to N so that the agents past 4096 are not refused.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from personalizer import config
+from tests.conftest import ROOT
+
+_PROBE = r"""
+import json, resource, sys
+from benchmarks import fleet
+resource.setrlimit(resource.RLIMIT_NOFILE, (500, 1000))   # lowering needs no privilege; raising does
+try:
+    got = fleet._raise_fd_limit(5000)
+    print(json.dumps({"raised": got, "limit": resource.getrlimit(resource.RLIMIT_NOFILE)}))
+except fleet.BenchError as exc:
+    print(json.dumps({"error": str(exc), "limit": resource.getrlimit(resource.RLIMIT_NOFILE)}))
+"""
+
+
+def test_fd_limit_is_raised_or_refused_in_one_line():
+    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    if "raised" in r:   # allowed to raise the hard limit: both limits now cover the server's sockets
+        assert r["raised"] == 5000 + 256 and r["limit"] == [5256, 5256]
+    else:               # not allowed: nothing changed, and the line says what to do
+        assert r["limit"] == [500, 1000]
+        assert "5256 open files" in r["error"] and "hard limit is 1000" in r["error"]
+        assert "--agents 744" in r["error"] and "\n" not in r["error"]
+
+
+def test_fd_limit_within_hard_limit_raises_soft_only():
+    probe = ("import resource\nfrom benchmarks import fleet\nresource.setrlimit(resource.RLIMIT_NOFILE, (300, 4000))\n"
+             "print(fleet._raise_fd_limit(1000), *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1256", "1256", "4000"]
+
+
+def test_bench_raises_the_daemons_connection_cap(tmp_path):
+    from benchmarks import fleet
+    from personalizer import deploy
+    dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:50999", ca_key_bits=2048)
+    assert config.load(dep.server_config).server.max_connections == 4096   # what would refuse agent 4097
+    fleet._allow_connections(dep.server_config, 20_064)
+    assert config.load(dep.server_config).server.max_connections == 20_064
