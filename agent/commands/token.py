@@ -66,12 +66,9 @@ class _Bar:
             self.bar.stop()
 
 
-def run(args: argparse.Namespace) -> int:
-    image = args.image.expanduser().resolve()
-    if not image.is_file():
-        raise CommandError(f"{args.image}: no such file; give the signed image's path")
-    target = args.partition if args.token_target == "update" else "firmware"
-    request = pb.UpdateTokenRequest(serial=args.serial, target=target, image_path=str(image))
+def follow_update(args: argparse.Namespace, request, what: str):
+    """Send ``request`` (UpdateToken) to the agent and follow it: a progress bar on a terminal or
+    ``--json`` progress lines; the result, or a one-line ``CommandError``. ``what``: for the message."""
     bar, result = _Bar(), None
     try:
         with AgentClient(socket_path(args)) as client:
@@ -90,7 +87,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if result is None:
-        raise CommandError("the agent ended the token update without a result; run the command again")
+        raise CommandError(f"the agent ended {what} without a result; run the command again")
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    image = args.image.expanduser().resolve()
+    if not image.is_file():
+        raise CommandError(f"{args.image}: no such file; give the signed image's path")
+    target = args.partition if args.token_target == "update" else "firmware"
+    request = pb.UpdateTokenRequest(serial=args.serial, target=target, image_path=str(image))
+    result = follow_update(args, request, "the token update")
     d = {"serial": result.serial, "state": result.state, "target": result.target, "version": result.version,
          "message": result.message, "sent_bytes": result.sent_bytes}
     if args.json:

@@ -225,26 +225,5 @@ def _confirmed(serial: str, found) -> bool:
 
 
 def _install(args: argparse.Namespace, request):
-    from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
-    from agent.commands.token import _CODE, _Bar
-
-    bar, result = _Bar(), None
-    try:
-        with AgentClient(socket_path(args)) as agent:
-            for msg in agent.update_token(request):
-                if msg.HasField("result"):
-                    result = msg.result
-                elif args.json:
-                    print(json.dumps({"event": "progress", "step": msg.step, "done": msg.done, "total": msg.total}),
-                          flush=True)
-                else:
-                    bar.update(msg.step, msg.done, msg.total)
-    except AgentUnavailableError as exc:
-        raise CommandError(str(exc)) from None
-    except AgentCallError as exc:
-        raise CommandError(_CODE.sub("", str(exc))) from None
-    finally:
-        bar.close()
-    if result is None:
-        raise CommandError("the agent ended the install without a result; run the command again")
-    return result
+    from agent.commands.token import follow_update
+    return follow_update(args, request, "the install")
