@@ -37,8 +37,9 @@ def _port_pair_free(port: int) -> bool:
     return True
 
 
-def free_port_pair(start: int = 20000, end: int = 32000) -> int:
-    """An even port whose pair is free, below the kernel's ephemeral range (32768-60999 on Debian): the
+def free_port_pair(start: int = 20000, end: int = 26000) -> int:
+    """An even port whose pair is free, below the kernel's ephemeral range (32768-60999 on Debian) and the
+    PostgreSQL cluster's ports (26000 and up, personalizer.continuity.cluster): the
     outgoing connections of whatever else runs here (a fleet benchmark holds 20,000) never take it."""
     import random
 

@@ -40,7 +40,7 @@ def test_online_backup_then_point_in_time_restore_to_a_fresh_node(cluster, tmp_p
     _archived(cluster, wal)
 
     run_dir = cluster.run_dir / "restored"
-    node = pitr.restore(cluster, run_dir, free_port_base(start=39000), target_time=target)
+    node = pitr.restore(cluster, run_dir, free_port_base(start=30000), target_time=target)
     try:
         assert node.psql("SELECT count(*), max(v) FROM pitr_rows") == "20|20"
         # the restored node is a primary of its own: it takes writes, and the cluster is untouched
