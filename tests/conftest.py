@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,14 @@ from tests.support.pcscd import missing_tools, start_pcscd
 pytest_plugins = ["tests.support.pg_cluster"]   # the session's Patroni cluster (issue 17)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The Ctrl-C tests send SIGINT to the CLI processes they start, which inherit this process's disposition.
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`, nohup) inherits
+# SIGINT *ignored* (POSIX: asynchronous lists without job control), and so would every CLI it starts:
+# the operator's Ctrl-C then reaches nothing and those tests fail for the harness, not the product.
+# The suite runs with SIGINT as an operator's terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 OPENSC_PKCS11 = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
 SOFTHSM2 = Path("/usr/lib/softhsm/libsofthsm2.so")
 
