@@ -17,7 +17,8 @@ The one place the agent is assembled from its seams (DESIGN.md "Boundaries"):
   enabled, the fleet stream (``fleet``: ``agent.fleet.station.run_station``);
   with ``[updates]``, the periodic self-update (``self-update``: ``AgentUpdated``
   stops the agent once a newer build is in place) and, with the USB backend, the token
-  releases' check, background download and install when idle (``token-updates``).
+  releases' check, background download and install when idle (``token-updates``), and with
+  ``token_install = "ask"`` the holder's desktop notification (``token-notify``: session D-Bus).
 
 ``run(stop)`` starts every task and supervises them: the first one to end (the
 ``stop`` event, the gRPC server stopping, a monitor dying) starts a graceful
@@ -145,7 +146,10 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
     (``agent.token_offers``: serial → (version, manifest)). With ``policy`` "auto" an offer is installed
     when its token is plugged in and idle (``TokenOperations.idle`` with ``token_busy``: no token operation,
     nothing open in the journal, no other PC/SC client on its chip), tried again at every arrival and every
-    ``retry_s``; with "ask" the holder is told (log) and installs it with ``cns-agent update apply --token``.
+    ``retry_s``; with "ask" it waits in ``agent.approvals`` (the local API's ``ListApprovals`` and ``watch``,
+    the desktop notification of the task ``token-notify``) until the holder approves it (then it is
+    installed the same way, when idle) or declines it (postponed: ``agent.updates.approvals``); the holder
+    may also install it at once with ``cns-agent update apply --token``.
     A failed check or install is logged in one line and tried again later; the agent keeps running."""
     from agent.devices.usb import TokenError
     from agent.ops.errors import OperationError, PreconditionError
@@ -155,6 +159,7 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
     from agent.updates.schedule import periodic
 
     offers, wake, loop = agent.token_offers, asyncio.Event(), asyncio.get_running_loop()
+    approvals = agent.approvals
 
     def check() -> dict[str, tuple[str, Path]]:
         client = UpdateClient(state_dir, url, proxy=proxy)
@@ -164,6 +169,10 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
                 offer = tr.offer(client, row["model"], installed_from_row(row))
                 if offer is not None:
                     found[row["serial"]] = (offer.release.version, Path(tr.fetch(client, offer)["manifest"]))
+                    if policy != "auto":    # the holder is asked: what the question shows
+                        approvals.offer(row["serial"], row["model"], offer.release.version,
+                                        offer.current.version if offer.current else "",
+                                        sum(c.length for c in offer.release.components), found[row["serial"]][1])
         return found
 
     def on_result(found: dict[str, tuple[str, Path]]) -> None:
@@ -171,16 +180,21 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
             if offers.get(serial, ("",))[0] != version:
                 log.info("token %s: release %s downloaded; %s", serial, version,
                          "it is installed when the token is idle" if policy == "auto" else
-                         "install it with `cns-agent update apply --token`")
+                         "it waits for the holder's approval (cns-agent update pending --token)")
         offers.update(found)
         wake.set()
 
     def arrived(kind: str, info) -> None:
         if kind == "arrived":
             loop.call_soon_threadsafe(wake.set)
+
+    def answered(kind: str, p) -> None:
+        if kind == "answered":
+            loop.call_soon_threadsafe(wake.set)
     checks = asyncio.create_task(periodic(check, interval_s=interval_s, jitter_s=jitter_s, on_result=on_result),
                                  name="token-update-checks")
     unsubscribe = agent.token_ops.usb.subscribe(arrived)
+    unsubscribe_answers = approvals.subscribe(answered)
     try:
         while True:
             try:
@@ -188,9 +202,9 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
             except asyncio.TimeoutError:
                 pass
             wake.clear()
-            if policy != "auto":
-                continue
             for serial, (version, manifest) in list(offers.items()):
+                if policy != "auto" and not approvals.approved(serial, version):
+                    continue                  # waiting for the holder, or declined (postponed)
                 why = await agent.token_ops.idle(serial, agent.token_busy)
                 if why:
                     log.debug("token %s: release %s waits: %s", serial, version, why)
@@ -203,9 +217,12 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
                     continue
                 log.info("token %s: release %s %s%s", serial, version, res.state,
                          f" ({res.message})" if res.message else "")
+                if res.state == "done":
+                    approvals.done(serial)
     finally:
         checks.cancel()
         unsubscribe()
+        unsubscribe_answers()
         await asyncio.gather(checks, return_exceptions=True)
 
 
@@ -227,6 +244,10 @@ class Agent:
         self._tasks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.server = None
         self.token_offers: dict[str, tuple[str, Path]] = {}   # token serial → (release, manifest) downloaded
+        from agent.updates.approvals import DEFAULT_POSTPONE_S, Approvals
+        updates = cfg.station.updates if cfg.station is not None else None
+        self.approvals = Approvals(default_updates_dir(cfg) / "approvals.json",   # releases waiting for the holder
+                                   postpone_s=updates.token_postpone_hours * 3600 if updates else DEFAULT_POSTPONE_S)
 
     @classmethod
     async def build(cls, cfg: AgentConfig, *, backends: Sequence[BackendFactory] = DEFAULT_BACKENDS,
@@ -268,6 +289,9 @@ class Agent:
                     agent.add_task("token-updates", lambda: token_updates(
                         agent, url=up.url, proxy=up.proxy, state_dir=default_updates_dir(cfg) / "updates",
                         policy=up.token_install, interval_s=every, jitter_s=min(DEFAULT_JITTER_S, every / 4)))
+                    if up.token_install == "ask":   # issue 14: the holder is asked on the desktop (session D-Bus)
+                        from agent.updates.desktop import DesktopNotifier
+                        agent.add_task("token-notify", DesktopNotifier(agent.approvals).run)
             fleet = cfg.station.fleet
             if fleet is not None and fleet.enabled:        # issue 15: the agent-opened fleet stream
                 from agent.fleet.client import Options
@@ -341,7 +365,8 @@ class Agent:
                            profiles_dir=str(self.cfg.profiles or ""), model_ids=self.catalog.model_ids,
                            pcsc_status=self._status)
         service = AgentLocalService(self.registry, facts, self.operations, self.tokens, self.token_ops,
-                                    token_events=self.subscribe_tokens)
+                                    token_events=self.subscribe_tokens,
+                                    approvals=self.approvals if self.token_ops is not None else None)
         self.server = await start_server(self.cfg.socket, service)
         tasks = {asyncio.create_task(stop.wait(), name="stop"),
                  asyncio.create_task(self.server.wait_for_termination(), name="local-api")}

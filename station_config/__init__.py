@@ -105,6 +105,7 @@ class UpdatesSection:
     url: str                       # base URL: {url}/metadata/, {url}/targets/
     proxy: str | None = None       # http://HOST:PORT forward proxy for it; None = direct
     token_install: str = "ask"     # a newer token release, once downloaded: "ask" the holder, or "auto" (when idle)
+    token_postpone_hours: float = 24.0   # a release the holder declined ("Later") is asked again after this
 
 
 DEFAULT_FLEET_MAX_BACKOFF_S = 120.0
@@ -154,7 +155,7 @@ _SECTIONS = {
     "proxy": {"url", "no_proxy"},
     "cards": set(),   # its two keys are retired (issue 12): card administration keys are central
     "renewal": {"window_days"},
-    "updates": {"url", "proxy", "token_install"},
+    "updates": {"url", "proxy", "token_install", "token_postpone_hours"},
     "operations": {"watch_timeout_seconds", "recovery_retry_seconds"},
     "fleet": {"enabled", "max_backoff_seconds"},
     "enrollment": {"pkcs11_module", "token_label", "pin_file"},
@@ -221,10 +222,10 @@ class _Loader:
             raise self.fail(f"{section}.{key}", f"file not found: {p}")
         return p
 
-    def positive(self, section: str, key: str, default: float) -> float:
+    def positive(self, section: str, key: str, default: float, *, unit: str = "seconds") -> float:
         v = self.value(section, key, float, default=default)
         if v <= 0:
-            raise self.fail(f"{section}.{key}", f"expected a positive number of seconds, got {v}")
+            raise self.fail(f"{section}.{key}", f"expected a positive number of {unit}, got {v}")
         return v
 
 
@@ -306,7 +307,9 @@ def load(path: str | Path) -> StationConfig:
                                  proxy=ld.pattern("updates", "proxy", PROXY_RE, "http://HOST[:PORT]", optional=True),
                                  token_install=ld.pattern("updates", "token_install", TOKEN_INSTALL_RE,
                                                           '"ask" (the holder says when) or "auto" (when the token '
-                                                          'is idle)', optional=True) or "ask")
+                                                          'is idle)', optional=True) or "ask",
+                                 token_postpone_hours=ld.positive("updates", "token_postpone_hours", 24.0,
+                                                                  unit="hours"))
     operations = OperationsSection(
         watch_timeout_seconds=ld.positive("operations", "watch_timeout_seconds", DEFAULT_WATCH_TIMEOUT_S),
         recovery_retry_seconds=ld.positive("operations", "recovery_retry_seconds", DEFAULT_RECOVERY_RETRY_S))

@@ -85,6 +85,20 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc
 
+    def approvals(self) -> pb.ListApprovalsResponse:
+        """Token releases downloaded that wait for the holder's answer."""
+        return self._call(self._stub.ListApprovals, pb.ListApprovalsRequest())
+
+    def answer_approval(self, serial: str, approve: bool, release: str = "") -> pb.PendingApproval:
+        try:
+            return self._call(self._stub.AnswerApproval, pb.AnswerApprovalRequest(token_serial=serial, release=release,
+                                                                                 approve=approve))
+        except AgentCallError as exc:
+            cause = exc.__cause__
+            if getattr(cause, "code", lambda: None)() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise AgentCallError(cause.details()) from cause     # the agent's own one-line message
+            raise
+
     def renew(self, request: pb.RenewCardRequest, timeout_s: float = 1800.0) -> Iterator[pb.OperationProgress]:
         """Progress messages of a renewal (it may wait for the CA's service window); the last carries the result."""
         if not self.socket_path.exists():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.api.approvals import EVENT_KIND, ApprovalHandlers, approval_pb
 from agent.api.conformance import ConformanceHandlers
 from agent.api.convert import event_pb, reader_pb, token_event_pb, token_pb
 from agent.api.lifecycle import LifecycleHandlers
@@ -44,16 +45,18 @@ class AgentFacts:
     started_unix_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
-class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, pb_grpc.AgentLocalServicer):
+class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers, ApprovalHandlers,
+                        pb_grpc.AgentLocalServicer):
     def __init__(self, registry: DeviceRegistry, facts: AgentFacts, operations=None,
                  tokens: Callable[[], list[dict]] | None = None, token_ops=None,
-                 token_events: Callable | None = None) -> None:
+                 token_events: Callable | None = None, approvals=None) -> None:
         self.registry = registry
         self.facts = facts
         self.operations = operations   # agent.api.operations.Operations, when run with a station config
         self.tokens = tokens or list   # the USB tokens seen (rows of UsbBackend.snapshot()), when a USB backend runs
         self.token_ops = token_ops     # agent.api.tokens.TokenOperations, when a USB backend runs
         self.token_events = token_events   # subscribe(listener(kind, row)) -> unsubscribe: token events for watch
+        self.approvals = approvals         # agent.updates.approvals.Approvals: token releases waiting for the holder
 
     async def Personalize(self, request, context):  # noqa: N802
         if self.operations is None:
@@ -117,13 +120,24 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
             msg = token_event_pb(kind, row, sequence=self.registry.snapshot()[0], time_unix_ms=int(time.time() * 1000))
             loop.call_soon_threadsafe(push, msg)
 
+        def approval_listener(kind: str, p) -> None:   # the token-updates task's worker thread, or the loop
+            msg = pb.DeviceEvent(sequence=self.registry.snapshot()[0], kind=EVENT_KIND[kind], approval=approval_pb(p),
+                                 time_unix_ms=int(time.time() * 1000))
+            loop.call_soon_threadsafe(push, msg)
+
         # both subscriptions and both snapshots with no await between them: no event falls in a gap
         unsubscribe_tokens = self.token_events(token_listener) if self.token_events is not None else (lambda: None)
+        unsubscribe_approvals = (self.approvals.subscribe(approval_listener) if self.approvals is not None
+                                 else (lambda: None))
         sequence, readers, unsubscribe = self.registry.subscribe_with_snapshot(listener)
         try:
             yield pb.DeviceEvent(sequence=sequence, kind=pb.DEVICE_EVENT_KIND_SNAPSHOT,
                                  snapshot=[reader_pb(r) for r in readers], time_unix_ms=int(time.time() * 1000),
                                  tokens=[token_pb(t) for t in self.tokens()])
+            for p in (self.approvals.list() if self.approvals is not None else ()):   # already waiting: said once
+                if p.state == "waiting":
+                    yield pb.DeviceEvent(sequence=sequence, kind=pb.DEVICE_EVENT_KIND_APPROVAL_PENDING,
+                                         approval=approval_pb(p), time_unix_ms=int(time.time() * 1000))
             while True:
                 event = await queue.get()
                 if event is None:
@@ -133,6 +147,7 @@ class AgentLocalService(ConformanceHandlers, RenewalHandlers, LifecycleHandlers,
         finally:
             unsubscribe()
             unsubscribe_tokens()
+            unsubscribe_approvals()
 
 
 async def start_server(socket_path: Path, service: AgentLocalService) -> grpc.aio.Server:

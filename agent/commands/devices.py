@@ -59,6 +59,8 @@ def event_dict(event: pb.DeviceEvent) -> dict:
         out["tokens"] = [token_dict(t) for t in event.tokens]
     elif event.HasField("token"):
         out["token"] = token_dict(event.token)
+    elif event.HasField("approval"):
+        out["approval"] = approval_dict(event.approval)
     else:
         out["reader"] = reader_dict(event.reader)
         out["interrupted"] = event.interrupted
@@ -72,6 +74,23 @@ def token_dict(token: pb.DeviceToken) -> dict:
                            for name, p in sorted(token.partitions.items())},
             "release": token.release, "chip_serial": token.chip_serial, "error": token.error,
             "reader": token.reader, "chip_holder": token.chip_holder}
+
+
+def approval_dict(a: pb.PendingApproval) -> dict:
+    """A token release waiting for the holder (``cns-agent update pending --token --json``, ``watch --json``)."""
+    return {"serial": a.token_serial, "model": a.model_id, "release": a.release,
+            "current_release": a.current_release or None, "size_bytes": a.size_bytes, "state": a.state,
+            "offered_unix_ms": a.offered_unix_ms, "postponed_until_unix_ms": a.postponed_until_unix_ms or None}
+
+
+def describe_approval(a: dict) -> str:
+    now = f" (runs {a['current_release']})" if a.get("current_release") else ""
+    text = f"token {a['serial']} ({a['model']}): release {a['release']}{now}, {a['size_bytes']} bytes, {a['state']}"
+    if a["state"] == "waiting":
+        text += f" — `cns-agent update approve --token --serial {a['serial']}` or `... decline ...`"
+    elif a["state"] == "declined" and a.get("postponed_until_unix_ms"):
+        text += " until " + time.strftime("%Y-%m-%d %H:%M", time.localtime(a["postponed_until_unix_ms"] / 1000))
+    return text
 
 
 def _client(args: argparse.Namespace) -> AgentClient:
@@ -197,6 +216,8 @@ def _describe(d: dict) -> str:
         return f"#{d['sequence']} snapshot: " + ", ".join(
             [f"{r['name']}={'card' if r['card_present'] else 'empty'}" for r in d["readers"]]
             + [f"USB token {t['serial'] or t['usb_id']}" for t in d.get("tokens", [])])
+    if "approval" in d:
+        return f"#{d['sequence']} {d['kind']} " + describe_approval(d["approval"])
     if "token" in d:
         t = d["token"]
         bits = [f"#{d['sequence']}", d["kind"], f"[USB {t['usb_id']}]"]

@@ -10,6 +10,12 @@
                                                      than the one it runs; apply asks first on a terminal
                                                      (--yes: do not ask), then the agent installs it
                                                      (agent.ops.token_release: all components or none)
+    cns-agent update pending|approve|decline --token [--serial S] [--release R]
+                                                     the releases the running agent downloaded that wait for
+                                                     the holder (``[updates] token_install = "ask"``), and the
+                                                     holder's answer: approve (installed once the token is
+                                                     plugged in and idle) or decline (asked again after
+                                                     ``token_postpone_hours`` or for a newer release)
 
 Where from: ``--config station.toml`` (its ``[updates]`` url and proxy) or ``--url URL [--proxy URL]``.
 State (trusted metadata, partial downloads) in ``--state-dir`` (default ``$XDG_DATA_HOME/cns-agent/updates``),
@@ -59,6 +65,17 @@ def register(sub) -> None:
         if name == "apply":
             x.add_argument("--yes", action="store_true", help="with --token: install without asking")
         x.set_defaults(func=run)
+    for name, text in (("pending", "token releases downloaded that wait for the holder's answer"),
+                       ("approve", "install the waiting token release once the token is plugged in and idle"),
+                       ("decline", "not now: ask again later (or for a newer release)")):
+        x = usub.add_parser(name, help=text)
+        x.add_argument("--token", action="store_true", required=True, help="the release of the USB token(s)")
+        x.add_argument("--serial", default="", help="only this token (needed when several wait)")
+        if name != "pending":
+            x.add_argument("--release", default="", help="the release you were shown (refused if another waits now)")
+        x.add_argument("--json", action="store_true", help="JSON lines")
+        add_socket_option(x)
+        x.set_defaults(func=answer)
 
 
 def _write_advice(exc: OSError) -> str:
@@ -227,3 +244,28 @@ def _confirmed(serial: str, found) -> bool:
 def _install(args: argparse.Namespace, request):
     from agent.commands.token import follow_update
     return follow_update(args, request, "the install")
+
+
+def answer(args: argparse.Namespace) -> int:
+    """``pending`` / ``approve`` / ``decline --token``: through the running agent, which holds the question."""
+    from agent.api.client import AgentCallError, AgentClient, AgentUnavailableError
+    from agent.commands.devices import approval_dict, describe_approval
+
+    try:
+        with AgentClient(socket_path(args)) as agent:
+            if args.update_command == "pending":
+                rows = [approval_dict(a) for a in agent.approvals().approvals
+                        if not args.serial or a.token_serial == args.serial]
+            else:
+                rows = [approval_dict(agent.answer_approval(args.serial, args.update_command == "approve",
+                                                            args.release))]
+    except (AgentUnavailableError, AgentCallError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        for row in rows:
+            print(json.dumps({"event": "result", **row}, sort_keys=True))
+    elif not rows:
+        print("no token release waits for an answer")
+    for row in rows if not args.json else ():
+        print(describe_approval(row))
+    return 0

@@ -28,6 +28,8 @@ class DeviceEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_EVENT_KIND_TOKEN_ARRIVED: _ClassVar[DeviceEventKind]
     DEVICE_EVENT_KIND_TOKEN_LEFT: _ClassVar[DeviceEventKind]
     DEVICE_EVENT_KIND_TOKEN_CHANGED: _ClassVar[DeviceEventKind]
+    DEVICE_EVENT_KIND_APPROVAL_PENDING: _ClassVar[DeviceEventKind]
+    DEVICE_EVENT_KIND_APPROVAL_ANSWERED: _ClassVar[DeviceEventKind]
 DEVICE_CARD_STATE_UNSPECIFIED: DeviceCardState
 DEVICE_CARD_STATE_READING: DeviceCardState
 DEVICE_CARD_STATE_READY: DeviceCardState
@@ -44,6 +46,8 @@ DEVICE_EVENT_KIND_CARD_ERROR: DeviceEventKind
 DEVICE_EVENT_KIND_TOKEN_ARRIVED: DeviceEventKind
 DEVICE_EVENT_KIND_TOKEN_LEFT: DeviceEventKind
 DEVICE_EVENT_KIND_TOKEN_CHANGED: DeviceEventKind
+DEVICE_EVENT_KIND_APPROVAL_PENDING: DeviceEventKind
+DEVICE_EVENT_KIND_APPROVAL_ANSWERED: DeviceEventKind
 
 class RenewCardRequest(_message.Message):
     __slots__ = ("reader", "pin")
@@ -427,7 +431,7 @@ class WatchDevicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceEvent(_message.Message):
-    __slots__ = ("sequence", "kind", "reader_name", "reader", "interrupted", "time_unix_ms", "snapshot", "token", "tokens")
+    __slots__ = ("sequence", "kind", "reader_name", "reader", "interrupted", "time_unix_ms", "snapshot", "token", "tokens", "approval")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     READER_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +441,7 @@ class DeviceEvent(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: DeviceEventKind
     reader_name: str
@@ -446,7 +451,8 @@ class DeviceEvent(_message.Message):
     snapshot: _containers.RepeatedCompositeFieldContainer[DeviceReader]
     token: DeviceToken
     tokens: _containers.RepeatedCompositeFieldContainer[DeviceToken]
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[DeviceEventKind, str]] = ..., reader_name: _Optional[str] = ..., reader: _Optional[_Union[DeviceReader, _Mapping]] = ..., interrupted: _Optional[bool] = ..., time_unix_ms: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ..., token: _Optional[_Union[DeviceToken, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[DeviceToken, _Mapping]]] = ...) -> None: ...
+    approval: PendingApproval
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[DeviceEventKind, str]] = ..., reader_name: _Optional[str] = ..., reader: _Optional[_Union[DeviceReader, _Mapping]] = ..., interrupted: _Optional[bool] = ..., time_unix_ms: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[DeviceReader, _Mapping]]] = ..., token: _Optional[_Union[DeviceToken, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[DeviceToken, _Mapping]]] = ..., approval: _Optional[_Union[PendingApproval, _Mapping]] = ...) -> None: ...
 
 class ConformanceRequest(_message.Message):
     __slots__ = ("reader", "pin", "puk", "samples")
@@ -550,3 +556,43 @@ class TokenProgress(_message.Message):
     total: int
     result: TokenResult
     def __init__(self, step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[TokenResult, _Mapping]] = ...) -> None: ...
+
+class PendingApproval(_message.Message):
+    __slots__ = ("token_serial", "model_id", "release", "current_release", "size_bytes", "offered_unix_ms", "state", "postponed_until_unix_ms")
+    TOKEN_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POSTPONED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    token_serial: str
+    model_id: str
+    release: str
+    current_release: str
+    size_bytes: int
+    offered_unix_ms: int
+    state: str
+    postponed_until_unix_ms: int
+    def __init__(self, token_serial: _Optional[str] = ..., model_id: _Optional[str] = ..., release: _Optional[str] = ..., current_release: _Optional[str] = ..., size_bytes: _Optional[int] = ..., offered_unix_ms: _Optional[int] = ..., state: _Optional[str] = ..., postponed_until_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[PendingApproval]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ...) -> None: ...
+
+class AnswerApprovalRequest(_message.Message):
+    __slots__ = ("token_serial", "release", "approve")
+    TOKEN_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    token_serial: str
+    release: str
+    approve: bool
+    def __init__(self, token_serial: _Optional[str] = ..., release: _Optional[str] = ..., approve: _Optional[bool] = ...) -> None: ...

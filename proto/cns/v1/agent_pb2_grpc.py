@@ -109,6 +109,16 @@ class AgentLocalStub:
                 request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.SerializeToString,
                 response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/cns.v1.AgentLocal/ListApprovals',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.AnswerApproval = channel.unary_unary(
+                '/cns.v1.AgentLocal/AnswerApproval',
+                request_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.AnswerApprovalRequest.SerializeToString,
+                response_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.PendingApproval.FromString,
+                _registered_method=True)
 
 
 class AgentLocalServicer:
@@ -229,6 +239,21 @@ class AgentLocalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Token releases downloaded in the background that wait for the holder's approval (issue 14 item 4,
+        `[updates] token_install = "ask"`), and the holder's answer: approve (installed once the token is
+        plugged in and idle) or decline (not asked again until a newer release or the postponement ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerApproval(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLocalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +331,16 @@ def add_AgentLocalServicer_to_server(servicer, server):
                     servicer.UpdateToken,
                     request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.FromString,
                     response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'AnswerApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerApproval,
+                    request_deserializer=proto_dot_cns_dot_v1_dot_agent__pb2.AnswerApprovalRequest.FromString,
+                    response_serializer=proto_dot_cns_dot_v1_dot_agent__pb2.PendingApproval.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -713,6 +748,60 @@ class AgentLocal:
             '/cns.v1.AgentLocal/UpdateToken',
             proto_dot_cns_dot_v1_dot_agent__pb2.UpdateTokenRequest.SerializeToString,
             proto_dot_cns_dot_v1_dot_agent__pb2.TokenProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/ListApprovals',
+            proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cns.v1.AgentLocal/AnswerApproval',
+            proto_dot_cns_dot_v1_dot_agent__pb2.AnswerApprovalRequest.SerializeToString,
+            proto_dot_cns_dot_v1_dot_agent__pb2.PendingApproval.FromString,
             options,
             channel_credentials,
             insecure,
