@@ -297,8 +297,13 @@ class Agent:
                 from agent.fleet.client import Options
                 from agent.fleet.station import run_station
                 options = Options(max_backoff=fleet.max_backoff_seconds)
+                releases = None
+                if cfg.station.updates is not None and agent.token_ops is not None:   # install_release, attested
+                    from agent.fleet.releases import ReleaseInstaller
+                    releases = ReleaseInstaller(agent, url=cfg.station.updates.url, proxy=cfg.station.updates.proxy,
+                                                state_dir=default_updates_dir(cfg) / "updates")
                 agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version,
-                                                            options=options, tokens=agent))
+                                                            options=options, tokens=agent, releases=releases))
         return agent
 
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:

@@ -7,8 +7,10 @@ removed; readers added or removed → the reader list). The registry calls its l
 monitor thread; they hand the event to the loop with ``call_soon_threadsafe`` and never block.
 
 Commands this agent runs today (``StationExecutor``): refresh_inventory (the whole inventory again,
-as a delta). Renewals, token releases and log collection are refused with a reason naming what is
-missing, until the operations behind them are wired here; a refused command is reported REJECTED.
+as a delta) and, with ``releases`` (``agent.fleet.releases.ReleaseInstaller``: the station has an
+``[updates]`` repository and a USB backend), install_release: the token release plan, then the
+token's own attestation in the result. Renewals and log collection are refused with a reason naming
+what is missing, until the operations behind them are wired here; a refused command is reported REJECTED.
 Certificate expiry per keyset is not in the registry yet, so cards are reported without it.
 With ``tokens`` (a ``TokenSource``: the composition root's ``Agent``), the USB tokens are in the hello
 and their deltas follow the USB backend's events: each with its firmware, partition versions and the
@@ -63,16 +65,24 @@ class RegistryInventory:
 
 
 class StationExecutor:
-    def __init__(self, inventory: RegistryInventory):
+    def __init__(self, inventory: RegistryInventory, releases=None):
         self.inventory = inventory
+        self.releases = releases       # agent.fleet.releases.ReleaseInstaller, or None
         self.agent: FleetAgent | None = None
 
     def accept(self, command: pb.FleetCommand) -> str | None:
         if command.kind == pb.FLEET_COMMAND_REFRESH_INVENTORY:
             return None
+        if command.kind == pb.FLEET_COMMAND_INSTALL_RELEASE:
+            if self.releases is None:
+                return ("install_release needs a station configuration with an [updates] release repository and "
+                        "the USB token backend")
+            return self.releases.accept(command)
         return f"{pb.FleetCommandKind.Name(command.kind)} is not supported by this agent version yet"
 
     async def run(self, command: pb.FleetCommand, progress) -> Outcome:
+        if command.kind == pb.FLEET_COMMAND_INSTALL_RELEASE:
+            return await self.releases.install(command, progress)
         readers, devices = await self.inventory.snapshot()
         self.agent.report_delta(present=devices, readers=readers)
         return Outcome(True, f"{len(devices)} device(s) in {len(readers)} reader(s)")
@@ -116,11 +126,11 @@ class _Follower:
 
 
 async def run_station(cfg, registry: DeviceRegistry, *, version: str, options: Options = Options(),
-                      tokens: TokenSource | None = None) -> None:
+                      tokens: TokenSource | None = None, releases=None) -> None:
     """Until cancelled. One line in the composition root:
     ``agent.add_task("fleet", lambda: run_station(cfg.station, registry, version=cfg.version, tokens=agent))``."""
     inventory = RegistryInventory(registry, tokens)
-    executor = StationExecutor(inventory)
+    executor = StationExecutor(inventory, releases)
     agent = executor.agent = FleetAgent(cfg, inventory, executor, version=version, options=options)
     follower = _Follower(agent, registry, asyncio.get_running_loop())
     _, readers = registry.snapshot()

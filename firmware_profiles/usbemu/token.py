@@ -18,6 +18,7 @@ import struct
 
 from firmware_profiles.emulator.card import CardRemovedError, EmulatedCard
 from firmware_profiles.usbemu import descriptors as d
+from firmware_profiles.usbemu.attestation import AttestRefused, attest
 from firmware_profiles.usbemu.flash import (FIRMWARE_MAX, FIRMWARE_OFFSET, Flash, factory_meta, read_meta,
                                             write_meta)
 from firmware_profiles.usbemu.msc import CDROM, DISK, BadCbw, MassStorage
@@ -27,8 +28,9 @@ from firmware_profiles.usbtoken.protocol import (APP_IDLE, DFU_ABORT, DFU_CLRSTA
                                                  DFU_DNLOAD_IDLE, DFU_ERROR, DFU_GETSTATE, DFU_GETSTATUS,
                                                  DFU_IDLE, DFU_MANIFEST_WAIT_RESET, ERR_FILE, ERR_OK, ERR_UNKNOWN,
                                                  ERR_VERIFY, MGMT_REPORT_ID, OP_CONFIRM, OP_COPY, OP_HASH,
-                                                 OP_DIGEST, OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS, REQ_COMMAND,
-                                                 REQ_RESPONSE, ST_BAD_REQUEST, ST_OK, ST_PROTECTED,
+                                                 OP_ATTEST, OP_DIGEST, OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS,
+                                                 REQ_COMMAND, REQ_RESPONSE, ST_BAD_REQUEST, ST_NOT_INSTALLED, ST_OK,
+                                                 ST_PROTECTED,
                                                  ST_TOO_LARGE, ST_VERIFY)
 
 HID_REPORT = 64
@@ -327,6 +329,13 @@ class EmulatedToken:
                 self.meta = write_meta(self.flash, meta)  # the one atomic switch
                 self.msc.medium_changed(CDROM if part_name == "cdrom" else DISK)
                 return bytes([ST_OK])
+            if op == OP_ATTEST:  # the installed release, signed by the device key (attestation.py)
+                try:
+                    manifest, sig, cert = attest(args, model=self.model.id, serial=self.serial, meta=self.meta)
+                except AttestRefused:
+                    return bytes([ST_NOT_INSTALLED])
+                return (bytes([ST_OK]) + struct.pack(">H", len(manifest)) + manifest + struct.pack(">H", len(sig))
+                        + sig + cert)
             if op == OP_CONFIRM:  # partition u8: the new image was read back; free the old region
                 part_name = PARTS[args[0]]
                 if part_name in self.meta["previous"]:

@@ -20,17 +20,22 @@ OP_COPY = 4      # src region u8, dst slot u8, block u32, count u16: copy blocks
 OP_SWITCH = 5    # partition u8, slot u8, length u64, sha256[32], version UTF-8: verify, then the atomic switch
 OP_CONFIRM = 6   # partition u8: the new image was read back; the old region is freed
 OP_DIGEST = 7    # region u8, length u64 → SHA-256 of the region's first ``length`` bytes
+OP_ATTEST = 8    # JSON {nonce, release, components: {name: version}} → u16 n + installed-release manifest (the
+                 # token's own, cns.v1.FleetInstalledManifest) + u16 n + ECDSA P-256 signature + device certificate
+                 # DER; ST_NOT_INSTALLED unless the token runs exactly those components, committed
 
 REGIONS = ("cdrom", "disk", "A", "B")  # region codes 0..3: the factory homes, then the reserved area's slots
 PARTS = ("cdrom", "disk")              # partition codes 0..1
 
 ST_OK, ST_BAD_REQUEST, ST_PROTECTED, ST_VERIFY, ST_TOO_LARGE, ST_NO_SLOT = 0, 1, 2, 3, 4, 5
+ST_NOT_INSTALLED = 6
 STATUS_TEXT = {
     ST_BAD_REQUEST: "the token did not understand the request",
     ST_PROTECTED: "the token refused to write a region in use (live or kept image)",
     ST_VERIFY: "the token's hash of the staged image does not match",
     ST_TOO_LARGE: "the image does not fit the token's slot",
     ST_NO_SLOT: "the token's reserved area has no free slot",
+    ST_NOT_INSTALLED: "the token does not run (committed) the release it was asked to attest",
 }
 
 # DFU 1.1 (class requests to the DFU interface)
