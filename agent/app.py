@@ -167,7 +167,9 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
         for row in agent.tokens():
             if row.get("mode") == "runtime" and row.get("model") and row.get("serial"):
                 offer = tr.offer(client, row["model"], installed_from_row(row))
-                if offer is not None:
+                if offer is None:
+                    approvals.done(row["serial"])   # up to date (e.g. installed with `update apply`): nothing to ask
+                else:
                     found[row["serial"]] = (offer.release.version, Path(tr.fetch(client, offer)["manifest"]))
                     if policy != "auto":    # the holder is asked: what the question shows
                         approvals.offer(row["serial"], row["model"], offer.release.version,

@@ -103,6 +103,7 @@ class Approvals:
             self._by_serial.pop(serial, None)
             if self._declined.pop(serial, None) is not None:
                 self._save()
+        # (no event: a watcher learns that the token moved on from its TOKEN_CHANGED event)
 
     # -- what the holder answers ----------------------------------------------------------------
     def answer(self, serial: str, approve: bool, release: str = "") -> Pending:

@@ -25,6 +25,7 @@ BUS_NAME = "org.freedesktop.Notifications"
 PATH = "/org/freedesktop/Notifications"
 ACTIONS = ["install", "Install now", "later", "Later"]   # key, label, key, label (the spec's flat list)
 APP_NAME = "cns-agent"
+RETRY_S = 60.0
 
 
 def _size(n: int) -> str:
@@ -51,20 +52,33 @@ class DesktopNotifier:
         self.available = False
 
     async def run(self) -> None:
-        """Until cancelled."""
+        """Until cancelled; never fails the agent: without a session bus it waits, a bus that goes away
+        (the desktop session ended) is tried again every ``RETRY_S``."""
         try:
-            from jeepney import DBusAddress, MatchRule, MessageType, message_bus, new_method_call
-            from jeepney.io.asyncio import open_dbus_router
+            import jeepney  # noqa: F401
         except ImportError:   # not a Linux build
             await asyncio.Event().wait()
-        try:
-            router_cm = open_dbus_router(self.bus)
-            router = await router_cm.__aenter__()
-        except (KeyError, OSError, RuntimeError, EOFError, ValueError) as exc:
-            log.debug("no session D-Bus (%s): token releases waiting for approval are not shown on the desktop",
-                      exc)
-            await asyncio.Event().wait()
-            return
+        while True:
+            try:
+                await self._serve()
+            except KeyError:      # no DBUS_SESSION_BUS_ADDRESS: no desktop session for this agent
+                log.debug("no session D-Bus: token releases waiting for approval are not shown on the desktop")
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the desktop is optional; the approvals stay on the local API
+                log.debug("session D-Bus not usable (%s: %s); trying again in %.0f s", type(exc).__name__, exc,
+                          RETRY_S)
+            self.available = False
+            self.shown.clear()
+            await asyncio.sleep(RETRY_S)
+
+    async def _serve(self) -> None:
+        from jeepney import DBusAddress, MatchRule, MessageType, message_bus, new_method_call
+        from jeepney.io.asyncio import open_dbus_router
+
+        router_cm = open_dbus_router(self.bus)
+        router = await router_cm.__aenter__()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         unsubscribe = self.approvals.subscribe(lambda kind, p: loop.call_soon_threadsafe(events.put_nowait, (kind, p)))

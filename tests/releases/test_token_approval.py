@@ -92,6 +92,9 @@ def test_install_now_on_the_desktop_installs_the_waiting_release_once_the_token_
         assert row["size_bytes"] == sum(c.length for c in _release(updates, token).components)
         wait_for(lambda: watch.approvals("approval_pending"), "the watch event")
         assert watch.approvals("approval_pending")[0]["release"] == "2.0.0"
+        from agent.commands.devices import _describe
+        line = _describe(next(e for e in watch.events if e["kind"] == "approval_pending"))   # `cns-agent watch`
+        assert f"token {token.serial}" in line and "release 2.0.0 (runs 1.0.0)" in line and "waiting" in line
         time.sleep(0.5)                                   # several retry ticks: nothing installed unasked
         assert token_set(token) == V1
         notifyd.invoke(shown.id, "install")               # the holder clicks "Install now"
@@ -176,5 +179,20 @@ def test_without_a_session_bus_the_notifier_is_silent_and_keeps_running(monkeypa
         a.offer("TK1", "m", "2.0.0", "", 10, "/x.json")
         await asyncio.sleep(0.1)
         assert not task.done() and not n.available       # nothing shown, nothing failed
+        task.cancel()
+    asyncio.run(go())
+
+
+def test_a_session_bus_without_a_notification_daemon_leaves_the_agent_running(bus_address):
+    async def go():
+        a = Approvals(None)
+        n = DesktopNotifier(a)
+        task = asyncio.create_task(n.run())
+        await asyncio.sleep(0.3)
+        assert n.available                                # connected to the bus
+        a.offer("TK1", "m", "2.0.0", "", 10, "/x.json")   # Notify: no daemon owns the name
+        await asyncio.sleep(0.3)
+        assert not task.done() and n.shown == {}
+        assert a.list()[0].state == "waiting"             # still answerable on the local API
         task.cancel()
     asyncio.run(go())
