@@ -117,9 +117,13 @@ class ReleaseInstaller:
             manifest = await asyncio.to_thread(self._download, row["model"], version, installed_from_row(row))
             rel, _, _ = files(manifest)
             if row.get("release") != version:
-                def step(name: str, done: int, total: int) -> None:   # worker thread
-                    pct = 5 + (done * 90 // total if total else 90)
-                    asyncio.run_coroutine_threadsafe(progress(min(pct, 95), f"installing: {name}"), loop)
+                last: list = [None]
+
+                def step(name: str, done: int, total: int) -> None:   # worker thread; about one message per percent
+                    pct = min(95, 5 + (done * 90 // total if total else 90))
+                    if last[0] != (name, pct):
+                        last[0] = (name, pct)
+                        asyncio.run_coroutine_threadsafe(progress(pct, f"installing: {name}"), loop)
                 res = await ops.install_release(serial, manifest, step)
                 if res.state != "done":
                     return Outcome(False, f"release {version} {res.state} on token {serial}: {res.message}")

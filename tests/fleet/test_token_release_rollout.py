@@ -23,7 +23,7 @@ from proto.cns.v1 import fleet_pb2 as pb
 from tests.agent.test_app import TestBackend
 from tests.fleet import support
 from tests.fleet.test_rollouts import FAST, _final
-from tests.fleet.test_stream import _admin, run
+from tests.fleet.test_stream import _admin, _is, run
 from tests.releases.conftest import make_release, served  # noqa: F401 - fixtures
 from tests.releases.tokenrel import RULE, changed, contents, payloads, provision, signed_release, small_model, token_set
 from tests.wiring.conftest import RunningAgent, wait_for
@@ -106,6 +106,13 @@ def test_a_token_release_rollout_counts_attested_installs_and_fails_a_host_that_
                     (cmd.command_id, t_honest.serial, model.id, "2.0.0")
                 # the inventory follows: the honest station's token now reports release 2.0.0
                 await support.until(lambda: _release_of(admin, t_honest.serial, "2.0.0"), what="the new release")
+                # central IT mistypes the release: failed in one line, the token stays on 2.0.0
+                typo = await admin.SendCommand(pb.FleetSendCommandRequest(
+                    station="urn:cns:station:RM:ST-A", kind=pb.FLEET_COMMAND_INSTALL_RELEASE,
+                    device_serial=t_honest.serial, release="2.0.1"))
+                got = await support.until(lambda: _is(admin, typo.command_id, pb.FLEET_COMMAND_FAILED))
+                assert "release 2.0.1 of token model" in got.message and "not published" in got.message
+                assert "\n" not in got.message and "Traceback" not in got.message
             finally:
                 for running, t in zip((honest, liar), tasks):
                     running.loop.call_soon_threadsafe(lambda t=t: t.cancel())
