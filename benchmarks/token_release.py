@@ -21,12 +21,36 @@ the disk's content, each a signed token image; release 2 changes the firmware an
    set meeting the constraints, or its bootloader waiting for the same firmware); then the agent's recovery
    (``agent.ops.token_recovery``, as on the next insert) runs, and the token must be on release 1 or 2
    exactly (every byte), never a mix, with no operation left open. Target: 0 mixed or broken.
+   The output gives the fault space of a clean install (``fault_probe``: progress calls, flash bytes
+   written, USB transfers, management requests: what the draws range over) and the seconds per trial
+   by phase.
+
+**Why the 1,000 fault trials run on a 4 MiB CD-ROM, not 700 MiB** (measured 2026-12-01 on this 2-core
+machine, load average 1.5-5, each run alone under the bench lock): a trial costs 0.197 s at 4 MiB
+(1,000 trials: 3 min 25 s, 0 broken) and 18.2 s at 700 MiB (10 trials, 0 broken: 8.6 s install under
+the fault, 7.7 s checking every byte and recovering, 1.0 s provisioning, 0.9 s download). 1,000 trials at
+700 MiB would hold the lock about 5 hours. The flash file is sparse, but an install is not cheap in
+proportion to the change: only changed blocks cross the USB link, yet the token copies every unchanged
+block into its staging slot (the live image stays intact until the switch: 736 MB of flash writes for
+a 700 MiB release against 6.6 MB at 4 MiB) and hashes the slot before the switch and again at verify,
+and the check reads the whole token twice. The smaller image is equivalent for what the trials test:
+the plan, its journal and every step boundary are the same at both sizes (same components, same 3
+changed blocks per partition, the same 256 KiB firmware and 2 MiB disk); the extra fault points at 700
+MiB (2,137 management requests against 49, 4,426 transfers against 250, 736 MB written against 6.6 MB)
+are more iterations of the same requests (OP_HASH, OP_COPY, DIGEST) inside the CD-ROM's stage step,
+where a fault leaves the same state whatever the block: the live and kept images untouched, a free
+slot partly written, the journal at "cdrom" begun; resuming compares hashes again from the start. So a
+uniform draw at 700 MiB mostly lands in that one state class, while at 4 MiB it spreads over all of them.
+What only a large image exercises (block numbers past 2^16, 700 one-MiB download chunks, DIGEST over
+700 MiB) is covered by the clean run at ``--cdrom-mib 700`` and by bounded 700 MiB fault samples
+(``--fault-cdrom-mib 700 --install-faults 25``: about 9 minutes, within one lock window).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import hashlib
+import os
 import random
 import shutil
 import tempfile
@@ -232,24 +256,35 @@ def _probe(setup: _Setup, d: Path, state: Path) -> dict:
     return out
 
 
-def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random, probe: dict, proxy) -> tuple[str, str]:
-    """One trial; returns (state right after the fault, release at the end)."""
+def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: random.Random, probe: dict, proxy,
+           phases: Counter | None = None) -> tuple[str, str]:
+    """One trial; returns (state right after the fault, release at the end). ``seeded``: an update state holding
+    release 1 (a drop trial downloads release 2 into a copy of it, through the faulty proxy) and one holding
+    both (the other faults hit the install: release 2 was downloaded and checked once, at setup). The copies
+    are hard links: the client replaces metadata files atomically and writes new targets as new files, it
+    never writes into a file it kept. ``phases`` adds the seconds spent per phase."""
     from agent.devices.usb import TokenError
     from agent.ops.errors import OperationError, PreconditionError
     from firmware_profiles.usbemu.token import Stall
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
     from tests.releases.tokenrel import provision
 
+    phases = phases if phases is not None else Counter()
+    t0 = time.perf_counter()
     d.mkdir()
-    shutil.copytree(seeded, d / "state")
+    shutil.copytree(seeded[0] if fault == "drop" else seeded[1], d / "state", copy_function=os.link)
     c = setup.client(d / "state", proxy.url if fault == "drop" else None)
     r1, r2 = c.token_releases(setup.model.id)
     if fault == "drop":
         proxy.cut(responses=1, after_bytes=rng.randrange(1000, 2 * MiB))
-    for comp in r2.components:
-        if not setup.downloaded_exact(c, comp):
-            raise Broken(f"the downloaded {comp.name} is not release 2's")
+        for comp in r2.components:
+            if not setup.downloaded_exact(c, comp):
+                raise Broken(f"the downloaded {comp.name} is not release 2's")
+    t1 = time.perf_counter()
+    phases["download"] += t1 - t0
     bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    t2 = time.perf_counter()
+    phases["provision"] += t2 - t1
     progress = None
     if fault == "kill":
         at, calls = rng.randrange(1, probe["progress"] + 1), [0]
@@ -273,6 +308,7 @@ def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random,
             return orig(req, data, length)
         token._mgmt_control = control
     began = True
+    t3 = time.perf_counter()
     try:
         _install(setup, d, c, r1, r2, (bus, token), progress=progress)
     except _Killed:
@@ -281,6 +317,8 @@ def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random,
         began = False
     except (TokenError, OperationError):      # e.g. a refusal past the point of no return: left open, resumed
         pass
+    t4 = time.perf_counter()
+    phases["install_under_fault"] += t4 - t3
     token.flash.cut_after(None)
     bus.unplug_after(None)
     token.__dict__.pop("_mgmt_control", None)
@@ -295,6 +333,7 @@ def _trial(setup: _Setup, d: Path, seeded: Path, fault: str, rng: random.Random,
         if result.state != "done":
             raise Broken(f"the repeated install ended {result.state}: {result.reason}")
     end = _which(setup, token)
+    phases["check_and_recover"] += time.perf_counter() - t4
     token.flash.close()
     shutil.rmtree(d, ignore_errors=True)
     return after, end
@@ -375,20 +414,33 @@ def main(argv: list[str]) -> dict:
         big.close()
         big = None
         # 3. fault trials
+        t_setup = time.perf_counter()
         small = _Setup(tmp / "small", base, opts.fault_cdrom_mib, 2, opts.changed, opts.seed + 7)
         seeded = tmp / "seeded"
         small.holding_release_1(seeded)
+        both = tmp / "seeded-both"          # release 1 and 2 downloaded and checked, once
+        shutil.copytree(seeded, both, copy_function=os.link)
+        sc = small.client(both)
+        if not all(small.downloaded_exact(sc, comp) for comp in sc.token_releases(small.model.id)[1].components):
+            raise Broken("release 2 did not download exactly")
         probe = _probe(small, tmp / "probe", tmp / "probe-state")
-        ends, afters, broken = Counter(), Counter(), []
+        setup_s = time.perf_counter() - t_setup
+        ends, afters, broken, phases, per_trial = Counter(), Counter(), [], Counter(), []
         for i in range(opts.install_faults):
             fault = FAULTS[i % len(FAULTS)]
+            t0 = time.perf_counter()
             try:
-                after, end = _trial(small, tmp / f"t{i}", seeded, fault, rng, probe, proxy)
+                after, end = _trial(small, tmp / f"t{i}", (seeded, both), fault, rng, probe, proxy, phases)
                 ends[f"{fault}:{end}"] += 1
                 afters[after] += 1
             except Broken as exc:
                 broken.append(f"trial {i} ({fault}): {exc}")
+            per_trial.append(time.perf_counter() - t0)
+        n = max(1, len(per_trial))
         out.update({
+            "fault_setup_s": round(setup_s, 2), "fault_probe": probe,
+            "fault_trial_s_mean": round(sum(per_trial) / n, 3), "fault_trial_s_max": round(max(per_trial, default=0), 3),
+            "fault_trial_s_by_phase_mean": {k: round(v / n, 3) for k, v in sorted(phases.items())},
             "fault_trials": opts.install_faults, "fault_cdrom_mib": opts.fault_cdrom_mib,
             "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
             "tokens_mixed_or_broken": len(broken), "broken": broken[:5],

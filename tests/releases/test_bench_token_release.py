@@ -20,3 +20,8 @@ def test_bench_token_release_small_sample():
     assert kinds == set(token_release.FAULTS)
     assert r["fault_trials_by_end"].get("stall:1.0.0", 0) >= 1      # a refusal undoes the install: old release
     assert r["install_image_bytes_sent"] <= 2 * 2 * 4096             # only the changed blocks crossed the link
+    # the fault space the draws range over and the cost per trial, reported for the 4 MiB / 700 MiB comparison
+    assert set(r["fault_probe"]) == {"progress", "flash_bytes", "transfers", "mgmt"}
+    assert all(v > 0 for v in r["fault_probe"].values())
+    assert 0 < r["fault_trial_s_mean"] <= r["fault_trial_s_max"]
+    assert set(r["fault_trial_s_by_phase_mean"]) == {"download", "provision", "install_under_fault", "check_and_recover"}
