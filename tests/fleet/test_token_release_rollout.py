@@ -4,7 +4,8 @@
 install it with the journaled release plan and return the token's own attestation (the emulated token signs
 its installed-release manifest with its device key, issued by its model's TEST attestation CA). The
 personalizer counts an attested install as a success; a host that reports success without installing
-(it relays the token's true attestation of the release it still runs) is counted failed."""
+(it relays the token's true attestation of the release it still runs, or forges one with a key of its own)
+is counted failed."""
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,20 @@ class LyingInstaller(ReleaseInstaller):
         return Outcome(True, "installed (not really)", await self._attest(command, rel))
 
 
+class ForgingInstaller(ReleaseInstaller):
+    """A host that forges the attestation: the right manifest for this command, signed by a key of its own
+    (certified by a CA that is not the model's)."""
+
+    async def install(self, command, progress):
+        from agent.fleet.attest import attestation
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        key, cert = support.ModelCA(self._row(command.device_serial)["model"]).device(command.device_serial)
+        return Outcome(True, "installed (forged)", attestation(
+            command, serial=command.device_serial, model=self._row(command.device_serial)["model"],
+            release=command.release, sign=lambda m: key.sign(m, ec.ECDSA(hashes.SHA256())), device_certificate=cert))
+
+
 def _station_agent(tmp_path, name, model, d1, served):
     bus = EmulatedUsbBus()
     _, token = provision(model, tmp_path / f"{name}-flash.bin", V1, d1, bus=bus)
@@ -67,6 +82,7 @@ def test_a_token_release_rollout_counts_attested_installs_and_fails_a_host_that_
     make_release("2.0.0", {n: (V2[n], b) for n, b in blobs2.items()}, model=model.id, constraints=(RULE,))
     honest, t_honest, up_honest = _station_agent(tmp_path, "a", model, d1, served)
     liar, t_liar, up_liar = _station_agent(tmp_path, "b", model, d1, served)
+    forger, t_forger, up_forger = _station_agent(tmp_path, "c", model, d1, served)
     # the lying host downloaded release 1's manifest before (what it names as "installed")
     from agent.updates.client import UpdateClient
     UpdateClient(up_liar / "updates", served.url).token_releases(model.id)
@@ -77,7 +93,8 @@ def test_a_token_release_rollout_counts_attested_installs_and_fails_a_host_that_
                                         model_roots=roots) as (port, fleet):
             tasks = []
             for sid, running, up, cls in (("ST-A", honest, up_honest, ReleaseInstaller),
-                                          ("ST-B", liar, up_liar, LyingInstaller)):
+                                          ("ST-B", liar, up_liar, LyingInstaller),
+                                          ("ST-C", forger, up_forger, ForgingInstaller)):
                 cfg = support.station(deployment, tmp_path / sid, port, sid=sid)
                 installer = cls(running.agent, url=served.url, proxy=None, state_dir=up / "updates", poll_s=0.1)
                 tasks.append(asyncio.run_coroutine_threadsafe(run_station(
@@ -85,15 +102,16 @@ def test_a_token_release_rollout_counts_attested_installs_and_fails_a_host_that_
                     releases=installer), running.loop))
             ch, admin = await _admin(deployment, port)
             try:
-                await support.until(lambda: len(fleet.hub) == 2, what="both stations connected")
-                await support.until(lambda: _devices(admin, 2), what="both tokens in the inventory")
+                await support.until(lambda: len(fleet.hub) == 3, what="the stations connected")
+                await support.until(lambda: _devices(admin, 3), what="the tokens in the inventory")
                 st = await admin.CreateRollout(pb.FleetRolloutSpec(name="2.0.0 to the test model", release="2.0.0",
                                                                    model=model.id, rate_per_minute=1000,
                                                                    timeout_seconds=600))
-                assert st.total == 2
+                assert st.total == 3
                 done = await _final(admin, st.rollout_id, pb.FLEET_ROLLOUT_COMPLETED)
                 by_serial = {t.device_serial: t for t in done.targets}
-                assert dict(done.counts) == {"succeeded": 1, "failed": 1}, done
+                assert dict(done.counts) == {"succeeded": 1, "failed": 2}, done
+                assert "not issued by its model's attestation CA" in by_serial[t_forger.serial].message
                 assert by_serial[t_honest.serial].state == "succeeded"
                 assert by_serial[t_liar.serial].state == "failed"
                 assert "without a valid attestation" in by_serial[t_liar.serial].message
@@ -114,16 +132,16 @@ def test_a_token_release_rollout_counts_attested_installs_and_fails_a_host_that_
                 assert "release 2.0.1 of token model" in got.message and "not published" in got.message
                 assert "\n" not in got.message and "Traceback" not in got.message
             finally:
-                for running, t in zip((honest, liar), tasks):
+                for running, t in zip((honest, liar, forger), tasks):
                     running.loop.call_soon_threadsafe(lambda t=t: t.cancel())
                 await ch.close()
     try:
         run(go())
         assert token_set(t_honest) == V2 and contents(t_honest)["cdrom"] == d2["cdrom"]
-        assert token_set(t_liar) == V1                   # the liar's token was never touched
+        assert token_set(t_liar) == V1 and token_set(t_forger) == V1   # never touched
     finally:
-        honest.stop()
-        liar.stop()
+        for running in (honest, liar, forger):
+            running.stop()
 
 
 def test_a_token_refuses_to_attest_a_release_it_does_not_run(tmp_path):
