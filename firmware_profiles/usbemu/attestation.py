@@ -3,8 +3,8 @@
 Each emulated token holds an ECDSA P-256 device key and its certificate (subject serialNumber = the
 token's USB serial), issued by the TEST attestation CA of its model (``model_ca``). Both are derived
 from a published seed, like the TEST release key (``signing.py``): they attest emulated tokens only,
-never a real one; central IT installs ``model_ca(model).cert`` as that model's attestation root
-(``fleet-model-roots/<model>.pem``) only on a test deployment.
+never a real one; only a test deployment writes ``model_ca(model).pem()`` as that model's attestation
+root (the personalizer's ``fleet-model-roots/<model>.pem``).
 
 ``attest(request, ...)`` is the token's side of the management request ``OP_ATTEST`` (SCHEMA.md §10):
 the host names the command (``nonce``) and the release with the component versions it consists of;
