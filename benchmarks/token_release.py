@@ -27,9 +27,9 @@ the disk's content, each a signed token image; release 2 changes the firmware an
 
 **Why the 1,000 fault trials run on a 4 MiB CD-ROM, not 700 MiB** (measured 2026-12-01 on this 2-core
 machine, load average 1.5-5, each run alone under the bench lock): a trial costs 0.197 s at 4 MiB
-(1,000 trials: 3 min 25 s, 0 broken) and 18.2 s at 700 MiB (10 trials, 0 broken: 8.6 s install under
-the fault, 7.7 s checking every byte and recovering, 1.0 s provisioning, 0.9 s download). 1,000 trials at
-700 MiB would hold the lock about 5 hours. The flash file is sparse, but an install is not cheap in
+(1,000 trials: 3 min 25 s, 0 broken) and 18.0-18.2 s at 700 MiB (35 trials in two runs, seeds 1 and 2,
+every fault kind 7 times, 0 broken: 8.5 s install under the fault, 7.8 s checking every byte and
+recovering, 0.9 s provisioning, 0.7 s download). 1,000 trials at 700 MiB would hold the lock about 5 hours. The flash file is sparse, but an install is not cheap in
 proportion to the change: only changed blocks cross the USB link, yet the token copies every unchanged
 block into its staging slot (the live image stays intact until the switch: 736 MB of flash writes for
 a 700 MiB release against 6.6 MB at 4 MiB) and hashes the slot before the switch and again at verify,
