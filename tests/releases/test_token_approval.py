@@ -106,6 +106,12 @@ def test_install_now_on_the_desktop_installs_the_waiting_release_once_the_token_
         wait_for(lambda: token_set(token) == V2, "the install once idle", 30)
         assert contents(token)["cdrom"] == d2["cdrom"]
         wait_for(lambda: not running.agent.approvals.list(), "the approval gone once installed")
+        capsys.readouterr()
+        assert cli.main(["update", "pending", "--token", "--socket", str(sock)]) == 0
+        assert "no token release waits for an answer" in capsys.readouterr().out
+        assert cli.main(["update", "decline", "--token", "--socket", str(sock)]) == 1   # nothing to decline
+        err = capsys.readouterr().err.strip()
+        assert "no token release waits for an answer" in err and "\n" not in err and "Traceback" not in err
     finally:
         watch.close()
         for t in (task, notifier):
