@@ -50,16 +50,22 @@ import asyncio, json, sys, tempfile
 from pathlib import Path
 from agent.cli import build_parser
 from agent.app import Agent, AgentConfig
+from proto.cns.v1 import agent_pb2 as pb
 import station_config
 build_parser()
 cfg = station_config.load(sys.argv[2])
 d = Path(tempfile.mkdtemp())
-agent = asyncio.run(Agent.build(AgentConfig(socket=d / "agent.sock", token_journal=d / "t.db", updates_dir=d / "u",
-                                            station=cfg), backends=()))
-assert agent.ops is not None and "station-cert-renewal" in agent.task_names, agent.task_names
-from agent.uplink import station_cert
-assert station_cert.check_and_renew(cfg) is None    # the check at start (a fresh certificate: not due)
-asyncio.run(agent.close())
+
+async def main():
+    agent = await Agent.build(AgentConfig(socket=d / "agent.sock", token_journal=d / "t.db", updates_dir=d / "u",
+                                          station=cfg), backends=())
+    assert agent.ops is not None and "station-cert-renewal" in agent.task_names, agent.task_names
+    from agent.uplink import station_cert
+    assert station_cert.check_and_renew(cfg) is None    # the check at start (a fresh certificate: not due)
+    listed = await agent.operations.list_operations(pb.ListOperationsRequest(), None)   # `cns-agent operations`
+    assert list(listed.operations) == []
+    await agent.close()
+asyncio.run(main())
 held = sorted(m for m in sys.modules if m.startswith(tuple(sys.argv[1].split(","))))
 print(json.dumps(held))
 """
