@@ -262,7 +262,8 @@ class Agent:
         built = [make(registry, catalog) for make in backends]
         ops = link = None
         if cfg.station is not None:
-            # only here: the operations' modules (cryptography, asn1crypto) are not in an agent without them
+            # only here: an agent without a station holds no journal of device operations; with one, the
+            # operations' modules (cryptography) are imported when an operation runs (agent.ops.station)
             from agent.ops.station import StationOps
             operator_id = os.environ.get("USER") or f"uid-{os.getuid()}"
             if uplink is None or (callable(uplink) and not isinstance(uplink, Uplink)):
@@ -281,7 +282,7 @@ class Agent:
             retry_s = cfg.station.operations.recovery_retry_seconds
             agent.add_task("recovery", lambda: recover_on_insert(registry, catalog, ops, agent.open_link, retry_s))
             if cfg.station.station.role == ROLE_STATION:   # issue 18: renew the station certificate at start, daily
-                from agent.uplink.enroll import renewal_loop
+                from agent.uplink.station_cert import renewal_loop   # no cryptography until a renewal is due
                 agent.add_task("station-cert-renewal", lambda: renewal_loop(cfg.station))
             if cfg.station.updates is not None:              # issue 18: signed self-update, periodically
                 agent.add_task("self-update", lambda: self_update(cfg))

@@ -6,7 +6,8 @@ A thin adapter: request messages become ``HolderRecord``/``Codes``; the work is
 their message (never a PIN). Card access is a ``connect(reader)`` callable
 (PC/SC in ``cns-agent run``). After an operation the card is re-read for the device view.
 Imports ``agent.ops``, ``agent.card.errors``, ``agent.devices.inspect``, ``proto``; the operations' modules
-(cryptography, asn1crypto) only once a station configuration gives the agent operations (idle RSS, issue 18).
+(cryptography, asn1crypto) only when an operation runs (``StationOps``): listing or stopping operations does
+not load them (idle RSS, issue 18).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import grpc
 from agent.card.errors import CardError, CardRemovedError, WrongPinError, PinBlockedError
 from agent.devices.inspect import reread_card
 from agent.ops.errors import OperationError, PreconditionError, UplinkUnavailable
-from agent.ops.holder import Codes, HolderFileError, HolderRecord
+from agent.ops.holder import Codes, HolderFileError, HolderRecord, describe_holder
 from agent.ops.journal import FAILED, Journal
 from proto.cns.v1 import agent_pb2 as pb
 
@@ -144,7 +145,6 @@ class Operations:
     async def list_operations(self, request, context):
         if not self.ops:
             return pb.ListOperationsResponse()
-        from agent.ops.personalize import describe_holder   # here: with self.ops, ops.station already loaded it
         rows = [(o, "device") for o in await self.ops.open_operations()]
         pins = await self._pin_journal()
         if pins is not None:

@@ -148,6 +148,12 @@ def check_holder(h: HolderRecord) -> dict:
     return out
 
 
+def describe_holder(d: dict) -> str:
+    """"MARIO ROSSI, RSSMRA80A01H501U" from a journaled holder (no secrets in it)."""
+    name = f"{d.get('given_name', '')} {d.get('surname', '')}".strip().upper()
+    return ", ".join(x for x in (name, d.get("codice_fiscale", "")) if x) or "unknown holder"
+
+
 @dataclass(frozen=True)
 class Codes:
     """PIN and PUK for one call. Never logged, journaled or sent."""

@@ -22,7 +22,8 @@ afresh (OpenSC keeps a bound card's objects until then: after a renewal it
 would otherwise show the old certificates). The PIN is passed to ``C_Login``
 only; it never reaches a message or a log.
 
-Imports nothing of ours; python-pkcs11 and cryptography. Blocking calls run in
+Imports nothing of ours; python-pkcs11 and cryptography, both when a check runs (an idle agent with a
+station configuration builds a ``Pkcs11Check`` but holds neither, issue 18). Blocking calls run in
 a worker thread (``check`` is async).
 """
 from __future__ import annotations
@@ -33,9 +34,6 @@ import os
 import threading
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 
 log = logging.getLogger("cns.agent.p11check")
 
@@ -111,6 +109,9 @@ def _slot_reader(slot) -> str:
 
 
 def _check(pkcs11, lib, reader: str, certificates: dict[str, bytes], pin: str | None) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
     from pkcs11 import Attribute, Mechanism, ObjectClass
 
     want = reader[:64].strip()

@@ -87,7 +87,7 @@ from agent.ops.engine import UNDO_STEP, Engine, Plan, Result, Step, actions
 from agent.ops.csr import build_csr, pkcs1_v15_sha256_block
 from agent.ops.follow import find_or_none, follow
 from agent.ops.errors import OperationError, PreconditionError, UplinkError, UplinkUnavailable, VerificationError
-from agent.ops.holder import Codes, HolderFileError, HolderRecord
+from agent.ops.holder import Codes, HolderFileError, HolderRecord, describe_holder
 from agent.ops.journal import DONE, UNDONE, Journal, Operation
 from agent.ops.p11check import IN_PROCESS
 from agent.ops.revoke_orphans import Orphan, revoke_orphans
@@ -625,9 +625,3 @@ def check_registration_for_card(reg, serial: str) -> None:
         raise PreconditionError(f"registration {reg.registration_id} was already used for card {reg.card_id}; "
                                 "a registration issues one card: the recognition officer must register the "
                                 "holder again")
-
-
-def describe_holder(d: dict) -> str:
-    """"MARIO ROSSI, RSSMRA80A01H501U" from a journaled holder (no secrets in it)."""
-    name = f"{d.get('given_name', '')} {d.get('surname', '')}".strip().upper()
-    return ", ".join(x for x in (name, d.get("codice_fiscale", "")) if x) or "unknown holder"

@@ -12,29 +12,37 @@ waits for another, and a personalization waiting for a closed CA does not hold
 its card (it returns ``open``; ``on_open(reader)`` asks the agent to retry it).
 Each running operation has a stop event (``stop(reader)``: the operator's
 Ctrl-C); ``resolve(op_id, "finish"|"discard")`` settles an open operation
-explicitly. Imports ``agent.ops`` and ``station_config``.
+explicitly. Imports ``agent.ops`` and ``station_config``; the operations' modules (and so cryptography) only
+when an operation runs (an idle agent with a station configuration does not hold them, issue 18).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from agent.card.transport import ApduTransport
-from agent.ops.cardlink import open_link
 from agent.ops.engine import UNDO, Engine, JournalState, decide
 from agent.ops.errors import OperationError, PreconditionError
 from agent.ops.holder import Codes, HolderRecord
 from agent.ops.journal import Journal
 from agent.ops.p11check import Pkcs11Check
-from agent.ops import personalize as _personalize
-from agent.ops.personalize import KIND as PERSONALIZE, Outcome, Personalizer, registration_holder
-from agent.ops import renew as _renew
-from agent.ops.renew import RenewalPolicy, Renewer
 from agent.ops.uplink import Uplink
 from station_config import StationConfig
+
+if TYPE_CHECKING:
+    from agent.ops import renew as _renew
+    from agent.ops.personalize import Outcome, Personalizer
+    from agent.ops.renew import RenewalPolicy, Renewer
+
+# the operations' modules (agent.ops.personalize, agent.ops.renew, agent.ops.cardlink: they
+# import cryptography, ~10 MB resident) are imported by the method that runs an operation, never by an idle
+# agent (issue 18: idle RSS); the journal is read without them
+PERSONALIZE = "personalize"   # agent.ops.personalize.KIND
+RENEW = "renew"               # agent.ops.renew.KIND
 
 log = logging.getLogger("cns.agent.ops")
 
@@ -48,7 +56,8 @@ class StationOps:
         self.cfg = cfg
         self.uplink = uplink   # injected by the composition root (agent.app); one for the agent's life
         self.journal = journal
-        self.renewal_policy = renewal_policy or RenewalPolicy(window_days=cfg.renewal.window_days)
+        if renewal_policy is not None:
+            self.renewal_policy = renewal_policy
         # how long one attempt follows a queued request before leaving the operation open (retried later)
         self.watch_timeout_s = watch_timeout_s or cfg.operations.watch_timeout_seconds
         self.operator_id = operator_id or os.environ.get("USER") or f"uid-{os.getuid()}"
@@ -59,6 +68,11 @@ class StationOps:
         # the engine's step callback (agent.ops.engine) of every operation run here: (kind, step, phase);
         # tests' fault hooks hang on it (tests/support/kill_at.py)
         self.on_step: Callable[[str, str, str], None] = lambda kind, step, phase: None
+
+    @functools.cached_property
+    def renewal_policy(self) -> "RenewalPolicy":
+        from agent.ops.renew import RenewalPolicy
+        return RenewalPolicy(window_days=self.cfg.renewal.window_days)
 
     def uplink_session(self) -> contextlib.AbstractAsyncContextManager[Uplink]:
         if self.uplink is None:
@@ -106,20 +120,24 @@ class StationOps:
                 "operator_id": self.operator_id}
 
     def _personalizer(self, uplink, progress, stop: asyncio.Event | None = None) -> Personalizer:
+        from agent.ops.personalize import Personalizer
         return Personalizer(journal=self.journal, uplink=uplink, requester=self.requester,
                             card_admin=self.card_admin(PERSONALIZE, uplink), progress=progress,
                             watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, stop=stop,
                             on_step=lambda step, phase: self.on_step(PERSONALIZE, step, phase))
 
     def _renewer(self, uplink, progress, stop: asyncio.Event | None = None) -> Renewer:
+        from agent.ops import renew as _renew
+
         def on_step(step: str, phase: str) -> None:
-            self.on_step(_renew.KIND, step, phase)
+            self.on_step(RENEW, step, phase)
             # the renewal's safe points are its journaled step ends (the old certificates stay in use)
             if stop is not None and stop.is_set() and phase == "done" and step not in ("switch", *_UNDOING):
                 raise _StopRenewal(step)
-        return Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
-                       card_admin=self.card_admin(_renew.KIND, uplink), progress=progress, policy=self.renewal_policy,
-                       watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11, on_step=on_step)
+        return _renew.Renewer(journal=self.journal, uplink=uplink, requester=self.requester,
+                              card_admin=self.card_admin(RENEW, uplink), progress=progress,
+                              policy=self.renewal_policy, watch_timeout_s=self.watch_timeout_s, pkcs11=self.pkcs11,
+                              on_step=on_step)
 
     async def personalize(self, *, connect: Connect, reader: str, model, holder: HolderRecord | None, codes: Codes,
                           progress: Callable[[str, str], None] | None = None,
@@ -132,6 +150,7 @@ class StationOps:
                 async with self.uplink_session() as uplink:
                     registration = None
                     if registration_id:
+                        from agent.ops.personalize import registration_holder
                         registration, holder = await registration_holder(uplink, registration_id)
                         if progress:
                             progress("registration", f"registration {registration.registration_id}: "
@@ -161,7 +180,8 @@ class StationOps:
             return out
 
     async def _renewal_stopped(self, reader: str, stopped: "_StopRenewal", progress) -> _renew.Outcome:
-        [op] = [o for o in await self.journal.open_operations() if o.reader == reader and o.kind == _renew.KIND][:1] \
+        from agent.ops.renew import Outcome as RenewalOutcome
+        [op] = [o for o in await self.journal.open_operations() if o.reader == reader and o.kind == RENEW][:1] \
             or [None]
         op_id, serial = (op.op_id, op.card_serial) if op else ("", "")
         msg = (f"stopped by the operator after step {stopped.step}; the card keeps its current certificates. "
@@ -169,7 +189,7 @@ class StationOps:
                f"`cns-agent operations discard {op_id}`; without either it is undone when the card is seen again")
         if progress:
             progress("stopped", msg)
-        return _renew.Outcome(op_id, serial, "open", message=msg)
+        return RenewalOutcome(op_id, serial, "open", message=msg)
 
     async def recover(self, *, connect: Connect, reader: str, card_serial: str, model,
                       codes: Codes | None = None, progress=None) -> Outcome | _renew.Outcome | None:
@@ -187,7 +207,7 @@ class StationOps:
             out = None
             try:
                 async with self.uplink_session() as uplink:
-                    runner = self._renewer(uplink, progress) if ops[0].kind == _renew.KIND \
+                    runner = self._renewer(uplink, progress) if ops[0].kind == RENEW \
                         else self._personalizer(uplink, progress)
                     out = await runner.resume(ops[0], connect=links.open, model=model, codes=codes)
             finally:
@@ -203,6 +223,8 @@ class StationOps:
         whose card is in ``reader``."""
         if action not in ("finish", "discard"):
             raise PreconditionError(f"unknown action {action!r}: finish or discard")
+        from agent.ops import personalize as _personalize, renew as _renew
+        from agent.ops.cardlink import open_link
         async with self.device_lock(reader), _Links(connect, reader) as links:
             op = await self.journal.get(op_id)
             if op is None or op.state != "running":
@@ -228,7 +250,7 @@ class StationOps:
                                 raise PreconditionError(f"finishing {op_id} needs the holder's PIN: its certificate "
                                                         "requests are not signed yet (give --codes-file)")
                             out = await runner.resume(op, connect=links.open, model=model, codes=codes)
-                    elif op.kind == _renew.KIND:
+                    elif op.kind == RENEW:
                         runner = self._renewer(uplink, progress, stop)
                         if action == "discard":
                             plan = _renew.build_plan(model)

@@ -16,7 +16,9 @@ into this station's mTLS identity without anyone copying a key:
 ``renew_if_due`` renews over the existing mTLS channel (``StationAdmin.RenewStation``)
 when a third of the certificate's lifetime or less is left: a new key and CSR,
 the same two-phase write. ``recover_credentials`` finishes or undoes a write a
-crash interrupted; both call it first.
+crash interrupted; both call it first. The due check, the two-phase write and the
+agent's daily loop are ``agent.uplink.station_cert`` (no cryptography: the idle agent runs
+them; this module is imported when a renewal is due).
 
 With a PKCS#11 token (``enroll(..., token=TokenSettings(module, label, pin_file))``, or the
 ``[enrollment]`` section of an existing configuration) the key pair is made in the token, never
@@ -24,13 +26,12 @@ extractable, the token signs the CSR (``agent.ops.csr.build_signed_csr``) and, t
 ``station_config.token_key``, every TLS handshake; no key file is written, and ``station.toml`` gets
 ``[enrollment]`` instead of ``client_key``. A renewal makes the new pair in the same token; the pairs
 no certificate uses any more are deleted once the new certificate is in place.
-Imports grpc, cryptography, ``proto``, ``station_config``, ``agent.ops.csr`` and ``cns_spec``; never
-``personalizer``.
+Imports grpc, cryptography, ``proto``, ``station_config``, ``agent.ops.csr``, ``agent.uplink.station_cert``
+and ``cns_spec``; never ``personalizer``.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ from cns_spec import enrollment_code
 import station_config
 from proto.cns.v1 import enrollment_pb2 as epb, enrollment_pb2_grpc as epb_grpc
 from station_config import StationConfig, channel
+# the certificate's due check, the two-phase switch and the agent's loop (no cryptography: an idle agent runs them)
+from agent.uplink import station_cert
+from agent.uplink.station_cert import (  # noqa: F401 (re-exported: this module's API before the split)
+    RENEW_FRACTION, RENEWAL_CHECK_S, EnrollError, _write, install_credentials, recover_credentials, renewal_due,
+    renewal_loop)
 
 DEFAULT_ENROLL_PORT = 50052
-RENEW_FRACTION = 1 / 3            # renew when this fraction of the lifetime, or less, is left
 CALL_TIMEOUT_S = 30.0
-NEW = ".new"
 TOKEN_TOML = """
 [enrollment]
 pkcs11_module = "{module}"
@@ -72,10 +76,6 @@ trust_anchors = "tls-ca.pem"
 client_certificate = "client.pem"
 {client_key}timeout_seconds = 30
 """
-
-
-class EnrollError(Exception):
-    """Enrollment or renewal failed; one line for the operator. Nothing on disk was changed."""
 
 
 @dataclass(frozen=True)
@@ -183,49 +183,6 @@ def new_key_and_csr(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, bytes
 def _key_pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` complete or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _new(path: Path) -> Path:
-    return path.with_name(path.name + NEW)
-
-
-def recover_credentials(key_path: Path | None, cert_path: Path) -> str:
-    """Finish or undo an interrupted ``install_credentials``: "none", "finished" or "undone".
-    ``key_path`` None: the key is in a token (only the certificate is switched)."""
-    key_new, cert_new = (_new(key_path) if key_path else None), _new(cert_path)
-    if cert_new.exists():          # both new files were complete before the first switch
-        if key_new is not None and key_new.exists():
-            os.replace(key_new, key_path)
-        os.replace(cert_new, cert_path)
-        return "finished"
-    if key_new is not None and key_new.exists():   # the new certificate never got written: keep the old pair
-        key_new.unlink()
-        return "undone"
-    return "none"
-
-
-def install_credentials(key_path: Path | None, cert_path: Path, key_pem: bytes | None, cert_pem: bytes) -> None:
-    """Replace the key and certificate: both new files written first, then switched (``recover_credentials``).
-    ``key_pem`` None: the key is in a token, only the certificate is switched."""
-    if key_pem is not None:
-        _write(_new(key_path), key_pem, 0o600)
-    _write(_new(cert_path), cert_pem, 0o644)
-    if key_pem is not None:
-        os.replace(_new(key_path), key_path)
-    os.replace(_new(cert_path), cert_path)
 
 
 def _rpc_error(exc: grpc.RpcError, where: str) -> EnrollError:
@@ -362,18 +319,11 @@ def _check_issued(cert_pem: bytes, spki_der: bytes, ca_pem: bytes) -> x509.Certi
     return cert
 
 
-def renewal_due(cert: x509.Certificate, now: _dt.datetime | None = None) -> bool:
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    life = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return cert.not_valid_after_utc - now <= life * RENEW_FRACTION
-
-
 def renew_if_due(cfg: StationConfig, *, force: bool = False, now: _dt.datetime | None = None,
                  timeout: float | None = None) -> x509.Certificate | None:
     """Renew the station certificate when due (or ``force``); the new certificate, or None when not due."""
     p = cfg.personalizer
-    recover_credentials(p.client_key, p.client_certificate)
-    current = x509.load_pem_x509_certificate(p.client_certificate.read_bytes())
+    current = station_cert.current(cfg)     # first: it settles an interrupted switch, and the certificate must read
     if not force and not renewal_due(current, now):
         return None
     e = cfg.enrollment
@@ -390,23 +340,3 @@ def renew_if_due(cfg: StationConfig, *, force: bool = False, now: _dt.datetime |
     install_credentials(p.client_key, p.client_certificate, new.key_pem(), r.certificate_pem.encode())
     new.installed()
     return cert
-
-
-RENEWAL_CHECK_S = 24 * 3600.0
-
-
-async def renewal_loop(cfg: StationConfig, *, every: float = RENEWAL_CHECK_S) -> None:
-    """``cns-agent run``: check the station certificate at start and then daily; a failure is logged and
-    retried at the next check (the current certificate stays in use)."""
-    import asyncio
-    import logging
-    log = logging.getLogger("agent.enroll")
-    while True:
-        try:
-            cert = await asyncio.to_thread(renew_if_due, cfg)
-            if cert is not None:
-                log.info("station certificate renewed: serial %X, valid until %s", cert.serial_number,
-                         cert.not_valid_after_utc.isoformat())
-        except (EnrollError, OSError, ValueError) as exc:
-            log.warning("station certificate not renewed (will retry in %.0f h): %s", every / 3600, exc)
-        await asyncio.sleep(every)

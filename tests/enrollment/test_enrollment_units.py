@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.uplink import enroll as agent_enroll
+from agent.uplink import station_cert
 from cns_spec import enrollment_code
 from personalizer import deploy
 from personalizer.enrollment import Enrollment, EnrollLimiter
@@ -187,13 +188,13 @@ def test_renewal_is_due_with_a_third_of_the_lifetime_left(tls):
 def test_the_agents_renewal_check_survives_a_failure_and_runs_again(monkeypatch):
     calls = []
 
-    def fake_renew(cfg):                      # a mock of the personalizer call: the loop is under test
+    def fake_renew(cfg):                      # a mock of the check and the personalizer call: the loop is under test
         calls.append(cfg)
         if len(calls) == 1:
             raise agent_enroll.EnrollError("the personalizer did not answer (unavailable); try again later")
         return None
 
-    monkeypatch.setattr(agent_enroll, "renew_if_due", fake_renew)
+    monkeypatch.setattr(station_cert, "check_and_renew", fake_renew)
 
     async def go():
         task = asyncio.create_task(agent_enroll.renewal_loop("cfg", every=0.01))
@@ -202,6 +203,78 @@ def test_the_agents_renewal_check_survives_a_failure_and_runs_again(monkeypatch)
         task.cancel()
     asyncio.run(go())
     assert len(calls) >= 2                    # checked at start, and again after the failure
+
+
+def _cert(tls, not_before: dt.datetime, days: float) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (x509.CertificateBuilder().subject_name(tls.cert.subject).issuer_name(tls.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(not_before)
+            .not_valid_after(not_before + dt.timedelta(days=days)).sign(tls.key, hashes.SHA256()))
+
+
+def test_the_due_check_reads_the_dates_cryptography_reads(tls):
+    """The agent's check at start reads the certificate with asn1crypto (no cryptography at idle): the same
+    dates, so the same answer on either side of the threshold (UTCTime and GeneralizedTime alike)."""
+    for start in (dt.datetime(2030, 1, 1, 12, 30, 15, tzinfo=dt.timezone.utc),
+                  dt.datetime(2049, 6, 1, tzinfo=dt.timezone.utc)):            # not_after in 2050+: GeneralizedTime
+        cert = _cert(tls, start, 400)
+        v = station_cert.validity(cert.public_bytes(serialization.Encoding.PEM))
+        assert (v.not_valid_before_utc, v.not_valid_after_utc) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        threshold = station_cert.renewal_from(cert)
+        for now in (threshold - dt.timedelta(seconds=1), threshold, threshold + dt.timedelta(days=1)):
+            assert station_cert.renewal_due(v, now) == station_cert.renewal_due(cert, now) == (now >= threshold)
+
+
+@pytest.mark.parametrize("pem", [b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                 b"-----BEGIN PRIVATE KEY-----\nMAMCAQA=\n-----END PRIVATE KEY-----\n",
+                                 b"not a PEM file at all"])
+def test_a_certificate_that_does_not_parse_is_one_line_naming_it(pem, tls):
+    with pytest.raises(ValueError):           # what the check refused before (cryptography's loader)
+        x509.load_pem_x509_certificate(pem)
+    with pytest.raises(agent_enroll.EnrollError) as err:
+        station_cert.validity(pem, source="the station certificate /x/client.pem")
+    assert "/x/client.pem" in str(err.value) and "\n" not in str(err.value) and "enroll" in str(err.value)
+
+
+def test_a_certificate_with_trailing_bytes_is_refused_as_before(tls):
+    der = _cert(tls, dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc), 300).public_bytes(serialization.Encoding.DER)
+    import base64
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der + b"\x00") + b"-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError):
+        x509.load_pem_x509_certificate(pem)
+    with pytest.raises(agent_enroll.EnrollError):
+        station_cert.validity(pem)
+
+
+def test_renew_station_with_a_corrupt_certificate_is_one_line_and_changes_nothing(tmp_path, capsys):
+    """An operator's station folder whose client.pem got damaged: `cns-agent renew-station` says which file
+    and what to do, in one line (no traceback), and leaves the key and the certificate as they were."""
+    from agent import cli as agent_cli
+    dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:50999", ca_key_bits=2048)   # nothing there
+    d = dep.station_config.parent
+    (d / "client.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n")
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    capsys.readouterr()
+    rc = agent_cli.main(["renew-station", "--config", str(dep.station_config)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("\n") == 1 and "client.pem" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+
+
+def test_the_start_check_renews_only_when_due(tls, tmp_path, monkeypatch):
+    """``check_and_renew`` (the agent's check at start and daily): a fresh certificate is left alone, a due
+    one is renewed through ``renew_if_due`` (here a mock of the personalizer call)."""
+    import station_config
+    dep = deploy.init_deployment(tmp_path / "cns", listen="127.0.0.1:50999", ca_key_bits=2048)
+    cfg = station_config.load(dep.station_config)
+    renewed = []
+    monkeypatch.setattr(agent_enroll, "renew_if_due", lambda c, force=False: renewed.append(force) or "new")
+    assert station_cert.check_and_renew(cfg) is None and renewed == []
+    now = dt.datetime.now(dt.timezone.utc)
+    old = _cert(tls, now - dt.timedelta(days=300), 365)                      # 65 of 365 days left: due
+    cfg.personalizer.client_certificate.write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    assert station_cert.check_and_renew(cfg) == "new" and renewed == [True]
 
 
 def test_enrollment_config_is_checked_at_load(tmp_path):

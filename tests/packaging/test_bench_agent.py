@@ -1,5 +1,6 @@
 """``scripts/bench agent`` on a short window: the one-file binary's size and start time beside the
-venv's, and both agents' idle RSS and CPU with two readers and a card (a real private pcscd)."""
+venv's, and both agents' idle RSS and CPU with two readers and a card (a real private pcscd), each agent
+enrolled with a running personalizer as a station runs it."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,8 @@ def test_bench_agent_reports_size_start_and_idle_figures(agent_binary):
     assert set(out["start_s"]) == {"onefile", "venv"} and all(0 < s < 30 for s in out["start_s"].values())
     # the one-file build is a bootloader and the Python process it starts; both are counted
     assert out["idle"]["onefile"]["processes"] == 2 and out["idle"]["venv"]["processes"] == 1
+    assert out["station"] == "enrolled" and "enrolled" in out["note"]
     for fig in out["idle"].values():
         assert 10 < fig["rss_mb"] < 1000 and 0 <= fig["cpu_pct"] < 100
+        assert fig["cryptography_mapped"] is False     # idle with a station: no cryptography (issue 18)
     assert out["meets_targets"] == (out["idle"]["onefile"]["rss_mb"] < 60 and out["idle"]["onefile"]["cpu_pct"] < 0.5)

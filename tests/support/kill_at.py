@@ -49,13 +49,19 @@ def install(spec: str) -> None:
 
     station.StationOps.__init__ = patched
 
-    # the holder's command takes Renewer from agent.ops.renew (StationOps bound its own above, unpatched)
+    # the holder's command takes Renewer from agent.ops.renew, and so does StationOps when a renewal runs
+    # (it imports the module then): the step callback it gave (the operator's stop) still runs after ours
     from agent.ops import renew
 
     class KillingRenewer(renew.Renewer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.on_step = lambda step, phase: on_step(renew.KIND, step, phase)
+            given = self.on_step
+
+            def killing(step: str, phase: str) -> None:
+                on_step(renew.KIND, step, phase)
+                given(step, phase)
+            self.on_step = killing
 
     renew.Renewer = KillingRenewer
     holder = sys.modules.get("agent.commands.self_renew")
