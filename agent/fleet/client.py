@@ -25,6 +25,7 @@ Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never `
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -107,6 +108,9 @@ class _Stats:
     heartbeat_seconds: float = 30.0
     poll_seconds: float = 60.0
     events: list = field(default_factory=list)
+    failures: collections.Counter = field(default_factory=collections.Counter)   # "CODE: details" -> attempts
+    welcome_seconds: float = 0.0   # the last stream's time from opening it to its welcome
+    welcomed_at: float = 0.0       # time.time() of the last welcome
 
 
 class FleetAgent:
@@ -214,8 +218,10 @@ class FleetAgent:
                 return   # the server ended the stream (OK): it is stopping or handing agents over; reopen
             except _Unreachable as exc:   # connected, but no welcome: something in between eats the stream
                 self.stats.last_error = str(exc)
+                self.stats.failures[self.stats.last_error] += 1
             except grpc.aio.AioRpcError as exc:
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                self.stats.failures[self.stats.last_error] += 1
                 log.warning("fleet stream to the personalizer ended: %s", self.stats.last_error)
                 if exc.code() not in BROKEN_CODES:   # refused: not the network's fault; back off, do not poll
                     raise _Unreachable(self.stats.last_error) from None
@@ -230,11 +236,13 @@ class FleetAgent:
         self.stats.streams += 1
         call = stub.Connect()
         writer: asyncio.Task | None = None
+        opened = time.monotonic()
         try:
             await call.write(await self._hello())
             first = await asyncio.wait_for(call.read(), self.options.welcome_timeout)
             if first is grpc.aio.EOF or not first.HasField("welcome"):
                 raise _Unreachable("the personalizer did not answer the hello with a welcome")
+            self.stats.welcome_seconds = time.monotonic() - opened
             self._welcomed(first.welcome, "streaming")
             writer = asyncio.create_task(self._write(call))
             while True:
@@ -252,6 +260,7 @@ class FleetAgent:
 
     def _welcomed(self, w: pb.FleetWelcome, mode: str) -> None:
         self.stats.welcomes += 1
+        self.stats.welcomed_at = time.time()
         self.stats.mode = mode
         self.stats.station = w.station
         self.stats.heartbeat_seconds = max(1, w.heartbeat_seconds or 30)
@@ -287,6 +296,7 @@ class FleetAgent:
                     if not m.HasField("hello"):
                         self._queue(m, front=True)
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                self.stats.failures["poll " + self.stats.last_error] += 1
                 log.warning("fleet poll failed: %s", self.stats.last_error)
                 raise _Unreachable(self.stats.last_error) from None
             if hello:

@@ -284,6 +284,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     async def Connect(self, request_iterator, context):
         ident = identity.current_identity()
         it = request_iterator.__aiter__()
+        started = time.monotonic()
         try:
             try:
                 first = await asyncio.wait_for(it.__anext__(), self.hello_timeout)
@@ -291,7 +292,10 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 raise InvalidRequest("hello", f"no hello within {self.hello_timeout:g} s of connecting") from None
             if first.WhichOneof("body") != "hello":
                 raise InvalidRequest("hello", "the first message of a stream must be a hello")
+            read = time.monotonic()
             await self._hello(ident, first.hello, "stream")
+            self.figures.hello_seconds["wait"].observe(read - started)
+            self.figures.hello_seconds["record"].observe(time.monotonic() - read)
         except PersonalizerError as exc:
             await self._refused(ident.uri, "Connect", exc, context)
         session = self.hub.attach(ident.uri)
