@@ -333,6 +333,17 @@ def test_a_refused_stream_backs_off_without_polling(deployment, tmp_path):
                 fleet.hub.close_all()
                 await support.until(lambda: agent.stats.streams >= 3, what="stream attempts")
                 assert agent.stats.polls == 0 and "RESOURCE_EXHAUSTED" in agent.stats.last_error
+                # the failed attempts by reason (what scripts/bench fleet reports for a reconnect storm)
+                refused = {r: n for r, n in agent.stats.failures.items() if r.startswith("RESOURCE_EXHAUSTED")}
+                assert sum(refused.values()) >= 1 and all("hellos a minute" in r for r in refused), refused
+                assert 0 < agent.stats.welcome_seconds < 5
+                # the server's side: one accepted hello timed per stage, on the metrics endpoint's families
+                from prometheus_client import CollectorRegistry, generate_latest
+                reg = CollectorRegistry()
+                reg.register(fleet.collector())
+                text = generate_latest(reg).decode()
+                for stage in ("wait", "record"):
+                    assert f'cns_fleet_hello_seconds_count{{stage="{stage}"}} 1.0' in text, text
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
