@@ -16,7 +16,7 @@ than ``Options.min_stream_seconds``, the agent tries one ``Fleet.Poll``: if that
 proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_seconds`` before trying a
 stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
 When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
-with exponential backoff and jitter (tenacity). A stream that lasted, or that the server ended cleanly
+with exponential backoff and full jitter (``backoff``, tenacity). A stream that lasted, or that the server ended cleanly
 (it stops: ``Hub.close_all``), is reopened after a short random pause, so a restarted daemon is not
 reconnected by every agent at once.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_fixed, wait_random_exponential
 
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from station_config import StationConfig, channel as station_channel
@@ -93,6 +93,16 @@ class Options:
     call_timeout: float = 30.0
 
 
+def backoff(o: Options):
+    """The wait before the next attempt when the personalizer is unreachable or refuses: full jitter over a window
+    doubling from ``initial_backoff``, i.e. ``initial_backoff`` + uniform [0, min(max_backoff - initial_backoff,
+    initial_backoff × 2^(attempt-1))] (tenacity's ``wait_random_exponential``, the floor added rather than its
+    ``min``, which bounds the draw only since tenacity 9, jd/tenacity#425). "Exponential plus 0-2 s" sent a fleet
+    cut off together back in one 2-second wave every ``max_backoff`` (tests/fleet/test_backoff.py)."""
+    return wait_fixed(o.initial_backoff) + wait_random_exponential(multiplier=o.initial_backoff,
+                                                                   max=max(0.0, o.max_backoff - o.initial_backoff))
+
+
 class _Unreachable(Exception):
     """Neither a stream nor a poll reached the personalizer."""
 
@@ -141,10 +151,7 @@ class FleetAgent:
         o = self.options
         try:
             while True:
-                # tenacity >= 8.2 (pyproject): exponential from initial_backoff, capped, plus random jitter
-                retrying = AsyncRetrying(wait=wait_exponential(multiplier=o.initial_backoff, max=o.max_backoff)
-                                         + wait_random(0, o.jitter),
-                                         retry=retry_if_exception_type(_Unreachable), reraise=True)
+                retrying = AsyncRetrying(wait=backoff(o), retry=retry_if_exception_type(_Unreachable), reraise=True)
                 await retrying(self._attempt)
                 await asyncio.sleep(random.uniform(0, o.jitter))
         finally:
