@@ -17,8 +17,10 @@ proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_sec
 stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
 When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
 with exponential backoff and full jitter (``backoff``, tenacity). A stream that lasted, or that the server ended cleanly
-(it stops: ``Hub.close_all``), is reopened after a short random pause, so a restarted daemon is not
-reconnected by every agent at once.
+(it stops: ``Hub.close_all``), is reopened after a random pause within the window the daemon named in the
+stream's trailing metadata (``cns-reconnect-spread-ms``: its streams over the hellos a second it admits;
+at least ``jitter``, at most ``MAX_RECONNECT_SPREAD``), so a restarted daemon, or the instance that takes
+over, is not reconnected by every agent at once.
 
 Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never ``personalizer``.
 """
@@ -41,6 +43,8 @@ from station_config import StationConfig, channel as station_channel
 log = logging.getLogger(__name__)
 
 MAX_POLL_MESSAGES = 256
+SPREAD_KEY = "cns-reconnect-spread-ms"   # a stopping daemon's hint, in the trailing metadata of the stream it ends
+MAX_RECONNECT_SPREAD = 600.0             # seconds: the most a hint may make an agent wait
 # how a stream fails when the network (a proxy) breaks it, rather than the personalizer refusing it
 BROKEN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
                           grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED})
@@ -121,6 +125,7 @@ class _Stats:
     failures: collections.Counter = field(default_factory=collections.Counter)   # "CODE: details" -> attempts
     welcome_seconds: float = 0.0   # the last stream's time from opening it to its welcome
     welcomed_at: float = 0.0       # time.time() of the last welcome
+    reconnect_spread: float = 0.0  # the window the last stream's end told this agent to reconnect within
 
 
 class FleetAgent:
@@ -153,7 +158,10 @@ class FleetAgent:
             while True:
                 retrying = AsyncRetrying(wait=backoff(o), retry=retry_if_exception_type(_Unreachable), reraise=True)
                 await retrying(self._attempt)
-                await asyncio.sleep(random.uniform(0, o.jitter))
+                # a stopping daemon's streams all end at once: reconnect at a random point of the window it
+                # named (its fleet's size over its admission rate), not all within ``jitter``
+                await asyncio.sleep(random.uniform(0, max(o.jitter, self.stats.reconnect_spread)))
+                self.stats.reconnect_spread = 0.0
         finally:
             for t in list(self._tasks):
                 t.cancel()
@@ -255,6 +263,7 @@ class FleetAgent:
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
+                    self.stats.reconnect_spread = _spread_hint(await call.trailing_metadata())
                     return
                 if msg.HasField("command"):
                     self._dispatch(msg.command)
@@ -313,6 +322,18 @@ class FleetAgent:
             for cmd in resp.commands:
                 self._dispatch(cmd)
             await self._wait_outgoing(min(self.stats.poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+def _spread_hint(metadata) -> float:
+    """Seconds from a stopping daemon's ``cns-reconnect-spread-ms``, within [0, ``MAX_RECONNECT_SPREAD``]; 0 when
+    absent or not a number (the server's word bounds a wait, it never stops the agent)."""
+    for key, value in metadata or ():
+        if key == SPREAD_KEY:
+            try:
+                return min(MAX_RECONNECT_SPREAD, max(0.0, int(value) / 1000))
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 async def run(cfg: StationConfig, inventory: Inventory, executor: Executor, *, version: str,

@@ -348,3 +348,35 @@ def test_a_refused_stream_backs_off_without_polling(deployment, tmp_path):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     run(go())
+
+
+def test_a_stopping_daemon_spreads_its_fleets_reconnect_over_a_window_scaled_by_its_streams(deployment, tmp_path):
+    """Ended by a daemon that stops, every agent used to come back within ``jitter`` (2 s): the whole fleet in
+    one burst onto the restarted daemon or the surviving instance. The daemon now says in the stream's
+    trailing metadata how long to spread reconnects over (its streams / ``reconnect_admit_per_second``), and
+    the agent pauses a random time within that window; a hostile or garbled hint is bounded or ignored."""
+    from agent.fleet.client import MAX_RECONNECT_SPREAD, _spread_hint
+
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", reconnect_admit_per_second=2.0) as (
+                port, fleet):
+            agents = [FleetAgent(support.station(deployment, tmp_path / f"st{i}", port, sid=f"RM-ST-{i}"),
+                                 support.FakeInventory(), support.FakeExecutor(), version="1", options=FAST)
+                      for i in range(3)]
+            tasks = [asyncio.create_task(a.run()) for a in agents]
+            try:
+                await support.until(lambda: all(a.stats.welcomes == 1 for a in agents))
+                assert fleet.close_streams() == 3
+                # 3 streams at 2 per second: reconnects spread over 1.5 s
+                await support.until(lambda: all(a.stats.reconnect_spread == 1.5 for a in agents),
+                                    what="the spread hint")
+                await support.until(lambda: all(a.stats.welcomes == 2 for a in agents), what="reconnected")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    run(go())
+    assert _spread_hint((("cns-reconnect-spread-ms", "1500"),)) == 1.5
+    assert _spread_hint((("cns-reconnect-spread-ms", str(10 ** 12)),)) == MAX_RECONNECT_SPREAD
+    assert _spread_hint((("cns-reconnect-spread-ms", "-5"),)) == 0.0
+    assert _spread_hint((("cns-reconnect-spread-ms", "soon"),)) == 0.0 and _spread_hint(None) == 0.0
