@@ -269,9 +269,11 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 log.exception("rollout bookkeeping failed for command %s", cmd.command_id)
 
     async def _deliver(self, session: Session) -> list[pb.FleetCommand]:
+        """The station's open commands not yet written on this session, marked SENT in a batch (``_note_sent``):
+        a restart's thousands of reconnecting streams each had a transaction of their own here."""
         cmds = [c for c in await self.store.open_commands(session.station) if c.command_id not in session.sent]
-        await self.store.mark_sent([c.command_id for c in cmds])
         session.sent.update(c.command_id for c in cmds)
+        self._note_sent([c.command_id for c in cmds])
         return [command_to_pb(c) for c in cmds]
 
     async def _read(self, it, ident: identity.Identity, session: Session) -> None:
@@ -365,6 +367,8 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
 
     def _note_sent(self, ids: list[str]) -> None:
         """Mark written commands SENT in batches (one transaction for a broadcast's thousands of streams)."""
+        if not ids:
+            return
         self._sent_batch += ids
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_sent())
