@@ -14,14 +14,21 @@ Targets (issue 15 item 6, on this machine at 20,000 agents): personalizer RSS < 
 a small N (CI) reports them without judging speed. At a large N the open-file limit is raised for the
 server and the clients (``_raise_fd_limit``: the hard limit too when run as root; otherwise a one-line
 error names the limit to raise), client processes default to one per ``AGENTS_PER_PROCESS`` agents, and
-the clients' logs (every agent's reconnect warnings) go to a file, not the terminal. Usage:
-scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S]
+the clients' logs (every agent's reconnect warnings) go to a file, not the terminal.
+
+Each phase also reports its instruments (``connect`` / ``reconnect``): per-agent times to the welcome
+(percentiles and a histogram), the agents' failed attempts by reason, and for the personalizer the
+daemon's own hello timing (``cns_fleet_hello_seconds``: waiting for the hello, recording it). With
+``--instances K`` the fleet also runs on 1 and then K instances over one PostgreSQL store behind haproxy
+(``benchmarks._fleet_cluster``): agents per instance, each instance's RSS and idle CPU. Usage:
+scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S] [--instances K]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -96,12 +103,12 @@ def _enable_metrics(server_config: Path, port: int) -> None:
     no enrollment port: the deployment puts it on the port after ``listen``, which one of the N agents' own
     ephemeral ports may hold when the daemon restarts (seen at 5,000: "cannot listen on …: in use")."""
     text = server_config.read_text()
-    old = "[metrics]\nenabled = false\nhttp_host = \"127.0.0.1\"\nhttp_port = 0\n"
-    if old not in text or "[enrollment]\nenabled = true\n" not in text:
-        raise BenchError(f"{server_config} has no disabled [metrics] or enabled [enrollment] section to change")
-    text = text.replace("[enrollment]\nenabled = true\n", "[enrollment]\nenabled = false\n", 1)
-    server_config.write_text(text.replace(old, f"[metrics]\nenabled = true\nhttp_host = \"127.0.0.1\"\n"
-                                               f"http_port = {port}\n", 1))
+    text, n = re.subn(r"\[metrics\]\nenabled = \w+\nhttp_host = (\S+)\nhttp_port = \d+\n",
+                      lambda m: f"[metrics]\nenabled = true\nhttp_host = {m.group(1)}\nhttp_port = {port}\n", text)
+    text, e = re.subn(r"\[enrollment\]\nenabled = \w+\n", "[enrollment]\nenabled = false\n", text)
+    if n != 1 or e != 1:
+        raise BenchError(f"{server_config} has no [metrics] or [enrollment] section as the deployment writes them")
+    server_config.write_text(text)
 
 
 class Server:
@@ -206,6 +213,19 @@ def _hello_histogram(metrics_port: int | None) -> dict:
     return out
 
 
+def _broadcast(port: int, dep, o) -> None:
+    """FleetAdmin.BroadcastCommand (refresh inventory to chamber RM: every bench agent) with the admin's certificate."""
+    tls, admin = dep.root / "tls", dep.admin_config.parent
+    creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
+                                         private_key=(admin / "client.key.pem").read_bytes(),
+                                         certificate_chain=(admin / "client.pem").read_bytes())
+    with grpc.secure_channel(f"localhost:{port}", creds) as ch:
+        r = fleet_pb2_grpc.FleetAdminStub(ch).BroadcastCommand(pb.FleetBroadcastRequest(
+            query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY), timeout=o.timeout)
+    if r.commands < o.agents:
+        raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
+
+
 def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log, metrics_port=None) -> dict:
     server.start()
     clients = Clients(target, tls, o.agents, o.processes, log)
@@ -250,6 +270,8 @@ def main(argv: list[str]) -> dict:
                     help=f"client processes (default: one per {AGENTS_PER_PROCESS} agents)")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--instances", type=int, default=1,
+                    help="also measure K personalizer instances on PostgreSQL behind haproxy (and 1 beside them)")
     o = ap.parse_args(argv)
     if o.agents < 1:
         ap.error("--agents must be at least 1")
@@ -265,27 +287,24 @@ def main(argv: list[str]) -> dict:
         tls = dep.root / "tls"
         target = f"localhost:{port}"
         bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port)])
-        admin = dep.admin_config.parent
         _allow_connections(dep.server_config, o.agents + 64)
         metrics_port = _free_port()
         _enable_metrics(dep.server_config, metrics_port)
 
         def broadcast(_pid):
-            creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
-                                                 private_key=(admin / "client.key.pem").read_bytes(),
-                                                 certificate_chain=(admin / "client.pem").read_bytes())
-            with grpc.secure_channel(target, creds) as ch:
-                r = fleet_pb2_grpc.FleetAdminStub(ch).BroadcastCommand(pb.FleetBroadcastRequest(
-                    query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY),
-                    timeout=o.timeout)
-            if r.commands < o.agents:
-                raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
+            _broadcast(port, dep, o)
         daemon = Server([sys.executable, "-m", "personalizer.cli", "--log-level", "WARNING", "serve", "--config",
                          str(dep.server_config)])
         try:
             results = {"bare": _phase("bare grpc.aio", bare, lambda pid: os.kill(pid, signal.SIGUSR1), target,
                                       tls, o, log)}
             results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o, log, metrics_port)
+            if o.instances > 1:
+                from benchmarks import _fleet_cluster
+                results["cluster"] = _fleet_cluster.run(o.instances, dep, o, log, sys.modules[__name__])
+        except BenchError as exc:
+            print(f"bench fleet: {exc}", file=sys.stderr)
+            return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
         except (RuntimeError, TimeoutError):
             log.flush()
             print("bench fleet: the clients' log ends:\n" + (Path(tmp) / "clients.log").read_text()[-3000:],
@@ -296,6 +315,7 @@ def main(argv: list[str]) -> dict:
     reconnect_ratio = p["reconnect_s"] / p["connect_s"] if p["connect_s"] > 0 else None
     return {
         "benchmark": "fleet", "agents": o.agents, "client_processes": o.processes, "agents_per_instance": o.agents,
+        **({"cluster": results["cluster"]} if "cluster" in results else {}),
         "fd_limit": fd_limit,
         "units": {"connect_s": "s", "rss_bytes": "bytes", "idle_cpu_fraction": "CPU seconds per second",
                   "command_reach_s": "s", "reconnect_s": "s"},
