@@ -403,9 +403,8 @@ class SqlFleetStore:
                                 [(t, st, t) for st, t in last_seen.items()])])
 
     async def set_connected(self, station, connected) -> None:
-        async with self._lock:
-            await self.db.execute("UPDATE fleet_stations SET connected = ? WHERE station = ?",
-                                   (int(connected), station))
+        """In the group commit: a storm's thousands of ended streams share commits with its hellos."""
+        await self.db.tx([("UPDATE fleet_stations SET connected = ? WHERE station = ?", (int(connected), station))])
 
     async def add_command(self, cmd: Command) -> Command:
         now = self._clock()
@@ -613,9 +612,9 @@ class SqlFleetStore:
                       tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
 
     async def audit(self, actor, action, outcome, detail) -> None:
-        async with self._lock:
-            await self.db.execute("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
-                                   (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))
+        """One row, committed when this returns; in the group commit (a storm's refusals are audited each)."""
+        await self.db.tx([("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
+                           (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))])
 
     async def audit_rows(self, limit=100) -> list[dict]:
         return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}
