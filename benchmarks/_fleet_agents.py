@@ -5,14 +5,18 @@ jitter) with its own client certificate (station ``BENCH-<i>``, issued here from
 TLS CA key with the personalizer's certificate profile) and its own channel (``grpc.use_local_subchannel_pool``: channels with equal arguments
 would otherwise share one TCP connection). The inventory and the executor are stand-ins that record when
 a command arrived. Prints JSON lines: ``connected`` (all welcomed once), ``command`` (all got one, with
-the latest arrival time), ``reconnected`` (all welcomed again). Runs until killed.
+the latest arrival time), ``reconnected`` (all welcomed again); ``connected`` and ``reconnected`` carry each
+agent's welcome time and hello-to-welcome latency and the failed attempts by reason (station URIs masked).
+Runs until killed.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent.fleet import DeviceInfo, FleetAgent, Options, Outcome
 from personalizer.ca import profiles
 
+_STATION = re.compile(r"urn:cns:station:\S+")
 OPTIONS = Options(initial_backoff=0.5, max_backoff=5.0, jitter=2.0, min_stream_seconds=0, welcome_timeout=60,
                   call_timeout=30)
 
@@ -96,15 +101,31 @@ async def main() -> None:
         tasks.append(asyncio.create_task(a.run()))
         await asyncio.sleep(0)
 
+    def failures() -> collections.Counter:
+        out = collections.Counter()
+        for a in agents:
+            for reason, n in a.stats.failures.items():
+                out[_STATION.sub("<station>", reason)[:120]] += n
+        return out
+
+    welcomed: list[float] = [0.0] * len(agents)   # time.time() of each agent's welcome on the current server
     while not all(a.stats.welcomes >= 1 for a in agents):
         await asyncio.sleep(0.1)
-    emit("connected")
+    emit("connected", welcomed=[a.stats.welcomed_at for a in agents],
+         welcome_latency=[a.stats.welcome_seconds for a in agents], failures=failures())
     while len(rec.got) < o.count:
         await asyncio.sleep(0.05)
+    before = failures()
     emit("command", latest=max(rec.got.values()))
     while not all(a.stats.welcomes >= 2 for a in agents):
-        await asyncio.sleep(0.1)
-    emit("reconnected")
+        for k, a in enumerate(agents):   # the first welcome of the restarted server (a third may follow)
+            if a.stats.welcomes >= 2 and not welcomed[k]:
+                welcomed[k] = a.stats.welcomed_at
+        await asyncio.sleep(0.05)
+    for k, a in enumerate(agents):
+        welcomed[k] = welcomed[k] or a.stats.welcomed_at
+    emit("reconnected", welcomed=welcomed, welcome_latency=[a.stats.welcome_seconds for a in agents],
+         failures=failures() - before)
     await asyncio.Event().wait()
 
 

@@ -14,14 +14,21 @@ Targets (issue 15 item 6, on this machine at 20,000 agents): personalizer RSS < 
 a small N (CI) reports them without judging speed. At a large N the open-file limit is raised for the
 server and the clients (``_raise_fd_limit``: the hard limit too when run as root; otherwise a one-line
 error names the limit to raise), client processes default to one per ``AGENTS_PER_PROCESS`` agents, and
-the clients' logs (every agent's reconnect warnings) go to a file, not the terminal. Usage:
-scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S]
+the clients' logs (every agent's reconnect warnings) go to a file, not the terminal.
+
+Each phase also reports its instruments (``connect`` / ``reconnect``): per-agent times to the welcome
+(percentiles and a histogram), the agents' failed attempts by reason, and for the personalizer the
+daemon's own hello timing (``cns_fleet_hello_seconds``: waiting for the hello, recording it). With
+``--instances K`` the fleet also runs on 1 and then K instances over one PostgreSQL store behind haproxy
+(``benchmarks._fleet_cluster``): agents per instance, each instance's RSS and idle CPU. Usage:
+scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S] [--instances K]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -91,6 +98,19 @@ def _allow_connections(server_config: Path, n: int) -> None:
     server_config.write_text(text.replace("[server]\n", f"[server]\nmax_connections = {n}\n", 1))
 
 
+def _enable_metrics(server_config: Path, port: int) -> None:
+    """The daemon's Prometheus endpoint on ``port`` (the bench reads ``cns_fleet_hello_seconds`` from it), and
+    no enrollment port: the deployment puts it on the port after ``listen``, which one of the N agents' own
+    ephemeral ports may hold when the daemon restarts (seen at 5,000: "cannot listen on …: in use")."""
+    text = server_config.read_text()
+    text, n = re.subn(r"\[metrics\]\nenabled = \w+\nhttp_host = (\S+)\nhttp_port = \d+\n",
+                      lambda m: f"[metrics]\nenabled = true\nhttp_host = {m.group(1)}\nhttp_port = {port}\n", text)
+    text, e = re.subn(r"\[enrollment\]\nenabled = \w+\n", "[enrollment]\nenabled = false\n", text)
+    if n != 1 or e != 1:
+        raise BenchError(f"{server_config} has no [metrics] or [enrollment] section as the deployment writes them")
+    server_config.write_text(text)
+
+
 class Server:
     def __init__(self, argv: list[str]):
         self.argv = argv
@@ -148,13 +168,74 @@ class Clients:
             p.wait()
 
 
-def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log) -> dict:
+SPREAD_BOUNDS = (1, 2, 5, 10, 20, 30, 60, 120)   # seconds: the per-agent histograms' upper bounds
+
+
+def _spread(seconds: list[float]) -> dict:
+    """Percentiles and a histogram ([upper bound in s, agents within it] pairs) of per-agent times."""
+    xs = sorted(seconds)
+    if not xs:
+        return {}
+    pick = lambda q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)   # noqa: E731
+    hist = [[b, sum(1 for x in xs if x <= b)] for b in SPREAD_BOUNDS]
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(xs[-1], 3), "agents_within_s": hist}
+
+
+def _failures(reports: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for r in reports:
+        for reason, n in r["failures"].items():
+            out[reason] = out.get(reason, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _hello_histogram(metrics_port: int | None) -> dict:
+    """The daemon's ``cns_fleet_hello_seconds`` (per stage: count, mean, agents per upper bound)."""
+    if not metrics_port:
+        return {}
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).read().decode()
+    out: dict[str, dict] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "cns_fleet_hello_seconds":
+            continue
+        for smp in fam.samples:
+            st = out.setdefault(smp.labels["stage"], {"le": {}})
+            if smp.name.endswith("_bucket"):
+                st["le"][smp.labels["le"]] = int(smp.value)
+            elif smp.name.endswith("_count"):
+                st["count"] = int(smp.value)
+            elif smp.name.endswith("_sum"):
+                st["sum_s"] = round(smp.value, 3)
+    for st in out.values():
+        st["mean_s"] = round(st.get("sum_s", 0) / st["count"], 4) if st.get("count") else None
+    return out
+
+
+def _broadcast(port: int, dep, o) -> None:
+    """FleetAdmin.BroadcastCommand (refresh inventory to chamber RM: every bench agent) with the admin's certificate."""
+    tls, admin = dep.root / "tls", dep.admin_config.parent
+    creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
+                                         private_key=(admin / "client.key.pem").read_bytes(),
+                                         certificate_chain=(admin / "client.pem").read_bytes())
+    with grpc.secure_channel(f"localhost:{port}", creds) as ch:
+        r = fleet_pb2_grpc.FleetAdminStub(ch).BroadcastCommand(pb.FleetBroadcastRequest(
+            query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY), timeout=o.timeout)
+    if r.commands < o.agents:
+        raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
+
+
+def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log, metrics_port=None) -> dict:
     server.start()
     clients = Clients(target, tls, o.agents, o.processes, log)
     try:
         ready = clients.wait("ready", o.timeout)
         connected = clients.wait("connected", o.timeout)
         connect_s = max(c["t"] - r["t"] for r, c in zip(ready, connected))
+        connect_detail = {"per_agent_s": _spread([t - r["t"] for r, c in zip(ready, connected) for t in c["welcomed"]]),
+                          "hello_to_welcome_s": _spread([x for c in connected for x in c["welcome_latency"]]),
+                          "failures": _failures(connected), "server_hello": _hello_histogram(metrics_port)}
         pid = server.proc.pid
         cpu0, t0 = _cpu_seconds(pid), time.monotonic()
         time.sleep(o.idle_seconds)
@@ -163,16 +244,23 @@ def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log) -
         t_trigger = time.time()
         trigger(pid)
         reach_s = max(c["latest"] for c in clients.wait("command", o.timeout)) - t_trigger
+        t_stop = time.time()
         server.stop()
         t_restart = server.start()
-        reconnect_s = max(c["t"] for c in clients.wait("reconnected", o.timeout)) - t_restart
+        reconnected = clients.wait("reconnected", o.timeout)
+        reconnect_s = max(c["t"] for c in reconnected) - t_restart
+        reconnect_detail = {"down_s": round(t_restart - t_stop, 3),
+                            "per_agent_s": _spread([t - t_restart for c in reconnected for t in c["welcomed"]]),
+                            "hello_to_welcome_s": _spread([x for c in reconnected for x in c["welcome_latency"]]),
+                            "failures": _failures(reconnected), "server_hello": _hello_histogram(metrics_port)}
     finally:
         clients.stop()
         server.stop()
     print(f"bench fleet: {name}: connect {connect_s:.2f} s, rss {rss / 2**20:.0f} MiB, idle cpu "
           f"{100 * idle_cpu:.1f} %, command reach {reach_s:.3f} s, reconnect {reconnect_s:.2f} s", file=sys.stderr)
     return {"connect_s": round(connect_s, 3), "rss_bytes": rss, "idle_cpu_fraction": round(idle_cpu, 4),
-            "command_reach_s": round(reach_s, 4), "reconnect_s": round(reconnect_s, 3)}
+            "command_reach_s": round(reach_s, 4), "reconnect_s": round(reconnect_s, 3),
+            "connect": connect_detail, "reconnect": reconnect_detail}
 
 
 def main(argv: list[str]) -> dict:
@@ -182,6 +270,8 @@ def main(argv: list[str]) -> dict:
                     help=f"client processes (default: one per {AGENTS_PER_PROCESS} agents)")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--instances", type=int, default=1,
+                    help="also measure K personalizer instances on PostgreSQL behind haproxy (and 1 beside them)")
     o = ap.parse_args(argv)
     if o.agents < 1:
         ap.error("--agents must be at least 1")
@@ -197,25 +287,24 @@ def main(argv: list[str]) -> dict:
         tls = dep.root / "tls"
         target = f"localhost:{port}"
         bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port)])
-        admin = dep.admin_config.parent
         _allow_connections(dep.server_config, o.agents + 64)
+        metrics_port = _free_port()
+        _enable_metrics(dep.server_config, metrics_port)
 
         def broadcast(_pid):
-            creds = grpc.ssl_channel_credentials(root_certificates=(tls / "tls-ca.pem").read_bytes(),
-                                                 private_key=(admin / "client.key.pem").read_bytes(),
-                                                 certificate_chain=(admin / "client.pem").read_bytes())
-            with grpc.secure_channel(target, creds) as ch:
-                r = fleet_pb2_grpc.FleetAdminStub(ch).BroadcastCommand(pb.FleetBroadcastRequest(
-                    query=pb.FleetInventoryQuery(chamber="RM"), kind=pb.FLEET_COMMAND_REFRESH_INVENTORY),
-                    timeout=o.timeout)
-            if r.commands < o.agents:
-                raise RuntimeError(f"broadcast reached {r.commands} stations of {o.agents}")
+            _broadcast(port, dep, o)
         daemon = Server([sys.executable, "-m", "personalizer.cli", "--log-level", "WARNING", "serve", "--config",
                          str(dep.server_config)])
         try:
             results = {"bare": _phase("bare grpc.aio", bare, lambda pid: os.kill(pid, signal.SIGUSR1), target,
                                       tls, o, log)}
-            results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o, log)
+            results["personalizer"] = _phase("personalizer", daemon, broadcast, target, tls, o, log, metrics_port)
+            if o.instances > 1:
+                from benchmarks import _fleet_cluster
+                results["cluster"] = _fleet_cluster.run(o.instances, dep, o, log, sys.modules[__name__])
+        except BenchError as exc:
+            print(f"bench fleet: {exc}", file=sys.stderr)
+            return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
         except (RuntimeError, TimeoutError):
             log.flush()
             print("bench fleet: the clients' log ends:\n" + (Path(tmp) / "clients.log").read_text()[-3000:],
@@ -226,6 +315,7 @@ def main(argv: list[str]) -> dict:
     reconnect_ratio = p["reconnect_s"] / p["connect_s"] if p["connect_s"] > 0 else None
     return {
         "benchmark": "fleet", "agents": o.agents, "client_processes": o.processes, "agents_per_instance": o.agents,
+        **({"cluster": results["cluster"]} if "cluster" in results else {}),
         "fd_limit": fd_limit,
         "units": {"connect_s": "s", "rss_bytes": "bytes", "idle_cpu_fraction": "CPU seconds per second",
                   "command_reach_s": "s", "reconnect_s": "s"},

@@ -430,7 +430,7 @@ class Daemon:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.fleet is not None:
-            self.fleet.hub.close_all()   # fleet streams end now, normally: their agents reconnect
+            self.fleet.close_streams()   # fleet streams end now, normally: their agents reconnect, spread
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
         if self.server is not None:

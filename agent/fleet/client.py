@@ -16,15 +16,18 @@ than ``Options.min_stream_seconds``, the agent tries one ``Fleet.Poll``: if that
 proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_seconds`` before trying a
 stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
 When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
-with exponential backoff and jitter (tenacity). A stream that lasted, or that the server ended cleanly
-(it stops: ``Hub.close_all``), is reopened after a short random pause, so a restarted daemon is not
-reconnected by every agent at once.
+with exponential backoff and full jitter (``backoff``, tenacity). A stream that lasted, or that the server ended cleanly
+(it stops: ``Hub.close_all``), is reopened after a random pause within the window the daemon named in the
+stream's trailing metadata (``cns-reconnect-spread-ms``: its streams over the hellos a second it admits;
+at least ``jitter``, at most ``MAX_RECONNECT_SPREAD``), so a restarted daemon, or the instance that takes
+over, is not reconnected by every agent at once.
 
 Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never ``personalizer``.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_fixed, wait_random_exponential
 
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 from station_config import StationConfig, channel as station_channel
@@ -40,6 +43,8 @@ from station_config import StationConfig, channel as station_channel
 log = logging.getLogger(__name__)
 
 MAX_POLL_MESSAGES = 256
+SPREAD_KEY = "cns-reconnect-spread-ms"   # a stopping daemon's hint, in the trailing metadata of the stream it ends
+MAX_RECONNECT_SPREAD = 600.0             # seconds: the most a hint may make an agent wait
 # how a stream fails when the network (a proxy) breaks it, rather than the personalizer refusing it
 BROKEN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
                           grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED})
@@ -92,6 +97,16 @@ class Options:
     call_timeout: float = 30.0
 
 
+def backoff(o: Options):
+    """The wait before the next attempt when the personalizer is unreachable or refuses: full jitter over a window
+    doubling from ``initial_backoff``, i.e. ``initial_backoff`` + uniform [0, min(max_backoff - initial_backoff,
+    initial_backoff × 2^(attempt-1))] (tenacity's ``wait_random_exponential``, the floor added rather than its
+    ``min``, which bounds the draw only since tenacity 9, jd/tenacity#425). "Exponential plus 0-2 s" sent a fleet
+    cut off together back in one 2-second wave every ``max_backoff`` (tests/fleet/test_backoff.py)."""
+    return wait_fixed(o.initial_backoff) + wait_random_exponential(multiplier=o.initial_backoff,
+                                                                   max=max(0.0, o.max_backoff - o.initial_backoff))
+
+
 class _Unreachable(Exception):
     """Neither a stream nor a poll reached the personalizer."""
 
@@ -107,6 +122,10 @@ class _Stats:
     heartbeat_seconds: float = 30.0
     poll_seconds: float = 60.0
     events: list = field(default_factory=list)
+    failures: collections.Counter = field(default_factory=collections.Counter)   # "CODE: details" -> attempts
+    welcome_seconds: float = 0.0   # the last stream's time from opening it to its welcome
+    welcomed_at: float = 0.0       # time.time() of the last welcome
+    reconnect_spread: float = 0.0  # the window the last stream's end told this agent to reconnect within
 
 
 class FleetAgent:
@@ -137,12 +156,12 @@ class FleetAgent:
         o = self.options
         try:
             while True:
-                # tenacity >= 8.2 (pyproject): exponential from initial_backoff, capped, plus random jitter
-                retrying = AsyncRetrying(wait=wait_exponential(multiplier=o.initial_backoff, max=o.max_backoff)
-                                         + wait_random(0, o.jitter),
-                                         retry=retry_if_exception_type(_Unreachable), reraise=True)
+                retrying = AsyncRetrying(wait=backoff(o), retry=retry_if_exception_type(_Unreachable), reraise=True)
                 await retrying(self._attempt)
-                await asyncio.sleep(random.uniform(0, o.jitter))
+                # a stopping daemon's streams all end at once: reconnect at a random point of the window it
+                # named (its fleet's size over its admission rate), not all within ``jitter``
+                await asyncio.sleep(random.uniform(0, max(o.jitter, self.stats.reconnect_spread)))
+                self.stats.reconnect_spread = 0.0
         finally:
             for t in list(self._tasks):
                 t.cancel()
@@ -214,8 +233,10 @@ class FleetAgent:
                 return   # the server ended the stream (OK): it is stopping or handing agents over; reopen
             except _Unreachable as exc:   # connected, but no welcome: something in between eats the stream
                 self.stats.last_error = str(exc)
+                self.stats.failures[self.stats.last_error] += 1
             except grpc.aio.AioRpcError as exc:
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                self.stats.failures[self.stats.last_error] += 1
                 log.warning("fleet stream to the personalizer ended: %s", self.stats.last_error)
                 if exc.code() not in BROKEN_CODES:   # refused: not the network's fault; back off, do not poll
                     raise _Unreachable(self.stats.last_error) from None
@@ -230,16 +251,19 @@ class FleetAgent:
         self.stats.streams += 1
         call = stub.Connect()
         writer: asyncio.Task | None = None
+        opened = time.monotonic()
         try:
             await call.write(await self._hello())
             first = await asyncio.wait_for(call.read(), self.options.welcome_timeout)
             if first is grpc.aio.EOF or not first.HasField("welcome"):
                 raise _Unreachable("the personalizer did not answer the hello with a welcome")
+            self.stats.welcome_seconds = time.monotonic() - opened
             self._welcomed(first.welcome, "streaming")
             writer = asyncio.create_task(self._write(call))
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
+                    self.stats.reconnect_spread = _spread_hint(await call.trailing_metadata())
                     return
                 if msg.HasField("command"):
                     self._dispatch(msg.command)
@@ -252,6 +276,7 @@ class FleetAgent:
 
     def _welcomed(self, w: pb.FleetWelcome, mode: str) -> None:
         self.stats.welcomes += 1
+        self.stats.welcomed_at = time.time()
         self.stats.mode = mode
         self.stats.station = w.station
         self.stats.heartbeat_seconds = max(1, w.heartbeat_seconds or 30)
@@ -287,6 +312,7 @@ class FleetAgent:
                     if not m.HasField("hello"):
                         self._queue(m, front=True)
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                self.stats.failures["poll " + self.stats.last_error] += 1
                 log.warning("fleet poll failed: %s", self.stats.last_error)
                 raise _Unreachable(self.stats.last_error) from None
             if hello:
@@ -296,6 +322,18 @@ class FleetAgent:
             for cmd in resp.commands:
                 self._dispatch(cmd)
             await self._wait_outgoing(min(self.stats.poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+def _spread_hint(metadata) -> float:
+    """Seconds from a stopping daemon's ``cns-reconnect-spread-ms``, within [0, ``MAX_RECONNECT_SPREAD``]; 0 when
+    absent or not a number (the server's word bounds a wait, it never stops the agent)."""
+    for key, value in metadata or ():
+        if key == SPREAD_KEY:
+            try:
+                return min(MAX_RECONNECT_SPREAD, max(0.0, int(value) / 1000))
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 async def run(cfg: StationConfig, inventory: Inventory, executor: Executor, *, version: str,

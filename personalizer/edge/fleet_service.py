@@ -6,7 +6,9 @@ A station is who its mTLS certificate says (``identity.current_identity()``, res
 writes the station's open commands from the store whenever the hub wakes it; the agent's messages are
 read by a task of the call. A stream silent for ``3 × heartbeat`` is closed (a dead agent behind a
 proxy). ``Poll`` takes the same messages in one call and answers with the open commands: both paths go
-through ``_handle``, so the server treats them alike.
+through ``_handle``, so the server treats them alike. When the daemon stops (``close_streams``) every
+stream ends with OK and the trailing metadata ``cns-reconnect-spread-ms``: the window, scaled by the
+streams it held, over which its agents spread their reconnects.
 
 Refusals (bad or oversize inventory, too many hellos, a report on a command never sent to this
 station, a second hello on one stream) get their status code, a row in the fleet audit and change
@@ -28,7 +30,7 @@ import grpc
 from personalizer.edge import identity
 from personalizer.errors import FailedPrecondition, InvalidRequest, NotFound, PersonalizerError
 from personalizer.fleet import rollout_rules as rr, store as fs
-from personalizer.fleet.hub import Hub, Replaced, Session
+from personalizer.fleet.hub import Hub, Replaced, Session, Stopping
 from personalizer.fleet.metrics import FleetFigures
 from personalizer.fleet.rollouts import Rollouts
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
@@ -41,6 +43,7 @@ MAX_KEYSETS = 8
 MAX_TEXT = 128
 MAX_POLL_MESSAGES = 256
 MAX_WITHIN_DAYS = 3650
+SPREAD_KEY = "cns-reconnect-spread-ms"   # trailing metadata of a stream ended by a stopping daemon
 _TEXT_RE = re.compile(r"[\x20-\x7e]*")
 
 KINDS = {pb.FLEET_COMMAND_REFRESH_INVENTORY: "refresh_inventory", pb.FLEET_COMMAND_RENEW_DUE: "renew_due",
@@ -163,10 +166,14 @@ def _unary(fn):
 class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     def __init__(self, store: fs.FleetStore, hub: Hub, *, heartbeat_seconds: float = 30, poll_seconds: float = 60,
                  hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic,
-                 figures: FleetFigures | None = None, seen_flush_seconds: float = 5.0):
+                 figures: FleetFigures | None = None, seen_flush_seconds: float = 5.0,
+                 reconnect_admit_per_second: float = 250.0):
         self.figures = figures or FleetFigures()
         self.store = store
         self.hub = hub
+        # hellos a second this daemon admits without queueing them (bench fleet, 5,000 agents, 2 cores): when it
+        # stops, its agents are told to spread their reconnects over streams / this
+        self.reconnect_admit_per_second = reconnect_admit_per_second
         self.heartbeat_seconds = heartbeat_seconds
         self.poll_seconds = poll_seconds
         self.hello_timeout = hello_timeout
@@ -186,6 +193,12 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self._ack_done: asyncio.Future | None = None               # the pending batch's, set once it is written
         self._ack_waits: dict[str, asyncio.Future] = {}            # command id -> its batch's future
         self._ack_flusher: asyncio.Task | None = None
+
+    def close_streams(self) -> int:
+        """End every stream now, normally (the daemon stops), its agents told to spread their reconnects over
+        (streams / ``reconnect_admit_per_second``) seconds, so the restarted daemon or the surviving instance
+        is not met by the whole fleet in the same second."""
+        return self.hub.close_all(len(self.hub) / self.reconnect_admit_per_second)
 
     def welcome(self, station: str) -> pb.FleetWelcome:
         return pb.FleetWelcome(station=station, heartbeat_seconds=max(1, round(self.heartbeat_seconds)),
@@ -256,9 +269,11 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 log.exception("rollout bookkeeping failed for command %s", cmd.command_id)
 
     async def _deliver(self, session: Session) -> list[pb.FleetCommand]:
+        """The station's open commands not yet written on this session, marked SENT in a batch (``_note_sent``):
+        a restart's thousands of reconnecting streams each had a transaction of their own here."""
         cmds = [c for c in await self.store.open_commands(session.station) if c.command_id not in session.sent]
-        await self.store.mark_sent([c.command_id for c in cmds])
         session.sent.update(c.command_id for c in cmds)
+        self._note_sent([c.command_id for c in cmds])
         return [command_to_pb(c) for c in cmds]
 
     async def _read(self, it, ident: identity.Identity, session: Session) -> None:
@@ -284,6 +299,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     async def Connect(self, request_iterator, context):
         ident = identity.current_identity()
         it = request_iterator.__aiter__()
+        started = time.monotonic()
         try:
             try:
                 first = await asyncio.wait_for(it.__anext__(), self.hello_timeout)
@@ -291,7 +307,10 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                 raise InvalidRequest("hello", f"no hello within {self.hello_timeout:g} s of connecting") from None
             if first.WhichOneof("body") != "hello":
                 raise InvalidRequest("hello", "the first message of a stream must be a hello")
+            read = time.monotonic()
             await self._hello(ident, first.hello, "stream")
+            self.figures.hello_seconds["wait"].observe(read - started)
+            self.figures.hello_seconds["record"].observe(time.monotonic() - read)
         except PersonalizerError as exc:
             await self._refused(ident.uri, "Connect", exc, context)
         session = self.hub.attach(ident.uri)
@@ -306,6 +325,8 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                     await context.abort(grpc.StatusCode.ABORTED, str(item))
                 if isinstance(item, TimeoutError):
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(item))
+                if isinstance(item, Stopping):   # tell the agent how long to spread its reconnect over
+                    context.set_trailing_metadata(((SPREAD_KEY, str(round(item.spread_seconds * 1000))),))
                 if isinstance(item, BaseException):   # the agent closed its side, or the connection broke
                     return
                 if isinstance(item, list):   # new commands handed over by the hub: no store read
@@ -346,6 +367,8 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
 
     def _note_sent(self, ids: list[str]) -> None:
         """Mark written commands SENT in batches (one transaction for a broadcast's thousands of streams)."""
+        if not ids:
+            return
         self._sent_batch += ids
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_sent())

@@ -37,6 +37,10 @@ class Fleet:
         """For the daemon's Prometheus registry (``registry.register(fleet.collector())``)."""
         return FleetCollector(self.figures, self.hub, lambda: self.rollouts.snapshot)
 
+    def close_streams(self) -> int:
+        """The daemon stops: every stream ends normally, its agents told how long to spread reconnects over."""
+        return self.service.close_streams()
+
     async def close(self) -> None:
         await self.service.drain()
         await self.rollouts.stop()

@@ -19,6 +19,14 @@ class Replaced(Exception):
     """Another stream of the same station connected."""
 
 
+class Stopping(EOFError):
+    """The daemon is stopping: the stream ends normally; its agent reconnects within ``spread_seconds``."""
+
+    def __init__(self, spread_seconds: float = 0.0):
+        super().__init__("the personalizer is stopping")
+        self.spread_seconds = spread_seconds
+
+
 @dataclass(eq=False)
 class Session:
     station: str
@@ -69,11 +77,12 @@ class Hub:
         for s in list(self._sessions.values()):
             s.wake()
 
-    def close_all(self) -> int:
+    def close_all(self, spread_seconds: float = 0.0) -> int:
         """End every stream normally (the daemon is stopping): agents reconnect, to another instance or
-        to this one restarted, instead of seeing their calls cancelled at the end of the grace period."""
+        to this one restarted, instead of seeing their calls cancelled at the end of the grace period;
+        ``spread_seconds``: the window they are told to spread their reconnects over."""
         for s in list(self._sessions.values()):
-            s.fail(EOFError("the personalizer is stopping"))
+            s.fail(Stopping(spread_seconds))
         return len(self._sessions)
 
     def is_connected(self, station: str) -> bool:

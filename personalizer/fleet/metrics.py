@@ -7,14 +7,37 @@ state), from the metrics server's thread without touching the database. Imports 
 
 Families: ``cns_fleet_streams_connected``, ``cns_fleet_stations_known``, ``cns_fleet_hellos_total{path}``,
 ``cns_fleet_polls_total``, ``cns_fleet_refusals_total{code}``, ``cns_fleet_command_reports_total{state}``,
-``cns_fleet_rollouts{state}``, ``cns_fleet_rollout_targets{rollout_id,name,state}``.
+``cns_fleet_rollouts{state}``, ``cns_fleet_rollout_targets{rollout_id,name,state}``,
+``cns_fleet_hello_seconds{stage}`` (a histogram of each accepted stream hello: ``wait`` from the
+handler's start to the hello read, ``record`` the store's write of it).
 """
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+HELLO_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Histogram:
+    """Observations counted per upper bound (``HELLO_BUCKETS``), in the loop; read from the metrics thread."""
+    counts: list = field(default_factory=lambda: [0] * (len(HELLO_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = next((k for k, b in enumerate(HELLO_BUCKETS) if seconds <= b), len(HELLO_BUCKETS))
+        self.counts[i] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, n = [], 0
+        for b, c in zip((*map(str, HELLO_BUCKETS), "+Inf"), self.counts):
+            n += c
+            out.append((b, n))
+        return out
 
 
 @dataclass
@@ -23,6 +46,7 @@ class FleetFigures:
     polls: int = 0
     refusals: collections.Counter = field(default_factory=collections.Counter)
     reports: collections.Counter = field(default_factory=collections.Counter)
+    hello_seconds: dict = field(default_factory=lambda: {"wait": Histogram(), "record": Histogram()})
 
 
 @dataclass(frozen=True)
@@ -68,3 +92,8 @@ class FleetCollector:
         for rid, name, state, n in snap.targets:
             g.add_metric([rid, name, state], n)
         yield g
+        h = HistogramMetricFamily("cns_fleet_hello_seconds", "stream hellos: wait for it, record it",
+                                  labels=["stage"])
+        for stage, hist in f.hello_seconds.items():
+            h.add_metric([stage], hist.buckets(), hist.total)
+        yield h

@@ -16,6 +16,7 @@ Imports ``fleet.db`` and ``personalizer.errors`` only; no grpc, no proto, no edg
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -229,6 +230,7 @@ class FleetStore(Protocol):
 
 
 CAS_ATTEMPTS = 8
+HELLO_BATCH = 256   # hellos per transaction: a storm's batches keep the write lock briefly each
 LIVE_SECONDS = 100.0   # 3 heartbeats of 30 s and a batch of last-seen writes
 
 _LIVE = "(s.connected = 1 AND s.last_seen >= ?)"
@@ -261,6 +263,8 @@ class SqlFleetStore:
         # a station reads as connected while flagged and heard from within this (set by wiring from the
         # heartbeat): over a shared store a killed instance never clears its stations' flags
         self.live_seconds = LIVE_SECONDS
+        self._hellos: list[tuple[tuple, asyncio.Future]] = []   # waiting for the next batch (record_hello)
+        self._hello_writer: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, path: Path, *, clock=time.time) -> "SqlFleetStore":
@@ -296,34 +300,77 @@ class SqlFleetStore:
     async def _tx(self, statements: list[tuple[str, tuple]]) -> None:
         await self.db.tx(statements)
 
-    @staticmethod
-    def _device_rows(station: str, devices: list[Device], now: float) -> list[tuple[str, tuple]]:
+    @classmethod
+    def _device_rows(cls, station: str, devices: list[Device], now: float) -> list[tuple[str, tuple]]:
         out = []
         for d in devices:
-            out.append(("INSERT INTO fleet_devices VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (station, serial) DO"
-                        " UPDATE SET kind = excluded.kind, model = excluded.model, firmware_version ="
-                        " excluded.firmware_version, partition_version = excluded.partition_version, token_release ="
-                        " excluded.token_release, reader = excluded.reader, last_seen = excluded.last_seen",
-                        (station, d.serial, d.kind, d.model, d.firmware_version, d.partition_version,
-                         d.token_release, d.reader, now)))
+            out.append((cls._DEVICE_SQL, (station, d.serial, d.kind, d.model, d.firmware_version,
+                                          d.partition_version, d.token_release, d.reader, now)))
             out.append(("DELETE FROM fleet_certificates WHERE station = ? AND serial = ?", (station, d.serial)))
-            out += [("INSERT INTO fleet_certificates VALUES (?,?,?,?) ON CONFLICT (station, serial, keyset)"
-                     " DO UPDATE SET not_after = excluded.not_after",
-                     (station, d.serial, k.keyset, int(k.not_after))) for k in d.certificates]
+            out += [(cls._CERT_SQL, (station, d.serial, k.keyset, int(k.not_after))) for k in d.certificates]
         return out
 
+    _HELLO_SQL = ("INSERT INTO fleet_stations (station, chamber, station_id, agent_version, readers, first_seen,"
+                  " last_seen, connected) VALUES (?,?,?,?,?,?,?,1) ON CONFLICT(station) DO UPDATE SET"
+                  " agent_version = excluded.agent_version, readers = excluded.readers,"
+                  " last_seen = excluded.last_seen, connected = 1")
+    _DEVICE_SQL = ("INSERT INTO fleet_devices VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (station, serial) DO"
+                   " UPDATE SET kind = excluded.kind, model = excluded.model, firmware_version ="
+                   " excluded.firmware_version, partition_version = excluded.partition_version, token_release ="
+                   " excluded.token_release, reader = excluded.reader, last_seen = excluded.last_seen")
+    _CERT_SQL = ("INSERT INTO fleet_certificates VALUES (?,?,?,?) ON CONFLICT (station, serial, keyset)"
+                 " DO UPDATE SET not_after = excluded.not_after")
+
     async def record_hello(self, station, chamber, station_id, agent_version, readers, devices) -> None:
-        """The station's whole inventory as its hello states it (devices not named are gone)."""
-        now = self._clock()
-        await self._tx([
-            ("INSERT INTO fleet_stations (station, chamber, station_id, agent_version, readers, first_seen,"
-             " last_seen, connected) VALUES (?,?,?,?,?,?,?,1) ON CONFLICT(station) DO UPDATE SET"
-             " agent_version = excluded.agent_version, readers = excluded.readers,"
-             " last_seen = excluded.last_seen, connected = 1",
-             (station, chamber, station_id, agent_version, json.dumps(list(readers)), now, now)),
-            ("DELETE FROM fleet_devices WHERE station = ?", (station,)),
-            ("DELETE FROM fleet_certificates WHERE station = ?", (station,)),
-            *self._device_rows(station, devices, now)])
+        """The station's whole inventory as its hello states it (devices not named are gone).
+
+        Hellos asked for together (a reconnect storm) are written together: one ``executemany`` per table
+        in one transaction, a few database jobs for hundreds of hellos instead of ~11 each (measured at
+        5,000 agents: a mean 8-10 s queued here per hello). Returns once its rows are committed; when the
+        database refuses a batch, each of its hellos is written alone, so only the bad one raises."""
+        fut = asyncio.get_running_loop().create_future()
+        self._hellos.append(((station, chamber, station_id, agent_version, list(readers), list(devices)), fut))
+        if self._hello_writer is None or self._hello_writer.done():
+            self._hello_writer = asyncio.create_task(self._write_hellos())
+        await asyncio.shield(fut)   # a caller cancelled meanwhile still has its hello written (or refused)
+
+    async def _write_hellos(self) -> None:
+        await asyncio.sleep(0)   # the hellos of callers woken with this one join its batch
+        while self._hellos:
+            batch, self._hellos = self._hellos[:HELLO_BATCH], self._hellos[HELLO_BATCH:]
+            await self._write_hello_batch(batch, self._clock())
+
+    async def _write_hello_batch(self, batch: list, now: float) -> None:
+        """One transaction; refused, its halves apart (a bad hello costs log2(batch) transactions, not one
+        per hello), down to the one hello that raises to its caller."""
+        last = {h[0]: h for h, _fut in batch}   # a station twice in one batch: its last hello wins
+        try:
+            await self.db.tx(many=self._hello_rows(list(last.values()), now))
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                return
+            half = len(batch) // 2
+            await self._write_hello_batch(batch[:half], now)
+            await self._write_hello_batch(batch[half:], now)
+            return
+        for _h, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+    @classmethod
+    def _hello_rows(cls, hellos: list[tuple], now: float) -> list[tuple[str, list]]:
+        stations, gone, devices, certs = [], [], [], []
+        for station, chamber, station_id, agent_version, readers, devs in hellos:
+            stations.append((station, chamber, station_id, agent_version, json.dumps(readers), now, now))
+            gone.append((station,))
+            for d in devs:
+                devices.append((station, d.serial, d.kind, d.model, d.firmware_version, d.partition_version,
+                                d.token_release, d.reader, now))
+                certs += [(station, d.serial, k.keyset, int(k.not_after)) for k in d.certificates]
+        return [(cls._HELLO_SQL, stations), ("DELETE FROM fleet_devices WHERE station = ?", gone),
+                ("DELETE FROM fleet_certificates WHERE station = ?", gone),
+                (cls._DEVICE_SQL, devices), (cls._CERT_SQL, certs)]
 
     async def apply_delta(self, station, present, removed, readers) -> None:
         now = self._clock()
@@ -356,9 +403,8 @@ class SqlFleetStore:
                                 [(t, st, t) for st, t in last_seen.items()])])
 
     async def set_connected(self, station, connected) -> None:
-        async with self._lock:
-            await self.db.execute("UPDATE fleet_stations SET connected = ? WHERE station = ?",
-                                   (int(connected), station))
+        """In the group commit: a storm's thousands of ended streams share commits with its hellos."""
+        await self.db.tx([("UPDATE fleet_stations SET connected = ? WHERE station = ?", (int(connected), station))])
 
     async def add_command(self, cmd: Command) -> Command:
         now = self._clock()
@@ -401,6 +447,8 @@ class SqlFleetStore:
                                                       (station, PENDING, SENT))]
 
     async def mark_sent(self, command_ids) -> None:
+        if not command_ids:   # every stream's first delivery, usually with nothing to send
+            return
         now = self._clock()
         await self.db.tx(many=[("UPDATE fleet_commands SET state = ?, updated = ? WHERE command_id = ? AND state = ?",
                                 [(SENT, now, i, PENDING) for i in command_ids])])
@@ -564,9 +612,9 @@ class SqlFleetStore:
                       tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
 
     async def audit(self, actor, action, outcome, detail) -> None:
-        async with self._lock:
-            await self.db.execute("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
-                                   (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))
+        """One row, committed when this returns; in the group commit (a storm's refusals are audited each)."""
+        await self.db.tx([("INSERT INTO fleet_audit (at, actor, action, outcome, detail) VALUES (?,?,?,?,?)",
+                           (self._clock(), actor, action, outcome, json.dumps(detail, sort_keys=True)))])
 
     async def audit_rows(self, limit=100) -> list[dict]:
         return [{"at": r[0], "actor": r[1], "action": r[2], "outcome": r[3], "detail": json.loads(r[4])}

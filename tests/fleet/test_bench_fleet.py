@@ -3,10 +3,13 @@ the reference is the bare server of the same run. No speed is asserted (CI machi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, require
 
 
 def test_bench_fleet_small_sample():
@@ -20,4 +23,32 @@ def test_bench_fleet_small_sample():
         assert f["connect_s"] > 0 and f["command_reach_s"] > 0 and f["reconnect_s"] > 0, f
         assert 10 << 20 < f["rss_bytes"] < 2 << 30 and 0 <= f["idle_cpu_fraction"] < 2
     assert abs(r["command_reach_ratio"] - r["personalizer"]["command_reach_s"] / r["bare"]["command_reach_s"]) < 0.01
+    # the reconnect's instruments: per-agent spread, failed attempts by reason, the daemon's own hello timing
+    for side in ("bare", "personalizer"):
+        for phase, total in (("connect", "connect_s"), ("reconnect", "reconnect_s")):
+            spread = r[side][phase]["per_agent_s"]
+            assert 0 < spread["p50"] <= spread["max"] <= r[side][total] + 0.5, (side, phase, spread)
+            assert spread["agents_within_s"][-1][1] <= 30 and isinstance(r[side][phase]["failures"], dict)
+    for phase in ("connect", "reconnect"):   # the restarted daemon counts only the reconnect's hellos
+        hello = r["personalizer"][phase]["server_hello"]
+        assert hello["wait"]["count"] == hello["record"]["count"] == 30, hello
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+@pytest.mark.slow   # its own Patroni cluster and two daemons on top of the single-process phases: ~40 s
+def test_bench_fleet_reports_agents_per_instance_behind_haproxy():
+    """Issue 15 item 8's last sentence: ``--instances 2`` adds 1 and 2 personalizer instances on one PostgreSQL
+    store behind haproxy; every agent lands on an instance, both get some, a command reaches all of them."""
+    from personalizer.continuity.cluster import missing_tools
+    require(missing_tools() + ([] if shutil.which("haproxy") else ["haproxy (apt-get install haproxy)"]))
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "fleet", "--agents", "20", "--idle-seconds", "1",
+                          "--instances", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = r["cluster"]["layouts"]
+    assert one["instances"] == 1 and [i["agents"] for i in one["per_instance"]] == [20]
+    split = [i["agents"] for i in two["per_instance"]]
+    assert two["instances"] == 2 and sum(split) == 20 and min(split) >= 1, split
+    for layout in (one, two):
+        assert layout["connect_s"] > 0 and layout["command_reach_s"] > 0
+        assert all(10 << 20 < i["rss_bytes"] < 2 << 30 for i in layout["per_instance"])

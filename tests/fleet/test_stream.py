@@ -333,7 +333,50 @@ def test_a_refused_stream_backs_off_without_polling(deployment, tmp_path):
                 fleet.hub.close_all()
                 await support.until(lambda: agent.stats.streams >= 3, what="stream attempts")
                 assert agent.stats.polls == 0 and "RESOURCE_EXHAUSTED" in agent.stats.last_error
+                # the failed attempts by reason (what scripts/bench fleet reports for a reconnect storm)
+                refused = {r: n for r, n in agent.stats.failures.items() if r.startswith("RESOURCE_EXHAUSTED")}
+                assert sum(refused.values()) >= 1 and all("hellos a minute" in r for r in refused), refused
+                assert 0 < agent.stats.welcome_seconds < 5
+                # the server's side: one accepted hello timed per stage, on the metrics endpoint's families
+                from prometheus_client import CollectorRegistry, generate_latest
+                reg = CollectorRegistry()
+                reg.register(fleet.collector())
+                text = generate_latest(reg).decode()
+                for stage in ("wait", "record"):
+                    assert f'cns_fleet_hello_seconds_count{{stage="{stage}"}} 1.0' in text, text
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     run(go())
+
+
+def test_a_stopping_daemon_spreads_its_fleets_reconnect_over_a_window_scaled_by_its_streams(deployment, tmp_path):
+    """Ended by a daemon that stops, every agent used to come back within ``jitter`` (2 s): the whole fleet in
+    one burst onto the restarted daemon or the surviving instance. The daemon now says in the stream's
+    trailing metadata how long to spread reconnects over (its streams / ``reconnect_admit_per_second``), and
+    the agent pauses a random time within that window; a hostile or garbled hint is bounded or ignored."""
+    from agent.fleet.client import MAX_RECONNECT_SPREAD, _spread_hint
+
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", reconnect_admit_per_second=2.0) as (
+                port, fleet):
+            agents = [FleetAgent(support.station(deployment, tmp_path / f"st{i}", port, sid=f"RM-ST-{i}"),
+                                 support.FakeInventory(), support.FakeExecutor(), version="1", options=FAST)
+                      for i in range(3)]
+            tasks = [asyncio.create_task(a.run()) for a in agents]
+            try:
+                await support.until(lambda: all(a.stats.welcomes == 1 for a in agents))
+                assert fleet.close_streams() == 3
+                # 3 streams at 2 per second: reconnects spread over 1.5 s
+                await support.until(lambda: all(a.stats.reconnect_spread == 1.5 for a in agents),
+                                    what="the spread hint")
+                await support.until(lambda: all(a.stats.welcomes == 2 for a in agents), what="reconnected")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    run(go())
+    assert _spread_hint((("cns-reconnect-spread-ms", "1500"),)) == 1.5
+    assert _spread_hint((("cns-reconnect-spread-ms", str(10 ** 12)),)) == MAX_RECONNECT_SPREAD
+    assert _spread_hint((("cns-reconnect-spread-ms", "-5"),)) == 0.0
+    assert _spread_hint((("cns-reconnect-spread-ms", "soon"),)) == 0.0 and _spread_hint(None) == 0.0

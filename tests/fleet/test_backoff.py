@@ -1,0 +1,39 @@
+"""The agents' reconnect backoff (issue 15 item 6): full jitter, so a fleet cut off together does not come back
+together.
+
+With "exponential + a 0-2 s jitter" every agent of a long outage waited ``max_backoff`` (120 s) plus at most
+2 s: 20,000 agents retried in one 2-second wave every two minutes, a reconnect storm built into the client.
+Full jitter ("Full Jitter", AWS architecture blog; tenacity's ``wait_random_exponential``) draws each wait
+uniformly from the whole window, above ``initial_backoff`` and never past the cap."""
+from __future__ import annotations
+
+import statistics
+
+from tenacity import AsyncRetrying, RetryCallState
+
+from agent.fleet.client import Options, backoff
+
+
+def _waits(options: Options, attempt: int, n: int = 2000) -> list[float]:
+    strategy = backoff(options)
+    state = RetryCallState(AsyncRetrying(), None, (), {})
+    state.attempt_number = attempt
+    return [strategy(state) for _ in range(n)]
+
+
+def test_a_long_outage_spreads_the_fleets_retries_over_the_whole_window():
+    o = Options()   # production: from 1 s, capped at 120 s
+    late = _waits(o, attempt=12)   # 1 s × 2^11 > 120 s: at the cap
+    assert all(o.initial_backoff <= w <= o.max_backoff for w in late)
+    # spread over the window (uniform: about a third of it either side of the mean), not a 2-second wave
+    assert statistics.pstdev(late) > o.max_backoff / 5, statistics.pstdev(late)
+    in_any_2s = max(sum(1 for w in late if t <= w < t + 2) for t in range(0, int(o.max_backoff)))
+    assert in_any_2s < len(late) / 10, in_any_2s
+
+
+def test_the_window_still_grows_exponentially_from_the_first_retry():
+    o = Options(initial_backoff=1.0, max_backoff=120.0)
+    first = _waits(o, attempt=1)
+    assert all(1.0 <= w <= 2.0 for w in first) and statistics.pstdev(first) > 0.2   # 1 s + [0, 1 s]
+    fifth = _waits(o, attempt=5)
+    assert all(1.0 <= w <= 17.0 for w in fifth) and statistics.mean(fifth) > 6.0   # 1 s + [0, 16 s]
