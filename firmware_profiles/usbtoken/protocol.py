@@ -7,6 +7,10 @@ vendor control requests to the interface (OUT ``REQ_COMMAND`` with the request f
 (SET_REPORT the request, GET_REPORT the answer). A request is ``op`` (u8) + arguments
 (big-endian); an answer is a status (u8) + data.
 
+Image data rides a bulk OUT endpoint of the vendor interface (``OP_BULK_WRITE``): the control pipe
+carries commands and answers only. A model without that endpoint (the HID model: a HID interface has
+no bulk endpoints) writes blocks with ``OP_WRITE`` in its feature reports.
+
 Imports nothing.
 """
 REQ_COMMAND, REQ_RESPONSE = 0x01, 0x02
@@ -20,17 +24,21 @@ OP_COPY = 4      # src region u8, dst slot u8, block u32, count u16: copy blocks
 OP_SWITCH = 5    # partition u8, slot u8, length u64, sha256[32], version UTF-8: verify, then the atomic switch
 OP_CONFIRM = 6   # partition u8: the new image was read back; the old region is freed
 OP_DIGEST = 7    # region u8, length u64 → SHA-256 of the region's first ``length`` bytes
+OP_BULK_WRITE = 8  # region u8, first block u32, count u16 (≤ 256), count × SHA-256 → armed; then count blocks
+                   # on the bulk OUT endpoint; then RESPONSE: status + blocks written u16
+MAX_BULK_BLOCKS = 256
 
 REGIONS = ("cdrom", "disk", "A", "B")  # region codes 0..3: the factory homes, then the reserved area's slots
 PARTS = ("cdrom", "disk")              # partition codes 0..1
 
-ST_OK, ST_BAD_REQUEST, ST_PROTECTED, ST_VERIFY, ST_TOO_LARGE, ST_NO_SLOT = 0, 1, 2, 3, 4, 5
+ST_OK, ST_BAD_REQUEST, ST_PROTECTED, ST_VERIFY, ST_TOO_LARGE, ST_NO_SLOT, ST_BLOCK_HASH = 0, 1, 2, 3, 4, 5, 6
 STATUS_TEXT = {
     ST_BAD_REQUEST: "the token did not understand the request",
     ST_PROTECTED: "the token refused to write a region in use (live or kept image)",
     ST_VERIFY: "the token's hash of the staged image does not match",
     ST_TOO_LARGE: "the image does not fit the token's slot",
     ST_NO_SLOT: "the token's reserved area has no free slot",
+    ST_BLOCK_HASH: "a block reached the token with another SHA-256 than announced (damaged on the link)",
 }
 
 # DFU 1.1 (class requests to the DFU interface)

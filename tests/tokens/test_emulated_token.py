@@ -45,6 +45,8 @@ def test_descriptors_strings_and_class_descriptors(token, bus, model):
         assert len(ccid) == 54 and ccid[0] == 54 and ccid[1] == 0x21
         assert struct.unpack("<I", ccid[40:44])[0] & 0x00070000 == 0x00020000  # short APDU exchange
         assert 0xFF in classes  # the vendor management interface
+        eps = [(e.bEndpointAddress, e.bmAttributes, e.wMaxPacketSize) for e in classes[0xFF]]
+        assert eps == [(0x06, 2, 512)]  # its bulk OUT endpoint: partition image data (SCHEMA.md §10)
     else:
         assert 0x03 in classes
 
