@@ -185,3 +185,26 @@ def test_bulk_data_without_an_announcement_stalls(tmp_path, token_models):
     with pytest.raises(usb.core.USBError) as ei:
         link.dev.write(link.bulk_out, b"\0" * 4096)
     assert ei.value.errno == 32 and token.flash.bytes_written == before
+
+
+def test_announced_blocks_may_arrive_in_several_bulk_transfers_but_not_more(tmp_path, token_models):
+    import struct
+
+    import usb.core
+    model = token_models["cns-token-ccid"]
+    bus, token = setup_token(tmp_path, model)
+    link = UsbTokenBackend(bus).open(token.serial)
+    blocks = [bytes([i]) * 4096 for i in (1, 2, 3)]
+    header = struct.pack(">BIH", P.REGIONS.index("A"), 10, 3) + b"".join(hashlib.sha256(b).digest() for b in blocks)
+    link.request(P.OP_BULK_WRITE, header)
+    data = b"".join(blocks)
+    link.dev.write(link.bulk_out, data[:5096])
+    link.dev.write(link.bulk_out, data[5096:])
+    assert link._response("a split bulk write") == struct.pack(">H", 3)
+    assert link.hashes("A", 10, 3) == [hashlib.sha256(b).digest() for b in blocks]
+    link.request(P.OP_BULK_WRITE, header[:5] + struct.pack(">H", 1) + header[7:39])
+    with pytest.raises(usb.core.USBError) as ei:
+        link.dev.write(link.bulk_out, blocks[0] + b"x")         # one byte more than announced
+    assert ei.value.errno == 32
+    with pytest.raises(Exception, match="region in use"):
+        link.request(P.OP_BULK_WRITE, struct.pack(">BIH", P.REGIONS.index("cdrom"), 0, 1) + bytes(32))
