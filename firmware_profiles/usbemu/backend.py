@@ -24,7 +24,8 @@ import threading
 import usb.backend
 from usb.core import USBError
 
-from firmware_profiles.usbemu.descriptors import string_descriptor
+from firmware_profiles.usbemu.descriptors import (MSOS_VENDOR_CODE, bos_descriptor, string_descriptor,
+                                                  winusb_descriptor_set)
 from firmware_profiles.usbemu.flash import PowerCut
 from firmware_profiles.usbemu.token import EmulatedToken, Stall
 
@@ -240,9 +241,14 @@ class EmulatedUsbBus(usb.backend.IBackend):
                     raw = e.config.raw()
                 elif kind == 3 and (index == 0 or index in e.token.strings()):
                     raw = string_descriptor(index, e.token.strings())
+                elif kind == 0x0F and e.token.winusb() is not None:   # BOS: Microsoft OS 2.0 capability
+                    raw = bos_descriptor(e.token.winusb())
                 else:
                     raise Stall()
                 return self._charged(e, "control", self._fill(data, raw))
+            if bmRequestType == 0xC0 and bRequest == MSOS_VENDOR_CODE and wIndex == 7 \
+                    and e.token.winusb() is not None:                  # the Microsoft OS 2.0 descriptor set
+                return self._charged(e, "control", self._fill(data, winusb_descriptor_set(e.token.winusb())))
             if (bmRequestType & 0x60) == 0 and bRequest == 9 and not is_in:  # SET_CONFIGURATION
                 return self._charged(e, "control", 0)
             out = e.token.control(bmRequestType, bRequest, wValue, wIndex,

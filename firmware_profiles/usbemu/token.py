@@ -108,7 +108,7 @@ class EmulatedToken:
             return dev, d.Configuration([d.Interface(0, 0xFE, 0x01, 0x02, [], d.STR_DFU,
                                                      d.dfu_functional_descriptor(m.flash.block_bytes), "dfu")])
         dev = d.DeviceDescriptor(m.usb.vendor_id, m.usb.runtime_product_id, bcd_device(self.firmware_version),
-                                 bus, address, speed)
+                                 bus, address, speed, bcdUSB=0x0210 if m.reader == "ccid" else 0x0200)
         dfu = d.dfu_functional_descriptor(m.flash.block_bytes)
         if m.reader == "ccid":
             intfs = [
@@ -126,6 +126,11 @@ class EmulatedToken:
                 d.Interface(2, 0xFE, 0x01, 0x01, [], d.STR_DFU, dfu, "dfu"),
             ]
         return dev, d.Configuration(intfs)
+
+    def winusb(self) -> int | None:
+        """The management interface Windows binds WinUSB to (Microsoft OS 2.0), None without one (HID model,
+        bootloader)."""
+        return 2 if self.mode == "runtime" and self.model.reader == "ccid" else None
 
     def strings(self) -> dict[int, str]:
         return {d.STR_MANUFACTURER: self.model.usb.manufacturer, d.STR_PRODUCT: self.model.usb.product,

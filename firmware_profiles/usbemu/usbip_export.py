@@ -15,6 +15,7 @@ import threading
 import usbip
 from usbip.device import In, Out
 
+from firmware_profiles.usbemu.descriptors import MGMT_INTERFACE_GUID, MSOS_VENDOR_CODE
 from firmware_profiles.usbemu.flash import PowerCut
 from firmware_profiles.usbemu.token import EmulatedToken, Stall
 
@@ -32,6 +33,7 @@ class UsbipExport:
                               manufacturer=strings[desc.iManufacturer], serial=strings[desc.iSerialNumber],
                               bcdDevice=desc.bcdDevice)
         dev.set_composite()
+        dev.set_msos_vendor_codes(v2=MSOS_VENDOR_CODE)
         dev.set_speed(SPEEDS[token.model.link_speed])
         self._stop = threading.Event()
         self._pumps: list[tuple[str, object, object, str]] = []
@@ -53,7 +55,7 @@ class UsbipExport:
                 if (False, kind) in eps:
                     self._pumps.append((intf.role, eps[(False, kind)], eps.get((True, kind)), kind))
             if intf.role == "mgmt":
-                group.enable_winusb()  # MS OS 2.0 descriptors: Windows binds WinUSB itself, no admin needed
+                group.enable_winusb(MGMT_INTERFACE_GUID)  # MS OS 2.0: Windows binds WinUSB itself, no admin needed
             dev.on_control(ifnum, self._control)
         self.dev = dev
         self._plug = None
