@@ -18,8 +18,9 @@ every ``IDLE_S`` only: the pyusb backend's own (``add_hotplug_listener``, as the
 else the kernel's USB uevents on Linux (``agent.devices.uevent``; pyusb exposes no libusb hotplug
 callback). Without either it polls every ``poll_s``.
 
-``TokenLink`` is the transport seam for one token: management requests, DFU requests, USB
-reset; every USB failure is a ``TokenError`` subclass with a one-line message.
+``TokenLink`` is the transport seam for one token: management requests (control pipe), image
+blocks (the management interface's bulk OUT endpoint, ``write_blocks``; feature reports on a model
+without one), DFU requests, USB reset; every USB failure is a ``TokenError`` subclass with a one-line message.
 ``UsbBackend`` is the USB ``DeviceBackend`` for the composition root (name ``usb``,
 ``status``, ``monitor()``, ``open_link(serial)``), with ``snapshot()`` for ``cns-agent devices``.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import struct
 import threading
@@ -52,6 +54,7 @@ from firmware_profiles.usbtoken.model import version_from_bcd
 KNOWN_FOREIGN = {(0x25DD, 0x2351): "Bit4id Digital DNA Key", (0x0DC3, 0x100F): "Athena IDProtect Flash"}
 POLL_S = 0.02
 REFRESH_S = 10.0   # a cached token's state is read again after this long
+BULK_TIMEOUT_MS = 10_000   # one bulk write (≤ 1 MiB: ~20 ms at high speed, ~0.9 s at full speed)
 IDLE_S = 5.0       # with a hotplug signal: a scan this often anyway (a signal lost is then seen late, not never)
 
 
@@ -134,7 +137,11 @@ class TokenLink:
         self.mode = "bootloader" if dev.idProduct == model.usb.bootloader_product_id else "runtime"
         self.dfu_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0xFE
                               and i.bInterfaceSubClass == 1), None)
-        self.mgmt_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0xFF), None)
+        mgmt = next((i for i in intfs if i.bInterfaceClass == 0xFF), None)
+        self.mgmt_intf = mgmt.bInterfaceNumber if mgmt is not None else None
+        # the bulk OUT endpoint image data rides (SCHEMA.md §10); None: blocks go in control requests (HID model)
+        self.bulk_out = next((e.bEndpointAddress for e in (mgmt or ()) if (e.bmAttributes & 3) == 2
+                              and not e.bEndpointAddress & 0x80), None)
         self.hid_intf = next((i.bInterfaceNumber for i in intfs if i.bInterfaceClass == 0x03), None)
 
     @property
@@ -154,7 +161,15 @@ class TokenLink:
             raw = _usb_call(lambda: self.dev.ctrl_transfer(0xA1, 0x01, wv, self.hid_intf, P.MAX_RESPONSE), what)
         else:
             raise TokenError("this token has no management channel in its current mode")
-        raw = bytes(raw)
+        return self._check(bytes(raw), what)
+
+    def _response(self, what: str) -> bytes:
+        """The answer the token made after a bulk data phase (RESPONSE without a new COMMAND)."""
+        raw = _usb_call(lambda: self.dev.ctrl_transfer(0xC1, P.REQ_RESPONSE, 0, self.mgmt_intf, P.MAX_RESPONSE), what)
+        return self._check(bytes(raw), what)
+
+    @staticmethod
+    def _check(raw: bytes, what: str) -> bytes:
         if not raw:
             raise TokenProtocolError(f"the token gave no answer to {what}")
         if raw[0] != P.ST_OK:
@@ -189,8 +204,30 @@ class TokenLink:
         return raw
 
     def write_block(self, slot: str, block: int, data: bytes) -> None:
-        self.request(P.OP_WRITE, struct.pack(">BI", P.REGIONS.index(slot), block) + data,
-                     what=f"writing block {block} of slot {slot}")
+        self.write_blocks(slot, block, [data])
+
+    def write_blocks(self, slot: str, first: int, blocks: list[bytes]) -> None:
+        """Write consecutive blocks (each one block long, at most ``MAX_BULK_BLOCKS``) from ``first`` into a free
+        region: announced with their SHA-256 on the control pipe, sent as one bulk transfer, answered with the
+        count the token wrote (it writes only blocks that match their hash). Without a bulk endpoint (HID
+        model) one control request per block."""
+        what = f"writing blocks {first}+{len(blocks)} of region {slot}"
+        if self.bulk_out is None:
+            for i, data in enumerate(blocks):
+                self.request(P.OP_WRITE, struct.pack(">BI", P.REGIONS.index(slot), first + i) + data,
+                             what=f"writing block {first + i} of region {slot}")
+            return
+        if not 1 <= len(blocks) <= P.MAX_BULK_BLOCKS:
+            raise ValueError(f"1..{P.MAX_BULK_BLOCKS} blocks per bulk write")
+        self.request(P.OP_BULK_WRITE, struct.pack(">BIH", P.REGIONS.index(slot), first, len(blocks))
+                     + b"".join(hashlib.sha256(b).digest() for b in blocks), what=what)
+        data = b"".join(blocks)
+        sent = _usb_call(lambda: self.dev.write(self.bulk_out, data, BULK_TIMEOUT_MS), what)
+        if sent != len(data):
+            raise TokenProtocolError(f"the token took {sent} of {len(data)} bytes {what}")
+        raw = self._response(what)
+        if len(raw) != 2 or int.from_bytes(raw, "big") != len(blocks):
+            raise TokenProtocolError(f"the token's answer to {what} is not the count of blocks written")
 
     def copy_blocks(self, src: str, slot: str, block: int, count: int) -> None:
         self.request(P.OP_COPY, struct.pack(">BBIH", P.REGIONS.index(src), P.REGIONS.index(slot), block, count),

@@ -10,6 +10,8 @@ block); it returns the function that removes it.
 Re-enumeration (DFU detach, USB reset) gives the token a new address; handles opened before
 fail with ``USBError`` errno ENODEV, as under libusb. A STALL is ``USBError`` errno EPIPE.
 Faults: ``unplug_after(n)`` pulls the token at the n-th next transfer.
+Every transfer that reaches a token is charged to its modelled link (``EmulatedToken.account``) by type:
+control (standard requests included), bulk, interrupt.
 
 Imports pyusb and ``firmware_profiles.usbemu`` only.
 """
@@ -22,7 +24,8 @@ import threading
 import usb.backend
 from usb.core import USBError
 
-from firmware_profiles.usbemu.descriptors import string_descriptor
+from firmware_profiles.usbemu.descriptors import (MSOS_VENDOR_CODE, bos_descriptor, string_descriptor,
+                                                  winusb_descriptor_set)
 from firmware_profiles.usbemu.flash import PowerCut
 from firmware_profiles.usbemu.token import EmulatedToken, Stall
 
@@ -35,6 +38,7 @@ class _Enumeration:
         self.desc, self.config = token.descriptors(bus, address)
         self.role_of = {i.bInterfaceNumber: i.role for i in self.config.interfaces}
         self.role_of_ep = {e.bEndpointAddress: i.role for i in self.config.interfaces for e in i.endpoints}
+        self.packet_of_ep = {e.bEndpointAddress: e.wMaxPacketSize for i in self.config.interfaces for e in i.endpoints}
 
 
 class _Handle:
@@ -204,19 +208,26 @@ class EmulatedUsbBus(usb.backend.IBackend):
         buff[:n] = type(buff)(buff.typecode, data[:n])
         return n
 
+    @staticmethod
+    def _charged(e: _Enumeration, kind: str, n: int, ep: int | None = None) -> int:
+        e.token.account(kind, n, e.packet_of_ep.get(ep, 64) if ep is not None else 64)
+        return n
+
     def bulk_write(self, dev_handle, ep, intf, data, timeout):
-        return self._run(dev_handle, lambda e: e.token.bulk_write(e.role_of_ep.get(ep, ""), bytes(data)))
+        return self._run(dev_handle, lambda e: self._charged(
+            e, "bulk", e.token.bulk_write(e.role_of_ep.get(ep, ""), bytes(data))))
 
     def bulk_read(self, dev_handle, ep, intf, buff, timeout):
-        return self._run(dev_handle, lambda e: self._fill(buff, e.token.bulk_read(e.role_of_ep.get(ep, ""),
-                                                                                   len(buff))))
+        return self._run(dev_handle, lambda e: self._charged(
+            e, "bulk", self._fill(buff, e.token.bulk_read(e.role_of_ep.get(ep, ""), len(buff)))))
 
     def intr_write(self, dev_handle, ep, intf, data, timeout):
-        return self._run(dev_handle, lambda e: e.token.intr_write(e.role_of_ep.get(ep, ""), bytes(data)))
+        return self._run(dev_handle, lambda e: self._charged(
+            e, "interrupt", e.token.intr_write(e.role_of_ep.get(ep, ""), bytes(data)), ep))
 
     def intr_read(self, dev_handle, ep, intf, buff, timeout):
-        return self._run(dev_handle, lambda e: self._fill(buff, e.token.intr_read(e.role_of_ep.get(ep, ""),
-                                                                                   len(buff))))
+        return self._run(dev_handle, lambda e: self._charged(
+            e, "interrupt", self._fill(buff, e.token.intr_read(e.role_of_ep.get(ep, ""), len(buff))), ep))
 
     def ctrl_transfer(self, dev_handle, bmRequestType, bRequest, wValue, wIndex, data, timeout):
         is_in = bool(bmRequestType & 0x80)
@@ -230,14 +241,19 @@ class EmulatedUsbBus(usb.backend.IBackend):
                     raw = e.config.raw()
                 elif kind == 3 and (index == 0 or index in e.token.strings()):
                     raw = string_descriptor(index, e.token.strings())
+                elif kind == 0x0F and e.token.winusb() is not None:   # BOS: Microsoft OS 2.0 capability
+                    raw = bos_descriptor(e.token.winusb())
                 else:
                     raise Stall()
-                return self._fill(data, raw)
+                return self._charged(e, "control", self._fill(data, raw))
+            if bmRequestType == 0xC0 and bRequest == MSOS_VENDOR_CODE and wIndex == 7 \
+                    and e.token.winusb() is not None:                  # the Microsoft OS 2.0 descriptor set
+                return self._charged(e, "control", self._fill(data, winusb_descriptor_set(e.token.winusb())))
             if (bmRequestType & 0x60) == 0 and bRequest == 9 and not is_in:  # SET_CONFIGURATION
-                return 0
+                return self._charged(e, "control", 0)
             out = e.token.control(bmRequestType, bRequest, wValue, wIndex,
                                   None if is_in else bytes(data), len(data), e.role_of)
             if is_in:
-                return self._fill(data, out or b"")
-            return len(data)
+                return self._charged(e, "control", self._fill(data, out or b""))
+            return self._charged(e, "control", len(data))
         return self._run(dev_handle, do)

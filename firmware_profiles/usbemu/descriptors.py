@@ -2,18 +2,38 @@
 returns and as the raw bytes GET_DESCRIPTOR answers (the same data, one place).
 
 Owns: the 54-byte CCID class descriptor (libccid rejects any other length), the DFU 1.1
-functional descriptor, the HID class descriptor, string descriptors.
-Imports ``firmware_profiles.usbtoken`` only.
+functional descriptor, the HID class descriptor, string descriptors, and the Microsoft OS 2.0
+descriptors that make Windows bind WinUSB to the management interface by itself (no admin, no
+driver package): a BOS platform capability (bcdUSB 2.10) pointing at vendor request
+``MSOS_VENDOR_CODE``, which returns the descriptor set (built by PyPI ``usbip``'s pure functions,
+the same bytes its USB/IP export serves).
+Imports ``usbip.core`` (descriptor builders only) and ``firmware_profiles.usbtoken`` only.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
 
+from usbip import core as _usbip
+
 CCID_FEATURES_SHORT_APDU = 0x00020000 | 0x000004BA  # short APDU exchange + automatic parameters/clock/baud
 DFU_ATTRIBUTES = 0x01 | 0x08  # bitCanDnload | bitWillDetach
 STRINGS = ("manufacturer", "product", "serial", "CNS token management", "CNS reader", "CNS DFU")
 STR_MANUFACTURER, STR_PRODUCT, STR_SERIAL, STR_MGMT, STR_READER, STR_DFU = range(1, 7)
+# Microsoft OS 2.0: the vendor request code of the descriptor set (wIndex 7), and the DeviceInterfaceGUID
+# Windows registers for the management interface (a host program opens the interface by it)
+MSOS_VENDOR_CODE = 0x21
+MGMT_INTERFACE_GUID = "{5B0C6E1A-3D2F-4E8B-A1C7-9F4D2E6B8A13}"
+
+
+def winusb_descriptor_set(mgmt_interface: int) -> bytes:
+    """The Microsoft OS 2.0 descriptor set of a composite token: WinUSB for the management interface only."""
+    return _usbip.ms_os2_set_subsets([(mgmt_interface, b"WINUSB", MGMT_INTERFACE_GUID)])
+
+
+def bos_descriptor(mgmt_interface: int) -> bytes:
+    """The BOS descriptor with the Microsoft OS 2.0 platform capability."""
+    return _usbip.bos(_usbip.msos2_platform_cap(MSOS_VENDOR_CODE, len(winusb_descriptor_set(mgmt_interface))))
 
 
 def ccid_class_descriptor() -> bytes:

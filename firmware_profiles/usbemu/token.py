@@ -4,9 +4,14 @@ Runtime mode: the reader (CCID over bulk, or HID reports) carrying APDUs to an
 ``EmulatedCard`` (the same object ``VpcdClient`` can put into pcscd), mass storage
 (``msc.MassStorage``), the management channel (vendor interface control requests, or HID
 feature reports on the HID model; protocol in SCHEMA.md §10) and the DFU 1.1 runtime
-interface. Bootloader mode (after DETACH, or when a firmware download never finished): one
+interface. Image data for a partition update arrives on the management interface's bulk OUT
+endpoint (``OP_BULK_WRITE``, each block checked against its announced SHA-256 before it is written).
+Bootloader mode (after DETACH, or when a firmware download never finished): one
 DFU interface with the bootloader's own product id. Mode changes re-enumerate (the bus gives
 the token a new address; old handles fail with ENODEV).
+
+The link is modelled (``account``, called by the bus for every transfer): the time each transfer takes by
+its type under the model's ``LinkModel`` (SCHEMA.md §9), the bytes and the transfers per type.
 
 Imports ``firmware_profiles.usbtoken``, ``firmware_profiles.emulator`` (the card) and its siblings.
 """
@@ -27,14 +32,20 @@ from firmware_profiles.usbtoken.model import TokenModel, bcd_device
 from firmware_profiles.usbtoken.protocol import (APP_IDLE, DFU_ABORT, DFU_CLRSTATUS, DFU_DETACH, DFU_DNLOAD,
                                                  DFU_DNLOAD_IDLE, DFU_ERROR, DFU_GETSTATE, DFU_GETSTATUS,
                                                  DFU_IDLE, DFU_MANIFEST_WAIT_RESET, ERR_FILE, ERR_OK, ERR_UNKNOWN,
-                                                 ERR_VERIFY, MGMT_REPORT_ID, OP_CONFIRM, OP_COPY, OP_HASH,
-                                                 OP_ATTEST, OP_DIGEST, OP_INFO, OP_SWITCH, OP_WRITE, PARTS, REGIONS,
-                                                 REQ_COMMAND, REQ_RESPONSE, ST_BAD_REQUEST, ST_NOT_INSTALLED, ST_OK,
-                                                 ST_PROTECTED,
+                                                 ERR_VERIFY, MAX_BULK_BLOCKS, MGMT_REPORT_ID, OP_ATTEST, OP_BULK_WRITE,
+                                                 OP_CONFIRM, OP_COPY, OP_DIGEST, OP_HASH, OP_INFO, OP_SWITCH, OP_WRITE,
+                                                 PARTS, REGIONS, REQ_COMMAND, REQ_RESPONSE, ST_BAD_REQUEST,
+                                                 ST_BLOCK_HASH, ST_NOT_INSTALLED, ST_OK, ST_PROTECTED,
                                                  ST_TOO_LARGE, ST_VERIFY)
 
 HID_REPORT = 64
-LINK_EFFICIENCY = 0.8  # share of the signalling rate a bulk/control payload gets on a real bus
+# The old byte-counting model's share of the signalling rate; the link model is now ``TokenModel.link``
+# (per transfer type). Kept for benchmarks/token_release.py, which still reads it.
+LINK_EFFICIENCY = 0.8
+MGMT_BULK_OUT = 0x06  # the management interface's bulk OUT endpoint (image data)
+TRANSFER_KINDS = ("control", "bulk", "interrupt")
+
+
 class Stall(Exception):
     """The endpoint answers STALL (pyusb: USBError with errno EPIPE)."""
 
@@ -47,8 +58,12 @@ class EmulatedToken:
             meta = write_meta(flash, factory_meta(model, serial or f"{model.serial_prefix}{card.serial[-8:]}"))
         self.meta = meta
         self.serial = meta["serial"]
-        self.link_seconds = 0.0  # modelled time on the USB link
-        self.link_bytes = 0      # bytes over the link (management frames with their 8-byte setup packets, bulk data)
+        self.link_seconds = 0.0  # modelled time on the USB link (``model.link``, per transfer type)
+        self.link_bytes = 0      # bytes over the link (control transfers with their 8-byte setup packets, bulk data)
+        self.link_transfers = dict.fromkeys(TRANSFER_KINDS, 0)   # transfers per type
+        self.link_payload = dict.fromkeys(TRANSFER_KINDS, 0)     # data bytes per type (no setup packets)
+        # fault: the management bulk OUT endpoint stalls at its n-th transfer
+        self.bulk_fault: int | None = None
         # fault: the management channel "stall"s or answers "garbage" at the n-th request
         self.mgmt_fault: tuple[str, int] | None = None
         # fault: the DFU interface "stall"s its n-th request, or answers its n-th IN request (GETSTATUS,
@@ -75,6 +90,7 @@ class EmulatedToken:
         self._hid_in = b""
         self._hid_out = b""
         self._mgmt_reply = b""
+        self._bulk: dict | None = None   # an armed OP_BULK_WRITE (region, blocks, hashes, progress)
         self._dfu = {"state": APP_IDLE if self.mode == "runtime" else DFU_IDLE, "status": ERR_OK,
                      "received": 0}
         self.detach_requested = False
@@ -94,14 +110,14 @@ class EmulatedToken:
             return dev, d.Configuration([d.Interface(0, 0xFE, 0x01, 0x02, [], d.STR_DFU,
                                                      d.dfu_functional_descriptor(m.flash.block_bytes), "dfu")])
         dev = d.DeviceDescriptor(m.usb.vendor_id, m.usb.runtime_product_id, bcd_device(self.firmware_version),
-                                 bus, address, speed)
+                                 bus, address, speed, bcdUSB=0x0210 if m.reader == "ccid" else 0x0200)
         dfu = d.dfu_functional_descriptor(m.flash.block_bytes)
         if m.reader == "ccid":
             intfs = [
                 d.Interface(0, 0x0B, 0, 0, [d.Endpoint(0x01, 2, mps), d.Endpoint(0x82, 2, mps),
                                             d.Endpoint(0x83, 3, 8, 16)], d.STR_READER, d.ccid_class_descriptor(), "ccid"),
                 d.Interface(1, 0x08, 0x06, 0x50, [d.Endpoint(0x04, 2, mps), d.Endpoint(0x85, 2, mps)], 0, b"", "msc"),
-                d.Interface(2, 0xFF, 0, 0, [], d.STR_MGMT, b"", "mgmt"),
+                d.Interface(2, 0xFF, 0, 0, [d.Endpoint(MGMT_BULK_OUT, 2, mps)], d.STR_MGMT, b"", "mgmt"),
                 d.Interface(3, 0xFE, 0x01, 0x01, [], d.STR_DFU, dfu, "dfu"),
             ]
         else:
@@ -113,15 +129,32 @@ class EmulatedToken:
             ]
         return dev, d.Configuration(intfs)
 
+    def winusb(self) -> int | None:
+        """The management interface Windows binds WinUSB to (Microsoft OS 2.0), None without one (HID model,
+        bootloader)."""
+        return 2 if self.mode == "runtime" and self.model.reader == "ccid" else None
+
     def strings(self) -> dict[int, str]:
         return {d.STR_MANUFACTURER: self.model.usb.manufacturer, d.STR_PRODUCT: self.model.usb.product,
                 d.STR_SERIAL: self.serial, d.STR_MGMT: "CNS token management", d.STR_READER: "CNS reader",
                 d.STR_DFU: "CNS DFU"}
 
-    def account(self, nbytes: int) -> None:
-        """Model the link: payload at ~80 % of the signalling rate (protocol overhead)."""
-        self.link_bytes += nbytes
-        self.link_seconds += nbytes * 8 / (self.model.link_bits_per_second * LINK_EFFICIENCY)
+    def account(self, kind: str, nbytes: int, max_packet: int = 64) -> None:
+        """One transfer of ``kind`` ("control" | "bulk" | "interrupt") carrying ``nbytes`` of data, on the
+        modelled link: its time by the model's per-type costs (a control transfer's setup packet counted in
+        its bytes; ``max_packet``: an interrupt endpoint's packet size)."""
+        link = self.model.link
+        self.link_transfers[kind] += 1
+        self.link_payload[kind] += nbytes
+        if kind == "control":
+            self.link_bytes += 8 + nbytes
+            self.link_seconds += link.control_seconds(nbytes)
+        elif kind == "bulk":
+            self.link_bytes += nbytes
+            self.link_seconds += link.bulk_seconds(nbytes)
+        else:
+            self.link_bytes += nbytes
+            self.link_seconds += link.interrupt_seconds(nbytes, max_packet)
 
     # -------------------------------------------------------------- regions
     def region(self, name: str) -> tuple[int, int]:
@@ -171,8 +204,9 @@ class EmulatedToken:
 
     # -------------------------------------------------------------- transfers
     def bulk_write(self, role: str, data: bytes) -> int:
-        self.account(len(data))
-        if role == "ccid":
+        if role == "mgmt":
+            self._bulk_in(data)
+        elif role == "ccid":
             self._ccid_in.append(self._ccid(data))
         elif role == "msc":
             try:
@@ -190,7 +224,6 @@ class EmulatedToken:
             out = self.msc.bulk_in(size)
         else:
             raise Stall()
-        self.account(len(out))
         return out
 
     def intr_write(self, role: str, data: bytes) -> int:
@@ -237,15 +270,41 @@ class EmulatedToken:
                 self._mgmt_reply = bytes([ST_OK]) + b"\xde\xad\xbe\xef" * 3
                 return None
         if req == REQ_COMMAND and data is not None:
-            self.account(8 + len(data))
+            self._bulk = None   # a new command ends any bulk write still armed
             self._mgmt_reply = self._mgmt(bytes(data))
             return None
         if req == REQ_RESPONSE and data is None:
             out = self._mgmt_reply[:length]
             self._mgmt_reply = b""
-            self.account(8 + len(out))
             return out
         raise Stall()
+
+    def _bulk_in(self, data: bytes) -> None:
+        """Image data on the management bulk OUT endpoint, for the armed OP_BULK_WRITE: each whole block is
+        checked against its announced SHA-256 and written; the last block makes the answer (RESPONSE)."""
+        if self.bulk_fault is not None:
+            self.bulk_fault -= 1
+            if self.bulk_fault <= 0:
+                self.bulk_fault = None
+                raise Stall()
+        b = self._bulk
+        if b is None or b["failed"] or len(b["buf"]) + len(data) > (b["count"] - b["done"]) * b["bs"]:
+            self._bulk = None
+            raise Stall()   # not armed, or more data than announced
+        b["buf"] += data
+        bs = b["bs"]
+        while len(b["buf"]) >= bs:
+            block, b["buf"] = b["buf"][:bs], b["buf"][bs:]
+            if hashlib.sha256(block).digest() != b["hashes"][b["done"]]:
+                b["failed"] = True
+                self._mgmt_reply = bytes([ST_BLOCK_HASH]) + struct.pack(">H", b["done"])
+                self._bulk = None
+                return
+            self.flash.write(b["off"] + (b["first"] + b["done"]) * bs, block)
+            b["done"] += 1
+        if b["done"] == b["count"]:
+            self._mgmt_reply = bytes([ST_OK]) + struct.pack(">H", b["done"])
+            self._bulk = None
 
     def _free_regions(self) -> list[str]:
         """Every region (factory home or slot, SCHEMA.md §10) that is neither live nor kept: a confirmed switch
@@ -285,6 +344,19 @@ class EmulatedToken:
                     return bytes([ST_BAD_REQUEST])
                 return bytes([ST_OK]) + b"".join(hashlib.sha256(self.flash.read(off + (first + i) * bs, bs)).digest()
                                                  for i in range(count))
+            if op == OP_BULK_WRITE:  # region u8, first block u32, count u16, count × SHA-256; data on bulk OUT
+                reg, first, count = struct.unpack(">BIH", args[:7])
+                hashes = args[7:]
+                if not 1 <= count <= MAX_BULK_BLOCKS or len(hashes) != 32 * count:
+                    return bytes([ST_BAD_REQUEST])
+                if REGIONS[reg] not in self._free_regions():
+                    return bytes([ST_PROTECTED])
+                off, ln = self.region(REGIONS[reg])
+                if (first + count) * bs > ln:
+                    return bytes([ST_TOO_LARGE])
+                self._bulk = {"off": off, "first": first, "count": count, "bs": bs, "done": 0, "buf": b"",
+                              "failed": False, "hashes": [hashes[i * 32:(i + 1) * 32] for i in range(count)]}
+                return bytes([ST_OK])
             if op in (OP_WRITE, OP_COPY):
                 if op == OP_WRITE:  # slot u8, block u32, data (≤ one block)
                     reg, block = struct.unpack(">BI", args[:5])
@@ -393,7 +465,6 @@ class EmulatedToken:
             if st["received"] + len(payload) > FIRMWARE_MAX // 2:
                 st.update(state=DFU_ERROR, status=ERR_FILE)
                 raise Stall()
-            self.account(len(payload))
             self.flash.write(staging + st["received"], payload)
             st["received"] += len(payload)
             st["state"] = DFU_DNLOAD_IDLE

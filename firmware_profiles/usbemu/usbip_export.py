@@ -5,7 +5,7 @@ with the vhci driver (Linux ``vhci-hcd``, Windows usbip-win2) can attach it as a
 The token's runtime descriptors are rendered into a ``usbip.USBDevice`` (same interface
 numbers, classes, class descriptors and endpoints); control requests to an interface go to
 the token's ``control``; a pump thread per OUT endpoint passes host data to the token and its
-answers back on the paired IN endpoint. Imports ``usbip`` and ``firmware_profiles.usbemu``.
+answers back on the paired IN endpoint (the management interface's bulk OUT has none: image data only). Imports ``usbip`` and ``firmware_profiles.usbemu``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import threading
 import usbip
 from usbip.device import In, Out
 
+from firmware_profiles.usbemu.descriptors import MGMT_INTERFACE_GUID, MSOS_VENDOR_CODE
 from firmware_profiles.usbemu.flash import PowerCut
 from firmware_profiles.usbemu.token import EmulatedToken, Stall
 
@@ -32,6 +33,7 @@ class UsbipExport:
                               manufacturer=strings[desc.iManufacturer], serial=strings[desc.iSerialNumber],
                               bcdDevice=desc.bcdDevice)
         dev.set_composite()
+        dev.set_msos_vendor_codes(v2=MSOS_VENDOR_CODE)
         dev.set_speed(SPEEDS[token.model.link_speed])
         self._stop = threading.Event()
         self._pumps: list[tuple[str, object, object, str]] = []
@@ -50,10 +52,10 @@ class UsbipExport:
                                                                   e.bInterval)
                 eps[(bool(e.bEndpointAddress & 0x80), kind)] = group.add_endpoint(spec)
             for kind in ("bulk", "interrupt"):
-                if (False, kind) in eps and (True, kind) in eps:
-                    self._pumps.append((intf.role, eps[(False, kind)], eps[(True, kind)], kind))
+                if (False, kind) in eps:
+                    self._pumps.append((intf.role, eps[(False, kind)], eps.get((True, kind)), kind))
             if intf.role == "mgmt":
-                group.enable_winusb()  # MS OS 2.0 descriptors: Windows binds WinUSB itself, no admin needed
+                group.enable_winusb(MGMT_INTERFACE_GUID)  # MS OS 2.0: Windows binds WinUSB itself, no admin needed
             dev.on_control(ifnum, self._control)
         self.dev = dev
         self._plug = None
@@ -74,7 +76,7 @@ class UsbipExport:
             try:
                 if kind == "bulk":
                     self.token.bulk_write(role, data)
-                    while True:
+                    while ep_in is not None:
                         out = self.token.bulk_read(role, 1 << 20)
                         if not out:
                             break

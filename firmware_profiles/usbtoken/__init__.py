@@ -11,6 +11,7 @@ from firmware_profiles.usbtoken.model import (
     TOKENS_DIR,
     FirmwareRules,
     FlashLayout,
+    LinkModel,
     TokenModel,
     UsbIds,
     load_token_model,
@@ -18,5 +19,5 @@ from firmware_profiles.usbtoken.model import (
     parse_version,
 )
 
-__all__ = ["LINK_SPEEDS", "READERS", "TOKENS_DIR", "FirmwareRules", "FlashLayout", "TokenModel", "UsbIds",
+__all__ = ["LINK_SPEEDS", "READERS", "TOKENS_DIR", "FirmwareRules", "FlashLayout", "LinkModel", "TokenModel", "UsbIds",
            "load_token_model", "load_token_models", "parse_version"]

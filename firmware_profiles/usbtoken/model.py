@@ -22,9 +22,14 @@ from firmware_profiles.model import CARDS_DIR, ProfileError, _Reader, load_model
 SCHEMA_VERSION = 1
 TOKENS_DIR = Path(__file__).resolve().parent.parent / "tokens"
 READERS = ("ccid", "hid")
-# bits per second of the USB link (full speed 12 Mbit/s, high speed 480 Mbit/s); the emulator
-# models a link at the bulk payload rate a real controller reaches (REFERENCE.md §7)
+# bits per second of the USB link (full speed 12 Mbit/s, high speed 480 Mbit/s): the signalling rate;
+# what a transfer costs on it is the model's ``[link]`` table (``LinkModel``, SCHEMA.md §9)
 LINK_SPEEDS = {"full": 12_000_000, "high": 480_000_000}
+# USB 2.0 spec chapter 5, per speed: the (micro)frame, the bytes one carries at the signalling rate, the
+# default endpoint's and a bulk endpoint's allowed wMaxPacketSize (§5.5.3, §5.8.3), and the protocol overhead
+# of one control transfer and of one bulk transaction that Tables 5-2/5-3 (control) and 5-9/5-10 (bulk) count
+_FRAME = {"full": (1000, 1500, (8, 16, 32, 64), (8, 16, 32, 64), 45, 13),
+          "high": (125, 7500, (64,), (512,), 173, 55)}
 MIB = 1 << 20
 META_BYTES = 1 * MIB        # flash head: two metadata copies + firmware header, never a partition
 RESERVED_FOR_APPS = 100 * 1000 * 1000  # tender: ≥ 100 MB reserved for future applications
@@ -95,6 +100,45 @@ class FlashLayout:
 
 
 @dataclass(frozen=True)
+class LinkModel:
+    """What a transfer costs on the token's USB link, by transfer type (SCHEMA.md §9; USB 2.0 chapter 5).
+
+    A transfer starts on a (micro)frame boundary and takes whole frames: a control transfer (setup, data
+    stage in ``control_packet_bytes`` packets, status) at least ``control_min_frames`` (in practice a host
+    completes one control transfer per frame), its data stage at most ``control_packets_per_frame`` packets
+    a frame; a bulk transfer ``bulk_packets_per_frame`` packets of ``bulk_packet_bytes`` a frame, plus
+    ``bulk_transfer_overhead_us`` per transfer (the host sees a completion at a frame's end and submits the
+    next after it). The raw link rate is the bulk ceiling: full frames of full packets, no overhead.
+    """
+
+    frame_us: int
+    control_packet_bytes: int
+    control_packets_per_frame: int
+    control_min_frames: int
+    bulk_packet_bytes: int
+    bulk_packets_per_frame: int
+    bulk_transfer_overhead_us: int
+
+    def control_seconds(self, nbytes: int) -> float:
+        packets = -(-nbytes // self.control_packet_bytes)
+        frames = max(self.control_min_frames, -(-packets // self.control_packets_per_frame))
+        return frames * self.frame_us / 1e6
+
+    def bulk_seconds(self, nbytes: int) -> float:
+        packets = max(1, -(-nbytes // self.bulk_packet_bytes))
+        return (self.bulk_transfer_overhead_us + -(-packets // self.bulk_packets_per_frame) * self.frame_us) / 1e6
+
+    def interrupt_seconds(self, nbytes: int, max_packet: int) -> float:
+        """One transaction of up to ``max_packet`` bytes per frame (an endpoint polled every frame)."""
+        return max(1, -(-nbytes // max_packet)) * self.frame_us / 1e6
+
+    @property
+    def raw_bytes_per_second(self) -> float:
+        """The link's payload ceiling: bulk packets filling every frame (high speed: 53,248,000 B/s)."""
+        return self.bulk_packet_bytes * self.bulk_packets_per_frame * 1e6 / self.frame_us
+
+
+@dataclass(frozen=True)
 class FirmwareRules:
     version: str          # factory firmware
     bootloader: str       # factory bootloader
@@ -115,6 +159,7 @@ class TokenModel:
     usb: UsbIds
     flash: FlashLayout
     firmware: FirmwareRules
+    link: LinkModel
     description: str = ""
 
     @property
@@ -166,6 +211,31 @@ def _key(r: _Reader, name: str) -> bytes:
     return raw
 
 
+def _link(r: _Reader, speed: str) -> LinkModel:
+    frame, frame_bytes, control_sizes, bulk_sizes, control_over, bulk_over = _FRAME[speed]
+    what = {"full": "a full-speed frame", "high": "a high-speed microframe"}[speed]
+    r.int("frame_us", frame, frame, expected=f"{frame} (the length of {what}, USB 2.0 §8.4.3)")
+    sizes = lambda xs: ", ".join(map(str, xs))  # noqa: E731
+    cpb = r.int("control_packet_bytes", 8, 64, expected=f"the default endpoint's packet size at {speed} speed "
+                f"({sizes(control_sizes)}: USB 2.0 §5.5.3)")
+    if cpb not in control_sizes:
+        raise r.err("control_packet_bytes", f"{sizes(control_sizes)} at {speed} speed (USB 2.0 §5.5.3)", cpb)
+    cmax = frame_bytes // (cpb + control_over)
+    cpf = r.int("control_packets_per_frame", 1, cmax, expected=f"1..{cmax}: control transfers of {cpb} bytes that "
+                f"fit {what} with their {control_over}-byte overhead (USB 2.0 Table 5-{2 if speed == 'full' else 3})")
+    cmin = r.int("control_min_frames", 1, 8, expected="1..8 frames a control transfer takes at least")
+    bpb = r.int("bulk_packet_bytes", 8, 512, expected=f"a bulk packet size at {speed} speed ({sizes(bulk_sizes)}: "
+                "USB 2.0 §5.8.3)")
+    if bpb not in bulk_sizes:
+        raise r.err("bulk_packet_bytes", f"{sizes(bulk_sizes)} at {speed} speed (USB 2.0 §5.8.3)", bpb)
+    bmax = frame_bytes // (bpb + bulk_over)
+    bpf = r.int("bulk_packets_per_frame", 1, bmax, expected=f"1..{bmax}: bulk packets of {bpb} bytes that fit {what} "
+                f"with their {bulk_over}-byte overhead (USB 2.0 Table 5-{9 if speed == 'full' else 10})")
+    over = r.int("bulk_transfer_overhead_us", 0, 100_000, expected="microseconds 0..100000 a bulk transfer costs "
+                 "beyond its packets (completion and resubmission)")
+    return LinkModel(frame, cpb, cpf, cmin, bpb, bpf, over)
+
+
 def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
     r = _Reader(path, raw)
     r.int("schema", SCHEMA_VERSION, SCHEMA_VERSION, expected=f"schema version {SCHEMA_VERSION}")
@@ -209,6 +279,8 @@ def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
         raise pt.err("slot_mib", f"slots at least as large as the CD-ROM and the disk ({max(cd, disk) // MIB} MiB) "
                      "so either image fits", slot // MIB)
 
+    link_model = _link(r.table_("link"), link)
+
     fw = r.table_("firmware")
     rules = FirmwareRules(version=_version(fw, "version"), bootloader=_version(fw, "bootloader"),
                           min_bootloader=_version(fw, "min_bootloader"),
@@ -222,7 +294,7 @@ def _build(path: str, raw: Mapping[str, Any], card_ids: set[str]) -> TokenModel:
         serial_prefix=r.str("serial_prefix", pattern=re.compile(r"^[A-Z0-9]{1,8}$"),
                             expected="1 to 8 upper-case letters or digits"),
         link_speed=link, usb=ids,
-        flash=FlashLayout(size, block, cd, disk, res, slot), firmware=rules,
+        flash=FlashLayout(size, block, cd, disk, res, slot), firmware=rules, link=link_model,
         description=r.str("description", ""))
 
 

@@ -7,6 +7,10 @@ vendor control requests to the interface (OUT ``REQ_COMMAND`` with the request f
 (SET_REPORT the request, GET_REPORT the answer). A request is ``op`` (u8) + arguments
 (big-endian); an answer is a status (u8) + data.
 
+Image data rides a bulk OUT endpoint of the vendor interface (``OP_BULK_WRITE``): the control pipe
+carries commands and answers only. A model without that endpoint (the HID model: a HID interface has
+no bulk endpoints) writes blocks with ``OP_WRITE`` in its feature reports.
+
 Imports nothing.
 """
 REQ_COMMAND, REQ_RESPONSE = 0x01, 0x02
@@ -23,12 +27,15 @@ OP_DIGEST = 7    # region u8, length u64 → SHA-256 of the region's first ``len
 OP_ATTEST = 8    # JSON {nonce, release, components: {name: version}} → u16 n + installed-release manifest (the
                  # token's own, cns.v1.FleetInstalledManifest) + u16 n + ECDSA P-256 signature + device certificate
                  # DER; ST_NOT_INSTALLED unless the token runs exactly those components, committed
+OP_BULK_WRITE = 9  # region u8, first block u32, count u16 (≤ 256), count × SHA-256 → armed; then count blocks
+                   # on the bulk OUT endpoint; then RESPONSE: status + blocks written u16
+MAX_BULK_BLOCKS = 256
 
 REGIONS = ("cdrom", "disk", "A", "B")  # region codes 0..3: the factory homes, then the reserved area's slots
 PARTS = ("cdrom", "disk")              # partition codes 0..1
 
 ST_OK, ST_BAD_REQUEST, ST_PROTECTED, ST_VERIFY, ST_TOO_LARGE, ST_NO_SLOT = 0, 1, 2, 3, 4, 5
-ST_NOT_INSTALLED = 6
+ST_NOT_INSTALLED, ST_BLOCK_HASH = 6, 7
 STATUS_TEXT = {
     ST_BAD_REQUEST: "the token did not understand the request",
     ST_PROTECTED: "the token refused to write a region in use (live or kept image)",
@@ -36,6 +43,7 @@ STATUS_TEXT = {
     ST_TOO_LARGE: "the image does not fit the token's slot",
     ST_NO_SLOT: "the token's reserved area has no free slot",
     ST_NOT_INSTALLED: "the token does not run (committed) the release it was asked to attest",
+    ST_BLOCK_HASH: "a block reached the token with another SHA-256 than announced (damaged on the link)",
 }
 
 # DFU 1.1 (class requests to the DFU interface)

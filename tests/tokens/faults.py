@@ -52,8 +52,9 @@ class TearPoints:
     randomly chosen metadata-record write (a record's header and JSON come first: uniform bytes alone
     would almost never cut one of the few 4 KiB records where it matters)."""
 
-    def __init__(self, total: int, starts: list[int], meta_starts: list[int]):
+    def __init__(self, total: int, starts: list[int], meta_starts: list[int], transfers: int = 80):
         self.total, self.starts, self.meta_starts = total, starts, meta_starts
+        self.transfers = transfers   # USB transfers of the clean run (an unplug is drawn among them)
 
     def draw(self, rng: random.Random) -> int:
         kind = rng.randrange(3)
@@ -67,7 +68,7 @@ def _arm(bus, token, fault: str, rng: random.Random, tears: "TearPoints | int", 
     if fault == "tear":
         token.flash.cut_after(tears.draw(rng) if isinstance(tears, TearPoints) else rng.randrange(tears))
     elif fault == "unplug":
-        bus.unplug_after(rng.randrange(1, transfers))
+        bus.unplug_after(rng.randrange(1, transfers + 1))
     else:
         return rng.randrange(1, 8)
     return None
@@ -139,9 +140,9 @@ def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "Tear
         result, _ = asyncio.run(update(d, bus, token, signed(model, cdrom_payload(change=2), version="1.5.0")))
         assert result.state == "done" and token.meta["map"]["cdrom"] == "A", result.reason
     old = _cdrom(bus, token)
-    new = cdrom_payload(change=4)
+    new = faulted_cdrom()
     blob = signed(model, new)
-    kill_at = _arm(bus, token, fault, rng, total_bytes, 80)
+    kill_at = _arm(bus, token, fault, rng, total_bytes, getattr(total_bytes, "transfers", 80))
     try:
         asyncio.run(update(d, bus, token, blob, progress=_killer(kill_at)))
     except _Killed:
@@ -170,6 +171,12 @@ def partition_trial(d, model, fault: str, rng: random.Random, total_bytes: "Tear
     return "new" if seen == new else "old"
 
 
+def faulted_cdrom() -> bytes:
+    """The image a faulted trial installs: one file edited at its start (one block) and one rewritten whole (a
+    run of ~10 blocks, sent as one bulk write on a model with the bulk endpoint)."""
+    return cdrom_payload(change=4).replace(bytes([6]) * 40_000, bytes([0x66]) * 40_000)
+
+
 def partition_tear_points(d, model) -> TearPoints:
     """The flash writes of one clean partition update (what tear points are drawn from)."""
     bus, token = setup_token(d, model)
@@ -182,9 +189,10 @@ def partition_tear_points(d, model) -> TearPoints:
         (meta if offset < 8192 else starts).append(token.flash.bytes_written - before)
         return write(offset, data)
     token.flash.write = recording
-    asyncio.run(update(d, bus, token, signed(model, cdrom_payload(change=4))))
+    t0 = bus.transfers
+    asyncio.run(update(d, bus, token, signed(model, faulted_cdrom())))
     token.flash.close()
-    return TearPoints(token.flash.bytes_written - before, starts, meta)
+    return TearPoints(token.flash.bytes_written - before, starts, meta, bus.transfers - t0)
 
 
 def partition_update_bytes(d, model) -> int:

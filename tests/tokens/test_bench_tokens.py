@@ -26,7 +26,12 @@ def test_token_update_sends_no_more_than_the_changed_blocks_nor_than_zsync_and_c
     small = result["scenarios"]["small"]
     assert small["ours"]["image_bytes_sent"] <= 1.05 * small["changed_bytes"]
     assert small["metadata_bytes"] < 0.05 * result["image_bytes"]
-    assert result["write"]["ratio"] <= 1.2
+    w = result["write"]
+    assert w["ratio"] <= 1.2
+    assert w["raw_link_bytes_per_second"] == 53_248_000                      # the high-speed bulk ceiling
+    assert w["payload_bytes_by_type"]["bulk"] >= w["blocks_sent"] * 4096     # the image rode the bulk endpoint
+    assert w["payload_bytes_by_type"]["control"] < 0.02 * w["image_bytes"]  # the control pipe: commands only
+    assert w["same_blocks_on_the_control_pipe"]["ratio"] > 3 * w["ratio"]    # the model charges per transfer
     assert result["ok"]
 
 

@@ -45,6 +45,8 @@ def test_descriptors_strings_and_class_descriptors(token, bus, model):
         assert len(ccid) == 54 and ccid[0] == 54 and ccid[1] == 0x21
         assert struct.unpack("<I", ccid[40:44])[0] & 0x00070000 == 0x00020000  # short APDU exchange
         assert 0xFF in classes  # the vendor management interface
+        eps = [(e.bEndpointAddress, e.bmAttributes, e.wMaxPacketSize) for e in classes[0xFF]]
+        assert eps == [(0x06, 2, 512)]  # its bulk OUT endpoint: partition image data (SCHEMA.md §10)
     else:
         assert 0x03 in classes
 
@@ -175,3 +177,39 @@ def test_custom_cdrom_image_is_served(tmp_path, token_models):
     dev = find(b, idVendor=0x1209)
     _, cap = scsi(dev, 0x04, 0x85, 0, bytes([0x25] + [0] * 9), data_in=8)
     assert (struct.unpack(">I", cap[:4])[0] + 1) * 2048 == len(iso)
+
+
+def test_windows_binds_winusb_to_the_management_interface_by_itself(tmp_path, token_models, bus):
+    """Microsoft OS 2.0: bcdUSB 2.10, a BOS platform capability naming the vendor request, and a descriptor set
+    giving the management interface (2) only the WINUSB compatible id and our interface GUID (no admin, no
+    driver package). The USB/IP export serves the same bytes."""
+    from firmware_profiles.usbemu import descriptors as d
+    from firmware_profiles.usbemu.usbip_export import UsbipExport
+    t = make_token(token_models["cns-token-ccid"], tmp_path / "f.bin")
+    bus.plug(t)
+    dev = find(bus, idVendor=0x1209)
+    assert dev.bcdUSB == 0x0210
+    head = bytes(dev.ctrl_transfer(0x80, 6, 0x0F00, 0, 5))
+    assert head[1] == 0x0F
+    bos = bytes(dev.ctrl_transfer(0x80, 6, 0x0F00, 0, struct.unpack("<H", head[2:4])[0]))
+    cap = bos[5:]
+    assert cap[:3] == bytes([28, 0x10, 0x05])
+    assert cap[4:20] == bytes.fromhex("DF60DDD88945C74C9CD2659D9E648A9F")   # {D8DD60DF-4589-4CC7-9CD2-659D9E648A9F}
+    set_len, vendor_code = struct.unpack("<HB", cap[24:27])
+    msos = bytes(dev.ctrl_transfer(0xC0, vendor_code, 0, 7, set_len))
+    assert len(msos) == set_len
+    function = msos.index(struct.pack("<HHB", 8, 0x0002, 2))            # function subset: first interface 2
+    assert msos.index(b"WINUSB\0\0") > function and msos.count(b"WINUSB") == 1
+    assert d.MGMT_INTERFACE_GUID.encode("utf-16-le") in msos
+    export = UsbipExport(t, port=0)
+    assert export.dev.bos_bytes() == bos and export.dev._msos2_bytes() == msos
+
+
+def test_the_hid_model_needs_no_winusb(tmp_path, token_models, bus):
+    t = make_token(token_models["cns-token-hid"], tmp_path / "f.bin")
+    bus.plug(t)
+    dev = find(bus, idVendor=0x1209)
+    assert dev.bcdUSB == 0x0200
+    import usb.core
+    with pytest.raises(usb.core.USBError):
+        dev.ctrl_transfer(0x80, 6, 0x0F00, 0, 5)

@@ -45,6 +45,16 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
     ('version = "1.2.0"', 'version = "1.2"', "firmware.version", "a version like 1.2.3"),
     ("block_bytes = 4096", "block_bytes = 3000", "flash.block_bytes", "multiple of 2048"),
     ('link_speed = "high"', 'link_speed = "super"', "link_speed", '"full", "high"'),
+    ("[link]", "[linkx]", "link", "a table (missing)"),
+    ("frame_us = 125", "frame_us = 1000", "link.frame_us", "125 (the length of a high-speed microframe"),
+    ("bulk_packets_per_frame = 13", "bulk_packets_per_frame = 14", "link.bulk_packets_per_frame",
+     "1..13: bulk packets of 512 bytes that fit a high-speed microframe with their 55-byte overhead (USB 2.0 Table 5-10)"),
+    ("bulk_packet_bytes = 512", "bulk_packet_bytes = 64", "link.bulk_packet_bytes", "512 at high speed (USB 2.0 §5.8.3)"),
+    ("control_packets_per_frame = 31", "control_packets_per_frame = 32", "link.control_packets_per_frame",
+     "USB 2.0 Table 5-3"),
+    ("bulk_transfer_overhead_us = 125", "bulk_transfer_overhead_us = -1", "link.bulk_transfer_overhead_us",
+     "microseconds 0..100000"),
+    ('link_speed = "high"', 'link_speed = "full"', "link.frame_us", "1000 (the length of a full-speed frame"),
 ])
 def test_schema_breaks_name_file_key_and_expectation(tmp_path, old, new, key, expected):
     with pytest.raises(ProfileError) as ei:
