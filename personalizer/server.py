@@ -22,9 +22,11 @@ binds without SO_REUSEPORT (a busy port is refused naming its holder). If
 start-up fails, everything opened is closed and the process exits non-zero.
 With ``[server] processes = N`` > 1 the port is shared (SO_REUSEPORT) with the
 daemon's own N - 1 helper processes (``personalizer.helpers``; ``build(helper=I)``
-is one of them: no store lock, no fleet, PKI publication, metrics, archive or
+is one of them: no store lock, PKI publication, metrics, archive or
 enrollment port, relay claims under ``<claimer>#I``, maintenance windows reread
-every second since an admin call may reach any process).
+every second since an admin call may reach any process). Every process serves the
+fleet: fleet commands cross processes through the store (``fleet.wake_sqlite``),
+the primary alone steps rollouts.
 ``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
 handshake timeout and a cap on concurrent connections.
 """
@@ -98,7 +100,8 @@ def server_options(s, *, share_port: bool = False) -> list[tuple[str, object]]:
 
 
 STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
-MAINTENANCE_REFRESH_SECONDS = 1.0   # [server] processes > 1: each relay rereads the stored maintenance windows
+MAINTENANCE_REFRESH_SECONDS = 0.05  # [server] processes > 1: each relay rereads the stored maintenance windows
+                                    # (a window added through another process holds here within this)
 
 
 def build_ejbca(cfg: DaemonConfig) -> CAConnector:
@@ -226,15 +229,20 @@ class Daemon:
             elif pg_store is None:
                 undo.push_async_callback(store.close)
             claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
+            metrics = None
+            if cfg.server.processes > 1:   # every process shows the CA calls of all (outbox.shared_metrics)
+                from personalizer.outbox.shared_metrics import FILE_NAME, SharedCAMetrics
+                cfg.store.data_dir.mkdir(parents=True, exist_ok=True)
+                metrics = SharedCAMetrics(cfg.store.data_dir / FILE_NAME, reset=not helper, clock=clock)
+                undo.callback(metrics.close)
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
-                               shared=cfg.server.processes > 1)
+                               shared=cfg.server.processes > 1, metrics=metrics)
             daemon.lock = lock
             daemon.helper = helper
             if serve:
                 daemon._add_edge()
-                if not helper:
-                    await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
+                await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
             undo.pop_all()
             return daemon
 
@@ -245,14 +253,14 @@ class Daemon:
 
     @classmethod
     def _wire(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore, *, clock, claimer: str,
-              shared: bool = False) -> "Daemon":
+              shared: bool = False, metrics: CAMetrics | None = None) -> "Daemon":
         attach = getattr(ca, "attach_registry", None)
         if attach is not None:   # a CA with its own index falls back to the store's certificates
             attach(store)
         b = cfg.broker
         broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=b.answer_wait_seconds,
                         renewal=RenewalRules(b.renewal_window_days, b.device_life_years), clock=clock)
-        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=CAMetrics(clock=clock), clock=clock,
+        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=metrics or CAMetrics(clock=clock), clock=clock,
                       retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
                       breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
                       concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
@@ -326,7 +334,12 @@ class Daemon:
         pg = None
         if self.cfg.store.backend == "postgresql" and hasattr(self.store, "database"):
             pg = (self.store.database, self.cfg.store.postgres_dsn())   # issue 15 item 8: one fleet, many daemons
-        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg)
+        # [server] processes > 1: every process serves the fleet (SO_REUSEPORT hands it any agent's connection);
+        # commands cross processes through the store and the primary steps rollouts (fleet_wiring)
+        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg,
+                                               processes=self.cfg.server.processes, leader=not self.helper,
+                                               daemon=self.relay.claimer.rpartition("#")[0] if self.helper
+                                               else self.relay.claimer, process=self.helper)
         if self.metrics_server is not None:
             self.metrics_server.registry.register(self.fleet.collector())
 
@@ -374,7 +387,7 @@ class Daemon:
             ca_error = f"{type(exc).__name__}: {exc}"
         fleet, streams, rollouts = None, 0, ()
         if self.fleet is not None:
-            fleet, streams = await self.fleet.store.counts(), len(self.fleet.hub)
+            fleet, streams = await self.fleet.store.counts(), await self.fleet.streams()
             rollouts = tuple(await self.fleet.rollouts.list(active_only=True))
         return StatusView(generated_at=time.time(), ca=ca, fleet=fleet, streams_here=streams, rollouts=rollouts,
                           ca_error=ca_error)
@@ -406,6 +419,8 @@ class Daemon:
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         await self.relay.start()
+        if self.cfg.server.processes > 1:   # a request may be delivered by another process's relay
+            self.broker.follow_store()
         if self.publisher is not None:
             await self.publisher.start()
         if self.metrics_server is not None:
@@ -436,6 +451,7 @@ class Daemon:
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
         await self.relay.stop()
+        await self.broker.stop_following()
         if self.archiver is not None:
             await self.archiver.stop()
         if self.publisher is not None:
@@ -448,6 +464,7 @@ class Daemon:
             await self.fleet.close()
         await self.store.close()
         await self.ca.close()
+        self.relay.metrics.close()
         if self.card_admin is not None:
             self.card_admin.core.close()
         if self.lock is not None:
