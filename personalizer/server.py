@@ -176,6 +176,7 @@ class Daemon:
     port: int = 0
     lock: StoreLock | None = None
     helper: int = 0                  # > 0: helper process I of a daemon with [server] processes > 1
+    shared: bool = False             # [server] processes > 1 over the store this daemon opened
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -200,6 +201,9 @@ class Daemon:
         async with contextlib.AsyncExitStack() as undo:
             lock = None
             pg_store = None
+            # several processes on the configured store: only when this build opens it (a test or benchmark that
+            # injects its store is one process, and must not share figures with a daemon on the same data dir)
+            shared = cfg.server.processes > 1 and store is None
             if store is None:
                 if not helper:   # a helper serves under its primary's lock
                     lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
@@ -230,15 +234,16 @@ class Daemon:
                 undo.push_async_callback(store.close)
             claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
             metrics = None
-            if cfg.server.processes > 1:   # every process shows the CA calls of all (outbox.shared_metrics)
+            if shared:   # every process shows the CA calls of all (outbox.shared_metrics)
                 from personalizer.outbox.shared_metrics import FILE_NAME, SharedCAMetrics
                 cfg.store.data_dir.mkdir(parents=True, exist_ok=True)
                 metrics = SharedCAMetrics(cfg.store.data_dir / FILE_NAME, reset=not helper, clock=clock)
                 undo.callback(metrics.close)
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
-                               shared=cfg.server.processes > 1, metrics=metrics)
+                               shared=shared, metrics=metrics)
             daemon.lock = lock
+            daemon.shared = shared
             daemon.helper = helper
             if serve:
                 daemon._add_edge()
@@ -286,7 +291,7 @@ class Daemon:
                                                                             config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
         from personalizer.edge import card_admin_service   # [card_admin]: issue 12
-        card_admin = card_admin_service.register(cfg, broker, server)
+        card_admin = card_admin_service.register(cfg, broker, server, shared=self.shared)
         health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -337,7 +342,8 @@ class Daemon:
         # [server] processes > 1: every process serves the fleet (SO_REUSEPORT hands it any agent's connection);
         # commands cross processes through the store and the primary steps rollouts (fleet_wiring)
         self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg,
-                                               processes=self.cfg.server.processes, leader=not self.helper,
+                                               processes=self.cfg.server.processes if self.shared else 1,
+                                               leader=not self.helper,
                                                daemon=self.relay.claimer.rpartition("#")[0] if self.helper
                                                else self.relay.claimer, process=self.helper)
         if self.metrics_server is not None:
@@ -419,7 +425,7 @@ class Daemon:
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         await self.relay.start()
-        if self.cfg.server.processes > 1:   # a request may be delivered by another process's relay
+        if self.shared:   # a request may be delivered by another process's relay
             self.broker.follow_store()
         if self.publisher is not None:
             await self.publisher.start()

@@ -70,14 +70,15 @@ def _batch(b: dict) -> pb.CardBatch:
                         first_serial=b["first"], last_serial=b["last"])
 
 
-def register(daemon_cfg, broker, server) -> CardAdminService | None:
+def register(daemon_cfg, broker, server, *, shared: bool | None = None) -> CardAdminService | None:
     """Add the CardAdmin service to ``server`` when ``[card_admin]`` is configured: the servicer (its
-    ``core`` answers; ``core.close()`` closes the token), or None."""
+    ``core`` answers; ``core.close()`` closes the token), or None. ``shared``: the daemon's processes share
+    the per-station buckets (default: ``[server] processes`` > 1)."""
     cfg = setup.load(daemon_cfg.source)
     if cfg is None:
         return None
     rate = None
-    if daemon_cfg.server.processes > 1:   # the daemon's processes share one bucket per station (issue 16)
+    if daemon_cfg.server.processes > 1 if shared is None else shared:   # one bucket per station (issue 16)
         from personalizer.cardadmin.service import StationRate
         from personalizer.rate import FILE_NAME, SharedRate
         rate = SharedRate(daemon_cfg.store.data_dir / FILE_NAME, "card_admin", cfg.per_minute,
