@@ -20,7 +20,7 @@ Example (``cns-personalizer init`` writes one)::
                                 #   1 = one process; see personalizer/helpers.py)
     keepalive_min_ping_seconds = 10   # accept client keepalive pings this often (agents ping every 20 s)
     handshake_timeout_seconds = 10    # a connection that has not finished TLS by then is closed
-    max_connections = 4096            # concurrent connections, authenticated or not (fd budget)
+    max_connections = 4096            # concurrent connections, authenticated or not (fd budget), per server process
 
     [store]
     data_dir = "data"

@@ -442,9 +442,11 @@ class Daemon:
             await self.enroll_server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
+        log.info("cns-personalizer %slistening on port %d (mTLS, client auth %s)",
+                 f"helper {self.helper} " if self.helper else "", self.port,
                  "required" if self.cfg.server.require_client_auth else "optional",
-                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth})
+                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth,
+                        "helper": self.helper})
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
