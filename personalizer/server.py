@@ -23,9 +23,13 @@ start-up fails, everything opened is closed and the process exits non-zero.
 With ``[server] processes = N`` > 1 the port is shared (SO_REUSEPORT) with the
 daemon's own N - 1 helper processes (``personalizer.helpers``; ``build(helper=I)``
 is one of them: no store lock, PKI publication, metrics, archive or
-enrollment port, relay claims under ``<claimer>#I``, maintenance windows reread
-every second since an admin call may reach any process). Every process serves the
-fleet: fleet commands cross processes through the store (``fleet.wake_sqlite``),
+enrollment port (StationAdmin yes), relay claims under ``<claimer>#I``). What an
+admin call through one process changes holds in the others: maintenance windows
+are reread every 50 ms, watchers of requests another process delivers follow the
+store (``Broker.follow_store``), the CA figures and the card-admin buckets are
+shared files of the data directory (``outbox.shared_metrics``, ``rate``), the
+CRL follows every process's revocations (``pki.publisher``). Every process serves
+the fleet: fleet commands cross processes through the store (``fleet.wake_sqlite``),
 the primary alone steps rollouts.
 ``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
 handshake timeout and a cap on concurrent connections.
@@ -329,7 +333,7 @@ class Daemon:
             raise ConfigError(cfg.source, "server.listen",
                               f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
                                                                    "the address is in use or not local"))
-        if cfg.enrollment.enabled and primary:
+        if cfg.enrollment.enabled:   # StationAdmin in every process; the enrollment port in the primary only
             self._add_enrollment(broker)
 
     async def _add_fleet(self) -> None:
@@ -362,6 +366,8 @@ class Daemon:
         except (OSError, ValueError) as exc:
             raise ConfigError(self.cfg.source, "enrollment.tls_ca_key", str(exc)) from exc
         enrollment_pb2_grpc.add_StationAdminServicer_to_server(StationAdminService(enrollment, broker), self.server)
+        if self.helper:   # central IT's StationAdmin calls may reach any process; the Enroll port is the primary's
+            return
         chain = s.tls_cert.read_bytes().rstrip(b"\n") + b"\n" + enrollment.ca_pem
         port = e.listen.rpartition(":")[2]
         holder = port_holder(int(port)) if port.isdigit() and int(port) else None
