@@ -1,6 +1,7 @@
 """Durable outbox: enqueue rate with the CA closed, drain rate after an outage, lost/duplicated incl. a SIGKILL round.
 
-Phase 1 (in process, the real broker + SQLite store + relay + embedded CA):
+Phase 1 (in process, the real broker + SQLite store + relay + embedded CA; one interpreter, so
+``[server] processes = 1`` with its signing threads):
 K issuance requests are accepted while the service window is closed (each
 one validated and committed: request + outbox + audit rows in one
 transaction, group commit) → accepted requests/s (target >= 1,000/s).
@@ -49,6 +50,7 @@ from benchmarks import _pg
 from benchmarks.issue import raw_sign_rate
 from personalizer import codice_fiscale, config, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
+from personalizer.ca.signing import default_workers
 from personalizer.outbox.broker import IssueInput
 from personalizer.server import Daemon
 from personalizer.outbox.windows import ServiceCalendar
@@ -86,9 +88,14 @@ def _input(i: int, holder) -> IssueInput:
                       chamber_code="RM", operator_id="bench", ef_dati_personali=ef)
 
 
-async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders, pg=None) -> dict:
-    """``pg``: (config on PostgreSQL, its duplicates() count) instead of SQLite."""
+async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, holders, pg=None,
+                      workers: int | None = None) -> dict:
+    """``pg``: (config on PostgreSQL, its duplicates() count) instead of SQLite. One interpreter, so
+    configured as ``[server] processes = 1`` (the default is one process per core, issue 16, whose
+    helpers only ``serve`` starts): the CA signs in ``workers`` threads (default one per core)."""
     cfg = config.load(pg[0] if pg else dep.server_config)
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+        cfg.server, processes=1, workers=workers if workers is not None else default_workers()))
     store = cfg.store if pg else dataclasses.replace(cfg.store, data_dir=dep.root / "bench-data",
                                                      synchronous=synchronous)
     cfg = dataclasses.replace(
@@ -243,7 +250,7 @@ def main(argv: list[str]) -> dict:
                 path, schema = _pg.use_postgresql(dep.server_config, pgc, name)
                 pair = (path, lambda schema=schema: _pg.duplicates(pgc, schema))
                 pg1, pg2 = (pair, pg2) if name == "drain" else (pg1, pair)
-        res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders, pg1))
+        res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders, pg1, opts.workers))
         # measured right before the queue fills and right after it drained: a machine whose load changes
         # meanwhile (other sessions on a shared host) moves the reference with the drain
         raw_after = raw_sign_rate(signer)

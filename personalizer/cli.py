@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"CNS_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}; got {opts.log_format!r}")
     opts.json = getattr(opts, "json", False) or opts.json_first
     logging.basicConfig(level=opts.log_level, format=logs.TEXT_FORMAT)
+    # aiosqlite logs two DEBUG lines per statement: with several server processes each polls its store every
+    # 50 ms (fleet wake-ups, maintenance windows), which drowned the daemon's own DEBUG lines
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     logs.use(opts.log_format)
     try:
         rc = opts.func(opts)

@@ -16,10 +16,11 @@ Example (``cns-personalizer init`` writes one)::
     grace_seconds = 10
     # workers = 2               # embedded CA signing threads (default: the number of cores, 0 with processes > 1;
                                 #   0 = on the event loop)
-    # processes = 2             # server processes sharing the port (default 1; > 1: no fleet streams, see server.py)
+    # processes = 2             # server processes sharing the port (default: the number of cores, at most 64;
+                                #   1 = one process; see personalizer/helpers.py)
     keepalive_min_ping_seconds = 10   # accept client keepalive pings this often (agents ping every 20 s)
     handshake_timeout_seconds = 10    # a connection that has not finished TLS by then is closed
-    max_connections = 4096            # concurrent connections, authenticated or not (fd budget)
+    max_connections = 4096            # concurrent connections, authenticated or not (fd budget), per server process
 
     [store]
     data_dir = "data"
@@ -157,7 +158,8 @@ class ServerConfig:
     grace_seconds: float = 10.0
     client_crl: Path | None = None   # CRL of revoked client certificates, signed by the TLS CA (reread on change)
     workers: int = 1                 # embedded CA signing threads ([server] workers; default: number of cores)
-    processes: int = 1               # gRPC server processes on the listen port ([server] processes; issue 16)
+    processes: int = 1               # gRPC server processes on the listen port ([server] processes; default in
+                                     # the file: default_processes(), the number of cores; issue 16)
     keepalive_min_ping_seconds: float = 10.0
     handshake_timeout_seconds: float = 10.0
     max_connections: int = 4096
@@ -309,10 +311,17 @@ def _workers(path: Path, value: int) -> int:
 MAX_PROCESSES = 64
 
 
+def default_processes() -> int:
+    """``[server] processes`` when the file does not say: one server process per core (issue 16), at most
+    ``MAX_PROCESSES``."""
+    return min(MAX_PROCESSES, default_workers())
+
+
 def _processes(path: Path, value: int) -> int:
     if not 1 <= value <= MAX_PROCESSES:
         raise ConfigError(path, "server.processes", f"expected 1..{MAX_PROCESSES} server processes sharing the "
-                                                    f"listen port (1 = one process, the default), got {value}")
+                                                    f"listen port (1 = one process; default: the number of "
+                                                    f"cores), got {value}")
     return value
 
 
@@ -626,8 +635,9 @@ def load(path: str | Path) -> DaemonConfig:
         # several processes are the parallelism: each signs on its own event loop (measured: less CPU per
         # certificate than signing threads contending for every process's GIL)
         workers=_workers(path, r.get(s, "server", "workers", int,
-                                     0 if r.get(s, "server", "processes", int, 1) > 1 else default_workers())),
-        processes=_processes(path, r.get(s, "server", "processes", int, 1)),
+                                     0 if r.get(s, "server", "processes", int, default_processes()) > 1
+                                     else default_workers())),
+        processes=_processes(path, r.get(s, "server", "processes", int, default_processes())),
         keepalive_min_ping_seconds=r.get(s, "server", "keepalive_min_ping_seconds", float, 10.0),
         handshake_timeout_seconds=r.get(s, "server", "handshake_timeout_seconds", float, 10.0),
         max_connections=r.get(s, "server", "max_connections", int, 4096))

@@ -8,11 +8,11 @@ the primary's port with SO_REUSEPORT (the kernel spreads new connections over th
 group; only processes of the same user can join it, and a foreign daemon's trial bind without it is
 still refused) and serves Personalizer, QueueAdmin, Registrations, CardAdmin, health and reflection
 over the same store and CA index, with a relay of its own claiming rows as ``<claimer>#I`` (the claim
-is atomic across processes, so one delivery per request id holds). What exists once per daemon stays
-in the primary: the store lock, the PKI publisher, metrics, the daily archive, the enrollment port
-and the fleet. Fleet streams and rollouts live in one process's memory, so a helper does not serve
-Fleet or FleetAdmin: keep ``processes = 1`` where agents open fleet streams, until fleet commands
-cross processes (issue 15 item 8).
+is atomic across processes, so one delivery per request id holds), and Fleet and FleetAdmin: a
+command written by one process wakes the station's stream in another through the database
+(``fleet.wake_sqlite``; over PostgreSQL ``fleet.notify``). What exists once per daemon stays in the
+primary: the store lock, the PKI publisher (it follows the revocations of every process, see
+``pki.publisher``), metrics, the daily archive, the enrollment port and the stepping of rollouts.
 
 A helper's stdin is a pipe from the primary: end of file means the primary is gone (SIGKILL
 included) and the helper exits at once (everything it answered is committed; a row it held is

@@ -22,9 +22,15 @@ binds without SO_REUSEPORT (a busy port is refused naming its holder). If
 start-up fails, everything opened is closed and the process exits non-zero.
 With ``[server] processes = N`` > 1 the port is shared (SO_REUSEPORT) with the
 daemon's own N - 1 helper processes (``personalizer.helpers``; ``build(helper=I)``
-is one of them: no store lock, no fleet, PKI publication, metrics, archive or
-enrollment port, relay claims under ``<claimer>#I``, maintenance windows reread
-every second since an admin call may reach any process).
+is one of them: no store lock, PKI publication, metrics, archive or
+enrollment port (StationAdmin yes), relay claims under ``<claimer>#I``). What an
+admin call through one process changes holds in the others: maintenance windows
+are reread every 50 ms, watchers of requests another process delivers follow the
+store (``Broker.follow_store``), the CA figures and the card-admin buckets are
+shared files of the data directory (``outbox.shared_metrics``, ``rate``), the
+CRL follows every process's revocations (``pki.publisher``). Every process serves
+the fleet: fleet commands cross processes through the store (``fleet.wake_sqlite``),
+the primary alone steps rollouts.
 ``server_options`` maps ``[server]`` to grpc channel arguments: keepalive,
 handshake timeout and a cap on concurrent connections.
 """
@@ -98,7 +104,8 @@ def server_options(s, *, share_port: bool = False) -> list[tuple[str, object]]:
 
 
 STATUS_SCRAPE_TIMEOUT_SECONDS = 5.0
-MAINTENANCE_REFRESH_SECONDS = 1.0   # [server] processes > 1: each relay rereads the stored maintenance windows
+MAINTENANCE_REFRESH_SECONDS = 0.05  # [server] processes > 1: each relay rereads the stored maintenance windows
+                                    # (a window added through another process holds here within this)
 
 
 def build_ejbca(cfg: DaemonConfig) -> CAConnector:
@@ -173,6 +180,7 @@ class Daemon:
     port: int = 0
     lock: StoreLock | None = None
     helper: int = 0                  # > 0: helper process I of a daemon with [server] processes > 1
+    shared: bool = False             # [server] processes > 1 over the store this daemon opened
     _loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -197,6 +205,9 @@ class Daemon:
         async with contextlib.AsyncExitStack() as undo:
             lock = None
             pg_store = None
+            # several processes on the configured store: only when this build opens it (a test or benchmark that
+            # injects its store is one process, and must not share figures with a daemon on the same data dir)
+            shared = cfg.server.processes > 1 and store is None
             if store is None:
                 if not helper:   # a helper serves under its primary's lock
                     lock = StoreLock(cfg.store.data_dir).acquire()   # first: a second daemon touches nothing
@@ -226,15 +237,21 @@ class Daemon:
             elif pg_store is None:
                 undo.push_async_callback(store.close)
             claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
+            metrics = None
+            if shared:   # every process shows the CA calls of all (outbox.shared_metrics)
+                from personalizer.outbox.shared_metrics import FILE_NAME, SharedCAMetrics
+                cfg.store.data_dir.mkdir(parents=True, exist_ok=True)
+                metrics = SharedCAMetrics(cfg.store.data_dir / FILE_NAME, reset=not helper, clock=clock)
+                undo.callback(metrics.close)
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
-                               shared=cfg.server.processes > 1)
+                               shared=shared, metrics=metrics)
             daemon.lock = lock
+            daemon.shared = shared
             daemon.helper = helper
             if serve:
                 daemon._add_edge()
-                if not helper:
-                    await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
+                await daemon._add_fleet()   # last: nothing after it can fail and leak its connection
             undo.pop_all()
             return daemon
 
@@ -245,14 +262,14 @@ class Daemon:
 
     @classmethod
     def _wire(cls, cfg: DaemonConfig, ca: CAConnector, store: RequestStore, *, clock, claimer: str,
-              shared: bool = False) -> "Daemon":
+              shared: bool = False, metrics: CAMetrics | None = None) -> "Daemon":
         attach = getattr(ca, "attach_registry", None)
         if attach is not None:   # a CA with its own index falls back to the store's certificates
             attach(store)
         b = cfg.broker
         broker = Broker(store=store, ca=ca, min_rsa_bits=cfg.min_rsa_bits, answer_wait=b.answer_wait_seconds,
                         renewal=RenewalRules(b.renewal_window_days, b.device_life_years), clock=clock)
-        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=CAMetrics(clock=clock), clock=clock,
+        relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=metrics or CAMetrics(clock=clock), clock=clock,
                       retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
                       breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
                       concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
@@ -278,7 +295,7 @@ class Daemon:
                                                                             config_windows=cfg.maintenance), server)
         registrations_pb2_grpc.add_RegistrationsServicer_to_server(RegistrationsService(broker=broker), server)
         from personalizer.edge import card_admin_service   # [card_admin]: issue 12
-        card_admin = card_admin_service.register(cfg, broker, server)
+        card_admin = card_admin_service.register(cfg, broker, server, shared=self.shared)
         health_servicer = HealthServicer()   # the library's aio servicer plus List
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -316,7 +333,7 @@ class Daemon:
             raise ConfigError(cfg.source, "server.listen",
                               f"cannot listen on {s.listen}: " + (f"the port is in use by {holder}" if holder else
                                                                    "the address is in use or not local"))
-        if cfg.enrollment.enabled and primary:
+        if cfg.enrollment.enabled:   # StationAdmin in every process; the enrollment port in the primary only
             self._add_enrollment(broker)
 
     async def _add_fleet(self) -> None:
@@ -326,7 +343,13 @@ class Daemon:
         pg = None
         if self.cfg.store.backend == "postgresql" and hasattr(self.store, "database"):
             pg = (self.store.database, self.cfg.store.postgres_dsn())   # issue 15 item 8: one fleet, many daemons
-        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg)
+        # [server] processes > 1: every process serves the fleet (SO_REUSEPORT hands it any agent's connection);
+        # commands cross processes through the store and the primary steps rollouts (fleet_wiring)
+        self.fleet = await fleet_wiring.attach(self.server, self.cfg.store.database, pg=pg,
+                                               processes=self.cfg.server.processes if self.shared else 1,
+                                               leader=not self.helper,
+                                               daemon=self.relay.claimer.rpartition("#")[0] if self.helper
+                                               else self.relay.claimer, process=self.helper)
         if self.metrics_server is not None:
             self.metrics_server.registry.register(self.fleet.collector())
 
@@ -343,6 +366,8 @@ class Daemon:
         except (OSError, ValueError) as exc:
             raise ConfigError(self.cfg.source, "enrollment.tls_ca_key", str(exc)) from exc
         enrollment_pb2_grpc.add_StationAdminServicer_to_server(StationAdminService(enrollment, broker), self.server)
+        if self.helper:   # central IT's StationAdmin calls may reach any process; the Enroll port is the primary's
+            return
         chain = s.tls_cert.read_bytes().rstrip(b"\n") + b"\n" + enrollment.ca_pem
         port = e.listen.rpartition(":")[2]
         holder = port_holder(int(port)) if port.isdigit() and int(port) else None
@@ -374,7 +399,7 @@ class Daemon:
             ca_error = f"{type(exc).__name__}: {exc}"
         fleet, streams, rollouts = None, 0, ()
         if self.fleet is not None:
-            fleet, streams = await self.fleet.store.counts(), len(self.fleet.hub)
+            fleet, streams = await self.fleet.store.counts(), await self.fleet.streams()
             rollouts = tuple(await self.fleet.rollouts.list(active_only=True))
         return StatusView(generated_at=time.time(), ca=ca, fleet=fleet, streams_here=streams, rollouts=rollouts,
                           ca_error=ca_error)
@@ -406,6 +431,8 @@ class Daemon:
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
         await self.relay.start()
+        if self.shared:   # a request may be delivered by another process's relay
+            self.broker.follow_store()
         if self.publisher is not None:
             await self.publisher.start()
         if self.metrics_server is not None:
@@ -421,9 +448,11 @@ class Daemon:
             await self.enroll_server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("cns-personalizer listening on port %d (mTLS, client auth %s)", self.port,
+        log.info("cns-personalizer %slistening on port %d (mTLS, client auth %s)",
+                 f"helper {self.helper} " if self.helper else "", self.port,
                  "required" if self.cfg.server.require_client_auth else "optional",
-                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth})
+                 extra={"port": self.port, "client_auth_required": self.cfg.server.require_client_auth,
+                        "helper": self.helper})
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -436,6 +465,7 @@ class Daemon:
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
         await self.relay.stop()
+        await self.broker.stop_following()
         if self.archiver is not None:
             await self.archiver.stop()
         if self.publisher is not None:
@@ -448,6 +478,7 @@ class Daemon:
             await self.fleet.close()
         await self.store.close()
         await self.ca.close()
+        self.relay.metrics.close()
         if self.card_admin is not None:
             self.card_admin.core.close()
         if self.lock is not None:

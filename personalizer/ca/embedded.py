@@ -252,6 +252,12 @@ class EmbeddedCA:
     async def next_crl_number(self) -> int:
         return await (await self._db()).next_crl_number()
 
+    async def revocation_version(self) -> int | None:
+        """A number that changes with every suspension, reactivation or revocation committed to this CA's
+        index by any process (None: the index does not count them, e.g. PostgreSQL's)."""
+        counter = getattr(await self._db(), "status_changes", None)
+        return None if counter is None else await counter()
+
     async def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
         return await self._run(self._signer.sign_crl, builder)
 

@@ -14,7 +14,8 @@ Rows::
 
     certificates(serial_hex PK, issuer_dn, request_id UNIQUE, profile, not_before, not_after,
                  status ∈ {active, suspended, revoked}, revocation_reason, revoked_at, certificate_der)
-    meta(key PK, value)      crl_number
+    meta(key PK, value)      crl_number, status_changes (one more with every status transition, in its
+                             transaction: the CRL publisher's cheap "did anything change?" across processes)
 
 ``request_id`` is UNIQUE: the index itself refuses a second certificate for
 one request. Must not import grpc, proto, the store or the broker.
@@ -71,6 +72,9 @@ Q_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UP
 Q_NEXT_CRL_NUMBER = """INSERT INTO meta (key, value) VALUES (?, '1')
     ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) RETURNING value"""
 META_CRL_NUMBER = "crl_number"
+META_STATUS_CHANGES = "status_changes"
+Q_COUNT_CHANGE = """INSERT INTO meta (key, value) VALUES (?, '1')
+    ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"""
 META_SCHEMA = "schema_version"
 
 
@@ -295,9 +299,21 @@ class CertificateIndex:
 
     async def transition(self, serial_hex: str, *, from_status: str, to_status: str, reason: str | None,
                          at: _dt.datetime | None) -> bool:
-        """Compare-and-set the status; False when the row was not in ``from_status``."""
-        return await self._write(_rowcount(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None,
-                                                          serial_hex, from_status))) == 1
+        """Compare-and-set the status; False when the row was not in ``from_status``. A change counts in
+        ``status_changes`` in the same transaction."""
+        args = (to_status, reason, _ts(at) if at else None, serial_hex, from_status)
+
+        def change(conn: sqlite3.Connection) -> int:
+            n = conn.execute(Q_SET_STATUS, args).rowcount
+            if n:
+                conn.execute(Q_COUNT_CHANGE, (META_STATUS_CHANGES,))
+            return n
+        return await self._write(change) == 1
+
+    async def status_changes(self) -> int:
+        """How many status transitions this index has committed, by any process (0 before the first)."""
+        r = await self._one(Q_GET_META, (META_STATUS_CHANGES,))
+        return int(r[0]) if r else 0
 
     async def not_active(self) -> list[IndexRow]:
         return [IndexRow.from_sql(r) for r in await self._read(Q_NOT_ACTIVE, ())]

@@ -13,7 +13,9 @@ this station of its own chamber):
 - ``operation`` must be a personalization or a renewal; a renewal needs a
   certificate of this chamber on record for the card (one it personalized);
 - at most ``per_minute`` answers per station (token bucket): a station that
-  asks faster gets RESOURCE_EXHAUSTED, the card is untouched;
+  asks faster gets RESOURCE_EXHAUSTED, the card is untouched (``rate``: the
+  buckets shared by the daemon's processes, ``personalizer.rate``; default this
+  process's own);
 - a card in a batch central IT loaded (``LoadBatch``: the per-card stock) is
   answered only for the batch's chamber; a blank card (no certificate on
   record) in no loaded batch is refused, naming the ``cnsctl cards load-batch``
@@ -74,12 +76,12 @@ class CardAdmin:
     renewal fault benchmark) use this. ``answer`` raises ``PersonalizerError`` subclasses."""
 
     def __init__(self, *, records, token, per_minute: int = DEFAULT_PER_MINUTE, models=None, clock=time.monotonic,
-                 allow_unlisted_blank: bool = False):
+                 allow_unlisted_blank: bool = False, rate=None):
         self.records = records   # the broker: find_certificates(card_id=) and record_audit(entry)
         self._allow_unlisted = allow_unlisted_blank   # [card_admin] unlisted_blank_cards = "allow" (TEST only)
         self._token = self.token = token
         self._models = models if models is not None else load_models()
-        self._rate = StationRate(per_minute, clock)
+        self._rate = rate if rate is not None else StationRate(per_minute, clock)   # allow(key) -> bool
 
     async def answer(self, *, actor: str, station_id: str, chamber_code: str, operator_id: str, serial: str,
                      model_id: str, challenge: bytes, operation: str, operation_id: str = "",
@@ -191,3 +193,6 @@ class CardAdmin:
 
     def close(self) -> None:
         self._token.close()
+        close = getattr(self._rate, "close", None)   # a SharedRate holds its file open
+        if close is not None:
+            close()

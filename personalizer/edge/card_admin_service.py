@@ -25,10 +25,10 @@ OPERATIONS = {pb.CARD_OPERATION_PERSONALIZE: "personalize", pb.CARD_OPERATION_RE
 
 class CardAdminService(pb_grpc.CardAdminServicer):
     def __init__(self, *, broker, token, per_minute: int = DEFAULT_PER_MINUTE, models=None,
-                 clock=time.monotonic, allow_unlisted_blank: bool = False):
+                 clock=time.monotonic, allow_unlisted_blank: bool = False, rate=None):
         self._broker = broker
         self.core = CardAdmin(records=broker, token=token, per_minute=per_minute, models=models, clock=clock,
-                              allow_unlisted_blank=allow_unlisted_blank)
+                              allow_unlisted_blank=allow_unlisted_blank, rate=rate)
 
     async def audit_refusal(self, *, actor: str, station_id: str, method: str, request, exc) -> None:
         """Called by ``identity.AuthInterceptor`` when it refuses a call to this service."""
@@ -70,13 +70,21 @@ def _batch(b: dict) -> pb.CardBatch:
                         first_serial=b["first"], last_serial=b["last"])
 
 
-def register(daemon_cfg, broker, server) -> CardAdminService | None:
+def register(daemon_cfg, broker, server, *, shared: bool | None = None) -> CardAdminService | None:
     """Add the CardAdmin service to ``server`` when ``[card_admin]`` is configured: the servicer (its
-    ``core`` answers; ``core.close()`` closes the token), or None."""
+    ``core`` answers; ``core.close()`` closes the token), or None. ``shared``: the daemon's processes share
+    the per-station buckets (default: ``[server] processes`` > 1)."""
     cfg = setup.load(daemon_cfg.source)
     if cfg is None:
         return None
+    rate = None
+    if daemon_cfg.server.processes > 1 if shared is None else shared:   # one bucket per station (issue 16)
+        from personalizer.cardadmin.service import StationRate
+        from personalizer.rate import FILE_NAME, SharedRate
+        rate = SharedRate(daemon_cfg.store.data_dir / FILE_NAME, "card_admin", cfg.per_minute,
+                          fallback=StationRate(cfg.per_minute))
     servicer = CardAdminService(broker=broker, token=setup.open_token(cfg, daemon_cfg.source),
-                                per_minute=cfg.per_minute, allow_unlisted_blank=cfg.allow_unlisted_blank_cards)
+                                per_minute=cfg.per_minute, allow_unlisted_blank=cfg.allow_unlisted_blank_cards,
+                                rate=rate)
     pb_grpc.add_CardAdminServicer_to_server(servicer, server)
     return servicer

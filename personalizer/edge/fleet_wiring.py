@@ -3,12 +3,17 @@
 ``await attach(server, database)`` before the server starts; ``await fleet.close()`` after it stopped.
 With ``pg=(Database, dsn)`` (``[store] backend = "postgresql"``) the fleet's tables live in that
 PostgreSQL database beside the requests, and several daemon processes may serve one fleet: wake-ups
-cross processes by LISTEN/NOTIFY and one process at a time steps rollouts (``fleet.notify``).
+cross processes by LISTEN/NOTIFY and one process at a time steps rollouts (``fleet.notify``). With
+``processes`` > 1 over SQLite (``[server] processes``: the daemon's primary and its helpers on one file)
+wake-ups cross processes through the file (``fleet.wake_sqlite``) and the primary (``leader``) steps rollouts.
 The one function ``personalizer.server`` calls, so the daemon's module stays unaware of the fleet's parts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from personalizer.fleet.attestation import ModelRoots
@@ -19,6 +24,12 @@ from personalizer.fleet.rollouts import Rollouts
 from personalizer.edge.fleet_service import FleetAdminService, FleetService
 from personalizer.fleet.store import SqlFleetStore
 from proto.cns.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+PRESENCE_SECONDS = 0.02         # a helper looks at its stream count this often, writes it when it changed
+PRESENCE_REFRESH_SECONDS = 10.0  # ...and at least this often; older than 3 × this, a helper counts no more
+PRESENCE_READ_SECONDS = 1.0      # the primary reads its helpers' figures this often, for Prometheus
 
 SERVICE_NAMES = tuple(fleet_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Fleet", "FleetAdmin"))
 
@@ -31,17 +42,66 @@ class Fleet:
     admin: FleetAdminService
     rollouts: Rollouts
     figures: FleetFigures
-    bus: object | None = None   # fleet.notify.PgWakeBus over PostgreSQL
+    bus: object | None = None   # fleet.notify.PgWakeBus over PostgreSQL, fleet.wake_sqlite.SqliteWakeBus
+    daemon: str = ""            # with [server] processes > 1: the daemon's name (its relay claimer) ...
+    process: int = 0            # ... and this process's index (0: the primary)
+    processes: int = 1
+    _presence: asyncio.Task | None = field(default=None, repr=False)
+    helpers_seen: tuple = (0, [])   # in the primary: (streams, [figures]) its helpers reported, last read
+
+    async def _helpers(self) -> tuple[int, list[dict]]:
+        if self.processes > 1 and self.process == 0:
+            self.helpers_seen = await self.store.presence(
+                self.daemon, since=time.time() - 3 * PRESENCE_REFRESH_SECONDS)
+        return self.helpers_seen
+
+    async def streams(self) -> int:
+        """Fleet streams this daemon holds: this process's, plus, in the primary, those its helpers report."""
+        return len(self.hub) + (await self._helpers())[0]
+
+    def start_presence(self) -> None:
+        """A helper reports its streams and figures; the primary reads its helpers' for the metrics thread."""
+        if self.processes > 1:
+            work = self._report_presence() if self.process > 0 else self._read_presence()
+            self._presence = asyncio.get_running_loop().create_task(work, name="fleet-presence")
+
+    async def _read_presence(self) -> None:
+        while True:
+            try:
+                await self._helpers()
+            except Exception as exc:   # the endpoint shows the last figures read
+                log.warning("could not read the helper processes' fleet figures: %s", exc)
+            await asyncio.sleep(PRESENCE_READ_SECONDS)
+
+    async def _report_presence(self) -> None:
+        last, written = None, 0.0
+        while True:
+            now = (len(self.hub), self.figures.to_dict())
+            if now != last or time.monotonic() - written > PRESENCE_REFRESH_SECONDS:
+                try:
+                    await self.store.set_presence(self.daemon, self.process, *now)
+                    last, written = now, time.monotonic()
+                except Exception as exc:   # the status page undercounts until the next write
+                    log.warning("could not record this helper's fleet stream count: %s", exc)
+            await asyncio.sleep(PRESENCE_SECONDS)
 
     def collector(self) -> FleetCollector:
         """For the daemon's Prometheus registry (``registry.register(fleet.collector())``)."""
-        return FleetCollector(self.figures, self.hub, lambda: self.rollouts.snapshot)
+        return FleetCollector(self.figures, self.hub, lambda: self.rollouts.snapshot, lambda: self.helpers_seen)
 
     def close_streams(self) -> int:
         """The daemon stops: every stream ends normally, its agents told how long to spread reconnects over."""
         return self.service.close_streams()
 
     async def close(self) -> None:
+        if self._presence is not None:
+            self._presence.cancel()
+            await asyncio.gather(self._presence, return_exceptions=True)
+            if self.process > 0:   # this helper's streams end with it (its counted figures stay)
+                try:
+                    await self.store.set_presence(self.daemon, self.process, 0, self.figures.to_dict())
+                except Exception:
+                    pass
         await self.service.drain()
         await self.rollouts.stop()
         if self.bus is not None:
@@ -50,13 +110,27 @@ class Fleet:
 
 
 async def attach(server, database: Path, *, model_roots: ModelRoots | None = None, tick_seconds: float = 1.0,
-                 pg=None, **service_options) -> Fleet:
+                 pg=None, processes: int = 1, leader: bool = True, daemon: str = "", process: int = 0,
+                 **service_options) -> Fleet:
     """``model_roots``: the attestation CA of each device model; by default the PEM files in
     ``<database folder>/fleet-model-roots/<model id>.pem`` (none: no success is attested). ``database``:
-    the SQLite file, or with ``pg`` only the folder of the model roots."""
+    the SQLite file, or with ``pg`` only the folder of the model roots. ``processes``/``leader``: over
+    SQLite, how many processes of the daemon serve the fleet on this file and whether this one is the
+    primary (it steps rollouts; a helper leaves the stations' connected flags alone when it starts);
+    ``daemon``/``process``: the daemon's name and this process's index, under which a helper reports
+    its stream count for the primary's status page (``Fleet.streams``)."""
     hub, bus = Hub(), None
     if pg is None:
-        store = await SqlFleetStore.open(database)
+        store = await SqlFleetStore.open(database, reset_connected=leader)
+        if processes > 1:
+            from personalizer.fleet.wake_sqlite import SqliteWakeBus
+            bus = SqliteWakeBus(store.db, hub, leader=leader)
+            try:
+                await bus.start()
+            except BaseException:
+                await store.close()
+                raise
+            hub.on_miss = bus.publish
     else:
         from personalizer.fleet.notify import PgWakeBus
         pg_database, dsn = pg
@@ -65,7 +139,12 @@ async def attach(server, database: Path, *, model_roots: ModelRoots | None = Non
         await bus.start()
         hub.on_miss = bus.publish
     try:
-        return await _assemble(server, database, store, hub, bus, model_roots, tick_seconds, service_options)
+        fleet = await _assemble(server, database, store, hub, bus, model_roots, tick_seconds, service_options)
+        fleet.daemon, fleet.process, fleet.processes = daemon, process, processes
+        if processes > 1 and process == 0:
+            await store.clear_presence(daemon)
+        fleet.start_presence()
+        return fleet
     except BaseException:
         if bus is not None:
             await bus.stop()

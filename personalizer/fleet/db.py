@@ -45,6 +45,9 @@ class SqliteDb:
         return cls(conn)
 
     async def close(self) -> None:
+        # group commits under way finish first (a cancelled caller's writes are still committed or refused)
+        while self._committers:
+            await asyncio.gather(*list(self._committers), return_exceptions=True)
         await self.conn.close()
 
     async def script(self, ddl: str) -> None:

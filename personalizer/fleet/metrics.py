@@ -48,6 +48,16 @@ class FleetFigures:
     reports: collections.Counter = field(default_factory=collections.Counter)
     hello_seconds: dict = field(default_factory=lambda: {"wait": Histogram(), "record": Histogram()})
 
+    def to_dict(self) -> dict:
+        return {"hellos": dict(self.hellos), "polls": self.polls, "refusals": dict(self.refusals),
+                "reports": dict(self.reports)}
+
+    def add(self, d: dict) -> "FleetFigures":
+        """These figures plus another process's (``to_dict``), as a new object."""
+        return FleetFigures(self.hellos + collections.Counter(d.get("hellos", {})), self.polls + d.get("polls", 0),
+                            self.refusals + collections.Counter(d.get("refusals", {})),
+                            self.reports + collections.Counter(d.get("reports", {})))
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -57,13 +67,18 @@ class Snapshot:
 
 
 class FleetCollector:
-    def __init__(self, figures: FleetFigures, hub, snapshot):
+    def __init__(self, figures: FleetFigures, hub, snapshot, helpers=None):
+        """``helpers``: () -> (streams, [figures dicts]) of the daemon's helper processes, last read."""
         self._figures, self._hub, self._snapshot = figures, hub, snapshot   # snapshot: () -> Snapshot
+        self._helpers = helpers or (lambda: (0, []))
 
     def collect(self):
         f, snap = self._figures, self._snapshot()
+        streams, others = self._helpers()
+        for d in others:
+            f = f.add(d)
         g = GaugeMetricFamily("cns_fleet_streams_connected", "fleet streams connected to this daemon now")
-        g.add_metric([], len(self._hub))
+        g.add_metric([], len(self._hub) + streams)
         yield g
         g = GaugeMetricFamily("cns_fleet_stations_known", "stations in the inventory")
         g.add_metric([], snap.stations)

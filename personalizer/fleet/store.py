@@ -10,7 +10,9 @@ disconnected. Nothing here knows gRPC: rows are plain dataclasses, the service m
 Commands move PENDING → SENT → ACKED → RUNNING → SUCCEEDED | FAILED, or to REJECTED (the agent
 refused), TIMED_OUT, or CANCELLED (still pending when its rollout stopped). A repeated ack changes nothing. ``update_command`` accepts a transition only for the station the command was
 sent to and only from a state the agent can be in (a result for a command never sent is refused).
-The audit table is append-only (triggers refuse UPDATE and DELETE).
+The audit table is append-only (triggers refuse UPDATE and DELETE). ``fleet_presence``: how many streams
+each helper process of a daemon holds (``[server] processes`` > 1) and its fleet figures (JSON), for the
+primary's status page and Prometheus endpoint.
 
 Imports ``fleet.db`` and ``personalizer.errors`` only; no grpc, no proto, no edge.
 """
@@ -68,6 +70,9 @@ CREATE TRIGGER IF NOT EXISTS fleet_audit_no_update BEFORE UPDATE ON fleet_audit
     BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS fleet_audit_no_delete BEFORE DELETE ON fleet_audit
     BEGIN SELECT RAISE(ABORT, 'fleet_audit is append-only'); END;
+CREATE TABLE IF NOT EXISTS fleet_presence (
+    daemon TEXT NOT NULL, process INTEGER NOT NULL, streams INTEGER NOT NULL, at REAL NOT NULL,
+    figures TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (daemon, process));
 """
 # the same tables in PostgreSQL (several daemon processes: created once, under an advisory lock)
 SCHEMA_PG = """
@@ -99,6 +104,9 @@ CREATE OR REPLACE FUNCTION fleet_audit_append_only() RETURNS trigger LANGUAGE pl
     $$ BEGIN RAISE EXCEPTION 'fleet_audit is append-only'; END $$;
 CREATE OR REPLACE TRIGGER fleet_audit_no_change BEFORE UPDATE OR DELETE ON fleet_audit
     FOR EACH ROW EXECUTE FUNCTION fleet_audit_append_only();
+CREATE TABLE IF NOT EXISTS fleet_presence (
+    daemon TEXT NOT NULL, process INTEGER NOT NULL, streams INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
+    figures TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (daemon, process));
 """
 
 
@@ -267,21 +275,22 @@ class SqlFleetStore:
         self._hello_writer: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, clock=time.time) -> "SqlFleetStore":
-        """On the daemon's SQLite file (a connection of its own, closed by ``close``)."""
+    async def open(cls, path: Path, *, clock=time.time, reset_connected: bool = True) -> "SqlFleetStore":
+        """On the daemon's SQLite file (a connection of its own, closed by ``close``). ``reset_connected=False``:
+        a helper process of the daemon (``[server] processes`` > 1), whose primary's streams are open."""
         db = await SqliteDb.open(path)
         try:
-            return await cls.over(db, clock=clock)
+            return await cls.over(db, clock=clock, reset_connected=reset_connected)
         except BaseException:
             await db.close()
             raise
 
     @classmethod
-    async def over(cls, db: SqliteDb | PostgresDb, *, clock=time.time) -> "SqlFleetStore":
+    async def over(cls, db: SqliteDb | PostgresDb, *, clock=time.time, reset_connected: bool = True) -> "SqlFleetStore":
         await db.script(SCHEMA if db.dialect == "sqlite" else SCHEMA_PG)
-        if db.dialect == "sqlite":
-            # a daemon that died left stations marked connected: nothing is connected to a new process (over
-            # PostgreSQL other processes may hold those streams: their flags stay)
+        if db.dialect == "sqlite" and reset_connected:
+            # a daemon that died left stations marked connected: nothing is connected to a new daemon (over
+            # PostgreSQL, or in a helper process, other processes may hold those streams: their flags stay)
             await db.execute("UPDATE fleet_stations SET connected = 0 WHERE connected = 1")
         return cls(db, clock)
 
@@ -610,6 +619,25 @@ class SqlFleetStore:
                     (self._live_after(), recent))]
         return Counts(st, conn, devices, expiring, within_days, tuple(map(tuple, by_chamber)),
                       tuple(map(tuple, by_model)), tuple(map(tuple, by_version)), tuple(last))
+
+    async def set_presence(self, daemon: str, process: int, streams: int, figures: dict | None = None) -> None:
+        """Helper process ``process`` of ``daemon`` holds ``streams`` fleet streams now (and has counted
+        ``figures``, ``FleetFigures.to_dict``)."""
+        await self.db.tx([("INSERT INTO fleet_presence (daemon, process, streams, at, figures) VALUES (?,?,?,?,?)"
+                           " ON CONFLICT (daemon, process) DO UPDATE SET streams = excluded.streams,"
+                           " at = excluded.at, figures = excluded.figures",
+                           (daemon, process, streams, self._clock(), json.dumps(figures or {}, sort_keys=True)))])
+
+    async def clear_presence(self, daemon: str) -> None:
+        """The daemon's primary starts: rows its helpers of an earlier run left count no more."""
+        await self.db.tx([("DELETE FROM fleet_presence WHERE daemon = ?", (daemon,))])
+
+    async def presence(self, daemon: str, *, since: float) -> tuple[int, list[dict]]:
+        """(streams, [figures]) the helpers of ``daemon`` reported at or after ``since`` (a helper gone
+        stops counting)."""
+        rows = await self._rows("SELECT streams, figures FROM fleet_presence WHERE daemon = ? AND at >= ?",
+                                (daemon, since))
+        return sum(r[0] for r in rows), [json.loads(r[1]) for r in rows]
 
     async def audit(self, actor, action, outcome, detail) -> None:
         """One row, committed when this returns; in the group commit (a storm's refusals are audited each)."""

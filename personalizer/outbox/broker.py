@@ -23,7 +23,13 @@ profile again (a renewal generates new keys in the card's spare slots) — is
 INVALID_ARGUMENT on ``csr_der``, without naming the other holder.
 
 Watchers: the relay calls ``notify(record)`` on every state change; ``watch``
-streams them. No grpc or proto here; the service maps both directions. The
+streams them. With several processes of the daemon on one store (``[server]
+processes`` > 1) another process's relay may deliver a watched request:
+``follow_store`` (started by the daemon) then looks every ``FOLLOW_SECONDS`` at
+the store's ``data_version`` (SQLite's ``PRAGMA data_version``: changed by
+another connection's commit, no disk I/O) and, when it moved, has every watcher
+of a request this process's relay does not hold read it again; a store without
+``data_version`` (PostgreSQL) is read again every ``FOLLOW_FALLBACK_SECONDS``. No grpc or proto here; the service maps both directions. The
 store only through the ``RequestStore`` protocol; the CA through ``CAConnector``.
 The gRPC servicers reach requests, certificates, the queue, maintenance,
 registrations, stock and the CA status only through the broker's methods
@@ -138,6 +144,10 @@ class RenewalRules:
     device_life_years: int = lifecycle.DEVICE_LIFE_YEARS
 
 
+FOLLOW_SECONDS = 0.05          # a request delivered by another process reaches its watchers within this
+FOLLOW_FALLBACK_SECONDS = 1.0  # ... or this, over a store that cannot tell cheaply whether anything changed
+
+
 class Broker:
     def __init__(self, *, store: RequestStore, ca: CAConnector, min_rsa_bits: dict[str, int],
                  answer_wait: float = DEFAULT_ANSWER_WAIT, renewal: RenewalRules = RenewalRules(),
@@ -155,6 +165,7 @@ class Broker:
                             # slot are committed claimed and handed to it directly
         self.waiting_reason: Callable[[RequestRecord], str] = lambda rec: ""
         self._handoffs: set[asyncio.Task] = set()   # commits in progress (a caller that left does not stop them)
+        self._follower: asyncio.Task | None = None
 
     @property
     def ca(self) -> CAConnector:
@@ -391,6 +402,39 @@ class Broker:
         for q in self._watchers.get(rec.request_id, ()):
             q.put_nowait(rec)
 
+    # -- watchers of requests another process delivers ([server] processes > 1) ---------------------
+    def follow_store(self) -> None:
+        """Start following the store for watchers of requests other processes deliver (see the docstring)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow(), name="broker-follow-store")
+
+    async def stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            self._follower = None
+
+    async def _follow(self) -> None:
+        version = getattr(self._store, "data_version", None)
+        last = None
+        while True:
+            await asyncio.sleep(FOLLOW_SECONDS if version is not None else FOLLOW_FALLBACK_SECONDS)
+            held = self.relay.holds if self.relay is not None else (lambda _rid: False)
+            remote = [rid for rid in self._watchers if not held(rid)]
+            if not remote:
+                continue
+            try:
+                now = await version() if version is not None else None
+            except Exception as exc:   # the next look tries again; watchers also time out on their own
+                log.warning("could not look for requests delivered by other processes: %s", exc)
+                continue
+            if now is not None and now == last:
+                continue
+            last = now
+            for rid in remote:
+                for q in self._watchers.get(rid, ()):
+                    q.put_nowait(None)   # "read it again": wait() and watch() reread the store
+
     def _subscribe(self, request_id: str) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
         self._watchers.setdefault(request_id, set()).add(q)
@@ -417,7 +461,7 @@ class Broker:
                     pushed = await asyncio.wait_for(q.get(), left)
                 except asyncio.TimeoutError:
                     break
-                rec = pushed if pushed.terminal else await self.get(request_id)
+                rec = pushed if pushed is not None and pushed.terminal else await self.get(request_id)
             return rec
         finally:
             self._unsubscribe(request_id, q)
@@ -446,6 +490,8 @@ class Broker:
 
     async def ca_status(self) -> CAStatus:
         """One reading of the CA's status (GetCAStatus and the Prometheus endpoint both show it)."""
+        if self.relay is not None:   # windows added through another process of the daemon count at once
+            await self.relay.refresh_maintenance()
         return await read_ca_status(ca=self._ca, relay=self.relay, store=self._store,
                                     stats_window=STATS_WINDOW_SECONDS)
 
@@ -491,7 +537,13 @@ class Broker:
 
     async def add_maintenance(self, id_: str, starts_at: float, ends_at: float, reason: str, source: str,
                               audit: AuditEntry) -> None:
+        """Committed; with several processes on the store, answered only once each of them has reread the
+        windows (their relays reread every ``maintenance_refresh_seconds``): when central IT hears the
+        window is added, no process of the daemon sends to the CA inside it."""
         await self._store.add_maintenance(id_, starts_at, ends_at, reason, source, audit=audit)
+        refresh = getattr(self.relay, "maintenance_refresh_seconds", None)
+        if refresh:
+            await asyncio.sleep(2 * refresh)
 
     async def add_stock(self, chamber_code: str, quantity: int, note: str, audit: AuditEntry, *,
                         device_model: str = "") -> StockEntry:

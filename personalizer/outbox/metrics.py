@@ -114,6 +114,13 @@ class CAMetrics:
     def load(self) -> int:
         return len(self._recent())
 
+    def totals_now(self) -> collections.Counter:
+        """(kind, result) -> CA calls since the daemon started."""
+        return collections.Counter(self.totals)
+
+    def close(self) -> None:
+        """Nothing to release here (``SharedCAMetrics`` closes its file)."""
+
 
 class _Collector:
     def __init__(self, m: CAMetrics, status: Callable[[], StatusFigures | None] | None = None):
@@ -175,7 +182,7 @@ class _Collector:
         yield GaugeMetricFamily("cns_service_window_open", "1 when the issuance service window is open",
                                 value=int(f.window_open))
         total = CounterMetricFamily("cns_ca_calls", "CA calls since start", labels=["kind", "result"])
-        for (kind, result), n in sorted(self._m.totals.items()):
+        for (kind, result), n in sorted(self._m.totals_now().items()):
             total.add_metric([kind, result], n)
         yield total
 

@@ -106,6 +106,7 @@ class Relay:
         # process's QueueAdmin is seen within this many seconds (None: only reload_maintenance() rereads)
         self._maintenance_refresh = maintenance_refresh_seconds
         self._maintenance_at = float("-inf")
+        self._maintenance_task: asyncio.Task | None = None
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -148,16 +149,42 @@ class Relay:
                 time.monotonic() - self._maintenance_at >= self._maintenance_refresh:
             await self.reload_maintenance()
 
+    @property
+    def maintenance_refresh_seconds(self) -> float | None:
+        return self._maintenance_refresh
+
+    async def refresh_maintenance(self) -> None:
+        """Before a status reading: the stored windows, reread if older than ``maintenance_refresh_seconds``."""
+        await self._refresh_maintenance()
+
+    async def _follow_maintenance(self) -> None:
+        """With ``maintenance_refresh_seconds`` (several processes on one store): a window added through
+        another process holds here within that time, idle or not (``reserve`` reads the cached windows)."""
+        while True:
+            await asyncio.sleep(self._maintenance_refresh)
+            try:
+                await self._refresh_maintenance()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # the next look tries again; the cached windows stay
+                log.warning("could not reread the maintenance windows: %s", exc)
+
     async def start(self) -> None:
         await self._store.reset_sending(self.claimer)
         await self.reload_maintenance()
         self._task = asyncio.create_task(self._supervise(), name="relay")
+        if self._maintenance_refresh is not None:
+            self._maintenance_task = asyncio.create_task(self._follow_maintenance(), name="relay-maintenance")
 
     async def stop(self) -> None:
         try:
             await self._record_breaker()
         except Exception:   # the store may be closing; the event is lost, not the shutdown
             log.warning("could not record the CA circuit breaker's last transitions")
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
+            await asyncio.gather(self._maintenance_task, return_exceptions=True)
+            self._maintenance_task = None
         if self._task is not None:
             self._task.cancel()
             try:

@@ -19,6 +19,15 @@ The refresh task (named ``pki-crl-refresh``) republishes every
 refresh + 15 min stays within the 2 hours of SLA4.3); a failed refresh is logged and
 retried after ``RETRY_SECONDS`` while the last CRL keeps being served. CRL
 files are written atomically (temporary file, fsync, ``os.replace``).
+
+Revocations made by another process (the daemon's helpers with ``[server]
+processes`` > 1, whose relays change ca.db themselves) are followed: when the CA
+counts its status changes (``revocation_version``, the embedded CA over SQLite),
+the task ``pki-crl-follow`` reads that counter every ``follow_seconds`` (one
+single-row read) and publishes when it moved since the last CRL. So a
+suspension, reactivation or revocation by any process is on the published CRL
+within ``follow_seconds`` plus one CRL signature (``FOLLOW_SECONDS`` = 0.5 s),
+as OCSP answers from ca.db at once.
 Imports nothing of ours but ``pki`` modules and ``ca.base``.
 """
 from __future__ import annotations
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_REFRESH_SECONDS = 3600
 MAX_REFRESH_SECONDS = int(crl_mod.MAX_REFRESH_INTERVAL.total_seconds())
 RETRY_SECONDS = 60
+FOLLOW_SECONDS = 0.5
 PUBLIC_FILE_MODE = 0o644
 CRL_CONTENT_TYPE = "application/pkix-crl"
 CERT_CONTENT_TYPE = "application/pkix-cert"
@@ -72,7 +82,8 @@ def _name_from_url(url: str | None, suffix: str, default: str) -> str:
 class PkiPublisher:
     def __init__(self, ca: RevocationAuthority, *, crl_dir: Path, http_host: str, http_port: int,
                  refresh_seconds: int = DEFAULT_REFRESH_SECONDS, crl_name: str | None = None,
-                 ca_cert_name: str | None = None, max_connections: int = 512, request_timeout: float = 10.0):
+                 ca_cert_name: str | None = None, max_connections: int = 512, request_timeout: float = 10.0,
+                 follow_seconds: float = FOLLOW_SECONDS):
         if not 0 < refresh_seconds <= MAX_REFRESH_SECONDS:
             raise ValueError(f"refresh_seconds must be in 1..{MAX_REFRESH_SECONDS}, got {refresh_seconds}")
         urls = getattr(ca, "urls", None)
@@ -87,6 +98,10 @@ class PkiPublisher:
         self._crl_der: bytes | None = None
         self._crl_pem: bytes | None = None
         self._task: asyncio.Task | None = None
+        self._follower: asyncio.Task | None = None
+        self.follow_seconds = follow_seconds
+        self._version = getattr(ca, "revocation_version", None)   # None: the CA does not count its changes
+        self.published_version: int | None = None   # the CA's revocation_version the last CRL was built from
         self.last_published: _dt.datetime | None = None
         self.last_error: str = ""
 
@@ -110,17 +125,30 @@ class PkiPublisher:
         await self.publish_now()
         await self._http.start()
         self._task = asyncio.create_task(self._refresh_loop(), name="pki-crl-refresh")
+        if self._version is not None and self.published_version is not None:
+            self._follower = asyncio.create_task(self._follow_loop(), name="pki-crl-follow")
         log.info("PKI publisher: CRL %s, HTTP port %d, refresh every %s", self.crl_path, self.port, self.refresh)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        for task in (self._task, self._follower):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._follower = None
         await self._http.stop()
+
+    async def _follow_loop(self) -> None:
+        """Publish when the CA's status changes moved since the last CRL (another process revoked)."""
+        while True:
+            await asyncio.sleep(self.follow_seconds)
+            try:
+                if await self._version() != self.published_version:
+                    await self.publish_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # the periodic refresh and the next look try again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("CRL publication after a change by another process failed: %s", exc)
 
     async def _refresh_loop(self) -> None:
         delay = self.refresh.total_seconds()
@@ -140,6 +168,8 @@ class PkiPublisher:
         """Build, sign and write a new CRL; returns it. Serialised: concurrent calls queue."""
         async with self._lock:
             now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+            # read before the entries: a change committed meanwhile makes the next look publish again
+            version = await self._version() if self._version is not None else None
             number = await self._ca.next_crl_number()
             entries = await self._ca.revoked_entries()
             builder = crl_mod.build_crl(self._ca.issuing_certificate, entries, crl_number=number,
@@ -151,6 +181,7 @@ class PkiPublisher:
             await asyncio.to_thread(write_public, self.crl_pem_path, pem)
             self._crl_der, self._crl_pem = der, pem
             self.last_published, self.last_error = now, ""
+            self.published_version = version
             log.info("published CRL %d with %d entries", number, len(entries))
             return crl
 

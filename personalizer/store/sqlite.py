@@ -307,6 +307,11 @@ class SqliteRequestStore:
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
 
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` on the read connection: it changes when any other connection
+        (another process's, or this store's writer) commits, and costs no disk I/O."""
+        return (await self._one("PRAGMA data_version", ()))[0]
+
     # -- requests and outbox ----------------------------------------------------
 
     async def create_request(self, rec: RequestRecord) -> bool:

@@ -313,7 +313,9 @@ def test_handshake_timeout_closes_idle_connections(dep):
 
 
 def test_connection_cap_refuses_beyond_the_limit(dep):
-    d = helpers.DaemonProcess(variant(dep, "cap", server="max_connections = 10\nhandshake_timeout_seconds = 60"))
+    # the cap is per server process (each has its own fd budget): one process, so the 11th is the one refused
+    d = helpers.DaemonProcess(variant(dep, "cap", server="max_connections = 10\nhandshake_timeout_seconds = 60\n"
+                                                         "processes = 1"))
     try:
         idle = _idle_sockets(d.port, 10)
         time.sleep(0.3)

@@ -100,11 +100,15 @@ def test_processes_out_of_range_is_one_clear_error(tmp_path, value):
     assert "server.processes" in str(err.value) and "1..64" in str(err.value)
 
 
-def test_processes_default_is_one(tmp_path):
-    from personalizer.ca.signing import default_workers
+def test_processes_default_is_the_number_of_cores(tmp_path):
+    """Issue 16: one server process per core unless the file says otherwise; each signs on its own loop."""
     dep = deploy.init_deployment(tmp_path / "d", listen="127.0.0.1:0")
     s = config.load(dep.server_config).server
-    assert s.processes == 1 and s.workers == default_workers()
+    cores = len(os.sched_getaffinity(0))
+    assert s.processes == min(cores, config.MAX_PROCESSES) and s.workers == (0 if cores > 1 else 1)
+    _with_processes(dep, 1)   # one process: signing threads, one per core
+    s = config.load(dep.server_config).server
+    assert s.processes == 1 and s.workers == cores
 
 
 def test_with_several_processes_each_signs_on_its_loop_unless_workers_is_set(tmp_path):
