@@ -4,7 +4,14 @@ Used by the PostgreSQL request store and the embedded CA's PostgreSQL index (bot
 so a site that takes over has every request, certificate, serial and CRL number). The DSN lists both
 sites with ``target_session_attrs=read-write`` (libpq tries each host until one is the primary).
 
-``run(fn)`` calls ``fn(conn)`` inside one transaction on a pooled connection. When the connection breaks
+``run(fn)`` calls ``fn(conn)`` inside one transaction on a pooled connection; ``run(fn, pipeline=True)``
+does so in psycopg's pipeline mode (BEGIN, the statements and COMMIT leave in one network round trip
+unless ``fn`` reads a result: a ``fetch*`` flushes; a cursor's ``rowcount`` is known only once ``run``
+returns, so such an ``fn`` returns its cursors); ``read(fn)`` runs a read-only ``fn`` without BEGIN/COMMIT
+(autocommit: one round trip per statement instead of three). With the synchronous standby every commit
+waits for the standby's flush, so a request's transactions are few and short, and the pool lets
+concurrent requests share one flush (PostgreSQL's group commit needs concurrent transactions). When the
+connection breaks
 (the primary died, Patroni demoted it: ``OperationalError``, or a node that is now read-only) the
 transaction's outcome is unknown, so ``fn`` must be idempotent (every caller writes by request id or
 compare-and-set); it is called again on a fresh connection until ``failover_timeout`` has passed, then the
@@ -62,7 +69,7 @@ class Database:
         # half the commits of an issuance). A connection that broke fails at its first statement, before
         # anything ran, which run() treats as any lost connection: a fresh pool, the transaction again.
         return AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False, timeout=5.0,
-                                   reconnect_timeout=failover_timeout, kwargs={"autocommit": False})
+                                   reconnect_timeout=failover_timeout, kwargs={"autocommit": True})
 
     async def _recover(self, generation: int) -> None:
         """After a lost connection: once a primary accepts a connection, replace the pool.
@@ -121,8 +128,15 @@ class Database:
         for task in list(self._retired):
             await task
 
-    async def run(self, fn, *, what: str = "PostgreSQL"):
+    async def run(self, fn, *, what: str = "PostgreSQL", pipeline: bool = False):
         """``await fn(conn)`` in one transaction; retried on a fresh connection while the primary moves."""
+        return await self._attempt(fn, what, transaction=True, pipeline=pipeline)
+
+    async def read(self, fn, *, what: str = "PostgreSQL"):
+        """``await fn(conn)`` for reads: each statement on its own (autocommit), no BEGIN/COMMIT round trips."""
+        return await self._attempt(fn, what, transaction=False, pipeline=False)
+
+    async def _attempt(self, fn, what: str, *, transaction: bool, pipeline: bool):
         deadline = time.monotonic() + self.failover_timeout
         attempt = 0
         while True:
@@ -130,8 +144,15 @@ class Database:
             generation = self._generation
             try:
                 async with self._pool.connection() as conn:
-                    async with conn.transaction():
+                    if not transaction:
                         return await fn(conn)
+                    if not pipeline:
+                        async with conn.transaction():
+                            return await fn(conn)
+                    async with conn.pipeline():
+                        async with conn.transaction():
+                            result = await fn(conn)
+                    return result   # after the pipeline's sync: every result (and rowcount) is known
             except RETRYABLE as exc:
                 if time.monotonic() >= deadline:
                     raise self._error(f"{what}: no PostgreSQL primary answered within {self.failover_timeout:.0f} s "
