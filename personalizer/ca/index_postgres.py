@@ -67,11 +67,11 @@ class PgCertificateIndex:
     async def record(self, *, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
                      not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> IndexRow:
         """Record an issued certificate; if ``request_id`` already has one, return that one instead."""
-        async def go(conn):   # BEGIN, INSERT, SELECT, COMMIT in one round trip
-            await conn.execute(Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before),
-                                          _ts(not_after), certificate_der))
-            return await conn.execute(Q_BY_REQUEST, (request_id,))
-        row = await (await self._db.run(go, what="the CA index", pipeline=True)).fetchone()   # already received
+        cursors = await self._db.write([   # one transaction, shared with concurrent writers (group commit)
+            (Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before), _ts(not_after),
+                        certificate_der)),
+            (Q_BY_REQUEST, (request_id,))], what="the CA index")
+        row = await cursors[1].fetchone()   # already received
         if row is None:
             raise CAError(f"CA database lost the record of request {request_id!r}")
         return IndexRow.from_sql(row)
@@ -87,10 +87,9 @@ class PgCertificateIndex:
     async def transition(self, serial_hex: str, *, from_status: str, to_status: str, reason: str | None,
                          at: _dt.datetime | None) -> bool:
         """Compare-and-set the status; False when the row was not in ``from_status``."""
-        async def go(conn):
-            return await conn.execute(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None, serial_hex,
-                                                     from_status))
-        return (await self._db.run(go, what="the CA index", pipeline=True)).rowcount == 1
+        cursors = await self._db.write([(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None, serial_hex,
+                                                         from_status))], what="the CA index")
+        return cursors[0].rowcount == 1
 
     async def not_active(self) -> list[IndexRow]:
         return [IndexRow.from_sql(r) for r in await self._rows(Q_NOT_ACTIVE, ())]

@@ -164,10 +164,9 @@ class PostgresRequestStore:
         return rows[0] if rows else None
 
     async def _exec(self, statements: list[tuple[str, tuple]]) -> list[int]:
-        """The statements in one transaction, pipelined (BEGIN … COMMIT in one round trip); their row counts."""
-        async def go(conn):
-            return [await conn.execute(sql, params) for sql, params in statements]
-        return [cur.rowcount for cur in await self._tx(go, pipeline=True)]
+        """The statements in one transaction (shared with concurrent callers': ``Database.write``); their
+        row counts."""
+        return [cur.rowcount for cur in await self.database.write(statements, what="the request store")]
 
     @staticmethod
     def _audit(a: AuditEntry, now: float) -> tuple[str, tuple]:
