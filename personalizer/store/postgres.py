@@ -125,6 +125,13 @@ Q_STATION_PENDING = pg(q.Q_STATION_PENDING).replace(
     "state = CASE WHEN state", "state = CASE WHEN stations.state")
 
 
+def one_statement(statements: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+    """INSERT/UPDATE statements that touch distinct rows and whose row counts nobody reads, as ONE statement
+    (data-modifying CTEs): one parse/bind/execute instead of one per statement, same rows written."""
+    sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(statements)) + " SELECT 1"
+    return [(sql, tuple(p for _, params in statements for p in params))]
+
+
 class _KnownId(Exception):
     """Raised inside ``enqueue``'s transaction to roll it back: the request id is already stored."""
 
@@ -304,18 +311,18 @@ class PostgresRequestStore:
                                                    profile, request_id, now)))
         except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
             pass
-        await self._exec(statements)
+        await self._exec(one_statement(statements))
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         now = self._clock()
         revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
-        await self._exec([
+        await self._exec(one_statement([
             (pg(q.Q_UPDATE_CERT_STATUS), (info.state.value, info.revocation_reason or None, revoked_at,
                                           info.ref.issuer_dn, info.ref.serial_hex)),
             (pg(q.Q_COMPLETE_REQUEST), (STATE_DONE, info.ref.issuer_dn, info.ref.serial_hex, now, request_id)),
             (pg(q.Q_OUTBOX_DONE), ("done", None, now, request_id)),
             self._audit(audit, now),
-        ])
+        ]))
 
     async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
                            audit: AuditEntry | None = None) -> None:
@@ -325,7 +332,7 @@ class PostgresRequestStore:
                       (pg(q.Q_OUTBOX_DONE), ("failed", f"{code}: {message}"[:MAX_ERROR_TEXT], now, request_id))]
         if audit is not None:
             statements.append(self._audit(audit, now))
-        await self._exec(statements)
+        await self._exec(one_statement(statements))
 
     # -- certificates -----------------------------------------------------------------
 
