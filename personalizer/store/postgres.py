@@ -5,7 +5,9 @@ database through a DSN listing both sites (``target_session_attrs=read-write``);
 follows the primary across a failover. The schema is ``migrations/postgresql`` (applied at open, once,
 under an advisory lock).
 
-Every method is ONE transaction (request + outbox + audit rows together, or none). ``claim_due`` selects
+Every method is ONE transaction (request + outbox + audit rows together, or none); the one-shot writes
+(``_exec``) share their transaction with concurrent callers' (``Database.write``, group commit) and reads
+run without BEGIN/COMMIT. ``claim_due`` selects
 with ``FOR UPDATE SKIP LOCKED``: two daemons on one database never claim one row, and neither waits for
 the other's claim. A transaction whose connection broke is run again on the new primary (``pg.Database``),
 so every write is idempotent: intake is insert-if-absent by request id (a retry whose first attempt did
