@@ -4,7 +4,18 @@ Used by the PostgreSQL request store and the embedded CA's PostgreSQL index (bot
 so a site that takes over has every request, certificate, serial and CRL number). The DSN lists both
 sites with ``target_session_attrs=read-write`` (libpq tries each host until one is the primary).
 
-``run(fn)`` calls ``fn(conn)`` inside one transaction on a pooled connection. When the connection breaks
+``run(fn)`` calls ``fn(conn)`` inside one transaction on a pooled connection; ``run(fn, pipeline=True)``
+does so in psycopg's pipeline mode (BEGIN, the statements and COMMIT leave in one network round trip
+unless ``fn`` reads a result: a ``fetch*`` flushes; a cursor's ``rowcount`` is known only once ``run``
+returns, so such an ``fn`` returns its cursors); ``read(fn)`` runs a read-only ``fn`` without BEGIN/COMMIT
+(autocommit: one round trip per statement instead of three); ``write(statements)`` runs a list of
+statements that need no decision in Python as one transaction shared with the other callers' (group
+commit: while ``GROUP_COMMITTERS`` transactions are committing, the statements asked for meanwhile wait and
+go together in the next one, up to ``GROUP_MAX`` callers; if a shared transaction fails, each caller's
+statements run again alone, so one caller's error never fails another's). With the synchronous standby every commit
+waits for the standby's flush, so a request's transactions are few and short, and the pool lets
+concurrent requests share one flush (PostgreSQL's group commit needs concurrent transactions). When the
+connection breaks
 (the primary died, Patroni demoted it: ``OperationalError``, or a node that is now read-only) the
 transaction's outcome is unknown, so ``fn`` must be idempotent (every caller writes by request id or
 compare-and-set); it is called again on a fresh connection until ``failover_timeout`` has passed, then the
@@ -26,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FAILOVER_TIMEOUT_S = 45.0   # above Patroni's ttl (20 s) + promotion: a whole-site loss is ridden out
 RETRY_PAUSE_S = 0.2
+GROUP_MAX = 64          # callers per shared transaction (write)
+GROUP_COMMITTERS = 2    # shared transactions committing at once; more callers wait for the next one
 RETRYABLE = (psycopg.OperationalError, pgerrors.ReadOnlySqlTransaction, pgerrors.AdminShutdown,
              pgerrors.CannotConnectNow, PoolTimeout)
 
@@ -55,6 +68,9 @@ class Database:
         self._recover_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
         self.failovers = 0   # pools replaced after the primary moved
+        self._queued: list = []           # (statements, future, what) waiting for a shared transaction
+        self._committers: set[asyncio.Task] = set()
+        self.group_commits = 0            # shared transactions committed (write)
 
     @staticmethod
     def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
@@ -62,7 +78,7 @@ class Database:
         # half the commits of an issuance). A connection that broke fails at its first statement, before
         # anything ran, which run() treats as any lost connection: a fresh pool, the transaction again.
         return AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False, timeout=5.0,
-                                   reconnect_timeout=failover_timeout, kwargs={"autocommit": False})
+                                   reconnect_timeout=failover_timeout, kwargs={"autocommit": True})
 
     async def _recover(self, generation: int) -> None:
         """After a lost connection: once a primary accepts a connection, replace the pool.
@@ -117,12 +133,57 @@ class Database:
         return db
 
     async def close(self) -> None:
+        if self._committers:
+            await asyncio.gather(*self._committers, return_exceptions=True)
         await self._pool.close()
         for task in list(self._retired):
             await task
 
-    async def run(self, fn, *, what: str = "PostgreSQL"):
+    async def run(self, fn, *, what: str = "PostgreSQL", pipeline: bool = False):
         """``await fn(conn)`` in one transaction; retried on a fresh connection while the primary moves."""
+        return await self._attempt(fn, what, transaction=True, pipeline=pipeline)
+
+    async def read(self, fn, *, what: str = "PostgreSQL"):
+        """``await fn(conn)`` for reads: each statement on its own (autocommit), no BEGIN/COMMIT round trips."""
+        return await self._attempt(fn, what, transaction=False, pipeline=False)
+
+    async def write(self, statements: list[tuple[str, object]], *, what: str = "PostgreSQL") -> list:
+        """Run ``statements`` (idempotent: see ``run``) in one transaction, shared with concurrent callers;
+        their cursors (rowcount, fetched rows) once committed. A caller cancelled meanwhile still has its
+        statements committed or refused."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queued.append((statements, fut, what))
+        if len(self._committers) < GROUP_COMMITTERS:
+            task = asyncio.get_running_loop().create_task(self._commit_queued())
+            self._committers.add(task)
+            task.add_done_callback(self._committers.discard)
+        return await asyncio.shield(fut)
+
+    @staticmethod
+    async def _execute_all(conn, batch) -> list[list]:
+        return [[await conn.execute(sql, params) for sql, params in statements] for statements, _, _ in batch]
+
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            try:
+                results = await self.run(lambda conn: self._execute_all(conn, batch), what=batch[0][2], pipeline=True)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc=exc)
+                    continue
+                for item in batch:   # alone, each in its own transaction: one caller's error is its own
+                    try:
+                        _settle(item[1], (await self.run(lambda conn, item=item: self._execute_all(conn, [item]),
+                                                         what=item[2], pipeline=True))[0])
+                    except Exception as exc2:
+                        _settle(item[1], exc=exc2)
+                continue
+            self.group_commits += 1
+            for (_, fut, _), cursors in zip(batch, results):
+                _settle(fut, cursors)
+
+    async def _attempt(self, fn, what: str, *, transaction: bool, pipeline: bool):
         deadline = time.monotonic() + self.failover_timeout
         attempt = 0
         while True:
@@ -130,8 +191,15 @@ class Database:
             generation = self._generation
             try:
                 async with self._pool.connection() as conn:
-                    async with conn.transaction():
+                    if not transaction:
                         return await fn(conn)
+                    if not pipeline:
+                        async with conn.transaction():
+                            return await fn(conn)
+                    async with conn.pipeline():
+                        async with conn.transaction():
+                            result = await fn(conn)
+                    return result   # after the pipeline's sync: every result (and rowcount) is known
             except RETRYABLE as exc:
                 if time.monotonic() >= deadline:
                     raise self._error(f"{what}: no PostgreSQL primary answered within {self.failover_timeout:.0f} s "
@@ -147,3 +215,11 @@ class Database:
                     await asyncio.sleep(RETRY_PAUSE_S)   # no primary yet (promotion under way)
             except psycopg.Error as exc:
                 raise self._error(f"{what} failed: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _settle(fut: asyncio.Future, result=None, *, exc: BaseException | None = None) -> None:
+    if not fut.done():
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)

@@ -272,7 +272,8 @@ class Daemon:
         relay = Relay(store=store, ca=ca, calendar=cfg.calendar, metrics=metrics or CAMetrics(clock=clock), clock=clock,
                       retry=RetryPolicy(b.retry_initial_seconds, b.retry_max_seconds),
                       breaker=CircuitBreaker(b.breaker_failures, b.breaker_reset_seconds),
-                      concurrency=b.relay_concurrency, notify=broker.notify, maintenance=list(cfg.maintenance),
+                      concurrency=b.relay_concurrency, notify=broker.notify, watched=broker.watched,
+                      maintenance=list(cfg.maintenance),
                       claimer=claimer, maintenance_refresh_seconds=MAINTENANCE_REFRESH_SECONDS if shared else None)
         broker.wake_relay = relay.wake
         broker.relay = relay

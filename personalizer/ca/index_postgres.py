@@ -55,21 +55,23 @@ class PgCertificateIndex:
         if self._owned:
             await self._db.close()
 
-    async def _rows(self, sql: str, args: tuple) -> list[tuple]:
+    async def _rows(self, sql: str, args: tuple, *, write: bool = False) -> list[tuple]:
+        """One statement; a read runs without BEGIN/COMMIT (one round trip)."""
         async def go(conn):
             cur = await conn.execute(sql, args)
             return await cur.fetchall()
-        return await self._db.run(go, what="the CA index")
+        if write:
+            return await self._db.run(go, what="the CA index", pipeline=True)
+        return await self._db.read(go, what="the CA index")
 
     async def record(self, *, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
                      not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> IndexRow:
         """Record an issued certificate; if ``request_id`` already has one, return that one instead."""
-        async def go(conn):
-            await conn.execute(Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before),
-                                          _ts(not_after), certificate_der))
-            cur = await conn.execute(Q_BY_REQUEST, (request_id,))
-            return await cur.fetchone()
-        row = await self._db.run(go, what="the CA index")
+        cursors = await self._db.write([   # one transaction, shared with concurrent writers (group commit)
+            (Q_INSERT, (serial_hex, issuer_dn, request_id, profile, _ts(not_before), _ts(not_after),
+                        certificate_der)),
+            (Q_BY_REQUEST, (request_id,))], what="the CA index")
+        row = await cursors[1].fetchone()   # already received
         if row is None:
             raise CAError(f"CA database lost the record of request {request_id!r}")
         return IndexRow.from_sql(row)
@@ -85,16 +87,14 @@ class PgCertificateIndex:
     async def transition(self, serial_hex: str, *, from_status: str, to_status: str, reason: str | None,
                          at: _dt.datetime | None) -> bool:
         """Compare-and-set the status; False when the row was not in ``from_status``."""
-        async def go(conn):
-            cur = await conn.execute(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None, serial_hex,
-                                                    from_status))
-            return cur.rowcount == 1
-        return await self._db.run(go, what="the CA index")
+        cursors = await self._db.write([(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None, serial_hex,
+                                                         from_status))], what="the CA index")
+        return cursors[0].rowcount == 1
 
     async def not_active(self) -> list[IndexRow]:
         return [IndexRow.from_sql(r) for r in await self._rows(Q_NOT_ACTIVE, ())]
 
     async def next_crl_number(self) -> int:
         """Increment and return the CRL number; durable (and on the synchronous standby) before it is used."""
-        rows = await self._rows(Q_NEXT_CRL_NUMBER, (CRL_KEY,))
+        rows = await self._rows(Q_NEXT_CRL_NUMBER, (CRL_KEY,), write=True)
         return int(rows[0][0])

@@ -22,7 +22,8 @@ request holds — another holder, the other profile, or the same holder and
 profile again (a renewal generates new keys in the card's spare slots) — is
 INVALID_ARGUMENT on ``csr_der``, without naming the other holder.
 
-Watchers: the relay calls ``notify(record)`` on every state change; ``watch``
+Watchers: the relay calls ``notify(record)`` on every state change of a watched request
+(``watched``: it reads the outcome back only then); ``watch``
 streams them. With several processes of the daemon on one store (``[server]
 processes`` > 1) another process's relay may deliver a watched request:
 ``follow_store`` (started by the daemon) then looks every ``FOLLOW_SECONDS`` at
@@ -401,6 +402,10 @@ class Broker:
     def notify(self, rec: RequestRecord) -> None:
         for q in self._watchers.get(rec.request_id, ()):
             q.put_nowait(rec)
+
+    def watched(self, request_id: str) -> bool:
+        """True while a caller waits on or watches the request (the relay reads its outcome only then)."""
+        return request_id in self._watchers
 
     # -- watchers of requests another process delivers ([server] processes > 1) ---------------------
     def follow_store(self) -> None:

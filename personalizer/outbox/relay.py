@@ -87,6 +87,7 @@ class Relay:
                  metrics: CAMetrics | None = None, clock: Callable[[], float] = time.time,
                  concurrency: int = 32, batch: int = 256,
                  notify: Callable[[RequestRecord], None] = lambda rec: None,
+                 watched: Callable[[str], bool] | None = None,
                  on_status_change: Callable[[], Awaitable[None]] | None = None,
                  maintenance: list[Maintenance] = (), stale_claim_seconds: float = STALE_CLAIM_SECONDS,
                  claimer: str = DEFAULT_CLAIMER, maintenance_refresh_seconds: float | None = None):
@@ -99,6 +100,7 @@ class Relay:
         self._sem = asyncio.Semaphore(concurrency)
         self.batch = batch
         self._notify = notify
+        self._watched = watched   # None: always re-read a delivered row for notify
         self._on_status_change = on_status_change
         self._config_maintenance = list(maintenance)
         self.maintenance: list[Maintenance] = list(maintenance)
@@ -470,9 +472,10 @@ class Relay:
             else:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
-            final = await self._store.get_request(request_id)
-            if final is not None:
-                self._notify(final)
+            if self._watched is None or self._watched(request_id):   # a read per delivery only if someone waits
+                final = await self._store.get_request(request_id)
+                if final is not None:
+                    self._notify(final)
 
     async def _fail(self, rec: RequestRecord, kind: str, code: str, field: str, message: str) -> None:
         await self._store.fail_request(rec.request_id, code, field, message, audit=AuditEntry(

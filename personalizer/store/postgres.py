@@ -5,7 +5,9 @@ database through a DSN listing both sites (``target_session_attrs=read-write``);
 follows the primary across a failover. The schema is ``migrations/postgresql`` (applied at open, once,
 under an advisory lock).
 
-Every method is ONE transaction (request + outbox + audit rows together, or none). ``claim_due`` selects
+Every method is ONE transaction (request + outbox + audit rows together, or none); the one-shot writes
+(``_exec``) share their transaction with concurrent callers' (``Database.write``, group commit) and reads
+run without BEGIN/COMMIT. ``claim_due`` selects
 with ``FOR UPDATE SKIP LOCKED``: two daemons on one database never claim one row, and neither waits for
 the other's claim. A transaction whose connection broke is run again on the new primary (``pg.Database``),
 so every write is idempotent: intake is insert-if-absent by request id (a retry whose first attempt did
@@ -22,8 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-
-from psycopg import errors as pgerrors
 
 from personalizer.ca.base import CertRef, CertState, CertStatusInfo, IssuedCertificate
 from personalizer.errors import StoreError
@@ -58,7 +58,6 @@ Q_FREE_KEY = pg(q.Q_FREE_KEY)
 Q_BIND_KEY = """INSERT INTO certified_keys (key_sha256, holder_cf, profile, request_id, bound_at)
     VALUES (%s, %s, %s, %s, %s)"""
 Q_BIND_ISSUED_KEY = Q_BIND_KEY + " ON CONFLICT (key_sha256) DO NOTHING"
-KEY_CONSTRAINT = "certified_keys_key_sha256_key"
 Q_INSERT_HOLDER = """INSERT INTO request_holders
     (request_id, card_id, codice_fiscale, given_name, surname, birth_date, card_model)
     VALUES (%s, %s, %s, %s, %s, %s, %s)"""
@@ -66,14 +65,30 @@ Q_USE_REGISTRATION = """UPDATE registrations SET used_by = COALESCE(used_by, %s)
     used_operator_id = COALESCE(used_operator_id, %s), used_at = COALESCE(used_at, %s),
     request_id = COALESCE(request_id, %s), card_id = %s
     WHERE registration_id = %s"""
-# Pick and lock due rows, skipping rows another daemon has locked (it is claiming them), then claim them.
+# Pick and lock due rows, skipping rows another daemon has locked (it is claiming them), claim them, mark their
+# requests PENDING and return what the delivery needs: ONE statement, one round trip for the whole batch.
+# The CTEs share one snapshot, so the requests' new state and time come from the UPDATE's RETURNING.
 Q_CLAIM_DUE = """WITH due AS (
         SELECT request_id FROM outbox WHERE status IN ('queued', 'retry') AND lane = ANY(%(lanes)s)
         AND next_attempt_at <= %(now)s
         ORDER BY CASE lane WHEN 'priority' THEN 0 ELSE 1 END, next_attempt_at LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED)
-    UPDATE outbox o SET status = 'sending', attempts = o.attempts + 1, updated_at = %(now)s, claimed_by = %(claimer)s
-    FROM due WHERE o.request_id = due.request_id RETURNING o.request_id"""
+        FOR UPDATE SKIP LOCKED),
+    claimed AS (
+        UPDATE outbox o SET status = 'sending', attempts = o.attempts + 1, updated_at = %(now)s,
+            claimed_by = %(claimer)s
+        FROM due WHERE o.request_id = due.request_id
+        RETURNING o.request_id, o.lane, o.kind, o.payload, o.status, o.attempts, o.next_attempt_at, o.last_error),
+    pending AS (
+        UPDATE requests r SET state = 'PENDING', updated_at = %(now)s
+        FROM claimed WHERE r.request_id = claimed.request_id AND r.state = 'RECEIVED'
+        RETURNING r.request_id, r.state, r.updated_at)
+    SELECT r.request_id, r.kind, r.profile, r.payload_sha256, r.chamber_code, r.station_id,
+        r.operator_id, COALESCE(p.state, r.state), r.error_code, r.error_field, r.error_message, r.issuer_dn,
+        r.serial_hex, r.created_at, COALESCE(p.updated_at, r.updated_at), c.certificate_der, c.chain_der,
+        o.lane, o.status, o.attempts, o.next_attempt_at, o.last_error, o.kind, o.payload
+    FROM claimed o JOIN requests r ON r.request_id = o.request_id
+    LEFT JOIN pending p ON p.request_id = o.request_id
+    LEFT JOIN certificates c ON c.issuer_dn = r.issuer_dn AND c.serial_hex = r.serial_hex"""
 Q_NEXT_DUE = "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'retry') AND lane = ANY(%s)"
 Q_RECLAIM_STALE = """UPDATE outbox SET status = 'retry', next_attempt_at = %s, last_error = %s, updated_at = %s
     WHERE status = 'sending' AND updated_at < %s AND request_id <> ALL(%s)"""
@@ -112,6 +127,17 @@ Q_STATION_PENDING = pg(q.Q_STATION_PENDING).replace(
     "state = CASE WHEN state", "state = CASE WHEN stations.state")
 
 
+def one_statement(statements: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+    """INSERT/UPDATE statements that touch distinct rows and whose row counts nobody reads, as ONE statement
+    (data-modifying CTEs): one parse/bind/execute instead of one per statement, same rows written."""
+    sql = "WITH " + ", ".join(f"s{i} AS ({text})" for i, (text, _) in enumerate(statements)) + " SELECT 1"
+    return [(sql, tuple(p for _, params in statements for p in params))]
+
+
+class _KnownId(Exception):
+    """Raised inside ``enqueue``'s transaction to roll it back: the request id is already stored."""
+
+
 class PostgresRequestStore:
     """Open with ``await PostgresRequestStore.open(dsn)``; ``await close()``. ``database`` is shared with the
     embedded CA's index (``PgCertificateIndex.over(store.database)``): one pool, one replicated database."""
@@ -133,23 +159,23 @@ class PostgresRequestStore:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _tx(self, fn):
-        return await self.database.run(fn, what="the request store")
+    async def _tx(self, fn, *, pipeline: bool = False):
+        return await self.database.run(fn, what="the request store", pipeline=pipeline)
 
     async def _all(self, sql: str, params=()) -> list[tuple]:
+        """One read statement: no BEGIN/COMMIT around it (one round trip)."""
         async def go(conn):
             return await (await conn.execute(sql, params)).fetchall()
-        return await self._tx(go)
+        return await self.database.read(go, what="the request store")
 
     async def _one(self, sql: str, params=()) -> tuple | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
 
     async def _exec(self, statements: list[tuple[str, tuple]]) -> list[int]:
-        """The statements in one transaction; their row counts."""
-        async def go(conn):
-            return [(await conn.execute(sql, params)).rowcount for sql, params in statements]
-        return await self._tx(go)
+        """The statements in one transaction (shared with concurrent callers': ``Database.write``); their
+        row counts."""
+        return [cur.rowcount for cur in await self.database.write(statements, what="the request store")]
 
     @staticmethod
     def _audit(a: AuditEntry, now: float) -> tuple[str, tuple]:
@@ -170,22 +196,22 @@ class PostgresRequestStore:
         claim = claimer is not None
 
         async def go(conn):
-            if key:
-                await conn.execute(Q_FREE_KEY, (key.key_sha256,))
-            cur = await conn.execute(Q_INSERT_REQUEST, (
-                rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
-                rec.operator_id, STATE_PENDING if claim else STATE_RECEIVED, rec.issuer_dn, rec.serial_hex, now, now))
-            if cur.rowcount != 1:
-                return False   # a known id: nothing more is written (the caller compares)
-            if key:
-                try:
-                    async with conn.transaction():   # a savepoint: the constraint names the refusal
-                        await conn.execute(Q_BIND_KEY, (key.key_sha256, key.holder_cf, key.profile,
-                                                        rec.request_id, now))
-                except pgerrors.UniqueViolation as exc:
-                    if exc.diag.constraint_name == KEY_CONSTRAINT:
-                        raise KeyAlreadyCertified("the public key is already certified by another request") from None
-                    raise
+            # round trip 1 (BEGIN + these, then a sync): is the id new, is the key free?
+            async with conn.pipeline():
+                if key:
+                    await conn.execute(Q_FREE_KEY, (key.key_sha256,))
+                created = await conn.execute(Q_INSERT_REQUEST, (
+                    rec.request_id, rec.kind, rec.profile, rec.payload_sha256, rec.chamber_code, rec.station_id,
+                    rec.operator_id, STATE_PENDING if claim else STATE_RECEIVED, rec.issuer_dn, rec.serial_hex,
+                    now, now))
+                if key:
+                    bound = await conn.execute(Q_BIND_ISSUED_KEY, (key.key_sha256, key.holder_cf, key.profile,
+                                                                   rec.request_id, now))
+            if created.rowcount != 1:
+                raise _KnownId   # a known id: nothing is written (rolled back; the caller compares)
+            if key and bound.rowcount != 1:
+                raise KeyAlreadyCertified("the public key is already certified by another request")
+            # round trip 2: the rest and COMMIT
             if claim:
                 await conn.execute(Q_INSERT_OUTBOX_CLAIMED, (rec.request_id, lane, rec.kind, payload, now, now, claimer))
             else:
@@ -199,7 +225,10 @@ class PostgresRequestStore:
                 await conn.execute(Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id,
                                                         audit.card_id, registration_id))
             return True
-        return await self._tx(go)
+        try:
+            return await self._tx(go, pipeline=True)
+        except _KnownId:
+            return False
 
     async def ensure_outbox(self, request_id: str, *, lane: str, kind: str, payload: bytes) -> None:
         now = self._clock()
@@ -229,15 +258,11 @@ class PostgresRequestStore:
 
         async def go(conn):
             cur = await conn.execute(Q_CLAIM_DUE, dict(now=now, lanes=list(lanes), limit=limit, claimer=claimer))
-            out = []
-            for (rid,) in await cur.fetchall():
-                await conn.execute(pg(q.Q_REQUEST_PENDING), (now, rid))
-                row = await (await conn.execute(pg(q.Q_SELECT_REQUEST), (rid,))).fetchone()
-                payload = await (await conn.execute(pg(q.Q_SELECT_PAYLOAD), (rid,))).fetchone()
-                out.append(Claimed(_record(row), OutboxPayload(*payload)))
-            out.sort(key=lambda c: (c.record.lane != LANE_PRIORITY, c.record.next_attempt_at))
-            return out
-        return await self._tx(go)
+            return await cur.fetchall()
+        rows = await self._tx(go)
+        out = [Claimed(_record(row[:22]), OutboxPayload(row[17], row[22], row[23], row[18], row[19])) for row in rows]
+        out.sort(key=lambda c: (c.record.lane != LANE_PRIORITY, c.record.next_attempt_at))
+        return out
 
     async def next_due(self, lanes: tuple[str, ...]) -> float | None:
         if not lanes:
@@ -288,18 +313,18 @@ class PostgresRequestStore:
                                                    profile, request_id, now)))
         except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
             pass
-        await self._exec(statements)
+        await self._exec(one_statement(statements))
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         now = self._clock()
         revoked_at = int(info.revoked_at.timestamp()) if info.revoked_at else None
-        await self._exec([
+        await self._exec(one_statement([
             (pg(q.Q_UPDATE_CERT_STATUS), (info.state.value, info.revocation_reason or None, revoked_at,
                                           info.ref.issuer_dn, info.ref.serial_hex)),
             (pg(q.Q_COMPLETE_REQUEST), (STATE_DONE, info.ref.issuer_dn, info.ref.serial_hex, now, request_id)),
             (pg(q.Q_OUTBOX_DONE), ("done", None, now, request_id)),
             self._audit(audit, now),
-        ])
+        ]))
 
     async def fail_request(self, request_id: str, code: str, field: str, message: str, *,
                            audit: AuditEntry | None = None) -> None:
@@ -309,7 +334,7 @@ class PostgresRequestStore:
                       (pg(q.Q_OUTBOX_DONE), ("failed", f"{code}: {message}"[:MAX_ERROR_TEXT], now, request_id))]
         if audit is not None:
             statements.append(self._audit(audit, now))
-        await self._exec(statements)
+        await self._exec(one_statement(statements))
 
     # -- certificates -----------------------------------------------------------------
 
