@@ -91,11 +91,14 @@ def _raise_fd_limit(agents: int) -> int:
 
 
 def _allow_connections(server_config: Path, n: int) -> None:
-    """The daemon's ``server.max_connections`` (default 4096, its fd budget) raised to the bench's N."""
+    """The daemon's ``server.max_connections`` (default 4096, its fd budget) raised to the bench's N, and the
+    daemon held to one process (``[server] processes`` defaults to the cores): item 6 measures N agents on
+    one personalizer process; ``--instances`` measures several."""
     text = server_config.read_text()
-    if "max_connections" in text.split("[store]", 1)[0]:
-        raise BenchError(f"{server_config} already sets server.max_connections")
-    server_config.write_text(text.replace("[server]\n", f"[server]\nmax_connections = {n}\n", 1))
+    head = text.split("[store]", 1)[0]
+    if "max_connections" in head or "processes" in head:
+        raise BenchError(f"{server_config} already sets server.max_connections or server.processes")
+    server_config.write_text(text.replace("[server]\n", f"[server]\nmax_connections = {n}\nprocesses = 1\n", 1))
 
 
 def _enable_metrics(server_config: Path, port: int) -> None:

@@ -167,8 +167,12 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
     def __init__(self, store: fs.FleetStore, hub: Hub, *, heartbeat_seconds: float = 30, poll_seconds: float = 60,
                  hello_timeout: float = 10, hellos_per_minute: int = 10, on_report=None, clock=time.monotonic,
                  figures: FleetFigures | None = None, seen_flush_seconds: float = 5.0,
-                 reconnect_admit_per_second: float = 250.0):
+                 reconnect_admit_per_second: float = 250.0, hello_rate=None):
         self.figures = figures or FleetFigures()
+        # several processes of one daemon ([server] processes > 1): the hellos of a station are counted in
+        # one bucket for the whole daemon (personalizer.rate.SharedRate, ``allow(key)``), since the kernel
+        # hands its connections to any process; None: this process's sliding minute below
+        self.hello_rate = hello_rate
         self.store = store
         self.hub = hub
         # hellos a second this daemon admits without queueing them (bench fleet, 5,000 agents, 2 cores): when it
@@ -205,6 +209,11 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                                poll_seconds=max(1, round(self.poll_seconds)))
 
     def _count_hello(self, station: str) -> None:
+        if self.hello_rate is not None:
+            if not self.hello_rate.allow(station):
+                raise TooMany(f"more than {self.hellos_per_minute} hellos a minute from {station}; "
+                              "reconnect with backoff")
+            return
         now = self._clock()
         q = self._hellos.setdefault(station, collections.deque())
         while q and q[0] < now - 60:

@@ -106,6 +106,8 @@ class Fleet:
         await self.rollouts.stop()
         if self.bus is not None:
             await self.bus.stop()
+        if getattr(self.service.hello_rate, "close", None):
+            self.service.hello_rate.close()
         await self.store.close()
 
 
@@ -138,6 +140,10 @@ async def attach(server, database: Path, *, model_roots: ModelRoots | None = Non
         bus = PgWakeBus(dsn, pg_database, hub)
         await bus.start()
         hub.on_miss = bus.publish
+    if processes > 1 and pg is None and "hello_rate" not in service_options:   # one hello bucket per station
+        from personalizer.rate import FILE_NAME, SharedRate
+        service_options["hello_rate"] = SharedRate(database.parent / FILE_NAME, "fleet_hello",
+                                                   service_options.get("hellos_per_minute", 10))
     try:
         fleet = await _assemble(server, database, store, hub, bus, model_roots, tick_seconds, service_options)
         fleet.daemon, fleet.process, fleet.processes = daemon, process, processes

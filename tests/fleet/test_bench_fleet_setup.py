@@ -53,3 +53,5 @@ def test_bench_raises_the_daemons_connection_cap(tmp_path):
     assert config.load(dep.server_config).server.max_connections == 4096   # what would refuse agent 4097
     fleet._allow_connections(dep.server_config, 20_064)
     assert config.load(dep.server_config).server.max_connections == 20_064
+    # item 6 measures one personalizer process, whatever the machine's cores make the default
+    assert config.load(dep.server_config).server.processes == 1

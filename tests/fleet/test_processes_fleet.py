@@ -255,3 +255,35 @@ def test_the_primary_counts_the_streams_its_helpers_hold(deployment, tmp_path):
 
 async def _equals(coro, want):
     return await coro == want
+
+
+def test_a_flood_of_hellos_is_counted_once_for_the_whole_daemon(deployment, tmp_path):
+    """A station that floods hellos is refused after the daemon's limit whichever process its connections
+    reach: with one count per process it could say hello ``processes`` times the limit."""
+    import grpc
+
+    from tests.fleet.test_abuse import hello
+
+    async def go():
+        async with two_processes(deployment, tmp_path / "db.sqlite", hellos_per_minute=4) as (
+                (pa, _fa, _), (pb_, _fb, _)):
+            stubs = []
+            for port in (pa, pb_):
+                cfg = support.station(deployment, tmp_path / "RM-ST-9", port, sid="RM-ST-9")
+                ch = support.aio_channel(deployment, port, support.cert_of(cfg))
+                stubs.append((ch, fleet_pb2_grpc.FleetStub(ch)))
+            try:
+                for i in range(4):   # 2 through each process: within the daemon's 4 a minute
+                    await stubs[i % 2][1].Poll(pb.FleetPollRequest(messages=[hello()]))
+                for _, stub in stubs:   # the 5th is refused by either process
+                    try:
+                        await stub.Poll(pb.FleetPollRequest(messages=[hello()]))
+                    except grpc.aio.AioRpcError as e:
+                        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                        assert "hellos a minute" in e.details()
+                    else:
+                        raise AssertionError("a hello over the daemon's limit was accepted")
+            finally:
+                for ch, _ in stubs:
+                    await ch.close()
+    run(go())
