@@ -254,7 +254,7 @@ class EmbeddedCA:
 
     async def revocation_version(self) -> int | None:
         """A number that changes with every suspension, reactivation or revocation committed to this CA's
-        index by any process (None: the index does not count them, e.g. PostgreSQL's)."""
+        index by any process or site (None: an index that does not count them)."""
         counter = getattr(await self._db(), "status_changes", None)
         return None if counter is None else await counter()
 

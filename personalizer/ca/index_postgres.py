@@ -1,7 +1,9 @@
 """The embedded CA's index in PostgreSQL: the same interface as ``index.CertificateIndex``, replicated.
 
 With ``[store] backend = "postgresql"`` both personalizer sites use this one: a site that takes over
-continues the CRL number sequence (``ca_crl_numbers``, incremented in the transaction that returns it)
+continues the CRL number sequence (``ca_crl_numbers``, incremented in the transaction that returns it),
+counts every status transition (``ca_status_changes``, migration ``0003``) so each site's and process's
+CRL publisher follows revocations made elsewhere,
 and can never record a serial twice (``ca_certificates.serial_hex`` PRIMARY KEY) or two certificates for
 one request (``request_id`` UNIQUE). Its tables come from the store's migration ``0002_ca_index``
 (``open`` expects them: the store opens first, or pass ``migrate=``).
@@ -25,8 +27,14 @@ Q_INSERT = f"""INSERT INTO ca_certificates ({_COLUMNS}) VALUES (%s, %s, %s, %s, 
     ON CONFLICT (request_id) DO NOTHING"""
 Q_BY_REQUEST = f"SELECT {_COLUMNS} FROM ca_certificates WHERE request_id = %s"
 Q_BY_SERIAL = f"SELECT {_COLUMNS} FROM ca_certificates WHERE serial_hex = %s"
-Q_SET_STATUS = """UPDATE ca_certificates SET status = %s, revocation_reason = %s, revoked_at = %s
-    WHERE serial_hex = %s AND status = %s"""
+# the compare-and-set and its count in ONE statement (a data-modifying CTE): the counter row is written only
+# when the status moved, so the cursor's rowcount is 1 for a change and 0 for a refused compare-and-set
+Q_SET_STATUS = """WITH changed AS (
+        UPDATE ca_certificates SET status = %s, revocation_reason = %s, revoked_at = %s
+        WHERE serial_hex = %s AND status = %s RETURNING 1)
+    INSERT INTO ca_status_changes (issuer_key, changes) SELECT %s, 1 FROM changed
+    ON CONFLICT (issuer_key) DO UPDATE SET changes = ca_status_changes.changes + 1"""
+Q_STATUS_CHANGES = "SELECT changes FROM ca_status_changes WHERE issuer_key = %s"
 Q_NOT_ACTIVE = f"SELECT {_COLUMNS} FROM ca_certificates WHERE status <> 'active' ORDER BY revoked_at, serial_hex"
 Q_NEXT_CRL_NUMBER = """INSERT INTO ca_crl_numbers (issuer_key, last_number) VALUES (%s, 1)
     ON CONFLICT (issuer_key) DO UPDATE SET last_number = ca_crl_numbers.last_number + 1 RETURNING last_number"""
@@ -88,8 +96,14 @@ class PgCertificateIndex:
                          at: _dt.datetime | None) -> bool:
         """Compare-and-set the status; False when the row was not in ``from_status``."""
         cursors = await self._db.write([(Q_SET_STATUS, (to_status, reason, _ts(at) if at else None, serial_hex,
-                                                         from_status))], what="the CA index")
+                                                         from_status, CRL_KEY))], what="the CA index")
         return cursors[0].rowcount == 1
+
+    async def status_changes(self) -> int:
+        """How many status transitions this index has committed, by any process or site (0 before the first):
+        the CRL publisher's cheap "did anything change?" (``EmbeddedCA.revocation_version``)."""
+        rows = await self._rows(Q_STATUS_CHANGES, (CRL_KEY,))
+        return int(rows[0][0]) if rows else 0
 
     async def not_active(self) -> list[IndexRow]:
         return [IndexRow.from_sql(r) for r in await self._rows(Q_NOT_ACTIVE, ())]

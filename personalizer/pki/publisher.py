@@ -22,7 +22,7 @@ files are written atomically (temporary file, fsync, ``os.replace``).
 
 Revocations made by another process (the daemon's helpers with ``[server]
 processes`` > 1, whose relays change ca.db themselves) are followed: when the CA
-counts its status changes (``revocation_version``, the embedded CA over SQLite),
+counts its status changes (``revocation_version``, the embedded CA over SQLite or PostgreSQL),
 the task ``pki-crl-follow`` reads that counter every ``follow_seconds`` (one
 single-row read) and publishes when it moved since the last CRL. So a
 suspension, reactivation or revocation by any process is on the published CRL

@@ -59,6 +59,30 @@ def test_index_semantics_match_the_sqlite_index(cluster):
     _run(go())
 
 
+def test_status_changes_are_counted_for_every_site_and_process(cluster):
+    """Each CRL publisher (every process of a daemon, both sites) republishes when this count moved: a
+    revocation made by another process or site must move it, a refused compare-and-set must not."""
+    async def go():
+        a, b = await _open(cluster), await _open(cluster)   # two processes (or sites) on one database
+        try:
+            row = await _record(a, 9001)
+            start = await b.status_changes()
+            assert await a.transition(row.serial_hex, from_status=STATUS_ACTIVE, to_status=STATUS_SUSPENDED,
+                                      reason="certificateHold", at=NOW)
+            assert await b.status_changes() == start + 1
+            assert not await a.transition(row.serial_hex, from_status=STATUS_ACTIVE, to_status=STATUS_REVOKED,
+                                          reason="keyCompromise", at=NOW)   # refused: no change, no count
+            assert await b.status_changes() == start + 1
+            assert await b.transition(row.serial_hex, from_status=STATUS_SUSPENDED, to_status=STATUS_REVOKED,
+                                      reason="keyCompromise", at=NOW)
+            assert await a.status_changes() == start + 2
+            assert (await a.by_serial(row.serial_hex)).status == STATUS_REVOKED
+        finally:
+            await a.close()
+            await b.close()
+    _run(go())
+
+
 def test_a_serial_is_never_recorded_twice(cluster):
     async def go():
         idx = await _open(cluster)
