@@ -319,7 +319,12 @@ class Daemon:
                                           tls_key=s.tls_key, anchors=s.client_trust_anchors, client_crl=s.client_crl,
                                           max_connections=sp.max_connections,
                                           request_timeout=sp.request_timeout_seconds)
-        if cfg.reports.enabled and primary:
+        if cfg.reports.enabled and primary and cfg.store.backend != "sqlite":
+            # the archive reads the SQLite store's file; over PostgreSQL it would fail at every check
+            log.warning("[reports]: the daily archives are written from the SQLite store only, so none is written "
+                        "with [store] backend = \"%s\"; the database's backups (pgBackRest) keep the records. Set "
+                        "[reports] enabled = false to silence this", cfg.store.backend)
+        elif cfg.reports.enabled and primary:
             from personalizer.reports.scheduler import ArchiveScheduler
             r = cfg.reports
             self.archiver = ArchiveScheduler(cfg.store.database, r.dir, keep=r.keep, hour=r.hour, tz_name=r.timezone)

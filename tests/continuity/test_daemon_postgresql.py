@@ -97,3 +97,16 @@ def test_sqlite_stays_the_default_and_refuses_postgresql_keys(plain_deployment):
     assert _load(plain_deployment, '[store]\ndata_dir = "data"').store.backend == "sqlite"
     with pytest.raises(ConfigError, match="store.dsn"):
         _load(plain_deployment, '[store]\ndata_dir = "data"\ndsn = "host=a,b"')
+
+
+def test_reports_on_postgresql_say_once_that_no_archive_is_written(cluster, tmp_path):
+    """[reports] (on by default) archives from the SQLite store's file: over PostgreSQL the daemon says so
+    once at start instead of logging "no such table: requests" at every check."""
+    dep = deploy.init_deployment(tmp_path / "cns", chamber="RM", station_id="RM-STATION-01", listen="127.0.0.1:0")
+    path = _site_config(dep, cluster, "r", enrollment=False)
+    assert config.load(path).reports.enabled
+    d = helpers.DaemonProcess(path)
+    assert d.stop() == 0
+    err = d.proc.stderr.read()
+    assert err.count("the daily archives are written from the SQLite store only") == 1, err
+    assert "no such table" not in err and "Traceback" not in err, err
