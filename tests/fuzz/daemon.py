@@ -75,7 +75,7 @@ class FuzzDaemon:
 
     def store_digest(self) -> dict[str, str]:
         """Table → hash of its rows, over the daemon's databases, leaving out the audit trails (a refused
-        call writes its audit row) and SQLite's own bookkeeping. Read-only, beside the running daemon."""
+        call writes its audit row), the processes' presence rows and SQLite's own bookkeeping. Read-only, beside the running daemon."""
         out = {}
         for db in self.databases():
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -97,7 +97,9 @@ class FuzzDaemon:
                         for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
-UNDIGESTED = frozenset({"audit", "fleet_audit", "sqlite_sequence"})
+# fleet_presence: each helper process's stream count and figures, rewritten every few seconds whatever the
+# calls (processes = the cores by default): runtime bookkeeping like the audit trails, not stored data
+UNDIGESTED = frozenset({"audit", "fleet_audit", "sqlite_sequence", "fleet_presence"})
 ENROLL_RE = re.compile(r"enrollment on port (\d+)")
 
 
