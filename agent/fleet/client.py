@@ -142,6 +142,7 @@ class FleetAgent:
         self._seen: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._seq = 0
+        self._next_spread = 0.0   # the window the stream that just ended named, for the next reconnect only
         self.stats = _Stats()
 
     # -- what the rest of the agent calls -------------------------------------------------------
@@ -160,8 +161,8 @@ class FleetAgent:
                 await retrying(self._attempt)
                 # a stopping daemon's streams all end at once: reconnect at a random point of the window it
                 # named (its fleet's size over its admission rate), not all within ``jitter``
-                await asyncio.sleep(random.uniform(0, max(o.jitter, self.stats.reconnect_spread)))
-                self.stats.reconnect_spread = 0.0
+                spread, self._next_spread = self._next_spread, 0.0   # a window applies to one reconnect only
+                await asyncio.sleep(random.uniform(0, max(o.jitter, spread)))
         finally:
             for t in list(self._tasks):
                 t.cancel()
@@ -263,7 +264,7 @@ class FleetAgent:
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
-                    self.stats.reconnect_spread = _spread_hint(await call.trailing_metadata())
+                    self._next_spread = self.stats.reconnect_spread = _spread_hint(await call.trailing_metadata())
                     return
                 if msg.HasField("command"):
                     self._dispatch(msg.command)
