@@ -32,7 +32,7 @@ from personalizer.outbox.windows import ServiceCalendar
 from tests.broker.conftest import Env
 from tests.ops.test_personalize import HOLDER, REQUESTER, codes_for
 from tests.support.uplink import InMemoryUplink
-from tests.support.vpcd import insert
+from tests.support.vpcd import insert, pull
 
 pytestmark = pytest.mark.pcscd
 
@@ -103,8 +103,7 @@ class LoggedCard:
             self.step = step
 
     def stop(self) -> None:
-        self.client.stop()
-        time.sleep(0.3)   # let vpcd see the removal before the next test's card
+        pull(self.client, READER)   # pcscd has seen it go before the next test's card comes
 
 
 @pytest.fixture

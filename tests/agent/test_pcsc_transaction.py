@@ -18,6 +18,7 @@ import pytest
 from agent.card.errors import ReaderError
 from agent.devices.backend import DeviceLink
 from agent.devices.pcsc import PcscLink
+from tests.support.vpcd import pull
 
 pytestmark = pytest.mark.pcscd
 
@@ -61,8 +62,7 @@ def served(pcscd):
                 raise
             time.sleep(0.1)
     yield seen
-    client.stop()
-    time.sleep(0.3)   # let vpcd see the removal before the next module's card
+    pull(client, READER)   # pcscd has seen it go before the next module's card comes
 
 
 @pytest.fixture

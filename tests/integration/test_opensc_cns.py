@@ -22,6 +22,7 @@ from firmware_profiles import load_models
 from firmware_profiles.emulator import EmulatedCard
 from firmware_profiles.emulator.vpcd import VpcdClient, parse_address
 from tests.support import cardprep
+from tests.support.vpcd import pull
 
 pytestmark = [pytest.mark.pcscd, pytest.mark.opensc]
 
@@ -90,8 +91,7 @@ def served(request, pcscd, opensc_tools, tmp_path_factory):
     assert client.inserted.wait(10), "the card never connected to vpcd"
     _wait_for_atr(env, model.atr)
     yield Served(model, card, client, prep, env, workdir, apdu_log)
-    client.stop()
-    time.sleep(0.3)  # let vpcd notice the removal before the next card
+    pull(client, "Virtual PCD 00 00")   # pcscd has seen it go before the next card comes
 
 
 def _pem(s: Served, name: str) -> Path:
