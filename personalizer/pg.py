@@ -71,6 +71,11 @@ class Database:
         self._queued: list = []           # (statements, future, what) waiting for a shared transaction
         self._committers: set[asyncio.Task] = set()
         self.group_commits = 0            # shared transactions committed (write)
+        # measured by benchmarks (issue 17 item 6): where a request's PostgreSQL time goes
+        self.transactions = 0             # transactions committed (each one standby flush with the sync standby)
+        self.group_callers = 0            # write() callers served by the shared transactions
+        self.reads = 0                    # read() calls (no transaction)
+        self.pool_wait_s = 0.0            # time spent waiting for a pooled connection
 
     @staticmethod
     def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
@@ -180,6 +185,7 @@ class Database:
                         _settle(item[1], exc=exc2)
                 continue
             self.group_commits += 1
+            self.group_callers += len(batch)
             for (_, fut, _), cursors in zip(batch, results):
                 _settle(fut, cursors)
 
@@ -189,16 +195,22 @@ class Database:
         while True:
             attempt += 1
             generation = self._generation
+            waited = time.perf_counter()
             try:
                 async with self._pool.connection() as conn:
+                    self.pool_wait_s += time.perf_counter() - waited
                     if not transaction:
+                        self.reads += 1
                         return await fn(conn)
                     if not pipeline:
                         async with conn.transaction():
-                            return await fn(conn)
+                            result = await fn(conn)
+                        self.transactions += 1
+                        return result
                     async with conn.pipeline():
                         async with conn.transaction():
                             result = await fn(conn)
+                    self.transactions += 1
                     return result   # after the pipeline's sync: every result (and rowcount) is known
             except RETRYABLE as exc:
                 if time.monotonic() >= deadline:
