@@ -14,7 +14,10 @@ the CRL number. Signatures run where ``signing.SigningPool`` puts them
 Anything else raises ``InvalidTransition`` (FAILED_PRECONDITION); certificates
 past notAfter report ``expired`` and accept no change. ``issue`` is idempotent
 per request id: a second call returns the first certificate, and a per-id lock
-means it is never even signed twice in one process. With ``ca_dir=None`` the
+means it is never even signed twice in one process. An index with ``recorded_by_store`` (PostgreSQL, issue 17:
+the request store's ``complete_issue`` writes the row in the request's transaction) is not written by
+``issue``: a certificate is on record once its request is ISSUED (a certificate signed for a delivery that
+never completes is on record nowhere and was given to no one). With ``ca_dir=None`` the
 index lives in memory (tests, or a daemon not yet wired to give a directory).
 Must not import grpc, proto, the store or ``personalizer.pki``.
 """
@@ -162,6 +165,8 @@ class EmbeddedCA:
                 row = await db.by_request(request_id)
                 if row is None:
                     issued = await self._run(self.issue_sync, profile, csr, subject, request_id)
+                    if getattr(db, "recorded_by_store", False):
+                        return issued   # the store's complete_issue records it, in the request's transaction
                     row = await db.record(serial_hex=issued.ref.serial_hex, issuer_dn=issued.ref.issuer_dn,
                                           request_id=request_id, profile=profile, not_before=issued.not_before,
                                           not_after=issued.not_after, certificate_der=issued.certificate_der)
