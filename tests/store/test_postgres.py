@@ -174,8 +174,9 @@ def test_an_issuance_commits_once_with_the_cas_record_in_its_own_transaction(pg_
                 request_id=rid2, profile="cns-auth", csr_der=csr2, codice_fiscale=cf, given_name="Mario",
                 surname="Rossi", birth_date="1980-01-01", card_id="7420000000000002", card_model="t",
                 station_id="RM-STATION-01", chamber_code="RM", operator_id="op", ef_dati_personali=ef))
-            before = store.database.transactions
+            before, reads = store.database.transactions, store.database.reads
             issued2 = await ca.issue("cns-auth", x509.load_der_x509_csr(csr2), _subject(cf), rid2)
+            assert store.database.reads == reads   # signing reads nothing (the relay looked before a retry)
             await store.complete_issue(rid2, issued2, "cns-auth", card_id="7420000000000002", holder_cf=cf,
                                        audit=AuditEntry("t", "RM-STATION-01", "issue", rid2, "", "done"))
             delivery_commits = store.database.transactions - before
