@@ -15,6 +15,10 @@ commit answers "exists", which the broker already treats as a client's retry), t
 compare-and-set updates by request id or inserts with ``ON CONFLICT DO NOTHING``. Where the SQLite store
 chains statements with ``changes() = 1``, this one tests the row count in Python.
 
+When the daemon's embedded CA keeps its index here (``ca_record_statement``, set by the composition root),
+``complete_issue`` also writes the CA's record of the certificate, in the same statement: one commit (one
+wait for the synchronous standby) per issuance, and a second certificate for a request is refused.
+
 Statements identical in both dialects are taken from ``sql.py`` (placeholders converted); only the
 dialect-specific ones are written here. Row decoding and the audit parameters are the SQLite store's.
 Imports psycopg (through ``pg``), ``records``, ``sql``, ``sqlite``'s row helpers, ``ca.base`` and the rules'
