@@ -18,8 +18,8 @@ means it is never even signed twice in one process. An index with ``recorded_by_
 the request store's ``complete_issue`` writes the row in the request's transaction) is not written by
 ``issue``, nor read first: a certificate is on record once its request is ISSUED (a certificate signed for a
 delivery that never completes is on record nowhere and was given to no one), and one certificate per request
-is the store's refusal of a second (the relay calls ``find_issued`` before it retries a delivery). With ``ca_dir=None`` the
-index lives in memory (tests, or a daemon not yet wired to give a directory).
+is the store's refusal of a second (the relay calls ``find_issued`` before it retries a delivery).
+With ``ca_dir=None`` the index lives in memory (tests, or a daemon not yet wired to give a directory).
 Must not import grpc, proto, the store or ``personalizer.pki``.
 """
 from __future__ import annotations

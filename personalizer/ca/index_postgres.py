@@ -35,8 +35,8 @@ Q_INSERT = f"""INSERT INTO ca_certificates ({_COLUMNS}) VALUES (%s, %s, %s, %s, 
     ON CONFLICT (request_id) DO NOTHING"""
 # the row written by the store's complete_issue (recorded_by_store): a re-run (same serial) does nothing; another
 # serial for a request that already has one violates request_id UNIQUE and fails the transaction
-Q_INSERT_BY_SERIAL = f"""INSERT INTO ca_certificates ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'active', NULL, NULL, %s)
-    ON CONFLICT (serial_hex) DO NOTHING"""
+Q_INSERT_BY_SERIAL = f"""INSERT INTO ca_certificates ({_COLUMNS})
+    VALUES (%s, %s, %s, %s, %s, %s, 'active', NULL, NULL, %s) ON CONFLICT (serial_hex) DO NOTHING"""
 Q_BY_REQUEST = f"SELECT {_COLUMNS} FROM ca_certificates WHERE request_id = %s"
 Q_BY_SERIAL = f"SELECT {_COLUMNS} FROM ca_certificates WHERE serial_hex = %s"
 # the compare-and-set and its count in ONE statement (a data-modifying CTE): the counter row is written only
