@@ -69,3 +69,51 @@ def duplicates(c: Cluster, schema: str) -> int:
     with psycopg.connect(c.dsn(), autocommit=True) as conn:
         return int(conn.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT count(*) n FROM {schema}.ca_certificates "
                                 "GROUP BY request_id) d").fetchone()[0])
+
+
+def _proc_cpu(pid: int) -> tuple[float, int, str] | None:
+    """(user + system CPU seconds, parent pid, process title) of one process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[1]), title
+
+
+def postgres_cpu(c: Cluster) -> dict[str, float]:
+    """CPU seconds so far of each node's PostgreSQL processes, by role: ``primary_backends`` (the sessions
+    of the daemon), ``walsender``, ``walreceiver``, ``startup`` (the standby's WAL replay), ``primary_other``
+    / ``standby_other`` (postmaster, checkpointer, WAL writer, archiver...). Live processes only: compare two
+    readings taken while the same pool connections exist (a backend that exits takes its CPU with it)."""
+    leader = (c.cluster_json() or {}).get("leader")
+    out: dict[str, float] = {}
+    pms = {site: (c.postmaster(site) or {}).get("pid") for site in SITES}
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _proc_cpu(int(entry))
+            if info:
+                children.setdefault(info[1], []).append(int(entry))
+    for site, pm in pms.items():
+        if not pm:
+            continue
+        node = "primary" if site == leader else "standby"
+        for pid in [pm] + children.get(pm, []):
+            info = _proc_cpu(pid)
+            if not info:
+                continue
+            title = info[2]
+            role = next((r for r in ("walsender", "walreceiver", "startup") if r in title), None)
+            if role is None:
+                role = f"{node}_backends" if (node == "primary" and "cns cns" in title) else f"{node}_other"
+            out[role] = out.get(role, 0.0) + info[0]
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(after))}

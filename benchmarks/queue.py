@@ -113,19 +113,37 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
             assert all(r.state == "RECEIVED" for r in recs)
         enqueue_s = time.perf_counter() - t0
         depth = (await store.queue_depth())["standard"]
+        db = getattr(store, "database", None)     # PostgreSQL: where the drain's database time goes
+        counts0 = _db_counts(db)
+        pg_cpu0 = pg[2]() if pg else None
         relay.calendar = OPEN                     # the CA's window opens
         t0, c0 = time.perf_counter(), time.process_time()
         while await relay.run_once():
             pass
         drain_s = time.perf_counter() - t0
         drain_cores = (time.process_time() - c0) / drain_s
+        pg_drain = None
+        if pg:
+            cpu = _pg.cpu_delta(pg_cpu0, pg[2]())
+            counts = {k: v - counts0[k] for k, v in _db_counts(db).items()}
+            pg_drain = {
+                "transactions_per_issuance": round(counts["transactions"] / queued, 3),
+                "callers_per_group_commit": round(counts["group_callers"] / max(1, counts["group_commits"]), 2),
+                "reads_per_issuance": round(counts["reads"] / queued, 3),
+                "pool_wait_ms_per_issuance": round(counts["pool_wait_s"] * 1000 / queued, 3),
+                "postgres_cpu_ms_per_issuance": {k: round(v * 1000 / queued, 3) for k, v in cpu.items()},
+                "postgres_cores_used": round(sum(cpu.values()) / drain_s, 2)}
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
         await daemon.stop()
     dup = pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")
     return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
             "queued_depth_seen": depth, "lost": sum(s != "ISSUED" for s in states), "duplicated": dup,
-            "commits": getattr(store, "commits", None)}
+            "commits": getattr(store, "commits", None), "pg_drain": pg_drain}
+
+
+def _db_counts(db) -> dict:
+    return {k: getattr(db, k, 0) for k in ("transactions", "group_commits", "group_callers", "reads", "pool_wait_s")}
 
 
 def _duplicates(ca_db: Path) -> int:
@@ -248,7 +266,7 @@ def main(argv: list[str]) -> dict:
         if pgc:
             for name in ("drain", "kill"):
                 path, schema = _pg.use_postgresql(dep.server_config, pgc, name)
-                pair = (path, lambda schema=schema: _pg.duplicates(pgc, schema))
+                pair = (path, lambda schema=schema: _pg.duplicates(pgc, schema), lambda: _pg.postgres_cpu(pgc))
                 pg1, pg2 = (pair, pg2) if name == "drain" else (pg1, pair)
         res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders, pg1, opts.workers))
         # measured right before the queue fills and right after it drained: a machine whose load changes
@@ -288,4 +306,5 @@ def main(argv: list[str]) -> dict:
         "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
         "kill_round_processes": opts.processes,
         "store_commits_phase1_2": res["commits"], "cpus": os.cpu_count(),
+        **({"postgresql_drain": res["pg_drain"]} if res.get("pg_drain") else {}),
     }

@@ -66,11 +66,20 @@ class Database:
         self._pool_args = pool_args or {}
         self._generation = 0
         self._recover_lock = asyncio.Lock()
+        # a connection broke and no primary answered the probe yet: callers probe (one at a time, at most every
+        # RETRY_PAUSE_S) instead of waiting on the old pool, so a promotion is found within one pause
+        self._primary_lost = False
+        self._probe_failed_at = -1e9
         self._retired: set[asyncio.Task] = set()
         self.failovers = 0   # pools replaced after the primary moved
         self._queued: list = []           # (statements, future, what) waiting for a shared transaction
         self._committers: set[asyncio.Task] = set()
         self.group_commits = 0            # shared transactions committed (write)
+        # measured by benchmarks (issue 17 item 6): where a request's PostgreSQL time goes
+        self.transactions = 0             # transactions committed (each one standby flush with the sync standby)
+        self.group_callers = 0            # write() callers served by the shared transactions
+        self.reads = 0                    # read() calls (no transaction)
+        self.pool_wait_s = 0.0            # time spent waiting for a pooled connection
 
     @staticmethod
     def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
@@ -84,16 +93,27 @@ class Database:
         """After a lost connection: once a primary accepts a connection, replace the pool.
 
         The pool's own reconnection backs off exponentially (1 s, 2 s, 4 s …), which after a 20 s failover
-        would add seconds to the recovery; a direct probe finds the new primary as soon as it is promoted.
-        Raises the probe's OperationalError while no primary answers."""
+        would add seconds to the recovery, and a caller waiting on the old pool waits its whole checkout
+        timeout (5 s) before probing again; a direct probe finds the new primary as soon as it is promoted.
+        While no primary answers, callers probe one at a time and at most every ``RETRY_PAUSE_S`` (a probe is a
+        connection attempt to every host): within a pause of another caller's failed probe this raises
+        without probing. Raises OperationalError while no primary answers."""
         async with self._recover_lock:
             if generation != self._generation:
                 return   # another caller already replaced the pool
-            probe = await psycopg.AsyncConnection.connect(self._dsn)
+            if time.monotonic() - self._probe_failed_at < RETRY_PAUSE_S:
+                raise psycopg.OperationalError("no PostgreSQL primary yet (probed just now)")
+            try:
+                probe = await psycopg.AsyncConnection.connect(self._dsn)
+            except psycopg.OperationalError:
+                self._probe_failed_at = time.monotonic()
+                self._primary_lost = True
+                raise
             await probe.close()
             old, self._pool = self._pool, self._new_pool(self._dsn, **self._pool_args)
             await self._pool.open(wait=False)
             self._generation += 1
+            self._primary_lost = False
             self.failovers += 1
             task = asyncio.create_task(old.close(timeout=1.0))
             self._retired.add(task)
@@ -180,6 +200,7 @@ class Database:
                         _settle(item[1], exc=exc2)
                 continue
             self.group_commits += 1
+            self.group_callers += len(batch)
             for (_, fut, _), cursors in zip(batch, results):
                 _settle(fut, cursors)
 
@@ -189,16 +210,32 @@ class Database:
         while True:
             attempt += 1
             generation = self._generation
+            if self._primary_lost:   # the primary is gone: find the new one rather than wait on the old pool
+                try:
+                    await self._recover(generation)
+                except psycopg.OperationalError:
+                    if time.monotonic() >= deadline:
+                        raise self._error(f"{what}: no PostgreSQL primary answered within "
+                                          f"{self.failover_timeout:.0f} s; check scripts/cluster status") from None
+                    await asyncio.sleep(RETRY_PAUSE_S)
+                    continue
+                generation = self._generation
+            waited = time.perf_counter()
             try:
                 async with self._pool.connection() as conn:
+                    self.pool_wait_s += time.perf_counter() - waited
                     if not transaction:
+                        self.reads += 1
                         return await fn(conn)
                     if not pipeline:
                         async with conn.transaction():
-                            return await fn(conn)
+                            result = await fn(conn)
+                        self.transactions += 1
+                        return result
                     async with conn.pipeline():
                         async with conn.transaction():
                             result = await fn(conn)
+                    self.transactions += 1
                     return result   # after the pipeline's sync: every result (and rowcount) is known
             except RETRYABLE as exc:
                 if time.monotonic() >= deadline:

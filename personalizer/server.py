@@ -220,8 +220,10 @@ class Daemon:
                 if pg_store is not None:
                     from personalizer.ca.index_postgres import PgCertificateIndex
 
-                    async def pg_index():
-                        return PgCertificateIndex.over(pg_store.database)
+                    async def pg_index():   # the CA's rows are written in complete_issue's transaction
+                        index = PgCertificateIndex.over(pg_store.database, recorded_by_store=True)
+                        pg_store.ca_record_statement = index.record_statement
+                        return index
                     ca = build_ca(cfg, index_opener=pg_index)
                 else:
                     ca = build_ca(cfg)

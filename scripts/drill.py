@@ -377,6 +377,42 @@ def run_drill(args, work: Path) -> dict:
         cluster.down(purge=True)
 
 
+def _first_logged(path: Path, needles: tuple[str, ...], after: float) -> float | None:
+    """Wall-clock time of the first line of ``path`` (Python logging's ``%Y-%m-%d %H:%M:%S,%f`` local time,
+    Patroni's too) at or after ``after`` containing one of ``needles``; None when there is none."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if any(n in line for n in needles):
+            try:
+                t = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if t >= after - 0.001:
+                return t
+    return None
+
+
+PROMOTED = ("promoted self to leader",)             # Patroni (ha.py): it took the leader lock and promotes
+DR_FOUND = ("PostgreSQL primary found again",)      # personalizer.pg: the site's pool is on the new primary
+
+
+def rto_breakdown(cluster: Cluster, sites: list[Site], t_kill: float, rto: float | None) -> dict:
+    """Where the RTO went (issue 17 item 3: a run off target says which step was slow): Patroni's promotion
+    (leader lock TTL + its loop), the DR site's database pool finding the new primary, the first accepted
+    request. Seconds after the kill; None for a step whose log line is absent."""
+    promoted = [t for t in (_first_logged(cluster.run_dir / site / "patroni.log", PROMOTED, t_kill) for site in SITES)
+                if t is not None]
+    found = _first_logged(Path(sites[-1].stderr.name), DR_FOUND, t_kill)
+    out = {"promoted_s": round(min(promoted) - t_kill, 3) if promoted else None,
+           "dr_found_primary_s": round(found - t_kill, 3) if found else None, "first_accepted_s": rto}
+    out["dr_found_after_promotion_s"] = (round(out["dr_found_primary_s"] - out["promoted_s"], 3)
+                                         if out["promoted_s"] is not None and found else None)
+    return out
+
+
 def verify(args, cluster: Cluster, sites: list[Site], issuing, outcomes: list[Outcome], before: dict,
            t_kill: float) -> dict:
     import psycopg
@@ -443,6 +479,7 @@ def verify(args, cluster: Cluster, sites: list[Site], issuing, outcomes: list[Ou
                    "shared": bad_signatures == 0 and not key_file and all(signed_by.values())
                    if args.kill in ("site", "personalizer") else bad_signatures == 0 and not key_file},
         "rto_s": rto,
+        "rto_breakdown": rto_breakdown(cluster, sites, t_kill, rto) if args.kill in ("site", "postgres") else None,
         # per service class of the continuity study: issuance; suspension and revocation; CRL (the DR
         # site's first CRL published after the kill, when it could be fetched; OCSP answers from the same
         # database)
@@ -523,6 +560,10 @@ def summarize(runs: list[dict]) -> dict:
         "runs_without_class_figure": {c: sum(1 for r in runs if r["rto_s_by_class"][c] is None)
                                       for c in ("issuance", "suspension_revocation", "crl_ocsp")},
         "rebuild_s_max": worst("rebuild_s"),
+        # the slowest step of the RTO over the runs (None when no run has it): promotion, DR pool, first answer
+        "rto_breakdown_max": {k: max((r["rto_breakdown"][k] for r in runs if r.get("rto_breakdown")
+                                      and r["rto_breakdown"][k] is not None), default=None)
+                              for k in ("promoted_s", "dr_found_primary_s", "dr_found_after_promotion_s")},
         "ca_key_shared": all(r["ca_key"]["shared"] for r in runs),
         "restore_ok": all(r["restore"]["ok"] for r in runs) if all("restore" in r for r in runs) else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions(),

@@ -14,8 +14,12 @@ the CRL number. Signatures run where ``signing.SigningPool`` puts them
 Anything else raises ``InvalidTransition`` (FAILED_PRECONDITION); certificates
 past notAfter report ``expired`` and accept no change. ``issue`` is idempotent
 per request id: a second call returns the first certificate, and a per-id lock
-means it is never even signed twice in one process. With ``ca_dir=None`` the
-index lives in memory (tests, or a daemon not yet wired to give a directory).
+means it is never even signed twice in one process. An index with ``recorded_by_store`` (PostgreSQL, issue 17:
+the request store's ``complete_issue`` writes the row in the request's transaction) is not written by
+``issue``, nor read first: a certificate is on record once its request is ISSUED (a certificate signed for a
+delivery that never completes is on record nowhere and was given to no one), and one certificate per request
+is the store's refusal of a second (the relay calls ``find_issued`` before it retries a delivery).
+With ``ca_dir=None`` the index lives in memory (tests, or a daemon not yet wired to give a directory).
 Must not import grpc, proto, the store or ``personalizer.pki``.
 """
 from __future__ import annotations
@@ -159,6 +163,11 @@ class EmbeddedCA:
         lock = self._request_locks.setdefault(request_id, asyncio.Lock())
         try:
             async with lock:
+                if getattr(db, "recorded_by_store", False):
+                    # the store's complete_issue records it, in the request's transaction, and refuses a second
+                    # certificate for a request; the relay looks it up (find_issued) before any retry, so a
+                    # read here would find nothing on every first attempt: one round trip saved per issuance
+                    return await self._run(self.issue_sync, profile, csr, subject, request_id)
                 row = await db.by_request(request_id)
                 if row is None:
                     issued = await self._run(self.issue_sync, profile, csr, subject, request_id)

@@ -8,6 +8,14 @@ and can never record a serial twice (``ca_certificates.serial_hex`` PRIMARY KEY)
 one request (``request_id`` UNIQUE). Its tables come from the store's migration ``0002_ca_index``
 (``open`` expects them: the store opens first, or pass ``migrate=``).
 
+With ``recorded_by_store`` (the daemon's composition: the index shares the request store's database) the
+embedded CA does not record a certificate itself: the PostgreSQL store's ``complete_issue`` writes this
+index's row (``record_statement``) in the request's own transaction, so an issuance commits (and waits
+for the synchronous standby) once instead of twice, and the request is ISSUED exactly when the CA's
+record of its certificate exists. That row is inserted if its serial is new (a re-run of the same
+transaction writes nothing twice) and refused, failing the whole transaction, when the request already has a
+certificate with another serial (``request_id`` UNIQUE): the store keeps the one certificate recorded first.
+
 Every statement is idempotent under ``pg.Database.run``'s retry after a lost connection: ``record`` is an
 insert-if-absent by request id, ``transition`` a compare-and-set, and a CRL number handed out by a
 transaction whose commit was lost is skipped (CRL numbers must increase; gaps are allowed, RFC 5280
@@ -25,6 +33,10 @@ _COLUMNS = ("serial_hex, issuer_dn, request_id, profile, not_before, not_after, 
             "revoked_at, certificate_der")
 Q_INSERT = f"""INSERT INTO ca_certificates ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'active', NULL, NULL, %s)
     ON CONFLICT (request_id) DO NOTHING"""
+# the row written by the store's complete_issue (recorded_by_store): a re-run (same serial) does nothing; another
+# serial for a request that already has one violates request_id UNIQUE and fails the transaction
+Q_INSERT_BY_SERIAL = f"""INSERT INTO ca_certificates ({_COLUMNS})
+    VALUES (%s, %s, %s, %s, %s, %s, 'active', NULL, NULL, %s) ON CONFLICT (serial_hex) DO NOTHING"""
 Q_BY_REQUEST = f"SELECT {_COLUMNS} FROM ca_certificates WHERE request_id = %s"
 Q_BY_SERIAL = f"SELECT {_COLUMNS} FROM ca_certificates WHERE serial_hex = %s"
 # the compare-and-set and its count in ONE statement (a data-modifying CTE): the counter row is written only
@@ -46,9 +58,10 @@ class PgCertificateIndex:
 
     path = "postgresql"
 
-    def __init__(self, db: Database, owned: bool):
+    def __init__(self, db: Database, owned: bool, recorded_by_store: bool = False):
         self._db = db
         self._owned = owned
+        self.recorded_by_store = recorded_by_store
 
     @classmethod
     async def open(cls, dsn: str, *, migrate=None, failover_timeout: float | None = None) -> "PgCertificateIndex":
@@ -56,8 +69,18 @@ class PgCertificateIndex:
         return cls(await Database.open(dsn, error_cls=CAError, max_size=4, migrate=migrate, **extra), owned=True)
 
     @classmethod
-    def over(cls, db: Database) -> "PgCertificateIndex":
-        return cls(db, owned=False)
+    def over(cls, db: Database, *, recorded_by_store: bool = False) -> "PgCertificateIndex":
+        """The index on the store's pool. ``recorded_by_store``: the store's ``complete_issue`` writes each
+        certificate's row (``record_statement``) and the CA does not (see the module's docstring)."""
+        return cls(db, owned=False, recorded_by_store=recorded_by_store)
+
+    @staticmethod
+    def record_statement(*, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
+                         not_before: _dt.datetime, not_after: _dt.datetime,
+                         certificate_der: bytes) -> tuple[str, tuple]:
+        """The statement that records an issued certificate, for the store to run in its own transaction."""
+        return Q_INSERT_BY_SERIAL, (serial_hex, issuer_dn, request_id, profile, _ts(not_before), _ts(not_after),
+                                    certificate_der)
 
     async def close(self) -> None:
         if self._owned:

@@ -15,6 +15,10 @@ commit answers "exists", which the broker already treats as a client's retry), t
 compare-and-set updates by request id or inserts with ``ON CONFLICT DO NOTHING``. Where the SQLite store
 chains statements with ``changes() = 1``, this one tests the row count in Python.
 
+When the daemon's embedded CA keeps its index here (``ca_record_statement``, set by the composition root),
+``complete_issue`` also writes the CA's record of the certificate, in the same statement: one commit (one
+wait for the synchronous standby) per issuance, and a second certificate for a request is refused.
+
 Statements identical in both dialects are taken from ``sql.py`` (placeholders converted); only the
 dialect-specific ones are written here. Row decoding and the audit parameters are the SQLite store's.
 Imports psycopg (through ``pg``), ``records``, ``sql``, ``sqlite``'s row helpers, ``ca.base`` and the rules'
@@ -145,6 +149,9 @@ class PostgresRequestStore:
     def __init__(self, db: Database, clock=time.time):
         self.database = db
         self._clock = clock
+        # set by the composition root when the embedded CA's index shares this database and leaves recording
+        # to complete_issue (PgCertificateIndex.record_statement): the CA's row in the request's transaction
+        self.ca_record_statement = None
 
     @classmethod
     async def open(cls, dsn: str, *, clock=time.time, max_connections: int = 8,
@@ -156,6 +163,12 @@ class PostgresRequestStore:
 
     async def close(self) -> None:
         await self.database.close()
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed on the shared database (the request store's and the CA index's): the queue
+        benchmark reads it, as the SQLite store's."""
+        return self.database.transactions
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -313,6 +326,11 @@ class PostgresRequestStore:
                                                    profile, request_id, now)))
         except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
             pass
+        if self.ca_record_statement is not None:   # the CA's own record, committed with the request's
+            statements.insert(0, self.ca_record_statement(
+                serial_hex=issued.ref.serial_hex, issuer_dn=issued.ref.issuer_dn, request_id=request_id,
+                profile=profile, not_before=issued.not_before, not_after=issued.not_after,
+                certificate_der=issued.certificate_der))
         await self._exec(one_statement(statements))
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:

@@ -40,6 +40,9 @@ def test_short_whole_site_drill(tmp_path):
     assert s["acknowledged_lost"] == 0                       # RPO 0 for acknowledged requests
     assert s["duplicates"] == 0                              # no request issued twice, no card twice
     assert run["rto_s"] is not None and run["rto_s"] <= 25   # kill -> first request accepted at the DR site
+    steps = run["rto_breakdown"]                             # where it went: Patroni's promotion, then the DR
+    assert steps["promoted_s"] is not None and steps["dr_found_primary_s"] is not None   # site's pool on it
+    assert steps["dr_found_after_promotion_s"] <= 3          # probing every 0.2 s, not the old pool's 5 s wait
     by_class = run["rto_s_by_class"]                         # the continuity study's service classes
     assert by_class["issuance"] is not None and by_class["suspension_revocation"] is not None
     assert run["rto_s"] <= by_class["issuance"] <= 25 and by_class["crl_ocsp"] is not None
