@@ -480,9 +480,10 @@ class Broker:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
-                pushed = await asyncio.wait_for(q.get(), left)
-            except asyncio.TimeoutError:
+            try:   # asyncio.timeout, not wait_for: no task per wait (3.11's wait_for wraps q.get() in one)
+                async with asyncio.timeout(left):
+                    pushed = await q.get()
+            except TimeoutError:
                 break
             if pushed is not None and pushed.terminal:
                 return pushed
