@@ -489,6 +489,8 @@ class Broker:
                 return pushed
             if pushed is None:
                 rec, read = await self.get(request_id), True
+            else:   # the row moved on since it was last read: a wait that runs out reads it again
+                read = False
         return rec if read else await self.get(request_id)
 
     async def watch(self, request_id: str) -> AsyncIterator[RequestRecord]:
