@@ -79,8 +79,11 @@ class CAConnector(Protocol):
         """Issuing CA certificate first, root last."""
 
     async def issue(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
-                    request_id: str) -> IssuedCertificate:
-        """Issue under ``profile``. Raise InvalidRequest (refused), CAUnavailable (retry later)."""
+                    request_id: str, *, first_attempt: bool = False) -> IssuedCertificate:
+        """Issue under ``profile``. Raise InvalidRequest (refused), CAUnavailable (retry later).
+        ``first_attempt``: the caller knows no earlier call for ``request_id`` reached this CA (the relay's
+        first claim of the row); a connector may skip looking for an earlier certificate, never the
+        guarantee that one request id gets one certificate."""
 
     async def find_issued(self, request_id: str) -> IssuedCertificate | None:
         """The certificate already issued for ``request_id``, if any. Brokers call it before a retry,

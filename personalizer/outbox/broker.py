@@ -299,13 +299,21 @@ class Broker:
             # The commit and the hand-off to the relay run as their own task, shielded from the caller:
             # a client that cancels or whose deadline expires interrupts only its own wait, never a
             # request committed claimed but not yet handed to the relay (it would stay PENDING).
-            task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
-                                                      card_id=card_id, holder_cf=holder_cf, key=key,
-                                                      registration_id=registration_id, mode=mode,
-                                                      holder=holder))
-            self._handoffs.add(task)
-            task.add_done_callback(self._handoff_done)
-            created = await asyncio.shield(task)
+            # Subscribed before the commit, so no change of the new request is missed: its state is
+            # known without reading it back (the outcome is read once, by the relay; issue 16).
+            q = self._subscribe(rid)
+            try:
+                task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
+                                                          card_id=card_id, holder_cf=holder_cf, key=key,
+                                                          registration_id=registration_id, mode=mode,
+                                                          holder=holder))
+                self._handoffs.add(task)
+                task.add_done_callback(self._handoff_done)
+                created = await asyncio.shield(task)
+                if created:
+                    return await self._wait_on(q, rid, rec, self._answer_wait, read=False)
+            finally:
+                self._unsubscribe(rid, q)
         if not created:
             existing = await self._store.get_request(rid)
             if existing is None:
@@ -456,20 +464,34 @@ class Broker:
         """The request once terminal, or its state after ``timeout`` seconds."""
         q = self._subscribe(request_id)
         try:
-            rec = await self.get(request_id)
-            deadline = time.monotonic() + timeout
-            while not rec.terminal:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    pushed = await asyncio.wait_for(q.get(), left)
-                except asyncio.TimeoutError:
-                    break
-                rec = pushed if pushed is not None and pushed.terminal else await self.get(request_id)
-            return rec
+            return await self._wait_on(q, request_id, await self.get(request_id), timeout, read=True)
         finally:
             self._unsubscribe(request_id, q)
+
+    async def _wait_on(self, q: asyncio.Queue, request_id: str, rec: RequestRecord, timeout: float, *,
+                       read: bool) -> RequestRecord:
+        """Wait on the subscription ``q`` from ``rec`` (``read``: as stored; else as the caller knows it).
+
+        A pushed terminal record (the relay read it as committed) ends the wait; a pushed intermediate
+        one (a delivery starting) is no reason to read the row; ``None`` (another process may have
+        changed it) is. A wait that runs out answers the stored state, read then if not read last."""
+        deadline = time.monotonic() + timeout
+        while not rec.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:   # asyncio.timeout, not wait_for: no task per wait (3.11's wait_for wraps q.get() in one)
+                async with asyncio.timeout(left):
+                    pushed = await q.get()
+            except TimeoutError:
+                break
+            if pushed is not None and pushed.terminal:
+                return pushed
+            if pushed is None:
+                rec, read = await self.get(request_id), True
+            else:   # the row moved on since it was last read: a wait that runs out reads it again
+                read = False
+        return rec if read else await self.get(request_id)
 
     async def watch(self, request_id: str) -> AsyncIterator[RequestRecord]:
         """The current state, then every change (as the relay makes it), until a terminal state."""

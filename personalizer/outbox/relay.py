@@ -443,9 +443,10 @@ class Relay:
                 return
             self._notify(rec)
             t0 = time.perf_counter()
+            completed = None   # the request as committed, when the store read it back
             try:
                 if payload.kind in ISSUANCE_KINDS:
-                    await self._deliver_issuance(rec, IssuancePayload.decode(payload.payload))
+                    completed = await self._deliver_issuance(rec, IssuancePayload.decode(payload.payload))
                 elif payload.kind in CHANGE_KINDS:
                     await self._deliver_change(rec, payload.kind, ChangePayload.decode(payload.payload))
                 else:
@@ -473,7 +474,7 @@ class Relay:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
             if self._watched is None or self._watched(request_id):   # a read per delivery only if someone waits
-                final = await self._store.get_request(request_id)
+                final = completed if completed is not None else await self._store.get_request(request_id)
                 if final is not None:
                     self._notify(final)
 
@@ -488,22 +489,22 @@ class Relay:
         log.info("request %s attempt %d failed (%s); next attempt in %.1f s", rec.request_id, rec.attempts,
                  reason, at - self._clock())
 
-    async def _deliver_issuance(self, rec: RequestRecord, p: IssuancePayload) -> None:
+    async def _deliver_issuance(self, rec: RequestRecord, p: IssuancePayload) -> RequestRecord | None:
+        """The request as ``complete_issue`` committed it (None: the store does not read it back)."""
         audit = AuditEntry(RELAY_ACTOR, rec.station_id, rec.kind, rec.request_id, p.card_id, "done")
         if rec.attempts > 1:   # an earlier attempt may have reached the CA: look before issuing again
             found = await self._find_issued(rec.request_id)
             if found is not None:
                 log.info("request %s was already issued by the CA (serial %s); recording it", rec.request_id,
                          found.ref.serial_hex)
-                await self._store.complete_issue(rec.request_id, found, p.profile, card_id=p.card_id,
-                                                 holder_cf=p.codice_fiscale, audit=audit)
-                return
+                return await self._store.complete_issue(rec.request_id, found, p.profile, card_id=p.card_id,
+                                                        holder_cf=p.codice_fiscale, audit=audit)
         csr = x509.load_der_x509_csr(p.csr_der)
         holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
         subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
-        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id)
-        await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
-                                         holder_cf=p.codice_fiscale, audit=audit)
+        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id, first_attempt=rec.attempts == 1)
+        return await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
+                                                holder_cf=p.codice_fiscale, audit=audit)
 
     async def _find_issued(self, request_id: str):
         finder = getattr(self._ca, "find_issued", None)

@@ -336,8 +336,9 @@ class MemoryRequestStore:
         try:
             digest = certificate_key_sha256(issued.certificate_der)
         except ValueError:
-            return
+            return self._record(request_id)
         self._keys.setdefault(digest, KeyBinding(digest, holder_cf or "", profile, request_id))
+        return self._record(request_id)
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         self._wrote()

@@ -95,8 +95,10 @@ class RequestStore(Protocol):
         request RECEIVED again), due at ``at``."""
 
     async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
-                             holder_cf: str, audit: AuditEntry) -> None:
-        """Certificate row (once), request ISSUED with its reference, outbox done, audit row, key bound."""
+                             holder_cf: str, audit: AuditEntry) -> RequestRecord | None:
+        """Certificate row (once), request ISSUED with its reference, outbox done, audit row, key bound.
+        Returns the request as committed (what ``get_request`` would read then), or None from a store
+        that does not read it back in the transaction (the caller reads it if it needs it)."""
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         """Certificate status as ``info``, request DONE, outbox done, audit row."""

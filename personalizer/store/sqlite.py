@@ -175,6 +175,14 @@ def _claim_sync(conn: sqlite3.Connection, params: dict) -> list[Claimed]:
     return out
 
 
+def _run_then_read(conn: sqlite3.Connection, statements: list, request_id: str) -> RequestRecord | None:
+    """A work item: the statements, then the request row as they leave it (same transaction)."""
+    for sql, params in statements:
+        conn.execute(sql, params)
+    row = conn.execute(q.Q_SELECT_REQUEST, (request_id,)).fetchone()
+    return _record(row) if row is not None else None
+
+
 def _record(row) -> RequestRecord:
     return RequestRecord(*row[:15], certificate_der=row[15], chain_der=_unpack_chain(row[16]), lane=row[17],
                          outbox_status=row[18], attempts=row[19] or 0, next_attempt_at=row[20] or 0.0,
@@ -466,7 +474,9 @@ class SqliteRequestStore:
                            (q.Q_REQUEST_RECEIVED_IF_UNSENT, (now, request_id, request_id))])
 
     async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
-                             holder_cf: str, audit: AuditEntry) -> None:
+                             holder_cf: str, audit: AuditEntry) -> RequestRecord | None:
+        """Read back in the same transaction, on the writer's thread: the relay answers a waiting caller
+        with it, without a read of its own (issue 16)."""
         now = self._clock()
         statements = [
             (q.Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
@@ -481,7 +491,7 @@ class SqliteRequestStore:
                                                    profile, request_id, now)))
         except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
             pass
-        await self._write(statements)
+        return await self._write(functools.partial(_run_then_read, statements=statements, request_id=request_id))
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:
         now = self._clock()

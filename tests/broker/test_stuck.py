@@ -233,9 +233,9 @@ def test_a_claim_bounced_by_the_breaker_stays_cancellable_and_a_delivery_in_flig
             gate = asyncio.Event()
             inner_issue = env.ca.issue
 
-            async def slow_issue(*a):
+            async def slow_issue(*a, **kw):
                 await gate.wait()
-                return await inner_issue(*a)
+                return await inner_issue(*a, **kw)
             env.ca.issue = slow_issue
             busy = await env.broker.submit_issue(issue_input(1))        # claimed at accept, waits at the CA
             assert env.relay.holds(busy.request_id)

@@ -1,7 +1,8 @@
 """``scripts/bench queue`` on a tiny sample: nothing lost or duplicated (SIGKILL round included), drain ratio reported.
 
 No speed is asserted here; the ratio must be the drain rate over the raw signing
-rate measured in the same run, and the broker's promises must hold with the
+rate measured in the same run (the headline: the daemon's drain, ``[server] processes`` = 2; the
+in-process one-interpreter drain beside it), and the broker's promises must hold with the
 CA's signing threads on (the default ``[server] workers``) and off (0), the
 SIGKILL round's daemon serving from two processes (``[server] processes``).
 """
@@ -30,3 +31,7 @@ def test_bench_queue_small_sample(workers):
     assert r["drain_ratio"] == pytest.approx(r["drain_rate"] / r["raw_sign_rate"], rel=0.01)
     assert r["workers"] == (workers if workers == "default" else int(workers))
     assert r["kill_round_processes"] == 2
+    # the headline drain is the daemon's, both processes up before the outage ended, both draining
+    assert r["drain_processes"] == 2 and r["drain_all_processes_up"]
+    assert sum(r["drain_per_process"]) == 60 and len(r["drain_per_process"]) in (1, 2)
+    assert r["drain_one_process"]["drain_rate"] > 0 and r["drain_one_process"]["raw_sign_rate"] > 0

@@ -1,0 +1,120 @@
+"""The issuance hot path (issue 16): what one SubmitIssue that the relay delivers at once costs the store.
+
+Counted on the real SQLite store (and the in-memory one) and embedded CA, relay running as in the
+daemon: one commit to accept (request, outbox and audit rows, committed already claimed), one to
+complete, which also reads the request back as committed (what the waiting caller is answered with),
+and no other read of the request; no lookup in the CA's index before a first attempt. A caller whose
+answer wait runs out still gets the stored state, read then.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from personalizer.outbox.windows import ServiceCalendar
+from tests.broker.conftest import issue_input
+
+
+def _count_reads(store) -> list[str]:
+    reads: list[str] = []
+    real = store.get_request
+
+    async def counted(request_id):
+        reads.append(request_id)
+        return await real(request_id)
+    store.get_request = counted
+    return reads
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_immediately_issued_request_is_not_read_again(make_env, store):
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            store=store) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm: CA index, responder
+            reads = _count_reads(env.store)
+            index = await env.ca.inner._db()
+            lookups = []
+            real_lookup = index.by_request
+
+            async def by_request(request_id):
+                lookups.append(request_id)
+                return await real_lookup(request_id)
+            index.by_request = by_request
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(1, 9)))
+            assert [r.state for r in recs] == ["ISSUED"] * 8
+            assert all(r.certificate_der and r.serial_hex for r in recs)
+            assert reads == []                     # the outcome is read back in the completing transaction
+            assert lookups == []                   # a first attempt is not looked up in the CA's index first
+            for r in recs:   # what the caller got is the stored row
+                assert await env.store.get_request(r.request_id) == r
+    asyncio.run(go())
+
+
+def test_a_caller_whose_wait_runs_out_gets_the_stored_state(make_env):
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=0.3) as env:
+            env.ca.down = True                      # the CA fails: the request waits for its retry
+            await env.relay.start()
+            rec = await env.broker.submit_issue(issue_input(1))
+            assert rec.state == "PENDING" and rec.created_at > 0
+            assert rec == await env.store.get_request(rec.request_id)
+    asyncio.run(go())
+
+
+def test_shared_ca_figures_cost_a_transaction_per_flush_not_per_call(tmp_path):
+    """[server] processes > 1: every process shows every process's CA calls (outbox.shared_metrics),
+    this process's at once and another's within FLUSH_SECONDS; a burst of calls is one transaction."""
+    from personalizer.outbox import shared_metrics
+
+    async def go():
+        a = shared_metrics.SharedCAMetrics(tmp_path / shared_metrics.FILE_NAME, reset=True)
+        b = shared_metrics.SharedCAMetrics(tmp_path / shared_metrics.FILE_NAME, reset=False)
+        commits = []
+        a._conn.set_trace_callback(lambda sql: commits.append(sql) if sql.startswith("COMMIT") else None)
+        try:
+            for i in range(100):
+                a.record("issue", 10.0 + i, ok=i % 10 != 0)
+                await asyncio.sleep(0)                    # calls spread over loop iterations, as the relay's
+            assert a.totals_now() == {("issue", "ok"): 90, ("issue", "error"): 10}   # its own: at once
+            assert len(commits) == 1, commits
+            a.record("revoke", 5.0, ok=True)
+            deadline = time.monotonic() + 2
+            while b.totals_now().get(("revoke", "ok")) != 1:      # another process's: within FLUSH_SECONDS
+                assert time.monotonic() < deadline, b.totals_now()
+                await asyncio.sleep(0.01)
+            assert b.totals_now() == {("issue", "ok"): 90, ("issue", "error"): 10, ("revoke", "ok"): 1}
+            assert [(k.kind, k.samples) for k in b.per_kind()] == [("issue", 100), ("revoke", 1)]
+            assert b.load() == 101 and len(commits) == 2
+        finally:
+            a.close()
+            b.close()
+    asyncio.run(go())
+
+
+
+def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
+    """``first_attempt`` skips the CA's lookup before signing, not its guarantee: the index keeps the
+    first certificate of a request id and a second call returns it."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from personalizer.ca.base import CertificateSubject
+    from personalizer.rules import validation
+    from tests.personalizer import helpers
+
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True)) as env:
+            ca = env.ca.inner
+            csr = x509.load_der_x509_csr(helpers.csr_der())
+            subject = CertificateSubject(validation.Holder(helpers.CF, "Mario", "Rossi", dt.date(1980, 1, 1)),
+                                         "7420000000000001", None)
+            a = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
+            b = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
+            assert b.ref == a.ref and b.certificate_der == a.certificate_der
+            assert (await ca.find_issued("req-twice")).ref == a.ref
+    asyncio.run(go())
