@@ -32,6 +32,7 @@ class Session:
     station: str
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     sent: set[str] = field(default_factory=set)   # command ids written on this stream
+    heard: float = 0.0                             # monotonic time of the agent's last message (the watchdog's)
 
     def wake(self, commands: list | None = None) -> None:
         self.queue.put_nowait(commands if commands else WAKE)
@@ -84,6 +85,9 @@ class Hub:
         for s in list(self._sessions.values()):
             s.fail(Stopping(spread_seconds))
         return len(self._sessions)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
 
     def is_connected(self, station: str) -> bool:
         return station in self._sessions
