@@ -23,6 +23,13 @@ def test_bench_fleet_small_sample():
         assert f["connect_s"] > 0 and f["command_reach_s"] > 0 and f["reconnect_s"] > 0, f
         assert 10 << 20 < f["rss_bytes"] < 2 << 30 and 0 <= f["idle_cpu_fraction"] < 2
     assert abs(r["command_reach_ratio"] - r["personalizer"]["command_reach_s"] / r["bare"]["command_reach_s"]) < 0.01
+    # reach measured twice per server (the worst counts); the bare server once more before its gc.freeze()
+    for side in ("bare", "personalizer"):
+        runs = r[side]["command_reach_runs_s"]
+        assert len(runs) == 2 and all(x > 0 for x in runs) and r[side]["command_reach_s"] == max(runs), runs
+        assert 0 < r[side]["rss_per_agent_bytes"] < r[side]["rss_bytes"]
+    assert r["bare"]["command_reach_before_gc_freeze_s"] > 0 and r["command_reach_ratio_vs_bare_before_gc_freeze"] > 0
+    assert len(r["personalizer"]["broadcast_call_s"]) == 2
     # the reconnect's instruments: per-agent spread, failed attempts by reason, the daemon's own hello timing
     for side in ("bare", "personalizer"):
         for phase, total in (("connect", "connect_s"), ("reconnect", "reconnect_s")):
