@@ -19,7 +19,6 @@ Imports grpc, proto, ``personalizer.edge.identity``, ``personalizer.errors`` and
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import re
@@ -184,7 +183,7 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         self.hellos_per_minute = hellos_per_minute
         self.on_report = on_report   # async (command) -> None after a command moved (rollouts listen here)
         self._clock = clock
-        self._hellos: dict[str, collections.deque] = {}
+        self._hellos: dict[str, list[float]] = {}   # a list, not a deque (~600 B) per station: 20,000 of them
         self.closing = False   # set before the store closes: streams ending then leave the store alone
         self._bookkeeping: set[asyncio.Task] = set()
         self._sent_batch: list[str] = []
@@ -216,9 +215,9 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
                               "reconnect with backoff")
             return
         now = self._clock()
-        q = self._hellos.setdefault(station, collections.deque())
+        q = self._hellos.setdefault(station, [])
         while q and q[0] < now - 60:
-            q.popleft()
+            del q[0]
         if len(q) >= self.hellos_per_minute:
             raise TooMany(f"more than {self.hellos_per_minute} hellos a minute from {station}; "
                           "reconnect with backoff")
