@@ -90,6 +90,7 @@ async def main() -> None:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--commands", type=int, default=1, help="broadcasts the bench sends (one at a time)")
+    ap.add_argument("--rate", type=float, default=0.0, help="agents this process starts per second (0: all at once)")
     o = ap.parse_args()
     ca_key = serialization.load_pem_private_key((o.tls / "tls-ca.key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((o.tls / "tls-ca.pem").read_bytes())
@@ -112,9 +113,11 @@ async def main() -> None:
 
     emit("ready")   # certificates made: connect time starts here
     tasks = []
-    for a in agents:
+    gap = 1 / o.rate if o.rate > 0 else 0.0   # --rate: agents started per second by this process (0: all now)
+    t0 = time.monotonic()
+    for k, a in enumerate(agents):
         tasks.append(asyncio.create_task(a.run()))
-        await asyncio.sleep(0)
+        await asyncio.sleep(max(0.0, t0 + k * gap - time.monotonic()) if gap else 0)
 
     def failures() -> collections.Counter:
         out = collections.Counter()

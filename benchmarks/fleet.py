@@ -26,7 +26,8 @@ Each phase also reports its instruments (``connect`` / ``reconnect``): per-agent
 daemon's own hello timing (``cns_fleet_hello_seconds``: waiting for the hello, recording it). With
 ``--instances K`` the fleet also runs on 1 and then K instances over one PostgreSQL store behind haproxy
 (``benchmarks._fleet_cluster``): agents per instance, each instance's RSS and idle CPU. Usage:
-scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S] [--instances K]
+scripts/bench fleet [--agents N] [--processes P] [--idle-seconds S] [--instances K] [--broadcasts B]
+[--connect-rate R]
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ class Server:
 
 
 class Clients:
-    def __init__(self, target: str, tls: Path, agents: int, processes: int, log, commands: int = 1):
+    def __init__(self, target: str, tls: Path, agents: int, processes: int, log, commands: int = 1,
+                 connect_rate: float = 0.0):
         per = -(-agents // processes)
         self.procs = []
         for k in range(processes):
@@ -155,7 +157,8 @@ class Clients:
                 break
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._fleet_agents", "--target", target, "--tls", str(tls),
-                 "--start", str(k * per), "--count", str(n), "--commands", str(commands)],
+                 "--start", str(k * per), "--count", str(n), "--commands", str(commands),
+                 "--rate", str(connect_rate * n / agents)],
                 stdout=subprocess.PIPE, stderr=log, text=True))
 
     def wait(self, event: str, timeout: float) -> list[dict]:
@@ -273,7 +276,7 @@ def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log, m
     personalizer does by itself after a ramp-up, ``fleet.gc_freeze``), then the ``o.broadcasts`` measured."""
     server.start()
     rss_start = _rss(server.proc.pid)
-    clients = Clients(target, tls, o.agents, o.processes, log, o.broadcasts + freeze_first)
+    clients = Clients(target, tls, o.agents, o.processes, log, o.broadcasts + freeze_first, o.connect_rate)
     try:
         ready = clients.wait("ready", o.timeout)
         connected = clients.wait("connected", o.timeout)
@@ -325,6 +328,11 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--processes", type=int, default=0,
                     help=f"client processes (default: one per {AGENTS_PER_PROCESS} agents)")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
+    ap.add_argument("--connect-rate", type=float, default=0.0,
+                    help="agents started per second over all client processes (default 0: all at once). At "
+                         "19,950 agents all at once, the bare server on this 2-core machine never converged "
+                         "(HTTP/2 settings and ping timeouts, its open-file limit reached by half-dead "
+                         "connections, a client process past 7 GB RSS)")
     ap.add_argument("--broadcasts", type=int, default=2, help="commands to reach all, one after the other "
                     "(the worst counts); the bare server sends one more before its gc.freeze()")
     ap.add_argument("--timeout", type=float, default=600.0)
@@ -379,7 +387,7 @@ def main(argv: list[str]) -> dict:
     return {
         "benchmark": "fleet", "agents": o.agents, "client_processes": o.processes, "agents_per_instance": o.agents,
         **({"cluster": results["cluster"]} if "cluster" in results else {}),
-        "fd_limit": fd_limit,
+        "fd_limit": fd_limit, "connect_rate_per_s": o.connect_rate or None,
         "units": {"connect_s": "s", "rss_bytes": "bytes", "idle_cpu_fraction": "CPU seconds per second",
                   "command_reach_s": "s", "reconnect_s": "s"},
         "bare": b, "personalizer": p, "reference": "bare grpc.aio server, same TLS and messages, same run",

@@ -59,3 +59,17 @@ def test_bench_fleet_reports_agents_per_instance_behind_haproxy():
     for layout in (one, two):
         assert layout["connect_s"] > 0 and layout["command_reach_s"] > 0
         assert all(10 << 20 < i["rss_bytes"] < 2 << 30 for i in layout["per_instance"])
+
+
+def test_bench_fleet_connect_rate_spreads_the_agents_start():
+    """``--connect-rate R``: the agents start at R a second over all client processes (at 19,950 at once the
+    bare server never converged here), so connecting all takes at least N / R."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "fleet", "--agents", "12", "--processes", "2",
+                          "--connect-rate", "5", "--broadcasts", "1", "--idle-seconds", "0.5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["connect_rate_per_s"] == 5
+    for side in ("bare", "personalizer"):
+        assert 2.0 <= r[side]["connect_s"] < 30, r[side]["connect_s"]   # the last agents start after 2.2 s
+        assert len(r[side]["command_reach_runs_s"]) == 1
