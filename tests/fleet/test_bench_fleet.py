@@ -73,3 +73,15 @@ def test_bench_fleet_connect_rate_spreads_the_agents_start():
     for side in ("bare", "personalizer"):
         assert 2.0 <= r[side]["connect_s"] < 30, r[side]["connect_s"]   # the last agents start after 2.2 s
         assert len(r[side]["command_reach_runs_s"]) == 1
+
+
+def test_the_bare_reference_names_the_personalizers_reconnect_spread():
+    """The bare server ends its streams with the spread the personalizer names (same key, same admit rate), so
+    both reconnects are measured under the same agent behaviour."""
+    import inspect
+
+    from benchmarks import _fleet_bare
+    from personalizer.edge import fleet_service
+    assert _fleet_bare.SPREAD_KEY == fleet_service.SPREAD_KEY
+    default = inspect.signature(fleet_service.FleetService).parameters["reconnect_admit_per_second"].default
+    assert _fleet_bare.RECONNECT_ADMIT_PER_SECOND == default
