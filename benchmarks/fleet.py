@@ -344,6 +344,8 @@ def main(argv: list[str]) -> dict:
     if not 1 <= o.broadcasts <= len(BROADCAST_KINDS):
         ap.error(f"--broadcasts must be 1 to {len(BROADCAST_KINDS)} (one command kind each)")
     o.processes = o.processes or -(-o.agents // AGENTS_PER_PROCESS)
+    # stopped (SIGTERM, e.g. by timeout): unwind, so the servers and client processes are stopped, not orphaned
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         fd_limit = _raise_fd_limit(o.agents)
     except BenchError as exc:

@@ -85,3 +85,31 @@ def test_the_bare_reference_names_the_personalizers_reconnect_spread():
     assert _fleet_bare.SPREAD_KEY == fleet_service.SPREAD_KEY
     default = inspect.signature(fleet_service.FleetService).parameters["reconnect_admit_per_second"].default
     assert _fleet_bare.RECONNECT_ADMIT_PER_SECOND == default
+
+
+def test_a_stopped_bench_leaves_no_server_or_client_process_behind():
+    """SIGTERM (a timeout, an operator) mid-run: the bench stops its servers and client processes."""
+    import os
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "benchmarks", "fleet", "--agents", "10", "--idle-seconds", "30"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:   # until its clients run (the idle phase of the bare server)
+            kids = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
+            if len(kids) >= 3:
+                break
+            time.sleep(0.2)
+        assert len(kids) >= 3, kids
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        time.sleep(1)
+        left = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
+        assert left == [], left
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
