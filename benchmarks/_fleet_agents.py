@@ -6,7 +6,8 @@ TLS CA key with the personalizer's certificate profile) and its own channel (``g
 would otherwise share one TCP connection). The inventory and the executor are stand-ins that record when
 a command arrived. Prints JSON lines: ``connected`` (all welcomed once), ``command`` (all got one, with
 the latest arrival time), ``reconnected`` (all welcomed again); ``connected`` and ``reconnected`` carry each
-agent's welcome time and hello-to-welcome latency and the failed attempts by reason (station URIs masked).
+agent's welcome time and hello-to-welcome latency and the failed attempts by reason (station URIs masked);
+with ``--commands K``, one ``command`` line for each of K broadcasts.
 Runs until killed.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.fleet import DeviceInfo, FleetAgent, Options, Outcome
 from personalizer.ca import profiles
+from proto.cns.v1 import fleet_pb2 as pb
 
 _STATION = re.compile(r"urn:cns:station:\S+")
 OPTIONS = Options(initial_backoff=0.5, max_backoff=5.0, jitter=2.0, min_stream_seconds=0, welcome_timeout=60,
@@ -52,16 +54,28 @@ class Inventory:
         return [], self.devices
 
 
+def _broadcast_key(command: pb.FleetCommand) -> str:
+    """Which broadcast a command belongs to: the bare server numbers its broadcasts (``bare-3``); the
+    personalizer gives every station's command its own id, so the bench sends each of its broadcasts with
+    another command kind (``benchmarks.fleet.BROADCAST_KINDS``)."""
+    return command.command_id if command.command_id.startswith("bare-") else f"kind-{command.kind}"
+
+
 class Recorder:
     def __init__(self):
-        self.got: dict[int, float] = {}
+        self.got: dict[str, dict[int, float]] = {}   # broadcast (``_broadcast_key``) -> agent -> arrival
+        self.order: list[str] = []                   # broadcasts in the order their first command arrived
 
     def executor(self, i):
         rec = self
 
         class Ex:
             def accept(self, command):
-                rec.got.setdefault(i, time.time())
+                key = _broadcast_key(command)
+                if key not in rec.got:
+                    rec.got[key] = {}
+                    rec.order.append(key)
+                rec.got[key].setdefault(i, time.time())
                 return None
 
             async def run(self, command, progress):
@@ -75,6 +89,8 @@ async def main() -> None:
     ap.add_argument("--tls", type=Path, required=True)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--commands", type=int, default=1, help="broadcasts the bench sends (one at a time)")
+    ap.add_argument("--rate", type=float, default=0.0, help="agents this process starts per second (0: all at once)")
     o = ap.parse_args()
     ca_key = serialization.load_pem_private_key((o.tls / "tls-ca.key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((o.tls / "tls-ca.pem").read_bytes())
@@ -97,9 +113,11 @@ async def main() -> None:
 
     emit("ready")   # certificates made: connect time starts here
     tasks = []
-    for a in agents:
+    gap = 1 / o.rate if o.rate > 0 else 0.0   # --rate: agents started per second by this process (0: all now)
+    t0 = time.monotonic()
+    for k, a in enumerate(agents):
         tasks.append(asyncio.create_task(a.run()))
-        await asyncio.sleep(0)
+        await asyncio.sleep(max(0.0, t0 + k * gap - time.monotonic()) if gap else 0)
 
     def failures() -> collections.Counter:
         out = collections.Counter()
@@ -113,10 +131,16 @@ async def main() -> None:
         await asyncio.sleep(0.1)
     emit("connected", welcomed=[a.stats.welcomed_at for a in agents],
          welcome_latency=[a.stats.welcome_seconds for a in agents], failures=failures())
-    while len(rec.got) < o.count:
-        await asyncio.sleep(0.05)
     before = failures()
-    emit("command", latest=max(rec.got.values()))
+    for k in range(o.commands):   # one "command" line per broadcast that reached every agent
+        while True:
+            done = [key for key in rec.order if len(rec.got[key]) >= o.count]
+            if done:
+                break
+            await asyncio.sleep(0.05)
+        key = done[0]
+        emit("command", latest=max(rec.got.pop(key).values()), broadcast=k)
+        rec.order.remove(key)
     while not all(a.stats.welcomes >= 2 for a in agents):
         for k, a in enumerate(agents):   # the first welcome of the restarted server (a third may follow)
             if a.stats.welcomes >= 2 and not welcomed[k]:

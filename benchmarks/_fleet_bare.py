@@ -1,7 +1,8 @@
 """The reference of ``scripts/bench fleet``: a bare grpc.aio server doing what Fleet.Connect does, no more.
 
 Same TLS (server certificate, client certificates required from the same CA), same messages: it reads
-the hello, answers a welcome, reads heartbeats; on SIGUSR1 it writes one command to every open stream.
+the hello, answers a welcome, reads heartbeats; on SIGUSR1 it writes one command to every open stream;
+on SIGTERM it ends every stream with the same reconnect spread the personalizer names when it stops.
 No interceptors, no identity, no store. ``python -m benchmarks._fleet_bare --port P --tls DIR`` prints
 "listening on port N".
 """
@@ -17,11 +18,15 @@ import grpc
 
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 
+SPREAD_KEY = "cns-reconnect-spread-ms"   # personalizer.edge.fleet_service.SPREAD_KEY (the agent reads it)
+RECONNECT_ADMIT_PER_SECOND = 250.0       # the personalizer's default (FleetService.reconnect_admit_per_second)
+
 
 class Bare(fleet_pb2_grpc.FleetServicer):
     def __init__(self):
         self.queues: set[asyncio.Queue] = set()
         self.n = 0
+        self.spread_s = 0.0
 
     async def Connect(self, request_iterator, context):
         it = request_iterator.__aiter__()
@@ -39,7 +44,8 @@ class Bare(fleet_pb2_grpc.FleetServicer):
                                                                 poll_seconds=60))
             while True:
                 cmd = await q.get()
-                if cmd is None:
+                if cmd is None:   # stopping: the agents told to spread their reconnects, as the personalizer does
+                    context.set_trailing_metadata(((SPREAD_KEY, str(round(1000 * self.spread_s))),))
                     return
                 yield pb.FleetServerMessage(command=cmd)
         finally:
@@ -75,7 +81,10 @@ async def main() -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print(f"listening on port {port}", flush=True)
     await stop.wait()
-    for q in list(bare.queues):   # end the streams normally, as the personalizer does when it stops
+    # end the streams normally, as the personalizer does when it stops, with the same reconnect spread (its
+    # FleetService.close_streams: streams / reconnect_admit_per_second)
+    bare.spread_s = len(bare.queues) / RECONNECT_ADMIT_PER_SECOND
+    for q in list(bare.queues):
         q.put_nowait(None)
     await server.stop(5)
 

@@ -6,6 +6,8 @@ PostgreSQL database beside the requests, and several daemon processes may serve 
 cross processes by LISTEN/NOTIFY and one process at a time steps rollouts (``fleet.notify``). With
 ``processes`` > 1 over SQLite (``[server] processes``: the daemon's primary and its helpers on one file)
 wake-ups cross processes through the file (``fleet.wake_sqlite``) and the primary (``leader``) steps rollouts.
+Each process also runs a ``fleet.gc_freeze.GcFreezer`` on its stream count (``gc.freeze()`` after a ramp-up of
+``gc_min_growth`` streams: no full collection blocks a broadcast at 20,000 streams).
 The one function ``personalizer.server`` calls, so the daemon's module stays unaware of the fleet's parts.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from personalizer.fleet.attestation import ModelRoots
 from personalizer.fleet.db import PostgresDb
+from personalizer.fleet.gc_freeze import MIN_GROWTH, GcFreezer
 from personalizer.fleet.hub import Hub
 from personalizer.fleet.metrics import FleetCollector, FleetFigures
 from personalizer.fleet.rollouts import Rollouts
@@ -47,6 +50,8 @@ class Fleet:
     process: int = 0            # ... and this process's index (0: the primary)
     processes: int = 1
     _presence: asyncio.Task | None = field(default=None, repr=False)
+    gc: GcFreezer | None = None
+    _gc_task: asyncio.Task | None = field(default=None, repr=False)
     helpers_seen: tuple = (0, [])   # in the primary: (streams, [figures]) its helpers reported, last read
 
     async def _helpers(self) -> tuple[int, list[dict]]:
@@ -93,7 +98,15 @@ class Fleet:
         """The daemon stops: every stream ends normally, its agents told how long to spread reconnects over."""
         return self.service.close_streams()
 
+    def start_gc(self, min_growth: int = MIN_GROWTH) -> None:
+        self.gc = GcFreezer(lambda: len(self.hub), min_growth=min_growth)
+        self._gc_task = asyncio.get_running_loop().create_task(self.gc.run(), name="fleet-gc-freeze")
+
     async def close(self) -> None:
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            await asyncio.gather(self._gc_task, return_exceptions=True)
+            self.gc.stop()
         if self._presence is not None:
             self._presence.cancel()
             await asyncio.gather(self._presence, return_exceptions=True)
@@ -113,14 +126,15 @@ class Fleet:
 
 async def attach(server, database: Path, *, model_roots: ModelRoots | None = None, tick_seconds: float = 1.0,
                  pg=None, processes: int = 1, leader: bool = True, daemon: str = "", process: int = 0,
-                 **service_options) -> Fleet:
+                 gc_min_growth: int = MIN_GROWTH, **service_options) -> Fleet:
     """``model_roots``: the attestation CA of each device model; by default the PEM files in
     ``<database folder>/fleet-model-roots/<model id>.pem`` (none: no success is attested). ``database``:
     the SQLite file, or with ``pg`` only the folder of the model roots. ``processes``/``leader``: over
     SQLite, how many processes of the daemon serve the fleet on this file and whether this one is the
     primary (it steps rollouts; a helper leaves the stations' connected flags alone when it starts);
     ``daemon``/``process``: the daemon's name and this process's index, under which a helper reports
-    its stream count for the primary's status page (``Fleet.streams``)."""
+    its stream count for the primary's status page (``Fleet.streams``). ``gc_min_growth``: streams gained
+    since the last ``gc.freeze()`` before the next (``fleet.gc_freeze``)."""
     hub, bus = Hub(), None
     if pg is None:
         store = await SqlFleetStore.open(database, reset_connected=leader)
@@ -150,6 +164,7 @@ async def attach(server, database: Path, *, model_roots: ModelRoots | None = Non
         if processes > 1 and process == 0:
             await store.clear_presence(daemon)
         fleet.start_presence()
+        fleet.start_gc(gc_min_growth)
         return fleet
     except BaseException:
         if bus is not None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from personalizer import config
+from benchmarks.fleet import FD_MARGIN as M
 from tests.conftest import ROOT
 
 _PROBE = r"""
@@ -31,11 +32,11 @@ def test_fd_limit_is_raised_or_refused_in_one_line():
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
     if "raised" in r:   # allowed to raise the hard limit: both limits now cover the server's sockets
-        assert r["raised"] == 5000 + 256 and r["limit"] == [5256, 5256]
+        assert r["raised"] == 5000 + M and r["limit"] == [5000 + M, 5000 + M]
     else:               # not allowed: nothing changed, and the line says what to do
         assert r["limit"] == [500, 1000]
-        assert "5256 open files" in r["error"] and "hard limit is 1000" in r["error"]
-        assert "--agents 744" in r["error"] and "\n" not in r["error"]
+        assert f"{5000 + M} open files" in r["error"] and "hard limit is 1000" in r["error"]
+        assert f"--agents {1000 - M}" in r["error"] and "\n" not in r["error"]
 
 
 def test_fd_limit_within_hard_limit_raises_soft_only():
@@ -43,7 +44,7 @@ def test_fd_limit_within_hard_limit_raises_soft_only():
              "print(fleet._raise_fd_limit(1000), *resource.getrlimit(resource.RLIMIT_NOFILE))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["1256", "1256", "4000"]
+    assert out.stdout.split() == [str(1000 + M), str(1000 + M), "4000"]
 
 
 def test_bench_raises_the_daemons_connection_cap(tmp_path):

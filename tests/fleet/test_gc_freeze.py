@@ -1,0 +1,67 @@
+"""The fleet's collector policy (issue 15 item 6, REFERENCE §8): after a ramp-up of streams the daemon freezes
+what is alive (``gc.freeze()``), so no full collection walks 20,000 streams' objects in the middle of a
+broadcast; when most streams are gone it unfreezes, so their cycles are collected again."""
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from agent.fleet import FleetAgent
+from personalizer.fleet import gc_freeze as gf
+from tests.fleet import support
+from tests.fleet.test_stream import FAST, run
+
+
+def test_freeze_once_the_ramp_up_has_held_still_and_unfreeze_when_most_streams_are_gone():
+    assert gf.decide(500, 200, 0, min_growth=1000) is None          # still small
+    assert gf.decide(5000, 4000, 0, min_growth=1000) is None        # still ramping up
+    assert gf.decide(5000, 5000, 0, min_growth=1000) == gf.FREEZE   # held still for a check
+    assert gf.decide(5400, 5400, 5000, min_growth=1000) is None     # a few more since the freeze
+    assert gf.decide(6000, 6000, 5000, min_growth=1000) == gf.FREEZE
+    assert gf.decide(2600, 2600, 6000, min_growth=1000) == gf.UNFREEZE
+    assert gf.decide(3000, 3000, 6000, min_growth=1000) is None     # half of it: not yet
+
+
+def test_the_freezer_freezes_the_live_objects_and_gives_them_back():
+    gc.unfreeze()
+    n = [0]
+    fz = gf.GcFreezer(lambda: n[0], min_growth=10)
+    try:
+        n[0] = 20
+        assert fz.check() is None and gc.get_freeze_count() == 0   # first look: not yet known to be still
+        assert fz.check() == gf.FREEZE and gc.get_freeze_count() > 1000 and fz.frozen_at == 20
+        kept = gc.get_freeze_count()
+        assert fz.check() is None and gc.get_freeze_count() == kept   # no growth: no second freeze
+        n[0] = 9
+        assert fz.check() == gf.UNFREEZE and gc.get_freeze_count() == 0 and fz.frozen_at == 0
+    finally:
+        fz.stop()
+        gc.unfreeze()
+
+
+def test_the_daemons_fleet_freezes_after_its_streams_ramp_up_and_unfreezes_when_it_closes(deployment, tmp_path):
+    gc.unfreeze()
+
+    async def go():
+        async with support.fleet_server(deployment, tmp_path / "db.sqlite", gc_min_growth=3) as (port, fleet):
+            fleet.gc.check_seconds = 0.1
+            fleet._gc_task.cancel()   # the wiring's task, restarted on the short interval
+            fleet._gc_task = asyncio.create_task(fleet.gc.run())
+            tasks = []
+            for k in range(3):
+                cfg = support.station(deployment, tmp_path / f"S{k}", port, sid=f"S{k}")
+                tasks.append(asyncio.create_task(FleetAgent(cfg, support.FakeInventory(), support.FakeExecutor(),
+                                                            version="1", options=FAST).run()))
+            try:
+                await support.until(lambda: len(fleet.hub) == 3, what="three streams")
+                await support.until(lambda: fleet.gc.freezes == 1, what="a freeze after the ramp-up")
+                assert gc.get_freeze_count() > 0 and fleet.gc.frozen_at == 3
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert gc.get_freeze_count() == 0   # Fleet.close gave them back
+    try:
+        run(go())
+    finally:
+        gc.unfreeze()
