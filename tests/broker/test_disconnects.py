@@ -22,7 +22,7 @@ import pytest
 from personalizer.rules import validation
 from personalizer.outbox.payloads import IssuancePayload
 from personalizer.store import AuditEntry, RequestRecord, SqliteRequestStore
-from proto.cns.v1 import admin_pb2_grpc as apb_grpc
+from proto.cns.v1 import admin_pb2 as apb, admin_pb2_grpc as apb_grpc
 from proto.cns.v1 import personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.personalizer import helpers
 
@@ -189,12 +189,19 @@ def test_cnsctl_queue_cancel_leaves_a_refusal_the_agent_can_read(storm_daemon, d
     d = storm_daemon
     qa = apb_grpc.QueueAdminStub(d.admin_channel)
     now = int(time.time())
-    qa.AddMaintenance(pb.MaintenanceWindow(starts_at=now - 1, ends_at=now + 2, reason="test"), timeout=TIMEOUT)
+    # a window that outlasts a slow cnsctl start (a 2 s one ended first on a loaded machine), ended by hand
+    window = qa.AddMaintenance(pb.MaintenanceWindow(starts_at=now - 1, ends_at=now + 120, reason="test"),
+                               timeout=TIMEOUT)
     queued = d.station.SubmitIssue(helpers.issue_request(), timeout=TIMEOUT)
     assert queued.state == pb.REQUEST_STATE_RECEIVED
     out = _cnsctl(d, deployment, "--json", "queue", "cancel", queued.request_id)
     assert out.returncode == 0, out.stderr
-    time.sleep(max(0.0, now + 3 - time.time()))   # the window ends: the relay runs again
-    got = d.station.GetRequest(pb.GetRequestRequest(request_id=queued.request_id), timeout=TIMEOUT)
+    qa.EndMaintenance(apb.MaintenanceWindowRequest(id=window.id), timeout=TIMEOUT)   # the relay runs again
+    deadline = time.monotonic() + 15
+    while True:
+        got = d.station.GetRequest(pb.GetRequestRequest(request_id=queued.request_id), timeout=TIMEOUT)
+        if got.state != pb.REQUEST_STATE_RECEIVED or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert got.state == pb.REQUEST_STATE_CANCELLED and got.error.code == "CANCELLED" and got.error.message
     assert not got.certificate_der
