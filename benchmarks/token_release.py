@@ -69,14 +69,14 @@ class _Killed(BaseException):
 
 
 class _Setup:
-    """Two signed releases of one (shrunk) model, published in a TUF repository served by nginx. Only the
-    hashes of release 2's bytes are kept (a 700 MiB run holds release 1's payloads to provision tokens)."""
+    """Two signed releases of one (shrunk) model, published in a TUF repository served by nginx, their
+    payloads (what a token's partitions must read, byte for byte) and a factory token on release 1."""
 
     def __init__(self, tmp: Path, base_model, cdrom_mib: int, disk_mib: int, changed: int, seed: int):
         from personalizer.releases.repository import ReleaseRepo
         from tests.releases import nginx
         from tests.releases.conftest import write_release
-        from tests.releases.tokenrel import changed as change, payloads, small_model
+        from tests.releases.tokenrel import changed as change, payloads, provision, small_model
         from firmware_profiles.usbemu import test_release_key
         from firmware_profiles.usbtoken.image import build_image
 
@@ -84,7 +84,7 @@ class _Setup:
         self.model = small_model(base_model, cdrom_mib=cdrom_mib + 1, disk_mib=disk_mib, slot_mib=cdrom_mib + 2)
         self.d1 = payloads(self.model, seed, cdrom_bytes=cdrom_mib * MiB, fw_bytes=256 * 1024)
         d2 = change(self.d1, seed + 1, blocks=changed)
-        self.payload_sha = {"1.0.0": {n: _sha(b) for n, b in self.d1.items()}, "2.0.0": {n: _sha(b) for n, b in d2.items()}}
+        self.payloads = {"1.0.0": self.d1, "2.0.0": d2}
         self.blob_sha: dict[str, dict[str, str]] = {}
         self.blob_len: dict[str, int] = {}
         self.changed_bytes = 0
@@ -105,8 +105,11 @@ class _Setup:
             self.repo.sign(tmp / "off")
             self.repo.publish(tmp / "on")
             previous = blobs
-        del previous, blobs, d2
+        del previous, blobs
         shutil.rmtree(tmp / "in", ignore_errors=True)
+        self.factory = tmp / "factory-flash.bin"     # a token on release 1 as it leaves the factory
+        _, token = provision(self.model, self.factory, V1, self.d1)
+        token.flash.close()
         self.server = nginx.start(self.repo.served, tmp / "nginx")
         self.root = (self.repo.meta_dir / "1.root.json").read_bytes()
         self.metadata_bytes = sum(p.stat().st_size for p in self.repo.meta_dir.glob("*.json"))
@@ -123,8 +126,18 @@ class _Setup:
             c.download(comp.target)
         return c, r1, r2
 
-    def downloaded_exact(self, c, comp) -> bool:
-        return _file_sha(c.download(comp.target)) == self.blob_sha["2.0.0"][comp.name]
+    def downloaded_exact(self, c, comp, checked: Path | None = None) -> bool:
+        """The target downloads as release 2's file: its SHA-256, or byte for byte the same as ``checked``
+        (a copy whose SHA-256 was checked once)."""
+        got = c.download(comp.target)
+        if checked is None:
+            return _file_sha(got) == self.blob_sha["2.0.0"][comp.name]
+        return _same_file(got, checked / comp.target)
+
+    def token(self, flash: Path, bus=None):
+        """A fresh token on release 1: a clone of the factory token's flash (no copy of its bytes)."""
+        from tests.releases.tokenrel import clone
+        return clone(self.model, self.factory, flash, bus)
 
     def close(self) -> None:
         self.server.stop()
@@ -140,6 +153,16 @@ def _file_sha(p: Path) -> str:
         while block := f.read(MiB):
             h.update(block)
     return h.hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while block := fa.read(16 * MiB):
+            if block != fb.read(16 * MiB):
+                return False
+    return True
 
 
 def _files(c, rel) -> dict[str, Path]:
@@ -195,18 +218,33 @@ class Broken(AssertionError):
     """A token left on a mix, or unusable."""
 
 
-def _partition_sha(token) -> dict[str, str]:
-    from tests.releases.tokenrel import contents
-    return {n: _sha(b) for n, b in contents(token).items() if n != "firmware"}
+def _reads_as(token, name: str, data: bytes) -> bool:
+    """The partition ``name`` reads (through the token's map, from its flash) exactly ``data``."""
+    off, _ = token.model.flash.region(token.meta["map"][name])
+    if token.meta["images"][name]["length"] != len(data):
+        return False
+    step = 16 * MiB
+    return all(token.flash.read(off + pos, min(step, len(data) - pos)) == data[pos:pos + step]
+               for pos in range(0, len(data), step))
+
+
+def _partitions(setup: _Setup, token) -> dict[str, str | None]:
+    """Partition → the release whose image it reads byte for byte ("1.0.0" | "2.0.0"), or None. The
+    release its metadata names is compared first (one read of each partition when it is that one)."""
+    from tests.releases.tokenrel import token_set
+    have, out = token_set(token), {}
+    for name in ("cdrom", "disk"):
+        order = ("2.0.0", "1.0.0") if have[name] == V2[name] else ("1.0.0", "2.0.0")
+        out[name] = next((v for v in order if _reads_as(token, name, setup.payloads[v][name])), None)
+    return out
 
 
 def _which(setup: _Setup, token) -> str:
     """"1.0.0" | "2.0.0" when every byte is that release's, else raises Broken."""
     from tests.releases.tokenrel import token_set
-    have, got = token_set(token), _partition_sha(token)
+    have, got = token_set(token), _partitions(setup, token)
     for version, versions in (("1.0.0", V1), ("2.0.0", V2)):
-        want = setup.payload_sha[version]
-        if have == versions and got["cdrom"] == want["cdrom"] and got["disk"] == want["disk"]:
+        if have == versions and got["cdrom"] == got["disk"] == version:
             return version
     raise Broken(f"the token is on a mix: {have}")
 
@@ -215,11 +253,11 @@ def _usable(setup: _Setup, token) -> str:
     """Right after a fault, before any repair: a committed set within the constraints, every partition
     reading a whole image of release 1 or 2; or the bootloader (a firmware download was cut)."""
     from tests.releases.tokenrel import token_set
-    have, got = token_set(token), _partition_sha(token)
+    have, got = token_set(token), _partitions(setup, token)
     if any(k.applies(have) and not k.met(have) for k in _constraints()):
         raise Broken(f"the token runs a set that breaks the release's constraints: {have}")
     for name in ("cdrom", "disk"):
-        if got[name] not in (setup.payload_sha["1.0.0"][name], setup.payload_sha["2.0.0"][name]):
+        if got[name] is None:
             raise Broken(f"the token's {name} reads neither release's image")
     return "bootloader" if token.mode == "bootloader" else "usable"
 
@@ -232,13 +270,12 @@ def _constraints():
 def _probe(setup: _Setup, d: Path, state: Path) -> dict:
     """A clean install, counting what the fault draws are drawn over."""
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
-    from tests.releases.tokenrel import provision
 
     d.mkdir()
     c, r1, r2 = setup.holding_release_1(state)
     for comp in r2.components:
         c.download(comp.target)
-    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    bus, token = setup.token(d / "flash.bin")
     calls, mgmt = [0], [0]
     orig = token._mgmt_control
 
@@ -267,7 +304,6 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     from agent.ops.errors import OperationError, PreconditionError
     from firmware_profiles.usbemu.token import Stall
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
-    from tests.releases.tokenrel import provision
 
     phases = phases if phases is not None else Counter()
     t0 = time.perf_counter()
@@ -278,11 +314,11 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     if fault == "drop":
         proxy.cut(responses=1, after_bytes=rng.randrange(1000, 2 * MiB))
         for comp in r2.components:
-            if not setup.downloaded_exact(c, comp):
+            if not setup.downloaded_exact(c, comp, seeded[1] / "targets"):
                 raise Broken(f"the downloaded {comp.name} is not release 2's")
     t1 = time.perf_counter()
     phases["download"] += t1 - t0
-    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    bus, token = setup.token(d / "flash.bin")
     t2 = time.perf_counter()
     phases["provision"] += t2 - t1
     progress = None
@@ -355,7 +391,6 @@ def main(argv: list[str]) -> dict:
     from firmware_profiles.usbemu.token import LINK_EFFICIENCY
     from firmware_profiles.usbtoken import load_token_models
     from tests.releases.netfaults import FaultyProxy
-    from tests.releases.tokenrel import provision
 
     base = load_token_models()[opts.model]
     rng = random.Random(opts.seed)
@@ -386,7 +421,7 @@ def main(argv: list[str]) -> dict:
             shutil.rmtree(tmp / f"drop-{i}", ignore_errors=True)
         target = 1.1 * big.changed_bytes + big.metadata_bytes
         # 2. install
-        bus, token = provision(big.model, tmp / "big-flash.bin", V1, big.d1)
+        bus, token = big.token(tmp / "big-flash.bin")
         link0, bytes0, t0 = token.link_seconds, token.link_bytes, time.perf_counter()
         result, sent = _install(big, tmp, c, r1, r2, (bus, token))
         install_s, install_link_s = time.perf_counter() - t0, token.link_seconds - link0
