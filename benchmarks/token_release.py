@@ -165,6 +165,21 @@ def _same_file(a: Path, b: Path) -> bool:
     return True
 
 
+_READ: dict[tuple, bytes] = {}
+
+
+def _read(p: Path) -> bytes:
+    """The file's bytes, read once per file (the trials' update states hard-link the files downloaded at
+    setup; a file downloaded in a trial is a new file, read anew)."""
+    st = p.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _READ:
+        if len(_READ) >= 4:           # a release's 3 files and the old firmware
+            _READ.clear()
+        _READ[key] = p.read_bytes()
+    return _READ[key]
+
+
 def _files(c, rel) -> dict[str, Path]:
     return {comp.name: c.targets_dir / comp.target for comp in rel.components}
 
@@ -188,8 +203,8 @@ def _install(setup: _Setup, d: Path, c, r1, r2, token_bus, *, progress=None):
         j = await Journal.open(d / "journal.db")
         try:
             return await run_release(j, lambda: backend.open(token.serial), setup.model, r2,
-                                     {n: p.read_bytes() for n, p in new.items()},
-                                     {n: p.read_bytes() for n, p in old.items()}, agent_version="1.0",
+                                     {n: _read(p) for n, p in new.items()},
+                                     {n: _read(p) for n, p in old.items()}, agent_version="1.0",
                                      progress=progress, paths=paths)
         finally:
             await j.close()
@@ -223,9 +238,14 @@ def _reads_as(token, name: str, data: bytes) -> bool:
     off, _ = token.model.flash.region(token.meta["map"][name])
     if token.meta["images"][name]["length"] != len(data):
         return False
-    step = 16 * MiB
-    return all(token.flash.read(off + pos, min(step, len(data) - pos)) == data[pos:pos + step]
-               for pos in range(0, len(data), step))
+    buf = bytearray(16 * MiB)
+    for pos in range(0, len(data), len(buf)):
+        n = min(len(buf), len(data) - pos)
+        view = memoryview(buf)[:n]
+        token.flash.readinto(off + pos, view)
+        if not data.startswith(view, pos):      # a memcmp, no copy of either
+            return False
+    return True
 
 
 def _partitions(setup: _Setup, token) -> dict[str, str | None]:
@@ -484,6 +504,7 @@ def main(argv: list[str]) -> dict:
         })
         return out
     finally:
+        _READ.clear()
         for x in (big, small, proxy):
             if x is not None:
                 x.close()

@@ -184,25 +184,40 @@ class Flash:
         """Arm (or with None disarm) a power cut after ``nbytes`` more bytes written."""
         self._budget = nbytes
 
-    def read(self, offset: int, length: int) -> bytes:
+    def _runs(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """(file descriptor, offset in it, length): the runs of pages consecutive in one file that hold
+        ``length`` bytes from ``offset``."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError("read outside the flash")
+        own = self._f.fileno()
         if not self._map and self._base is None:
-            return os.pread(self._f.fileno(), length, offset).ljust(length, b"\0")
-        P, out = self.page, []
+            return [(own, offset, length)]
+        P, m, mine, base = self.page, self._map, self._own, self._base
+        bfd = base.fileno() if base is not None else own
+        out: list[list[int]] = []
         pos, end = offset, offset + length
-        while pos < end:        # runs of pages that are consecutive in one file
-            f, s = self._file_of(pos // P)
-            start = s * P + pos % P
-            nxt = min(end, (pos // P + 1) * P)
-            while nxt < end:
-                f2, s2 = self._file_of(nxt // P)
-                if f2 is not f or s2 * P != start + (nxt - pos):
-                    break
-                nxt = min(end, nxt + P)
-            out.append(os.pread(f.fileno(), nxt - pos, start).ljust(nxt - pos, b"\0"))
-            pos = nxt
-        return b"".join(out)
+        for p in range(offset // P, -(-end // P)):
+            s = m.get(p, p)
+            fd = bfd if base is not None and s not in mine else own
+            lo, hi = max(pos, p * P), min(end, (p + 1) * P)
+            at = s * P + lo - p * P
+            last = out[-1] if out else None
+            if last is not None and last[0] == fd and last[1] + last[2] == at:
+                last[2] += hi - lo
+            else:
+                out.append([fd, at, hi - lo])
+        return [tuple(r) for r in out]
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b"".join(os.pread(fd, n, at).ljust(n, b"\0") for fd, at, n in self._runs(offset, length))
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """``read(offset, len(buf))`` into ``buf`` (no new buffer: for long comparisons)."""
+        view, pos = memoryview(buf), 0
+        for fd, at, n in self._runs(offset, len(view)):
+            got = os.preadv(fd, [view[pos:pos + n]], at)
+            view[pos + got:pos + n] = bytes(n - got)       # past the end of a file: zeros
+            pos += n
 
     def write(self, offset: int, data: bytes) -> None:
         if offset < 0 or offset + len(data) > self.size:

@@ -24,6 +24,9 @@ def _filled(tmp_path, name="flash.bin", seed=1, **kw) -> tuple[Flash, bytearray]
 
 def _same(f: Flash, ref: bytearray) -> None:
     assert f.read(0, SIZE) == bytes(ref)
+    buf = bytearray(SIZE - 3 * P - 5)
+    f.readinto(3 * P + 5, buf)
+    assert buf == ref[3 * P + 5:]
     assert f.hashes(0, SIZE // P, P) == [hashlib.sha256(ref[i:i + P]).digest() for i in range(0, SIZE, P)]
     for off, n in ((0, SIZE), (8 * P, 200 * P + 123), (3 * P, 100 * P), (5 * P, 7 * P)):
         assert f.digest(off, n) == hashlib.sha256(ref[off:off + n]).digest()
