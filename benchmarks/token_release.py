@@ -403,7 +403,10 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--faults", type=int, default=20, help="download trials with a dropped connection")
     ap.add_argument("--install-faults", type=int, default=50, help="download + install trials under a random fault")
     ap.add_argument("--fault-cdrom-mib", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="payloads, fault draws (distinct seeds: independent chunks)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no fault trial after this many seconds (a chunk that holds the bench lock ≤ 12 min); "
+                         "fault_trials says how many ran")
     ap.add_argument("--model", default="cns-token-ccid")
     opts = ap.parse_args(argv)
 
@@ -414,6 +417,7 @@ def main(argv: list[str]) -> dict:
 
     base = load_token_models()[opts.model]
     rng = random.Random(opts.seed)
+    t_start, load_start = time.perf_counter(), os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-token-release-"))
     big = small = proxy = None
     try:
@@ -482,6 +486,8 @@ def main(argv: list[str]) -> dict:
         setup_s = time.perf_counter() - t_setup
         ends, afters, broken, phases, per_trial = Counter(), Counter(), [], Counter(), []
         for i in range(opts.install_faults):
+            if opts.budget_s is not None and time.perf_counter() - t_start > opts.budget_s:
+                break
             fault = FAULTS[i % len(FAULTS)]
             t0 = time.perf_counter()
             try:
@@ -496,9 +502,12 @@ def main(argv: list[str]) -> dict:
             "fault_setup_s": round(setup_s, 2), "fault_probe": probe,
             "fault_trial_s_mean": round(sum(per_trial) / n, 3), "fault_trial_s_max": round(max(per_trial, default=0), 3),
             "fault_trial_s_by_phase_mean": {k: round(v / n, 3) for k, v in sorted(phases.items())},
-            "fault_trials": opts.install_faults, "fault_cdrom_mib": opts.fault_cdrom_mib,
+            "fault_trials": len(per_trial), "fault_trials_asked": opts.install_faults, "seed": opts.seed,
+            "fault_cdrom_mib": opts.fault_cdrom_mib,
             "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
             "tokens_mixed_or_broken": len(broken), "broken": broken[:5],
+            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "wall_s": round(time.perf_counter() - t_start, 1),
             "ok": (ok and installed and clean_bytes + out["metadata_bytes"] <= target and all(g for _, g in drops)
                    and not broken),
         })
