@@ -395,7 +395,41 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     return after, end
 
 
+def summed(chunks: list[dict]) -> dict:
+    """The fault trials of several runs (chunks with distinct seeds) added up: trials, ends by fault kind,
+    the states right after the faults, mixed or broken tokens; ``ok`` only when every chunk's is."""
+    ends, afters = Counter(), Counter()
+    for c in chunks:
+        ends.update(c["fault_trials_by_end"])
+        afters.update(c["after_fault"])
+    kinds = Counter()
+    for k, n in ends.items():
+        kinds[k.split(":")[0]] += n
+    return {"chunks": len(chunks), "seeds": [c.get("seed") for c in chunks],
+            "fault_cdrom_mib": sorted({c["fault_cdrom_mib"] for c in chunks}),
+            "fault_trials": sum(c["fault_trials"] for c in chunks),
+            "fault_trials_by_kind": dict(sorted(kinds.items())),
+            "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
+            "tokens_mixed_or_broken": sum(c["tokens_mixed_or_broken"] for c in chunks),
+            "fault_trial_s_mean": round(sum(c["fault_trial_s_mean"] * c["fault_trials"] for c in chunks)
+                                        / max(1, sum(c["fault_trials"] for c in chunks)), 3),
+            "ok": bool(chunks) and all(c["ok"] for c in chunks)}
+
+
+def _sum_files(paths: list[str]) -> dict:
+    import json
+    chunks = []
+    for p in paths:
+        lines = [ln for ln in Path(p).read_text().splitlines() if ln.startswith("{")]
+        if not lines:
+            raise SystemExit(f"bench token-release --sum: {p} holds no result line (the JSON a run prints last)")
+        chunks.append(json.loads(lines[-1]))
+    return summed(chunks)
+
+
 def main(argv: list[str]) -> dict:
+    if argv[:1] == ["--sum"]:
+        return _sum_files(argv[1:])
     ap = argparse.ArgumentParser(prog="bench token-release")
     ap.add_argument("--cdrom-mib", type=int, default=64, help="CD-ROM image of the clean run (the issue's: 700)")
     ap.add_argument("--disk-mib", type=int, default=16)

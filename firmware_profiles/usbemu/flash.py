@@ -15,9 +15,9 @@ Translation layer (what keeps a 700 MiB install cheap to emulate; the host sees 
   (the prefix, then ``PowerCut``), so a torn copy leaves exactly what a torn byte copy leaves.
   A write to either page breaks the sharing first (the page that keeps the old bytes gets them).
 - ``page_hash`` / ``hashes`` / ``digest``: SHA-256 per page, cached and dropped on every write to
-  the page; ``digest`` of a long range whose pages are all hashed is looked up by the sequence of
-  its page hashes (the same page contents have the same digest; the first time, the bytes are
-  hashed).
+  the page; ``digest`` of a long range whose pages are (all but a few) hashed is looked up by the
+  sequence of its page hashes (the same page contents have the same digest; the first time, the
+  bytes are hashed).
 - ``base``: a clone of a factory flash file (read only, never written while clones use it) reads
   every page it has not written from the base, so a fresh token costs no copy.
 
@@ -310,6 +310,10 @@ class Flash:
         P = self.page
         full, first = length // P, offset // P
         pages = [] if offset % P or full < 64 else [c.get(s) for c, s in map(self._cache_of, range(first, first + full))]
+        missing = [i for i, h in enumerate(pages) if h is None]
+        if len(missing) <= full // 16:      # a few pages written since they were hashed: hash those
+            for i in missing:
+                pages[i] = self.page_hash(first + i)
         key = None
         if pages and None not in pages:
             fp = hashlib.sha256(struct.pack(">QQ", length, P))

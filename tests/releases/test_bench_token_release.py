@@ -25,3 +25,18 @@ def test_bench_token_release_small_sample():
     assert all(v > 0 for v in r["fault_probe"].values())
     assert 0 < r["fault_trial_s_mean"] <= r["fault_trial_s_max"]
     assert set(r["fault_trial_s_by_phase_mean"]) == {"download", "provision", "install_under_fault", "check_and_recover"}
+
+
+def test_chunks_of_fault_trials_add_up_and_one_bad_chunk_fails_the_sum():
+    a = {"seed": 1, "fault_cdrom_mib": 700, "fault_trials": 3, "fault_trial_s_mean": 2.0, "ok": True,
+         "fault_trials_by_end": {"kill:2.0.0": 2, "stall:1.0.0": 1}, "after_fault": {"usable": 3},
+         "tokens_mixed_or_broken": 0}
+    b = dict(a, seed=2, fault_trials=2, fault_trial_s_mean=4.0, fault_trials_by_end={"kill:1.0.0": 1, "tear:2.0.0": 1},
+             after_fault={"usable": 1, "bootloader": 1})
+    s = token_release.summed([a, b])
+    assert s["fault_trials"] == 5 and s["tokens_mixed_or_broken"] == 0 and s["ok"]
+    assert s["fault_trials_by_kind"] == {"kill": 3, "stall": 1, "tear": 1}
+    assert s["fault_trials_by_end"]["kill:2.0.0"] == 2 and s["after_fault"] == {"usable": 4, "bootloader": 1}
+    assert s["fault_trial_s_mean"] == 2.8 and s["seeds"] == [1, 2]
+    bad = token_release.summed([a, dict(b, ok=False, tokens_mixed_or_broken=1)])
+    assert not bad["ok"] and bad["tokens_mixed_or_broken"] == 1
