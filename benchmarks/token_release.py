@@ -25,25 +25,26 @@ the disk's content, each a signed token image; release 2 changes the firmware an
    written, USB transfers, management requests: what the draws range over) and the seconds per trial
    by phase.
 
-**Why the 1,000 fault trials run on a 4 MiB CD-ROM, not 700 MiB** (measured 2026-12-01 on this 2-core
-machine, load average 1.5-5, each run alone under the bench lock): a trial costs 0.197 s at 4 MiB
-(1,000 trials: 3 min 25 s, 0 broken) and 18.0-18.2 s at 700 MiB (35 trials in two runs, seeds 1 and 2,
-every fault kind 7 times, 0 broken: 8.5 s install under the fault, 7.8 s checking every byte and
-recovering, 0.9 s provisioning, 0.7 s download). 1,000 trials at 700 MiB would hold the lock about 5 hours. The flash file is sparse, but an install is not cheap in
-proportion to the change: only changed blocks cross the USB link, yet the token copies every unchanged
-block into its staging slot (the live image stays intact until the switch: 736 MB of flash writes for
-a 700 MiB release against 6.6 MB at 4 MiB) and hashes the slot before the switch and again at verify,
-and the check reads the whole token twice. The smaller image is equivalent for what the trials test:
-the plan, its journal and every step boundary are the same at both sizes (same components, same 3
-changed blocks per partition, the same 256 KiB firmware and 2 MiB disk); the extra fault points at 700
-MiB (2,137 management requests against 49, 4,426 transfers against 250, 736 MB written against 6.6 MB)
-are more iterations of the same requests (OP_HASH, OP_COPY, DIGEST) inside the CD-ROM's stage step,
-where a fault leaves the same state whatever the block: the live and kept images untouched, a free
-slot partly written, the journal at "cdrom" begun; resuming compares hashes again from the start. So a
-uniform draw at 700 MiB mostly lands in that one state class, while at 4 MiB it spreads over all of them.
-What only a large image exercises (block numbers past 2^16, 700 one-MiB download chunks, DIGEST over
-700 MiB) is covered by the clean run at ``--cdrom-mib 700`` and by bounded 700 MiB fault samples
-(``--fault-cdrom-mib 700 --install-faults 25``: about 9 minutes, within one lock window).
+**Fault trials at 700 MiB.** A fresh token per trial is a clone of one factory token's flash file (no copy;
+``Flash``'s base), and the emulated flash is a translation layer (``firmware_profiles.usbemu.flash``): the
+stage step's OP_COPY of every unchanged block into the staging slot is a page remap that still counts its
+736 MB of modelled flash writes towards the tear budget, and OP_HASH/DIGEST use page hashes cached until a
+page is written, so the token's own work costs about what the change costs. The checks read both
+partitions from the token's flash (through its map) and compare them byte for byte with the release
+payloads. What a trial costs now is mostly the agent's own work, which stays as it is: each install, and
+each recovery after a kill, tear or unplug, re-reads and re-verifies the 700 MiB image (the manifest's
+SHA-256, the image signature and its signed payload hash, the binding to the journaled operation, the
+per-block hashes of the stage step: about 7 SHA-256 and 2 Ed25519 passes over 700 MiB per trial).
+Measured 2026-12-01 on this 2-core machine, each run alone under the bench lock: 18.0-18.2 s per trial
+before (load 1.5-5), 12.2 s after the remap and clones (46 trials, seed 101, load 1.1-4.4: 6.5 s install
+under the fault, 4.8 s checking and recovering, 0.9 s download, 0.003 s provisioning), and less again
+once DIGEST stopped re-hashing a slot with a few rewritten blocks. So 1,000 trials at 700 MiB are a few
+hours of bench lock: run them in chunks that each hold the lock ≤ 12 minutes (``--budget-s 600``: no
+trial starts after 10 minutes; distinct ``--seed`` per chunk) and add the chunks up with
+``--sum FILE...`` (each run's last JSON line). The fault kinds take turns, so every chunk of 5 or more
+trials draws each kind. At 700 MiB a uniform draw mostly lands inside the CD-ROM's stage step (2,137
+management requests of a clean install against 49 at 4 MiB, 4,438 transfers against 250): ``--fault-cdrom-mib
+4`` spreads the same number of draws over every step boundary (0.2 s a trial).
 """
 from __future__ import annotations
 
@@ -435,12 +436,12 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--disk-mib", type=int, default=16)
     ap.add_argument("--changed", type=int, default=3, help="4 KiB blocks changed in each of CD-ROM and disk")
     ap.add_argument("--faults", type=int, default=20, help="download trials with a dropped connection")
-    ap.add_argument("--install-faults", type=int, default=50, help="download + install trials under a random fault")
-    ap.add_argument("--fault-cdrom-mib", type=int, default=4)
+    ap.add_argument("--install-faults", type=int, default=40, help="download + install trials under a random fault")
+    ap.add_argument("--fault-cdrom-mib", type=int, default=700, help="CD-ROM image of the fault trials (4: 0.2 s a trial)")
     ap.add_argument("--seed", type=int, default=1, help="payloads, fault draws (distinct seeds: independent chunks)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="start no fault trial after this many seconds (a chunk that holds the bench lock ≤ 12 min); "
-                         "fault_trials says how many ran")
+    ap.add_argument("--budget-s", type=float, default=600,
+                    help="start no fault trial after this many seconds of the run (default 600: a chunk holds the bench "
+                         "lock ≤ 12 min); fault_trials says how many ran")
     ap.add_argument("--model", default="cns-token-ccid")
     opts = ap.parse_args(argv)
 
