@@ -103,6 +103,8 @@ class Flash:
             raise ValueError(f"{self.path} is a clone of {logged}, not of {base}")
         base = logged or (str(base) if base is not None else None)
         if base is not None:
+            if Path(f"{base}.ftl").exists():
+                raise ValueError(f"{base} has remapped pages (or is a clone itself): it cannot be a base")
             self._base = open(base, "rb", buffering=0)
             st = os.fstat(self._base.fileno())
             if st.st_size != self.size:

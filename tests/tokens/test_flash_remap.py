@@ -129,6 +129,8 @@ def test_a_clone_reads_its_base_writes_only_itself_and_survives_a_restart(tmp_pa
     again.close()
     with pytest.raises(ValueError, match="clone of"):
         Flash(tmp_path / "clone.bin", SIZE, page=P, base=tmp_path / "other.bin")
+    with pytest.raises(ValueError, match="cannot be a base"):   # its file alone is not what it reads
+        Flash(tmp_path / "clone2.bin", SIZE, page=P, base=tmp_path / "clone.bin")
 
 
 def test_a_new_flash_file_ignores_the_record_of_a_deleted_one(tmp_path):
