@@ -37,10 +37,12 @@ SHA-256, the image signature and its signed payload hash, the binding to the jou
 per-block hashes of the stage step: 4 SHA-256 passes and one Ed25519 verification over 700 MiB per
 install, 3 and one more per recovery; SHA-256 runs at about 680 MB/s here).
 Measured 2026-12-01 on this 2-core machine, each run alone under the bench lock: 18.0-18.2 s per trial
-before (load 1.5-5), 12.2 s after the remap and clones (46 trials, seed 101, load 1.1-4.4: 6.5 s install
-under the fault, 4.8 s checking and recovering, 0.9 s download, 0.003 s provisioning), and less again
-once DIGEST stopped re-hashing a slot with a few rewritten blocks. So 1,000 trials at 700 MiB are a few
-hours of bench lock: run them in chunks that each hold the lock ≤ 12 minutes (``--budget-s 600``: no
+before (load 1.5-5); after, 12.2 s (46 trials, seed 101, load 1.1-4.4: 6.5 s install under the fault,
+4.8 s checking and recovering, 0.9 s download, 0.003 s provisioning) and 12.0 s (42 trials, seed 102,
+load falling from 122 to 1.0: 6.4 s, 4.5 s, 1.2 s, 0.004 s), 0 mixed or broken, every kind drawn. The
+same run's clean install at ``--cdrom-mib 700``: 12.2 s wall, 1.30 s modelled link time, against 0.006 s
+raw link time for the changed bytes and 15.6 s for the whole release; its download 7.78 MB against a
+target of 8.54 MB (ratio 1.0). So 1,000 trials at 700 MiB are about 3.5 hours of bench lock: run them in chunks that each hold the lock ≤ 12 minutes (``--budget-s 600``: no
 trial starts after 10 minutes; distinct ``--seed`` per chunk) and add the chunks up with
 ``--sum FILE...`` (each run's last JSON line). The fault kinds take turns, so every chunk of 5 or more
 trials draws each kind. At 700 MiB a uniform draw mostly lands inside the CD-ROM's stage step (2,137
