@@ -25,25 +25,29 @@ the disk's content, each a signed token image; release 2 changes the firmware an
    written, USB transfers, management requests: what the draws range over) and the seconds per trial
    by phase.
 
-**Why the 1,000 fault trials run on a 4 MiB CD-ROM, not 700 MiB** (measured 2026-12-01 on this 2-core
-machine, load average 1.5-5, each run alone under the bench lock): a trial costs 0.197 s at 4 MiB
-(1,000 trials: 3 min 25 s, 0 broken) and 18.0-18.2 s at 700 MiB (35 trials in two runs, seeds 1 and 2,
-every fault kind 7 times, 0 broken: 8.5 s install under the fault, 7.8 s checking every byte and
-recovering, 0.9 s provisioning, 0.7 s download). 1,000 trials at 700 MiB would hold the lock about 5 hours. The flash file is sparse, but an install is not cheap in
-proportion to the change: only changed blocks cross the USB link, yet the token copies every unchanged
-block into its staging slot (the live image stays intact until the switch: 736 MB of flash writes for
-a 700 MiB release against 6.6 MB at 4 MiB) and hashes the slot before the switch and again at verify,
-and the check reads the whole token twice. The smaller image is equivalent for what the trials test:
-the plan, its journal and every step boundary are the same at both sizes (same components, same 3
-changed blocks per partition, the same 256 KiB firmware and 2 MiB disk); the extra fault points at 700
-MiB (2,137 management requests against 49, 4,426 transfers against 250, 736 MB written against 6.6 MB)
-are more iterations of the same requests (OP_HASH, OP_COPY, DIGEST) inside the CD-ROM's stage step,
-where a fault leaves the same state whatever the block: the live and kept images untouched, a free
-slot partly written, the journal at "cdrom" begun; resuming compares hashes again from the start. So a
-uniform draw at 700 MiB mostly lands in that one state class, while at 4 MiB it spreads over all of them.
-What only a large image exercises (block numbers past 2^16, 700 one-MiB download chunks, DIGEST over
-700 MiB) is covered by the clean run at ``--cdrom-mib 700`` and by bounded 700 MiB fault samples
-(``--fault-cdrom-mib 700 --install-faults 25``: about 9 minutes, within one lock window).
+**Fault trials at 700 MiB.** A fresh token per trial is a clone of one factory token's flash file (no copy;
+``Flash``'s base), and the emulated flash is a translation layer (``firmware_profiles.usbemu.flash``): the
+stage step's OP_COPY of every unchanged block into the staging slot is a page remap that still counts its
+736 MB of modelled flash writes towards the tear budget, and OP_HASH/DIGEST use page hashes cached until a
+page is written, so the token's own work costs about what the change costs. The checks read both
+partitions from the token's flash (through its map) and compare them byte for byte with the release
+payloads. What a trial costs now is mostly the agent's own work, which stays as it is: each install, and
+each recovery after a kill, tear or unplug, re-reads and re-verifies the 700 MiB image (the manifest's
+SHA-256, the image signature and its signed payload hash, the binding to the journaled operation, the
+per-block hashes of the stage step: 4 SHA-256 passes and one Ed25519 verification over 700 MiB per
+install, 3 and one more per recovery; SHA-256 runs at about 680 MB/s here).
+Measured 2026-12-01 on this 2-core machine, each run alone under the bench lock: 18.0-18.2 s per trial
+before (load 1.5-5); after, 12.2 s (46 trials, seed 101, load 1.1-4.4: 6.5 s install under the fault,
+4.8 s checking and recovering, 0.9 s download, 0.003 s provisioning) and 12.0 s (42 trials, seed 102,
+load falling from 122 to 1.0: 6.4 s, 4.5 s, 1.2 s, 0.004 s), 0 mixed or broken, every kind drawn. The
+same run's clean install at ``--cdrom-mib 700``: 12.2 s wall, 1.30 s modelled link time, against 0.006 s
+raw link time for the changed bytes and 15.6 s for the whole release; its download 7.78 MB against a
+target of 8.54 MB (ratio 1.0). So 1,000 trials at 700 MiB are about 3.5 hours of bench lock: run them in chunks that each hold the lock ≤ 12 minutes (``--budget-s 600``: no
+trial starts after 10 minutes; distinct ``--seed`` per chunk) and add the chunks up with
+``--sum FILE...`` (each run's last JSON line). The fault kinds take turns, so every chunk of 5 or more
+trials draws each kind. At 700 MiB a uniform draw mostly lands inside the CD-ROM's stage step (2,137
+management requests of a clean install against 49 at 4 MiB, 4,438 transfers against 250): ``--fault-cdrom-mib
+4`` spreads the same number of draws over every step boundary (0.2 s a trial).
 """
 from __future__ import annotations
 
@@ -69,14 +73,14 @@ class _Killed(BaseException):
 
 
 class _Setup:
-    """Two signed releases of one (shrunk) model, published in a TUF repository served by nginx. Only the
-    hashes of release 2's bytes are kept (a 700 MiB run holds release 1's payloads to provision tokens)."""
+    """Two signed releases of one (shrunk) model, published in a TUF repository served by nginx, their
+    payloads (what a token's partitions must read, byte for byte) and a factory token on release 1."""
 
     def __init__(self, tmp: Path, base_model, cdrom_mib: int, disk_mib: int, changed: int, seed: int):
         from personalizer.releases.repository import ReleaseRepo
         from tests.releases import nginx
         from tests.releases.conftest import write_release
-        from tests.releases.tokenrel import changed as change, payloads, small_model
+        from tests.releases.tokenrel import changed as change, payloads, provision, small_model
         from firmware_profiles.usbemu import test_release_key
         from firmware_profiles.usbtoken.image import build_image
 
@@ -84,7 +88,7 @@ class _Setup:
         self.model = small_model(base_model, cdrom_mib=cdrom_mib + 1, disk_mib=disk_mib, slot_mib=cdrom_mib + 2)
         self.d1 = payloads(self.model, seed, cdrom_bytes=cdrom_mib * MiB, fw_bytes=256 * 1024)
         d2 = change(self.d1, seed + 1, blocks=changed)
-        self.payload_sha = {"1.0.0": {n: _sha(b) for n, b in self.d1.items()}, "2.0.0": {n: _sha(b) for n, b in d2.items()}}
+        self.payloads = {"1.0.0": self.d1, "2.0.0": d2}
         self.blob_sha: dict[str, dict[str, str]] = {}
         self.blob_len: dict[str, int] = {}
         self.changed_bytes = 0
@@ -105,8 +109,11 @@ class _Setup:
             self.repo.sign(tmp / "off")
             self.repo.publish(tmp / "on")
             previous = blobs
-        del previous, blobs, d2
+        del previous, blobs
         shutil.rmtree(tmp / "in", ignore_errors=True)
+        self.factory = tmp / "factory-flash.bin"     # a token on release 1 as it leaves the factory
+        _, token = provision(self.model, self.factory, V1, self.d1)
+        token.flash.close()
         self.server = nginx.start(self.repo.served, tmp / "nginx")
         self.root = (self.repo.meta_dir / "1.root.json").read_bytes()
         self.metadata_bytes = sum(p.stat().st_size for p in self.repo.meta_dir.glob("*.json"))
@@ -123,8 +130,18 @@ class _Setup:
             c.download(comp.target)
         return c, r1, r2
 
-    def downloaded_exact(self, c, comp) -> bool:
-        return _file_sha(c.download(comp.target)) == self.blob_sha["2.0.0"][comp.name]
+    def downloaded_exact(self, c, comp, checked: Path | None = None) -> bool:
+        """The target downloads as release 2's file: its SHA-256, or byte for byte the same as ``checked``
+        (a copy whose SHA-256 was checked once)."""
+        got = c.download(comp.target)
+        if checked is None:
+            return _file_sha(got) == self.blob_sha["2.0.0"][comp.name]
+        return _same_file(got, checked / comp.target)
+
+    def token(self, flash: Path, bus=None):
+        """A fresh token on release 1: a clone of the factory token's flash (no copy of its bytes)."""
+        from tests.releases.tokenrel import clone
+        return clone(self.model, self.factory, flash, bus)
 
     def close(self) -> None:
         self.server.stop()
@@ -140,6 +157,31 @@ def _file_sha(p: Path) -> str:
         while block := f.read(MiB):
             h.update(block)
     return h.hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while block := fa.read(16 * MiB):
+            if block != fb.read(16 * MiB):
+                return False
+    return True
+
+
+_READ: dict[tuple, bytes] = {}
+
+
+def _read(p: Path) -> bytes:
+    """The file's bytes, read once per file (the trials' update states hard-link the files downloaded at
+    setup; a file downloaded in a trial is a new file, read anew)."""
+    st = p.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _READ:
+        if len(_READ) >= 4:           # a release's 3 files and the old firmware
+            _READ.clear()
+        _READ[key] = p.read_bytes()
+    return _READ[key]
 
 
 def _files(c, rel) -> dict[str, Path]:
@@ -165,8 +207,8 @@ def _install(setup: _Setup, d: Path, c, r1, r2, token_bus, *, progress=None):
         j = await Journal.open(d / "journal.db")
         try:
             return await run_release(j, lambda: backend.open(token.serial), setup.model, r2,
-                                     {n: p.read_bytes() for n, p in new.items()},
-                                     {n: p.read_bytes() for n, p in old.items()}, agent_version="1.0",
+                                     {n: _read(p) for n, p in new.items()},
+                                     {n: _read(p) for n, p in old.items()}, agent_version="1.0",
                                      progress=progress, paths=paths)
         finally:
             await j.close()
@@ -195,18 +237,38 @@ class Broken(AssertionError):
     """A token left on a mix, or unusable."""
 
 
-def _partition_sha(token) -> dict[str, str]:
-    from tests.releases.tokenrel import contents
-    return {n: _sha(b) for n, b in contents(token).items() if n != "firmware"}
+def _reads_as(token, name: str, data: bytes) -> bool:
+    """The partition ``name`` reads (through the token's map, from its flash) exactly ``data``."""
+    off, _ = token.model.flash.region(token.meta["map"][name])
+    if token.meta["images"][name]["length"] != len(data):
+        return False
+    buf = bytearray(16 * MiB)
+    for pos in range(0, len(data), len(buf)):
+        n = min(len(buf), len(data) - pos)
+        view = memoryview(buf)[:n]
+        token.flash.readinto(off + pos, view)
+        if not data.startswith(view, pos):      # a memcmp, no copy of either
+            return False
+    return True
+
+
+def _partitions(setup: _Setup, token) -> dict[str, str | None]:
+    """Partition → the release whose image it reads byte for byte ("1.0.0" | "2.0.0"), or None. The
+    release its metadata names is compared first (one read of each partition when it is that one)."""
+    from tests.releases.tokenrel import token_set
+    have, out = token_set(token), {}
+    for name in ("cdrom", "disk"):
+        order = ("2.0.0", "1.0.0") if have[name] == V2[name] else ("1.0.0", "2.0.0")
+        out[name] = next((v for v in order if _reads_as(token, name, setup.payloads[v][name])), None)
+    return out
 
 
 def _which(setup: _Setup, token) -> str:
     """"1.0.0" | "2.0.0" when every byte is that release's, else raises Broken."""
     from tests.releases.tokenrel import token_set
-    have, got = token_set(token), _partition_sha(token)
+    have, got = token_set(token), _partitions(setup, token)
     for version, versions in (("1.0.0", V1), ("2.0.0", V2)):
-        want = setup.payload_sha[version]
-        if have == versions and got["cdrom"] == want["cdrom"] and got["disk"] == want["disk"]:
+        if have == versions and got["cdrom"] == got["disk"] == version:
             return version
     raise Broken(f"the token is on a mix: {have}")
 
@@ -215,11 +277,11 @@ def _usable(setup: _Setup, token) -> str:
     """Right after a fault, before any repair: a committed set within the constraints, every partition
     reading a whole image of release 1 or 2; or the bootloader (a firmware download was cut)."""
     from tests.releases.tokenrel import token_set
-    have, got = token_set(token), _partition_sha(token)
+    have, got = token_set(token), _partitions(setup, token)
     if any(k.applies(have) and not k.met(have) for k in _constraints()):
         raise Broken(f"the token runs a set that breaks the release's constraints: {have}")
     for name in ("cdrom", "disk"):
-        if got[name] not in (setup.payload_sha["1.0.0"][name], setup.payload_sha["2.0.0"][name]):
+        if got[name] is None:
             raise Broken(f"the token's {name} reads neither release's image")
     return "bootloader" if token.mode == "bootloader" else "usable"
 
@@ -232,13 +294,12 @@ def _constraints():
 def _probe(setup: _Setup, d: Path, state: Path) -> dict:
     """A clean install, counting what the fault draws are drawn over."""
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
-    from tests.releases.tokenrel import provision
 
     d.mkdir()
     c, r1, r2 = setup.holding_release_1(state)
     for comp in r2.components:
         c.download(comp.target)
-    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    bus, token = setup.token(d / "flash.bin")
     calls, mgmt = [0], [0]
     orig = token._mgmt_control
 
@@ -267,7 +328,6 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     from agent.ops.errors import OperationError, PreconditionError
     from firmware_profiles.usbemu.token import Stall
     from firmware_profiles.usbtoken.protocol import REQ_COMMAND
-    from tests.releases.tokenrel import provision
 
     phases = phases if phases is not None else Counter()
     t0 = time.perf_counter()
@@ -278,11 +338,11 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     if fault == "drop":
         proxy.cut(responses=1, after_bytes=rng.randrange(1000, 2 * MiB))
         for comp in r2.components:
-            if not setup.downloaded_exact(c, comp):
+            if not setup.downloaded_exact(c, comp, seeded[1] / "targets"):
                 raise Broken(f"the downloaded {comp.name} is not release 2's")
     t1 = time.perf_counter()
     phases["download"] += t1 - t0
-    bus, token = provision(setup.model, d / "flash.bin", V1, setup.d1)
+    bus, token = setup.token(d / "flash.bin")
     t2 = time.perf_counter()
     phases["provision"] += t2 - t1
     progress = None
@@ -339,15 +399,52 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     return after, end
 
 
+def summed(chunks: list[dict]) -> dict:
+    """The fault trials of several runs (chunks with distinct seeds) added up: trials, ends by fault kind,
+    the states right after the faults, mixed or broken tokens; ``ok`` only when every chunk's is."""
+    ends, afters = Counter(), Counter()
+    for c in chunks:
+        ends.update(c["fault_trials_by_end"])
+        afters.update(c["after_fault"])
+    kinds = Counter()
+    for k, n in ends.items():
+        kinds[k.split(":")[0]] += n
+    return {"chunks": len(chunks), "seeds": [c.get("seed") for c in chunks],
+            "fault_cdrom_mib": sorted({c["fault_cdrom_mib"] for c in chunks}),
+            "fault_trials": sum(c["fault_trials"] for c in chunks),
+            "fault_trials_by_kind": dict(sorted(kinds.items())),
+            "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
+            "tokens_mixed_or_broken": sum(c["tokens_mixed_or_broken"] for c in chunks),
+            "fault_trial_s_mean": round(sum(c["fault_trial_s_mean"] * c["fault_trials"] for c in chunks)
+                                        / max(1, sum(c["fault_trials"] for c in chunks)), 3),
+            "ok": bool(chunks) and all(c["ok"] for c in chunks)}
+
+
+def _sum_files(paths: list[str]) -> dict:
+    import json
+    chunks = []
+    for p in paths:
+        lines = [ln for ln in Path(p).read_text().splitlines() if ln.startswith("{")]
+        if not lines:
+            raise SystemExit(f"bench token-release --sum: {p} holds no result line (the JSON a run prints last)")
+        chunks.append(json.loads(lines[-1]))
+    return summed(chunks)
+
+
 def main(argv: list[str]) -> dict:
+    if argv[:1] == ["--sum"]:
+        return _sum_files(argv[1:])
     ap = argparse.ArgumentParser(prog="bench token-release")
     ap.add_argument("--cdrom-mib", type=int, default=64, help="CD-ROM image of the clean run (the issue's: 700)")
     ap.add_argument("--disk-mib", type=int, default=16)
     ap.add_argument("--changed", type=int, default=3, help="4 KiB blocks changed in each of CD-ROM and disk")
     ap.add_argument("--faults", type=int, default=20, help="download trials with a dropped connection")
-    ap.add_argument("--install-faults", type=int, default=50, help="download + install trials under a random fault")
-    ap.add_argument("--fault-cdrom-mib", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--install-faults", type=int, default=40, help="download + install trials under a random fault")
+    ap.add_argument("--fault-cdrom-mib", type=int, default=700, help="CD-ROM image of the fault trials (4: 0.2 s a trial)")
+    ap.add_argument("--seed", type=int, default=1, help="payloads, fault draws (distinct seeds: independent chunks)")
+    ap.add_argument("--budget-s", type=float, default=600,
+                    help="start no fault trial after this many seconds of the run (default 600: a chunk holds the bench "
+                         "lock ≤ 12 min); fault_trials says how many ran")
     ap.add_argument("--model", default="cns-token-ccid")
     opts = ap.parse_args(argv)
 
@@ -355,10 +452,10 @@ def main(argv: list[str]) -> dict:
     from firmware_profiles.usbemu.token import LINK_EFFICIENCY
     from firmware_profiles.usbtoken import load_token_models
     from tests.releases.netfaults import FaultyProxy
-    from tests.releases.tokenrel import provision
 
     base = load_token_models()[opts.model]
     rng = random.Random(opts.seed)
+    t_start, load_start = time.perf_counter(), os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-token-release-"))
     big = small = proxy = None
     try:
@@ -386,7 +483,7 @@ def main(argv: list[str]) -> dict:
             shutil.rmtree(tmp / f"drop-{i}", ignore_errors=True)
         target = 1.1 * big.changed_bytes + big.metadata_bytes
         # 2. install
-        bus, token = provision(big.model, tmp / "big-flash.bin", V1, big.d1)
+        bus, token = big.token(tmp / "big-flash.bin")
         link0, bytes0, t0 = token.link_seconds, token.link_bytes, time.perf_counter()
         result, sent = _install(big, tmp, c, r1, r2, (bus, token))
         install_s, install_link_s = time.perf_counter() - t0, token.link_seconds - link0
@@ -427,6 +524,8 @@ def main(argv: list[str]) -> dict:
         setup_s = time.perf_counter() - t_setup
         ends, afters, broken, phases, per_trial = Counter(), Counter(), [], Counter(), []
         for i in range(opts.install_faults):
+            if opts.budget_s is not None and time.perf_counter() - t_start > opts.budget_s:
+                break
             fault = FAULTS[i % len(FAULTS)]
             t0 = time.perf_counter()
             try:
@@ -441,14 +540,18 @@ def main(argv: list[str]) -> dict:
             "fault_setup_s": round(setup_s, 2), "fault_probe": probe,
             "fault_trial_s_mean": round(sum(per_trial) / n, 3), "fault_trial_s_max": round(max(per_trial, default=0), 3),
             "fault_trial_s_by_phase_mean": {k: round(v / n, 3) for k, v in sorted(phases.items())},
-            "fault_trials": opts.install_faults, "fault_cdrom_mib": opts.fault_cdrom_mib,
+            "fault_trials": len(per_trial), "fault_trials_asked": opts.install_faults, "seed": opts.seed,
+            "fault_cdrom_mib": opts.fault_cdrom_mib,
             "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
             "tokens_mixed_or_broken": len(broken), "broken": broken[:5],
+            "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "wall_s": round(time.perf_counter() - t_start, 1),
             "ok": (ok and installed and clean_bytes + out["metadata_bytes"] <= target and all(g for _, g in drops)
                    and not broken),
         })
         return out
     finally:
+        _READ.clear()
         for x in (big, small, proxy):
             if x is not None:
                 x.close()

@@ -39,9 +39,12 @@ def build_cdrom_image(files: dict[str, bytes], volume: str = "CNS_TOOLS") -> byt
 
 
 def make_token(model: TokenModel, flash_path: str | Path, *, card: EmulatedCard | None = None,
-               cdrom: bytes | None = None, cdrom_version: str = "1.0.0") -> EmulatedToken:
-    """A token on ``flash_path`` (created sparse); a blank flash gets the factory CD-ROM image."""
-    flash = Flash(flash_path, model.flash.size_bytes)
+               cdrom: bytes | None = None, cdrom_version: str = "1.0.0",
+               base: str | Path | None = None) -> EmulatedToken:
+    """A token on ``flash_path`` (created sparse); a blank flash gets the factory CD-ROM image. ``base``: a
+    factory token's flash file this one is a clone of (``Flash``: it reads what it has not written from there;
+    the base is never written again)."""
+    flash = Flash(flash_path, model.flash.size_bytes, page=model.flash.block_bytes, base=base)
     if card is None:
         card = EmulatedCard(load_models()[model.chip])
     fresh = read_meta(flash) is None

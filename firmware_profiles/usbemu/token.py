@@ -316,10 +316,7 @@ class EmulatedToken:
         return [r for r in self._free_regions() if r in ("A", "B")]
 
     def _digest(self, off: int, length: int) -> bytes:
-        h = hashlib.sha256()
-        for pos in range(0, length, 1 << 20):
-            h.update(self.flash.read(off + pos, min(1 << 20, length - pos)))
-        return h.digest()
+        return self.flash.digest(off, length)
 
     def info(self) -> dict:
         m = self.meta
@@ -342,8 +339,7 @@ class EmulatedToken:
                 off, ln = self.region(REGIONS[reg])
                 if count > 256 or (first + count) * bs > ln:
                     return bytes([ST_BAD_REQUEST])
-                return bytes([ST_OK]) + b"".join(hashlib.sha256(self.flash.read(off + (first + i) * bs, bs)).digest()
-                                                 for i in range(count))
+                return bytes([ST_OK]) + b"".join(self.flash.hashes(off + first * bs, count, bs))
             if op == OP_BULK_WRITE:  # region u8, first block u32, count u16, count × SHA-256; data on bulk OUT
                 reg, first, count = struct.unpack(">BIH", args[:7])
                 hashes = args[7:]
@@ -374,8 +370,7 @@ class EmulatedToken:
                 soff, sln = self.region(REGIONS[src])
                 if count > 256 or (block + count) * bs > min(ln, sln):
                     return bytes([ST_BAD_REQUEST])
-                for i in range(count):
-                    self.flash.write(off + (block + i) * bs, self.flash.read(soff + (block + i) * bs, bs))
+                self.flash.copy(off + block * bs, soff + block * bs, count * bs)   # a remap (flash.py)
                 return bytes([ST_OK])
             if op == OP_DIGEST:  # region u8, length u64
                 reg, length = struct.unpack(">BQ", args[:9])

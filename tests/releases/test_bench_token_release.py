@@ -25,3 +25,51 @@ def test_bench_token_release_small_sample():
     assert all(v > 0 for v in r["fault_probe"].values())
     assert 0 < r["fault_trial_s_mean"] <= r["fault_trial_s_max"]
     assert set(r["fault_trial_s_by_phase_mean"]) == {"download", "provision", "install_under_fault", "check_and_recover"}
+
+
+def test_chunks_of_fault_trials_add_up_and_one_bad_chunk_fails_the_sum():
+    a = {"seed": 1, "fault_cdrom_mib": 700, "fault_trials": 3, "fault_trial_s_mean": 2.0, "ok": True,
+         "fault_trials_by_end": {"kill:2.0.0": 2, "stall:1.0.0": 1}, "after_fault": {"usable": 3},
+         "tokens_mixed_or_broken": 0}
+    b = dict(a, seed=2, fault_trials=2, fault_trial_s_mean=4.0, fault_trials_by_end={"kill:1.0.0": 1, "tear:2.0.0": 1},
+             after_fault={"usable": 1, "bootloader": 1})
+    s = token_release.summed([a, b])
+    assert s["fault_trials"] == 5 and s["tokens_mixed_or_broken"] == 0 and s["ok"]
+    assert s["fault_trials_by_kind"] == {"kill": 3, "stall": 1, "tear": 1}
+    assert s["fault_trials_by_end"]["kill:2.0.0"] == 2 and s["after_fault"] == {"usable": 4, "bootloader": 1}
+    assert s["fault_trial_s_mean"] == 2.8 and s["seeds"] == [1, 2]
+    bad = token_release.summed([a, dict(b, ok=False, tokens_mixed_or_broken=1)])
+    assert not bad["ok"] and bad["tokens_mixed_or_broken"] == 1
+
+
+def test_the_trial_checks_catch_a_token_that_reads_a_mix_or_a_changed_byte(tmp_path):
+    """The checks the fault trials rely on, on a real emulated token: release 1 exactly passes; one changed
+    byte of the CD-ROM, or release 2's versions over release 1's bytes, is a broken token."""
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    from firmware_profiles.usbemu.flash import write_meta
+    from firmware_profiles.usbtoken import load_token_models
+    from tests.releases.tokenrel import changed, clone, payloads, provision, small_model
+
+    model = small_model(load_token_models()["cns-token-ccid"], cdrom_mib=3, disk_mib=2, slot_mib=4)
+    d1 = payloads(model, 3, cdrom_bytes=2 << 20)
+    setup = SimpleNamespace(payloads={"1.0.0": d1, "2.0.0": changed(d1, 4)})
+    _, token = provision(model, tmp_path / "factory.bin", token_release.V1, d1)
+    token.flash.close()
+    _, tok = clone(model, tmp_path / "factory.bin", tmp_path / "t.bin")
+    assert token_release._which(setup, tok) == "1.0.0" and token_release._usable(setup, tok) == "usable"
+    meta = json.loads(json.dumps(tok.meta))
+    for name in ("cdrom", "disk"):
+        meta["images"][name]["version"] = token_release.V2[name]
+    meta["firmware"]["version"] = token_release.V2["firmware"]
+    tok.meta = write_meta(tok.flash, meta)                      # release 2's versions, release 1's bytes
+    with pytest.raises(token_release.Broken, match="mix"):
+        token_release._which(setup, tok)
+    at = model.flash.region("cdrom")[0] + (1 << 20) + 17
+    tok.flash.write(at, bytes([tok.flash.read(at, 1)[0] ^ 0xFF]))   # one byte of neither release
+    with pytest.raises(token_release.Broken, match="cdrom reads neither"):
+        token_release._usable(setup, tok)
+    tok.flash.close()

@@ -5,7 +5,8 @@ and ``scripts/bench token-release``.
 a test wants a few MiB, the benchmark 700 MiB); ``parts`` makes the payloads of a release with a few
 changed blocks against another; ``signed_release`` signs each payload as the model's image and builds
 the manifest; ``provision`` makes a token that runs a release from the factory (firmware version,
-CD-ROM and disk content in their home regions), as a token leaves the factory.
+CD-ROM and disk content in their home regions), as a token leaves the factory; ``clone`` another such
+token from that one's flash file without copying it.
 """
 from __future__ import annotations
 
@@ -89,6 +90,15 @@ def provision(model: TokenModel, flash_path: Path, versions: dict[str, str], dat
     meta["firmware"] = dict(meta["firmware"], version=versions["firmware"])
     token.meta = write_meta(token.flash, meta)
     token.power_up()
+    bus.plug(token)
+    return bus, token
+
+
+def clone(model: TokenModel, factory: Path, flash_path: Path, bus: EmulatedUsbBus | None = None):
+    """A fresh token whose flash is a clone of ``factory`` (a closed ``provision``ed token's flash file, never
+    written again): it reads as that token did and costs no copy (``Flash``'s ``base``), plugged into ``bus``."""
+    bus = bus or EmulatedUsbBus()
+    token = make_token(model, flash_path, base=factory)
     bus.plug(token)
     return bus, token
 
