@@ -40,21 +40,18 @@ class Relay:
 
     @staticmethod
     def _pump(src, dst, keep):
-        while True:
+        try:
+            while data := src.recv(65536):
+                if keep is not None:
+                    keep += data
+                dst.sendall(data)
+        except OSError:   # either side closed first (teardown): nothing left to relay
+            pass
+        for s in (src, dst):
             try:
-                data = src.recv(65536)
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
-                data = b""
-            if not data:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                return
-            if keep is not None:
-                keep += data
-            dst.sendall(data)
+                pass
 
     def record_lengths(self) -> list[int]:
         """Lengths of the TLS application-data records the server wrote (type 23)."""
