@@ -1,6 +1,7 @@
 """Shared helpers for the token update tests and benchmarks."""
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import usb.core
@@ -14,7 +15,11 @@ from firmware_profiles.usbtoken.image import build_image
 from tests.tokens.bot import read10, scsi
 
 
+@functools.cache
 def cdrom_payload(n_files: int = 8, size: int = 40_000, change: int = -1) -> bytes:
+    """An ISO image of ``n_files`` files (``change``: one file's first bytes differ). Built once per arguments:
+    an ISO carries its build time, so two builds a clock second apart differ, and a test that rebuilds the
+    factory image to offer it "again" would offer another image."""
     files = {f"F{i}.BIN": bytes([i]) * size for i in range(n_files)}
     if change >= 0:
         files[f"F{change}.BIN"] = b"changed" + files[f"F{change}.BIN"][7:]

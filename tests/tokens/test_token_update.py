@@ -91,6 +91,30 @@ def test_an_image_for_another_model_is_refused(tmp_path, token_models):
         asyncio.run(update(tmp_path, bus, token, signed(hid, cdrom_payload(change=2))))
 
 
+def test_the_factory_payload_offered_again_is_the_same_image_across_a_clock_second(monkeypatch):
+    """The same-image test below offers cdrom_payload() again after setup_token built it: with a clock that
+    moves a second per ISO build (as a slow machine's can between the two), it must still be the same bytes."""
+    import itertools
+    import time
+
+    import pycdlib.headervd
+    import pycdlib.pycdlib
+
+    start, tick = time.time(), itertools.count()
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def time(self):
+            return start + next(tick)
+
+    monkeypatch.setattr(pycdlib.headervd, "time", Clock())
+    monkeypatch.setattr(pycdlib.pycdlib, "time", Clock())
+    getattr(cdrom_payload, "cache_clear", lambda: None)()  # built under this clock, not earlier
+    assert cdrom_payload(n_files=3) == cdrom_payload(n_files=3)
+
+
 def test_same_image_again_is_refused_and_resume_with_another_image_is_refused(tmp_path, model):
     bus, token = _setup(tmp_path, model)
     with pytest.raises(PreconditionError, match="already holds version 1.0.0"):
