@@ -26,6 +26,7 @@ psycopg_pool only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -80,6 +81,10 @@ class Database:
         self.group_callers = 0            # write() callers served by the shared transactions
         self.reads = 0                    # read() calls (no transaction)
         self.pool_wait_s = 0.0            # time spent waiting for a pooled connection
+        # a list (store.phases turns it on for benchmarks): one (start, end, callers) per shared transaction;
+        # and, per caller of write(), (queued, transaction start, end) for take_write_timing()
+        self.trace: list | None = None
+        self._write_timing: contextvars.ContextVar = contextvars.ContextVar("write_timing", default=None)
 
     @staticmethod
     def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
@@ -172,20 +177,34 @@ class Database:
         their cursors (rowcount, fetched rows) once committed. A caller cancelled meanwhile still has its
         statements committed or refused."""
         fut = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, fut, what))
+        timing = [time.time(), 0.0, 0.0]   # queued, its transaction's start and end
+        self._queued.append((statements, fut, what, timing))
         if len(self._committers) < GROUP_COMMITTERS:
             task = asyncio.get_running_loop().create_task(self._commit_queued())
             self._committers.add(task)
             task.add_done_callback(self._committers.discard)
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if self.trace is not None:
+                self._write_timing.set(tuple(timing))
+
+    def take_write_timing(self) -> tuple[float, float, float] | None:
+        """(queued, transaction start, end) of this task's last ``write`` since the last take (trace on)."""
+        timing = self._write_timing.get()
+        self._write_timing.set(None)
+        return timing
 
     @staticmethod
     async def _execute_all(conn, batch) -> list[list]:
-        return [[await conn.execute(sql, params) for sql, params in statements] for statements, _, _ in batch]
+        return [[await conn.execute(sql, params) for sql, params in statements] for statements, _, _, _ in batch]
 
     async def _commit_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            started = time.time()
+            for item in batch:
+                item[3][1] = started
             try:
                 results = await self.run(lambda conn: self._execute_all(conn, batch), what=batch[0][2], pipeline=True)
             except Exception as exc:
@@ -193,6 +212,7 @@ class Database:
                     _settle(batch[0][1], exc=exc)
                     continue
                 for item in batch:   # alone, each in its own transaction: one caller's error is its own
+                    item[3][1] = time.time()
                     try:
                         _settle(item[1], (await self.run(lambda conn, item=item: self._execute_all(conn, [item]),
                                                          what=item[2], pipeline=True))[0])
@@ -201,7 +221,11 @@ class Database:
                 continue
             self.group_commits += 1
             self.group_callers += len(batch)
-            for (_, fut, _), cursors in zip(batch, results):
+            ended = time.time()
+            if self.trace is not None and len(self.trace) < 100_000:
+                self.trace.append((started, ended, len(batch)))
+            for (_, fut, _, timing), cursors in zip(batch, results):
+                timing[2] = ended
                 _settle(fut, cursors)
 
     async def _attempt(self, fn, what: str, *, transaction: bool, pipeline: bool):
