@@ -54,19 +54,26 @@ def _hist(values: list[float]) -> dict:
             "mean": round(statistics.fmean(v) * 1000.0, 2)}
 
 
-def _load(folder: Path) -> tuple[dict, list]:
+def _load(folder: Path, counters: dict) -> tuple[dict, list]:
     calls: dict[str, dict[str, tuple]] = {}
     commits: list = []
+    counters.clear()
     for f in sorted(folder.glob("phases-*.json")):
         data = json.loads(f.read_text())
         for rid, call, start, end, timing in data["events"]:
             calls.setdefault(rid, {})[call] = (start, end, timing)
         commits.extend(data.get("group_commits") or [])
+        for k, v in (data.get("counters") or {}).items():
+            counters[k] = counters.get(k, 0) + v
+        counters["seconds_open"] = max(counters.get("seconds_open", 0), data.get("seconds", 0))
+        for k, v in (data.get("calls") or {}).items():
+            counters[f"store.{k}"] = counters.get(f"store.{k}", 0) + v
     return calls, commits
 
 
 def summary(clients: Clients, folder: Path) -> dict:
-    calls, commits = _load(folder)
+    counters: dict = {}
+    calls, commits = _load(folder, counters)
     rows = []
     for rid, (sent, answered) in clients.times.items():
         c = calls.get(rid, {})
@@ -81,7 +88,13 @@ def summary(clients: Clients, folder: Path) -> dict:
                 row[f"{name}_queue_wait"] = timing[1] - timing[0]
                 row[f"{name}_transaction"] = timing[2] - timing[1]
         rows.append(row)
-    out: dict = {"requests_joined": len(rows), "requests_sent": len(clients.times)}
+    out: dict = {"requests_joined": len(rows), "requests_sent": len(clients.times),
+                 "issuances_traced": sum(1 for c in calls.values() if "complete_issue" in c)}
+    if counters:   # the daemon's whole run (warm-up and scaling included): per traced issuance
+        n = max(1, out["issuances_traced"])
+        out["daemon_totals"] = {k: round(v, 3) for k, v in sorted(counters.items())}
+        out["database_per_issuance"] = {k: round(v / n, 3) for k, v in sorted(counters.items())
+                                        if k != "seconds_open"}
     keys = list(PHASES) + [f"{n}_{k}" for n in ("enqueue", "complete") for k in ("queue_wait", "transaction")]
     out["phases_ms"] = {k: _hist([r[k] for r in rows if k in r]) for k in keys if any(k in r for r in rows)}
     if rows:

@@ -8,7 +8,8 @@ sites with ``target_session_attrs=read-write`` (libpq tries each host until one 
 does so in psycopg's pipeline mode (BEGIN, the statements and COMMIT leave in one network round trip
 unless ``fn`` reads a result: a ``fetch*`` flushes; a cursor's ``rowcount`` is known only once ``run``
 returns, so such an ``fn`` returns its cursors); ``read(fn)`` runs a read-only ``fn`` without BEGIN/COMMIT
-(autocommit: one round trip per statement instead of three); ``write(statements)`` runs a list of
+(autocommit: one round trip per statement instead of three); ``statement(fn)`` the same for one statement
+that writes (it is its own transaction); ``write(statements)`` runs a list of
 statements that need no decision in Python as one transaction shared with the other callers' (group
 commit: while ``GROUP_COMMITTERS`` transactions are committing, the statements asked for meanwhile wait and
 go together in the next one, up to ``GROUP_MAX`` callers; if a shared transaction fails, each caller's
@@ -39,7 +40,12 @@ log = logging.getLogger(__name__)
 FAILOVER_TIMEOUT_S = 45.0   # above Patroni's ttl (20 s) + promotion: a whole-site loss is ridden out
 RETRY_PAUSE_S = 0.2
 GROUP_MAX = 64          # callers per shared transaction (write)
-GROUP_COMMITTERS = 2    # shared transactions committing at once; more callers wait for the next one
+# shared transactions committing at once; callers arriving meanwhile wait and go together in the next one.
+# One: with the synchronous standby a commit costs a chain of process wake-ups (backend, walsender, the
+# standby's walreceiver and its flush, back) that on a loaded 2-core machine takes ~20 ms whatever it carries;
+# measured in one run (bench issue --phases, 16 clients, 2 repetitions): 1 committer -> 3.7 callers per
+# commit, PostgreSQL p99 206 ms; 2 -> 2.3 callers, p99 262-288 ms; 4 -> 1.5 callers, p99 worse again.
+GROUP_COMMITTERS = 1
 RETRYABLE = (psycopg.OperationalError, pgerrors.ReadOnlySqlTransaction, pgerrors.AdminShutdown,
              pgerrors.CannotConnectNow, PoolTimeout)
 
@@ -80,6 +86,7 @@ class Database:
         self.transactions = 0             # transactions committed (each one standby flush with the sync standby)
         self.group_callers = 0            # write() callers served by the shared transactions
         self.reads = 0                    # read() calls (no transaction)
+        self.statements = 0               # statement() calls (one statement, its own transaction)
         self.pool_wait_s = 0.0            # time spent waiting for a pooled connection
         # a list (store.phases turns it on for benchmarks): one (start, end, callers) per shared transaction;
         # and, per caller of write(), (queued, transaction start, end) for take_write_timing()
@@ -170,6 +177,13 @@ class Database:
 
     async def read(self, fn, *, what: str = "PostgreSQL"):
         """``await fn(conn)`` for reads: each statement on its own (autocommit), no BEGIN/COMMIT round trips."""
+        self.reads += 1
+        return await self._attempt(fn, what, transaction=False, pipeline=False)
+
+    async def statement(self, fn, *, what: str = "PostgreSQL"):
+        """``await fn(conn)`` where ``fn`` runs ONE statement that writes (e.g. data-modifying CTEs): in autocommit
+        it is its own transaction, atomic, in one round trip instead of three (BEGIN, it, COMMIT)."""
+        self.statements += 1
         return await self._attempt(fn, what, transaction=False, pipeline=False)
 
     async def write(self, statements: list[tuple[str, object]], *, what: str = "PostgreSQL") -> list:
@@ -249,7 +263,6 @@ class Database:
                 async with self._pool.connection() as conn:
                     self.pool_wait_s += time.perf_counter() - waited
                     if not transaction:
-                        self.reads += 1
                         return await fn(conn)
                     if not pipeline:
                         async with conn.transaction():

@@ -13,6 +13,7 @@ wrapped store's.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -34,12 +35,21 @@ class PhaseTrace:
         self._folder = folder
         # (request id, call, start, end, [queued, shared transaction start, end] or None), wall clock
         self._events: list[tuple] = []
+        self._calls: dict[str, int] = {}
+        self._opened = time.time()
         self._db = getattr(store, "database", None)
         if self._db is not None:
             self._db.trace = []
 
     def __getattr__(self, name):
-        return getattr(self._store, name)
+        attr = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def counted(*args, **kwargs):   # how often each store call runs (background polls included)
+            self._calls[name] = self._calls.get(name, 0) + 1
+            return await attr(*args, **kwargs)
+        return counted
 
     def _note(self, request_id: str, call: str, start: float) -> None:
         timing = self._db.take_write_timing() if self._db is not None else None
@@ -65,5 +75,8 @@ class PhaseTrace:
             await self._store.close()
         finally:
             self._folder.mkdir(parents=True, exist_ok=True)
-            out = {"events": self._events, "group_commits": getattr(self._db, "trace", None) or []}
+            out = {"events": self._events, "calls": self._calls, "seconds": time.time() - self._opened, "group_commits": getattr(self._db, "trace", None) or [],
+                   "counters": {k: getattr(self._db, k) for k in ("transactions", "reads", "statements", "group_commits",
+                                                                  "group_callers", "pool_wait_s")
+                                if hasattr(self._db, k)}}
             (self._folder / f"phases-{os.getpid()}.json").write_text(json.dumps(out))
