@@ -1,6 +1,7 @@
 """A ``cns-personalizer serve`` process for benchmarks: start on a config, read its port (and pid), stop."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -17,10 +18,12 @@ def personalizer_daemon(config: Path, *, log_level: str = "WARNING"):
 
 
 @contextmanager
-def personalizer_process(config: Path, *, log_level: str = "WARNING"):
-    """As ``personalizer_daemon``, yielding (port, pid) so a benchmark can read the daemon's CPU time."""
+def personalizer_process(config: Path, *, log_level: str = "WARNING", env: dict | None = None):
+    """As ``personalizer_daemon``, yielding (port, pid) so a benchmark can read the daemon's CPU time.
+    ``env``: variables added to the daemon's environment (e.g. ``store.phases.ENV``)."""
     proc = subprocess.Popen([sys.executable, "-m", "personalizer.cli", "--log-level", log_level, "serve",
-                             "--config", str(config)], stdout=subprocess.PIPE, text=True)
+                             "--config", str(config)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **env} if env else None)
     try:
         m = re.search(r"port (\d+)", proc.stdout.readline())
         if not m:

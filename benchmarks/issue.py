@@ -20,7 +20,9 @@ standby (``benchmarks._pg``): its figures beside SQLite's (targets: rate >= 0.8 
 
 Usage: scripts/bench issue [--requests N] [--concurrency C] [--scaling 1,4,16,64] [--scaling-requests N]
                            [--workers N] [--processes N] [--synchronous FULL|NORMAL]
-                           [--store sqlite|postgresql]
+                           [--store sqlite|postgresql] [--phases]
+``--phases``: each daemon notes its store calls per request (``personalizer.store.phases``) and the result has,
+per side, histograms of each phase of the headline run's requests (``benchmarks._phases``).
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from benchmarks import _cfssl as cfssl, _pg
+from benchmarks import _cfssl as cfssl, _pg, _phases
 from benchmarks._daemon import personalizer_process
 from benchmarks._load import Run, descendants, drive
 from personalizer import codice_fiscale, dati_personali, deploy
 from personalizer.ca.keys import FileSigner
+from personalizer.store import phases
 from proto.cns.v1 import common_pb2, personalizer_pb2 as pb, personalizer_pb2_grpc as pb_grpc
 from tests.support import keys as test_keys   # distinct test keys, cheaply (shared primes: tests only)
 
@@ -210,6 +213,8 @@ def main(argv: list[str]) -> dict:
                     help="[server] processes of the daemon (default: the number of cores)")
     ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
                     help="postgresql: also a daemon on PostgreSQL + synchronous standby, beside SQLite")
+    ap.add_argument("--phases", action="store_true",
+                    help="per-request phase histograms of the headline run (benchmarks._phases)")
     opts = ap.parse_args(argv)
     if not 1 <= opts.processes <= 64:
         raise SystemExit(f"bench issue: --processes must be 1..64, got {opts.processes}")
@@ -239,13 +244,19 @@ def main(argv: list[str]) -> dict:
         station = dep.station_config.parent
         tls = dep.root / "tls"
         pg_cluster = _pg.cluster() if opts.store == "postgresql" else contextlib.nullcontext()
-        with pg_cluster as pgc, personalizer_process(cfg) as (port, pid), \
-                (personalizer_process(_pg.use_postgresql(cfg, pgc, "pg")[0]) if pgc else
+        traces = {side: Path(tmp) / f"phases-{side}" for side in ("personalizer", "personalizer-postgresql")}
+        env = {side: {phases.ENV: str(folder)} if opts.phases else None for side, folder in traces.items()}
+        with pg_cluster as pgc, personalizer_process(cfg, env=env["personalizer"]) as (port, pid), \
+                (personalizer_process(_pg.use_postgresql(cfg, pgc, "pg")[0], env=env["personalizer-postgresql"])
+                 if pgc else
                  contextlib.nullcontext((None, None))) as (pg_port, pg_pid), \
                 cfssl.cfssl_serve(Path(tmp) / "cfssl", ca_cert=dep.root / "ca" / "issuing.pem",
                                   ca_key_pem=_ca_key_pem(dep), tls_cert=tls / "server.pem",
                                   tls_key=tls / "server.key.pem", client_ca=tls / "tls-ca.pem") as peer:
             ours_call, close_channels = _grpc_client(port, tls, station)
+            clients = {}
+            if opts.phases:
+                ours_call = clients["personalizer"] = _phases.Clients(ours_call)
             sides = [
                 _Side("personalizer", ours_call, pid,
                       lambda i: _request(i, holders[i % len(holders)], profiles[i % 2])),
@@ -255,12 +266,18 @@ def main(argv: list[str]) -> dict:
             ]
             if pgc:
                 pg_call, close_pg_channels = _grpc_client(pg_port, tls, station)
+                if opts.phases:
+                    pg_call = clients["personalizer-postgresql"] = _phases.Clients(pg_call)
                 sides.insert(1, _Side("personalizer-postgresql", pg_call, pg_pid,
                                       lambda i: _request(i, holders[i % len(holders)], profiles[i % 2])))
             try:
                 for side in sides:
                     side.run(opts.warmup, opts.concurrency)
+                for c in clients.values():
+                    c.on = True
                 headline = {s.name: s.run(opts.requests, opts.concurrency) for s in sides}
+                for c in clients.values():
+                    c.on = False
                 scaling: dict[str, dict[str, dict]] = {s.name: {} for s in sides}
                 for c in levels:                      # alternate sides so a change of machine load hits both
                     for s in sides:
@@ -274,6 +291,8 @@ def main(argv: list[str]) -> dict:
                     close_pg_channels()
             pg_sync = _pg.sync_state(pgc) if pgc else None
             certdb_rows = cfssl.certdb_rows(peer.certdb)
+        # the daemons have stopped: their traces are written
+        phase_figures = {name: _phases.summary(c, traces[name]) for name, c in clients.items()}
     ours, theirs = headline["personalizer"], headline["cfssl"]
     fo, ft = ours.figures(), theirs.figures()
     vs = fo["rate"] / ft["rate"] if ft["rate"] else float("inf")
@@ -294,6 +313,7 @@ def main(argv: list[str]) -> dict:
                                        "unit": "PostgreSQL (Patroni, synchronous standby) / SQLite, same run"}}
     return {
         **pg,
+        **({"phases": phase_figures} if phase_figures else {}),
         "ok": failures == 0,
         "issuance_rate": fo["rate"], "issuance_rate_unit": "certificates/s",
         "p50_latency_ms": fo["p50_latency_ms"], "p99_latency_ms": fo["p99_latency_ms"],

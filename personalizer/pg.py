@@ -8,7 +8,8 @@ sites with ``target_session_attrs=read-write`` (libpq tries each host until one 
 does so in psycopg's pipeline mode (BEGIN, the statements and COMMIT leave in one network round trip
 unless ``fn`` reads a result: a ``fetch*`` flushes; a cursor's ``rowcount`` is known only once ``run``
 returns, so such an ``fn`` returns its cursors); ``read(fn)`` runs a read-only ``fn`` without BEGIN/COMMIT
-(autocommit: one round trip per statement instead of three); ``write(statements)`` runs a list of
+(autocommit: one round trip per statement instead of three); ``statement(fn)`` the same for one statement
+that writes (it is its own transaction); ``write(statements)`` runs a list of
 statements that need no decision in Python as one transaction shared with the other callers' (group
 commit: while ``GROUP_COMMITTERS`` transactions are committing, the statements asked for meanwhile wait and
 go together in the next one, up to ``GROUP_MAX`` callers; if a shared transaction fails, each caller's
@@ -26,6 +27,7 @@ psycopg_pool only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -38,7 +40,12 @@ log = logging.getLogger(__name__)
 FAILOVER_TIMEOUT_S = 45.0   # above Patroni's ttl (20 s) + promotion: a whole-site loss is ridden out
 RETRY_PAUSE_S = 0.2
 GROUP_MAX = 64          # callers per shared transaction (write)
-GROUP_COMMITTERS = 2    # shared transactions committing at once; more callers wait for the next one
+# shared transactions committing at once; callers arriving meanwhile wait and go together in the next one.
+# One: with the synchronous standby a commit costs a chain of process wake-ups (backend, walsender, the
+# standby's walreceiver and its flush, back) that on a loaded 2-core machine takes ~20 ms whatever it carries;
+# measured in one run (bench issue --phases, 16 clients, 2 repetitions): 1 committer -> 3.7 callers per
+# commit, PostgreSQL p99 206 ms; 2 -> 2.3 callers, p99 262-288 ms; 4 -> 1.5 callers, p99 worse again.
+GROUP_COMMITTERS = 1
 RETRYABLE = (psycopg.OperationalError, pgerrors.ReadOnlySqlTransaction, pgerrors.AdminShutdown,
              pgerrors.CannotConnectNow, PoolTimeout)
 
@@ -79,7 +86,12 @@ class Database:
         self.transactions = 0             # transactions committed (each one standby flush with the sync standby)
         self.group_callers = 0            # write() callers served by the shared transactions
         self.reads = 0                    # read() calls (no transaction)
+        self.statements = 0               # statement() calls (one statement, its own transaction)
         self.pool_wait_s = 0.0            # time spent waiting for a pooled connection
+        # a list (store.phases turns it on for benchmarks): one (start, end, callers) per shared transaction;
+        # and, per caller of write(), (queued, transaction start, end) for take_write_timing()
+        self.trace: list | None = None
+        self._write_timing: contextvars.ContextVar = contextvars.ContextVar("write_timing", default=None)
 
     @staticmethod
     def _new_pool(dsn: str, min_size: int, max_size: int, failover_timeout: float) -> AsyncConnectionPool:
@@ -165,6 +177,13 @@ class Database:
 
     async def read(self, fn, *, what: str = "PostgreSQL"):
         """``await fn(conn)`` for reads: each statement on its own (autocommit), no BEGIN/COMMIT round trips."""
+        self.reads += 1
+        return await self._attempt(fn, what, transaction=False, pipeline=False)
+
+    async def statement(self, fn, *, what: str = "PostgreSQL"):
+        """``await fn(conn)`` where ``fn`` runs ONE statement that writes (e.g. data-modifying CTEs): in autocommit
+        it is its own transaction, atomic, in one round trip instead of three (BEGIN, it, COMMIT)."""
+        self.statements += 1
         return await self._attempt(fn, what, transaction=False, pipeline=False)
 
     async def write(self, statements: list[tuple[str, object]], *, what: str = "PostgreSQL") -> list:
@@ -172,20 +191,34 @@ class Database:
         their cursors (rowcount, fetched rows) once committed. A caller cancelled meanwhile still has its
         statements committed or refused."""
         fut = asyncio.get_running_loop().create_future()
-        self._queued.append((statements, fut, what))
+        timing = [time.time(), 0.0, 0.0]   # queued, its transaction's start and end
+        self._queued.append((statements, fut, what, timing))
         if len(self._committers) < GROUP_COMMITTERS:
             task = asyncio.get_running_loop().create_task(self._commit_queued())
             self._committers.add(task)
             task.add_done_callback(self._committers.discard)
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if self.trace is not None:
+                self._write_timing.set(tuple(timing))
+
+    def take_write_timing(self) -> tuple[float, float, float] | None:
+        """(queued, transaction start, end) of this task's last ``write`` since the last take (trace on)."""
+        timing = self._write_timing.get()
+        self._write_timing.set(None)
+        return timing
 
     @staticmethod
     async def _execute_all(conn, batch) -> list[list]:
-        return [[await conn.execute(sql, params) for sql, params in statements] for statements, _, _ in batch]
+        return [[await conn.execute(sql, params) for sql, params in statements] for statements, _, _, _ in batch]
 
     async def _commit_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+            started = time.time()
+            for item in batch:
+                item[3][1] = started
             try:
                 results = await self.run(lambda conn: self._execute_all(conn, batch), what=batch[0][2], pipeline=True)
             except Exception as exc:
@@ -193,6 +226,7 @@ class Database:
                     _settle(batch[0][1], exc=exc)
                     continue
                 for item in batch:   # alone, each in its own transaction: one caller's error is its own
+                    item[3][1] = time.time()
                     try:
                         _settle(item[1], (await self.run(lambda conn, item=item: self._execute_all(conn, [item]),
                                                          what=item[2], pipeline=True))[0])
@@ -201,7 +235,11 @@ class Database:
                 continue
             self.group_commits += 1
             self.group_callers += len(batch)
-            for (_, fut, _), cursors in zip(batch, results):
+            ended = time.time()
+            if self.trace is not None and len(self.trace) < 100_000:
+                self.trace.append((started, ended, len(batch)))
+            for (_, fut, _, timing), cursors in zip(batch, results):
+                timing[2] = ended
                 _settle(fut, cursors)
 
     async def _attempt(self, fn, what: str, *, transaction: bool, pipeline: bool):
@@ -225,7 +263,6 @@ class Database:
                 async with self._pool.connection() as conn:
                     self.pool_wait_s += time.perf_counter() - waited
                     if not transaction:
-                        self.reads += 1
                         return await fn(conn)
                     if not pipeline:
                         async with conn.transaction():

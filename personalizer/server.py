@@ -60,6 +60,7 @@ from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import MAX_PROCESSES, DaemonConfig
 from personalizer.errors import ConfigError
 from personalizer import helpers
+from personalizer.store import phases
 from personalizer.guard import StoreLock, address_in_use, port_holder, raise_fd_limit
 from personalizer.outbox.metrics import CAMetrics, MetricsServer, StatusFigures
 from personalizer.outbox.policy import CircuitBreaker, RetryPolicy
@@ -242,6 +243,7 @@ class Daemon:
                 undo.push_async_callback(store.close)
             elif pg_store is None:
                 undo.push_async_callback(store.close)
+            store = phases.traced(store)   # CNS_PHASE_TRACE set (benchmarks): per-request store timings
             claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
             metrics = None
             if shared:   # every process shows the CA calls of all (outbox.shared_metrics)

@@ -40,15 +40,16 @@ def _site_config(dep, cluster, name: str, *, enrollment: bool) -> str:
 def sites(cluster, tmp_path_factory):
     dep = deploy.init_deployment(tmp_path_factory.mktemp("pgdeploy") / "cns", chamber="RM",
                                  station_id="RM-STATION-01", listen="127.0.0.1:0")
-    a = helpers.DaemonProcess(_site_config(dep, cluster, "a", enrollment=True))
-    b = helpers.DaemonProcess(_site_config(dep, cluster, "b", enrollment=False))
     d = dep.station_config.parent
     cc = helpers.ClientCert((d / "client.pem").read_bytes(), (d / "client.key.pem").read_bytes())
-    channels = [helpers.channel(p.port, dep.root / "tls", cc) for p in (a, b)]
-    yield [pb_grpc.PersonalizerStub(ch) for ch in channels]
-    for ch in channels:
-        ch.close()
-    assert a.stop() == 0 and b.stop() == 0
+    # daemons(): if B's start fails or times out, A is stopped too (it once ran on for 25 minutes)
+    with helpers.daemons(_site_config(dep, cluster, "a", enrollment=True),
+                         _site_config(dep, cluster, "b", enrollment=False)) as (a, b):
+        channels = [helpers.channel(p.port, dep.root / "tls", cc) for p in (a, b)]
+        yield [pb_grpc.PersonalizerStub(ch) for ch in channels]
+        for ch in channels:
+            ch.close()
+    assert a.proc.returncode == 0 and b.proc.returncode == 0
 
 
 def test_a_request_accepted_at_one_site_is_the_same_request_at_the_other(sites):

@@ -69,8 +69,14 @@ def two_sites(pg_session_cluster, tmp_path_factory):
         assert 'listen = "127.0.0.1:0"' in text
         open(path, "w").write(text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{_free_port()}"', 1))
         sites.append(Site(path))
-    for s in sites:
-        s.start()
+    try:
+        for s in sites:
+            s.start()
+    except BaseException:   # B's start failed or timed out (its own start stopped it): stop A as well
+        for s in sites:
+            if s.daemon is not None:
+                s.daemon.stop()
+        raise
     # the station's and central IT's configs name both sites: primary A, dr B
     for cfg in (dep.station_config, dep.admin_config):
         text = re.sub(r'primary = "[^"]+"', f'primary = "127.0.0.1:{sites[0].port}"\ndr = "127.0.0.1:{sites[1].port}"',

@@ -1,10 +1,12 @@
 """Test helpers: CSRs, holders, requests, extra client certificates, a daemon subprocess."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -113,21 +115,45 @@ def channel(port: int, tls_dir: Path, cc: ClientCert | None) -> grpc.Channel:
 
 
 class DaemonProcess:
-    """``cns-personalizer serve`` as a subprocess; the port comes from its first stdout line."""
+    """``cns-personalizer serve`` as a subprocess; the port comes from its first stdout line.
+
+    The start waits at most ``start_timeout`` seconds for that line. If the start fails in any way (no port
+    line, the time is up, or the wait is interrupted: pytest-timeout, Ctrl-C) the process is stopped before the
+    error propagates: a fixture whose start failed has nothing running to leak."""
 
     LISTEN_RE = re.compile(r"listening on port (\d+)")
+    START_TIMEOUT = 120.0
 
-    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None, log_level: str = "WARNING"):
+    def __init__(self, config: Path, *, env: dict | None = None, preexec_fn=None, log_level: str = "WARNING",
+                 start_timeout: float = START_TIMEOUT):
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "cns-personalizer"), "--log-level", log_level, "serve", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn)
-        line = self.proc.stdout.readline()
-        m = self.LISTEN_RE.search(line)
-        if not m:
+        try:
+            ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
+            if not ready:
+                raise RuntimeError(f"daemon did not print its port within {start_timeout:g} s ({config})")
+            line = self.proc.stdout.readline()
+            m = self.LISTEN_RE.search(line)
+            if not m:
+                self._halt()
+                raise RuntimeError(f"daemon did not start: {line!r} {self.proc.stderr.read()}")
+            self.port = int(m.group(1))
+        except BaseException:
+            self._halt()
+            raise
+
+    def _halt(self, grace: float = 5.0) -> None:
+        """Stop the process whatever its state (SIGTERM, then SIGKILL after ``grace`` seconds) and reap it."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise RuntimeError(f"daemon did not start: {line!r} {self.proc.stderr.read()}")
-        self.port = int(m.group(1))
+            self.proc.wait()
 
     def stop(self, timeout: float = 15) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -136,6 +162,24 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+@contextlib.contextmanager
+def daemons(*configs: Path, **kwargs):
+    """Start one ``DaemonProcess`` per config, in order; stop every one that started when the block ends, and
+    also when a later start fails (its own start stops itself): nothing is left running. Yields the list."""
+    started: list[DaemonProcess] = []
+    try:
+        for cfg in configs:
+            started.append(DaemonProcess(cfg, **kwargs))
+        yield started
+    finally:
+        for d in reversed(started):
+            if d.proc.poll() is None:
+                try:
+                    d.stop()
+                except subprocess.TimeoutExpired:
+                    d.proc.wait()
 
 
 def sub_ca_client_cert(tls_dir: Path, *, identity: str) -> ClientCert:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from personalizer.records import LANE_PRIORITY, LANE_STANDARD
+from personalizer.records import LANE_PRIORITY, LANE_STANDARD, HolderRecord, KeyAlreadyCertified, KeyBinding
 from personalizer.store.postgres import PostgresRequestStore
 from tests.store.test_contract import put
 from tests.support import pg_cluster
@@ -58,7 +58,9 @@ def test_a_retried_request_id_writes_nothing_twice(pg_session_cluster):
 
 def test_claiming_a_batch_is_one_statement(pg_session_cluster, monkeypatch):
     """The relay claims a batch (outbox row, request PENDING, what to deliver) in ONE statement: the drain
-    after an outage was bound by 3 statements per claimed row, one round trip each (issue 17 item 6)."""
+    after an outage was bound by 3 statements per claimed row, one round trip each (issue 17 item 6). It runs
+    in autocommit (one statement is its own transaction): the relay claims after every delivery, mostly
+    finding nothing, and BEGIN + COMMIT made that three round trips."""
     import psycopg
 
     dsn = pg_cluster.fresh_dsn(pg_session_cluster)
@@ -75,13 +77,16 @@ def test_claiming_a_batch_is_one_statement(pg_session_cluster, monkeypatch):
             for i in range(20):
                 assert await put(s, f"b{i:02d}")
             monkeypatch.setattr(psycopg.AsyncConnection, "execute", counted)
+            transactions = s.database.transactions
             claimed = await s.claim_due(2000.0, LANES, 50, "relay")
             monkeypatch.undo()
-            return claimed, await s.get_request("b07")
+            transactions = s.database.transactions - transactions
+            return claimed, await s.get_request("b07"), transactions
         finally:
             await s.close()
-    claimed, stored = asyncio.run(go())
+    claimed, stored, transactions = asyncio.run(go())
     assert len(statements) == 1
+    assert transactions == 0   # no BEGIN/COMMIT around it (autocommit): one round trip, not three
     assert sorted(c.record.request_id for c in claimed) == [f"b{i:02d}" for i in range(20)]
     assert {(c.record.state, c.record.outbox_status, c.record.attempts, c.payload.status, c.payload.attempts)
             for c in claimed} == {("PENDING", "sending", 1, "sending", 1)}
@@ -293,3 +298,99 @@ def test_a_primary_back_after_a_long_outage_is_used_within_a_pause(pg_session_cl
     served_after, found = asyncio.run(go())
     assert all(r is not None for r in found)
     assert served_after < 1.0, f"served {served_after:.2f} s after the primary came back"
+
+
+def test_intakes_share_commits_with_each_other(pg_session_cluster):
+    """Issue 17 item 6: ``enqueue`` joins the group commit (one statement per request): requests accepted
+    together share one transaction, i.e. one wait for the synchronous standby, instead of one each."""
+    from tests.store.test_contract import audit, rec
+
+    dsn = pg_cluster.fresh_dsn(pg_session_cluster)
+
+    async def go():
+        s = await PostgresRequestStore.open(dsn, clock=lambda: 1000.0, max_connections=4)
+        try:
+            before = s.database.transactions
+            holder = HolderRecord("", "7420000000009999", "RSSMRA80A01H501U", "Mario", "Rossi", "1980-01-01", "M1")
+            created = await asyncio.gather(*(s.enqueue(rec(f"i{i:02d}"), lane=LANE_STANDARD, payload=b"{}",
+                                                       audit=audit(f"i{i:02d}"), holder=holder,
+                                                       claimer="relay" if i % 2 else None)
+                                             for i in range(40)))
+            commits = s.database.transactions - before
+            stored = [await s.get_request(f"i{i:02d}") for i in range(40)]
+            holders = [await s.get_holder(f"i{i:02d}") for i in range(40)]
+            return created, commits, stored, holders, await s.list_audit()
+        finally:
+            await s.close()
+    created, commits, stored, holders, audits = asyncio.run(go())
+    assert created == [True] * 40
+    assert commits < 20, commits   # shared: far fewer transactions than requests
+    assert [(r.state, r.outbox_status) for r in stored] == [("RECEIVED", "queued"), ("PENDING", "sending")] * 20
+    assert all(h is not None and h.card_id == "7420000000009999" for h in holders)
+    assert sorted(a.request_id for a in audits) == [f"i{i:02d}" for i in range(40)]
+
+
+def test_one_key_offered_by_two_requests_at_once_is_certified_for_one(pg_session_cluster):
+    """Two requests with the same public key accepted at the same moment, in one shared transaction or in
+    two daemons' transactions: one is accepted, the other refused with nothing written; the requests shared
+    with the refused one are all accepted."""
+    from tests.store.test_contract import audit, rec
+
+    dsn = pg_cluster.fresh_dsn(pg_session_cluster)
+    key = KeyBinding(b"q" * 32, "RSSMRA80A01H501U", "cns-auth")
+
+    async def offer(store, rid, k):
+        try:
+            return await store.enqueue(rec(rid), lane=LANE_STANDARD, payload=b"{}", audit=audit(rid), key=k)
+        except KeyAlreadyCertified:
+            return "refused"
+
+    async def go():
+        a = await PostgresRequestStore.open(dsn, clock=lambda: 1000.0, max_connections=4)
+        b = await PostgresRequestStore.open(dsn, clock=lambda: 1000.0, max_connections=4)
+        try:
+            same = await asyncio.gather(offer(a, "s1", key), offer(a, "s2", key),
+                                        *(offer(a, f"o{i}", None) for i in range(10)))
+            across = []
+            for round_ in range(5):   # two daemons: separate transactions racing for the key
+                kr = KeyBinding(bytes([round_]) * 32, "RSSMRA80A01H501U", "cns-auth")
+                across.append(await asyncio.gather(offer(a, f"x{round_}", kr), offer(b, f"y{round_}", kr)))
+            return same, across, [await a.get_request(r) for r in ("s1", "s2")], \
+                [(await a.get_request(f"x{i}"), await a.get_request(f"y{i}")) for i in range(5)], \
+                [x.request_id for x in await a.list_audit()]
+        finally:
+            await a.close()
+            await b.close()
+    same, across, (s1, s2), pairs, audited = asyncio.run(go())
+    assert sorted(map(str, same[:2])) == ["True", "refused"]
+    assert same[2:] == [True] * 10
+    loser = "s2" if same[0] is True else "s1"
+    assert (s1 if loser == "s1" else s2) is None and loser not in audited
+    for result, (x, y) in zip(across, pairs):
+        assert sorted(map(str, result)) == ["True", "refused"], result
+        assert (x is None) != (y is None)   # exactly one written
+
+
+def test_complete_issue_returns_the_committed_request(pg_session_cluster):
+    """The relay answers the waiting client from what ``complete_issue`` returns: over PostgreSQL too it is
+    the request as committed (read in the same transaction), so no read round trip follows a delivery."""
+    from tests.store.test_contract import audit, certificate
+
+    dsn = pg_cluster.fresh_dsn(pg_session_cluster)
+
+    async def go():
+        s = await PostgresRequestStore.open(dsn, clock=lambda: 1000.0, max_connections=2)
+        try:
+            assert await put(s, "c1", claimer="relay")
+            issued = certificate(77)
+            reads = s.database.reads
+            done = await s.complete_issue("c1", issued, "cns-auth", card_id="7420000000000077", holder_cf="",
+                                          audit=audit("c1", "done"))
+            return done, s.database.reads - reads, await s.get_request("c1"), issued
+        finally:
+            await s.close()
+    done, reads, stored, issued = asyncio.run(go())
+    assert reads == 0
+    assert done == stored
+    assert (done.state, done.serial_hex, done.certificate_der, done.outbox_status) == \
+        ("ISSUED", "4D", issued.certificate_der, "done")
