@@ -12,7 +12,8 @@ refuse it: a rejected ack; ``executor.run(command, progress)`` gives an ``Outcom
 again (its ack was lost with a broken stream) is acknowledged again, not run again.
 
 When a stream gets no welcome, or breaks (UNAVAILABLE, DEADLINE_EXCEEDED, ... : ``BROKEN_CODES``) sooner
-than ``Options.min_stream_seconds``, the agent tries one ``Fleet.Poll``: if that works the network (a
+than ``Options.min_stream_seconds`` after its welcome, the agent tries one ``Fleet.Poll`` (unless
+``Options.poll_fallback`` is off: then it backs off and tries a stream again): if that works the network (a
 proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_seconds`` before trying a
 stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
 When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
@@ -91,7 +92,8 @@ class Options:
     initial_backoff: float = 1.0
     max_backoff: float = 120.0
     jitter: float = 2.0
-    min_stream_seconds: float = 60.0      # a stream ending sooner counts as broken (try polling)
+    min_stream_seconds: float = 60.0      # a welcomed stream ending sooner counts as broken (try polling)
+    poll_fallback: bool = True            # False: a broken stream backs off and tries a stream again, no poll
     poll_mode_seconds: float = 900.0      # once polling, for this long before trying a stream again
     welcome_timeout: float = 20.0
     call_timeout: float = 30.0
@@ -227,7 +229,7 @@ class FleetAgent:
     async def _attempt(self) -> None:
         channel = self._channel_factory()
         try:
-            started = time.monotonic()
+            started, welcomes = time.monotonic(), self.stats.welcomes
             try:
                 await self._stream(fleet_pb2_grpc.FleetStub(channel))
                 self.stats.last_error = ""
@@ -241,8 +243,12 @@ class FleetAgent:
                 log.warning("fleet stream to the personalizer ended: %s", self.stats.last_error)
                 if exc.code() not in BROKEN_CODES:   # refused: not the network's fault; back off, do not poll
                     raise _Unreachable(self.stats.last_error) from None
-                if time.monotonic() - started >= self.options.min_stream_seconds:
-                    return   # it lasted: reopen a stream
+                # it lasted: reopen a stream. One never welcomed did not last (a refused or failed connect):
+                # with min_stream_seconds 0 it was retried within ``jitter``, without backoff, in a loop
+                if self.stats.welcomes > welcomes and time.monotonic() - started >= self.options.min_stream_seconds:
+                    return
+            if not self.options.poll_fallback:
+                raise _Unreachable(self.stats.last_error)
             await self._poll_mode(fleet_pb2_grpc.FleetStub(channel))
         finally:
             self.stats.mode = "idle"
