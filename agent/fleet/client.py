@@ -21,7 +21,8 @@ with exponential backoff and full jitter (``backoff``, tenacity). A stream that 
 (it stops: ``Hub.close_all``), is reopened after a random pause within the window the daemon named in the
 stream's trailing metadata (``cns-reconnect-spread-ms``: its streams over the hellos a second it admits;
 at least ``jitter``, at most ``MAX_RECONNECT_SPREAD``), so a restarted daemon, or the instance that takes
-over, is not reconnected by every agent at once.
+over, is not reconnected by every agent at once; until the next welcome, a failed attempt waits at least a
+random point of that window again (the daemon may take longer to come back than the window).
 
 Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never ``personalizer``.
 """
@@ -145,6 +146,8 @@ class FleetAgent:
         self._tasks: set[asyncio.Task] = set()
         self._seq = 0
         self._next_spread = 0.0   # the window the stream that just ended named, for the next reconnect only
+        self._retry_spread = 0.0  # that window while its reconnect lasts (cleared by the next welcome)
+        self._backoff = backoff(options)
         self.stats = _Stats()
 
     # -- what the rest of the agent calls -------------------------------------------------------
@@ -159,15 +162,25 @@ class FleetAgent:
         o = self.options
         try:
             while True:
-                retrying = AsyncRetrying(wait=backoff(o), retry=retry_if_exception_type(_Unreachable), reraise=True)
+                retrying = AsyncRetrying(wait=self._wait, retry=retry_if_exception_type(_Unreachable), reraise=True)
                 await retrying(self._attempt)
                 # a stopping daemon's streams all end at once: reconnect at a random point of the window it
                 # named (its fleet's size over its admission rate), not all within ``jitter``
                 spread, self._next_spread = self._next_spread, 0.0   # a window applies to one reconnect only
+                self._retry_spread = spread   # and to its failed attempts, until the next welcome
                 await asyncio.sleep(random.uniform(0, max(o.jitter, spread)))
         finally:
             for t in list(self._tasks):
                 t.cancel()
+
+    def _wait(self, retry_state) -> float:
+        """The wait after a failed attempt: the backoff; while reconnecting after a daemon named a window, at
+        least ``initial_backoff`` + a random point of that window, so a fleet whose first try met a daemon not
+        yet back keeps arriving at the rate it admits instead of in the backoff's first, short windows."""
+        wait = self._backoff(retry_state)
+        if self._retry_spread > 0:
+            wait = max(wait, self.options.initial_backoff + random.uniform(0, self._retry_spread))
+        return wait
 
     # -- outgoing messages ---------------------------------------------------------------------
     def _queue(self, msg: pb.FleetAgentMessage, *, front: bool = False) -> None:
@@ -282,6 +295,7 @@ class FleetAgent:
             call.cancel()
 
     def _welcomed(self, w: pb.FleetWelcome, mode: str) -> None:
+        self._retry_spread = 0.0
         self.stats.welcomes += 1
         self.stats.welcomed_at = time.time()
         self.stats.mode = mode
