@@ -315,10 +315,11 @@ def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log, m
         reach_s = max(r for r, _ in runs)
         t_stop = time.time()
         server.stop()
+        t_stopped = time.time()
         t_restart = server.start()
         reconnected = clients.wait("reconnected", o.timeout)
         reconnect_s = max(c["t"] for c in reconnected) - t_restart
-        reconnect_detail = {"down_s": round(t_restart - t_stop, 3),
+        reconnect_detail = {"down_s": round(t_restart - t_stop, 3), "stop_s": round(t_stopped - t_stop, 3),
                             "per_agent_s": _spread([t - t_restart for c in reconnected for t in c["welcomed"]]),
                             "hello_to_welcome_s": _spread([x for c in reconnected for x in c["welcome_latency"]]),
                             "failures": _failures(reconnected), "server_hello": _hello_histogram(metrics_port),
