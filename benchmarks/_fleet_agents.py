@@ -7,7 +7,11 @@ would otherwise share one TCP connection). The inventory and the executor are st
 a command arrived. Prints JSON lines: ``connected`` (all welcomed once), ``command`` (all got one, with
 the latest arrival time), ``reconnected`` (all welcomed again); ``connected`` and ``reconnected`` carry each
 agent's welcome time and hello-to-welcome latency and the failed attempts by reason (station URIs masked);
-with ``--commands K``, one ``command`` line for each of K broadcasts.
+with ``--commands K``, one ``command`` line for each of K broadcasts; ``reconnected`` also counts the agents
+whose stream ended with the server's reconnect spread (``hinted``: the rest were cut off and reconnected
+within ``jitter``). A failed attempt backs off (``OPTIONS``: no poll fallback, so both servers see only
+streams); the process keeps no per-agent buffers beyond the agents themselves and ends itself, with an
+``error`` line, when its RSS passes ``--max-rss-mib`` (a client process once grew past 7.5 GB in a storm).
 Runs until killed.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -31,8 +36,16 @@ from personalizer.ca import profiles
 from proto.cns.v1 import fleet_pb2 as pb
 
 _STATION = re.compile(r"urn:cns:station:\S+")
-OPTIONS = Options(initial_backoff=0.5, max_backoff=5.0, jitter=2.0, min_stream_seconds=0, welcome_timeout=60,
-                  call_timeout=30)
+# the agent's own behaviour, faster: a stream that ended cleanly is reopened within the spread the server named
+# (at least ``jitter``); a failed attempt backs off from 1 s, capped at 20 s (production: 120 s), no polling
+OPTIONS = Options(initial_backoff=1.0, max_backoff=20.0, jitter=2.0, min_stream_seconds=0, welcome_timeout=60,
+                  call_timeout=30, poll_fallback=False)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
 
 
 def client_cert(ca_key, ca_cert, sid: str) -> tuple[bytes, bytes]:
@@ -91,6 +104,7 @@ async def main() -> None:
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--commands", type=int, default=1, help="broadcasts the bench sends (one at a time)")
     ap.add_argument("--rate", type=float, default=0.0, help="agents this process starts per second (0: all at once)")
+    ap.add_argument("--max-rss-mib", type=float, default=0.0, help="end this process past this RSS (0: no bound)")
     o = ap.parse_args()
     ca_key = serialization.load_pem_private_key((o.tls / "tls-ca.key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((o.tls / "tls-ca.pem").read_bytes())
@@ -110,6 +124,16 @@ async def main() -> None:
                                  channel_factory=factory))
     def emit(event, **kw):
         print(json.dumps({"event": event, "t": time.time(), "n": o.count, **kw}), flush=True)
+
+    async def guard():   # bounded memory: a runaway client ends the run with one line, not the machine's memory
+        while True:
+            await asyncio.sleep(1.0)
+            if rss_bytes() > o.max_rss_mib * 2**20:
+                emit("error", reason=f"client process RSS {rss_bytes() / 2**20:.0f} MiB passed "
+                                     f"--max-rss-mib {o.max_rss_mib:g} with {o.count} agents")
+                os._exit(3)
+    if o.max_rss_mib > 0:
+        watchdog = asyncio.create_task(guard())   # noqa: F841 (held for the process's life)
 
     emit("ready")   # certificates made: connect time starts here
     tasks = []
@@ -149,7 +173,7 @@ async def main() -> None:
     for k, a in enumerate(agents):
         welcomed[k] = welcomed[k] or a.stats.welcomed_at
     emit("reconnected", welcomed=welcomed, welcome_latency=[a.stats.welcome_seconds for a in agents],
-         failures=failures() - before)
+         failures=failures() - before, hinted=sum(1 for a in agents if a.stats.reconnect_spread > 0))
     await asyncio.Event().wait()
 
 

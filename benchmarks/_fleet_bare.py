@@ -2,9 +2,13 @@
 
 Same TLS (server certificate, client certificates required from the same CA), same messages: it reads
 the hello, answers a welcome, reads heartbeats; on SIGUSR1 it writes one command to every open stream;
-on SIGTERM it ends every stream with the same reconnect spread the personalizer names when it stops.
-No interceptors, no identity, no store. ``python -m benchmarks._fleet_bare --port P --tls DIR`` prints
-"listening on port N".
+on SIGTERM it ends every stream with the same reconnect spread the personalizer names when it stops, then
+stops the server with the daemon's grace (``--grace``, ``server.grace_seconds``: new calls refused, the
+ended streams' trailers written; what is still open after it is cancelled), as the daemon does. Its HTTP/2 keepalive and ping policy is the daemon's own
+(``personalizer.server.keepalive_options`` with ``--min-ping-seconds``, the daemon's
+``server.keepalive_min_ping_seconds``). No interceptors, no identity, no store.
+``python -m benchmarks._fleet_bare --port P --tls DIR`` prints "listening on port N"; when it stops, one
+line ``streams ended: E of S`` (E ended within the grace).
 """
 from __future__ import annotations
 
@@ -16,10 +20,16 @@ from pathlib import Path
 
 import grpc
 
+from personalizer.server import keepalive_options
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 
 SPREAD_KEY = "cns-reconnect-spread-ms"   # personalizer.edge.fleet_service.SPREAD_KEY (the agent reads it)
 RECONNECT_ADMIT_PER_SECOND = 250.0       # the personalizer's default (FleetService.reconnect_admit_per_second)
+
+
+def server_options(min_ping_seconds: float) -> list[tuple[str, int]]:
+    """The daemon's keepalive and ping policy (``personalizer.server.keepalive_options``), nothing else of its."""
+    return [("grpc.so_reuseport", 0), *keepalive_options(min_ping_seconds)]
 
 
 class Bare(fleet_pb2_grpc.FleetServicer):
@@ -63,11 +73,11 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--tls", type=Path, required=True)
+    ap.add_argument("--min-ping-seconds", type=float, default=10.0, help="server.keepalive_min_ping_seconds")
+    ap.add_argument("--grace", type=float, default=10.0, help="server.grace_seconds")
     o = ap.parse_args()
     t = o.tls
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 60_000),
-                                      ("grpc.keepalive_permit_without_calls", 1),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
+    server = grpc.aio.server(options=server_options(o.min_ping_seconds))
     bare = Bare()
     fleet_pb2_grpc.add_FleetServicer_to_server(bare, server)
     creds = grpc.ssl_server_credentials([((t / "server.key.pem").read_bytes(), (t / "server.pem").read_bytes())],
@@ -83,10 +93,16 @@ async def main() -> None:
     await stop.wait()
     # end the streams normally, as the personalizer does when it stops, with the same reconnect spread (its
     # FleetService.close_streams: streams / reconnect_admit_per_second)
-    bare.spread_s = len(bare.queues) / RECONNECT_ADMIT_PER_SECOND
-    for q in list(bare.queues):
+    ending = set(bare.queues)
+    bare.spread_s = len(ending) / RECONNECT_ADMIT_PER_SECOND
+    for q in ending:
         q.put_nowait(None)
-    await server.stop(5)
+    t0 = loop.time()
+    stopped = asyncio.create_task(server.stop(o.grace))
+    while ending & bare.queues and loop.time() - t0 < o.grace:
+        await asyncio.sleep(0.1)
+    print(f"streams ended: {len(ending - bare.queues)} of {len(ending)}", flush=True)
+    await stopped
 
 
 if __name__ == "__main__":

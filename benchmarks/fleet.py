@@ -21,6 +21,14 @@ server and the clients (``_raise_fd_limit``: the hard limit too when run as root
 error names the limit to raise), client processes default to one per ``AGENTS_PER_PROCESS`` agents, and
 the clients' logs (every agent's reconnect warnings) go to a file, not the terminal.
 
+The reconnect is the same for both servers: each ends its streams normally with the reconnect spread the
+daemon names (``cns-reconnect-spread-ms``: streams / 250 a second) and stops with the daemon's grace,
+every agent reopens at a random point of that window, and a
+failed attempt backs off (``_fleet_agents.OPTIONS``: no poll fallback, only streams);
+``reconnect.agents_given_the_spread`` counts the agents that got the window. Both servers use the daemon's
+keepalive and ping options (``personalizer.server.keepalive_options``). Client processes hold at most
+``AGENTS_PER_PROCESS`` agents and end themselves past ``client_rss_bound_mib``.
+
 Each phase also reports its instruments (``connect`` / ``reconnect``): per-agent times to the welcome
 (percentiles and a histogram), the agents' failed attempts by reason, and for the personalizer the
 daemon's own hello timing (``cns_fleet_hello_seconds``: waiting for the hello, recording it). With
@@ -52,6 +60,8 @@ from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 TARGET_RSS_BYTES = 2 << 30
 TARGET_REACH_RATIO = 1.2
 TARGET_RECONNECT_RATIO = 1.5
+# 2,500 agents per client process, each bounded in memory (``client_rss_bound_mib``): at 19,950 agents in 20 processes
+# of 1,000 the clients ran ~110 grpc threads each (load average 460) and the bare server never connected all
 AGENTS_PER_PROCESS = 2500
 # the server's own files beyond one socket per agent (database, listeners, grpc's pipes, the admin's broadcast
 # and the metrics scrape): counted 28 for the daemon and 13 for the bare server with 30 agents connected; 48
@@ -146,6 +156,13 @@ class Server:
                 self.proc.wait()
 
 
+def client_rss_bound_mib(agents: int) -> float:
+    """The RSS a client process of ``agents`` agents may reach before it ends itself: 256 MiB plus 256 KiB an
+    agent, about twice what one uses (~115 KiB an agent with TLS, REFERENCE §8), so a runaway client (one grew
+    past 7.5 GB in a reconnect storm) stops the run instead of exhausting the shared machine."""
+    return 256 + agents / 4
+
+
 class Clients:
     def __init__(self, target: str, tls: Path, agents: int, processes: int, log, commands: int = 1,
                  connect_rate: float = 0.0):
@@ -158,7 +175,7 @@ class Clients:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._fleet_agents", "--target", target, "--tls", str(tls),
                  "--start", str(k * per), "--count", str(n), "--commands", str(commands),
-                 "--rate", str(connect_rate * n / agents)],
+                 "--rate", str(connect_rate * n / agents), "--max-rss-mib", str(client_rss_bound_mib(n))],
                 stdout=subprocess.PIPE, stderr=log, text=True))
 
     def wait(self, event: str, timeout: float) -> list[dict]:
@@ -171,6 +188,8 @@ class Clients:
                 if not line:
                     raise RuntimeError(f"a client process exited before {event!r}")
                 msg = json.loads(line)
+                if msg["event"] == "error":
+                    raise BenchError(f"a client process stopped: {msg['reason']}")
                 if msg["event"] == event:
                     out.append(msg)
                     break
@@ -297,13 +316,15 @@ def _phase(name: str, server: Server, trigger, target: str, tls: Path, o, log, m
         reach_s = max(r for r, _ in runs)
         t_stop = time.time()
         server.stop()
+        t_stopped = time.time()
         t_restart = server.start()
         reconnected = clients.wait("reconnected", o.timeout)
         reconnect_s = max(c["t"] for c in reconnected) - t_restart
-        reconnect_detail = {"down_s": round(t_restart - t_stop, 3),
+        reconnect_detail = {"down_s": round(t_restart - t_stop, 3), "stop_s": round(t_stopped - t_stop, 3),
                             "per_agent_s": _spread([t - t_restart for c in reconnected for t in c["welcomed"]]),
                             "hello_to_welcome_s": _spread([x for c in reconnected for x in c["welcome_latency"]]),
-                            "failures": _failures(reconnected), "server_hello": _hello_histogram(metrics_port)}
+                            "failures": _failures(reconnected), "server_hello": _hello_histogram(metrics_port),
+                            "agents_given_the_spread": sum(c["hinted"] for c in reconnected)}
     finally:
         clients.stop()
         server.stop()
@@ -356,7 +377,11 @@ def main(argv: list[str]) -> dict:
         dep = deploy.init_deployment(Path(tmp) / "cns", listen=f"127.0.0.1:{port}", ca_key_bits=2048)
         tls = dep.root / "tls"
         target = f"localhost:{port}"
-        bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port)])
+        from personalizer.config import load as load_config
+        daemon_server = load_config(dep.server_config).server   # the bare server pings and stops alike
+        bare = Server([sys.executable, "-m", "benchmarks._fleet_bare", "--tls", str(tls), "--port", str(port),
+                       "--min-ping-seconds", str(daemon_server.keepalive_min_ping_seconds),
+                       "--grace", str(daemon_server.grace_seconds)])
         _allow_connections(dep.server_config, o.agents + 64)
         metrics_port = _free_port()
         _enable_metrics(dep.server_config, metrics_port)

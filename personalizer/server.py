@@ -83,18 +83,26 @@ MAX_MESSAGE_BYTES = 12 << 20
 TSI_MAX_FRAME_BYTES = 4096   # grpc.tsi.max_frame_size: the largest TLS record the server writes
 
 
+def keepalive_options(min_ping_seconds: float) -> list[tuple[str, int]]:
+    """The server's HTTP/2 keepalive and ping policy (also given to bench fleet's bare reference server, so both
+    servers ping and accept pings alike)."""
+    return [
+        # ping idle clients every 60 s; accept client pings every min_ping_seconds (agents: 20 s)
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(min_ping_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def server_options(s, *, share_port: bool = False) -> list[tuple[str, object]]:
     """grpc core channel arguments of the server, from ``[server]`` (names as in grpc's
     include/grpc/impl/channel_arg_names.h; an unknown name is silently ignored by grpc, so
     tests/personalizer/test_daemon_limits.py proves each one takes effect)."""
     return [
-        # ping idle clients every 60 s; accept client pings every keepalive_min_ping_seconds (agents: 20 s)
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_ping_seconds * 1000)),
-        ("grpc.http2.max_ping_strikes", 2),
-        ("grpc.http2.max_pings_without_data", 0),
+        *keepalive_options(s.keepalive_min_ping_seconds),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         # idle or slow clients: TLS must finish in time; total connections are capped (fd budget)
         ("grpc.server_handshake_timeout_ms", int(s.handshake_timeout_seconds * 1000)),

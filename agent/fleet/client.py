@@ -12,7 +12,8 @@ refuse it: a rejected ack; ``executor.run(command, progress)`` gives an ``Outcom
 again (its ack was lost with a broken stream) is acknowledged again, not run again.
 
 When a stream gets no welcome, or breaks (UNAVAILABLE, DEADLINE_EXCEEDED, ... : ``BROKEN_CODES``) sooner
-than ``Options.min_stream_seconds``, the agent tries one ``Fleet.Poll``: if that works the network (a
+than ``Options.min_stream_seconds`` after its welcome, the agent tries one ``Fleet.Poll`` (unless
+``Options.poll_fallback`` is off: then it backs off and tries a stream again): if that works the network (a
 proxy) breaks streams, so it polls the same messages for ``Options.poll_mode_seconds`` before trying a
 stream again. A refusal (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) is no network problem: no poll.
 When neither works, or on a refusal, the personalizer is unreachable for now: the next attempt waits
@@ -20,7 +21,8 @@ with exponential backoff and full jitter (``backoff``, tenacity). A stream that 
 (it stops: ``Hub.close_all``), is reopened after a random pause within the window the daemon named in the
 stream's trailing metadata (``cns-reconnect-spread-ms``: its streams over the hellos a second it admits;
 at least ``jitter``, at most ``MAX_RECONNECT_SPREAD``), so a restarted daemon, or the instance that takes
-over, is not reconnected by every agent at once.
+over, is not reconnected by every agent at once; until the next welcome, a failed attempt waits at least a
+random point of that window again (the daemon may take longer to come back than the window).
 
 Outbound only. Imports grpc, tenacity, ``proto`` and ``station_config``; never ``personalizer``.
 """
@@ -91,7 +93,8 @@ class Options:
     initial_backoff: float = 1.0
     max_backoff: float = 120.0
     jitter: float = 2.0
-    min_stream_seconds: float = 60.0      # a stream ending sooner counts as broken (try polling)
+    min_stream_seconds: float = 60.0      # a welcomed stream ending sooner counts as broken (try polling)
+    poll_fallback: bool = True            # False: a broken stream backs off and tries a stream again, no poll
     poll_mode_seconds: float = 900.0      # once polling, for this long before trying a stream again
     welcome_timeout: float = 20.0
     call_timeout: float = 30.0
@@ -143,6 +146,8 @@ class FleetAgent:
         self._tasks: set[asyncio.Task] = set()
         self._seq = 0
         self._next_spread = 0.0   # the window the stream that just ended named, for the next reconnect only
+        self._retry_spread = 0.0  # that window while its reconnect lasts (cleared by the next welcome)
+        self._backoff = backoff(options)
         self.stats = _Stats()
 
     # -- what the rest of the agent calls -------------------------------------------------------
@@ -157,15 +162,25 @@ class FleetAgent:
         o = self.options
         try:
             while True:
-                retrying = AsyncRetrying(wait=backoff(o), retry=retry_if_exception_type(_Unreachable), reraise=True)
+                retrying = AsyncRetrying(wait=self._wait, retry=retry_if_exception_type(_Unreachable), reraise=True)
                 await retrying(self._attempt)
                 # a stopping daemon's streams all end at once: reconnect at a random point of the window it
                 # named (its fleet's size over its admission rate), not all within ``jitter``
                 spread, self._next_spread = self._next_spread, 0.0   # a window applies to one reconnect only
+                self._retry_spread = spread   # and to its failed attempts, until the next welcome
                 await asyncio.sleep(random.uniform(0, max(o.jitter, spread)))
         finally:
             for t in list(self._tasks):
                 t.cancel()
+
+    def _wait(self, retry_state) -> float:
+        """The wait after a failed attempt: the backoff; while reconnecting after a daemon named a window, at
+        least ``initial_backoff`` + a random point of that window, so a fleet whose first try met a daemon not
+        yet back keeps arriving at the rate it admits instead of in the backoff's first, short windows."""
+        wait = self._backoff(retry_state)
+        if self._retry_spread > 0:
+            wait = max(wait, self.options.initial_backoff + random.uniform(0, self._retry_spread))
+        return wait
 
     # -- outgoing messages ---------------------------------------------------------------------
     def _queue(self, msg: pb.FleetAgentMessage, *, front: bool = False) -> None:
@@ -227,7 +242,7 @@ class FleetAgent:
     async def _attempt(self) -> None:
         channel = self._channel_factory()
         try:
-            started = time.monotonic()
+            started, welcomes = time.monotonic(), self.stats.welcomes
             try:
                 await self._stream(fleet_pb2_grpc.FleetStub(channel))
                 self.stats.last_error = ""
@@ -241,8 +256,12 @@ class FleetAgent:
                 log.warning("fleet stream to the personalizer ended: %s", self.stats.last_error)
                 if exc.code() not in BROKEN_CODES:   # refused: not the network's fault; back off, do not poll
                     raise _Unreachable(self.stats.last_error) from None
-                if time.monotonic() - started >= self.options.min_stream_seconds:
-                    return   # it lasted: reopen a stream
+                # it lasted: reopen a stream. One never welcomed did not last (a refused or failed connect):
+                # with min_stream_seconds 0 it was retried within ``jitter``, without backoff, in a loop
+                if self.stats.welcomes > welcomes and time.monotonic() - started >= self.options.min_stream_seconds:
+                    return
+            if not self.options.poll_fallback:
+                raise _Unreachable(self.stats.last_error)
             await self._poll_mode(fleet_pb2_grpc.FleetStub(channel))
         finally:
             self.stats.mode = "idle"
@@ -276,6 +295,7 @@ class FleetAgent:
             call.cancel()
 
     def _welcomed(self, w: pb.FleetWelcome, mode: str) -> None:
+        self._retry_spread = 0.0
         self.stats.welcomes += 1
         self.stats.welcomed_at = time.time()
         self.stats.mode = mode

@@ -99,7 +99,7 @@ class Fleet:
         return self.service.close_streams()
 
     def start_gc(self, min_growth: int = MIN_GROWTH) -> None:
-        self.gc = GcFreezer(lambda: len(self.hub), min_growth=min_growth)
+        self.gc = GcFreezer(lambda: len(self.hub), min_growth=min_growth, ended=lambda: self.hub.ended)
         self._gc_task = asyncio.get_running_loop().create_task(self.gc.run(), name="fleet-gc-freeze")
 
     async def close(self) -> None:

@@ -145,9 +145,13 @@ class ClientTrust:
                                   "(untrusted issuer, path length exceeded, expired or not for client use)") from None
 
     def check_revoked(self, leaf: x509.Certificate) -> None:
+        self.check_revoked_key(leaf.issuer.public_bytes(), leaf.serial_number)
+
+    def check_revoked_key(self, issuer_der: bytes, serial: int) -> None:
+        """``check_revoked`` by the certificate's issuer (DER name) and serial (what a cache keeps of it)."""
         self._refresh()
-        if (leaf.issuer.public_bytes(), leaf.serial_number) in self._revoked.entries:
-            raise Unauthenticated(f"client certificate {leaf.serial_number:X} is revoked; ask central IT for a new one")
+        if (issuer_der, serial) in self._revoked.entries:
+            raise Unauthenticated(f"client certificate {serial:X} is revoked; ask central IT for a new one")
 
 
 def write_empty_crl(crl_path: Path, ca_cert: x509.Certificate, ca_key) -> None:

@@ -72,6 +72,7 @@ class Session:
 class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
+        self.ended = 0   # streams detached so far, replaced ones included (``fleet.gc_freeze`` watches the churn)
         self.on_miss = None   # station -> None: called when a station to wake has no stream here (other instances)
 
     def attach(self, station: str) -> Session:
@@ -84,6 +85,7 @@ class Hub:
 
     def detach(self, session: Session) -> bool:
         """True when ``session`` was still the station's current one."""
+        self.ended += 1
         if self._sessions.get(session.station) is session:
             del self._sessions[session.station]
             return True

@@ -37,3 +37,86 @@ def test_the_window_still_grows_exponentially_from_the_first_retry():
     assert all(1.0 <= w <= 2.0 for w in first) and statistics.pstdev(first) > 0.2   # 1 s + [0, 1 s]
     fifth = _waits(o, attempt=5)
     assert all(1.0 <= w <= 17.0 for w in fifth) and statistics.mean(fifth) > 6.0   # 1 s + [0, 16 s]
+
+
+def _attempts_against_a_closed_port(options: Options, seconds: float) -> tuple[int, int]:
+    """(streams, polls) an agent tries in ``seconds`` against a port nobody listens on."""
+    import asyncio
+    import socket
+
+    import grpc
+
+    from agent.fleet import FleetAgent
+    from tests.fleet import support
+
+    with socket.socket() as s:   # a port that refuses: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+        async def go():
+            agent = FleetAgent(None, support.FakeInventory(), support.FakeExecutor(), version="t", options=options,
+                               channel_factory=lambda: grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            task = asyncio.create_task(agent.run())
+            await asyncio.sleep(seconds)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return agent.stats.streams, agent.stats.polls
+        return asyncio.run(go())
+
+
+def test_a_refused_connection_backs_off_even_when_any_stream_counts_as_lasting():
+    """A stream that never got a welcome did not last, whatever ``min_stream_seconds`` says: the agent backs off
+    (bench fleet runs with ``min_stream_seconds=0``; a refused or failed connect was then taken for a stream
+    that had lasted and retried within ``jitter``, no backoff: 19,950 agents stormed the restarting server)."""
+    o = Options(initial_backoff=0.3, max_backoff=5.0, jitter=0.02, min_stream_seconds=0, call_timeout=2)
+    streams, polls = _attempts_against_a_closed_port(o, 2.5)
+    # backoff 0.3 + [0, 0.3 × 2^k]: at most 6 attempts in 2.5 s (old code: one every ~10 ms, over a hundred)
+    assert 1 <= streams <= 6 and polls == streams, (streams, polls)
+
+
+def test_without_the_poll_fallback_a_failed_stream_backs_off_and_never_polls():
+    o = Options(initial_backoff=0.3, max_backoff=5.0, jitter=0.02, min_stream_seconds=0, poll_fallback=False)
+    streams, polls = _attempts_against_a_closed_port(o, 2.5)
+    assert 1 <= streams <= 6 and polls == 0, (streams, polls)
+
+
+def test_after_a_named_window_a_failed_reconnect_waits_within_that_window_again():
+    """A daemon that stops names a window (``cns-reconnect-spread-ms``: its streams over the hellos a second it
+    admits). An agent whose reconnect then fails (the daemon is not back yet) waits a random point of that
+    window again, not the backoff's first short windows: at 5,000 agents every first attempt met a daemon
+    still down, and the whole fleet came back within the backoff's first seconds (hello-to-welcome p50 20 s)."""
+    import asyncio
+
+    import grpc
+
+    from agent.fleet import FleetAgent
+    from benchmarks import _fleet_bare
+    from proto.cns.v1 import fleet_pb2_grpc
+    from tests.fleet import support
+
+    async def go():
+        server = grpc.aio.server()
+        bare = _fleet_bare.Bare()
+        fleet_pb2_grpc.add_FleetServicer_to_server(bare, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        o = Options(initial_backoff=0.05, max_backoff=0.2, jitter=0.01, min_stream_seconds=0, poll_fallback=False)
+        agent = FleetAgent(None, support.FakeInventory(), support.FakeExecutor(), version="t", options=o,
+                           channel_factory=lambda: grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        task = asyncio.create_task(agent.run())
+        try:
+            await support.until(lambda: agent.stats.welcomes == 1, what="the welcome")
+            bare.spread_s = 1.5   # the stopping server names a 1.5 s window, and stays down
+            for q in list(bare.queues):
+                q.put_nowait(None)
+            await server.stop(1)
+            streams = agent.stats.streams
+            await asyncio.sleep(4.0)
+            tried = agent.stats.streams - streams
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert agent.stats.reconnect_spread == 1.5
+        # each wait ≥ 0.05 s + U(0, 1.5 s): about 5 tries in 4 s (the backoff alone, capped at 0.2 s: over 20)
+        assert 1 <= tried <= 9, tried
+    asyncio.run(go())

@@ -56,3 +56,28 @@ def test_bench_raises_the_daemons_connection_cap(tmp_path):
     assert config.load(dep.server_config).server.max_connections == 20_064
     # item 6 measures one personalizer process, whatever the machine's cores make the default
     assert config.load(dep.server_config).server.processes == 1
+
+
+def test_the_bare_reference_pings_and_accepts_pings_as_the_daemon_does():
+    """Both servers of bench fleet get the same HTTP/2 keepalive and ping policy (issue 15 item 6: the bare
+    server's reconnect stormed with ping timeouts; its options had drifted from the daemon's)."""
+    from benchmarks import _fleet_bare
+    from personalizer.server import server_options
+    from pathlib import Path
+    daemon = config.ServerConfig(listen="127.0.0.1:1", tls_cert=Path("c"), tls_key=Path("k"),
+                                 client_trust_anchors=Path("a"), keepalive_min_ping_seconds=7.0)
+    ping = {k: v for k, v in server_options(daemon) if k.startswith(("grpc.keepalive", "grpc.http2."))}
+    bare = dict(_fleet_bare.server_options(7.0))
+    assert ping and {k: bare.get(k) for k in ping} == ping, (ping, bare)
+    assert bare["grpc.so_reuseport"] == 0 and len(ping) == 6
+
+
+def test_a_client_process_past_its_memory_bound_stops_with_one_line(deployment):
+    """A runaway client process (one grew past 7.5 GB in a reconnect storm) ends itself with an ``error`` line
+    that the bench reports, instead of taking the shared machine's memory."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks._fleet_agents", "--target", "127.0.0.1:1", "--tls",
+                          str(deployment.root / "tls"), "--count", "1", "--max-rss-mib", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 3 and events[-1]["event"] == "error", (out.returncode, out.stdout, out.stderr[-2000:])
+    assert "passed --max-rss-mib 1" in events[-1]["reason"] and "Traceback" not in out.stderr
