@@ -111,6 +111,7 @@ class Relay:
         self._maintenance_task: asyncio.Task | None = None
         self._concurrency = concurrency
         self._wake = asyncio.Event()
+        self._backlog = True   # rows may be due that no delivery holds (see ``_delivered``)
         self._task: asyncio.Task | None = None
         self._inflight: dict[str, asyncio.Task] = {}
         self._reserved: set[str] = set()   # slots promised to requests being committed claimed
@@ -128,6 +129,7 @@ class Relay:
         return _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
 
     def wake(self) -> None:
+        self._backlog = True   # a row was queued unclaimed: the next free slot looks for it
         self._wake.set()
 
     def set_on_status_change(self, hook: Callable[[], Awaitable[None]] | None) -> None:
@@ -141,9 +143,10 @@ class Relay:
         for problem in problems:
             log.warning("%s", problem)
         ids = {m.id for m in stored}
-        self.maintenance = sorted(stored + [m for m in self._config_maintenance if m.id not in ids],
-                                  key=lambda m: m.starts_at)
-        self.wake()
+        windows = sorted(stored + [m for m in self._config_maintenance if m.id not in ids], key=lambda m: m.starts_at)
+        if windows != self.maintenance or self._task is None:
+            self.maintenance = windows
+            self.wake()   # the windows changed: when to send changed (unchanged: nothing to look at again)
 
     async def _refresh_maintenance(self) -> None:
         """With ``maintenance_refresh_seconds``: reread the stored windows when the last read is that old."""
@@ -240,19 +243,24 @@ class Relay:
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
         self.metrics.breaker_state = self.breaker.state
         await self._reclaim_stale()
+        self._backlog = True   # until this pass has seen every open lane's due rows
         if m is not None or not await self._breaker_allows():
             return 0
-        started = 0
+        started, backlog = 0, False
         for lane in self.lanes_open():
             free = self._concurrency - len(self._inflight) - len(self._reserved)
             if free <= 0:
+                backlog = True
                 break
-            for c in await self._store.claim_due(self._clock(), (lane,), free, self.claimer):
+            claimed = await self._store.claim_due(self._clock(), (lane,), free, self.claimer)
+            backlog = backlog or len(claimed) >= free   # a full claim: more may be due
+            for c in claimed:
                 rid = c.record.request_id
                 task = asyncio.create_task(self._deliver(rid, claimed=(c.record, c.payload)), name=f"deliver:{rid}")
                 self._inflight[rid] = task
                 task.add_done_callback(lambda t, rid=rid: self._delivered(rid, t))
                 started += 1
+        self._backlog = backlog
         return started
 
     # -- fast path: a request claimed as it is accepted -------------------------------
@@ -286,11 +294,21 @@ class Relay:
         task.add_done_callback(lambda t: self._delivered(rid, t))
 
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
+        """A delivery ended: its slot is free. The loop looks at the queue again only if that can find
+        something: rows may wait for a slot (``_backlog``: the last pass filled every free slot, or one
+        was queued unclaimed since, ``wake``), or this row did not settle (a retry is scheduled, its claim
+        released, the breaker counted a failure). A request delivered at once that settled leaves
+        nothing to look for (issue 16: one queue scan and one next-due read less per certificate)."""
         self._inflight.pop(request_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s", request_id,
-                      task.exception(), self._stale_claim_seconds)
-        self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
+        settled = False
+        if not task.cancelled():
+            if task.exception() is not None:
+                log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s",
+                          request_id, task.exception(), self._stale_claim_seconds)
+            else:
+                settled = task.result() is True
+        if self._backlog or not settled:
+            self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
 
     # -- state questions --------------------------------------------------------------
 
@@ -433,14 +451,16 @@ class Relay:
         await self._record_breaker()
         return self.breaker.state == "closed"
 
-    async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> None:
-        """Deliver one row this relay claimed (``claim_due`` or ``start_claimed``)."""
+    async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> bool:
+        """Deliver one row this relay claimed (``claim_due`` or ``start_claimed``). True when it settled
+        (done, or failed for good); False when it waits again (a retry, a released claim)."""
+        settled = False
         async with self._sem:
             rec, payload = claimed
             if self.breaker.state != "closed":   # opened since it was claimed (by a sibling in this batch,
                 # say): back to the queue, unclaimed (it never reached the CA, so it stays cancellable)
                 await self._store.release_claim(request_id, self._clock(), "CA circuit open")
-                return
+                return False
             self._notify(rec)
             t0 = time.perf_counter()
             completed = None   # the request as committed, when the store read it back
@@ -456,6 +476,7 @@ class Relay:
                 self.breaker.success(self._clock())
                 await self._fail(rec, payload.kind, exc.code, getattr(exc, "field", ""),
                                  getattr(exc, "message", str(exc)))
+                settled = True
             except UNAVAILABLE_ERRORS as exc:   # signs of CA unavailability: retry, and the breaker counts
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
                 self._breaker_why = f"{type(exc).__name__}: {exc}"
@@ -470,13 +491,16 @@ class Relay:
                 if code == "INTERNAL":
                     log.exception("unexpected error delivering %s; failing it (retrying cannot help)", request_id)
                 await self._fail(rec, payload.kind, code, "", message)
+                settled = True
             else:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
+                settled = True
             if self._watched is None or self._watched(request_id):   # a read per delivery only if someone waits
                 final = completed if completed is not None else await self._store.get_request(request_id)
                 if final is not None:
                     self._notify(final)
+        return settled
 
     async def _fail(self, rec: RequestRecord, kind: str, code: str, field: str, message: str) -> None:
         await self._store.fail_request(rec.request_id, code, field, message, audit=AuditEntry(

@@ -118,3 +118,48 @@ def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
             assert b.ref == a.ref and b.certificate_der == a.certificate_der
             assert (await ca.find_issued("req-twice")).ref == a.ref
     asyncio.run(go())
+
+
+def _count_calls(store, name: str) -> list:
+    calls: list = []
+    real = getattr(store, name)
+
+    async def counted(*args, **kw):
+        calls.append(args)
+        return await real(*args, **kw)
+    setattr(store, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_immediate_delivery_does_not_make_the_relay_scan_the_queue(make_env, store):
+    """A request committed claimed and delivered at once leaves nothing for the relay's loop to look for:
+    its end does not wake the loop (no claim_due write, no next_due read per certificate; issue 16)."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            store=store) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm: CA index, responder
+            await asyncio.sleep(0.1)
+            claims, dues = _count_calls(env.store, "claim_due"), _count_calls(env.store, "next_due")
+            for _ in range(3):   # one after another and together
+                assert (await env.broker.submit_issue(issue_input(1))).state == "ISSUED"
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(2, 10)))
+            assert [r.state for r in recs] == ["ISSUED"] * 8
+            await asyncio.sleep(0.2)                                # let a woken loop run, if woken
+            assert claims == [] and dues == []
+    asyncio.run(go())
+
+
+def test_requests_queued_while_every_slot_is_busy_are_still_delivered_at_once(make_env):
+    """With the relay's slots full a request is queued unclaimed; the deliveries that end then wake the
+    loop, which claims it: nothing waits for the idle poll."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            relay_concurrency=2) as env:
+            await env.relay.start()
+            t0 = time.monotonic()
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(12)))
+            assert [r.state for r in recs] == ["ISSUED"] * 12
+            assert time.monotonic() - t0 < 4.0                      # the idle poll is 5 s
+    asyncio.run(go())
