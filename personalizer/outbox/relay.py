@@ -36,7 +36,9 @@ unclaimed (it never reached the CA, so it stays cancellable).
 
 An issuance row whose earlier attempt may have reached the CA (attempts > 1)
 is first looked up with ``find_issued(request_id)`` (the connector's, else the
-store's registry), so a retry never issues a second certificate.
+store's registry), so a retry never issues a second certificate; a first
+attempt is never looked up (the one place that rule lives: connectors'
+``issue`` does not look first, issue 16).
 
 During planned maintenance nothing is sent. Time comes from the injected
 ``clock``; tests drive ``run_once()`` directly. Must not import grpc or proto.
@@ -526,7 +528,7 @@ class Relay:
         csr = x509.load_der_x509_csr(p.csr_der)
         holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
         subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
-        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id, first_attempt=rec.attempts == 1)
+        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id)   # a first attempt: no look-up
         return await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
                                                 holder_cf=p.codice_fiscale, audit=audit)
 

@@ -96,9 +96,9 @@ def test_shared_ca_figures_cost_a_transaction_per_flush_not_per_call(tmp_path):
 
 
 
-def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
-    """``first_attempt`` skips the CA's lookup before signing, not its guarantee: the index keeps the
-    first certificate of a request id and a second call returns it."""
+def test_issue_called_twice_for_one_request_still_gets_one_certificate(make_env):
+    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet
+    the index keeps the first certificate of a request id and a second call returns it."""
     import datetime as dt
 
     from cryptography import x509
@@ -113,8 +113,8 @@ def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
             csr = x509.load_der_x509_csr(helpers.csr_der())
             subject = CertificateSubject(validation.Holder(helpers.CF, "Mario", "Rossi", dt.date(1980, 1, 1)),
                                          "7420000000000001", None)
-            a = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
-            b = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
+            a = await ca.issue("cns-auth", csr, subject, "req-twice")
+            b = await ca.issue("cns-auth", csr, subject, "req-twice")
             assert b.ref == a.ref and b.certificate_der == a.certificate_der
             assert (await ca.find_issued("req-twice")).ref == a.ref
     asyncio.run(go())
