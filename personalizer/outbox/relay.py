@@ -28,8 +28,8 @@ transaction (request + outbox + audit):
   not count it, so such requests never stop the others.
 
 Claims are never stranded: the broker reserves a slot (``reserve``) before it
-commits a request already claimed and hands it over (``start_claimed``) in a
-task its caller cannot cancel; as a safety net a row claimed longer than
+commits a request already claimed and delivers it in that same task
+(``deliver_claimed``, the immediate path), which its caller cannot cancel; as a safety net a row claimed longer than
 ``stale_claim_seconds`` ago that this relay does not hold is due again
 (``_reclaim_stale``). A claimed row bounced by an open breaker is released
 unclaimed (it never reached the CA, so it stays cancellable).
@@ -269,7 +269,7 @@ class Relay:
 
     def reserve(self, lane: str, request_id: str) -> bool:
         """Reserve a delivery slot for a request about to be accepted into ``lane``: True when it may be
-        committed already claimed and handed to ``start_claimed`` (relay running, lane open, CA circuit
+        committed already claimed and delivered with ``deliver_claimed`` (relay running, lane open, CA circuit
         closed, a slot free). The caller releases the slot with ``release`` if it commits nothing."""
         if (self._task is None or len(self._inflight) + len(self._reserved) >= self._concurrency
                 or self.breaker.state != "closed" or lane not in self.lanes_open()):
@@ -284,16 +284,25 @@ class Relay:
         """True while this relay delivers the request (or a slot is reserved for it)."""
         return request_id in self._inflight or request_id in self._reserved
 
-    def start_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> None:
-        """Deliver a row the broker committed already claimed (``sending``, attempt 1): no queue scan,
-        no second claim. If the relay has stopped, the row stays claimed and is retried after restart."""
+    async def deliver_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> tuple[bool, RequestRecord | None]:
+        """Deliver, in the calling task, a row the broker committed already claimed (``sending``, attempt 1):
+        the immediate path (issue 16: no queue scan, no second claim, no delivery task, no hand-off).
+        The caller's task holds the slot ``reserve`` gave; ``stop`` cancels it like any delivery. Returns
+        (settled, the request as the completing transaction read it back, or None). If the relay has
+        stopped, the row stays claimed and is retried after restart: (False, None)."""
         rid = rec.request_id
         self._reserved.discard(rid)
         if self._task is None:
-            return
-        task = asyncio.create_task(self._deliver(rid, claimed=(rec, payload)), name=f"deliver:{rid}")
-        self._inflight[rid] = task
-        task.add_done_callback(lambda t: self._delivered(rid, t))
+            return False, None
+        self._inflight[rid] = asyncio.current_task()
+        settled, completed = False, None
+        try:
+            settled, completed = await self._deliver_one(rid, (rec, payload))
+        finally:
+            self._inflight.pop(rid, None)
+            if self._backlog or not settled:
+                self._wake.set()   # as _delivered: a slot is free and rows may wait, or this row waits again
+        return settled, completed
 
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
         """A delivery ended: its slot is free. The loop looks at the queue again only if that can find
@@ -454,15 +463,20 @@ class Relay:
         return self.breaker.state == "closed"
 
     async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> bool:
-        """Deliver one row this relay claimed (``claim_due`` or ``start_claimed``). True when it settled
+        """Deliver one row this relay claimed (``claim_due``) in its own task. True when it settled
         (done, or failed for good); False when it waits again (a retry, a released claim)."""
+        return (await self._deliver_one(request_id, claimed))[0]
+
+    async def _deliver_one(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]
+                           ) -> tuple[bool, RequestRecord | None]:
+        """(settled, the request as its completing transaction read it back, or None)."""
         settled = False
         async with self._sem:
             rec, payload = claimed
             if self.breaker.state != "closed":   # opened since it was claimed (by a sibling in this batch,
                 # say): back to the queue, unclaimed (it never reached the CA, so it stays cancellable)
                 await self._store.release_claim(request_id, self._clock(), "CA circuit open")
-                return False
+                return False, None
             self._notify(rec)
             t0 = time.perf_counter()
             completed = None   # the request as committed, when the store read it back
@@ -502,7 +516,7 @@ class Relay:
                 final = completed if completed is not None else await self._store.get_request(request_id)
                 if final is not None:
                     self._notify(final)
-        return settled
+        return settled, completed
 
     async def _fail(self, rec: RequestRecord, kind: str, code: str, field: str, message: str) -> None:
         await self._store.fail_request(rec.request_id, code, field, message, audit=AuditEntry(

@@ -163,3 +163,34 @@ def test_requests_queued_while_every_slot_is_busy_are_still_delivered_at_once(ma
             assert [r.state for r in recs] == ["ISSUED"] * 12
             assert time.monotonic() - t0 < 4.0                      # the idle poll is 5 s
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, store):
+    """The immediate path (issue 16): a request accepted while the relay has a free slot is committed
+    claimed and delivered by the same task (no delivery task, no hand-off, no wake-up); the caller is
+    answered with the row the completing transaction read back."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            store=store) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm
+            committed, signed = {}, {}
+            real_enqueue, real_issue = env.store.enqueue, env.ca.issue
+
+            async def enqueue(rec, **kw):
+                committed[rec.request_id] = asyncio.current_task()
+                return await real_enqueue(rec, **kw)
+
+            async def issue(profile, csr, subject, request_id):
+                signed[request_id] = asyncio.current_task()
+                return await real_issue(profile, csr, subject, request_id)
+            env.store.enqueue, env.ca.issue = enqueue, issue
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(1, 7)))
+            assert [r.state for r in recs] == ["ISSUED"] * 6
+            assert set(signed) == set(committed) == {r.request_id for r in recs}
+            assert all(signed[rid] is committed[rid] for rid in signed)
+            assert not any(env.relay.holds(r.request_id) for r in recs)
+            for r in recs:
+                assert await env.store.get_request(r.request_id) == r
+    asyncio.run(go())
