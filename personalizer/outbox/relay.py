@@ -362,6 +362,8 @@ class Relay:
             # slot: a finishing delivery wakes the loop, so don't spin on it
             if nxt is not None and (nxt > now or not self._inflight):
                 candidates.append(nxt - now)
+            elif nxt is not None:   # due now, not claimed yet: the next delivery to end looks again
+                self._backlog = True
             if LANE_STANDARD not in self.lanes_open():
                 change = self.calendar.next_change(self.now_dt())
                 if change is not None:
