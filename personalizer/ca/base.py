@@ -79,15 +79,14 @@ class CAConnector(Protocol):
         """Issuing CA certificate first, root last."""
 
     async def issue(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
-                    request_id: str, *, first_attempt: bool = False) -> IssuedCertificate:
+                    request_id: str) -> IssuedCertificate:
         """Issue under ``profile``. Raise InvalidRequest (refused), CAUnavailable (retry later).
-        ``first_attempt``: the caller knows no earlier call for ``request_id`` reached this CA (the relay's
-        first claim of the row); a connector may skip looking for an earlier certificate, never the
-        guarantee that one request id gets one certificate."""
+        The caller decides whether to look for an earlier certificate first (the relay: ``find_issued``
+        before every retry, never on a first attempt); ``issue`` need not look, but never gives one request
+        id a second certificate on record."""
 
     async def find_issued(self, request_id: str) -> IssuedCertificate | None:
-        """The certificate already issued for ``request_id``, if any. Brokers call it before a retry,
-        and ``issue`` itself never returns a second certificate for one request id."""
+        """The certificate already issued for ``request_id``, if any. The relay calls it before a retry."""
 
     async def status(self, ref: CertRef) -> CertStatusInfo | None: ...
 

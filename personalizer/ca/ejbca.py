@@ -197,9 +197,9 @@ class EjbcaConnector:
         return issued[0]
 
     async def issue(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
-                    request_id: str, *, first_attempt: bool = False) -> IssuedCertificate:
-        # first_attempt changes nothing here: EJBCA's own lookup by username stays (a REST call less would
-        # rely on this daemon's accounting for a CA other systems may also call)
+                    request_id: str) -> IssuedCertificate:
+        # EJBCA's own lookup by username stays even on a first attempt: other systems may call this CA, so
+        # a REST call less would rely on this daemon's accounting
         s = self.settings
         if profile not in s.certificate_profiles or profile not in s.end_entity_profiles:
             raise InvalidRequest("profile", f"profile {profile!r} is not mapped to an EJBCA profile")

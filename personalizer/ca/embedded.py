@@ -13,12 +13,14 @@ the CRL number. Signatures run where ``signing.SigningPool`` puts them
 
 Anything else raises ``InvalidTransition`` (FAILED_PRECONDITION); certificates
 past notAfter report ``expired`` and accept no change. ``issue`` is idempotent
-per request id: a second call returns the first certificate, and a per-id lock
-means it is never even signed twice in one process. An index with ``recorded_by_store`` (PostgreSQL, issue 17:
-the request store's ``complete_issue`` writes the row in the request's transaction) is not written by
-``issue``, nor read first: a certificate is on record once its request is ISSUED (a certificate signed for a
-delivery that never completes is on record nowhere and was given to no one), and one certificate per request
-is the store's refusal of a second (the relay calls ``find_issued`` before it retries a delivery).
+per request id: a second call returns the first certificate (``record`` keeps it), and concurrent
+calls for one id in one process share one signature. ``issue`` never looks in the index first: the relay
+calls ``find_issued`` before every retry (the one rule, issue 16). Every index declares
+``recorded_by_store`` (``index.CAIndex``; an index that does not is refused at ``open``). With True
+(PostgreSQL, issue 17: the request store's ``complete_issue`` writes the row in the request's
+transaction) ``issue`` does not write it: a certificate is on record once its request is ISSUED (a
+certificate signed for a delivery that never completes is on record nowhere and was given to no one),
+and one certificate per request is the store's refusal of a second.
 With ``ca_dir=None`` the index lives in memory (tests, or a daemon not yet wired to give a directory).
 Must not import grpc, proto, the store or ``personalizer.pki``.
 """
@@ -36,8 +38,8 @@ from personalizer.ca import profiles
 from personalizer.ca.base import (CAHealth, CertificateRegistry, CertificateSubject, CertRef, CertState,
                                   CertStatusInfo, IssuedCertificate)
 from personalizer.ca.errors import InvalidTransition
-from personalizer.ca.index import (DB_NAME, MEMORY, STATUS_ACTIVE, STATUS_REVOKED, STATUS_SUSPENDED,
-                                   CertificateIndex, IndexRow)
+from personalizer.ca.index import (DB_NAME, MEMORY, STATUS_ACTIVE, STATUS_REVOKED, STATUS_SUSPENDED, CAIndex,
+                                   CertificateIndex, IndexRow, missing_members)
 from personalizer.ca.keys import Signer
 from personalizer.ca.reasons import PERMANENT_REASONS, parse_reason
 from personalizer.ca.responder import ResponderIdentity, ensure_responder
@@ -56,6 +58,16 @@ def normalize_serial(serial_hex: str) -> str:
         return f"{int(serial_hex, 16):X}"
     except (TypeError, ValueError) as exc:
         raise InvalidRequest("serial_hex", f"not a hexadecimal serial number: {serial_hex!r}") from exc
+
+
+class _Pending:
+    """The calls for one request id in flight here: one at a time, the first result shared."""
+
+    __slots__ = ("lock", "done")
+
+    def __init__(self):
+        self.lock = asyncio.Lock()
+        self.done: tuple[str, IssuedCertificate] | None = None
 
 
 class EmbeddedCA:
@@ -77,13 +89,13 @@ class EmbeddedCA:
         self._sign_in_thread = sign_in_thread
         self._signing = SigningPool(signing_workers)
         self._ca_dir = Path(ca_dir) if ca_dir is not None else None
-        self._index: CertificateIndex | None = None
+        self._index: CAIndex | None = None
         # issue 17: an async callable returning the index (PgCertificateIndex in the replicated database)
         self._index_opener = index_opener
         self._shared_index = shared_index   # other processes of this daemon write ca.db too
         self._responder: ResponderIdentity | None = None
         self._open_lock = asyncio.Lock()
-        self._request_locks: dict[str, asyncio.Lock] = {}
+        self._request_locks: dict[str, _Pending] = {}
         self._state_lock = asyncio.Lock()
 
     # -- set-up --------------------------------------------------------------------
@@ -100,10 +112,17 @@ class EmbeddedCA:
                 if self._ca_dir is None:
                     log.warning("embedded CA has no directory: its certificate index is in memory only")
                 self._responder = await self._run(ensure_responder, self._ca_dir, self._issuing, self._signer)
-                self._index = await (self._index_opener() if self._index_opener else CertificateIndex.open(path, shared=self._shared_index))
+                index = await (self._index_opener() if self._index_opener
+                               else CertificateIndex.open(path, shared=self._shared_index))
+                missing = missing_members(index)
+                if missing:   # e.g. an index that does not say whether the store records its rows
+                    await index.close() if hasattr(index, "close") else None
+                    raise CAError(f"the CA index {type(index).__name__} does not implement ca.index.CAIndex: "
+                                  f"missing {', '.join(missing)}")
+                self._index = index
         return self
 
-    async def _db(self) -> CertificateIndex:
+    async def _db(self) -> CAIndex:
         if self._index is None:
             await self.open()
         return self._index
@@ -158,30 +177,32 @@ class EmbeddedCA:
                                  chain_der=self._chain, not_before=row.not_before, not_after=row.not_after)
 
     async def issue(self, profile: str, csr: x509.CertificateSigningRequest, subject: CertificateSubject,
-                    request_id: str, *, first_attempt: bool = False) -> IssuedCertificate:
-        """``first_attempt`` (the relay's first claim of the request): no lookup in the index before
-        signing (one CA-database read less per certificate, issue 16); ``record`` still keeps the first
-        certificate of a request id (UNIQUE) and returns it."""
+                    request_id: str) -> IssuedCertificate:
+        """Sign, and record unless the index is ``recorded_by_store``. No look-up first: the relay looks
+        (``find_issued``) before every retry, the one place that decides it (issue 16). One certificate per
+        request id still holds: ``record`` keeps the first (UNIQUE) and returns it, or the store refuses a
+        second (``recorded_by_store``); concurrent calls for one id in this process share one signature."""
         db = await self._db()
-        lock = self._request_locks.setdefault(request_id, asyncio.Lock())
+        pending = self._request_locks.setdefault(request_id, _Pending())
         try:
-            async with lock:
-                if getattr(db, "recorded_by_store", False):
-                    # the store's complete_issue records it, in the request's transaction, and refuses a second
-                    # certificate for a request; the relay looks it up (find_issued) before any retry, so a
-                    # read here would find nothing on every first attempt: one round trip saved per issuance
-                    return await self._run(self.issue_sync, profile, csr, subject, request_id)
-                row = None if first_attempt else await db.by_request(request_id)
-                if row is None:
-                    issued = await self._run(self.issue_sync, profile, csr, subject, request_id)
+            async with pending.lock:
+                if pending.done is not None:   # a concurrent call for this id signed while this one waited
+                    first_profile, issued = pending.done
+                    if first_profile != profile:
+                        raise RequestConflict(request_id)
+                    return issued
+                issued = await self._run(self.issue_sync, profile, csr, subject, request_id)
+                if not db.recorded_by_store:
                     row = await db.record(serial_hex=issued.ref.serial_hex, issuer_dn=issued.ref.issuer_dn,
                                           request_id=request_id, profile=profile, not_before=issued.not_before,
                                           not_after=issued.not_after, certificate_der=issued.certificate_der)
-                elif row.profile != profile:
-                    raise RequestConflict(request_id)
-                return self._issued(row)
-        finally:   # drop the lock once nobody holds or awaits it (asyncio.Lock keeps waiters in _waiters)
-            if not lock.locked() and not getattr(lock, "_waiters", None):
+                    if row.profile != profile:
+                        raise RequestConflict(request_id)
+                    issued = self._issued(row)
+                pending.done = (profile, issued)
+                return issued
+        finally:   # drop the entry once nobody holds or awaits it (asyncio.Lock keeps waiters in _waiters)
+            if not pending.lock.locked() and not getattr(pending.lock, "_waiters", None):
                 self._request_locks.pop(request_id, None)
 
     async def find_issued(self, request_id: str) -> IssuedCertificate | None:

@@ -18,7 +18,11 @@ Rows::
                              transaction: the CRL publisher's cheap "did anything change?" across processes)
 
 ``request_id`` is UNIQUE: the index itself refuses a second certificate for
-one request. Must not import grpc, proto, the store or the broker.
+one request. ``CAIndex`` is the protocol every index implements (this one,
+``index_postgres.PgCertificateIndex``); each declares ``recorded_by_store``:
+whether the request store writes the CA's row of a certificate in the request's
+own transaction (then the CA does not record it), here False. Must not import
+grpc, proto, the store or the broker.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import datetime as _dt
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from personalizer.errors import CAError
 from personalizer.guard import WriteLock
@@ -102,6 +107,34 @@ class IndexRow:
     @classmethod
     def from_sql(cls, r: tuple) -> "IndexRow":
         return cls(r[0], r[1], r[2], r[3], _utc(r[4]), _utc(r[5]), r[6], r[7], _utc(r[8]), bytes(r[9]))
+
+
+@runtime_checkable
+class CAIndex(Protocol):
+    """What the embedded CA needs of its certificate index. ``recorded_by_store`` is declared by every
+    index: True when the request store's ``complete_issue`` records each certificate's row in the
+    request's transaction (the CA then neither records nor reads it before signing); False when the CA
+    records it itself (``record``). The embedded CA refuses an index that does not say."""
+
+    recorded_by_store: bool
+
+    async def record(self, *, serial_hex: str, issuer_dn: str, request_id: str, profile: str,
+                     not_before: _dt.datetime, not_after: _dt.datetime, certificate_der: bytes) -> "IndexRow": ...
+
+    async def by_request(self, request_id: str) -> "IndexRow | None": ...
+
+    async def by_serial(self, serial_hex: str) -> "IndexRow | None": ...
+
+    async def transition(self, serial_hex: str, *, from_status: str, to_status: str, reason: str | None,
+                         at: _dt.datetime | None) -> bool: ...
+
+    async def status_changes(self) -> int: ...
+
+    async def not_active(self) -> "list[IndexRow]": ...
+
+    async def next_crl_number(self) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 def _run_batch(conn: sqlite3.Connection, items: list, lock: WriteLock | None) -> list:
@@ -232,8 +265,17 @@ def _fetchall(sql: str, args: tuple):
     return lambda conn: conn.execute(sql, args).fetchall()
 
 
+def missing_members(index) -> list[str]:
+    """The ``CAIndex`` members ``index`` lacks (empty: it implements the protocol)."""
+    names = list(CAIndex.__annotations__) + [n for n, v in vars(CAIndex).items()
+                                             if callable(v) and not n.startswith("_")]
+    return [n for n in names if not hasattr(index, n)]
+
+
 class CertificateIndex:
     """Open with ``await CertificateIndex.open(path_or_MEMORY)``; close with ``await close()``."""
+
+    recorded_by_store = False   # the CA records every certificate here itself (CAIndex)
 
     def __init__(self, conn: _Connection, path: str):
         self._conn = conn

@@ -57,6 +57,7 @@ class PgCertificateIndex:
     """``await PgCertificateIndex.open(dsn)`` (or ``over(database)`` to share the store's pool)."""
 
     path = "postgresql"
+    recorded_by_store: bool = False   # ca.index.CAIndex: set per composition (``over``)
 
     def __init__(self, db: Database, owned: bool, recorded_by_store: bool = False):
         self._db = db

@@ -6,8 +6,12 @@ transaction — before anything answers; the relay (``relay.py``) delivers it.
 The caller then waits up to ``answer_wait`` seconds for the relay's result
 (so a quick CA still answers ISSUED directly) and otherwise gets the durable
 state (RECEIVED / PENDING) to follow with GetRequest or WatchRequest. The
-commit and the hand-off to the relay run in a task of their own (``_commit``,
-shielded): a caller that cancels or whose deadline expires stops only its wait.
+commit runs in a task of its own (``_commit``, shielded): a caller that cancels
+or whose deadline expires stops only its wait. While the relay has a free slot
+(the immediate path, issue 16) the rows are committed already claimed and that
+same task delivers the request (``relay.deliver_claimed``): the caller is
+answered with the outcome its completing transaction read back, with no
+delivery task, relay wake-up or read of its own.
 
 Idempotency: the payload fingerprint is SHA-256 over a length-prefixed
 canonical encoding of every request field except the request id. Same id +
@@ -71,6 +75,11 @@ DEFAULT_ANSWER_WAIT = 2.0
 def _holder_of(p: IssuancePayload) -> HolderRecord:
     """The holder record an issuance or renewal keeps for later renewals (request id set by the store)."""
     return HolderRecord("", p.card_id, p.codice_fiscale, p.given_name, p.surname, p.birth_date, p.card_model)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _fingerprint(*values) -> bytes:
@@ -296,24 +305,36 @@ class Broker:
         fp = fingerprint or rec.payload_sha256
         created = False
         if rec.created_at == 0.0 and payload:   # a fresh record, not one read back from the store
-            # The commit and the hand-off to the relay run as their own task, shielded from the caller:
-            # a client that cancels or whose deadline expires interrupts only its own wait, never a
-            # request committed claimed but not yet handed to the relay (it would stay PENDING).
-            # Subscribed before the commit, so no change of the new request is missed: its state is
-            # known without reading it back (the outcome is read once, by the relay; issue 16).
-            q = self._subscribe(rid)
-            try:
-                task = asyncio.ensure_future(self._commit(rec, payload, actor=actor, target=target,
-                                                          card_id=card_id, holder_cf=holder_cf, key=key,
-                                                          registration_id=registration_id, mode=mode,
-                                                          holder=holder))
-                self._handoffs.add(task)
-                task.add_done_callback(self._handoff_done)
-                created = await asyncio.shield(task)
-                if created:
-                    return await self._wait_on(q, rid, rec, self._answer_wait, read=False)
-            finally:
-                self._unsubscribe(rid, q)
+            # The commit, and the delivery of a request committed claimed (the immediate path: signed in
+            # this same task, issue 16), run as their own task, shielded from the caller: a client that
+            # cancels or whose deadline expires interrupts only its own wait, never a request committed
+            # claimed but not yet delivered (it would stay PENDING). ``accepted`` answers as soon as the
+            # rows are committed (or refused); the task's result is the delivered outcome.
+            accepted = asyncio.get_running_loop().create_future()
+            accepted.add_done_callback(_retrieved)   # a caller that left never reads a refusal set on it
+            task = asyncio.ensure_future(self._commit(rec, payload, accepted, actor=actor, target=target,
+                                                      card_id=card_id, holder_cf=holder_cf, key=key,
+                                                      registration_id=registration_id, mode=mode,
+                                                      holder=holder))
+            self._handoffs.add(task)
+            task.add_done_callback(self._handoff_done)
+            deadline = time.monotonic() + self._answer_wait
+            created = await asyncio.shield(accepted)
+            if created:
+                outcome = None
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        outcome = await asyncio.shield(task)
+                except TimeoutError:   # the CA is slow: the caller gets the durable state, the task goes on
+                    pass
+                if outcome is not None:
+                    settled, final = outcome
+                    if final is not None and final.terminal:
+                        return final   # as the completing transaction read it back: no read of our own
+                    if settled:        # failed for good (not read back): the stored row says how
+                        return await self.get(rid)
+                # queued for the relay (no free slot), or waiting for a retry: follow it for what is left
+                return await self.wait(rid, max(0.0, deadline - time.monotonic()))
         if not created:
             existing = await self._store.get_request(rid)
             if existing is None:
@@ -329,18 +350,44 @@ class Broker:
                 self.wake_relay()
         return await self.wait(rid, self._answer_wait)
 
-    async def _commit(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str = "",
-                      holder_cf: str = "", key: KeyBinding | None = None, registration_id: str = "",
-                      mode: str = "", holder: HolderRecord | None = None) -> bool:
-        """Write a new request and hand it to the relay; False (nothing written) if its id exists.
+    async def _commit(self, rec: RequestRecord, payload: bytes, accepted: asyncio.Future, *, actor: str,
+                      target: str, card_id: str = "", holder_cf: str = "", key: KeyBinding | None = None,
+                      registration_id: str = "", mode: str = "", holder: HolderRecord | None = None
+                      ) -> tuple[bool, RequestRecord | None] | None:
+        """Write a new request (``accepted``: True; False, nothing written, if its id exists) and, when it
+        was committed claimed, deliver it here: (settled, the outcome as read back, or None). None: nothing
+        delivered here (not created, or queued for the relay).
 
         ``key`` is bound in the same commit; if another request holds it nothing is written and the
-        refusal (INVALID_ARGUMENT on csr_der) is raised.
+        refusal (INVALID_ARGUMENT on csr_der) is set on ``accepted``.
 
-        While the relay has a free slot the rows are committed already claimed and go straight to
-        ``relay.start_claimed`` (no queue scan); the slot is reserved before the commit and released
-        if nothing was written. Otherwise the row is queued and the relay woken.
+        While the relay has a free slot the rows are committed already claimed and delivered in this task
+        (``relay.deliver_claimed``: no queue scan, no delivery task); the slot is reserved before the
+        commit and released if nothing was written. Otherwise the row is queued and the relay woken.
         """
+        try:
+            created, claim = await self._enqueue(rec, payload, actor=actor, target=target, card_id=card_id,
+                                                 holder_cf=holder_cf, key=key, registration_id=registration_id,
+                                                 mode=mode, holder=holder)
+        except BaseException as exc:
+            if not accepted.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    accepted.cancel()
+                else:
+                    accepted.set_exception(exc)
+            raise
+        accepted.set_result(created)
+        if not (created and claim):
+            return None
+        lane = LANE_OF[rec.kind]
+        return await self.relay.deliver_claimed(
+            dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
+            OutboxPayload(lane, rec.kind, payload, "sending", 1))
+
+    async def _enqueue(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str,
+                       holder_cf: str, key: KeyBinding | None, registration_id: str, mode: str,
+                       holder: HolderRecord | None) -> tuple[bool, bool]:
+        """The commit: (created, committed claimed by this process's relay)."""
         rid = rec.request_id
         lane = LANE_OF[rec.kind]
         relay = self.relay
@@ -367,17 +414,13 @@ class Broker:
             if claim:
                 relay.release(rid)
             raise
-        if created and claim:
-            relay.start_claimed(
-                dataclasses.replace(rec, state=STATE_PENDING, lane=lane, outbox_status="sending", attempts=1),
-                OutboxPayload(lane, rec.kind, payload, "sending", 1))
-        elif claim:
+        if claim and not created:
             relay.release(rid)
         if created:
             if not claim:
                 self.wake_relay()
             self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
-        return created
+        return created, claim
 
     def _handoff_done(self, task: asyncio.Task) -> None:
         self._handoffs.discard(task)

@@ -28,15 +28,17 @@ transaction (request + outbox + audit):
   not count it, so such requests never stop the others.
 
 Claims are never stranded: the broker reserves a slot (``reserve``) before it
-commits a request already claimed and hands it over (``start_claimed``) in a
-task its caller cannot cancel; as a safety net a row claimed longer than
+commits a request already claimed and delivers it in that same task
+(``deliver_claimed``, the immediate path), which its caller cannot cancel; as a safety net a row claimed longer than
 ``stale_claim_seconds`` ago that this relay does not hold is due again
 (``_reclaim_stale``). A claimed row bounced by an open breaker is released
 unclaimed (it never reached the CA, so it stays cancellable).
 
 An issuance row whose earlier attempt may have reached the CA (attempts > 1)
 is first looked up with ``find_issued(request_id)`` (the connector's, else the
-store's registry), so a retry never issues a second certificate.
+store's registry), so a retry never issues a second certificate; a first
+attempt is never looked up (the one place that rule lives: connectors'
+``issue`` does not look first, issue 16).
 
 During planned maintenance nothing is sent. Time comes from the injected
 ``clock``; tests drive ``run_once()`` directly. Must not import grpc or proto.
@@ -111,6 +113,7 @@ class Relay:
         self._maintenance_task: asyncio.Task | None = None
         self._concurrency = concurrency
         self._wake = asyncio.Event()
+        self._backlog = True   # rows may be due that no delivery holds (see ``_delivered``)
         self._task: asyncio.Task | None = None
         self._inflight: dict[str, asyncio.Task] = {}
         self._reserved: set[str] = set()   # slots promised to requests being committed claimed
@@ -128,6 +131,7 @@ class Relay:
         return _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
 
     def wake(self) -> None:
+        self._backlog = True   # a row was queued unclaimed: the next free slot looks for it
         self._wake.set()
 
     def set_on_status_change(self, hook: Callable[[], Awaitable[None]] | None) -> None:
@@ -141,9 +145,10 @@ class Relay:
         for problem in problems:
             log.warning("%s", problem)
         ids = {m.id for m in stored}
-        self.maintenance = sorted(stored + [m for m in self._config_maintenance if m.id not in ids],
-                                  key=lambda m: m.starts_at)
-        self.wake()
+        windows = sorted(stored + [m for m in self._config_maintenance if m.id not in ids], key=lambda m: m.starts_at)
+        if windows != self.maintenance or self._task is None:
+            self.maintenance = windows
+            self.wake()   # the windows changed: when to send changed (unchanged: nothing to look at again)
 
     async def _refresh_maintenance(self) -> None:
         """With ``maintenance_refresh_seconds``: reread the stored windows when the last read is that old."""
@@ -240,26 +245,31 @@ class Relay:
         self.metrics.window_open = self.calendar.is_open(self.now_dt())
         self.metrics.breaker_state = self.breaker.state
         await self._reclaim_stale()
+        self._backlog = True   # until this pass has seen every open lane's due rows
         if m is not None or not await self._breaker_allows():
             return 0
-        started = 0
+        started, backlog = 0, False
         for lane in self.lanes_open():
             free = self._concurrency - len(self._inflight) - len(self._reserved)
             if free <= 0:
+                backlog = True
                 break
-            for c in await self._store.claim_due(self._clock(), (lane,), free, self.claimer):
+            claimed = await self._store.claim_due(self._clock(), (lane,), free, self.claimer)
+            backlog = backlog or len(claimed) >= free   # a full claim: more may be due
+            for c in claimed:
                 rid = c.record.request_id
                 task = asyncio.create_task(self._deliver(rid, claimed=(c.record, c.payload)), name=f"deliver:{rid}")
                 self._inflight[rid] = task
                 task.add_done_callback(lambda t, rid=rid: self._delivered(rid, t))
                 started += 1
+        self._backlog = backlog
         return started
 
     # -- fast path: a request claimed as it is accepted -------------------------------
 
     def reserve(self, lane: str, request_id: str) -> bool:
         """Reserve a delivery slot for a request about to be accepted into ``lane``: True when it may be
-        committed already claimed and handed to ``start_claimed`` (relay running, lane open, CA circuit
+        committed already claimed and delivered with ``deliver_claimed`` (relay running, lane open, CA circuit
         closed, a slot free). The caller releases the slot with ``release`` if it commits nothing."""
         if (self._task is None or len(self._inflight) + len(self._reserved) >= self._concurrency
                 or self.breaker.state != "closed" or lane not in self.lanes_open()):
@@ -274,23 +284,42 @@ class Relay:
         """True while this relay delivers the request (or a slot is reserved for it)."""
         return request_id in self._inflight or request_id in self._reserved
 
-    def start_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> None:
-        """Deliver a row the broker committed already claimed (``sending``, attempt 1): no queue scan,
-        no second claim. If the relay has stopped, the row stays claimed and is retried after restart."""
+    async def deliver_claimed(self, rec: RequestRecord, payload: OutboxPayload) -> tuple[bool, RequestRecord | None]:
+        """Deliver, in the calling task, a row the broker committed already claimed (``sending``, attempt 1):
+        the immediate path (issue 16: no queue scan, no second claim, no delivery task, no hand-off).
+        The caller's task holds the slot ``reserve`` gave; ``stop`` cancels it like any delivery. Returns
+        (settled, the request as the completing transaction read it back, or None). If the relay has
+        stopped, the row stays claimed and is retried after restart: (False, None)."""
         rid = rec.request_id
         self._reserved.discard(rid)
         if self._task is None:
-            return
-        task = asyncio.create_task(self._deliver(rid, claimed=(rec, payload)), name=f"deliver:{rid}")
-        self._inflight[rid] = task
-        task.add_done_callback(lambda t: self._delivered(rid, t))
+            return False, None
+        self._inflight[rid] = asyncio.current_task()
+        settled, completed = False, None
+        try:
+            settled, completed = await self._deliver_one(rid, (rec, payload))
+        finally:
+            self._inflight.pop(rid, None)
+            if self._backlog or not settled:
+                self._wake.set()   # as _delivered: a slot is free and rows may wait, or this row waits again
+        return settled, completed
 
     def _delivered(self, request_id: str, task: asyncio.Task) -> None:
+        """A delivery ended: its slot is free. The loop looks at the queue again only if that can find
+        something: rows may wait for a slot (``_backlog``: the last pass filled every free slot, or one
+        was queued unclaimed since, ``wake``), or this row did not settle (a retry is scheduled, its claim
+        released, the breaker counted a failure). A request delivered at once that settled leaves
+        nothing to look for (issue 16: one queue scan and one next-due read less per certificate)."""
         self._inflight.pop(request_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s", request_id,
-                      task.exception(), self._stale_claim_seconds)
-        self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
+        settled = False
+        if not task.cancelled():
+            if task.exception() is not None:
+                log.error("delivery of %s failed unexpectedly: %r; its claim is taken back after %.0f s",
+                          request_id, task.exception(), self._stale_claim_seconds)
+            else:
+                settled = task.result() is True
+        if self._backlog or not settled:
+            self._wake.set()   # a slot is free (or this row waits again): look again, recompute when to wake
 
     # -- state questions --------------------------------------------------------------
 
@@ -333,6 +362,8 @@ class Relay:
             # slot: a finishing delivery wakes the loop, so don't spin on it
             if nxt is not None and (nxt > now or not self._inflight):
                 candidates.append(nxt - now)
+            elif nxt is not None:   # due now, not claimed yet: the next delivery to end looks again
+                self._backlog = True
             if LANE_STANDARD not in self.lanes_open():
                 change = self.calendar.next_change(self.now_dt())
                 if change is not None:
@@ -433,14 +464,21 @@ class Relay:
         await self._record_breaker()
         return self.breaker.state == "closed"
 
-    async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> None:
-        """Deliver one row this relay claimed (``claim_due`` or ``start_claimed``)."""
+    async def _deliver(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]) -> bool:
+        """Deliver one row this relay claimed (``claim_due``) in its own task. True when it settled
+        (done, or failed for good); False when it waits again (a retry, a released claim)."""
+        return (await self._deliver_one(request_id, claimed))[0]
+
+    async def _deliver_one(self, request_id: str, claimed: tuple[RequestRecord, OutboxPayload]
+                           ) -> tuple[bool, RequestRecord | None]:
+        """(settled, the request as its completing transaction read it back, or None)."""
+        settled = False
         async with self._sem:
             rec, payload = claimed
             if self.breaker.state != "closed":   # opened since it was claimed (by a sibling in this batch,
                 # say): back to the queue, unclaimed (it never reached the CA, so it stays cancellable)
                 await self._store.release_claim(request_id, self._clock(), "CA circuit open")
-                return
+                return False, None
             self._notify(rec)
             t0 = time.perf_counter()
             completed = None   # the request as committed, when the store read it back
@@ -456,6 +494,7 @@ class Relay:
                 self.breaker.success(self._clock())
                 await self._fail(rec, payload.kind, exc.code, getattr(exc, "field", ""),
                                  getattr(exc, "message", str(exc)))
+                settled = True
             except UNAVAILABLE_ERRORS as exc:   # signs of CA unavailability: retry, and the breaker counts
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, False)
                 self._breaker_why = f"{type(exc).__name__}: {exc}"
@@ -470,13 +509,16 @@ class Relay:
                 if code == "INTERNAL":
                     log.exception("unexpected error delivering %s; failing it (retrying cannot help)", request_id)
                 await self._fail(rec, payload.kind, code, "", message)
+                settled = True
             else:
                 self.metrics.record(payload.kind, (time.perf_counter() - t0) * 1000, True)
                 self.breaker.success(self._clock())
+                settled = True
             if self._watched is None or self._watched(request_id):   # a read per delivery only if someone waits
                 final = completed if completed is not None else await self._store.get_request(request_id)
                 if final is not None:
                     self._notify(final)
+        return settled, completed
 
     async def _fail(self, rec: RequestRecord, kind: str, code: str, field: str, message: str) -> None:
         await self._store.fail_request(rec.request_id, code, field, message, audit=AuditEntry(
@@ -502,7 +544,7 @@ class Relay:
         csr = x509.load_der_x509_csr(p.csr_der)
         holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
         subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
-        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id, first_attempt=rec.attempts == 1)
+        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id)   # a first attempt: no look-up
         return await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
                                                 holder_cf=p.codice_fiscale, audit=audit)
 

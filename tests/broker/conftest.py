@@ -49,9 +49,11 @@ class Env:
     ``Daemon.build(serve=False)`` wires it, with this test's calendar, retry and breaker settings.
     ``store="memory"``: over the in-memory store instead of SQLite."""
 
-    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3, store="sqlite"):
+    def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3, store="sqlite",
+                 relay_concurrency=None):
         self.deployment, self.tmp, self.clock, self.calendar = deployment, tmp_path, clock, calendar
         self.answer_wait, self.breaker_failures, self.store_kind = answer_wait, breaker_failures, store
+        self.relay_concurrency = relay_concurrency
 
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
@@ -64,7 +66,8 @@ class Env:
             store=dataclasses.replace(cfg.store, data_dir=self.tmp), calendar=self.calendar, maintenance=(),
             broker=dataclasses.replace(cfg.broker, answer_wait_seconds=self.answer_wait, retry_initial_seconds=1.0,
                                        retry_max_seconds=60.0, breaker_failures=self.breaker_failures,
-                                       breaker_reset_seconds=30.0, renewal_window_days=RenewalRules().window_days))
+                                       breaker_reset_seconds=30.0, renewal_window_days=RenewalRules().window_days,
+                                       relay_concurrency=self.relay_concurrency or cfg.broker.relay_concurrency))
         self.ca = await FlakyCA(build_ca(cfg)).open()
         store = MemoryRequestStore(clock=self.clock) if self.store_kind == "memory" else None   # None: SQLite
         self.daemon = await Daemon.build(cfg, ca=self.ca, store=store, clock=self.clock, claimer="relay", serve=False)

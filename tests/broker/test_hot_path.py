@@ -96,9 +96,9 @@ def test_shared_ca_figures_cost_a_transaction_per_flush_not_per_call(tmp_path):
 
 
 
-def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
-    """``first_attempt`` skips the CA's lookup before signing, not its guarantee: the index keeps the
-    first certificate of a request id and a second call returns it."""
+def test_issue_called_twice_for_one_request_still_gets_one_certificate(make_env):
+    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet
+    the index keeps the first certificate of a request id and a second call returns it."""
     import datetime as dt
 
     from cryptography import x509
@@ -113,8 +113,84 @@ def test_a_first_attempt_called_twice_still_gets_one_certificate(make_env):
             csr = x509.load_der_x509_csr(helpers.csr_der())
             subject = CertificateSubject(validation.Holder(helpers.CF, "Mario", "Rossi", dt.date(1980, 1, 1)),
                                          "7420000000000001", None)
-            a = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
-            b = await ca.issue("cns-auth", csr, subject, "req-twice", first_attempt=True)
+            a = await ca.issue("cns-auth", csr, subject, "req-twice")
+            b = await ca.issue("cns-auth", csr, subject, "req-twice")
             assert b.ref == a.ref and b.certificate_der == a.certificate_der
             assert (await ca.find_issued("req-twice")).ref == a.ref
+    asyncio.run(go())
+
+
+def _count_calls(store, name: str) -> list:
+    calls: list = []
+    real = getattr(store, name)
+
+    async def counted(*args, **kw):
+        calls.append(args)
+        return await real(*args, **kw)
+    setattr(store, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_immediate_delivery_does_not_make_the_relay_scan_the_queue(make_env, store):
+    """A request committed claimed and delivered at once leaves nothing for the relay's loop to look for:
+    its end does not wake the loop (no claim_due write, no next_due read per certificate; issue 16)."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            store=store) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm: CA index, responder
+            await asyncio.sleep(0.1)
+            claims, dues = _count_calls(env.store, "claim_due"), _count_calls(env.store, "next_due")
+            for _ in range(3):   # one after another and together
+                assert (await env.broker.submit_issue(issue_input(1))).state == "ISSUED"
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(2, 10)))
+            assert [r.state for r in recs] == ["ISSUED"] * 8
+            await asyncio.sleep(0.2)                                # let a woken loop run, if woken
+            assert claims == [] and dues == []
+    asyncio.run(go())
+
+
+def test_requests_queued_while_every_slot_is_busy_are_still_delivered_at_once(make_env):
+    """With the relay's slots full a request is queued unclaimed; the deliveries that end then wake the
+    loop, which claims it: nothing waits for the idle poll."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            relay_concurrency=2) as env:
+            await env.relay.start()
+            t0 = time.monotonic()
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(12)))
+            assert [r.state for r in recs] == ["ISSUED"] * 12
+            assert time.monotonic() - t0 < 4.0                      # the idle poll is 5 s
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, store):
+    """The immediate path (issue 16): a request accepted while the relay has a free slot is committed
+    claimed and delivered by the same task (no delivery task, no hand-off, no wake-up); the caller is
+    answered with the row the completing transaction read back."""
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0,
+                            store=store) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm
+            committed, signed = {}, {}
+            real_enqueue, real_issue = env.store.enqueue, env.ca.issue
+
+            async def enqueue(rec, **kw):
+                committed[rec.request_id] = asyncio.current_task()
+                return await real_enqueue(rec, **kw)
+
+            async def issue(profile, csr, subject, request_id):
+                signed[request_id] = asyncio.current_task()
+                return await real_issue(profile, csr, subject, request_id)
+            env.store.enqueue, env.ca.issue = enqueue, issue
+            recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(1, 7)))
+            assert [r.state for r in recs] == ["ISSUED"] * 6
+            assert set(signed) == set(committed) == {r.request_id for r in recs}
+            assert all(signed[rid] is committed[rid] for rid in signed)
+            assert not any(env.relay.holds(r.request_id) for r in recs)
+            for r in recs:
+                assert await env.store.get_request(r.request_id) == r
     asyncio.run(go())

@@ -51,7 +51,7 @@ class FaultyCA:
     def chain_der(self):
         return self.inner.chain_der()
 
-    async def issue(self, profile, csr, subject, request_id, *, first_attempt=False):
+    async def issue(self, profile, csr, subject, request_id):
         self._check()
         if self.refuse:
             self.refuse -= 1
@@ -66,7 +66,7 @@ class FaultyCA:
         self.calls[request_id] = self.calls.get(request_id, 0) + 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        issued = await self.inner.issue(profile, csr, subject, request_id, first_attempt=first_attempt)
+        issued = await self.inner.issue(profile, csr, subject, request_id)
         self.issued[request_id] = self.issued.get(request_id, 0) + 1
         if self.lose_answers:
             self.lose_answers -= 1
