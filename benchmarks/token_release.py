@@ -45,7 +45,10 @@ raw link time for the changed bytes and 15.6 s for the whole release; its downlo
 target of 8.54 MB (ratio 1.0). So 1,000 trials at 700 MiB are about 3.5 hours of bench lock: run them in chunks that each hold the lock ≤ 12 minutes (``--budget-s 600``: no
 trial starts after 10 minutes; distinct ``--seed`` per chunk) and add the chunks up with
 ``--sum FILE...`` (each run's last JSON line). The fault kinds take turns, so every chunk of 5 or more
-trials draws each kind. At 700 MiB a uniform draw mostly lands inside the CD-ROM's stage step (2,137
+trials draws each kind. ``--workers N`` runs N trials at once, each in a process forked after the setup
+(its own token, files and fault proxy; the setup's payloads shared copy-on-write); each trial draws from
+its own generator seeded by (``--seed``, trial number), so a trial draws the same whichever worker runs
+it, and ``fault_trials_per_hour`` is the run's throughput. At 700 MiB a uniform draw mostly lands inside the CD-ROM's stage step (2,137
 management requests of a clean install against 49 at 4 MiB, 4,438 transfers against 250): ``--fault-cdrom-mib
 4`` spreads the same number of draws over every step boundary (0.2 s a trial).
 """
@@ -399,6 +402,46 @@ def _trial(setup: _Setup, d: Path, seeded: tuple[Path, Path], fault: str, rng: r
     return after, end
 
 
+_W: dict = {}   # what a forked worker inherits: the setup, the seeded update states, the probe, the deadline
+
+
+def _one(i: int, seed: int, proxy) -> tuple:
+    """Fault trial ``i`` of a run (its fault kind by turn, its draws from its own seeded generator, so a trial
+    draws the same whichever worker runs it): (fault, state after, end, broken reason, phases, seconds, pid),
+    or None when the run's budget is spent before it starts."""
+    if time.time() > _W["deadline"]:
+        return None
+    fault, phases, t0 = FAULTS[i % len(FAULTS)], Counter(), time.perf_counter()
+    try:
+        after, end = _trial(_W["setup"], _W["tmp"] / f"t{i}", _W["seeded"], fault, random.Random(seed * 1_000_003 + i),
+                            _W["probe"], proxy, phases)
+        out = (fault, after, end, None)
+    except Broken as exc:
+        out = (fault, None, None, f"trial {i} ({fault}): {exc}")
+    return (*out, dict(phases), time.perf_counter() - t0, os.getpid())
+
+
+def _worker_init() -> None:
+    """A forked worker: its own fault proxy (the parent's proxy thread is not inherited), nice as the parent."""
+    from tests.releases.netfaults import FaultyProxy
+    _W["proxy"] = FaultyProxy()
+
+
+def _worker_trial(args: tuple[int, int]):
+    return _one(*args, _W["proxy"])
+
+
+def _trials(n: int, seed: int, workers: int, proxy) -> list:
+    """Run up to ``n`` fault trials, ``workers`` at a time (each a forked process with its own tokens, files
+    and proxy; the setup is shared copy-on-write), in trial order of their results."""
+    if workers <= 1:
+        return [r for r in (_one(i, seed, proxy) for i in range(n)) if r is not None]
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+        results = pool.map(_worker_trial, [(i, seed) for i in range(n)], chunksize=1)
+    return [r for r in results if r is not None]
+
+
 def summed(chunks: list[dict]) -> dict:
     """The fault trials of several runs (chunks with distinct seeds) added up: trials, ends by fault kind,
     the states right after the faults, mixed or broken tokens; ``ok`` only when every chunk's is."""
@@ -446,6 +489,9 @@ def main(argv: list[str]) -> dict:
                     help="start no fault trial after this many seconds of the run (default 600: a chunk holds the bench "
                          "lock ≤ 12 min); fault_trials says how many ran")
     ap.add_argument("--model", default="cns-token-ccid")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="fault trials run at once, each in a forked process on its own token (2 halves the wall "
+                         "time on an idle 2-core machine)")
     opts = ap.parse_args(argv)
 
     import urllib3
@@ -522,25 +568,32 @@ def main(argv: list[str]) -> dict:
             raise Broken("release 2 did not download exactly")
         probe = _probe(small, tmp / "probe", tmp / "probe-state")
         setup_s = time.perf_counter() - t_setup
-        ends, afters, broken, phases, per_trial = Counter(), Counter(), [], Counter(), []
-        for i in range(opts.install_faults):
-            if opts.budget_s is not None and time.perf_counter() - t_start > opts.budget_s:
-                break
-            fault = FAULTS[i % len(FAULTS)]
-            t0 = time.perf_counter()
-            try:
-                after, end = _trial(small, tmp / f"t{i}", (seeded, both), fault, rng, probe, proxy, phases)
+        ends, afters, broken, phases, per_trial, pids = Counter(), Counter(), [], Counter(), [], set()
+        _W.update(setup=small, tmp=tmp, seeded=(seeded, both), probe=probe,
+                  deadline=time.time() - (time.perf_counter() - t_start) + (opts.budget_s or float("inf")))
+        if opts.workers > 1:              # each worker makes its own proxy: this one's thread is not forked
+            proxy.close()
+            proxy = None
+        t_trials = time.perf_counter()
+        for fault, after, end, bad, trial_phases, seconds, pid in _trials(opts.install_faults, opts.seed,
+                                                                           opts.workers, proxy):
+            pids.add(pid)
+            if bad is None:
                 ends[f"{fault}:{end}"] += 1
                 afters[after] += 1
-            except Broken as exc:
-                broken.append(f"trial {i} ({fault}): {exc}")
-            per_trial.append(time.perf_counter() - t0)
+            else:
+                broken.append(bad)
+            phases.update(trial_phases)
+            per_trial.append(seconds)
+        trials_s = time.perf_counter() - t_trials
         n = max(1, len(per_trial))
         out.update({
             "fault_setup_s": round(setup_s, 2), "fault_probe": probe,
             "fault_trial_s_mean": round(sum(per_trial) / n, 3), "fault_trial_s_max": round(max(per_trial, default=0), 3),
             "fault_trial_s_by_phase_mean": {k: round(v / n, 3) for k, v in sorted(phases.items())},
             "fault_trials": len(per_trial), "fault_trials_asked": opts.install_faults, "seed": opts.seed,
+            "workers": opts.workers, "fault_trial_processes": len(pids), "fault_trials_wall_s": round(trials_s, 1),
+            "fault_trials_per_hour": round(3600 * len(per_trial) / max(trials_s, 1e-9), 1),
             "fault_cdrom_mib": opts.fault_cdrom_mib,
             "fault_trials_by_end": dict(sorted(ends.items())), "after_fault": dict(afters),
             "tokens_mixed_or_broken": len(broken), "broken": broken[:5],

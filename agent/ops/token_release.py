@@ -28,6 +28,14 @@ from the old image; the token ends on the old release everywhere. A token pulled
 the operation open (``hold_on``); on the next insert or start (``agent.ops.token_recovery``) the same
 images finish it, or finish its undo. Resuming with another release or other images is refused.
 
+Hashing (the agent's own cost of a 700 MiB image): a run hashes each signed file once (``preflight``
+against the manifest's SHA-256, or ``_resumed`` against the digest journaled when the install began: a
+file changed since then is refused, naming it), carries that digest in ``Inputs.digests`` into the
+journal's binding, verifies each signature once (again on resume: the journal is no trust anchor), hashes
+each payload against its signed header once when the install begins (not on resume: the same bytes passed
+it, and the token hashes the staged slot against it), and the blocks of a partition only when its stage
+step runs. Images are views into the files' bytes, never copied.
+
 ``installed_set`` / ``installed_from_row`` read a token's component versions; ``release_of``
 (``cns_spec.releases``) names the release it runs as a whole ("" for a mix or an unknown set).
 
@@ -75,20 +83,23 @@ release_of = spec.release_of   # the release a token runs as a whole (pure: cns_
 
 @dataclass
 class Inputs:
-    """The verified images of one install: the release's (``new``) and the token's current ones (``old``)."""
+    """The verified images of one install: the release's (``new``) and the token's current ones (``old``),
+    with the SHA-256 of each signed file as checked once (``digests``: ``new:NAME`` / ``old:NAME``; the
+    journal's binding is built from them, never by hashing the files again)."""
     release: spec.Release
     new: dict[str, tuple[bytes, Image]] = field(default_factory=dict)
     old: dict[str, tuple[bytes, Image]] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)   # components to install, in commit order
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def _sha(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _parse(blob: bytes, model: TokenModel, kind: str, what: str) -> Image:
+def _parse(blob: bytes, model: TokenModel, kind: str, what: str, *, payload_checked: bool = False) -> Image:
     try:
-        image = parse_image(blob, model.firmware.signing_public_key)
+        image = parse_image(blob, model.firmware.signing_public_key, payload_checked=payload_checked)
         check_for(image, model, kind=kind)
     except ImageError as exc:
         raise PreconditionError(f"{what}: {exc}") from None
@@ -136,7 +147,8 @@ def preflight(rel: spec.Release, model: TokenModel, info: Mapping, blobs: Mappin
         blob = blobs.get(c.name)
         if blob is None:
             raise PreconditionError(f"release {rel.version}: its {c.name} image was not downloaded: download it again")
-        if len(blob) != c.length or _sha(blob) != c.sha256:
+        digest = _sha(blob) if len(blob) == c.length else ""
+        if digest != c.sha256:
             raise PreconditionError(f"release {rel.version}: the {c.name} file is not the one the release names "
                                     "(length or hash): download it again")
         image = _parse(blob, model, c.name, f"release {rel.version} {c.name}")
@@ -150,6 +162,7 @@ def preflight(rel: spec.Release, model: TokenModel, info: Mapping, blobs: Mappin
             except ImageError as exc:
                 raise PreconditionError(f"release {rel.version} firmware: {exc}") from None
         inputs.new[c.name] = (blob, image)
+        inputs.digests[f"new:{c.name}"] = digest
     inputs.changes = [n for n in spec.install_order(rel) if not _on_token(info, n, inputs.new[n][1])]
     if not inputs.changes:
         raise PreconditionError(f"the token already runs every component of release {rel.version}")
@@ -164,6 +177,7 @@ def preflight(rel: spec.Release, model: TokenModel, info: Mapping, blobs: Mappin
             raise PreconditionError(f"the {name} image given as the token's current one is not what the token runs "
                                     f"({have[name]}): refused")
         inputs.old[name] = (blob, image)
+        inputs.digests[f"old:{name}"] = _sha(blob)
     return inputs
 
 
@@ -281,9 +295,48 @@ def build_plan(runner: _Runner | None, changes: list[str]) -> Plan:
                 undo_on=(TokenRefused, TokenProtocolError, VerificationError), hold_on=(TokenGone,))
 
 
-def _binding(rel: spec.Release, blobs: Mapping[str, bytes]) -> dict:
+def _binding(rel: spec.Release, digests: Mapping[str, str]) -> dict:
+    """What the journaled operation is bound to: the release, its manifest and its files' SHA-256 (as checked)."""
     return {"release": rel.version, "manifest_sha256": _sha(spec.manifest_json(rel)),
-            "images_sha256": {n: _sha(b) for n, b in sorted(blobs.items())}}
+            "images_sha256": {k[4:]: v for k, v in sorted(digests.items()) if k.startswith("new:")}}
+
+
+def _resumed(op: Operation, rel: spec.Release, model: TokenModel, blobs: Mapping[str, bytes],
+             previous: Mapping[str, bytes]) -> Inputs:
+    """The inputs of the open install ``op``, from the same release and files: each file hashed once and
+    compared with the digest journaled when the install began (a file changed since then is refused, naming
+    it); its signature verified again (the journal is no trust anchor), its payload not hashed again (these
+    bytes passed that check when the install began, and the token hashes the staged slot against it)."""
+    want = _binding(rel, {})
+    if (op.data.get("release"), op.data.get("manifest_sha256")) != (want["release"], want["manifest_sha256"]):
+        raise PreconditionError(f"token {op.card_serial} has an unfinished install of release {op.data['release']}: "
+                                "run it again with that release, not another")
+    inputs = Inputs(rel, changes=list(op.data["changes"]))
+    paths = op.data.get("paths") or {}
+    journaled = {**{f"new:{n}": d for n, d in (op.data.get("images_sha256") or {}).items()},
+                 **{f"old:{n}": d for n, d in (op.data.get("old_sha256") or {}).items()}}
+    given = {**{f"new:{n}": blobs.get(n) for n in rel.versions()},
+             **{f"old:{n}": b for n, b in previous.items() if f"old:{n}" in journaled}}
+    for key, blob in given.items():
+        kind, name = key.split(":")
+        if blob is None:
+            raise PreconditionError(f"the install of release {rel.version} needs its {name} image again to finish: "
+                                    "download the release again")
+        digest = _sha(blob)
+        if digest != journaled.get(key):
+            where = f" ({paths[key]})" if key in paths else ""
+            what = f"the token's old {name}" if kind == "old" else f"the {name}"
+            raise PreconditionError(f"{what} image{where} changed since the install of release {rel.version} began: "
+                                    f"put back the file downloaded then (or download release {rel.version} again)")
+        label = f"the token's old {name}" if kind == "old" else f"release {rel.version} {name}"
+        image = _parse(blob, model, name, label, payload_checked=True)
+        (inputs.old if kind == "old" else inputs.new)[name] = (blob, image)
+        inputs.digests[key] = digest
+    missing = {k[4:] for k in journaled if k.startswith("old:")} - set(inputs.old)
+    if missing:
+        raise PreconditionError(f"the install of release {rel.version} needs the token's old "
+                                f"{', '.join(sorted(missing))} image again to finish: it is gone")
+    return inputs
 
 
 async def run_release(journal: Journal, connect: Callable[[], TokenLink], model: TokenModel, rel: spec.Release,
@@ -292,7 +345,8 @@ async def run_release(journal: Journal, connect: Callable[[], TokenLink], model:
     """Start, or resume with the same release and images, the install of ``rel`` on the token ``connect``
     reaches. ``blobs``/``previous``: component → signed image bytes of the release and of what the token
     runs now. ``paths`` (journaled: manifest, new:NAME, old:NAME → file) let ``token_recovery`` finish it.
-    Returns the engine's result and the image bytes sent over the link."""
+    Returns the engine's result and the image bytes sent over the link. Each file is hashed once per run
+    (``preflight``, or ``_resumed``), its blocks once more only when its stage step runs."""
     try:
         link = connect()
         serial = link.serial
@@ -301,21 +355,7 @@ async def run_release(journal: Journal, connect: Callable[[], TokenLink], model:
         if open_ops and op is None:
             raise PreconditionError(f"token {serial} has an unfinished {open_ops[0].kind}: finish that first")
         if op is not None:
-            if {k: op.data.get(k) for k in ("release", "manifest_sha256", "images_sha256")} != _binding(rel, blobs):
-                raise PreconditionError(f"token {serial} has an unfinished install of release {op.data['release']}: "
-                                        "run it again with that release, not another")
-            inputs = Inputs(rel, changes=list(op.data["changes"]))
-            for n in rel.versions():
-                inputs.new[n] = (blobs[n], _parse(blobs[n], model, n, f"release {rel.version} {n}"))
-            for n, b in previous.items():
-                if n in op.data.get("old_sha256", {}):
-                    if _sha(b) != op.data["old_sha256"][n]:
-                        raise PreconditionError(f"the token's old {n} image is not the one the install began with")
-                    inputs.old[n] = (b, _parse(b, model, n, f"the token's old {n}"))
-            missing = set(op.data.get("old_sha256", {})) - set(inputs.old)
-            if missing:
-                raise PreconditionError(f"the install of release {rel.version} needs the token's old "
-                                        f"{', '.join(sorted(missing))} image again to finish: it is gone")
+            inputs = _resumed(op, rel, model, blobs, previous)
         else:
             if link.mode != "runtime":
                 raise PreconditionError(f"token {serial} is in its bootloader (a firmware update did not finish): "
@@ -323,9 +363,10 @@ async def run_release(journal: Journal, connect: Callable[[], TokenLink], model:
             info = link.info()
             inputs = preflight(rel, model, info, blobs, previous, agent_version)
             op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
-                **_binding(rel, blobs), "changes": inputs.changes, "from": installed_set(info),
+                **_binding(rel, inputs.digests), "changes": inputs.changes, "from": installed_set(info),
                 "from_images": {p: dict(info["images"][p]) for p in PARTITIONS},
-                "old_sha256": {n: _sha(b) for n, (b, _) in inputs.old.items()}, "paths": dict(paths or {})})
+                "old_sha256": {k[4:]: v for k, v in inputs.digests.items() if k.startswith("old:")},
+                "paths": dict(paths or {})})
     except TokenError as exc:   # nothing begun yet: the token is as it was
         raise PreconditionError(str(exc).replace("the operation resumes", "repeat the command")) from None
     runner = _Runner(connect, model, inputs, progress)

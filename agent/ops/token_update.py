@@ -73,9 +73,13 @@ def pick_region(info: dict, model: TokenModel, partition: str, length: int) -> s
     return next((r for r in PREFERENCE[partition] if r in free and model.flash.region(r)[1] >= length), None)
 
 
-def _blocks(payload: bytes, bs: int) -> list[bytes]:
-    padded = payload + b"\0" * (-len(payload) % bs)
-    return [padded[i:i + bs] for i in range(0, len(padded), bs)]
+def _blocks(payload: bytes | memoryview, bs: int) -> list[bytes | memoryview]:
+    """The image's blocks as views into it (no copy of the image); only a short last block is padded."""
+    view = memoryview(payload)
+    out: list[bytes | memoryview] = [view[i:i + bs] for i in range(0, len(view), bs)]
+    if out and len(out[-1]) < bs:
+        out[-1] = bytes(out[-1]) + b"\0" * (bs - len(out[-1]))
+    return out
 
 
 def load_image(blob: bytes, model: TokenModel, partition: str) -> Image:
@@ -215,6 +219,7 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
     """Start, or resume with the same image, the partition update of the token ``connect`` reaches.
     ``image_path`` (journaled) lets ``agent.ops.token_recovery`` finish it on the next insert or start."""
     image = load_image(blob, model, partition)
+    digest = hashlib.sha256(blob).hexdigest()   # once: the binding of a new operation, or compared with it
     try:
         link = connect()
     except TokenError as exc:
@@ -225,7 +230,7 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
     if open_ops and op is None:
         raise PreconditionError(f"token {serial} has an unfinished {open_ops[0].kind}: finish that first")
     if op is not None:
-        if (op.data["partition"], op.data["image_sha256"]) != (partition, hashlib.sha256(blob).hexdigest()):
+        if (op.data["partition"], op.data["image_sha256"]) != (partition, digest):
             raise PreconditionError(f"token {serial} has an unfinished update of its {op.data['partition']} to "
                                     f"version {op.data['version']}: run it again with that image, not another")
     else:
@@ -242,7 +247,7 @@ async def run_update(journal: Journal, connect: Callable[[], TokenLink], model: 
                                     "other update on this token first")
         op = await journal.begin_operation(kind=KIND, card_serial=serial, model_id=model.id, reader="usb", data={
             # bound to the whole signed file: another release (even with the same payload) is another input
-            "partition": partition, "image_sha256": hashlib.sha256(blob).hexdigest(), "version": image.version,
+            "partition": partition, "image_sha256": digest, "version": image.version,
             "slot": slot, "length": len(image.payload), "image_path": image_path})
     runner = _Runner(connect, image, partition, model.flash.block_bytes, progress)
     result = await Engine(journal).run(build_plan(runner), op, codes_at_hand=True)

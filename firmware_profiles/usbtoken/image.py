@@ -38,7 +38,7 @@ class Image:
     kind: str
     model: str
     version: str
-    payload: bytes
+    payload: bytes | memoryview   # a read-only view into the signed image (parse_image)
     sha256: str
     min_bootloader: str | None
     downgrade: bool
@@ -59,8 +59,15 @@ def build_image(key: Ed25519PrivateKey, *, kind: str, model: str, version: str, 
     return body + key.sign(body)
 
 
-def parse_image(blob: bytes, public_key: bytes) -> Image:
-    """Check structure, signature and hash; raises ImageError naming what is wrong."""
+def parse_image(blob: bytes, public_key: bytes, *, payload_checked: bool = False) -> Image:
+    """Check structure, signature and hash; raises ImageError naming what is wrong.
+
+    No copy of the image is made: the returned payload is a read-only view into ``blob`` (a ``bytes``; any
+    other buffer is copied once first, so the view cannot change under the caller). ``payload_checked``:
+    these exact bytes passed this check before (the caller holds their SHA-256 from then and compared it):
+    the payload is not hashed again against its signed header; the signature is always verified."""
+    if not isinstance(blob, bytes):
+        blob = bytes(blob)
     if len(blob) < len(MAGIC) + 4 + 64 and blob[:len(MAGIC)] == MAGIC[:len(blob)] and blob:
         raise ImageError("image truncated (it ends before its header): download the release again")
     if len(blob) < len(MAGIC) + 4 + 64 or not blob.startswith(MAGIC):
@@ -69,7 +76,8 @@ def parse_image(blob: bytes, public_key: bytes) -> Image:
     start = len(MAGIC) + 4
     if hlen > MAX_HEADER or start + hlen + 64 > len(blob):
         raise ImageError("image truncated or header too long: download the release again")
-    body, sig = blob[:-64], blob[-64:]
+    view = memoryview(blob).toreadonly()
+    body, sig = view[:-64], blob[-64:]
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     try:
@@ -85,7 +93,8 @@ def parse_image(blob: bytes, public_key: bytes) -> Image:
     except (ValueError, KeyError, TypeError):
         raise ImageError("image header is not valid (signed, but malformed): report it to the release team") from None
     payload = body[start + hlen:]
-    if kind not in KINDS or len(payload) != length or hashlib.sha256(payload).hexdigest() != digest:
+    if kind not in KINDS or len(payload) != length or (
+            not payload_checked and hashlib.sha256(payload).hexdigest() != digest):
         raise ImageError("image payload does not match its signed length/hash: download the release again")
     mb = h.get("min_bootloader")
     return Image(kind, model, version, payload, digest, mb, bool(h.get("downgrade", False)))

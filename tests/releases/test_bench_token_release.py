@@ -27,6 +27,20 @@ def test_bench_token_release_small_sample():
     assert set(r["fault_trial_s_by_phase_mean"]) == {"download", "provision", "install_under_fault", "check_and_recover"}
 
 
+def test_two_workers_run_the_same_trials_in_two_processes():
+    """``--workers 2``: the trials run two at a time, each in its own process on its own token, and draw what
+    they draw with one worker (each trial's draws come from its own seeded generator): same ends, no mix."""
+    require(nginx.missing())
+    args = ["--cdrom-mib", "2", "--disk-mib", "2", "--changed", "1", "--faults", "0", "--install-faults", "10",
+            "--fault-cdrom-mib", "2", "--seed", "5"]
+    one, two = token_release.main(args), token_release.main(args + ["--workers", "2"])
+    assert one["ok"] and two["ok"], (one, two)
+    assert one["fault_trial_processes"] == 1 and two["fault_trial_processes"] == 2
+    assert two["fault_trials"] == one["fault_trials"] == 10 and two["tokens_mixed_or_broken"] == 0
+    assert two["fault_trials_by_end"] == one["fault_trials_by_end"]
+    assert {k.split(":")[0] for k in two["fault_trials_by_end"]} == set(token_release.FAULTS)
+
+
 def test_chunks_of_fault_trials_add_up_and_one_bad_chunk_fails_the_sum():
     a = {"seed": 1, "fault_cdrom_mib": 700, "fault_trials": 3, "fault_trial_s_mean": 2.0, "ok": True,
          "fault_trials_by_end": {"kill:2.0.0": 2, "stall:1.0.0": 1}, "after_fault": {"usable": 3},

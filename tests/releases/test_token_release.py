@@ -262,3 +262,153 @@ def test_a_third_release_installs_after_the_second(env):
     assert got["cdrom"] == d3["cdrom"] and got["disk"] == d3["disk"]
     assert sent <= 2 * 4 * 4096                     # still only the changed blocks cross the link
     assert release_of(installed_set(env.token.info()), [env.rel1, env.rel2, rel3]) == "3.0.0"
+
+
+class HashCount:
+    """SHA-256 and Ed25519 as the agent's token code sees them (its modules' ``hashlib``, the image check's
+    Ed25519 key), counting the bytes each is fed: what an install costs is mostly these passes over the
+    700 MiB image, so a pass that creeps back in fails the tests below."""
+
+    MODULES = ("agent.ops.token_release", "agent.ops.token_update", "agent.ops.token_recovery",
+               "agent.devices.usb", "firmware_profiles.usbtoken.image")
+
+    def __init__(self, monkeypatch):
+        import hashlib
+        import importlib
+        import types
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        self.sha256 = self.ed25519 = 0
+        count = self
+
+        class Sha256:
+            def __init__(self, data=b""):
+                self._h = hashlib.sha256()
+                self.update(data)
+
+            def update(self, data):
+                count.sha256 += memoryview(data).nbytes
+                self._h.update(data)
+
+            def digest(self):
+                return self._h.digest()
+
+            def hexdigest(self):
+                return self._h.hexdigest()
+        real_key = ed25519.Ed25519PublicKey
+
+        class Key:
+            @staticmethod
+            def from_public_bytes(raw):
+                key = real_key.from_public_bytes(raw)
+
+                class Counting:
+                    def verify(self, signature, data):
+                        count.ed25519 += memoryview(data).nbytes
+                        return key.verify(signature, data)
+                return Counting()
+        for name in self.MODULES:
+            monkeypatch.setattr(importlib.import_module(name), "hashlib", types.SimpleNamespace(sha256=Sha256))
+        monkeypatch.setattr(ed25519, "Ed25519PublicKey", Key)
+
+    def reset(self):
+        self.sha256 = self.ed25519 = 0
+
+
+def _passes(count: HashCount, env) -> tuple[float, float]:
+    """(SHA-256 passes, Ed25519 passes) over the images an install reads: release 2's and the old firmware."""
+    total = sum(len(b) for b in env.blobs2.values()) + len(env.blobs1["firmware"])
+    return count.sha256 / total, count.ed25519 / total
+
+
+def test_an_install_hashes_each_image_once_per_digest_it_needs(env, monkeypatch):
+    """One SHA-256 of each file (the manifest's digest, carried into the journal's binding, not recomputed),
+    one of each payload (against its signed header, inside the signature check), one of each changed
+    partition's blocks (the stage step's diff), one Ed25519 check: 3 passes, not the 4 of before (the
+    binding hashed every file again)."""
+    count = HashCount(monkeypatch)
+    result, _ = env.install()
+    assert result.state == "done" and token_set(env.token) == V2
+    sha, ed = _passes(count, env)
+    assert 2.9 <= sha <= 3.05, f"{sha:.2f} SHA-256 passes over the images per install"
+    assert 0.95 <= ed <= 1.05, f"{ed:.2f} Ed25519 passes over the images per install"
+
+
+def _killed_mid_cdrom(env, files_from=None):
+    """The install begun and killed in the CD-ROM's stage step, the journal naming its files; returns them."""
+    from cns_spec import releases as spec
+    files = {"manifest": env.tmp / "rel.json"}
+    files["manifest"].write_bytes(spec.manifest_json(env.rel2))
+    for kind, blobs in (("new", env.blobs2), ("old", {"firmware": env.blobs1["firmware"]})):
+        for n, b in blobs.items():
+            files[f"{kind}:{n}"] = env.tmp / f"{kind}-{n}"
+            files[f"{kind}:{n}"].write_bytes(b)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(step, done, total):
+        if step == "cdrom:stage" and done > total // 2:
+            raise Killed()
+
+    async def go():
+        j = await Journal.open(env.tmp / "journal.db")
+        try:
+            with pytest.raises(Killed):
+                await run_release(j, env.connect(), env.model, env.rel2, env.blobs2,
+                                  {"firmware": env.blobs1["firmware"]}, agent_version="1.0",
+                                  progress=env.progress(kill), paths={k: str(v) for k, v in files.items()})
+        finally:
+            await j.close()
+    asyncio.run(go())
+    return files
+
+
+def _recover(env):
+    from agent.ops.token_recovery import recover_token
+
+    async def go():
+        j = await Journal.open(env.tmp / "journal.db")
+        try:
+            return await recover_token(j, env.connect(), {env.model.id: env.model})
+        finally:
+            await j.close()
+    return asyncio.run(go())
+
+
+def test_a_recovery_hashes_each_file_once_and_checks_its_signature_again(env, monkeypatch):
+    """After a kill mid-CD-ROM the recovery reads the journaled files: one SHA-256 of each (it must be the file
+    the install began with), the signature checked again (the journal is no trust anchor), the blocks of the
+    partitions still to stage; the payload digest is not recomputed (those bytes passed it when the install
+    began, and the token hashes the staged slot against it before the switch). Before: 3 passes."""
+    _killed_mid_cdrom(env)
+    assert token_set(env.token)["firmware"] == "2.1.0" and len(env.open_ops()) == 1
+    count = HashCount(monkeypatch)
+    [(_, result)] = _recover(env)
+    assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
+    got = contents(env.token)
+    assert got["cdrom"] == env.d2["cdrom"] and got["disk"] == env.d2["disk"]
+    sha, ed = _passes(count, env)
+    partitions = (len(env.d2["cdrom"]) + len(env.d2["disk"])) / (
+        sum(len(b) for b in env.blobs2.values()) + len(env.blobs1["firmware"]))
+    assert sha <= 1 + partitions + 0.05, f"{sha:.2f} SHA-256 passes over the images per recovery"
+    assert 0.95 <= ed <= 1.05, f"{ed:.2f} Ed25519 passes over the images per recovery"
+
+
+@pytest.mark.parametrize("which", ["new:cdrom", "new:disk", "old:firmware"])
+def test_a_file_changed_on_disk_between_kill_and_recovery_is_refused_and_the_token_left_alone(env, which):
+    """One byte of a journaled file flipped after the kill: the recovery refuses it with a one-line reason
+    naming the file, writes nothing to the token, and the operation stays open for the right files."""
+    files = _killed_mid_cdrom(env)
+    before, have = env.token.flash.bytes_written, token_set(env.token)
+    blob = bytearray(files[which].read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    files[which].write_bytes(bytes(blob))
+    [(_, result)] = _recover(env)
+    assert result.state == "open" and "\n" not in result.reason
+    assert which.split(":")[1] in result.reason and "changed" in result.reason, result.reason
+    assert env.token.flash.bytes_written == before and token_set(env.token) == have and len(env.open_ops()) == 1
+    blob[len(blob) // 2] ^= 0x01                 # the right file back: the same recovery finishes the install
+    files[which].write_bytes(bytes(blob))
+    [(_, result)] = _recover(env)
+    assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
