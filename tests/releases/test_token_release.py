@@ -175,37 +175,9 @@ def test_unplugged_mid_cdrom_the_install_stays_open_and_the_same_release_finishe
 def test_an_install_interrupted_by_a_kill_is_finished_by_recovery_from_the_journaled_files(env):
     """The agent dies mid-install (nothing after the kill point runs); on the next start token_recovery reads
     the manifest and images the journal names and finishes the same install."""
-    from agent.ops.token_recovery import recover_token
-    from cns_spec import releases as spec
-
-    files = {"manifest": env.tmp / "rel.json"}
-    files["manifest"].write_bytes(spec.manifest_json(env.rel2))
-    for kind, blobs in (("new", env.blobs2), ("old", env.blobs1)):
-        for n, b in blobs.items():
-            files[f"{kind}:{n}"] = env.tmp / f"{kind}-{n}"
-            files[f"{kind}:{n}"].write_bytes(b)
-
-    class Killed(BaseException):
-        pass
-
-    def kill(step, done, total):
-        if step == "disk:stage":
-            raise Killed()
-
-    async def go():
-        j = await Journal.open(env.tmp / "journal.db")
-        try:
-            with pytest.raises(Killed):
-                await run_release(j, env.connect(), env.model, env.rel2, env.blobs2, env.blobs1, agent_version="1.0",
-                                  progress=env.progress(kill), paths={k: str(v) for k, v in files.items()})
-        finally:
-            await j.close()
-        j = await Journal.open(env.tmp / "journal.db")
-        try:
-            return await recover_token(j, env.connect(), {env.model.id: env.model})
-        finally:
-            await j.close()
-    [(_, result)] = asyncio.run(go())
+    _killed_at(env, env.blobs1, "disk:stage")
+    assert len(env.open_ops()) == 1
+    [(_, result)] = _recover(env)
     assert result.state == "done" and token_set(env.token) == V2 and not env.open_ops()
     assert contents(env.token)["disk"] == env.d2["disk"] and env.usable()
 
@@ -334,12 +306,14 @@ def test_an_install_hashes_each_image_once_per_digest_it_needs(env, monkeypatch)
     assert 0.95 <= ed <= 1.05, f"{ed:.2f} Ed25519 passes over the images per install"
 
 
-def _killed_mid_cdrom(env, files_from=None):
-    """The install begun and killed in the CD-ROM's stage step, the journal naming its files; returns them."""
+def _killed_at(env, old_blobs: dict, step: str, *, past_half: bool = False) -> dict:
+    """The install of release 2.0.0 begun with ``old_blobs`` as the images to go back to, the journal naming its
+    files, and the agent killed in ``step`` (``past_half``: once more than half of that step is done; nothing
+    after the kill point runs). Returns the files the journal names."""
     from cns_spec import releases as spec
     files = {"manifest": env.tmp / "rel.json"}
     files["manifest"].write_bytes(spec.manifest_json(env.rel2))
-    for kind, blobs in (("new", env.blobs2), ("old", {"firmware": env.blobs1["firmware"]})):
+    for kind, blobs in (("new", env.blobs2), ("old", old_blobs)):
         for n, b in blobs.items():
             files[f"{kind}:{n}"] = env.tmp / f"{kind}-{n}"
             files[f"{kind}:{n}"].write_bytes(b)
@@ -347,21 +321,25 @@ def _killed_mid_cdrom(env, files_from=None):
     class Killed(BaseException):
         pass
 
-    def kill(step, done, total):
-        if step == "cdrom:stage" and done > total // 2:
+    def kill(at, done, total):
+        if at == step and (not past_half or done > total // 2):
             raise Killed()
 
     async def go():
         j = await Journal.open(env.tmp / "journal.db")
         try:
             with pytest.raises(Killed):
-                await run_release(j, env.connect(), env.model, env.rel2, env.blobs2,
-                                  {"firmware": env.blobs1["firmware"]}, agent_version="1.0",
+                await run_release(j, env.connect(), env.model, env.rel2, env.blobs2, old_blobs, agent_version="1.0",
                                   progress=env.progress(kill), paths={k: str(v) for k, v in files.items()})
         finally:
             await j.close()
     asyncio.run(go())
     return files
+
+
+def _killed_mid_cdrom(env) -> dict:
+    """Killed past the middle of the CD-ROM's stage step; the firmware is the only old image kept."""
+    return _killed_at(env, {"firmware": env.blobs1["firmware"]}, "cdrom:stage", past_half=True)
 
 
 def _recover(env):
