@@ -5,7 +5,8 @@ synchronous standby, the deployment of issue 17) in a folder under /tmp its unpr
 and stops every process and removes the folder at the end. ``use_postgresql(config, c, name)`` writes a
 copy of a daemon config whose ``[store]`` is ``backend = "postgresql"`` on a fresh schema of that cluster
 (the request store and the embedded CA's index both go there), the password in a 0600 file.
-``duplicates(c, schema)`` counts certificates issued twice for one request in that schema.
+``duplicates(c, schema)`` counts certificates issued twice for one request in that schema;
+``connect(c, schema)`` opens an autocommit session whose search path is that schema (a benchmark's reads).
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def use_postgresql(config: Path, c: Cluster, name: str) -> tuple[Path, str]:
     out = config.with_name(f"{config.stem}-{name}.toml")
     out.write_text(text)
     return out, schema
+
+
+def connect(c: Cluster, schema: str):
+    import psycopg
+
+    return psycopg.connect(c.dsn(), autocommit=True, options=f"-csearch_path={schema}")
 
 
 def duplicates(c: Cluster, schema: str) -> int:

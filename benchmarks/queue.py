@@ -16,8 +16,7 @@ rate is K / (the last ISSUED row's commit time − the window's end), read from
 the store → drained requests/s (target >= 300/s), also reported as
 ``drain_ratio`` = drain rate / the raw RSA signing rate of the same CA key
 measured in the same run, one thread (the mean of a measure before and one
-after that drain; target >= 0.8). With ``--store postgresql`` phase 2 is the
-headline (no phase 2b). Phase 3: the real
+after that drain; target >= 0.8). Phase 3: the real
 ``cns-personalizer serve`` receives a stream over gRPC + mTLS, is SIGKILLed
 halfway and restarted; afterwards every request must be ISSUED exactly once
 (the CA's own ``ca.db`` is counted). lost and duplicated must both be 0.
@@ -26,8 +25,11 @@ The SIGKILL round's daemon runs with ``[server] processes`` = ``--processes``
 (default: the number of cores): the primary is killed, its helpers follow it.
 
 ``--store postgresql`` (issue 17 item 6): every phase on PostgreSQL under Patroni with its synchronous
-standby (``benchmarks._pg``, a fresh schema per phase; the CA's index is there too) instead of SQLite;
-target drain rate >= 0.5 x the raw signing rate of the same run (``pg_target_drain_ratio``).
+standby (``benchmarks._pg``, a fresh schema per phase; the CA's index is there too) instead of SQLite.
+The headline is the same phase 2b (the daemon's processes claim with FOR UPDATE SKIP LOCKED; its rate
+from the requests' commit times in that schema), target drain rate >= 0.5 x the raw signing rate of the
+same run (``pg_target_drain_ratio``); ``postgresql_drain``: the PostgreSQL servers' CPU during it
+(``drain_one_process.postgresql``: phase 2's, with the store's own transaction and pool-wait counts).
 
 Usage: scripts/bench queue [--queued K] [--kill-requests N] [--synchronous FULL|NORMAL] [--workers N]
                            [--processes N] [--store sqlite|postgresql]
@@ -167,21 +169,63 @@ DRAIN_OPENS_AFTER_S = 20.0  # the daemon's processes start meanwhile, held by a 
 DRAIN_OPEN_MARGIN_S = 0.5   # ... which ends this long after they are all up
 
 
-def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, synchronous: str) -> dict:
+class _DrainDB:
+    """The daemon drain's view of the store it drains, from outside the daemon: the SQLite files of the
+    deployment (``requests.sqlite``, the CA's ``ca.db``) or one PostgreSQL schema (the request store and
+    the CA's index together). One write (the outage's end), the rest reads; ``?`` placeholders."""
+
+    def __init__(self, data: Path, ca_db: Path, pg=None):
+        self.data, self.ca_db, self.pg = data, ca_db, pg       # pg: (cluster, schema)
+        self.ca_table = "ca_certificates" if pg else "certificates"
+
+    @contextlib.contextmanager
+    def connect(self, *, ca: bool = False, writable: bool = False):
+        if self.pg:
+            with _pg.connect(*self.pg) as conn:
+                yield _PgConn(conn)
+            return
+        path = self.ca_db if ca else self.data / "requests.sqlite"
+        db = sqlite3.connect(path, timeout=10) if writable else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            yield db
+            db.commit()
+        finally:
+            db.close()
+
+
+class _PgConn:
+    """A psycopg connection (autocommit) answering ``execute`` with sqlite3's ``?`` placeholders."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(sql.replace("?", "%s"), params)
+
+
+def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, synchronous: str,
+                  pg=None) -> dict:
     """Phase 2b: the drain as the daemon runs it, ``cns-personalizer serve`` with ``[server] processes``
     = ``processes`` (the default: one per core) over its own store. ``queued`` requests are accepted in
     process while a maintenance window holds the CA; the daemon starts, every process is up before the
     window ends (moved to DRAIN_OPEN_MARGIN_S after they are), and the drain rate is ``queued`` / (the
-    last ISSUED row's commit time - the window's end), read from the store itself."""
+    last ISSUED row's commit time - the window's end), read from the store itself. ``pg``: (config on
+    PostgreSQL, cluster, schema): the same drain over that store (its processes claim with FOR UPDATE
+    SKIP LOCKED), plus the PostgreSQL servers' CPU during it."""
     from benchmarks._daemon import personalizer_process
     from benchmarks._load import cpu_seconds, descendants
     from personalizer.records import AuditEntry
 
     data = dep.root / "bench-drain"
     shutil.rmtree(data, ignore_errors=True)
-    text = dep.server_config.read_text().replace('data_dir = "data"', 'data_dir = "bench-drain"', 1) \
-        .replace('synchronous = "FULL"', f'synchronous = "{synchronous}"', 1) \
-        .replace("[server]\n", f"[server]\nprocesses = {processes}\n", 1)
+    if pg:
+        text = pg[0].read_text()
+        view = _DrainDB(data, dep.root / "ca" / "ca.db", pg=pg[1:])
+    else:
+        text = dep.server_config.read_text().replace('data_dir = "data"', 'data_dir = "bench-drain"', 1) \
+            .replace('synchronous = "FULL"', f'synchronous = "{synchronous}"', 1)
+        view = _DrainDB(data, dep.root / "ca" / "ca.db")
+    text = text.replace("[server]\n", f"[server]\nprocesses = {processes}\n", 1)
     path = dep.root / "bench-drain.toml"   # --workers: already in the deployment's config (main)
     path.write_text(text)
     inputs = [_input(i, holders[i % len(holders)]) for i in range(queued)]
@@ -203,7 +247,7 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
             await daemon.stop()
 
     opens = asyncio.run(fill())
-    db_path = data / "requests.sqlite"
+    pg_cpu = None
     with personalizer_process(path, log_level="ERROR") as (_port, pid):
         up = sum(1 for p in descendants(pid) if _serving(p))
         while up < processes and time.time() < opens:
@@ -214,42 +258,40 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
             # every process rereads the stored windows every 50 ms (server.MAINTENANCE_REFRESH_SECONDS):
             # the outage ends sooner, at a time stated in the store, and the run is shorter
             opens = time.time() + DRAIN_OPEN_MARGIN_S
-            db = sqlite3.connect(db_path, timeout=10)
-            try:
+            with view.connect(writable=True) as db:
                 db.execute("UPDATE maintenance SET ends_at = ? WHERE id = 'bench-outage'", (opens,))
-                db.commit()
-            finally:
-                db.close()
         while time.time() < opens:
             time.sleep(0.01)
         c0 = cpu_seconds(pid)
+        pg_cpu0 = _pg.postgres_cpu(pg[1]) if pg else None
         deadline = time.monotonic() + 60 + queued / 50
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
+        with view.connect() as db:
             while True:
                 n, last = db.execute("SELECT COUNT(*), MAX(updated_at) FROM requests WHERE state = 'ISSUED'").fetchone()
                 if n >= queued or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             cpu = cpu_seconds(pid) - c0
+            if pg:
+                pg_cpu = _pg.cpu_delta(pg_cpu0, _pg.postgres_cpu(pg[1]))
             states = dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
             per_process = sorted(n for _, n in db.execute(   # is a process idle? (claims per relay)
                 "SELECT claimed_by, COUNT(*) FROM outbox WHERE status = 'done' GROUP BY claimed_by").fetchall())
-        finally:
-            db.close()
     ids = {x.request_id for x in inputs}
-    ca = sqlite3.connect(f"file:{dep.root / 'ca' / 'ca.db'}?mode=ro", uri=True)
-    try:
-        signed = [r for (r,) in ca.execute("SELECT request_id FROM certificates") if r in ids]
-    finally:
-        ca.close()
+    with view.connect(ca=True) as ca:
+        signed = [r for (r,) in ca.execute(f"SELECT request_id FROM {view.ca_table}") if r in ids]
     span = (last or opens) - opens
     rate = n / span if span > 0 else 0.0
-    return {"daemon_drain_rate": rate, "daemon_drain_cores": cpu / span if span > 0 else 0.0,
-            "daemon_drain_cpu_ms_per_certificate": cpu / max(1, n) * 1000,
-            "daemon_drain_lost": queued - states.get("ISSUED", 0), "daemon_drain_processes_up": up,
-            "daemon_drain_duplicated": len(signed) - len(set(signed)), "daemon_drain_per_process": per_process,
-            "daemon_drain_all_processes_up_before_the_window_opened": started_in_time}
+    out = {"daemon_drain_rate": rate, "daemon_drain_cores": cpu / span if span > 0 else 0.0,
+           "daemon_drain_cpu_ms_per_certificate": cpu / max(1, n) * 1000,
+           "daemon_drain_lost": queued - states.get("ISSUED", 0), "daemon_drain_processes_up": up,
+           "daemon_drain_duplicated": len(signed) - len(set(signed)), "daemon_drain_per_process": per_process,
+           "daemon_drain_all_processes_up_before_the_window_opened": started_in_time}
+    if pg_cpu is not None and span > 0:
+        out["daemon_drain_postgresql"] = {
+            "postgres_cpu_ms_per_issuance": {k: round(v * 1000 / max(1, n), 3) for k, v in pg_cpu.items()},
+            "postgres_cores_used": round(sum(pg_cpu.values()) / span, 2)}
+    return out
 
 
 def _serving(pid: int) -> bool:
@@ -367,45 +409,46 @@ def main(argv: list[str]) -> dict:
             cfg.write_text(cfg.read_text().replace("[server]\n", f"[server]\nworkers = {opts.workers}\n", 1))
         signer = FileSigner.load(dep.root / "ca" / "issuing.key.pem", dep.root / "ca" / "passphrase")
         raw_before = raw_sign_rate(signer)
-        pg1 = pg2 = None
+        pg1 = pg2 = pg_daemon = None
         if pgc:
-            for name in ("drain", "kill"):
+            for name in ("drain", "kill", "daemon"):
                 path, schema = _pg.use_postgresql(dep.server_config, pgc, name)
                 pair = (path, lambda schema=schema: _pg.duplicates(pgc, schema), lambda: _pg.postgres_cpu(pgc))
-                pg1, pg2 = (pair, pg2) if name == "drain" else (pg1, pair)
+                if name == "drain":
+                    pg1 = pair
+                elif name == "kill":
+                    pg2 = pair
+                else:
+                    pg_daemon = (path, pgc, schema)
         res = asyncio.run(_in_process(dep, opts.queued, opts.synchronous, holders, pg1, opts.workers))
         # measured right before the queue fills and right after it drained: a machine whose load changes
         # meanwhile (other sessions on a shared host) moves the reference with the drain
         raw_after = raw_sign_rate(signer)
         raw = (raw_before + raw_after) / 2
-        if pgc:
+        # phase 2b, the headline: the daemon's drain, every process, on the same store as phase 2
+        daemon = _daemon_drain(dep, opts.queued, holders, opts.processes, opts.synchronous, pg_daemon)
+        raw_final = raw_sign_rate(signer)
+        daemon["raw_sign_rate"] = (raw_after + raw_final) / 2
+        if pgc:   # Patroni's view of the standby right after the headline drain
             pg_sync = _pg.sync_state(pgc)
-        daemon = None
-        if not pgc:   # phase 2b: the daemon's drain, every process (SQLite; PostgreSQL: phase 2 only)
-            daemon = _daemon_drain(dep, opts.queued, holders, opts.processes, opts.synchronous)
-            raw_final = raw_sign_rate(signer)
-            daemon["raw_sign_rate"] = (raw_after + raw_final) / 2
         res.update(_kill_round(dep, opts.kill_requests, holders, opts.processes, pg2))
-    lost = res["lost"] + res["kill_round_lost"] + (daemon["daemon_drain_lost"] if daemon else 0)
+    lost = res["lost"] + res["kill_round_lost"] + daemon["daemon_drain_lost"]
     one_process = {"drain_rate": round(res["drain_rate"], 1), "drain_ratio": round(res["drain_rate"] / raw, 3),
                    "drain_cores_used": round(res["drain_cores"], 2),
                    "drain_cpu_ms_per_certificate": round(res["drain_cores"] / res["drain_rate"] * 1000, 3),
                    "raw_sign_rate": round(raw, 1), "workers": opts.workers if opts.workers is not None else "default",
-                   "unit": "phase 2: in process, [server] processes = 1 (its signing threads)"}
-    if daemon:   # the headline: the daemon as deployed (processes = the cores by default)
-        drain_rate, raw = daemon["daemon_drain_rate"], daemon["raw_sign_rate"]
-        drain_cores = daemon["daemon_drain_cores"]
-        drain_cpu = daemon["daemon_drain_cpu_ms_per_certificate"]
-        raw_pair = [round(raw_after, 1), round(raw_final, 1)]
-    else:
-        drain_rate, drain_cores = res["drain_rate"], res["drain_cores"]
-        drain_cpu = drain_cores / drain_rate * 1000
-        raw_pair = [round(raw_before, 1), round(raw_after, 1)]
-    dup = res["duplicated"] + res["kill_round_duplicated"] + (daemon["daemon_drain_duplicated"] if daemon else 0)
+                   "unit": "phase 2: in process, [server] processes = 1 (its signing threads)",
+                   **({"postgresql": res["pg_drain"]} if res.get("pg_drain") else {})}
+    # the headline: the daemon as deployed (processes = the cores by default), on either store
+    drain_rate, raw = daemon["daemon_drain_rate"], daemon["raw_sign_rate"]
+    drain_cores = daemon["daemon_drain_cores"]
+    drain_cpu = daemon["daemon_drain_cpu_ms_per_certificate"]
+    raw_pair = [round(raw_after, 1), round(raw_final, 1)]
+    dup = res["duplicated"] + res["kill_round_duplicated"] + daemon["daemon_drain_duplicated"]
     pg = {}
     if opts.store == "postgresql":
         pg = {"postgresql_standby": pg_sync, "pg_target_drain_ratio": PG_TARGET_DRAIN_RATIO,
-              "pg_meets_target": res["drain_rate"] / raw >= PG_TARGET_DRAIN_RATIO and pg_sync == "sync"
+              "pg_meets_target": drain_rate / raw >= PG_TARGET_DRAIN_RATIO and pg_sync == "sync"
               and lost == dup == 0}
     return {
         **pg,
@@ -413,7 +456,7 @@ def main(argv: list[str]) -> dict:
         "ok": lost == 0 and dup == 0,
         "enqueue_rate": round(res["enqueue_rate"], 1), "enqueue_rate_unit": "accepted requests/s (CA closed, in process)",
         "drain_rate": round(drain_rate, 1), "drain_rate_unit": "requests/s issued by the embedded CA after the outage"
-        + (f" (cns-personalizer serve, [server] processes = {opts.processes})" if daemon else " (in process)"),
+        + f" (cns-personalizer serve, [server] processes = {opts.processes})",
         "drain_ratio": round(drain_rate / raw, 3),
         "drain_ratio_unit": "drain rate / raw signing rate of the same key (one thread), same run",
         "drain_cores_used": round(drain_cores, 2),
@@ -423,9 +466,8 @@ def main(argv: list[str]) -> dict:
         "raw_sign_rate_unit": "RSA signatures/s, one thread (reference: mean of before and after the drain)",
         "raw_sign_rate_before_after": raw_pair,
         "drain_one_process": one_process,
-        **({"drain_processes": opts.processes, "drain_per_process": daemon["daemon_drain_per_process"],
-            "drain_all_processes_up": daemon["daemon_drain_all_processes_up_before_the_window_opened"]}
-           if daemon else {}),
+        "drain_processes": opts.processes, "drain_per_process": daemon["daemon_drain_per_process"],
+        "drain_all_processes_up": daemon["daemon_drain_all_processes_up_before_the_window_opened"],
         "target_drain_ratio": TARGET_DRAIN_RATIO,
         "queued": opts.queued, "lost": lost, "duplicated": dup,
         "kill_round": {k: v for k, v in res.items() if k.startswith("kill_round")},
@@ -435,5 +477,5 @@ def main(argv: list[str]) -> dict:
         "synchronous": opts.synchronous, "workers": opts.workers if opts.workers is not None else "default",
         "kill_round_processes": opts.processes,
         "store_commits_phase1_2": res["commits"], "cpus": os.cpu_count(),
-        **({"postgresql_drain": res["pg_drain"]} if res.get("pg_drain") else {}),
+        **({"postgresql_drain": daemon["daemon_drain_postgresql"]} if "daemon_drain_postgresql" in daemon else {}),
     }
