@@ -35,6 +35,7 @@ exactly as on agent start / card insert (no PIN), then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -314,12 +315,23 @@ def _agent_env(base: dict, runtime: Path, kill_at: str | None) -> dict:
     return e
 
 
-def _start_agent(config: Path, agent_env: dict, log: Path, *, window_days: int = 3650,
+def _agent_journal(tmp_path: Path) -> Path:
+    """The journal of this test's agent: each test its own (``_start_agent(data_dir=...)``), so an operation
+    one failed test leaves open is never seen by the next test's "no operation still open" check."""
+    return tmp_path / "agent-data" / "journal.db"
+
+
+def _start_agent(config: Path, agent_env: dict, log: Path, *, data_dir: Path, window_days: int = 3650,
                  recovery_retry_s: float = 1) -> subprocess.Popen:
-    """``cns-agent run`` on a copy of ``config`` with the test's settings (renewal at any time, fast retries)."""
+    """``cns-agent run`` on a copy of ``config`` with the test's settings (renewal at any time, fast retries)
+    and its journal and state in ``data_dir`` (the test's own, not the deployment's shared one)."""
     config = with_settings(config, renewal={"window_days": window_days},
                            operations={"recovery_retry_seconds": float(recovery_retry_s),
                                        "watch_timeout_seconds": 20.0})
+    text = config.read_text()
+    lines = [x for x in text.splitlines() if x.startswith("data_dir = ")]
+    assert len(lines) == 1, f"{config}: expected one data_dir line, found {lines}"
+    config.write_text(text.replace(lines[0], f"data_dir = {str(data_dir)!r}"))
     sock = Path(agent_env["XDG_RUNTIME_DIR"]) / "cns-agent" / "agent.sock"
     with open(log, "ab") as fh:
         program = [sys.executable, kill_entry.__file__] if agent_env.get(kill_entry.ENV) \
@@ -354,6 +366,29 @@ def _open_in_journal(path: Path, serial: str) -> list[tuple]:
                               (serial,)))
 
 
+def _journal_report(path: Path, serial: str, log: Path) -> str:
+    """What the test read, for an assertion message: this card's operations (state, step, phase, when), the
+    journal's open operations, its files, the same query again 0.5 s later, the agent's last log lines."""
+    import sqlite3
+
+    def card_rows() -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as c:
+            return list(c.execute("SELECT substr(op_id, 1, 8), kind, state, step, step_phase, updated_at "
+                                  "FROM operations WHERE card_serial = ? ORDER BY created_at", (serial,)))
+
+    if not path.exists():
+        return f"no journal at {path}; agent log:\n" + "\n".join(log.read_text().splitlines()[-15:])
+    files = {f.name: f.stat().st_size for f in path.parent.glob(path.name + "*")}
+    first = card_rows()
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as c:
+        running = list(c.execute("SELECT substr(op_id, 1, 8), kind, card_serial, step, step_phase "
+                                 "FROM operations WHERE state = 'running'"))
+    time.sleep(0.5)
+    again = card_rows()
+    return (f"card {serial}: operations {first}; 0.5 s later {again}; open in the journal {running}; "
+            f"files {files}; read at {time.time():.3f}; agent log:\n" + "\n".join(log.read_text().splitlines()[-15:]))
+
+
 def _last_renewal(path: Path, serial: str) -> str | None:
     import sqlite3
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as c:
@@ -372,14 +407,15 @@ def test_sigkilled_agent_recovers_on_restart(kill_at, world, served_env, tmp_pat
     before = env.card_view(card, MODEL)
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
-    agent_journal = station.station.data_dir / "journal.db"
+    agent_journal = _agent_journal(tmp_path)
+    data_dir = agent_journal.parent
     log = tmp_path / "agent.log"
     host, port = parse_address(served_env["_VPCD"])
     client = VpcdClient(card, host, port).start()
     try:
         assert client.inserted.wait(10)
         killing = _agent_env(served_env, runtime, f"renew:{kill_at}")
-        agent = _start_agent(dep.station_config, killing, log)
+        agent = _start_agent(dep.station_config, killing, log, data_dir=data_dir)
 
         def card_listed() -> bool:
             r = _cli(killing, "devices", "--json")
@@ -392,9 +428,10 @@ def test_sigkilled_agent_recovers_on_restart(kill_at, world, served_env, tmp_pat
                                        f"{r.stdout}{r.stderr}\n{log.read_text()}"
         assert r.returncode != 0
         left_open = _open_in_journal(agent_journal, card.serial)
-        assert left_open and left_open[0][1] == "renew", "the kill left no open renewal behind"
+        assert left_open and left_open[0][1] == "renew", \
+            f"the kill left no open renewal behind: read {left_open}; " + _journal_report(agent_journal, card.serial, log)
         # restart: the agent finds the card at start and finishes or undoes the renewal
-        agent = _start_agent(dep.station_config, _agent_env(served_env, runtime, None), log)
+        agent = _start_agent(dep.station_config, _agent_env(served_env, runtime, None), log, data_dir=data_dir)
         try:
             _wait(lambda: not _open_in_journal(agent_journal, card.serial), 60,
                   lambda: f"recovery did not finish: {_open_in_journal(agent_journal, card.serial)}\n"
@@ -437,7 +474,7 @@ def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_pa
         card, before = EmulatedCard(MODEL), None
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
-    agent_journal = station.station.data_dir / "journal.db"
+    agent_journal = _agent_journal(tmp_path)
     log = tmp_path / "agent.log"
     aenv = _agent_env(served_env, runtime, None)
     host, port = parse_address(served_env["_VPCD"])
@@ -445,7 +482,7 @@ def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_pa
     p.close_window()
     try:
         assert client.inserted.wait(10)
-        agent = _start_agent(dep.station_config, aenv, log)
+        agent = _start_agent(dep.station_config, aenv, log, data_dir=agent_journal.parent)
         _wait(lambda: any((rd.get("card") or {}).get("model_id") == MODEL.id for rd in
                           json.loads(_cli(aenv, "devices", "--json").stdout or '{"readers": []}')["readers"]),
               20, lambda: f"the agent never saw the card: {log.read_text()}")
@@ -474,7 +511,7 @@ def test_queued_request_survives_agent_kill(operation, world, served_env, tmp_pa
         agent.wait(10)
         cli.wait(30)
         assert cli.returncode != 0
-        agent = _start_agent(dep.station_config, aenv, log)
+        agent = _start_agent(dep.station_config, aenv, log, data_dir=agent_journal.parent)
         try:
             time.sleep(1.0)   # the restarted agent is following the queued request, window still closed
             assert _open_in_journal(agent_journal, card.serial), "finished while the CA was closed?"
@@ -524,7 +561,8 @@ def test_cli_renew_through_the_agent(world, served_env, tmp_path):
         assert client.inserted.wait(10)
         for window in ("90", "3650"):
             aenv = _agent_env(served_env, runtime, None)
-            agent = _start_agent(dep.station_config, aenv, log, window_days=int(window))
+            agent = _start_agent(dep.station_config, aenv, log, data_dir=_agent_journal(tmp_path).parent,
+                                 window_days=int(window))
             try:
                 _wait(lambda: any((rd.get("card") or {}).get("model_id") == MODEL.id for rd in
                                   json.loads(_cli(aenv, "devices", "--json").stdout or '{"readers": []}')["readers"]),
@@ -549,6 +587,6 @@ def test_cli_renew_through_the_agent(world, served_env, tmp_path):
     finally:
         client.stop()
         time.sleep(0.3)
-    journal = station.station.data_dir / "journal.db"
+    journal = _agent_journal(tmp_path)
     final = check_as_user(world, served_env, card, before, journal, _last_renewal(journal, card.serial), tmp_path)
     assert final == "new"
