@@ -70,6 +70,18 @@ def connect(c: Cluster, schema: str):
     return psycopg.connect(c.dsn(), autocommit=True, options=f"-csearch_path={schema}")
 
 
+def database_counters(c: Cluster) -> dict[str, float]:
+    """The application database's committed/rolled-back transactions (pg_stat_database: a backend reports
+    its counts when it goes idle or exits, so read them after the sessions measured have closed) and the
+    primary's WAL position in bytes (pg_current_wal_lsn)."""
+    import psycopg
+
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit + xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') "
+                           "FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return {"transactions": float(row[0]), "wal_bytes": float(row[1])}
+
+
 def duplicates(c: Cluster, schema: str) -> int:
     import psycopg
 

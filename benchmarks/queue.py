@@ -140,6 +140,7 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
                 "transactions_per_issuance": round(counts["transactions"] / queued, 3),
                 "callers_per_group_commit": round(counts["group_callers"] / max(1, counts["group_commits"]), 2),
                 "reads_per_issuance": round(counts["reads"] / queued, 3),
+                "statements_per_issuance": round(counts["statements"] / queued, 3),   # one-statement writes (claims)
                 "pool_wait_ms_per_issuance": round(counts["pool_wait_s"] * 1000 / queued, 3),
                 "postgres_cpu_ms_per_issuance": {k: round(v * 1000 / queued, 3) for k, v in cpu.items()},
                 "postgres_cores_used": round(sum(cpu.values()) / drain_s, 2)}
@@ -153,7 +154,8 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
 
 
 def _db_counts(db) -> dict:
-    return {k: getattr(db, k, 0) for k in ("transactions", "group_commits", "group_callers", "reads", "pool_wait_s")}
+    return {k: getattr(db, k, 0) for k in ("transactions", "statements", "group_commits", "group_callers", "reads",
+                                           "pool_wait_s")}
 
 
 def _duplicates(ca_db: Path) -> int:
@@ -167,6 +169,7 @@ def _duplicates(ca_db: Path) -> int:
 
 DRAIN_OPENS_AFTER_S = 20.0  # the daemon's processes start meanwhile, held by a maintenance window
 DRAIN_OPEN_MARGIN_S = 0.5   # ... which ends this long after they are all up
+PG_STATS_SETTLE_S = 0.5     # a PostgreSQL backend reports its transaction counts as it exits, after its client left
 
 
 class _DrainDB:
@@ -248,6 +251,10 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
 
     opens = asyncio.run(fill())
     pg_cpu = None
+    if pg:
+        time.sleep(PG_STATS_SETTLE_S)
+    counters0 = _pg.database_counters(pg[1]) if pg else None   # the filling sessions have closed
+    polls = 0
     with personalizer_process(path, log_level="ERROR") as (_port, pid):
         up = sum(1 for p in descendants(pid) if _serving(p))
         while up < processes and time.time() < opens:
@@ -268,6 +275,7 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
         with view.connect() as db:
             while True:
                 n, last = db.execute("SELECT COUNT(*), MAX(updated_at) FROM requests WHERE state = 'ISSUED'").fetchone()
+                polls += 1
                 if n >= queued or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
@@ -277,6 +285,12 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
             states = dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
             per_process = sorted(n for _, n in db.execute(   # is a process idle? (claims per relay)
                 "SELECT claimed_by, COUNT(*) FROM outbox WHERE status = 'done' GROUP BY claimed_by").fetchall())
+    counters = None
+    if pg:   # the daemon has exited (its sessions reported their counts); this one's reads are subtracted
+        time.sleep(PG_STATS_SETTLE_S)
+        after = _pg.database_counters(pg[1])
+        counters = {k: after[k] - counters0[k] for k in after}
+        counters["transactions"] -= polls + 4     # its polls, the outage's end, two reads, the counters' own
     ids = {x.request_id for x in inputs}
     with view.connect(ca=True) as ca:
         signed = [r for (r,) in ca.execute(f"SELECT request_id FROM {view.ca_table}") if r in ids]
@@ -290,7 +304,10 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
     if pg_cpu is not None and span > 0:
         out["daemon_drain_postgresql"] = {
             "postgres_cpu_ms_per_issuance": {k: round(v * 1000 / max(1, n), 3) for k, v in pg_cpu.items()},
-            "postgres_cores_used": round(sum(pg_cpu.values()) / span, 2)}
+            "postgres_cores_used": round(sum(pg_cpu.values()) / span, 2),
+            # the daemon's whole run (start, drain, stop): transactions and WAL per issued request
+            "transactions_per_issuance": round(counters["transactions"] / max(1, n), 3),
+            "wal_bytes_per_issuance": round(counters["wal_bytes"] / max(1, n))}
     return out
 
 
