@@ -54,7 +54,7 @@ def _assert_headline(r: dict) -> None:
     assert r["kill_round"]["kill_round_lost"] == 0 and r["kill_round"]["kill_round_duplicated"] == 0
     assert r["raw_sign_rate"] > 0 and r["drain_rate"] > 0
     assert r["drain_ratio"] == pytest.approx(r["drain_rate"] / r["raw_sign_rate"], rel=0.01)
-    assert r["kill_round_processes"] == 2
+    assert r["kill_round_processes"] == 2 and r["relay_concurrency"] == "default"
     # the headline drain is the daemon's, both processes up before the outage ended, both draining
     assert r["drain_processes"] == 2 and r["drain_all_processes_up"]
     assert sum(r["drain_per_process"]) == 60 and len(r["drain_per_process"]) in (1, 2)
