@@ -20,7 +20,8 @@ after that drain; target >= 0.8). With ``--store postgresql`` phase 2 is the
 headline (no phase 2b). Phase 3: the real
 ``cns-personalizer serve`` receives a stream over gRPC + mTLS, is SIGKILLed
 halfway and restarted; afterwards every request must be ISSUED exactly once
-(the CA's own ``ca.db`` is counted). lost and duplicated must both be 0.
+(the CA's own rows are counted: its tables in the store's file since issue 16, and the store's
+certificates). lost and duplicated must both be 0.
 
 The SIGKILL round's daemon runs with ``[server] processes`` = ``--processes``
 (default: the number of cores): the primary is killed, its helpers follow it.
@@ -144,7 +145,7 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
         await daemon.stop()
-    dup = pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")
+    dup = pg[1]() if pg else _duplicates(cfg.store.database)
     return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
             "queued_depth_seen": depth, "lost": sum(s != "ISSUED" for s in states), "duplicated": dup,
             "commits": getattr(store, "commits", None), "pg_drain": pg_drain}
@@ -154,11 +155,13 @@ def _db_counts(db) -> dict:
     return {k: getattr(db, k, 0) for k in ("transactions", "group_commits", "group_callers", "reads", "pool_wait_s")}
 
 
-def _duplicates(ca_db: Path) -> int:
-    db = sqlite3.connect(ca_db)
+def _duplicates(store_db: Path) -> int:
+    """Certificates beyond the first per request id: in the CA's tables (in the store's file since issue 16)
+    and in the store's own certificate rows."""
+    db = sqlite3.connect(store_db)
     try:
-        return db.execute("SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) n FROM certificates "
-                          "GROUP BY request_id)").fetchone()[0]
+        return sum(db.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) n FROM {table} "
+                              "GROUP BY request_id)").fetchone()[0] for table in ("ca_certificates", "certificates"))
     finally:
         db.close()
 
@@ -238,9 +241,9 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
         finally:
             db.close()
     ids = {x.request_id for x in inputs}
-    ca = sqlite3.connect(f"file:{dep.root / 'ca' / 'ca.db'}?mode=ro", uri=True)
+    ca = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)   # the CA's tables, in the store's file
     try:
-        signed = [r for (r,) in ca.execute("SELECT request_id FROM certificates") if r in ids]
+        signed = [r for (r,) in ca.execute("SELECT request_id FROM ca_certificates") if r in ids]
     finally:
         ca.close()
     span = (last or opens) - opens
@@ -340,7 +343,7 @@ def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1, pg=
     proc.terminate()
     proc.wait(30)
     return {"kill_round_requests": n, "kill_round_answered_at_kill": at_kill, "kill_round_lost": lost,
-            "kill_round_duplicated": pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")}
+            "kill_round_duplicated": pg[1]() if pg else _duplicates(dep.root / "data" / "requests.sqlite")}
 
 
 def main(argv: list[str]) -> dict:

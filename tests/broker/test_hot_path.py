@@ -97,26 +97,71 @@ def test_shared_ca_figures_cost_a_transaction_per_flush_not_per_call(tmp_path):
 
 
 def test_issue_called_twice_for_one_request_still_gets_one_certificate(make_env):
-    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet
-    the index keeps the first certificate of a request id and a second call returns it."""
+    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet one
+    request id has one certificate: the CA's row is written by the completing transaction (issue 16, as
+    on PostgreSQL), and a second certificate for the request fails that transaction (request_id UNIQUE),
+    leaving the first on record and the request as it was completed."""
     import datetime as dt
 
     from cryptography import x509
 
     from personalizer.ca.base import CertificateSubject
+    from personalizer.errors import StoreError
+    from personalizer.records import AuditEntry
     from personalizer.rules import validation
     from tests.personalizer import helpers
 
     async def go():
         async with make_env(time.time, calendar=ServiceCalendar(always_open=True)) as env:
             ca = env.ca.inner
+            assert (await ca._db()).recorded_by_store
+            rec = await env.broker.submit_issue(issue_input(1))            # queued: the relay is not running
             csr = x509.load_der_x509_csr(helpers.csr_der())
             subject = CertificateSubject(validation.Holder(helpers.CF, "Mario", "Rossi", dt.date(1980, 1, 1)),
                                          "7420000000000001", None)
-            a = await ca.issue("cns-auth", csr, subject, "req-twice")
-            b = await ca.issue("cns-auth", csr, subject, "req-twice")
-            assert b.ref == a.ref and b.certificate_der == a.certificate_der
-            assert (await ca.find_issued("req-twice")).ref == a.ref
+            a = await ca.issue("cns-auth", csr, subject, rec.request_id)
+            b = await ca.issue("cns-auth", csr, subject, rec.request_id)   # e.g. a second, stale delivery
+            assert a.ref != b.ref and await ca.find_issued(rec.request_id) is None   # signed, on record nowhere
+            audit = AuditEntry("relay", "RM-STATION-01", "issue", rec.request_id, "", "done")
+            done = await env.store.complete_issue(rec.request_id, a, "cns-auth", card_id="7420000000000001",
+                                                  holder_cf=helpers.CF, audit=audit)
+            assert done.state == "ISSUED" and done.serial_hex == a.ref.serial_hex
+            with pytest.raises(StoreError, match="UNIQUE"):
+                await env.store.complete_issue(rec.request_id, b, "cns-auth", card_id="7420000000000001",
+                                               holder_cf=helpers.CF, audit=audit)
+            assert (await ca.find_issued(rec.request_id)).ref == a.ref
+            assert (await env.store.get_request(rec.request_id)) == done
+            assert await ca.status(b.ref) is None                           # the second was given to no one
+    asyncio.run(go())
+
+
+def test_an_issuance_commits_once_in_one_file(make_env):
+    """Issue 16: the embedded CA's index lives in the request store's file and its row of a certificate is
+    written in complete_issue's transaction, so a delivered issuance costs the store's two commits (accept,
+    complete) and nothing else: no commit (fsync) on a second database, no ``ca.db`` at all."""
+    import sqlite3
+
+    from personalizer.ca.base import CertRef
+
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm: CA index, responder
+            await asyncio.sleep(0.1)                                # the relay's first pass is over
+            index = await env.ca.inner._db()
+            store = getattr(env.store, "inner", env.store)
+            store_commits, index_commits = store.commits, index.commits
+            recs = [await env.broker.submit_issue(issue_input(i)) for i in range(1, 9)]   # one after another
+            assert [r.state for r in recs] == ["ISSUED"] * 8
+            assert index.commits - index_commits == 0
+            assert store.commits - store_commits == 2 * 8
+            assert not (env.tmp / "ca" / "ca.db").exists()
+            with sqlite3.connect(f"file:{env.daemon.cfg.store.database}?mode=ro", uri=True) as c:
+                rows = dict(c.execute("SELECT request_id, serial_hex FROM ca_certificates").fetchall())
+            assert all(rows[r.request_id] == r.serial_hex for r in recs)
+            for r in recs:   # the CA answers for them from its index (OCSP, status)
+                info = await env.ca.status(CertRef(r.issuer_dn, r.serial_hex))
+                assert info is not None and info.request_id == r.request_id and info.state.value == "active"
     asyncio.run(go())
 
 
@@ -194,3 +239,4 @@ def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, 
             for r in recs:
                 assert await env.store.get_request(r.request_id) == r
     asyncio.run(go())
+
