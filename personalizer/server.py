@@ -280,6 +280,8 @@ class Daemon:
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
                                shared=shared, metrics=metrics)
+            # the CA's rows written by the store's own transaction: sign first, commit once (Broker.sign_first)
+            daemon.broker.sign_first = sqlite_store is not None and ca_is_embedded
             daemon.lock = lock
             daemon.shared = shared
             daemon.helper = helper

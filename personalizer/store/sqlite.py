@@ -183,6 +183,16 @@ def _run_then_read(conn: sqlite3.Connection, statements: list, request_id: str) 
     return _record(row) if row is not None else None
 
 
+def _run_if_created_then_read(conn: sqlite3.Connection, statements: list, first: int, then: list,
+                              request_id: str) -> RequestRecord | None:
+    """enqueue_issued's work item: the intake statements; if they created the request, the completing ones
+    and the request as they leave it (same savepoint); None, with nothing else run, if the id existed."""
+    changed = [conn.execute(sql, params).rowcount for sql, params in statements]
+    if changed[first] != 1:
+        return None
+    return _run_then_read(conn, then, request_id)
+
+
 def _record(row) -> RequestRecord:
     return RequestRecord(*row[:15], certificate_der=row[15], chain_der=_unpack_chain(row[16]), lane=row[17],
                          outbox_status=row[18], attempts=row[19] or 0, next_attempt_at=row[20] or 0.0,
@@ -383,6 +393,23 @@ class SqliteRequestStore:
             statements.append((q.Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
                                                     registration_id)))
         return statements, first
+
+    async def enqueue_issued(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry, claimer: str,
+                             issued: IssuedCertificate, done_audit: AuditEntry, card_id: str, holder_cf: str,
+                             key: KeyBinding | None = None, registration_id: str = "",
+                             holder: HolderRecord | None = None) -> RequestRecord | None:
+        """``enqueue`` (claimed by ``claimer``) and ``complete_issue`` of a certificate already signed, in ONE
+        work item of one transaction: the request as committed (ISSUED), or None when its id exists (then
+        nothing is written and the certificate is given to no one). The immediate path of an embedded CA
+        whose index is in this file (issue 16): the signature has no effect outside this transaction, so
+        the request needs no commit of its own before it. Refusals as ``enqueue`` (KeyAlreadyCertified,
+        registration already used)."""
+        statements, first = self._enqueue_statements(rec, lane=lane, payload=payload, audit=audit, claimer=claimer,
+                                                     key=key, registration_id=registration_id, holder=holder)
+        completing = self._complete_statements(rec.request_id, issued, rec.profile, card_id=card_id,
+                                               holder_cf=holder_cf, audit=done_audit)
+        return await self._write(functools.partial(_run_if_created_then_read, statements=statements, first=first,
+                                                   then=completing, request_id=rec.request_id))
 
     async def key_binding(self, key_sha256: bytes) -> KeyBinding | None:
         row = await self._one(q.Q_SELECT_KEY, (key_sha256,))

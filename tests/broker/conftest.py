@@ -1,8 +1,8 @@
 """Fixtures for the broker tests: a deployment, an in-process broker + relay + store (``Daemon.build``,
 ``serve=False``) around the real embedded CA wrapped in the CA test double (tests/support/ca.py), and
-an injected clock. Over SQLite the CA is wired as in production (its index in the store's file, issue
-16); ``ca_records_itself`` (and the memory store) give it its own ``ca.db``, as a CA that keeps its own
-records."""
+an injected clock. Over SQLite the CA is wired as in production (its index in the store's file, signed
+first and committed once on the immediate path, issue 16); ``ca_records_itself`` (and the memory store)
+give it its own ``ca.db``, as a CA that keeps its own records."""
 from __future__ import annotations
 
 import dataclasses
