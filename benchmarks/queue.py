@@ -19,7 +19,8 @@ measured in the same run, one thread (the mean of a measure before and one
 after that drain; target >= 0.8). Phase 3: the real
 ``cns-personalizer serve`` receives a stream over gRPC + mTLS, is SIGKILLed
 halfway and restarted; afterwards every request must be ISSUED exactly once
-(the CA's own ``ca.db`` is counted). lost and duplicated must both be 0.
+(the CA's own rows are counted: its tables in the store's file since issue 16, and the store's
+certificates). lost and duplicated must both be 0.
 
 The SIGKILL round's daemon runs with ``[server] processes`` = ``--processes``
 (default: the number of cores): the primary is killed, its helpers follow it.
@@ -152,7 +153,7 @@ async def _in_process(dep: deploy.Deployment, queued: int, synchronous: str, hol
         states = [(await store.get_request(x.request_id)).state for x in inputs]
     finally:
         await daemon.stop()
-    dup = pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")
+    dup = pg[1]() if pg else _duplicates(cfg.store.database)
     return {"enqueue_rate": queued / enqueue_s, "drain_rate": queued / drain_s, "drain_cores": drain_cores,
             "queued_depth_seen": depth, "lost": sum(s != "ISSUED" for s in states), "duplicated": dup,
             "commits": getattr(store, "commits", None), "pg_drain": pg_drain}
@@ -163,11 +164,13 @@ def _db_counts(db) -> dict:
                                            "pool_wait_s")}
 
 
-def _duplicates(ca_db: Path) -> int:
-    db = sqlite3.connect(ca_db)
+def _duplicates(store_db: Path) -> int:
+    """Certificates beyond the first per request id: in the CA's tables (in the store's file since issue 16)
+    and in the store's own certificate rows."""
+    db = sqlite3.connect(store_db)
     try:
-        return db.execute("SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) n FROM certificates "
-                          "GROUP BY request_id)").fetchone()[0]
+        return sum(db.execute(f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) n FROM {table} "
+                              "GROUP BY request_id)").fetchone()[0] for table in ("ca_certificates", "certificates"))
     finally:
         db.close()
 
@@ -179,12 +182,14 @@ PG_STATS_SETTLE_S = 0.5     # a PostgreSQL backend reports its transaction count
 
 class _DrainDB:
     """The daemon drain's view of the store it drains, from outside the daemon: the SQLite files of the
-    deployment (``requests.sqlite``, the CA's ``ca.db``) or one PostgreSQL schema (the request store and
-    the CA's index together). One write (the outage's end), the rest reads; ``?`` placeholders."""
+    deployment (``requests.sqlite``: the request store and, since issue 16, the CA's index) or one
+    PostgreSQL schema (the same two together). One write (the outage's end), the rest reads; ``?``
+    placeholders."""
 
-    def __init__(self, data: Path, ca_db: Path, pg=None):
-        self.data, self.ca_db, self.pg = data, ca_db, pg       # pg: (cluster, schema)
-        self.ca_table = "ca_certificates" if pg else "certificates"
+    ca_table = "ca_certificates"
+
+    def __init__(self, data: Path, pg=None):
+        self.data, self.pg = data, pg       # pg: (cluster, schema)
 
     @contextlib.contextmanager
     def connect(self, *, ca: bool = False, writable: bool = False):
@@ -192,7 +197,7 @@ class _DrainDB:
             with _pg.connect(*self.pg) as conn:
                 yield _PgConn(conn)
             return
-        path = self.ca_db if ca else self.data / "requests.sqlite"
+        path = self.data / "requests.sqlite"   # ca: the CA's tables are in the same file
         db = sqlite3.connect(path, timeout=10) if writable else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             yield db
@@ -228,11 +233,11 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
     shutil.rmtree(data, ignore_errors=True)
     if pg:
         text = pg[0].read_text()
-        view = _DrainDB(data, dep.root / "ca" / "ca.db", pg=pg[1:])
+        view = _DrainDB(data, pg=pg[1:])
     else:
         text = dep.server_config.read_text().replace('data_dir = "data"', 'data_dir = "bench-drain"', 1) \
             .replace('synchronous = "FULL"', f'synchronous = "{synchronous}"', 1)
-        view = _DrainDB(data, dep.root / "ca" / "ca.db")
+        view = _DrainDB(data)
     text = text.replace("[server]\n", f"[server]\nprocesses = {processes}\n", 1)
     if relay_concurrency is not None:   # default: the daemon's ([broker] relay_concurrency)
         text = text.replace("[broker]\n", f"[broker]\nrelay_concurrency = {relay_concurrency}\n", 1)
@@ -406,7 +411,7 @@ def _kill_round(dep: deploy.Deployment, n: int, holders, processes: int = 1, pg=
     proc.terminate()
     proc.wait(30)
     return {"kill_round_requests": n, "kill_round_answered_at_kill": at_kill, "kill_round_lost": lost,
-            "kill_round_duplicated": pg[1]() if pg else _duplicates(dep.root / "ca" / "ca.db")}
+            "kill_round_duplicated": pg[1]() if pg else _duplicates(dep.root / "data" / "requests.sqlite")}
 
 
 def main(argv: list[str]) -> dict:

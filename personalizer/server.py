@@ -56,6 +56,7 @@ from personalizer.outbox.broker import Broker, RenewalRules
 from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector
 from personalizer.ca.embedded import EmbeddedCA
+from personalizer.ca.index import DB_NAME as CA_DB_NAME, CertificateIndex
 from personalizer.ca.keys import FileSigner, Pkcs11Signer
 from personalizer.config import MAX_PROCESSES, DaemonConfig
 from personalizer.errors import ConfigError
@@ -199,7 +200,8 @@ class Daemon:
     @classmethod
     async def build(cls, cfg: DaemonConfig, *, ca: CAConnector | None = None, store: RequestStore | None = None,
                     clock: Callable[[], float] = time.time, claimer: str | None = None,
-                    serve: bool = True, helper: int = 0) -> "Daemon":
+                    serve: bool = True, helper: int = 0,
+                    ca_wrapper: Callable[[CAConnector], CAConnector] | None = None) -> "Daemon":
         """The daemon from its config: the one place its parts are wired.
 
         ``store``: a RequestStore to use (tests: a MemoryRequestStore, or a second store on one file);
@@ -210,14 +212,17 @@ class Daemon:
         database, stable across restarts, so a restart takes back its own claims and never another
         daemon's). ``serve=False`` leaves out the gRPC servers, metrics, PKI publication and archive
         (broker and relay only, for in-process tests and benchmarks). ``helper``: I > 0 builds helper
-        process I of a daemon with ``[server] processes`` > 1 (see the module docstring).
+        process I of a daemon with ``[server] processes`` > 1 (see the module docstring). ``ca_wrapper``:
+        applied to the connector this build makes, before it is opened (tests: a fault double around the
+        configured CA, wired exactly as in production).
 
         The daemon owns what it is given: ``stop()`` closes the store and the CA. On a failure here
         everything opened so far is closed again (an open store or CA keeps threads that would keep a
         failed process alive)."""
         async with contextlib.AsyncExitStack() as undo:
             lock = None
-            pg_store = None
+            pg_store = sqlite_store = None
+            ca_is_embedded = False   # built here, embedded: its index is where build_ca's opener puts it
             # several processes on the configured store: only when this build opens it (a test or benchmark that
             # injects its store is one process, and must not share figures with a daemon on the same data dir)
             shared = cfg.server.processes > 1 and store is None
@@ -228,7 +233,13 @@ class Daemon:
                 if cfg.store.backend == "postgresql":   # issue 17: store and CA index in one replicated database
                     from personalizer.store.postgres import PostgresRequestStore
                     store = pg_store = await PostgresRequestStore.open(cfg.store.postgres_dsn())
-                    undo.push_async_callback(store.close)
+                else:   # before the CA: its index lives in this file (issue 16)
+                    store = sqlite_store = await SqliteRequestStore.open(
+                        cfg.store.database, synchronous=cfg.store.synchronous, clock=clock,
+                        shared=cfg.server.processes > 1)
+                undo.push_async_callback(store.close)
+            elif ca is not None:
+                undo.push_async_callback(store.close)
             if ca is None:
                 if pg_store is not None:
                     from personalizer.ca.index_postgres import PgCertificateIndex
@@ -238,19 +249,26 @@ class Daemon:
                         pg_store.ca_record_statement = index.record_statement
                         return index
                     ca = build_ca(cfg, index_opener=pg_index)
+                elif sqlite_store is not None:
+                    async def sqlite_index():   # issue 16: the CA's tables in the store's file, its rows
+                        # written in complete_issue's transaction (one commit per issuance); ca.db imported once
+                        index = await CertificateIndex.open_in_store(
+                            cfg.store.database, shared=cfg.server.processes > 1,
+                            import_from=cfg.ca.issuing_cert.parent / CA_DB_NAME)
+                        sqlite_store.ca_record_statement = index.record_statement
+                        return index
+                    ca = build_ca(cfg, index_opener=sqlite_index)
                 else:
                     ca = build_ca(cfg)
+                    undo.push_async_callback(store.close)   # an injected store: closed after the CA
+                ca_is_embedded = isinstance(ca, EmbeddedCA)
+                if ca_wrapper is not None:
+                    ca = ca_wrapper(ca)
                 undo.push_async_callback(ca.close)
-                if isinstance(ca, EmbeddedCA):   # its own index (ca.db or PostgreSQL); other connectors keep records at the CA
+                if ca_is_embedded:   # its own index (in the store's file, or PostgreSQL); other connectors keep records at the CA
                     await ca.open()
             else:
                 undo.push_async_callback(ca.close)
-            if store is None:
-                store = await SqliteRequestStore.open(cfg.store.database, synchronous=cfg.store.synchronous,
-                                                      clock=clock, shared=cfg.server.processes > 1)
-                undo.push_async_callback(store.close)
-            elif pg_store is None:
-                undo.push_async_callback(store.close)
             store = phases.traced(store)   # CNS_PHASE_TRACE set (benchmarks): per-request store timings
             claimer = claimer or f"{socket.gethostname()}:{cfg.store.database}"
             metrics = None
@@ -262,6 +280,8 @@ class Daemon:
             daemon = cls._wire(cfg, ca, store, clock=clock,
                                claimer=helpers.claimer_of(claimer, helper) if helper else claimer,
                                shared=shared, metrics=metrics)
+            # the CA's rows written by the store's own transaction: sign first, commit once (Broker.sign_first)
+            daemon.broker.sign_first = sqlite_store is not None and ca_is_embedded
             daemon.lock = lock
             daemon.shared = shared
             daemon.helper = helper

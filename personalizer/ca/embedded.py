@@ -1,9 +1,10 @@
 """The embedded CA: an issuing CA inside the daemon, signing through a key store.
 
 Implements ``base.CAConnector`` and ``pki.RevocationAuthority``. The CA owns
-its records: ``ca.db`` in the CA directory (``index.CertificateIndex``) holds
-every certificate it issued, the request id it issued it for, its status and
-the CRL number. Signatures run where ``signing.SigningPool`` puts them
+its records: its index (``index.CertificateIndex``: in the daemon, the CA's
+tables in the SQLite request store's file, issue 16; on its own, ``ca.db`` in
+the CA directory; ``index_postgres`` with PostgreSQL) holds every certificate
+it issued, the request id it issued it for, its status and the CRL number. Signatures run where ``signing.SigningPool`` puts them
 (``signing_workers`` threads; 0 = inline, or a thread per call with
 ``sign_in_thread``). Lifecycle::
 
@@ -17,8 +18,8 @@ per request id: a second call returns the first certificate (``record`` keeps it
 calls for one id in one process share one signature. ``issue`` never looks in the index first: the relay
 calls ``find_issued`` before every retry (the one rule, issue 16). Every index declares
 ``recorded_by_store`` (``index.CAIndex``; an index that does not is refused at ``open``). With True
-(PostgreSQL, issue 17: the request store's ``complete_issue`` writes the row in the request's
-transaction) ``issue`` does not write it: a certificate is on record once its request is ISSUED (a
+(PostgreSQL, issue 17, and the SQLite store's file, issue 16: the request store's ``complete_issue``
+writes the row in the request's transaction) ``issue`` does not write it: a certificate is on record once its request is ISSUED (a
 certificate signed for a delivery that never completes is on record nowhere and was given to no one),
 and one certificate per request is the store's refusal of a second.
 With ``ca_dir=None`` the index lives in memory (tests, or a daemon not yet wired to give a directory).

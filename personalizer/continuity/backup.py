@@ -1,5 +1,8 @@
 """Online backup and restore of a SQLite deployment: the request store and the embedded CA's ``ca.db``.
 
+Since issue 16 the daemon keeps the CA's tables in the request store's file (an older ``ca.db`` is
+imported once and renamed): a ``ca.db`` is backed up only where one is still in use.
+
 ``backup`` copies each database with SQLite's online backup API (``sqlite3.Connection.backup``: a
 consistent snapshot while the daemon keeps writing, WAL included), checks every copy
 (``PRAGMA integrity_check``), and publishes one folder ``cns-backup-<UTC time>`` atomically (written as
@@ -78,11 +81,13 @@ def _facts(conn: sqlite3.Connection) -> dict:
     """Row counts of the tables a restore is checked by, and the CA's CRL number."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     facts = {f"rows.{t}": conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-             for t in sorted(tables & {"requests", "certificates", "outbox", "audit", "certified_keys"})}
-    if "meta" in tables:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'crl_number'").fetchone()
-        if row:
-            facts["crl_number"] = int(row[0])
+             for t in sorted(tables & {"requests", "certificates", "outbox", "audit", "certified_keys",
+                                       "ca_certificates"})}
+    for meta in ("meta", "ca_meta"):   # ca.db's, or the CA's tables in the store's file (issue 16)
+        if meta in tables:
+            row = conn.execute(f"SELECT value FROM {meta} WHERE key = 'crl_number'").fetchone()
+            if row:
+                facts["crl_number"] = int(row[0])
     return facts
 
 

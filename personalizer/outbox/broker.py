@@ -11,7 +11,14 @@ or whose deadline expires stops only its wait. While the relay has a free slot
 (the immediate path, issue 16) the rows are committed already claimed and that
 same task delivers the request (``relay.deliver_claimed``): the caller is
 answered with the outcome its completing transaction read back, with no
-delivery task, relay wake-up or read of its own.
+delivery task, relay wake-up or read of its own. When the CA's records are
+written by the request store's own transaction (the embedded CA's index in
+the SQLite store's file: ``sign_first``, set by the daemon) an issuance on
+that path is signed first (``relay.sign_first``, within ``SIGN_FIRST_SECONDS``)
+and committed ONCE with its certificate (``store.enqueue_issued``): still
+committed before it is answered, and a signature whose request is refused or
+never committed is on record nowhere and given to no one. A slower or failing
+CA, or a caller that does not wait (answer_wait 0), gets the commit first.
 
 Idempotency: the payload fingerprint is SHA-256 over a length-prefixed
 canonical encoding of every request field except the request id. Same id +
@@ -59,7 +66,7 @@ from personalizer.ca import profiles
 from personalizer.ca.base import CAConnector, CertRef
 from personalizer.errors import (CAError, FailedPrecondition, InvalidRequest, NotFound, PersonalizerError, RequestConflict,
                                  StoreError)
-from personalizer.outbox.payloads import (CHANGE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
+from personalizer.outbox.payloads import (CHANGE_KINDS, ISSUANCE_KINDS, KIND_ISSUE, KIND_RENEW, KIND_REVOKE, LANE_OF, ChangePayload,
                                  IssuancePayload)
 from personalizer.outbox.ca_status import CAStatus, read_ca_status
 from personalizer.records import (STATE_PENDING, STATE_RECEIVED, AuditEntry, CertificateRow, FoundCertificate,
@@ -154,6 +161,7 @@ class RenewalRules:
     device_life_years: int = lifecycle.DEVICE_LIFE_YEARS
 
 
+SIGN_FIRST_SECONDS = 0.25     # sign_first: a signature slower than this is not waited for uncommitted
 FOLLOW_SECONDS = 0.05          # a request delivered by another process reaches its watchers within this
 FOLLOW_FALLBACK_SECONDS = 1.0  # ... or this, over a store that cannot tell cheaply whether anything changed
 
@@ -175,6 +183,11 @@ class Broker:
                             # slot are committed claimed and handed to it directly
         self.waiting_reason: Callable[[RequestRecord], str] = lambda rec: ""
         self._handoffs: set[asyncio.Task] = set()   # commits in progress (a caller that left does not stop them)
+        # issue 16, set by the daemon when the embedded CA's records are written by the request store's own
+        # transaction (its index in the SQLite store's file): on the immediate path an issuance is signed
+        # first and committed ONCE with its certificate (store.enqueue_issued), instead of committed, signed
+        # and committed again. A signature no transaction recorded was given to no one and is on record nowhere.
+        self.sign_first = False
         self._follower: asyncio.Task | None = None
 
     @property
@@ -366,9 +379,9 @@ class Broker:
         commit and released if nothing was written. Otherwise the row is queued and the relay woken.
         """
         try:
-            created, claim = await self._enqueue(rec, payload, actor=actor, target=target, card_id=card_id,
-                                                 holder_cf=holder_cf, key=key, registration_id=registration_id,
-                                                 mode=mode, holder=holder)
+            created, claim, final = await self._enqueue(rec, payload, actor=actor, target=target, card_id=card_id,
+                                                        holder_cf=holder_cf, key=key, registration_id=registration_id,
+                                                        mode=mode, holder=holder)
         except BaseException as exc:
             if not accepted.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -377,6 +390,10 @@ class Broker:
                     accepted.set_exception(exc)
             raise
         accepted.set_result(created)
+        if final is not None:   # signed first and committed with its certificate: settled
+            if self.watched(rec.request_id):
+                self.notify(final)
+            return True, final
         if not (created and claim):
             return None
         lane = LANE_OF[rec.kind]
@@ -386,23 +403,33 @@ class Broker:
 
     async def _enqueue(self, rec: RequestRecord, payload: bytes, *, actor: str, target: str, card_id: str,
                        holder_cf: str, key: KeyBinding | None, registration_id: str, mode: str,
-                       holder: HolderRecord | None) -> tuple[bool, bool]:
-        """The commit: (created, committed claimed by this process's relay)."""
+                       holder: HolderRecord | None) -> tuple[bool, bool, RequestRecord | None]:
+        """The commit: (created, committed claimed by this process's relay, the request as committed when it
+        was signed first and committed ISSUED with its certificate, ``sign_first``)."""
         rid = rec.request_id
         lane = LANE_OF[rec.kind]
         relay = self.relay
         claim = relay is not None and relay.reserve(lane, rid)
+        final = None
         try:
-            created = await self._store.enqueue(rec, lane=lane, payload=payload,
-                                                claimer=relay.claimer if claim else None, key=key, holder=holder,
-                                                audit=AuditEntry(actor, rec.station_id, rec.kind, rid, target,
-                                                                 "accepted",
-                                                                 f"registration {registration_id}"
-                                                                 if registration_id else
-                                                                 (f"mode {mode}" if mode else ""),
-                                                                 operator_id=rec.operator_id,
-                                                                 card_id=card_id, holder_cf=holder_cf),
-                                                registration_id=registration_id)
+            audit = AuditEntry(actor, rec.station_id, rec.kind, rid, target, "accepted",
+                               f"registration {registration_id}" if registration_id else (f"mode {mode}" if mode else ""),
+                               operator_id=rec.operator_id, card_id=card_id, holder_cf=holder_cf)
+            # only for a caller that waits for the outcome (answer_wait > 0): one that wants the durable state
+            # at once gets it committed first, as before
+            signed = (await relay.sign_first(rec, payload, min(SIGN_FIRST_SECONDS, self._answer_wait))
+                      if claim and self.sign_first and rec.kind in ISSUANCE_KINDS and self._answer_wait > 0
+                      else None)
+            if signed is not None:
+                final = await self._store.enqueue_issued(rec, lane=lane, payload=payload, claimer=relay.claimer,
+                                                         key=key, holder=holder, audit=audit,
+                                                         registration_id=registration_id, **signed)
+                created = final is not None
+                relay.release(rid)   # settled here: the slot is free (deliver_claimed would free it otherwise)
+            else:
+                created = await self._store.enqueue(rec, lane=lane, payload=payload,
+                                                    claimer=relay.claimer if claim else None, key=key, holder=holder,
+                                                    audit=audit, registration_id=registration_id)
         except KeyAlreadyCertified:
             if claim:
                 relay.release(rid)
@@ -416,11 +443,11 @@ class Broker:
             raise
         if claim and not created:
             relay.release(rid)
-        if created:
+        if created and final is None:
             if not claim:
                 self.wake_relay()
             self.notify(rec)   # watchers re-read the stored row; a fresh request is not terminal
-        return created, claim
+        return created, claim, final
 
     def _handoff_done(self, task: asyncio.Task) -> None:
         self._handoffs.discard(task)

@@ -531,9 +531,39 @@ class Relay:
         log.info("request %s attempt %d failed (%s); next attempt in %.1f s", rec.request_id, rec.attempts,
                  reason, at - self._clock())
 
+    async def sign_first(self, rec: RequestRecord, payload: bytes, budget: float) -> dict | None:
+        """The immediate path when the CA's records are written by the request's own transaction (issue 16,
+        ``Broker.sign_first``): sign a request whose slot ``reserve`` gave BEFORE anything is committed, and
+        return what ``store.enqueue_issued`` needs to commit the request and its certificate at once. None
+        when the CA did not sign within ``budget`` seconds (the call is cancelled), or failed: the caller
+        commits the request and delivers it as usual (that delivery calls the CA again and judges its
+        answer: retry, failure, breaker), so a slow CA never holds a request uncommitted longer than
+        ``budget``. Signed in the calling task (no hand-off)."""
+        p = IssuancePayload.decode(payload)
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(budget):
+                issued = await self._sign(rec.request_id, p)
+        except Exception as exc:   # judged by the ordinary delivery that follows (TimeoutError included)
+            log.debug("signing %s before its commit: %r; delivering it as usual", rec.request_id, exc)
+            return None
+        self.metrics.record(rec.kind, (time.perf_counter() - t0) * 1000, True)
+        self.breaker.success(self._clock())
+        return dict(issued=issued, done_audit=self._done_audit(rec, p), card_id=p.card_id, holder_cf=p.codice_fiscale)
+
+    @staticmethod
+    def _done_audit(rec: RequestRecord, p: IssuancePayload) -> AuditEntry:
+        return AuditEntry(RELAY_ACTOR, rec.station_id, rec.kind, rec.request_id, p.card_id, "done")
+
+    async def _sign(self, request_id: str, p: IssuancePayload):
+        csr = x509.load_der_x509_csr(p.csr_der)
+        holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
+        subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
+        return await self._ca.issue(p.profile, csr, subject, request_id)
+
     async def _deliver_issuance(self, rec: RequestRecord, p: IssuancePayload) -> RequestRecord | None:
         """The request as ``complete_issue`` committed it (None: the store does not read it back)."""
-        audit = AuditEntry(RELAY_ACTOR, rec.station_id, rec.kind, rec.request_id, p.card_id, "done")
+        audit = self._done_audit(rec, p)
         if rec.attempts > 1:   # an earlier attempt may have reached the CA: look before issuing again
             found = await self._find_issued(rec.request_id)
             if found is not None:
@@ -541,10 +571,7 @@ class Relay:
                          found.ref.serial_hex)
                 return await self._store.complete_issue(rec.request_id, found, p.profile, card_id=p.card_id,
                                                         holder_cf=p.codice_fiscale, audit=audit)
-        csr = x509.load_der_x509_csr(p.csr_der)
-        holder = validation.Holder(p.codice_fiscale, p.given_name, p.surname, _dt.date.fromisoformat(p.birth_date))
-        subject = CertificateSubject(holder, p.card_id, p.dati_personali_hash)
-        issued = await self._ca.issue(p.profile, csr, subject, rec.request_id)   # a first attempt: no look-up
+        issued = await self._sign(rec.request_id, p)   # a first attempt: no look-up
         return await self._store.complete_issue(rec.request_id, issued, p.profile, card_id=p.card_id,
                                                 holder_cf=p.codice_fiscale, audit=audit)
 

@@ -183,6 +183,16 @@ def _run_then_read(conn: sqlite3.Connection, statements: list, request_id: str) 
     return _record(row) if row is not None else None
 
 
+def _run_if_created_then_read(conn: sqlite3.Connection, statements: list, first: int, then: list,
+                              request_id: str) -> RequestRecord | None:
+    """enqueue_issued's work item: the intake statements; if they created the request, the completing ones
+    and the request as they leave it (same savepoint); None, with nothing else run, if the id existed."""
+    changed = [conn.execute(sql, params).rowcount for sql, params in statements]
+    if changed[first] != 1:
+        return None
+    return _run_then_read(conn, then, request_id)
+
+
 def _record(row) -> RequestRecord:
     return RequestRecord(*row[:15], certificate_der=row[15], chain_der=_unpack_chain(row[16]), lane=row[17],
                          outbox_status=row[18], attempts=row[19] or 0, next_attempt_at=row[20] or 0.0,
@@ -239,6 +249,9 @@ class SqliteRequestStore:
         self._task = asyncio.create_task(self._writer_loop(), name="store-writer")
         self.commits = 0          # for the benchmark: transactions actually committed
         self.writes = 0
+        # the embedded CA's index in this file (ca.index.CertificateIndex.open_in_store), set by the composition
+        # root: complete_issue writes the CA's row of the certificate in the request's transaction
+        self.ca_record_statement = None
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL", clock=time.time,
@@ -348,6 +361,15 @@ class SqliteRequestStore:
         ``claimer``: the row is written already claimed by that relay (``sending``, attempt 1, request
         PENDING), as ``claim_due`` would leave it; the caller delivers it now.
         """
+        statements, first = self._enqueue_statements(rec, lane=lane, payload=payload, audit=audit, claimer=claimer,
+                                                     key=key, registration_id=registration_id, holder=holder)
+        changed = await self._write(statements)
+        return changed[first] == 1
+
+    def _enqueue_statements(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry,
+                            claimer: str | None, key: KeyBinding | None, registration_id: str,
+                            holder: HolderRecord | None) -> tuple[list, int]:
+        """enqueue's statements, and the index of the request's insert among them (changed = 1: created)."""
         claim = claimer is not None
         now = self._clock()
         statements = [(q.Q_FREE_KEY, (key.key_sha256,))] if key else []
@@ -370,8 +392,24 @@ class SqliteRequestStore:
         if registration_id:   # after the audit (or holder) row: its changes() = 1 only for a new request
             statements.append((q.Q_USE_REGISTRATION, (audit.actor, rec.operator_id, now, rec.request_id, audit.card_id,
                                                     registration_id)))
-        changed = await self._write(statements)
-        return changed[first] == 1
+        return statements, first
+
+    async def enqueue_issued(self, rec: RequestRecord, *, lane: str, payload: bytes, audit: AuditEntry, claimer: str,
+                             issued: IssuedCertificate, done_audit: AuditEntry, card_id: str, holder_cf: str,
+                             key: KeyBinding | None = None, registration_id: str = "",
+                             holder: HolderRecord | None = None) -> RequestRecord | None:
+        """``enqueue`` (claimed by ``claimer``) and ``complete_issue`` of a certificate already signed, in ONE
+        work item of one transaction: the request as committed (ISSUED), or None when its id exists (then
+        nothing is written and the certificate is given to no one). The immediate path of an embedded CA
+        whose index is in this file (issue 16): the signature has no effect outside this transaction, so
+        the request needs no commit of its own before it. Refusals as ``enqueue`` (KeyAlreadyCertified,
+        registration already used)."""
+        statements, first = self._enqueue_statements(rec, lane=lane, payload=payload, audit=audit, claimer=claimer,
+                                                     key=key, registration_id=registration_id, holder=holder)
+        completing = self._complete_statements(rec.request_id, issued, rec.profile, card_id=card_id,
+                                               holder_cf=holder_cf, audit=done_audit)
+        return await self._write(functools.partial(_run_if_created_then_read, statements=statements, first=first,
+                                                   then=completing, request_id=rec.request_id))
 
     async def key_binding(self, key_sha256: bytes) -> KeyBinding | None:
         row = await self._one(q.Q_SELECT_KEY, (key_sha256,))
@@ -473,10 +511,10 @@ class SqliteRequestStore:
         await self._write([(q.Q_RELEASE_CLAIM, (at, reason, now, request_id)),
                            (q.Q_REQUEST_RECEIVED_IF_UNSENT, (now, request_id, request_id))])
 
-    async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
-                             holder_cf: str, audit: AuditEntry) -> RequestRecord | None:
-        """Read back in the same transaction, on the writer's thread: the relay answers a waiting caller
-        with it, without a read of its own (issue 16)."""
+    def _complete_statements(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
+                             holder_cf: str, audit: AuditEntry) -> list:
+        """complete_issue's statements: the certificate (and the CA's row of it, ``ca_record_statement``), the
+        request ISSUED, the outbox row done, the audit row, the issued key bound."""
         now = self._clock()
         statements = [
             (q.Q_INSERT_CERTIFICATE, (issued.ref.issuer_dn, issued.ref.serial_hex, request_id, profile,
@@ -491,6 +529,19 @@ class SqliteRequestStore:
                                                    profile, request_id, now)))
         except ValueError:   # not DER: the CA connector would have refused it; nothing to bind
             pass
+        if self.ca_record_statement is not None:   # the CA's own record, committed with the request's
+            statements.insert(0, self.ca_record_statement(
+                serial_hex=issued.ref.serial_hex, issuer_dn=issued.ref.issuer_dn, request_id=request_id,
+                profile=profile, not_before=issued.not_before, not_after=issued.not_after,
+                certificate_der=issued.certificate_der))
+        return statements
+
+    async def complete_issue(self, request_id: str, issued: IssuedCertificate, profile: str, *, card_id: str,
+                             holder_cf: str, audit: AuditEntry) -> RequestRecord | None:
+        """Read back in the same transaction, on the writer's thread: the relay answers a waiting caller
+        with it, without a read of its own (issue 16)."""
+        statements = self._complete_statements(request_id, issued, profile, card_id=card_id, holder_cf=holder_cf,
+                                               audit=audit)
         return await self._write(functools.partial(_run_then_read, statements=statements, request_id=request_id))
 
     async def complete_change(self, request_id: str, info: CertStatusInfo, *, audit: AuditEntry) -> None:

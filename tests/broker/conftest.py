@@ -1,6 +1,8 @@
 """Fixtures for the broker tests: a deployment, an in-process broker + relay + store (``Daemon.build``,
 ``serve=False``) around the real embedded CA wrapped in the CA test double (tests/support/ca.py), and
-an injected clock."""
+an injected clock. Over SQLite the CA is wired as in production (its index in the store's file, signed
+first and committed once on the immediate path, issue 16); ``ca_records_itself`` (and the memory store)
+give it its own ``ca.db``, as a CA that keeps its own records."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,10 +52,11 @@ class Env:
     ``store="memory"``: over the in-memory store instead of SQLite."""
 
     def __init__(self, deployment, tmp_path, clock, calendar, answer_wait=0.0, breaker_failures=3, store="sqlite",
-                 relay_concurrency=None):
+                 relay_concurrency=None, ca_records_itself=False):
         self.deployment, self.tmp, self.clock, self.calendar = deployment, tmp_path, clock, calendar
         self.answer_wait, self.breaker_failures, self.store_kind = answer_wait, breaker_failures, store
         self.relay_concurrency = relay_concurrency
+        self.ca_records_itself = ca_records_itself
 
     async def __aenter__(self):
         cfg = config.load(self.deployment.server_config)
@@ -68,9 +71,17 @@ class Env:
                                        retry_max_seconds=60.0, breaker_failures=self.breaker_failures,
                                        breaker_reset_seconds=30.0, renewal_window_days=RenewalRules().window_days,
                                        relay_concurrency=self.relay_concurrency or cfg.broker.relay_concurrency))
-        self.ca = await FlakyCA(build_ca(cfg)).open()
-        store = MemoryRequestStore(clock=self.clock) if self.store_kind == "memory" else None   # None: SQLite
-        self.daemon = await Daemon.build(cfg, ca=self.ca, store=store, clock=self.clock, claimer="relay", serve=False)
+        if self.store_kind == "memory" or self.ca_records_itself:
+            # the CA keeps its own records (its ca.db), as a remote CA (EJBCA) does: a signature whose answer
+            # was lost is on record there and found before a retry
+            self.daemon = await Daemon.build(cfg, ca=await FlakyCA(build_ca(cfg)).open(),
+                                             store=MemoryRequestStore(clock=self.clock)
+                                             if self.store_kind == "memory" else None, clock=self.clock,
+                                             claimer="relay", serve=False)
+        else:   # the SQLite store and the CA wired as in production (its index in the store's file, issue 16)
+            self.daemon = await Daemon.build(cfg, ca_wrapper=FlakyCA, clock=self.clock, claimer="relay",
+                                             serve=False)
+        self.ca = self.daemon.ca
         self.store, self.broker, self.relay = self.daemon.store, self.daemon.broker, self.daemon.relay
         await self.store.reset_sending(self.relay.claimer)   # as relay.start() would, without the task
         await self.relay.reload_maintenance()

@@ -1,6 +1,7 @@
 """Crash safety: ``cns-personalizer serve`` killed with SIGKILL at random moments during a stream of
 requests, then restarted. No accepted request is lost, the CA never issues twice for one request id
-(its own index ``ca.db`` is checked), and every caller gets its result by request id after restart.
+(its own rows, in the store's file since issue 16, are checked), and every caller gets its result by request id
+after restart.
 
 The default run is a bounded sample (a few kills); ``-m slow`` runs the long version."""
 from __future__ import annotations
@@ -97,8 +98,8 @@ def _crash_round(deployment, tmp_path, *, requests: int, kills: int, senders: in
     assert any(0 < n < requests for n in at_kill), f"no kill landed mid-stream: answered at kills {at_kill}"
     lost = [rid for rid, r in final.items() if r.state != pb.REQUEST_STATE_ISSUED]
     assert lost == [], f"{len(lost)} accepted requests not issued: {lost[:5]}"
-    db = sqlite3.connect(root / "ca" / "ca.db")
-    rows = db.execute("SELECT request_id, COUNT(*), MIN(serial_hex) FROM certificates GROUP BY request_id").fetchall()
+    db = sqlite3.connect(root / "data" / "requests.sqlite")   # the CA's own rows, in the store's file (issue 16)
+    rows = db.execute("SELECT request_id, COUNT(*), MIN(serial_hex) FROM ca_certificates GROUP BY request_id").fetchall()
     db.close()
     per_request = {rid: (n, serial) for rid, n, serial in rows}
     assert len(per_request) == requests and all(n == 1 for n, _ in per_request.values())

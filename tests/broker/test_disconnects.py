@@ -116,9 +116,9 @@ def _storm(d, *, issues: int, suspends: int, seed: int):
                                               timeout=TIMEOUT)
             assert st.status == pb.CERTIFICATE_STATUS_SUSPENDED, req.request_id
     # none twice at the CA (its own index)
-    db = sqlite3.connect(d.root / "ca" / "ca.db")
+    db = sqlite3.connect(d.root / "data" / "requests.sqlite")   # the CA's tables in the store's file (issue 16)
     try:
-        twice = db.execute("SELECT request_id, COUNT(*) FROM certificates GROUP BY request_id "
+        twice = db.execute("SELECT request_id, COUNT(*) FROM ca_certificates GROUP BY request_id "
                            "HAVING COUNT(*) > 1").fetchall()
     finally:
         db.close()

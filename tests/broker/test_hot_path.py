@@ -97,26 +97,72 @@ def test_shared_ca_figures_cost_a_transaction_per_flush_not_per_call(tmp_path):
 
 
 def test_issue_called_twice_for_one_request_still_gets_one_certificate(make_env):
-    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet
-    the index keeps the first certificate of a request id and a second call returns it."""
+    """``issue`` does not look in the CA's index before signing (the relay looks before a retry), yet one
+    request id has one certificate: the CA's row is written by the completing transaction (issue 16, as
+    on PostgreSQL), and a second certificate for the request fails that transaction (request_id UNIQUE),
+    leaving the first on record and the request as it was completed."""
     import datetime as dt
 
     from cryptography import x509
 
     from personalizer.ca.base import CertificateSubject
+    from personalizer.errors import StoreError
+    from personalizer.records import AuditEntry
     from personalizer.rules import validation
     from tests.personalizer import helpers
 
     async def go():
         async with make_env(time.time, calendar=ServiceCalendar(always_open=True)) as env:
             ca = env.ca.inner
+            assert (await ca._db()).recorded_by_store
+            rec = await env.broker.submit_issue(issue_input(1))            # queued: the relay is not running
             csr = x509.load_der_x509_csr(helpers.csr_der())
             subject = CertificateSubject(validation.Holder(helpers.CF, "Mario", "Rossi", dt.date(1980, 1, 1)),
                                          "7420000000000001", None)
-            a = await ca.issue("cns-auth", csr, subject, "req-twice")
-            b = await ca.issue("cns-auth", csr, subject, "req-twice")
-            assert b.ref == a.ref and b.certificate_der == a.certificate_der
-            assert (await ca.find_issued("req-twice")).ref == a.ref
+            a = await ca.issue("cns-auth", csr, subject, rec.request_id)
+            b = await ca.issue("cns-auth", csr, subject, rec.request_id)   # e.g. a second, stale delivery
+            assert a.ref != b.ref and await ca.find_issued(rec.request_id) is None   # signed, on record nowhere
+            audit = AuditEntry("relay", "RM-STATION-01", "issue", rec.request_id, "", "done")
+            done = await env.store.complete_issue(rec.request_id, a, "cns-auth", card_id="7420000000000001",
+                                                  holder_cf=helpers.CF, audit=audit)
+            assert done.state == "ISSUED" and done.serial_hex == a.ref.serial_hex
+            with pytest.raises(StoreError, match="UNIQUE"):
+                await env.store.complete_issue(rec.request_id, b, "cns-auth", card_id="7420000000000001",
+                                               holder_cf=helpers.CF, audit=audit)
+            assert (await ca.find_issued(rec.request_id)).ref == a.ref
+            assert (await env.store.get_request(rec.request_id)) == done
+            assert await ca.status(b.ref) is None                           # the second was given to no one
+    asyncio.run(go())
+
+
+def test_an_issuance_commits_once_in_one_file(make_env):
+    """Issue 16: the embedded CA's index lives in the request store's file and its row of a certificate is
+    written by the request's own transaction, so an issuance on the immediate path is signed first and
+    committed ONCE with its certificate (request, outbox, both audit rows, certificate, the CA's row, key):
+    no second commit for the intake, no commit (fsync) on a second database, no ``ca.db`` at all."""
+    import sqlite3
+
+    from personalizer.ca.base import CertRef
+
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=10.0) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm: CA index, responder
+            await asyncio.sleep(0.1)                                # the relay's first pass is over
+            index = await env.ca.inner._db()
+            store = getattr(env.store, "inner", env.store)
+            store_commits, index_commits = store.commits, index.commits
+            recs = [await env.broker.submit_issue(issue_input(i)) for i in range(1, 9)]   # one after another
+            assert [r.state for r in recs] == ["ISSUED"] * 8
+            assert index.commits - index_commits == 0
+            assert store.commits - store_commits == 8
+            assert not (env.tmp / "ca" / "ca.db").exists()
+            with sqlite3.connect(f"file:{env.daemon.cfg.store.database}?mode=ro", uri=True) as c:
+                rows = dict(c.execute("SELECT request_id, serial_hex FROM ca_certificates").fetchall())
+            assert all(rows[r.request_id] == r.serial_hex for r in recs)
+            for r in recs:   # the CA answers for them from its index (OCSP, status)
+                info = await env.ca.status(CertRef(r.issuer_dn, r.serial_hex))
+                assert info is not None and info.request_id == r.request_id and info.state.value == "active"
     asyncio.run(go())
 
 
@@ -176,7 +222,7 @@ def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, 
             await env.relay.start()
             await env.broker.submit_issue(issue_input(0))          # warm
             committed, signed = {}, {}
-            real_enqueue, real_issue = env.store.enqueue, env.ca.issue
+            real_enqueue, real_issue = getattr(env.store, "enqueue_issued", env.store.enqueue), env.ca.issue
 
             async def enqueue(rec, **kw):
                 committed[rec.request_id] = asyncio.current_task()
@@ -185,7 +231,10 @@ def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, 
             async def issue(profile, csr, subject, request_id):
                 signed[request_id] = asyncio.current_task()
                 return await real_issue(profile, csr, subject, request_id)
-            env.store.enqueue, env.ca.issue = enqueue, issue
+            if store == "sqlite":   # signed first, then committed once (Broker.sign_first)
+                env.store.enqueue_issued, env.ca.issue = enqueue, issue
+            else:
+                env.store.enqueue, env.ca.issue = enqueue, issue
             recs = await asyncio.gather(*(env.broker.submit_issue(issue_input(i)) for i in range(1, 7)))
             assert [r.state for r in recs] == ["ISSUED"] * 6
             assert set(signed) == set(committed) == {r.request_id for r in recs}
@@ -193,4 +242,55 @@ def test_an_immediate_request_is_signed_in_the_task_that_committed_it(make_env, 
             assert not any(env.relay.holds(r.request_id) for r in recs)
             for r in recs:
                 assert await env.store.get_request(r.request_id) == r
+    asyncio.run(go())
+
+
+def test_sign_first_keeps_the_intake_refusals_and_gives_a_wasted_signature_to_no_one(make_env):
+    """Signed first, committed once: a retry of a request id gets the stored request (its certificate, not
+    the one signed again for it), and a refused intake (the key another request holds) writes nothing, so
+    the signature made for it is on record nowhere. A CA that fails before the commit makes the request go
+    the ordinary way: committed, then delivered (here: retried), never lost."""
+    import dataclasses
+
+    from personalizer.errors import InvalidRequest
+
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=2.0) as env:
+            assert env.broker.sign_first
+            await env.relay.start()
+            inp = issue_input(1, request_id="same-id")
+            first = await env.broker.submit_issue(inp)
+            again = await env.broker.submit_issue(inp)
+            assert first.state == again.state == "ISSUED" and again.certificate_der == first.certificate_der
+            index = await env.ca.inner._db()
+            assert (await index.by_request("same-id")).serial_hex == first.serial_hex
+            with pytest.raises(InvalidRequest):                          # the key is certified already
+                await env.broker.submit_issue(dataclasses.replace(inp, request_id="other-id"))
+            assert await env.store.get_request("other-id") is None and await index.by_request("other-id") is None
+            env.ca.down = True                                           # the CA fails before any commit
+            queued = await env.broker.submit_issue(issue_input(3, request_id="while-down"))
+            assert queued.state in ("RECEIVED", "PENDING")
+            assert await env.store.get_request("while-down") is not None   # committed: never lost
+    asyncio.run(go())
+
+
+def test_a_slow_signature_is_not_waited_for_uncommitted(make_env):
+    """Sign first has a budget (``broker.SIGN_FIRST_SECONDS``): a CA slower than that gets the request
+    committed first, as before, and the caller whose answer wait runs out has the durable state."""
+    from personalizer.outbox import broker as broker_module
+
+    async def go():
+        async with make_env(time.time, calendar=ServiceCalendar(always_open=True), answer_wait=0.8) as env:
+            await env.relay.start()
+            await env.broker.submit_issue(issue_input(0))          # warm
+            env.ca.delay = 1.0                                       # each signature takes 1 s
+            t0 = time.monotonic()
+            rec = await env.broker.submit_issue(issue_input(1))
+            assert time.monotonic() - t0 < 0.8 + broker_module.SIGN_FIRST_SECONDS + 0.5
+            assert rec.state == "PENDING" and await env.store.get_request(rec.request_id) == rec
+            for _ in range(300):                                     # and it is issued, once
+                if (await env.store.get_request(rec.request_id)).state == "ISSUED":
+                    break
+                await asyncio.sleep(0.01)
+            assert (await env.store.get_request(rec.request_id)).state == "ISSUED"
     asyncio.run(go())

@@ -52,7 +52,7 @@ def test_lost_answer_is_found_not_issued_again(make_env, monday_noon, store):
     clock = FakeClock(monday_noon)
 
     async def go():
-        async with make_env(clock, store=store) as env:
+        async with make_env(clock, store=store, ca_records_itself=True) as env:   # a CA with its own records
             env.ca.lose_answers = 1
             rec = await env.broker.submit_issue(issue_input())
             await env.relay.run_once()

@@ -84,9 +84,9 @@ def _claimers(dep: deploy.Deployment) -> set[str]:
 
 
 def _ca_rows_per_request(dep: deploy.Deployment) -> dict[str, int]:
-    db = sqlite3.connect(f"file:{dep.root / 'ca' / 'ca.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{dep.root / 'data' / 'requests.sqlite'}?mode=ro", uri=True)   # the CA's tables
     try:
-        return dict(db.execute("SELECT request_id, COUNT(*) FROM certificates GROUP BY request_id").fetchall())
+        return dict(db.execute("SELECT request_id, COUNT(*) FROM ca_certificates GROUP BY request_id").fetchall())
     finally:
         db.close()
 
