@@ -357,6 +357,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--broadcasts", type=int, default=2, help="commands to reach all, one after the other "
                     "(the worst counts); the bare server sends one more before its gc.freeze()")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--clients-log", type=Path, default=None,
+                    help="keep the client processes' log (every failed attempt, with its time) in this file")
     ap.add_argument("--instances", type=int, default=1,
                     help="also measure K personalizer instances on PostgreSQL behind haproxy (and 1 beside them)")
     o = ap.parse_args(argv)
@@ -372,7 +374,7 @@ def main(argv: list[str]) -> dict:
     except BenchError as exc:
         print(f"bench fleet: {exc}", file=sys.stderr)
         return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, open(Path(tmp) / "clients.log", "w") as log:
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, open(o.clients_log or Path(tmp) / "clients.log", "w") as log:
         port = _free_port()
         dep = deploy.init_deployment(Path(tmp) / "cns", listen=f"127.0.0.1:{port}", ca_key_bits=2048)
         tls = dep.root / "tls"
@@ -404,7 +406,7 @@ def main(argv: list[str]) -> dict:
             return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
         except (RuntimeError, TimeoutError):
             log.flush()
-            print("bench fleet: the clients' log ends:\n" + (Path(tmp) / "clients.log").read_text()[-3000:],
+            print("bench fleet: the clients' log ends:\n" + Path(log.name).read_text()[-3000:],
                   file=sys.stderr)
             raise
     b, p = results["bare"], results["personalizer"]
