@@ -22,9 +22,10 @@ error names the limit to raise), client processes default to one per ``AGENTS_PE
 the clients' logs (every agent's reconnect warnings) go to a file, not the terminal.
 
 The reconnect is the same for both servers: each ends its streams normally with the reconnect spread the
-daemon names (``cns-reconnect-spread-ms``: streams / 250 a second) and stops with the daemon's grace,
-every agent reopens at a random point of that window, and a
-failed attempt backs off (``_fleet_agents.OPTIONS``: no poll fallback, only streams);
+daemon names (``cns-reconnect-spread-ms``: streams / 200 a second) and stops with the daemon's grace,
+every agent reopens at a random point of that window, and a failed attempt (the server not back yet)
+waits one whole window again, keeping its point of it (``agent.fleet.client``; ``_fleet_agents.OPTIONS``: no
+poll fallback, only streams); ``--clients-log FILE`` keeps the agents' failed attempts with their times;
 ``reconnect.agents_given_the_spread`` counts the agents that got the window. Both servers use the daemon's
 keepalive and ping options (``personalizer.server.keepalive_options``). Client processes hold at most
 ``AGENTS_PER_PROCESS`` agents and end themselves past ``client_rss_bound_mib``.
