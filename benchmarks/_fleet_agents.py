@@ -21,6 +21,7 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import logging
 import os
 import re
 import time
@@ -106,6 +107,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=0.0, help="agents this process starts per second (0: all at once)")
     ap.add_argument("--max-rss-mib", type=float, default=0.0, help="end this process past this RSS (0: no bound)")
     o = ap.parse_args()
+    # the agents' warnings (failed attempts) with their time, to the bench's clients' log (stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(created).3f %(levelname)s %(name)s: %(message)s")
     ca_key = serialization.load_pem_private_key((o.tls / "tls-ca.key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((o.tls / "tls-ca.pem").read_bytes())
     anchors = (o.tls / "tls-ca.pem").read_bytes()

@@ -24,7 +24,7 @@ from personalizer.server import keepalive_options
 from proto.cns.v1 import fleet_pb2 as pb, fleet_pb2_grpc
 
 SPREAD_KEY = "cns-reconnect-spread-ms"   # personalizer.edge.fleet_service.SPREAD_KEY (the agent reads it)
-RECONNECT_ADMIT_PER_SECOND = 250.0       # the personalizer's default (FleetService.reconnect_admit_per_second)
+RECONNECT_ADMIT_PER_SECOND = 200.0       # the personalizer's default (FleetService.reconnect_admit_per_second)
 
 
 def server_options(min_ping_seconds: float) -> list[tuple[str, int]]:

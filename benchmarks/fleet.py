@@ -22,9 +22,10 @@ error names the limit to raise), client processes default to one per ``AGENTS_PE
 the clients' logs (every agent's reconnect warnings) go to a file, not the terminal.
 
 The reconnect is the same for both servers: each ends its streams normally with the reconnect spread the
-daemon names (``cns-reconnect-spread-ms``: streams / 250 a second) and stops with the daemon's grace,
-every agent reopens at a random point of that window, and a
-failed attempt backs off (``_fleet_agents.OPTIONS``: no poll fallback, only streams);
+daemon names (``cns-reconnect-spread-ms``: streams / 200 a second) and stops with the daemon's grace,
+every agent reopens at a random point of that window, and a failed attempt (the server not back yet)
+waits one whole window again, keeping its point of it (``agent.fleet.client``; ``_fleet_agents.OPTIONS``: no
+poll fallback, only streams); ``--clients-log FILE`` keeps the agents' failed attempts with their times;
 ``reconnect.agents_given_the_spread`` counts the agents that got the window. Both servers use the daemon's
 keepalive and ping options (``personalizer.server.keepalive_options``). Client processes hold at most
 ``AGENTS_PER_PROCESS`` agents and end themselves past ``client_rss_bound_mib``.
@@ -357,6 +358,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--broadcasts", type=int, default=2, help="commands to reach all, one after the other "
                     "(the worst counts); the bare server sends one more before its gc.freeze()")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--clients-log", type=Path, default=None,
+                    help="keep the client processes' log (every failed attempt, with its time) in this file")
     ap.add_argument("--instances", type=int, default=1,
                     help="also measure K personalizer instances on PostgreSQL behind haproxy (and 1 beside them)")
     o = ap.parse_args(argv)
@@ -372,7 +375,7 @@ def main(argv: list[str]) -> dict:
     except BenchError as exc:
         print(f"bench fleet: {exc}", file=sys.stderr)
         return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, open(Path(tmp) / "clients.log", "w") as log:
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, open(o.clients_log or Path(tmp) / "clients.log", "w") as log:
         port = _free_port()
         dep = deploy.init_deployment(Path(tmp) / "cns", listen=f"127.0.0.1:{port}", ca_key_bits=2048)
         tls = dep.root / "tls"
@@ -404,7 +407,7 @@ def main(argv: list[str]) -> dict:
             return {"benchmark": "fleet", "agents": o.agents, "ok": False, "error": str(exc)}
         except (RuntimeError, TimeoutError):
             log.flush()
-            print("bench fleet: the clients' log ends:\n" + (Path(tmp) / "clients.log").read_text()[-3000:],
+            print("bench fleet: the clients' log ends:\n" + Path(log.name).read_text()[-3000:],
                   file=sys.stderr)
             raise
     b, p = results["bare"], results["personalizer"]

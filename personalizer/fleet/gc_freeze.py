@@ -37,8 +37,11 @@ def decide(streams: int, previous: int, frozen_at: int, *, min_growth: int = MIN
     """What to do now that the count is ``streams`` (``previous`` one check ago, ``frozen_at`` at the last
     freeze, 0 when nothing is frozen; ``ended``: streams ended since that freeze): FREEZE when it grew by
     ``min_growth`` since the freeze and held still for one check; UNFREEZE when it fell below half of what
-    was frozen, or when ``ended`` reached half of it (churn at a steady count); else None."""
-    if frozen_at and (streams < frozen_at // 2 or ended >= max(1, frozen_at // 2)):
+    was frozen, or when ``ended`` reached half of it and the count held still for one check (churn at a
+    steady count, not a storm still under way); else None."""
+    # churn unfreezes at a steady count only: during a storm (bench fleet, 19,900 agents connecting with
+    # thousands of failed attempts) it ran a full collection of 1.5 s and more at every check
+    if frozen_at and (streams < frozen_at // 2 or (ended >= max(1, frozen_at // 2) and streams == previous)):
         return UNFREEZE
     if streams - frozen_at >= min_growth and streams == previous:
         return FREEZE

@@ -120,3 +120,48 @@ def test_after_a_named_window_a_failed_reconnect_waits_within_that_window_again(
         # each wait ≥ 0.05 s + U(0, 1.5 s): about 5 tries in 4 s (the backoff alone, capped at 0.2 s: over 20)
         assert 1 <= tried <= 9, tried
     asyncio.run(go())
+
+
+def _arrivals(n: int, window: float, down: float, seed: int = 7) -> list[float]:
+    """When ``n`` agents told to reconnect within ``window`` reach a daemon that is down for ``down`` s after
+    their streams ended (it stops, then restarts): each agent's ``_wait`` after every refused attempt, as the
+    agent's own retry loop applies it (one tenacity attempt count per agent)."""
+    import random
+
+    from agent.fleet import FleetAgent
+    from tests.fleet import support
+
+    random.seed(seed)
+    o = Options(initial_backoff=1.0, max_backoff=20.0, jitter=2.0, min_stream_seconds=0, poll_fallback=False)
+    out = []
+    for _ in range(n):
+        agent = FleetAgent(None, support.FakeInventory(), support.FakeExecutor(), version="t", options=o)
+        agent._retry_spread = window
+        t = random.uniform(0, max(o.jitter, window))   # FleetAgent.run: the first try, a random point of it
+        state = RetryCallState(AsyncRetrying(), None, (), {})
+        while t < down:   # refused: the daemon is not back yet
+            state.attempt_number += 1
+            t += agent._wait(state)
+        out.append(t)
+    return out
+
+
+def test_a_fleet_that_met_its_daemon_down_comes_back_no_faster_than_the_window_it_was_named():
+    """The window a stopping daemon names is its fleet over the hellos a second it admits; the agents whose
+    point of it fell while the daemon was down (it took 46 s to stop at 12,000 agents) must not come back on
+    top of the others. With "a random point of the window again" they did: 60 % of the fleet retried within
+    the window's first part, the restarted daemon met about 1.6 × the rate it admits, its hello-to-welcome
+    reached 28.8 s and grpc core cancelled the calls left unrequested for 30 s (26,460 CANCELLED at 12,000).
+    Keeping each agent's point of the window, one window later, keeps the arrival rate at the one named."""
+    n, window, down = 3000, 60.0, 36.0
+    xs = _arrivals(n, window, down)
+    after = sorted(x - down for x in xs)
+    assert all(x >= 0 for x in after)
+    width = window / 10
+    bins = [0] * 30
+    for x in after:
+        bins[min(len(bins) - 1, int(x // width))] += 1
+    fair = n / 10   # the named rate: n over the window, per tenth of it
+    assert max(bins) <= 1.25 * fair, (max(bins), fair, bins)
+    # and all back within about one window (+ the jitter) of the restart, not several
+    assert after[-1] <= window + 2 * Options().jitter + 1.0, after[-1]
