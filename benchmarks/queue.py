@@ -35,7 +35,9 @@ Measured 2026-12-02 (2 cores, Patroni sync standby, K = 3,000, load 0.9-2.2): th
 the raw signing rate over 5 runs with the default ``[broker] relay_concurrency`` (32 per process): the two
 processes use ~1.0-1.25 cores, PostgreSQL ~0.4; ~0.22 transactions and ~11.5 kB WAL per issuance; each
 commit waits for the standby's flush, so the drain is bounded by commit latency, not CPU. With
-``--relay-concurrency 128``: 0.66 and 0.67 (0.14 transactions per issuance: larger group commits).
+``--relay-concurrency 128``: 0.66 and 0.67 (0.14 transactions per issuance: larger group commits); on
+SQLite in the same way 0.92 / 0.99 against 0.81 / 0.79. Since then 128 is the daemon's default with the
+embedded CA (``personalizer.config.RELAY_CONCURRENCY``; 32 with a remote CA).
 
 Usage: scripts/bench queue [--queued K] [--kill-requests N] [--synchronous FULL|NORMAL] [--workers N]
                            [--processes N] [--relay-concurrency N] [--store sqlite|postgresql]

@@ -70,7 +70,7 @@ Example (``cns-personalizer init`` writes one)::
     retry_max_seconds = 300.0
     breaker_failures = 5        # consecutive CA failures that open the circuit
     breaker_reset_seconds = 30.0  # open → half-open (health() probe) after this
-    relay_concurrency = 32
+    relay_concurrency = 128     # deliveries in flight per process (default: 128 with the embedded CA, 32 with a remote one)
     renewal_window_days = 90    # renewal accepted this many days before expiry
     device_life_years = 6       # no certificate beyond this from the card's first one
 
@@ -224,7 +224,7 @@ class BrokerConfig:
     retry_max_seconds: float = 300.0
     breaker_failures: int = 5
     breaker_reset_seconds: float = 30.0
-    relay_concurrency: int = 32
+    relay_concurrency: int = 32      # the file's default depends on the CA: RELAY_CONCURRENCY
     renewal_window_days: int = 90
     device_life_years: int = 6
 
@@ -458,7 +458,15 @@ def _when(path: Path, key: str, value: object) -> _dt.datetime:
         raise ConfigError(path, key, f"out of range, got {value!r}") from None
 
 
-def _load_operations(r: "_Reader") -> dict:
+# [broker] relay_concurrency when the file does not set it. A remote CA (EJBCA) gets at most 32 calls in flight
+# per process. The embedded CA signs on this machine's own threads, so more deliveries in flight only make the
+# group commits larger: `scripts/bench queue` drained 0.92 / 0.99 of the raw signing rate with 128 against
+# 0.81 / 0.79 with 32 on SQLite, and 0.66 / 0.67 against 0.55 / 0.61 on PostgreSQL with its synchronous standby
+# (same holds, 2026-12-02), 0 lost / 0 duplicated in every kill round.
+RELAY_CONCURRENCY = {"embedded": 128, "ejbca": 32}
+
+
+def _load_operations(r: "_Reader", connector: str) -> dict:
     path = r.path
     b = r.table("broker", required=False)
     broker = BrokerConfig(
@@ -467,7 +475,7 @@ def _load_operations(r: "_Reader") -> dict:
         retry_max_seconds=r.get(b, "broker", "retry_max_seconds", float, 300.0),
         breaker_failures=r.get(b, "broker", "breaker_failures", int, 5),
         breaker_reset_seconds=r.get(b, "broker", "breaker_reset_seconds", float, 30.0),
-        relay_concurrency=r.get(b, "broker", "relay_concurrency", int, 32),
+        relay_concurrency=r.get(b, "broker", "relay_concurrency", int, RELAY_CONCURRENCY[connector]),
         renewal_window_days=r.get(b, "broker", "renewal_window_days", int, 90),
         device_life_years=r.get(b, "broker", "device_life_years", int, 6))
     for key in ("answer_wait_seconds", "retry_initial_seconds", "retry_max_seconds", "breaker_reset_seconds"):
@@ -688,7 +696,7 @@ def load(path: str | Path) -> DaemonConfig:
         if bits < floor:
             raise ConfigError(path, f"profiles.{name}.min_rsa_bits", f"must be at least {floor}, got {bits}")
         min_bits[name] = bits
-    ops = _load_operations(r)
+    ops = _load_operations(r, ca.connector)
     if ops["pki"].enabled and ca.connector != "embedded":
         raise ConfigError(path, "pki.enabled", f"CRL/OCSP publication needs the embedded CA; with connector "
                                                f"{ca.connector!r} the CA publishes its own CRLs and OCSP")

@@ -69,3 +69,16 @@ def test_pki_publication_needs_the_embedded_ca(base):
     with pytest.raises(ConfigError) as ei:
         _load(base, EJBCA, "\n[pki]\nenabled = true\n")
     assert ei.value.key == "pki.enabled"
+
+
+def test_relay_concurrency_defaults_to_what_the_ca_can_take(base):
+    """A remote CA gets at most 32 deliveries in flight per process; the embedded CA, which signs on this machine's
+    threads, 128 (larger group commits; the drain figures behind it are by config.RELAY_CONCURRENCY). A value in
+    the file wins."""
+    root, head, tail = base
+    assert "[broker]\n" in tail
+    embedded = config.load(root / "personalizer.toml")
+    assert embedded.ca.connector == "embedded" and embedded.broker.relay_concurrency == 128
+    assert _load(base, EJBCA).broker.relay_concurrency == 32
+    set_8 = (root, head, tail.replace("[broker]\n", "[broker]\nrelay_concurrency = 8\n", 1))
+    assert _load(set_8, EJBCA).broker.relay_concurrency == 8
