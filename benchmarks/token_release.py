@@ -442,9 +442,23 @@ def _trials(n: int, seed: int, workers: int, proxy) -> list:
     and proxy; the setup is shared copy-on-write), in trial order of their results."""
     if workers <= 1:
         return [r for r in (_one(i, seed, proxy) for i in range(n)) if r is not None]
+    import gc
     import multiprocessing
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-        results = pool.map(_worker_trial, [(i, seed) for i in range(n)], chunksize=1)
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    # gc.freeze: a forked worker never collects what it inherited (e.g. the parent's pyusb handles, whose
+    # finalizers would call into the parent's libusb context: a segfault seen when forked from pytest).
+    # ProcessPoolExecutor: a worker that dies is an error here; multiprocessing.Pool waited forever for it.
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_worker_init) as pool:
+            results = list(pool.map(_worker_trial, [(i, seed) for i in range(n)], chunksize=1))
+    except BrokenProcessPool:
+        raise SystemExit("bench token-release: a fault-trial worker process died (its trial has no result); "
+                         "run again with --workers 1 to see its error in this process") from None
+    finally:
+        gc.unfreeze()
     return [r for r in results if r is not None]
 
 

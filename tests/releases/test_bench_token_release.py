@@ -3,6 +3,15 @@ the exact new release, and every randomized fault trial (each kind at least twic
 exactly, never a mix. The full run (700 MiB CD-ROM, 1,000 trials) is the benchmark's, not CI's."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from benchmarks import token_release
 from tests.conftest import require
 from tests.releases import nginx
@@ -33,7 +42,9 @@ def test_two_workers_run_the_same_trials_in_two_processes():
     require(nginx.missing())
     args = ["--cdrom-mib", "2", "--disk-mib", "2", "--changed", "1", "--faults", "0", "--install-faults", "10",
             "--fault-cdrom-mib", "2", "--seed", "5"]
-    one, two = token_release.main(args), token_release.main(args + ["--workers", "2"])
+    # as `scripts/bench` runs it, in a process of its own: forking this pytest process (its grpc and libusb
+    # threads and handles) is not what a user runs, and once crashed a worker
+    one, two = (_bench(a) for a in (args, args + ["--workers", "2"]))
     assert one["ok"] and two["ok"], (one, two)
     assert one["fault_trial_processes"] == 1 and two["fault_trial_processes"] == 2
     assert two["fault_trials"] == one["fault_trials"] == 10 and two["tokens_mixed_or_broken"] == 0
@@ -87,3 +98,21 @@ def test_the_trial_checks_catch_a_token_that_reads_a_mix_or_a_changed_byte(tmp_p
     with pytest.raises(token_release.Broken, match="cdrom reads neither"):
         token_release._usable(setup, tok)
     tok.flash.close()
+
+
+def _bench(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "token-release", *args], capture_output=True,
+                         text=True, timeout=240, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_that_dies_is_an_error_not_a_hang(monkeypatch, tmp_path):
+    """A fault-trial worker that dies (a crash, the OOM killer) ends the run with one line saying so; the pool
+    used before waited forever for the dead worker's result."""
+    monkeypatch.setattr(token_release, "_trial", lambda *a: os._exit(3))
+    for k, v in {"deadline": time.time() + 60, "setup": None, "tmp": tmp_path, "seeded": None, "probe": None}.items():
+        monkeypatch.setitem(token_release._W, k, v)
+    with pytest.raises(SystemExit, match="worker process died"):
+        token_release._trials(2, 1, 2, None)
