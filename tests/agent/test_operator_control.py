@@ -41,12 +41,13 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def agent_env(world, pcscd, tmp_path):
-    _, _, dep = world
+    _, station, dep = world
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
     aenv = _agent_env(pcscd.env, runtime, None)
     log = tmp_path / "agent.log"
-    agent = _start_agent(dep.station_config, aenv, log, recovery_retry_s=2)
+    # the station's own data_dir: these tests read its journal there (station.station.data_dir)
+    agent = _start_agent(dep.station_config, aenv, log, data_dir=station.station.data_dir, recovery_retry_s=2)
     aenv["_LOG"] = str(log)
     yield aenv
     agent.terminate()
