@@ -194,12 +194,12 @@ class _DrainDB:
         self.data, self.pg = data, pg       # pg: (cluster, schema)
 
     @contextlib.contextmanager
-    def connect(self, *, ca: bool = False, writable: bool = False):
+    def connect(self, *, writable: bool = False):
         if self.pg:
             with _pg.connect(*self.pg) as conn:
                 yield _PgConn(conn)
             return
-        path = self.data / "requests.sqlite"   # ca: the CA's tables are in the same file
+        path = self.data / "requests.sqlite"   # the CA's tables are in the same file
         db = sqlite3.connect(path, timeout=10) if writable else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             yield db
@@ -306,7 +306,7 @@ def _daemon_drain(dep: deploy.Deployment, queued: int, holders, processes: int, 
         counters = {k: after[k] - counters0[k] for k in after}
         counters["transactions"] -= polls + 4     # its polls, the outage's end, two reads, the counters' own
     ids = {x.request_id for x in inputs}
-    with view.connect(ca=True) as ca:
+    with view.connect() as ca:
         signed = [r for (r,) in ca.execute(f"SELECT request_id FROM {view.ca_table}") if r in ids]
     span = (last or opens) - opens
     rate = n / span if span > 0 else 0.0
