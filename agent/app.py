@@ -200,8 +200,9 @@ async def token_updates(agent: "Agent", *, url: str, proxy: str | None, state_di
     try:
         while True:
             try:
-                await asyncio.wait_for(wake.wait(), retry_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(retry_s):   # not wait_for: 3.11's can lose a cancel
+                    await wake.wait()
+            except TimeoutError:
                 pass
             wake.clear()
             for serial, (version, manifest) in list(offers.items()):

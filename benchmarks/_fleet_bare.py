@@ -98,11 +98,10 @@ async def main() -> None:
     for q in ending:
         q.put_nowait(None)
     t0 = loop.time()
-    stopped = asyncio.create_task(server.stop(o.grace))
-    while ending & bare.queues and loop.time() - t0 < o.grace:
-        await asyncio.sleep(0.1)
+    while ending & bare.queues and loop.time() - t0 < min(5.0, o.grace):   # as the daemon's stop: the streams
+        await asyncio.sleep(0.02)   # end first (a stop begun beside them ended some INTERNAL, not OK)
     print(f"streams ended: {len(ending - bare.queues)} of {len(ending)}", flush=True)
-    await stopped
+    await server.stop(o.grace)
 
 
 if __name__ == "__main__":

@@ -502,6 +502,7 @@ class Daemon:
             await self.health.enter_graceful_shutdown()
         if self.fleet is not None:
             self.fleet.close_streams()   # fleet streams end now, normally: their agents reconnect, spread
+            await self.fleet.streams_ended(min(5.0, self.cfg.server.grace_seconds if grace is None else grace))
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
         if self.server is not None:

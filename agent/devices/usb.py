@@ -581,8 +581,9 @@ class UsbBackend(DeviceBackend):
                     await asyncio.sleep(interval)
                     continue
                 try:
-                    await asyncio.wait_for(wake.wait(), interval)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(interval):   # not wait_for: 3.11's can lose a cancel
+                        await wake.wait()
+                except TimeoutError:
                     pass
         finally:
             if remove is not None:

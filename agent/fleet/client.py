@@ -201,9 +201,10 @@ class FleetAgent:
         return taken
 
     async def _wait_outgoing(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._outgoing.wait(), timeout)
-        except asyncio.TimeoutError:
+        try:   # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that meets a finished wait
+            async with asyncio.timeout(timeout):
+                await self._outgoing.wait()
+        except TimeoutError:
             pass
 
     async def _hello(self) -> pb.FleetAgentMessage:
@@ -278,7 +279,8 @@ class FleetAgent:
         opened = time.monotonic()
         try:
             await call.write(await self._hello())
-            first = await asyncio.wait_for(call.read(), self.options.welcome_timeout)
+            async with asyncio.timeout(self.options.welcome_timeout):   # not wait_for: it can swallow a cancel
+                first = await call.read()
             if first is grpc.aio.EOF or not first.HasField("welcome"):
                 raise _Unreachable("the personalizer did not answer the hello with a welcome")
             self.stats.welcome_seconds = time.monotonic() - opened

@@ -327,8 +327,9 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         started = time.monotonic()
         try:
             try:
-                first = await asyncio.wait_for(it.__anext__(), self.hello_timeout)
-            except (asyncio.TimeoutError, StopAsyncIteration):
+                async with asyncio.timeout(self.hello_timeout):   # not wait_for: 3.11's can lose a cancel
+                    first = await it.__anext__()
+            except (TimeoutError, StopAsyncIteration):
                 raise InvalidRequest("hello", f"no hello within {self.hello_timeout:g} s of connecting") from None
             if first.WhichOneof("body") != "hello":
                 raise InvalidRequest("hello", "the first message of a stream must be a hello")

@@ -98,6 +98,15 @@ class Fleet:
         """The daemon stops: every stream ends normally, its agents told how long to spread reconnects over."""
         return self.service.close_streams()
 
+    async def streams_ended(self, timeout: float) -> None:
+        """Until the streams ``close_streams`` ended have left the hub, at most ``timeout`` seconds. The server's
+        stop waits for this: a stop begun while handlers were still returning had grpc core end some of those
+        streams INTERNAL ("Internal error from Core") instead of OK with the reconnect window (seen in
+        tests/fleet/test_bench_fleet.py under load)."""
+        deadline = time.monotonic() + timeout
+        while len(self.hub) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     def start_gc(self, min_growth: int = MIN_GROWTH) -> None:
         self.gc = GcFreezer(lambda: len(self.hub), min_growth=min_growth, ended=lambda: self.hub.ended)
         self._gc_task = asyncio.get_running_loop().create_task(self.gc.run(), name="fleet-gc-freeze")

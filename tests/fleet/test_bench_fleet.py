@@ -37,7 +37,7 @@ def test_bench_fleet_small_sample():
             assert 0 < spread["p50"] <= spread["max"] <= r[side][total] + 0.5, (side, phase, spread)
             assert spread["agents_within_s"][-1][1] <= 30 and isinstance(r[side][phase]["failures"], dict)
     for side in ("bare", "personalizer"):   # every agent's stream ended with the server's reconnect window
-        assert r[side]["reconnect"]["agents_given_the_spread"] == 30, r[side]["reconnect"]
+        assert r[side]["reconnect"]["agents_given_the_spread"] == 30, (side, r[side]["reconnect"])
     for phase in ("connect", "reconnect"):   # the restarted daemon counts only the reconnect's hellos
         hello = r["personalizer"][phase]["server_hello"]
         assert hello["wait"]["count"] == hello["record"]["count"] == 30, hello
