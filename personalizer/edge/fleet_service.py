@@ -265,9 +265,21 @@ class FleetService(_Audited, fleet_pb2_grpc.FleetServicer):
         elif body == "result":
             r = msg.result
             _attestation(r)
-            cmd = await self.store.update_command(station, r.command_id, fs.SUCCEEDED if r.success else fs.FAILED,
-                                                  percent=100 if r.success else None, message=r.message,
-                                                  attestation=bytes(r.attestation) or None)
+            state, attestation = fs.SUCCEEDED if r.success else fs.FAILED, bytes(r.attestation) or None
+            try:
+                cmd = await self.store.update_command(station, r.command_id, state,
+                                                      percent=100 if r.success else None, message=r.message,
+                                                      attestation=attestation)
+            except FailedPrecondition:
+                # the same result again, from the station it was sent to (its first write was cut by a stream
+                # that ended, so the agent could not know it arrived): recorded already, nothing changes and
+                # it is not counted twice. A different report after the final one is still refused.
+                was = await self.store.get_command(r.command_id)
+                if (was.station, was.state, was.message, was.attestation) == (station, state, r.message[:500],
+                                                                               attestation or was.attestation):
+                    self._note_seen(station)
+                    return
+                raise
         elif body == "hello":
             raise FailedPrecondition("a stream or poll session sends one hello, first")
         else:

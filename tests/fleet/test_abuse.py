@@ -74,14 +74,21 @@ def test_a_result_for_a_command_sent_to_another_station_is_refused_and_changes_n
         msg = await env.refused(b.Poll(pb.FleetPollRequest(messages=[forged])), grpc.StatusCode.NOT_FOUND)
         assert "was not sent to this station" in msg
         assert (await env.fleet.store.get_command(st.command_id)).state == fs.PENDING
-        # A gets it, acks and finishes it; the same result again (a replay) is refused
+        # A gets it, acks and finishes it; the same result again (its first write cut by a stream that ended)
+        # changes nothing and is not counted twice; a different result after the final one is refused
         got = await a.Poll(pb.FleetPollRequest())
         assert [c.command_id for c in got.commands] == [st.command_id]
         ack = pb.FleetAgentMessage(ack=pb.FleetCommandAck(command_id=st.command_id, accepted=True))
         ok = pb.FleetAgentMessage(result=pb.FleetCommandResult(command_id=st.command_id, success=True))
         await a.Poll(pb.FleetPollRequest(messages=[ack, ok]))
-        await env.refused(a.Poll(pb.FleetPollRequest(messages=[ok])), grpc.StatusCode.FAILED_PRECONDITION)
-        assert (await env.fleet.store.get_command(st.command_id)).state == fs.SUCCEEDED
+        reports = dict(env.fleet.figures.reports)
+        await a.Poll(pb.FleetPollRequest(messages=[ok]))
+        assert dict(env.fleet.figures.reports) == reports
+        other = pb.FleetAgentMessage(result=pb.FleetCommandResult(command_id=st.command_id, success=False,
+                                                                   message="it failed after all"))
+        await env.refused(a.Poll(pb.FleetPollRequest(messages=[other])), grpc.StatusCode.FAILED_PRECONDITION)
+        got = await env.fleet.store.get_command(st.command_id)
+        assert (got.state, got.message) == (fs.SUCCEEDED, "")
     with_env(deployment, tmp_path, body)
 
 
