@@ -498,15 +498,16 @@ class Daemon:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
+        grace = self.cfg.server.grace_seconds if grace is None else grace
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.fleet is not None:
             self.fleet.close_streams()   # fleet streams end now, normally: their agents reconnect, spread
-            await self.fleet.streams_ended(min(5.0, self.cfg.server.grace_seconds if grace is None else grace))
+            await self.fleet.streams_ended(min(5.0, grace))
         if self.enroll_server is not None:
             await self.enroll_server.stop(0)
         if self.server is not None:
-            await self.server.stop(self.cfg.server.grace_seconds if grace is None else grace)
+            await self.server.stop(grace)
         await self.relay.stop()
         await self.broker.stop_following()
         if self.archiver is not None:
